@@ -1,0 +1,167 @@
+"""Numeric validation of a built model. Each check reports its measured figure."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from bertc.build import expected_param_count, output_infos
+from bertc.components.common import keras, tf
+from bertc.inputs import make_inputs, pad_to
+from bertc.registry import HEADS
+from bertc.spec import Spec
+
+INVARIANCE_ATOL = 1e-5
+LEARNING_RATES = (1e-2, 1e-3, 1e-4)  # tried in order until the loss goes down
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    figure: Any
+    threshold: Any
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _run(model, inputs) -> dict[str, np.ndarray]:
+    out = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _max_diff(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> float:
+    axes = {i.name: i.seq_axis for i in infos}
+    worst = 0.0
+    for name in a:
+        x, y = a[name], b[name]
+        axis = axes.get(name)
+        if seq_len is not None and axis is not None:
+            x, y = (np.take(t, np.arange(seq_len), axis=axis) for t in (x, y))
+        worst = max(worst, float(np.max(np.abs(x - y))) if x.size else 0.0)
+    return worst
+
+
+def check_finite(model, spec: Spec, rng) -> CheckResult:
+    out = _run(model, make_inputs(spec, 3, spec.encoder.max_sequence_length, rng))
+    bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in out.items()}
+    n = sum(bad.values())
+    return CheckResult("finite_outputs", n == 0, n, 0,
+                       "non-finite values per output: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+
+
+def check_deterministic(model, spec: Spec, rng) -> CheckResult:
+    inputs = make_inputs(spec, 2, spec.encoder.max_sequence_length, rng)
+    diff = _max_diff(_run(model, inputs), _run(model, inputs))
+    return CheckResult("deterministic", diff == 0.0, diff, 0.0, "max abs diff between two identical calls")
+
+
+def check_padding_invariance(model, spec: Spec, rng) -> CheckResult:
+    max_len = spec.encoder.max_sequence_length
+    if max_len < 2:
+        return CheckResult("padding_invariance", True, 0.0, INVARIANCE_ATOL, "skipped: max_sequence_length is 1")
+    short = max(1, max_len // 2)
+    inputs = make_inputs(spec, 3, short, rng)
+    diff = _max_diff(_run(model, inputs), _run(model, pad_to(inputs, max_len)), short, output_infos(spec))
+    return CheckResult("padding_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
+                       f"outputs at the first {short} positions, before and after padding to {max_len}")
+
+
+def check_batch_invariance(model, spec: Spec, rng) -> CheckResult:
+    inputs = make_inputs(spec, 3, max(1, spec.encoder.max_sequence_length // 2), rng)
+    batched = _run(model, inputs)
+    diff = 0.0
+    for i in range(3):
+        alone = _run(model, {k: v[i:i + 1] for k, v in inputs.items()})
+        diff = max(diff, _max_diff(alone, {k: v[i:i + 1] for k, v in batched.items()}))
+    return CheckResult("batch_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
+                       "row i of a batch of 3 against example i alone")
+
+
+def check_param_count(model, spec: Spec, rng) -> CheckResult:
+    actual, expected = int(model.count_params()), expected_param_count(spec)
+    return CheckResult("param_count", actual == expected, actual, expected,
+                       "model.count_params() against the closed-form count from the spec")
+
+
+def _loss_fn(spec: Spec, inputs, rng):
+    if spec.head is not None:
+        head = HEADS.component(spec.head.type)
+        labels = head.make_labels(spec.head, spec.encoder, inputs, rng)
+        return lambda out: head.loss(spec.head, out, labels), "head loss"
+    # An encoder alone has no objective: regress its outputs onto fixed random targets.
+    targets = None
+
+    def surrogate(out):
+        nonlocal targets
+        if targets is None:
+            targets = {k: tf.constant(rng.standard_normal(v.shape).astype(np.float32)) for k, v in out.items()}
+        return tf.add_n([tf.reduce_mean(tf.square(out[k] - targets[k])) for k in out])
+
+    return surrogate, "surrogate MSE against random targets (no head)"
+
+
+def check_trainability(model, spec: Spec, rng) -> CheckResult:
+    """One SGD step on the loss over a fixed random batch: every trainable weight gets a finite,
+    non-zero gradient and the loss goes down. Gradients are taken in inference mode, so the step is
+    deterministic. A weight that only receives gradient once a zero-initialised gate has moved
+    (ReZero's ``rezero_alpha``) is checked again after the step. The weights are restored afterwards."""
+    inputs = {k: tf.constant(v) for k, v in make_inputs(spec, 4, min(16, spec.encoder.max_sequence_length), rng).items()}
+    loss_fn, what = _loss_fn(spec, inputs, rng)
+    variables = model.trainable_variables
+    saved = [v.numpy() for v in variables]
+
+    def loss_and_grads():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(model(inputs, training=False))
+        grads = tape.gradient(loss, [v.value for v in variables])
+        # Gathers give IndexedSlices; densify so every gradient is one array.
+        return float(loss), [None if g is None else np.asarray(tf.convert_to_tensor(g)) for g in grads]
+
+    def dead(grads):
+        return [v.path for v, g in zip(variables, grads) if g is None or not np.any(np.asarray(g))]
+
+    try:
+        loss0, grads = loss_and_grads()
+        nonfinite = [v.path for v, g in zip(variables, grads) if g is not None and not np.all(np.isfinite(g))]
+        zero = dead(grads)
+        loss1, used_lr = loss0, None
+        for lr in LEARNING_RATES:
+            for v, s, g in zip(variables, saved, grads):
+                v.assign(s - lr * np.asarray(g) if g is not None else s)
+            loss1 = loss_and_grads()[0]
+            if loss1 < loss0:
+                used_lr = lr
+                break
+        late = []
+        if zero:  # gradient reaching these only once another weight moved (e.g. a ReZero gate)
+            still = set(dead(loss_and_grads()[1]))
+            late = [p for p in zero if p not in still]
+            zero = [p for p in zero if p in still]
+    finally:
+        for v, s in zip(variables, saved):
+            v.assign(s)
+    ok = not nonfinite and not zero and used_lr is not None and np.isfinite(loss0)
+    detail = f"{what}; {len(variables)} weights; loss {loss0:.6g} -> {loss1:.6g}"
+    detail += f" at lr {used_lr}" if used_lr else " (did not decrease at any of lr 1e-2, 1e-3, 1e-4)"
+    if late:
+        detail += f"; {len(late)} weight(s) get gradient only after the first step (zero-initialised gate)"
+    if zero:
+        detail += f"; zero gradient: {', '.join(zero[:5])}" + (" ..." if len(zero) > 5 else "")
+    if nonfinite:
+        detail += f"; non-finite gradient: {', '.join(nonfinite[:5])}"
+    return CheckResult("trainability", bool(ok), round(loss0 - loss1, 8), "> 0", detail)
+
+
+CHECKS = (check_finite, check_deterministic, check_padding_invariance, check_batch_invariance,
+          check_param_count, check_trainability)
+
+
+def run_checks(model: keras.Model, spec: Spec) -> list[CheckResult]:
+    results = []
+    for i, check in enumerate(CHECKS):
+        results.append(check(model, spec, np.random.default_rng([spec.seed, i])))
+    return results

@@ -1,0 +1,178 @@
+"""Transformer blocks: ``transformer`` (canonical), ``rezero`` and ``scaffold``.
+
+A block component is a layer constructed as
+``cls(spec=..., hidden_size=..., initializer=..., name=...)`` and called as
+``layer(x, attention_bias, training=...)`` -> (B, S, H).
+``param_count(spec, hidden_size)`` is its closed-form parameter count.
+
+``transformer`` is a ``scaffold`` block with ``multi_head`` attention and a
+``dense`` feedforward: same layer, same weight names, so a canonical encoder's
+weights load into a default scaffold encoder unchanged.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import keras
+
+from bertc import activations
+from bertc.components.attention import MultiHeadAttention, MultiHeadAttentionSpec
+from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable
+from bertc.components.feedforward import DenseFeedforwardSpec
+from bertc.registry import ATTENTION, BLOCKS, FEEDFORWARD
+from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
+
+
+def _heads_problem(hidden_ctx, num_heads, field="num_attention_heads"):
+    hidden = hidden_ctx.get("hidden_size")
+    if hidden and hidden % num_heads:
+        yield (field,), (
+            f"hidden_size {hidden} (at {hidden_ctx['hidden_size_path']}) is not divisible by {field} {num_heads}"
+        )
+
+
+class ScaffoldBlockSpec(StrictModel):
+    type: Literal["scaffold"] = "scaffold"
+    attention: "AttentionSpec"  # noqa: F821 - resolved from the registry by bertc.spec
+    feedforward: "FeedforwardSpec"  # noqa: F821
+    dropout_rate: Rate = 0.1
+    norm_first: bool = False
+    layer_norm_epsilon: Epsilon = 1e-12
+    initializer: Optional[InitializerSpec] = None
+
+    def as_scaffold(self) -> "ScaffoldBlockSpec":
+        return self
+
+
+class TransformerBlockSpec(StrictModel):
+    type: Literal["transformer"] = "transformer"
+    num_attention_heads: PositiveInt
+    intermediate_size: PositiveInt
+    activation: Activation = "gelu"
+    dropout_rate: Rate = 0.1
+    attention_dropout_rate: Rate = 0.1
+    norm_first: bool = False
+    layer_norm_epsilon: Epsilon = 1e-12
+    initializer: Optional[InitializerSpec] = None
+
+    def problems(self, ctx):
+        yield from _heads_problem(ctx, self.num_attention_heads)
+
+    def as_scaffold(self) -> ScaffoldBlockSpec:
+        return ScaffoldBlockSpec(
+            attention=MultiHeadAttentionSpec(num_heads=self.num_attention_heads, dropout_rate=self.attention_dropout_rate),
+            feedforward=DenseFeedforwardSpec(intermediate_size=self.intermediate_size, activation=self.activation,
+                                             dropout_rate=self.dropout_rate),
+            dropout_rate=self.dropout_rate, norm_first=self.norm_first,
+            layer_norm_epsilon=self.layer_norm_epsilon, initializer=self.initializer,
+        )
+
+
+class ReZeroBlockSpec(StrictModel):
+    type: Literal["rezero"] = "rezero"
+    num_attention_heads: PositiveInt
+    intermediate_size: PositiveInt
+    activation: Activation = "gelu"
+    dropout_rate: Rate = 0.1
+    attention_dropout_rate: Rate = 0.1
+    use_layer_norm: bool = False
+    share_rezero: bool = True
+    layer_norm_epsilon: Epsilon = 1e-12
+    initializer: Optional[InitializerSpec] = None
+
+    def problems(self, ctx):
+        yield from _heads_problem(ctx, self.num_attention_heads)
+
+
+@BLOCKS.register("scaffold", spec=ScaffoldBlockSpec,
+                 description="Block with pluggable attention and feedforward (Model Garden TransformerScaffold).")
+@serializable
+class ScaffoldBlock(SpecLayer):
+    spec_cls = ScaffoldBlockSpec
+
+    def __init__(self, spec, hidden_size, initializer=None, **kwargs):
+        super().__init__(spec, hidden_size, initializer, **kwargs)
+        s = self.spec.as_scaffold()
+        self.norm_first = s.norm_first
+        init = s.initializer or self.initializer_spec
+        self.attention = ATTENTION.component(s.attention.type)(
+            spec=s.attention, hidden_size=self.hidden_size, initializer=init, name="attention")
+        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout")
+        self.attention_layer_norm = layer_norm(s.layer_norm_epsilon, "attention_layer_norm")
+        self.feedforward = FEEDFORWARD.component(s.feedforward.type)(
+            spec=s.feedforward, hidden_size=self.hidden_size, initializer=init, norm_first=s.norm_first,
+            layer_norm_epsilon=s.layer_norm_epsilon, name="feedforward")
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        s = spec.as_scaffold()
+        return (ATTENTION.component(s.attention.type).param_count(s.attention, hidden_size)
+                + 2 * hidden_size
+                + FEEDFORWARD.component(s.feedforward.type).param_count(s.feedforward, hidden_size))
+
+    def call(self, x, attention_bias, training=None):
+        h = self.attention_layer_norm(x) if self.norm_first else x
+        x = x + self.attention_dropout(self.attention(h, attention_bias, training=training), training=training)
+        if not self.norm_first:
+            x = self.attention_layer_norm(x)
+        return self.feedforward(x, training=training)
+
+
+@BLOCKS.register("transformer", spec=TransformerBlockSpec,
+                 description="Canonical BERT block: multi-head attention + dense feedforward, post- or pre-norm.")
+@serializable
+class TransformerBlock(ScaffoldBlock):
+    spec_cls = TransformerBlockSpec
+
+
+@BLOCKS.register("rezero", spec=ReZeroBlockSpec,
+                 description="ReZero block: residuals scaled by a trainable 'rezero_alpha' initialised to 0.")
+@serializable
+class ReZeroBlock(SpecLayer):
+    """Bachlechner et al. 2020, as Model Garden's ReZeroTransformer.
+
+    ``x + alpha * attn(x)`` then ``y + alpha * ffn(y)``; ``use_layer_norm`` adds
+    the layer norms of the paper's "ReZero + LayerNorm" variant;
+    ``share_rezero: false`` gives the feedforward its own ``rezero_alpha_ffn``.
+    """
+
+    spec_cls = ReZeroBlockSpec
+
+    def __init__(self, spec, hidden_size, initializer=None, **kwargs):
+        super().__init__(spec, hidden_size, initializer, **kwargs)
+        s, init, h = self.spec, self.initializer_spec, self.hidden_size
+        self.attention = MultiHeadAttention(
+            spec=MultiHeadAttentionSpec(num_heads=s.num_attention_heads, dropout_rate=s.attention_dropout_rate),
+            hidden_size=h, initializer=init, name="attention")
+        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout")
+        self.intermediate = dense(s.intermediate_size, init, "intermediate")
+        self.output_dense = dense(h, init, "output")
+        self.output_dropout = keras.layers.Dropout(s.dropout_rate, name="output_dropout")
+        self.activation_fn = activations.get(s.activation)
+        if s.use_layer_norm:
+            self.attention_layer_norm = layer_norm(s.layer_norm_epsilon, "attention_layer_norm")
+            self.output_layer_norm = layer_norm(s.layer_norm_epsilon, "output_layer_norm")
+
+    def build(self, input_shape):
+        self.rezero_alpha = self.add_weight(name="rezero_alpha", shape=(), initializer="zeros")
+        self.rezero_alpha_ffn = self.rezero_alpha if self.spec.share_rezero else self.add_weight(
+            name="rezero_alpha_ffn", shape=(), initializer="zeros")
+        super().build(input_shape)
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        h, i = hidden_size, spec.intermediate_size
+        n = 4 * dense_params(h, h) + dense_params(h, i) + dense_params(i, h)
+        n += 1 if spec.share_rezero else 2
+        return n + (4 * h if spec.use_layer_norm else 0)
+
+    def call(self, x, attention_bias, training=None):
+        a = self.attention_dropout(self.attention(x, attention_bias, training=training), training=training)
+        x = x + self.rezero_alpha * a
+        if self.spec.use_layer_norm:
+            x = self.attention_layer_norm(x)
+        f = self.output_dropout(self.output_dense(self.activation_fn(self.intermediate(x))), training=training)
+        x = x + self.rezero_alpha_ffn * f
+        if self.spec.use_layer_norm:
+            x = self.output_layer_norm(x)
+        return x

@@ -1,0 +1,83 @@
+"""Keras helpers shared by the components."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bertc.specbase import DEFAULT_INITIALIZER, InitializerSpec, StrictModel  # noqa: E402
+
+MASK_ADDER = -10000.0  # added to attention logits of padded keys (exp() underflows to exactly 0 in fp32)
+
+
+def serializable(cls):
+    return keras.saving.register_keras_serializable(package="bertc")(cls)
+
+
+def initializer(spec: InitializerSpec | dict | None):
+    spec = InitializerSpec.model_validate(spec) if isinstance(spec, dict) else (spec or DEFAULT_INITIALIZER)
+    if spec.type == "truncated_normal":
+        return keras.initializers.TruncatedNormal(stddev=spec.stddev)
+    if spec.type == "normal":
+        return keras.initializers.RandomNormal(stddev=spec.stddev)
+    if spec.type == "glorot_uniform":
+        return keras.initializers.GlorotUniform()
+    return keras.initializers.Zeros()
+
+
+def dense(units: int, init, name: str, activation=None) -> keras.layers.Dense:
+    return keras.layers.Dense(units, activation=activation, kernel_initializer=initializer(init), name=name)
+
+
+def layer_norm(epsilon: float, name: str) -> keras.layers.LayerNormalization:
+    return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name)
+
+
+def dense_params(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def split_heads(x, num_heads: int, head_size: int):
+    """(B, S, N*D) -> (B, N, S, D) with dynamic B and S."""
+    shape = tf.shape(x)
+    x = tf.reshape(x, tf.concat([shape[:2], [num_heads, head_size]], axis=0))
+    return tf.transpose(x, [0, 2, 1, 3])
+
+
+def merge_heads(x, width: int):
+    """(B, N, S, D) -> (B, S, N*D)."""
+    x = tf.transpose(x, [0, 2, 1, 3])
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([shape[:2], [width]], axis=0))
+
+
+class SpecLayer(keras.layers.Layer):
+    """A layer whose configuration is its spec model (round-trips through JSON).
+
+    Subclasses set ``spec_cls``. Constructor arguments are the config: ``spec``
+    (model or dict), ``hidden_size`` and ``initializer`` (the encoder-level
+    default, used where the spec leaves its own initializer unset).
+    """
+
+    spec_cls: type[StrictModel]
+
+    def __init__(self, spec, hidden_size: int, initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec if isinstance(spec, StrictModel) else self.spec_cls.model_validate(spec)
+        self.hidden_size = int(hidden_size)
+        init = initializer if isinstance(initializer, (InitializerSpec, type(None))) else InitializerSpec.model_validate(initializer)
+        own = getattr(self.spec, "initializer", None)
+        self.initializer_spec = own or init or DEFAULT_INITIALIZER
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            spec=self.spec.model_dump(mode="json"),
+            hidden_size=self.hidden_size,
+            initializer=self.initializer_spec.model_dump(mode="json"),
+        )
+        return config

@@ -1,0 +1,139 @@
+"""Embedding networks: ``standard`` (word + position + type) and ``custom``.
+
+An embedding component is a layer constructed as
+``cls(spec=..., hidden_size=..., initializer=..., name="embeddings")`` and called
+with a dict of the model's int32 inputs. It returns ``(embeddings, table)``:
+(B, S, H) embeddings and the word-embedding table (V, E) that a masked-LM
+decoder ties to. Its spec decides which inputs the model has
+(``spec.input_names``); ``input_mask`` is always one of them because it drives
+the attention mask. ``param_count(spec, hidden_size)`` is its closed-form count.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import keras
+import tensorflow as tf
+
+from bertc.components.common import SpecLayer, dense, dense_params, initializer, layer_norm, serializable
+from bertc.registry import EMBEDDINGS
+from bertc.specbase import Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
+
+
+class _EmbeddingSpecBase(StrictModel):
+    @property
+    def input_names(self) -> list[str]:
+        names = ["input_word_ids", "input_mask"]
+        return names + (["input_type_ids"] if self.use_type_embeddings else [])
+
+    def width(self, hidden_size: int) -> int:
+        return self.embedding_width or hidden_size
+
+
+class StandardEmbeddingSpec(_EmbeddingSpecBase):
+    type: Literal["standard"] = "standard"
+    vocab_size: PositiveInt
+    type_vocab_size: PositiveInt = 2
+    max_sequence_length: PositiveInt = 512
+    embedding_width: Optional[PositiveInt] = None
+    dropout_rate: Rate = 0.1
+    layer_norm_epsilon: Epsilon = 1e-12
+    initializer: Optional[InitializerSpec] = None
+
+    use_position_embeddings = property(lambda self: True)
+    use_type_embeddings = property(lambda self: True)
+    use_layer_norm = property(lambda self: True)
+
+
+class CustomEmbeddingSpec(_EmbeddingSpecBase):
+    """Word embeddings plus whichever of position / type / layer norm the spec asks for.
+
+    With the defaults this is the seed notebook's custom network: word
+    embeddings only, two inputs (``input_word_ids``, ``input_mask``).
+    """
+
+    type: Literal["custom"] = "custom"
+    vocab_size: PositiveInt
+    max_sequence_length: PositiveInt
+    use_position_embeddings: bool = False
+    use_type_embeddings: bool = False
+    type_vocab_size: Optional[PositiveInt] = None
+    use_layer_norm: bool = False
+    dropout_rate: Rate = 0.0
+    embedding_width: Optional[PositiveInt] = None
+    layer_norm_epsilon: Epsilon = 1e-12
+    initializer: Optional[InitializerSpec] = None
+
+    def problems(self, ctx):
+        if self.use_type_embeddings and self.type_vocab_size is None:
+            yield ("type_vocab_size",), "is required when use_type_embeddings is true"
+        if not self.use_type_embeddings and self.type_vocab_size is not None:
+            yield ("type_vocab_size",), "is set but use_type_embeddings is false (the model has no input_type_ids)"
+
+
+@serializable
+class EmbeddingNetwork(SpecLayer):
+    """Embeddings as BERT/ALBERT compute them; weight names follow Model Garden."""
+
+    spec_cls = StandardEmbeddingSpec
+
+    def __init__(self, spec, hidden_size, initializer=None, **kwargs):
+        super().__init__(spec, hidden_size, initializer, **kwargs)
+        s = self.spec
+        self.width = s.width(self.hidden_size)
+        self.layer_norm = layer_norm(s.layer_norm_epsilon, "layer_norm") if s.use_layer_norm else None
+        self.dropout = keras.layers.Dropout(s.dropout_rate, name="dropout")
+        self.embedding_projection = (
+            dense(self.hidden_size, self.initializer_spec, "embedding_projection") if self.width != self.hidden_size else None)
+
+    def build(self, input_shape=None):
+        s, init = self.spec, initializer(self.initializer_spec)
+        self.word_embeddings = self.add_weight(name="word_embeddings", shape=(s.vocab_size, self.width), initializer=init)
+        self.position_embeddings = self.add_weight(
+            name="position_embeddings", shape=(s.max_sequence_length, self.width), initializer=init,
+        ) if s.use_position_embeddings else None
+        self.type_embeddings = self.add_weight(
+            name="type_embeddings", shape=(s.type_vocab_size, self.width), initializer=init,
+        ) if s.use_type_embeddings else None
+        self.built = True
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        e = spec.width(hidden_size)
+        n = spec.vocab_size * e
+        n += spec.max_sequence_length * e if spec.use_position_embeddings else 0
+        n += spec.type_vocab_size * e if spec.use_type_embeddings else 0
+        n += 2 * e if spec.use_layer_norm else 0
+        return n + (dense_params(e, hidden_size) if e != hidden_size else 0)
+
+    def call(self, inputs, training=None):
+        word_ids = inputs["input_word_ids"]
+        table = tf.convert_to_tensor(self.word_embeddings)
+        x = tf.gather(table, word_ids)
+        if self.position_embeddings is not None:
+            seq_len = tf.shape(word_ids)[1]
+            positions = tf.slice(tf.convert_to_tensor(self.position_embeddings), [0, 0], tf.stack([seq_len, -1]))
+            x = x + tf.expand_dims(positions, 0)
+        if self.type_embeddings is not None:
+            x = x + tf.gather(tf.convert_to_tensor(self.type_embeddings), inputs["input_type_ids"])
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        x = self.dropout(x, training=training)
+        if self.embedding_projection is not None:
+            x = self.embedding_projection(x)
+        return x, table
+
+
+EMBEDDINGS.register("standard", spec=StandardEmbeddingSpec,
+                    description="Word + position + token-type embeddings, layer norm, dropout (BERT); "
+                                "embedding_width < hidden_size factorizes them (ALBERT).")(EmbeddingNetwork)
+
+
+@serializable
+class CustomEmbeddingNetwork(EmbeddingNetwork):
+    spec_cls = CustomEmbeddingSpec
+
+
+EMBEDDINGS.register("custom", spec=CustomEmbeddingSpec,
+                    description="Word embeddings with optional position / type embeddings and layer norm; "
+                                "the model's inputs follow from the spec.")(CustomEmbeddingNetwork)

@@ -1,0 +1,222 @@
+"""Encoders: ``bert`` (canonical), ``scaffold`` (pluggable) and ``albert``.
+
+Every encoder spec can say what it is as a scaffold (``as_scaffold()``): the
+canonical BERT encoder *is* a scaffold encoder with the standard embedding
+network and ``transformer`` blocks, and ALBERT is one with a factorized
+embedding and one block shared by every layer. One graph builder serves all
+three, which is what makes their weights interchangeable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import keras
+import tensorflow as tf
+from pydantic import field_validator
+
+from bertc.components.blocks import TransformerBlockSpec
+from bertc.components.common import MASK_ADDER, dense, dense_params, layer_norm, serializable
+from bertc.components.embeddings import StandardEmbeddingSpec
+from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS
+from bertc.specbase import (DEFAULT_INITIALIZER, Activation, Epsilon, InitializerSpec, PositiveInt, Rate,
+                            StrictModel, json_path)
+
+
+class _EncoderSpecBase(StrictModel):
+    """What every encoder spec offers the builder, heads and checks (through its scaffold view)."""
+
+    def as_scaffold(self) -> "ScaffoldEncoderSpec":
+        raise NotImplementedError
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.as_scaffold().embedding.input_names
+
+    @property
+    def pooled_dim(self) -> int:
+        s = self.as_scaffold()
+        return s.pooled_output_dim or s.hidden_size
+
+    @property
+    def embedding_table_width(self) -> int:
+        s = self.as_scaffold()
+        return s.embedding.width(s.hidden_size)
+
+    def child_context(self, ctx, path):
+        return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",))}
+
+
+class ScaffoldEncoderSpec(_EncoderSpecBase):
+    type: Literal["scaffold"] = "scaffold"
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    embedding: "EmbeddingSpec"  # noqa: F821 - resolved from the registry by bertc.spec
+    hidden: list["BlockSpec"]  # noqa: F821 - one block for every layer, or one per layer
+    share_layers: bool = False
+    pooled_output_dim: Optional[PositiveInt] = None
+    pooler_initializer: Optional[InitializerSpec] = None
+    initializer: InitializerSpec = DEFAULT_INITIALIZER
+    return_all_layer_outputs: bool = False
+    final_layer_norm: bool = False
+    layer_norm_epsilon: Epsilon = 1e-12
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _one_block_for_all(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    def as_scaffold(self) -> "ScaffoldEncoderSpec":
+        return self
+
+    # bert / albert have these as fields; a scaffold encoder takes them from its embedding network.
+    @property
+    def max_sequence_length(self) -> int:
+        return self.embedding.max_sequence_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embedding.vocab_size
+
+    @property
+    def type_vocab_size(self) -> Optional[int]:
+        return self.embedding.type_vocab_size if self.embedding.use_type_embeddings else None
+
+    def blocks(self) -> list:
+        return list(self.hidden) * self.num_layers if len(self.hidden) == 1 else list(self.hidden)
+
+    def problems(self, ctx):
+        if len(self.hidden) not in (1, self.num_layers):
+            yield ("hidden",), (f"has {len(self.hidden)} block specs but num_layers is {self.num_layers} "
+                                f"(give one block spec for every layer, or exactly num_layers of them)")
+        if self.share_layers and len(self.hidden) != 1:
+            yield ("share_layers",), "needs exactly one block spec in hidden (the shared block)"
+
+
+class BertEncoderSpec(_EncoderSpecBase):
+    """The canonical BERT encoder (Model Garden's TransformerEncoder / BertEncoder)."""
+
+    type: Literal["bert"] = "bert"
+    vocab_size: PositiveInt
+    hidden_size: PositiveInt = 768
+    num_layers: PositiveInt = 12
+    num_attention_heads: PositiveInt = 12
+    intermediate_size: PositiveInt = 3072
+    activation: Activation = "gelu"
+    dropout_rate: Rate = 0.1
+    attention_dropout_rate: Rate = 0.1
+    max_sequence_length: PositiveInt = 512
+    type_vocab_size: PositiveInt = 2
+    initializer: InitializerSpec = DEFAULT_INITIALIZER
+    layer_norm_epsilon: Epsilon = 1e-12
+    norm_first: bool = False
+    return_all_layer_outputs: bool = False
+
+    def problems(self, ctx):
+        if self.hidden_size % self.num_attention_heads:
+            yield ("num_attention_heads",), (
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+
+    def _embedding(self, **extra) -> StandardEmbeddingSpec:
+        return StandardEmbeddingSpec(
+            vocab_size=self.vocab_size, type_vocab_size=self.type_vocab_size,
+            max_sequence_length=self.max_sequence_length, dropout_rate=self.dropout_rate,
+            layer_norm_epsilon=self.layer_norm_epsilon, **extra)
+
+    def _block(self) -> TransformerBlockSpec:
+        return TransformerBlockSpec(
+            num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
+            activation=self.activation, dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate, norm_first=self.norm_first,
+            layer_norm_epsilon=self.layer_norm_epsilon)
+
+    def as_scaffold(self) -> ScaffoldEncoderSpec:
+        return ScaffoldEncoderSpec(
+            hidden_size=self.hidden_size, num_layers=self.num_layers, embedding=self._embedding(),
+            hidden=[self._block()], initializer=self.initializer, final_layer_norm=self.norm_first,
+            layer_norm_epsilon=self.layer_norm_epsilon, return_all_layer_outputs=self.return_all_layer_outputs)
+
+
+class AlbertEncoderSpec(BertEncoderSpec):
+    """ALBERT: factorized embeddings (embedding_width -> projection) and one block shared by all layers."""
+
+    type: Literal["albert"] = "albert"
+    embedding_width: PositiveInt = 128
+    norm_first: Literal[False] = False
+
+    def as_scaffold(self) -> ScaffoldEncoderSpec:
+        return ScaffoldEncoderSpec(
+            hidden_size=self.hidden_size, num_layers=self.num_layers,
+            embedding=self._embedding(embedding_width=self.embedding_width), hidden=[self._block()],
+            share_layers=True, initializer=self.initializer, layer_norm_epsilon=self.layer_norm_epsilon,
+            return_all_layer_outputs=self.return_all_layer_outputs)
+
+
+@serializable
+class AttentionBias(keras.layers.Layer):
+    """input_mask (B, S) -> additive attention bias (B, 1, 1, S): 0 for real keys, -10000 for padding."""
+
+    def call(self, mask):
+        bias = (1.0 - tf.cast(mask, tf.float32)) * MASK_ADDER
+        return tf.expand_dims(tf.expand_dims(bias, 1), 1)
+
+
+@serializable
+class FirstToken(keras.layers.Layer):
+    def call(self, x):
+        return x[:, 0, :]
+
+
+@dataclass
+class EncoderOutputs:
+    sequence_output: Any
+    pooled_output: Any
+    layer_outputs: list = field(default_factory=list)
+    word_embedding_table: Any = None
+
+
+class Encoder:
+    """Builds any encoder spec through its scaffold view."""
+
+    @staticmethod
+    def build(spec, inputs: dict, needs_pooled: bool) -> EncoderOutputs:
+        s = spec.as_scaffold()
+        h = s.hidden_size
+        embedding = EMBEDDINGS.component(s.embedding.type)(
+            spec=s.embedding, hidden_size=h, initializer=s.initializer, name="embeddings")
+        x, table = embedding({n: inputs[n] for n in s.embedding.input_names})
+        bias = AttentionBias(name="attention_bias")(inputs["input_mask"])
+        blocks = s.blocks()
+        shared = BLOCKS.component(blocks[0].type)(
+            spec=blocks[0], hidden_size=h, initializer=s.initializer, name="shared_layer") if s.share_layers else None
+        outputs = []
+        for i, block in enumerate(blocks):
+            layer = shared or BLOCKS.component(block.type)(
+                spec=block, hidden_size=h, initializer=s.initializer, name=f"layer_{i}")
+            x = layer(x, bias)
+            outputs.append(x)
+        if s.final_layer_norm:
+            x = outputs[-1] = layer_norm(s.layer_norm_epsilon, "final_layer_norm")(x)
+        pooled = None
+        if needs_pooled:
+            pooled = dense(s.pooled_output_dim or h, s.pooler_initializer or s.initializer, "pooler",
+                           activation="tanh")(FirstToken(name="first_token")(x))
+        return EncoderOutputs(x, pooled, outputs, table)
+
+    @staticmethod
+    def param_count(spec, needs_pooled: bool) -> int:
+        s = spec.as_scaffold()
+        h = s.hidden_size
+        n = EMBEDDINGS.component(s.embedding.type).param_count(s.embedding, h)
+        blocks = s.blocks()[:1] if s.share_layers else s.blocks()
+        n += sum(BLOCKS.component(b.type).param_count(b, h) for b in blocks)
+        n += 2 * h if s.final_layer_norm else 0
+        return n + (dense_params(h, s.pooled_output_dim or h) if needs_pooled else 0)
+
+
+ENCODERS.register("bert", spec=BertEncoderSpec,
+                  description="Canonical BERT encoder: standard embeddings, N transformer blocks, pooler.")(Encoder)
+ENCODERS.register("scaffold", spec=ScaffoldEncoderSpec,
+                  description="Encoder with a pluggable embedding network and per-layer pluggable blocks.")(Encoder)
+ENCODERS.register("albert", spec=AlbertEncoderSpec,
+                  description="ALBERT encoder: factorized embeddings and one block shared by all layers.")(Encoder)

@@ -1,0 +1,273 @@
+"""Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``.
+
+A head component offers, as static methods:
+
+- ``uses_pooled(spec)``: whether the encoder must build its pooler;
+- ``extra_inputs(spec)``: {input name: fixed length} beyond the encoder's inputs;
+- ``build(spec, encoder_spec, encoder_outputs, inputs)``: {output name: tensor};
+- ``outputs(spec, encoder_spec)``: the outputs' :class:`OutputInfo`;
+- ``param_count(spec, encoder_spec)``: closed-form parameter count;
+- ``make_labels(spec, encoder_spec, inputs, rng)`` and ``loss(spec, outputs, labels)``:
+  the training objective, used by the trainability check.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bertc import activations, losses
+from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable
+from bertc.registry import HEADS
+from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    name: str
+    seq_axis: Optional[int]  # axis that follows the input sequence (padding-invariance compares it up to real length)
+    kind: Literal["features", "logits", "log_probs"]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class HeadBase:
+    """Defaults for a head component; a head overrides what it needs."""
+
+    uses_pooled = staticmethod(lambda spec: False)
+    extra_inputs = staticmethod(lambda spec: {})
+    # {name: int32 array} for the extra inputs, given each row's real length.
+    make_inputs = staticmethod(lambda spec, lengths, rng: {})
+
+
+def _init(spec, encoder_spec):
+    return spec.initializer or encoder_spec.as_scaffold().initializer
+
+
+def _real_lengths(inputs) -> np.ndarray:
+    return np.maximum(np.asarray(inputs["input_mask"]).sum(axis=1), 1)
+
+
+class ClassifierSpec(StrictModel):
+    type: Literal["classifier"] = "classifier"
+    num_classes: PositiveInt
+    dropout_rate: Rate = 0.1
+    initializer: Optional[InitializerSpec] = None
+
+
+class TokenClassifierSpec(StrictModel):
+    type: Literal["token_classifier"] = "token_classifier"
+    num_classes: PositiveInt
+    dropout_rate: Rate = 0.1
+    initializer: Optional[InitializerSpec] = None
+
+
+class SpanLabelerSpec(StrictModel):
+    type: Literal["span_labeler"] = "span_labeler"
+    initializer: Optional[InitializerSpec] = None
+
+
+class PretrainerSpec(StrictModel):
+    type: Literal["pretrainer"] = "pretrainer"
+    num_token_predictions: PositiveInt
+    num_classes: PositiveInt = 2
+    output: Literal["logits", "predictions"] = "logits"
+    activation: Activation = "gelu"
+    layer_norm_epsilon: Epsilon = 1e-12
+    initializer: Optional[InitializerSpec] = None
+
+    def problems(self, ctx):
+        max_len = ctx.get("max_sequence_length")
+        if max_len and self.num_token_predictions > max_len:
+            yield ("num_token_predictions",), (
+                f"{self.num_token_predictions} exceeds the encoder's max_sequence_length {max_len} "
+                f"(at {ctx['max_sequence_length_path']})")
+
+
+@HEADS.register("classifier", spec=ClassifierSpec,
+                description="Sentence classifier: dropout + dense over the pooled first token -> logits.")
+class Classifier(HeadBase):
+    uses_pooled = staticmethod(lambda spec: True)
+
+    @staticmethod
+    def build(spec, encoder_spec, enc, inputs):
+        x = keras.layers.Dropout(spec.dropout_rate, name="classifier_dropout")(enc.pooled_output)
+        return {"logits": dense(spec.num_classes, _init(spec, encoder_spec), "classifier")(x)}
+
+    @staticmethod
+    def outputs(spec, encoder_spec):
+        return [OutputInfo("logits", None, "logits")]
+
+    @staticmethod
+    def param_count(spec, encoder_spec):
+        return dense_params(encoder_spec.pooled_dim, spec.num_classes)
+
+    @staticmethod
+    def make_labels(spec, encoder_spec, inputs, rng):
+        return {"labels": rng.integers(0, spec.num_classes, size=len(inputs["input_mask"]), dtype=np.int32)}
+
+    @staticmethod
+    def loss(spec, outputs, labels):
+        return losses.weighted_sparse_categorical_crossentropy(labels["labels"], outputs["logits"], from_logits=True)
+
+
+@HEADS.register("token_classifier", spec=TokenClassifierSpec,
+                description="Per-token classifier (tagging): dropout + dense over every position -> logits.")
+class TokenClassifier(HeadBase):
+
+    @staticmethod
+    def build(spec, encoder_spec, enc, inputs):
+        x = keras.layers.Dropout(spec.dropout_rate, name="token_classifier_dropout")(enc.sequence_output)
+        return {"logits": dense(spec.num_classes, _init(spec, encoder_spec), "token_classifier")(x)}
+
+    @staticmethod
+    def outputs(spec, encoder_spec):
+        return [OutputInfo("logits", 1, "logits")]
+
+    @staticmethod
+    def param_count(spec, encoder_spec):
+        return dense_params(encoder_spec.hidden_size, spec.num_classes)
+
+    @staticmethod
+    def make_labels(spec, encoder_spec, inputs, rng):
+        mask = np.asarray(inputs["input_mask"])
+        return {"labels": rng.integers(0, spec.num_classes, size=mask.shape, dtype=np.int32), "weights": mask}
+
+    @staticmethod
+    def loss(spec, outputs, labels):
+        return losses.weighted_sparse_categorical_crossentropy(
+            labels["labels"], outputs["logits"], weights=labels["weights"], from_logits=True)
+
+
+@serializable
+class SpanSplit(keras.layers.Layer):
+    """(B, S, 2) -> start (B, S), end (B, S)."""
+
+    def call(self, x):
+        return x[:, :, 0], x[:, :, 1]
+
+
+@HEADS.register("span_labeler", spec=SpanLabelerSpec,
+                description="Single-span start/end predictor (SQuAD-style): start_logits, end_logits.")
+class SpanLabeler(HeadBase):
+
+    @staticmethod
+    def build(spec, encoder_spec, enc, inputs):
+        logits = dense(2, _init(spec, encoder_spec), "span_labeler")(enc.sequence_output)
+        start, end = SpanSplit(name="span_split")(logits)
+        return {"start_logits": start, "end_logits": end}
+
+    @staticmethod
+    def outputs(spec, encoder_spec):
+        return [OutputInfo("start_logits", 1, "logits"), OutputInfo("end_logits", 1, "logits")]
+
+    @staticmethod
+    def param_count(spec, encoder_spec):
+        return dense_params(encoder_spec.hidden_size, 2)
+
+    @staticmethod
+    def make_labels(spec, encoder_spec, inputs, rng):
+        lengths = _real_lengths(inputs)
+        return {"start_positions": (rng.random(len(lengths)) * lengths).astype(np.int32),
+                "end_positions": (rng.random(len(lengths)) * lengths).astype(np.int32)}
+
+    @staticmethod
+    def loss(spec, outputs, labels):
+        return losses.span_loss(labels["start_positions"], labels["end_positions"],
+                                outputs["start_logits"], outputs["end_logits"])
+
+
+@serializable
+class MaskedLM(SpecLayer):
+    """Masked-LM head: gather positions, dense + activation + layer norm, decoder tied to the word table."""
+
+    spec_cls = PretrainerSpec
+
+    def __init__(self, spec, hidden_size, initializer=None, vocab_size=0, table_width=0, **kwargs):
+        super().__init__(spec, hidden_size, initializer, **kwargs)
+        self.vocab_size, self.table_width = int(vocab_size), int(table_width)
+        self.transform = dense(self.table_width, self.initializer_spec, "transform")
+        self.transform_layer_norm = layer_norm(self.spec.layer_norm_epsilon, "transform_layer_norm")
+        self.activation_fn = activations.get(self.spec.activation)
+
+    def build(self, input_shape=None):
+        self.output_bias = self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "table_width": self.table_width}
+
+    @staticmethod
+    def param_count(spec, hidden_size, vocab_size, table_width):
+        return dense_params(hidden_size, table_width) + 2 * table_width + vocab_size
+
+    def call(self, sequence_output, positions, table):
+        # Flatten (B, S, H) and offset the positions so one plain Gather picks them
+        # (no batch_dims gather: it is not builtin everywhere).
+        shape = tf.shape(sequence_output)
+        offsets = tf.expand_dims(tf.range(shape[0], dtype=positions.dtype) * tf.cast(shape[1], positions.dtype), 1)
+        flat = tf.reshape(sequence_output, [-1, self.hidden_size])
+        picked = tf.gather(flat, tf.reshape(positions + offsets, [-1]))
+        x = self.transform_layer_norm(self.activation_fn(self.transform(picked)))
+        logits = tf.matmul(x, table, transpose_b=True) + self.output_bias
+        logits = tf.reshape(logits, tf.stack([shape[0], tf.shape(positions)[1], self.vocab_size]))
+        return tf.nn.log_softmax(logits, axis=-1) if self.spec.output == "predictions" else logits
+
+
+@HEADS.register("pretrainer", spec=PretrainerSpec,
+                description="BERT pretraining: masked LM tied to the word embeddings + next-sentence classifier.")
+class Pretrainer(HeadBase):
+    uses_pooled = staticmethod(lambda spec: True)
+
+    @staticmethod
+    def extra_inputs(spec):
+        return {"masked_lm_positions": spec.num_token_predictions}
+
+    @staticmethod
+    def make_inputs(spec, lengths, rng):
+        positions = [rng.integers(0, n, size=spec.num_token_predictions) for n in lengths]
+        return {"masked_lm_positions": np.stack(positions).astype(np.int32)}
+
+    @staticmethod
+    def build(spec, encoder_spec, enc, inputs):
+        mlm = MaskedLM(spec=spec, hidden_size=encoder_spec.hidden_size, initializer=_init(spec, encoder_spec),
+                       vocab_size=encoder_spec.vocab_size, table_width=encoder_spec.embedding_table_width,
+                       name="masked_lm")
+        lm = mlm(enc.sequence_output, inputs["masked_lm_positions"], enc.word_embedding_table)
+        nsp = dense(spec.num_classes, _init(spec, encoder_spec), "next_sentence")(enc.pooled_output)
+        if spec.output == "predictions":
+            nsp = keras.layers.Activation("log_softmax", name="next_sentence_log_softmax")(nsp)
+        return {"masked_lm": lm, "classification": nsp}
+
+    @staticmethod
+    def outputs(spec, encoder_spec):
+        kind = "log_probs" if spec.output == "predictions" else "logits"
+        return [OutputInfo("masked_lm", None, kind), OutputInfo("classification", None, kind)]
+
+    @staticmethod
+    def param_count(spec, encoder_spec):
+        return (MaskedLM.param_count(spec, encoder_spec.hidden_size, encoder_spec.vocab_size,
+                                     encoder_spec.embedding_table_width)
+                + dense_params(encoder_spec.pooled_dim, spec.num_classes))
+
+    @staticmethod
+    def make_labels(spec, encoder_spec, inputs, rng):
+        shape = np.asarray(inputs["masked_lm_positions"]).shape
+        weights = rng.integers(0, 2, size=shape).astype(np.float32)
+        weights[:, 0] = 1.0  # at least one weighted prediction per row
+        return {"masked_lm_ids": rng.integers(0, encoder_spec.vocab_size, size=shape, dtype=np.int32),
+                "masked_lm_weights": weights,
+                "next_sentence_labels": rng.integers(0, spec.num_classes, size=shape[0], dtype=np.int32)}
+
+    @staticmethod
+    def loss(spec, outputs, labels):
+        logits = spec.output == "logits"
+        mlm = losses.weighted_sparse_categorical_crossentropy(
+            labels["masked_lm_ids"], outputs["masked_lm"], weights=labels["masked_lm_weights"], from_logits=logits)
+        nsp = losses.weighted_sparse_categorical_crossentropy(
+            labels["next_sentence_labels"], outputs["classification"], from_logits=logits)
+        return mlm + nsp

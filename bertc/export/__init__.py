@@ -1,0 +1,1 @@
+"""Exporters: Keras model -> ONNX (onnx.py) and TFLite (tflite.py)."""

@@ -1,0 +1,93 @@
+"""Keras -> TFLite (builtin ops only) through a SavedModel.
+
+Converting from concrete functions can leave Keras 3 variables unfrozen (NaN
+outputs); going through a SavedModel is reliable. The SavedModel's serving
+signature takes the model's inputs by name, so the TFLite signature
+``serving_default`` has the model's input and output names. Batch and sequence
+length stay dynamic (the interpreter resizes them at run time).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from bertc.build import input_infos, output_infos
+from bertc.components.common import tf
+from bertc.errors import ExportError
+
+SIGNATURE = "serving_default"
+
+
+def save_serving_model(model, spec, directory: Path) -> None:
+    inputs = input_infos(spec)
+    outputs = [o.name for o in output_infos(spec)]
+    signature = [{i.name: tf.TensorSpec((None, i.length), tf.int32, name=i.name) for i in inputs}]
+
+    # Weights go in as constants (stateless_call), so the SavedModel holds no variables: the
+    # converter otherwise keeps Keras 3 variables as mutable READ_VARIABLE ops (NaN / failed invokes).
+    trainable = [v.numpy() for v in model.trainable_variables]
+    non_trainable = [v.numpy() for v in model.non_trainable_variables]
+    module = tf.Module()
+
+    @tf.function(input_signature=signature)
+    def serve(features):
+        out, _ = model.stateless_call([tf.constant(w) for w in trainable], [tf.constant(w) for w in non_trainable],
+                                      features, training=False)
+        return {name: out[name] for name in outputs}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(directory), signatures={SIGNATURE: serve})
+
+
+_OP_RE = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
+_LOC_RE = re.compile(r'loc\((?:fused\[)?(?:callsite\()?"([^"]+)"')
+
+
+def explain_converter_error(message: str) -> str:
+    """Turn the converter's MLIR diagnostics into 'op X from layer Y' lines."""
+    found = []
+    for line in message.splitlines():
+        op = _OP_RE.search(line)
+        if not op:
+            continue
+        loc = _LOC_RE.search(line)
+        where = loc.group(1).split("@")[0] if loc else "unknown location"
+        # 'layer_0/feedforward/Erfc' -> layer 'layer_0/feedforward'
+        layer = where.rsplit("/", 1)[0] if "/" in where else where
+        found.append(f"op {op.group(1)} (from layer '{layer}') has no builtin TFLite kernel")
+    if not found:
+        tail = message.strip().splitlines()[-3:]
+        return "TFLite conversion failed: " + " | ".join(tail)
+    unique = list(dict.fromkeys(found))
+    return "TFLite export needs ops outside the builtin set: " + "; ".join(unique) + \
+        ". Rewrite them with builtin ops (e.g. exact GELU through erf, expand_dims instead of [:, None])."
+
+
+def export_tflite(model, spec, path: Path, keep_saved_model: Optional[Path] = None) -> dict:
+    t0 = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="bertc-savedmodel-"))
+    try:
+        saved = workdir / "saved_model"
+        save_serving_model(model, spec, saved)
+        t_saved = time.perf_counter() - t0
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        try:
+            flatbuffer = converter.convert()
+        except Exception as exc:
+            raise ExportError(explain_converter_error(str(exc))) from None
+        tmp = Path(str(path) + ".partial")
+        tmp.write_bytes(flatbuffer)
+        os.replace(tmp, path)
+        if keep_saved_model is not None:
+            shutil.move(str(saved), str(keep_saved_model))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"path": path.name, "bytes": path.stat().st_size, "signature": SIGNATURE,
+            "saved_model_seconds": round(t_saved, 3), "total_seconds": round(time.perf_counter() - t0, 3),
+            "saved_model": keep_saved_model.name if keep_saved_model is not None else None}

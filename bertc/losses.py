@@ -1,0 +1,33 @@
+"""Losses of the seed notebooks' task models."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def weighted_sparse_categorical_crossentropy(labels, predictions, weights=None, from_logits: bool = False):
+    """Mean cross-entropy over the weighted positions (Model Garden's
+    ``weighted_sparse_categorical_crossentropy_loss``).
+
+    ``predictions`` are log-probabilities (the ``predictions`` output of a
+    pretrainer) unless ``from_logits``. ``labels`` has the shape of
+    ``predictions`` without its last axis; ``weights`` (optional) the shape of
+    ``labels``. With weights the loss is ``sum(w * ce) / sum(w)`` (0 when every
+    weight is 0); without, the plain mean.
+    """
+    predictions = tf.convert_to_tensor(predictions)
+    if from_logits:
+        predictions = tf.nn.log_softmax(predictions, axis=-1)
+    labels = tf.cast(labels, tf.int32)
+    one_hot = tf.one_hot(labels, depth=tf.shape(predictions)[-1], dtype=predictions.dtype)
+    per_position = -tf.reduce_sum(one_hot * predictions, axis=-1)
+    if weights is None:
+        return tf.reduce_mean(per_position)
+    weights = tf.cast(weights, predictions.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_position * weights), tf.reduce_sum(weights))
+
+
+def span_loss(start_positions, end_positions, start_logits, end_logits):
+    """(mean CE(start) + mean CE(end)) / 2, from logits (the span-labeling notebook's loss)."""
+    start = tf.keras.losses.sparse_categorical_crossentropy(start_positions, start_logits, from_logits=True)
+    end = tf.keras.losses.sparse_categorical_crossentropy(end_positions, end_logits, from_logits=True)
+    return (tf.reduce_mean(start) + tf.reduce_mean(end)) / 2.0

@@ -1,0 +1,99 @@
+"""Name -> component registries. No TensorFlow import here.
+
+A component is a class registered under a ``type`` name of one *kind*
+(embedding, attention, feedforward, block, encoder, head). It carries its
+pydantic spec model (whose ``type`` field is ``Literal[name]``), a one-line
+description, and whatever build/param-count methods its kind requires.
+
+Importing :mod:`bertc.components` registers everything shipped with bertc; a
+plug-in registers itself the same way::
+
+    @ATTENTION.register("my_attention", spec=MyAttentionSpec,
+                        description="...")
+    class MyAttention(AttentionComponent): ...
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+_generation = 0  # bumped on every registration; spec.py rebuilds its models when it changes
+
+
+def generation() -> int:
+    return _generation
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    spec: type
+    component: Any
+    description: str
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, *, spec: type, description: str) -> Callable[[Any], Any]:
+        type_field = getattr(spec, "model_fields", {}).get("type")
+        literal = typing.get_args(type_field.annotation) if type_field is not None else ()
+        if literal != (name,):
+            raise TypeError(f"{spec.__name__}.type must be Literal[{name!r}] to register as {self.kind} {name!r}")
+
+        def decorator(component: Any) -> Any:
+            global _generation
+            self._entries[name] = Entry(self.kind, name, spec, component, description)
+            _generation += 1
+            return component
+
+        return decorator
+
+    def unregister(self, name: str) -> None:
+        global _generation
+        del self._entries[name]
+        _generation += 1
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise KeyError(f"unknown {self.kind} type {name!r}; known: {known}") from None
+
+    def component(self, name: str) -> Any:
+        return self.get(name).component
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def spec_union(self) -> Any:
+        """The discriminated union of every registered spec model (for pydantic)."""
+        from typing import Annotated, Union
+
+        from pydantic import Field
+
+        models = tuple(e.spec for e in self.entries())
+        if len(models) == 1:
+            return models[0]
+        return Annotated[Union[models], Field(discriminator="type")]
+
+
+EMBEDDINGS = Registry("embedding")
+ATTENTION = Registry("attention")
+FEEDFORWARD = Registry("feedforward")
+BLOCKS = Registry("block")
+ENCODERS = Registry("encoder")
+HEADS = Registry("head")
+
+ALL = (EMBEDDINGS, ATTENTION, FEEDFORWARD, BLOCKS, ENCODERS, HEADS)

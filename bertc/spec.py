@@ -1,0 +1,206 @@
+"""The bertc spec: typed, frozen models, ``load_spec`` and error formatting.
+
+The ``type`` unions (encoder, head, embedding, block, attention, feedforward)
+are built from the registries, so a component registered later (a plug-in)
+is accepted as soon as it is registered.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, ValidationError
+
+from bertc import registry
+from bertc.errors import SpecError
+from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
+from bertc.specbase import PositiveInt, StrictModel, json_path, walk_problems
+
+BACKENDS = ("onnx_cpu", "onnx_cuda", "tflite")
+
+
+class ExportSpec(StrictModel):
+    onnx: bool = True
+    tflite: bool = True
+    opset: Literal[17, 18] = 17
+    input_dtype: Literal["int32", "int64"] = "int32"
+    keep_saved_model: bool = False
+
+
+class Tolerance(StrictModel):
+    atol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
+    rtol: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+
+
+class ParitySpec(StrictModel):
+    enabled: bool = True
+    default: Tolerance = Tolerance()
+    backends: dict[Literal["onnx_cpu", "onnx_cuda", "tflite"], Tolerance] = {}
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 3]
+    sequence_lengths: Optional[Annotated[list[PositiveInt], Field(min_length=1)]] = None
+
+    def tolerance(self, backend: str) -> Tolerance:
+        return self.backends.get(backend, self.default)
+
+    def problems(self, ctx):
+        max_len = ctx.get("max_sequence_length")
+        for i, n in enumerate(self.sequence_lengths or []):
+            if max_len and n > max_len:
+                yield ("sequence_lengths", i), (
+                    f"{n} exceeds the encoder's max_sequence_length {max_len} (at {ctx['max_sequence_length_path']})")
+
+
+class Spec(StrictModel):
+    schema_uri: Optional[str] = Field(default=None, alias="$schema")
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+    description: str = ""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    encoder: "EncoderSpec"  # noqa: F821
+    head: Optional["HeadSpec"] = None  # noqa: F821
+    export: ExportSpec = ExportSpec()
+    parity: ParitySpec = ParitySpec()
+
+    model_config = {**StrictModel.model_config, "populate_by_name": True}
+
+    def child_context(self, ctx, path):
+        seq_path = ("encoder", "max_sequence_length") if hasattr(type(self.encoder), "model_fields") and \
+            "max_sequence_length" in type(self.encoder).model_fields else ("encoder", "embedding", "max_sequence_length")
+        return {**ctx, "max_sequence_length": self.encoder.max_sequence_length,
+                "max_sequence_length_path": json_path(seq_path)}
+
+
+_built_generation = -1
+
+
+def ensure_models() -> None:
+    """(Re)build the spec models from the registries' current contents."""
+    global _built_generation
+    import bertc.components  # noqa: F401 - registers the shipped components
+
+    if _built_generation == registry.generation():
+        return
+    namespace = {
+        "AttentionSpec": ATTENTION.spec_union(), "FeedforwardSpec": FEEDFORWARD.spec_union(),
+        "EmbeddingSpec": EMBEDDINGS.spec_union(),
+    }
+    for reg in (ATTENTION, FEEDFORWARD, EMBEDDINGS):
+        for e in reg.entries():
+            e.spec.model_rebuild(force=True, _types_namespace=namespace)
+    namespace["BlockSpec"] = BLOCKS.spec_union()
+    for e in BLOCKS.entries():
+        e.spec.model_rebuild(force=True, _types_namespace=namespace)
+    namespace["EncoderSpec"] = ENCODERS.spec_union()
+    for reg in (ENCODERS, HEADS):
+        for e in reg.entries():
+            e.spec.model_rebuild(force=True, _types_namespace=namespace)
+    namespace["HeadSpec"] = HEADS.spec_union()
+    Spec.model_rebuild(force=True, _types_namespace=namespace)
+    _built_generation = registry.generation()
+
+
+def _all_field_names() -> set[str]:
+    names = set(Spec.model_fields) | {"$schema"}
+    for reg in registry.ALL:
+        for e in reg.entries():
+            names |= set(e.spec.model_fields)
+    for m in (ExportSpec, ParitySpec, Tolerance):
+        names |= set(m.model_fields)
+    return names
+
+
+def _user_loc(loc: tuple, raw: Any) -> tuple:
+    """Drop the parts of a pydantic location the user never wrote (union tags, wrapped lists)."""
+    out, node = [], raw
+    for part in loc:
+        if isinstance(node, dict):
+            if part in node:
+                out.append(part)
+                node = node[part]
+            elif isinstance(part, int) or node.get("type") == part:
+                continue  # a dict accepted as a one-item list, or a discriminated-union tag
+            else:
+                out.append(part)
+                node = None
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(part, str) and "[" in part:  # pydantic's internal step names (e.g. 'function-after[...]')
+            continue
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def _message(err: dict, known_fields: set[str]) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        key = err["loc"][-1]
+        close = difflib.get_close_matches(str(key), sorted(known_fields), n=1)
+        return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown type {ctx.get('tag')!r}; known types: {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return "missing 'type' (says which component this is)"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        msg += f", got {json.dumps(value)}"
+    return msg
+
+
+def _validate(data: Any, source: str) -> Spec:
+    ensure_models()
+    if not isinstance(data, dict):
+        raise SpecError(source, [("$", f"the spec must be a JSON object, got {type(data).__name__}")])
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        known = _all_field_names()
+        problems, seen = [], set()
+        for err in exc.errors():
+            item = (json_path(_user_loc(err["loc"], data)), _message(err, known))
+            if item not in seen:
+                seen.add(item)
+                problems.append(item)
+        raise SpecError(source, problems) from None
+    problems = [(json_path(loc), msg) for loc, msg in walk_problems(spec, (), {})]
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def load_spec(source: Union[str, Path, dict]) -> Spec:
+    """Load and validate a spec from a JSON file path or a dict. Raises :class:`SpecError`."""
+    if isinstance(source, dict):
+        return _validate(source, "<spec>")
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [("$", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [("$", f"cannot read the file: {exc}")]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(str(path), [(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")]) from None
+    return _validate(data, str(path))
+
+
+def dump_spec(spec: Spec) -> dict:
+    """The spec as a JSON-ready dict; ``load_spec(dump_spec(s)) == s``."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def json_schema() -> dict:
+    ensure_models()
+    schema = Spec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bertc spec"
+    return schema

@@ -1,0 +1,64 @@
+"""Building blocks of the spec language shared by every component.
+
+Kept free of TensorFlow so that components can declare their spec models
+without paying for a TensorFlow import.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Iterator, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Activation names understood everywhere (bertc.activations implements them).
+ACTIVATION_NAMES = ("gelu", "gelu_tanh", "relu", "tanh", "silu", "linear")
+Activation = Literal["gelu", "gelu_tanh", "relu", "tanh", "silu", "linear"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
+Epsilon = Annotated[float, Field(gt=0.0, le=1e-1)]
+
+Problem = tuple[tuple[Any, ...], str]  # (path relative to the model, message)
+
+
+class StrictModel(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are typed, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def problems(self, ctx: dict[str, Any]) -> Iterator[Problem]:
+        """Cross-field rules. ``ctx`` carries facts from enclosing specs (e.g. hidden_size)."""
+        return iter(())
+
+    def child_context(self, ctx: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """Facts this model hands down to the models inside it (``path`` is its own)."""
+        return ctx
+
+
+class InitializerSpec(StrictModel):
+    type: Literal["truncated_normal", "normal", "glorot_uniform", "zeros"] = "truncated_normal"
+    stddev: Annotated[float, Field(gt=0.0, le=10.0)] = 0.02
+
+
+DEFAULT_INITIALIZER = InitializerSpec()
+OptionalInitializer = Optional[InitializerSpec]
+
+
+def walk_problems(model: StrictModel, path: tuple[Any, ...], ctx: dict[str, Any]) -> Iterator[Problem]:
+    """Every cross-field problem in the tree under ``model``, with absolute paths."""
+    for rel, msg in model.problems(ctx):
+        yield path + tuple(rel), msg
+    child_ctx = model.child_context(ctx, path)
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, StrictModel):
+                sub = path + ((name,) if index is None else (name, index))
+                yield from walk_problems(item, sub, child_ctx)
+
+
+def json_path(loc: tuple[Any, ...]) -> str:
+    out = "$"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
