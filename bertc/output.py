@@ -28,6 +28,9 @@ class StagedOutput:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging phase only
         except OSError as exc:
             raise OutputError(f"cannot create the output directory next to {self.out}: {exc}") from None
         return self.tmp

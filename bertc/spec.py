@@ -74,8 +74,29 @@ class Spec(StrictModel):
 _built_generation = -1
 
 
+def _registry_fields():
+    from bertc.components.blocks import ScaffoldBlockSpec
+    from bertc.components.encoders import ScaffoldEncoderSpec
+
+    return {(ScaffoldBlockSpec, "attention"): ("AttentionSpec", False),
+            (ScaffoldBlockSpec, "feedforward"): ("FeedforwardSpec", False),
+            (ScaffoldEncoderSpec, "embedding"): ("EmbeddingSpec", False),
+            (ScaffoldEncoderSpec, "hidden"): ("BlockSpec", True),
+            (Spec, "encoder"): ("EncoderSpec", False),
+            (Spec, "head"): ("HeadSpec", None)}  # None: optional
+
+
+def _rebuild(model: type, namespace: dict) -> None:
+    for (owner, name), (alias, kind) in _registry_fields().items():
+        if owner is model:
+            union = namespace[alias]
+            annotation = list[union] if kind is True else (Optional[union] if kind is None else union)
+            model.__pydantic_fields__[name].annotation = annotation
+    model.model_rebuild(force=True, _types_namespace=namespace)
+
+
 def ensure_models() -> None:
-    """(Re)build the spec models from the registries' current contents."""
+    """(Re)build the spec models from the registries' current contents (plug-ins included)."""
     global _built_generation
     import bertc.components  # noqa: F401 - registers the shipped components
 
@@ -87,16 +108,16 @@ def ensure_models() -> None:
     }
     for reg in (ATTENTION, FEEDFORWARD, EMBEDDINGS):
         for e in reg.entries():
-            e.spec.model_rebuild(force=True, _types_namespace=namespace)
+            _rebuild(e.spec, namespace)
     namespace["BlockSpec"] = BLOCKS.spec_union()
     for e in BLOCKS.entries():
-        e.spec.model_rebuild(force=True, _types_namespace=namespace)
+        _rebuild(e.spec, namespace)
     namespace["EncoderSpec"] = ENCODERS.spec_union()
+    namespace["HeadSpec"] = HEADS.spec_union()
     for reg in (ENCODERS, HEADS):
         for e in reg.entries():
-            e.spec.model_rebuild(force=True, _types_namespace=namespace)
-    namespace["HeadSpec"] = HEADS.spec_union()
-    Spec.model_rebuild(force=True, _types_namespace=namespace)
+            _rebuild(e.spec, namespace)
+    _rebuild(Spec, namespace)
     _built_generation = registry.generation()
 
 
@@ -169,7 +190,7 @@ def _validate(data: Any, source: str) -> Spec:
                 seen.add(item)
                 problems.append(item)
         raise SpecError(source, problems) from None
-    problems = [(json_path(loc), msg) for loc, msg in walk_problems(spec, (), {})]
+    problems = [(json_path(_user_loc(loc, data)), msg) for loc, msg in walk_problems(spec, (), {})]
     if problems:
         raise SpecError(source, problems)
     return spec

@@ -1,0 +1,229 @@
+"""Command line: argument parsing, progress output and exit codes only."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, BertcError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _err(text: str = "", **kw) -> None:
+    click.echo(text, err=True, **kw)
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: Path | None):
+    """Send what C++ libraries (TensorFlow, tf2onnx, TFLite, ONNX Runtime) print on fd 2 to a log file."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)  # our own messages still reach the console
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = python_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _import_quietly():
+    """Import TensorFlow / Keras with their start-up chatter kept off the console."""
+    import tempfile
+
+    with native_stderr_to(Path(tempfile.gettempdir()) / "bertc-import.log"):
+        import bertc.components  # noqa: F401
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bertc")
+def cli():
+    """bertc: compile BERT-family model specs to validated Keras, ONNX and TFLite artifacts."""
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output directory (written atomically).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--no-export", is_flag=True, help="Stop after the Keras model (no ONNX, TFLite or parity).")
+@click.option("--no-parity", is_flag=True, help="Export but skip the parity stage.")
+@click.option("--opset", type=click.Choice(["17", "18"]), default=None, help="ONNX opset (default: the spec's, 17).")
+@click.option("--int64-inputs", is_flag=True, default=None, help="ONNX inputs as int64 instead of int32.")
+@click.option("--keep-saved-model", is_flag=True, default=None, help="Keep the SavedModel used for TFLite.")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None,
+              help="Copy weights from a built model (OUT dir or .keras) before validation.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+def build(spec, out, force, no_export, no_parity, opset, int64_inputs, keep_saved_model, init_from, quiet, as_json):
+    """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
+    from bertc.pipeline import BuildOptions
+    from bertc.pipeline import build as run_build
+
+    def hook(name, seconds, detail):
+        if not quiet:
+            _err(f"  {click.style('ok', fg='green')}  {name:<16} {seconds:7.2f}s  {detail}")
+
+    if not quiet:
+        _err(f"bertc build {spec} -> {out}")
+    _import_quietly()
+    opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity,
+                        opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
+                        keep_saved_model=keep_saved_model, init_from=init_from)
+    import tempfile
+
+    log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # TF / converter C++ chatter
+    try:
+        with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None):
+            report = run_build(spec, opts, hook)
+    except BertcError:
+        failed = Path(str(out) + ".failed")
+        if (failed / "summary.txt").exists() and not quiet:
+            _err((failed / "summary.txt").read_text())
+            _err(f"report kept in {failed}/ ({out} was left as it was)")
+        raise
+    except Exception:
+        if log.exists() and log.stat().st_size:
+            _err(f"native library output was saved to {log}")
+        raise
+    log.unlink(missing_ok=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    elif not quiet:
+        _err((Path(out) / "summary.txt").read_text())
+        _err(f"wrote {out}/")
+
+
+@cli.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def validate(specs):
+    """Check one or more specs (all problems of each, with JSON paths)."""
+    _import_quietly()
+    from bertc.build import expected_param_count
+    from bertc.errors import SpecError
+    from bertc.spec import load_spec
+
+    bad = 0
+    for path in specs:
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            bad += 1
+            _err(str(exc))
+            continue
+        click.echo(f"ok  {path}: {spec.name} ({spec.encoder.type} encoder, "
+                   f"{spec.head.type if spec.head else 'no'} head, {expected_param_count(spec):,} parameters)")
+    if bad:
+        raise SystemExit(EXIT_BAD_SPEC)
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
+def schema(output):
+    """Print the JSON Schema of the spec language."""
+    _import_quietly()
+    from bertc.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("list")
+def list_components():
+    """List the registered components, by kind."""
+    _import_quietly()
+    from bertc.registry import ALL
+
+    for reg in ALL:
+        click.echo(f"{reg.kind}:")
+        for e in reg.entries():
+            click.echo(f"  {e.name:<18} {e.description}")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the graph to a PNG file.")
+def inspect(spec, plot):
+    """Print the built graph: layers, output shapes, parameters, shared layers."""
+    _import_quietly()
+    from bertc.inspect import graph_table, plot_graph
+
+    model = __import__("bertc").build_model(spec)
+    click.echo(graph_table(model))
+    if plot:
+        plot_graph(model, plot)
+        click.echo(f"wrote {plot}")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--atol", type=float, default=None, help="Absolute tolerance for every backend.")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance for every backend.")
+@click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
+def parity(out, atol, rtol, as_json):
+    """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
+    _import_quietly()
+    from bertc.parity import rerun_parity
+
+    section = rerun_parity(out, atol, rtol)
+    if as_json:
+        click.echo(json.dumps(section, indent=2))
+    else:
+        from bertc.pipeline import summary_text
+
+        report = json.loads((out / "report.json").read_text())
+        click.echo(summary_text(report))
+    if not section["passed"]:
+        from bertc.errors import ParityError
+
+        problems = [f"- {r['backend']} / {r['output']}: {p}" for r in section["results"] for p in r["problems"]]
+        raise ParityError(f"parity failed ({len(problems)} problem(s)):\n" + "\n".join(problems))
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="bertc", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_BAD_SPEC
+    except click.exceptions.Abort:
+        _err("aborted")
+        return 130
+    except BertcError as exc:
+        _err(f"error: {exc}")
+        return exc.exit_code
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was written")
+        return 130
+    except Exception as exc:  # a bug in bertc: say so briefly, traceback on request
+        if os.environ.get("BERTC_DEBUG") == "1":
+            traceback.print_exc()
+        _err(f"internal error: {type(exc).__name__}: {exc}\n(set BERTC_DEBUG=1 to see the traceback)")
+        return EXIT_CHECK_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

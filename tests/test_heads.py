@@ -1,0 +1,49 @@
+"""Every head's output names and shapes, at two sequence lengths (dynamic sequence axis)."""
+import numpy as np
+import pytest
+
+import bertc
+from bertc.build import output_infos
+from bertc.inputs import make_inputs
+from bertc.spec import load_spec
+from conftest import tiny_bert
+
+HEADS = {
+    "classifier": ({"type": "classifier", "num_classes": 3}, {"logits": lambda b, s: (b, 3)}),
+    "token_classifier": ({"type": "token_classifier", "num_classes": 4}, {"logits": lambda b, s: (b, s, 4)}),
+    "span_labeler": ({"type": "span_labeler"}, {"start_logits": lambda b, s: (b, s), "end_logits": lambda b, s: (b, s)}),
+    "pretrainer": ({"type": "pretrainer", "num_token_predictions": 3, "output": "predictions"},
+                   {"masked_lm": lambda b, s: (b, 3, 50), "classification": lambda b, s: (b, 2)}),
+    "none": (None, {"sequence_output": lambda b, s: (b, s, 16), "pooled_output": lambda b, s: (b, 16)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_output_names_and_shapes(name):
+    head, expected = HEADS[name]
+    spec = load_spec(tiny_bert(head=head))
+    model = bertc.build_model(spec)
+    assert [o.name for o in output_infos(spec)] == list(expected)
+    for b, s in ((2, 5), (3, 8)):
+        out = model(make_inputs(spec, b, s, np.random.default_rng(0)), training=False)
+        assert sorted(out) == sorted(expected)
+        for key, shape in expected.items():
+            assert tuple(out[key].shape) == shape(b, s), key
+
+
+def test_pretrainer_predictions_are_log_probabilities_and_decoder_is_tied():
+    spec = load_spec(tiny_bert(head=HEADS["pretrainer"][0]))
+    model = bertc.build_model(spec)
+    out = model(make_inputs(spec, 2, 8, np.random.default_rng(0)), training=False)
+    np.testing.assert_allclose(np.exp(out["masked_lm"].numpy()).sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.exp(out["classification"].numpy()).sum(-1), 1.0, atol=1e-5)
+    assert not any(w.path.startswith("masked_lm") and w.shape == (50, 16) for w in model.weights)  # no untied decoder
+
+
+def test_encoder_with_all_layer_outputs():
+    d = tiny_bert(head=None)
+    d["encoder"]["return_all_layer_outputs"] = True
+    spec = load_spec(d)
+    out = bertc.build_model(spec)(make_inputs(spec, 2, 4, np.random.default_rng(0)), training=False)
+    assert {"encoder_outputs_0", "encoder_outputs_1"} <= set(out)
+    np.testing.assert_array_equal(out["encoder_outputs_1"].numpy(), out["sequence_output"].numpy())

@@ -1,0 +1,108 @@
+"""The spec language: strictness, JSON-path errors, round-trip, schema."""
+import json
+
+import pytest
+
+from bertc.errors import SpecError
+from bertc.spec import dump_spec, json_schema, load_spec
+from conftest import TINY_SPECS, SPECS, tiny_bert
+
+
+def enc(**kw):
+    d = tiny_bert()
+    d["encoder"].update(kw)
+    return d
+
+
+def with_head(head):
+    d = tiny_bert()
+    d["head"] = head
+    return d
+
+
+def scaffold(**kw):
+    d = tiny_bert()
+    d["encoder"] = {"type": "scaffold", "hidden_size": 16, "num_layers": 2,
+                    "embedding": {"type": "standard", "vocab_size": 50, "max_sequence_length": 8},
+                    "hidden": {"type": "transformer", "num_attention_heads": 2, "intermediate_size": 32}}
+    d["encoder"].update(kw)
+    return d
+
+
+MALFORMED = [
+    (enc(num_attention_heads=3), "$.encoder.num_attention_heads", "hidden_size 16 is not divisible by num_attention_heads 3"),
+    (enc(hidden_sizee=16), "$.encoder.hidden_sizee", "unknown key 'hidden_sizee' (did you mean 'hidden_size'?)"),
+    (enc(vocab_size="100"), "$.encoder.vocab_size", "Input should be a valid integer"),
+    (enc(vocab_size=0), "$.encoder.vocab_size", "greater than or equal to 1"),
+    (enc(dropout_rate=1.5), "$.encoder.dropout_rate", "less than 1"),
+    (enc(activation="swishy"), "$.encoder.activation", "Input should be 'gelu'"),
+    (enc(type="bertt"), "$.encoder", "unknown type 'bertt'; known types: 'albert', 'bert', 'scaffold'"),
+    ({k: v for k, v in tiny_bert().items() if k != "encoder"}, "$.encoder", "required key is missing"),
+    (with_head({"type": "pretrainer", "num_token_predictions": 9}), "$.head.num_token_predictions",
+     "9 exceeds the encoder's max_sequence_length 8 (at $.encoder.max_sequence_length)"),
+    (with_head({"type": "classifier"}), "$.head.num_classes", "required key is missing"),
+    (with_head({"num_classes": 2}), "$.head", "missing 'type'"),
+    (tiny_bert(name="has space"), "$.name", "should match pattern"),
+    (scaffold(hidden=[{"type": "transformer", "num_attention_heads": 2, "intermediate_size": 32}] * 3),
+     "$.encoder.hidden", "has 3 block specs but num_layers is 2"),
+    (scaffold(hidden={"type": "scaffold", "attention": {"type": "talking_heads", "num_heads": 5},
+                      "feedforward": {"type": "dense", "intermediate_size": 8}}),
+     "$.encoder.hidden.attention.num_heads", "hidden_size 16 (at $.encoder.hidden_size) is not divisible by num_heads 5"),
+    (scaffold(hidden={"type": "scaffold", "attention": {"type": "nope", "num_heads": 2},
+                      "feedforward": {"type": "dense", "intermediate_size": 8}}),
+     "$.encoder.hidden.attention", "unknown type 'nope'; known types: 'multi_head', 'talking_heads'"),
+    (scaffold(embedding={"type": "custom", "vocab_size": 50, "max_sequence_length": 8, "use_type_embeddings": True}),
+     "$.encoder.embedding.type_vocab_size", "is required when use_type_embeddings is true"),
+    (tiny_bert(parity={"sequence_lengths": [4, 99]}), "$.parity.sequence_lengths[1]", "99 exceeds"),
+    (tiny_bert(export={"opset": 12}), "$.export.opset", "Input should be 17 or 18"),
+]
+
+
+@pytest.mark.parametrize("data,path,message", MALFORMED, ids=[m[1] + ":" + m[2][:20] for m in MALFORMED])
+def test_malformed_spec_reports_path_and_message(data, path, message):
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    problems = info.value.problems
+    assert any(p == path and message in m for p, m in problems), problems
+
+
+def test_all_errors_are_reported_at_once():
+    data = enc(vocab_size=-1, dropout_rate=2.0, bogus=1)
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    paths = {p for p, _ in info.value.problems}
+    assert {"$.encoder.vocab_size", "$.encoder.dropout_rate", "$.encoder.bogus"} <= paths
+
+
+def test_malformed_json_reports_line_and_column(tmp_spec):
+    path = tmp_spec('{\n  "name": "x",\n  "encoder": {"type": "bert",, }\n}')
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    (where, msg), = info.value.problems
+    assert where == "line 3, column 30" and msg.startswith("invalid JSON")
+
+
+def test_missing_file_and_non_object(tmp_spec, tmp_path):
+    with pytest.raises(SpecError, match="file not found"):
+        load_spec(tmp_path / "nope.json")
+    with pytest.raises(SpecError, match="must be a JSON object"):
+        load_spec(tmp_spec("[1, 2]"))
+
+
+@pytest.mark.parametrize("path", TINY_SPECS + [SPECS / "bert_base_classifier.json"], ids=lambda p: p.stem)
+def test_spec_round_trips(path):
+    spec = load_spec(path)
+    dumped = json.loads(json.dumps(dump_spec(spec)))
+    assert load_spec(dumped) == spec
+    assert dump_spec(load_spec(dumped)) == dumped
+
+
+def test_single_block_and_list_forms_are_equivalent():
+    block = {"type": "transformer", "num_attention_heads": 2, "intermediate_size": 32}
+    assert load_spec(scaffold(hidden=block)).encoder.blocks() == load_spec(scaffold(hidden=[block, block])).encoder.blocks()
+
+
+def test_schema_lists_registered_types():
+    text = json.dumps(json_schema())
+    for name in ("talking_heads", "rezero", "albert", "span_labeler", "pretrainer", "gated", "custom"):
+        assert f'"{name}"' in text
