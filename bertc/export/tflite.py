@@ -23,7 +23,7 @@ from bertc.errors import ExportError
 SIGNATURE = "serving_default"
 
 
-def save_serving_model(model, spec, directory: Path) -> None:
+def save_serving_model(model, spec, directory: Path):
     inputs = input_infos(spec)
     outputs = [o.name for o in output_infos(spec)]
     signature = [{i.name: tf.TensorSpec((None, i.length), tf.int32, name=i.name) for i in inputs}]
@@ -42,30 +42,33 @@ def save_serving_model(model, spec, directory: Path) -> None:
 
     module.serve = serve
     tf.saved_model.save(module, str(directory), signatures={SIGNATURE: serve})
+    return serve.get_concrete_function()
 
 
-_OP_RE = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
-_LOC_RE = re.compile(r'loc\((?:fused\[)?(?:callsite\()?"([^"]+)"')
+_OP_RE = re.compile(r"'tf\.([A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
 
 
-def explain_converter_error(message: str) -> str:
-    """Turn the converter's MLIR diagnostics into 'op X from layer Y' lines."""
-    found = []
-    for line in message.splitlines():
-        op = _OP_RE.search(line)
-        if not op:
-            continue
-        loc = _LOC_RE.search(line)
-        where = loc.group(1).split("@")[0] if loc else "unknown location"
-        # 'layer_0/feedforward/Erfc' -> layer 'layer_0/feedforward'
-        layer = where.rsplit("/", 1)[0] if "/" in where else where
-        found.append(f"op {op.group(1)} (from layer '{layer}') has no builtin TFLite kernel")
-    if not found:
+def graph_ops(concrete_function) -> list[tuple[str, str]]:
+    """(op type, op name) of every op in a traced function, nested function bodies included."""
+    ops = [(op.type, op.name) for op in concrete_function.graph.get_operations()]
+    for fdef in concrete_function.graph.as_graph_def().library.function:
+        ops += [(node.op, f"{fdef.signature.name}/{node.name}") for node in fdef.node_def]
+    return ops
+
+
+def explain_converter_error(message: str, ops: list[tuple[str, str]] = ()) -> str:
+    """Name each op the converter could not lower to a builtin, and the layers it came from."""
+    missing = list(dict.fromkeys(_OP_RE.findall(message)))
+    if not missing:
         tail = message.strip().splitlines()[-3:]
         return "TFLite conversion failed: " + " | ".join(tail)
-    unique = list(dict.fromkeys(found))
-    return "TFLite export needs ops outside the builtin set: " + "; ".join(unique) + \
-        ". Rewrite them with builtin ops (e.g. exact GELU through erf, expand_dims instead of [:, None])."
+    parts = []
+    for op_type in missing:
+        layers = sorted({name.rsplit("/", 1)[0] for t, name in ops if t == op_type and "/" in name})
+        where = ", ".join(f"'{layer}'" for layer in layers[:5]) if layers else "an unnamed scope"
+        parts.append(f"op tf.{op_type} (from layer {where}) has no builtin TFLite kernel")
+    return ("TFLite export needs ops outside the builtin set: " + "; ".join(parts)
+            + ". Rewrite them with builtin ops (e.g. exact GELU through erf, expand_dims instead of [:, None]).")
 
 
 def export_tflite(model, spec, path: Path, keep_saved_model: Optional[Path] = None) -> dict:
@@ -73,14 +76,14 @@ def export_tflite(model, spec, path: Path, keep_saved_model: Optional[Path] = No
     workdir = Path(tempfile.mkdtemp(prefix="bertc-savedmodel-"))
     try:
         saved = workdir / "saved_model"
-        save_serving_model(model, spec, saved)
+        serving = save_serving_model(model, spec, saved)
         t_saved = time.perf_counter() - t0
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         try:
             flatbuffer = converter.convert()
         except Exception as exc:
-            raise ExportError(explain_converter_error(str(exc))) from None
+            raise ExportError(explain_converter_error(str(exc), graph_ops(serving))) from None
         tmp = Path(str(path) + ".partial")
         tmp.write_bytes(flatbuffer)
         os.replace(tmp, path)

@@ -1,0 +1,88 @@
+"""CLI exit codes, messages without tracebacks, and atomic output."""
+import json
+
+import pytest
+
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, EXIT_OUTPUT
+from conftest import tiny_bert
+
+
+def test_validate_ok_and_bad(tmp_spec, capsys):
+    good = tmp_spec(tiny_bert(), "good.json")
+    bad = tmp_spec({**tiny_bert(), "seed": -1}, "bad.json")
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(good), str(bad)]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert "$.seed: Input should be greater than or equal to 0, got -1" in err and "Traceback" not in err
+
+
+def test_build_bad_spec_exits_2_without_traceback(tmp_spec, tmp_path, capsys):
+    path = tmp_spec('{"name": "x", "encoder": {"type": "bert", "vocab_size": 10,}}')
+    assert main(["build", str(path), "-o", str(tmp_path / "out"), "-q"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert "invalid JSON" in err and "line 1" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["build"]) == EXIT_BAD_SPEC
+
+
+def test_schema_is_json(capsys):
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "bertc spec"
+
+
+@pytest.fixture
+def built(tmp_spec, tmp_path):
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q", "--no-export"]) == 0
+    return out
+
+
+def test_build_writes_report_and_summary(built):
+    report = json.loads((built / "report.json").read_text())
+    assert report["status"] == "passed" and {c["name"] for c in report["checks"]} == {
+        "finite_outputs", "deterministic", "padding_invariance", "batch_invariance", "param_count", "trainability"}
+    assert all(c["passed"] for c in report["checks"])
+    assert "PASS  param_count" in (built / "summary.txt").read_text()
+    assert sorted(p.name for p in built.iterdir()) == ["model.keras", "report.json", "spec.json", "summary.txt"]
+    assert not list(built.parent.glob(".out.tmp-*"))
+
+
+def test_existing_output_is_kept_without_force(built, tmp_spec, capsys):
+    marker = built / "mine.txt"
+    marker.write_text("keep me")
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export"]) == EXIT_OUTPUT
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert marker.read_text() == "keep me"
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export", "--force"]) == 0
+    assert not marker.exists() and (built / "report.json").exists()
+
+
+def test_failed_build_leaves_existing_output_untouched(built, tmp_spec, monkeypatch, capsys):
+    import bertc.check as check
+
+    monkeypatch.setattr(check, "INVARIANCE_ATOL", -1.0)  # make the invariance checks fail
+    before = (built / "report.json").read_text()
+    code = main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export", "--force"])
+    assert code == EXIT_CHECK_FAILED
+    assert (built / "report.json").read_text() == before
+    failed = built.with_name("out.failed")
+    assert json.loads((failed / "report.json").read_text())["status"] == "failed"
+    assert "numeric validation failed" in capsys.readouterr().err
+    assert not list(built.parent.glob(".out.tmp-*"))
+
+
+def test_interrupted_build_leaves_nothing(tmp_spec, tmp_path, monkeypatch):
+    import bertc.check as check
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "run_checks", interrupt)
+    monkeypatch.setattr("bertc.check.run_checks", interrupt)
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q"]) == 130
+    assert list(tmp_path.iterdir()) == [tmp_path / "spec.json"]

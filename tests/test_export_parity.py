@@ -1,0 +1,83 @@
+"""Every bundled spec exports to ONNX and TFLite and passes parity; broken artifacts are caught."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from bertc.cli import main
+from bertc.errors import EXIT_PARITY_FAILED
+from conftest import TINY_SPECS
+
+
+@pytest.mark.parametrize("path", TINY_SPECS, ids=lambda p: p.stem)
+def test_spec_builds_exports_and_passes_parity(path, tmp_path):
+    out = tmp_path / "out"
+    assert main(["build", str(path), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "passed"
+    parity = report["parity"]
+    assert {"onnx_cpu", "tflite"} <= set(parity["backends"])
+    assert all(r["passed"] and r["cases"] == 6 for r in parity["results"])
+    assert max(parity["max_abs_by_backend"].values()) <= 1e-4
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    names = [i["name"] for i in report["inputs"]]
+    assert [i.name for i in model.graph.input] == names
+    assert sorted(o.name for o in model.graph.output) == sorted(o["name"] for o in report["outputs"])
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "sequence"]
+    assert any(i.name == "layer_0/attention/query/kernel" or i.name.startswith("shared_layer/")
+               for i in model.graph.initializer)
+
+
+@pytest.fixture(scope="module")
+def canonical(tmp_path_factory):
+    out = tmp_path_factory.mktemp("canonical") / "out"
+    assert main(["build", "specs/canonical_classifier.json", "-o", str(out), "-q", "--int64-inputs",
+                 "--opset", "18"]) == 0
+    return out
+
+
+def test_int64_inputs_and_opset_option(canonical):
+    model = onnx.load(str(canonical / "model.onnx"))
+    assert model.opset_import[0].version == 18 or any(o.version == 18 for o in model.opset_import if o.domain == "")
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in model.graph.input)
+
+
+def test_perturbed_onnx_weight_fails_parity(canonical, capsys):
+    model = onnx.load(str(canonical / "model.onnx"))
+    for init in model.graph.initializer:
+        if init.name == "classifier/kernel":
+            w = numpy_helper.to_array(init).copy()
+            w[0, 0] += 0.5
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(canonical / "model.onnx"))
+    assert main(["parity", str(canonical)]) == EXIT_PARITY_FAILED
+    err = capsys.readouterr().err
+    assert "parity failed" in err and "- onnx_cpu / logits: batch 1 x seq 1: max abs diff" in err
+    assert "tflite" not in err.split("parity failed")[1]  # the untouched backend still agrees
+    report = json.loads((canonical / "report.json").read_text())
+    assert report["status"] == "failed"
+    bad = [r for r in report["parity"]["results"] if not r["passed"]]
+    assert [(r["backend"], r["output"]) for r in bad] == [("onnx_cpu", "logits")]
+    assert bad[0]["max_abs"] > 1e-3
+
+
+def test_tflite_error_names_op_and_layer():
+    import tensorflow as tf
+
+    from bertc.export.tflite import explain_converter_error, graph_ops
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 4), tf.float32)])
+    def f(x):
+        with tf.name_scope("layer_0/feedforward"):
+            return tf.math.erfc(x)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with pytest.raises(Exception) as info:
+        converter.convert()
+    message = explain_converter_error(str(info.value), graph_ops(f.get_concrete_function()))
+    assert "tf.Erfc" in message and "layer_0/feedforward" in message
