@@ -65,8 +65,9 @@ class Spec(StrictModel):
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
     def child_context(self, ctx, path):
-        seq_path = ("encoder", "max_sequence_length") if hasattr(type(self.encoder), "model_fields") and \
-            "max_sequence_length" in type(self.encoder).model_fields else ("encoder", "embedding", "max_sequence_length")
+        # bert / albert declare max_sequence_length themselves; a scaffold encoder takes it from its embedding.
+        own = "max_sequence_length" in type(self.encoder).model_fields
+        seq_path = ("encoder", "max_sequence_length") if own else ("encoder", "embedding", "max_sequence_length")
         return {**ctx, "max_sequence_length": self.encoder.max_sequence_length,
                 "max_sequence_length_path": json_path(seq_path)}
 
