@@ -6,10 +6,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from bertc.build import expected_param_count, output_infos
+from bertc.build import expected_param_count
 from bertc.components.common import keras, tf
 from bertc.inputs import make_inputs, pad_to
 from bertc.registry import HEADS
+from bertc.signature import Signature
 from bertc.spec import Spec
 
 INVARIANCE_ATOL = 1e-5
@@ -45,7 +46,7 @@ def _max_diff(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> floa
     return worst
 
 
-def check_finite(model, spec: Spec, rng) -> CheckResult:
+def check_finite(model, spec: Spec, sig: Signature, rng) -> CheckResult:
     out = _run(model, make_inputs(spec, 3, spec.encoder.max_sequence_length, rng))
     bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in out.items()}
     n = sum(bad.values())
@@ -53,24 +54,24 @@ def check_finite(model, spec: Spec, rng) -> CheckResult:
                        "non-finite values per output: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
 
 
-def check_deterministic(model, spec: Spec, rng) -> CheckResult:
+def check_deterministic(model, spec: Spec, sig: Signature, rng) -> CheckResult:
     inputs = make_inputs(spec, 2, spec.encoder.max_sequence_length, rng)
     diff = _max_diff(_run(model, inputs), _run(model, inputs))
     return CheckResult("deterministic", diff == 0.0, diff, 0.0, "max abs diff between two identical calls")
 
 
-def check_padding_invariance(model, spec: Spec, rng) -> CheckResult:
+def check_padding_invariance(model, spec: Spec, sig: Signature, rng) -> CheckResult:
     max_len = spec.encoder.max_sequence_length
     if max_len < 2:
         return CheckResult("padding_invariance", True, 0.0, INVARIANCE_ATOL, "skipped: max_sequence_length is 1")
     short = max(1, max_len // 2)
     inputs = make_inputs(spec, 3, short, rng)
-    diff = _max_diff(_run(model, inputs), _run(model, pad_to(inputs, max_len)), short, output_infos(spec))
+    diff = _max_diff(_run(model, inputs), _run(model, pad_to(inputs, max_len)), short, sig.outputs)
     return CheckResult("padding_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
                        f"outputs at the first {short} positions, before and after padding to {max_len}")
 
 
-def check_batch_invariance(model, spec: Spec, rng) -> CheckResult:
+def check_batch_invariance(model, spec: Spec, sig: Signature, rng) -> CheckResult:
     inputs = make_inputs(spec, 3, max(1, spec.encoder.max_sequence_length // 2), rng)
     batched = _run(model, inputs)
     diff = 0.0
@@ -81,8 +82,8 @@ def check_batch_invariance(model, spec: Spec, rng) -> CheckResult:
                        "row i of a batch of 3 against example i alone")
 
 
-def check_param_count(model, spec: Spec, rng) -> CheckResult:
-    actual, expected = int(model.count_params()), expected_param_count(spec)
+def check_param_count(model, spec: Spec, sig: Signature, rng) -> CheckResult:
+    actual, expected = int(model.count_params()), expected_param_count(spec, sig)
     return CheckResult("param_count", actual == expected, actual, expected,
                        "model.count_params() against the closed-form count from the spec")
 
@@ -104,7 +105,7 @@ def _loss_fn(spec: Spec, inputs, rng):
     return surrogate, "surrogate MSE against random targets (no head)"
 
 
-def check_trainability(model, spec: Spec, rng) -> CheckResult:
+def check_trainability(model, spec: Spec, sig: Signature, rng) -> CheckResult:
     """One SGD step on the loss over a fixed random batch: every trainable weight gets a finite,
     non-zero gradient and the loss goes down. Gradients are taken in inference mode, so the step is
     deterministic. A weight that only receives gradient once a zero-initialised gate has moved
@@ -160,8 +161,8 @@ CHECKS = (check_finite, check_deterministic, check_padding_invariance, check_bat
           check_param_count, check_trainability)
 
 
-def run_checks(model: keras.Model, spec: Spec) -> list[CheckResult]:
+def run_checks(model: keras.Model, spec: Spec, sig: Signature) -> list[CheckResult]:
     results = []
     for i, check in enumerate(CHECKS):
-        results.append(check(model, spec, np.random.default_rng([spec.seed, i])))
+        results.append(check(model, spec, sig, np.random.default_rng([spec.seed, i])))
     return results

@@ -187,15 +187,12 @@ def parity(out, atol, rtol, as_json):
     if as_json:
         click.echo(json.dumps(section, indent=2))
     else:
-        from bertc.pipeline import summary_text
-
-        report = json.loads((out / "report.json").read_text())
-        click.echo(summary_text(report))
+        click.echo((out / "summary.txt").read_text(), nl=False)
     if not section["passed"]:
         from bertc.errors import ParityError
+        from bertc.report import parity_failure_message
 
-        problems = [f"- {r['backend']} / {r['output']}: {p}" for r in section["results"] for p in r["problems"]]
-        raise ParityError(f"parity failed ({len(problems)} problem(s)):\n" + "\n".join(problems))
+        raise ParityError(parity_failure_message(section))
 
 
 def main(argv=None) -> int:

@@ -14,9 +14,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from bertc.build import output_infos
 from bertc.errors import ParityError
 from bertc.inputs import make_inputs
+from bertc.signature import Signature
 from bertc.spec import Spec
 
 
@@ -138,8 +138,8 @@ def available_backends(out_dir: Path, report_export: dict) -> tuple[dict[str, Ca
 
 # --- comparison -----------------------------------------------------------------------------------
 
-def compare(spec: Spec, reference: Callable, backends: dict[str, Callable]) -> list[OutputParity]:
-    infos = output_infos(spec)
+def compare(spec: Spec, sig: Signature, reference: Callable, backends: dict[str, Callable]) -> list[OutputParity]:
+    infos = sig.outputs
     results = {(b, o.name): OutputParity(b, o.name, spec.parity.tolerance(b).atol, spec.parity.tolerance(b).rtol)
                for b in backends for o in infos}
     sums = {key: [0.0, 0] for key in results}
@@ -191,11 +191,11 @@ def compare(spec: Spec, reference: Callable, backends: dict[str, Callable]) -> l
     return list(results.values())
 
 
-def run_parity(spec: Spec, model, out_dir: Path, export_report: dict) -> dict:
+def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, export_report: dict) -> dict:
     """Parity of the artifacts in ``out_dir`` against ``model``: the report section, with
     ``passed`` false (and every problem listed) when any backend disagrees."""
     backends, skipped = available_backends(out_dir, export_report)
-    results = compare(spec, keras_runner(model), backends)
+    results = compare(spec, sig, keras_runner(model), backends)
     section = {
         "reference": "keras (inference mode)",
         "grid": [{"batch": b, "sequence_length": s} for b, s in grid(spec)],
@@ -211,9 +211,10 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
     ``report.json`` (atomically) with the new parity section."""
     import json
-    import os
 
     from bertc.errors import OutputError
+    from bertc.report import write_report
+    from bertc.signature import signature_of
     from bertc.spec import Tolerance, load_spec
     from bertc.transfer import load_keras_model
 
@@ -227,13 +228,8 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
                         rtol=spec.parity.default.rtol if rtol is None else rtol)
         spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"default": tol, "backends": {}})})
     report = json.loads((out_dir / "report.json").read_text())
-    section = run_parity(spec, load_keras_model(out_dir), out_dir, report.get("artifacts") or {})
+    section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {})
     report["parity"] = section
     report["status"] = "passed" if section["passed"] else "failed"
-    tmp = out_dir / "report.json.partial"
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, out_dir / "report.json")
-    from bertc.pipeline import summary_text
-
-    (out_dir / "summary.txt").write_text(summary_text(report))
+    write_report(out_dir, report)
     return section

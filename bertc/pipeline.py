@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import bertc
 from bertc.errors import CheckFailed, ParityError
+from bertc.report import parity_failure_message, write_report
 
 StageHook = Callable[[str, float, str], None]  # (stage name, seconds, one-line detail)
 
@@ -74,20 +75,22 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
 
 
 def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source: str = "") -> dict:
-    from bertc.build import build_model, expected_param_count, input_infos, output_infos
+    from bertc.build import build_model, expected_param_count
     from bertc.check import run_checks
+    from bertc.signature import signature_of
+
+    sig = signature_of(spec)
 
     report = {
         "bertc_version": bertc.__version__, "spec_name": spec.name, "spec_file": spec_source,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
-        "inputs": [i.to_json() for i in input_infos(spec)],
-        "outputs": [o.to_json() for o in output_infos(spec)],
+        **sig.to_json(),
         "stages": stages.timings, "status": "failed",
     }
     with stages.stage("build graph") as note:
-        model = build_model(spec)
-        report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec)}
+        model = build_model(spec, sig)
+        report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec, sig)}
         note["detail"] = f"{model.count_params():,} parameters, {len(model.layers)} layers"
     if opts.init_from is not None:
         from bertc.transfer import load_keras_model, transfer_weights
@@ -97,7 +100,7 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
             report["weights_from"] = str(opts.init_from)
             note["detail"] = f"{n} weights from {opts.init_from}"
     with stages.stage("validate") as note:
-        checks = run_checks(model, spec)
+        checks = run_checks(model, spec, sig)
         report["checks"] = [c.to_json() for c in checks]
         failed = [c for c in checks if not c.passed]
         note["detail"] = f"{len(checks) - len(failed)}/{len(checks)} checks passed"
@@ -117,58 +120,26 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
             from bertc.export.onnx import export_onnx
 
             with stages.stage("export onnx") as note:
-                artifacts["onnx"] = export_onnx(model, spec, out / "model.onnx", eo["opset"], eo["input_dtype"])
+                artifacts["onnx"] = export_onnx(model, sig, out / "model.onnx", eo["opset"], eo["input_dtype"])
                 note["detail"] = f"opset {eo['opset']}, {artifacts['onnx']['bytes'] / 1e6:.2f} MB"
         if spec.export.tflite:
             from bertc.export.tflite import export_tflite
 
             with stages.stage("export tflite") as note:
                 keep = out / "saved_model" if eo["keep_saved_model"] else None
-                artifacts["tflite"] = export_tflite(model, spec, out / "model.tflite", keep)
+                artifacts["tflite"] = export_tflite(model, sig, out / "model.tflite", keep)
                 note["detail"] = f"{artifacts['tflite']['bytes'] / 1e6:.2f} MB"
     if opts.export and opts.parity and spec.parity.enabled:
         from bertc.parity import run_parity
 
         with stages.stage("parity") as note:
-            section = run_parity(spec, model, out, artifacts)
+            section = run_parity(spec, sig, model, out, artifacts)
             report["parity"] = section
             worst = ", ".join(f"{b} {d:.2g}" for b, d in section["max_abs_by_backend"].items())
             note["detail"] = f"max abs diff: {worst or 'no backend'}"
         if not section["passed"]:
-            problems = [f"- {r['backend']} / {r['output']}: {p}" for r in section["results"] for p in r["problems"]]
-            report["_failure"] = ParityError(f"parity failed ({len(problems)} problem(s)):\n" + "\n".join(problems))
+            report["_failure"] = ParityError(parity_failure_message(section))
             return report
     report["status"] = "passed"
     return report
 
-
-def write_report(out: Path, report: dict) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "summary.txt").write_text(summary_text(report))
-
-
-def summary_text(report: dict) -> str:
-    lines = [f"bertc {report['bertc_version']}: {report['spec_name']}  [{report['status'].upper()}]"]
-    lines.append("inputs:  " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in report["inputs"]))
-    lines.append("outputs: " + ", ".join(f"{o['name']} ({o['kind']})" for o in report["outputs"]))
-    if "parameters" in report:
-        p = report["parameters"]
-        lines.append(f"parameters: {p['actual']:,} (closed form {p['expected']:,})")
-    if report.get("checks"):
-        lines.append("checks:")
-        for c in report["checks"]:
-            lines.append(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']:<20} {c['figure']!s:<14} "
-                         f"threshold {c['threshold']!s:<8} {c['detail']}")
-    for name, a in (report.get("artifacts") or {}).items():
-        lines.append(f"artifact: {a['path']} ({a['bytes'] / 1e6:.2f} MB)")
-    parity = report.get("parity")
-    if parity:
-        lines.append("parity (max abs diff vs keras over the input grid):")
-        for r in parity["results"]:
-            agree = f" argmax {r['argmax_agreement']:.0%}" if r.get("argmax_agreement") is not None else ""
-            lines.append(f"  {'PASS' if r['passed'] else 'FAIL'}  {r['backend']:<10} {r['output']:<18} "
-                         f"{r['max_abs']:.3g} (atol {r['atol']:g}){agree}")
-        for backend, why in parity["skipped"].items():
-            lines.append(f"  skipped {backend}: {why}")
-    lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))
-    return "\n".join(lines) + "\n"

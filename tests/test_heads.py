@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import bertc
-from bertc.build import output_infos
+from bertc.signature import signature_of
 from bertc.inputs import make_inputs
 from bertc.spec import load_spec
 from conftest import tiny_bert
@@ -23,7 +23,7 @@ def test_head_output_names_and_shapes(name):
     head, expected = HEADS[name]
     spec = load_spec(tiny_bert(head=head))
     model = bertc.build_model(spec)
-    assert [o.name for o in output_infos(spec)] == list(expected)
+    assert signature_of(spec).output_names == list(expected)
     for b, s in ((2, 5), (3, 8)):
         out = model(make_inputs(spec, b, s, np.random.default_rng(0)), training=False)
         assert sorted(out) == sorted(expected)

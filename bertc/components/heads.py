@@ -12,7 +12,6 @@ A head component offers, as static methods:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Literal, Optional
 
 import keras
@@ -22,17 +21,8 @@ import tensorflow as tf
 from bertc import activations, losses
 from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable
 from bertc.registry import HEADS
+from bertc.signature import OutputInfo
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
-
-
-@dataclass(frozen=True)
-class OutputInfo:
-    name: str
-    seq_axis: Optional[int]  # axis that follows the input sequence (padding-invariance compares it up to real length)
-    kind: Literal["features", "logits", "log_probs"]
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class HeadBase:

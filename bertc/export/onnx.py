@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bertc.build import input_infos, output_infos
 from bertc.components.common import tf
 from bertc.errors import ExportError
 
@@ -27,15 +26,15 @@ def _quiet_tf2onnx():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def export_onnx(model, spec, path: Path, opset: int = 17, input_dtype: str = "int32") -> dict:
+def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int32") -> dict:
     import onnx
     import tf2onnx
     from onnx import numpy_helper
 
     _quiet_tf2onnx()
     t0 = time.perf_counter()
-    inputs = input_infos(spec)
-    outputs = [o.name for o in output_infos(spec)]
+    inputs = list(sig.inputs)
+    outputs = sig.output_names
     trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
     variables = trainable + non_trainable
     dtype = tf.int64 if input_dtype == "int64" else tf.int32

@@ -16,16 +16,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from bertc.build import input_infos, output_infos
 from bertc.components.common import tf
 from bertc.errors import ExportError
 
 SIGNATURE = "serving_default"
 
 
-def save_serving_model(model, spec, directory: Path):
-    inputs = input_infos(spec)
-    outputs = [o.name for o in output_infos(spec)]
+def save_serving_model(model, sig, directory: Path):
+    inputs = sig.inputs
+    outputs = sig.output_names
     signature = [{i.name: tf.TensorSpec((None, i.length), tf.int32, name=i.name) for i in inputs}]
 
     # Weights go in as constants (stateless_call), so the SavedModel holds no variables: the
@@ -71,12 +70,12 @@ def explain_converter_error(message: str, ops: list[tuple[str, str]] = ()) -> st
             + ". Rewrite them with builtin ops (e.g. exact GELU through erf, expand_dims instead of [:, None]).")
 
 
-def export_tflite(model, spec, path: Path, keep_saved_model: Optional[Path] = None) -> dict:
+def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None) -> dict:
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="bertc-savedmodel-"))
     try:
         saved = workdir / "saved_model"
-        serving = save_serving_model(model, spec, saved)
+        serving = save_serving_model(model, sig, saved)
         t_saved = time.perf_counter() - t0
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

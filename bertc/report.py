@@ -1,0 +1,61 @@
+"""report.json and summary.txt: the one place that renders what the stages returned.
+
+Stages return plain data; this module writes it (atomically) and turns it into the
+short human summary. It imports nothing else of bertc's, so any stage can use it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(out: Path, report: dict) -> None:
+    out = Path(out)
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(out / "summary.txt", summary_text(report))
+
+
+def parity_problems(section: dict) -> list[str]:
+    """One line per failed backend x output problem: ``- onnx_cpu / logits: ...``."""
+    return [f"- {r['backend']} / {r['output']}: {p}" for r in section["results"] for p in r["problems"]]
+
+
+def parity_failure_message(section: dict) -> str:
+    problems = parity_problems(section)
+    return f"parity failed ({len(problems)} problem(s)):\n" + "\n".join(problems)
+
+
+def summary_text(report: dict) -> str:
+    lines = [f"bertc {report['bertc_version']}: {report['spec_name']}  [{report['status'].upper()}]"]
+    lines.append("inputs:  " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in report["inputs"]))
+    lines.append("outputs: " + ", ".join(f"{o['name']} ({o['kind']})" for o in report["outputs"]))
+    if "parameters" in report:
+        p = report["parameters"]
+        lines.append(f"parameters: {p['actual']:,} (closed form {p['expected']:,})")
+    if report.get("checks"):
+        lines.append("checks:")
+        for c in report["checks"]:
+            lines.append(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']:<20} {c['figure']!s:<14} "
+                         f"threshold {c['threshold']!s:<8} {c['detail']}")
+    for name, a in (report.get("artifacts") or {}).items():
+        lines.append(f"artifact: {a['path']} ({a['bytes'] / 1e6:.2f} MB)")
+    parity = report.get("parity")
+    if parity:
+        lines.append("parity (max abs diff vs keras over the input grid):")
+        for r in parity["results"]:
+            agree = f" argmax {r['argmax_agreement']:.0%}" if r.get("argmax_agreement") is not None else ""
+            lines.append(f"  {'PASS' if r['passed'] else 'FAIL'}  {r['backend']:<10} {r['output']:<18} "
+                         f"{r['max_abs']:.3g} (atol {r['atol']:g}){agree}")
+            if r.get("load_error"):
+                lines.append(f"        {r['load_error']}")
+        for backend, why in parity["skipped"].items():
+            lines.append(f"  skipped {backend}: {why}")
+    lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))
+    return "\n".join(lines) + "\n"
