@@ -21,9 +21,17 @@ from bertc.specbase import PositiveInt, StrictModel, json_path, walk_problems
 BACKENDS = ("onnx_cpu", "onnx_cuda", "tflite")
 
 
+VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16")
+
+
 class ExportSpec(StrictModel):
     onnx: bool = True
     tflite: bool = True
+    # The ONNX Runtime artifact lowered straight from the spec (fused com.microsoft operators).
+    optimized: bool = True
+    # Reduced-precision variants: onnx_int8 (dynamic quantization of the optimized graph), onnx_fp16 (for
+    # the CUDA provider), tflite_int8 (dynamic-range), tflite_fp16.
+    variants: list[Literal["onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16"]] = ["onnx_int8", "onnx_fp16"]
     opset: Literal[17, 18] = 17
     input_dtype: Literal["int32", "int64"] = "int32"
     keep_saved_model: bool = False
@@ -34,9 +42,17 @@ class Tolerance(StrictModel):
     rtol: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
 
+class TaskCriteria(StrictModel):
+    """Pass criteria of reduced-precision artifacts (int8, fp16), checked per output."""
+
+    min_argmax_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99  # logits / log-probs outputs
+    min_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.99  # feature outputs
+
+
 class ParitySpec(StrictModel):
     enabled: bool = True
     default: Tolerance = Tolerance()
+    task: TaskCriteria = TaskCriteria()
     backends: dict[Literal["onnx_cpu", "onnx_cuda", "tflite"], Tolerance] = {}
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 3]
     sequence_lengths: Optional[Annotated[list[PositiveInt], Field(min_length=1)]] = None
@@ -57,6 +73,9 @@ class Spec(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
     description: str = ""
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    # Trained weights to load into the built model (a path relative to the spec file): a Hugging Face
+    # directory or .safetensors file, a TF checkpoint (original BERT names or Model Garden), a .keras file.
+    weights: Optional[str] = None
     encoder: "EncoderSpec"  # noqa: F821
     head: Optional["HeadSpec"] = None  # noqa: F821
     export: ExportSpec = ExportSpec()
@@ -127,7 +146,7 @@ def _all_field_names() -> set[str]:
     for reg in registry.ALL:
         for e in reg.entries():
             names |= set(e.spec.model_fields)
-    for m in (ExportSpec, ParitySpec, Tolerance):
+    for m in (ExportSpec, ParitySpec, Tolerance, TaskCriteria):
         names |= set(m.model_fields)
     return names
 
