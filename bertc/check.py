@@ -8,7 +8,7 @@ import numpy as np
 
 from bertc.build import expected_param_count
 from bertc.components.common import keras, tf
-from bertc.inputs import make_inputs, pad_to
+from bertc.inputs import make_inputs, pad_to, random_mask
 from bertc.registry import HEADS
 from bertc.signature import Signature
 from bertc.spec import Spec
@@ -80,6 +80,34 @@ def check_batch_invariance(model, spec: Spec, sig: Signature, rng) -> CheckResul
         diff = max(diff, _max_diff(alone, {k: v[i:i + 1] for k, v in batched.items()}))
     return CheckResult("batch_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
                        "row i of a batch of 3 against example i alone")
+
+
+def check_masked_invariance(model, spec: Spec, sig: Signature, rng) -> CheckResult:
+    """With a random (non-contiguous) 0/1 mask, what the real tokens compute must not depend on the
+    content of the masked ones: attention ignores masked keys. Compared: sequence outputs at the real
+    positions, and per-row outputs (pooled [CLS], classifier, masked-LM at real positions) of the rows
+    whose first token is real (a masked [CLS] still computes its own row from its own content)."""
+    max_len = spec.encoder.max_sequence_length
+    if max_len < 2:
+        return CheckResult("masked_invariance", True, 0.0, INVARIANCE_ATOL, "skipped: max_sequence_length is 1")
+    mask = random_mask(3, max_len, rng)
+    inputs = make_inputs(spec, 3, max_len, rng, mask=mask)
+    changed = dict(inputs)
+    changed["input_word_ids"] = np.where(mask == 1, inputs["input_word_ids"],
+                                         rng.integers(1, spec.encoder.vocab_size, size=mask.shape)).astype(np.int32)
+    if "input_type_ids" in inputs:
+        changed["input_type_ids"] = np.where(mask == 1, inputs["input_type_ids"],
+                                             spec.encoder.type_vocab_size - 1 - inputs["input_type_ids"]).astype(np.int32)
+    a, b = _run(model, inputs), _run(model, changed)
+    diff = 0.0
+    for info in sig.outputs:
+        d = np.abs(a[info.name] - b[info.name])
+        # (batch, sequence, ...) at the real tokens, or the rows with a real first token
+        d = np.moveaxis(d, info.seq_axis, 1)[mask == 1] if info.seq_axis is not None else d[mask[:, 0] == 1]
+        diff = max(diff, float(d.max()) if d.size else 0.0)
+    return CheckResult("masked_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
+                       "outputs of the real tokens under a random 0/1 mask, before and after changing the masked "
+                       "tokens' ids")
 
 
 def check_param_count(model, spec: Spec, sig: Signature, rng) -> CheckResult:
@@ -158,7 +186,7 @@ def check_trainability(model, spec: Spec, sig: Signature, rng) -> CheckResult:
 
 
 CHECKS = (check_finite, check_deterministic, check_padding_invariance, check_batch_invariance,
-          check_param_count, check_trainability)
+          check_param_count, check_trainability, check_masked_invariance)
 
 
 def run_checks(model: keras.Model, spec: Spec, sig: Signature) -> list[CheckResult]:

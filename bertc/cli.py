@@ -195,9 +195,64 @@ def parity(out, atol, rtol, as_json):
         raise ParityError(parity_failure_message(section))
 
 
-def main(argv=None) -> int:
+def _int_list(text: str, option: str) -> tuple[int, ...]:
     try:
-        cli.main(args=argv, prog_name="bertc", standalone_mode=False)
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected positive integers separated by commas, got {text!r}", param_hint=option)
+    return values
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--seq", default=None, help="Sequence lengths, comma-separated [default: 32,128 up to the model's maximum].")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
+              help="Intra-op threads of every runtime.")
+@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True, help="Interleaved timing rounds.")
+@click.option("--calls", type=click.IntRange(1), default=10, show_default=True, help="Timed calls per target per round.")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed calls per target and shape.")
+@click.option("--baseline", default="onnx_cpu", show_default=True, help="Backend the ratios are relative to.")
+@click.option("--backends", default=None, help="Only these backends, comma-separated (e.g. onnx_cpu,onnx_optimized_cpu).")
+@click.option("--no-plot", is_flag=True, help="Do not draw bench.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the table goes to stderr).")
+def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, no_plot, as_json):
+    """Time every artifact x backend of a built OUT/: latency p50/p90, throughput, ratio to model.onnx on CPU.
+    Writes OUT/bench.json and OUT/bench.png (with matplotlib)."""
+    import shlex
+
+    _import_quietly()
+    from bertc.bench import BenchOptions, run_bench, table
+
+    opts = BenchOptions(batches=_int_list(batch, "--batch"), seqs=_int_list(seq, "--seq") if seq else None,
+                        threads=threads, rounds=rounds, warmup=warmup, calls=calls, baseline=baseline,
+                        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+                        plot=not no_plot)
+    argv = (click.get_current_context().obj or {}).get("argv")
+    command = "bertc " + shlex.join(argv) if argv is not None else ""
+    import tempfile
+    import warnings
+
+    log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # runtimes' C++ chatter
+    with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
+        result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
+    log.unlink(missing_ok=True)
+    text = table(result)
+    if as_json:
+        _err(text)
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(text)
+    _err(f"wrote {out / 'bench.json'}" + (f" and {result['chart']}" if result.get("chart") else ""))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cli.main(args=argv, prog_name="bertc", standalone_mode=False, obj={"argv": argv})
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code

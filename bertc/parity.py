@@ -1,22 +1,33 @@
 """Same inputs through every backend, one report.
 
-The Keras model (inference mode) is the reference. Backends: ONNX Runtime on
-the CPU provider, on the CUDA provider when the installed onnxruntime has it,
-and TFLite (ai_edge_litert). Every backend x output is checked for shape,
-dtype and values over a grid of batch sizes and sequence lengths; all failures
-are collected and reported together.
+The Keras model (inference mode) is the reference. The backends come from the build's
+artifacts (``report["artifacts"]``, see :mod:`bertc.backends`): every ONNX artifact on ONNX
+Runtime's CPU provider and, when the installed onnxruntime has it, the CUDA provider; every
+TFLite artifact on LiteRT. The grid: each batch size x sequence length with right-padded rows,
+plus, per batch size, a case with random 0/1 masks (real tokens anywhere in a row, as the seed
+notebooks feed), so a lowering that assumes right padding is caught.
+
+Criteria, per backend x output:
+
+- fp32 artifacts: shape, dtype and values within ``atol + rtol * |reference|`` at every case;
+- int8 / fp16 artifacts (task level, ``spec.parity.task``): argmax agreement of ``logits`` /
+  ``log_probs`` outputs over the grid >= ``min_argmax_agreement``; cosine similarity of feature
+  outputs, per row over its real tokens, >= ``min_cosine``; the max abs diff is recorded.
+
+Every failure is collected; an artifact that cannot be loaded fails its backend (naming the file
+and why), never the run.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from bertc.errors import ParityError
-from bertc.inputs import make_inputs
-from bertc.signature import Signature
+from bertc.backends import Backend, BackendLoadError, Runner, keras_runner, open_runner, plan_backends
+from bertc.inputs import make_inputs, random_mask
+from bertc.signature import OutputInfo, Signature
 from bertc.spec import Spec
 
 
@@ -24,14 +35,22 @@ from bertc.spec import Spec
 class OutputParity:
     backend: str
     output: str
-    atol: float
-    rtol: float
+    precision: str = "fp32"
+    criterion: str = "tolerance"  # "tolerance" (fp32: atol/rtol) or "task" (int8/fp16: parity.task)
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+    required_argmax_agreement: Optional[float] = None  # task criterion on logits / log_probs outputs
+    required_cosine: Optional[float] = None  # task criterion on feature outputs
     cases: int = 0
     max_abs: float = 0.0
     max_rel: float = 0.0
     mean_abs: float = 0.0
-    argmax_agreement: Optional[float] = None
+    argmax_agreement: Optional[float] = None  # logits / log_probs outputs
+    argmax_count: Optional[list] = None  # [agreeing, compared]
+    min_cosine: Optional[float] = None  # feature outputs: the lowest per-row cosine over the grid
+    min_cosine_case: str = ""
     worst_case: str = ""
+    load_error: Optional[str] = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -42,6 +61,18 @@ class OutputParity:
         return {**asdict(self), "passed": self.passed}
 
 
+@dataclass(frozen=True)
+class Case:
+    label: str
+    batch: int
+    sequence_length: int
+    mask: str  # "right_padding" or "random"
+    inputs: dict
+
+    def to_json(self) -> dict:
+        return {"batch": self.batch, "sequence_length": self.sequence_length, "mask": self.mask}
+
+
 def sequence_grid(spec: Spec) -> list[int]:
     if spec.parity.sequence_lengths:
         return list(spec.parity.sequence_lengths)
@@ -50,161 +81,188 @@ def sequence_grid(spec: Spec) -> list[int]:
     return sorted({1, min(middle, max_len), max_len})
 
 
-def grid(spec: Spec) -> list[tuple[int, int]]:
-    return [(b, s) for b in spec.parity.batch_sizes for s in sequence_grid(spec)]
-
-
-def grid_inputs(spec: Spec) -> list[tuple[str, dict[str, np.ndarray]]]:
+def grid_cases(spec: Spec) -> list[Case]:
+    """Right-padded rows at every batch size x sequence length, then one random-mask case per batch
+    size at the longest length of the grid (when it has at least two positions)."""
     cases = []
-    for b, s in grid(spec):
-        rng = np.random.default_rng([spec.seed, b, s])
-        cases.append((f"batch {b} x seq {s}", make_inputs(spec, b, s, rng)))
+    seqs = sequence_grid(spec)
+    for b in spec.parity.batch_sizes:
+        for s in seqs:
+            rng = np.random.default_rng([spec.seed, b, s])
+            cases.append(Case(f"batch {b} x seq {s}", b, s, "right_padding", make_inputs(spec, b, s, rng)))
+    longest = max(seqs)
+    if longest >= 2:
+        for b in spec.parity.batch_sizes:
+            rng = np.random.default_rng([spec.seed, b, longest, 1])
+            mask = random_mask(b, longest, rng)
+            cases.append(Case(f"batch {b} x seq {longest}, random mask", b, longest, "random",
+                              make_inputs(spec, b, longest, rng, mask=mask)))
     return cases
 
 
-# --- backends: each is name -> callable(inputs dict) -> outputs dict -------------------------------
-
-def keras_runner(model) -> Callable:
-    from bertc.components.common import tf
-
-    def run(inputs):
-        out = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
-        return {k: np.asarray(v) for k, v in out.items()}
-
-    return run
+def grid(spec: Spec) -> list[dict]:
+    return [c.to_json() for c in grid_cases(spec)]
 
 
-def onnx_providers() -> list[str]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return []
-    return list(ort.get_available_providers())
+# --- figures ----------------------------------------------------------------------------------------
+
+def _rows(value: np.ndarray, info: OutputInfo, mask: np.ndarray) -> list[np.ndarray]:
+    """Per batch row, the row's values (over its real tokens when the output follows the sequence)."""
+    if info.seq_axis is None:
+        return [value[i].ravel() for i in range(value.shape[0])]
+    by_token = np.moveaxis(value, info.seq_axis, 1)
+    return [by_token[i][mask[i] == 1].ravel() for i in range(value.shape[0])]
 
 
-def onnx_runner(path: Path, provider: str, input_dtype: str = "int32") -> Callable:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=[provider])
-    if provider not in session.get_providers():
-        raise ParityError(f"ONNX Runtime could not use {provider} for {path.name}")
-    names = [o.name for o in session.get_outputs()]
-    cast = np.int64 if input_dtype == "int64" else np.int32
-
-    def run(inputs):
-        values = session.run(names, {k: v.astype(cast) for k, v in inputs.items()})
-        return dict(zip(names, values))
-
-    return run
+def row_cosines(have: np.ndarray, want: np.ndarray, info: OutputInfo, mask: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``have`` and ``want`` (1 when both are zero, 0 when one is)."""
+    out = []
+    for a, b in zip(_rows(have.astype(np.float64), info, mask), _rows(want.astype(np.float64), info, mask)):
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        out.append(1.0 if na == nb == 0 else (0.0 if na == 0 or nb == 0 else float(a @ b / (na * nb))))
+    return np.asarray(out)
 
 
-def tflite_runner(path: Path) -> Callable:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    runner = interpreter.get_signature_runner("serving_default")
-
-    def run(inputs):
-        return {k: np.array(v) for k, v in runner(**inputs).items()}
-
-    return run
+def argmax_matches(have: np.ndarray, want: np.ndarray, info: OutputInfo, mask: np.ndarray) -> tuple[int, int]:
+    """(agreeing, compared) predictions: argmax over the last axis; when the sequence is another axis
+    (per-token logits), only the real tokens' predictions count."""
+    same = have.argmax(-1) == want.argmax(-1)
+    if info.seq_axis is not None and info.seq_axis != have.ndim - 1:
+        same = np.moveaxis(same, info.seq_axis, 1)[mask == 1]
+    return int(same.sum()), int(same.size)
 
 
-def available_backends(out_dir: Path, report_export: dict) -> tuple[dict[str, Callable], dict[str, str]]:
-    """Runners for the artifacts present, and a reason for each backend that is skipped."""
-    runners, skipped = {}, {}
-    onnx_path, tflite_path = out_dir / "model.onnx", out_dir / "model.tflite"
-    dtype = (report_export.get("onnx") or {}).get("input_dtype", "int32")
-    providers = onnx_providers()
-    if not onnx_path.exists():
-        skipped["onnx_cpu"] = skipped["onnx_cuda"] = "no model.onnx (ONNX export disabled)"
-    elif not providers:
-        skipped["onnx_cpu"] = skipped["onnx_cuda"] = ("onnxruntime is not installed: pip install 'bertc[cpu]' "
-                                                      "(or 'bertc[gpu]' for CUDA)")
-    else:
-        runners["onnx_cpu"] = onnx_runner(onnx_path, "CPUExecutionProvider", dtype)
-        if "CUDAExecutionProvider" in providers:
-            runners["onnx_cuda"] = onnx_runner(onnx_path, "CUDAExecutionProvider", dtype)
-        else:
-            skipped["onnx_cuda"] = "CUDA provider not available (install onnxruntime-gpu on a CUDA machine)"
-    if tflite_path.exists():
-        runners["tflite"] = tflite_runner(tflite_path)
-    else:
-        skipped["tflite"] = "no model.tflite (TFLite export disabled)"
-    return runners, skipped
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f}".rstrip("0").rstrip(".") + "%"
 
 
-# --- comparison -----------------------------------------------------------------------------------
+# --- comparison -------------------------------------------------------------------------------------
 
-def compare(spec: Spec, sig: Signature, reference: Callable, backends: dict[str, Callable]) -> list[OutputParity]:
-    infos = sig.outputs
-    results = {(b, o.name): OutputParity(b, o.name, spec.parity.tolerance(b).atol, spec.parity.tolerance(b).rtol)
-               for b in backends for o in infos}
+def _result(spec: Spec, backend: Backend, info: OutputInfo) -> OutputParity:
+    if backend.reduced_precision:
+        task = spec.parity.task
+        return OutputParity(backend.name, info.name, backend.precision, "task",
+                            required_argmax_agreement=task.min_argmax_agreement if info.kind != "features" else None,
+                            required_cosine=task.min_cosine if info.kind == "features" else None)
+    tol = spec.parity.tolerance(backend.name)
+    return OutputParity(backend.name, info.name, backend.precision, "tolerance", tol.atol, tol.rtol)
+
+
+def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backend],
+            runners: dict[str, Runner], cases: Optional[list[Case]] = None) -> list[OutputParity]:
+    """Every backend x output against ``reference`` over the grid. ``runners`` holds the backends that
+    loaded; a backend without one keeps whatever load error its results already carry."""
+    cases = grid_cases(spec) if cases is None else cases
+    results = {(b.name, o.name): _result(spec, b, o) for b in backends for o in sig.outputs}
     sums = {key: [0.0, 0] for key in results}
     agree = {key: [0, 0] for key in results}
-    for case, inputs in grid_inputs(spec):
-        ref = reference(inputs)
-        for backend, run in backends.items():
-            try:
-                got = run(inputs)
-            except Exception as exc:  # a backend that cannot run a case is a parity failure, not a crash
-                for o in infos:
-                    results[(backend, o.name)].problems.append(f"{case}: failed to run: {type(exc).__name__}: {exc}")
+    for case in cases:
+        ref = reference(case.inputs)
+        mask = case.inputs["input_mask"]
+        for backend in backends:
+            run = runners.get(backend.name)
+            if run is None:
                 continue
-            for o in infos:
-                r, key = results[(backend, o.name)], (backend, o.name)
+            try:
+                got = run(case.inputs)
+            except Exception as exc:  # a backend that cannot run a case is a parity failure, not a crash
+                for o in sig.outputs:
+                    results[(backend.name, o.name)].problems.append(
+                        f"{case.label}: failed to run: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+                continue
+            for o in sig.outputs:
+                key = (backend.name, o.name)
+                r = results[key]
                 r.cases += 1
                 want = ref[o.name]
                 if o.name not in got:
-                    r.problems.append(f"{case}: output missing (got {sorted(got)})")
+                    r.problems.append(f"{case.label}: output missing (got {sorted(got)})")
                     continue
                 have = np.asarray(got[o.name])
                 if have.shape != want.shape:
-                    r.problems.append(f"{case}: shape {have.shape} != reference {want.shape}")
+                    r.problems.append(f"{case.label}: shape {have.shape} != reference {want.shape}")
                     continue
-                if have.dtype != want.dtype:
-                    r.problems.append(f"{case}: dtype {have.dtype} != reference {want.dtype}")
-                diff = np.abs(have.astype(np.float64) - want.astype(np.float64))
+                if have.dtype != want.dtype and not (backend.precision == "fp16" and have.dtype == np.float16):
+                    r.problems.append(f"{case.label}: dtype {have.dtype} != reference {want.dtype}")
                 if not np.all(np.isfinite(have)):
-                    r.problems.append(f"{case}: {int(np.size(have) - np.isfinite(have).sum())} non-finite values")
+                    r.problems.append(f"{case.label}: {int(np.size(have) - np.isfinite(have).sum())} non-finite values")
                     continue
+                diff = np.abs(have.astype(np.float64) - want.astype(np.float64))
                 max_abs = float(diff.max()) if diff.size else 0.0
                 rel = float((diff / np.maximum(np.abs(want), 1e-6)).max()) if diff.size else 0.0
                 if max_abs >= r.max_abs:
-                    r.worst_case = case
+                    r.worst_case = case.label
                 r.max_abs, r.max_rel = max(r.max_abs, max_abs), max(r.max_rel, rel)
                 sums[key][0] += float(diff.sum())
                 sums[key][1] += diff.size
                 if o.kind in ("logits", "log_probs") and want.size:
-                    agree[key][0] += int((have.argmax(-1) == want.argmax(-1)).sum())
-                    agree[key][1] += int(np.prod(want.shape[:-1]))
-                bound = r.atol + r.rtol * np.abs(want)
-                if np.any(diff > bound):
-                    r.problems.append(f"{case}: max abs diff {max_abs:.3g} > atol {r.atol:g}"
-                                      + (f" + rtol {r.rtol:g}*|ref|" if r.rtol else ""))
+                    same, n = argmax_matches(have, want, o, mask)
+                    agree[key][0] += same
+                    agree[key][1] += n
+                if o.kind == "features" and want.size:
+                    cos = row_cosines(have, want, o, mask)
+                    worst = int(cos.argmin())
+                    if r.min_cosine is None or cos[worst] < r.min_cosine:
+                        r.min_cosine, r.min_cosine_case = float(cos[worst]), f"{case.label}, row {worst}"
+                if r.criterion == "tolerance":
+                    bound = r.atol + r.rtol * np.abs(want)
+                    if np.any(diff > bound):
+                        r.problems.append(f"{case.label}: max abs diff {max_abs:.3g} > atol {r.atol:g}"
+                                          + (f" + rtol {r.rtol:g}*|ref|" if r.rtol else ""))
     for key, r in results.items():
         r.mean_abs = sums[key][0] / sums[key][1] if sums[key][1] else 0.0
         if agree[key][1]:
             r.argmax_agreement = agree[key][0] / agree[key][1]
+            r.argmax_count = list(agree[key])
+        if r.criterion == "task" and r.load_error is None and r.cases:
+            need = r.required_argmax_agreement
+            if need is not None and r.argmax_agreement is not None and r.argmax_agreement < need:
+                r.problems.append(f"argmax agreement {_pct(r.argmax_agreement)} ({agree[key][0]}/{agree[key][1]}) "
+                                  f"< {_pct(need)}")
+            if r.required_cosine is not None and r.min_cosine is not None and r.min_cosine < r.required_cosine:
+                r.problems.append(f"min cosine {r.min_cosine:.4f} < {r.required_cosine:g} ({r.min_cosine_case})")
     return list(results.values())
 
 
-def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, export_report: dict) -> dict:
-    """Parity of the artifacts in ``out_dir`` against ``model``: the report section, with
-    ``passed`` false (and every problem listed) when any backend disagrees."""
-    backends, skipped = available_backends(out_dir, export_report)
-    results = compare(spec, sig, keras_runner(model), backends)
-    section = {
+def open_backends(backends: list[Backend]) -> tuple[dict[str, Runner], dict[str, str]]:
+    """Runners for the backends that load, and the load error of each one that does not."""
+    runners, errors = {}, {}
+    for backend in backends:
+        try:
+            runners[backend.name] = open_runner(backend)
+        except BackendLoadError as exc:
+            errors[backend.name] = str(exc)
+    return runners, errors
+
+
+def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict) -> dict:
+    """Parity of the artifacts listed in ``artifacts`` (``report["artifacts"]``) in ``out_dir`` against
+    ``model``: the report section, with ``passed`` false (and every problem listed) when any backend
+    disagrees or cannot be loaded."""
+    backends, skipped = plan_backends(Path(out_dir), artifacts)
+    runners, load_errors = open_backends(backends)
+    cases = grid_cases(spec)
+    results = compare(spec, sig, keras_runner(model), backends, runners, cases)
+    for r in results:
+        if r.backend in load_errors:
+            r.load_error = load_errors[r.backend]
+            r.problems.append(r.load_error)
+    names = [b.name for b in backends]
+    task = spec.parity.task
+    return {
         "reference": "keras (inference mode)",
-        "grid": [{"batch": b, "sequence_length": s} for b, s in grid(spec)],
-        "backends": sorted(backends), "skipped": skipped,
+        "grid": [c.to_json() for c in cases],
+        "backends": names,
+        "backend_info": {b.name: b.to_json() for b in backends},
+        "skipped": skipped,
+        "load_errors": load_errors,
+        "criteria": {"fp32": "atol + rtol * |reference| at every case",
+                     "int8/fp16": {"min_argmax_agreement": task.min_argmax_agreement, "min_cosine": task.min_cosine}},
         "results": [r.to_json() for r in results],
         "passed": all(r.passed for r in results),
-        "max_abs_by_backend": {b: max((r.max_abs for r in results if r.backend == b), default=0.0) for b in backends},
+        "max_abs_by_backend": {b: max((r.max_abs for r in results if r.backend == b), default=0.0)
+                               for b in names if b not in load_errors},
     }
-    return section
 
 
 def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None) -> dict:

@@ -23,8 +23,29 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def parity_problems(section: dict) -> list[str]:
-    """One line per failed backend x output problem: ``- onnx_cpu / logits: ...``."""
-    return [f"- {r['backend']} / {r['output']}: {p}" for r in section["results"] for p in r["problems"]]
+    """One line per failed backend x output problem (``- onnx_cpu / logits: ...``), and one line per
+    backend whose artifact could not be loaded (``- onnx_cpu: model.onnx: cannot be loaded ...``)."""
+    lines = [f"- {backend}: {error}" for backend, error in (section.get("load_errors") or {}).items()]
+    return lines + [f"- {r['backend']} / {r['output']}: {p}" for r in section["results"]
+                    if not r.get("load_error") for p in r["problems"]]
+
+
+def _parity_line(r: dict) -> str:
+    if r.get("load_error"):
+        return f"  FAIL  {r['backend']:<20} {r['output']:<18} not loaded"
+    figures = f"{r['max_abs']:.3g}"
+    if r.get("criterion") == "task":
+        if r.get("required_argmax_agreement") is not None and r.get("argmax_agreement") is not None:
+            figures += f" argmax {r['argmax_agreement']:.2%} (>= {r['required_argmax_agreement']:.0%})"
+        if r.get("required_cosine") is not None and r.get("min_cosine") is not None:
+            figures += f" cosine {r['min_cosine']:.5f} (>= {r['required_cosine']:g})"
+    else:
+        figures += f" (atol {r['atol']:g})"
+        if r.get("argmax_agreement") is not None:
+            figures += f" argmax {r['argmax_agreement']:.0%}"
+        if r.get("min_cosine") is not None:
+            figures += f" cosine {r['min_cosine']:.6f}"
+    return f"  {'PASS' if r['passed'] else 'FAIL'}  {r['backend']:<20} {r['output']:<18} {figures}"
 
 
 def parity_failure_message(section: dict) -> str:
@@ -50,11 +71,9 @@ def summary_text(report: dict) -> str:
     if parity:
         lines.append("parity (max abs diff vs keras over the input grid):")
         for r in parity["results"]:
-            agree = f" argmax {r['argmax_agreement']:.0%}" if r.get("argmax_agreement") is not None else ""
-            lines.append(f"  {'PASS' if r['passed'] else 'FAIL'}  {r['backend']:<10} {r['output']:<18} "
-                         f"{r['max_abs']:.3g} (atol {r['atol']:g}){agree}")
-            if r.get("load_error"):
-                lines.append(f"        {r['load_error']}")
+            lines.append(_parity_line(r))
+        for backend, error in (parity.get("load_errors") or {}).items():
+            lines.append(f"  cannot load {backend}: {error}")
         for backend, why in parity["skipped"].items():
             lines.append(f"  skipped {backend}: {why}")
     lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))

@@ -18,7 +18,13 @@ from bertc.errors import SpecError
 from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
 from bertc.specbase import PositiveInt, StrictModel, json_path, walk_problems
 
-BACKENDS = ("onnx_cpu", "onnx_cuda", "tflite")
+# Parity / bench backend names: an artifact id (see the artifact contract in report.json) with, for
+# ONNX artifacts, the execution provider it runs on. fp32 backends are held to atol/rtol; the reduced-
+# precision ones (int8, fp16) to the task-level criteria of ``parity.task``.
+FP32_BACKENDS = ("onnx_cpu", "onnx_cuda", "onnx_optimized_cpu", "onnx_optimized_cuda", "tflite")
+REDUCED_BACKENDS = ("onnx_int8_cpu", "onnx_int8_cuda", "onnx_fp16_cpu", "onnx_fp16_cuda", "tflite_int8", "tflite_fp16")
+BACKENDS = FP32_BACKENDS + REDUCED_BACKENDS
+BackendName = Literal[BACKENDS]  # type: ignore[valid-type]
 
 
 VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16")
@@ -53,7 +59,8 @@ class ParitySpec(StrictModel):
     enabled: bool = True
     default: Tolerance = Tolerance()
     task: TaskCriteria = TaskCriteria()
-    backends: dict[Literal["onnx_cpu", "onnx_cuda", "tflite"], Tolerance] = {}
+    # Per-backend atol / rtol for the fp32 backends (the others use ``task``).
+    backends: dict[BackendName, Tolerance] = {}
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 3]
     sequence_lengths: Optional[Annotated[list[PositiveInt], Field(min_length=1)]] = None
 
@@ -61,6 +68,11 @@ class ParitySpec(StrictModel):
         return self.backends.get(backend, self.default)
 
     def problems(self, ctx):
+        for name in self.backends:
+            if name in REDUCED_BACKENDS:
+                yield ("backends", name), (
+                    f"{name} runs a reduced-precision artifact: it is judged by parity.task "
+                    "(min_argmax_agreement, min_cosine), not by atol/rtol")
         max_len = ctx.get("max_sequence_length")
         for i, n in enumerate(self.sequence_lengths or []):
             if max_len and n > max_len:

@@ -1,0 +1,208 @@
+"""A build's artifacts as runnable backends (shared by parity and bench).
+
+``report["artifacts"]`` maps an artifact id to its file and what it is (``format``,
+``precision``; ONNX entries also ``input_dtype`` and ``providers``, the ONNX Runtime
+execution providers the artifact is meant for). Each ONNX artifact runs on every provider it
+is meant for that the installed onnxruntime has (a backend ``<id>_cpu`` / ``<id>_cuda``);
+each TFLite artifact runs on LiteRT (backend ``<id>``). A backend that cannot run here is
+*skipped* with the reason; an artifact that is listed but cannot be loaded (missing,
+truncated, garbage) raises :class:`BackendLoadError` naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+PROVIDER_SUFFIX = {CPU: "cpu", CUDA: "cuda"}
+FORMAT_BY_SUFFIX = {".keras": "keras", ".onnx": "onnx", ".tflite": "tflite"}
+NO_ONNXRUNTIME = "onnxruntime is not installed: pip install 'bertc[cpu]' (or 'bertc[gpu]' for CUDA)"
+NO_CUDA = "CUDA provider not available (install onnxruntime-gpu on a CUDA machine)"
+
+Runner = Callable[[dict], dict]  # model inputs (name -> array) -> outputs (name -> array)
+
+
+class BackendLoadError(Exception):
+    """An artifact that is listed in the report but cannot be loaded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # e.g. onnx_cpu, onnx_int8_cpu, onnx_fp16_cuda, tflite_int8, keras
+    artifact: str  # the artifact id in report["artifacts"]
+    path: Path
+    format: str  # keras | onnx | tflite
+    precision: str  # fp32 | int8 | fp16
+    provider: Optional[str] = None  # ONNX Runtime execution provider (ONNX backends only)
+
+    @property
+    def reduced_precision(self) -> bool:
+        return self.precision != "fp32"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "artifact": self.artifact, "path": self.path.name, "format": self.format,
+                "precision": self.precision, "provider": self.provider}
+
+
+def artifact_info(artifact_id: str, entry: dict) -> dict:
+    """``entry`` with ``format``, ``precision`` and (ONNX) ``providers`` filled in when a report
+    written before the artifact contract lacks them (inferred from the file name)."""
+    info = dict(entry)
+    path = str(info.get("path", ""))
+    suffix = next((s for s in FORMAT_BY_SUFFIX if path.endswith(s)), "")
+    info.setdefault("format", FORMAT_BY_SUFFIX.get(suffix, "unknown"))
+    precision = next((p for p in ("int8", "fp16") if p in artifact_id or f".{p}." in path), "fp32")
+    info.setdefault("precision", precision)
+    if info["format"] == "onnx":
+        info.setdefault("providers", [CUDA] if info["precision"] == "fp16" else [CPU, CUDA])
+        info.setdefault("input_dtype", "int32")
+    return info
+
+
+def backend_name(artifact_id: str, provider: Optional[str] = None) -> str:
+    return f"{artifact_id}_{PROVIDER_SUFFIX.get(provider, provider)}" if provider else artifact_id
+
+
+def onnx_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False) -> tuple[list[Backend], dict[str, str]]:
+    """The backends to run for the artifacts of ``out_dir`` (in the report's order), and a reason for
+    each one that cannot run on this machine."""
+    out_dir = Path(out_dir)
+    backends, skipped = [], {}
+    available = onnx_providers()
+    for artifact_id, entry in artifacts.items():
+        info = artifact_info(artifact_id, entry)
+        path = out_dir / info["path"]
+        if info["format"] == "keras":
+            if include_keras:
+                backends.append(Backend(artifact_id, artifact_id, path, "keras", info["precision"]))
+        elif info["format"] == "onnx":
+            for provider in info["providers"]:
+                name = backend_name(artifact_id, provider)
+                if not available:
+                    skipped[name] = NO_ONNXRUNTIME
+                elif provider not in available:
+                    skipped[name] = NO_CUDA if provider == CUDA else f"{provider} not available in this onnxruntime"
+                else:
+                    backends.append(Backend(name, artifact_id, path, "onnx", info["precision"], provider))
+        elif info["format"] == "tflite":
+            backends.append(Backend(artifact_id, artifact_id, path, "tflite", info["precision"]))
+    for artifact_id, file, names in (("onnx", "model.onnx", ("onnx_cpu", "onnx_cuda")), ("tflite", "model.tflite", ("tflite",))):
+        if artifact_id not in artifacts:
+            for name in names:
+                skipped.setdefault(name, f"no {file} (not exported)")
+    return backends, skipped
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+def _first_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _require_file(backend: Backend) -> None:
+    if not backend.path.exists():
+        raise BackendLoadError(f"{backend.path.name}: listed in report.json but missing from {backend.path.parent}")
+    if backend.path.is_dir():
+        raise BackendLoadError(f"{backend.path.name}: is a directory, not a model file")
+
+
+def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool = True):
+    """An ONNX Runtime session for ``backend``. ``threads`` fixes the intra-op pool (and one inter-op
+    thread); ``spinning=False`` stops idle pool threads from busy-waiting (needed when several sessions
+    share the cores, as in ``bertc bench``)."""
+    import onnxruntime as ort
+
+    _require_file(backend)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(str(backend.path), options, providers=[backend.provider])
+    except Exception as exc:
+        raise BackendLoadError(f"{backend.path.name}: cannot be loaded by ONNX Runtime: {_first_line(exc)}") from None
+    if backend.provider not in session.get_providers():
+        raise BackendLoadError(f"{backend.path.name}: ONNX Runtime could not use {backend.provider} "
+                               f"(session has {session.get_providers()})")
+    return session
+
+
+_ORT_INTS = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def onnx_feeds(session, inputs: dict) -> dict:
+    """``inputs`` cast to the integer type each input of the session declares."""
+    types = {i.name: _ORT_INTS.get(i.type) for i in session.get_inputs()}
+    return {k: (v.astype(types[k]) if types.get(k) is not None else v) for k, v in inputs.items()}
+
+
+def onnx_runner(backend: Backend, threads: Optional[int] = None, spinning: bool = True) -> Runner:
+    session = ort_session(backend, threads, spinning)
+    names = [o.name for o in session.get_outputs()]
+
+    def run(inputs):
+        return dict(zip(names, session.run(names, onnx_feeds(session, inputs))))
+
+    return run
+
+
+def tflite_interpreter(backend: Backend, threads: Optional[int] = None):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:
+        raise BackendLoadError(f"{backend.path.name}: the LiteRT runtime is not installed "
+                               f"(pip install ai-edge-litert): {exc}") from None
+    _require_file(backend)
+    try:
+        return Interpreter(model_path=str(backend.path), num_threads=threads)
+    except Exception as exc:
+        raise BackendLoadError(f"{backend.path.name}: cannot be loaded by LiteRT: {_first_line(exc)}") from None
+
+
+def tflite_runner(backend: Backend, threads: Optional[int] = None) -> Runner:
+    interpreter = tflite_interpreter(backend, threads)
+    try:
+        runner = interpreter.get_signature_runner("serving_default")
+    except Exception as exc:
+        raise BackendLoadError(f"{backend.path.name}: has no 'serving_default' signature: {_first_line(exc)}") from None
+
+    def run(inputs):
+        return {k: np.array(v) for k, v in runner(**inputs).items()}
+
+    return run
+
+
+def keras_runner(model) -> Runner:
+    from bertc.components.common import tf
+
+    def run(inputs):
+        out = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    return run
+
+
+def open_runner(backend: Backend, threads: Optional[int] = None, spinning: bool = True) -> Runner:
+    """A runner for ``backend`` (ONNX or TFLite); raises :class:`BackendLoadError`."""
+    if backend.format == "onnx":
+        return onnx_runner(backend, threads, spinning)
+    if backend.format == "tflite":
+        return tflite_runner(backend, threads)
+    raise BackendLoadError(f"{backend.path.name}: no runner for format {backend.format!r}")
