@@ -136,6 +136,15 @@ def _pct(x: float) -> str:
     return f"{x * 100:.2f}".rstrip("0").rstrip(".") + "%"
 
 
+def _below(x: float, threshold: float) -> str:
+    """``x`` with enough decimals to read as lower than ``threshold``."""
+    for digits in range(4, 12):
+        text = f"{x:.{digits}f}"
+        if float(text) < threshold:
+            return text
+    return repr(x)
+
+
 # --- comparison -------------------------------------------------------------------------------------
 
 def _result(spec: Spec, backend: Backend, info: OutputInfo) -> OutputParity:
@@ -220,7 +229,8 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
                 r.problems.append(f"argmax agreement {_pct(r.argmax_agreement)} ({agree[key][0]}/{agree[key][1]}) "
                                   f"< {_pct(need)}")
             if r.required_cosine is not None and r.min_cosine is not None and r.min_cosine < r.required_cosine:
-                r.problems.append(f"min cosine {r.min_cosine:.4f} < {r.required_cosine:g} ({r.min_cosine_case})")
+                r.problems.append(f"min cosine {_below(r.min_cosine, r.required_cosine)} < {r.required_cosine:g} "
+                                  f"({r.min_cosine_case})")
     return list(results.values())
 
 

@@ -19,7 +19,7 @@ def test_spec_builds_exports_and_passes_parity(path, tmp_path):
     assert report["status"] == "passed"
     parity = report["parity"]
     assert {"onnx_cpu", "tflite"} <= set(parity["backends"])
-    assert all(r["passed"] and r["cases"] == 6 for r in parity["results"])
+    assert all(r["passed"] and r["cases"] == 8 for r in parity["results"])  # 6 right-padded + 2 random-mask cases
     assert max(parity["max_abs_by_backend"].values()) <= 1e-4
     model = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(model)

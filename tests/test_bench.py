@@ -1,0 +1,123 @@
+"""`bertc bench`: every artifact x backend timed; the timing core interleaves and computes ratios."""
+import json
+import shutil
+import sys
+import time
+
+import pytest
+
+from bertc.bench import Target, time_targets
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT
+from conftest import tiny_bert
+
+BENCH = ["--rounds", "1", "--calls", "2", "--warmup", "1", "--batch", "1,2", "--seq", "4"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(tiny_bert(export={"optimized": False, "variants": []})))
+    out = root / "out"
+    assert main(["build", str(spec), "-o", str(out), "-q", "--no-parity"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def benched(built, tmp_path_factory):
+    """One bench run (JSON on stdout) shared by the asserts below."""
+    capture = pytest.MonkeyPatch()
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    capture.setattr(sys, "stdout", out)
+    capture.setattr(sys, "stderr", err)
+    try:
+        code = main(["bench", str(built), *BENCH, "--json", "--no-plot"])
+    finally:
+        capture.undo()
+    return code, json.loads(out.getvalue()), err.getvalue()
+
+
+def test_bench_times_every_artifact_and_backend(built, benched):
+    code, result, err = benched
+    assert code == 0
+    report = json.loads((built / "report.json").read_text())
+    assert sorted(report["artifacts"]) == ["keras", "onnx", "tflite"]
+    assert list(result["targets"]) == ["keras", "onnx_cpu", "tflite"]
+    assert result["targets"]["onnx_cpu"]["nodes"] == report["artifacts"]["onnx"]["nodes"]
+    assert "onnx_cuda" in result["skipped"]
+    rows = result["results"]
+    assert [(r["target"], r["batch"], r["sequence_length"]) for r in rows] == [
+        (t, b, 4) for b in (1, 2) for t in ("keras", "onnx_cpu", "tflite")]
+    for r in rows:
+        assert r["calls"] == 2 and 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"]
+        assert r["sequences_per_s"] == pytest.approx(r["batch"] / (r["p50_ms"] / 1e3), rel=1e-3)
+        assert r["ratio"] > 0
+        if r["target"] == "onnx_cpu":
+            assert r["ratio"] == 1.0
+    assert result["command"] == "bertc bench " + str(built) + " " + " ".join(BENCH) + " --json --no-plot"
+    assert result["settings"]["threads"] == 2 and result["settings"]["ort_spinning"] is False
+    assert json.loads((built / "bench.json").read_text())["results"] == rows
+    table = err.split("target ")[1]
+    assert "onnx_cpu" in table and "keras" in table and "1.000" in table
+
+
+def test_bench_without_matplotlib_says_so_and_still_prints_the_table(built, monkeypatch, capfd):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    (built / "bench.png").unlink(missing_ok=True)
+    assert main(["bench", str(built), *BENCH, "--backends", "onnx_cpu,tflite"]) == 0
+    out = capfd.readouterr().out
+    assert "no chart: matplotlib is not installed (pip install 'bertc[plot]'" in out
+    assert out.count("onnx_cpu ") == 2 and "keras" not in out.split("ratio")[1]
+    assert not (built / "bench.png").exists()
+
+
+def test_bench_chart(built):
+    pytest.importorskip("matplotlib")
+    assert main(["bench", str(built), *BENCH, "--backends", "onnx_cpu"]) == 0
+    assert (built / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_bad_requests(built, tmp_path, capfd):
+    assert main(["bench", str(built), "--seq", "64"]) == EXIT_BAD_SPEC
+    assert "--seq 64 exceeds the model's max_sequence_length 8" in capfd.readouterr().err
+    assert main(["bench", str(built), "--backends", "onnx_int8_cpu"]) == EXIT_BAD_SPEC
+    assert "unknown backend(s) onnx_int8_cpu; this build has: keras, onnx_cpu, tflite" in capfd.readouterr().err
+    assert main(["bench", str(built), "--batch", "0"]) == EXIT_BAD_SPEC
+    assert main(["bench", str(tmp_path)]) == EXIT_OUTPUT
+    assert "is not a bertc build directory: spec.json is missing" in capfd.readouterr().err
+
+
+def test_bench_reports_a_damaged_artifact_and_times_the_rest(built, tmp_path, capfd):
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    (out / "model.tflite").write_bytes(b"not a flatbuffer")
+    assert main(["bench", str(out), *BENCH, "--backends", "onnx_cpu,tflite", "--no-plot"]) == 0
+    assert "not loaded tflite: model.tflite: cannot be loaded by LiteRT" in capfd.readouterr().out
+    result = json.loads((out / "bench.json").read_text())
+    assert list(result["targets"]) == ["onnx_cpu"] and "tflite" in result["load_errors"]
+
+
+def test_time_targets_interleaves_rounds_and_takes_median_ratios():
+    order = []
+
+    def sleeper(name, seconds):
+        def prepare(inputs):
+            def call():
+                order.append(name)
+                time.sleep(seconds)
+            return call
+        return Target(name, prepare)
+
+    def broken(inputs):
+        raise RuntimeError("cannot run this shape")
+
+    targets = [sleeper("base", 0.002), sleeper("slow", 0.006), Target("broken", broken)]
+    rows = time_targets(targets, [(1, 4)], lambda b, s: {}, rounds=3, warmup=1, calls=2, baseline="base")
+    timed = order[2:]  # after one warm-up call each
+    assert timed == ["base"] * 2 + ["slow"] * 2 + ["slow"] * 2 + ["base"] * 2 + ["base"] * 2 + ["slow"] * 2
+    by = {r["target"]: r for r in rows}
+    assert by["base"]["ratio"] == 1.0 and 2.0 < by["slow"]["ratio"] < 4.0
+    assert by["broken"]["error"] == "RuntimeError: cannot run this shape" and "p50_ms" not in by["broken"]

@@ -1,0 +1,306 @@
+"""Parity over every artifact of a build: fp32 tolerances, int8/fp16 task criteria, random-mask
+cases, damaged artifacts, CUDA planning."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bertc.backends import CPU, CUDA, NO_CUDA, Backend, plan_backends
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED, SpecError
+from bertc.inputs import make_inputs, random_mask
+from bertc.parity import Case, argmax_matches, compare, grid_cases, row_cosines, sequence_grid
+from bertc.signature import InputInfo, OutputInfo, Signature, signature_of
+from bertc.spec import load_spec
+from conftest import spec_dict, tiny_bert
+
+NO_VARIANTS = {"optimized": False, "variants": []}  # this file adds its own int8 / fp16 artifacts
+
+
+# --- inputs and grid --------------------------------------------------------------------------------
+
+def test_random_mask_is_non_contiguous_with_a_real_token_per_row():
+    rng = np.random.default_rng(0)
+    for batch, seq in [(1, 2), (3, 8), (7, 5), (4, 16)]:
+        mask = random_mask(batch, seq, rng)
+        assert mask.shape == (batch, seq) and set(np.unique(mask)) <= {0, 1}
+        assert (mask.sum(axis=1) >= 1).all()
+        prefix = (np.arange(seq)[None, :] < mask.sum(axis=1)[:, None]).astype(np.int32)
+        assert not np.array_equal(mask[0], prefix[0])  # row 0 is never a right-padded prefix
+        if batch > 1:
+            assert mask[1, 0] == 0  # a masked [CLS]
+    assert random_mask(2, 1, rng).tolist() == [[1], [1]]
+
+
+def test_grid_adds_random_mask_cases_with_valid_head_inputs():
+    spec = load_spec(spec_dict("pretrainer"))
+    cases = grid_cases(spec)
+    seqs, batches = sequence_grid(spec), spec.parity.batch_sizes
+    assert len(cases) == len(batches) * (len(seqs) + 1)
+    random_cases = [c for c in cases if c.mask == "random"]
+    assert [(c.batch, c.sequence_length) for c in random_cases] == [(b, max(seqs)) for b in batches]
+    for c in random_cases:
+        mask = c.inputs["input_mask"]
+        rows = np.arange(c.batch)[:, None]
+        assert (mask[rows, c.inputs["masked_lm_positions"]] == 1).all()  # predictions only at real tokens
+        assert c.inputs["input_word_ids"][mask == 0].any()  # masked tokens keep random ids, as the notebooks feed
+    # the right-padded cases are exactly what make_inputs gives (validation and parity share one source)
+    first = cases[0]
+    again = make_inputs(spec, first.batch, first.sequence_length,
+                        np.random.default_rng([spec.seed, first.batch, first.sequence_length]))
+    assert all(np.array_equal(first.inputs[k], again[k]) for k in again)
+
+
+# --- figures against an independent computation ------------------------------------------------------
+
+def test_row_cosines_only_count_real_tokens():
+    rng = np.random.default_rng(1)
+    want = rng.standard_normal((2, 4, 3))
+    have = want.copy()
+    mask = np.array([[1, 0, 1, 0], [0, 1, 1, 1]])
+    have[0, 1] = 100.0  # a padded position: ignored
+    have[1, 2] *= -1.0  # a real position: counts
+    info = OutputInfo("sequence_output", 1, "features")
+    cos = row_cosines(have, want, info, mask)
+    a, b = have[1][[1, 2, 3]].ravel(), want[1][[1, 2, 3]].ravel()
+    assert cos[0] == pytest.approx(1.0)
+    assert cos[1] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    pooled = OutputInfo("pooled_output", None, "features")
+    assert row_cosines(np.zeros((1, 3)), np.zeros((1, 3)), pooled, mask[:1]).tolist() == [1.0]
+    assert row_cosines(np.zeros((1, 3)), np.ones((1, 3)), pooled, mask[:1]).tolist() == [0.0]
+
+
+def test_argmax_matches_per_token_only_at_real_tokens():
+    want = np.zeros((2, 3, 4))
+    want[..., 1] = 1.0
+    have = want.copy()
+    have[0, 2, 3] = 5.0  # padded token of row 0: not counted
+    have[1, 0, 2] = 5.0  # real token of row 1: a disagreement
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    assert argmax_matches(have, want, OutputInfo("logits", 1, "logits"), mask) == (4, 5)
+    span = OutputInfo("start_logits", 1, "logits")  # sequence is the argmax axis: one prediction per row
+    assert argmax_matches(have[..., 0], want[..., 0], span, mask) == (2, 2)
+
+
+def _toy(spec_over=None):
+    spec = load_spec(tiny_bert(head=None, **(spec_over or {})))
+    sig = Signature((InputInfo("input_word_ids"), InputInfo("input_mask")),
+                    (OutputInfo("logits", None, "logits"), OutputInfo("sequence_output", 1, "features")), 8, False)
+    rng = np.random.default_rng(2)
+    cases = []
+    for k in range(4):
+        mask = random_mask(5, 6, rng)
+        cases.append(Case(f"case {k}", 5, 6, "random", {"input_mask": mask, "input_word_ids": mask * 0}))
+
+    def reference(inputs):
+        n = len(inputs["input_mask"])
+        logits = np.tile(np.array([0.0, 1.0, 0.5], np.float32), (n, 1))
+        return {"logits": logits, "sequence_output": np.ones((n, 6, 4), np.float32)}
+
+    return spec, sig, cases, reference
+
+
+def test_task_criteria_failures_name_backend_output_and_figure():
+    spec, sig, cases, reference = _toy()
+    calls = {"n": 0}
+
+    def int8(inputs):
+        out = reference(inputs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            out["logits"][0] = [2.0, 0.0, 0.0]  # 1 of 20 predictions flips: 95% < 99%
+        out["sequence_output"] = out["sequence_output"] + 0.01
+        return out
+
+    def fp16(inputs):
+        out = reference(inputs)
+        out["sequence_output"][:, :, 0] = -1.0  # cosine 0.5 at every row
+        return out
+
+    backends = [Backend("onnx_int8_cpu", "onnx_int8", None, "onnx", "int8", CPU),
+                Backend("onnx_fp16_cpu", "onnx_fp16", None, "onnx", "fp16", CPU)]
+    results = {(r.backend, r.output): r for r in
+               compare(spec, sig, reference, backends, {"onnx_int8_cpu": int8, "onnx_fp16_cpu": fp16}, cases)}
+    flip = results[("onnx_int8_cpu", "logits")]
+    assert flip.criterion == "task" and flip.argmax_count == [19, 20] and flip.max_abs == pytest.approx(2.0)
+    assert flip.problems == ["argmax agreement 95% (19/20) < 99%"]
+    assert results[("onnx_int8_cpu", "sequence_output")].passed  # a small offset keeps the cosine near 1
+    assert results[("onnx_int8_cpu", "sequence_output")].min_cosine > 0.9999
+    bad = results[("onnx_fp16_cpu", "sequence_output")]
+    assert bad.min_cosine == pytest.approx(0.5) and not bad.passed
+    assert bad.problems == ["min cosine 0.5000 < 0.99 (case 0, row 0)"]
+    assert results[("onnx_fp16_cpu", "logits")].passed
+
+    spec, *_ = _toy({"parity": {"task": {"min_argmax_agreement": 0.9, "min_cosine": 0.4}}})
+    calls["n"] = 0
+    assert all(r.passed for r in compare(spec, sig, reference, backends,
+                                         {"onnx_int8_cpu": int8, "onnx_fp16_cpu": fp16}, cases))
+
+
+def test_a_lowering_that_assumes_right_padding_is_caught():
+    # Feature outputs: a random-init classifier's logits barely move (~1e-4) under a wrong mask.
+    spec = load_spec(tiny_bert(head=None))
+    sig = signature_of(spec)
+    from bertc.backends import keras_runner
+    from bertc.build import build_model
+
+    reference = keras_runner(build_model(spec, sig))
+
+    def right_padded(inputs):  # what a lowering using mask lengths (ORT's mask_index) computes
+        n = inputs["input_mask"].sum(axis=1)
+        prefix = (np.arange(inputs["input_mask"].shape[1])[None, :] < n[:, None]).astype(np.int32)
+        return reference({**inputs, "input_mask": prefix})
+
+    backend = Backend("onnx_optimized_cpu", "onnx_optimized", None, "onnx", "fp32", CPU)
+    for result in compare(spec, sig, reference, [backend], {backend.name: right_padded}):
+        assert result.problems and all("random mask: max abs diff" in p for p in result.problems)
+        assert len(result.problems) == len(spec.parity.batch_sizes)  # every random-mask case, no right-padded one
+
+
+def test_masked_invariance_check_catches_a_model_that_ignores_the_mask(monkeypatch):
+    from bertc import check
+    from bertc.build import build_model
+
+    spec = load_spec(tiny_bert())
+    sig = signature_of(spec)
+    ok = check.check_masked_invariance(build_model(spec, sig), spec, sig, np.random.default_rng(0))
+    assert ok.passed and ok.figure == 0.0
+    monkeypatch.setattr("bertc.components.encoders.MASK_ADDER", 0.0)  # attention no longer masks keys
+    bad = check.check_masked_invariance(build_model(spec, sig), spec, sig, np.random.default_rng(0))
+    assert not bad.passed and bad.figure > 0.0
+
+
+# --- planning ---------------------------------------------------------------------------------------
+
+ARTIFACTS = {
+    "keras": {"path": "model.keras", "bytes": 1, "format": "keras", "precision": "fp32"},
+    "onnx": {"path": "model.onnx", "bytes": 1, "opset": 17, "input_dtype": "int32"},  # an older report's entry
+    "onnx_optimized": {"path": "model.optimized.onnx", "bytes": 1, "format": "onnx", "precision": "fp32",
+                       "input_dtype": "int32", "providers": [CPU, CUDA]},
+    "onnx_int8": {"path": "model.optimized.int8.onnx", "bytes": 1, "format": "onnx", "precision": "int8",
+                  "input_dtype": "int32", "providers": [CPU]},
+    "onnx_fp16": {"path": "model.optimized.fp16.onnx", "bytes": 1, "format": "onnx", "precision": "fp16",
+                  "input_dtype": "int32", "providers": [CUDA]},
+    "tflite": {"path": "model.tflite", "bytes": 1},
+    "tflite_int8": {"path": "model.int8.tflite", "bytes": 1, "format": "tflite", "precision": "int8"},
+}
+
+
+def test_backends_follow_the_artifacts_and_providers(monkeypatch, tmp_path):
+    monkeypatch.setattr("bertc.backends.onnx_providers", lambda: [CPU])
+    backends, skipped = plan_backends(tmp_path, ARTIFACTS)
+    assert [(b.name, b.precision, b.path.name) for b in backends] == [
+        ("onnx_cpu", "fp32", "model.onnx"), ("onnx_optimized_cpu", "fp32", "model.optimized.onnx"),
+        ("onnx_int8_cpu", "int8", "model.optimized.int8.onnx"), ("tflite", "fp32", "model.tflite"),
+        ("tflite_int8", "int8", "model.int8.tflite")]
+    assert skipped == {"onnx_cuda": NO_CUDA, "onnx_optimized_cuda": NO_CUDA, "onnx_fp16_cuda": NO_CUDA}
+    monkeypatch.setattr("bertc.backends.onnx_providers", lambda: [CUDA, CPU])
+    backends, skipped = plan_backends(tmp_path, ARTIFACTS)
+    assert {"onnx_cuda", "onnx_optimized_cuda", "onnx_fp16_cuda"} <= {b.name for b in backends}
+    assert "onnx_int8_cuda" not in {b.name for b in backends} and skipped == {}
+    monkeypatch.setattr("bertc.backends.onnx_providers", lambda: [])
+    _, skipped = plan_backends(tmp_path, ARTIFACTS)
+    assert "onnxruntime is not installed" in skipped["onnx_int8_cpu"]
+
+
+def test_spec_backend_keys():
+    spec = load_spec(tiny_bert(parity={"backends": {"onnx_optimized_cpu": {"atol": 1e-3}, "tflite": {"atol": 1e-3}}}))
+    assert spec.parity.tolerance("onnx_optimized_cpu").atol == 1e-3
+    with pytest.raises(SpecError) as info:
+        load_spec(tiny_bert(parity={"backends": {"onnx_int8_cpu": {"atol": 1e-2}}}))
+    assert "$.parity.backends.onnx_int8_cpu: onnx_int8_cpu runs a reduced-precision artifact" in str(info.value)
+
+
+# --- a real build with int8 and fp16 artifacts --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def encoder_build(tmp_path_factory):
+    """A tiny encoder (feature outputs) built and exported, plus ORT int8 (dynamic quantization) and
+    fp16 copies of its model.onnx listed as artifacts that run on the CPU provider."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    root = tmp_path_factory.mktemp("encoder")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(tiny_bert(head=None, export=NO_VARIANTS)))
+    out = root / "out"
+    assert main(["build", str(spec), "-o", str(out), "-q", "--no-parity"]) == 0
+    quantize_dynamic(str(out / "model.onnx"), str(out / "test.int8.onnx"), weight_type=QuantType.QInt8)
+    onnx.save(convert_float_to_float16(onnx.load(str(out / "model.onnx")), keep_io_types=True),
+              str(out / "test.fp16.onnx"))
+    report = json.loads((out / "report.json").read_text())
+    for name, precision in (("int8", "int8"), ("fp16", "fp16")):
+        report["artifacts"][f"onnx_{name}"] = {
+            "path": f"test.{name}.onnx", "bytes": (out / f"test.{name}.onnx").stat().st_size, "format": "onnx",
+            "precision": precision, "input_dtype": "int32", "providers": [CPU, CUDA]}
+    (out / "report.json").write_text(json.dumps(report))
+    assert main(["parity", str(out)]) == 0
+    return out
+
+
+def _copy(build, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(build, dst)
+    return dst
+
+
+def test_every_artifact_is_checked_with_its_criteria(encoder_build):
+    report = json.loads((encoder_build / "report.json").read_text())
+    parity = report["parity"]
+    assert parity["passed"] and report["status"] == "passed"
+    assert parity["backends"] == ["onnx_cpu", "tflite", "onnx_int8_cpu", "onnx_fp16_cpu"]
+    assert {"onnx_cuda", "onnx_int8_cuda", "onnx_fp16_cuda"} <= set(parity["skipped"])
+    assert sum(g["mask"] == "random" for g in parity["grid"]) == 2 and len(parity["grid"]) == 8
+    results = {(r["backend"], r["output"]): r for r in parity["results"]}
+    assert set(results) == {(b, o) for b in parity["backends"] for o in ("sequence_output", "pooled_output")}
+    for (backend, output), r in results.items():
+        assert r["cases"] == 8 and r["min_cosine"] is not None
+        if backend in ("onnx_int8_cpu", "onnx_fp16_cpu"):
+            assert r["criterion"] == "task" and r["required_cosine"] == 0.99 and r["atol"] is None
+            assert 0.99 <= r["min_cosine"] < 1.0 and r["max_abs"] > 1e-5
+        else:
+            assert r["criterion"] == "tolerance" and r["max_abs"] <= 1e-4 and r["min_cosine"] > 0.99999
+    assert results[("onnx_int8_cpu", "sequence_output")]["max_abs"] > results[("onnx_cpu", "sequence_output")]["max_abs"]
+    summary = (encoder_build / "summary.txt").read_text()
+    assert "PASS  onnx_int8_cpu        sequence_output" in summary and "cosine" in summary
+
+
+def test_task_criteria_miss_fails_the_build(encoder_build, tmp_path, capfd):
+    out = _copy(encoder_build, tmp_path)
+    spec = json.loads((out / "spec.json").read_text())
+    spec["parity"]["task"]["min_cosine"] = 0.999999
+    (out / "spec.json").write_text(json.dumps(spec))
+    assert main(["parity", str(out)]) == EXIT_PARITY_FAILED
+    err = capfd.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("- onnx_int8_cpu / sequence_output: min cosine 0.99"))
+    figure = float(line.split("min cosine ")[1].split()[0])
+    assert figure < 0.999999 and "< 0.999999 (batch " in line
+    assert "- onnx_cpu" not in err and "- tflite" not in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed"
+
+
+def test_damaged_artifacts_fail_their_backend_and_update_the_report(encoder_build, tmp_path, capfd):
+    out = _copy(encoder_build, tmp_path)
+    onnx_bytes = (out / "model.onnx").read_bytes()
+    (out / "model.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 2])  # truncated
+    (out / "model.tflite").write_bytes(b"\x00garbage" * 100)
+    (out / "test.int8.onnx").unlink()
+    assert main(["parity", str(out)]) == EXIT_PARITY_FAILED
+    err = capfd.readouterr().err
+    assert "internal error" not in err and "Traceback" not in err
+    assert "- onnx_cpu: model.onnx: cannot be loaded by ONNX Runtime: [ONNXRuntimeError]" in err
+    assert "- tflite: model.tflite: cannot be loaded by LiteRT: The model is not a valid Flatbuffer buffer" in err
+    assert "- onnx_int8_cpu: test.int8.onnx: listed in report.json but missing from" in err
+    assert "onnx_fp16_cpu" not in err.split("parity failed")[1]  # the intact artifact still passes
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed"
+    assert sorted(report["parity"]["load_errors"]) == ["onnx_cpu", "onnx_int8_cpu", "tflite"]
+    assert all(r["passed"] for r in report["parity"]["results"] if r["backend"] == "onnx_fp16_cpu")
+    assert "cannot load tflite: model.tflite" in (out / "summary.txt").read_text()
+
+
+def test_reduced_backend_tolerance_is_a_spec_error(tmp_spec):
+    assert main(["validate", str(tmp_spec(tiny_bert(parity={"backends": {"tflite_fp16": {"atol": 1}}})))]) == EXIT_BAD_SPEC
