@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 from bertc import registry
 from bertc.errors import SpecError
 from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
-from bertc.specbase import PositiveInt, StrictModel, json_path, walk_problems
+from bertc.specbase import PositiveInt, StrictModel, component_field, json_path, walk_problems
 
 # Parity / bench backend names: an artifact id (see the artifact contract in report.json) with, for
 # ONNX artifacts, the execution provider it runs on. fp32 backends are held to atol/rtol; the reduced-
@@ -88,8 +88,8 @@ class Spec(StrictModel):
     # Trained weights to load into the built model (a path relative to the spec file): a Hugging Face
     # directory or .safetensors file, a TF checkpoint (original BERT names or Model Garden), a .keras file.
     weights: Optional[str] = None
-    encoder: "EncoderSpec"  # noqa: F821
-    head: Optional["HeadSpec"] = None  # noqa: F821
+    encoder: component_field("encoder")
+    head: Optional[component_field("head")] = None
     export: ExportSpec = ExportSpec()
     parity: ParitySpec = ParitySpec()
 
@@ -106,50 +106,22 @@ class Spec(StrictModel):
 _built_generation = -1
 
 
-def _registry_fields():
-    from bertc.components.blocks import ScaffoldBlockSpec
-    from bertc.components.encoders import ScaffoldEncoderSpec
-
-    return {(ScaffoldBlockSpec, "attention"): ("AttentionSpec", False),
-            (ScaffoldBlockSpec, "feedforward"): ("FeedforwardSpec", False),
-            (ScaffoldEncoderSpec, "embedding"): ("EmbeddingSpec", False),
-            (ScaffoldEncoderSpec, "hidden"): ("BlockSpec", True),
-            (Spec, "encoder"): ("EncoderSpec", False),
-            (Spec, "head"): ("HeadSpec", None)}  # None: optional
-
-
-def _rebuild(model: type, namespace: dict) -> None:
-    for (owner, name), (alias, kind) in _registry_fields().items():
-        if owner is model:
-            union = namespace[alias]
-            annotation = list[union] if kind is True else (Optional[union] if kind is None else union)
-            model.__pydantic_fields__[name].annotation = annotation
-    model.model_rebuild(force=True, _types_namespace=namespace)
-
-
 def ensure_models() -> None:
-    """(Re)build the spec models from the registries' current contents (plug-ins included)."""
+    """Rebuild the spec models from the registries' current contents (plug-ins included).
+
+    Component fields are resolved when a model's schema is built (see
+    :class:`bertc.specbase.ComponentOf`), so after a registration the models are rebuilt,
+    leaves first, with pydantic's public ``model_rebuild``. Cheap when nothing changed.
+    """
     global _built_generation
     import bertc.components  # noqa: F401 - registers the shipped components
 
     if _built_generation == registry.generation():
         return
-    namespace = {
-        "AttentionSpec": ATTENTION.spec_union(), "FeedforwardSpec": FEEDFORWARD.spec_union(),
-        "EmbeddingSpec": EMBEDDINGS.spec_union(),
-    }
-    for reg in (ATTENTION, FEEDFORWARD, EMBEDDINGS):
+    for reg in (ATTENTION, FEEDFORWARD, EMBEDDINGS, BLOCKS, ENCODERS, HEADS):
         for e in reg.entries():
-            _rebuild(e.spec, namespace)
-    namespace["BlockSpec"] = BLOCKS.spec_union()
-    for e in BLOCKS.entries():
-        _rebuild(e.spec, namespace)
-    namespace["EncoderSpec"] = ENCODERS.spec_union()
-    namespace["HeadSpec"] = HEADS.spec_union()
-    for reg in (ENCODERS, HEADS):
-        for e in reg.entries():
-            _rebuild(e.spec, namespace)
-    _rebuild(Spec, namespace)
+            e.spec.model_rebuild(force=True)
+    Spec.model_rebuild(force=True)
     _built_generation = registry.generation()
 
 
