@@ -116,9 +116,19 @@ def time_targets(targets: list[Target], shapes: list[tuple[int, int]], inputs_fo
                 "sequences_per_s": round(batch / p50, 2), "tokens_per_s": round(batch * seq / p50, 1),
                 "ratio": round(statistics.median(ratios), 4) if ratios else None,
                 "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None,
+                "round_p50_ms": [round(m * 1e3, 4) for m in medians[t.name]],
             })
             rows.append(row)
     return rows
+
+
+def round_ratio(rows: list[dict], target: str, baseline: str, batch: int, seq: int) -> Optional[float]:
+    """Median over rounds of ``target``'s per-round p50 over ``baseline``'s (same shape, same rounds)."""
+    by = {r["target"]: r for r in rows if r["batch"] == batch and r["sequence_length"] == seq and "error" not in r}
+    if target not in by or baseline not in by:
+        return None
+    pairs = list(zip(by[target]["round_p50_ms"], by[baseline]["round_p50_ms"]))
+    return round(statistics.median(a / b for a, b in pairs), 4) if pairs else None
 
 
 # --- targets for a build's artifacts ----------------------------------------------------------------

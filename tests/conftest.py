@@ -9,7 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
-TINY_SPECS = sorted(p for p in SPECS.glob("*.json") if p.stem != "bert_base_classifier")
+BENCH_SPECS = sorted(p for p in SPECS.glob("*.json") if p.stem.startswith("bert_base"))  # full size: tools/ only
+TINY_SPECS = sorted(p for p in SPECS.glob("*.json") if p not in BENCH_SPECS)
 
 
 def spec_dict(name: str) -> dict:
