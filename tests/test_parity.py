@@ -8,7 +8,7 @@ import pytest
 
 from bertc.backends import CPU, CUDA, NO_CUDA, Backend, plan_backends
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED, SpecError
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT, EXIT_PARITY_FAILED, SpecError
 from bertc.inputs import make_inputs, random_mask
 from bertc.parity import Case, argmax_matches, compare, grid_cases, row_cosines, sequence_grid
 from bertc.signature import InputInfo, OutputInfo, Signature, signature_of
@@ -304,3 +304,10 @@ def test_damaged_artifacts_fail_their_backend_and_update_the_report(encoder_buil
 
 def test_reduced_backend_tolerance_is_a_spec_error(tmp_spec):
     assert main(["validate", str(tmp_spec(tiny_bert(parity={"backends": {"tflite_fp16": {"atol": 1}}})))]) == EXIT_BAD_SPEC
+
+
+def test_unreadable_report_is_an_output_error(encoder_build, tmp_path, capfd):
+    out = _copy(encoder_build, tmp_path)
+    (out / "report.json").write_text("{ half a report")
+    assert main(["parity", str(out)]) == EXIT_OUTPUT
+    assert "report.json: cannot be read" in capfd.readouterr().err
