@@ -189,7 +189,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
               help="Intra-op threads of every runtime.")
 @click.option("--rounds", type=click.IntRange(1), default=5, show_default=True, help="Interleaved timing rounds.")
 @click.option("--calls", type=click.IntRange(1), default=10, show_default=True, help="Timed calls per target per round.")
-@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed calls per target and shape.")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed calls per target and shape (at least one is made).")
 @click.option("--baseline", default="onnx_cpu", show_default=True, help="Backend the ratios are relative to.")
 @click.option("--backends", default=None, help="Only these backends, comma-separated (e.g. onnx_cpu,onnx_optimized_cpu).")
 @click.option("--no-plot", is_flag=True, help="Do not draw bench.png.")
