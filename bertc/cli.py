@@ -136,7 +136,8 @@ def list_components():
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the graph to a PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
 def inspect(spec, plot):
     """Print the built graph: layers, output shapes, parameters, shared layers."""
     _import_quietly()

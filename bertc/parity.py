@@ -297,8 +297,8 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"default": tol, "backends": {}})})
     try:
         report = json.loads((out_dir / "report.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OutputError(f"{out_dir / 'report.json'}: cannot be read ({exc}); rebuild with bertc build") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise OutputError(f"{out_dir / 'report.json'}: cannot be read as JSON ({exc})") from None
     section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {})
     report["parity"] = section
     report["status"] = "passed" if section["passed"] else "failed"

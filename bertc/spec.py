@@ -13,10 +13,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError
 
-from bertc import registry
+from bertc import registry, specjson
 from bertc.errors import SpecError
-from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
-from bertc.specbase import PositiveInt, StrictModel, component_field, json_path, walk_problems
+from bertc.specbase import PositiveInt, StrictModel, component_field, json_path, rebuild_component_models, walk_problems
 
 # Parity / bench backend names: an artifact id (see the artifact contract in report.json) with, for
 # ONNX artifacts, the execution provider it runs on. fp32 backends are held to atol/rtol; the reduced-
@@ -118,9 +117,7 @@ def ensure_models() -> None:
 
     if _built_generation == registry.generation():
         return
-    for reg in (ATTENTION, FEEDFORWARD, EMBEDDINGS, BLOCKS, ENCODERS, HEADS):
-        for e in reg.entries():
-            e.spec.model_rebuild(force=True)
+    rebuild_component_models()
     Spec.model_rebuild(force=True)
     _built_generation = registry.generation()
 
@@ -179,22 +176,28 @@ def _message(err: dict, known_fields: set[str]) -> str:
     return msg
 
 
-def _validate(data: Any, source: str) -> Spec:
+def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] = None) -> Spec:
+    """Validate parsed spec data; ``problems`` are ones already found in the text (duplicate keys),
+    reported together with the rest."""
     ensure_models()
+    problems = list(problems or [])
     if not isinstance(data, dict):
-        raise SpecError(source, [("$", f"the spec must be a JSON object, got {type(data).__name__}")])
+        raise SpecError(source, problems + [("$", f"the spec must be a JSON object, got {type(data).__name__}")])
+    deep = specjson.depth_problem(data)
+    if deep is not None:
+        raise SpecError(source, problems + [deep])
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         known = _all_field_names()
-        problems, seen = [], set()
+        seen = set(problems)
         for err in exc.errors():
             item = (json_path(_user_loc(err["loc"], data)), _message(err, known))
             if item not in seen:
                 seen.add(item)
                 problems.append(item)
         raise SpecError(source, problems) from None
-    problems = [(json_path(_user_loc(loc, data)), msg) for loc, msg in walk_problems(spec, (), {})]
+    problems += [(json_path(_user_loc(loc, data)), msg) for loc, msg in walk_problems(spec, (), {})]
     if problems:
         raise SpecError(source, problems)
     return spec
@@ -212,10 +215,10 @@ def load_spec(source: Union[str, Path, dict]) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [("$", f"cannot read the file: {exc}")]) from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(str(path), [(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")]) from None
-    return _validate(data, str(path))
+        data, problems = specjson.parse(text)
+    except specjson.SpecTextError as exc:
+        raise SpecError(str(path), [(exc.where, exc.message)]) from None
+    return _validate(data, str(path), problems)
 
 
 def dump_spec(spec: Spec) -> dict:
