@@ -101,16 +101,24 @@ def ensure_build(name: str, work: Path, rebuild: bool) -> Path:
     return out
 
 
-def ensure_anchor(work: Path, hf_python: str, rebuild: bool) -> Path:
-    out = work / "anchor"
-    if not rebuild and (out / "anchor.json").exists():
-        log(f"reusing the anchor in {out}")
-        return out
+def anchor_reusable(work: Path, rebuild: bool) -> bool:
+    return not rebuild and (work / "anchor" / "anchor.json").exists()
+
+
+def check_hf_python(hf_python: str) -> None:
+    """Exit with how to create the side environment when ``hf_python`` cannot build the anchor."""
     probe = subprocess.run([hf_python, "-c", "import torch, transformers, onnx, onnxruntime"],
                            capture_output=True, text=True) if Path(hf_python).exists() else None
     if probe is None or probe.returncode != 0:
-        why = f"{hf_python} does not exist" if probe is None else probe.stderr.strip().splitlines()[-1]
-        raise SystemExit(f"cannot build the anchor: {why}\n{HF_HELP}")
+        why = f"{hf_python} does not exist" if probe is None else (probe.stderr.strip().splitlines() or ["?"])[-1]
+        raise SystemExit(f"cannot build the anchor with {hf_python}: {why}\n{HF_HELP}")
+
+
+def ensure_anchor(work: Path, hf_python: str, rebuild: bool) -> Path:
+    out = work / "anchor"
+    if anchor_reusable(work, rebuild):
+        log(f"reusing the anchor in {out}")
+        return out
     run([hf_python, str(ROOT / "tools" / "hf_anchor.py"), str(out)], "HF anchor")
     return out
 
@@ -171,6 +179,8 @@ def main() -> int:
     command = shlex.join([Path(sys.executable).name, *sys.argv])
 
     args.work.mkdir(parents=True, exist_ok=True)
+    if not args.no_anchor and not anchor_reusable(args.work, args.rebuild):
+        check_hf_python(args.hf_python)  # before the long builds
     builds = {name: ensure_build(name, args.work, args.rebuild) for name in SPECS}
     anchor = None if args.no_anchor else ensure_anchor(args.work, args.hf_python, args.rebuild)
 
