@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bertc.bench import Target, time_targets
+from bertc.bench import Target, round_ratio, time_targets
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT
 from conftest import tiny_bert
@@ -121,3 +121,8 @@ def test_time_targets_interleaves_rounds_and_takes_median_ratios():
     by = {r["target"]: r for r in rows}
     assert by["base"]["ratio"] == 1.0 and 2.0 < by["slow"]["ratio"] < 4.0
     assert by["broken"]["error"] == "RuntimeError: cannot run this shape" and "p50_ms" not in by["broken"]
+    assert len(by["slow"]["round_p50_ms"]) == 3
+    assert round_ratio(rows, "slow", "base", 1, 4) == by["slow"]["ratio"]
+    assert round_ratio(rows, "base", "slow", 1, 4) == pytest.approx(
+        sorted(b / s for b, s in zip(by["base"]["round_p50_ms"], by["slow"]["round_p50_ms"]))[1], abs=1e-4)
+    assert round_ratio(rows, "broken", "base", 1, 4) is None
