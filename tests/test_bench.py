@@ -2,7 +2,6 @@
 import json
 import shutil
 import sys
-import time
 
 import pytest
 
@@ -100,29 +99,36 @@ def test_bench_reports_a_damaged_artifact_and_times_the_rest(built, tmp_path, ca
     assert list(result["targets"]) == ["onnx_cpu"] and "tflite" in result["load_errors"]
 
 
-def test_time_targets_interleaves_rounds_and_takes_median_ratios():
-    order = []
+def test_time_targets_interleaves_rounds_and_takes_median_ratios(monkeypatch):
+    """A fake clock: each call of a target advances it by that target's cost in the current round."""
+    clock, order, counts = [0.0], [], {}
+    monkeypatch.setattr("bertc.bench.time.perf_counter", lambda: clock[0])
+    costs = {"base": [1.0, 2.0, 1.0], "slow": [3.0, 4.0, 5.0]}  # per round; per-round ratios 3, 2, 5
 
-    def sleeper(name, seconds):
+    def target(name):
         def prepare(inputs):
             def call():
+                k = counts.get(name, 0)
+                counts[name] = k + 1
                 order.append(name)
-                time.sleep(seconds)
+                if k >= 1:  # after the one warm-up call: 2 calls per round
+                    clock[0] += costs[name][(k - 1) // 2] / 1e3
             return call
         return Target(name, prepare)
 
     def broken(inputs):
         raise RuntimeError("cannot run this shape")
 
-    targets = [sleeper("base", 0.002), sleeper("slow", 0.006), Target("broken", broken)]
-    rows = time_targets(targets, [(1, 4)], lambda b, s: {}, rounds=3, warmup=1, calls=2, baseline="base")
+    rows = time_targets([target("base"), target("slow"), Target("broken", broken)], [(2, 4)], lambda b, s: {},
+                        rounds=3, warmup=1, calls=2, baseline="base")
     timed = order[2:]  # after one warm-up call each
     assert timed == ["base"] * 2 + ["slow"] * 2 + ["slow"] * 2 + ["base"] * 2 + ["base"] * 2 + ["slow"] * 2
     by = {r["target"]: r for r in rows}
-    assert by["base"]["ratio"] == 1.0 and 2.0 < by["slow"]["ratio"] < 4.0
+    assert by["base"]["ratio"] == 1.0 and by["base"]["p50_ms"] == 1.0 and by["base"]["round_p50_ms"] == [1, 2, 1]
+    assert by["slow"]["ratio"] == 3.0  # the median of per-round ratios (the ratio of overall medians is 4)
+    assert by["slow"]["p50_ms"] == 4.0 and by["slow"]["p90_ms"] == 5.0 and by["slow"]["ratio_range"] == [2.0, 5.0]
+    assert by["slow"]["sequences_per_s"] == 500.0 and by["slow"]["tokens_per_s"] == 2000.0
     assert by["broken"]["error"] == "RuntimeError: cannot run this shape" and "p50_ms" not in by["broken"]
-    assert len(by["slow"]["round_p50_ms"]) == 3
-    assert round_ratio(rows, "slow", "base", 1, 4) == by["slow"]["ratio"]
-    assert round_ratio(rows, "base", "slow", 1, 4) == pytest.approx(
-        sorted(b / s for b, s in zip(by["base"]["round_p50_ms"], by["slow"]["round_p50_ms"]))[1], abs=1e-4)
-    assert round_ratio(rows, "broken", "base", 1, 4) is None
+    assert round_ratio(rows, "slow", "base", 2, 4) == 3.0
+    assert round_ratio(rows, "base", "slow", 2, 4) == pytest.approx(1 / 3, abs=1e-4)
+    assert round_ratio(rows, "broken", "base", 2, 4) is None
