@@ -1,0 +1,101 @@
+"""Importers: a foreign checkpoint's config -> a bertc spec, its tensor names -> bertc weight paths.
+
+One module per family of checkpoints, each exposing:
+
+- ``NAME``: the label the report uses;
+- ``translator(names, spec)``: a function from a checkpoint tensor name to a
+  :class:`bertc.weights.Target` (bertc weight path + layout change), an
+  :class:`bertc.weights.Ignored` (with the reason), or None (unknown);
+- ``spec_from(source)``: the spec (a dict) that expresses the checkpoint's model exactly, or
+  :class:`bertc.errors.UnsupportedModel` naming the config key and value bertc cannot express.
+
+Importers never build graphs; :mod:`bertc.weights` applies the loading rules.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from bertc.errors import WeightsError
+
+
+def importer_for(checkpoint) -> ModuleType:
+    """The importer that reads ``checkpoint``'s tensor names."""
+    from bertc.importers import bert_tf1, bertc_keras, hf, model_garden
+
+    fmt = checkpoint.format
+    if fmt == "keras":
+        return bertc_keras
+    if fmt in ("safetensors", "pytorch"):
+        return hf
+    if fmt == "tf_object_checkpoint":
+        return model_garden
+    if fmt == "tf_checkpoint":
+        return bert_tf1
+    raise WeightsError(f"{checkpoint.location}: no importer for format {fmt!r}")
+
+
+def _spec_name(source: Path) -> str:
+    import re
+
+    base = source.name if source.is_dir() else (source.parent.name or source.stem)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "imported"
+    return (name if name[0].isalpha() else f"m_{name}")[:64]
+
+
+def spec_for(source: Path) -> tuple[dict, Path]:
+    """The spec (a dict, without name and weights) of the model at ``source``, and the weights path."""
+    from bertc.checkpoints import open_checkpoint
+    from bertc.importers import bert_tf1, hf, model_garden
+
+    source = Path(source)
+    root = source if source.is_dir() else source.parent
+    if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
+            or (source.suffix in (".safetensors", ".bin") and (root / "config.json").exists()):
+        open_checkpoint(source)  # the weights must be there and readable
+        return hf.spec_from(source), source
+    if source.is_dir() and (source / "spec.json").exists() and (source / "model.keras").exists():
+        import json
+
+        spec = json.loads((source / "spec.json").read_text())
+        spec.pop("weights", None)
+        spec.pop("name", None)
+        spec["description"] = f"Imported from the bertc build {source.name}/ by bertc import."
+        return spec, source / "model.keras"
+    checkpoint = open_checkpoint(source)
+    if checkpoint.format == "tf_checkpoint":
+        return bert_tf1.spec_from(source, checkpoint), checkpoint.location
+    if checkpoint.format == "tf_object_checkpoint":
+        return model_garden.spec_from(source, checkpoint), checkpoint.location
+    raise WeightsError(f"{source}: cannot tell what model this is: a Hugging Face checkpoint needs its "
+                       f"config.json beside the weights")
+
+
+def import_spec(source: Path, spec_path: Path, name: str | None = None) -> dict:
+    """Write a spec for the checkpoint at ``source`` to ``spec_path`` (weights relative to it); returns it.
+    The spec is validated before anything is written."""
+    import json
+    import os
+
+    from bertc.errors import OutputError, SpecError
+    from bertc.spec import load_spec
+
+    source, spec_path = Path(source), Path(spec_path)
+    spec, weights = spec_for(source)
+    data = {"name": name or _spec_name(source), **spec,
+            "weights": os.path.relpath(Path(weights).resolve(), spec_path.resolve().parent)}
+    try:
+        loaded = load_spec(data)
+    except SpecError as exc:
+        raise WeightsError(f"{source}: the imported spec is not valid (a bertc bug or an unusual config):\n"
+                           + "\n".join(f"  {p}: {m}" for p, m in exc.problems)) from None
+    del loaded  # valid; the file keeps what import determined (defaults stay implicit)
+    text = json.dumps(data, indent=2) + "\n"
+    try:
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        from bertc.report import write_text_atomic
+
+        write_text_atomic(spec_path, text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {spec_path}: {exc}") from None
+    return json.loads(text)

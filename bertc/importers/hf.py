@@ -1,0 +1,303 @@
+"""Hugging Face BERT / ALBERT checkpoints (``config.json`` + safetensors), and sentence-transformers.
+
+Tensor names (``bert.encoder.layer.0.attention.self.query.weight``) map to bertc weight paths
+(``layer_0/attention/query/kernel``); torch ``Linear`` weights are (out, in) and are transposed.
+``config.json`` maps to a spec; anything bertc cannot compute exactly is refused, naming the key.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from bertc.errors import UnsupportedModel, WeightsError
+from bertc.weights import Ignored, Target
+
+NAME = "huggingface"
+
+# HF hidden_act -> bertc activation. HF "gelu" is the exact (erf) GELU; gelu_new / gelu_pytorch_tanh /
+# gelu_fast are the tanh approximation (the same formula, written differently).
+ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_fast": "gelu_tanh", "relu": "relu", "tanh": "tanh", "silu": "silu", "swish": "silu",
+               "linear": "linear"}
+
+ARCHITECTURES = {
+    "BertModel": None, "BertForSequenceClassification": "classifier", "BertForTokenClassification": "token_classifier",
+    "BertForQuestionAnswering": "span_labeler", "BertForPreTraining": "pretrainer",
+    "AlbertModel": None, "AlbertForSequenceClassification": "classifier",
+    "AlbertForTokenClassification": "token_classifier", "AlbertForQuestionAnswering": "span_labeler",
+    "AlbertForPreTraining": "pretrainer",
+}
+DEFAULT_MLM_PREDICTIONS = 20  # masked positions per sequence of a pretrainer spec (original BERT's choice at 128)
+
+_LINEAR = ("weight", "bias")
+_LN = {"weight": "gamma", "bias": "beta", "gamma": "gamma", "beta": "beta"}
+
+_BUFFERS = {"embeddings.position_ids": "buffer of position indices 0..N-1 (not a weight)",
+            "embeddings.token_type_ids": "buffer of zero token-type ids (not a weight)"}
+
+
+def _param(kind: str, leaf: str, base: str) -> Optional[Target]:
+    if kind == "linear" and leaf in _LINEAR:
+        return Target(f"{base}/kernel", "transpose") if leaf == "weight" else Target(f"{base}/bias")
+    if kind == "ln" and leaf in _LN:
+        return Target(f"{base}/{_LN[leaf]}")
+    return None
+
+
+_EMBEDDINGS = {"word_embeddings.weight": "embeddings/word_embeddings",
+               "position_embeddings.weight": "embeddings/position_embeddings",
+               "token_type_embeddings.weight": "embeddings/type_embeddings"}
+
+_BERT_LAYER = {"attention.self.query": ("linear", "attention/query"), "attention.self.key": ("linear", "attention/key"),
+               "attention.self.value": ("linear", "attention/value"),
+               "attention.output.dense": ("linear", "attention/attention_output"),
+               "attention.output.LayerNorm": ("ln", "attention_layer_norm"),
+               "intermediate.dense": ("linear", "feedforward/intermediate"),
+               "output.dense": ("linear", "feedforward/output"),
+               "output.LayerNorm": ("ln", "feedforward/output_layer_norm")}
+
+_ALBERT_LAYER = {"attention.query": ("linear", "attention/query"), "attention.key": ("linear", "attention/key"),
+                 "attention.value": ("linear", "attention/value"),
+                 "attention.dense": ("linear", "attention/attention_output"),
+                 "attention.LayerNorm": ("ln", "attention_layer_norm"),
+                 "ffn": ("linear", "feedforward/intermediate"), "ffn_output": ("linear", "feedforward/output"),
+                 "full_layer_layer_norm": ("ln", "feedforward/output_layer_norm")}
+
+
+def _split(name: str) -> tuple[str, str]:
+    stem, _, leaf = name.rpartition(".")
+    return stem, leaf
+
+
+def _encoder_param(rest: str) -> Optional[Target]:
+    """A tensor name without the ``bert.`` / ``albert.`` prefix."""
+    if rest in _BUFFERS:
+        return Ignored(_BUFFERS[rest])
+    if rest.startswith("embeddings."):
+        sub = rest[len("embeddings."):]
+        if sub in _EMBEDDINGS:
+            return Target(_EMBEDDINGS[sub])
+        stem, leaf = _split(sub)
+        if stem == "LayerNorm":
+            return _param("ln", leaf, "embeddings/layer_norm")
+        return None
+    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", rest)
+    if m:
+        stem, leaf = _split(m.group(2))
+        if stem in _BERT_LAYER:
+            kind, sub = _BERT_LAYER[stem]
+            return _param(kind, leaf, f"layer_{m.group(1)}/{sub}")
+        return None
+    m = re.fullmatch(r"encoder\.albert_layer_groups\.0\.albert_layers\.0\.(.+)", rest)
+    if m:
+        stem, leaf = _split(m.group(1))
+        if stem in _ALBERT_LAYER:
+            kind, sub = _ALBERT_LAYER[stem]
+            return _param(kind, leaf, f"shared_layer/{sub}")
+        return None
+    stem, leaf = _split(rest)
+    if stem == "encoder.embedding_hidden_mapping_in":
+        return _param("linear", leaf, "embeddings/embedding_projection")
+    if stem in ("pooler.dense", "pooler"):
+        return _param("linear", leaf, "pooler")
+    return None
+
+
+def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
+    stem, leaf = _split(name)
+    if stem == "classifier" and head in ("classifier", "token_classifier"):
+        return _param("linear", leaf, head)
+    if stem == "classifier":
+        return _param("linear", leaf, "classifier")
+    if stem == "qa_outputs":
+        return _param("linear", leaf, "span_labeler")
+    # BERT masked LM / next sentence
+    if stem in ("cls.predictions.transform.dense", "predictions.dense"):
+        return _param("linear", leaf, "masked_lm/transform")
+    if stem in ("cls.predictions.transform.LayerNorm", "predictions.LayerNorm"):
+        return _param("ln", leaf, "masked_lm/transform_layer_norm")
+    if name in ("cls.predictions.bias", "predictions.bias"):
+        return Target("masked_lm/output_bias")
+    if name in ("cls.predictions.decoder.bias", "predictions.decoder.bias"):
+        return Target("masked_lm/output_bias", tied=True)
+    if name in ("cls.predictions.decoder.weight", "predictions.decoder.weight"):
+        return Target("embeddings/word_embeddings", tied=True)
+    if stem in ("cls.seq_relationship", "sop_classifier.classifier"):
+        return _param("linear", leaf, "next_sentence")
+    return None
+
+
+def translator(names, spec):
+    head = spec.head.type if spec.head is not None else None
+
+    def translate(name: str):
+        for prefix in ("bert.", "albert."):
+            if name.startswith(prefix):
+                return _encoder_param(name[len(prefix):])
+        return _encoder_param(name) or _head_param(name, head)
+
+    return translate
+
+
+# --- config.json -> spec -----------------------------------------------------------------------------
+
+def _refuse(where: str, key: str, value, why: str):
+    raise UnsupportedModel(f"{where}: {key} = {json.dumps(value)}: {why}; bertc refuses rather than approximate")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    return data
+
+
+def activation(where: str, key: str, value) -> str:
+    if value not in ACTIVATIONS:
+        _refuse(where, key, value, f"bertc has no such activation (it has {', '.join(sorted(set(ACTIVATIONS)))})")
+    return ACTIVATIONS[value]
+
+
+def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
+    """The bertc encoder spec of a HF BERT / ALBERT config (``where`` names the file in messages)."""
+    model_type = cfg.get("model_type")
+    if model_type not in ("bert", "albert"):
+        _refuse(where, "model_type", model_type, "bertc imports the bert and albert model types")
+    for key, ok in (("position_embedding_type", "absolute"), ("is_decoder", False), ("add_cross_attention", False)):
+        if cfg.get(key, ok) != ok:
+            _refuse(where, key, cfg[key], f"bertc computes only {key} = {json.dumps(ok)}")
+    if model_type == "albert":
+        for key in ("num_hidden_groups", "inner_group_num"):
+            if cfg.get(key, 1) != 1:
+                _refuse(where, key, cfg[key], "bertc's ALBERT shares one block across all layers (1 group of 1 layer)")
+    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size"]
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise WeightsError(f"{where}: missing config keys {missing}")
+    act_default = "gelu_new" if model_type == "albert" else "gelu"
+    positions = int(cfg["max_position_embeddings"])
+    enc = {"type": model_type, "vocab_size": cfg["vocab_size"], "hidden_size": cfg["hidden_size"],
+           "num_layers": cfg["num_hidden_layers"], "num_attention_heads": cfg["num_attention_heads"],
+           "intermediate_size": cfg["intermediate_size"],
+           "activation": activation(where, "hidden_act", cfg.get("hidden_act", act_default)),
+           "dropout_rate": float(cfg.get("hidden_dropout_prob", 0.1 if model_type == "bert" else 0.0)),
+           "attention_dropout_rate": float(cfg.get("attention_probs_dropout_prob",
+                                                   0.1 if model_type == "bert" else 0.0)),
+           "max_sequence_length": min(positions, max_len) if max_len else positions,
+           "type_vocab_size": cfg["type_vocab_size"],
+           # HF initialises Linear / Embedding weights from N(0, initializer_range)
+           "initializer": {"type": "normal", "stddev": float(cfg.get("initializer_range", 0.02))},
+           "layer_norm_epsilon": float(cfg.get("layer_norm_eps", 1e-12))}
+    if model_type == "albert":
+        width = cfg.get("embedding_size", 128)
+        if width == cfg["hidden_size"]:
+            _refuse(where, "embedding_size", width, "equal to hidden_size; bertc's ALBERT then has no embedding "
+                                                    "projection, while this model has one")
+        enc["embedding_width"] = width
+    return enc
+
+
+def _classifier_dropout(cfg: dict) -> float:
+    if cfg.get("model_type") == "albert":
+        return float(cfg.get("classifier_dropout_prob", 0.1))
+    value = cfg.get("classifier_dropout")
+    return float(cfg.get("hidden_dropout_prob", 0.1) if value is None else value)
+
+
+def head_from_config(cfg: dict, where: str, enc: dict) -> Optional[dict]:
+    archs = cfg.get("architectures") or [("AlbertModel" if cfg.get("model_type") == "albert" else "BertModel")]
+    arch = archs[0]
+    if arch not in ARCHITECTURES:
+        _refuse(where, "architectures", archs, f"bertc imports {', '.join(ARCHITECTURES)}")
+    head = ARCHITECTURES[arch]
+    num_labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
+    if head in ("classifier", "token_classifier"):
+        return {"type": head, "num_classes": num_labels, "dropout_rate": _classifier_dropout(cfg)}
+    if head == "span_labeler":
+        if num_labels != 2:
+            _refuse(where, "num_labels", num_labels, "a question-answering head has 2 outputs (start, end)")
+        return {"type": "span_labeler"}
+    if head == "pretrainer":
+        return {"type": "pretrainer", "num_token_predictions": min(DEFAULT_MLM_PREDICTIONS, enc["max_sequence_length"]),
+                "num_classes": 2, "output": "logits", "activation": enc["activation"],
+                "layer_norm_epsilon": enc["layer_norm_epsilon"]}
+    return None
+
+
+# --- sentence-transformers ---------------------------------------------------------------------------
+
+_POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+_OTHER_POOLING = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+
+
+def sentence_transformers_modules(root: Path) -> Optional[dict]:
+    """For a sentence-transformers directory: transformer path, head spec, max length; else None."""
+    modules_file = root / "modules.json"
+    if not modules_file.exists():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text())
+    except ValueError as exc:
+        raise WeightsError(f"{modules_file}: not readable JSON: {exc}") from None
+    transformer, pooling, normalize = None, None, False
+    for i, m in enumerate(modules):
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        where = f"{modules_file}: module {i} ({m.get('path') or m.get('name')})"
+        if kind == "Transformer" and transformer is None:
+            transformer = root / m.get("path", "")
+        elif kind == "Pooling" and pooling is None and transformer is not None:
+            pooling = _pooling_mode(root / m.get("path", "") / "config.json")
+        elif kind == "Normalize" and pooling is not None and not normalize:
+            normalize = True
+        else:
+            _refuse(where, "type", m.get("type"), "bertc's sentence_embedding head is Transformer -> Pooling "
+                                                  "(mean, cls or max) -> optional Normalize")
+    if transformer is None or pooling is None:
+        raise WeightsError(f"{modules_file}: needs a Transformer and a Pooling module")
+    max_len = None
+    st_config = transformer / "sentence_bert_config.json"
+    if st_config.exists():
+        max_len = read_json(st_config).get("max_seq_length")
+    return {"transformer": transformer, "head": {"type": "sentence_embedding", "pooling": pooling,
+                                                 "normalize": normalize}, "max_len": max_len}
+
+
+def _pooling_mode(path: Path) -> str:
+    cfg = read_json(path)
+    for key in _OTHER_POOLING:
+        if cfg.get(key):
+            _refuse(str(path), key, cfg[key], "bertc pools by mean, cls or max")
+    modes = [mode for key, mode in _POOLING_KEYS.items() if cfg.get(key)]
+    if len(modes) != 1:
+        _refuse(str(path), "pooling modes", {k: cfg.get(k, False) for k in _POOLING_KEYS},
+                "bertc pools by exactly one of mean, cls or max (several are concatenated in sentence-transformers)")
+    if cfg.get("include_prompt") is False:
+        _refuse(str(path), "include_prompt", False, "bertc pools over every real token, prompt included")
+    return modes[0]
+
+
+def spec_from(source: Path) -> dict:
+    """A spec dict for a HF model directory (or a sentence-transformers one)."""
+    root = source if source.is_dir() else source.parent
+    st = sentence_transformers_modules(root)
+    model_dir = st["transformer"] if st else root
+    where = str(model_dir / "config.json")
+    cfg = read_json(model_dir / "config.json")
+    enc = encoder_from_config(cfg, where, st["max_len"] if st else None)
+    head = st["head"] if st else head_from_config(cfg, where, enc)
+    arch = (cfg.get("architectures") or ["?"])[0]
+    described = f"sentence-transformers model ({arch}, {head['pooling']} pooling" \
+                f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
+    spec = {"description": f"Imported from {described} at {root.name}/ by bertc import.",
+            "encoder": enc}
+    if head is not None:
+        spec["head"] = head
+    return spec

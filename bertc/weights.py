@@ -1,0 +1,214 @@
+"""Trained weights into a built model: the loading rules shared by every checkpoint format.
+
+A checkpoint (:mod:`bertc.checkpoints`) lists tensors; an importer (:mod:`bertc.importers`)
+translates each tensor name into a bertc weight path (``layer_0/attention/query/kernel``) with
+the layout change it needs (a torch ``Linear`` weight is transposed, a Model Garden (H, N, D)
+attention kernel reshaped), or says why it is irrelevant (an optimizer slot, HF ``position_ids``).
+This module applies the rules:
+
+- every weight of the model must be found, with the shape the model has (after the declared layout
+  change; a longer position table is cut to the model's ``max_sequence_length`` and reported);
+- a tensor the importer does not know, or one whose weight the model lacks, is an error, except
+  the pooler of a model whose head does not read it (reported as ignored, with the reason);
+- several tensors for one weight are tied copies (a masked-LM decoder and the word embeddings)
+  and must be equal;
+- every problem is collected and raised as one :class:`~bertc.errors.WeightsError`, naming the
+  checkpoint tensor and the bertc weight with both shapes. Nothing is assigned unless all fit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from bertc.errors import WeightsError
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a checkpoint tensor goes: a bertc weight path and the layout change it needs."""
+
+    path: str
+    layout: str = "same"  # "same" | "transpose" (torch Linear / TF1 output_weights) | "reshape" (Model Garden heads)
+    tied: bool = False  # a tied copy of a weight another tensor also gives (must be equal)
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A checkpoint tensor that is not a weight of any model (with the reason reported)."""
+
+    reason: str
+
+
+Translation = Union[Target, Ignored, None]  # None: the importer does not know this tensor
+Translator = Callable[[str], Translation]
+
+# Weights a checkpoint may carry that the model legitimately lacks, and why.
+_UNUSED_OK = {
+    "pooler/": "pooler: this model's head does not read the pooled output",
+}
+TIE_ATOL = 0.0  # tied copies are the same tensor saved twice: they must be bit-identical
+
+
+@dataclass
+class LoadResult:
+    source: str
+    format: str
+    importer: str
+    tensors: int
+    loaded: dict[str, str] = field(default_factory=dict)  # bertc path -> checkpoint name
+    notes: dict[str, str] = field(default_factory=dict)  # bertc path -> layout change made
+    tied: dict[str, str] = field(default_factory=dict)  # checkpoint name -> bertc path it is a copy of
+    ignored: dict[str, str] = field(default_factory=dict)  # checkpoint name -> reason
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "format": self.format, "importer": self.importer,
+                "checkpoint_tensors": self.tensors, "weights_loaded": len(self.loaded),
+                "tensors_used": len(self.loaded) + len(self.tied),
+                "mapping": self.loaded, "layout_changes": self.notes, "tied_copies": self.tied,
+                "ignored": [{"name": n, "reason": r} for n, r in sorted(self.ignored.items())]}
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} weights from {self.tensors} tensors ({self.format}); "
+                f"{len(self.ignored)} ignored")
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _arrange(array: np.ndarray, target: Target, want: tuple) -> tuple[Optional[np.ndarray], str]:
+    """``array`` laid out as the model's weight (or None), and a note on what was changed."""
+    note = ""
+    if target.layout == "transpose":
+        if array.ndim != 2:
+            return None, f"a 2-D tensor to transpose, got {array.ndim}-D"
+        array, note = array.T, "transposed (out, in) -> (in, out)"
+    elif target.layout == "reshape" and array.shape != want:
+        if array.size != int(np.prod(want)):
+            return None, ""
+        array, note = array.reshape(want), f"reshaped {_fmt(array.shape)} -> {_fmt(want)}"
+    if array.shape != want and target.path.endswith("position_embeddings") and array.ndim == 2 \
+            and array.shape[1] == want[1] and array.shape[0] > want[0]:
+        note = (note + "; " if note else "") + f"first {want[0]} of {array.shape[0]} positions (max_sequence_length)"
+        array = array[: want[0]]
+    return (array if array.shape == want else None), note
+
+
+def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[str], tuple],
+         translate: Translator) -> tuple[dict[str, list[tuple[str, Target]]], dict[str, str], list[str]]:
+    """Match checkpoint names to model weights: (path -> [(name, target)], ignored name -> reason, problems)."""
+    sources: dict[str, list[tuple[str, Target]]] = {}
+    ignored: dict[str, str] = {}
+    problems: list[str] = []
+    for name in names:
+        t = translate(name)
+        if isinstance(t, Ignored):
+            ignored[name] = t.reason
+        elif t is None:
+            problems.append(f"unused: checkpoint tensor '{name}' {_fmt(shape_of(name))} is not a weight bertc knows "
+                            f"how to place")
+        elif t.path not in model_weights:
+            why = next((r for prefix, r in _UNUSED_OK.items() if t.path.startswith(prefix)), None)
+            if why:
+                ignored[name] = why
+            else:
+                problems.append(f"unused: checkpoint tensor '{name}' {_fmt(shape_of(name))} belongs at bertc weight "
+                                f"'{t.path}', which this model does not have")
+        else:
+            sources.setdefault(t.path, []).append((name, t))
+    for path, shape in model_weights.items():
+        if path not in sources:
+            problems.append(f"missing: bertc weight '{path}' {_fmt(shape)} has no tensor in the checkpoint")
+        elif all(t.tied for _, t in sources[path]):
+            first = sources[path][0][0]
+            problems.append(f"missing: bertc weight '{path}' {_fmt(shape)} has only a tied copy ('{first}') "
+                            f"in the checkpoint")
+    return sources, ignored, problems
+
+
+def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadResult:
+    """Assign every weight of ``model`` from ``checkpoint`` (all-or-nothing); raises WeightsError."""
+    weights = {w.path: w for w in model.weights}
+    if len(weights) != len(model.weights):
+        raise WeightsError("the model has several weights with one path; bertc cannot load weights by name into it")
+    shapes = {p: tuple(int(d) for d in w.shape) for p, w in weights.items()}
+    names = checkpoint.names()
+    sources, ignored, problems = plan(shapes, names, checkpoint.shape, translate)
+    result = LoadResult(str(checkpoint.location), checkpoint.format, importer, len(names), ignored=ignored)
+    values: dict[str, np.ndarray] = {}
+    for path, items in sorted(sources.items()):
+        want = shapes[path]
+        for name, target in sorted(items, key=lambda it: it[1].tied):  # the primary tensor first
+            array, note = _arrange(checkpoint.read(name), target, want)
+            if array is None:
+                how = {"transpose": " transposed", "reshape": " reshaped"}.get(target.layout, "")
+                problems.append(f"shape: checkpoint tensor '{name}' {_fmt(checkpoint.shape(name))}{how} does not fit "
+                                f"bertc weight '{path}' {_fmt(want)}" + (f" ({note})" if note else ""))
+                continue
+            if path not in values:
+                values[path], result.loaded[path] = array, name
+                if note:
+                    result.notes[path] = note
+            elif not np.array_equal(values[path], array) and (
+                    not np.allclose(values[path], array, rtol=0.0, atol=TIE_ATOL)):
+                diff = float(np.max(np.abs(values[path] - array)))
+                problems.append(f"tied: checkpoint tensors '{result.loaded[path]}' and '{name}' both give bertc weight "
+                                f"'{path}' (tied in bertc) but differ (max abs diff {diff:.3g})")
+            else:
+                result.tied[name] = path
+    if problems:
+        head = f"cannot load weights from {checkpoint.describe()} into this model: {len(problems)} problem(s):"
+        raise WeightsError("\n".join([head] + [f"  - {p}" for p in problems]))
+    for path, array in values.items():
+        weights[path].assign(array.astype(np.dtype(weights[path].dtype)))
+    return result
+
+
+def resolve_weights_path(spec_weights: Optional[str], spec_file: Optional[Path]) -> Optional[Path]:
+    """The spec's ``weights`` entry as a path: relative entries resolve against the spec file's directory."""
+    if not spec_weights:
+        return None
+    path = Path(spec_weights).expanduser()
+    if not path.is_absolute():
+        base = Path(spec_file).resolve().parent if spec_file else Path.cwd()
+        path = base / path
+    return path
+
+
+def load_weights(model, spec, source) -> LoadResult:
+    """Load the trained weights at ``source`` into ``model`` (built from ``spec``)."""
+    from bertc.checkpoints import open_checkpoint
+    from bertc.importers import importer_for
+
+    checkpoint = open_checkpoint(Path(source))
+    importer = importer_for(checkpoint)
+    translate = importer.translator(checkpoint.names(), spec)
+    result = load_into(model, checkpoint, translate, importer.NAME)
+    result.source = str(source)
+    return result
+
+
+def weights_entry_for(weights: Path, out: Path) -> str:
+    """The ``weights`` entry of the spec.json written into ``out``: the same file, relative to ``out``."""
+    import os
+
+    return os.path.relpath(Path(weights).resolve(), Path(out).resolve())
+
+
+def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:
+    """The pipeline's "load weights" stage: load, then bundle the tokenizer found beside the weights.
+    Returns the report sections ``weights`` (and ``tokenizer`` when there is one)."""
+    from bertc.text import bundle_tokenizer
+
+    if init_from is not None:
+        raise WeightsError(f"both trained weights ({weights}) and --init-from ({init_from}) were given; "
+                           f"use one of them")
+    result = load_weights(model, spec, weights)
+    sections = {"weights": {**result.to_json(), "summary": result.summary()}}
+    tokenizer = bundle_tokenizer(Path(weights), out)
+    if tokenizer:
+        sections["tokenizer"] = tokenizer
+    return sections
