@@ -234,8 +234,9 @@ def head_from_config(cfg: dict, where: str, enc: dict) -> Optional[dict]:
 
 # --- sentence-transformers ---------------------------------------------------------------------------
 
-_POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
-_OTHER_POOLING = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+_LEGACY_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                   "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                   "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
 
 def sentence_transformers_modules(root: Path) -> Optional[dict]:
@@ -262,23 +263,32 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
                                                   "(mean, cls or max) -> optional Normalize")
     if transformer is None or pooling is None:
         raise WeightsError(f"{modules_file}: needs a Transformer and a Pooling module")
+    # the length the model truncates to: sentence_bert_config.json (up to v5), else the tokenizer's (v6)
     max_len = None
     st_config = transformer / "sentence_bert_config.json"
     if st_config.exists():
         max_len = read_json(st_config).get("max_seq_length")
+    if max_len is None and (transformer / "tokenizer_config.json").exists():
+        value = read_json(transformer / "tokenizer_config.json").get("model_max_length")
+        max_len = value if isinstance(value, int) and value < 1_000_000 else None
     return {"transformer": transformer, "head": {"type": "sentence_embedding", "pooling": pooling,
                                                  "normalize": normalize}, "max_len": max_len}
 
 
 def _pooling_mode(path: Path) -> str:
+    """The one pooling mode of a sentence-transformers Pooling config: ``pooling_mode`` (v6: a name or a
+    list) or the older ``pooling_mode_*`` booleans."""
     cfg = read_json(path)
-    for key in _OTHER_POOLING:
-        if cfg.get(key):
-            _refuse(str(path), key, cfg[key], "bertc pools by mean, cls or max")
-    modes = [mode for key, mode in _POOLING_KEYS.items() if cfg.get(key)]
-    if len(modes) != 1:
-        _refuse(str(path), "pooling modes", {k: cfg.get(k, False) for k in _POOLING_KEYS},
-                "bertc pools by exactly one of mean, cls or max (several are concatenated in sentence-transformers)")
+    if "pooling_mode" in cfg:
+        value = cfg["pooling_mode"]
+        modes = [value] if isinstance(value, str) else list(value)
+        key, shown = "pooling_mode", value
+    else:
+        modes = [mode for key, mode in _LEGACY_POOLING.items() if cfg.get(key)]
+        key, shown = "pooling_mode_*", {k: cfg[k] for k in _LEGACY_POOLING if cfg.get(k)}
+    if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
+        _refuse(str(path), key, shown, "bertc pools by exactly one of mean, cls or max (sentence-transformers "
+                                       "concatenates several)")
     if cfg.get("include_prompt") is False:
         _refuse(str(path), "include_prompt", False, "bertc pools over every real token, prompt included")
     return modes[0]
