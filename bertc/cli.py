@@ -203,13 +203,16 @@ def inspect(spec, plot):
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every backend.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every backend.")
+@click.option("--text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Real inputs: a text file (one example per line, a tab between a sentence pair) tokenized by "
+                   "the tokenizer bundled in OUT, instead of random ids.")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
-def parity(out, atol, rtol, as_json):
+def parity(out, atol, rtol, text, as_json):
     """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
     _import_quietly()
     from bertc.parity import rerun_parity
 
-    section = rerun_parity(out, atol, rtol)
+    section = rerun_parity(out, atol, rtol, text)
     if as_json:
         click.echo(json.dumps(section, indent=2))
     else:

@@ -58,7 +58,7 @@ def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
             shutil.copyfile(directory / name, Path(out) / name)
         except OSError as exc:
             raise OutputError(f"cannot copy the tokenizer file {directory / name} into the build: {exc}") from None
-    return {"source": str(directory), **describe_tokenizer(directory, files)}
+    return {"source": str(directory.resolve()), **describe_tokenizer(directory, files)}
 
 
 def load_tokenizer(out_dir: Path, max_len: int):
@@ -125,3 +125,13 @@ def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: 
             lengths = out["input_mask"].sum(axis=1)
             out.update(HEADS.component(spec.head.type).make_inputs(spec.head, lengths, np.random.default_rng(seed)))
     return out
+
+
+def text_cases(out_dir: Path, path: Path, spec) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Parity cases from a text file: every example in one padded batch, and the first one alone."""
+    texts = read_texts(path)
+    max_len = spec.encoder.max_sequence_length
+    cases = [(f"text: {len(texts)} example(s) from {Path(path).name}", encode_texts(out_dir, texts, max_len, spec))]
+    if len(texts) > 1:
+        cases.append((f"text: example 1 of {Path(path).name} alone", encode_texts(out_dir, texts[:1], max_len, spec)))
+    return cases

@@ -187,15 +187,24 @@ def load_weights(model, spec, source) -> LoadResult:
     importer = importer_for(checkpoint)
     translate = importer.translator(checkpoint.names(), spec)
     result = load_into(model, checkpoint, translate, importer.NAME)
-    result.source = str(source)
+    result.source = str(Path(source).resolve())
     return result
+
+
+def relative_entry(target: Path, directory: Path) -> str:
+    """``target`` as a ``weights`` entry of a spec in ``directory``: relative when the two share a directory
+    below the filesystem root (a project moved as a whole keeps working), absolute otherwise."""
+    import os
+
+    target, directory = Path(target).resolve(), Path(directory).resolve()
+    if os.path.commonpath([target, directory]) == target.anchor:
+        return str(target)
+    return os.path.relpath(target, directory)
 
 
 def weights_entry_for(weights: Path, out: Path) -> str:
     """The ``weights`` entry of the spec.json written into ``out``: the same file, relative to ``out``."""
-    import os
-
-    return os.path.relpath(Path(weights).resolve(), Path(out).resolve())
+    return relative_entry(weights, out)
 
 
 def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:

@@ -75,15 +75,15 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None) -> dict:
     """Write a spec for the checkpoint at ``source`` to ``spec_path`` (weights relative to it); returns it.
     The spec is validated before anything is written."""
     import json
-    import os
 
     from bertc.errors import OutputError, SpecError
+    from bertc.weights import relative_entry
     from bertc.spec import load_spec
 
     source, spec_path = Path(source), Path(spec_path)
     spec, weights = spec_for(source)
     data = {"name": name or _spec_name(source), **spec,
-            "weights": os.path.relpath(Path(weights).resolve(), spec_path.resolve().parent)}
+            "weights": relative_entry(weights, spec_path.resolve().parent)}
     try:
         loaded = load_spec(data)
     except SpecError as exc:
