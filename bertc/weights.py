@@ -146,7 +146,8 @@ def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadRe
             if array is None:
                 how = {"transpose": " transposed", "reshape": " reshaped"}.get(target.layout, "")
                 problems.append(f"shape: checkpoint tensor '{name}' {_fmt(checkpoint.shape(name))}{how} does not fit "
-                                f"bertc weight '{path}' {_fmt(want)}" + (f" ({note})" if note else ""))
+                                f"bertc weight '{path}' {_fmt(want)}"
+                                + (f" ({note})" if note and target.layout != "transpose" else ""))
                 continue
             if path not in values:
                 values[path], result.loaded[path] = array, name

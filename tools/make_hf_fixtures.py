@@ -84,7 +84,7 @@ def reference(model, arch: str, x) -> dict[str, np.ndarray]:
 def save_tokenizer(directory: Path) -> None:
     vocab = directory / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    tr.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=SEQ).save_pretrained(directory)
+    tr.BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=SEQ).save_pretrained(directory)
 
 
 def write(name: str, model, arch: str, seed: int, tokenizer: bool = False, extra: dict | None = None) -> Path:
