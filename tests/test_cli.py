@@ -86,3 +86,19 @@ def test_interrupted_build_leaves_nothing(tmp_spec, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q"]) == 130
     assert list(tmp_path.iterdir()) == [tmp_path / "spec.json"]
+
+
+def test_inspect_plot_shows_layer_names_and_shapes(tmp_spec, tmp_path, capsys):
+    dot = tmp_path / "graph.dot"
+    assert main(["inspect", str(tmp_spec(tiny_bert())), "--plot", str(dot)]) == 0
+    text = dot.read_text()
+    for name in ("input_word_ids", "input_mask", "input_type_ids", "embeddings", "layer_0", "pooler", "classifier"):
+        assert f"<b>{name}</b>" in text, name
+    assert "Output shape: <b>(None, 3)</b>" in text  # the classifier's logits
+    assert "<b>(None, 16)</b>" in text  # the pooler's width
+
+
+def test_inspect_plot_unknown_format_is_a_clear_error(tmp_spec, tmp_path, capsys):
+    assert main(["inspect", str(tmp_spec(tiny_bert())), "--plot", str(tmp_path / "graph.jpgx")]) != 0
+    err = capsys.readouterr().err
+    assert "unknown format '.jpgx'" in err and "Traceback" not in err

@@ -37,6 +37,11 @@ def layer_norm(epsilon: float, name: str) -> keras.layers.LayerNormalization:
     return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name)
 
 
+def with_last_dim(shape, width: int) -> tuple:
+    """``shape`` with its last dimension replaced (the input shape of a layer that follows a projection)."""
+    return tuple(shape[:-1]) + (int(width),)
+
+
 def dense_params(n_in: int, n_out: int) -> int:
     return n_in * n_out + n_out
 
@@ -67,7 +72,12 @@ class SpecLayer(keras.layers.Layer):
 
     def __init__(self, spec, hidden_size: int, initializer=None, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec if isinstance(spec, StrictModel) else self.spec_cls.model_validate(spec)
+        if not isinstance(spec, StrictModel):  # from a config (deserialization): plug-ins may have registered since
+            from bertc.spec import ensure_models
+
+            ensure_models()
+            spec = self.spec_cls.model_validate(spec)
+        self.spec = spec
         self.hidden_size = int(hidden_size)
         init = initializer if isinstance(initializer, (InitializerSpec, type(None))) else InitializerSpec.model_validate(initializer)
         own = getattr(self.spec, "initializer", None)
