@@ -1,4 +1,4 @@
-"""Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``.
+"""Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``, ``sentence_embedding``.
 
 A head component offers, as static methods:
 
