@@ -19,7 +19,8 @@ from bertc.errors import WeightsError
 
 def _float32(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
-    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+    floating = np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"  # ml_dtypes' bfloat16
+    return array.astype(np.float32) if floating else array
 
 
 class Checkpoint:
@@ -82,7 +83,9 @@ class SafetensorsCheckpoint(Checkpoint):
         handle = self._handles[self._files[name]]
         try:
             return handle.get_tensor(name)
-        except TypeError:  # bfloat16 has no numpy dtype: widen it by hand (the top half of a float32)
+        except (TypeError, ValueError) as exc:  # bfloat16 has no numpy dtype: widen it by hand
+            if "bf16" not in str(exc).lower() and "bfloat16" not in str(exc).lower():
+                raise
             return _bf16_tensor(self._files[name], name)
 
 

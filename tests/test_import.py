@@ -344,3 +344,44 @@ def test_sentence_pooling_matches_numpy(pooling, normalize):
     if normalize:
         want = want / np.linalg.norm(want, axis=-1, keepdims=True)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_safetensors_are_widened_exactly(tmp_path):
+    import struct
+
+    from bertc.checkpoints import open_checkpoint
+
+    values = np.array([[1.0, -2.5], [0.15625, 3.0]], np.float32)  # exactly representable in bfloat16
+    raw = (values.view(np.uint32) >> 16).astype("<u2").tobytes()
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, len(raw)]}}).encode()
+    header += b" " * ((8 - len(header) % 8) % 8)
+    (tmp_path / "bf16.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw)
+    checkpoint = open_checkpoint(tmp_path / "bf16.safetensors")
+    assert checkpoint.shape("w") == (2, 2)
+    got = checkpoint.read("w")
+    assert got.dtype == np.float32 and np.array_equal(got, values)
+
+
+def test_original_bert_needs_its_config(tmp_path):
+    source = tmp_path / "bert"
+    shutil.copytree(FIXTURES / "bert_tf1", source)
+    (source / "bert_config.json").unlink()
+    with pytest.raises(WeightsError, match=r"needs its bert_config.json beside it"):
+        import_spec(source / "bert_model.ckpt", tmp_path / "x.json")
+
+
+def test_albert_encoder_checkpoint_without_num_layers_is_refused(tmp_path):
+    source = tmp_path / "albert"
+    shutil.copytree(FIXTURES / "model_garden" / "albert_encoder", source)
+    (source / "encoder_config.json").unlink()
+    with pytest.raises(UnsupportedModel, match=r"does not record num_layers.*encoder_config.json"):
+        import_spec(source, tmp_path / "x.json")
+
+
+def test_import_of_a_bertc_build_reuses_its_spec(tmp_path):
+    spec_path, ref = imported("hf/bert_token_cls", tmp_path)
+    out = tmp_path / "out"
+    assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-export"]) == 0
+    again = import_spec(out, tmp_path / "again" / "spec.json", name="again")
+    assert again["encoder"] == json.loads((out / "spec.json").read_text())["encoder"]
+    assert (tmp_path / "again" / again["weights"]).resolve() == (out / "model.keras").resolve()

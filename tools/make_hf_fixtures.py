@@ -34,13 +34,18 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [f"##{c}" for c
 
 SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
              max_position_embeddings=SEQ, type_vocab_size=2, vocab_size=len(VOCAB))
+# --size base: BERT-base dimensions (a proof run written outside the repository, not a test fixture)
+BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            max_position_embeddings=512, type_vocab_size=2, vocab_size=30522)
+NOISE = {"tiny": 0.1, "base": 0.02}
+noise = NOISE["tiny"]
 
 
 def perturb(model: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(model.named_parameters()):
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            p.add_(torch.randn(p.shape, generator=g) * noise)
     model.eval()
 
 
@@ -107,7 +112,8 @@ def make_bert(arch: str, seed: int, **config):
 
 
 def make_albert(arch: str, seed: int, **config):
-    cfg = tr.AlbertConfig(**{**SMALL, "embedding_size": 8, "hidden_act": "gelu_new", **config})
+    width = 8 if SMALL["hidden_size"] <= 64 else 128
+    cfg = tr.AlbertConfig(**{**SMALL, "embedding_size": width, "hidden_act": "gelu_new", **config})
     torch.manual_seed(seed)
     model = getattr(tr, arch)(cfg)
     perturb(model, seed)
@@ -164,12 +170,23 @@ def main() -> int:
     parser.add_argument("--verify", action="store_true", help="import + build each with bertc and compare backends")
     parser.add_argument("--bertc-python", default="/work/main/.venv/bin/python",
                         help="the Python that has bertc's dependencies (for --verify)")
+    parser.add_argument("--size", choices=["tiny", "base"], default="tiny",
+                        help="base: BERT-base dimensions, for a full-size proof (needs --out)")
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of tests/fixtures/hf")
     args = parser.parse_args()
+    global OUT, noise
+    if args.size == "base":
+        if args.out is None:
+            parser.error("--size base writes hundreds of MB per model: give --out DIR outside the repository")
+        SMALL.update(BASE)
+        noise = NOISE["base"]
+    if args.out is not None:
+        OUT = args.out
     torch.set_num_threads(1)
     for name in args.names or FIXTURES:
         path = FIXTURES[name]()
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        print(f"wrote {path.relative_to(ROOT)} ({size / 1024:.0f} KiB)")
+        print(f"wrote {path} ({size / 1024:.0f} KiB)")
     if args.verify:
         cmd = [args.bertc_python, str(ROOT / "tools" / "verify_fixtures.py"), *[
             str(OUT / n) for n in (args.names or FIXTURES)]]

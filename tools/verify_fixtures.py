@@ -75,8 +75,9 @@ def main(argv) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for arg in argv:
             fixture = Path(arg)
+            key = f"{fixture.parent.name}/{fixture.name}"
             row = verify(fixture, Path(tmp))
-            results[fixture.name] = row
+            results[key] = row
             for key, e in row.items():
                 worst = max(worst, e["max_abs"])
                 cos = f"  cos {e['min_cosine']:.8f}" if "min_cosine" in e else ""
@@ -85,6 +86,12 @@ def main(argv) -> int:
     path.parent.mkdir(exist_ok=True)
     previous = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**previous, **results}, indent=2, sort_keys=True) + "\n")
+    print(f"{'model':<36} {'backend':<8} max abs diff over outputs")
+    for key, row in sorted(results.items()):
+        for backend in ("keras", "onnx", "tflite"):
+            values = [e["max_abs"] for k, e in row.items() if k.startswith(backend + "/")]
+            if values:
+                print(f"{key:<36} {backend:<8} {max(values):.2e}")
     print(f"worst max abs diff {worst:.2e}; wrote {path.relative_to(ROOT)}")
     return 0 if worst <= 1e-5 else 1
 
