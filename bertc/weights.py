@@ -10,8 +10,8 @@ This module applies the rules:
   change; a longer position table is cut to the model's ``max_sequence_length`` and reported);
 - a tensor the importer does not know, or one whose weight the model lacks, is an error, except
   the pooler of a model whose head does not read it (reported as ignored, with the reason);
-- several tensors for one weight are tied copies (a masked-LM decoder and the word embeddings)
-  and must be equal;
+- several tensors for one weight are tied copies (a masked-LM decoder and the word embeddings):
+  the same tensor saved twice, so they must be bit-identical;
 - every problem is collected and raised as one :class:`~bertc.errors.WeightsError`, naming the
   checkpoint tensor and the bertc weight with both shapes. Nothing is assigned unless all fit.
 """
@@ -49,7 +49,6 @@ Translator = Callable[[str], Translation]
 _UNUSED_OK = {
     "pooler/": "pooler: this model's head does not read the pooled output",
 }
-TIE_ATOL = 0.0  # tied copies are the same tensor saved twice: they must be bit-identical
 
 
 @dataclass
@@ -153,8 +152,7 @@ def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadRe
                 values[path], result.loaded[path] = array, name
                 if note:
                     result.notes[path] = note
-            elif not np.array_equal(values[path], array) and (
-                    not np.allclose(values[path], array, rtol=0.0, atol=TIE_ATOL)):
+            elif not np.array_equal(values[path], array):
                 diff = float(np.max(np.abs(values[path] - array)))
                 problems.append(f"tied: checkpoint tensors '{result.loaded[path]}' and '{name}' both give bertc weight "
                                 f"'{path}' (tied in bertc) but differ (max abs diff {diff:.3g})")

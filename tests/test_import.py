@@ -385,3 +385,25 @@ def test_import_of_a_bertc_build_reuses_its_spec(tmp_path):
     again = import_spec(out, tmp_path / "again" / "spec.json", name="again")
     assert again["encoder"] == json.loads((out / "spec.json").read_text())["encoder"]
     assert (tmp_path / "again" / again["weights"]).resolve() == (out / "model.keras").resolve()
+
+
+def test_sharded_safetensors_directory(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    source = tmp_path / "sharded"
+    source.mkdir()
+    shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls" / "config.json", source / "config.json")
+    tensors = load_file(str(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, str(source / file))
+    (source / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}))
+    spec_path, ref = tmp_path / "s.json", dict(np.load(FIXTURES / "hf" / "bert_seq_cls" / "reference.npz"))
+    import_spec(source, spec_path)
+    spec = load_spec(spec_path)
+    model = bertc.build_model(spec)
+    result = load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
+    assert result.tensors == len(names) and result.format == "safetensors"
+    assert max(max_diffs(keras_run(model), signature_of(spec), ref).values()) <= ATOL

@@ -116,4 +116,6 @@ def spec_from(source: Path, checkpoint) -> dict:
         spec["head"] = {"type": "pretrainer", "num_token_predictions": min(20, enc["max_sequence_length"]),
                         "num_classes": checkpoint.shape("cls/seq_relationship/output_weights")[0],
                         "output": "logits", "activation": enc["activation"], "layer_norm_epsilon": 1e-12}
+        spec["description"] += (f" num_token_predictions {spec['head']['num_token_predictions']} is not in the "
+                                f"checkpoint (max_predictions_per_seq): set it to yours.")
     return spec

@@ -107,10 +107,8 @@ def _encoder_param(rest: str) -> Optional[Target]:
 
 def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
     stem, leaf = _split(name)
-    if stem == "classifier" and head in ("classifier", "token_classifier"):
-        return _param("linear", leaf, head)
-    if stem == "classifier":
-        return _param("linear", leaf, "classifier")
+    if stem == "classifier":  # BertFor{Sequence,Token}Classification both call their head "classifier"
+        return _param("linear", leaf, "token_classifier" if head == "token_classifier" else "classifier")
     if stem == "qa_outputs":
         return _param("linear", leaf, "span_labeler")
     # BERT masked LM / next sentence
@@ -306,7 +304,14 @@ def spec_from(source: Path) -> dict:
     arch = (cfg.get("architectures") or ["?"])[0]
     described = f"sentence-transformers model ({arch}, {head['pooling']} pooling" \
                 f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
-    spec = {"description": f"Imported from {described} at {root.name}/ by bertc import.",
+    note = ""
+    if head is not None and head["type"] == "pretrainer":
+        note = (f" num_token_predictions {head['num_token_predictions']} is not in config.json: set it to the "
+                f"masked positions per sequence you feed.")
+    if st and enc["max_sequence_length"] < cfg["max_position_embeddings"]:
+        note += (f" max_sequence_length {enc['max_sequence_length']} is the model's own maximum length (its "
+                 f"position table has {cfg['max_position_embeddings']}).")
+    spec = {"description": f"Imported from {described} at {root.name}/ by bertc import.{note}",
             "encoder": enc}
     if head is not None:
         spec["head"] = head
