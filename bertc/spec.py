@@ -15,8 +15,7 @@ from pydantic import Field, ValidationError
 
 from bertc import registry, specjson
 from bertc.errors import SpecError
-from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
-from bertc.specbase import PositiveInt, StrictModel, component_field, json_path, walk_problems
+from bertc.specbase import PositiveInt, StrictModel, component_field, json_path, rebuild_component_models, walk_problems
 
 BACKENDS = ("onnx_cpu", "onnx_cuda", "tflite")
 
@@ -106,9 +105,7 @@ def ensure_models() -> None:
 
     if _built_generation == registry.generation():
         return
-    for reg in (ATTENTION, FEEDFORWARD, EMBEDDINGS, BLOCKS, ENCODERS, HEADS):
-        for e in reg.entries():
-            e.spec.model_rebuild(force=True)
+    rebuild_component_models()
     Spec.model_rebuild(force=True)
     _built_generation = registry.generation()
 

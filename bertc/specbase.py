@@ -65,6 +65,23 @@ class ComponentOf:
         return handler.generate_schema(registry.spec_union())
 
 
+_rebuilt_generation = -1
+
+
+def rebuild_component_models() -> None:
+    """Rebuild every registered component's spec model (leaves first) after registrations changed,
+    so component fields accept plug-ins registered since. Cheap when nothing changed."""
+    global _rebuilt_generation
+    from bertc import registry
+
+    if _rebuilt_generation == registry.generation():
+        return
+    for kind in ("attention", "feedforward", "embedding", "block", "encoder", "head"):
+        for entry in registry.BY_KIND[kind].entries():
+            entry.spec.model_rebuild(force=True)
+    _rebuilt_generation = registry.generation()
+
+
 def component_field(kind: str) -> Any:
     """The annotation of a field holding any registered ``kind`` component's spec."""
     return Annotated[StrictModel, ComponentOf(kind)]

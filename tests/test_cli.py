@@ -102,3 +102,19 @@ def test_inspect_plot_unknown_format_is_a_clear_error(tmp_spec, tmp_path, capsys
     assert main(["inspect", str(tmp_spec(tiny_bert())), "--plot", str(tmp_path / "graph.jpgx")]) != 0
     err = capsys.readouterr().err
     assert "unknown format '.jpgx'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_parity_on_a_damaged_model_keras_names_the_file(built, capsys, damage):
+    keras_file = built / "model.keras"
+    if damage == "garbage":
+        keras_file.write_bytes(b"definitely not a zip archive")
+    elif damage == "truncated":
+        keras_file.write_bytes(keras_file.read_bytes()[:2000])
+    else:
+        keras_file.unlink()
+    assert main(["parity", str(built)]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert "model.keras" in err and "Traceback" not in err and "internal error" not in err
+    if damage != "missing":
+        assert "not a Keras model archive" in err

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bertc.specbase import DEFAULT_INITIALIZER, InitializerSpec, StrictModel  # noqa: E402
+from bertc.specbase import DEFAULT_INITIALIZER, InitializerSpec, StrictModel, rebuild_component_models  # noqa: E402
 
 MASK_ADDER = -10000.0  # added to attention logits of padded keys (exp() underflows to exactly 0 in fp32)
 
@@ -73,9 +73,7 @@ class SpecLayer(keras.layers.Layer):
     def __init__(self, spec, hidden_size: int, initializer=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(spec, StrictModel):  # from a config (deserialization): plug-ins may have registered since
-            from bertc.spec import ensure_models
-
-            ensure_models()
+            rebuild_component_models()
             spec = self.spec_cls.model_validate(spec)
         self.spec = spec
         self.hidden_size = int(hidden_size)
