@@ -69,7 +69,7 @@ def load_weights(model, spec, source):
     """Load trained weights (a HF directory / .safetensors, a TF checkpoint, a bertc build) into ``model``
     built from ``spec``; all or nothing. Returns what was loaded; raises :class:`bertc.errors.WeightsError`
     listing every missing, misshapen or unused tensor."""
-    from bertc.weights import load_weights as _load
+    from bertc.importers import load_weights as _load
 
     return _load(model, load_spec(spec) if not hasattr(spec, "encoder") else spec, source)
 

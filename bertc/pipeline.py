@@ -103,7 +103,7 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec, sig)}
         note["detail"] = f"{model.count_params():,} parameters, {len(model.layers)} layers"
     if weights is not None:
-        from bertc.weights import load_weights_stage
+        from bertc.importers import load_weights_stage
 
         with stages.stage("load weights") as note:
             report.update(load_weights_stage(model, spec, weights, out, init_from=opts.init_from))

@@ -1,5 +1,8 @@
 """Trained weights into a built model: the loading rules shared by every checkpoint format.
 
+Nothing here knows a checkpoint format: :func:`bertc.importers.load_weights` opens the checkpoint,
+picks its importer, and calls :func:`load_into`.
+
 A checkpoint (:mod:`bertc.checkpoints`) lists tensors; an importer (:mod:`bertc.importers`)
 translates each tensor name into a bertc weight path (``layer_0/attention/query/kernel``) with
 the layout change it needs (a torch ``Linear`` weight is transposed, a Model Garden (H, N, D)
@@ -177,19 +180,6 @@ def resolve_weights_path(spec_weights: Optional[str], spec_file: Optional[Path])
     return path
 
 
-def load_weights(model, spec, source) -> LoadResult:
-    """Load the trained weights at ``source`` into ``model`` (built from ``spec``)."""
-    from bertc.checkpoints import open_checkpoint
-    from bertc.importers import importer_for
-
-    checkpoint = open_checkpoint(Path(source))
-    importer = importer_for(checkpoint)
-    translate = importer.translator(checkpoint.names(), spec)
-    result = load_into(model, checkpoint, translate, importer.NAME)
-    result.source = str(Path(source).resolve())
-    return result
-
-
 def relative_entry(target: Path, directory: Path) -> str:
     """``target`` as a ``weights`` entry of a spec in ``directory``: relative when the two share a directory
     below the filesystem root (a project moved as a whole keeps working), absolute otherwise."""
@@ -204,19 +194,3 @@ def relative_entry(target: Path, directory: Path) -> str:
 def weights_entry_for(weights: Path, out: Path) -> str:
     """The ``weights`` entry of the spec.json written into ``out``: the same file, relative to ``out``."""
     return relative_entry(weights, out)
-
-
-def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:
-    """The pipeline's "load weights" stage: load, then bundle the tokenizer found beside the weights.
-    Returns the report sections ``weights`` (and ``tokenizer`` when there is one)."""
-    from bertc.text import bundle_tokenizer
-
-    if init_from is not None:
-        raise WeightsError(f"both trained weights ({weights}) and --init-from ({init_from}) were given; "
-                           f"use one of them")
-    result = load_weights(model, spec, weights)
-    sections = {"weights": {**result.to_json(), "summary": result.summary()}}
-    tokenizer = bundle_tokenizer(Path(weights), out)
-    if tokenizer:
-        sections["tokenizer"] = tokenizer
-    return sections

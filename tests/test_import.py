@@ -13,10 +13,10 @@ import pytest
 import bertc
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, UnsupportedModel, WeightsError
-from bertc.importers import import_spec
+from bertc.importers import import_spec, load_weights
 from bertc.signature import signature_of
 from bertc.spec import load_spec
-from bertc.weights import load_weights, resolve_weights_path
+from bertc.weights import resolve_weights_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "albert_model", "albert_seq_cls",

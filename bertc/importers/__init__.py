@@ -9,7 +9,8 @@ One module per family of checkpoints, each exposing:
 - ``spec_from(source)``: the spec (a dict) that expresses the checkpoint's model exactly, or
   :class:`bertc.errors.UnsupportedModel` naming the config key and value bertc cannot express.
 
-Importers never build graphs; :mod:`bertc.weights` applies the loading rules.
+Importers never build graphs; :mod:`bertc.weights` holds the loading rules, applied by
+:func:`load_weights` here (and by the pipeline's "load weights" stage, :func:`load_weights_stage`).
 """
 from __future__ import annotations
 
@@ -99,3 +100,33 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None) -> dict:
     except OSError as exc:
         raise OutputError(f"cannot write {spec_path}: {exc}") from None
     return json.loads(text)
+
+
+def load_weights(model, spec, source):
+    """Load the trained weights at ``source`` into ``model`` (built from ``spec``): open the checkpoint,
+    pick its importer, apply :func:`bertc.weights.load_into`. Returns the :class:`bertc.weights.LoadResult`."""
+    from bertc.checkpoints import open_checkpoint
+    from bertc.weights import load_into
+
+    checkpoint = open_checkpoint(Path(source))
+    importer = importer_for(checkpoint)
+    translate = importer.translator(checkpoint.names(), spec)
+    result = load_into(model, checkpoint, translate, importer.NAME)
+    result.source = str(Path(source).resolve())
+    return result
+
+
+def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:
+    """The pipeline's "load weights" stage: load, then bundle the tokenizer found beside the weights.
+    Returns the report sections ``weights`` (and ``tokenizer`` when there is one)."""
+    from bertc.text import bundle_tokenizer
+
+    if init_from is not None:
+        raise WeightsError(f"both trained weights ({weights}) and --init-from ({init_from}) were given; "
+                           f"use one of them")
+    result = load_weights(model, spec, weights)
+    sections = {"weights": {**result.to_json(), "summary": result.summary()}}
+    tokenizer = bundle_tokenizer(Path(weights), out)
+    if tokenizer:
+        sections["tokenizer"] = tokenizer
+    return sections
