@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from bertc.errors import WeightsError
-from bertc.importers.hf import read_json, _refuse
+from bertc.importers.hf import read_json, refuse
 from bertc.weights import Ignored, Target
 
 NAME = "bert_tf1"
@@ -90,7 +90,7 @@ def spec_from(source: Path, checkpoint) -> dict:
     cfg, where = read_json(path), str(path)
     act = cfg.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
-        _refuse(where, "hidden_act", act, f"original BERT's activations bertc computes are {sorted(ACTIVATIONS)}")
+        refuse(where, "hidden_act", act, f"original BERT's activations bertc computes are {sorted(ACTIVATIONS)}")
     missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                            "intermediate_size") if k not in cfg]
     if missing:

@@ -141,7 +141,7 @@ def translator(names, spec):
 
 # --- config.json -> spec -----------------------------------------------------------------------------
 
-def _refuse(where: str, key: str, value, why: str):
+def refuse(where: str, key: str, value, why: str):
     raise UnsupportedModel(f"{where}: {key} = {json.dumps(value)}: {why}; bertc refuses rather than approximate")
 
 
@@ -159,7 +159,7 @@ def read_json(path: Path) -> dict:
 
 def activation(where: str, key: str, value) -> str:
     if value not in ACTIVATIONS:
-        _refuse(where, key, value, f"bertc has no such activation (it has {', '.join(sorted(set(ACTIVATIONS)))})")
+        refuse(where, key, value, f"bertc has no such activation (it has {', '.join(sorted(set(ACTIVATIONS)))})")
     return ACTIVATIONS[value]
 
 
@@ -167,14 +167,14 @@ def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None) ->
     """The bertc encoder spec of a HF BERT / ALBERT config (``where`` names the file in messages)."""
     model_type = cfg.get("model_type")
     if model_type not in ("bert", "albert"):
-        _refuse(where, "model_type", model_type, "bertc imports the bert and albert model types")
+        refuse(where, "model_type", model_type, "bertc imports the bert and albert model types")
     for key, ok in (("position_embedding_type", "absolute"), ("is_decoder", False), ("add_cross_attention", False)):
         if cfg.get(key, ok) != ok:
-            _refuse(where, key, cfg[key], f"bertc computes only {key} = {json.dumps(ok)}")
+            refuse(where, key, cfg[key], f"bertc computes only {key} = {json.dumps(ok)}")
     if model_type == "albert":
         for key in ("num_hidden_groups", "inner_group_num"):
             if cfg.get(key, 1) != 1:
-                _refuse(where, key, cfg[key], "bertc's ALBERT shares one block across all layers (1 group of 1 layer)")
+                refuse(where, key, cfg[key], "bertc's ALBERT shares one block across all layers (1 group of 1 layer)")
     required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings", "type_vocab_size"]
     missing = [k for k in required if k not in cfg]
@@ -197,7 +197,7 @@ def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None) ->
     if model_type == "albert":
         width = cfg.get("embedding_size", 128)
         if width == cfg["hidden_size"]:
-            _refuse(where, "embedding_size", width, "equal to hidden_size; bertc's ALBERT then has no embedding "
+            refuse(where, "embedding_size", width, "equal to hidden_size; bertc's ALBERT then has no embedding "
                                                     "projection, while this model has one")
         enc["embedding_width"] = width
     return enc
@@ -214,14 +214,14 @@ def head_from_config(cfg: dict, where: str, enc: dict) -> Optional[dict]:
     archs = cfg.get("architectures") or [("AlbertModel" if cfg.get("model_type") == "albert" else "BertModel")]
     arch = archs[0]
     if arch not in ARCHITECTURES:
-        _refuse(where, "architectures", archs, f"bertc imports {', '.join(ARCHITECTURES)}")
+        refuse(where, "architectures", archs, f"bertc imports {', '.join(ARCHITECTURES)}")
     head = ARCHITECTURES[arch]
     num_labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
     if head in ("classifier", "token_classifier"):
         return {"type": head, "num_classes": num_labels, "dropout_rate": _classifier_dropout(cfg)}
     if head == "span_labeler":
         if num_labels != 2:
-            _refuse(where, "num_labels", num_labels, "a question-answering head has 2 outputs (start, end)")
+            refuse(where, "num_labels", num_labels, "a question-answering head has 2 outputs (start, end)")
         return {"type": "span_labeler"}
     if head == "pretrainer":
         return {"type": "pretrainer", "num_token_predictions": min(DEFAULT_MLM_PREDICTIONS, enc["max_sequence_length"]),
@@ -257,7 +257,7 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
         elif kind == "Normalize" and pooling is not None and not normalize:
             normalize = True
         else:
-            _refuse(where, "type", m.get("type"), "bertc's sentence_embedding head is Transformer -> Pooling "
+            refuse(where, "type", m.get("type"), "bertc's sentence_embedding head is Transformer -> Pooling "
                                                   "(mean, cls or max) -> optional Normalize")
     if transformer is None or pooling is None:
         raise WeightsError(f"{modules_file}: needs a Transformer and a Pooling module")
@@ -285,10 +285,10 @@ def _pooling_mode(path: Path) -> str:
         modes = [mode for key, mode in _LEGACY_POOLING.items() if cfg.get(key)]
         key, shown = "pooling_mode_*", {k: cfg[k] for k in _LEGACY_POOLING if cfg.get(k)}
     if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
-        _refuse(str(path), key, shown, "bertc pools by exactly one of mean, cls or max (sentence-transformers "
+        refuse(str(path), key, shown, "bertc pools by exactly one of mean, cls or max (sentence-transformers "
                                        "concatenates several)")
     if cfg.get("include_prompt") is False:
-        _refuse(str(path), "include_prompt", False, "bertc pools over every real token, prompt included")
+        refuse(str(path), "include_prompt", False, "bertc pools over every real token, prompt included")
     return modes[0]
 
 

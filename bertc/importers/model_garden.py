@@ -140,17 +140,23 @@ def _read_config(directory: Path) -> tuple[dict, Optional[Path]]:
         if not path.exists():
             continue
         text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            try:
-                import yaml
-            except ImportError:
-                raise WeightsError(f"{path}: reading a YAML config needs pyyaml (pip install pyyaml)") from None
-            data = yaml.safe_load(text)
-        enc = (((data or {}).get("task") or {}).get("model") or {}).get("encoder") or data
-        kind = enc.get("type", "bert")
-        return {"type": kind, **(enc.get(kind) or {})}, path
+        try:
+            if path.suffix == ".json":
+                data = json.loads(text)
+            else:
+                try:
+                    import yaml
+                except ImportError:
+                    raise WeightsError(f"{path}: reading a YAML config needs pyyaml (pip install pyyaml)") from None
+                data = yaml.safe_load(text)
+            enc = (((data or {}).get("task") or {}).get("model") or {}).get("encoder") or data
+            kind = enc.get("type", "bert")
+            return {"type": kind, **(enc.get(kind) or {})}, path
+        except WeightsError:
+            raise
+        except Exception as exc:  # malformed JSON / YAML, or not Model Garden's EncoderConfig layout
+            raise WeightsError(f"{path}: not a Model Garden encoder config ({type(exc).__name__}: {exc}); expected "
+                               f'{{"type": "bert", "bert": {{...}}}} or an experiment params.yaml') from None
     return {}, None
 
 
