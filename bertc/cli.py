@@ -94,8 +94,10 @@ def build(spec, out, force, no_export, no_parity, opset, int64_inputs, keep_save
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The spec file to write (its weights entry points at SOURCE, relative to it).")
 @click.option("--name", default=None, help="The spec's name (default: from SOURCE).")
+@click.option("--encoder-only", is_flag=True,
+              help="The encoder alone, without the checkpoint's task head (Hugging Face checkpoints).")
 @click.option("--force", is_flag=True, help="Replace the spec file if it exists.")
-def import_checkpoint(source, output, name, force):
+def import_checkpoint(source, output, name, encoder_only, force):
     """Write a spec for a trained checkpoint (Hugging Face, sentence-transformers, original BERT, Model Garden)."""
     from bertc.errors import OutputError
 
@@ -104,7 +106,7 @@ def import_checkpoint(source, output, name, force):
     _import_quietly()
     from bertc.importers import import_spec
 
-    spec = import_spec(source, output, name)
+    spec = import_spec(source, output, name, encoder_only)
     head = spec.get("head", {}).get("type", "no")
     click.echo(f"wrote {output}: {spec['name']} ({spec['encoder']['type']} encoder, {head} head); "
                f"weights: {spec['weights']}")

@@ -12,7 +12,8 @@ This module applies the rules:
 - every weight of the model must be found, with the shape the model has (after the declared layout
   change; a longer position table is cut to the model's ``max_sequence_length`` and reported);
 - a tensor the importer does not know, or one whose weight the model lacks, is an error, except
-  the pooler of a model whose head does not read it (reported as ignored, with the reason);
+  the pooler of a model whose head does not read it, and a task head's tensors when the model is the
+  encoder alone (reported as ignored, with the reason);
 - several tensors for one weight are tied copies (a masked-LM decoder and the word embeddings):
   the same tensor saved twice, so they must be bit-identical;
 - every problem is collected and raised as one :class:`~bertc.errors.WeightsError`, naming the
@@ -52,6 +53,9 @@ Translator = Callable[[str], Translation]
 _UNUSED_OK = {
     "pooler/": "pooler: this model's head does not read the pooled output",
 }
+# A task head's weights in the checkpoint of a model built without any head (the encoder alone).
+HEAD_PREFIXES = ("classifier/", "token_classifier/", "span_labeler/", "masked_lm/", "next_sentence/")
+_HEADLESS = "task head of the checkpoint: this spec builds the encoder alone (no head)"
 
 
 @dataclass
@@ -105,6 +109,7 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
     sources: dict[str, list[tuple[str, Target]]] = {}
     ignored: dict[str, str] = {}
     problems: list[str] = []
+    headless = not any(p.startswith(HEAD_PREFIXES) for p in model_weights)
     for name in names:
         t = translate(name)
         if isinstance(t, Ignored):
@@ -114,6 +119,8 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
                             f"how to place")
         elif t.path not in model_weights:
             why = next((r for prefix, r in _UNUSED_OK.items() if t.path.startswith(prefix)), None)
+            if why is None and headless and t.path.startswith(HEAD_PREFIXES):
+                why = _HEADLESS
             if why:
                 ignored[name] = why
             else:

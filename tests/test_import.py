@@ -293,7 +293,7 @@ def test_pytorch_pickle_without_torch_says_so(tmp_path, monkeypatch):
     ("hidden_act", "quick_gelu", "bert_model"),
     ("is_decoder", True, "bert_model"),
     ("num_hidden_groups", 2, "albert_model"),
-    ("architectures", ["BertForMaskedLM"], "bert_model"),
+    ("architectures", ["BertForMultipleChoice"], "bert_model"),
 ])
 def test_config_bertc_cannot_express_is_refused_naming_key_and_value(tmp_path, key, value, fixture):
     source = hf_copy(tmp_path, fixture)
@@ -409,3 +409,38 @@ def test_sharded_safetensors_directory(tmp_path):
     result = load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
     assert result.tensors == len(names) and result.format == "safetensors"
     assert max(max_diffs(keras_run(model), signature_of(spec), ref).values()) <= ATOL
+
+
+def test_masked_lm_architecture_is_a_pretrainer_when_the_file_has_next_sentence(tmp_path):
+    source = hf_copy(tmp_path, "bert_pretraining")  # bert-base-uncased says BertForMaskedLM but holds both heads
+    config = json.loads((source / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (source / "config.json").write_text(json.dumps(config))
+    assert import_spec(source, tmp_path / "p.json")["head"]["type"] == "pretrainer"
+
+
+def test_masked_lm_only_checkpoint_imports_its_encoder_and_reports_the_head_ignored(tmp_path):
+    def drop_nsp(t):
+        for name in [n for n in t if n.startswith("cls.seq_relationship.")]:
+            t.pop(name)
+
+    source = hf_copy(tmp_path, "bert_pretraining", drop_nsp)
+    config = json.loads((source / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (source / "config.json").write_text(json.dumps(config))
+    data = import_spec(source, tmp_path / "m.json")
+    assert "head" not in data and "Encoder only" in data["description"]
+    result = load_into_fresh(tmp_path / "m.json", source)
+    assert set(result.ignored) == {"cls.predictions.bias", "cls.predictions.transform.dense.weight",
+                                   "cls.predictions.transform.dense.bias", "cls.predictions.transform.LayerNorm.weight",
+                                   "cls.predictions.transform.LayerNorm.bias"}
+    assert all("builds the encoder alone" in why for why in result.ignored.values())
+    assert result.tied == {}  # the decoder weight is not in the file (tied, saved once)
+
+
+def test_cli_encoder_only_drops_the_head(tmp_path, capsys):
+    spec = tmp_path / "enc.json"
+    assert main(["import", str(FIXTURES / "hf" / "bert_seq_cls"), "-o", str(spec), "--encoder-only"]) == 0
+    assert "head" not in json.loads(spec.read_text())
+    result = load_into_fresh(spec, FIXTURES / "hf" / "bert_seq_cls")
+    assert set(result.ignored) == {"classifier.weight", "classifier.bias"}

@@ -44,8 +44,9 @@ def _spec_name(source: Path) -> str:
     return (name if name[0].isalpha() else f"m_{name}")[:64]
 
 
-def spec_for(source: Path) -> tuple[dict, Path]:
-    """The spec (a dict, without name and weights) of the model at ``source``, and the weights path."""
+def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
+    """The spec (a dict, without name and weights) of the model at ``source``, and the weights path.
+    ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded)."""
     from bertc.checkpoints import open_checkpoint
     from bertc.importers import bert_tf1, hf, model_garden
 
@@ -53,8 +54,10 @@ def spec_for(source: Path) -> tuple[dict, Path]:
     root = source if source.is_dir() else source.parent
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (source.suffix in (".safetensors", ".bin") and (root / "config.json").exists()):
-        open_checkpoint(source)  # the weights must be there and readable
-        return hf.spec_from(source), source
+        checkpoint = open_checkpoint(source)  # the weights must be there and readable
+        return hf.spec_from(source, checkpoint.names(), encoder_only), source
+    if encoder_only:
+        raise WeightsError(f"{source}: --encoder-only applies to Hugging Face checkpoints")
     if source.is_dir() and (source / "spec.json").exists() and (source / "model.keras").exists():
         import json
 
@@ -72,7 +75,7 @@ def spec_for(source: Path) -> tuple[dict, Path]:
                        f"config.json beside the weights")
 
 
-def import_spec(source: Path, spec_path: Path, name: str | None = None) -> dict:
+def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_only: bool = False) -> dict:
     """Write a spec for the checkpoint at ``source`` to ``spec_path`` (weights relative to it); returns it.
     The spec is validated before anything is written."""
     import json
@@ -82,7 +85,7 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None) -> dict:
     from bertc.spec import load_spec
 
     source, spec_path = Path(source), Path(spec_path)
-    spec, weights = spec_for(source)
+    spec, weights = spec_for(source, encoder_only)
     data = {"name": name or _spec_name(source), **spec,
             "weights": relative_entry(weights, spec_path.resolve().parent)}
     try:

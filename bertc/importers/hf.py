@@ -29,6 +29,10 @@ ARCHITECTURES = {
     "AlbertForTokenClassification": "token_classifier", "AlbertForQuestionAnswering": "span_labeler",
     "AlbertForPreTraining": "pretrainer",
 }
+# A masked-LM-only checkpoint (bert-base-uncased says BertForMaskedLM) is a pretrainer when its file also has
+# the next-sentence head (saved from pretraining), else bertc builds its encoder and reports the MLM tensors
+# as ignored: bertc's pretrainer head always has next-sentence.
+MASKED_LM = ("BertForMaskedLM", "AlbertForMaskedLM")
 DEFAULT_MLM_PREDICTIONS = 20  # masked positions per sequence of a pretrainer spec (original BERT's choice at 128)
 
 _LINEAR = ("weight", "bias")
@@ -210,12 +214,16 @@ def _classifier_dropout(cfg: dict) -> float:
     return float(cfg.get("hidden_dropout_prob", 0.1) if value is None else value)
 
 
-def head_from_config(cfg: dict, where: str, enc: dict) -> Optional[dict]:
+def head_from_config(cfg: dict, where: str, enc: dict, names=()) -> Optional[dict]:
     archs = cfg.get("architectures") or [("AlbertModel" if cfg.get("model_type") == "albert" else "BertModel")]
     arch = archs[0]
-    if arch not in ARCHITECTURES:
-        refuse(where, "architectures", archs, f"bertc imports {', '.join(ARCHITECTURES)}")
-    head = ARCHITECTURES[arch]
+    if arch in MASKED_LM:
+        nsp = any(n.startswith(("cls.seq_relationship.", "sop_classifier.")) for n in names)
+        head = "pretrainer" if nsp else None
+    elif arch not in ARCHITECTURES:
+        refuse(where, "architectures", archs, f"bertc imports {', '.join([*ARCHITECTURES, *MASKED_LM])}")
+    else:
+        head = ARCHITECTURES[arch]
     num_labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
     if head in ("classifier", "token_classifier"):
         return {"type": head, "num_classes": num_labels, "dropout_rate": _classifier_dropout(cfg)}
@@ -292,22 +300,28 @@ def _pooling_mode(path: Path) -> str:
     return modes[0]
 
 
-def spec_from(source: Path) -> dict:
-    """A spec dict for a HF model directory (or a sentence-transformers one)."""
+def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
+    """A spec dict for a HF model directory (or a sentence-transformers one); ``names``: the checkpoint's
+    tensor names; ``encoder_only``: no head (the checkpoint's head tensors are then reported as ignored)."""
     root = source if source.is_dir() else source.parent
-    st = sentence_transformers_modules(root)
+    st = None if encoder_only else sentence_transformers_modules(root)
     model_dir = st["transformer"] if st else root
     where = str(model_dir / "config.json")
     cfg = read_json(model_dir / "config.json")
     enc = encoder_from_config(cfg, where, st["max_len"] if st else None)
-    head = st["head"] if st else head_from_config(cfg, where, enc)
+    head = st["head"] if st else (None if encoder_only else head_from_config(cfg, where, enc, names))
     arch = (cfg.get("architectures") or ["?"])[0]
+    if head is None and names and not any(".pooler." in f".{n}" for n in names):
+        raise UnsupportedModel(f"{where}: the checkpoint has no pooler (architectures {arch}); bertc's encoder "
+                               f"without a head also outputs pooled_output, so it needs one")
     described = f"sentence-transformers model ({arch}, {head['pooling']} pooling" \
                 f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
     note = ""
     if head is not None and head["type"] == "pretrainer":
         note = (f" num_token_predictions {head['num_token_predictions']} is not in config.json: set it to the "
                 f"masked positions per sequence you feed.")
+    if head is None and (encoder_only or arch in MASKED_LM):
+        note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
     if st and enc["max_sequence_length"] < cfg["max_position_embeddings"]:
         note += (f" max_sequence_length {enc['max_sequence_length']} is the model's own maximum length (its "
                  f"position table has {cfg['max_position_embeddings']}).")
