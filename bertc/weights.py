@@ -170,6 +170,9 @@ def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadRe
                 result.tied[name] = path
     if problems:
         head = f"cannot load weights from {checkpoint.describe()} into this model: {len(problems)} problem(s):"
+        if not sources:
+            head += (f"\n  (none of its tensor names is one the {importer} importer knows: is this checkpoint of a "
+                     f"model bertc imports, in the format its file suggests?)")
         raise WeightsError("\n".join([head] + [f"  - {p}" for p in problems]))
     for path, array in values.items():
         weights[path].assign(array.astype(np.dtype(weights[path].dtype)))

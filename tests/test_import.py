@@ -444,3 +444,37 @@ def test_cli_encoder_only_drops_the_head(tmp_path, capsys):
     assert "head" not in json.loads(spec.read_text())
     result = load_into_fresh(spec, FIXTURES / "hf" / "bert_seq_cls")
     assert set(result.ignored) == {"classifier.weight", "classifier.bias"}
+
+
+def test_older_hf_layer_norm_names_gamma_beta_are_understood():
+    from bertc.importers import hf
+    from bertc.weights import Target
+
+    spec = load_spec({"name": "x", "encoder": {"type": "bert", "vocab_size": 10, "hidden_size": 8, "num_layers": 1,
+                                               "num_attention_heads": 2, "intermediate_size": 16}})
+    translate = hf.translator([], spec)
+    assert translate("bert.embeddings.LayerNorm.gamma") == Target("embeddings/layer_norm/gamma")
+    assert translate("bert.encoder.layer.0.output.LayerNorm.beta") == Target(
+        "layer_0/feedforward/output_layer_norm/beta")
+    assert translate("bert.encoder.layer.0.attention.self.key.weight") == Target(
+        "layer_0/attention/key/kernel", "transpose")
+
+
+def test_sentence_transformers_dense_module_is_refused(tmp_path):
+    source = tmp_path / "st"
+    shutil.copytree(FIXTURES / "hf" / "st_bert_mean_norm", source)
+    modules = json.loads((source / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (source / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UnsupportedModel, match=r"module 2 \(2_Dense\): type = \"sentence_transformers.models.Dense\""):
+        import_spec(source, tmp_path / "x.json")
+
+
+def test_checkpoint_of_another_model_family_says_so(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"transformer.h.0.attn.c_attn.weight": np.zeros((4, 12), np.float32)},
+              str(tmp_path / "gpt.safetensors"))
+    spec = load_spec(FIXTURES.parent.parent / "specs" / "canonical_classifier.json")
+    with pytest.raises(WeightsError, match=r"none of its tensor names is one the huggingface importer knows"):
+        load_weights(bertc.build_model(spec), spec, tmp_path / "gpt.safetensors")
