@@ -188,6 +188,8 @@ def spec_from(source: Path, checkpoint) -> dict:
     first = prefixes[0]
     heads = shape(f"{first}/self_attention/query/kernel")[1]
     act_name = setting("hidden_activation", "gelu", "activation")
+    if assumed:
+        assumed[-1] = "activation gelu (Model Garden's default, tanh-approximated: bertc gelu_tanh)"
     if act_name not in _MG_ACTIVATIONS:
         raise UnsupportedModel(f"{cfg_path}: hidden_activation = {json.dumps(act_name)}: bertc computes "
                                f"{sorted(_MG_ACTIVATIONS)}; bertc refuses rather than approximate")
@@ -222,7 +224,7 @@ def spec_from(source: Path, checkpoint) -> dict:
     if head and head["type"] == "pretrainer":
         head["num_token_predictions"] = min(20, common["max_sequence_length"])
     assumptions = f"; assumed (not in the checkpoint): {', '.join(assumed)}" if assumed else ""
-    spec = {"description": f"Imported from the Model Garden checkpoint {checkpoint.location.name}"
+    spec = {"description": f"Imported from the Model Garden checkpoint {directory.name}/{checkpoint.location.name}"
                            f"{' with ' + cfg_path.name if cfg_path else ''} by bertc import (shapes of "
                            f"{len(names)} tensors){assumptions}.", "encoder": enc}
     if head:
