@@ -478,3 +478,16 @@ def test_checkpoint_of_another_model_family_says_so(tmp_path):
     spec = load_spec(FIXTURES.parent.parent / "specs" / "canonical_classifier.json")
     with pytest.raises(WeightsError, match=r"none of its tensor names is one the huggingface importer knows"):
         load_weights(bertc.build_model(spec), spec, tmp_path / "gpt.safetensors")
+
+
+def test_pytorch_pickle_with_torch_reads_like_safetensors(tmp_path):
+    torch = pytest.importorskip("torch")  # bertc never requires torch; this runs where it is installed
+    from safetensors.numpy import load_file
+
+    from bertc.checkpoints import open_checkpoint
+
+    tensors = load_file(str(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors"))
+    torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp_path / "pytorch_model.bin")
+    checkpoint = open_checkpoint(tmp_path)
+    assert checkpoint.format == "pytorch" and checkpoint.names() == sorted(tensors)
+    assert all(np.array_equal(checkpoint.read(n), tensors[n]) for n in tensors)
