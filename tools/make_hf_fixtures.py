@@ -133,6 +133,7 @@ def make_sentence_transformer(seed: int) -> Path:
     pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
     st = SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
     st.save(str(directory))
+    (directory / "README.md").unlink(missing_ok=True)  # the generated model card: not needed to load the model
     shutil.rmtree(base)
     x = inputs(seed)
     features = {k: v for k, v in torch_inputs(x).items()}
