@@ -69,8 +69,14 @@ class Case:
     mask: str  # "right_padding" or "random"
     inputs: dict
 
+    @classmethod
+    def given(cls, label: str, inputs: dict) -> "Case":
+        """A case from outside the grid (e.g. tokenized text): its mask is whatever the inputs hold."""
+        mask = np.asarray(inputs["input_mask"])
+        return cls(label, int(mask.shape[0]), int(mask.shape[1]), "given", inputs)
+
     def to_json(self) -> dict:
-        return {"batch": self.batch, "sequence_length": self.sequence_length, "mask": self.mask}
+        return {"case": self.label, "batch": self.batch, "sequence_length": self.sequence_length, "mask": self.mask}
 
 
 def sequence_grid(spec: Spec) -> list[int]:
@@ -245,13 +251,15 @@ def open_backends(backends: list[Backend]) -> tuple[dict[str, Runner], dict[str,
     return runners, errors
 
 
-def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict) -> dict:
+def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict,
+               cases: Optional[list] = None) -> dict:
     """Parity of the artifacts listed in ``artifacts`` (``report["artifacts"]``) in ``out_dir`` against
     ``model``: the report section, with ``passed`` false (and every problem listed) when any backend
-    disagrees or cannot be loaded."""
+    disagrees or cannot be loaded. ``cases`` (:class:`Case` objects or (name, inputs) pairs, e.g.
+    tokenized text) replace the default grid."""
     backends, skipped = plan_backends(Path(out_dir), artifacts)
     runners, load_errors = open_backends(backends)
-    cases = grid_cases(spec)
+    cases = grid_cases(spec) if cases is None else [c if isinstance(c, Case) else Case.given(*c) for c in cases]
     results = compare(spec, sig, keras_runner(model), backends, runners, cases)
     for r in results:
         if r.backend in load_errors:
@@ -275,7 +283,8 @@ def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict
     }
 
 
-def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None) -> dict:
+def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None,
+                 text: Optional[Path] = None) -> dict:
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
     ``report.json`` (atomically) with the new parity section."""
     import json
@@ -299,7 +308,13 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         report = json.loads((out_dir / "report.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise OutputError(f"{out_dir / 'report.json'}: cannot be read as JSON ({exc})") from None
-    section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {})
+    cases = None
+    if text is not None:
+        from bertc.text import text_cases
+
+        cases = text_cases(out_dir, text, spec)
+    section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {},
+                         cases)
     report["parity"] = section
     report["status"] = "passed" if section["passed"] else "failed"
     write_report(out_dir, report)
