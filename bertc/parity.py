@@ -25,7 +25,9 @@ from typing import Optional
 
 import numpy as np
 
-from bertc.backends import Backend, BackendLoadError, Runner, keras_runner, open_runner, plan_backends
+from bertc import backends as _backends
+from bertc.backends import CPU, Backend, BackendLoadError, Runner, backend_name, open_runner, plan_backends
+from bertc.backends import keras_runner  # noqa: F401 - part of this module's API (tools/verify_fixtures.py)
 from bertc.inputs import make_inputs, random_mask
 from bertc.signature import OutputInfo, Signature
 from bertc.spec import Spec
@@ -238,6 +240,18 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
                 r.problems.append(f"min cosine {_below(r.min_cosine, r.required_cosine)} < {r.required_cosine:g} "
                                   f"({r.min_cosine_case})")
     return list(results.values())
+
+
+def onnx_runner(path, provider: str = CPU) -> Runner:
+    """A runner for one ONNX file on ``provider`` (inputs cast to the integer types the file declares)."""
+    path = Path(path)
+    return _backends.onnx_runner(Backend(backend_name("onnx", provider), "onnx", path, "onnx", "fp32", provider))
+
+
+def tflite_runner(path) -> Runner:
+    """A runner for one TFLite file's ``serving_default`` signature."""
+    path = Path(path)
+    return _backends.tflite_runner(Backend("tflite", "tflite", path, "tflite", "fp32"))
 
 
 def open_backends(backends: list[Backend]) -> tuple[dict[str, Runner], dict[str, str]]:
