@@ -230,6 +230,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     """Time every artifact x backend of a built OUT/: latency p50/p90, throughput, ratio to model.onnx on CPU.
     Writes OUT/bench.json and OUT/bench.png (with matplotlib)."""
     import shlex
+    import tempfile
+    import warnings
 
     _import_quietly()
     from bertc.bench import BenchOptions, run_bench, table
@@ -240,9 +242,6 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                         plot=not no_plot)
     argv = (click.get_current_context().obj or {}).get("argv")
     command = "bertc " + shlex.join(argv) if argv is not None else ""
-    import tempfile
-    import warnings
-
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # runtimes' C++ chatter
     with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
