@@ -87,6 +87,8 @@ def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False) -
             if include_keras:
                 backends.append(Backend(artifact_id, artifact_id, path, "keras", info["precision"]))
         elif info["format"] == "onnx":
+            if not info["providers"]:
+                skipped[artifact_id] = f"{info['path']} lists no execution provider to run it on"
             for provider in info["providers"]:
                 name = backend_name(artifact_id, provider)
                 if not available:
