@@ -32,6 +32,9 @@ class HeadBase:
     extra_inputs = staticmethod(lambda spec: {})
     # {name: int32 array} for the extra inputs, given each row's real length.
     make_inputs = staticmethod(lambda spec, lengths, rng: {})
+    # Whether the head reads only the pooled first token of the last layer (the ONNX lowering then
+    # computes that layer's attention output and feedforward for the first token alone).
+    reads_first_token_only = staticmethod(lambda spec: False)
 
 
 def _init(spec, encoder_spec):
@@ -82,6 +85,12 @@ class PretrainerSpec(StrictModel):
                 description="Sentence classifier: dropout + dense over the pooled first token -> logits.")
 class Classifier(HeadBase):
     uses_pooled = staticmethod(lambda spec: True)
+    reads_first_token_only = staticmethod(lambda spec: True)
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        ctx.record("classifier", "Gemm")
+        return {"logits": ctx.gemm(enc.pooled_output, ctx.layer("classifier"))}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):
@@ -108,6 +117,11 @@ class Classifier(HeadBase):
 @HEADS.register("token_classifier", spec=TokenClassifierSpec,
                 description="Per-token classifier (tagging): dropout + dense over every position -> logits.")
 class TokenClassifier(HeadBase):
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        ctx.record("token_classifier", "MatMul+Add")
+        return {"logits": ctx.dense(ctx.value(enc.sequence_output), ctx.layer("token_classifier"))}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):
@@ -144,6 +158,14 @@ class SpanSplit(keras.layers.Layer):
 @HEADS.register("span_labeler", spec=SpanLabelerSpec,
                 description="Single-span start/end predictor (SQuAD-style): start_logits, end_logits.")
 class SpanLabeler(HeadBase):
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        g = ctx.g
+        logits = ctx.dense(ctx.value(enc.sequence_output), ctx.layer("span_labeler"))
+        ctx.record("span_labeler", "MatMul+Add, Gather")
+        return {name: g.node("Gather", [logits, g.const(k, np.int64, "index")], hint=name, axis=2)
+                for k, name in enumerate(("start_logits", "end_logits"))}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):
@@ -212,6 +234,33 @@ class MaskedLM(SpecLayer):
                 description="BERT pretraining: masked LM tied to the word embeddings + next-sentence classifier.")
 class Pretrainer(HeadBase):
     uses_pooled = staticmethod(lambda spec: True)
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        """Masked LM: GatherND (batch_dims 1) picks the positions, MatMul + fused GELU, LayerNormalization,
+        a Gemm against the word table itself (transB, no transposed copy). NSP: Gemm on the pooled output."""
+        g = ctx.g
+        mlm = ctx.layer("masked_lm")
+        hidden = mlm.hidden_size
+        positions = g.node("Unsqueeze", [ctx.int64_input("masked_lm_positions"), g.ints([-1], "axes")])
+        picked = g.node("GatherND", [ctx.value(enc.sequence_output), positions], hint="masked_positions",
+                        batch_dims=1)                                             # (B, P, H)
+        flat = g.node("Reshape", [picked, g.ints([-1, hidden])])
+        x, bias = ctx.matmul(flat, mlm.transform)
+        x = ctx.activation(x, bias, spec.activation, part="masked_lm_activation")
+        x, _ = ctx.layer_norm(x, mlm.transform_layer_norm)
+        logits = g.node("Gemm", [x, enc.word_embedding_table, ctx.weight(mlm.output_bias)], hint="decoder",
+                        transB=1)
+        shape = g.node("Concat", [g.node("Shape", [positions], end=2), g.ints([mlm.vocab_size], "vocab")], axis=0)
+        logits = g.node("Reshape", [logits, shape], hint="masked_lm_logits")
+        nsp = ctx.gemm(enc.pooled_output, ctx.layer("next_sentence"))
+        if spec.output == "predictions":
+            logits = g.node("LogSoftmax", [logits], axis=-1)
+            nsp = g.node("LogSoftmax", [nsp], axis=-1)
+        ctx.record("masked_lm", "GatherND, MatMul+" + ("fused GELU" if spec.activation.startswith("gelu") else spec.activation)
+                   + ", LayerNormalization, Gemm")
+        ctx.record("next_sentence", "Gemm")
+        return {"masked_lm": logits, "classification": nsp}
 
     @staticmethod
     def extra_inputs(spec):
