@@ -135,8 +135,10 @@ class GraphBuilder:
     def model(self, opset: int, producer: str = "bertc"):
         from onnx import helper
 
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs,
-                                  initializer=list(self.initializers.values()))
+        used = {name for node in self.nodes for name in node.input}
+        # A lowering may fetch a weight it then folds away (ReZero's pre-scaled output bias): drop it.
+        initializers = [t for name, t in self.initializers.items() if name in used]
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, initializer=initializers)
         imports = [helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, MS_OPSET)]
         model = helper.make_model(graph, opset_imports=imports, producer_name=producer)
         model.ir_version = min(model.ir_version, 9)  # readable by every onnxruntime >= 1.16
