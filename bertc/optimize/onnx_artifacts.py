@@ -20,6 +20,8 @@ with the portable ``model.onnx``.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -92,7 +94,8 @@ def _artifact(path: Path, nbytes: int, precision: str, input_dtype: str, provide
 
 
 def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str = "int32",
-                  variants: tuple = ("onnx_int8", "onnx_fp16"), prune: Optional[bool] = None) -> dict:
+                  variants: tuple = ("onnx_int8", "onnx_fp16"), prune: Optional[bool] = None,
+                  portable: Optional[dict] = None) -> dict:
     """Write the optimized artifact and the ONNX variants asked for.
 
     Returns ``{"artifacts": {id: entry}, "fusion": section}``; ``fusion`` holds per-layer coverage,
@@ -134,11 +137,23 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     fusion = {
         "lowered": True, "not_lowered": [], "pruned": lowered.pruned,
         "layers": lowered.coverage["layers"],
-        "nodes": {k: a["nodes"] for k, a in artifacts.items()},
+        "nodes": {**({"onnx": portable["nodes"]} if portable and "nodes" in portable else {}),
+                  **{k: a["nodes"] for k, a in artifacts.items()}},
         "fused_ops": {op: n for op, n in lowered.op_counts.items() if op.startswith("com.microsoft.")},
         "self_check_max_abs": self_check,
     }
     return {"artifacts": artifacts, "fusion": fusion}
+
+
+@contextlib.contextmanager
+def _root_log_level(level):
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
 
 
 def quantize_int8(src: Path, dst: Path, input_dtype: str, opset: int) -> dict:
@@ -150,8 +165,9 @@ def quantize_int8(src: Path, dst: Path, input_dtype: str, opset: int) -> dict:
     try:
         # onnx's shape inference cannot type the outputs of com.microsoft ops: every float value
         # here is fp32, say so.
-        quantize_dynamic(src, tmp, weight_type=QuantType.QInt8, **INT8_OPTIONS,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        with _root_log_level(logging.ERROR):  # its "consider pre-processing" advice is for static quantization
+            quantize_dynamic(src, tmp, weight_type=QuantType.QInt8, **INT8_OPTIONS,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         os.replace(tmp, dst)
         ort_session(dst)
     except Exception as exc:
@@ -195,3 +211,4 @@ def fp16_on_cpu(path: Path, model, check_inputs: dict) -> tuple[list, dict]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], {
         "runs": True, "sample_max_abs": max_abs,
         "note": "runs through ORT's fp32 fallback for ops without fp16 CPU kernels (no speed-up on CPU)"}
+
