@@ -229,6 +229,23 @@ class MaskedLM(SpecLayer):
         logits = tf.reshape(logits, tf.stack([shape[0], tf.shape(positions)[1], self.vocab_size]))
         return tf.nn.log_softmax(logits, axis=-1) if self.spec.output == "predictions" else logits
 
+    def onnx_lowering(self, ctx, enc):
+        """-> logits (B, P, V). GatherND (batch_dims 1) picks the positions, MatMul + fused GELU,
+        LayerNormalization, one Gemm against the word table itself (transB: no transposed copy)."""
+        g = ctx.g
+        positions = g.node("Unsqueeze", [ctx.int64_input("masked_lm_positions"), g.ints([-1], "axes")])
+        picked = g.node("GatherND", [ctx.value(enc.sequence_output), positions], hint="masked_positions",
+                        batch_dims=1)                                             # (B, P, H)
+        flat = g.node("Reshape", [picked, g.ints([-1, self.hidden_size])])
+        x, bias = ctx.matmul(flat, self.transform)
+        x = ctx.activation(x, bias, self.spec.activation, part="masked_lm_activation")
+        x, _ = ctx.layer_norm(x, self.transform_layer_norm)
+        logits = g.node("Gemm", [x, enc.word_embedding_table, ctx.weight(self.output_bias)], hint="decoder",
+                        transB=1)
+        shape = g.node("Concat", [g.node("Shape", [positions], end=2), g.ints([self.vocab_size], "vocab")], axis=0)
+        ctx.record("masked_lm", "GatherND, MatMul, LayerNormalization, Gemm (tied table)")
+        return g.node("Reshape", [logits, shape], hint="masked_lm_logits")
+
 
 @HEADS.register("pretrainer", spec=PretrainerSpec,
                 description="BERT pretraining: masked LM tied to the word embeddings + next-sentence classifier.")
@@ -237,28 +254,12 @@ class Pretrainer(HeadBase):
 
     @staticmethod
     def onnx_lowering(spec, ctx, enc):
-        """Masked LM: GatherND (batch_dims 1) picks the positions, MatMul + fused GELU, LayerNormalization,
-        a Gemm against the word table itself (transB, no transposed copy). NSP: Gemm on the pooled output."""
         g = ctx.g
-        mlm = ctx.layer("masked_lm")
-        hidden = mlm.hidden_size
-        positions = g.node("Unsqueeze", [ctx.int64_input("masked_lm_positions"), g.ints([-1], "axes")])
-        picked = g.node("GatherND", [ctx.value(enc.sequence_output), positions], hint="masked_positions",
-                        batch_dims=1)                                             # (B, P, H)
-        flat = g.node("Reshape", [picked, g.ints([-1, hidden])])
-        x, bias = ctx.matmul(flat, mlm.transform)
-        x = ctx.activation(x, bias, spec.activation, part="masked_lm_activation")
-        x, _ = ctx.layer_norm(x, mlm.transform_layer_norm)
-        logits = g.node("Gemm", [x, enc.word_embedding_table, ctx.weight(mlm.output_bias)], hint="decoder",
-                        transB=1)
-        shape = g.node("Concat", [g.node("Shape", [positions], end=2), g.ints([mlm.vocab_size], "vocab")], axis=0)
-        logits = g.node("Reshape", [logits, shape], hint="masked_lm_logits")
+        logits = ctx.lower(ctx.layer("masked_lm"), enc)
         nsp = ctx.gemm(enc.pooled_output, ctx.layer("next_sentence"))
         if spec.output == "predictions":
             logits = g.node("LogSoftmax", [logits], axis=-1)
             nsp = g.node("LogSoftmax", [nsp], axis=-1)
-        ctx.record("masked_lm", "GatherND, MatMul+" + ("fused GELU" if spec.activation.startswith("gelu") else spec.activation)
-                   + ", LayerNormalization, Gemm")
         ctx.record("next_sentence", "Gemm")
         return {"masked_lm": logits, "classification": nsp}
 
