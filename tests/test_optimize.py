@@ -135,6 +135,12 @@ def test_interface_names_dtypes_and_dynamic_axes():
     assert "layer_0/attention/qkv/kernel" in {t.name for t in proto.graph.initializer}
 
 
+def test_lowering_is_deterministic():
+    spec, sig, model = built("mixed_blocks")
+    assert lower_model(model, spec, sig).proto.SerializeToString() == \
+        lower_model(model, spec, sig).proto.SerializeToString()
+
+
 # --- numerics against Keras ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", TINY_SPECS, ids=lambda p: p.stem)
@@ -148,9 +154,10 @@ def test_optimized_matches_keras_with_random_masks(path):
     assert max(worst.values()) <= ATOL, worst
 
 
-@pytest.mark.parametrize("name", ["canonical_classifier", "talking_heads", "mixed_blocks"])
+@pytest.mark.parametrize("name", ["canonical_classifier", "mixed_blocks"])
 def test_fully_masked_rows_match_keras(name):
-    """Rows without any real token: every fused and decomposed attention path adds the same -10000."""
+    """Rows without any real token: every fused and decomposed (talking heads, in mixed_blocks)
+    attention path adds the same -10000."""
     spec = load_spec(spec_dict(name))
     sig = signature_of(spec)
     model = build_model(spec, sig)   # initialized weights (see random_mask_cases)
@@ -271,7 +278,7 @@ def test_plugin_attention_without_lowering_is_reported_and_the_build_goes_on(tmp
     try:
         d = spec_dict("talking_heads")
         d["encoder"]["hidden"]["attention"]["type"] = "doubled_logits"
-        d["export"] = {"tflite": False}
+        d["export"] = {"tflite": False, "onnx": False}
         spec = load_spec(d)
         sig = signature_of(spec)
         model = build_model(spec, sig)
@@ -286,10 +293,10 @@ def test_plugin_attention_without_lowering_is_reported_and_the_build_goes_on(tmp
         spec_path = tmp_path / "plugin.json"
         spec_path.write_text(json.dumps(d))
         out = tmp_path / "out"
-        assert main(["build", str(spec_path), "-o", str(out), "-q"]) == 0
+        assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-parity"]) == 0
         report = json.loads((out / "report.json").read_text())
         assert report["fusion"]["not_lowered"] == missing
-        assert set(report["artifacts"]) == {"keras", "onnx"}
+        assert set(report["artifacts"]) == {"keras"}
         assert "layer_0/attention (attention 'doubled_logits'" in (out / "summary.txt").read_text()
     finally:
         ATTENTION.unregister("doubled_logits")
@@ -307,7 +314,7 @@ def canonical_build(tmp_path_factory):
     path = root / "spec.json"
     path.write_text(json.dumps(d))
     out = root / "out"
-    assert main(["build", str(path), "-o", str(out), "-q"]) == 0
+    assert main(["build", str(path), "-o", str(out), "-q", "--no-parity"]) == 0
     return out, json.loads((out / "report.json").read_text())
 
 
