@@ -1,7 +1,6 @@
 """Command line: argument parsing, progress output and exit codes only."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import click
 
 from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, BertcError
+from bertc.quiet import import_log, native_stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -20,33 +20,9 @@ def _err(text: str = "", **kw) -> None:
     click.echo(text, err=True, **kw)
 
 
-@contextlib.contextmanager
-def native_stderr_to(path: Path | None):
-    """Send what C++ libraries (TensorFlow, tf2onnx, TFLite, ONNX Runtime) print on fd 2 to a log file."""
-    if path is None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    python_stderr = sys.stderr
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
-        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)  # our own messages still reach the console
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            sys.stderr.close()
-            sys.stderr = python_stderr
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _import_quietly():
     """Import TensorFlow / Keras with their start-up chatter kept off the console."""
-    import tempfile
-
-    with native_stderr_to(Path(tempfile.gettempdir()) / "bertc-import.log"):
+    with native_stderr_to(import_log()):
         import bertc.components  # noqa: F401
 
 
@@ -162,7 +138,8 @@ def list_components():
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the graph to a PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
 def inspect(spec, plot):
     """Print the built graph: layers, output shapes, parameters, shared layers."""
     _import_quietly()

@@ -10,7 +10,7 @@ EXIT_CHECK_FAILED = 1      # numeric validation failed, or an internal error
 EXIT_BAD_SPEC = 2          # the spec (or the command line) is wrong
 EXIT_PARITY_FAILED = 3     # a backend disagrees with the Keras reference
 EXIT_EXPORT_FAILED = 4     # ONNX / TFLite export failed
-EXIT_OUTPUT = 5            # the output directory cannot be written as asked
+EXIT_OUTPUT = 5            # the output directory cannot be written as asked, or a model file in it is damaged
 
 
 class BertcError(Exception):
@@ -44,6 +44,10 @@ class ParityError(BertcError):
 
 class OutputError(BertcError):
     exit_code = EXIT_OUTPUT
+
+
+class ModelFileError(OutputError):
+    """A model file (model.keras) is missing, truncated or not what it claims to be."""
 
 
 class TransferError(BertcError):

@@ -227,7 +227,10 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,
                         rtol=spec.parity.default.rtol if rtol is None else rtol)
         spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"default": tol, "backends": {}})})
-    report = json.loads((out_dir / "report.json").read_text())
+    try:
+        report = json.loads((out_dir / "report.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise OutputError(f"{out_dir / 'report.json'}: cannot be read as JSON ({exc})") from None
     section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {})
     report["parity"] = section
     report["status"] = "passed" if section["passed"] else "failed"

@@ -67,6 +67,8 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
     with staged as tmp:
         report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path))
+        if staged.removed_leftovers:
+            report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
         (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
         failure = report.pop("_failure", None)
         write_report(tmp, report)

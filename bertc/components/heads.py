@@ -206,8 +206,10 @@ class MaskedLM(SpecLayer):
         self.transform_layer_norm = layer_norm(self.spec.layer_norm_epsilon, "transform_layer_norm")
         self.activation_fn = activations.get(self.spec.activation)
 
-    def build(self, input_shape=None):
+    def build(self, sequence_output_shape=None, positions_shape=None, table_shape=None):
         self.output_bias = self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
+        self.transform.build((None, self.hidden_size))
+        self.transform_layer_norm.build((None, self.table_width))
         self.built = True
 
     def get_config(self):
