@@ -17,7 +17,7 @@ from bertc.optimize.lower import LoweringContext, lower_model, missing_lowerings
 from bertc.optimize.onnx_artifacts import (FP16_FILE, INT8_FILE, OPTIMIZED_FILE, optimize_onnx, ort_session)
 from bertc.signature import signature_of
 from bertc.spec import load_spec
-from conftest import TINY_SPECS, spec_dict
+from conftest import TINY_SPECS, spec_dict, tiny_copy
 
 ATOL = 1e-4
 _MODELS = {}
@@ -30,7 +30,7 @@ def built(name: str, **spec_overrides):
     ReZero's alphas (initialized to 0) are non-zero."""
     key = (name, json.dumps(spec_overrides, sort_keys=True))
     if key not in _MODELS:
-        d = spec_dict(name)
+        d = tiny_copy(spec_dict(name))
         d.update(spec_overrides)
         spec = load_spec(d)
         sig = signature_of(spec)
@@ -158,7 +158,7 @@ def test_optimized_matches_keras_with_random_masks(path):
 def test_fully_masked_rows_match_keras(name):
     """Rows without any real token: every fused and decomposed (talking heads, in mixed_blocks)
     attention path adds the same -10000."""
-    spec = load_spec(spec_dict(name))
+    spec = load_spec(tiny_copy(spec_dict(name)))
     sig = signature_of(spec)
     model = build_model(spec, sig)   # initialized weights (see random_mask_cases)
     for prune in (False, True):
@@ -214,9 +214,9 @@ def test_which_heads_allow_pruning():
     expected = {"canonical_classifier": True, "albert": True, "mixed_blocks": True, "pretrainer": False,
                 "span_labeler": False, "token_classifier": False}
     for name, allowed in expected.items():
-        spec = load_spec(spec_dict(name))
+        spec = load_spec(tiny_copy(spec_dict(name)))
         assert prunable(spec, signature_of(spec)) is allowed, name
-    d = spec_dict("classifier")
+    d = tiny_copy(spec_dict("classifier"))
     d.pop("head")
     spec = load_spec(d)
     assert not prunable(spec, signature_of(spec))            # sequence_output is an output
@@ -308,7 +308,7 @@ def test_plugin_attention_without_lowering_is_reported_and_the_build_goes_on(tmp
 def canonical_build(tmp_path_factory):
     from bertc.cli import main
 
-    d = spec_dict("canonical_classifier")
+    d = tiny_copy(spec_dict("canonical_classifier"))
     d["export"] = {"tflite": False}
     root = tmp_path_factory.mktemp("optimized")
     path = root / "spec.json"
@@ -356,7 +356,7 @@ def test_int8_artifact_agrees_with_keras_on_argmax(canonical_build):
     ref = np.asarray(model(inputs, training=False)["logits"])
     got = sess.run(["logits"], inputs)[0]
     assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.99
-    assert 0 < np.max(np.abs(ref - got)) < 5e-3                 # really quantized, and close
+    assert 0 < np.max(np.abs(ref - got)) < 0.05 * np.max(np.abs(ref))     # really quantized, and close
 
 
 def test_fp16_artifact_keeps_int_inputs_and_fp32_outputs(canonical_build):
@@ -375,7 +375,7 @@ def test_fp16_artifact_keeps_int_inputs_and_fp32_outputs(canonical_build):
 def test_variants_follow_the_spec_and_no_optimize(tmp_path):
     from bertc.cli import main
 
-    d = spec_dict("classifier")
+    d = tiny_copy(spec_dict("classifier"))
     d["export"] = {"tflite": False, "onnx": False, "variants": ["onnx_int8"]}
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(d))
