@@ -372,6 +372,27 @@ def test_fp16_artifact_keeps_int_inputs_and_fp32_outputs(canonical_build):
         assert 0 < cpu["sample_max_abs"] < 1e-2
 
 
+def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):
+    """ORT's quantizer transposes a Gemm's B in place; the tied MLM decoder must not corrupt the table."""
+    spec = load_spec(tiny_copy(spec_dict("pretrainer")))
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    result = optimize_onnx(model, spec, sig, tmp_path)
+    int8 = onnx.load(str(tmp_path / INT8_FILE))
+    tables = [t for t in int8.graph.initializer if t.name.startswith("embeddings/word_embeddings")]
+    assert [(t.name, list(t.dims)) for t in tables] == [("embeddings/word_embeddings", [spec.encoder.vocab_size, 64])]
+    assert result["artifacts"]["onnx_int8"]["quantization"]["kept_fp32"] == ["head/next_sentence_MatMul",
+                                                                              "pooler/pooler_MatMul"]
+    inputs = random_mask_cases(spec)[1]
+    ref = model(inputs, training=False)
+    for name in (INT8_FILE, FP16_FILE):
+        got = dict(zip(sig.output_names, ort_session(tmp_path / name).run(sig.output_names, inputs)))
+        for out in sig.output_names:
+            r = np.asarray(ref[out]).reshape(-1, np.shape(ref[out])[-1])
+            g = got[out].reshape(r.shape)
+            assert np.mean(r.argmax(-1) == g.argmax(-1)) >= 0.9, (name, out)
+
+
 def test_variants_follow_the_spec_and_no_optimize(tmp_path):
     from bertc.cli import main
 

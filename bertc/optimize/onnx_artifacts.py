@@ -8,10 +8,10 @@
   MatMul and the fused Attention get int8 weights (per-channel, full 8-bit range; see
   :data:`INT8_OPTIONS`); embeddings, layer norms, the pooler and classifier Gemms stay fp32.
 - ``onnx_fp16`` (``model.optimized.fp16.onnx``): weights and activations in float16 for the CUDA
-  provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); Softmax / LogSoftmax
-  are kept in fp32; layer norms (LayerNormalization, SkipLayerNormalization,
-  EmbedLayerNormalization) and the fused Attention's softmax run in fp16 storage, but ONNX Runtime's
-  CUDA kernels accumulate mean/variance and the softmax sum in fp32. ONNX Runtime's CPU provider
+  provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); layer norms
+  (LayerNormalization, SkipLayerNormalization, EmbedLayerNormalization), (Log)Softmax and the fused
+  Attention's softmax run on fp16 tensors, and ONNX Runtime's CUDA kernels accumulate mean/variance
+  and the softmax sums in fp32 (see :data:`FP16_KEEP_FP32_OPS`). The -10000 mask value is exact in fp16. ONNX Runtime's CPU provider
   has no fp16 MatMul or Attention kernel, which the stage verifies and records (``providers``).
 
 A model with a component that has no ONNX lowering (a plug-in) gets no optimized artifact (nor
@@ -20,6 +20,7 @@ with the portable ``model.onnx``.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -43,7 +44,11 @@ FP16_FILE = "model.optimized.fp16.onnx"
 # Only MatMul and the fused Attention are quantized: embeddings, layer norms and the pooler /
 # classifier Gemms stay fp32 (small, and the most sensitive).
 INT8_OPTIONS = {"per_channel": True, "reduce_range": False, "op_types_to_quantize": ["MatMul", "Attention"]}
-FP16_KEEP_FP32_OPS = ["Softmax", "LogSoftmax"]
+# No op is blocked from fp16: ORT's CUDA kernels for LayerNormalization, SkipLayerNormalization,
+# EmbedLayerNormalization, Softmax / LogSoftmax and the fused Attention's softmax accumulate in fp32.
+# (Blocking LogSoftmax also trips onnxruntime.transformers.float16 when it produces a graph output:
+# the output Cast it inserts gets the wrong type.)
+FP16_KEEP_FP32_OPS: list = []
 
 
 def _save(proto, path: Path) -> int:
@@ -164,12 +169,13 @@ def quantize_int8(src: Path, dst: Path, input_dtype: str, opset: int) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     t0 = time.perf_counter()
+    proto, keep_fp32 = _prepare_for_dynamic_quantization(onnx.load(str(src)))
     tmp = Path(str(dst) + ".partial")
     try:
         # onnx's shape inference cannot type the outputs of com.microsoft ops: every float value
         # here is fp32, say so.
         with _root_log_level(logging.ERROR):  # its "consider pre-processing" advice is for static quantization
-            quantize_dynamic(src, tmp, weight_type=QuantType.QInt8, **INT8_OPTIONS,
+            quantize_dynamic(proto, tmp, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32, **INT8_OPTIONS,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         os.replace(tmp, dst)
         ort_session(dst)
@@ -178,8 +184,39 @@ def quantize_int8(src: Path, dst: Path, input_dtype: str, opset: int) -> dict:
         raise ExportError(f"int8 quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
     nodes = len(onnx.load(str(dst), load_external_data=False).graph.node)
     return _artifact(dst, dst.stat().st_size, "int8", input_dtype, ["CPUExecutionProvider"], nodes, opset,
-                     quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS},
+                     quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
+                                   "kept_fp32": sorted(keep_fp32)},
                      seconds=round(time.perf_counter() - t0, 3))
+
+
+def _prepare_for_dynamic_quantization(proto):
+    """ORT's dynamic quantizer rewrites every Gemm as MatMul + Add and, for ``transB=1``, transposes
+    B *in place*, assuming no other node reads it: the masked-LM decoder's Gemm reads the word table
+    that EmbedLayerNormalization also reads. Such a Gemm becomes Transpose + MatMul + Add here (ORT
+    folds the Transpose at load; the file keeps one table). Returns the graph and the names of the
+    MatMuls to keep in fp32: the ones from the remaining Gemms (pooler and classifiers: small, and
+    what the task reads)."""
+    from onnx import helper
+
+    graph = proto.graph
+    readers = collections.Counter(name for node in graph.node for name in node.input)
+    nodes, keep_fp32 = [], []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm" and attrs.get("transB") == 1 and readers[node.input[1]] > 1:
+            transposed = helper.make_node("Transpose", [node.input[1]], [f"{node.name}/table_t"],
+                                          name=f"{node.name}/transpose")
+            product = helper.make_node("MatMul", [node.input[0], f"{node.name}/table_t"], [f"{node.name}/product"],
+                                       name=f"{node.name}/matmul")
+            nodes += [transposed, product, helper.make_node("Add", [f"{node.name}/product", node.input[2]],
+                                                            list(node.output), name=f"{node.name}/bias")]
+            continue
+        if node.op_type == "Gemm":
+            keep_fp32.append(f"{node.name}_MatMul")   # the name ORT's quantizer gives its MatMul
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto, keep_fp32
 
 
 def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:
