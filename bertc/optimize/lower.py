@@ -17,7 +17,6 @@ such layer so the pipeline can skip the artifact and say why.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -329,8 +328,4 @@ def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
                             for axis, d in enumerate(shape) if axis > 0]
         g.add_output(value, info.name, onnx.TensorProto.FLOAT, dims)
     proto = g.model(opset)
-    return Lowered(proto, _coverage_json(ctx.coverage, g), len(g.nodes), g.op_counts(), enc.pruned)
-
-
-def _coverage_json(coverage: Coverage, g: GraphBuilder) -> dict:
-    return {"layers": coverage.layers}
+    return Lowered(proto, {"layers": ctx.coverage.layers}, len(g.nodes), g.op_counts(), enc.pruned)

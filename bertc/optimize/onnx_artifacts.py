@@ -125,7 +125,10 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
                                             "skipped": f"no optimized ONNX artifact: {exc}"}}
     import onnx
 
-    onnx.checker.check_model(lowered.proto)
+    try:
+        onnx.checker.check_model(lowered.proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the optimized ONNX graph fails onnx.checker: {exc}") from exc
     path = out / OPTIMIZED_FILE
     nbytes = _save(lowered.proto, path)
     try:
