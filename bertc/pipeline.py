@@ -134,6 +134,9 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
                 artifacts.update(result["artifacts"])
                 report["fusion"] = result["fusion"]
                 note["detail"] = fusion_summary(result["fusion"])
+            if result.get("failure"):
+                report["_failure"] = ParityError(result["failure"])
+                return report
         if spec.export.tflite:
             from bertc.export.tflite import export_tflite
 

@@ -208,6 +208,53 @@ def test_wrong_layer_norm_epsilon_is_caught(monkeypatch):
     assert worst["logits"] > 100 * ATOL, worst
 
 
+def test_wrong_lowering_fails_the_build_even_where_initialized_weights_hide_it(monkeypatch, tmp_path):
+    """With freshly initialized weights attention is nearly uniform: half the heads gives the same
+    logits to ~1e-6, so parity on the model's own weights cannot see it. The structural check on
+    stress weights does, and the build fails as a parity failure naming the output."""
+    from bertc.cli import main
+    from bertc.components import attention
+    from bertc.errors import EXIT_PARITY_FAILED
+
+    right = attention.MultiHeadAttention.onnx_lowering
+    monkeypatch.setattr(attention.MultiHeadAttention, "onnx_lowering",
+                        lambda self, ctx, x, query=None: right(_Override(self, num_heads=self.num_heads // 2),
+                                                               ctx, x, query))
+    d = tiny_copy(spec_dict("canonical_classifier"))
+    d["export"] = {"tflite": False, "onnx": False}
+    spec = load_spec(d)
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    lowered = lower_model(model, spec, sig)
+    hidden = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert hidden["logits"] < ATOL          # invisible on the initialized weights ...
+    before = [w.numpy().copy() for w in model.weights]
+    result = optimize_onnx(model, spec, sig, tmp_path)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))   # weights restored
+    check = result["fusion"]["structural_check"]
+    assert not check["passed"] and check["outputs"]["logits"]["relative"] > 1e-2      # ... caught here
+    assert result["failure"].startswith("the optimized ONNX lowering disagrees with Keras")
+    assert "- onnx_optimized / logits: max abs diff" in result["failure"]
+    assert set(result["artifacts"]) == {"onnx_optimized"}                              # no variants
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(d))
+    out = tmp_path / "out"
+    assert main(["build", str(path), "-o", str(out), "-q", "--no-parity"]) == EXIT_PARITY_FAILED
+    assert not out.exists()
+    report = json.loads((tmp_path / "out.failed" / "report.json").read_text())
+    assert report["status"] == "failed" and not report["fusion"]["structural_check"]["passed"]
+
+
+def test_structural_check_passes_for_every_bundled_spec_lowering():
+    from bertc.optimize.stress import structural_check
+
+    for path in TINY_SPECS:
+        spec, sig, model = built(path.stem)
+        check = structural_check(model, spec, sig, "int32", 17, None)
+        assert check["passed"], (path.stem, check["problems"])
+
+
 # --- semantic pruning ------------------------------------------------------------------------------
 
 def test_which_heads_allow_pruning():

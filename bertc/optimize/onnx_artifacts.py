@@ -3,7 +3,9 @@
 - ``onnx_optimized`` (``model.optimized.onnx``): the graph lowered straight from the spec
   (:mod:`bertc.optimize.lower`), checked by ``onnx.checker`` and loaded into ONNX Runtime's CPU
   provider with every graph optimization on; one sample (a non-contiguous 0/1 mask) is run and its
-  max abs difference to Keras recorded (parity then checks the whole grid).
+  max abs difference to Keras recorded (parity then checks the whole grid), and the lowering is
+  checked structurally on stress weights (:mod:`bertc.optimize.stress`): a wrong lowering fails
+  the build even where the model's own (freshly initialized) weights would hide it.
 - ``onnx_int8`` (``model.optimized.int8.onnx``): ONNX Runtime dynamic quantization of that graph.
   MatMul and the fused Attention get int8 weights (per-channel, full 8-bit range; see
   :data:`INT8_OPTIONS`); embeddings, layer norms, the pooler and classifier Gemms stay fp32.
@@ -106,9 +108,12 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
                   portable: Optional[dict] = None) -> dict:
     """Write the optimized artifact and the ONNX variants asked for.
 
-    Returns ``{"artifacts": {id: entry}, "fusion": section}``; ``fusion`` holds per-layer coverage,
-    node counts, the layers not lowered and the reason when the artifact was skipped."""
+    Returns ``{"artifacts": {id: entry}, "fusion": section, "failure": message or None}``; ``fusion``
+    holds per-layer coverage, node counts, the layers not lowered and the reason when the artifact was
+    skipped, and the structural check (:mod:`bertc.optimize.stress`); ``failure`` says why the
+    lowering is wrong when that check fails (the build then fails as a parity failure)."""
     from bertc.optimize.lower import NotLowerable, lower_model, missing_lowerings
+    from bertc.optimize.stress import structural_check
 
     out = Path(out)
     missing = missing_lowerings(model, spec)
@@ -116,13 +121,13 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
         return {"artifacts": {}, "fusion": {
             "lowered": False, "not_lowered": missing,
             "skipped": f"no optimized ONNX artifact: {len(missing)} component(s) have no ONNX lowering "
-                       f"({'; '.join(missing)}); the portable model.onnx is unaffected"}}
+                       f"({'; '.join(missing)}); the portable model.onnx is unaffected"}, "failure": None}
     t0 = time.perf_counter()
     try:
         lowered = lower_model(model, spec, sig, input_dtype=input_dtype, opset=opset, prune=prune)
     except NotLowerable as exc:
         return {"artifacts": {}, "fusion": {"lowered": False, "not_lowered": [str(exc)],
-                                            "skipped": f"no optimized ONNX artifact: {exc}"}}
+                                            "skipped": f"no optimized ONNX artifact: {exc}"}, "failure": None}
     import onnx
 
     try:
@@ -137,14 +142,17 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
         raise ExportError(f"{path.name} does not load in ONNX Runtime (CPU, ORT_ENABLE_ALL): {exc}") from exc
     check_inputs = sample_inputs(spec, input_dtype)
     self_check = max_abs_vs_keras(session, model, check_inputs)
+    structure = structural_check(model, spec, sig, input_dtype, opset, lowered.pruned)
     artifacts = {"onnx_optimized": _artifact(
         path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], lowered.nodes, opset,
         op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage,
         seconds=round(time.perf_counter() - t0, 3))}
-    if "onnx_int8" in variants:
-        artifacts["onnx_int8"] = quantize_int8(path, out / INT8_FILE, input_dtype, opset)
-    if "onnx_fp16" in variants:
-        artifacts["onnx_fp16"] = convert_fp16(lowered.proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
+    if structure["passed"]:
+        if "onnx_int8" in variants:
+            artifacts["onnx_int8"] = quantize_int8(path, out / INT8_FILE, input_dtype, opset)
+        if "onnx_fp16" in variants:
+            artifacts["onnx_fp16"] = convert_fp16(lowered.proto, out / FP16_FILE, input_dtype, opset, model,
+                                                  check_inputs)
     fusion = {
         "lowered": True, "not_lowered": [], "pruned": lowered.pruned,
         "layers": lowered.coverage["layers"],
@@ -152,8 +160,12 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
                   **{k: a["nodes"] for k, a in artifacts.items()}},
         "fused_ops": {op: n for op, n in lowered.op_counts.items() if op.startswith("com.microsoft.")},
         "self_check_max_abs": self_check,
+        "structural_check": structure,
     }
-    return {"artifacts": artifacts, "fusion": fusion}
+    failure = None if structure["passed"] else (
+        "the optimized ONNX lowering disagrees with Keras (structural check, no variant written):\n"
+        + "\n".join(structure["problems"]))
+    return {"artifacts": artifacts, "fusion": fusion, "failure": failure}
 
 
 @contextlib.contextmanager
