@@ -91,6 +91,7 @@ def main():
     print("nodes (file):", nodes)
     print("nodes after ORT_ENABLE_ALL:", after_ort)
     print("fused ops:", result["fusion"]["fused_ops"])
+    print("structural check:", result["fusion"]["structural_check"]["outputs"], "self check:", result["fusion"]["self_check_max_abs"])
     if args.cpu_time:
         args.threads = 1
     clock = time.thread_time if args.cpu_time else time.perf_counter

@@ -4,7 +4,7 @@ Parity compares artifacts on the model's own weights. Freshly initialized BERT w
 0.02) make every attention nearly uniform and every residual branch tiny, so a lowering with the
 wrong head count, a wrong mask or a wrong layer-norm epsilon can agree with Keras to 1e-6 there
 and still be wrong for any trained model. Here the model's weights are temporarily replaced by
-ones that make every part count (kernels ~ N(0, 1/fan_in), query/key three times sharper so
+ones that make every part count (kernels ~ N(0, 1/fan_in), query/key twice as sharp so
 attention is peaked, ReZero alphas non-zero, layer-norm gains and biases random), the model is
 lowered again and compared with Keras on inputs with random non-contiguous 0/1 masks; then the
 original weights are restored. The optimized artifact itself is written from the real weights.
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# Relative to the output scale: fp32 reorderings stay ~1e-6 of it (tiny specs; BERT-base: see the issue note),
-# a structural mistake (head count, epsilon, mask, a missing bias) is 1e-2 or more.
+# Relative to the output scale: fp32 reorderings stay ~1e-6 of it on the tiny specs and on BERT-base
+# (1.6e-6 measured; 12 layers amplify them: 5e-5 with 3x sharper query/key instead of 2x),
+# a structural mistake is larger: layer-norm epsilon 1e-3 instead of 1e-12 gives 1e-4 to 7e-4 on the tiny
+# specs, half the heads more than 1e-2.
 RELATIVE_TOLERANCE = 1e-4
 
 
@@ -25,7 +27,7 @@ def stress_weights(model, seed: int = 0) -> list:
     for v in model.weights:
         path, shape = v.path, tuple(v.shape)
         if path.endswith("kernel") and len(shape) == 2:
-            scale = 3.0 if path.endswith(("/query/kernel", "/key/kernel")) else 1.0
+            scale = 2.0 if path.endswith(("/query/kernel", "/key/kernel")) else 1.0
             value = rng.normal(0, scale / np.sqrt(shape[0]), size=shape)
         elif "rezero_alpha" in path:
             value = np.asarray(rng.uniform(0.5, 1.0))
