@@ -40,6 +40,10 @@ def fusion_summary(fusion: dict) -> str:
     ops = ", ".join(f"{n} {op.split('.')[-1]}" for op, n in fusion["fused_ops"].items())
     nodes = ", ".join(f"{k} {v}" for k, v in fusion["nodes"].items())
     pruned = "; last layer computed for the first token only" if fusion.get("pruned") else ""
+    check = fusion.get("structural_check")
+    if check:
+        worst = max((o["relative"] for o in check["outputs"].values()), default=0.0)
+        pruned += f"; structural check {'passed' if check['passed'] else 'FAILED'} (relative {worst:.1g})"
     return f"{ops or 'no fused operator'}; nodes: {nodes}{pruned}"
 
 
