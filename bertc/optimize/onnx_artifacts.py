@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from bertc.errors import ExportError
+from bertc.optimize.runtime import ort_session, sample_inputs
 
 OPTIMIZED_FILE = "model.optimized.onnx"
 INT8_FILE = "model.optimized.int8.onnx"
@@ -60,32 +61,6 @@ def _save(proto, path: Path) -> int:
     onnx.save_model(proto, str(tmp))
     os.replace(tmp, path)
     return path.stat().st_size
-
-
-def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: Optional[int] = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
-    return ort.InferenceSession(source, options, providers=[provider])
-
-
-def sample_inputs(spec, input_dtype: str, batch: int = 3, seq: Optional[int] = None) -> dict:
-    """A small batch whose masks are random 0/1 (holes in the middle, not only right padding)."""
-    from bertc.inputs import make_inputs
-
-    seq = seq or min(spec.encoder.max_sequence_length, 9)
-    rng = np.random.default_rng([spec.seed, 8])
-    inputs = make_inputs(spec, batch, seq, rng)
-    mask = rng.integers(0, 2, size=(batch, seq)).astype(np.int32)
-    mask[:, 0] = 1
-    inputs["input_mask"] = mask
-    cast = np.int64 if input_dtype == "int64" else np.int32
-    return {k: v.astype(cast) for k, v in inputs.items()}
 
 
 def max_abs_vs_keras(session, model, inputs: dict) -> float:

@@ -45,7 +45,7 @@ def stress_weights(model, seed: int = 0) -> list:
 
 
 def stress_inputs(spec, input_dtype: str) -> list[dict]:
-    from bertc.optimize.onnx_artifacts import sample_inputs
+    from bertc.optimize.runtime import sample_inputs
 
     max_len = spec.encoder.max_sequence_length
     return [sample_inputs(spec, input_dtype, batch=3, seq=s) for s in sorted({1, min(max_len, 7), max_len})]
@@ -57,7 +57,7 @@ def structural_check(model, spec, sig, input_dtype: str, opset: int, prune) -> d
     Returns {"passed", "outputs": {name: {"max_abs", "scale", "relative"}}, "problems": [...]}."""
     from bertc.components.common import tf
     from bertc.optimize.lower import lower_model
-    from bertc.optimize.onnx_artifacts import ort_session
+    from bertc.optimize.runtime import ort_session
 
     saved = stress_weights(model, spec.seed)
     try:
