@@ -91,6 +91,12 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     from bertc.optimize.stress import structural_check
 
     out = Path(out)
+    try:
+        import onnxruntime  # noqa: F401 - the stage loads, checks and quantizes with it
+    except ImportError:
+        return {"artifacts": {}, "failure": None, "fusion": {
+            "lowered": False, "not_lowered": [],
+            "skipped": "no optimized ONNX artifact: onnxruntime is not installed (pip install -e '.[cpu]')"}}
     missing = missing_lowerings(model, spec)
     if missing:
         return {"artifacts": {}, "fusion": {
