@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import logging
 import os
 import time
@@ -91,9 +92,7 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     from bertc.optimize.stress import structural_check
 
     out = Path(out)
-    try:
-        import onnxruntime  # noqa: F401 - the stage loads, checks and quantizes with it
-    except ImportError:
+    if importlib.util.find_spec("onnxruntime") is None:   # the stage loads, checks and quantizes with it
         return {"artifacts": {}, "failure": None, "fusion": {
             "lowered": False, "not_lowered": [],
             "skipped": "no optimized ONNX artifact: onnxruntime is not installed (pip install -e '.[cpu]')"}}
