@@ -167,6 +167,33 @@ def test_fully_masked_rows_match_keras(name):
         assert max(worst.values()) <= ATOL, (prune, worst)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_without_head_exposes_every_layer_output(norm_first):
+    """No head: sequence_output, pooled_output and every layer's output; with pre-norm a layer's
+    output is the sum a SkipLayerNormalization of the next layer also produces (reused, not re-added)."""
+    from conftest import tiny_bert
+
+    d = tiny_bert()
+    d.pop("head")
+    d["encoder"].update(norm_first=norm_first, return_all_layer_outputs=True, activation="relu")
+    spec = load_spec(d)
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    lowered = lower_model(model, spec, sig)
+    assert not lowered.pruned
+    assert [o.name for o in lowered.proto.graph.output] == sig.output_names == [
+        "sequence_output", "pooled_output", "encoder_outputs_0", "encoder_outputs_1"]
+    worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert max(worst.values()) <= ATOL, worst
+    if norm_first:
+        # layer 0's output is the sum output of layer 1's first SkipLayerNormalization; the last
+        # residual fuses into the final layer norm: the only Adds are the two ReLU biases.
+        producer = {out: (n.op_type, k) for n in lowered.proto.graph.node for k, out in enumerate(n.output)}
+        assert producer["encoder_outputs_0"] == ("SkipLayerNormalization", 3)
+        assert op_counts(lowered.proto)["Add"] == 2
+    assert lowered.coverage["layers"]["layer_0"]["feedforward_activation"] == "relu"
+
+
 def test_int64_inputs_match_keras():
     spec, sig, model = built("albert")
     proto = lower_model(model, spec, sig, input_dtype="int64").proto
