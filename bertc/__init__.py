@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of"]
+__all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of", "load_weights",
+           "import_spec"]
 
 # Registers the components (spec models, Keras layers). Deserializing a model.keras needs
 # the layer classes, so this cannot be deferred; it builds nothing. TensorFlow's start-up
@@ -62,3 +63,19 @@ def load_model(path):
     from bertc.transfer import load_keras_model
 
     return load_keras_model(path)
+
+
+def load_weights(model, spec, source):
+    """Load trained weights (a HF directory / .safetensors, a TF checkpoint, a bertc build) into ``model``
+    built from ``spec``; all or nothing. Returns what was loaded; raises :class:`bertc.errors.WeightsError`
+    listing every missing, misshapen or unused tensor."""
+    from bertc.importers import load_weights as _load
+
+    return _load(model, load_spec(spec) if not hasattr(spec, "encoder") else spec, source)
+
+
+def import_spec(source, spec_path, name=None):
+    """Write a spec for the trained checkpoint at ``source`` to ``spec_path`` (``bertc import``); returns it."""
+    from bertc.importers import import_spec as _import
+
+    return _import(source, spec_path, name)

@@ -46,9 +46,12 @@ def cli():
 @click.option("--keep-saved-model", is_flag=True, default=None, help="Keep the SavedModel used for TFLite.")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="Copy weights from a built model (OUT dir or .keras) before validation.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Trained weights to load (HF dir / .safetensors, TF checkpoint, .keras); overrides the spec's.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inputs, keep_saved_model, init_from, quiet, as_json):
+def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inputs, keep_saved_model, init_from,
+          weights, quiet, as_json):
     """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
@@ -62,7 +65,8 @@ def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inpu
     _import_quietly()
     opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity, optimize=not no_optimize,
                         opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
-                        keep_saved_model=keep_saved_model, init_from=init_from)
+                        keep_saved_model=keep_saved_model, init_from=init_from,
+                        weights=weights)
     import tempfile
 
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # TF / converter C++ chatter
@@ -85,6 +89,30 @@ def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inpu
     elif not quiet:
         _err((Path(out) / "summary.txt").read_text())
         _err(f"wrote {out}/")
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The spec file to write (its weights entry points at SOURCE, relative to it).")
+@click.option("--name", default=None, help="The spec's name (default: from SOURCE).")
+@click.option("--encoder-only", is_flag=True,
+              help="The encoder alone, without the checkpoint's task head (Hugging Face checkpoints).")
+@click.option("--force", is_flag=True, help="Replace the spec file if it exists.")
+def import_checkpoint(source, output, name, encoder_only, force):
+    """Write a spec for a trained checkpoint (Hugging Face, sentence-transformers, original BERT, Model Garden)."""
+    from bertc.errors import OutputError
+
+    if output.exists() and not force:
+        raise OutputError(f"{output} already exists; pass --force to replace it")
+    _import_quietly()
+    from bertc.importers import import_spec
+
+    spec = import_spec(source, output, name, encoder_only)
+    head = spec.get("head", {}).get("type", "no")
+    click.echo(f"wrote {output}: {spec['name']} ({spec['encoder']['type']} encoder, {head} head); "
+               f"weights: {spec['weights']}")
+    click.echo(f"  {spec['description']}")
 
 
 @cli.command()
@@ -156,13 +184,16 @@ def inspect(spec, plot):
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every backend.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every backend.")
+@click.option("--text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Real inputs: a text file (one example per line, a tab between a sentence pair) tokenized by "
+                   "the tokenizer bundled in OUT, instead of random ids.")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
-def parity(out, atol, rtol, as_json):
+def parity(out, atol, rtol, text, as_json):
     """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
     _import_quietly()
     from bertc.parity import rerun_parity
 
-    section = rerun_parity(out, atol, rtol)
+    section = rerun_parity(out, atol, rtol, text)
     if as_json:
         click.echo(json.dumps(section, indent=2))
     else:

@@ -52,3 +52,13 @@ class ModelFileError(OutputError):
 
 class TransferError(BertcError):
     exit_code = EXIT_CHECK_FAILED
+
+
+class WeightsError(BertcError):
+    """Trained weights cannot be read or do not fit the model; the message lists every problem."""
+
+    exit_code = EXIT_BAD_SPEC
+
+
+class UnsupportedModel(WeightsError):
+    """A foreign model (config key and value named) that bertc cannot express exactly."""

@@ -33,6 +33,7 @@ class BuildOptions:
     input_dtype: Optional[str] = None
     keep_saved_model: Optional[bool] = None
     init_from: Optional[Path] = None
+    weights: Optional[Path] = None  # trained weights; overrides the spec's ``weights`` entry
 
 
 class Stages:
@@ -64,9 +65,15 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
         note["detail"] = spec.name
+    from bertc.weights import resolve_weights_path, weights_entry_for
+
+    weights = opts.weights or resolve_weights_path(spec.weights, spec_path)
+    if weights is not None:
+        # spec.json in OUT names the same weights, relative to OUT (where that spec.json lives)
+        spec = spec.model_copy(update={"weights": weights_entry_for(weights, opts.out)})
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
     with staged as tmp:
-        report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path))
+        report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path), weights=weights)
         if staged.removed_leftovers:
             report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
         (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
@@ -77,7 +84,8 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     return report
 
 
-def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source: str = "") -> dict:
+def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source: str = "",
+               weights: Optional[Path] = None) -> dict:
     from bertc.build import build_model, expected_param_count
     from bertc.check import run_checks
     from bertc.signature import signature_of
@@ -95,6 +103,12 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         model = build_model(spec, sig)
         report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec, sig)}
         note["detail"] = f"{model.count_params():,} parameters, {len(model.layers)} layers"
+    if weights is not None:
+        from bertc.importers import load_weights_stage
+
+        with stages.stage("load weights") as note:
+            report.update(load_weights_stage(model, spec, weights, out, init_from=opts.init_from))
+            note["detail"] = report["weights"]["summary"]
     if opts.init_from is not None:
         from bertc.transfer import load_keras_model, transfer_weights
 
