@@ -15,6 +15,7 @@ from bertc.build import build_model
 from bertc.inputs import make_inputs
 from bertc.optimize.lower import LoweringContext, lower_model, missing_lowerings, prunable
 from bertc.optimize.onnx_artifacts import (FP16_FILE, INT8_FILE, OPTIMIZED_FILE, optimize_onnx, ort_session)
+from bertc.optimize.stress import stress_weights
 from bertc.signature import signature_of
 from bertc.spec import load_spec
 from conftest import TINY_SPECS, spec_dict, tiny_copy
@@ -192,6 +193,22 @@ def test_encoder_without_head_exposes_every_layer_output(norm_first):
         assert producer["encoder_outputs_0"] == ("SkipLayerNormalization", 3)
         assert op_counts(lowered.proto)["Add"] == 2
     assert lowered.coverage["layers"]["layer_0"]["feedforward_activation"] == "relu"
+
+
+@pytest.mark.parametrize("pooling,normalize,opset", [("mean", True, 17), ("max", False, 17), ("max", True, 18),
+                                                     ("cls", True, 17)])
+def test_sentence_embedding_head(pooling, normalize, opset):
+    from conftest import tiny_bert
+
+    d = tiny_bert(head={"type": "sentence_embedding", "pooling": pooling, "normalize": normalize})
+    spec = load_spec(d)
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    stress_weights(model)
+    lowered = lower_model(model, spec, sig, opset=opset)
+    assert lowered.pruned == (pooling == "cls")
+    worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert worst["sentence_embedding"] <= ATOL, worst
 
 
 def test_int64_inputs_match_keras():

@@ -355,6 +355,29 @@ class SentencePooling(keras.layers.Layer):
                 description="Sentence embedding (sentence-transformers): mean / cls / max pooling over the real "
                             "tokens, optional L2 normalisation; output sentence_embedding.")
 class SentenceEmbedding(HeadBase):
+    reads_first_token_only = staticmethod(lambda spec: spec.pooling == "cls")
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops."""
+        g = ctx.g
+        x = ctx.value(enc.sequence_output)
+        if spec.pooling == "cls":
+            pooled = ctx.first_token(x, keep_axis=False)
+        else:
+            m = g.node("Unsqueeze", [g.node("Cast", [ctx.inputs["input_mask"]], to=1), g.ints([-1], "axes")])
+            if spec.pooling == "mean":
+                total = ctx.reduce("ReduceSum", g.node("Mul", [x, m]), [1])
+                count = g.node("Max", [ctx.reduce("ReduceSum", m, [1]), g.scalar(1e-9, "min_count")])
+                pooled = g.node("Div", [total, count], hint="mean")
+            else:
+                fill = g.node("Mul", [g.node("Sub", [g.scalar(1.0, "one"), m]), g.scalar(-1e9, "pad_fill")])
+                pooled = ctx.reduce("ReduceMax", g.node("Add", [g.node("Mul", [x, m]), fill]), [1])
+        if spec.normalize:
+            norm = g.node("Sqrt", [ctx.reduce("ReduceSum", g.node("Mul", [pooled, pooled]), [-1], keepdims=True)])
+            pooled = g.node("Div", [pooled, g.node("Max", [norm, g.scalar(1e-12, "min_norm")])], hint="normalize")
+        ctx.record("sentence_pooling", f"{spec.pooling} pooling" + (", L2 normalize" if spec.normalize else ""))
+        return {"sentence_embedding": pooled}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):

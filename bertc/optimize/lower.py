@@ -52,8 +52,9 @@ class Coverage:
 class LoweringContext:
     """What a component's ``onnx_lowering`` gets: the graph builder plus fused building blocks."""
 
-    def __init__(self, g: GraphBuilder, model, inputs: dict[str, Value], input_dtype: str):
+    def __init__(self, g: GraphBuilder, model, inputs: dict[str, Value], input_dtype: str, opset: int = 17):
         self.g = g
+        self.opset = opset
         self.model = model
         self.inputs = inputs
         self.input_dtype = input_dtype
@@ -211,6 +212,12 @@ class LoweringContext:
                           hint="first_token")
         return g.node("Gather", [x, g.const(0, np.int64, "index0")], hint="first_token", axis=1)
 
+    def reduce(self, op: str, x: Value, axes, keepdims: bool = False) -> Value:
+        """ReduceSum / ReduceMax / ... over ``axes`` (an input from opset 18 on, ReduceSum from 13)."""
+        if op == "ReduceSum" or self.opset >= 18:
+            return self.g.node(op, [x, self.g.ints(list(axes), "axes")], keepdims=int(keepdims))
+        return self.g.node(op, [x], axes=list(axes), keepdims=int(keepdims))
+
     # --- attention building blocks ----------------------------------------------------------------
     def split_heads(self, x: Value, num_heads: int, head_size: int, perm) -> Value:
         g = self.g
@@ -307,7 +314,7 @@ def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
     elem = onnx.TensorProto.INT64 if input_dtype == "int64" else onnx.TensorProto.INT32
     g = GraphBuilder(spec.name.replace(".", "_") + "_optimized")
     inputs = {i.name: g.add_input(i.name, elem, ["batch", i.length or "sequence"]) for i in sig.inputs}
-    ctx = LoweringContext(g, model, inputs, input_dtype)
+    ctx = LoweringContext(g, model, inputs, input_dtype, opset)
     encoder = own_lowering(ENCODERS.component(spec.encoder.type))
     if encoder is None:
         raise NotLowerable(f"encoder {spec.encoder.type!r} has no ONNX lowering")
