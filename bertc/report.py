@@ -37,6 +37,8 @@ def _parity_line(r: dict) -> str:
     if r.get("criterion") == "task":
         if r.get("required_argmax_agreement") is not None and r.get("argmax_agreement") is not None:
             figures += f" argmax {r['argmax_agreement']:.2%} (>= {r['required_argmax_agreement']:.0%})"
+            if r.get("argmax_near_ties"):
+                figures += f", {r['argmax_near_ties']} near-tie(s)"
         if r.get("required_cosine") is not None and r.get("min_cosine") is not None:
             figures += f" cosine {r['min_cosine']:.5f} (>= {r['required_cosine']:g})"
     else:

@@ -52,6 +52,9 @@ class TaskCriteria(StrictModel):
 
     min_argmax_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99  # logits / log-probs outputs
     min_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.99  # feature outputs
+    # A prediction whose reference top-1 / chosen-class margin is within this fraction of the reference
+    # output's range (in that case) is a near-tie: any rounding may flip it, so it is not a disagreement.
+    argmax_tie_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.01
 
 
 class ParitySpec(StrictModel):

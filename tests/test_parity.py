@@ -78,9 +78,19 @@ def test_argmax_matches_per_token_only_at_real_tokens():
     have[0, 2, 3] = 5.0  # padded token of row 0: not counted
     have[1, 0, 2] = 5.0  # real token of row 1: a disagreement
     mask = np.array([[1, 1, 0], [1, 1, 1]])
-    assert argmax_matches(have, want, OutputInfo("logits", 1, "logits"), mask) == (4, 5)
+    assert argmax_matches(have, want, OutputInfo("logits", 1, "logits"), mask) == (4, 5, 0)
     span = OutputInfo("start_logits", 1, "logits")  # sequence is the argmax axis: one prediction per row
-    assert argmax_matches(have[..., 0], want[..., 0], span, mask) == (2, 2)
+    assert argmax_matches(have[..., 0], want[..., 0], span, mask) == (2, 2, 0)
+
+
+def test_near_ties_in_the_reference_do_not_count_as_disagreements():
+    info = OutputInfo("logits", None, "logits")
+    want = np.array([[0.0, 1.0, 0.996], [0.0, 1.0, 0.5], [0.0, 1.0, 0.98]])  # range 1: ties within 0.01
+    have = np.array([[0.0, 0.9, 1.0], [0.0, 1.0, 0.5], [0.0, 0.9, 1.0]])  # rows 0 and 2 flip to class 2
+    mask = np.ones((3, 1))
+    assert argmax_matches(have, want, info, mask, 0.01) == (2, 3, 1)  # row 0: margin 0.004, a near-tie
+    assert argmax_matches(have, want, info, mask, 0.0) == (1, 3, 0)
+    assert argmax_matches(have, want, info, mask, 0.05) == (3, 3, 2)
 
 
 def _toy(spec_over=None):

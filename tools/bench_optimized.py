@@ -185,7 +185,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_optimized.json")
     args = parser.parse_args()
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    command = shlex.join([sys.executable, *sys.argv])
 
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.no_anchor and not anchor_reusable(args.work, args.rebuild):
