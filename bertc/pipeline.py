@@ -19,6 +19,8 @@ import bertc
 from bertc.errors import CheckFailed, ParityError
 from bertc.report import parity_failure_message, write_report
 
+TFLITE_VARIANTS = (("tflite_int8", "int8", "model.int8.tflite"), ("tflite_fp16", "fp16", "model.fp16.tflite"))
+
 StageHook = Callable[[str, float, str], None]  # (stage name, seconds, one-line detail)
 
 
@@ -111,7 +113,8 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
     artifacts = {}
     with stages.stage("save keras") as note:
         model.save(out / "model.keras")
-        artifacts["keras"] = {"path": "model.keras", "bytes": (out / "model.keras").stat().st_size}
+        artifacts["keras"] = {"path": "model.keras", "bytes": (out / "model.keras").stat().st_size,
+                              "format": "keras", "precision": "fp32"}
         note["detail"] = f"{artifacts['keras']['bytes'] / 1e6:.2f} MB"
     report["artifacts"] = artifacts
     if opts.export:
@@ -129,6 +132,11 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
                 keep = out / "saved_model" if eo["keep_saved_model"] else None
                 artifacts["tflite"] = export_tflite(model, sig, out / "model.tflite", keep)
                 note["detail"] = f"{artifacts['tflite']['bytes'] / 1e6:.2f} MB"
+            for variant, precision, name in TFLITE_VARIANTS:
+                if variant in spec.export.variants:
+                    with stages.stage(f"export {variant}") as note:
+                        artifacts[variant] = export_tflite(model, sig, out / name, precision=precision)
+                        note["detail"] = f"{artifacts[variant]['bytes'] / 1e6:.2f} MB"
     if opts.export and opts.parity and spec.parity.enabled:
         from bertc.parity import run_parity
 

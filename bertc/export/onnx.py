@@ -78,7 +78,8 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
     tmp = Path(str(path) + ".partial")
     onnx.save_model(proto, str(tmp))
     os.replace(tmp, path)
-    return {"path": path.name, "opset": opset, "input_dtype": input_dtype, "bytes": path.stat().st_size,
+    return {"path": path.name, "format": "onnx", "precision": "fp32",
+            "providers": ["CPUExecutionProvider", "CUDAExecutionProvider"], "opset": opset, "input_dtype": input_dtype, "bytes": path.stat().st_size,
             "nodes": len(graph.node), "initializers": len(graph.initializer),
             "convert_seconds": round(t_convert, 3), "total_seconds": round(time.perf_counter() - t0, 3)}
 

@@ -8,6 +8,7 @@ length stay dynamic (the interpreter resizes them at run time).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -92,12 +93,42 @@ def explain_converter_error(message: str, ops: list[tuple[str, str]] = ()) -> st
 def _converter(saved: Path, precision: str):
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    # The conversion metadata records the converter's environment; it costs a Python round trip of the
+    # whole flatbuffer and is not needed to run the model.
+    converter.exclude_conversion_metadata = True
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif precision == "int8":  # dynamic-range: int8 weights, float activations
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     return converter
+
+
+@contextlib.contextmanager
+def _without_buffer_deduplication():
+    """The converter's last step deduplicates equal read-only buffers through the Python flatbuffer object
+    API (seconds and a full copy of the model at BERT-base size). bertc's placeholders are distinct per
+    weight, so there is nothing to merge among the weights; without it equal int8 placeholders also stay
+    in separate buffers. (Private hook of ``tensorflow.lite.python.lite``; skipped if it moved.)"""
+    from tensorflow.lite.python import lite
+
+    original = getattr(lite, "_deduplicate_readonly_buffers", None)
+    if original is None:
+        yield
+        return
+    lite._deduplicate_readonly_buffers = lambda model: model
+    try:
+        yield
+    finally:
+        lite._deduplicate_readonly_buffers = original
+
+
+def _convert(saved: Path, precision: str) -> bytearray:
+    with _without_buffer_deduplication():
+        model = _converter(saved, precision).convert()
+    out = bytearray(model)
+    del model
+    return out
 
 
 def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None, precision: str = "fp32") -> dict:
@@ -122,14 +153,13 @@ def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = Non
         concrete = serve.get_concrete_function()
         t_saved = time.perf_counter() - t0
         try:
-            flatbuffer = bytearray(_converter(saved, precision).convert())
+            flatbuffer = _convert(saved, precision)
         except Exception as exc:
             raise ExportError(explain_converter_error(str(exc), graph_ops(concrete))) from None
         t_convert = time.perf_counter() - t0 - t_saved
         uses, own_values = graph_weight_uses(concrete, variables)
-        weights = {k: np.asarray(variables[k].numpy()) for k in floating}
-        flatbuffer, filled = fill_weights(flatbuffer, weights, placeholders, uses, own_values)
-        del weights
+        flatbuffer, filled = fill_weights(flatbuffer, lambda k: np.asarray(variables[k].numpy()), placeholders,
+                                          uses, own_values)
         tmp = Path(str(path) + ".partial")
         tmp.write_bytes(flatbuffer)
         os.replace(tmp, path)

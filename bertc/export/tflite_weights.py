@@ -29,7 +29,7 @@ Parity (``bertc.parity``) then proves the result numerically.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -287,10 +287,11 @@ class FillReport:
                 "weight_bytes_written": self.bytes_written, "graph_constant_buffers": self.graph_constants}
 
 
-def fill_weights(fb: bytearray, weights: dict[int, np.ndarray], values: dict[int, float],
+def fill_weights(fb: bytearray, weight: Callable[[int], np.ndarray], values: dict[int, float],
                  uses: dict[int, WeightUse], own_values: set) -> tuple[bytearray, FillReport]:
-    """Write ``weights`` (placeholder index -> real array) over their placeholders in ``fb`` (in place
-    unless the converter made two weights share one buffer); the flatbuffer and what was written."""
+    """Write the real weights (``weight(k)``: the array of placeholder ``k``, fetched one at a time so no
+    second copy of all weights is held) over their placeholders in ``fb`` (in place unless the converter
+    made two weights share one buffer); the flatbuffer and what was written."""
     by_value = {float(np.float32(v)): k for k, v in values.items()}
     own_values = set(own_values) | {0.0}  # the converter's own zeros (e.g. an FC without bias)
     own_fp16 = {float(np.float32(np.float16(v))) for v in own_values}
@@ -325,7 +326,7 @@ def fill_weights(fb: bytearray, weights: dict[int, np.ndarray], values: dict[int
         if use is None:
             raise ExportError(f"TFLite export: tensor {slot.tensor!r} holds the placeholder of weight {k}, "
                               "which the traced graph does not contain")
-        w = _oriented(weights[k], slot, use)
+        w = _oriented(weight(k), slot, use)
         if slot.dtype == _FLOAT32:
             src = np.ascontiguousarray(w, dtype=np.float32)
         elif slot.dtype == _FLOAT16:
@@ -347,7 +348,7 @@ def fill_weights(fb: bytearray, weights: dict[int, np.ndarray], values: dict[int
     if stray:
         raise ExportError("TFLite export: the converter derived constants from placeholder weights that bertc "
                           "cannot map back (folded arithmetic): " + "; ".join(stray[:5]))
-    missing = [uses[k].path for k in uses if uses[k].used and k in weights and k not in seen_weights]
+    missing = [uses[k].path for k in uses if uses[k].used and k in values and k not in seen_weights]
     if missing:
         raise ExportError("TFLite export: weights used by the graph but absent from the TFLite model "
                           f"(folded by the converter?): {', '.join(missing[:5])}")
