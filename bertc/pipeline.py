@@ -112,9 +112,9 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         return report
     artifacts = {}
     with stages.stage("save keras") as note:
-        model.save(out / "model.keras")
-        artifacts["keras"] = {"path": "model.keras", "bytes": (out / "model.keras").stat().st_size,
-                              "format": "keras", "precision": "fp32"}
+        from bertc.export.keras_file import save_keras
+
+        artifacts["keras"] = save_keras(model, out / "model.keras")
         note["detail"] = f"{artifacts['keras']['bytes'] / 1e6:.2f} MB"
     report["artifacts"] = artifacts
     if opts.export:
