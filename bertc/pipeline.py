@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import bertc
 from bertc.errors import CheckFailed, ParityError
+from bertc.manifest import build_manifest
 from bertc.report import parity_failure_message, write_report
 
 TFLITE_VARIANTS = (("tflite_int8", "int8", "model.int8.tflite"), ("tflite_fp16", "fp16", "model.fp16.tflite"))
@@ -69,6 +70,9 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     with staged as tmp:
         report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path))
         (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
+        with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
+            report["manifest"] = build_manifest(tmp, dump_spec(spec))
+            note["detail"] = f"sha256 of {len(report['manifest']['files'])} files"
         failure = report.pop("_failure", None)
         write_report(tmp, report)
         if failure is not None:

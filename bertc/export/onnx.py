@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+import bertc
+
 from bertc.components.common import tf
 from bertc.errors import ExportError
 from bertc.export.onnx_canonical import canonicalize
@@ -75,6 +77,8 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
     _check_io(graph, [i.name for i in inputs], outputs)
     weights = sorted(((renames[name], var) for name, (_, var) in weight_inputs.items() if name in renames),
                      key=lambda item: item[0])
+    graph.name = model.name
+    graph.doc_string = f"bertc {bertc.__version__}: {model.name} through tf2onnx"  # tf2onnx writes a TF function counter here
     canonicalize(graph, keep={i.name for i in inputs} | set(outputs) | {p for p, _ in weights})
     _check_structure(proto, weight_values, renames)
     tmp = Path(str(path) + ".partial")

@@ -1,0 +1,202 @@
+"""Compiling at scale: reproducible bytes, the manifest, ONNX external data, TFLite weights written into
+a flatbuffer converted from placeholders, reduced-precision TFLite variants."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bertc.cli import main
+from conftest import tiny_bert
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _spec(**export):
+    d = tiny_bert()
+    # hidden 64: the converter quantizes only tensors of 1024+ values, so the variants need 64 x 64 kernels
+    d["encoder"].update(hidden_size=64, intermediate_size=128)
+    d["export"] = {"variants": ["tflite_int8", "tflite_fp16"], **export}
+    d["parity"] = {"batch_sizes": [1, 2]}
+    return d
+
+
+@pytest.fixture(scope="module")
+def twice(tmp_path_factory):
+    root = tmp_path_factory.mktemp("twice")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(_spec()))
+    outs = []
+    for i in range(2):
+        out = root / f"out{i}"
+        assert main(["build", str(spec), "-o", str(out), "-q"]) == 0
+        outs.append(out)
+    return outs
+
+
+def test_rebuild_is_byte_identical(twice):
+    a, b = twice
+    names = sorted(p.name for p in a.iterdir() if p.name not in ("report.json", "summary.txt"))
+    assert {"model.keras", "model.onnx", "model.tflite", "model.int8.tflite", "model.fp16.tflite",
+            "spec.json"} <= set(names)
+    assert names == sorted(p.name for p in b.iterdir() if p.name not in ("report.json", "summary.txt"))
+    differing = [n for n in names if _sha(a / n) != _sha(b / n)]
+    assert differing == []
+
+
+def test_manifest_hashes_match_the_files(twice):
+    from bertc.manifest import canonical_spec_json, verify_manifest
+
+    out = twice[0]
+    report = json.loads((out / "report.json").read_text())
+    manifest = report["manifest"]
+    on_disk = {p.name for p in out.iterdir()} - {"report.json", "summary.txt"}
+    assert set(manifest["files"]) == on_disk
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == _sha(out / name) and entry["bytes"] == (out / name).stat().st_size
+    assert verify_manifest(out, manifest) == []
+    spec = json.loads((out / "spec.json").read_text())
+    assert manifest["spec_sha256"] == hashlib.sha256(canonical_spec_json(spec)).hexdigest()
+    assert {"bertc", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "litert"} <= set(manifest["versions"])
+    assert all(manifest["versions"][k] for k in ("bertc", "tensorflow", "keras", "tf2onnx", "onnx", "litert"))
+    (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes() + b"\0")
+    assert verify_manifest(out, manifest) == ["model.onnx: sha256 differs from the manifest"]
+
+
+def test_tflite_variant_artifacts(twice):
+    report = json.loads((twice[1] / "report.json").read_text())
+    arts = report["artifacts"]
+    assert arts["tflite_int8"]["path"] == "model.int8.tflite" and arts["tflite_int8"]["precision"] == "int8"
+    assert arts["tflite_fp16"]["path"] == "model.fp16.tflite" and arts["tflite_fp16"]["precision"] == "fp16"
+    assert arts["tflite"]["precision"] == "fp32" and arts["tflite"]["format"] == "tflite"
+    assert arts["keras"]["format"] == "keras" and arts["onnx"]["format"] == "onnx"
+    # int8 weights are a quarter, fp16 half, of the fp32 file (graph overhead aside)
+    assert arts["tflite_int8"]["bytes"] < 0.6 * arts["tflite"]["bytes"]
+    assert arts["tflite_fp16"]["bytes"] < 0.8 * arts["tflite"]["bytes"]
+    from bertc.transfer import load_keras_model
+
+    n_weights = sum(1 for v in load_keras_model(twice[1]).weights if "float" in str(v.dtype))
+    assert n_weights == 41  # embeddings 5, 2 layers x 16, pooler 2, classifier 2
+    for key in ("tflite", "tflite_int8", "tflite_fp16"):
+        assert arts[key]["weights"]["weights_written"] == n_weights
+
+
+def _tflite_outputs(path, inputs):
+    from bertc.parity import tflite_runner
+
+    return tflite_runner(Path(path))(inputs)
+
+
+def test_tflite_weights_are_the_keras_weights(twice):
+    """The real weights landed in the placeholder buffers: fp32 is exact, fp16 / int8 within their precision."""
+    from bertc.inputs import make_inputs
+    from bertc.spec import load_spec
+    from bertc.transfer import load_keras_model
+
+    out = twice[0]
+    spec = load_spec(out / "spec.json")
+    model = load_keras_model(out)
+    inputs = make_inputs(spec, 3, 8, np.random.default_rng(7))
+    from bertc.parity import keras_runner
+
+    ref = keras_runner(model)(inputs)["logits"]
+    fp32 = _tflite_outputs(out / "model.tflite", inputs)["logits"]
+    fp16 = _tflite_outputs(out / "model.fp16.tflite", inputs)["logits"]
+    int8 = _tflite_outputs(out / "model.int8.tflite", inputs)["logits"]
+    assert np.abs(fp32 - ref).max() < 1e-5
+    assert 1e-7 < np.abs(fp16 - ref).max() < 1e-3  # really fp16 (not the fp32 weights), and close
+    assert 1e-6 < np.abs(int8 - ref).max() < 5e-2
+    assert (int8.argmax(-1) == ref.argmax(-1)).mean() >= 2 / 3
+
+
+def test_tflite_fc_buffer_holds_transposed_kernel(twice):
+    """FULLY_CONNECTED weights are (out, in): the buffer holds the Keras (in, out) kernel transposed."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from bertc.transfer import load_keras_model
+
+    model = load_keras_model(twice[0])
+    kernel = next(v.numpy() for v in model.weights if v.path == "layer_0/feedforward/intermediate/kernel")
+    fb = flatbuffer_utils.read_model(str(twice[0] / "model.tflite"))
+    found = []
+    for t in fb.subgraphs[0].tensors:
+        data = fb.buffers[t.buffer].data
+        if data is not None and len(data) == kernel.nbytes and list(t.shape) == [kernel.shape[1], kernel.shape[0]]:
+            found.append(np.frombuffer(bytes(data), np.float32).reshape(t.shape))
+    assert any(np.array_equal(f, kernel.T) for f in found)
+
+
+def test_folded_placeholder_is_refused():
+    """A weight the converter folds with arithmetic (here x @ (0.5 * K)) cannot be mapped back: export fails
+    and says so, instead of writing a wrong model."""
+    import keras
+
+    from bertc.errors import ExportError
+    from bertc.export.tflite import export_tflite
+    from bertc.signature import InputInfo, OutputInfo, Signature
+
+    class Halved(keras.layers.Layer):
+        def build(self, shape):
+            self.kernel = self.add_weight(shape=(4, 3), name="kernel")
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.kernel * 0.5)
+
+    ids = keras.Input((None,), dtype="int32", name="input_word_ids")
+    x = keras.ops.one_hot(ids, 4)
+    model = keras.Model(ids, {"logits": Halved(name="halved")(x)})
+    sig = Signature((InputInfo("input_word_ids"),), (OutputInfo("logits", 1, "logits"),), 8, False)
+    with pytest.raises(ExportError, match="cannot map back|absent from the TFLite model"):
+        export_tflite(model, sig, Path("/nonexistent-dir/never-written.tflite"))
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    import bertc.export.onnx as onnx_export
+
+    root = tmp_path_factory.mktemp("external")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(tiny_bert()))
+    saved = onnx_export.EXTERNAL_DATA_THRESHOLD
+    onnx_export.EXTERNAL_DATA_THRESHOLD = 10_000  # tiny_bert's weights are ~23 kB
+    try:
+        out = root / "out"
+        assert main(["build", str(spec), "-o", str(out), "-q"]) == 0
+    finally:
+        onnx_export.EXTERNAL_DATA_THRESHOLD = saved
+    return out
+
+
+def test_onnx_external_data_path(external):
+    report = json.loads((external / "report.json").read_text())
+    art = report["artifacts"]["onnx"]
+    assert art["external_data"] == "model.onnx.data"
+    data, graph = external / "model.onnx.data", external / "model.onnx"
+    params = report["parameters"]["actual"]
+    assert 4 * params <= data.stat().st_size < 4 * params + 64 * 64  # every weight, 64-byte aligned
+    assert art["bytes"] == data.stat().st_size + graph.stat().st_size
+    assert "model.onnx.data" in report["manifest"]["files"]
+    # ONNX Runtime loaded it for parity, and onnx loads the weights back from the data file
+    assert report["parity"]["passed"] and "onnx_cpu" in report["parity"]["backends"]
+    model = onnx.load(str(graph))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    from bertc.transfer import load_keras_model
+
+    keras_model = load_keras_model(external)
+    kernel = next(v.numpy() for v in keras_model.weights if v.path == "layer_1/attention/query/kernel")
+    assert np.array_equal(weights["layer_1/attention/query/kernel"], kernel)
+    bare = onnx.load(str(graph), load_external_data=False)
+    assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in bare.graph.initializer
+               if i.name == "layer_1/attention/query/kernel")
+
+
+def test_streamed_onnx_equals_protobuf_serialization(twice):
+    """The single-file model.onnx written weight by weight is exactly protobuf's deterministic serialization."""
+    path = twice[1] / "model.onnx"
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert model.SerializeToString(deterministic=True) == path.read_bytes()
