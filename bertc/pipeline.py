@@ -35,6 +35,10 @@ class BuildOptions:
     input_dtype: Optional[str] = None
     keep_saved_model: Optional[bool] = None
     init_from: Optional[Path] = None
+    onnx: bool = True
+    tflite: bool = True
+    preflight: bool = True
+    memory_limit: Optional[int] = None  # bytes the preflight may assume available (instead of measuring)
 
 
 class Stages:
@@ -66,9 +70,19 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
         note["detail"] = spec.name
+    preflight = None
+    if opts.preflight:  # before anything is written: a build that cannot fit stops here (exit 5)
+        from bertc.preflight import check as memory_preflight, gb
+
+        with stages.stage("preflight") as note:
+            preflight = memory_preflight(spec, opts.export, opts.parity, opts.onnx, opts.tflite, opts.memory_limit)
+            note["detail"] = (f"needs ~{gb(preflight['estimated_peak_bytes'])}, "
+                              f"{gb(preflight['available_bytes'])} available ({preflight['available_from']})")
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
     with staged as tmp:
         report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path))
+        if preflight is not None:
+            report["preflight"] = preflight
         (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
         with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
             report["manifest"] = build_manifest(tmp, dump_spec(spec))
@@ -123,13 +137,13 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
     report["artifacts"] = artifacts
     if opts.export:
         eo = _export_options(spec, opts)
-        if spec.export.onnx:
+        if spec.export.onnx and opts.onnx:
             from bertc.export.onnx import export_onnx
 
             with stages.stage("export onnx") as note:
                 artifacts["onnx"] = export_onnx(model, sig, out / "model.onnx", eo["opset"], eo["input_dtype"])
                 note["detail"] = f"opset {eo['opset']}, {artifacts['onnx']['bytes'] / 1e6:.2f} MB"
-        if spec.export.tflite:
+        if spec.export.tflite and opts.tflite:
             from bertc.export.tflite import export_tflite
 
             with stages.stage("export tflite") as note:

@@ -200,3 +200,62 @@ def test_streamed_onnx_equals_protobuf_serialization(twice):
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     assert model.SerializeToString(deterministic=True) == path.read_bytes()
+
+
+def _huge(tmp_spec):
+    d = tiny_bert()
+    d["name"] = "huge"
+    d["encoder"].update(vocab_size=30522, hidden_size=8192, num_layers=128, num_attention_heads=64,
+                        intermediate_size=32768, max_sequence_length=512)
+    return tmp_spec(d, "huge.json")
+
+
+def test_far_too_large_spec_is_refused_at_once(tmp_spec, tmp_path, capsys):
+    import time
+
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    code = main(["build", str(_huge(tmp_spec)), "-o", str(out), "-q"])
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 5
+    assert seconds < 30
+    assert "this build needs about" in err and "GB of memory at its peak" in err and "is available" in err
+    assert "103,414,251,523 parameters" in err
+    assert "--no-tflite" in err and "--no-parity" in err and "--memory-limit" in err and "--skip-preflight" in err
+    assert "Traceback" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "huge.json"]
+
+
+def test_memory_limit_option_drives_the_preflight(tmp_spec, tmp_path, capsys):
+    spec = tmp_spec(tiny_bert())
+    assert main(["build", str(spec), "-o", str(tmp_path / "a"), "-q", "--no-export", "--memory-limit", "64M"]) == 5
+    assert "is available (--memory-limit)" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(["build", str(spec), "-o", str(tmp_path / "b"), "-q", "--no-export", "--memory-limit", "64M",
+                 "--skip-preflight"]) == 0
+    assert main(["build", str(spec), "-o", str(tmp_path / "c"), "-q", "--no-export", "--memory-limit", "lots"]) == 2
+    assert "not a memory size: 'lots'" in capsys.readouterr().err
+    assert main(["build", str(spec), "-o", str(tmp_path / "d"), "-q", "--no-export", "--memory-limit", "64G"]) == 0
+    pre = json.loads((tmp_path / "d" / "report.json").read_text())["preflight"]
+    assert pre["available_bytes"] == 64 * 2**30 and pre["fits"] and pre["estimated_peak_bytes"] > 2**29
+
+
+def test_validate_prints_estimate_and_artifact_sizes(tmp_spec, capsys):
+    assert main(["validate", str(_huge(tmp_spec))]) == 0
+    out = capsys.readouterr().out
+    assert "103,414,251,523 parameters" in out and "build peak memory ~" in out and "does NOT fit" in out
+    assert "model.onnx ~413.66 GB" in out  # 103.4 G parameters x 4 bytes
+
+
+def test_estimate_scales_with_weights_and_options():
+    from bertc.preflight import OVERHEAD, estimate
+    from bertc.spec import load_spec
+
+    base = load_spec("specs/bert_base_classifier.json")
+    full = estimate(base)
+    assert full.weight_bytes == 4 * 109_483_778
+    assert estimate(base, tflite=False).peak_bytes < full.peak_bytes
+    assert estimate(base, parity=False).peak_bytes < full.peak_bytes
+    assert estimate(base, export=False).peak_bytes < estimate(base, tflite=False).peak_bytes
+    # peak / weight bytes is a constant of the pipeline (plus the fixed runtime overhead)
+    assert 4 < (full.peak_bytes - OVERHEAD) / full.weight_bytes < 12
