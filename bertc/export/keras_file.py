@@ -2,10 +2,10 @@
 
 Keras writes the save date into ``metadata.json``, the current time on the zip entry of
 ``model.weights.h5``, and ``id()`` of Python objects as ``shared_object_id`` in
-``config.json``. :func:`save_keras` saves normally, then rewrites the zip: a fixed date, fixed
-entry timestamps and permissions, and shared-object ids renumbered in order of appearance (the
-same objects stay shared: each distinct id gets one new number). The weights are copied in
-chunks, never held in memory as a whole.
+``config.json``. :func:`save_keras` has Keras save an unzipped directory, then zips it itself: a
+fixed date, fixed entry timestamps and permissions, and shared-object ids renumbered in order of
+appearance (the same objects stay shared: each distinct id gets one new number). The weights are
+copied in chunks, never held in memory as a whole.
 """
 from __future__ import annotations
 
@@ -31,38 +31,61 @@ def _renumber_shared_ids(node, mapping: dict) -> None:
             _renumber_shared_ids(item, mapping)
 
 
-def normalize_keras_archive(src: Path, dst: Path) -> None:
-    """Copy the .keras zip ``src`` to ``dst`` with the volatile parts made fixed."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            out = zipfile.ZipInfo(info.filename, date_time=_ZIP_TIME)
-            out.compress_type = info.compress_type
-            out.external_attr = 0o644 << 16
-            out.create_system = 3
-            if info.filename == "metadata.json":
-                meta = json.loads(zin.read(info))
-                if "date_saved" in meta:
-                    meta["date_saved"] = FIXED_DATE
-                zout.writestr(out, json.dumps(meta))
-            elif info.filename == "config.json":
-                config = json.loads(zin.read(info))
-                _renumber_shared_ids(config, {})
-                zout.writestr(out, json.dumps(config))
-            else:
-                out.file_size = info.file_size
-                with zin.open(info) as fin, zout.open(out, "w", force_zip64=info.file_size > 2**31) as fout:
-                    shutil.copyfileobj(fin, fout, 16 << 20)
+def _entry(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    info.create_system = 3
+    return info
+
+
+def _normalized(name: str, data: bytes) -> bytes:
+    if name == "metadata.json":
+        meta = json.loads(data)
+        if "date_saved" in meta:
+            meta["date_saved"] = FIXED_DATE
+        return json.dumps(meta).encode()
+    if name == "config.json":
+        config = json.loads(data)
+        _renumber_shared_ids(config, {})
+        return json.dumps(config).encode()
+    return data
+
+
+def zip_keras_dir(directory: Path, dst: Path) -> None:
+    """The .keras zip of a model saved with ``zipped=False``: Keras's entry order (metadata, config,
+    weights, assets), fixed timestamps, normalized JSON; the weights file is streamed, not loaded."""
+    directory = Path(directory)
+    first = [n for n in ("metadata.json", "config.json", "model.weights.h5", "model.weights.npz")
+             if (directory / n).is_file()]
+    rest = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.is_file() and p.relative_to(directory).as_posix() not in first)
+    with zipfile.ZipFile(dst, "w") as zout:
+        for name in first + rest:
+            path = directory / name
+            if name.endswith(".json"):
+                zout.writestr(_entry(name), _normalized(name, path.read_bytes()))
+                continue
+            info = _entry(name)
+            info.file_size = path.stat().st_size
+            with open(path, "rb") as fin, zout.open(info, "w", force_zip64=info.file_size > 2**31) as fout:
+                shutil.copyfileobj(fin, fout, 16 << 20)
 
 
 def save_keras(model, path: Path) -> dict:
+    """Save ``model`` to ``path`` (.keras) with reproducible bytes. Keras writes the weights into an
+    unzipped directory first (straight to disk: its zipped save buffers the whole weights file in
+    memory), then bertc zips it."""
+    import tempfile
+
     path = Path(path)
-    raw = path.with_name(path.name + ".raw.keras")
     tmp = path.with_name(path.name + ".partial")
+    workdir = Path(tempfile.mkdtemp(prefix="bertc-keras-", dir=path.parent))
     try:
-        model.save(raw)
-        normalize_keras_archive(raw, tmp)
+        model.save(str(workdir / "model"), zipped=False)
+        zip_keras_dir(workdir / "model", tmp)
         os.replace(tmp, path)
     finally:
-        raw.unlink(missing_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
         tmp.unlink(missing_ok=True)
     return {"path": path.name, "bytes": path.stat().st_size, "format": "keras", "precision": "fp32"}

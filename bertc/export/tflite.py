@@ -9,6 +9,8 @@ length stay dynamic (the interpreter resizes them at run time).
 from __future__ import annotations
 
 import contextlib
+import gc
+import mmap
 import os
 import re
 import shutil
@@ -123,12 +125,26 @@ def _without_buffer_deduplication():
         lite._deduplicate_readonly_buffers = original
 
 
-def _convert(saved: Path, precision: str) -> bytearray:
+def _convert(saved: Path, precision: str, tmp: Path) -> None:
+    """Convert and write the flatbuffer to ``tmp`` (the converter's bytes are dropped at once, so the
+    weights are next edited in the file through a memory map, not in a second in-memory copy)."""
     with _without_buffer_deduplication():
         model = _converter(saved, precision).convert()
-    out = bytearray(model)
+    tmp.write_bytes(model)
     del model
-    return out
+
+
+def _fill_in_file(tmp: Path, weight, placeholders, uses, own_values):
+    """Write the real weights into the flatbuffer file ``tmp`` in place (memory-mapped)."""
+    with open(tmp, "r+b") as f, mmap.mmap(f.fileno(), 0) as mapped:
+        result, filled = fill_weights(mapped, weight, placeholders, uses, own_values)
+        if result is mapped:
+            mapped.flush()
+            result = None
+        gc.collect()  # drop numpy views into the map before it closes
+    if result is not None:  # the flatbuffer had to be re-serialized (shared buffers split)
+        tmp.write_bytes(result)
+    return filled
 
 
 def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None, precision: str = "fp32") -> dict:
@@ -152,18 +168,20 @@ def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = Non
         tf.saved_model.save(module, str(saved), signatures={SIGNATURE: serve})
         concrete = serve.get_concrete_function()
         t_saved = time.perf_counter() - t0
+        tmp = Path(str(path) + ".partial")
         try:
-            flatbuffer = _convert(saved, precision)
+            _convert(saved, precision, tmp)
         except Exception as exc:
+            tmp.unlink(missing_ok=True)
             raise ExportError(explain_converter_error(str(exc), graph_ops(concrete))) from None
         t_convert = time.perf_counter() - t0 - t_saved
         uses, own_values = graph_weight_uses(concrete, variables)
-        flatbuffer, filled = fill_weights(flatbuffer, lambda k: np.asarray(variables[k].numpy()), placeholders,
-                                          uses, own_values)
-        tmp = Path(str(path) + ".partial")
-        tmp.write_bytes(flatbuffer)
+        try:
+            filled = _fill_in_file(tmp, lambda k: np.asarray(variables[k].numpy()), placeholders, uses, own_values)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
-        del flatbuffer
         if keep_saved_model is not None:
             save_serving_model(model, sig, keep_saved_model)
     finally:
