@@ -130,7 +130,7 @@ def test_tflite_fc_buffer_holds_transposed_kernel(twice):
     assert any(np.array_equal(f, kernel.T) for f in found)
 
 
-def test_folded_placeholder_is_refused():
+def test_folded_placeholder_is_refused(tmp_path):
     """A weight the converter folds with arithmetic (here x @ (0.5 * K)) cannot be mapped back: export fails
     and says so, instead of writing a wrong model."""
     import keras
@@ -151,7 +151,8 @@ def test_folded_placeholder_is_refused():
     model = keras.Model(ids, {"logits": Halved(name="halved")(x)})
     sig = Signature((InputInfo("input_word_ids"),), (OutputInfo("logits", 1, "logits"),), 8, False)
     with pytest.raises(ExportError, match="cannot map back|absent from the TFLite model"):
-        export_tflite(model, sig, Path("/nonexistent-dir/never-written.tflite"))
+        export_tflite(model, sig, tmp_path / "never-written.tflite")
+    assert list(tmp_path.iterdir()) == []  # no model, no partial file
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +260,37 @@ def test_estimate_scales_with_weights_and_options():
     assert estimate(base, export=False).peak_bytes < estimate(base, tflite=False).peak_bytes
     # peak / weight bytes is a constant of the pipeline (plus the fixed runtime overhead)
     assert 4 < (full.peak_bytes - OVERHEAD) / full.weight_bytes < 12
+
+
+def test_shared_int8_placeholder_buffers_are_split(tmp_path):
+    """With the converter's buffer deduplication on, every int8 placeholder kernel (all 127) lands in one
+    shared buffer; fill_weights gives each weight its own buffer and the model computes like Keras."""
+    from bertc.build import build_model
+    from bertc.components.common import tf
+    from bertc.export.tflite import SIGNATURE, _converter, serving_function
+    from bertc.export.tflite_weights import fill_weights, graph_weight_uses, placeholder_values
+    from bertc.inputs import make_inputs
+    from bertc.parity import keras_runner, tflite_runner
+    from bertc.signature import signature_of
+    from bertc.spec import load_spec
+
+    spec = load_spec(_spec())
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    variables = list(model.trainable_variables) + list(model.non_trainable_variables)
+    floating = [k for k, v in enumerate(variables) if "float" in str(v.dtype)]
+    placeholders = dict(zip(floating, placeholder_values(len(floating))))
+    serve = serving_function(model, sig, lambda k, v: placeholders[k] if k in placeholders else v.numpy())
+    module = tf.Module()
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={SIGNATURE: serve})
+    fb = bytearray(_converter(tmp_path / "sm", "int8").convert())  # deduplication left on
+    uses, own = graph_weight_uses(serve.get_concrete_function(), variables)
+    out, filled = fill_weights(fb, lambda k: variables[k].numpy(), placeholders, uses, own)
+    assert out is not fb  # re-serialized with split buffers
+    assert filled.weights == len(floating)
+    (tmp_path / "m.tflite").write_bytes(out)
+    inputs = make_inputs(spec, 2, 8, np.random.default_rng(3))
+    got = tflite_runner(tmp_path / "m.tflite")(inputs)["logits"]
+    want = keras_runner(model)(inputs)["logits"]
+    assert np.abs(got - want).max() < 5e-2 and (got.argmax(-1) == want.argmax(-1)).all()

@@ -136,12 +136,23 @@ def _convert(saved: Path, precision: str, tmp: Path) -> None:
 
 def _fill_in_file(tmp: Path, weight, placeholders, uses, own_values):
     """Write the real weights into the flatbuffer file ``tmp`` in place (memory-mapped)."""
-    with open(tmp, "r+b") as f, mmap.mmap(f.fileno(), 0) as mapped:
-        result, filled = fill_weights(mapped, weight, placeholders, uses, own_values)
-        if result is mapped:
-            mapped.flush()
-            result = None
-        gc.collect()  # drop numpy views into the map before it closes
+    error = None
+    with open(tmp, "r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 0)
+        try:
+            result, filled = fill_weights(mapped, weight, placeholders, uses, own_values)
+            if result is mapped:
+                mapped.flush()
+                result = None
+        except BaseException as exc:  # its traceback holds numpy views into the map: drop it before closing
+            error = exc.with_traceback(None)
+        gc.collect()
+        try:
+            mapped.close()
+        except BufferError:  # a view still alive somewhere: the map closes when it is collected
+            pass
+    if error is not None:
+        raise error
     if result is not None:  # the flatbuffer had to be re-serialized (shared buffers split)
         tmp.write_bytes(result)
     return filled
