@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import bertc
 from bertc.errors import CheckFailed, ParityError
 from bertc.manifest import build_manifest
+from bertc.memory import release as release_memory, tune_allocator
 from bertc.report import parity_failure_message, write_report
 
 TFLITE_VARIANTS = (("tflite_int8", "int8", "model.int8.tflite"), ("tflite_fp16", "fp16", "model.fp16.tflite"))
@@ -51,6 +52,7 @@ class Stages:
         t0 = time.perf_counter()
         note = {"detail": ""}
         yield note
+        release_memory()  # what the stage freed goes back to the system before the next one
         seconds = time.perf_counter() - t0
         self.timings[name] = round(seconds, 3)
         self.hook(name, seconds, note["detail"])
@@ -66,6 +68,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     from bertc.output import StagedOutput
     from bertc.spec import dump_spec, load_spec
 
+    tune_allocator()
     stages = Stages(hook)
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
