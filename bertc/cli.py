@@ -1,7 +1,6 @@
 """Command line: argument parsing, progress output and exit codes only."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import click
 
 from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, BertcError
+from bertc.quiet import import_log, native_stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -20,33 +20,9 @@ def _err(text: str = "", **kw) -> None:
     click.echo(text, err=True, **kw)
 
 
-@contextlib.contextmanager
-def native_stderr_to(path: Path | None):
-    """Send what C++ libraries (TensorFlow, tf2onnx, TFLite, ONNX Runtime) print on fd 2 to a log file."""
-    if path is None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    python_stderr = sys.stderr
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
-        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)  # our own messages still reach the console
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            sys.stderr.close()
-            sys.stderr = python_stderr
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _import_quietly():
     """Import TensorFlow / Keras with their start-up chatter kept off the console."""
-    import tempfile
-
-    with native_stderr_to(Path(tempfile.gettempdir()) / "bertc-import.log"):
+    with native_stderr_to(import_log()):
         import bertc.components  # noqa: F401
 
 
@@ -68,6 +44,8 @@ def cli():
 @click.option("--keep-saved-model", is_flag=True, default=None, help="Keep the SavedModel used for TFLite.")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="Copy weights from a built model (OUT dir or .keras) before validation.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Trained weights to load (HF dir / .safetensors, TF checkpoint, .keras); overrides the spec's.")
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export (and its parity).")
 @click.option("--no-tflite", is_flag=True, help="Skip the TFLite export (and its parity).")
 @click.option("--skip-preflight", is_flag=True, help="Build even if the memory estimate exceeds what is available.")
@@ -75,8 +53,8 @@ def cli():
               help="Memory the preflight may assume available (e.g. 12G) instead of measuring it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def build(spec, out, force, no_export, no_parity, opset, int64_inputs, keep_saved_model, init_from, no_onnx, no_tflite,
-          skip_preflight, memory_limit, quiet, as_json):
+def build(spec, out, force, no_export, no_parity, opset, int64_inputs, keep_saved_model, init_from, weights, no_onnx,
+          no_tflite, skip_preflight, memory_limit, quiet, as_json):
     """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
@@ -90,8 +68,9 @@ def build(spec, out, force, no_export, no_parity, opset, int64_inputs, keep_save
     _import_quietly()
     opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity,
                         opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
-                        keep_saved_model=keep_saved_model, init_from=init_from, onnx=not no_onnx,
-                        tflite=not no_tflite, preflight=not skip_preflight, memory_limit=_size(memory_limit))
+                        keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
+                        onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,
+                        memory_limit=_size(memory_limit))
     import tempfile
 
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # TF / converter C++ chatter
@@ -125,6 +104,30 @@ def _size(text):
         return parse_size(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--memory-limit") from None
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The spec file to write (its weights entry points at SOURCE, relative to it).")
+@click.option("--name", default=None, help="The spec's name (default: from SOURCE).")
+@click.option("--encoder-only", is_flag=True,
+              help="The encoder alone, without the checkpoint's task head (Hugging Face checkpoints).")
+@click.option("--force", is_flag=True, help="Replace the spec file if it exists.")
+def import_checkpoint(source, output, name, encoder_only, force):
+    """Write a spec for a trained checkpoint (Hugging Face, sentence-transformers, original BERT, Model Garden)."""
+    from bertc.errors import OutputError
+
+    if output.exists() and not force:
+        raise OutputError(f"{output} already exists; pass --force to replace it")
+    _import_quietly()
+    from bertc.importers import import_spec
+
+    spec = import_spec(source, output, name, encoder_only)
+    head = spec.get("head", {}).get("type", "no")
+    click.echo(f"wrote {output}: {spec['name']} ({spec['encoder']['type']} encoder, {head} head); "
+               f"weights: {spec['weights']}")
+    click.echo(f"  {spec['description']}")
 
 
 @cli.command()
@@ -180,7 +183,8 @@ def list_components():
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the graph to a PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
 def inspect(spec, plot):
     """Print the built graph: layers, output shapes, parameters, shared layers."""
     _import_quietly()
@@ -197,13 +201,16 @@ def inspect(spec, plot):
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every backend.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every backend.")
+@click.option("--text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Real inputs: a text file (one example per line, a tab between a sentence pair) tokenized by "
+                   "the tokenizer bundled in OUT, instead of random ids.")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
-def parity(out, atol, rtol, as_json):
+def parity(out, atol, rtol, text, as_json):
     """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
     _import_quietly()
     from bertc.parity import rerun_parity
 
-    section = rerun_parity(out, atol, rtol)
+    section = rerun_parity(out, atol, rtol, text)
     if as_json:
         click.echo(json.dumps(section, indent=2))
     else:

@@ -10,7 +10,7 @@ EXIT_CHECK_FAILED = 1      # numeric validation failed, or an internal error
 EXIT_BAD_SPEC = 2          # the spec (or the command line) is wrong
 EXIT_PARITY_FAILED = 3     # a backend disagrees with the Keras reference
 EXIT_EXPORT_FAILED = 4     # ONNX / TFLite export failed
-EXIT_OUTPUT = 5            # the output directory cannot be written as asked
+EXIT_OUTPUT = 5            # the output directory cannot be written as asked, or a model file in it is damaged
 
 
 class BertcError(Exception):
@@ -46,5 +46,19 @@ class OutputError(BertcError):
     exit_code = EXIT_OUTPUT
 
 
+class ModelFileError(OutputError):
+    """A model file (model.keras) is missing, truncated or not what it claims to be."""
+
+
 class TransferError(BertcError):
     exit_code = EXIT_CHECK_FAILED
+
+
+class WeightsError(BertcError):
+    """Trained weights cannot be read or do not fit the model; the message lists every problem."""
+
+    exit_code = EXIT_BAD_SPEC
+
+
+class UnsupportedModel(WeightsError):
+    """A foreign model (config key and value named) that bertc cannot express exactly."""

@@ -25,19 +25,35 @@ def graph_table(model) -> str:
     return "\n".join(lines)
 
 
-def plot_graph(model, path: Path) -> None:
+GRAPHVIZ_HINT = "install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)"
+
+
+def graph_dot(model):
+    """The model as a pydot graph: one box per layer with its name, type and input/output shapes."""
     from bertc.components.common import keras
 
     try:
         import pydot  # noqa: F401
     except ImportError:
-        raise BertcError("--plot needs pydot and Graphviz: pip install 'bertc[plot]' and install Graphviz "
-                         "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)") from None
+        raise BertcError("--plot needs pydot: pip install 'bertc[plot]'") from None
+    return keras.utils.model_to_dot(model, show_shapes=True, show_layer_names=True, show_dtype=False,
+                                    expand_nested=False, dpi=64, rankdir="TB")
+
+
+def plot_graph(model, path: Path) -> None:
+    """Draw the graph to ``path``: ``.dot`` writes Graphviz source (needs only pydot); ``.png``, ``.svg`` or
+    ``.pdf`` render it with Graphviz's ``dot`` program."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("dot", "png", "svg", "pdf"):
+        raise BertcError(f"--plot {path}: unknown format {path.suffix or '(none)'!r}; use .png, .svg, .pdf or .dot")
+    dot = graph_dot(model)
+    if fmt == "dot":
+        path.write_text(dot.to_string())
+        return
     try:
-        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, dpi=64, expand_nested=False)
-    except (ImportError, OSError, FileNotFoundError) as exc:
-        raise BertcError(f"--plot needs the Graphviz 'dot' program ({exc}); install Graphviz "
-                         "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)") from None
-    if not Path(path).exists():
-        raise BertcError("--plot: Graphviz did not write the image; is the 'dot' program installed "
-                         "(apt-get install graphviz)?")
+        data = dot.create(format=fmt)
+    except (OSError, FileNotFoundError, AssertionError) as exc:
+        raise BertcError(f"--plot {path}: rendering needs the Graphviz 'dot' program ({type(exc).__name__}: {exc}); "
+                         f"{GRAPHVIZ_HINT}, or write Graphviz source with --plot {path.with_suffix('.dot').name}") from None
+    path.write_bytes(data)

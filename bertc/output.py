@@ -3,15 +3,84 @@
 An interrupted or failed build never leaves a half-written ``OUT/``; an existing
 ``OUT/`` is replaced only when asked (``force``) and only once the new one is complete.
 A build that ran but failed a check keeps its report in ``OUT.failed/`` for inspection.
+
+One build at a time writes a given ``OUT``: a lock file beside it (``.OUT.lock``,
+``flock``) is held for the whole build, so a second build fails at once, and the lock
+vanishes with its process however that process dies (SIGKILL included). Holding the
+lock proves that no other build of ``OUT`` is alive, so staging directories
+(``.OUT.tmp-*``) and swap leftovers (``.OUT.old-*``) found then belong to dead builds
+and are removed.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from bertc.errors import OutputError
+
+
+class BuildLock:
+    """An exclusive, non-blocking ``flock`` on ``.OUT.lock`` next to ``OUT``."""
+
+    def __init__(self, out: Path):
+        self.path = out.with_name(f".{out.name}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise OutputError(f"{self.path.with_name(self.path.name[1:-5])} is being written by another bertc "
+                                  f"build ({self._holder()}); wait for it to finish or choose another -o") from None
+            # The previous holder may have unlinked the file between our open and our flock: then
+            # we locked an orphan inode that nobody else can see. Lock the file that is there now.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def _holder(self) -> str:
+        try:
+            pid = self.path.read_text().strip()
+        except OSError:
+            pid = ""
+        return f"pid {pid}" if pid.isdigit() else "a running process"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding the lock, so no one else holds this inode
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _remove_leftovers(out: Path) -> list[str]:
+    """Staging and swap directories of dead builds of ``out`` (call only while holding its lock)."""
+    removed = []
+    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+        for path in out.parent.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    return removed
 
 
 class StagedOutput:
@@ -23,26 +92,40 @@ class StagedOutput:
             raise OutputError(f"{self.out} already exists; pass --force to replace it")
         self.failed_dir = self.out.with_name(self.out.name + ".failed")
         self.tmp: Path | None = None
+        self.lock = BuildLock(self.out)
+        self.removed_leftovers: list[str] = []
 
     def __enter__(self) -> Path:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the parent directory of {self.out}: {exc}") from None
+        try:
+            self.lock.acquire()
+        except OSError as exc:
+            raise OutputError(f"cannot lock {self.lock.path} for the build: {exc}") from None
+        try:
+            self.removed_leftovers = _remove_leftovers(self.out)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging phase only
         except OSError as exc:
+            self.lock.release()
             raise OutputError(f"cannot create the output directory next to {self.out}: {exc}") from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self._swap_in()
-        elif self.tmp is not None and (self.tmp / "report.json").exists() and not issubclass(exc_type, KeyboardInterrupt):
-            shutil.rmtree(self.failed_dir, ignore_errors=True)
-            os.replace(self.tmp, self.failed_dir)
-        elif self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            if exc_type is None:
+                self._swap_in()
+            elif self.tmp is not None and (self.tmp / "report.json").exists() and not issubclass(exc_type, KeyboardInterrupt):
+                shutil.rmtree(self.failed_dir, ignore_errors=True)
+                os.replace(self.tmp, self.failed_dir)
+            elif self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            self.lock.release()
         return False
 
     def _swap_in(self) -> None:

@@ -138,13 +138,14 @@ def available_backends(out_dir: Path, report_export: dict) -> tuple[dict[str, Ca
 
 # --- comparison -----------------------------------------------------------------------------------
 
-def compare(spec: Spec, sig: Signature, reference: Callable, backends: dict[str, Callable]) -> list[OutputParity]:
+def compare(spec: Spec, sig: Signature, reference: Callable, backends: dict[str, Callable],
+            cases: Optional[list] = None) -> list[OutputParity]:
     infos = sig.outputs
     results = {(b, o.name): OutputParity(b, o.name, spec.parity.tolerance(b).atol, spec.parity.tolerance(b).rtol)
                for b in backends for o in infos}
     sums = {key: [0.0, 0] for key in results}
     agree = {key: [0, 0] for key in results}
-    for case, inputs in grid_inputs(spec):
+    for case, inputs in (cases if cases is not None else grid_inputs(spec)):
         ref = reference(inputs)
         for backend, run in backends.items():
             try:
@@ -191,14 +192,18 @@ def compare(spec: Spec, sig: Signature, reference: Callable, backends: dict[str,
     return list(results.values())
 
 
-def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, export_report: dict) -> dict:
+def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, export_report: dict,
+               cases: Optional[list] = None) -> dict:
     """Parity of the artifacts in ``out_dir`` against ``model``: the report section, with
-    ``passed`` false (and every problem listed) when any backend disagrees."""
+    ``passed`` false (and every problem listed) when any backend disagrees. ``cases`` ((name, inputs)
+    pairs, e.g. tokenized text) replace the default grid of random inputs."""
     backends, skipped = available_backends(out_dir, export_report)
-    results = compare(spec, sig, keras_runner(model), backends)
+    results = compare(spec, sig, keras_runner(model), backends, cases)
     section = {
         "reference": "keras (inference mode)",
-        "grid": [{"batch": b, "sequence_length": s} for b, s in grid(spec)],
+        "grid": ([{"batch": b, "sequence_length": s} for b, s in grid(spec)] if cases is None else
+                 [{"case": name, "batch": len(x["input_mask"]), "sequence_length": x["input_mask"].shape[1]}
+                  for name, x in cases]),
         "backends": sorted(backends), "skipped": skipped,
         "results": [r.to_json() for r in results],
         "passed": all(r.passed for r in results),
@@ -207,7 +212,8 @@ def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, export_report: 
     return section
 
 
-def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None) -> dict:
+def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None,
+                 text: Optional[Path] = None) -> dict:
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
     ``report.json`` (atomically) with the new parity section."""
     import json
@@ -227,8 +233,17 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,
                         rtol=spec.parity.default.rtol if rtol is None else rtol)
         spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"default": tol, "backends": {}})})
-    report = json.loads((out_dir / "report.json").read_text())
-    section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {})
+    try:
+        report = json.loads((out_dir / "report.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise OutputError(f"{out_dir / 'report.json'}: cannot be read as JSON ({exc})") from None
+    cases = None
+    if text is not None:
+        from bertc.text import text_cases
+
+        cases = text_cases(out_dir, text, spec)
+    section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {},
+                         cases)
     report["parity"] = section
     report["status"] = "passed" if section["passed"] else "failed"
     write_report(out_dir, report)

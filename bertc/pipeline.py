@@ -36,6 +36,7 @@ class BuildOptions:
     input_dtype: Optional[str] = None
     keep_saved_model: Optional[bool] = None
     init_from: Optional[Path] = None
+    weights: Optional[Path] = None  # trained weights; overrides the spec's ``weights`` entry
     onnx: bool = True
     tflite: bool = True
     preflight: bool = True
@@ -73,6 +74,12 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
         note["detail"] = spec.name
+    from bertc.weights import resolve_weights_path, weights_entry_for
+
+    weights = opts.weights or resolve_weights_path(spec.weights, spec_path)
+    if weights is not None:
+        # spec.json in OUT names the same weights, relative to OUT (where that spec.json lives)
+        spec = spec.model_copy(update={"weights": weights_entry_for(weights, opts.out)})
     preflight = None
     if opts.preflight:  # before anything is written: a build that cannot fit stops here (exit 5)
         from bertc.preflight import check as memory_preflight, gb
@@ -83,7 +90,9 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
                               f"{gb(preflight['available_bytes'])} available ({preflight['available_from']})")
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
     with staged as tmp:
-        report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path))
+        report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path), weights=weights)
+        if staged.removed_leftovers:
+            report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
         if preflight is not None:
             report["preflight"] = preflight
         (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
@@ -97,7 +106,8 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     return report
 
 
-def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source: str = "") -> dict:
+def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source: str = "",
+               weights: Optional[Path] = None) -> dict:
     from bertc.build import build_model, expected_param_count
     from bertc.check import run_checks
     from bertc.signature import signature_of
@@ -115,6 +125,12 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         model = build_model(spec, sig)
         report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec, sig)}
         note["detail"] = f"{model.count_params():,} parameters, {len(model.layers)} layers"
+    if weights is not None:
+        from bertc.importers import load_weights_stage
+
+        with stages.stage("load weights") as note:
+            report.update(load_weights_stage(model, spec, weights, out, init_from=opts.init_from))
+            note["detail"] = report["weights"]["summary"]
     if opts.init_from is not None:
         from bertc.transfer import load_keras_model, transfer_weights
 

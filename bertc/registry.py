@@ -97,3 +97,4 @@ ENCODERS = Registry("encoder")
 HEADS = Registry("head")
 
 ALL = (EMBEDDINGS, ATTENTION, FEEDFORWARD, BLOCKS, ENCODERS, HEADS)
+BY_KIND = {r.kind: r for r in ALL}

@@ -39,6 +39,12 @@ def summary_text(report: dict) -> str:
     if "parameters" in report:
         p = report["parameters"]
         lines.append(f"parameters: {p['actual']:,} (closed form {p['expected']:,})")
+    if report.get("weights"):
+        w = report["weights"]
+        lines.append(f"weights: {w['summary']} from {w['source']}")
+    if report.get("tokenizer"):
+        t = report["tokenizer"]
+        lines.append(f"tokenizer: {t['kind']}: {', '.join(t['files'])} (copied into this directory)")
     if report.get("checks"):
         lines.append("checks:")
         for c in report["checks"]:

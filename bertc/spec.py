@@ -13,10 +13,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError
 
-from bertc import registry
+from bertc import registry, specjson
 from bertc.errors import SpecError
-from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
-from bertc.specbase import PositiveInt, StrictModel, json_path, walk_problems
+from bertc.specbase import PositiveInt, StrictModel, component_field, json_path, rebuild_component_models, walk_problems
 
 BACKENDS = ("onnx_cpu", "onnx_cuda", "tflite")
 
@@ -76,8 +75,8 @@ class Spec(StrictModel):
     # Trained weights to load into the built model (a path relative to the spec file): a Hugging Face
     # directory or .safetensors file, a TF checkpoint (original BERT names or Model Garden), a .keras file.
     weights: Optional[str] = None
-    encoder: "EncoderSpec"  # noqa: F821
-    head: Optional["HeadSpec"] = None  # noqa: F821
+    encoder: component_field("encoder")
+    head: Optional[component_field("head")] = None
     export: ExportSpec = ExportSpec()
     parity: ParitySpec = ParitySpec()
 
@@ -94,50 +93,20 @@ class Spec(StrictModel):
 _built_generation = -1
 
 
-def _registry_fields():
-    from bertc.components.blocks import ScaffoldBlockSpec
-    from bertc.components.encoders import ScaffoldEncoderSpec
-
-    return {(ScaffoldBlockSpec, "attention"): ("AttentionSpec", False),
-            (ScaffoldBlockSpec, "feedforward"): ("FeedforwardSpec", False),
-            (ScaffoldEncoderSpec, "embedding"): ("EmbeddingSpec", False),
-            (ScaffoldEncoderSpec, "hidden"): ("BlockSpec", True),
-            (Spec, "encoder"): ("EncoderSpec", False),
-            (Spec, "head"): ("HeadSpec", None)}  # None: optional
-
-
-def _rebuild(model: type, namespace: dict) -> None:
-    for (owner, name), (alias, kind) in _registry_fields().items():
-        if owner is model:
-            union = namespace[alias]
-            annotation = list[union] if kind is True else (Optional[union] if kind is None else union)
-            model.__pydantic_fields__[name].annotation = annotation
-    model.model_rebuild(force=True, _types_namespace=namespace)
-
-
 def ensure_models() -> None:
-    """(Re)build the spec models from the registries' current contents (plug-ins included)."""
+    """Rebuild the spec models from the registries' current contents (plug-ins included).
+
+    Component fields are resolved when a model's schema is built (see
+    :class:`bertc.specbase.ComponentOf`), so after a registration the models are rebuilt,
+    leaves first, with pydantic's public ``model_rebuild``. Cheap when nothing changed.
+    """
     global _built_generation
     import bertc.components  # noqa: F401 - registers the shipped components
 
     if _built_generation == registry.generation():
         return
-    namespace = {
-        "AttentionSpec": ATTENTION.spec_union(), "FeedforwardSpec": FEEDFORWARD.spec_union(),
-        "EmbeddingSpec": EMBEDDINGS.spec_union(),
-    }
-    for reg in (ATTENTION, FEEDFORWARD, EMBEDDINGS):
-        for e in reg.entries():
-            _rebuild(e.spec, namespace)
-    namespace["BlockSpec"] = BLOCKS.spec_union()
-    for e in BLOCKS.entries():
-        _rebuild(e.spec, namespace)
-    namespace["EncoderSpec"] = ENCODERS.spec_union()
-    namespace["HeadSpec"] = HEADS.spec_union()
-    for reg in (ENCODERS, HEADS):
-        for e in reg.entries():
-            _rebuild(e.spec, namespace)
-    _rebuild(Spec, namespace)
+    rebuild_component_models()
+    Spec.model_rebuild(force=True)
     _built_generation = registry.generation()
 
 
@@ -195,22 +164,28 @@ def _message(err: dict, known_fields: set[str]) -> str:
     return msg
 
 
-def _validate(data: Any, source: str) -> Spec:
+def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] = None) -> Spec:
+    """Validate parsed spec data; ``problems`` are ones already found in the text (duplicate keys),
+    reported together with the rest."""
     ensure_models()
+    problems = list(problems or [])
     if not isinstance(data, dict):
-        raise SpecError(source, [("$", f"the spec must be a JSON object, got {type(data).__name__}")])
+        raise SpecError(source, problems + [("$", f"the spec must be a JSON object, got {type(data).__name__}")])
+    deep = specjson.depth_problem(data)
+    if deep is not None:
+        raise SpecError(source, problems + [deep])
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         known = _all_field_names()
-        problems, seen = [], set()
+        seen = set(problems)
         for err in exc.errors():
             item = (json_path(_user_loc(err["loc"], data)), _message(err, known))
             if item not in seen:
                 seen.add(item)
                 problems.append(item)
         raise SpecError(source, problems) from None
-    problems = [(json_path(_user_loc(loc, data)), msg) for loc, msg in walk_problems(spec, (), {})]
+    problems += [(json_path(_user_loc(loc, data)), msg) for loc, msg in walk_problems(spec, (), {})]
     if problems:
         raise SpecError(source, problems)
     return spec
@@ -228,10 +203,10 @@ def load_spec(source: Union[str, Path, dict]) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [("$", f"cannot read the file: {exc}")]) from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(str(path), [(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")]) from None
-    return _validate(data, str(path))
+        data, problems = specjson.parse(text)
+    except specjson.SpecTextError as exc:
+        raise SpecError(str(path), [(exc.where, exc.message)]) from None
+    return _validate(data, str(path), problems)
 
 
 def dump_spec(spec: Spec) -> dict:

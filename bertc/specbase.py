@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 # Activation names understood everywhere (bertc.activations implements them).
 ACTIVATION_NAMES = ("gelu", "gelu_tanh", "relu", "tanh", "silu", "linear")
@@ -32,6 +33,58 @@ class StrictModel(BaseModel):
     def child_context(self, ctx: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
         """Facts this model hands down to the models inside it (``path`` is its own)."""
         return ctx
+
+
+class ComponentOf:
+    """Field type marker: any spec model registered as a component of ``kind``.
+
+    ``attention: Annotated[StrictModel, ComponentOf("attention")]`` validates against the
+    discriminated union (on ``type``) of every spec model registered in that registry when
+    the enclosing model's schema is built. A plug-in registered later is picked up when the
+    enclosing models are rebuilt (``bertc.spec.ensure_models()`` does that through pydantic's
+    public ``model_rebuild``).
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"ComponentOf({self.kind!r})"
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        from bertc.registry import BY_KIND
+
+        registry = BY_KIND[self.kind]
+        if not registry.names():
+            kind = self.kind
+
+            def nothing_registered(value: Any) -> Any:
+                raise ValueError(f"no {kind} component is registered (import bertc.components)")
+
+            return core_schema.no_info_plain_validator_function(nothing_registered)
+        return handler.generate_schema(registry.spec_union())
+
+
+_rebuilt_generation = -1
+
+
+def rebuild_component_models() -> None:
+    """Rebuild every registered component's spec model (leaves first) after registrations changed,
+    so component fields accept plug-ins registered since. Cheap when nothing changed."""
+    global _rebuilt_generation
+    from bertc import registry
+
+    if _rebuilt_generation == registry.generation():
+        return
+    for kind in ("attention", "feedforward", "embedding", "block", "encoder", "head"):
+        for entry in registry.BY_KIND[kind].entries():
+            entry.spec.model_rebuild(force=True)
+    _rebuilt_generation = registry.generation()
+
+
+def component_field(kind: str) -> Any:
+    """The annotation of a field holding any registered ``kind`` component's spec."""
+    return Annotated[StrictModel, ComponentOf(kind)]
 
 
 class InitializerSpec(StrictModel):

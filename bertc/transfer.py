@@ -6,7 +6,7 @@ mismatch is an error naming the first offending weight and both shapes.
 """
 from __future__ import annotations
 
-from bertc.errors import TransferError
+from bertc.errors import ModelFileError, TransferError
 
 
 def transfer_weights(source, target) -> int:
@@ -31,7 +31,12 @@ def transfer_weights(source, target) -> int:
 
 
 def load_keras_model(path):
-    """Load a ``.keras`` file written by ``bertc build`` (or the ``model.keras`` inside an OUT dir)."""
+    """Load a ``.keras`` file written by ``bertc build`` (or the ``model.keras`` inside an OUT dir).
+
+    Raises :class:`ModelFileError` naming the file when it is missing, not a Keras archive
+    (truncated, overwritten) or cannot be deserialized.
+    """
+    import zipfile
     from pathlib import Path
 
     import bertc.components  # noqa: F401 - registers bertc's layers for deserialization
@@ -40,9 +45,23 @@ def load_keras_model(path):
     path = Path(path)
     if path.is_dir():
         path = path / "model.keras"
-    if not path.exists():
-        raise TransferError(f"{path}: no such model file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a Keras model archive (a .keras file is a zip archive; this one is "
+                             f"{path.stat().st_size:,} bytes of something else: truncated or overwritten?)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = {"config.json", "model.weights.h5"} - names
+            if missing:
+                raise ModelFileError(f"{path}: damaged Keras archive: {', '.join(sorted(missing))} missing")
+            bad = archive.testzip()
+            if bad is not None:
+                raise ModelFileError(f"{path}: damaged Keras archive: {bad} fails its checksum")
+    except zipfile.BadZipFile as exc:
+        raise ModelFileError(f"{path}: damaged Keras archive: {exc}") from None
     try:
         return keras.saving.load_model(str(path), compile=False)
     except Exception as exc:
-        raise TransferError(f"{path}: cannot load the Keras model: {exc}") from None
+        raise ModelFileError(f"{path}: cannot be loaded as a Keras model: {type(exc).__name__}: {exc}") from None

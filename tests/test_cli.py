@@ -86,3 +86,35 @@ def test_interrupted_build_leaves_nothing(tmp_spec, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q"]) == 130
     assert list(tmp_path.iterdir()) == [tmp_path / "spec.json"]
+
+
+def test_inspect_plot_shows_layer_names_and_shapes(tmp_spec, tmp_path, capsys):
+    dot = tmp_path / "graph.dot"
+    assert main(["inspect", str(tmp_spec(tiny_bert())), "--plot", str(dot)]) == 0
+    text = dot.read_text()
+    for name in ("input_word_ids", "input_mask", "input_type_ids", "embeddings", "layer_0", "pooler", "classifier"):
+        assert f"<b>{name}</b>" in text, name
+    assert "Output shape: <b>(None, 3)</b>" in text  # the classifier's logits
+    assert "<b>(None, 16)</b>" in text  # the pooler's width
+
+
+def test_inspect_plot_unknown_format_is_a_clear_error(tmp_spec, tmp_path, capsys):
+    assert main(["inspect", str(tmp_spec(tiny_bert())), "--plot", str(tmp_path / "graph.jpgx")]) != 0
+    err = capsys.readouterr().err
+    assert "unknown format '.jpgx'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_parity_on_a_damaged_model_keras_names_the_file(built, capsys, damage):
+    keras_file = built / "model.keras"
+    if damage == "garbage":
+        keras_file.write_bytes(b"definitely not a zip archive")
+    elif damage == "truncated":
+        keras_file.write_bytes(keras_file.read_bytes()[:2000])
+    else:
+        keras_file.unlink()
+    assert main(["parity", str(built)]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert "model.keras" in err and "Traceback" not in err and "internal error" not in err
+    if damage != "missing":
+        assert "not a Keras model archive" in err

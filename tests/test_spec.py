@@ -5,7 +5,7 @@ import pytest
 
 from bertc.errors import SpecError
 from bertc.spec import dump_spec, json_schema, load_spec
-from conftest import TINY_SPECS, SPECS, tiny_bert
+from conftest import BENCHMARK_SPECS, SEED_SPECS, tiny_bert
 
 
 def enc(**kw):
@@ -89,7 +89,7 @@ def test_missing_file_and_non_object(tmp_spec, tmp_path):
         load_spec(tmp_spec("[1, 2]"))
 
 
-@pytest.mark.parametrize("path", TINY_SPECS + [SPECS / "bert_base_classifier.json"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SEED_SPECS + BENCHMARK_SPECS, ids=lambda p: p.stem)
 def test_spec_round_trips(path):
     spec = load_spec(path)
     dumped = json.loads(json.dumps(dump_spec(spec)))

@@ -59,6 +59,11 @@ class MultiHeadAttention(SpecLayer):
         self.attention_output = dense(h, init, "attention_output")
         self.probs_dropout = keras.layers.Dropout(self.spec.dropout_rate, name="probs_dropout")
 
+    def build(self, x_shape, attention_bias_shape=None):
+        for layer in (self.query, self.key, self.value, self.attention_output):
+            layer.build(x_shape)
+        self.built = True
+
     @staticmethod
     def param_count(spec, hidden_size: int) -> int:
         return 4 * dense_params(hidden_size, hidden_size)
@@ -92,13 +97,13 @@ class TalkingHeadsAttention(MultiHeadAttention):
 
     spec_cls = TalkingHeadsAttentionSpec
 
-    def build(self, input_shape):
+    def build(self, x_shape, attention_bias_shape=None):
         shape = (self.num_heads, self.num_heads)
         self.pre_softmax_weight = self.add_weight(
             name="pre_softmax_weight", shape=shape, initializer=initializer(self.initializer_spec))
         self.post_softmax_weight = self.add_weight(
             name="post_softmax_weight", shape=shape, initializer=initializer(self.initializer_spec))
-        super().build(input_shape)
+        super().build(x_shape, attention_bias_shape)
 
     @staticmethod
     def param_count(spec, hidden_size: int) -> int:

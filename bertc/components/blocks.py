@@ -17,10 +17,10 @@ import keras
 
 from bertc import activations
 from bertc.components.attention import MultiHeadAttention, MultiHeadAttentionSpec
-from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable
+from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable, with_last_dim
 from bertc.components.feedforward import DenseFeedforwardSpec
 from bertc.registry import ATTENTION, BLOCKS, FEEDFORWARD
-from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
+from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel, component_field
 
 
 def _heads_problem(hidden_ctx, num_heads, field="num_attention_heads"):
@@ -33,8 +33,8 @@ def _heads_problem(hidden_ctx, num_heads, field="num_attention_heads"):
 
 class ScaffoldBlockSpec(StrictModel):
     type: Literal["scaffold"] = "scaffold"
-    attention: "AttentionSpec"  # noqa: F821 - resolved from the registry by bertc.spec
-    feedforward: "FeedforwardSpec"  # noqa: F821
+    attention: component_field("attention")  # any registered attention spec, by its "type"
+    feedforward: component_field("feedforward")
     dropout_rate: Rate = 0.1
     norm_first: bool = False
     layer_norm_epsilon: Epsilon = 1e-12
@@ -103,6 +103,12 @@ class ScaffoldBlock(SpecLayer):
             spec=s.feedforward, hidden_size=self.hidden_size, initializer=init, norm_first=s.norm_first,
             layer_norm_epsilon=s.layer_norm_epsilon, name="feedforward")
 
+    def build(self, x_shape, attention_bias_shape=None):
+        self.attention.build(x_shape, attention_bias_shape)
+        self.attention_layer_norm.build(x_shape)
+        self.feedforward.build(x_shape)
+        self.built = True
+
     @staticmethod
     def param_count(spec, hidden_size: int) -> int:
         s = spec.as_scaffold()
@@ -153,11 +159,17 @@ class ReZeroBlock(SpecLayer):
             self.attention_layer_norm = layer_norm(s.layer_norm_epsilon, "attention_layer_norm")
             self.output_layer_norm = layer_norm(s.layer_norm_epsilon, "output_layer_norm")
 
-    def build(self, input_shape):
+    def build(self, x_shape, attention_bias_shape=None):
         self.rezero_alpha = self.add_weight(name="rezero_alpha", shape=(), initializer="zeros")
         self.rezero_alpha_ffn = self.rezero_alpha if self.spec.share_rezero else self.add_weight(
             name="rezero_alpha_ffn", shape=(), initializer="zeros")
-        super().build(input_shape)
+        self.attention.build(x_shape, attention_bias_shape)
+        self.intermediate.build(x_shape)
+        self.output_dense.build(with_last_dim(x_shape, self.spec.intermediate_size))
+        if self.spec.use_layer_norm:
+            self.attention_layer_norm.build(x_shape)
+            self.output_layer_norm.build(x_shape)
+        self.built = True
 
     @staticmethod
     def param_count(spec, hidden_size: int) -> int:

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bertc.specbase import DEFAULT_INITIALIZER, InitializerSpec, StrictModel  # noqa: E402
+from bertc.specbase import DEFAULT_INITIALIZER, InitializerSpec, StrictModel, rebuild_component_models  # noqa: E402
 
 MASK_ADDER = -10000.0  # added to attention logits of padded keys (exp() underflows to exactly 0 in fp32)
 
@@ -35,6 +35,11 @@ def dense(units: int, init, name: str, activation=None) -> keras.layers.Dense:
 
 def layer_norm(epsilon: float, name: str) -> keras.layers.LayerNormalization:
     return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name)
+
+
+def with_last_dim(shape, width: int) -> tuple:
+    """``shape`` with its last dimension replaced (the input shape of a layer that follows a projection)."""
+    return tuple(shape[:-1]) + (int(width),)
 
 
 def dense_params(n_in: int, n_out: int) -> int:
@@ -67,7 +72,10 @@ class SpecLayer(keras.layers.Layer):
 
     def __init__(self, spec, hidden_size: int, initializer=None, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec if isinstance(spec, StrictModel) else self.spec_cls.model_validate(spec)
+        if not isinstance(spec, StrictModel):  # from a config (deserialization): plug-ins may have registered since
+            rebuild_component_models()
+            spec = self.spec_cls.model_validate(spec)
+        self.spec = spec
         self.hidden_size = int(hidden_size)
         init = initializer if isinstance(initializer, (InitializerSpec, type(None))) else InitializerSpec.model_validate(initializer)
         own = getattr(self.spec, "initializer", None)

@@ -95,6 +95,10 @@ class EmbeddingNetwork(SpecLayer):
         self.type_embeddings = self.add_weight(
             name="type_embeddings", shape=(s.type_vocab_size, self.width), initializer=init,
         ) if s.use_type_embeddings else None
+        if self.layer_norm is not None:
+            self.layer_norm.build((None, None, self.width))
+        if self.embedding_projection is not None:
+            self.embedding_projection.build((None, None, self.width))
         self.built = True
 
     @staticmethod

@@ -20,7 +20,7 @@ from bertc.components.common import MASK_ADDER, dense, dense_params, layer_norm,
 from bertc.components.embeddings import StandardEmbeddingSpec
 from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS
 from bertc.specbase import (DEFAULT_INITIALIZER, Activation, Epsilon, InitializerSpec, PositiveInt, Rate,
-                            StrictModel, json_path)
+                            StrictModel, component_field, json_path)
 
 
 class _EncoderSpecBase(StrictModel):
@@ -51,8 +51,8 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     type: Literal["scaffold"] = "scaffold"
     hidden_size: PositiveInt
     num_layers: PositiveInt
-    embedding: "EmbeddingSpec"  # noqa: F821 - resolved from the registry by bertc.spec
-    hidden: list["BlockSpec"]  # noqa: F821 - one block for every layer, or one per layer
+    embedding: component_field("embedding")  # any registered embedding spec, by its "type"
+    hidden: list[component_field("block")]  # one block for every layer, or one per layer
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
     pooler_initializer: Optional[InitializerSpec] = None

@@ -15,7 +15,7 @@ from typing import Literal, Optional
 import keras
 
 from bertc import activations
-from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable
+from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable, with_last_dim
 from bertc.registry import FEEDFORWARD
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
 
@@ -75,6 +75,12 @@ class DenseFeedforward(_ResidualFeedforward):
         self.output_dropout = keras.layers.Dropout(self.spec.dropout_rate, name="output_dropout")
         self.output_layer_norm = layer_norm(self.layer_norm_epsilon, "output_layer_norm")
 
+    def build(self, x_shape):
+        self.intermediate.build(x_shape)
+        self.output_dense.build(with_last_dim(x_shape, self.spec.intermediate_size))
+        self.output_layer_norm.build(x_shape)
+        self.built = True
+
     @staticmethod
     def param_count(spec, hidden_size: int) -> int:
         i = spec.intermediate_size
@@ -103,6 +109,16 @@ class GatedFeedforward(_ResidualFeedforward):
         self.output_dense = [dense(self.hidden_size, init, f"output_{i}") for i in range(s.num_blocks)]
         self.output_dropout = [keras.layers.Dropout(s.dropout_rate, name=f"output_dropout_{i}") for i in range(s.num_blocks)]
         self.output_layer_norm = [layer_norm(self.layer_norm_epsilon, f"output_layer_norm_{i}") for i in range(s.num_blocks)]
+
+    def build(self, x_shape):
+        inner = with_last_dim(x_shape, self.spec.intermediate_size)
+        for i in range(self.spec.num_blocks):
+            self.intermediate[i].build(x_shape)
+            if self.gate is not None:
+                self.gate[i].build(x_shape)
+            self.output_dense[i].build(inner)
+            self.output_layer_norm[i].build(x_shape)
+        self.built = True
 
     @staticmethod
     def param_count(spec, hidden_size: int) -> int:

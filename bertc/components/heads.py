@@ -1,4 +1,4 @@
-"""Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``.
+"""Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``, ``sentence_embedding``.
 
 A head component offers, as static methods:
 
@@ -184,8 +184,10 @@ class MaskedLM(SpecLayer):
         self.transform_layer_norm = layer_norm(self.spec.layer_norm_epsilon, "transform_layer_norm")
         self.activation_fn = activations.get(self.spec.activation)
 
-    def build(self, input_shape=None):
+    def build(self, sequence_output_shape=None, positions_shape=None, table_shape=None):
         self.output_bias = self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
+        self.transform.build((None, self.hidden_size))
+        self.transform_layer_norm.build((None, self.table_width))
         self.built = True
 
     def get_config(self):
@@ -261,3 +263,71 @@ class Pretrainer(HeadBase):
         nsp = losses.weighted_sparse_categorical_crossentropy(
             labels["next_sentence_labels"], outputs["classification"], from_logits=logits)
         return mlm + nsp
+
+
+class SentenceEmbeddingSpec(StrictModel):
+    type: Literal["sentence_embedding"] = "sentence_embedding"
+    pooling: Literal["mean", "cls", "max"] = "mean"
+    normalize: bool = False
+
+
+@serializable
+class SentencePooling(keras.layers.Layer):
+    """(B, S, H) token vectors + (B, S) input mask -> (B, H), pooled over the real tokens only.
+
+    ``mean``: sum over real tokens / their count (sentence-transformers' formula, count clamped at 1e-9);
+    ``cls``: the first token; ``max``: the element-wise max over real tokens (padding set to -1e9 first).
+    ``normalize`` divides by the L2 norm (clamped at 1e-12, as torch's ``F.normalize``).
+    """
+
+    def __init__(self, pooling="mean", normalize=False, **kwargs):
+        super().__init__(**kwargs)
+        self.pooling, self.normalize = str(pooling), bool(normalize)
+
+    def get_config(self):
+        return {**super().get_config(), "pooling": self.pooling, "normalize": self.normalize}
+
+    def call(self, x, mask):
+        m = tf.expand_dims(tf.cast(mask, x.dtype), -1)  # (B, S, 1)
+        if self.pooling == "mean":
+            pooled = tf.reduce_sum(x * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1e-9)
+        elif self.pooling == "max":
+            pooled = tf.reduce_max(x * m + (1.0 - m) * -1e9, axis=1)
+        else:
+            pooled = tf.gather(x, 0, axis=1)
+        if self.normalize:
+            norm = tf.sqrt(tf.reduce_sum(tf.square(pooled), axis=-1, keepdims=True))
+            pooled = pooled / tf.maximum(norm, 1e-12)
+        return pooled
+
+
+@HEADS.register("sentence_embedding", spec=SentenceEmbeddingSpec,
+                description="Sentence embedding (sentence-transformers): mean / cls / max pooling over the real "
+                            "tokens, optional L2 normalisation; output sentence_embedding.")
+class SentenceEmbedding(HeadBase):
+
+    @staticmethod
+    def build(spec, encoder_spec, enc, inputs):
+        pooling = SentencePooling(spec.pooling, spec.normalize, name="sentence_pooling")
+        return {"sentence_embedding": pooling(enc.sequence_output, inputs["input_mask"])}
+
+    @staticmethod
+    def outputs(spec, encoder_spec):
+        return [OutputInfo("sentence_embedding", None, "features")]
+
+    @staticmethod
+    def param_count(spec, encoder_spec):
+        return 0
+
+    @staticmethod
+    def make_labels(spec, encoder_spec, inputs, rng):
+        n = len(inputs["input_mask"])
+        targets = rng.standard_normal((n, encoder_spec.hidden_size)).astype(np.float32)
+        return {"targets": targets / np.linalg.norm(targets, axis=-1, keepdims=True)}
+
+    @staticmethod
+    def loss(spec, outputs, labels):
+        # cosine distance to fixed random directions: the objective embedding models are trained for
+        e = outputs["sentence_embedding"]
+        e = e / tf.maximum(tf.norm(e, axis=-1, keepdims=True), 1e-12)
+        return tf.reduce_mean(1.0 - tf.reduce_sum(e * labels["targets"], axis=-1))

@@ -1,0 +1,135 @@
+"""Importers: a foreign checkpoint's config -> a bertc spec, its tensor names -> bertc weight paths.
+
+One module per family of checkpoints, each exposing:
+
+- ``NAME``: the label the report uses;
+- ``translator(names, spec)``: a function from a checkpoint tensor name to a
+  :class:`bertc.weights.Target` (bertc weight path + layout change), an
+  :class:`bertc.weights.Ignored` (with the reason), or None (unknown);
+- ``spec_from(source)``: the spec (a dict) that expresses the checkpoint's model exactly, or
+  :class:`bertc.errors.UnsupportedModel` naming the config key and value bertc cannot express.
+
+Importers never build graphs; :mod:`bertc.weights` holds the loading rules, applied by
+:func:`load_weights` here (and by the pipeline's "load weights" stage, :func:`load_weights_stage`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from bertc.errors import WeightsError
+
+
+def importer_for(checkpoint) -> ModuleType:
+    """The importer that reads ``checkpoint``'s tensor names."""
+    from bertc.importers import bert_tf1, bertc_keras, hf, model_garden
+
+    fmt = checkpoint.format
+    if fmt == "keras":
+        return bertc_keras
+    if fmt in ("safetensors", "pytorch"):
+        return hf
+    if fmt == "tf_object_checkpoint":
+        return model_garden
+    if fmt == "tf_checkpoint":
+        return bert_tf1
+    raise WeightsError(f"{checkpoint.location}: no importer for format {fmt!r}")
+
+
+def _spec_name(source: Path) -> str:
+    import re
+
+    base = source.name if source.is_dir() else (source.parent.name or source.stem)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "imported"
+    return (name if name[0].isalpha() else f"m_{name}")[:64]
+
+
+def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
+    """The spec (a dict, without name and weights) of the model at ``source``, and the weights path.
+    ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded)."""
+    from bertc.checkpoints import open_checkpoint
+    from bertc.importers import bert_tf1, hf, model_garden
+
+    source = Path(source)
+    root = source if source.is_dir() else source.parent
+    if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
+            or (source.suffix in (".safetensors", ".bin") and (root / "config.json").exists()):
+        checkpoint = open_checkpoint(source)  # the weights must be there and readable
+        return hf.spec_from(source, checkpoint.names(), encoder_only), source
+    if encoder_only:
+        raise WeightsError(f"{source}: --encoder-only applies to Hugging Face checkpoints")
+    if source.is_dir() and (source / "spec.json").exists() and (source / "model.keras").exists():
+        import json
+
+        spec = json.loads((source / "spec.json").read_text())
+        spec.pop("weights", None)
+        spec.pop("name", None)
+        spec["description"] = f"Imported from the bertc build {source.name}/ by bertc import."
+        return spec, source / "model.keras"
+    checkpoint = open_checkpoint(source)
+    if checkpoint.format == "tf_checkpoint":
+        return bert_tf1.spec_from(source, checkpoint), checkpoint.location
+    if checkpoint.format == "tf_object_checkpoint":
+        return model_garden.spec_from(source, checkpoint), checkpoint.location
+    raise WeightsError(f"{source}: cannot tell what model this is: a Hugging Face checkpoint needs its "
+                       f"config.json beside the weights")
+
+
+def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_only: bool = False) -> dict:
+    """Write a spec for the checkpoint at ``source`` to ``spec_path`` (weights relative to it); returns it.
+    The spec is validated before anything is written."""
+    import json
+
+    from bertc.errors import OutputError, SpecError
+    from bertc.weights import relative_entry
+    from bertc.spec import load_spec
+
+    source, spec_path = Path(source), Path(spec_path)
+    spec, weights = spec_for(source, encoder_only)
+    data = {"name": name or _spec_name(source), **spec,
+            "weights": relative_entry(weights, spec_path.resolve().parent)}
+    try:
+        loaded = load_spec(data)
+    except SpecError as exc:
+        raise WeightsError(f"{source}: the imported spec is not valid (a bertc bug or an unusual config):\n"
+                           + "\n".join(f"  {p}: {m}" for p, m in exc.problems)) from None
+    del loaded  # valid; the file keeps what import determined (defaults stay implicit)
+    text = json.dumps(data, indent=2) + "\n"
+    try:
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        from bertc.report import write_text_atomic
+
+        write_text_atomic(spec_path, text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {spec_path}: {exc}") from None
+    return json.loads(text)
+
+
+def load_weights(model, spec, source):
+    """Load the trained weights at ``source`` into ``model`` (built from ``spec``): open the checkpoint,
+    pick its importer, apply :func:`bertc.weights.load_into`. Returns the :class:`bertc.weights.LoadResult`."""
+    from bertc.checkpoints import open_checkpoint
+    from bertc.weights import load_into
+
+    checkpoint = open_checkpoint(Path(source))
+    importer = importer_for(checkpoint)
+    translate = importer.translator(checkpoint.names(), spec)
+    result = load_into(model, checkpoint, translate, importer.NAME)
+    result.source = str(Path(source).resolve())
+    return result
+
+
+def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:
+    """The pipeline's "load weights" stage: load, then bundle the tokenizer found beside the weights.
+    Returns the report sections ``weights`` (and ``tokenizer`` when there is one)."""
+    from bertc.text import bundle_tokenizer
+
+    if init_from is not None:
+        raise WeightsError(f"both trained weights ({weights}) and --init-from ({init_from}) were given; "
+                           f"use one of them")
+    result = load_weights(model, spec, weights)
+    sections = {"weights": {**result.to_json(), "summary": result.summary()}}
+    tokenizer = bundle_tokenizer(Path(weights), out)
+    if tokenizer:
+        sections["tokenizer"] = tokenizer
+    return sections

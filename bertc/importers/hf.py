@@ -1,0 +1,332 @@
+"""Hugging Face BERT / ALBERT checkpoints (``config.json`` + safetensors), and sentence-transformers.
+
+Tensor names (``bert.encoder.layer.0.attention.self.query.weight``) map to bertc weight paths
+(``layer_0/attention/query/kernel``); torch ``Linear`` weights are (out, in) and are transposed.
+``config.json`` maps to a spec; anything bertc cannot compute exactly is refused, naming the key.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from bertc.errors import UnsupportedModel, WeightsError
+from bertc.weights import Ignored, Target
+
+NAME = "huggingface"
+
+# HF hidden_act -> bertc activation. HF "gelu" is the exact (erf) GELU; gelu_new / gelu_pytorch_tanh /
+# gelu_fast are the tanh approximation (the same formula, written differently).
+ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_fast": "gelu_tanh", "relu": "relu", "tanh": "tanh", "silu": "silu", "swish": "silu",
+               "linear": "linear"}
+
+ARCHITECTURES = {
+    "BertModel": None, "BertForSequenceClassification": "classifier", "BertForTokenClassification": "token_classifier",
+    "BertForQuestionAnswering": "span_labeler", "BertForPreTraining": "pretrainer",
+    "AlbertModel": None, "AlbertForSequenceClassification": "classifier",
+    "AlbertForTokenClassification": "token_classifier", "AlbertForQuestionAnswering": "span_labeler",
+    "AlbertForPreTraining": "pretrainer",
+}
+# A masked-LM-only checkpoint (bert-base-uncased says BertForMaskedLM) is a pretrainer when its file also has
+# the next-sentence head (saved from pretraining), else bertc builds its encoder and reports the MLM tensors
+# as ignored: bertc's pretrainer head always has next-sentence.
+MASKED_LM = ("BertForMaskedLM", "AlbertForMaskedLM")
+DEFAULT_MLM_PREDICTIONS = 20  # masked positions per sequence of a pretrainer spec (original BERT's choice at 128)
+
+_LINEAR = ("weight", "bias")
+_LN = {"weight": "gamma", "bias": "beta", "gamma": "gamma", "beta": "beta"}
+
+_BUFFERS = {"embeddings.position_ids": "buffer of position indices 0..N-1 (not a weight)",
+            "embeddings.token_type_ids": "buffer of zero token-type ids (not a weight)"}
+
+
+def _param(kind: str, leaf: str, base: str) -> Optional[Target]:
+    if kind == "linear" and leaf in _LINEAR:
+        return Target(f"{base}/kernel", "transpose") if leaf == "weight" else Target(f"{base}/bias")
+    if kind == "ln" and leaf in _LN:
+        return Target(f"{base}/{_LN[leaf]}")
+    return None
+
+
+_EMBEDDINGS = {"word_embeddings.weight": "embeddings/word_embeddings",
+               "position_embeddings.weight": "embeddings/position_embeddings",
+               "token_type_embeddings.weight": "embeddings/type_embeddings"}
+
+_BERT_LAYER = {"attention.self.query": ("linear", "attention/query"), "attention.self.key": ("linear", "attention/key"),
+               "attention.self.value": ("linear", "attention/value"),
+               "attention.output.dense": ("linear", "attention/attention_output"),
+               "attention.output.LayerNorm": ("ln", "attention_layer_norm"),
+               "intermediate.dense": ("linear", "feedforward/intermediate"),
+               "output.dense": ("linear", "feedforward/output"),
+               "output.LayerNorm": ("ln", "feedforward/output_layer_norm")}
+
+_ALBERT_LAYER = {"attention.query": ("linear", "attention/query"), "attention.key": ("linear", "attention/key"),
+                 "attention.value": ("linear", "attention/value"),
+                 "attention.dense": ("linear", "attention/attention_output"),
+                 "attention.LayerNorm": ("ln", "attention_layer_norm"),
+                 "ffn": ("linear", "feedforward/intermediate"), "ffn_output": ("linear", "feedforward/output"),
+                 "full_layer_layer_norm": ("ln", "feedforward/output_layer_norm")}
+
+
+def _split(name: str) -> tuple[str, str]:
+    stem, _, leaf = name.rpartition(".")
+    return stem, leaf
+
+
+def _encoder_param(rest: str) -> Optional[Target]:
+    """A tensor name without the ``bert.`` / ``albert.`` prefix."""
+    if rest in _BUFFERS:
+        return Ignored(_BUFFERS[rest])
+    if rest.startswith("embeddings."):
+        sub = rest[len("embeddings."):]
+        if sub in _EMBEDDINGS:
+            return Target(_EMBEDDINGS[sub])
+        stem, leaf = _split(sub)
+        if stem == "LayerNorm":
+            return _param("ln", leaf, "embeddings/layer_norm")
+        return None
+    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", rest)
+    if m:
+        stem, leaf = _split(m.group(2))
+        if stem in _BERT_LAYER:
+            kind, sub = _BERT_LAYER[stem]
+            return _param(kind, leaf, f"layer_{m.group(1)}/{sub}")
+        return None
+    m = re.fullmatch(r"encoder\.albert_layer_groups\.0\.albert_layers\.0\.(.+)", rest)
+    if m:
+        stem, leaf = _split(m.group(1))
+        if stem in _ALBERT_LAYER:
+            kind, sub = _ALBERT_LAYER[stem]
+            return _param(kind, leaf, f"shared_layer/{sub}")
+        return None
+    stem, leaf = _split(rest)
+    if stem == "encoder.embedding_hidden_mapping_in":
+        return _param("linear", leaf, "embeddings/embedding_projection")
+    if stem in ("pooler.dense", "pooler"):
+        return _param("linear", leaf, "pooler")
+    return None
+
+
+def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
+    stem, leaf = _split(name)
+    if stem == "classifier":  # BertFor{Sequence,Token}Classification both call their head "classifier"
+        return _param("linear", leaf, "token_classifier" if head == "token_classifier" else "classifier")
+    if stem == "qa_outputs":
+        return _param("linear", leaf, "span_labeler")
+    # BERT masked LM / next sentence
+    if stem in ("cls.predictions.transform.dense", "predictions.dense"):
+        return _param("linear", leaf, "masked_lm/transform")
+    if stem in ("cls.predictions.transform.LayerNorm", "predictions.LayerNorm"):
+        return _param("ln", leaf, "masked_lm/transform_layer_norm")
+    if name in ("cls.predictions.bias", "predictions.bias"):
+        return Target("masked_lm/output_bias")
+    if name in ("cls.predictions.decoder.bias", "predictions.decoder.bias"):
+        return Target("masked_lm/output_bias", tied=True)
+    if name in ("cls.predictions.decoder.weight", "predictions.decoder.weight"):
+        return Target("embeddings/word_embeddings", tied=True)
+    if stem in ("cls.seq_relationship", "sop_classifier.classifier"):
+        return _param("linear", leaf, "next_sentence")
+    return None
+
+
+def translator(names, spec):
+    head = spec.head.type if spec.head is not None else None
+
+    def translate(name: str):
+        for prefix in ("bert.", "albert."):
+            if name.startswith(prefix):
+                return _encoder_param(name[len(prefix):])
+        return _encoder_param(name) or _head_param(name, head)
+
+    return translate
+
+
+# --- config.json -> spec -----------------------------------------------------------------------------
+
+def refuse(where: str, key: str, value, why: str):
+    raise UnsupportedModel(f"{where}: {key} = {json.dumps(value)}: {why}; bertc refuses rather than approximate")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    return data
+
+
+def activation(where: str, key: str, value) -> str:
+    if value not in ACTIVATIONS:
+        refuse(where, key, value, f"bertc has no such activation (it has {', '.join(sorted(set(ACTIVATIONS)))})")
+    return ACTIVATIONS[value]
+
+
+def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
+    """The bertc encoder spec of a HF BERT / ALBERT config (``where`` names the file in messages)."""
+    model_type = cfg.get("model_type")
+    if model_type not in ("bert", "albert"):
+        refuse(where, "model_type", model_type, "bertc imports the bert and albert model types")
+    for key, ok in (("position_embedding_type", "absolute"), ("is_decoder", False), ("add_cross_attention", False)):
+        if cfg.get(key, ok) != ok:
+            refuse(where, key, cfg[key], f"bertc computes only {key} = {json.dumps(ok)}")
+    if model_type == "albert":
+        for key in ("num_hidden_groups", "inner_group_num"):
+            if cfg.get(key, 1) != 1:
+                refuse(where, key, cfg[key], "bertc's ALBERT shares one block across all layers (1 group of 1 layer)")
+    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size"]
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise WeightsError(f"{where}: missing config keys {missing}")
+    act_default = "gelu_new" if model_type == "albert" else "gelu"
+    positions = int(cfg["max_position_embeddings"])
+    enc = {"type": model_type, "vocab_size": cfg["vocab_size"], "hidden_size": cfg["hidden_size"],
+           "num_layers": cfg["num_hidden_layers"], "num_attention_heads": cfg["num_attention_heads"],
+           "intermediate_size": cfg["intermediate_size"],
+           "activation": activation(where, "hidden_act", cfg.get("hidden_act", act_default)),
+           "dropout_rate": float(cfg.get("hidden_dropout_prob", 0.1 if model_type == "bert" else 0.0)),
+           "attention_dropout_rate": float(cfg.get("attention_probs_dropout_prob",
+                                                   0.1 if model_type == "bert" else 0.0)),
+           "max_sequence_length": min(positions, max_len) if max_len else positions,
+           "type_vocab_size": cfg["type_vocab_size"],
+           # HF initialises Linear / Embedding weights from N(0, initializer_range)
+           "initializer": {"type": "normal", "stddev": float(cfg.get("initializer_range", 0.02))},
+           "layer_norm_epsilon": float(cfg.get("layer_norm_eps", 1e-12))}
+    if model_type == "albert":
+        width = cfg.get("embedding_size", 128)
+        if width == cfg["hidden_size"]:
+            refuse(where, "embedding_size", width, "equal to hidden_size; bertc's ALBERT then has no embedding "
+                                                    "projection, while this model has one")
+        enc["embedding_width"] = width
+    return enc
+
+
+def _classifier_dropout(cfg: dict) -> float:
+    if cfg.get("model_type") == "albert":
+        return float(cfg.get("classifier_dropout_prob", 0.1))
+    value = cfg.get("classifier_dropout")
+    return float(cfg.get("hidden_dropout_prob", 0.1) if value is None else value)
+
+
+def head_from_config(cfg: dict, where: str, enc: dict, names=()) -> Optional[dict]:
+    archs = cfg.get("architectures") or [("AlbertModel" if cfg.get("model_type") == "albert" else "BertModel")]
+    arch = archs[0]
+    if arch in MASKED_LM:
+        nsp = any(n.startswith(("cls.seq_relationship.", "sop_classifier.")) for n in names)
+        head = "pretrainer" if nsp else None
+    elif arch not in ARCHITECTURES:
+        refuse(where, "architectures", archs, f"bertc imports {', '.join([*ARCHITECTURES, *MASKED_LM])}")
+    else:
+        head = ARCHITECTURES[arch]
+    num_labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
+    if head in ("classifier", "token_classifier"):
+        return {"type": head, "num_classes": num_labels, "dropout_rate": _classifier_dropout(cfg)}
+    if head == "span_labeler":
+        if num_labels != 2:
+            refuse(where, "num_labels", num_labels, "a question-answering head has 2 outputs (start, end)")
+        return {"type": "span_labeler"}
+    if head == "pretrainer":
+        return {"type": "pretrainer", "num_token_predictions": min(DEFAULT_MLM_PREDICTIONS, enc["max_sequence_length"]),
+                "num_classes": 2, "output": "logits", "activation": enc["activation"],
+                "layer_norm_epsilon": enc["layer_norm_epsilon"]}
+    return None
+
+
+# --- sentence-transformers ---------------------------------------------------------------------------
+
+_LEGACY_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                   "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                   "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def sentence_transformers_modules(root: Path) -> Optional[dict]:
+    """For a sentence-transformers directory: transformer path, head spec, max length; else None."""
+    modules_file = root / "modules.json"
+    if not modules_file.exists():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text())
+    except ValueError as exc:
+        raise WeightsError(f"{modules_file}: not readable JSON: {exc}") from None
+    transformer, pooling, normalize = None, None, False
+    for i, m in enumerate(modules):
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        where = f"{modules_file}: module {i} ({m.get('path') or m.get('name')})"
+        if kind == "Transformer" and transformer is None:
+            transformer = root / m.get("path", "")
+        elif kind == "Pooling" and pooling is None and transformer is not None:
+            pooling = _pooling_mode(root / m.get("path", "") / "config.json")
+        elif kind == "Normalize" and pooling is not None and not normalize:
+            normalize = True
+        else:
+            refuse(where, "type", m.get("type"), "bertc's sentence_embedding head is Transformer -> Pooling "
+                                                  "(mean, cls or max) -> optional Normalize")
+    if transformer is None or pooling is None:
+        raise WeightsError(f"{modules_file}: needs a Transformer and a Pooling module")
+    # the length the model truncates to: sentence_bert_config.json (up to v5), else the tokenizer's (v6)
+    max_len = None
+    st_config = transformer / "sentence_bert_config.json"
+    if st_config.exists():
+        max_len = read_json(st_config).get("max_seq_length")
+    if max_len is None and (transformer / "tokenizer_config.json").exists():
+        value = read_json(transformer / "tokenizer_config.json").get("model_max_length")
+        max_len = value if isinstance(value, int) and value < 1_000_000 else None
+    return {"transformer": transformer, "head": {"type": "sentence_embedding", "pooling": pooling,
+                                                 "normalize": normalize}, "max_len": max_len}
+
+
+def _pooling_mode(path: Path) -> str:
+    """The one pooling mode of a sentence-transformers Pooling config: ``pooling_mode`` (v6: a name or a
+    list) or the older ``pooling_mode_*`` booleans."""
+    cfg = read_json(path)
+    if "pooling_mode" in cfg:
+        value = cfg["pooling_mode"]
+        modes = [value] if isinstance(value, str) else list(value)
+        key, shown = "pooling_mode", value
+    else:
+        modes = [mode for key, mode in _LEGACY_POOLING.items() if cfg.get(key)]
+        key, shown = "pooling_mode_*", {k: cfg[k] for k in _LEGACY_POOLING if cfg.get(k)}
+    if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
+        refuse(str(path), key, shown, "bertc pools by exactly one of mean, cls or max (sentence-transformers "
+                                       "concatenates several)")
+    if cfg.get("include_prompt") is False:
+        refuse(str(path), "include_prompt", False, "bertc pools over every real token, prompt included")
+    return modes[0]
+
+
+def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
+    """A spec dict for a HF model directory (or a sentence-transformers one); ``names``: the checkpoint's
+    tensor names; ``encoder_only``: no head (the checkpoint's head tensors are then reported as ignored)."""
+    root = source if source.is_dir() else source.parent
+    st = None if encoder_only else sentence_transformers_modules(root)
+    model_dir = st["transformer"] if st else root
+    where = str(model_dir / "config.json")
+    cfg = read_json(model_dir / "config.json")
+    enc = encoder_from_config(cfg, where, st["max_len"] if st else None)
+    head = st["head"] if st else (None if encoder_only else head_from_config(cfg, where, enc, names))
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if head is None and names and not any(".pooler." in f".{n}" for n in names):
+        raise UnsupportedModel(f"{where}: the checkpoint has no pooler (architectures {arch}); bertc's encoder "
+                               f"without a head also outputs pooled_output, so it needs one")
+    described = f"sentence-transformers model ({arch}, {head['pooling']} pooling" \
+                f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
+    note = ""
+    if head is not None and head["type"] == "pretrainer":
+        note = (f" num_token_predictions {head['num_token_predictions']} is not in config.json: set it to the "
+                f"masked positions per sequence you feed.")
+    if head is None and (encoder_only or arch in MASKED_LM):
+        note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
+    if st and enc["max_sequence_length"] < cfg["max_position_embeddings"]:
+        note += (f" max_sequence_length {enc['max_sequence_length']} is the model's own maximum length (its "
+                 f"position table has {cfg['max_position_embeddings']}).")
+    spec = {"description": f"Imported from {described} at {root.name}/ by bertc import.{note}",
+            "encoder": enc}
+    if head is not None:
+        spec["head"] = head
+    return spec

@@ -1,0 +1,137 @@
+"""The tokenizer that belongs to a model: bundled into OUT, and used to turn real text into inputs.
+
+``bundle_tokenizer`` copies the tokenizer files found beside the trained weights into the build
+directory (so OUT is what a deployment needs) and returns the report's ``tokenizer`` section.
+``encode_texts`` tokenizes text with the bundled tokenizer (the ``tokenizers`` library, optional
+extra ``text``) into the model's int32 inputs, for parity and benchmarks on real inputs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from bertc.errors import BertcError, OutputError
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+
+
+def _tokenizer_dir(source: Path) -> Path:
+    return source if source.is_dir() else source.parent
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
+    config = _read_json(directory / "tokenizer_config.json") if "tokenizer_config.json" in files else {}
+    if "tokenizer.json" in files:
+        kind = "tokenizers (tokenizer.json)"
+    elif "vocab.txt" in files:
+        kind = "WordPiece (vocab.txt)"
+    else:
+        kind = "SentencePiece (spiece.model)"
+    section = {"files": list(files), "kind": kind}
+    for key in ("tokenizer_class", "do_lower_case", "model_max_length"):
+        if key in config:
+            section[key] = config[key]
+    return section
+
+
+def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
+    """Copy the tokenizer files beside ``source`` into ``out``; the report section, or None if there are none."""
+    directory = _tokenizer_dir(Path(source))
+    files = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not any(name in files for name in ("tokenizer.json", "vocab.txt", "spiece.model")):
+        return None
+    for name in files:
+        try:
+            shutil.copyfile(directory / name, Path(out) / name)
+        except OSError as exc:
+            raise OutputError(f"cannot copy the tokenizer file {directory / name} into the build: {exc}") from None
+    return {"source": str(directory.resolve()), **describe_tokenizer(directory, files)}
+
+
+def load_tokenizer(out_dir: Path, max_len: int):
+    """A ``tokenizers.Tokenizer`` for the files in ``out_dir``, truncating to ``max_len``."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise BertcError("real-text inputs need the tokenizers library: pip install 'bertc[text]'") from None
+    out_dir = Path(out_dir)
+    if (out_dir / "tokenizer.json").exists():
+        tok = tokenizers.Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    elif (out_dir / "vocab.txt").exists():
+        config = _read_json(out_dir / "tokenizer_config.json")
+        # HF BertTokenizer's default is do_lower_case=True, and so is every original (uncased) BERT vocab
+        tok = tokenizers.BertWordPieceTokenizer(str(out_dir / "vocab.txt"),
+                                                lowercase=bool(config.get("do_lower_case", True)))
+    elif (out_dir / "spiece.model").exists():
+        raise BertcError(f"{out_dir}: only spiece.model is bundled; the tokenizers library needs tokenizer.json "
+                         f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
+    else:
+        raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json or vocab.txt); it is bundled "
+                         f"when the trained weights come with one")
+    tok.enable_truncation(max_length=max_len)
+    tok.no_padding()
+    return tok
+
+
+def read_texts(path: Path) -> list:
+    """One example per non-empty line; a tab separates a sentence pair."""
+    try:
+        lines = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BertcError(f"{path}: cannot read the text file: {exc}") from None
+    texts = [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines if line.strip()]
+    if not texts:
+        raise BertcError(f"{path}: no text (one example per line; a tab separates a sentence pair)")
+    return texts
+
+
+def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Tokenize ``texts`` (strings or (text, pair) tuples) with the tokenizer bundled in ``out_dir``:
+    int32 ``input_word_ids``, ``input_mask``, ``input_type_ids`` padded to the longest, plus the extra
+    inputs ``spec``'s head needs (masked-LM positions inside the real tokens)."""
+    tok = load_tokenizer(out_dir, max_len)
+    encodings = tok.encode_batch([t if isinstance(t, str) else tuple(t) for t in texts])
+    width = max(len(e.ids) for e in encodings)
+    out = {"input_word_ids": np.zeros((len(encodings), width), np.int32),
+           "input_mask": np.zeros((len(encodings), width), np.int32),
+           "input_type_ids": np.zeros((len(encodings), width), np.int32)}
+    for i, e in enumerate(encodings):
+        n = len(e.ids)
+        out["input_word_ids"][i, :n] = e.ids
+        out["input_mask"][i, :n] = e.attention_mask
+        out["input_type_ids"][i, :n] = e.type_ids
+    if spec is not None:
+        names = set(spec.encoder.input_names)
+        out = {k: v for k, v in out.items() if k in names}
+        if "input_word_ids" in out and int(out["input_word_ids"].max()) >= spec.encoder.vocab_size:
+            raise BertcError(f"the tokenizer in {out_dir} produced id {int(out['input_word_ids'].max())}, outside "
+                             f"the model's vocab_size {spec.encoder.vocab_size}: it is not this model's tokenizer")
+        if spec.head is not None:
+            from bertc.registry import HEADS
+
+            lengths = out["input_mask"].sum(axis=1)
+            out.update(HEADS.component(spec.head.type).make_inputs(spec.head, lengths, np.random.default_rng(seed)))
+    return out
+
+
+def text_cases(out_dir: Path, path: Path, spec) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Parity cases from a text file: every example in one padded batch, and the first one alone."""
+    texts = read_texts(path)
+    max_len = spec.encoder.max_sequence_length
+    cases = [(f"text: {len(texts)} example(s) from {Path(path).name}", encode_texts(out_dir, texts, max_len, spec))]
+    if len(texts) > 1:
+        cases.append((f"text: example 1 of {Path(path).name} alone", encode_texts(out_dir, texts[:1], max_len, spec)))
+    return cases

@@ -1,0 +1,206 @@
+"""Trained weights into a built model: the loading rules shared by every checkpoint format.
+
+Nothing here knows a checkpoint format: :func:`bertc.importers.load_weights` opens the checkpoint,
+picks its importer, and calls :func:`load_into`.
+
+A checkpoint (:mod:`bertc.checkpoints`) lists tensors; an importer (:mod:`bertc.importers`)
+translates each tensor name into a bertc weight path (``layer_0/attention/query/kernel``) with
+the layout change it needs (a torch ``Linear`` weight is transposed, a Model Garden (H, N, D)
+attention kernel reshaped), or says why it is irrelevant (an optimizer slot, HF ``position_ids``).
+This module applies the rules:
+
+- every weight of the model must be found, with the shape the model has (after the declared layout
+  change; a longer position table is cut to the model's ``max_sequence_length`` and reported);
+- a tensor the importer does not know, or one whose weight the model lacks, is an error, except
+  the pooler of a model whose head does not read it, and a task head's tensors when the model is the
+  encoder alone (reported as ignored, with the reason);
+- several tensors for one weight are tied copies (a masked-LM decoder and the word embeddings):
+  the same tensor saved twice, so they must be bit-identical;
+- every problem is collected and raised as one :class:`~bertc.errors.WeightsError`, naming the
+  checkpoint tensor and the bertc weight with both shapes. Nothing is assigned unless all fit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from bertc.errors import WeightsError
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a checkpoint tensor goes: a bertc weight path and the layout change it needs."""
+
+    path: str
+    layout: str = "same"  # "same" | "transpose" (torch Linear / TF1 output_weights) | "reshape" (Model Garden heads)
+    tied: bool = False  # a tied copy of a weight another tensor also gives (must be equal)
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A checkpoint tensor that is not a weight of any model (with the reason reported)."""
+
+    reason: str
+
+
+Translation = Union[Target, Ignored, None]  # None: the importer does not know this tensor
+Translator = Callable[[str], Translation]
+
+# Weights a checkpoint may carry that the model legitimately lacks, and why.
+_UNUSED_OK = {
+    "pooler/": "pooler: this model's head does not read the pooled output",
+}
+# A task head's weights in the checkpoint of a model built without any head (the encoder alone).
+HEAD_PREFIXES = ("classifier/", "token_classifier/", "span_labeler/", "masked_lm/", "next_sentence/")
+_HEADLESS = "task head of the checkpoint: this spec builds the encoder alone (no head)"
+
+
+@dataclass
+class LoadResult:
+    source: str
+    format: str
+    importer: str
+    tensors: int
+    loaded: dict[str, str] = field(default_factory=dict)  # bertc path -> checkpoint name
+    notes: dict[str, str] = field(default_factory=dict)  # bertc path -> layout change made
+    tied: dict[str, str] = field(default_factory=dict)  # checkpoint name -> bertc path it is a copy of
+    ignored: dict[str, str] = field(default_factory=dict)  # checkpoint name -> reason
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "format": self.format, "importer": self.importer,
+                "checkpoint_tensors": self.tensors, "weights_loaded": len(self.loaded),
+                "tensors_used": len(self.loaded) + len(self.tied),
+                "mapping": self.loaded, "layout_changes": self.notes, "tied_copies": self.tied,
+                "ignored": [{"name": n, "reason": r} for n, r in sorted(self.ignored.items())]}
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} weights from {self.tensors} tensors ({self.format}); "
+                f"{len(self.ignored)} ignored")
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _arrange(array: np.ndarray, target: Target, want: tuple) -> tuple[Optional[np.ndarray], str]:
+    """``array`` laid out as the model's weight (or None), and a note on what was changed."""
+    note = ""
+    if target.layout == "transpose":
+        if array.ndim != 2:
+            return None, f"a 2-D tensor to transpose, got {array.ndim}-D"
+        array, note = array.T, "transposed (out, in) -> (in, out)"
+    elif target.layout == "reshape" and array.shape != want:
+        if array.size != int(np.prod(want)):
+            return None, ""
+        array, note = array.reshape(want), f"reshaped {_fmt(array.shape)} -> {_fmt(want)}"
+    if array.shape != want and target.path.endswith("position_embeddings") and array.ndim == 2 \
+            and array.shape[1] == want[1] and array.shape[0] > want[0]:
+        note = (note + "; " if note else "") + f"first {want[0]} of {array.shape[0]} positions (max_sequence_length)"
+        array = array[: want[0]]
+    return (array if array.shape == want else None), note
+
+
+def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[str], tuple],
+         translate: Translator) -> tuple[dict[str, list[tuple[str, Target]]], dict[str, str], list[str]]:
+    """Match checkpoint names to model weights: (path -> [(name, target)], ignored name -> reason, problems)."""
+    sources: dict[str, list[tuple[str, Target]]] = {}
+    ignored: dict[str, str] = {}
+    problems: list[str] = []
+    headless = not any(p.startswith(HEAD_PREFIXES) for p in model_weights)
+    for name in names:
+        t = translate(name)
+        if isinstance(t, Ignored):
+            ignored[name] = t.reason
+        elif t is None:
+            problems.append(f"unused: checkpoint tensor '{name}' {_fmt(shape_of(name))} is not a weight bertc knows "
+                            f"how to place")
+        elif t.path not in model_weights:
+            why = next((r for prefix, r in _UNUSED_OK.items() if t.path.startswith(prefix)), None)
+            if why is None and headless and t.path.startswith(HEAD_PREFIXES):
+                why = _HEADLESS
+            if why:
+                ignored[name] = why
+            else:
+                problems.append(f"unused: checkpoint tensor '{name}' {_fmt(shape_of(name))} belongs at bertc weight "
+                                f"'{t.path}', which this model does not have")
+        else:
+            sources.setdefault(t.path, []).append((name, t))
+    for path, shape in model_weights.items():
+        if path not in sources:
+            problems.append(f"missing: bertc weight '{path}' {_fmt(shape)} has no tensor in the checkpoint")
+        elif all(t.tied for _, t in sources[path]):
+            first = sources[path][0][0]
+            problems.append(f"missing: bertc weight '{path}' {_fmt(shape)} has only a tied copy ('{first}') "
+                            f"in the checkpoint")
+    return sources, ignored, problems
+
+
+def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadResult:
+    """Assign every weight of ``model`` from ``checkpoint`` (all-or-nothing); raises WeightsError."""
+    weights = {w.path: w for w in model.weights}
+    if len(weights) != len(model.weights):
+        raise WeightsError("the model has several weights with one path; bertc cannot load weights by name into it")
+    shapes = {p: tuple(int(d) for d in w.shape) for p, w in weights.items()}
+    names = checkpoint.names()
+    sources, ignored, problems = plan(shapes, names, checkpoint.shape, translate)
+    result = LoadResult(str(checkpoint.location), checkpoint.format, importer, len(names), ignored=ignored)
+    values: dict[str, np.ndarray] = {}
+    for path, items in sorted(sources.items()):
+        want = shapes[path]
+        for name, target in sorted(items, key=lambda it: it[1].tied):  # the primary tensor first
+            array, note = _arrange(checkpoint.read(name), target, want)
+            if array is None:
+                how = {"transpose": " transposed", "reshape": " reshaped"}.get(target.layout, "")
+                problems.append(f"shape: checkpoint tensor '{name}' {_fmt(checkpoint.shape(name))}{how} does not fit "
+                                f"bertc weight '{path}' {_fmt(want)}"
+                                + (f" ({note})" if note and target.layout != "transpose" else ""))
+                continue
+            if path not in values:
+                values[path], result.loaded[path] = array, name
+                if note:
+                    result.notes[path] = note
+            elif not np.array_equal(values[path], array):
+                diff = float(np.max(np.abs(values[path] - array)))
+                problems.append(f"tied: checkpoint tensors '{result.loaded[path]}' and '{name}' both give bertc weight "
+                                f"'{path}' (tied in bertc) but differ (max abs diff {diff:.3g})")
+            else:
+                result.tied[name] = path
+    if problems:
+        head = f"cannot load weights from {checkpoint.describe()} into this model: {len(problems)} problem(s):"
+        if not sources:
+            head += (f"\n  (none of its tensor names is one the {importer} importer knows: is this checkpoint of a "
+                     f"model bertc imports, in the format its file suggests?)")
+        raise WeightsError("\n".join([head] + [f"  - {p}" for p in problems]))
+    for path, array in values.items():
+        weights[path].assign(array.astype(np.dtype(weights[path].dtype)))
+    return result
+
+
+def resolve_weights_path(spec_weights: Optional[str], spec_file: Optional[Path]) -> Optional[Path]:
+    """The spec's ``weights`` entry as a path: relative entries resolve against the spec file's directory."""
+    if not spec_weights:
+        return None
+    path = Path(spec_weights).expanduser()
+    if not path.is_absolute():
+        base = Path(spec_file).resolve().parent if spec_file else Path.cwd()
+        path = base / path
+    return path
+
+
+def relative_entry(target: Path, directory: Path) -> str:
+    """``target`` as a ``weights`` entry of a spec in ``directory``: relative when the two share a directory
+    below the filesystem root (a project moved as a whole keeps working), absolute otherwise."""
+    import os
+
+    target, directory = Path(target).resolve(), Path(directory).resolve()
+    if os.path.commonpath([target, directory]) == target.anchor:
+        return str(target)
+    return os.path.relpath(target, directory)
+
+
+def weights_entry_for(weights: Path, out: Path) -> str:
+    """The ``weights`` entry of the spec.json written into ``out``: the same file, relative to ``out``."""
+    return relative_entry(weights, out)

@@ -1,0 +1,493 @@
+"""Trained weights in: every fixture reproduces its framework's reference outputs; bad checkpoints fail clearly.
+
+Fixtures (tests/fixtures, regenerated only by tools/make_*_fixtures.py) hold tiny random-weight
+checkpoints and the outputs transformers / Model Garden computed for them on fixed inputs.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertc
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, UnsupportedModel, WeightsError
+from bertc.importers import import_spec, load_weights
+from bertc.signature import signature_of
+from bertc.spec import load_spec
+from bertc.weights import resolve_weights_path
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "albert_model", "albert_seq_cls",
+      "albert_pretraining", "st_bert_mean_norm"]
+MG = ["bert_encoder", "albert_encoder", "scaffold_talking_gated", "scaffold_rezero", "bert_classifier",
+      "bert_span_labeler", "bert_pretrainer"]
+ALL = [f"hf/{n}" for n in HF] + ["bert_tf1"] + [f"model_garden/{n}" for n in MG]
+EXPECTED = {  # encoder type, head type the import must choose
+    "hf/bert_model": ("bert", None), "hf/bert_seq_cls": ("bert", "classifier"),
+    "hf/bert_token_cls": ("bert", "token_classifier"), "hf/bert_qa": ("bert", "span_labeler"),
+    "hf/bert_pretraining": ("bert", "pretrainer"), "hf/albert_model": ("albert", None),
+    "hf/albert_seq_cls": ("albert", "classifier"), "hf/albert_pretraining": ("albert", "pretrainer"),
+    "hf/st_bert_mean_norm": ("bert", "sentence_embedding"), "bert_tf1": ("bert", "pretrainer"),
+    "model_garden/bert_encoder": ("bert", None), "model_garden/albert_encoder": ("albert", None),
+    "model_garden/scaffold_talking_gated": ("scaffold", None), "model_garden/scaffold_rezero": ("scaffold", None),
+    "model_garden/bert_classifier": ("bert", "classifier"), "model_garden/bert_span_labeler": ("bert", "span_labeler"),
+    "model_garden/bert_pretrainer": ("bert", "pretrainer"),
+}
+ATOL = 1e-5
+
+
+def imported(fixture: str, directory: Path):
+    """``bertc import`` of a fixture into ``directory``: (spec path, reference arrays)."""
+    ref = dict(np.load(FIXTURES / fixture / "reference.npz"))
+    path = directory / "spec.json"
+    data = import_spec(FIXTURES / fixture, path)
+    if data.get("head", {}).get("type") == "pretrainer":  # the reference has 4 masked positions per row
+        data["head"]["num_token_predictions"] = int(ref["masked_lm_positions"].shape[1])
+        path.write_text(json.dumps(data))
+    return path, ref
+
+
+def max_diffs(run, sig, ref) -> dict:
+    got = run({i.name: ref[i.name] for i in sig.inputs})
+    return {o.name: float(np.max(np.abs(np.asarray(got[o.name]) - ref[o.name]))) for o in sig.outputs}
+
+
+def keras_run(model):
+    return lambda x: {k: v.numpy() for k, v in model(x, training=False).items()}
+
+
+@pytest.mark.parametrize("fixture", ALL)
+def test_imported_model_reproduces_reference_in_keras(fixture, tmp_path):
+    spec_path, ref = imported(fixture, tmp_path)
+    spec = load_spec(spec_path)
+    assert (spec.encoder.type, spec.head.type if spec.head else None) == EXPECTED[fixture]
+    if fixture.startswith("model_garden/") and fixture != "model_garden/albert_encoder":  # inferred from shapes
+        assert "assumed (not in the checkpoint): activation gelu" in spec.description
+    sig = signature_of(spec)
+    model = bertc.build_model(spec)
+    before = max_diffs(keras_run(model), sig, ref)
+    result = load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
+    assert result.loaded and len(result.loaded) == len(model.weights)
+    diffs = max_diffs(keras_run(model), sig, ref)
+    assert max(diffs.values()) <= ATOL, diffs
+    assert max(before.values()) > 1e-2  # the match comes from the loaded weights
+
+
+# --- full builds (Keras + ONNX + TFLite + parity), one per module -------------------------------------
+
+@pytest.fixture(scope="module", params=["hf/bert_model", "hf/st_bert_mean_norm", "model_garden/scaffold_talking_gated"])
+def built(request, tmp_path_factory):
+    from bertc.pipeline import BuildOptions, build
+
+    work = tmp_path_factory.mktemp(request.param.replace("/", "_"))
+    spec_path, ref = imported(request.param, work)
+    out = work / "out"
+    report = build(spec_path, BuildOptions(out=out))
+    return request.param, out, report, ref
+
+
+def test_every_backend_reproduces_reference(built):
+    from bertc.parity import onnx_runner, tflite_runner
+
+    fixture, out, report, ref = built
+    assert report["status"] == "passed" and report["parity"]["passed"]
+    sig = signature_of(load_spec(out / "spec.json"))
+    for name, run in (("onnx", onnx_runner(out / "model.onnx", "CPUExecutionProvider")),
+                      ("tflite", tflite_runner(out / "model.tflite"))):
+        diffs = max_diffs(run, sig, ref)
+        assert max(diffs.values()) <= ATOL, (fixture, name, diffs)
+
+
+def test_report_names_weights_and_spec_json_points_at_them(built):
+    fixture, out, report, _ = built
+    w = report["weights"]
+    source = FIXTURES / fixture / ("ckpt-1" if fixture.startswith("model_garden") else "")
+    assert w["source"] == str(source.resolve())
+    assert w["weights_loaded"] == len(w["mapping"]) and w["weights_loaded"] > 0
+    written = load_spec(out / "spec.json")
+    assert resolve_weights_path(written.weights, out / "spec.json") == source.resolve()
+    if fixture == "hf/st_bert_mean_norm":  # BertModel's pooler is in the checkpoint but the head pools tokens
+        assert {i["name"] for i in w["ignored"]} == {"pooler.dense.weight", "pooler.dense.bias"}
+        assert all("does not read the pooled output" in i["reason"] for i in w["ignored"])
+    if fixture.startswith("model_garden"):
+        assert {"save_counter"} <= {i["name"] for i in w["ignored"]}
+        assert "reshaped (2, 8, 16) -> (16, 16)" in w["layout_changes"]["layer_0/attention/attention_output/kernel"]
+
+
+def test_tokenizer_is_bundled_and_parity_runs_on_real_text(built, tmp_path):
+    fixture, out, report, _ = built
+    if fixture == "model_garden/scaffold_talking_gated":
+        assert "tokenizer" not in report and not (out / "vocab.txt").exists()
+        return
+    assert set(report["tokenizer"]["files"]) <= {p.name for p in out.iterdir()}
+    assert "tokenizer.json" in report["tokenizer"]["files"]
+    from bertc.text import encode_texts
+
+    vocab = (FIXTURES / "hf" / "bert_model" / "vocab.txt").read_text().split("\n")
+    x = encode_texts(out, ["The cat sat", "dog"], 16)
+    want = [vocab.index(t) for t in ("[CLS]", "the", "cat", "sat", "[SEP]")]
+    assert x["input_word_ids"][0].tolist() == want and x["input_mask"].tolist()[1] == [1, 1, 1, 0, 0]
+    text = tmp_path / "texts.txt"
+    text.write_text("the cat sat on the mat.\nthe dog ran fast\tit was a big red car!\n")
+    assert main(["parity", str(out), "--text", str(text), "--json"]) == 0
+    section = json.loads((out / "report.json").read_text())["parity"]
+    assert section["passed"] and section["grid"][0]["case"].startswith("text: 2 example(s)")
+    assert max(section["max_abs_by_backend"].values()) <= 1e-4
+
+
+# --- bertc import / build from the command line ---------------------------------------------------------
+
+def test_cli_import_then_build_with_no_edits(tmp_path, capsys):
+    spec = tmp_path / "specs" / "qa.json"
+    assert main(["import", str(FIXTURES / "hf" / "bert_qa"), "-o", str(spec)]) == 0
+    data = json.loads(spec.read_text())
+    assert data["head"] == {"type": "span_labeler"} and "BertForQuestionAnswering" in data["description"]
+    assert (spec.parent / data["weights"]).resolve() == (FIXTURES / "hf" / "bert_qa").resolve()
+    out = tmp_path / "out"
+    assert main(["build", str(spec), "-o", str(out), "-q", "--no-export"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"]["format"] == "safetensors" and report["weights"]["weights_loaded"] == 39
+    assert main(["import", str(FIXTURES / "hf" / "bert_qa"), "-o", str(spec)]) == 5  # exists, no --force
+
+
+def test_cli_weights_option_overrides_spec(tmp_path):
+    spec_path, ref = imported("hf/bert_seq_cls", tmp_path)
+    data = json.loads(spec_path.read_text())
+    data["weights"] = "does/not/exist"
+    spec_path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-export"]) == EXIT_BAD_SPEC
+    assert not out.exists()
+    assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-export",
+                 "--weights", str(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors")]) == 0
+    from bertc.transfer import load_keras_model
+
+    model = load_keras_model(out)
+    sig = signature_of(load_spec(out / "spec.json"))
+    assert max(max_diffs(keras_run(model), sig, ref).values()) <= ATOL
+
+
+def test_bertc_keras_build_is_a_weights_source(tmp_path):
+    spec_path, ref = imported("model_garden/bert_classifier", tmp_path)
+    first = tmp_path / "first"
+    assert main(["build", str(spec_path), "-o", str(first), "-q", "--no-export"]) == 0
+    again = load_spec(spec_path)
+    model = bertc.build_model(again)
+    result = load_weights(model, again, first)
+    assert result.format == "keras" and result.importer == "bertc"
+    assert max(max_diffs(keras_run(model), signature_of(again), ref).values()) <= ATOL
+
+
+# --- bad checkpoints -------------------------------------------------------------------------------------
+
+def hf_copy(tmp_path, name="bert_seq_cls", edit=None) -> Path:
+    from safetensors.numpy import load_file, save_file
+
+    directory = tmp_path / name
+    shutil.copytree(FIXTURES / "hf" / name, directory)
+    if edit is not None:
+        tensors = load_file(str(directory / "model.safetensors"))
+        edit(tensors)
+        save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+def load_into_fresh(spec_dict_or_path, source):
+    spec = load_spec(spec_dict_or_path)
+    return load_weights(bertc.build_model(spec), spec, source)
+
+
+def seq_cls_spec(tmp_path, **head):
+    data = json.loads(import_spec(FIXTURES / "hf" / "bert_seq_cls", tmp_path / "s.json") and
+                      (tmp_path / "s.json").read_text())
+    data["head"].update(head)
+    data.pop("weights")
+    return data
+
+
+def test_missing_tensor_is_named_with_its_shape(tmp_path):
+    source = hf_copy(tmp_path, edit=lambda t: t.pop("classifier.weight"))
+    with pytest.raises(WeightsError, match=r"missing: bertc weight 'classifier/kernel' \(16, 3\) has no tensor"):
+        load_into_fresh(seq_cls_spec(tmp_path), source)
+
+
+def test_wrong_shapes_and_unknown_tensors_are_all_listed_at_once(tmp_path):
+    def edit(t):
+        t["bert.encoder.layer.1.output.dense.weight"] = t["bert.encoder.layer.1.output.dense.weight"][:, :30].copy()
+        t["extra.projection.weight"] = np.zeros((4, 4), np.float32)
+
+    source = hf_copy(tmp_path, edit=edit)
+    with pytest.raises(WeightsError) as err:
+        load_into_fresh(seq_cls_spec(tmp_path, num_classes=5), source)
+    msg = str(err.value)
+    assert "4 problem(s)" in msg
+    assert "shape: checkpoint tensor 'classifier.bias' (3,) does not fit bertc weight 'classifier/bias' (5,)" in msg
+    assert ("shape: checkpoint tensor 'classifier.weight' (3, 16) transposed does not fit bertc weight "
+            "'classifier/kernel' (16, 5)") in msg
+    assert ("shape: checkpoint tensor 'bert.encoder.layer.1.output.dense.weight' (16, 30) transposed does not fit "
+            "bertc weight 'layer_1/feedforward/output/kernel' (32, 16)") in msg
+    assert "unused: checkpoint tensor 'extra.projection.weight' (4, 4)" in msg
+
+
+def test_tensor_for_a_weight_the_model_lacks_is_an_error(tmp_path):
+    spec = seq_cls_spec(tmp_path)
+    spec["head"] = {"type": "span_labeler"}  # no classifier weights, and the pooler is then unused (ignored)
+    with pytest.raises(WeightsError) as err:
+        load_into_fresh(spec, FIXTURES / "hf" / "bert_seq_cls")
+    msg = str(err.value)
+    assert "unused: checkpoint tensor 'classifier.weight' (3, 16) belongs at bertc weight 'classifier/kernel'" in msg
+    assert "missing: bertc weight 'span_labeler/kernel' (16, 2)" in msg and "pooler" not in msg
+
+
+def test_tied_copies_must_agree(tmp_path):
+    def edit(t):
+        t["cls.predictions.decoder.weight"] = t["bert.embeddings.word_embeddings.weight"] + 1.0
+
+    source = hf_copy(tmp_path, "bert_pretraining", edit)
+    spec = json.loads(json.dumps(import_spec(source, tmp_path / "p.json")))
+    spec.pop("weights")
+    with pytest.raises(WeightsError, match=r"tied: .*'cls.predictions.decoder.weight'.*differ \(max abs diff 1\)"):
+        load_into_fresh(spec, source)
+
+
+def test_longer_position_table_is_cut_and_reported(tmp_path):
+    spec = json.loads(json.dumps(import_spec(FIXTURES / "hf" / "bert_model", tmp_path / "m.json")))
+    spec.pop("weights")
+    spec["encoder"]["max_sequence_length"] = 8
+    result = load_into_fresh(spec, FIXTURES / "hf" / "bert_model")
+    assert result.notes["embeddings/position_embeddings"] == "first 8 of 16 positions (max_sequence_length)"
+
+
+def test_truncated_safetensors(tmp_path):
+    source = hf_copy(tmp_path)
+    data = (source / "model.safetensors").read_bytes()
+    (source / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"model.safetensors: not a readable safetensors file .*truncated"):
+        load_into_fresh(seq_cls_spec(tmp_path), source)
+
+
+def test_directory_without_weights(tmp_path):
+    (tmp_path / "empty").mkdir()
+    shutil.copyfile(FIXTURES / "hf" / "bert_qa" / "config.json", tmp_path / "empty" / "config.json")
+    with pytest.raises(WeightsError, match=r"no weights found in this directory: expected model.safetensors .* "
+                                           r"it holds: config.json"):
+        import_spec(tmp_path / "empty", tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_pytorch_pickle_without_torch_says_so(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not used")
+    from bertc.checkpoints import open_checkpoint
+
+    with pytest.raises(WeightsError, match=r"can only be read with torch installed.*convert it to safetensors"):
+        open_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("key, value, fixture", [
+    ("position_embedding_type", "relative_key", "bert_model"),
+    ("hidden_act", "quick_gelu", "bert_model"),
+    ("is_decoder", True, "bert_model"),
+    ("num_hidden_groups", 2, "albert_model"),
+    ("architectures", ["BertForMultipleChoice"], "bert_model"),
+])
+def test_config_bertc_cannot_express_is_refused_naming_key_and_value(tmp_path, key, value, fixture):
+    source = hf_copy(tmp_path, fixture)
+    config = json.loads((source / "config.json").read_text())
+    config[key] = value
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModel, match=rf"config.json: {key} = {json.dumps(value).replace('[', '.')}"):
+        import_spec(source, tmp_path / "x.json")
+
+
+def test_cli_refusal_exits_2_without_traceback(tmp_path, capsys):
+    source = hf_copy(tmp_path, "bert_model")
+    config = json.loads((source / "config.json").read_text())
+    config["position_embedding_type"] = "relative_key_query"
+    (source / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(source), "-o", str(tmp_path / "x.json")]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert 'position_embedding_type = "relative_key_query"' in err and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_sentence_transformers_pooling_config_is_checked(tmp_path):
+    source = tmp_path / "st"
+    shutil.copytree(FIXTURES / "hf" / "st_bert_mean_norm", source)
+    pooling = source / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({"embedding_dimension": 16, "pooling_mode": ["mean", "max"]}))
+    with pytest.raises(UnsupportedModel, match=r"pooling_mode = \[\"mean\", \"max\"\]"):
+        import_spec(source, tmp_path / "x.json")
+    pooling.write_text(json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))  # <= v5
+    assert import_spec(source, tmp_path / "x.json")["head"] == {
+        "type": "sentence_embedding", "pooling": "cls", "normalize": True}
+
+
+# --- the sentence_embedding head against an independent computation -------------------------------------
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_sentence_pooling_matches_numpy(pooling, normalize):
+    from bertc.components.heads import SentencePooling
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]], np.int32)
+    got = SentencePooling(pooling, normalize)(x, mask).numpy()
+    want = []
+    for row, m in zip(x, mask):
+        real = row[m.astype(bool)]
+        want.append({"mean": real.mean(0), "cls": row[0], "max": real.max(0)}[pooling])
+    want = np.stack(want)
+    if normalize:
+        want = want / np.linalg.norm(want, axis=-1, keepdims=True)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_safetensors_are_widened_exactly(tmp_path):
+    import struct
+
+    from bertc.checkpoints import open_checkpoint
+
+    values = np.array([[1.0, -2.5], [0.15625, 3.0]], np.float32)  # exactly representable in bfloat16
+    raw = (values.view(np.uint32) >> 16).astype("<u2").tobytes()
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, len(raw)]}}).encode()
+    header += b" " * ((8 - len(header) % 8) % 8)
+    (tmp_path / "bf16.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw)
+    checkpoint = open_checkpoint(tmp_path / "bf16.safetensors")
+    assert checkpoint.shape("w") == (2, 2)
+    got = checkpoint.read("w")
+    assert got.dtype == np.float32 and np.array_equal(got, values)
+
+
+def test_original_bert_needs_its_config(tmp_path):
+    source = tmp_path / "bert"
+    shutil.copytree(FIXTURES / "bert_tf1", source)
+    (source / "bert_config.json").unlink()
+    with pytest.raises(WeightsError, match=r"needs its bert_config.json beside it"):
+        import_spec(source / "bert_model.ckpt", tmp_path / "x.json")
+
+
+def test_albert_encoder_checkpoint_without_num_layers_is_refused(tmp_path):
+    source = tmp_path / "albert"
+    shutil.copytree(FIXTURES / "model_garden" / "albert_encoder", source)
+    (source / "encoder_config.json").unlink()
+    with pytest.raises(UnsupportedModel, match=r"does not record num_layers.*encoder_config.json"):
+        import_spec(source, tmp_path / "x.json")
+
+
+def test_import_of_a_bertc_build_reuses_its_spec(tmp_path):
+    spec_path, ref = imported("hf/bert_token_cls", tmp_path)
+    out = tmp_path / "out"
+    assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-export"]) == 0
+    again = import_spec(out, tmp_path / "again" / "spec.json", name="again")
+    assert again["encoder"] == json.loads((out / "spec.json").read_text())["encoder"]
+    assert (tmp_path / "again" / again["weights"]).resolve() == (out / "model.keras").resolve()
+
+
+def test_sharded_safetensors_directory(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    source = tmp_path / "sharded"
+    source.mkdir()
+    shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls" / "config.json", source / "config.json")
+    tensors = load_file(str(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, str(source / file))
+    (source / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}))
+    spec_path, ref = tmp_path / "s.json", dict(np.load(FIXTURES / "hf" / "bert_seq_cls" / "reference.npz"))
+    import_spec(source, spec_path)
+    spec = load_spec(spec_path)
+    model = bertc.build_model(spec)
+    result = load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
+    assert result.tensors == len(names) and result.format == "safetensors"
+    assert max(max_diffs(keras_run(model), signature_of(spec), ref).values()) <= ATOL
+
+
+def test_masked_lm_architecture_is_a_pretrainer_when_the_file_has_next_sentence(tmp_path):
+    source = hf_copy(tmp_path, "bert_pretraining")  # bert-base-uncased says BertForMaskedLM but holds both heads
+    config = json.loads((source / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (source / "config.json").write_text(json.dumps(config))
+    assert import_spec(source, tmp_path / "p.json")["head"]["type"] == "pretrainer"
+
+
+def test_masked_lm_only_checkpoint_imports_its_encoder_and_reports_the_head_ignored(tmp_path):
+    def drop_nsp(t):
+        for name in [n for n in t if n.startswith("cls.seq_relationship.")]:
+            t.pop(name)
+
+    source = hf_copy(tmp_path, "bert_pretraining", drop_nsp)
+    config = json.loads((source / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (source / "config.json").write_text(json.dumps(config))
+    data = import_spec(source, tmp_path / "m.json")
+    assert "head" not in data and "Encoder only" in data["description"]
+    result = load_into_fresh(tmp_path / "m.json", source)
+    assert set(result.ignored) == {"cls.predictions.bias", "cls.predictions.transform.dense.weight",
+                                   "cls.predictions.transform.dense.bias", "cls.predictions.transform.LayerNorm.weight",
+                                   "cls.predictions.transform.LayerNorm.bias"}
+    assert all("builds the encoder alone" in why for why in result.ignored.values())
+    assert result.tied == {}  # the decoder weight is not in the file (tied, saved once)
+
+
+def test_cli_encoder_only_drops_the_head(tmp_path, capsys):
+    spec = tmp_path / "enc.json"
+    assert main(["import", str(FIXTURES / "hf" / "bert_seq_cls"), "-o", str(spec), "--encoder-only"]) == 0
+    assert "head" not in json.loads(spec.read_text())
+    result = load_into_fresh(spec, FIXTURES / "hf" / "bert_seq_cls")
+    assert set(result.ignored) == {"classifier.weight", "classifier.bias"}
+
+
+def test_older_hf_layer_norm_names_gamma_beta_are_understood():
+    from bertc.importers import hf
+    from bertc.weights import Target
+
+    spec = load_spec({"name": "x", "encoder": {"type": "bert", "vocab_size": 10, "hidden_size": 8, "num_layers": 1,
+                                               "num_attention_heads": 2, "intermediate_size": 16}})
+    translate = hf.translator([], spec)
+    assert translate("bert.embeddings.LayerNorm.gamma") == Target("embeddings/layer_norm/gamma")
+    assert translate("bert.encoder.layer.0.output.LayerNorm.beta") == Target(
+        "layer_0/feedforward/output_layer_norm/beta")
+    assert translate("bert.encoder.layer.0.attention.self.key.weight") == Target(
+        "layer_0/attention/key/kernel", "transpose")
+
+
+def test_sentence_transformers_dense_module_is_refused(tmp_path):
+    source = tmp_path / "st"
+    shutil.copytree(FIXTURES / "hf" / "st_bert_mean_norm", source)
+    modules = json.loads((source / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (source / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UnsupportedModel, match=r"module 2 \(2_Dense\): type = \"sentence_transformers.models.Dense\""):
+        import_spec(source, tmp_path / "x.json")
+
+
+def test_checkpoint_of_another_model_family_says_so(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"transformer.h.0.attn.c_attn.weight": np.zeros((4, 12), np.float32)},
+              str(tmp_path / "gpt.safetensors"))
+    spec = load_spec(FIXTURES.parent.parent / "specs" / "canonical_classifier.json")
+    with pytest.raises(WeightsError, match=r"none of its tensor names is one the huggingface importer knows"):
+        load_weights(bertc.build_model(spec), spec, tmp_path / "gpt.safetensors")
+
+
+def test_pytorch_pickle_with_torch_reads_like_safetensors(tmp_path):
+    torch = pytest.importorskip("torch")  # bertc never requires torch; this runs where it is installed
+    from safetensors.numpy import load_file
+
+    from bertc.checkpoints import open_checkpoint
+
+    tensors = load_file(str(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors"))
+    torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp_path / "pytorch_model.bin")
+    checkpoint = open_checkpoint(tmp_path)
+    assert checkpoint.format == "pytorch" and checkpoint.names() == sorted(tensors)
+    assert all(np.array_equal(checkpoint.read(n), tensors[n]) for n in tensors)

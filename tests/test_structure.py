@@ -1,0 +1,77 @@
+"""The model's interface flows one way: one Signature from the spec, no import cycles between stages."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from bertc.build import build_model
+from bertc.signature import signature_of
+from bertc.spec import load_spec
+from conftest import ROOT, TINY_SPECS
+
+PACKAGE = ROOT / "bertc"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """bertc module -> the bertc modules it imports anywhere (top level or inside functions)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.add(node.module)
+                targets |= {f"{node.module}.{a.name}" for a in node.names}
+        # Importing a package's submodule runs the package's __init__: not an edge of interest.
+        graph[name] = {t for t in targets if t in modules and t != name and not name.startswith(t + ".")
+                       and t != "bertc"}
+    return graph
+
+
+def _cycles(graph):
+    found, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_import_cycles_between_bertc_modules():
+    graph = _imports()
+    assert "bertc.pipeline" not in graph["bertc.parity"]
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_report_rendering_has_its_own_module():
+    graph = _imports()
+    assert graph["bertc.report"] == set()  # renders data; imports nothing of bertc's
+    assert "bertc.report" in graph["bertc.pipeline"] and "bertc.report" in graph["bertc.parity"]
+
+
+@pytest.mark.parametrize("spec_path", TINY_SPECS, ids=lambda p: p.stem)
+def test_signature_is_the_built_models_interface(spec_path):
+    spec = load_spec(spec_path)
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    assert [t.name for t in model.inputs] == sig.input_names
+    assert list(model.output.keys() if isinstance(model.output, dict) else model.output_names) == sig.output_names
+    for info in sig.inputs:
+        assert tuple(next(t for t in model.inputs if t.name == info.name).shape) == info.shape

@@ -1,0 +1,199 @@
+"""Tiny Hugging Face fixtures (random weights) with reference outputs computed by transformers.
+
+Runs in an environment with torch + transformers + sentence-transformers (not bertc's):
+
+    /work/envs/hf/bin/python tools/make_hf_fixtures.py            # writes tests/fixtures/hf/<name>/
+    /work/envs/hf/bin/python tools/make_hf_fixtures.py --verify   # then imports + builds each with bertc
+                                                                  # and compares Keras / ONNX / TFLite
+
+Every parameter is perturbed away from its initial value (layer-norm gammas away from 1, biases away
+from 0), so a swapped or missing tensor changes the outputs. Each fixture directory holds what
+``save_pretrained`` writes (config.json, model.safetensors; a tokenizer for some) and
+``reference.npz``: the inputs (bertc names) and transformers' outputs under bertc's output names.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers as tr
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "fixtures" / "hf"
+SEQ, BATCH, PREDICTIONS = 16, 3, 4
+LENGTHS = [16, 1, 9]  # a full row, a single real token, a padded row
+WORDS = ("the a an is was of to and in on it that this with for as be by at from not are have has "
+         "cat dog sat mat ran fast slow big small red blue house tree car road").split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [f"##{c}" for c in "sdeingly"] + list(".,!?")
+
+SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+             max_position_embeddings=SEQ, type_vocab_size=2, vocab_size=len(VOCAB))
+# --size base: BERT-base dimensions (a proof run written outside the repository, not a test fixture)
+BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            max_position_embeddings=512, type_vocab_size=2, vocab_size=30522)
+NOISE = {"tiny": 0.1, "base": 0.02}
+noise = NOISE["tiny"]
+
+
+def perturb(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            p.add_(torch.randn(p.shape, generator=g) * noise)
+    model.eval()
+
+
+def inputs(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = (np.arange(SEQ)[None, :] < np.array(LENGTHS)[:, None]).astype(np.int32)
+    ids = rng.integers(5, len(VOCAB), size=(BATCH, SEQ)).astype(np.int32)
+    ids[:, 0] = 2  # [CLS]
+    types = (rng.integers(0, 2, size=(BATCH, SEQ)) * mask).astype(np.int32)
+    positions = np.stack([rng.integers(0, n, size=PREDICTIONS) for n in LENGTHS]).astype(np.int32)
+    return {"input_word_ids": ids * mask, "input_mask": mask, "input_type_ids": types,
+            "masked_lm_positions": positions}
+
+
+def torch_inputs(x):
+    return dict(input_ids=torch.tensor(x["input_word_ids"], dtype=torch.long),
+                attention_mask=torch.tensor(x["input_mask"], dtype=torch.long),
+                token_type_ids=torch.tensor(x["input_type_ids"], dtype=torch.long))
+
+
+def gather(logits: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return np.stack([logits[i, positions[i]] for i in range(len(positions))])
+
+
+def reference(model, arch: str, x) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = model(**torch_inputs(x))
+    if arch.endswith("Model"):
+        return {"sequence_output": out.last_hidden_state.numpy(), "pooled_output": out.pooler_output.numpy()}
+    if arch.endswith("SequenceClassification") or arch.endswith("TokenClassification"):
+        return {"logits": out.logits.numpy()}
+    if arch.endswith("QuestionAnswering"):
+        return {"start_logits": out.start_logits.numpy(), "end_logits": out.end_logits.numpy()}
+    if arch.endswith("PreTraining"):
+        nsp = out.seq_relationship_logits if hasattr(out, "seq_relationship_logits") else out.sop_logits
+        return {"masked_lm": gather(out.prediction_logits.numpy(), x["masked_lm_positions"]),
+                "classification": nsp.numpy()}
+    raise ValueError(arch)
+
+
+def save_tokenizer(directory: Path) -> None:
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    tr.BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=SEQ).save_pretrained(directory)
+
+
+def write(name: str, model, arch: str, seed: int, tokenizer: bool = False, extra: dict | None = None) -> Path:
+    directory = OUT / name
+    shutil.rmtree(directory, ignore_errors=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer:
+        save_tokenizer(directory)
+    x = inputs(seed)
+    np.savez(directory / "reference.npz", **x, **(extra or reference(model, arch, x)))
+    return directory
+
+
+def make_bert(arch: str, seed: int, **config):
+    cfg = tr.BertConfig(**{**SMALL, **config})
+    torch.manual_seed(seed)
+    model = getattr(tr, arch)(cfg)
+    perturb(model, seed)
+    return model
+
+
+def make_albert(arch: str, seed: int, **config):
+    width = 8 if SMALL["hidden_size"] <= 64 else 128
+    cfg = tr.AlbertConfig(**{**SMALL, "embedding_size": width, "hidden_act": "gelu_new", **config})
+    torch.manual_seed(seed)
+    model = getattr(tr, arch)(cfg)
+    perturb(model, seed)
+    return model
+
+
+def make_sentence_transformer(seed: int) -> Path:
+    from sentence_transformers import SentenceTransformer, models
+
+    directory = OUT / "st_bert_mean_norm"
+    shutil.rmtree(directory, ignore_errors=True)
+    base = OUT / "_st_base"
+    bert = make_bert("BertModel", seed)
+    bert.save_pretrained(base, safe_serialization=True)
+    save_tokenizer(base)
+    word = models.Transformer(str(base), max_seq_length=SEQ)
+    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    st = SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
+    st.save(str(directory))
+    (directory / "README.md").unlink(missing_ok=True)  # the generated model card: not needed to load the model
+    shutil.rmtree(base)
+    x = inputs(seed)
+    features = {k: v for k, v in torch_inputs(x).items()}
+    with torch.no_grad():
+        emb = st(features)["sentence_embedding"].numpy()
+    np.savez(directory / "reference.npz", **x, sentence_embedding=emb)
+    return directory
+
+
+FIXTURES = {
+    "bert_model": lambda: write("bert_model", make_bert("BertModel", 1), "BertModel", 1, tokenizer=True),
+    "bert_seq_cls": lambda: write("bert_seq_cls", make_bert("BertForSequenceClassification", 2, num_labels=3,
+                                                             hidden_act="gelu_new"),
+                                  "BertForSequenceClassification", 2),
+    "bert_token_cls": lambda: write("bert_token_cls", make_bert("BertForTokenClassification", 3, num_labels=4,
+                                                                 hidden_act="relu"),
+                                    "BertForTokenClassification", 3),
+    "bert_qa": lambda: write("bert_qa", make_bert("BertForQuestionAnswering", 4), "BertForQuestionAnswering", 4),
+    # gelu_new: original BERT's (tanh) gelu, so that bert_tf1 can be written from these weights
+    "bert_pretraining": lambda: write("bert_pretraining", make_bert("BertForPreTraining", 5, hidden_act="gelu_new"),
+                                      "BertForPreTraining", 5, tokenizer=True),
+    "albert_model": lambda: write("albert_model", make_albert("AlbertModel", 6), "AlbertModel", 6),
+    "albert_seq_cls": lambda: write("albert_seq_cls", make_albert("AlbertForSequenceClassification", 7,
+                                                                   num_labels=2, classifier_dropout_prob=0.1),
+                                    "AlbertForSequenceClassification", 7),
+    "albert_pretraining": lambda: write("albert_pretraining", make_albert("AlbertForPreTraining", 8),
+                                        "AlbertForPreTraining", 8),
+    "st_bert_mean_norm": lambda: make_sentence_transformer(9),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"fixtures to write (default all: {', '.join(FIXTURES)})")
+    parser.add_argument("--verify", action="store_true", help="import + build each with bertc and compare backends")
+    parser.add_argument("--bertc-python", default="/work/main/.venv/bin/python",
+                        help="the Python that has bertc's dependencies (for --verify)")
+    parser.add_argument("--size", choices=["tiny", "base"], default="tiny",
+                        help="base: BERT-base dimensions, for a full-size proof (needs --out)")
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of tests/fixtures/hf")
+    args = parser.parse_args()
+    global OUT, noise
+    if args.size == "base":
+        if args.out is None:
+            parser.error("--size base writes hundreds of MB per model: give --out DIR outside the repository")
+        SMALL.update(BASE)
+        noise = NOISE["base"]
+    if args.out is not None:
+        OUT = args.out
+    torch.set_num_threads(1)
+    for name in args.names or FIXTURES:
+        path = FIXTURES[name]()
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        print(f"wrote {path} ({size / 1024:.0f} KiB)")
+    if args.verify:
+        cmd = [args.bertc_python, str(ROOT / "tools" / "verify_fixtures.py"), *[
+            str(OUT / n) for n in (args.names or FIXTURES)]]
+        return subprocess.call(cmd, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
