@@ -294,3 +294,26 @@ def test_shared_int8_placeholder_buffers_are_split(tmp_path):
     got = tflite_runner(tmp_path / "m.tflite")(inputs)["logits"]
     want = keras_runner(model)(inputs)["logits"]
     assert np.abs(got - want).max() < 5e-2 and (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_shared_validation_passes_still_catch_a_model_that_reads_padding():
+    """The checks share their forward passes; a model that averages over padded positions still fails padding
+    invariance (and only the checks it should)."""
+    import keras
+
+    from bertc.check import run_checks
+    from bertc.signature import signature_of
+    from bertc.spec import load_spec
+
+    spec = load_spec(tiny_bert())
+    sig = signature_of(spec)
+    inputs = [keras.Input((None,), dtype="int32", name=n) for n in sig.input_names]
+    emb = keras.layers.Embedding(50, 8, name="emb")(inputs[0])
+    logits = keras.layers.Dense(3, name="classifier")(keras.ops.mean(emb, axis=1))  # padding included
+    model = keras.Model(inputs, {"logits": logits})
+    results = {c.name: c for c in run_checks(model, spec, sig)}
+    assert not results["padding_invariance"].passed and results["padding_invariance"].figure > 1e-4
+    assert "padding to 8" in results["padding_invariance"].detail
+    assert results["batch_invariance"].passed and results["deterministic"].passed
+    assert results["finite_outputs"].passed and results["trainability"].passed
+    assert not results["param_count"].passed
