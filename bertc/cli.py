@@ -39,6 +39,8 @@ def cli():
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--no-export", is_flag=True, help="Stop after the Keras model (no ONNX, TFLite or parity).")
 @click.option("--no-parity", is_flag=True, help="Export but skip the parity stage.")
+@click.option("--no-optimize", is_flag=True,
+              help="No optimized ONNX Runtime artifact (model.optimized.onnx) nor its int8/fp16 variants.")
 @click.option("--opset", type=click.Choice(["17", "18"]), default=None, help="ONNX opset (default: the spec's, 17).")
 @click.option("--int64-inputs", is_flag=True, default=None, help="ONNX inputs as int64 instead of int32.")
 @click.option("--keep-saved-model", is_flag=True, default=None, help="Keep the SavedModel used for TFLite.")
@@ -53,8 +55,8 @@ def cli():
               help="Memory the preflight may assume available (e.g. 12G) instead of measuring it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def build(spec, out, force, no_export, no_parity, opset, int64_inputs, keep_saved_model, init_from, weights, no_onnx,
-          no_tflite, skip_preflight, memory_limit, quiet, as_json):
+def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inputs, keep_saved_model, init_from,
+          weights, no_onnx, no_tflite, skip_preflight, memory_limit, quiet, as_json):
     """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
@@ -66,7 +68,7 @@ def build(spec, out, force, no_export, no_parity, opset, int64_inputs, keep_save
     if not quiet:
         _err(f"bertc build {spec} -> {out}")
     _import_quietly()
-    opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity,
+    opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity, optimize=not no_optimize,
                         opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
                         keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
                         onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,

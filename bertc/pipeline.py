@@ -19,7 +19,7 @@ import bertc
 from bertc.errors import CheckFailed, ParityError
 from bertc.manifest import build_manifest
 from bertc.memory import release as release_memory, tune_allocator
-from bertc.report import parity_failure_message, write_report
+from bertc.report import fusion_summary, parity_failure_message, write_report
 
 TFLITE_VARIANTS = (("tflite_int8", "int8", "model.int8.tflite"), ("tflite_fp16", "fp16", "model.fp16.tflite"))
 
@@ -32,6 +32,7 @@ class BuildOptions:
     force: bool = False
     export: bool = True
     parity: bool = True
+    optimize: bool = True
     opset: Optional[int] = None
     input_dtype: Optional[str] = None
     keep_saved_model: Optional[bool] = None
@@ -162,6 +163,18 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
             with stages.stage("export onnx") as note:
                 artifacts["onnx"] = export_onnx(model, sig, out / "model.onnx", eo["opset"], eo["input_dtype"])
                 note["detail"] = f"opset {eo['opset']}, {artifacts['onnx']['bytes'] / 1e6:.2f} MB"
+        if spec.export.optimized and opts.optimize and opts.onnx:
+            from bertc.optimize.onnx_artifacts import optimize_onnx
+
+            with stages.stage("optimize onnx") as note:
+                result = optimize_onnx(model, spec, sig, out, eo["opset"], eo["input_dtype"], spec.export.variants,
+                                       portable=artifacts.get("onnx"))
+                artifacts.update(result["artifacts"])
+                report["fusion"] = result["fusion"]
+                note["detail"] = fusion_summary(result["fusion"])
+            if result.get("failure"):
+                report["_failure"] = ParityError(result["failure"])
+                return report
         if spec.export.tflite and opts.tflite:
             from bertc.export.tflite import export_tflite
 

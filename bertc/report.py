@@ -32,6 +32,21 @@ def parity_failure_message(section: dict) -> str:
     return f"parity failed ({len(problems)} problem(s)):\n" + "\n".join(problems)
 
 
+def fusion_summary(fusion: dict) -> str:
+    """The optimized ONNX artifact in one line: fused operators, node count per ONNX artifact,
+    pruning; or why there is none (and which layers were not lowered)."""
+    if not fusion.get("lowered"):
+        return fusion.get("skipped", "no optimized artifact")
+    ops = ", ".join(f"{n} {op.split('.')[-1]}" for op, n in fusion["fused_ops"].items())
+    nodes = ", ".join(f"{k} {v}" for k, v in fusion["nodes"].items())
+    pruned = "; last layer computed for the first token only" if fusion.get("pruned") else ""
+    check = fusion.get("structural_check")
+    if check:
+        worst = max((o["relative"] for o in check["outputs"].values()), default=0.0)
+        pruned += f"; structural check {'passed' if check['passed'] else 'FAILED'} (relative {worst:.1g})"
+    return f"{ops or 'no fused operator'}; nodes: {nodes}{pruned}"
+
+
 def summary_text(report: dict) -> str:
     lines = [f"bertc {report['bertc_version']}: {report['spec_name']}  [{report['status'].upper()}]"]
     lines.append("inputs:  " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in report["inputs"]))
@@ -52,6 +67,8 @@ def summary_text(report: dict) -> str:
                          f"threshold {c['threshold']!s:<8} {c['detail']}")
     for name, a in (report.get("artifacts") or {}).items():
         lines.append(f"artifact: {a['path']} ({a['bytes'] / 1e6:.2f} MB)")
+    if report.get("fusion"):
+        lines.append(f"fusion: {fusion_summary(report['fusion'])}")
     parity = report.get("parity")
     if parity:
         lines.append("parity (max abs diff vs keras over the input grid):")

@@ -165,7 +165,7 @@ def test_albert_shares_one_block_and_its_size_does_not_grow_with_layers():
     assert model.count_params() == counts[0]
     shared = model.get_layer("shared_layer")
     assert len(shared._inbound_nodes) == 3
-    assert model.get_layer("embeddings").word_embeddings.shape == (100, 16)
+    assert model.get_layer("embeddings").word_embeddings.shape == (100, 128)  # Model Garden's default width
 
 
 # --- registry -------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Literal, Optional
 
 import tensorflow as tf
 import keras
+import numpy as np
 
 from bertc.components.common import SpecLayer, dense, dense_params, initializer, merge_heads, serializable, split_heads
 from bertc.registry import ATTENTION
@@ -88,6 +89,9 @@ class MultiHeadAttention(SpecLayer):
         context = merge_heads(tf.matmul(probs, v), self.hidden_size)
         return self.attention_output(context)
 
+    def onnx_lowering(self, ctx, x, query=None):
+        return lower_multi_head(self, ctx, x, query)
+
 
 @ATTENTION.register("talking_heads", spec=TalkingHeadsAttentionSpec,
                     description="Talking-heads attention: learned head mixing before and after the softmax.")
@@ -120,3 +124,66 @@ class TalkingHeadsAttention(MultiHeadAttention):
 
     def mix_probs(self, probs):
         return self._mix_heads(probs, self.post_softmax_weight)
+
+    def onnx_lowering(self, ctx, x, query=None):
+        return lower_talking_heads(self, ctx, x, query)
+
+
+# --- ONNX lowerings ---------------------------------------------------------------------------------
+# An attention lowering gets the block's input ``x`` (B, S, H) and, when only some query rows are
+# needed (the pruned last layer), ``query`` (B, F, H) taken from ``x``. It returns
+# ``(attention_output @ W_o, b_o)``: the output bias is left to the block's fused residual + layer norm.
+
+def _np(variable):
+    return variable.numpy()
+
+
+def lower_multi_head(layer, ctx, x, query=None):
+    """All rows: one com.microsoft ``Attention`` (packed QKV MatMul, raw 0/1 mask, Keras' -10000
+    mask value). Query rows only: Q/K/V MatMuls into com.microsoft ``MultiHeadAttention``."""
+    from bertc.components.common import MASK_ADDER
+
+    g, n = ctx.g, layer.num_heads
+    path = layer.path
+    dense = (layer.query, layer.key, layer.value)
+    bias = ctx.derived(f"{path}/qkv/bias", np.concatenate([_np(d.bias) for d in dense]))
+    if query is None:
+        kernel = ctx.derived(f"{path}/qkv/kernel", np.concatenate([_np(d.kernel) for d in dense], axis=1))
+        context = g.ms("Attention", [x, kernel, bias, ctx.mask], hint="attention", num_heads=n,
+                       mask_filter_value=MASK_ADDER)
+        ctx.record("attention", "Attention")
+    else:
+        q = g.node("MatMul", [query, ctx.weight(layer.query.kernel)], hint="query")
+        k = g.node("MatMul", [x, ctx.weight(layer.key.kernel)], hint="key")
+        v = g.node("MatMul", [x, ctx.weight(layer.value.kernel)], hint="value")
+        context = g.ms("MultiHeadAttention", [q, k, v, bias, ctx.mask], hint="attention", num_heads=n,
+                       mask_filter_value=MASK_ADDER)
+        ctx.record("attention", "MultiHeadAttention (first token)")
+    return ctx.matmul(context, layer.attention_output)
+
+
+def lower_talking_heads(layer, ctx, x, query=None):
+    """No fused operator mixes heads: Q/K/V MatMul + bias (the 1/sqrt(d) scale folded into the query
+    weights), Einsum head mixing around a plain Softmax, the mask as an additive bias."""
+    g, n, d = ctx.g, layer.num_heads, layer.head_size
+    scale = 1.0 / math.sqrt(d)
+    path = layer.path
+    q_in = x if query is None else query
+    q = g.node("MatMul", [q_in, ctx.derived(f"{path}/query/kernel_scaled", _np(layer.query.kernel) * scale)],
+               hint="query")
+    q = g.node("Add", [q, ctx.derived(f"{path}/query/bias_scaled", _np(layer.query.bias) * scale)])
+    k = ctx.dense(x, layer.key)
+    v = ctx.dense(x, layer.value)
+    q = ctx.split_heads(q, n, d, (0, 2, 1, 3))    # (B, N, F, D)
+    k = ctx.split_heads(k, n, d, (0, 2, 3, 1))    # (B, N, D, T)
+    v = ctx.split_heads(v, n, d, (0, 2, 1, 3))    # (B, N, T, D)
+    logits = g.node("MatMul", [q, k], hint="logits")
+    logits = g.node("Einsum", [logits, ctx.weight(layer.pre_softmax_weight)],
+                    hint="pre_softmax_mix", equation="bnft,nm->bmft")
+    logits = g.node("Add", [logits, ctx.attention_bias()], hint="mask")
+    probs = g.node("Softmax", [logits], axis=-1)
+    probs = g.node("Einsum", [probs, ctx.weight(layer.post_softmax_weight)], hint="post_softmax_mix",
+                   equation="bnft,nm->bmft")
+    context = ctx.merge_heads(g.node("MatMul", [probs, v], hint="context"), layer.hidden_size)
+    ctx.record("attention", "MatMul+Einsum+Softmax (talking heads: no fused operator)")
+    return ctx.matmul(context, layer.attention_output)

@@ -19,6 +19,7 @@ from bertc import activations
 from bertc.components.attention import MultiHeadAttention, MultiHeadAttentionSpec
 from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable, with_last_dim
 from bertc.components.feedforward import DenseFeedforwardSpec
+from bertc.onnx_graph import Residual
 from bertc.registry import ATTENTION, BLOCKS, FEEDFORWARD
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel, component_field
 
@@ -123,12 +124,18 @@ class ScaffoldBlock(SpecLayer):
             x = self.attention_layer_norm(x)
         return self.feedforward(x, training=training)
 
+    def onnx_lowering(self, ctx, x, first_only=False):
+        return lower_scaffold_block(self, ctx, x, first_only)
+
 
 @BLOCKS.register("transformer", spec=TransformerBlockSpec,
                  description="Canonical BERT block: multi-head attention + dense feedforward, post- or pre-norm.")
 @serializable
 class TransformerBlock(ScaffoldBlock):
     spec_cls = TransformerBlockSpec
+
+    def onnx_lowering(self, ctx, x, first_only=False):
+        return lower_scaffold_block(self, ctx, x, first_only)
 
 
 @BLOCKS.register("rezero", spec=ReZeroBlockSpec,
@@ -188,3 +195,51 @@ class ReZeroBlock(SpecLayer):
         if self.spec.use_layer_norm:
             x = self.output_layer_norm(x)
         return x
+
+    def onnx_lowering(self, ctx, x, first_only=False):
+        return lower_rezero_block(self, ctx, x, first_only)
+
+
+# --- ONNX lowerings ---------------------------------------------------------------------------------
+# A block lowering gets the layer input (a value, or a pending residual sum that a layer norm can
+# fuse) and returns the layer output the same way. ``first_only``: the caller reads only the first
+# token of this layer's output, so attention output and feedforward are computed for that row alone
+# (queries from row 0, keys and values from every row).
+
+def lower_scaffold_block(layer, ctx, x, first_only=False):
+    """Post-norm: Attention -> SkipLayerNormalization(residual + output bias + LN) -> feedforward.
+    Pre-norm: the incoming residual sum and this layer's first layer norm become one
+    SkipLayerNormalization whose sum output is the residual branch."""
+    if layer.norm_first:
+        normed, summed = ctx.layer_norm(x, layer.attention_layer_norm, want_sum=True)
+        query = ctx.first_token(normed) if first_only else None
+        a, bias = ctx.lower(layer.attention, normed, query)
+        skip = ctx.first_token(summed) if first_only else summed
+        return ctx.lower(layer.feedforward, Residual(a, skip, bias))
+    x = ctx.value(x)
+    query = ctx.first_token(x) if first_only else None
+    a, bias = ctx.lower(layer.attention, x, query)
+    h, _ = ctx.layer_norm(Residual(a, query or x, bias), layer.attention_layer_norm)
+    return ctx.lower(layer.feedforward, h)
+
+
+def lower_rezero_block(layer, ctx, x, first_only=False):
+    """x + alpha * (attention + b_o): the bias is pre-scaled (alpha * b_o), so with use_layer_norm
+    the sum and the norm are one SkipLayerNormalization; without it the sum stays pending."""
+    g, s = ctx.g, layer.spec
+    alpha, alpha_ffn = float(layer.rezero_alpha.numpy()), float(layer.rezero_alpha_ffn.numpy())
+    x = ctx.value(x)
+    query = ctx.first_token(x) if first_only else None
+    a, _ = ctx.lower(layer.attention, x, query)
+    out = layer.attention.attention_output
+    a = g.node("Mul", [a, ctx.weight(layer.rezero_alpha)], hint="rezero_scale")
+    r = Residual(a, query or x, ctx.derived(f"{out.bias.path}*{layer.rezero_alpha.path}", out.bias.numpy() * alpha))
+    h = ctx.layer_norm(r, layer.attention_layer_norm)[0] if s.use_layer_norm else ctx.value(r)
+    inner, inner_bias = ctx.matmul(h, layer.intermediate)
+    inner = ctx.activation(inner, inner_bias, s.activation, part="feedforward_activation")
+    f, _ = ctx.matmul(inner, layer.output_dense)
+    alpha_ffn_var = layer.rezero_alpha_ffn
+    f = g.node("Mul", [f, ctx.weight(alpha_ffn_var)], hint="rezero_scale_ffn")
+    r = Residual(f, h, ctx.derived(f"{layer.output_dense.bias.path}*{alpha_ffn_var.path}",
+                                   layer.output_dense.bias.numpy() * alpha_ffn))
+    return ctx.layer_norm(r, layer.output_layer_norm)[0] if s.use_layer_norm else r

@@ -127,6 +127,9 @@ class EmbeddingNetwork(SpecLayer):
             x = self.embedding_projection(x)
         return x, table
 
+    def onnx_lowering(self, ctx):
+        return lower_embeddings(self, ctx)
+
 
 EMBEDDINGS.register("standard", spec=StandardEmbeddingSpec,
                     description="Word + position + token-type embeddings, layer norm, dropout (BERT); "
@@ -137,7 +140,50 @@ EMBEDDINGS.register("standard", spec=StandardEmbeddingSpec,
 class CustomEmbeddingNetwork(EmbeddingNetwork):
     spec_cls = CustomEmbeddingSpec
 
+    def onnx_lowering(self, ctx):
+        return lower_embeddings(self, ctx)
+
 
 EMBEDDINGS.register("custom", spec=CustomEmbeddingSpec,
                     description="Word embeddings with optional position / type embeddings and layer norm; "
                                 "the model's inputs follow from the spec.")(CustomEmbeddingNetwork)
+
+
+# --- ONNX lowering ----------------------------------------------------------------------------------
+
+def lower_embeddings(layer, ctx):
+    """-> (embeddings (B, S, H), word table). Word + position (+ type) embeddings with a layer norm are
+    one com.microsoft EmbedLayerNormalization; other combinations are Gather/Slice/Add and a plain
+    LayerNormalization. ALBERT's projection follows as MatMul + Add."""
+    g = ctx.g
+    table = ctx.weight(layer.word_embeddings)
+    types = layer.type_embeddings is not None
+    if layer.position_embeddings is not None and layer.layer_norm is not None:
+        ln = layer.layer_norm
+        x = g.ms("EmbedLayerNormalization",
+                 [ctx.int32_input("input_word_ids"), ctx.int32_input("input_type_ids") if types else None,
+                  table, ctx.weight(layer.position_embeddings), ctx.weight(layer.type_embeddings) if types else None,
+                  ctx.weight(ln.gamma), ctx.weight(ln.beta)], ["out", "mask_index"],  # ORT's shape inference
+                 hint="embed_layer_norm", epsilon=float(ln.epsilon))[0]                  # needs output 1 named
+        ctx.record("embeddings", "EmbedLayerNormalization")
+    else:
+        ids = ctx.inputs["input_word_ids"]
+        x = g.node("Gather", [table, ids], hint="word_embeddings")
+        parts = ["Gather"]
+        if layer.position_embeddings is not None:
+            length = g.node("Shape", [ids], hint="sequence_length", start=1, end=2)
+            positions = g.node("Slice", [ctx.weight(layer.position_embeddings), g.ints([0], "start"), length,
+                                         g.ints([0], "axis")], hint="position_embeddings")
+            x = g.node("Add", [x, positions], hint="add_positions")
+            parts.append("position Slice+Add")
+        if types:
+            x = g.node("Add", [x, g.node("Gather", [ctx.weight(layer.type_embeddings), ctx.inputs["input_type_ids"]],
+                                         hint="type_embeddings")], hint="add_types")
+            parts.append("type Gather+Add")
+        ctx.record("embeddings", " + ".join(parts))
+        if layer.layer_norm is not None:
+            x, _ = ctx.layer_norm(x, layer.layer_norm, part="embedding_layer_norm")
+    if layer.embedding_projection is not None:
+        x = ctx.dense(x, layer.embedding_projection)
+        ctx.record("embedding_projection", "MatMul+Add")
+    return x, table

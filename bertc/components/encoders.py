@@ -204,6 +204,32 @@ class Encoder:
         return EncoderOutputs(x, pooled, outputs, table)
 
     @staticmethod
+    def onnx_lowering(spec, ctx, needs_pooled: bool, prune_last: bool = False):
+        """The encoder as ONNX: embeddings, each layer's block (a shared block lowered once per layer,
+        its weights stored once), final layer norm, pooler. ``prune_last``: only the first token of
+        the last layer is read, so that layer computes its attention output and feedforward for it alone."""
+        from bertc.optimize.lower import EncoderValues
+
+        s = spec.as_scaffold()
+        with ctx.layer_scope("embeddings"):
+            x, table = ctx.lower(ctx.layer("embeddings"))
+        outputs = []
+        n = len(s.blocks())
+        for i in range(n):
+            layer = ctx.layer("shared_layer" if s.share_layers else f"layer_{i}")
+            with ctx.layer_scope(f"layer_{i}"):
+                x = ctx.lower(layer, x, first_only=prune_last and i == n - 1)
+            outputs.append(x)
+        if s.final_layer_norm:
+            with ctx.layer_scope("final_layer_norm"):
+                x = outputs[-1] = ctx.layer_norm(x, ctx.layer("final_layer_norm"))[0]
+        pooled = None
+        if needs_pooled:
+            with ctx.layer_scope("pooler"):
+                pooled = ctx.gemm(ctx.first_token(ctx.value(x), keep_axis=False), ctx.layer("pooler"))
+        return EncoderValues(x, pooled, outputs, table, pruned=prune_last)
+
+    @staticmethod
     def param_count(spec, needs_pooled: bool) -> int:
         s = spec.as_scaffold()
         h = s.hidden_size

@@ -16,6 +16,7 @@ import keras
 
 from bertc import activations
 from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable, with_last_dim
+from bertc.onnx_graph import Residual
 from bertc.registry import FEEDFORWARD
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
 
@@ -92,6 +93,13 @@ class DenseFeedforward(_ResidualFeedforward):
     def call(self, x, training=None):
         return self.residual(x, self._transform, self.output_dropout, self.output_layer_norm, training)
 
+    def onnx_lowering(self, ctx, x):
+        def transform(h):
+            inner, bias = ctx.matmul(h, self.intermediate)
+            inner = ctx.activation(inner, bias, self.spec.activation, part="feedforward_activation")
+            return ctx.matmul(inner, self.output_dense)
+        return lower_residual(self, ctx, x, transform, self.output_layer_norm)
+
 
 @FEEDFORWARD.register("gated", spec=GatedFeedforwardSpec,
                       description="Gated linear unit feedforward (GEGLU with gelu), weight 'gate'; stackable.")
@@ -139,3 +147,29 @@ class GatedFeedforward(_ResidualFeedforward):
 
             x = self.residual(x, transform, self.output_dropout[i], self.output_layer_norm[i], training, after)
         return x
+
+    def onnx_lowering(self, ctx, x):
+        for i in range(self.spec.num_blocks):
+            def transform(h, i=i):
+                inner, bias = ctx.matmul(h, self.intermediate[i])
+                inner = ctx.activation(inner, bias, self.spec.activation, part=f"feedforward_activation_{i}")
+                if self.gate is not None:
+                    inner = ctx.g.node("Mul", [inner, ctx.dense(h, self.gate[i])], hint=f"gate_{i}")
+                return ctx.matmul(inner, self.output_dense[i])
+            x = lower_residual(self, ctx, x, transform, self.output_layer_norm[i])
+        return x
+
+
+# --- ONNX lowerings ---------------------------------------------------------------------------------
+
+def lower_residual(layer, ctx, x, transform, norm):
+    """Post-norm ``LN(x + f(x))``: one SkipLayerNormalization (residual + f's output bias + LN).
+    Pre-norm ``x + f(LN(x))``: the incoming pending sum and LN fuse into one SkipLayerNormalization
+    (its sum output is ``x``); the result is left as a pending sum for the next layer norm."""
+    if layer.norm_first:
+        normed, summed = ctx.layer_norm(x, norm, want_sum=True)
+        y, bias = transform(normed)
+        return Residual(y, summed, bias)
+    x = ctx.value(x)
+    y, bias = transform(x)
+    return ctx.layer_norm(Residual(y, x, bias), norm)[0]

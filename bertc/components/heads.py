@@ -32,6 +32,9 @@ class HeadBase:
     extra_inputs = staticmethod(lambda spec: {})
     # {name: int32 array} for the extra inputs, given each row's real length.
     make_inputs = staticmethod(lambda spec, lengths, rng: {})
+    # Whether the head reads only the pooled first token of the last layer (the ONNX lowering then
+    # computes that layer's attention output and feedforward for the first token alone).
+    reads_first_token_only = staticmethod(lambda spec: False)
 
 
 def _init(spec, encoder_spec):
@@ -82,6 +85,12 @@ class PretrainerSpec(StrictModel):
                 description="Sentence classifier: dropout + dense over the pooled first token -> logits.")
 class Classifier(HeadBase):
     uses_pooled = staticmethod(lambda spec: True)
+    reads_first_token_only = staticmethod(lambda spec: True)
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        ctx.record("classifier", "Gemm")
+        return {"logits": ctx.gemm(enc.pooled_output, ctx.layer("classifier"))}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):
@@ -108,6 +117,11 @@ class Classifier(HeadBase):
 @HEADS.register("token_classifier", spec=TokenClassifierSpec,
                 description="Per-token classifier (tagging): dropout + dense over every position -> logits.")
 class TokenClassifier(HeadBase):
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        ctx.record("token_classifier", "MatMul+Add")
+        return {"logits": ctx.dense(ctx.value(enc.sequence_output), ctx.layer("token_classifier"))}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):
@@ -144,6 +158,14 @@ class SpanSplit(keras.layers.Layer):
 @HEADS.register("span_labeler", spec=SpanLabelerSpec,
                 description="Single-span start/end predictor (SQuAD-style): start_logits, end_logits.")
 class SpanLabeler(HeadBase):
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        g = ctx.g
+        logits = ctx.dense(ctx.value(enc.sequence_output), ctx.layer("span_labeler"))
+        ctx.record("span_labeler", "MatMul+Add, Gather")
+        return {name: g.node("Gather", [logits, g.const(k, np.int64, "index")], hint=name, axis=2)
+                for k, name in enumerate(("start_logits", "end_logits"))}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):
@@ -209,11 +231,39 @@ class MaskedLM(SpecLayer):
         logits = tf.reshape(logits, tf.stack([shape[0], tf.shape(positions)[1], self.vocab_size]))
         return tf.nn.log_softmax(logits, axis=-1) if self.spec.output == "predictions" else logits
 
+    def onnx_lowering(self, ctx, enc):
+        """-> logits (B, P, V). GatherND (batch_dims 1) picks the positions, MatMul + fused GELU,
+        LayerNormalization, one Gemm against the word table itself (transB: no transposed copy)."""
+        g = ctx.g
+        positions = g.node("Unsqueeze", [ctx.int64_input("masked_lm_positions"), g.ints([-1], "axes")])
+        picked = g.node("GatherND", [ctx.value(enc.sequence_output), positions], hint="masked_positions",
+                        batch_dims=1)                                             # (B, P, H)
+        flat = g.node("Reshape", [picked, g.ints([-1, self.hidden_size])])
+        x, bias = ctx.matmul(flat, self.transform)
+        x = ctx.activation(x, bias, self.spec.activation, part="masked_lm_activation")
+        x, _ = ctx.layer_norm(x, self.transform_layer_norm)
+        logits = g.node("Gemm", [x, enc.word_embedding_table, ctx.weight(self.output_bias)], hint="decoder",
+                        transB=1)
+        shape = g.node("Concat", [g.node("Shape", [positions], end=2), g.ints([self.vocab_size], "vocab")], axis=0)
+        ctx.record("masked_lm", "GatherND, MatMul, LayerNormalization, Gemm (tied table)")
+        return g.node("Reshape", [logits, shape], hint="masked_lm_logits")
+
 
 @HEADS.register("pretrainer", spec=PretrainerSpec,
                 description="BERT pretraining: masked LM tied to the word embeddings + next-sentence classifier.")
 class Pretrainer(HeadBase):
     uses_pooled = staticmethod(lambda spec: True)
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        g = ctx.g
+        logits = ctx.lower(ctx.layer("masked_lm"), enc)
+        nsp = ctx.gemm(enc.pooled_output, ctx.layer("next_sentence"))
+        if spec.output == "predictions":
+            logits = g.node("LogSoftmax", [logits], axis=-1)
+            nsp = g.node("LogSoftmax", [nsp], axis=-1)
+        ctx.record("next_sentence", "Gemm")
+        return {"masked_lm": logits, "classification": nsp}
 
     @staticmethod
     def extra_inputs(spec):
@@ -305,6 +355,29 @@ class SentencePooling(keras.layers.Layer):
                 description="Sentence embedding (sentence-transformers): mean / cls / max pooling over the real "
                             "tokens, optional L2 normalisation; output sentence_embedding.")
 class SentenceEmbedding(HeadBase):
+    reads_first_token_only = staticmethod(lambda spec: spec.pooling == "cls")
+
+    @staticmethod
+    def onnx_lowering(spec, ctx, enc):
+        """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops."""
+        g = ctx.g
+        x = ctx.value(enc.sequence_output)
+        if spec.pooling == "cls":
+            pooled = ctx.first_token(x, keep_axis=False)
+        else:
+            m = g.node("Unsqueeze", [g.node("Cast", [ctx.inputs["input_mask"]], to=1), g.ints([-1], "axes")])
+            if spec.pooling == "mean":
+                total = ctx.reduce("ReduceSum", g.node("Mul", [x, m]), [1])
+                count = g.node("Max", [ctx.reduce("ReduceSum", m, [1]), g.scalar(1e-9, "min_count")])
+                pooled = g.node("Div", [total, count], hint="mean")
+            else:
+                fill = g.node("Mul", [g.node("Sub", [g.scalar(1.0, "one"), m]), g.scalar(-1e9, "pad_fill")])
+                pooled = ctx.reduce("ReduceMax", g.node("Add", [g.node("Mul", [x, m]), fill]), [1])
+        if spec.normalize:
+            norm = g.node("Sqrt", [ctx.reduce("ReduceSum", g.node("Mul", [pooled, pooled]), [-1], keepdims=True)])
+            pooled = g.node("Div", [pooled, g.node("Max", [norm, g.scalar(1e-12, "min_norm")])], hint="normalize")
+        ctx.record("sentence_pooling", f"{spec.pooling} pooling" + (", L2 normalize" if spec.normalize else ""))
+        return {"sentence_embedding": pooled}
 
     @staticmethod
     def build(spec, encoder_spec, enc, inputs):

@@ -1,0 +1,149 @@
+"""A small ONNX graph builder shared by every ONNX lowering.
+
+Emitters never touch protobuf: they ask the builder for a weight (an initializer
+named by its Keras path, added once however often it is used), a constant, or a
+node, and get value names back. Names are deterministic (scope + op + counter),
+so the same spec and weights give the same bytes.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+MS_DOMAIN = "com.microsoft"
+MS_OPSET = 1
+
+Value = str  # the name of a value in the graph
+
+
+@dataclass(frozen=True)
+class Residual:
+    """``main + skip (+ bias)``, not yet added: a following layer norm fuses it into one
+    SkipLayerNormalization; anything else materializes it (see the lowering context's ``value``)."""
+
+    main: Value
+    skip: Value
+    bias: Optional[Value] = None
+
+
+class GraphBuilder:
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list = []
+        self.initializers: dict = {}  # name -> TensorProto (insertion ordered)
+        self.inputs: list = []
+        self.outputs: list = []
+        self._scope: list[str] = []
+        self._used: Counter = Counter()
+        self._alias: dict[str, str] = {}  # value -> graph-level name it was renamed to
+
+    # --- names ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scope(self, name: str):
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def fresh(self, hint: str) -> str:
+        base = "/".join(self._scope + [hint])
+        self._used[base] += 1
+        n = self._used[base]
+        return base if n == 1 else f"{base}_{n}"
+
+    # --- values --------------------------------------------------------------------------------
+    def initializer(self, name: str, array) -> Value:
+        """An initializer named ``name`` (e.g. a Keras weight path); added once, later calls reuse it."""
+        from onnx import numpy_helper
+
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.require(array, requirements="C"), name=name)
+        return name
+
+    def weight(self, variable) -> Value:
+        """A Keras variable as an fp32 initializer named by its path (``layer_0/attention/query/kernel``)."""
+        return self.initializer(variable.path, np.asarray(variable.numpy(), dtype=np.float32))
+
+    def const(self, value, dtype, hint: str = "const") -> Value:
+        array = np.asarray(value, dtype=dtype)
+        return self.initializer(self.fresh(hint), array)
+
+    def ints(self, values: Sequence[int], hint: str = "shape") -> Value:
+        return self.const(list(values), np.int64, hint)
+
+    def scalar(self, value: float, hint: str = "scalar") -> Value:
+        return self.const(value, np.float32, hint)
+
+    # --- nodes ---------------------------------------------------------------------------------
+    def node(self, op: str, inputs: Iterable[Optional[Value]], outputs: Union[int, Sequence[Optional[str]]] = 1,
+             domain: str = "", hint: Optional[str] = None, **attrs):
+        """Append ``op`` and return its output name (or a list of names when ``outputs`` > 1).
+
+        ``None`` in ``inputs`` is an omitted optional input; ``outputs`` may list hints, ``None``
+        for an omitted optional output.
+        """
+        from onnx import helper
+
+        name = self.fresh(hint or op)
+        hints = [f"out{k}" for k in range(outputs)] if isinstance(outputs, int) else list(outputs)
+        out_names = [f"{name}/{h}" if h is not None else "" for h in hints]
+        self.nodes.append(helper.make_node(op, [i or "" for i in inputs], out_names, name=name, domain=domain,
+                                           **{k: v for k, v in attrs.items() if v is not None}))
+        return out_names[0] if isinstance(outputs, int) and outputs == 1 else out_names
+
+    def ms(self, op: str, inputs, outputs=1, hint=None, **attrs):
+        """A com.microsoft contrib operator."""
+        return self.node(op, inputs, outputs, domain=MS_DOMAIN, hint=hint, **attrs)
+
+    def rename(self, value: Value, name: str) -> None:
+        """Give the value ``value`` the graph-level name ``name`` (for the model's outputs)."""
+        self._alias[value] = name
+        for node in self.nodes:
+            for k, out in enumerate(node.output):
+                if out == value:
+                    node.output[k] = name
+            for k, inp in enumerate(node.input):
+                if inp == value:
+                    node.input[k] = name
+
+    # --- interface -----------------------------------------------------------------------------
+    def add_input(self, name: str, elem_type: int, dims: Sequence) -> Value:
+        from onnx import helper
+
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(dims)))
+        return name
+
+    def add_output(self, value: Value, name: str, elem_type: int, dims: Sequence) -> None:
+        """Expose ``value`` as graph output ``name``; an Identity is inserted only if ``value``
+        is a graph input, an initializer, or already an output."""
+        from onnx import helper
+
+        while value in self._alias:
+            value = self._alias[value]
+        taken = {i.name for i in self.inputs} | set(self.initializers) | {o.name for o in self.outputs}
+        producers = {out for node in self.nodes for out in node.output}
+        if value in taken or value not in producers:
+            value = self.node("Identity", [value], hint=f"{name}_identity")
+        self.rename(value, name)
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(dims)))
+
+    def model(self, opset: int, producer: str = "bertc"):
+        from onnx import helper
+
+        used = {name for node in self.nodes for name in node.input}
+        # A lowering may fetch a weight it then folds away (ReZero's pre-scaled output bias): drop it.
+        initializers = [t for name, t in self.initializers.items() if name in used]
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, initializer=initializers)
+        imports = [helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, MS_OPSET)]
+        model = helper.make_model(graph, opset_imports=imports, producer_name=producer)
+        model.ir_version = min(model.ir_version, 9)  # readable by every onnxruntime >= 1.16
+        return model
+
+    def op_counts(self) -> dict[str, int]:
+        counts = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in self.nodes)
+        return dict(sorted(counts.items()))

@@ -1,0 +1,338 @@
+"""Spec + built Keras model -> an ONNX Runtime graph on fused operators, written directly.
+
+Nothing here pattern-matches: the spec says what every layer computes, so each
+component lowers itself (``onnx_lowering`` next to its Keras layer in
+``bertc/components/*.py``) into a :class:`~bertc.onnx_graph.GraphBuilder`
+through the :class:`LoweringContext` below, which offers the fused building
+blocks (``Attention``, ``SkipLayerNormalization``, ``BiasGelu`` / ``FastGelu``,
+``LayerNormalization``) and records which part of which layer became which
+operator (the fusion coverage of the report).
+
+A lowering is looked up on the component's *own* class (``vars(cls)``), never
+inherited: a plug-in that subclasses ``MultiHeadAttention`` to change its maths
+must not be lowered as plain multi-head attention. A component without one
+makes the optimized artifact impossible; :func:`missing_lowerings` names every
+such layer so the pipeline can skip the artifact and say why.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from bertc.onnx_graph import GraphBuilder, Residual, Value
+
+ACTIVATION_FUSIONS = {"gelu": "BiasGelu", "gelu_tanh": "FastGelu"}
+
+
+def own_lowering(component) -> Optional[Any]:
+    """The ``onnx_lowering`` a component class defines itself (not one it inherits), or None."""
+    cls = component if isinstance(component, type) else type(component)
+    fn = vars(cls).get("onnx_lowering")
+    return fn.__func__ if isinstance(fn, staticmethod) else fn
+
+
+class NotLowerable(Exception):
+    """Raised inside a lowering when a sub-component has no ONNX lowering."""
+
+
+@dataclass
+class Coverage:
+    """Per layer (scope), which part became which operator."""
+
+    layers: dict = field(default_factory=dict)
+    current: str = "model"
+
+    def record(self, part: str, op: str) -> None:
+        self.layers.setdefault(self.current, {})[part] = op
+
+
+class LoweringContext:
+    """What a component's ``onnx_lowering`` gets: the graph builder plus fused building blocks."""
+
+    def __init__(self, g: GraphBuilder, model, inputs: dict[str, Value], input_dtype: str, opset: int = 17):
+        self.g = g
+        self.opset = opset
+        self.model = model
+        self.inputs = inputs
+        self.input_dtype = input_dtype
+        self.coverage = Coverage()
+        self._memo: dict = {}
+
+    # --- scopes and components ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def layer_scope(self, name: str):
+        previous = self.coverage.current
+        self.coverage.current = name
+        with self.g.scope(name):
+            yield
+        self.coverage.current = previous
+
+    def record(self, part: str, op: str) -> None:
+        self.coverage.record(part, op)
+
+    def lower(self, layer, *args, **kwargs):
+        """Lower a sub-layer through its own component lowering."""
+        fn = own_lowering(layer)
+        if fn is None:
+            raise NotLowerable(f"{layer.path} ({type(layer).__name__}) has no ONNX lowering")
+        return fn(layer, self, *args, **kwargs)
+
+    def layer(self, name: str):
+        return self.model.get_layer(name)
+
+    # --- inputs --------------------------------------------------------------------------------
+    def int32_input(self, name: str) -> Value:
+        """Graph input ``name`` as int32 (one Cast when the model takes int64)."""
+        value = self.inputs[name]
+        if self.input_dtype == "int32":
+            return value
+        return self._once(("int32", name), lambda: self.g.node("Cast", [value], hint=f"{name}_int32", to=6))
+
+    def int64_input(self, name: str) -> Value:
+        value = self.inputs[name]
+        if self.input_dtype == "int64":
+            return value
+        return self._once(("int64", name), lambda: self.g.node("Cast", [value], hint=f"{name}_int64", to=7))
+
+    @property
+    def mask(self) -> Value:
+        """input_mask as int32 (B, S): the raw 0/1 mask the fused attention operators take."""
+        return self.int32_input("input_mask")
+
+    def attention_bias(self) -> Value:
+        """(B, 1, 1, S) additive bias: 0 for real keys, MASK_ADDER for masked ones (as the Keras model)."""
+        from bertc.components.common import MASK_ADDER
+
+        def make():
+            with self.g.scope("attention_bias"):
+                m = self.g.node("Cast", [self.inputs["input_mask"]], to=1)
+                inv = self.g.node("Sub", [self.g.scalar(1.0, "one"), m])
+                bias = self.g.node("Mul", [inv, self.g.scalar(MASK_ADDER, "mask_adder")])
+                return self.g.node("Unsqueeze", [bias, self.g.ints([1, 2], "axes")])
+        return self._once("attention_bias", make)
+
+    def _once(self, key, make):
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    # --- weights -------------------------------------------------------------------------------
+    def weight(self, variable) -> Value:
+        return self.g.weight(variable)
+
+    def derived(self, name: str, array) -> Value:
+        """An initializer computed from weights (a packed QKV kernel, a folded scale), named after them."""
+        return self.g.initializer(name, np.asarray(array, dtype=np.float32))
+
+    # --- values --------------------------------------------------------------------------------
+    def value(self, v: Union[Value, Residual]) -> Value:
+        """Materialize a pending residual sum (memoized: one Add chain per residual)."""
+        if not isinstance(v, Residual):
+            return v
+
+        def make():
+            total = self.g.node("Add", [v.main, v.bias], hint="add_bias") if v.bias else v.main
+            return self.g.node("Add", [total, v.skip], hint="residual")
+        return self._once(("residual", v), make)
+
+    def layer_norm(self, v: Union[Value, Residual], ln, want_sum: bool = False, part: Optional[str] = None):
+        """LayerNorm(v) with the Keras layer ``ln``'s gamma/beta/epsilon -> (normed, the summed input or None).
+
+        A pending residual becomes one SkipLayerNormalization (residual + bias + layer norm), whose
+        fourth output is the sum itself when ``want_sum`` (pre-layer-norm blocks need it)."""
+        gamma, beta, eps = self.weight(ln.gamma), self.weight(ln.beta), float(ln.epsilon)
+        part = part or ln.name
+        if isinstance(v, Residual):
+            key = ("residual", v)
+            outs = ["out", None, None, "sum"] if want_sum and key not in self._memo else ["out"]
+            names = self.g.ms("SkipLayerNormalization", [v.main, v.skip, gamma, beta, v.bias],
+                              outs if len(outs) > 1 else 1, hint=ln.name, epsilon=eps)
+            normed = names[0] if isinstance(names, list) else names
+            if isinstance(names, list):
+                self._memo[key] = names[3]
+            self.record(part, "SkipLayerNormalization")
+            return normed, (self.value(v) if want_sum else None)
+        normed = self.g.node("LayerNormalization", [v, gamma, beta], hint=ln.name, axis=-1, epsilon=eps)
+        self.record(part, "LayerNormalization")
+        return normed, (v if want_sum else None)
+
+    def matmul(self, x: Value, dense) -> tuple[Value, Value]:
+        """x @ kernel of the Keras Dense ``dense`` -> (product, bias): the bias is left to a fused consumer."""
+        return self.g.node("MatMul", [x, self.weight(dense.kernel)], hint=dense.name), self.weight(dense.bias)
+
+    def dense(self, x: Value, dense, part: Optional[str] = None) -> Value:
+        """x @ kernel + bias (activation of the Dense layer included: only linear and tanh occur)."""
+        y, b = self.matmul(x, dense)
+        y = self.g.node("Add", [y, b], hint=f"{dense.name}_bias")
+        act = getattr(dense.activation, "__name__", "linear")
+        if act == "tanh":
+            y = self.g.node("Tanh", [y])
+        elif act != "linear":
+            raise NotLowerable(f"{dense.path}: Dense activation {act!r} has no lowering")
+        return y
+
+    def gemm(self, x2d: Value, dense, trans_b: bool = False, weight: Optional[Value] = None) -> Value:
+        """A 2-D Dense (pooler, classifiers) as one Gemm (+ Tanh for the pooler)."""
+        w = weight or self.weight(dense.kernel)
+        y = self.g.node("Gemm", [x2d, w, self.weight(dense.bias)], hint=dense.name, transB=int(trans_b) or None)
+        act = getattr(dense.activation, "__name__", "linear")
+        if act == "tanh":
+            y = self.g.node("Tanh", [y])
+        elif act != "linear":
+            raise NotLowerable(f"{dense.path}: Dense activation {act!r} has no lowering")
+        return y
+
+    def activation(self, x: Value, bias: Value, name: str, part: str = "activation") -> Value:
+        """act(x + bias); exact and tanh GELU fuse the bias add (BiasGelu / FastGelu)."""
+        g = self.g
+        if name in ACTIVATION_FUSIONS:
+            op = ACTIVATION_FUSIONS[name]
+            self.record(part, op)
+            return g.ms(op, [x, bias])
+        y = g.node("Add", [x, bias], hint="bias")
+        self.record(part, name)
+        if name == "relu":
+            return g.node("Relu", [y])
+        if name == "tanh":
+            return g.node("Tanh", [y])
+        if name == "silu":
+            return g.node("Mul", [y, g.node("Sigmoid", [y])])
+        if name == "linear":
+            return y
+        raise NotLowerable(f"activation {name!r} has no lowering")
+
+    def first_token(self, x: Value, keep_axis: bool = True) -> Value:
+        """Row 0 of the sequence axis: (B, 1, H) (or (B, H) with ``keep_axis=False``)."""
+        g = self.g
+        if keep_axis:
+            return g.node("Slice", [x, g.ints([0], "start"), g.ints([1], "end"), g.ints([1], "axis")],
+                          hint="first_token")
+        return g.node("Gather", [x, g.const(0, np.int64, "index0")], hint="first_token", axis=1)
+
+    def reduce(self, op: str, x: Value, axes, keepdims: bool = False) -> Value:
+        """ReduceSum / ReduceMax / ... over ``axes`` (an input from opset 18 on, ReduceSum from 13)."""
+        if op == "ReduceSum" or self.opset >= 18:
+            return self.g.node(op, [x, self.g.ints(list(axes), "axes")], keepdims=int(keepdims))
+        return self.g.node(op, [x], axes=list(axes), keepdims=int(keepdims))
+
+    # --- attention building blocks ----------------------------------------------------------------
+    def split_heads(self, x: Value, num_heads: int, head_size: int, perm) -> Value:
+        g = self.g
+        x = g.node("Reshape", [x, g.ints([0, -1, num_heads, head_size])])
+        return g.node("Transpose", [x], perm=list(perm))
+
+    def merge_heads(self, x: Value, width: int) -> Value:
+        g = self.g
+        x = g.node("Transpose", [x], perm=[0, 2, 1, 3])
+        return g.node("Reshape", [x, g.ints([0, -1, width])])
+
+
+@dataclass
+class EncoderValues:
+    sequence_output: Union[Value, Residual]
+    pooled_output: Optional[Value]
+    layer_outputs: list
+    word_embedding_table: Optional[Value]
+    pruned: bool = False
+
+
+@dataclass
+class Lowered:
+    proto: Any
+    coverage: dict
+    nodes: int
+    op_counts: dict
+    pruned: bool
+
+
+def prunable(spec, sig) -> bool:
+    """True when every output reads only the first token of the last layer (a head says so)."""
+    from bertc.registry import HEADS
+
+    if spec.head is None:
+        return False
+    reads = getattr(HEADS.component(spec.head.type), "reads_first_token_only", None)
+    return bool(reads and reads(spec.head))
+
+
+def missing_lowerings(model, spec) -> list[str]:
+    """Every layer (and the encoder/head components) without its own ONNX lowering, as
+    ``'layer_1/attention (attention 'my_attention', MyAttention)'``."""
+    from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
+
+    kinds = {}
+    for reg in (EMBEDDINGS, ATTENTION, FEEDFORWARD, BLOCKS):
+        for entry in reg.entries():
+            kinds[entry.component] = (reg.kind, entry.name)
+    missing = []
+    seen = set()
+    for layer in _all_layers(model):
+        cls = type(layer)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if own_lowering(cls) is None and (cls in kinds or _is_spec_layer(cls)):
+            kind, name = kinds.get(cls, ("layer", cls.__name__))
+            missing.append(f"{layer.path} ({kind} {name!r}, {cls.__name__})")
+    if own_lowering(ENCODERS.component(spec.encoder.type)) is None:
+        missing.append(f"encoder ({spec.encoder.type!r})")
+    if spec.head is not None and own_lowering(HEADS.component(spec.head.type)) is None:
+        missing.append(f"head ({spec.head.type!r})")
+    return missing
+
+
+def _is_spec_layer(cls) -> bool:
+    from bertc.components.common import SpecLayer
+
+    return issubclass(cls, SpecLayer)
+
+
+def _all_layers(model):
+    out = []
+
+    def walk(layer):
+        for sub in getattr(layer, "_layers", []):
+            out.append(sub)
+            walk(sub)
+    walk(model)
+    return out
+
+
+def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
+                prune: Optional[bool] = None) -> Lowered:
+    """The whole model as one ONNX graph with the model's exact input/output names and dynamic
+    ``batch``/``sequence`` axes. ``prune`` (default: when the head reads only the first token)
+    computes the last layer's attention output and feedforward for the [CLS] row alone."""
+    import onnx
+
+    from bertc.registry import ENCODERS, HEADS
+
+    prune = prunable(spec, sig) if prune is None else prune
+    elem = onnx.TensorProto.INT64 if input_dtype == "int64" else onnx.TensorProto.INT32
+    g = GraphBuilder(spec.name.replace(".", "_") + "_optimized")
+    inputs = {i.name: g.add_input(i.name, elem, ["batch", i.length or "sequence"]) for i in sig.inputs}
+    ctx = LoweringContext(g, model, inputs, input_dtype, opset)
+    encoder = own_lowering(ENCODERS.component(spec.encoder.type))
+    if encoder is None:
+        raise NotLowerable(f"encoder {spec.encoder.type!r} has no ONNX lowering")
+    enc = encoder(spec.encoder, ctx, sig.needs_pooled, prune)
+    if spec.head is not None:
+        head = own_lowering(HEADS.component(spec.head.type))
+        if head is None:
+            raise NotLowerable(f"head {spec.head.type!r} has no ONNX lowering")
+        with ctx.layer_scope("head"):
+            outputs = head(spec.head, ctx, enc)
+    else:
+        outputs = {"sequence_output": enc.sequence_output, "pooled_output": enc.pooled_output}
+        outputs.update({f"encoder_outputs_{i}": v for i, v in enumerate(enc.layer_outputs)})
+    for info in sig.outputs:
+        value = ctx.value(outputs[info.name])
+        shape = model.output[info.name].shape
+        dims = ["batch"] + [("sequence" if axis == info.seq_axis else d if d is not None else f"{info.name}_{axis}")
+                            for axis, d in enumerate(shape) if axis > 0]
+        g.add_output(value, info.name, onnx.TensorProto.FLOAT, dims)
+    proto = g.model(opset)
+    return Lowered(proto, {"layers": ctx.coverage.layers}, len(g.nodes), g.op_counts(), enc.pruned)

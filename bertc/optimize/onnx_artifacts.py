@@ -1,0 +1,249 @@
+"""The "optimize onnx" stage: the fused ONNX Runtime artifact and its int8 / fp16 variants.
+
+- ``onnx_optimized`` (``model.optimized.onnx``): the graph lowered straight from the spec
+  (:mod:`bertc.optimize.lower`), checked by ``onnx.checker`` and loaded into ONNX Runtime's CPU
+  provider with every graph optimization on; one sample (a non-contiguous 0/1 mask) is run and its
+  max abs difference to Keras recorded (parity then checks the whole grid), and the lowering is
+  checked structurally on stress weights (:mod:`bertc.optimize.stress`): a wrong lowering fails
+  the build even where the model's own (freshly initialized) weights would hide it.
+- ``onnx_int8`` (``model.optimized.int8.onnx``): ONNX Runtime dynamic quantization of that graph.
+  MatMul and the fused Attention get int8 weights (per-channel, full 8-bit range; see
+  :data:`INT8_OPTIONS`); embeddings, layer norms, the pooler and classifier Gemms stay fp32.
+- ``onnx_fp16`` (``model.optimized.fp16.onnx``): weights and activations in float16 for the CUDA
+  provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); layer norms
+  (LayerNormalization, SkipLayerNormalization, EmbedLayerNormalization), (Log)Softmax and the fused
+  Attention's softmax run on fp16 tensors, and ONNX Runtime's CUDA kernels accumulate mean/variance
+  and the softmax sums in fp32 (see :data:`FP16_KEEP_FP32_OPS`). The -10000 mask value is exact in fp16. ONNX Runtime's CPU provider
+  has no fp16 MatMul or Attention kernel, which the stage verifies and records (``providers``).
+
+A model with a component that has no ONNX lowering (a plug-in) gets no optimized artifact (nor
+variants): the stage returns the reason and the layers that were not lowered, and the build goes on
+with the portable ``model.onnx``.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from bertc.errors import ExportError
+from bertc.optimize.runtime import ort_session, sample_inputs
+
+OPTIMIZED_FILE = "model.optimized.onnx"
+INT8_FILE = "model.optimized.int8.onnx"
+FP16_FILE = "model.optimized.fp16.onnx"
+
+# Dynamic quantization choices, measured on BERT-base (bert_base_classifier, random init, ORT 1.31 CPU,
+# 2 threads, AVX512-VNNI machine): per-tensor / per-channel x full / reduced range all run within noise
+# of each other (0.31-0.33 of fp32 latency at B1xS128), so accuracy decides: relative logit error vs
+# fp32 over 16 x 32 random tokens was 0.038 per-channel full-range, 0.043 per-tensor, 0.052 / 0.062
+# with reduce_range (7-bit weights only help on x86 without VNNI, where u8 x s8 products can saturate).
+# Only MatMul and the fused Attention are quantized: embeddings, layer norms and the pooler /
+# classifier Gemms stay fp32 (small, and the most sensitive).
+INT8_OPTIONS = {"per_channel": True, "reduce_range": False, "op_types_to_quantize": ["MatMul", "Attention"]}
+# No op is blocked from fp16: ORT's CUDA kernels for LayerNormalization, SkipLayerNormalization,
+# EmbedLayerNormalization, Softmax / LogSoftmax and the fused Attention's softmax accumulate in fp32.
+# (Blocking LogSoftmax also trips onnxruntime.transformers.float16 when it produces a graph output:
+# the output Cast it inserts gets the wrong type.)
+FP16_KEEP_FP32_OPS: list = []
+
+
+def _save(proto, path: Path) -> int:
+    import onnx
+
+    tmp = Path(str(path) + ".partial")
+    onnx.save_model(proto, str(tmp))
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def max_abs_vs_keras(session, model, inputs: dict) -> float:
+    from bertc.components.common import tf
+
+    ref = model({k: tf.constant(v.astype(np.int32)) for k, v in inputs.items()}, training=False)
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(names, inputs)))
+    return max(float(np.max(np.abs(np.asarray(ref[n], np.float32) - got[n].astype(np.float32)))) for n in names)
+
+
+def _artifact(path: Path, nbytes: int, precision: str, input_dtype: str, providers: list, nodes: int,
+              opset: int, **extra) -> dict:
+    return {"path": path.name, "bytes": nbytes, "format": "onnx", "precision": precision,
+            "input_dtype": input_dtype, "providers": providers, "nodes": nodes, "opset": opset, **extra}
+
+
+def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str = "int32",
+                  variants: tuple = ("onnx_int8", "onnx_fp16"), prune: Optional[bool] = None,
+                  portable: Optional[dict] = None) -> dict:
+    """Write the optimized artifact and the ONNX variants asked for.
+
+    Returns ``{"artifacts": {id: entry}, "fusion": section, "failure": message or None}``; ``fusion``
+    holds per-layer coverage, node counts, the layers not lowered and the reason when the artifact was
+    skipped, and the structural check (:mod:`bertc.optimize.stress`); ``failure`` says why the
+    lowering is wrong when that check fails (the build then fails as a parity failure)."""
+    from bertc.optimize.lower import NotLowerable, lower_model, missing_lowerings
+    from bertc.optimize.stress import structural_check
+
+    out = Path(out)
+    if importlib.util.find_spec("onnxruntime") is None:   # the stage loads, checks and quantizes with it
+        return {"artifacts": {}, "failure": None, "fusion": {
+            "lowered": False, "not_lowered": [],
+            "skipped": "no optimized ONNX artifact: onnxruntime is not installed (pip install -e '.[cpu]')"}}
+    missing = missing_lowerings(model, spec)
+    if missing:
+        return {"artifacts": {}, "fusion": {
+            "lowered": False, "not_lowered": missing,
+            "skipped": f"no optimized ONNX artifact: {len(missing)} component(s) have no ONNX lowering "
+                       f"({'; '.join(missing)}); the portable model.onnx is unaffected"}, "failure": None}
+    t0 = time.perf_counter()
+    try:
+        lowered = lower_model(model, spec, sig, input_dtype=input_dtype, opset=opset, prune=prune)
+    except NotLowerable as exc:
+        return {"artifacts": {}, "fusion": {"lowered": False, "not_lowered": [str(exc)],
+                                            "skipped": f"no optimized ONNX artifact: {exc}"}, "failure": None}
+    import onnx
+
+    try:
+        onnx.checker.check_model(lowered.proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the optimized ONNX graph fails onnx.checker: {exc}") from exc
+    path = out / OPTIMIZED_FILE
+    nbytes = _save(lowered.proto, path)
+    try:
+        session = ort_session(path)
+    except Exception as exc:  # ORT raises its own types; name the artifact and the cause
+        raise ExportError(f"{path.name} does not load in ONNX Runtime (CPU, ORT_ENABLE_ALL): {exc}") from exc
+    check_inputs = sample_inputs(spec, input_dtype)
+    self_check = max_abs_vs_keras(session, model, check_inputs)
+    structure = structural_check(model, spec, sig, input_dtype, opset, lowered.pruned)
+    artifacts = {"onnx_optimized": _artifact(
+        path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], lowered.nodes, opset,
+        op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage,
+        seconds=round(time.perf_counter() - t0, 3))}
+    if structure["passed"]:
+        if "onnx_int8" in variants:
+            artifacts["onnx_int8"] = quantize_int8(path, out / INT8_FILE, input_dtype, opset)
+        if "onnx_fp16" in variants:
+            artifacts["onnx_fp16"] = convert_fp16(lowered.proto, out / FP16_FILE, input_dtype, opset, model,
+                                                  check_inputs)
+    fusion = {
+        "lowered": True, "not_lowered": [], "pruned": lowered.pruned,
+        "layers": lowered.coverage["layers"],
+        "nodes": {**({"onnx": portable["nodes"]} if portable and "nodes" in portable else {}),
+                  **{k: a["nodes"] for k, a in artifacts.items()}},
+        "fused_ops": {op: n for op, n in lowered.op_counts.items() if op.startswith("com.microsoft.")},
+        "self_check_max_abs": self_check,
+        "structural_check": structure,
+    }
+    failure = None if structure["passed"] else (
+        "the optimized ONNX lowering disagrees with Keras (structural check, no variant written):\n"
+        + "\n".join(structure["problems"]))
+    return {"artifacts": artifacts, "fusion": fusion, "failure": failure}
+
+
+@contextlib.contextmanager
+def _root_log_level(level):
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
+def quantize_int8(src: Path, dst: Path, input_dtype: str, opset: int) -> dict:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t0 = time.perf_counter()
+    proto, keep_fp32 = _prepare_for_dynamic_quantization(onnx.load(str(src)))
+    tmp = Path(str(dst) + ".partial")
+    try:
+        # onnx's shape inference cannot type the outputs of com.microsoft ops: every float value
+        # here is fp32, say so.
+        with _root_log_level(logging.ERROR):  # its "consider pre-processing" advice is for static quantization
+            quantize_dynamic(proto, tmp, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32, **INT8_OPTIONS,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        os.replace(tmp, dst)
+        ort_session(dst)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"int8 quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
+    nodes = len(onnx.load(str(dst), load_external_data=False).graph.node)
+    return _artifact(dst, dst.stat().st_size, "int8", input_dtype, ["CPUExecutionProvider"], nodes, opset,
+                     quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
+                                   "kept_fp32": sorted(keep_fp32)},
+                     seconds=round(time.perf_counter() - t0, 3))
+
+
+def _prepare_for_dynamic_quantization(proto):
+    """ORT's dynamic quantizer rewrites every Gemm as MatMul + Add and, for ``transB=1``, transposes
+    B *in place*, assuming no other node reads it: the masked-LM decoder's Gemm reads the word table
+    that EmbedLayerNormalization also reads. Such a Gemm becomes Transpose + MatMul + Add here (ORT
+    folds the Transpose at load; the file keeps one table). Returns the graph and the names of the
+    MatMuls to keep in fp32: the ones from the remaining Gemms (pooler and classifiers: small, and
+    what the task reads)."""
+    from onnx import helper
+
+    graph = proto.graph
+    readers = collections.Counter(name for node in graph.node for name in node.input)
+    nodes, keep_fp32 = [], []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm" and attrs.get("transB") == 1 and readers[node.input[1]] > 1:
+            transposed = helper.make_node("Transpose", [node.input[1]], [f"{node.name}/table_t"],
+                                          name=f"{node.name}/transpose")
+            product = helper.make_node("MatMul", [node.input[0], f"{node.name}/table_t"], [f"{node.name}/product"],
+                                       name=f"{node.name}/matmul")
+            nodes += [transposed, product, helper.make_node("Add", [f"{node.name}/product", node.input[2]],
+                                                            list(node.output), name=f"{node.name}/bias")]
+            continue
+        if node.op_type == "Gemm":
+            keep_fp32.append(f"{node.name}_MatMul")   # the name ORT's quantizer gives its MatMul
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto, keep_fp32
+
+
+def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    t0 = time.perf_counter()
+    try:
+        half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
+    except Exception as exc:
+        raise ExportError(f"fp16 conversion of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
+    nbytes = _save(half, dst)
+    providers, cpu = fp16_on_cpu(dst, model, check_inputs)
+    return _artifact(dst, nbytes, "fp16", input_dtype, providers, len(half.graph.node), opset,
+                     keep_fp32_ops=FP16_KEEP_FP32_OPS, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
+
+
+def fp16_on_cpu(path: Path, model, check_inputs: dict) -> tuple[list, dict]:
+    """Whether ORT's CPU provider runs the fp16 graph, and how close it is to Keras there.
+
+    ORT's CPU provider has no fp16 MatMul / Attention kernel; its InsertCastTransformer runs such
+    nodes in fp32 between inserted Casts. So the graph runs on CPU (correct, fp16-rounded weights)
+    but gains no speed there: CUDA is the provider it is meant for. A graph that does not even
+    type-check raises (it would fail on CUDA too)."""
+    try:
+        session = ort_session(path)
+        max_abs = max_abs_vs_keras(session, model, check_inputs)
+    except Exception as exc:
+        message = str(exc)
+        if "NOT_IMPLEMENTED" not in message and "Could not find an implementation" not in message:
+            raise ExportError(f"{path.name} is not a valid ONNX Runtime graph: {message}") from exc
+        return ["CUDAExecutionProvider"], {"runs": False, "why": message.split("\n")[0]}
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"], {
+        "runs": True, "sample_max_abs": max_abs,
+        "note": "runs through ORT's fp32 fallback for ops without fp16 CPU kernels (no speed-up on CPU)"}
+

@@ -1,0 +1,498 @@
+"""The optimized ONNX Runtime artifact lowered straight from the spec, and its int8 / fp16 variants.
+
+Every bundled spec's optimized graph is run with ONNX Runtime (CPU, ORT_ENABLE_ALL) against the
+Keras reference, including non-contiguous random 0/1 masks and fully masked rows.
+"""
+import collections
+import json
+from typing import Literal
+
+import numpy as np
+import onnx
+import pytest
+
+from bertc.build import build_model
+from bertc.inputs import make_inputs
+from bertc.optimize.lower import LoweringContext, lower_model, missing_lowerings, prunable
+from bertc.optimize.onnx_artifacts import (FP16_FILE, INT8_FILE, OPTIMIZED_FILE, optimize_onnx, ort_session)
+from bertc.optimize.stress import stress_weights
+from bertc.signature import signature_of
+from bertc.spec import load_spec
+from conftest import TINY_SPECS, spec_dict, tiny_copy
+
+ATOL = 1e-4
+_MODELS = {}
+
+
+def built(name: str, **spec_overrides):
+    """(spec, sig, model) for a bundled spec, built once per module, with weights that make every
+    part count: at initialization (stddev 0.02) attention is nearly uniform, so a wrong head count
+    or mask would hardly show; here query/key kernels are resampled so that attention is sharp, and
+    ReZero's alphas (initialized to 0) are non-zero."""
+    key = (name, json.dumps(spec_overrides, sort_keys=True))
+    if key not in _MODELS:
+        d = tiny_copy(spec_dict(name))
+        d.update(spec_overrides)
+        spec = load_spec(d)
+        sig = signature_of(spec)
+        model = build_model(spec, sig)
+        for k, w in enumerate(v for v in model.weights if "rezero_alpha" in v.path):
+            w.assign(np.float32(0.5 + 0.25 * k))
+        rng = np.random.default_rng(0)
+        for w in model.weights:   # activations O(1) throughout (as in a trained model), sharp attention
+            if w.path.endswith("kernel") and len(w.shape) == 2:
+                scale = 3 if w.path.endswith(("/query/kernel", "/key/kernel")) else 1
+                w.assign(rng.normal(0, scale / np.sqrt(w.shape[0]), size=w.shape).astype(np.float32))
+        _MODELS[key] = (spec, sig, model)
+    return _MODELS[key]
+
+
+def session(proto):
+    return ort_session(proto.SerializeToString())
+
+
+def random_mask_cases(spec, input_dtype="int32", fully_masked=False):
+    """Padded rows and random non-contiguous 0/1 masks at several lengths; with ``fully_masked`` the
+    last row has no real token at all. (Keras computes such a row's logits as ``s - 10000`` in fp32,
+    which keeps only ~1e-3 of ``s``: with sharp attention the reference itself is that imprecise,
+    so fully masked rows are compared with the initialized weights, see below.)"""
+    cases = []
+    for b, s in [(1, 1), (3, 7), (4, spec.encoder.max_sequence_length)]:
+        rng = np.random.default_rng([b, s])
+        inputs = make_inputs(spec, b, s, rng)
+        if s > 1:
+            mask = rng.integers(0, 2, size=(b, s)).astype(np.int32)
+            mask[0] = inputs["input_mask"][0]      # keep one ordinary padded row
+            if fully_masked:
+                mask[-1] = 0
+            inputs["input_mask"] = mask
+        cast = np.int64 if input_dtype == "int64" else np.int32
+        cases.append({k: v.astype(cast) for k, v in inputs.items()})
+    return cases
+
+
+def max_abs_diff(model, sess, sig, cases) -> dict:
+    worst = collections.defaultdict(float)
+    for inputs in cases:
+        ref = model({k: v.astype(np.int32) for k, v in inputs.items()}, training=False)
+        got = dict(zip(sig.output_names, sess.run(sig.output_names, inputs)))
+        for name in sig.output_names:
+            assert got[name].shape == tuple(ref[name].shape), name
+            worst[name] = max(worst[name], float(np.max(np.abs(np.asarray(ref[name]) - got[name]))))
+    return dict(worst)
+
+
+def op_counts(proto):
+    return collections.Counter(n.op_type for n in proto.graph.node)
+
+
+# --- fusion coverage -------------------------------------------------------------------------------
+
+def test_canonical_encoder_is_fully_fused():
+    spec, sig, model = built("canonical_classifier")
+    lowered = lower_model(model, spec, sig, prune=False)
+    layers = spec.encoder.num_layers
+    ops = op_counts(lowered.proto)
+    assert ops["Attention"] == layers
+    assert ops["SkipLayerNormalization"] == 2 * layers
+    assert ops["FastGelu"] == layers                       # gelu_tanh
+    assert ops["EmbedLayerNormalization"] == 1
+    assert ops["MatMul"] == 3 * layers                     # attention output, intermediate, output
+    # nothing decomposed is left: no layer norm pieces, no softmax, no GELU pieces
+    for op in ("ReduceMean", "Sqrt", "Pow", "Div", "Softmax", "Erf", "LayerNormalization", "Transpose", "Cast"):
+        assert ops[op] == 0, op
+    assert lowered.nodes == len(lowered.proto.graph.node) == 7 * layers + 1 + 4   # + pooler (3) + classifier
+    for i in range(layers):
+        assert lowered.coverage["layers"][f"layer_{i}"] == {
+            "attention": "Attention", "attention_layer_norm": "SkipLayerNormalization",
+            "feedforward_activation": "FastGelu", "output_layer_norm": "SkipLayerNormalization"}
+    assert lowered.coverage["layers"]["embeddings"] == {"embeddings": "EmbedLayerNormalization"}
+
+
+def test_pre_norm_exact_gelu_encoder_fuses_residuals_into_the_next_layer_norm():
+    spec, sig, model = built("token_classifier")          # norm_first, exact GELU
+    ops = op_counts(lower_model(model, spec, sig).proto)
+    layers = spec.encoder.num_layers
+    assert ops["Attention"] == layers and ops["BiasGelu"] == layers
+    # per layer: attention residual + FFN norm; the FFN residual fuses into the next layer's first
+    # norm (or the final norm); only the first layer's first norm sees a plain tensor.
+    assert ops["SkipLayerNormalization"] == 2 * layers
+    assert ops["LayerNormalization"] == 1
+    assert ops["Add"] == 1                                  # the token classifier's bias
+
+
+def test_interface_names_dtypes_and_dynamic_axes():
+    spec, sig, model = built("pretrainer")
+    proto = lower_model(model, spec, sig, input_dtype="int64").proto
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == sig.input_names
+    assert [o.name for o in proto.graph.output] == sig.output_names
+    for i in proto.graph.input:
+        assert i.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert dims["input_word_ids"] == ["batch", "sequence"]
+    assert dims["masked_lm_positions"] == ["batch", spec.head.num_token_predictions]
+    assert {"com.microsoft", ""} == {o.domain for o in proto.opset_import}
+    assert "layer_0/attention/qkv/kernel" in {t.name for t in proto.graph.initializer}
+
+
+def test_lowering_is_deterministic():
+    spec, sig, model = built("mixed_blocks")
+    assert lower_model(model, spec, sig).proto.SerializeToString() == \
+        lower_model(model, spec, sig).proto.SerializeToString()
+
+
+# --- numerics against Keras ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", TINY_SPECS, ids=lambda p: p.stem)
+def test_optimized_matches_keras_with_random_masks(path):
+    spec, sig, model = built(path.stem)
+    assert not missing_lowerings(model, spec)
+    lowered = lower_model(model, spec, sig)
+    onnx.checker.check_model(lowered.proto)
+    worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert set(worst) == set(sig.output_names)
+    assert max(worst.values()) <= ATOL, worst
+
+
+@pytest.mark.parametrize("name", ["canonical_classifier", "mixed_blocks"])
+def test_fully_masked_rows_match_keras(name):
+    """Rows without any real token: every fused and decomposed (talking heads, in mixed_blocks)
+    attention path adds the same -10000."""
+    spec = load_spec(tiny_copy(spec_dict(name)))
+    sig = signature_of(spec)
+    model = build_model(spec, sig)   # initialized weights (see random_mask_cases)
+    for prune in (False, True):
+        proto = lower_model(model, spec, sig, prune=prune).proto
+        worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec, fully_masked=True))
+        assert max(worst.values()) <= ATOL, (prune, worst)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_without_head_exposes_every_layer_output(norm_first):
+    """No head: sequence_output, pooled_output and every layer's output; with pre-norm a layer's
+    output is the sum a SkipLayerNormalization of the next layer also produces (reused, not re-added)."""
+    from conftest import tiny_bert
+
+    d = tiny_bert()
+    d.pop("head")
+    d["encoder"].update(norm_first=norm_first, return_all_layer_outputs=True, activation="relu")
+    spec = load_spec(d)
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    lowered = lower_model(model, spec, sig)
+    assert not lowered.pruned
+    assert [o.name for o in lowered.proto.graph.output] == sig.output_names == [
+        "sequence_output", "pooled_output", "encoder_outputs_0", "encoder_outputs_1"]
+    worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert max(worst.values()) <= ATOL, worst
+    if norm_first:
+        # layer 0's output is the sum output of layer 1's first SkipLayerNormalization; the last
+        # residual fuses into the final layer norm: the only Adds are the two ReLU biases.
+        producer = {out: (n.op_type, k) for n in lowered.proto.graph.node for k, out in enumerate(n.output)}
+        assert producer["encoder_outputs_0"] == ("SkipLayerNormalization", 3)
+        assert op_counts(lowered.proto)["Add"] == 2
+    assert lowered.coverage["layers"]["layer_0"]["feedforward_activation"] == "relu"
+
+
+@pytest.mark.parametrize("pooling,normalize,opset", [("mean", True, 17), ("max", False, 17), ("max", True, 18),
+                                                     ("cls", True, 17)])
+def test_sentence_embedding_head(pooling, normalize, opset):
+    from conftest import tiny_bert
+
+    d = tiny_bert(head={"type": "sentence_embedding", "pooling": pooling, "normalize": normalize})
+    spec = load_spec(d)
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    stress_weights(model)
+    lowered = lower_model(model, spec, sig, opset=opset)
+    assert lowered.pruned == (pooling == "cls")
+    worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert worst["sentence_embedding"] <= ATOL, worst
+
+
+def test_int64_inputs_match_keras():
+    spec, sig, model = built("albert")
+    proto = lower_model(model, spec, sig, input_dtype="int64").proto
+    worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec, "int64"))
+    assert max(worst.values()) <= ATOL
+
+
+class _Override:
+    """A view of a Keras layer with some attributes replaced (to lower it deliberately wrong)."""
+
+    def __init__(self, layer, **attrs):
+        self._layer = layer
+        self.__dict__.update(attrs)
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
+
+
+def test_wrong_head_count_is_caught(monkeypatch):
+    from bertc.components import attention
+
+    spec, sig, model = built("canonical_classifier")
+    right = attention.MultiHeadAttention.onnx_lowering
+    monkeypatch.setattr(attention.MultiHeadAttention, "onnx_lowering",
+                        lambda self, ctx, x, query=None: right(_Override(self, num_heads=self.num_heads // 2),
+                                                               ctx, x, query))
+    proto = lower_model(model, spec, sig).proto
+    worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec))
+    assert worst["logits"] > 100 * ATOL, worst
+
+
+def test_wrong_layer_norm_epsilon_is_caught(monkeypatch):
+    spec, sig, model = built("token_classifier")
+    right = LoweringContext.layer_norm
+    monkeypatch.setattr(LoweringContext, "layer_norm",
+                        lambda self, v, ln, *a, **k: right(self, v, _Override(ln, epsilon=1e-2), *a, **k))
+    proto = lower_model(model, spec, sig).proto
+    worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec))
+    assert worst["logits"] > 100 * ATOL, worst
+
+
+def test_wrong_lowering_fails_the_build_even_where_initialized_weights_hide_it(monkeypatch, tmp_path):
+    """With freshly initialized weights attention is nearly uniform: half the heads gives the same
+    logits to ~1e-6, so parity on the model's own weights cannot see it. The structural check on
+    stress weights does, and the build fails as a parity failure naming the output."""
+    from bertc.cli import main
+    from bertc.components import attention
+    from bertc.errors import EXIT_PARITY_FAILED
+
+    right = attention.MultiHeadAttention.onnx_lowering
+    monkeypatch.setattr(attention.MultiHeadAttention, "onnx_lowering",
+                        lambda self, ctx, x, query=None: right(_Override(self, num_heads=self.num_heads // 2),
+                                                               ctx, x, query))
+    d = tiny_copy(spec_dict("canonical_classifier"))
+    d["export"] = {"tflite": False, "onnx": False}
+    spec = load_spec(d)
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    lowered = lower_model(model, spec, sig)
+    hidden = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert hidden["logits"] < ATOL          # invisible on the initialized weights ...
+    before = [w.numpy().copy() for w in model.weights]
+    result = optimize_onnx(model, spec, sig, tmp_path)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))   # weights restored
+    check = result["fusion"]["structural_check"]
+    assert not check["passed"] and check["outputs"]["logits"]["relative"] > 1e-2      # ... caught here
+    assert result["failure"].startswith("the optimized ONNX lowering disagrees with Keras")
+    assert "- onnx_optimized / logits: max abs diff" in result["failure"]
+    assert set(result["artifacts"]) == {"onnx_optimized"}                              # no variants
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(d))
+    out = tmp_path / "out"
+    assert main(["build", str(path), "-o", str(out), "-q", "--no-parity"]) == EXIT_PARITY_FAILED
+    assert not out.exists()
+    report = json.loads((tmp_path / "out.failed" / "report.json").read_text())
+    assert report["status"] == "failed" and not report["fusion"]["structural_check"]["passed"]
+
+
+def test_structural_check_passes_for_every_bundled_spec_lowering():
+    from bertc.optimize.stress import structural_check
+
+    for path in TINY_SPECS:
+        spec, sig, model = built(path.stem)
+        check = structural_check(model, spec, sig, "int32", 17, None)
+        assert check["passed"], (path.stem, check["problems"])
+
+
+# --- semantic pruning ------------------------------------------------------------------------------
+
+def test_which_heads_allow_pruning():
+    expected = {"canonical_classifier": True, "albert": True, "mixed_blocks": True, "pretrainer": False,
+                "span_labeler": False, "token_classifier": False}
+    for name, allowed in expected.items():
+        spec = load_spec(tiny_copy(spec_dict(name)))
+        assert prunable(spec, signature_of(spec)) is allowed, name
+    d = tiny_copy(spec_dict("classifier"))
+    d.pop("head")
+    spec = load_spec(d)
+    assert not prunable(spec, signature_of(spec))            # sequence_output is an output
+
+
+@pytest.mark.parametrize("name", ["canonical_classifier", "mixed_blocks", "custom_embedding"])
+def test_pruned_graph_equals_unpruned(name):
+    """mixed_blocks ends with a ReZero block after a pre-norm talking-heads block, plus a final norm."""
+    spec, sig, model = built(name)
+    full, pruned = lower_model(model, spec, sig, prune=False), lower_model(model, spec, sig, prune=True)
+    assert pruned.pruned and not full.pruned
+    last = f"layer_{spec.encoder.as_scaffold().num_layers - 1}"
+    assert pruned.coverage["layers"][last]["attention"] != full.coverage["layers"][last]["attention"]
+    cases = random_mask_cases(spec)
+    a, b = session(full.proto), session(pruned.proto)
+    for inputs in cases:
+        ya, yb = a.run(None, inputs)[0], b.run(None, inputs)[0]
+        np.testing.assert_allclose(yb, ya, rtol=0, atol=1e-6)
+    assert max(max_abs_diff(model, b, sig, cases).values()) <= ATOL
+
+
+def test_pruned_last_layer_computes_one_row():
+    """The last layer's feedforward runs on (B, 1, I) in the pruned graph, on (B, S, I) otherwise."""
+    spec, sig, model = built("canonical_classifier")
+    last = f"layer_{spec.encoder.num_layers - 1}/"
+    inputs = random_mask_cases(spec)[-1]
+    rows = {}
+    for prune in (False, True):
+        proto = lower_model(model, spec, sig, prune=prune).proto
+        gelu = [n for n in proto.graph.node if n.op_type == "FastGelu" and n.name.startswith(last)]
+        assert len(gelu) == 1
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(gelu[0].output[0]))
+        rows[prune] = session(proto).run([gelu[0].output[0]], inputs)[0].shape
+        attention = {n.op_type for n in proto.graph.node if n.name.startswith(last) and "Attention" in n.op_type}
+        assert attention == ({"MultiHeadAttention"} if prune else {"Attention"})
+    batch, seq = inputs["input_word_ids"].shape
+    assert rows == {False: (batch, seq, spec.encoder.intermediate_size),
+                    True: (batch, 1, spec.encoder.intermediate_size)}
+
+
+# --- plug-ins without a lowering -----------------------------------------------------------------
+
+def test_plugin_attention_without_lowering_is_reported_and_the_build_goes_on(tmp_path):
+    from bertc.cli import main
+    from bertc.components.attention import AttentionSpecBase, MultiHeadAttention
+    from bertc.registry import ATTENTION
+
+    class DoubledSpec(AttentionSpecBase):
+        type: Literal["doubled_logits"] = "doubled_logits"
+
+    @ATTENTION.register("doubled_logits", spec=DoubledSpec, description="test plug-in without ONNX lowering")
+    class DoubledLogits(MultiHeadAttention):
+        """Inherits multi_head's lowering, which would be wrong for it: it must not be used."""
+        spec_cls = DoubledSpec
+
+        def mix_logits(self, logits):
+            return 2.0 * logits
+
+    try:
+        d = spec_dict("talking_heads")
+        d["encoder"]["hidden"]["attention"]["type"] = "doubled_logits"
+        d["export"] = {"tflite": False, "onnx": False}
+        spec = load_spec(d)
+        sig = signature_of(spec)
+        model = build_model(spec, sig)
+        missing = missing_lowerings(model, spec)
+        assert missing == [f"layer_{i}/attention (attention 'doubled_logits', DoubledLogits)" for i in range(3)]
+        result = optimize_onnx(model, spec, sig, tmp_path)
+        assert result["artifacts"] == {}
+        assert result["fusion"]["not_lowered"] == missing
+        assert "3 component(s) have no ONNX lowering" in result["fusion"]["skipped"]
+        assert not (tmp_path / OPTIMIZED_FILE).exists()
+
+        spec_path = tmp_path / "plugin.json"
+        spec_path.write_text(json.dumps(d))
+        out = tmp_path / "out"
+        assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-parity"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["fusion"]["not_lowered"] == missing
+        assert set(report["artifacts"]) == {"keras"}
+        assert "layer_0/attention (attention 'doubled_logits'" in (out / "summary.txt").read_text()
+    finally:
+        ATTENTION.unregister("doubled_logits")
+
+
+# --- variants and the pipeline -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def canonical_build(tmp_path_factory):
+    from bertc.cli import main
+
+    d = tiny_copy(spec_dict("canonical_classifier"))
+    d["export"] = {"tflite": False}
+    root = tmp_path_factory.mktemp("optimized")
+    path = root / "spec.json"
+    path.write_text(json.dumps(d))
+    out = root / "out"
+    assert main(["build", str(path), "-o", str(out), "-q", "--no-parity"]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_build_writes_optimized_int8_fp16_with_the_artifact_contract(canonical_build):
+    out, report = canonical_build
+    arts = report["artifacts"]
+    expected = {"onnx_optimized": (OPTIMIZED_FILE, "fp32"), "onnx_int8": (INT8_FILE, "int8"),
+                "onnx_fp16": (FP16_FILE, "fp16")}
+    for key, (name, precision) in expected.items():
+        a = arts[key]
+        assert (a["path"], a["format"], a["precision"], a["input_dtype"]) == (name, "onnx", precision, "int32")
+        assert a["bytes"] == (out / name).stat().st_size
+        assert a["nodes"] == len(onnx.load(str(out / name)).graph.node)
+        assert "CUDAExecutionProvider" in a["providers"] or key == "onnx_int8"
+    assert arts["onnx_int8"]["providers"] == ["CPUExecutionProvider"]
+    fusion = report["fusion"]
+    assert fusion["lowered"] and fusion["pruned"] and fusion["not_lowered"] == []
+    assert fusion["nodes"]["onnx_optimized"] < fusion["nodes"]["onnx"] / 5
+    assert fusion["self_check_max_abs"] <= ATOL
+    assert arts["onnx_optimized"]["coverage"]["layers"] == fusion["layers"]
+    summary = (out / "summary.txt").read_text()
+    assert "fusion: 2 Attention, 1 EmbedLayerNormalization, 3 FastGelu, 1 MultiHeadAttention" in summary
+    assert f"onnx_optimized {fusion['nodes']['onnx_optimized']}" in summary
+
+
+def test_int8_artifact_agrees_with_keras_on_argmax(canonical_build):
+    import keras
+
+    out, report = canonical_build
+    spec = load_spec(out / "spec.json")
+    model = keras.saving.load_model(out / "model.keras")
+    proto = onnx.load(str(out / INT8_FILE))
+    assert op_counts(proto)["QAttention"] == 2               # the two unpruned layers; MHA has no weights
+    sess = ort_session(out / INT8_FILE)
+    rng = np.random.default_rng(3)
+    inputs = make_inputs(spec, 256, 16, rng)
+    inputs["input_mask"] = rng.integers(0, 2, size=(256, 16)).astype(np.int32)
+    inputs["input_mask"][:, 0] = 1
+    ref = np.asarray(model(inputs, training=False)["logits"])
+    got = sess.run(["logits"], inputs)[0]
+    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.99
+    assert 0 < np.max(np.abs(ref - got)) < 0.05 * np.max(np.abs(ref))     # really quantized, and close
+
+
+def test_fp16_artifact_keeps_int_inputs_and_fp32_outputs(canonical_build):
+    out, report = canonical_build
+    proto = onnx.load(str(out / FP16_FILE))
+    assert [i.type.tensor_type.elem_type for i in proto.graph.input] == [onnx.TensorProto.INT32] * 3
+    assert [o.type.tensor_type.elem_type for o in proto.graph.output] == [onnx.TensorProto.FLOAT]
+    weights = {t.name: t.data_type for t in proto.graph.initializer}
+    assert weights["layer_0/attention/qkv/kernel"] == onnx.TensorProto.FLOAT16
+    cpu = report["artifacts"]["onnx_fp16"]["cpu"]
+    assert report["artifacts"]["onnx_fp16"]["providers"][0] == "CUDAExecutionProvider"
+    if cpu["runs"]:
+        assert 0 < cpu["sample_max_abs"] < 1e-2
+
+
+def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):
+    """ORT's quantizer transposes a Gemm's B in place; the tied MLM decoder must not corrupt the table."""
+    spec = load_spec(tiny_copy(spec_dict("pretrainer")))
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    result = optimize_onnx(model, spec, sig, tmp_path)
+    int8 = onnx.load(str(tmp_path / INT8_FILE))
+    tables = [t for t in int8.graph.initializer if t.name.startswith("embeddings/word_embeddings")]
+    assert [(t.name, list(t.dims)) for t in tables] == [("embeddings/word_embeddings", [spec.encoder.vocab_size, 64])]
+    assert result["artifacts"]["onnx_int8"]["quantization"]["kept_fp32"] == ["head/next_sentence_MatMul",
+                                                                              "pooler/pooler_MatMul"]
+    inputs = random_mask_cases(spec)[1]
+    ref = model(inputs, training=False)
+    for name in (INT8_FILE, FP16_FILE):
+        got = dict(zip(sig.output_names, ort_session(tmp_path / name).run(sig.output_names, inputs)))
+        for out in sig.output_names:
+            r = np.asarray(ref[out]).reshape(-1, np.shape(ref[out])[-1])
+            g = got[out].reshape(r.shape)
+            assert np.mean(r.argmax(-1) == g.argmax(-1)) >= 0.9, (name, out)
+
+
+def test_variants_follow_the_spec_and_no_optimize(tmp_path):
+    from bertc.cli import main
+
+    d = tiny_copy(spec_dict("classifier"))
+    d["export"] = {"tflite": False, "onnx": False, "variants": ["onnx_int8"]}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(d))
+    assert main(["build", str(path), "-o", str(tmp_path / "a"), "-q", "--no-parity"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.onnx")) == [INT8_FILE, OPTIMIZED_FILE]
+    assert main(["build", str(path), "-o", str(tmp_path / "b"), "-q", "--no-parity", "--no-optimize"]) == 0
+    assert not list((tmp_path / "b").glob("*.onnx"))
+    assert "fusion" not in json.loads((tmp_path / "b" / "report.json").read_text())
