@@ -86,7 +86,8 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
         from bertc.preflight import check as memory_preflight, gb
 
         with stages.stage("preflight") as note:
-            preflight = memory_preflight(spec, opts.export, opts.parity, opts.onnx, opts.tflite, opts.memory_limit)
+            preflight = memory_preflight(spec, opts.export, opts.parity, opts.onnx, opts.tflite, opts.memory_limit,
+                                         opts.optimize)
             note["detail"] = (f"needs ~{gb(preflight['estimated_peak_bytes'])}, "
                               f"{gb(preflight['available_bytes'])} available ({preflight['available_from']})")
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
