@@ -400,7 +400,7 @@ def canonical_build(tmp_path_factory):
     from bertc.cli import main
 
     d = tiny_copy(spec_dict("canonical_classifier"))
-    d["export"] = {"tflite": False}
+    d["export"] = {"tflite": False, "variants": ["onnx_int8", "onnx_fp16"]}
     root = tmp_path_factory.mktemp("optimized")
     path = root / "spec.json"
     path.write_text(json.dumps(d))
