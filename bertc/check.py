@@ -46,40 +46,83 @@ def _max_diff(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> floa
     return worst
 
 
-def check_finite(model, spec: Spec, sig: Signature, rng) -> CheckResult:
-    out = _run(model, make_inputs(spec, 3, spec.encoder.max_sequence_length, rng))
-    bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in out.items()}
+SHORT_LENGTH_CAP = 32  # the short batch of the invariance checks: min(max_sequence_length // 2, this)
+
+
+class Passes:
+    """The forward passes validation needs, each run once and shared between the checks.
+
+    ``short``: a batch of 2 at a short length (row 0 uses all of it, row 1 one real token);
+    ``short_again``: the same inputs again (determinism); ``padded``: ``short`` padded to
+    ``max_sequence_length`` (padding invariance, and every position embedding is used);
+    ``row i``: row i of ``short`` alone (batch invariance). Sizes follow the model: one pass
+    over ``max_sequence_length`` tokens per row, the rest at a short length, so validation costs
+    about 2 x max_sequence_length + 8 x 32 tokens of inference whatever the model."""
+
+    def __init__(self, model, spec: Spec, rng):
+        self.model, self.max_len = model, spec.encoder.max_sequence_length
+        self.short_len = max(1, min(self.max_len // 2, SHORT_LENGTH_CAP))
+        self.inputs = make_inputs(spec, 2, self.short_len, rng)
+        self._cache: dict[str, dict] = {}
+        self.tokens = 0
+
+    def get(self, name: str) -> dict[str, np.ndarray]:
+        if name not in self._cache:
+            inputs = self.inputs_of(name)
+            self.tokens += int(next(iter(inputs.values())).shape[0]) * int(inputs["input_word_ids"].shape[1])
+            self._cache[name] = _run(self.model, inputs)
+        return self._cache[name]
+
+    def inputs_of(self, name: str) -> dict[str, np.ndarray]:
+        if name in ("short", "short_again"):
+            return self.inputs
+        if name == "padded":
+            return pad_to(self.inputs, self.max_len)
+        if name.startswith("row "):
+            i = int(name[4:])
+            return {k: v[i:i + 1] for k, v in self.inputs.items()}
+        raise KeyError(name)
+
+    def all_outputs(self):
+        return list(self._cache.items())
+
+
+def check_finite(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
+    """Every output of every validation pass (the padded one reaches max_sequence_length) is finite."""
+    passes.get("short")
+    passes.get("padded")
+    bad: dict[str, int] = {}
+    for _, out in passes.all_outputs():
+        for k, v in out.items():
+            bad[k] = bad.get(k, 0) + int(np.size(v) - np.isfinite(v).sum())
     n = sum(bad.values())
     return CheckResult("finite_outputs", n == 0, n, 0,
-                       "non-finite values per output: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+                       "non-finite values per output over all validation passes: "
+                       + ", ".join(f"{k}={v}" for k, v in bad.items()))
 
 
-def check_deterministic(model, spec: Spec, sig: Signature, rng) -> CheckResult:
-    inputs = make_inputs(spec, 2, spec.encoder.max_sequence_length, rng)
-    diff = _max_diff(_run(model, inputs), _run(model, inputs))
+def check_deterministic(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
+    diff = _max_diff(passes.get("short"), passes.get("short_again"))
     return CheckResult("deterministic", diff == 0.0, diff, 0.0, "max abs diff between two identical calls")
 
 
-def check_padding_invariance(model, spec: Spec, sig: Signature, rng) -> CheckResult:
-    max_len = spec.encoder.max_sequence_length
+def check_padding_invariance(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
+    max_len, short = passes.max_len, passes.short_len
     if max_len < 2:
         return CheckResult("padding_invariance", True, 0.0, INVARIANCE_ATOL, "skipped: max_sequence_length is 1")
-    short = max(1, max_len // 2)
-    inputs = make_inputs(spec, 3, short, rng)
-    diff = _max_diff(_run(model, inputs), _run(model, pad_to(inputs, max_len)), short, sig.outputs)
+    diff = _max_diff(passes.get("short"), passes.get("padded"), short, sig.outputs)
     return CheckResult("padding_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
                        f"outputs at the first {short} positions, before and after padding to {max_len}")
 
 
-def check_batch_invariance(model, spec: Spec, sig: Signature, rng) -> CheckResult:
-    inputs = make_inputs(spec, 3, max(1, spec.encoder.max_sequence_length // 2), rng)
-    batched = _run(model, inputs)
+def check_batch_invariance(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
+    batched = passes.get("short")
+    n = len(passes.inputs["input_word_ids"])
     diff = 0.0
-    for i in range(3):
-        alone = _run(model, {k: v[i:i + 1] for k, v in inputs.items()})
-        diff = max(diff, _max_diff(alone, {k: v[i:i + 1] for k, v in batched.items()}))
+    for i in range(n):
+        diff = max(diff, _max_diff(passes.get(f"row {i}"), {k: v[i:i + 1] for k, v in batched.items()}))
     return CheckResult("batch_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
-                       "row i of a batch of 3 against example i alone")
+                       f"row i of a batch of {n} against example i alone")
 
 
 MASKED_LENGTH_CAP = 32  # the random-mask batch: 3 rows of min(max_sequence_length, this) tokens, two passes
@@ -118,7 +161,7 @@ def check_masked_invariance(model, spec: Spec, sig: Signature, _shared=None) -> 
                        "tokens' ids")
 
 
-def check_param_count(model, spec: Spec, sig: Signature, rng) -> CheckResult:
+def check_param_count(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
     actual, expected = int(model.count_params()), expected_param_count(spec, sig)
     return CheckResult("param_count", actual == expected, actual, expected,
                        "model.count_params() against the closed-form count from the spec")
@@ -141,46 +184,53 @@ def _loss_fn(spec: Spec, inputs, rng):
     return surrogate, "surrogate MSE against random targets (no head)"
 
 
-def check_trainability(model, spec: Spec, sig: Signature, rng) -> CheckResult:
+def check_trainability(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
     """One SGD step on the loss over a fixed random batch: every trainable weight gets a finite,
     non-zero gradient and the loss goes down. Gradients are taken in inference mode, so the step is
     deterministic. A weight that only receives gradient once a zero-initialised gate has moved
-    (ReZero's ``rezero_alpha``) is checked again after the step. The weights are restored afterwards."""
+    (ReZero's ``rezero_alpha``) is checked again after the step. The stepped weights are evaluated
+    through ``stateless_call``: the model's own weights are never modified (no copy to restore), and
+    the learning-rate trials are forward passes only."""
+    rng = np.random.default_rng([spec.seed, 5])
     inputs = {k: tf.constant(v) for k, v in make_inputs(spec, 4, min(16, spec.encoder.max_sequence_length), rng).items()}
     loss_fn, what = _loss_fn(spec, inputs, rng)
     variables = model.trainable_variables
-    saved = [v.numpy() for v in variables]
+    fixed = [v.value for v in model.non_trainable_variables]
 
-    def loss_and_grads():
+    def loss_at(values):
+        out, _ = model.stateless_call(values, fixed, inputs, training=False)
+        return loss_fn(out)
+
+    def loss_and_grads(values):
         with tf.GradientTape() as tape:
-            loss = loss_fn(model(inputs, training=False))
-        grads = tape.gradient(loss, [v.value for v in variables])
+            tape.watch(values)
+            loss = loss_at(values)
+        grads = tape.gradient(loss, values)
         # Gathers give IndexedSlices; densify so every gradient is one array.
-        return float(loss), [None if g is None else np.asarray(tf.convert_to_tensor(g)) for g in grads]
+        return float(loss), [None if g is None else tf.convert_to_tensor(g) for g in grads]
 
     def dead(grads):
-        return [v.path for v, g in zip(variables, grads) if g is None or not np.any(np.asarray(g))]
+        return [v.path for v, g in zip(variables, grads) if g is None or not bool(tf.reduce_any(g != 0))]
 
-    try:
-        loss0, grads = loss_and_grads()
-        nonfinite = [v.path for v, g in zip(variables, grads) if g is not None and not np.all(np.isfinite(g))]
-        zero = dead(grads)
-        loss1, used_lr = loss0, None
-        for lr in LEARNING_RATES:
-            for v, s, g in zip(variables, saved, grads):
-                v.assign(s - lr * np.asarray(g) if g is not None else s)
-            loss1 = loss_and_grads()[0]
-            if loss1 < loss0:
-                used_lr = lr
-                break
-        late = []
-        if zero:  # gradient reaching these only once another weight moved (e.g. a ReZero gate)
-            still = set(dead(loss_and_grads()[1]))
-            late = [p for p in zero if p not in still]
-            zero = [p for p in zero if p in still]
-    finally:
-        for v, s in zip(variables, saved):
-            v.assign(s)
+    current = [tf.convert_to_tensor(v.value) for v in variables]
+    loss0, grads = loss_and_grads(current)
+    nonfinite = [v.path for v, g in zip(variables, grads)
+                 if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
+    zero = dead(grads)
+    loss1, used_lr, stepped = loss0, None, None
+    for lr in LEARNING_RATES:
+        stepped = [w - lr * g if g is not None else w for w, g in zip(current, grads)]
+        loss1 = float(loss_at(stepped))
+        if loss1 < loss0:
+            used_lr = lr
+            break
+    del grads
+    late = []
+    if zero and stepped is not None:  # gradient reaching these only once another weight moved (e.g. a ReZero gate)
+        still = set(dead(loss_and_grads(stepped)[1]))
+        late = [p for p in zero if p not in still]
+        zero = [p for p in zero if p in still]
+    passes.tokens += 4 * 3 * int(inputs["input_word_ids"].shape[1])  # forward + backward ~ 3 forwards
     ok = not nonfinite and not zero and used_lr is not None and np.isfinite(loss0)
     detail = f"{what}; {len(variables)} weights; loss {loss0:.6g} -> {loss1:.6g}"
     detail += f" at lr {used_lr}" if used_lr else " (did not decrease at any of lr 1e-2, 1e-3, 1e-4)"
@@ -198,7 +248,5 @@ CHECKS = (check_finite, check_deterministic, check_padding_invariance, check_bat
 
 
 def run_checks(model: keras.Model, spec: Spec, sig: Signature) -> list[CheckResult]:
-    results = []
-    for i, check in enumerate(CHECKS):
-        results.append(check(model, spec, sig, np.random.default_rng([spec.seed, i])))
-    return results
+    passes = Passes(model, spec, np.random.default_rng([spec.seed, 0]))
+    return [check(model, spec, sig, passes) for check in CHECKS]

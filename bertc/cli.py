@@ -48,10 +48,15 @@ def cli():
               help="Copy weights from a built model (OUT dir or .keras) before validation.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Trained weights to load (HF dir / .safetensors, TF checkpoint, .keras); overrides the spec's.")
+@click.option("--no-onnx", is_flag=True, help="Skip the ONNX export (and its parity).")
+@click.option("--no-tflite", is_flag=True, help="Skip the TFLite export (and its parity).")
+@click.option("--skip-preflight", is_flag=True, help="Build even if the memory estimate exceeds what is available.")
+@click.option("--memory-limit", default=None, metavar="SIZE",
+              help="Memory the preflight may assume available (e.g. 12G) instead of measuring it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inputs, keep_saved_model, init_from,
-          weights, quiet, as_json):
+          weights, no_onnx, no_tflite, skip_preflight, memory_limit, quiet, as_json):
     """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
@@ -65,8 +70,9 @@ def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inpu
     _import_quietly()
     opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity, optimize=not no_optimize,
                         opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
-                        keep_saved_model=keep_saved_model, init_from=init_from,
-                        weights=weights)
+                        keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
+                        onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,
+                        memory_limit=_size(memory_limit))
     import tempfile
 
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # TF / converter C++ chatter
@@ -89,6 +95,17 @@ def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inpu
     elif not quiet:
         _err((Path(out) / "summary.txt").read_text())
         _err(f"wrote {out}/")
+
+
+def _size(text):
+    if text is None:
+        return None
+    from bertc.preflight import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--memory-limit") from None
 
 
 @cli.command("import")
@@ -122,6 +139,7 @@ def validate(specs):
     _import_quietly()
     from bertc.build import expected_param_count
     from bertc.errors import SpecError
+    from bertc.preflight import estimate_line
     from bertc.spec import load_spec
 
     bad = 0
@@ -134,6 +152,7 @@ def validate(specs):
             continue
         click.echo(f"ok  {path}: {spec.name} ({spec.encoder.type} encoder, "
                    f"{spec.head.type if spec.head else 'no'} head, {expected_param_count(spec):,} parameters)")
+        click.echo("    " + estimate_line(spec))
     if bad:
         raise SystemExit(EXIT_BAD_SPEC)
 

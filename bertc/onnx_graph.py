@@ -136,9 +136,15 @@ class GraphBuilder:
         from onnx import helper
 
         used = {name for node in self.nodes for name in node.input}
-        # A lowering may fetch a weight it then folds away (ReZero's pre-scaled output bias): drop it.
-        initializers = [t for name, t in self.initializers.items() if name in used]
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, initializer=initializers)
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs)
+        # Moved one tensor at a time (protobuf copies on append), so the weights are never held twice. A
+        # lowering may fetch a weight it then folds away (ReZero's pre-scaled output bias): it is dropped.
+        # The builder gives its initializers away: call model() once.
+        for name in list(self.initializers):
+            tensor = self.initializers.pop(name)
+            if name in used:
+                graph.initializer.append(tensor)
+            del tensor
         imports = [helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, MS_OPSET)]
         model = helper.make_model(graph, opset_imports=imports, producer_name=producer)
         model.ir_version = min(model.ir_version, 9)  # readable by every onnxruntime >= 1.16

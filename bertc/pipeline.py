@@ -17,7 +17,11 @@ from typing import Callable, Optional
 
 import bertc
 from bertc.errors import CheckFailed, ParityError
+from bertc.manifest import build_manifest
+from bertc.memory import release as release_memory, tune_allocator
 from bertc.report import fusion_summary, parity_failure_message, write_report
+
+TFLITE_VARIANTS = (("tflite_int8", "int8", "model.int8.tflite"), ("tflite_fp16", "fp16", "model.fp16.tflite"))
 
 StageHook = Callable[[str, float, str], None]  # (stage name, seconds, one-line detail)
 
@@ -34,6 +38,10 @@ class BuildOptions:
     keep_saved_model: Optional[bool] = None
     init_from: Optional[Path] = None
     weights: Optional[Path] = None  # trained weights; overrides the spec's ``weights`` entry
+    onnx: bool = True
+    tflite: bool = True
+    preflight: bool = True
+    memory_limit: Optional[int] = None  # bytes the preflight may assume available (instead of measuring)
 
 
 class Stages:
@@ -46,6 +54,7 @@ class Stages:
         t0 = time.perf_counter()
         note = {"detail": ""}
         yield note
+        release_memory()  # what the stage freed goes back to the system before the next one
         seconds = time.perf_counter() - t0
         self.timings[name] = round(seconds, 3)
         self.hook(name, seconds, note["detail"])
@@ -61,6 +70,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     from bertc.output import StagedOutput
     from bertc.spec import dump_spec, load_spec
 
+    tune_allocator()
     stages = Stages(hook)
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
@@ -71,12 +81,26 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     if weights is not None:
         # spec.json in OUT names the same weights, relative to OUT (where that spec.json lives)
         spec = spec.model_copy(update={"weights": weights_entry_for(weights, opts.out)})
+    preflight = None
+    if opts.preflight:  # before anything is written: a build that cannot fit stops here (exit 5)
+        from bertc.preflight import check as memory_preflight, gb
+
+        with stages.stage("preflight") as note:
+            preflight = memory_preflight(spec, opts.export, opts.parity, opts.onnx, opts.tflite, opts.memory_limit,
+                                         opts.optimize)
+            note["detail"] = (f"needs ~{gb(preflight['estimated_peak_bytes'])}, "
+                              f"{gb(preflight['available_bytes'])} available ({preflight['available_from']})")
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
     with staged as tmp:
         report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path), weights=weights)
         if staged.removed_leftovers:
             report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
+        if preflight is not None:
+            report["preflight"] = preflight
         (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
+        with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
+            report["manifest"] = build_manifest(tmp, dump_spec(spec))
+            note["detail"] = f"sha256 of {len(report['manifest']['files'])} files"
         failure = report.pop("_failure", None)
         write_report(tmp, report)
         if failure is not None:
@@ -127,19 +151,20 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         return report
     artifacts = {}
     with stages.stage("save keras") as note:
-        model.save(out / "model.keras")
-        artifacts["keras"] = {"path": "model.keras", "bytes": (out / "model.keras").stat().st_size}
+        from bertc.export.keras_file import save_keras
+
+        artifacts["keras"] = save_keras(model, out / "model.keras")
         note["detail"] = f"{artifacts['keras']['bytes'] / 1e6:.2f} MB"
     report["artifacts"] = artifacts
     if opts.export:
         eo = _export_options(spec, opts)
-        if spec.export.onnx:
+        if spec.export.onnx and opts.onnx:
             from bertc.export.onnx import export_onnx
 
             with stages.stage("export onnx") as note:
                 artifacts["onnx"] = export_onnx(model, sig, out / "model.onnx", eo["opset"], eo["input_dtype"])
                 note["detail"] = f"opset {eo['opset']}, {artifacts['onnx']['bytes'] / 1e6:.2f} MB"
-        if spec.export.optimized and opts.optimize:
+        if spec.export.optimized and opts.optimize and opts.onnx:
             from bertc.optimize.onnx_artifacts import optimize_onnx
 
             with stages.stage("optimize onnx") as note:
@@ -151,13 +176,18 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
             if result.get("failure"):
                 report["_failure"] = ParityError(result["failure"])
                 return report
-        if spec.export.tflite:
+        if spec.export.tflite and opts.tflite:
             from bertc.export.tflite import export_tflite
 
             with stages.stage("export tflite") as note:
                 keep = out / "saved_model" if eo["keep_saved_model"] else None
                 artifacts["tflite"] = export_tflite(model, sig, out / "model.tflite", keep)
                 note["detail"] = f"{artifacts['tflite']['bytes'] / 1e6:.2f} MB"
+            for variant, precision, name in TFLITE_VARIANTS:
+                if variant in spec.export.variants:
+                    with stages.stage(f"export {variant}") as note:
+                        artifacts[variant] = export_tflite(model, sig, out / name, precision=precision)
+                        note["detail"] = f"{artifacts[variant]['bytes'] / 1e6:.2f} MB"
     if opts.export and opts.parity and spec.parity.enabled:
         from bertc.parity import run_parity
 

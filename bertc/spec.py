@@ -34,9 +34,9 @@ class ExportSpec(StrictModel):
     tflite: bool = True
     # The ONNX Runtime artifact lowered straight from the spec (fused com.microsoft operators).
     optimized: bool = True
-    # Reduced-precision variants: onnx_int8 (dynamic quantization of the optimized graph), onnx_fp16 (for
-    # the CUDA provider), tflite_int8 (dynamic-range), tflite_fp16.
-    variants: list[Literal["onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16"]] = ["onnx_int8", "onnx_fp16"]
+    # Reduced-precision variants: onnx_int8 (dynamic quantization of the optimized graph, for CPUs),
+    # onnx_fp16 (for ONNX Runtime's CUDA provider), tflite_int8 (dynamic-range), tflite_fp16.
+    variants: list[Literal["onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16"]] = ["onnx_int8"]
     opset: Literal[17, 18] = 17
     input_dtype: Literal["int32", "int64"] = "int32"
     keep_saved_model: bool = False

@@ -400,7 +400,7 @@ def canonical_build(tmp_path_factory):
     from bertc.cli import main
 
     d = tiny_copy(spec_dict("canonical_classifier"))
-    d["export"] = {"tflite": False}
+    d["export"] = {"tflite": False, "variants": ["onnx_int8", "onnx_fp16"]}
     root = tmp_path_factory.mktemp("optimized")
     path = root / "spec.json"
     path.write_text(json.dumps(d))
@@ -496,3 +496,30 @@ def test_variants_follow_the_spec_and_no_optimize(tmp_path):
     assert main(["build", str(path), "-o", str(tmp_path / "b"), "-q", "--no-parity", "--no-optimize"]) == 0
     assert not list((tmp_path / "b").glob("*.onnx"))
     assert "fusion" not in json.loads((tmp_path / "b" / "report.json").read_text())
+
+
+def test_large_models_are_checked_through_a_reduced_clone_that_still_catches_a_wrong_lowering(monkeypatch):
+    """Above CLONE_ABOVE_PARAMETERS the structural check lowers a reduced clone (same components and
+    settings, fewer layers, smaller vocabulary and sequences): a halved head count is still caught."""
+    from bertc.components import attention
+    from bertc.optimize import stress
+
+    spec, sig, model = built("canonical_classifier")
+    reduced = stress.reduced_spec(spec.model_copy(update={"encoder": spec.encoder.model_copy(
+        update={"num_layers": 6, "vocab_size": 5000, "max_sequence_length": 256})}))
+    enc = reduced.encoder
+    assert (enc.num_layers, enc.vocab_size, enc.max_sequence_length) == (2, 128, 32)
+    assert (enc.hidden_size, enc.num_attention_heads, enc.activation, enc.layer_norm_epsilon) == (
+        spec.encoder.hidden_size, spec.encoder.num_attention_heads, spec.encoder.activation,
+        spec.encoder.layer_norm_epsilon)
+    monkeypatch.setattr(stress, "CLONE_ABOVE_PARAMETERS", 0)
+    before = [w.numpy().copy() for w in model.weights]
+    good = stress.structural_check(model, spec, sig, "int32", 17, None)
+    assert good["passed"] and good["checked_on"].startswith("a reduced clone (2 layers")
+    right = attention.MultiHeadAttention.onnx_lowering
+    monkeypatch.setattr(attention.MultiHeadAttention, "onnx_lowering",
+                        lambda self, ctx, x, query=None: right(_Override(self, num_heads=self.num_heads // 2),
+                                                               ctx, x, query))
+    bad = stress.structural_check(model, spec, sig, "int32", 17, None)
+    assert not bad["passed"] and bad["outputs"]["logits"]["relative"] > 1e-2
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))  # the model is untouched

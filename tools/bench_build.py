@@ -1,36 +1,37 @@
 #!/usr/bin/env python3
 """Time every stage of `bertc build` and its peak memory; print and save the figures.
 
-    python tools/bench_build.py specs/bert_base_classifier.json [--out DIR] [--no-parity]
+    python tools/bench_build.py specs/bert_base_classifier.json [--out DIR] [--no-parity] [--results FILE]
 
-Peak memory is the process's peak resident set size (getrusage ru_maxrss), read after each
-stage, so each stage's figure is the peak reached so far. Results go to
-tools/results/<spec name>.json (or --results FILE).
+The build runs in a child process under ``/usr/bin/time -v`` (wall clock, CPU time, peak RSS as
+the kernel counts it). Inside the child, each stage reports its duration and the peak RSS so
+far (getrusage ru_maxrss, so a stage's figure is the peak reached up to its end). The machine's
+load (``uptime``) is recorded before and after: on a shared machine wall time depends on it, CPU
+time much less. Results go to tools/results/<spec name>.json (or --results FILE), with the
+exact command, the weight bytes and peak RSS / weight bytes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="build directory (default: a temporary one)")
-    parser.add_argument("--no-parity", action="store_true")
-    parser.add_argument("--results", type=Path, default=None)
-    args = parser.parse_args()
-
+def child(args) -> int:
     t_start = time.perf_counter()
     import bertc.components  # noqa: F401
     from bertc.pipeline import BuildOptions, build
@@ -40,27 +41,111 @@ def main() -> int:
     def hook(name, seconds, detail):
         row = {"stage": name, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1), "detail": detail}
         stages.append(row)
-        print(f"{name:<16} {seconds:8.2f}s  peak RSS {row['peak_rss_mb']:8.1f} MB  {detail}", flush=True)
+        print(f"{name:<18} {seconds:8.2f}s  peak RSS {row['peak_rss_mb']:8.1f} MB  {detail}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "out"
-        report = build(args.spec, BuildOptions(out=out, force=True, parity=not args.no_parity), hook)
-    total = time.perf_counter() - t_start
+        opts = BuildOptions(out=out, force=True, parity=not args.no_parity, preflight=not args.skip_preflight)
+        report = build(args.spec, opts, hook)
+    from bertc.preflight import estimate
+    from bertc.spec import load_spec
+
+    est = estimate(load_spec(args.spec), parity=not args.no_parity)
     result = {
         "spec": str(args.spec), "spec_name": report["spec_name"], "status": report["status"],
-        "parameters": report["parameters"]["actual"], "total_seconds": round(total, 2),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "stages": stages,
+        "parameters": report["parameters"]["actual"], "in_process_seconds": round(time.perf_counter() - t_start, 2),
+        "stages": stages, "preflight": report.get("preflight"), "estimate": est.to_json(),
         "parity_max_abs": (report.get("parity") or {}).get("max_abs_by_backend"),
         "artifact_bytes": {k: v["bytes"] for k, v in (report.get("artifacts") or {}).items()},
+    }
+    Path(args.child_result).write_text(json.dumps(result))
+    return 0 if report["status"] == "passed" else 1
+
+
+_TIME_FIELDS = {
+    "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall",
+    "User time (seconds)": "user_seconds",
+    "System time (seconds)": "system_seconds",
+    "Percent of CPU this job got": "cpu_percent",
+    "Maximum resident set size (kbytes)": "max_rss_kb",
+}
+
+
+def _parse_time_v(text: str) -> dict:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().rpartition(": ")
+        if key in _TIME_FIELDS:
+            out[_TIME_FIELDS[key]] = value.strip()
+    if "wall" in out:
+        parts = [float(p) for p in out["wall"].split(":")]
+        out["wall_seconds"] = round(sum(p * 60 ** i for i, p in enumerate(reversed(parts))), 2)
+    return out
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="build directory (default: a temporary one)")
+    parser.add_argument("--no-parity", action="store_true")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="build even if the preflight estimate exceeds the memory available")
+    parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--child-result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_result:
+        return child(args)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        child_result = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), str(args.spec), "--child-result", str(child_result)]
+        if args.out:
+            cmd += ["--out", str(args.out)]
+        if args.no_parity:
+            cmd.append("--no-parity")
+        if args.skip_preflight:
+            cmd.append("--skip-preflight")
+        timed = ["/usr/bin/time", "-v"] + cmd
+        load_before = _uptime()
+        proc = subprocess.run(timed, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        load_after = _uptime()
+        stages_text = "\n".join(line for line in proc.stderr.splitlines() if re.match(r"^\S.*\d+\.\d\ds  peak RSS", line))
+        print(stages_text)
+        if proc.returncode != 0 or not child_result.exists():
+            print(proc.stderr[-4000:], file=sys.stderr)
+            return proc.returncode or 1
+        result = json.loads(child_result.read_text())
+    timing = _parse_time_v(proc.stderr)
+    weight_bytes = 4 * result["parameters"]
+    peak = int(timing.get("max_rss_kb", 0)) * 1024
+    result.update({
+        "command": " ".join(["PYTHONPATH=.", "/usr/bin/time", "-v", sys.executable, "tools/bench_build.py", str(args.spec)]
+                            + (["--no-parity"] if args.no_parity else [])
+                            + (["--skip-preflight"] if args.skip_preflight else [])),
+        "time_v": timing, "wall_seconds": timing.get("wall_seconds"),
+        "cpu_seconds": round(float(timing.get("user_seconds", 0)) + float(timing.get("system_seconds", 0)), 2),
+        "peak_rss_mb": round(peak / 2**20, 1), "weight_bytes": weight_bytes,
+        "peak_over_weight_bytes": round(peak / weight_bytes, 2) if weight_bytes else None,
+        "load_before": load_before, "load_after": load_after, "cores": os.cpu_count(),
         "machine": f"{platform.node()} {platform.machine()}, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    print(f"{'total':<16} {total:8.2f}s  peak RSS {result['peak_rss_mb']:8.1f} MB  status {report['status']}")
-    path = args.results or Path(__file__).parent / "results" / f"{report['spec_name']}.json"
+    })
+    print(f"total: wall {result['wall_seconds']}s, CPU {result['cpu_seconds']}s ({timing.get('cpu_percent')}), "
+          f"peak RSS {result['peak_rss_mb']} MB = {result['peak_over_weight_bytes']} x weight bytes; "
+          f"status {result['status']}")
+    print(f"load: before [{load_before}] after [{load_after}]")
+    path = args.results or Path(__file__).parent / "results" / f"{result['spec_name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
-    return 0 if report["status"] == "passed" else 1
+    return 0 if result["status"] == "passed" else 1
 
 
 if __name__ == "__main__":

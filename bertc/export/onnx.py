@@ -15,10 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+import bertc
+
 from bertc.components.common import tf
 from bertc.errors import ExportError
+from bertc.export.onnx_canonical import canonicalize
 
 WEIGHT_PREFIX = "bertc_weight_"
+# Above this many bytes the weights go to ONNX external data (model.onnx + model.onnx.data): protobuf
+# cannot serialize a message over 2 GB. Tests lower it to exercise that path on a tiny model.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 
 def _quiet_tf2onnx():
@@ -27,9 +33,7 @@ def _quiet_tf2onnx():
 
 
 def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int32") -> dict:
-    import onnx
     import tf2onnx
-    from onnx import numpy_helper
 
     _quiet_tf2onnx()
     t0 = time.perf_counter()
@@ -60,27 +64,177 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
     for inp in graph.input:
         base = inp.name.split(":")[0]
         if base.startswith(WEIGHT_PREFIX):
-            weight_inputs[inp.name] = variables[int(base[len(WEIGHT_PREFIX):])]
+            weight_inputs[inp.name] = (inp, variables[int(base[len(WEIGHT_PREFIX):])])
+    used = {n for node in graph.node for n in node.input}
+    renames = {name: var.path for name, (_, var) in weight_inputs.items() if name in used}
+    # Unused weight inputs (e.g. the dropout layers' seed state) are not part of the inference graph.
     kept = [i for i in graph.input if i.name not in weight_inputs]
+    weight_values = [i for i in graph.input if i.name in renames]
     del graph.input[:]
     graph.input.extend(kept)
-    used = {n for node in graph.node for n in node.input}
-    renames = {}
-    for name, var in weight_inputs.items():
-        if name not in used:
-            continue  # e.g. the dropout layers' seed state: not part of the inference graph
-        renames[name] = var.path  # semantic names: later stages find weights by them
-        graph.initializer.append(numpy_helper.from_array(np.asarray(var.numpy()), name=var.path))
     _rename_values(graph, renames)
     _rename_io(graph, [i.name for i in inputs], outputs)
     _check_io(graph, [i.name for i in inputs], outputs)
-    onnx.checker.check_model(proto)
+    weights = sorted(((renames[name], var) for name, (_, var) in weight_inputs.items() if name in renames),
+                     key=lambda item: item[0])
+    graph.name = model.name
+    graph.doc_string = f"bertc {bertc.__version__}: {model.name} through tf2onnx"  # tf2onnx writes a TF function counter here
+    canonicalize(graph, keep={i.name for i in inputs} | set(outputs) | {p for p, _ in weights})
+    _check_structure(proto, weight_values, renames)
     tmp = Path(str(path) + ".partial")
-    onnx.save_model(proto, str(tmp))
+    data_path = path.with_name(path.name + ".data")
+    total = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for _, v in weights)
+    external = total + proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    try:
+        if external:
+            write_external(proto, weights, tmp, data_path)
+        else:
+            data_path.unlink(missing_ok=True)
+            write_streaming(proto, weights, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
-    return {"path": path.name, "opset": opset, "input_dtype": input_dtype, "bytes": path.stat().st_size,
-            "nodes": len(graph.node), "initializers": len(graph.initializer),
+    size = path.stat().st_size + (data_path.stat().st_size if external else 0)
+    return {"path": path.name, "format": "onnx", "precision": "fp32",
+            "providers": ["CPUExecutionProvider", "CUDAExecutionProvider"], "opset": opset,
+            "input_dtype": input_dtype, "bytes": size, "external_data": data_path.name if external else None,
+            "nodes": len(graph.node), "initializers": len(graph.initializer) + len(weights),
             "convert_seconds": round(t_convert, 3), "total_seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _check_structure(proto, weight_values, renames) -> None:
+    """onnx.checker on the graph with its weights declared as inputs (cheap: no weight data yet)."""
+    import onnx
+
+    graph = proto.graph
+    n = len(graph.input)
+    for value in weight_values:
+        declared = graph.input.add()
+        declared.CopyFrom(value)
+        declared.name = renames[value.name]
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported ONNX graph is invalid: {exc}") from None
+    finally:
+        while len(graph.input) > n:
+            graph.input.pop()
+
+
+def _tensor_header(name: str, array_shape, dtype) -> bytes:
+    """A TensorProto's fields before ``raw_data`` (field 9): dims, data_type, name."""
+    from onnx import TensorProto, helper
+
+    t = TensorProto()
+    t.dims.extend(int(d) for d in array_shape)
+    t.data_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    t.name = name
+    return t.SerializeToString(deterministic=True)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    return _varint((number << 3) | 2) + _varint(length)
+
+
+def _split(message, before: set[str]):
+    """Two copies of ``message``: the fields named in ``before``, and the others."""
+    head, tail = message.__class__(), message.__class__()
+    head.CopyFrom(message)
+    tail.CopyFrom(message)
+    for f in message.DESCRIPTOR.fields:
+        (tail if f.name in before else head).ClearField(f.name)
+    return head, tail
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array)
+    return array.astype(array.dtype.newbyteorder("<"), copy=False)
+
+
+def write_streaming(proto, weights, path: Path) -> None:
+    """Write ``proto`` with the weights as ``raw_data`` initializers, one weight in memory at a time.
+
+    The bytes are what protobuf's deterministic serializer writes for the whole model (fields in
+    number order): the model's fields before ``graph``, the graph (its nodes, name and small
+    initializers, then each weight initializer, then inputs, outputs, value_info), the model's
+    fields after it."""
+    graph = proto.graph
+    model_head, model_tail = _split(proto, {"ir_version", "producer_name", "producer_version", "domain",
+                                            "model_version", "doc_string"})
+    model_head.ClearField("graph")
+    model_tail.ClearField("graph")
+    graph_head, graph_tail = _split(graph, {"node", "name", "initializer"})
+    pieces = []
+    graph_len = graph_head.ByteSize() + graph_tail.ByteSize()
+    for name, var in weights:
+        header = _tensor_header(name, var.shape, var.dtype)
+        n = int(np.prod(var.shape)) * np.dtype(var.dtype).itemsize
+        tensor_len = len(header) + len(_field(9, n)) + n
+        pieces.append((header, n, var))
+        graph_len += len(_field(5, tensor_len)) + tensor_len
+    with open(path, "wb") as f:
+        f.write(model_head.SerializeToString(deterministic=True))
+        f.write(_field(7, graph_len))
+        f.write(graph_head.SerializeToString(deterministic=True))
+        for header, n, var in pieces:
+            data = _little_endian(np.asarray(var.numpy()))
+            assert data.nbytes == n
+            f.write(_field(5, len(header) + len(_field(9, n)) + n))
+            f.write(header)
+            f.write(_field(9, n))
+            f.write(memoryview(data).cast("B"))
+            del data
+        f.write(graph_tail.SerializeToString(deterministic=True))
+        f.write(model_tail.SerializeToString(deterministic=True))
+
+
+def write_external(proto, weights, path: Path, data_path: Path) -> None:
+    """ONNX external data: the weights in ``data_path`` (next to ``path``, 64-byte aligned), the graph in
+    ``path`` (protobuf cannot hold more than 2 GB in one message)."""
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    n_before = len(graph.initializer)
+    tmp_data = Path(str(data_path) + ".partial")
+    offset = 0
+    try:
+        with open(tmp_data, "wb") as f:
+            for name, var in weights:
+                data = _little_endian(np.asarray(var.numpy()))
+                pad = (-offset) % 64
+                f.write(b"\0" * pad)
+                offset += pad
+                f.write(memoryview(data).cast("B"))
+                t = graph.initializer.add()
+                t.name = name
+                t.dims.extend(int(d) for d in data.shape)
+                t.data_type = helper.np_dtype_to_tensor_dtype(data.dtype)
+                t.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(data.nbytes))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, value
+                offset += data.nbytes
+                del data
+        with open(path, "wb") as f:
+            f.write(proto.SerializeToString(deterministic=True))
+        os.replace(tmp_data, data_path)
+    finally:
+        tmp_data.unlink(missing_ok=True)
+        while len(graph.initializer) > n_before:
+            graph.initializer.pop()
 
 
 def _rename_values(graph, renames: dict) -> None:

@@ -1,4 +1,4 @@
-"""Keras -> TFLite (builtin ops only) through a SavedModel.
+"""Keras -> TFLite (builtin ops only) through a SavedModel of placeholder weights.
 
 Converting from concrete functions can leave Keras 3 variables unfrozen (NaN
 outputs); going through a SavedModel is reliable. The SavedModel's serving
@@ -8,6 +8,9 @@ length stay dynamic (the interpreter resizes them at run time).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import mmap
 import os
 import re
 import shutil
@@ -16,29 +19,48 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from bertc.components.common import tf
 from bertc.errors import ExportError
+from bertc.export.tflite_weights import WEIGHT_PREFIX, fill_weights, graph_weight_uses, placeholder_values
 
 SIGNATURE = "serving_default"
 
 
-def save_serving_model(model, sig, directory: Path):
-    inputs = sig.inputs
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _signature(sig):
+    return [{i.name: tf.TensorSpec((None, i.length), tf.int32, name=i.name) for i in sig.inputs}]
+
+
+def serving_function(model, sig, weight_value):
+    """A tf.function taking the model's inputs by name, with each weight a graph constant named
+    ``bertc_weight_<k>`` whose value is ``weight_value(k, variable)``.
+
+    Weights go in as constants (stateless_call), so the SavedModel holds no variables: the converter
+    otherwise keeps Keras 3 variables as mutable READ_VARIABLE ops (NaN / failed invokes)."""
+    trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
+    variables = trainable + non_trainable
+    values = [weight_value(k, v) for k, v in enumerate(variables)]
+    n_tr = len(trainable)
     outputs = sig.output_names
-    signature = [{i.name: tf.TensorSpec((None, i.length), tf.int32, name=i.name) for i in inputs}]
 
-    # Weights go in as constants (stateless_call), so the SavedModel holds no variables: the
-    # converter otherwise keeps Keras 3 variables as mutable READ_VARIABLE ops (NaN / failed invokes).
-    trainable = [v.numpy() for v in model.trainable_variables]
-    non_trainable = [v.numpy() for v in model.non_trainable_variables]
-    module = tf.Module()
-
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=_signature(sig))
     def serve(features):
-        out, _ = model.stateless_call([tf.constant(w) for w in trainable], [tf.constant(w) for w in non_trainable],
-                                      features, training=False)
+        weights = [tf.constant(value, dtype=v.dtype, shape=v.shape, name=f"{WEIGHT_PREFIX}{k}")
+                   for k, (v, value) in enumerate(zip(variables, values))]
+        out, _ = model.stateless_call(weights[:n_tr], weights[n_tr:], features, training=False)
         return {name: out[name] for name in outputs}
 
+    return serve
+
+
+def save_serving_model(model, sig, directory: Path):
+    """A SavedModel of the model with its real weights (``--keep-saved-model``)."""
+    serve = serving_function(model, sig, lambda k, v: v.numpy())
+    module = tf.Module()
     module.serve = serve
     tf.saved_model.save(module, str(directory), signatures={SIGNATURE: serve})
     return serve.get_concrete_function()
@@ -70,26 +92,113 @@ def explain_converter_error(message: str, ops: list[tuple[str, str]] = ()) -> st
             + ". Rewrite them with builtin ops (e.g. exact GELU through erf, expand_dims instead of [:, None]).")
 
 
-def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None) -> dict:
+def _converter(saved: Path, precision: str):
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    # The conversion metadata records the converter's environment; it costs a Python round trip of the
+    # whole flatbuffer and is not needed to run the model.
+    converter.exclude_conversion_metadata = True
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":  # dynamic-range: int8 weights, float activations
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter
+
+
+@contextlib.contextmanager
+def _without_buffer_deduplication():
+    """The converter's last step deduplicates equal read-only buffers through the Python flatbuffer object
+    API (seconds and a full copy of the model at BERT-base size). bertc's placeholders are distinct per
+    weight, so there is nothing to merge among the weights; without it equal int8 placeholders also stay
+    in separate buffers. (Private hook of ``tensorflow.lite.python.lite``; skipped if it moved.)"""
+    from tensorflow.lite.python import lite
+
+    original = getattr(lite, "_deduplicate_readonly_buffers", None)
+    if original is None:
+        yield
+        return
+    lite._deduplicate_readonly_buffers = lambda model: model
+    try:
+        yield
+    finally:
+        lite._deduplicate_readonly_buffers = original
+
+
+def _convert(saved: Path, precision: str, tmp: Path) -> None:
+    """Convert and write the flatbuffer to ``tmp`` (the converter's bytes are dropped at once, so the
+    weights are next edited in the file through a memory map, not in a second in-memory copy)."""
+    with _without_buffer_deduplication():
+        model = _converter(saved, precision).convert()
+    tmp.write_bytes(model)
+    del model
+
+
+def _fill_in_file(tmp: Path, weight, placeholders, uses, own_values):
+    """Write the real weights into the flatbuffer file ``tmp`` in place (memory-mapped)."""
+    error = None
+    with open(tmp, "r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 0)
+        try:
+            result, filled = fill_weights(mapped, weight, placeholders, uses, own_values)
+            if result is mapped:
+                mapped.flush()
+                result = None
+        except BaseException as exc:  # its traceback holds numpy views into the map: drop it before closing
+            error = exc.with_traceback(None)
+        gc.collect()
+        try:
+            mapped.close()
+        except BufferError:  # a view still alive somewhere: the map closes when it is collected
+            pass
+    if error is not None:
+        raise error
+    if result is not None:  # the flatbuffer had to be re-serialized (shared buffers split)
+        tmp.write_bytes(result)
+    return filled
+
+
+def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None, precision: str = "fp32") -> dict:
+    """Convert ``model`` to TFLite at ``precision`` (fp32; fp16 weights; int8 dynamic-range weights).
+
+    The converter sees splat placeholder weights (one number per weight tensor), so its memory and
+    time do not grow with the weights; :func:`bertc.export.tflite_weights.fill_weights` then writes
+    the real weights into the flatbuffer, proving the placeholder -> buffer mapping."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     t0 = time.perf_counter()
+    variables = list(model.trainable_variables) + list(model.non_trainable_variables)
+    floating = [k for k, v in enumerate(variables) if str(v.dtype).startswith("float")]
+    placeholders = dict(zip(floating, placeholder_values(len(floating))))
     workdir = Path(tempfile.mkdtemp(prefix="bertc-savedmodel-"))
     try:
         saved = workdir / "saved_model"
-        serving = save_serving_model(model, sig, saved)
+        serve = serving_function(model, sig, lambda k, v: placeholders[k] if k in placeholders else v.numpy())
+        module = tf.Module()
+        module.serve = serve
+        tf.saved_model.save(module, str(saved), signatures={SIGNATURE: serve})
+        concrete = serve.get_concrete_function()
         t_saved = time.perf_counter() - t0
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        try:
-            flatbuffer = converter.convert()
-        except Exception as exc:
-            raise ExportError(explain_converter_error(str(exc), graph_ops(serving))) from None
         tmp = Path(str(path) + ".partial")
-        tmp.write_bytes(flatbuffer)
+        try:
+            _convert(saved, precision, tmp)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise ExportError(explain_converter_error(str(exc), graph_ops(concrete))) from None
+        t_convert = time.perf_counter() - t0 - t_saved
+        uses, own_values = graph_weight_uses(concrete, variables)
+        try:
+            filled = _fill_in_file(tmp, lambda k: np.asarray(variables[k].numpy()), placeholders, uses, own_values)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
         if keep_saved_model is not None:
-            shutil.move(str(saved), str(keep_saved_model))
+            save_serving_model(model, sig, keep_saved_model)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"path": path.name, "bytes": path.stat().st_size, "signature": SIGNATURE,
-            "saved_model_seconds": round(t_saved, 3), "total_seconds": round(time.perf_counter() - t0, 3),
+    return {"path": path.name, "bytes": path.stat().st_size, "format": "tflite", "precision": precision,
+            "signature": SIGNATURE, "weights": filled.to_json(),
+            "saved_model_seconds": round(t_saved, 3), "convert_seconds": round(t_convert, 3),
+            "total_seconds": round(time.perf_counter() - t0, 3),
             "saved_model": keep_saved_model.name if keep_saved_model is not None else None}

@@ -122,23 +122,29 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
         raise ExportError(f"{path.name} does not load in ONNX Runtime (CPU, ORT_ENABLE_ALL): {exc}") from exc
     check_inputs = sample_inputs(spec, input_dtype)
     self_check = max_abs_vs_keras(session, model, check_inputs)
+    del session
     structure = structural_check(model, spec, sig, input_dtype, opset, lowered.pruned)
     artifacts = {"onnx_optimized": _artifact(
         path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], lowered.nodes, opset,
         op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage,
         seconds=round(time.perf_counter() - t0, 3))}
+    proto, nodes, op_counts, coverage, pruned = (lowered.proto, lowered.nodes, lowered.op_counts, lowered.coverage,
+                                                 lowered.pruned)
+    del lowered  # one copy of the weights at a time: the variants read the proto or the file
     if structure["passed"]:
+        if "onnx_fp16" in variants:
+            artifacts["onnx_fp16"] = convert_fp16(proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
+        del proto
         if "onnx_int8" in variants:
             artifacts["onnx_int8"] = quantize_int8(path, out / INT8_FILE, input_dtype, opset)
-        if "onnx_fp16" in variants:
-            artifacts["onnx_fp16"] = convert_fp16(lowered.proto, out / FP16_FILE, input_dtype, opset, model,
-                                                  check_inputs)
+    else:
+        del proto
     fusion = {
-        "lowered": True, "not_lowered": [], "pruned": lowered.pruned,
-        "layers": lowered.coverage["layers"],
+        "lowered": True, "not_lowered": [], "pruned": pruned,
+        "layers": coverage["layers"],
         "nodes": {**({"onnx": portable["nodes"]} if portable and "nodes" in portable else {}),
                   **{k: a["nodes"] for k, a in artifacts.items()}},
-        "fused_ops": {op: n for op, n in lowered.op_counts.items() if op.startswith("com.microsoft.")},
+        "fused_ops": {op: n for op, n in op_counts.items() if op.startswith("com.microsoft.")},
         "self_check_max_abs": self_check,
         "structural_check": structure,
     }

@@ -1,0 +1,237 @@
+"""Memory preflight: estimate the peak memory of a build from the spec, before building anything.
+
+The estimate is an additive model of the build's resident memory, calibrated on measured
+builds (tools/bench_build.py, tools/results/): a fixed runtime overhead (TensorFlow, ONNX
+Runtime, LiteRT loaded), then per stage a multiple of the weight bytes W that the stage adds to
+the process's peak (freed memory is partly kept by the allocators, so stage peaks accumulate),
+plus the activations of the largest forward pass (validation's padded batch, parity's grid).
+Factors from BERT-large (W = 1.34 GB, measured peak after each stage), which over-predict
+BERT-base by ~15% (3.8 GB estimated, 3.3 GB measured):
+
+    stage            adds (x W)   BERT-large: peak after the stage
+    (runtime)        0.53 GB      0.53 GB
+    build graph      1.1          1.97 GB
+    validate         3.1 + act    6.10 GB
+    save keras       0.2          6.34 GB
+    export onnx      0.0          6.34 GB
+    export tflite    1.9          8.95 GB   (+0.35 int8 variant, +0.6 fp16 variant: not measured)
+    parity           0.8 per ONNX model + 0.5 per TFLite model + act(grid)   10.69 GB
+
+The optimized ONNX graph and its int8 / fp16 variants are built by stages not measured here;
+they are counted with assumed factors (ONNX_OPTIMIZED, ONNX_VARIANT).
+
+Available memory is the smaller of the kernel's MemAvailable and the cgroup's limit minus its
+usage. A build that will not fit stops before anything is written (exit 5), saying what it needs,
+what is available and which options lower the need.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from bertc.errors import BertcError, EXIT_OUTPUT
+
+GB = 1024**3
+OVERHEAD = int(0.53 * GB)  # Python + TensorFlow + ONNX Runtime + LiteRT, measured after import
+BUILD, VALIDATE, SAVE_KERAS, EXPORT_ONNX, EXPORT_TFLITE = 1.1, 3.1, 0.2, 0.0, 1.9
+TFLITE_VARIANT = {"tflite_int8": 0.35, "tflite_fp16": 0.6}
+# The optimized ONNX stage (bertc.optimize: lowering, checks, int8 / fp16 variants), measured on BERT-base
+# after the merge: +2.72 GB over the portable export = 6.2 W in all.
+ONNX_OPTIMIZED, ONNX_VARIANT = 4.5, {"onnx_int8": 0.8, "onnx_fp16": 0.9}
+PARITY_ONNX, PARITY_TFLITE = 0.8, 0.5
+MARGIN = 1.0  # the factors come from measured peaks (allocator slack included) and over-predict small models
+
+
+class MemoryPreflightError(BertcError):
+    """The build would not fit in the memory available (exit 5, nothing written)."""
+
+    exit_code = EXIT_OUTPUT
+
+
+@dataclass
+class Estimate:
+    parameters: int
+    weight_bytes: int
+    peak_bytes: int
+    stages: dict[str, int] = field(default_factory=dict)  # stage -> estimated peak after it
+    artifacts: dict[str, int] = field(default_factory=dict)  # file -> expected bytes
+
+    def to_json(self) -> dict:
+        return {"parameters": self.parameters, "weight_bytes": self.weight_bytes, "peak_bytes": self.peak_bytes,
+                "stages": self.stages, "artifacts": self.artifacts}
+
+
+def _dims(spec) -> tuple[int, int, int, int]:
+    """(hidden, heads, intermediate, layers): exact for bert / albert, typical ratios otherwise."""
+    enc = spec.encoder
+    s = enc.as_scaffold()
+    hidden = s.hidden_size
+    heads = getattr(enc, "num_attention_heads", None) or max(1, hidden // 64)
+    inter = getattr(enc, "intermediate_size", None) or 4 * hidden
+    return hidden, heads, inter, s.num_layers
+
+
+def activation_bytes(spec, batch: int, seq: int) -> int:
+    """Memory of one inference pass at (batch, seq): the largest layer's live tensors (attention scores
+    and probabilities, the feed-forward intermediate, a few hidden-size tensors), in float32."""
+    hidden, heads, inter, _ = _dims(spec)
+    per_layer = batch * (3 * heads * seq * seq + seq * (2 * inter + 12 * hidden)) * 4
+    return int(per_layer * 2)  # input and output of a layer live together
+
+
+def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool = True,
+                       optimized: bool = True) -> dict[str, int]:
+    w = weight_bytes
+    out = {"model.keras": w + 64 * 1024}
+    e = spec.export
+    if onnx and e.onnx:
+        out["model.onnx"] = w + 256 * 1024
+        if e.optimized and optimized:
+            out["model.optimized.onnx"] = w + 256 * 1024
+            if "onnx_int8" in e.variants:
+                out["model.optimized.int8.onnx"] = w // 4 + 256 * 1024
+            if "onnx_fp16" in e.variants:
+                out["model.optimized.fp16.onnx"] = w // 2 + 256 * 1024
+    if tflite and e.tflite:
+        out["model.tflite"] = w + 128 * 1024
+        if "tflite_int8" in e.variants:
+            out["model.int8.tflite"] = w // 4 + 128 * 1024
+        if "tflite_fp16" in e.variants:
+            out["model.fp16.tflite"] = w // 2 + 128 * 1024
+    return out
+
+
+def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, tflite: bool = True,
+             optimize: bool = True) -> Estimate:
+    from bertc.build import expected_param_count
+    from bertc.parity import sequence_grid
+
+    params = expected_param_count(spec)
+    w = 4 * params
+    max_len = spec.encoder.max_sequence_length
+    e = spec.export
+    onnx, tflite = export and onnx and e.onnx, export and tflite and e.tflite
+    optimized = onnx and optimize and e.optimized
+    stages: dict[str, int] = {}
+    total = OVERHEAD
+    total += BUILD * w
+    stages["build graph"] = int(total)
+    total += VALIDATE * w + activation_bytes(spec, 2, max_len)
+    stages["validate"] = int(total)
+    total += SAVE_KERAS * w
+    stages["save keras"] = int(total)
+    if onnx:
+        total += EXPORT_ONNX * w
+        stages["export onnx"] = int(total)
+    # After the portable ONNX export the peak is set by the heaviest of what follows: the optimized
+    # ONNX stage (its own lowering, checks and variants), or TFLite export + parity (the allocators
+    # reuse what the optimized stage freed, measured on BERT-base).
+    heavy = 0.0
+    if optimized:
+        heavy = ONNX_OPTIMIZED * w + sum(f * w for v, f in ONNX_VARIANT.items() if v in e.variants)
+        stages["optimize onnx"] = int(total + heavy)
+    rest = 0.0
+    if tflite:
+        rest += EXPORT_TFLITE * w + sum(f * w for v, f in TFLITE_VARIANT.items() if v in e.variants)
+        stages["export tflite"] = int(total + rest)
+    if parity and spec.parity.enabled and (onnx or tflite):
+        # each runtime holds its model's weights: fp32 files count fully, fp16 half, int8 a quarter
+        size = {"tflite_int8": 0.25, "tflite_fp16": 0.5}
+        n_tflite = (1 + sum(size[v] for v in TFLITE_VARIANT if v in e.variants)) if tflite else 0
+        grid_act = activation_bytes(spec, max(spec.parity.batch_sizes), max(sequence_grid(spec)))
+        rest += PARITY_ONNX * w * int(onnx) + PARITY_TFLITE * w * n_tflite + 2 * grid_act
+        stages["parity"] = int(total + rest)
+    total += max(heavy, rest)
+    return Estimate(params, w, int(total), stages, expected_artifacts(spec, w, onnx, tflite, optimized))
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes this process may still use, and where the figure comes from."""
+    candidates = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append((int(line.split()[1]) * 1024, "MemAvailable"))
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            candidates.append((int(limit) - usage, "cgroup limit"))
+    if not candidates:
+        try:
+            candidates.append((os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free pages"))
+        except (ValueError, OSError):
+            return 2**62, "unknown"
+    return min(candidates)
+
+
+def gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def parse_size(text: str) -> int:
+    """'12G', '12GB', '800M', '1.5T', or bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1024, "M": 1024**2, "G": GB, "T": 1024**4}
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise ValueError(f"not a memory size: {text!r} (e.g. 12G, 800M)") from None
+
+
+def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tflite: bool = True,
+          memory_limit: Optional[int] = None, optimize: bool = True) -> dict:
+    """Raise :class:`MemoryPreflightError` when the build will not fit; else the preflight report section."""
+    est = estimate(spec, export, parity, onnx, tflite, optimize)
+    if memory_limit is not None:
+        available, source = memory_limit, "--memory-limit"
+    else:
+        available, source = available_memory()
+    needed = int(est.peak_bytes * MARGIN)
+    section = {"estimated_peak_bytes": est.peak_bytes, "available_bytes": available, "available_from": source,
+               "weight_bytes": est.weight_bytes, "fits": needed <= available}
+    if needed <= available:
+        return section
+    lower = []
+    for flag, kwargs in (("--no-optimize", {"optimize": False}), ("--no-tflite", {"tflite": False}),
+                         ("--no-onnx", {"onnx": False}), ("--no-parity", {"parity": False}),
+                         ("--no-export", {"export": False})):
+        args = {"export": export, "parity": parity, "onnx": onnx, "tflite": tflite, "optimize": optimize, **kwargs}
+        other = estimate(spec, **args).peak_bytes
+        if other < est.peak_bytes:
+            lower.append(f"{flag} (needs {gb(other * MARGIN)})")
+    if len(spec.parity.batch_sizes) > 1 or max(spec.parity.batch_sizes) > 1:
+        lower.append("smaller $.parity.batch_sizes / $.parity.sequence_lengths")
+    lower.append("fewer $.export.variants")
+    raise MemoryPreflightError(
+        f"this build needs about {gb(needed)} of memory at its peak ({est.parameters:,} parameters = "
+        f"{gb(est.weight_bytes)} of float32 weights), but {gb(available)} is "
+        f"available ({source}). Nothing was written. Options that lower the need: {'; '.join(lower)}. "
+        f"To build anyway: --memory-limit SIZE (use SIZE as the available memory) or --skip-preflight.")
+
+
+def _mb(n: int) -> str:
+    if n < 1e6:
+        return f"{n / 1e3:,.0f} kB"
+    return f"{n / 1e6:,.0f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def estimate_line(spec) -> str:
+    """One line for ``bertc validate``: the build's memory estimate, what is available, the artifacts' sizes."""
+    est = estimate(spec)
+    available, source = available_memory()
+    fits = "fits" if est.peak_bytes * MARGIN <= available else "does NOT fit"
+    files = ", ".join(f"{name} ~{_mb(n)}" for name, n in est.artifacts.items())
+    return (f"build peak memory ~{gb(est.peak_bytes)} ({fits}: {gb(available)} available, {source}); "
+            f"artifacts: {files}")

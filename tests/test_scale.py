@@ -1,0 +1,329 @@
+"""Compiling at scale: reproducible bytes, the manifest, ONNX external data, TFLite weights written into
+a flatbuffer converted from placeholders, reduced-precision TFLite variants."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bertc.cli import main
+from conftest import ROOT, tiny_bert
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _spec(**export):
+    d = tiny_bert()
+    # hidden 64: the converter quantizes only tensors of 1024+ values, so the variants need 64 x 64 kernels
+    d["encoder"].update(hidden_size=64, intermediate_size=128)
+    d["export"] = {"variants": ["tflite_int8", "tflite_fp16"], **export}
+    d["parity"] = {"batch_sizes": [1, 2]}
+    return d
+
+
+@pytest.fixture(scope="module")
+def twice(tmp_path_factory):
+    root = tmp_path_factory.mktemp("twice")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(_spec()))
+    outs = [root / "out0", root / "out1"]
+    assert main(["build", str(spec), "-o", str(outs[0]), "-q"]) == 0
+    # the second build in another process with another hash seed: tf2onnx's node order and names follow
+    # Python's set / dict iteration, which the canonical ONNX form must make irrelevant
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "bertc.cli", "build", str(spec), "-o", str(outs[1]), "-q"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return outs
+
+
+def test_rebuild_is_byte_identical(twice):
+    a, b = twice
+    names = sorted(p.name for p in a.iterdir() if p.name not in ("report.json", "summary.txt"))
+    assert {"model.keras", "model.onnx", "model.tflite", "model.int8.tflite", "model.fp16.tflite",
+            "spec.json"} <= set(names)
+    assert names == sorted(p.name for p in b.iterdir() if p.name not in ("report.json", "summary.txt"))
+    differing = [n for n in names if _sha(a / n) != _sha(b / n)]
+    assert differing == []
+
+
+def test_manifest_hashes_match_the_files(twice):
+    from bertc.manifest import canonical_spec_json, verify_manifest
+
+    out = twice[0]
+    report = json.loads((out / "report.json").read_text())
+    manifest = report["manifest"]
+    on_disk = {p.name for p in out.iterdir()} - {"report.json", "summary.txt"}
+    assert set(manifest["files"]) == on_disk
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == _sha(out / name) and entry["bytes"] == (out / name).stat().st_size
+    assert verify_manifest(out, manifest) == []
+    spec = json.loads((out / "spec.json").read_text())
+    assert manifest["spec_sha256"] == hashlib.sha256(canonical_spec_json(spec)).hexdigest()
+    assert {"bertc", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "litert"} <= set(manifest["versions"])
+    assert all(manifest["versions"][k] for k in ("bertc", "tensorflow", "keras", "tf2onnx", "onnx", "litert"))
+    (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes() + b"\0")
+    assert verify_manifest(out, manifest) == ["model.onnx: sha256 differs from the manifest"]
+
+
+def test_tflite_variant_artifacts(twice):
+    report = json.loads((twice[1] / "report.json").read_text())
+    arts = report["artifacts"]
+    assert arts["tflite_int8"]["path"] == "model.int8.tflite" and arts["tflite_int8"]["precision"] == "int8"
+    assert arts["tflite_fp16"]["path"] == "model.fp16.tflite" and arts["tflite_fp16"]["precision"] == "fp16"
+    assert arts["tflite"]["precision"] == "fp32" and arts["tflite"]["format"] == "tflite"
+    assert arts["keras"]["format"] == "keras" and arts["onnx"]["format"] == "onnx"
+    # int8 weights are a quarter, fp16 half, of the fp32 file (graph overhead aside)
+    assert arts["tflite_int8"]["bytes"] < 0.6 * arts["tflite"]["bytes"]
+    assert arts["tflite_fp16"]["bytes"] < 0.8 * arts["tflite"]["bytes"]
+    from bertc.transfer import load_keras_model
+
+    n_weights = sum(1 for v in load_keras_model(twice[1]).weights if "float" in str(v.dtype))
+    assert n_weights == 41  # embeddings 5, 2 layers x 16, pooler 2, classifier 2
+    for key in ("tflite", "tflite_int8", "tflite_fp16"):
+        assert arts[key]["weights"]["weights_written"] == n_weights
+
+
+def _tflite_outputs(path, inputs):
+    from bertc.parity import tflite_runner
+
+    return tflite_runner(Path(path))(inputs)
+
+
+def test_tflite_weights_are_the_keras_weights(twice):
+    """The real weights landed in the placeholder buffers: fp32 is exact, fp16 / int8 within their precision."""
+    from bertc.inputs import make_inputs
+    from bertc.spec import load_spec
+    from bertc.transfer import load_keras_model
+
+    out = twice[0]
+    spec = load_spec(out / "spec.json")
+    model = load_keras_model(out)
+    inputs = make_inputs(spec, 3, 8, np.random.default_rng(7))
+    from bertc.parity import keras_runner
+
+    ref = keras_runner(model)(inputs)["logits"]
+    fp32 = _tflite_outputs(out / "model.tflite", inputs)["logits"]
+    fp16 = _tflite_outputs(out / "model.fp16.tflite", inputs)["logits"]
+    int8 = _tflite_outputs(out / "model.int8.tflite", inputs)["logits"]
+    assert np.abs(fp32 - ref).max() < 1e-5
+    assert 1e-7 < np.abs(fp16 - ref).max() < 1e-3  # really fp16 (not the fp32 weights), and close
+    assert 1e-6 < np.abs(int8 - ref).max() < 5e-2
+    assert (int8.argmax(-1) == ref.argmax(-1)).mean() >= 2 / 3
+
+
+def test_tflite_fc_buffer_holds_transposed_kernel(twice):
+    """FULLY_CONNECTED weights are (out, in): the buffer holds the Keras (in, out) kernel transposed."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from bertc.transfer import load_keras_model
+
+    model = load_keras_model(twice[0])
+    kernel = next(v.numpy() for v in model.weights if v.path == "layer_0/feedforward/intermediate/kernel")
+    fb = flatbuffer_utils.read_model(str(twice[0] / "model.tflite"))
+    found = []
+    for t in fb.subgraphs[0].tensors:
+        data = fb.buffers[t.buffer].data
+        if data is not None and len(data) == kernel.nbytes and list(t.shape) == [kernel.shape[1], kernel.shape[0]]:
+            found.append(np.frombuffer(bytes(data), np.float32).reshape(t.shape))
+    assert any(np.array_equal(f, kernel.T) for f in found)
+
+
+def test_folded_placeholder_is_refused(tmp_path):
+    """A weight the converter folds with arithmetic (here x @ (0.5 * K)) cannot be mapped back: export fails
+    and says so, instead of writing a wrong model."""
+    import keras
+
+    from bertc.errors import ExportError
+    from bertc.export.tflite import export_tflite
+    from bertc.signature import InputInfo, OutputInfo, Signature
+
+    class Halved(keras.layers.Layer):
+        def build(self, shape):
+            self.kernel = self.add_weight(shape=(4, 3), name="kernel")
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.kernel * 0.5)
+
+    ids = keras.Input((None,), dtype="int32", name="input_word_ids")
+    x = keras.ops.one_hot(ids, 4)
+    model = keras.Model(ids, {"logits": Halved(name="halved")(x)})
+    sig = Signature((InputInfo("input_word_ids"),), (OutputInfo("logits", 1, "logits"),), 8, False)
+    with pytest.raises(ExportError, match="cannot map back|absent from the TFLite model"):
+        export_tflite(model, sig, tmp_path / "never-written.tflite")
+    assert list(tmp_path.iterdir()) == []  # no model, no partial file
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    import bertc.export.onnx as onnx_export
+
+    root = tmp_path_factory.mktemp("external")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(tiny_bert()))
+    saved = onnx_export.EXTERNAL_DATA_THRESHOLD
+    onnx_export.EXTERNAL_DATA_THRESHOLD = 10_000  # tiny_bert's weights are ~23 kB
+    try:
+        out = root / "out"
+        assert main(["build", str(spec), "-o", str(out), "-q"]) == 0
+    finally:
+        onnx_export.EXTERNAL_DATA_THRESHOLD = saved
+    return out
+
+
+def test_onnx_external_data_path(external):
+    report = json.loads((external / "report.json").read_text())
+    art = report["artifacts"]["onnx"]
+    assert art["external_data"] == "model.onnx.data"
+    data, graph = external / "model.onnx.data", external / "model.onnx"
+    params = report["parameters"]["actual"]
+    assert 4 * params <= data.stat().st_size < 4 * params + 64 * 64  # every weight, 64-byte aligned
+    assert art["bytes"] == data.stat().st_size + graph.stat().st_size
+    assert "model.onnx.data" in report["manifest"]["files"]
+    # ONNX Runtime loaded it for parity, and onnx loads the weights back from the data file
+    assert report["parity"]["passed"] and "onnx_cpu" in report["parity"]["backends"]
+    model = onnx.load(str(graph))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    from bertc.transfer import load_keras_model
+
+    keras_model = load_keras_model(external)
+    kernel = next(v.numpy() for v in keras_model.weights if v.path == "layer_1/attention/query/kernel")
+    assert np.array_equal(weights["layer_1/attention/query/kernel"], kernel)
+    bare = onnx.load(str(graph), load_external_data=False)
+    assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in bare.graph.initializer
+               if i.name == "layer_1/attention/query/kernel")
+
+
+def test_streamed_onnx_equals_protobuf_serialization(twice):
+    """The single-file model.onnx written weight by weight is exactly protobuf's deterministic serialization."""
+    path = twice[1] / "model.onnx"
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert model.SerializeToString(deterministic=True) == path.read_bytes()
+
+
+def _huge(tmp_spec):
+    d = tiny_bert()
+    d["name"] = "huge"
+    d["encoder"].update(vocab_size=30522, hidden_size=8192, num_layers=128, num_attention_heads=64,
+                        intermediate_size=32768, max_sequence_length=512)
+    return tmp_spec(d, "huge.json")
+
+
+def test_far_too_large_spec_is_refused_at_once(tmp_spec, tmp_path, capsys):
+    import time
+
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    code = main(["build", str(_huge(tmp_spec)), "-o", str(out), "-q"])
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 5
+    assert seconds < 30
+    assert "this build needs about" in err and "GB of memory at its peak" in err and "is available" in err
+    assert "103,414,251,523 parameters" in err
+    # only options that lower the estimate are offered (here the optimized ONNX stage sets the peak)
+    assert "--no-optimize (needs" in err and "--no-onnx (needs" in err and "--no-export (needs" in err
+    assert "--memory-limit" in err and "--skip-preflight" in err
+    assert "Traceback" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "huge.json"]
+
+
+def test_memory_limit_option_drives_the_preflight(tmp_spec, tmp_path, capsys):
+    spec = tmp_spec(tiny_bert())
+    assert main(["build", str(spec), "-o", str(tmp_path / "a"), "-q", "--no-export", "--memory-limit", "64M"]) == 5
+    assert "is available (--memory-limit)" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(["build", str(spec), "-o", str(tmp_path / "b"), "-q", "--no-export", "--memory-limit", "64M",
+                 "--skip-preflight"]) == 0
+    assert main(["build", str(spec), "-o", str(tmp_path / "c"), "-q", "--no-export", "--memory-limit", "lots"]) == 2
+    assert "not a memory size: 'lots'" in capsys.readouterr().err
+    assert main(["build", str(spec), "-o", str(tmp_path / "d"), "-q", "--no-export", "--memory-limit", "64G"]) == 0
+    pre = json.loads((tmp_path / "d" / "report.json").read_text())["preflight"]
+    assert pre["available_bytes"] == 64 * 2**30 and pre["fits"] and pre["estimated_peak_bytes"] > 2**29
+
+
+def test_validate_prints_estimate_and_artifact_sizes(tmp_spec, capsys):
+    assert main(["validate", str(_huge(tmp_spec))]) == 0
+    out = capsys.readouterr().out
+    assert "103,414,251,523 parameters" in out and "build peak memory ~" in out and "does NOT fit" in out
+    assert "model.onnx ~413.66 GB" in out  # 103.4 G parameters x 4 bytes
+
+
+def test_estimate_scales_with_weights_and_options():
+    from bertc.preflight import OVERHEAD, estimate
+    from bertc.spec import load_spec
+
+    base = load_spec("specs/bert_base_classifier.json")
+    full = estimate(base)
+    assert full.weight_bytes == 4 * 109_483_778
+    assert estimate(base, tflite=False).peak_bytes <= full.peak_bytes
+    assert estimate(base, optimize=False).peak_bytes < full.peak_bytes
+    assert estimate(base, optimize=False, tflite=False).peak_bytes < estimate(base, optimize=False).peak_bytes
+    assert estimate(base, optimize=False, parity=False).peak_bytes < estimate(base, optimize=False).peak_bytes
+    assert estimate(base, export=False).peak_bytes < estimate(base, tflite=False).peak_bytes
+    # peak / weight bytes is a constant of the pipeline (plus the fixed runtime overhead)
+    assert 4 < (full.peak_bytes - OVERHEAD) / full.weight_bytes < 12
+
+
+def test_shared_int8_placeholder_buffers_are_split(tmp_path):
+    """With the converter's buffer deduplication on, every int8 placeholder kernel (all 127) lands in one
+    shared buffer; fill_weights gives each weight its own buffer and the model computes like Keras."""
+    from bertc.build import build_model
+    from bertc.components.common import tf
+    from bertc.export.tflite import SIGNATURE, _converter, serving_function
+    from bertc.export.tflite_weights import fill_weights, graph_weight_uses, placeholder_values
+    from bertc.inputs import make_inputs
+    from bertc.parity import keras_runner, tflite_runner
+    from bertc.signature import signature_of
+    from bertc.spec import load_spec
+
+    spec = load_spec(_spec())
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    variables = list(model.trainable_variables) + list(model.non_trainable_variables)
+    floating = [k for k, v in enumerate(variables) if "float" in str(v.dtype)]
+    placeholders = dict(zip(floating, placeholder_values(len(floating))))
+    serve = serving_function(model, sig, lambda k, v: placeholders[k] if k in placeholders else v.numpy())
+    module = tf.Module()
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={SIGNATURE: serve})
+    fb = bytearray(_converter(tmp_path / "sm", "int8").convert())  # deduplication left on
+    uses, own = graph_weight_uses(serve.get_concrete_function(), variables)
+    out, filled = fill_weights(fb, lambda k: variables[k].numpy(), placeholders, uses, own)
+    assert out is not fb  # re-serialized with split buffers
+    assert filled.weights == len(floating)
+    (tmp_path / "m.tflite").write_bytes(out)
+    inputs = make_inputs(spec, 2, 8, np.random.default_rng(3))
+    got = tflite_runner(tmp_path / "m.tflite")(inputs)["logits"]
+    want = keras_runner(model)(inputs)["logits"]
+    assert np.abs(got - want).max() < 5e-2 and (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_shared_validation_passes_still_catch_a_model_that_reads_padding():
+    """The checks share their forward passes; a model that averages over padded positions still fails padding
+    invariance (and only the checks it should)."""
+    import keras
+
+    from bertc.check import run_checks
+    from bertc.signature import signature_of
+    from bertc.spec import load_spec
+
+    spec = load_spec(tiny_bert())
+    sig = signature_of(spec)
+    inputs = [keras.Input((None,), dtype="int32", name=n) for n in sig.input_names]
+    emb = keras.layers.Embedding(50, 8, name="emb")(inputs[0])
+    logits = keras.layers.Dense(3, name="classifier")(keras.ops.mean(emb, axis=1))  # padding included
+    model = keras.Model(inputs, {"logits": logits})
+    results = {c.name: c for c in run_checks(model, spec, sig)}
+    assert not results["padding_invariance"].passed and results["padding_invariance"].figure > 1e-4
+    assert "padding to 8" in results["padding_invariance"].detail
+    assert results["batch_invariance"].passed and results["deterministic"].passed
+    assert results["finite_outputs"].passed and results["trainability"].passed
+    assert not results["param_count"].passed
