@@ -192,11 +192,10 @@ def tflite_runner(backend: Backend, threads: Optional[int] = None) -> Runner:
 
 
 def keras_runner(model) -> Runner:
-    from bertc.components.common import tf
+    from bertc.build import run_inference
 
     def run(inputs):
-        out = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
-        return {k: np.asarray(v) for k, v in out.items()}
+        return run_inference(model, inputs)
 
     return run
 

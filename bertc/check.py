@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from bertc.build import expected_param_count
+from bertc.build import expected_param_count, run_inference
 from bertc.components.common import keras, tf
 from bertc.inputs import make_inputs, pad_to, random_mask
 from bertc.registry import HEADS
@@ -30,8 +30,7 @@ class CheckResult:
 
 
 def _run(model, inputs) -> dict[str, np.ndarray]:
-    out = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
-    return {k: np.asarray(v) for k, v in out.items()}
+    return run_inference(model, inputs)
 
 
 def _max_diff(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> float:
