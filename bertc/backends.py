@@ -192,10 +192,11 @@ def tflite_runner(backend: Backend, threads: Optional[int] = None) -> Runner:
 
 
 def keras_runner(model) -> Runner:
-    from bertc.build import run_inference
+    from bertc.components.common import tf
 
     def run(inputs):
-        return run_inference(model, inputs)
+        out = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
+        return {k: np.asarray(v) for k, v in out.items()}
 
     return run
 
