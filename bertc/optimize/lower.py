@@ -166,11 +166,13 @@ class LoweringContext:
     def dense(self, x: Value, dense, part: Optional[str] = None) -> Value:
         """x @ kernel + bias (activation of the Dense layer included: only linear and tanh occur)."""
         y, b = self.matmul(x, dense)
-        y = self.g.node("Add", [y, b], hint=f"{dense.name}_bias")
+        return self._dense_activation(self.g.node("Add", [y, b], hint=f"{dense.name}_bias"), dense)
+
+    def _dense_activation(self, y: Value, dense) -> Value:
         act = getattr(dense.activation, "__name__", "linear")
         if act == "tanh":
-            y = self.g.node("Tanh", [y])
-        elif act != "linear":
+            return self.g.node("Tanh", [y])
+        if act != "linear":
             raise NotLowerable(f"{dense.path}: Dense activation {act!r} has no lowering")
         return y
 
@@ -178,12 +180,7 @@ class LoweringContext:
         """A 2-D Dense (pooler, classifiers) as one Gemm (+ Tanh for the pooler)."""
         w = weight or self.weight(dense.kernel)
         y = self.g.node("Gemm", [x2d, w, self.weight(dense.bias)], hint=dense.name, transB=int(trans_b) or None)
-        act = getattr(dense.activation, "__name__", "linear")
-        if act == "tanh":
-            y = self.g.node("Tanh", [y])
-        elif act != "linear":
-            raise NotLowerable(f"{dense.path}: Dense activation {act!r} has no lowering")
-        return y
+        return self._dense_activation(y, dense)
 
     def activation(self, x: Value, bias: Value, name: str, part: str = "activation") -> Value:
         """act(x + bias); exact and tanh GELU fuse the bias add (BiasGelu / FastGelu)."""
