@@ -226,6 +226,7 @@ class BenchOptions:
     baseline: str = BASELINE
     backends: Optional[tuple[str, ...]] = None
     plot: bool = True
+    text: Optional[Path] = None  # real text through the build's bundled tokenizer instead of random ids
 
 
 def _versions() -> dict:
@@ -279,6 +280,22 @@ def bench_inputs(spec) -> Callable[[int, int], dict]:
     return lambda b, s: make_inputs(spec, b, s, np.random.default_rng([spec.seed, b, s]), lengths=[s] * b)
 
 
+def text_inputs(out_dir: Path, spec, opts: BenchOptions) -> tuple[list[tuple[int, int]], Callable[[int, int], dict]]:
+    """Shapes and inputs from a text file: for each batch size B the first B examples (repeated when the file
+    has fewer), tokenized by the build's bundled tokenizer and padded to the longest of them."""
+    from bertc.text import encode_texts, read_texts
+
+    if opts.seqs:
+        raise BenchError("--seq cannot be combined with --text: the sequence length is the tokenized text's")
+    texts = read_texts(opts.text)
+    cache = {}
+    for b in opts.batches:
+        chosen = [texts[i % len(texts)] for i in range(b)]
+        inputs = encode_texts(out_dir, chosen, spec.encoder.max_sequence_length, spec)
+        cache[(b, int(inputs["input_mask"].shape[1]))] = inputs
+    return list(cache), lambda b, s: cache[(b, s)]
+
+
 def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
               progress: Optional[Callable[[str], None]] = None) -> dict:
     """Bench every artifact x backend of the build in ``out_dir``; write ``bench.json`` (and the chart
@@ -287,7 +304,10 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
 
     out_dir = Path(out_dir)
     spec, report = read_build(out_dir)
-    shapes = shapes_for(spec, opts)
+    if opts.text is not None:
+        shapes, inputs_for = text_inputs(out_dir, spec, opts)
+    else:
+        shapes, inputs_for = shapes_for(spec, opts), bench_inputs(spec)
     notes = []
     tf_note = set_tensorflow_threads(opts.threads)
     if tf_note:
@@ -299,13 +319,14 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
         notes.append(f"baseline {opts.baseline} is not among the timed targets: no ratios")
     machine_before = machine_info()
     t0 = time.perf_counter()
-    rows = time_targets(targets, shapes, bench_inputs(spec), opts.rounds, opts.warmup, opts.calls,
+    rows = time_targets(targets, shapes, inputs_for, opts.rounds, opts.warmup, opts.calls,
                         opts.baseline, progress)
     result = {
         "command": command, "build": str(out_dir), "spec_name": spec.name,
         "settings": {"batches": list(opts.batches), "sequence_lengths": sorted({s for _, s in shapes}),
                      "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "calls": opts.calls,
-                     "baseline": opts.baseline, "ort_spinning": False, "interleaved": True},
+                     "baseline": opts.baseline, "ort_spinning": False, "interleaved": True,
+                     "inputs": f"text from {opts.text}" if opts.text is not None else "random ids, full rows"},
         "targets": {t.name: t.info for t in targets},
         "skipped": skipped, "load_errors": load_errors, "notes": notes,
         "results": rows,

@@ -247,7 +247,9 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--backends", default=None, help="Only these backends, comma-separated (e.g. onnx_cpu,onnx_optimized_cpu).")
 @click.option("--no-plot", is_flag=True, help="Do not draw bench.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the table goes to stderr).")
-def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, no_plot, as_json):
+@click.option("--text", "text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Time real text (one example per line, a tab between a pair) through the bundled tokenizer.")
+def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, no_plot, as_json, text):
     """Time every artifact x backend of a built OUT/: latency p50/p90, throughput, ratio to model.onnx on CPU.
     Writes OUT/bench.json and OUT/bench.png (with matplotlib)."""
     import shlex
@@ -260,7 +262,7 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     opts = BenchOptions(batches=_int_list(batch, "--batch"), seqs=_int_list(seq, "--seq") if seq else None,
                         threads=threads, rounds=rounds, warmup=warmup, calls=calls, baseline=baseline,
                         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
-                        plot=not no_plot)
+                        plot=not no_plot, text=text)
     argv = (click.get_current_context().obj or {}).get("argv")
     command = "bertc " + shlex.join(argv) if argv is not None else ""
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # runtimes' C++ chatter

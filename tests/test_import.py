@@ -135,6 +135,14 @@ def test_tokenizer_is_bundled_and_parity_runs_on_real_text(built, tmp_path):
     section = json.loads((out / "report.json").read_text())["parity"]
     assert section["passed"] and section["grid"][0]["case"].startswith("text: 2 example(s)")
     assert max(r["max_abs"] for r in section["results"] if r["precision"] == "fp32") <= 1e-4  # int8: task criteria
+    # bench on the same text: batch 3 repeats the file's examples, padded to the longest tokenized one
+    assert main(["bench", str(out), "--text", str(text), "--batch", "1,3", "--rounds", "1", "--calls", "1",
+                 "--warmup", "0", "--no-plot", "--backends", "onnx_cpu"]) == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["settings"]["inputs"] == f"text from {text}"
+    widths = {(r["batch"], r["sequence_length"]) for r in bench["results"]}
+    assert {b for b, _ in widths} == {1, 3} and all(0 < s <= 16 for _, s in widths)
+    assert main(["bench", str(out), "--text", str(text), "--seq", "8", "--no-plot"]) == 2  # the text sets the length
 
 
 # --- bertc import / build from the command line ---------------------------------------------------------
