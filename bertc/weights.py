@@ -187,7 +187,7 @@ def resolve_weights_path(spec_weights: Optional[str], spec_file: Optional[Path])
     if not path.is_absolute():
         base = Path(spec_file).resolve().parent if spec_file else Path.cwd()
         path = base / path
-    return path
+    return path.resolve()  # normalised: "OUT/../../ckpt" and "/abs/ckpt" name one checkpoint one way
 
 
 def relative_entry(target: Path, directory: Path) -> str:
