@@ -41,6 +41,9 @@ def cli():
 @click.option("--no-parity", is_flag=True, help="Export but skip the parity stage.")
 @click.option("--no-optimize", is_flag=True,
               help="No optimized ONNX Runtime artifact (model.optimized.onnx) nor its int8/fp16 variants.")
+@click.option("--variants", default=None, metavar="LIST", callback=lambda ctx, param, value: _variants(value),
+              help="Reduced-precision variants, comma-separated, replacing the spec's export.variants: "
+                   "onnx_int8, onnx_fp16, tflite_int8, tflite_fp16 ('' or 'none' for none).")
 @click.option("--opset", type=click.Choice(["17", "18"]), default=None, help="ONNX opset (default: the spec's, 17).")
 @click.option("--int64-inputs", is_flag=True, default=None, help="ONNX inputs as int64 instead of int32.")
 @click.option("--keep-saved-model", is_flag=True, default=None, help="Keep the SavedModel used for TFLite.")
@@ -55,7 +58,7 @@ def cli():
               help="Memory the preflight may assume available (e.g. 12G) instead of measuring it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inputs, keep_saved_model, init_from,
+def build(spec, out, force, no_export, no_parity, no_optimize, variants, opset, int64_inputs, keep_saved_model, init_from,
           weights, no_onnx, no_tflite, skip_preflight, memory_limit, quiet, as_json):
     """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
     from bertc.pipeline import BuildOptions
@@ -72,7 +75,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inpu
                         opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
                         keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
                         onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,
-                        memory_limit=_size(memory_limit))
+                        memory_limit=_size(memory_limit), variants=variants)
     import tempfile
 
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # TF / converter C++ chatter
@@ -95,6 +98,20 @@ def build(spec, out, force, no_export, no_parity, no_optimize, opset, int64_inpu
     elif not quiet:
         _err((Path(out) / "summary.txt").read_text())
         _err(f"wrote {out}/")
+
+
+def _variants(text):
+    """``--variants a,b``: each name checked against the spec language's own list (exit 2 otherwise)."""
+    if text is None:
+        return None
+    from bertc.spec import EXPORT_VARIANTS
+
+    names = [] if text.strip().lower() in ("", "none") else [t.strip() for t in text.split(",")]
+    unknown = [n for n in names if n not in EXPORT_VARIANTS]
+    if unknown:
+        raise click.BadParameter(f"unknown variant(s) {', '.join(map(repr, unknown))}; "
+                                 f"known: {', '.join(EXPORT_VARIANTS)}", param_hint="--variants")
+    return tuple(dict.fromkeys(names))
 
 
 def _size(text):

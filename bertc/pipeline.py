@@ -42,6 +42,7 @@ class BuildOptions:
     tflite: bool = True
     preflight: bool = True
     memory_limit: Optional[int] = None  # bytes the preflight may assume available (instead of measuring)
+    variants: Optional[tuple] = None  # replaces the spec's export.variants (``--variants``)
 
 
 class Stages:
@@ -75,6 +76,8 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
         note["detail"] = spec.name
+        if opts.variants is not None:  # OUT/spec.json then records the variants this build made
+            spec = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": list(opts.variants)})})
     from bertc.weights import resolve_weights_path, weights_entry_for
 
     weights = opts.weights or resolve_weights_path(spec.weights, spec_path)

@@ -29,6 +29,9 @@ BackendName = Literal[BACKENDS]  # type: ignore[valid-type]
 VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16")
 
 
+EXPORT_VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16")
+
+
 class ExportSpec(StrictModel):
     onnx: bool = True
     tflite: bool = True
@@ -36,7 +39,7 @@ class ExportSpec(StrictModel):
     optimized: bool = True
     # Reduced-precision variants: onnx_int8 (dynamic quantization of the optimized graph, for CPUs),
     # onnx_fp16 (for ONNX Runtime's CUDA provider), tflite_int8 (dynamic-range), tflite_fp16.
-    variants: list[Literal["onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16"]] = ["onnx_int8"]
+    variants: list[Literal[EXPORT_VARIANTS]] = ["onnx_int8"]
     opset: Literal[17, 18] = 17
     input_dtype: Literal["int32", "int64"] = "int32"
     keep_saved_model: bool = False

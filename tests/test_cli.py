@@ -119,3 +119,23 @@ def test_parity_on_a_damaged_model_keras_names_the_file(built, capsys, damage):
     assert "model.keras" in err and "Traceback" not in err and "internal error" not in err
     if damage != "missing":
         assert "not a Keras model archive" in err
+
+
+def test_variants_option_replaces_the_specs_and_is_recorded(tmp_spec, tmp_path, capsys):
+    spec = tmp_spec(tiny_bert())        # default variants: onnx_int8
+    out = tmp_path / "out"
+    assert main(["build", str(spec), "-o", str(out), "-q", "--no-parity", "--variants", "onnx_fp16,tflite_fp16"]) == 0
+    files = {p.name for p in out.iterdir()}
+    assert {"model.optimized.fp16.onnx", "model.fp16.tflite"} <= files and "model.optimized.int8.onnx" not in files
+    assert json.loads((out / "spec.json").read_text())["export"]["variants"] == ["onnx_fp16", "tflite_fp16"]
+    assert main(["build", str(spec), "-o", str(out), "-q", "--force", "--no-parity", "--variants", "none"]) == 0
+    assert not any(".int8." in p.name or ".fp16." in p.name for p in out.iterdir())
+
+
+def test_unknown_variant_exits_2_before_anything_is_written(tmp_spec, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "--variants", "onnx_int8,onnx_int4"]) \
+        == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert "unknown variant(s) 'onnx_int4'; known: onnx_int8, onnx_fp16, tflite_int8, tflite_fp16" in err
+    assert "Traceback" not in err and not out.exists()
