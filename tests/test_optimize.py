@@ -464,7 +464,7 @@ def test_fp16_artifact_keeps_int_inputs_and_fp32_outputs(canonical_build):
 
 
 def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):
-    """ORT's quantizer transposes a Gemm's B in place; the tied MLM decoder must not corrupt the table."""
+    """The tied MLM decoder reads the word table: one fp32 table in the int8 graph, its Gemm kept fp32."""
     spec = load_spec(tiny_copy(spec_dict("pretrainer")))
     sig = signature_of(spec)
     model = build_model(spec, sig)
@@ -472,8 +472,9 @@ def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):
     int8 = onnx.load(str(tmp_path / INT8_FILE))
     tables = [t for t in int8.graph.initializer if t.name.startswith("embeddings/word_embeddings")]
     assert [(t.name, list(t.dims)) for t in tables] == [("embeddings/word_embeddings", [spec.encoder.vocab_size, 64])]
-    assert result["artifacts"]["onnx_int8"]["quantization"]["kept_fp32"] == ["head/next_sentence_MatMul",
-                                                                              "pooler/pooler_MatMul"]
+    # the decoder Gemm reads the word table (fp32 for EmbedLayerNormalization too): it stays fp32
+    assert result["artifacts"]["onnx_int8"]["quantization"]["kept_fp32"] == [
+        "embeddings/embed_layer_norm", "head/decoder", "head/next_sentence", "pooler/pooler"]
     inputs = random_mask_cases(spec)[1]
     ref = model(inputs, training=False)
     for name in (INT8_FILE, FP16_FILE):
@@ -523,3 +524,53 @@ def test_large_models_are_checked_through_a_reduced_clone_that_still_catches_a_w
     bad = stress.structural_check(model, spec, sig, "int32", 17, None)
     assert not bad["passed"] and bad["outputs"]["logits"]["relative"] > 1e-2
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))  # the model is untouched
+
+
+@pytest.mark.parametrize("name", ["canonical_classifier", "pretrainer"])
+def test_int8_is_what_onnxruntimes_own_dynamic_quantizer_computes(name, tmp_path):
+    """bertc writes the int8 graph itself (no per-channel Python loop); ORT's quantize_dynamic, with the
+    same options, on the same optimized graph, must give the same int8 weights and the same outputs."""
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from bertc.optimize.onnx_artifacts import INT8_OPTIONS
+    from bertc.optimize.quantize import quantize_dynamic_int8
+
+    spec, sig, model = built(name)
+    proto = lower_model(model, spec, sig).proto
+    ours = quantize_dynamic_int8(proto)
+    assert op_counts(ours.proto).get("MatMul", 0) == 0 and op_counts(ours.proto)["DynamicQuantizeMatMul"] > 0
+    # ORT's quantizer rewrites Gemm as MatMul + Add (B transposed in place): give it the weight-bearing
+    # Gemms as MatMul + Add on a transposed copy, and keep them fp32, as bertc does.
+    theirs_in = onnx.ModelProto()
+    theirs_in.CopyFrom(proto)
+    graph, keep = theirs_in.graph, []
+    inits = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+            w = node.input[1]
+            if trans_b:
+                graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[w]).T.copy(), w + "_t"))
+                w += "_t"
+            nodes += [helper.make_node("MatMul", [node.input[0], w], [node.name + "/p"], name=node.name),
+                      helper.make_node("Add", [node.name + "/p", node.input[2]], list(node.output))]
+            keep.append(node.name)
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    quantize_dynamic(theirs_in, tmp_path / "ort.onnx", weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                     **INT8_OPTIONS, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    theirs = onnx.load(str(tmp_path / "ort.onnx"))
+    mine = {t.name: numpy_helper.to_array(t) for t in ours.proto.graph.initializer if t.name.endswith(
+        ("_quantized", "_scale", "_zero_point"))}
+    ort = {t.name: numpy_helper.to_array(t) for t in theirs.graph.initializer if t.name in mine}
+    assert set(ort) == set(mine) and len(mine) >= 9
+    for key, value in mine.items():
+        np.testing.assert_array_equal(value, ort[key], err_msg=key)
+    a, b = session(ours.proto), ort_session(tmp_path / "ort.onnx")
+    for inputs in random_mask_cases(spec):
+        for x, y in zip(a.run(sig.output_names, inputs), b.run(sig.output_names, inputs)):
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)

@@ -6,9 +6,10 @@
   max abs difference to Keras recorded (parity then checks the whole grid), and the lowering is
   checked structurally on stress weights (:mod:`bertc.optimize.stress`): a wrong lowering fails
   the build even where the model's own (freshly initialized) weights would hide it.
-- ``onnx_int8`` (``model.optimized.int8.onnx``): ONNX Runtime dynamic quantization of that graph.
-  MatMul and the fused Attention get int8 weights (per-channel, full 8-bit range; see
-  :data:`INT8_OPTIONS`); embeddings, layer norms, the pooler and classifier Gemms stay fp32.
+- ``onnx_int8`` (``model.optimized.int8.onnx``): ONNX Runtime's dynamic quantization of that graph,
+  written directly as the operators ORT runs (:mod:`bertc.optimize.quantize`): MatMul and the fused
+  Attention get int8 weights (per-channel, full 8-bit range; see :data:`INT8_OPTIONS`); embeddings,
+  layer norms, the pooler and classifier Gemms stay fp32.
 - ``onnx_fp16`` (``model.optimized.fp16.onnx``): weights and activations in float16 for the CUDA
   provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); layer norms
   (LayerNormalization, SkipLayerNormalization, EmbedLayerNormalization), (Log)Softmax and the fused
@@ -22,10 +23,7 @@ with the portable ``model.onnx``.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import importlib.util
-import logging
 import os
 import time
 from pathlib import Path
@@ -130,15 +128,13 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
         seconds=round(time.perf_counter() - t0, 3))}
     proto, nodes, op_counts, coverage, pruned = (lowered.proto, lowered.nodes, lowered.op_counts, lowered.coverage,
                                                  lowered.pruned)
-    del lowered  # one copy of the weights at a time: the variants read the proto or the file
+    del lowered  # the variants are made from the proto one after the other (one reduced copy at a time)
     if structure["passed"]:
         if "onnx_fp16" in variants:
             artifacts["onnx_fp16"] = convert_fp16(proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
-        del proto
         if "onnx_int8" in variants:
-            artifacts["onnx_int8"] = quantize_int8(path, out / INT8_FILE, input_dtype, opset)
-    else:
-        del proto
+            artifacts["onnx_int8"] = quantize_int8(proto, out / INT8_FILE, input_dtype, opset)
+    del proto
     fusion = {
         "lowered": True, "not_lowered": [], "pruned": pruned,
         "layers": coverage["layers"],
@@ -154,70 +150,24 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     return {"artifacts": artifacts, "fusion": fusion, "failure": failure}
 
 
-@contextlib.contextmanager
-def _root_log_level(level):
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(previous)
-
-
-def quantize_int8(src: Path, dst: Path, input_dtype: str, opset: int) -> dict:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_int8(proto, dst: Path, input_dtype: str, opset: int) -> dict:
+    """Dynamic int8 (see :mod:`bertc.optimize.quantize`) of the optimized graph, checked to load in ORT."""
+    from bertc.optimize.quantize import quantize_dynamic_int8
 
     t0 = time.perf_counter()
-    proto, keep_fp32 = _prepare_for_dynamic_quantization(onnx.load(str(src)))
-    tmp = Path(str(dst) + ".partial")
     try:
-        # onnx's shape inference cannot type the outputs of com.microsoft ops: every float value
-        # here is fp32, say so.
-        with _root_log_level(logging.ERROR):  # its "consider pre-processing" advice is for static quantization
-            quantize_dynamic(proto, tmp, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32, **INT8_OPTIONS,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        os.replace(tmp, dst)
+        result = quantize_dynamic_int8(proto)
+        nbytes = _save(result.proto, dst)
         ort_session(dst)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"int8 quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
-    nodes = len(onnx.load(str(dst), load_external_data=False).graph.node)
-    return _artifact(dst, dst.stat().st_size, "int8", input_dtype, ["CPUExecutionProvider"], nodes, opset,
+        Path(str(dst) + ".partial").unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+        raise ExportError(f"int8 quantization of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
+    return _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], len(result.proto.graph.node), opset,
                      quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
-                                   "kept_fp32": sorted(keep_fp32)},
+                                   "operators": ["DynamicQuantizeMatMul", "QAttention"],
+                                   "quantized": len(result.quantized), "kept_fp32": result.kept_fp32},
                      seconds=round(time.perf_counter() - t0, 3))
-
-
-def _prepare_for_dynamic_quantization(proto):
-    """ORT's dynamic quantizer rewrites every Gemm as MatMul + Add and, for ``transB=1``, transposes
-    B *in place*, assuming no other node reads it: the masked-LM decoder's Gemm reads the word table
-    that EmbedLayerNormalization also reads. Such a Gemm becomes Transpose + MatMul + Add here (ORT
-    folds the Transpose at load; the file keeps one table). Returns the graph and the names of the
-    MatMuls to keep in fp32: the ones from the remaining Gemms (pooler and classifiers: small, and
-    what the task reads)."""
-    from onnx import helper
-
-    graph = proto.graph
-    readers = collections.Counter(name for node in graph.node for name in node.input)
-    nodes, keep_fp32 = [], []
-    for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Gemm" and attrs.get("transB") == 1 and readers[node.input[1]] > 1:
-            transposed = helper.make_node("Transpose", [node.input[1]], [f"{node.name}/table_t"],
-                                          name=f"{node.name}/transpose")
-            product = helper.make_node("MatMul", [node.input[0], f"{node.name}/table_t"], [f"{node.name}/product"],
-                                       name=f"{node.name}/matmul")
-            nodes += [transposed, product, helper.make_node("Add", [f"{node.name}/product", node.input[2]],
-                                                            list(node.output), name=f"{node.name}/bias")]
-            continue
-        if node.op_type == "Gemm":
-            keep_fp32.append(f"{node.name}_MatMul")   # the name ORT's quantizer gives its MatMul
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return proto, keep_fp32
 
 
 def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:

@@ -1,0 +1,123 @@
+"""Dynamic int8 quantization of the optimized graph, written as the operators ONNX Runtime runs.
+
+``onnxruntime.quantization.quantize_dynamic`` (per channel, symmetric int8 weights) turns every
+weight MatMul into DynamicQuantizeLinear + MatMulInteger + Cast + Mul, and the fused Attention
+into DynamicQuantizeLinear + QAttention; ORT's graph optimizer then fuses the MatMul chains back
+into ``DynamicQuantizeMatMul`` when the session loads. Doing that through the quantizer costs a
+Python loop over every output channel (83k on BERT-base: ~7 s) and several copies of the model
+(shape inference through a temporary file). bertc knows which tensors are weights, so it writes
+the result directly, with the same arithmetic, vectorized:
+
+- every ``MatMul`` whose B is a 2-D fp32 initializer -> com.microsoft ``DynamicQuantizeMatMul``
+  (A quantized per call to uint8 inside the kernel; B int8 per output column);
+- every com.microsoft ``Attention`` -> ``DynamicQuantizeLinear`` on its input + ``QAttention``
+  (packed QKV weights int8 per column, same mask and attributes);
+- everything else stays fp32: embedding tables, layer norms, biases, ``Gemm`` (pooler, classifier,
+  the masked-LM decoder that shares the word table), the weight-free ``MultiHeadAttention``.
+
+Weights: ``scale = max|w| / 127`` per output column (ORT's symmetric int8 range [-127, 127], full
+range, no ``reduce_range``), zero point 0, ``q = clip(round(w / scale))`` rounding half to even, as
+ORT's ``quantize_nparray`` does; an all-zero column gets scale 1. The test suite checks the result
+against ``quantize_dynamic`` itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MS_DOMAIN = "com.microsoft"
+QMAX = 127  # symmetric int8: [-127, 127]
+
+
+@dataclass
+class Int8Result:
+    proto: object
+    quantized: list = field(default_factory=list)   # node names now running on int8 weights
+    kept_fp32: list = field(default_factory=list)   # weight-bearing nodes left in fp32
+
+
+def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N) fp32 -> (int8 (K, N), fp32 scale (N,)): symmetric, per output column."""
+    w = np.asarray(weight, dtype=np.float32)
+    absmax = np.max(np.abs(w), axis=0)
+    scale = (absmax * np.float32(2.0)) / np.float32(2 * QMAX)
+    scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+    q = np.clip(np.round(w / scale), -QMAX, QMAX).astype(np.int8)
+    return q, scale
+
+
+def quantize_dynamic_int8(proto) -> Int8Result:
+    """A new ModelProto (``proto`` is not modified) with int8 weights on MatMul and Attention."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def float_matrix(name: str):
+        t = inits.get(name)
+        return t if t is not None and t.data_type == TensorProto.FLOAT and len(t.dims) == 2 else None
+
+    new_inits: dict = {}    # name -> TensorProto (replacements and additions)
+    replaced: set = set()   # fp32 weights no node reads any more
+    nodes, quantized, kept = [], [], []
+
+    def int8_weight(name: str) -> tuple[str, str, str]:
+        if f"{name}_quantized" not in new_inits:
+            q, scale = quantize_columns(numpy_helper.to_array(inits[name]))
+            new_inits[f"{name}_quantized"] = numpy_helper.from_array(q, f"{name}_quantized")
+            new_inits[f"{name}_scale"] = numpy_helper.from_array(scale, f"{name}_scale")
+            new_inits[f"{name}_zero_point"] = numpy_helper.from_array(np.zeros(scale.shape, np.int8),
+                                                                      f"{name}_zero_point")
+            if all(r.op_type in ("MatMul", "Attention") for r in readers[name]):
+                replaced.add(name)
+        return f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and float_matrix(node.input[1]):
+            wq, ws, wz = int8_weight(node.input[1])
+            nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], wq, ws, wz], list(node.output),
+                                          name=f"{node.name}_quant", domain=MS_DOMAIN))
+            quantized.append(node.name)
+        elif node.op_type == "Attention" and node.domain == MS_DOMAIN and float_matrix(node.input[1]):
+            x = node.input[0]
+            xq, xs, xz = f"{node.name}/input_quantized", f"{node.name}/input_scale", f"{node.name}/input_zero_point"
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=f"{node.name}/quantize_input"))
+            wq, ws, wz = int8_weight(node.input[1])
+            rest = list(node.input[2:]) + [""] * (4 - len(node.input[2:]))   # bias, mask, past, ...
+            inputs = [xq, wq, rest[0], xs, ws, rest[1], xz, wz]
+            if rest[2]:
+                inputs.append(rest[2])
+            q = helper.make_node("QAttention", inputs, list(node.output), name=f"{node.name}_quant", domain=MS_DOMAIN)
+            q.attribute.extend(node.attribute)
+            nodes.append(q)
+            quantized.append(node.name)
+        else:
+            if any(n in inits and len(inits[n].dims) >= 2 for n in node.input):
+                kept.append(node.name)
+            nodes.append(node)
+
+    out = onnx.ModelProto()  # field by field: a CopyFrom would copy every fp32 weight once more
+    out.ir_version, out.producer_name, out.producer_version = proto.ir_version, proto.producer_name, \
+        proto.producer_version
+    out.doc_string = proto.doc_string
+    out.metadata_props.extend(proto.metadata_props)
+    out.opset_import.extend(proto.opset_import)
+    if not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    g = out.graph
+    g.name, g.doc_string = graph.name, graph.doc_string
+    g.input.extend(graph.input)
+    g.value_info.extend(graph.value_info)
+    g.output.extend(graph.output)
+    g.node.extend(nodes)
+    for t in graph.initializer:
+        if t.name not in replaced:
+            g.initializer.append(t)
+    g.initializer.extend(new_inits[name] for name in sorted(new_inits))
+    return Int8Result(out, quantized, sorted(kept))
