@@ -34,7 +34,7 @@ class GraphBuilder:
     def __init__(self, name: str):
         self.name = name
         self.nodes: list = []
-        self.initializers: dict = {}  # name -> TensorProto (insertion ordered)
+        self.initializers: dict = {}  # name -> C-contiguous numpy array (insertion ordered)
         self.inputs: list = []
         self.outputs: list = []
         self._scope: list[str] = []
@@ -59,10 +59,8 @@ class GraphBuilder:
     # --- values --------------------------------------------------------------------------------
     def initializer(self, name: str, array) -> Value:
         """An initializer named ``name`` (e.g. a Keras weight path); added once, later calls reuse it."""
-        from onnx import numpy_helper
-
         if name not in self.initializers:
-            self.initializers[name] = numpy_helper.from_array(np.require(array, requirements="C"), name=name)
+            self.initializers[name] = np.require(array, requirements="C")
         return name
 
     def weight(self, variable) -> Value:
@@ -132,23 +130,31 @@ class GraphBuilder:
         self.rename(value, name)
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(dims)))
 
-    def model(self, opset: int, producer: str = "bertc"):
-        from onnx import helper
+    def model(self, opset: int, producer: str = "bertc", split_above: Optional[int] = None):
+        """The ModelProto. With ``split_above`` (bytes), initializers larger than that are left out of the
+        proto and returned beside it, ``(proto, [(name, array), ...])``, for a streaming writer
+        (:func:`bertc.export.onnx.write_onnx`): the weights are then never serialized in memory.
+        The builder gives its initializers away: call model() once."""
+        from onnx import helper, numpy_helper
 
         used = {name for node in self.nodes for name in node.input}
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs)
         # Moved one tensor at a time (protobuf copies on append), so the weights are never held twice. A
         # lowering may fetch a weight it then folds away (ReZero's pre-scaled output bias): it is dropped.
-        # The builder gives its initializers away: call model() once.
+        weights = []
         for name in list(self.initializers):
-            tensor = self.initializers.pop(name)
-            if name in used:
-                graph.initializer.append(tensor)
-            del tensor
+            array = self.initializers.pop(name)
+            if name not in used:
+                continue
+            if split_above is not None and array.nbytes > split_above:
+                weights.append((name, array))
+            else:
+                graph.initializer.append(numpy_helper.from_array(array, name=name))
+            del array
         imports = [helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, MS_OPSET)]
         model = helper.make_model(graph, opset_imports=imports, producer_name=producer)
         model.ir_version = min(model.ir_version, 9)  # readable by every onnxruntime >= 1.16
-        return model
+        return model if split_above is None else (model, weights)
 
     def op_counts(self) -> dict[str, int]:
         counts = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in self.nodes)

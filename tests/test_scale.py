@@ -168,13 +168,16 @@ def external(tmp_path_factory):
     root = tmp_path_factory.mktemp("external")
     spec = root / "spec.json"
     spec.write_text(json.dumps(tiny_bert()))
-    saved = onnx_export.EXTERNAL_DATA_THRESHOLD
+    import bertc.optimize.lower as lower
+
+    saved = onnx_export.EXTERNAL_DATA_THRESHOLD, lower.SPLIT_WEIGHTS_ABOVE
     onnx_export.EXTERNAL_DATA_THRESHOLD = 10_000  # tiny_bert's weights are ~23 kB
+    lower.SPLIT_WEIGHTS_ABOVE = 256               # and each of them is small: the lowering keeps 4 kB inline
     try:
         out = root / "out"
         assert main(["build", str(spec), "-o", str(out), "-q"]) == 0
     finally:
-        onnx_export.EXTERNAL_DATA_THRESHOLD = saved
+        onnx_export.EXTERNAL_DATA_THRESHOLD, lower.SPLIT_WEIGHTS_ABOVE = saved
     return out
 
 
@@ -327,3 +330,15 @@ def test_shared_validation_passes_still_catch_a_model_that_reads_padding():
     assert results["batch_invariance"].passed and results["deterministic"].passed
     assert results["finite_outputs"].passed and results["trainability"].passed
     assert not results["param_count"].passed
+
+
+def test_optimized_artifacts_take_the_external_data_path_too(external):
+    report = json.loads((external / "report.json").read_text())
+    for key, name in (("onnx_optimized", "model.optimized.onnx"), ("onnx_int8", "model.optimized.int8.onnx")):
+        art = report["artifacts"][key]
+        assert art["external_data"] == f"{name}.data" and f"{name}.data" in report["manifest"]["files"]
+        assert art["bytes"] == (external / name).stat().st_size + (external / f"{name}.data").stat().st_size
+        bare = onnx.load(str(external / name), load_external_data=False)
+        assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in bare.graph.initializer)
+    backends = report["parity"]["backends"]
+    assert {"onnx_optimized_cpu", "onnx_int8_cpu"} <= set(backends) and report["parity"]["passed"]

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -81,45 +82,48 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
     graph.doc_string = f"bertc {bertc.__version__}: {model.name} through tf2onnx"  # tf2onnx writes a TF function counter here
     canonicalize(graph, keep={i.name for i in inputs} | set(outputs) | {p for p, _ in weights})
     _check_structure(proto, weight_values, renames)
-    tmp = Path(str(path) + ".partial")
-    data_path = path.with_name(path.name + ".data")
-    total = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for _, v in weights)
-    external = total + proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    try:
-        if external:
-            write_external(proto, weights, tmp, data_path)
-        else:
-            data_path.unlink(missing_ok=True)
-            write_streaming(proto, weights, tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    size = path.stat().st_size + (data_path.stat().st_size if external else 0)
+    size, external = write_onnx(proto, weights, path)
     return {"path": path.name, "format": "onnx", "precision": "fp32",
             "providers": ["CPUExecutionProvider", "CUDAExecutionProvider"], "opset": opset,
-            "input_dtype": input_dtype, "bytes": size, "external_data": data_path.name if external else None,
+            "input_dtype": input_dtype, "bytes": size, "external_data": external,
             "nodes": len(graph.node), "initializers": len(graph.initializer) + len(weights),
             "convert_seconds": round(t_convert, 3), "total_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _check_structure(proto, weight_values, renames) -> None:
     """onnx.checker on the graph with its weights declared as inputs (cheap: no weight data yet)."""
+    declared = []
+    for value in weight_values:
+        v = type(value)()
+        v.CopyFrom(value)
+        v.name = renames[value.name]
+        declared.append(v)
+    check_graph(proto, declared, "the exported ONNX graph is invalid")
+
+
+def check_graph(proto, declared, message: str) -> None:
+    """onnx.checker on ``proto`` with ``declared`` (ValueInfoProtos of the weights not attached yet) as
+    extra graph inputs, so no weight data is serialized; a failure is an ExportError ``message: why``."""
     import onnx
 
     graph = proto.graph
     n = len(graph.input)
-    for value in weight_values:
-        declared = graph.input.add()
-        declared.CopyFrom(value)
-        declared.name = renames[value.name]
+    graph.input.extend(declared)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported ONNX graph is invalid: {exc}") from None
+        raise ExportError(f"{message}: {exc}") from None
     finally:
         while len(graph.input) > n:
             graph.input.pop()
+
+
+def declared_weights(weights) -> list:
+    """ValueInfoProtos for [(name, array)]: what :func:`check_graph` declares."""
+    from onnx import helper
+
+    return [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype)), list(a.shape))
+            for name, a in weights]
 
 
 def _tensor_header(name: str, array_shape, dtype) -> bytes:
@@ -159,6 +163,34 @@ def _split(message, before: set[str]):
     return head, tail
 
 
+def write_onnx(proto, weights, path: Path) -> tuple[int, Optional[str]]:
+    """Write ``proto`` plus ``weights`` ([(name, Keras variable or array)], added as initializers) to ``path``
+    atomically: inline ``raw_data`` streamed one weight at a time, or ONNX external data
+    (``path.data``) when the whole would pass protobuf's 2 GB limit. Returns (bytes on disk, the
+    external data file's name or None)."""
+    path = Path(path)
+    tmp = Path(str(path) + ".partial")
+    data_path = path.with_name(path.name + ".data")
+    total = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for _, v in weights)
+    external = bool(weights) and total + proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    try:
+        if external:
+            write_external(proto, weights, tmp, data_path)
+        else:
+            data_path.unlink(missing_ok=True)
+            write_streaming(proto, weights, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    size = path.stat().st_size + (data_path.stat().st_size if external else 0)
+    return size, (data_path.name if external else None)
+
+
+def _values(weight) -> np.ndarray:
+    return _little_endian(np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight))
+
+
 def _little_endian(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     return array.astype(array.dtype.newbyteorder("<"), copy=False)
@@ -190,7 +222,7 @@ def write_streaming(proto, weights, path: Path) -> None:
         f.write(_field(7, graph_len))
         f.write(graph_head.SerializeToString(deterministic=True))
         for header, n, var in pieces:
-            data = _little_endian(np.asarray(var.numpy()))
+            data = _values(var)
             assert data.nbytes == n
             f.write(_field(5, len(header) + len(_field(9, n)) + n))
             f.write(header)
@@ -213,7 +245,7 @@ def write_external(proto, weights, path: Path, data_path: Path) -> None:
     try:
         with open(tmp_data, "wb") as f:
             for name, var in weights:
-                data = _little_endian(np.asarray(var.numpy()))
+                data = _values(var)
                 pad = (-offset) % 64
                 f.write(b"\0" * pad)
                 offset += pad

@@ -243,6 +243,7 @@ class Lowered:
     nodes: int
     op_counts: dict
     pruned: bool
+    weights: Optional[list] = None  # [(name, array)] left out of ``proto`` (``split_weights``)
 
 
 def prunable(spec, sig) -> bool:
@@ -298,11 +299,17 @@ def _all_layers(model):
     return out
 
 
+# Initializers above this size are weights: ``split_weights`` keeps them out of the proto.
+SPLIT_WEIGHTS_ABOVE = 4096
+
+
 def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
-                prune: Optional[bool] = None) -> Lowered:
+                prune: Optional[bool] = None, split_weights: bool = False) -> Lowered:
     """The whole model as one ONNX graph with the model's exact input/output names and dynamic
     ``batch``/``sequence`` axes. ``prune`` (default: when the head reads only the first token)
-    computes the last layer's attention output and feedforward for the [CLS] row alone."""
+    computes the last layer's attention output and feedforward for the [CLS] row alone.
+    ``split_weights``: the weights are returned as arrays beside a proto without them (written by
+    :func:`bertc.export.onnx.write_onnx`, never serialized in memory)."""
     import onnx
 
     from bertc.registry import ENCODERS, HEADS
@@ -331,5 +338,8 @@ def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
         dims = ["batch"] + [("sequence" if axis == info.seq_axis else d if d is not None else f"{info.name}_{axis}")
                             for axis, d in enumerate(shape) if axis > 0]
         g.add_output(value, info.name, onnx.TensorProto.FLOAT, dims)
-    proto = g.model(opset)
-    return Lowered(proto, {"layers": ctx.coverage.layers}, len(g.nodes), g.op_counts(), enc.pruned)
+    nodes, op_counts = len(g.nodes), g.op_counts()
+    if split_weights:
+        proto, weights = g.model(opset, split_above=SPLIT_WEIGHTS_ABOVE)
+        return Lowered(proto, {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned, weights)
+    return Lowered(g.model(opset), {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned)

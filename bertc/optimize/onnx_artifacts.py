@@ -102,18 +102,16 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
                        f"({'; '.join(missing)}); the portable model.onnx is unaffected"}, "failure": None}
     t0 = time.perf_counter()
     try:
-        lowered = lower_model(model, spec, sig, input_dtype=input_dtype, opset=opset, prune=prune)
+        lowered = lower_model(model, spec, sig, input_dtype=input_dtype, opset=opset, prune=prune, split_weights=True)
     except NotLowerable as exc:
         return {"artifacts": {}, "fusion": {"lowered": False, "not_lowered": [str(exc)],
                                             "skipped": f"no optimized ONNX artifact: {exc}"}, "failure": None}
-    import onnx
+    from bertc.export.onnx import check_graph, declared_weights, write_onnx
 
-    try:
-        onnx.checker.check_model(lowered.proto)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the optimized ONNX graph fails onnx.checker: {exc}") from exc
+    # onnx.checker sees the graph with its weights declared as inputs: no weight data is serialized for it
+    check_graph(lowered.proto, declared_weights(lowered.weights), "the optimized ONNX graph fails onnx.checker")
     path = out / OPTIMIZED_FILE
-    nbytes = _save(lowered.proto, path)
+    nbytes, external = write_onnx(lowered.proto, lowered.weights, path)   # streamed, one weight at a time
     try:
         session = ort_session(path)
     except Exception as exc:  # ORT raises its own types; name the artifact and the cause
@@ -124,17 +122,18 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     structure = structural_check(model, spec, sig, input_dtype, opset, lowered.pruned)
     artifacts = {"onnx_optimized": _artifact(
         path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], lowered.nodes, opset,
-        op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage,
+        op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage, external_data=external,
         seconds=round(time.perf_counter() - t0, 3))}
-    proto, nodes, op_counts, coverage, pruned = (lowered.proto, lowered.nodes, lowered.op_counts, lowered.coverage,
-                                                 lowered.pruned)
-    del lowered  # the variants are made from the proto one after the other (one reduced copy at a time)
+    proto, weights, nodes, op_counts, coverage, pruned = (lowered.proto, lowered.weights, lowered.nodes,
+                                                          lowered.op_counts, lowered.coverage, lowered.pruned)
+    del lowered
     if structure["passed"]:
-        if "onnx_fp16" in variants:
+        if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
+            proto, weights = _attach(proto, weights), None
             artifacts["onnx_fp16"] = convert_fp16(proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
         if "onnx_int8" in variants:
-            artifacts["onnx_int8"] = quantize_int8(proto, out / INT8_FILE, input_dtype, opset)
-    del proto
+            artifacts["onnx_int8"] = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset)
+    del proto, weights
     fusion = {
         "lowered": True, "not_lowered": [], "pruned": pruned,
         "layers": coverage["layers"],
@@ -150,20 +149,33 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     return {"artifacts": artifacts, "fusion": fusion, "failure": failure}
 
 
-def quantize_int8(proto, dst: Path, input_dtype: str, opset: int) -> dict:
-    """Dynamic int8 (see :mod:`bertc.optimize.quantize`) of the optimized graph, checked to load in ORT."""
+def _attach(proto, weights: list):
+    """``proto`` with ``weights`` ([(name, array)]) moved in as initializers (the list is emptied)."""
+    from onnx import numpy_helper
+
+    while weights:
+        name, array = weights.pop(0)
+        proto.graph.initializer.append(numpy_helper.from_array(array, name))
+        del array
+    return proto
+
+
+def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, opset: int) -> dict:
+    """Dynamic int8 (see :mod:`bertc.optimize.quantize`) of the optimized graph (its weights in ``proto`` or
+    beside it in ``weights``), written streamed and checked to load in ORT."""
+    from bertc.export.onnx import write_onnx
     from bertc.optimize.quantize import quantize_dynamic_int8
 
     t0 = time.perf_counter()
     try:
-        result = quantize_dynamic_int8(proto)
-        nbytes = _save(result.proto, dst)
+        result = quantize_dynamic_int8(proto, weights)
+        nbytes, external = write_onnx(result.proto, result.weights or [], dst)
         ort_session(dst)
     except Exception as exc:
-        Path(str(dst) + ".partial").unlink(missing_ok=True)
         dst.unlink(missing_ok=True)
         raise ExportError(f"int8 quantization of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
     return _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], len(result.proto.graph.node), opset,
+                     external_data=external,
                      quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
                                    "operators": ["DynamicQuantizeMatMul", "QAttention"],
                                    "quantized": len(result.quantized), "kept_fp32": result.kept_fp32},

@@ -23,6 +23,7 @@ against ``quantize_dynamic`` itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class Int8Result:
     proto: object
     quantized: list = field(default_factory=list)   # node names now running on int8 weights
     kept_fp32: list = field(default_factory=list)   # weight-bearing nodes left in fp32
+    weights: Optional[list] = None                  # [(name, array)] beside ``proto`` (when given so)
 
 
 def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,33 +49,46 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def quantize_dynamic_int8(proto) -> Int8Result:
-    """A new ModelProto (``proto`` is not modified) with int8 weights on MatMul and Attention."""
+def quantize_dynamic_int8(proto, weights: Optional[list] = None) -> Int8Result:
+    """A new ModelProto (``proto`` is not modified) with int8 weights on MatMul and Attention.
+
+    ``weights``: [(name, array)] initializers kept beside ``proto`` (``lower_model(split_weights=True)``);
+    the result then keeps its weights beside its proto too (``Int8Result.weights``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
+    arrays = dict(weights or [])
     inits = {t.name: t for t in graph.initializer}
+
+    def shape_of(name: str):
+        if name in arrays:
+            a = arrays[name]
+            return (a.dtype == np.float32, a.ndim)
+        t = inits.get(name)
+        return None if t is None else (t.data_type == TensorProto.FLOAT, len(t.dims))
+
+    def array_of(name: str) -> np.ndarray:
+        return arrays[name] if name in arrays else numpy_helper.to_array(inits[name])
+
     readers: dict = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
 
-    def float_matrix(name: str):
-        t = inits.get(name)
-        return t if t is not None and t.data_type == TensorProto.FLOAT and len(t.dims) == 2 else None
+    def float_matrix(name: str) -> bool:
+        return shape_of(name) == (True, 2)
 
-    new_inits: dict = {}    # name -> TensorProto (replacements and additions)
+    new_inits: dict = {}    # name -> array (replacements and additions)
     replaced: set = set()   # fp32 weights no node reads any more
     nodes, quantized, kept = [], [], []
 
     def int8_weight(name: str) -> tuple[str, str, str]:
         if f"{name}_quantized" not in new_inits:
-            q, scale = quantize_columns(numpy_helper.to_array(inits[name]))
-            new_inits[f"{name}_quantized"] = numpy_helper.from_array(q, f"{name}_quantized")
-            new_inits[f"{name}_scale"] = numpy_helper.from_array(scale, f"{name}_scale")
-            new_inits[f"{name}_zero_point"] = numpy_helper.from_array(np.zeros(scale.shape, np.int8),
-                                                                      f"{name}_zero_point")
+            q, scale = quantize_columns(array_of(name))
+            new_inits[f"{name}_quantized"] = q
+            new_inits[f"{name}_scale"] = scale
+            new_inits[f"{name}_zero_point"] = np.zeros(scale.shape, np.int8)
             if all(r.op_type in ("MatMul", "Attention") for r in readers[name]):
                 replaced.add(name)
         return f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
@@ -98,7 +113,7 @@ def quantize_dynamic_int8(proto) -> Int8Result:
             nodes.append(q)
             quantized.append(node.name)
         else:
-            if any(n in inits and len(inits[n].dims) >= 2 for n in node.input):
+            if any((shape_of(n) or (False, 0))[1] >= 2 for n in node.input):
                 kept.append(node.name)
             nodes.append(node)
 
@@ -119,5 +134,8 @@ def quantize_dynamic_int8(proto) -> Int8Result:
     for t in graph.initializer:
         if t.name not in replaced:
             g.initializer.append(t)
-    g.initializer.extend(new_inits[name] for name in sorted(new_inits))
+    if weights is not None:
+        kept_weights = [(name, a) for name, a in weights if name not in replaced]
+        return Int8Result(out, quantized, sorted(kept), kept_weights + sorted(new_inits.items()))
+    g.initializer.extend(numpy_helper.from_array(new_inits[name], name) for name in sorted(new_inits))
     return Int8Result(out, quantized, sorted(kept))
