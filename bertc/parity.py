@@ -29,6 +29,7 @@ from bertc import backends as _backends
 from bertc.backends import CPU, Backend, BackendLoadError, Runner, backend_name, open_runner, plan_backends
 from bertc.backends import keras_runner  # noqa: F401 - part of this module's API (tools/verify_fixtures.py)
 from bertc.inputs import make_inputs, random_mask
+from bertc.memory import release as release_memory
 from bertc.signature import OutputInfo, Signature
 from bertc.spec import Spec
 
@@ -180,13 +181,13 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
     results = {(b.name, o.name): _result(spec, b, o) for b in backends for o in sig.outputs}
     sums = {key: [0.0, 0] for key in results}
     agree = {key: [0, 0] for key in results}
-    for case in cases:
-        ref = reference(case.inputs)
-        mask = case.inputs["input_mask"]
-        for backend in backends:
-            run = runners.get(backend.name)
-            if run is None:
-                continue
+    refs = [reference(case.inputs) for case in cases]   # outputs only: small beside any model
+    for backend in backends:   # one backend at a time: ``runners`` may open each lazily and let it go after
+        run = runners.get(backend.name)
+        if run is None:
+            continue
+        for case, ref in zip(cases, refs):
+            mask = case.inputs["input_mask"]
             try:
                 got = run(case.inputs)
             except Exception as exc:  # a backend that cannot run a case is a parity failure, not a crash
@@ -234,6 +235,10 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
                     if np.any(diff > bound):
                         r.problems.append(f"{case.label}: max abs diff {max_abs:.3g} > atol {r.atol:g}"
                                           + (f" + rtol {r.rtol:g}*|ref|" if r.rtol else ""))
+        run = None  # the last reference to this backend's session: let it go before the next one loads
+        release = getattr(runners, "release", None)
+        if release is not None:
+            release(backend.name)
     for key, r in results.items():
         r.mean_abs = sums[key][0] / sums[key][1] if sums[key][1] else 0.0
         if agree[key][1]:
@@ -274,6 +279,31 @@ def open_backends(backends: list[Backend]) -> tuple[dict[str, Runner], dict[str,
     return runners, errors
 
 
+class OneAtATime:
+    """The ``runners`` of :func:`compare` opened on demand, one at a time: a backend is loaded when
+    compare reaches it and let go (its session, its copy of the weights) before the next one loads,
+    so parity holds one artifact in memory beside the Keras model instead of all of them."""
+
+    def __init__(self, backends: list[Backend]):
+        self.backends = {b.name: b for b in backends}
+        self.errors: dict[str, str] = {}
+        self._open: Optional[Runner] = None
+
+    def get(self, name: str) -> Optional[Runner]:
+        self.release(name)
+        try:
+            self._open = open_runner(self.backends[name])
+        except BackendLoadError as exc:
+            self.errors[name] = str(exc)
+            return None
+        return self._open
+
+    def release(self, name: Optional[str] = None) -> None:
+        if self._open is not None:
+            self._open = None
+            release_memory()
+
+
 def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict,
                cases: Optional[list] = None) -> dict:
     """Parity of the artifacts listed in ``artifacts`` (``report["artifacts"]``) in ``out_dir`` against
@@ -281,9 +311,10 @@ def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict
     disagrees or cannot be loaded. ``cases`` (:class:`Case` objects or (name, inputs) pairs, e.g.
     tokenized text) replace the default grid."""
     backends, skipped = plan_backends(Path(out_dir), artifacts)
-    runners, load_errors = open_backends(backends)
+    runners = OneAtATime(backends)
     cases = grid_cases(spec) if cases is None else [c if isinstance(c, Case) else Case.given(*c) for c in cases]
     results = compare(spec, sig, keras_runner(model), backends, runners, cases)
+    load_errors = runners.errors
     for r in results:
         if r.backend in load_errors:
             r.load_error = load_errors[r.backend]
