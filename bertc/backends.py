@@ -43,8 +43,12 @@ class Backend:
         return self.precision != "fp32"
 
     def to_json(self) -> dict:
-        return {"name": self.name, "artifact": self.artifact, "path": self.path.name, "format": self.format,
-                "precision": self.precision, "provider": self.provider}
+        out = {"name": self.name, "artifact": self.artifact, "path": self.path.name, "format": self.format,
+               "precision": self.precision, "provider": self.provider}
+        settings = provider_options(self)
+        if settings:
+            out["provider_options"] = settings
+        return out
 
 
 def artifact_info(artifact_id: str, entry: dict) -> dict:
@@ -120,6 +124,17 @@ def _require_file(backend: Backend) -> None:
         raise BackendLoadError(f"{backend.path.name}: is a directory, not a model file")
 
 
+def provider_options(backend: Backend) -> dict:
+    """Execution-provider settings for ``backend``. ONNX Runtime's CUDA provider runs fp32 MatMul, Gemm and
+    the fused Attention on TF32 tensor cores by default (10-bit mantissa): measured on an H100
+    (tools/results/cuda_parity.json), the fp32 artifacts then differ from Keras by up to 1.3e-3 and fail
+    parity's 1e-4 on 9 of 12 bundled specs; with TF32 off, by at most 2.4e-6. An fp32 artifact is meant to
+    compute what Keras computes, so it runs with ``use_tf32=0``; the fp16 artifact is the fast one on GPUs."""
+    if backend.provider == CUDA and backend.precision == "fp32":
+        return {"use_tf32": "0"}
+    return {}
+
+
 def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool = True):
     """An ONNX Runtime session for ``backend``. ``threads`` fixes the intra-op pool (and one inter-op
     thread); ``spinning=False`` stops idle pool threads from busy-waiting (needed when several sessions
@@ -136,8 +151,10 @@ def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool 
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    settings = provider_options(backend)
     try:
-        session = ort.InferenceSession(str(backend.path), options, providers=[backend.provider])
+        session = ort.InferenceSession(str(backend.path), options,
+                                       providers=[(backend.provider, settings) if settings else backend.provider])
     except Exception as exc:
         raise BackendLoadError(f"{backend.path.name}: cannot be loaded by ONNX Runtime: {_first_line(exc)}") from None
     if backend.provider not in session.get_providers():

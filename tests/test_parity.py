@@ -321,3 +321,32 @@ def test_unreadable_report_is_an_output_error(encoder_build, tmp_path, capfd):
     (out / "report.json").write_text("{ half a report")
     assert main(["parity", str(out)]) == EXIT_OUTPUT
     assert "report.json: cannot be read" in capfd.readouterr().err
+
+
+def test_fp32_artifacts_run_on_cuda_without_tf32(monkeypatch, tmp_path):
+    """CUDA's default TF32 matmuls broke fp32 parity on an H100 (tools/results/cuda_parity.json): fp32
+    artifacts ask for exact fp32, the fp16 artifact and CPU sessions get no CUDA settings."""
+    import onnxruntime as ort
+
+    from bertc.backends import ort_session
+
+    seen = []
+
+    class FakeSession:
+        def __init__(self, path, options, providers):
+            seen.append(providers)
+            self.providers = [p if isinstance(p, str) else p[0] for p in providers]
+
+        def get_providers(self):
+            return self.providers
+
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"x")
+    fp32 = Backend("onnx_optimized_cuda", "onnx_optimized", path, "onnx", "fp32", CUDA)
+    fp16 = Backend("onnx_fp16_cuda", "onnx_fp16", path, "onnx", "fp16", CUDA)
+    cpu = Backend("onnx_cpu", "onnx", path, "onnx", "fp32", CPU)
+    for backend in (fp32, fp16, cpu):
+        ort_session(backend)
+    assert seen == [[(CUDA, {"use_tf32": "0"})], [CUDA], [CPU]]
+    assert fp32.to_json()["provider_options"] == {"use_tf32": "0"} and "provider_options" not in fp16.to_json()
