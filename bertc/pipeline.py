@@ -161,12 +161,34 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
     report["artifacts"] = artifacts
     if opts.export:
         eo = _export_options(spec, opts)
-        if spec.export.onnx and opts.onnx:
-            from bertc.export.onnx import export_onnx
+        tflite_artifacts = {}
+        tflite = None
+        if spec.export.tflite and opts.tflite:
+            from bertc.export.tflite import TFLiteJob
 
-            with stages.stage("export onnx") as note:
-                artifacts["onnx"] = export_onnx(model, sig, out / "model.onnx", eo["opset"], eo["input_dtype"])
-                note["detail"] = f"opset {eo['opset']}, {artifacts['onnx']['bytes'] / 1e6:.2f} MB"
+            keep = out / "saved_model" if eo["keep_saved_model"] else None
+            ids = ["tflite"] + [v for v, _, _ in TFLITE_VARIANTS if v in spec.export.variants]
+            files = {"tflite": ("fp32", "model.tflite"), **{v: (p, n) for v, p, n in TFLITE_VARIANTS}}
+            targets = [(out / files[i][1], files[i][0]) for i in ids]
+            tflite = TFLiteJob(model, sig, targets, keep)
+            # The converter runs while ONNX is exported (a child process for large models); its result is
+            # collected before the optimize stage, so that the two never hold memory at the same time.
+            with stages.stage("trace tflite") as note:
+                tflite.start()
+                note["detail"] = ("converting in a child process meanwhile" if tflite.background
+                                  else "placeholder SavedModel")
+        with tflite if tflite is not None else contextlib.nullcontext():  # a failure stops the converter
+            if spec.export.onnx and opts.onnx:
+                from bertc.export.onnx import export_onnx
+
+                with stages.stage("export onnx") as note:
+                    artifacts["onnx"] = export_onnx(model, sig, out / "model.onnx", eo["opset"], eo["input_dtype"])
+                    note["detail"] = f"opset {eo['opset']}, {artifacts['onnx']['bytes'] / 1e6:.2f} MB"
+            if tflite is not None:
+                with stages.stage("export tflite") as note:
+                    entries = tflite.finish()
+                    tflite_artifacts = {i: entries[path] for i, (path, _) in zip(ids, targets)}
+                    note["detail"] = ", ".join(f"{e['path']} {e['bytes'] / 1e6:.2f} MB" for e in tflite_artifacts.values())
         if spec.export.optimized and opts.optimize and opts.onnx:
             from bertc.optimize.onnx_artifacts import optimize_onnx
 
@@ -176,21 +198,11 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
                 artifacts.update(result["artifacts"])
                 report["fusion"] = result["fusion"]
                 note["detail"] = fusion_summary(result["fusion"])
+            artifacts.update(tflite_artifacts)
             if result.get("failure"):
                 report["_failure"] = ParityError(result["failure"])
                 return report
-        if spec.export.tflite and opts.tflite:
-            from bertc.export.tflite import export_tflite
-
-            with stages.stage("export tflite") as note:
-                keep = out / "saved_model" if eo["keep_saved_model"] else None
-                artifacts["tflite"] = export_tflite(model, sig, out / "model.tflite", keep)
-                note["detail"] = f"{artifacts['tflite']['bytes'] / 1e6:.2f} MB"
-            for variant, precision, name in TFLITE_VARIANTS:
-                if variant in spec.export.variants:
-                    with stages.stage(f"export {variant}") as note:
-                        artifacts[variant] = export_tflite(model, sig, out / name, precision=precision)
-                        note["detail"] = f"{artifacts[variant]['bytes'] / 1e6:.2f} MB"
+        artifacts.update(tflite_artifacts)
     if opts.export and opts.parity and spec.parity.enabled:
         from bertc.parity import run_parity
 

@@ -347,3 +347,43 @@ def test_optimized_artifacts_take_the_external_data_path_too(external):
         assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in bare.graph.initializer)
     backends = report["parity"]["backends"]
     assert {"onnx_optimized_cpu", "onnx_int8_cpu"} <= set(backends) and report["parity"]["passed"]
+
+
+def test_tflite_converted_in_a_child_process_is_the_same_file(tmp_path):
+    """Large models are converted in a child process while the build goes on: same bytes as in-process."""
+    import hashlib
+
+    from bertc.build import build_model
+    from bertc.export.tflite import export_tflite
+    from bertc.signature import signature_of
+    from bertc.spec import load_spec
+
+    spec = load_spec(tiny_bert())
+    sig = signature_of(spec)
+    model = build_model(spec, sig)
+    here = export_tflite(model, sig, tmp_path / "here.tflite", background=False)
+    child = export_tflite(model, sig, tmp_path / "child.tflite", background=True)
+    assert (here["converted_in"], child["converted_in"]) == ("this process", "a child process, while the build went on")
+    digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("here.tflite", "child.tflite")]
+    assert digest[0] == digest[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.tflite", "here.tflite"]
+
+
+def test_child_converter_failure_names_the_op_and_leaves_nothing(tmp_path):
+    import keras
+
+    from bertc.components.common import tf
+    from bertc.errors import ExportError
+    from bertc.export.tflite import export_tflite
+    from bertc.signature import InputInfo, OutputInfo, Signature
+
+    class Erfc(keras.layers.Layer):   # TensorFlow's Erfc has no builtin TFLite kernel
+        def call(self, x):
+            return tf.math.erfc(x)
+
+    ids = keras.Input((None,), dtype="int32", name="input_word_ids")
+    model = keras.Model(ids, {"logits": Erfc(name="bad_activation")(keras.ops.one_hot(ids, 4))})
+    sig = Signature((InputInfo("input_word_ids"),), (OutputInfo("logits", 1, "logits"),), 8, False)
+    with pytest.raises(ExportError, match=r"op tf\.Erfc \(from layer .*bad_activation"):
+        export_tflite(model, sig, tmp_path / "never-written.tflite", background=True)
+    assert list(tmp_path.iterdir()) == []

@@ -158,47 +158,162 @@ def _fill_in_file(tmp: Path, weight, placeholders, uses, own_values):
     return filled
 
 
-def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None, precision: str = "fp32") -> dict:
+# Above this many parameters the converter runs in a child process while the build goes on (the ONNX
+# export): the converter holds the GIL for its whole C++ run (~6 s on BERT-base, ~25 s on BERT-large) and
+# the ONNX export uses one core. Below it the child's start-up (importing TensorFlow) costs more than
+# it saves.
+BACKGROUND_ABOVE_PARAMETERS = 20_000_000
+
+
+class TFLiteJob:
+    """The TFLite export of one model at one or more precisions, in two halves.
+
+    :meth:`start` traces the model with placeholder weights into a SavedModel and starts converting it,
+    in a child process for large models (:data:`BACKGROUND_ABOVE_PARAMETERS`) so that the caller can
+    export ONNX meanwhile; :meth:`finish` waits for the conversions, writes the real weights into each
+    flatbuffer and returns the artifact entries. :meth:`cancel` (also on any exception in between, when
+    used as a context manager) stops the child and removes every partial file."""
+
+    def __init__(self, model, sig, targets: list[tuple[Path, str]], keep_saved_model: Optional[Path] = None,
+                 background: Optional[bool] = None):
+        for _, precision in targets:
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.model, self.sig, self.targets, self.keep = model, sig, list(targets), keep_saved_model
+        self.background = (model.count_params() > BACKGROUND_ABOVE_PARAMETERS) if background is None else background
+        self.seconds = 0.0          # the caller's own time in start() + finish()
+        self._child = None
+        self._workdir: Optional[Path] = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cancel()
+
+    def _partial(self, path: Path) -> Path:
+        return Path(str(path) + ".partial")
+
+    def start(self) -> "TFLiteJob":
+        t0 = time.perf_counter()
+        variables = list(self.model.trainable_variables) + list(self.model.non_trainable_variables)
+        floating = [k for k, v in enumerate(variables) if str(v.dtype).startswith("float")]
+        self.variables = variables
+        self.placeholders = dict(zip(floating, placeholder_values(len(floating))))
+        self._workdir = Path(tempfile.mkdtemp(prefix="bertc-savedmodel-"))
+        self.saved = self._workdir / "saved_model"
+        serve = serving_function(self.model, self.sig,
+                                 lambda k, v: self.placeholders[k] if k in self.placeholders else v.numpy())
+        module = tf.Module()
+        module.serve = serve
+        tf.saved_model.save(module, str(self.saved), signatures={SIGNATURE: serve})
+        self.concrete = serve.get_concrete_function()
+        self.saved_model_seconds = time.perf_counter() - t0
+        self._t_convert = time.perf_counter()
+        if self.background:
+            import subprocess
+            import sys
+
+            args = [sys.executable, "-m", "bertc.export.tflite", str(self.saved)]
+            for path, precision in self.targets:
+                args += [precision, str(self._partial(path))]
+            self._log = self._workdir / "converter.log"
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+            with open(self._log, "wb") as log:
+                self._child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               env=env)
+        self.seconds += time.perf_counter() - t0
+        return self
+
+    def _wait(self) -> None:
+        """The conversions done (in the child, or here now); raises ExportError naming the unsupported ops."""
+        if self._child is None:
+            for path, precision in self.targets:
+                try:
+                    _convert(self.saved, precision, self._partial(path))
+                except Exception as exc:
+                    raise ExportError(explain_converter_error(str(exc), graph_ops(self.concrete))) from None
+            return
+        code = self._child.wait()
+        self._child = None
+        if code != 0:
+            text = self._log.read_text(errors="replace")
+            marker = text.rfind(CHILD_ERROR)
+            message = text[marker + len(CHILD_ERROR):] if marker >= 0 else text[-3000:]
+            raise ExportError(explain_converter_error(message, graph_ops(self.concrete)))
+
+    def finish(self) -> dict:
+        """Wait for the conversions and fill in the weights: {path: artifact entry}."""
+        t0 = time.perf_counter()
+        self._wait()
+        convert_seconds = time.perf_counter() - self._t_convert
+        uses, own_values = graph_weight_uses(self.concrete, self.variables)
+        entries = {}
+        for path, precision in self.targets:
+            t_fill = time.perf_counter()
+            filled = _fill_in_file(self._partial(path), lambda k: np.asarray(self.variables[k].numpy()),
+                                   self.placeholders, uses, own_values)
+            os.replace(self._partial(path), path)
+            entries[path] = {"path": path.name, "bytes": path.stat().st_size, "format": "tflite",
+                             "precision": precision, "signature": SIGNATURE, "weights": filled.to_json(),
+                             "saved_model_seconds": round(self.saved_model_seconds, 3),
+                             "convert_seconds": round(convert_seconds, 3),
+                             "converted_in": "a child process, while the build went on" if self.background
+                             else "this process",
+                             "fill_seconds": round(time.perf_counter() - t_fill, 3),
+                             "saved_model": None}
+        if self.keep is not None:
+            save_serving_model(self.model, self.sig, self.keep)
+            for entry in entries.values():
+                entry["saved_model"] = self.keep.name
+        self.seconds += time.perf_counter() - t0
+        for entry in entries.values():
+            entry["total_seconds"] = round(self.seconds, 3)
+        self.cancel()  # nothing left to stop: removes the working directory
+        return entries
+
+    def cancel(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child.wait()
+            self._child = None
+        for path, _ in self.targets:
+            self._partial(path).unlink(missing_ok=True)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+CHILD_ERROR = "\nbertc-tflite-converter-error:\n"
+
+
+def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None, precision: str = "fp32",
+                  background: Optional[bool] = None) -> dict:
     """Convert ``model`` to TFLite at ``precision`` (fp32; fp16 weights; int8 dynamic-range weights).
 
     The converter sees splat placeholder weights (one number per weight tensor), so its memory and
     time do not grow with the weights; :func:`bertc.export.tflite_weights.fill_weights` then writes
     the real weights into the flatbuffer, proving the placeholder -> buffer mapping."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    t0 = time.perf_counter()
-    variables = list(model.trainable_variables) + list(model.non_trainable_variables)
-    floating = [k for k, v in enumerate(variables) if str(v.dtype).startswith("float")]
-    placeholders = dict(zip(floating, placeholder_values(len(floating))))
-    workdir = Path(tempfile.mkdtemp(prefix="bertc-savedmodel-"))
+    with TFLiteJob(model, sig, [(Path(path), precision)], keep_saved_model, background) as job:
+        return job.start().finish()[Path(path)]
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m bertc.export.tflite SAVED_MODEL PRECISION OUT [PRECISION OUT ...]`` (TFLiteJob's child)."""
+    import sys
+
+    saved, pairs = Path(argv[0]), argv[1:]
     try:
-        saved = workdir / "saved_model"
-        serve = serving_function(model, sig, lambda k, v: placeholders[k] if k in placeholders else v.numpy())
-        module = tf.Module()
-        module.serve = serve
-        tf.saved_model.save(module, str(saved), signatures={SIGNATURE: serve})
-        concrete = serve.get_concrete_function()
-        t_saved = time.perf_counter() - t0
-        tmp = Path(str(path) + ".partial")
-        try:
-            _convert(saved, precision, tmp)
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            raise ExportError(explain_converter_error(str(exc), graph_ops(concrete))) from None
-        t_convert = time.perf_counter() - t0 - t_saved
-        uses, own_values = graph_weight_uses(concrete, variables)
-        try:
-            filled = _fill_in_file(tmp, lambda k: np.asarray(variables[k].numpy()), placeholders, uses, own_values)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)
-        if keep_saved_model is not None:
-            save_serving_model(model, sig, keep_saved_model)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return {"path": path.name, "bytes": path.stat().st_size, "format": "tflite", "precision": precision,
-            "signature": SIGNATURE, "weights": filled.to_json(),
-            "saved_model_seconds": round(t_saved, 3), "convert_seconds": round(t_convert, 3),
-            "total_seconds": round(time.perf_counter() - t0, 3),
-            "saved_model": keep_saved_model.name if keep_saved_model is not None else None}
+        for precision, out in zip(pairs[0::2], pairs[1::2]):
+            _convert(saved, precision, Path(out))
+    except Exception as exc:  # noqa: BLE001 - the parent turns the message into an ExportError
+        sys.stdout.write(CHILD_ERROR + str(exc))
+        sys.stdout.flush()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_child_main(sys.argv[1:]))
