@@ -6,8 +6,8 @@
 The build runs in a child process under ``/usr/bin/time -v`` (wall clock, CPU time, peak RSS of the
 largest process as the kernel counts it). Inside the child, each stage reports its duration, the
 peak RSS so far (getrusage ru_maxrss, so a stage's figure is the peak reached up to its end) and the
-peak of the summed RSS of the build and its own children (the TFLite converter of a large model runs
-in one, beside the ONNX export), sampled every 20 ms; the build's peak is the larger of the two. The machine's
+peak of the build's processes together (the TFLite converter of a large model runs in a child, beside
+the ONNX export): the sum of their RSS, sampled every 20 ms; the build's peak is the larger of the two. The machine's
 load (``uptime``) is recorded before and after: on a shared machine wall time depends on it, CPU
 time much less. Results go to tools/results/<spec name>.json (or --results FILE), with the
 exact command, the weight bytes and peak RSS / weight bytes.
@@ -34,10 +34,12 @@ def peak_rss_mb() -> float:
 
 
 class TreeRss:
-    """Peak of the summed RSS of this process and all its descendants (the build converts TFLite in a
-    child process for large models), sampled every 20 ms from /proc. Shared pages (libraries) count
-    once per process, so the figure errs high. ``/usr/bin/time -v`` reports only the largest single
-    process."""
+    """Peak memory of this process and all its descendants together (the build converts TFLite in a
+    child process for large models), sampled every 20 ms from /proc: the sum of their VmRSS, leaving
+    out a child that has not exec'ed yet (a fork still sharing the build's pages, recognized by its
+    parent's command line). Shared libraries count once per process, so the figure errs high.
+    (PSS from smaps_rollup would be exact but walks every page table: sampling it slowed a BERT-large
+    build by half.) ``/usr/bin/time -v`` reports only the largest single process."""
 
     def __init__(self, interval: float = 0.02):
         import threading
@@ -58,6 +60,13 @@ class TreeRss:
         return 0
 
     @staticmethod
+    def _cmdline(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+
+    @staticmethod
     def _children(pid: int) -> list[int]:
         kids = []
         try:
@@ -68,11 +77,15 @@ class TreeRss:
         return kids
 
     def sample(self) -> int:
-        total, todo = 0, [os.getpid()]
+        me = os.getpid()
+        total, todo = self._rss_kb(me), [(me, self._cmdline(me))]
         while todo:
-            pid = todo.pop()
-            total += self._rss_kb(pid)
-            todo += self._children(pid)
+            pid, cmdline = todo.pop()
+            for kid in self._children(pid):
+                kid_cmdline = self._cmdline(kid)
+                if kid_cmdline != cmdline:  # the same command line: a fork that has not exec'ed yet
+                    total += self._rss_kb(kid)
+                todo.append((kid, kid_cmdline))
         self.peak_kb = max(self.peak_kb, total)
         return total
 
@@ -102,7 +115,7 @@ def child(args) -> int:
         row = {"stage": name, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
                "peak_tree_rss_mb": round(tree.peak_mb(), 1), "detail": detail}
         stages.append(row)
-        print(f"{name:<18} {seconds:8.2f}s  peak RSS {row['peak_rss_mb']:8.1f} MB (with children "
+        print(f"{name:<18} {seconds:8.2f}s  peak RSS {row['peak_rss_mb']:8.1f} MB (all processes "
               f"{row['peak_tree_rss_mb']:8.1f} MB)  {detail}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
