@@ -170,7 +170,8 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
             ids = ["tflite"] + [v for v, _, _ in TFLITE_VARIANTS if v in spec.export.variants]
             files = {"tflite": ("fp32", "model.tflite"), **{v: (p, n) for v, p, n in TFLITE_VARIANTS}}
             targets = [(out / files[i][1], files[i][0]) for i in ids]
-            tflite = TFLiteJob(model, sig, targets, keep)
+            onnx_meanwhile = spec.export.onnx and opts.onnx
+            tflite = TFLiteJob(model, sig, targets, keep, background=None if onnx_meanwhile else False)
             # The converter runs while ONNX is exported (a child process for large models); its result is
             # collected before the optimize stage, so that the two never hold memory at the same time.
             with stages.stage("trace tflite") as note:

@@ -218,7 +218,12 @@ class TFLiteJob:
             for path, precision in self.targets:
                 args += [precision, str(self._partial(path))]
             self._log = self._workdir / "converter.log"
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+            import bertc
+
+            # the child imports this very bertc, whatever put it on this process's path
+            root = str(Path(bertc.__file__).resolve().parent.parent)
+            path = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+            env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
             with open(self._log, "wb") as log:
                 self._child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                env=env)
