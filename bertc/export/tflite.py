@@ -195,6 +195,13 @@ class TFLiteJob:
         return Path(str(path) + ".partial")
 
     def start(self) -> "TFLiteJob":
+        try:
+            return self._start()
+        except BaseException:
+            self.cancel()   # no SavedModel directory or child left behind by a failed trace
+            raise
+
+    def _start(self) -> "TFLiteJob":
         t0 = time.perf_counter()
         variables = list(self.model.trainable_variables) + list(self.model.non_trainable_variables)
         floating = [k for k, v in enumerate(variables) if str(v.dtype).startswith("float")]
