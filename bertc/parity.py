@@ -268,17 +268,6 @@ def tflite_runner(path) -> Runner:
     return _backends.tflite_runner(Backend("tflite", "tflite", path, "tflite", "fp32"))
 
 
-def open_backends(backends: list[Backend]) -> tuple[dict[str, Runner], dict[str, str]]:
-    """Runners for the backends that load, and the load error of each one that does not."""
-    runners, errors = {}, {}
-    for backend in backends:
-        try:
-            runners[backend.name] = open_runner(backend)
-        except BackendLoadError as exc:
-            errors[backend.name] = str(exc)
-    return runners, errors
-
-
 class OneAtATime:
     """The ``runners`` of :func:`compare` opened on demand, one at a time: a backend is loaded when
     compare reaches it and let go (its session, its copy of the weights) before the next one loads,

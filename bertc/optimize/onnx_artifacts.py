@@ -124,8 +124,8 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
         path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], lowered.nodes, opset,
         op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage, external_data=external,
         seconds=round(time.perf_counter() - t0, 3))}
-    proto, weights, nodes, op_counts, coverage, pruned = (lowered.proto, lowered.weights, lowered.nodes,
-                                                          lowered.op_counts, lowered.coverage, lowered.pruned)
+    proto, weights, op_counts, coverage, pruned = (lowered.proto, lowered.weights, lowered.op_counts,
+                                                   lowered.coverage, lowered.pruned)
     del lowered
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
