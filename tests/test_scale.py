@@ -387,3 +387,44 @@ def test_child_converter_failure_names_the_op_and_leaves_nothing(tmp_path):
     with pytest.raises(ExportError, match=r"op tf\.Erfc \(from layer .*bad_activation"):
         export_tflite(model, sig, tmp_path / "never-written.tflite", background=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")   # exited, waiting for a reaper
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
+def test_converter_child_does_not_outlive_a_killed_build(tmp_path):
+    """A build killed outright (SIGKILL: no cleanup runs) takes its converter child with it: the child ends
+    without converting anything, instead of running on as an orphan."""
+    import time
+
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT / 'tests')!r})
+from conftest import tiny_bert
+from bertc.build import build_model
+from bertc.export.tflite import TFLiteJob
+from bertc.signature import signature_of
+from bertc.spec import load_spec
+spec = load_spec(tiny_bert())
+sig = signature_of(spec)
+job = TFLiteJob(build_model(spec, sig), sig, [(__import__('pathlib').Path({str(tmp_path)!r}) / 'model.tflite', 'fp32')],
+                background=True).start()
+print(job._child.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert parent.returncode == -9, parent.stderr[-2000:]
+    child = int(parent.stdout.split()[-1])
+    deadline = time.monotonic() + 120
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(child), "the converter child outlived its killed parent"
+    # it stopped before converting: no output, partial or whole; only the killed job's working directory
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".bertc-savedmodel-")] == []

@@ -207,7 +207,8 @@ class TFLiteJob:
         floating = [k for k, v in enumerate(variables) if str(v.dtype).startswith("float")]
         self.variables = variables
         self.placeholders = dict(zip(floating, placeholder_values(len(floating))))
-        self._workdir = Path(tempfile.mkdtemp(prefix="bertc-savedmodel-"))
+        # next to the outputs (a build's staging directory): a build killed outright leaves nothing elsewhere
+        self._workdir = Path(tempfile.mkdtemp(prefix=".bertc-savedmodel-", dir=self.targets[0][0].parent))
         self.saved = self._workdir / "saved_model"
         serve = serving_function(self.model, self.sig,
                                  lambda k, v: self.placeholders[k] if k in self.placeholders else v.numpy())
@@ -230,7 +231,8 @@ class TFLiteJob:
             # the child imports this very bertc, whatever put it on this process's path
             root = str(Path(bertc.__file__).resolve().parent.parent)
             path = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-            env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+            env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1",
+                   PARENT_PID: str(os.getpid())}
             with open(self._log, "wb") as log:
                 self._child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                env=env)
@@ -297,6 +299,31 @@ class TFLiteJob:
 
 
 CHILD_ERROR = "\nbertc-tflite-converter-error:\n"
+PARENT_PID = "BERTC_CONVERTER_PARENT"
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process (a converter child) end when ``parent`` does, even when the parent is killed
+    outright (SIGKILL, the OOM killer) and cannot stop it: Linux's parent-death signal, armed here, then a
+    check that the parent did not die before it was armed. Elsewhere a no-op: the parent's cancel() stays
+    the only stop. Linux sends the signal when the parent's *thread* that started the child ends: TFLiteJob
+    must be started and finished on one thread (a build does both in one call)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # reparented already: the parent is gone
+        os._exit(1)
 
 
 def export_tflite(model, sig, path: Path, keep_saved_model: Optional[Path] = None, precision: str = "fp32",
@@ -315,6 +342,8 @@ def _child_main(argv: list[str]) -> int:
     import sys
 
     saved, pairs = Path(argv[0]), argv[1:]
+    if os.environ.get(PARENT_PID, "").isdigit():
+        die_with_parent(int(os.environ[PARENT_PID]))
     try:
         for precision, out in zip(pairs[0::2], pairs[1::2]):
             _convert(saved, precision, Path(out))
