@@ -62,7 +62,8 @@ def fusion_summary(fusion: dict) -> str:
         return fusion.get("skipped", "no optimized artifact")
     ops = ", ".join(f"{n} {op.split('.')[-1]}" for op, n in fusion["fused_ops"].items())
     nodes = ", ".join(f"{k} {v}" for k, v in fusion["nodes"].items())
-    pruned = "; last layer computed for the first token only" if fusion.get("pruned") else ""
+    pruned = (f"; last layer computed for {fusion.get('pruned_rows') or 'the first token'} only"
+              if fusion.get("pruned") else "")
     check = fusion.get("structural_check")
     if check:
         worst = max((o["relative"] for o in check["outputs"].values()), default=0.0)

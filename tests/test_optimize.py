@@ -302,7 +302,7 @@ def test_structural_check_passes_for_every_bundled_spec_lowering():
 # --- semantic pruning ------------------------------------------------------------------------------
 
 def test_which_heads_allow_pruning():
-    expected = {"canonical_classifier": True, "albert": True, "mixed_blocks": True, "pretrainer": False,
+    expected = {"canonical_classifier": True, "albert": True, "mixed_blocks": True, "pretrainer": True,
                 "span_labeler": False, "token_classifier": False}
     for name, allowed in expected.items():
         spec = load_spec(tiny_copy(spec_dict(name)))
@@ -313,20 +313,59 @@ def test_which_heads_allow_pruning():
     assert not prunable(spec, signature_of(spec))            # sequence_output is an output
 
 
-@pytest.mark.parametrize("name", ["canonical_classifier", "mixed_blocks", "custom_embedding"])
+def pretrainer_cases(spec):
+    """random_mask_cases plus masked-LM positions that repeat, point at padded rows, and at row 0."""
+    cases = random_mask_cases(spec)
+    for inputs in cases:
+        b, s = inputs["input_word_ids"].shape
+        p = inputs["masked_lm_positions"].shape[1]
+        positions = np.random.default_rng([b, s, 9]).integers(0, s, size=(b, p))
+        positions[:, :2] = positions[:, :1]      # a repeated position
+        positions[0, -1] = s - 1                 # the last row of the padded example
+        positions[-1, -2] = 0                    # the [CLS] row itself
+        inputs["masked_lm_positions"] = positions.astype(inputs["masked_lm_positions"].dtype)
+    return cases
+
+
+@pytest.mark.parametrize("name", ["canonical_classifier", "mixed_blocks", "custom_embedding", "pretrainer"])
 def test_pruned_graph_equals_unpruned(name):
-    """mixed_blocks ends with a ReZero block after a pre-norm talking-heads block, plus a final norm."""
+    """mixed_blocks ends with a ReZero block after a pre-norm talking-heads block, plus a final norm; the
+    pretrainer's last layer computes [CLS] (next sentence) and the masked positions (masked LM)."""
     spec, sig, model = built(name)
     full, pruned = lower_model(model, spec, sig, prune=False), lower_model(model, spec, sig, prune=True)
     assert pruned.pruned and not full.pruned
     last = f"layer_{spec.encoder.as_scaffold().num_layers - 1}"
     assert pruned.coverage["layers"][last]["attention"] != full.coverage["layers"][last]["attention"]
-    cases = random_mask_cases(spec)
+    cases = pretrainer_cases(spec) if name == "pretrainer" else random_mask_cases(spec)
     a, b = session(full.proto), session(pruned.proto)
     for inputs in cases:
-        ya, yb = a.run(None, inputs)[0], b.run(None, inputs)[0]
-        np.testing.assert_allclose(yb, ya, rtol=0, atol=1e-6)
+        for ya, yb in zip(a.run(sig.output_names, inputs), b.run(sig.output_names, inputs)):
+            np.testing.assert_allclose(yb, ya, rtol=0, atol=1e-6)
     assert max(max_abs_diff(model, b, sig, cases).values()) <= ATOL
+
+
+def test_pruned_pretrainer_computes_cls_and_the_masked_rows():
+    """The pretrainer's last feedforward runs on (B, 1 + P, I): [CLS] for the next-sentence head, then the
+    P masked positions, which the masked-LM head takes with a Slice instead of gathering all S rows."""
+    spec, sig, model = built("pretrainer")
+    last = f"layer_{spec.encoder.num_layers - 1}/"
+    inputs = pretrainer_cases(spec)[-1]
+    lowered = lower_model(model, spec, sig)
+    assert lowered.pruned and lowered.rows.describe() == "the first token and the rows in masked_lm_positions"
+    proto = lowered.proto
+    gelu = [n for n in proto.graph.node if n.op_type == "FastGelu" and n.name.startswith(last)]
+    proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(gelu[0].output[0]))
+    rows = session(proto).run([gelu[0].output[0]], inputs)[0].shape
+    batch, p = inputs["masked_lm_positions"].shape
+    assert rows == (batch, 1 + p, spec.encoder.intermediate_size)
+    assert "Slice" in lowered.coverage["layers"]["head"]["masked_lm"]
+
+
+def test_forcing_pruning_where_every_row_is_read_is_an_error():
+    spec, sig, model = built("span_labeler")
+    with pytest.raises(ValueError, match="nothing to prune"):
+        lower_model(model, spec, sig, prune=True)
+    assert not lower_model(model, spec, sig).pruned
 
 
 def test_pruned_last_layer_computes_one_row():

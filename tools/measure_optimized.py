@@ -57,6 +57,7 @@ def main():
                     help="1 intra-op thread (runs on the calling thread) and that thread's CPU time instead of wall "
                          "time: robust on a machine shared with other jobs")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bertc-measure")
+    ap.add_argument("--results", type=Path, help="also write the figures (and this command) to this JSON file")
     args = ap.parse_args()
 
     from bertc.build import build_model
@@ -115,9 +116,20 @@ def main():
                 times[k].append(clock() - t)
         ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["portable"])) for k in names}
         medians = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        figures["latency"][f"B1xS{seq}"] = {"median_ms": medians, "ratio_to_portable": ratios}
-        print(f"B1 x S{seq}: " + ", ".join(f"{k} {medians[k]:.1f} ms ({ratios[k]:.2f})" for k in names))
+        pruning = statistics.median(a / b for a, b in zip(times["optimized"], times["optimized_unpruned"]))
+        figures["latency"][f"B1xS{seq}"] = {"median_ms": medians, "ratio_to_portable": ratios,
+                                            "pruned_over_unpruned": pruning}
+        print(f"B1 x S{seq}: " + ", ".join(f"{k} {medians[k]:.1f} ms ({ratios[k]:.2f})" for k in names)
+              + f"; pruned / unpruned {pruning:.3f}")
     print(json.dumps(figures, indent=1))
+    if args.results:
+        import shlex
+        import sys
+
+        figures = {"command": shlex.join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                   **figures}
+        args.results.write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

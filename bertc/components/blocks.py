@@ -124,8 +124,8 @@ class ScaffoldBlock(SpecLayer):
             x = self.attention_layer_norm(x)
         return self.feedforward(x, training=training)
 
-    def onnx_lowering(self, ctx, x, first_only=False):
-        return lower_scaffold_block(self, ctx, x, first_only)
+    def onnx_lowering(self, ctx, x, rows_only=False):
+        return lower_scaffold_block(self, ctx, x, rows_only)
 
 
 @BLOCKS.register("transformer", spec=TransformerBlockSpec,
@@ -134,8 +134,8 @@ class ScaffoldBlock(SpecLayer):
 class TransformerBlock(ScaffoldBlock):
     spec_cls = TransformerBlockSpec
 
-    def onnx_lowering(self, ctx, x, first_only=False):
-        return lower_scaffold_block(self, ctx, x, first_only)
+    def onnx_lowering(self, ctx, x, rows_only=False):
+        return lower_scaffold_block(self, ctx, x, rows_only)
 
 
 @BLOCKS.register("rezero", spec=ReZeroBlockSpec,
@@ -196,40 +196,41 @@ class ReZeroBlock(SpecLayer):
             x = self.output_layer_norm(x)
         return x
 
-    def onnx_lowering(self, ctx, x, first_only=False):
-        return lower_rezero_block(self, ctx, x, first_only)
+    def onnx_lowering(self, ctx, x, rows_only=False):
+        return lower_rezero_block(self, ctx, x, rows_only)
 
 
 # --- ONNX lowerings ---------------------------------------------------------------------------------
 # A block lowering gets the layer input (a value, or a pending residual sum that a layer norm can
-# fuse) and returns the layer output the same way. ``first_only``: the caller reads only the first
-# token of this layer's output, so attention output and feedforward are computed for that row alone
-# (queries from row 0, keys and values from every row).
+# fuse) and returns the layer output the same way. ``rows_only``: the outputs read only some rows of
+# this layer's output (``ctx.read_rows``: the first token, masked positions), so attention output and
+# feedforward are computed for those rows alone (queries from those rows, keys and values from every
+# row); the layer's output then has those rows only, in ``ctx.rows`` order.
 
-def lower_scaffold_block(layer, ctx, x, first_only=False):
+def lower_scaffold_block(layer, ctx, x, rows_only=False):
     """Post-norm: Attention -> SkipLayerNormalization(residual + output bias + LN) -> feedforward.
     Pre-norm: the incoming residual sum and this layer's first layer norm become one
     SkipLayerNormalization whose sum output is the residual branch."""
     if layer.norm_first:
         normed, summed = ctx.layer_norm(x, layer.attention_layer_norm, want_sum=True)
-        query = ctx.first_token(normed) if first_only else None
+        query = ctx.rows(normed) if rows_only else None
         a, bias = ctx.lower(layer.attention, normed, query)
-        skip = ctx.first_token(summed) if first_only else summed
+        skip = ctx.rows(summed) if rows_only else summed
         return ctx.lower(layer.feedforward, Residual(a, skip, bias))
     x = ctx.value(x)
-    query = ctx.first_token(x) if first_only else None
+    query = ctx.rows(x) if rows_only else None
     a, bias = ctx.lower(layer.attention, x, query)
     h, _ = ctx.layer_norm(Residual(a, query or x, bias), layer.attention_layer_norm)
     return ctx.lower(layer.feedforward, h)
 
 
-def lower_rezero_block(layer, ctx, x, first_only=False):
+def lower_rezero_block(layer, ctx, x, rows_only=False):
     """x + alpha * (attention + b_o): the bias is pre-scaled (alpha * b_o), so with use_layer_norm
     the sum and the norm are one SkipLayerNormalization; without it the sum stays pending."""
     g, s = ctx.g, layer.spec
     alpha, alpha_ffn = float(layer.rezero_alpha.numpy()), float(layer.rezero_alpha_ffn.numpy())
     x = ctx.value(x)
-    query = ctx.first_token(x) if first_only else None
+    query = ctx.rows(x) if rows_only else None
     a, _ = ctx.lower(layer.attention, x, query)
     out = layer.attention.attention_output
     a = g.node("Mul", [a, ctx.weight(layer.rezero_alpha)], hint="rezero_scale")

@@ -206,8 +206,9 @@ class Encoder:
     @staticmethod
     def onnx_lowering(spec, ctx, needs_pooled: bool, prune_last: bool = False):
         """The encoder as ONNX: embeddings, each layer's block (a shared block lowered once per layer,
-        its weights stored once), final layer norm, pooler. ``prune_last``: only the first token of
-        the last layer is read, so that layer computes its attention output and feedforward for it alone."""
+        its weights stored once), final layer norm, pooler. ``prune_last``: the outputs read only some rows
+        of the last layer (``ctx.read_rows``), so that layer computes its attention output and feedforward
+        for those alone; its output has those rows only (the first token, when read, first)."""
         from bertc.optimize.lower import EncoderValues
 
         s = spec.as_scaffold()
@@ -218,7 +219,7 @@ class Encoder:
         for i in range(n):
             layer = ctx.layer("shared_layer" if s.share_layers else f"layer_{i}")
             with ctx.layer_scope(f"layer_{i}"):
-                x = ctx.lower(layer, x, first_only=prune_last and i == n - 1)
+                x = ctx.lower(layer, x, rows_only=prune_last and i == n - 1)
             outputs.append(x)
         if s.final_layer_norm:
             with ctx.layer_scope("final_layer_norm"):

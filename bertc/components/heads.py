@@ -35,6 +35,9 @@ class HeadBase:
     # Whether the head reads only the pooled first token of the last layer (the ONNX lowering then
     # computes that layer's attention output and feedforward for the first token alone).
     reads_first_token_only = staticmethod(lambda spec: False)
+    # The name of an int input (B, P) when the head reads only the rows of the last layer it names (and
+    # the pooled first token, if it uses it): the ONNX lowering then computes that layer for those rows.
+    reads_positions = staticmethod(lambda spec: None)
 
 
 def _init(spec, encoder_spec):
@@ -232,12 +235,20 @@ class MaskedLM(SpecLayer):
         return tf.nn.log_softmax(logits, axis=-1) if self.spec.output == "predictions" else logits
 
     def onnx_lowering(self, ctx, enc):
-        """-> logits (B, P, V). GatherND (batch_dims 1) picks the positions, MatMul + fused GELU,
+        """-> logits (B, P, V). GatherND (batch_dims 1) picks the positions (in a pruned encoder the
+        last layer computed just those rows: a Slice takes them), MatMul + fused GELU,
         LayerNormalization, one Gemm against the word table itself (transB: no transposed copy)."""
         g = ctx.g
-        positions = g.node("Unsqueeze", [ctx.int64_input("masked_lm_positions"), g.ints([-1], "axes")])
-        picked = g.node("GatherND", [ctx.value(enc.sequence_output), positions], hint="masked_positions",
-                        batch_dims=1)                                             # (B, P, H)
+        x = ctx.value(enc.sequence_output)
+        rows = ctx.read_rows if enc.pruned else None
+        if rows is not None and rows.positions == "masked_lm_positions":
+            start = rows.positions_start
+            picked = x if start == 0 else g.node(
+                "Slice", [x, g.ints([start], "start"), g.ints([2**62], "end"), g.ints([1], "axis")],
+                hint="masked_positions")                                          # (B, P, H)
+        else:
+            picked = ctx.gather_rows(x, "masked_lm_positions")                    # (B, P, H)
+        positions = ctx.inputs["masked_lm_positions"]
         flat = g.node("Reshape", [picked, g.ints([-1, self.hidden_size])])
         x, bias = ctx.matmul(flat, self.transform)
         x = ctx.activation(x, bias, self.spec.activation, part="masked_lm_activation")
@@ -245,7 +256,8 @@ class MaskedLM(SpecLayer):
         logits = g.node("Gemm", [x, enc.word_embedding_table, ctx.weight(self.output_bias)], hint="decoder",
                         transB=1)
         shape = g.node("Concat", [g.node("Shape", [positions], end=2), g.ints([self.vocab_size], "vocab")], axis=0)
-        ctx.record("masked_lm", "GatherND, MatMul, LayerNormalization, Gemm (tied table)")
+        ctx.record("masked_lm", f"{'GatherND' if rows is None else 'Slice'}, MatMul, LayerNormalization, "
+                                "Gemm (tied table)")
         return g.node("Reshape", [logits, shape], hint="masked_lm_logits")
 
 
@@ -253,6 +265,7 @@ class MaskedLM(SpecLayer):
                 description="BERT pretraining: masked LM tied to the word embeddings + next-sentence classifier.")
 class Pretrainer(HeadBase):
     uses_pooled = staticmethod(lambda spec: True)
+    reads_positions = staticmethod(lambda spec: "masked_lm_positions")
 
     @staticmethod
     def onnx_lowering(spec, ctx, enc):

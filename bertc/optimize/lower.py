@@ -38,6 +38,25 @@ class NotLowerable(Exception):
     """Raised inside a lowering when a sub-component has no ONNX lowering."""
 
 
+@dataclass(frozen=True)
+class RowSelection:
+    """The rows of the last layer that the model's outputs read, when not all of them, in the order
+    the pruned layer computes them: the first token (a pooler, a [CLS] classifier), then the rows named
+    by an integer input of shape (B, P) (the masked-LM head's ``masked_lm_positions``)."""
+
+    first: bool = True
+    positions: Optional[str] = None
+
+    @property
+    def positions_start(self) -> int:
+        """Where the rows of ``positions`` begin on the pruned layer's row axis."""
+        return 1 if self.first else 0
+
+    def describe(self) -> str:
+        parts = (["the first token"] if self.first else []) + ([f"the rows in {self.positions}"] if self.positions else [])
+        return " and ".join(parts)
+
+
 @dataclass
 class Coverage:
     """Per layer (scope), which part became which operator."""
@@ -60,6 +79,9 @@ class LoweringContext:
         self.input_dtype = input_dtype
         self.coverage = Coverage()
         self._memo: dict = {}
+        # The rows of the last layer the outputs read (None: all of them); a block lowered with
+        # ``rows_only`` computes its attention output and feedforward for these rows alone (``rows``).
+        self.read_rows: Optional[RowSelection] = None
 
     # --- scopes and components ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -209,6 +231,22 @@ class LoweringContext:
                           hint="first_token")
         return g.node("Gather", [x, g.const(0, np.int64, "index0")], hint="first_token", axis=1)
 
+    def gather_rows(self, x: Value, positions: str) -> Value:
+        """(B, S, H) -> (B, P, H): the rows named by the int input ``positions`` (B, P), per batch row."""
+        g = self.g
+        index = self._once(("rows", positions), lambda: g.node(
+            "Unsqueeze", [self.int64_input(positions), g.ints([-1], "axes")], hint=f"{positions}_index"))
+        return g.node("GatherND", [x, index], hint=positions, batch_dims=1)
+
+    def rows(self, x: Value) -> Value:
+        """The rows of ``x`` (B, S, H) that the outputs read (:attr:`read_rows`), in its order."""
+        sel = self.read_rows
+        if sel is None:
+            raise ValueError("rows(): no row selection (the outputs read every row)")
+        parts = ([self.first_token(x)] if sel.first else []) + ([self.gather_rows(x, sel.positions)]
+                                                                 if sel.positions else [])
+        return parts[0] if len(parts) == 1 else self.g.node("Concat", parts, hint="read_rows", axis=1)
+
     def reduce(self, op: str, x: Value, axes, keepdims: bool = False) -> Value:
         """ReduceSum / ReduceMax / ... over ``axes`` (an input from opset 18 on, ReduceSum from 13)."""
         if op == "ReduceSum" or self.opset >= 18:
@@ -244,16 +282,31 @@ class Lowered:
     op_counts: dict
     pruned: bool
     weights: Optional[list] = None  # [(name, array)] left out of ``proto`` (``split_weights``)
+    rows: Optional[RowSelection] = None  # what the pruned last layer computes
 
 
-def prunable(spec, sig) -> bool:
-    """True when every output reads only the first token of the last layer (a head says so)."""
+def rows_read(spec, sig) -> Optional[RowSelection]:
+    """The rows of the last layer the outputs read, when the head says they are not all of them:
+    only the first token (``reads_first_token_only``), or the rows named by an input
+    (``reads_positions``; plus the first token when the pooled output is used). None: every row."""
     from bertc.registry import HEADS
 
     if spec.head is None:
-        return False
-    reads = getattr(HEADS.component(spec.head.type), "reads_first_token_only", None)
-    return bool(reads and reads(spec.head))
+        return None
+    head = HEADS.component(spec.head.type)
+    first_only = getattr(head, "reads_first_token_only", None)
+    if first_only and first_only(spec.head):
+        return RowSelection(first=True)
+    positions = getattr(head, "reads_positions", None)
+    name = positions(spec.head) if positions else None
+    if name:
+        return RowSelection(first=sig.needs_pooled, positions=name)
+    return None
+
+
+def prunable(spec, sig) -> bool:
+    """True when the outputs read only some rows of the last layer (:func:`rows_read`)."""
+    return rows_read(spec, sig) is not None
 
 
 def missing_lowerings(model, spec) -> list[str]:
@@ -306,19 +359,24 @@ SPLIT_WEIGHTS_ABOVE = 4096
 def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
                 prune: Optional[bool] = None, split_weights: bool = False) -> Lowered:
     """The whole model as one ONNX graph with the model's exact input/output names and dynamic
-    ``batch``/``sequence`` axes. ``prune`` (default: when the head reads only the first token)
-    computes the last layer's attention output and feedforward for the [CLS] row alone.
+    ``batch``/``sequence`` axes. ``prune`` (default: when the outputs read only some rows of the last
+    layer, :func:`rows_read`) computes that layer's attention output and feedforward for those rows
+    alone: the [CLS] row of a classifier; [CLS] and the masked positions of a pretrainer.
     ``split_weights``: the weights are returned as arrays beside a proto without them (written by
     :func:`bertc.export.onnx.write_onnx`, never serialized in memory)."""
     import onnx
 
     from bertc.registry import ENCODERS, HEADS
 
-    prune = prunable(spec, sig) if prune is None else prune
+    rows = rows_read(spec, sig) if prune is not False else None
+    if prune and rows is None:
+        raise ValueError(f"{spec.name}: nothing to prune, the outputs read every row of the last layer")
+    prune = rows is not None
     elem = onnx.TensorProto.INT64 if input_dtype == "int64" else onnx.TensorProto.INT32
     g = GraphBuilder(spec.name.replace(".", "_") + "_optimized")
     inputs = {i.name: g.add_input(i.name, elem, ["batch", i.length or "sequence"]) for i in sig.inputs}
     ctx = LoweringContext(g, model, inputs, input_dtype, opset)
+    ctx.read_rows = rows
     encoder = own_lowering(ENCODERS.component(spec.encoder.type))
     if encoder is None:
         raise NotLowerable(f"encoder {spec.encoder.type!r} has no ONNX lowering")
@@ -341,5 +399,7 @@ def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
     nodes, op_counts = len(g.nodes), g.op_counts()
     if split_weights:
         proto, weights = g.model(opset, split_above=SPLIT_WEIGHTS_ABOVE)
-        return Lowered(proto, {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned, weights)
-    return Lowered(g.model(opset), {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned)
+        return Lowered(proto, {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned, weights,
+                       rows if enc.pruned else None)
+    return Lowered(g.model(opset), {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned,
+                   rows=rows if enc.pruned else None)

@@ -126,6 +126,7 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
         seconds=round(time.perf_counter() - t0, 3))}
     proto, weights, op_counts, coverage, pruned = (lowered.proto, lowered.weights, lowered.op_counts,
                                                    lowered.coverage, lowered.pruned)
+    pruned_rows = lowered.rows.describe() if lowered.rows is not None else None
     del lowered
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
@@ -135,7 +136,7 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
             artifacts["onnx_int8"] = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset)
     del proto, weights
     fusion = {
-        "lowered": True, "not_lowered": [], "pruned": pruned,
+        "lowered": True, "not_lowered": [], "pruned": pruned, "pruned_rows": pruned_rows,
         "layers": coverage["layers"],
         "nodes": {**({"onnx": portable["nodes"]} if portable and "nodes" in portable else {}),
                   **{k: a["nodes"] for k, a in artifacts.items()}},
