@@ -1,28 +1,28 @@
 """Memory preflight: estimate the peak memory of a build from the spec, before building anything.
 
-The estimate is an additive model of the build's resident memory, calibrated on measured
-builds (tools/bench_build.py, tools/results/): a fixed runtime overhead (TensorFlow, ONNX
-Runtime, LiteRT loaded), then per stage a multiple of the weight bytes W that the stage adds to
-the process's peak (freed memory is partly kept by the allocators, so stage peaks accumulate),
-plus the activations of the largest forward pass (validation's padded batch, parity's grid).
-Factors from BERT-large (W = 1.34 GB, tools/results/bert_large_classifier.json: peak of the build's
-processes after each stage), which over-predict BERT-base by ~10% (4.0 GB estimated, 3.6 GB measured):
+Every stage of a build frees what it allocates and the allocators give large blocks back
+(bertc.memory; TensorFlow's oneDNN allocator, which kept them, is off: bertc/__init__.py), so
+the build's resident memory returns to a base after each stage: the runtime (TensorFlow, ONNX
+Runtime, LiteRT loaded) and the Keras model. The peak is the heaviest stage's own need on top of
+that base, as a multiple of the weight bytes W plus the activations of its largest forward pass
+(validation's padded batch, parity's grid). Calibrated on measured builds (tools/bench_build.py,
+tools/results/: the peak of all the build's processes within each stage, in MiB):
 
-    stage            adds (x W)                                       BERT-large: peak after the stage
-    (runtime)        0.53 GB                                          0.53 GB
-    build graph      1.1                                              1.95 GB
-    validate         3.1 + act                                        6.04 GB
-    save keras       0.2                                              6.26 GB
-    export onnx      0.05, + the TFLite converter's child process     8.45 GB (its child included)
-                     beside it for large models: 0.4 GB + 2.2 W
-    export tflite    2.0 (in-process conversion; a large model's      9.57 GB (the child's last
-                     child is counted above)                          seconds beside the build)
-    optimize onnx    1.6 + 0.25 (int8 variant) + 1.0 (fp16, not measured)   8.86 GB
-    parity           0.8 (one artifact loaded at a time) + act(grid)  8.86 GB
-
-After the portable ONNX export the stages that follow free what they allocate (the allocator is
-tuned to give large blocks back, bertc.memory), so the peak is set by the heaviest of them, not by
-their sum.
+    stage            needs on top of the base (x W)                BERT-base           BERT-large
+                                                                   est. / measured     est. / measured
+    (base)           0.53 GB runtime + 1.1 (the Keras model)      1002 / 979          1949 / 1853
+    validate         2.8 + activations (a gradient step)          2436 / 1889         5881 / 5806
+    save keras       0.2                                          1086 / 1167         2205 / 1990
+    export onnx      0.4; for large models also the TFLite        2702 / 2701         5887 / 5459
+                     converter's child process beside it (0.2 GB
+                     traced function + 0.4 GB + 2.2 W)
+    export tflite    2.0 in-process; a large model: the child's   2535 / 2204         5376 / 5336
+                     last seconds, counted as in export onnx
+    optimize onnx    2.1 + 0.25 (int8) + 1.0 (fp16, not measured)  1984 / 2000         4953 / 4668
+    parity           2.0 (one artifact at a time beside the        1915 / 1905         4610 / 4511
+                     model: ORT packs its MatMul weights) + the
+                     grid's activations
+    peak                                                          2702 / 2701         5887 / 5809
 
 Available memory is the smaller of the kernel's MemAvailable and the cgroup's limit minus its
 usage. A build that will not fit stops before anything is written (exit 5), saying what it needs,
@@ -39,13 +39,15 @@ from bertc.errors import BertcError, EXIT_OUTPUT
 
 GB = 1024**3
 OVERHEAD = int(0.53 * GB)  # Python + TensorFlow + ONNX Runtime + LiteRT, measured after import
-BUILD, VALIDATE, SAVE_KERAS, EXPORT_ONNX, EXPORT_TFLITE = 1.1, 3.1, 0.2, 0.05, 2.0
+BUILD = 1.1                # the Keras model: stays for the whole build
+VALIDATE, SAVE_KERAS, EXPORT_ONNX, EXPORT_TFLITE = 2.8, 0.2, 0.4, 2.0
 TFLITE_VARIANT = {"tflite_int8": 0.35, "tflite_fp16": 0.6}
-# The optimized ONNX stage (lowering with the weights as arrays streamed to the file, checks, variants):
-# +1.84 W over the portable export on BERT-base, +1.86 W on BERT-large, both with the int8 variant.
-ONNX_OPTIMIZED, ONNX_VARIANT = 1.6, {"onnx_int8": 0.25, "onnx_fp16": 1.0}
-# Parity loads one artifact at a time beside the Keras model: the largest one counts.
-PARITY_ONE = 0.8
+# The traced TFLite function (placeholder weights) lives from the trace until the conversion is collected.
+TFLITE_TRACE = int(0.2 * GB)
+# The optimized ONNX stage (lowering with the weights as arrays streamed to the file, checks, variants).
+ONNX_OPTIMIZED, ONNX_VARIANT = 2.1, {"onnx_int8": 0.25, "onnx_fp16": 1.0}
+# Parity loads one artifact at a time beside the Keras model (ORT keeps a packed copy of its MatMul weights).
+PARITY_ONE = 2.0
 # Large models convert to TFLite in a child process during the ONNX export (bertc.export.tflite): the
 # converter sees placeholder weights but writes them at full size into its flatbuffer. Sampled from /proc
 # beside the build: BERT-base ~1.1 GB, BERT-large ~3.2 GB at the end of its conversion.
@@ -64,7 +66,7 @@ class Estimate:
     parameters: int
     weight_bytes: int
     peak_bytes: int
-    stages: dict[str, int] = field(default_factory=dict)  # stage -> estimated peak after it
+    stages: dict[str, int] = field(default_factory=dict)  # stage -> its estimated peak (base included)
     artifacts: dict[str, int] = field(default_factory=dict)  # file -> expected bytes
 
     def to_json(self) -> dict:
@@ -123,36 +125,27 @@ def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, 
     e = spec.export
     onnx, tflite = export and onnx and e.onnx, export and tflite and e.tflite
     optimized = onnx and optimize and e.optimized
-    stages: dict[str, int] = {}
-    total = OVERHEAD
-    total += BUILD * w
-    stages["build graph"] = int(total)
-    total += VALIDATE * w + activation_bytes(spec, 2, max_len)
-    stages["validate"] = int(total)
-    total += SAVE_KERAS * w
-    stages["save keras"] = int(total)
-    if onnx:
-        total += EXPORT_ONNX * w
-        from bertc.export.tflite import BACKGROUND_ABOVE_PARAMETERS
+    # Each stage's peak: the base (runtime + the Keras model) plus what the stage itself holds.
+    base = OVERHEAD + BUILD * w
+    stages: dict[str, int] = {"build graph": int(base),
+                              "validate": int(base + VALIDATE * w + activation_bytes(spec, 2, max_len)),
+                              "save keras": int(base + SAVE_KERAS * w)}
+    from bertc.export.tflite import BACKGROUND_ABOVE_PARAMETERS
 
-        beside = TFLITE_CHILD + TFLITE_CHILD_W * w if tflite and params > BACKGROUND_ABOVE_PARAMETERS else 0
-        stages["export onnx"] = int(total + beside)
-    # After the portable ONNX export the peak is set by the heaviest of what follows: the optimized
-    # ONNX stage (its own lowering, checks and variants), the TFLite export, or parity.
-    heavy = 0.0
-    if optimized:
-        heavy = ONNX_OPTIMIZED * w + sum(f * w for v, f in ONNX_VARIANT.items() if v in e.variants)
-        stages["optimize onnx"] = int(total + heavy)
-    rest = 0.0
+    child = tflite and onnx and params > BACKGROUND_ABOVE_PARAMETERS   # converted beside the ONNX export
+    beside = TFLITE_TRACE + TFLITE_CHILD + TFLITE_CHILD_W * w if child else 0
+    if onnx:
+        stages["export onnx"] = int(base + EXPORT_ONNX * w + beside)
     if tflite:
-        rest += EXPORT_TFLITE * w + sum(f * w for v, f in TFLITE_VARIANT.items() if v in e.variants)
-        stages["export tflite"] = int(total + rest)
+        variants = sum(f * w for v, f in TFLITE_VARIANT.items() if v in e.variants)
+        stages["export tflite"] = int(base + (beside + variants if child else EXPORT_TFLITE * w + variants))
+    if optimized:
+        stages["optimize onnx"] = int(base + ONNX_OPTIMIZED * w +
+                                      sum(f * w for v, f in ONNX_VARIANT.items() if v in e.variants))
     if parity and spec.parity.enabled and (onnx or tflite):
         grid_act = activation_bytes(spec, max(spec.parity.batch_sizes), max(sequence_grid(spec)))
-        stages["parity"] = int(total + PARITY_ONE * w + 2 * grid_act)
-        rest = max(rest, PARITY_ONE * w + 2 * grid_act)
-    total += max(heavy, rest)
-    total = max(total, *stages.values())
+        stages["parity"] = int(base + PARITY_ONE * w + 2 * grid_act)
+    total = max(stages.values())
     return Estimate(params, w, int(total), stages, expected_artifacts(spec, w, onnx, tflite, optimized))
 
 
@@ -212,21 +205,30 @@ def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tfl
                "weight_bytes": est.weight_bytes, "fits": needed <= available}
     if needed <= available:
         return section
-    lower = []
+    fitting, lightest = [], est.peak_bytes
     for flag, kwargs in (("--no-optimize", {"optimize": False}), ("--no-tflite", {"tflite": False}),
                          ("--no-onnx", {"onnx": False}), ("--no-parity", {"parity": False}),
                          ("--no-export", {"export": False})):
         args = {"export": export, "parity": parity, "onnx": onnx, "tflite": tflite, "optimize": optimize, **kwargs}
         other = estimate(spec, **args).peak_bytes
-        if other < est.peak_bytes:
-            lower.append(f"{flag} (needs {gb(other * MARGIN)})")
-    if len(spec.parity.batch_sizes) > 1 or max(spec.parity.batch_sizes) > 1:
-        lower.append("smaller $.parity.batch_sizes / $.parity.sequence_lengths")
-    lower.append("fewer $.export.variants")
+        lightest = min(lightest, other)
+        if other * MARGIN <= available:
+            fitting.append(f"{flag} (needs {gb(other * MARGIN)})")
+    heaviest = max(est.stages, key=est.stages.get)
+    hints = []
+    if heaviest == "parity" and (len(spec.parity.batch_sizes) > 1 or max(spec.parity.batch_sizes) > 1):
+        hints.append("smaller $.parity.batch_sizes / $.parity.sequence_lengths")
+    if heaviest in ("optimize onnx", "export tflite") and spec.export.variants:
+        hints.append("fewer $.export.variants")
+    if fitting:
+        options = f"Options that make it fit: {'; '.join(fitting + hints)}."
+    else:
+        options = (f"No build option makes it fit: the lightest build still needs {gb(lightest * MARGIN)}"
+                   + (f" (also worth trying: {'; '.join(hints)})" if hints else "") + ".")
     raise MemoryPreflightError(
-        f"this build needs about {gb(needed)} of memory at its peak ({est.parameters:,} parameters = "
-        f"{gb(est.weight_bytes)} of float32 weights), but {gb(available)} is "
-        f"available ({source}). Nothing was written. Options that lower the need: {'; '.join(lower)}. "
+        f"this build needs about {gb(needed)} of memory at its peak, in its {heaviest} stage "
+        f"({est.parameters:,} parameters = {gb(est.weight_bytes)} of float32 weights), but {gb(available)} is "
+        f"available ({source}). Nothing was written. {options} "
         f"To build anyway: --memory-limit SIZE (use SIZE as the available memory) or --skip-preflight.")
 
 

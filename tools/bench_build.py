@@ -45,6 +45,7 @@ class TreeRss:
         import threading
 
         self.peak_kb = 0
+        self.stage_peak_kb = 0   # since the last stage_peak_mb(): what the current stage itself reached
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
@@ -87,6 +88,7 @@ class TreeRss:
                     total += self._rss_kb(kid)
                 todo.append((kid, kid_cmdline))
         self.peak_kb = max(self.peak_kb, total)
+        self.stage_peak_kb = max(self.stage_peak_kb, total)
         return total
 
     def _run(self, interval: float) -> None:
@@ -96,6 +98,12 @@ class TreeRss:
     def peak_mb(self) -> float:
         self.sample()
         return self.peak_kb / 1024.0
+
+    def stage_mb(self) -> tuple[float, float]:
+        """(the peak since the previous call, the current total) in MB; starts the next stage's peak."""
+        now = self.sample()
+        peak, self.stage_peak_kb = self.stage_peak_kb, now
+        return peak / 1024.0, now / 1024.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -112,11 +120,14 @@ def child(args) -> int:
                "peak_tree_rss_mb": round(tree.peak_mb(), 1)}]
 
     def hook(name, seconds, detail):
+        stage_peak, now = tree.stage_mb()
         row = {"stage": name, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-               "peak_tree_rss_mb": round(tree.peak_mb(), 1), "detail": detail}
+               "peak_tree_rss_mb": round(tree.peak_mb(), 1), "stage_peak_tree_rss_mb": round(stage_peak, 1),
+               "end_tree_rss_mb": round(now, 1), "detail": detail}
         stages.append(row)
         print(f"{name:<18} {seconds:8.2f}s  peak RSS {row['peak_rss_mb']:8.1f} MB (all processes "
-              f"{row['peak_tree_rss_mb']:8.1f} MB)  {detail}", file=sys.stderr, flush=True)
+              f"{row['peak_tree_rss_mb']:8.1f} MB; this stage {stage_peak:8.1f} MB, at its end {now:8.1f} MB)  "
+              f"{detail}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "out"
