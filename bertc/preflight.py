@@ -29,7 +29,7 @@ in one build and 6,064 MB in the next (same code); the estimate covers the large
 
 Available memory is the smaller of the kernel's MemAvailable and the cgroup's limit minus its
 usage. A build that will not fit stops before anything is written (exit 5), saying what it needs,
-what is available and which options lower the need.
+what is available, which stage sets the peak and which options make the build fit.
 """
 from __future__ import annotations
 
