@@ -53,7 +53,9 @@ class RowSelection:
         return 1 if self.first else 0
 
     def describe(self) -> str:
-        parts = (["the first token"] if self.first else []) + ([f"the rows in {self.positions}"] if self.positions else [])
+        parts = ["the first token"] if self.first else []
+        if self.positions:
+            parts.append(f"the rows in {self.positions}")
         return " and ".join(parts)
 
 
