@@ -327,16 +327,22 @@ def pretrainer_cases(spec):
     return cases
 
 
-@pytest.mark.parametrize("name", ["canonical_classifier", "mixed_blocks", "custom_embedding", "pretrainer"])
-def test_pruned_graph_equals_unpruned(name):
-    """mixed_blocks ends with a ReZero block after a pre-norm talking-heads block, plus a final norm; the
-    pretrainer's last layer computes [CLS] (next sentence) and the masked positions (masked LM)."""
-    spec, sig, model = built(name)
+PRETRAINER_HEAD = {"type": "pretrainer", "num_token_predictions": 5, "num_classes": 2}
+
+
+@pytest.mark.parametrize("name, overrides", [("canonical_classifier", {}), ("mixed_blocks", {}), ("custom_embedding", {}),
+                                             ("pretrainer", {}), ("mixed_blocks", {"head": PRETRAINER_HEAD}),
+                                             ("albert", {"head": PRETRAINER_HEAD})])
+def test_pruned_graph_equals_unpruned(name, overrides):
+    """mixed_blocks ends with a ReZero block after a pre-norm talking-heads block, plus a final norm; ALBERT
+    shares one block across layers. A pretrainer's last layer computes [CLS] (next sentence) and the masked
+    positions (masked LM)."""
+    spec, sig, model = built(name, **overrides)
     full, pruned = lower_model(model, spec, sig, prune=False), lower_model(model, spec, sig, prune=True)
     assert pruned.pruned and not full.pruned
     last = f"layer_{spec.encoder.as_scaffold().num_layers - 1}"
     assert pruned.coverage["layers"][last]["attention"] != full.coverage["layers"][last]["attention"]
-    cases = pretrainer_cases(spec) if name == "pretrainer" else random_mask_cases(spec)
+    cases = pretrainer_cases(spec) if spec.head.type == "pretrainer" else random_mask_cases(spec)
     a, b = session(full.proto), session(pruned.proto)
     for inputs in cases:
         for ya, yb in zip(a.run(sig.output_names, inputs), b.run(sig.output_names, inputs)):
