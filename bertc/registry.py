@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 _generation = 0  # bumped on every registration; spec.py rebuilds its models when it changes
 
@@ -38,6 +38,10 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        # What a component of this kind without an ``onnx_lowering`` of its own is lowered with in the
+        # optimized ONNX graph (``fn(layer, ctx, *args)``, set next to the kind's lowerings), or None: such
+        # a component then makes the optimized artifact impossible.
+        self.portable_lowering: Optional[Callable] = None
 
     def register(self, name: str, *, spec: type, description: str) -> Callable[[Any], Any]:
         type_field = getattr(spec, "model_fields", {}).get("type")

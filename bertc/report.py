@@ -68,6 +68,9 @@ def fusion_summary(fusion: dict) -> str:
     if check:
         worst = max((o["relative"] for o in check["outputs"].values()), default=0.0)
         pruned += f"; structural check {'passed' if check['passed'] else 'FAILED'} (relative {worst:.1g})"
+    portable = fusion.get("not_lowered") or []
+    if portable:
+        pruned += f"; {len(portable)} layer(s) on the portable path (no lowering of their own): " + "; ".join(portable)
     return f"{ops or 'no fused operator'}; nodes: {nodes}{pruned}"
 
 

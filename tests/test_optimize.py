@@ -395,7 +395,9 @@ def test_pruned_last_layer_computes_one_row():
 
 # --- plug-ins without a lowering -----------------------------------------------------------------
 
-def test_plugin_attention_without_lowering_is_reported_and_the_build_goes_on(tmp_path):
+def test_plugin_attention_without_lowering_takes_the_portable_path_and_passes_parity(tmp_path):
+    """A plug-in attention with no lowering of its own is converted by tf2onnx and spliced into the
+    optimized graph; the blocks around it keep their fused layer norms, and parity holds."""
     from bertc.cli import main
     from bertc.components.attention import AttentionSpecBase, MultiHeadAttention
     from bertc.registry import ATTENTION
@@ -414,28 +416,203 @@ def test_plugin_attention_without_lowering_is_reported_and_the_build_goes_on(tmp
     try:
         d = spec_dict("talking_heads")
         d["encoder"]["hidden"]["attention"]["type"] = "doubled_logits"
-        d["export"] = {"tflite": False, "onnx": False}
+        d["export"] = {"tflite": False}
+        spec = load_spec(d)
+        model = build_model(spec, signature_of(spec))
+        assert missing_lowerings(model, spec) == []          # it has a way in: the portable path
+        spec_path = tmp_path / "plugin.json"
+        spec_path.write_text(json.dumps(d))
+        out = tmp_path / "out"
+        assert main(["build", str(spec_path), "-o", str(out), "-q"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert {"onnx_optimized", "onnx_int8"} <= set(report["artifacts"])
+        fusion = report["fusion"]
+        assert fusion["lowered"] and fusion["pruned"]
+        assert [n.split(":")[0] for n in fusion["not_lowered"]] == [
+            f"layer_{i}/attention (DoubledLogits)" for i in range(3)]
+        for i in range(3):
+            layer = fusion["layers"][f"layer_{i}"]
+            assert layer["attention"].startswith("portable: ")
+            assert layer["attention_layer_norm"] == layer["output_layer_norm"] == "SkipLayerNormalization"
+        ops = report["artifacts"]["onnx_optimized"]["op_counts"]
+        assert ops["com.microsoft.SkipLayerNormalization"] == 6 and ops["com.microsoft.EmbedLayerNormalization"] == 1
+        assert "com.microsoft.Attention" not in ops and "com.microsoft.MultiHeadAttention" not in ops
+        backends = {r["backend"] for r in report["parity"]["results"]}
+        assert {"onnx_optimized_cpu", "onnx_int8_cpu"} <= backends and report["parity"]["passed"]
+        summary = (out / "summary.txt").read_text()
+        assert "3 layer(s) on the portable path (no lowering of their own): layer_0/attention (DoubledLogits)" in summary
+    finally:
+        ATTENTION.unregister("doubled_logits")
+
+
+def _plugin_feedforward():
+    import tensorflow as tf
+
+    from bertc.components.feedforward import DenseFeedforward, DenseFeedforwardSpec
+    from bertc.registry import FEEDFORWARD
+
+    class SquaredReluSpec(DenseFeedforwardSpec):
+        type: Literal["squared_relu"] = "squared_relu"
+
+    @FEEDFORWARD.register("squared_relu", spec=SquaredReluSpec, description="test plug-in without ONNX lowering")
+    class SquaredRelu(DenseFeedforward):
+        spec_cls = SquaredReluSpec
+
+        def _transform(self, x):
+            return self.output_dense(tf.square(tf.nn.relu(self.intermediate(x))))
+
+    def use(d):
+        d["encoder"]["hidden"]["feedforward"]["type"] = "squared_relu"
+    return FEEDFORWARD, "squared_relu", use, "feedforward", "layer_{i}/feedforward (SquaredRelu)"
+
+
+def _plugin_block():
+    from bertc.components.blocks import ScaffoldBlock, ScaffoldBlockSpec
+    from bertc.registry import BLOCKS
+
+    class HalvedSpec(ScaffoldBlockSpec):
+        type: Literal["halved"] = "halved"
+
+    @BLOCKS.register("halved", spec=HalvedSpec, description="test plug-in without ONNX lowering")
+    class Halved(ScaffoldBlock):
+        spec_cls = HalvedSpec
+
+        def call(self, x, attention_bias, training=None):
+            return 0.5 * super().call(x, attention_bias, training=training)
+
+    def use(d):
+        d["encoder"]["hidden"]["type"] = "halved"
+    return BLOCKS, "halved", use, "block", "layer_{i} (Halved)"
+
+
+def _plugin_embeddings():
+    from bertc.components.embeddings import EmbeddingNetwork, StandardEmbeddingSpec
+    from bertc.registry import EMBEDDINGS
+
+    class ScaledSpec(StandardEmbeddingSpec):
+        type: Literal["scaled"] = "scaled"
+
+    @EMBEDDINGS.register("scaled", spec=ScaledSpec, description="test plug-in without ONNX lowering")
+    class Scaled(EmbeddingNetwork):
+        spec_cls = ScaledSpec
+
+        def call(self, inputs, training=None):
+            x, table = super().call(inputs, training=training)
+            return 1.5 * x, table
+
+    def use(d):
+        d["encoder"]["embedding"]["type"] = "scaled"
+    return EMBEDDINGS, "scaled", use, "embeddings", "embeddings (Scaled)"
+
+
+@pytest.mark.parametrize("make", [_plugin_feedforward, _plugin_block, _plugin_embeddings],
+                         ids=["feedforward", "block", "embeddings"])
+@pytest.mark.parametrize("input_dtype", ["int32", "int64"])
+def test_plugin_of_every_kind_takes_the_portable_path(make, input_dtype, tmp_path):
+    """Feedforward, block and embedding plug-ins without a lowering: spliced in, the rest still fused,
+    the artifact equal to Keras (random non-contiguous masks included), and the same bytes when lowered
+    again (tf2onnx's own names and order vary within a process)."""
+    registry, name, use, part, path = make()
+    try:
+        d = spec_dict("talking_heads")
+        use(d)
         spec = load_spec(d)
         sig = signature_of(spec)
         model = build_model(spec, sig)
-        missing = missing_lowerings(model, spec)
-        assert missing == [f"layer_{i}/attention (attention 'doubled_logits', DoubledLogits)" for i in range(3)]
-        result = optimize_onnx(model, spec, sig, tmp_path)
-        assert result["artifacts"] == {}
-        assert result["fusion"]["not_lowered"] == missing
-        assert "3 component(s) have no ONNX lowering" in result["fusion"]["skipped"]
-        assert not (tmp_path / OPTIMIZED_FILE).exists()
+        result = optimize_onnx(model, spec, sig, tmp_path, input_dtype=input_dtype, variants=("onnx_int8",))
+        assert result["failure"] is None and set(result["artifacts"]) == {"onnx_optimized", "onnx_int8"}
+        fusion = result["fusion"]
+        layers = ["embeddings"] if part == "embeddings" else [f"layer_{i}" for i in range(3)]
+        assert [n.split(":")[0] for n in fusion["not_lowered"]] == [path.format(i=i) for i in range(3)][:len(layers)]
+        for layer in layers:
+            assert fusion["layers"][layer][part].startswith("portable: ")
+        if part != "embeddings":
+            assert fusion["layers"]["embeddings"]["embeddings"] == "EmbedLayerNormalization"
+        if part == "feedforward":
+            assert all(fusion["layers"][layer]["attention_layer_norm"] == "SkipLayerNormalization" for layer in layers)
+        assert fusion["structural_check"]["passed"]
+        sess = ort_session(tmp_path / OPTIMIZED_FILE)
+        rng = np.random.default_rng(5)
+        for seq in (1, 5, spec.encoder.max_sequence_length):
+            inputs = make_inputs(spec, 3, seq, rng)
+            inputs["input_mask"] = rng.integers(0, 2, size=(3, seq)).astype(np.int32)
+            inputs["input_mask"][:, 0] = 1
+            ref = np.asarray(model(inputs, training=False)["logits"])
+            got = sess.run(["logits"], {k: v.astype(input_dtype) for k, v in inputs.items()})[0]
+            assert np.max(np.abs(ref - got)) <= ATOL
+        again = lower_model(model, spec, sig, input_dtype=input_dtype)
+        first = lower_model(model, spec, sig, input_dtype=input_dtype)
+        assert again.proto.SerializeToString(deterministic=True) == first.proto.SerializeToString(deterministic=True)
+    finally:
+        registry.unregister(name)
 
+
+def test_plugin_tf2onnx_cannot_convert_is_reported_and_the_build_goes_on(tmp_path):
+    """A plug-in whose call has no ONNX conversion (lgamma): no optimized artifact, the reason names the
+    layer and the TF op; nothing is written."""
+    import tensorflow as tf
+
+    from bertc.components.feedforward import DenseFeedforward, DenseFeedforwardSpec
+    from bertc.registry import FEEDFORWARD
+
+    class LgammaSpec(DenseFeedforwardSpec):
+        type: Literal["lgamma_ff"] = "lgamma_ff"
+
+    @FEEDFORWARD.register("lgamma_ff", spec=LgammaSpec, description="test plug-in tf2onnx cannot convert")
+    class LgammaFeedforward(DenseFeedforward):
+        spec_cls = LgammaSpec
+
+        def _transform(self, x):
+            return self.output_dense(tf.math.lgamma(tf.nn.softplus(self.intermediate(x)) + 1.0))
+
+    try:
+        d = spec_dict("talking_heads")
+        d["encoder"]["hidden"]["feedforward"]["type"] = "lgamma_ff"
+        spec = load_spec(d)
+        sig = signature_of(spec)
+        model = build_model(spec, sig)
+        result = optimize_onnx(model, spec, sig, tmp_path)
+        assert result["artifacts"] == {} and result["failure"] is None
+        fusion = result["fusion"]
+        assert not fusion["lowered"]
+        assert fusion["not_lowered"] == [
+            "layer_0/feedforward (LgammaFeedforward) has no ONNX lowering, and its tf2onnx conversion "
+            "needs an operator ONNX does not define (Lgamma)"]
+        assert fusion["skipped"].startswith("no optimized ONNX artifact: layer_0/feedforward (LgammaFeedforward)")
+        assert not (tmp_path / OPTIMIZED_FILE).exists()
+    finally:
+        FEEDFORWARD.unregister("lgamma_ff")
+
+
+def test_plugin_head_without_lowering_is_reported_and_the_build_goes_on(tmp_path):
+    """The head and the encoder have no portable path (the model's outputs are theirs): no optimized
+    artifact, the head named, and the build still writes the portable model.onnx."""
+    from bertc.cli import main
+    from bertc.components.heads import Classifier, ClassifierSpec
+    from bertc.registry import HEADS
+
+    class PlainSpec(ClassifierSpec):
+        type: Literal["plain_classifier"] = "plain_classifier"
+
+    @HEADS.register("plain_classifier", spec=PlainSpec, description="test plug-in head without ONNX lowering")
+    class PlainClassifier(Classifier):
+        pass
+
+    try:
+        d = tiny_copy(spec_dict("canonical_classifier"))
+        d["head"]["type"] = "plain_classifier"
+        d["export"] = {"tflite": False}
         spec_path = tmp_path / "plugin.json"
         spec_path.write_text(json.dumps(d))
         out = tmp_path / "out"
         assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-parity"]) == 0
         report = json.loads((out / "report.json").read_text())
-        assert report["fusion"]["not_lowered"] == missing
-        assert set(report["artifacts"]) == {"keras"}
-        assert "layer_0/attention (attention 'doubled_logits'" in (out / "summary.txt").read_text()
+        assert set(report["artifacts"]) == {"keras", "onnx"}
+        assert report["fusion"]["not_lowered"] == ["head ('plain_classifier')"]
+        assert "1 component(s) have no ONNX lowering (head ('plain_classifier'))" in report["fusion"]["skipped"]
+        assert "head ('plain_classifier')" in (out / "summary.txt").read_text()
     finally:
-        ATTENTION.unregister("doubled_logits")
+        HEADS.unregister("plain_classifier")
 
 
 # --- variants and the pipeline -------------------------------------------------------------------

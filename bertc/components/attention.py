@@ -187,3 +187,18 @@ def lower_talking_heads(layer, ctx, x, query=None):
     context = ctx.merge_heads(g.node("MatMul", [probs, v], hint="context"), layer.hidden_size)
     ctx.record("attention", "MatMul+Einsum+Softmax (talking heads: no fused operator)")
     return ctx.matmul(context, layer.attention_output)
+
+
+def portable_attention(layer, ctx, x, query=None):
+    """An attention component without a lowering of its own: its ``call(x, attention_bias)``, converted by
+    tf2onnx and spliced in (:mod:`bertc.optimize.portable`). It computes every query row (its output bias
+    included); a pruned layer takes its rows from the output."""
+    from bertc.optimize.portable import splice
+
+    hidden = getattr(layer, "hidden_size", None)
+    out, = splice(ctx, layer, [(x, (None, None, hidden), tf.float32), (ctx.attention_bias(), (None, 1, 1, None), tf.float32)],
+                  lambda h, bias: layer.call(h, bias, training=False), part="attention")
+    return (ctx.rows(out) if query is not None else out), None
+
+
+ATTENTION.portable_lowering = portable_attention

@@ -244,3 +244,20 @@ def lower_rezero_block(layer, ctx, x, rows_only=False):
     r = Residual(f, h, ctx.derived(f"{layer.output_dense.bias.path}*{alpha_ffn_var.path}",
                                    layer.output_dense.bias.numpy() * alpha_ffn))
     return ctx.layer_norm(r, layer.output_layer_norm)[0] if s.use_layer_norm else r
+
+
+def portable_block(layer, ctx, x, rows_only=False):
+    """A block without a lowering of its own: its ``call(x, attention_bias)``, converted by tf2onnx and
+    spliced in (:mod:`bertc.optimize.portable`). It computes every row; a pruned last layer's output is
+    then the rows the outputs read."""
+    import tensorflow as tf
+
+    from bertc.optimize.portable import splice
+
+    args = [(ctx.value(x), (None, None, getattr(layer, "hidden_size", None)), tf.float32),
+            (ctx.attention_bias(), (None, 1, 1, None), tf.float32)]
+    out, = splice(ctx, layer, args, lambda h, bias: layer.call(h, bias, training=False), part="block")
+    return ctx.rows(out) if rows_only else out
+
+
+BLOCKS.portable_lowering = portable_block

@@ -187,3 +187,18 @@ def lower_embeddings(layer, ctx):
         x = ctx.dense(x, layer.embedding_projection)
         ctx.record("embedding_projection", "MatMul+Add")
     return x, table
+
+
+def portable_embeddings(layer, ctx):
+    """An embedding network without a lowering of its own: its ``call({input: ids})`` -> (embeddings,
+    table), converted by tf2onnx and spliced in (:mod:`bertc.optimize.portable`)."""
+    from bertc.optimize.portable import splice
+
+    names = list(layer.spec.input_names)
+    args = [(ctx.int32_input(n), (None, None), tf.int32) for n in names]
+    x, table = splice(ctx, layer, args, lambda *ids: layer.call(dict(zip(names, ids)), training=False),
+                      part="embeddings")
+    return x, table
+
+
+EMBEDDINGS.portable_lowering = portable_embeddings

@@ -173,3 +173,18 @@ def lower_residual(layer, ctx, x, transform, norm):
     x = ctx.value(x)
     y, bias = transform(x)
     return ctx.layer_norm(Residual(y, x, bias), norm)[0]
+
+
+def portable_feedforward(layer, ctx, x):
+    """A feedforward component without a lowering of its own: its ``call(x)`` (residual and layer norm
+    included), converted by tf2onnx and spliced in (:mod:`bertc.optimize.portable`)."""
+    import tensorflow as tf
+
+    from bertc.optimize.portable import splice
+
+    out, = splice(ctx, layer, [(ctx.value(x), (None, None, getattr(layer, "hidden_size", None)), tf.float32)],
+                  lambda h: layer.call(h, training=False), part="feedforward")
+    return out
+
+
+FEEDFORWARD.portable_lowering = portable_feedforward

@@ -34,54 +34,32 @@ def _quiet_tf2onnx():
 
 
 def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int32") -> dict:
-    import tf2onnx
-
-    _quiet_tf2onnx()
     t0 = time.perf_counter()
     inputs = list(sig.inputs)
     outputs = sig.output_names
     trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
-    variables = trainable + non_trainable
     dtype = tf.int64 if input_dtype == "int64" else tf.int32
     input_sig = [tf.TensorSpec((None, i.length), dtype, name=i.name) for i in inputs]
-    weight_sig = [tf.TensorSpec(v.shape, v.dtype, name=f"{WEIGHT_PREFIX}{k}") for k, v in enumerate(variables)]
-    n_in, n_tr = len(inputs), len(trainable)
+    n_tr = len(trainable)
 
-    def serve(*args):
-        feeds = {i.name: tf.cast(a, tf.int32) for i, a in zip(inputs, args[:n_in])}
-        weights = list(args[n_in:])
+    def serve(args, weights):
+        feeds = {i.name: tf.cast(a, tf.int32) for i, a in zip(inputs, args)}
         out, _ = model.stateless_call(weights[:n_tr], weights[n_tr:], feeds, training=False)
         return {name: tf.identity(out[name], name=name) for name in outputs}
 
     try:
-        proto, _ = tf2onnx.convert.from_function(
-            tf.function(serve), input_signature=input_sig + weight_sig, opset=opset)
+        proto, weights, weight_values = convert_with_weight_inputs(serve, input_sig, trainable + non_trainable, opset)
     except Exception as exc:  # tf2onnx raises many types; report which op/why
         raise ExportError(f"ONNX export failed in tf2onnx: {type(exc).__name__}: {exc}") from exc
     t_convert = time.perf_counter() - t0
 
     graph = proto.graph
-    weight_inputs = {}
-    for inp in graph.input:
-        base = inp.name.split(":")[0]
-        if base.startswith(WEIGHT_PREFIX):
-            weight_inputs[inp.name] = (inp, variables[int(base[len(WEIGHT_PREFIX):])])
-    used = {n for node in graph.node for n in node.input}
-    renames = {name: var.path for name, (_, var) in weight_inputs.items() if name in used}
-    # Unused weight inputs (e.g. the dropout layers' seed state) are not part of the inference graph.
-    kept = [i for i in graph.input if i.name not in weight_inputs]
-    weight_values = [i for i in graph.input if i.name in renames]
-    del graph.input[:]
-    graph.input.extend(kept)
-    _rename_values(graph, renames)
     _rename_io(graph, [i.name for i in inputs], outputs)
     _check_io(graph, [i.name for i in inputs], outputs)
-    weights = sorted(((renames[name], var) for name, (_, var) in weight_inputs.items() if name in renames),
-                     key=lambda item: item[0])
     graph.name = model.name
     graph.doc_string = f"bertc {bertc.__version__}: {model.name} through tf2onnx"  # tf2onnx writes a TF function counter here
     canonicalize(graph, keep={i.name for i in inputs} | set(outputs) | {p for p, _ in weights})
-    _check_structure(proto, weight_values, renames)
+    check_graph(proto, weight_values, "the exported ONNX graph is invalid")
     size, external = write_onnx(proto, weights, path)
     return {"path": path.name, "format": "onnx", "precision": "fp32",
             "providers": ["CPUExecutionProvider", "CUDAExecutionProvider"], "opset": opset,
@@ -90,15 +68,46 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
             "convert_seconds": round(t_convert, 3), "total_seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _check_structure(proto, weight_values, renames) -> None:
-    """onnx.checker on the graph with its weights declared as inputs (cheap: no weight data yet)."""
+def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: int):
+    """tf2onnx's conversion of ``call(inputs, weights)`` (``inputs``: tensors per ``input_sig``; ``weights``:
+    tensors standing for ``variables``, in order), with the weights as graph inputs rather than frozen
+    constants, so the converter never sees (or copies) their values.
+
+    Returns ``(proto, weights, declared)``: the graph reads each weight by its Keras path and has only the
+    ``input_sig`` inputs left (tf2onnx's names, ``name:0``); ``weights`` is ``[(path, variable)]`` of the
+    weights it reads, sorted by path (unread ones, such as dropout seed state, are left out); ``declared``
+    their ValueInfoProtos, for :func:`check_graph` before the weights are attached."""
+    import tf2onnx
+
+    _quiet_tf2onnx()
+    n_in = len(input_sig)
+    weight_sig = [tf.TensorSpec(v.shape, v.dtype, name=f"{WEIGHT_PREFIX}{k}") for k, v in enumerate(variables)]
+
+    def traced(*args):
+        return call(list(args[:n_in]), list(args[n_in:]))
+
+    proto, _ = tf2onnx.convert.from_function(tf.function(traced), input_signature=input_sig + weight_sig, opset=opset)
+    graph = proto.graph
+    weight_inputs = {}
+    for inp in graph.input:
+        base = inp.name.split(":")[0]
+        if base.startswith(WEIGHT_PREFIX):
+            weight_inputs[inp.name] = (inp, variables[int(base[len(WEIGHT_PREFIX):])])
+    used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
+    renames = {name: var.path for name, (_, var) in weight_inputs.items() if name in used}
     declared = []
-    for value in weight_values:
-        v = type(value)()
-        v.CopyFrom(value)
-        v.name = renames[value.name]
-        declared.append(v)
-    check_graph(proto, declared, "the exported ONNX graph is invalid")
+    for name in renames:
+        value = type(weight_inputs[name][0])()
+        value.CopyFrom(weight_inputs[name][0])
+        value.name = renames[name]
+        declared.append(value)
+    kept = [i for i in graph.input if i.name not in weight_inputs]
+    del graph.input[:]
+    graph.input.extend(kept)
+    _rename_values(graph, renames)
+    weights = sorted(((renames[name], var) for name, (_, var) in weight_inputs.items() if name in renames),
+                     key=lambda item: item[0])
+    return proto, weights, declared
 
 
 def check_graph(proto, declared, message: str) -> None:

@@ -34,6 +34,19 @@ def own_lowering(component) -> Optional[Any]:
     return fn.__func__ if isinstance(fn, staticmethod) else fn
 
 
+def portable_lowering(component) -> Optional[Any]:
+    """The portable lowering of the registered kind ``component`` belongs to (attention, feedforward,
+    block, embedding: ``Registry.portable_lowering``), or None when it belongs to none or its kind has
+    none."""
+    from bertc.registry import ALL
+
+    cls = component if isinstance(component, type) else type(component)
+    for registry in ALL:
+        if registry.portable_lowering is not None and any(e.component is cls for e in registry.entries()):
+            return registry.portable_lowering
+    return None
+
+
 class NotLowerable(Exception):
     """Raised inside a lowering when a sub-component has no ONNX lowering."""
 
@@ -84,6 +97,8 @@ class LoweringContext:
         # The rows of the last layer the outputs read (None: all of them); a block lowered with
         # ``rows_only`` computes its attention output and feedforward for these rows alone (``rows``).
         self.read_rows: Optional[RowSelection] = None
+        # The layers that had no lowering of their own and took the portable path, as the report lists them.
+        self.not_lowered: list[str] = []
 
     # --- scopes and components ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -98,8 +113,10 @@ class LoweringContext:
         self.coverage.record(part, op)
 
     def lower(self, layer, *args, **kwargs):
-        """Lower a sub-layer through its own component lowering."""
-        fn = own_lowering(layer)
+        """Lower a sub-layer through its own component lowering; a registered component without one
+        takes its kind's portable path (its Keras call converted by tf2onnx and spliced in:
+        :mod:`bertc.optimize.portable`), recorded in :attr:`not_lowered`."""
+        fn = own_lowering(layer) or portable_lowering(layer)
         if fn is None:
             raise NotLowerable(f"{layer.path} ({type(layer).__name__}) has no ONNX lowering")
         return fn(layer, self, *args, **kwargs)
@@ -285,6 +302,7 @@ class Lowered:
     pruned: bool
     weights: Optional[list] = None  # [(name, array)] left out of ``proto`` (``split_weights``)
     rows: Optional[RowSelection] = None  # what the pruned last layer computes
+    not_lowered: list = field(default_factory=list)  # layers that took the portable path (tf2onnx, spliced)
 
 
 def rows_read(spec, sig) -> Optional[RowSelection]:
@@ -321,13 +339,9 @@ def missing_lowerings(model, spec) -> list[str]:
         for entry in reg.entries():
             kinds[entry.component] = (reg.kind, entry.name)
     missing = []
-    seen = set()
     for layer in _all_layers(model):
         cls = type(layer)
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if own_lowering(cls) is None and (cls in kinds or _is_spec_layer(cls)):
+        if own_lowering(cls) is None and portable_lowering(cls) is None and (cls in kinds or _is_spec_layer(cls)):
             kind, name = kinds.get(cls, ("layer", cls.__name__))
             missing.append(f"{layer.path} ({kind} {name!r}, {cls.__name__})")
     if own_lowering(ENCODERS.component(spec.encoder.type)) is None:
@@ -344,12 +358,17 @@ def _is_spec_layer(cls) -> bool:
 
 
 def _all_layers(model):
-    out = []
+    """Every layer once, except those inside a layer that takes the portable path (converted whole)."""
+    out, seen = [], set()
 
     def walk(layer):
         for sub in getattr(layer, "_layers", []):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
             out.append(sub)
-            walk(sub)
+            if own_lowering(sub) is not None or portable_lowering(sub) is None:
+                walk(sub)
     walk(model)
     return out
 
@@ -402,6 +421,6 @@ def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
     if split_weights:
         proto, weights = g.model(opset, split_above=SPLIT_WEIGHTS_ABOVE)
         return Lowered(proto, {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned, weights,
-                       rows if enc.pruned else None)
+                       rows if enc.pruned else None, ctx.not_lowered)
     return Lowered(g.model(opset), {"layers": ctx.coverage.layers}, nodes, op_counts, enc.pruned,
-                   rows=rows if enc.pruned else None)
+                   rows=rows if enc.pruned else None, not_lowered=ctx.not_lowered)

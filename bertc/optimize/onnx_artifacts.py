@@ -17,9 +17,12 @@
   and the softmax sums in fp32 (see :data:`FP16_KEEP_FP32_OPS`). The -10000 mask value is exact in fp16. ONNX Runtime's CPU provider
   has no fp16 MatMul or Attention kernel, which the stage verifies and records (``providers``).
 
-A model with a component that has no ONNX lowering (a plug-in) gets no optimized artifact (nor
-variants): the stage returns the reason and the layers that were not lowered, and the build goes on
-with the portable ``model.onnx``.
+A plug-in attention, feedforward, block or embedding network without an ONNX lowering of its own takes
+the portable path inside the optimized graph (:mod:`bertc.optimize.portable`: its Keras call converted
+by tf2onnx and spliced in, everything around it still fused); ``fusion.not_lowered`` lists those layers.
+A model whose encoder or head has no lowering, or whose plug-in tf2onnx cannot convert on its own, gets
+no optimized artifact (nor variants): the stage returns the reason and the layers concerned, and the
+build goes on with the portable ``model.onnx``.
 """
 from __future__ import annotations
 
@@ -127,6 +130,7 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     proto, weights, op_counts, coverage, pruned = (lowered.proto, lowered.weights, lowered.op_counts,
                                                    lowered.coverage, lowered.pruned)
     pruned_rows = lowered.rows.describe() if lowered.rows is not None else None
+    not_lowered = lowered.not_lowered
     del lowered
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
@@ -136,7 +140,7 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
             artifacts["onnx_int8"] = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset)
     del proto, weights
     fusion = {
-        "lowered": True, "not_lowered": [], "pruned": pruned, "pruned_rows": pruned_rows,
+        "lowered": True, "not_lowered": not_lowered, "pruned": pruned, "pruned_rows": pruned_rows,
         "layers": coverage["layers"],
         "nodes": {**({"onnx": portable["nodes"]} if portable and "nodes" in portable else {}),
                   **{k: a["nodes"] for k, a in artifacts.items()}},
