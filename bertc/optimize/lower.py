@@ -10,9 +10,12 @@ operator (the fusion coverage of the report).
 
 A lowering is looked up on the component's *own* class (``vars(cls)``), never
 inherited: a plug-in that subclasses ``MultiHeadAttention`` to change its maths
-must not be lowered as plain multi-head attention. A component without one
-makes the optimized artifact impossible; :func:`missing_lowerings` names every
-such layer so the pipeline can skip the artifact and say why.
+must not be lowered as plain multi-head attention. An attention, feedforward,
+block or embedding component without one takes its kind's portable path (its
+Keras call converted alone by tf2onnx and spliced in: :mod:`bertc.optimize.portable`);
+an encoder or head without one makes the optimized artifact impossible, and
+:func:`missing_lowerings` names every such component so the pipeline can skip the
+artifact and say why.
 """
 from __future__ import annotations
 
@@ -330,8 +333,9 @@ def prunable(spec, sig) -> bool:
 
 
 def missing_lowerings(model, spec) -> list[str]:
-    """Every layer (and the encoder/head components) without its own ONNX lowering, as
-    ``'layer_1/attention (attention 'my_attention', MyAttention)'``."""
+    """Every layer without an ONNX lowering of its own and without a portable path (a spec layer that no
+    registry knows), and the encoder / head components without a lowering, as
+    ``'layer_1/my_layer (layer 'MyLayer', MyLayer)'`` / ``"head ('my_head')"``."""
     from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
 
     kinds = {}
