@@ -70,7 +70,9 @@ def fusion_summary(fusion: dict) -> str:
         pruned += f"; structural check {'passed' if check['passed'] else 'FAILED'} (relative {worst:.1g})"
     portable = fusion.get("not_lowered") or []
     if portable:
-        pruned += f"; {len(portable)} layer(s) on the portable path (no lowering of their own): " + "; ".join(portable)
+        shown = "; ".join(portable[:3]) + (f"; and {len(portable) - 3} more (fusion.not_lowered in report.json)"
+                                           if len(portable) > 3 else "")
+        pruned += f"; {len(portable)} layer(s) on the portable path (no lowering of their own): {shown}"
     return f"{ops or 'no fused operator'}; nodes: {nodes}{pruned}"
 
 

@@ -550,6 +550,17 @@ def test_plugin_of_every_kind_takes_the_portable_path(make, input_dtype, tmp_pat
         registry.unregister(name)
 
 
+def test_fusion_summary_names_at_most_three_portable_layers():
+    from bertc.report import fusion_summary
+
+    fusion = {"lowered": True, "fused_ops": {"com.microsoft.SkipLayerNormalization": 24},
+              "nodes": {"onnx_optimized": 527}, "not_lowered": [f"layer_{i}/attention (Mine): converted" for i in range(12)]}
+    text = fusion_summary(fusion)
+    assert text.startswith("24 SkipLayerNormalization; nodes: onnx_optimized 527; 12 layer(s) on the portable path")
+    assert "layer_2/attention (Mine)" in text and "layer_3/" not in text
+    assert text.endswith("; and 9 more (fusion.not_lowered in report.json)")
+
+
 def test_plugin_tf2onnx_cannot_convert_is_reported_and_the_build_goes_on(tmp_path):
     """A plug-in whose call has no ONNX conversion (lgamma): no optimized artifact, the reason names the
     layer and the TF op; nothing is written."""
