@@ -255,6 +255,7 @@ def machine_info() -> dict:
 
 
 def read_build(out_dir: Path):
+    from bertc.plugins import require_for_build
     from bertc.spec import load_spec
 
     out_dir = Path(out_dir)
@@ -267,6 +268,7 @@ def read_build(out_dir: Path):
         raise OutputError(f"{out_dir / 'report.json'}: cannot be read: {exc}") from None
     if not report.get("artifacts"):
         raise OutputError(f"{out_dir / 'report.json'} lists no artifacts (was the build run with --no-export?)")
+    require_for_build(out_dir)
     return load_spec(out_dir / "spec.json"), report
 
 

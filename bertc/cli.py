@@ -28,8 +28,18 @@ def _import_quietly():
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bertc")
-def cli():
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE|FILE.py",
+              help="Import a plug-in that registers components (repeatable; also $BERTC_PLUGINS, comma-separated).")
+def cli(plugins):
     """bertc: compile BERT-family model specs to validated Keras, ONNX and TFLite artifacts."""
+    from bertc.plugins import from_environment, load_plugins
+
+    wanted = from_environment() + [p for p in plugins if p not in from_environment()]
+    if wanted:
+        _import_quietly()
+        for record in load_plugins(wanted):
+            if not record["registered"]:
+                _err(f"note: plugin {record['plugin']} registered no component")
 
 
 @cli.command()

@@ -333,6 +333,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     import json
 
     from bertc.errors import OutputError
+    from bertc.plugins import require_for_build
     from bertc.report import write_report
     from bertc.signature import signature_of
     from bertc.spec import Tolerance, load_spec
@@ -342,6 +343,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     for name in ("spec.json", "model.keras", "report.json"):
         if not (out_dir / name).exists():
             raise OutputError(f"{out_dir} is not a bertc build directory: {name} is missing")
+    require_for_build(out_dir)
     spec = load_spec(out_dir / "spec.json")
     if atol is not None or rtol is not None:
         tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,

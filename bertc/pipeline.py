@@ -126,6 +126,10 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         **sig.to_json(),
         "stages": stages.timings, "status": "failed",
     }
+    from bertc.plugins import loaded
+
+    if loaded():   # what a later `bertc parity OUT` (or any loader of model.keras) has to import first
+        report["plugins"] = loaded()
     with stages.stage("build graph") as note:
         model = build_model(spec, sig)
         report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec, sig)}

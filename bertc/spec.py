@@ -171,7 +171,8 @@ def _message(err: dict, known_fields: set[str]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"unknown type {ctx.get('tag')!r}; known types: {ctx.get('expected_tags')}"
+        return (f"unknown type {ctx.get('tag')!r}; known types: {ctx.get('expected_tags')} (a plug-in's "
+                f"component? load its module first: bertc --plugin MODULE|FILE.py ...)")
     if kind == "union_tag_not_found":
         return "missing 'type' (says which component this is)"
     msg = err["msg"]

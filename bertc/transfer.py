@@ -64,4 +64,13 @@ def load_keras_model(path):
     try:
         return keras.saving.load_model(str(path), compile=False)
     except Exception as exc:
-        raise ModelFileError(f"{path}: cannot be loaded as a Keras model: {type(exc).__name__}: {exc}") from None
+        raise ModelFileError(f"{path}: cannot be loaded as a Keras model: {type(exc).__name__}: {exc}"
+                             + _plugin_hint(path)) from None
+
+
+def _plugin_hint(model_path) -> str:
+    """When the build next to ``model_path`` used plug-ins that this process has not loaded: which to load."""
+    from bertc.plugins import missing_for_build
+
+    message = missing_for_build(model_path.parent)
+    return f"\n{message}" if message else ""

@@ -1,0 +1,128 @@
+"""Plug-in modules: user code that registers components (``@ATTENTION.register(...)``) before a command runs.
+
+``bertc --plugin my_attention.py build spec.json -o out`` (or ``--plugin my_package.attention``, or the
+``BERTC_PLUGINS`` environment variable, paths or module names separated by commas) imports each plug-in
+once, after bertc's own components. What each one registered is recorded, so the report can say which
+plug-ins a build used and a later ``bertc parity OUT`` that has not loaded them can say what to load.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from bertc.errors import EXIT_BAD_SPEC, BertcError
+
+ENV = "BERTC_PLUGINS"
+
+_loaded: dict[str, dict] = {}   # plug-in as given -> {"plugin", "module", "path", "registered"}
+
+
+class PluginError(BertcError):
+    exit_code = EXIT_BAD_SPEC
+
+
+def from_environment() -> list[str]:
+    return [p.strip() for p in os.environ.get(ENV, "").split(",") if p.strip()]
+
+
+def load_plugins(plugins) -> list[dict]:
+    """Import every plug-in (a ``.py`` file or a module name) once; returns their records. A plug-in that
+    cannot be found or fails while importing is a :class:`PluginError` naming it, the error and, for an
+    exception raised by the plug-in's own code, its file and line."""
+    import bertc.components  # noqa: F401  (bertc's own components first: plug-ins build on them)
+
+    records = []
+    for plugin in plugins:
+        if plugin not in _loaded:
+            _loaded[plugin] = _load(plugin)
+        records.append(_loaded[plugin])
+    return records
+
+
+def loaded() -> list[dict]:
+    """The plug-ins loaded in this process, in order."""
+    return list(_loaded.values())
+
+
+def missing_for_build(out_dir) -> str:
+    """'' when every plug-in the build in ``out_dir`` used (its report.json's ``plugins``) is loaded here;
+    else what to load, as a sentence with the command line that does it."""
+    import json
+
+    out_dir = Path(out_dir)
+    try:
+        used = json.loads((out_dir / "report.json").read_text()).get("plugins") or []
+    except (OSError, ValueError, AttributeError):
+        return ""
+    have = {r["plugin"] for r in loaded()} | {r["path"] for r in loaded() if r["path"]}
+    missing = [r for r in used if r.get("plugin") not in have and r.get("path") not in have]
+    if not missing:
+        return ""
+    names = ", ".join(f"{r['plugin']} ({', '.join(r.get('registered') or []) or 'no component'})" for r in missing)
+    flags = " ".join(f"--plugin {r.get('path') or r['plugin']}" for r in missing)
+    return (f"this build used plug-in(s) {names}: load them first, e.g. `bertc {flags} parity {out_dir}` "
+            f"(or set {ENV})")
+
+
+def require_for_build(out_dir) -> None:
+    """Raise :class:`PluginError` (exit 2) when the build in ``out_dir`` used plug-ins not loaded here."""
+    message = missing_for_build(out_dir)
+    if message:
+        raise PluginError(f"{Path(out_dir)}: {message}")
+
+
+def _registered() -> set[tuple[str, str]]:
+    from bertc.registry import ALL
+
+    return {(r.kind, name) for r in ALL for name in r.names()}
+
+
+def _load(plugin: str) -> dict:
+    before = _registered()
+    is_file = plugin.endswith(".py") or os.sep in plugin
+    try:
+        if is_file:
+            path = Path(plugin).expanduser().resolve()
+            if not path.is_file():
+                raise PluginError(f"plugin {plugin}: no such file")
+            name = f"bertc_plugin_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+        else:
+            module = importlib.import_module(plugin)
+            path = Path(module.__file__).resolve() if getattr(module, "__file__", None) else None
+    except PluginError:
+        raise
+    except ModuleNotFoundError as exc:
+        if not is_file and exc.name and plugin.startswith(exc.name):
+            raise PluginError(f"plugin {plugin}: no module named {exc.name!r} (a module on the Python path, "
+                              f"or a path to a .py file)") from None
+        raise PluginError(f"plugin {plugin} failed to import: {_where(exc)}") from None
+    except Exception as exc:
+        raise PluginError(f"plugin {plugin} failed to import: {_where(exc)}") from None
+    added = sorted(_registered() - before)
+    return {"plugin": plugin, "module": module.__name__, "path": str(path) if path else None,
+            "registered": [f"{kind} {name!r}" for kind, name in added]}
+
+
+def _where(exc: BaseException) -> str:
+    """``Type: message`` and where the plug-in's own code raised it (file:line): the innermost frame outside
+    bertc and the import machinery, else the innermost one."""
+    bertc_dir = str(Path(__file__).resolve().parent)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    own = [f for f in frames if not str(Path(f.filename).resolve()).startswith(bertc_dir)]
+    frame = (own or frames or [None])[-1]
+    where = f" (at {frame.filename}:{frame.lineno})" if frame else ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" (at {exc.filename}:{exc.lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"

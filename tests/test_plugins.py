@@ -1,0 +1,128 @@
+"""Plug-in modules on the command line: `bertc --plugin FILE|MODULE ...` and $BERTC_PLUGINS."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT
+from bertc.transfer import load_keras_model
+from conftest import ROOT, spec_dict
+
+PLUGIN = textwrap.dedent('''
+    """A user's plug-in: multi-head attention with doubled logits, no ONNX lowering of its own."""
+    from typing import Literal
+
+    from bertc.components.attention import AttentionSpecBase, MultiHeadAttention
+    from bertc.components.common import serializable
+    from bertc.registry import ATTENTION
+
+
+    class DoubledSpec(AttentionSpecBase):
+        type: Literal["doubled_logits"] = "doubled_logits"
+
+
+    @ATTENTION.register("doubled_logits", spec=DoubledSpec, description="multi-head attention, logits doubled")
+    @serializable
+    class DoubledLogits(MultiHeadAttention):
+        spec_cls = DoubledSpec
+
+        def mix_logits(self, logits):
+            return 2.0 * logits
+''')
+
+
+def bertc(*args, env=None):
+    """`bertc ARGS` in a fresh process (plug-ins register for real and leave this process's registries alone)."""
+    return subprocess.run([sys.executable, "-m", "bertc.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def plugin_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plugin")
+    plugin = root / "doubled.py"
+    plugin.write_text(PLUGIN)
+    d = spec_dict("talking_heads")
+    d["encoder"]["hidden"]["attention"]["type"] = "doubled_logits"
+    d["export"] = {"tflite": False}
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(d))
+    out = root / "out"
+    proc = bertc("--plugin", str(plugin), "build", str(spec), "-o", str(out), "-q")
+    return plugin, spec, out, proc
+
+
+def test_build_with_a_plugin_file_records_it_and_lowers_around_it(plugin_build):
+    plugin, _, out, proc = plugin_build
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["plugins"] == [{"plugin": str(plugin), "module": "bertc_plugin_doubled", "path": str(plugin.resolve()),
+                                  "registered": ["attention 'doubled_logits'"]}]
+    assert report["parity"]["passed"] and {"onnx_optimized", "onnx_int8"} <= set(report["artifacts"])
+    assert [n.split(" (")[0] for n in report["fusion"]["not_lowered"]] == [f"layer_{i}/attention" for i in range(3)]
+
+
+def test_parity_of_a_plugin_build_says_which_plugin_to_load(plugin_build):
+    plugin, _, out, _ = plugin_build
+    proc = bertc("parity", str(out))
+    assert proc.returncode == EXIT_BAD_SPEC
+    assert (f"error: {out}: this build used plug-in(s) {plugin} (attention 'doubled_logits'): load them first, "
+            f"e.g. `bertc --plugin {plugin.resolve()} parity {out}` (or set BERTC_PLUGINS)") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = bertc("bench", str(out), "--rounds", "1", "--calls", "1", "--seq", "4", "--no-plot")
+    assert proc.returncode == EXIT_BAD_SPEC and "this build used plug-in(s)" in proc.stderr
+    proc = bertc("parity", str(out), env={"BERTC_PLUGINS": str(plugin)})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_spec_with_an_unloaded_plugin_type_is_a_spec_error(plugin_build):
+    _, spec, _, _ = plugin_build
+    proc = bertc("validate", str(spec))
+    assert proc.returncode == EXIT_BAD_SPEC and "Traceback" not in proc.stderr
+    assert ("unknown type 'doubled_logits'; known types: 'multi_head', 'talking_heads' (a plug-in's component? "
+            "load its module first: bertc --plugin MODULE|FILE.py ...)") in proc.stderr
+    proc = bertc("--plugin", str(plugin_build[0]), "validate", str(spec))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_missing_plugin_module_is_exit_2_naming_it(capsys):
+    assert main(["--plugin", "no_such_bertc_plugin", "list"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert "plugin no_such_bertc_plugin: no module named 'no_such_bertc_plugin'" in err and "Traceback" not in err
+
+
+def test_missing_plugin_file_is_exit_2_naming_it(tmp_path, capsys):
+    assert main(["--plugin", str(tmp_path / "absent.py"), "list"]) == EXIT_BAD_SPEC
+    assert f"plugin {tmp_path / 'absent.py'}: no such file" in capsys.readouterr().err
+
+
+def test_plugin_that_raises_is_exit_2_naming_its_line(tmp_path, capsys):
+    bad = tmp_path / "broken.py"
+    bad.write_text("import os\n\nraise RuntimeError('needs a GPU')\n")
+    assert main(["--plugin", str(bad), "list"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert f"plugin {bad} failed to import: RuntimeError: needs a GPU (at {bad}:3)" in err and "Traceback" not in err
+    assert "bertc_plugin_broken" not in sys.modules
+
+
+def test_plugin_with_a_syntax_error_is_exit_2_naming_its_line(tmp_path, capsys):
+    bad = tmp_path / "typo.py"
+    bad.write_text("x = 1\ndef f(:\n")
+    assert main(["--plugin", str(bad), "list"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert f"plugin {bad} failed to import: SyntaxError" in err and f"(at {bad}:2)" in err
+
+
+def test_loading_model_keras_of_a_plugin_build_names_the_plugin(plugin_build):
+    """bertc.load_model in a process without the plug-in: the damaged-file error is not the whole story."""
+    from bertc.errors import ModelFileError
+
+    plugin, _, out, _ = plugin_build
+    with pytest.raises(ModelFileError) as err:
+        load_keras_model(out)
+    assert "doubled_logits" in str(err.value) and f"this build used plug-in(s) {plugin}" in str(err.value)
+    assert f"--plugin {plugin.resolve()}" in str(err.value)
