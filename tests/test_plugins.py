@@ -3,36 +3,15 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT
 from bertc.transfer import load_keras_model
-from conftest import ROOT, spec_dict
+from conftest import ROOT
 
-PLUGIN = textwrap.dedent('''
-    """A user's plug-in: multi-head attention with doubled logits, no ONNX lowering of its own."""
-    from typing import Literal
-
-    from bertc.components.attention import AttentionSpecBase, MultiHeadAttention
-    from bertc.components.common import serializable
-    from bertc.registry import ATTENTION
-
-
-    class DoubledSpec(AttentionSpecBase):
-        type: Literal["doubled_logits"] = "doubled_logits"
-
-
-    @ATTENTION.register("doubled_logits", spec=DoubledSpec, description="multi-head attention, logits doubled")
-    @serializable
-    class DoubledLogits(MultiHeadAttention):
-        spec_cls = DoubledSpec
-
-        def mix_logits(self, logits):
-            return 2.0 * logits
-''')
+EXAMPLE = ROOT / "examples" / "plugins"   # the README's example plug-in and its spec
 
 
 def bertc(*args, env=None):
@@ -44,10 +23,9 @@ def bertc(*args, env=None):
 @pytest.fixture(scope="module")
 def plugin_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("plugin")
-    plugin = root / "doubled.py"
-    plugin.write_text(PLUGIN)
-    d = spec_dict("talking_heads")
-    d["encoder"]["hidden"]["attention"]["type"] = "doubled_logits"
+    plugin = root / "doubled.py"   # a copy: the report records the path as given
+    plugin.write_text((EXAMPLE / "doubled_logits.py").read_text())
+    d = json.loads((EXAMPLE / "doubled_logits.json").read_text())
     d["export"] = {"tflite": False}
     spec = root / "spec.json"
     spec.write_text(json.dumps(d))

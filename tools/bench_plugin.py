@@ -4,8 +4,8 @@ that has no ONNX lowering of its own.
 
     PYTHONPATH=. python tools/bench_plugin.py [--rounds 12] [--calls 5] [--threads 2] [--seq 128 32]
 
-The plug-in (``doubled_logits``: multi-head attention with its logits doubled, registered here the way a
-user's plug-in registers itself) has no ``onnx_lowering``, so each layer's attention is converted alone by
+The plug-in (``doubled_logits`` from examples/plugins/doubled_logits.py: multi-head attention with its
+logits doubled, loaded the way ``bertc --plugin`` loads a user's plug-in) has no ``onnx_lowering``, so each layer's attention is converted alone by
 tf2onnx and spliced into ``model.optimized.onnx``; embeddings, residual + layer norms, GELU and the pooler
 stay fused. The model is built in-process from specs/bert_base_classifier.json with the attention
 swapped, exported both ways, checked against Keras, and the optimized, its int8 variant and the portable
@@ -22,25 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def register_plugin():
-    from bertc.components.attention import AttentionSpecBase, MultiHeadAttention
-    from bertc.registry import ATTENTION
-
-    class DoubledSpec(AttentionSpecBase):
-        type: Literal["doubled_logits"] = "doubled_logits"
-
-    @ATTENTION.register("doubled_logits", spec=DoubledSpec, description="multi-head attention, logits doubled")
-    class DoubledLogits(MultiHeadAttention):
-        spec_cls = DoubledSpec
-
-        def mix_logits(self, logits):
-            return 2.0 * logits
 
 
 def main() -> int:
@@ -64,8 +48,10 @@ def main() -> int:
     from bertc.signature import signature_of
     from bertc.spec import load_spec
 
+    from bertc.plugins import load_plugins
+
     set_tensorflow_threads(args.threads)
-    register_plugin()
+    load_plugins([str(ROOT / "examples" / "plugins" / "doubled_logits.py")])
     data = json.loads((ROOT / "specs" / "bert_base_classifier.json").read_text())
     data["name"] = "bert_base_classifier_plugin_attention"
     data["encoder"] = {"type": "scaffold", "hidden_size": 768, "num_layers": 12,
