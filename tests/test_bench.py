@@ -132,3 +132,18 @@ def test_time_targets_interleaves_rounds_and_takes_median_ratios(monkeypatch):
     assert round_ratio(rows, "slow", "base", 2, 4) == 3.0
     assert round_ratio(rows, "base", "slow", 2, 4) == pytest.approx(1 / 3, abs=1e-4)
     assert round_ratio(rows, "broken", "base", 2, 4) is None
+
+
+def test_time_targets_reads_the_clock_it_is_given(monkeypatch):
+    """``clock`` (e.g. time.process_time for CPU time) replaces the wall clock for every timed call."""
+    monkeypatch.setattr("bertc.bench.time.perf_counter", lambda: pytest.fail("the wall clock was read"))
+    ticks = [0.0]
+
+    def prepare(inputs):
+        def call():
+            ticks[0] += 0.002
+        return call
+
+    rows = time_targets([Target("t", prepare)], [(1, 4)], lambda b, s: {}, rounds=2, warmup=1, calls=3,
+                        baseline="t", clock=lambda: ticks[0])
+    assert rows[0]["calls"] == 6 and rows[0]["p50_ms"] == pytest.approx(2.0) and rows[0]["ratio"] == 1.0
