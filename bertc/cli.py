@@ -26,23 +26,37 @@ def _import_quietly():
         import bertc.components  # noqa: F401
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bertc")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE|FILE.py",
-              help="Import a plug-in that registers components (repeatable; also $BERTC_PLUGINS, comma-separated).")
-def cli(plugins):
-    """bertc: compile BERT-family model specs to validated Keras, ONNX and TFLite artifacts."""
-    from bertc.plugins import from_environment, load_plugins
+def _load_plugins(ctx, param, plugins):
+    """Import the plug-ins named by --plugin (and $BERTC_PLUGINS) while the command line is parsed, so before
+    any command reads a spec or a build."""
+    from bertc.plugins import from_environment, load_plugins, loaded
 
-    wanted = from_environment() + [p for p in plugins if p not in from_environment()]
+    already = {r["plugin"] for r in loaded()}
+    wanted = [p for p in from_environment() + list(plugins) if p not in already]
     if wanted:
         _import_quietly()
-        for record in load_plugins(wanted):
+        for record in load_plugins(list(dict.fromkeys(wanted))):
             if not record["registered"]:
                 _err(f"note: plugin {record['plugin']} registered no component")
 
 
+def plugin_option(f):
+    """``--plugin MODULE|FILE.py``, before the command (``bertc --plugin x.py build ...``) or after it."""
+    return click.option("--plugin", "plugins", multiple=True, metavar="MODULE|FILE.py", expose_value=False,
+                        callback=_load_plugins, is_eager=True,
+                        help="Import a plug-in that registers components (repeatable; also $BERTC_PLUGINS, "
+                             "comma-separated).")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bertc")
+@plugin_option
+def cli():
+    """bertc: compile BERT-family model specs to validated Keras, ONNX and TFLite artifacts."""
+
+
 @cli.command()
+@plugin_option
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output directory (written atomically).")
@@ -160,6 +174,7 @@ def import_checkpoint(source, output, name, encoder_only, force):
 
 
 @cli.command()
+@plugin_option
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def validate(specs):
     """Check one or more specs (all problems of each, with JSON paths)."""
@@ -185,6 +200,7 @@ def validate(specs):
 
 
 @cli.command()
+@plugin_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
 def schema(output):
     """Print the JSON Schema of the spec language."""
@@ -199,6 +215,7 @@ def schema(output):
 
 
 @cli.command("list")
+@plugin_option
 def list_components():
     """List the registered components, by kind."""
     _import_quietly()
@@ -211,6 +228,7 @@ def list_components():
 
 
 @cli.command()
+@plugin_option
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
@@ -227,6 +245,7 @@ def inspect(spec, plot):
 
 
 @cli.command()
+@plugin_option
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every backend.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every backend.")
@@ -262,6 +281,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 @cli.command()
+@plugin_option
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--seq", default=None, help="Sequence lengths, comma-separated [default: 32,128 up to the model's maximum].")

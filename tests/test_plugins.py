@@ -30,7 +30,7 @@ def plugin_build(tmp_path_factory):
     spec = root / "spec.json"
     spec.write_text(json.dumps(d))
     out = root / "out"
-    proc = bertc("--plugin", str(plugin), "build", str(spec), "-o", str(out), "-q")
+    proc = bertc("build", "--plugin", str(plugin), str(spec), "-o", str(out), "-q")   # after the command
     return plugin, spec, out, proc
 
 
@@ -63,7 +63,7 @@ def test_spec_with_an_unloaded_plugin_type_is_a_spec_error(plugin_build):
     assert proc.returncode == EXIT_BAD_SPEC and "Traceback" not in proc.stderr
     assert ("unknown type 'doubled_logits'; known types: 'multi_head', 'talking_heads' (a plug-in's component? "
             "load its module first: bertc --plugin MODULE|FILE.py ...)") in proc.stderr
-    proc = bertc("--plugin", str(plugin_build[0]), "validate", str(spec))
+    proc = bertc("--plugin", str(plugin_build[0]), "validate", str(spec))   # before the command
     assert proc.returncode == 0, proc.stderr
 
 
