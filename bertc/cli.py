@@ -217,14 +217,19 @@ def schema(output):
 @cli.command("list")
 @plugin_option
 def list_components():
-    """List the registered components, by kind."""
+    """List the registered components, by kind (and how each one reaches the optimized ONNX artifact,
+    when not through an ONNX lowering of its own)."""
     _import_quietly()
+    from bertc.optimize.lower import own_lowering, portable_lowering
     from bertc.registry import ALL
 
     for reg in ALL:
         click.echo(f"{reg.kind}:")
         for e in reg.entries():
-            click.echo(f"  {e.name:<18} {e.description}")
+            note = ("" if own_lowering(e.component) is not None else
+                    "  [optimized ONNX: its Keras call through tf2onnx, spliced in]" if portable_lowering(e.component)
+                    else "  [no optimized ONNX artifact: no ONNX lowering]")
+            click.echo(f"  {e.name:<18} {e.description}{note}")
 
 
 @cli.command()

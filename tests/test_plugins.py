@@ -104,3 +104,12 @@ def test_loading_model_keras_of_a_plugin_build_names_the_plugin(plugin_build):
         load_keras_model(out)
     assert "doubled_logits" in str(err.value) and f"this build used plug-in(s) {plugin}" in str(err.value)
     assert f"--plugin {plugin.resolve()}" in str(err.value)
+
+
+def test_list_says_how_a_plugin_reaches_the_optimized_artifact(tmp_path):
+    proc = bertc("list", "--plugin", str(EXAMPLE / "doubled_logits.py"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.strip() for line in lines if "[" in line] == [
+        "doubled_logits     Multi-head attention with its logits doubled (an example plug-in).  "
+        "[optimized ONNX: its Keras call through tf2onnx, spliced in]"]   # every bundled component lowers itself
