@@ -126,10 +126,12 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         **sig.to_json(),
         "stages": stages.timings, "status": "failed",
     }
-    from bertc.plugins import loaded
+    from bertc.plugins import used_by
+    from bertc.spec import dump_spec
 
-    if loaded():   # what a later `bertc parity OUT` (or any loader of model.keras) has to import first
-        report["plugins"] = loaded()
+    plugins = used_by(dump_spec(spec))
+    if plugins:   # what a later `bertc parity OUT` (or any loader of model.keras) has to import first
+        report["plugins"] = plugins
     with stages.stage("build graph") as note:
         model = build_model(spec, sig)
         report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec, sig)}

@@ -48,6 +48,20 @@ def loaded() -> list[dict]:
     return list(_loaded.values())
 
 
+def used_by(spec_data) -> list[dict]:
+    """The loaded plug-ins that registered a component whose ``type`` the spec (as a JSON-like dict) names."""
+    types, stack = set(), [spec_data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("type"), str):
+                types.add(item["type"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return [r for r in loaded() if any(entry.split(" ", 1)[1].strip("'") in types for entry in r["registered"])]
+
+
 def missing_for_build(out_dir) -> str:
     """'' when every plug-in the build in ``out_dir`` used (its report.json's ``plugins``) is loaded here;
     else what to load, as a sentence with the command line that does it."""

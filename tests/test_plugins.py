@@ -113,3 +113,14 @@ def test_list_says_how_a_plugin_reaches_the_optimized_artifact(tmp_path):
     assert [line.strip() for line in lines if "[" in line] == [
         "doubled_logits     Multi-head attention with its logits doubled (an example plug-in).  "
         "[optimized ONNX: its Keras call through tf2onnx, spliced in]"]   # every bundled component lowers itself
+
+
+def test_a_loaded_plugin_the_spec_does_not_use_is_not_recorded(tmp_path):
+    from conftest import tiny_bert
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(tiny_bert()))
+    out = tmp_path / "out"
+    proc = bertc("--plugin", str(EXAMPLE / "doubled_logits.py"), "build", str(spec), "-o", str(out), "-q", "--no-export")
+    assert proc.returncode == 0, proc.stderr
+    assert "plugins" not in json.loads((out / "report.json").read_text())
