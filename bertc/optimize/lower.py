@@ -133,13 +133,13 @@ class LoweringContext:
         value = self.inputs[name]
         if self.input_dtype == "int32":
             return value
-        return self._once(("int32", name), lambda: self.g.node("Cast", [value], hint=f"{name}_int32", to=6))
+        return self.once(("int32", name), lambda: self.g.node("Cast", [value], hint=f"{name}_int32", to=6))
 
     def int64_input(self, name: str) -> Value:
         value = self.inputs[name]
         if self.input_dtype == "int64":
             return value
-        return self._once(("int64", name), lambda: self.g.node("Cast", [value], hint=f"{name}_int64", to=7))
+        return self.once(("int64", name), lambda: self.g.node("Cast", [value], hint=f"{name}_int64", to=7))
 
     @property
     def mask(self) -> Value:
@@ -156,9 +156,10 @@ class LoweringContext:
                 inv = self.g.node("Sub", [self.g.scalar(1.0, "one"), m])
                 bias = self.g.node("Mul", [inv, self.g.scalar(MASK_ADDER, "mask_adder")])
                 return self.g.node("Unsqueeze", [bias, self.g.ints([1, 2], "axes")])
-        return self._once("attention_bias", make)
+        return self.once("attention_bias", make)
 
-    def _once(self, key, make):
+    def once(self, key, make):
+        """``make()`` once per ``key`` for this lowering (a shared value, node or conversion), memoized."""
         if key not in self._memo:
             self._memo[key] = make()
         return self._memo[key]
@@ -180,7 +181,7 @@ class LoweringContext:
         def make():
             total = self.g.node("Add", [v.main, v.bias], hint="add_bias") if v.bias else v.main
             return self.g.node("Add", [total, v.skip], hint="residual")
-        return self._once(("residual", v), make)
+        return self.once(("residual", v), make)
 
     def layer_norm(self, v: Union[Value, Residual], ln, want_sum: bool = False, part: Optional[str] = None):
         """LayerNorm(v) with the Keras layer ``ln``'s gamma/beta/epsilon -> (normed, the summed input or None).
@@ -256,7 +257,7 @@ class LoweringContext:
     def gather_rows(self, x: Value, positions: str) -> Value:
         """(B, S, H) -> (B, P, H): the rows named by the int input ``positions`` (B, P), per batch row."""
         g = self.g
-        index = self._once(("rows", positions), lambda: g.node(
+        index = self.once(("rows", positions), lambda: g.node(
             "Unsqueeze", [self.int64_input(positions), g.ints([-1], "axes")], hint=f"{positions}_index"))
         return g.node("GatherND", [x, index], hint=positions, batch_dims=1)
 

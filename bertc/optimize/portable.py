@@ -40,7 +40,7 @@ def splice(ctx, layer, args: Sequence[tuple], call: Callable, part: str) -> list
     # all (BERT-base's 12 layers, ALBERT's shared block lowered once per layer), its weights taken by position.
     key = ("portable", part, type(layer), _config_key(layer), tuple((shape, str(dtype)) for _, shape, dtype in args),
            tuple((tuple(v.shape), str(v.dtype)) for v in variables))
-    graph, inputs, outputs, weight_index = ctx._once(key, lambda: _convert(ctx, layer, variables, args, call))
+    graph, inputs, outputs, weight_index = ctx.once(key, lambda: _convert(ctx, layer, variables, args, call))
     names = {"": ""}
     for name, (value, _, _) in zip(inputs, args):
         names[name] = value
