@@ -16,6 +16,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from bertc.errors import BackendLoadError
+
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 PROVIDER_SUFFIX = {CPU: "cpu", CUDA: "cuda"}
 FORMAT_BY_SUFFIX = {".keras": "keras", ".onnx": "onnx", ".tflite": "tflite"}
@@ -23,10 +25,6 @@ NO_ONNXRUNTIME = "onnxruntime is not installed: pip install 'bertc[cpu]' (or 'be
 NO_CUDA = "CUDA provider not available (install onnxruntime-gpu on a CUDA machine)"
 
 Runner = Callable[[dict], dict]  # model inputs (name -> array) -> outputs (name -> array)
-
-
-class BackendLoadError(Exception):
-    """An artifact that is listed in the report but cannot be loaded; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -30,18 +30,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from bertc.backends import Backend, BackendLoadError, onnx_feeds, ort_session, plan_backends, tflite_interpreter
-from bertc.errors import EXIT_BAD_SPEC, BertcError, OutputError
+from bertc.errors import BenchError, BertcError, OutputError
 
 BASELINE = "onnx_cpu"
 DEFAULT_SEQS = (32, 128)
 
 Call = Callable[[], object]
-
-
-class BenchError(BertcError):
-    """A bench request that cannot be met (unknown backend, sequence too long, nothing to time)."""
-
-    exit_code = EXIT_BAD_SPEC
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, BertcError
+from bertc.errors import EXIT_BAD_SPEC, EXIT_INTERNAL, EXIT_INTERRUPTED, BertcError
 from bertc.quiet import import_log, native_stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -331,7 +331,21 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     _err(f"wrote {out / 'bench.json'}" + (f" and {result['chart']}" if result.get("chart") else ""))
 
 
+def _traceback_wanted() -> bool:
+    return os.environ.get("BERTC_TRACEBACK") == "1" or os.environ.get("BERTC_DEBUG") == "1"
+
+
+def internal_error_line(exc: BaseException) -> str:
+    """The one line printed for an unexpected exception (a bug in bertc)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 500 else text[:500] + " ..."
+    return (f"internal error (a bug in bertc, please report it): {type(exc).__name__}"
+            + (f": {text}" if text else "")
+            + ("" if _traceback_wanted() else "; set BERTC_TRACEBACK=1 to print the traceback"))
+
+
 def main(argv=None) -> int:
+    """Run the CLI; the exit codes are those of :mod:`bertc.errors` (its docstring has the table)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=argv, prog_name="bertc", standalone_mode=False, obj={"argv": argv})
@@ -343,7 +357,7 @@ def main(argv=None) -> int:
         return EXIT_BAD_SPEC
     except click.exceptions.Abort:
         _err("aborted")
-        return 130
+        return EXIT_INTERRUPTED
     except BertcError as exc:
         _err(f"error: {exc}")
         return exc.exit_code
@@ -351,12 +365,12 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     except KeyboardInterrupt:
         _err("interrupted; nothing was written")
-        return 130
-    except Exception as exc:  # a bug in bertc: say so briefly, traceback on request
-        if os.environ.get("BERTC_DEBUG") == "1":
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug in bertc: say so in one line, the traceback on request
+        if _traceback_wanted():
             traceback.print_exc()
-        _err(f"internal error: {type(exc).__name__}: {exc}\n(set BERTC_DEBUG=1 to see the traceback)")
-        return EXIT_CHECK_FAILED
+        _err(internal_error_line(exc))
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

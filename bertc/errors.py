@@ -1,16 +1,41 @@
-"""Error types and the CLI's exit codes.
+"""Every error type of bertc, and the CLI's exit codes.
 
-Every failure a user can cause or meet is a :class:`BertcError` with a message
-that reads well on its own; the CLI prints it and exits with ``exit_code``.
+Every failure a user can cause or meet is a :class:`BertcError` with a message that reads well on its
+own; the CLI prints it (one ``error: ...`` message, no traceback) and exits with its ``exit_code``.
+Any other exception reaching the CLI is a bug in bertc: it prints one ``internal error: ...`` line
+saying so and exits with :data:`EXIT_INTERNAL`; ``BERTC_TRACEBACK=1`` (or ``BERTC_DEBUG=1``) prints
+the traceback too.
+
+====  ===========================  ==========================================================
+code  name                         meaning
+====  ===========================  ==========================================================
+0                                  success
+1     ``EXIT_CHECK_FAILED``        numeric validation failed (a check of ``bertc build``), or a
+                                   weight transfer (``--init-from``) does not fit
+2     ``EXIT_BAD_SPEC``            the spec, the command line, the weights or a plug-in is wrong
+3     ``EXIT_PARITY_FAILED``       a backend disagrees with the Keras reference (or the
+                                   optimized lowering fails its structural check)
+4     ``EXIT_EXPORT_FAILED``       ONNX / TFLite export failed
+5     ``EXIT_OUTPUT``              the output directory cannot be written as asked, or a model
+                                   file in it is missing or damaged
+6     ``EXIT_MEMORY``              the memory preflight refused the build: it would not fit in
+                                   the memory available (nothing was written)
+70    ``EXIT_INTERNAL``            internal error: an unexpected exception, a bug in bertc
+130                                interrupted (Ctrl-C)
+====  ===========================  ==========================================================
+
+``NotLowerable`` (an ONNX lowering that cannot express a component) lives with the lowering code.
 """
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1      # numeric validation failed, or an internal error
+EXIT_CHECK_FAILED = 1      # numeric validation failed
 EXIT_BAD_SPEC = 2          # the spec (or the command line) is wrong
 EXIT_PARITY_FAILED = 3     # a backend disagrees with the Keras reference
 EXIT_EXPORT_FAILED = 4     # ONNX / TFLite export failed
 EXIT_OUTPUT = 5            # the output directory cannot be written as asked, or a model file in it is damaged
+EXIT_MEMORY = 6            # the memory preflight refused the build
+EXIT_INTERNAL = 70         # an unexpected exception: a bug in bertc (sysexits' EX_SOFTWARE)
+EXIT_INTERRUPTED = 130     # Ctrl-C
 
 
 class BertcError(Exception):
@@ -28,6 +53,24 @@ class SpecError(BertcError):
         lines = [f"{source}: {len(self.problems)} problem(s) in the spec:"]
         lines += [f"  {path}: {msg}" for path, msg in self.problems]
         super().__init__("\n".join(lines))
+
+
+class SpecTextError(BertcError, ValueError):
+    """Spec text that cannot be a spec (malformed JSON, nested too deeply): where, and what is wrong.
+
+    Still a ``ValueError`` for callers of :func:`bertc.specjson.parse` that catch that."""
+
+    exit_code = EXIT_BAD_SPEC
+
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where, self.message = where, message
+
+
+class PluginError(BertcError):
+    """A plug-in that cannot be found or fails while importing, or a build that needs one not loaded."""
+
+    exit_code = EXIT_BAD_SPEC
 
 
 class CheckFailed(BertcError):
@@ -50,6 +93,23 @@ class ModelFileError(OutputError):
     """A model file (model.keras) is missing, truncated or not what it claims to be."""
 
 
+class BackendLoadError(OutputError):
+    """An artifact that is listed in the report but cannot be loaded (missing, truncated, garbage, or no
+    runtime for it here); the message names the file. Parity and bench record it per backend."""
+
+
+class BenchError(BertcError):
+    """A bench request that cannot be met (unknown backend, sequence too long, nothing to time)."""
+
+    exit_code = EXIT_BAD_SPEC
+
+
+class MemoryPreflightError(BertcError):
+    """The build would not fit in the memory available (nothing written)."""
+
+    exit_code = EXIT_MEMORY
+
+
 class TransferError(BertcError):
     exit_code = EXIT_CHECK_FAILED
 
@@ -62,3 +122,20 @@ class WeightsError(BertcError):
 
 class UnsupportedModel(WeightsError):
     """A foreign model (config key and value named) that bertc cannot express exactly."""
+
+
+class BuildFailed(BertcError):
+    """A build stage reached a verdict against the build (validation, the structural check of the
+    optimized lowering, parity): carries that stage's error (``cause``, whose exit code it takes) so
+    that :func:`bertc.pipeline.build` writes the partial report (status "failed") to ``OUT.failed/``
+    before re-raising ``cause``."""
+
+    def __init__(self, cause: BertcError):
+        super().__init__(str(cause))
+        self.cause = cause
+        self.exit_code = cause.exit_code
+
+
+class NotLowerable(BertcError):
+    """Raised inside an ONNX lowering when a component has none (the optimized artifact is then skipped,
+    with this message as the reason)."""

@@ -14,15 +14,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from bertc.errors import EXIT_BAD_SPEC, BertcError
+from bertc.errors import PluginError  # noqa: F401  (defined in bertc.errors; imported from here too)
 
 ENV = "BERTC_PLUGINS"
 
 _loaded: dict[str, dict] = {}   # plug-in as given -> {"plugin", "module", "path", "registered"}
-
-
-class PluginError(BertcError):
-    exit_code = EXIT_BAD_SPEC
 
 
 def from_environment() -> list[str]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from bertc.errors import BertcError, EXIT_OUTPUT
+from bertc.errors import MemoryPreflightError
 
 GB = 1024**3
 OVERHEAD = int(0.53 * GB)  # Python + TensorFlow + ONNX Runtime + LiteRT, measured after import
@@ -58,12 +58,6 @@ TFLITE_CHILD, TFLITE_CHILD_W = int(0.4 * GB), 2.35
 MARGIN = 1.0  # the factors come from measured peaks (allocator slack included) and over-predict small models
 
 
-class MemoryPreflightError(BertcError):
-    """The build would not fit in the memory available (exit 5, nothing written)."""
-
-    exit_code = EXIT_OUTPUT
-
-
 @dataclass
 class Estimate:
     parameters: int
@@ -80,7 +74,7 @@ class Estimate:
 def _dims(spec) -> tuple[int, int, int, int]:
     """(hidden, heads, intermediate, layers): exact for bert / albert, typical ratios otherwise."""
     enc = spec.encoder
-    s = enc.as_scaffold()
+    s = enc.scaffold
     hidden = s.hidden_size
     heads = getattr(enc, "num_attention_heads", None) or max(1, hidden // 64)
     inter = getattr(enc, "intermediate_size", None) or 4 * hidden

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from bertc.errors import SpecTextError  # noqa: F401  (raised here; spec.py catches specjson.SpecTextError)
 from bertc.specbase import json_path
 
 MAX_DEPTH = 32  # a real spec nests about 6 levels (spec > encoder > hidden[i] > attention > initializer)
@@ -88,8 +89,8 @@ def _plain(value: Any, path: tuple, problems: list[Problem]) -> Any:
 
 
 def parse(text: str, limit: int = MAX_DEPTH) -> tuple[Any, list[Problem]]:
-    """Parse spec JSON text. Returns (data, problems about duplicate keys); raises ValueError with a
-    (location, message) pair for text that cannot be a spec (malformed or too deeply nested)."""
+    """Parse spec JSON text. Returns (data, problems about duplicate keys); raises :class:`SpecTextError`
+    (a ValueError) with a (location, message) pair for text that cannot be a spec (malformed or too deeply nested)."""
     deep = _too_deep_in_text(text, limit)
     if deep is not None:
         raise SpecTextError(*deep)
@@ -116,7 +117,3 @@ def depth_problem(data: Any, limit: int = MAX_DEPTH) -> Optional[Problem]:
     return None
 
 
-class SpecTextError(ValueError):
-    def __init__(self, where: str, message: str):
-        super().__init__(f"{where}: {message}")
-        self.where, self.message = where, message
