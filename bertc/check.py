@@ -169,9 +169,9 @@ def check_param_count(model, spec: Spec, sig: Signature, passes: Passes) -> Chec
 
 def _loss_fn(spec: Spec, inputs, rng):
     if spec.head is not None:
-        head = HEADS.component(spec.head.type)
-        labels = head.make_labels(spec.head, spec.encoder, inputs, rng)
-        return lambda out: head.loss(spec.head, out, labels), "head loss"
+        head = HEADS.create(spec.head, spec.encoder)
+        labels = head.make_labels(inputs, rng)
+        return lambda out: head.loss(out, labels), "head loss"
     # An encoder alone has no objective: regress its outputs onto fixed random targets.
     targets = None
 

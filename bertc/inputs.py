@@ -58,7 +58,7 @@ def make_inputs(spec: Spec, batch: int, seq_len: int, rng: np.random.Generator,
     if "input_type_ids" in enc.input_names:
         out["input_type_ids"] = (rng.integers(0, enc.type_vocab_size, size=(batch, seq_len)) * keep).astype(np.int32)
     if spec.head is not None:
-        extra = HEADS.component(spec.head.type).make_inputs(spec.head, lengths, rng)
+        extra = HEADS.create(spec.head, spec.encoder).make_inputs(lengths, rng)
         if not np.array_equal(mask, keep):
             # A head draws its extra inputs (token positions, e.g. masked_lm_positions) among the first
             # ``length`` positions of a row; with real tokens anywhere, map rank k to the k-th real token.

@@ -7,19 +7,17 @@ staged and swapped in atomically (see :mod:`bertc.output`).
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import bertc
-from bertc.errors import CheckFailed, ParityError
+from bertc.errors import BuildFailed, CheckFailed, ParityError
 from bertc.manifest import build_manifest
 from bertc.memory import release as release_memory, tune_allocator
-from bertc.report import fusion_summary, parity_failure_message, write_report
+from bertc.report import fusion_summary, new_report, parity_failure_message, write_report
 
 TFLITE_VARIANTS = (("tflite_int8", "int8", "model.int8.tflite"), ("tflite_fp16", "fp16", "model.fp16.tflite"))
 
@@ -85,7 +83,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
         # spec.json in OUT names the same weights, relative to OUT (where that spec.json lives)
         spec = spec.model_copy(update={"weights": weights_entry_for(weights, opts.out)})
     preflight = None
-    if opts.preflight:  # before anything is written: a build that cannot fit stops here (exit 5)
+    if opts.preflight:  # before anything is written: a build that cannot fit stops here (exit 6)
         from bertc.preflight import check as memory_preflight, gb
 
         with stages.stage("preflight") as note:
@@ -93,9 +91,17 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
                                          opts.optimize)
             note["detail"] = (f"needs ~{gb(preflight['estimated_peak_bytes'])}, "
                               f"{gb(preflight['available_bytes'])} available ({preflight['available_from']})")
+    from bertc.signature import signature_of
+
+    sig = signature_of(spec)
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
     with staged as tmp:
-        report = build_into(spec, tmp, opts, stages, spec_source=str(spec_path), weights=weights)
+        report = new_report(bertc.__version__, spec.name, str(spec_path), sig.to_json(), stages.timings)
+        failure = None
+        try:
+            build_into(spec, sig, tmp, opts, stages, report, weights=weights)
+        except BuildFailed as exc:  # a verdict against the build: its report goes to OUT.failed/, then it is raised
+            failure = exc.cause
         if staged.removed_leftovers:
             report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
         if preflight is not None:
@@ -104,28 +110,21 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
         with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
             report["manifest"] = build_manifest(tmp, dump_spec(spec))
             note["detail"] = f"sha256 of {len(report['manifest']['files'])} files"
-        failure = report.pop("_failure", None)
         write_report(tmp, report)
         if failure is not None:
             raise failure
     return report
 
 
-def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source: str = "",
-               weights: Optional[Path] = None) -> dict:
+def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report: dict,
+               weights: Optional[Path] = None) -> None:
+    """Run the stages after the preflight into the staging directory ``out``, adding each stage's section to
+    ``report`` (:func:`bertc.report.new_report`) as it completes. A stage's verdict against the build
+    (validation, the optimized lowering's structural check, parity) raises :class:`BuildFailed` carrying
+    its error, once ``report`` holds that stage's section; any other error propagates as raised."""
     from bertc.build import build_model, expected_param_count
     from bertc.check import run_checks
-    from bertc.signature import signature_of
 
-    sig = signature_of(spec)
-
-    report = {
-        "bertc_version": bertc.__version__, "spec_name": spec.name, "spec_file": spec_source,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
-        **sig.to_json(),
-        "stages": stages.timings, "status": "failed",
-    }
     from bertc.plugins import used_by
     from bertc.spec import dump_spec
 
@@ -133,7 +132,8 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
     if plugins:   # what a later `bertc parity OUT` (or any loader of model.keras) has to import first
         report["plugins"] = plugins
     with stages.stage("build graph") as note:
-        model = build_model(spec, sig)
+        built = build_model(spec, sig)
+        model = built.model
         report["parameters"] = {"actual": int(model.count_params()), "expected": expected_param_count(spec, sig)}
         note["detail"] = f"{model.count_params():,} parameters, {len(model.layers)} layers"
     if weights is not None:
@@ -155,9 +155,8 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
         failed = [c for c in checks if not c.passed]
         note["detail"] = f"{len(checks) - len(failed)}/{len(checks)} checks passed"
     if failed:
-        report["_failure"] = CheckFailed("numeric validation failed:\n" + "\n".join(
-            f"- {c.name}: {c.figure} (threshold {c.threshold}); {c.detail}" for c in failed))
-        return report
+        raise BuildFailed(CheckFailed("numeric validation failed:\n" + "\n".join(
+            f"- {c.name}: {c.figure} (threshold {c.threshold}); {c.detail}" for c in failed)))
     artifacts = {}
     with stages.stage("save keras") as note:
         from bertc.export.keras_file import save_keras
@@ -200,15 +199,14 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
             from bertc.optimize.onnx_artifacts import optimize_onnx
 
             with stages.stage("optimize onnx") as note:
-                result = optimize_onnx(model, spec, sig, out, eo["opset"], eo["input_dtype"], spec.export.variants,
+                result = optimize_onnx(built, out, eo["opset"], eo["input_dtype"], spec.export.variants,
                                        portable=artifacts.get("onnx"))
-                artifacts.update(result["artifacts"])
-                report["fusion"] = result["fusion"]
-                note["detail"] = fusion_summary(result["fusion"])
+                artifacts.update(result.artifacts)
+                report["fusion"] = result.section()
+                note["detail"] = fusion_summary(report["fusion"])
             artifacts.update(tflite_artifacts)
-            if result.get("failure"):
-                report["_failure"] = ParityError(result["failure"])
-                return report
+            if not result.passed:
+                raise BuildFailed(ParityError(result.mismatch))
         artifacts.update(tflite_artifacts)
     if opts.export and opts.parity and spec.parity.enabled:
         from bertc.parity import run_parity
@@ -219,8 +217,6 @@ def build_into(spec, out: Path, opts: BuildOptions, stages: Stages, spec_source:
             worst = ", ".join(f"{b} {d:.2g}" for b, d in section["max_abs_by_backend"].items())
             note["detail"] = f"max abs diff: {worst or 'no backend'}"
         if not section["passed"]:
-            report["_failure"] = ParityError(parity_failure_message(section))
-            return report
+            raise BuildFailed(ParityError(parity_failure_message(section)))
     report["status"] = "passed"
-    return report
 

@@ -1,9 +1,11 @@
 """Name -> component registries. No TensorFlow import here.
 
 A component is a class registered under a ``type`` name of one *kind*
-(embedding, attention, feedforward, block, encoder, head). It carries its
-pydantic spec model (whose ``type`` field is ``Literal[name]``), a one-line
-description, and whatever build/param-count methods its kind requires.
+(embedding, position, attention, feedforward, block, encoder, head). It carries
+its pydantic spec model (whose ``type`` field is ``Literal[name]``) and a
+one-line description; the class itself follows its kind's protocol
+(:mod:`bertc.components.base`): built from its spec, it has a Keras call, an
+ONNX lowering and a parameter estimate.
 
 Importing :mod:`bertc.components` registers everything shipped with bertc; a
 plug-in registers itself the same way::
@@ -38,10 +40,6 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
-        # What a component of this kind without an ``onnx_lowering`` of its own is lowered with in the
-        # optimized ONNX graph (``fn(layer, ctx, *args)``, set next to the kind's lowerings), or None: such
-        # a component then makes the optimized artifact impossible.
-        self.portable_lowering: Optional[Callable] = None
 
     def register(self, name: str, *, spec: type, description: str) -> Callable[[Any], Any]:
         type_field = getattr(spec, "model_fields", {}).get("type")
@@ -72,6 +70,14 @@ class Registry:
     def component(self, name: str) -> Any:
         return self.get(name).component
 
+    def create(self, spec, *args, **kwargs) -> Any:
+        """The component registered under ``spec.type``, built from ``spec`` (``cls(spec, *args, **kwargs)``)."""
+        return self.component(spec.type)(spec, *args, **kwargs)
+
+    def kind_of(self, cls: type) -> Optional[str]:
+        """This registry's name for the class ``cls`` (or None when ``cls`` is not registered here)."""
+        return next((e.name for e in self._entries.values() if e.component is cls), None)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -94,11 +100,12 @@ class Registry:
 
 
 EMBEDDINGS = Registry("embedding")
+POSITIONS = Registry("position")
 ATTENTION = Registry("attention")
 FEEDFORWARD = Registry("feedforward")
 BLOCKS = Registry("block")
 ENCODERS = Registry("encoder")
 HEADS = Registry("head")
 
-ALL = (EMBEDDINGS, ATTENTION, FEEDFORWARD, BLOCKS, ENCODERS, HEADS)
+ALL = (EMBEDDINGS, POSITIONS, ATTENTION, FEEDFORWARD, BLOCKS, ENCODERS, HEADS)
 BY_KIND = {r.kind: r for r in ALL}

@@ -1,13 +1,38 @@
-"""report.json and summary.txt: the one place that renders what the stages returned.
+"""report.json and summary.txt: the one place that assembles and renders what the stages returned.
 
-Stages return plain data; this module writes it (atomically) and turns it into the
-short human summary. It imports nothing else of bertc's, so any stage can use it.
+Each stage returns its result (plain data or a typed result such as the optimize stage's, whose
+skips are :class:`~bertc.optimize.onnx_artifacts.Skip` records) or raises a
+:class:`~bertc.errors.BertcError`; :func:`new_report` starts a build's report, the pipeline adds each
+stage's section as it completes (so a failed build still has everything up to the failure), and
+:func:`write_report` writes report.json and the summary (atomically). It imports nothing else of
+bertc's, so any stage can use it.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import platform
 from pathlib import Path
+
+
+def new_report(version: str, spec_name: str, spec_file: str, signature: dict, stages: dict) -> dict:
+    """A build's report before any stage ran: ``status`` is "failed" until the last stage passes."""
+    return {
+        "bertc_version": version, "spec_name": spec_name, "spec_file": spec_file,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+        **signature,
+        "stages": stages, "status": "failed",
+    }
+
+
+def fusion_section(result) -> dict:
+    """The report's ``fusion`` section of the optimize stage's result: the lowering's own section, or for a
+    skipped artifact ``{"lowered": false, "not_lowered": its layers, "skipped": its reason}``."""
+    if result.skip is not None:
+        return {"lowered": False, "not_lowered": list(result.skip.layers), "skipped": result.skip.reason}
+    return result.fusion
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -64,9 +64,8 @@ class Signature:
 def encoder_outputs(encoder_spec) -> list[OutputInfo]:
     """The outputs of an encoder without a head."""
     infos = [OutputInfo("sequence_output", 1, "features"), OutputInfo("pooled_output", None, "features")]
-    s = encoder_spec.as_scaffold()
-    if s.return_all_layer_outputs:
-        infos += [OutputInfo(f"encoder_outputs_{i}", 1, "features") for i in range(s.num_layers)]
+    if encoder_spec.all_layer_outputs:
+        infos += [OutputInfo(f"encoder_outputs_{i}", 1, "features") for i in range(encoder_spec.layer_count)]
     return infos
 
 
@@ -78,7 +77,7 @@ def signature_of(spec) -> Signature:
     if spec.head is None:
         outputs, needs_pooled = encoder_outputs(spec.encoder), True
     else:
-        head = HEADS.component(spec.head.type)
-        inputs += [InputInfo(n, length) for n, length in head.extra_inputs(spec.head).items()]
-        outputs, needs_pooled = head.outputs(spec.head, spec.encoder), bool(head.uses_pooled(spec.head))
+        head = HEADS.create(spec.head, spec.encoder)
+        inputs += [InputInfo(n, length) for n, length in head.extra_inputs().items()]
+        outputs, needs_pooled = head.outputs(), bool(head.uses_pooled)
     return Signature(tuple(inputs), tuple(outputs), spec.encoder.max_sequence_length, needs_pooled)

@@ -15,6 +15,7 @@ ACTIVATION_NAMES = ("gelu", "gelu_tanh", "relu", "tanh", "silu", "linear")
 Activation = Literal["gelu", "gelu_tanh", "relu", "tanh", "silu", "linear"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 Epsilon = Annotated[float, Field(gt=0.0, le=1e-1)]
 
@@ -76,7 +77,7 @@ def rebuild_component_models() -> None:
 
     if _rebuilt_generation == registry.generation():
         return
-    for kind in ("attention", "feedforward", "embedding", "block", "encoder", "head"):
+    for kind in ("attention", "feedforward", "embedding", "position", "block", "encoder", "head"):
         for entry in registry.BY_KIND[kind].entries():
             entry.spec.model_rebuild(force=True)
     _rebuilt_generation = registry.generation()
@@ -93,7 +94,6 @@ class InitializerSpec(StrictModel):
 
 
 DEFAULT_INITIALIZER = InitializerSpec()
-OptionalInitializer = Optional[InitializerSpec]
 
 
 def walk_problems(model: StrictModel, path: tuple[Any, ...], ctx: dict[str, Any]) -> Iterator[Problem]:

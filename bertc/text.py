@@ -123,7 +123,7 @@ def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: 
             from bertc.registry import HEADS
 
             lengths = out["input_mask"].sum(axis=1)
-            out.update(HEADS.component(spec.head.type).make_inputs(spec.head, lengths, np.random.default_rng(seed)))
+            out.update(HEADS.create(spec.head, spec.encoder).make_inputs(lengths, np.random.default_rng(seed)))
     return out
 
 

@@ -68,9 +68,9 @@ def main() -> int:
     t0 = time.perf_counter()
     result = optimize_onnx(model, spec, sig, args.out, variants=("onnx_int8",), portable=portable)
     optimize_seconds = time.perf_counter() - t0
-    if result["failure"] or "onnx_optimized" not in result["artifacts"]:
-        raise SystemExit(f"no optimized artifact: {result['failure'] or result['fusion'].get('skipped')}")
-    fusion = result["fusion"]
+    if result.skip is not None or not result.passed:
+        raise SystemExit(f"no optimized artifact: {result.mismatch or result.skip.reason}")
+    fusion = result.section()
 
     from bertc.backends import CPU, Backend, onnx_feeds, ort_session
 

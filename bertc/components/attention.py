@@ -1,12 +1,13 @@
 """Self-attention layers: ``multi_head`` (canonical BERT) and ``talking_heads``.
 
-An attention component is a layer constructed as
+An attention component (base class :class:`Attention`) is a layer constructed as
 ``cls(spec=..., hidden_size=..., initializer=..., name=...)`` and called as
 ``layer(x, attention_bias, training=...)`` with ``x`` of shape (B, S, H) and
-``attention_bias`` of shape (B, 1, 1, S) (0 for real keys, a large negative
-number for padded keys). It returns (B, S, H). Residual and layer norm belong
+``attention_bias`` broadcastable to (B, N, S, S): (B, 1, 1, S) from the mask (0 for real
+keys, a large negative number for padded keys), (B, N, S, S) when the encoder's position
+scheme adds a relative bias to it. It returns (B, S, H). Residual and layer norm belong
 to the enclosing block. ``param_count(spec, hidden_size)`` is its closed-form
-parameter count.
+parameter count; ``onnx_lowering(ctx, x, query=None)`` its optimized ONNX (see below).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import tensorflow as tf
 import keras
 import numpy as np
 
-from bertc.components.common import SpecLayer, dense, dense_params, initializer, merge_heads, serializable, split_heads
+from bertc.components.base import portable
+from bertc.components.common import (MASK_ADDER, SpecLayer, dense, dense_params, initializer, merge_heads, serializable,
+                                     split_heads)
 from bertc.registry import ATTENTION
 from bertc.specbase import InitializerSpec, PositiveInt, Rate, StrictModel
 
@@ -43,10 +46,28 @@ class TalkingHeadsAttentionSpec(AttentionSpecBase):
     type: Literal["talking_heads"] = "talking_heads"
 
 
+class Attention(SpecLayer):
+    """Base of the attention kind. Its lowering is the portable one: ``call(x, attention_bias)``
+    converted by tf2onnx and spliced in (:mod:`bertc.optimize.portable`); it computes every query row
+    (its output bias included), and a pruned layer takes its rows from the output."""
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        raise NotImplementedError
+
+    @portable
+    def onnx_lowering(self, ctx, x, query=None):
+        hidden = getattr(self, "hidden_size", None)
+        out, = ctx.splice(self, [(x, (None, None, hidden), tf.float32),
+                                 (ctx.attention_bias(), ctx.attention_bias_shape, tf.float32)],
+                          lambda h, bias: self.call(h, bias, training=False), part="attention")
+        return (ctx.rows(out) if query is not None else out), None
+
+
 @ATTENTION.register("multi_head", spec=MultiHeadAttentionSpec,
                     description="Scaled dot-product multi-head self-attention (canonical BERT).")
 @serializable
-class MultiHeadAttention(SpecLayer):
+class MultiHeadAttention(Attention):
     spec_cls = MultiHeadAttentionSpec
 
     def __init__(self, spec, hidden_size, initializer=None, **kwargs):
@@ -140,14 +161,21 @@ def _np(variable):
 
 def lower_multi_head(layer, ctx, x, query=None):
     """All rows: one com.microsoft ``Attention`` (packed QKV MatMul, raw 0/1 mask, Keras' -10000
-    mask value). Query rows only: Q/K/V MatMuls into com.microsoft ``MultiHeadAttention``."""
-    from bertc.components.common import MASK_ADDER
-
+    mask value). Query rows only, or a position scheme's bias to add to the logits: Q/K/V MatMuls
+    into com.microsoft ``MultiHeadAttention`` (raw 0/1 mask, and the bias as its ``attention_bias``)."""
     g, n = ctx.g, layer.num_heads
     path = layer.path
     dense = (layer.query, layer.key, layer.value)
     bias = ctx.derived(f"{path}/qkv/bias", np.concatenate([_np(d.bias) for d in dense]))
-    if query is None:
+    position_bias = ctx.position_bias(rows=query is not None)
+    if position_bias is not None:
+        q = g.node("MatMul", [x if query is None else query, ctx.weight(layer.query.kernel)], hint="query")
+        k = g.node("MatMul", [x, ctx.weight(layer.key.kernel)], hint="key")
+        v = g.node("MatMul", [x, ctx.weight(layer.value.kernel)], hint="value")
+        context = g.ms("MultiHeadAttention", [q, k, v, bias, ctx.mask, position_bias], hint="attention",
+                       num_heads=n, mask_filter_value=MASK_ADDER)
+        ctx.record("attention", "MultiHeadAttention (attention_bias: position bias)")
+    elif query is None:
         kernel = ctx.derived(f"{path}/qkv/kernel", np.concatenate([_np(d.kernel) for d in dense], axis=1))
         context = g.ms("Attention", [x, kernel, bias, ctx.mask], hint="attention", num_heads=n,
                        mask_filter_value=MASK_ADDER)
@@ -180,25 +208,10 @@ def lower_talking_heads(layer, ctx, x, query=None):
     logits = g.node("MatMul", [q, k], hint="logits")
     logits = g.node("Einsum", [logits, ctx.weight(layer.pre_softmax_weight)],
                     hint="pre_softmax_mix", equation="bnft,nm->bmft")
-    logits = g.node("Add", [logits, ctx.attention_bias()], hint="mask")
+    logits = g.node("Add", [logits, ctx.attention_bias(rows=query is not None)], hint="mask")
     probs = g.node("Softmax", [logits], axis=-1)
     probs = g.node("Einsum", [probs, ctx.weight(layer.post_softmax_weight)], hint="post_softmax_mix",
                    equation="bnft,nm->bmft")
     context = ctx.merge_heads(g.node("MatMul", [probs, v], hint="context"), layer.hidden_size)
     ctx.record("attention", "MatMul+Einsum+Softmax (talking heads: no fused operator)")
     return ctx.matmul(context, layer.attention_output)
-
-
-def portable_attention(layer, ctx, x, query=None):
-    """An attention component without a lowering of its own: its ``call(x, attention_bias)``, converted by
-    tf2onnx and spliced in (:mod:`bertc.optimize.portable`). It computes every query row (its output bias
-    included); a pruned layer takes its rows from the output."""
-    from bertc.optimize.portable import splice
-
-    hidden = getattr(layer, "hidden_size", None)
-    out, = splice(ctx, layer, [(x, (None, None, hidden), tf.float32), (ctx.attention_bias(), (None, 1, 1, None), tf.float32)],
-                  lambda h, bias: layer.call(h, bias, training=False), part="attention")
-    return (ctx.rows(out) if query is not None else out), None
-
-
-ATTENTION.portable_lowering = portable_attention

@@ -17,6 +17,7 @@ import keras
 
 from bertc import activations
 from bertc.components.attention import MultiHeadAttention, MultiHeadAttentionSpec
+from bertc.components.base import portable
 from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable, with_last_dim
 from bertc.components.feedforward import DenseFeedforwardSpec
 from bertc.onnx_graph import Residual
@@ -85,10 +86,29 @@ class ReZeroBlockSpec(StrictModel):
         yield from _heads_problem(ctx, self.num_attention_heads)
 
 
+class Block(SpecLayer):
+    """Base of the block kind. Its lowering is the portable one: ``call(x, attention_bias)``, converted
+    by tf2onnx and spliced in (:mod:`bertc.optimize.portable`). It computes every row; a pruned last
+    layer's output is then the rows the outputs read."""
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        raise NotImplementedError
+
+    @portable
+    def onnx_lowering(self, ctx, x, rows_only=False):
+        import tensorflow as tf
+
+        args = [(ctx.value(x), (None, None, getattr(self, "hidden_size", None)), tf.float32),
+                (ctx.attention_bias(), ctx.attention_bias_shape, tf.float32)]
+        out, = ctx.splice(self, args, lambda h, bias: self.call(h, bias, training=False), part="block")
+        return ctx.rows(out) if rows_only else out
+
+
 @BLOCKS.register("scaffold", spec=ScaffoldBlockSpec,
                  description="Block with pluggable attention and feedforward (Model Garden TransformerScaffold).")
 @serializable
-class ScaffoldBlock(SpecLayer):
+class ScaffoldBlock(Block):
     spec_cls = ScaffoldBlockSpec
 
     def __init__(self, spec, hidden_size, initializer=None, **kwargs):
@@ -132,16 +152,15 @@ class ScaffoldBlock(SpecLayer):
                  description="Canonical BERT block: multi-head attention + dense feedforward, post- or pre-norm.")
 @serializable
 class TransformerBlock(ScaffoldBlock):
-    spec_cls = TransformerBlockSpec
+    """A scaffold block with ``multi_head`` attention and a ``dense`` feedforward (its spec says which)."""
 
-    def onnx_lowering(self, ctx, x, rows_only=False):
-        return lower_scaffold_block(self, ctx, x, rows_only)
+    spec_cls = TransformerBlockSpec
 
 
 @BLOCKS.register("rezero", spec=ReZeroBlockSpec,
                  description="ReZero block: residuals scaled by a trainable 'rezero_alpha' initialised to 0.")
 @serializable
-class ReZeroBlock(SpecLayer):
+class ReZeroBlock(Block):
     """Bachlechner et al. 2020, as Model Garden's ReZeroTransformer.
 
     ``x + alpha * attn(x)`` then ``y + alpha * ffn(y)``; ``use_layer_norm`` adds
@@ -244,20 +263,3 @@ def lower_rezero_block(layer, ctx, x, rows_only=False):
     r = Residual(f, h, ctx.derived(f"{layer.output_dense.bias.path}*{alpha_ffn_var.path}",
                                    layer.output_dense.bias.numpy() * alpha_ffn))
     return ctx.layer_norm(r, layer.output_layer_norm)[0] if s.use_layer_norm else r
-
-
-def portable_block(layer, ctx, x, rows_only=False):
-    """A block without a lowering of its own: its ``call(x, attention_bias)``, converted by tf2onnx and
-    spliced in (:mod:`bertc.optimize.portable`). It computes every row; a pruned last layer's output is
-    then the rows the outputs read."""
-    import tensorflow as tf
-
-    from bertc.optimize.portable import splice
-
-    args = [(ctx.value(x), (None, None, getattr(layer, "hidden_size", None)), tf.float32),
-            (ctx.attention_bias(), (None, 1, 1, None), tf.float32)]
-    out, = splice(ctx, layer, args, lambda h, bias: layer.call(h, bias, training=False), part="block")
-    return ctx.rows(out) if rows_only else out
-
-
-BLOCKS.portable_lowering = portable_block

@@ -15,6 +15,7 @@ from typing import Literal, Optional
 import keras
 import tensorflow as tf
 
+from bertc.components.base import portable
 from bertc.components.common import SpecLayer, dense, dense_params, initializer, layer_norm, serializable
 from bertc.registry import EMBEDDINGS
 from bertc.specbase import Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
@@ -71,15 +72,34 @@ class CustomEmbeddingSpec(_EmbeddingSpecBase):
             yield ("type_vocab_size",), "is set but use_type_embeddings is false (the model has no input_type_ids)"
 
 
+class Embedding(SpecLayer):
+    """Base of the embedding kind. Its lowering is the portable one: ``call({input: ids})`` ->
+    (embeddings, table), converted by tf2onnx and spliced in (:mod:`bertc.optimize.portable`)."""
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        raise NotImplementedError
+
+    @portable
+    def onnx_lowering(self, ctx):
+        names = list(self.spec.input_names)
+        args = [(ctx.int32_input(n), (None, None), tf.int32) for n in names]
+        x, table = ctx.splice(self, args, lambda *ids: self.call(dict(zip(names, ids)), training=False),
+                              part="embeddings")
+        return x, table
+
+
 @serializable
-class EmbeddingNetwork(SpecLayer):
+class EmbeddingNetwork(Embedding):
     """Embeddings as BERT/ALBERT compute them; weight names follow Model Garden."""
 
     spec_cls = StandardEmbeddingSpec
 
-    def __init__(self, spec, hidden_size, initializer=None, **kwargs):
+    def __init__(self, spec, hidden_size, initializer=None, position_offset: int = 0, **kwargs):
         super().__init__(spec, hidden_size, initializer, **kwargs)
         s = self.spec
+        # rows of the position table before position 0 (the encoder's absolute position scheme says)
+        self.position_offset = int(position_offset)
         self.width = s.width(self.hidden_size)
         self.layer_norm = layer_norm(s.layer_norm_epsilon, "layer_norm") if s.use_layer_norm else None
         self.dropout = keras.layers.Dropout(s.dropout_rate, name="dropout")
@@ -90,7 +110,7 @@ class EmbeddingNetwork(SpecLayer):
         s, init = self.spec, initializer(self.initializer_spec)
         self.word_embeddings = self.add_weight(name="word_embeddings", shape=(s.vocab_size, self.width), initializer=init)
         self.position_embeddings = self.add_weight(
-            name="position_embeddings", shape=(s.max_sequence_length, self.width), initializer=init,
+            name="position_embeddings", shape=(s.max_sequence_length + self.position_offset, self.width), initializer=init,
         ) if s.use_position_embeddings else None
         self.type_embeddings = self.add_weight(
             name="type_embeddings", shape=(s.type_vocab_size, self.width), initializer=init,
@@ -101,11 +121,17 @@ class EmbeddingNetwork(SpecLayer):
             self.embedding_projection.build((None, None, self.width))
         self.built = True
 
+    def get_config(self):
+        config = super().get_config()
+        if self.position_offset:
+            config["position_offset"] = self.position_offset
+        return config
+
     @staticmethod
-    def param_count(spec, hidden_size: int) -> int:
+    def param_count(spec, hidden_size: int, position_offset: int = 0) -> int:
         e = spec.width(hidden_size)
         n = spec.vocab_size * e
-        n += spec.max_sequence_length * e if spec.use_position_embeddings else 0
+        n += (spec.max_sequence_length + position_offset) * e if spec.use_position_embeddings else 0
         n += spec.type_vocab_size * e if spec.use_type_embeddings else 0
         n += 2 * e if spec.use_layer_norm else 0
         return n + (dense_params(e, hidden_size) if e != hidden_size else 0)
@@ -114,7 +140,9 @@ class EmbeddingNetwork(SpecLayer):
         word_ids = inputs["input_word_ids"]
         table = tf.convert_to_tensor(self.word_embeddings)
         x = tf.gather(table, word_ids)
-        if self.position_embeddings is not None:
+        if self.position_embeddings is not None and "position_ids" in inputs:   # from the position scheme
+            x = x + tf.gather(tf.convert_to_tensor(self.position_embeddings), inputs["position_ids"])
+        elif self.position_embeddings is not None:
             seq_len = tf.shape(word_ids)[1]
             positions = tf.slice(tf.convert_to_tensor(self.position_embeddings), [0, 0], tf.stack([seq_len, -1]))
             x = x + tf.expand_dims(positions, 0)
@@ -140,9 +168,6 @@ EMBEDDINGS.register("standard", spec=StandardEmbeddingSpec,
 class CustomEmbeddingNetwork(EmbeddingNetwork):
     spec_cls = CustomEmbeddingSpec
 
-    def onnx_lowering(self, ctx):
-        return lower_embeddings(self, ctx)
-
 
 EMBEDDINGS.register("custom", spec=CustomEmbeddingSpec,
                     description="Word embeddings with optional position / type embeddings and layer norm; "
@@ -158,19 +183,25 @@ def lower_embeddings(layer, ctx):
     g = ctx.g
     table = ctx.weight(layer.word_embeddings)
     types = layer.type_embeddings is not None
+    position_ids = ctx.positions.get("position_ids")
     if layer.position_embeddings is not None and layer.layer_norm is not None:
         ln = layer.layer_norm
         x = g.ms("EmbedLayerNormalization",
                  [ctx.int32_input("input_word_ids"), ctx.int32_input("input_type_ids") if types else None,
                   table, ctx.weight(layer.position_embeddings), ctx.weight(layer.type_embeddings) if types else None,
-                  ctx.weight(ln.gamma), ctx.weight(ln.beta)], ["out", "mask_index"],  # ORT's shape inference
+                  ctx.weight(ln.gamma), ctx.weight(ln.beta)] + ([None, position_ids] if position_ids else []),
+                 ["out", "mask_index"],                                                 # ORT's shape inference
                  hint="embed_layer_norm", epsilon=float(ln.epsilon))[0]                  # needs output 1 named
         ctx.record("embeddings", "EmbedLayerNormalization")
     else:
         ids = ctx.inputs["input_word_ids"]
         x = g.node("Gather", [table, ids], hint="word_embeddings")
         parts = ["Gather"]
-        if layer.position_embeddings is not None:
+        if layer.position_embeddings is not None and position_ids:
+            x = g.node("Add", [x, g.node("Gather", [ctx.weight(layer.position_embeddings), position_ids],
+                                         hint="position_embeddings")], hint="add_positions")
+            parts.append("position Gather+Add")
+        elif layer.position_embeddings is not None:
             length = g.node("Shape", [ids], hint="sequence_length", start=1, end=2)
             positions = g.node("Slice", [ctx.weight(layer.position_embeddings), g.ints([0], "start"), length,
                                          g.ints([0], "axis")], hint="position_embeddings")
@@ -187,18 +218,3 @@ def lower_embeddings(layer, ctx):
         x = ctx.dense(x, layer.embedding_projection)
         ctx.record("embedding_projection", "MatMul+Add")
     return x, table
-
-
-def portable_embeddings(layer, ctx):
-    """An embedding network without a lowering of its own: its ``call({input: ids})`` -> (embeddings,
-    table), converted by tf2onnx and spliced in (:mod:`bertc.optimize.portable`)."""
-    from bertc.optimize.portable import splice
-
-    names = list(layer.spec.input_names)
-    args = [(ctx.int32_input(n), (None, None), tf.int32) for n in names]
-    x, table = splice(ctx, layer, args, lambda *ids: layer.call(dict(zip(names, ids)), training=False),
-                      part="embeddings")
-    return x, table
-
-
-EMBEDDINGS.portable_lowering = portable_embeddings

@@ -1,10 +1,15 @@
 """Encoders: ``bert`` (canonical), ``scaffold`` (pluggable) and ``albert``.
 
-Every encoder spec can say what it is as a scaffold (``as_scaffold()``): the
-canonical BERT encoder *is* a scaffold encoder with the standard embedding
-network and ``transformer`` blocks, and ALBERT is one with a factorized
-embedding and one block shared by every layer. One graph builder serves all
-three, which is what makes their weights interchangeable.
+An encoder component (base class :class:`Encoder`) is built from its spec, ``cls(spec)``. Its
+``build(inputs, needs_pooled)`` adds the encoder to the Keras functional graph and keeps handles to
+what it built (``embedding``, ``position``, ``blocks``: one per layer index, ``final_layer_norm``,
+``pooler``); its ``onnx_lowering(ctx, needs_pooled, prune_last)`` walks those handles;
+``param_count(needs_pooled)`` is its closed-form count.
+
+Every encoder spec says what it is as a scaffold (``spec.scaffold``): the canonical BERT encoder *is*
+a scaffold encoder with the standard embedding network and ``transformer`` blocks, and ALBERT is one
+with a factorized embedding and one block shared by every layer. One graph builder
+(:class:`ScaffoldEncoder`) serves all three, which is what makes their weights interchangeable.
 """
 from __future__ import annotations
 
@@ -18,9 +23,12 @@ from pydantic import field_validator
 from bertc.components.blocks import TransformerBlockSpec
 from bertc.components.common import MASK_ADDER, dense, dense_params, layer_norm, serializable
 from bertc.components.embeddings import StandardEmbeddingSpec
-from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS
+from bertc.components.positions import AbsolutePositionSpec
+from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS, POSITIONS
 from bertc.specbase import (DEFAULT_INITIALIZER, Activation, Epsilon, InitializerSpec, PositiveInt, Rate,
                             StrictModel, component_field, json_path)
+
+DEFAULT_POSITION = AbsolutePositionSpec()
 
 
 class _EncoderSpecBase(StrictModel):
@@ -30,18 +38,40 @@ class _EncoderSpecBase(StrictModel):
         raise NotImplementedError
 
     @property
+    def scaffold(self) -> "ScaffoldEncoderSpec":
+        """The encoder as a scaffold encoder."""
+        return self.as_scaffold()
+
+    @property
+    def position_spec(self):
+        """The position scheme (``position``; learned absolute positions when the spec names none)."""
+        return self.position or DEFAULT_POSITION
+
+    @property
     def input_names(self) -> list[str]:
-        return self.as_scaffold().embedding.input_names
+        return self.scaffold.embedding.input_names
 
     @property
     def pooled_dim(self) -> int:
-        s = self.as_scaffold()
+        s = self.scaffold
         return s.pooled_output_dim or s.hidden_size
 
     @property
     def embedding_table_width(self) -> int:
-        s = self.as_scaffold()
+        s = self.scaffold
         return s.embedding.width(s.hidden_size)
+
+    @property
+    def initializer_spec(self) -> InitializerSpec:
+        return self.scaffold.initializer
+
+    @property
+    def layer_count(self) -> int:
+        return self.scaffold.num_layers
+
+    @property
+    def all_layer_outputs(self) -> bool:
+        return self.scaffold.return_all_layer_outputs
 
     def child_context(self, ctx, path):
         return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",))}
@@ -53,6 +83,7 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     num_layers: PositiveInt
     embedding: component_field("embedding")  # any registered embedding spec, by its "type"
     hidden: list[component_field("block")]  # one block for every layer, or one per layer
+    position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
     pooler_initializer: Optional[InitializerSpec] = None
@@ -111,6 +142,7 @@ class BertEncoderSpec(_EncoderSpecBase):
     layer_norm_epsilon: Epsilon = 1e-12
     norm_first: bool = False
     return_all_layer_outputs: bool = False
+    position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
 
     def problems(self, ctx):
         if self.hidden_size % self.num_attention_heads:
@@ -133,7 +165,7 @@ class BertEncoderSpec(_EncoderSpecBase):
     def as_scaffold(self) -> ScaffoldEncoderSpec:
         return ScaffoldEncoderSpec(
             hidden_size=self.hidden_size, num_layers=self.num_layers, embedding=self._embedding(),
-            hidden=[self._block()], initializer=self.initializer, final_layer_norm=self.norm_first,
+            hidden=[self._block()], position=self.position, initializer=self.initializer, final_layer_norm=self.norm_first,
             layer_norm_epsilon=self.layer_norm_epsilon, return_all_layer_outputs=self.return_all_layer_outputs)
 
 
@@ -148,7 +180,8 @@ class AlbertEncoderSpec(BertEncoderSpec):
         return ScaffoldEncoderSpec(
             hidden_size=self.hidden_size, num_layers=self.num_layers,
             embedding=self._embedding(embedding_width=self.embedding_width), hidden=[self._block()],
-            share_layers=True, initializer=self.initializer, layer_norm_epsilon=self.layer_norm_epsilon,
+            share_layers=True, position=self.position, initializer=self.initializer,
+            layer_norm_epsilon=self.layer_norm_epsilon,
             return_all_layer_outputs=self.return_all_layer_outputs)
 
 
@@ -159,6 +192,14 @@ class AttentionBias(keras.layers.Layer):
     def call(self, mask):
         bias = (1.0 - tf.cast(mask, tf.float32)) * MASK_ADDER
         return tf.expand_dims(tf.expand_dims(bias, 1), 1)
+
+
+@serializable
+class AddPositionBias(keras.layers.Layer):
+    """The mask's bias (B, 1, 1, S) plus a position scheme's (1, N, S, S) -> (B, N, S, S)."""
+
+    def call(self, mask_bias, position_bias):
+        return mask_bias + position_bias
 
 
 @serializable
@@ -175,75 +216,151 @@ class EncoderOutputs:
     word_embedding_table: Any = None
 
 
+@dataclass
+class EncoderValues:
+    """The encoder's outputs as ONNX graph values (what a head's lowering reads)."""
+
+    sequence_output: Any
+    pooled_output: Optional[Any]
+    layer_outputs: list
+    word_embedding_table: Optional[Any]
+    pruned: bool = False
+
+
 class Encoder:
-    """Builds any encoder spec through its scaffold view."""
+    """Base of the encoder kind: a component object built from its spec (``cls(spec)``). ``build`` adds the
+    encoder's layers to the Keras graph and keeps handles to them; ``onnx_lowering`` walks those handles.
+    An encoder without a lowering of its own (``onnx_lowering = None``) gets no optimized artifact."""
 
-    @staticmethod
-    def build(spec, inputs: dict, needs_pooled: bool) -> EncoderOutputs:
-        s = spec.as_scaffold()
+    onnx_lowering = None
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.spec.input_names
+
+    def param_count(self, needs_pooled: bool) -> int:
+        raise NotImplementedError
+
+    def build(self, inputs: dict, needs_pooled: bool) -> EncoderOutputs:
+        raise NotImplementedError
+
+
+class ScaffoldEncoder(Encoder):
+    """Any encoder spec through its scaffold view: embeddings (+ the position scheme's per-batch tensors),
+    one block per layer (a shared block is one layer object called at every index), optional final layer
+    norm, pooler."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.scaffold = spec.scaffold
+        self.position_spec = spec.position_spec
+        # handles to the built layers (set by build)
+        self.embedding = self.position = self.final_layer_norm = self.pooler = None
+        self.blocks: list = []
+
+    @property
+    def num_heads(self) -> int:
+        """The attention heads of the first block (what a shared position bias is sized for)."""
+        block = self.scaffold.blocks()[0]
+        spec = getattr(block, "as_scaffold", lambda: block)()
+        attention = getattr(spec, "attention", None)
+        return int(getattr(attention, "num_heads", None) or getattr(block, "num_attention_heads", 1))
+
+    def _position_layer(self):
+        s = self.scaffold
+        return POSITIONS.create(self.position_spec, hidden_size=s.hidden_size, initializer=s.initializer,
+                                num_heads=self.num_heads, name="position")
+
+    def param_count(self, needs_pooled: bool) -> int:
+        s = self.scaffold
         h = s.hidden_size
-        embedding = EMBEDDINGS.component(s.embedding.type)(
-            spec=s.embedding, hidden_size=h, initializer=s.initializer, name="embeddings")
-        x, table = embedding({n: inputs[n] for n in s.embedding.input_names})
-        bias = AttentionBias(name="attention_bias")(inputs["input_mask"])
-        blocks = s.blocks()
-        shared = BLOCKS.component(blocks[0].type)(
-            spec=blocks[0], hidden_size=h, initializer=s.initializer, name="shared_layer") if s.share_layers else None
-        outputs = []
-        for i, block in enumerate(blocks):
-            layer = shared or BLOCKS.component(block.type)(
-                spec=block, hidden_size=h, initializer=s.initializer, name=f"layer_{i}")
-            x = layer(x, bias)
-            outputs.append(x)
-        if s.final_layer_norm:
-            x = outputs[-1] = layer_norm(s.layer_norm_epsilon, "final_layer_norm")(x)
-        pooled = None
-        if needs_pooled:
-            pooled = dense(s.pooled_output_dim or h, s.pooler_initializer or s.initializer, "pooler",
-                           activation="tanh")(FirstToken(name="first_token")(x))
-        return EncoderOutputs(x, pooled, outputs, table)
-
-    @staticmethod
-    def onnx_lowering(spec, ctx, needs_pooled: bool, prune_last: bool = False):
-        """The encoder as ONNX: embeddings, each layer's block (a shared block lowered once per layer,
-        its weights stored once), final layer norm, pooler. ``prune_last``: the outputs read only some rows
-        of the last layer (``ctx.read_rows``), so that layer computes its attention output and feedforward
-        for those alone; its output has those rows only (the first token, when read, first)."""
-        from bertc.optimize.lower import EncoderValues
-
-        s = spec.as_scaffold()
-        with ctx.layer_scope("embeddings"):
-            x, table = ctx.lower(ctx.layer("embeddings"))
-        outputs = []
-        n = len(s.blocks())
-        for i in range(n):
-            layer = ctx.layer("shared_layer" if s.share_layers else f"layer_{i}")
-            with ctx.layer_scope(f"layer_{i}"):
-                x = ctx.lower(layer, x, rows_only=prune_last and i == n - 1)
-            outputs.append(x)
-        if s.final_layer_norm:
-            with ctx.layer_scope("final_layer_norm"):
-                x = outputs[-1] = ctx.layer_norm(x, ctx.layer("final_layer_norm"))[0]
-        pooled = None
-        if needs_pooled:
-            with ctx.layer_scope("pooler"):
-                pooled = ctx.gemm(ctx.first_token(ctx.value(x), keep_axis=False), ctx.layer("pooler"))
-        return EncoderValues(x, pooled, outputs, table, pruned=prune_last)
-
-    @staticmethod
-    def param_count(spec, needs_pooled: bool) -> int:
-        s = spec.as_scaffold()
-        h = s.hidden_size
-        n = EMBEDDINGS.component(s.embedding.type).param_count(s.embedding, h)
+        position = POSITIONS.component(self.position_spec.type)
+        offset = self._position_layer().absolute.offset
+        embedding = EMBEDDINGS.component(s.embedding.type)
+        n = (embedding.param_count(s.embedding, h, position_offset=offset) if offset
+             else embedding.param_count(s.embedding, h))
+        n += position.param_count(self.position_spec, h, num_heads=self.num_heads)
         blocks = s.blocks()[:1] if s.share_layers else s.blocks()
         n += sum(BLOCKS.component(b.type).param_count(b, h) for b in blocks)
         n += 2 * h if s.final_layer_norm else 0
         return n + (dense_params(h, s.pooled_output_dim or h) if needs_pooled else 0)
 
+    def build(self, inputs: dict, needs_pooled: bool) -> EncoderOutputs:
+        s = self.scaffold
+        h = s.hidden_size
+        self.position = self._position_layer()
+        offset = self.position.absolute.offset
+        self.embedding = EMBEDDINGS.create(s.embedding, hidden_size=h, initializer=s.initializer, name="embeddings",
+                                           **({"position_offset": offset} if offset else {}))
+        positions = self.position(inputs) if self.position.changes_graph else {}
+        embedding_inputs = {n: inputs[n] for n in s.embedding.input_names}
+        if "position_ids" in positions:
+            embedding_inputs["position_ids"] = positions["position_ids"]
+        x, table = self.embedding(embedding_inputs)
+        bias = AttentionBias(name="attention_bias")(inputs["input_mask"])
+        if "attention_bias" in positions:
+            bias = AddPositionBias(name="position_bias")(bias, positions["attention_bias"])
+        shared = BLOCKS.create(s.blocks()[0], hidden_size=h, initializer=s.initializer,
+                               name="shared_layer") if s.share_layers else None
+        outputs, self.blocks = [], []
+        for i, block in enumerate(s.blocks()):   # each layer built before the next is made (initializer seeds)
+            layer = shared or BLOCKS.create(block, hidden_size=h, initializer=s.initializer, name=f"layer_{i}")
+            x = layer(x, bias)
+            self.blocks.append(layer)
+            outputs.append(x)
+        if s.final_layer_norm:
+            self.final_layer_norm = layer_norm(s.layer_norm_epsilon, "final_layer_norm")
+            x = outputs[-1] = self.final_layer_norm(x)
+        pooled = None
+        if needs_pooled:
+            self.pooler = dense(s.pooled_output_dim or h, s.pooler_initializer or s.initializer, "pooler",
+                                activation="tanh")
+            pooled = self.pooler(FirstToken(name="first_token")(x))
+        return EncoderOutputs(x, pooled, outputs, table)
 
-ENCODERS.register("bert", spec=BertEncoderSpec,
-                  description="Canonical BERT encoder: standard embeddings, N transformer blocks, pooler.")(Encoder)
-ENCODERS.register("scaffold", spec=ScaffoldEncoderSpec,
-                  description="Encoder with a pluggable embedding network and per-layer pluggable blocks.")(Encoder)
-ENCODERS.register("albert", spec=AlbertEncoderSpec,
-                  description="ALBERT encoder: factorized embeddings and one block shared by all layers.")(Encoder)
+    def onnx_lowering(self, ctx, needs_pooled: bool, prune_last: bool = False) -> EncoderValues:
+        """The encoder as ONNX: the position scheme's per-batch values (once), embeddings, each layer's
+        block (a shared block lowered once per layer, its weights stored once), final layer norm, pooler.
+        ``prune_last``: the outputs read only some rows of the last layer (``ctx.read_rows``), so that layer
+        computes its attention output and feedforward for those alone; its output has those rows only (the
+        first token, when read, first)."""
+        if self.position.changes_graph:
+            with ctx.layer_scope("position"):
+                ctx.positions = ctx.lower(self.position)
+        with ctx.layer_scope("embeddings"):
+            x, table = ctx.lower(self.embedding)
+        outputs = []
+        last = len(self.blocks) - 1
+        for i, layer in enumerate(self.blocks):
+            with ctx.layer_scope(f"layer_{i}"):
+                x = ctx.lower(layer, x, rows_only=prune_last and i == last)
+            outputs.append(x)
+        if self.final_layer_norm is not None:
+            with ctx.layer_scope("final_layer_norm"):
+                x = outputs[-1] = ctx.layer_norm(x, self.final_layer_norm)[0]
+        pooled = None
+        if needs_pooled:
+            with ctx.layer_scope("pooler"):
+                pooled = ctx.gemm(ctx.first_token(ctx.value(x), keep_axis=False), self.pooler)
+        return EncoderValues(x, pooled, outputs, table, pruned=prune_last)
+
+
+@ENCODERS.register("scaffold", spec=ScaffoldEncoderSpec,
+                   description="Encoder with a pluggable embedding network and per-layer pluggable blocks.")
+class Scaffold(ScaffoldEncoder):
+    """The scaffold encoder as its spec gives it."""
+
+
+@ENCODERS.register("bert", spec=BertEncoderSpec,
+                   description="Canonical BERT encoder: standard embeddings, N transformer blocks, pooler.")
+class Bert(ScaffoldEncoder):
+    """BERT: the standard embedding network and ``transformer`` blocks (``BertEncoderSpec.as_scaffold``)."""
+
+
+@ENCODERS.register("albert", spec=AlbertEncoderSpec,
+                   description="ALBERT encoder: factorized embeddings and one block shared by all layers.")
+class Albert(ScaffoldEncoder):
+    """ALBERT: factorized embeddings and one block shared by every layer (``AlbertEncoderSpec.as_scaffold``)."""

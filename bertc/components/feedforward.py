@@ -15,6 +15,7 @@ from typing import Literal, Optional
 import keras
 
 from bertc import activations
+from bertc.components.base import portable
 from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable, with_last_dim
 from bertc.onnx_graph import Residual
 from bertc.registry import FEEDFORWARD
@@ -40,7 +41,24 @@ class GatedFeedforwardSpec(StrictModel):
     initializer: Optional[InitializerSpec] = None
 
 
-class _ResidualFeedforward(SpecLayer):
+class Feedforward(SpecLayer):
+    """Base of the feedforward kind. Its lowering is the portable one: ``call(x)`` (residual and layer
+    norm included), converted by tf2onnx and spliced in (:mod:`bertc.optimize.portable`)."""
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        raise NotImplementedError
+
+    @portable
+    def onnx_lowering(self, ctx, x):
+        import tensorflow as tf
+
+        out, = ctx.splice(self, [(ctx.value(x), (None, None, getattr(self, "hidden_size", None)), tf.float32)],
+                          lambda h: self.call(h, training=False), part="feedforward")
+        return out
+
+
+class _ResidualFeedforward(Feedforward):
     def __init__(self, spec, hidden_size, initializer=None, norm_first=False, layer_norm_epsilon=1e-12, **kwargs):
         super().__init__(spec, hidden_size, initializer, **kwargs)
         self.norm_first = bool(norm_first)
@@ -173,18 +191,3 @@ def lower_residual(layer, ctx, x, transform, norm):
     x = ctx.value(x)
     y, bias = transform(x)
     return ctx.layer_norm(Residual(y, x, bias), norm)[0]
-
-
-def portable_feedforward(layer, ctx, x):
-    """A feedforward component without a lowering of its own: its ``call(x)`` (residual and layer norm
-    included), converted by tf2onnx and spliced in (:mod:`bertc.optimize.portable`)."""
-    import tensorflow as tf
-
-    from bertc.optimize.portable import splice
-
-    out, = splice(ctx, layer, [(ctx.value(x), (None, None, getattr(layer, "hidden_size", None)), tf.float32)],
-                  lambda h: layer.call(h, training=False), part="feedforward")
-    return out
-
-
-FEEDFORWARD.portable_lowering = portable_feedforward

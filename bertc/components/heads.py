@@ -1,14 +1,17 @@
 """Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``, ``sentence_embedding``.
 
-A head component offers, as static methods:
+A head component (base class :class:`Head`) is an object built from its spec and the encoder's,
+``cls(spec, encoder_spec)``. It offers:
 
-- ``uses_pooled(spec)``: whether the encoder must build its pooler;
-- ``extra_inputs(spec)``: {input name: fixed length} beyond the encoder's inputs;
-- ``build(spec, encoder_spec, encoder_outputs, inputs)``: {output name: tensor};
-- ``outputs(spec, encoder_spec)``: the outputs' :class:`OutputInfo`;
-- ``param_count(spec, encoder_spec)``: closed-form parameter count;
-- ``make_labels(spec, encoder_spec, inputs, rng)`` and ``loss(spec, outputs, labels)``:
-  the training objective, used by the trainability check.
+- ``uses_pooled``: whether the encoder must build its pooler;
+- ``extra_inputs()``: {input name: fixed length} beyond the encoder's inputs, and ``make_inputs``;
+- ``build(encoder_outputs, inputs)``: {output name: tensor}, keeping handles to the layers it made;
+- ``outputs()``: the outputs' :class:`OutputInfo`; ``param_count()``: closed-form parameter count;
+- ``rows_read()``: the rows of the last layer its outputs read, when not all of them (the ONNX lowering
+  then computes that layer for those rows alone);
+- ``make_labels(inputs, rng)`` and ``loss(outputs, labels)``: the training objective, used by the
+  trainability check;
+- ``onnx_lowering(ctx, encoder_values)``: {output name: graph value}, walking its handles.
 """
 from __future__ import annotations
 
@@ -19,29 +22,54 @@ import numpy as np
 import tensorflow as tf
 
 from bertc import activations, losses
+from bertc.components.base import RowSelection
 from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable
 from bertc.registry import HEADS
 from bertc.signature import OutputInfo
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
 
 
-class HeadBase:
-    """Defaults for a head component; a head overrides what it needs."""
+class Head:
+    """Base of the head kind; a head overrides what it needs. Heads have no portable lowering: one
+    without ``onnx_lowering`` of its own (``onnx_lowering = None`` here) gets no optimized artifact."""
 
-    uses_pooled = staticmethod(lambda spec: False)
-    extra_inputs = staticmethod(lambda spec: {})
-    # {name: int32 array} for the extra inputs, given each row's real length.
-    make_inputs = staticmethod(lambda spec, lengths, rng: {})
-    # Whether the head reads only the pooled first token of the last layer (the ONNX lowering then
-    # computes that layer's attention output and feedforward for the first token alone).
-    reads_first_token_only = staticmethod(lambda spec: False)
-    # The name of an int input (B, P) when the head reads only the rows of the last layer it names (and
-    # the pooled first token, if it uses it): the ONNX lowering then computes that layer for those rows.
-    reads_positions = staticmethod(lambda spec: None)
+    uses_pooled = False
+    onnx_lowering = None
 
+    def __init__(self, spec, encoder_spec):
+        self.spec = spec
+        self.encoder_spec = encoder_spec
 
-def _init(spec, encoder_spec):
-    return spec.initializer or encoder_spec.as_scaffold().initializer
+    @property
+    def init(self):
+        """The head's initializer: its own, else the encoder's."""
+        return self.spec.initializer or self.encoder_spec.initializer_spec
+
+    def extra_inputs(self) -> dict:
+        return {}
+
+    def make_inputs(self, lengths, rng) -> dict:
+        """{name: int32 array} for the extra inputs, given each row's real length."""
+        return {}
+
+    def rows_read(self) -> Optional[RowSelection]:
+        """The rows of the last layer the outputs read (None: every row)."""
+        return None
+
+    def outputs(self) -> list:
+        raise NotImplementedError
+
+    def param_count(self) -> int:
+        raise NotImplementedError
+
+    def build(self, enc, inputs) -> dict:
+        raise NotImplementedError
+
+    def make_labels(self, inputs, rng) -> dict:
+        raise NotImplementedError
+
+    def loss(self, outputs, labels):
+        raise NotImplementedError
 
 
 def _real_lengths(inputs) -> np.ndarray:
@@ -86,66 +114,58 @@ class PretrainerSpec(StrictModel):
 
 @HEADS.register("classifier", spec=ClassifierSpec,
                 description="Sentence classifier: dropout + dense over the pooled first token -> logits.")
-class Classifier(HeadBase):
-    uses_pooled = staticmethod(lambda spec: True)
-    reads_first_token_only = staticmethod(lambda spec: True)
+class Classifier(Head):
+    uses_pooled = True
 
-    @staticmethod
-    def onnx_lowering(spec, ctx, enc):
+    def rows_read(self):
+        return RowSelection(first=True)
+
+    def onnx_lowering(self, ctx, enc):
         ctx.record("classifier", "Gemm")
-        return {"logits": ctx.gemm(enc.pooled_output, ctx.layer("classifier"))}
+        return {"logits": ctx.gemm(enc.pooled_output, self.classifier)}
 
-    @staticmethod
-    def build(spec, encoder_spec, enc, inputs):
-        x = keras.layers.Dropout(spec.dropout_rate, name="classifier_dropout")(enc.pooled_output)
-        return {"logits": dense(spec.num_classes, _init(spec, encoder_spec), "classifier")(x)}
+    def build(self, enc, inputs):
+        x = keras.layers.Dropout(self.spec.dropout_rate, name="classifier_dropout")(enc.pooled_output)
+        self.classifier = dense(self.spec.num_classes, self.init, "classifier")
+        return {"logits": self.classifier(x)}
 
-    @staticmethod
-    def outputs(spec, encoder_spec):
+    def outputs(self):
         return [OutputInfo("logits", None, "logits")]
 
-    @staticmethod
-    def param_count(spec, encoder_spec):
-        return dense_params(encoder_spec.pooled_dim, spec.num_classes)
+    def param_count(self):
+        return dense_params(self.encoder_spec.pooled_dim, self.spec.num_classes)
 
-    @staticmethod
-    def make_labels(spec, encoder_spec, inputs, rng):
-        return {"labels": rng.integers(0, spec.num_classes, size=len(inputs["input_mask"]), dtype=np.int32)}
+    def make_labels(self, inputs, rng):
+        return {"labels": rng.integers(0, self.spec.num_classes, size=len(inputs["input_mask"]), dtype=np.int32)}
 
-    @staticmethod
-    def loss(spec, outputs, labels):
+    def loss(self, outputs, labels):
         return losses.weighted_sparse_categorical_crossentropy(labels["labels"], outputs["logits"], from_logits=True)
 
 
 @HEADS.register("token_classifier", spec=TokenClassifierSpec,
                 description="Per-token classifier (tagging): dropout + dense over every position -> logits.")
-class TokenClassifier(HeadBase):
+class TokenClassifier(Head):
 
-    @staticmethod
-    def onnx_lowering(spec, ctx, enc):
+    def onnx_lowering(self, ctx, enc):
         ctx.record("token_classifier", "MatMul+Add")
-        return {"logits": ctx.dense(ctx.value(enc.sequence_output), ctx.layer("token_classifier"))}
+        return {"logits": ctx.dense(ctx.value(enc.sequence_output), self.classifier)}
 
-    @staticmethod
-    def build(spec, encoder_spec, enc, inputs):
-        x = keras.layers.Dropout(spec.dropout_rate, name="token_classifier_dropout")(enc.sequence_output)
-        return {"logits": dense(spec.num_classes, _init(spec, encoder_spec), "token_classifier")(x)}
+    def build(self, enc, inputs):
+        x = keras.layers.Dropout(self.spec.dropout_rate, name="token_classifier_dropout")(enc.sequence_output)
+        self.classifier = dense(self.spec.num_classes, self.init, "token_classifier")
+        return {"logits": self.classifier(x)}
 
-    @staticmethod
-    def outputs(spec, encoder_spec):
+    def outputs(self):
         return [OutputInfo("logits", 1, "logits")]
 
-    @staticmethod
-    def param_count(spec, encoder_spec):
-        return dense_params(encoder_spec.hidden_size, spec.num_classes)
+    def param_count(self):
+        return dense_params(self.encoder_spec.hidden_size, self.spec.num_classes)
 
-    @staticmethod
-    def make_labels(spec, encoder_spec, inputs, rng):
+    def make_labels(self, inputs, rng):
         mask = np.asarray(inputs["input_mask"])
-        return {"labels": rng.integers(0, spec.num_classes, size=mask.shape, dtype=np.int32), "weights": mask}
+        return {"labels": rng.integers(0, self.spec.num_classes, size=mask.shape, dtype=np.int32), "weights": mask}
 
-    @staticmethod
-    def loss(spec, outputs, labels):
+    def loss(self, outputs, labels):
         return losses.weighted_sparse_categorical_crossentropy(
             labels["labels"], outputs["logits"], weights=labels["weights"], from_logits=True)
 
@@ -160,38 +180,32 @@ class SpanSplit(keras.layers.Layer):
 
 @HEADS.register("span_labeler", spec=SpanLabelerSpec,
                 description="Single-span start/end predictor (SQuAD-style): start_logits, end_logits.")
-class SpanLabeler(HeadBase):
+class SpanLabeler(Head):
 
-    @staticmethod
-    def onnx_lowering(spec, ctx, enc):
+    def onnx_lowering(self, ctx, enc):
         g = ctx.g
-        logits = ctx.dense(ctx.value(enc.sequence_output), ctx.layer("span_labeler"))
+        logits = ctx.dense(ctx.value(enc.sequence_output), self.labeler)
         ctx.record("span_labeler", "MatMul+Add, Gather")
         return {name: g.node("Gather", [logits, g.const(k, np.int64, "index")], hint=name, axis=2)
                 for k, name in enumerate(("start_logits", "end_logits"))}
 
-    @staticmethod
-    def build(spec, encoder_spec, enc, inputs):
-        logits = dense(2, _init(spec, encoder_spec), "span_labeler")(enc.sequence_output)
-        start, end = SpanSplit(name="span_split")(logits)
+    def build(self, enc, inputs):
+        self.labeler = dense(2, self.init, "span_labeler")
+        start, end = SpanSplit(name="span_split")(self.labeler(enc.sequence_output))
         return {"start_logits": start, "end_logits": end}
 
-    @staticmethod
-    def outputs(spec, encoder_spec):
+    def outputs(self):
         return [OutputInfo("start_logits", 1, "logits"), OutputInfo("end_logits", 1, "logits")]
 
-    @staticmethod
-    def param_count(spec, encoder_spec):
-        return dense_params(encoder_spec.hidden_size, 2)
+    def param_count(self):
+        return dense_params(self.encoder_spec.hidden_size, 2)
 
-    @staticmethod
-    def make_labels(spec, encoder_spec, inputs, rng):
+    def make_labels(self, inputs, rng):
         lengths = _real_lengths(inputs)
         return {"start_positions": (rng.random(len(lengths)) * lengths).astype(np.int32),
                 "end_positions": (rng.random(len(lengths)) * lengths).astype(np.int32)}
 
-    @staticmethod
-    def loss(spec, outputs, labels):
+    def loss(self, outputs, labels):
         return losses.span_loss(labels["start_positions"], labels["end_positions"],
                                 outputs["start_logits"], outputs["end_logits"])
 
@@ -263,54 +277,52 @@ class MaskedLM(SpecLayer):
 
 @HEADS.register("pretrainer", spec=PretrainerSpec,
                 description="BERT pretraining: masked LM tied to the word embeddings + next-sentence classifier.")
-class Pretrainer(HeadBase):
-    uses_pooled = staticmethod(lambda spec: True)
-    reads_positions = staticmethod(lambda spec: "masked_lm_positions")
+class Pretrainer(Head):
+    uses_pooled = True
 
-    @staticmethod
-    def onnx_lowering(spec, ctx, enc):
-        g = ctx.g
-        logits = ctx.lower(ctx.layer("masked_lm"), enc)
-        nsp = ctx.gemm(enc.pooled_output, ctx.layer("next_sentence"))
+    def rows_read(self):
+        return RowSelection(first=True, positions="masked_lm_positions")
+
+    def onnx_lowering(self, ctx, enc):
+        g, spec = ctx.g, self.spec
+        logits = ctx.lower(self.masked_lm, enc)
+        nsp = ctx.gemm(enc.pooled_output, self.next_sentence)
         if spec.output == "predictions":
             logits = g.node("LogSoftmax", [logits], axis=-1)
             nsp = g.node("LogSoftmax", [nsp], axis=-1)
         ctx.record("next_sentence", "Gemm")
         return {"masked_lm": logits, "classification": nsp}
 
-    @staticmethod
-    def extra_inputs(spec):
-        return {"masked_lm_positions": spec.num_token_predictions}
+    def extra_inputs(self):
+        return {"masked_lm_positions": self.spec.num_token_predictions}
 
-    @staticmethod
-    def make_inputs(spec, lengths, rng):
-        positions = [rng.integers(0, n, size=spec.num_token_predictions) for n in lengths]
+    def make_inputs(self, lengths, rng):
+        positions = [rng.integers(0, n, size=self.spec.num_token_predictions) for n in lengths]
         return {"masked_lm_positions": np.stack(positions).astype(np.int32)}
 
-    @staticmethod
-    def build(spec, encoder_spec, enc, inputs):
-        mlm = MaskedLM(spec=spec, hidden_size=encoder_spec.hidden_size, initializer=_init(spec, encoder_spec),
-                       vocab_size=encoder_spec.vocab_size, table_width=encoder_spec.embedding_table_width,
-                       name="masked_lm")
-        lm = mlm(enc.sequence_output, inputs["masked_lm_positions"], enc.word_embedding_table)
-        nsp = dense(spec.num_classes, _init(spec, encoder_spec), "next_sentence")(enc.pooled_output)
+    def build(self, enc, inputs):
+        spec, encoder_spec = self.spec, self.encoder_spec
+        self.masked_lm = MaskedLM(spec=spec, hidden_size=encoder_spec.hidden_size, initializer=self.init,
+                                  vocab_size=encoder_spec.vocab_size, table_width=encoder_spec.embedding_table_width,
+                                  name="masked_lm")
+        lm = self.masked_lm(enc.sequence_output, inputs["masked_lm_positions"], enc.word_embedding_table)
+        self.next_sentence = dense(spec.num_classes, self.init, "next_sentence")
+        nsp = self.next_sentence(enc.pooled_output)
         if spec.output == "predictions":
             nsp = keras.layers.Activation("log_softmax", name="next_sentence_log_softmax")(nsp)
         return {"masked_lm": lm, "classification": nsp}
 
-    @staticmethod
-    def outputs(spec, encoder_spec):
-        kind = "log_probs" if spec.output == "predictions" else "logits"
+    def outputs(self):
+        kind = "log_probs" if self.spec.output == "predictions" else "logits"
         return [OutputInfo("masked_lm", None, kind), OutputInfo("classification", None, kind)]
 
-    @staticmethod
-    def param_count(spec, encoder_spec):
-        return (MaskedLM.param_count(spec, encoder_spec.hidden_size, encoder_spec.vocab_size,
-                                     encoder_spec.embedding_table_width)
-                + dense_params(encoder_spec.pooled_dim, spec.num_classes))
+    def param_count(self):
+        e = self.encoder_spec
+        return (MaskedLM.param_count(self.spec, e.hidden_size, e.vocab_size, e.embedding_table_width)
+                + dense_params(e.pooled_dim, self.spec.num_classes))
 
-    @staticmethod
-    def make_labels(spec, encoder_spec, inputs, rng):
+    def make_labels(self, inputs, rng):
+        spec, encoder_spec = self.spec, self.encoder_spec
         shape = np.asarray(inputs["masked_lm_positions"]).shape
         weights = rng.integers(0, 2, size=shape).astype(np.float32)
         weights[:, 0] = 1.0  # at least one weighted prediction per row
@@ -318,9 +330,8 @@ class Pretrainer(HeadBase):
                 "masked_lm_weights": weights,
                 "next_sentence_labels": rng.integers(0, spec.num_classes, size=shape[0], dtype=np.int32)}
 
-    @staticmethod
-    def loss(spec, outputs, labels):
-        logits = spec.output == "logits"
+    def loss(self, outputs, labels):
+        logits = self.spec.output == "logits"
         mlm = losses.weighted_sparse_categorical_crossentropy(
             labels["masked_lm_ids"], outputs["masked_lm"], weights=labels["masked_lm_weights"], from_logits=logits)
         nsp = losses.weighted_sparse_categorical_crossentropy(
@@ -367,13 +378,14 @@ class SentencePooling(keras.layers.Layer):
 @HEADS.register("sentence_embedding", spec=SentenceEmbeddingSpec,
                 description="Sentence embedding (sentence-transformers): mean / cls / max pooling over the real "
                             "tokens, optional L2 normalisation; output sentence_embedding.")
-class SentenceEmbedding(HeadBase):
-    reads_first_token_only = staticmethod(lambda spec: spec.pooling == "cls")
+class SentenceEmbedding(Head):
 
-    @staticmethod
-    def onnx_lowering(spec, ctx, enc):
+    def rows_read(self):
+        return RowSelection(first=True) if self.spec.pooling == "cls" else None
+
+    def onnx_lowering(self, ctx, enc):
         """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops."""
-        g = ctx.g
+        g, spec = ctx.g, self.spec
         x = ctx.value(enc.sequence_output)
         if spec.pooling == "cls":
             pooled = ctx.first_token(x, keep_axis=False)
@@ -392,27 +404,22 @@ class SentenceEmbedding(HeadBase):
         ctx.record("sentence_pooling", f"{spec.pooling} pooling" + (", L2 normalize" if spec.normalize else ""))
         return {"sentence_embedding": pooled}
 
-    @staticmethod
-    def build(spec, encoder_spec, enc, inputs):
-        pooling = SentencePooling(spec.pooling, spec.normalize, name="sentence_pooling")
-        return {"sentence_embedding": pooling(enc.sequence_output, inputs["input_mask"])}
+    def build(self, enc, inputs):
+        self.pooling = SentencePooling(self.spec.pooling, self.spec.normalize, name="sentence_pooling")
+        return {"sentence_embedding": self.pooling(enc.sequence_output, inputs["input_mask"])}
 
-    @staticmethod
-    def outputs(spec, encoder_spec):
+    def outputs(self):
         return [OutputInfo("sentence_embedding", None, "features")]
 
-    @staticmethod
-    def param_count(spec, encoder_spec):
+    def param_count(self):
         return 0
 
-    @staticmethod
-    def make_labels(spec, encoder_spec, inputs, rng):
+    def make_labels(self, inputs, rng):
         n = len(inputs["input_mask"])
-        targets = rng.standard_normal((n, encoder_spec.hidden_size)).astype(np.float32)
+        targets = rng.standard_normal((n, self.encoder_spec.hidden_size)).astype(np.float32)
         return {"targets": targets / np.linalg.norm(targets, axis=-1, keepdims=True)}
 
-    @staticmethod
-    def loss(spec, outputs, labels):
+    def loss(self, outputs, labels):
         # cosine distance to fixed random directions: the objective embedding models are trained for
         e = outputs["sentence_embedding"]
         e = e / tf.maximum(tf.norm(e, axis=-1, keepdims=True), 1e-12)

@@ -83,7 +83,7 @@ def _block_target(rest: str, base: str, block_type: str) -> Optional[Target]:
 
 
 def translator(names, spec):
-    enc = spec.encoder.as_scaffold()
+    enc = spec.encoder.scaffold
     blocks = enc.blocks()
     head = spec.head.type if spec.head is not None else None
     indices = block_indices(names)

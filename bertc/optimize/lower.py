@@ -8,14 +8,13 @@ blocks (``Attention``, ``SkipLayerNormalization``, ``BiasGelu`` / ``FastGelu``,
 ``LayerNormalization``) and records which part of which layer became which
 operator (the fusion coverage of the report).
 
-A lowering is looked up on the component's *own* class (``vars(cls)``), never
-inherited: a plug-in that subclasses ``MultiHeadAttention`` to change its maths
-must not be lowered as plain multi-head attention. An attention, feedforward,
-block or embedding component without one takes its kind's portable path (its
-Keras call converted alone by tf2onnx and spliced in: :mod:`bertc.optimize.portable`);
-an encoder or head without one makes the optimized artifact impossible, and
-:func:`missing_lowerings` names every such component so the pipeline can skip the
-artifact and say why.
+Lowerings are inherited like any method, with the safeguard of
+:func:`bertc.components.base.lowering_of`: a subclass that changes the maths without a lowering of its
+own takes its kind's portable path (its Keras call converted alone by tf2onnx and spliced in:
+:mod:`bertc.optimize.portable`). An encoder or head without a lowering makes the optimized artifact
+impossible, and :func:`missing_lowerings` names every such component so the pipeline can skip the
+artifact and say why. The lowering walks the handles of the built model (:class:`bertc.build.Built`):
+the encoder's embedding, position scheme and blocks, the head's layers; it never looks a layer up by name.
 """
 from __future__ import annotations
 
@@ -25,54 +24,23 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from bertc.components.base import RowSelection, is_portable, lowering_of, portable_lowering_of
+from bertc.components.common import MASK_ADDER
+from bertc.errors import NotLowerable
 from bertc.onnx_graph import GraphBuilder, Residual, Value
 
 ACTIVATION_FUSIONS = {"gelu": "BiasGelu", "gelu_tanh": "FastGelu"}
 
 
 def own_lowering(component) -> Optional[Any]:
-    """The ``onnx_lowering`` a component class defines itself (not one it inherits), or None."""
-    cls = component if isinstance(component, type) else type(component)
-    fn = vars(cls).get("onnx_lowering")
-    return fn.__func__ if isinstance(fn, staticmethod) else fn
+    """The lowering that computes what ``component`` computes, unless it is its kind's portable one."""
+    fn = lowering_of(component)
+    return None if is_portable(fn) else fn
 
 
 def portable_lowering(component) -> Optional[Any]:
-    """The portable lowering of the registered kind ``component`` belongs to (attention, feedforward,
-    block, embedding: ``Registry.portable_lowering``), or None when it belongs to none or its kind has
-    none."""
-    from bertc.registry import ALL
-
-    cls = component if isinstance(component, type) else type(component)
-    for registry in ALL:
-        if registry.portable_lowering is not None and any(e.component is cls for e in registry.entries()):
-            return registry.portable_lowering
-    return None
-
-
-class NotLowerable(Exception):
-    """Raised inside a lowering when a sub-component has no ONNX lowering."""
-
-
-@dataclass(frozen=True)
-class RowSelection:
-    """The rows of the last layer that the model's outputs read, when not all of them, in the order
-    the pruned layer computes them: the first token (a pooler, a [CLS] classifier), then the rows named
-    by an integer input of shape (B, P) (the masked-LM head's ``masked_lm_positions``)."""
-
-    first: bool = True
-    positions: Optional[str] = None
-
-    @property
-    def positions_start(self) -> int:
-        """Where the rows of ``positions`` begin on the pruned layer's row axis."""
-        return 1 if self.first else 0
-
-    def describe(self) -> str:
-        parts = ["the first token"] if self.first else []
-        if self.positions:
-            parts.append(f"the rows in {self.positions}")
-        return " and ".join(parts)
+    """The portable lowering ``component`` gets from its kind's base class (None for encoders and heads)."""
+    return portable_lowering_of(component if isinstance(component, type) else type(component))
 
 
 @dataclass
@@ -89,10 +57,9 @@ class Coverage:
 class LoweringContext:
     """What a component's ``onnx_lowering`` gets: the graph builder plus fused building blocks."""
 
-    def __init__(self, g: GraphBuilder, model, inputs: dict[str, Value], input_dtype: str, opset: int = 17):
+    def __init__(self, g: GraphBuilder, inputs: dict[str, Value], input_dtype: str, opset: int = 17):
         self.g = g
         self.opset = opset
-        self.model = model
         self.inputs = inputs
         self.input_dtype = input_dtype
         self.coverage = Coverage()
@@ -102,6 +69,9 @@ class LoweringContext:
         self.read_rows: Optional[RowSelection] = None
         # The layers that had no lowering of their own and took the portable path, as the report lists them.
         self.not_lowered: list[str] = []
+        # The position scheme's per-batch values ({"position_ids", "attention_bias"}, each optional), set
+        # once by the encoder's lowering before its embeddings and blocks are lowered.
+        self.positions: dict[str, Value] = {}
 
     # --- scopes and components ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -119,13 +89,17 @@ class LoweringContext:
         """Lower a sub-layer through its own component lowering; a registered component without one
         takes its kind's portable path (its Keras call converted by tf2onnx and spliced in:
         :mod:`bertc.optimize.portable`), recorded in :attr:`not_lowered`."""
-        fn = own_lowering(layer) or portable_lowering(layer)
+        fn = lowering_of(layer)
         if fn is None:
             raise NotLowerable(f"{layer.path} ({type(layer).__name__}) has no ONNX lowering")
         return fn(layer, self, *args, **kwargs)
 
-    def layer(self, name: str):
-        return self.model.get_layer(name)
+    def splice(self, layer, args, call, part: str) -> list:
+        """``call(*tensors)`` of the Keras layer ``layer`` converted by tf2onnx and spliced in: a kind's
+        portable lowering (:func:`bertc.optimize.portable.splice`)."""
+        from bertc.optimize.portable import splice
+
+        return splice(self, layer, args, call, part)
 
     # --- inputs --------------------------------------------------------------------------------
     def int32_input(self, name: str) -> Value:
@@ -146,10 +120,33 @@ class LoweringContext:
         """input_mask as int32 (B, S): the raw 0/1 mask the fused attention operators take."""
         return self.int32_input("input_mask")
 
-    def attention_bias(self) -> Value:
-        """(B, 1, 1, S) additive bias: 0 for real keys, MASK_ADDER for masked ones (as the Keras model)."""
-        from bertc.components.common import MASK_ADDER
+    def position_bias(self, rows: bool = False) -> Optional[Value]:
+        """The position scheme's (1, N, S, S) bias to add to every attention's logits, or None. ``rows``:
+        only the query rows the pruned last layer computes (the first token: (1, N, 1, S))."""
+        bias = self.positions.get("attention_bias")
+        if bias is None or not rows:
+            return bias
+        if self.read_rows != RowSelection(first=True):
+            raise NotLowerable("a position bias with a row selection other than the first token")
+        g = self.g
+        return self.once("position_bias_first", lambda: g.node(
+            "Slice", [bias, g.ints([0], "start"), g.ints([1], "end"), g.ints([2], "axis")], hint="position_bias_first"))
 
+    @property
+    def attention_bias_shape(self) -> tuple:
+        """The shape :meth:`attention_bias` has, as a tf.TensorSpec takes it (the portable path traces with it)."""
+        return (None, 1, 1, None) if self.positions.get("attention_bias") is None else (None, None, None, None)
+
+    def attention_bias(self, rows: bool = False) -> Value:
+        """(B, 1, 1, S) additive bias: 0 for real keys, MASK_ADDER for masked ones (as the Keras model),
+        plus the position scheme's bias when it has one ((B, N, S, S); ``rows``: see :meth:`position_bias`)."""
+        mask_bias = self._mask_bias()
+        position = self.position_bias(rows)
+        if position is None:
+            return mask_bias
+        return self.once(("attention_bias", rows), lambda: self.g.node("Add", [mask_bias, position], hint="attention_bias"))
+
+    def _mask_bias(self) -> Value:
         def make():
             with self.g.scope("attention_bias"):
                 m = self.g.node("Cast", [self.inputs["input_mask"]], to=1)
@@ -289,15 +286,6 @@ class LoweringContext:
 
 
 @dataclass
-class EncoderValues:
-    sequence_output: Union[Value, Residual]
-    pooled_output: Optional[Value]
-    layer_outputs: list
-    word_embedding_table: Optional[Value]
-    pruned: bool = False
-
-
-@dataclass
 class Lowered:
     proto: Any
     coverage: dict
@@ -309,57 +297,40 @@ class Lowered:
     not_lowered: list = field(default_factory=list)  # layers that took the portable path (tf2onnx, spliced)
 
 
-def rows_read(spec, sig) -> Optional[RowSelection]:
-    """The rows of the last layer the outputs read, when the head says they are not all of them:
-    only the first token (``reads_first_token_only``), or the rows named by an input
-    (``reads_positions``; plus the first token when the pooled output is used). None: every row."""
-    from bertc.registry import HEADS
-
-    if spec.head is None:
+def rows_read(built) -> Optional[RowSelection]:
+    """The rows of the last layer the outputs read, when the head says they are not all of them
+    (``Head.rows_read``): the first token, or the rows named by an input (and the first token). None:
+    every row (no head, a head reading every row, or a position bias with rows named by an input)."""
+    rows = built.head.rows_read() if built.head is not None else None
+    position = built.position
+    if rows is not None and rows.positions and position is not None and position.changes_graph \
+            and position.adds_attention_bias:
         return None
-    head = HEADS.component(spec.head.type)
-    first_only = getattr(head, "reads_first_token_only", None)
-    if first_only and first_only(spec.head):
-        return RowSelection(first=True)
-    positions = getattr(head, "reads_positions", None)
-    name = positions(spec.head) if positions else None
-    if name:
-        return RowSelection(first=sig.needs_pooled, positions=name)
-    return None
+    return rows
 
 
-def prunable(spec, sig) -> bool:
+def prunable(built) -> bool:
     """True when the outputs read only some rows of the last layer (:func:`rows_read`)."""
-    return rows_read(spec, sig) is not None
+    return rows_read(built) is not None
 
 
-def missing_lowerings(model, spec) -> list[str]:
-    """Every layer without an ONNX lowering of its own and without a portable path (a spec layer that no
-    registry knows), and the encoder / head components without a lowering, as
-    ``'layer_1/my_layer (layer 'MyLayer', MyLayer)'`` / ``"head ('my_head')"``."""
-    from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD, HEADS
-
-    kinds = {}
-    for reg in (EMBEDDINGS, ATTENTION, FEEDFORWARD, BLOCKS):
-        for entry in reg.entries():
-            kinds[entry.component] = (reg.kind, entry.name)
-    missing = []
-    for layer in _all_layers(model):
-        cls = type(layer)
-        if own_lowering(cls) is None and portable_lowering(cls) is None and (cls in kinds or _is_spec_layer(cls)):
-            kind, name = kinds.get(cls, ("layer", cls.__name__))
-            missing.append(f"{layer.path} ({kind} {name!r}, {cls.__name__})")
-    if own_lowering(ENCODERS.component(spec.encoder.type)) is None:
-        missing.append(f"encoder ({spec.encoder.type!r})")
-    if spec.head is not None and own_lowering(HEADS.component(spec.head.type)) is None:
-        missing.append(f"head ({spec.head.type!r})")
-    return missing
-
-
-def _is_spec_layer(cls) -> bool:
+def missing_lowerings(built) -> list[str]:
+    """Every layer without an ONNX lowering (its own or its kind's portable one), and the encoder / head
+    components without a lowering, as ``'layer_1/my_layer (MyLayer)'`` / ``"head ('my_head')"``."""
     from bertc.components.common import SpecLayer
+    from bertc.registry import ALL
 
-    return issubclass(cls, SpecLayer)
+    missing = []
+    for layer in _all_layers(built.model):
+        cls = type(layer)
+        if lowering_of(layer) is None and isinstance(layer, SpecLayer):
+            kind, name = next(((r.kind, r.kind_of(cls)) for r in ALL if r.kind_of(cls)), ("layer", cls.__name__))
+            missing.append(f"{layer.path} ({kind} {name!r}, {cls.__name__})")
+    if lowering_of(built.encoder) is None:
+        missing.append(f"encoder ({built.spec.encoder.type!r})")
+    if built.head is not None and lowering_of(built.head) is None:
+        missing.append(f"head ({built.spec.head.type!r})")
+    return missing
 
 
 def _all_layers(model):
@@ -372,7 +343,7 @@ def _all_layers(model):
                 continue
             seen.add(id(sub))
             out.append(sub)
-            if own_lowering(sub) is not None or portable_lowering(sub) is None:
+            if not is_portable(lowering_of(sub)):
                 walk(sub)
     walk(model)
     return out
@@ -382,7 +353,7 @@ def _all_layers(model):
 SPLIT_WEIGHTS_ABOVE = 4096
 
 
-def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
+def lower_model(built, input_dtype: str = "int32", opset: int = 17,
                 prune: Optional[bool] = None, split_weights: bool = False) -> Lowered:
     """The whole model as one ONNX graph with the model's exact input/output names and dynamic
     ``batch``/``sequence`` axes. ``prune`` (default: when the outputs read only some rows of the last
@@ -392,27 +363,24 @@ def lower_model(model, spec, sig, input_dtype: str = "int32", opset: int = 17,
     :func:`bertc.export.onnx.write_onnx`, never serialized in memory)."""
     import onnx
 
-    from bertc.registry import ENCODERS, HEADS
-
-    rows = rows_read(spec, sig) if prune is not False else None
+    model, spec, sig = built.model, built.spec, built.signature
+    rows = rows_read(built) if prune is not False else None
     if prune and rows is None:
         raise ValueError(f"{spec.name}: nothing to prune, the outputs read every row of the last layer")
     prune = rows is not None
     elem = onnx.TensorProto.INT64 if input_dtype == "int64" else onnx.TensorProto.INT32
     g = GraphBuilder(spec.name.replace(".", "_") + "_optimized")
     inputs = {i.name: g.add_input(i.name, elem, ["batch", i.length or "sequence"]) for i in sig.inputs}
-    ctx = LoweringContext(g, model, inputs, input_dtype, opset)
+    ctx = LoweringContext(g, inputs, input_dtype, opset)
     ctx.read_rows = rows
-    encoder = own_lowering(ENCODERS.component(spec.encoder.type))
-    if encoder is None:
+    if lowering_of(built.encoder) is None:
         raise NotLowerable(f"encoder {spec.encoder.type!r} has no ONNX lowering")
-    enc = encoder(spec.encoder, ctx, sig.needs_pooled, prune)
-    if spec.head is not None:
-        head = own_lowering(HEADS.component(spec.head.type))
-        if head is None:
+    enc = built.encoder.onnx_lowering(ctx, sig.needs_pooled, prune)
+    if built.head is not None:
+        if lowering_of(built.head) is None:
             raise NotLowerable(f"head {spec.head.type!r} has no ONNX lowering")
         with ctx.layer_scope("head"):
-            outputs = head(spec.head, ctx, enc)
+            outputs = built.head.onnx_lowering(ctx, enc)
     else:
         outputs = {"sequence_output": enc.sequence_output, "pooled_output": enc.pooled_output}
         outputs.update({f"encoder_outputs_{i}": v for i, v in enumerate(enc.layer_outputs)})

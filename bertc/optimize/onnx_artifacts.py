@@ -21,14 +21,15 @@ A plug-in attention, feedforward, block or embedding network without an ONNX low
 the portable path inside the optimized graph (:mod:`bertc.optimize.portable`: its Keras call converted
 by tf2onnx and spliced in, everything around it still fused); ``fusion.not_lowered`` lists those layers.
 A model whose encoder or head has no lowering, or whose plug-in tf2onnx cannot convert on its own, gets
-no optimized artifact (nor variants): the stage returns the reason and the layers concerned, and the
-build goes on with the portable ``model.onnx``.
+no optimized artifact (nor variants): the stage's result records a :class:`Skip` with the reason and the
+layers concerned, and the build goes on with the portable ``model.onnx``.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -41,11 +42,8 @@ OPTIMIZED_FILE = "model.optimized.onnx"
 INT8_FILE = "model.optimized.int8.onnx"
 FP16_FILE = "model.optimized.fp16.onnx"
 
-# Dynamic quantization choices, measured on BERT-base (bert_base_classifier, random init, ORT 1.31 CPU,
-# 2 threads, AVX512-VNNI machine): per-tensor / per-channel x full / reduced range all run within noise
-# of each other (0.31-0.33 of fp32 latency at B1xS128), so accuracy decides: relative logit error vs
-# fp32 over 16 x 32 random tokens was 0.038 per-channel full-range, 0.043 per-tensor, 0.052 / 0.062
-# with reduce_range (7-bit weights only help on x86 without VNNI, where u8 x s8 products can saturate).
+# Dynamic quantization: int8 weights per output channel over the full 8-bit range (the most accurate of
+# the settings that run equally fast; how they were compared: README.md, "int8 quantization choices").
 # Only MatMul and the fused Attention are quantized: embeddings, layer norms and the pooler /
 # classifier Gemms stay fp32 (small, and the most sensitive).
 INT8_OPTIONS = {"per_channel": True, "reduce_range": False, "op_types_to_quantize": ["MatMul", "Attention"]}
@@ -80,35 +78,82 @@ def _artifact(path: Path, nbytes: int, precision: str, input_dtype: str, provide
             "input_dtype": input_dtype, "providers": providers, "nodes": nodes, "opset": opset, **extra}
 
 
+@dataclass(frozen=True)
+class Skip:
+    """An artifact the stage did not make, and why: ``reason`` is the whole sentence (the report's
+    ``fusion.skipped``), ``layers`` the layers concerned (``fusion.not_lowered``)."""
+
+    artifact: str
+    reason: str
+    layers: tuple[str, ...] = ()
+
+
+@dataclass
+class OptimizeResult:
+    """What the "optimize onnx" stage made: ``artifacts`` (id -> report entry), ``fusion`` (the report's
+    fusion section when the graph was lowered: per-layer coverage, node counts, the layers on the portable
+    path, the structural check) or ``skip`` (no optimized artifact, nor variants, and why).
+
+    A lowering that fails its structural check is not a skip: ``passed`` is false and ``mismatch`` says
+    what disagrees (the build then fails as a parity failure); ``artifacts`` then holds the optimized
+    artifact alone (no variant is written from a wrong graph)."""
+
+    artifacts: dict = field(default_factory=dict)
+    fusion: Optional[dict] = None
+    skip: Optional[Skip] = None
+
+    @property
+    def structural_check(self) -> Optional[dict]:
+        return (self.fusion or {}).get("structural_check")
+
+    @property
+    def passed(self) -> bool:
+        check = self.structural_check
+        return check is None or bool(check["passed"])
+
+    @property
+    def mismatch(self) -> Optional[str]:
+        if self.passed:
+            return None
+        return ("the optimized ONNX lowering disagrees with Keras (structural check, no variant written):\n"
+                + "\n".join(self.structural_check["problems"]))
+
+    def section(self) -> dict:
+        """The report's ``fusion`` section (:func:`bertc.report.fusion_section`)."""
+        from bertc.report import fusion_section
+
+        return fusion_section(self)
+
+    def __getitem__(self, key: str):
+        # Transitional, for callers written against the old dict result ({"artifacts", "fusion", "failure"});
+        # use the attributes (artifacts, section(), skip, mismatch).
+        return {"artifacts": lambda: self.artifacts, "fusion": self.section, "failure": lambda: self.mismatch}[key]()
+
+
 def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str = "int32",
                   variants: tuple = ("onnx_int8", "onnx_fp16"), prune: Optional[bool] = None,
-                  portable: Optional[dict] = None) -> dict:
-    """Write the optimized artifact and the ONNX variants asked for.
+                  portable: Optional[dict] = None) -> OptimizeResult:
+    """Write the optimized artifact and the ONNX variants asked for; an :class:`OptimizeResult`.
 
-    Returns ``{"artifacts": {id: entry}, "fusion": section, "failure": message or None}``; ``fusion``
-    holds per-layer coverage, node counts, the layers not lowered and the reason when the artifact was
-    skipped, and the structural check (:mod:`bertc.optimize.stress`); ``failure`` says why the
-    lowering is wrong when that check fails (the build then fails as a parity failure)."""
+    A model the stage cannot lower gets a result with a :class:`Skip` (and no artifact); an artifact that
+    cannot be written or loaded raises :class:`~bertc.errors.ExportError`."""
     from bertc.optimize.lower import NotLowerable, lower_model, missing_lowerings
     from bertc.optimize.stress import structural_check
 
     out = Path(out)
     if importlib.util.find_spec("onnxruntime") is None:   # the stage loads, checks and quantizes with it
-        return {"artifacts": {}, "failure": None, "fusion": {
-            "lowered": False, "not_lowered": [],
-            "skipped": "no optimized ONNX artifact: onnxruntime is not installed (pip install -e '.[cpu]')"}}
+        return OptimizeResult(skip=Skip("onnx_optimized", "no optimized ONNX artifact: onnxruntime is not installed "
+                                                          "(pip install -e '.[cpu]')"))
     missing = missing_lowerings(model, spec)
     if missing:
-        return {"artifacts": {}, "fusion": {
-            "lowered": False, "not_lowered": missing,
-            "skipped": f"no optimized ONNX artifact: {len(missing)} component(s) have no ONNX lowering "
-                       f"({'; '.join(missing)}); the portable model.onnx is unaffected"}, "failure": None}
+        return OptimizeResult(skip=Skip(
+            "onnx_optimized", f"no optimized ONNX artifact: {len(missing)} component(s) have no ONNX lowering "
+                              f"({'; '.join(missing)}); the portable model.onnx is unaffected", tuple(missing)))
     t0 = time.perf_counter()
     try:
         lowered = lower_model(model, spec, sig, input_dtype=input_dtype, opset=opset, prune=prune, split_weights=True)
     except NotLowerable as exc:
-        return {"artifacts": {}, "fusion": {"lowered": False, "not_lowered": [str(exc)],
-                                            "skipped": f"no optimized ONNX artifact: {exc}"}, "failure": None}
+        return OptimizeResult(skip=Skip("onnx_optimized", f"no optimized ONNX artifact: {exc}", (str(exc),)))
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
 
     # onnx.checker sees the graph with its weights declared as inputs: no weight data is serialized for it
@@ -148,10 +193,7 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
         "self_check_max_abs": self_check,
         "structural_check": structure,
     }
-    failure = None if structure["passed"] else (
-        "the optimized ONNX lowering disagrees with Keras (structural check, no variant written):\n"
-        + "\n".join(structure["problems"]))
-    return {"artifacts": artifacts, "fusion": fusion, "failure": failure}
+    return OptimizeResult(artifacts, fusion)
 
 
 def _attach(proto, weights: list):

@@ -61,63 +61,42 @@ CLONE_LAYERS, CLONE_VOCAB, CLONE_SEQUENCE = 2, 128, 32
 def reduced_spec(spec):
     """``spec`` with the same components and settings (widths, heads, activations, epsilons, norm placement,
     head) but at most CLONE_LAYERS layers (when one block spec serves every layer), a vocabulary of at
-    most CLONE_VOCAB and sequences of at most CLONE_SEQUENCE. None when the reduced spec is not valid
-    (e.g. a plug-in with rules of its own): the check then runs on the model itself."""
-    from bertc.errors import SpecError
-    from bertc.spec import dump_spec, load_spec
+    most CLONE_VOCAB and sequences of at most CLONE_SEQUENCE (:func:`bertc.build.scaled_down`). None when
+    the reduced spec breaks a rule of the spec language (e.g. a plug-in with rules of its own): the check
+    then runs on the model itself."""
+    from bertc.build import scaled_down
 
-    data = dump_spec(spec)
-    data.pop("weights", None)
-    data.pop("parity", None)
-    data["name"] = f"{spec.name}_structure"[:64]
-    encoder = data["encoder"]
-    for node in (encoder, encoder.get("embedding")):
-        if isinstance(node, dict):
-            if isinstance(node.get("vocab_size"), int):
-                node["vocab_size"] = min(node["vocab_size"], CLONE_VOCAB)
-            if isinstance(node.get("max_sequence_length"), int):
-                node["max_sequence_length"] = min(node["max_sequence_length"], CLONE_SEQUENCE)
-    hidden = encoder.get("hidden")
-    if isinstance(encoder.get("num_layers"), int) and (hidden is None or len(hidden) == 1):
-        encoder["num_layers"] = min(encoder["num_layers"], CLONE_LAYERS)
-    head = data.get("head")
-    if isinstance(head, dict) and isinstance(head.get("num_token_predictions"), int):
-        head["num_token_predictions"] = min(head["num_token_predictions"], CLONE_SEQUENCE)
-    try:
-        return load_spec(data)
-    except SpecError:
-        return None
+    return scaled_down(spec, CLONE_LAYERS, CLONE_VOCAB, CLONE_SEQUENCE, name=f"{spec.name}_structure"[:64])
 
 
-def structural_check(model, spec, sig, input_dtype: str, opset: int, prune) -> dict:
+def structural_check(built, input_dtype: str, opset: int, prune) -> dict:
     """Lower the model with stress weights and compare with Keras; the model's weights are restored.
     A model above CLONE_ABOVE_PARAMETERS is checked through a reduced clone (:func:`reduced_spec`).
 
     Returns {"passed", "checked_on", "outputs": {name: {"max_abs", "scale", "relative"}}, "problems": [...]}."""
     checked_on = "the model itself"
-    if model.count_params() > CLONE_ABOVE_PARAMETERS:
-        reduced = reduced_spec(spec)
+    if built.model.count_params() > CLONE_ABOVE_PARAMETERS:
+        reduced = reduced_spec(built.spec)
         if reduced is not None:
             from bertc.build import build_model
-            from bertc.signature import signature_of
 
-            sig = signature_of(reduced)
-            model, spec = build_model(reduced, sig), reduced
-            enc = reduced.encoder.as_scaffold()
+            built = build_model(reduced)
+            enc = reduced.encoder.scaffold
             checked_on = (f"a reduced clone ({enc.num_layers} layers, vocabulary {enc.vocab_size}, sequences up to "
                           f"{enc.max_sequence_length}; same components and settings)")
-    result = _check(model, spec, sig, input_dtype, opset, prune)
+    result = _check(built, input_dtype, opset, prune)
     return {**result, "checked_on": checked_on}
 
 
-def _check(model, spec, sig, input_dtype: str, opset: int, prune) -> dict:
+def _check(built, input_dtype: str, opset: int, prune) -> dict:
     from bertc.components.common import tf
     from bertc.optimize.lower import lower_model
     from bertc.optimize.runtime import ort_session
 
+    model, spec, sig = built.model, built.spec, built.signature
     saved = stress_weights(model, spec.seed)
     try:
-        proto = lower_model(model, spec, sig, input_dtype=input_dtype, opset=opset, prune=prune).proto
+        proto = lower_model(built, input_dtype=input_dtype, opset=opset, prune=prune).proto
         session = ort_session(proto.SerializeToString())
         worst = {name: [0.0, 0.0] for name in sig.output_names}
         for inputs in stress_inputs(spec, input_dtype):
