@@ -30,37 +30,48 @@ def transfer_weights(source, target) -> int:
     return len(tgt)
 
 
-def load_keras_model(path):
-    """Load a ``.keras`` file written by ``bertc build`` (or the ``model.keras`` inside an OUT dir).
-
-    Raises :class:`ModelFileError` naming the file when it is missing, not a Keras archive
-    (truncated, overwritten) or cannot be deserialized.
-    """
+def check_keras_archive(path, error=ModelFileError):
+    """``path`` (a ``.keras`` file, or an OUT dir holding ``model.keras``) as a Path, once it is seen to be
+    a whole Keras archive: a zip holding ``config.json`` and ``model.weights.h5`` whose entries pass their
+    checksums. Raises ``error`` (by default :class:`ModelFileError`) naming the file and what is wrong."""
     import zipfile
     from pathlib import Path
-
-    import bertc.components  # noqa: F401 - registers bertc's layers for deserialization
-    from bertc.components.common import keras
 
     path = Path(path)
     if path.is_dir():
         path = path / "model.keras"
     if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+        raise error(f"{path}: no such model file")
     if not zipfile.is_zipfile(path):
-        raise ModelFileError(f"{path}: not a Keras model archive (a .keras file is a zip archive; this one is "
-                             f"{path.stat().st_size:,} bytes of something else: truncated or overwritten?)")
+        raise error(f"{path}: not a Keras model archive (a .keras file is a zip archive; this one is "
+                    f"{path.stat().st_size:,} bytes of something else: truncated or overwritten?)")
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             missing = {"config.json", "model.weights.h5"} - names
             if missing:
-                raise ModelFileError(f"{path}: damaged Keras archive: {', '.join(sorted(missing))} missing")
+                raise error(f"{path}: damaged Keras archive: {', '.join(sorted(missing))} missing")
             bad = archive.testzip()
             if bad is not None:
-                raise ModelFileError(f"{path}: damaged Keras archive: {bad} fails its checksum")
+                raise error(f"{path}: damaged Keras archive: {bad} fails its checksum")
     except zipfile.BadZipFile as exc:
-        raise ModelFileError(f"{path}: damaged Keras archive: {exc}") from None
+        raise error(f"{path}: damaged Keras archive: {exc}") from None
+    except (EOFError, OSError) as exc:  # an entry runs past the end of a truncated file
+        raise error(f"{path}: damaged Keras archive: {type(exc).__name__}: {exc}") from None
+    return path
+
+
+def load_keras_model(path):
+    """Load a ``.keras`` file written by ``bertc build`` (or the ``model.keras`` inside an OUT dir).
+
+    Raises :class:`ModelFileError` naming the file when it is missing, not a Keras archive
+    (truncated, overwritten) or cannot be deserialized. (To read the weights alone, without
+    deserializing the model or importing bertc's layers, use :class:`bertc.checkpoints.KerasCheckpoint`.)
+    """
+    import bertc.components  # noqa: F401 - registers bertc's layers for deserialization
+    from bertc.components.common import keras
+
+    path = check_keras_archive(path)
     try:
         return keras.saving.load_model(str(path), compile=False)
     except Exception as exc:

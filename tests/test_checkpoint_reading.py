@@ -1,0 +1,176 @@
+"""KerasCheckpoint reads a bertc .keras file's weights straight from its model.weights.h5 (h5py), without
+deserializing the model: reading a checkpoint imports neither bertc's layer library nor a plug-in."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+from bertc.checkpoints import KerasCheckpoint, open_checkpoint
+from bertc.errors import WeightsError
+from conftest import ROOT, TINY_SPECS, tiny_bert
+
+EXAMPLE = ROOT / "examples" / "plugins"
+
+
+def _built(spec):
+    from bertc.build import build_model
+
+    built = build_model(spec)
+    return getattr(built, "model", built)
+
+
+def _save(model, path):
+    from bertc.export.keras_file import save_keras
+
+    save_keras(model, path)
+    return path
+
+
+def _assert_same(checkpoint, want: dict):
+    assert checkpoint.names() == sorted(want)
+    for name in checkpoint.names():
+        assert checkpoint.shape(name) == tuple(want[name].shape), name
+        got = checkpoint.read(name)
+        assert got.dtype == want[name].dtype and np.array_equal(got, want[name]), name
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS, ids=[p.stem for p in TINY_SPECS])
+def test_weights_of_every_bundled_model_read_from_the_file(spec, tmp_path):
+    model = _built(spec)
+    path = _save(model, tmp_path / "model.keras")
+    want = {w.path: w.numpy() for w in model.weights}   # a shared layer (ALBERT's shared_layer): once
+    checkpoint = KerasCheckpoint(path)
+    _assert_same(checkpoint, want)
+    assert checkpoint.describe() == f"{path} (keras, {len(want)} tensors)"
+    assert open_checkpoint(tmp_path).names() == sorted(want)   # a build directory: its model.keras
+
+
+def test_a_plugin_models_weights_read_without_the_plugin(tmp_path):
+    """The plug-in is loaded only in the process that builds and saves the model."""
+    plugin = tmp_path / "doubled.py"
+    plugin.write_text((EXAMPLE / "doubled_logits.py").read_text())
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from bertc.plugins import load_plugins
+        load_plugins([{str(plugin)!r}])
+        from bertc.build import build_model
+        from bertc.export.keras_file import save_keras
+        built = build_model({str(EXAMPLE / "doubled_logits.json")!r})
+        model = getattr(built, "model", built)
+        save_keras(model, {str(tmp_path / "model.keras")!r})
+        np.savez({str(tmp_path / "want.npz")!r}, **{{w.path: w.numpy() for w in model.weights}})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from bertc.registry import ATTENTION
+
+    assert "doubled_logits" not in ATTENTION.names()   # this process never loaded the plug-in
+    with np.load(tmp_path / "want.npz") as want:
+        want = dict(want)
+    assert any("/attention/query/kernel" in name for name in want)
+    _assert_same(KerasCheckpoint(tmp_path / "model.keras"), want)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keras") / "model.keras"
+    return _save(_built(tiny_bert()), path)
+
+
+def _rewrite(src, dst, drop=(), replace=None):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if info.filename in drop:
+                continue
+            data = zin.read(info.filename)
+            zout.writestr(info, (replace or {}).get(info.filename, data))
+    return dst
+
+
+def _error(path) -> str:
+    with pytest.raises(WeightsError) as exc:
+        KerasCheckpoint(path)
+    assert str(path) in str(exc.value)
+    return str(exc.value)
+
+
+def test_files_that_are_not_a_bertc_keras_file(saved, tmp_path):
+    assert "no such model file" in _error(tmp_path / "missing.keras")
+    (tmp_path / "text.keras").write_text("not a zip at all")
+    assert "not a Keras model archive" in _error(tmp_path / "text.keras")
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    assert "not a Keras model archive" in _error(truncated)
+    no_weights = _rewrite(saved, tmp_path / "no_weights.keras", drop=("model.weights.h5",))
+    assert "damaged Keras archive: model.weights.h5 missing" in _error(no_weights)
+    no_config = _rewrite(saved, tmp_path / "no_config.keras", drop=("config.json",))
+    assert "damaged Keras archive: config.json missing" in _error(no_config)
+    not_h5 = _rewrite(saved, tmp_path / "not_h5.keras", replace={"model.weights.h5": b"garbage" * 100})
+    assert "model.weights.h5 is not a readable HDF5 file" in _error(not_h5)
+    bad_config = _rewrite(saved, tmp_path / "bad_config.keras", replace={"config.json": b"{}"})
+    assert "config.json is not a Keras model config" in _error(bad_config)
+    # a damaged byte inside the stored weights: the zip's checksum says so
+    data = bytearray(saved.read_bytes())
+    with zipfile.ZipFile(saved) as archive:
+        info = archive.getinfo("model.weights.h5")
+    data[info.header_offset + 30 + len(info.filename) + info.file_size // 2] ^= 0xFF
+    (tmp_path / "flipped.keras").write_bytes(bytes(data))
+    assert "model.weights.h5 fails its checksum" in _error(tmp_path / "flipped.keras")
+    assert open_checkpoint(saved).names() == KerasCheckpoint(saved).names()
+
+
+def test_a_deflated_archive_reads_the_same(saved, tmp_path):
+    deflated = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(saved) as zin, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+    a, b = KerasCheckpoint(saved), KerasCheckpoint(deflated)
+    assert a.names() == b.names()
+    for name in a.names():
+        assert np.array_equal(a.read(name), b.read(name))
+
+
+_READ_ALL = """
+import sys, types
+from pathlib import Path
+root = Path(sys.argv[1])
+if sys.argv[3] == "stub":   # bertc's package __init__ not run: what the readers themselves import
+    package = types.ModuleType("bertc")
+    package.__path__ = [str(root / "bertc")]
+    sys.modules["bertc"] = package
+else:
+    import bertc
+    if "bertc.components" in sys.modules:
+        print("EAGER")
+        sys.exit(0)
+from bertc.checkpoints import open_checkpoint
+checkpoint = open_checkpoint(sys.argv[2])
+total = sum(int(checkpoint.read(name).size) for name in checkpoint.names())
+assert total > 0
+print(" ".join(m for m in ("bertc.components", "bertc.transfer", "keras", "tensorflow") if m in sys.modules) or "-")
+"""
+
+
+def _modules_after_reading(path, how):
+    proc = subprocess.run([sys.executable, "-c", _READ_ALL, str(ROOT), str(path), how], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()[-1:] if proc.stdout.strip() == "EAGER" else proc.stdout.split()
+
+
+@pytest.mark.parametrize("how", ["stub", "package"])
+def test_reading_a_checkpoint_does_not_import_the_layer_library(saved, how):
+    safetensors = ROOT / "tests" / "fixtures" / "hf" / "bert_model" / "model.safetensors"
+    assert safetensors.exists()
+    loaded = {"keras": _modules_after_reading(saved, how), "safetensors": _modules_after_reading(safetensors, how)}
+    if loaded["keras"] == ["EAGER"]:
+        pytest.xfail("`import bertc` itself imports bertc.components (bertc/__init__.py registers the layers "
+                     "eagerly); the readers alone do not (the 'stub' case)")
+    assert "bertc.components" not in loaded["keras"]
+    assert loaded["safetensors"] == ["-"]   # neither keras nor tensorflow
