@@ -1,6 +1,5 @@
 """KerasCheckpoint reads a bertc .keras file's weights straight from its model.weights.h5 (h5py), without
 deserializing the model: reading a checkpoint imports neither bertc's layer library nor a plug-in."""
-import json
 import os
 import subprocess
 import sys
