@@ -124,10 +124,10 @@ def _require_file(backend: Backend) -> None:
 
 def provider_options(backend: Backend) -> dict:
     """Execution-provider settings for ``backend``. ONNX Runtime's CUDA provider runs fp32 MatMul, Gemm and
-    the fused Attention on TF32 tensor cores by default (10-bit mantissa): measured on an H100
-    (tools/results/cuda_parity.json), the fp32 artifacts then differ from Keras by up to 1.3e-3 and fail
-    parity's 1e-4 on 9 of 12 bundled specs; with TF32 off, by at most 2.4e-6. An fp32 artifact is meant to
-    compute what Keras computes, so it runs with ``use_tf32=0``; the fp16 artifact is the fast one on GPUs."""
+    the fused Attention on TF32 tensor cores by default (10-bit mantissa), too coarse for parity's fp32
+    tolerance (measured: README.md, "CUDA figures"; tools/results/cuda_parity.json). An fp32 artifact is
+    meant to compute what Keras computes, so on CUDA it runs with ``use_tf32=0``; the fp16 artifact is
+    the fast one on GPUs."""
     if backend.provider == CUDA and backend.precision == "fp32":
         return {"use_tf32": "0"}
     return {}

@@ -110,10 +110,6 @@ def grid_cases(spec: Spec) -> list[Case]:
     return cases
 
 
-def grid(spec: Spec) -> list[dict]:
-    return [c.to_json() for c in grid_cases(spec)]
-
-
 # --- figures ----------------------------------------------------------------------------------------
 
 def _rows(value: np.ndarray, info: OutputInfo, mask: np.ndarray) -> list[np.ndarray]:

@@ -3,33 +3,18 @@
 Every stage of a build frees what it allocates and the allocators give large blocks back
 (bertc.memory; TensorFlow's oneDNN allocator, which kept them, is off: bertc/__init__.py), so
 the build's resident memory returns to a base after each stage: the runtime (TensorFlow, ONNX
-Runtime, LiteRT loaded) and the Keras model. The peak is the heaviest stage's own need on top of
-that base, as a multiple of the weight bytes W plus the activations of its largest forward pass
-(validation's padded batch, parity's grid). Calibrated on measured builds (tools/bench_build.py,
-tools/results/: the peak of all the build's processes within each stage, in MiB):
-
-    stage            needs on top of the base (x W)                BERT-base           BERT-large
-                                                                   est. / measured     est. / measured
-    (base)           0.53 GB runtime + 1.1 (the Keras model)      1002 / 979          1949 / 1853
-    validate         2.8 + activations (a gradient step)          2436 / 1889         5881 / 5806
-    save keras       0.2                                          1086 / 1167         2205 / 1990
-    export onnx      0.4; for large models also the TFLite        2765 / 2701         6079 / 5459-6064
-                     converter's child process beside it (0.2 GB
-                     traced function + 0.4 GB + 2.35 W)
-    export tflite    2.0 in-process; a large model: the child's   2598 / 2204         5568 / 5336
-                     last seconds, counted as in export onnx
-    optimize onnx    2.1 + 0.25 (int8) + 1.0 (fp16, not measured)  1984 / 2000         4953 / 4668
-    parity           2.0 (one artifact at a time beside the        1915 / 1905         4610 / 4511
-                     model: ORT packs its MatMul weights) + the
-                     grid's activations
-    peak                                                          2765 / 2701         6079 / 5809-6064
-
-The converter child's memory varies from run to run: BERT-large's export onnx stage peaked at 5,459 MB
-in one build and 6,064 MB in the next (same code); the estimate covers the larger.
+Runtime, LiteRT loaded) and the Keras model. The estimate of each stage is its own need on top of
+that base, as a multiple of the weight bytes W (the factors below) plus the activations of its
+largest forward pass (validation's padded batch, parity's grid); the peak is the heaviest stage's.
+Large models also count the TFLite converter's child process beside the ONNX export. The factors
+are calibrated on measured builds (``tools/bench_build.py``, ``tools/results/<spec>.json``; the
+estimated and measured figures per stage are in README.md, "Memory preflight"), and
+``tests/test_scale.py`` checks the estimate against those measurements.
 
 Available memory is the smaller of the kernel's MemAvailable and the cgroup's limit minus its
-usage. A build that will not fit stops before anything is written (exit 5), saying what it needs,
-what is available, which stage sets the peak and which options make the build fit.
+usage. A build that will not fit stops before anything is written (:class:`MemoryPreflightError`,
+exit 6), saying what it needs, what is available, which stage sets the peak and which options make
+the build fit.
 """
 from __future__ import annotations
 
@@ -52,8 +37,8 @@ ONNX_OPTIMIZED, ONNX_VARIANT = 2.1, {"onnx_int8": 0.25, "onnx_fp16": 1.0}
 # Parity loads one artifact at a time beside the Keras model (ORT keeps a packed copy of its MatMul weights).
 PARITY_ONE = 2.0
 # Large models convert to TFLite in a child process during the ONNX export (bertc.export.tflite): the
-# converter sees placeholder weights but writes them at full size into its flatbuffer. Sampled from /proc
-# beside the build: BERT-base ~1.1 GB, BERT-large ~3.2-3.5 GB at the end of its conversion.
+# converter sees placeholder weights but writes them at full size into its flatbuffer (sampled from /proc
+# beside measured builds; figures in README.md, "Memory preflight").
 TFLITE_CHILD, TFLITE_CHILD_W = int(0.4 * GB), 2.35
 MARGIN = 1.0  # the factors come from measured peaks (allocator slack included) and over-predict small models
 

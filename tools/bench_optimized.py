@@ -2,6 +2,7 @@
 """Issue 8's target benchmark: bertc's BERT-base artifacts against the fused Hugging Face anchor.
 
     python tools/bench_optimized.py [--work DIR] [--rebuild] [--rounds 10] [--calls 10] [--threads 2]
+    python tools/bench_optimized.py --pruning [SPEC] [--seq 128 32] [--cpu-time] [--results FILE]
 
 1. Builds (or reuses, when the work directory holds a passed build of the same spec by the same bertc
    sources) bertc's artifacts for specs/bert_base_classifier.json and specs/bert_base_encoder.json, each
@@ -22,6 +23,13 @@
 6. The least a pruned last layer can cost: one row through one layer's weight matrices (each read once,
    matrix-vector products bound by memory), timed over 12 distinct copies (no cache helps) and divided by 12.
    floor + that is the least any exact fp32 pruned classifier can measure here (``least_possible``).
+
+``--pruning [SPEC]`` (default specs/bert_base_classifier.json) measures last-layer pruning instead: it builds
+SPEC (`bertc build`, ONNX only, int8 variant, parity off), lowers the same model once more without pruning
+(the whole last layer), and times ``model.onnx``, ``model.optimized.onnx``, the unpruned graph and
+``model.optimized.int8.onnx`` at batch 1 x each ``--seq``: node counts (in the file and after ORT's own
+ORT_ENABLE_ALL pass), latency ratios to ``model.onnx`` and pruned / unpruned (median of per-round ratios);
+``--results`` writes them (tools/results/optimized_bert_base*.json).
 """
 from __future__ import annotations
 
@@ -113,17 +121,18 @@ def source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_build(name: str, work: Path, rebuild: bool) -> Path:
+def ensure_build(name: str, work: Path, rebuild: bool, parity: bool = True) -> Path:
     spec_path = bench_spec(name, work)
     out, stamp = work / name, work / f"{name}.stamp"
-    wanted = {"spec": json.loads(spec_path.read_text()), "bertc_sources": source_hash()}
+    wanted = {"spec": json.loads(spec_path.read_text()), "bertc_sources": source_hash(), "parity": parity}
     if not rebuild and (out / "report.json").exists() and stamp.exists():
         report = json.loads((out / "report.json").read_text())
         if report.get("status") == "passed" and json.loads(stamp.read_text()) == wanted:
             log(f"reusing {out} (built {report.get('created')} by the same spec and bertc sources)")
             return out
     stamp.unlink(missing_ok=True)
-    run([sys.executable, "-m", "bertc.cli", "build", str(spec_path), "-o", str(out), "--force"], f"bertc build {name}")
+    run([sys.executable, "-m", "bertc.cli", "build", str(spec_path), "-o", str(out), "--force",
+         *([] if parity else ["--no-parity"])], f"bertc build {name}")
     stamp.write_text(json.dumps(wanted))
     return out
 
@@ -232,8 +241,93 @@ def parity_of(out: Path) -> dict:
     return summary
 
 
+def optimized_node_count(path: Path):
+    """Nodes after ORT's own ORT_ENABLE_ALL pass (what actually runs)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        o = ort.SessionOptions()
+        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        o.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        o.log_severity_level = 3
+        ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+        return len(onnx.load(o.optimized_model_filepath, load_external_data=False).graph.node)
+
+
+# --pruning: the build's targets under short names, and the unpruned lowering beside them
+PRUNING_TARGETS = {"portable": "onnx_cpu", "optimized": "onnx_optimized_cpu", "int8": "onnx_int8_cpu"}
+
+
+def pruning_bench(args, command: str) -> int:
+    """Last-layer pruning of SPEC: pruned vs unpruned optimized graph, both vs the portable model.onnx."""
+    spec_path = Path(args.pruning).resolve()
+    BUILDS["pruning"] = (spec_path, {"tflite": False, "variants": ["onnx_int8"]}, {}, True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    try:
+        out = ensure_build("pruning", args.work, args.rebuild, parity=False)
+    except StepFailed as exc:
+        raise SystemExit(str(exc)) from None
+
+    import onnx
+
+    import bertc
+    from bertc.backends import CPU, Backend
+    from bertc.bench import bench_inputs, onnx_target, round_ratio, set_tensorflow_threads, time_targets
+    from bertc.optimize.lower import lower_model
+    from bertc.spec import load_spec
+
+    set_tensorflow_threads(args.threads)
+    spec = load_spec(out / "spec.json")
+    unpruned = out / "model.optimized.unpruned.onnx"
+    # The same spec lowered with its whole last layer (random weights of the same shapes: latency only)
+    onnx.save_model(lower_model(bertc.build_model(spec), prune=False).proto, str(unpruned))
+    report = json.loads((out / "report.json").read_text())
+    by_name = {t.name: t for t in bertc_targets("pruning", out, args.threads)[0]}
+    targets = []
+    for short, backend in PRUNING_TARGETS.items():
+        if f"pruning/{backend}" not in by_name:
+            raise SystemExit(f"{out} has no {backend} backend (artifacts: {', '.join(report['artifacts'])})")
+        target = by_name[f"pruning/{backend}"]
+        target.name = short
+        targets.append(target)
+    extra = onnx_target(Backend("optimized_unpruned", "optimized_unpruned", unpruned, "onnx", "fp32", CPU), args.threads)
+    targets.insert(2, extra)
+    targets[2].name = "optimized_unpruned"
+    paths = {t.name: out / t.info["path"] for t in targets}
+    nodes = {k: len(onnx.load(str(p), load_external_data=False).graph.node) for k, p in paths.items()}
+    after_ort = {k: optimized_node_count(p) for k, p in paths.items()}
+    log(f"nodes (file): {nodes}; after ORT_ENABLE_ALL: {after_ort}")
+    shapes = [(1, s) for s in args.seq]
+    rows = time_targets(targets, shapes, bench_inputs(spec), args.rounds, args.warmup, args.calls, "portable",
+                        progress=log, clock=time.process_time if args.cpu_time else time.perf_counter)
+    figures = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "spec": spec.name,
+               "threads": args.threads, "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup,
+               "clock": "process CPU time" if args.cpu_time else "wall", "nodes": nodes, "nodes_after_ort": after_ort,
+               "fusion": report.get("fusion", {}).get("fused_ops"), "latency": {}, "results": rows}
+    for batch, seq in shapes:
+        by = {r["target"]: r for r in rows if r["sequence_length"] == seq and "error" not in r}
+        entry = {"median_ms": {k: by[k]["p50_ms"] for k in by},
+                 "ratio_to_portable": {k: round_ratio(rows, k, "portable", batch, seq) for k in by},
+                 "pruned_over_unpruned": round_ratio(rows, "optimized", "optimized_unpruned", batch, seq)}
+        figures["latency"][f"B{batch}xS{seq}"] = entry
+        print(f"B{batch} x S{seq}: " + ", ".join(f"{k} {entry['median_ms'][k]:.2f} ms ({entry['ratio_to_portable'][k]})"
+                                                 for k in by) + f"; pruned / unpruned {entry['pruned_over_unpruned']}")
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"wrote {args.results}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pruning", nargs="?", const=str(CLASSIFIER), default=None, metavar="SPEC",
+                        help="measure last-layer pruning of SPEC (default: the BERT-base classifier) instead of the "
+                             "anchor benchmark: pruned vs unpruned optimized graph vs model.onnx")
+    parser.add_argument("--seq", type=int, nargs="+", default=[128, 32], help="sequence lengths of --pruning (batch 1)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bertc-bench-optimized"),
                         help="where the builds and the anchor go (about 4 GB)")
     parser.add_argument("--rebuild", action="store_true", help="build bertc's artifacts and the anchor again")
@@ -247,13 +341,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_optimized.json")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the JSON file to write (default tools/results/bench_optimized.json; with --pruning, "
+                             "none unless given)")
     args = parser.parse_args()
     if args.threads is None:
         args.threads = 1 if args.cpu_time else 2
     if args.cpu_time and args.threads != 1:
         parser.error("--cpu-time counts every thread's CPU time: use it with --threads 1")
     command = shlex.join([sys.executable, *sys.argv])
+    if args.pruning is not None:
+        return pruning_bench(args, command)
+    if args.results is None:
+        args.results = ROOT / "tools" / "results" / "bench_optimized.json"
 
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.no_anchor and not anchor_reusable(args.work, args.rebuild):
