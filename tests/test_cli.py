@@ -139,3 +139,80 @@ def test_unknown_variant_exits_2_before_anything_is_written(tmp_spec, tmp_path, 
     err = capsys.readouterr().err
     assert "unknown variant(s) 'onnx_int4'; known: onnx_int8, onnx_fp16, tflite_int8, tflite_fp16" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_internal_error_has_its_own_exit_code_and_no_traceback(tmp_spec, tmp_path, monkeypatch, capsys):
+    from bertc.errors import EXIT_INTERNAL
+
+    def bug(*a, **k):
+        raise RuntimeError("boom in a stage")
+
+    monkeypatch.setattr("bertc.check.run_checks", bug)
+    monkeypatch.delenv("BERTC_TRACEBACK", raising=False)
+    monkeypatch.delenv("BERTC_DEBUG", raising=False)
+    spec, out = tmp_spec(tiny_bert()), tmp_path / "out"
+    assert main(["build", str(spec), "-o", str(out), "-q", "--no-export"]) == EXIT_INTERNAL
+    assert EXIT_INTERNAL not in (EXIT_CHECK_FAILED, EXIT_OUTPUT)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("internal error")]
+    assert lines == ["internal error (a bug in bertc, please report it): RuntimeError: boom in a stage; "
+                     "set BERTC_TRACEBACK=1 to print the traceback"]
+    assert "Traceback" not in err and not out.exists()
+    monkeypatch.setenv("BERTC_TRACEBACK", "1")
+    assert main(["build", str(spec), "-o", str(out), "-q", "--no-export"]) == EXIT_INTERNAL
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_memory_preflight_refusal_has_its_own_exit_code(tmp_spec, tmp_path, capsys):
+    from bertc.errors import EXIT_MEMORY, MemoryPreflightError
+
+    assert MemoryPreflightError.exit_code == EXIT_MEMORY and EXIT_MEMORY != EXIT_OUTPUT
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q", "--memory-limit", "1M"]) == EXIT_MEMORY
+    err = capsys.readouterr().err
+    assert "this build needs about" in err and "Traceback" not in err and not out.exists()
+
+
+def test_exit_codes_are_distinct_and_documented():
+    import bertc.errors as errors
+
+    codes = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    assert len(set(codes.values())) == len(codes)
+    for name, value in codes.items():
+        assert name in errors.__doc__ or value == errors.EXIT_INTERRUPTED, name
+        assert f"| {value} |" in open(__import__("pathlib").Path(errors.__file__).parent.parent / "README.md").read()
+
+
+def test_a_skipped_optimized_artifact_is_a_recorded_skip_with_its_reason():
+    from bertc.optimize.onnx_artifacts import OptimizeResult, Skip
+    from bertc.report import fusion_summary
+
+    result = OptimizeResult(skip=Skip("onnx_optimized", "no optimized ONNX artifact: head ('mine') has no lowering",
+                                      ("head ('mine')",)))
+    assert result.artifacts == {} and result.passed and result.mismatch is None
+    section = result.section()
+    assert section == {"lowered": False, "not_lowered": ["head ('mine')"],
+                       "skipped": "no optimized ONNX artifact: head ('mine') has no lowering"}
+    assert fusion_summary(section) == section["skipped"]
+
+
+def test_build_records_the_skip_in_report_and_summary(tmp_spec, tmp_path, monkeypatch):
+    """No onnxruntime: the optimize stage records a skip with its reason; the build still passes."""
+    import importlib
+    import types
+
+    import bertc.optimize.onnx_artifacts as oa
+
+    real = importlib.util.find_spec
+    fake_util = types.SimpleNamespace(find_spec=lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(oa, "importlib", types.SimpleNamespace(util=fake_util))
+    d = tiny_bert()
+    d["export"] = {"tflite": False}
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(d)), "-o", str(out), "-q", "--no-parity"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "passed" and set(report["artifacts"]) == {"keras", "onnx"}
+    assert report["fusion"] == {"lowered": False, "not_lowered": [],
+                                "skipped": "no optimized ONNX artifact: onnxruntime is not installed "
+                                           "(pip install -e '.[cpu]')"}
+    assert "onnxruntime is not installed" in (out / "summary.txt").read_text()
