@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from bertc.cli import main
+from bertc.errors import EXIT_MEMORY
 from conftest import ROOT, tiny_bert
 
 
@@ -228,7 +229,7 @@ def test_far_too_large_spec_is_refused_at_once(tmp_spec, tmp_path, capsys):
     code = main(["build", str(_huge(tmp_spec)), "-o", str(out), "-q"])
     seconds = time.perf_counter() - t0
     err = capsys.readouterr().err
-    assert code == 5
+    assert code == EXIT_MEMORY
     assert seconds < 30
     assert "this build needs about" in err and "GB of memory at its peak" in err and "is available" in err
     assert "103,414,251,523 parameters" in err
@@ -241,7 +242,7 @@ def test_far_too_large_spec_is_refused_at_once(tmp_spec, tmp_path, capsys):
 
 def test_memory_limit_option_drives_the_preflight(tmp_spec, tmp_path, capsys):
     spec = tmp_spec(tiny_bert())
-    assert main(["build", str(spec), "-o", str(tmp_path / "a"), "-q", "--no-export", "--memory-limit", "64M"]) == 5
+    assert main(["build", str(spec), "-o", str(tmp_path / "a"), "-q", "--no-export", "--memory-limit", "64M"]) == EXIT_MEMORY
     assert "is available (--memory-limit)" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert main(["build", str(spec), "-o", str(tmp_path / "b"), "-q", "--no-export", "--memory-limit", "64M",
                  "--skip-preflight"]) == 0
