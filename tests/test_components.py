@@ -129,7 +129,7 @@ def test_rezero_block_matches_numpy(use_layer_norm):
 
 def test_rezero_alpha_starts_at_zero_so_blocks_are_identity():
     spec = load_spec(spec_dict("rezero"))
-    model = bertc.build_model(spec)
+    model = bertc.build_model(spec).model
     alphas = [w for w in model.trainable_weights if w.name == "rezero_alpha"]
     assert len(alphas) == 3 and all(float(a.numpy()) == 0.0 for a in alphas)
 
@@ -137,7 +137,7 @@ def test_rezero_alpha_starts_at_zero_so_blocks_are_identity():
 # --- the customize_encoder notebook's assertions ------------------------------------------------------
 
 def test_custom_embedding_model_has_exactly_two_inputs():
-    model = bertc.build_model(load_spec(spec_dict("custom_embedding")))
+    model = bertc.build_model(load_spec(spec_dict("custom_embedding"))).model
     assert [t.name for t in model.inputs] == ["input_word_ids", "input_mask"]
     assert not any("position_embeddings" in w.path for w in model.weights)
 
@@ -145,9 +145,9 @@ def test_custom_embedding_model_has_exactly_two_inputs():
 @pytest.mark.parametrize("spec_name,weight", [("rezero", "rezero_alpha"), ("talking_heads", "pre_softmax_weight"),
                                               ("talking_heads", "post_softmax_weight"), ("gated_feedforward", "gate")])
 def test_customized_weight_exists(spec_name, weight):
-    model = bertc.build_model(load_spec(spec_dict(spec_name)))
+    model = bertc.build_model(load_spec(spec_dict(spec_name))).model
     assert weight in "".join(w.path for w in model.trainable_weights)
-    baseline = bertc.build_model(load_spec(spec_dict("scaffold_default")))
+    baseline = bertc.build_model(load_spec(spec_dict("scaffold_default"))).model
     assert weight not in "".join(w.path for w in baseline.trainable_weights)
 
 
@@ -161,7 +161,7 @@ def test_albert_shares_one_block_and_its_size_does_not_grow_with_layers():
         spec = load_spec(d)
         counts.append(expected_param_count(spec))
     assert counts[0] == counts[1] == counts[2]
-    model = bertc.build_model(load_spec(spec_dict("albert")))
+    model = bertc.build_model(load_spec(spec_dict("albert"))).model
     assert model.count_params() == counts[0]
     shared = model.get_layer("shared_layer")
     assert len(shared._inbound_nodes) == 3
@@ -214,7 +214,7 @@ def test_registered_plugin_is_built_and_called():
         d = spec_dict("talking_heads")
         d["encoder"]["hidden"]["attention"]["type"] = "recording"
         spec = load_spec(d)
-        model = bertc.build_model(spec)
+        model = bertc.build_model(spec).model
         assert calls["init"] == 3
         calls["call"] = 0  # building traced call() symbolically; count one real forward pass
         from bertc.inputs import make_inputs

@@ -22,7 +22,7 @@ HEADS = {
 def test_head_output_names_and_shapes(name):
     head, expected = HEADS[name]
     spec = load_spec(tiny_bert(head=head))
-    model = bertc.build_model(spec)
+    model = bertc.build_model(spec).model
     assert signature_of(spec).output_names == list(expected)
     for b, s in ((2, 5), (3, 8)):
         out = model(make_inputs(spec, b, s, np.random.default_rng(0)), training=False)
@@ -33,7 +33,7 @@ def test_head_output_names_and_shapes(name):
 
 def test_pretrainer_predictions_are_log_probabilities_and_decoder_is_tied():
     spec = load_spec(tiny_bert(head=HEADS["pretrainer"][0]))
-    model = bertc.build_model(spec)
+    model = bertc.build_model(spec).model
     out = model(make_inputs(spec, 2, 8, np.random.default_rng(0)), training=False)
     np.testing.assert_allclose(np.exp(out["masked_lm"].numpy()).sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.exp(out["classification"].numpy()).sum(-1), 1.0, atol=1e-5)
@@ -44,6 +44,6 @@ def test_encoder_with_all_layer_outputs():
     d = tiny_bert(head=None)
     d["encoder"]["return_all_layer_outputs"] = True
     spec = load_spec(d)
-    out = bertc.build_model(spec)(make_inputs(spec, 2, 4, np.random.default_rng(0)), training=False)
+    out = bertc.build_model(spec).model(make_inputs(spec, 2, 4, np.random.default_rng(0)), training=False)
     assert {"encoder_outputs_0", "encoder_outputs_1"} <= set(out)
     np.testing.assert_array_equal(out["encoder_outputs_1"].numpy(), out["sequence_output"].numpy())

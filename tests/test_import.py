@@ -66,7 +66,7 @@ def test_imported_model_reproduces_reference_in_keras(fixture, tmp_path):
     if fixture.startswith("model_garden/") and fixture != "model_garden/albert_encoder":  # inferred from shapes
         assert "assumed (not in the checkpoint): activation gelu" in spec.description
     sig = signature_of(spec)
-    model = bertc.build_model(spec)
+    model = bertc.build_model(spec).model
     before = max_diffs(keras_run(model), sig, ref)
     result = load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
     assert result.loaded and len(result.loaded) == len(model.weights)
@@ -182,7 +182,7 @@ def test_bertc_keras_build_is_a_weights_source(tmp_path):
     first = tmp_path / "first"
     assert main(["build", str(spec_path), "-o", str(first), "-q", "--no-export"]) == 0
     again = load_spec(spec_path)
-    model = bertc.build_model(again)
+    model = bertc.build_model(again).model
     result = load_weights(model, again, first)
     assert result.format == "keras" and result.importer == "bertc"
     assert max(max_diffs(keras_run(model), signature_of(again), ref).values()) <= ATOL
@@ -204,7 +204,7 @@ def hf_copy(tmp_path, name="bert_seq_cls", edit=None) -> Path:
 
 def load_into_fresh(spec_dict_or_path, source):
     spec = load_spec(spec_dict_or_path)
-    return load_weights(bertc.build_model(spec), spec, source)
+    return load_weights(bertc.build_model(spec).model, spec, source)
 
 
 def seq_cls_spec(tmp_path, **head):
@@ -413,7 +413,7 @@ def test_sharded_safetensors_directory(tmp_path):
     spec_path, ref = tmp_path / "s.json", dict(np.load(FIXTURES / "hf" / "bert_seq_cls" / "reference.npz"))
     import_spec(source, spec_path)
     spec = load_spec(spec_path)
-    model = bertc.build_model(spec)
+    model = bertc.build_model(spec).model
     result = load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
     assert result.tensors == len(names) and result.format == "safetensors"
     assert max(max_diffs(keras_run(model), signature_of(spec), ref).values()) <= ATOL
@@ -485,7 +485,7 @@ def test_checkpoint_of_another_model_family_says_so(tmp_path):
               str(tmp_path / "gpt.safetensors"))
     spec = load_spec(FIXTURES.parent.parent / "specs" / "canonical_classifier.json")
     with pytest.raises(WeightsError, match=r"none of its tensor names is one the huggingface importer knows"):
-        load_weights(bertc.build_model(spec), spec, tmp_path / "gpt.safetensors")
+        load_weights(bertc.build_model(spec).model, spec, tmp_path / "gpt.safetensors")
 
 
 def test_pytorch_pickle_with_torch_reads_like_safetensors(tmp_path):

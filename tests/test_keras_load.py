@@ -39,7 +39,7 @@ def test_every_bundled_models_keras_file_loads_in_a_fresh_process_and_computes_t
     models = {}
     for spec_path in TINY_SPECS:
         spec = load_spec(spec_path)
-        model = build_model(spec)
+        model = build_model(spec).model
         path = tmp_path / f"{spec_path.stem}.keras"
         model.save(path)
         inputs = make_inputs(spec, 2, min(8, spec.encoder.max_sequence_length), np.random.default_rng(0))

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from bertc.build import build_model
+from bertc.build import build_model as _build_model
 from bertc.inputs import make_inputs
 from bertc.optimize.lower import LoweringContext, lower_model, missing_lowerings, prunable
 from bertc.optimize.onnx_artifacts import (FP16_FILE, INT8_FILE, OPTIMIZED_FILE, optimize_onnx, ort_session)
@@ -22,6 +22,18 @@ from conftest import TINY_SPECS, spec_dict, tiny_copy
 
 ATOL = 1e-4
 _MODELS = {}
+_BUILT = {}
+
+
+def build_model(spec, sig=None):
+    """bertc's build_model, remembering the Built of each Keras model (the tests hold the Keras model)."""
+    b = _build_model(spec, sig)
+    _BUILT[id(b.model)] = b
+    return b
+
+
+def built_of(model):
+    return _BUILT[id(model)]
 
 
 def built(name: str, **spec_overrides):
@@ -35,7 +47,8 @@ def built(name: str, **spec_overrides):
         d.update(spec_overrides)
         spec = load_spec(d)
         sig = signature_of(spec)
-        model = build_model(spec, sig)
+        b = build_model(spec, sig)
+        model = b.model
         for k, w in enumerate(v for v in model.weights if "rezero_alpha" in v.path):
             w.assign(np.float32(0.5 + 0.25 * k))
         rng = np.random.default_rng(0)
@@ -90,7 +103,7 @@ def op_counts(proto):
 
 def test_canonical_encoder_is_fully_fused():
     spec, sig, model = built("canonical_classifier")
-    lowered = lower_model(model, spec, sig, prune=False)
+    lowered = lower_model(built_of(model), prune=False)
     layers = spec.encoder.num_layers
     ops = op_counts(lowered.proto)
     assert ops["Attention"] == layers
@@ -111,7 +124,7 @@ def test_canonical_encoder_is_fully_fused():
 
 def test_pre_norm_exact_gelu_encoder_fuses_residuals_into_the_next_layer_norm():
     spec, sig, model = built("token_classifier")          # norm_first, exact GELU
-    ops = op_counts(lower_model(model, spec, sig).proto)
+    ops = op_counts(lower_model(built_of(model)).proto)
     layers = spec.encoder.num_layers
     assert ops["Attention"] == layers and ops["BiasGelu"] == layers
     # per layer: attention residual + FFN norm; the FFN residual fuses into the next layer's first
@@ -123,7 +136,7 @@ def test_pre_norm_exact_gelu_encoder_fuses_residuals_into_the_next_layer_norm():
 
 def test_interface_names_dtypes_and_dynamic_axes():
     spec, sig, model = built("pretrainer")
-    proto = lower_model(model, spec, sig, input_dtype="int64").proto
+    proto = lower_model(built_of(model), input_dtype="int64").proto
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == sig.input_names
     assert [o.name for o in proto.graph.output] == sig.output_names
@@ -138,8 +151,8 @@ def test_interface_names_dtypes_and_dynamic_axes():
 
 def test_lowering_is_deterministic():
     spec, sig, model = built("mixed_blocks")
-    assert lower_model(model, spec, sig).proto.SerializeToString() == \
-        lower_model(model, spec, sig).proto.SerializeToString()
+    assert lower_model(built_of(model)).proto.SerializeToString() == \
+        lower_model(built_of(model)).proto.SerializeToString()
 
 
 # --- numerics against Keras ------------------------------------------------------------------------
@@ -147,8 +160,8 @@ def test_lowering_is_deterministic():
 @pytest.mark.parametrize("path", TINY_SPECS, ids=lambda p: p.stem)
 def test_optimized_matches_keras_with_random_masks(path):
     spec, sig, model = built(path.stem)
-    assert not missing_lowerings(model, spec)
-    lowered = lower_model(model, spec, sig)
+    assert not missing_lowerings(built_of(model))
+    lowered = lower_model(built_of(model))
     onnx.checker.check_model(lowered.proto)
     worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
     assert set(worst) == set(sig.output_names)
@@ -161,9 +174,9 @@ def test_fully_masked_rows_match_keras(name):
     attention path adds the same -10000."""
     spec = load_spec(tiny_copy(spec_dict(name)))
     sig = signature_of(spec)
-    model = build_model(spec, sig)   # initialized weights (see random_mask_cases)
+    model = build_model(spec, sig).model   # initialized weights (see random_mask_cases)
     for prune in (False, True):
-        proto = lower_model(model, spec, sig, prune=prune).proto
+        proto = lower_model(built_of(model), prune=prune).proto
         worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec, fully_masked=True))
         assert max(worst.values()) <= ATOL, (prune, worst)
 
@@ -179,8 +192,8 @@ def test_encoder_without_head_exposes_every_layer_output(norm_first):
     d["encoder"].update(norm_first=norm_first, return_all_layer_outputs=True, activation="relu")
     spec = load_spec(d)
     sig = signature_of(spec)
-    model = build_model(spec, sig)
-    lowered = lower_model(model, spec, sig)
+    model = build_model(spec, sig).model
+    lowered = lower_model(built_of(model))
     assert not lowered.pruned
     assert [o.name for o in lowered.proto.graph.output] == sig.output_names == [
         "sequence_output", "pooled_output", "encoder_outputs_0", "encoder_outputs_1"]
@@ -203,9 +216,9 @@ def test_sentence_embedding_head(pooling, normalize, opset):
     d = tiny_bert(head={"type": "sentence_embedding", "pooling": pooling, "normalize": normalize})
     spec = load_spec(d)
     sig = signature_of(spec)
-    model = build_model(spec, sig)
+    model = build_model(spec, sig).model
     stress_weights(model)
-    lowered = lower_model(model, spec, sig, opset=opset)
+    lowered = lower_model(built_of(model), opset=opset)
     assert lowered.pruned == (pooling == "cls")
     worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
     assert worst["sentence_embedding"] <= ATOL, worst
@@ -213,7 +226,7 @@ def test_sentence_embedding_head(pooling, normalize, opset):
 
 def test_int64_inputs_match_keras():
     spec, sig, model = built("albert")
-    proto = lower_model(model, spec, sig, input_dtype="int64").proto
+    proto = lower_model(built_of(model), input_dtype="int64").proto
     worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec, "int64"))
     assert max(worst.values()) <= ATOL
 
@@ -237,7 +250,7 @@ def test_wrong_head_count_is_caught(monkeypatch):
     monkeypatch.setattr(attention.MultiHeadAttention, "onnx_lowering",
                         lambda self, ctx, x, query=None: right(_Override(self, num_heads=self.num_heads // 2),
                                                                ctx, x, query))
-    proto = lower_model(model, spec, sig).proto
+    proto = lower_model(built_of(model)).proto
     worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec))
     assert worst["logits"] > 100 * ATOL, worst
 
@@ -247,7 +260,7 @@ def test_wrong_layer_norm_epsilon_is_caught(monkeypatch):
     right = LoweringContext.layer_norm
     monkeypatch.setattr(LoweringContext, "layer_norm",
                         lambda self, v, ln, *a, **k: right(self, v, _Override(ln, epsilon=1e-2), *a, **k))
-    proto = lower_model(model, spec, sig).proto
+    proto = lower_model(built_of(model)).proto
     worst = max_abs_diff(model, session(proto), sig, random_mask_cases(spec))
     assert worst["logits"] > 100 * ATOL, worst
 
@@ -268,12 +281,12 @@ def test_wrong_lowering_fails_the_build_even_where_initialized_weights_hide_it(m
     d["export"] = {"tflite": False, "onnx": False}
     spec = load_spec(d)
     sig = signature_of(spec)
-    model = build_model(spec, sig)
-    lowered = lower_model(model, spec, sig)
+    model = build_model(spec, sig).model
+    lowered = lower_model(built_of(model))
     hidden = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
     assert hidden["logits"] < ATOL          # invisible on the initialized weights ...
     before = [w.numpy().copy() for w in model.weights]
-    result = optimize_onnx(model, spec, sig, tmp_path)
+    result = optimize_onnx(built_of(model), tmp_path)
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))   # weights restored
     check = result["fusion"]["structural_check"]
     assert not check["passed"] and check["outputs"]["logits"]["relative"] > 1e-2      # ... caught here
@@ -295,7 +308,7 @@ def test_structural_check_passes_for_every_bundled_spec_lowering():
 
     for path in TINY_SPECS:
         spec, sig, model = built(path.stem)
-        check = structural_check(model, spec, sig, "int32", 17, None)
+        check = structural_check(built_of(model), "int32", 17, None)
         assert check["passed"], (path.stem, check["problems"])
 
 
@@ -306,11 +319,11 @@ def test_which_heads_allow_pruning():
                 "span_labeler": False, "token_classifier": False}
     for name, allowed in expected.items():
         spec = load_spec(tiny_copy(spec_dict(name)))
-        assert prunable(spec, signature_of(spec)) is allowed, name
+        assert prunable(build_model(spec)) is allowed, name
     d = tiny_copy(spec_dict("classifier"))
     d.pop("head")
     spec = load_spec(d)
-    assert not prunable(spec, signature_of(spec))            # sequence_output is an output
+    assert not prunable(build_model(spec))                   # sequence_output is an output
 
 
 def pretrainer_cases(spec):
@@ -338,7 +351,7 @@ def test_pruned_graph_equals_unpruned(name, overrides):
     shares one block across layers. A pretrainer's last layer computes [CLS] (next sentence) and the masked
     positions (masked LM)."""
     spec, sig, model = built(name, **overrides)
-    full, pruned = lower_model(model, spec, sig, prune=False), lower_model(model, spec, sig, prune=True)
+    full, pruned = lower_model(built_of(model), prune=False), lower_model(built_of(model), prune=True)
     assert pruned.pruned and not full.pruned
     last = f"layer_{spec.encoder.as_scaffold().num_layers - 1}"
     assert pruned.coverage["layers"][last]["attention"] != full.coverage["layers"][last]["attention"]
@@ -356,7 +369,7 @@ def test_pruned_pretrainer_computes_cls_and_the_masked_rows():
     spec, sig, model = built("pretrainer")
     last = f"layer_{spec.encoder.num_layers - 1}/"
     inputs = pretrainer_cases(spec)[-1]
-    lowered = lower_model(model, spec, sig)
+    lowered = lower_model(built_of(model))
     assert lowered.pruned and lowered.rows.describe() == "the first token and the rows in masked_lm_positions"
     proto = lowered.proto
     gelu = [n for n in proto.graph.node if n.op_type == "FastGelu" and n.name.startswith(last)]
@@ -370,8 +383,8 @@ def test_pruned_pretrainer_computes_cls_and_the_masked_rows():
 def test_forcing_pruning_where_every_row_is_read_is_an_error():
     spec, sig, model = built("span_labeler")
     with pytest.raises(ValueError, match="nothing to prune"):
-        lower_model(model, spec, sig, prune=True)
-    assert not lower_model(model, spec, sig).pruned
+        lower_model(built_of(model), prune=True)
+    assert not lower_model(built_of(model)).pruned
 
 
 def test_pruned_last_layer_computes_one_row():
@@ -381,7 +394,7 @@ def test_pruned_last_layer_computes_one_row():
     inputs = random_mask_cases(spec)[-1]
     rows = {}
     for prune in (False, True):
-        proto = lower_model(model, spec, sig, prune=prune).proto
+        proto = lower_model(built_of(model), prune=prune).proto
         gelu = [n for n in proto.graph.node if n.op_type == "FastGelu" and n.name.startswith(last)]
         assert len(gelu) == 1
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(gelu[0].output[0]))
@@ -418,8 +431,8 @@ def test_plugin_attention_without_lowering_takes_the_portable_path_and_passes_pa
         d["encoder"]["hidden"]["attention"]["type"] = "doubled_logits"
         d["export"] = {"tflite": False}
         spec = load_spec(d)
-        model = build_model(spec, signature_of(spec))
-        assert missing_lowerings(model, spec) == []          # it has a way in: the portable path
+        model = build_model(spec, signature_of(spec)).model
+        assert missing_lowerings(built_of(model)) == []          # it has a way in: the portable path
         spec_path = tmp_path / "plugin.json"
         spec_path.write_text(json.dumps(d))
         out = tmp_path / "out"
@@ -518,8 +531,8 @@ def test_plugin_of_every_kind_takes_the_portable_path(make, input_dtype, tmp_pat
         use(d)
         spec = load_spec(d)
         sig = signature_of(spec)
-        model = build_model(spec, sig)
-        result = optimize_onnx(model, spec, sig, tmp_path, input_dtype=input_dtype, variants=("onnx_int8",))
+        model = build_model(spec, sig).model
+        result = optimize_onnx(built_of(model), tmp_path, input_dtype=input_dtype, variants=("onnx_int8",))
         assert result["failure"] is None and set(result["artifacts"]) == {"onnx_optimized", "onnx_int8"}
         fusion = result["fusion"]
         layers = ["embeddings"] if part == "embeddings" else [f"layer_{i}" for i in range(3)]
@@ -540,8 +553,8 @@ def test_plugin_of_every_kind_takes_the_portable_path(make, input_dtype, tmp_pat
             ref = np.asarray(model(inputs, training=False)["logits"])
             got = sess.run(["logits"], {k: v.astype(input_dtype) for k, v in inputs.items()})[0]
             assert np.max(np.abs(ref - got)) <= ATOL
-        again = lower_model(model, spec, sig, input_dtype=input_dtype)
-        first = lower_model(model, spec, sig, input_dtype=input_dtype)
+        again = lower_model(built_of(model), input_dtype=input_dtype)
+        first = lower_model(built_of(model), input_dtype=input_dtype)
         assert again.proto.SerializeToString(deterministic=True) == first.proto.SerializeToString(deterministic=True)
         if part != "embeddings":   # one conversion serves the three layers: each still reads its own weights
             read = {i for node in first.proto.graph.node for i in node.input}
@@ -584,8 +597,8 @@ def test_plugin_tf2onnx_cannot_convert_is_reported_and_the_build_goes_on(tmp_pat
         d["encoder"]["hidden"]["feedforward"]["type"] = "lgamma_ff"
         spec = load_spec(d)
         sig = signature_of(spec)
-        model = build_model(spec, sig)
-        result = optimize_onnx(model, spec, sig, tmp_path)
+        model = build_model(spec, sig).model
+        result = optimize_onnx(built_of(model), tmp_path)
         assert result["artifacts"] == {} and result["failure"] is None
         fusion = result["fusion"]
         assert not fusion["lowered"]
@@ -610,7 +623,10 @@ def test_plugin_head_without_lowering_is_reported_and_the_build_goes_on(tmp_path
 
     @HEADS.register("plain_classifier", spec=PlainSpec, description="test plug-in head without ONNX lowering")
     class PlainClassifier(Classifier):
-        pass
+        """Changes the maths (doubled logits) without a lowering: the inherited one must not serve it."""
+
+        def build(self, enc, inputs):
+            return {"logits": 2.0 * super().build(enc, inputs)["logits"]}
 
     try:
         d = tiny_copy(spec_dict("canonical_classifier"))
@@ -703,8 +719,8 @@ def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):
     """The tied MLM decoder reads the word table: one fp32 table in the int8 graph, its Gemm kept fp32."""
     spec = load_spec(tiny_copy(spec_dict("pretrainer")))
     sig = signature_of(spec)
-    model = build_model(spec, sig)
-    result = optimize_onnx(model, spec, sig, tmp_path)
+    model = build_model(spec, sig).model
+    result = optimize_onnx(built_of(model), tmp_path)
     int8 = onnx.load(str(tmp_path / INT8_FILE))
     tables = [t for t in int8.graph.initializer if t.name.startswith("embeddings/word_embeddings")]
     assert [(t.name, list(t.dims)) for t in tables] == [("embeddings/word_embeddings", [spec.encoder.vocab_size, 64])]
@@ -751,13 +767,13 @@ def test_large_models_are_checked_through_a_reduced_clone_that_still_catches_a_w
         spec.encoder.layer_norm_epsilon)
     monkeypatch.setattr(stress, "CLONE_ABOVE_PARAMETERS", 0)
     before = [w.numpy().copy() for w in model.weights]
-    good = stress.structural_check(model, spec, sig, "int32", 17, None)
+    good = stress.structural_check(built_of(model), "int32", 17, None)
     assert good["passed"] and good["checked_on"].startswith("a reduced clone (2 layers")
     right = attention.MultiHeadAttention.onnx_lowering
     monkeypatch.setattr(attention.MultiHeadAttention, "onnx_lowering",
                         lambda self, ctx, x, query=None: right(_Override(self, num_heads=self.num_heads // 2),
                                                                ctx, x, query))
-    bad = stress.structural_check(model, spec, sig, "int32", 17, None)
+    bad = stress.structural_check(built_of(model), "int32", 17, None)
     assert not bad["passed"] and bad["outputs"]["logits"]["relative"] > 1e-2
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))  # the model is untouched
 
@@ -773,7 +789,7 @@ def test_int8_is_what_onnxruntimes_own_dynamic_quantizer_computes(name, tmp_path
     from bertc.optimize.quantize import quantize_dynamic_int8
 
     spec, sig, model = built(name)
-    proto = lower_model(model, spec, sig).proto
+    proto = lower_model(built_of(model)).proto
     ours = quantize_dynamic_int8(proto)
     assert op_counts(ours.proto).get("MatMul", 0) == 0 and op_counts(ours.proto)["DynamicQuantizeMatMul"] > 0
     # ORT's quantizer rewrites Gemm as MatMul + Add (B transposed in place): give it the weight-bearing

@@ -155,7 +155,7 @@ def test_a_lowering_that_assumes_right_padding_is_caught():
     from bertc.backends import keras_runner
     from bertc.build import build_model
 
-    reference = keras_runner(build_model(spec, sig))
+    reference = keras_runner(build_model(spec, sig).model)
 
     def right_padded(inputs):  # what a lowering using mask lengths (ORT's mask_index) computes
         n = inputs["input_mask"].sum(axis=1)
@@ -174,10 +174,10 @@ def test_masked_invariance_check_catches_a_model_that_ignores_the_mask(monkeypat
 
     spec = load_spec(tiny_bert())
     sig = signature_of(spec)
-    ok = check.check_masked_invariance(build_model(spec, sig), spec, sig)
+    ok = check.check_masked_invariance(build_model(spec, sig).model, spec, sig)
     assert ok.passed and ok.figure == 0.0
     monkeypatch.setattr("bertc.components.encoders.MASK_ADDER", 0.0)  # attention no longer masks keys
-    bad = check.check_masked_invariance(build_model(spec, sig), spec, sig)
+    bad = check.check_masked_invariance(build_model(spec, sig).model, spec, sig)
     assert not bad.passed and bad.figure > 0.0
 
 

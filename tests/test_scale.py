@@ -324,7 +324,7 @@ def test_shared_int8_placeholder_buffers_are_split(tmp_path):
 
     spec = load_spec(_spec())
     sig = signature_of(spec)
-    model = build_model(spec, sig)
+    model = build_model(spec, sig).model
     variables = list(model.trainable_variables) + list(model.non_trainable_variables)
     floating = [k for k, v in enumerate(variables) if "float" in str(v.dtype)]
     placeholders = dict(zip(floating, placeholder_values(len(floating))))
@@ -390,7 +390,7 @@ def test_tflite_converted_in_a_child_process_is_the_same_file(tmp_path):
 
     spec = load_spec(tiny_bert())
     sig = signature_of(spec)
-    model = build_model(spec, sig)
+    model = build_model(spec, sig).model
     here = export_tflite(model, sig, tmp_path / "here.tflite", background=False)
     child = export_tflite(model, sig, tmp_path / "child.tflite", background=True)
     assert (here["converted_in"], child["converted_in"]) == ("this process", "a child process, while the build went on")
@@ -443,7 +443,7 @@ from bertc.signature import signature_of
 from bertc.spec import load_spec
 spec = load_spec(tiny_bert())
 sig = signature_of(spec)
-job = TFLiteJob(build_model(spec, sig), sig, [(__import__('pathlib').Path({str(tmp_path)!r}) / 'model.tflite', 'fp32')],
+job = TFLiteJob(build_model(spec, sig).model, sig, [(__import__('pathlib').Path({str(tmp_path)!r}) / 'model.tflite', 'fp32')],
                 background=True).start()
 print(job._child.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

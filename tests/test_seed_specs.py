@@ -54,7 +54,7 @@ def test_glorot_uniform_head_is_really_built_with_it():
     """The classifier kernel's spread is glorot's (limit sqrt(6 / (fan_in + fan_out))), not N(0, 0.02)."""
     import numpy as np
 
-    model = build_model(load_spec(SPECS / "canonical_classifier.json"))
+    model = build_model(load_spec(SPECS / "canonical_classifier.json")).model
     kernel = next(w for w in model.weights if w.path == "classifier/kernel").numpy()
     limit = np.sqrt(6.0 / (32 + 2))
     assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.1

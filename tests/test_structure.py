@@ -60,6 +60,30 @@ def test_no_import_cycles_between_bertc_modules():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def _packages(graph) -> dict[str, set[str]]:
+    """The module graph with each subpackage (bertc.components, bertc.optimize, ...) as one node; a
+    top-level module (bertc.build, bertc.registry, ...) stays its own node."""
+    def node(module):
+        return ".".join(module.split(".")[:2])
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        packages.setdefault(node(module), set()).update(node(t) for t in targets if node(t) != node(module))
+    return packages
+
+
+def test_no_import_cycles_between_bertc_packages():
+    packages = _packages(_imports())
+    assert "bertc.optimize" not in packages["bertc.components"]   # components get the lowering context passed in
+    cycles = _cycles(packages)
+    assert not cycles, "package import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_package_cycle_check_sees_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _packages({"bertc.x.a": {"bertc.y.b"}, "bertc.y.b": {"bertc.x.c"}, "bertc.x.c": set()}) == {
+        "bertc.x": {"bertc.y"}, "bertc.y": {"bertc.x"}}
+
+
 def test_report_rendering_has_its_own_module():
     graph = _imports()
     assert graph["bertc.report"] == set()  # renders data; imports nothing of bertc's
@@ -70,7 +94,7 @@ def test_report_rendering_has_its_own_module():
 def test_signature_is_the_built_models_interface(spec_path):
     spec = load_spec(spec_path)
     sig = signature_of(spec)
-    model = build_model(spec, sig)
+    model = build_model(spec, sig).model
     assert [t.name for t in model.inputs] == sig.input_names
     assert list(model.output.keys() if isinstance(model.output, dict) else model.output_names) == sig.output_names
     for info in sig.inputs:

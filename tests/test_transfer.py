@@ -23,7 +23,7 @@ def test_bert_weights_into_default_scaffold_give_same_outputs(head):
     bert["head"] = scaffold["head"] = HEADS[head]
     scaffold["seed"] = 7  # different initial weights: equality must come from the transfer
     bert_spec, scaffold_spec = load_spec(bert), load_spec(scaffold)
-    source, target = bertc.build_model(bert_spec), bertc.build_model(scaffold_spec)
+    source, target = bertc.build_model(bert_spec).model, bertc.build_model(scaffold_spec).model
     inputs = make_inputs(bert_spec, 3, 16, np.random.default_rng(0))
     before = target(inputs, training=False)
     assert transfer_weights(source, target) == len(source.weights)
@@ -39,10 +39,10 @@ def test_transfer_into_incompatible_model_names_weight_and_shapes():
     wide["encoder"]["hidden"]["intermediate_size"] = 48
     with pytest.raises(TransferError, match=r"'layer_0/feedforward/intermediate/kernel' has shape \(32, 48\) "
                                             r"in the target but \(32, 64\) in the source"):
-        transfer_weights(bertc.build_model(load_spec(bert)), bertc.build_model(load_spec(wide)))
+        transfer_weights(bertc.build_model(load_spec(bert)).model, bertc.build_model(load_spec(wide)).model)
 
 
 def test_transfer_into_model_with_other_weights_is_refused():
     with pytest.raises(TransferError, match="rezero_alpha.*no counterpart in the source"):
-        transfer_weights(bertc.build_model(load_spec(spec_dict("canonical_classifier"))),
-                         bertc.build_model(load_spec(spec_dict("rezero"))))
+        transfer_weights(bertc.build_model(load_spec(spec_dict("canonical_classifier"))).model,
+                         bertc.build_model(load_spec(spec_dict("rezero"))).model)

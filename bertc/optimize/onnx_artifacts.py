@@ -130,7 +130,7 @@ class OptimizeResult:
         return {"artifacts": lambda: self.artifacts, "fusion": self.section, "failure": lambda: self.mismatch}[key]()
 
 
-def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str = "int32",
+def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
                   variants: tuple = ("onnx_int8", "onnx_fp16"), prune: Optional[bool] = None,
                   portable: Optional[dict] = None) -> OptimizeResult:
     """Write the optimized artifact and the ONNX variants asked for; an :class:`OptimizeResult`.
@@ -144,14 +144,15 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     if importlib.util.find_spec("onnxruntime") is None:   # the stage loads, checks and quantizes with it
         return OptimizeResult(skip=Skip("onnx_optimized", "no optimized ONNX artifact: onnxruntime is not installed "
                                                           "(pip install -e '.[cpu]')"))
-    missing = missing_lowerings(model, spec)
+    model, spec = built.model, built.spec
+    missing = missing_lowerings(built)
     if missing:
         return OptimizeResult(skip=Skip(
             "onnx_optimized", f"no optimized ONNX artifact: {len(missing)} component(s) have no ONNX lowering "
                               f"({'; '.join(missing)}); the portable model.onnx is unaffected", tuple(missing)))
     t0 = time.perf_counter()
     try:
-        lowered = lower_model(model, spec, sig, input_dtype=input_dtype, opset=opset, prune=prune, split_weights=True)
+        lowered = lower_model(built, input_dtype=input_dtype, opset=opset, prune=prune, split_weights=True)
     except NotLowerable as exc:
         return OptimizeResult(skip=Skip("onnx_optimized", f"no optimized ONNX artifact: {exc}", (str(exc),)))
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
@@ -167,7 +168,7 @@ def optimize_onnx(model, spec, sig, out: Path, opset: int = 17, input_dtype: str
     check_inputs = sample_inputs(spec, input_dtype)
     self_check = max_abs_vs_keras(session, model, check_inputs)
     del session
-    structure = structural_check(model, spec, sig, input_dtype, opset, lowered.pruned)
+    structure = structural_check(built, input_dtype, opset, lowered.pruned)
     artifacts = {"onnx_optimized": _artifact(
         path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], lowered.nodes, opset,
         op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage, external_data=external,

@@ -10,15 +10,16 @@ its residual branch), the spliced nodes read the same weight initializers as the
 graph (named by Keras path, so a shared block's weights are stored once), and the report says
 which layers took this path.
 
-What each kind's call looks like is the kind's own protocol: the adapters that call
-:func:`splice` live next to the lowerings of that kind (``portable_lowering`` in
-``bertc/components/*.py``), registered with the kind's registry (``Registry.portable_lowering``).
+What each kind's call looks like is the kind's own protocol: the portable lowering is the
+``onnx_lowering`` of each layer kind's base class (``Attention``, ``Feedforward``, ``Block``,
+``Embedding``, ``PositionScheme`` in ``bertc/components/*.py``), which calls :func:`splice` through
+``LoweringContext.splice``.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from bertc.optimize.lower import NotLowerable
+from bertc.errors import NotLowerable
 
 # Domains the optimized graph declares (see GraphBuilder.model): a spliced node outside them cannot go in.
 _DOMAINS = {"", "ai.onnx", "com.microsoft"}
