@@ -5,8 +5,10 @@ An attention component (base class :class:`Attention`) is a layer constructed as
 ``layer(x, attention_bias, training=...)`` with ``x`` of shape (B, S, H) and
 ``attention_bias`` broadcastable to (B, N, S, S): (B, 1, 1, S) from the mask (0 for real
 keys, a large negative number for padded keys), (B, N, S, S) when the encoder's position
-scheme adds a relative bias to it. It returns (B, S, H). Residual and layer norm belong
-to the enclosing block. ``param_count(spec, hidden_size)`` is its closed-form
+scheme adds a relative bias to it. With a rotary position scheme it is also passed
+``rotary=(cos, sin)`` (each (S, D), D the head size: this layer's angles), and rotates queries and
+keys after splitting heads; without one it is never passed ``rotary``. It returns (B, S, H).
+Residual and layer norm belong to the enclosing block. ``param_count(spec, hidden_size)`` is its closed-form
 parameter count; ``onnx_lowering(ctx, x, query=None)`` its optimized ONNX (see below).
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from bertc.components.base import portable
 from bertc.components.common import (MASK_ADDER, SpecLayer, dense, dense_params, initializer, merge_heads, serializable,
                                      split_heads)
+from bertc.components.positions import apply_rotary
 from bertc.registry import ATTENTION
 from bertc.specbase import InitializerSpec, PositiveInt, Rate, StrictModel
 
@@ -58,9 +61,13 @@ class Attention(SpecLayer):
     @portable
     def onnx_lowering(self, ctx, x, query=None):
         hidden = getattr(self, "hidden_size", None)
-        out, = ctx.splice(self, [(x, (None, None, hidden), tf.float32),
-                                 (ctx.attention_bias(), ctx.attention_bias_shape, tf.float32)],
-                          lambda h, bias: self.call(h, bias, training=False), part="attention")
+        args = [(x, (None, None, hidden), tf.float32), (ctx.attention_bias(), ctx.attention_bias_shape, tf.float32)]
+        if ctx.rotary() is None:
+            out, = ctx.splice(self, args, lambda h, bias: self.call(h, bias, training=False), part="attention")
+        else:   # this layer's rotary (cos, sin), each (S, D), traced as two more inputs
+            args += ctx.rotary_tables_args()
+            out, = ctx.splice(self, args, lambda h, bias, cos, sin: self.call(h, bias, training=False, rotary=(cos, sin)),
+                              part="attention")
         return (ctx.rows(out) if query is not None else out), None
 
 
@@ -100,9 +107,14 @@ class MultiHeadAttention(Attention):
     def mix_probs(self, probs):
         return probs
 
-    def call(self, x, attention_bias, training=None):
-        q = split_heads(self.query(x), self.num_heads, self.head_size) * (1.0 / math.sqrt(self.head_size))
+    def call(self, x, attention_bias, training=None, rotary=None):
+        q = split_heads(self.query(x), self.num_heads, self.head_size)
+        if rotary is not None:                      # the position scheme's (cos, sin), each (S, D)
+            q = apply_rotary(q, *rotary)
+        q = q * (1.0 / math.sqrt(self.head_size))
         k = split_heads(self.key(x), self.num_heads, self.head_size)
+        if rotary is not None:
+            k = apply_rotary(k, *rotary)
         v = split_heads(self.value(x), self.num_heads, self.head_size)
         logits = self.mix_logits(self.attention_logits(q, k)) + attention_bias
         probs = self.mix_probs(tf.nn.softmax(logits, axis=-1))
@@ -162,12 +174,25 @@ def _np(variable):
 def lower_multi_head(layer, ctx, x, query=None):
     """All rows: one com.microsoft ``Attention`` (packed QKV MatMul, raw 0/1 mask, Keras' -10000
     mask value). Query rows only, or a position scheme's bias to add to the logits: Q/K/V MatMuls
-    into com.microsoft ``MultiHeadAttention`` (raw 0/1 mask, and the bias as its ``attention_bias``)."""
+    into com.microsoft ``MultiHeadAttention`` (raw 0/1 mask, and the bias as its ``attention_bias``).
+    Rotary positions: Q/K/V MatMul + Add, com.microsoft ``RotaryEmbedding`` on q and k, then
+    ``MultiHeadAttention``."""
     g, n = ctx.g, layer.num_heads
     path = layer.path
     dense = (layer.query, layer.key, layer.value)
     bias = ctx.derived(f"{path}/qkv/bias", np.concatenate([_np(d.bias) for d in dense]))
     position_bias = ctx.position_bias(rows=query is not None)
+    if ctx.rotary() is not None:
+        # Q/K/V MatMul + bias, q and k rotated (com.microsoft RotaryEmbedding: each query row with its own
+        # position, the pruned layer's first token with position 0), then MultiHeadAttention (no packed
+        # bias: it was added before the rotation).
+        q = ctx.rotate(ctx.dense(x if query is None else query, layer.query), n, rows=query is not None)
+        k = ctx.rotate(ctx.dense(x, layer.key), n)
+        v = ctx.dense(x, layer.value)
+        context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([position_bias] if position_bias else []),
+                       hint="attention", num_heads=n, mask_filter_value=MASK_ADDER)
+        ctx.record("attention", "RotaryEmbedding + MultiHeadAttention" + (" (query rows)" if query is not None else ""))
+        return ctx.matmul(context, layer.attention_output)
     if position_bias is not None:
         q = g.node("MatMul", [x if query is None else query, ctx.weight(layer.query.kernel)], hint="query")
         k = g.node("MatMul", [x, ctx.weight(layer.key.kernel)], hint="key")
@@ -202,6 +227,10 @@ def lower_talking_heads(layer, ctx, x, query=None):
     q = g.node("Add", [q, ctx.derived(f"{path}/query/bias_scaled", _np(layer.query.bias) * scale)])
     k = ctx.dense(x, layer.key)
     v = ctx.dense(x, layer.value)
+    rotary = ctx.rotary() is not None
+    if rotary:                                    # rotated before the heads are split (RoPE is linear: the
+        q = ctx.rotate(q, n, rows=query is not None)      # folded scale commutes with it)
+        k = ctx.rotate(k, n)
     q = ctx.split_heads(q, n, d, (0, 2, 1, 3))    # (B, N, F, D)
     k = ctx.split_heads(k, n, d, (0, 2, 3, 1))    # (B, N, D, T)
     v = ctx.split_heads(v, n, d, (0, 2, 1, 3))    # (B, N, T, D)
@@ -213,5 +242,6 @@ def lower_talking_heads(layer, ctx, x, query=None):
     probs = g.node("Einsum", [probs, ctx.weight(layer.post_softmax_weight)], hint="post_softmax_mix",
                    equation="bnft,nm->bmft")
     context = ctx.merge_heads(g.node("MatMul", [probs, v], hint="context"), layer.hidden_size)
-    ctx.record("attention", "MatMul+Einsum+Softmax (talking heads: no fused operator)")
+    ctx.record("attention", ("RotaryEmbedding + " if rotary else "")
+               + "MatMul+Einsum+Softmax (talking heads: no fused operator)")
     return ctx.matmul(context, layer.attention_output)

@@ -2,7 +2,9 @@
 
 A block component is a layer constructed as
 ``cls(spec=..., hidden_size=..., initializer=..., name=...)`` and called as
-``layer(x, attention_bias, training=...)`` -> (B, S, H).
+``layer(x, attention_bias, training=...)`` -> (B, S, H); with a rotary position scheme also with
+``rotary=(cos, sin)`` (this layer's (S, D) angles), which it passes on to its attention (never passed
+without one).
 ``param_count(spec, hidden_size)`` is its closed-form parameter count.
 
 ``transformer`` is a ``scaffold`` block with ``multi_head`` attention and a
@@ -101,7 +103,12 @@ class Block(SpecLayer):
 
         args = [(ctx.value(x), (None, None, getattr(self, "hidden_size", None)), tf.float32),
                 (ctx.attention_bias(), ctx.attention_bias_shape, tf.float32)]
-        out, = ctx.splice(self, args, lambda h, bias: self.call(h, bias, training=False), part="block")
+        if ctx.rotary() is None:
+            out, = ctx.splice(self, args, lambda h, bias: self.call(h, bias, training=False), part="block")
+        else:   # this layer's rotary (cos, sin), each (S, D), traced as two more inputs
+            args += ctx.rotary_tables_args()
+            out, = ctx.splice(self, args, lambda h, bias, cos, sin: self.call(h, bias, training=False, rotary=(cos, sin)),
+                              part="block")
         return ctx.rows(out) if rows_only else out
 
 
@@ -137,9 +144,10 @@ class ScaffoldBlock(Block):
                 + 2 * hidden_size
                 + FEEDFORWARD.component(s.feedforward.type).param_count(s.feedforward, hidden_size))
 
-    def call(self, x, attention_bias, training=None):
+    def call(self, x, attention_bias, training=None, rotary=None):
         h = self.attention_layer_norm(x) if self.norm_first else x
-        x = x + self.attention_dropout(self.attention(h, attention_bias, training=training), training=training)
+        extra = {} if rotary is None else {"rotary": rotary}
+        x = x + self.attention_dropout(self.attention(h, attention_bias, training=training, **extra), training=training)
         if not self.norm_first:
             x = self.attention_layer_norm(x)
         return self.feedforward(x, training=training)
@@ -204,8 +212,9 @@ class ReZeroBlock(Block):
         n += 1 if spec.share_rezero else 2
         return n + (4 * h if spec.use_layer_norm else 0)
 
-    def call(self, x, attention_bias, training=None):
-        a = self.attention_dropout(self.attention(x, attention_bias, training=training), training=training)
+    def call(self, x, attention_bias, training=None, rotary=None):
+        extra = {} if rotary is None else {"rotary": rotary}
+        a = self.attention_dropout(self.attention(x, attention_bias, training=training, **extra), training=training)
         x = x + self.rezero_alpha * a
         if self.spec.use_layer_norm:
             x = self.attention_layer_norm(x)

@@ -74,7 +74,27 @@ class _EncoderSpecBase(StrictModel):
         return self.scaffold.return_all_layer_outputs
 
     def child_context(self, ctx, path):
-        return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",))}
+        return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",)),
+                "num_layers": self.num_layers, "num_layers_path": json_path(path + ("num_layers",)),
+                "embedding_position_table": self._position_table(path), "head_size": self._head_size()}
+
+    def _head_size(self) -> Optional[int]:
+        heads = first_block_heads(self.scaffold)
+        return None if self.hidden_size % heads else self.hidden_size // heads
+
+    def _position_table(self, path) -> Optional[str]:
+        """Where the embedding network's learned absolute position table comes from (a position scheme that
+        replaces it, ``rotary``, names it), or None when it has none."""
+        if "embedding" not in type(self).model_fields:
+            return (f"{json_path(path)} is a {self.type!r} encoder, whose standard embedding network always has "
+                    f"one (use a 'scaffold' encoder with a 'custom' embedding)")
+        embedding = self.embedding
+        if not getattr(embedding, "use_position_embeddings", False):
+            return None
+        where = json_path(path + ("embedding",))
+        if "use_position_embeddings" in type(embedding).model_fields:
+            return f"{where}.use_position_embeddings is true"
+        return f"{where} is a {embedding.type!r} embedding, which always has a learned position table"
 
 
 class ScaffoldEncoderSpec(_EncoderSpecBase):
@@ -248,6 +268,14 @@ class Encoder:
         raise NotImplementedError
 
 
+def first_block_heads(scaffold: ScaffoldEncoderSpec) -> int:
+    """The attention heads of a scaffold encoder's first block."""
+    block = scaffold.blocks()[0]
+    spec = getattr(block, "as_scaffold", lambda: block)()
+    attention = getattr(spec, "attention", None)
+    return int(getattr(attention, "num_heads", None) or getattr(block, "num_attention_heads", 1))
+
+
 class ScaffoldEncoder(Encoder):
     """Any encoder spec through its scaffold view: embeddings (+ the position scheme's per-batch tensors),
     one block per layer (a shared block is one layer object called at every index), optional final layer
@@ -264,15 +292,13 @@ class ScaffoldEncoder(Encoder):
     @property
     def num_heads(self) -> int:
         """The attention heads of the first block (what a shared position bias is sized for)."""
-        block = self.scaffold.blocks()[0]
-        spec = getattr(block, "as_scaffold", lambda: block)()
-        attention = getattr(spec, "attention", None)
-        return int(getattr(attention, "num_heads", None) or getattr(block, "num_attention_heads", 1))
+        return first_block_heads(self.scaffold)
 
     def _position_layer(self):
         s = self.scaffold
         return POSITIONS.create(self.position_spec, hidden_size=s.hidden_size, initializer=s.initializer,
-                                num_heads=self.num_heads, name="position")
+                                num_heads=self.num_heads, max_sequence_length=self.spec.max_sequence_length,
+                                name="position")
 
     def param_count(self, needs_pooled: bool) -> int:
         s = self.scaffold
@@ -305,10 +331,14 @@ class ScaffoldEncoder(Encoder):
             bias = AddPositionBias(name="position_bias")(bias, positions["attention_bias"])
         shared = BLOCKS.create(s.blocks()[0], hidden_size=h, initializer=s.initializer,
                                name="shared_layer") if s.share_layers else None
+        rotary = positions.get("rotary")   # one (cos, sin) pair per theta: layer i reads its theta's
         outputs, self.blocks = [], []
         for i, block in enumerate(s.blocks()):   # each layer built before the next is made (initializer seeds)
             layer = shared or BLOCKS.create(block, hidden_size=h, initializer=s.initializer, name=f"layer_{i}")
-            x = layer(x, bias)
+            if rotary is None:
+                x = layer(x, bias)
+            else:
+                x = layer(x, bias, rotary=tuple(rotary[self.position.theta_index(i)]))
             self.blocks.append(layer)
             outputs.append(x)
         if s.final_layer_norm:
@@ -334,10 +364,14 @@ class ScaffoldEncoder(Encoder):
             x, table = ctx.lower(self.embedding)
         outputs = []
         last = len(self.blocks) - 1
+        rotary = ctx.positions.get("rotary")
         for i, layer in enumerate(self.blocks):
+            # this layer's share of the per-batch position values (its rotary caches: LoweringContext.rotary)
+            ctx.layer_positions = {} if rotary is None else {"rotary": rotary[self.position.theta_index(i)]}
             with ctx.layer_scope(f"layer_{i}"):
                 x = ctx.lower(layer, x, rows_only=prune_last and i == last)
             outputs.append(x)
+        ctx.layer_positions = {}
         if self.final_layer_norm is not None:
             with ctx.layer_scope("final_layer_norm"):
                 x = outputs[-1] = ctx.layer_norm(x, self.final_layer_norm)[0]

@@ -1,27 +1,43 @@
-"""Position schemes (``encoder.position``): ``absolute`` (the default) and ``relative_bias``.
+"""Position schemes (``encoder.position``): ``absolute`` (the default), ``relative_bias`` and ``rotary``.
 
 A position scheme (base class :class:`PositionScheme`) is a layer constructed as
-``cls(spec=..., hidden_size=..., initializer=..., num_heads=..., name="position")``. The encoder
+``cls(spec=..., hidden_size=..., initializer=..., num_heads=..., max_sequence_length=..., name="position")``. The encoder
 calls it once per batch on the model's inputs, ``scheme(inputs)`` -> a dict of per-batch tensors,
 each optional:
 
 - ``position_ids`` (B, S) int32: the rows of the embedding network's learned absolute position table
   that each token reads (absent: rows 0..S-1, the table sliced);
 - ``attention_bias`` (1, N, S, S): added to every attention's logits, in every layer (with the
-  mask's bias: the blocks receive the sum).
+  mask's bias: the blocks receive the sum);
+- ``rotary``: one ``(cos, sin)`` pair of (S, D) float32 tensors (D the head size) per distinct theta
+  (:meth:`RotaryPositions.theta_index` says which pair layer i reads). The encoder passes layer i's pair to
+  its block as ``rotary=(cos, sin)``, the block to its attention, which rotates queries and keys after
+  splitting heads (``q * cos + rotate_half(q) * sin``). Without a rotary scheme no block or attention is
+  passed a ``rotary`` argument at all.
 
-``onnx_lowering(ctx)`` returns the same dict as graph values; the encoder lowering computes it once
-and the context hands it to every attention (:meth:`LoweringContext.position_bias`). A scheme that
+``rotary`` (RoPE, as transformers' GPT-NeoX / ModernBERT compute it: ``rotate_half``, not interleaved)
+has no weights: ``inv_freq = 1 / theta ** (arange(0, D, 2) / D)`` (float64, then a float32 constant),
+angles ``float32(position) * inv_freq`` for positions 0..S-1, ``emb = concat(angles, angles)``.
+``layer_theta`` gives each layer its own theta (ModernBERT: 160000 on its global-attention layers, 10000
+on the others). The embedding network must then have no learned absolute position table (checked at load
+time). In the optimized graph q and k are rotated by com.microsoft ``RotaryEmbedding`` from in-graph
+(S, D/2) cos / sin caches (one per theta, computed once), before com.microsoft ``MultiHeadAttention``.
+
+``onnx_lowering(ctx)`` returns the same dict as graph values (``rotary``: one :class:`RotaryCache` per
+theta); the encoder lowering computes it once and the context hands it to every attention
+(:meth:`LoweringContext.position_bias`; a layer's rotary caches through ``ctx.layer_positions`` and
+:meth:`LoweringContext.rotary`). A scheme that
 changes nothing (``absolute`` with no offset, ids 0..S-1) returns ``{}`` and is never called, so
 today's graphs are unchanged by it.
 """
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
+from pydantic import Field
 
 from bertc.components.base import portable
 from bertc.components.common import SpecLayer, initializer, serializable
@@ -67,16 +83,55 @@ class RelativeBiasSpec(StrictModel):
                                       f"(num_buckets {self.num_buckets})")
 
 
+Theta = Annotated[float, Field(gt=0.0)]
+
+
+class RotarySpec(StrictModel):
+    """Rotary position embeddings (RoPE; GPT-NeoX / ModernBERT ``rotate_half``, not interleaved): queries and
+    keys rotated by position-dependent angles, no weights. ``theta``: the base of the frequencies;
+    ``layer_theta``: one theta per layer instead (ModernBERT: 160000 on every third layer, 10000 on the
+    others). The encoder's embedding network must have no learned absolute position table."""
+
+    type: Literal["rotary"] = "rotary"
+    theta: Theta = 10000.0
+    layer_theta: Optional[list[Theta]] = None
+
+    def problems(self, ctx):
+        n = ctx.get("num_layers")
+        if self.layer_theta is not None and n is not None and len(self.layer_theta) != n:
+            yield ("layer_theta",), (f"has {len(self.layer_theta)} values but the encoder has {n} layers "
+                                     f"(num_layers at {ctx['num_layers_path']}): give one theta per layer")
+        d = ctx.get("head_size")
+        if d and d % 2:
+            yield (), f"rotary positions need an even head size, but the first block's heads are {d} wide"
+        table = ctx.get("embedding_position_table")
+        if table:
+            yield (), (f"rotary positions replace learned absolute positions, but the embedding network adds "
+                       f"them: {table}. Use a custom embedding without position embeddings")
+
+
+class RotaryCache(NamedTuple):
+    """One theta's rotary values in the optimized graph: the (S, D/2) cos / sin caches that com.microsoft
+    ``RotaryEmbedding`` reads (position ids 0..S-1)."""
+
+    cos: str
+    sin: str
+    head_size: int
+    theta: float
+
+
 class PositionScheme(SpecLayer):
     """Base of the position kind. Its lowering is the portable one: ``call(inputs)`` converted by tf2onnx
     and spliced in."""
 
-    def __init__(self, spec, hidden_size, initializer=None, num_heads: int = 1, **kwargs):
+    def __init__(self, spec, hidden_size, initializer=None, num_heads: int = 1, max_sequence_length: int = 512,
+                 **kwargs):
         super().__init__(spec, hidden_size, initializer, **kwargs)
         self.num_heads = int(num_heads)
+        self.max_sequence_length = int(max_sequence_length)
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads}
+        return {**super().get_config(), "num_heads": self.num_heads, "max_sequence_length": self.max_sequence_length}
 
     @property
     def absolute(self) -> AbsolutePositionSpec:
@@ -158,25 +213,30 @@ class AbsolutePositions(PositionScheme):
         return {"position_ids": lower_absolute_ids(self.spec, ctx)}
 
 
-def relative_buckets(spec: RelativeBiasSpec, length):
-    """(S, S) int32 bucket of (key position - query position), T5's / MPNet's ``relative_position_bucket``."""
-    positions = tf.range(length)
-    relative = tf.expand_dims(positions, 0) - tf.expand_dims(positions, 1)      # [i, j] = j - i
+def relative_buckets(spec: RelativeBiasSpec, relative: np.ndarray) -> np.ndarray:
+    """The bucket of each (key position - query position) in ``relative`` (int32), as transformers' MPNet /
+    T5 ``relative_position_bucket`` computes it: the same float32 operations in the same order."""
+    relative = np.asarray(relative, np.int32)
     n = -relative
     buckets = spec.num_buckets
-    ret = tf.zeros_like(n)
+    ret = np.zeros_like(n)
     if spec.bidirectional:
         buckets //= 2
-        ret += tf.cast(n < 0, tf.int32) * buckets
-        n = tf.abs(n)
+        ret += (n < 0).astype(np.int32) * buckets
+        n = np.abs(n)
     else:
-        n = tf.maximum(n, 0)
+        n = np.maximum(n, 0)
     exact = buckets // 2
-    # the float32 operations in transformers' order: log(n / exact) / log(max_distance / exact) * (buckets - exact)
-    far = tf.math.log(tf.cast(tf.maximum(n, 1), tf.float32) / float(exact)) / math.log(spec.max_distance / exact)
-    far = tf.cast(far * float(buckets - exact), tf.int32) + exact
-    far = tf.minimum(far, buckets - 1)
-    return ret + tf.where(n < exact, n, far)
+    ratio = np.maximum(n, 1).astype(np.float32) / np.float32(exact)
+    far = np.log(ratio) / np.float32(math.log(spec.max_distance / exact)) * np.float32(buckets - exact)
+    far = np.minimum(far.astype(np.int32) + exact, buckets - 1)
+    return ret + np.where(n < exact, n, far)
+
+
+def bucket_lookup(spec: RelativeBiasSpec, max_length: int) -> np.ndarray:
+    """(2 * max_length - 1,) int32: the bucket of ``j - i`` at index ``j - i + max_length - 1``. A constant of
+    the graph, so every backend reads the same buckets (and no converter folds the float arithmetic)."""
+    return relative_buckets(spec, np.arange(-(max_length - 1), max_length, dtype=np.int32)).astype(np.int32)
 
 
 @POSITIONS.register("relative_bias", spec=RelativeBiasSpec,
@@ -202,7 +262,9 @@ class RelativeBias(PositionScheme):
 
     def call(self, inputs):
         mask = inputs["input_mask"]
-        buckets = relative_buckets(self.spec, tf.shape(mask)[1])
+        positions = tf.range(tf.shape(mask)[1])
+        relative = tf.expand_dims(positions, 0) - tf.expand_dims(positions, 1) + (self.max_sequence_length - 1)
+        buckets = tf.gather(tf.constant(bucket_lookup(self.spec, self.max_sequence_length)), relative)   # [i, j]
         bias = tf.gather(tf.convert_to_tensor(self.relative_attention_bias), buckets)      # (S, S, N)
         out = {"attention_bias": tf.expand_dims(tf.transpose(bias, [2, 0, 1]), 0)}          # (1, N, S, S)
         if self.spec.absolute.offset or self.spec.absolute.from_mask:
@@ -210,34 +272,18 @@ class RelativeBias(PositionScheme):
         return out
 
     def onnx_lowering(self, ctx):
-        """The buckets as ONNX computes them (the same float32 log as Keras), one Gather of the table,
-        Transpose to (1, N, S, S): computed once, fed to every attention."""
+        """The bucket lookup constant gathered at ``j - i``, one Gather of the table, Transpose to
+        (1, N, S, S): computed once, fed to every attention."""
         g, s = ctx.g, self.spec
         with g.scope("relative_bias"):
             mask = ctx.int32_input("input_mask")
             length = g.node("Squeeze", [g.node("Cast", [g.node("Shape", [mask], start=1, end=2)], to=6)])
             positions = g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one")])
-            n = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints([1], "rows")]),
-                               g.node("Unsqueeze", [positions, g.ints([0], "cols")])])      # [i, j] = i - j
-            buckets = s.num_buckets
-            ret = None
-            if s.bidirectional:
-                buckets //= 2
-                ret = g.node("Mul", [g.node("Cast", [g.node("Less", [n, g.const(0, np.int32, "zero_i")])], to=6),
-                                     g.const(buckets, np.int32, "half")])
-                n = g.node("Abs", [n])
-            else:
-                n = g.node("Max", [n, g.const(0, np.int32, "zero_i")])
-            exact = buckets // 2
-            ratio = g.node("Div", [g.node("Cast", [g.node("Max", [n, g.const(1, np.int32, "one_i")])], to=1),
-                                   g.const(float(exact), np.float32, "exact")])
-            far = g.node("Div", [g.node("Log", [ratio]), g.const(math.log(s.max_distance / exact), np.float32, "log_max")])
-            far = g.node("Cast", [g.node("Mul", [far, g.const(float(buckets - exact), np.float32, "scale")])], to=6)
-            far = g.node("Min", [g.node("Add", [far, g.const(exact, np.int32, "exact_i")]),
-                                 g.const(buckets - 1, np.int32, "last")])
-            bucket = g.node("Where", [g.node("Less", [n, g.const(exact, np.int32, "exact_n")]), n, far])
-            if ret is not None:
-                bucket = g.node("Add", [ret, bucket])
+            relative = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints([0], "cols")]),
+                                      g.node("Unsqueeze", [positions, g.ints([1], "rows")])])      # [i, j] = j - i
+            relative = g.node("Add", [relative, g.const(self.max_sequence_length - 1, np.int32, "center")])
+            lookup = g.initializer(f"{self.path}/bucket_lookup", bucket_lookup(s, self.max_sequence_length))
+            bucket = g.node("Gather", [lookup, relative], axis=0)
             bias = g.node("Gather", [ctx.weight(self.relative_attention_bias), bucket], axis=0)    # (S, S, N)
             bias = g.node("Unsqueeze", [g.node("Transpose", [bias], perm=[2, 0, 1]), g.ints([0], "batch")],
                           hint="position_bias")
@@ -246,3 +292,78 @@ class RelativeBias(PositionScheme):
         if s.absolute.offset or s.absolute.from_mask:
             out["position_ids"] = lower_absolute_ids(s.absolute, ctx)
         return out
+
+
+def rotary_inv_freq(theta: float, head_size: int) -> np.ndarray:
+    """(1, D/2) float32: ``1 / theta ** (arange(0, D, 2) / D)``, computed in float64 as transformers does."""
+    inv = 1.0 / (float(theta) ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size))
+    return inv.astype(np.float32)[None, :]
+
+
+def rotate_half(x):
+    """concat(-x[..., D/2:], x[..., :D/2]) (a Split, no strided slice)."""
+    x1, x2 = tf.split(x, 2, axis=-1)
+    return tf.concat([-x2, x1], axis=-1)
+
+
+def apply_rotary(x, cos, sin):
+    """x (B, N, S, D) rotated by the (S, D) ``cos`` / ``sin`` of its positions: x * cos + rotate_half(x) * sin."""
+    cos = tf.expand_dims(tf.expand_dims(cos, 0), 0)
+    sin = tf.expand_dims(tf.expand_dims(sin, 0), 0)
+    return x * cos + rotate_half(x) * sin
+
+
+@POSITIONS.register("rotary", spec=RotarySpec,
+                    description="Rotary position embeddings (RoPE, GPT-NeoX / ModernBERT rotate_half): queries and "
+                                "keys rotated in every attention; optional per-layer theta; no weights.")
+@serializable
+class RotaryPositions(PositionScheme):
+    spec_cls = RotarySpec
+    adds_attention_bias = False
+
+    def __init__(self, spec, hidden_size, initializer=None, num_heads: int = 1, **kwargs):
+        super().__init__(spec, hidden_size, initializer, num_heads, **kwargs)
+        self.head_size = self.hidden_size // self.num_heads
+        if self.head_size % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.head_size} "
+                             f"(hidden_size {self.hidden_size} / {self.num_heads} heads)")
+
+    @property
+    def thetas(self) -> list[float]:
+        """The distinct thetas, in the order of the first layer that uses each."""
+        return list(dict.fromkeys(self.spec.layer_theta or [self.spec.theta]))
+
+    def theta_index(self, layer: int) -> int:
+        """Which of :attr:`thetas` (and of the ``rotary`` pairs) layer ``layer`` reads."""
+        if not self.spec.layer_theta:
+            return 0
+        return self.thetas.index(self.spec.layer_theta[layer])
+
+    def call(self, inputs):
+        length = tf.shape(inputs["input_mask"])[1]
+        positions = tf.expand_dims(tf.cast(tf.range(length), tf.float32), 1)          # (S, 1)
+        pairs = []
+        for theta in self.thetas:
+            angles = positions * tf.constant(rotary_inv_freq(theta, self.head_size))  # (S, D/2)
+            emb = tf.concat([angles, angles], axis=-1)                                # (S, D)
+            pairs.append((tf.cos(emb), tf.sin(emb)))
+        return {"rotary": pairs}
+
+    def onnx_lowering(self, ctx):
+        """Per theta, the (S, D/2) cos / sin caches of positions 0..S-1 (float32 angles as Keras computes
+        them), once for every layer; each attention rotates its queries and keys with com.microsoft
+        ``RotaryEmbedding`` reading them (:meth:`LoweringContext.rotate`)."""
+        g = ctx.g
+        caches = []
+        with g.scope("rotary"):
+            length = g.node("Squeeze", [g.node("Shape", [ctx.int32_input("input_mask")], start=1, end=2)])
+            steps = g.node("Range", [g.const(0, np.int64, "zero"), length, g.const(1, np.int64, "one")])
+            positions = g.node("Unsqueeze", [g.node("Cast", [steps], to=1), g.ints([1], "axes")], hint="positions")
+            for k, theta in enumerate(self.thetas):
+                angles = g.node("Mul", [positions, g.const(rotary_inv_freq(theta, self.head_size), np.float32,
+                                                           f"inv_freq_{k}")], hint=f"angles_{k}")
+                caches.append(RotaryCache(g.node("Cos", [angles], hint=f"cos_cache_{k}"),
+                                          g.node("Sin", [angles], hint=f"sin_cache_{k}"), self.head_size, theta))
+        ctx.record("position", "rotary: cos/sin caches (S, D/2) computed once for theta "
+                   + ", ".join(f"{t:g}" for t in self.thetas) + "; RotaryEmbedding in every attention")
+        return {"rotary": caches}

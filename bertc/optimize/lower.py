@@ -72,6 +72,9 @@ class LoweringContext:
         # The position scheme's per-batch values ({"position_ids", "attention_bias"}, each optional), set
         # once by the encoder's lowering before its embeddings and blocks are lowered.
         self.positions: dict[str, Value] = {}
+        # The current layer's share of them ({"rotary": its theta's RotaryCache}), set by the encoder's
+        # lowering before each layer is lowered (read through :meth:`rotary`).
+        self.layer_positions: dict[str, Any] = {}
 
     # --- scopes and components ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -131,6 +134,50 @@ class LoweringContext:
         g = self.g
         return self.once("position_bias_first", lambda: g.node(
             "Slice", [bias, g.ints([0], "start"), g.ints([1], "end"), g.ints([2], "axis")], hint="position_bias_first"))
+
+    def rotary(self):
+        """The current layer's rotary caches (a :class:`~bertc.components.positions.RotaryCache`: (S, D/2)
+        cos and sin of positions 0..S-1), or None without a rotary position scheme."""
+        return self.layer_positions.get("rotary")
+
+    def rotate(self, x: Value, num_heads: int, rows: bool = False) -> Value:
+        """x (B, S, N*D) with each head's q or k rotated by the current layer's rotary angles: one
+        com.microsoft ``RotaryEmbedding`` (not interleaved). ``rows``: x holds the query rows the pruned
+        last layer computes (:attr:`read_rows`), each rotated with its own position."""
+        cache = self.rotary()
+        self.record("rotary", "RotaryEmbedding")
+        return self.g.ms("RotaryEmbedding", [x, self._rotary_position_ids(rows), cache.cos, cache.sin],
+                         hint="rotary", num_heads=num_heads, interleaved=0)
+
+    def _rotary_position_ids(self, rows: bool) -> Value:
+        """RotaryEmbedding's position ids: [0] (its offset form: row s has position s) for every row or for
+        the first token alone; else (B, F) int64, the first token's 0 then the rows named by an input."""
+        g, sel = self.g, self.read_rows
+        if not rows or not sel.positions:
+            return self.once("rotary_offset", lambda: g.ints([0], "rotary_position_offset"))
+
+        def make():
+            named = self.int64_input(sel.positions)
+            if not sel.first:
+                return named
+            zero = g.node("Mul", [g.node("Slice", [named, g.ints([0], "start"), g.ints([1], "end"), g.ints([1], "axis")]),
+                                  g.const(0, np.int64, "zero")], hint="first_position")
+            return g.node("Concat", [zero, named], axis=1, hint="rotary_row_positions")
+        return self.once("rotary_row_positions", make)
+
+    def rotary_tables_args(self) -> list:
+        """The current layer's rotary angles as the Keras call takes them, ``cos`` and ``sin`` (S, D)
+        (each half-width cache twice), as ``(value, shape, dtype)`` arguments of a portable lowering's
+        :meth:`splice`."""
+        import tensorflow as tf
+
+        cache = self.rotary()
+
+        def full(half):
+            return self.once(("rotary_full", half), lambda: self.g.node("Concat", [half, half], axis=-1,
+                                                                        hint="rotary_table"))
+        return [(full(cache.cos), (None, cache.head_size), tf.float32),
+                (full(cache.sin), (None, cache.head_size), tf.float32)]
 
     @property
     def attention_bias_shape(self) -> tuple:
