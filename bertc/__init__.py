@@ -57,7 +57,9 @@ def signature_of(spec):
 
 
 def build_model(spec):
-    """Build the Keras functional model of a spec (a :class:`bertc.spec.Spec`, a path or a dict)."""
+    """Build a spec (a :class:`bertc.spec.Spec`, a path or a dict): a :class:`bertc.build.Built` holding the
+    Keras functional model (``.model``) and handles to its parts (``.encoder``, ``.head``, ``.embedding``,
+    ``.position``, ``.blocks``, ``.signature``)."""
     from bertc.build import build_model as _build
 
     return _build(spec)

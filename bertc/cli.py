@@ -242,7 +242,7 @@ def inspect(spec, plot):
     _import_quietly()
     from bertc.inspect import graph_table, plot_graph
 
-    model = __import__("bertc").build_model(spec)
+    model = __import__("bertc").build_model(spec).model
     click.echo(graph_table(model))
     if plot:
         plot_graph(model, plot)
