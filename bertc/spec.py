@@ -26,9 +26,6 @@ BACKENDS = FP32_BACKENDS + REDUCED_BACKENDS
 BackendName = Literal[BACKENDS]  # type: ignore[valid-type]
 
 
-VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16")
-
-
 EXPORT_VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16")
 
 

@@ -1,4 +1,5 @@
 """Every bundled spec exports to ONNX and TFLite and passes parity; broken artifacts are caught."""
+import hashlib
 import json
 
 import numpy as np
@@ -8,7 +9,11 @@ from onnx import numpy_helper
 
 from bertc.cli import main
 from bertc.errors import EXIT_PARITY_FAILED
-from conftest import TINY_SPECS
+from conftest import ROOT, TINY_SPECS
+
+# sha256 of every artifact of each tiny bundled spec (tools/pin_artifacts.py writes it; a change to what bertc
+# computes regenerates it, in a commit that says why)
+PINNED = json.loads((ROOT / "tests" / "fixtures" / "artifact_sha256.json").read_text())
 
 
 @pytest.mark.parametrize("path", TINY_SPECS, ids=lambda p: p.stem)
@@ -32,6 +37,10 @@ def test_spec_builds_exports_and_passes_parity(path, tmp_path):
     assert dims == ["batch", "sequence"]
     assert any(i.name == "layer_0/attention/query/kernel" or i.name.startswith("shared_layer/")
                for i in model.graph.initializer)
+    hashes = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out.glob("model.*"))
+              if f.suffix in (".keras", ".onnx", ".tflite")}
+    assert hashes == PINNED[path.stem], (
+        "the artifacts' bytes changed: if intended, run tools/pin_artifacts.py and say why in the commit")
 
 
 @pytest.fixture(scope="module")

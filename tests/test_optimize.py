@@ -288,11 +288,11 @@ def test_wrong_lowering_fails_the_build_even_where_initialized_weights_hide_it(m
     before = [w.numpy().copy() for w in model.weights]
     result = optimize_onnx(built_of(model), tmp_path)
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))   # weights restored
-    check = result["fusion"]["structural_check"]
+    check = result.section()["structural_check"]
     assert not check["passed"] and check["outputs"]["logits"]["relative"] > 1e-2      # ... caught here
-    assert result["failure"].startswith("the optimized ONNX lowering disagrees with Keras")
-    assert "- onnx_optimized / logits: max abs diff" in result["failure"]
-    assert set(result["artifacts"]) == {"onnx_optimized"}                              # no variants
+    assert result.mismatch.startswith("the optimized ONNX lowering disagrees with Keras")
+    assert "- onnx_optimized / logits: max abs diff" in result.mismatch
+    assert set(result.artifacts) == {"onnx_optimized"}                              # no variants
 
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(d))
@@ -533,8 +533,8 @@ def test_plugin_of_every_kind_takes_the_portable_path(make, input_dtype, tmp_pat
         sig = signature_of(spec)
         model = build_model(spec, sig).model
         result = optimize_onnx(built_of(model), tmp_path, input_dtype=input_dtype, variants=("onnx_int8",))
-        assert result["failure"] is None and set(result["artifacts"]) == {"onnx_optimized", "onnx_int8"}
-        fusion = result["fusion"]
+        assert result.mismatch is None and set(result.artifacts) == {"onnx_optimized", "onnx_int8"}
+        fusion = result.section()
         layers = ["embeddings"] if part == "embeddings" else [f"layer_{i}" for i in range(3)]
         assert [n.split(":")[0] for n in fusion["not_lowered"]] == [path.format(i=i) for i in range(3)][:len(layers)]
         for layer in layers:
@@ -599,8 +599,8 @@ def test_plugin_tf2onnx_cannot_convert_is_reported_and_the_build_goes_on(tmp_pat
         sig = signature_of(spec)
         model = build_model(spec, sig).model
         result = optimize_onnx(built_of(model), tmp_path)
-        assert result["artifacts"] == {} and result["failure"] is None
-        fusion = result["fusion"]
+        assert result.artifacts == {} and result.mismatch is None
+        fusion = result.section()
         assert not fusion["lowered"]
         assert fusion["not_lowered"] == [
             "layer_0/feedforward (LgammaFeedforward) has no ONNX lowering, and its tf2onnx conversion "
@@ -725,7 +725,7 @@ def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):
     tables = [t for t in int8.graph.initializer if t.name.startswith("embeddings/word_embeddings")]
     assert [(t.name, list(t.dims)) for t in tables] == [("embeddings/word_embeddings", [spec.encoder.vocab_size, 64])]
     # the decoder Gemm reads the word table (fp32 for EmbedLayerNormalization too): it stays fp32
-    assert result["artifacts"]["onnx_int8"]["quantization"]["kept_fp32"] == [
+    assert result.artifacts["onnx_int8"]["quantization"]["kept_fp32"] == [
         "embeddings/embed_layer_norm", "head/decoder", "head/next_sentence", "pooler/pooler"]
     inputs = random_mask_cases(spec)[1]
     ref = model(inputs, training=False)

@@ -124,11 +124,6 @@ class OptimizeResult:
 
         return fusion_section(self)
 
-    def __getitem__(self, key: str):
-        # Transitional, for callers written against the old dict result ({"artifacts", "fusion", "failure"});
-        # use the attributes (artifacts, section(), skip, mismatch).
-        return {"artifacts": lambda: self.artifacts, "fusion": self.section, "failure": lambda: self.mismatch}[key]()
-
 
 def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
                   variants: tuple = ("onnx_int8", "onnx_fp16"), prune: Optional[bool] = None,
