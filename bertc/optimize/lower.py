@@ -145,9 +145,24 @@ class LoweringContext:
         com.microsoft ``RotaryEmbedding`` (not interleaved). ``rows``: x holds the query rows the pruned
         last layer computes (:attr:`read_rows`), each rotated with its own position."""
         cache = self.rotary()
+        cos, sin = cache.cos, cache.sin
+        if rows and self.read_rows.positions:
+            # ORT wants at least as many cache rows as x has rows (1 + P may exceed S): F zero rows appended,
+            # never read (every position is below S)
+            cos, sin = self._padded_cache(cos, x), self._padded_cache(sin, x)
         self.record("rotary", "RotaryEmbedding")
-        return self.g.ms("RotaryEmbedding", [x, self._rotary_position_ids(rows), cache.cos, cache.sin],
+        return self.g.ms("RotaryEmbedding", [x, self._rotary_position_ids(rows), cos, sin],
                          hint="rotary", num_heads=num_heads, interleaved=0)
+
+    def _padded_cache(self, cache: Value, x: Value) -> Value:
+        g = self.g
+
+        def make():
+            pads = self.once(("rotary_pads", x), lambda: g.node(
+                "Concat", [g.ints([0, 0], "pads_begin"), g.node("Shape", [x], start=1, end=2), g.ints([0], "pad_end")],
+                axis=0, hint="rotary_cache_pads"))
+            return g.node("Pad", [cache, pads], hint="rotary_cache_rows")
+        return self.once(("rotary_padded", cache, x), make)
 
     def _rotary_position_ids(self, rows: bool) -> Value:
         """RotaryEmbedding's position ids: [0] (its offset form: row s has position s) for every row or for
