@@ -99,6 +99,10 @@ def scaled_down(spec: Spec, layers: int, vocab: int, seq: int, name: Optional[st
     hidden = getattr(encoder, "hidden", None)
     if isinstance(getattr(encoder, "num_layers", None), int) and (hidden is None or len(hidden) == 1):
         encoder = encoder.model_copy(update={"num_layers": min(encoder.num_layers, layers)})
+        position = getattr(encoder, "position", None)
+        if isinstance(getattr(position, "layer_theta", None), list):    # rotary: the first layers' thetas
+            encoder = encoder.model_copy(update={"position": position.model_copy(
+                update={"layer_theta": position.layer_theta[:encoder.num_layers]})})
     head = spec.head
     if head is not None and isinstance(getattr(head, "num_token_predictions", None), int):
         head = head.model_copy(update={"num_token_predictions": min(head.num_token_predictions, seq)})

@@ -312,3 +312,15 @@ def test_odd_head_size_is_refused(capsys, tmp_path):
     path.write_text(json.dumps(d))
     assert main(["validate", str(path)]) == EXIT_BAD_SPEC
     assert "$.encoder.position: rotary positions need an even head size" in capsys.readouterr().err
+
+
+def test_reduced_clone_keeps_the_first_layers_thetas():
+    """A large model's structural check runs on a reduced clone: its layer_theta is cut with its layers."""
+    from bertc.build import scaled_down
+
+    thetas = [160000.0, 10000.0, 10000.0, 160000.0, 10000.0, 10000.0]
+    d = spec_with(num_layers=6, hidden=[SPEC["encoder"]["hidden"][0]],
+                  position={"type": "rotary", "layer_theta": thetas})
+    clone = scaled_down(load_spec(d), layers=2, vocab=50, seq=8)
+    assert clone is not None and clone.encoder.num_layers == 2
+    assert clone.encoder.position.layer_theta == thetas[:2]
