@@ -5,7 +5,8 @@ and reads one on request (``read()``, always float32 for floating tensors). Whic
 needs is decided by :func:`open_checkpoint`. TensorFlow and torch are imported only by the readers
 that need them; torch is never a requirement (``pytorch_model.bin`` is read only when it is
 installed, and the message says so otherwise). A bertc ``.keras`` file is read with h5py, never
-deserialized: no reader imports bertc's layer library or a plug-in.
+deserialized: no reader imports bertc's layer library or a plug-in (a ``.keras`` file bertc did not
+write, without ``bertc_weights.json``, is the exception: it is deserialized).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Optional
 import numpy as np
 
 from bertc.errors import WeightsError
+
+MANIFEST = "bertc_weights.json"   # bertc.export.keras_file.WEIGHTS_MANIFEST (not imported: it needs no Keras)
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
@@ -205,79 +208,6 @@ class TFCheckpoint(Checkpoint):
         return self._reader.get_tensor(self._keys[name])
 
 
-# The names of the variables a layer creates itself (``add_weight``), in creation order, for the bertc
-# layers that own some; keyed by class name (a model's layers: config.json names their class) or by
-# the attribute a parent layer holds it under (a layer inside another, whose class the file does not
-# record). See _pick for the names a layer may not create.
-_OWN_VARIABLES = {
-    "EmbeddingNetwork": ("word_embeddings", "position_embeddings", "type_embeddings"),
-    "CustomEmbeddingNetwork": ("word_embeddings", "position_embeddings", "type_embeddings"),
-    "ReZeroBlock": ("rezero_alpha", "rezero_alpha_ffn"),
-    "MaskedLM": ("output_bias",),
-    "RelativeBias": ("relative_attention_bias",),
-    "attention": ("pre_softmax_weight", "post_softmax_weight"),  # TalkingHeadsAttention, inside a block
-}
-# Optional variables, each switched by a flag of the layer's spec (absent from the spec: always there).
-_SWITCHED = {"position_embeddings": "use_position_embeddings", "type_embeddings": "use_type_embeddings"}
-
-
-def _keras_builtin_names(class_name: str, config: dict) -> Optional[list[str]]:
-    """The variables of a Keras layer, in the order its ``build`` creates them, from its config."""
-    if class_name == "Dense":
-        return ["kernel"] + (["bias"] if config.get("use_bias", True) else [])
-    if class_name == "EinsumDense":
-        return ["kernel"] + (["bias"] if config.get("bias_axes") else [])
-    if class_name == "LayerNormalization":
-        return ((["gamma"] if config.get("scale", True) else [])
-                + (["beta"] if config.get("center", True) and not config.get("rms_scaling") else []))
-    if class_name == "Embedding":
-        return ["embeddings"]
-    return None
-
-
-def _by_shape(shapes: list[tuple]) -> Optional[list[str]]:
-    """A layer inside another, by the shapes of its variables: a Dense (kernel, bias over its last
-    axis) or a LayerNormalization (gamma, beta alike), the only Keras layers bertc nests."""
-    if len(shapes) == 2:
-        first, second = shapes
-        if len(first) >= 2 and second == first[-1:]:
-            return ["kernel", "bias"]
-        if len(first) == 1 and second == first:
-            return ["gamma", "beta"]
-    return None
-
-
-def _pick(candidates: tuple, shapes: list[tuple], config: dict) -> Optional[list[str]]:
-    """Which of ``candidates`` the layer created, in order: those its spec does not switch off (an
-    embedding table with ``use_..._embeddings: false``); of variables that are not switched, the first
-    ``len(shapes)`` (ReZero's ``rezero_alpha_ffn`` is ``rezero_alpha`` itself when shared, tracked once)."""
-    spec = config.get("spec") if isinstance(config.get("spec"), dict) else {}
-    present = [n for n in candidates if n not in _SWITCHED or spec.get(_SWITCHED[n], True) is not False]
-    if len(present) == len(shapes):
-        return present
-    if len(present) > len(shapes) and not any(n in _SWITCHED for n in present):
-        return present[: len(shapes)]
-    return None
-
-
-def _variable_names(key: str, shapes: list[tuple], layer: Optional[dict]) -> Optional[list[str]]:
-    """The names of the variables one layer group holds (``vars/0``, ``vars/1``, ...), or None.
-
-    ``layer`` is the layer's entry in config.json for a model's own layers, None for a layer inside
-    another (``key`` is then the attribute its parent holds it under)."""
-    if layer is not None:
-        class_name, config = layer.get("class_name"), layer.get("config") or {}
-        if str(layer.get("module", "")).startswith("keras"):
-            return _keras_builtin_names(class_name, config)
-        own = _OWN_VARIABLES.get(class_name)
-        return _pick(own, shapes, config) if own else None
-    named = _by_shape(shapes)
-    if named is not None:
-        return named
-    own = _OWN_VARIABLES.get(key)
-    return _pick(own, shapes, {}) if own else None
-
-
 class _Window(io.RawIOBase):
     """Bytes ``start .. start+size`` of an open file, as a file of their own (a stored zip entry)."""
 
@@ -309,24 +239,17 @@ class _Window(io.RawIOBase):
         return len(data)
 
 
-def _attr_text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class KerasCheckpoint(Checkpoint):
-    """A ``.keras`` file written by bertc: names are bertc weight paths.
+    """A ``.keras`` file written by bertc: names are bertc weight paths (``w.path``).
 
-    The weights are read straight from the archive's ``model.weights.h5`` with h5py (which Keras
-    requires), without deserializing the model: neither bertc's layer library nor a plug-in the model
-    used is imported. Keras's saving_lib writes one group per layer, nested as the layers are: the
-    model's layers under ``layers/<snake_case class>[_N]``, a layer's sublayers under the attribute
-    that holds them, a list of layers as ``<attribute>/<snake_case class>[_N]``. A layer's variables
-    are ``<group>/vars/0``, ``vars/1``, ... in the order it created them (trainable first), and its
-    name is the ``name`` attribute of that ``vars`` group (a shared layer, ALBERT's ``shared_layer``,
-    is written once). A variable's path (``w.path``) is the names of the layers that hold it, outermost
-    first (not the model's own: its layers are built outside it), then the variable's name, which the
-    file does not record: :func:`_variable_names` gives it from the layer's class in config.json (a
-    model's layers) or the shapes of its variables (Dense, LayerNormalization inside a layer).
+    bertc's archive names its weights itself: ``bertc_weights.json`` (written by
+    :func:`bertc.export.keras_file.save_keras`) lists each dataset of ``model.weights.h5`` that holds a
+    variable (``layers/<...>/vars/0``) with the variable's path. The weights are read from the h5 with
+    h5py (which Keras requires), lazily, without deserializing the model: neither bertc's layer library
+    nor a plug-in the model used is imported. A variable saved twice (one variable held by two layers) is
+    one name. A ``.keras`` file without that entry (an older bertc, plain Keras) is deserialized with
+    :func:`bertc.transfer.load_keras_model` instead, which imports bertc's layers (and needs the model's
+    plug-ins loaded).
     """
 
     format = "keras"
@@ -342,24 +265,25 @@ class KerasCheckpoint(Checkpoint):
         import h5py
 
         self._zip = zipfile.ZipFile(path)
-        try:
-            config = json.loads(self._zip.read("config.json"))
-            layers = {entry.get("name"): entry for entry in config["config"]["layers"]}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise WeightsError(f"{path}: damaged Keras archive: config.json is not a Keras model config "
-                               f"(a model with its list of layers): {type(exc).__name__}: {exc}") from None
+        self._h5 = self._model = None
         try:
             self._h5 = h5py.File(self._weights_file(), "r")
         except Exception as exc:
+            self.close()
             raise WeightsError(f"{path}: damaged Keras archive: model.weights.h5 is not a readable HDF5 file "
                                f"({type(exc).__name__}: {exc})") from None
         self._datasets: dict[str, str] = {}   # weight path -> dataset in the h5 file
+        if MANIFEST not in self._zip.namelist():
+            self._deserialize()
+            return
         try:
-            self._walk(self._h5, [], layers, depth=0)
+            self._read_manifest(h5py)
         except WeightsError:
+            self.close()
             raise
         except Exception as exc:
-            raise WeightsError(f"{path}: damaged Keras archive: model.weights.h5 cannot be read: "
+            self.close()
+            raise WeightsError(f"{path}: damaged Keras archive: {MANIFEST} does not describe model.weights.h5: "
                                f"{type(exc).__name__}: {exc}") from None
 
     def _weights_file(self):
@@ -378,46 +302,47 @@ class KerasCheckpoint(Checkpoint):
         self._raw = f
         return io.BufferedReader(_Window(f, start, info.file_size), buffer_size=1 << 20)
 
-    def _walk(self, group, names: list[str], layers: dict, depth: int) -> None:
-        import h5py
-
-        own = group.get("vars")
-        if isinstance(own, h5py.Group) and len(own):
-            keys = sorted(own, key=lambda k: (len(k), k))
-            if keys != [str(i) for i in range(len(keys))]:
-                raise WeightsError(f"{self.location}: damaged Keras archive: model.weights.h5 group "
-                                   f"{own.name} holds {keys}, not variables 0..{len(keys) - 1}")
-            shapes = [tuple(int(d) for d in own[k].shape) for k in keys]
-            key = group.name.rsplit("/", 1)[-1]
-            layer = layers.get(names[-1]) if depth == 2 and names else None
-            var_names = _variable_names(key, shapes, layer)
-            if var_names is None or len(var_names) != len(keys):
-                what = f"a {layer.get('class_name')}" if layer else f"held as {key!r}"
-                raise WeightsError(
-                    f"{self.location}: layer {'/'.join(names) or '(the model)'} ({what}) holds {len(keys)} "
-                    f"variable(s) of shapes {', '.join(map(str, shapes))} that bertc cannot name from the file "
-                    f"alone (model.weights.h5 numbers a layer's variables; their names come from the layer's "
-                    f"class): load the model with bertc.transfer.load_keras_model instead")
-            for k, var, shape in zip(keys, var_names, shapes):
-                weight = "/".join(names + [var])
-                if weight in self._datasets:
-                    raise WeightsError(f"{self.location}: two variables of model.weights.h5 are both {weight!r} "
-                                       f"({self._datasets[weight]}, {own[k].name})")
-                self._datasets[weight] = own[k].name
-                self._shapes[weight] = shape
-        for child in group:
-            # the model (the root: its name is no part of its layers' paths) holds its weights in
-            # ``layers``; an optimizer or metrics saved with it are no weights of the model
-            if child == "vars" or (depth == 0 and child != "layers") or not isinstance(group[child], h5py.Group):
+    def _read_manifest(self, h5py) -> None:
+        manifest = json.loads(self._zip.read(MANIFEST))
+        if manifest.get("format") != "bertc-keras-weights" or manifest.get("version") != 1:
+            raise WeightsError(f"{self.location}: {MANIFEST} is format {manifest.get('format')!r} version "
+                               f"{manifest.get('version')!r}; this bertc reads bertc-keras-weights version 1")
+        for entry in manifest["weights"]:
+            name, dataset = str(entry["path"]), str(entry["dataset"])
+            node = self._h5.get(dataset)
+            if not isinstance(node, h5py.Dataset):
+                raise WeightsError(f"{self.location}: damaged Keras archive: {MANIFEST} names {dataset!r} "
+                                   f"({name}), which model.weights.h5 does not hold")
+            shape = tuple(int(d) for d in node.shape)
+            if name in self._datasets:   # one variable saved twice: the first copy
+                if self._shapes[name] != shape:
+                    raise WeightsError(f"{self.location}: damaged Keras archive: {name!r} is both "
+                                       f"{self._datasets[name]} {self._shapes[name]} and {dataset} {shape}")
                 continue
-            sub = group[child]
-            name = sub["vars"].attrs.get("name") if isinstance(sub.get("vars"), h5py.Group) else None
-            if name is None:   # a list or dict of layers: no layer of its own
-                self._walk(sub, names, layers, depth + 1)
-            else:
-                self._walk(sub, names + [_attr_text(name)], layers, depth + 1)
+            self._datasets[name] = dataset
+            self._shapes[name] = shape
+
+    def _deserialize(self) -> None:
+        """No manifest: the model itself, deserialized (its weights are read from the loaded variables)."""
+        from bertc.errors import ModelFileError
+        from bertc.transfer import load_keras_model
+
+        self._h5.close()
+        self._h5 = None
+        try:
+            self._model = load_keras_model(self.location)
+        except ModelFileError as exc:
+            self.close()
+            raise WeightsError(f"{exc} (it has no {MANIFEST}, which names the weights of a .keras file "
+                               f"bertc writes, so it must be deserialized)") from None
+        self._variables = {}
+        for w in self._model.weights:
+            self._variables.setdefault(w.path, w)
+        self._shapes = {name: tuple(int(d) for d in w.shape) for name, w in self._variables.items()}
 
     def _read(self, name):
+        if self._model is not None:
+            return np.asarray(self._variables[name].numpy())
         dataset = self._h5[self._datasets[name]]
         value = np.asarray(dataset[()])
         if dataset.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
@@ -427,7 +352,8 @@ class KerasCheckpoint(Checkpoint):
         return value
 
     def close(self) -> None:
-        self._h5.close()
+        if self._h5 is not None:
+            self._h5.close()
         self._zip.close()
         raw = getattr(self, "_raw", None)
         if raw is not None:

@@ -1,16 +1,21 @@
-"""KerasCheckpoint reads a bertc .keras file's weights straight from its model.weights.h5 (h5py), without
-deserializing the model: reading a checkpoint imports neither bertc's layer library nor a plug-in."""
+"""KerasCheckpoint reads a bertc .keras file's weights straight from its model.weights.h5 (h5py), named by
+the archive's bertc_weights.json, without deserializing the model: reading a checkpoint imports neither
+bertc's layer library nor a plug-in. A .keras file without bertc_weights.json is deserialized instead."""
+import io
+import json
 import os
 import subprocess
 import sys
 import textwrap
 import zipfile
 
+import h5py
 import numpy as np
 import pytest
 
-from bertc.checkpoints import KerasCheckpoint, open_checkpoint
+from bertc.checkpoints import MANIFEST, KerasCheckpoint, open_checkpoint
 from bertc.errors import WeightsError
+from bertc.export.keras_file import WEIGHTS_MANIFEST
 from conftest import ROOT, TINY_SPECS, tiny_bert
 
 EXAMPLE = ROOT / "examples" / "plugins"
@@ -43,6 +48,13 @@ def test_weights_of_every_bundled_model_read_from_the_file(spec, tmp_path):
     model = _built(spec)
     path = _save(model, tmp_path / "model.keras")
     want = {w.path: w.numpy() for w in model.weights}   # a shared layer (ALBERT's shared_layer): once
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read(WEIGHTS_MANIFEST))
+    listed = [entry["path"] for entry in manifest["weights"]]
+    assert set(listed) == {w.path for w in model.weights} and len(listed) == len(set(listed)) == len(want)
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+        for entry in manifest["weights"]:   # each dataset holds the variable the manifest says
+            assert np.array_equal(h5[entry["dataset"]][()], want[entry["path"]]), entry
     checkpoint = KerasCheckpoint(path)
     _assert_same(checkpoint, want)
     assert checkpoint.describe() == f"{path} (keras, {len(want)} tensors)"
@@ -112,8 +124,22 @@ def test_files_that_are_not_a_bertc_keras_file(saved, tmp_path):
     assert "damaged Keras archive: config.json missing" in _error(no_config)
     not_h5 = _rewrite(saved, tmp_path / "not_h5.keras", replace={"model.weights.h5": b"garbage" * 100})
     assert "model.weights.h5 is not a readable HDF5 file" in _error(not_h5)
+    # the manifest names the weights: config.json is not read; without it, the model must deserialize
     bad_config = _rewrite(saved, tmp_path / "bad_config.keras", replace={"config.json": b"{}"})
-    assert "config.json is not a Keras model config" in _error(bad_config)
+    assert KerasCheckpoint(bad_config).names() == KerasCheckpoint(saved).names()
+    bad_config = _rewrite(bad_config, tmp_path / "bad_config_old.keras", drop=(MANIFEST,))
+    assert "cannot be loaded as a Keras model" in _error(bad_config)
+    assert f"no {MANIFEST}" in _error(bad_config)
+    not_json = _rewrite(saved, tmp_path / "not_json.keras", replace={MANIFEST: b"{"})
+    assert f"{MANIFEST} does not describe model.weights.h5" in _error(not_json)
+    with zipfile.ZipFile(saved) as archive:
+        manifest = json.loads(archive.read(MANIFEST))
+    manifest["weights"][0]["dataset"] = "layers/nothing/vars/0"
+    wrong = _rewrite(saved, tmp_path / "wrong.keras", replace={MANIFEST: json.dumps(manifest).encode()})
+    assert "names 'layers/nothing/vars/0'" in _error(wrong)
+    newer = _rewrite(saved, tmp_path / "newer.keras",
+                     replace={MANIFEST: json.dumps({**manifest, "version": 2}).encode()})
+    assert "version 2" in _error(newer)
     # a damaged byte inside the stored weights: the zip's checksum says so
     data = bytearray(saved.read_bytes())
     with zipfile.ZipFile(saved) as archive:
@@ -133,6 +159,27 @@ def test_a_deflated_archive_reads_the_same(saved, tmp_path):
     assert a.names() == b.names()
     for name in a.names():
         assert np.array_equal(a.read(name), b.read(name))
+
+
+def test_the_manifest_entry_is_reproducible_and_last(saved, tmp_path):
+    assert MANIFEST == WEIGHTS_MANIFEST
+    again = _save(_built(tiny_bert()), tmp_path / "again.keras")
+    assert again.read_bytes() == saved.read_bytes()
+    with zipfile.ZipFile(saved) as archive:
+        infos = archive.infolist()
+    assert [i.filename for i in infos] == ["metadata.json", "config.json", "model.weights.h5", MANIFEST]
+    assert {(i.date_time, i.external_attr, i.compress_type) for i in infos} == {
+        ((1980, 1, 1, 0, 0, 0), 0o644 << 16, zipfile.ZIP_STORED)}
+
+
+def test_a_keras_file_without_the_manifest_is_deserialized(tmp_path):
+    """An older bertc's (or plain Keras's) .keras file: the same names and values, by loading the model."""
+    model = _built(tiny_bert())
+    path = _save(model, tmp_path / "model.keras")
+    old = _rewrite(path, tmp_path / "old.keras", drop=(MANIFEST,))
+    want = {w.path: w.numpy() for w in model.weights}
+    _assert_same(KerasCheckpoint(old), want)
+    assert KerasCheckpoint(old).names() == KerasCheckpoint(path).names()
 
 
 _READ_ALL = """
@@ -172,4 +219,6 @@ def test_reading_a_checkpoint_does_not_import_the_layer_library(saved, how):
         pytest.xfail("`import bertc` itself imports bertc.components (bertc/__init__.py registers the layers "
                      "eagerly); the readers alone do not (the 'stub' case)")
     assert "bertc.components" not in loaded["keras"]
+    if how == "stub":   # the manifest names the weights: h5py alone, no Keras
+        assert "keras" not in loaded["keras"] and "tensorflow" not in loaded["keras"]
     assert loaded["safetensors"] == ["-"]   # neither keras nor tensorflow

@@ -6,6 +6,12 @@ Keras writes the save date into ``metadata.json``, the current time on the zip e
 fixed date, fixed entry timestamps and permissions, and shared-object ids renumbered in order of
 appearance (the same objects stay shared: each distinct id gets one new number). The weights are
 copied in chunks, never held in memory as a whole.
+
+``model.weights.h5`` numbers each layer's variables (``layers/<...>/vars/0``) without naming them, so
+the archive gains one entry of bertc's own, ``bertc_weights.json`` (:data:`WEIGHTS_MANIFEST`): for each
+dataset of the h5 that holds a variable, in the order Keras wrote them, the variable's path
+(``variable.path``, e.g. ``layer_0/attention/query/kernel``). It lets a reader name the weights with
+h5py alone (:class:`bertc.checkpoints.KerasCheckpoint`), without deserializing the model.
 """
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ from pathlib import Path
 
 FIXED_DATE = "1980-01-01@00:00:00"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+WEIGHTS_MANIFEST = "bertc_weights.json"
+MANIFEST_FORMAT = "bertc-keras-weights"
+MANIFEST_VERSION = 1
 
 
 def _renumber_shared_ids(node, mapping: dict) -> None:
@@ -56,7 +65,7 @@ def zip_keras_dir(directory: Path, dst: Path) -> None:
     """The .keras zip of a model saved with ``zipped=False``: Keras's entry order (metadata, config,
     weights, assets), fixed timestamps, normalized JSON; the weights file is streamed, not loaded."""
     directory = Path(directory)
-    first = [n for n in ("metadata.json", "config.json", "model.weights.h5", "model.weights.npz")
+    first = [n for n in ("metadata.json", "config.json", "model.weights.h5", "model.weights.npz", WEIGHTS_MANIFEST)
              if (directory / n).is_file()]
     rest = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
                   if p.is_file() and p.relative_to(directory).as_posix() not in first)
@@ -72,10 +81,97 @@ def zip_keras_dir(directory: Path, dst: Path) -> None:
                 shutil.copyfileobj(fin, fout, 16 << 20)
 
 
+def _saved_variables(model) -> list[tuple[str, object]]:
+    """(h5 dataset, what was stored there) for every value Keras's saving_lib writes for ``model``, in
+    the order it writes them.
+
+    The same walk as ``keras.src.saving.saving_lib._save_state`` (Keras 3.15), with Keras's own helpers:
+    each saveable once (by id), its ``save_own_variables`` into ``<inner path>/vars`` (a Layer stores
+    ``_trainable_variables + _non_trainable_variables`` as ``0``, ``1``, ...), then its children in
+    ``_walk_saveable``'s order (a Functional/Sequential model's ``layers`` first, then its attributes,
+    private ones last), a list/dict/tuple of saveables as ``<attribute>/<snake_case class>[_N]`` and a
+    nested container as ``container[_N]``. :func:`_weights_manifest` checks the result against the file."""
+    from keras.src.saving.keras_saveable import KerasSaveable
+    from keras.src.saving.saving_lib import _get_unique_name, _walk_saveable
+    from keras.src.utils import naming
+
+    found: list[tuple[str, object]] = []
+    visited: set[int] = set()
+
+    def join(inner: str, name: str) -> str:
+        return f"{inner}/{name}" if inner else name
+
+    def state(saveable, inner: str) -> None:
+        if id(saveable) in visited:
+            return
+        if hasattr(saveable, "save_own_variables"):
+            store: dict = {}
+            saveable.save_own_variables(store)
+            for key, value in store.items():
+                found.append((join(join(inner, "vars"), str(key)), value))
+        visited.add(id(saveable))
+        for attr, child in _walk_saveable(saveable):
+            if isinstance(child, KerasSaveable):
+                state(child, join(inner, attr))
+            elif isinstance(child, (list, dict, tuple)):
+                container(child, join(inner, attr), set())
+
+    def container(items, inner: str, seen: set) -> None:
+        if id(items) in seen:
+            return
+        seen.add(id(items))
+        used: dict = {}
+        for item in (list(items.values()) if isinstance(items, dict) else items):
+            if isinstance(item, KerasSaveable):
+                state(item, join(inner, _get_unique_name(naming.to_snake_case(item.__class__.__name__), used)))
+            elif isinstance(item, (list, dict, tuple)):
+                container(item, join(inner, _get_unique_name("container", used)), seen)
+
+    state(model, "")
+    return found
+
+
+def _h5_datasets(h5_path: Path) -> dict[str, tuple[int, ...]]:
+    import h5py
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    with h5py.File(h5_path, "r") as h5:
+        h5.visititems(lambda name, obj: shapes.__setitem__(name, tuple(int(d) for d in obj.shape))
+                      if isinstance(obj, h5py.Dataset) else None)
+    return shapes
+
+
+def _weights_manifest(model, h5_path: Path) -> dict:
+    """The content of :data:`WEIGHTS_MANIFEST` for ``model`` just saved to ``h5_path``: each dataset that
+    holds a variable, with the variable's path, in the order Keras wrote them. Raises RuntimeError when
+    the walk and the file disagree (a dataset missing from either, another shape, two variables with one
+    path): a Keras whose saving walk differs from 3.15's."""
+    import keras
+
+    saved = _saved_variables(model)
+    datasets = _h5_datasets(h5_path)
+    mismatch = sorted(set(datasets) ^ {d for d, _ in saved})
+    weights, owner = [], {}
+    for dataset, value in saved:
+        shape = tuple(int(d) for d in getattr(value, "shape", ()))
+        if dataset in datasets and datasets[dataset] != shape:
+            mismatch.append(f"{dataset} {datasets[dataset]} != {shape}")
+        if not isinstance(value, keras.Variable):
+            continue   # a value a layer saves that is no variable (none of bertc's do): not a weight
+        if owner.setdefault(value.path, id(value)) != id(value):
+            raise RuntimeError(f"cannot describe the weights of model.weights.h5: two variables are both "
+                               f"{value.path!r}")
+        weights.append({"dataset": dataset, "path": value.path})
+    if mismatch:
+        raise RuntimeError(f"cannot describe the weights of model.weights.h5: Keras {keras.__version__} saved "
+                           f"them otherwise than bertc's walk of the model says ({', '.join(mismatch[:5])})")
+    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "weights": weights}
+
+
 def save_keras(model, path: Path) -> dict:
     """Save ``model`` to ``path`` (.keras) with reproducible bytes. Keras writes the weights into an
     unzipped directory first (straight to disk: its zipped save buffers the whole weights file in
-    memory), then bertc zips it."""
+    memory), then bertc zips it, with :data:`WEIGHTS_MANIFEST` naming the variables of the h5."""
     import tempfile
 
     path = Path(path)
@@ -83,6 +179,8 @@ def save_keras(model, path: Path) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bertc-keras-", dir=path.parent))
     try:
         model.save(str(workdir / "model"), zipped=False)
+        manifest = _weights_manifest(model, workdir / "model" / "model.weights.h5")
+        (workdir / "model" / WEIGHTS_MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
         zip_keras_dir(workdir / "model", tmp)
         os.replace(tmp, path)
     finally:
