@@ -24,7 +24,8 @@ code  name                         meaning
 130                                interrupted (Ctrl-C)
 ====  ===========================  ==========================================================
 
-``NotLowerable`` (an ONNX lowering that cannot express a component) lives with the lowering code.
+``NotLowerable`` (an ONNX lowering that cannot express a component) never reaches the CLI: the optimize
+stage turns it into a recorded skip of the optimized artifact, with its message as the reason.
 """
 from __future__ import annotations
 
