@@ -186,15 +186,10 @@ _READ_ALL = """
 import sys, types
 from pathlib import Path
 root = Path(sys.argv[1])
-if sys.argv[3] == "stub":   # bertc's package __init__ not run: what the readers themselves import
-    package = types.ModuleType("bertc")
-    package.__path__ = [str(root / "bertc")]
-    sys.modules["bertc"] = package
-else:
-    import bertc
-    if "bertc.components" in sys.modules:
-        print("EAGER")
-        sys.exit(0)
+# bertc's package __init__ not run: what the readers themselves import
+package = types.ModuleType("bertc")
+package.__path__ = [str(root / "bertc")]
+sys.modules["bertc"] = package
 from bertc.checkpoints import open_checkpoint
 checkpoint = open_checkpoint(sys.argv[2])
 total = sum(int(checkpoint.read(name).size) for name in checkpoint.names())
@@ -203,22 +198,20 @@ print(" ".join(m for m in ("bertc.components", "bertc.transfer", "keras", "tenso
 """
 
 
-def _modules_after_reading(path, how):
-    proc = subprocess.run([sys.executable, "-c", _READ_ALL, str(ROOT), str(path), how], capture_output=True,
+def _modules_after_reading(path):
+    proc = subprocess.run([sys.executable, "-c", _READ_ALL, str(ROOT), str(path)], capture_output=True,
                           text=True, cwd=ROOT, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.split()[-1:] if proc.stdout.strip() == "EAGER" else proc.stdout.split()
+    return proc.stdout.split()
 
 
-@pytest.mark.parametrize("how", ["stub", "package"])
-def test_reading_a_checkpoint_does_not_import_the_layer_library(saved, how):
+# The readers themselves (bertc's package __init__ not run): `import bertc` registers the layer classes on
+# purpose, so that any model.keras it wrote loads after it (DESIGN.md, "Public API first").
+def test_reading_a_checkpoint_does_not_import_the_layer_library(saved):
     safetensors = ROOT / "tests" / "fixtures" / "hf" / "bert_model" / "model.safetensors"
     assert safetensors.exists()
-    loaded = {"keras": _modules_after_reading(saved, how), "safetensors": _modules_after_reading(safetensors, how)}
-    if loaded["keras"] == ["EAGER"]:
-        pytest.xfail("`import bertc` itself imports bertc.components (bertc/__init__.py registers the layers "
-                     "eagerly); the readers alone do not (the 'stub' case)")
+    loaded = {"keras": _modules_after_reading(saved), "safetensors": _modules_after_reading(safetensors)}
     assert "bertc.components" not in loaded["keras"]
-    if how == "stub":   # the manifest names the weights: h5py alone, no Keras
-        assert "keras" not in loaded["keras"] and "tensorflow" not in loaded["keras"]
+    # the manifest names the weights: h5py alone, no Keras
+    assert "keras" not in loaded["keras"] and "tensorflow" not in loaded["keras"]
     assert loaded["safetensors"] == ["-"]   # neither keras nor tensorflow
