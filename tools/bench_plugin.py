@@ -62,11 +62,12 @@ def main() -> int:
                                   "feedforward": {"type": "dense", "intermediate_size": 3072, "activation": "gelu"}}}
     spec = load_spec(data)
     sig = signature_of(spec)
-    model = build_model(spec, sig)
+    built = build_model(spec, sig)
+    model = built.model
     args.out.mkdir(parents=True, exist_ok=True)
     portable = export_onnx(model, sig, args.out / "model.onnx")
     t0 = time.perf_counter()
-    result = optimize_onnx(model, spec, sig, args.out, variants=("onnx_int8",), portable=portable)
+    result = optimize_onnx(built, args.out, variants=("onnx_int8",), portable=portable)
     optimize_seconds = time.perf_counter() - t0
     if result.skip is not None or not result.passed:
         raise SystemExit(f"no optimized artifact: {result.mismatch or result.skip.reason}")
