@@ -50,7 +50,7 @@ MALFORMED = [
      "$.encoder.hidden.attention.num_heads", "hidden_size 16 (at $.encoder.hidden_size) is not divisible by num_heads 5"),
     (scaffold(hidden={"type": "scaffold", "attention": {"type": "nope", "num_heads": 2},
                       "feedforward": {"type": "dense", "intermediate_size": 8}}),
-     "$.encoder.hidden.attention", "unknown type 'nope'; known types: 'multi_head', 'talking_heads'"),
+     "$.encoder.hidden.attention", "unknown type 'nope'; known types: 'disentangled', 'multi_head', 'talking_heads'"),
     (scaffold(embedding={"type": "custom", "vocab_size": 50, "max_sequence_length": 8, "use_type_embeddings": True}),
      "$.encoder.embedding.type_vocab_size", "is required when use_type_embeddings is true"),
     (tiny_bert(parity={"sequence_lengths": [4, 99]}), "$.parity.sequence_lengths[1]", "99 exceeds"),

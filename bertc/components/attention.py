@@ -1,4 +1,4 @@
-"""Self-attention layers: ``multi_head`` (canonical BERT) and ``talking_heads``.
+"""Self-attention layers: ``multi_head`` (canonical BERT), ``talking_heads`` and ``disentangled`` (DeBERTa-v2/v3).
 
 An attention component (base class :class:`Attention`) is a layer constructed as
 ``cls(spec=..., hidden_size=..., initializer=..., name=...)`` and called as
@@ -7,7 +7,14 @@ An attention component (base class :class:`Attention`) is a layer constructed as
 keys, a large negative number for padded keys), (B, N, S, S) when the encoder's position
 scheme adds a relative bias to it. With a rotary position scheme it is also passed
 ``rotary=(cos, sin)`` (each (S, D), D the head size: this layer's angles), and rotates queries and
-keys after splitting heads; without one it is never passed ``rotary``. It returns (B, S, H).
+keys after splitting heads; without one it is never passed ``rotary``. ``disentangled`` attention is passed
+``disentangled=(relative_embeddings, relative_positions)`` by the ``disentangled`` position scheme (required: a
+spec error without it, with both JSON paths) and adds transformers' c2p (queries against the relative embeddings
+projected by the key weights, or ``pos_key_proj``) and p2c (keys against them projected by the query weights, or
+``pos_query_proj``) terms to the content logits, all scaled by 1 / sqrt(head_size * (1 + len(pos_att_type))). Its
+lowering computes them with MatMul + Gather and hands them to com.microsoft ``MultiHeadAttention`` as
+``attention_bias`` (its ``scale`` attribute set, the raw 0/1 mask), exact against transformers (~4e-6); the
+pruned last layer gathers the first token's row of each term. It returns (B, S, H).
 Residual and layer norm belong to the enclosing block. ``param_count(spec, hidden_size)`` is its closed-form
 parameter count; ``onnx_lowering(ctx, x, query=None)`` its optimized ONNX (see below).
 """
@@ -24,6 +31,7 @@ from bertc.components.base import portable
 from bertc.components.common import (MASK_ADDER, SpecLayer, dense, dense_params, initializer, merge_heads, serializable,
                                      split_heads)
 from bertc.components.positions import apply_rotary
+from bertc.errors import NotLowerable
 from bertc.registry import ATTENTION
 from bertc.specbase import InitializerSpec, PositiveInt, Rate, StrictModel
 
@@ -62,11 +70,12 @@ class Attention(SpecLayer):
     def onnx_lowering(self, ctx, x, query=None):
         hidden = getattr(self, "hidden_size", None)
         args = [(x, (None, None, hidden), tf.float32), (ctx.attention_bias(), ctx.attention_bias_shape, tf.float32)]
-        if ctx.rotary() is None:
+        if not ctx.layer_positions:
             out, = ctx.splice(self, args, lambda h, bias: self.call(h, bias, training=False), part="attention")
-        else:   # this layer's rotary (cos, sin), each (S, D), traced as two more inputs
-            args += ctx.rotary_tables_args()
-            out, = ctx.splice(self, args, lambda h, bias, cos, sin: self.call(h, bias, training=False, rotary=(cos, sin)),
+        else:   # this layer's position tensors (rotary (cos, sin); disentangled ones), traced as more inputs
+            extra, as_kwargs = ctx.layer_position_args(getattr(self, "hidden_size", None))
+            out, = ctx.splice(self, args + extra,
+                              lambda h, bias, *pos: self.call(h, bias, training=False, **as_kwargs(pos)),
                               part="attention")
         return (ctx.rows(out) if query is not None else out), None
 
@@ -162,6 +171,110 @@ class TalkingHeadsAttention(MultiHeadAttention):
         return lower_talking_heads(self, ctx, x, query)
 
 
+class DisentangledAttentionSpec(AttentionSpecBase):
+    """DeBERTa-v2/v3 disentangled self-attention: content-to-content logits plus content-to-position (``c2p``:
+    queries against projected relative embeddings) and position-to-content (``p2c``: keys against them) terms,
+    all scaled by 1 / sqrt(head_size * (1 + len(pos_att_type))). ``share_att_key``: the relative embeddings
+    are projected by the query / key weights themselves (v3), else by their own ``pos_query_proj`` /
+    ``pos_key_proj``. Needs the encoder's ``disentangled`` position scheme."""
+
+    type: Literal["disentangled"] = "disentangled"
+    pos_att_type: list[Literal["c2p", "p2c"]] = ["p2c", "c2p"]
+    share_att_key: bool = True
+
+    def problems(self, ctx):
+        yield from super().problems(ctx)
+        if len(set(self.pos_att_type)) != len(self.pos_att_type):
+            yield ("pos_att_type",), f"{self.pos_att_type} names a term twice"
+        kind = ctx.get("position_type")
+        if kind is not None and kind != "disentangled":
+            yield (), (f"disentangled attention needs the encoder's 'disentangled' position scheme, but the scheme "
+                       f"at {ctx['position_path']} is {kind!r}")
+
+
+@ATTENTION.register("disentangled", spec=DisentangledAttentionSpec,
+                    description="DeBERTa-v2/v3 disentangled attention: c2p / p2c relative-position terms from the "
+                                "'disentangled' position scheme's shared table.")
+@serializable
+class DisentangledAttention(MultiHeadAttention):
+    """Weights as :class:`MultiHeadAttention` (``query``, ``key``, ``value``, ``attention_output``), plus
+    ``pos_key_proj`` (c2p) / ``pos_query_proj`` (p2c) without ``share_att_key``. Called with
+    ``disentangled=(relative_embeddings (2S - 1, H), relative_positions (S, S))`` from the position scheme: c2p
+    ``[i, j] = q_i . pos_k[rel[i, j]]`` and p2c ``[i, j] = k_j . pos_q[rel[i, j]]`` (transformers' gathers at
+    ``clamp(+-bucket + att_span)``, the rows already chosen by the scheme), each a MatMul against every row then
+    one Gather of the flattened (row, relative) axis."""
+
+    spec_cls = DisentangledAttentionSpec
+
+    def __init__(self, spec, hidden_size, initializer=None, **kwargs):
+        super().__init__(spec, hidden_size, initializer, **kwargs)
+        s, h, init = self.spec, self.hidden_size, self.initializer_spec
+        self.terms = [t for t in ("c2p", "p2c") if t in s.pos_att_type]
+        self.scale_factor = 1 + len(self.terms)
+        own = not s.share_att_key
+        self.pos_key_proj = dense(h, init, "pos_key_proj") if own and "c2p" in self.terms else None
+        self.pos_query_proj = dense(h, init, "pos_query_proj") if own and "p2c" in self.terms else None
+
+    def build(self, x_shape, attention_bias_shape=None):
+        super().build(x_shape, attention_bias_shape)
+        for layer in (self.pos_key_proj, self.pos_query_proj):
+            if layer is not None:
+                layer.build((None, self.hidden_size))
+        self.built = True
+
+    @staticmethod
+    def param_count(spec, hidden_size: int) -> int:
+        own = 0 if spec.share_att_key else len(set(spec.pos_att_type))
+        return (4 + own) * dense_params(hidden_size, hidden_size)
+
+    @property
+    def scale(self) -> float:
+        """sqrt(head_size * scale_factor), in float32 as transformers' ``scaled_size_sqrt``."""
+        return float(np.sqrt(np.float32(self.head_size) * np.float32(self.scale_factor)))
+
+    def projection(self, term: str):
+        """The Dense that projects the relative embeddings for ``term``: keys for c2p, queries for p2c."""
+        if term == "c2p":
+            return self.key if self.spec.share_att_key else self.pos_key_proj
+        return self.query if self.spec.share_att_key else self.pos_query_proj
+
+    def relative_logits(self, q, k, relative_embeddings, relative_positions):
+        """(B, N, S, S): the c2p and p2c terms (unscaled)."""
+        rel = relative_positions
+        length = tf.shape(rel)[0]
+        rows = tf.shape(relative_embeddings)[0]
+        steps = tf.range(length) * rows
+        total = None
+        for term in self.terms:
+            pos = split_heads(tf.expand_dims(self.projection(term)(relative_embeddings), 0), self.num_heads,
+                              self.head_size)                                       # (1, N, 2S - 1, D)
+            att = tf.matmul(q if term == "c2p" else k, pos, transpose_b=True)       # (B, N, S, 2S - 1)
+            # c2p reads row i of att (the query), p2c row j (the key), at column rel[i, j]
+            index = rel + (tf.expand_dims(steps, 1) if term == "c2p" else tf.expand_dims(steps, 0))
+            flat = tf.reshape(att, tf.concat([tf.shape(att)[:2], [-1]], axis=0))
+            value = tf.gather(flat, index, axis=2)
+            total = value if total is None else total + value
+        return total
+
+    def call(self, x, attention_bias, training=None, disentangled=None):
+        if disentangled is None:
+            raise ValueError(f"{self.name}: disentangled attention is called with the 'disentangled' position "
+                             f"scheme's tensors (disentangled=)")
+        q = split_heads(self.query(x), self.num_heads, self.head_size)
+        k = split_heads(self.key(x), self.num_heads, self.head_size)
+        v = split_heads(self.value(x), self.num_heads, self.head_size)
+        logits = tf.matmul(q, k, transpose_b=True)
+        if self.terms:
+            logits = logits + self.relative_logits(q, k, *disentangled)
+        # times 1 / scale, a constant of the graph (dividing, the TFLite converter would fold a reciprocal of its own)
+        logits = logits * tf.constant(np.float32(1.0 / self.scale)) + attention_bias
+        probs = self.probs_dropout(tf.nn.softmax(logits, axis=-1), training=training)
+        return self.attention_output(merge_heads(tf.matmul(probs, v), self.hidden_size))
+
+    def onnx_lowering(self, ctx, x, query=None):
+        return lower_disentangled(self, ctx, x, query)
+
+
 # --- ONNX lowerings ---------------------------------------------------------------------------------
 # An attention lowering gets the block's input ``x`` (B, S, H) and, when only some query rows are
 # needed (the pruned last layer), ``query`` (B, F, H) taken from ``x``. It returns
@@ -245,3 +358,56 @@ def lower_talking_heads(layer, ctx, x, query=None):
     ctx.record("attention", ("RotaryEmbedding + " if rotary else "")
                + "MatMul+Einsum+Softmax (talking heads: no fused operator)")
     return ctx.matmul(context, layer.attention_output)
+
+
+def lower_disentangled(layer, ctx, x, query=None):
+    """Q/K/V MatMul + Add; per term the relative embeddings projected (MatMul + Add), MatMul with q (c2p) or
+    k (p2c) against every relative row, one Gather of the flattened (row, relative) axis at the scheme's
+    positions; their sum divided by sqrt(d * scale_factor) is com.microsoft ``MultiHeadAttention``'s
+    ``attention_bias``, its ``scale`` 1 / sqrt(d * scale_factor), the raw 0/1 key padding mask. The pruned
+    last layer (the first token only) gathers the first row of each index."""
+    from bertc.components.base import RowSelection
+
+    g, n, d = ctx.g, layer.num_heads, layer.head_size
+    rows = query is not None
+    if rows and ctx.read_rows != RowSelection(first=True):
+        raise NotLowerable(f"{layer.path}: disentangled attention for a row selection other than the first token")
+    emb, rel = ctx.disentangled()
+    q = ctx.dense(x if query is None else query, layer.query)
+    k = ctx.dense(x, layer.key)
+    v = ctx.dense(x, layer.value)
+    heads = {"c2p": ctx.split_heads(q, n, d, (0, 2, 1, 3)), "p2c": ctx.split_heads(k, n, d, (0, 2, 1, 3))}
+    terms = []
+    for term in layer.terms:
+        pos = ctx.dense(emb, layer.projection(term))                                    # (2S - 1, H)
+        pos = g.node("Transpose", [g.node("Reshape", [pos, g.ints([-1, n, d])])], perm=[1, 2, 0])   # (N, D, 2S - 1)
+        att = g.node("MatMul", [heads[term], pos], hint=f"{term}_att")                  # (B, N, F, 2S - 1)
+        flat = g.node("Reshape", [att, g.ints([0, 0, -1])], hint=f"{term}_flat")
+        terms.append(g.node("Gather", [flat, _disentangled_index(ctx, term, rows)], axis=2, hint=term))
+    bias = terms[0] if len(terms) == 1 else g.node("Add", terms, hint="relative_logits")
+    bias = g.node("Div", [bias, g.scalar(layer.scale, "scale")], hint="relative_bias") if terms else None
+    context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([bias] if bias else []), hint="attention",
+                   num_heads=n, mask_filter_value=MASK_ADDER, scale=1.0 / layer.scale)
+    ctx.record("attention", "MatMul+Gather (c2p, p2c) + MultiHeadAttention (attention_bias)"
+               + (" (first token)" if rows else ""))
+    return ctx.matmul(context, layer.attention_output)
+
+
+def _disentangled_index(ctx, term: str, rows: bool):
+    """(S, S) (``rows``: (1, S)) int32 flat indices into (row, relative) for c2p (row i) or p2c (row j): the
+    scheme's relative positions plus row * (2S - 1); computed once for every layer."""
+    g = ctx.g
+
+    def make():
+        _, rel = ctx.disentangled()
+        length = ctx.positions["sequence_length"]
+        width = g.node("Sub", [g.node("Mul", [length, g.const(2, np.int32, "two")]), g.const(1, np.int32, "one")])
+        steps = g.node("Mul", [g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one")]),
+                               width], hint="row_steps")
+        index = g.node("Add", [rel, g.node("Unsqueeze", [steps, g.ints([1 if term == "c2p" else 0], "axes")])],
+                       hint=f"{term}_index")
+        if rows:
+            index = g.node("Slice", [index, g.ints([0], "start"), g.ints([1], "end"), g.ints([0], "axis")],
+                           hint=f"{term}_index_first")
+        return index
+    return ctx.once(("disentangled_index", term, rows), make)

@@ -3,8 +3,8 @@
 A block component is a layer constructed as
 ``cls(spec=..., hidden_size=..., initializer=..., name=...)`` and called as
 ``layer(x, attention_bias, training=...)`` -> (B, S, H); with a rotary position scheme also with
-``rotary=(cos, sin)`` (this layer's (S, D) angles), which it passes on to its attention (never passed
-without one).
+``rotary=(cos, sin)`` (this layer's (S, D) angles), with a disentangled one with ``disentangled=(relative
+embeddings, relative positions)``, which it passes on to its attention (never passed without such a scheme).
 ``param_count(spec, hidden_size)`` is its closed-form parameter count.
 
 ``transformer`` is a ``scaffold`` block with ``multi_head`` attention and a
@@ -88,6 +88,11 @@ class ReZeroBlockSpec(StrictModel):
         yield from _heads_problem(ctx, self.num_attention_heads)
 
 
+def position_arguments(rotary=None, disentangled=None) -> dict:
+    """The position scheme's per-layer tensors a block passes on to its attention, only those it was given."""
+    return {k: v for k, v in (("rotary", rotary), ("disentangled", disentangled)) if v is not None}
+
+
 class Block(SpecLayer):
     """Base of the block kind. Its lowering is the portable one: ``call(x, attention_bias)``, converted
     by tf2onnx and spliced in (:mod:`bertc.optimize.portable`). It computes every row; a pruned last
@@ -103,12 +108,12 @@ class Block(SpecLayer):
 
         args = [(ctx.value(x), (None, None, getattr(self, "hidden_size", None)), tf.float32),
                 (ctx.attention_bias(), ctx.attention_bias_shape, tf.float32)]
-        if ctx.rotary() is None:
+        if not ctx.layer_positions:
             out, = ctx.splice(self, args, lambda h, bias: self.call(h, bias, training=False), part="block")
-        else:   # this layer's rotary (cos, sin), each (S, D), traced as two more inputs
-            args += ctx.rotary_tables_args()
-            out, = ctx.splice(self, args, lambda h, bias, cos, sin: self.call(h, bias, training=False, rotary=(cos, sin)),
-                              part="block")
+        else:   # this layer's position tensors (rotary (cos, sin); disentangled ones), traced as more inputs
+            extra, as_kwargs = ctx.layer_position_args(getattr(self, "hidden_size", None))
+            out, = ctx.splice(self, args + extra,
+                              lambda h, bias, *pos: self.call(h, bias, training=False, **as_kwargs(pos)), part="block")
         return ctx.rows(out) if rows_only else out
 
 
@@ -144,9 +149,9 @@ class ScaffoldBlock(Block):
                 + 2 * hidden_size
                 + FEEDFORWARD.component(s.feedforward.type).param_count(s.feedforward, hidden_size))
 
-    def call(self, x, attention_bias, training=None, rotary=None):
+    def call(self, x, attention_bias, training=None, rotary=None, disentangled=None):
         h = self.attention_layer_norm(x) if self.norm_first else x
-        extra = {} if rotary is None else {"rotary": rotary}
+        extra = position_arguments(rotary, disentangled)
         x = x + self.attention_dropout(self.attention(h, attention_bias, training=training, **extra), training=training)
         if not self.norm_first:
             x = self.attention_layer_norm(x)
@@ -212,8 +217,8 @@ class ReZeroBlock(Block):
         n += 1 if spec.share_rezero else 2
         return n + (4 * h if spec.use_layer_norm else 0)
 
-    def call(self, x, attention_bias, training=None, rotary=None):
-        extra = {} if rotary is None else {"rotary": rotary}
+    def call(self, x, attention_bias, training=None, rotary=None, disentangled=None):
+        extra = position_arguments(rotary, disentangled)
         a = self.attention_dropout(self.attention(x, attention_bias, training=training, **extra), training=training)
         x = x + self.rezero_alpha * a
         if self.spec.use_layer_norm:

@@ -76,7 +76,25 @@ class _EncoderSpecBase(StrictModel):
     def child_context(self, ctx, path):
         return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",)),
                 "num_layers": self.num_layers, "num_layers_path": json_path(path + ("num_layers",)),
-                "embedding_position_table": self._position_table(path), "head_size": self._head_size()}
+                "embedding_position_table": self._position_table(path), "head_size": self._head_size(),
+                "position_type": self.position_spec.type, "position_path": json_path(path + ("position",)),
+                "attention_types": self._attention_types(path)}
+
+    def _attention_types(self, path) -> list[tuple[str, str]]:
+        """(where, attention type) of every block spec: a position scheme that needs a particular attention
+        (``disentangled``) checks them, and that attention checks the scheme (``position_type``)."""
+        if "hidden" not in type(self).model_fields:
+            return [(json_path(path), "multi_head")]
+        out = []
+        for i, block in enumerate(self.hidden):
+            where = path + (("hidden",) if len(self.hidden) == 1 else ("hidden", i))   # one block: its dict form
+            scaffold = getattr(block, "as_scaffold", None)
+            attention = getattr(scaffold(), "attention", None) if scaffold else None
+            if attention is not None and "attention" in type(block).model_fields:
+                out.append((json_path(where + ("attention",)), attention.type))
+            else:
+                out.append((json_path(where), getattr(attention, "type", "multi_head")))
+        return out
 
     def _head_size(self) -> Optional[int]:
         heads = first_block_heads(self.scaffold)
@@ -308,7 +326,8 @@ class ScaffoldEncoder(Encoder):
         embedding = EMBEDDINGS.component(s.embedding.type)
         n = (embedding.param_count(s.embedding, h, position_offset=offset) if offset
              else embedding.param_count(s.embedding, h))
-        n += position.param_count(self.position_spec, h, num_heads=self.num_heads)
+        n += position.param_count(self.position_spec, h, num_heads=self.num_heads,
+                                  max_sequence_length=self.spec.max_sequence_length)
         blocks = s.blocks()[:1] if s.share_layers else s.blocks()
         n += sum(BLOCKS.component(b.type).param_count(b, h) for b in blocks)
         n += 2 * h if s.final_layer_norm else 0
@@ -331,14 +350,12 @@ class ScaffoldEncoder(Encoder):
             bias = AddPositionBias(name="position_bias")(bias, positions["attention_bias"])
         shared = BLOCKS.create(s.blocks()[0], hidden_size=h, initializer=s.initializer,
                                name="shared_layer") if s.share_layers else None
-        rotary = positions.get("rotary")   # one (cos, sin) pair per theta: layer i reads its theta's
         outputs, self.blocks = [], []
         for i, block in enumerate(s.blocks()):   # each layer built before the next is made (initializer seeds)
             layer = shared or BLOCKS.create(block, hidden_size=h, initializer=s.initializer, name=f"layer_{i}")
-            if rotary is None:
-                x = layer(x, bias)
-            else:
-                x = layer(x, bias, rotary=tuple(rotary[self.position.theta_index(i)]))
+            # layer i's share of the per-batch position tensors (rotary=: its theta's (cos, sin); disentangled=:
+            # the relative embeddings and positions), as keyword arguments; none for the other schemes
+            x = layer(x, bias, **self.position.for_layer(positions, i))
             self.blocks.append(layer)
             outputs.append(x)
         if s.final_layer_norm:
@@ -364,10 +381,10 @@ class ScaffoldEncoder(Encoder):
             x, table = ctx.lower(self.embedding)
         outputs = []
         last = len(self.blocks) - 1
-        rotary = ctx.positions.get("rotary")
         for i, layer in enumerate(self.blocks):
-            # this layer's share of the per-batch position values (its rotary caches: LoweringContext.rotary)
-            ctx.layer_positions = {} if rotary is None else {"rotary": rotary[self.position.theta_index(i)]}
+            # this layer's share of the per-batch position values (its rotary caches: LoweringContext.rotary;
+            # the disentangled relative embeddings and positions: LoweringContext.disentangled)
+            ctx.layer_positions = self.position.for_layer(ctx.positions, i)
             with ctx.layer_scope(f"layer_{i}"):
                 x = ctx.lower(layer, x, rows_only=prune_last and i == last)
             outputs.append(x)

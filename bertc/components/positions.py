@@ -1,4 +1,5 @@
-"""Position schemes (``encoder.position``): ``absolute`` (the default), ``relative_bias`` and ``rotary``.
+"""Position schemes (``encoder.position``): ``absolute`` (the default), ``relative_bias``, ``rotary`` and
+``disentangled``.
 
 A position scheme (base class :class:`PositionScheme`) is a layer constructed as
 ``cls(spec=..., hidden_size=..., initializer=..., num_heads=..., max_sequence_length=..., name="position")``. The encoder
@@ -14,6 +15,24 @@ each optional:
   its block as ``rotary=(cos, sin)``, the block to its attention, which rotates queries and keys after
   splitting heads (``q * cos + rotate_half(q) * sin``). Without a rotary scheme no block or attention is
   passed a ``rotary`` argument at all.
+- ``relative_embeddings`` (2S - 1, H) and ``relative_positions`` (S, S) int32 (``disentangled``): passed to every
+  layer's block as ``disentangled=(relative_embeddings, relative_positions)``, and on to its ``disentangled``
+  attention.
+
+Which per-batch tensors layer i's block is called with is the scheme's :meth:`PositionScheme.for_layer`
+(keyword arguments: ``rotary=``, ``disentangled=``; none for the other schemes, so their graphs are unchanged).
+
+``disentangled`` (DeBERTa-v2/v3, as transformers' ``DebertaV2Encoder`` / ``DisentangledSelfAttention``): one
+learned ``rel_embeddings`` table (2 * position_buckets rows, or 2 * max_relative_positions without buckets;
+max_relative_positions < 1: max_sequence_length) and, with ``norm_rel_ebd: layer_norm``, its ``rel_layer_norm``.
+transformers' relative position of query i and key j is ``i - j`` (``build_relative_position``), log-bucketed
+(``make_log_bucket_position``, :func:`log_bucket_positions`: the same float32 operations in numpy); c2p reads
+table row ``clamp(bucket(i - j) + att_span, 0, 2 att_span - 1)``, p2c ``clamp(-bucket(j - i) + att_span, ...)``:
+the same row (buckets are odd). So the scheme gathers, for length S, the (normed) row of every relative
+position ``i - j = S - 1 - m``, m = 0..2S-2, from a graph constant lookup of size 2 * max_sequence_length - 1
+(:func:`disentangled_row_lookup`; every backend reads identical rows, the TFLite converter folds no float
+arithmetic, and the gathered table is no constant it could fold layer norm and projections into), and
+``relative_positions[i, j] = i - j + S - 1`` indexes them.
 
 ``rotary`` (RoPE, as transformers' GPT-NeoX / ModernBERT compute it: ``rotate_half``, not interleaved)
 has no weights: ``inv_freq = 1 / theta ** (arange(0, D, 2) / D)`` (float64, then a float32 constant),
@@ -37,6 +56,7 @@ from typing import Annotated, Literal, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
+import keras
 from pydantic import Field
 
 from bertc.components.base import portable
@@ -148,8 +168,15 @@ class PositionScheme(SpecLayer):
     adds_attention_bias = True
 
     @staticmethod
-    def param_count(spec, hidden_size: int, num_heads: int = 1) -> int:
+    def param_count(spec, hidden_size: int, num_heads: int = 1, max_sequence_length: int = 512) -> int:
         return 0
+
+    def for_layer(self, positions: dict, layer: int) -> dict:
+        """Layer ``layer``'s share of the per-batch values ``positions`` (Keras tensors from ``call``, or graph
+        values from ``onnx_lowering``): the keyword arguments its block is called with and passes on to its
+        attention (``rotary=``, ``disentangled=``), in the lowering ``ctx.layer_positions``. None here: every
+        layer reads only the attention bias and the embedding's ids."""
+        return {}
 
     def call(self, inputs):
         return {}
@@ -257,7 +284,7 @@ class RelativeBias(PositionScheme):
         return self.spec.absolute
 
     @staticmethod
-    def param_count(spec, hidden_size: int, num_heads: int = 1) -> int:
+    def param_count(spec, hidden_size: int, num_heads: int = 1, max_sequence_length: int = 512) -> int:
         return spec.num_buckets * num_heads
 
     def call(self, inputs):
@@ -339,6 +366,12 @@ class RotaryPositions(PositionScheme):
             return 0
         return self.thetas.index(self.spec.layer_theta[layer])
 
+    def for_layer(self, positions: dict, layer: int) -> dict:
+        if "rotary" not in positions:
+            return {}
+        pair = positions["rotary"][self.theta_index(layer)]   # Keras: (cos, sin); the lowering: a RotaryCache
+        return {"rotary": tuple(pair) if isinstance(pair, list) else pair}
+
     def call(self, inputs):
         length = tf.shape(inputs["input_mask"])[1]
         positions = tf.expand_dims(tf.cast(tf.range(length), tf.float32), 1)          # (S, 1)
@@ -367,3 +400,140 @@ class RotaryPositions(PositionScheme):
         ctx.record("position", "rotary: cos/sin caches (S, D/2) computed once for theta "
                    + ", ".join(f"{t:g}" for t in self.thetas) + "; RotaryEmbedding in every attention")
         return {"rotary": caches}
+
+
+class DisentangledSpec(StrictModel):
+    """DeBERTa-v2/v3's relative positions for disentangled attention: one learned table of relative-position
+    embeddings for the whole encoder (``rel_embeddings``, 2 * position_buckets rows, or 2 *
+    max_relative_positions without buckets), optionally layer-normed (``norm_rel_ebd``), read by every layer's
+    ``disentangled`` attention through its own projections. ``max_relative_positions`` < 1: the encoder's
+    max_sequence_length (transformers' max_position_embeddings); ``position_buckets`` < 1: no log buckets."""
+
+    type: Literal["disentangled"] = "disentangled"
+    max_relative_positions: int = -1
+    position_buckets: int = 256
+    norm_rel_ebd: Literal["layer_norm", "none"] = "layer_norm"
+    layer_norm_epsilon: Annotated[float, Field(gt=0.0, le=1e-1)] = 1e-7
+
+    def problems(self, ctx):
+        if self.position_buckets == 1:
+            yield ("position_buckets",), "1 bucket is too few (at least 2, or -1 for none)"
+        if self.position_buckets > 1 and self.max_relative_positions > 0 \
+                and self.max_relative_positions - 1 <= self.position_buckets // 2:
+            yield ("max_relative_positions",), (f"{self.max_relative_positions} must exceed position_buckets / 2 + 1 "
+                                                f"({self.position_buckets // 2 + 1}) for log buckets")
+        for where, kind in ctx.get("attention_types", []):
+            if kind != "disentangled":
+                yield (), (f"disentangled positions need 'disentangled' attention in every layer, but the attention "
+                           f"at {where} is {kind!r}")
+
+    def max_relative(self, max_sequence_length: int) -> int:
+        """transformers' resolved max_relative_positions."""
+        return self.max_relative_positions if self.max_relative_positions >= 1 else int(max_sequence_length)
+
+    def attention_span(self, max_sequence_length: int) -> int:
+        """transformers' ``pos_ebd_size``: half the rows of the table."""
+        return self.position_buckets if self.position_buckets > 0 else self.max_relative(max_sequence_length)
+
+
+def log_bucket_positions(relative: np.ndarray, bucket_size: int, max_position: int) -> np.ndarray:
+    """transformers' DeBERTa-v2 ``make_log_bucket_position`` in numpy, the same float32 operations in the same
+    order (int64 in, int64 out); odd: the bucket of -d is minus the bucket of d."""
+    relative = np.asarray(relative, np.int64)
+    sign = np.sign(relative)
+    mid = bucket_size // 2
+    abs_pos = np.where((relative < mid) & (relative > -mid), mid - 1, np.abs(relative))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pos = np.ceil(np.log(abs_pos.astype(np.float32) / np.float32(mid))
+                          / np.log(np.float32((max_position - 1) / mid)) * np.float32(mid - 1)) + np.float32(mid)
+    return np.where(abs_pos <= mid, relative.astype(np.float32), log_pos * sign).astype(np.int64)
+
+
+def disentangled_row_lookup(spec: DisentangledSpec, max_length: int) -> np.ndarray:
+    """(2 * max_length - 1,) int32: for the relative position d = i - j (query i, key j, as transformers'
+    ``build_relative_position``) at index d + max_length - 1, the row of ``rel_embeddings`` that c2p reads,
+    ``clamp(bucket(d) + att_span, 0, 2 * att_span - 1)``. p2c reads, for the same (i, j), the row of
+    ``clamp(-bucket(j - i) + att_span, ...)``: the same row, the buckets being odd. A graph constant: every
+    backend reads identical rows, and no converter folds the float arithmetic."""
+    relative = np.arange(-(max_length - 1), max_length, dtype=np.int64)
+    if spec.position_buckets > 0:
+        relative = log_bucket_positions(relative, spec.position_buckets, spec.max_relative(max_length))
+    span = spec.attention_span(max_length)
+    return np.clip(relative + span, 0, 2 * span - 1).astype(np.int32)
+
+
+@POSITIONS.register("disentangled", spec=DisentangledSpec,
+                    description="DeBERTa-v2/v3 relative positions (log buckets, one shared layer-normed table) for "
+                                "'disentangled' attention's c2p / p2c terms.")
+@serializable
+class DisentangledPositions(PositionScheme):
+    """Per batch of length S: ``relative_embeddings`` (2S - 1, H), the (normed) table row of each relative
+    position i - j = S - 1 - m (m = 0 .. 2S - 2; gathering the rows before the layer norm and the attention's
+    projections is exact: they act row by row), and ``relative_positions`` (S, S) int32, ``[i, j] = i - j + S
+    - 1``: which of those rows query i and key j read (the log buckets live in the gathered rows). Reading
+    rows through a length-dependent gather also keeps the TFLite converter from folding the layer norm and the
+    projections of the table into constants of its own."""
+
+    spec_cls = DisentangledSpec
+
+    def __init__(self, spec, hidden_size, initializer=None, num_heads: int = 1, **kwargs):
+        super().__init__(spec, hidden_size, initializer, num_heads, **kwargs)
+        self.rel_layer_norm = (keras.layers.LayerNormalization(axis=-1, epsilon=self.spec.layer_norm_epsilon,
+                                                               name="rel_layer_norm")
+                               if self.spec.norm_rel_ebd == "layer_norm" else None)
+
+    @property
+    def table_rows(self) -> int:
+        return 2 * self.spec.attention_span(self.max_sequence_length)
+
+    def build(self, input_shape=None):
+        self.rel_embeddings = self.add_weight(name="rel_embeddings", shape=(self.table_rows, self.hidden_size),
+                                              initializer=initializer(self.initializer_spec))
+        if self.rel_layer_norm is not None:
+            self.rel_layer_norm.build((None, self.hidden_size))
+        self.built = True
+
+    @staticmethod
+    def param_count(spec, hidden_size: int, num_heads: int = 1, max_sequence_length: int = 512) -> int:
+        rows = 2 * spec.attention_span(max_sequence_length)
+        return rows * hidden_size + (2 * hidden_size if spec.norm_rel_ebd == "layer_norm" else 0)
+
+    def for_layer(self, positions: dict, layer: int) -> dict:
+        if "relative_embeddings" not in positions:
+            return {}
+        return {"disentangled": (positions["relative_embeddings"], positions["relative_positions"])}
+
+    def call(self, inputs):
+        length = tf.shape(inputs["input_mask"])[1]
+        n = self.max_sequence_length
+        lookup = tf.constant(disentangled_row_lookup(self.spec, n))
+        rows = tf.slice(lookup, tf.expand_dims(n - length, 0), tf.expand_dims(2 * length - 1, 0))   # d = S-1 .. -(S-1)
+        emb = tf.gather(tf.convert_to_tensor(self.rel_embeddings), rows)                           # (2S - 1, H)
+        if self.rel_layer_norm is not None:
+            emb = self.rel_layer_norm(emb)
+        positions = tf.range(length)
+        relative = tf.expand_dims(positions, 1) - tf.expand_dims(positions, 0) + (length - 1)     # [i, j]
+        return {"relative_embeddings": emb, "relative_positions": relative}
+
+    def onnx_lowering(self, ctx):
+        """The row lookup constant sliced for length S, one Gather of the table, LayerNormalization, and the
+        (S, S) index i - j + S - 1: computed once, read by every layer's disentangled attention."""
+        g, n = ctx.g, self.max_sequence_length
+        with g.scope("disentangled"):
+            mask = ctx.int32_input("input_mask")
+            length = g.node("Squeeze", [g.node("Cast", [g.node("Shape", [mask], start=1, end=2)], to=6)])
+            lookup = g.initializer(f"{self.path}/row_lookup", disentangled_row_lookup(self.spec, n))
+            start = g.node("Sub", [g.const(n, np.int32, "max_length"), length])
+            stop = g.node("Add", [g.const(n - 1, np.int32, "max_length_1"), length])
+            rows = g.node("Slice", [lookup, g.node("Unsqueeze", [start, g.ints([0], "axes")]),
+                                    g.node("Unsqueeze", [stop, g.ints([0], "axes")])], hint="relative_rows")
+            emb = g.node("Gather", [ctx.weight(self.rel_embeddings), rows], axis=0, hint="relative_embeddings")
+            if self.rel_layer_norm is not None:
+                emb, _ = ctx.layer_norm(emb, self.rel_layer_norm, part="rel_layer_norm")
+            positions = g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one")])
+            relative = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints([1], "rows")]),
+                                      g.node("Unsqueeze", [positions, g.ints([0], "cols")])])      # [i, j] = i - j
+            relative = g.node("Add", [relative, g.node("Sub", [length, g.const(1, np.int32, "one_")])],
+                              hint="relative_positions")
+        ctx.record("position", "disentangled: row lookup, Gather, LayerNormalization, computed once for every layer")
+        return {"relative_embeddings": emb, "relative_positions": relative, "sequence_length": length}

@@ -72,8 +72,9 @@ class LoweringContext:
         # The position scheme's per-batch values ({"position_ids", "attention_bias"}, each optional), set
         # once by the encoder's lowering before its embeddings and blocks are lowered.
         self.positions: dict[str, Value] = {}
-        # The current layer's share of them ({"rotary": its theta's RotaryCache}), set by the encoder's
-        # lowering before each layer is lowered (read through :meth:`rotary`).
+        # The current layer's share of them ({"rotary": its theta's RotaryCache}, {"disentangled": (relative
+        # embeddings, relative positions)}), set by the encoder's lowering before each layer is lowered (read
+        # through :meth:`rotary` / :meth:`disentangled`).
         self.layer_positions: dict[str, Any] = {}
 
     # --- scopes and components ----------------------------------------------------------------
@@ -179,6 +180,31 @@ class LoweringContext:
                                   g.const(0, np.int64, "zero")], hint="first_position")
             return g.node("Concat", [zero, named], axis=1, hint="rotary_row_positions")
         return self.once("rotary_row_positions", make)
+
+    def disentangled(self):
+        """The current layer's disentangled position values, ``(relative_embeddings (2S - 1, H), relative_positions
+        (S, S) int32)`` (:class:`~bertc.components.positions.DisentangledPositions`), or None without that scheme."""
+        return self.layer_positions.get("disentangled")
+
+    def layer_position_args(self, width: Optional[int] = None):
+        """The current layer's position values as its Keras call takes them, for a portable lowering's
+        :meth:`splice`: ``(args, as_kwargs)``, ``args`` the ``(value, shape, dtype)`` arguments to trace and
+        ``as_kwargs(tensors)`` the keyword arguments (``rotary=``, ``disentangled=``) made from them; ``width``: the
+        hidden size (the relative embeddings' last axis)."""
+        import tensorflow as tf
+
+        args, names = [], []
+        if self.rotary() is not None:
+            args += self.rotary_tables_args()
+            names.append("rotary")
+        if self.disentangled() is not None:
+            emb, rel = self.disentangled()
+            args += [(emb, (None, width), tf.float32), (rel, (None, None), tf.int32)]
+            names.append("disentangled")
+
+        def as_kwargs(tensors):
+            return {name: tuple(tensors[2 * k:2 * k + 2]) for k, name in enumerate(names)}
+        return args, as_kwargs
 
     def rotary_tables_args(self) -> list:
         """The current layer's rotary angles as the Keras call takes them, ``cos`` and ``sin`` (S, D)
