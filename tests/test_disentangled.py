@@ -170,3 +170,43 @@ def test_disentangled_attention_and_scheme_need_each_other(tmp_path, capsys):
     rc, text = _validate(tmp_path, capsys, d)
     assert rc == EXIT_BAD_SPEC and "$.encoder.position.max_relative_positions" in text
     assert main(["validate", str(FIXTURES / f"{NAMES[0]}.json")]) == 0
+
+
+def test_plugin_subclass_takes_the_portable_path_with_the_position_tensors():
+    """A plug-in attention subclassing ``disentangled`` (it changes the maths' hooks, no lowering of its own)
+    still needs the scheme, and its portable lowering is traced with the layer's disentangled tensors."""
+    from typing import Literal
+
+    from bertc.components.attention import DisentangledAttention, DisentangledAttentionSpec
+    from bertc.components.common import serializable
+    from bertc.optimize.lower import lower_model
+    from bertc.optimize.onnx_artifacts import ort_session
+    from bertc.registry import ATTENTION
+
+    class PluginSpec(DisentangledAttentionSpec):
+        type: Literal["disentangled_plugin"] = "disentangled_plugin"
+
+    @ATTENTION.register("disentangled_plugin", spec=PluginSpec, description="test plug-in")
+    @serializable
+    class PluginAttention(DisentangledAttention):
+        spec_cls = PluginSpec
+
+        def mix_logits(self, logits):
+            return logits
+
+    try:
+        data, spec = fixture(NAMES[0])
+        d = copy.deepcopy(spec)
+        d["encoder"]["hidden"]["attention"]["type"] = "disentangled_plugin"
+        d["head"] = {"type": "classifier", "num_classes": 3}
+        built = built_with_weights(d, data)
+        lowered = lower_model(built)
+        assert [n.split(":")[0] for n in lowered.not_lowered] == ["layer_0/attention (PluginAttention)",
+                                                                  "layer_1/attention (PluginAttention)"]
+        got, = ort_session(lowered.proto.SerializeToString()).run(["logits"], inputs_of(data))
+        assert np.abs(got - np.asarray(built.model(inputs_of(data), training=False)["logits"])).max() <= ATOL
+        del d["encoder"]["position"]
+        with pytest.raises(Exception, match="needs the encoder's 'disentangled' position scheme"):
+            load_spec(d)
+    finally:
+        ATTENTION.unregister("disentangled_plugin")

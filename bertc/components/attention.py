@@ -21,7 +21,7 @@ parameter count; ``onnx_lowering(ctx, x, query=None)`` its optimized ONNX (see b
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import tensorflow as tf
 import keras
@@ -181,13 +181,15 @@ class DisentangledAttentionSpec(AttentionSpecBase):
     type: Literal["disentangled"] = "disentangled"
     pos_att_type: list[Literal["c2p", "p2c"]] = ["p2c", "c2p"]
     share_att_key: bool = True
+    # the position scheme this attention reads (subclasses, plug-ins included, inherit the requirement)
+    position_scheme: ClassVar[str] = "disentangled"
 
     def problems(self, ctx):
         yield from super().problems(ctx)
         if len(set(self.pos_att_type)) != len(self.pos_att_type):
             yield ("pos_att_type",), f"{self.pos_att_type} names a term twice"
         kind = ctx.get("position_type")
-        if kind is not None and kind != "disentangled":
+        if kind is not None and kind != self.position_scheme:
             yield (), (f"disentangled attention needs the encoder's 'disentangled' position scheme, but the scheme "
                        f"at {ctx['position_path']} is {kind!r}")
 

@@ -80,20 +80,22 @@ class _EncoderSpecBase(StrictModel):
                 "position_type": self.position_spec.type, "position_path": json_path(path + ("position",)),
                 "attention_types": self._attention_types(path)}
 
-    def _attention_types(self, path) -> list[tuple[str, str]]:
-        """(where, attention type) of every block spec: a position scheme that needs a particular attention
-        (``disentangled``) checks them, and that attention checks the scheme (``position_type``)."""
+    def _attention_types(self, path) -> list[tuple[str, str, Optional[str]]]:
+        """(where, attention type, the position scheme it needs: its spec's ``position_scheme``) of every block
+        spec: a position scheme that needs a particular attention (``disentangled``) checks them, and that
+        attention checks the scheme (``position_type``)."""
         if "hidden" not in type(self).model_fields:
-            return [(json_path(path), "multi_head")]
+            return [(json_path(path), "multi_head", None)]
         out = []
         for i, block in enumerate(self.hidden):
             where = path + (("hidden",) if len(self.hidden) == 1 else ("hidden", i))   # one block: its dict form
             scaffold = getattr(block, "as_scaffold", None)
             attention = getattr(scaffold(), "attention", None) if scaffold else None
+            needs = getattr(attention, "position_scheme", None)
             if attention is not None and "attention" in type(block).model_fields:
-                out.append((json_path(where + ("attention",)), attention.type))
+                out.append((json_path(where + ("attention",)), attention.type, needs))
             else:
-                out.append((json_path(where), getattr(attention, "type", "multi_head")))
+                out.append((json_path(where), getattr(attention, "type", "multi_head"), needs))
         return out
 
     def _head_size(self) -> Optional[int]:

@@ -422,8 +422,8 @@ class DisentangledSpec(StrictModel):
                 and self.max_relative_positions - 1 <= self.position_buckets // 2:
             yield ("max_relative_positions",), (f"{self.max_relative_positions} must exceed position_buckets / 2 + 1 "
                                                 f"({self.position_buckets // 2 + 1}) for log buckets")
-        for where, kind in ctx.get("attention_types", []):
-            if kind != "disentangled":
+        for where, kind, needs in ctx.get("attention_types", []):
+            if needs != "disentangled":
                 yield (), (f"disentangled positions need 'disentangled' attention in every layer, but the attention "
                            f"at {where} is {kind!r}")
 
