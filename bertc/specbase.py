@@ -5,7 +5,7 @@ without paying for a TensorFlow import.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Iterator, Literal, Optional
+from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic_core import core_schema

@@ -9,7 +9,7 @@ import bertc
 from bertc.components.common import tf
 from bertc.registry import ATTENTION, BLOCKS, ENCODERS, Registry
 from bertc.spec import load_spec
-from conftest import spec_dict, tiny_bert
+from conftest import spec_dict
 
 H = 16
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT
+from bertc.errors import EXIT_BAD_SPEC
 from bertc.transfer import load_keras_model
 from conftest import ROOT
 

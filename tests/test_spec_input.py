@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, SpecError
 from bertc.spec import load_spec
-from conftest import SPECS, TINY_SPECS, tiny_bert
+from conftest import TINY_SPECS, tiny_bert
 
 
 def test_duplicate_keys_are_errors_with_paths(tmp_spec):

@@ -14,7 +14,6 @@ from 0), so a swapped or missing tensor changes the outputs. Each fixture direct
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys

@@ -19,7 +19,7 @@ from bertc.components.base import portable
 from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable, with_last_dim
 from bertc.onnx_graph import Residual
 from bertc.registry import FEEDFORWARD
-from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
+from bertc.specbase import Activation, InitializerSpec, PositiveInt, Rate, StrictModel
 
 
 class DenseFeedforwardSpec(StrictModel):
