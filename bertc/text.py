@@ -16,8 +16,13 @@ import numpy as np
 
 from bertc.errors import BertcError, OutputError
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "vocab.json", "merges.txt",
+                   "sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# the files that are a tokenizer by themselves (the others configure one); RoBERTa's BPE is the vocab.json +
+# merges.txt pair, XLM-R / CamemBERT's sentencepiece model is sentencepiece.bpe.model
+_VOCABULARIES = ("tokenizer.json", "vocab.txt", "spiece.model", "vocab.json", "sentencepiece.bpe.model")
+# the special tokens a RoBERTa-style tokenizer (BPE, or MPNet's WordPiece) wraps sequences in
+_ROBERTA_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
 
 
 def _tokenizer_dir(source: Path) -> Path:
@@ -38,8 +43,10 @@ def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
         kind = "tokenizers (tokenizer.json)"
     elif "vocab.txt" in files:
         kind = "WordPiece (vocab.txt)"
+    elif "vocab.json" in files:
+        kind = "byte-level BPE (vocab.json + merges.txt)"
     else:
-        kind = "SentencePiece (spiece.model)"
+        kind = "SentencePiece (" + ("spiece.model" if "spiece.model" in files else "sentencepiece.bpe.model") + ")"
     section = {"files": list(files), "kind": kind}
     for key in ("tokenizer_class", "do_lower_case", "model_max_length"):
         if key in config:
@@ -51,7 +58,7 @@ def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
     """Copy the tokenizer files beside ``source`` into ``out``; the report section, or None if there are none."""
     directory = _tokenizer_dir(Path(source))
     files = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
-    if not any(name in files for name in ("tokenizer.json", "vocab.txt", "spiece.model")):
+    if not any(name in files for name in _VOCABULARIES):
         return None
     for name in files:
         try:
@@ -68,21 +75,50 @@ def load_tokenizer(out_dir: Path, max_len: int):
     except ImportError:
         raise BertcError("real-text inputs need the tokenizers library: pip install 'bertc[text]'") from None
     out_dir = Path(out_dir)
+    config = _read_json(out_dir / "tokenizer_config.json")
     if (out_dir / "tokenizer.json").exists():
         tok = tokenizers.Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    elif (out_dir / "vocab.json").exists():
+        tok = _byte_level_bpe(tokenizers, out_dir, config)
     elif (out_dir / "vocab.txt").exists():
-        config = _read_json(out_dir / "tokenizer_config.json")
         # HF BertTokenizer's default is do_lower_case=True, and so is every original (uncased) BERT vocab
         tok = tokenizers.BertWordPieceTokenizer(str(out_dir / "vocab.txt"),
                                                 lowercase=bool(config.get("do_lower_case", True)))
-    elif (out_dir / "spiece.model").exists():
-        raise BertcError(f"{out_dir}: only spiece.model is bundled; the tokenizers library needs tokenizer.json "
+        if str(config.get("tokenizer_class", "")).startswith("MPNetTokenizer"):   # <s> A </s></s> B </s>
+            _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.txt")
+    elif (out_dir / "spiece.model").exists() or (out_dir / "sentencepiece.bpe.model").exists():
+        name = "spiece.model" if (out_dir / "spiece.model").exists() else "sentencepiece.bpe.model"
+        raise BertcError(f"{out_dir}: only {name} is bundled; the tokenizers library needs tokenizer.json "
                          f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
     else:
-        raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json or vocab.txt); it is bundled "
-                         f"when the trained weights come with one")
+        raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
+                         f"merges.txt); it is bundled when the trained weights come with one")
     tok.enable_truncation(max_length=max_len)
     tok.no_padding()
+    return tok
+
+
+def _roberta_specials(tokenizers, tok, vocab: dict, where: Path) -> None:
+    """RoBERTa's special tokens and post-processor (``<s> A </s></s> B </s>``, every type id 0)."""
+    missing = [t for t in ("<s>", "</s>") if t not in vocab]
+    if missing:
+        raise BertcError(f"{where}: has no {' / '.join(missing)} token, which a RoBERTa-style tokenizer wraps "
+                         f"sequences in")
+    tok.add_special_tokens([t for t in _ROBERTA_SPECIALS if t in vocab])
+    tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]))
+
+
+def _byte_level_bpe(tokenizers, out_dir: Path, config: dict):
+    """RoBERTa's tokenizer from vocab.json + merges.txt, as transformers' RobertaTokenizer builds it."""
+    if not (out_dir / "merges.txt").exists():
+        raise BertcError(f"{out_dir}: vocab.json is bundled without merges.txt; a byte-level BPE needs both")
+    try:
+        tok = tokenizers.ByteLevelBPETokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"),
+                                               add_prefix_space=bool(config.get("add_prefix_space", False)),
+                                               trim_offsets=bool(config.get("trim_offsets", True)))
+    except Exception as exc:   # the tokenizers library raises plain Exceptions for unreadable files
+        raise BertcError(f"{out_dir}: cannot read vocab.json / merges.txt as a byte-level BPE: {exc}") from None
+    _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.json")
     return tok
 
 
