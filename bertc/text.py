@@ -82,10 +82,14 @@ def load_tokenizer(out_dir: Path, max_len: int):
         tok = _byte_level_bpe(tokenizers, out_dir, config)
     elif (out_dir / "vocab.txt").exists():
         # HF BertTokenizer's default is do_lower_case=True, and so is every original (uncased) BERT vocab
-        tok = tokenizers.BertWordPieceTokenizer(str(out_dir / "vocab.txt"),
-                                                lowercase=bool(config.get("do_lower_case", True)))
+        lowercase = bool(config.get("do_lower_case", True))
         if str(config.get("tokenizer_class", "")).startswith("MPNetTokenizer"):   # <s> A </s></s> B </s>
+            unk = config.get("unk_token") if isinstance(config.get("unk_token"), str) else "[UNK]"
+            tok = _wordpiece(tokenizers, out_dir, lowercase=lowercase, unk_token=unk, sep_token="</s>",
+                             cls_token="<s>", pad_token="<pad>", mask_token="<mask>")
             _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.txt")
+        else:
+            tok = _wordpiece(tokenizers, out_dir, lowercase=lowercase)
     elif (out_dir / "spiece.model").exists() or (out_dir / "sentencepiece.bpe.model").exists():
         name = "spiece.model" if (out_dir / "spiece.model").exists() else "sentencepiece.bpe.model"
         raise BertcError(f"{out_dir}: only {name} is bundled; the tokenizers library needs tokenizer.json "
@@ -106,6 +110,13 @@ def _roberta_specials(tokenizers, tok, vocab: dict, where: Path) -> None:
                          f"sequences in")
     tok.add_special_tokens([t for t in _ROBERTA_SPECIALS if t in vocab])
     tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]))
+
+
+def _wordpiece(tokenizers, out_dir: Path, **options):
+    try:
+        return tokenizers.BertWordPieceTokenizer(str(out_dir / "vocab.txt"), **options)
+    except (TypeError, ValueError) as exc:   # a special token missing from the vocabulary
+        raise BertcError(f"{out_dir / 'vocab.txt'}: not a WordPiece vocabulary bertc can use: {exc}") from None
 
 
 def _byte_level_bpe(tokenizers, out_dir: Path, config: dict):

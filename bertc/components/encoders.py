@@ -57,6 +57,11 @@ class _EncoderSpecBase(StrictModel):
         return s.pooled_output_dim or s.hidden_size
 
     @property
+    def has_pooler(self) -> bool:
+        """Whether the encoder without a head has a pooler (and a ``pooled_output``)."""
+        return self.scaffold.pooler
+
+    @property
     def embedding_table_width(self) -> int:
         s = self.scaffold
         return s.embedding.width(s.hidden_size)
@@ -126,6 +131,9 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
+    # false: the encoder alone has no pooler and outputs sequence_output only (DistilBERT, ELECTRA); a head that
+    # reads the pooled output builds one all the same
+    pooler: bool = True
     pooler_initializer: Optional[InitializerSpec] = None
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     return_all_layer_outputs: bool = False
