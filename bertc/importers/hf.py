@@ -402,8 +402,9 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
                 f"masked positions per sequence you feed.")
     if head is None and (encoder_only or arch in family.masked_lm):
         note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
-    if st and enc["max_sequence_length"] < cfg["max_position_embeddings"]:
-        note += (f" max_sequence_length {enc['max_sequence_length']} is the model's own maximum length (its "
+    max_seq = enc.get("max_sequence_length") or enc.get("embedding", {}).get("max_sequence_length")  # scaffold
+    if st and max_seq < cfg["max_position_embeddings"]:
+        note += (f" max_sequence_length {max_seq} is the model's own maximum length (its "
                  f"position table has {cfg['max_position_embeddings']}).")
     spec = {"description": f"Imported from {described} at {root.name}/ by bertc import.{note}",
             "encoder": enc}
@@ -413,3 +414,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
 
 
 # The other families, one module each (each registers itself).
+from bertc.importers import hf_roberta  # noqa: E402,F401
+from bertc.importers import hf_distilbert  # noqa: E402,F401
+from bertc.importers import hf_electra  # noqa: E402,F401
+from bertc.importers import hf_mpnet  # noqa: E402,F401

@@ -1,0 +1,111 @@
+"""Hugging Face DistilBERT (``model_type`` distilbert).
+
+The encoder is a ``scaffold`` one: a ``custom`` embedding network with word and position embeddings and its
+layer norm but no token types (the model's inputs are ``input_word_ids`` and ``input_mask``), BERT's
+post-norm ``transformer`` blocks, no pooler (the encoder alone outputs ``sequence_output`` only). Every
+layer norm has epsilon 1e-12 (hard-coded by transformers). A ``sinusoidal_pos_embds`` model stores its
+sinusoidal table as ``position_embeddings.weight``: bertc reads it as a learned table, exactly.
+
+Tensor names: ``distilbert.embeddings.*``, ``distilbert.transformer.layer.N.attention.{q,k,v,out}_lin``,
+``sa_layer_norm``, ``ffn.lin1`` / ``ffn.lin2``, ``output_layer_norm``. Heads: ``pre_classifier`` + ReLU +
+``classifier`` over the first token (a ``classifier`` with ``pooling: first`` and a relu ``transform``),
+token classification (``classifier``), question answering (``qa_outputs``), masked LM (``vocab_transform``,
+the config's activation, ``vocab_layer_norm``, ``vocab_projector`` tied to the word embeddings).
+"""
+from __future__ import annotations
+
+import re
+
+from bertc.importers.hf import (_BUFFERS, HFFamily, _param, _split, activation, head_from_config, num_labels,
+                                register_family)
+from bertc.importers.hf_roberta import check_config, first_token_classifier, masked_lm_head, strip_prefix
+from bertc.weights import Ignored, Target
+
+EPSILON = 1e-12   # DistilBERT's layer norms, whatever the config says
+
+_LAYER = {"attention.q_lin": ("linear", "attention/query"), "attention.k_lin": ("linear", "attention/key"),
+          "attention.v_lin": ("linear", "attention/value"), "attention.out_lin": ("linear", "attention/attention_output"),
+          "sa_layer_norm": ("ln", "attention_layer_norm"), "ffn.lin1": ("linear", "feedforward/intermediate"),
+          "ffn.lin2": ("linear", "feedforward/output"), "output_layer_norm": ("ln", "feedforward/output_layer_norm")}
+_EMBEDDINGS = {"embeddings.word_embeddings.weight": "embeddings/word_embeddings",
+               "embeddings.position_embeddings.weight": "embeddings/position_embeddings"}
+_HEAD = {"pre_classifier": ("linear", "classifier_transform"), "qa_outputs": ("linear", "span_labeler"),
+         "vocab_transform": ("linear", "masked_lm/transform"), "vocab_layer_norm": ("ln", "masked_lm/transform_layer_norm")}
+
+
+def encoder_param(rest: str):
+    """A tensor name without ``distilbert.``."""
+    if rest in _BUFFERS:
+        return Ignored(_BUFFERS[rest])
+    if rest in _EMBEDDINGS:
+        return Target(_EMBEDDINGS[rest])
+    stem, leaf = _split(rest)
+    if stem == "embeddings.LayerNorm":
+        return _param("ln", leaf, "embeddings/layer_norm")
+    m = re.fullmatch(r"transformer\.layer\.(\d+)\.(.+)", stem)
+    if m and m.group(2) in _LAYER:
+        kind, sub = _LAYER[m.group(2)]
+        return _param(kind, leaf, f"layer_{m.group(1)}/{sub}")
+    return None
+
+
+class DistilBert(HFFamily):
+    model_types = ("distilbert",)
+    architectures = {"DistilBertModel": None, "DistilBertForSequenceClassification": "classifier",
+                     "DistilBertForTokenClassification": "token_classifier",
+                     "DistilBertForQuestionAnswering": "span_labeler", "DistilBertForMaskedLM": "masked_lm"}
+    base_architecture = "DistilBertModel"
+
+    def encoder(self, cfg, where, max_len):
+        check_config(cfg, where, ["vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings"],
+                     {})
+        positions = int(cfg["max_position_embeddings"])
+        dropout = float(cfg.get("dropout", 0.1))
+        return {"type": "scaffold", "hidden_size": cfg["dim"], "num_layers": cfg["n_layers"], "pooler": False,
+                "embedding": {"type": "custom", "vocab_size": cfg["vocab_size"],
+                              "max_sequence_length": min(positions, max_len) if max_len else positions,
+                              "use_position_embeddings": True, "use_layer_norm": True, "dropout_rate": dropout,
+                              "layer_norm_epsilon": EPSILON},
+                "hidden": {"type": "transformer", "num_attention_heads": cfg["n_heads"],
+                           "intermediate_size": cfg["hidden_dim"],
+                           "activation": activation(where, "activation", cfg.get("activation", "gelu")),
+                           "dropout_rate": dropout, "attention_dropout_rate": float(cfg.get("attention_dropout", 0.1)),
+                           "layer_norm_epsilon": EPSILON},
+                "initializer": {"type": "normal", "stddev": float(cfg.get("initializer_range", 0.02))},
+                "layer_norm_epsilon": EPSILON}
+
+    def has_pooler(self, names) -> bool:
+        return True     # the encoder alone has none and outputs sequence_output only
+
+    def head(self, cfg, where, enc, arch, names=()):
+        kind = self.architectures[arch]
+        if kind == "masked_lm":
+            return masked_lm_head(enc["hidden"]["activation"], EPSILON)
+        if kind == "span_labeler":
+            return head_from_config(cfg, where, enc, arch, self, names)
+        dropout = float(cfg.get("seq_classif_dropout" if kind == "classifier" else "dropout", 0.1))
+        head = {"type": kind, "num_classes": num_labels(cfg), "dropout_rate": dropout} if kind else None
+        return first_token_classifier(head, "relu") if kind == "classifier" else head
+
+    def translate(self, name, spec):
+        rest = strip_prefix(name, "distilbert.")
+        if rest is not None:
+            return encoder_param(rest)
+        found = encoder_param(name)     # DistilBertModel saved alone
+        if found is not None:
+            return found
+        stem, leaf = _split(name)
+        if stem == "classifier":        # the sequence classifier's output layer, or the token classifier
+            head = spec.head.type if spec.head is not None else None
+            return _param("linear", leaf, "token_classifier" if head == "token_classifier" else "classifier")
+        if stem in _HEAD:
+            kind, path = _HEAD[stem]
+            return _param(kind, leaf, path)
+        if name == "vocab_projector.bias":
+            return Target("masked_lm/output_bias")
+        if name == "vocab_projector.weight":
+            return Target("embeddings/word_embeddings", tied=True)
+        return None
+
+
+register_family(DistilBert())

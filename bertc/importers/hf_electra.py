@@ -1,0 +1,63 @@
+"""Hugging Face ELECTRA discriminators (``model_type`` electra).
+
+The encoder is BERT's with embeddings of their own width: word, position and type embeddings of
+``embedding_size``, their layer norm at that width, then ``embeddings_project`` (a dense layer to
+``hidden_size``, present only when the two differ; not ALBERT's sharing: every layer has its own weights).
+bertc writes it as a ``scaffold`` encoder with the ``standard`` embedding network (``embedding_width``) and
+``transformer`` blocks; there is no pooler (the encoder alone outputs ``sequence_output`` only).
+
+Tensor names are BERT's under ``electra.`` plus ``electra.embeddings_project``. Heads:
+``ElectraClassificationHead`` (dense + exact GELU + ``out_proj`` over the first token) is a ``classifier``
+with ``pooling: first`` and a gelu ``transform``; token classification and question answering are BERT's.
+The pretraining discriminator (``ElectraForPreTraining``) and the generator (``ElectraForMaskedLM``) are not
+imported.
+"""
+from __future__ import annotations
+
+from bertc.importers.hf import HFFamily, _encoder_param, _param, _split, encoder_from_config, head_from_config, register_family
+from bertc.importers.hf_roberta import NOT_A_DECODER, check_config, first_token_classifier, head_param, strip_prefix
+
+
+class Electra(HFFamily):
+    model_types = ("electra",)
+    architectures = {"ElectraModel": None, "ElectraForSequenceClassification": "classifier",
+                     "ElectraForTokenClassification": "token_classifier",
+                     "ElectraForQuestionAnswering": "span_labeler"}
+    base_architecture = "ElectraModel"
+
+    def encoder(self, cfg, where, max_len):
+        check_config(cfg, where, ["embedding_size"], NOT_A_DECODER)
+        bert = encoder_from_config({**cfg, "model_type": "bert"}, where, max_len)
+        width = int(cfg["embedding_size"])
+        embedding = {"type": "standard", "vocab_size": bert["vocab_size"], "type_vocab_size": bert["type_vocab_size"],
+                     "max_sequence_length": bert["max_sequence_length"], "dropout_rate": bert["dropout_rate"],
+                     "layer_norm_epsilon": bert["layer_norm_epsilon"]}
+        if width != bert["hidden_size"]:
+            embedding["embedding_width"] = width
+        block = {"type": "transformer", "num_attention_heads": bert["num_attention_heads"],
+                 "intermediate_size": bert["intermediate_size"], "activation": bert["activation"],
+                 "dropout_rate": bert["dropout_rate"], "attention_dropout_rate": bert["attention_dropout_rate"],
+                 "layer_norm_epsilon": bert["layer_norm_epsilon"]}
+        return {"type": "scaffold", "hidden_size": bert["hidden_size"], "num_layers": bert["num_layers"],
+                "pooler": False, "embedding": embedding, "hidden": block, "initializer": bert["initializer"],
+                "layer_norm_epsilon": bert["layer_norm_epsilon"]}
+
+    def has_pooler(self, names) -> bool:
+        return True     # the encoder alone has none and outputs sequence_output only
+
+    def head(self, cfg, where, enc, arch, names=()):
+        head = head_from_config(cfg, where, enc, arch, self, names)
+        # ElectraClassificationHead: get_activation("gelu"), the exact one, whatever hidden_act says
+        return first_token_classifier(head, "gelu") if self.architectures[arch] == "classifier" else head
+
+    def translate(self, name, spec):
+        rest = strip_prefix(name, "electra.")
+        if rest is None and not name.startswith(("embeddings", "encoder.")):
+            return head_param(name)
+        stem, leaf = _split(rest if rest is not None else name)
+        if stem == "embeddings_project":
+            return _param("linear", leaf, "embeddings/embedding_projection")
+        return _encoder_param(rest if rest is not None else name)
+
+
+register_family(Electra())

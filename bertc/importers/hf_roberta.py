@@ -1,0 +1,125 @@
+"""Hugging Face RoBERTa, XLM-RoBERTa and CamemBERT (``model_type`` roberta / xlm-roberta / camembert).
+
+The encoder is BERT's with two differences bertc expresses in the ``bert`` encoder spec: learned absolute
+positions offset by ``padding_idx + 1`` (``pad_token_id + 1``; the table has ``max_position_embeddings`` rows,
+so ``max_sequence_length`` is ``max_position_embeddings - pad_token_id - 1``), numbered from the mask as
+transformers numbers them from the ids (``cumsum(ids != pad) * (ids != pad) + pad``: a row with holes in
+its mask equals its right-padded form), and a type vocabulary of 1. transformers reads the padding from the
+ids, bertc from the mask: the two agree wherever the pad token is exactly where the mask is 0, as a tokenizer
+pads. Tensor names are BERT's under ``roberta.``.
+
+Heads: ``RobertaClassificationHead`` (dense + tanh + ``out_proj`` over ``<s>``) is a ``classifier`` with
+``pooling: first`` and a tanh ``transform``; ``RobertaLMHead`` (dense, exact GELU, layer norm, the decoder
+tied to the word embeddings plus ``lm_head.bias``) is ``masked_lm``; token classification and question
+answering are BERT's.
+
+The helpers here (:func:`check_config`, :func:`first_token_classifier`, :func:`masked_lm_head`,
+:data:`CLASSIFICATION_HEAD`) serve the other RoBERTa-like families too (MPNet, ELECTRA, DistilBERT).
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from bertc.importers.hf import (HFFamily, _encoder_param, _param, _split, encoder_from_config, head_from_config,
+                                refuse, register_family)
+from bertc.weights import Target
+
+
+def check_config(cfg: dict, where: str, required: list, exact: dict) -> None:
+    """Refuse what bertc cannot compute (``exact``: key -> the only value bertc computes; absent keys
+    pass) and name the keys ``required`` that are missing."""
+    from bertc.errors import WeightsError
+
+    for key, ok in exact.items():
+        if key in cfg and cfg[key] != ok:
+            refuse(where, key, cfg[key], f"bertc computes only {key} = {json.dumps(ok)}")
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise WeightsError(f"{where}: missing config keys {missing}")
+
+
+NOT_A_DECODER = {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False}
+
+
+def first_token_classifier(head: dict, activation: str) -> dict:
+    """BERT's classifier spec as the RoBERTa-style heads compute it: dense + ``activation`` over the first
+    token (no pooler), then dropout and the output projection."""
+    return {**head, "pooling": "first", "transform": {"activation": activation}}
+
+
+def masked_lm_head(activation: str, epsilon: float) -> dict:
+    return {"type": "masked_lm", "transform": {"activation": activation, "layer_norm": {"epsilon": epsilon}}}
+
+
+# RobertaClassificationHead / ElectraClassificationHead / MPNetClassificationHead: classifier.dense + out_proj
+CLASSIFICATION_HEAD = {"classifier.dense": "classifier_transform", "classifier.out_proj": "classifier"}
+# RobertaLMHead / MPNetLMHead
+LM_HEAD = {"lm_head.dense": ("linear", "masked_lm/transform"), "lm_head.layer_norm": ("ln", "masked_lm/transform_layer_norm")}
+
+
+def head_param(name: str) -> Optional[Target]:
+    """The head tensors shared by RoBERTa, ELECTRA and MPNet checkpoints."""
+    stem, leaf = _split(name)
+    if stem in CLASSIFICATION_HEAD:
+        return _param("linear", leaf, CLASSIFICATION_HEAD[stem])
+    if stem == "classifier":        # *ForTokenClassification
+        return _param("linear", leaf, "token_classifier")
+    if stem == "qa_outputs":
+        return _param("linear", leaf, "span_labeler")
+    if stem in LM_HEAD:
+        kind, path = LM_HEAD[stem]
+        return _param(kind, leaf, path)
+    if name == "lm_head.bias":
+        return Target("masked_lm/output_bias")
+    if name == "lm_head.decoder.bias":
+        return Target("masked_lm/output_bias", tied=True)
+    if name == "lm_head.decoder.weight":
+        return Target("embeddings/word_embeddings", tied=True)
+    return None
+
+
+def strip_prefix(name: str, prefix: str) -> Optional[str]:
+    """``name`` without the base model's prefix, or None when it has none (a head tensor, or a base model
+    saved alone)."""
+    return name[len(prefix):] if name.startswith(prefix) else None
+
+
+class Roberta(HFFamily):
+    model_types = ("roberta", "xlm-roberta", "camembert")
+    architectures = {f"{p}{a}": h for p in ("Roberta", "XLMRoberta", "Camembert")
+                     for a, h in (("Model", None), ("ForSequenceClassification", "classifier"),
+                                  ("ForTokenClassification", "token_classifier"),
+                                  ("ForQuestionAnswering", "span_labeler"), ("ForMaskedLM", "masked_lm"))}
+    base_architecture = "RobertaModel"
+
+    def encoder(self, cfg, where, max_len):
+        check_config(cfg, where, ["max_position_embeddings"], NOT_A_DECODER)
+        pad = cfg.get("pad_token_id", 1)
+        if not isinstance(pad, int) or pad < 0:
+            refuse(where, "pad_token_id", pad, "RoBERTa's positions start at pad_token_id + 1; bertc needs it")
+        offset = pad + 1
+        rows = int(cfg["max_position_embeddings"])
+        if rows <= offset:
+            refuse(where, "max_position_embeddings", rows, f"leaves no position after the offset pad_token_id + 1 "
+                                                           f"= {offset}")
+        # BERT's translation of the rest, with the positions the table holds after the offset
+        enc = encoder_from_config({**cfg, "model_type": "bert", "max_position_embeddings": rows - offset}, where, max_len)
+        enc["position"] = {"type": "absolute", "offset": offset, "from_mask": True}
+        return enc
+
+    def head(self, cfg, where, enc, arch, names=()):
+        kind = self.architectures[arch]
+        if kind == "masked_lm":     # RobertaLMHead: transformers' gelu is the exact one, whatever hidden_act says
+            return masked_lm_head("gelu", float(cfg.get("layer_norm_eps", 1e-12)))
+        head = head_from_config(cfg, where, enc, arch, self, names)
+        return first_token_classifier(head, "tanh") if kind == "classifier" else head
+
+    def translate(self, name, spec):
+        rest = strip_prefix(name, "roberta.")
+        if rest is not None:
+            return _encoder_param(rest)
+        return _encoder_param(name) or head_param(name)
+
+
+register_family(Roberta())
