@@ -239,6 +239,8 @@ def fidelity(names: list[str], command: str) -> int:
             ref = dict(np.load(fixture / "reference.npz"))
             feeds = {i.name: ref[i.name] for i in sig.inputs}
             planned, _ = plan_backends(out, report["artifacts"])
+            row = {"status": report["status"], "parity_passed": report["parity"]["passed"],
+                   "fusion": report["fusion"].get("fused_ops"), "backends": {}}
             runners = [("keras", "fp32", keras_runner(load_keras_model(out)))]
             runners += [(b.name, b.precision, open_runner(b)) for b in planned if not b.name.endswith("_cuda")]
             for backend, precision, run in runners:
