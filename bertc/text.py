@@ -16,7 +16,9 @@ import numpy as np
 
 from bertc.errors import BertcError, OutputError
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer_config.json",
+# sentencepiece models: spiece.model (ALBERT, T5), spm.model (DeBERTa-v2/v3)
+SENTENCEPIECE_FILES = ("spiece.model", "spm.model")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
 
 
@@ -39,7 +41,7 @@ def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
     elif "vocab.txt" in files:
         kind = "WordPiece (vocab.txt)"
     else:
-        kind = "SentencePiece (spiece.model)"
+        kind = f"SentencePiece ({next(n for n in files if n in SENTENCEPIECE_FILES)})"
     section = {"files": list(files), "kind": kind}
     for key in ("tokenizer_class", "do_lower_case", "model_max_length"):
         if key in config:
@@ -51,7 +53,7 @@ def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
     """Copy the tokenizer files beside ``source`` into ``out``; the report section, or None if there are none."""
     directory = _tokenizer_dir(Path(source))
     files = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
-    if not any(name in files for name in ("tokenizer.json", "vocab.txt", "spiece.model")):
+    if not any(name in files for name in ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES)):
         return None
     for name in files:
         try:
@@ -75,8 +77,9 @@ def load_tokenizer(out_dir: Path, max_len: int):
         # HF BertTokenizer's default is do_lower_case=True, and so is every original (uncased) BERT vocab
         tok = tokenizers.BertWordPieceTokenizer(str(out_dir / "vocab.txt"),
                                                 lowercase=bool(config.get("do_lower_case", True)))
-    elif (out_dir / "spiece.model").exists():
-        raise BertcError(f"{out_dir}: only spiece.model is bundled; the tokenizers library needs tokenizer.json "
+    elif any((out_dir / name).exists() for name in SENTENCEPIECE_FILES):
+        model = next(name for name in SENTENCEPIECE_FILES if (out_dir / name).exists())
+        raise BertcError(f"{out_dir}: only {model} is bundled; the tokenizers library needs tokenizer.json "
                          f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
     else:
         raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json or vocab.txt); it is bundled "
