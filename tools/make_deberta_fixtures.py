@@ -53,13 +53,16 @@ CORPUS = ("the cat sat on the mat . a dog ran fast on the road . the big red hou
 
 def randomize(model: torch.nn.Module, seed: int, scale: float = 1.0) -> None:
     """Every parameter away from its initial value: layer-norm gammas around 1, biases around 0, projections
-    ~ N(0, 1 / fan_in) (query / key / position projections twice that, for sharp attention)."""
+    ~ N(0, 1 / fan_in) (query / key / position projections twice that, for sharp attention); the word embeddings
+    small (the embedding layer norm rescales them; the tied masked-LM logits stay O(1))."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "LayerNorm.weight" in name:
                 p.copy_(1.0 + 0.3 * scale * torch.randn(p.shape, generator=g))
             elif "LayerNorm.bias" in name:
+                p.copy_(0.2 * scale * torch.randn(p.shape, generator=g))
+            elif "word_embeddings" in name:     # small: the tied masked-LM decoder's logits stay O(1)
                 p.copy_(0.2 * scale * torch.randn(p.shape, generator=g))
             elif "embeddings" in name:
                 p.copy_(scale * torch.randn(p.shape, generator=g))

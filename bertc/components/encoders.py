@@ -57,6 +57,11 @@ class _EncoderSpecBase(StrictModel):
         return s.pooled_output_dim or s.hidden_size
 
     @property
+    def has_pooler(self) -> bool:
+        """Whether the encoder has a pooler (``pooler`` of a scaffold encoder; bert and albert always do)."""
+        return self.scaffold.pooler
+
+    @property
     def embedding_table_width(self) -> int:
         s = self.scaffold
         return s.embedding.width(s.hidden_size)
@@ -127,6 +132,9 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
     pooler_initializer: Optional[InitializerSpec] = None
+    # False: the encoder has no pooler (DeBERTa, ModernBERT): without a head it outputs sequence_output only,
+    # and no head may read the pooled output
+    pooler: bool = True
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     return_all_layer_outputs: bool = False
     final_layer_norm: bool = False
