@@ -247,3 +247,48 @@ def test_spm_model_alone_is_bundled_and_named(tmp_path):
     assert section["tokenizer_class"] == "DebertaV2Tokenizer"
     with pytest.raises(BertcError, match="only spm.model is bundled"):
         load_tokenizer(out, 16)
+
+
+@pytest.mark.parametrize("position,n", [({"position_buckets": 256}, 512), ({"position_buckets": 8}, 32),
+                                        ({"position_buckets": 8, "max_relative_positions": 16}, 32),
+                                        ({"position_buckets": -1, "max_relative_positions": 12}, 32)])
+def test_row_window_is_exactly_the_rows_each_length_reads(position, n):
+    """The scheme gathers, for length S, the window (first, stop) of table rows: every row the relative positions
+    of length S read, and only those (they are contiguous)."""
+    from bertc.components.positions import DisentangledSpec, disentangled_row_lookup, disentangled_row_window
+
+    spec = DisentangledSpec(**position)
+    lookup, window = disentangled_row_lookup(spec, n), disentangled_row_window(spec, n)
+    for s in range(1, n + 1):
+        read = set(lookup[n - s:n + s - 1].tolist())
+        assert read == set(range(*window[s])), s
+    if n == 512:
+        assert window[512].tolist() == [1, 512] and window[128][1] - window[128][0] == 255
+
+
+def test_encoder_without_pooler(tmp_path, capsys):
+    """``pooler: false``: the headless model outputs sequence_output alone; a head reading the pooled output is
+    a spec error naming both places."""
+    spec = json.loads(imported("deberta_v3_model", tmp_path)[0].read_text())
+    assert spec["encoder"]["pooler"] is False
+    assert signature_of(load_spec(spec)).output_names == ["sequence_output"]
+    spec["head"] = {"type": "classifier", "num_classes": 2}          # pooling: the pooler (the default)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(spec))
+    assert main(["validate", str(path)]) == EXIT_BAD_SPEC
+    err = capsys.readouterr()
+    assert "$.encoder.pooler: is false, but the 'classifier' head at $.head reads the pooled output" in err.out + err.err
+
+
+def test_encoder_only_import_ignores_the_task_head(tmp_path):
+    """``--encoder-only`` of a sequence classifier: the encoder alone (sequence_output), the ContextPooler and the
+    classifier tensors reported as ignored."""
+    spec_path = tmp_path / "spec.json"
+    assert main(["import", str(HF / "deberta_v3_seq_cls"), "-o", str(spec_path), "--encoder-only"]) == 0
+    spec = load_spec(spec_path)
+    assert spec.head is None and signature_of(spec).output_names == ["sequence_output"]
+    model = bertc.build_model(spec).model
+    result = load_weights(model, spec, HF / "deberta_v3_seq_cls")
+    assert set(result.ignored) == {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias"}
+    ref = dict(np.load(HF / "deberta_v3_model" / "reference.npz"))
+    assert set(keras_run(model)({n: ref[n] for n in ("input_word_ids", "input_mask")})) == {"sequence_output"}

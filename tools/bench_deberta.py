@@ -3,6 +3,7 @@
 
     flock /work/wt/heavy.lock python tools/bench_deberta.py [--work DIR] [--rebuild] [--rounds 10] [--calls 5]
     /work/envs/hf/bin/python tools/bench_deberta.py --make-anchor DIR     # the anchor alone (side environment)
+    python tools/bench_deberta.py --fidelity     # tiny fixtures: max abs diff per backend -> deberta_fidelity.json
 
 1. bertc: the spec ``bertc import`` writes for microsoft/deberta-v3-base's config (:data:`BASE_CONFIG`: 12 x 768,
    vocab 128,100, 256 log buckets, share_att_key, no absolute positions, no token types) with a
@@ -22,6 +23,9 @@
    2 intra-op threads, thread spinning off, median of per-round ratios to the anchor. Writes
    tools/results/bench_deberta.json with the exact command, both sides' fusion statistics and node counts.
 Targets (issue 17): model.optimized.onnx <= 0.80 of the fused anchor, model.optimized.int8.onnx <= the anchor's int8.
+
+``--fidelity``: ``bertc import`` + ``bertc build`` of every tests/fixtures/hf/deberta_* fixture (every backend),
+and the max abs diff of each backend's outputs to transformers' at the real tokens (tools/results/deberta_fidelity.json).
 """
 from __future__ import annotations
 
@@ -174,10 +178,61 @@ def bertc_spec(work: Path) -> Path:
     return path
 
 
+def fidelity(results: Path, command: str) -> int:
+    """Every DeBERTa fixture imported and built; per backend and output, the max abs diff to transformers at the
+    real tokens (transformers' padded query rows attend to every key: their values mean nothing)."""
+    import tempfile
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from bertc.backends import open_runner, plan_backends
+    from bertc.cli import main as bertc
+    from bertc.signature import signature_of
+    from bertc.spec import load_spec
+
+    table = {}
+    for fixture in sorted((ROOT / "tests" / "fixtures" / "hf").glob("deberta_*")):
+        with tempfile.TemporaryDirectory() as work:
+            spec_path, out = Path(work) / "spec.json", Path(work) / "out"
+            if bertc(["import", str(fixture), "-o", str(spec_path)]) or \
+                    bertc(["build", str(spec_path), "-o", str(out), "-q"]):
+                table[fixture.name] = {"error": "import or build failed"}
+                continue
+            report = json.loads((out / "report.json").read_text())
+            sig = signature_of(load_spec(out / "spec.json"))
+            ref = dict(np.load(fixture / "reference.npz"))
+            real = ref["input_mask"].astype(bool)
+            row = {"parity_passed": report["parity"]["passed"], "fused_ops": report["fusion"]["fused_ops"]}
+            backends, _ = plan_backends(out, report["artifacts"])
+            for backend in backends:
+                got = open_runner(backend)({i.name: ref[i.name] for i in sig.inputs})
+                for o in sig.outputs:
+                    want, have = ref[o.name if o.name in ref else "logits"], np.asarray(got[o.name])
+                    diff = np.abs(have - want)
+                    row.setdefault(backend.name, {})[o.name] = float(
+                        (diff[real] if diff.shape[:2] == real.shape else diff).max())
+            table[fixture.name] = row
+            print(fixture.name, {k: v for k, v in row.items() if k not in ("fused_ops", "parity_passed")}, flush=True)
+    worst = {}
+    for row in table.values():
+        for backend, outputs in row.items():
+            if isinstance(outputs, dict) and backend != "fused_ops":
+                worst[backend] = max(worst.get(backend, 0.0), *outputs.values())
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                   "compared": "max abs diff to transformers at the real tokens",
+                                   "worst_per_backend": worst, "fixtures": table}, indent=2) + "\n")
+    print(f"worst per backend: {worst}\nwrote {results}")
+    return 0 if all("error" not in r for r in table.values()) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--make-anchor", type=Path, default=None, metavar="DIR",
                         help="build the anchor into DIR (run with the side environment's python) and exit")
+    parser.add_argument("--fidelity", action="store_true",
+                        help="build every tiny DeBERTa fixture and write the max abs diff per backend to transformers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bertc-bench-deberta"),
                         help="where the build and the anchor go (about 3 GB)")
@@ -191,6 +246,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.make_anchor is not None:
         return make_anchor(args.make_anchor, args.seed)
+    if args.fidelity:
+        return fidelity(ROOT / "tools" / "results" / "deberta_fidelity.json", shlex.join([sys.executable, *sys.argv]))
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(TOOLS))
