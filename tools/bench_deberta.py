@@ -204,7 +204,7 @@ def fidelity(results: Path, command: str) -> int:
             ref = dict(np.load(fixture / "reference.npz"))
             real = ref["input_mask"].astype(bool)
             row = {"parity_passed": report["parity"]["passed"], "fused_ops": report["fusion"]["fused_ops"]}
-            backends, _ = plan_backends(out, report["artifacts"])
+            backends, _ = plan_backends(out, report["artifacts"], include_keras=True)
             for backend in backends:
                 got = open_runner(backend)({i.name: ref[i.name] for i in sig.inputs})
                 for o in sig.outputs:
