@@ -97,6 +97,14 @@ class Spec(StrictModel):
 
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
+    def problems(self, ctx):
+        if self.head is not None and not self.encoder.has_pooler:
+            from bertc.registry import HEADS
+
+            if HEADS.create(self.head, self.encoder).uses_pooled:
+                yield ("encoder", "pooler"), (f"is false, but the {self.head.type!r} head at $.head reads the pooled "
+                                              f"output")
+
     def child_context(self, ctx, path):
         # bert / albert declare max_sequence_length themselves; a scaffold encoder takes it from its embedding.
         own = "max_sequence_length" in type(self.encoder).model_fields

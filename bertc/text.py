@@ -16,11 +16,14 @@ import numpy as np
 
 from bertc.errors import BertcError, OutputError
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "vocab.json", "merges.txt",
-                   "sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# sentencepiece models: spiece.model (ALBERT, T5), spm.model (DeBERTa-v2/v3), sentencepiece.bpe.model (XLM-R,
+# CamemBERT)
+SENTENCEPIECE_FILES = ("spiece.model", "spm.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json", "merges.txt",
+                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 # the files that are a tokenizer by themselves (the others configure one); RoBERTa's BPE is the vocab.json +
-# merges.txt pair, XLM-R / CamemBERT's sentencepiece model is sentencepiece.bpe.model
-_VOCABULARIES = ("tokenizer.json", "vocab.txt", "spiece.model", "vocab.json", "sentencepiece.bpe.model")
+# merges.txt pair
+_VOCABULARIES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json")
 # the special tokens a RoBERTa-style tokenizer (BPE, or MPNet's WordPiece) wraps sequences in
 _ROBERTA_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
 
@@ -46,7 +49,7 @@ def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
     elif "vocab.json" in files:
         kind = "byte-level BPE (vocab.json + merges.txt)"
     else:
-        kind = "SentencePiece (" + ("spiece.model" if "spiece.model" in files else "sentencepiece.bpe.model") + ")"
+        kind = f"SentencePiece ({next(n for n in files if n in SENTENCEPIECE_FILES)})"
     section = {"files": list(files), "kind": kind}
     for key in ("tokenizer_class", "do_lower_case", "model_max_length"):
         if key in config:
@@ -90,8 +93,8 @@ def load_tokenizer(out_dir: Path, max_len: int):
             _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.txt")
         else:
             tok = _wordpiece(tokenizers, out_dir, lowercase=lowercase)
-    elif (out_dir / "spiece.model").exists() or (out_dir / "sentencepiece.bpe.model").exists():
-        name = "spiece.model" if (out_dir / "spiece.model").exists() else "sentencepiece.bpe.model"
+    elif any((out_dir / name).exists() for name in SENTENCEPIECE_FILES):
+        name = next(name for name in SENTENCEPIECE_FILES if (out_dir / name).exists())
         raise BertcError(f"{out_dir}: only {name} is bundled; the tokenizers library needs tokenizer.json "
                          f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
     else:

@@ -54,7 +54,8 @@ _UNUSED_OK = {
     "pooler/": "pooler: this model's head does not read the pooled output",
 }
 # A task head's weights in the checkpoint of a model built without any head (the encoder alone).
-HEAD_PREFIXES = ("classifier/", "token_classifier/", "span_labeler/", "masked_lm/", "next_sentence/")
+HEAD_PREFIXES = ("classifier/", "token_classifier/", "span_labeler/", "masked_lm/", "next_sentence/",
+                 "classifier_transform", "token_classifier_transform")
 _HEADLESS = "task head of the checkpoint: this spec builds the encoder alone (no head)"
 
 

@@ -201,7 +201,7 @@ class DisentangledAttentionSpec(AttentionSpecBase):
 class DisentangledAttention(MultiHeadAttention):
     """Weights as :class:`MultiHeadAttention` (``query``, ``key``, ``value``, ``attention_output``), plus
     ``pos_key_proj`` (c2p) / ``pos_query_proj`` (p2c) without ``share_att_key``. Called with
-    ``disentangled=(relative_embeddings (2S - 1, H), relative_positions (S, S))`` from the position scheme: c2p
+    ``disentangled=(relative_embeddings (K, H), relative_positions (S, S))`` from the position scheme: c2p
     ``[i, j] = q_i . pos_k[rel[i, j]]`` and p2c ``[i, j] = k_j . pos_q[rel[i, j]]`` (transformers' gathers at
     ``clamp(+-bucket + att_span)``, the rows already chosen by the scheme), each a MatMul against every row then
     one Gather of the flattened (row, relative) axis."""
@@ -249,8 +249,8 @@ class DisentangledAttention(MultiHeadAttention):
         total = None
         for term in self.terms:
             pos = split_heads(tf.expand_dims(self.projection(term)(relative_embeddings), 0), self.num_heads,
-                              self.head_size)                                       # (1, N, 2S - 1, D)
-            att = tf.matmul(q if term == "c2p" else k, pos, transpose_b=True)       # (B, N, S, 2S - 1)
+                              self.head_size)                                       # (1, N, K, D)
+            att = tf.matmul(q if term == "c2p" else k, pos, transpose_b=True)       # (B, N, S, K)
             # c2p reads row i of att (the query), p2c row j (the key), at column rel[i, j]
             index = rel + (tf.expand_dims(steps, 1) if term == "c2p" else tf.expand_dims(steps, 0))
             flat = tf.reshape(att, tf.concat([tf.shape(att)[:2], [-1]], axis=0))
@@ -363,11 +363,11 @@ def lower_talking_heads(layer, ctx, x, query=None):
 
 
 def lower_disentangled(layer, ctx, x, query=None):
-    """Q/K/V MatMul + Add; per term the relative embeddings projected (MatMul + Add), MatMul with q (c2p) or
-    k (p2c) against every relative row, one Gather of the flattened (row, relative) axis at the scheme's
-    positions; their sum divided by sqrt(d * scale_factor) is com.microsoft ``MultiHeadAttention``'s
-    ``attention_bias``, its ``scale`` 1 / sqrt(d * scale_factor), the raw 0/1 key padding mask. The pruned
-    last layer (the first token only) gathers the first row of each index."""
+    """Q/K/V MatMul + Add; per term the scheme's K relative rows projected (MatMul + Add) and divided by
+    sqrt(d * scale_factor) (K x H values, not B x N x S x S), MatMul with q (c2p) or k (p2c) against every row,
+    one Gather of the flattened (row, relative) axis at the scheme's positions; their sum is com.microsoft
+    ``MultiHeadAttention``'s ``attention_bias``, its ``scale`` 1 / sqrt(d * scale_factor), the raw 0/1 key padding
+    mask. The pruned last layer (the first token only) gathers the first row of each index."""
     from bertc.components.base import RowSelection
 
     g, n, d = ctx.g, layer.num_heads, layer.head_size
@@ -381,13 +381,13 @@ def lower_disentangled(layer, ctx, x, query=None):
     heads = {"c2p": ctx.split_heads(q, n, d, (0, 2, 1, 3)), "p2c": ctx.split_heads(k, n, d, (0, 2, 1, 3))}
     terms = []
     for term in layer.terms:
-        pos = ctx.dense(emb, layer.projection(term))                                    # (2S - 1, H)
-        pos = g.node("Transpose", [g.node("Reshape", [pos, g.ints([-1, n, d])])], perm=[1, 2, 0])   # (N, D, 2S - 1)
-        att = g.node("MatMul", [heads[term], pos], hint=f"{term}_att")                  # (B, N, F, 2S - 1)
+        pos = g.node("Mul", [ctx.dense(emb, layer.projection(term)), g.scalar(1.0 / layer.scale, "inv_scale")],
+                     hint=f"{term}_pos")                                                 # (K, H), scaled
+        pos = g.node("Transpose", [g.node("Reshape", [pos, g.ints([-1, n, d])])], perm=[1, 2, 0])   # (N, D, K)
+        att = g.node("MatMul", [heads[term], pos], hint=f"{term}_att")                  # (B, N, F, K)
         flat = g.node("Reshape", [att, g.ints([0, 0, -1])], hint=f"{term}_flat")
         terms.append(g.node("Gather", [flat, _disentangled_index(ctx, term, rows)], axis=2, hint=term))
-    bias = terms[0] if len(terms) == 1 else g.node("Add", terms, hint="relative_logits")
-    bias = g.node("Div", [bias, g.scalar(layer.scale, "scale")], hint="relative_bias") if terms else None
+    bias = (terms[0] if len(terms) == 1 else g.node("Add", terms, hint="relative_bias")) if terms else None
     context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([bias] if bias else []), hint="attention",
                    num_heads=n, mask_filter_value=MASK_ADDER, scale=1.0 / layer.scale)
     ctx.record("attention", "MatMul+Gather (c2p, p2c) + MultiHeadAttention (attention_bias)"
@@ -397,13 +397,12 @@ def lower_disentangled(layer, ctx, x, query=None):
 
 def _disentangled_index(ctx, term: str, rows: bool):
     """(S, S) (``rows``: (1, S)) int32 flat indices into (row, relative) for c2p (row i) or p2c (row j): the
-    scheme's relative positions plus row * (2S - 1); computed once for every layer."""
+    scheme's relative positions plus row * K (its window of K relative rows); computed once for every layer."""
     g = ctx.g
 
     def make():
         _, rel = ctx.disentangled()
-        length = ctx.positions["sequence_length"]
-        width = g.node("Sub", [g.node("Mul", [length, g.const(2, np.int32, "two")]), g.const(1, np.int32, "one")])
+        length, width = ctx.positions["sequence_length"], ctx.positions["window_rows"]
         steps = g.node("Mul", [g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one")]),
                                width], hint="row_steps")
         index = g.node("Add", [rel, g.node("Unsqueeze", [steps, g.ints([1 if term == "c2p" else 0], "axes")])],

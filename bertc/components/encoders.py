@@ -58,7 +58,7 @@ class _EncoderSpecBase(StrictModel):
 
     @property
     def has_pooler(self) -> bool:
-        """Whether the encoder without a head has a pooler (and a ``pooled_output``)."""
+        """Whether the encoder has a pooler (``pooler`` of a scaffold encoder; bert and albert always do)."""
         return self.scaffold.pooler
 
     @property
@@ -131,10 +131,10 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
-    # false: the encoder alone has no pooler and outputs sequence_output only (DistilBERT, ELECTRA); a head that
-    # reads the pooled output builds one all the same
-    pooler: bool = True
     pooler_initializer: Optional[InitializerSpec] = None
+    # False: the encoder has no pooler (DistilBERT, ELECTRA, DeBERTa, ModernBERT): without a head it outputs
+    # sequence_output only, and no head may read the pooled output
+    pooler: bool = True
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     return_all_layer_outputs: bool = False
     final_layer_norm: bool = False

@@ -15,7 +15,7 @@ each optional:
   its block as ``rotary=(cos, sin)``, the block to its attention, which rotates queries and keys after
   splitting heads (``q * cos + rotate_half(q) * sin``). Without a rotary scheme no block or attention is
   passed a ``rotary`` argument at all.
-- ``relative_embeddings`` (2S - 1, H) and ``relative_positions`` (S, S) int32 (``disentangled``): passed to every
+- ``relative_embeddings`` (K, H) and ``relative_positions`` (S, S) int32 (``disentangled``): passed to every
   layer's block as ``disentangled=(relative_embeddings, relative_positions)``, and on to its ``disentangled``
   attention.
 
@@ -28,11 +28,13 @@ max_relative_positions < 1: max_sequence_length) and, with ``norm_rel_ebd: layer
 transformers' relative position of query i and key j is ``i - j`` (``build_relative_position``), log-bucketed
 (``make_log_bucket_position``, :func:`log_bucket_positions`: the same float32 operations in numpy); c2p reads
 table row ``clamp(bucket(i - j) + att_span, 0, 2 att_span - 1)``, p2c ``clamp(-bucket(j - i) + att_span, ...)``:
-the same row (buckets are odd). So the scheme gathers, for length S, the (normed) row of every relative
-position ``i - j = S - 1 - m``, m = 0..2S-2, from a graph constant lookup of size 2 * max_sequence_length - 1
-(:func:`disentangled_row_lookup`; every backend reads identical rows, the TFLite converter folds no float
-arithmetic, and the gathered table is no constant it could fold layer norm and projections into), and
-``relative_positions[i, j] = i - j + S - 1`` indexes them.
+the same row (buckets are odd). So the scheme gathers, for length S, the window of K (normed) table rows that
+the relative positions ``i - j`` of length S read (a graph constant of (first, stop) per length,
+:func:`disentangled_row_window`: K = 2S - 1 up to S = position_buckets / 2, then fewer, the log buckets sharing
+rows), and ``relative_positions[i, j]`` is the window row of ``i - j``, from a graph constant lookup of size
+2 * max_sequence_length - 1 (:func:`disentangled_row_lookup`; every backend reads identical rows, the TFLite
+converter folds no float arithmetic, and the gathered table is no constant it could fold layer norm and
+projections into).
 
 ``rotary`` (RoPE, as transformers' GPT-NeoX / ModernBERT compute it: ``rotate_half``, not interleaved)
 has no weights: ``inv_freq = 1 / theta ** (arange(0, D, 2) / D)`` (float64, then a float32 constant),
@@ -462,17 +464,31 @@ def disentangled_row_lookup(spec: DisentangledSpec, max_length: int) -> np.ndarr
     return np.clip(relative + span, 0, 2 * span - 1).astype(np.int32)
 
 
+def disentangled_row_window(spec: DisentangledSpec, max_length: int) -> np.ndarray:
+    """(max_length + 1, 2) int32: for each length S, the first and one past the last row of ``rel_embeddings``
+    that the relative positions of length S read (row 0 for S = 0): every row between the extremes of d = +-(S -
+    1), all of them read (the clamped log bucket of d grows by at most 1 per step of d). With 256 buckets and S =
+    512 that is 511 rows, where one per relative position would be 1023."""
+    lookup = disentangled_row_lookup(spec, max_length)
+    out = np.zeros((max_length + 1, 2), np.int32)
+    for length in range(1, max_length + 1):
+        rows = lookup[max_length - length:max_length + length - 1]
+        out[length] = rows.min(), rows.max() + 1
+    return out
+
+
 @POSITIONS.register("disentangled", spec=DisentangledSpec,
                     description="DeBERTa-v2/v3 relative positions (log buckets, one shared layer-normed table) for "
                                 "'disentangled' attention's c2p / p2c terms.")
 @serializable
 class DisentangledPositions(PositionScheme):
-    """Per batch of length S: ``relative_embeddings`` (2S - 1, H), the (normed) table row of each relative
-    position i - j = S - 1 - m (m = 0 .. 2S - 2; gathering the rows before the layer norm and the attention's
-    projections is exact: they act row by row), and ``relative_positions`` (S, S) int32, ``[i, j] = i - j + S
-    - 1``: which of those rows query i and key j read (the log buckets live in the gathered rows). Reading
-    rows through a length-dependent gather also keeps the TFLite converter from folding the layer norm and the
-    projections of the table into constants of its own."""
+    """Per batch of length S: ``relative_embeddings`` (K, H), the (normed) rows of the table that length S reads,
+    a contiguous window (:func:`disentangled_row_window`; K = 2S - 1 while S <= position_buckets / 2, fewer beyond:
+    the log buckets share rows; gathering the rows before the layer norm and the attention's projections is
+    exact: they act row by row), and ``relative_positions`` (S, S) int32: the window row that query i and key j
+    read (transformers' clamped bucket of i - j, minus the window's first row). Reading rows through a
+    length-dependent gather also keeps the TFLite converter from folding the layer norm and the projections of
+    the table into constants of its own."""
 
     spec_cls = DisentangledSpec
 
@@ -506,34 +522,38 @@ class DisentangledPositions(PositionScheme):
     def call(self, inputs):
         length = tf.shape(inputs["input_mask"])[1]
         n = self.max_sequence_length
-        lookup = tf.constant(disentangled_row_lookup(self.spec, n))
-        rows = tf.slice(lookup, tf.expand_dims(n - length, 0), tf.expand_dims(2 * length - 1, 0))   # d = S-1 .. -(S-1)
-        emb = tf.gather(tf.convert_to_tensor(self.rel_embeddings), rows)                           # (2S - 1, H)
+        window = tf.gather(tf.constant(disentangled_row_window(self.spec, n)), length)           # [first, stop)
+        emb = tf.gather(tf.convert_to_tensor(self.rel_embeddings), tf.range(window[0], window[1]))   # (K, H)
         if self.rel_layer_norm is not None:
             emb = self.rel_layer_norm(emb)
         positions = tf.range(length)
-        relative = tf.expand_dims(positions, 1) - tf.expand_dims(positions, 0) + (length - 1)     # [i, j]
-        return {"relative_embeddings": emb, "relative_positions": relative}
+        relative = tf.expand_dims(positions, 1) - tf.expand_dims(positions, 0) + (n - 1)            # i - j + n - 1
+        rows = tf.gather(tf.constant(disentangled_row_lookup(self.spec, n)), relative) - window[0]  # [i, j]
+        return {"relative_embeddings": emb, "relative_positions": rows}
 
     def onnx_lowering(self, ctx):
-        """The row lookup constant sliced for length S, one Gather of the table, LayerNormalization, and the
-        (S, S) index i - j + S - 1: computed once, read by every layer's disentangled attention."""
+        """The row window of length S from a constant (first, stop), one Gather of the table's rows in it,
+        LayerNormalization, and the (S, S) window rows from the row lookup constant at i - j: computed once, read
+        by every layer's disentangled attention."""
         g, n = ctx.g, self.max_sequence_length
         with g.scope("disentangled"):
             mask = ctx.int32_input("input_mask")
             length = g.node("Squeeze", [g.node("Cast", [g.node("Shape", [mask], start=1, end=2)], to=6)])
-            lookup = g.initializer(f"{self.path}/row_lookup", disentangled_row_lookup(self.spec, n))
-            start = g.node("Sub", [g.const(n, np.int32, "max_length"), length])
-            stop = g.node("Add", [g.const(n - 1, np.int32, "max_length_1"), length])
-            rows = g.node("Slice", [lookup, g.node("Unsqueeze", [start, g.ints([0], "axes")]),
-                                    g.node("Unsqueeze", [stop, g.ints([0], "axes")])], hint="relative_rows")
+            windows = g.initializer(f"{self.path}/row_window", disentangled_row_window(self.spec, n))
+            window = g.node("Gather", [windows, length], axis=0, hint="row_window")              # (2,)
+            first, stop = (g.node("Squeeze", [g.node("Slice", [window, g.ints([k], f"w{k}"), g.ints([k + 1], f"w{k}_")])])
+                           for k in (0, 1))
+            rows = g.node("Range", [first, stop, g.const(1, np.int32, "one")], hint="relative_rows")
             emb = g.node("Gather", [ctx.weight(self.rel_embeddings), rows], axis=0, hint="relative_embeddings")
             if self.rel_layer_norm is not None:
                 emb, _ = ctx.layer_norm(emb, self.rel_layer_norm, part="rel_layer_norm")
-            positions = g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one")])
+            positions = g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one_")])
             relative = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints([1], "rows")]),
                                       g.node("Unsqueeze", [positions, g.ints([0], "cols")])])      # [i, j] = i - j
-            relative = g.node("Add", [relative, g.node("Sub", [length, g.const(1, np.int32, "one_")])],
-                              hint="relative_positions")
-        ctx.record("position", "disentangled: row lookup, Gather, LayerNormalization, computed once for every layer")
-        return {"relative_embeddings": emb, "relative_positions": relative, "sequence_length": length}
+            relative = g.node("Add", [relative, g.const(n - 1, np.int32, "max_length_1")])
+            lookup = g.initializer(f"{self.path}/row_lookup", disentangled_row_lookup(self.spec, n))
+            relative = g.node("Sub", [g.node("Gather", [lookup, relative], axis=0), first], hint="relative_positions")
+            width = g.node("Sub", [stop, first], hint="window_rows")
+        ctx.record("position", "disentangled: row window, Gather, LayerNormalization, computed once for every layer")
+        return {"relative_embeddings": emb, "relative_positions": relative, "sequence_length": length,
+                "window_rows": width}

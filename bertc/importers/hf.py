@@ -391,7 +391,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     arch = architecture(cfg, where, family) if not (st or encoder_only) else \
         (cfg.get("architectures") or [family.base_architecture])[0]
     head = st["head"] if st else (None if encoder_only else family.head(cfg, where, enc, arch, names))
-    if head is None and names and not family.has_pooler(names):
+    if head is None and enc.get("pooler", True) and names and not family.has_pooler(names):
         raise UnsupportedModel(f"{where}: the checkpoint has no pooler (architectures {arch}); bertc's encoder "
                                f"without a head also outputs pooled_output, so it needs one")
     described = f"sentence-transformers model ({arch}, {head['pooling']} pooling" \
@@ -418,3 +418,4 @@ from bertc.importers import hf_roberta  # noqa: E402,F401
 from bertc.importers import hf_distilbert  # noqa: E402,F401
 from bertc.importers import hf_electra  # noqa: E402,F401
 from bertc.importers import hf_mpnet  # noqa: E402,F401
+from bertc.importers import hf_deberta  # noqa: E402,F401

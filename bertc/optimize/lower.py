@@ -182,7 +182,7 @@ class LoweringContext:
         return self.once("rotary_row_positions", make)
 
     def disentangled(self):
-        """The current layer's disentangled position values, ``(relative_embeddings (2S - 1, H), relative_positions
+        """The current layer's disentangled position values, ``(relative_embeddings (K, H), relative_positions
         (S, S) int32)`` (:class:`~bertc.components.positions.DisentangledPositions`), or None without that scheme."""
         return self.layer_positions.get("disentangled")
 
