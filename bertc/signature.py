@@ -63,7 +63,9 @@ class Signature:
 
 def encoder_outputs(encoder_spec) -> list[OutputInfo]:
     """The outputs of an encoder without a head."""
-    infos = [OutputInfo("sequence_output", 1, "features"), OutputInfo("pooled_output", None, "features")]
+    infos = [OutputInfo("sequence_output", 1, "features")]
+    if encoder_spec.has_pooler:   # an encoder without a pooler (ModernBERT) outputs the sequence alone
+        infos.append(OutputInfo("pooled_output", None, "features"))
     if encoder_spec.all_layer_outputs:
         infos += [OutputInfo(f"encoder_outputs_{i}", 1, "features") for i in range(encoder_spec.layer_count)]
     return infos
@@ -75,7 +77,7 @@ def signature_of(spec) -> Signature:
 
     inputs = [InputInfo(n) for n in spec.encoder.input_names]
     if spec.head is None:
-        outputs, needs_pooled = encoder_outputs(spec.encoder), True
+        outputs, needs_pooled = encoder_outputs(spec.encoder), spec.encoder.has_pooler
     else:
         head = HEADS.create(spec.head, spec.encoder)
         inputs += [InputInfo(n, length) for n, length in head.extra_inputs().items()]

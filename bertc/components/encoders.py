@@ -73,6 +73,11 @@ class _EncoderSpecBase(StrictModel):
     def all_layer_outputs(self) -> bool:
         return self.scaffold.return_all_layer_outputs
 
+    @property
+    def has_pooler(self) -> bool:
+        """Whether the encoder has a pooler (ModernBERT has none: without a head it outputs the sequence alone)."""
+        return True
+
     def child_context(self, ctx, path):
         return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",)),
                 "num_layers": self.num_layers, "num_layers_path": json_path(path + ("num_layers",)),
@@ -130,6 +135,7 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     return_all_layer_outputs: bool = False
     final_layer_norm: bool = False
+    final_layer_norm_bias: bool = True  # false: the final layer norm has no beta (ModernBERT's norm_bias)
     layer_norm_epsilon: Epsilon = 1e-12
 
     @field_validator("hidden", mode="before")
@@ -332,7 +338,7 @@ class ScaffoldEncoder(Encoder):
                                   max_sequence_length=self.spec.max_sequence_length)
         blocks = s.blocks()[:1] if s.share_layers else s.blocks()
         n += sum(BLOCKS.component(b.type).param_count(b, h) for b in blocks)
-        n += 2 * h if s.final_layer_norm else 0
+        n += (2 if s.final_layer_norm_bias else 1) * h if s.final_layer_norm else 0
         return n + (dense_params(h, s.pooled_output_dim or h) if needs_pooled else 0)
 
     def build(self, inputs: dict, needs_pooled: bool) -> EncoderOutputs:
@@ -361,7 +367,7 @@ class ScaffoldEncoder(Encoder):
             self.blocks.append(layer)
             outputs.append(x)
         if s.final_layer_norm:
-            self.final_layer_norm = layer_norm(s.layer_norm_epsilon, "final_layer_norm")
+            self.final_layer_norm = layer_norm(s.layer_norm_epsilon, "final_layer_norm", center=s.final_layer_norm_bias)
             x = outputs[-1] = self.final_layer_norm(x)
         pooled = None
         if needs_pooled:
