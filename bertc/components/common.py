@@ -29,12 +29,14 @@ def initializer(spec: InitializerSpec | dict | None):
     return keras.initializers.Zeros()
 
 
-def dense(units: int, init, name: str, activation=None) -> keras.layers.Dense:
-    return keras.layers.Dense(units, activation=activation, kernel_initializer=initializer(init), name=name)
+def dense(units: int, init, name: str, activation=None, use_bias: bool = True) -> keras.layers.Dense:
+    return keras.layers.Dense(units, activation=activation, kernel_initializer=initializer(init), name=name,
+                              use_bias=use_bias)
 
 
-def layer_norm(epsilon: float, name: str) -> keras.layers.LayerNormalization:
-    return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name)
+def layer_norm(epsilon: float, name: str, center: bool = True) -> keras.layers.LayerNormalization:
+    """A layer norm over the last axis; ``center=False``: no beta (ModernBERT's bias-free norms)."""
+    return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name, center=center)
 
 
 def with_last_dim(shape, width: int) -> tuple:
@@ -42,8 +44,8 @@ def with_last_dim(shape, width: int) -> tuple:
     return tuple(shape[:-1]) + (int(width),)
 
 
-def dense_params(n_in: int, n_out: int) -> int:
-    return n_in * n_out + n_out
+def dense_params(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + (n_out if bias else 0)
 
 
 def split_heads(x, num_heads: int, head_size: int):

@@ -1,4 +1,5 @@
-"""Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``, ``sentence_embedding``.
+"""Task heads: ``classifier``, ``span_labeler``, ``token_classifier``, ``pretrainer``, ``masked_lm``,
+``sentence_embedding``.
 
 A head component (base class :class:`Head`) is an object built from its spec and the encoder's,
 ``cls(spec, encoder_spec)``. It offers:
@@ -72,14 +73,48 @@ class Head:
         raise NotImplementedError
 
 
+def _token_labels(inputs, rng, num_classes: int) -> dict:
+    """A label per position, weighted by the mask (per-token heads)."""
+    mask = np.asarray(inputs["input_mask"])
+    return {"labels": rng.integers(0, num_classes, size=mask.shape, dtype=np.int32), "weights": mask}
+
+
+def _token_loss(outputs, labels):
+    return losses.weighted_sparse_categorical_crossentropy(
+        labels["labels"], outputs["logits"], weights=labels["weights"], from_logits=True)
+
+
 def _real_lengths(inputs) -> np.ndarray:
     return np.maximum(np.asarray(inputs["input_mask"]).sum(axis=1), 1)
+
+
+class LayerNormOptions(StrictModel):
+    epsilon: Epsilon = 1e-12
+    bias: bool = True  # false: no beta (ModernBERT's norm_bias = false)
+
+
+class TransformSpec(StrictModel):
+    """What a head applies before its output projection: a dense layer, its activation, then optionally a
+    layer norm. RoBERTa's and ELECTRA's classification heads (tanh / gelu), DistilBERT's pre_classifier
+    (relu), DeBERTa's ContextPooler, ModernBERT's prediction head (with its norm), masked-LM transforms."""
+
+    activation: Activation = "gelu"
+    bias: bool = True
+    layer_norm: Optional[LayerNormOptions] = None
+
+    def param_count(self, n_in: int, n_out: int) -> int:
+        norm = 0 if self.layer_norm is None else n_out * (2 if self.layer_norm.bias else 1)
+        return dense_params(n_in, n_out, self.bias) + norm
 
 
 class ClassifierSpec(StrictModel):
     type: Literal["classifier"] = "classifier"
     num_classes: PositiveInt
     dropout_rate: Rate = 0.1
+    # what the classifier reads: the encoder's pooler output (BERT, ALBERT), the first token of the sequence
+    # output (RoBERTa's <s>, ELECTRA, DistilBERT, DeBERTa, ModernBERT "cls"), or the mean of its real tokens
+    pooling: Literal["pooler", "first", "mean"] = "pooler"
+    transform: Optional[TransformSpec] = None
     initializer: Optional[InitializerSpec] = None
 
 
@@ -87,6 +122,14 @@ class TokenClassifierSpec(StrictModel):
     type: Literal["token_classifier"] = "token_classifier"
     num_classes: PositiveInt
     dropout_rate: Rate = 0.1
+    transform: Optional[TransformSpec] = None
+    initializer: Optional[InitializerSpec] = None
+
+
+class MaskedLMSpec(StrictModel):
+    type: Literal["masked_lm"] = "masked_lm"
+    transform: TransformSpec = TransformSpec(layer_norm=LayerNormOptions())
+    decoder_bias: bool = True
     initializer: Optional[InitializerSpec] = None
 
 
@@ -112,28 +155,113 @@ class PretrainerSpec(StrictModel):
                 f"(at {ctx['max_sequence_length_path']})")
 
 
+@serializable
+class HeadActivation(keras.layers.Layer):
+    """One of bertc's export-safe activations as a layer (a head transform's)."""
+
+    def __init__(self, activation="gelu", **kwargs):
+        super().__init__(**kwargs)
+        self.activation = str(activation)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+    def call(self, x):
+        return activations.get(self.activation)(x)
+
+
+class Transform:
+    """A head's :class:`TransformSpec` in the graph: ``{name}_transform`` (dense), its activation and
+    ``{name}_transform_layer_norm``; :meth:`lower` writes the same as MatMul, a (fused) activation and a
+    LayerNormalization."""
+
+    def __init__(self, spec: TransformSpec, width: int, init, name: str):
+        self.spec = spec
+        self.dense = dense(width, init, f"{name}_transform", use_bias=spec.bias)
+        self.activation = HeadActivation(spec.activation, name=f"{name}_transform_activation")
+        norm = spec.layer_norm
+        self.layer_norm = None if norm is None else layer_norm(norm.epsilon, f"{name}_transform_layer_norm",
+                                                               center=norm.bias)
+
+    def __call__(self, x):
+        x = self.activation(self.dense(x))
+        return self.layer_norm(x) if self.layer_norm is not None else x
+
+    def lower(self, ctx, x, part: str):
+        y, bias = ctx.matmul(x, self.dense)
+        y = ctx.activation(y, bias, self.spec.activation, part=f"{part}_transform")
+        if self.layer_norm is not None:
+            y, _ = ctx.layer_norm(y, self.layer_norm)
+        return y
+
+
+def _transform(spec, width: int, init, name: str) -> Optional[Transform]:
+    return None if spec is None else Transform(spec, width, init, name)
+
+
+def lower_pooling(ctx, x, pooling: str):
+    """(B, S, H) -> (B, H): the first token (``cls``/``first``), or the mean / max over the real tokens, as
+    :class:`SentencePooling` computes them, in plain ONNX ops."""
+    g = ctx.g
+    if pooling in ("cls", "first"):
+        return ctx.first_token(x, keep_axis=False)
+    m = g.node("Unsqueeze", [g.node("Cast", [ctx.inputs["input_mask"]], to=1), g.ints([-1], "axes")])
+    if pooling == "mean":
+        total = ctx.reduce("ReduceSum", g.node("Mul", [x, m]), [1])
+        count = g.node("Max", [ctx.reduce("ReduceSum", m, [1]), g.scalar(1e-9, "min_count")])
+        return g.node("Div", [total, count], hint="mean")
+    fill = g.node("Mul", [g.node("Sub", [g.scalar(1.0, "one"), m]), g.scalar(-1e9, "pad_fill")])
+    return ctx.reduce("ReduceMax", g.node("Add", [g.node("Mul", [x, m]), fill]), [1])
+
+
 @HEADS.register("classifier", spec=ClassifierSpec,
-                description="Sentence classifier: dropout + dense over the pooled first token -> logits.")
+                description="Sentence classifier: [dense + activation (+ layer norm)] + dropout + dense over the "
+                            "pooler output, the first token or the mean of the real tokens -> logits.")
 class Classifier(Head):
-    uses_pooled = True
+
+    @property
+    def uses_pooled(self):
+        return self.spec.pooling == "pooler"
+
+    @property
+    def width(self) -> int:
+        return self.encoder_spec.pooled_dim if self.uses_pooled else self.encoder_spec.hidden_size
 
     def rows_read(self):
-        return RowSelection(first=True)
+        return None if self.spec.pooling == "mean" else RowSelection(first=True)
 
     def onnx_lowering(self, ctx, enc):
+        if self.uses_pooled:
+            x = enc.pooled_output
+        else:
+            x = lower_pooling(ctx, ctx.value(enc.sequence_output), self.spec.pooling)
+            ctx.record("classifier_pooling", f"{self.spec.pooling} token" if self.spec.pooling == "first"
+                       else "mean over the real tokens")
+        if self.transform is not None:
+            x = self.transform.lower(ctx, x, "classifier")
         ctx.record("classifier", "Gemm")
-        return {"logits": ctx.gemm(enc.pooled_output, self.classifier)}
+        return {"logits": ctx.gemm(x, self.classifier)}
 
     def build(self, enc, inputs):
-        x = keras.layers.Dropout(self.spec.dropout_rate, name="classifier_dropout")(enc.pooled_output)
-        self.classifier = dense(self.spec.num_classes, self.init, "classifier")
+        spec = self.spec
+        if self.uses_pooled:
+            x = enc.pooled_output
+        else:
+            pooling = "cls" if spec.pooling == "first" else "mean"
+            x = SentencePooling(pooling, name="classifier_pooling")(enc.sequence_output, inputs["input_mask"])
+        self.transform = _transform(spec.transform, self.width, self.init, "classifier")
+        if self.transform is not None:
+            x = self.transform(keras.layers.Dropout(spec.dropout_rate, name="classifier_transform_dropout")(x))
+        x = keras.layers.Dropout(spec.dropout_rate, name="classifier_dropout")(x)
+        self.classifier = dense(spec.num_classes, self.init, "classifier")
         return {"logits": self.classifier(x)}
 
     def outputs(self):
         return [OutputInfo("logits", None, "logits")]
 
     def param_count(self):
-        return dense_params(self.encoder_spec.pooled_dim, self.spec.num_classes)
+        transform = self.spec.transform.param_count(self.width, self.width) if self.spec.transform else 0
+        return transform + dense_params(self.width, self.spec.num_classes)
 
     def make_labels(self, inputs, rng):
         return {"labels": rng.integers(0, self.spec.num_classes, size=len(inputs["input_mask"]), dtype=np.int32)}
@@ -143,31 +271,40 @@ class Classifier(Head):
 
 
 @HEADS.register("token_classifier", spec=TokenClassifierSpec,
-                description="Per-token classifier (tagging): dropout + dense over every position -> logits.")
+                description="Per-token classifier (tagging): [dense + activation (+ layer norm)] + dropout + dense "
+                            "over every position -> logits.")
 class TokenClassifier(Head):
 
     def onnx_lowering(self, ctx, enc):
+        x = ctx.value(enc.sequence_output)
+        if self.transform is not None:
+            x = self.transform.lower(ctx, x, "token_classifier")
         ctx.record("token_classifier", "MatMul+Add")
-        return {"logits": ctx.dense(ctx.value(enc.sequence_output), self.classifier)}
+        return {"logits": ctx.dense(x, self.classifier)}
 
     def build(self, enc, inputs):
-        x = keras.layers.Dropout(self.spec.dropout_rate, name="token_classifier_dropout")(enc.sequence_output)
-        self.classifier = dense(self.spec.num_classes, self.init, "token_classifier")
+        spec, width = self.spec, self.encoder_spec.hidden_size
+        x = enc.sequence_output
+        self.transform = _transform(spec.transform, width, self.init, "token_classifier")
+        if self.transform is not None:
+            x = self.transform(x)
+        x = keras.layers.Dropout(spec.dropout_rate, name="token_classifier_dropout")(x)
+        self.classifier = dense(spec.num_classes, self.init, "token_classifier")
         return {"logits": self.classifier(x)}
 
     def outputs(self):
         return [OutputInfo("logits", 1, "logits")]
 
     def param_count(self):
-        return dense_params(self.encoder_spec.hidden_size, self.spec.num_classes)
+        width = self.encoder_spec.hidden_size
+        transform = self.spec.transform.param_count(width, width) if self.spec.transform else 0
+        return transform + dense_params(width, self.spec.num_classes)
 
     def make_labels(self, inputs, rng):
-        mask = np.asarray(inputs["input_mask"])
-        return {"labels": rng.integers(0, self.spec.num_classes, size=mask.shape, dtype=np.int32), "weights": mask}
+        return _token_labels(inputs, rng, self.spec.num_classes)
 
     def loss(self, outputs, labels):
-        return losses.weighted_sparse_categorical_crossentropy(
-            labels["labels"], outputs["logits"], weights=labels["weights"], from_logits=True)
+        return _token_loss(outputs, labels)
 
 
 @serializable
@@ -339,6 +476,93 @@ class Pretrainer(Head):
         return mlm + nsp
 
 
+@serializable
+class TokenMaskedLM(SpecLayer):
+    """Masked-LM head over every position: transform (dense + activation + layer norm), then the decoder
+    tied to the word table (+ ``output_bias`` when ``decoder_bias``). RoBERTa / XLM-R ``lm_head``,
+    DistilBERT's vocab_transform / vocab_layer_norm / vocab_projector, ModernBERT's head + decoder."""
+
+    spec_cls = MaskedLMSpec
+
+    def __init__(self, spec, hidden_size, initializer=None, vocab_size=0, table_width=0, **kwargs):
+        super().__init__(spec, hidden_size, initializer, **kwargs)
+        self.vocab_size, self.table_width = int(vocab_size), int(table_width)
+        t = self.spec.transform
+        self.transform = dense(self.table_width, self.initializer_spec, "transform", use_bias=t.bias)
+        self.transform_layer_norm = (None if t.layer_norm is None else
+                                     layer_norm(t.layer_norm.epsilon, "transform_layer_norm", center=t.layer_norm.bias))
+        self.activation_fn = activations.get(t.activation)
+
+    def build(self, sequence_output_shape=None, table_shape=None):
+        self.output_bias = (self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
+                            if self.spec.decoder_bias else None)
+        self.transform.build((None, self.hidden_size))
+        if self.transform_layer_norm is not None:
+            self.transform_layer_norm.build((None, self.table_width))
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "table_width": self.table_width}
+
+    @staticmethod
+    def param_count(spec, hidden_size, vocab_size, table_width):
+        return spec.transform.param_count(hidden_size, table_width) + (vocab_size if spec.decoder_bias else 0)
+
+    def call(self, sequence_output, table):
+        x = self.activation_fn(self.transform(sequence_output))
+        if self.transform_layer_norm is not None:
+            x = self.transform_layer_norm(x)
+        shape = tf.shape(sequence_output)
+        logits = tf.matmul(tf.reshape(x, [-1, self.table_width]), table, transpose_b=True)
+        if self.output_bias is not None:
+            logits = logits + self.output_bias
+        return tf.reshape(logits, tf.stack([shape[0], shape[1], self.vocab_size]))
+
+    def onnx_lowering(self, ctx, enc):
+        """-> logits (B, S, V): MatMul + fused activation, LayerNormalization, one Gemm against the word
+        table itself (transB: no transposed copy)."""
+        g = ctx.g
+        x = ctx.value(enc.sequence_output)
+        y, bias = ctx.matmul(x, self.transform)
+        y = ctx.activation(y, bias, self.spec.transform.activation, part="masked_lm_activation")
+        if self.transform_layer_norm is not None:
+            y, _ = ctx.layer_norm(y, self.transform_layer_norm)
+        flat = g.node("Reshape", [y, g.ints([-1, self.table_width])])
+        out_bias = ctx.weight(self.output_bias) if self.output_bias is not None else None
+        logits = g.node("Gemm", [flat, enc.word_embedding_table, out_bias], hint="decoder", transB=1)
+        shape = g.node("Concat", [g.node("Shape", [x], end=2), g.ints([self.vocab_size], "vocab")], axis=0)
+        ctx.record("masked_lm", "MatMul, LayerNormalization, Gemm (tied table)")
+        return g.node("Reshape", [logits, shape], hint="masked_lm_logits")
+
+
+@HEADS.register("masked_lm", spec=MaskedLMSpec,
+                description="Masked LM over every position: dense + activation (+ layer norm), decoder tied to "
+                            "the word embeddings (+ bias) -> logits (B, S, vocab).")
+class MaskedLMHead(Head):
+
+    def onnx_lowering(self, ctx, enc):
+        return {"logits": ctx.lower(self.masked_lm, enc)}
+
+    def build(self, enc, inputs):
+        e = self.encoder_spec
+        self.masked_lm = TokenMaskedLM(spec=self.spec, hidden_size=e.hidden_size, initializer=self.init,
+                                       vocab_size=e.vocab_size, table_width=e.embedding_table_width, name="masked_lm")
+        return {"logits": self.masked_lm(enc.sequence_output, enc.word_embedding_table)}
+
+    def outputs(self):
+        return [OutputInfo("logits", 1, "logits")]
+
+    def param_count(self):
+        e = self.encoder_spec
+        return TokenMaskedLM.param_count(self.spec, e.hidden_size, e.vocab_size, e.embedding_table_width)
+
+    def make_labels(self, inputs, rng):
+        return _token_labels(inputs, rng, self.encoder_spec.vocab_size)
+
+    def loss(self, outputs, labels):
+        return _token_loss(outputs, labels)
+
+
 class SentenceEmbeddingSpec(StrictModel):
     type: Literal["sentence_embedding"] = "sentence_embedding"
     pooling: Literal["mean", "cls", "max"] = "mean"
@@ -386,18 +610,7 @@ class SentenceEmbedding(Head):
     def onnx_lowering(self, ctx, enc):
         """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops."""
         g, spec = ctx.g, self.spec
-        x = ctx.value(enc.sequence_output)
-        if spec.pooling == "cls":
-            pooled = ctx.first_token(x, keep_axis=False)
-        else:
-            m = g.node("Unsqueeze", [g.node("Cast", [ctx.inputs["input_mask"]], to=1), g.ints([-1], "axes")])
-            if spec.pooling == "mean":
-                total = ctx.reduce("ReduceSum", g.node("Mul", [x, m]), [1])
-                count = g.node("Max", [ctx.reduce("ReduceSum", m, [1]), g.scalar(1e-9, "min_count")])
-                pooled = g.node("Div", [total, count], hint="mean")
-            else:
-                fill = g.node("Mul", [g.node("Sub", [g.scalar(1.0, "one"), m]), g.scalar(-1e9, "pad_fill")])
-                pooled = ctx.reduce("ReduceMax", g.node("Add", [g.node("Mul", [x, m]), fill]), [1])
+        pooled = lower_pooling(ctx, ctx.value(enc.sequence_output), spec.pooling)
         if spec.normalize:
             norm = g.node("Sqrt", [ctx.reduce("ReduceSum", g.node("Mul", [pooled, pooled]), [-1], keepdims=True)])
             pooled = g.node("Div", [pooled, g.node("Max", [norm, g.scalar(1e-12, "min_norm")])], hint="normalize")

@@ -3,7 +3,7 @@
 One module per family of checkpoints, each exposing:
 
 - ``NAME``: the label the report uses;
-- ``translator(names, spec)``: a function from a checkpoint tensor name to a
+- ``translator(names, spec, location)``: a function from a checkpoint tensor name to a
   :class:`bertc.weights.Target` (bertc weight path + layout change), an
   :class:`bertc.weights.Ignored` (with the reason), or None (unknown);
 - ``spec_from(source)``: the spec (a dict) that expresses the checkpoint's model exactly, or
@@ -113,7 +113,7 @@ def load_weights(model, spec, source):
 
     checkpoint = open_checkpoint(Path(source))
     importer = importer_for(checkpoint)
-    translate = importer.translator(checkpoint.names(), spec)
+    translate = importer.translator(checkpoint.names(), spec, location=checkpoint.location)
     result = load_into(model, checkpoint, translate, importer.NAME)
     result.source = str(Path(source).resolve())
     return result

@@ -45,7 +45,7 @@ def head_of(names) -> Optional[str]:
     return None
 
 
-def translator(names, spec):
+def translator(names, spec, location=None):
     head = spec.head.type if spec.head is not None else None
 
     def translate(name: str):

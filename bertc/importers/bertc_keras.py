@@ -6,5 +6,5 @@ from bertc.weights import Target
 NAME = "bertc"
 
 
-def translator(names, spec):
+def translator(names, spec, location=None):
     return lambda name: Target(name)

@@ -1,8 +1,11 @@
-"""Hugging Face BERT / ALBERT checkpoints (``config.json`` + safetensors), and sentence-transformers.
+"""Hugging Face checkpoints (``config.json`` + safetensors), and sentence-transformers directories.
 
-Tensor names (``bert.encoder.layer.0.attention.self.query.weight``) map to bertc weight paths
-(``layer_0/attention/query/kernel``); torch ``Linear`` weights are (out, in) and are transposed.
-``config.json`` maps to a spec; anything bertc cannot compute exactly is refused, naming the key.
+A *family* (:class:`HFFamily`, registered with :func:`register_family`) knows one group of ``model_type``
+values: how their ``config.json`` becomes a bertc encoder (and head) spec, and how their tensor names
+(``bert.encoder.layer.0.attention.self.query.weight``) become bertc weight paths
+(``layer_0/attention/query/kernel``; torch ``Linear`` weights are (out, in) and are transposed). BERT and
+ALBERT are defined here; every other family lives in its own module ``hf_<family>.py``, imported at the
+bottom. Anything bertc cannot compute exactly is refused, naming the key.
 """
 from __future__ import annotations
 
@@ -22,17 +25,6 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "
                "gelu_fast": "gelu_tanh", "relu": "relu", "tanh": "tanh", "silu": "silu", "swish": "silu",
                "linear": "linear"}
 
-ARCHITECTURES = {
-    "BertModel": None, "BertForSequenceClassification": "classifier", "BertForTokenClassification": "token_classifier",
-    "BertForQuestionAnswering": "span_labeler", "BertForPreTraining": "pretrainer",
-    "AlbertModel": None, "AlbertForSequenceClassification": "classifier",
-    "AlbertForTokenClassification": "token_classifier", "AlbertForQuestionAnswering": "span_labeler",
-    "AlbertForPreTraining": "pretrainer",
-}
-# A masked-LM-only checkpoint (bert-base-uncased says BertForMaskedLM) is a pretrainer when its file also has
-# the next-sentence head (saved from pretraining), else bertc builds its encoder and reports the MLM tensors
-# as ignored: bertc's pretrainer head always has next-sentence.
-MASKED_LM = ("BertForMaskedLM", "AlbertForMaskedLM")
 DEFAULT_MLM_PREDICTIONS = 20  # masked positions per sequence of a pretrainer spec (original BERT's choice at 128)
 
 _LINEAR = ("weight", "bias")
@@ -131,16 +123,94 @@ def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
     return None
 
 
-def translator(names, spec):
-    head = spec.head.type if spec.head is not None else None
+def translator(names, spec, location=None):
+    """Tensor name -> target, by the family of the ``config.json`` beside the weights at ``location`` (BERT's
+    names when there is none: a bare BERT state dict)."""
+    family = FAMILIES["bert"]
+    if location is not None:
+        where = Path(location) if Path(location).is_dir() else Path(location).parent
+        if (where / "config.json").is_file():
+            family = family_for(read_json(where / "config.json"), str(where / "config.json"))
+    return lambda name: family.translate(name, spec)
 
-    def translate(name: str):
+
+# --- families ------------------------------------------------------------------------------------------
+
+class HFFamily:
+    """One group of Hugging Face ``model_type`` values. A family overrides ``encoder`` and ``translate``;
+    ``head`` defaults to BERT's rules (classifier, token classifier, span labeler, pretrainer)."""
+
+    model_types: tuple = ()
+    architectures: dict = {}    # HF architecture name -> bertc head type (None: the encoder alone)
+    masked_lm: tuple = ()       # masked-LM-only architectures (see ``head``)
+    base_architecture = "?"     # what a config without ``architectures`` is
+
+    def encoder(self, cfg: dict, where: str, max_len: Optional[int]) -> dict:
+        raise NotImplementedError
+
+    def translate(self, name: str, spec) -> Optional[Target]:
+        raise NotImplementedError
+
+    def head(self, cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict]:
+        return head_from_config(cfg, where, enc, arch, self, names)
+
+    def has_pooler(self, names) -> bool:
+        """Whether the checkpoint's tensors include the encoder's pooler (an encoder without a head needs it)."""
+        return any(".pooler." in f".{n}" for n in names)
+
+    def known_architectures(self) -> list:
+        return [*self.architectures, *self.masked_lm]
+
+
+FAMILIES: dict = {}
+
+
+def register_family(family: HFFamily) -> HFFamily:
+    for model_type in family.model_types:
+        FAMILIES[model_type] = family
+    return family
+
+
+def family_for(cfg: dict, where: str) -> HFFamily:
+    model_type = cfg.get("model_type")
+    if model_type not in FAMILIES:
+        refuse(where, "model_type", model_type, f"bertc imports the model types {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]
+
+
+class Bert(HFFamily):
+    model_types = ("bert",)
+    architectures = {"BertModel": None, "BertForSequenceClassification": "classifier",
+                     "BertForTokenClassification": "token_classifier", "BertForQuestionAnswering": "span_labeler",
+                     "BertForPreTraining": "pretrainer"}
+    # A masked-LM-only checkpoint (bert-base-uncased says BertForMaskedLM) is a pretrainer when its file also
+    # has the next-sentence head (saved from pretraining), else bertc builds its encoder and reports the MLM
+    # tensors as ignored: bertc's pretrainer head always has next-sentence.
+    masked_lm = ("BertForMaskedLM",)
+    base_architecture = "BertModel"
+
+    def encoder(self, cfg, where, max_len):
+        return encoder_from_config(cfg, where, max_len)
+
+    def translate(self, name, spec):
+        head = spec.head.type if spec.head is not None else None
         for prefix in ("bert.", "albert."):
             if name.startswith(prefix):
                 return _encoder_param(name[len(prefix):])
         return _encoder_param(name) or _head_param(name, head)
 
-    return translate
+
+class Albert(Bert):
+    model_types = ("albert",)
+    architectures = {"AlbertModel": None, "AlbertForSequenceClassification": "classifier",
+                     "AlbertForTokenClassification": "token_classifier",
+                     "AlbertForQuestionAnswering": "span_labeler", "AlbertForPreTraining": "pretrainer"}
+    masked_lm = ("AlbertForMaskedLM",)
+    base_architecture = "AlbertModel"
+
+
+register_family(Bert())
+register_family(Albert())
 
 
 # --- config.json -> spec -----------------------------------------------------------------------------
@@ -170,8 +240,6 @@ def activation(where: str, key: str, value) -> str:
 def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
     """The bertc encoder spec of a HF BERT / ALBERT config (``where`` names the file in messages)."""
     model_type = cfg.get("model_type")
-    if model_type not in ("bert", "albert"):
-        refuse(where, "model_type", model_type, "bertc imports the bert and albert model types")
     for key, ok in (("position_embedding_type", "absolute"), ("is_decoder", False), ("add_cross_attention", False)):
         if cfg.get(key, ok) != ok:
             refuse(where, key, cfg[key], f"bertc computes only {key} = {json.dumps(ok)}")
@@ -214,22 +282,32 @@ def _classifier_dropout(cfg: dict) -> float:
     return float(cfg.get("hidden_dropout_prob", 0.1) if value is None else value)
 
 
-def head_from_config(cfg: dict, where: str, enc: dict, names=()) -> Optional[dict]:
-    archs = cfg.get("architectures") or [("AlbertModel" if cfg.get("model_type") == "albert" else "BertModel")]
-    arch = archs[0]
-    if arch in MASKED_LM:
+def architecture(cfg: dict, where: str, family: HFFamily) -> str:
+    """The model's architecture (``architectures[0]``; the family's base model when the config has none),
+    refused unless the family knows it."""
+    archs = cfg.get("architectures") or [family.base_architecture]
+    if archs[0] not in family.known_architectures():
+        refuse(where, "architectures", archs, f"bertc imports {', '.join(family.known_architectures())}")
+    return archs[0]
+
+
+def num_labels(cfg: dict) -> int:
+    return len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
+
+
+def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFamily, names=()) -> Optional[dict]:
+    """BERT's head rules for ``arch`` (a known architecture of ``family``)."""
+    if arch in family.masked_lm:
         nsp = any(n.startswith(("cls.seq_relationship.", "sop_classifier.")) for n in names)
         head = "pretrainer" if nsp else None
-    elif arch not in ARCHITECTURES:
-        refuse(where, "architectures", archs, f"bertc imports {', '.join([*ARCHITECTURES, *MASKED_LM])}")
     else:
-        head = ARCHITECTURES[arch]
-    num_labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
+        head = family.architectures[arch]
+    labels = num_labels(cfg)
     if head in ("classifier", "token_classifier"):
-        return {"type": head, "num_classes": num_labels, "dropout_rate": _classifier_dropout(cfg)}
+        return {"type": head, "num_classes": labels, "dropout_rate": _classifier_dropout(cfg)}
     if head == "span_labeler":
-        if num_labels != 2:
-            refuse(where, "num_labels", num_labels, "a question-answering head has 2 outputs (start, end)")
+        if labels != 2:
+            refuse(where, "num_labels", labels, "a question-answering head has 2 outputs (start, end)")
         return {"type": "span_labeler"}
     if head == "pretrainer":
         return {"type": "pretrainer", "num_token_predictions": min(DEFAULT_MLM_PREDICTIONS, enc["max_sequence_length"]),
@@ -308,10 +386,12 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     model_dir = st["transformer"] if st else root
     where = str(model_dir / "config.json")
     cfg = read_json(model_dir / "config.json")
-    enc = encoder_from_config(cfg, where, st["max_len"] if st else None)
-    head = st["head"] if st else (None if encoder_only else head_from_config(cfg, where, enc, names))
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if head is None and names and not any(".pooler." in f".{n}" for n in names):
+    family = family_for(cfg, where)
+    enc = family.encoder(cfg, where, st["max_len"] if st else None)
+    arch = architecture(cfg, where, family) if not (st or encoder_only) else \
+        (cfg.get("architectures") or [family.base_architecture])[0]
+    head = st["head"] if st else (None if encoder_only else family.head(cfg, where, enc, arch, names))
+    if head is None and names and not family.has_pooler(names):
         raise UnsupportedModel(f"{where}: the checkpoint has no pooler (architectures {arch}); bertc's encoder "
                                f"without a head also outputs pooled_output, so it needs one")
     described = f"sentence-transformers model ({arch}, {head['pooling']} pooling" \
@@ -320,7 +400,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     if head is not None and head["type"] == "pretrainer":
         note = (f" num_token_predictions {head['num_token_predictions']} is not in config.json: set it to the "
                 f"masked positions per sequence you feed.")
-    if head is None and (encoder_only or arch in MASKED_LM):
+    if head is None and (encoder_only or arch in family.masked_lm):
         note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
     if st and enc["max_sequence_length"] < cfg["max_position_embeddings"]:
         note += (f" max_sequence_length {enc['max_sequence_length']} is the model's own maximum length (its "
@@ -330,3 +410,6 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     if head is not None:
         spec["head"] = head
     return spec
+
+
+# The other families, one module each (each registers itself).

@@ -82,7 +82,7 @@ def _block_target(rest: str, base: str, block_type: str) -> Optional[Target]:
     return None
 
 
-def translator(names, spec):
+def translator(names, spec, location=None):
     enc = spec.encoder.scaffold
     blocks = enc.blocks()
     head = spec.head.type if spec.head is not None else None

@@ -273,7 +273,8 @@ class LoweringContext:
 
         A pending residual becomes one SkipLayerNormalization (residual + bias + layer norm), whose
         fourth output is the sum itself when ``want_sum`` (pre-layer-norm blocks need it)."""
-        gamma, beta, eps = self.weight(ln.gamma), self.weight(ln.beta), float(ln.epsilon)
+        gamma, eps = self.weight(ln.gamma), float(ln.epsilon)
+        beta = self.weight(ln.beta) if ln.beta is not None else None   # center=False: no beta (optional input)
         part = part or ln.name
         if isinstance(v, Residual):
             key = ("residual", v)
@@ -285,18 +286,21 @@ class LoweringContext:
                 self._memo[key] = names[3]
             self.record(part, "SkipLayerNormalization")
             return normed, (self.value(v) if want_sum else None)
-        normed = self.g.node("LayerNormalization", [v, gamma, beta], hint=ln.name, axis=-1, epsilon=eps)
+        normed = self.g.node("LayerNormalization", [v, gamma] + ([beta] if beta else []), hint=ln.name, axis=-1,
+                             epsilon=eps)
         self.record(part, "LayerNormalization")
         return normed, (v if want_sum else None)
 
-    def matmul(self, x: Value, dense) -> tuple[Value, Value]:
-        """x @ kernel of the Keras Dense ``dense`` -> (product, bias): the bias is left to a fused consumer."""
-        return self.g.node("MatMul", [x, self.weight(dense.kernel)], hint=dense.name), self.weight(dense.bias)
+    def matmul(self, x: Value, dense) -> tuple[Value, Optional[Value]]:
+        """x @ kernel of the Keras Dense ``dense`` -> (product, bias): the bias is left to a fused consumer
+        (None for a Dense without bias)."""
+        product = self.g.node("MatMul", [x, self.weight(dense.kernel)], hint=dense.name)
+        return product, (self.weight(dense.bias) if dense.use_bias else None)
 
     def dense(self, x: Value, dense, part: Optional[str] = None) -> Value:
         """x @ kernel + bias (activation of the Dense layer included: only linear and tanh occur)."""
         y, b = self.matmul(x, dense)
-        return self._dense_activation(self.g.node("Add", [y, b], hint=f"{dense.name}_bias"), dense)
+        return self._dense_activation(self.g.node("Add", [y, b], hint=f"{dense.name}_bias") if b else y, dense)
 
     def _dense_activation(self, y: Value, dense) -> Value:
         act = getattr(dense.activation, "__name__", "linear")
@@ -309,17 +313,19 @@ class LoweringContext:
     def gemm(self, x2d: Value, dense, trans_b: bool = False, weight: Optional[Value] = None) -> Value:
         """A 2-D Dense (pooler, classifiers) as one Gemm (+ Tanh for the pooler)."""
         w = weight or self.weight(dense.kernel)
-        y = self.g.node("Gemm", [x2d, w, self.weight(dense.bias)], hint=dense.name, transB=int(trans_b) or None)
+        bias = self.weight(dense.bias) if dense.use_bias else None
+        y = self.g.node("Gemm", [x2d, w, bias], hint=dense.name, transB=int(trans_b) or None)
         return self._dense_activation(y, dense)
 
     def activation(self, x: Value, bias: Value, name: str, part: str = "activation") -> Value:
-        """act(x + bias); exact and tanh GELU fuse the bias add (BiasGelu / FastGelu)."""
+        """act(x + bias); exact and tanh GELU fuse the bias add (BiasGelu / FastGelu). ``bias`` None: act(x)
+        (exact GELU is then com.microsoft Gelu, tanh GELU a FastGelu without its optional bias)."""
         g = self.g
         if name in ACTIVATION_FUSIONS:
-            op = ACTIVATION_FUSIONS[name]
+            op = ACTIVATION_FUSIONS[name] if bias or name != "gelu" else "Gelu"
             self.record(part, op)
-            return g.ms(op, [x, bias])
-        y = g.node("Add", [x, bias], hint="bias")
+            return g.ms(op, [x, bias] if bias else [x])
+        y = g.node("Add", [x, bias], hint="bias") if bias else x
         self.record(part, name)
         if name == "relu":
             return g.node("Relu", [y])
