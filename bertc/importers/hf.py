@@ -413,3 +413,4 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
 
 
 # The other families, one module each (each registers itself).
+from bertc.importers import hf_modernbert  # noqa: E402,F401

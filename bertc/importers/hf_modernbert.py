@@ -16,6 +16,7 @@ import re
 from typing import Optional
 
 from bertc.errors import WeightsError
+from bertc.importers.hf import HFFamily, activation, num_labels, refuse, register_family
 from bertc.weights import Ignored, Target
 
 # Keys that change nothing bertc computes at inference, and why.
@@ -43,31 +44,25 @@ _POOLING = {"cls": "first", "mean": "mean"}
 _ROPE_KEYS = {"rope_type", "rope_theta"}
 
 
-def _refuse(where: str, key: str, value, why: str):
-    from bertc.importers.hf import refuse
-
-    refuse(where, key, value, why)
-
-
 def _rope_theta(cfg: dict, where: str, layer_type: str, old_key: str, default: float) -> float:
     """The theta of ``layer_type`` layers: ``rope_parameters[layer_type]`` (transformers 5), else the older
     ``global_rope_theta`` / ``local_rope_theta``; only the default (unscaled) RoPE."""
     if cfg.get("rope_scaling") is not None:
-        _refuse(where, "rope_scaling", cfg["rope_scaling"], "bertc computes unscaled rotary positions only")
+        refuse(where, "rope_scaling", cfg["rope_scaling"], "bertc computes unscaled rotary positions only")
     params = cfg.get("rope_parameters")
     if isinstance(params, dict) and isinstance(params.get(layer_type), dict):
         p = params[layer_type]
         key = f"rope_parameters.{layer_type}"
         if p.get("rope_type", "default") != "default":
-            _refuse(where, f"{key}.rope_type", p["rope_type"], "bertc computes the default rotary positions only")
+            refuse(where, f"{key}.rope_type", p["rope_type"], "bertc computes the default rotary positions only")
         extra = sorted(set(p) - _ROPE_KEYS)
         if extra:
-            _refuse(where, f"{key}.{extra[0]}", p[extra[0]], "a rotary scaling or partial rotation bertc does not "
+            refuse(where, f"{key}.{extra[0]}", p[extra[0]], "a rotary scaling or partial rotation bertc does not "
                                                               "compute")
         if "rope_theta" in p:
             return float(p["rope_theta"])
     elif params is not None and not isinstance(params, dict):
-        _refuse(where, "rope_parameters", params, "expected one entry per layer type")
+        refuse(where, "rope_parameters", params, "expected one entry per layer type")
     return float(cfg.get(old_key, default))
 
 
@@ -77,39 +72,37 @@ def _layer_types(cfg: dict, where: str, layers: int) -> Optional[list[str]]:
     if types is None:
         return None
     if not isinstance(types, list) or len(types) != layers:
-        _refuse(where, "layer_types", types, f"expected one entry per layer ({layers})")
+        refuse(where, "layer_types", types, f"expected one entry per layer ({layers})")
     bad = [t for t in types if t not in _LAYER_TYPES]
     if bad:
-        _refuse(where, "layer_types", types, f"{bad[0]!r} is not full_attention or sliding_attention")
+        refuse(where, "layer_types", types, f"{bad[0]!r} is not full_attention or sliding_attention")
     return [_LAYER_TYPES[t] for t in types]
 
 
 def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
     """The bertc ``modernbert`` encoder spec of a HF ModernBERT config."""
-    from bertc.importers.hf import activation
-
     required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
     missing = [k for k in required if k not in cfg]
     if missing:
         raise WeightsError(f"{where}: missing config keys {missing}")
     hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     if cfg.get("head_dim") not in (None, hidden // heads):
-        _refuse(where, "head_dim", cfg["head_dim"], f"bertc's heads are hidden_size / num_attention_heads "
+        refuse(where, "head_dim", cfg["head_dim"], f"bertc's heads are hidden_size / num_attention_heads "
                                                     f"= {hidden // heads} wide")
     for key in ("is_decoder", "add_cross_attention"):
         if cfg.get(key):
-            _refuse(where, key, cfg[key], "bertc's ModernBERT is a bidirectional encoder")
+            refuse(where, key, cfg[key], "bertc's ModernBERT is a bidirectional encoder")
     layers = int(cfg["num_hidden_layers"])
     positions = int(cfg.get("max_position_embeddings", 8192))
     local = cfg.get("local_attention", 128)
     if not isinstance(local, int) or local < 0:
-        _refuse(where, "local_attention", local, "expected a non-negative window size")
+        refuse(where, "local_attention", local, "expected a non-negative window size")
     kinds = _layer_types(cfg, where, layers)
     every = cfg.get("global_attn_every_n_layers", 3)
     if kinds is None and (not isinstance(every, int) or every < 1):
-        _refuse(where, "global_attn_every_n_layers", every, "expected a positive number of layers")
+        refuse(where, "global_attn_every_n_layers", every, "expected a positive number of layers")
     if "local" in (kinds or ["global" if i % every == 0 else "local" for i in range(layers)]) and local // 2 < 1:
-        _refuse(where, "local_attention", local, "local layers with no window (local_attention // 2 is 0)")
+        refuse(where, "local_attention", local, "local layers with no window (local_attention // 2 is 0)")
     enc = {"type": "modernbert", "vocab_size": cfg["vocab_size"], "hidden_size": hidden, "num_layers": layers,
            "num_attention_heads": heads, "intermediate_size": cfg["intermediate_size"],
            "activation": activation(where, "hidden_activation", cfg.get("hidden_activation", "gelu")),
@@ -145,15 +138,14 @@ def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict
                  "layer_norm": {"epsilon": enc["layer_norm_epsilon"], "bias": enc["norm_bias"]}}
     if kind == "masked_lm":
         if cfg.get("tie_word_embeddings", True) is False:
-            _refuse(where, "tie_word_embeddings", False, "bertc's masked-LM decoder is the word embedding table")
+            refuse(where, "tie_word_embeddings", False, "bertc's masked-LM decoder is the word embedding table")
         return {"type": "masked_lm", "transform": transform, "decoder_bias": bool(cfg.get("decoder_bias", True))}
-    num_labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
-    out = {"type": kind, "num_classes": num_labels, "dropout_rate": float(cfg.get("classifier_dropout", 0.0)),
+    out = {"type": kind, "num_classes": num_labels(cfg), "dropout_rate": float(cfg.get("classifier_dropout", 0.0)),
            "transform": transform}
     if kind == "classifier":
         pooling = cfg.get("classifier_pooling", "cls")
         if pooling not in _POOLING:
-            _refuse(where, "classifier_pooling", pooling, "bertc pools the cls token or the mean of the real tokens")
+            refuse(where, "classifier_pooling", pooling, "bertc pools the cls token or the mean of the real tokens")
         out["pooling"] = _POOLING[pooling]
     return out
 
@@ -223,3 +215,24 @@ def translate(name: str, spec) -> Optional[Target]:
     kind = spec.head.type if spec.head is not None else None
     rest = name[len("model."):] if name.startswith("model.") else name
     return _encoder_param(rest) or _head_param(name, kind)
+
+
+class ModernBertFamily(HFFamily):
+    model_types = ("modernbert",)
+    architectures = ARCHITECTURES
+    base_architecture = "ModernBertModel"
+
+    def encoder(self, cfg, where, max_len):
+        return encoder(cfg, where, max_len)
+
+    def head(self, cfg, where, enc, arch, names=()):
+        return head(cfg, where, enc, arch, names)
+
+    def has_pooler(self, names) -> bool:
+        return True   # the modernbert encoder has none to load: without a head it outputs the sequence alone
+
+    def translate(self, name, spec):
+        return translate(name, spec)
+
+
+register_family(ModernBertFamily())
