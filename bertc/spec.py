@@ -97,6 +97,16 @@ class Spec(StrictModel):
 
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
+    def problems(self, ctx):
+        if self.head is not None and not self.encoder.has_pooler:
+            from bertc.registry import HEADS
+
+            if HEADS.create(self.head, self.encoder).uses_pooled:
+                where = ("head", "pooling") if "pooling" in type(self.head).model_fields else ("head",)
+                yield where, (f"the {self.head.type!r} head reads the encoder's pooled output, but the "
+                              f"{self.encoder.type!r} encoder has no pooler"
+                              + (" (pool the sequence: 'first' or 'mean')" if len(where) == 2 else ""))
+
     def child_context(self, ctx, path):
         # bert / albert declare max_sequence_length themselves; a scaffold encoder takes it from its embedding.
         own = "max_sequence_length" in type(self.encoder).model_fields
