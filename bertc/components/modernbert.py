@@ -318,7 +318,7 @@ class ModernBertEncoderSpec(_EncoderSpecBase):
     # what the scaffold view and the heads read
     has_pooler = property(lambda self: False)
     type_vocab_size = property(lambda self: None)
-    position = property(lambda self: self.scaffold.position)
+    position_spec = property(lambda self: self.scaffold.position)   # rotary, one theta per layer
 
     def problems(self, ctx):
         if self.hidden_size % self.num_attention_heads:
