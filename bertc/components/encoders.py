@@ -75,8 +75,8 @@ class _EncoderSpecBase(StrictModel):
 
     @property
     def has_pooler(self) -> bool:
-        """Whether the encoder has a pooler (ModernBERT has none: without a head it outputs the sequence alone)."""
-        return True
+        """Whether the encoder has a pooler (``pooler`` of a scaffold encoder; bert and albert always do)."""
+        return self.scaffold.pooler
 
     def child_context(self, ctx, path):
         return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",)),
@@ -131,6 +131,9 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
+    # False: the encoder has no pooler (ModernBERT): without a head it outputs sequence_output only, and no head
+    # may read the pooled output
+    pooler: bool = True
     pooler_initializer: Optional[InitializerSpec] = None
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     return_all_layer_outputs: bool = False

@@ -316,7 +316,6 @@ class ModernBertEncoderSpec(_EncoderSpecBase):
     return_all_layer_outputs: bool = False
 
     # what the scaffold view and the heads read
-    has_pooler = property(lambda self: False)
     type_vocab_size = property(lambda self: None)
     position_spec = property(lambda self: self.scaffold.position)   # rotary, one theta per layer
 
@@ -368,7 +367,7 @@ class ModernBertEncoderSpec(_EncoderSpecBase):
             hidden_size=self.hidden_size, num_layers=self.num_layers, embedding=embedding, hidden=blocks,
             position=RotarySpec(layer_theta=thetas), initializer=self.initializer, final_layer_norm=True,
             final_layer_norm_bias=self.norm_bias, layer_norm_epsilon=self.layer_norm_epsilon,
-            return_all_layer_outputs=self.return_all_layer_outputs)
+            return_all_layer_outputs=self.return_all_layer_outputs, pooler=False)
 
 
 @ENCODERS.register("modernbert", spec=ModernBertEncoderSpec,
