@@ -2,6 +2,7 @@
 """Issue 17's ModernBERT benchmark: bertc's ModernBERT-base artifacts against the best ONNX a user gets elsewhere.
 
     flock /work/wt/heavy.lock python tools/bench_modernbert.py [--work DIR] [--rebuild] [--rounds 5] [--calls 3]
+    python tools/bench_modernbert.py --fidelity      # the tiny fixtures: every backend against transformers
 
 1. The anchor, in the side environment (``--hf-python``, default /work/envs/hf/bin/python; this same file run with
    ``--anchor OUT``): transformers' ModernBertForSequenceClassification at ModernBERT-base size (22 x 768,
@@ -19,6 +20,10 @@
    Targets (issue 17): bertc optimized <= 0.80 of the fused anchor; bertc int8 <= the anchor's int8.
 4. Writes tools/results/bench_modernbert.json: the command, the machine, both sides' fusion statistics and node
    counts, the builds' parity, every row.
+
+``--fidelity``: ``bertc import`` + ``bertc build`` of every tests/fixtures/hf/modernbert_* fixture, then the max abs
+difference to transformers' outputs (at the real tokens for per-token outputs) of model.keras, model.onnx,
+model.optimized.onnx, model.optimized.int8.onnx and model.tflite; writes tools/results/modernbert_fidelity.json.
 """
 from __future__ import annotations
 
@@ -175,6 +180,48 @@ def ensure_build(name: str, checkpoint: Path, work: Path, rebuild: bool) -> Path
     return out
 
 
+def fidelity(results: Path, command: str) -> int:
+    import tempfile
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from bertc.importers import import_spec
+    from bertc.parity import keras_runner, onnx_runner, tflite_runner
+    from bertc.pipeline import BuildOptions, build
+    from bertc.transfer import load_keras_model
+
+    table = {}
+    for fixture in sorted((ROOT / "tests" / "fixtures" / "hf").glob("modernbert_*")):
+        ref = dict(np.load(fixture / "reference.npz"))
+        name = "sequence_output" if "sequence_output" in ref else "logits"
+        x = {"input_word_ids": ref["input_word_ids"], "input_mask": ref["input_mask"]}
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = Path(tmp) / "spec.json"
+            import_spec(fixture, spec)
+            report = build(spec, BuildOptions(out=Path(tmp) / "out"))
+            out = Path(tmp) / "out"
+            runners = {"keras": keras_runner(load_keras_model(out)), "onnx": onnx_runner(out / "model.onnx"),
+                       "onnx_optimized": onnx_runner(out / "model.optimized.onnx"),
+                       "onnx_int8": onnx_runner(out / "model.optimized.int8.onnx"),
+                       "tflite": tflite_runner(out / "model.tflite")}
+            row = {}
+            for backend, run in runners.items():
+                have, want = np.asarray(run(x)[name]), ref[name]
+                if have.ndim == 3:
+                    real = ref["input_mask"].astype(bool)
+                    have, want = have[real], want[real]
+                row[backend] = float(np.abs(have - want).max())
+            row["fusion"] = report["fusion"]["fused_ops"] if "fused_ops" in report["fusion"] else None
+            table[fixture.name] = row
+        log(f"{fixture.name}: " + ", ".join(f"{k} {v:.2g}" for k, v in row.items() if isinstance(v, float)))
+    results.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                   "compared": "max abs diff to transformers 5 (eager), real tokens of per-token "
+                                               "outputs", "fixtures": table}, indent=2) + "\n")
+    print(f"wrote {results}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anchor", type=Path, default=None, metavar="OUT",
@@ -188,11 +235,16 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_modernbert.json")
+    parser.add_argument("--fidelity", action="store_true", help="the tiny fixtures against transformers instead")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="default tools/results/bench_modernbert.json (--fidelity: modernbert_fidelity.json)")
     args = parser.parse_args()
     if args.anchor is not None:
         return make_anchor(args.anchor, args.seed)
     command = shlex.join([sys.executable, *sys.argv])
+    if args.fidelity:
+        return fidelity(args.results or ROOT / "tools" / "results" / "modernbert_fidelity.json", command)
+    args.results = args.results or ROOT / "tools" / "results" / "bench_modernbert.json"
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tools"))
     args.work.mkdir(parents=True, exist_ok=True)
