@@ -138,14 +138,12 @@ def test_encoder_only_import_of_a_task_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module", params=["modernbert_model", "modernbert_seq_cls", "modernbert_seq_cls_first"])
 def built(request, tmp_path_factory):
-    from bertc.pipeline import BuildOptions, build
-
+    """``bertc import DIR -o spec.json && bertc build spec.json -o out``, unedited."""
     work = tmp_path_factory.mktemp(request.param)
-    path = work / "spec.json"
-    import_spec(FIXTURES / request.param, path)
-    out = work / "out"
-    report = build(path, BuildOptions(out=out))
-    return request.param, out, report
+    path, out = work / "spec.json", work / "out"
+    assert main(["import", str(FIXTURES / request.param), "-o", str(path)]) == 0
+    assert main(["build", str(path), "-o", str(out)]) == 0
+    return request.param, out, json.loads((out / "report.json").read_text())
 
 
 def test_every_backend_is_transformers(built):
