@@ -64,7 +64,7 @@ class Signature:
 def encoder_outputs(encoder_spec) -> list[OutputInfo]:
     """The outputs of an encoder without a head."""
     infos = [OutputInfo("sequence_output", 1, "features")]
-    if encoder_spec.has_pooler:
+    if encoder_spec.has_pooler:   # an encoder without a pooler (ModernBERT) outputs the sequence alone
         infos.append(OutputInfo("pooled_output", None, "features"))
     if encoder_spec.all_layer_outputs:
         infos += [OutputInfo(f"encoder_outputs_{i}", 1, "features") for i in range(encoder_spec.layer_count)]

@@ -102,8 +102,14 @@ class Spec(StrictModel):
             from bertc.registry import HEADS
 
             if HEADS.create(self.head, self.encoder).uses_pooled:
-                yield ("encoder", "pooler"), (f"is false, but the {self.head.type!r} head at $.head reads the pooled "
-                                              f"output")
+                if "pooler" in type(self.encoder).model_fields:
+                    yield ("encoder", "pooler"), (f"is false, but the {self.head.type!r} head at $.head reads the "
+                                                  f"pooled output")
+                else:
+                    yield ("head",), (f"the {self.head.type!r} head reads the encoder's pooled output, but the "
+                                      f"{self.encoder.type!r} encoder has no pooler"
+                                      + (" (pool the sequence: pooling 'first' or 'mean')"
+                                         if "pooling" in type(self.head).model_fields else ""))
 
     def child_context(self, ctx, path):
         # bert / albert declare max_sequence_length themselves; a scaffold encoder takes it from its embedding.

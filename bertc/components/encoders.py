@@ -78,6 +78,11 @@ class _EncoderSpecBase(StrictModel):
     def all_layer_outputs(self) -> bool:
         return self.scaffold.return_all_layer_outputs
 
+    @property
+    def has_pooler(self) -> bool:
+        """Whether the encoder has a pooler (``pooler`` of a scaffold encoder; bert and albert always do)."""
+        return self.scaffold.pooler
+
     def child_context(self, ctx, path):
         return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",)),
                 "num_layers": self.num_layers, "num_layers_path": json_path(path + ("num_layers",)),
@@ -131,6 +136,9 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
+    # False: the encoder has no pooler (ModernBERT): without a head it outputs sequence_output only, and no head
+    # may read the pooled output
+    pooler: bool = True
     pooler_initializer: Optional[InitializerSpec] = None
     # False: the encoder has no pooler (DistilBERT, ELECTRA, DeBERTa, ModernBERT): without a head it outputs
     # sequence_output only, and no head may read the pooled output
@@ -138,6 +146,7 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     return_all_layer_outputs: bool = False
     final_layer_norm: bool = False
+    final_layer_norm_bias: bool = True  # false: the final layer norm has no beta (ModernBERT's norm_bias)
     layer_norm_epsilon: Epsilon = 1e-12
 
     @field_validator("hidden", mode="before")
@@ -340,7 +349,7 @@ class ScaffoldEncoder(Encoder):
                                   max_sequence_length=self.spec.max_sequence_length)
         blocks = s.blocks()[:1] if s.share_layers else s.blocks()
         n += sum(BLOCKS.component(b.type).param_count(b, h) for b in blocks)
-        n += 2 * h if s.final_layer_norm else 0
+        n += (2 if s.final_layer_norm_bias else 1) * h if s.final_layer_norm else 0
         return n + (dense_params(h, s.pooled_output_dim or h) if needs_pooled else 0)
 
     def build(self, inputs: dict, needs_pooled: bool) -> EncoderOutputs:
@@ -369,7 +378,7 @@ class ScaffoldEncoder(Encoder):
             self.blocks.append(layer)
             outputs.append(x)
         if s.final_layer_norm:
-            self.final_layer_norm = layer_norm(s.layer_norm_epsilon, "final_layer_norm")
+            self.final_layer_norm = layer_norm(s.layer_norm_epsilon, "final_layer_norm", center=s.final_layer_norm_bias)
             x = outputs[-1] = self.final_layer_norm(x)
         pooled = None
         if needs_pooled:

@@ -419,3 +419,4 @@ from bertc.importers import hf_distilbert  # noqa: E402,F401
 from bertc.importers import hf_electra  # noqa: E402,F401
 from bertc.importers import hf_mpnet  # noqa: E402,F401
 from bertc.importers import hf_deberta  # noqa: E402,F401
+from bertc.importers import hf_modernbert  # noqa: E402,F401

@@ -1,0 +1,291 @@
+"""ModernBERT against transformers' ModernBertModel and its heads: fixtures made by
+``tools/make_modernbert_fixtures.py`` (tiny random models; a full row, a right-padded row and a row with holes;
+sequence 24, local windows of half-width 4 and 5), imported with ``bertc import`` and compared on Keras,
+model.onnx (tf2onnx), model.optimized.onnx (RotaryEmbedding + MultiHeadAttention with the window as its
+attention_bias) and TFLite; a long-sequence build (S = 2048); the importer's decisions on every config key."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertc
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, SpecError, UnsupportedModel
+from bertc.importers import import_spec, load_weights
+from bertc.signature import signature_of
+from bertc.spec import load_spec
+from bertc.weights import resolve_weights_path
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
+EXPECTED = {"modernbert_model": None, "modernbert_seq_cls": "classifier", "modernbert_seq_cls_first": "classifier",
+            "modernbert_token_cls": "token_classifier", "modernbert_mlm": "masked_lm"}
+ATOL = 1e-5
+
+
+def reference(name):
+    return dict(np.load(FIXTURES / name / "reference.npz"))
+
+
+def inputs_of(ref):
+    return {"input_word_ids": ref["input_word_ids"], "input_mask": ref["input_mask"]}
+
+
+def diff(got: dict, ref: dict) -> float:
+    """Max abs diff of the model's one output against transformers': at the real tokens for per-token outputs
+    (transformers' padded rows attend to nothing and are not compared), every value of per-row ones."""
+    name = "sequence_output" if "sequence_output" in ref else "logits"
+    have, want = np.asarray(got[name]), ref[name]
+    if have.ndim == 3:
+        real = ref["input_mask"].astype(bool)
+        have, want = have[real], want[real]
+    return float(np.abs(have - want).max())
+
+
+def imported(name, tmp_path, **edits):
+    """``bertc import`` of a fixture (its config edited by ``edits`` in a copy when given): (spec, path)."""
+    source = FIXTURES / name
+    if edits:
+        source = tmp_path / name
+        shutil.copytree(FIXTURES / name, source)
+        config = json.loads((source / "config.json").read_text())
+        for key, value in edits.items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        (source / "config.json").write_text(json.dumps(config))
+    path = tmp_path / f"{name}.json"
+    import_spec(source, path)
+    return load_spec(path), path
+
+
+def loaded(name, tmp_path, **edits):
+    spec, path = imported(name, tmp_path, **edits)
+    built = bertc.build_model(spec)
+    result = load_weights(built.model, spec, resolve_weights_path(spec.weights, path))
+    return built, result
+
+
+def keras_out(built, ref):
+    return {k: v.numpy() for k, v in built.model(inputs_of(ref), training=False).items()}
+
+
+# --- Keras against transformers ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_imported_keras_model_is_transformers(name, tmp_path):
+    spec, path = imported(name, tmp_path)
+    assert spec.encoder.type == "modernbert" and (spec.head.type if spec.head else None) == EXPECTED[name]
+    ref = reference(name)
+    built = bertc.build_model(spec)
+    before = diff(keras_out(built, ref), ref)
+    result = load_weights(built.model, spec, resolve_weights_path(spec.weights, path))
+    assert result.loaded and len(result.loaded) == len(built.model.weights)
+    assert diff(keras_out(built, ref), ref) <= ATOL
+    assert before > 1e-2   # the match comes from the loaded weights
+    assert built.model.count_params() == bertc.build.expected_param_count(spec)
+    assert signature_of(spec).output_names == (["sequence_output"] if name == "modernbert_model" else ["logits"])
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_window_boundary_is_transformers(window, tmp_path):
+    """The fixtures' local layers attend at |i - j| <= local_attention // 2 = 4: a window one narrower or one
+    wider is far off (and without any window, too)."""
+    built, _ = loaded("modernbert_model", tmp_path)
+    ref = reference("modernbert_model")
+    assert diff(keras_out(built, ref), ref) <= ATOL
+    spec, path = imported("modernbert_model", tmp_path, local_attention=2 * window)
+    other = bertc.build_model(spec)
+    load_weights(other.model, spec, resolve_weights_path(spec.weights, path))
+    assert diff(keras_out(other, ref), ref) > 1e-3
+    for block in other.blocks:
+        assert block.attention.spec.window in (None, window)
+
+
+def test_older_config_keys_give_the_same_model(tmp_path):
+    """Hub configs from before transformers 5: global_attn_every_n_layers and global/local_rope_theta instead of
+    layer_types and rope_parameters."""
+    new, _ = imported("modernbert_seq_cls_first", tmp_path)
+    built, _ = loaded("modernbert_seq_cls_first", tmp_path / "old", layer_types=None, rope_parameters=None,
+                      global_attn_every_n_layers=2, global_rope_theta=80000.0, local_rope_theta=5000.0)
+    assert built.spec.encoder == new.encoder
+    ref = reference("modernbert_seq_cls_first")
+    assert diff(keras_out(built, ref), ref) <= ATOL
+
+
+def test_layer_types_off_the_every_n_pattern_are_kept(tmp_path):
+    spec, _ = imported("modernbert_model", tmp_path,
+                       layer_types=["full_attention", "full_attention", "sliding_attention", "full_attention"])
+    assert spec.encoder.layer_types == ["global", "global", "local", "global"]
+    assert [b.attention.window for b in spec.encoder.scaffold.hidden] == [None, None, 4, None]
+    assert spec.encoder.scaffold.position.layer_theta == [160000.0, 160000.0, 10000.0, 160000.0]
+
+
+def test_encoder_only_import_of_a_task_checkpoint(tmp_path):
+    path = tmp_path / "enc.json"
+    import_spec(FIXTURES / "modernbert_mlm", path, encoder_only=True)
+    spec = load_spec(path)
+    assert spec.head is None and signature_of(spec).output_names == ["sequence_output"]
+    built = bertc.build_model(spec)
+    result = load_weights(built.model, spec, resolve_weights_path(spec.weights, path))
+    assert {"head.dense.weight", "head.norm.weight", "decoder.bias"} == set(result.ignored)
+    assert len(result.loaded) == len(built.model.weights)
+
+
+# --- every backend against transformers (full builds) -----------------------------------------------------
+
+@pytest.fixture(scope="module", params=["modernbert_model", "modernbert_seq_cls", "modernbert_seq_cls_first"])
+def built(request, tmp_path_factory):
+    """``bertc import DIR -o spec.json && bertc build spec.json -o out``, unedited."""
+    work = tmp_path_factory.mktemp(request.param)
+    path, out = work / "spec.json", work / "out"
+    assert main(["import", str(FIXTURES / request.param), "-o", str(path)]) == 0
+    assert main(["build", str(path), "-o", str(out)]) == 0
+    return request.param, out, json.loads((out / "report.json").read_text())
+
+
+def test_every_backend_is_transformers(built):
+    from bertc.parity import onnx_runner, tflite_runner
+
+    name, out, report = built
+    assert report["status"] == "passed" and report["parity"]["passed"]
+    ref = reference(name)
+    runners = {"onnx": onnx_runner(out / "model.onnx"), "optimized": onnx_runner(out / "model.optimized.onnx"),
+               "tflite": tflite_runner(out / "model.tflite")}
+    diffs = {k: diff(run(inputs_of(ref)), ref) for k, run in runners.items()}
+    assert max(diffs.values()) <= ATOL, diffs
+    int8 = [r for r in report["parity"]["results"] if r["backend"] == "onnx_int8_cpu"]
+    assert int8 and all(r["passed"] for r in int8)   # int8: the task criteria (cosine / argmax)
+
+
+def test_optimized_graph_is_fused_and_says_so(built):
+    import onnx
+
+    name, out, report = built
+    spec = load_spec(out / "spec.json")
+    layers = spec.encoder.num_layers
+    ops = [n.op_type for n in onnx.load(str(out / "model.optimized.onnx")).graph.node]
+    assert ops.count("MultiHeadAttention") == layers and ops.count("RotaryEmbedding") == 2 * layers
+    assert ops.count("SkipLayerNormalization") == 2 * layers          # layer 0: no attention norm; + final norm
+    assert ops.count("LayerNormalization") == 1 + (1 if spec.head is not None else 0)   # embeddings, head
+    assert "Softmax" not in ops and "Erf" not in ops
+    fusion = report["fusion"]["layers"]
+    kinds = spec.encoder.kinds()
+    for i, kind in enumerate(kinds):
+        attention = fusion[f"layer_{i}"]["attention"]
+        assert attention.startswith("RotaryEmbedding + MultiHeadAttention")
+        assert ("window" in attention) == (kind == "local"), (i, attention)
+    assert report["fusion"]["lowered"] and not report["fusion"]["not_lowered"]
+    if name == "modernbert_seq_cls_first":   # cls pooling: the last (local) layer for the first token alone
+        assert kinds[-1] == "local" and fusion[f"layer_{layers - 1}"]["attention"].endswith("window 4) (first token)")
+    if name == "modernbert_seq_cls":         # biases: the GELU takes its bias
+        assert ops.count("BiasGelu") == layers + 1 and "Gelu" not in ops
+
+
+def test_tokenizer_is_bundled(built, tmp_path):
+    name, out, report = built
+    if name != "modernbert_model":
+        assert "tokenizer" not in report
+        return
+    from bertc.text import encode_texts
+
+    assert "tokenizer.json" in report["tokenizer"]["files"]
+    x = encode_texts(out, ["the cat sat", "dog"], 24)
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert x["input_word_ids"][0].tolist() == [vocab[t] for t in ("[CLS]", "the", "cat", "sat", "[SEP]")]
+    assert x["input_mask"][1].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_long_sequences_build_and_pass_parity_beyond_the_window(tmp_path):
+    """S = 2048 (a window of 8 either side): bertc build's checks run at 2048 and its parity grid compares
+    every backend at lengths above the window, with right padding and a random mask."""
+    from bertc.parity import sequence_grid
+    from bertc.pipeline import BuildOptions, build
+
+    spec = {"name": "modernbert_long", "encoder": {
+        "type": "modernbert", "vocab_size": 64, "hidden_size": 16, "num_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 24, "max_sequence_length": 2048, "local_attention": 16, "global_attn_every_n_layers": 2},
+        "parity": {"batch_sizes": [2]}}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    assert max(sequence_grid(load_spec(path))) == 2048
+    report = build(path, BuildOptions(out=tmp_path / "out"))
+    assert report["status"] == "passed" and report["parity"]["passed"]
+    cases = {c["sequence_length"] for c in report["parity"]["grid"]}
+    assert 2048 in cases and max(cases) > 8
+    backends = {r["backend"] for r in report["parity"]["results"]}
+    assert {"onnx_cpu", "onnx_optimized_cpu", "tflite"} <= backends
+
+
+# --- what the importer refuses, and the spec's rules ------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("hidden_activation", "quick_gelu", "hidden_activation"),
+    ("classifier_activation", "gelu_10", "classifier_activation"),
+    ("classifier_pooling", "max", "classifier_pooling"),
+    ("rope_parameters", {"full_attention": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+     "rope_parameters.full_attention.rope_type"),
+    ("rope_parameters", {"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4,
+                                               "partial_rotary_factor": 0.5}},
+     "rope_parameters.sliding_attention.partial_rotary_factor"),
+    ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}, "rope_scaling"),
+    ("layer_types", ["full_attention", "chunked_attention", "full_attention", "full_attention"], "layer_types"),
+    ("head_dim", 4, "head_dim"),
+    ("local_attention", 1, "local_attention"),
+    ("architectures", ["ModernBertForQuestionAnswering"], "architectures"),
+])
+def test_config_bertc_cannot_compute_is_refused_naming_key_and_value(tmp_path, key, value, shown):
+    name = "modernbert_seq_cls" if key.startswith("classifier") else "modernbert_model"
+    with pytest.raises(UnsupportedModel, match=rf"config.json: {shown} = "):
+        imported(name, tmp_path, **{key: value})
+
+
+def test_untied_masked_lm_decoder_is_refused(tmp_path):
+    with pytest.raises(UnsupportedModel, match="tie_word_embeddings = false"):
+        imported("modernbert_mlm", tmp_path, tie_word_embeddings=False)
+
+
+def test_inert_config_keys_change_nothing(tmp_path):
+    """Settings of kernels, compilation and training that do not change the outputs are accepted."""
+    built, _ = loaded("modernbert_mlm", tmp_path, deterministic_flash_attn=True, reference_compile=True,
+                      sparse_prediction=True, repad_logits_with_grad=True)
+    ref = reference("modernbert_mlm")
+    assert diff(keras_out(built, ref), ref) <= ATOL
+
+
+def test_cli_refusal_exits_2_without_traceback(tmp_path, capsys):
+    source = tmp_path / "m"
+    shutil.copytree(FIXTURES / "modernbert_model", source)
+    config = json.loads((source / "config.json").read_text())
+    config["hidden_activation"] = "quick_gelu"
+    (source / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(source), "-o", str(tmp_path / "x.json")]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert 'hidden_activation = "quick_gelu"' in err and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("edit, where, says", [
+    ({"layer_types": ["global", "local"]}, "$.encoder.layer_types", "has 2 entries but num_layers is 4"),
+    ({"num_attention_heads": 5}, "$.encoder.num_attention_heads", "not divisible"),
+    ({"hidden_size": 24, "num_attention_heads": 8}, "$.encoder.num_attention_heads", "even head size"),
+    ({"local_attention": 1}, "$.encoder.local_attention", "leaves no window"),
+])
+def test_spec_errors_name_the_field(edit, where, says):
+    encoder = {"type": "modernbert", "vocab_size": 32, "hidden_size": 16, "num_layers": 4, "num_attention_heads": 2,
+               "intermediate_size": 24, "max_sequence_length": 32, **edit}
+    with pytest.raises(SpecError) as info:
+        load_spec({"name": "m", "encoder": encoder})
+    assert any(p == where and says in m for p, m in info.value.problems), info.value.problems
+
+
+def test_a_classifier_on_the_pooler_is_refused_without_one():
+    encoder = {"type": "modernbert", "vocab_size": 32, "hidden_size": 16, "num_layers": 1, "num_attention_heads": 2,
+               "intermediate_size": 24, "max_sequence_length": 32}
+    with pytest.raises(SpecError) as info:
+        load_spec({"name": "m", "encoder": encoder, "head": {"type": "classifier", "num_classes": 2}})
+    assert any("pooler" in m for _, m in info.value.problems), info.value.problems
