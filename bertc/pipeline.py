@@ -118,6 +118,7 @@ def drop_failed_variants(section: dict, artifacts: dict, requested: tuple, out: 
         section["results"] = [r for r in section["results"] if r["backend"] not in gone]
         section["backends"] = [b for b in section["backends"] if b not in gone]
         section["max_abs_by_backend"] = {b: v for b, v in section["max_abs_by_backend"].items() if b not in gone}
+        section["load_errors"] = {b: e for b, e in (section.get("load_errors") or {}).items() if b not in gone}
         section["passed"] = all(r["passed"] for r in section["results"]) and not section.get("load_errors")
     return dropped
 

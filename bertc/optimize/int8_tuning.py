@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 TARGET_MARGIN = 0.5
-ALPHAS = (0.5, 0.65, 0.8)
+ALPHAS = (0.5, 0.65, 0.8)   # tried after the per-activation choice (smoothing.choose_alphas)
 
 
 # --- graphs as (proto, weights) --------------------------------------------------------------------
@@ -67,19 +67,11 @@ def serialized(proto, weights: Optional[list]) -> bytes:
     return whole.SerializeToString()
 
 
-def session_of(proto, weights: Optional[list], threads: Optional[int] = None, spinning: bool = True):
-    import onnxruntime as ort
+def session_of(proto, weights: Optional[list]):
+    """An in-memory ONNX Runtime CPU session (every graph optimization on) of ``proto`` + ``weights``."""
+    from bertc.optimize.runtime import ort_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(serialized(proto, weights), options, providers=["CPUExecutionProvider"])
+    return ort_session(serialized(proto, weights))
 
 
 def with_outputs(proto, names: list[str]):
@@ -214,7 +206,8 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     criteria hold (see the module docstring)."""
     from bertc.optimize.quantize import quantizable_nodes, quantize_dynamic_int8
     from bertc.optimize.sensitivity import select_fp32
-    from bertc.optimize.smoothing import activation_absmax, find_feedforwards, find_sites, smooth, split_outliers
+    from bertc.optimize.smoothing import (choose_alphas, collect_samples, find_feedforwards, find_sites, smooth,
+                                          split_outliers)
 
     log = log or (lambda text: None)
     t0 = time.perf_counter()
@@ -237,19 +230,23 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
         def run_with_outputs(names, inputs):
             return fp32.run(names, onnx_feeds(fp32, inputs))
 
-        absmax = activation_absmax(run_with_outputs, tensors, [c.inputs for c in judge.cases])
+        samples = collect_samples(run_with_outputs, tensors, [c.inputs for c in judge.cases])
         del fp32
-        for alpha in ALPHAS:
+        absmax = {n: np.max([np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in zip(v.lows, v.highs)], axis=0)
+                  for n, v in samples.items()}
+        per_site = choose_alphas(sites, base_weights, samples, absmax)
+        for alpha in (per_site, *ALPHAS):
             s_proto, s_weights, applied = smooth(base_proto, base_weights, sites, absmax, alpha)
             s_proto, s_weights, split, side = split_outliers(s_proto, s_weights, feedforwards, absmax)
             q = quantize_dynamic_int8(s_proto, s_weights, side)
-            m = judge.measure(q.proto, q.weights, f"smoothing alpha {alpha}")
-            steps.append(_step(f"smoothing, alpha {alpha}; outlier channels apart in {len(split)} feedforward(s)", m,
+            label = "per activation (least int8 product error)" if isinstance(alpha, dict) else alpha
+            m = judge.measure(q.proto, q.weights, f"smoothing alpha {label}")
+            steps.append(_step(f"smoothing, alpha {label}; outlier channels apart in {len(split)} feedforward(s)", m,
                                sites=len(applied)))
-            log(f"smoothing alpha {alpha}, {len(split)} outlier split(s): {m.worst()}")
+            log(f"smoothing alpha {label}, {len(split)} outlier split(s): {m.worst()}")
             if m.score < best[3].score:
-                best = (f"smoothing alpha {alpha}", s_proto, s_weights, m,
-                        {"sites": applied, "outlier_channels": split, "side": side}, alpha, side)
+                best = (f"smoothing alpha {label}", s_proto, s_weights, m,
+                        {"sites": applied, "outlier_channels": split, "side": side}, label, side)
             if m.meets_target:
                 break
     name, b_proto, b_weights, m_best, applied, alpha, side = best
