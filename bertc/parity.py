@@ -404,14 +404,11 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         report = json.loads((out_dir / "report.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise OutputError(f"{out_dir / 'report.json'}: cannot be read as JSON ({exc})") from None
+    cases = None
     if text is not None:
         from bertc.text import text_cases
 
         cases = text_cases(out_dir, text, spec)
-    else:   # what the build judged: the grid, plus the built-in sentences when the build has a tokenizer
-        from bertc.calibration import calibration_set
-
-        cases = calibration_set(spec, out_dir).cases
     section = run_parity(spec, signature_of(spec), load_keras_model(out_dir), out_dir, report.get("artifacts") or {},
                          cases)
     report["parity"] = section
