@@ -68,6 +68,9 @@ def cli():
 @click.option("--variants", default=None, metavar="LIST", callback=lambda ctx, param, value: _variants(value),
               help="Reduced-precision variants, comma-separated, replacing the spec's export.variants: "
                    "onnx_int8, onnx_fp16, tflite_int8, tflite_fp16 ('' or 'none' for none).")
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              metavar="FILE", help="Your own text (one example per line, a tab between a pair), tokenized by the bundled "
+                                   "tokenizer: int8 is tuned and parity checked on it instead of the built-in sentences.")
 @click.option("--opset", type=click.Choice(["17", "18"]), default=None, help="ONNX opset (default: the spec's, 17).")
 @click.option("--int64-inputs", is_flag=True, default=None, help="ONNX inputs as int64 instead of int32.")
 @click.option("--keep-saved-model", is_flag=True, default=None, help="Keep the SavedModel used for TFLite.")
@@ -82,8 +85,8 @@ def cli():
               help="Memory the preflight may assume available (e.g. 12G) instead of measuring it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def build(spec, out, force, no_export, no_parity, no_optimize, variants, opset, int64_inputs, keep_saved_model, init_from,
-          weights, no_onnx, no_tflite, skip_preflight, memory_limit, quiet, as_json):
+def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibration, opset, int64_inputs, keep_saved_model,
+          init_from, weights, no_onnx, no_tflite, skip_preflight, memory_limit, quiet, as_json):
     """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
@@ -99,7 +102,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, opset, 
                         opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
                         keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
                         onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,
-                        memory_limit=_size(memory_limit), variants=variants)
+                        memory_limit=_size(memory_limit), variants=variants, calibration=calibration)
     import tempfile
 
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # TF / converter C++ chatter

@@ -105,6 +105,12 @@ class BenchError(BertcError):
     exit_code = EXIT_BAD_SPEC
 
 
+class CalibrationError(BertcError):
+    """Calibration text that cannot be used (``--calibration FILE``: unreadable, empty, or no tokenizer)."""
+
+    exit_code = EXIT_BAD_SPEC
+
+
 class MemoryPreflightError(BertcError):
     """The build would not fit in the memory available (nothing written)."""
 

@@ -53,6 +53,9 @@ class OutputParity:
     argmax_near_ties: int = 0  # flipped predictions that were near-ties in the reference (counted as agreeing)
     min_cosine: Optional[float] = None  # feature outputs: the lowest per-row cosine over the grid
     min_cosine_case: str = ""
+    required_rank_agreement: Optional[float] = None  # task criterion on sentence embeddings
+    rank_agreement: Optional[float] = None  # the lowest, over cases of >= RANK_MIN_ROWS rows
+    rank_agreement_case: str = ""
     worst_case: str = ""
     load_error: Optional[str] = None
     problems: list[str] = field(default_factory=list)
@@ -129,6 +132,43 @@ def row_cosines(have: np.ndarray, want: np.ndarray, info: OutputInfo, mask: np.n
     return np.asarray(out)
 
 
+RANK_MIN_ROWS = 4  # rank agreement is judged on batches of at least this many rows (6 pairs)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks of ``x`` (ties get their average rank)."""
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    ranks = np.empty(len(x), np.float64)
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and ordered[j + 1] == ordered[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def rank_agreement(have: np.ndarray, want: np.ndarray) -> Optional[float]:
+    """Spearman rank correlation between the within-batch cosine similarities of ``have``'s rows (every
+    pair) and those of ``want``'s: 1 when int8 orders every pair of sentences as the reference does.
+    None for fewer than 3 rows (fewer than 3 pairs)."""
+    n = have.shape[0]
+    if n < 3:
+        return None
+
+    def similarities(x):
+        x = x.reshape(n, -1).astype(np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        return (x @ x.T)[np.triu_indices(n, 1)]
+
+    a, b = _ranks(similarities(have)), _ranks(similarities(want))
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a @ a) * (b @ b)))
+    return 1.0 if denominator == 0 else float(a @ b / denominator)
+
+
 def argmax_matches(have: np.ndarray, want: np.ndarray, info: OutputInfo, mask: np.ndarray,
                    tie_fraction: float = 0.0) -> tuple[int, int, int]:
     """(agreeing, compared, near-ties) predictions: argmax over the last axis; when the sequence is another
@@ -159,12 +199,17 @@ def _below(x: float, threshold: float) -> str:
 
 # --- comparison -------------------------------------------------------------------------------------
 
+def _sentence_embedding(info: OutputInfo) -> bool:
+    return info.kind == "features" and info.seq_axis is None
+
+
 def _result(spec: Spec, backend: Backend, info: OutputInfo) -> OutputParity:
     if backend.reduced_precision:
         task = spec.parity.task
         return OutputParity(backend.name, info.name, backend.precision, "task",
                             required_argmax_agreement=task.min_argmax_agreement if info.kind != "features" else None,
-                            required_cosine=task.min_cosine if info.kind == "features" else None)
+                            required_cosine=task.min_cosine if info.kind == "features" else None,
+                            required_rank_agreement=task.min_rank_agreement if _sentence_embedding(info) else None)
     tol = spec.parity.tolerance(backend.name)
     return OutputParity(backend.name, info.name, backend.precision, "tolerance", tol.atol, tol.rtol)
 
@@ -226,6 +271,10 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
                     worst = int(cos.argmin())
                     if r.min_cosine is None or cos[worst] < r.min_cosine:
                         r.min_cosine, r.min_cosine_case = float(cos[worst]), f"{case.label}, row {worst}"
+                    rank = rank_agreement(have, want) if _sentence_embedding(o) and want.shape[0] >= RANK_MIN_ROWS \
+                        else None
+                    if rank is not None and (r.rank_agreement is None or rank < r.rank_agreement):
+                        r.rank_agreement, r.rank_agreement_case = rank, case.label
                 if r.criterion == "tolerance":
                     bound = r.atol + r.rtol * np.abs(want)
                     if np.any(diff > bound):
@@ -249,6 +298,10 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
             if r.required_cosine is not None and r.min_cosine is not None and r.min_cosine < r.required_cosine:
                 r.problems.append(f"min cosine {_below(r.min_cosine, r.required_cosine)} < {r.required_cosine:g} "
                                   f"({r.min_cosine_case})")
+            need = r.required_rank_agreement
+            if need is not None and r.rank_agreement is not None and r.rank_agreement < need:
+                r.problems.append(f"rank agreement of within-batch similarities {_below(r.rank_agreement, need)} "
+                                  f"< {need:g} ({r.rank_agreement_case})")
     return list(results.values())
 
 
@@ -314,7 +367,9 @@ def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict
         "skipped": skipped,
         "load_errors": load_errors,
         "criteria": {"fp32": "atol + rtol * |reference| at every case",
-                     "int8/fp16": {"min_argmax_agreement": task.min_argmax_agreement, "min_cosine": task.min_cosine}},
+                     "int8/fp16": {"min_argmax_agreement": task.min_argmax_agreement, "min_cosine": task.min_cosine,
+                                   "min_rank_agreement": task.min_rank_agreement,
+                                   "rank_agreement_min_rows": RANK_MIN_ROWS}},
         "results": [r.to_json() for r in results],
         "passed": all(r.passed for r in results),
         "max_abs_by_backend": {b: max((r.max_abs for r in results if r.backend == b), default=0.0)

@@ -18,6 +18,7 @@ from bertc.errors import BuildFailed, CheckFailed, ParityError
 from bertc.manifest import build_manifest
 from bertc.memory import release as release_memory, tune_allocator
 from bertc.report import fusion_summary, new_report, parity_failure_message, write_report
+from bertc.spec import EXPORT_VARIANTS
 
 TFLITE_VARIANTS = (("tflite_int8", "int8", "model.int8.tflite"), ("tflite_fp16", "fp16", "model.fp16.tflite"))
 
@@ -41,6 +42,7 @@ class BuildOptions:
     preflight: bool = True
     memory_limit: Optional[int] = None  # bytes the preflight may assume available (instead of measuring)
     variants: Optional[tuple] = None  # replaces the spec's export.variants (``--variants``)
+    calibration: Optional[Path] = None  # the user's text for int8 tuning and parity (``--calibration``)
 
 
 class Stages:
@@ -59,10 +61,66 @@ class Stages:
         self.hook(name, seconds, note["detail"])
 
 
+class Calibration:
+    """The calibration / checking inputs of a build (:mod:`bertc.calibration`), made on first use (the
+    tokenizer is in ``out`` by then) and recorded in the report (``calibration``)."""
+
+    def __init__(self, spec, out: Path, file: Optional[Path], report: dict):
+        self.spec, self.out, self.file, self.report = spec, out, file, report
+        self._set = None
+
+    def get(self):
+        if self._set is None:
+            from bertc.calibration import calibration_set
+
+            self._set = calibration_set(self.spec, self.out, self.file)
+            self.report["calibration"] = self._set.sources
+        return self._set
+
+
 def _export_options(spec, opts: BuildOptions) -> dict:
     e = spec.export
     return {"opset": opts.opset or e.opset, "input_dtype": opts.input_dtype or e.input_dtype,
             "keep_saved_model": e.keep_saved_model if opts.keep_saved_model is None else opts.keep_saved_model}
+
+
+def requested_variants(spec, opts: BuildOptions) -> tuple:
+    """The variants the user asked for: those of ``--variants``, or of the spec when it names them
+    (``export.variants`` present in the file); none when the spec's default applies. A requested variant
+    that misses its criteria fails the build; a default one is dropped (:func:`drop_failed_variants`)."""
+    if opts.variants is not None:
+        return tuple(opts.variants)
+    return tuple(spec.export.variants) if "variants" in spec.export.model_fields_set else ()
+
+
+def drop_failed_variants(section: dict, artifacts: dict, requested: tuple, out: Path) -> dict:
+    """Parity ``section`` without the backends of variants nobody asked for that failed it: their files
+    are removed from ``out`` and ``artifacts``; returns {variant: why} (the report's ``dropped_variants``)."""
+    variants = {v for v in EXPORT_VARIANTS if v not in requested}
+    failed = {r["backend"] for r in section["results"] if not r["passed"]}
+    info = section.get("backend_info") or {}
+    dropped = {}
+    for backend in sorted(failed):
+        artifact = (info.get(backend) or {}).get("artifact")
+        if artifact not in variants or artifact not in artifacts:
+            continue
+        entry = artifacts.pop(artifact)
+        for name in (entry.get("path"), entry.get("external_data")):
+            if name:
+                (out / name).unlink(missing_ok=True)
+        problems = [f"{r['output']}: {p}" for r in section["results"] if r["backend"] == backend for p in r["problems"]]
+        dropped[artifact] = {"variant": artifact, "file": entry.get("path"), "requested": False,
+                             "reason": f"default variant not requested, fails parity ({backend})",
+                             "best": "; ".join(problems), "problems": problems}
+    if dropped:
+        gone = {b for b in failed if (info.get(b) or {}).get("artifact") in dropped}
+        section["dropped_results"] = [r for r in section["results"] if r["backend"] in gone]
+        section["results"] = [r for r in section["results"] if r["backend"] not in gone]
+        section["backends"] = [b for b in section["backends"] if b not in gone]
+        section["max_abs_by_backend"] = {b: v for b, v in section["max_abs_by_backend"].items() if b not in gone}
+        section["load_errors"] = {b: e for b, e in (section.get("load_errors") or {}).items() if b not in gone}
+        section["passed"] = all(r["passed"] for r in section["results"]) and not section.get("load_errors")
+    return dropped
 
 
 def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> dict:
@@ -74,6 +132,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
         note["detail"] = spec.name
+        requested = requested_variants(spec, opts)
         if opts.variants is not None:  # OUT/spec.json then records the variants this build made
             spec = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": list(opts.variants)})})
     from bertc.weights import resolve_weights_path, weights_entry_for
@@ -99,7 +158,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
         report = new_report(bertc.__version__, spec.name, str(spec_path), sig.to_json(), stages.timings)
         failure = None
         try:
-            build_into(spec, sig, tmp, opts, stages, report, weights=weights)
+            build_into(spec, sig, tmp, opts, stages, report, weights=weights, requested=requested)
         except BuildFailed as exc:  # a verdict against the build: its report goes to OUT.failed/, then it is raised
             failure = exc.cause
         if staged.removed_leftovers:
@@ -117,7 +176,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> di
 
 
 def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report: dict,
-               weights: Optional[Path] = None) -> None:
+               weights: Optional[Path] = None, requested: tuple = ()) -> None:
     """Run the stages after the preflight into the staging directory ``out``, adding each stage's section to
     ``report`` (:func:`bertc.report.new_report`) as it completes. A stage's verdict against the build
     (validation, the optimized lowering's structural check, parity) raises :class:`BuildFailed` carrying
@@ -128,6 +187,7 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
     from bertc.plugins import used_by
     from bertc.spec import dump_spec
 
+    calibration = Calibration(spec, out, opts.calibration, report)
     plugins = used_by(dump_spec(spec))
     if plugins:   # what a later `bertc parity OUT` (or any loader of model.keras) has to import first
         report["plugins"] = plugins
@@ -149,6 +209,8 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             n = transfer_weights(load_keras_model(opts.init_from), model)
             report["weights_from"] = str(opts.init_from)
             note["detail"] = f"{n} weights from {opts.init_from}"
+    if opts.calibration is not None:   # the user's text is checked (readable, a tokenizer to read it) before any export
+        calibration.get()
     with stages.stage("validate") as note:
         checks = run_checks(model, spec, sig)
         report["checks"] = [c.to_json() for c in checks]
@@ -200,10 +262,14 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
 
             with stages.stage("optimize onnx") as note:
                 result = optimize_onnx(built, out, eo["opset"], eo["input_dtype"], spec.export.variants,
-                                       portable=artifacts.get("onnx"))
+                                       portable=artifacts.get("onnx"), requested=requested,
+                                       calibration=calibration.get())
                 artifacts.update(result.artifacts)
                 report["fusion"] = result.section()
-                note["detail"] = fusion_summary(report["fusion"])
+                if result.dropped:
+                    report.setdefault("dropped_variants", {}).update(result.dropped)
+                note["detail"] = fusion_summary(report["fusion"]) + "".join(
+                    f"; {v} dropped ({d['best']})" for v, d in result.dropped.items())
             artifacts.update(tflite_artifacts)
             if not result.passed:
                 raise BuildFailed(ParityError(result.mismatch))
@@ -212,10 +278,15 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
         from bertc.parity import run_parity
 
         with stages.stage("parity") as note:
-            section = run_parity(spec, sig, model, out, artifacts)
+            cases = calibration.get()
+            section = run_parity(spec, sig, model, out, artifacts, cases.cases)
+            section["inputs"] = cases.sources
+            dropped = drop_failed_variants(section, artifacts, requested, out)
+            if dropped:
+                report.setdefault("dropped_variants", {}).update(dropped)
             report["parity"] = section
             worst = ", ".join(f"{b} {d:.2g}" for b, d in section["max_abs_by_backend"].items())
-            note["detail"] = f"max abs diff: {worst or 'no backend'}"
+            note["detail"] = f"max abs diff: {worst or 'no backend'}" + "".join(f"; {v} dropped" for v in dropped)
         if not section["passed"]:
             raise BuildFailed(ParityError(parity_failure_message(section)))
     report["status"] = "passed"

@@ -66,6 +66,8 @@ def _parity_line(r: dict) -> str:
                 figures += f", {r['argmax_near_ties']} near-tie(s)"
         if r.get("required_cosine") is not None and r.get("min_cosine") is not None:
             figures += f" cosine {r['min_cosine']:.5f} (>= {r['required_cosine']:g})"
+        if r.get("required_rank_agreement") is not None and r.get("rank_agreement") is not None:
+            figures += f" rank {r['rank_agreement']:.4f} (>= {r['required_rank_agreement']:g})"
     else:
         figures += f" (atol {r['atol']:g})"
         if r.get("argmax_agreement") is not None:
@@ -101,6 +103,30 @@ def fusion_summary(fusion: dict) -> str:
     return f"{ops or 'no fused operator'}; nodes: {nodes}{pruned}"
 
 
+def int8_summary(quantization: dict) -> str:
+    """The int8 tuning in one line: what was done, which MatMuls stayed fp32, the figures, the speed."""
+    t = quantization["tuning"]
+    parts = [f"int8 tuning: {t['tuning']}"]
+    sm = t.get("smoothing") or {}
+    if sm.get("applied"):
+        parts.append(f"smoothing alpha {sm['alpha']} on {len(sm['sites'])} activation(s)")
+        if sm.get("outlier_channels"):
+            parts.append(f"outlier channels apart (fp32) in {len(sm['outlier_channels'])} feedforward(s)")
+    kept = t.get("kept_fp32_by_sensitivity") or []
+    parts.append(f"fp32 MatMuls: {', '.join(kept)}" if kept else "no MatMul kept fp32")
+    for output, f in (t.get("figures") or {}).items():
+        bits = [f"min cosine {f['min_cosine']:.5f}" if "min_cosine" in f else "",
+                f"rank agreement {f['rank_agreement']:.4f}" if "rank_agreement" in f else "",
+                f"argmax {f['argmax_agreement']:.2%}" if "argmax_agreement" in f else ""]
+        parts.append(f"{output}: " + ", ".join(b for b in bits if b))
+    parts.append(f"on {len(t.get('inputs') or [])} calibration case(s)")
+    speed = quantization.get("speed") or {}
+    if speed.get("ratio") is not None:
+        parts.append(f"latency {speed['ratio']:.2f}x the fp32 optimized artifact (batch {speed['batch']} x seq "
+                     f"{speed['sequence_length']}, {speed['threads']} threads)")
+    return "; ".join(parts)
+
+
 def summary_text(report: dict) -> str:
     lines = [f"bertc {report['bertc_version']}: {report['spec_name']}  [{report['status'].upper()}]"]
     lines.append("inputs:  " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in report["inputs"]))
@@ -121,6 +147,13 @@ def summary_text(report: dict) -> str:
                          f"threshold {c['threshold']!s:<8} {c['detail']}")
     for name, a in (report.get("artifacts") or {}).items():
         lines.append(f"artifact: {a['path']} ({a['bytes'] / 1e6:.2f} MB)")
+    for name, a in (report.get("artifacts") or {}).items():
+        tuning = (a.get("quantization") or {}).get("tuning")
+        if tuning:
+            lines.append(f"{name}: {int8_summary(a['quantization'])}")
+    for name, d in (report.get("dropped_variants") or {}).items():
+        lines.append(f"dropped: {name} ({d['file']}, not requested: the spec's default variant): {d['reason']}; "
+                     f"best reached: {d['best']}")
     if report.get("fusion"):
         lines.append(f"fusion: {fusion_summary(report['fusion'])}")
     parity = report.get("parity")
@@ -132,5 +165,10 @@ def summary_text(report: dict) -> str:
             lines.append(f"  cannot load {backend}: {error}")
         for backend, why in parity["skipped"].items():
             lines.append(f"  skipped {backend}: {why}")
+        text = ((parity.get("inputs") or {}).get("text") or {})
+        if text:
+            lines.append(f"  inputs: the random-id grid; real text: " + (
+                f"{text.get('examples')} example(s) ({text.get('kind')}: {text.get('path') or text.get('file')})"
+                if text.get("kind") != "none" else f"none ({text.get('why')})"))
     lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))
     return "\n".join(lines) + "\n"

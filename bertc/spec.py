@@ -52,6 +52,10 @@ class TaskCriteria(StrictModel):
 
     min_argmax_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99  # logits / log-probs outputs
     min_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.99  # feature outputs
+    # Sentence embeddings (feature outputs without a sequence axis): Spearman rank correlation of the
+    # within-batch cosine similarities (every pair of rows) against the reference's, in every case of at
+    # least 4 rows: what retrieval users depend on (the order of neighbours), beside the per-row cosine.
+    min_rank_agreement: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.95
     # A prediction whose reference top-1 / chosen-class margin is within this fraction of the reference
     # output's range (in that case) is a near-tie: any rounding may flip it, so it is not a disagreement.
     argmax_tie_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.01

@@ -101,6 +101,7 @@ class OptimizeResult:
     artifacts: dict = field(default_factory=dict)
     fusion: Optional[dict] = None
     skip: Optional[Skip] = None
+    dropped: dict = field(default_factory=dict)   # variant id -> why it was not written (the report's dropped_variants)
 
     @property
     def structural_check(self) -> Optional[dict]:
@@ -127,8 +128,14 @@ class OptimizeResult:
 
 def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
                   variants: tuple = ("onnx_int8", "onnx_fp16"), prune: Optional[bool] = None,
-                  portable: Optional[dict] = None) -> OptimizeResult:
+                  portable: Optional[dict] = None, requested: Optional[tuple] = None,
+                  calibration=None, log=None) -> OptimizeResult:
     """Write the optimized artifact and the ONNX variants asked for; an :class:`OptimizeResult`.
+
+    int8 is tuned on ``calibration`` (a :class:`bertc.calibration.CalibrationSet`; default: parity's grid)
+    until the spec's task criteria hold (:mod:`bertc.optimize.int8_tuning`). ``requested``: the variants the
+    user asked for explicitly (default: all of ``variants``); an int8 variant that is not among them and
+    misses its criteria after tuning is not written (``OptimizeResult.dropped`` says why).
 
     A model the stage cannot lower gets a result with a :class:`Skip` (and no artifact); an artifact that
     cannot be written or loaded raises :class:`~bertc.errors.ExportError`."""
@@ -173,12 +180,27 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     pruned_rows = lowered.rows.describe() if lowered.rows is not None else None
     not_lowered = lowered.not_lowered
     del lowered
+    dropped: dict = {}
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
             proto, weights = _attach(proto, weights), None
             artifacts["onnx_fp16"] = convert_fp16(proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
         if "onnx_int8" in variants:
-            artifacts["onnx_int8"] = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset)
+            from bertc.optimize.int8_tuning import Judge
+
+            if calibration is None:
+                from bertc.calibration import CalibrationSet
+                from bertc.parity import grid_cases
+
+                calibration = CalibrationSet(grid_cases(spec), {"grid": {"kind": "random ids"}})
+            judge = Judge(spec, built.signature, model, calibration.cases)
+            must = requested is None or "onnx_int8" in requested
+            entry = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset, judge=judge, required=must,
+                                  log=log, inputs=calibration.sources)
+            if entry.get("dropped"):
+                dropped[("onnx_int8")] = entry["dropped"]
+            else:
+                artifacts["onnx_int8"] = entry
     del proto, weights
     fusion = {
         "lowered": True, "not_lowered": not_lowered, "pruned": pruned, "pruned_rows": pruned_rows,
@@ -189,7 +211,7 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
         "self_check_max_abs": self_check,
         "structural_check": structure,
     }
-    return OptimizeResult(artifacts, fusion)
+    return OptimizeResult(artifacts, fusion, dropped=dropped)
 
 
 def _attach(proto, weights: list):
@@ -203,26 +225,57 @@ def _attach(proto, weights: list):
     return proto
 
 
-def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, opset: int) -> dict:
+def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, opset: int, judge=None,
+                  required: bool = True, log=None, inputs: Optional[dict] = None) -> dict:
     """Dynamic int8 (see :mod:`bertc.optimize.quantize`) of the optimized graph (its weights in ``proto`` or
-    beside it in ``weights``), written streamed and checked to load in ORT."""
+    beside it in ``weights``), written streamed and checked to load in ORT; its report entry.
+
+    With a ``judge`` (:class:`bertc.optimize.int8_tuning.Judge`), the int8 graph is tuned until the task
+    criteria hold (:func:`bertc.optimize.int8_tuning.tune_int8`) and timed against the fp32 optimized artifact
+    beside ``dst``; an int8 graph that still misses them is written when ``required`` (parity then fails the
+    build), and otherwise not: the entry is then ``{"dropped": why}``."""
     from bertc.export.onnx import write_onnx
     from bertc.optimize.quantize import quantize_dynamic_int8
 
     t0 = time.perf_counter()
+    tuning = None
     try:
-        result = quantize_dynamic_int8(proto, weights)
+        if judge is None:
+            result = quantize_dynamic_int8(proto, weights)
+        else:
+            from bertc.optimize.int8_tuning import tune_int8
+
+            tuned = tune_int8(proto, weights, judge, log)
+            result, tuning = tuned.result, {**tuned.section, "sources": inputs or {}}
+            if not tuned.passed and not required:
+                return {"dropped": {
+                    "variant": "onnx_int8", "file": dst.name, "requested": False,
+                    "reason": f"default variant not requested, misses its criteria after tuning ({tuning['tuning']})",
+                    "best": tuned.measurement.worst(), "problems": [p for r in tuned.measurement.results
+                                                                    for p in r.problems],
+                    "quantization": tuning}}
         nbytes, external = write_onnx(result.proto, result.weights or [], dst)
         ort_session(dst)
     except Exception as exc:
         dst.unlink(missing_ok=True)
         raise ExportError(f"int8 quantization of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
+    quantization = {"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
+                    "operators": ["DynamicQuantizeMatMul", "QAttention"],
+                    "quantized": len(result.quantized), "kept_fp32": result.kept_fp32}
+    if tuning is not None:
+        quantization["tuning"] = tuning
+        try:
+            quantization["speed"] = speed_of(dst.with_name(OPTIMIZED_FILE), dst, judge.spec)
+        except Exception as exc:   # a timing that cannot run is recorded, never a failed build
+            quantization["speed"] = {"error": f"{type(exc).__name__}: {exc}"}
     return _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], len(result.proto.graph.node), opset,
-                     external_data=external,
-                     quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
-                                   "operators": ["DynamicQuantizeMatMul", "QAttention"],
-                                   "quantized": len(result.quantized), "kept_fp32": result.kept_fp32},
-                     seconds=round(time.perf_counter() - t0, 3))
+                     external_data=external, quantization=quantization, seconds=round(time.perf_counter() - t0, 3))
+
+
+def speed_of(fp32: Path, int8: Path, spec) -> dict:
+    from bertc.optimize.int8_tuning import speed_against_fp32
+
+    return speed_against_fp32(fp32, int8, spec)
 
 
 def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:

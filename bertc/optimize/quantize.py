@@ -23,7 +23,7 @@ against ``quantize_dynamic`` itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -49,11 +49,42 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def quantize_dynamic_int8(proto, weights: Optional[list] = None) -> Int8Result:
+def _is_weight_matmul(node, float_matrix) -> bool:
+    return node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and float_matrix(node.input[1])
+
+
+def _is_weight_attention(node, float_matrix) -> bool:
+    return node.op_type == "Attention" and node.domain == MS_DOMAIN and float_matrix(node.input[1])
+
+
+def float_matrix_test(proto, weights: Optional[list] = None):
+    """``name -> bool``: whether ``name`` is a 2-D fp32 initializer of ``proto`` (or of ``weights`` beside it)."""
+    from onnx import TensorProto
+
+    arrays = dict(weights or [])
+    inits = {t.name: t for t in proto.graph.initializer}
+
+    def test(name: str) -> bool:
+        if name in arrays:
+            return arrays[name].dtype == np.float32 and arrays[name].ndim == 2
+        t = inits.get(name)
+        return t is not None and t.data_type == TensorProto.FLOAT and len(t.dims) == 2
+
+    return test
+
+
+def quantizable_nodes(proto, weights: Optional[list] = None) -> list[str]:
+    """The MatMul / Attention nodes :func:`quantize_dynamic_int8` gives int8 weights, in graph order."""
+    test = float_matrix_test(proto, weights)
+    return [n.name for n in proto.graph.node if _is_weight_matmul(n, test) or _is_weight_attention(n, test)]
+
+
+def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iterable[str] = ()) -> Int8Result:
     """A new ModelProto (``proto`` is not modified) with int8 weights on MatMul and Attention.
 
     ``weights``: [(name, array)] initializers kept beside ``proto`` (``lower_model(split_weights=True)``);
-    the result then keeps its weights beside its proto too (``Int8Result.weights``)."""
+    the result then keeps its weights beside its proto too (``Int8Result.weights``). ``keep_fp32``: names
+    of MatMul / Attention nodes left in fp32 (the sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -76,9 +107,9 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None) -> Int8Result:
         for name in node.input:
             readers.setdefault(name, []).append(node)
 
-    def float_matrix(name: str) -> bool:
-        return shape_of(name) == (True, 2)
+    float_matrix = float_matrix_test(proto, weights)
 
+    keep_fp32 = set(keep_fp32)
     new_inits: dict = {}    # name -> array (replacements and additions)
     replaced: set = set()   # fp32 weights no node reads any more
     nodes, quantized, kept = [], [], []
@@ -89,17 +120,20 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None) -> Int8Result:
             new_inits[f"{name}_quantized"] = q
             new_inits[f"{name}_scale"] = scale
             new_inits[f"{name}_zero_point"] = np.zeros(scale.shape, np.int8)
-            if all(r.op_type in ("MatMul", "Attention") for r in readers[name]):
+            if all(r.op_type in ("MatMul", "Attention") and r.name not in keep_fp32 for r in readers[name]):
                 replaced.add(name)
         return f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
 
     for node in graph.node:
-        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and float_matrix(node.input[1]):
+        if node.name in keep_fp32:
+            kept.append(node.name)
+            nodes.append(node)
+        elif _is_weight_matmul(node, float_matrix):
             wq, ws, wz = int8_weight(node.input[1])
             nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], wq, ws, wz], list(node.output),
                                           name=f"{node.name}_quant", domain=MS_DOMAIN))
             quantized.append(node.name)
-        elif node.op_type == "Attention" and node.domain == MS_DOMAIN and float_matrix(node.input[1]):
+        elif _is_weight_attention(node, float_matrix):
             x = node.input[0]
             xq, xs, xz = f"{node.name}/input_quantized", f"{node.name}/input_scale", f"{node.name}/input_zero_point"
             nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=f"{node.name}/quantize_input"))

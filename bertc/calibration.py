@@ -1,0 +1,108 @@
+"""Inputs that look like the model's real inputs: the calibration and checking set of reduced precision.
+
+Two kinds, both recorded in the report (``sources``):
+
+- the random-id grid of parity (:func:`bertc.parity.grid_cases`): every batch size x sequence length,
+  right padding and random 0/1 masks;
+- real text, when the build has a tokenizer (bundled from the trained weights' directory,
+  :mod:`bertc.text`): the user's own file (``bertc build --calibration FILE``, one example per line, a
+  tab between a sentence pair) or else bertc's built-in multilingual sentence set
+  (``bertc/data/calibration_sentences.txt``: short and long, 20 languages, chat, URLs, numbers).
+  Text becomes three cases: every example in one padded batch (the case that judges the rank agreement
+  of within-batch similarities), the shortest example alone and the longest alone (a lone short sentence
+  is where dynamic int8 does worst: a few tokens set the activation range).
+
+The int8 tuning (:mod:`bertc.optimize.int8_tuning`) chooses its smoothing and fp32 MatMuls on these
+cases, and parity judges the artifacts on the same ones, so the two verdicts agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from bertc.errors import BertcError, CalibrationError
+
+BUILTIN_NAME = "calibration_sentences.txt"
+
+
+def builtin_sentences() -> list[str]:
+    text = resources.files("bertc").joinpath("data", BUILTIN_NAME).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class CalibrationSet:
+    """The cases (:class:`bertc.parity.Case`) and where they came from (the report's ``sources``)."""
+
+    cases: list = field(default_factory=list)
+    sources: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.cases]
+
+    def to_json(self) -> dict:
+        return {"sources": self.sources, "cases": [c.to_json() for c in self.cases]}
+
+
+def text_cases(out_dir: Path, spec, texts: list, source: str) -> list:
+    """The three real-text cases of ``texts`` (see the module docstring), labelled with ``source``."""
+    from bertc.parity import Case
+    from bertc.text import encode_texts
+
+    max_len = spec.encoder.max_sequence_length
+    cases = [Case.given(f"text: {len(texts)} example(s) from {source}", encode_texts(out_dir, texts, max_len, spec))]
+    if len(texts) > 1:
+        sizes = [len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts]
+        shortest, longest = sizes.index(min(sizes)), sizes.index(max(sizes))
+        for which, i in (("shortest", shortest), ("longest", longest)):
+            cases.append(Case.given(f"text: the {which} example of {source} alone",
+                                    encode_texts(out_dir, [texts[i]], max_len, spec)))
+    return cases
+
+
+def has_tokenizer(out_dir: Path) -> bool:
+    from bertc.text import TOKENIZER_FILES
+
+    return any((Path(out_dir) / n).is_file() for n in TOKENIZER_FILES[:3])
+
+
+def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> tuple[list, dict]:
+    """(cases, source record) of real text for the build in ``out_dir``; no cases (and why) when there is
+    no usable tokenizer. A ``calibration`` file that cannot be used raises :class:`CalibrationError`."""
+    from bertc.text import read_texts
+
+    out_dir = Path(out_dir)
+    if calibration is not None:
+        calibration = Path(calibration)
+        if not has_tokenizer(out_dir):
+            raise CalibrationError(f"--calibration {calibration}: this build has no tokenizer to read text with "
+                                   f"(it is bundled from the trained weights' directory: tokenizer.json or vocab.txt)")
+        try:
+            texts = read_texts(calibration)
+            cases = text_cases(out_dir, spec, texts, calibration.name)
+        except CalibrationError:
+            raise
+        except BertcError as exc:
+            raise CalibrationError(f"--calibration {calibration}: {exc}") from None
+        return cases, {"kind": "file", "path": str(calibration), "examples": len(texts)}
+    if not has_tokenizer(out_dir):
+        return [], {"kind": "none", "why": "no tokenizer in this build (none beside the trained weights)"}
+    texts = builtin_sentences()
+    try:
+        cases = text_cases(out_dir, spec, texts, f"bertc's built-in set")
+    except BertcError as exc:   # e.g. the tokenizers library is missing, or the tokenizer is not the model's
+        return [], {"kind": "none", "why": f"the built-in sentences could not be tokenized: {exc}"}
+    return cases, {"kind": "builtin", "file": f"bertc/data/{BUILTIN_NAME}", "examples": len(texts)}
+
+
+def calibration_set(spec, out_dir: Path, calibration: Optional[Path] = None) -> CalibrationSet:
+    """The random-id grid of parity plus real text (see the module docstring)."""
+    from bertc.parity import grid_cases
+
+    grid = grid_cases(spec)
+    text, source = real_text_cases(spec, out_dir, calibration)
+    return CalibrationSet(grid + text, {"grid": {"kind": "random ids", "cases": len(grid)},
+                                        "text": {**source, "cases": len(text)}})

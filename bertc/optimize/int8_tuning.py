@@ -1,0 +1,337 @@
+"""Accuracy-aware int8: plain dynamic int8 first, then smoothing, then fp32 for the most sensitive MatMuls.
+
+Every candidate graph is measured by the same task criteria parity applies (``spec.parity.task``:
+per-row cosine and rank agreement of sentence embeddings, argmax agreement of logits) on the
+calibration inputs (:mod:`bertc.calibration`: parity's random-id grid plus real text through the
+bundled tokenizer), against the Keras reference. The tuning aims a little higher than the criteria
+(:data:`TARGET_MARGIN` of the way from each criterion to a perfect figure), so that an artifact that just
+passes on the calibration cases is not left at the edge:
+
+1. plain dynamic int8 (:func:`bertc.optimize.quantize.quantize_dynamic_int8`, ORT's ``quantize_dynamic``
+   arithmetic). When it meets the target, it is the artifact, byte for byte what bertc wrote before.
+2. smoothing (:mod:`bertc.optimize.smoothing`), each alpha of :data:`ALPHAS` tried; the best kept.
+3. the sensitivity pass (:mod:`bertc.optimize.sensitivity`) on the best of 1 and 2.
+
+The result says what was done (the artifact's ``quantization`` section): per MatMul int8 or fp32 and why,
+the smoothing applied, the figures of each step and on which inputs, and the latency against the fp32
+optimized graph (:func:`speed_against_fp32`).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+TARGET_MARGIN = 0.5
+ALPHAS = (0.5, 0.65, 0.8)   # tried after the per-activation choice (smoothing.choose_alphas)
+
+
+# --- graphs as (proto, weights) --------------------------------------------------------------------
+
+def _shell(proto):
+    """A copy of ``proto`` without its initializers (field by field: no weight is copied)."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.ir_version, out.producer_name, out.producer_version = proto.ir_version, proto.producer_name, \
+        proto.producer_version
+    out.doc_string = proto.doc_string
+    out.metadata_props.extend(proto.metadata_props)
+    out.opset_import.extend(proto.opset_import)
+    g = out.graph
+    g.name, g.doc_string = proto.graph.name, proto.graph.doc_string
+    for part in ("input", "output", "value_info", "node"):
+        getattr(g, part).extend(getattr(proto.graph, part))
+    return out
+
+
+def split_all(proto, weights: Optional[list]) -> tuple:
+    """(proto without initializers, every initializer as [(name, array)]): the form smoothing edits."""
+    from onnx import numpy_helper
+
+    arrays = [(t.name, numpy_helper.to_array(t)) for t in proto.graph.initializer]
+    return _shell(proto), arrays + [(n, np.asarray(a)) for n, a in (weights or [])]
+
+
+def serialized(proto, weights: Optional[list]) -> bytes:
+    """``proto`` with ``weights`` attached, as bytes for an in-memory ONNX Runtime session."""
+    from onnx import numpy_helper
+
+    whole = _shell(proto)
+    whole.graph.initializer.extend(proto.graph.initializer)
+    whole.graph.initializer.extend(numpy_helper.from_array(np.asarray(a), n) for n, a in (weights or []))
+    return whole.SerializeToString()
+
+
+def session_of(proto, weights: Optional[list]):
+    """An in-memory ONNX Runtime CPU session (every graph optimization on) of ``proto`` + ``weights``."""
+    from bertc.optimize.runtime import ort_session
+
+    return ort_session(serialized(proto, weights))
+
+
+def with_outputs(proto, names: list[str]):
+    """A shell of ``proto`` whose graph also outputs the tensors ``names`` (for calibration statistics)."""
+    from onnx import TensorProto, helper
+
+    out = _shell(proto)
+    out.graph.initializer.extend(proto.graph.initializer)
+    have = {o.name for o in out.graph.output}
+    out.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    return out
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+
+@dataclass
+class Measurement:
+    """The task figures of one candidate graph on the calibration inputs."""
+
+    results: list                     # [bertc.parity.OutputParity]
+    target: dict                      # criterion -> the tuning target
+    score: float = 0.0                # the worst normalized shortfall (<= 0: every target met)
+    label: str = ""
+
+    @property
+    def passes(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def meets_target(self) -> bool:
+        return self.passes and self.score <= 0
+
+    def figures(self) -> dict:
+        out = {}
+        for r in self.results:
+            f = {}
+            if r.min_cosine is not None:
+                f.update(min_cosine=round(r.min_cosine, 6), min_cosine_case=r.min_cosine_case)
+            if r.rank_agreement is not None:
+                f.update(rank_agreement=round(r.rank_agreement, 6), rank_agreement_case=r.rank_agreement_case)
+            if r.argmax_agreement is not None:
+                f.update(argmax_agreement=round(r.argmax_agreement, 6))
+            f["max_abs"] = round(r.max_abs, 6)
+            if r.problems:
+                f["problems"] = list(r.problems)
+            out[r.output] = f
+        return out
+
+    def worst(self) -> str:
+        """The worst figure in words, e.g. ``sentence_embedding: min cosine 0.9760 (batch 3 x seq 129, row 2)``."""
+        parts = []
+        for r in self.results:
+            if r.min_cosine is not None:
+                parts.append(f"{r.output}: min cosine {r.min_cosine:.4f} ({r.min_cosine_case})")
+            if r.rank_agreement is not None:
+                parts.append(f"{r.output}: rank agreement {r.rank_agreement:.4f} ({r.rank_agreement_case})")
+            if r.argmax_agreement is not None:
+                parts.append(f"{r.output}: argmax agreement {r.argmax_agreement:.2%}")
+        return "; ".join(parts)
+
+
+class Judge:
+    """Measures candidate int8 graphs against the Keras reference on ``cases`` (computed once)."""
+
+    def __init__(self, spec, sig, model, cases: list, margin: float = TARGET_MARGIN):
+        from bertc.backends import keras_runner
+
+        self.spec, self.sig, self.cases = spec, sig, cases
+        reference = keras_runner(model)
+        self._refs = {id(c.inputs): reference(c.inputs) for c in cases}
+        task = spec.parity.task
+        self.target = {k: v + margin * (1.0 - v) for k, v in (("cosine", task.min_cosine),
+                                                              ("rank_agreement", task.min_rank_agreement),
+                                                              ("argmax_agreement", task.min_argmax_agreement))}
+        self.criteria = {"cosine": task.min_cosine, "rank_agreement": task.min_rank_agreement,
+                         "argmax_agreement": task.min_argmax_agreement}
+        self.measured = 0
+
+    def measure(self, proto, weights: Optional[list], label: str = "") -> Measurement:
+        from bertc.backends import CPU, Backend, onnx_feeds
+        from bertc.parity import compare
+
+        session = session_of(proto, weights)
+        names = [o.name for o in session.get_outputs()]
+
+        def run(inputs):
+            return dict(zip(names, session.run(names, onnx_feeds(session, inputs))))
+
+        backend = Backend("onnx_int8_cpu", "onnx_int8", Path("(tuning)"), "onnx", "int8", CPU)
+        results = compare(self.spec, self.sig, lambda inputs: self._refs[id(inputs)], [backend],
+                          {backend.name: run}, self.cases)
+        self.measured += 1
+        return Measurement(results, self.target, self._score(results), label)
+
+    def _score(self, results) -> float:
+        worst = -1.0
+        for r in results:
+            for key, figure, need in (("cosine", r.min_cosine, r.required_cosine),
+                                      ("rank_agreement", r.rank_agreement, r.required_rank_agreement),
+                                      ("argmax_agreement", r.argmax_agreement, r.required_argmax_agreement)):
+                if figure is None or need is None:
+                    continue
+                room = max(1.0 - need, 1e-6)
+                worst = max(worst, (self.target[key] - figure) / room)
+            if r.problems and worst <= 0:   # e.g. non-finite values: never good enough
+                worst = max(worst, 1.0)
+        return worst
+
+
+# --- the tuning ----------------------------------------------------------------------------------------
+
+@dataclass
+class Tuned:
+    """What :func:`tune_int8` chose: the int8 graph (``result``: an :class:`~bertc.optimize.quantize.Int8Result`)
+    and the report's ``quantization`` section (``section``); ``passed``: the criteria hold."""
+
+    result: object
+    section: dict
+    passed: bool
+    measurement: Measurement
+    smoothed: Optional[tuple] = None     # (proto, weights) of the smoothed fp32 graph, when smoothing was kept
+    steps: list = field(default_factory=list)
+
+
+def _step(name: str, m: Measurement, **extra) -> dict:
+    return {"step": name, "meets_target": m.meets_target, "passes_criteria": m.passes, "score": round(m.score, 4),
+            "figures": m.figures(), **extra}
+
+
+def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
+    """The int8 graph of the fp32 optimized graph ``proto`` (+ ``weights`` beside it), tuned until the
+    criteria hold (see the module docstring)."""
+    from bertc.optimize.quantize import quantizable_nodes, quantize_dynamic_int8
+    from bertc.optimize.sensitivity import select_fp32
+    from bertc.optimize.smoothing import (choose_alphas, collect_samples, find_feedforwards, find_sites, smooth,
+                                          split_outliers)
+
+    log = log or (lambda text: None)
+    t0 = time.perf_counter()
+    plain = quantize_dynamic_int8(proto, weights)
+    m_plain = judge.measure(plain.proto, plain.weights, "plain")
+    steps = [_step("plain dynamic int8", m_plain)]
+    log(f"plain int8: {m_plain.worst()}")
+    candidates = quantizable_nodes(proto, weights)
+    if m_plain.meets_target:
+        return Tuned(plain, _section(judge, steps, candidates, [], None, [], m_plain, t0), True, m_plain)
+    # 2. smoothing, and the feedforwards' outlier channels on an fp32 side path
+    base_proto, base_weights = split_all(proto, weights)
+    sites, feedforwards = find_sites(base_proto, base_weights), find_feedforwards(base_proto, base_weights)
+    best = ("plain", base_proto, base_weights, m_plain, {}, None, [])
+    if sites or feedforwards:
+        tensors = [s.tensor for s in sites] + [f.tensor for f in feedforwards]
+        fp32 = session_of(with_outputs(base_proto, tensors), base_weights)
+        from bertc.backends import onnx_feeds
+
+        def run_with_outputs(names, inputs):
+            return fp32.run(names, onnx_feeds(fp32, inputs))
+
+        samples = collect_samples(run_with_outputs, tensors, [c.inputs for c in judge.cases])
+        del fp32
+        absmax = {n: np.max([np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in zip(v.lows, v.highs)], axis=0)
+                  for n, v in samples.items()}
+        per_site = choose_alphas(sites, base_weights, samples, absmax)
+        for alpha in (per_site, *ALPHAS):
+            s_proto, s_weights, applied = smooth(base_proto, base_weights, sites, absmax, alpha)
+            s_proto, s_weights, split, side = split_outliers(s_proto, s_weights, feedforwards, absmax)
+            q = quantize_dynamic_int8(s_proto, s_weights, side)
+            label = "per activation (least int8 product error)" if isinstance(alpha, dict) else alpha
+            m = judge.measure(q.proto, q.weights, f"smoothing alpha {label}")
+            steps.append(_step(f"smoothing, alpha {label}; outlier channels apart in {len(split)} feedforward(s)", m,
+                               sites=len(applied)))
+            log(f"smoothing alpha {label}, {len(split)} outlier split(s): {m.worst()}")
+            if m.score < best[3].score:
+                best = (f"smoothing alpha {label}", s_proto, s_weights, m,
+                        {"sites": applied, "outlier_channels": split, "side": side}, label, side)
+            if m.meets_target:
+                break
+    name, b_proto, b_weights, m_best, applied, alpha, side = best
+    keep: list = []
+    ranking: list = []
+    if not m_best.meets_target:
+        # 3. the sensitivity pass on the best graph so far
+        def measure(keep_fp32):
+            q = quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side)
+            return judge.measure(q.proto, q.weights, f"fp32: {', '.join(keep_fp32)}")
+
+        selection = select_fp32([n for n in quantizable_nodes(b_proto, b_weights) if n not in side], measure, m_best)
+        ranking = selection.ranking
+        for kept, m in selection.steps:
+            steps.append(_step("sensitivity", m, keep_fp32=list(kept)))
+            log(f"fp32 {kept}: {m.worst()}")
+        keep, m_best = selection.best
+    final = quantize_dynamic_int8(b_proto, b_weights, keep + side) if (keep or applied) else plain
+    section = _section(judge, steps, candidates, keep, alpha, applied, m_best, t0, ranking)
+    return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps)
+
+
+def _section(judge: Judge, steps: list, candidates: list, keep: list, alpha, applied: list, m: Measurement,
+             t0: float, ranking: Optional[list] = None) -> dict:
+    sensitivity = {s.node: s for s in ranking or []}
+    order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
+    plain_ok = len(steps) == 1
+    nodes = []
+    for name in candidates:
+        entry = {"node": name, "precision": "fp32" if name in keep else "int8"}
+        s = sensitivity.get(name)
+        if name in keep:
+            entry["why"] = (f"kept fp32 by the sensitivity pass: most sensitive #{order[name]} of {len(candidates)}; "
+                            f"alone in fp32 its score is {s.score:.3f} (all-int8 {s.score + s.gain:.3f}; <= 0 meets "
+                            f"the target)")
+        elif plain_ok:
+            entry["why"] = "int8: plain dynamic int8 meets the target"
+        elif s is not None:
+            entry["why"] = f"int8: less sensitive (#{order[name]} of {len(candidates)}, gain {s.gain:.3f} alone in fp32)"
+        else:
+            entry["why"] = "int8: the smoothed graph meets the target"
+        if s is not None:
+            entry["sensitivity_score"] = round(s.score, 4)
+        nodes.append(entry)
+    for name in (applied or {}).get("side", []):
+        nodes.append({"node": name, "precision": "fp32",
+                      "why": "fp32 side path of its feedforward's outlier channels (smoothing.outlier_channels)"})
+    return {
+        "tuning": "plain" if plain_ok else ("smoothing" if applied and not keep else
+                                            "smoothing + sensitivity" if applied else "sensitivity"),
+        "criteria": judge.criteria, "target": {k: round(v, 6) for k, v in judge.target.items()},
+        "target_margin": TARGET_MARGIN,
+        "inputs": [c.label for c in judge.cases],
+        "figures": m.figures(), "meets_target": m.meets_target, "passes_criteria": m.passes,
+        "smoothing": {"applied": bool(applied), "alpha": alpha, "sites": (applied or {}).get("sites", []),
+                      "outlier_channels": (applied or {}).get("outlier_channels", [])},
+        "matmuls": nodes, "kept_fp32_by_sensitivity": list(keep),
+        "steps": steps, "graphs_measured": judge.measured, "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def speed_against_fp32(fp32_path: Path, int8_path: Path, spec, batch: int = 1, seq: int = 128, threads: int = 2,
+                       rounds: int = 5, calls: int = 5) -> dict:
+    """Latency of the int8 artifact against the fp32 optimized one (ONNX Runtime CPU, ``threads`` threads,
+    spinning off, interleaved rounds; the ratio is the median of per-round ratios)."""
+    from bertc.bench import Target, round_ratio, time_targets
+    from bertc.backends import CPU, Backend, onnx_feeds, ort_session
+    from bertc.inputs import make_inputs
+
+    seq = min(seq, spec.encoder.max_sequence_length)
+
+    def target(name, path):
+        def prepare(inputs):
+            session = ort_session(Backend(name, name, path, "onnx", "fp32", CPU), threads, spinning=False)
+            feeds = onnx_feeds(session, inputs)
+            return lambda: session.run(None, feeds)
+        return Target(name, prepare)
+
+    def inputs_for(b, s):
+        return make_inputs(spec, b, s, np.random.default_rng([spec.seed, b, s, 7]))
+
+    rows = time_targets([target("fp32", fp32_path), target("int8", int8_path)], [(batch, seq)], inputs_for,
+                        rounds=rounds, warmup=2, calls=calls, baseline="fp32")
+    by = {r["target"]: r for r in rows}
+    return {"batch": batch, "sequence_length": seq, "threads": threads, "rounds": rounds, "calls": calls,
+            "fp32_p50_ms": by["fp32"].get("p50_ms"), "int8_p50_ms": by["int8"].get("p50_ms"),
+            "ratio": round_ratio(rows, "int8", "fp32", batch, seq),
+            "method": "ORT CPU, spinning off, interleaved rounds; ratio = median per-round p50 ratio (int8 / fp32)"}
