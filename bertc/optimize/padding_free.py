@@ -7,7 +7,8 @@ sequence, packed by the mask inside the graph:
 
 - ``keep`` = ``input_mask != 0``, plus the rows some later part of the graph reads by position even when they are
   padding (the first token, read by the pooler and [CLS] heads; the rows a GatherND names, the pretrainer's masked
-  positions), so that those outputs stay exactly what today's artifact computes for any 0/1 mask;
+  positions; and every position of a row without any real token, whose attention then reads all its masked
+  keys alike), so that those outputs stay exactly what today's artifact computes for any 0/1 mask;
   ``NonZero`` of the flattened ``keep`` is the (1, T) index of the kept tokens, ``Mod`` by S their original
   positions (EmbedLayerNormalization's position ids, RotaryEmbedding's).
 - *row-wise* operators (embedding lookups and EmbedLayerNormalization, MatMul by a weight, bias adds, activations
@@ -386,6 +387,11 @@ class _Rewriter:
         first, named = self.row_readers()
         if first or named:
             keep_i = self.one("Cast", [keep], "keep_int", to=7)
+            # a row without any real token attends to all of its (masked) keys alike, so what is read of it depends
+            # on every position: such a row is kept whole
+            empty = self.one("Equal", [self.one("ReduceSum", [keep_i, self.const([1], np.int64, "axis1")], "real_count",
+                                                keepdims=1), self.const(0, np.int64, "none")], "empty_row")
+            keep_i = self.one("Max", [keep_i, self.one("Cast", [empty], "empty_int", to=7)], "keep_empty_rows")
             if first:
                 shape = self.one("Shape", [mask], "batch", start=0, end=1)
                 ones = self.one("Expand", [self.const([[1]], np.int64, "one"),
@@ -402,6 +408,7 @@ class _Rewriter:
                                 "ones")
                 keep_i = self.one("ScatterElements", [keep_i, rows, ones], "keep_named", axis=1)
                 self.report.kept_rows.append(self._input_behind(idx))
+            self.report.kept_rows.append("rows without a real token")
             keep = self.one("Cast", [keep_i], "keep_bool", to=9)
         self.keep = keep
         self.forced = bool(first or named)
