@@ -413,15 +413,18 @@ class _Rewriter:
         self.keep = keep
         self.forced = bool(first or named)
         flat = self.one("Reshape", [keep, self.const([-1], np.int64, "flat")], "keep_flat")
-        self.index = self.one("NonZero", [flat], "kept")                      # (1, T) int64
+        kept = self.one("NonZero", [flat], "kept")                            # (1, T) int64
+        # one more row, a copy of token (0, 0): the row every position not kept reads when unpacked (any finite
+        # values do: attention gives those keys weight 0, outputs are zeroed there); T + 1 >= 1 rows, always
+        self.index = self.one("Concat", [kept, self.const([[0]], np.int64, "spare")], "packed_index", axis=1)
         length = self.one("Shape", [mask], "sequence_length", start=1, end=2)
         self.positions = self.one("Mod", [self.index, length], "positions")  # (1, T): original positions
         self.positions32 = self.one("Cast", [self.positions], "positions_int32", to=6)
         rank = self.one("Sub", [self.one("CumSum", [self.one("Cast", [flat], "flat_int", to=7),
                                                      self.const(0, np.int64, "axis0")], "cumsum"),
                                 self.const(1, np.int64, "one_")], "rank")
-        total = self.one("Shape", [self.index], "total", start=1, end=2)
-        inverse = self.one("Where", [flat, rank, total], "inverse_flat")     # kept: its packed row; else T (zeros)
+        total = self.one("Shape", [kept], "total", start=1, end=2)
+        inverse = self.one("Where", [flat, rank, total], "inverse_flat")     # kept: its packed row; else T (spare)
         self.inverse = self.one("Reshape", [inverse, self.one("Shape", [mask], "mask_shape")], "inverse")
 
     def _input_behind(self, name: str) -> str:
@@ -447,17 +450,12 @@ class _Rewriter:
         return self.packed[name]
 
     def unpack(self, name: str) -> str:
-        """The padded (B, S, ...) form of the heavy value ``name`` computed packed: zeros at the rows not kept."""
+        """The padded (B, S, ...) form of the heavy value ``name`` computed packed: one Gather of its rows by the
+        inverse index; the positions not kept hold the spare row's (finite) values."""
         if name in self.padded:
             return self.padded[name]
-        packed = self.packed[name]
-        rows = self.one("Squeeze", [packed, self.const([0], np.int64, "axis0_")], "rows")
-        zero_row = self.one("Expand", [self.const(0.0, np.float32, "zero"),
-                                       self.one("Concat", [self.const([1], np.int64, "one_row"),
-                                                           self.one("Shape", [packed], "width", start=2)],
-                                                "zero_row_shape", axis=0)], "zero_row")
-        table = self.one("Concat", [rows, zero_row], "rows_and_zero", axis=0)
-        self.nodes.append(self.h.make_node("Gather", [table, self.inverse], [name], name=self.name("unpack"), axis=0))
+        rows = self.one("Squeeze", [self.packed[name], self.const([0], np.int64, "axis0_")], "rows")
+        self.nodes.append(self.h.make_node("Gather", [rows, self.inverse], [name], name=self.name("unpack"), axis=0))
         self.padded[name] = name
         return name
 
@@ -574,11 +572,13 @@ class _Rewriter:
                 or any(o and g.readers.get(o) for o in node.output[1:])):
             return False
         qkv = self.one("MatMul", [self.packed_input(ins[0]), ins[1]], "qkv")
-        packed_name = node.output[0] + "/qkv"
-        self.packed[packed_name] = qkv
-        g.dims[packed_name] = Dims(("B", "S", None))
-        padded = self.unpack(packed_name)
-        q, k, v = self.node("Split", [padded], "qkv_split", n_out=3, axis=2)
+        split = self.node("Split", [qkv], "qkv_split", n_out=3, axis=2)       # on the packed rows
+        q, k, v = [], [], []
+        for part, packed in zip(("q", "k", "v"), split):
+            name = f"{node.output[0]}/{part}"
+            self.packed[name] = packed
+            (q if part == "q" else k if part == "k" else v).append(self.unpack(name))
+        q, k, v = q[0], k[0], v[0]
         new = self.h.make_node("MultiHeadAttention", [q, k, v, ins[2], ins[3]] + ([ins[5]] if ins[5] else []),
                                [node.output[0]], name=node.name + "/mha", domain=MS)
         new.attribute.extend(node.attribute)
@@ -618,10 +618,9 @@ class _Rewriter:
         for out in g.outputs:
             if out not in self.heavy:
                 continue
-            produced_padded = out not in self.packed
-            if not produced_padded:
+            if out in self.packed:
                 self.unpack(out)
-            if self.tok(out) and (self.forced or produced_padded):
+            if self.tok(out):
                 raw = out + "/unmasked"
                 for n in self.nodes:
                     for i, name in enumerate(n.output):
