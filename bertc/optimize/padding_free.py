@@ -272,6 +272,7 @@ class PackReport:
     padded: dict = field(default_factory=dict)
     attention_rewritten: int = 0
     kept_rows: list = field(default_factory=list)   # rows kept even when padding ("first token", input names)
+    fast_path: bool = True   # an If runs today's graph when no position is padding (with_fast_path)
 
     def count(self, where: dict, op: str) -> None:
         where[op] = where.get(op, 0) + 1
@@ -279,6 +280,7 @@ class PackReport:
     def to_json(self) -> dict:
         return {"packed_ops": dict(sorted(self.packed.items())), "padded_ops": dict(sorted(self.padded.items())),
                 "attention_rewritten": self.attention_rewritten, "kept_rows": self.kept_rows,
+                "no_padding": "today's optimized graph (an If)" if self.fast_path else "the packed graph",
                 "padded_positions": PADDED_POSITIONS}
 
 
@@ -643,7 +645,6 @@ class _Rewriter:
         model.ir_version = g.proto.ir_version
         model.producer_name, model.producer_version = g.proto.producer_name, g.proto.producer_version
         model.metadata_props.extend(g.proto.metadata_props)
-        helper.set_model_props(model, {"bertc.padded_positions": PADDED_POSITIONS})
         return model
 
     def mask_input_bool(self) -> str:
@@ -652,14 +653,71 @@ class _Rewriter:
         return self._mask_bool
 
 
-def padding_free(proto, weights: Optional[list] = None):
+def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True):
     """(the padding-free ModelProto, :class:`PackReport`) of the lowered graph ``proto`` (its large weights
     beside it in ``weights``, ``lower_model(split_weights=True)``: the new proto reads the same names, so the
-    same ``weights`` go with it). ``proto`` is not modified. Raises :class:`~bertc.errors.NotLowerable` for a
-    graph it cannot pack (no embedding lookup, rows read other than the first token or named by an input)."""
+    same ``weights`` go with it). ``proto`` is not modified. ``fast_path``: the result is :func:`with_fast_path`
+    of ``proto`` and the packed graph (a batch without padding runs ``proto`` itself); else the packed graph
+    alone. Raises :class:`~bertc.errors.NotLowerable` for a graph it cannot pack (no embedding lookup, rows read
+    other than the first token or named by an input)."""
     rewriter = _Rewriter(proto, weights)
     model = rewriter.run()
-    return model, rewriter.report
+    rewriter.report.fast_path = fast_path
+    return (with_fast_path(proto, model) if fast_path else model), rewriter.report
+
+
+def with_fast_path(padded, packed):
+    """One model of two graphs with the same inputs and outputs: an ``If`` on "every position of input_mask is
+    real" runs ``padded`` (today's optimized graph: nothing to pack, so nothing to gain and the packing's own
+    copies to lose), else ``packed``. The weights are the outer graph's initializers (or inputs), read by both
+    branches; each branch's values are renamed under its own prefix (no name of a branch shadows an outer one).
+    ``padded`` and ``packed`` are not modified."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def branch(model, prefix):
+        produced = {o for n in model.graph.node for o in n.output if o}
+        nodes = []
+        for n in model.graph.node:
+            m = onnx.NodeProto()
+            m.CopyFrom(n)
+            m.input[:] = [prefix + i if i in produced else i for i in n.input]
+            m.output[:] = [prefix + o if o else o for o in n.output]
+            m.name = prefix + n.name
+            nodes.append(m)
+        outputs = []
+        for o in model.graph.output:
+            v = onnx.ValueInfoProto()
+            v.CopyFrom(o)
+            v.name = prefix + o.name
+            outputs.append(v)
+        return helper.make_graph(nodes, prefix.strip("/"), [], outputs)
+
+    inits: dict = {}
+    for t in list(padded.graph.initializer) + list(packed.graph.initializer):
+        inits.setdefault(t.name, t)
+    mask = next(i for i in packed.graph.input if i.name == "input_mask").name
+    nodes = [helper.make_node("Cast", [mask], ["padding_free/mask_bool"], name="padding_free/mask_bool", to=9),
+             helper.make_node("Cast", ["padding_free/mask_bool"], ["padding_free/mask_real"], name="padding_free/real",
+                              to=6),
+             helper.make_node("ReduceMin", ["padding_free/mask_real"], ["padding_free/min_real"], keepdims=0,
+                              name="padding_free/min_real"),
+             helper.make_node("Equal", ["padding_free/min_real", "padding_free/one"], ["padding_free/no_padding"],
+                              name="padding_free/no_padding"),
+             helper.make_node("If", ["padding_free/no_padding"], [o.name for o in packed.graph.output],
+                              name="padding_free/if_no_padding", then_branch=branch(padded, "padded/"),
+                              else_branch=branch(packed, "packed/"))]
+    graph = helper.make_graph(nodes, packed.graph.name, list(packed.graph.input), list(packed.graph.output),
+                              list(inits.values()) + [helper.make_tensor("padding_free/one", TensorProto.INT32, [], [1])])
+    opsets: dict = {}
+    for o in list(padded.opset_import) + list(packed.opset_import):
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = packed.ir_version
+    model.producer_name, model.producer_version = packed.producer_name, packed.producer_version
+    model.metadata_props.extend(packed.metadata_props)
+    model.metadata_props.append(onnx.StringStringEntryProto(key="bertc.padded_positions", value=PADDED_POSITIONS))
+    return model
 
 
 # --- the artifacts ----------------------------------------------------------------------------------
@@ -682,46 +740,73 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
                      check_inputs: dict) -> tuple[dict, dict]:
     """The padding-free artifacts asked for in ``variants`` (:data:`PACKED_VARIANTS`) of the optimized graph
     ``proto`` (its weights beside it): ``(artifacts, section)``, the report entries and the fusion report's
-    ``padding_free`` section (what was packed, or why nothing was: then no artifact)."""
+    ``padding_free`` section (what was packed, or why nothing was: then no artifact). Each is
+    :func:`with_fast_path` of today's graph and the packed one after the same conversion (int8: both quantized;
+    fp16: both converted), so that a batch without padding runs exactly today's artifact."""
     import time
     from pathlib import Path
 
     from bertc.errors import ExportError
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
-    from bertc.optimize.onnx_artifacts import _artifact, _attach, quantize_int8
+    from bertc.optimize.onnx_artifacts import INT8_OPTIONS, _artifact, _attach
+    from bertc.optimize.quantize import quantize_dynamic_int8
     from bertc.optimize.runtime import ort_session
 
     out = Path(out)
     wanted = [v for v in PACKED_VARIANTS if v in variants]
     t0 = time.perf_counter()
     try:
-        packed, report = padding_free(proto, weights)
+        packed, report = padding_free(proto, weights, fast_path=False)
     except NotLowerable as exc:
         return {}, {"skipped": f"no padding-free artifact: {exc}", "variants": wanted}
-    check_graph(packed, declared_weights(weights or []), "the padding-free ONNX graph fails onnx.checker")
     section = {**report.to_json(), "variants": wanted}
     extra = {"padded_positions": PADDED_POSITIONS}
     artifacts = {}
-    if "onnx_packed" in wanted:
-        path = out / PACKED_FILES["onnx_packed"]
-        nbytes, external = write_onnx(packed, weights or [], path)
+
+    def write(model, arrays, variant, precision, providers, **more):
+        path = out / PACKED_FILES[variant]
+        check_graph(model, declared_weights(arrays), f"the padding-free ONNX graph ({variant}) fails onnx.checker")
+        nbytes, external = write_onnx(model, arrays, path)
         try:
             session = ort_session(path)
         except Exception as exc:
+            path.unlink(missing_ok=True)
             raise ExportError(f"{path.name} does not load in ONNX Runtime (CPU, ORT_ENABLE_ALL): {exc}") from exc
-        section["self_check_max_abs"] = max_abs_vs_keras(session, built, check_inputs)
+        sample = max_abs_vs_keras(session, built, check_inputs)
         del session
-        artifacts["onnx_packed"] = _artifact(
-            path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], len(packed.graph.node),
-            opset, external_data=external, **extra, seconds=round(time.perf_counter() - t0, 3))
+        artifacts[variant] = _artifact(path, nbytes, precision, input_dtype, providers, _node_count(model), opset,
+                                       external_data=external, **extra, **more,
+                                       seconds=round(time.perf_counter() - t0, 3))
+        return sample
+
+    if "onnx_packed" in wanted:
+        section["self_check_max_abs"] = write(with_fast_path(proto, packed), weights or [], "onnx_packed", "fp32",
+                                              ["CPUExecutionProvider", "CUDAExecutionProvider"])
     if "onnx_packed_int8" in wanted:
-        entry = quantize_int8(packed, weights, out / PACKED_FILES["onnx_packed_int8"], input_dtype, opset)
-        artifacts["onnx_packed_int8"] = {**entry, **extra}
+        try:
+            today, ours = quantize_dynamic_int8(proto, weights), quantize_dynamic_int8(packed, weights)
+        except Exception as exc:
+            raise ExportError(f"int8 quantization of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
+        arrays = dict((today.weights or []) + (ours.weights or []))   # the same names hold the same arrays
+        sample = write(with_fast_path(today.proto, ours.proto), list(arrays.items()), "onnx_packed_int8", "int8",
+                       ["CPUExecutionProvider"],
+                       quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
+                                     "operators": ["DynamicQuantizeMatMul", "QAttention (no padding)"],
+                                     "quantized": len(ours.quantized), "kept_fp32": ours.kept_fp32})
+        artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
     if "onnx_packed_fp16" in wanted:
-        artifacts["onnx_packed_fp16"] = {**_fp16(_attach(_copy(packed), list(weights or [])),
-                                                 out / PACKED_FILES["onnx_packed_fp16"], input_dtype, opset, built,
-                                                 check_inputs, _artifact), **extra}
+        artifacts["onnx_packed_fp16"] = {**_fp16(proto, packed, list(weights or []), out / PACKED_FILES["onnx_packed_fp16"],
+                                                 input_dtype, opset, built, check_inputs, _artifact, _attach), **extra}
     return artifacts, section
+
+
+def _node_count(model) -> int:
+    """Nodes of the graph and of its If branches."""
+    return sum(1 + sum(_node_count_graph(a.g) for a in n.attribute if a.type == a.GRAPH) for n in model.graph.node)
+
+
+def _node_count_graph(graph) -> int:
+    return sum(1 + sum(_node_count_graph(a.g) for a in n.attribute if a.type == a.GRAPH) for n in graph.node)
 
 
 def _copy(proto):
@@ -732,9 +817,11 @@ def _copy(proto):
     return copy
 
 
-def _fp16(proto, dst, input_dtype: str, opset: int, built, check_inputs: dict, artifact) -> dict:
-    """The fp16 conversion of the padding-free graph (as ``onnx_fp16`` of the optimized one: inputs and outputs
-    kept, every op in fp16 for the CUDA provider), with whether ORT's CPU provider runs it and how close it is."""
+def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built, check_inputs: dict, artifact,
+          attach) -> dict:
+    """The fp16 conversion (as ``onnx_fp16`` of the optimized graph: inputs and outputs kept, every op in fp16
+    for the CUDA provider) of both graphs, combined by :func:`with_fast_path`; whether ORT's CPU provider runs
+    it and how close it is."""
     import os
     import time
 
@@ -747,9 +834,12 @@ def _fp16(proto, dst, input_dtype: str, opset: int, built, check_inputs: dict, a
 
     t0 = time.perf_counter()
     try:
-        half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
+        halves = [convert_float_to_float16(attach(_copy(m), list(weights)), keep_io_types=True,
+                                           op_block_list=FP16_KEEP_FP32_OPS) for m in (today, packed)]
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
+    half = with_fast_path(*halves)
+    del halves
     tmp = str(dst) + ".partial"
     onnx.save_model(half, tmp)
     os.replace(tmp, dst)
@@ -762,5 +852,5 @@ def _fp16(proto, dst, input_dtype: str, opset: int, built, check_inputs: dict, a
         if "NOT_IMPLEMENTED" not in message and "Could not find an implementation" not in message:
             raise ExportError(f"{dst.name} is not a valid ONNX Runtime graph: {message}") from exc
         cpu, providers = {"runs": False, "why": message.split("\n")[0]}, ["CUDAExecutionProvider"]
-    return artifact(dst, dst.stat().st_size, "fp16", input_dtype, providers, len(half.graph.node), opset,
+    return artifact(dst, dst.stat().st_size, "fp16", input_dtype, providers, _node_count(half), opset,
                     keep_fp32_ops=FP16_KEEP_FP32_OPS, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
