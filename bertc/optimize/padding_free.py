@@ -2,42 +2,48 @@
 
 A batch of sentences of different lengths is padded to one (B, S) layout; today's optimized artifact computes
 every position, real or not. This pass rewrites the lowered graph (:func:`bertc.optimize.lower.lower_model`, the
-weights beside it) so that everything that acts token by token runs on the *kept* tokens packed into one (1, T, ...)
-sequence, packed by the mask inside the graph:
+weights beside it) so that everything that acts token by token runs on the *kept* tokens packed into one (1, T + 1,
+...) sequence, packed by the mask inside the graph:
 
 - ``keep`` = ``input_mask != 0``, plus the rows some later part of the graph reads by position even when they are
   padding (the first token, read by the pooler and [CLS] heads; the rows a GatherND names, the pretrainer's masked
   positions; and every position of a row without any real token, whose attention then reads all its masked
   keys alike), so that those outputs stay exactly what today's artifact computes for any 0/1 mask;
-  ``NonZero`` of the flattened ``keep`` is the (1, T) index of the kept tokens, ``Mod`` by S their original
-  positions (EmbedLayerNormalization's position ids, RotaryEmbedding's).
+  ``NonZero`` of the flattened ``keep`` is the (1, T) index of the kept tokens (plus one spare row, a copy of token
+  (0, 0)), ``Mod`` by S their original positions (EmbedLayerNormalization's position ids, RotaryEmbedding's).
 - *row-wise* operators (embedding lookups and EmbedLayerNormalization, MatMul by a weight, bias adds, activations
   and the fused BiasGelu / FastGelu, LayerNormalization / SkipLayerNormalization, RotaryEmbedding with its packed
   positions, Reshape / Transpose / Slice / Gather / Concat / Split / Softmax that leave the batch and sequence
-  axes alone) run on the packed (1, T, ...) tensors: what one token computes depends on that token alone;
+  axes alone) run on the packed rows: what one token computes depends on that token alone;
 - attention runs per sequence on the padded (B, S) layout: the fused ``Attention`` becomes its packed QKV MatMul,
-  an unpack (one Gather of the packed rows and a zero row by an inverse index) and com.microsoft
+  a Split on the packed rows, an unpack of q, k and v (one Gather each by an inverse index) and com.microsoft
   ``MultiHeadAttention`` with the raw 0/1 key padding mask; every other operator that mixes tokens
-  (MultiHeadAttention, talking heads' Einsum chain, pooling, first-token Slices) reads the unpacked tensors;
+  (MultiHeadAttention, talking heads' Einsum chain, pooling, first-token Slices) reads unpacked tensors;
   whatever follows per token is packed again (one Gather).
+- an ``If`` on "no position is padding" runs today's graph itself (:func:`with_fast_path`): with nothing to
+  remove, the packing's copies and MultiHeadAttention's transposes would only cost (~3% at batch 1 x 128, 2
+  threads, measured).
 
 A packed attention layout (PackedMultiHeadAttention) is CUDA-only in ONNX Runtime and would make a padded first
 token a key as well as a query (inexact whenever the first token is padding); attention on the padded layout is
-exact on every provider and costs little beside the projections (S / 6H of them at BERT-base).
+exact on every provider and costs little beside the projections (S / 6H of them at BERT-base). On CUDA the same
+graph runs with ORT's CUDA kernels (NonZero, Gather, MultiHeadAttention, If): untested here (no GPU).
 
-Values the rewritten graph needs in the padded layout hold zeros at the tokens it did not keep. That is exact for
-everything bertc lowers: attention masks padded keys (their probabilities underflow to exactly 0, as in Keras),
-pooling multiplies by the mask, and the heads read kept rows. The outputs keep their names and shapes; **outputs
-that follow the sequence axis hold 0.0 at padded positions** (today's artifact computes values there that depend on
-every padded token's computation, which is the work this artifact exists to avoid), and the real tokens' values as
-today. Parity compares them so (:mod:`bertc.parity`: the reference is zeroed at padded positions for a backend
-whose artifact says ``padded_positions: "zeros"``). Outputs that do not follow the sequence axis (pooled output,
-classifier logits, masked-LM logits, sentence embeddings) are today's values for any mask.
+Unpacked, the positions not kept hold the spare row's values (finite, computed like any token). That is exact for
+everything bertc lowers: attention gives masked keys probability exactly 0 (exp underflows, as in Keras) and
+padded queries are never read, pooling multiplies by the mask (which is why an elementwise op with a per-token
+operand computed from the mask alone, as max pooling's fill, runs on the padded layout), and the heads read kept
+rows. The outputs keep their names and shapes; **outputs that follow the sequence axis hold 0.0 at padded
+positions** (one Where on the mask): today's artifact computes values there that depend on every padded token's
+computation, which is the work this artifact exists to avoid. The real tokens hold today's values. Parity
+compares them so (:mod:`bertc.parity`: the reference is set to 0 at padded positions for a backend whose artifact
+says ``padded_positions: "zeros"``). Outputs that do not follow the sequence axis (pooled output, classifier
+logits, masked-LM logits, sentence embeddings) are today's values for any mask.
 
 Light values (those computed from the inputs without the hidden states: attention bias, position ids, rotary
 caches, relative position biases) keep their padded computation unchanged; only the hidden states are packed.
-The rewrite runs before quantization and fp16 conversion, so the int8 and fp16 variants of the packed graph are
-those conversions of it (MatMuls become DynamicQuantizeMatMul; MultiHeadAttention stays fp32 in int8).
+The int8 and fp16 variants are :func:`with_fast_path` of today's graph and the packed one, each after the same
+conversion (MatMuls become DynamicQuantizeMatMul; MultiHeadAttention stays fp32 in int8).
 """
 from __future__ import annotations
 
@@ -413,7 +419,6 @@ class _Rewriter:
             self.report.kept_rows.append("rows without a real token")
             keep = self.one("Cast", [keep_i], "keep_bool", to=9)
         self.keep = keep
-        self.forced = bool(first or named)
         flat = self.one("Reshape", [keep, self.const([-1], np.int64, "flat")], "keep_flat")
         kept = self.one("NonZero", [flat], "kept")                            # (1, T) int64
         # one more row, a copy of token (0, 0): the row every position not kept reads when unpacked (any finite
