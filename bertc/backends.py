@@ -35,6 +35,9 @@ class Backend:
     format: str  # keras | onnx | tflite
     precision: str  # fp32 | int8 | fp16
     provider: Optional[str] = None  # ONNX Runtime execution provider (ONNX backends only)
+    # what outputs along the sequence axis hold at padded positions: None (computed, as Keras), "zeros"
+    # (the padding-free artifacts, bertc/optimize/padding_free.py)
+    padded_positions: Optional[str] = None
 
     @property
     def reduced_precision(self) -> bool:
@@ -46,6 +49,8 @@ class Backend:
         settings = provider_options(self)
         if settings:
             out["provider_options"] = settings
+        if self.padded_positions:
+            out["padded_positions"] = self.padded_positions
         return out
 
 
@@ -98,7 +103,8 @@ def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False) -
                 elif provider not in available:
                     skipped[name] = NO_CUDA if provider == CUDA else f"{provider} not available in this onnxruntime"
                 else:
-                    backends.append(Backend(name, artifact_id, path, "onnx", info["precision"], provider))
+                    backends.append(Backend(name, artifact_id, path, "onnx", info["precision"], provider,
+                                            info.get("padded_positions")))
         elif info["format"] == "tflite":
             backends.append(Backend(artifact_id, artifact_id, path, "tflite", info["precision"]))
     for artifact_id, file, names in (("onnx", "model.onnx", ("onnx_cpu", "onnx_cuda")), ("tflite", "model.tflite", ("tflite",))):

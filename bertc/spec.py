@@ -20,13 +20,16 @@ from bertc.specbase import PositiveInt, StrictModel, component_field, json_path,
 # Parity / bench backend names: an artifact id (see the artifact contract in report.json) with, for
 # ONNX artifacts, the execution provider it runs on. fp32 backends are held to atol/rtol; the reduced-
 # precision ones (int8, fp16) to the task-level criteria of ``parity.task``.
-FP32_BACKENDS = ("onnx_cpu", "onnx_cuda", "onnx_optimized_cpu", "onnx_optimized_cuda", "tflite")
-REDUCED_BACKENDS = ("onnx_int8_cpu", "onnx_int8_cuda", "onnx_fp16_cpu", "onnx_fp16_cuda", "tflite_int8", "tflite_fp16")
+FP32_BACKENDS = ("onnx_cpu", "onnx_cuda", "onnx_optimized_cpu", "onnx_optimized_cuda", "tflite",
+                 "onnx_packed_cpu", "onnx_packed_cuda")
+REDUCED_BACKENDS = ("onnx_int8_cpu", "onnx_int8_cuda", "onnx_fp16_cpu", "onnx_fp16_cuda", "tflite_int8", "tflite_fp16",
+                    "onnx_packed_int8_cpu", "onnx_packed_int8_cuda", "onnx_packed_fp16_cpu", "onnx_packed_fp16_cuda")
 BACKENDS = FP32_BACKENDS + REDUCED_BACKENDS
 BackendName = Literal[BACKENDS]  # type: ignore[valid-type]
 
 
-EXPORT_VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16")
+EXPORT_VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16",
+                   "onnx_packed", "onnx_packed_int8", "onnx_packed_fp16")
 
 
 class ExportSpec(StrictModel):
@@ -35,7 +38,9 @@ class ExportSpec(StrictModel):
     # The ONNX Runtime artifact lowered straight from the spec (fused com.microsoft operators).
     optimized: bool = True
     # Reduced-precision variants: onnx_int8 (dynamic quantization of the optimized graph, for CPUs),
-    # onnx_fp16 (for ONNX Runtime's CUDA provider), tflite_int8 (dynamic-range), tflite_fp16.
+    # onnx_fp16 (for ONNX Runtime's CUDA provider), tflite_int8 (dynamic-range), tflite_fp16; onnx_packed
+    # (the padding-free optimized graph: per-token work on the real tokens only, bertc/optimize/padding_free.py)
+    # and its onnx_packed_int8 / onnx_packed_fp16 conversions.
     variants: list[Literal[EXPORT_VARIANTS]] = ["onnx_int8"]
     opset: Literal[17, 18] = 17
     input_dtype: Literal["int32", "int64"] = "int32"

@@ -181,6 +181,12 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     not_lowered = lowered.not_lowered
     del lowered
     dropped: dict = {}
+    padding_free = None
+    if structure["passed"] and any(v.startswith("onnx_packed") for v in variants):   # bertc/optimize/padding_free.py
+        from bertc.optimize.padding_free import packed_artifacts
+
+        packed, padding_free = packed_artifacts(built, proto, weights, out, variants, input_dtype, opset, check_inputs)
+        artifacts.update(packed)
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
             proto, weights = _attach(proto, weights), None
@@ -210,6 +216,7 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
         "fused_ops": {op: n for op, n in op_counts.items() if op.startswith("com.microsoft.")},
         "self_check_max_abs": self_check,
         "structural_check": structure,
+        **({"padding_free": padding_free} if padding_free is not None else {}),
     }
     return OptimizeResult(artifacts, fusion, dropped=dropped)
 

@@ -1,0 +1,861 @@
+"""Padding-free execution: the optimized graph rewritten to compute every per-token value on the real tokens only.
+
+A batch of sentences of different lengths is padded to one (B, S) layout; today's optimized artifact computes
+every position, real or not. This pass rewrites the lowered graph (:func:`bertc.optimize.lower.lower_model`, the
+weights beside it) so that everything that acts token by token runs on the *kept* tokens packed into one (1, T + 1,
+...) sequence, packed by the mask inside the graph:
+
+- ``keep`` = ``input_mask != 0``, plus the rows some later part of the graph reads by position even when they are
+  padding (the first token, read by the pooler and [CLS] heads; the rows a GatherND names, the pretrainer's masked
+  positions; and every position of a row without any real token, whose attention then reads all its masked
+  keys alike), so that those outputs stay exactly what today's artifact computes for any 0/1 mask;
+  ``NonZero`` of the flattened ``keep`` is the (1, T) index of the kept tokens (plus one spare row, a copy of token
+  (0, 0)), ``Mod`` by S their original positions (EmbedLayerNormalization's position ids, RotaryEmbedding's).
+- *row-wise* operators (embedding lookups and EmbedLayerNormalization, MatMul by a weight, bias adds, activations
+  and the fused BiasGelu / FastGelu, LayerNormalization / SkipLayerNormalization, RotaryEmbedding with its packed
+  positions, Reshape / Transpose / Slice / Gather / Concat / Split / Softmax that leave the batch and sequence
+  axes alone) run on the packed rows: what one token computes depends on that token alone;
+- attention runs per sequence on the padded (B, S) layout: the fused ``Attention`` becomes its packed QKV MatMul,
+  a Split on the packed rows, an unpack of q, k and v (one Gather each by an inverse index) and com.microsoft
+  ``MultiHeadAttention`` with the raw 0/1 key padding mask; every other operator that mixes tokens
+  (MultiHeadAttention, talking heads' Einsum chain, pooling, first-token Slices) reads unpacked tensors;
+  whatever follows per token is packed again (one Gather).
+- an ``If`` on "no position is padding" runs today's graph itself (:func:`with_fast_path`): with nothing to
+  remove, the packing's copies and MultiHeadAttention's transposes would only cost (~3% at batch 1 x 128, 2
+  threads, measured).
+
+A packed attention layout (PackedMultiHeadAttention) is CUDA-only in ONNX Runtime and would make a padded first
+token a key as well as a query (inexact whenever the first token is padding); attention on the padded layout is
+exact on every provider and costs little beside the projections (S / 6H of them at BERT-base). On CUDA the same
+graph runs with ORT's CUDA kernels (NonZero, Gather, MultiHeadAttention, If): untested here (no GPU).
+
+Unpacked, the positions not kept hold the spare row's values (finite, computed like any token). That is exact for
+everything bertc lowers: attention gives masked keys probability exactly 0 (exp underflows, as in Keras) and
+padded queries are never read, pooling multiplies by the mask (which is why an elementwise op with a per-token
+operand computed from the mask alone, as max pooling's fill, runs on the padded layout), and the heads read kept
+rows. The outputs keep their names and shapes; **outputs that follow the sequence axis hold 0.0 at padded
+positions** (one Where on the mask): today's artifact computes values there that depend on every padded token's
+computation, which is the work this artifact exists to avoid. The real tokens hold today's values. Parity
+compares them so (:mod:`bertc.parity`: the reference is set to 0 at padded positions for a backend whose artifact
+says ``padded_positions: "zeros"``). Outputs that do not follow the sequence axis (pooled output, classifier
+logits, masked-LM logits, sentence embeddings) are today's values for any mask.
+
+Light values (those computed from the inputs without the hidden states: attention bias, position ids, rotary
+caches, relative position biases) keep their padded computation unchanged; only the hidden states are packed.
+The int8 and fp16 variants are :func:`with_fast_path` of today's graph and the packed one, each after the same
+conversion (MatMuls become DynamicQuantizeMatMul; MultiHeadAttention stays fp32 in int8).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from bertc.errors import NotLowerable
+
+MS = "com.microsoft"
+PACKED_VARIANTS = {"onnx_packed": "fp32", "onnx_packed_int8": "int8", "onnx_packed_fp16": "fp16"}
+PACKED_FILES = {"onnx_packed": "model.packed.onnx", "onnx_packed_int8": "model.packed.int8.onnx",
+                "onnx_packed_fp16": "model.packed.fp16.onnx"}
+PADDED_POSITIONS = "zeros"
+
+# Operators that act on each position independently (broadcasting elementwise ones).
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Greater", "Less", "And", "Or",
+               "Not", "Cast", "Relu", "Tanh", "Sigmoid", "Erf", "Sqrt", "Neg", "Exp", "Log", "Abs", "Reciprocal",
+               "Identity", "Softplus", "Mod", "Clip", "Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
+FLOAT_TYPES = {1, 10, 11, 16}   # float, float16, double, bfloat16
+
+
+def _norm(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+@dataclass
+class Dims:
+    """What is known of a value's shape: per axis "B" (batch), "S" (sequence), an int, or None."""
+
+    axes: tuple
+
+    @property
+    def rank(self) -> int:
+        return len(self.axes)
+
+    @property
+    def per_token(self) -> bool:
+        return self.rank >= 2 and self.axes[0] == "B" and self.axes[1] == "S"
+
+
+def _broadcast(dims: list) -> Optional[Dims]:
+    if any(d is None for d in dims):
+        return None
+    rank = max(d.rank for d in dims)
+    out = []
+    for i in range(rank):
+        seen = [d.axes[i - rank + d.rank] for d in dims if i - rank + d.rank >= 0]
+        symbols = [a for a in seen if isinstance(a, str)]
+        ints = [a for a in seen if isinstance(a, int) and a != 1]
+        if symbols:
+            out.append(symbols[0])
+        elif ints:
+            out.append(ints[0])
+        elif all(a == 1 for a in seen):
+            out.append(1)
+        else:
+            out.append(None)
+    return Dims(tuple(out))
+
+
+class _Graph:
+    """The lowered graph's facts the rewrite needs: constants, shapes, producers and readers."""
+
+    def __init__(self, proto, weights: Optional[list]):
+        from onnx import numpy_helper
+
+        self.proto, self.graph = proto, proto.graph
+        self.shapes: dict = {name: tuple(a.shape) for name, a in (weights or [])}
+        self.const: dict = {}
+        for t in self.graph.initializer:
+            self.shapes[t.name] = tuple(t.dims)
+            if int(np.prod(t.dims or [1])) <= 64:   # small constants (axes, shapes, indices)
+                self.const[t.name] = numpy_helper.to_array(t)
+        self.float_weights = {name for name, a in (weights or []) if a.dtype.kind == "f"}
+        self.float_weights |= {t.name for t in self.graph.initializer if t.data_type in FLOAT_TYPES}
+        self.readers: dict = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+        self.outputs = [o.name for o in self.graph.output]
+        self.dims: dict = {}
+        for i in self.graph.input:
+            axes = []
+            for k, d in enumerate(i.type.tensor_type.shape.dim):
+                axes.append("B" if d.dim_param == "batch" else "S" if d.dim_param == "sequence" else
+                            (d.dim_value if d.dim_value else None))
+            self.dims[i.name] = Dims(tuple(axes))
+        for name, shape in self.shapes.items():
+            self.dims[name] = Dims(tuple(int(s) for s in shape))
+
+    def is_const(self, name: str) -> bool:
+        return name in self.shapes
+
+    def ints(self, name: str) -> Optional[list]:
+        value = self.const.get(name)
+        return None if value is None else [int(v) for v in np.asarray(value).ravel()]
+
+    def attr(self, node, name, default=None):
+        for a in node.attribute:
+            if a.name == name:
+                from onnx import helper
+
+                return helper.get_attribute_value(a)
+        return default
+
+
+def _infer(g: _Graph, node) -> list:
+    """Dims of ``node``'s outputs (None where unknown), from its inputs' and constants."""
+    op = node.op_type
+    ins = [g.dims.get(n) if n else None for n in node.input]
+    x = ins[0] if ins else None
+    n_out = len(node.output)
+    unknown = [None] * n_out
+    if op in ELEMENTWISE:
+        present = [d for n, d in zip(node.input, ins) if n]
+        return [_broadcast(present)] + [None] * (n_out - 1)
+    if x is None:
+        return unknown
+    if op == "MatMul" or op == "DynamicQuantizeMatMul":
+        b = ins[1]
+        if b is None or b.rank < 2 or x.rank < 2:
+            return unknown
+        lead = _broadcast([Dims(x.axes[:-2]), Dims(b.axes[:-2])]) if max(x.rank, b.rank) > 2 else Dims(())
+        if lead is None:
+            return unknown
+        return [Dims(lead.axes + (x.axes[-2], b.axes[-1]))]
+    if op == "Gemm":
+        return unknown
+    if op == "Gather":
+        idx = ins[1]
+        if idx is None:
+            return unknown
+        axis = _norm(g.attr(node, "axis", 0), x.rank)
+        return [Dims(x.axes[:axis] + idx.axes + x.axes[axis + 1:])]
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = g.ints(node.input[1]) if len(node.input) > 1 else g.attr(node, "axes")
+        if axes is None:
+            return unknown
+        if op == "Unsqueeze":
+            rank = x.rank + len(axes)
+            axes = sorted(_norm(a, rank) for a in axes)
+            out = list(x.axes)
+            for a in axes:
+                out.insert(a, 1)
+            return [Dims(tuple(out))]
+        axes = {_norm(a, x.rank) for a in axes}
+        return [Dims(tuple(a for i, a in enumerate(x.axes) if i not in axes))]
+    if op == "Transpose":
+        perm = g.attr(node, "perm") or list(range(x.rank))[::-1]
+        return [Dims(tuple(x.axes[p] for p in perm))]
+    if op == "Reshape":
+        shape = g.ints(node.input[1])
+        return [_reshape(x, shape)] if shape is not None else unknown
+    if op == "Slice":
+        axes = g.ints(node.input[3]) if len(node.input) > 3 and node.input[3] else list(range(x.rank))
+        if axes is None:
+            return unknown
+        axes = {_norm(a, x.rank) for a in axes}
+        return [Dims(tuple(None if i in axes else a for i, a in enumerate(x.axes)))]
+    if op == "Concat":
+        if any(d is None or d.rank != x.rank for d in ins):
+            return unknown
+        axis = _norm(g.attr(node, "axis"), x.rank)
+        return [Dims(tuple(None if i == axis else a for i, a in enumerate(x.axes)))]
+    if op == "Split":
+        axis = _norm(g.attr(node, "axis", 0), x.rank)
+        return [Dims(tuple(None if i == axis else a for i, a in enumerate(x.axes)))] * n_out
+    if op in ("Softmax", "LogSoftmax", "CumSum", "LayerNormalization", "RotaryEmbedding"):
+        return [x] + [None] * (n_out - 1)
+    if op == "SkipLayerNormalization":
+        return [x, None, None, x][:n_out]
+    if op == "EmbedLayerNormalization":
+        width = g.shapes.get(node.input[2], (None, None))[-1]
+        d = Dims(x.axes + (width,))
+        return [d, Dims(("B",)), d][:n_out]
+    if op in ("Attention", "QAttention"):
+        return [Dims(x.axes[:2] + (None,))] + [None] * (n_out - 1)
+    if op == "MultiHeadAttention":
+        return [Dims(x.axes[:2] + (None,))] + [None] * (n_out - 1)
+    if op == "Shape":
+        return [Dims((None,))]
+    if op == "Einsum":
+        return [_einsum(g.attr(node, "equation"), ins)]
+    return unknown
+
+
+def _einsum(equation, ins: list) -> Optional[Dims]:
+    """Einsum's output dims from its (ellipsis-free) equation."""
+    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+    if "..." in equation or "->" not in equation or any(d is None for d in ins):
+        return None
+    lhs, rhs = equation.replace(" ", "").split("->")
+    letters: dict = {}
+    for term, d in zip(lhs.split(","), ins):
+        if len(term) != d.rank:
+            return None
+        for c, a in zip(term, d.axes):
+            if letters.get(c) in (None, 1):
+                letters[c] = a
+    return Dims(tuple(letters.get(c) for c in rhs))
+
+
+def _reshape(x: Dims, shape: list) -> Optional[Dims]:
+    """Reshape's output dims: 0 copies the input axis, -1 is what remains (a symbol when one is left over)."""
+    out = [x.axes[i] if s == 0 else (s if s > 0 else None) for i, s in enumerate(shape)]
+    if -1 not in shape:
+        return Dims(tuple(out))
+    known_in = [a for a in x.axes]
+    copied = [x.axes[i] for i, s in enumerate(shape) if s == 0]
+    rest = list(known_in)
+    for a in copied:
+        rest.remove(a)
+    ints_out = int(np.prod([s for s in shape if s > 0])) if any(s > 0 for s in shape) else 1
+    symbols = [a for a in rest if isinstance(a, str)]
+    if any(a is None for a in rest):
+        return Dims(tuple(out))
+    ints_in = int(np.prod([a for a in rest if isinstance(a, int)])) if any(isinstance(a, int) for a in rest) else 1
+    if len(symbols) == 1 and ints_in == ints_out:
+        out[shape.index(-1)] = symbols[0]
+    elif not symbols and ints_in % ints_out == 0:
+        out[shape.index(-1)] = ints_in // ints_out
+    return Dims(tuple(out))
+
+
+@dataclass
+class PackReport:
+    """What the rewrite did: per operator type how many nodes run packed / on the padded layout."""
+
+    packed: dict = field(default_factory=dict)
+    padded: dict = field(default_factory=dict)
+    attention_rewritten: int = 0
+    kept_rows: list = field(default_factory=list)   # rows kept even when padding ("first token", input names)
+    fast_path: bool = True   # an If runs today's graph when no position is padding (with_fast_path)
+
+    def count(self, where: dict, op: str) -> None:
+        where[op] = where.get(op, 0) + 1
+
+    def to_json(self) -> dict:
+        return {"packed_ops": dict(sorted(self.packed.items())), "padded_ops": dict(sorted(self.padded.items())),
+                "attention_rewritten": self.attention_rewritten, "kept_rows": self.kept_rows,
+                "no_padding": "today's optimized graph (an If)" if self.fast_path else "the packed graph",
+                "padded_positions": PADDED_POSITIONS}
+
+
+class _Rewriter:
+    def __init__(self, proto, weights):
+        from onnx import helper
+
+        self.h = helper
+        self.g = _Graph(proto, weights)
+        self.nodes: list = []
+        self.inits: list = []   # (name, array) small constants this pass adds
+        self.packed: dict = {}  # original value -> its packed (1, T, ...) name
+        self.padded: dict = {}  # original value -> its padded (B, S, ...) name (heavy values computed packed)
+        self.heavy: set = set()
+        self.caches: dict = {}
+        self.report = PackReport()
+        self._n = 0
+        self.mask_input = next((i.name for i in self.g.graph.input if i.name == "input_mask"), None)
+        if self.mask_input is None:
+            raise NotLowerable("padding-free: the graph has no input_mask")
+
+    # --- small helpers ----------------------------------------------------------------------------
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"padding_free/{hint}_{self._n}"
+
+    def node(self, op, inputs, hint, domain="", n_out=1, **attrs) -> list:
+        outs = [self.name(hint) for _ in range(n_out)]
+        self.nodes.append(self.h.make_node(op, list(inputs), outs, name=self.name(op), domain=domain, **attrs))
+        return outs
+
+    def one(self, op, inputs, hint, **attrs) -> str:
+        return self.node(op, inputs, hint, **attrs)[0]
+
+    def const(self, value, dtype, hint) -> str:
+        name = self.name(hint)
+        self.inits.append((name, np.asarray(value, dtype=dtype)))
+        return name
+
+    # --- classification ---------------------------------------------------------------------------
+    def is_seed(self, node) -> bool:
+        """An embedding lookup: where the hidden states begin."""
+        g = self.g
+        if node.op_type == "EmbedLayerNormalization":
+            return True
+        if node.op_type == "Gather" and node.input[0] in g.float_weights and len(g.shapes.get(node.input[0], ())) == 2:
+            idx = g.dims.get(node.input[1])
+            return idx is not None and idx.per_token and g.attr(node, "axis", 0) == 0
+        return False
+
+    def classify(self) -> None:
+        g = self.g
+        for node in g.graph.node:
+            outs = _infer(g, node)
+            for name, d in zip(node.output, outs):
+                if name and d is not None:
+                    g.dims[name] = d
+            if self.is_seed(node) or any(n in self.heavy for n in node.input):
+                self.heavy.update(n for n in node.output if n)
+
+    def tok(self, name: str) -> bool:
+        d = self.g.dims.get(name)
+        return d is not None and d.per_token
+
+    # --- the kept rows ------------------------------------------------------------------------------
+    def row_readers(self):
+        """(first token read?, [index values of GatherNDs reading rows]) over the hidden states."""
+        g, first, named = self.g, False, []
+        for node in g.graph.node:
+            if not node.input or node.input[0] not in self.heavy:
+                continue
+            # a value of unknown shape may be per-token: its row reads are taken as such (at worst, a row kept)
+            x = g.dims.get(node.input[0])
+            if x is not None and not x.per_token:
+                continue
+            known, x = x is not None, x or Dims((None,) * 3)
+            op = node.op_type
+            if op == "Slice":
+                axes = g.ints(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+                if axes is None or 1 not in {_norm(a, x.rank) for a in axes}:
+                    continue
+                starts, ends = g.ints(node.input[1]), g.ints(node.input[2])
+                k = [_norm(a, x.rank) for a in axes].index(1)
+                if starts is None or ends is None or starts[k] != 0 or ends[k] != 1:
+                    if not known:
+                        continue
+                    raise NotLowerable(f"padding-free: {node.name} slices rows other than the first token")
+                first = True
+            elif op == "Gather" and _norm(g.attr(node, "axis", 0), x.rank) == 1:
+                idx = g.ints(node.input[1])
+                if idx is None or idx != [0]:
+                    if not known:
+                        continue
+                    raise NotLowerable(f"padding-free: {node.name} gathers rows other than the first token")
+                first = True
+            elif op == "GatherND":
+                if g.attr(node, "batch_dims", 0) != 1:
+                    raise NotLowerable(f"padding-free: {node.name} is a GatherND without batch_dims=1")
+                named.append(node.input[1])
+        return first, named
+
+    def keep_rows(self) -> None:
+        g = self.g
+        mask = self.mask_input
+        keep = self.one("Cast", [mask], "keep", to=9)                        # bool (B, S): mask != 0
+        first, named = self.row_readers()
+        if first or named:
+            keep_i = self.one("Cast", [keep], "keep_int", to=7)
+            # a row without any real token attends to all of its (masked) keys alike, so what is read of it depends
+            # on every position: such a row is kept whole
+            empty = self.one("Equal", [self.one("ReduceSum", [keep_i, self.const([1], np.int64, "axis1")], "real_count",
+                                                keepdims=1), self.const(0, np.int64, "none")], "empty_row")
+            keep_i = self.one("Max", [keep_i, self.one("Cast", [empty], "empty_int", to=7)], "keep_empty_rows")
+            if first:
+                shape = self.one("Shape", [mask], "batch", start=0, end=1)
+                ones = self.one("Expand", [self.const([[1]], np.int64, "one"),
+                                           self.one("Concat", [shape, self.const([1], np.int64, "one_col")],
+                                                    "first_shape", axis=0)], "first")
+                keep_i = self.one("ScatterElements", [keep_i, self.one("Mul", [ones, self.const(0, np.int64, "zero")],
+                                                                      "first_index"), ones], "keep_first", axis=1)
+                self.report.kept_rows.append("first token")
+            for idx in named:
+                # (B, P, 1) row indices per batch row -> those rows kept
+                rows = self.one("Cast", [self.one("Squeeze", [idx, self.const([-1], np.int64, "axes")], "rows")],
+                                "rows_int64", to=7)
+                ones = self.one("Expand", [self.const(1, np.int64, "one"), self.one("Shape", [rows], "rows_shape")],
+                                "ones")
+                keep_i = self.one("ScatterElements", [keep_i, rows, ones], "keep_named", axis=1)
+                self.report.kept_rows.append(self._input_behind(idx))
+            self.report.kept_rows.append("rows without a real token")
+            keep = self.one("Cast", [keep_i], "keep_bool", to=9)
+        self.keep = keep
+        flat = self.one("Reshape", [keep, self.const([-1], np.int64, "flat")], "keep_flat")
+        kept = self.one("NonZero", [flat], "kept")                            # (1, T) int64
+        # one more row, a copy of token (0, 0): the row every position not kept reads when unpacked (any finite
+        # values do: attention gives those keys weight 0, outputs are zeroed there); T + 1 >= 1 rows, always
+        self.index = self.one("Concat", [kept, self.const([[0]], np.int64, "spare")], "packed_index", axis=1)
+        length = self.one("Shape", [mask], "sequence_length", start=1, end=2)
+        self.positions = self.one("Mod", [self.index, length], "positions")  # (1, T): original positions
+        self.positions32 = self.one("Cast", [self.positions], "positions_int32", to=6)
+        rank = self.one("Sub", [self.one("CumSum", [self.one("Cast", [flat], "flat_int", to=7),
+                                                     self.const(0, np.int64, "axis0")], "cumsum"),
+                                self.const(1, np.int64, "one_")], "rank")
+        total = self.one("Shape", [kept], "total", start=1, end=2)
+        inverse = self.one("Where", [flat, rank, total], "inverse_flat")     # kept: its packed row; else T (spare)
+        self.inverse = self.one("Reshape", [inverse, self.one("Shape", [mask], "mask_shape")], "inverse")
+
+    def _input_behind(self, name: str) -> str:
+        """The graph input a (Cast / Unsqueeze of an) index value comes from, for the report."""
+        producers = {o: n for n in self.g.graph.node for o in n.output}
+        while name in producers and producers[name].input:
+            name = producers[name].input[0]
+        return name
+
+    # --- packing ------------------------------------------------------------------------------------
+    def pack(self, name: str) -> str:
+        """The (1, T, ...) packed form of the per-token value ``name``."""
+        if name in self.packed:
+            return self.packed[name]
+        rank = self.g.dims[name].rank
+        if rank == 2:
+            flat = self.one("Reshape", [name, self.const([-1], np.int64, "flat")], "flat")
+        else:
+            rest = self.one("Shape", [name], "rest", start=2)
+            flat = self.one("Reshape", [name, self.one("Concat", [self.const([-1], np.int64, "minus_one"), rest],
+                                                         "flat_shape", axis=0)], "flat")
+        self.packed[name] = self.one("Gather", [flat, self.index], "pack", axis=0)
+        return self.packed[name]
+
+    def unpack(self, name: str) -> str:
+        """The padded (B, S, ...) form of the heavy value ``name`` computed packed: one Gather of its rows by the
+        inverse index; the positions not kept hold the spare row's (finite) values."""
+        if name in self.padded:
+            return self.padded[name]
+        rows = self.one("Squeeze", [self.packed[name], self.const([0], np.int64, "axis0_")], "rows")
+        self.nodes.append(self.h.make_node("Gather", [rows, self.inverse], [name], name=self.name("unpack"), axis=0))
+        self.padded[name] = name
+        return name
+
+    def padded_input(self, name: str) -> str:
+        if not name or name not in self.heavy:
+            return name
+        return self.unpack(name) if name in self.packed and name not in self.padded else name
+
+    def packed_input(self, name: str) -> str:
+        return self.pack(name) if name not in self.packed else self.packed[name]
+
+    # --- per node -----------------------------------------------------------------------------------
+    def row_wise(self, node) -> bool:
+        """True when ``node`` computes each (batch, position) row from that row alone (the other inputs
+        broadcast over batch and sequence), so it can run on the packed rows."""
+        g, op = self.g, node.op_type
+        outs = [g.dims.get(o) for o in node.output if o]
+        if not outs or outs[0] is None or not outs[0].per_token:
+            return False
+        x = g.dims.get(node.input[0])
+        if op in ELEMENTWISE:
+            # a per-token operand computed from the inputs alone (the mask's fill of max pooling) carries its
+            # padded positions' values: the op runs padded, where they are
+            if any(n and self.tok(n) and n not in self.heavy for n in node.input):
+                return False
+            if op == "Cast" and self.h.get_attribute_value(node.attribute[0]) not in FLOAT_TYPES:
+                return False
+            rank = outs[0].rank
+            for name in node.input:
+                d = g.dims.get(name) if name else None
+                if name and (d is None or d.rank > rank):
+                    return False
+                if name and not d.per_token:
+                    # right-aligned, the axes under batch and sequence must broadcast (1 or absent)
+                    if any(a != 1 for i, a in enumerate(d.axes) if i - d.rank + rank in (0, 1)):
+                        return False
+            return True
+        if x is None or not x.per_token:
+            return op == "Gather" and self.is_seed(node)
+        if op in ("MatMul", "Gemm"):
+            b = g.dims.get(node.input[1])
+            return op == "MatMul" and b is not None and b.rank == 2 and not b.per_token
+        if op == "Gather":
+            return _norm(g.attr(node, "axis", 0), x.rank) >= 2 and not self.tok(node.input[1])
+        if op in ("Unsqueeze", "Squeeze", "Reshape", "Transpose", "Slice", "Concat", "Split", "Softmax",
+                  "LogSoftmax", "LayerNormalization"):
+            if op == "Concat" and not all(self.tok(n) for n in node.input):
+                return False
+            if op == "Reshape" and (len(node.input) < 2 or g.ints(node.input[1]) is None
+                                    or any(s in (0, -1) for s in g.ints(node.input[1])[2:])):
+                return False
+            if op == "Slice" and not all(g.is_const(n) for n in node.input[1:] if n):
+                return False
+            if op in ("Softmax", "LogSoftmax", "LayerNormalization"):
+                return _norm(g.attr(node, "axis", -1), x.rank) >= 2
+            return all(d is not None and d.per_token for d in outs)
+        if op == "SkipLayerNormalization":
+            return self.tok(node.input[1]) and not any(node.output[i] and g.readers.get(node.output[i])
+                                                          for i in (1, 2) if i < len(node.output))
+        if op == "EmbedLayerNormalization":
+            pos = node.input[8] if len(node.input) > 8 else ""
+            return (not (len(node.output) > 1 and g.readers.get(node.output[1]))) and (not pos or self.tok(pos))
+        if op == "RotaryEmbedding":
+            return g.ints(node.input[1]) == [0]
+        return False
+
+    def emit_packed(self, node) -> None:
+        g, op = self.g, node.op_type
+        if op == "Reshape":
+            shape = g.ints(node.input[1])
+            inputs = [self.packed_input(node.input[0]), self.const([1, -1] + shape[2:], np.int64, "packed_shape")]
+        elif op == "EmbedLayerNormalization":
+            ins = list(node.input) + [""] * (9 - len(node.input))
+            inputs = [self.packed_input(ins[0]), self.packed_input(ins[1]) if ins[1] else ""] + ins[2:7] + \
+                     ["", self.packed_input(ins[8]) if ins[8] else self.positions32]
+        elif op == "RotaryEmbedding":
+            # ORT wants at least as many cache rows as the input has rows (T may exceed S): zero rows appended,
+            # never read (every position is below S)
+            inputs = [self.packed_input(node.input[0]), self.positions] + [self.rotary_cache(n) for n in node.input[2:4]]
+        else:
+            inputs = [self.packed_input(n) if n and self.tok(n) else n for n in node.input]
+        outs = []
+        for k, o in enumerate(node.output):
+            if not o:
+                outs.append("")
+                continue
+            d = g.dims.get(o)
+            if d is not None and d.per_token:
+                outs.append(self.name("packed"))
+                self.packed[o] = outs[-1]
+            else:      # an output nobody reads (mask_index, the unused SkipLayerNorm statistics)
+                outs.append(self.name("unused"))
+        new = self.h.make_node(op, inputs, outs, name=node.name + "/packed", domain=node.domain)
+        new.attribute.extend(node.attribute)
+        self.nodes.append(new)
+        self.report.count(self.report.packed, (node.domain + "." if node.domain else "") + op)
+
+    def rotary_cache(self, name: str) -> str:
+        if name not in self.caches:
+            if not hasattr(self, "_cache_pads"):
+                total = self.one("Shape", [self.index], "total_rows", start=1, end=2)
+                self._cache_pads = self.one("Concat", [self.const([0, 0], np.int64, "pads_begin"), total,
+                                                       self.const([0], np.int64, "pad_end")], "cache_pads", axis=0)
+            self.caches[name] = self.one("Pad", [name, self._cache_pads], "rotary_cache_rows")
+        return self.caches[name]
+
+    def emit_attention(self, node) -> bool:
+        """The fused Attention as packed QKV MatMul, unpack, Split, MultiHeadAttention (padded layout)."""
+        g = self.g
+        attrs = {a.name for a in node.attribute}
+        ins = list(node.input) + [""] * (6 - len(node.input))
+        if (attrs - {"num_heads", "mask_filter_value", "scale"} or ins[4] or len(node.input) > 6
+                or not self.tok(ins[0]) or not self.tok(ins[3]) or g.dims[ins[3]].rank != 2
+                or any(o and g.readers.get(o) for o in node.output[1:])):
+            return False
+        qkv = self.one("MatMul", [self.packed_input(ins[0]), ins[1]], "qkv")
+        split = self.node("Split", [qkv], "qkv_split", n_out=3, axis=2)       # on the packed rows
+        q, k, v = [], [], []
+        for part, packed in zip(("q", "k", "v"), split):
+            name = f"{node.output[0]}/{part}"
+            self.packed[name] = packed
+            (q if part == "q" else k if part == "k" else v).append(self.unpack(name))
+        q, k, v = q[0], k[0], v[0]
+        new = self.h.make_node("MultiHeadAttention", [q, k, v, ins[2], ins[3]] + ([ins[5]] if ins[5] else []),
+                               [node.output[0]], name=node.name + "/mha", domain=MS)
+        new.attribute.extend(node.attribute)
+        self.nodes.append(new)
+        self.report.count(self.report.packed, "MatMul")
+        self.report.count(self.report.padded, "com.microsoft.MultiHeadAttention")
+        self.report.attention_rewritten += 1
+        return True
+
+    def emit_padded(self, node) -> None:
+        new = self.h.make_node(node.op_type, [self.padded_input(n) for n in node.input], list(node.output),
+                               name=node.name, domain=node.domain)
+        new.attribute.extend(node.attribute)
+        self.nodes.append(new)
+        self.report.count(self.report.padded, (node.domain + "." if node.domain else "") + node.op_type)
+
+    def run(self):
+        from onnx import helper, numpy_helper
+
+        g = self.g
+        self.classify()
+        if not self.heavy:
+            raise NotLowerable("padding-free: no embedding lookup found (nothing to pack)")
+        light = [n for n in g.graph.node if not any(o in self.heavy for o in n.output)]
+        self.nodes.extend(light)
+        self.keep_rows()
+        for node in g.graph.node:
+            if not any(o in self.heavy for o in node.output):
+                continue
+            if node.op_type == "Attention" and node.domain == MS and self.emit_attention(node):
+                continue
+            if self.row_wise(node):
+                self.emit_packed(node)
+            else:
+                self.emit_padded(node)
+        # outputs: by their names, padded; per-token outputs hold zeros at padded positions
+        for out in g.outputs:
+            if out not in self.heavy:
+                continue
+            if out in self.packed:
+                self.unpack(out)
+            if self.tok(out):
+                raw = out + "/unmasked"
+                for n in self.nodes:
+                    for i, name in enumerate(n.output):
+                        if name == out:
+                            n.output[i] = raw
+                    for i, name in enumerate(n.input):
+                        if name == out:
+                            n.input[i] = raw
+                rank = g.dims[out].rank
+                keep = self.mask_input_bool()
+                if rank > 2:
+                    keep = self.one("Unsqueeze", [keep, self.const(list(range(2, rank)), np.int64, "axes")],
+                                    "real_tokens")
+                self.nodes.append(helper.make_node("Where", [keep, raw, self.const(0.0, np.float32, "zero_out")],
+                                                   [out], name=self.name("zero_padding")))
+        graph = helper.make_graph(self.nodes, g.graph.name + "_padding_free", list(g.graph.input),
+                                  list(g.graph.output), list(g.graph.initializer))
+        graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in self.inits)
+        model = helper.make_model(graph, opset_imports=list(g.proto.opset_import))
+        model.ir_version = g.proto.ir_version
+        model.producer_name, model.producer_version = g.proto.producer_name, g.proto.producer_version
+        model.metadata_props.extend(g.proto.metadata_props)
+        return model
+
+    def mask_input_bool(self) -> str:
+        if not hasattr(self, "_mask_bool"):
+            self._mask_bool = self.one("Cast", [self.mask_input], "real", to=9)
+        return self._mask_bool
+
+
+def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True):
+    """(the padding-free ModelProto, :class:`PackReport`) of the lowered graph ``proto`` (its large weights
+    beside it in ``weights``, ``lower_model(split_weights=True)``: the new proto reads the same names, so the
+    same ``weights`` go with it). ``proto`` is not modified. ``fast_path``: the result is :func:`with_fast_path`
+    of ``proto`` and the packed graph (a batch without padding runs ``proto`` itself); else the packed graph
+    alone. Raises :class:`~bertc.errors.NotLowerable` for a graph it cannot pack (no embedding lookup, rows read
+    other than the first token or named by an input)."""
+    rewriter = _Rewriter(proto, weights)
+    model = rewriter.run()
+    rewriter.report.fast_path = fast_path
+    return (with_fast_path(proto, model) if fast_path else model), rewriter.report
+
+
+def with_fast_path(padded, packed):
+    """One model of two graphs with the same inputs and outputs: an ``If`` on "every position of input_mask is
+    real" runs ``padded`` (today's optimized graph: nothing to pack, so nothing to gain and the packing's own
+    copies to lose), else ``packed``. The weights are the outer graph's initializers (or inputs), read by both
+    branches; each branch's values are renamed under its own prefix (no name of a branch shadows an outer one).
+    ``padded`` and ``packed`` are not modified."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def branch(model, prefix):
+        produced = {o for n in model.graph.node for o in n.output if o}
+        nodes = []
+        for n in model.graph.node:
+            m = onnx.NodeProto()
+            m.CopyFrom(n)
+            m.input[:] = [prefix + i if i in produced else i for i in n.input]
+            m.output[:] = [prefix + o if o else o for o in n.output]
+            m.name = prefix + n.name
+            nodes.append(m)
+        outputs = []
+        for o in model.graph.output:
+            v = onnx.ValueInfoProto()
+            v.CopyFrom(o)
+            v.name = prefix + o.name
+            outputs.append(v)
+        return helper.make_graph(nodes, prefix.strip("/"), [], outputs)
+
+    inits: dict = {}
+    for t in list(padded.graph.initializer) + list(packed.graph.initializer):
+        inits.setdefault(t.name, t)
+    mask = next(i for i in packed.graph.input if i.name == "input_mask").name
+    nodes = [helper.make_node("Cast", [mask], ["padding_free/mask_bool"], name="padding_free/mask_bool", to=9),
+             helper.make_node("Cast", ["padding_free/mask_bool"], ["padding_free/mask_real"], name="padding_free/real",
+                              to=6),
+             helper.make_node("ReduceMin", ["padding_free/mask_real"], ["padding_free/min_real"], keepdims=0,
+                              name="padding_free/min_real"),
+             helper.make_node("Equal", ["padding_free/min_real", "padding_free/one"], ["padding_free/no_padding"],
+                              name="padding_free/no_padding"),
+             helper.make_node("If", ["padding_free/no_padding"], [o.name for o in packed.graph.output],
+                              name="padding_free/if_no_padding", then_branch=branch(padded, "padded/"),
+                              else_branch=branch(packed, "packed/"))]
+    graph = helper.make_graph(nodes, packed.graph.name, list(packed.graph.input), list(packed.graph.output),
+                              list(inits.values()) + [helper.make_tensor("padding_free/one", TensorProto.INT32, [], [1])])
+    opsets: dict = {}
+    for o in list(padded.opset_import) + list(packed.opset_import):
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = packed.ir_version
+    model.producer_name, model.producer_version = packed.producer_name, packed.producer_version
+    model.metadata_props.extend(packed.metadata_props)
+    model.metadata_props.append(onnx.StringStringEntryProto(key="bertc.padded_positions", value=PADDED_POSITIONS))
+    return model
+
+
+# --- the artifacts ----------------------------------------------------------------------------------
+
+def max_abs_vs_keras(session, built, inputs: dict) -> float:
+    """Max abs difference to Keras of a padding-free session: Keras' values at real tokens, 0 at padded ones."""
+    from bertc.components.common import tf
+    from bertc.parity import expected_at_padding
+
+    ref = built.model({k: tf.constant(v.astype(np.int32)) for k, v in inputs.items()}, training=False)
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    worst = 0.0
+    for info in built.signature.outputs:
+        want = expected_at_padding(np.asarray(ref[info.name], np.float32), info, inputs["input_mask"], PADDED_POSITIONS)
+        worst = max(worst, float(np.max(np.abs(want - got[info.name].astype(np.float32)))))
+    return worst
+
+
+def packed_artifacts(built, proto, weights: Optional[list], out, variants, input_dtype: str, opset: int,
+                     check_inputs: dict) -> tuple[dict, dict]:
+    """The padding-free artifacts asked for in ``variants`` (:data:`PACKED_VARIANTS`) of the optimized graph
+    ``proto`` (its weights beside it): ``(artifacts, section)``, the report entries and the fusion report's
+    ``padding_free`` section (what was packed, or why nothing was: then no artifact). Each is
+    :func:`with_fast_path` of today's graph and the packed one after the same conversion (int8: both quantized;
+    fp16: both converted), so that a batch without padding runs exactly today's artifact."""
+    import time
+    from pathlib import Path
+
+    from bertc.errors import ExportError
+    from bertc.export.onnx import check_graph, declared_weights, write_onnx
+    from bertc.optimize.onnx_artifacts import INT8_OPTIONS, _artifact, _attach
+    from bertc.optimize.quantize import quantize_dynamic_int8
+    from bertc.optimize.runtime import ort_session
+
+    out = Path(out)
+    wanted = [v for v in PACKED_VARIANTS if v in variants]
+    t0 = time.perf_counter()
+    try:
+        packed, report = padding_free(proto, weights, fast_path=False)
+    except NotLowerable as exc:
+        return {}, {"skipped": f"no padding-free artifact: {exc}", "variants": wanted}
+    section = {**report.to_json(), "variants": wanted}
+    extra = {"padded_positions": PADDED_POSITIONS}
+    artifacts = {}
+
+    def write(model, arrays, variant, precision, providers, **more):
+        path = out / PACKED_FILES[variant]
+        check_graph(model, declared_weights(arrays), f"the padding-free ONNX graph ({variant}) fails onnx.checker")
+        nbytes, external = write_onnx(model, arrays, path)
+        try:
+            session = ort_session(path)
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            raise ExportError(f"{path.name} does not load in ONNX Runtime (CPU, ORT_ENABLE_ALL): {exc}") from exc
+        sample = max_abs_vs_keras(session, built, check_inputs)
+        del session
+        artifacts[variant] = _artifact(path, nbytes, precision, input_dtype, providers, _node_count(model), opset,
+                                       external_data=external, **extra, **more,
+                                       seconds=round(time.perf_counter() - t0, 3))
+        return sample
+
+    if "onnx_packed" in wanted:
+        section["self_check_max_abs"] = write(with_fast_path(proto, packed), weights or [], "onnx_packed", "fp32",
+                                              ["CPUExecutionProvider", "CUDAExecutionProvider"])
+    if "onnx_packed_int8" in wanted:
+        try:
+            today, ours = quantize_dynamic_int8(proto, weights), quantize_dynamic_int8(packed, weights)
+        except Exception as exc:
+            raise ExportError(f"int8 quantization of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
+        arrays = dict((today.weights or []) + (ours.weights or []))   # the same names hold the same arrays
+        sample = write(with_fast_path(today.proto, ours.proto), list(arrays.items()), "onnx_packed_int8", "int8",
+                       ["CPUExecutionProvider"],
+                       quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
+                                     "operators": ["DynamicQuantizeMatMul", "QAttention (no padding)"],
+                                     "quantized": len(ours.quantized), "kept_fp32": ours.kept_fp32})
+        artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
+    if "onnx_packed_fp16" in wanted:
+        artifacts["onnx_packed_fp16"] = {**_fp16(proto, packed, list(weights or []), out / PACKED_FILES["onnx_packed_fp16"],
+                                                 input_dtype, opset, built, check_inputs, _artifact, _attach), **extra}
+    return artifacts, section
+
+
+def _node_count(model) -> int:
+    """Nodes of the graph and of its If branches."""
+    return sum(1 + sum(_node_count_graph(a.g) for a in n.attribute if a.type == a.GRAPH) for n in model.graph.node)
+
+
+def _node_count_graph(graph) -> int:
+    return sum(1 + sum(_node_count_graph(a.g) for a in n.attribute if a.type == a.GRAPH) for n in graph.node)
+
+
+def _copy(proto):
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
+def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built, check_inputs: dict, artifact,
+          attach) -> dict:
+    """The fp16 conversion (as ``onnx_fp16`` of the optimized graph: inputs and outputs kept, every op in fp16
+    for the CUDA provider) of both graphs, combined by :func:`with_fast_path`; whether ORT's CPU provider runs
+    it and how close it is."""
+    import os
+    import time
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from bertc.errors import ExportError
+    from bertc.optimize.onnx_artifacts import FP16_KEEP_FP32_OPS
+    from bertc.optimize.runtime import ort_session
+
+    t0 = time.perf_counter()
+    try:
+        halves = [convert_float_to_float16(attach(_copy(m), list(weights)), keep_io_types=True,
+                                           op_block_list=FP16_KEEP_FP32_OPS) for m in (today, packed)]
+    except Exception as exc:
+        raise ExportError(f"fp16 conversion of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
+    half = with_fast_path(*halves)
+    del halves
+    tmp = str(dst) + ".partial"
+    onnx.save_model(half, tmp)
+    os.replace(tmp, dst)
+    try:
+        cpu = {"runs": True, "sample_max_abs": max_abs_vs_keras(ort_session(dst), built, check_inputs),
+               "note": "runs through ORT's fp32 fallback for ops without fp16 CPU kernels (no speed-up on CPU)"}
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    except Exception as exc:
+        message = str(exc)
+        if "NOT_IMPLEMENTED" not in message and "Could not find an implementation" not in message:
+            raise ExportError(f"{dst.name} is not a valid ONNX Runtime graph: {message}") from exc
+        cpu, providers = {"runs": False, "why": message.split("\n")[0]}, ["CUDAExecutionProvider"]
+    return artifact(dst, dst.stat().st_size, "fp16", input_dtype, providers, _node_count(half), opset,
+                    keep_fp32_ops=FP16_KEEP_FP32_OPS, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))

@@ -1,0 +1,224 @@
+"""The padding-free artifact (bertc/optimize/padding_free.py): per-token work on the kept tokens only.
+
+Against today's optimized artifact (the same lowered graph, unpacked), for every bundled spec (tiny copies) and
+every position kind and head: real tokens equal, padded positions of sequence outputs exactly 0, every other
+output (pooled, [CLS] logits, masked LM, sentence embeddings) equal, for right-padded, left-padded and holed
+masks (a row with no real token among them)."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SPECS, tiny_bert
+
+from bertc.build import build_model
+from bertc.inputs import make_inputs
+from bertc.optimize.lower import lower_model
+from bertc.optimize.padding_free import PADDED_POSITIONS, padding_free
+from bertc.optimize.runtime import ort_session
+from bertc.spec import load_spec
+
+ATOL = 1e-5
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def _rotary(head):
+    from test_rotary import SPEC
+
+    d = copy.deepcopy(SPEC)
+    d["head"] = head
+    return d
+
+
+def _disentangled(name, head="keep"):
+    d = json.loads((FIXTURES / "disentangled" / f"{name}.json").read_text())
+    if head != "keep":
+        d["head"] = head
+    return d
+
+
+ENC = tiny_bert()["encoder"]
+EXTRA = {
+    "relative_bias": tiny_bert(encoder={**ENC, "max_sequence_length": 12,
+                                        "position": {"type": "relative_bias", "num_buckets": 8, "max_distance": 16}}),
+    "relative_bias_pretrainer": tiny_bert(encoder={**ENC, "max_sequence_length": 12, "position": {
+        "type": "relative_bias", "num_buckets": 8, "max_distance": 16}},
+        head={"type": "pretrainer", "num_token_predictions": 3}),
+    "absolute_from_mask": tiny_bert(encoder={**ENC, "position": {"type": "absolute", "offset": 2, "from_mask": True}}),
+    "absolute_offset_tokens": tiny_bert(encoder={**ENC, "position": {"type": "absolute", "offset": 2}},
+                                        head={"type": "token_classifier", "num_classes": 3}),
+    "sentence_mean": tiny_bert(head={"type": "sentence_embedding", "pooling": "mean", "normalize": True}),
+    "sentence_max": tiny_bert(head={"type": "sentence_embedding", "pooling": "max"}),
+    "sentence_cls": tiny_bert(head={"type": "sentence_embedding", "pooling": "cls"}),
+    "encoder_only": tiny_bert(head=None),
+    "rotary_classifier": _rotary({"type": "classifier", "num_classes": 3}),
+    "rotary_tokens": _rotary({"type": "token_classifier", "num_classes": 3}),
+    "rotary_encoder": _rotary(None),
+    "disentangled_shared": _disentangled("deberta_v3_shared"),
+    "disentangled_own_proj_tokens": _disentangled("deberta_own_proj", {"type": "token_classifier", "num_classes": 3}),
+}
+CASES = {p.stem: p for p in TINY_SPECS}
+CASES.update(EXTRA)
+
+
+def masks(batch: int, seq: int, rng) -> dict:
+    lengths = rng.integers(1, seq + 1, size=batch)
+    lengths[0] = seq
+    right = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+    holes = rng.integers(0, 2, size=(batch, seq)).astype(np.int32)
+    holes[1, 0] = 0
+    holes[-1] = 0                                    # a row without any real token
+    return {"right-padded": right, "left-padded": right[:, ::-1].copy(), "holes": holes}
+
+
+def inputs_for(spec, mask, rng, dtype=np.int32) -> dict:
+    """make_inputs with ``mask`` (which may have a row without real tokens: made with one, then set)."""
+    some = mask.copy()
+    some[~some.any(axis=1), 0] = 1
+    inputs = make_inputs(spec, mask.shape[0], mask.shape[1], rng, mask=some)
+    inputs["input_mask"] = mask
+    return {k: v.astype(dtype) for k, v in inputs.items()}
+
+
+def lowered(case):
+    source = CASES[case]
+    spec = load_spec(source)
+    built = build_model(spec)
+    return spec, built, lower_model(built)
+
+
+def run(proto, inputs):
+    session = ort_session(proto.SerializeToString())
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_padding_free_equals_todays_artifact_for_any_mask(case):
+    spec, built, low = lowered(case)
+    packed, report = padding_free(low.proto)
+    rng = np.random.default_rng(7)
+    seq = min(spec.encoder.max_sequence_length, 8)
+    for kind, mask in masks(4, seq, rng).items():
+        inputs = inputs_for(spec, mask, rng)
+        want, got = run(low.proto, inputs), run(packed, inputs)
+        assert list(got) == list(want)
+        for info in built.signature.outputs:
+            a, b = want[info.name], got[info.name]
+            assert b.shape == a.shape and b.dtype == a.dtype, (kind, info.name)
+            if info.seq_axis is None:
+                np.testing.assert_allclose(b, a, atol=ATOL, rtol=0, err_msg=f"{case} {kind} {info.name}")
+                continue
+            real = np.moveaxis(b, info.seq_axis, 1)[mask == 1], np.moveaxis(a, info.seq_axis, 1)[mask == 1]
+            np.testing.assert_allclose(real[0], real[1], atol=ATOL, rtol=0, err_msg=f"{case} {kind} {info.name}")
+            assert not np.moveaxis(b, info.seq_axis, 1)[mask == 0].any(), f"{case} {kind} {info.name}: padding not 0"
+    # the hidden states are packed: every projection and feedforward MatMul of the full layers runs packed
+    assert report.packed.get("MatMul", 0) + report.packed.get("com.microsoft.EmbedLayerNormalization", 0) > 0
+    assert [n.op_type for n in packed.graph.node][-1] == "If"      # no padding: today's graph (the fast path)
+    unpacked, _ = padding_free(low.proto, fast_path=False)
+    assert "com.microsoft.Attention" not in {n.op_type for n in unpacked.graph.node}
+
+
+EMPTY = "rows without a real token"
+
+
+@pytest.mark.parametrize("case, kept", [("classifier", ["first token", EMPTY]), ("token_classifier", []),
+                                        ("pretrainer", ["first token", "masked_lm_positions", EMPTY]),
+                                        ("sentence_mean", []), ("encoder_only", ["first token", EMPTY])])
+def test_rows_kept_are_those_read_by_position(case, kept):
+    """Padding the outputs read by position (pooler / [CLS], masked positions) is computed, nothing else."""
+    _, _, low = lowered(case)
+    _, report = padding_free(low.proto)
+    assert report.kept_rows == kept
+    assert report.to_json()["padded_positions"] == PADDED_POSITIONS == "zeros"
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_all_real_tokens_every_position_is_todays(fast_path):
+    """Without padding the artifact runs today's graph itself (bit for bit); the packed graph alone agrees too."""
+    spec, built, low = lowered("token_classifier")
+    packed, _ = padding_free(low.proto, fast_path=fast_path)
+    rng = np.random.default_rng(1)
+    inputs = inputs_for(spec, np.ones((2, 8), np.int32), rng)
+    got, want = run(packed, inputs)["logits"], run(low.proto, inputs)["logits"]
+    if fast_path:
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+def test_what_runs_packed_and_what_on_the_padded_layout():
+    """BERT's layer: projections, feedforward and layer norms packed; attention alone on (B, S)."""
+    _, _, low = lowered("token_classifier")
+    packed, report = padding_free(low.proto, fast_path=False)
+    ops = {n.op_type for n in packed.graph.node}
+    assert {"NonZero", "MultiHeadAttention"} <= ops
+    assert report.attention_rewritten == 2
+    assert report.padded == {"com.microsoft.MultiHeadAttention": 2}
+    assert report.packed["MatMul"] == 2 * 4 + 1 and report.packed["com.microsoft.SkipLayerNormalization"] == 4
+
+
+def test_int64_inputs():
+    d = tiny_bert()
+    d["export"] = {"input_dtype": "int64"}
+    spec = load_spec(d)
+    built = build_model(spec)
+    low = lower_model(built, input_dtype="int64")
+    packed, _ = padding_free(low.proto)
+    rng = np.random.default_rng(3)
+    mask = masks(3, 8, rng)["holes"]
+    inputs = inputs_for(spec, mask, rng, np.int64)
+    np.testing.assert_allclose(run(packed, inputs)["logits"], run(low.proto, inputs)["logits"], atol=ATOL, rtol=0)
+
+
+def test_build_writes_the_packed_variants_and_parity_checks_them(tmp_path, tmp_spec):
+    from bertc.pipeline import BuildOptions, build
+
+    d = tiny_bert(head={"type": "token_classifier", "num_classes": 3})
+    d["export"] = {"tflite": False, "variants": ["onnx_packed", "onnx_packed_int8", "onnx_packed_fp16"]}
+    report = build(tmp_spec(d), BuildOptions(out=tmp_path / "out"))
+    arts = report["artifacts"]
+    for key, file in (("onnx_packed", "model.packed.onnx"), ("onnx_packed_int8", "model.packed.int8.onnx"),
+                      ("onnx_packed_fp16", "model.packed.fp16.onnx")):
+        assert arts[key]["path"] == file and arts[key]["padded_positions"] == "zeros"
+        assert (tmp_path / "out" / file).exists()
+    parity = report["parity"]
+    assert parity["passed"]
+    assert {"onnx_packed_cpu", "onnx_packed_int8_cpu", "onnx_packed_fp16_cpu"} <= set(parity["backends"])
+    assert parity["max_abs_by_backend"]["onnx_packed_cpu"] <= 1e-4
+    assert parity["backend_info"]["onnx_packed_cpu"]["padded_positions"] == "zeros"
+    section = report["fusion"]["padding_free"]
+    assert section["self_check_max_abs"] <= 1e-4 and section["attention_rewritten"] == 2
+    assert "onnx_packed_cuda" in parity["skipped"] or "onnx_packed_cuda" in parity["backends"]
+
+
+def test_parity_holds_a_zeros_backend_to_zeros_at_padding(tmp_path):
+    """Today's artifact declared padding-free fails parity: it computes values at padded positions."""
+    from bertc.backends import CPU, Backend
+    from bertc.export.onnx import write_onnx
+    from bertc.parity import OneAtATime, compare, grid_cases, keras_runner
+
+    spec, built, _ = lowered("token_classifier")
+    low = lower_model(built, split_weights=True)
+    write_onnx(low.proto, low.weights, tmp_path / "today.onnx")
+    packed, _ = padding_free(low.proto, low.weights)
+    write_onnx(packed, low.weights, tmp_path / "packed.onnx")      # parity's grid: mostly padded batches
+    backends = [Backend("onnx_packed_cpu", "onnx_packed", tmp_path / "today.onnx", "onnx", "fp32", CPU, "zeros"),
+                Backend("onnx_packed_cuda", "onnx_packed", tmp_path / "packed.onnx", "onnx", "fp32", CPU, "zeros"),
+                Backend("onnx_optimized_cpu", "onnx_optimized", tmp_path / "packed.onnx", "onnx", "fp32", CPU)]
+    results = {r.backend: r for r in compare(spec, built.signature, keras_runner(built.model), backends,
+                                             OneAtATime(backends), grid_cases(spec))}
+    assert not results["onnx_packed_cpu"].passed          # values at padding where zeros were promised
+    assert results["onnx_packed_cuda"].passed             # the padding-free graph, as promised
+    assert not results["onnx_optimized_cpu"].passed       # zeros where Keras computes values
+
+
+def test_not_packable_graph_is_named():
+    from onnx import TensorProto, helper
+
+    from bertc.errors import NotLowerable
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input_mask"], ["out"])], "g",
+                              [helper.make_tensor_value_info("input_mask", TensorProto.INT32, ["batch", "sequence"])],
+                              [helper.make_tensor_value_info("out", TensorProto.INT32, ["batch", "sequence"])])
+    with pytest.raises(NotLowerable, match="no embedding lookup"):
+        padding_free(helper.make_model(graph))
