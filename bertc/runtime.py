@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from bertc.backends import CPU, CUDA, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers
-from bertc.errors import BackendLoadError, InputError
+from bertc.errors import BackendLoadError, BertcError, InputError
 from bertc.run_io import Record
 
 STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -494,8 +494,10 @@ class Runtime:
 
 class RayPredictor:
     """The ``map_batches`` actor: one engine (one ONNX Runtime session with ``threads`` threads) per actor,
-    built from the :class:`EngineParts` in Ray's object store. Each result leaves as JSON text (an embedding
-    as a float32 row), with the row's index so that the driver writes every row once, in order."""
+    built from the :class:`EngineParts` in Ray's object store. Each result leaves as bytes (an embedding's
+    float32 row, else JSON), with the row's index so that the driver writes every row once, in order. A
+    bertc error (an over-long text) leaves as data too (``error``): Ray Data would wrap a raised one into
+    an exception that no longer says what it was."""
 
     def __init__(self, parts_ref, threads: int):
         import ray
@@ -504,16 +506,20 @@ class RayPredictor:
         self.engine = Engine(ray.get(parts) if isinstance(parts, ray.ObjectRef) else parts, threads)
 
     def __call__(self, batch: dict) -> dict:
-        texts, pairs = batch["text"], batch["pair"]
+        index = np.asarray(batch["index"], np.int64)
         records = [Record(str(t), str(p) if has else None, str(w))
-                   for t, p, has, w in zip(texts, pairs, batch["has_pair"], batch["where"])]
-        results = self.engine.predict(records)
-        out = {"index": np.asarray(batch["index"], np.int64)}
+                   for t, p, has, w in zip(batch["text"], batch["pair"], batch["has_pair"], batch["where"])]
+        errors = np.array([""] * len(index), dtype=object)
+        try:
+            results = self.engine.predict(records)
+        except BertcError as exc:
+            errors[0] = json.dumps([type(exc).__name__, str(exc)])
+            return {"index": index, "result": np.array([b""] * len(index), dtype=object), "error": errors}
         if self.engine.parts.kind == "embedding":
-            out["embedding"] = np.stack(results).astype(np.float32)
+            encoded = [np.asarray(r, "<f4").tobytes() for r in results]
         else:
-            out["result"] = np.array([json.dumps(r, ensure_ascii=False) for r in results], dtype=object)
-        return out
+            encoded = [json.dumps(r, ensure_ascii=False).encode() for r in results]
+        return {"index": index, "result": np.array(encoded, dtype=object), "error": errors}
 
 
 def _ray_blocks(records: Iterable[Record], size: int):
@@ -556,7 +562,12 @@ def run_ray(runtime: Runtime, records: Iterable[Record], address: Optional[str] 
     (default 1). Yields results in input order, each row exactly once: a worker that dies is restarted by
     Ray and its batch retried; a row seen twice is dropped, a row missing is an error."""
     ray = ray_init(address)
+    import logging
+
     import ray.data
+
+    for name in ("ray.data", "ray"):  # Ray Data's INFO lines (plan, "execution finished") off the console
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     threads = runtime.threads or 1
     if actors is None:
@@ -567,33 +578,52 @@ def run_ray(runtime: Runtime, records: Iterable[Record], address: Optional[str] 
     context.print_on_execution_start = False
     if hasattr(context, "enable_operator_progress_bars"):
         context.enable_operator_progress_bars = False
-    block_rows = max(runtime.parts.batch_size * 8, 256)
-    refs, total = _ray_blocks(records, block_rows)
+    # one block per window, one window per map_batches call: the same windows, sorted and batched as in one
+    # process, so the same results (dynamic int8 quantizes each batch's activations with its own scale)
+    refs, total = _ray_blocks(records, runtime.window)
     if not total:
         return
     parts_ref = ray.put(runtime.parts)
     ds = ray.data.from_arrow_refs(refs).map_batches(
         predictor, fn_constructor_args=([parts_ref], threads), batch_size=runtime.window, batch_format="numpy",
-        concurrency=actors, num_cpus=threads, max_restarts=-1, max_task_retries=-1)
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, max_restarts=-1, max_task_retries=-1)
+    yield from _ordered_once(runtime, ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2),
+                             total, progress)
+
+
+def _actor_error(message: str) -> BertcError:
+    from bertc import errors
+
+    name, text = json.loads(message)
+    cls = getattr(errors, name, BertcError)
+    return cls(text) if cls in (InputError, BackendLoadError, errors.OutputError) else BertcError(text)
+
+
+def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[list]:
+    """The results of ``batches`` (each with its rows' ``index``), checked to come in input order with every
+    row exactly once: a row seen again (a retried batch) is dropped, a row missing is an error."""
     expected = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+    for batch in batches:
+        failed = [e for e in batch["error"] if e]
+        if failed:
+            raise _actor_error(failed[0])
         index = batch["index"]
         keep = index >= expected
         if not keep.any():
             continue
         index = index[keep]
         if index[0] != expected or np.any(np.diff(index) != 1):
-            raise InputError(f"the Ray job lost rows: expected row {expected}, got {int(index[0])}")
+            raise BertcError(f"the Ray job lost rows: expected row {expected}, got {int(index[0])}")
         expected = int(index[-1]) + 1
         if runtime.kind == "embedding":
-            results = list(np.asarray(batch["embedding"], np.float32)[keep])
+            results = [np.frombuffer(r, "<f4") for r in batch["result"][keep]]
         else:
             results = [json.loads(r) for r in batch["result"][keep]]
         if progress:
             progress(len(results))
         yield results
     if expected != total:
-        raise InputError(f"the Ray job returned {expected} of {total} rows")
+        raise BertcError(f"the Ray job returned {expected} of {total} rows")
 
 
 class Progress:
