@@ -434,7 +434,7 @@ class Runtime:
             return load_tokenizer(self.out, self.max_len).to_str()
         except InputError:
             raise
-        except Exception as exc:  # BertcError from text.py: no tokenizer bundled, tokenizers missing
+        except BertcError as exc:  # text.py's: no tokenizer bundled, tokenizers not installed
             raise InputError(str(exc)) from None
 
     @property
