@@ -24,7 +24,7 @@ if "tensorflow" not in sys.modules:
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of", "load_weights",
-           "import_spec"]
+           "import_spec", "Runtime"]
 
 # Registers the components (spec models, Keras layers). Deserializing a model.keras needs
 # the layer classes, so this cannot be deferred; it builds nothing. TensorFlow's start-up
@@ -33,6 +33,9 @@ from bertc.quiet import import_log as _import_log, native_stderr_to as _native_s
 
 with _native_stderr_to(_import_log()):
     import bertc.components  # noqa: E402,F401
+
+
+from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python; imports no TensorFlow of its own)
 
 
 def load_spec(source):

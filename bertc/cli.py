@@ -334,6 +334,61 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     _err(f"wrote {out / 'bench.json'}" + (f" and {result['chart']}" if result.get("chart") else ""))
 
 
+@cli.command("run")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "result", type=click.Path(path_type=Path), required=True,
+              help="The result file: .npy (embeddings), .parquet, .jsonl or .csv; written beside itself and renamed "
+                   "when complete.")
+@click.option("--force", is_flag=True, help="Replace RESULT if it exists.")
+@click.option("--input-format", type=click.Choice(["txt", "jsonl", "csv", "tsv", "parquet"]), default=None,
+              help="The input's format [default: from its suffix].")
+@click.option("--text-field", default="text", show_default=True, help="JSONL field / CSV or Parquet column of the text.")
+@click.option("--pair-field", default=None, help="Field / column of the second text of a pair (e.g. the context "
+                                                 "of a question). In a .txt, a tab separates the pair.")
+@click.option("--artifact", default=None, metavar="ID|FILE",
+              help="Run this ONNX artifact (e.g. onnx_optimized, model.onnx) instead of the one picked for the host.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="ONNX Runtime intra-op threads [default: one per core; with --ray: 1 per actor].")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Texts per model call.")
+@click.option("--window", type=click.IntRange(1), default=2048, show_default=True,
+              help="Texts read, sorted by length and batched at a time (bounds memory).")
+@click.option("--truncate/--no-truncate", default=None,
+              help="Cut texts longer than the model's maximum, or refuse them naming the line [default: as the "
+                   "bundled tokenizer says; sentence embedders truncate].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run over Ray Data: on the cluster at ADDRESS, or a local Ray when none is given.")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
+def run_command(out, input_path, result, force, input_format, text_field, pair_field, artifact, device, threads,
+                batch_size, window, truncate, ray_address, actors, quiet):
+    """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet);
+    write RESULT: embeddings, labels and scores, spans or tags, one per input row, in input order."""
+    import time
+
+    from bertc.runtime import Progress, Runtime
+    from bertc.run_io import stderr_is_terminal
+
+    runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
+                      truncate=truncate)
+    if not quiet:
+        _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}")
+    progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
+    start = time.perf_counter()
+    try:
+        rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
+                                pair_field=pair_field, force=force, progress=progress, total_hint=progress.set_total,
+                                ray_address=ray_address, ray_actors=actors)
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - start
+    if not quiet:
+        _err(f"wrote {result}: {rows:,} {runtime.kind} result(s) in {seconds:.2f}s "
+             f"({rows / max(seconds, 1e-9):,.1f} texts/s" + (", over Ray)" if ray_address is not None else ")"))
+
+
 def _traceback_wanted() -> bool:
     return os.environ.get("BERTC_TRACEBACK") == "1" or os.environ.get("BERTC_DEBUG") == "1"
 

@@ -12,7 +12,8 @@ code  name                         meaning
 0                                  success
 1     ``EXIT_CHECK_FAILED``        numeric validation failed (a check of ``bertc build``), or a
                                    weight transfer (``--init-from``) does not fit
-2     ``EXIT_BAD_SPEC``            the spec, the command line, the weights or a plug-in is wrong
+2     ``EXIT_BAD_SPEC``            the spec, the command line, the weights or a plug-in is wrong,
+                                   or the input of ``bertc run`` (a missing field, an empty text)
 3     ``EXIT_PARITY_FAILED``       a backend disagrees with the Keras reference (or the
                                    optimized lowering fails its structural check)
 4     ``EXIT_EXPORT_FAILED``       ONNX / TFLite export failed
@@ -70,6 +71,13 @@ class SpecTextError(BertcError, ValueError):
 
 class PluginError(BertcError):
     """A plug-in that cannot be found or fails while importing, or a build that needs one not loaded."""
+
+    exit_code = EXIT_BAD_SPEC
+
+
+class InputError(BertcError):
+    """Input that ``bertc run`` cannot use (unknown format, missing field or column, empty or over-long
+    text, not a bertc build): the message names the file and the line or row."""
 
     exit_code = EXIT_BAD_SPEC
 

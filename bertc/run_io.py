@@ -1,0 +1,377 @@
+"""Streaming readers and writers of ``bertc run``: text in, results out, never a whole file in memory.
+
+A reader yields :class:`Record` s (the text, its optional pair, and where it is in the input, for error
+messages) one at a time from a .txt (one text per line, a tab before the pair), JSONL, CSV/TSV or
+Parquet file. A writer takes results in input order, batch by batch, into a temporary file beside the
+result (``.RESULT.partial-PID``) that :func:`atomic_result` renames over RESULT only once everything
+was written: an error, Ctrl-C or a killed job leaves no partial RESULT behind.
+
+Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a classification is
+``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}``; tags are
+``{"tags": [{"word", "start", "end", "label", "score"}, ...]}``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from bertc.errors import InputError, OutputError
+
+INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
+                 ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+RESULT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+                  ".pq": "parquet"}
+KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span"),
+                          "jsonl": ("embedding", "classification", "span", "tags"),
+                          "parquet": ("embedding", "classification", "span", "tags")}
+
+
+@dataclass(frozen=True)
+class Record:
+    text: str
+    pair: Optional[str]
+    where: str  # "in.txt: line 3", "in.parquet: row 7", "text 2": for messages
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to read an input file: its format and which fields hold the text (and its pair)."""
+
+    path: Path
+    format: str
+    text_field: str = "text"
+    pair_field: Optional[str] = None
+
+
+def _known(table: dict) -> str:
+    return ", ".join(sorted(set(table)))
+
+
+def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_field: Optional[str] = None) -> InputSpec:
+    path = Path(path)
+    if fmt is None:
+        fmt = INPUT_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise InputError(f"{path}: unknown input format {path.suffix or '(no suffix)'!r}; known: "
+                             f"{_known(INPUT_FORMATS)} (or name one with --input-format "
+                             f"{'|'.join(sorted(set(INPUT_FORMATS.values())))})")
+    elif fmt not in set(INPUT_FORMATS.values()):
+        raise InputError(f"unknown input format {fmt!r}; known: {', '.join(sorted(set(INPUT_FORMATS.values())))}")
+    if not path.exists():
+        raise InputError(f"{path}: no such input file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an input file")
+    if fmt == "txt" and (text_field != "text" or pair_field):
+        raise InputError(f"{path}: a .txt input has no fields (one text per line, a tab before its pair); "
+                         f"--text-field / --pair-field are for JSONL, CSV and Parquet")
+    return InputSpec(path, fmt, text_field, pair_field)
+
+
+def _check_text(value, where: str, field: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{where}: field {field!r} is {type(value).__name__}, not text")
+    if not value.strip():
+        raise InputError(f"{where}: empty text" + (f" in field {field!r}" if field else "")
+                         + " (remove the row or give it text: every row gets one result)")
+    return value
+
+
+def _open_text(path: Path):
+    return open(path, encoding="utf-8", newline="")
+
+
+def _decode_error(spec: InputSpec, where: str, exc: Exception):
+    return InputError(f"{spec.path}: {where}: not UTF-8 text ({exc.reason if hasattr(exc, 'reason') else exc})")
+
+
+def _read_txt(spec: InputSpec) -> Iterator[Record]:
+    with open(spec.path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"line {n}"
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise _decode_error(spec, where, exc) from None
+            text, _, pair = line.partition("\t")
+            loc = f"{spec.path}: {where}"
+            yield Record(_check_text(text, loc, ""), _check_text(pair, loc, "pair") if "\t" in line else None, loc)
+
+
+def _fields(row: dict, spec: InputSpec, where: str) -> Record:
+    missing = [f for f in (spec.text_field, spec.pair_field) if f is not None and f not in row]
+    if missing:
+        raise InputError(f"{spec.path}: {where}: no field {missing[0]!r} (it has: {', '.join(map(str, row)) or 'none'}; "
+                         f"choose with --text-field / --pair-field)")
+    loc = f"{spec.path}: {where}"
+    pair = _check_text(row[spec.pair_field], loc, spec.pair_field) if spec.pair_field else None
+    return Record(_check_text(row[spec.text_field], loc, spec.text_field), pair, loc)
+
+
+def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
+    with open(spec.path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"line {n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _decode_error(spec, where, exc) from None
+            if not line.strip():
+                raise InputError(f"{spec.path}: {where}: empty line (JSONL has one JSON object per line)")
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{spec.path}: {where}: not JSON: {exc}") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{spec.path}: {where}: a JSON {type(row).__name__}, not an object with a "
+                                 f"{spec.text_field!r} field")
+            yield _fields(row, spec, where)
+
+
+def _read_csv(spec: InputSpec) -> Iterator[Record]:
+    try:
+        with _open_text(spec.path) as f:
+            reader = csv.DictReader(f, delimiter="\t" if spec.format == "tsv" else ",")
+            header = reader.fieldnames or []
+            missing = [c for c in (spec.text_field, spec.pair_field) if c is not None and c not in header]
+            if missing:
+                raise InputError(f"{spec.path}: no column {missing[0]!r} in the header (columns: "
+                                 f"{', '.join(header) or 'none'}; choose with --text-field / --pair-field)")
+            for row in reader:
+                # reader.line_num is the physical line the row ended on (a quoted text may span lines)
+                yield _fields({k: ("" if v is None else v) for k, v in row.items() if k is not None},
+                              spec, f"line {reader.line_num}")
+    except UnicodeDecodeError as exc:
+        raise _decode_error(spec, "somewhere", exc) from None
+    except csv.Error as exc:
+        raise InputError(f"{spec.path}: not valid CSV: {exc}") from None
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise InputError("Parquet needs pyarrow: pip install 'bertc[parquet]'") from None
+    return pyarrow
+
+
+def _read_parquet(spec: InputSpec) -> Iterator[Record]:
+    pa = _pyarrow()
+    try:
+        f = pa.parquet.ParquetFile(spec.path)
+    except Exception as exc:
+        raise InputError(f"{spec.path}: not a Parquet file: {' '.join(str(exc).split())}") from None
+    names = f.schema_arrow.names
+    columns = [c for c in (spec.text_field, spec.pair_field) if c is not None]
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}; choose with "
+                         f"--text-field / --pair-field)")
+    n = 0
+    for batch in f.iter_batches(batch_size=4096, columns=columns):
+        values = {c: batch.column(c).to_pylist() for c in columns}
+        for i in range(batch.num_rows):
+            n += 1
+            yield _fields({c: ("" if values[c][i] is None else values[c][i]) for c in columns}, spec, f"row {n}")
+
+
+READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "tsv": _read_csv, "parquet": _read_parquet}
+
+
+def read_records(spec: InputSpec) -> Iterator[Record]:
+    """The records of ``spec``'s file, streamed; an :class:`InputError` names the line or row of a bad one."""
+    try:
+        yield from READERS[spec.format](spec)
+    except OSError as exc:
+        raise InputError(f"{spec.path}: cannot read: {exc}") from None
+
+
+def count_rows(spec: InputSpec) -> Optional[int]:
+    """How many rows the input has, when that is cheap to know (for the progress bar); else None."""
+    try:
+        if spec.format == "parquet":
+            return _pyarrow().parquet.ParquetFile(spec.path).metadata.num_rows
+        if spec.format in ("txt", "jsonl"):
+            n, last = 0, b"\n"
+            with open(spec.path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    n += chunk.count(b"\n")
+                    last = chunk[-1:]
+            return n + (last != b"\n")
+    except Exception:
+        return None
+    return None
+
+
+# --- results ----------------------------------------------------------------------------------------
+
+def result_format(path, kind: str, fmt: Optional[str] = None) -> str:
+    path = Path(path)
+    fmt = fmt or RESULT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unknown result format {path.suffix or '(no suffix)'!r}; known: "
+                         f"{_known(RESULT_FORMATS)}")
+    if kind not in KINDS_BY_RESULT_FORMAT[fmt]:
+        fits = [f".{f}" for f, kinds in KINDS_BY_RESULT_FORMAT.items() if kind in kinds]
+        raise InputError(f"{path}: a .{fmt} result cannot hold {kind} results; use {' or '.join(fits)}")
+    if fmt == "parquet":
+        _pyarrow()
+    return fmt
+
+
+class _NpyWriter:
+    """A float32 (rows, dim) .npy written row block by row block: the header is rewritten with the row
+    count at the end (padded to a fixed size, so it never moves the data)."""
+
+    HEADER = 128
+
+    def __init__(self, f):
+        self.f, self.rows, self.dim = f, 0, None
+        f.write(b"\0" * self.HEADER)
+
+    def _header(self) -> bytes:
+        body = repr({"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim or 0)}).encode()
+        prefix = b"\x93NUMPY\x01\x00"
+        pad = self.HEADER - len(prefix) - 2 - len(body) - 1
+        return prefix + (len(body) + pad + 1).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+    def write(self, rows) -> None:
+        block = np.ascontiguousarray(rows, dtype="<f4")
+        if self.dim is None:
+            self.dim = block.shape[1]
+        self.f.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self.f.seek(0)
+        self.f.write(self._header())
+
+
+def _plain(row) -> dict:
+    if isinstance(row, np.ndarray):
+        return {"embedding": row.astype(float).tolist()}
+    return row
+
+
+class _JsonlWriter:
+    def __init__(self, f):
+        self.f = io.TextIOWrapper(f, encoding="utf-8", newline="\n", write_through=False)
+
+    def write(self, rows) -> None:
+        self.f.write("".join(json.dumps(_plain(r), ensure_ascii=False) + "\n" for r in rows))
+
+    def close(self) -> None:
+        self.f.flush()
+        self.f.detach()
+
+
+class _CsvWriter:
+    def __init__(self, f, kind: str):
+        self.f = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=False)
+        self.kind, self.writer = kind, csv.writer(self.f)
+        self.columns = {"classification": ["label", "label_id", "score"], "span": ["start", "end", "text", "score"],
+                        "embedding": None}[kind]
+        if self.columns:
+            self.writer.writerow(self.columns)
+
+    def write(self, rows) -> None:
+        if self.kind == "embedding":
+            self.writer.writerows([f"{v:.7g}" for v in r] for r in rows)
+        else:
+            self.writer.writerows([r[c] for c in self.columns] for r in rows)
+
+    def close(self) -> None:
+        self.f.flush()
+        self.f.detach()
+
+
+class _ParquetWriter:
+    def __init__(self, f, kind: str):
+        self.pa = _pyarrow()
+        self.f, self.kind, self.writer = f, kind, None
+
+    def _table(self, rows):
+        pa = self.pa
+        if self.kind == "embedding":
+            block = np.ascontiguousarray(rows, dtype=np.float32)
+            values = pa.array(block.reshape(-1))
+            return pa.table({"embedding": pa.FixedSizeListArray.from_arrays(values, block.shape[1])})
+        if self.kind == "tags":
+            tag = pa.struct([("word", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
+                             ("label", pa.string()), ("score", pa.float32())])
+            return pa.table({"tags": pa.array([r["tags"] for r in rows], pa.list_(tag))})
+        if self.kind == "classification":
+            return pa.table({"label": pa.array([r["label"] for r in rows], pa.string()),
+                             "label_id": pa.array([r["label_id"] for r in rows], pa.int32()),
+                             "score": pa.array([r["score"] for r in rows], pa.float32()),
+                             "scores": pa.array([r["scores"] for r in rows], pa.list_(pa.float32()))})
+        return pa.table({"start": pa.array([r["start"] for r in rows], pa.int32()),
+                         "end": pa.array([r["end"] for r in rows], pa.int32()),
+                         "text": pa.array([r["text"] for r in rows], pa.string()),
+                         "score": pa.array([r["score"] for r in rows], pa.float32())})
+
+    def write(self, rows) -> None:
+        table = self._table(rows)
+        if self.writer is None:
+            self.writer = self.pa.parquet.ParquetWriter(self.f, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is None:  # no row at all: an empty file with the schema
+            self.writer = self.pa.parquet.ParquetWriter(self.f, self._table([]).schema if self.kind != "embedding"
+                                                        else self.pa.schema([("embedding", self.pa.list_(self.pa.float32()))]))
+        self.writer.close()
+
+
+def _writer(f, fmt: str, kind: str):
+    if fmt == "npy":
+        return _NpyWriter(f)
+    if fmt == "jsonl":
+        return _JsonlWriter(f)
+    if fmt == "csv":
+        return _CsvWriter(f, kind)
+    return _ParquetWriter(f, kind)
+
+
+@contextlib.contextmanager
+def atomic_result(path, fmt: str, kind: str, force: bool = False):
+    """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
+    ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists; pass --force to replace it")
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; the result is a file")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: no such directory for the result")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        f = open(tmp, "wb")
+    except OSError as exc:
+        raise OutputError(f"cannot write the result beside {path}: {exc}") from None
+    try:
+        with f:
+            writer = _writer(f, fmt, kind)
+            yield writer
+            writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,667 @@
+"""Run a built model on text: ``bertc run OUT INPUT -o RESULT`` and ``bertc.Runtime("OUT").run(texts)``.
+
+``Runtime(out)`` reads OUT's report.json (no TensorFlow), picks the artifact for this host
+(:func:`choose_artifact`), and holds an :class:`Engine`: the bundled tokenizer, one ONNX Runtime session
+and the decoding of the model's outputs into results. The engine's whole state travels as a small
+picklable :class:`EngineParts` (the model bytes, the tokenizer JSON, the labels), which is how each Ray
+actor builds its own engine without seeing OUT.
+
+Batching: texts are tokenized a window at a time (``window`` rows, bounded memory), sorted by token length
+inside the window, cut into batches of ``batch_size`` padded to their own longest row, and their results
+put back in input order. What the model's outputs are decides what a result is (:func:`result_kind`):
+
+====================================  ==============  ===============================================
+outputs                               kind            one result
+====================================  ==============  ===============================================
+one (batch, dim) features output      embedding       float32 vector (``sentence_embedding``, or the
+                                                      encoder's ``pooled_output`` without a head)
+``logits`` (batch, classes)           classification  ``{"label", "label_id", "score", "scores"}``
+``start_logits`` + ``end_logits``     span            ``{"start", "end", "text", "score"}``: character
+                                                      offsets into the text (the pair's, for a pair)
+``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
+                                                      "score"}]}``: one per word, its first token's tag
+====================================  ==============  ===============================================
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from bertc.backends import CPU, CUDA, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers
+from bertc.errors import BackendLoadError, BertcError, InputError
+from bertc.run_io import Record
+
+STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (as HF's QA pipeline)
+DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
+
+
+# --- the build directory -----------------------------------------------------------------------------
+
+def read_build(out) -> tuple[dict, dict]:
+    """report.json and spec.json of a bertc build directory; an :class:`InputError` if it is not one."""
+    out = Path(out)
+    if not out.is_dir():
+        raise InputError(f"{out}: no such build directory" if not out.exists() else f"{out}: not a directory")
+    report_path = out / "report.json"
+    if not report_path.is_file():
+        hint = f" (a failed build's report is in {out}.failed/)" if Path(f"{out}.failed").is_dir() else ""
+        raise InputError(f"{out}: not a bertc build directory (no report.json; make one with bertc build){hint}")
+    try:
+        report = json.loads(report_path.read_text())
+        spec = json.loads((out / "spec.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{out}: not a readable bertc build ({exc})") from None
+    if not isinstance(report, dict) or "artifacts" not in report or "outputs" not in report:
+        raise InputError(f"{out}/report.json: not a bertc build report (no artifacts / outputs)")
+    if report.get("status") != "passed":
+        raise InputError(f"{out}: the build's status is {report.get('status')!r}, not 'passed'; rebuild it")
+    return report, spec
+
+
+def max_sequence_length(spec: dict) -> int:
+    enc = spec.get("encoder", {})
+    return int(enc.get("max_sequence_length") or (enc.get("embedding") or {}).get("max_sequence_length") or 512)
+
+
+def result_kind(report: dict) -> tuple[str, dict]:
+    """What one result of this model is (see the module docstring) and which outputs make it."""
+    outputs = {o["name"]: o for o in report["outputs"]}
+    extra = [i["name"] for i in report["inputs"] if i["name"] not in STANDARD_INPUTS]
+    if extra:
+        raise InputError(f"bertc run cannot feed this model: it needs {', '.join(extra)} besides the tokens "
+                         f"(a pretrainer's masked-LM positions); build the encoder alone (bertc import --encoder-only) "
+                         f"or with a task head to run it on text")
+    if "start_logits" in outputs and "end_logits" in outputs:
+        return "span", {"start": "start_logits", "end": "end_logits"}
+    if "masked_lm" in outputs:
+        raise InputError("bertc run does not decode masked-LM outputs (fill-mask); build the encoder alone "
+                         "(bertc import --encoder-only) or with a task head to run it on text")
+    if "logits" in outputs:
+        return ("tags" if outputs["logits"]["seq_axis"] is not None else "classification"), {"logits": "logits"}
+    for name in ("sentence_embedding", "pooled_output"):
+        if name in outputs:
+            return "embedding", {"embedding": name}
+    pooled = [o["name"] for o in report["outputs"] if o["seq_axis"] is None and o["kind"] == "features"]
+    if len(pooled) == 1:
+        return "embedding", {"embedding": pooled[0]}
+    raise InputError(f"bertc run does not know what a result of this model is (outputs: {', '.join(outputs)})")
+
+
+def passed_parity(report: dict, artifact_id: str, provider: str) -> Optional[bool]:
+    """Whether the artifact passed parity on ``provider``: True, False, or None when it was not compared."""
+    parity = report.get("parity")
+    if not parity:
+        return None
+    name = backend_name(artifact_id, provider)
+    if name in (parity.get("load_errors") or {}):
+        return False
+    rows = [r for r in parity.get("results", []) if r.get("backend") == name]
+    return all(r.get("passed") for r in rows) if rows else None
+
+
+@dataclass(frozen=True)
+class Choice:
+    artifact: str
+    path: str
+    provider: str
+    precision: str
+    why: str
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.artifact}, {self.precision}, {PROVIDER_SUFFIX.get(self.provider, self.provider)}): {self.why}"
+
+
+def _rank(artifact_id: str, info: dict, provider: str) -> int:
+    """Lower is preferred: reduced precision that passed parity first (int8 on CPU, fp16 on CUDA), then
+    bertc's optimized fp32 artifacts, then the portable model.onnx."""
+    if info["precision"] == ("fp16" if provider == CUDA else "int8"):
+        return 0
+    if info["precision"] != "fp32":
+        return 9
+    return 2 if artifact_id == "onnx" else 1
+
+
+def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = "auto") -> Choice:
+    """The ONNX artifact to run on this host. CUDA when onnxruntime has it (``device="auto"``); a
+    reduced-precision artifact only where it passed parity on that provider; fp32 artifacts that passed
+    parity (or whose parity was not run) next, bertc's optimized ones before model.onnx; among equals, an
+    artifact whose report entry says ``"preferred": true``, then the report's order. ``artifact`` (an id
+    of report.json's artifacts or a file name) overrides the choice."""
+    available = onnx_providers()
+    if not available:
+        raise BackendLoadError("onnxruntime is not installed: pip install 'bertc[cpu]' (or 'bertc[gpu]' for CUDA)")
+    if device == "cuda" and CUDA not in available:
+        raise InputError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    providers = [CUDA, CPU] if device == "cuda" or (device == "auto" and CUDA in available) else [CPU]
+    infos = {k: artifact_info(k, v) for k, v in report["artifacts"].items()}
+    onnx = {k: v for k, v in infos.items() if v["format"] == "onnx"}
+    if artifact is not None:
+        matches = [k for k, v in onnx.items() if artifact in (k, v["path"])]
+        if not matches:
+            have = ", ".join(f"{k} ({v['path']})" for k, v in onnx.items()) or "none"
+            raise InputError(f"--artifact {artifact}: not an ONNX artifact of this build (it has: {have})")
+        k = matches[0]
+        for provider in providers:
+            if provider in onnx[k]["providers"] and provider in available:
+                verdict = passed_parity(report, k, provider)
+                why = {True: "passed parity", False: "FAILED parity in this build", None: "parity not run"}[verdict]
+                return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"], f"as asked (--artifact); {why}")
+        raise InputError(f"--artifact {artifact}: meant for {', '.join(onnx[k]['providers'])}, none available here")
+    for provider in providers:
+        candidates = []
+        for order, (k, info) in enumerate(onnx.items()):
+            if provider not in info["providers"]:
+                continue
+            verdict = passed_parity(report, k, provider)
+            if verdict is None and info["precision"] == "fp32" and provider == CUDA:
+                verdict = passed_parity(report, k, CPU)  # an fp32 artifact checked on CPU runs on CUDA (no TF32)
+            if verdict is False or (verdict is None and info["precision"] != "fp32"):
+                continue
+            candidates.append((_rank(k, info, provider), not info.get("preferred", False), order, k, verdict))
+        if candidates:
+            rank, _, _, k, verdict = min(candidates)
+            note = "passed parity" if verdict else "parity was not run in this build"
+            what = {0: f"{onnx[k]['precision']}, the fastest that {note}", 1: f"optimized fp32, {note}",
+                    2: f"the portable export, {note}"}.get(rank, note)
+            return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"], what)
+    raise InputError("no ONNX artifact of this build can run here (none exported, or none passed parity)")
+
+
+def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[list[str]]:
+    """The checkpoint's class names (``id2label`` of a Hugging Face config.json beside the trained weights,
+    or in OUT), when the build knows them and they number the model's classes."""
+    candidates = [Path(out) / "config.json"]
+    source = (report.get("weights") or {}).get("source")
+    if source:
+        src = Path(source)
+        candidates.append((src if src.is_dir() else src.parent) / "config.json")
+    for path in candidates:
+        try:
+            id2label = json.loads(path.read_text()).get("id2label")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(id2label, dict) and id2label:
+            try:
+                names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+            except (ValueError, KeyError):
+                continue
+            if classes is None or len(names) == classes:
+                return names
+    return None
+
+
+def truncation_default(out: Path, kind: str) -> bool:
+    """Whether over-long texts are truncated when neither --truncate nor --no-truncate is given: when the
+    bundled tokenizer.json turns truncation on, and for sentence embedders (sentence-transformers always
+    truncates to max_seq_length, which the import took as the model's max_sequence_length)."""
+    if kind == "embedding":
+        return True
+    try:
+        return bool(json.loads((Path(out) / "tokenizer.json").read_text()).get("truncation"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# --- the engine: tokenizer + session + decoding --------------------------------------------------------
+
+@dataclass
+class EngineParts:
+    """Everything an :class:`Engine` needs, picklable (sent once to each Ray actor)."""
+
+    model: bytes
+    model_name: str
+    tokenizer_json: str
+    provider: str
+    precision: str
+    kind: str
+    outputs: dict
+    inputs: list
+    max_len: int
+    truncate: bool
+    labels: Optional[list] = None
+    batch_size: int = DEFAULT_BATCH
+    provider_options: dict = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, parts: EngineParts, threads: Optional[int] = None, spinning: bool = True):
+        import onnxruntime as ort
+        import tokenizers
+
+        self.parts = parts
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        provider = (parts.provider, parts.provider_options) if parts.provider_options else parts.provider
+        try:
+            self.session = ort.InferenceSession(parts.model, options, providers=[provider])
+        except Exception as exc:
+            raise BackendLoadError(f"{parts.model_name}: cannot be loaded by ONNX Runtime: "
+                                   f"{' '.join(str(exc).split())[:300]}") from None
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.int_types = {n: (np.int64 if types.get(n) == "tensor(int64)" else np.int32) for n in parts.inputs}
+        self.tokenizer = tokenizers.Tokenizer.from_str(parts.tokenizer_json)
+        self.tokenizer.enable_truncation(max_length=parts.max_len)
+        self.tokenizer.no_padding()
+        self.output_names = list(parts.outputs.values())
+
+    # tokens -------------------------------------------------------------------------------------------
+    def encode(self, records: Sequence[Record]) -> list:
+        encodings = self.tokenizer.encode_batch([r.text if r.pair is None else (r.text, r.pair) for r in records])
+        if not self.parts.truncate:
+            for r, e in zip(records, encodings):
+                if e.overflowing:
+                    raise InputError(f"{r.where}: the text is longer than the model's maximum of "
+                                     f"{self.parts.max_len} tokens; pass --truncate to cut it "
+                                     f"(Runtime(..., truncate=True))")
+        return encodings
+
+    def _feeds(self, encodings) -> dict:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for i, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
+        arrays = {"input_word_ids": ids, "input_mask": mask, "input_type_ids": types}
+        return {n: arrays[n].astype(self.int_types[n]) for n in self.parts.inputs}
+
+    # the model ----------------------------------------------------------------------------------------
+    def predict(self, records: Sequence[Record]) -> list:
+        """One result per record, in the records' order: the batches are cut from the records sorted by
+        token length and padded to their own longest."""
+        if not records:
+            return []
+        encodings = self.encode(records)
+        order = sorted(range(len(records)), key=lambda i: len(encodings[i].ids))
+        results: list = [None] * len(records)
+        size = self.parts.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            batch = [encodings[i] for i in chunk]
+            values = dict(zip(self.output_names, self.session.run(self.output_names, self._feeds(batch))))
+            for j, i in enumerate(chunk):
+                results[i] = self._decode(values, j, encodings[i], records[i])
+        return results
+
+    # decoding -----------------------------------------------------------------------------------------
+    def _label(self, k: int) -> str:
+        labels = self.parts.labels
+        return labels[k] if labels and k < len(labels) else f"LABEL_{k}"
+
+    def _decode(self, values: dict, j: int, e, record: Record):
+        kind, outs = self.parts.kind, self.parts.outputs
+        if kind == "embedding":
+            return np.asarray(values[outs["embedding"]][j], np.float32)
+        if kind == "classification":
+            probs = _softmax(values["logits"][j].astype(np.float64))
+            k = int(np.argmax(probs))
+            return {"label": self._label(k), "label_id": k, "score": float(probs[k]),
+                    "scores": [float(p) for p in probs]}
+        if kind == "span":
+            return self._span(values[outs["start"]][j], values[outs["end"]][j], e, record)
+        return {"tags": self._tags(values["logits"][j], e, record)}
+
+    def _span(self, start_logits, end_logits, e, record: Record) -> dict:
+        context = 1 if record.pair is not None else 0
+        text = record.pair if record.pair is not None else record.text
+        n = len(e.ids)
+        allowed = np.array([e.sequence_ids[t] == context and e.special_tokens_mask[t] == 0 for t in range(n)])
+        if not allowed.any():
+            return {"start": 0, "end": 0, "text": "", "score": 0.0}
+        p_start = _softmax(np.where(allowed, start_logits[:n].astype(np.float64), -np.inf))
+        p_end = _softmax(np.where(allowed, end_logits[:n].astype(np.float64), -np.inf))
+        scores = np.triu(np.outer(p_start, p_end)) - np.triu(np.outer(p_start, p_end), MAX_ANSWER_TOKENS)
+        s, t = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        begin, end = e.offsets[s][0], e.offsets[t][1]
+        return {"start": int(begin), "end": int(end), "text": text[begin:end], "score": float(scores[s, t])}
+
+    def _tags(self, logits, e, record: Record) -> list:
+        words: dict = {}
+        for t, word in enumerate(e.word_ids):
+            if word is None or e.special_tokens_mask[t]:
+                continue
+            key = (e.sequence_ids[t], word)
+            begin, end = e.offsets[t]
+            if key not in words:
+                words[key] = [t, begin, end]
+            else:
+                words[key][2] = end
+        tags = []
+        for (seq, _), (t, begin, end) in words.items():
+            text = record.text if seq == 0 else record.pair
+            probs = _softmax(logits[t].astype(np.float64))
+            k = int(np.argmax(probs))
+            tags.append({"word": text[begin:end], "start": int(begin), "end": int(end), "label": self._label(k),
+                         "score": float(probs[k])})
+        return tags
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - np.max(x))
+    return z / z.sum()
+
+
+# --- the runtime --------------------------------------------------------------------------------------
+
+def _records(texts: Iterable) -> Iterator[Record]:
+    for n, t in enumerate(texts, 1):
+        where = f"text {n}"
+        if isinstance(t, str):
+            text, pair = t, None
+        elif isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(v, str) for v in t):
+            text, pair = t
+        else:
+            raise InputError(f"{where}: expected a string or a (text, pair) tuple of strings, got {type(t).__name__}")
+        for value, what in ((text, "text"), (pair, "pair")):
+            if value is not None and not value.strip():
+                raise InputError(f"{where}: empty {what}")
+        yield Record(text, pair, where)
+
+
+def windows(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    window: list = []
+    for r in records:
+        window.append(r)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+class Runtime:
+    """A built model ready to run on text.
+
+    >>> rt = bertc.Runtime("out/")              # picks the artifact for this host (rt.choice says which)
+    >>> rt.run(["a sentence", "another one"])   # embeddings: a (2, dim) float32 array; other heads: dicts
+
+    ``artifact`` forces one of the build's ONNX artifacts (its id or file name); ``device`` is "auto"
+    (CUDA when available), "cpu" or "cuda"; ``threads`` sets ONNX Runtime's intra-op threads (default:
+    its own, one per core); ``truncate`` None follows the tokenizer (:func:`truncation_default`), True cuts
+    over-long texts to the model's maximum, False refuses them naming the text.
+    """
+
+    def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
+                 batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None):
+        from bertc.backends import Backend, provider_options
+
+        self.out = Path(out)
+        self.report, self.spec = read_build(self.out)
+        self.kind, self.outputs = result_kind(self.report)
+        self.choice = choose_artifact(self.report, artifact, device)
+        if batch_size < 1 or window < 1:
+            raise InputError("batch_size and window must be at least 1")
+        self.threads, self.window = threads, max(window, batch_size)
+        self.max_len = max_sequence_length(self.spec)
+        self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
+        classes = None
+        if self.kind in ("classification", "tags"):
+            classes = int((self.spec.get("head") or {}).get("num_classes") or 0) or None
+        path = self.out / self.choice.path
+        if (self.report["artifacts"][self.choice.artifact].get("external_data")):
+            raise InputError(f"{path.name} keeps its weights in external data files; bertc run needs a single-file artifact")
+        try:
+            model = path.read_bytes()
+        except OSError as exc:
+            raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}") from None
+        backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
+                          self.choice.provider)
+        self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=self._tokenizer_json(),
+                                 provider=self.choice.provider, precision=self.choice.precision, kind=self.kind,
+                                 outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],
+                                 max_len=self.max_len, truncate=self.truncate,
+                                 labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
+                                 provider_options=provider_options(backend))
+        self._engine: Optional[Engine] = None
+
+    def _tokenizer_json(self) -> str:
+        from bertc.text import load_tokenizer
+
+        try:
+            return load_tokenizer(self.out, self.max_len).to_str()
+        except InputError:
+            raise
+        except BertcError as exc:  # text.py's: no tokenizer bundled, tokenizers not installed
+            raise InputError(str(exc)) from None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.parts, self.threads)
+        return self._engine
+
+    def __repr__(self) -> str:
+        return f"Runtime({str(self.out)!r}: {self.kind} results from {self.choice.describe()})"
+
+    # running ----------------------------------------------------------------------------------------
+    def iter_results(self, records: Iterable[Record], progress: Optional[Callable[[int], None]] = None) -> Iterator[list]:
+        """Results window by window, in input order (each window a list of results)."""
+        for window in windows(records, self.window):
+            results = self.engine.predict(window)
+            if progress:
+                progress(len(results))
+            yield results
+
+    def run(self, texts: Iterable):
+        """Results of ``texts`` (strings, or (text, pair) tuples) in their order: an (n, dim) float32 array
+        for an embedder, else a list with one result per text (see the module docstring)."""
+        if isinstance(texts, str):
+            raise InputError("Runtime.run takes a list of texts; for one text pass [text]")
+        results = [r for window in self.iter_results(_records(texts)) for r in window]
+        if self.kind == "embedding":
+            dim = self.engine.session.get_outputs()[0].shape[-1]
+            return np.stack(results) if results else np.zeros((0, dim if isinstance(dim, int) else 0), np.float32)
+        return results
+
+    def run_file(self, input_path, result_path, *, input_format: Optional[str] = None, text_field: str = "text",
+                 pair_field: Optional[str] = None, result_format: Optional[str] = None, force: bool = False,
+                 progress: Optional[Callable[[int], None]] = None, total_hint: Optional[Callable[[int], None]] = None,
+                 ray_address: Optional[str] = None, ray_actors: Optional[int] = None) -> int:
+        """Read INPUT, write RESULT (atomically), return the number of rows. ``ray_address`` ("" for a
+        local Ray) runs the job over Ray Data instead of in this process (:func:`bertc.runtime.run_ray`)."""
+        from bertc import run_io
+
+        spec = run_io.input_spec(input_path, input_format, text_field, pair_field)
+        fmt = run_io.result_format(result_path, self.kind, result_format)
+        if total_hint:
+            total_hint(run_io.count_rows(spec))
+        rows = 0
+        with run_io.atomic_result(result_path, fmt, self.kind, force) as writer:
+            if ray_address is not None:
+                batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress)
+            else:
+                batches = self.iter_results(run_io.read_records(spec), progress)
+            for results in batches:
+                writer.write(results)
+                rows += len(results)
+        return rows
+
+
+# --- Ray Data ----------------------------------------------------------------------------------------
+
+class RayPredictor:
+    """The ``map_batches`` actor: one engine (one ONNX Runtime session with ``threads`` threads) per actor,
+    built from the :class:`EngineParts` in Ray's object store. Each result leaves as bytes (an embedding's
+    float32 row, else JSON), with the row's index so that the driver writes every row once, in order. A
+    bertc error (an over-long text) leaves as data too (``error``): Ray Data would wrap a raised one into
+    an exception that no longer says what it was."""
+
+    def __init__(self, parts_ref, threads: int):
+        import ray
+
+        parts = parts_ref[0] if isinstance(parts_ref, list) else parts_ref
+        self.engine = Engine(ray.get(parts) if isinstance(parts, ray.ObjectRef) else parts, threads)
+
+    def __call__(self, batch: dict) -> dict:
+        index = np.asarray(batch["index"], np.int64)
+        records = [Record(str(t), str(p) if has else None, str(w))
+                   for t, p, has, w in zip(batch["text"], batch["pair"], batch["has_pair"], batch["where"])]
+        errors = np.array([""] * len(index), dtype=object)
+        try:
+            results = self.engine.predict(records)
+        except BertcError as exc:
+            errors[0] = json.dumps([type(exc).__name__, str(exc)])
+            return {"index": index, "result": np.array([b""] * len(index), dtype=object), "error": errors}
+        if self.engine.parts.kind == "embedding":
+            encoded = [np.asarray(r, "<f4").tobytes() for r in results]
+        else:
+            encoded = [json.dumps(r, ensure_ascii=False).encode() for r in results]
+        return {"index": index, "result": np.array(encoded, dtype=object), "error": errors}
+
+
+def _ray_blocks(records: Iterable[Record], size: int):
+    """The input as pyarrow tables of ``size`` rows (index, text, pair, has_pair, where), put in Ray's
+    object store one at a time (Ray spills them to disk when its memory is full)."""
+    import pyarrow as pa
+    import ray
+
+    refs, index = [], 0
+    for window in windows(records, size):
+        table = pa.table({"index": pa.array(range(index, index + len(window)), pa.int64()),
+                          "text": [r.text for r in window], "pair": [r.pair or "" for r in window],
+                          "has_pair": [r.pair is not None for r in window], "where": [r.where for r in window]})
+        refs.append(ray.put(table))
+        index += len(window)
+    return refs, index
+
+
+def ray_init(address: Optional[str]):
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs Ray: pip install 'bertc[ray]'") from None
+    if not ray.is_initialized():
+        kwargs = {"address": address} if address else {}
+        try:
+            ray.init(**kwargs, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                     ignore_reinit_error=True)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise InputError(f"--ray {address or '(local)'}: cannot connect to a Ray cluster: "
+                             f"{' '.join(str(exc).split())[:300]}") from None
+    return ray
+
+
+def run_ray(runtime: Runtime, records: Iterable[Record], address: Optional[str] = None,
+            actors: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
+            predictor=RayPredictor) -> Iterator[list]:
+    """The runtime's job over Ray Data: ``map_batches`` with a pool of ``actors`` (default: the cluster's
+    CPUs divided by the threads per actor) :class:`RayPredictor` actors of ``runtime.threads`` threads each
+    (default 1). Yields results in input order, each row exactly once: a worker that dies is restarted by
+    Ray and its batch retried; a row seen twice is dropped, a row missing is an error."""
+    ray = ray_init(address)
+    import logging
+
+    import ray.data
+
+    for name in ("ray.data", "ray"):  # Ray Data's INFO lines (plan, "execution finished") off the console
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    threads = runtime.threads or 1
+    if actors is None:
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    if hasattr(context, "enable_operator_progress_bars"):
+        context.enable_operator_progress_bars = False
+    # one block per window, one window per map_batches call: the same windows, sorted and batched as in one
+    # process, so the same results (dynamic int8 quantizes each batch's activations with its own scale)
+    refs, total = _ray_blocks(records, runtime.window)
+    if not total:
+        return
+    parts_ref = ray.put(runtime.parts)
+    ds = ray.data.from_arrow_refs(refs).map_batches(
+        predictor, fn_constructor_args=([parts_ref], threads), batch_size=runtime.window, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, max_restarts=-1, max_task_retries=-1)
+    yield from _ordered_once(runtime, ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2),
+                             total, progress)
+
+
+def _actor_error(message: str) -> BertcError:
+    from bertc import errors
+
+    name, text = json.loads(message)
+    cls = getattr(errors, name, BertcError)
+    return cls(text) if cls in (InputError, BackendLoadError, errors.OutputError) else BertcError(text)
+
+
+def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[list]:
+    """The results of ``batches`` (each with its rows' ``index``), checked to come in input order with every
+    row exactly once: a row seen again (a retried batch) is dropped, a row missing is an error."""
+    expected = 0
+    for batch in batches:
+        failed = [e for e in batch["error"] if e]
+        if failed:
+            raise _actor_error(failed[0])
+        index = batch["index"]
+        keep = index >= expected
+        if not keep.any():
+            continue
+        index = index[keep]
+        if index[0] != expected or np.any(np.diff(index) != 1):
+            raise BertcError(f"the Ray job lost rows: expected row {expected}, got {int(index[0])}")
+        expected = int(index[-1]) + 1
+        if runtime.kind == "embedding":
+            results = [np.frombuffer(r, "<f4") for r in batch["result"][keep]]
+        else:
+            results = [json.loads(r) for r in batch["result"][keep]]
+        if progress:
+            progress(len(results))
+        yield results
+    if expected != total:
+        raise BertcError(f"the Ray job returned {expected} of {total} rows")
+
+
+class Progress:
+    """A one-line progress bar on stderr (rows, percent when the total is known, rows/s), redrawn at most
+    ten times a second; silent when stderr is not a terminal or ``enabled`` is False."""
+
+    def __init__(self, enabled: bool, label: str = "rows", stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled, self.label = enabled, label
+        self.total: Optional[int] = None
+        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+
+    def set_total(self, total: Optional[int]) -> None:
+        self.total = total
+
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.enabled and (now - self.last > 0.1 or (self.total and self.done >= self.total)):
+            self.last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.total:
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"[{bar:<30}] {self.done:,}/{self.total:,} {self.label} {frac:4.0%}"
+        else:
+            text = f"{self.done:,} {self.label}"
+        self.stream.write(f"\r  {text}  {self.rate():,.1f} {self.label}/s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+

@@ -1,0 +1,418 @@
+"""``bertc run`` / ``bertc.Runtime``: every head and input format against the model run directly, truncation,
+bad input with clear messages, no partial result.
+
+The models are the tiny Hugging Face fixtures (tests/fixtures/hf, vocab 56, 16 positions), each copied with
+the bert_model fixture's tokenizer (same vocabulary) and built without TFLite. The expected values are
+computed independently: the whole input tokenized by bertc.text.encode_texts into one padded batch, run
+through model.onnx with ONNX Runtime, and decoded here (softmax, argmax, a brute-force span search).
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertc
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT, InputError
+from bertc.text import encode_texts
+
+pytest.importorskip("tokenizers")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+LABELS = {"bert_seq_cls": ["negative", "neutral", "positive"], "bert_token_cls": ["O", "B-ANIMAL", "I-ANIMAL", "B-THING"]}
+TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house",
+         "this tree is small , that tree is big", "cats and dogs", "the blue car", "an"]
+PAIRS = [("the cat sat", "the cat sat on the mat."), ("what ran ?", "a dog ran fast on the road"),
+         ("what was red ?", "it was a big red car!")]
+
+
+def _build(name: str, work: Path) -> Path:
+    from bertc.importers import import_spec
+    from bertc.pipeline import BuildOptions, build
+
+    source = work / f"{name}_src"
+    shutil.copytree(FIXTURES / name, source)
+    for f in TOKENIZER:
+        if not (source / f).exists():
+            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
+    if name in LABELS:
+        config = json.loads((source / "config.json").read_text())
+        config["id2label"] = {str(i): n for i, n in enumerate(LABELS[name])}
+        config["label2id"] = {n: i for i, n in enumerate(LABELS[name])}
+        (source / "config.json").write_text(json.dumps(config))
+    spec = work / f"{name}.json"
+    import_spec(source, spec)
+    out = work / f"{name}_out"
+    report = build(spec, BuildOptions(out=out, tflite=False))
+    assert report["status"] == "passed"
+    return out
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    return {name: _build(name, work) for name in ("st_bert_mean_norm", "bert_seq_cls", "bert_token_cls", "bert_qa")}
+
+
+def direct(out: Path, texts, artifact="model.onnx") -> dict:
+    """The outputs of one padded batch of every text, through ``artifact`` with ONNX Runtime."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / artifact), providers=["CPUExecutionProvider"])
+    x = encode_texts(out, texts, 16)
+    names = [o.name for o in session.get_outputs()]
+    return {**dict(zip(names, session.run(names, x))), **x}
+
+
+def softmax(x):
+    z = np.exp(x - x.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def write_inputs(directory: Path, texts, pairs=None) -> dict:
+    """``texts`` as .txt, .jsonl, .csv and .parquet (fields text / context)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(exist_ok=True)
+    rows = [{"id": i, "text": t, **({"context": pairs[i]} if pairs else {})} for i, t in enumerate(texts)]
+    paths = {"txt": directory / "in.txt", "jsonl": directory / "in.jsonl", "csv": directory / "in.csv",
+             "parquet": directory / "in.parquet"}
+    paths["txt"].write_text("".join(t + (f"\t{pairs[i]}" if pairs else "") + "\n" for i, t in enumerate(texts)))
+    paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import csv
+
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), paths["parquet"], row_group_size=3)
+    return paths
+
+
+def read_result(path: Path):
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- artifact choice ----------------------------------------------------------------------------------
+
+def test_runtime_picks_int8_where_it_passed_parity_and_says_so(builds):
+    out = builds["st_bert_mean_norm"]
+    rt = bertc.Runtime(out)
+    assert (rt.choice.artifact, rt.choice.provider) == ("onnx_int8", "CPUExecutionProvider")
+    assert "passed parity" in rt.choice.describe() and "model.optimized.int8.onnx" in repr(rt)
+    # int8 that failed parity is never picked: optimized fp32 next, then model.onnx
+    report = json.loads((out / "report.json").read_text())
+    from bertc.runtime import choose_artifact
+
+    for r in report["parity"]["results"]:
+        if r["backend"] == "onnx_int8_cpu":
+            r["passed"] = False
+    assert choose_artifact(report).artifact == "onnx_optimized"
+    del report["artifacts"]["onnx_optimized"]
+    assert choose_artifact(report).artifact == "onnx"
+    assert choose_artifact(report, "onnx_int8").why.endswith("FAILED parity in this build")  # asked for: run, say so
+
+
+def test_artifact_override_gives_the_same_results_within_tolerance(builds):
+    out = builds["st_bert_mean_norm"]
+    a = bertc.Runtime(out, artifact="model.onnx").run(TEXTS)
+    b = bertc.Runtime(out, artifact="onnx_optimized").run(TEXTS)
+    ref = direct(out, TEXTS)["sentence_embedding"]
+    assert a.shape == (len(TEXTS), 16) and a.dtype == np.float32
+    np.testing.assert_allclose(a, ref, atol=1e-5)
+    np.testing.assert_allclose(b, ref, atol=1e-4)
+    with pytest.raises(InputError, match="not an ONNX artifact of this build.*onnx_int8"):
+        bertc.Runtime(out, artifact="model.tflite")
+
+
+# --- every head -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size,window", [(32, 2048), (3, 5), (1, 1)])
+def test_embeddings_equal_the_padded_batch_in_input_order(builds, batch_size, window):
+    out = builds["st_bert_mean_norm"]
+    got = bertc.Runtime(out, artifact="onnx", batch_size=batch_size, window=window).run(TEXTS)
+    np.testing.assert_allclose(got, direct(out, TEXTS)["sentence_embedding"], atol=1e-5)
+
+
+def test_classifier_labels_scores_and_the_checkpoints_names(builds):
+    out = builds["bert_seq_cls"]
+    got = bertc.Runtime(out, artifact="onnx", batch_size=3).run(TEXTS)
+    probs = softmax(direct(out, TEXTS)["logits"].astype(np.float64))
+    assert [r["label_id"] for r in got] == list(probs.argmax(-1))
+    assert [r["label"] for r in got] == [LABELS["bert_seq_cls"][k] for k in probs.argmax(-1)]
+    np.testing.assert_allclose([r["score"] for r in got], probs.max(-1), atol=1e-5)
+    np.testing.assert_allclose([r["scores"] for r in got], probs, atol=1e-5)
+
+
+def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
+    out = builds["bert_token_cls"]
+    texts = ["the cats sat on the mat.", "big red cars , small dogs"]
+    got = bertc.Runtime(out, artifact="onnx").run(texts)
+    ref = direct(out, texts)
+    probs = softmax(ref["logits"].astype(np.float64))
+    # the words and their character spans: "cats" is one word of two tokens (cat ##s), "." its own word
+    assert [t["word"] for t in got[0]["tags"]] == ["the", "cats", "sat", "on", "the", "mat", "."]
+    assert [(t["start"], t["end"]) for t in got[1]["tags"]][:3] == [(0, 3), (4, 7), (8, 12)]
+    for text, row, p, ids in zip(texts, got, probs, ref["input_word_ids"]):
+        first_tokens = [1]  # [CLS] then each word's first token: "cats" -> cat, ##s
+        tokens = [t for t in range(1, int(ref["input_mask"][texts.index(text)].sum()) - 1)]
+        from bertc.text import load_tokenizer
+
+        enc = load_tokenizer(out, 16).encode(text)
+        first_tokens = [t for t in tokens if enc.word_ids[t] is not None and (enc.word_ids[t - 1] != enc.word_ids[t])]
+        assert len(first_tokens) == len(row["tags"])
+        for tag, t in zip(row["tags"], first_tokens):
+            assert text[tag["start"]:tag["end"]] == tag["word"]
+            assert tag["label"] == LABELS["bert_token_cls"][int(p[t].argmax())]
+            assert abs(tag["score"] - p[t].max()) < 1e-5
+
+
+def test_span_labeler_returns_the_best_span_of_the_context(builds):
+    out = builds["bert_qa"]
+    got = bertc.Runtime(out, artifact="onnx").run(PAIRS)
+    ref = direct(out, PAIRS)
+    from bertc.text import load_tokenizer
+
+    tok = load_tokenizer(out, 16)
+    for (question, context), row, s_logits, e_logits in zip(PAIRS, got, ref["start_logits"], ref["end_logits"]):
+        enc = tok.encode(question, context)
+        allowed = [t for t in range(len(enc.ids)) if enc.sequence_ids[t] == 1 and not enc.special_tokens_mask[t]]
+        ps = softmax(np.array([s_logits[t] for t in allowed], np.float64))
+        pe = softmax(np.array([e_logits[t] for t in allowed], np.float64))
+        best = max(((ps[i] * pe[j], i, j) for i in range(len(allowed)) for j in range(i, len(allowed))))
+        start, end = enc.offsets[allowed[best[1]]][0], enc.offsets[allowed[best[2]]][1]
+        assert (row["start"], row["end"], row["text"]) == (start, end, context[start:end])
+        assert abs(row["score"] - best[0]) < 1e-6
+
+
+def test_a_pretrainer_is_refused_clearly():
+    from bertc.importers import import_spec
+    from bertc.runtime import result_kind
+    from bertc.signature import signature_of
+    from bertc.spec import load_spec
+
+    with pytest.MonkeyPatch.context():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            spec = Path(d) / "p.json"
+            import_spec(FIXTURES / "bert_pretraining", spec)
+            sig = signature_of(load_spec(spec)).to_json()
+    with pytest.raises(InputError, match="needs masked_lm_positions besides the tokens.*--encoder-only"):
+        result_kind(sig)
+
+
+# --- every input and result format (the CLI) -----------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv", "parquet"])
+def test_every_input_format_gives_the_same_embeddings(builds, tmp_path, fmt):
+    out = builds["st_bert_mean_norm"]
+    paths = write_inputs(tmp_path / "in", TEXTS)
+    result = tmp_path / "emb.npy"
+    assert main(["run", str(out), str(paths[fmt]), "-o", str(result), "--artifact", "onnx", "-q",
+                 "--batch-size", "3"]) == 0
+    np.testing.assert_allclose(np.load(result), direct(out, TEXTS)["sentence_embedding"], atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "in"]  # no temporary file left
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
+def test_classifier_results_in_every_result_format(builds, tmp_path, suffix):
+    out = builds["bert_seq_cls"]
+    paths = write_inputs(tmp_path / "in", TEXTS)
+    result = tmp_path / f"labels{suffix}"
+    assert main(["run", str(out), str(paths["jsonl"]), "-o", str(result), "-q", "--artifact", "onnx"]) == 0
+    rows = read_result(result)
+    probs = softmax(direct(out, TEXTS)["logits"].astype(np.float64))
+    assert [r["label"] for r in rows] == [LABELS["bert_seq_cls"][k] for k in probs.argmax(-1)]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], probs.max(-1), atol=1e-5)
+
+
+def test_embeddings_as_parquet_and_jsonl(builds, tmp_path):
+    out = builds["st_bert_mean_norm"]
+    paths = write_inputs(tmp_path / "in", TEXTS)
+    ref = direct(out, TEXTS)["sentence_embedding"]
+    for suffix in (".parquet", ".jsonl"):
+        result = tmp_path / f"emb{suffix}"
+        assert main(["run", str(out), str(paths["txt"]), "-o", str(result), "-q", "--artifact", "onnx"]) == 0
+        np.testing.assert_allclose(np.array([r["embedding"] for r in read_result(result)]), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv", "parquet"])
+def test_pairs_from_every_input_format(builds, tmp_path, fmt):
+    out = builds["bert_qa"]
+    paths = write_inputs(tmp_path / "in", [q for q, _ in PAIRS], [c for _, c in PAIRS])
+    result = tmp_path / "spans.jsonl"
+    extra = [] if fmt == "txt" else ["--pair-field", "context"]
+    assert main(["run", str(out), str(paths[fmt]), "-o", str(result), "-q", *extra]) == 0
+    assert [r["text"] for r in read_result(result)] == [r["text"] for r in bertc.Runtime(out).run(PAIRS)]
+
+
+def test_tags_as_parquet(builds, tmp_path):
+    out = builds["bert_token_cls"]
+    paths = write_inputs(tmp_path / "in", TEXTS)
+    result = tmp_path / "tags.parquet"
+    assert main(["run", str(out), str(paths["csv"]), "-o", str(result), "-q"]) == 0
+    rows = read_result(result)
+    expected = bertc.Runtime(out).run(TEXTS)
+    assert [[t["word"] for t in r["tags"]] for r in rows] == [[t["word"] for t in r["tags"]] for r in expected]
+    assert [[t["label"] for t in r["tags"]] for r in rows] == [[t["label"] for t in r["tags"]] for r in expected]
+
+
+# --- truncation --------------------------------------------------------------------------------------
+
+LONG = "the cat sat on the mat and the dog ran fast on the road to the big red house"  # 20 tokens > 16
+
+
+def test_over_long_text_is_truncated_as_the_tokenizer_says_or_refused_naming_the_line(builds, tmp_path, capsys):
+    # an embedder truncates (as sentence-transformers does): the result is that of the first 14 word tokens
+    emb = builds["st_bert_mean_norm"]
+    words = LONG.split()
+    got = bertc.Runtime(emb, artifact="onnx").run([LONG])
+    np.testing.assert_allclose(got, direct(emb, [" ".join(words[:14])])["sentence_embedding"], atol=1e-5)
+    # a classifier whose tokenizer.json does not truncate refuses, naming the line, unless --truncate
+    cls = builds["bert_seq_cls"]
+    text = tmp_path / "in.txt"
+    text.write_text("the cat\n" + LONG + "\n")
+    result = tmp_path / "r.jsonl"
+    assert main(["run", str(cls), str(text), "-o", str(result), "-q"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert f"{text}: line 2: the text is longer than the model's maximum of 16 tokens; pass --truncate" in err
+    assert "Traceback" not in err and not result.exists()
+    assert main(["run", str(cls), str(text), "-o", str(result), "-q", "--truncate"]) == 0
+    assert len(read_result(result)) == 2
+    with pytest.raises(InputError, match="text 2: the text is longer"):
+        bertc.Runtime(cls).run(["a", LONG])
+    assert len(bertc.Runtime(cls, truncate=True).run(["a", LONG])) == 2
+
+
+# --- bad input: a clear message, exit 2, no traceback, nothing written ---------------------------------
+
+def _fails(args, capsys, code, *needles):
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") or "\nerror: " in err, err
+    assert "Traceback" not in err and err.count("error: ") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_bad_inputs_are_named(builds, tmp_path, capsys):
+    out = str(builds["st_bert_mean_norm"])
+    res = tmp_path / "r.npy"
+    txt = tmp_path / "a.txt"
+    txt.write_text("one\n\nthree\n")
+    _fails(["run", out, str(txt), "-o", str(res)], capsys, EXIT_BAD_SPEC, f"{txt}: line 2: empty text")
+    jl = tmp_path / "a.jsonl"
+    jl.write_text('{"text": "a"}\n{"body": "b"}\n')
+    _fails(["run", out, str(jl), "-o", str(res)], capsys, EXIT_BAD_SPEC, "line 2: no field 'text' (it has: body")
+    jl.write_text('{"text": "a"}\n{"text": 3}\n')
+    _fails(["run", out, str(jl), "-o", str(res)], capsys, EXIT_BAD_SPEC, "line 2: field 'text' is int, not text")
+    jl.write_text('{"text": "a"}\nnot json\n')
+    _fails(["run", out, str(jl), "-o", str(res)], capsys, EXIT_BAD_SPEC, "line 2: not JSON")
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text("id,body\n1,hello\n")
+    _fails(["run", out, str(csv_path), "-o", str(res)], capsys, EXIT_BAD_SPEC,
+           "no column 'text' in the header (columns: id, body")
+    _fails(["run", out, str(csv_path), "-o", str(res), "--text-field", "body", "--pair-field", "ctx"], capsys,
+           EXIT_BAD_SPEC, "no column 'ctx'")
+    paths = write_inputs(tmp_path / "in", TEXTS)
+    _fails(["run", out, str(paths["parquet"]), "-o", str(res), "--text-field", "body"], capsys, EXIT_BAD_SPEC,
+           "no column 'body' (columns: id, text")
+    other = tmp_path / "a.xml"
+    other.write_text("<a/>")
+    _fails(["run", out, str(other), "-o", str(res)], capsys, EXIT_BAD_SPEC, "unknown input format '.xml'", "--input-format")
+    _fails(["run", out, str(tmp_path / "missing.txt"), "-o", str(res)], capsys, EXIT_BAD_SPEC, "no such input file")
+    _fails(["run", out, str(paths["txt"]), "-o", str(tmp_path / "r.xlsx")], capsys, EXIT_BAD_SPEC,
+           "unknown result format '.xlsx'")
+    cls = str(builds["bert_token_cls"])
+    _fails(["run", cls, str(paths["txt"]), "-o", str(res)], capsys, EXIT_BAD_SPEC,
+           "a .npy result cannot hold tags results; use .jsonl or .parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.txt", "a.jsonl", "a.csv", "a.xml", "in"])
+
+
+def test_a_directory_that_is_not_a_bertc_build(builds, tmp_path, capsys):
+    paths = write_inputs(tmp_path / "in", TEXTS)
+    res = str(tmp_path / "r.npy")
+    _fails(["run", str(tmp_path / "in"), str(paths["txt"]), "-o", res], capsys, EXIT_BAD_SPEC,
+           "not a bertc build directory (no report.json")
+    _fails(["run", str(tmp_path / "nope"), str(paths["txt"]), "-o", res], capsys, EXIT_BAD_SPEC, "no such build directory")
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "report.json").write_text("[1, 2]")
+    (fake / "spec.json").write_text("{}")
+    _fails(["run", str(fake), str(paths["txt"]), "-o", res], capsys, EXIT_BAD_SPEC, "not a bertc build report")
+    # a build without a tokenizer
+    nok = tmp_path / "notok"
+    shutil.copytree(builds["st_bert_mean_norm"], nok)
+    for name in ("tokenizer.json", "vocab.txt"):
+        (nok / name).unlink()
+    _fails(["run", str(nok), str(paths["txt"]), "-o", res], capsys, EXIT_BAD_SPEC, "no tokenizer in this build")
+
+
+def test_no_partial_result_on_a_late_error_and_an_existing_result_is_kept(builds, tmp_path, capsys):
+    out = str(builds["st_bert_mean_norm"])
+    txt = tmp_path / "a.txt"
+    txt.write_text("".join(f"the cat number {i}\n" for i in range(50)) + "\n")  # line 51 is empty: fails late
+    res = tmp_path / "r.npy"
+    res.write_bytes(b"what the user had")
+    _fails(["run", out, str(txt), "-o", str(res), "--window", "8"], capsys, EXIT_OUTPUT, "already exists; pass --force")
+    _fails(["run", out, str(txt), "-o", str(res), "--window", "8", "--force"], capsys, EXIT_BAD_SPEC, "line 51: empty text")
+    assert res.read_bytes() == b"what the user had"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "r.npy"]
+    txt.write_text(txt.read_text().rstrip("\n") + "\n")
+    assert main(["run", out, str(txt), "-o", str(res), "--window", "8", "--force", "-q"]) == 0
+    assert np.load(res).shape == (50, 16)
+
+
+def test_streaming_keeps_order_across_windows_and_reports_progress(builds, tmp_path, capsys):
+    import io
+
+    from bertc.runtime import Progress
+
+    out = builds["st_bert_mean_norm"]
+    texts = [TEXTS[i % len(TEXTS)] + " the" * (i % 5) for i in range(37)]
+    txt = tmp_path / "a.txt"
+    txt.write_text("\n".join(texts) + "\n")
+    rt = bertc.Runtime(out, artifact="onnx", batch_size=4, window=10)
+    stream = io.StringIO()
+    progress = Progress(True, "texts", stream)
+    assert rt.run_file(txt, tmp_path / "r.npy", progress=progress, total_hint=progress.set_total) == 37
+    progress.close()
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), direct(out, texts)["sentence_embedding"], atol=1e-5)
+    assert "37/37 texts 100%" in stream.getvalue() and "texts/s" in stream.getvalue()
+    # the CLI draws no bar when stderr is not a terminal, but says what it picked and how fast it went
+    assert main(["run", str(out), str(txt), "-o", str(tmp_path / "s.npy")]) == 0
+    err = capsys.readouterr().err
+    assert "embedding results from model.optimized.int8.onnx (onnx_int8, int8, cpu)" in err
+    assert "wrote" in err and "37 embedding result(s)" in err and "\r" not in err
+
+
+def test_python_api_rejects_bad_texts():
+    with pytest.raises(InputError, match="no such build directory"):
+        bertc.Runtime("/nonexistent/out")
+
+
+def test_python_api_rejects_bad_items(builds):
+    rt = bertc.Runtime(builds["st_bert_mean_norm"])
+    with pytest.raises(InputError, match="text 2: empty text"):
+        rt.run(["a", "  "])
+    with pytest.raises(InputError, match="text 1: expected a string or a \\(text, pair\\) tuple"):
+        rt.run([3])
+    with pytest.raises(InputError, match="takes a list of texts"):
+        rt.run("a")
+    assert rt.run([]).shape == (0, 16)

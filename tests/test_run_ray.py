@@ -1,0 +1,100 @@
+"""``bertc run --ray``: the same job over Ray Data on a local Ray with 2 CPUs gives the single-process result,
+in input order, and an actor killed mid-job is restarted by Ray with every row in the result exactly once.
+
+Ray is part of the ``test`` extra: its absence is a failure here, not a skip. One local Ray serves the module
+(``ray.init`` takes ~10 s on 2 cores).
+"""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertc
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC
+from bertc.runtime import RayPredictor, run_ray
+from bertc.run_io import input_spec, read_records
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_run import LABELS, TEXTS, _build, read_result  # noqa: E402
+
+ray = pytest.importorskip("ray") if os.environ.get("BERTC_ALLOW_NO_RAY") == "1" else __import__("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ray")
+    return {name: _build(name, work) for name in ("st_bert_mean_norm", "bert_seq_cls")}
+
+
+def texts(n: int) -> list:
+    return [f"{TEXTS[i % len(TEXTS)]}" + " the cat" * (i % 6) for i in range(n)]
+
+
+def test_ray_run_equals_the_single_process_run_in_input_order(local_ray, builds, tmp_path, capsys):
+    rows = texts(300)
+    txt = tmp_path / "in.txt"
+    txt.write_text("\n".join(rows) + "\n")
+    out = builds["st_bert_mean_norm"]
+    single, over_ray = tmp_path / "single.npy", tmp_path / "ray.npy"
+    assert main(["run", str(out), str(txt), "-o", str(single), "-q", "--batch-size", "8", "--window", "64"]) == 0
+    assert main(["run", str(out), str(txt), "-o", str(over_ray), "-q", "--batch-size", "8", "--window", "64",
+                 "--ray", "--threads", "1"]) == 0
+    a, b = np.load(single), np.load(over_ray)
+    assert a.shape == (300, 16)
+    np.testing.assert_array_equal(a, b)  # same artifact, same batches: the same bytes
+    # labels too, written as JSONL by the driver in input order
+    cls = builds["bert_seq_cls"]
+    res = tmp_path / "labels.jsonl"
+    args = ["run", str(cls), str(txt), "-o", str(res), "-q", "--ray", "--actors", "2", "--threads", "1", "--window", "32"]
+    assert main(args) == EXIT_BAD_SPEC  # an actor's error is the CLI's error: named, no traceback, nothing written
+    err = capsys.readouterr().err
+    assert f"error: {txt}: line 5: the text is longer than the model's maximum of 16 tokens" in err, err
+    assert "Traceback" not in err and not res.exists()
+    assert main(args + ["--truncate"]) == 0
+    expected = bertc.Runtime(cls, truncate=True, window=32).run(rows)
+    got = read_result(res)
+    assert [r["label"] for r in got] == [r["label"] for r in expected]
+    assert set(r["label"] for r in got) <= set(LABELS["bert_seq_cls"])
+    assert [r["scores"] for r in got] == [r["scores"] for r in expected]
+
+
+class KillsItselfOnce(RayPredictor):
+    """An actor that, the first time any actor reaches its third batch, records it in a file and kills its
+    own process (as an OOM kill or a lost node would)."""
+
+    marker: str = ""
+    calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == 3 and not os.path.exists(self.marker):
+            Path(self.marker).write_text(f"killed pid {os.getpid()} at rows {int(batch['index'][0])}..\n")
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_a_killed_actor_is_retried_and_the_result_has_every_row_once(local_ray, builds, tmp_path):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
+    marker = tmp_path / "killed.txt"
+    KillsItselfOnce.marker = str(marker)
+    rows = texts(400)
+    txt = tmp_path / "in.txt"
+    txt.write_text("\n".join(rows) + "\n")
+    rt = bertc.Runtime(builds["st_bert_mean_norm"], batch_size=8, window=40, threads=1)
+    got = [r for window in run_ray(rt, read_records(input_spec(txt)), actors=2, predictor=KillsItselfOnce)
+           for r in window]
+    assert marker.exists() and "killed pid" in marker.read_text()  # the kill happened
+    assert len(got) == 400
+    np.testing.assert_array_equal(np.stack(got), rt.run(rows))  # every row once, in order
