@@ -4,6 +4,7 @@
     python tools/bench_padding_free.py [--work DIR] [--rebuild] [--rounds 12] [--calls 3] [--threads 2]
                                        [--sentences 16] [--min-length 16] [--max-length 128] [--seed 0]
                                        [--results tools/results/bench_padding_free.json]
+                                       [--layers N [--vocab V]]   (a reduced encoder: bertc's artifacts only)
 
 1. Builds (or reuses: same spec, same bertc sources) specs/bert_base_encoder.json with `bertc build` (random init,
    TFLite off, parity on) and the variants onnx_packed + onnx_packed_int8: ``model.optimized.onnx`` (today's
@@ -67,8 +68,17 @@ def source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_build(work: Path, rebuild: bool) -> Path:
+def encoder_spec(layers, vocab) -> dict:
+    """specs/bert_base_encoder.json, or a reduced copy (``--layers`` / ``--vocab``: no anchor of that size)."""
     spec = json.loads(ENCODER.read_text())
+    if layers or vocab:
+        spec["encoder"] = {**spec["encoder"], **({"num_layers": layers} if layers else {}),
+                           **({"vocab_size": vocab} if vocab else {})}
+        spec["name"] = f"{spec['name']}_{layers or 'all'}_layers_vocab_{vocab or 'all'}"
+    return spec
+
+
+def ensure_build(work: Path, rebuild: bool, spec: dict) -> Path:
     spec["export"] = {**spec.get("export", {}), **EXPORT}
     spec_path, out, stamp = work / "encoder.spec.json", work / "encoder", work / "encoder.stamp"
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
@@ -165,16 +175,21 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_padding_free.json")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="a reduced encoder (that many layers): bertc's artifacts only, no HF anchor")
+    parser.add_argument("--vocab", type=int, default=None, help="with --layers: a smaller vocabulary")
     args = parser.parse_args()
     command = shlex.join([sys.executable, *sys.argv])
     args.work.mkdir(parents=True, exist_ok=True)
-    build = ensure_build(args.work, args.rebuild)
-    anchor = ensure_anchor(args.work, args.hf_python, args.rebuild)
+    spec = encoder_spec(args.layers, args.vocab)
+    reduced = bool(args.layers or args.vocab)
+    build = ensure_build(args.work, args.rebuild, spec)
+    anchor = None if reduced else ensure_anchor(args.work, args.hf_python, args.rebuild)
 
     from bertc.bench import machine_info, round_ratio, time_targets
 
     report = json.loads((build / "report.json").read_text())
-    vocab = json.loads(ENCODER.read_text())["encoder"]["vocab_size"]
+    vocab = spec["encoder"]["vocab_size"]
     sentences = workload(args.sentences, args.min_length, args.max_length, args.seed, vocab)
     padded, sorted4 = [batch_of(sentences)], sorted_batches(sentences, 4)
     lengths = [len(s) for s in sentences]
@@ -183,22 +198,23 @@ def main() -> int:
     log(f"{len(lengths)} sentences, lengths {sorted(lengths)}: {real_fraction:.0%} of the padded batch is real, "
         f"{sorted_fraction:.0%} of the sorted batches of 4")
     files = {"optimized": build / "model.optimized.onnx", "packed": build / "model.packed.onnx",
-             "packed_int8": build / "model.packed.int8.onnx", "hf": anchor / "encoder.opt.onnx"}
+             "packed_int8": build / "model.packed.int8.onnx", "hf": anchor / "encoder.opt.onnx" if anchor else None}
     check = check_outputs(files["optimized"], files["packed"], padded[0])
     log(f"packed vs optimized on the workload: {check}")
 
     sessions, targets = [], []
-    for name, path, batches, hf in (("hf/padded", files["hf"], padded, True), ("hf/sorted_4", files["hf"], sorted4, True),
-                                    ("bertc/optimized/padded", files["optimized"], padded, False),
+    for name, path, batches, hf in ((("hf/padded", files["hf"], padded, True), ("hf/sorted_4", files["hf"], sorted4, True))
+                                    * (anchor is not None)
+                                    + (("bertc/optimized/padded", files["optimized"], padded, False),
                                     ("bertc/packed/padded", files["packed"], padded, False),
                                     ("bertc/packed_int8/padded", files["packed_int8"], padded, False),
-                                    ("bertc/packed/sorted_4", files["packed"], sorted4, False)):
+                                    ("bertc/packed/sorted_4", files["packed"], sorted4, False))):
         target, session = session_target(name, path, args.threads, batches, hf)
         targets.append(target)
         sessions.append(session)
     shape = (args.sentences, max(lengths))
     rows = time_targets(targets, [shape], lambda b, s: {}, rounds=args.rounds, warmup=args.warmup, calls=args.calls,
-                        baseline="hf/padded", progress=log)
+                        baseline=targets[0].name, progress=log)
     ratios = {f"{t} / {b}": round_ratio(rows, t, b, *shape) for t, b in
               [("bertc/packed/padded", "hf/padded"), ("bertc/packed/padded", "hf/sorted_4"),
                ("hf/sorted_4", "hf/padded"), ("bertc/optimized/padded", "hf/padded"),
@@ -218,7 +234,8 @@ def main() -> int:
         single[f"B{batch} x S{seq}"] = round_ratio(rows_1, "bertc/packed", "bertc/optimized", batch, seq)
         del pair
     checks = [{"target": t, "baseline": b, "ratio": ratios[f"{t} / {b}"], "bound": bound,
-               "met": ratios[f"{t} / {b}"] is not None and ratios[f"{t} / {b}"] <= bound} for t, b, bound in TARGETS]
+               "met": ratios[f"{t} / {b}"] is not None and ratios[f"{t} / {b}"] <= bound} for t, b, bound in TARGETS
+              if anchor is not None]
     checks += [{"target": "bertc/packed", "baseline": "bertc/optimized", "shape": k, "ratio": v, "bound": ONE_BOUND,
                 "met": v is not None and v <= ONE_BOUND} for k, v in single.items()]
     median = {r["target"]: r.get("p50_ms") for r in rows}
@@ -233,6 +250,7 @@ def main() -> int:
                      "real_fraction_padded": round(real_fraction, 4),
                      "real_fraction_sorted_4": round(sorted_fraction, 4),
                      "sorted_4_batches": [list(b["input_mask"].shape) for b in sorted4]},
+        "model": spec["name"] + (" (reduced: bertc's artifacts only, no HF anchor of that size)" if reduced else ""),
         "build": {"path": str(build), "parity": report.get("parity", {}).get("max_abs_by_backend"),
                   "padding_free": (report.get("fusion") or {}).get("padding_free")},
         "packed_vs_optimized_on_workload": check,

@@ -183,9 +183,12 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     dropped: dict = {}
     padding_free = None
     if structure["passed"] and any(v.startswith("onnx_packed") for v in variants):   # bertc/optimize/padding_free.py
+        import sys
+
         from bertc.optimize.padding_free import packed_artifacts
 
-        packed, padding_free = packed_artifacts(built, proto, weights, out, variants, input_dtype, opset, check_inputs)
+        packed, padding_free = packed_artifacts(built, proto, weights, out, variants, input_dtype, opset, check_inputs,
+                                                sys.modules[__name__])
         artifacts.update(packed)
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto

@@ -742,18 +742,18 @@ def max_abs_vs_keras(session, built, inputs: dict) -> float:
 
 
 def packed_artifacts(built, proto, weights: Optional[list], out, variants, input_dtype: str, opset: int,
-                     check_inputs: dict) -> tuple[dict, dict]:
+                     check_inputs: dict, stage) -> tuple[dict, dict]:
     """The padding-free artifacts asked for in ``variants`` (:data:`PACKED_VARIANTS`) of the optimized graph
     ``proto`` (its weights beside it): ``(artifacts, section)``, the report entries and the fusion report's
     ``padding_free`` section (what was packed, or why nothing was: then no artifact). Each is
     :func:`with_fast_path` of today's graph and the packed one after the same conversion (int8: both quantized;
-    fp16: both converted), so that a batch without padding runs exactly today's artifact."""
+    fp16: both converted), so that a batch without padding runs exactly today's artifact. ``stage``: the optimize
+    stage's module (:mod:`bertc.optimize.onnx_artifacts`: its report entries, int8 options, fp16 settings)."""
     import time
     from pathlib import Path
 
     from bertc.errors import ExportError
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
-    from bertc.optimize.onnx_artifacts import INT8_OPTIONS, _artifact, _attach
     from bertc.optimize.quantize import quantize_dynamic_int8
     from bertc.optimize.runtime import ort_session
 
@@ -779,7 +779,7 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
             raise ExportError(f"{path.name} does not load in ONNX Runtime (CPU, ORT_ENABLE_ALL): {exc}") from exc
         sample = max_abs_vs_keras(session, built, check_inputs)
         del session
-        artifacts[variant] = _artifact(path, nbytes, precision, input_dtype, providers, _node_count(model), opset,
+        artifacts[variant] = stage._artifact(path, nbytes, precision, input_dtype, providers, _node_count(model), opset,
                                        external_data=external, **extra, **more,
                                        seconds=round(time.perf_counter() - t0, 3))
         return sample
@@ -795,13 +795,13 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
         arrays = dict((today.weights or []) + (ours.weights or []))   # the same names hold the same arrays
         sample = write(with_fast_path(today.proto, ours.proto), list(arrays.items()), "onnx_packed_int8", "int8",
                        ["CPUExecutionProvider"],
-                       quantization={"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
+                       quantization={"method": "dynamic", "weight_type": "QInt8", **stage.INT8_OPTIONS,
                                      "operators": ["DynamicQuantizeMatMul", "QAttention (no padding)"],
                                      "quantized": len(ours.quantized), "kept_fp32": ours.kept_fp32})
         artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
     if "onnx_packed_fp16" in wanted:
         artifacts["onnx_packed_fp16"] = {**_fp16(proto, packed, list(weights or []), out / PACKED_FILES["onnx_packed_fp16"],
-                                                 input_dtype, opset, built, check_inputs, _artifact, _attach), **extra}
+                                                 input_dtype, opset, built, check_inputs, stage), **extra}
     return artifacts, section
 
 
@@ -822,8 +822,7 @@ def _copy(proto):
     return copy
 
 
-def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built, check_inputs: dict, artifact,
-          attach) -> dict:
+def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built, check_inputs: dict, stage) -> dict:
     """The fp16 conversion (as ``onnx_fp16`` of the optimized graph: inputs and outputs kept, every op in fp16
     for the CUDA provider) of both graphs, combined by :func:`with_fast_path`; whether ORT's CPU provider runs
     it and how close it is."""
@@ -834,13 +833,13 @@ def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from bertc.errors import ExportError
-    from bertc.optimize.onnx_artifacts import FP16_KEEP_FP32_OPS
     from bertc.optimize.runtime import ort_session
 
     t0 = time.perf_counter()
+    keep = stage.FP16_KEEP_FP32_OPS
     try:
-        halves = [convert_float_to_float16(attach(_copy(m), list(weights)), keep_io_types=True,
-                                           op_block_list=FP16_KEEP_FP32_OPS) for m in (today, packed)]
+        halves = [convert_float_to_float16(stage._attach(_copy(m), list(weights)), keep_io_types=True,
+                                           op_block_list=keep) for m in (today, packed)]
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
     half = with_fast_path(*halves)
@@ -857,5 +856,5 @@ def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built
         if "NOT_IMPLEMENTED" not in message and "Could not find an implementation" not in message:
             raise ExportError(f"{dst.name} is not a valid ONNX Runtime graph: {message}") from exc
         cpu, providers = {"runs": False, "why": message.split("\n")[0]}, ["CUDAExecutionProvider"]
-    return artifact(dst, dst.stat().st_size, "fp16", input_dtype, providers, _node_count(half), opset,
-                    keep_fp32_ops=FP16_KEEP_FP32_OPS, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
+    return stage._artifact(dst, dst.stat().st_size, "fp16", input_dtype, providers, _node_count(half), opset,
+                           keep_fp32_ops=keep, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
