@@ -133,3 +133,8 @@ def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) ->
     if tokenizer:
         sections["tokenizer"] = tokenizer
     return sections
+
+
+# The Hugging Face families beyond BERT / ALBERT, one module each, registering itself with bertc.importers.hf
+# (imported here rather than at the bottom of hf.py, which each of them imports: no import cycle).
+from bertc.importers import hf_deberta  # noqa: E402,F401

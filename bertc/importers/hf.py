@@ -412,5 +412,5 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     return spec
 
 
-# The other families, one module each (each registers itself).
-from bertc.importers import hf_deberta  # noqa: E402,F401
+# The other families, one module each (each registers itself), are imported by bertc/importers/__init__.py:
+# imported here, each would make an import cycle with this module.
