@@ -188,6 +188,8 @@ def fidelity(results: Path, command: str) -> int:
     sys.path.insert(0, str(ROOT))
     from bertc.backends import open_runner, plan_backends
     from bertc.cli import main as bertc
+    from bertc.parity import keras_runner
+    from bertc.transfer import load_keras_model
     from bertc.signature import signature_of
     from bertc.spec import load_spec
 
@@ -206,7 +208,8 @@ def fidelity(results: Path, command: str) -> int:
             row = {"parity_passed": report["parity"]["passed"], "fused_ops": report["fusion"]["fused_ops"]}
             backends, _ = plan_backends(out, report["artifacts"], include_keras=True)
             for backend in backends:
-                got = open_runner(backend)({i.name: ref[i.name] for i in sig.inputs})
+                run = keras_runner(load_keras_model(out)) if backend.format == "keras" else open_runner(backend)
+                got = run({i.name: ref[i.name] for i in sig.inputs})
                 for o in sig.outputs:
                     want, have = ref[o.name if o.name in ref else "logits"], np.asarray(got[o.name])
                     diff = np.abs(have - want)

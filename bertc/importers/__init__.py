@@ -133,3 +133,13 @@ def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) ->
     if tokenizer:
         sections["tokenizer"] = tokenizer
     return sections
+
+
+# The Hugging Face families beyond BERT / ALBERT, one module each, registering itself with bertc.importers.hf
+# (imported here rather than at the bottom of hf.py, which each of them imports: no import cycle).
+from bertc.importers import hf_roberta  # noqa: E402,F401
+from bertc.importers import hf_distilbert  # noqa: E402,F401
+from bertc.importers import hf_electra  # noqa: E402,F401
+from bertc.importers import hf_mpnet  # noqa: E402,F401
+from bertc.importers import hf_deberta  # noqa: E402,F401
+from bertc.importers import hf_modernbert  # noqa: E402,F401
