@@ -110,7 +110,7 @@ def test_list_says_how_a_plugin_reaches_the_optimized_artifact(tmp_path):
     proc = bertc("list", "--plugin", str(EXAMPLE / "doubled_logits.py"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert [line.strip() for line in lines if "[" in line] == [
+    assert [line.strip() for line in lines if "[optimized ONNX" in line] == [
         "doubled_logits     Multi-head attention with its logits doubled (an example plug-in).  "
         "[optimized ONNX: its Keras call through tf2onnx, spliced in]"]   # every bundled component lowers itself
 
