@@ -32,9 +32,6 @@ def _imports() -> dict[str, set[str]]:
         # Importing a package's submodule runs the package's __init__: not an edge of interest.
         graph[name] = {t for t in targets if t in modules and t != name and not name.startswith(t + ".")
                        and t != "bertc"}
-    # hf.py's last lines import the family modules (hf_<family>.py) so that each registers itself with the
-    # registry hf.py defines: registration by design, not a dependency of hf.py on them.
-    graph["bertc.importers.hf"] = {t for t in graph["bertc.importers.hf"] if not t.startswith("bertc.importers.hf_")}
     return graph
 
 
