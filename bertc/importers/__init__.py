@@ -23,6 +23,7 @@ from bertc.errors import WeightsError
 def importer_for(checkpoint) -> ModuleType:
     """The importer that reads ``checkpoint``'s tensor names."""
     from bertc.importers import bert_tf1, bertc_keras, hf, model_garden
+    from bertc.importers import hf_distilbert, hf_electra, hf_mpnet, hf_roberta  # noqa: F401 (each registers its family)
 
     fmt = checkpoint.format
     if fmt == "keras":
@@ -49,6 +50,7 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded)."""
     from bertc.checkpoints import open_checkpoint
     from bertc.importers import bert_tf1, hf, model_garden
+    from bertc.importers import hf_distilbert, hf_electra, hf_mpnet, hf_roberta  # noqa: F401 (each registers its family)
 
     source = Path(source)
     root = source if source.is_dir() else source.parent

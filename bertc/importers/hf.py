@@ -413,8 +413,5 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     return spec
 
 
-# The other families, one module each (each registers itself).
-from bertc.importers import hf_roberta  # noqa: E402,F401
-from bertc.importers import hf_distilbert  # noqa: E402,F401
-from bertc.importers import hf_electra  # noqa: E402,F401
-from bertc.importers import hf_mpnet  # noqa: E402,F401
+# The other families, one module each (each registers itself), are imported by bertc.importers beside this
+# module (importing them here would make an import cycle: they import this module's helpers).
