@@ -128,8 +128,9 @@ def bertc_build(model: Path, work: Path) -> tuple[Path, dict]:
     spec, out = work / "minilm.json", work / "minilm_out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     report = out / "report.json"
-    if report.exists() and json.loads(report.read_text()).get("status") == "passed":
-        return out, {"reused": str(out), "variants": json.loads(report.read_text()).get("build_note", "as built")}
+    noted = work / "build_note.json"
+    if report.exists() and json.loads(report.read_text()).get("status") == "passed" and noted.exists():
+        return out, {**json.loads(noted.read_text()), "reused": str(out)}
     subprocess.run(bertc + ["import", str(model), "-o", str(spec), "--force"], check=True, env=env)
     first = subprocess.run(bertc + ["build", str(spec), "-o", str(out), "--force", "-q"], env=env)
     note = {"variants": "the spec's default (onnx_int8)", "exit": first.returncode}
@@ -140,6 +141,7 @@ def bertc_build(model: Path, work: Path) -> tuple[Path, dict]:
                        check=True, env=env)
     elif first.returncode:
         raise SystemExit(f"bertc build failed with exit {first.returncode}")
+    noted.write_text(json.dumps(note))
     return out, note
 
 
@@ -259,6 +261,7 @@ def main() -> int:
         args.sentences, args.model, args.work = args.sentences_file, str(args.model), str(args.work)
         return worker(args)
     command = shlex.join([sys.executable, *sys.argv])
+    load_start = round(os.getloadavg()[0], 2)
     args.work.mkdir(parents=True, exist_ok=True)
     sentences, corpus = corpus_sentences(args.sentences)
     text_file = args.work / "sentences.txt"
@@ -320,7 +323,8 @@ def main() -> int:
     main_anchor = "st_onnx"
     results = {
         "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": f"{os.cpu_count()} cores, shared with other engineers' jobs (heavy jobs serialized by a lock)",
+        "machine": f"{os.cpu_count()} cores, shared with other engineers' jobs",
+        "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "threads": args.threads, "batch_size": BATCH, "rounds": args.rounds,
         "sentences": {"count": len(sentences), "source": "installed documentation: distribution descriptions, site-packages README/.md/.rst, /usr/share/doc READMEs",
                       **corpus, "tokens_mean": round(float(np.mean(tokens)), 1),
