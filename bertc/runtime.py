@@ -390,12 +390,14 @@ class Runtime:
 
     ``artifact`` forces one of the build's ONNX artifacts (its id or file name); ``device`` is "auto"
     (CUDA when available), "cpu" or "cuda"; ``threads`` sets ONNX Runtime's intra-op threads (default:
-    its own, one per core); ``truncate`` None follows the tokenizer (:func:`truncation_default`), True cuts
+    its own, one per core); ``spinning=False`` stops idle ORT threads from busy-waiting (for cores shared
+    with other work); ``truncate`` None follows the tokenizer (:func:`truncation_default`), True cuts
     over-long texts to the model's maximum, False refuses them naming the text.
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
-                 batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None):
+                 batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None,
+                 spinning: bool = True):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -404,7 +406,7 @@ class Runtime:
         self.choice = choose_artifact(self.report, artifact, device)
         if batch_size < 1 or window < 1:
             raise InputError("batch_size and window must be at least 1")
-        self.threads, self.window = threads, max(window, batch_size)
+        self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len = max_sequence_length(self.spec)
         self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
         classes = None
@@ -440,7 +442,7 @@ class Runtime:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.parts, self.threads)
+            self._engine = Engine(self.parts, self.threads, self.spinning)
         return self._engine
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT, InputError
 from bertc.text import encode_texts
 
-pytest.importorskip("tokenizers")
+import tokenizers  # noqa: E402,F401  (the test extra has it: a missing one fails here, never a silent skip)
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 LABELS = {"bert_seq_cls": ["negative", "neutral", "positive"], "bert_token_cls": ["O", "B-ANIMAL", "I-ANIMAL", "B-THING"]}
