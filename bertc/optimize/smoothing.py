@@ -136,7 +136,7 @@ def smooth(proto, weights: list, sites: list[Site], absmax: dict, alpha):
             readers.setdefault(name, set()).add(node.name)
 
     def array(name: str) -> np.ndarray:
-        return changed.get(name, arrays[name])
+        return changed[name] if name in changed else arrays[name]   # a private copy is only in changed
 
     def private(name: str, owner: str) -> str:
         """``name``, or a copy of it when a node other than ``owner`` reads it too."""
