@@ -62,6 +62,16 @@ _ALBERT_LAYER = {"attention.query": ("linear", "attention/query"), "attention.ke
                  "full_layer_layer_norm": ("ln", "feedforward/output_layer_norm")}
 
 
+def layer_param(stem: str, leaf: str, prefix: str, table: dict) -> Optional[Target]:
+    """A per-layer tensor ``{prefix}.N.{sub}.{leaf}`` through ``table`` ({sub: (kind, bertc sub-path)}) ->
+    ``layer_N/{sub-path}``; None when it is not one."""
+    m = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)\.(.+)", stem)
+    if m and m.group(2) in table:
+        kind, sub = table[m.group(2)]
+        return _param(kind, leaf, f"layer_{m.group(1)}/{sub}")
+    return None
+
+
 def _split(name: str) -> tuple[str, str]:
     stem, _, leaf = name.rpartition(".")
     return stem, leaf

@@ -19,11 +19,10 @@ Tensor names (``deberta.encoder.layer.0.attention.self.query_proj.weight``) map 
 """
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 from bertc.errors import WeightsError
-from bertc.importers.hf import HFFamily, _param, activation, num_labels, refuse, register_family
+from bertc.importers.hf import layer_param, HFFamily, _param, activation, num_labels, refuse, register_family
 from bertc.weights import Ignored, Target
 
 ARCHITECTURES = {"DebertaV2Model": None, "DebertaV2ForSequenceClassification": "classifier",
@@ -206,11 +205,7 @@ def _encoder_param(rest: str, spec) -> Optional[Target]:
     stem, leaf = _split(rest)
     if stem == "encoder.LayerNorm":
         return _param("ln", leaf, "position/rel_layer_norm")
-    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", stem)
-    if m and m.group(2) in _LAYER:
-        kind, sub = _LAYER[m.group(2)]
-        return _param(kind, leaf, f"layer_{m.group(1)}/{sub}")
-    return None
+    return layer_param(stem, leaf, "encoder.layer", _LAYER)
 
 
 def _head_param(name: str, head: Optional[str]) -> Optional[Target]:

@@ -14,9 +14,8 @@ the config's activation, ``vocab_layer_norm``, ``vocab_projector`` tied to the w
 """
 from __future__ import annotations
 
-import re
 
-from bertc.importers.hf import (_BUFFERS, HFFamily, _param, _split, activation, head_from_config, num_labels,
+from bertc.importers.hf import (layer_param, _BUFFERS, HFFamily, _param, _split, activation, head_from_config, num_labels,
                                 register_family)
 from bertc.importers.hf_roberta import check_config, first_token_classifier, masked_lm_head, strip_prefix
 from bertc.weights import Ignored, Target
@@ -42,11 +41,7 @@ def encoder_param(rest: str):
     stem, leaf = _split(rest)
     if stem == "embeddings.LayerNorm":
         return _param("ln", leaf, "embeddings/layer_norm")
-    m = re.fullmatch(r"transformer\.layer\.(\d+)\.(.+)", stem)
-    if m and m.group(2) in _LAYER:
-        kind, sub = _LAYER[m.group(2)]
-        return _param(kind, leaf, f"layer_{m.group(1)}/{sub}")
-    return None
+    return layer_param(stem, leaf, "transformer.layer", _LAYER)
 
 
 class DistilBert(HFFamily):

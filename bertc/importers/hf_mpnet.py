@@ -26,9 +26,8 @@ classification, question answering, ``MPNetLMHead`` (dense, exact GELU, layer no
 """
 from __future__ import annotations
 
-import re
 
-from bertc.importers.hf import (_BERT_LAYER, _BUFFERS, HFFamily, _param, _split, activation, head_from_config,
+from bertc.importers.hf import (layer_param, _BERT_LAYER, _BUFFERS, HFFamily, _param, _split, activation, head_from_config,
                                 refuse, register_family)
 from bertc.importers.hf_roberta import check_config, first_token_classifier, head_param, masked_lm_head, strip_prefix
 from bertc.weights import Ignored, Target
@@ -56,11 +55,7 @@ def encoder_param(rest: str):
         return _param("ln", leaf, "embeddings/layer_norm")
     if stem == "pooler.dense":
         return _param("linear", leaf, "pooler")
-    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", stem)
-    if m and m.group(2) in _LAYER:
-        kind, sub = _LAYER[m.group(2)]
-        return _param(kind, leaf, f"layer_{m.group(1)}/{sub}")
-    return None
+    return layer_param(stem, leaf, "encoder.layer", _LAYER)
 
 
 class MPNet(HFFamily):
