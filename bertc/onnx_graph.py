@@ -137,8 +137,9 @@ class GraphBuilder:
         The builder gives its initializers away: call model() once."""
         from onnx import helper, numpy_helper
 
-        used = {name for node in self.nodes for name in node.input}
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs)
+        nodes = live_nodes(self.nodes, [o.name for o in self.outputs])
+        used = {name for node in nodes for name in node.input} | {n for node in nodes for n in _subgraph_reads(node)}
+        graph = helper.make_graph(nodes, self.name, self.inputs, self.outputs)
         # Moved one tensor at a time (protobuf copies on append), so the weights are never held twice. A
         # lowering may fetch a weight it then folds away (ReZero's pre-scaled output bias): it is dropped.
         weights = []
@@ -159,3 +160,29 @@ class GraphBuilder:
     def op_counts(self) -> dict[str, int]:
         counts = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in self.nodes)
         return dict(sorted(counts.items()))
+
+
+def _subgraph_reads(node) -> set:
+    """The values the subgraphs of ``node`` (an ``If``'s branches, a ``Loop``'s body) read, outer-scope ones
+    included (a superset: their own intermediate values too, harmless for liveness)."""
+    names: set = set()
+    for attr in node.attribute:
+        graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+        for sub in graphs:
+            for inner in sub.node:
+                names.update(i for i in inner.input if i)
+                names |= _subgraph_reads(inner)
+    return names
+
+
+def live_nodes(nodes: Sequence, outputs: Sequence[str]) -> list:
+    """``nodes`` (in graph order) without those whose outputs nothing reads: a lowering may make a value that
+    a later choice made unnecessary (the disentangled scheme's relative embeddings, once the attentions fold
+    their projections into constants); ORT would compute it on every run."""
+    live, keep = set(outputs), []
+    for node in reversed(list(nodes)):
+        if any(o in live for o in node.output if o):
+            keep.append(node)
+            live.update(i for i in node.input if i)
+            live |= _subgraph_reads(node)
+    return keep[::-1]

@@ -88,7 +88,7 @@ def test_optimized_lowering_is_transformers_debertav2_and_prunes_for_a_classifie
     built = built_with_weights(spec, data)
     lowered = lower_model(built)
     assert lowered.op_counts["com.microsoft.MultiHeadAttention"] == 2 and "Softmax" not in lowered.op_counts
-    assert lowered.coverage["layers"]["layer_0"]["attention"].startswith("MatMul+Gather (c2p, p2c) + MultiHeadAttention")
+    assert lowered.coverage["layers"]["layer_0"]["attention"].startswith("FusedMatMul+GatherElements (c2p, p2c) + MultiHeadAttention")
     sess = ort_session(lowered.proto.SerializeToString())
     got, = sess.run(["sequence_output"], inputs_of(data))
     assert diff_at_real_tokens(got, data) <= ATOL

@@ -778,19 +778,21 @@ def test_large_models_are_checked_through_a_reduced_clone_that_still_catches_a_w
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))  # the model is untouched
 
 
-@pytest.mark.parametrize("name", ["canonical_classifier", "pretrainer"])
-def test_int8_is_what_onnxruntimes_own_dynamic_quantizer_computes(name, tmp_path):
+@pytest.mark.parametrize("name,reduce_range", [("canonical_classifier", False), ("pretrainer", False),
+                                               ("canonical_classifier", True)])
+def test_int8_is_what_onnxruntimes_own_dynamic_quantizer_computes(name, reduce_range, tmp_path):
     """bertc writes the int8 graph itself (no per-channel Python loop); ORT's quantize_dynamic, with the
-    same options, on the same optimized graph, must give the same int8 weights and the same outputs."""
+    same options, on the same optimized graph, must give the same int8 weights and the same outputs; and
+    the tuning's 7-bit weights are ORT's ``reduce_range``."""
     from onnx import helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from bertc.optimize.onnx_artifacts import INT8_OPTIONS
-    from bertc.optimize.quantize import quantize_dynamic_int8
+    from bertc.optimize.quantize import QMAX, REDUCED_QMAX, quantize_dynamic_int8
 
     spec, sig, model = built(name)
     proto = lower_model(built_of(model)).proto
-    ours = quantize_dynamic_int8(proto)
+    ours = quantize_dynamic_int8(proto, qmax=REDUCED_QMAX if reduce_range else QMAX)
     assert op_counts(ours.proto).get("MatMul", 0) == 0 and op_counts(ours.proto)["DynamicQuantizeMatMul"] > 0
     # ORT's quantizer rewrites Gemm as MatMul + Add (B transposed in place): give it the weight-bearing
     # Gemms as MatMul + Add on a transposed copy, and keep them fp32, as bertc does.
@@ -814,7 +816,8 @@ def test_int8_is_what_onnxruntimes_own_dynamic_quantizer_computes(name, tmp_path
     del graph.node[:]
     graph.node.extend(nodes)
     quantize_dynamic(theirs_in, tmp_path / "ort.onnx", weight_type=QuantType.QInt8, nodes_to_exclude=keep,
-                     **INT8_OPTIONS, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     **{**INT8_OPTIONS, "reduce_range": reduce_range},
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     theirs = onnx.load(str(tmp_path / "ort.onnx"))
     mine = {t.name: numpy_helper.to_array(t) for t in ours.proto.graph.initializer if t.name.endswith(
         ("_quantized", "_scale", "_zero_point"))}

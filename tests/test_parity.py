@@ -237,7 +237,9 @@ def encoder_build(tmp_path_factory):
     spec.write_text(json.dumps(tiny_bert(head=None, export=NO_VARIANTS)))
     out = root / "out"
     assert main(["build", str(spec), "-o", str(out), "-q", "--no-parity"]) == 0
-    quantize_dynamic(str(out / "model.onnx"), str(out / "test.int8.onnx"), weight_type=QuantType.QInt8)
+    # 7-bit weights, as bertc writes them: full-range ones saturate ORT's int16 sums on x86 without VNNI
+    quantize_dynamic(str(out / "model.onnx"), str(out / "test.int8.onnx"), weight_type=QuantType.QInt8,
+                     reduce_range=True)
     onnx.save(convert_float_to_float16(onnx.load(str(out / "model.onnx")), keep_io_types=True),
               str(out / "test.fp16.onnx"))
     report = json.loads((out / "report.json").read_text())

@@ -363,9 +363,10 @@ def lower_talking_heads(layer, ctx, x, query=None):
 
 
 def lower_disentangled(layer, ctx, x, query=None):
-    """Q/K/V MatMul + Add; per term the scheme's K relative rows projected (MatMul + Add) and divided by
-    sqrt(d * scale_factor) (K x H values, not B x N x S x S), MatMul with q (c2p) or k (p2c) against every row,
-    one Gather of the flattened (row, relative) axis at the scheme's positions; their sum is com.microsoft
+    """Packed Q/K/V MatMul + Add and a Split (the pruned last layer: its query rows apart); per term the window
+    of K relative rows projected and divided by sqrt(d * scale_factor) (folded at compile time:
+    :func:`_relative_keys`), FusedMatMul with q (c2p) or k (p2c) against every row, one GatherElements at the
+    scheme's positions (:func:`_disentangled_index`); their sum is com.microsoft
     ``MultiHeadAttention``'s ``attention_bias``, its ``scale`` 1 / sqrt(d * scale_factor), the raw 0/1 key padding
     mask. The pruned last layer (the first token only) gathers the first row of each index."""
     from bertc.components.base import RowSelection
@@ -374,41 +375,73 @@ def lower_disentangled(layer, ctx, x, query=None):
     rows = query is not None
     if rows and ctx.read_rows != RowSelection(first=True):
         raise NotLowerable(f"{layer.path}: disentangled attention for a row selection other than the first token")
-    emb, rel = ctx.disentangled()
-    q = ctx.dense(x if query is None else query, layer.query)
-    k = ctx.dense(x, layer.key)
-    v = ctx.dense(x, layer.value)
+    dense = (layer.query, layer.key, layer.value)
+    if query is None and all(part.use_bias for part in dense):    # one MatMul (+ Add) and a Split
+        h = layer.hidden_size
+        kernel = ctx.derived(f"{layer.path}/qkv/kernel", np.concatenate([_np(part.kernel) for part in dense], axis=1))
+        bias = ctx.derived(f"{layer.path}/qkv/bias", np.concatenate([_np(part.bias) for part in dense]))
+        qkv = g.node("Add", [g.node("MatMul", [x, kernel], hint="qkv"), bias], hint="qkv_bias")
+        q, k, v = g.node("Split", [qkv, g.ints([h, h, h], "qkv_split")], ["q", "k", "v"], axis=2, hint="qkv_split")
+    else:
+        q = ctx.dense(x if query is None else query, layer.query)
+        k = ctx.dense(x, layer.key)
+        v = ctx.dense(x, layer.value)
     heads = {"c2p": ctx.split_heads(q, n, d, (0, 2, 1, 3)), "p2c": ctx.split_heads(k, n, d, (0, 2, 1, 3))}
     terms = []
     for term in layer.terms:
-        pos = g.node("Mul", [ctx.dense(emb, layer.projection(term)), g.scalar(1.0 / layer.scale, "inv_scale")],
-                     hint=f"{term}_pos")                                                 # (K, H), scaled
-        pos = g.node("Transpose", [g.node("Reshape", [pos, g.ints([-1, n, d])])], perm=[1, 2, 0])   # (N, D, K)
-        att = g.node("MatMul", [heads[term], pos], hint=f"{term}_att")                  # (B, N, F, K)
-        flat = g.node("Reshape", [att, g.ints([0, 0, -1])], hint=f"{term}_flat")
-        terms.append(g.node("Gather", [flat, _disentangled_index(ctx, term, rows)], axis=2, hint=term))
+        att = g.ms("FusedMatMul", [heads[term], _relative_keys(layer, ctx, term)], hint=f"{term}_att",
+                   transB=1)                                                             # (B, N, ., K)
+        value = g.node("GatherElements", [att, _disentangled_index(ctx, term, rows, n)], axis=3, hint=term)
+        terms.append(value if term == "c2p" else g.node("Transpose", [value], perm=[0, 1, 3, 2], hint="p2c_t"))
     bias = (terms[0] if len(terms) == 1 else g.node("Add", terms, hint="relative_bias")) if terms else None
     context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([bias] if bias else []), hint="attention",
                    num_heads=n, mask_filter_value=MASK_ADDER, scale=1.0 / layer.scale)
-    ctx.record("attention", "MatMul+Gather (c2p, p2c) + MultiHeadAttention (attention_bias)"
+    ctx.record("attention", "FusedMatMul+GatherElements (c2p, p2c) + MultiHeadAttention (attention_bias)"
                + (" (first token)" if rows else ""))
     return ctx.matmul(context, layer.attention_output)
 
 
-def _disentangled_index(ctx, term: str, rows: bool):
-    """(S, S) (``rows``: (1, S)) int32 flat indices into (row, relative) for c2p (row i) or p2c (row j): the
-    scheme's relative positions plus row * K (its window of K relative rows); computed once for every layer."""
+def _relative_keys(layer, ctx, term: str) -> str:
+    """(N, K, D): this layer's projection for ``term`` of the window of K relative rows, divided by sqrt(d *
+    scale_factor), heads split (the MatMul reading it transposes it: FusedMatMul transB). Weights only: folded at
+    compile time into one (N, R, D) constant over the table's R rows (projected in float64), of which each batch
+    slices its window (one contiguous block per head); the scheme's relative embeddings are projected in the
+    graph only where the scheme has no table to fold."""
+    g, n, d = ctx.g, layer.num_heads, layer.head_size
+    table = ctx.positions.get("relative_table")
+    if table is None:
+        emb, _ = ctx.disentangled()
+        pos = g.node("Mul", [ctx.dense(emb, layer.projection(term)), g.scalar(1.0 / layer.scale, "inv_scale")],
+                     hint=f"{term}_pos")                                                 # (K, H), scaled
+        return g.node("Transpose", [g.node("Reshape", [pos, g.ints([-1, n, d])])], perm=[1, 0, 2])
+    dense = layer.projection(term)
+    projected = table() @ np.asarray(dense.kernel.numpy(), np.float64)
+    if dense.bias is not None:
+        projected = projected + np.asarray(dense.bias.numpy(), np.float64)
+    projected = (projected / np.float64(layer.scale)).reshape(-1, n, d).transpose(1, 0, 2)     # (N, R, D)
+    keys = ctx.derived(f"{layer.path}/{term}_relative_keys", projected)
+    start, stop = ctx.positions["window_bounds"]
+    ctx.record("position", "disentangled: relative keys / queries projected at compile time")
+    return g.node("Slice", [keys, start, stop, g.const([1], np.int32, "axis")], hint=f"{term}_relative_keys")
+
+
+def _disentangled_index(ctx, term: str, rows: bool, num_heads: int):
+    """GatherElements indices along the last axis of the relative logits, int32, computed once for every layer:
+    c2p reads row i (the query) of (B, N, F, K) at the scheme's window row rel[i, j], so its index is rel
+    expanded to (B, N, F, S); p2c reads row j (the key) of (B, N, S, K) at rel[i, j], so its index is rel
+    transposed, (B, N, S, F), and the gathered values are transposed back. ``rows``: the first query row only
+    (F = 1). One element gather per logit: Gather over a flattened (row, relative) axis costs ORT's CPU kernel
+    six times as much at S = 128 (one copy per element, unthreaded)."""
     g = ctx.g
 
     def make():
         _, rel = ctx.disentangled()
-        length, width = ctx.positions["sequence_length"], ctx.positions["window_rows"]
-        steps = g.node("Mul", [g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one")]),
-                               width], hint="row_steps")
-        index = g.node("Add", [rel, g.node("Unsqueeze", [steps, g.ints([1 if term == "c2p" else 0], "axes")])],
-                       hint=f"{term}_index")
         if rows:
-            index = g.node("Slice", [index, g.ints([0], "start"), g.ints([1], "end"), g.ints([0], "axis")],
-                           hint=f"{term}_index_first")
-        return index
+            rel = g.node("Slice", [rel, g.ints([0], "start"), g.ints([1], "end"), g.ints([0], "axis")],
+                         hint="relative_positions_first")
+        if term == "p2c":
+            rel = g.node("Transpose", [rel], perm=[1, 0], hint="relative_positions_t")
+        batch = g.node("Shape", [ctx.mask], start=0, end=1)
+        shape = g.node("Concat", [batch, g.ints([num_heads], "heads"), g.node("Shape", [rel])], axis=0)
+        return g.node("Expand", [rel, shape], hint=f"{term}_index")
     return ctx.once(("disentangled_index", term, rows), make)

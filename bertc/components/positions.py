@@ -541,8 +541,8 @@ class DisentangledPositions(PositionScheme):
             length = g.node("Squeeze", [g.node("Cast", [g.node("Shape", [mask], start=1, end=2)], to=6)])
             windows = g.initializer(f"{self.path}/row_window", disentangled_row_window(self.spec, n))
             window = g.node("Gather", [windows, length], axis=0, hint="row_window")              # (2,)
-            first, stop = (g.node("Squeeze", [g.node("Slice", [window, g.ints([k], f"w{k}"), g.ints([k + 1], f"w{k}_")])])
-                           for k in (0, 1))
+            bounds = [g.node("Slice", [window, g.ints([k], f"w{k}"), g.ints([k + 1], f"w{k}_")]) for k in (0, 1)]
+            first, stop = (g.node("Squeeze", [b]) for b in bounds)
             rows = g.node("Range", [first, stop, g.const(1, np.int32, "one")], hint="relative_rows")
             emb = g.node("Gather", [ctx.weight(self.rel_embeddings), rows], axis=0, hint="relative_embeddings")
             if self.rel_layer_norm is not None:
@@ -556,4 +556,18 @@ class DisentangledPositions(PositionScheme):
             width = g.node("Sub", [stop, first], hint="window_rows")
         ctx.record("position", "disentangled: row window, Gather, LayerNormalization, computed once for every layer")
         return {"relative_embeddings": emb, "relative_positions": relative, "sequence_length": length,
-                "window_rows": width}
+                "window_rows": width, "window_bounds": bounds, "relative_table": self.normed_table}
+
+    def normed_table(self) -> np.ndarray:
+        """(R, H) float64: every row of ``rel_embeddings`` through the table's layer norm (when it has one), in
+        numpy: a weight-only value, which an optimized lowering may fold into constants (an attention's projected
+        and scaled relative keys / queries) instead of computing them on every batch."""
+        table = np.asarray(self.rel_embeddings.numpy(), np.float64)
+        norm = self.rel_layer_norm
+        if norm is None:
+            return table
+        mean = table.mean(axis=-1, keepdims=True)
+        var = ((table - mean) ** 2).mean(axis=-1, keepdims=True)
+        gamma = np.asarray(norm.gamma.numpy(), np.float64) if norm.gamma is not None else 1.0
+        beta = np.asarray(norm.beta.numpy(), np.float64) if norm.beta is not None else 0.0
+        return (table - mean) / np.sqrt(var + norm.epsilon) * gamma + beta

@@ -271,6 +271,8 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, alpha, applied: list, m: Measurement,
              t0: float, ranking: Optional[list] = None) -> dict:
+    from bertc.optimize.quantize import WEIGHT_QMAX, host_int8_kernels
+
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
     plain_ok = len(steps) == 1
@@ -297,6 +299,8 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, alpha, app
     return {
         "tuning": "plain" if plain_ok else ("smoothing" if applied and not keep else
                                             "smoothing + sensitivity" if applied else "sensitivity"),
+        "weights": {"range": [-WEIGHT_QMAX, WEIGHT_QMAX], "per": "output column"},
+        "measured_on": host_int8_kernels(),
         "criteria": judge.criteria, "target": {k: round(v, 6) for k, v in judge.target.items()},
         "target_margin": TARGET_MARGIN,
         "inputs": [c.label for c in judge.cases],

@@ -8,7 +8,7 @@
   the build even where the model's own (freshly initialized) weights would hide it.
 - ``onnx_int8`` (``model.optimized.int8.onnx``): ONNX Runtime's dynamic quantization of that graph,
   written directly as the operators ORT runs (:mod:`bertc.optimize.quantize`): MatMul and the fused
-  Attention get int8 weights (per-channel, full 8-bit range; see :data:`INT8_OPTIONS`); embeddings,
+  Attention get int8 weights (per-channel, 7-bit; see :data:`INT8_OPTIONS`); embeddings,
   layer norms, the pooler and classifier Gemms stay fp32.
 - ``onnx_fp16`` (``model.optimized.fp16.onnx``): weights and activations in float16 for the CUDA
   provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); layer norms
@@ -43,7 +43,8 @@ INT8_FILE = "model.optimized.int8.onnx"
 FP16_FILE = "model.optimized.fp16.onnx"
 
 # Dynamic quantization: int8 weights per output channel over the full 8-bit range (the most accurate of
-# the settings that run equally fast; how they were compared: README.md, "int8 quantization choices").
+# the settings that run equally fast; how they were compared: README.md, "int8 quantization choices");
+# the int8 tuning may choose 7-bit weights instead (``reduce_range``: bertc.optimize.int8_tuning).
 # Only MatMul and the fused Attention are quantized: embeddings, layer norms and the pooler /
 # classifier Gemms stay fp32 (small, and the most sensitive).
 INT8_OPTIONS = {"per_channel": True, "reduce_range": False, "op_types_to_quantize": ["MatMul", "Attention"]}
