@@ -534,7 +534,8 @@ class DisentangledPositions(PositionScheme):
     def onnx_lowering(self, ctx):
         """The row window of length S from a constant (first, stop), one Gather of the table's rows in it,
         LayerNormalization, and the (S, S) window rows from the row lookup constant at i - j: computed once, read
-        by every layer's disentangled attention."""
+        by every layer's disentangled attention. ``relative_table`` (:meth:`normed_table`) lets an attention fold
+        its projections of the table into constants instead; the in-graph rows are then pruned as unread."""
         g, n = ctx.g, self.max_sequence_length
         with g.scope("disentangled"):
             mask = ctx.int32_input("input_mask")
@@ -553,10 +554,9 @@ class DisentangledPositions(PositionScheme):
             relative = g.node("Add", [relative, g.const(n - 1, np.int32, "max_length_1")])
             lookup = g.initializer(f"{self.path}/row_lookup", disentangled_row_lookup(self.spec, n))
             relative = g.node("Sub", [g.node("Gather", [lookup, relative], axis=0), first], hint="relative_positions")
-            width = g.node("Sub", [stop, first], hint="window_rows")
-        ctx.record("position", "disentangled: row window, Gather, LayerNormalization, computed once for every layer")
+        ctx.record("position", "disentangled: row window and relative positions, computed once for every layer")
         return {"relative_embeddings": emb, "relative_positions": relative, "sequence_length": length,
-                "window_rows": width, "window_bounds": bounds, "relative_table": self.normed_table}
+                "window_bounds": bounds, "relative_table": self.normed_table}
 
     def normed_table(self) -> np.ndarray:
         """(R, H) float64: every row of ``rel_embeddings`` through the table's layer norm (when it has one), in
