@@ -415,7 +415,7 @@ def _relative_keys(layer, ctx, term: str) -> str:
                      hint=f"{term}_pos")                                                 # (K, H), scaled
         return g.node("Transpose", [g.node("Reshape", [pos, g.ints([-1, n, d])])], perm=[1, 0, 2])
     dense = layer.projection(term)
-    projected = table() @ np.asarray(dense.kernel.numpy(), np.float64)
+    projected = ctx.once("relative_table", table) @ np.asarray(dense.kernel.numpy(), np.float64)
     if dense.bias is not None:
         projected = projected + np.asarray(dense.bias.numpy(), np.float64)
     projected = (projected / np.float64(layer.scale)).reshape(-1, n, d).transpose(1, 0, 2)     # (N, R, D)

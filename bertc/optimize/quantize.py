@@ -59,8 +59,8 @@ def quantize_columns(weight: np.ndarray, qmax: int = WEIGHT_QMAX) -> tuple[np.nd
 def host_int8_kernels() -> dict:
     """What this host's ORT CPU int8 kernels can do, as far as the OS says: the machine, its widest x86
     vector extension, and whether it has VNNI (u8 x s8 products summed in int32: no saturation, whatever
-    the weight range). The int8 tuning records it beside its figures: without VNNI, full-range weights may
-    saturate there (and only there)."""
+    the weight range). The int8 tuning records it beside its figures: without VNNI, full-range weights would
+    saturate there (bertc's 7-bit weights cannot)."""
     import platform
 
     machine = platform.machine().lower()
@@ -76,9 +76,11 @@ def host_int8_kernels() -> dict:
                     break
     except OSError:
         return info
-    info["isa"] = next((isa for isa in ("avx512f", "avx2", "sse4_1") if isa in flags), "sse2").replace("f", "") \
-        if flags else "unknown"
-    info["vnni"] = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}) if flags else None
+    if not flags:
+        return {**info, "isa": "unknown", "vnni": None}
+    info["isa"] = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("sse4_1", "sse4.1"))
+                        if flag in flags), "sse2")
+    info["vnni"] = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
     return info
 
 
