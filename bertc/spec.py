@@ -42,6 +42,11 @@ class ExportSpec(StrictModel):
     # (the padding-free optimized graph: per-token work on the real tokens only, bertc/optimize/padding_free.py)
     # and its onnx_packed_int8 / onnx_packed_fp16 conversions.
     variants: list[Literal[EXPORT_VARIANTS]] = ["onnx_int8"]
+    # A residual sum followed by a layer norm in the optimized artifact: "decomposed" (Sum + LayerNormalization,
+    # the default: ONNX Runtime's CPU SkipLayerNormalization kernel is several times slower than the two ops,
+    # tools/bench_layer_norm.py; a Sum, not an Add, so that ORT's session optimizer does not fuse them back) or
+    # "fused" (com.microsoft SkipLayerNormalization, one kernel: for a graph that only runs on CUDA).
+    skip_layer_norm: Literal["decomposed", "fused"] = "decomposed"
     opset: Literal[17, 18] = 17
     input_dtype: Literal["int32", "int64"] = "int32"
     keep_saved_model: bool = False

@@ -168,8 +168,10 @@ def test_optimized_graph_is_fused_and_says_so(built):
     layers = spec.encoder.num_layers
     ops = [n.op_type for n in onnx.load(str(out / "model.optimized.onnx")).graph.node]
     assert ops.count("MultiHeadAttention") == layers and ops.count("RotaryEmbedding") == 2 * layers
-    assert ops.count("SkipLayerNormalization") == 2 * layers          # layer 0: no attention norm; + final norm
-    assert ops.count("LayerNormalization") == 1 + (1 if spec.head is not None else 0)   # embeddings, head
+    # residual norms: 2 per layer (layer 0: no attention norm; + the final norm), Add + LayerNormalization by
+    # default (export.skip_layer_norm); + the embeddings' and the head's norms
+    assert "SkipLayerNormalization" not in ops
+    assert ops.count("LayerNormalization") == 2 * layers + 1 + (1 if spec.head is not None else 0)
     assert "Softmax" not in ops and "Erf" not in ops
     fusion = report["fusion"]["layers"]
     kinds = spec.encoder.kinds()

@@ -44,7 +44,8 @@ def built(name: str, **spec_overrides):
     key = (name, json.dumps(spec_overrides, sort_keys=True))
     if key not in _MODELS:
         d = tiny_copy(spec_dict(name))
-        d.update(spec_overrides)
+        for k, v in spec_overrides.items():   # export={...} is merged into the spec's export section
+            d[k] = {**d.get(k, {}), **v} if k == "export" else v
         spec = load_spec(d)
         sig = signature_of(spec)
         b = build_model(spec, sig)
@@ -101,37 +102,66 @@ def op_counts(proto):
 
 # --- fusion coverage -------------------------------------------------------------------------------
 
-def test_canonical_encoder_is_fully_fused():
-    spec, sig, model = built("canonical_classifier")
+@pytest.mark.parametrize("skip_layer_norm", ["decomposed", "fused"])
+def test_canonical_encoder_is_fully_fused(skip_layer_norm):
+    """Every layer lowers to fused kernels; a residual and its layer norm are Add + LayerNormalization by
+    default (export.skip_layer_norm) or one SkipLayerNormalization ("fused")."""
+    spec, sig, model = built("canonical_classifier", export={"skip_layer_norm": skip_layer_norm})
     lowered = lower_model(built_of(model), prune=False)
     layers = spec.encoder.num_layers
     ops = op_counts(lowered.proto)
+    fused = skip_layer_norm == "fused"
     assert ops["Attention"] == layers
-    assert ops["SkipLayerNormalization"] == 2 * layers
+    assert ops["SkipLayerNormalization"] == (2 * layers if fused else 0)
+    # decomposed: the output bias (Add), the residual (Sum), LayerNormalization, twice per layer
+    assert ops["LayerNormalization"] == (0 if fused else 2 * layers)
+    assert ops["Add"] == ops["Sum"] == (0 if fused else 2 * layers)   # (the classifier's bias is its Gemm's)
     assert ops["FastGelu"] == layers                       # gelu_tanh
     assert ops["EmbedLayerNormalization"] == 1
     assert ops["MatMul"] == 3 * layers                     # attention output, intermediate, output
-    # nothing decomposed is left: no layer norm pieces, no softmax, no GELU pieces
-    for op in ("ReduceMean", "Sqrt", "Pow", "Div", "Softmax", "Erf", "LayerNormalization", "Transpose", "Cast"):
+    # nothing else is decomposed: no layer norm pieces, no softmax, no GELU pieces
+    for op in ("ReduceMean", "Sqrt", "Pow", "Div", "Softmax", "Erf", "Transpose", "Cast"):
         assert ops[op] == 0, op
-    assert lowered.nodes == len(lowered.proto.graph.node) == 7 * layers + 1 + 4   # + pooler (3) + classifier
+    assert lowered.nodes == len(lowered.proto.graph.node) == (7 if fused else 11) * layers + 1 + 4
+    norm = "SkipLayerNormalization" if fused else "Sum + LayerNormalization"
     for i in range(layers):
         assert lowered.coverage["layers"][f"layer_{i}"] == {
-            "attention": "Attention", "attention_layer_norm": "SkipLayerNormalization",
-            "feedforward_activation": "FastGelu", "output_layer_norm": "SkipLayerNormalization"}
+            "attention": "Attention", "attention_layer_norm": norm,
+            "feedforward_activation": "FastGelu", "output_layer_norm": norm}
     assert lowered.coverage["layers"]["embeddings"] == {"embeddings": "EmbedLayerNormalization"}
+    worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
+    assert max(worst.values()) <= ATOL, worst
 
 
-def test_pre_norm_exact_gelu_encoder_fuses_residuals_into_the_next_layer_norm():
-    spec, sig, model = built("token_classifier")          # norm_first, exact GELU
+def test_decomposed_layer_norms_stay_decomposed_in_onnx_runtime(tmp_path):
+    """ORT's session optimizer has a SkipLayerNormFusion pass (Add + LayerNormalization -> SkipLayerNormalization):
+    the default artifact's Sum + LayerNormalization must reach the CPU provider as written (what tools/bench_layer_norm.py measures), not be fused back."""
+    import onnxruntime as ort
+
+    spec, sig, model = built("canonical_classifier")
+    lowered = lower_model(built_of(model), prune=False)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as_run.onnx")
+    ort.InferenceSession(lowered.proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ran = op_counts(onnx.load(str(tmp_path / "as_run.onnx")))
+    assert ran["SkipLayerNormalization"] == 0 and ran["LayerNormalization"] == 2 * spec.encoder.num_layers
+
+
+@pytest.mark.parametrize("skip_layer_norm", ["decomposed", "fused"])
+def test_pre_norm_exact_gelu_encoder_fuses_residuals_into_the_next_layer_norm(skip_layer_norm):
+    spec, sig, model = built("token_classifier", export={"skip_layer_norm": skip_layer_norm})  # norm_first, exact GELU
     ops = op_counts(lower_model(built_of(model)).proto)
     layers = spec.encoder.num_layers
     assert ops["Attention"] == layers and ops["BiasGelu"] == layers
-    # per layer: attention residual + FFN norm; the FFN residual fuses into the next layer's first
-    # norm (or the final norm); only the first layer's first norm sees a plain tensor.
-    assert ops["SkipLayerNormalization"] == 2 * layers
-    assert ops["LayerNormalization"] == 1
-    assert ops["Add"] == 1                                  # the token classifier's bias
+    # per layer: attention residual + FFN norm; the FFN residual goes into the next layer's first
+    # norm (or the final norm); only the first layer's first norm sees a plain tensor. Decomposed, each of
+    # those 2 * layers residuals is its sum (bias Add + residual Add, once: the next residual branch reads it).
+    if skip_layer_norm == "fused":
+        assert ops["SkipLayerNormalization"] == 2 * layers and ops["LayerNormalization"] == 1
+        assert ops["Add"] == 1                              # the token classifier's bias
+    else:
+        assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * layers + 1
+        assert ops["Sum"] == 2 * layers and ops["Add"] == 2 * layers + 1
 
 
 def test_interface_names_dtypes_and_dynamic_axes():
@@ -200,11 +230,15 @@ def test_encoder_without_head_exposes_every_layer_output(norm_first):
     worst = max_abs_diff(model, session(lowered.proto), sig, random_mask_cases(spec))
     assert max(worst.values()) <= ATOL, worst
     if norm_first:
-        # layer 0's output is the sum output of layer 1's first SkipLayerNormalization; the last
-        # residual fuses into the final layer norm: the only Adds are the two ReLU biases.
-        producer = {out: (n.op_type, k) for n in lowered.proto.graph.node for k, out in enumerate(n.output)}
-        assert producer["encoder_outputs_0"] == ("SkipLayerNormalization", 3)
-        assert op_counts(lowered.proto)["Add"] == 2
+        # layer 0's output is the residual sum that layer 1's first layer norm reads (one Sum, not re-added);
+        # the last residual goes into the final layer norm. Per layer, each of the two residuals is a bias Add
+        # and a Sum; + the two ReLU biases.
+        producer = {out: n for n in lowered.proto.graph.node for out in n.output}
+        assert producer["encoder_outputs_0"].op_type == "Sum"
+        readers = [n.op_type for n in lowered.proto.graph.node if "encoder_outputs_0" in n.input]
+        assert sorted(readers) == ["LayerNormalization", "Sum"]   # layer 1's attention norm and its residual
+        ops = op_counts(lowered.proto)
+        assert ops["Sum"] == 2 * 2 and ops["Add"] == 2 * 2 + 2
     assert lowered.coverage["layers"]["layer_0"]["feedforward_activation"] == "relu"
 
 
@@ -446,9 +480,9 @@ def test_plugin_attention_without_lowering_takes_the_portable_path_and_passes_pa
         for i in range(3):
             layer = fusion["layers"][f"layer_{i}"]
             assert layer["attention"].startswith("portable: ")
-            assert layer["attention_layer_norm"] == layer["output_layer_norm"] == "SkipLayerNormalization"
+            assert layer["attention_layer_norm"] == layer["output_layer_norm"] == "Sum + LayerNormalization"
         ops = report["artifacts"]["onnx_optimized"]["op_counts"]
-        assert ops["com.microsoft.SkipLayerNormalization"] == 6 and ops["com.microsoft.EmbedLayerNormalization"] == 1
+        assert ops["LayerNormalization"] == 6 and ops["com.microsoft.EmbedLayerNormalization"] == 1
         assert "com.microsoft.Attention" not in ops and "com.microsoft.MultiHeadAttention" not in ops
         backends = {r["backend"] for r in report["parity"]["results"]}
         assert {"onnx_optimized_cpu", "onnx_int8_cpu"} <= backends and report["parity"]["passed"]
@@ -542,7 +576,7 @@ def test_plugin_of_every_kind_takes_the_portable_path(make, input_dtype, tmp_pat
         if part != "embeddings":
             assert fusion["layers"]["embeddings"]["embeddings"] == "EmbedLayerNormalization"
         if part == "feedforward":
-            assert all(fusion["layers"][layer]["attention_layer_norm"] == "SkipLayerNormalization" for layer in layers)
+            assert all(fusion["layers"][layer]["attention_layer_norm"] == "Sum + LayerNormalization" for layer in layers)
         assert fusion["structural_check"]["passed"]
         sess = ort_session(tmp_path / OPTIMIZED_FILE)
         rng = np.random.default_rng(5)

@@ -154,7 +154,7 @@ def test_what_runs_packed_and_what_on_the_padded_layout():
     assert {"NonZero", "MultiHeadAttention"} <= ops
     assert report.attention_rewritten == 2
     assert report.padded == {"com.microsoft.MultiHeadAttention": 2}
-    assert report.packed["MatMul"] == 2 * 4 + 1 and report.packed["com.microsoft.SkipLayerNormalization"] == 4
+    assert report.packed["MatMul"] == 2 * 4 + 1 and report.packed["LayerNormalization"] == 4 + 1
 
 
 def test_int64_inputs():

@@ -57,8 +57,11 @@ class Coverage:
 class LoweringContext:
     """What a component's ``onnx_lowering`` gets: the graph builder plus fused building blocks."""
 
-    def __init__(self, g: GraphBuilder, inputs: dict[str, Value], input_dtype: str, opset: int = 17):
+    def __init__(self, g: GraphBuilder, inputs: dict[str, Value], input_dtype: str, opset: int = 17,
+                 skip_layer_norm: str = "decomposed"):
         self.g = g
+        # how a pending residual and its layer norm are lowered ("decomposed" / "fused": ExportSpec.skip_layer_norm)
+        self.skip_layer_norm = skip_layer_norm
         self.opset = opset
         self.inputs = inputs
         self.input_dtype = input_dtype
@@ -265,17 +268,27 @@ class LoweringContext:
 
         def make():
             total = self.g.node("Add", [v.main, v.bias], hint="add_bias") if v.bias else v.main
-            return self.g.node("Add", [total, v.skip], hint="residual")
+            # decomposed: a two-input Sum (the same fp32 addition), which ONNX Runtime's SkipLayerNormFusion does
+            # not match, so a LayerNormalization reading it is not fused back into SkipLayerNormalization
+            return self.g.node("Sum" if self.skip_layer_norm == "decomposed" else "Add", [total, v.skip],
+                               hint="residual")
         return self.once(("residual", v), make)
 
     def layer_norm(self, v: Union[Value, Residual], ln, want_sum: bool = False, part: Optional[str] = None):
         """LayerNorm(v) with the Keras layer ``ln``'s gamma/beta/epsilon -> (normed, the summed input or None).
 
-        A pending residual becomes one SkipLayerNormalization (residual + bias + layer norm), whose
-        fourth output is the sum itself when ``want_sum`` (pre-layer-norm blocks need it)."""
+        A pending residual becomes its sum (Add, memoized: the residual branch of pre-layer-norm blocks reads
+        it) and a LayerNormalization; with ``skip_layer_norm="fused"`` one SkipLayerNormalization (residual +
+        bias + layer norm), whose fourth output is the sum itself when ``want_sum``."""
         gamma, eps = self.weight(ln.gamma), float(ln.epsilon)
         beta = self.weight(ln.beta) if ln.beta is not None else None   # center=False: no beta (optional input)
         part = part or ln.name
+        if isinstance(v, Residual) and self.skip_layer_norm == "decomposed":
+            summed = self.value(v)
+            normed = self.g.node("LayerNormalization", [summed, gamma] + ([beta] if beta else []), hint=ln.name,
+                                 axis=-1, epsilon=eps)
+            self.record(part, "Sum + LayerNormalization")
+            return normed, (summed if want_sum else None)
         if isinstance(v, Residual):
             key = ("residual", v)
             outs = ["out", None, None, "sum"] if want_sum and key not in self._memo else ["out"]
@@ -465,7 +478,7 @@ def lower_model(built, input_dtype: str = "int32", opset: int = 17,
     elem = onnx.TensorProto.INT64 if input_dtype == "int64" else onnx.TensorProto.INT32
     g = GraphBuilder(spec.name.replace(".", "_") + "_optimized")
     inputs = {i.name: g.add_input(i.name, elem, ["batch", i.length or "sequence"]) for i in sig.inputs}
-    ctx = LoweringContext(g, inputs, input_dtype, opset)
+    ctx = LoweringContext(g, inputs, input_dtype, opset, spec.export.skip_layer_norm)
     ctx.read_rows = rows
     if lowering_of(built.encoder) is None:
         raise NotLowerable(f"encoder {spec.encoder.type!r} has no ONNX lowering")

@@ -61,7 +61,7 @@ PACKED_FILES = {"onnx_packed": "model.packed.onnx", "onnx_packed_int8": "model.p
 PADDED_POSITIONS = "zeros"
 
 # Operators that act on each position independently (broadcasting elementwise ones).
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Greater", "Less", "And", "Or",
+ELEMENTWISE = {"Add", "Sum", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Greater", "Less", "And", "Or",
                "Not", "Cast", "Relu", "Tanh", "Sigmoid", "Erf", "Sqrt", "Neg", "Exp", "Log", "Abs", "Reciprocal",
                "Identity", "Softplus", "Mod", "Clip", "Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 FLOAT_TYPES = {1, 10, 11, 16}   # float, float16, double, bfloat16
