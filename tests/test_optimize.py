@@ -747,6 +747,28 @@ def test_fp16_artifact_keeps_int_inputs_and_fp32_outputs(canonical_build):
     assert report["artifacts"]["onnx_fp16"]["providers"][0] == "CUDAExecutionProvider"
     if cpu["runs"]:
         assert 0 < cpu["sample_max_abs"] < 1e-2
+    # fp16 is for CUDA: its residual norms are SkipLayerNormalization again, the fp32 artifacts' are not
+    ops = op_counts(proto)
+    layers = json.loads((out / "spec.json").read_text())["encoder"]["num_layers"]
+    assert ops["SkipLayerNormalization"] == 2 * layers and ops["Sum"] == 0 and ops["LayerNormalization"] == 0
+    assert op_counts(onnx.load(str(out / OPTIMIZED_FILE)))["SkipLayerNormalization"] == 0
+
+
+@pytest.mark.parametrize("name", ["canonical_classifier", "token_classifier"])   # post-norm; pre-norm (sum read twice)
+def test_fusing_the_decomposed_norms_back_computes_the_same(name):
+    from bertc.optimize.onnx_artifacts import fuse_skip_layer_norms
+
+    spec, sig, model = built(name)
+    proto = lower_model(built_of(model), prune=False).proto
+    decomposed = session(proto)
+    assert fuse_skip_layer_norms(proto) == 2 * spec.encoder.num_layers
+    ops = op_counts(proto)
+    assert ops["SkipLayerNormalization"] == 2 * spec.encoder.num_layers and ops["Sum"] == 0
+    fused = session(proto)
+    for case in random_mask_cases(spec):
+        a, b = decomposed.run(None, case), fused.run(None, case)
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, atol=1e-5)
 
 
 def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):

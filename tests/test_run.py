@@ -50,10 +50,32 @@ def _build(name: str, work: Path) -> Path:
     return out
 
 
+def shared_builds(tmp_path_factory, names) -> dict:
+    """The builds of ``names``, made once per test session and shared by test_run and test_run_ray (the tests
+    only read them): under pytest-xdist in the directory all workers' temporary directories share, each build
+    under a file lock, so the worker that comes second waits for it rather than building it again."""
+    import fcntl
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_run_builds"
+    root.mkdir(exist_ok=True)
+    out = {}
+    for name in names:
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            marker = root / f"{name}.built"
+            if not marker.exists():
+                shutil.rmtree(root / name, ignore_errors=True)   # a build that failed half-way
+                (root / name).mkdir()
+                marker.write_text(str(_build(name, root / name)))
+            out[name] = Path(marker.read_text())
+    return out
+
+
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    work = tmp_path_factory.mktemp("run")
-    return {name: _build(name, work) for name in ("st_bert_mean_norm", "bert_seq_cls", "bert_token_cls", "bert_qa")}
+    return shared_builds(tmp_path_factory, ("st_bert_mean_norm", "bert_seq_cls", "bert_token_cls", "bert_qa"))
 
 
 def direct(out: Path, texts, artifact="model.onnx") -> dict:

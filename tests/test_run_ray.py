@@ -18,7 +18,7 @@ from bertc.runtime import RayPredictor, run_ray
 from bertc.run_io import input_spec, read_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_run import LABELS, TEXTS, _build, read_result  # noqa: E402
+from test_run import LABELS, TEXTS, read_result, shared_builds  # noqa: E402
 
 ray = pytest.importorskip("ray") if os.environ.get("BERTC_ALLOW_NO_RAY") == "1" else __import__("ray")
 
@@ -32,8 +32,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    work = tmp_path_factory.mktemp("ray")
-    return {name: _build(name, work) for name in ("st_bert_mean_norm", "bert_seq_cls")}
+    return shared_builds(tmp_path_factory, ("st_bert_mean_norm", "bert_seq_cls"))
 
 
 def texts(n: int) -> list:

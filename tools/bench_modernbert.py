@@ -170,7 +170,7 @@ def ensure_build(name: str, checkpoint: Path, work: Path, rebuild: bool) -> Path
             "status") == "passed":
         log(f"reusing {out}")
         return out
-    run([sys.executable, "-m", "bertc.cli", "import", str(checkpoint), "-o", str(spec_path),
+    run([sys.executable, "-m", "bertc.cli", "import", str(checkpoint), "-o", str(spec_path), "--force",
          *(["--encoder-only"] if name == "encoder" else [])], f"bertc import {name}")
     spec = json.loads(spec_path.read_text())
     spec["name"] = f"modernbert_base_{name}"

@@ -289,6 +289,47 @@ def speed_of(fp32: Path, int8: Path, spec) -> dict:
     return speed_against_fp32(fp32, int8, spec)
 
 
+def fuse_skip_layer_norms(proto) -> int:
+    """Rewrite, in place, each decomposed residual norm of the lowering (``LayerNormalization(Sum(Add(x, bias),
+    skip))``, see ``LoweringContext.layer_norm``) as one com.microsoft SkipLayerNormalization (the sum, where
+    something else reads it, is its fourth output): for the fp16 variant, which runs on CUDA, where the fused
+    kernel is the fast one. Returns how many were fused."""
+    from onnx import helper
+
+    graph = proto.graph
+    producer = {out: n for n in graph.node for out in n.output}
+    readers: dict = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    outputs = {o.name for o in graph.output}
+    vectors = {t.name for t in graph.initializer if len(t.dims) == 1}
+    drop, fused = set(), {}
+    for n in graph.node:
+        summed = producer.get(n.input[0]) if n.op_type == "LayerNormalization" and not n.domain else None
+        if summed is None or summed.op_type != "Sum" or len(summed.input) != 2 or len(n.output) != 1:
+            continue
+        main, skip = summed.input
+        bias = ""
+        add = producer.get(main)
+        if (add is not None and add.op_type == "Add" and add.input[1] in vectors and len(readers[main]) == 1
+                and main not in outputs):
+            main, bias = add.input[0], add.input[1]
+            drop.add(id(add))
+        gamma, beta = n.input[1], (n.input[2] if len(n.input) > 2 else "")
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        keep_sum = len(readers[summed.output[0]]) > 1 or summed.output[0] in outputs
+        fused[id(n)] = helper.make_node(
+            "SkipLayerNormalization", [main, skip, gamma, beta, bias],
+            [n.output[0]] + (["", "", summed.output[0]] if keep_sum else []), name=n.name + "/fused",
+            domain="com.microsoft", epsilon=eps)
+        drop.add(id(summed))
+    nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(fused)
+
+
 def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -297,6 +338,7 @@ def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_in
         half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
+    fuse_skip_layer_norms(half)   # fp16 is for CUDA: one SkipLayerNormalization kernel per residual norm there
     nbytes = _save(half, dst)
     providers, cpu = fp16_on_cpu(dst, model, check_inputs)
     return _artifact(dst, nbytes, "fp16", input_dtype, providers, len(half.graph.node), opset,
