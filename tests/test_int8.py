@@ -109,7 +109,8 @@ def test_smoothing_sites_follow_the_graph_structure(ln_outliers):
     sites = {s.source: s for s in find_sites(proto, weights)}
     embed = sites["embeddings/embed_layer_norm"]
     assert embed.kind == "layer_norm" and embed.method == "branch"
-    assert [c for c, _ in embed.consumers] == ["layer_0/attention"] and "layer_0/attention_layer_norm" in embed.others
+    # its other reader: the residual sum of layer 0's attention (Sum, before layer 0's attention_layer_norm)
+    assert [c for c, _ in embed.consumers] == ["layer_0/attention"] and "layer_0/residual" in embed.others
     assert sites["layer_0/attention_layer_norm"].consumers[0][0] == "layer_0/intermediate"
     value = sites["layer_0/attention"]
     assert value.kind == "attention_value" and value.method == "fold"
