@@ -23,7 +23,7 @@ Value = str  # the name of a value in the graph
 @dataclass(frozen=True)
 class Residual:
     """``main + skip (+ bias)``, not yet added: a following layer norm fuses it into one
-    SkipLayerNormalization; anything else materializes it (see the lowering context's ``value``)."""
+    residual layer norm; anything else materializes it (see the lowering context's ``value``)."""
 
     main: Value
     skip: Value

@@ -241,9 +241,9 @@ class ReZeroBlock(Block):
 # row); the layer's output then has those rows only, in ``ctx.rows`` order.
 
 def lower_scaffold_block(layer, ctx, x, rows_only=False):
-    """Post-norm: Attention -> SkipLayerNormalization(residual + output bias + LN) -> feedforward.
+    """Post-norm: Attention -> residual layer norm (residual + output bias + LN, ``ctx.layer_norm``) -> feedforward.
     Pre-norm: the incoming residual sum and this layer's first layer norm become one
-    SkipLayerNormalization whose sum output is the residual branch."""
+    residual layer norm whose sum is the residual branch."""
     if layer.norm_first:
         normed, summed = ctx.layer_norm(x, layer.attention_layer_norm, want_sum=True)
         query = ctx.rows(normed) if rows_only else None
@@ -259,7 +259,7 @@ def lower_scaffold_block(layer, ctx, x, rows_only=False):
 
 def lower_rezero_block(layer, ctx, x, rows_only=False):
     """x + alpha * (attention + b_o): the bias is pre-scaled (alpha * b_o), so with use_layer_norm
-    the sum and the norm are one SkipLayerNormalization; without it the sum stays pending."""
+    the sum and the norm are one residual layer norm (``ctx.layer_norm``); without it the sum stays pending."""
     g, s = ctx.g, layer.spec
     alpha, alpha_ffn = float(layer.rezero_alpha.numpy()), float(layer.rezero_alpha_ffn.numpy())
     x = ctx.value(x)

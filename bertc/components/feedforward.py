@@ -181,8 +181,8 @@ class GatedFeedforward(_ResidualFeedforward):
 # --- ONNX lowerings ---------------------------------------------------------------------------------
 
 def lower_residual(layer, ctx, x, transform, norm):
-    """Post-norm ``LN(x + f(x))``: one SkipLayerNormalization (residual + f's output bias + LN).
-    Pre-norm ``x + f(LN(x))``: the incoming pending sum and LN fuse into one SkipLayerNormalization
+    """Post-norm ``LN(x + f(x))``: one residual layer norm (residual + f's output bias + LN, ``ctx.layer_norm``).
+    Pre-norm ``x + f(LN(x))``: the incoming pending sum and LN become one residual layer norm
     (its sum output is ``x``); the result is left as a pending sum for the next layer norm."""
     if layer.norm_first:
         normed, summed = ctx.layer_norm(x, norm, want_sum=True)

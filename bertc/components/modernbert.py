@@ -24,9 +24,9 @@ of its tokens). Lowerings: the packed qkv as one MatMul (+ Add) and a Split, com
 on q and k, com.microsoft ``MultiHeadAttention`` with the raw 0/1 key padding mask and, on local layers, the
 window as its ``attention_bias`` ((1, 1, S, S), 0 inside and -5000 outside (:data:`WINDOW_ADDER`), computed
 once per window); the
-norms as ``SkipLayerNormalization`` / ``LayerNormalization`` (beta omitted without ``norm_bias``); the GLU as
+norms as residual layer norms (``Sum`` + ``LayerNormalization`` / ``SkipLayerNormalization``, ``ctx.layer_norm``) (beta omitted without ``norm_bias``); the GLU as
 one MatMul, a Split, com.microsoft ``Gelu`` (``BiasGelu`` with a bias, ``FastGelu`` for tanh gelu) times the
-gate, and the output MatMul whose bias the next ``SkipLayerNormalization`` takes.
+gate, and the output MatMul whose bias the next residual layer norm takes.
 """
 from __future__ import annotations
 
@@ -470,9 +470,9 @@ def lower_glu(layer, ctx, h):
 
 
 def lower_modernbert_block(layer, ctx, x, rows_only=False):
-    """Pre-norm: the incoming pending sum and the attention norm are one SkipLayerNormalization (its sum output
+    """Pre-norm: the incoming pending sum and the attention norm are one residual layer norm (its sum
     the residual branch); without the attention norm (layer 0) the attention reads the input itself. The
-    attention output, its bias and the residual stay pending for the feedforward's SkipLayerNormalization."""
+    attention output, its bias and the residual stay pending for the feedforward's residual layer norm."""
     if layer.attention_layer_norm is not None:
         normed, summed = ctx.layer_norm(x, layer.attention_layer_norm, want_sum=True)
     else:

@@ -4,7 +4,7 @@ Nothing here pattern-matches: the spec says what every layer computes, so each
 component lowers itself (``onnx_lowering`` next to its Keras layer in
 ``bertc/components/*.py``) into a :class:`~bertc.onnx_graph.GraphBuilder`
 through the :class:`LoweringContext` below, which offers the fused building
-blocks (``Attention``, ``SkipLayerNormalization``, ``BiasGelu`` / ``FastGelu``,
+blocks (``Attention``, residual layer norms, ``BiasGelu`` / ``FastGelu``,
 ``LayerNormalization``) and records which part of which layer became which
 operator (the fusion coverage of the report).
 

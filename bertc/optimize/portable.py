@@ -5,7 +5,7 @@ is not a reason to give up on the optimized artifact. Its Keras ``call`` is conv
 tf2onnx (traced with its weights as inputs, as the portable export traces the whole model:
 :func:`bertc.export.onnx.convert_with_weight_inputs`), and the converted nodes are spliced into
 the optimized graph where the component's lowering would have gone. Everything around it keeps
-its fused operators (the block's SkipLayerNormalization takes the plug-in attention's output as
+its fused operators (the block's residual layer norm takes the plug-in attention's output as
 its residual branch), the spliced nodes read the same weight initializers as the rest of the
 graph (named by Keras path, so a shared block's weights are stored once), and the report says
 which layers took this path.
