@@ -277,7 +277,7 @@ class LoweringContext:
     def layer_norm(self, v: Union[Value, Residual], ln, want_sum: bool = False, part: Optional[str] = None):
         """LayerNorm(v) with the Keras layer ``ln``'s gamma/beta/epsilon -> (normed, the summed input or None).
 
-        A pending residual becomes its sum (Add, memoized: the residual branch of pre-layer-norm blocks reads
+        A pending residual becomes its sum (bias Add + Sum, memoized: the residual branch of pre-layer-norm blocks reads
         it) and a LayerNormalization; with ``skip_layer_norm="fused"`` one SkipLayerNormalization (residual +
         bias + layer norm), whose fourth output is the sum itself when ``want_sum``."""
         gamma, eps = self.weight(ln.gamma), float(ln.epsilon)
