@@ -288,8 +288,9 @@ def _np(variable):
 
 def lower_multi_head(layer, ctx, x, query=None):
     """All rows: one com.microsoft ``Attention`` (packed QKV MatMul, raw 0/1 mask, Keras' -10000
-    mask value). Query rows only, or a position scheme's bias to add to the logits: Q/K/V MatMuls
-    into com.microsoft ``MultiHeadAttention`` (raw 0/1 mask, and the bias as its ``attention_bias``).
+    mask value, and a position scheme's bias to add to the logits as its ``attention_bias``). Query rows
+    only: Q/K/V MatMuls into com.microsoft ``MultiHeadAttention`` (raw 0/1 mask, the bias as its
+    ``attention_bias``).
     Rotary positions: Q/K/V MatMul + Add, com.microsoft ``RotaryEmbedding`` on q and k, then
     ``MultiHeadAttention``."""
     g, n = ctx.g, layer.num_heads
@@ -308,18 +309,21 @@ def lower_multi_head(layer, ctx, x, query=None):
                        hint="attention", num_heads=n, mask_filter_value=MASK_ADDER)
         ctx.record("attention", "RotaryEmbedding + MultiHeadAttention" + (" (query rows)" if query is not None else ""))
         return ctx.matmul(context, layer.attention_output)
-    if position_bias is not None:
-        q = g.node("MatMul", [x if query is None else query, ctx.weight(layer.query.kernel)], hint="query")
+    if position_bias is not None and query is not None:
+        q = g.node("MatMul", [query, ctx.weight(layer.query.kernel)], hint="query")
         k = g.node("MatMul", [x, ctx.weight(layer.key.kernel)], hint="key")
         v = g.node("MatMul", [x, ctx.weight(layer.value.kernel)], hint="value")
         context = g.ms("MultiHeadAttention", [q, k, v, bias, ctx.mask, position_bias], hint="attention",
                        num_heads=n, mask_filter_value=MASK_ADDER)
-        ctx.record("attention", "MultiHeadAttention (attention_bias: position bias)")
+        ctx.record("attention", "MultiHeadAttention (attention_bias: position bias; first token)")
     elif query is None:
+        # Attention computes the packed projection itself; a position bias goes in as its attention_bias
+        # (input 5). Measured against Q/K/V MatMuls + MultiHeadAttention on MPNet-base (tools/results/
+        # bench_families.json), the packed form is faster.
         kernel = ctx.derived(f"{path}/qkv/kernel", np.concatenate([_np(d.kernel) for d in dense], axis=1))
-        context = g.ms("Attention", [x, kernel, bias, ctx.mask], hint="attention", num_heads=n,
-                       mask_filter_value=MASK_ADDER)
-        ctx.record("attention", "Attention")
+        inputs = [x, kernel, bias, ctx.mask] + ([None, position_bias] if position_bias is not None else [])
+        context = g.ms("Attention", inputs, hint="attention", num_heads=n, mask_filter_value=MASK_ADDER)
+        ctx.record("attention", "Attention" + (" (attention_bias: position bias)" if position_bias is not None else ""))
     else:
         q = g.node("MatMul", [query, ctx.weight(layer.query.kernel)], hint="query")
         k = g.node("MatMul", [x, ctx.weight(layer.key.kernel)], hint="key")

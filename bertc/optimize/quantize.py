@@ -11,7 +11,8 @@ the result directly, with the same arithmetic, vectorized:
 - every ``MatMul`` whose B is a 2-D fp32 initializer -> com.microsoft ``DynamicQuantizeMatMul``
   (A quantized per call to uint8 inside the kernel; B int8 per output column);
 - every com.microsoft ``Attention`` -> ``DynamicQuantizeLinear`` on its input + ``QAttention``
-  (packed QKV weights int8 per column, same mask and attributes);
+  (packed QKV weights int8 per column, same mask and attributes); one with an ``attention_bias`` (which
+  QAttention lacks) -> ``DynamicQuantizeMatMul`` on the packed weights, ``Split``, ``MultiHeadAttention``;
 - everything else stays fp32: embedding tables, layer norms, biases, ``Gemm`` (pooler, classifier,
   the masked-LM decoder that shares the word table), the weight-free ``MultiHeadAttention``.
 
@@ -168,6 +169,22 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
             wq, ws, wz = int8_weight(node.input[1])
             nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], wq, ws, wz], list(node.output),
                                           name=f"{node.name}_quant", domain=MS_DOMAIN))
+            quantized.append(node.name)
+        elif _is_weight_attention(node, float_matrix) and len(node.input) > 5 and node.input[5]:
+            # QAttention has no attention_bias: the packed projection as one DynamicQuantizeMatMul, split
+            # into q, k, v for MultiHeadAttention (same packed bias, mask, attention_bias and attributes).
+            wq, ws, wz = int8_weight(node.input[1])
+            qkv = f"{node.name}/qkv"
+            nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], wq, ws, wz], [qkv],
+                                          name=f"{node.name}_quant", domain=MS_DOMAIN))
+            parts = [f"{node.name}/{p}" for p in ("q", "k", "v")]
+            sizes = f"{node.name}/split_sizes"
+            new_inits[sizes] = np.full(3, array_of(node.input[1]).shape[1] // 3, np.int64)
+            nodes.append(helper.make_node("Split", [qkv, sizes], parts, name=f"{node.name}/split", axis=-1))
+            mha = helper.make_node("MultiHeadAttention", parts + [node.input[2], node.input[3], node.input[5]],
+                                   list(node.output[:1]), name=f"{node.name}/mha", domain=MS_DOMAIN)
+            mha.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "mask_filter_value", "scale"))
+            nodes.append(mha)
             quantized.append(node.name)
         elif _is_weight_attention(node, float_matrix):
             x = node.input[0]
