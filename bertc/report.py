@@ -104,7 +104,8 @@ def fusion_summary(fusion: dict) -> str:
 
 
 def int8_summary(quantization: dict) -> str:
-    """The int8 tuning in one line: what was done, which MatMuls stayed fp32, the figures, the speed."""
+    """The int8 tuning in one line: what was done, which MatMuls left per-tensor int8 (block-wise int8 or
+    fp32), the figures, the speed."""
     t = quantization["tuning"]
     parts = [f"int8 tuning: {t['tuning']}"]
     sm = t.get("smoothing") or {}
@@ -113,7 +114,10 @@ def int8_summary(quantization: dict) -> str:
         if sm.get("outlier_channels"):
             parts.append(f"outlier channels apart (fp32) in {len(sm['outlier_channels'])} feedforward(s)")
     kept = t.get("kept_fp32_by_sensitivity") or []
+    blocks = (t.get("block_wise_by_sensitivity") or {}).get("nodes") or []
     parts.append(f"fp32 MatMuls: {', '.join(kept)}" if kept else "no MatMul kept fp32")
+    if blocks:
+        parts.append(f"block-wise int8 MatMuls: {', '.join(blocks)}")
     for output, f in (t.get("figures") or {}).items():
         bits = [f"min cosine {f['min_cosine']:.5f}" if "min_cosine" in f else "",
                 f"rank agreement {f['rank_agreement']:.4f}" if "rank_agreement" in f else "",

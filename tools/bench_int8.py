@@ -189,6 +189,7 @@ def bench_minilm(args, work: Path) -> dict:
               "before": (tuning.get("steps") or [{}])[0].get("figures"),
               "after": tuning.get("figures"), "tuning": tuning.get("tuning"),
               "kept_fp32": tuning.get("kept_fp32_by_sensitivity"),
+              "block_wise_int8": (tuning.get("block_wise_by_sensitivity") or {}).get("nodes"),
               "smoothing": {"alpha": (tuning.get("smoothing") or {}).get("alpha"),
                             "activations": len((tuning.get("smoothing") or {}).get("sites") or []),
                             "outlier_channels": (tuning.get("smoothing") or {}).get("outlier_channels")},
@@ -239,6 +240,7 @@ def bench_bert_base(args, work: Path) -> dict:
         tuning = (art.get("quantization") or {}).get("tuning") or {}
         result[name] = {"code": str(code), "exit_code": rc, "parity": int8_parity(report),
                         "tuning": tuning.get("tuning"), "kept_fp32": tuning.get("kept_fp32_by_sensitivity"),
+                        "block_wise_int8": (tuning.get("block_wise_by_sensitivity") or {}).get("nodes"),
                         "tuning_seconds": tuning.get("seconds"),
                         "int8_sha256": sha256(built / art["path"]) if art else None, "dir": str(built)}
     files = {"fp32_optimized": Path(result["after"]["dir"]) / "model.optimized.onnx",
@@ -280,6 +282,7 @@ def main() -> int:
         results["minilm"] = bench_minilm(args, args.work)
         m = results["minilm"]
         log(f"MiniLM: exit {m['exit_code']}, tuning {m['tuning']}, fp32 kept {m['kept_fp32']}, "
+            f"block-wise int8 {m.get('block_wise_int8')}, "
             f"int8/fp32 latency {({k: v.get('int8_vs_fp32') for k, v in m.get('latency', {}).items()})}")
     if args.only in (None, "bert_base"):
         results["bert_base"] = bench_bert_base(args, args.work)

@@ -1,4 +1,5 @@
-"""Accuracy-aware int8: plain dynamic int8 first, then smoothing, then fp32 for the most sensitive MatMuls.
+"""Accuracy-aware int8: plain dynamic int8 first, then smoothing, then block-wise int8 (or fp32) for the most
+sensitive MatMuls.
 
 Every candidate graph is measured by the same task criteria parity applies (``spec.parity.task``:
 per-row cosine and rank agreement of sentence embeddings, argmax agreement of logits) on the
@@ -10,9 +11,14 @@ passes on the calibration cases is not left at the edge:
 1. plain dynamic int8 (:func:`bertc.optimize.quantize.quantize_dynamic_int8`, ORT's ``quantize_dynamic``
    arithmetic). When it meets the target, it is the artifact, byte for byte what bertc wrote before.
 2. smoothing (:mod:`bertc.optimize.smoothing`), each alpha of :data:`ALPHAS` tried; the best kept.
-3. the sensitivity pass (:mod:`bertc.optimize.sensitivity`) on the best of 1 and 2.
+3. the sensitivity pass (:mod:`bertc.optimize.sensitivity`) on the best of 1 and 2: the most sensitive
+   MatMuls are kept in fp32, then each of them is tried in block-wise int8 (``MatMulNBits``, activations
+   quantized per row and block of input channels: :mod:`bertc.optimize.quantize`; 0.6-0.8 of fp32's cost)
+   and stays there where the figures hold. An ONNX Runtime without 8-bit ``MatMulNBits`` (before 1.22)
+   keeps them all in fp32.
 
-The result says what was done (the artifact's ``quantization`` section): per MatMul int8 or fp32 and why,
+The result says what was done (the artifact's ``quantization`` section): per MatMul int8, block-wise int8 or
+fp32 and why,
 the smoothing applied, the figures of each step and on which inputs, and the latency against the fp32
 optimized graph (:func:`speed_against_fp32`).
 """
@@ -204,8 +210,8 @@ def _step(name: str, m: Measurement, **extra) -> dict:
 def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     """The int8 graph of the fp32 optimized graph ``proto`` (+ ``weights`` beside it), tuned until the
     criteria hold (see the module docstring)."""
-    from bertc.optimize.quantize import quantizable_nodes, quantize_dynamic_int8
-    from bertc.optimize.sensitivity import select_fp32
+    from bertc.optimize.quantize import block_int8_available, quantizable_nodes, quantize_dynamic_int8
+    from bertc.optimize.sensitivity import relax_to_blocks, select_fp32
     from bertc.optimize.smoothing import (choose_alphas, collect_samples, find_feedforwards, find_sites, smooth,
                                           split_outliers)
 
@@ -217,7 +223,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     log(f"plain int8: {m_plain.worst()}")
     candidates = quantizable_nodes(proto, weights)
     if m_plain.meets_target:
-        return Tuned(plain, _section(judge, steps, candidates, [], None, [], m_plain, t0), True, m_plain)
+        return Tuned(plain, _section(judge, steps, candidates, [], [], None, [], m_plain, t0), True, m_plain)
     # 2. smoothing, and the feedforwards' outlier channels on an fp32 side path
     base_proto, base_weights = split_all(proto, weights)
     sites, feedforwards = find_sites(base_proto, base_weights), find_feedforwards(base_proto, base_weights)
@@ -250,13 +256,19 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             if m.meets_target:
                 break
     name, b_proto, b_weights, m_best, applied, alpha, side = best
-    keep: list = []
-    ranking: list = []
+    keep, blocks, ranking = [], [], []
     if not m_best.meets_target:
-        # 3. the sensitivity pass on the best graph so far
-        def measure(keep_fp32):
-            q = quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side)
-            return judge.measure(q.proto, q.weights, f"fp32: {', '.join(keep_fp32)}")
+        # 3. the sensitivity pass on the best graph so far: the most sensitive MatMuls in fp32, then each of
+        # them in block-wise int8 (MatMulNBits) where the figures hold, when this ONNX Runtime has it
+        def quantized(keep_fp32, blockwise=()):
+            return quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side, blockwise=blockwise)
+
+        def measure(keep_fp32, blockwise=()):
+            q = quantized(keep_fp32, blockwise)
+            label = "; ".join(f"{words}: {', '.join(nodes)}" for words, nodes in (("fp32", keep_fp32),
+                                                                                  ("block-wise int8", blockwise))
+                              if nodes)
+            return judge.measure(q.proto, q.weights, label)
 
         selection = select_fp32([n for n in quantizable_nodes(b_proto, b_weights) if n not in side], measure, m_best)
         ranking = selection.ranking
@@ -264,26 +276,38 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             steps.append(_step("sensitivity", m, keep_fp32=list(kept)))
             log(f"fp32 {kept}: {m.worst()}")
         keep, m_best = selection.best
-    final = quantize_dynamic_int8(b_proto, b_weights, keep + side) if (keep or applied) else plain
-    section = _section(judge, steps, candidates, keep, alpha, applied, m_best, t0, ranking)
+        if keep and block_int8_available():
+            relaxed = relax_to_blocks(keep, m_best, lambda b, f: measure(f, b))
+            for b, f, m, taken in relaxed.steps:
+                steps.append(_step("block-wise int8", m, blockwise=list(b), keep_fp32=list(f), taken=taken))
+                log(f"block-wise int8 {b}, fp32 {f}: {m.worst()}{'' if taken else ' (not taken)'}")
+            blocks, keep, m_best = relaxed.blockwise, relaxed.fp32, relaxed.measurement
+    if keep or blocks:
+        final = quantized(keep, blocks)
+    else:
+        final = quantize_dynamic_int8(b_proto, b_weights, side) if applied else plain
+    section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps)
 
 
-def _section(judge: Judge, steps: list, candidates: list, keep: list, alpha, applied: list, m: Measurement,
-             t0: float, ranking: Optional[list] = None) -> dict:
-    from bertc.optimize.quantize import WEIGHT_QMAX, host_int8_kernels
+def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,
+             m: Measurement, t0: float, ranking: Optional[list] = None) -> dict:
+    from bertc.optimize.quantize import BLOCK_SIZE, WEIGHT_QMAX, host_int8_kernels
 
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
     plain_ok = len(steps) == 1
     nodes = []
     for name in candidates:
-        entry = {"node": name, "precision": "fp32" if name in keep else "int8"}
+        entry = {"node": name, "precision": "fp32" if name in keep else "int8_block" if name in blocks else "int8"}
         s = sensitivity.get(name)
-        if name in keep:
-            entry["why"] = (f"kept fp32 by the sensitivity pass: most sensitive #{order[name]} of {len(candidates)}; "
-                            f"alone in fp32 its score is {s.score:.3f} (all-int8 {s.score + s.gain:.3f}; <= 0 meets "
-                            f"the target)")
+        if name in keep or name in blocks:
+            entry["why"] = (f"{'kept fp32' if name in keep else 'block-wise int8'} by the sensitivity pass: most "
+                            f"sensitive #{order[name]} of {len(candidates)}; alone in fp32 its score is {s.score:.3f} "
+                            f"(all-int8 {s.score + s.gain:.3f}; <= 0 meets the target)"
+                            + (f"; in block-wise int8 the figures hold" if name in blocks else
+                               f"; block-wise int8 did not hold the figures" if blocks or any(
+                                   st["step"] == "block-wise int8" for st in steps) else ""))
         elif plain_ok:
             entry["why"] = "int8: plain dynamic int8 meets the target"
         elif s is not None:
@@ -296,6 +320,10 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, alpha, app
     for name in (applied or {}).get("side", []):
         nodes.append({"node": name, "precision": "fp32",
                       "why": "fp32 side path of its feedforward's outlier channels (smoothing.outlier_channels)"})
+    block_wise = {"nodes": list(blocks), "operator": "com.microsoft.MatMulNBits", "bits": 8, "accuracy_level": 4,
+                  "block_size": BLOCK_SIZE, "weights": {"range": [-WEIGHT_QMAX, WEIGHT_QMAX],
+                                                        "per": f"output column and block of {BLOCK_SIZE} rows"},
+                  "activations": f"int8 per row and block of {BLOCK_SIZE} input channels (in the kernel)"}
     return {
         "tuning": "plain" if plain_ok else ("smoothing" if applied and not keep else
                                             "smoothing + sensitivity" if applied else "sensitivity"),
@@ -307,7 +335,7 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, alpha, app
         "figures": m.figures(), "meets_target": m.meets_target, "passes_criteria": m.passes,
         "smoothing": {"applied": bool(applied), "alpha": alpha, "sites": (applied or {}).get("sites", []),
                       "outlier_channels": (applied or {}).get("outlier_channels", [])},
-        "matmuls": nodes, "kept_fp32_by_sensitivity": list(keep),
+        "matmuls": nodes, "kept_fp32_by_sensitivity": list(keep), "block_wise_by_sensitivity": block_wise,
         "steps": steps, "graphs_measured": judge.measured, "seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -16,6 +16,14 @@ the result directly, with the same arithmetic, vectorized:
 - everything else stays fp32: embedding tables, layer norms, biases, ``Gemm`` (pooler, classifier,
   the masked-LM decoder that shares the word table), the weight-free ``MultiHeadAttention``.
 
+Block-wise int8 (``blockwise``: the nodes the int8 tuning's sensitivity pass picks, see
+:mod:`bertc.optimize.sensitivity`): com.microsoft ``MatMulNBits`` with 8-bit weights and ``accuracy_level`` 4,
+ORT's int8 kernel that quantizes A per row and per block of :data:`BLOCK_SIZE` input channels (one activation
+outlier channel then costs the precision of its own block of one row, not of the whole tensor), and B per
+output column and block. A fused Attention picked so becomes ``MatMulNBits`` on the packed weights, ``Split``
+and ``MultiHeadAttention``. Its cost lies between per-tensor int8 and fp32 (all-MiniLM-L6-v2's MatMuls at
+B1 x S128: 0.6-0.8 of fp32 where ``DynamicQuantizeMatMul`` takes 0.25-0.45; tools/results/bench_int8.json).
+
 Weights: ``scale = max|w| / 64`` per output column, zero point 0, ``q = clip(round(w / scale), -64, 64)``
 rounding half to even, as ORT's ``quantize_nparray`` does with ``reduce_range`` (7-bit weights); an all-zero
 column gets scale 1. The test suite checks the result against ``quantize_dynamic`` itself. Why 7 bits: on
@@ -37,6 +45,7 @@ MS_DOMAIN = "com.microsoft"
 QMAX = 127          # full symmetric int8: [-127, 127]
 REDUCED_QMAX = 64   # ORT's reduce_range for int8 weights: [-64, 64] (no int16 saturation without VNNI)
 WEIGHT_QMAX = REDUCED_QMAX   # what bertc writes (the module docstring says why)
+BLOCK_SIZE = 128    # input channels per scale of block-wise int8 (MatMulNBits); the fastest of 32 / 64 / 128
 
 
 @dataclass
@@ -45,6 +54,7 @@ class Int8Result:
     quantized: list = field(default_factory=list)   # node names now running on int8 weights
     kept_fp32: list = field(default_factory=list)   # weight-bearing nodes left in fp32
     weights: Optional[list] = None                  # [(name, array)] beside ``proto`` (when given so)
+    blockwise: list = field(default_factory=list)   # node names now running block-wise int8 (MatMulNBits)
 
 
 def quantize_columns(weight: np.ndarray, qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +65,47 @@ def quantize_columns(weight: np.ndarray, qmax: int = WEIGHT_QMAX) -> tuple[np.nd
     scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
     q = np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8)
     return q, scale
+
+
+def quantize_blocks(weight: np.ndarray, block: int = BLOCK_SIZE, qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """(K, N) fp32 -> MatMulNBits' 8-bit B: (uint8 (N, ceil(K / block), block) = q + 128, fp32 scales (N * blocks,)):
+    symmetric in [-qmax, qmax] per output column and block of ``block`` input rows (K padded with zeros)."""
+    w = np.asarray(weight, dtype=np.float32)
+    k, n = w.shape
+    blocks = -(-k // block)
+    w = np.pad(w, ((0, blocks * block - k), (0, 0))).T.reshape(n, blocks, block)
+    scale = np.max(np.abs(w), axis=-1) / np.float32(qmax)
+    scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+    q = np.clip(np.round(w / scale[..., None]), -qmax, qmax).astype(np.int16) + 128
+    return q.astype(np.uint8), scale.reshape(-1)
+
+
+_BLOCK_INT8: dict = {}
+
+
+def block_int8_available() -> bool:
+    """Whether this ONNX Runtime runs 8-bit ``MatMulNBits`` on the CPU (ORT >= 1.22): a one-node model is
+    loaded and run once per process."""
+    if "ok" not in _BLOCK_INT8:
+        from onnx import TensorProto, helper, numpy_helper
+
+        q, scale = quantize_blocks(np.eye(16, 8, dtype=np.float32), 16)
+        node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain=MS_DOMAIN, K=16, N=8, bits=8,
+                                block_size=16, accuracy_level=4)
+        graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+                                  [numpy_helper.from_array(q, "w"), numpy_helper.from_array(scale, "s")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
+        try:
+            from bertc.optimize.runtime import ort_session
+
+            x = np.arange(32, dtype=np.float32).reshape(2, 16) / 8
+            y = ort_session(model.SerializeToString()).run(None, {"x": x})[0]
+            _BLOCK_INT8["ok"] = bool(np.allclose(y, x[:, :8], atol=0.1))
+        except Exception:   # an ORT without the 8-bit kernel refuses the model: fp32 is kept instead
+            _BLOCK_INT8["ok"] = False
+    return _BLOCK_INT8["ok"]
 
 
 def host_int8_kernels() -> dict:
@@ -116,12 +167,13 @@ def quantizable_nodes(proto, weights: Optional[list] = None) -> list[str]:
 
 
 def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iterable[str] = (),
-                          qmax: int = WEIGHT_QMAX) -> Int8Result:
+                          qmax: int = WEIGHT_QMAX, blockwise: Iterable[str] = ()) -> Int8Result:
     """A new ModelProto (``proto`` is not modified) with int8 weights in [-qmax, qmax] on MatMul and Attention.
 
     ``weights``: [(name, array)] initializers kept beside ``proto`` (``lower_model(split_weights=True)``);
     the result then keeps its weights beside its proto too (``Int8Result.weights``). ``keep_fp32``: names
-    of MatMul / Attention nodes left in fp32 (the sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`)."""
+    of MatMul / Attention nodes left in fp32; ``blockwise``: those given block-wise int8 (``MatMulNBits``; the
+    sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -146,10 +198,14 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
 
     float_matrix = float_matrix_test(proto, weights)
 
-    keep_fp32 = set(keep_fp32)
+    keep_fp32, blockwise = set(keep_fp32), set(blockwise)
     new_inits: dict = {}    # name -> array (replacements and additions)
     replaced: set = set()   # fp32 weights no node reads any more
-    nodes, quantized, kept = [], [], []
+    nodes, quantized, kept, blocked = [], [], [], []
+
+    def unread_after(name: str) -> None:
+        if all(r.op_type in ("MatMul", "Attention") and r.name not in keep_fp32 for r in readers[name]):
+            replaced.add(name)
 
     def int8_weight(name: str) -> tuple[str, str, str]:
         if f"{name}_quantized" not in new_inits:
@@ -157,34 +213,55 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
             new_inits[f"{name}_quantized"] = q
             new_inits[f"{name}_scale"] = scale
             new_inits[f"{name}_zero_point"] = np.zeros(scale.shape, np.int8)
-            if all(r.op_type in ("MatMul", "Attention") and r.name not in keep_fp32 for r in readers[name]):
-                replaced.add(name)
+            unread_after(name)
         return f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+
+    def block_matmul(node, output: str) -> object:
+        """MatMulNBits (8 bits, accuracy level 4) of ``node``'s A and weight into ``output``."""
+        name = node.input[1]
+        k, n = array_of(name).shape
+        if f"{name}_blocks" not in new_inits:
+            new_inits[f"{name}_blocks"], new_inits[f"{name}_block_scales"] = quantize_blocks(array_of(name))
+            unread_after(name)
+        return helper.make_node("MatMulNBits", [node.input[0], f"{name}_blocks", f"{name}_block_scales"], [output],
+                                name=f"{node.name}_blocks", domain=MS_DOMAIN, K=k, N=n, bits=8, block_size=BLOCK_SIZE,
+                                accuracy_level=4)
+
+    def packed_attention(node, projection) -> None:
+        """An Attention as ``projection`` (into the packed q|k|v) + Split + MultiHeadAttention (same packed bias,
+        mask, attention_bias and attributes)."""
+        qkv = f"{node.name}/qkv"
+        nodes.append(projection(qkv))
+        parts = [f"{node.name}/{p}" for p in ("q", "k", "v")]
+        sizes = f"{node.name}/split_sizes"
+        new_inits[sizes] = np.full(3, array_of(node.input[1]).shape[1] // 3, np.int64)
+        nodes.append(helper.make_node("Split", [qkv, sizes], parts, name=f"{node.name}/split", axis=-1))
+        extra = [node.input[5]] if len(node.input) > 5 and node.input[5] else []
+        mha = helper.make_node("MultiHeadAttention", parts + [node.input[2], node.input[3]] + extra,
+                               list(node.output[:1]), name=f"{node.name}/mha", domain=MS_DOMAIN)
+        mha.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "mask_filter_value", "scale"))
+        nodes.append(mha)
 
     for node in graph.node:
         if node.name in keep_fp32:
             kept.append(node.name)
             nodes.append(node)
+        elif node.name in blockwise and _is_weight_matmul(node, float_matrix):
+            nodes.append(block_matmul(node, node.output[0]))
+            blocked.append(node.name)
+        elif node.name in blockwise and _is_weight_attention(node, float_matrix):
+            packed_attention(node, lambda qkv, node=node: block_matmul(node, qkv))
+            blocked.append(node.name)
         elif _is_weight_matmul(node, float_matrix):
             wq, ws, wz = int8_weight(node.input[1])
             nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], wq, ws, wz], list(node.output),
                                           name=f"{node.name}_quant", domain=MS_DOMAIN))
             quantized.append(node.name)
         elif _is_weight_attention(node, float_matrix) and len(node.input) > 5 and node.input[5]:
-            # QAttention has no attention_bias: the packed projection as one DynamicQuantizeMatMul, split
-            # into q, k, v for MultiHeadAttention (same packed bias, mask, attention_bias and attributes).
+            # QAttention has no attention_bias: the packed projection as one DynamicQuantizeMatMul
             wq, ws, wz = int8_weight(node.input[1])
-            qkv = f"{node.name}/qkv"
-            nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], wq, ws, wz], [qkv],
-                                          name=f"{node.name}_quant", domain=MS_DOMAIN))
-            parts = [f"{node.name}/{p}" for p in ("q", "k", "v")]
-            sizes = f"{node.name}/split_sizes"
-            new_inits[sizes] = np.full(3, array_of(node.input[1]).shape[1] // 3, np.int64)
-            nodes.append(helper.make_node("Split", [qkv, sizes], parts, name=f"{node.name}/split", axis=-1))
-            mha = helper.make_node("MultiHeadAttention", parts + [node.input[2], node.input[3], node.input[5]],
-                                   list(node.output[:1]), name=f"{node.name}/mha", domain=MS_DOMAIN)
-            mha.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "mask_filter_value", "scale"))
-            nodes.append(mha)
+            packed_attention(node, lambda qkv, node=node, w=(wq, ws, wz): helper.make_node(
+                "DynamicQuantizeMatMul", [node.input[0], *w], [qkv], name=f"{node.name}_quant", domain=MS_DOMAIN))
             quantized.append(node.name)
         elif _is_weight_attention(node, float_matrix):
             x = node.input[0]
@@ -223,6 +300,6 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
             g.initializer.append(t)
     if weights is not None:
         kept_weights = [(name, a) for name, a in weights if name not in replaced]
-        return Int8Result(out, quantized, sorted(kept), kept_weights + sorted(new_inits.items()))
+        return Int8Result(out, quantized, sorted(kept), kept_weights + sorted(new_inits.items()), blocked)
     g.initializer.extend(numpy_helper.from_array(new_inits[name], name) for name in sorted(new_inits))
-    return Int8Result(out, quantized, sorted(kept))
+    return Int8Result(out, quantized, sorted(kept), blockwise=blocked)

@@ -1,10 +1,18 @@
-"""The sensitivity pass: which quantized MatMuls to keep in fp32, the fewest that make the criteria hold.
+"""The sensitivity pass: which quantized MatMuls to take out of per-tensor int8, the fewest that make the
+criteria hold, and then which of those block-wise int8 serves as well as fp32.
 
-Each candidate (a MatMul or fused Attention that int8 quantizes) is measured alone in fp32, everything
-else int8, on the calibration inputs (:mod:`bertc.calibration`); the candidates are ranked by how much
-that raises the worst task figure (:class:`bertc.optimize.int8_tuning.Measurement.score`), and kept in
-fp32 one by one, most sensitive first, until the figures reach the tuning target or the budget of fp32
-nodes (:data:`MAX_FP32_FRACTION` of the candidates; more would leave little of int8's speed) is spent.
+1. :func:`select_fp32`: each candidate (a MatMul or fused Attention that int8 quantizes) is measured alone
+   in fp32, everything else int8, on the calibration inputs (:mod:`bertc.calibration`); the candidates are
+   ranked by how much that raises the worst task figure (:class:`bertc.optimize.int8_tuning.Measurement.score`),
+   and kept in fp32 one by one, most sensitive first, until the figures reach the tuning target or the
+   budget of fp32 nodes (:data:`MAX_FP32_FRACTION` of the candidates; more would leave little of int8's
+   speed) is spent.
+2. :func:`relax_to_blocks`: each node so kept, least sensitive first, is tried in block-wise int8
+   (``MatMulNBits``, activations quantized per row and block of input channels: 0.6-0.8 of fp32's cost on
+   MiniLM's MatMuls), and stays there when the figures hold: they meet the target where the fp32 choice
+   did, and otherwise pass the criteria within :data:`BLOCK_ALLOWANCE` of the fp32 choice's score. Block-wise
+   int8 does not help every outlier (a channel that is large in every row takes the range of its block in
+   each row), so the ranking is made in fp32 and each move is measured.
 """
 from __future__ import annotations
 
@@ -12,12 +20,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 MAX_FP32_FRACTION = 0.25
+# how much worse than the all-fp32 choice (in Measurement.score units: 0 = the tuning target, 0.5 = the
+# criterion when the margin is 0.5) a block-wise int8 mix may score: a cosine of 0.001 at the 0.99 criterion
+BLOCK_ALLOWANCE = 0.1
 
 
 @dataclass
 class Sensitivity:
     node: str
-    score: float            # the worst figure's deficit with this node alone in fp32 (lower is better)
+    score: float            # the worst figure's deficit with this node alone taken out (lower is better)
     gain: float             # how much that improves on all-int8
 
 
@@ -25,8 +36,8 @@ class Sensitivity:
 class Selection:
     keep_fp32: list = field(default_factory=list)     # in the order they were added
     ranking: list = field(default_factory=list)       # [Sensitivity], most sensitive first
-    steps: list = field(default_factory=list)         # [(keep_fp32 list, Measurement)]
-    best: Optional[tuple] = None                      # (keep_fp32 list, Measurement) with the lowest score
+    steps: list = field(default_factory=list)         # [(nodes list, Measurement)]
+    best: Optional[tuple] = None                      # (nodes list, Measurement) with the lowest score
 
 
 def rank(candidates: list[str], measure: Callable, base_score: float) -> list[Sensitivity]:
@@ -60,3 +71,36 @@ def select_fp32(candidates: list[str], measure: Callable, base, max_fraction: fl
             break
     selection.keep_fp32 = list(selection.best[0])
     return selection
+
+
+@dataclass
+class Relaxed:
+    blockwise: list                                   # the kept nodes now in block-wise int8
+    fp32: list                                        # those that stay fp32
+    measurement: object                               # the figures of that mix
+    steps: list = field(default_factory=list)         # [(blockwise list, fp32 list, Measurement, taken)]
+
+
+def relax_to_blocks(keep_fp32: list, reference, measure: Callable,
+                    allowance: float = BLOCK_ALLOWANCE) -> Relaxed:
+    """Move the nodes of ``keep_fp32`` (most sensitive first, as :func:`select_fp32` keeps them) to block-wise
+    int8 one at a time, least sensitive first, where the figures hold (see the module docstring).
+    ``measure(blockwise, fp32) -> Measurement``; ``reference``: the Measurement of ``keep_fp32`` all in fp32."""
+    bound = max(reference.score, 0.0) + allowance
+
+    def holds(m) -> bool:
+        if reference.meets_target:
+            return m.meets_target
+        return m.passes and m.score <= bound
+
+    blocks, fp32, current = [], list(keep_fp32), reference
+    relaxed = Relaxed([], fp32, reference)
+    for node in reversed(keep_fp32):
+        trial_blocks, trial_fp32 = blocks + [node], [n for n in fp32 if n != node]
+        m = measure(trial_blocks, trial_fp32)
+        taken = holds(m)
+        relaxed.steps.append((trial_blocks, trial_fp32, m, taken))
+        if taken:
+            blocks, fp32, current = trial_blocks, trial_fp32, m
+    relaxed.blockwise, relaxed.fp32, relaxed.measurement = blocks, fp32, current
+    return relaxed
