@@ -11,7 +11,7 @@ from bertc.components.common import keras, tf
 from bertc.inputs import make_inputs, pad_to, random_mask
 from bertc.registry import HEADS
 from bertc.signature import Signature
-from bertc.spec import Spec
+from bertc.spec import LONG_CONTEXT, Spec
 
 INVARIANCE_ATOL = 1e-5
 LEARNING_RATES = (1e-2, 1e-3, 1e-4)  # tried in order until the loss goes down
@@ -49,18 +49,28 @@ def _max_diff(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> floa
 SHORT_LENGTH_CAP = 32  # the short batch of the invariance checks: min(max_sequence_length // 2, this)
 
 
+def validation_length(spec: Spec) -> int:
+    """The length validation pads to: ``max_sequence_length``; for a long-context model (more than
+    :data:`LONG_CONTEXT` positions: ModernBERT's 8,192, where one padded pass needs tens of GB) the longest
+    of ``parity.sequence_lengths``, or :data:`LONG_CONTEXT` when the spec names none."""
+    max_len = spec.encoder.max_sequence_length
+    if max_len <= LONG_CONTEXT:
+        return max_len
+    return max(spec.parity.sequence_lengths or [LONG_CONTEXT])
+
+
 class Passes:
     """The forward passes validation needs, each run once and shared between the checks.
 
     ``short``: a batch of 2 at a short length (row 0 uses all of it, row 1 one real token);
     ``short_again``: the same inputs again (determinism); ``padded``: ``short`` padded to
-    ``max_sequence_length`` (padding invariance, and every position embedding is used);
-    ``row i``: row i of ``short`` alone (batch invariance). Sizes follow the model: one pass
-    over ``max_sequence_length`` tokens per row, the rest at a short length, so validation costs
-    about 2 x max_sequence_length + 8 x 32 tokens of inference whatever the model."""
+    :func:`validation_length` (padding invariance; at ``max_sequence_length`` every position embedding
+    is used); ``row i``: row i of ``short`` alone (batch invariance). Sizes follow the model: one pass
+    over that length per row, the rest at a short length, so validation costs about 2 x that length
+    + 8 x 32 tokens of inference whatever the model."""
 
     def __init__(self, model, spec: Spec, rng):
-        self.model, self.max_len = model, spec.encoder.max_sequence_length
+        self.model, self.max_len = model, validation_length(spec)
         self.short_len = max(1, min(self.max_len // 2, SHORT_LENGTH_CAP))
         self.inputs = make_inputs(spec, 2, self.short_len, rng)
         self._cache: dict[str, dict] = {}

@@ -93,6 +93,28 @@ def requested_variants(spec, opts: BuildOptions) -> tuple:
     return tuple(spec.export.variants) if "variants" in spec.export.model_fields_set else ()
 
 
+def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration) -> str:
+    """The TFLite int8 file tuned until the task criteria hold (:mod:`bertc.optimize.tflite_int8`), its
+    artifact entry given the ``quantization`` section; the stage's one-line detail."""
+    from bertc.optimize.int8_tuning import Judge
+    from bertc.optimize.tflite_int8 import speed_against_fp32, tune_tflite_int8
+
+    entry = tflite_artifacts["tflite_int8"]
+    path, fp32 = out / entry["path"], out / tflite_artifacts["tflite"]["path"]
+    tuning = tune_tflite_int8(path, fp32, Judge(spec, sig, model, calibration.cases))
+    tuning["sources"] = calibration.sources
+    quantization = {"method": "dynamic range", "tuning": tuning}
+    try:
+        quantization["speed"] = speed_against_fp32(fp32, path, spec)
+    except Exception as exc:   # a timing that cannot run is recorded, never a failed build
+        quantization["speed"] = {"error": f"{type(exc).__name__}: {exc}"}
+    entry.update(quantization={**entry.get("quantization", {}), **quantization}, bytes=path.stat().st_size)
+    kept = tuning["kept_fp32_by_sensitivity"]
+    return (f"{tuning['tuning']}: " + (f"{len(kept)} of {len(tuning['weights'])} weights kept fp32; " if kept else "")
+            + ", ".join(f"{o}: " + ", ".join(f"{k} {v}" for k, v in f.items() if k in (
+                "min_cosine", "rank_agreement", "argmax_agreement")) for o, f in tuning["figures"].items()))
+
+
 def drop_failed_variants(section: dict, artifacts: dict, requested: tuple, out: Path) -> dict:
     """Parity ``section`` without the backends of variants nobody asked for that failed it: their files
     are removed from ``out`` and ``artifacts``; returns {variant: why} (the report's ``dropped_variants``)."""
@@ -273,6 +295,9 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             artifacts.update(tflite_artifacts)
             if not result.passed:
                 raise BuildFailed(ParityError(result.mismatch))
+        if "tflite_int8" in tflite_artifacts and "tflite" in tflite_artifacts:
+            with stages.stage("tune tflite int8") as note:
+                note["detail"] = tune_tflite(spec, sig, model, out, tflite_artifacts, calibration.get())
         artifacts.update(tflite_artifacts)
     if opts.export and opts.parity and spec.parity.enabled:
         from bertc.parity import run_parity

@@ -33,7 +33,10 @@ TFLITE_VARIANT = {"tflite_int8": 0.35, "tflite_fp16": 0.6}
 # The traced TFLite function (placeholder weights) lives from the trace until the conversion is collected.
 TFLITE_TRACE = int(0.2 * GB)
 # The optimized ONNX stage (lowering with the weights as arrays streamed to the file, checks, variants).
-ONNX_OPTIMIZED, ONNX_VARIANT = 2.1, {"onnx_int8": 0.25, "onnx_fp16": 1.0}
+ONNX_OPTIMIZED, ONNX_VARIANT = 2.1, {"onnx_int8": 0.25, "onnx_fp16": 1.0,
+                                    # the padding-free variants (bertc.optimize.padding_free): not measured,
+                                    # taken as what their padded counterparts need (the same weights, rewritten)
+                                    "onnx_packed": 1.0, "onnx_packed_int8": 0.25, "onnx_packed_fp16": 1.0}
 # Parity loads one artifact at a time beside the Keras model (ORT keeps a packed copy of its MatMul weights).
 PARITY_ONE = 2.0
 # Large models convert to TFLite in a child process during the ONNX export (bertc.export.tflite): the
@@ -87,6 +90,11 @@ def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool 
                 out["model.optimized.int8.onnx"] = w // 4 + 256 * 1024
             if "onnx_fp16" in e.variants:
                 out["model.optimized.fp16.onnx"] = w // 2 + 256 * 1024
+            for variant, file, size in (("onnx_packed", "model.packed.onnx", w),
+                                        ("onnx_packed_int8", "model.packed.int8.onnx", w // 4),
+                                        ("onnx_packed_fp16", "model.packed.fp16.onnx", w // 2)):
+                if variant in e.variants:
+                    out[file] = size + 256 * 1024
     if tflite and e.tflite:
         out["model.tflite"] = w + 128 * 1024
         if "tflite_int8" in e.variants:
@@ -99,6 +107,7 @@ def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool 
 def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, tflite: bool = True,
              optimize: bool = True) -> Estimate:
     from bertc.build import expected_param_count
+    from bertc.check import validation_length
     from bertc.parity import sequence_grid
 
     params = expected_param_count(spec)
@@ -110,7 +119,7 @@ def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, 
     # Each stage's peak: the base (runtime + the Keras model) plus what the stage itself holds.
     base = OVERHEAD + BUILD * w
     stages: dict[str, int] = {"build graph": int(base),
-                              "validate": int(base + VALIDATE * w + activation_bytes(spec, 2, max_len)),
+                              "validate": int(base + VALIDATE * w + activation_bytes(spec, 2, validation_length(spec))),
                               "save keras": int(base + SAVE_KERAS * w)}
     from bertc.export.tflite import BACKGROUND_ABOVE_PARAMETERS
 

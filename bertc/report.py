@@ -126,8 +126,10 @@ def int8_summary(quantization: dict) -> str:
     parts.append(f"on {len(t.get('inputs') or [])} calibration case(s)")
     speed = quantization.get("speed") or {}
     if speed.get("ratio") is not None:
-        parts.append(f"latency {speed['ratio']:.2f}x the fp32 optimized artifact (batch {speed['batch']} x seq "
-                     f"{speed['sequence_length']}, {speed['threads']} threads)")
+        against = "the fp32 optimized artifact" if "threads" in speed else "model.tflite"
+        threads = f", {speed['threads']} threads" if "threads" in speed else ""
+        parts.append(f"latency {speed['ratio']:.2f}x {against} (batch {speed['batch']} x seq "
+                     f"{speed['sequence_length']}{threads})")
     return "; ".join(parts)
 
 

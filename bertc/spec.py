@@ -71,6 +71,11 @@ class TaskCriteria(StrictModel):
     argmax_tie_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.01
 
 
+# Above this many positions a model is long-context: validation pads to the lengths parity checks
+# (bertc.check.validation_length), and `bertc import` names those lengths (parity.sequence_lengths).
+LONG_CONTEXT = 2048
+
+
 class ParitySpec(StrictModel):
     enabled: bool = True
     default: Tolerance = Tolerance()

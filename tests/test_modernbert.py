@@ -221,6 +221,30 @@ def test_long_sequences_build_and_pass_parity_beyond_the_window(tmp_path):
     assert {"onnx_cpu", "onnx_optimized_cpu", "tflite"} <= backends
 
 
+def test_long_context_import_checks_lengths_up_to_2048(tmp_path):
+    """ModernBERT-base has 8,192 positions: one validation pass at that length needs tens of GB (the memory
+    preflight refused the unedited import: 114 GB). The import keeps the model's length and names the lengths
+    to check; validation pads to the longest of them, and the preflight counts them, not 8,192."""
+    from bertc.check import validation_length
+    from bertc.preflight import estimate
+
+    spec, path = imported("modernbert_seq_cls", tmp_path, max_position_embeddings=8192)
+    assert spec.encoder.max_sequence_length == 8192
+    assert spec.parity.sequence_lengths == [1, 1025, 2048] and validation_length(spec) == 2048
+    assert "check lengths up to 2048 (parity.sequence_lengths); the artifacts take up to 8192" in spec.description
+    unchecked = json.loads(path.read_text())
+    del unchecked["parity"]
+    everything = load_spec({**unchecked, "parity": {"sequence_lengths": [1, 8192]}})
+    assert validation_length(load_spec(unchecked)) == 2048 and validation_length(everything) == 8192
+    est, full = estimate(spec), estimate(everything)
+    assert est.stages["validate"] < full.stages["validate"] and est.stages["parity"] < full.stages["parity"] / 4
+    # a model within LONG_CONTEXT keeps validating at its full length, whatever lengths parity checks
+    short, _ = imported("modernbert_seq_cls", tmp_path / "short")
+    assert "parity" not in json.loads((tmp_path / "short" / "modernbert_seq_cls.json").read_text())
+    assert validation_length(load_spec({**json.loads((tmp_path / "short" / "modernbert_seq_cls.json").read_text()),
+                                        "parity": {"sequence_lengths": [4]}})) == short.encoder.max_sequence_length
+
+
 # --- what the importer refuses, and the spec's rules ------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, shown", [

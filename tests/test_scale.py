@@ -282,6 +282,21 @@ def test_estimate_is_the_heaviest_stage_over_the_model():
     assert 4 < (full.peak_bytes - OVERHEAD) / full.weight_bytes < 12
 
 
+def test_padding_free_variants_count_in_the_estimate():
+    """The packed variants are written in the optimize stage like their padded counterparts: the preflight
+    counts their memory and lists their files."""
+    from bertc.preflight import estimate
+    from bertc.spec import load_spec
+
+    data = json.loads(Path("specs/bert_base_classifier.json").read_text())
+    plain = estimate(load_spec({**data, "export": {**data.get("export", {}), "variants": ["onnx_int8"]}}))
+    packed = estimate(load_spec({**data, "export": {**data.get("export", {}), "variants": [
+        "onnx_int8", "onnx_packed", "onnx_packed_int8", "onnx_packed_fp16"]}}))
+    assert packed.stages["optimize onnx"] - plain.stages["optimize onnx"] == pytest.approx(2.25 * plain.weight_bytes, 1e-6)
+    assert {"model.packed.onnx", "model.packed.int8.onnx", "model.packed.fp16.onnx"} <= set(packed.artifacts)
+    assert not any("packed" in f for f in plain.artifacts)
+
+
 @pytest.mark.parametrize("name", ["bert_base_classifier", "bert_large_classifier"])
 def test_preflight_estimate_matches_the_measured_build(name):
     """tools/results/<spec>.json holds a measured whole build (tools/bench_build.py): the estimate stays

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from bertc.errors import UnsupportedModel, WeightsError
+from bertc.spec import LONG_CONTEXT
 from bertc.weights import Ignored, Target
 
 NAME = "huggingface"
@@ -416,10 +417,20 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     if st and max_seq < cfg["max_position_embeddings"]:
         note += (f" max_sequence_length {max_seq} is the model's own maximum length (its "
                  f"position table has {cfg['max_position_embeddings']}).")
+    parity = None
+    if max_seq > LONG_CONTEXT:
+        # a long-context checkpoint (ModernBERT: 8,192): checked up to LONG_CONTEXT tokens, where one pass
+        # at the full length would need tens of GB (attention scores grow with the square of the length)
+        parity = {"sequence_lengths": [1, LONG_CONTEXT // 2 + 1, LONG_CONTEXT]}
+        note += (f" Validation and parity check lengths up to {LONG_CONTEXT} (parity.sequence_lengths); the "
+                 f"artifacts take up to {max_seq} tokens: add longer lengths to check them (memory grows with the "
+                 f"square of the length).")
     spec = {"description": f"Imported from {described} at {root.name}/ by bertc import.{note}",
             "encoder": enc}
     if head is not None:
         spec["head"] = head
+    if parity is not None:
+        spec["parity"] = parity
     return spec
 
 

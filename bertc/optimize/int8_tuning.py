@@ -158,7 +158,6 @@ class Judge:
 
     def measure(self, proto, weights: Optional[list], label: str = "") -> Measurement:
         from bertc.backends import CPU, Backend, onnx_feeds
-        from bertc.parity import compare
 
         session = session_of(proto, weights)
         names = [o.name for o in session.get_outputs()]
@@ -166,7 +165,13 @@ class Judge:
         def run(inputs):
             return dict(zip(names, session.run(names, onnx_feeds(session, inputs))))
 
-        backend = Backend("onnx_int8_cpu", "onnx_int8", Path("(tuning)"), "onnx", "int8", CPU)
+        return self.measure_runner(run, Backend("onnx_int8_cpu", "onnx_int8", Path("(tuning)"), "onnx", "int8", CPU),
+                                   label)
+
+    def measure_runner(self, run, backend, label: str = "") -> Measurement:
+        """The figures of ``run`` (inputs -> outputs), judged as ``backend`` (a :class:`bertc.backends.Backend`)."""
+        from bertc.parity import compare
+
         results = compare(self.spec, self.sig, lambda inputs: self._refs[id(inputs)], [backend],
                           {backend.name: run}, self.cases)
         self.measured += 1
@@ -340,30 +345,40 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
     }
 
 
-def speed_against_fp32(fp32_path: Path, int8_path: Path, spec, batch: int = 1, seq: int = 128, threads: int = 2,
-                       rounds: int = 5, calls: int = 5) -> dict:
-    """Latency of the int8 artifact against the fp32 optimized one (ONNX Runtime CPU, ``threads`` threads,
-    spinning off, interleaved rounds; the ratio is the median of per-round ratios)."""
+def latency_pair(spec, runner_of, fp32_path: Path, int8_path: Path, batch: int, seq: int, rounds: int, calls: int,
+                 warmup: int) -> dict:
+    """Latency of ``int8_path`` against ``fp32_path`` at (``batch``, ``seq``), interleaved rounds; ``runner_of(name,
+    path, inputs)`` gives a call that runs the file once. The ratio is the median of per-round p50 ratios."""
     from bertc.bench import Target, round_ratio, time_targets
-    from bertc.backends import CPU, Backend, onnx_feeds, ort_session
     from bertc.inputs import make_inputs
 
     seq = min(seq, spec.encoder.max_sequence_length)
 
     def target(name, path):
-        def prepare(inputs):
-            session = ort_session(Backend(name, name, path, "onnx", "fp32", CPU), threads, spinning=False)
-            feeds = onnx_feeds(session, inputs)
-            return lambda: session.run(None, feeds)
-        return Target(name, prepare)
+        return Target(name, lambda inputs: runner_of(name, path, inputs))
 
     def inputs_for(b, s):
         return make_inputs(spec, b, s, np.random.default_rng([spec.seed, b, s, 7]))
 
     rows = time_targets([target("fp32", fp32_path), target("int8", int8_path)], [(batch, seq)], inputs_for,
-                        rounds=rounds, warmup=2, calls=calls, baseline="fp32")
+                        rounds=rounds, warmup=warmup, calls=calls, baseline="fp32")
     by = {r["target"]: r for r in rows}
-    return {"batch": batch, "sequence_length": seq, "threads": threads, "rounds": rounds, "calls": calls,
+    return {"batch": batch, "sequence_length": seq, "rounds": rounds, "calls": calls,
             "fp32_p50_ms": by["fp32"].get("p50_ms"), "int8_p50_ms": by["int8"].get("p50_ms"),
-            "ratio": round_ratio(rows, "int8", "fp32", batch, seq),
+            "ratio": round_ratio(rows, "int8", "fp32", batch, seq)}
+
+
+def speed_against_fp32(fp32_path: Path, int8_path: Path, spec, batch: int = 1, seq: int = 128, threads: int = 2,
+                       rounds: int = 5, calls: int = 5) -> dict:
+    """Latency of the int8 artifact against the fp32 optimized one (ONNX Runtime CPU, ``threads`` threads,
+    spinning off, interleaved rounds; the ratio is the median of per-round ratios)."""
+    from bertc.backends import CPU, Backend, onnx_feeds, ort_session
+
+    def runner_of(name, path, inputs):
+        session = ort_session(Backend(name, name, path, "onnx", "fp32", CPU), threads, spinning=False)
+        feeds = onnx_feeds(session, inputs)
+        return lambda: session.run(None, feeds)
+
+    out = latency_pair(spec, runner_of, fp32_path, int8_path, batch, seq, rounds, calls, warmup=2)
+    return {**out, "threads": threads,
             "method": "ORT CPU, spinning off, interleaved rounds; ratio = median per-round p50 ratio (int8 / fp32)"}
