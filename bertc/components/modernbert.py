@@ -114,11 +114,12 @@ class WindowedAttentionSpec(AttentionSpecBase):
 
 
 def window_bias(length, window: int):
-    """(S, S) float32: 0 where ``|i - j| <= window``, :data:`WINDOW_ADDER` elsewhere (float arithmetic on the
-    positions: builtin TFLite ops)."""
+    """(1, 1, S, S) float32: 0 where ``|i - j| <= window``, :data:`WINDOW_ADDER` elsewhere (float arithmetic on
+    the positions: builtin TFLite ops)."""
     n = tf.cast(tf.range(length), tf.float32)
     distance = tf.abs(tf.expand_dims(n, 0) - tf.expand_dims(n, 1))
-    return tf.cast(tf.greater(distance, float(window)), tf.float32) * WINDOW_ADDER
+    bias = tf.cast(tf.greater(distance, float(window)), tf.float32) * WINDOW_ADDER
+    return tf.expand_dims(tf.expand_dims(bias, 0), 0)
 
 
 @ATTENTION.register("windowed", spec=WindowedAttentionSpec,
