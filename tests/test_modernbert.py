@@ -339,6 +339,24 @@ def test_cli_refusal_exits_2_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_a_classifier_checkpoint_into_another_head(tmp_path, capsys):
+    """A sentence-embedding spec takes a classifier checkpoint's encoder (its head tensors ignored, as for an
+    encoder-only import); a head ModernBERT has no tensors for is a load error naming them, exit 2 (it was an
+    internal error, exit 70: the head type was looked up in a table of ModernBERT's heads)."""
+    spec, path = imported("modernbert_seq_cls", tmp_path)
+    data = json.loads(path.read_text())
+    for head, code in (({"type": "sentence_embedding", "pooling": "mean"}, 0), ({"type": "span_labeler"}, 2)):
+        other = tmp_path / f"{head['type']}.json"
+        other.write_text(json.dumps({**data, "name": head["type"], "head": head}))
+        assert main(["build", str(other), "-o", str(tmp_path / head["type"]), "-q", "--no-export"]) == code
+        err = capsys.readouterr().err
+        assert "internal error" not in err and "Traceback" not in err
+    assert "unused: checkpoint tensor 'classifier.weight'" in err and "missing: bertc weight 'span_labeler/kernel'" in err
+    report = json.loads((tmp_path / "sentence_embedding" / "report.json").read_text())
+    ignored = report["weights"]["ignored"]
+    assert any("classifier.weight" in str(entry) for entry in ignored), ignored
+
+
 @pytest.mark.parametrize("edit, where, says", [
     ({"layer_types": ["global", "local"]}, "$.encoder.layer_types", "has 2 entries but num_layers is 4"),
     ({"num_attention_heads": 5}, "$.encoder.num_attention_heads", "not divisible"),

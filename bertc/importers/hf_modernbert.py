@@ -190,6 +190,10 @@ def _head_param(name: str, kind: Optional[str]) -> Optional[Target]:
         return None
     if kind is None:
         return Ignored("task head of the checkpoint: this spec builds the encoder alone (no head)")
+    if kind == "sentence_embedding":
+        return Ignored("task head of the checkpoint: this spec's sentence_embedding head has no weights")
+    if kind not in _HEAD_BASE and kind != "masked_lm":
+        return None   # a head ModernBERT has no tensors for: the loader names the tensor as unused
     if kind == "masked_lm":
         if stem == "head.dense":
             return _param("linear", leaf, "masked_lm/transform")
