@@ -205,6 +205,15 @@ class Tuned:
     measurement: Measurement
     smoothed: Optional[tuple] = None     # (proto, weights) of the smoothed fp32 graph, when smoothing was kept
     steps: list = field(default_factory=list)
+    keep_fp32: list = field(default_factory=list)   # the nodes the result leaves fp32 (sensitivity + side paths)
+    blockwise: list = field(default_factory=list)   # the nodes the result gives block-wise int8
+
+    def plan(self, proto, weights) -> tuple:
+        """(fp32 proto, its weights, keep_fp32, blockwise): what :func:`quantize_dynamic_int8` turned into
+        ``result`` (``proto`` / ``weights``: the graph the tuning started from); the padding-free int8 variant
+        is quantized the same way (:mod:`bertc.optimize.padding_free`)."""
+        source = self.smoothed if self.smoothed is not None else (proto, weights)
+        return (*source, list(self.keep_fp32), list(self.blockwise))
 
 
 def _step(name: str, m: Measurement, **extra) -> dict:
@@ -292,7 +301,8 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     else:
         final = quantize_dynamic_int8(b_proto, b_weights, side) if applied else plain
     section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking)
-    return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps)
+    return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
+                 keep + side, list(blocks))
 
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,

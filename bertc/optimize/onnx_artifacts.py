@@ -183,34 +183,41 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     del lowered
     dropped: dict = {}
     padding_free = None
+    int8_plan = None   # how the int8 was tuned: the padding-free int8 is quantized the same way
+    if structure["passed"] and ("onnx_int8" in variants or "onnx_packed_int8" in variants):
+        from bertc.optimize.int8_tuning import Judge
+
+        if calibration is None:
+            from bertc.calibration import CalibrationSet
+            from bertc.parity import grid_cases
+
+            calibration = CalibrationSet(grid_cases(spec), {"grid": {"kind": "random ids"}})
+        judge = Judge(spec, built.signature, model, calibration.cases)
+        if "onnx_int8" in variants:
+            must = requested is None or "onnx_int8" in requested
+            entry, tuned = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset, judge=judge,
+                                         required=must, log=log, inputs=calibration.sources, with_tuning=True)
+            if entry.get("dropped"):
+                dropped[("onnx_int8")] = entry["dropped"]
+            else:
+                artifacts["onnx_int8"] = entry
+        else:
+            from bertc.optimize.int8_tuning import tune_int8
+
+            tuned = tune_int8(proto, weights, judge, log)
+        int8_plan = tuned.plan(proto, weights) if tuned is not None else None
     if structure["passed"] and any(v.startswith("onnx_packed") for v in variants):   # bertc/optimize/padding_free.py
         import sys
 
         from bertc.optimize.padding_free import packed_artifacts
 
         packed, padding_free = packed_artifacts(built, proto, weights, out, variants, input_dtype, opset, check_inputs,
-                                                sys.modules[__name__])
+                                                sys.modules[__name__], int8_plan=int8_plan)
         artifacts.update(packed)
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
             proto, weights = _attach(proto, weights), None
             artifacts["onnx_fp16"] = convert_fp16(proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
-        if "onnx_int8" in variants:
-            from bertc.optimize.int8_tuning import Judge
-
-            if calibration is None:
-                from bertc.calibration import CalibrationSet
-                from bertc.parity import grid_cases
-
-                calibration = CalibrationSet(grid_cases(spec), {"grid": {"kind": "random ids"}})
-            judge = Judge(spec, built.signature, model, calibration.cases)
-            must = requested is None or "onnx_int8" in requested
-            entry = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset, judge=judge, required=must,
-                                  log=log, inputs=calibration.sources)
-            if entry.get("dropped"):
-                dropped[("onnx_int8")] = entry["dropped"]
-            else:
-                artifacts["onnx_int8"] = entry
     del proto, weights
     fusion = {
         "lowered": True, "not_lowered": not_lowered, "pruned": pruned, "pruned_rows": pruned_rows,
@@ -237,19 +244,20 @@ def _attach(proto, weights: list):
 
 
 def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, opset: int, judge=None,
-                  required: bool = True, log=None, inputs: Optional[dict] = None) -> dict:
+                  required: bool = True, log=None, inputs: Optional[dict] = None, with_tuning: bool = False):
     """Dynamic int8 (see :mod:`bertc.optimize.quantize`) of the optimized graph (its weights in ``proto`` or
     beside it in ``weights``), written streamed and checked to load in ORT; its report entry.
 
     With a ``judge`` (:class:`bertc.optimize.int8_tuning.Judge`), the int8 graph is tuned until the task
     criteria hold (:func:`bertc.optimize.int8_tuning.tune_int8`) and timed against the fp32 optimized artifact
     beside ``dst``; an int8 graph that still misses them is written when ``required`` (parity then fails the
-    build), and otherwise not: the entry is then ``{"dropped": why}``."""
+    build), and otherwise not: the entry is then ``{"dropped": why}``. ``with_tuning``: ``(entry, the
+    :class:`~bertc.optimize.int8_tuning.Tuned` or None)``."""
     from bertc.export.onnx import write_onnx
     from bertc.optimize.quantize import quantize_dynamic_int8
 
     t0 = time.perf_counter()
-    tuning = None
+    tuning = tuned = None
     try:
         if judge is None:
             result = quantize_dynamic_int8(proto, weights)
@@ -259,12 +267,13 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
             tuned = tune_int8(proto, weights, judge, log)
             result, tuning = tuned.result, {**tuned.section, "sources": inputs or {}}
             if not tuned.passed and not required:
-                return {"dropped": {
+                entry = {"dropped": {
                     "variant": "onnx_int8", "file": dst.name, "requested": False,
                     "reason": f"default variant not requested, misses its criteria after tuning ({tuning['tuning']})",
                     "best": tuned.measurement.worst(), "problems": [p for r in tuned.measurement.results
                                                                     for p in r.problems],
                     "quantization": tuning}}
+                return (entry, tuned) if with_tuning else entry
         nbytes, external = write_onnx(result.proto, result.weights or [], dst)
         ort_session(dst)
     except Exception as exc:
@@ -279,8 +288,9 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
             quantization["speed"] = speed_of(dst.with_name(OPTIMIZED_FILE), dst, judge.spec)
         except Exception as exc:   # a timing that cannot run is recorded, never a failed build
             quantization["speed"] = {"error": f"{type(exc).__name__}: {exc}"}
-    return _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], len(result.proto.graph.node), opset,
-                     external_data=external, quantization=quantization, seconds=round(time.perf_counter() - t0, 3))
+    entry = _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], len(result.proto.graph.node), opset,
+                      external_data=external, quantization=quantization, seconds=round(time.perf_counter() - t0, 3))
+    return (entry, tuned) if with_tuning else entry
 
 
 def speed_of(fp32: Path, int8: Path, spec) -> dict:

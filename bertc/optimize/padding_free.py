@@ -43,7 +43,9 @@ logits, masked-LM logits, sentence embeddings) are today's values for any mask.
 Light values (those computed from the inputs without the hidden states: attention bias, position ids, rotary
 caches, relative position biases) keep their padded computation unchanged; only the hidden states are packed.
 The int8 and fp16 variants are :func:`with_fast_path` of today's graph and the packed one, each after the same
-conversion (MatMuls become DynamicQuantizeMatMul; MultiHeadAttention stays fp32 in int8).
+conversion (MatMuls become DynamicQuantizeMatMul; MultiHeadAttention stays fp32 in int8). The int8 one follows the
+int8 tuning (:mod:`bertc.optimize.int8_tuning`): the smoothed graph is packed, and the nodes the tuning kept fp32
+or gave block-wise int8 get the same there.
 """
 from __future__ import annotations
 
@@ -742,13 +744,16 @@ def max_abs_vs_keras(session, built, inputs: dict) -> float:
 
 
 def packed_artifacts(built, proto, weights: Optional[list], out, variants, input_dtype: str, opset: int,
-                     check_inputs: dict, stage) -> tuple[dict, dict]:
+                     check_inputs: dict, stage, int8_plan: Optional[tuple] = None) -> tuple[dict, dict]:
     """The padding-free artifacts asked for in ``variants`` (:data:`PACKED_VARIANTS`) of the optimized graph
     ``proto`` (its weights beside it): ``(artifacts, section)``, the report entries and the fusion report's
     ``padding_free`` section (what was packed, or why nothing was: then no artifact). Each is
     :func:`with_fast_path` of today's graph and the packed one after the same conversion (int8: both quantized;
     fp16: both converted), so that a batch without padding runs exactly today's artifact. ``stage``: the optimize
-    stage's module (:mod:`bertc.optimize.onnx_artifacts`: its report entries, int8 options, fp16 settings)."""
+    stage's module (:mod:`bertc.optimize.onnx_artifacts`: its report entries, int8 options, fp16 settings).
+    ``int8_plan``: how the int8 was tuned (:meth:`bertc.optimize.int8_tuning.Tuned.plan`: the smoothed fp32 graph
+    and weights, the nodes kept fp32 and those in block-wise int8); the padding-free int8 is then that graph,
+    packed, quantized with the same choices (matched by the weights the nodes read: packing renames them)."""
     import time
     from pathlib import Path
 
@@ -788,21 +793,49 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
         section["self_check_max_abs"] = write(with_fast_path(proto, packed), weights or [], "onnx_packed", "fp32",
                                               ["CPUExecutionProvider", "CUDAExecutionProvider"])
     if "onnx_packed_int8" in wanted:
+        tuning = None
         try:
-            today, ours = quantize_dynamic_int8(proto, weights), quantize_dynamic_int8(packed, weights)
+            if int8_plan is not None and (int8_plan[2] or int8_plan[3] or int8_plan[0] is not proto):
+                source, source_weights, keep, blocks = int8_plan
+                try:
+                    source_packed = packed if source is proto else padding_free(source, source_weights,
+                                                                                fast_path=False)[0]
+                except NotLowerable as exc:   # plain int8 of the packed graph; parity judges it
+                    tuning = {"skipped": f"the tuned (smoothed) graph cannot be packed: {exc}"}
+                else:
+                    today = quantize_dynamic_int8(source, source_weights, keep, blockwise=blocks)
+                    ours = quantize_dynamic_int8(source_packed, source_weights,
+                                                 _same_weights(source, source_packed, keep),
+                                                 blockwise=_same_weights(source, source_packed, blocks))
+                    tuning = {"smoothed": source is not proto, "kept_fp32": ours.kept_fp32,
+                              "block_wise_int8": ours.blockwise}
+            if tuning is None or "skipped" in tuning:
+                today, ours = quantize_dynamic_int8(proto, weights), quantize_dynamic_int8(packed, weights)
         except Exception as exc:
             raise ExportError(f"int8 quantization of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
         arrays = dict((today.weights or []) + (ours.weights or []))   # the same names hold the same arrays
+        quantization = {"method": "dynamic", "weight_type": "QInt8", **stage.INT8_OPTIONS,
+                        "operators": ["DynamicQuantizeMatMul", "QAttention (no padding)"]
+                        + (["MatMulNBits"] if ours.blockwise else []),
+                        "quantized": len(ours.quantized), "kept_fp32": ours.kept_fp32}
+        if tuning is not None:   # the choices of onnx_int8's tuning (its report section says why)
+            quantization["as_tuned"] = tuning
         sample = write(with_fast_path(today.proto, ours.proto), list(arrays.items()), "onnx_packed_int8", "int8",
-                       ["CPUExecutionProvider"],
-                       quantization={"method": "dynamic", "weight_type": "QInt8", **stage.INT8_OPTIONS,
-                                     "operators": ["DynamicQuantizeMatMul", "QAttention (no padding)"],
-                                     "quantized": len(ours.quantized), "kept_fp32": ours.kept_fp32})
+                       ["CPUExecutionProvider"], quantization=quantization)
         artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
     if "onnx_packed_fp16" in wanted:
         artifacts["onnx_packed_fp16"] = {**_fp16(proto, packed, list(weights or []), out / PACKED_FILES["onnx_packed_fp16"],
                                                  input_dtype, opset, built, check_inputs, stage), **extra}
     return artifacts, section
+
+
+def _same_weights(source, packed, names) -> list:
+    """The nodes of ``packed`` that read the weights the nodes ``names`` of ``source`` read (the padding-free
+    pass renames what it packs: a MatMul gets ``/packed``, a fused Attention becomes a QKV MatMul)."""
+    names = set(names)
+    read = {n.input[1] for n in source.graph.node if n.name in names and len(n.input) > 1}
+    return [n.name for n in packed.graph.node if len(n.input) > 1 and n.input[1] in read
+            and n.op_type in ("MatMul", "Attention")]
 
 
 def _node_count(model) -> int:
