@@ -13,7 +13,7 @@ passes on the calibration cases is not left at the edge:
 2. smoothing (:mod:`bertc.optimize.smoothing`), each alpha of :data:`ALPHAS` tried; the best kept.
 3. the sensitivity pass (:mod:`bertc.optimize.sensitivity`) on the best of 1 and 2: the most sensitive
    MatMuls are kept in fp32, then each of them is tried in block-wise int8 (``MatMulNBits``, activations
-   quantized per row and block of input channels: :mod:`bertc.optimize.quantize`; 0.6-0.8 of fp32's cost)
+   quantized per row and block of input channels: :mod:`bertc.optimize.quantize`; cheaper than fp32)
    and stays there where the figures hold. An ONNX Runtime without 8-bit ``MatMulNBits`` (before 1.22)
    keeps them all in fp32.
 
@@ -312,6 +312,7 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
     plain_ok = len(steps) == 1
+    tried_blocks = any(st["step"] == "block-wise int8" for st in steps)
     nodes = []
     for name in candidates:
         entry = {"node": name, "precision": "fp32" if name in keep else "int8_block" if name in blocks else "int8"}
@@ -320,9 +321,8 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
             entry["why"] = (f"{'kept fp32' if name in keep else 'block-wise int8'} by the sensitivity pass: most "
                             f"sensitive #{order[name]} of {len(candidates)}; alone in fp32 its score is {s.score:.3f} "
                             f"(all-int8 {s.score + s.gain:.3f}; <= 0 meets the target)"
-                            + (f"; in block-wise int8 the figures hold" if name in blocks else
-                               f"; block-wise int8 did not hold the figures" if blocks or any(
-                                   st["step"] == "block-wise int8" for st in steps) else ""))
+                            + ("; in block-wise int8 the figures hold" if name in blocks else
+                               "; block-wise int8 did not hold the figures" if tried_blocks else ""))
         elif plain_ok:
             entry["why"] = "int8: plain dynamic int8 meets the target"
         elif s is not None:
@@ -340,7 +340,7 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                                                         "per": f"output column and block of {BLOCK_SIZE} rows"},
                   "activations": f"int8 per row and block of {BLOCK_SIZE} input channels (in the kernel)"}
     return {
-        "tuning": "plain" if plain_ok else ("smoothing" if applied and not keep else
+        "tuning": "plain" if plain_ok else ("smoothing" if applied and not (keep or blocks) else
                                             "smoothing + sensitivity" if applied else "sensitivity"),
         "weights": {"range": [-WEIGHT_QMAX, WEIGHT_QMAX], "per": "output column"},
         "measured_on": host_int8_kernels(),

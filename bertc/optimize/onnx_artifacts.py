@@ -280,8 +280,10 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
         dst.unlink(missing_ok=True)
         raise ExportError(f"int8 quantization of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
     quantization = {"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS,
-                    "operators": ["DynamicQuantizeMatMul", "QAttention"],
+                    "operators": ["DynamicQuantizeMatMul", "QAttention"] + (["MatMulNBits"] if result.blockwise else []),
                     "quantized": len(result.quantized), "kept_fp32": result.kept_fp32}
+    if result.blockwise:
+        quantization["block_wise_int8"] = result.blockwise
     if tuning is not None:
         quantization["tuning"] = tuning
         try:

@@ -21,8 +21,8 @@ Block-wise int8 (``blockwise``: the nodes the int8 tuning's sensitivity pass pic
 ORT's int8 kernel that quantizes A per row and per block of :data:`BLOCK_SIZE` input channels (one activation
 outlier channel then costs the precision of its own block of one row, not of the whole tensor), and B per
 output column and block. A fused Attention picked so becomes ``MatMulNBits`` on the packed weights, ``Split``
-and ``MultiHeadAttention``. Its cost lies between per-tensor int8 and fp32 (all-MiniLM-L6-v2's MatMuls at
-B1 x S128: 0.6-0.8 of fp32 where ``DynamicQuantizeMatMul`` takes 0.25-0.45; tools/results/bench_int8.json).
+and ``MultiHeadAttention``. Its cost lies between per-tensor int8 and fp32 (measured per MatMul shape by
+tools/bench_block_int8.py; the README has the figures).
 
 Weights: ``scale = max|w| / 64`` per output column, zero point 0, ``q = clip(round(w / scale), -64, 64)``
 rounding half to even, as ORT's ``quantize_nparray`` does with ``reduce_range`` (7-bit weights); an all-zero

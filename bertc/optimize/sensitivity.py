@@ -8,8 +8,8 @@ criteria hold, and then which of those block-wise int8 serves as well as fp32.
    budget of fp32 nodes (:data:`MAX_FP32_FRACTION` of the candidates; more would leave little of int8's
    speed) is spent.
 2. :func:`relax_to_blocks`: each node so kept, least sensitive first, is tried in block-wise int8
-   (``MatMulNBits``, activations quantized per row and block of input channels: 0.6-0.8 of fp32's cost on
-   MiniLM's MatMuls), and stays there when the figures hold: they meet the target where the fp32 choice
+   (``MatMulNBits``, activations quantized per row and block of input channels; cheaper than fp32), and
+   stays there when the figures hold: they meet the target where the fp32 choice
    did, and otherwise pass the criteria within :data:`BLOCK_ALLOWANCE` of the fp32 choice's score. Block-wise
    int8 does not help every outlier (a channel that is large in every row takes the range of its block in
    each row), so the ranking is made in fp32 and each move is measured.
