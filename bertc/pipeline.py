@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import bertc
-from bertc.errors import BuildFailed, CheckFailed, ParityError
+from bertc.errors import BuildFailed, CheckFailed, ExportError, ParityError
 from bertc.manifest import build_manifest
 from bertc.memory import release as release_memory, tune_allocator
 from bertc.report import fusion_summary, new_report, parity_failure_message, write_report
@@ -101,7 +101,10 @@ def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration
 
     entry = tflite_artifacts["tflite_int8"]
     path, fp32 = out / entry["path"], out / tflite_artifacts["tflite"]["path"]
-    tuning = tune_tflite_int8(path, fp32, Judge(spec, sig, model, calibration.cases))
+    try:
+        tuning = tune_tflite_int8(path, fp32, Judge(spec, sig, model, calibration.cases))
+    except Exception as exc:   # LiteRT and the flatbuffer API raise their own types: name the artifact and cause
+        raise ExportError(f"int8 tuning of {path.name} failed: {type(exc).__name__}: {exc}") from exc
     tuning["sources"] = calibration.sources
     quantization = {"method": "dynamic range", "tuning": tuning}
     try:
