@@ -794,23 +794,21 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
                                               ["CPUExecutionProvider", "CUDAExecutionProvider"])
     if "onnx_packed_int8" in wanted:
         tuning = None
-        try:
-            if int8_plan is not None and (int8_plan[2] or int8_plan[3] or int8_plan[0] is not proto):
+        source, source_weights, source_packed, keep, blocks = proto, weights, packed, [], []
+        if int8_plan is not None and (int8_plan[2] or int8_plan[3] or int8_plan[0] is not proto):
+            try:   # the graph the int8 tuning quantized (smoothed, when it was), packed
+                smoothed = int8_plan[0] is not proto
+                source_packed = padding_free(*int8_plan[:2], fast_path=False)[0] if smoothed else packed
                 source, source_weights, keep, blocks = int8_plan
-                try:
-                    source_packed = packed if source is proto else padding_free(source, source_weights,
-                                                                                fast_path=False)[0]
-                except NotLowerable as exc:   # plain int8 of the packed graph; parity judges it
-                    tuning = {"skipped": f"the tuned (smoothed) graph cannot be packed: {exc}"}
-                else:
-                    today = quantize_dynamic_int8(source, source_weights, keep, blockwise=blocks)
-                    ours = quantize_dynamic_int8(source_packed, source_weights,
-                                                 _same_weights(source, source_packed, keep),
-                                                 blockwise=_same_weights(source, source_packed, blocks))
-                    tuning = {"smoothed": source is not proto, "kept_fp32": ours.kept_fp32,
-                              "block_wise_int8": ours.blockwise}
-            if tuning is None or "skipped" in tuning:
-                today, ours = quantize_dynamic_int8(proto, weights), quantize_dynamic_int8(packed, weights)
+                tuning = {"smoothed": smoothed}
+            except NotLowerable as exc:   # plain int8 of the packed graph; parity judges it
+                tuning = {"skipped": f"the tuned (smoothed) graph cannot be packed: {exc}"}
+        try:
+            today = quantize_dynamic_int8(source, source_weights, keep, blockwise=blocks)
+            ours = quantize_dynamic_int8(source_packed, source_weights, _same_weights(source, source_packed, keep),
+                                         blockwise=_same_weights(source, source_packed, blocks))
+            if tuning is not None and "skipped" not in tuning:
+                tuning.update(kept_fp32=ours.kept_fp32, block_wise_int8=ours.blockwise)
         except Exception as exc:
             raise ExportError(f"int8 quantization of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
         arrays = dict((today.weights or []) + (ours.weights or []))   # the same names hold the same arrays
