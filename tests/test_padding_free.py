@@ -147,14 +147,40 @@ def test_all_real_tokens_every_position_is_todays(fast_path):
 
 
 def test_what_runs_packed_and_what_on_the_padded_layout():
-    """BERT's layer: projections, feedforward and layer norms packed; attention alone on (B, S)."""
+    """BERT's layer: projections, feedforward and layer norms packed; attention per sequence (a Loop over the
+    rows, on each sequence's kept tokens), or on the padded (B, S) layout (the fp16 / CUDA form)."""
     _, _, low = lowered("token_classifier")
     packed, report = padding_free(low.proto, fast_path=False)
     ops = {n.op_type for n in packed.graph.node}
-    assert {"NonZero", "MultiHeadAttention"} <= ops
-    assert report.attention_rewritten == 2
-    assert report.padded == {"com.microsoft.MultiHeadAttention": 2}
+    assert {"NonZero", "Loop"} <= ops and "MultiHeadAttention" not in ops
+    assert report.attention_rewritten == report.per_sequence == 2 and report.padded == {}
+    assert report.packed["com.microsoft.MultiHeadAttention (per sequence)"] == 2
     assert report.packed["MatMul"] == 2 * 4 + 1 and report.packed["LayerNormalization"] == 4 + 1
+    padded, report = padding_free(low.proto, fast_path=False, per_sequence=False)
+    assert {"NonZero", "MultiHeadAttention"} <= {n.op_type for n in padded.graph.node}
+    assert report.attention_rewritten == 2 and report.per_sequence == 0
+    assert report.padded == {"com.microsoft.MultiHeadAttention": 2}
+    assert report.to_json()["attention"] == "on the padded layout"
+
+
+@pytest.mark.parametrize("case", ["relative_bias", "rotary_tokens", "disentangled_shared", "classifier"])
+def test_per_sequence_attention_equals_the_padded_layout(case):
+    """The two attention forms agree on real tokens for any mask, attention biases (relative, disentangled) and
+    rotary positions included; the per-sequence form covers every attention over per-token queries."""
+    spec, built, low = lowered(case)
+    loop, report = padding_free(low.proto, fast_path=False)
+    padded, _ = padding_free(low.proto, fast_path=False, per_sequence=False)
+    queries = sum(1 for n in low.proto.graph.node if n.op_type in ("Attention", "MultiHeadAttention")
+                  and "first" not in n.name)
+    assert report.per_sequence >= 1
+    rng = np.random.default_rng(3)
+    seq = min(spec.encoder.max_sequence_length, 8)
+    for kind, mask in masks(5, seq, rng).items():
+        inputs = inputs_for(spec, mask, rng)
+        a, b = run(padded, inputs), run(loop, inputs)
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], atol=ATOL, rtol=0, err_msg=f"{case} {kind} {name}")
+    assert queries >= report.per_sequence
 
 
 def test_int64_inputs():

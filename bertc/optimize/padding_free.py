@@ -15,19 +15,26 @@ weights beside it) so that everything that acts token by token runs on the *kept
   and the fused BiasGelu / FastGelu, LayerNormalization / SkipLayerNormalization, RotaryEmbedding with its packed
   positions, Reshape / Transpose / Slice / Gather / Concat / Split / Softmax that leave the batch and sequence
   axes alone) run on the packed rows: what one token computes depends on that token alone;
-- attention runs per sequence on the padded (B, S) layout: the fused ``Attention`` becomes its packed QKV MatMul,
-  a Split on the packed rows, an unpack of q, k and v (one Gather each by an inverse index) and com.microsoft
-  ``MultiHeadAttention`` with the raw 0/1 key padding mask; every other operator that mixes tokens
-  (MultiHeadAttention, talking heads' Einsum chain, pooling, first-token Slices) reads unpacked tensors;
-  whatever follows per token is packed again (one Gather).
+- attention runs on each sequence's kept tokens alone (:meth:`_Rewriter.sequence_attention`): the fused
+  ``Attention`` becomes its packed QKV MatMul and a Split on the packed rows; a ``Loop`` over the batch rows slices
+  sequence b's rows of q, k and v (contiguous in the packing), its key mask and its rows and columns of an
+  attention bias (relative positions, disentangled terms), and runs com.microsoft ``MultiHeadAttention`` on
+  them; a MultiHeadAttention over per-token q, k, v (rotary, disentangled) is run the same way. Attention then
+  costs the sum of the squared lengths, not B x S^2, and skips the padded layout's transposes of q, k and v.
+  With ``per_sequence=False`` (the fp16 artifact, for CUDA, where one batched kernel beats a loop of small ones)
+  it runs on the padded (B, S) layout instead: q, k and v unpacked (one Gather each by an inverse index) into
+  one MultiHeadAttention with the raw 0/1 key padding mask. Every other operator that mixes tokens (a first-token
+  query's attention, talking heads' Einsum chain, pooling, first-token Slices) reads unpacked tensors; whatever
+  follows per token is packed again (one Gather).
 - an ``If`` on "no position is padding" runs today's graph itself (:func:`with_fast_path`): with nothing to
   remove, the packing's copies and MultiHeadAttention's transposes would only cost (~3% at batch 1 x 128, 2
   threads, measured).
 
 A packed attention layout (PackedMultiHeadAttention) is CUDA-only in ONNX Runtime and would make a padded first
-token a key as well as a query (inexact whenever the first token is padding); attention on the padded layout is
-exact on every provider and costs little beside the projections (S / 6H of them at BERT-base). On CUDA the same
-graph runs with ORT's CUDA kernels (NonZero, Gather, MultiHeadAttention, If): untested here (no GPU).
+token a key as well as a query (inexact whenever the first token is padding); the per-sequence Loop passes each
+sequence's key mask, so a kept padded token is a masked key there as in the padded layout: exact on every
+provider. On CUDA the same graphs run with ORT's CUDA kernels (NonZero, Gather, Loop, MultiHeadAttention, If):
+untested here (no GPU).
 
 Unpacked, the positions not kept hold the spare row's values (finite, computed like any token). That is exact for
 everything bertc lowers: attention gives masked keys probability exactly 0 (exp underflows, as in Keras) and
@@ -67,6 +74,7 @@ ELEMENTWISE = {"Add", "Sum", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", 
                "Not", "Cast", "Relu", "Tanh", "Sigmoid", "Erf", "Sqrt", "Neg", "Exp", "Log", "Abs", "Reciprocal",
                "Identity", "Softplus", "Mod", "Clip", "Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 FLOAT_TYPES = {1, 10, 11, 16}   # float, float16, double, bfloat16
+ATTENTION_ATTRIBUTES = {"num_heads", "mask_filter_value", "scale"}
 
 
 def _norm(axis: int, rank: int) -> int:
@@ -281,6 +289,7 @@ class PackReport:
     attention_rewritten: int = 0
     kept_rows: list = field(default_factory=list)   # rows kept even when padding ("first token", input names)
     fast_path: bool = True   # an If runs today's graph when no position is padding (with_fast_path)
+    per_sequence: int = 0    # attentions run on each sequence's kept tokens (the others on the padded layout)
 
     def count(self, where: dict, op: str) -> None:
         where[op] = where.get(op, 0) + 1
@@ -288,12 +297,14 @@ class PackReport:
     def to_json(self) -> dict:
         return {"packed_ops": dict(sorted(self.packed.items())), "padded_ops": dict(sorted(self.padded.items())),
                 "attention_rewritten": self.attention_rewritten, "kept_rows": self.kept_rows,
+                "attention": (f"{self.per_sequence} per sequence (a Loop over the batch rows: MultiHeadAttention on "
+                              "each sequence's kept tokens)" if self.per_sequence else "on the padded layout"),
                 "no_padding": "today's optimized graph (an If)" if self.fast_path else "the packed graph",
                 "padded_positions": PADDED_POSITIONS}
 
 
 class _Rewriter:
-    def __init__(self, proto, weights):
+    def __init__(self, proto, weights, per_sequence: bool = True):
         from onnx import helper
 
         self.h = helper
@@ -305,6 +316,7 @@ class _Rewriter:
         self.heavy: set = set()
         self.caches: dict = {}
         self.report = PackReport()
+        self.per_sequence = per_sequence
         self._n = 0
         self.mask_input = next((i.name for i in self.g.graph.input if i.name == "input_mask"), None)
         if self.mask_input is None:
@@ -576,11 +588,16 @@ class _Rewriter:
         g = self.g
         attrs = {a.name for a in node.attribute}
         ins = list(node.input) + [""] * (6 - len(node.input))
-        if (attrs - {"num_heads", "mask_filter_value", "scale"} or ins[4] or len(node.input) > 6
+        if (attrs - ATTENTION_ATTRIBUTES or ins[4] or len(node.input) > 6
                 or not self.tok(ins[0]) or not self.tok(ins[3]) or g.dims[ins[3]].rank != 2
                 or any(o and g.readers.get(o) for o in node.output[1:])):
             return False
         qkv = self.one("MatMul", [self.packed_input(ins[0]), ins[1]], "qkv")
+        self.report.count(self.report.packed, "MatMul")
+        self.report.attention_rewritten += 1
+        if self.per_sequence and ins[3] == self.mask_input:
+            self.packed[node.output[0]] = self.sequence_attention(node, [qkv], ins[2], self.padded_input(ins[5]))
+            return True
         split = self.node("Split", [qkv], "qkv_split", n_out=3, axis=2)       # on the packed rows
         q, k, v = [], [], []
         for part, packed in zip(("q", "k", "v"), split):
@@ -592,10 +609,110 @@ class _Rewriter:
                                [node.output[0]], name=node.name + "/mha", domain=MS)
         new.attribute.extend(node.attribute)
         self.nodes.append(new)
-        self.report.count(self.report.packed, "MatMul")
         self.report.count(self.report.padded, "com.microsoft.MultiHeadAttention")
+        return True
+
+    def emit_multi_head_attention(self, node) -> bool:
+        """A MultiHeadAttention over per-token query, key and value (rotary, disentangled attention) run per
+        sequence (:meth:`sequence_attention`); False (it runs on the padded layout) for any other form."""
+        g = self.g
+        ins = list(node.input) + [""] * (6 - len(node.input))
+        if (not self.per_sequence or len(node.input) > 6 or {a.name for a in node.attribute} - ATTENTION_ATTRIBUTES
+                or any(o and g.readers.get(o) for o in node.output[1:]) or ins[4] != self.mask_input
+                or not all(self.tok(n) and g.dims[n].rank == 3 for n in ins[:3])):
+            return False
+        self.packed[node.output[0]] = self.sequence_attention(node, [self.packed_input(n) for n in ins[:3]], ins[3],
+                                                              self.padded_input(ins[5]))
         self.report.attention_rewritten += 1
         return True
+
+    # --- attention per sequence ---------------------------------------------------------------------
+    def sequences(self) -> dict:
+        """The light values every per-sequence attention reads, computed once per batch so that the Loop body
+        (run B times per layer) only looks them up: per batch row its first and end packed rows ((B, 1) each)
+        and the Pad amounts of its output to S ((B, 6)); the packed key mask (1, T + 1); the packed rows'
+        original positions; the batch size; and the index of the packed rows in the (B, S) layout the Loop
+        returns (sequence b's kept rows first, in order: row ``b * S + rank within b``; the spare row: 0)."""
+        if hasattr(self, "_sequences"):
+            return self._sequences
+        c = self.const
+        counts = self.one("ReduceSum", [self.one("Cast", [self.keep], "keep_count", to=7), c([1], np.int64, "axis1")],
+                          "kept_per_row", keepdims=0)                                                   # (B,)
+        starts = self.one("CumSum", [counts, c(0, np.int64, "axis0")], "first_row", exclusive=1)       # (B,)
+        ends = self.one("Add", [starts, counts], "end_row")
+        length = self.one("Shape", [self.mask_input], "seq_len", start=1, end=2)                        # (1,)
+        column = c([1], np.int64, "column")
+        short = self.one("Unsqueeze", [self.one("Sub", [length, counts], "short"), column], "short_col")
+        zero = self.one("Mul", [short, c(0, np.int64, "zero")], "zero_col")
+        pads = self.one("Concat", [zero, zero, zero, zero, short, zero], "pads", axis=1)              # (B, 6)
+        batch = self.one("Squeeze", [self.one("Shape", [self.mask_input], "batch_size", start=0, end=1),
+                                     c([0], np.int64, "axes0")], "trips")                               # ()
+        kept = self.one("Slice", [self.index, c([0], np.int64, "s0"), c([-1], np.int64, "s1"),
+                                  c([1], np.int64, "s_ax")], "kept_only")                              # (1, T)
+        row = self.one("Div", [kept, length], "row_of")
+        total = self.one("Squeeze", [self.one("Shape", [kept], "kept_total", start=1, end=2)], "t")
+        rank = self.one("Sub", [self.one("Range", [c(0, np.int64, "r0"), total, c(1, np.int64, "r1")], "packed_rows"),
+                                self.one("Gather", [starts, row], "row_start")], "rank_in_row")
+        compact = self.one("Add", [self.one("Mul", [row, length], "row_base"), rank], "compact")
+        flat = self.one("Reshape", [self.mask_input, c([-1], np.int64, "flat_mask")], "mask_flat")
+        self._sequences = {
+            "starts": self.one("Unsqueeze", [starts, column], "starts"), "ends": self.one("Unsqueeze", [ends, column],
+                                                                                            "ends"),
+            "pads": pads, "batch": batch,
+            "compact": self.one("Concat", [compact, c([[0]], np.int64, "spare_compact")], "compact_index", axis=1),
+            "positions": self.one("Squeeze", [self.positions, c([0], np.int64, "axes_0")], "packed_positions"),
+            "mask": self.one("Cast", [self.one("Gather", [flat, self.index], "packed_mask")], "packed_mask_int32",
+                             to=6),                                                                     # (1, T + 1)
+            "rows": self.one("Range", [c(0, np.int64, "b0"), batch, c(1, np.int64, "b1")], "batch_rows")}
+        return self._sequences
+
+    def sequence_attention(self, node, qkv: list, bias: str, attention_bias: str) -> str:
+        """MultiHeadAttention on each sequence's kept tokens alone: a Loop over the batch rows slices sequence
+        b's packed rows of q, k and v (``qkv``: the three, or one packed QKV split in the body; contiguous: the
+        packing keeps row order), their key mask (a padded first token kept for the pooler is a masked key, as in
+        the padded layout) and its rows and columns of ``attention_bias``; each sequence's output, padded to S, is
+        a row of the Loop's (B, 1, S, D) scan output, packed again by one Gather. Exact for any 0/1 mask: a key
+        not kept is masked in the padded layout too. Returns the packed output's name."""
+        from onnx import TensorProto
+
+        seq, c, h = self.sequences(), self.const, self.h
+        body = []
+
+        def add(op, inputs, hint, n_out=1, **attrs):
+            outs = [self.name(hint) for _ in range(n_out)]
+            body.append(h.make_node(op, inputs, outs, name=self.name(op), **attrs))
+            return outs if n_out > 1 else outs[0]
+
+        i, cond = self.name("b"), self.name("cond")
+        start, end = add("Gather", [seq["starts"], i], "start"), add("Gather", [seq["ends"], i], "end")
+        tokens = c([1], np.int64, "tokens")
+        rows = [add("Slice", [name, start, end, tokens], "rows") for name in qkv]
+        if len(rows) == 1:
+            rows = add("Split", rows, "qkv", n_out=3, axis=2)
+        inputs = rows + [bias, add("Slice", [seq["mask"], start, end, tokens], "key_mask")]
+        if attention_bias:
+            # (1 or B, H or 1, S, S): row b (row 0 when shared), the kept positions' rows and columns
+            which = self.one("Unsqueeze", [self.one("Mod", [seq["rows"], self.one("Shape", [attention_bias], "bias_rows",
+                                                                                  start=0, end=1)], "bias_row"),
+                                           c([1], np.int64, "col")], "bias_row_col")
+            at = add("Gather", [attention_bias, add("Gather", [which, i], "bias_b")], "bias_row", axis=0)
+            pos = add("Slice", [seq["positions"], start, end, c([0], np.int64, "ax0")], "positions")
+            inputs.append(add("Gather", [add("Gather", [at, pos], "bias_q", axis=2), pos], "bias_qk", axis=3))
+        att = add("MultiHeadAttention", inputs, "attention", domain=MS)
+        body[-1].attribute.extend(node.attribute)
+        out = add("Pad", [att, add("Gather", [seq["pads"], i], "pads")], "padded")
+        cond_out = add("Identity", [cond], "cond_out")
+        graph = h.make_graph(body, self.name("sequence"), [h.make_tensor_value_info(i, TensorProto.INT64, []),
+                                                           h.make_tensor_value_info(cond, TensorProto.BOOL, [])],
+                             [h.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+                              h.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+        scan = self.one("Loop", [seq["batch"], ""], "per_sequence", body=graph)        # (B, 1, S, D)
+        width = self.one("Shape", [scan], "width", start=3)
+        flat = self.one("Reshape", [scan, self.one("Concat", [c([-1], np.int64, "m1"), width], "rows_shape", axis=0)],
+                        "sequence_rows")
+        self.report.count(self.report.packed, "com.microsoft.MultiHeadAttention (per sequence)")
+        self.report.per_sequence += 1
+        return self.one("Gather", [flat, seq["compact"]], "attention_packed", axis=0)
 
     def emit_padded(self, node) -> None:
         new = self.h.make_node(node.op_type, [self.padded_input(n) for n in node.input], list(node.output),
@@ -618,6 +735,8 @@ class _Rewriter:
             if not any(o in self.heavy for o in node.output):
                 continue
             if node.op_type == "Attention" and node.domain == MS and self.emit_attention(node):
+                continue
+            if node.op_type == "MultiHeadAttention" and node.domain == MS and self.emit_multi_head_attention(node):
                 continue
             if self.row_wise(node):
                 self.emit_packed(node)
@@ -660,14 +779,16 @@ class _Rewriter:
         return self._mask_bool
 
 
-def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True):
+def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True, per_sequence: bool = True):
     """(the padding-free ModelProto, :class:`PackReport`) of the lowered graph ``proto`` (its large weights
     beside it in ``weights``, ``lower_model(split_weights=True)``: the new proto reads the same names, so the
     same ``weights`` go with it). ``proto`` is not modified. ``fast_path``: the result is :func:`with_fast_path`
     of ``proto`` and the packed graph (a batch without padding runs ``proto`` itself); else the packed graph
     alone. Raises :class:`~bertc.errors.NotLowerable` for a graph it cannot pack (no embedding lookup, rows read
-    other than the first token or named by an input)."""
-    rewriter = _Rewriter(proto, weights)
+    other than the first token or named by an input). ``per_sequence``: attention runs on each sequence's kept
+    tokens (a Loop over the batch rows, :meth:`_Rewriter.sequence_attention`: the CPU artifacts); else on the
+    padded (B, S) layout (one batched MultiHeadAttention per layer: the fp16 artifact, for CUDA)."""
+    rewriter = _Rewriter(proto, weights, per_sequence)
     model = rewriter.run()
     rewriter.report.fast_path = fast_path
     return (with_fast_path(proto, model) if fast_path else model), rewriter.report
@@ -682,15 +803,33 @@ def with_fast_path(padded, packed):
     import onnx
     from onnx import TensorProto, helper
 
+    def produced_in(graph, top: bool = True) -> set:   # values a graph and its subgraphs (Loop bodies) make
+        names = set() if top else {i.name for i in graph.input}
+        for n in graph.node:
+            names.update(o for o in n.output if o)
+            for a in n.attribute:
+                if a.type == a.GRAPH:
+                    names |= produced_in(a.g, top=False)
+        return names
+
+    def rename(n, prefix, produced):   # a node of a branch, its subgraphs' names and outer reads with it
+        n.input[:] = [prefix + i if i in produced else i for i in n.input]
+        n.output[:] = [prefix + o if o else o for o in n.output]
+        n.name = prefix + n.name
+        for a in n.attribute:
+            if a.type == a.GRAPH:
+                for v in list(a.g.input) + list(a.g.output):
+                    v.name = prefix + v.name if v.name in produced else v.name
+                for m in a.g.node:
+                    rename(m, prefix, produced)
+
     def branch(model, prefix):
-        produced = {o for n in model.graph.node for o in n.output if o}
+        produced = produced_in(model.graph)
         nodes = []
         for n in model.graph.node:
             m = onnx.NodeProto()
             m.CopyFrom(n)
-            m.input[:] = [prefix + i if i in produced else i for i in n.input]
-            m.output[:] = [prefix + o if o else o for o in n.output]
-            m.name = prefix + n.name
+            rename(m, prefix, produced)
             nodes.append(m)
         outputs = []
         for o in model.graph.output:
@@ -821,9 +960,11 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
         sample = write(with_fast_path(today.proto, ours.proto), list(arrays.items()), "onnx_packed_int8", "int8",
                        ["CPUExecutionProvider"], quantization=quantization)
         artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
-    if "onnx_packed_fp16" in wanted:
-        artifacts["onnx_packed_fp16"] = {**_fp16(proto, packed, list(weights or []), out / PACKED_FILES["onnx_packed_fp16"],
-                                                 input_dtype, opset, built, check_inputs, stage), **extra}
+    if "onnx_packed_fp16" in wanted:   # for CUDA: one batched attention per layer (no per-sequence Loop)
+        batched = padding_free(proto, weights, fast_path=False, per_sequence=False)[0]
+        artifacts["onnx_packed_fp16"] = {**_fp16(proto, batched, list(weights or []),
+                                                 out / PACKED_FILES["onnx_packed_fp16"], input_dtype, opset, built,
+                                                 check_inputs, stage), "attention": "on the padded layout", **extra}
     return artifacts, section
 
 
