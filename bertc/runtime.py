@@ -131,8 +131,9 @@ def _rank(artifact_id: str, info: dict, provider: str) -> int:
 def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = "auto") -> Choice:
     """The ONNX artifact to run on this host. CUDA when onnxruntime has it (``device="auto"``); a
     reduced-precision artifact only where it passed parity on that provider; fp32 artifacts that passed
-    parity (or whose parity was not run) next, bertc's optimized ones before model.onnx; among equals, an
-    artifact whose report entry says ``"preferred": true``, then the report's order. ``artifact`` (an id
+    parity (or whose parity was not run) next, bertc's optimized ones before model.onnx; among equals, a
+    padding-free one (``model.packed*.onnx``: the same values wherever run reads them), then an artifact whose
+    report entry says ``"preferred": true``, then the report's order. ``artifact`` (an id
     of report.json's artifacts or a file name) overrides the choice."""
     available = onnx_providers()
     if not available:
@@ -164,12 +165,18 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
                 verdict = passed_parity(report, k, CPU)  # an fp32 artifact checked on CPU runs on CUDA (no TF32)
             if verdict is False or (verdict is None and info["precision"] != "fp32"):
                 continue
-            candidates.append((_rank(k, info, provider), not info.get("preferred", False), order, k, verdict))
+            # a padding-free artifact computes what run reads (the real tokens, pooled and sentence outputs) as
+            # its padded counterpart does, and skips the padding's work: first among equals
+            padding_free = info.get("padded_positions") == "zeros"
+            candidates.append((_rank(k, info, provider), not padding_free, not info.get("preferred", False), order, k,
+                               verdict))
         if candidates:
-            rank, _, _, k, verdict = min(candidates)
+            rank, padded, _, _, k, verdict = min(candidates)
             note = "passed parity" if verdict else "parity was not run in this build"
             what = {0: f"{onnx[k]['precision']}, the fastest that {note}", 1: f"optimized fp32, {note}",
                     2: f"the portable export, {note}"}.get(rank, note)
+            if not padded:
+                what += "; padding-free (per-token work on the real tokens only)"
             return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"], what)
     raise InputError("no ONNX artifact of this build can run here (none exported, or none passed parity)")
 

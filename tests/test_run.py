@@ -28,7 +28,7 @@ PAIRS = [("the cat sat", "the cat sat on the mat."), ("what ran ?", "a dog ran f
          ("what was red ?", "it was a big red car!")]
 
 
-def _build(name: str, work: Path) -> Path:
+def _build(name: str, work: Path, variants: tuple = ()) -> Path:
     from bertc.importers import import_spec
     from bertc.pipeline import BuildOptions, build
 
@@ -44,6 +44,11 @@ def _build(name: str, work: Path) -> Path:
         (source / "config.json").write_text(json.dumps(config))
     spec = work / f"{name}.json"
     import_spec(source, spec)
+    if variants:
+        d = json.loads(spec.read_text())
+        d["export"] = {**d.get("export", {}), "variants": [*d.get("export", {}).get("variants", ["onnx_int8"]),
+                                                           *variants]}
+        spec.write_text(json.dumps(d))
     out = work / f"{name}_out"
     report = build(spec, BuildOptions(out=out, tflite=False))
     assert report["status"] == "passed"
@@ -147,6 +152,26 @@ def test_runtime_picks_int8_where_it_passed_parity_and_says_so(builds):
     del report["artifacts"]["onnx_optimized"]
     assert choose_artifact(report).artifact == "onnx"
     assert choose_artifact(report, "onnx_int8").why.endswith("FAILED parity in this build")  # asked for: run, say so
+
+
+def test_runtime_prefers_a_padding_free_artifact_that_gives_the_same_results(tmp_path):
+    """Built, the padding-free int8 is picked before onnx_int8 (what run reads is the same, the padding's work is
+    skipped); the padding-free fp32 tags every word as the optimized artifact does, on texts of mixed lengths."""
+    out = _build("bert_token_cls", tmp_path, variants=("onnx_packed", "onnx_packed_int8"))
+    rt = bertc.Runtime(out)
+    assert rt.choice.artifact == "onnx_packed_int8" and "padding-free" in rt.choice.why
+    packed = bertc.Runtime(out, artifact="onnx_packed").run(TEXTS)
+    today = bertc.Runtime(out, artifact="onnx_optimized").run(TEXTS)
+    assert [[t["label"] for t in r["tags"]] for r in packed] == [[t["label"] for t in r["tags"]] for r in today]
+    np.testing.assert_allclose([t["score"] for r in packed for t in r["tags"]],
+                               [t["score"] for r in today for t in r["tags"]], atol=1e-5)
+    report = json.loads((out / "report.json").read_text())
+    from bertc.runtime import choose_artifact
+
+    for r in report["parity"]["results"]:
+        if r["backend"] == "onnx_packed_int8_cpu":
+            r["passed"] = False
+    assert choose_artifact(report).artifact == "onnx_int8"
 
 
 def test_artifact_override_gives_the_same_results_within_tolerance(builds):
