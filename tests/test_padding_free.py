@@ -15,7 +15,7 @@ from conftest import TINY_SPECS, tiny_bert
 from bertc.build import build_model
 from bertc.inputs import make_inputs
 from bertc.optimize.lower import lower_model
-from bertc.optimize.padding_free import PADDED_POSITIONS, padding_free
+from bertc.optimize.padding_free import PADDED_POSITIONS, PER_SEQUENCE_ABOVE, padding_free
 from bertc.optimize.runtime import ort_session
 from bertc.spec import load_spec
 
@@ -95,14 +95,19 @@ def run(proto, inputs):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_padding_free_equals_todays_artifact_for_any_mask(case):
+    """Both attention forms: per sequence (``per_sequence=0``: at any S) and the padded layout (the default at
+    S = 8, below PER_SEQUENCE_ABOVE)."""
     spec, built, low = lowered(case)
     packed, report = padding_free(low.proto)
+    looped, _ = padding_free(low.proto, per_sequence=0)
     rng = np.random.default_rng(7)
     seq = min(spec.encoder.max_sequence_length, 8)
     for kind, mask in masks(4, seq, rng).items():
         inputs = inputs_for(spec, mask, rng)
         want, got = run(low.proto, inputs), run(packed, inputs)
         assert list(got) == list(want)
+        for name, value in run(looped, inputs).items():
+            np.testing.assert_allclose(value, got[name], atol=ATOL, rtol=0, err_msg=f"{case} {kind} {name} (loop)")
         for info in built.signature.outputs:
             a, b = want[info.name], got[info.name]
             assert b.shape == a.shape and b.dtype == a.dtype, (kind, info.name)
@@ -147,16 +152,20 @@ def test_all_real_tokens_every_position_is_todays(fast_path):
 
 
 def test_what_runs_packed_and_what_on_the_padded_layout():
-    """BERT's layer: projections, feedforward and layer norms packed; attention per sequence (a Loop over the
-    rows, on each sequence's kept tokens), or on the padded (B, S) layout (the fp16 / CUDA form)."""
+    """BERT's layer: projections, feedforward and layer norms packed; attention per sequence for long batches (an
+    If per layer: a Loop over the rows on each sequence's kept tokens, or the padded (B, S) layout), or always on
+    the padded layout (``per_sequence=None``: the fp16 / CUDA form)."""
     _, _, low = lowered("token_classifier")
     packed, report = padding_free(low.proto, fast_path=False)
     ops = {n.op_type for n in packed.graph.node}
-    assert {"NonZero", "Loop"} <= ops and "MultiHeadAttention" not in ops
+    assert {"NonZero", "If"} <= ops and not {"Loop", "MultiHeadAttention"} & ops
+    branches = [{n.op_type for n in a.g.node} for n in packed.graph.node if n.op_type == "If" for a in n.attribute]
+    assert len(branches) == 4 and all(("Loop" in b) != ("MultiHeadAttention" in b) for b in branches)
     assert report.attention_rewritten == report.per_sequence == 2 and report.padded == {}
     assert report.packed["com.microsoft.MultiHeadAttention (per sequence)"] == 2
     assert report.packed["MatMul"] == 2 * 4 + 1 and report.packed["LayerNormalization"] == 4 + 1
-    padded, report = padding_free(low.proto, fast_path=False, per_sequence=False)
+    assert report.to_json()["attention"].startswith(f"2 per sequence when S > {PER_SEQUENCE_ABOVE}")
+    padded, report = padding_free(low.proto, fast_path=False, per_sequence=None)
     assert {"NonZero", "MultiHeadAttention"} <= {n.op_type for n in padded.graph.node}
     assert report.attention_rewritten == 2 and report.per_sequence == 0
     assert report.padded == {"com.microsoft.MultiHeadAttention": 2}
@@ -166,12 +175,10 @@ def test_what_runs_packed_and_what_on_the_padded_layout():
 @pytest.mark.parametrize("case", ["relative_bias", "rotary_tokens", "disentangled_shared", "classifier"])
 def test_per_sequence_attention_equals_the_padded_layout(case):
     """The two attention forms agree on real tokens for any mask, attention biases (relative, disentangled) and
-    rotary positions included; the per-sequence form covers every attention over per-token queries."""
+    rotary positions included, and the default graph takes the Loop above PER_SEQUENCE_ABOVE."""
     spec, built, low = lowered(case)
-    loop, report = padding_free(low.proto, fast_path=False)
-    padded, _ = padding_free(low.proto, fast_path=False, per_sequence=False)
-    queries = sum(1 for n in low.proto.graph.node if n.op_type in ("Attention", "MultiHeadAttention")
-                  and "first" not in n.name)
+    loop, report = padding_free(low.proto, fast_path=False, per_sequence=0)
+    padded, _ = padding_free(low.proto, fast_path=False, per_sequence=None)
     assert report.per_sequence >= 1
     rng = np.random.default_rng(3)
     seq = min(spec.encoder.max_sequence_length, 8)
@@ -180,7 +187,25 @@ def test_per_sequence_attention_equals_the_padded_layout(case):
         a, b = run(padded, inputs), run(loop, inputs)
         for name in a:
             np.testing.assert_allclose(b[name], a[name], atol=ATOL, rtol=0, err_msg=f"{case} {kind} {name}")
-    assert queries >= report.per_sequence
+
+
+def test_the_loop_runs_above_the_threshold(tmp_path):
+    """S = 12 with ``per_sequence=10``: the Loop's branch runs (ORT's profile names it), S = 8 the padded one."""
+    import onnxruntime as ort
+
+    spec, built, low = lowered("classifier")
+    graph, _ = padding_free(low.proto, fast_path=False, per_sequence=10)
+    rng = np.random.default_rng(4)
+    ran = {}
+    for seq in (8, 12):
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(tmp_path / f"profile_{seq}")
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session.run(None, inputs_for(spec, masks(3, seq, rng)["holes"], rng))
+        events = json.loads(__import__("pathlib").Path(session.end_profiling()).read_text())
+        ran[seq] = {e["args"].get("op_name") for e in events if e.get("cat") == "Node"}
+    assert "Loop" in ran[12] and "Loop" not in ran[8]
 
 
 def test_int64_inputs():

@@ -15,15 +15,16 @@ weights beside it) so that everything that acts token by token runs on the *kept
   and the fused BiasGelu / FastGelu, LayerNormalization / SkipLayerNormalization, RotaryEmbedding with its packed
   positions, Reshape / Transpose / Slice / Gather / Concat / Split / Softmax that leave the batch and sequence
   axes alone) run on the packed rows: what one token computes depends on that token alone;
-- attention runs on each sequence's kept tokens alone (:meth:`_Rewriter.sequence_attention`): the fused
-  ``Attention`` becomes its packed QKV MatMul and a Split on the packed rows; a ``Loop`` over the batch rows slices
-  sequence b's rows of q, k and v (contiguous in the packing), its key mask and its rows and columns of an
-  attention bias (relative positions, disentangled terms), and runs com.microsoft ``MultiHeadAttention`` on
-  them; a MultiHeadAttention over per-token q, k, v (rotary, disentangled) is run the same way. Attention then
-  costs the sum of the squared lengths, not B x S^2, and skips the padded layout's transposes of q, k and v.
-  With ``per_sequence=False`` (the fp16 artifact, for CUDA, where one batched kernel beats a loop of small ones)
-  it runs on the padded (B, S) layout instead: q, k and v unpacked (one Gather each by an inverse index) into
-  one MultiHeadAttention with the raw 0/1 key padding mask. Every other operator that mixes tokens (a first-token
+- attention runs on each sequence's kept tokens alone (:meth:`_Rewriter.sequence_attention`) when the batch is
+  long (S > :data:`PER_SEQUENCE_ABOVE`; an ``If`` per layer): the fused ``Attention`` becomes its packed QKV
+  MatMul; a ``Loop`` over the batch rows slices sequence b's rows of q, k and v (contiguous in the packing), its
+  key mask and its rows and columns of an attention bias (relative positions, disentangled terms), and runs
+  com.microsoft ``MultiHeadAttention`` on them; a MultiHeadAttention over per-token q, k, v (rotary,
+  disentangled) is run the same way. Attention then costs the sum of the squared lengths, not B x S^2, and skips
+  the padded layout's transposes of q, k and v. For short batches (the Loop's per-sequence cost outweighs the
+  padding's) and always with ``per_sequence=None`` (the fp16 artifact, for CUDA, where one batched kernel beats a
+  loop of small ones) it runs on the padded (B, S) layout: q, k and v unpacked (one Gather each by an inverse
+  index) into one MultiHeadAttention with the raw 0/1 key padding mask. Every other operator that mixes tokens (a first-token
   query's attention, talking heads' Einsum chain, pooling, first-token Slices) reads unpacked tensors; whatever
   follows per token is packed again (one Gather).
 - an ``If`` on "no position is padding" runs today's graph itself (:func:`with_fast_path`): with nothing to
@@ -75,6 +76,10 @@ ELEMENTWISE = {"Add", "Sum", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", 
                "Identity", "Softplus", "Mod", "Clip", "Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 FLOAT_TYPES = {1, 10, 11, 16}   # float, float16, double, bfloat16
 ATTENTION_ATTRIBUTES = {"num_heads", "mask_filter_value", "scale"}
+# attention per sequence when the padded length S is above this, else on the padded layout (the Loop's per-sequence
+# cost against the padded layout's wasted S x S work: BERT-base, 2 threads, measured with tools/bench_padding_free.py
+# --sentences/--min-length/--max-length: about equal at S 48-64, the Loop 2% slower at S 24, 5-10% faster at S 96+)
+PER_SEQUENCE_ABOVE = 64
 
 
 def _norm(axis: int, rank: int) -> int:
@@ -289,7 +294,8 @@ class PackReport:
     attention_rewritten: int = 0
     kept_rows: list = field(default_factory=list)   # rows kept even when padding ("first token", input names)
     fast_path: bool = True   # an If runs today's graph when no position is padding (with_fast_path)
-    per_sequence: int = 0    # attentions run on each sequence's kept tokens (the others on the padded layout)
+    per_sequence: int = 0    # attentions that run on each sequence's kept tokens for long batches
+    per_sequence_above: Optional[int] = PER_SEQUENCE_ABOVE
 
     def count(self, where: dict, op: str) -> None:
         where[op] = where.get(op, 0) + 1
@@ -297,14 +303,15 @@ class PackReport:
     def to_json(self) -> dict:
         return {"packed_ops": dict(sorted(self.packed.items())), "padded_ops": dict(sorted(self.padded.items())),
                 "attention_rewritten": self.attention_rewritten, "kept_rows": self.kept_rows,
-                "attention": (f"{self.per_sequence} per sequence (a Loop over the batch rows: MultiHeadAttention on "
-                              "each sequence's kept tokens)" if self.per_sequence else "on the padded layout"),
+                "attention": (f"{self.per_sequence} per sequence when S > {self.per_sequence_above} (a Loop over the "
+                              "batch rows: MultiHeadAttention on each sequence's kept tokens), else on the padded layout"
+                              if self.per_sequence else "on the padded layout"),
                 "no_padding": "today's optimized graph (an If)" if self.fast_path else "the packed graph",
                 "padded_positions": PADDED_POSITIONS}
 
 
 class _Rewriter:
-    def __init__(self, proto, weights, per_sequence: bool = True):
+    def __init__(self, proto, weights, per_sequence: Optional[int] = PER_SEQUENCE_ABOVE):
         from onnx import helper
 
         self.h = helper
@@ -317,6 +324,7 @@ class _Rewriter:
         self.caches: dict = {}
         self.report = PackReport()
         self.per_sequence = per_sequence
+        self.report.per_sequence_above = per_sequence
         self._n = 0
         self.mask_input = next((i.name for i in self.g.graph.input if i.name == "input_mask"), None)
         if self.mask_input is None:
@@ -595,7 +603,7 @@ class _Rewriter:
         qkv = self.one("MatMul", [self.packed_input(ins[0]), ins[1]], "qkv")
         self.report.count(self.report.packed, "MatMul")
         self.report.attention_rewritten += 1
-        if self.per_sequence and ins[3] == self.mask_input:
+        if self.per_sequence is not None and ins[3] == self.mask_input:
             self.packed[node.output[0]] = self.sequence_attention(node, [qkv], ins[2], self.padded_input(ins[5]))
             return True
         split = self.node("Split", [qkv], "qkv_split", n_out=3, axis=2)       # on the packed rows
@@ -617,7 +625,7 @@ class _Rewriter:
         sequence (:meth:`sequence_attention`); False (it runs on the padded layout) for any other form."""
         g = self.g
         ins = list(node.input) + [""] * (6 - len(node.input))
-        if (not self.per_sequence or len(node.input) > 6 or {a.name for a in node.attribute} - ATTENTION_ATTRIBUTES
+        if (self.per_sequence is None or len(node.input) > 6 or {a.name for a in node.attribute} - ATTENTION_ATTRIBUTES
                 or any(o and g.readers.get(o) for o in node.output[1:]) or ins[4] != self.mask_input
                 or not all(self.tok(n) and g.dims[n].rank == 3 for n in ins[:3])):
             return False
@@ -663,7 +671,8 @@ class _Rewriter:
             "positions": self.one("Squeeze", [self.positions, c([0], np.int64, "axes_0")], "packed_positions"),
             "mask": self.one("Cast", [self.one("Gather", [flat, self.index], "packed_mask")], "packed_mask_int32",
                              to=6),                                                                     # (1, T + 1)
-            "rows": self.one("Range", [c(0, np.int64, "b0"), batch, c(1, np.int64, "b1")], "batch_rows")}
+            "rows": self.one("Range", [c(0, np.int64, "b0"), batch, c(1, np.int64, "b1")], "batch_rows"),
+            "long": self.one("Greater", [length, c([self.per_sequence], np.int64, "per_sequence_above")], "long")}
         return self._sequences
 
     def sequence_attention(self, node, qkv: list, bias: str, attention_bias: str) -> str:
@@ -706,13 +715,33 @@ class _Rewriter:
                                                            h.make_tensor_value_info(cond, TensorProto.BOOL, [])],
                              [h.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
                               h.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+        outer, self.nodes = self.nodes, []
         scan = self.one("Loop", [seq["batch"], ""], "per_sequence", body=graph)        # (B, 1, S, D)
-        width = self.one("Shape", [scan], "width", start=3)
-        flat = self.one("Reshape", [scan, self.one("Concat", [c([-1], np.int64, "m1"), width], "rows_shape", axis=0)],
-                        "sequence_rows")
+        looped = self.one("Gather", [self.flat_rows(scan), seq["compact"]], "attention_packed", axis=0)
+        # the padded layout: q, k and v unpacked (one Gather each), one batched MultiHeadAttention, packed again
+        self.nodes, branch = [], self.nodes
+        parts = qkv if len(qkv) == 3 else self.node("Split", qkv, "qkv_split", n_out=3, axis=2)
+        unpacked = [self.one("Gather", [self.one("Squeeze", [p, c([0], np.int64, "axis_0")], "rows"), self.inverse],
+                             "unpack", axis=0) for p in parts]
+        mha = self.one("MultiHeadAttention", unpacked + [bias, self.mask_input] + ([attention_bias] if attention_bias
+                                                                                  else []), "attention", domain=MS)
+        self.nodes[-1].attribute.extend(node.attribute)
+        batched = self.one("Gather", [self.flat_rows(mha), self.index], "attention_packed", axis=0)
+        out = self.name("attention")
+        value = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        outer.append(h.make_node("If", [seq["long"]], [out], name=self.name("If"),
+                                 then_branch=h.make_graph(branch, self.name("per_sequence"), [], [value(looped)]),
+                                 else_branch=h.make_graph(self.nodes, self.name("padded"), [], [value(batched)])))
+        self.nodes = outer
         self.report.count(self.report.packed, "com.microsoft.MultiHeadAttention (per sequence)")
         self.report.per_sequence += 1
-        return self.one("Gather", [flat, seq["compact"]], "attention_packed", axis=0)
+        return out
+
+    def flat_rows(self, name: str) -> str:
+        """``name`` (..., D) as (rows, D)."""
+        width = self.one("Shape", [name], "width", start=-1)
+        return self.one("Reshape", [name, self.one("Concat", [self.const([-1], np.int64, "m1"), width], "rows_shape",
+                                                   axis=0)], "rows")
 
     def emit_padded(self, node) -> None:
         new = self.h.make_node(node.op_type, [self.padded_input(n) for n in node.input], list(node.output),
@@ -779,15 +808,17 @@ class _Rewriter:
         return self._mask_bool
 
 
-def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True, per_sequence: bool = True):
+def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True,
+                 per_sequence: Optional[int] = PER_SEQUENCE_ABOVE):
     """(the padding-free ModelProto, :class:`PackReport`) of the lowered graph ``proto`` (its large weights
     beside it in ``weights``, ``lower_model(split_weights=True)``: the new proto reads the same names, so the
     same ``weights`` go with it). ``proto`` is not modified. ``fast_path``: the result is :func:`with_fast_path`
     of ``proto`` and the packed graph (a batch without padding runs ``proto`` itself); else the packed graph
     alone. Raises :class:`~bertc.errors.NotLowerable` for a graph it cannot pack (no embedding lookup, rows read
     other than the first token or named by an input). ``per_sequence``: attention runs on each sequence's kept
-    tokens (a Loop over the batch rows, :meth:`_Rewriter.sequence_attention`: the CPU artifacts); else on the
-    padded (B, S) layout (one batched MultiHeadAttention per layer: the fp16 artifact, for CUDA)."""
+    tokens when the batch's S is above it (a Loop over the batch rows, :meth:`_Rewriter.sequence_attention`: the
+    CPU artifacts; 0: always), else on the padded (B, S) layout; None: always on the padded layout (one batched
+    MultiHeadAttention per layer: the fp16 artifact, for CUDA)."""
     rewriter = _Rewriter(proto, weights, per_sequence)
     model = rewriter.run()
     rewriter.report.fast_path = fast_path
@@ -961,7 +992,7 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
                        ["CPUExecutionProvider"], quantization=quantization)
         artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
     if "onnx_packed_fp16" in wanted:   # for CUDA: one batched attention per layer (no per-sequence Loop)
-        batched = padding_free(proto, weights, fast_path=False, per_sequence=False)[0]
+        batched = padding_free(proto, weights, fast_path=False, per_sequence=None)[0]
         artifacts["onnx_packed_fp16"] = {**_fp16(proto, batched, list(weights or []),
                                                  out / PACKED_FILES["onnx_packed_fp16"], input_dtype, opset, built,
                                                  check_inputs, stage), "attention": "on the padded layout", **extra}
