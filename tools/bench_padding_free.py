@@ -5,6 +5,8 @@
                                        [--sentences 16] [--min-length 16] [--max-length 128] [--seed 0]
                                        [--results tools/results/bench_padding_free.json]
                                        [--layers N [--vocab V]]   (a reduced encoder: bertc's artifacts only)
+                                       [--cpu-time]   (1 thread, the process's CPU time: what other jobs on a
+                                                       shared machine inflate least; a check on the wall figures)
 
 1. Builds (or reuses: same spec, same bertc sources) specs/bert_base_encoder.json with `bertc build` (random init,
    TFLite off, parity on) and the variants onnx_packed + onnx_packed_int8: ``model.optimized.onnx`` (today's
@@ -178,7 +180,14 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=None,
                         help="a reduced encoder (that many layers): bertc's artifacts only, no HF anchor")
     parser.add_argument("--vocab", type=int, default=None, help="with --layers: a smaller vocabulary")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the process's CPU time at one intra-op thread instead of wall time")
     args = parser.parse_args()
+    if args.cpu_time and args.threads != 1:
+        if args.threads != parser.get_default("threads"):
+            parser.error("--cpu-time counts every thread's CPU time: use it with --threads 1")
+        args.threads = 1
+    clock = time.process_time if args.cpu_time else time.perf_counter
     command = shlex.join([sys.executable, *sys.argv])
     args.work.mkdir(parents=True, exist_ok=True)
     spec = encoder_spec(args.layers, args.vocab)
@@ -214,7 +223,7 @@ def main() -> int:
         sessions.append(session)
     shape = (args.sentences, max(lengths))
     rows = time_targets(targets, [shape], lambda b, s: {}, rounds=args.rounds, warmup=args.warmup, calls=args.calls,
-                        baseline=targets[0].name, progress=log)
+                        baseline=targets[0].name, progress=log, clock=clock)
     ratios = {f"{t} / {b}": round_ratio(rows, t, b, *shape) for t, b in
               [("bertc/packed/padded", "hf/padded"), ("bertc/packed/padded", "hf/sorted_4"),
                ("hf/sorted_4", "hf/padded"), ("bertc/optimized/padded", "hf/padded"),
@@ -229,7 +238,8 @@ def main() -> int:
         full = [{"input_word_ids": ids, "input_mask": np.ones_like(ids), "input_type_ids": np.zeros_like(ids)}]
         pair = [session_target(f"bertc/{k}", files[k], args.threads, full) for k in ("optimized", "packed")]
         rows_1 = time_targets([t for t, _ in pair], [(batch, seq)], lambda b, s: {}, rounds=args.rounds,
-                              warmup=args.warmup, calls=args.calls * 3, baseline="bertc/optimized", progress=log)
+                              warmup=args.warmup, calls=args.calls * 3, baseline="bertc/optimized", progress=log,
+                              clock=clock)
         single_rows += rows_1
         single[f"B{batch} x S{seq}"] = round_ratio(rows_1, "bertc/packed", "bertc/optimized", batch, seq)
         del pair
@@ -242,7 +252,8 @@ def main() -> int:
     result = {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "settings": {"threads": args.threads, "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup,
+        "settings": {"threads": args.threads, "clock": "process CPU time" if args.cpu_time else "wall",
+                     "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup,
                      "ort_spinning": False, "interleaved": True, "ratio": "median over rounds of per-round p50 ratios"},
         "machine": {**machine_info(), "note": "2-core machine shared with other engineers' jobs (heavy jobs "
                                               "serialized by a lock, light ones not): figures are noisy"},

@@ -592,7 +592,8 @@ class _Rewriter:
         return self.caches[name]
 
     def emit_attention(self, node) -> bool:
-        """The fused Attention as packed QKV MatMul, unpack, Split, MultiHeadAttention (padded layout)."""
+        """The fused Attention as its QKV MatMul on the packed rows, then MultiHeadAttention per sequence
+        (:meth:`sequence_attention`) or on the padded layout (:meth:`batched_attention`)."""
         g = self.g
         attrs = {a.name for a in node.attribute}
         ins = list(node.input) + [""] * (6 - len(node.input))
@@ -605,20 +606,24 @@ class _Rewriter:
         self.report.attention_rewritten += 1
         if self.per_sequence is not None and ins[3] == self.mask_input:
             self.packed[node.output[0]] = self.sequence_attention(node, [qkv], ins[2], self.padded_input(ins[5]))
-            return True
-        split = self.node("Split", [qkv], "qkv_split", n_out=3, axis=2)       # on the packed rows
-        q, k, v = [], [], []
-        for part, packed in zip(("q", "k", "v"), split):
-            name = f"{node.output[0]}/{part}"
-            self.packed[name] = packed
-            (q if part == "q" else k if part == "k" else v).append(self.unpack(name))
-        q, k, v = q[0], k[0], v[0]
-        new = self.h.make_node("MultiHeadAttention", [q, k, v, ins[2], ins[3]] + ([ins[5]] if ins[5] else []),
-                               [node.output[0]], name=node.name + "/mha", domain=MS)
+        else:
+            self.batched_attention(node, [qkv], ins[2], ins[3], self.padded_input(ins[5]), node.output[0])
+            self.report.count(self.report.padded, "com.microsoft.MultiHeadAttention")
+        return True
+
+    def batched_attention(self, node, qkv: list, bias: str, mask: str, attention_bias: str, out: str = "") -> str:
+        """One MultiHeadAttention on the padded (B, S) layout over the packed ``qkv`` (the three, or one packed
+        QKV split on the packed rows), each unpacked by one Gather; returns its padded output (``out``)."""
+        parts = qkv if len(qkv) == 3 else self.node("Split", qkv, "qkv_split", n_out=3, axis=2)
+        unpacked = [self.one("Gather", [self.one("Squeeze", [p, self.const([0], np.int64, "axis_0")], "rows"),
+                                        self.inverse], "unpack", axis=0) for p in parts]
+        out = out or self.name("attention")
+        new = self.h.make_node("MultiHeadAttention", unpacked + [bias, mask] + ([attention_bias] if attention_bias
+                                                                               else []),
+                               [out], name=node.name + "/mha", domain=MS)
         new.attribute.extend(node.attribute)
         self.nodes.append(new)
-        self.report.count(self.report.padded, "com.microsoft.MultiHeadAttention")
-        return True
+        return out
 
     def emit_multi_head_attention(self, node) -> bool:
         """A MultiHeadAttention over per-token query, key and value (rotary, disentangled attention) run per
@@ -718,14 +723,9 @@ class _Rewriter:
         outer, self.nodes = self.nodes, []
         scan = self.one("Loop", [seq["batch"], ""], "per_sequence", body=graph)        # (B, 1, S, D)
         looped = self.one("Gather", [self.flat_rows(scan), seq["compact"]], "attention_packed", axis=0)
-        # the padded layout: q, k and v unpacked (one Gather each), one batched MultiHeadAttention, packed again
+        # short batches: the padded layout, packed again
         self.nodes, branch = [], self.nodes
-        parts = qkv if len(qkv) == 3 else self.node("Split", qkv, "qkv_split", n_out=3, axis=2)
-        unpacked = [self.one("Gather", [self.one("Squeeze", [p, c([0], np.int64, "axis_0")], "rows"), self.inverse],
-                             "unpack", axis=0) for p in parts]
-        mha = self.one("MultiHeadAttention", unpacked + [bias, self.mask_input] + ([attention_bias] if attention_bias
-                                                                                  else []), "attention", domain=MS)
-        self.nodes[-1].attribute.extend(node.attribute)
+        mha = self.batched_attention(node, qkv, bias, self.mask_input, attention_bias)
         batched = self.one("Gather", [self.flat_rows(mha), self.index], "attention_packed", axis=0)
         out = self.name("attention")
         value = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)
