@@ -98,10 +98,36 @@ class GraphBuilder:
         """A com.microsoft contrib operator."""
         return self.node(op, inputs, outputs, domain=MS_DOMAIN, hint=hint, **attrs)
 
+    @contextlib.contextmanager
+    def branch(self):
+        """Collect the nodes emitted inside the ``with`` into the yielded list (a subgraph's body, for
+        :meth:`if_node`) instead of the graph. Initializers still go to the graph (outer scope), and a value
+        memoized by the lowering must be made before the branch: one made inside is invisible outside it."""
+        outer, body = self.nodes, []
+        self.nodes = body
+        try:
+            yield body
+        finally:
+            self.nodes = outer
+
+    def if_node(self, cond: Value, then: tuple, otherwise: tuple, hint: str = "If") -> Value:
+        """An ``If`` on ``cond`` (a one-element bool) whose branches are ``(nodes, output)`` pairs from
+        :meth:`branch`; both outputs fp32. Returns the If's output."""
+        from onnx import TensorProto, helper
+
+        name = self.fresh(hint)
+        out = f"{name}/out0"
+        graphs = {}
+        for key, (nodes, value) in (("then_branch", then), ("else_branch", otherwise)):
+            graphs[key] = helper.make_graph(nodes, f"{name}/{key}", [],
+                                            [helper.make_tensor_value_info(value, TensorProto.FLOAT, None)])
+        self.nodes.append(helper.make_node("If", [cond], [out], name=name, **graphs))
+        return out
+
     def rename(self, value: Value, name: str) -> None:
         """Give the value ``value`` the graph-level name ``name`` (for the model's outputs)."""
         self._alias[value] = name
-        for node in self.nodes:
+        for node in _with_subgraph_nodes(self.nodes):
             for k, out in enumerate(node.output):
                 if out == value:
                     node.output[k] = name
@@ -160,6 +186,17 @@ class GraphBuilder:
     def op_counts(self) -> dict[str, int]:
         counts = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in self.nodes)
         return dict(sorted(counts.items()))
+
+
+def _with_subgraph_nodes(nodes: Sequence) -> list:
+    """``nodes`` and, recursively, the nodes of their subgraphs (an ``If``'s branches, a ``Loop``'s body)."""
+    out = []
+    for node in nodes:
+        out.append(node)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                out.extend(_with_subgraph_nodes(sub.node))
+    return out
 
 
 def _subgraph_reads(node) -> set:

@@ -210,8 +210,14 @@ def test_optimized_graph_is_fused_and_says_so(built):
     name, out, report = built
     spec = load_spec(out / "spec.json")
     layers = spec.encoder.num_layers
-    ops = [n.op_type for n in onnx.load(str(out / "model.optimized.onnx")).graph.node]
-    assert ops.count("MultiHeadAttention") == layers and ops.count("RotaryEmbedding") == 2 * layers
+    graph = onnx.load(str(out / "model.optimized.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    # local layers: an If between the window in blocks and the plain MultiHeadAttention (test_local_attention.py)
+    local = [n for n in graph.node if n.op_type == "If" and n.name.endswith("local_attention")]
+    assert ops.count("MultiHeadAttention") + len(local) == layers and ops.count("RotaryEmbedding") == 2 * layers
+    for node in local:
+        branches = {a.name: [m.op_type for m in a.g.node] for a in node.attribute}
+        assert branches["else_branch"] == ["MultiHeadAttention"] and "MultiHeadAttention" in branches["then_branch"]
     # residual norms: 2 per layer (layer 0: no attention norm; + the final norm), Add + LayerNormalization by
     # default (export.skip_layer_norm); + the embeddings' and the head's norms
     assert "SkipLayerNormalization" not in ops

@@ -57,6 +57,11 @@ EXTRA = {
     "rotary_encoder": _rotary(None),
     "disentangled_shared": _disentangled("deberta_v3_shared"),
     "disentangled_own_proj_tokens": _disentangled("deberta_own_proj", {"type": "token_classifier", "num_classes": 3}),
+    # windowed attention (local layers 1 and 2; the optimized graph's blocked form is unblocked for packing)
+    "modernbert_mean": {"name": "modernbert_pf", "encoder": {
+        "type": "modernbert", "vocab_size": 64, "hidden_size": 16, "num_layers": 3, "num_attention_heads": 2,
+        "intermediate_size": 24, "max_sequence_length": 12, "local_attention": 4, "global_attn_every_n_layers": 3},
+        "head": {"type": "classifier", "num_classes": 3, "pooling": "mean"}},
 }
 CASES = {p.stem: p for p in TINY_SPECS}
 CASES.update(EXTRA)

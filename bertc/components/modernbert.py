@@ -407,21 +407,23 @@ def _slice_dense(ctx, layer_dense, x, part: int, parts: int, hint: str):
 def _window_bias(ctx, window: int, rows: bool):
     """(1, 1, S, S) (``rows``: the first token's row, (1, 1, 1, S)): 0 where |i - j| <= window, WINDOW_ADDER
     elsewhere; once per window for every layer."""
-    g = ctx.g
+    return ctx.once(("window_bias", window, rows), lambda: _window_bias_nodes(ctx, window, rows))
 
-    def make():
-        with g.scope(f"window_{window}"):
-            length = g.node("Shape", [ctx.inputs["input_mask"]], start=1, end=2)
-            steps = g.node("Cast", [g.node("Range", [g.const(0, np.int64, "zero"), g.node("Squeeze", [length]),
-                                                     g.const(1, np.int64, "one")])], to=1, hint="positions")
-            keys = g.node("Unsqueeze", [steps, g.ints([0], "axes")])                       # (1, S)
-            queries = (g.const(np.zeros((1, 1), np.float32), np.float32, "first") if rows
-                       else g.node("Unsqueeze", [steps, g.ints([1], "axes")]))           # (S, 1) / (1, 1)
-            distance = g.node("Abs", [g.node("Sub", [keys, queries])])
-            outside = g.node("Cast", [g.node("Greater", [distance, g.scalar(float(window), "window")])], to=1)
-            bias = g.node("Mul", [outside, g.scalar(WINDOW_ADDER, "window_adder")])
-            return g.node("Unsqueeze", [bias, g.ints([0, 1], "axes")], hint="window_bias")
-    return ctx.once(("window_bias", window, rows), make)
+
+def _window_bias_nodes(ctx, window: int, rows: bool):
+    """The nodes of :func:`_window_bias`, not memoized (the blocked local attention builds them inside a branch)."""
+    g = ctx.g
+    with g.scope(f"window_{window}"):
+        length = g.node("Shape", [ctx.inputs["input_mask"]], start=1, end=2)
+        steps = g.node("Cast", [g.node("Range", [g.const(0, np.int64, "zero"), g.node("Squeeze", [length]),
+                                                 g.const(1, np.int64, "one")])], to=1, hint="positions")
+        keys = g.node("Unsqueeze", [steps, g.ints([0], "axes")])                       # (1, S)
+        queries = (g.const(np.zeros((1, 1), np.float32), np.float32, "first") if rows
+                   else g.node("Unsqueeze", [steps, g.ints([1], "axes")]))           # (S, 1) / (1, 1)
+        distance = g.node("Abs", [g.node("Sub", [keys, queries])])
+        outside = g.node("Cast", [g.node("Greater", [distance, g.scalar(float(window), "window")])], to=1)
+        bias = g.node("Mul", [outside, g.scalar(WINDOW_ADDER, "window_adder")])
+        return g.node("Unsqueeze", [bias, g.ints([0, 1], "axes")], hint="window_bias")
 
 
 def lower_windowed(layer, ctx, x, query=None):
@@ -443,13 +445,24 @@ def lower_windowed(layer, ctx, x, query=None):
     if rotary:
         q, k = ctx.rotate(q, n, rows=rows), ctx.rotate(k, n)
     bias = ctx.position_bias(rows=rows)
-    if layer.spec.window is not None:
-        window = _window_bias(ctx, layer.spec.window, rows)
-        bias = window if bias is None else g.node("Add", [bias, window], hint="attention_bias")
-    context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([bias] if bias else []), hint="attention",
-                   num_heads=n, mask_filter_value=MASK_ADDER)
+    window = layer.spec.window
+    blocked = window is not None and not rows and bias is None
+    if blocked:    # the window in blocks at long sequences (bertc/optimize/local_attention.py)
+        from bertc.optimize.local_attention import BLOCKED_FROM, windowed_attention
+
+        context = windowed_attention(ctx, q, k, v, window, n, h, lambda: _window_bias_nodes(ctx, window, False),
+                                     MASK_ADDER)
+    else:
+        if window is not None:
+            window_bias = _window_bias(ctx, window, rows)
+            bias = window_bias if bias is None else g.node("Add", [bias, window_bias], hint="attention_bias")
+        context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([bias] if bias else []), hint="attention",
+                       num_heads=n, mask_filter_value=MASK_ADDER)
     ctx.record("attention", ("RotaryEmbedding + " if rotary else "") + "MultiHeadAttention"
-               + (f" (attention_bias: window {layer.spec.window})" if layer.spec.window else "")
+               + (f" (attention_bias: window {window}" if window else "")
+               + (f"; in blocks of {window} queries x {3 * window} keys from S {BLOCKED_FROM * window} when every "
+                  f"position has a real key in its window" if blocked else "")
+               + (")" if window else "")
                + (" (first token)" if rows else ""))
     return ctx.matmul(context, layer.attention_output)
 

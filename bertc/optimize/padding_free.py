@@ -819,7 +819,11 @@ def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True,
     tokens when the batch's S is above it (a Loop over the batch rows, :meth:`_Rewriter.sequence_attention`: the
     CPU artifacts; 0: always), else on the padded (B, S) layout; None: always on the padded layout (one batched
     MultiHeadAttention per layer: the fp16 artifact, for CUDA)."""
-    rewriter = _Rewriter(proto, weights, per_sequence)
+    from bertc.optimize.local_attention import unblocked
+
+    # ModernBERT's blocked local attention in its plain form: the packed graph attends per sequence (the fast
+    # path, a batch without padding, runs ``proto`` itself, blocks included)
+    rewriter = _Rewriter(unblocked(proto), weights, per_sequence)
     model = rewriter.run()
     rewriter.report.fast_path = fast_path
     return (with_fast_path(proto, model) if fast_path else model), rewriter.report
@@ -929,6 +933,7 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
 
     from bertc.errors import ExportError
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
+    from bertc.optimize.local_attention import unblocked
     from bertc.optimize.quantize import quantize_dynamic_int8
     from bertc.optimize.runtime import ort_session
 
@@ -993,7 +998,7 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
         artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
     if "onnx_packed_fp16" in wanted:   # for CUDA: one batched attention per layer (no per-sequence Loop)
         batched = padding_free(proto, weights, fast_path=False, per_sequence=None)[0]
-        artifacts["onnx_packed_fp16"] = {**_fp16(proto, batched, list(weights or []),
+        artifacts["onnx_packed_fp16"] = {**_fp16(unblocked(proto), batched, list(weights or []),
                                                  out / PACKED_FILES["onnx_packed_fp16"], input_dtype, opset, built,
                                                  check_inputs, stage), "attention": "on the padded layout", **extra}
     return artifacts, section
