@@ -1,6 +1,7 @@
-"""ModernBERT's local layers in blocks (bertc/optimize/local_attention.py): the optimized graph runs the window as
-blocks of w queries against 3 w keys when S >= BLOCKED_FROM * w and every position has a real key within w of
-it, the plain (B, S, S) attention otherwise; both compute what Keras computes. Stress weights (peaked attention,
+"""ModernBERT's local layers in blocks (bertc/components/local_blocks.py; the plain form again:
+bertc/optimize/local_attention.py): the optimized graph runs the window as blocks of w queries against 3 w keys
+when S >= BLOCKED_FROM * w and every position has a real key within w of it, the plain (B, S, S) attention
+otherwise; both compute what Keras computes. Stress weights (peaked attention,
 random norms) so that a key wrongly in or out of a window shows."""
 import json
 import os
@@ -8,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-import bertc.optimize.local_attention as local
+import bertc.components.local_blocks as local
+from bertc.optimize.local_attention import is_local_attention, unblocked
 from bertc.build import build_model
 from bertc.components.common import tf
 from bertc.optimize.lower import lower_model
@@ -73,7 +75,7 @@ def blocks_ran(session) -> bool:
 @pytest.mark.parametrize("seq", [1, 7, 23, 24, 25, 40, 64])
 def test_blocks_run_where_exact_and_equal_the_plain_form_and_keras(model, seq):
     proto = lower_model(model).proto
-    plain = ort_session(local.unblocked(proto).SerializeToString())
+    plain = ort_session(unblocked(proto).SerializeToString())
     rng = np.random.default_rng(seq)
     for kind, mask in masks(seq, rng).items():
         ids = rng.integers(1, 64, mask.shape).astype(np.int32)
@@ -102,7 +104,7 @@ def test_forced_blocks_at_every_length_equal_the_plain_form(model, monkeypatch):
     block (the last block's queries padded) and shorter than one block."""
     monkeypatch.setattr(local, "BLOCKED_FROM", 0)
     proto = lower_model(model).proto
-    fast, plain = ort_session(proto.SerializeToString()), ort_session(local.unblocked(proto).SerializeToString())
+    fast, plain = ort_session(proto.SerializeToString()), ort_session(unblocked(proto).SerializeToString())
     rng = np.random.default_rng(3)
     for seq in (1, 2, 3, 5, 9, 13):
         mask = np.ones((2, seq), np.int32)
@@ -114,13 +116,13 @@ def test_forced_blocks_at_every_length_equal_the_plain_form(model, monkeypatch):
 def test_unblocked_is_the_plain_graph(model):
     proto = lower_model(model).proto
     ifs = [n for n in proto.graph.node if n.op_type == "If"]
-    assert len([n for n in ifs if local.is_local_attention(n)]) == 2         # the two local layers of three
-    flat = local.unblocked(proto)
+    assert len([n for n in ifs if is_local_attention(n)]) == 2         # the two local layers of three
+    flat = unblocked(proto)
     ops = [n.op_type for n in flat.graph.node]
     assert "If" not in ops and ops.count("MultiHeadAttention") == 3
     names = {t.name for t in flat.graph.initializer}
     assert not any("local_blocks" in n for n in names)                      # the blocks' constants dropped
-    assert local.unblocked(flat) is flat
+    assert unblocked(flat) is flat
 
 
 def test_padding_free_artifact_packs_the_plain_form_and_keeps_the_blocks_without_padding(model):
@@ -130,7 +132,7 @@ def test_padding_free_artifact_packs_the_plain_form_and_keeps_the_blocks_without
 
     proto = lower_model(model).proto
     packed, _ = padding_free(proto)
-    plain = ort_session(local.unblocked(proto).SerializeToString())
+    plain = ort_session(unblocked(proto).SerializeToString())
     session = ort_session(packed.SerializeToString())
     rng = np.random.default_rng(5)
     for kind, mask in masks(40, rng).items():

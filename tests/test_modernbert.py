@@ -212,7 +212,7 @@ def test_optimized_graph_is_fused_and_says_so(built):
     layers = spec.encoder.num_layers
     graph = onnx.load(str(out / "model.optimized.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    # local layers: an If between the window in blocks and the plain MultiHeadAttention (test_local_attention.py)
+    # local layers: an If between the window in blocks and the plain MultiHeadAttention (tests/test_local_attention.py)
     local = [n for n in graph.node if n.op_type == "If" and n.name.endswith("local_attention")]
     assert ops.count("MultiHeadAttention") + len(local) == layers and ops.count("RotaryEmbedding") == 2 * layers
     for node in local:

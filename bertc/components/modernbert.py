@@ -37,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bertc.components import local_blocks
 from bertc.components.attention import Attention, AttentionSpecBase
 from bertc.components.base import RowSelection
 from bertc.components.blocks import Block
@@ -447,11 +448,10 @@ def lower_windowed(layer, ctx, x, query=None):
     bias = ctx.position_bias(rows=rows)
     window = layer.spec.window
     blocked = window is not None and not rows and bias is None
-    if blocked:    # the window in blocks at long sequences (bertc/optimize/local_attention.py)
-        from bertc.optimize.local_attention import BLOCKED_FROM, windowed_attention
-
-        context = windowed_attention(ctx, q, k, v, window, n, h, lambda: _window_bias_nodes(ctx, window, False),
-                                     MASK_ADDER)
+    if blocked:    # the window in blocks at long sequences (bertc/components/local_blocks.py)
+        context = local_blocks.windowed_attention(ctx, q, k, v, window, n, h,
+                                                  lambda: _window_bias_nodes(ctx, window, False), MASK_ADDER,
+                                                  WINDOW_ADDER)
     else:
         if window is not None:
             window_bias = _window_bias(ctx, window, rows)
@@ -460,8 +460,8 @@ def lower_windowed(layer, ctx, x, query=None):
                        num_heads=n, mask_filter_value=MASK_ADDER)
     ctx.record("attention", ("RotaryEmbedding + " if rotary else "") + "MultiHeadAttention"
                + (f" (attention_bias: window {window}" if window else "")
-               + (f"; in blocks of {window} queries x {3 * window} keys from S {BLOCKED_FROM * window} when every "
-                  f"position has a real key in its window" if blocked else "")
+               + (f"; in blocks of {window} queries x {3 * window} keys from S {local_blocks.BLOCKED_FROM * window} "
+                  f"when every position has a real key in its window" if blocked else "")
                + (")" if window else "")
                + (" (first token)" if rows else ""))
     return ctx.matmul(context, layer.attention_output)

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""ModernBERT's local layers in blocks (bertc/components/local_blocks.py) against the plain form, at long sequences.
+
+    python tools/bench_local_attention.py [--work DIR] [--lengths 512 1024 2048] [--rounds 3] [--calls 2] [--memory]
+
+ModernBERT-base's encoder (22 x 768, 12 heads, intermediate 1,152, window 128, a global layer every third; random
+init, seed 0; max_sequence_length 8,192) is lowered once (``bertc.optimize.lower.lower_model``) and written twice:
+``blocked.onnx`` as bertc writes model.optimized.onnx, ``plain.onnx`` with every local attention in its plain
+(B, S, S) form (``local_attention.unblocked``). Both are timed interleaved in one process (bertc.bench's timing
+core: ORT CPU, 2 intra-op threads, spinning off; batch 1, every token real), the ratio is the median of per-round
+ratios blocked / plain. Their outputs are compared first (batch 1, and batch 2 with a row padded within the
+window). ``--memory``: each form run once at the longest length in a fresh process, its peak RSS recorded.
+Writes tools/results/bench_local_attention.json (``--results``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SPEC = {"name": "modernbert_base_encoder", "encoder": {
+    "type": "modernbert", "vocab_size": 50368, "hidden_size": 768, "num_layers": 22, "num_attention_heads": 12,
+    "intermediate_size": 1152, "max_sequence_length": 8192, "local_attention": 128, "global_attn_every_n_layers": 3,
+    "global_rope_theta": 160000.0, "local_rope_theta": 10000.0}}
+
+PEAK = """
+import resource, sys, numpy as np, onnxruntime as ort
+o = ort.SessionOptions(); o.intra_op_num_threads = 2
+o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
+n = int(sys.argv[2]); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+s.run(None, {"input_word_ids": np.full((1, n), 7, np.int32), "input_mask": np.ones((1, n), np.int32)})
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def write(work: Path):
+    from bertc.build import build_model
+    from bertc.export.onnx import write_onnx
+    from bertc.optimize.local_attention import unblocked
+    from bertc.optimize.lower import lower_model
+    from bertc.spec import load_spec
+
+    t0 = time.perf_counter()
+    built = build_model(load_spec(SPEC))
+    lowered = lower_model(built, split_weights=True)
+    write_onnx(lowered.proto, lowered.weights, work / "blocked.onnx")
+    write_onnx(unblocked(lowered.proto), lowered.weights, work / "plain.onnx")
+    return time.perf_counter() - t0, lowered.coverage["layers"]["layer_1"]["attention"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bertc-bench-local-attention"))
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=2)
+    parser.add_argument("--memory", action="store_true", help="peak RSS of each form at the longest length")
+    parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_local_attention.json")
+    args = parser.parse_args()
+
+    from bertc.bench import Target, machine_info, time_targets
+    from bertc.components.local_blocks import BLOCKED_FROM
+    from bertc.optimize.runtime import ort_session
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    seconds, attention = write(args.work)
+    print(f"lowered and written in {seconds:.0f} s; local layers: {attention}", flush=True)
+
+    def session(name):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(args.work / name), options, providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(0)
+    check = {}
+    blocked, plain = ort_session(str(args.work / "blocked.onnx")), ort_session(str(args.work / "plain.onnx"))
+    n = 1024
+    mask = np.ones((2, n), np.int32)
+    mask[1, n - 40:] = 0     # padded within the window of the last real token: the blocks still run
+    ids = rng.integers(5, 50000, (2, n)).astype(np.int32)
+    for label, feed in (("batch 1", {"input_word_ids": ids[:1], "input_mask": mask[:1]}),
+                        ("batch 2, a row padded by 40", {"input_word_ids": ids, "input_mask": mask})):
+        a, b = blocked.run(None, feed)[0], plain.run(None, feed)[0]
+        check[f"{label} x seq {n}"] = float(np.abs(a - b).max())
+    del blocked, plain
+    print("blocked vs plain max abs:", check, flush=True)
+
+    sessions = {name: session(f"{name}.onnx") for name in ("plain", "blocked")}
+
+    def target(name):
+        s = sessions[name]
+        return Target(name, lambda inputs: (lambda: s.run(None, inputs)))
+
+    def inputs_for(batch, seq):
+        return {"input_word_ids": rng.integers(5, 50000, (batch, seq)).astype(np.int32),
+                "input_mask": np.ones((batch, seq), np.int32)}
+
+    rows = time_targets([target("plain"), target("blocked")], [(1, s) for s in args.lengths], inputs_for,
+                        rounds=args.rounds, warmup=1, calls=args.calls, baseline="plain", progress=print)
+    for r in rows:
+        print(f"{r['target']:8s} S {r['sequence_length']:5d}: p50 {r.get('p50_ms')} ms, ratio {r.get('ratio')}",
+              flush=True)
+    memory = {}
+    if args.memory:
+        longest = max(args.lengths)
+        for name in ("plain", "blocked"):
+            out = subprocess.run([sys.executable, "-c", PEAK, str(args.work / f"{name}.onnx"), str(longest)],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            memory[name] = {"sequence_length": longest, "peak_rss_mb": round(int(out[1]) / 1024),
+                            "after_load_mb": round(int(out[0]) / 1024)}
+        print("peak RSS:", memory, flush=True)
+    result = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": machine_info(),
+        "model": SPEC, "local_attention": attention, "blocked_from": f"S >= {BLOCKED_FROM} x 64 = {BLOCKED_FROM * 64}",
+        "settings": {"threads": args.threads, "rounds": args.rounds, "calls": args.calls, "batch": 1,
+                     "ort_spinning": False, "interleaved": True, "ratio": "median over rounds of blocked / plain"},
+        "blocked_vs_plain_max_abs": check,
+        "rows": rows,
+        "ratios": {f"S {r['sequence_length']}": r["ratio"] for r in rows if r["target"] == "blocked"},
+        **({"memory": memory} if memory else {}),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
