@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ModernBERT's local layers in blocks (bertc/components/local_blocks.py) against the plain form, at long sequences.
 
-    python tools/bench_local_attention.py [--work DIR] [--lengths 512 1024 2048] [--rounds 3] [--calls 2] [--memory]
+    python tools/bench_local_attention.py [--work DIR] [--lengths 128 256 384 512 1024 2048] [--rounds 4] [--calls 2]
 
 ModernBERT-base's encoder (22 x 768, 12 heads, intermediate 1,152, window 128, a global layer every third; random
 init, seed 0; max_sequence_length 8,192) is lowered once (``bertc.optimize.lower.lower_model``) and written twice:
@@ -9,16 +9,13 @@ init, seed 0; max_sequence_length 8,192) is lowered once (``bertc.optimize.lower
 (B, S, S) form (``local_attention.unblocked``). Both are timed interleaved in one process (bertc.bench's timing
 core: ORT CPU, 2 intra-op threads, spinning off; batch 1, every token real), the ratio is the median of per-round
 ratios blocked / plain. Their outputs are compared first (batch 1, and batch 2 with a row padded within the
-window). ``--memory``: each form run once at the longest length in a fresh process, its peak RSS recorded.
-Writes tools/results/bench_local_attention.json (``--results``).
+window). Writes tools/results/bench_local_attention.json (``--results``).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,17 +29,6 @@ SPEC = {"name": "modernbert_base_encoder", "encoder": {
     "type": "modernbert", "vocab_size": 50368, "hidden_size": 768, "num_layers": 22, "num_attention_heads": 12,
     "intermediate_size": 1152, "max_sequence_length": 8192, "local_attention": 128, "global_attn_every_n_layers": 3,
     "global_rope_theta": 160000.0, "local_rope_theta": 10000.0}}
-
-PEAK = """
-import resource, sys, numpy as np, onnxruntime as ort
-o = ort.SessionOptions(); o.intra_op_num_threads = 2
-o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
-n = int(sys.argv[2]); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-s.run(None, {"input_word_ids": np.full((1, n), 7, np.int32), "input_mask": np.ones((1, n), np.int32)})
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-
 
 def write(work: Path):
     from bertc.build import build_model
@@ -62,11 +48,10 @@ def write(work: Path):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bertc-bench-local-attention"))
-    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 384, 512, 1024, 2048])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", type=int, default=2)
-    parser.add_argument("--memory", action="store_true", help="peak RSS of each form at the longest length")
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_local_attention.json")
     args = parser.parse_args()
 
@@ -115,15 +100,6 @@ def main() -> int:
     for r in rows:
         print(f"{r['target']:8s} S {r['sequence_length']:5d}: p50 {r.get('p50_ms')} ms, ratio {r.get('ratio')}",
               flush=True)
-    memory = {}
-    if args.memory:
-        longest = max(args.lengths)
-        for name in ("plain", "blocked"):
-            out = subprocess.run([sys.executable, "-c", PEAK, str(args.work / f"{name}.onnx"), str(longest)],
-                                 capture_output=True, text=True, check=True).stdout.split()
-            memory[name] = {"sequence_length": longest, "peak_rss_mb": round(int(out[1]) / 1024),
-                            "after_load_mb": round(int(out[0]) / 1024)}
-        print("peak RSS:", memory, flush=True)
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -134,7 +110,6 @@ def main() -> int:
         "blocked_vs_plain_max_abs": check,
         "rows": rows,
         "ratios": {f"S {r['sequence_length']}": r["ratio"] for r in rows if r["target"] == "blocked"},
-        **({"memory": memory} if memory else {}),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=1) + "\n")

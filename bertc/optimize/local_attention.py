@@ -2,6 +2,8 @@
 that rewrite attention themselves: the padding-free artifact (attention per sequence) and the fp16 variant."""
 from __future__ import annotations
 
+from typing import Optional
+
 from bertc.components.local_blocks import NAME
 
 def is_local_attention(node) -> bool:
@@ -45,3 +47,15 @@ def unblocked(proto):
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep)
     return out
+
+
+def unblocked_with(proto, weights: Optional[list]) -> tuple:
+    """(:func:`unblocked` ``proto``, ``weights`` without the arrays only the blocks read): for a pass that moves
+    the weights into the graph (ONNX Runtime would warn about, then drop, initializers nothing reads)."""
+    plain = unblocked(proto)
+    if plain is proto or not weights:
+        return plain, weights
+    from bertc.onnx_graph import _subgraph_reads
+
+    read = {i for n in plain.graph.node for i in n.input} | {i for n in plain.graph.node for i in _subgraph_reads(n)}
+    return plain, [(name, array) for name, array in weights if name in read]

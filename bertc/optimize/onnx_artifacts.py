@@ -216,10 +216,11 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
         artifacts.update(packed)
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
-            from bertc.optimize.local_attention import unblocked
+            from bertc.optimize.local_attention import unblocked_with
 
             # for CUDA: ModernBERT's local attention in its plain form (bertc/optimize/local_attention.py)
-            proto, weights = _attach(unblocked(proto), weights), None
+            proto, weights = unblocked_with(proto, weights)
+            proto, weights = _attach(proto, list(weights or [])), None
             artifacts["onnx_fp16"] = convert_fp16(proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
     del proto, weights
     fusion = {

@@ -933,7 +933,7 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
 
     from bertc.errors import ExportError
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
-    from bertc.optimize.local_attention import unblocked
+    from bertc.optimize.local_attention import unblocked_with
     from bertc.optimize.quantize import quantize_dynamic_int8
     from bertc.optimize.runtime import ort_session
 
@@ -998,7 +998,8 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
         artifacts["onnx_packed_int8"]["sample_max_abs"] = sample
     if "onnx_packed_fp16" in wanted:   # for CUDA: one batched attention per layer (no per-sequence Loop)
         batched = padding_free(proto, weights, fast_path=False, per_sequence=None)[0]
-        artifacts["onnx_packed_fp16"] = {**_fp16(unblocked(proto), batched, list(weights or []),
+        plain, plain_weights = unblocked_with(proto, weights)
+        artifacts["onnx_packed_fp16"] = {**_fp16(plain, batched, list(plain_weights or []),
                                                  out / PACKED_FILES["onnx_packed_fp16"], input_dtype, opset, built,
                                                  check_inputs, stage), "attention": "on the padded layout", **extra}
     return artifacts, section
