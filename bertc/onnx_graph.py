@@ -184,8 +184,20 @@ class GraphBuilder:
         return model if split_above is None else (model, weights)
 
     def op_counts(self) -> dict[str, int]:
-        counts = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in self.nodes)
-        return dict(sorted(counts.items()))
+        """Operators by type (``domain.op`` outside the default domain). An ``If`` counts itself and, per type,
+        the larger count of its two branches (what one run executes at most): a local attention that runs in
+        blocks or plainly is one MultiHeadAttention."""
+        return dict(sorted(_op_counts(self.nodes).items()))
+
+
+def _op_counts(nodes: Sequence) -> Counter:
+    counts: Counter = Counter()
+    for n in nodes:
+        counts[n.op_type if not n.domain else f"{n.domain}.{n.op_type}"] += 1
+        branches = [_op_counts(a.g.node) for a in n.attribute if a.HasField("g")]
+        if branches:
+            counts.update({op: max(b.get(op, 0) for b in branches) for op in set().union(*branches)})
+    return counts
 
 
 def _with_subgraph_nodes(nodes: Sequence) -> list:

@@ -114,7 +114,10 @@ def test_forced_blocks_at_every_length_equal_the_plain_form(model, monkeypatch):
 
 
 def test_unblocked_is_the_plain_graph(model):
-    proto = lower_model(model).proto
+    lowered = lower_model(model)
+    proto = lowered.proto
+    # the report counts what one run executes at most: one MultiHeadAttention per layer, blocked or plain
+    assert lowered.op_counts["com.microsoft.MultiHeadAttention"] == 3 and lowered.op_counts["If"] == 3
     ifs = [n for n in proto.graph.node if n.op_type == "If"]
     assert len([n for n in ifs if is_local_attention(n)]) == 2         # the two local layers of three
     flat = unblocked(proto)
