@@ -36,6 +36,7 @@ import numpy as np
 # break-even is about 5.5 w (module docstring).
 BLOCKED_FROM = 6
 NAME = "local_attention"   # the If's name (``.../local_attention``): how the plain form is found again
+PLAIN_BIAS = "bias_if_plain"   # the name's end of the If that builds the plain form's window bias
 
 
 def _plan(ctx, window: int, width: int, full_bias, window_adder: float) -> dict:
@@ -90,7 +91,7 @@ def _plan(ctx, window: int, width: int, full_bias, window_adder: float) -> dict:
     # the plain form's window bias, built only when the plain form runs
     with g.branch() as plain:
         bias = full_bias()
-    plan["full_bias"] = g.if_node(plan["cond"], (dummy, none), (plain, bias), hint=f"window_{w}_bias_if_plain")
+    plan["full_bias"] = g.if_node(plan["cond"], (dummy, none), (plain, bias), hint=f"window_{w}_{PLAIN_BIAS}")
     return plan
 
 

@@ -23,7 +23,8 @@ Position ids are 0..S-1 whatever the mask (transformers 5 does not unpad: a row 
 of its tokens). Lowerings: the packed qkv as one MatMul (+ Add) and a Split, com.microsoft ``RotaryEmbedding``
 on q and k, com.microsoft ``MultiHeadAttention`` with the raw 0/1 key padding mask and, on local layers, the
 window as its ``attention_bias`` ((1, 1, S, S), 0 inside and -5000 outside (:data:`WINDOW_ADDER`), computed
-once per window); the
+once per window), or from S = 6 w, where every position has a real key in its window, the window in blocks of w
+queries against 3 w keys (:mod:`bertc.components.local_blocks`: an ``If`` per local layer); the
 norms as residual layer norms (``Sum`` + ``LayerNormalization`` / ``SkipLayerNormalization``, ``ctx.layer_norm``) (beta omitted without ``norm_bias``); the GLU as
 one MatMul, a Split, com.microsoft ``Gelu`` (``BiasGelu`` with a bias, ``FastGelu`` for tanh gelu) times the
 gate, and the output MatMul whose bias the next residual layer norm takes.

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from bertc.components.local_blocks import NAME
+from bertc.components.local_blocks import NAME, PLAIN_BIAS
+
 
 def is_local_attention(node) -> bool:
+    """A local layer's ``If`` between its blocked and plain attention."""
     return node.op_type == "If" and node.name.rsplit("/", 1)[-1].startswith(NAME)
+
+
+def _is_local_if(node) -> bool:
+    return is_local_attention(node) or (node.op_type == "If" and node.name.endswith(PLAIN_BIAS))
 
 
 def unblocked(proto):
@@ -17,12 +23,11 @@ def unblocked(proto):
     from onnx import helper
 
     graph = proto.graph
-    if not any(n.op_type == "If" and (is_local_attention(n) or n.name.endswith("_bias_if_plain"))
-               for n in graph.node):
+    if not any(_is_local_if(n) for n in graph.node):
         return proto
     nodes = []
     for node in graph.node:
-        if node.op_type == "If" and (is_local_attention(node) or node.name.endswith("_bias_if_plain")):
+        if _is_local_if(node):
             branch = next(a.g for a in node.attribute if a.name == "else_branch")
             produced = branch.output[0].name
             for inner in branch.node:
