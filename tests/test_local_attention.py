@@ -111,6 +111,9 @@ def test_forced_blocks_at_every_length_equal_the_plain_form(model, monkeypatch):
         mask[1, seq - 1:] = 0 if seq > 1 else 1
         inputs = {"input_word_ids": rng.integers(1, 64, mask.shape).astype(np.int32), "input_mask": mask}
         np.testing.assert_allclose(fast.run(None, inputs)[0], plain.run(None, inputs)[0], atol=1e-6, rtol=0)
+    for shape in ((0, 30), (2, 0)):      # an empty batch, empty sequences: the plain form's empty outputs
+        inputs = {"input_word_ids": np.zeros(shape, np.int32), "input_mask": np.ones(shape, np.int32)}
+        assert fast.run(None, inputs)[0].shape == plain.run(None, inputs)[0].shape == (*shape, 16)
 
 
 def test_unblocked_is_the_plain_graph(model):

@@ -85,7 +85,8 @@ def _plan(ctx, window: int, width: int, full_bias, window_adder: float) -> dict:
                                             keepdims=0), g.const(0, np.int32, "none")], hint="covered")
         long = g.node("Squeeze", [g.node("GreaterOrEqual", [length, g.ints([BLOCKED_FROM * w], "blocked_from")])],
                       hint="long")
-        plan["cond"] = g.node("And", [long, covered], hint="blocked")
+        rows = g.node("Squeeze", [g.node("Greater", [batch, g.ints([0], "no_rows")])], hint="has_rows")
+        plan["cond"] = g.node("And", [g.node("And", [long, covered]), rows], hint="blocked")   # B = 0: plain
         with g.branch() as dummy:
             none = g.node("Identity", [g.const(np.zeros((1, 1, 1, 1), np.float32), np.float32, "unused")])
     # the plain form's window bias, built only when the plain form runs
