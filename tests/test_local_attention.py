@@ -146,3 +146,60 @@ def test_padding_free_artifact_packs_the_plain_form_and_keeps_the_blocks_without
         real = mask.astype(bool)
         np.testing.assert_allclose(session.run(None, inputs)[0][real], plain.run(None, inputs)[0][real], atol=1e-5,
                                    rtol=0, err_msg=kind)
+
+
+def test_padding_free_attends_in_blocks_per_sequence_where_a_sequence_is_one_run(model):
+    """The packed graph's per-sequence attention (the Loop, forced at any S) runs a windowed layer in blocks for
+    a sequence whose kept tokens are consecutive positions, at least 6 w of them, and plainly otherwise (holes,
+    short rows, a row without real tokens); real tokens equal the plain optimized graph's either way."""
+    from bertc.optimize.padding_free import padding_free
+
+    proto = lower_model(model).proto
+    packed, _ = padding_free(proto, per_sequence=0)
+    plain = ort_session(unblocked(proto).SerializeToString())
+    rng = np.random.default_rng(11)
+    seq = 40
+    cases = masks(seq, rng)
+    cases["holes_long"] = np.ones((3, seq), np.int32)
+    cases["holes_long"][:, 10] = 0                   # every row has a hole: no sequence is one run
+    cases["first_padded"] = np.ones((3, seq), np.int32)
+    cases["first_padded"][1, :1] = 0                 # left padding by one: still one run, of 39 positions
+    expect = {"full": None, "near": True, "far": True, "holes": False, "left": True, "empty": True,
+              "holes_long": False, "first_padded": True}     # full: no padding, the fast path (today's graph)
+    for kind, mask in cases.items():
+        inputs = {"input_word_ids": rng.integers(1, 64, mask.shape).astype(np.int32), "input_mask": mask}
+        session = profiled(packed)
+        got = session.run(None, inputs)[0]
+        path = session.end_profiling()
+        try:
+            names = {e.get("name", "") for e in json.loads(open(path).read()) if e.get("cat") == "Node"}
+        finally:
+            os.remove(path)
+        ran = any("padding_free/attention_blocks" in n for n in names)
+        assert ran == bool(expect[kind]), (kind, ran)
+        real = mask.astype(bool)
+        np.testing.assert_allclose(got[real], plain.run(None, inputs)[0][real], atol=1e-5, rtol=0, err_msg=kind)
+
+
+def test_padding_free_classifier_keeps_a_padded_first_token_exactly():
+    """First-token pooling keeps a padded first token (left padding): one position before the real ones is still
+    one run (blocks), a longer padding is not (plain); the logits equal the plain optimized graph's."""
+    from bertc.optimize.padding_free import padding_free
+
+    spec = {**SPEC, "name": "local_blocks_cls", "head": {"type": "classifier", "num_classes": 3, "pooling": "first"}}
+    built = build_model(load_spec(spec))
+    saved = stress_weights(built.model, 1)
+    try:
+        proto = lower_model(built).proto
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+    packed, _ = padding_free(proto, per_sequence=0)
+    plain, session = ort_session(unblocked(proto).SerializeToString()), ort_session(packed.SerializeToString())
+    rng = np.random.default_rng(2)
+    mask = np.ones((3, 40), np.int32)
+    mask[0, :1] = 0
+    mask[1, :12] = 0
+    mask[2, 30:] = 0
+    inputs = {"input_word_ids": rng.integers(1, 64, mask.shape).astype(np.int32), "input_mask": mask}
+    np.testing.assert_allclose(session.run(None, inputs)[0], plain.run(None, inputs)[0], atol=1e-5, rtol=0)

@@ -25,8 +25,9 @@ Measured (one ``MultiHeadAttention`` at ModernBERT-base width, 12 heads, B1, ORT
 the blocks of ``w`` queries are slower below S = 384 (S 256: 1.75 against 1.48 ms), 10% faster at
 S 384, 30% at S 512, 80% at S 2048 (19 against 92 ms); blocks of w / 2 or 2 w queries were slower at
 every length. Other attentions (global layers, a position bias besides the window, the pruned last
-layer's first token) keep the plain form; the padding-free artifact (:mod:`bertc.optimize.padding_free`)
-and the fp16 variant take the plain form (:func:`bertc.optimize.local_attention.unblocked`).
+layer's first token) keep the plain form; the fp16 variant takes the plain form
+(:func:`bertc.optimize.local_attention.unblocked`), and the padding-free artifact
+(:mod:`bertc.optimize.padding_free`) runs the blocks per sequence where a sequence's kept tokens are consecutive.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The plain form of ModernBERT's blocked local attention (:mod:`bertc.components.local_blocks`), for the passes
-that rewrite attention themselves: the padding-free artifact (attention per sequence) and the fp16 variant."""
+that rewrite attention themselves: the padding-free artifact (attention per sequence, in blocks again where a
+sequence allows: :func:`windows_of`) and the fp16 variant."""
 from __future__ import annotations
 
 from typing import Optional
@@ -64,3 +65,23 @@ def unblocked_with(proto, weights: Optional[list]) -> tuple:
 
     read = {i for n in plain.graph.node for i in n.input} | {i for n in plain.graph.node for i in _subgraph_reads(n)}
     return plain, [(name, array) for name, array in weights if name in read]
+
+
+def windows_of(proto, weights: Optional[list] = None) -> dict:
+    """``{plain MultiHeadAttention's name: (w, block bias (1, 1, w, 3 w))}`` for every blocked local attention of
+    ``proto`` (the names :func:`unblocked` leaves): the padding-free pass runs them in blocks per sequence."""
+    from onnx import numpy_helper
+
+    arrays = dict(weights or [])
+    inits = {t.name: t for t in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if not is_local_attention(node):
+            continue
+        branches = {a.name: a.g for a in node.attribute}
+        plain = next(n for n in branches["else_branch"].node if n.op_type == "MultiHeadAttention")
+        blocks = next(n for n in branches["then_branch"].node if n.op_type == "MultiHeadAttention")
+        name = blocks.input[5]
+        bias = arrays[name] if name in arrays else numpy_helper.to_array(inits[name])
+        out[plain.name] = (int(bias.shape[2]), bias)
+    return out

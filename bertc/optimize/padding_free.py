@@ -311,7 +311,7 @@ class PackReport:
 
 
 class _Rewriter:
-    def __init__(self, proto, weights, per_sequence: Optional[int] = PER_SEQUENCE_ABOVE):
+    def __init__(self, proto, weights, per_sequence: Optional[int] = PER_SEQUENCE_ABOVE, windows: Optional[dict] = None):
         from onnx import helper
 
         self.h = helper
@@ -324,6 +324,7 @@ class _Rewriter:
         self.caches: dict = {}
         self.report = PackReport()
         self.per_sequence = per_sequence
+        self.windows = windows or {}   # windowed MultiHeadAttention -> (w, block bias): blocks per sequence
         self.report.per_sequence_above = per_sequence
         self._n = 0
         self.mask_input = next((i.name for i in self.g.graph.input if i.name == "input_mask"), None)
@@ -703,7 +704,11 @@ class _Rewriter:
         rows = [add("Slice", [name, start, end, tokens], "rows") for name in qkv]
         if len(rows) == 1:
             rows = add("Split", rows, "qkv", n_out=3, axis=2)
-        inputs = rows + [bias, add("Slice", [seq["mask"], start, end, tokens], "key_mask")]
+        key_mask = add("Slice", [seq["mask"], start, end, tokens], "key_mask")
+        inputs = rows + [bias, key_mask]
+        window = self.windows.get(node.name)
+        if window is not None:   # the plain per-sequence attention becomes the else branch of an If on blocks
+            outer_body, body = body, []
         if attention_bias:
             # (1 or B, H or 1, S, S): row b (row 0 when shared), the kept positions' rows and columns
             which = self.one("Unsqueeze", [self.one("Mod", [seq["rows"], self.one("Shape", [attention_bias], "bias_rows",
@@ -714,6 +719,9 @@ class _Rewriter:
             inputs.append(add("Gather", [add("Gather", [at, pos], "bias_q", axis=2), pos], "bias_qk", axis=3))
         att = add("MultiHeadAttention", inputs, "attention", domain=MS)
         body[-1].attribute.extend(node.attribute)
+        if window is not None:
+            plain_nodes, body = body, outer_body
+            att = self.sequence_blocks(node, add, body, plain_nodes, att, rows, bias, key_mask, i, *window)
         out = add("Pad", [att, add("Gather", [seq["pads"], i], "pads")], "padded")
         cond_out = add("Identity", [cond], "cond_out")
         graph = h.make_graph(body, self.name("sequence"), [h.make_tensor_value_info(i, TensorProto.INT64, []),
@@ -736,6 +744,88 @@ class _Rewriter:
         self.report.count(self.report.packed, "com.microsoft.MultiHeadAttention (per sequence)")
         self.report.per_sequence += 1
         return out
+
+    def sequence_blocks(self, node, add, body: list, plain_nodes: list, plain: str, rows: list, bias: str,
+                        key_mask: str, i: str, w: int, block_bias) -> str:
+        """Inside the per-sequence Loop body: an ``If`` between the plain windowed attention (``plain_nodes``, its
+        output ``plain``) and the same attention in blocks of ``w`` queries against ``3 w`` keys (as
+        :mod:`bertc.components.local_blocks` on the padded layout). Taken when the sequence's kept tokens are one
+        run of consecutive positions (then the window over positions is the window over its packed rows, and each
+        kept token has a real key within w: a kept padded first token is next to a real one) at least
+        ``BLOCKED_FROM * w`` long (:meth:`block_rows`). Returns the If's output, (1, L, D)."""
+        from onnx import TensorProto
+
+        c, h = self.const, self.h
+        taken = add("Gather", [self.block_rows(w), i], "blocks_taken")
+        blocked_nodes = []
+
+        def put(op, inputs, hint, **attrs):
+            out = self.name(hint)
+            blocked_nodes.append(h.make_node(op, inputs, [out], name=self.name(op), **attrs))
+            return out
+
+        q, k, v = rows      # this sequence's rows, (1, L, D) each (a packed QKV is split before)
+        z = c([0], np.int64, "zero")
+        length = put("Shape", [q], "length", start=1, end=2)
+        width = put("Shape", [q], "width", start=2, end=3)
+        blocks = put("Div", [put("Add", [length, c([w - 1], np.int64, "round_up")], "l"), c([w], np.int64, "w")],
+                     "blocks")
+        extra = put("Sub", [put("Mul", [blocks, c([w], np.int64, "w")], "lp"), length], "extra")
+        back = put("Add", [extra, c([w], np.int64, "w")], "back")
+        front = c([w], np.int64, "front")
+        starts = put("Mul", [put("Range", [c(0, np.int64, "r0"), put("Squeeze", [blocks], "nb"), c(1, np.int64, "r1")],
+                                 "block_rows"), c(w, np.int64, "step")], "block_starts")
+        index = put("Add", [put("Unsqueeze", [starts, c([1], np.int64, "ax1")], "starts_col"),
+                            c(np.arange(3 * w, dtype=np.int64)[None], np.int64, "offsets")], "key_index")
+        minus_one = c([-1], np.int64, "m1")
+
+        def windows(x, pads, size):
+            shape = put("Concat", [minus_one, c([size], np.int64, "rows"), width], "shape", axis=0)
+            return put("Reshape", [put("Gather", [put("Pad", [x, pads], "padded"), index], "windows", axis=1), shape],
+                       "blocks")
+
+        kv_pads = put("Concat", [z, front, z, z, back, z], "kv_pads", axis=0)
+        q_shape = put("Concat", [minus_one, c([w], np.int64, "rows"), width], "q_shape", axis=0)
+        qb = put("Reshape", [put("Pad", [q, put("Concat", [z, z, z, z, extra, z], "q_pads", axis=0)], "q_padded"),
+                             q_shape], "q_blocks")
+        mask = put("Reshape", [put("Gather", [put("Pad", [key_mask, put("Concat", [z, front, z, back], "m_pads",
+                                                                                       axis=0)], "m_padded"),
+                                              index], "m_windows", axis=1), c([-1, 3 * w], np.int64, "m_shape")],
+                   "key_mask_blocks")
+        att = self.name("attention_blocks")
+        mha = h.make_node("MultiHeadAttention", [qb, windows(k, kv_pads, 3 * w), windows(v, kv_pads, 3 * w), bias, mask,
+                                                 c(block_bias, np.float32, "block_bias")], [att],
+                          name=self.name("attention_blocks"), domain=MS)
+        mha.attribute.extend(node.attribute)
+        blocked_nodes.append(mha)
+        out_shape = put("Concat", [c([1], np.int64, "one"), minus_one, width], "out_shape", axis=0)
+        blocked = put("Slice", [put("Reshape", [att, out_shape], "unblocked"), z, length, c([1], np.int64, "ax")],
+                      "attention_blocked")
+        value = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        return add("If", [taken], "local_attention",
+                   then_branch=h.make_graph(blocked_nodes, self.name("blocks"), [], [value(blocked)]),
+                   else_branch=h.make_graph(plain_nodes, self.name("plain"), [], [value(plain)]))
+
+    def block_rows(self, w: int) -> str:
+        """(B,) bool, once per batch and window: row b's kept tokens are one run of consecutive positions, at
+        least ``BLOCKED_FROM * w`` of them."""
+        from bertc.components.local_blocks import BLOCKED_FROM
+
+        key = ("block_rows", w)
+        if key not in self.caches:
+            c = self.const
+            keep = self.one("Cast", [self.keep], "keep_i", to=7)                                   # (B, S)
+            before = self.one("Pad", [keep, c([0, 1, 0, 0], np.int64, "shift")], "keep_shifted")   # (B, S + 1)
+            previous = self.one("Slice", [before, c([0], np.int64, "s0"), c([-1], np.int64, "s1"),
+                                          c([1], np.int64, "s_ax")], "keep_before")
+            run_starts = self.one("ReduceSum", [self.one("Cast", [self.one("Greater", [keep, previous], "run_start")],
+                                                         "run_start_i", to=7), c([1], np.int64, "axis1")],
+                                  "runs", keepdims=0)
+            kept = self.one("ReduceSum", [keep, c([1], np.int64, "axis1")], "kept", keepdims=0)
+            self.caches[key] = self.one("And", [self.one("Equal", [run_starts, c(1, np.int64, "one_run")], "one_run"),
+                                                self.one("GreaterOrEqual", [kept, c(BLOCKED_FROM * w, np.int64, "long")],
+                                                         "long_enough")], "blocks_per_row")
+        return self.caches[key]
 
     def flat_rows(self, name: str) -> str:
         """``name`` (..., D) as (rows, D)."""
@@ -819,11 +909,11 @@ def padding_free(proto, weights: Optional[list] = None, fast_path: bool = True,
     tokens when the batch's S is above it (a Loop over the batch rows, :meth:`_Rewriter.sequence_attention`: the
     CPU artifacts; 0: always), else on the padded (B, S) layout; None: always on the padded layout (one batched
     MultiHeadAttention per layer: the fp16 artifact, for CUDA)."""
-    from bertc.optimize.local_attention import unblocked
+    from bertc.optimize.local_attention import unblocked, windows_of
 
-    # ModernBERT's blocked local attention in its plain form: the packed graph attends per sequence (the fast
-    # path, a batch without padding, runs ``proto`` itself, blocks included)
-    rewriter = _Rewriter(unblocked(proto), weights, per_sequence)
+    # ModernBERT's blocked local attention in its plain form, rewritten per sequence (in blocks where a sequence
+    # allows: :meth:`_Rewriter.sequence_blocks`); the fast path (a batch without padding) runs ``proto`` itself
+    rewriter = _Rewriter(unblocked(proto), weights, per_sequence, windows_of(proto, weights))
     model = rewriter.run()
     rewriter.report.fast_path = fast_path
     return (with_fast_path(proto, model) if fast_path else model), rewriter.report
