@@ -196,6 +196,8 @@ def _message(err: dict, known_fields: set[str]) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
         key = err["loc"][-1]
+        if key in known_fields:   # a key of other component types (the known names are every model's fields)
+            return f"unknown key {key!r} for this component (other component types take it)"
         close = difflib.get_close_matches(str(key), sorted(known_fields), n=1)
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":

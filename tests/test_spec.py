@@ -32,6 +32,10 @@ def scaffold(**kw):
 MALFORMED = [
     (enc(num_attention_heads=3), "$.encoder.num_attention_heads", "hidden_size 16 is not divisible by num_attention_heads 3"),
     (enc(hidden_sizee=16), "$.encoder.hidden_sizee", "unknown key 'hidden_sizee' (did you mean 'hidden_size'?)"),
+    # a key of another head type: not "did you mean" itself
+    (with_head({"type": "classifier", "num_classes": 2, "num_token_predictions": 3}),
+     "$.head.num_token_predictions", "unknown key 'num_token_predictions' for this component (other component types "
+                                     "take it)"),
     (enc(vocab_size="100"), "$.encoder.vocab_size", "Input should be a valid integer"),
     (enc(vocab_size=0), "$.encoder.vocab_size", "greater than or equal to 1"),
     (enc(dropout_rate=1.5), "$.encoder.dropout_rate", "less than 1"),

@@ -750,9 +750,9 @@ class _Rewriter:
         """Inside the per-sequence Loop body: an ``If`` between the plain windowed attention (``plain_nodes``, its
         output ``plain``) and the same attention in blocks of ``w`` queries against ``3 w`` keys (as
         :mod:`bertc.components.local_blocks` on the padded layout). Taken when the sequence's kept tokens are one
-        run of consecutive positions (then the window over positions is the window over its packed rows, and each
-        kept token has a real key within w: a kept padded first token is next to a real one) at least
-        ``BLOCKED_FROM * w`` long (:meth:`block_rows`). Returns the If's output, (1, L, D)."""
+        run of consecutive positions (then the window over positions is the window over its packed rows) at least
+        ``BLOCKED_FROM * w`` long, each with a real key within w (:meth:`block_rows`). Returns the If's output,
+        (1, L, D)."""
         from onnx import TensorProto
 
         c, h = self.const, self.h
@@ -793,8 +793,10 @@ class _Rewriter:
                                               index], "m_windows", axis=1), c([-1, 3 * w], np.int64, "m_shape")],
                    "key_mask_blocks")
         att = self.name("attention_blocks")
+        if ("block_bias", w) not in self.caches:
+            self.caches[("block_bias", w)] = c(block_bias, np.float32, "block_bias")
         mha = h.make_node("MultiHeadAttention", [qb, windows(k, kv_pads, 3 * w), windows(v, kv_pads, 3 * w), bias, mask,
-                                                 c(block_bias, np.float32, "block_bias")], [att],
+                                                 self.caches[("block_bias", w)]], [att],
                           name=self.name("attention_blocks"), domain=MS)
         mha.attribute.extend(node.attribute)
         blocked_nodes.append(mha)
@@ -808,12 +810,28 @@ class _Rewriter:
 
     def block_rows(self, w: int) -> str:
         """(B,) bool, once per batch and window: row b's kept tokens are one run of consecutive positions, at
-        least ``BLOCKED_FROM * w`` of them."""
+        least ``BLOCKED_FROM * w`` of them, each with a real token within w of it (a kept first token or a kept
+        named position may be padding: one farther than w from every real token attends outside its window)."""
         from bertc.components.local_blocks import BLOCKED_FROM
 
         key = ("block_rows", w)
         if key not in self.caches:
             c = self.const
+            # real tokens within w of each position: C[i + 2w + 1] - C[i] over the mask padded by w + 1 / w
+            real = self.one("Cast", [self.mask_input_bool()], "real_i", to=7)
+            cumulative = self.one("CumSum", [self.one("Pad", [real, c([0, w + 1, 0, w], np.int64, "count_pads")],
+                                                      "real_padded"), c(1, np.int64, "axis1")], "real_before")
+            length = self.one("Shape", [self.mask_input], "seq_len", start=1, end=2)
+            hi = self.one("Slice", [cumulative, c([2 * w + 1], np.int64, "hi0"),
+                                    self.one("Add", [length, c([2 * w + 1], np.int64, "hi_off")], "hi1"),
+                                    c([1], np.int64, "ax")], "hi")
+            lo = self.one("Slice", [cumulative, c([0], np.int64, "lo0"), length, c([1], np.int64, "ax")], "lo")
+            uncovered = self.one("And", [self.keep, self.one("Not", [self.one("Greater", [
+                self.one("Sub", [hi, lo], "real_in_window"), c(0, np.int64, "none")], "covered")], "uncovered")],
+                "kept_uncovered")
+            covered = self.one("Equal", [self.one("ReduceSum", [self.one("Cast", [uncovered], "uncovered_i", to=7),
+                                                                c([1], np.int64, "axis1")], "uncovered_count",
+                                                  keepdims=0), c(0, np.int64, "zero_count")], "kept_covered")
             keep = self.one("Cast", [self.keep], "keep_i", to=7)                                   # (B, S)
             before = self.one("Pad", [keep, c([0, 1, 0, 0], np.int64, "shift")], "keep_shifted")   # (B, S + 1)
             previous = self.one("Slice", [before, c([0], np.int64, "s0"), c([-1], np.int64, "s1"),
@@ -822,9 +840,10 @@ class _Rewriter:
                                                          "run_start_i", to=7), c([1], np.int64, "axis1")],
                                   "runs", keepdims=0)
             kept = self.one("ReduceSum", [keep, c([1], np.int64, "axis1")], "kept", keepdims=0)
-            self.caches[key] = self.one("And", [self.one("Equal", [run_starts, c(1, np.int64, "one_run")], "one_run"),
-                                                self.one("GreaterOrEqual", [kept, c(BLOCKED_FROM * w, np.int64, "long")],
-                                                         "long_enough")], "blocks_per_row")
+            one_run = self.one("And", [self.one("Equal", [run_starts, c(1, np.int64, "one_run")], "one_run"),
+                                       self.one("GreaterOrEqual", [kept, c(BLOCKED_FROM * w, np.int64, "long")],
+                                                "long_enough")], "long_run")
+            self.caches[key] = self.one("And", [one_run, covered], "blocks_per_row")
         return self.caches[key]
 
     def flat_rows(self, name: str) -> str:
