@@ -155,7 +155,8 @@ def test_padding_free_attends_in_blocks_per_sequence_where_a_sequence_is_one_run
     from bertc.optimize.padding_free import padding_free
 
     proto = lower_model(model).proto
-    packed, _ = padding_free(proto, per_sequence=0)
+    packed, report = padding_free(proto, per_sequence=0)
+    assert "; 2 windowed (w = 4) in blocks of 4 queries x 12 keys" in report.to_json()["attention"]
     plain = ort_session(unblocked(proto).SerializeToString())
     rng = np.random.default_rng(11)
     seq = 40

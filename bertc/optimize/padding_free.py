@@ -285,6 +285,12 @@ def _reshape(x: Dims, shape: list) -> Optional[Dims]:
     return Dims(tuple(out))
 
 
+def _blocked_from() -> int:
+    from bertc.components.local_blocks import BLOCKED_FROM
+
+    return BLOCKED_FROM
+
+
 @dataclass
 class PackReport:
     """What the rewrite did: per operator type how many nodes run packed / on the padded layout."""
@@ -296,6 +302,7 @@ class PackReport:
     fast_path: bool = True   # an If runs today's graph when no position is padding (with_fast_path)
     per_sequence: int = 0    # attentions that run on each sequence's kept tokens for long batches
     per_sequence_above: Optional[int] = PER_SEQUENCE_ABOVE
+    in_blocks: dict = field(default_factory=dict)   # window w -> per-sequence attentions that may run in blocks
 
     def count(self, where: dict, op: str) -> None:
         where[op] = where.get(op, 0) + 1
@@ -305,7 +312,10 @@ class PackReport:
                 "attention_rewritten": self.attention_rewritten, "kept_rows": self.kept_rows,
                 "attention": (f"{self.per_sequence} per sequence when S > {self.per_sequence_above} (a Loop over the "
                               "batch rows: MultiHeadAttention on each sequence's kept tokens), else on the padded layout"
-                              if self.per_sequence else "on the padded layout"),
+                              if self.per_sequence else "on the padded layout")
+                + "".join(f"; {n} windowed (w = {w}) in blocks of {w} queries x {3 * w} keys for a sequence whose kept "
+                          f"tokens are consecutive, at least {_blocked_from() * w}, each within {w} of a real one"
+                          for w, n in sorted(self.in_blocks.items())),
                 "no_padding": "today's optimized graph (an If)" if self.fast_path else "the packed graph",
                 "padded_positions": PADDED_POSITIONS}
 
@@ -757,6 +767,7 @@ class _Rewriter:
 
         c, h = self.const, self.h
         taken = add("Gather", [self.block_rows(w), i], "blocks_taken")
+        self.report.in_blocks[w] = self.report.in_blocks.get(w, 0) + 1
         blocked_nodes = []
 
         def put(op, inputs, hint, **attrs):
