@@ -2,6 +2,7 @@
 """ModernBERT's local layers in blocks (bertc/components/local_blocks.py) against the plain form, at long sequences.
 
     python tools/bench_local_attention.py [--work DIR] [--lengths 128 256 384 512 1024 2048] [--rounds 4] [--calls 2]
+                                          [--packed]
 
 ModernBERT-base's encoder (22 x 768, 12 heads, intermediate 1,152, window 128, a global layer every third; random
 init, seed 0; max_sequence_length 8,192) is lowered once (``bertc.optimize.lower.lower_model``) and written twice:
@@ -9,7 +10,10 @@ init, seed 0; max_sequence_length 8,192) is lowered once (``bertc.optimize.lower
 (B, S, S) form (``local_attention.unblocked``). Both are timed interleaved in one process (bertc.bench's timing
 core: ORT CPU, 2 intra-op threads, spinning off; batch 1, every token real), the ratio is the median of per-round
 ratios blocked / plain. Their outputs are compared first (batch 1, and batch 2 with a row padded within the
-window). Writes tools/results/bench_local_attention.json (``--results``).
+window). ``--packed``: the padding-free artifact of the same graph (``padding_free``: attention per sequence,
+in blocks where a sequence allows) against ``blocked.onnx`` on batches of 4 right-padded rows (:data:`BATCHES`),
+interleaved, one call per round; ``--lengths`` with no value skips the batch-1 rows. Writes
+tools/results/bench_local_attention.json (``--results``).
 """
 from __future__ import annotations
 
@@ -30,7 +34,11 @@ SPEC = {"name": "modernbert_base_encoder", "encoder": {
     "intermediate_size": 1152, "max_sequence_length": 8192, "local_attention": 128, "global_attn_every_n_layers": 3,
     "global_rope_theta": 160000.0, "local_rope_theta": 10000.0}}
 
-def write(work: Path):
+# --packed: row lengths of each batch of 4 (right-padded to the longest)
+BATCHES = ([1024, 1000, 980, 960], [512, 500, 480, 470], [1024, 700, 400, 200])
+
+
+def write(work: Path, packed: bool = False):
     from bertc.build import build_model
     from bertc.export.onnx import write_onnx
     from bertc.optimize.local_attention import unblocked
@@ -42,13 +50,18 @@ def write(work: Path):
     lowered = lower_model(built, split_weights=True)
     write_onnx(lowered.proto, lowered.weights, work / "blocked.onnx")
     write_onnx(unblocked(lowered.proto), lowered.weights, work / "plain.onnx")
+    if packed:
+        from bertc.optimize.padding_free import padding_free
+
+        write_onnx(padding_free(lowered.proto, lowered.weights)[0], lowered.weights, work / "packed.onnx")
     return time.perf_counter() - t0, lowered.coverage["layers"]["layer_1"]["attention"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bertc-bench-local-attention"))
-    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 384, 512, 1024, 2048])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[128, 256, 384, 512, 1024, 2048])
+    parser.add_argument("--packed", action="store_true", help="also the padding-free artifact on padded batches")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", type=int, default=2)
@@ -60,7 +73,7 @@ def main() -> int:
     from bertc.optimize.runtime import ort_session
 
     args.work.mkdir(parents=True, exist_ok=True)
-    seconds, attention = write(args.work)
+    seconds, attention = write(args.work, args.packed)
     print(f"lowered and written in {seconds:.0f} s; local layers: {attention}", flush=True)
 
     def session(name):
@@ -100,6 +113,28 @@ def main() -> int:
     for r in rows:
         print(f"{r['target']:8s} S {r['sequence_length']:5d}: p50 {r.get('p50_ms')} ms, ratio {r.get('ratio')}",
               flush=True)
+    del sessions
+    packed_rows = []
+    if args.packed:
+        sessions = {name: session(f"{name}.onnx") for name in ("blocked", "packed")}
+        for lengths in BATCHES:
+            longest = max(lengths)
+            mask = (np.arange(longest)[None] < np.array(lengths)[:, None]).astype(np.int32)
+            feed = {"input_word_ids": rng.integers(5, 50000, mask.shape).astype(np.int32), "input_mask": mask}
+            outs = {name: s.run(None, feed)[0] for name, s in sessions.items()}
+            times = {name: [] for name in sessions}
+            for r in range(args.rounds):
+                for name in (list(sessions) if r % 2 == 0 else list(sessions)[::-1]):
+                    t0 = time.perf_counter()
+                    sessions[name].run(None, feed)
+                    times[name].append(time.perf_counter() - t0)
+            row = {"lengths": lengths, "p50_ms": {k: round(float(np.median(v)) * 1e3, 1) for k, v in times.items()},
+                   "packed_over_optimized": round(float(np.median([p / b for p, b in zip(times["packed"],
+                                                                                            times["blocked"])])), 4),
+                   "max_abs_at_real_tokens": float(np.abs(outs["packed"] - outs["blocked"])[mask.astype(bool)].max())}
+            packed_rows.append(row)
+            print(f"packed / optimized {lengths}: {row['packed_over_optimized']} (max abs {row['max_abs_at_real_tokens']:.2g})",
+                  flush=True)
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -110,6 +145,9 @@ def main() -> int:
         "blocked_vs_plain_max_abs": check,
         "rows": rows,
         "ratios": {f"S {r['sequence_length']}": r["ratio"] for r in rows if r["target"] == "blocked"},
+        **({"packed_vs_optimized": {"method": "model.packed.onnx's graph against blocked.onnx (today's optimized), "
+                                              "batches of 4 right-padded, interleaved, one call per round",
+                                    "rows": packed_rows}} if packed_rows else {}),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=1) + "\n")
