@@ -77,12 +77,7 @@ def main() -> int:
     print(f"lowered and written in {seconds:.0f} s; local layers: {attention}", flush=True)
 
     def session(name):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(args.work / name), options, providers=["CPUExecutionProvider"])
+        return ort_session(args.work / name, threads=args.threads, spinning=False)
 
     rng = np.random.default_rng(0)
     check = {}

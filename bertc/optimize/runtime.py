@@ -7,7 +7,10 @@ from typing import Optional
 import numpy as np
 
 
-def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: Optional[int] = None):
+def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: Optional[int] = None,
+                spinning: bool = True):
+    """``spinning`` False: idle intra-op threads sleep (several sessions timed in one process: one session's
+    spinning pool would take the cores of the next)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -15,6 +18,8 @@ def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: 
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
     return ort.InferenceSession(source, options, providers=[provider])
 
