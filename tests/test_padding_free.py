@@ -165,7 +165,11 @@ def test_what_runs_packed_and_what_on_the_padded_layout():
     ops = {n.op_type for n in packed.graph.node}
     assert {"NonZero", "If"} <= ops and not {"Loop", "MultiHeadAttention"} & ops
     branches = [{n.op_type for n in a.g.node} for n in packed.graph.node if n.op_type == "If" for a in n.attribute]
-    assert len(branches) == 4 and all(("Loop" in b) != ("MultiHeadAttention" in b) for b in branches)
+    assert len(branches) == 4 and all(("ConcatFromSequence" in b) != ("MultiHeadAttention" in b) for b in branches)
+    # the per-sequence branch: an If between the Loop without key masks and the one with them
+    loops = [[{n.op_type for n in a.g.node} for a in n.attribute] for n in packed.graph.node if n.op_type == "If"
+             for b in n.attribute for n in b.g.node if n.op_type == "If"]
+    assert loops == [[{"Loop"}, {"Loop"}]] * 2
     assert report.attention_rewritten == report.per_sequence == 2 and report.padded == {}
     assert report.packed["com.microsoft.MultiHeadAttention (per sequence)"] == 2
     assert report.packed["MatMul"] == 2 * 4 + 1 and report.packed["LayerNormalization"] == 4 + 1
@@ -211,6 +215,69 @@ def test_the_loop_runs_above_the_threshold(tmp_path):
         events = json.loads(__import__("pathlib").Path(session.end_profiling()).read_text())
         ran[seq] = {e["args"].get("op_name") for e in events if e.get("cat") == "Node"}
     assert "Loop" in ran[12] and "Loop" not in ran[8]
+
+
+def _ran(graph, inputs, tmp_path, tag) -> set:
+    """The names of the nodes ORT ran (its profile) for ``inputs``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / tag)
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    events = json.loads(__import__("pathlib").Path(session.end_profiling()).read_text())
+    return {e["name"] for e in events if e.get("cat") == "Node"}, outputs
+
+
+def test_per_sequence_attention_without_key_mask_when_every_kept_token_is_real(tmp_path):
+    """Right padding (real first tokens): the Loop whose MultiHeadAttention has no key mask (ORT's flash kernel)
+    runs; a kept padded first token (left padding under a pooler) or a row without a real token: the masked one.
+    Both agree with the padded layout; an attention bias (relative positions) always keeps the mask."""
+    spec, built, low = lowered("classifier")
+    loop, report = padding_free(low.proto, fast_path=False, per_sequence=0)
+    padded, _ = padding_free(low.proto, fast_path=False, per_sequence=None)
+    assert report.unmasked == report.per_sequence == 1    # the last layer: the first token's query alone
+    assert "; 1 of them without a key mask" in report.to_json()["attention"]
+    rng = np.random.default_rng(5)
+    for kind, mask in masks(4, 8, rng).items():
+        inputs = inputs_for(spec, mask, rng)
+        ran, got = _ran(loop, inputs, tmp_path, kind)
+        unmasked = any("unmasked_sequences" in name for name in ran)
+        masked = any("/sequences_" in name for name in ran)
+        assert (unmasked, masked) == ((True, False) if kind == "right-padded" else (False, True)), kind
+        want = run(padded, inputs)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=ATOL, rtol=0, err_msg=f"{kind} {name}")
+    _, _, low = lowered("relative_bias")
+    _, report = padding_free(low.proto, fast_path=False, per_sequence=0)
+    assert report.per_sequence >= 1 and report.unmasked == 0
+
+
+@pytest.mark.parametrize("case", ["sentence_mean", "token_classifier", "classifier"])
+def test_rows_without_kept_tokens_and_empty_batches(case):
+    """Nothing reads padded rows by position (mean pooling, token tags): a row without a real token keeps no
+    token, first in the batch too; an empty batch and empty sequences run today's graph (no padding to remove)."""
+    spec, built, low = lowered(case)
+    rng = np.random.default_rng(6)
+    for per_sequence in (0, None):
+        packed, _ = padding_free(low.proto, per_sequence=per_sequence)
+        mask = np.ones((3, 8), np.int32)
+        mask[0], mask[1, 5:] = 0, 0
+        inputs = inputs_for(spec, mask, rng)
+        want, got = run(low.proto, inputs), run(packed, inputs)
+        for info in built.signature.outputs:
+            a, b = want[info.name], got[info.name]
+            if info.seq_axis is None:
+                np.testing.assert_allclose(b, a, atol=ATOL, rtol=0, err_msg=f"{case} {info.name}")
+            else:
+                real = mask == 1
+                np.testing.assert_allclose(np.moveaxis(b, info.seq_axis, 1)[real], np.moveaxis(a, info.seq_axis, 1)[real],
+                                           atol=ATOL, rtol=0, err_msg=f"{case} {info.name}")
+        for shape in ((0, 8),) + (((2, 0),) if case == "sentence_mean" else ()):   # a pooler reads token 0
+            empty = {k: np.zeros(shape, np.int32) for k in inputs}
+            want, got = run(low.proto, empty), run(packed, empty)
+            assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}, (case, shape)
 
 
 def test_int64_inputs():

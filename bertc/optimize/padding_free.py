@@ -19,9 +19,10 @@ weights beside it) so that everything that acts token by token runs on the *kept
   long (S > :data:`PER_SEQUENCE_ABOVE`; an ``If`` per layer): the fused ``Attention`` becomes its packed QKV
   MatMul; a ``Loop`` over the batch rows slices sequence b's rows of q, k and v (contiguous in the packing), its
   key mask and its rows and columns of an attention bias (relative positions, disentangled terms), and runs
-  com.microsoft ``MultiHeadAttention`` on them; a MultiHeadAttention over per-token q, k, v (rotary,
-  disentangled) is run the same way. Attention then costs the sum of the squared lengths, not B x S^2, and skips
-  the padded layout's transposes of q, k and v. For short batches (the Loop's per-sequence cost outweighs the
+  com.microsoft ``MultiHeadAttention`` on them, appending its output to a sequence that one ConcatFromSequence
+  packs again; a MultiHeadAttention over per-token q, k, v (rotary, disentangled) is run the same way. When every
+  kept token is real (the usual case), a second Loop passes no key mask, so ORT's CPU kernel takes its
+  flash-attention path. Attention then costs the sum of the squared lengths, not B x S^2. For short batches (the Loop's per-sequence cost outweighs the
   padding's) and always with ``per_sequence=None`` (the fp16 artifact, for CUDA, where one batched kernel beats a
   loop of small ones) it runs on the padded (B, S) layout: q, k and v unpacked (one Gather each by an inverse
   index) into one MultiHeadAttention with the raw 0/1 key padding mask. Every other operator that mixes tokens (a first-token
@@ -303,6 +304,7 @@ class PackReport:
     per_sequence: int = 0    # attentions that run on each sequence's kept tokens for long batches
     per_sequence_above: Optional[int] = PER_SEQUENCE_ABOVE
     in_blocks: dict = field(default_factory=dict)   # window w -> per-sequence attentions that may run in blocks
+    unmasked: int = 0        # per-sequence attentions without a key mask when every kept token is real
 
     def count(self, where: dict, op: str) -> None:
         where[op] = where.get(op, 0) + 1
@@ -313,6 +315,8 @@ class PackReport:
                 "attention": (f"{self.per_sequence} per sequence when S > {self.per_sequence_above} (a Loop over the "
                               "batch rows: MultiHeadAttention on each sequence's kept tokens), else on the padded layout"
                               if self.per_sequence else "on the padded layout")
+                + (f"; {self.unmasked} of them without a key mask (ORT's flash-attention kernel) when every kept "
+                   "token is real" if self.unmasked else "")
                 + "".join(f"; {n} windowed (w = {w}) in blocks of {w} queries x {3 * w} keys for a sequence whose kept "
                           f"tokens are consecutive, at least {_blocked_from() * w}, each within {w} of a real one"
                           for w, n in sorted(self.in_blocks.items())),
@@ -653,10 +657,9 @@ class _Rewriter:
     # --- attention per sequence ---------------------------------------------------------------------
     def sequences(self) -> dict:
         """The light values every per-sequence attention reads, computed once per batch so that the Loop body
-        (run B times per layer) only looks them up: per batch row its first and end packed rows ((B, 1) each)
-        and the Pad amounts of its output to S ((B, 6)); the packed key mask (1, T + 1); the packed rows'
-        original positions; the batch size; and the index of the packed rows in the (B, S) layout the Loop
-        returns (sequence b's kept rows first, in order: row ``b * S + rank within b``; the spare row: 0)."""
+        (run B times per layer) only looks them up: per batch row its first and end packed rows ((B, 1) each);
+        the packed key mask (1, T + 1); the packed rows' original positions; the batch size; whether the batch
+        is long enough for the Loop; whether every kept token is real (the Loop without key masks)."""
         if hasattr(self, "_sequences"):
             return self._sequences
         c = self.const
@@ -666,38 +669,81 @@ class _Rewriter:
         ends = self.one("Add", [starts, counts], "end_row")
         length = self.one("Shape", [self.mask_input], "seq_len", start=1, end=2)                        # (1,)
         column = c([1], np.int64, "column")
-        short = self.one("Unsqueeze", [self.one("Sub", [length, counts], "short"), column], "short_col")
-        zero = self.one("Mul", [short, c(0, np.int64, "zero")], "zero_col")
-        pads = self.one("Concat", [zero, zero, zero, zero, short, zero], "pads", axis=1)              # (B, 6)
         batch = self.one("Squeeze", [self.one("Shape", [self.mask_input], "batch_size", start=0, end=1),
                                      c([0], np.int64, "axes0")], "trips")                               # ()
-        kept = self.one("Slice", [self.index, c([0], np.int64, "s0"), c([-1], np.int64, "s1"),
-                                  c([1], np.int64, "s_ax")], "kept_only")                              # (1, T)
-        row = self.one("Div", [kept, length], "row_of")
-        total = self.one("Squeeze", [self.one("Shape", [kept], "kept_total", start=1, end=2)], "t")
-        rank = self.one("Sub", [self.one("Range", [c(0, np.int64, "r0"), total, c(1, np.int64, "r1")], "packed_rows"),
-                                self.one("Gather", [starts, row], "row_start")], "rank_in_row")
-        compact = self.one("Add", [self.one("Mul", [row, length], "row_base"), rank], "compact")
         flat = self.one("Reshape", [self.mask_input, c([-1], np.int64, "flat_mask")], "mask_flat")
+        packed_mask = self.one("Cast", [self.one("Gather", [flat, self.index], "packed_mask")], "packed_mask_int32",
+                               to=6)                                                                    # (1, T + 1)
         self._sequences = {
             "starts": self.one("Unsqueeze", [starts, column], "starts"), "ends": self.one("Unsqueeze", [ends, column],
                                                                                             "ends"),
-            "pads": pads, "batch": batch,
-            "compact": self.one("Concat", [compact, c([[0]], np.int64, "spare_compact")], "compact_index", axis=1),
+            "batch": batch,
             "positions": self.one("Squeeze", [self.positions, c([0], np.int64, "axes_0")], "packed_positions"),
-            "mask": self.one("Cast", [self.one("Gather", [flat, self.index], "packed_mask")], "packed_mask_int32",
-                             to=6),                                                                     # (1, T + 1)
+            "mask": packed_mask,
             "rows": self.one("Range", [c(0, np.int64, "b0"), batch, c(1, np.int64, "b1")], "batch_rows"),
-            "long": self.one("Greater", [length, c([self.per_sequence], np.int64, "per_sequence_above")], "long")}
+            "long": self.one("Greater", [length, c([self.per_sequence], np.int64, "per_sequence_above")], "long"),
+            # every kept token is real (no kept padded first token, no row without a real token): no key mask
+            "kept_real": self.one("Equal", [self.one("ReduceMin", [packed_mask], "kept_mask_min", keepdims=0),
+                                            c(1, np.int32, "real")], "kept_real")}
         return self._sequences
 
     def sequence_attention(self, node, qkv: list, bias: str, attention_bias: str) -> str:
         """MultiHeadAttention on each sequence's kept tokens alone: a Loop over the batch rows slices sequence
         b's packed rows of q, k and v (``qkv``: the three, or one packed QKV split in the body; contiguous: the
         packing keeps row order), their key mask (a padded first token kept for the pooler is a masked key, as in
-        the padded layout) and its rows and columns of ``attention_bias``; each sequence's output, padded to S, is
-        a row of the Loop's (B, 1, S, D) scan output, packed again by one Gather. Exact for any 0/1 mask: a key
-        not kept is masked in the padded layout too. Returns the packed output's name."""
+        the padded layout) and its rows and columns of ``attention_bias``; each sequence's output is appended to the
+        Loop's carried sequence, which one ConcatFromSequence packs again (v's spare row as the spare row). Exact for any 0/1 mask: a key not kept is masked in the padded layout too. Without an attention
+        bias or window, a batch whose kept tokens are all real (right or left padding, real first tokens: the
+        usual case) runs a second Loop whose MultiHeadAttention has no key mask: ORT's CPU kernel then takes its
+        flash-attention path (it does only without mask and bias), the same values to fp32 rounding. Returns the
+        packed output's name."""
+        from onnx import TensorProto
+
+        seq, h = self.sequences(), self.h
+        window = self.windows.get(node.name)
+        value = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        forms = (True,) if attention_bias or window is not None else (False, True)
+        bodies = {masked: self.sequence_body(node, qkv, bias, attention_bias, window, masked) for masked in forms}
+        outer, self.nodes = self.nodes, []
+        empty = self.one("SequenceEmpty", [], "no_sequences", dtype=TensorProto.FLOAT)
+        sequences = lambda masked: h.make_node("Loop", [seq["batch"], "", empty], [self.name("per_sequence")],
+                                               name=self.name("sequences" if masked else "unmasked_sequences"),
+                                               body=bodies[masked])
+        if len(bodies) == 1:
+            self.nodes.append(sequences(True))
+            outputs = self.nodes[-1].output[0]
+        else:
+            branches = {masked: h.make_graph([sequences(masked)], self.name("masked" if masked else "unmasked"), [], [])
+                        for masked in bodies}
+            for graph in branches.values():
+                graph.output.append(h.make_tensor_sequence_value_info(graph.node[0].output[0], TensorProto.FLOAT, None))
+            outputs = self.one("If", [seq["kept_real"]], "per_sequence", then_branch=branches[False],
+                               else_branch=branches[True])
+            self.report.unmasked += 1
+        # the spare row (the last packed row; any finite values do, see keep_rows): the spare row of v (a sequence
+        # may have no kept token at all, when no output reads padded rows by position)
+        spare = self.one("Slice", [qkv[-1], self.const([-1], np.int64, "last"), self.const([2 ** 62], np.int64, "end"),
+                                   self.const([1], np.int64, "ax1")], "spare_row")
+        if len(qkv) == 1:
+            spare = self.node("Split", [spare], "spare_qkv", n_out=3, axis=2)[2]
+        looped = self.one("ConcatFromSequence", [self.one("SequenceInsert", [outputs, spare], "with_spare")],
+                          "attention_packed", axis=1)                                                   # (1, T + 1, D)
+        # short batches: the padded layout, packed again
+        self.nodes, branch = [], self.nodes
+        mha = self.batched_attention(node, qkv, bias, self.mask_input, attention_bias)
+        batched = self.one("Gather", [self.flat_rows(mha), self.index], "attention_packed", axis=0)
+        out = self.name("attention")
+        outer.append(h.make_node("If", [seq["long"]], [out], name=self.name("If"),
+                                 then_branch=h.make_graph(branch, self.name("per_sequence"), [], [value(looped)]),
+                                 else_branch=h.make_graph(self.nodes, self.name("padded"), [], [value(batched)])))
+        self.nodes = outer
+        self.report.count(self.report.packed, "com.microsoft.MultiHeadAttention (per sequence)")
+        self.report.per_sequence += 1
+        return out
+
+    def sequence_body(self, node, qkv: list, bias: str, attention_bias: str, window, masked: bool):
+        """The Loop body of :meth:`sequence_attention` (a GraphProto): sequence b's attention appended to the
+        carried sequence of outputs. ``masked``: with its key mask (else none: every kept key is real)."""
         from onnx import TensorProto
 
         seq, c, h = self.sequences(), self.const, self.h
@@ -714,9 +760,8 @@ class _Rewriter:
         rows = [add("Slice", [name, start, end, tokens], "rows") for name in qkv]
         if len(rows) == 1:
             rows = add("Split", rows, "qkv", n_out=3, axis=2)
-        key_mask = add("Slice", [seq["mask"], start, end, tokens], "key_mask")
+        key_mask = add("Slice", [seq["mask"], start, end, tokens], "key_mask") if masked else ""
         inputs = rows + [bias, key_mask]
-        window = self.windows.get(node.name)
         if window is not None:   # the plain per-sequence attention becomes the else branch of an If on blocks
             outer_body, body = body, []
         if attention_bias:
@@ -727,33 +772,22 @@ class _Rewriter:
             at = add("Gather", [attention_bias, add("Gather", [which, i], "bias_b")], "bias_row", axis=0)
             pos = add("Slice", [seq["positions"], start, end, c([0], np.int64, "ax0")], "positions")
             inputs.append(add("Gather", [add("Gather", [at, pos], "bias_q", axis=2), pos], "bias_qk", axis=3))
+        while inputs and not inputs[-1]:
+            inputs.pop()
         att = add("MultiHeadAttention", inputs, "attention", domain=MS)
         body[-1].attribute.extend(node.attribute)
         if window is not None:
             plain_nodes, body = body, outer_body
             att = self.sequence_blocks(node, add, body, plain_nodes, att, rows, bias, key_mask, i, *window)
-        out = add("Pad", [att, add("Gather", [seq["pads"], i], "pads")], "padded")
+        done = self.name("done")
+        out = add("SequenceInsert", [done, att], "sequences")
         cond_out = add("Identity", [cond], "cond_out")
-        graph = h.make_graph(body, self.name("sequence"), [h.make_tensor_value_info(i, TensorProto.INT64, []),
-                                                           h.make_tensor_value_info(cond, TensorProto.BOOL, [])],
-                             [h.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-                              h.make_tensor_value_info(out, TensorProto.FLOAT, None)])
-        outer, self.nodes = self.nodes, []
-        scan = self.one("Loop", [seq["batch"], ""], "per_sequence", body=graph)        # (B, 1, S, D)
-        looped = self.one("Gather", [self.flat_rows(scan), seq["compact"]], "attention_packed", axis=0)
-        # short batches: the padded layout, packed again
-        self.nodes, branch = [], self.nodes
-        mha = self.batched_attention(node, qkv, bias, self.mask_input, attention_bias)
-        batched = self.one("Gather", [self.flat_rows(mha), self.index], "attention_packed", axis=0)
-        out = self.name("attention")
-        value = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)
-        outer.append(h.make_node("If", [seq["long"]], [out], name=self.name("If"),
-                                 then_branch=h.make_graph(branch, self.name("per_sequence"), [], [value(looped)]),
-                                 else_branch=h.make_graph(self.nodes, self.name("padded"), [], [value(batched)])))
-        self.nodes = outer
-        self.report.count(self.report.packed, "com.microsoft.MultiHeadAttention (per sequence)")
-        self.report.per_sequence += 1
-        return out
+        return h.make_graph(body, self.name("sequence"), [h.make_tensor_value_info(i, TensorProto.INT64, []),
+                                                          h.make_tensor_value_info(cond, TensorProto.BOOL, []),
+                                                          h.make_tensor_sequence_value_info(done, TensorProto.FLOAT,
+                                                                                            None)],
+                            [h.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+                             h.make_tensor_sequence_value_info(out, TensorProto.FLOAT, None)])
 
     def sequence_blocks(self, node, add, body: list, plain_nodes: list, plain: str, rows: list, bias: str,
                         key_mask: str, i: str, w: int, block_bias) -> str:
@@ -1003,8 +1037,9 @@ def with_fast_path(padded, packed):
                               to=6),
              helper.make_node("ReduceMin", ["padding_free/mask_real"], ["padding_free/min_real"], keepdims=0,
                               name="padding_free/min_real"),
-             helper.make_node("Equal", ["padding_free/min_real", "padding_free/one"], ["padding_free/no_padding"],
-                              name="padding_free/no_padding"),
+             # >= 1: the minimum of an empty mask (an empty batch, empty sequences) is the largest int32
+             helper.make_node("GreaterOrEqual", ["padding_free/min_real", "padding_free/one"],
+                              ["padding_free/no_padding"], name="padding_free/no_padding"),
              helper.make_node("If", ["padding_free/no_padding"], [o.name for o in packed.graph.output],
                               name="padding_free/if_no_padding", then_branch=branch(padded, "padded/"),
                               else_branch=branch(packed, "packed/"))]
