@@ -272,8 +272,9 @@ def test_rows_without_kept_tokens_and_empty_batches(case):
                 np.testing.assert_allclose(b, a, atol=ATOL, rtol=0, err_msg=f"{case} {info.name}")
             else:
                 real = mask == 1
-                np.testing.assert_allclose(np.moveaxis(b, info.seq_axis, 1)[real], np.moveaxis(a, info.seq_axis, 1)[real],
-                                           atol=ATOL, rtol=0, err_msg=f"{case} {info.name}")
+                np.testing.assert_allclose(np.moveaxis(b, info.seq_axis, 1)[real],
+                                           np.moveaxis(a, info.seq_axis, 1)[real], atol=ATOL, rtol=0,
+                                           err_msg=f"{case} {info.name}")
         for shape in ((0, 8),) + (((2, 0),) if case == "sentence_mean" else ()):   # a pooler reads token 0
             empty = {k: np.zeros(shape, np.int32) for k in inputs}
             want, got = run(low.proto, empty), run(packed, empty)

@@ -22,12 +22,13 @@ weights beside it) so that everything that acts token by token runs on the *kept
   com.microsoft ``MultiHeadAttention`` on them, appending its output to a sequence that one ConcatFromSequence
   packs again; a MultiHeadAttention over per-token q, k, v (rotary, disentangled) is run the same way. When every
   kept token is real (the usual case), a second Loop passes no key mask, so ORT's CPU kernel takes its
-  flash-attention path. Attention then costs the sum of the squared lengths, not B x S^2. For short batches (the Loop's per-sequence cost outweighs the
-  padding's) and always with ``per_sequence=None`` (the fp16 artifact, for CUDA, where one batched kernel beats a
-  loop of small ones) it runs on the padded (B, S) layout: q, k and v unpacked (one Gather each by an inverse
-  index) into one MultiHeadAttention with the raw 0/1 key padding mask. Every other operator that mixes tokens (a first-token
-  query's attention, talking heads' Einsum chain, pooling, first-token Slices) reads unpacked tensors; whatever
-  follows per token is packed again (one Gather).
+  flash-attention path. Attention then costs the sum of the squared lengths, not B x S^2. For short batches
+  (the Loop's per-sequence cost outweighs the padding's) and always with ``per_sequence=None`` (the fp16
+  artifact, for CUDA, where one batched kernel beats a loop of small ones) it runs on the padded (B, S) layout:
+  q, k and v unpacked (one Gather each by an inverse index) into one MultiHeadAttention with the raw 0/1 key
+  padding mask. Every other operator that mixes tokens (a first-token query's attention, talking heads' Einsum
+  chain, pooling, first-token Slices) reads unpacked tensors; whatever follows per token is packed again (one
+  Gather).
 - an ``If`` on "no position is padding" runs today's graph itself (:func:`with_fast_path`): with nothing to
   remove, the packing's copies and MultiHeadAttention's transposes would only cost (~3% at batch 1 x 128, 2
   threads, measured).
@@ -691,10 +692,11 @@ class _Rewriter:
         """MultiHeadAttention on each sequence's kept tokens alone: a Loop over the batch rows slices sequence
         b's packed rows of q, k and v (``qkv``: the three, or one packed QKV split in the body; contiguous: the
         packing keeps row order), their key mask (a padded first token kept for the pooler is a masked key, as in
-        the padded layout) and its rows and columns of ``attention_bias``; each sequence's output is appended to the
-        Loop's carried sequence, which one ConcatFromSequence packs again (v's spare row as the spare row). Exact for any 0/1 mask: a key not kept is masked in the padded layout too. Without an attention
-        bias or window, a batch whose kept tokens are all real (right or left padding, real first tokens: the
-        usual case) runs a second Loop whose MultiHeadAttention has no key mask: ORT's CPU kernel then takes its
+        the padded layout) and its rows and columns of ``attention_bias``; each sequence's output is appended to
+        the Loop's carried sequence, which one ConcatFromSequence packs again (v's spare row as the spare row).
+        Exact for any 0/1 mask: a key not kept is masked in the padded layout too. Without an attention bias or
+        window, a batch whose kept tokens are all real (right or left padding, real first tokens: the usual case)
+        runs a second Loop whose MultiHeadAttention has no key mask: ORT's CPU kernel then takes its
         flash-attention path (it does only without mask and bias), the same values to fp32 rounding. Returns the
         packed output's name."""
         from onnx import TensorProto
