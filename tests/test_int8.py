@@ -17,7 +17,8 @@ from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED
 from bertc.inputs import make_inputs
 from bertc.optimize.int8_tuning import Judge, session_of, split_all, tune_int8, with_outputs
 from bertc.optimize.lower import lower_model
-from bertc.optimize.quantize import (BLOCK_SIZE, block_int8_available, quantizable_nodes, quantize_blocks,
+from bertc.optimize.quantize import (BLOCK_SIZE, PAIR_LIMIT, QMAX, REDUCED_QMAX, block_int8_available, pair_sums,
+                                     quantizable_nodes, quantize_blocks, quantize_columns, quantize_columns_paired,
                                      quantize_dynamic_int8)
 from bertc.optimize.sensitivity import BLOCK_ALLOWANCE, relax_to_blocks, select_fp32
 from bertc.optimize.smoothing import (activation_absmax, find_feedforwards, find_sites, outlier_channels, smooth,
@@ -98,6 +99,42 @@ def stats(proto, weights, tensors, spec):
     session = session_of(with_outputs(proto, tensors), weights)
     return activation_absmax(lambda names, feed: session.run(names, feed), tensors,
                              [c.inputs for c in grid_cases(spec)])
+
+
+# --- pair-limited 8-bit weights ----------------------------------------------------------------------------
+
+def _vpmaddubsw_sums(a: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """What x86's ``vpmaddubsw`` makes of u8 activations ``a`` (K,) times int8 weights ``q`` (K, N): each pair of
+    input rows (2i, 2i+1) summed in int16 with saturation, then the pairs added in int32 (AVX2 / AVX-512BW)."""
+    a = np.pad(a.astype(np.int64), (0, len(a) % 2)).reshape(-1, 2, 1)
+    q = np.pad(q.astype(np.int64), ((0, q.shape[0] % 2), (0, 0))).reshape(-1, 2, q.shape[1])
+    return np.clip((a * q).sum(axis=1), -32768, 32767).sum(axis=0)
+
+
+def test_pair_limited_weights_never_saturate_an_int16_pair_sum():
+    """Heavy-tailed columns (some with their two largest weights side by side, an odd K, an all-zero column):
+    every pair of input rows stays within 128 per sign, so the saturating int16 sum of AVX2's kernel equals the
+    exact product for the worst activations (255 where the weight has the sign checked, 0 elsewhere); full-range
+    weights saturate on the same columns. No column is coarser than 7-bit, and the error is well below it."""
+    rng = np.random.default_rng(5)
+    for k in (383, 384):
+        w = rng.standard_t(3, size=(k, 64)).astype(np.float32)
+        w[10:12, 3] = [9.0, 9.5]          # the two largest weights of column 3 in one pair
+        w[:, 7] = 0.0
+        q, scale = quantize_columns_paired(w)
+        assert q.dtype == np.int8 and np.abs(q).max() <= QMAX and pair_sums(q).max() <= PAIR_LIMIT
+        assert np.all(scale[7] == 1.0) and np.all(q[:, 7] == 0)
+        q7, scale7 = quantize_columns(w, REDUCED_QMAX)
+        assert np.all(scale <= scale7 * (1 + 1e-6))
+        err, err7 = np.sqrt(np.mean((q * scale - w) ** 2)), np.sqrt(np.mean((q7 * scale7 - w) ** 2))
+        assert err < 0.8 * err7
+        full, _ = quantize_columns(w, QMAX)
+        for sign in (1, -1):
+            for weights, saturates in ((q, False), (full, True)):
+                worst = np.where(sign * weights > 0, 255, 0)          # per column: the activations that hurt most
+                exact = np.array([worst[:, n] @ weights[:, n].astype(np.int64) for n in range(w.shape[1])])
+                int16 = np.array([_vpmaddubsw_sums(worst[:, n], weights[:, n:n + 1])[0] for n in range(w.shape[1])])
+                assert np.array_equal(int16, exact) != saturates, (k, sign, saturates)
 
 
 # --- smoothing ------------------------------------------------------------------------------------------
@@ -260,6 +297,12 @@ def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):
     section = tuned.section
     assert tuned.passed and section["tuning"].startswith("smoothing") and section["smoothing"]["applied"]
     assert section["steps"][0]["step"] == "plain dynamic int8" and not section["steps"][0]["passes_criteria"]
+    # once 7-bit plain int8 misses, every later step uses pair-limited 8-bit weights, first alone
+    assert section["steps"][1]["step"] == "plain dynamic int8, pair-limited 8-bit weights" and tuned.paired
+    assert section["weights"]["range"] == [-QMAX, QMAX] and section["weights"]["pair_limit"] == PAIR_LIMIT
+    arrays = dict(tuned.result.weights)
+    int8 = [arrays[n] for n in arrays if n.endswith("_quantized")]
+    assert int8 and all(pair_sums(q).max() <= PAIR_LIMIT for q in int8) and max(np.abs(q).max() for q in int8) > 64
     nodes = {m["node"]: m for m in section["matmuls"]}
     assert set(quantizable_nodes(*_lowered(built))) <= set(nodes)
     assert all(m["precision"] in ("int8", "int8_block", "fp32") and m["why"] for m in nodes.values())

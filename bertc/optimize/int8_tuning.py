@@ -9,7 +9,9 @@ bundled tokenizer), against the Keras reference. The tuning aims a little higher
 passes on the calibration cases is not left at the edge:
 
 1. plain dynamic int8 (:func:`bertc.optimize.quantize.quantize_dynamic_int8`, ORT's ``quantize_dynamic``
-   arithmetic). When it meets the target, it is the artifact, byte for byte what bertc wrote before.
+   arithmetic, 7-bit weights). When it meets the target, it is the artifact, byte for byte what bertc wrote before.
+   Otherwise every later step uses pair-limited 8-bit weights (:func:`bertc.optimize.quantize.quantize_columns_paired`:
+   as portable across x86 CPUs as 7 bits, finer), first alone: when they meet the target, that is the artifact.
 2. smoothing (:mod:`bertc.optimize.smoothing`), each alpha of :data:`ALPHAS` tried; the best kept.
 3. the sensitivity pass (:mod:`bertc.optimize.sensitivity`) on the best of 1 and 2: the most sensitive
    MatMuls are kept in fp32, then each of them is tried in block-wise int8 (``MatMulNBits``, activations
@@ -33,6 +35,7 @@ from typing import Optional
 import numpy as np
 
 TARGET_MARGIN = 0.5
+PAIRED_STEP = "plain dynamic int8, pair-limited 8-bit weights"
 ALPHAS = (0.5, 0.65, 0.8)   # tried after the per-activation choice (smoothing.choose_alphas)
 
 
@@ -207,13 +210,14 @@ class Tuned:
     steps: list = field(default_factory=list)
     keep_fp32: list = field(default_factory=list)   # the nodes the result leaves fp32 (sensitivity + side paths)
     blockwise: list = field(default_factory=list)   # the nodes the result gives block-wise int8
+    paired: bool = False                            # pair-limited 8-bit weights (else ORT's 7-bit ones)
 
     def plan(self, proto, weights) -> tuple:
-        """(fp32 proto, its weights, keep_fp32, blockwise): what :func:`quantize_dynamic_int8` turned into
+        """(fp32 proto, its weights, keep_fp32, blockwise, paired): what :func:`quantize_dynamic_int8` turned into
         ``result`` (``proto`` / ``weights``: the graph the tuning started from); the padding-free int8 variant
         is quantized the same way (:mod:`bertc.optimize.padding_free`)."""
         source = self.smoothed if self.smoothed is not None else (proto, weights)
-        return (*source, list(self.keep_fp32), list(self.blockwise))
+        return (*source, list(self.keep_fp32), list(self.blockwise), self.paired)
 
 
 def _step(name: str, m: Measurement, **extra) -> dict:
@@ -238,6 +242,14 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     candidates = quantizable_nodes(proto, weights)
     if m_plain.meets_target:
         return Tuned(plain, _section(judge, steps, candidates, [], [], None, [], m_plain, t0), True, m_plain)
+    # 1b. pair-limited 8-bit weights, from here on
+    plain = quantize_dynamic_int8(proto, weights, paired=True)
+    m_plain = judge.measure(plain.proto, plain.weights, "plain, pair-limited 8-bit weights")
+    steps.append(_step(PAIRED_STEP, m_plain))
+    log(f"plain int8, pair-limited 8-bit weights: {m_plain.worst()}")
+    if m_plain.meets_target:
+        return Tuned(plain, _section(judge, steps, candidates, [], [], None, [], m_plain, t0), True, m_plain,
+                     paired=True)
     # 2. smoothing, and the feedforwards' outlier channels on an fp32 side path
     base_proto, base_weights = split_all(proto, weights)
     sites, feedforwards = find_sites(base_proto, base_weights), find_feedforwards(base_proto, base_weights)
@@ -258,7 +270,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
         for alpha in (per_site, *ALPHAS):
             s_proto, s_weights, applied = smooth(base_proto, base_weights, sites, absmax, alpha)
             s_proto, s_weights, split, side = split_outliers(s_proto, s_weights, feedforwards, absmax)
-            q = quantize_dynamic_int8(s_proto, s_weights, side)
+            q = quantize_dynamic_int8(s_proto, s_weights, side, paired=True)
             label = "per activation (least int8 product error)" if isinstance(alpha, dict) else alpha
             m = judge.measure(q.proto, q.weights, f"smoothing alpha {label}")
             steps.append(_step(f"smoothing, alpha {label}; outlier channels apart in {len(split)} feedforward(s)", m,
@@ -275,7 +287,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
         # 3. the sensitivity pass on the best graph so far: the most sensitive MatMuls in fp32, then each of
         # them in block-wise int8 (MatMulNBits) where the figures hold, when this ONNX Runtime has it
         def quantized(keep_fp32, blockwise=()):
-            return quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side, blockwise=blockwise)
+            return quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side, blockwise=blockwise, paired=True)
 
         def measure(keep_fp32, blockwise=()):
             q = quantized(keep_fp32, blockwise)
@@ -299,19 +311,20 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     if keep or blocks:
         final = quantized(keep, blocks)
     else:
-        final = quantize_dynamic_int8(b_proto, b_weights, side) if applied else plain
+        final = quantize_dynamic_int8(b_proto, b_weights, side, paired=True) if applied else plain
     section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
-                 keep + side, list(blocks))
+                 keep + side, list(blocks), paired=True)
 
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,
              m: Measurement, t0: float, ranking: Optional[list] = None) -> dict:
-    from bertc.optimize.quantize import BLOCK_SIZE, WEIGHT_QMAX, host_int8_kernels
+    from bertc.optimize.quantize import BLOCK_SIZE, PAIR_LIMIT, QMAX, WEIGHT_QMAX, host_int8_kernels
 
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
-    plain_ok = len(steps) == 1
+    paired = any(st["step"] == PAIRED_STEP for st in steps)
+    plain_ok = len(steps) == 1 or (len(steps) == 2 and paired)
     tried_blocks = any(st["step"] == "block-wise int8" for st in steps)
     nodes = []
     for name in candidates:
@@ -324,7 +337,7 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                             + ("; in block-wise int8 the figures hold" if name in blocks else
                                "; block-wise int8 did not hold the figures" if tried_blocks else ""))
         elif plain_ok:
-            entry["why"] = "int8: plain dynamic int8 meets the target"
+            entry["why"] = f"int8: {steps[-1]['step']} meets the target"
         elif s is not None:
             entry["why"] = f"int8: less sensitive (#{order[name]} of {len(candidates)}, gain {s.gain:.3f} alone in fp32)"
         else:
@@ -340,9 +353,13 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                                                         "per": f"output column and block of {BLOCK_SIZE} rows"},
                   "activations": f"int8 per row and block of {BLOCK_SIZE} input channels (in the kernel)"}
     return {
-        "tuning": "plain" if plain_ok else ("smoothing" if applied and not (keep or blocks) else
-                                            "smoothing + sensitivity" if applied else "sensitivity"),
-        "weights": {"range": [-WEIGHT_QMAX, WEIGHT_QMAX], "per": "output column"},
+        "tuning": ("pair-limited weights" if paired else "plain") if plain_ok else (
+            "smoothing" if applied and not (keep or blocks) else "smoothing + sensitivity" if applied else "sensitivity"),
+        "weights": {"range": [-QMAX, QMAX], "per": "output column", "pair_limit": PAIR_LIMIT,
+                    "scale": f"min(largest same-sign magnitude sum of a pair of input rows (2i, 2i+1) / {QMAX}, "
+                             f"max|w| / {WEIGHT_QMAX})",
+                    "why": "pair-limited 8-bit: no int16 sum of x86 u8 x s8 kernels without VNNI can saturate"}
+        if paired else {"range": [-WEIGHT_QMAX, WEIGHT_QMAX], "per": "output column"},
         "measured_on": host_int8_kernels(),
         "criteria": judge.criteria, "target": {k: round(v, 6) for k, v in judge.target.items()},
         "target_margin": TARGET_MARGIN,

@@ -28,11 +28,21 @@ Weights: ``scale = max|w| / 64`` per output column, zero point 0, ``q = clip(rou
 rounding half to even, as ORT's ``quantize_nparray`` does with ``reduce_range`` (7-bit weights); an all-zero
 column gets scale 1. The test suite checks the result against ``quantize_dynamic`` itself. Why 7 bits: on
 x86 CPUs without VNNI (AVX2; AVX-512 before VNNI: most cloud CPUs of a few years ago, AMD EPYC before Zen 4)
-ORT's u8 x s8 kernels sum pairs of products in int16 (``vpmaddubsw``), which saturates once 2 * 255 * |q|
-exceeds 32,767. Full-range weights (|q| <= 127) then silently compute something else there than on a VNNI
-CPU: a tiny DeBERTa masked LM's argmax agreement with fp32 fell to 75% on an AVX2 machine, 94% with 7-bit
-weights. With |q| <= 64 no sum can saturate, so every x86 CPU computes the same integers, and an int8
-artifact judged on the build machine holds where it is deployed. The int8 tuning recovers the bit lost.
+ORT's u8 x s8 kernels sum pairs of products in int16 (``vpmaddubsw``: ``a[2i] * q[2i] + a[2i+1] * q[2i+1]``
+over adjacent input channels, activations ``a`` in [0, 255]), which saturates beyond 32,767. Full-range weights
+(|q| <= 127) then silently compute something else there than on a VNNI CPU: a tiny DeBERTa masked LM's argmax
+agreement with fp32 fell to 75% on an AVX2 machine, 94% with 7-bit weights. With |q| <= 64 no sum can
+saturate, so every x86 CPU computes the same integers, and an int8 artifact judged on the build machine holds
+where it is deployed.
+
+**Pair-limited 8-bit weights** (``paired=True``, :func:`quantize_columns_paired`; the int8 tuning's choice once
+plain int8 misses its target): the int16 sum only needs each *pair* (2i, 2i+1) of one column to stay within 128
+on each side (``255 * 128 = 32,640``), not each weight within 64. The column's scale is ``max pair / 127``, the
+largest same-sign sum of a pair's magnitudes, or the 7-bit scale where that is finer; a single weight may use
+the whole 8-bit range when its neighbour is small or of the other sign. On all-MiniLM-L6-v2's weights the step
+is 1.2-1.3x the 8-bit one where 7 bits cost 2x (an effective 99-107 levels where 7 bits give 64), and no x86
+kernel can saturate: VNNI sums in int32, AVX2 and AVX-512BW sum these pairs (MLAS packs B in groups of 4
+input channels from channel 0), SSE widens to int16 first.
 """
 from __future__ import annotations
 
@@ -44,6 +54,7 @@ import numpy as np
 MS_DOMAIN = "com.microsoft"
 QMAX = 127          # full symmetric int8: [-127, 127]
 REDUCED_QMAX = 64   # ORT's reduce_range for int8 weights: [-64, 64] (no int16 saturation without VNNI)
+PAIR_LIMIT = 128    # pair-limited weights: |q[2i]| + |q[2i+1]| of one sign <= 128 (255 * 128 fits in int16)
 WEIGHT_QMAX = REDUCED_QMAX   # what bertc writes (the module docstring says why)
 BLOCK_SIZE = 128    # input channels per scale of block-wise int8 (MatMulNBits); the fastest of 32 / 64 / 128
 
@@ -54,7 +65,15 @@ class Int8Result:
     quantized: list = field(default_factory=list)   # node names now running on int8 weights
     kept_fp32: list = field(default_factory=list)   # weight-bearing nodes left in fp32
     weights: Optional[list] = None                  # [(name, array)] beside ``proto`` (when given so)
+    qmax: int = WEIGHT_QMAX                         # the weights' range when not ``paired``
     blockwise: list = field(default_factory=list)   # node names now running block-wise int8 (MatMulNBits)
+    paired: bool = False                            # pair-limited 8-bit weights (else [-qmax, qmax])
+
+    def weight_options(self) -> dict:
+        """How the int8 weights were made, for the report (besides ORT's ``per_channel`` / int8 weight type)."""
+        if self.paired:
+            return {"reduce_range": False, "weight_range": [-QMAX, QMAX], "pair_limit": PAIR_LIMIT}
+        return {"reduce_range": self.qmax == REDUCED_QMAX, "weight_range": [-self.qmax, self.qmax]}
 
 
 def quantize_columns(weight: np.ndarray, qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +83,28 @@ def quantize_columns(weight: np.ndarray, qmax: int = WEIGHT_QMAX) -> tuple[np.nd
     scale = (absmax * np.float32(2.0)) / np.float32(2 * qmax)
     scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
     q = np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+def pair_sums(q: np.ndarray) -> np.ndarray:
+    """(K, N) weights (int or float) -> (ceil(K / 2), N): the larger same-sign magnitude sum of each pair of input rows
+    (2i, 2i+1) of each column (K odd: the last row pairs with a zero), what an int16 ``vpmaddubsw`` adds."""
+    v = np.asarray(q)
+    v = v.astype(np.int64 if np.issubdtype(v.dtype, np.integer) else np.float64)
+    v = np.pad(v, ((0, v.shape[0] % 2), (0, 0))).reshape(-1, 2, v.shape[1])
+    return np.maximum(np.clip(v, 0, None).sum(axis=1), np.clip(-v, 0, None).sum(axis=1))
+
+
+def quantize_columns_paired(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N) fp32 -> (int8 (K, N) in [-127, 127], fp32 scale (N,)), symmetric per output column, every pair of
+    input rows (2i, 2i+1) within :data:`PAIR_LIMIT` per sign (see the module docstring): ``scale = min(max pair
+    / 127, max|w| / 64)``, so a pair's rounded sum is at most 127 + 1 and no column is coarser than 7 bits."""
+    w = np.asarray(weight, dtype=np.float32)
+    pairs = pair_sums(w).max(axis=0) if w.shape[0] else np.zeros(w.shape[1], np.float32)
+    absmax = np.max(np.abs(w), axis=0) if w.shape[0] else pairs
+    scale = np.minimum(pairs.astype(np.float32) / np.float32(QMAX), absmax / np.float32(REDUCED_QMAX))
+    scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+    q = np.clip(np.round(w / scale), -QMAX, QMAX).astype(np.int8)
     return q, scale
 
 
@@ -167,13 +208,14 @@ def quantizable_nodes(proto, weights: Optional[list] = None) -> list[str]:
 
 
 def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iterable[str] = (),
-                          qmax: int = WEIGHT_QMAX, blockwise: Iterable[str] = ()) -> Int8Result:
+                          qmax: int = WEIGHT_QMAX, blockwise: Iterable[str] = (), paired: bool = False) -> Int8Result:
     """A new ModelProto (``proto`` is not modified) with int8 weights in [-qmax, qmax] on MatMul and Attention.
 
     ``weights``: [(name, array)] initializers kept beside ``proto`` (``lower_model(split_weights=True)``);
     the result then keeps its weights beside its proto too (``Int8Result.weights``). ``keep_fp32``: names
     of MatMul / Attention nodes left in fp32; ``blockwise``: those given block-wise int8 (``MatMulNBits``; the
-    sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`)."""
+    sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`); ``paired``: pair-limited 8-bit weights
+    (:func:`quantize_columns_paired`) instead of ``qmax``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -209,7 +251,7 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
 
     def int8_weight(name: str) -> tuple[str, str, str]:
         if f"{name}_quantized" not in new_inits:
-            q, scale = quantize_columns(array_of(name), qmax)
+            q, scale = quantize_columns_paired(array_of(name)) if paired else quantize_columns(array_of(name), qmax)
             new_inits[f"{name}_quantized"] = q
             new_inits[f"{name}_scale"] = scale
             new_inits[f"{name}_zero_point"] = np.zeros(scale.shape, np.int8)
@@ -300,6 +342,6 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
             g.initializer.append(t)
     if weights is not None:
         kept_weights = [(name, a) for name, a in weights if name not in replaced]
-        return Int8Result(out, quantized, sorted(kept), kept_weights + sorted(new_inits.items()), blocked)
+        return Int8Result(out, quantized, sorted(kept), kept_weights + sorted(new_inits.items()), qmax, blocked, paired)
     g.initializer.extend(numpy_helper.from_array(new_inits[name], name) for name in sorted(new_inits))
-    return Int8Result(out, quantized, sorted(kept), blockwise=blocked)
+    return Int8Result(out, quantized, sorted(kept), qmax=qmax, blockwise=blocked, paired=paired)
