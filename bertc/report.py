@@ -108,7 +108,8 @@ def int8_summary(quantization: dict) -> str:
     fp32), the figures, the speed."""
     t = quantization["tuning"]
     parts = [f"int8 tuning: {t['tuning']}"]
-    if (t.get("weights") or {}).get("pair_limit"):
+    weights = t.get("weights")   # ONNX: how the weights were made; TFLite: a list, one entry per weight
+    if isinstance(weights, dict) and weights.get("pair_limit"):
         parts.append("pair-limited 8-bit weights")
     sm = t.get("smoothing") or {}
     if sm.get("applied"):

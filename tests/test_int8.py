@@ -349,7 +349,8 @@ def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras):
     q = report["artifacts"]["onnx_int8"]["quantization"]
     assert q["tuning"]["tuning"].startswith("smoothing") and q["speed"]["ratio"] > 0
     assert report["parity"]["passed"] and "dropped_variants" not in report
-    assert "onnx_int8: int8 tuning: smoothing" in (out / "summary.txt").read_text()
+    assert "onnx_int8: int8 tuning: smoothing; pair-limited 8-bit weights" in (out / "summary.txt").read_text()
+    assert q["weight_range"] == [-127, 127] and q["pair_limit"] == 128 and q["reduce_range"] is False
 
 
 def test_unrequested_variant_that_misses_is_dropped_and_a_requested_one_fails(tmp_path, outlier_keras, capfd):
