@@ -425,6 +425,8 @@ def test_padding_free_int8_is_quantized_as_the_int8_was_tuned(tmp_path, outlier_
     assert tuned["smoothing"]["applied"]
     packed = report["artifacts"]["onnx_packed_int8"]["quantization"]["as_tuned"]
     assert packed["smoothed"]
+    # the tuning's pair-limited 8-bit weights too
+    assert report["artifacts"]["onnx_packed_int8"]["quantization"]["pair_limit"] == tuned["weights"]["pair_limit"]
     assert len(packed["block_wise_int8"]) == len((tuned.get("block_wise_by_sensitivity") or {}).get("nodes") or [])
     results = {r["backend"]: r for r in report["parity"]["results"]}
     assert results["onnx_packed_int8_cpu"]["passed"] and results["onnx_packed_int8_cpu"]["min_cosine"] >= MIN_COSINE
