@@ -279,7 +279,13 @@ def main() -> int:
     proc = subprocess.Popen([args.hf_python, str(Path(__file__).resolve()), "--worker", "--worker-sentences",
                              str(text_file), "--model", str(model), "--work", str(args.work), "--threads",
                              str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    ready = json.loads(proc.stdout.readline())
+    first = proc.stdout.readline()
+    try:
+        ready = json.loads(first)
+    except json.JSONDecodeError:
+        proc.kill()
+        raise SystemExit(f"the anchors' worker ({args.hf_python}) did not start (its error is above); it needs torch, "
+                         "transformers and sentence-transformers in that environment") from None
     anchors = [a for a in args.anchors.split(",") if a in ready["ready"]]
     print(f"bertc: {runtime.choice.describe()}; anchors: {', '.join(anchors)}", flush=True)
 
