@@ -251,6 +251,12 @@ def test_relaxation_takes_block_wise_int8_only_where_the_figures_hold():
     assert relaxed.blockwise == ["b"] and relaxed.fp32 == ["a"]
     relaxed = relax_to_blocks(["a"], _Figures(0.3), lambda b, f: _Figures(0.3 + BLOCK_ALLOWANCE + 0.01))
     assert relaxed.blockwise == [] and relaxed.measurement.score == 0.3
+    # the fp32 choice misses the target, but a move reaches it (block-wise int8 can be the more accurate): the
+    # later moves must keep it, even where they would stay within the allowance of the fp32 choice
+    reached = {("c",): -0.05, ("c", "b"): 0.02, ("c", "a"): -0.01}
+    relaxed = relax_to_blocks(["a", "b", "c"], _Figures(0.05), lambda b, f: _Figures(reached[tuple(b)]))
+    assert relaxed.blockwise == ["c", "a"] and relaxed.fp32 == ["b"] and relaxed.measurement.meets_target
+    assert [taken for *_, taken in relaxed.steps] == [True, False, True]
 
 
 def test_block_weights_are_symmetric_per_column_and_block():

@@ -10,7 +10,8 @@ criteria hold, and then which of those block-wise int8 serves as well as fp32.
 2. :func:`relax_to_blocks`: each node so kept, least sensitive first, is tried in block-wise int8
    (``MatMulNBits``, activations quantized per row and block of input channels; cheaper than fp32), and
    stays there when the figures hold: they meet the target where the fp32 choice
-   did, and otherwise pass the criteria within :data:`BLOCK_ALLOWANCE` of the fp32 choice's score. Block-wise
+   did (or where a block-wise mix so far has reached it: a later move may not lose it), and otherwise pass the
+   criteria within :data:`BLOCK_ALLOWANCE` of the fp32 choice's score. Block-wise
    int8 does not help every outlier (a channel that is large in every row takes the range of its block in
    each row), so the ranking is made in fp32 and each move is measured.
 """
@@ -89,7 +90,7 @@ def relax_to_blocks(keep_fp32: list, reference, measure: Callable,
     bound = max(reference.score, 0.0) + allowance
 
     def holds(m) -> bool:
-        if reference.meets_target:
+        if current.meets_target:   # the fp32 choice, or the mix taken so far, meets the target: keep it met
             return m.meets_target
         return m.passes and m.score <= bound
 

@@ -344,7 +344,7 @@ def _copy_shell(proto):
 # One alpha for every activation is a compromise: the layer norm feeding a feedforward in all-MiniLM-L6-v2
 # has outliers of 28 against 7 for the embeddings'. :func:`choose_alphas` picks, per site, the alpha whose
 # int8 product is closest to the fp32 one on the calibration activations, computing dynamic int8 as ONNX
-# Runtime does (per call: one asymmetric uint8 range for the activation; int8 weights per column), in numpy.
+# Runtime does (per call: one asymmetric uint8 range for the activation; pair-limited int8 weights per column), in numpy.
 
 SITE_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SAMPLE_ROWS = 256
@@ -373,9 +373,11 @@ def collect_samples(run_with_outputs, tensors: list[str], inputs: list[dict], se
 
 
 def _int8_columns(w: np.ndarray) -> np.ndarray:
-    scale = np.max(np.abs(w), axis=0) / 127.0
-    scale = np.where(scale == 0, 1.0, scale)
-    return np.clip(np.round(w / scale), -127, 127) * scale
+    """``w`` through the int8 weights the tuning writes after smoothing (pair-limited 8-bit, per column)."""
+    from bertc.optimize.quantize import quantize_columns_paired
+
+    q, scale = quantize_columns_paired(w)
+    return q.astype(np.float64) * scale.astype(np.float64)
 
 
 def int8_product_error(sample: SiteSample, weight: np.ndarray, s: np.ndarray) -> float:
