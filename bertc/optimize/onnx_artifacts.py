@@ -8,8 +8,9 @@
   the build even where the model's own (freshly initialized) weights would hide it.
 - ``onnx_int8`` (``model.optimized.int8.onnx``): ONNX Runtime's dynamic quantization of that graph,
   written directly as the operators ORT runs (:mod:`bertc.optimize.quantize`): MatMul and the fused
-  Attention get int8 weights (per-channel, 7-bit; see :data:`INT8_OPTIONS`); embeddings,
-  layer norms, the pooler and classifier Gemms stay fp32.
+  Attention get int8 weights (per-channel, 7-bit; see :data:`INT8_OPTIONS`; pair-limited 8-bit once the
+  tuning needs more, :mod:`bertc.optimize.int8_tuning`); embeddings, layer norms, the pooler and classifier
+  Gemms stay fp32.
 - ``onnx_fp16`` (``model.optimized.fp16.onnx``): weights and activations in float16 for the CUDA
   provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); layer norms
   (LayerNormalization, SkipLayerNormalization, EmbedLayerNormalization), (Log)Softmax and the fused
