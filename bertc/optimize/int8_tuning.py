@@ -248,8 +248,8 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     steps.append(_step(PAIRED_STEP, m_plain))
     log(f"plain int8, pair-limited 8-bit weights: {m_plain.worst()}")
     if m_plain.meets_target:
-        return Tuned(plain, _section(judge, steps, candidates, [], [], None, [], m_plain, t0), True, m_plain,
-                     paired=True)
+        return Tuned(plain, _section(judge, steps, candidates, [], [], None, [], m_plain, t0, paired=True), True,
+                     m_plain, paired=True)
     # 2. smoothing, and the feedforwards' outlier channels on an fp32 side path
     base_proto, base_weights = split_all(proto, weights)
     sites, feedforwards = find_sites(base_proto, base_weights), find_feedforwards(base_proto, base_weights)
@@ -312,19 +312,18 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
         final = quantized(keep, blocks)
     else:
         final = quantize_dynamic_int8(b_proto, b_weights, side, paired=True) if applied else plain
-    section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking)
+    section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking, paired=True)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
                  keep + side, list(blocks), paired=True)
 
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,
-             m: Measurement, t0: float, ranking: Optional[list] = None) -> dict:
+             m: Measurement, t0: float, ranking: Optional[list] = None, paired: bool = False) -> dict:
     from bertc.optimize.quantize import BLOCK_SIZE, PAIR_LIMIT, QMAX, WEIGHT_QMAX, host_int8_kernels
 
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
-    paired = any(st["step"] == PAIRED_STEP for st in steps)
-    plain_ok = len(steps) == 1 or (len(steps) == 2 and paired)
+    plain_ok = len(steps) == 1 or (len(steps) == 2 and paired)   # plain int8, or with pair-limited weights
     tried_blocks = any(st["step"] == "block-wise int8" for st in steps)
     nodes = []
     for name in candidates:
