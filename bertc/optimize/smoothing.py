@@ -344,7 +344,8 @@ def _copy_shell(proto):
 # One alpha for every activation is a compromise: the layer norm feeding a feedforward in all-MiniLM-L6-v2
 # has outliers of 28 against 7 for the embeddings'. :func:`choose_alphas` picks, per site, the alpha whose
 # int8 product is closest to the fp32 one on the calibration activations, computing dynamic int8 as ONNX
-# Runtime does (per call: one asymmetric uint8 range for the activation; pair-limited int8 weights per column), in numpy.
+# Runtime does (per call: one asymmetric uint8 range for the activation; pair-limited int8 weights per
+# column, as the tuning writes them), in numpy.
 
 SITE_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SAMPLE_ROWS = 256
