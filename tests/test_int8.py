@@ -7,6 +7,10 @@ feedforward variant, a few channels of one feedforward's hidden activation an or
 rest. Plain dynamic int8 (per-tensor activation ranges) misses the 0.99 cosine criterion on it.
 """
 import json
+import platform
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,6 +139,69 @@ def test_pair_limited_weights_never_saturate_an_int16_pair_sum():
                 exact = np.array([worst[:, n] @ weights[:, n].astype(np.int64) for n in range(w.shape[1])])
                 int16 = np.array([_vpmaddubsw_sums(worst[:, n], weights[:, n:n + 1])[0] for n in range(w.shape[1])])
                 assert np.array_equal(int16, exact) != saturates, (k, sign, saturates)
+
+
+_AVX2_WORKER = """
+import sys, numpy as np, onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+data = np.load(sys.argv[1])
+found = {}
+for name in [n for n in data.files if n.startswith("w_")]:
+    w, a = data[name], data["a_" + name[2:]]
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, w.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [None, w.shape[1]])],
+                              [numpy_helper.from_array(w, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    found["all_" + name[2:]] = session.run(None, {"a": a})[0]
+    found["one_" + name[2:]] = session.run(None, {"a": a[:1]})[0]
+np.savez(sys.argv[2], **found)
+"""
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="needs qemu-user (qemu-x86_64) on an x86-64 host to emulate a CPU without VNNI")
+def test_pair_limited_weights_are_exact_in_onnx_runtimes_avx2_kernel(tmp_path):
+    """The emulation test above, against the real kernel: ONNX Runtime's u8 x s8 MatMulInteger on an emulated
+    AMD Zen 2 (QEMU's EPYC-Rome: AVX2, no VNNI, no AVX-512), where MLAS sums pairs of products with the int16
+    ``vpmaddubsw``. Pair-limited and 7-bit weights give the exact integer products on the worst activations,
+    for one row and for many; full-range weights do not (which shows the emulated kernel is a saturating one).
+    Column 5's two largest weights sit in rows 11 and 12, two different pairs if MLAS pairs rows (2i, 2i + 1)
+    as ``pair_sums`` assumes: both are >= 120 in the pair-limited weights and would saturate under another pairing."""
+    rng = np.random.default_rng(9)
+    arrays = {}
+    for k in (383, 384):
+        w = rng.standard_t(3, size=(k, 64)).astype(np.float32)
+        w[10:12, 3] = [9.0, 9.5]
+        w[:, 5] = rng.normal(0, 0.2, k)
+        w[11:13, 5] = [9.5, 9.5]
+        paired, _ = quantize_columns_paired(w)
+        assert min(paired[11, 5], paired[12, 5]) >= 120
+        for label, q in (("paired", paired), ("7bit", quantize_columns(w, REDUCED_QMAX)[0]),
+                         ("full", quantize_columns(w, QMAX)[0])):
+            worst = [np.where(sign * q[:, n] > 0, 255, 0) for sign in (1, -1) for n in range(q.shape[1])]
+            arrays[f"w_{label}_{k}"] = q
+            arrays[f"a_{label}_{k}"] = np.array(worst + list(rng.integers(0, 256, (8, k))), np.uint8)
+    np.savez(tmp_path / "in.npz", **arrays)
+    (tmp_path / "worker.py").write_text(_AVX2_WORKER)
+    done = subprocess.run(["qemu-x86_64", "-cpu", "EPYC-Rome", sys.executable, str(tmp_path / "worker.py"),
+                           str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = np.load(tmp_path / "out.npz")
+    saturated = []
+    for name in [n for n in arrays if n.startswith("w_")]:
+        key = name[2:]
+        exact = arrays["a_" + key].astype(np.int64) @ arrays[name].astype(np.int64)
+        for rows in ("all", "one"):
+            got = found[f"{rows}_{key}"]
+            if key.startswith("full"):
+                saturated.append(not np.array_equal(got, exact[:len(got)]))
+            else:
+                assert np.array_equal(got, exact[:len(got)]), (key, rows)
+    if not all(saturated):
+        pytest.skip(f"the emulated CPU ran no saturating u8 x s8 kernel (full-range weights exact: {saturated})")
 
 
 # --- smoothing ------------------------------------------------------------------------------------------
