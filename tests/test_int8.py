@@ -503,3 +503,28 @@ def test_padding_free_int8_is_quantized_as_the_int8_was_tuned(tmp_path, outlier_
     assert len(packed["block_wise_int8"]) == len((tuned.get("block_wise_by_sensitivity") or {}).get("nodes") or [])
     results = {r["backend"]: r for r in report["parity"]["results"]}
     assert results["onnx_packed_int8_cpu"]["passed"] and results["onnx_packed_int8_cpu"]["min_cosine"] >= MIN_COSINE
+
+
+def test_the_tuned_graph_packs_like_the_lowered_one():
+    """The int8 tuning edits a graph whose every initializer sits beside the proto (``split_all``); packed, it must
+    compute what the lowered graph does. It did not: the padding-free pass read its small constants (the first
+    token's Gather index) from the proto alone, so a padded first token was not kept, and a cls-pooled embedding
+    read padding there (the packed int8 of a smoothed cls-pooling model: min cosine 0.36, where onnx_int8 had
+    1.0). The mask pads row 1's first token and leaves holes."""
+    from bertc.optimize.padding_free import padding_free
+
+    spec = load_spec(outlier_spec(head={"type": "sentence_embedding", "pooling": "cls", "normalize": True}))
+    built = outlier_model(spec)
+    lowered = lower_model(built, split_weights=True)
+    assert lowered.pruned
+    proto, weights = split_all(lowered.proto, lowered.weights)
+    sites = find_sites(proto, weights)
+    s_proto, s_weights, _ = smooth(proto, weights, sites, stats(proto, weights, [s.tensor for s in sites], spec), 0.5)
+    inputs = make_inputs(spec, 3, 16, np.random.default_rng(0))
+    inputs["input_mask"] = np.array([[1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1],
+                                     [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1],
+                                     [1] * 12 + [0] * 4], np.int32)
+    want = fp32_outputs(lowered.proto, lowered.weights, inputs)
+    for graph, arrays in ((proto, weights), (s_proto, s_weights)):
+        packed = padding_free(graph, arrays, fast_path=False)[0]
+        assert np.max(np.abs(fp32_outputs(packed, arrays, inputs) - want)) <= 1e-5

@@ -131,10 +131,12 @@ class _Graph:
 
         self.proto, self.graph = proto, proto.graph
         self.shapes: dict = {name: tuple(a.shape) for name, a in (weights or [])}
-        self.const: dict = {}
+        # small constants (axes, shapes, indices), wherever they are: the int8 tuning's graphs hold every
+        # initializer beside the proto (bertc.optimize.int8_tuning.split_all)
+        self.const: dict = {name: np.asarray(a) for name, a in (weights or []) if np.size(a) <= 64}
         for t in self.graph.initializer:
             self.shapes[t.name] = tuple(t.dims)
-            if int(np.prod(t.dims or [1])) <= 64:   # small constants (axes, shapes, indices)
+            if int(np.prod(t.dims or [1])) <= 64:
                 self.const[t.name] = numpy_helper.to_array(t)
         self.float_weights = {name for name, a in (weights or []) if a.dtype.kind == "f"}
         self.float_weights |= {t.name for t in self.graph.initializer if t.data_type in FLOAT_TYPES}
