@@ -392,6 +392,51 @@ def find_tf_checkpoint(directory: Path) -> Optional[Path]:
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
+def dense_module_paths(root: Path) -> list[str]:
+    """The folders of a sentence-transformers directory's ``Dense`` modules, in the order ``modules.json`` lists
+    them (none when it has no modules.json, or one that is not readable: the importer reports that)."""
+    try:
+        modules = json.loads((Path(root) / "modules.json").read_text())
+        return [str(m["path"]) for m in modules if str(m.get("type", "")).rsplit(".", 1)[-1] == "Dense"]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
+class ModulesCheckpoint(Checkpoint):
+    """A sentence-transformers directory: the transformer's tensors under their own names, and each ``Dense``
+    module's (its own ``model.safetensors``) under ``<module folder>/<name>`` (``2_Dense/linear.weight``)."""
+
+    def __init__(self, base: Checkpoint, modules: list[tuple[str, Checkpoint]]):
+        super().__init__(base.location)
+        self.format = base.format
+        self._parts = {name: (base, name) for name in base.names()}
+        for folder, checkpoint in modules:
+            self._parts.update({f"{folder}/{name}": (checkpoint, name) for name in checkpoint.names()})
+        self._shapes = {key: part.shape(name) for key, (part, name) in self._parts.items()}
+        self.modules = [folder for folder, _ in modules]
+
+    def _read(self, name):
+        part, inner = self._parts[name]
+        return part._read(inner)
+
+    def describe(self) -> str:
+        return f"{self.location} ({self.format}, {len(self._shapes)} tensors, with module(s) {', '.join(self.modules)})"
+
+
+def _with_modules(root: Path, base: Checkpoint) -> Checkpoint:
+    folders = dense_module_paths(root)
+    if not folders:
+        return base
+    modules = []
+    for folder in folders:
+        where = root / folder
+        if not where.is_dir() or not any((where / n).exists() for n in HF_WEIGHT_FILES):
+            raise WeightsError(f"{where}: the sentence-transformers Dense module {folder!r} (modules.json) has no "
+                               f"weights (expected model.safetensors)")
+        modules.append((folder, open_checkpoint(where)))
+    return ModulesCheckpoint(base, modules)
+
+
 def open_checkpoint(path: Path) -> Checkpoint:
     """The reader for ``path``: a Hugging Face / sentence-transformers directory, a ``.safetensors``
     file, ``pytorch_model.bin``, a TF checkpoint (prefix, ``.index``, or a directory holding one), a
@@ -400,7 +445,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     if path.is_dir():
         for name in HF_WEIGHT_FILES:
             if (path / name).exists():
-                return open_checkpoint(path / name)
+                return _with_modules(path, open_checkpoint(path / name))
         if (path / "model.keras").exists():
             return KerasCheckpoint(path / "model.keras")
         prefix = find_tf_checkpoint(path)

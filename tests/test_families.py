@@ -38,6 +38,7 @@ EXPECTED = {
     "mpnet_model": ("scaffold", None), "mpnet_seq_cls": ("scaffold", "classifier"),
     "mpnet_token_cls": ("scaffold", "token_classifier"), "mpnet_qa": ("scaffold", "span_labeler"),
     "mpnet_mlm": ("scaffold", "masked_lm"), "st_mpnet_mean_norm": ("scaffold", "sentence_embedding"),
+    "st_distilbert_mean_dense": ("scaffold", "sentence_embedding"),
 }
 FIXTURES = list(EXPECTED)
 
@@ -198,7 +199,8 @@ def test_unknown_model_type_lists_the_families(tmp_path):
 
 # --- bertc import && bertc build, every artifact against transformers ---------------------------------
 
-@pytest.fixture(scope="module", params=["xlmr_model", "distilbert_seq_cls", "electra_model", "st_mpnet_mean_norm"])
+@pytest.fixture(scope="module", params=["xlmr_model", "distilbert_seq_cls", "electra_model", "st_mpnet_mean_norm",
+                                        "st_distilbert_mean_dense"])
 def cli_built(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(request.param)
     spec_path = work / "spec.json"

@@ -13,6 +13,7 @@ import pytest
 import bertc
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, UnsupportedModel, WeightsError
+from bertc.build import expected_param_count
 from bertc.importers import import_spec, load_weights
 from bertc.signature import signature_of
 from bertc.spec import load_spec
@@ -20,7 +21,7 @@ from bertc.weights import resolve_weights_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "albert_model", "albert_seq_cls",
-      "albert_pretraining", "st_bert_mean_norm"]
+      "albert_pretraining", "st_bert_mean_norm", "st_bert_cls_dense_norm"]
 MG = ["bert_encoder", "albert_encoder", "scaffold_talking_gated", "scaffold_rezero", "bert_classifier",
       "bert_span_labeler", "bert_pretrainer"]
 ALL = [f"hf/{n}" for n in HF] + ["bert_tf1"] + [f"model_garden/{n}" for n in MG]
@@ -29,7 +30,8 @@ EXPECTED = {  # encoder type, head type the import must choose
     "hf/bert_token_cls": ("bert", "token_classifier"), "hf/bert_qa": ("bert", "span_labeler"),
     "hf/bert_pretraining": ("bert", "pretrainer"), "hf/albert_model": ("albert", None),
     "hf/albert_seq_cls": ("albert", "classifier"), "hf/albert_pretraining": ("albert", "pretrainer"),
-    "hf/st_bert_mean_norm": ("bert", "sentence_embedding"), "bert_tf1": ("bert", "pretrainer"),
+    "hf/st_bert_mean_norm": ("bert", "sentence_embedding"),
+    "hf/st_bert_cls_dense_norm": ("bert", "sentence_embedding"), "bert_tf1": ("bert", "pretrainer"),
     "model_garden/bert_encoder": ("bert", None), "model_garden/albert_encoder": ("albert", None),
     "model_garden/scaffold_talking_gated": ("scaffold", None), "model_garden/scaffold_rezero": ("scaffold", None),
     "model_garden/bert_classifier": ("bert", "classifier"), "model_garden/bert_span_labeler": ("bert", "span_labeler"),
@@ -468,14 +470,59 @@ def test_older_hf_layer_norm_names_gamma_beta_are_understood():
         "layer_0/attention/key/kernel", "transpose")
 
 
-def test_sentence_transformers_dense_module_is_refused(tmp_path):
+def test_sentence_transformers_dense_modules_are_imported_in_order(tmp_path):
+    """LaBSE's layout (cls pooling, Dense + tanh, Normalize) with a second Dense after the first: the head lists
+    both in modules.json's order, their weights come from each module's own folder, and the embedding is what
+    sentence-transformers computed."""
+    source = FIXTURES / "hf" / "st_bert_cls_dense_norm"
+    data = import_spec(source, tmp_path / "x.json")
+    assert data["head"] == {"type": "sentence_embedding", "pooling": "cls", "normalize": True,
+                            "dense": [{"units": 24, "activation": "tanh", "bias": True},
+                                      {"units": 12, "activation": "linear", "bias": True}]}
+    spec = load_spec(tmp_path / "x.json")
+    built = bertc.build_model(spec)
+    assert built.model.count_params() == expected_param_count(spec)
+    result = load_weights(built.model, spec, resolve_weights_path(spec.weights, tmp_path / "x.json"))
+    assert result.loaded["sentence_dense_0_transform/kernel"] == "2_Dense/linear.weight"
+    assert result.loaded["sentence_dense_1_transform/bias"] == "3_Dense/linear.bias"
+    ref = dict(np.load(source / "reference.npz"))
+    diffs = max_diffs(keras_run(built.model), signature_of(spec), ref)
+    assert diffs["sentence_embedding"] <= ATOL, diffs
+
+
+def _with_dense_config(tmp_path, **changes) -> Path:
     source = tmp_path / "st"
-    shutil.copytree(FIXTURES / "hf" / "st_bert_mean_norm", source)
+    shutil.copytree(FIXTURES / "hf" / "st_bert_cls_dense_norm", source)
+    config = source / "2_Dense" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **changes}))
+    return source
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"activation_function": "torch.nn.modules.activation.Sigmoid"},
+     r"2_Dense/config.json: activation_function = \"torch.nn.modules.activation.Sigmoid\": bertc computes exactly"),
+    ({"in_features": 8}, r"2_Dense/config.json: in_features = 8: the vector before this Dense module has 16 values"),
+    ({"use_residual": True}, r"2_Dense/config.json: use_residual = true: bertc applies Dense modules to the pooled"),
+    ({"module_input_name": "token_embeddings"}, r"module_input_name = \"token_embeddings\""),
+])
+def test_sentence_transformers_dense_module_bertc_cannot_compute_is_refused(tmp_path, changes, message):
+    with pytest.raises(UnsupportedModel, match=message):
+        import_spec(_with_dense_config(tmp_path, **changes), tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_sentence_transformers_dense_module_out_of_place_or_without_weights(tmp_path, capsys):
+    source = _with_dense_config(tmp_path)
     modules = json.loads((source / "modules.json").read_text())
-    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
-    (source / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(UnsupportedModel, match=r"module 2 \(2_Dense\): type = \"sentence_transformers.models.Dense\""):
+    (source / "modules.json").write_text(json.dumps([modules[0], modules[2], modules[1], *modules[3:]]))
+    with pytest.raises(UnsupportedModel, match=r"module 1 \(2_Dense\): type = .*Transformer -> Pooling"):
         import_spec(source, tmp_path / "x.json")
+    (source / "modules.json").write_text(json.dumps(modules))
+    (source / "2_Dense" / "model.safetensors").unlink()
+    assert main(["import", str(source), "-o", str(tmp_path / "x.json")]) != 0
+    err = capsys.readouterr().err
+    assert "2_Dense" in err and "has no weights" in err and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_checkpoint_of_another_model_family_says_so(tmp_path):

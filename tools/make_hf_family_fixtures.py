@@ -211,20 +211,39 @@ def write_family(name: str) -> Path:
 
 def write_sentence_transformer(name: str = "st_mpnet_mean_norm", seed: int = 56) -> Path:
     """An all-mpnet-base-v2-like directory: MPNetModel -> mean pooling -> Normalize."""
+    return _sentence_transformer(name, seed, make(tr.MPNetConfig, "MPNetModel", seed, **mpnet_config()),
+                                 mpnet_tokenizer, (len(MPNET_VOCAB), 1, 0))
+
+
+def write_distiluse(name: str = "st_distilbert_mean_dense", seed: int = 57) -> Path:
+    """A distiluse-base-multilingual-cased-like directory: DistilBertModel -> mean pooling -> Dense 16 -> 8 with
+    tanh, no Normalize."""
+    return _sentence_transformer(name, seed, make(tr.DistilBertConfig, "DistilBertModel", seed, **distilbert_config()),
+                                 wordpiece_tokenizer, (len(VOCAB), 0, 2), dense=((8, torch.nn.Tanh()),),
+                                 normalize=False)
+
+
+def _sentence_transformer(name: str, seed: int, model, tokenizer, ids: tuple, dense: tuple = (),
+                          normalize: bool = True) -> Path:
     from sentence_transformers import SentenceTransformer, models
 
     directory = OUT / name
     shutil.rmtree(directory, ignore_errors=True)
-    base = OUT / "_st_mpnet_base"
-    make(tr.MPNetConfig, "MPNetModel", seed, **mpnet_config()).save_pretrained(base, safe_serialization=True)
-    mpnet_tokenizer(base)
+    base = OUT / f"_{name}_base"
+    model.save_pretrained(base, safe_serialization=True)
+    tokenizer(base)
     word = models.Transformer(str(base), max_seq_length=SEQ)
-    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
-    st = SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
+    modules = [word, models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")]
+    width = word.get_word_embedding_dimension()
+    torch.manual_seed(seed)
+    for units, activation in dense:
+        modules.append(models.Dense(width, units, activation_function=activation))
+        width = units
+    st = SentenceTransformer(modules=modules + ([models.Normalize()] if normalize else []), device="cpu")
     st.save(str(directory))
     (directory / "README.md").unlink(missing_ok=True)
     shutil.rmtree(base)
-    x = inputs(seed, len(MPNET_VOCAB), 1, 0)
+    x = inputs(seed, *ids)
     features = {"input_ids": torch.tensor(x["input_word_ids"], dtype=torch.long),
                 "attention_mask": torch.tensor(x["input_mask"], dtype=torch.long)}
     with torch.no_grad():
@@ -234,7 +253,7 @@ def write_sentence_transformer(name: str = "st_mpnet_mean_norm", seed: int = 56)
 
 
 FIXTURES = {**{name: (lambda n=name: write_family(n)) for name in FAMILIES},
-            "st_mpnet_mean_norm": write_sentence_transformer}
+            "st_mpnet_mean_norm": write_sentence_transformer, "st_distilbert_mean_dense": write_distiluse}
 
 
 def main() -> int:

@@ -119,18 +119,26 @@ def make_albert(arch: str, seed: int, **config):
     return model
 
 
-def make_sentence_transformer(seed: int) -> Path:
+def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", pooling_mode: str = "mean",
+                              dense: tuple = (), normalize: bool = True) -> Path:
+    """A sentence-transformers directory: BertModel -> ``pooling_mode`` pooling -> a Dense module per
+    (out_features, torch activation) of ``dense`` (LaBSE: cls, 768 -> 768 tanh, Normalize) -> Normalize."""
     from sentence_transformers import SentenceTransformer, models
 
-    directory = OUT / "st_bert_mean_norm"
+    directory = OUT / name
     shutil.rmtree(directory, ignore_errors=True)
     base = OUT / "_st_base"
     bert = make_bert("BertModel", seed)
     bert.save_pretrained(base, safe_serialization=True)
     save_tokenizer(base)
     word = models.Transformer(str(base), max_seq_length=SEQ)
-    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
-    st = SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
+    modules = [word, models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling_mode)]
+    width = word.get_word_embedding_dimension()
+    torch.manual_seed(seed)
+    for units, activation in dense:
+        modules.append(models.Dense(width, units, activation_function=activation))
+        width = units
+    st = SentenceTransformer(modules=modules + ([models.Normalize()] if normalize else []), device="cpu")
     st.save(str(directory))
     (directory / "README.md").unlink(missing_ok=True)  # the generated model card: not needed to load the model
     shutil.rmtree(base)
@@ -161,6 +169,9 @@ FIXTURES = {
     "albert_pretraining": lambda: write("albert_pretraining", make_albert("AlbertForPreTraining", 8),
                                         "AlbertForPreTraining", 8),
     "st_bert_mean_norm": lambda: make_sentence_transformer(9),
+    # LaBSE's layout (cls pooling, Dense + tanh, Normalize) with a second Dense (no activation) after it
+    "st_bert_cls_dense_norm": lambda: make_sentence_transformer(
+        10, "st_bert_cls_dense_norm", "cls", ((24, torch.nn.Tanh()), (12, torch.nn.Identity()))),
 }
 
 

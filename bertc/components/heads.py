@@ -563,10 +563,21 @@ class MaskedLMHead(Head):
         return _token_loss(outputs, labels)
 
 
+class SentenceDenseSpec(TransformSpec):
+    """One dense layer after the pooling (a sentence-transformers ``Dense`` module: LaBSE's 768 -> 768 tanh,
+    distiluse's 768 -> 512 tanh): ``units`` outputs, then its activation (and a layer norm when given)."""
+
+    units: PositiveInt
+    activation: Activation = "tanh"
+
+
 class SentenceEmbeddingSpec(StrictModel):
     type: Literal["sentence_embedding"] = "sentence_embedding"
     pooling: Literal["mean", "cls", "max"] = "mean"
+    # dense layers applied to the pooled vector, in order, before the normalisation
+    dense: list[SentenceDenseSpec] = []
     normalize: bool = False
+    initializer: Optional[InitializerSpec] = None
 
 
 @serializable
@@ -599,37 +610,70 @@ class SentencePooling(keras.layers.Layer):
         return pooled
 
 
+@serializable
+class SentenceNormalize(keras.layers.Layer):
+    """(B, D) -> (B, D) / L2 norm (clamped at 1e-12, as torch's ``F.normalize``): the normalisation that follows
+    a sentence embedding's dense layers (without them, :class:`SentencePooling` normalises itself)."""
+
+    def call(self, x):
+        return x / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)), 1e-12)
+
+
+def lower_normalize(ctx, x):
+    """(B, D) -> (B, D) / max(L2 norm, 1e-12), as :class:`SentenceNormalize` computes it."""
+    g = ctx.g
+    norm = g.node("Sqrt", [ctx.reduce("ReduceSum", g.node("Mul", [x, x]), [-1], keepdims=True)])
+    return g.node("Div", [x, g.node("Max", [norm, g.scalar(1e-12, "min_norm")])], hint="normalize")
+
+
 @HEADS.register("sentence_embedding", spec=SentenceEmbeddingSpec,
                 description="Sentence embedding (sentence-transformers): mean / cls / max pooling over the real "
-                            "tokens, optional L2 normalisation; output sentence_embedding.")
+                            "tokens, optional dense layers, optional L2 normalisation; output sentence_embedding.")
 class SentenceEmbedding(Head):
 
     def rows_read(self):
         return RowSelection(first=True) if self.spec.pooling == "cls" else None
 
+    @property
+    def width(self) -> int:
+        """The embedding's size: the last dense layer's units, else the hidden size."""
+        return self.spec.dense[-1].units if self.spec.dense else self.encoder_spec.hidden_size
+
     def onnx_lowering(self, ctx, enc):
-        """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops."""
-        g, spec = ctx.g, self.spec
-        pooled = lower_pooling(ctx, ctx.value(enc.sequence_output), spec.pooling)
+        """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops; then each dense layer
+        (MatMul, bias and activation) and the normalisation."""
+        spec = self.spec
+        x = lower_pooling(ctx, ctx.value(enc.sequence_output), spec.pooling)
+        for i, transform in enumerate(self.dense):
+            x = transform.lower(ctx, x, f"sentence_dense_{i}")
         if spec.normalize:
-            norm = g.node("Sqrt", [ctx.reduce("ReduceSum", g.node("Mul", [pooled, pooled]), [-1], keepdims=True)])
-            pooled = g.node("Div", [pooled, g.node("Max", [norm, g.scalar(1e-12, "min_norm")])], hint="normalize")
-        ctx.record("sentence_pooling", f"{spec.pooling} pooling" + (", L2 normalize" if spec.normalize else ""))
-        return {"sentence_embedding": pooled}
+            x = lower_normalize(ctx, x)
+        dense = "".join(f", dense {d.units} {d.activation}" for d in spec.dense)
+        ctx.record("sentence_pooling", f"{spec.pooling} pooling{dense}" + (", L2 normalize" if spec.normalize else ""))
+        return {"sentence_embedding": x}
 
     def build(self, enc, inputs):
-        self.pooling = SentencePooling(self.spec.pooling, self.spec.normalize, name="sentence_pooling")
-        return {"sentence_embedding": self.pooling(enc.sequence_output, inputs["input_mask"])}
+        spec = self.spec
+        # without dense layers the pooling normalises itself (the graph of builds before dense layers existed)
+        self.pooling = SentencePooling(spec.pooling, spec.normalize and not spec.dense, name="sentence_pooling")
+        x = self.pooling(enc.sequence_output, inputs["input_mask"])
+        self.dense = [Transform(d, d.units, self.init, f"sentence_dense_{i}") for i, d in enumerate(spec.dense)]
+        for transform in self.dense:
+            x = transform(x)
+        if spec.dense and spec.normalize:
+            x = SentenceNormalize(name="sentence_normalize")(x)
+        return {"sentence_embedding": x}
 
     def outputs(self):
         return [OutputInfo("sentence_embedding", None, "features")]
 
     def param_count(self):
-        return 0
+        widths = [self.encoder_spec.hidden_size] + [d.units for d in self.spec.dense]
+        return sum(d.param_count(n_in, d.units) for d, n_in in zip(self.spec.dense, widths))
 
     def make_labels(self, inputs, rng):
         n = len(inputs["input_mask"])
-        targets = rng.standard_normal((n, self.encoder_spec.hidden_size)).astype(np.float32)
+        targets = rng.standard_normal((n, self.width)).astype(np.float32)
         return {"targets": targets / np.linalg.norm(targets, axis=-1, keepdims=True)}
 
     def loss(self, outputs, labels):

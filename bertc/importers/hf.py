@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from bertc.checkpoints import dense_module_paths
 from bertc.errors import UnsupportedModel, WeightsError
 from bertc.spec import LONG_CONTEXT
 from bertc.weights import Ignored, Target
@@ -137,12 +138,20 @@ def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
 def translator(names, spec, location=None):
     """Tensor name -> target, by the family of the ``config.json`` beside the weights at ``location`` (BERT's
     names when there is none: a bare BERT state dict)."""
-    family = FAMILIES["bert"]
+    family, dense = FAMILIES["bert"], {}
     if location is not None:
         where = Path(location) if Path(location).is_dir() else Path(location).parent
         if (where / "config.json").is_file():
             family = family_for(read_json(where / "config.json"), str(where / "config.json"))
-    return lambda name: family.translate(name, spec)
+        dense = {folder: i for i, folder in enumerate(dense_module_paths(where))}
+
+    def translate(name: str):
+        folder, _, leaf = name.rpartition("/")
+        if folder in dense:     # a sentence-transformers Dense module (bertc.checkpoints.ModulesCheckpoint)
+            return _param("linear", leaf.removeprefix("linear."), f"sentence_dense_{dense[folder]}_transform")
+        return family.translate(name, spec)
+
+    return translate
 
 
 # --- families ------------------------------------------------------------------------------------------
@@ -343,7 +352,9 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
         modules = json.loads(modules_file.read_text())
     except ValueError as exc:
         raise WeightsError(f"{modules_file}: not readable JSON: {exc}") from None
-    transformer, pooling, normalize = None, None, False
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise WeightsError(f"{modules_file}: expected a JSON list of modules (objects with type and path)")
+    transformer, pooling, normalize, dense = None, None, False, []
     for i, m in enumerate(modules):
         kind = str(m.get("type", "")).rsplit(".", 1)[-1]
         where = f"{modules_file}: module {i} ({m.get('path') or m.get('name')})"
@@ -351,11 +362,13 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
             transformer = root / m.get("path", "")
         elif kind == "Pooling" and pooling is None and transformer is not None:
             pooling = _pooling_mode(root / m.get("path", "") / "config.json")
+        elif kind == "Dense" and pooling is not None and not normalize:
+            dense.append(_dense_module(root / m.get("path", "") / "config.json"))
         elif kind == "Normalize" and pooling is not None and not normalize:
             normalize = True
         else:
             refuse(where, "type", m.get("type"), "bertc's sentence_embedding head is Transformer -> Pooling "
-                                                  "(mean, cls or max) -> optional Normalize")
+                                                  "(mean, cls or max) -> Dense modules, if any -> optional Normalize")
     if transformer is None or pooling is None:
         raise WeightsError(f"{modules_file}: needs a Transformer and a Pooling module")
     # the length the model truncates to: sentence_bert_config.json (up to v5), else the tokenizer's (v6)
@@ -366,8 +379,48 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
     if max_len is None and (transformer / "tokenizer_config.json").exists():
         value = read_json(transformer / "tokenizer_config.json").get("model_max_length")
         max_len = value if isinstance(value, int) and value < 1_000_000 else None
-    return {"transformer": transformer, "head": {"type": "sentence_embedding", "pooling": pooling,
-                                                 "normalize": normalize}, "max_len": max_len}
+    head = {"type": "sentence_embedding", "pooling": pooling, "normalize": normalize}
+    if dense:
+        head = {"type": "sentence_embedding", "pooling": pooling, "dense": [d for d, _ in dense],
+                "normalize": normalize}
+    return {"transformer": transformer, "head": head, "max_len": max_len, "dense_inputs": [n for _, n in dense]}
+
+
+def check_dense_widths(head: dict, inputs: list, width: Optional[int]) -> None:
+    """Each Dense module's ``in_features`` against the width of the vector it reads (the hidden size, then the
+    units of the Dense before it)."""
+    for d, (n_in, where) in zip(head.get("dense", []), inputs):
+        if width is not None and n_in != width:
+            refuse(where, "in_features", n_in, f"the vector before this Dense module has {width} values")
+        width = d["units"]
+
+
+# sentence-transformers Dense ``activation_function`` (a torch.nn module's full name) -> bertc's activation
+_DENSE_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": "tanh", "torch.nn.modules.linear.Identity": "linear",
+                      "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu",
+                      "torch.nn.modules.activation.SiLU": "silu"}
+
+
+def _dense_module(path: Path) -> tuple[dict, tuple]:
+    """A sentence-transformers Dense module's config.json -> (one ``dense`` entry of the head, (its
+    ``in_features``, where), checked by :func:`check_dense_widths` once the hidden size is known)."""
+    cfg = read_json(path)
+    where = str(path)
+    for key in ("in_features", "out_features"):
+        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
+            refuse(where, key, cfg.get(key), "a Dense module needs a positive integer in_features and out_features")
+    activation = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if activation not in _DENSE_ACTIVATIONS:
+        refuse(where, "activation_function", activation,
+               f"bertc computes exactly {', '.join(sorted(_DENSE_ACTIVATIONS))}")
+    for key, default in (("use_residual", False), ("module_input_name", "sentence_embedding"),
+                         ("module_output_name", None)):
+        if cfg.get(key, default) not in (default, "sentence_embedding"):
+            refuse(where, key, cfg.get(key), "bertc applies Dense modules to the pooled sentence embedding alone "
+                                             "(no residual, no per-token Dense)")
+    entry = {"units": cfg["out_features"], "activation": _DENSE_ACTIVATIONS[activation],
+             "bias": bool(cfg.get("bias", True))}
+    return entry, (cfg["in_features"], where)
 
 
 def _pooling_mode(path: Path) -> str:
@@ -402,10 +455,13 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     arch = architecture(cfg, where, family) if not (st or encoder_only) else \
         (cfg.get("architectures") or [family.base_architecture])[0]
     head = st["head"] if st else (None if encoder_only else family.head(cfg, where, enc, arch, names))
+    if st:
+        check_dense_widths(head, st["dense_inputs"], enc.get("hidden_size"))
     if head is None and enc.get("pooler", True) and names and not family.has_pooler(names):
         raise UnsupportedModel(f"{where}: the checkpoint has no pooler (architectures {arch}); bertc's encoder "
                                f"without a head also outputs pooled_output, so it needs one")
-    described = f"sentence-transformers model ({arch}, {head['pooling']} pooling" \
+    dense = "".join(f", dense {d['units']} {d['activation']}" for d in (head or {}).get("dense", []))
+    described = f"sentence-transformers model ({arch}, {head['pooling']} pooling{dense}" \
                 f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
     note = ""
     if head is not None and head["type"] == "pretrainer":
