@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import transformers as tr
 
-from make_hf_fixtures import OUT, ROOT, SEQ, VOCAB, WORDS, perturb
+from make_hf_fixtures import OUT, ROOT, SEQ, VOCAB, WORDS, perturb, save_sentence_transformer
 
 HOLES = [1] * 13 + [0] * 3
 for _i in (3, 7, 8):
@@ -225,24 +225,12 @@ def write_distiluse(name: str = "st_distilbert_mean_dense", seed: int = 57) -> P
 
 def _sentence_transformer(name: str, seed: int, model, tokenizer, ids: tuple, dense: tuple = (),
                           normalize: bool = True) -> Path:
-    from sentence_transformers import SentenceTransformer, models
-
     directory = OUT / name
     shutil.rmtree(directory, ignore_errors=True)
     base = OUT / f"_{name}_base"
     model.save_pretrained(base, safe_serialization=True)
     tokenizer(base)
-    word = models.Transformer(str(base), max_seq_length=SEQ)
-    modules = [word, models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")]
-    width = word.get_word_embedding_dimension()
-    torch.manual_seed(seed)
-    for units, activation in dense:
-        modules.append(models.Dense(width, units, activation_function=activation))
-        width = units
-    st = SentenceTransformer(modules=modules + ([models.Normalize()] if normalize else []), device="cpu")
-    st.save(str(directory))
-    (directory / "README.md").unlink(missing_ok=True)
-    shutil.rmtree(base)
+    st = save_sentence_transformer(base, directory, seed, "mean", dense, normalize)
     x = inputs(seed, *ids)
     features = {"input_ids": torch.tensor(x["input_word_ids"], dtype=torch.long),
                 "attention_mask": torch.tensor(x["input_mask"], dtype=torch.long)}

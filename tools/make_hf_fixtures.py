@@ -119,18 +119,13 @@ def make_albert(arch: str, seed: int, **config):
     return model
 
 
-def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", pooling_mode: str = "mean",
-                              dense: tuple = (), normalize: bool = True) -> Path:
-    """A sentence-transformers directory: BertModel -> ``pooling_mode`` pooling -> a Dense module per
-    (out_features, torch activation) of ``dense`` (LaBSE: cls, 768 -> 768 tanh, Normalize) -> Normalize."""
+def save_sentence_transformer(base: Path, directory: Path, seed: int, pooling_mode: str, dense: tuple,
+                              normalize: bool):
+    """The sentence-transformers directory of the transformers checkpoint in ``base`` (removed after): pooling,
+    a Dense module per (out_features, torch activation) of ``dense`` (seeded), optionally Normalize. Returns the
+    model loaded back from ``directory`` (what the reference outputs are computed with)."""
     from sentence_transformers import SentenceTransformer, models
 
-    directory = OUT / name
-    shutil.rmtree(directory, ignore_errors=True)
-    base = OUT / "_st_base"
-    bert = make_bert("BertModel", seed)
-    bert.save_pretrained(base, safe_serialization=True)
-    save_tokenizer(base)
     word = models.Transformer(str(base), max_seq_length=SEQ)
     modules = [word, models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling_mode)]
     width = word.get_word_embedding_dimension()
@@ -142,6 +137,20 @@ def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", poolin
     st.save(str(directory))
     (directory / "README.md").unlink(missing_ok=True)  # the generated model card: not needed to load the model
     shutil.rmtree(base)
+    return SentenceTransformer(str(directory), device="cpu")
+
+
+def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", pooling_mode: str = "mean",
+                              dense: tuple = (), normalize: bool = True) -> Path:
+    """A sentence-transformers directory: BertModel -> ``pooling_mode`` pooling -> a Dense module per
+    (out_features, torch activation) of ``dense`` (LaBSE: cls, 768 -> 768 tanh, Normalize) -> Normalize."""
+    directory = OUT / name
+    shutil.rmtree(directory, ignore_errors=True)
+    base = OUT / "_st_base"
+    bert = make_bert("BertModel", seed)
+    bert.save_pretrained(base, safe_serialization=True)
+    save_tokenizer(base)
+    st = save_sentence_transformer(base, directory, seed, pooling_mode, dense, normalize)
     x = inputs(seed)
     features = {k: v for k, v in torch_inputs(x).items()}
     with torch.no_grad():
