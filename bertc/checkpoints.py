@@ -2,9 +2,8 @@
 
 A reader knows nothing about models: it lists the tensors a file holds (``names()``, ``shape()``)
 and reads one on request (``read()``, always float32 for floating tensors). Which reader a path
-needs is decided by :func:`open_checkpoint`. TensorFlow and torch are imported only by the readers
-that need them; torch is never a requirement (``pytorch_model.bin`` is read only when it is
-installed, and the message says so otherwise). A bertc ``.keras`` file is read with h5py, never
+needs is decided by :func:`open_checkpoint`. TensorFlow is imported only by the readers that need it;
+torch is never a requirement (``pytorch_model.bin`` is read by :mod:`bertc.torch_pickle`). A bertc ``.keras`` file is read with h5py, never
 deserialized: no reader imports bertc's layer library or a plug-in (a ``.keras`` file bertc did not
 write, without ``bertc_weights.json``, is the exception: it is deserialized).
 """
@@ -117,29 +116,41 @@ def _sharded_safetensors(index: Path) -> SafetensorsCheckpoint:
 
 
 class TorchCheckpoint(Checkpoint):
-    """``pytorch_model.bin`` (a torch pickle); needs torch, loaded with ``weights_only=True``."""
+    """``pytorch_model.bin`` / ``.pt`` (a ``torch.save`` state dict), read without torch
+    (:mod:`bertc.torch_pickle`: zip and legacy formats, only a state dict's names resolved). A file that reader
+    refuses is tried with ``torch.load(weights_only=True)`` where torch is installed."""
 
     format = "pytorch"
 
     def __init__(self, location: Path):
         super().__init__(location)
+        from bertc.torch_pickle import TorchFile
+
+        try:
+            self._file = TorchFile(location)
+        except WeightsError as exc:
+            self._file, self._tensors = None, self._torch_load(location, exc)
+            self._shapes = {k: tuple(int(d) for d in v.shape) for k, v in self._tensors.items()}
+            return
+        self._shapes = {k: ref.shape for k, ref in self._file.tensors.items()}
+
+    @staticmethod
+    def _torch_load(location: Path, error: WeightsError) -> dict:
         try:
             import torch
         except ImportError:
-            raise WeightsError(
-                f"{location}: a PyTorch pickle can only be read with torch installed (pip install torch), "
-                f"and bertc does not require it; convert it to safetensors instead "
-                f"(transformers: model.save_pretrained(dir, safe_serialization=True))") from None
+            raise error from None
         try:
             state = torch.load(str(location), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise WeightsError(f"{location}: cannot read the PyTorch checkpoint: {type(exc).__name__}: {exc}") from None
+            raise WeightsError(f"{error} (torch.load: {type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict):
             raise WeightsError(f"{location}: expected a state dict (name -> tensor), got {type(state).__name__}")
-        self._tensors = {k: v for k, v in state.items() if hasattr(v, "shape")}
-        self._shapes = {k: tuple(int(d) for d in v.shape) for k, v in self._tensors.items()}
+        return {k: v for k, v in state.items() if hasattr(v, "shape")}
 
     def _read(self, name):
+        if self._file is not None:
+            return self._file.read(name)
         t = self._tensors[name]
         return t.float().numpy() if t.is_floating_point() else t.numpy()
 
@@ -475,4 +486,4 @@ def open_checkpoint(path: Path) -> Checkpoint:
         raise WeightsError(f"{path}: no such file or directory (nor a TensorFlow checkpoint prefix: "
                            f"{path}.index does not exist)")
     raise WeightsError(f"{path}: unknown weights format; bertc reads a Hugging Face directory, .safetensors, "
-                       f"pytorch_model.bin (with torch), a TensorFlow checkpoint, or a bertc .keras file")
+                       f"pytorch_model.bin, a TensorFlow checkpoint, or a bertc .keras file")

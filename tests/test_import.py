@@ -287,14 +287,14 @@ def test_directory_without_weights(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_pytorch_pickle_without_torch_says_so(tmp_path, monkeypatch):
+def test_a_file_that_is_not_a_pytorch_state_dict_says_so(tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError: bertc reads .bin without it
     (tmp_path / "pytorch_model.bin").write_bytes(b"not used")
     from bertc.checkpoints import open_checkpoint
 
-    with pytest.raises(WeightsError, match=r"can only be read with torch installed.*convert it to safetensors"):
+    with pytest.raises(WeightsError, match=r"pytorch_model.bin: neither a zip nor a legacy torch.save file"):
         open_checkpoint(tmp_path)
 
 

@@ -1,0 +1,211 @@
+"""``torch.save`` files (``pytorch_model.bin``, ``.pt``) read without torch.
+
+Many trained checkpoints exist only as a PyTorch state dict. Reading one with ``torch.load`` needs torch (a
+2 GB install bertc does not require), and converting it to safetensors needs torch too. The format is simple
+enough to read directly:
+
+- the **zip** format (``torch.save`` since torch 1.6): ``<archive>/data.pkl`` is a pickle of the state dict in
+  which each tensor is ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`` and each storage a
+  persistent id ``("storage", torch.FloatStorage, key, location, numel)``; the storage's bytes are the archive
+  member ``<archive>/data/<key>`` (little-endian unless ``<archive>/byteorder`` says ``big``);
+- the **legacy** format (before torch 1.6, or ``_use_new_zipfile_serialization=False``): pickles of the magic
+  number, the protocol version and system info, then the state dict (persistent ids ``("storage", type, key,
+  location, numel, view)``), then the list of storage keys, then each storage in that order as an int64 element
+  count followed by its bytes.
+
+The unpickler resolves only the names a tensor state dict uses (``collections.OrderedDict``, the tensor and
+parameter rebuild functions, the storage types); anything else is refused, so reading a file never runs code
+from it (what ``torch.load(weights_only=True)`` guarantees too). Tensors are read lazily: opening a file parses
+its pickle and records where each tensor's bytes are.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from bertc.errors import WeightsError
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C   # torch.serialization.MAGIC_NUMBER (legacy format)
+# torch storage type -> numpy dtype ("bf16": bfloat16, read as uint16 and widened to float32)
+STORAGES = {"FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2", "BFloat16Storage": "bf16",
+            "LongStorage": "i8", "IntStorage": "i4", "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1",
+            "BoolStorage": "?"}
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    name: str
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.name == "BFloat16Storage" else np.dtype(STORAGES[self.name]).itemsize
+
+
+@dataclass
+class _Storage:
+    """Where one storage's bytes are: an archive member (zip) or a file offset (legacy)."""
+
+    kind: _StorageType
+    key: str
+    numel: int
+    offset: Optional[int] = None     # legacy: the file offset of its bytes
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor of the file, not read yet: its storage and its view of it."""
+
+    storage: _Storage
+    offset: int
+    shape: tuple
+    stride: tuple
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    return TensorRef(storage, int(storage_offset), tuple(int(d) for d in size), tuple(int(s) for s in stride))
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *rest):
+    return data
+
+
+def _rebuild_from_type(func, new_type, args, state=None):   # a tensor (or Parameter) with Python attributes
+    return func(*args)
+
+
+_ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
+            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+            ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+            ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+            ("torch", "Tensor"): "torch.Tensor", ("torch.nn.parameter", "Parameter"): "torch.nn.Parameter"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, storages: dict, legacy: bool):
+        super().__init__(file)
+        self.storages, self.legacy = storages, legacy
+
+    def find_class(self, module, name):
+        if module == "torch" and name in STORAGES:
+            return _StorageType(name)
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of a tensor state dict")
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or not pid or _text(pid[0]) != "storage":
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        kind, key, numel = pid[1], _text(pid[2]), int(pid[4])
+        if not isinstance(kind, _StorageType):
+            raise pickle.UnpicklingError(f"storage of unknown type {kind!r:.80}")
+        if self.legacy and len(pid) > 5 and pid[5] is not None:
+            raise pickle.UnpicklingError("storage views (legacy format) are not supported")
+        if key not in self.storages:
+            self.storages[key] = _Storage(kind, key, numel)
+        return self.storages[key]
+
+
+class _DataOnly(pickle.Unpickler):
+    """For the legacy format's plain pickles (magic number, version, system info, storage keys): no names."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of a tensor state dict")
+
+
+def _text(value) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+class TorchFile:
+    """The tensors of one ``torch.save`` file: ``tensors`` (name -> :class:`TensorRef`) and :meth:`read`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.storages: dict = {}
+        try:
+            if zipfile.is_zipfile(self.path):
+                state = self._open_zip()
+            else:
+                state = self._open_legacy()
+        except WeightsError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+                zipfile.BadZipFile) as exc:
+            raise WeightsError(f"{self.path}: not a readable PyTorch state dict: {exc}") from None
+        if not isinstance(state, dict):
+            raise WeightsError(f"{self.path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+        if "state_dict" in state and isinstance(state["state_dict"], dict):   # a training checkpoint's wrapper
+            state = state["state_dict"]
+        self.tensors = {str(k): v for k, v in state.items() if isinstance(v, TensorRef)}
+
+    def _open_zip(self) -> object:
+        self._zip = zipfile.ZipFile(self.path)
+        pickles = [n for n in self._zip.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pickles) != 1:
+            raise WeightsError(f"{self.path}: a zip file, but not one torch.save wrote (no single data.pkl)")
+        self._prefix = pickles[0][: -len("data.pkl")]
+        order = self._prefix + "byteorder"
+        if order in self._zip.namelist() and self._zip.read(order).strip() != b"little":
+            raise WeightsError(f"{self.path}: big-endian tensors; bertc reads little-endian PyTorch files")
+        with self._zip.open(pickles[0]) as f:
+            return _Unpickler(io.BytesIO(f.read()), self.storages, legacy=False).load()
+
+    def _open_legacy(self) -> object:
+        self._zip = None
+        with open(self.path, "rb") as f:
+            try:
+                magic = _DataOnly(f).load()
+            except Exception:
+                raise WeightsError(f"{self.path}: neither a zip nor a legacy torch.save file") from None
+            if magic != MAGIC_NUMBER:
+                raise WeightsError(f"{self.path}: not a torch.save file (no magic number)")
+            _DataOnly(f).load()                  # protocol version
+            info = _DataOnly(f).load()           # system info
+            if isinstance(info, dict) and info.get("little_endian") is False:
+                raise WeightsError(f"{self.path}: big-endian tensors; bertc reads little-endian PyTorch files")
+            state = _Unpickler(f, self.storages, legacy=True).load()
+            keys = [_text(k) for k in _DataOnly(f).load()]
+            for key in keys:
+                storage = self.storages[key]
+                numel = int.from_bytes(f.read(8), "little")
+                if numel != storage.numel:
+                    raise WeightsError(f"{self.path}: storage {key} holds {numel} values, its tensors say {storage.numel}")
+                storage.offset = f.tell()
+                f.seek(numel * storage.kind.itemsize, io.SEEK_CUR)
+        return state
+
+    def _bytes(self, storage: _Storage) -> bytes:
+        size = storage.numel * storage.kind.itemsize
+        if self._zip is not None:
+            data = self._zip.read(f"{self._prefix}data/{storage.key}")
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(storage.offset)
+                data = f.read(size)
+        if len(data) < size:
+            raise WeightsError(f"{self.path}: storage {storage.key} is truncated ({len(data)} of {size} bytes)")
+        return data[:size]
+
+    def read(self, name: str) -> np.ndarray:
+        ref = self.tensors[name]
+        kind = ref.storage.kind
+        raw = np.frombuffer(self._bytes(ref.storage), dtype="<u2" if kind.name == "BFloat16Storage"
+                            else np.dtype(STORAGES[kind.name]).newbyteorder("<"))
+        need = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride)) + 1 if all(ref.shape) else 0
+        if need > raw.size:
+            raise WeightsError(f"{self.path}: tensor {name!r} reaches past its storage")
+        view = np.lib.stride_tricks.as_strided(raw[ref.offset:], shape=ref.shape,
+                                               strides=[s * raw.itemsize for s in ref.stride]) if need else \
+            np.zeros(ref.shape, raw.dtype)
+        array = np.array(view)
+        if kind.name == "BFloat16Storage":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        return array
