@@ -19,8 +19,9 @@ from bertc.errors import BertcError, OutputError
 # sentencepiece models: spiece.model (ALBERT, T5), spm.model (DeBERTa-v2/v3), sentencepiece.bpe.model (XLM-R,
 # CamemBERT)
 SENTENCEPIECE_FILES = ("spiece.model", "spm.model", "sentencepiece.bpe.model")
+SENTENCE_BERT_CONFIG = "sentence_bert_config.json"   # sentence-transformers' own settings: do_lower_case
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json", "merges.txt",
-                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", SENTENCE_BERT_CONFIG)
 # the files that are a tokenizer by themselves (the others configure one); RoBERTa's BPE is the vocab.json +
 # merges.txt pair
 _VOCABULARIES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json")
@@ -54,7 +55,15 @@ def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
     for key in ("tokenizer_class", "do_lower_case", "model_max_length"):
         if key in config:
             section[key] = config[key]
+    if SENTENCE_BERT_CONFIG in files and lowercases_input(directory):
+        section["lowercase_input"] = "sentence_bert_config.json do_lower_case: the text is lowercased first"
     return section
+
+
+def lowercases_input(directory: Path) -> bool:
+    """Whether sentence-transformers lowercases the text before its tokenizer sees it (``do_lower_case`` in
+    ``sentence_bert_config.json``, up to sentence-transformers 5; ``str.lower()`` of each text)."""
+    return _read_json(Path(directory) / SENTENCE_BERT_CONFIG).get("do_lower_case") is True
 
 
 def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
@@ -100,6 +109,9 @@ def load_tokenizer(out_dir: Path, max_len: int):
     else:
         raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
                          f"merges.txt); it is bundled when the trained weights come with one")
+    if lowercases_input(out_dir):   # before the tokenizer's own normalization, as sentence-transformers does
+        lower = tokenizers.normalizers.Lowercase()
+        tok.normalizer = lower if tok.normalizer is None else tokenizers.normalizers.Sequence([lower, tok.normalizer])
     tok.enable_truncation(max_length=max_len)
     tok.no_padding()
     return tok

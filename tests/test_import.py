@@ -490,6 +490,28 @@ def test_sentence_transformers_dense_modules_are_imported_in_order(tmp_path):
     assert diffs["sentence_embedding"] <= ATOL, diffs
 
 
+def test_sentence_transformers_do_lower_case_lowercases_the_text_first(tmp_path):
+    """sentence-transformers (up to v5) lowercases every text before its tokenizer when sentence_bert_config.json
+    says ``do_lower_case``: with a cased tokenizer, "The CAT" must then encode as "the cat" (else CAT is [UNK])."""
+    from bertc.text import bundle_tokenizer, load_tokenizer
+
+    source = tmp_path / "st"
+    shutil.copytree(FIXTURES / "hf" / "st_bert_mean_norm", source)
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False
+    (source / "tokenizer.json").write_text(json.dumps(tokenizer))
+    for lower in (False, True):
+        (source / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16, "do_lower_case": lower}))
+        out = tmp_path / f"out_{lower}"
+        out.mkdir()
+        section = bundle_tokenizer(source, out)
+        assert "sentence_bert_config.json" in section["files"] and ("lowercase_input" in section) == lower
+        tok = load_tokenizer(out, 16)
+        cased, plain = tok.encode("The CAT sat").ids, tok.encode("the cat sat").ids
+        assert (cased == plain) == lower and 1 not in plain   # 1: [UNK]
+        assert (1 in cased) != lower
+
+
 def _with_dense_config(tmp_path, **changes) -> Path:
     source = tmp_path / "st"
     shutil.copytree(FIXTURES / "hf" / "st_bert_cls_dense_norm", source)
