@@ -403,14 +403,40 @@ def find_tf_checkpoint(directory: Path) -> Optional[Path]:
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
-def dense_module_paths(root: Path) -> list[str]:
-    """The folders of a sentence-transformers directory's ``Dense`` modules, in the order ``modules.json`` lists
-    them (none when it has no modules.json, or one that is not readable: the importer reports that)."""
+# sentence-transformers' module types that hold the transformers model: ``Transformer``, and before v1 one
+# class per architecture (its folder then is ``0_BERT/``, ``0_RoBERTa/``...)
+TRANSFORMER_MODULES = ("Transformer", "BERT", "RoBERTa", "DistilBERT", "XLMRoBERTa", "CamemBERT", "ALBERT")
+
+
+def _module_paths(root: Path, types: tuple) -> list[str]:
+    """The folders of the modules of ``types`` in a sentence-transformers directory's ``modules.json``, in its
+    order (none when it has no modules.json, or one that is not readable: the importer reports that)."""
     try:
         modules = json.loads((Path(root) / "modules.json").read_text())
-        return [str(m["path"]) for m in modules if str(m.get("type", "")).rsplit(".", 1)[-1] == "Dense"]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return [str(m.get("path", "")) for m in modules if str(m.get("type", "")).rsplit(".", 1)[-1] in types]
+    except (OSError, ValueError, TypeError, AttributeError):
         return []
+
+
+def dense_module_paths(root: Path) -> list[str]:
+    """The folders of a sentence-transformers directory's ``Dense`` modules, in modules.json's order."""
+    return _module_paths(root, ("Dense",))
+
+
+def transformer_folder(root: Path) -> Optional[Path]:
+    """Where a sentence-transformers directory keeps its transformers model: the directory itself (v2 and later)
+    or the Transformer module's folder (``0_Transformer/``, ``0_BERT/``: models saved before v2); None when
+    ``root`` has no modules.json or no such module."""
+    paths = _module_paths(root, TRANSFORMER_MODULES)
+    return Path(root) / paths[0] if paths else None
+
+
+def sentence_transformers_root(directory: Path) -> Optional[Path]:
+    """The sentence-transformers directory that ``directory`` (its root, or its transformer's folder) belongs to."""
+    for candidate in (Path(directory), Path(directory).parent):
+        if (candidate / "modules.json").is_file():
+            return candidate
+    return None
 
 
 class ModulesCheckpoint(Checkpoint):
@@ -457,6 +483,9 @@ def open_checkpoint(path: Path) -> Checkpoint:
         for name in HF_WEIGHT_FILES:
             if (path / name).exists():
                 return _with_modules(path, open_checkpoint(path / name))
+        folder = transformer_folder(path)
+        if folder is not None and folder != path and folder.is_dir():   # a sentence-transformers directory before v2
+            return _with_modules(path, open_checkpoint(folder))
         if (path / "model.keras").exists():
             return KerasCheckpoint(path / "model.keras")
         prefix = find_tf_checkpoint(path)

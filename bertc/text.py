@@ -30,7 +30,15 @@ _ROBERTA_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
 
 
 def _tokenizer_dir(source: Path) -> Path:
-    return source if source.is_dir() else source.parent
+    """Where the tokenizer of the weights at ``source`` is: their directory, or for a sentence-transformers
+    directory saved before v2 its transformer's folder (``0_Transformer/``, ``0_BERT/``)."""
+    from bertc.checkpoints import transformer_folder
+
+    directory = source if source.is_dir() else source.parent
+    folder = transformer_folder(directory)
+    if folder is not None and folder.is_dir() and not any((directory / n).is_file() for n in _VOCABULARIES):
+        return folder
+    return directory
 
 
 def _read_json(path: Path) -> dict:

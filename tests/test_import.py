@@ -512,6 +512,37 @@ def test_sentence_transformers_do_lower_case_lowercases_the_text_first(tmp_path)
         assert (1 in cased) != lower
 
 
+@pytest.mark.parametrize("folder, module_type", [("0_Transformer", "sentence_transformers.models.Transformer"),
+                                                  ("0_BERT", "sentence_transformers.models.BERT")])
+def test_sentence_transformers_directory_saved_before_v2_imports_and_builds(tmp_path, folder, module_type):
+    """Before sentence-transformers 2 the transformers model sat in its module's folder (``0_Transformer/``, and
+    before 1.0 ``0_BERT/`` of type ``models.BERT``): the same model laid out so imports, loads every weight
+    (Dense modules included), bundles the tokenizer from that folder and computes sentence-transformers'
+    embedding."""
+    source = tmp_path / "st"
+    shutil.copytree(FIXTURES / "hf" / "st_bert_cls_dense_norm", source)
+    (source / folder).mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "sentence_bert_config.json"):
+        (source / name).rename(source / folder / name)
+    modules = json.loads((source / "modules.json").read_text())
+    modules[0].update(path=folder, type=module_type)
+    (source / "modules.json").write_text(json.dumps(modules))
+    spec_path = tmp_path / "x.json"
+    assert import_spec(source, spec_path)["head"]["dense"][0]["units"] == 24
+    out = tmp_path / "out"
+    assert main(["build", str(spec_path), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"]["mapping"]["sentence_dense_1_transform/kernel"] == "3_Dense/linear.weight"
+    assert report["tokenizer"]["source"] == str((source / folder).resolve()) and (out / "tokenizer.json").is_file()
+    spec = load_spec(out / "spec.json")
+    from bertc.parity import onnx_runner
+
+    ref = dict(np.load(source / "reference.npz"))
+    diffs = max_diffs(onnx_runner(out / "model.onnx", "CPUExecutionProvider"), signature_of(spec), ref)
+    assert diffs["sentence_embedding"] <= ATOL, diffs
+
+
 def _with_dense_config(tmp_path, **changes) -> Path:
     source = tmp_path / "st"
     shutil.copytree(FIXTURES / "hf" / "st_bert_cls_dense_norm", source)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from bertc.checkpoints import dense_module_paths
+from bertc.checkpoints import TRANSFORMER_MODULES, dense_module_paths, sentence_transformers_root
 from bertc.errors import UnsupportedModel, WeightsError
 from bertc.spec import LONG_CONTEXT
 from bertc.weights import Ignored, Target
@@ -143,7 +143,8 @@ def translator(names, spec, location=None):
         where = Path(location) if Path(location).is_dir() else Path(location).parent
         if (where / "config.json").is_file():
             family = family_for(read_json(where / "config.json"), str(where / "config.json"))
-        dense = {folder: i for i, folder in enumerate(dense_module_paths(where))}
+        st_root = sentence_transformers_root(where)   # the weights' folder, or (before v2) the one above it
+        dense = {folder: i for i, folder in enumerate(dense_module_paths(st_root))} if st_root else {}
 
     def translate(name: str):
         folder, _, leaf = name.rpartition("/")
@@ -358,7 +359,7 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
     for i, m in enumerate(modules):
         kind = str(m.get("type", "")).rsplit(".", 1)[-1]
         where = f"{modules_file}: module {i} ({m.get('path') or m.get('name')})"
-        if kind == "Transformer" and transformer is None:
+        if kind in TRANSFORMER_MODULES and transformer is None:
             transformer = root / m.get("path", "")
         elif kind == "Pooling" and pooling is None and transformer is not None:
             pooling = _pooling_mode(root / m.get("path", "") / "config.json")
