@@ -357,13 +357,17 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.option("--truncate/--no-truncate", default=None,
               help="Cut texts longer than the model's maximum, or refuse them naming the line [default: as the "
                    "bundled tokenizer says; sentence embedders truncate].")
+@click.option("--scores", type=click.Choice(["softmax", "sigmoid", "raw"]), default=None,
+              help="A classifier's scores: softmax, sigmoid (each class alone: multi-label, one-class rerankers) or "
+                   "the raw logits [default: as the checkpoint's config says (a CrossEncoder's activation, "
+                   "problem_type), else sigmoid for one class and softmax for more].")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run over Ray Data: on the cluster at ADDRESS, or a local Ray when none is given.")
 @click.option("--actors", type=click.IntRange(1), default=None,
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, text_field, pair_field, artifact, device, threads,
-                batch_size, window, truncate, ray_address, actors, quiet):
+                batch_size, window, truncate, scores, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet);
     write RESULT: embeddings, labels and scores, spans or tags, one per input row, in input order."""
     import time
@@ -372,9 +376,10 @@ def run_command(out, input_path, result, force, input_format, text_field, pair_f
     from bertc.run_io import stderr_is_terminal
 
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
-                      truncate=truncate)
+                      truncate=truncate, scores=scores)
     if not quiet:
-        _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}")
+        _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
+             + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else ""))
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
     try:

@@ -15,7 +15,9 @@ outputs                               kind            one result
 ====================================  ==============  ===============================================
 one (batch, dim) features output      embedding       float32 vector (``sentence_embedding``, or the
                                                       encoder's ``pooled_output`` without a head)
-``logits`` (batch, classes)           classification  ``{"label", "label_id", "score", "scores"}``
+``logits`` (batch, classes)           classification  ``{"label", "label_id", "score", "scores"}``;
+                                                      scores: softmax, sigmoid or raw logits, as the
+                                                      checkpoint's tools give them (:func:`score_function`)
 ``start_logits`` + ``end_logits``     span            ``{"start", "end", "text", "score"}``: character
                                                       offsets into the text (the pair's, for a pair)
 ``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
@@ -181,9 +183,8 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
     raise InputError("no ONNX artifact of this build can run here (none exported, or none passed parity)")
 
 
-def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[list[str]]:
-    """The checkpoint's class names (``id2label`` of a Hugging Face config.json beside the trained weights,
-    or in OUT), when the build knows them and they number the model's classes."""
+def _checkpoint_configs(out: Path, report: dict) -> Iterator[dict]:
+    """The Hugging Face config.json of the build, in OUT or beside the trained weights, that can be read."""
     candidates = [Path(out) / "config.json"]
     source = (report.get("weights") or {}).get("source")
     if source:
@@ -191,9 +192,18 @@ def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[lis
         candidates.append((src if src.is_dir() else src.parent) / "config.json")
     for path in candidates:
         try:
-            id2label = json.loads(path.read_text()).get("id2label")
-        except (OSError, ValueError, AttributeError):
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
             continue
+        if isinstance(config, dict):
+            yield config
+
+
+def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[list[str]]:
+    """The checkpoint's class names (``id2label`` of a Hugging Face config.json beside the trained weights,
+    or in OUT), when the build knows them and they number the model's classes."""
+    for config in _checkpoint_configs(out, report):
+        id2label = config.get("id2label")
         if isinstance(id2label, dict) and id2label:
             try:
                 names = [str(id2label[k]) for k in sorted(id2label, key=int)]
@@ -202,6 +212,36 @@ def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[lis
             if classes is None or len(names) == classes:
                 return names
     return None
+
+
+SCORES = ("softmax", "sigmoid", "raw")
+# a sentence-transformers CrossEncoder's activation (config.json) -> the scores it gives
+_CROSS_ENCODER = {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.modules.linear.Identity": "raw"}
+
+
+def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str, str]:
+    """(one of :data:`SCORES`, why) for a classifier's logits, as the checkpoint's own tools score them: a
+    sentence-transformers CrossEncoder's activation (``sentence_transformers.activation_fn``, or the older
+    ``sbert_ce_default_activation_function``: Sigmoid, or Identity for raw scores such as ms-marco's); else
+    transformers' text-classification pipeline: ``problem_type`` regression raw, multi-label or a single class
+    sigmoid, otherwise softmax."""
+    for config in _checkpoint_configs(out, report):
+        st = config.get("sentence_transformers")
+        activation = (st.get("activation_fn") if isinstance(st, dict) else None) or \
+            config.get("sbert_ce_default_activation_function")
+        if activation in _CROSS_ENCODER:
+            return _CROSS_ENCODER[activation], f"the CrossEncoder activation {activation.rsplit('.', 1)[-1]}"
+        problem = config.get("problem_type")
+        if problem == "regression":
+            return "raw", "problem_type regression"
+        if problem == "multi_label_classification":
+            return "sigmoid", "problem_type multi_label_classification"
+        if problem == "single_label_classification":
+            return "softmax", "problem_type single_label_classification"
+        break
+    if classes == 1:
+        return "sigmoid", "one class"
+    return "softmax", "one label per text"
 
 
 def truncation_default(out: Path, kind: str) -> bool:
@@ -235,6 +275,7 @@ class EngineParts:
     labels: Optional[list] = None
     batch_size: int = DEFAULT_BATCH
     provider_options: dict = field(default_factory=dict)
+    scores: str = "softmax"          # a classifier's scores: softmax, sigmoid (each class alone) or raw logits
 
 
 class Engine:
@@ -313,7 +354,8 @@ class Engine:
         if kind == "embedding":
             return np.asarray(values[outs["embedding"]][j], np.float32)
         if kind == "classification":
-            probs = _softmax(values["logits"][j].astype(np.float64))
+            logits = values["logits"][j].astype(np.float64)
+            probs = {"softmax": _softmax, "sigmoid": _sigmoid, "raw": lambda x: x}[self.parts.scores](logits)
             k = int(np.argmax(probs))
             return {"label": self._label(k), "label_id": k, "score": float(probs[k]),
                     "scores": [float(p) for p in probs]}
@@ -354,6 +396,10 @@ class Engine:
             tags.append({"word": text[begin:end], "start": int(begin), "end": int(end), "label": self._label(k),
                          "score": float(probs[k])})
         return tags
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))   # 1 / (1 + exp(-x)), without overflow
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -399,12 +445,13 @@ class Runtime:
     (CUDA when available), "cpu" or "cuda"; ``threads`` sets ONNX Runtime's intra-op threads (default:
     its own, one per core); ``spinning=False`` stops idle ORT threads from busy-waiting (for cores shared
     with other work); ``truncate`` None follows the tokenizer (:func:`truncation_default`), True cuts
-    over-long texts to the model's maximum, False refuses them naming the text.
+    over-long texts to the model's maximum, False refuses them naming the text; ``scores`` (a classifier's:
+    "softmax", "sigmoid", "raw") overrides what :func:`score_function` reads from the checkpoint's config.
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None,
-                 spinning: bool = True):
+                 spinning: bool = True, scores: Optional[str] = None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -419,6 +466,14 @@ class Runtime:
         classes = None
         if self.kind in ("classification", "tags"):
             classes = int((self.spec.get("head") or {}).get("num_classes") or 0) or None
+        if scores is not None and scores not in SCORES:
+            raise InputError(f"scores {scores!r}: use one of {', '.join(SCORES)}")
+        if scores is not None and self.kind != "classification":
+            raise InputError(f"scores {scores!r}: only a classifier's scores can be chosen (this model gives "
+                             f"{self.kind} results)")
+        # a classifier's scores: as its own tools give them (score_function), or as asked
+        self.scores, self.scores_why = ("softmax", "") if self.kind != "classification" else \
+            (scores, "asked for") if scores else score_function(self.out, self.report, classes)
         path = self.out / self.choice.path
         if (self.report["artifacts"][self.choice.artifact].get("external_data")):
             raise InputError(f"{path.name} keeps its weights in external data files; bertc run needs a single-file artifact")
@@ -433,6 +488,7 @@ class Runtime:
                                  outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],
                                  max_len=self.max_len, truncate=self.truncate,
                                  labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
+                                 scores=self.scores,
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
 

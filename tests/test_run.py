@@ -205,6 +205,56 @@ def test_classifier_labels_scores_and_the_checkpoints_names(builds):
     np.testing.assert_allclose([r["scores"] for r in got], probs, atol=1e-5)
 
 
+def _with_config(out: Path, tmp_path: Path, **config) -> Path:
+    """A copy of the build ``out`` with a config.json in it (what the checkpoint's config says)."""
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"problem_type": "multi_label_classification"}, "sigmoid"),
+    ({"problem_type": "regression"}, "raw"),
+    ({"sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity"}, "raw"),   # ms-marco rerankers
+    ({"sentence_transformers": {"activation_fn": "torch.nn.modules.activation.Sigmoid"}}, "sigmoid"),
+    ({"problem_type": "single_label_classification"}, "softmax"),
+])
+def test_classifier_scores_follow_the_checkpoints_config(builds, tmp_path, config, expected):
+    """Scores as the checkpoint's own tools give them: transformers' pipeline (problem_type), a
+    sentence-transformers CrossEncoder's activation; the label is the top class either way."""
+    out = _with_config(builds["bert_seq_cls"], tmp_path, **config)
+    runtime = bertc.Runtime(out, artifact="onnx", batch_size=3)
+    assert runtime.scores == expected
+    got = runtime.run(TEXTS)
+    logits = direct(out, TEXTS)["logits"].astype(np.float64)
+    want = {"softmax": softmax(logits), "sigmoid": 1 / (1 + np.exp(-logits)), "raw": logits}[expected]
+    assert [r["label_id"] for r in got] == list(logits.argmax(-1))
+    np.testing.assert_allclose([r["scores"] for r in got], want, atol=1e-5)
+    np.testing.assert_allclose([r["score"] for r in got], want.max(-1), atol=1e-5)
+
+
+def test_one_class_scores_by_sigmoid_and_scores_can_be_chosen(builds, tmp_path, capsys):
+    """A one-class head (a reranker's relevance) takes sigmoid, as transformers' pipeline does (softmax of one
+    logit is always 1.0); ``--scores`` overrides; scores are refused for other heads."""
+    from bertc.runtime import score_function
+
+    assert score_function(tmp_path, {}, 1) == ("sigmoid", "one class")
+    assert score_function(tmp_path, {}, 3) == ("softmax", "one label per text")
+    out = builds["bert_seq_cls"]
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl"), "--artifact", "onnx",
+                 "--scores", "raw"]) == 0
+    assert "raw scores (asked for)" in capsys.readouterr().err
+    np.testing.assert_allclose([r["scores"] for r in read_result(tmp_path / "r.jsonl")],
+                               direct(out, TEXTS)["logits"], atol=1e-5)
+    assert main(["run", str(builds["st_bert_mean_norm"]), str(tmp_path / "in.txt"), "-o", str(tmp_path / "e.npy"),
+                 "--scores", "sigmoid"]) != 0
+    err = capsys.readouterr().err
+    assert "only a classifier's scores can be chosen" in err and "Traceback" not in err
+    assert not (tmp_path / "e.npy").exists()
+
+
 def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
     out = builds["bert_token_cls"]
     texts = ["the cats sat on the mat.", "big red cars , small dogs"]
