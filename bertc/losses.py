@@ -26,6 +26,18 @@ def weighted_sparse_categorical_crossentropy(labels, predictions, weights=None, 
     return tf.math.divide_no_nan(tf.reduce_sum(per_position * weights), tf.reduce_sum(weights))
 
 
+def weighted_mean_squared_error(targets, predictions, weights=None):
+    """Mean of ``(prediction - target)^2`` over the weighted positions: the loss of a one-output classifier (a
+    relevance or regression score; transformers' ``num_labels == 1``), where cross-entropy over one class is
+    always 0. ``predictions`` has a last axis of size 1, ``targets`` and ``weights`` its shape without it."""
+    predictions = tf.convert_to_tensor(predictions)[..., 0]
+    per_position = tf.square(predictions - tf.cast(targets, predictions.dtype))
+    if weights is None:
+        return tf.reduce_mean(per_position)
+    weights = tf.cast(weights, predictions.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_position * weights), tf.reduce_sum(weights))
+
+
 def span_loss(start_positions, end_positions, start_logits, end_logits):
     """(mean CE(start) + mean CE(end)) / 2, from logits (the span-labeling notebook's loss)."""
     start = tf.keras.losses.sparse_categorical_crossentropy(start_positions, start_logits, from_logits=True)

@@ -11,8 +11,10 @@ Criteria, per backend x output:
 
 - fp32 artifacts: shape, dtype and values within ``atol + rtol * |reference|`` at every case;
 - int8 / fp16 artifacts (task level, ``spec.parity.task``): argmax agreement of ``logits`` /
-  ``log_probs`` outputs over the grid >= ``min_argmax_agreement``; cosine similarity of feature
-  outputs, per row over its real tokens, >= ``min_cosine``; the max abs diff is recorded.
+  ``log_probs`` outputs over the grid >= ``min_argmax_agreement`` (for one-class logits, a reranker's or a
+  regression's score, the agreement of the order of every pair of rows instead: the top class of one is
+  always the same); cosine similarity of feature outputs, per row over its real tokens, >= ``min_cosine``;
+  the max abs diff is recorded.
 
 Every failure is collected; an artifact that cannot be loaded fails its backend (naming the file
 and why), never the run.
@@ -51,6 +53,11 @@ class OutputParity:
     argmax_agreement: Optional[float] = None  # logits / log_probs outputs
     argmax_count: Optional[list] = None  # [agreeing, compared]
     argmax_near_ties: int = 0  # flipped predictions that were near-ties in the reference (counted as agreeing)
+    # what argmax_agreement measures: "argmax" (the top class), or "score order" for one-class logits (a
+    # reranker's or a regression's score, where the top class is always the one): the pairs of rows (of real
+    # tokens, per token), over every case, that the backend orders as the reference does (near-ties, within
+    # argmax_tie_fraction of the reference's range, count as agreeing)
+    agreement: str = "argmax"
     min_cosine: Optional[float] = None  # feature outputs: the lowest per-row cosine over the grid
     min_cosine_case: str = ""
     required_rank_agreement: Optional[float] = None  # task criterion on sentence embeddings
@@ -184,6 +191,38 @@ def argmax_matches(have: np.ndarray, want: np.ndarray, info: OutputInfo, mask: n
     return int(same.sum() + near.sum()), int(same.size), int(near.sum())
 
 
+def order_matches(have: np.ndarray, want: np.ndarray, tie_fraction: float = 0.0) -> tuple[int, int, int]:
+    """(agreeing, compared, near-ties) pairs of rows of one-class scores ``have`` / ``want`` (N,): a pair agrees
+    when the backend orders its two scores as the reference does, or is a near-tie when the reference's two scores
+    are within ``tie_fraction`` of the reference's range."""
+    have, want = np.asarray(have, np.float64).ravel(), np.asarray(want, np.float64).ravel()
+    if want.size > ORDER_MAX_SCORES:   # evenly spaced scores: the pairs grow with the square of their number
+        pick = np.linspace(0, want.size - 1, ORDER_MAX_SCORES).astype(np.int64)
+        have, want = have[pick], want[pick]
+    i, j = np.triu_indices(want.size, 1)
+    d_want, d_have = want[i] - want[j], have[i] - have[j]
+    same = np.sign(d_want) == np.sign(d_have)
+    tie = np.abs(d_want) <= tie_fraction * float(want.max() - want.min()) if want.size else same
+    near = ~same & tie
+    return int(same.sum() + near.sum()), int(same.size), int(near.sum())
+
+
+ORDER_MAX_SCORES = 2000
+
+
+def _one_class(info: OutputInfo, want: np.ndarray) -> bool:
+    """A logits output with one class: a relevance or regression score (per row, or per token), not a choice."""
+    return info.kind == "logits" and want.ndim >= 2 and want.shape[-1] == 1 and info.seq_axis != want.ndim - 1
+
+
+def _scores(x: np.ndarray, info: OutputInfo, mask: np.ndarray) -> np.ndarray:
+    """One-class logits as a flat array of scores: one per row, or one per real token."""
+    x = x[..., 0]
+    if info.seq_axis is None:
+        return x.reshape(-1)
+    return np.moveaxis(x, info.seq_axis, 1)[np.asarray(mask) == 1]
+
+
 def expected_at_padding(want: np.ndarray, info: OutputInfo, mask: np.ndarray, padded: Optional[str]) -> np.ndarray:
     """The reference as a backend promises it: a padding-free artifact (``padded_positions`` "zeros") computes
     nothing at padded positions and holds 0 there in every output along the sequence axis, so the reference is
@@ -233,6 +272,7 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
     results = {(b.name, o.name): _result(spec, b, o) for b in backends for o in sig.outputs}
     sums = {key: [0.0, 0] for key in results}
     agree = {key: [0, 0] for key in results}
+    scores: dict = {}   # one-class logits: (backend's, reference's) scores of every row of every case
     refs = [reference(case.inputs) for case in cases]   # outputs only: small beside any model
     for backend in backends:   # one backend at a time: ``runners`` may open each lazily and let it go after
         run = runners.get(backend.name)
@@ -272,7 +312,12 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
                 r.max_abs, r.max_rel = max(r.max_abs, max_abs), max(r.max_rel, rel)
                 sums[key][0] += float(diff.sum())
                 sums[key][1] += diff.size
-                if o.kind in ("logits", "log_probs") and want.size:
+                if _one_class(o, want):
+                    r.agreement = "score order"
+                    pooled = scores.setdefault(key, ([], []))
+                    pooled[0].append(_scores(have, o, mask))
+                    pooled[1].append(_scores(want, o, mask))
+                elif o.kind in ("logits", "log_probs") and want.size:
                     same, n, near = argmax_matches(have, want, o, mask, spec.parity.task.argmax_tie_fraction)
                     agree[key][0] += same
                     agree[key][1] += n
@@ -295,6 +340,10 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
         release = getattr(runners, "release", None)
         if release is not None:
             release(backend.name)
+    for key, (have, want) in scores.items():
+        same, n, near = order_matches(np.concatenate(have), np.concatenate(want), spec.parity.task.argmax_tie_fraction)
+        agree[key] = [same, n]
+        results[key].argmax_near_ties = near
     for key, r in results.items():
         r.mean_abs = sums[key][0] / sums[key][1] if sums[key][1] else 0.0
         if agree[key][1]:
@@ -304,7 +353,8 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
             need = r.required_argmax_agreement
             if need is not None and r.argmax_agreement is not None and r.argmax_agreement < need:
                 ties = f", {r.argmax_near_ties} near-tie(s) counted as agreeing" if r.argmax_near_ties else ""
-                r.problems.append(f"argmax agreement {_pct(r.argmax_agreement)} ({agree[key][0]}/{agree[key][1]}{ties}) "
+                what = "argmax agreement" if r.agreement == "argmax" else "score order agreement (pairs of rows)"
+                r.problems.append(f"{what} {_pct(r.argmax_agreement)} ({agree[key][0]}/{agree[key][1]}{ties}) "
                                   f"< {_pct(need)}")
             if r.required_cosine is not None and r.min_cosine is not None and r.min_cosine < r.required_cosine:
                 r.problems.append(f"min cosine {_below(r.min_cosine, r.required_cosine)} < {r.required_cosine:g} "

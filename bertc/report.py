@@ -61,7 +61,8 @@ def _parity_line(r: dict) -> str:
     figures = f"{r['max_abs']:.3g}"
     if r.get("criterion") == "task":
         if r.get("required_argmax_agreement") is not None and r.get("argmax_agreement") is not None:
-            figures += f" argmax {r['argmax_agreement']:.2%} (>= {r['required_argmax_agreement']:.0%})"
+            what = "argmax" if r.get("agreement", "argmax") == "argmax" else "score order"
+            figures += f" {what} {r['argmax_agreement']:.2%} (>= {r['required_argmax_agreement']:.0%})"
             if r.get("argmax_near_ties"):
                 figures += f", {r['argmax_near_ties']} near-tie(s)"
         if r.get("required_cosine") is not None and r.get("min_cosine") is not None:
@@ -71,7 +72,8 @@ def _parity_line(r: dict) -> str:
     else:
         figures += f" (atol {r['atol']:g})"
         if r.get("argmax_agreement") is not None:
-            figures += f" argmax {r['argmax_agreement']:.0%}"
+            figures += f" {'argmax' if r.get('agreement', 'argmax') == 'argmax' else 'score order'} " \
+                       f"{r['argmax_agreement']:.0%}"
         if r.get("min_cosine") is not None:
             figures += f" cosine {r['min_cosine']:.6f}"
     return f"  {'PASS' if r['passed'] else 'FAIL'}  {r['backend']:<20} {r['output']:<18} {figures}"
@@ -124,7 +126,7 @@ def int8_summary(quantization: dict) -> str:
     for output, f in (t.get("figures") or {}).items():
         bits = [f"min cosine {f['min_cosine']:.5f}" if "min_cosine" in f else "",
                 f"rank agreement {f['rank_agreement']:.4f}" if "rank_agreement" in f else "",
-                f"argmax {f['argmax_agreement']:.2%}" if "argmax_agreement" in f else ""]
+                f"{f.get('agreement', 'argmax')} {f['argmax_agreement']:.2%}" if "argmax_agreement" in f else ""]
         parts.append(f"{output}: " + ", ".join(b for b in bits if b))
     parts.append(f"on {len(t.get('inputs') or [])} calibration case(s)")
     speed = quantization.get("speed") or {}

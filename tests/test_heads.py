@@ -47,3 +47,35 @@ def test_encoder_with_all_layer_outputs():
     out = bertc.build_model(spec).model(make_inputs(spec, 2, 4, np.random.default_rng(0)), training=False)
     assert {"encoder_outputs_0", "encoder_outputs_1"} <= set(out)
     np.testing.assert_array_equal(out["encoder_outputs_1"].numpy(), out["sequence_output"].numpy())
+
+
+@pytest.mark.parametrize("head", [{"type": "classifier", "num_classes": 1},
+                                  {"type": "token_classifier", "num_classes": 1}])
+def test_a_one_class_head_builds_and_its_int8_is_judged_by_score_order(tmp_path, head):
+    """One output (a reranker's relevance, a regression): cross-entropy over one class is always 0, so the
+    trainability check failed every such build (``bertc import`` of a cross-encoder, exit 3). It trains with the
+    squared error (transformers' loss for ``num_labels == 1``), and its int8 is judged by the order of its scores
+    (a one-class argmax always agrees)."""
+    import json
+
+    from bertc.cli import main
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(tiny_bert(head=head, export={"tflite": False, "variants": ["onnx_int8"]})))
+    assert main(["build", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert next(c for c in report["checks"] if c["name"] == "trainability")["passed"]
+    int8 = next(r for r in report["parity"]["results"] if r["backend"] == "onnx_int8_cpu")
+    assert int8["agreement"] == "score order" and int8["passed"]
+
+
+def test_weighted_mean_squared_error_matches_numpy():
+    from bertc import losses
+
+    rng = np.random.default_rng(1)
+    pred, target, weights = rng.normal(size=(3, 5, 1)), rng.random((3, 5)), rng.integers(0, 2, (3, 5))
+    want = ((pred[..., 0] - target) ** 2 * weights).sum() / weights.sum()
+    np.testing.assert_allclose(float(losses.weighted_mean_squared_error(target, pred.astype(np.float32), weights)),
+                               want, rtol=1e-5)
+    np.testing.assert_allclose(float(losses.weighted_mean_squared_error(target, pred.astype(np.float32))),
+                               ((pred[..., 0] - target) ** 2).mean(), rtol=1e-5)

@@ -93,6 +93,34 @@ def test_near_ties_in_the_reference_do_not_count_as_disagreements():
     assert argmax_matches(have, want, info, mask, 0.05) == (3, 3, 2)
 
 
+def test_one_class_logits_are_judged_by_the_order_of_their_scores():
+    """A reranker's or a regression's one logit: its argmax is always class 0, so argmax agreement could never
+    fail. The order of every pair of rows, over all cases, is judged instead: reversed scores fail, noise within
+    the near-tie margin and a shift of every score pass."""
+    spec = load_spec(tiny_bert(head=None))
+    sig = Signature((InputInfo("input_word_ids"), InputInfo("input_mask")), (OutputInfo("logits", None, "logits"),),
+                    8, False)
+    rng = np.random.default_rng(3)
+    cases = [Case(f"case {k}", 4, 6, "random", {"input_mask": np.ones((4, 6), np.int32),
+                                                   "input_word_ids": rng.integers(0, 50, (4, 6)).astype(np.int32)})
+             for k in range(3)]
+
+    def reference(inputs):
+        return {"logits": inputs["input_word_ids"].sum(-1, keepdims=True).astype(np.float32) / 10}
+
+    runs = {"reversed": lambda x: {"logits": -reference(x)["logits"]},
+            "shifted": lambda x: {"logits": reference(x)["logits"] + 3.0},
+            "noisy": lambda x: {"logits": reference(x)["logits"] + rng.normal(0, 1e-4, (4, 1)).astype(np.float32)}}
+    backends = [Backend(f"onnx_{k}_cpu", "onnx_int8", None, "onnx", "int8", CPU) for k in runs]
+    results = {r.backend: r for r in compare(spec, sig, reference, backends,
+                                             {f"onnx_{k}_cpu": run for k, run in runs.items()}, cases)}
+    bad = results["onnx_reversed_cpu"]
+    assert bad.agreement == "score order" and bad.argmax_count[1] == 66   # 12 rows: 66 pairs
+    assert not bad.passed and bad.problems[0].startswith("score order agreement (pairs of rows) ")
+    assert results["onnx_shifted_cpu"].passed and results["onnx_shifted_cpu"].argmax_agreement == 1.0
+    assert results["onnx_noisy_cpu"].passed
+
+
 def _toy(spec_over=None):
     spec = load_spec(tiny_bert(head=None, **(spec_over or {})))
     sig = Signature((InputInfo("input_word_ids"), InputInfo("input_mask")),

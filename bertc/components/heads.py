@@ -73,15 +73,29 @@ class Head:
         raise NotImplementedError
 
 
+def _class_labels(rng, num_classes: int, shape) -> np.ndarray:
+    """Random labels: class ids, or for one class (a score) random targets in [0, 1)."""
+    if num_classes == 1:
+        return rng.random(size=shape).astype(np.float32)
+    return rng.integers(0, num_classes, size=shape, dtype=np.int32)
+
+
+def _class_loss(logits, labels, weights=None):
+    """Cross-entropy over the classes; with one class (a relevance or regression score, whose cross-entropy is
+    always 0) the squared error, as transformers trains ``num_labels == 1``."""
+    if logits.shape[-1] == 1:
+        return losses.weighted_mean_squared_error(labels, logits, weights)
+    return losses.weighted_sparse_categorical_crossentropy(labels, logits, weights=weights, from_logits=True)
+
+
 def _token_labels(inputs, rng, num_classes: int) -> dict:
     """A label per position, weighted by the mask (per-token heads)."""
     mask = np.asarray(inputs["input_mask"])
-    return {"labels": rng.integers(0, num_classes, size=mask.shape, dtype=np.int32), "weights": mask}
+    return {"labels": _class_labels(rng, num_classes, mask.shape), "weights": mask}
 
 
 def _token_loss(outputs, labels):
-    return losses.weighted_sparse_categorical_crossentropy(
-        labels["labels"], outputs["logits"], weights=labels["weights"], from_logits=True)
+    return _class_loss(outputs["logits"], labels["labels"], labels["weights"])
 
 
 def _real_lengths(inputs) -> np.ndarray:
@@ -264,10 +278,10 @@ class Classifier(Head):
         return transform + dense_params(self.width, self.spec.num_classes)
 
     def make_labels(self, inputs, rng):
-        return {"labels": rng.integers(0, self.spec.num_classes, size=len(inputs["input_mask"]), dtype=np.int32)}
+        return {"labels": _class_labels(rng, self.spec.num_classes, len(inputs["input_mask"]))}
 
     def loss(self, outputs, labels):
-        return losses.weighted_sparse_categorical_crossentropy(labels["labels"], outputs["logits"], from_logits=True)
+        return _class_loss(outputs["logits"], labels["labels"])
 
 
 @HEADS.register("token_classifier", spec=TokenClassifierSpec,

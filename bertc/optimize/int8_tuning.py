@@ -123,6 +123,8 @@ class Measurement:
                 f.update(rank_agreement=round(r.rank_agreement, 6), rank_agreement_case=r.rank_agreement_case)
             if r.argmax_agreement is not None:
                 f.update(argmax_agreement=round(r.argmax_agreement, 6))
+                if r.agreement != "argmax":   # one-class logits: the order of the scores (bertc.parity)
+                    f["agreement"] = r.agreement
             f["max_abs"] = round(r.max_abs, 6)
             if r.problems:
                 f["problems"] = list(r.problems)
@@ -138,7 +140,7 @@ class Measurement:
             if r.rank_agreement is not None:
                 parts.append(f"{r.output}: rank agreement {r.rank_agreement:.4f} ({r.rank_agreement_case})")
             if r.argmax_agreement is not None:
-                parts.append(f"{r.output}: argmax agreement {r.argmax_agreement:.2%}")
+                parts.append(f"{r.output}: {r.agreement} agreement {r.argmax_agreement:.2%}")
         return "; ".join(parts)
 
 
