@@ -21,7 +21,7 @@ from bertc.weights import resolve_weights_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "albert_model", "albert_seq_cls",
-      "albert_pretraining", "st_bert_mean_norm", "st_bert_cls_dense_norm"]
+      "albert_pretraining", "st_bert_mean_norm", "st_bert_cls_dense_norm", "bert_cross_encoder"]
 MG = ["bert_encoder", "albert_encoder", "scaffold_talking_gated", "scaffold_rezero", "bert_classifier",
       "bert_span_labeler", "bert_pretrainer"]
 ALL = [f"hf/{n}" for n in HF] + ["bert_tf1"] + [f"model_garden/{n}" for n in MG]
@@ -31,7 +31,8 @@ EXPECTED = {  # encoder type, head type the import must choose
     "hf/bert_pretraining": ("bert", "pretrainer"), "hf/albert_model": ("albert", None),
     "hf/albert_seq_cls": ("albert", "classifier"), "hf/albert_pretraining": ("albert", "pretrainer"),
     "hf/st_bert_mean_norm": ("bert", "sentence_embedding"),
-    "hf/st_bert_cls_dense_norm": ("bert", "sentence_embedding"), "bert_tf1": ("bert", "pretrainer"),
+    "hf/st_bert_cls_dense_norm": ("bert", "sentence_embedding"), "hf/bert_cross_encoder": ("bert", "classifier"),
+    "bert_tf1": ("bert", "pretrainer"),
     "model_garden/bert_encoder": ("bert", None), "model_garden/albert_encoder": ("albert", None),
     "model_garden/scaffold_talking_gated": ("scaffold", None), "model_garden/scaffold_rezero": ("scaffold", None),
     "model_garden/bert_classifier": ("bert", "classifier"), "model_garden/bert_span_labeler": ("bert", "span_labeler"),

@@ -255,6 +255,26 @@ def test_one_class_scores_by_sigmoid_and_scores_can_be_chosen(builds, tmp_path, 
     assert not (tmp_path / "e.npy").exists()
 
 
+def test_a_cross_encoder_builds_and_runs_on_pairs_with_its_own_scores(tmp_path_factory, tmp_path, capsys):
+    """A reranker as transformers saves it (one label; ms-marco's ``sbert_ce_default_activation_function``
+    Identity): ``bertc import && bertc build`` passes (a one-class head used to fail validation), and ``bertc run``
+    on (query, passage) pairs gives its raw logits as scores, as sentence-transformers' CrossEncoder does."""
+    out = shared_builds(tmp_path_factory, ("bert_cross_encoder",))["bert_cross_encoder"]
+    passages = ["the cat", "a dog", "red car", "the house"]
+    paths = write_inputs(tmp_path, TEXTS[:4], pairs=passages)
+    assert main(["run", str(out), str(paths["jsonl"]), "-o", str(tmp_path / "r.jsonl"), "--pair-field", "context",
+                 "--artifact", "onnx"]) == 0
+    assert "raw scores (the CrossEncoder activation Identity)" in capsys.readouterr().err
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = encode_texts(out, list(zip(TEXTS[:4], passages)), 16)
+    logits = session.run(["logits"], x)[0]
+    got = read_result(tmp_path / "r.jsonl")
+    np.testing.assert_allclose([r["score"] for r in got], logits[:, 0], atol=1e-5)
+    assert {r["label"] for r in got} == {"LABEL_0"}
+
+
 def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
     out = builds["bert_token_cls"]
     texts = ["the cats sat on the mat.", "big red cars , small dogs"]

@@ -177,6 +177,11 @@ FIXTURES = {
                                     "AlbertForSequenceClassification", 7),
     "albert_pretraining": lambda: write("albert_pretraining", make_albert("AlbertForPreTraining", 8),
                                         "AlbertForPreTraining", 8),
+    # a cross-encoder reranker (cross-encoder/ms-marco-MiniLM-L-6-v2's layout): one label, raw scores
+    "bert_cross_encoder": lambda: write("bert_cross_encoder", make_bert(
+        "BertForSequenceClassification", 11, num_labels=1,
+        sbert_ce_default_activation_function="torch.nn.modules.linear.Identity"),
+        "BertForSequenceClassification", 11, tokenizer=True),
     "st_bert_mean_norm": lambda: make_sentence_transformer(9),
     # LaBSE's layout (cls pooling, Dense + tanh, Normalize) with a second Dense (no activation) after it
     "st_bert_cls_dense_norm": lambda: make_sentence_transformer(
