@@ -114,8 +114,10 @@ def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration
     entry.update(quantization={**entry.get("quantization", {}), **quantization}, bytes=path.stat().st_size)
     kept = tuning["kept_fp32_by_sensitivity"]
     return (f"{tuning['tuning']}: " + (f"{len(kept)} of {len(tuning['weights'])} weights kept fp32; " if kept else "")
-            + ", ".join(f"{o}: " + ", ".join(f"{k} {v}" for k, v in f.items() if k in (
-                "min_cosine", "rank_agreement", "argmax_agreement")) for o, f in tuning["figures"].items()))
+            + ", ".join(f"{o}: " + ", ".join(
+                f"{f.get('agreement', 'argmax').replace(' ', '_') + '_agreement' if k == 'argmax_agreement' else k} {v}"
+                for k, v in f.items() if k in ("min_cosine", "rank_agreement", "argmax_agreement"))
+                for o, f in tuning["figures"].items()))
 
 
 def drop_failed_variants(section: dict, artifacts: dict, requested: tuple, out: Path) -> dict:
