@@ -183,13 +183,14 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
     raise InputError("no ONNX artifact of this build can run here (none exported, or none passed parity)")
 
 
-def _checkpoint_configs(out: Path, report: dict) -> Iterator[dict]:
-    """The Hugging Face config.json of the build, in OUT or beside the trained weights, that can be read."""
-    candidates = [Path(out) / "config.json"]
+def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> Iterator[dict]:
+    """The Hugging Face config.json (or ``name``) of the build, in OUT or beside the trained weights, that can
+    be read."""
+    candidates = [Path(out) / name]
     source = (report.get("weights") or {}).get("source")
     if source:
         src = Path(source)
-        candidates.append((src if src.is_dir() else src.parent) / "config.json")
+        candidates.append((src if src.is_dir() else src.parent) / name)
     for path in candidates:
         try:
             config = json.loads(path.read_text())
@@ -221,10 +222,15 @@ _CROSS_ENCODER = {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.mo
 
 def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str, str]:
     """(one of :data:`SCORES`, why) for a classifier's logits, as the checkpoint's own tools score them: a
-    sentence-transformers CrossEncoder's activation (``sentence_transformers.activation_fn``, or the older
-    ``sbert_ce_default_activation_function``: Sigmoid, or Identity for raw scores such as ms-marco's); else
+    sentence-transformers CrossEncoder's activation (``activation_fn`` of config_sentence_transformers.json, or in
+    config.json ``sentence_transformers.activation_fn`` or the older ``sbert_ce_default_activation_function``:
+    Sigmoid, or Identity for raw scores such as ms-marco's); else
     transformers' text-classification pipeline: ``problem_type`` regression raw, multi-label or a single class
     sigmoid, otherwise softmax."""
+    for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):   # CrossEncoder, v5 on
+        activation = config.get("activation_fn")
+        if config.get("model_type") == "CrossEncoder" and activation in _CROSS_ENCODER:
+            return _CROSS_ENCODER[activation], f"the CrossEncoder activation {activation.rsplit('.', 1)[-1]}"
     for config in _checkpoint_configs(out, report):
         st = config.get("sentence_transformers")
         activation = (st.get("activation_fn") if isinstance(st, dict) else None) or \

@@ -275,6 +275,18 @@ def test_a_cross_encoder_builds_and_runs_on_pairs_with_its_own_scores(tmp_path_f
     assert {r["label"] for r in got} == {"LABEL_0"}
 
 
+def test_a_sentence_transformers_cross_encoder_gives_what_its_predict_gives(tmp_path_factory, tmp_path):
+    """A CrossEncoder as sentence-transformers 6 saves it (modules.json with one Transformer, its Sigmoid in
+    config_sentence_transformers.json; bertc import refused it, wanting a Pooling module): imported as its
+    transformers classifier, and ``bertc run`` on the text pairs gives ``CrossEncoder.predict``'s scores."""
+    out = shared_builds(tmp_path_factory, ("st_cross_encoder",))["st_cross_encoder"]
+    reference = json.loads((FIXTURES / "st_cross_encoder" / "pairs.json").read_text())
+    runtime = bertc.Runtime(out, artifact="onnx")
+    assert (runtime.scores, runtime.scores_why) == ("sigmoid", "the CrossEncoder activation Sigmoid")
+    got = runtime.run([tuple(p) for p in reference["pairs"]])
+    np.testing.assert_allclose([r["score"] for r in got], reference["scores"], atol=1e-6)
+
+
 def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
     out = builds["bert_token_cls"]
     texts = ["the cats sat on the mat.", "big red cars , small dogs"]

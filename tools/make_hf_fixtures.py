@@ -159,6 +159,33 @@ def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", poolin
     return directory
 
 
+CROSS_ENCODER_PAIRS = [["the cat sat on the mat", "a cat is on the mat"], ["the dog ran fast", "it was a big red car"],
+                       ["a small blue house", "the house is small and blue"], ["it is slow", "the dog was fast"],
+                       ["the cat", "the cat"]]
+
+
+def make_cross_encoder(seed: int, name: str = "st_cross_encoder") -> Path:
+    """A sentence-transformers CrossEncoder directory (v6: modules.json with one Transformer, the Sigmoid
+    activation in config_sentence_transformers.json) of a one-label BertForSequenceClassification; reference:
+    ``CrossEncoder.predict`` of :data:`CROSS_ENCODER_PAIRS` (text in, activated scores out) in pairs.json."""
+    import json
+
+    from sentence_transformers import CrossEncoder
+
+    directory = OUT / name
+    shutil.rmtree(directory, ignore_errors=True)
+    base = OUT / "_ce_base"
+    make_bert("BertForSequenceClassification", seed, num_labels=1).save_pretrained(base, safe_serialization=True)
+    save_tokenizer(base)
+    CrossEncoder(str(base), num_labels=1, max_length=SEQ, device="cpu").save(str(directory))
+    (directory / "README.md").unlink(missing_ok=True)
+    shutil.rmtree(base)
+    scores = CrossEncoder(str(directory), device="cpu").predict(CROSS_ENCODER_PAIRS)
+    (directory / "pairs.json").write_text(json.dumps({"pairs": CROSS_ENCODER_PAIRS,
+                                                      "scores": [float(x) for x in scores]}, indent=1) + "\n")
+    return directory
+
+
 FIXTURES = {
     "bert_model": lambda: write("bert_model", make_bert("BertModel", 1), "BertModel", 1, tokenizer=True),
     "bert_seq_cls": lambda: write("bert_seq_cls", make_bert("BertForSequenceClassification", 2, num_labels=3,
@@ -182,6 +209,7 @@ FIXTURES = {
         "BertForSequenceClassification", 11, num_labels=1,
         sbert_ce_default_activation_function="torch.nn.modules.linear.Identity"),
         "BertForSequenceClassification", 11, tokenizer=True),
+    "st_cross_encoder": lambda: make_cross_encoder(12),
     "st_bert_mean_norm": lambda: make_sentence_transformer(9),
     # LaBSE's layout (cls pooling, Dense + tanh, Normalize) with a second Dense (no activation) after it
     "st_bert_cls_dense_norm": lambda: make_sentence_transformer(

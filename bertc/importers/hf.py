@@ -355,6 +355,11 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
         raise WeightsError(f"{modules_file}: not readable JSON: {exc}") from None
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise WeightsError(f"{modules_file}: expected a JSON list of modules (objects with type and path)")
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+    st_config = root / "config_sentence_transformers.json"
+    cross_encoder = st_config.is_file() and read_json(st_config).get("model_type") == "CrossEncoder"
+    if cross_encoder or (len(kinds) == 1 and kinds[0] in TRANSFORMER_MODULES and not modules[0].get("path")):
+        return None   # a CrossEncoder (v5 and later) or a bare transformers model: its own head, as transformers has it
     transformer, pooling, normalize, dense = None, None, False, []
     for i, m in enumerate(modules):
         kind = str(m.get("type", "")).rsplit(".", 1)[-1]
