@@ -401,6 +401,7 @@ def find_tf_checkpoint(directory: Path) -> Optional[Path]:
 
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+CHECKPOINT_CONFIG = "checkpoint_config.json"   # a build's copy of its checkpoint's config.json (bertc.importers)
 
 
 # sentence-transformers' module types that hold the transformers model: ``Transformer``, and before v1 one

@@ -184,9 +184,11 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
 
 
 def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> Iterator[dict]:
-    """The Hugging Face config.json (or ``name``) of the build, in OUT or beside the trained weights, that can
-    be read."""
-    candidates = [Path(out) / name]
+    """The Hugging Face config.json (or ``name``) of the build, in OUT (bundled by the build as
+    ``checkpoint_config.json``) or beside the trained weights, that can be read."""
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+
+    candidates = [Path(out) / (CHECKPOINT_CONFIG if name == "config.json" else name), Path(out) / name]
     source = (report.get("weights") or {}).get("source")
     if source:
         src = Path(source)

@@ -287,6 +287,31 @@ def test_a_sentence_transformers_cross_encoder_gives_what_its_predict_gives(tmp_
     np.testing.assert_allclose([r["score"] for r in got], reference["scores"], atol=1e-6)
 
 
+def test_a_build_keeps_what_run_reads_of_its_checkpoint_when_the_checkpoint_is_gone(tmp_path):
+    """OUT is what a deployment needs: the class names and a CrossEncoder's activation come with it
+    (checkpoint_config.json, config_sentence_transformers.json), not from the weights' directory it was built
+    from (before, a moved OUT said LABEL_k, and a one-class model fell back to sigmoid whatever its activation)."""
+    source = tmp_path / "src"
+    shutil.copytree(FIXTURES / "st_cross_encoder", source)
+    config = json.loads((source / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "relevance"}, {"relevance": 0}
+    (source / "config.json").write_text(json.dumps(config))
+    (source / "config_sentence_transformers.json").write_text(json.dumps(
+        {**json.loads((source / "config_sentence_transformers.json").read_text()),
+         "activation_fn": "torch.nn.modules.linear.Identity"}))
+    assert main(["import", str(source), "-o", str(tmp_path / "spec.json")]) == 0
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    spec["export"] = {"tflite": False, "variants": []}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main(["build", str(tmp_path / "spec.json"), "-o", str(tmp_path / "out"), "-q"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["weights"]["bundled_config"] == ["checkpoint_config.json", "config_sentence_transformers.json"]
+    shutil.rmtree(source)
+    runtime = bertc.Runtime(tmp_path / "out", artifact="onnx")
+    assert (runtime.scores, runtime.scores_why) == ("raw", "the CrossEncoder activation Identity")
+    assert runtime.run([("the cat", "a cat")])[0]["label"] == "relevance"
+
+
 def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
     out = builds["bert_token_cls"]
     texts = ["the cats sat on the mat.", "big red cars , small dogs"]

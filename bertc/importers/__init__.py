@@ -119,6 +119,32 @@ def load_weights(model, spec, source):
     return result
 
 
+def bundle_checkpoint_config(weights: Path, out: Path) -> list[str]:
+    """Copy into OUT what ``bertc run`` reads of the checkpoint, so that OUT runs the same anywhere: its
+    config.json (class names, ``problem_type``; as ``checkpoint_config.json``, since OUT is not a transformers
+    directory) and sentence-transformers' ``config_sentence_transformers.json`` (a CrossEncoder's activation).
+    Returns the names written."""
+    import shutil
+
+    from bertc.checkpoints import CHECKPOINT_CONFIG, transformer_folder
+    from bertc.errors import OutputError
+
+    source = weights if weights.is_dir() else weights.parent
+    folder = transformer_folder(source)
+    model_dir = folder if folder is not None and (folder / "config.json").is_file() else source
+    wanted = [(model_dir / "config.json", CHECKPOINT_CONFIG), (source / CHECKPOINT_CONFIG, CHECKPOINT_CONFIG),
+              (source / "config_sentence_transformers.json", "config_sentence_transformers.json")]
+    written = []
+    for path, name in wanted:
+        if path.is_file() and name not in written:
+            try:
+                shutil.copyfile(path, out / name)
+            except OSError as exc:
+                raise OutputError(f"cannot copy {path} into the build: {exc}") from None
+            written.append(name)
+    return written
+
+
 def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:
     """The pipeline's "load weights" stage: load, then bundle the tokenizer found beside the weights.
     Returns the report sections ``weights`` (and ``tokenizer`` when there is one)."""
@@ -129,6 +155,9 @@ def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) ->
                            f"use one of them")
     result = load_weights(model, spec, weights)
     sections = {"weights": {**result.to_json(), "summary": result.summary()}}
+    bundled = bundle_checkpoint_config(Path(weights), Path(out))
+    if bundled:
+        sections["weights"]["bundled_config"] = bundled
     tokenizer = bundle_tokenizer(Path(weights), out)
     if tokenizer:
         sections["tokenizer"] = tokenizer
