@@ -188,7 +188,7 @@ def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> I
     ``checkpoint_config.json``) or beside the trained weights, that can be read."""
     from bertc.checkpoints import CHECKPOINT_CONFIG
 
-    candidates = [Path(out) / (CHECKPOINT_CONFIG if name == "config.json" else name), Path(out) / name]
+    candidates = ([Path(out) / CHECKPOINT_CONFIG] if name == "config.json" else []) + [Path(out) / name]
     source = (report.get("weights") or {}).get("source")
     if source:
         src = Path(source)
