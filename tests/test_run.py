@@ -206,10 +206,11 @@ def test_classifier_labels_scores_and_the_checkpoints_names(builds):
 
 
 def _with_config(out: Path, tmp_path: Path, **config) -> Path:
-    """A copy of the build ``out`` with a config.json in it (what the checkpoint's config says)."""
+    """A copy of the build ``out`` whose bundled checkpoint config (checkpoint_config.json) says ``config``."""
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    (copy / "config.json").write_text(json.dumps(config))
+    bundled = copy / "checkpoint_config.json"
+    bundled.write_text(json.dumps({**json.loads(bundled.read_text()), **config}))
     return copy
 
 
