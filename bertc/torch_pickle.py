@@ -137,6 +137,8 @@ class TorchFile:
                 state = self._open_legacy()
         except WeightsError:
             raise
+        except OSError as exc:
+            raise WeightsError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
                 zipfile.BadZipFile) as exc:
             raise WeightsError(f"{self.path}: not a readable PyTorch state dict: {exc}") from None
