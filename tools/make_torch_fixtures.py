@@ -7,8 +7,9 @@
   a state dict of every storage dtype bertc reads (float32, float64, float16, bfloat16, int64, int32, int8,
   uint8, bool), views that share a storage (a transpose, a slice at an offset, a strided column), a scalar, an
   empty tensor, an ``nn.Parameter``; views.npz holds what each must read as (bfloat16 widened to float32).
-- tests/fixtures/hf/bert_seq_cls_bin/pytorch_model.bin: bert_seq_cls's safetensors weights saved as transformers
-  saves them with ``safe_serialization=False`` (the config and reference come from bert_seq_cls in the test).
+- tests/fixtures/hf/bert_seq_cls_bin/pytorch_model.bin: bert_seq_cls's weights as transformers 4 saved them with
+  ``safe_serialization=False``: ``torch.save(model.state_dict())``, an OrderedDict with ``_metadata`` (the config and
+  reference come from bert_seq_cls in the test).
 """
 from __future__ import annotations
 
@@ -59,8 +60,13 @@ def main() -> int:
     hf = ROOT / "tests" / "fixtures" / "hf"
     target = hf / "bert_seq_cls_bin"
     target.mkdir(exist_ok=True)
-    torch.save(collections.OrderedDict(load_file(str(hf / "bert_seq_cls" / "model.safetensors"))),
-               target / "pytorch_model.bin")
+    import transformers as tr   # a model's state_dict(): an OrderedDict with its _metadata, as older transformers saved
+
+    model = tr.BertForSequenceClassification(tr.BertConfig.from_pretrained(hf / "bert_seq_cls"))
+    model.load_state_dict(load_file(str(hf / "bert_seq_cls" / "model.safetensors")), strict=False)
+    state = model.state_dict()
+    assert hasattr(state, "_metadata")
+    torch.save(state, target / "pytorch_model.bin")
     for path in sorted([*OUT.iterdir(), *target.iterdir()]):
         print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
     return 0
