@@ -74,16 +74,6 @@ def worker(feeds_path: Path, models: list, out_path: Path) -> None:
     np.savez(out_path, **found)
 
 
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
     """The largest |a - b|, the lowest row cosine (rows: the first axis) and how many rows differ at all."""
     a, b = a.astype(np.float64), b.astype(np.float64)
@@ -151,6 +141,7 @@ def main() -> int:
 
     import onnx
 
+    from bertc.bench import cpu_model
     from bertc.calibration import calibration_set
     from bertc.export.onnx import write_onnx
     from bertc.optimize.quantize import PAIR_LIMIT, QMAX, pair_sums, quantize_dynamic_int8
@@ -198,7 +189,7 @@ def main() -> int:
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "build": str(out), "spec_name": report.get("spec_name"),
-        "host": {"cpu": cpu_flags(), "int8_kernels": host_kernels()},
+        "host": {"cpu": cpu_model()[0] or "unknown", "int8_kernels": host_kernels()},
         "emulated": {"qemu": qemu_version, "cpu": args.cpu, "isa": "avx2, no VNNI, no AVX-512"},
         "cases": calibration.labels, "inputs": calibration.sources,
         "seconds": {"native": round(native_s, 1), "emulated": round(emulated_s, 1)},

@@ -174,6 +174,7 @@ def host_int8_kernels() -> dict:
     info["isa"] = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("sse4_1", "sse4.1"))
                         if flag in flags), "sse2")
     info["vnni"] = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    info["amx"] = "amx_int8" in flags  # MLAS's AMX u8s8 GEMM: int8 several times faster than fp32
     return info
 
 
