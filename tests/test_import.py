@@ -4,11 +4,14 @@ Fixtures (tests/fixtures, regenerated only by tools/make_*_fixtures.py) hold tin
 checkpoints and the outputs transformers / Model Garden computed for them on fixed inputs.
 """
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import tiny_bert
 
 import bertc
 from bertc.cli import main
@@ -21,7 +24,8 @@ from bertc.weights import resolve_weights_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "albert_model", "albert_seq_cls",
-      "albert_pretraining", "st_bert_mean_norm", "st_bert_cls_dense_norm", "bert_cross_encoder"]
+      "albert_pretraining", "st_bert_mean_norm", "st_bert_cls_dense_norm", "st_bert_pooling_concat", "st_bert_lasttoken",
+      "bert_cross_encoder"]
 MG = ["bert_encoder", "albert_encoder", "scaffold_talking_gated", "scaffold_rezero", "bert_classifier",
       "bert_span_labeler", "bert_pretrainer"]
 ALL = [f"hf/{n}" for n in HF] + ["bert_tf1"] + [f"model_garden/{n}" for n in MG]
@@ -32,6 +36,7 @@ EXPECTED = {  # encoder type, head type the import must choose
     "hf/albert_seq_cls": ("albert", "classifier"), "hf/albert_pretraining": ("albert", "pretrainer"),
     "hf/st_bert_mean_norm": ("bert", "sentence_embedding"),
     "hf/st_bert_cls_dense_norm": ("bert", "sentence_embedding"), "hf/bert_cross_encoder": ("bert", "classifier"),
+    "hf/st_bert_pooling_concat": ("bert", "sentence_embedding"), "hf/st_bert_lasttoken": ("bert", "sentence_embedding"),
     "bert_tf1": ("bert", "pretrainer"),
     "model_garden/bert_encoder": ("bert", None), "model_garden/albert_encoder": ("albert", None),
     "model_garden/scaffold_talking_gated": ("scaffold", None), "model_garden/scaffold_rezero": ("scaffold", None),
@@ -80,7 +85,8 @@ def test_imported_model_reproduces_reference_in_keras(fixture, tmp_path):
 
 # --- full builds (Keras + ONNX + TFLite + parity), one per module -------------------------------------
 
-@pytest.fixture(scope="module", params=["hf/bert_model", "hf/st_bert_mean_norm", "model_garden/scaffold_talking_gated"])
+@pytest.fixture(scope="module", params=["hf/bert_model", "hf/st_bert_mean_norm", "hf/st_bert_pooling_concat",
+                                        "model_garden/scaffold_talking_gated"])
 def built(request, tmp_path_factory):
     from bertc.pipeline import BuildOptions, build
 
@@ -330,30 +336,71 @@ def test_sentence_transformers_pooling_config_is_checked(tmp_path):
     source = tmp_path / "st"
     shutil.copytree(FIXTURES / "hf" / "st_bert_mean_norm", source)
     pooling = source / "1_Pooling" / "config.json"
-    pooling.write_text(json.dumps({"embedding_dimension": 16, "pooling_mode": ["mean", "max"]}))
-    with pytest.raises(UnsupportedModel, match=r"pooling_mode = \[\"mean\", \"max\"\]"):
-        import_spec(source, tmp_path / "x.json")
+    for value in (["mean", "attention"], [], 3):
+        pooling.write_text(json.dumps({"embedding_dimension": 16, "pooling_mode": value}))
+        with pytest.raises(UnsupportedModel, match=rf"pooling_mode = {re.escape(json.dumps(value))}"):
+            import_spec(source, tmp_path / "x.json")
+    pooling.write_text(json.dumps({"embedding_dimension": 16, "pooling_mode": ["mean", "max"]}))  # concatenated
+    assert import_spec(source, tmp_path / "x.json")["head"]["pooling"] == ["mean", "max"]
     pooling.write_text(json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))  # <= v5
     assert import_spec(source, tmp_path / "x.json")["head"] == {
         "type": "sentence_embedding", "pooling": "cls", "normalize": True}
+    # several flags: sentence-transformers' order (cls, max, mean, ...), whatever the file's; none: mean, as it reads
+    pooling.write_text(json.dumps({"pooling_mode_lasttoken": True, "pooling_mode_mean_tokens": True,
+                                   "pooling_mode_cls_token": True}))
+    assert import_spec(source, tmp_path / "x.json")["head"]["pooling"] == ["cls", "mean", "lasttoken"]
+    pooling.write_text(json.dumps({"embedding_dimension": 16, "pooling_mode_mean_tokens": False}))
+    assert import_spec(source, tmp_path / "x.json")["head"]["pooling"] == "mean"
+
+
+def test_empty_pooling_list_is_a_spec_error(tmp_path):
+    from bertc.errors import SpecError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(tiny_bert(head={"type": "sentence_embedding", "pooling": []})))
+    with pytest.raises(SpecError, match="pooling"):
+        load_spec(bad)
 
 
 # --- the sentence_embedding head against an independent computation -------------------------------------
 
-@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def numpy_pooling(mode: str, row: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """sentence-transformers' formulas, one row at a time."""
+    real = row[m.astype(bool)]
+    if mode == "cls":
+        return row[0]
+    if not len(real):   # a row without a real token: max's fill, zero sums
+        return np.full(row.shape[1], -1e9, np.float32) if mode == "max" else np.zeros(row.shape[1], np.float32)
+    if mode == "mean":
+        return real.mean(0)
+    if mode == "max":
+        return real.max(0)
+    if mode == "mean_sqrt_len_tokens":
+        return real.sum(0) / np.sqrt(len(real))
+    if mode == "weightedmean":
+        w = (np.arange(1, len(m) + 1) - np.argmax(m)) * m
+        return (row * w[:, None]).sum(0) / w.sum()
+    return row[np.flatnonzero(m)[-1]]   # lasttoken
+
+
+POOLINGS = ["mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken",
+            ["cls", "mean", "lasttoken"], ["weightedmean", "max", "mean_sqrt_len_tokens"]]
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=str)
 @pytest.mark.parametrize("normalize", [False, True])
 def test_sentence_pooling_matches_numpy(pooling, normalize):
-    from bertc.components.heads import SentencePooling
+    from bertc.components.heads import SentencePooling, pooling_modes
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
-    mask = np.array([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]], np.int32)
+    x = rng.standard_normal((6, 5, 4)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 1, 1, 0],
+                     [0, 0, 0, 0, 0]], np.int32)
+    if normalize:
+        mask[-1, 0] = 1  # (a zero vector cannot be normalized into a comparable one)
     got = SentencePooling(pooling, normalize)(x, mask).numpy()
-    want = []
-    for row, m in zip(x, mask):
-        real = row[m.astype(bool)]
-        want.append({"mean": real.mean(0), "cls": row[0], "max": real.max(0)}[pooling])
-    want = np.stack(want)
+    want = np.stack([np.concatenate([numpy_pooling(mode, row, m) for mode in pooling_modes(pooling)])
+                     for row, m in zip(x, mask)])
     if normalize:
         want = want / np.linalg.norm(want, axis=-1, keepdims=True)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -51,6 +51,10 @@ EXTRA = {
     "sentence_mean": tiny_bert(head={"type": "sentence_embedding", "pooling": "mean", "normalize": True}),
     "sentence_max": tiny_bert(head={"type": "sentence_embedding", "pooling": "max"}),
     "sentence_cls": tiny_bert(head={"type": "sentence_embedding", "pooling": "cls"}),
+    # positions counted from the mask (weightedmean, lasttoken), several modes concatenated, a Dense after
+    "sentence_concat": tiny_bert(head={"type": "sentence_embedding", "normalize": True, "dense": [{"units": 12}],
+                                       "pooling": ["max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]}),
+    "sentence_lasttoken": tiny_bert(head={"type": "sentence_embedding", "pooling": "lasttoken"}),
     "encoder_only": tiny_bert(head=None),
     "rotary_classifier": _rotary({"type": "classifier", "num_classes": 3}),
     "rotary_tokens": _rotary({"type": "token_classifier", "num_classes": 3}),

@@ -119,16 +119,21 @@ def make_albert(arch: str, seed: int, **config):
     return model
 
 
-def save_sentence_transformer(base: Path, directory: Path, seed: int, pooling_mode: str, dense: tuple,
-                              normalize: bool):
-    """The sentence-transformers directory of the transformers checkpoint in ``base`` (removed after): pooling,
-    a Dense module per (out_features, torch activation) of ``dense`` (seeded), optionally Normalize. Returns the
-    model loaded back from ``directory`` (what the reference outputs are computed with)."""
+def save_sentence_transformer(base: Path, directory: Path, seed: int, pooling_mode, dense: tuple,
+                              normalize: bool, legacy_pooling: bool = False):
+    """The sentence-transformers directory of the transformers checkpoint in ``base`` (removed after): pooling
+    (a mode or a list of modes), a Dense module per (out_features, torch activation) of ``dense`` (seeded),
+    optionally Normalize; ``legacy_pooling``: the Pooling config rewritten with the ``pooling_mode_*`` flags of
+    sentence-transformers before v6. Returns the model loaded back from ``directory`` (what the reference
+    outputs are computed with)."""
+    import json
+
     from sentence_transformers import SentenceTransformer, models
 
     word = models.Transformer(str(base), max_seq_length=SEQ)
-    modules = [word, models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling_mode)]
-    width = word.get_word_embedding_dimension()
+    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling_mode)
+    modules = [word, pooling]
+    width = word.get_word_embedding_dimension() * (1 if isinstance(pooling_mode, str) else len(pooling_mode))
     torch.manual_seed(seed)
     for units, activation in dense:
         modules.append(models.Dense(width, units, activation_function=activation))
@@ -136,22 +141,51 @@ def save_sentence_transformer(base: Path, directory: Path, seed: int, pooling_mo
     st = SentenceTransformer(modules=modules + ([models.Normalize()] if normalize else []), device="cpu")
     st.save(str(directory))
     (directory / "README.md").unlink(missing_ok=True)  # the generated model card: not needed to load the model
+    if legacy_pooling:
+        config = next(directory.glob("*_Pooling/config.json"))
+        cfg = json.loads(config.read_text())
+        modes = cfg.pop("pooling_mode")
+        modes = [modes] if isinstance(modes, str) else modes
+        cfg.update({flag: mode in modes for flag, mode in LEGACY_POOLING_FLAGS.items()})
+        config.write_text(json.dumps(cfg, indent=2) + "\n")
     shutil.rmtree(base)
     return SentenceTransformer(str(directory), device="cpu")
 
 
-def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", pooling_mode: str = "mean",
-                              dense: tuple = (), normalize: bool = True) -> Path:
-    """A sentence-transformers directory: BertModel -> ``pooling_mode`` pooling -> a Dense module per
-    (out_features, torch activation) of ``dense`` (LaBSE: cls, 768 -> 768 tanh, Normalize) -> Normalize."""
+# sentence-transformers' Pooling flags before v6, in the order it concatenates their vectors
+LEGACY_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                        "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                        "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+# masks for the pooling modes that count positions: a full row, one real token, right-padded, left-padded, holes
+POOLING_MASKS = np.array([[1] * 16, [1] + [0] * 15, [1] * 9 + [0] * 7, [0] * 5 + [1] * 11,
+                          [1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0]], np.int32)
+
+
+def masked_inputs(seed: int, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """As :func:`inputs`, for any 0/1 mask (SEQ columns): [CLS] at each row's first real token."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, len(VOCAB), size=mask.shape).astype(np.int32)
+    ids[np.arange(len(mask)), mask.argmax(1)] = 2  # [CLS]
+    types = (rng.integers(0, 2, size=mask.shape) * mask).astype(np.int32)
+    positions = np.stack([rng.choice(np.flatnonzero(m), size=PREDICTIONS) for m in mask]).astype(np.int32)
+    return {"input_word_ids": ids * mask, "input_mask": mask, "input_type_ids": types,
+            "masked_lm_positions": positions}
+
+
+def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", pooling_mode="mean",
+                              dense: tuple = (), normalize: bool = True, legacy_pooling: bool = False,
+                              mask: np.ndarray | None = None) -> Path:
+    """A sentence-transformers directory: BertModel -> ``pooling_mode`` pooling (a list: concatenated) -> a
+    Dense module per (out_features, torch activation) of ``dense`` (LaBSE: cls, 768 -> 768 tanh, Normalize) ->
+    Normalize; ``mask``: the reference inputs' mask (default: :func:`inputs`' three rows)."""
     directory = OUT / name
     shutil.rmtree(directory, ignore_errors=True)
     base = OUT / "_st_base"
     bert = make_bert("BertModel", seed)
     bert.save_pretrained(base, safe_serialization=True)
     save_tokenizer(base)
-    st = save_sentence_transformer(base, directory, seed, pooling_mode, dense, normalize)
-    x = inputs(seed)
+    st = save_sentence_transformer(base, directory, seed, pooling_mode, dense, normalize, legacy_pooling)
+    x = inputs(seed) if mask is None else masked_inputs(seed, mask)
     features = {k: v for k, v in torch_inputs(x).items()}
     with torch.no_grad():
         emb = st(features)["sentence_embedding"].numpy()
@@ -214,6 +248,13 @@ FIXTURES = {
     # LaBSE's layout (cls pooling, Dense + tanh, Normalize) with a second Dense (no activation) after it
     "st_bert_cls_dense_norm": lambda: make_sentence_transformer(
         10, "st_bert_cls_dense_norm", "cls", ((24, torch.nn.Tanh()), (12, torch.nn.Identity()))),
+    # four pooling modes concatenated (the flags of sentence-transformers before v6), then Dense 64 -> 12 tanh;
+    # rows left-padded and with holes: weightedmean counts from the first real token, lasttoken takes the last
+    "st_bert_pooling_concat": lambda: make_sentence_transformer(
+        13, "st_bert_pooling_concat", ["max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"],
+        ((12, torch.nn.Tanh()),), legacy_pooling=True, mask=POOLING_MASKS),
+    # last-token pooling alone (v6's pooling_mode), normalized
+    "st_bert_lasttoken": lambda: make_sentence_transformer(14, "st_bert_lasttoken", "lasttoken", mask=POOLING_MASKS),
 }
 
 

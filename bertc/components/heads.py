@@ -16,11 +16,12 @@ A head component (base class :class:`Head`) is an object built from its spec and
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
+from pydantic import Field, field_validator
 
 from bertc import activations, losses
 from bertc.components.base import RowSelection
@@ -214,16 +215,33 @@ def _transform(spec, width: int, init, name: str) -> Optional[Transform]:
 
 
 def lower_pooling(ctx, x, pooling: str):
-    """(B, S, H) -> (B, H): the first token (``cls``/``first``), or the mean / max over the real tokens, as
-    :class:`SentencePooling` computes them, in plain ONNX ops."""
+    """(B, S, H) -> (B, H): the first token (``cls``/``first``), or one of :data:`POOLING_MODES` over the real
+    tokens, as :class:`SentencePooling` computes them, in plain ONNX ops."""
     g = ctx.g
     if pooling in ("cls", "first"):
         return ctx.first_token(x, keep_axis=False)
     m = g.node("Unsqueeze", [g.node("Cast", [ctx.inputs["input_mask"]], to=1), g.ints([-1], "axes")])
-    if pooling == "mean":
+    if pooling in ("mean", "mean_sqrt_len_tokens"):
         total = ctx.reduce("ReduceSum", g.node("Mul", [x, m]), [1])
         count = g.node("Max", [ctx.reduce("ReduceSum", m, [1]), g.scalar(1e-9, "min_count")])
+        if pooling == "mean_sqrt_len_tokens":
+            return g.node("Div", [total, g.node("Sqrt", [count])], hint="mean_sqrt_len")
         return g.node("Div", [total, count], hint="mean")
+    if pooling in ("weightedmean", "lasttoken"):
+        # 1-based positions (B, S, 1) from the mask's shape
+        pos = g.node("CumSum", [g.node("Add", [g.node("Mul", [m, g.scalar(0.0, "zero")]), g.scalar(1.0, "one")]),
+                                g.const(1, np.int64, "seq_axis")], hint="positions")
+        if pooling == "lasttoken":
+            last = ctx.reduce("ReduceMax", g.node("Mul", [m, pos]), [1], keepdims=True)
+            pick = g.node("Mul", [g.node("Cast", [g.node("Equal", [pos, last])], to=1), m], hint="last_token")
+            return ctx.reduce("ReduceSum", g.node("Mul", [x, pick]), [1])
+        outside = g.node("Mul", [g.node("Sub", [g.scalar(1.0, "one"), m]), g.scalar(1e9, "not_real")])
+        first = ctx.reduce("ReduceMin", g.node("Add", [pos, outside]), [1], keepdims=True)
+        weights = g.node("Mul", [m, g.node("Add", [g.node("Sub", [pos, first]), g.scalar(1.0, "one")])],
+                         hint="position_weights")
+        total = ctx.reduce("ReduceSum", g.node("Mul", [x, weights]), [1])
+        norm = g.node("Max", [ctx.reduce("ReduceSum", weights, [1]), g.scalar(1e-9, "min_count")])
+        return g.node("Div", [total, norm], hint="weightedmean")
     fill = g.node("Mul", [g.node("Sub", [g.scalar(1.0, "one"), m]), g.scalar(-1e9, "pad_fill")])
     return ctx.reduce("ReduceMax", g.node("Add", [g.node("Mul", [x, m]), fill]), [1])
 
@@ -585,39 +603,76 @@ class SentenceDenseSpec(TransformSpec):
     activation: Activation = "tanh"
 
 
+# sentence-transformers' pooling modes, in the order its legacy ``pooling_mode_*`` flags concatenate them
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+PoolingMode = Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
+
+
+def pooling_modes(pooling) -> list:
+    """The modes of a ``pooling`` field: one name, or a list whose vectors are concatenated in its order."""
+    return [pooling] if isinstance(pooling, str) else list(pooling)
+
+
 class SentenceEmbeddingSpec(StrictModel):
     type: Literal["sentence_embedding"] = "sentence_embedding"
-    pooling: Literal["mean", "cls", "max"] = "mean"
+    # one mode, or several whose pooled vectors are concatenated in the order given (sentence-transformers)
+    pooling: Union[PoolingMode, list[PoolingMode]] = Field("mean", union_mode="left_to_right")
     # dense layers applied to the pooled vector, in order, before the normalisation
     dense: list[SentenceDenseSpec] = []
     normalize: bool = False
     initializer: Optional[InitializerSpec] = None
 
+    @field_validator("pooling")
+    @classmethod
+    def _some_pooling(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("pooling: an empty list (give one mode, or several to concatenate)")
+        return value
+
 
 @serializable
 class SentencePooling(keras.layers.Layer):
-    """(B, S, H) token vectors + (B, S) input mask -> (B, H), pooled over the real tokens only.
+    """(B, S, H) token vectors + (B, S) input mask -> (B, H x modes), pooled over the real tokens only, as
+    sentence-transformers pools (each mode's vector, concatenated in the order given):
 
-    ``mean``: sum over real tokens / their count (sentence-transformers' formula, count clamped at 1e-9);
-    ``cls``: the first token; ``max``: the element-wise max over real tokens (padding set to -1e9 first).
-    ``normalize`` divides by the L2 norm (clamped at 1e-12, as torch's ``F.normalize``).
+    ``mean``: sum over real tokens / their count (count clamped at 1e-9); ``mean_sqrt_len_tokens``: the same sum
+    / sqrt(count); ``weightedmean``: weighted by position, 1 at the first real token, 2 at the next position and
+    so on (sentence-transformers' weights, counted from the first real token), / the sum of the weights;
+    ``lasttoken``: the last real token (zeros for a row without one); ``cls``: the first token; ``max``: the
+    element-wise max over real tokens (padding set to -1e9 first). ``normalize`` divides by the L2 norm (clamped
+    at 1e-12, as torch's ``F.normalize``).
     """
 
     def __init__(self, pooling="mean", normalize=False, **kwargs):
         super().__init__(**kwargs)
-        self.pooling, self.normalize = str(pooling), bool(normalize)
+        self.pooling = str(pooling) if isinstance(pooling, str) else [str(p) for p in pooling]
+        self.normalize = bool(normalize)
 
     def get_config(self):
         return {**super().get_config(), "pooling": self.pooling, "normalize": self.normalize}
 
+    @staticmethod
+    def pool(mode, x, m):
+        """One mode's (B, H) vector; ``m``: the (B, S, 1) float mask."""
+        if mode in ("mean", "mean_sqrt_len_tokens"):
+            count = tf.maximum(tf.reduce_sum(m, axis=1), 1e-9)
+            return tf.reduce_sum(x * m, axis=1) / (count if mode == "mean" else tf.sqrt(count))
+        if mode == "max":
+            return tf.reduce_max(x * m + (1.0 - m) * -1e9, axis=1)
+        if mode in ("weightedmean", "lasttoken"):
+            pos = tf.cumsum(tf.ones_like(m), axis=1)  # 1-based positions, (B, S, 1)
+            if mode == "lasttoken":
+                last = tf.reduce_max(m * pos, axis=1, keepdims=True)  # 0 for a row without a real token
+                return tf.reduce_sum(x * (tf.cast(tf.equal(pos, last), x.dtype) * m), axis=1)
+            first = tf.reduce_min(pos + (1.0 - m) * 1e9, axis=1, keepdims=True)
+            weights = m * (pos - first + 1.0)
+            return tf.reduce_sum(x * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1e-9)
+        return tf.gather(x, 0, axis=1)
+
     def call(self, x, mask):
         m = tf.expand_dims(tf.cast(mask, x.dtype), -1)  # (B, S, 1)
-        if self.pooling == "mean":
-            pooled = tf.reduce_sum(x * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1e-9)
-        elif self.pooling == "max":
-            pooled = tf.reduce_max(x * m + (1.0 - m) * -1e9, axis=1)
-        else:
-            pooled = tf.gather(x, 0, axis=1)
+        parts = [self.pool(mode, x, m) for mode in pooling_modes(self.pooling)]
+        pooled = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         if self.normalize:
             norm = tf.sqrt(tf.reduce_sum(tf.square(pooled), axis=-1, keepdims=True))
             pooled = pooled / tf.maximum(norm, 1e-12)
@@ -641,29 +696,38 @@ def lower_normalize(ctx, x):
 
 
 @HEADS.register("sentence_embedding", spec=SentenceEmbeddingSpec,
-                description="Sentence embedding (sentence-transformers): mean / cls / max pooling over the real "
-                            "tokens, optional dense layers, optional L2 normalisation; output sentence_embedding.")
+                description="Sentence embedding (sentence-transformers): mean / cls / max / mean_sqrt_len_tokens / "
+                            "weightedmean / lasttoken pooling over the real tokens (several: concatenated), "
+                            "optional dense layers, optional L2 normalisation; output sentence_embedding.")
 class SentenceEmbedding(Head):
 
     def rows_read(self):
-        return RowSelection(first=True) if self.spec.pooling == "cls" else None
+        return RowSelection(first=True) if pooling_modes(self.spec.pooling) == ["cls"] else None
+
+    @property
+    def pooled_width(self) -> int:
+        """The pooled vector's size: the hidden size per pooling mode."""
+        return self.encoder_spec.hidden_size * len(pooling_modes(self.spec.pooling))
 
     @property
     def width(self) -> int:
-        """The embedding's size: the last dense layer's units, else the hidden size."""
-        return self.spec.dense[-1].units if self.spec.dense else self.encoder_spec.hidden_size
+        """The embedding's size: the last dense layer's units, else the pooled vector's."""
+        return self.spec.dense[-1].units if self.spec.dense else self.pooled_width
 
     def onnx_lowering(self, ctx, enc):
-        """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops; then each dense layer
-        (MatMul, bias and activation) and the normalisation."""
+        """Pooling over the real tokens as SentencePooling computes it, in plain ONNX ops (modes concatenated);
+        then each dense layer (MatMul, bias and activation) and the normalisation."""
         spec = self.spec
-        x = lower_pooling(ctx, ctx.value(enc.sequence_output), spec.pooling)
+        tokens = ctx.value(enc.sequence_output)
+        parts = [lower_pooling(ctx, tokens, mode) for mode in pooling_modes(spec.pooling)]
+        x = parts[0] if len(parts) == 1 else ctx.g.node("Concat", parts, hint="pooled", axis=-1)
         for i, transform in enumerate(self.dense):
             x = transform.lower(ctx, x, f"sentence_dense_{i}")
         if spec.normalize:
             x = lower_normalize(ctx, x)
         dense = "".join(f", dense {d.units} {d.activation}" for d in spec.dense)
-        ctx.record("sentence_pooling", f"{spec.pooling} pooling{dense}" + (", L2 normalize" if spec.normalize else ""))
+        ctx.record("sentence_pooling", f"{' + '.join(pooling_modes(spec.pooling))} pooling{dense}"
+                   + (", L2 normalize" if spec.normalize else ""))
         return {"sentence_embedding": x}
 
     def build(self, enc, inputs):
@@ -682,7 +746,7 @@ class SentenceEmbedding(Head):
         return [OutputInfo("sentence_embedding", None, "features")]
 
     def param_count(self):
-        widths = [self.encoder_spec.hidden_size] + [d.units for d in self.spec.dense]
+        widths = [self.pooled_width] + [d.units for d in self.spec.dense]
         return sum(d.param_count(n_in, d.units) for d, n_in in zip(self.spec.dense, widths))
 
     def make_labels(self, inputs, rng):

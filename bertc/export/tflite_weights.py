@@ -294,7 +294,8 @@ def fill_weights(fb: bytearray, weight: Callable[[int], np.ndarray], values: dic
     made two weights share one buffer); the flatbuffer and what was written."""
     by_value = {float(np.float32(v)): k for k, v in values.items()}
     own_values = set(own_values) | {0.0}  # the converter's own zeros (e.g. an FC without bias)
-    own_fp16 = {float(np.float32(np.float16(v))) for v in own_values}
+    with np.errstate(over="ignore"):  # a constant beyond fp16's range (a 1e9 mask fill) is inf there
+        own_fp16 = {float(np.float32(np.float16(v))) for v in own_values}
     slots, identified = _identify_all(fb, by_value)
     holders: dict[int, set] = {}
     for slot, k in zip(slots, identified):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from bertc.checkpoints import TRANSFORMER_MODULES, dense_module_paths, sentence_transformers_root
+from bertc.components.heads import POOLING_MODES, pooling_modes
 from bertc.errors import UnsupportedModel, WeightsError
 from bertc.spec import LONG_CONTEXT
 from bertc.weights import Ignored, Target
@@ -339,7 +340,8 @@ def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFami
 
 # --- sentence-transformers ---------------------------------------------------------------------------
 
-_LEGACY_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+# sentence-transformers' legacy flags, in the order it concatenates their vectors
+_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
                    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
@@ -374,7 +376,7 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
             normalize = True
         else:
             refuse(where, "type", m.get("type"), "bertc's sentence_embedding head is Transformer -> Pooling "
-                                                  "(mean, cls or max) -> Dense modules, if any -> optional Normalize")
+                                                  "-> Dense modules, if any -> optional Normalize")
     if transformer is None or pooling is None:
         raise WeightsError(f"{modules_file}: needs a Transformer and a Pooling module")
     # the length the model truncates to: sentence_bert_config.json (up to v5), else the tokenizer's (v6)
@@ -393,8 +395,10 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
 
 
 def check_dense_widths(head: dict, inputs: list, width: Optional[int]) -> None:
-    """Each Dense module's ``in_features`` against the width of the vector it reads (the hidden size, then the
-    units of the Dense before it)."""
+    """Each Dense module's ``in_features`` against the width of the vector it reads (the pooled vector's: the
+    hidden size per pooling mode, then the units of the Dense before it)."""
+    if width is not None:
+        width *= len(pooling_modes(head["pooling"]))
     for d, (n_in, where) in zip(head.get("dense", []), inputs):
         if width is not None and n_in != width:
             refuse(where, "in_features", n_in, f"the vector before this Dense module has {width} values")
@@ -429,23 +433,23 @@ def _dense_module(path: Path) -> tuple[dict, tuple]:
     return entry, (cfg["in_features"], where)
 
 
-def _pooling_mode(path: Path) -> str:
-    """The one pooling mode of a sentence-transformers Pooling config: ``pooling_mode`` (v6: a name or a
-    list) or the older ``pooling_mode_*`` booleans."""
+def _pooling_mode(path: Path):
+    """The pooling of a sentence-transformers Pooling config: ``pooling_mode`` (v6: a name or a list) or the
+    older ``pooling_mode_*`` booleans (several: concatenated in sentence-transformers' order; none: mean, as
+    sentence-transformers reads them). One mode as its name, several as a list."""
     cfg = read_json(path)
     if "pooling_mode" in cfg:
         value = cfg["pooling_mode"]
-        modes = [value] if isinstance(value, str) else list(value)
+        modes = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else [value]
         key, shown = "pooling_mode", value
     else:
-        modes = [mode for key, mode in _LEGACY_POOLING.items() if cfg.get(key)]
+        modes = [mode for key, mode in _LEGACY_POOLING.items() if cfg.get(key)] or ["mean"]
         key, shown = "pooling_mode_*", {k: cfg[k] for k in _LEGACY_POOLING if cfg.get(k)}
-    if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
-        refuse(str(path), key, shown, "bertc pools by exactly one of mean, cls or max (sentence-transformers "
-                                       "concatenates several)")
+    if not modes or any(mode not in POOLING_MODES for mode in modes):
+        refuse(str(path), key, shown, f"bertc pools by {', '.join(POOLING_MODES)} (one, or several concatenated)")
     if cfg.get("include_prompt") is False:
         refuse(str(path), "include_prompt", False, "bertc pools over every real token, prompt included")
-    return modes[0]
+    return modes[0] if len(modes) == 1 else modes
 
 
 def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
@@ -467,7 +471,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
         raise UnsupportedModel(f"{where}: the checkpoint has no pooler (architectures {arch}); bertc's encoder "
                                f"without a head also outputs pooled_output, so it needs one")
     dense = "".join(f", dense {d['units']} {d['activation']}" for d in (head or {}).get("dense", []))
-    described = f"sentence-transformers model ({arch}, {head['pooling']} pooling{dense}" \
+    described = f"sentence-transformers model ({arch}, {' + '.join(pooling_modes(head['pooling']))} pooling{dense}" \
                 f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
     note = ""
     if head is not None and head["type"] == "pretrainer":
