@@ -361,13 +361,18 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="A classifier's scores: softmax, sigmoid (each class alone: multi-label, one-class rerankers) or "
                    "the raw logits [default: as the checkpoint's config says (a CrossEncoder's activation, "
                    "problem_type), else sigmoid for one class and softmax for more].")
+@click.option("--prompt", default=None, metavar="TEXT",
+              help="A sentence embedder's prompt, put before each text (e.g. \"query: \"; \"\" for none) [default: "
+                   "the model's default prompt, if its sentence-transformers config names one].")
+@click.option("--prompt-name", default=None, metavar="NAME",
+              help="One of the model's prompts (config_sentence_transformers.json), e.g. query or passage.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run over Ray Data: on the cluster at ADDRESS, or a local Ray when none is given.")
 @click.option("--actors", type=click.IntRange(1), default=None,
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, text_field, pair_field, artifact, device, threads,
-                batch_size, window, truncate, scores, ray_address, actors, quiet):
+                batch_size, window, truncate, scores, prompt, prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet);
     write RESULT: embeddings, labels and scores, spans or tags, one per input row, in input order."""
     import time
@@ -376,10 +381,11 @@ def run_command(out, input_path, result, force, input_format, text_field, pair_f
     from bertc.run_io import stderr_is_terminal
 
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
-                      truncate=truncate, scores=scores)
+                      truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
-             + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else ""))
+             + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")
+             + (f"; prompt {runtime.prompt!r} ({runtime.prompt_why})" if runtime.prompt else ""))
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
     try:

@@ -252,6 +252,37 @@ def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str
     return "softmax", "one label per text"
 
 
+def sentence_prompt(out: Path, report: dict, kind: str, prompt: Optional[str] = None,
+                    prompt_name: Optional[str] = None) -> tuple[str, str]:
+    """(the text put before each input, why) as ``SentenceTransformer.encode`` does it: ``prompt`` itself
+    (``""``: none), else the prompt named ``prompt_name`` among the model's ``prompts``
+    (config_sentence_transformers.json, bundled in OUT by the build; e5's and bge's "query: "), else the model's
+    ``default_prompt_name``'s, else none."""
+    if prompt is not None and prompt_name is not None:
+        raise InputError("give a prompt or a prompt name, not both")
+    if kind != "embedding" and (prompt or prompt_name):
+        raise InputError(f"prompts are for sentence embedders; this model gives {kind} results")
+    prompts, default = {}, None
+    for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):
+        found = config.get("prompts")
+        prompts = {str(k): v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
+        default = config.get("default_prompt_name")
+        if default is not None and default not in prompts:
+            raise InputError(f"config_sentence_transformers.json of {out}: default_prompt_name {default!r} is not "
+                             f"one of its prompts ({', '.join(map(repr, prompts)) or 'none'})")
+        break
+    if prompt is not None:
+        return prompt, "asked for" if prompt else ""
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            raise InputError(f"prompt name {prompt_name!r}: the model's prompts are "
+                             f"{', '.join(map(repr, prompts)) or 'none (config_sentence_transformers.json has no prompts)'}")
+        return prompts[prompt_name], f"prompt name {prompt_name}"
+    if kind == "embedding" and default is not None:
+        return prompts[default], f"the model's default_prompt_name {default}"
+    return "", ""
+
+
 def truncation_default(out: Path, kind: str) -> bool:
     """Whether over-long texts are truncated when neither --truncate nor --no-truncate is given: when the
     bundled tokenizer.json turns truncation on, and for sentence embedders (sentence-transformers always
@@ -284,6 +315,7 @@ class EngineParts:
     batch_size: int = DEFAULT_BATCH
     provider_options: dict = field(default_factory=dict)
     scores: str = "softmax"          # a classifier's scores: softmax, sigmoid (each class alone) or raw logits
+    prompt: str = ""                 # put before each text (a sentence embedder's prompt)
 
 
 class Engine:
@@ -314,7 +346,9 @@ class Engine:
 
     # tokens -------------------------------------------------------------------------------------------
     def encode(self, records: Sequence[Record]) -> list:
-        encodings = self.tokenizer.encode_batch([r.text if r.pair is None else (r.text, r.pair) for r in records])
+        prompt = self.parts.prompt
+        encodings = self.tokenizer.encode_batch([prompt + r.text if r.pair is None else (r.text, r.pair)
+                                                 for r in records])
         if not self.parts.truncate:
             for r, e in zip(records, encodings):
                 if e.overflowing:
@@ -454,12 +488,16 @@ class Runtime:
     its own, one per core); ``spinning=False`` stops idle ORT threads from busy-waiting (for cores shared
     with other work); ``truncate`` None follows the tokenizer (:func:`truncation_default`), True cuts
     over-long texts to the model's maximum, False refuses them naming the text; ``scores`` (a classifier's:
-    "softmax", "sigmoid", "raw") overrides what :func:`score_function` reads from the checkpoint's config.
+    "softmax", "sigmoid", "raw") overrides what :func:`score_function` reads from the checkpoint's config;
+    ``prompt`` (a text) or ``prompt_name`` (one of the model's) puts a prompt before each text, as
+    ``SentenceTransformer.encode`` does, and with neither the model's default prompt applies
+    (:func:`sentence_prompt`; ``prompt=""`` for none).
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None,
-                 spinning: bool = True, scores: Optional[str] = None):
+                 spinning: bool = True, scores: Optional[str] = None, prompt: Optional[str] = None,
+                 prompt_name: Optional[str] = None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -482,6 +520,7 @@ class Runtime:
         # a classifier's scores: as its own tools give them (score_function), or as asked
         self.scores, self.scores_why = ("softmax", "") if self.kind != "classification" else \
             (scores, "asked for") if scores else score_function(self.out, self.report, classes)
+        self.prompt, self.prompt_why = sentence_prompt(self.out, self.report, self.kind, prompt, prompt_name)
         path = self.out / self.choice.path
         if (self.report["artifacts"][self.choice.artifact].get("external_data")):
             raise InputError(f"{path.name} keeps its weights in external data files; bertc run needs a single-file artifact")
@@ -496,7 +535,7 @@ class Runtime:
                                  outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],
                                  max_len=self.max_len, truncate=self.truncate,
                                  labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
-                                 scores=self.scores,
+                                 scores=self.scores, prompt=self.prompt,
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
 

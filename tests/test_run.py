@@ -313,6 +313,40 @@ def test_a_build_keeps_what_run_reads_of_its_checkpoint_when_the_checkpoint_is_g
     assert runtime.run([("the cat", "a cat")])[0]["label"] == "relevance"
 
 
+PROMPTS = {"query": "it is a ", "passage": "the road , ", "document": ""}
+
+
+def test_a_sentence_embedders_prompts_are_put_before_each_text_as_its_encode_does(builds, tmp_path, capsys):
+    """The model's prompts (config_sentence_transformers.json, bundled in OUT): its default_prompt_name's with
+    no prompt asked for, a named one, a given text, "" for none; the result equals the embeddings of the
+    prefixed texts. Prompts of an unknown name, both kinds at once, or for a classifier are refused."""
+    plain = builds["st_bert_mean_norm"]
+    out = tmp_path / "out"
+    shutil.copytree(plain, out)
+    config = out / "config_sentence_transformers.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": PROMPTS, "default_prompt_name": "query"}))
+    want = {p: bertc.Runtime(plain, artifact="onnx").run([p + t for t in TEXTS]) for p in set(PROMPTS.values())}
+    assert not np.allclose(want["it is a "], want[""], atol=1e-3)   # a prompt changes the embeddings
+    for kwargs, prompt in (({}, "it is a "), ({"prompt_name": "passage"}, "the road , "), ({"prompt": ""}, ""),
+                           ({"prompt": "the road , "}, "the road , "), ({"prompt_name": "document"}, "")):
+        runtime = bertc.Runtime(out, artifact="onnx", batch_size=3, **kwargs)
+        assert runtime.prompt == prompt, kwargs
+        np.testing.assert_allclose(runtime.run(TEXTS), want[prompt], atol=1e-6, err_msg=str(kwargs))
+    assert bertc.Runtime(plain, artifact="onnx").prompt == ""   # no default: none
+    texts = write_inputs(tmp_path, TEXTS)["txt"]
+    assert main(["run", str(out), str(texts), "-o", str(tmp_path / "e.npy"), "--artifact", "onnx"]) == 0
+    assert "prompt 'it is a ' (the model's default_prompt_name query)" in capsys.readouterr().err
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), want["it is a "], atol=1e-6)
+    base = ["run", str(out), str(texts), "-o", str(tmp_path / "x.npy")]
+    _fails(base + ["--prompt-name", "title"], capsys, 2, "prompt name 'title'", "'query', 'passage', 'document'")
+    _fails(base + ["--prompt-name", "query", "--prompt", "q: "], capsys, 2, "not both")
+    _fails(["run", str(builds["bert_seq_cls"]), str(texts), "-o", str(tmp_path / "x.jsonl"), "--prompt", "q: "],
+           capsys, 2, "prompts are for sentence embedders")
+    config.write_text(json.dumps({"prompts": PROMPTS, "default_prompt_name": "title"}))
+    _fails(base, capsys, 2, "default_prompt_name 'title' is not one of its prompts")
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "x.jsonl").exists()
+
+
 def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
     out = builds["bert_token_cls"]
     texts = ["the cats sat on the mat.", "big red cars , small dogs"]
