@@ -114,6 +114,36 @@ def write(name: str, arch: str, seed: int, tokenizer: bool = False, **config) ->
     return directory
 
 
+# modernbert-embed's layout: ModernBertModel -> mean pooling -> Normalize, with its retrieval prompts
+ST_PROMPTS = {"query": "search_query: ", "document": "search_document: "}
+ST_TEXTS = ["the cat sat on the mat", "a dog", "the red car ran fast on the road", "it was a big house",
+            "this tree is small and that tree is big"]
+
+
+def write_sentence_transformer(name: str = "st_modernbert_mean_norm", seed: int = 26) -> Path:
+    """A sentence-transformers directory on ``modernbert_model``'s architecture with :data:`ST_PROMPTS`; its
+    reference.npz holds ``SentenceTransformer.encode`` of :data:`ST_TEXTS` (texts.txt) without a prompt
+    (``none``) and with each prompt (``query``, ``document``)."""
+    from sentence_transformers import SentenceTransformer, models
+
+    directory = OUT / name
+    shutil.rmtree(directory, ignore_errors=True)
+    base = OUT / f"_{name}_base"
+    make("ModernBertModel", seed).save_pretrained(base, safe_serialization=True)
+    save_tokenizer(base)
+    word = models.Transformer(str(base), max_seq_length=SEQ)
+    st = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), pooling_mode="mean"),
+                                      models.Normalize()], device="cpu", prompts=ST_PROMPTS)
+    st.save(str(directory))
+    (directory / "README.md").unlink(missing_ok=True)
+    shutil.rmtree(base)
+    st = SentenceTransformer(str(directory), device="cpu")
+    (directory / "texts.txt").write_text("".join(t + "\n" for t in ST_TEXTS))
+    np.savez(directory / "reference.npz", none=st.encode(ST_TEXTS),
+             **{k: st.encode(ST_TEXTS, prompt_name=k) for k in ST_PROMPTS})
+    return directory
+
+
 FIXTURES = {
     # ModernBERT-base's choices: no biases anywhere, exact gelu, every third layer global
     "modernbert_model": lambda: write("modernbert_model", "ModernBertModel", 21, tokenizer=True),
@@ -132,6 +162,7 @@ FIXTURES = {
                                           num_labels=5, classifier_bias=True, classifier_activation="silu",
                                           hidden_activation="gelu_pytorch_tanh"),
     "modernbert_mlm": lambda: write("modernbert_mlm", "ModernBertForMaskedLM", 25, decoder_bias=True),
+    "st_modernbert_mean_norm": write_sentence_transformer,
 }
 
 
