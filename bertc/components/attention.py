@@ -385,7 +385,7 @@ def lower_disentangled(layer, ctx, x, query=None):
         kernel = ctx.derived(f"{layer.path}/qkv/kernel", np.concatenate([_np(part.kernel) for part in dense], axis=1))
         bias = ctx.derived(f"{layer.path}/qkv/bias", np.concatenate([_np(part.bias) for part in dense]))
         qkv = g.node("Add", [g.node("MatMul", [x, kernel], hint="qkv"), bias], hint="qkv_bias")
-        q, k, v = g.node("Split", [qkv, g.ints([h, h, h], "qkv_split")], ["q", "k", "v"], axis=2, hint="qkv_split")
+        q, k, v = g.node("Split", [qkv, g.ints([h, h, h], "qkv_split")], ["q", "k", "v"], axis=-1, hint="qkv_split")
     else:
         q = ctx.dense(x if query is None else query, layer.query)
         k = ctx.dense(x, layer.key)

@@ -161,11 +161,14 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     except NotLowerable as exc:
         return OptimizeResult(skip=Skip("onnx_optimized", f"no optimized ONNX artifact: {exc}", (str(exc),)))
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
+    from bertc.optimize.projections import separate_projections
 
+    # fp32: packed projections part by part (no Split copy); the int8 variants quantize the packed form
+    fast_proto, fast_weights, separated = separate_projections(lowered.proto, lowered.weights)
     # onnx.checker sees the graph with its weights declared as inputs: no weight data is serialized for it
-    check_graph(lowered.proto, declared_weights(lowered.weights), "the optimized ONNX graph fails onnx.checker")
+    check_graph(fast_proto, declared_weights(fast_weights), "the optimized ONNX graph fails onnx.checker")
     path = out / OPTIMIZED_FILE
-    nbytes, external = write_onnx(lowered.proto, lowered.weights, path)   # streamed, one weight at a time
+    nbytes, external = write_onnx(fast_proto, fast_weights, path)   # streamed, one weight at a time
     try:
         session = ort_session(path)
     except Exception as exc:  # ORT raises its own types; name the artifact and the cause
@@ -175,7 +178,8 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     del session
     structure = structural_check(built, input_dtype, opset, lowered.pruned)
     artifacts = {"onnx_optimized": _artifact(
-        path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"], lowered.nodes, opset,
+        path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"],
+        len(fast_proto.graph.node), opset,
         op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage, external_data=external,
         seconds=round(time.perf_counter() - t0, 3))}
     proto, weights, op_counts, coverage, pruned = (lowered.proto, lowered.weights, lowered.op_counts,
@@ -214,7 +218,8 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
         from bertc.optimize.padding_free import packed_artifacts
 
         packed, padding_free = packed_artifacts(built, proto, weights, out, variants, input_dtype, opset, check_inputs,
-                                                sys.modules[__name__], int8_plan=int8_plan)
+                                                sys.modules[__name__], int8_plan=int8_plan,
+                                                fp32=(fast_proto, fast_weights) if separated else None)
         artifacts.update(packed)
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
@@ -224,7 +229,7 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
             proto, weights = unblocked_with(proto, weights)
             proto, weights = _attach(proto, list(weights or [])), None
             artifacts["onnx_fp16"] = convert_fp16(proto, out / FP16_FILE, input_dtype, opset, model, check_inputs)
-    del proto, weights
+    del proto, weights, fast_proto, fast_weights
     fusion = {
         "lowered": True, "not_lowered": not_lowered, "pruned": pruned, "pruned_rows": pruned_rows,
         "layers": coverage["layers"],
@@ -232,6 +237,8 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
                   **{k: a["nodes"] for k, a in artifacts.items()}},
         "fused_ops": {op: n for op, n in op_counts.items() if op.startswith("com.microsoft.")},
         "self_check_max_abs": self_check,
+        # packed projections (MatMul + Split) computed part by part in the fp32 artifacts (bertc/optimize/projections.py)
+        **({"separate_projections": separated} if separated else {}),
         "structural_check": structure,
         **({"padding_free": padding_free} if padding_free is not None else {}),
     }

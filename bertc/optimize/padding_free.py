@@ -1077,7 +1077,8 @@ def max_abs_vs_keras(session, built, inputs: dict) -> float:
 
 
 def packed_artifacts(built, proto, weights: Optional[list], out, variants, input_dtype: str, opset: int,
-                     check_inputs: dict, stage, int8_plan: Optional[tuple] = None) -> tuple[dict, dict]:
+                     check_inputs: dict, stage, int8_plan: Optional[tuple] = None,
+                     fp32: Optional[tuple] = None) -> tuple[dict, dict]:
     """The padding-free artifacts asked for in ``variants`` (:data:`PACKED_VARIANTS`) of the optimized graph
     ``proto`` (its weights beside it): ``(artifacts, section)``, the report entries and the fusion report's
     ``padding_free`` section (what was packed, or why nothing was: then no artifact). Each is
@@ -1086,7 +1087,10 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
     stage's module (:mod:`bertc.optimize.onnx_artifacts`: its report entries, int8 options, fp16 settings).
     ``int8_plan``: how the int8 was tuned (:meth:`bertc.optimize.int8_tuning.Tuned.plan`: the smoothed fp32 graph
     and weights, the nodes kept fp32 and those in block-wise int8); the padding-free int8 is then that graph,
-    packed, quantized with the same choices (matched by the weights the nodes read: packing renames them)."""
+    packed, quantized with the same choices (matched by the weights the nodes read: packing renames them).
+    ``fp32``: (proto, weights) of the fp32 optimized artifact where it differs from ``proto`` (its packed
+    projections computed part by part, :mod:`bertc.optimize.projections`): the fp32 padding-free artifact packs
+    that one."""
     import time
     from pathlib import Path
 
@@ -1124,8 +1128,10 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
         return sample
 
     if "onnx_packed" in wanted:
-        section["self_check_max_abs"] = write(with_fast_path(proto, packed), weights or [], "onnx_packed", "fp32",
-                                              ["CPUExecutionProvider", "CUDAExecutionProvider"])
+        fast, fast_weights = fp32 if fp32 is not None else (proto, weights)
+        fast_packed = packed if fp32 is None else padding_free(fast, fast_weights, fast_path=False)[0]
+        section["self_check_max_abs"] = write(with_fast_path(fast, fast_packed), fast_weights or [], "onnx_packed",
+                                              "fp32", ["CPUExecutionProvider", "CUDAExecutionProvider"])
     if "onnx_packed_int8" in wanted:
         tuning = None
         source, source_weights, source_packed, keep, blocks = proto, weights, packed, [], []
