@@ -9,9 +9,8 @@ per part over W's columns (and b's entries), writing straight into the Split's o
 as before (the same dot products: outputs equal), and no copy of the weights is kept: the parts replace the
 packed weight, whose columns they read only when the artifact is written (:class:`ColumnSlice`).
 
-Measured (ModernBERT-base encoder, ORT CPU, 2 threads, interleaved in one process, an Intel Xeon): 0.973 of the
-split form's time at B1 x S128 (30 rounds), 0.965 at S512; outputs identical. The int8 variant keeps the packed
-MatMul (three ``DynamicQuantizeMatMul`` quantizing the same input were 1.034 of one).
+The README's Benchmarks section has the measured effect (ModernBERT-base); the int8 variant keeps the packed
+MatMul, since one ``DynamicQuantizeMatMul`` per part would quantize the same input once per part.
 """
 from __future__ import annotations
 
