@@ -3,7 +3,7 @@
 The lowerings pack projections that read the same input into one MatMul and split its output on the last axis:
 ModernBERT's ``Wqkv`` (q, k, v) and GLU ``Wi`` (input, gate), DeBERTa's query / key / value. One MatMul is what
 the int8 artifact wants (one activation quantization for all parts). In fp32 the ``Split`` is only a copy of
-the product, which ONNX Runtime's CPU kernel makes on one thread; :func:`separate_projections` rewrites each
+the product; :func:`separate_projections` rewrites each
 ``MatMul(x, W) [+ b] -> Split(axis=-1)`` whose intermediate values nothing else reads into one MatMul (and Add)
 per part over W's columns (and b's entries), writing straight into the Split's outputs. Each column is computed
 as before (the same dot products: outputs equal), and no copy of the weights is kept: the parts replace the
