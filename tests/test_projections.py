@@ -152,3 +152,21 @@ def test_a_column_slice_reads_its_columns_when_written(tmp_path):
     got = _run(tmp_path / "parts.onnx", {"x": x})
     for k, name in enumerate("abc"):
         np.testing.assert_allclose(got[name], x @ w[:, 300 * k:300 * (k + 1)], rtol=1e-5)
+
+
+def test_a_bias_beside_the_graph_is_sliced_too(tmp_path):
+    """At full size a packed bias can sit beside the graph with the weights (DeBERTa-v3-base's 2,304 q/k/v
+    biases): it is sliced like the kernel."""
+    w = np.random.default_rng(3).standard_normal((5, 6)).astype(np.float32)
+    b = np.arange(6, dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"]),
+                               helper.make_node("Split", ["z"], ["p", "q"], axis=-1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "pq"])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, weights, n = separate_projections(proto, [("w", w), ("b", b)])
+    assert n == 1 and sorted(name for name, _ in weights) == ["b[0:3]", "b[3:6]", "w[0:3]", "w[3:6]"]
+    write_onnx(out, weights, tmp_path / "parts.onnx")
+    x = np.random.default_rng(4).standard_normal((2, 5)).astype(np.float32)
+    got = _run(tmp_path / "parts.onnx", {"x": x})
+    np.testing.assert_allclose(np.concatenate([got["p"], got["q"]], -1), x @ w + b, rtol=1e-5, atol=1e-6)

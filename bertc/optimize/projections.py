@@ -75,6 +75,10 @@ def separate_projections(proto, weights):
     def array(name):   # a small constant's values, or None
         return numpy_helper.to_array(small[name]) if name in small else None
 
+    def shape(name):   # a constant's shape (beside the graph or in it), or None
+        return tuple(int(d) for d in big[name].shape) if name in big else \
+            tuple(small[name].dims) if name in small else None
+
     plans = {}   # id(split) -> (matmul, add, x, weight, bias, sizes)
     for split in graph.node:
         axis = next((helper.get_attribute_value(a) for a in split.attribute if a.name == "axis"), 0)
@@ -83,7 +87,7 @@ def separate_projections(proto, weights):
         add, y, bias = None, split.input[0], None
         node = producer.get(y)
         if node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx"):
-            consts = [n for n in node.input if array(n) is not None and array(n).ndim == 1]
+            consts = [n for n in node.input if shape(n) is not None and len(shape(n)) == 1]
             others = [n for n in node.input if n not in consts]
             if len(consts) != 1 or len(others) != 1 or read[others[0]] != 1:
                 continue
@@ -92,17 +96,16 @@ def separate_projections(proto, weights):
         if node is None or node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
         w = node.input[1]
-        shape = tuple(big[w].shape) if w in big else tuple(small[w].dims) if w in small else None
-        if shape is None or len(shape) != 2:
+        if shape(w) is None or len(shape(w)) != 2:
             continue
-        n = shape[1]
+        n = shape(w)[1]
         if len(split.input) > 1 and split.input[1]:
             sizes = array(split.input[1])
             sizes = None if sizes is None else [int(s) for s in sizes.ravel()]
         else:
             sizes = [n // len(split.output)] * len(split.output) if n % len(split.output) == 0 else None
         if not sizes or sum(sizes) != n or len(sizes) != len(split.output) or \
-                (bias is not None and array(bias).shape != (n,)):
+                (bias is not None and shape(bias) != (n,)):
             continue
         plans[id(split)] = (node, add, node.input[0], w, bias, sizes)
 
@@ -127,11 +130,14 @@ def separate_projections(proto, weights):
                 new_small.append(numpy_helper.from_array(
                     np.ascontiguousarray(numpy_helper.to_array(small[w])[:, start:start + size]), name))
             part = f"{matmul.output[0]}/part{k}" if add is not None else out
-            nodes.append(helper.make_node("MatMul", [x, name], [part], name=f"{matmul.name}/part{k}"))
+            nodes.append(helper.make_node("MatMul", [x, name], [part], name=f"{matmul.name or matmul.output[0]}/part{k}"))
             if add is not None:
                 b = f"{bias}[{start}:{start + size}]"
-                new_small.append(numpy_helper.from_array(np.ascontiguousarray(array(bias)[start:start + size]), b))
-                nodes.append(helper.make_node("Add", [part, b], [out], name=f"{add.name}/part{k}"))
+                if bias in big:
+                    new_weights[b] = ColumnSlice(big[bias], start, start + size)
+                else:
+                    new_small.append(numpy_helper.from_array(np.ascontiguousarray(array(bias)[start:start + size]), b))
+                nodes.append(helper.make_node("Add", [part, b], [out], name=f"{add.name or add.output[0]}/part{k}"))
             start += size
     del graph.node[:]
     graph.node.extend(nodes)
