@@ -369,8 +369,8 @@ def lower_talking_heads(layer, ctx, x, query=None):
 def lower_disentangled(layer, ctx, x, query=None):
     """Packed Q/K/V MatMul + Add and a Split (the pruned last layer: its query rows apart); per term the window
     of K relative rows projected and divided by sqrt(d * scale_factor) (folded at compile time:
-    :func:`_relative_keys`), FusedMatMul with q (c2p) or k (p2c) against every row, one GatherElements at the
-    scheme's positions (:func:`_disentangled_index`); their sum is com.microsoft
+    :func:`_relative_keys`), FusedMatMul of q against every row (c2p) or of every row against k (p2c), one
+    GatherElements at the scheme's positions (:func:`_disentangled_index`); their sum is com.microsoft
     ``MultiHeadAttention``'s ``attention_bias``, its ``scale`` 1 / sqrt(d * scale_factor), the raw 0/1 key padding
     mask. The pruned last layer (the first token only) gathers the first row of each index."""
     from bertc.components.base import RowSelection
@@ -390,13 +390,16 @@ def lower_disentangled(layer, ctx, x, query=None):
         q = ctx.dense(x if query is None else query, layer.query)
         k = ctx.dense(x, layer.key)
         v = ctx.dense(x, layer.value)
-    heads = {"c2p": ctx.split_heads(q, n, d, (0, 2, 1, 3)), "p2c": ctx.split_heads(k, n, d, (0, 2, 1, 3))}
+    index = _disentangled_index(ctx, rows, n)                                            # (B, N, F, S)
     terms = []
     for term in layer.terms:
-        att = g.ms("FusedMatMul", [heads[term], _relative_keys(layer, ctx, term)], hint=f"{term}_att",
-                   transB=1)                                                             # (B, N, ., K)
-        value = g.node("GatherElements", [att, _disentangled_index(ctx, term, rows, n)], axis=3, hint=term)
-        terms.append(value if term == "c2p" else g.node("Transpose", [value], perm=[0, 1, 3, 2], hint="p2c_t"))
+        keys = _relative_keys(layer, ctx, term)                                           # (N, K, D)
+        if term == "c2p":       # [i, j] = (q_i . pos_k[r])[r = rel[i, j]]: row i of (B, N, F, K), column rel
+            att = g.ms("FusedMatMul", [ctx.split_heads(q, n, d, (0, 2, 1, 3)), keys], hint="c2p_att", transB=1)
+            terms.append(g.node("GatherElements", [att, index], axis=3, hint="c2p"))
+        else:                   # [i, j] = (pos_q[r] . k_j)[r = rel[i, j]]: column j of (B, N, K, S), row rel
+            att = g.ms("FusedMatMul", [keys, ctx.split_heads(k, n, d, (0, 2, 1, 3))], hint="p2c_att", transB=1)
+            terms.append(g.node("GatherElements", [att, index], axis=2, hint="p2c"))
     bias = (terms[0] if len(terms) == 1 else g.node("Add", terms, hint="relative_bias")) if terms else None
     context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([bias] if bias else []), hint="attention",
                    num_heads=n, mask_filter_value=MASK_ADDER, scale=1.0 / layer.scale)
@@ -407,7 +410,7 @@ def lower_disentangled(layer, ctx, x, query=None):
 
 def _relative_keys(layer, ctx, term: str) -> str:
     """(N, K, D): this layer's projection for ``term`` of the window of K relative rows, divided by sqrt(d *
-    scale_factor), heads split (the MatMul reading it transposes it: FusedMatMul transB). Weights only: folded at
+    scale_factor), heads split (c2p's FusedMatMul reads it transposed, p2c's as it is). Weights only: folded at
     compile time into one (N, R, D) constant over the table's R rows (projected in float64), of which each batch
     slices its window (one contiguous block per head); the scheme's relative embeddings are projected in the
     graph only where the scheme has no table to fold."""
@@ -429,13 +432,14 @@ def _relative_keys(layer, ctx, term: str) -> str:
     return g.node("Slice", [keys, start, stop, g.const([1], np.int32, "axis")], hint=f"{term}_relative_keys")
 
 
-def _disentangled_index(ctx, term: str, rows: bool, num_heads: int):
-    """GatherElements indices along the last axis of the relative logits, int32, computed once for every layer:
-    c2p reads row i (the query) of (B, N, F, K) at the scheme's window row rel[i, j], so its index is rel
-    expanded to (B, N, F, S); p2c reads row j (the key) of (B, N, S, K) at rel[i, j], so its index is rel
-    transposed, (B, N, S, F), and the gathered values are transposed back. ``rows``: the first query row only
-    (F = 1). One element gather per logit: Gather over a flattened (row, relative) axis costs ORT's CPU kernel
-    six times as much at S = 128 (one copy per element, unthreaded)."""
+def _disentangled_index(ctx, rows: bool, num_heads: int):
+    """GatherElements indices of both relative terms, int32, computed once for every layer: the scheme's window
+    row rel[i, j] expanded to (B, N, F, S). c2p reads it along the last axis of (B, N, F, K) (the query's row of
+    its logits against every relative key), p2c along the third of (B, N, K, S) (every relative query against the
+    key's column), so neither needs a transpose: an earlier lowering gathered p2c from (B, N, S, K) at rel
+    transposed and transposed the result back. ``rows``: the first query row only (F = 1). One element gather per
+    logit: Gather over a flattened (row, relative) axis costs ORT's CPU kernel six times as much at S = 128 (one
+    copy per element, unthreaded)."""
     g = ctx.g
 
     def make():
@@ -443,9 +447,7 @@ def _disentangled_index(ctx, term: str, rows: bool, num_heads: int):
         if rows:
             rel = g.node("Slice", [rel, g.ints([0], "start"), g.ints([1], "end"), g.ints([0], "axis")],
                          hint="relative_positions_first")
-        if term == "p2c":
-            rel = g.node("Transpose", [rel], perm=[1, 0], hint="relative_positions_t")
         batch = g.node("Shape", [ctx.mask], start=0, end=1)
         shape = g.node("Concat", [batch, g.ints([num_heads], "heads"), g.node("Shape", [rel])], axis=0)
-        return g.node("Expand", [rel, shape], hint=f"{term}_index")
-    return ctx.once(("disentangled_index", term, rows), make)
+        return g.node("Expand", [rel, shape], hint="relative_index")
+    return ctx.once(("disentangled_index", rows), make)
