@@ -10,7 +10,9 @@ Two kinds, both recorded in the report (``sources``):
   (``bertc/data/calibration_sentences.txt``: short and long, 20 languages, chat, URLs, numbers).
   Text becomes three cases: every example in one padded batch (the case that judges the rank agreement
   of within-batch similarities), the shortest example alone and the longest alone (a lone short sentence
-  is where dynamic int8 does worst: a few tokens set the activation range).
+  is where dynamic int8 does worst: a few tokens set the activation range). A sentence embedder whose
+  sentence-transformers config has prompts gets one more batch per prompt (:func:`prompted_cases`): its
+  queries reach it behind "query: " or an instruction, and so do they in ``bertc run``.
 
 The int8 tuning (:mod:`bertc.optimize.int8_tuning`) chooses its smoothing and fp32 MatMuls on these
 cases, and parity judges the artifacts on the same ones, so the two verdicts agree.
@@ -63,6 +65,36 @@ def text_cases(out_dir: Path, spec, texts: list, source: str) -> list:
     return cases
 
 
+MAX_PROMPTS = 4
+
+
+def prompted_cases(out_dir: Path, spec, texts: list, source: str) -> tuple[list, list[str]]:
+    """(cases, the prompt names used): for a sentence embedder whose bundled sentence-transformers config has
+    prompts, every text example of ``texts`` in one padded batch behind each prompt (the default prompt first, at
+    most :data:`MAX_PROMPTS`): what ``bertc run`` feeds such a model (e5's "query: ", bge's instruction), so that
+    int8 is tuned and judged on it too. Sentence pairs take no prompt."""
+    from bertc.parity import Case
+    from bertc.text import bundled_prompts, encode_texts
+
+    if spec.head is None or spec.head.type != "sentence_embedding":
+        return [], []
+    prompts, default = bundled_prompts(out_dir)
+    names = sorted((n for n, p in prompts.items() if p), key=lambda n: (n != default, n))
+    singles = [t for t in texts if isinstance(t, str)]
+    cases, used, seen = [], [], set()
+    for name in names:
+        if len(used) == MAX_PROMPTS or not singles:
+            break
+        if prompts[name] in seen:
+            continue
+        seen.add(prompts[name])
+        used.append(name)
+        cases.append(Case.given(f"text: {len(singles)} example(s) from {source} behind the model's prompt {name!r}",
+                                encode_texts(out_dir, [prompts[name] + t for t in singles],
+                                             spec.encoder.max_sequence_length, spec)))
+    return cases, used
+
+
 def has_tokenizer(out_dir: Path) -> bool:
     from bertc.text import TOKENIZER_FILES
 
@@ -83,19 +115,23 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
         try:
             texts = read_texts(calibration)
             cases = text_cases(out_dir, spec, texts, calibration.name)
+            prompted, used = prompted_cases(out_dir, spec, texts, calibration.name)
         except CalibrationError:
             raise
         except BertcError as exc:
             raise CalibrationError(f"--calibration {calibration}: {exc}") from None
-        return cases, {"kind": "file", "path": str(calibration), "examples": len(texts)}
+        return cases + prompted, {"kind": "file", "path": str(calibration), "examples": len(texts),
+                                  **({"prompts": used} if used else {})}
     if not has_tokenizer(out_dir):
         return [], {"kind": "none", "why": "no tokenizer in this build (none beside the trained weights)"}
     texts = builtin_sentences()
     try:
-        cases = text_cases(out_dir, spec, texts, f"bertc's built-in set")
+        cases = text_cases(out_dir, spec, texts, "bertc's built-in set")
+        prompted, used = prompted_cases(out_dir, spec, texts, "bertc's built-in set")
     except BertcError as exc:   # e.g. the tokenizers library is missing, or the tokenizer is not the model's
         return [], {"kind": "none", "why": f"the built-in sentences could not be tokenized: {exc}"}
-    return cases, {"kind": "builtin", "file": f"bertc/data/{BUILTIN_NAME}", "examples": len(texts)}
+    return cases + prompted, {"kind": "builtin", "file": f"bertc/data/{BUILTIN_NAME}", "examples": len(texts),
+                              **({"prompts": used} if used else {})}
 
 
 def calibration_set(spec, out_dir: Path, calibration: Optional[Path] = None) -> CalibrationSet:

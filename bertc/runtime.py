@@ -262,11 +262,11 @@ def sentence_prompt(out: Path, report: dict, kind: str, prompt: Optional[str] = 
         raise InputError("give a prompt or a prompt name, not both")
     if kind != "embedding" and (prompt or prompt_name):
         raise InputError(f"prompts are for sentence embedders; this model gives {kind} results")
+    from bertc.text import ST_CONFIG, read_prompts
+
     prompts, default = {}, None
-    for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):
-        found = config.get("prompts")
-        prompts = {str(k): v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
-        default = config.get("default_prompt_name")
+    for config in _checkpoint_configs(out, report, ST_CONFIG):
+        prompts, default = read_prompts(config)
         if default is not None and default not in prompts:
             raise InputError(f"config_sentence_transformers.json of {out}: default_prompt_name {default!r} is not "
                              f"one of its prompts ({', '.join(map(repr, prompts)) or 'none'})")

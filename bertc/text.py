@@ -49,6 +49,24 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+ST_CONFIG = "config_sentence_transformers.json"
+
+
+def read_prompts(config: dict) -> tuple[dict[str, str], Optional[str]]:
+    """(the prompts, by name, and ``default_prompt_name``) of a sentence-transformers config
+    (``config_sentence_transformers.json``: e5's "query: " / "passage: ", bge's retrieval instruction); prompts that
+    are not strings are left out."""
+    found = config.get("prompts")
+    prompts = {str(k): v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
+    default = config.get("default_prompt_name")
+    return prompts, (str(default) if default is not None else None)
+
+
+def bundled_prompts(out_dir: Path) -> tuple[dict[str, str], Optional[str]]:
+    """:func:`read_prompts` of the sentence-transformers config bundled in ``out_dir`` (none without one)."""
+    return read_prompts(_read_json(Path(out_dir) / ST_CONFIG))
+
+
 def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
     config = _read_json(directory / "tokenizer_config.json") if "tokenizer_config.json" in files else {}
     if "tokenizer.json" in files:

@@ -394,6 +394,8 @@ def test_a_sentence_transformers_modernbert_runs_on_text_with_its_prompts(tmp_pa
     path, out = tmp_path / "spec.json", tmp_path / "out"
     assert main(["import", str(source), "-o", str(path)]) == 0
     assert main(["build", str(path), "-o", str(out), "--no-tflite"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["text"]["prompts"] == ["document", "query"]    # int8 tuned behind them too
     texts = (source / "texts.txt").read_text().splitlines()
     for prompt in ("none", "query", "document"):
         runtime = bertc.Runtime(out, artifact="onnx_optimized", **({} if prompt == "none" else {"prompt_name": prompt}))

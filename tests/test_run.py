@@ -316,6 +316,34 @@ def test_a_build_keeps_what_run_reads_of_its_checkpoint_when_the_checkpoint_is_g
 PROMPTS = {"query": "it is a ", "passage": "the road , ", "document": ""}
 
 
+def test_int8_is_calibrated_and_judged_behind_a_sentence_embedders_prompts(builds, tmp_path):
+    """The calibration set (what the int8 tuning chooses on and parity judges) of a sentence embedder with
+    prompts adds the real text behind each non-empty prompt, the default first; none for an embedder without
+    prompts, or for a classifier."""
+    from bertc.calibration import builtin_sentences, prompted_cases, real_text_cases
+    from bertc.spec import load_spec
+
+    plain = builds["st_bert_mean_norm"]
+    out = tmp_path / "out"
+    shutil.copytree(plain, out)
+    spec = load_spec(out / "spec.json")
+    plain_cases, source = real_text_cases(spec, plain)
+    assert "prompts" not in source
+    config = out / "config_sentence_transformers.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": PROMPTS, "default_prompt_name": "passage"}))
+    cases, source = real_text_cases(spec, out)
+    assert source["prompts"] == ["passage", "query"]       # "document" is empty: the plain text already covers it
+    assert [c.label for c in cases[:len(plain_cases)]] == [c.label for c in plain_cases]
+    assert len(cases) == len(plain_cases) + 2
+    texts = builtin_sentences()
+    for case, (name, prompt) in zip(cases[-2:], (("passage", "the road , "), ("query", "it is a "))):
+        assert f"prompt {name!r}" in case.label
+        want = encode_texts(out, [prompt + t for t in texts], spec.encoder.max_sequence_length, spec)
+        np.testing.assert_array_equal(case.inputs["input_word_ids"], want["input_word_ids"])
+    classifier = load_spec(builds["bert_seq_cls"] / "spec.json")
+    assert prompted_cases(out, classifier, texts, "x") == ([], [])
+
+
 def test_a_sentence_embedders_prompts_are_put_before_each_text_as_its_encode_does(builds, tmp_path, capsys):
     """The model's prompts (config_sentence_transformers.json, bundled in OUT): its default_prompt_name's with
     no prompt asked for, a named one, a given text, "" for none; the result equals the embeddings of the
