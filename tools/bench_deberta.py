@@ -8,7 +8,7 @@
 1. bertc: the spec ``bertc import`` writes for microsoft/deberta-v3-base's config (:data:`BASE_CONFIG`: 12 x 768,
    vocab 128,100, 256 log buckets, share_att_key, no absolute positions, no token types) with a
    DebertaV2ForSequenceClassification head (ContextPooler + 2 labels), random init, built by ``bertc build``
-   (parity included, TFLite off: its converter needs ~10 GB at this size): model.onnx, model.optimized.onnx and
+   (parity included, TFLite off: the benchmark times ONNX only): model.onnx, model.optimized.onnx and
    model.optimized.int8.onnx.
 2. The anchor, in the side environment (``--hf-python``; this module imports no bertc there): transformers'
    DebertaV2ForSequenceClassification of the same config (random init, eager attention), exported with
