@@ -161,10 +161,13 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     except NotLowerable as exc:
         return OptimizeResult(skip=Skip("onnx_optimized", f"no optimized ONNX artifact: {exc}", (str(exc),)))
     from bertc.export.onnx import check_graph, declared_weights, write_onnx
+    from bertc.optimize.bias_folding import fold_residual_biases
     from bertc.optimize.projections import separate_projections
 
-    # fp32: packed projections part by part (no Split copy); the int8 variants quantize the packed form
+    # fp32: packed projections part by part (no Split copy), residual biases folded into the layer norms before
+    # them (no Add); the int8 variants quantize (and smooth) the graph as lowered
     fast_proto, fast_weights, separated = separate_projections(lowered.proto, lowered.weights)
+    fast_proto, fast_weights, folded = fold_residual_biases(fast_proto, fast_weights)
     # onnx.checker sees the graph with its weights declared as inputs: no weight data is serialized for it
     check_graph(fast_proto, declared_weights(fast_weights), "the optimized ONNX graph fails onnx.checker")
     path = out / OPTIMIZED_FILE
@@ -219,7 +222,7 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
 
         packed, padding_free = packed_artifacts(built, proto, weights, out, variants, input_dtype, opset, check_inputs,
                                                 sys.modules[__name__], int8_plan=int8_plan,
-                                                fp32=(fast_proto, fast_weights) if separated else None)
+                                                fp32=(fast_proto, fast_weights) if separated or folded else None)
         artifacts.update(packed)
     if structure["passed"]:
         if "onnx_fp16" in variants:  # the fp16 converter takes a whole model: the weights move into the proto
@@ -239,6 +242,8 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
         "self_check_max_abs": self_check,
         # packed projections (MatMul + Split) computed part by part in the fp32 artifacts (bertc/optimize/projections.py)
         **({"separate_projections": separated} if separated else {}),
+        # residual biases folded into the layer norm before them in the fp32 artifacts (bertc/optimize/bias_folding.py)
+        **({"folded_residual_biases": folded} if folded else {}),
         "structural_check": structure,
         **({"padding_free": padding_free} if padding_free is not None else {}),
     }

@@ -1089,8 +1089,8 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
     and weights, the nodes kept fp32 and those in block-wise int8); the padding-free int8 is then that graph,
     packed, quantized with the same choices (matched by the weights the nodes read: packing renames them).
     ``fp32``: (proto, weights) of the fp32 optimized artifact where it differs from ``proto`` (its packed
-    projections computed part by part, :mod:`bertc.optimize.projections`): the fp32 padding-free artifact packs
-    that one."""
+    projections computed part by part, :mod:`bertc.optimize.projections`; its residual biases folded,
+    :mod:`bertc.optimize.bias_folding`): the fp32 padding-free artifact packs that one."""
     import time
     from pathlib import Path
 
