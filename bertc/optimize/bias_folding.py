@@ -79,8 +79,7 @@ def fold_residual_biases(proto, weights):
         if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
             continue
         matmul = producer.get(add.input[0])
-        b = value(add.input[1])
-        if matmul is None or matmul.op_type != "MatMul" or b is None or b.ndim != 1 \
+        if matmul is None or matmul.op_type != "MatMul" or not known(add.input[1]) \
                 or not only_reader(add.output[0], readers.get(add.output[0], [None])[0]):
             continue
         total = readers[add.output[0]][0]
@@ -96,8 +95,8 @@ def fold_residual_biases(proto, weights):
             beta_at = 6
         else:
             continue
-        beta = value(norm.input[beta_at])
-        if beta is None or beta.shape != b.shape:
+        b, beta = value(add.input[1]), value(norm.input[beta_at])
+        if b.ndim != 1 or beta is None or beta.shape != b.shape:
             continue
         others = [n for n in readers.get(r, []) if n is not total]
         if not others or read[r] != len(others) + 1:   # read elsewhere (a subgraph, a graph output): keep
