@@ -54,9 +54,7 @@ def _run(path, inputs):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_folded_biases_give_the_same_outputs_with_two_adds_fewer_a_layer(case, tmp_path):
     source, expected = CASES[case]
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(source))
-    spec = load_spec(spec_path)
+    spec = load_spec(source)    # the spec as a dict: no file needed
     built = build_model(spec)
     _randomize(built.model)
     low = lower_model(built, split_weights=True)

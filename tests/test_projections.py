@@ -55,9 +55,7 @@ def _splits_of_products(graph) -> int:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_parts_give_the_same_outputs_without_a_second_copy_of_the_weights(case, tmp_path):
     source, expected = CASES[case]
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(source))
-    spec = load_spec(spec_path)
+    spec = load_spec(source)    # the spec as a dict: no file needed
     built = build_model(spec)
     low = lower_model(built, split_weights=True)
     before = low.proto.SerializeToString()
