@@ -351,7 +351,11 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="ONNX Runtime intra-op threads [default: one per core; with --ray: 1 per actor].")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Texts per model call.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Texts per model call, at most.")
+@click.option("--max-batch-tokens", type=click.IntRange(1), default=16384, show_default=True,
+              help="Padded tokens per model call (texts x longest), at most; attention's texts x longest² is held "
+                   "under 1,024 x this, so long documents go a few or one at a time. A longer text runs alone.")
 @click.option("--window", type=click.IntRange(1), default=2048, show_default=True,
               help="Texts read, sorted by length and batched at a time (bounds memory).")
 @click.option("--truncate/--no-truncate", default=None,
@@ -372,7 +376,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, text_field, pair_field, artifact, device, threads,
-                batch_size, window, truncate, scores, prompt, prompt_name, ray_address, actors, quiet):
+                batch_size, max_batch_tokens, window, truncate, scores, prompt, prompt_name, ray_address, actors,
+                quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet);
     write RESULT: embeddings, labels and scores, spans or tags, one per input row, in input order."""
     import time
@@ -381,7 +386,8 @@ def run_command(out, input_path, result, force, input_format, text_field, pair_f
     from bertc.run_io import stderr_is_terminal
 
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
-                      truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name)
+                      truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
+                      max_batch_tokens=max_batch_tokens)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")

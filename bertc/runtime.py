@@ -7,8 +7,12 @@ picklable :class:`EngineParts` (the model bytes, the tokenizer JSON, the labels)
 actor builds its own engine without seeing OUT.
 
 Batching: texts are tokenized a window at a time (``window`` rows, bounded memory), sorted by token length
-inside the window, cut into batches of ``batch_size`` padded to their own longest row, and their results
-put back in input order. What the model's outputs are decides what a result is (:func:`result_kind`):
+inside the window, cut into batches padded to their own longest row, and their results put back in input
+order. A batch holds at most ``batch_size`` texts and at most ``max_batch_tokens`` padded tokens (rows x
+longest), and its attention scores at most ``ATTENTION_CELLS_PER_TOKEN`` x that many cells a head (rows x
+longest²: what a CPU attention kernel allocates, heads x cells floats); a text longer than that runs alone
+(:func:`batch_cuts`). Short texts batch ``batch_size`` at a time; a long-context model's long documents go
+a few, or one, at a time instead of exhausting memory. What the model's outputs are decides what a result is (:func:`result_kind`):
 
 ====================================  ==============  ===============================================
 outputs                               kind            one result
@@ -42,6 +46,11 @@ from bertc.run_io import Record
 STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (as HF's QA pipeline)
 DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
+# padded tokens per model call (rows x longest; text-embeddings-inference's default max_batch_tokens): 32 texts
+# of 512 tokens, so a 512-position model batches as before; attention's rows x longest² is held under 1,024 x
+# that (a 768-wide, 12-head model's unpadded and masked attention buffers then stay under ~0.9 GB)
+DEFAULT_BATCH_TOKENS = 16384
+ATTENTION_CELLS_PER_TOKEN = 1024
 
 
 # --- the build directory -----------------------------------------------------------------------------
@@ -313,9 +322,29 @@ class EngineParts:
     truncate: bool
     labels: Optional[list] = None
     batch_size: int = DEFAULT_BATCH
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS
     provider_options: dict = field(default_factory=dict)
     scores: str = "softmax"          # a classifier's scores: softmax, sigmoid (each class alone) or raw logits
     prompt: str = ""                 # put before each text (a sentence embedder's prompt)
+
+
+def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each batch over rows of these token ``lengths`` (ascending): each batch as many
+    rows as fit, at most ``batch_size``, with rows x longest <= ``max_tokens`` and rows x longest² <=
+    :data:`ATTENTION_CELLS_PER_TOKEN` x ``max_tokens``; a row that alone exceeds them is a batch of its own.
+    Sorted lengths give the fewest batches (each padded to its own longest)."""
+    cells = ATTENTION_CELLS_PER_TOKEN * max_tokens
+    cuts, start, n = [], 0, len(lengths)
+    while start < n:
+        stop, longest = start + 1, lengths[start]
+        while stop < n and stop - start < batch_size:
+            rows, wider = stop - start + 1, max(longest, lengths[stop])
+            if rows * wider > max_tokens or rows * wider * wider > cells:
+                break
+            stop, longest = stop + 1, wider
+        cuts.append((start, stop))
+        start = stop
+    return cuts
 
 
 class Engine:
@@ -377,9 +406,9 @@ class Engine:
         encodings = self.encode(records)
         order = sorted(range(len(records)), key=lambda i: len(encodings[i].ids))
         results: list = [None] * len(records)
-        size = self.parts.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
+        for start, stop in batch_cuts([len(encodings[i].ids) for i in order], self.parts.batch_size,
+                                      self.parts.max_batch_tokens):
+            chunk = order[start:stop]
             batch = [encodings[i] for i in chunk]
             values = dict(zip(self.output_names, self.session.run(self.output_names, self._feeds(batch))))
             for j, i in enumerate(chunk):
@@ -491,21 +520,23 @@ class Runtime:
     "softmax", "sigmoid", "raw") overrides what :func:`score_function` reads from the checkpoint's config;
     ``prompt`` (a text) or ``prompt_name`` (one of the model's) puts a prompt before each text, as
     ``SentenceTransformer.encode`` does, and with neither the model's default prompt applies
-    (:func:`sentence_prompt`; ``prompt=""`` for none).
+    (:func:`sentence_prompt`; ``prompt=""`` for none). ``batch_size`` and ``max_batch_tokens`` bound each
+    model call (texts; padded tokens, and through them attention's memory: :func:`batch_cuts`); ``window``
+    texts are read, sorted by length and batched at a time.
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None,
                  spinning: bool = True, scores: Optional[str] = None, prompt: Optional[str] = None,
-                 prompt_name: Optional[str] = None):
+                 prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
         self.report, self.spec = read_build(self.out)
         self.kind, self.outputs = result_kind(self.report)
         self.choice = choose_artifact(self.report, artifact, device)
-        if batch_size < 1 or window < 1:
-            raise InputError("batch_size and window must be at least 1")
+        if batch_size < 1 or window < 1 or max_batch_tokens < 1:
+            raise InputError("batch_size, window and max_batch_tokens must be at least 1")
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len = max_sequence_length(self.spec)
         self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
@@ -535,6 +566,7 @@ class Runtime:
                                  outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],
                                  max_len=self.max_len, truncate=self.truncate,
                                  labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
+                                 max_batch_tokens=max_batch_tokens,
                                  scores=self.scores, prompt=self.prompt,
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None

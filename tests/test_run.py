@@ -195,6 +195,51 @@ def test_embeddings_equal_the_padded_batch_in_input_order(builds, batch_size, wi
     np.testing.assert_allclose(got, direct(out, TEXTS)["sentence_embedding"], atol=1e-5)
 
 
+def test_batches_are_bounded_by_padded_tokens_and_attention_cells():
+    from bertc.runtime import ATTENTION_CELLS_PER_TOKEN, batch_cuts
+
+    def sizes(lengths, batch_size=32, max_tokens=16384):
+        cuts = batch_cuts(lengths, batch_size, max_tokens)
+        assert [a for a, _ in cuts] == [0] + [b for _, b in cuts[:-1]] and cuts[-1][1] == len(lengths)
+        for a, b in cuts:
+            rows, longest = b - a, max(lengths[a:b])
+            assert rows == 1 or (rows <= batch_size and rows * longest <= max_tokens
+                                 and rows * longest ** 2 <= ATTENTION_CELLS_PER_TOKEN * max_tokens)
+        return [b - a for a, b in cuts]
+
+    assert sizes([20] * 70) == [32, 32, 6]                       # short texts: batch_size decides
+    assert sizes([512] * 40) == [32, 8]                          # 32 x 512 = the default budget
+    assert sizes([600] * 40) == [27, 13]                         # tokens decide
+    assert sizes([2048] * 9) == [4, 4, 1]                        # attention cells decide (8 by tokens)
+    assert sizes([8192] * 3) == [1, 1, 1]                        # a long document runs alone
+    assert sizes([40000, 5]) == [1, 1]                           # over the budget alone: still run, alone
+    assert sizes([10, 10, 300, 300], max_tokens=600) == [2, 2]   # unsorted: padded to the batch's longest
+    assert sizes([300, 10, 10], max_tokens=600) == [2, 1]
+    assert batch_cuts([], 32, 16384) == []
+
+
+def test_a_token_budget_gives_the_same_results_in_smaller_calls(builds, monkeypatch):
+    out = builds["st_bert_mean_norm"]
+    rt = bertc.Runtime(out, artifact="onnx", max_batch_tokens=12)
+    session, shapes = rt.engine.session, []
+
+    class Spy:   # the engine's session, recording the shape of each call
+        def run(self, names, feeds):
+            shapes.append(feeds["input_word_ids"].shape)
+            return session.run(names, feeds)
+
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+    monkeypatch.setattr(rt.engine, "session", Spy())
+    got = rt.run(TEXTS)
+    np.testing.assert_allclose(got, direct(out, TEXTS)["sentence_embedding"], atol=1e-5)
+    assert len(shapes) > 1 and all(b == 1 or b * s <= 12 for b, s in shapes)
+    assert sum(b for b, _ in shapes) == len(TEXTS)
+    with pytest.raises(InputError, match="max_batch_tokens must be at least 1"):
+        bertc.Runtime(out, max_batch_tokens=0)
+
+
 def test_classifier_labels_scores_and_the_checkpoints_names(builds):
     out = builds["bert_seq_cls"]
     got = bertc.Runtime(out, artifact="onnx", batch_size=3).run(TEXTS)
