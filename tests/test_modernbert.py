@@ -214,10 +214,19 @@ def test_optimized_graph_is_fused_and_says_so(built):
     ops = [n.op_type for n in graph.node]
     # local layers: an If between the window in blocks and the plain MultiHeadAttention (tests/test_local_attention.py)
     local = [n for n in graph.node if n.op_type == "If" and n.name.endswith("local_attention")]
-    assert ops.count("MultiHeadAttention") + len(local) == layers and ops.count("RotaryEmbedding") == 2 * layers
+    # global layers (and the pruned first-token one): an If that drops the key mask when no row is padded
+    unpadded = [n for n in graph.node if n.op_type == "If" and n.name.endswith("unpadded_attention")]
+    assert ops.count("MultiHeadAttention") + len(local) + len(unpadded) == layers
+    assert ops.count("RotaryEmbedding") == 2 * layers
     for node in local:
         branches = {a.name: [m.op_type for m in a.g.node] for a in node.attribute}
         assert branches["else_branch"] == ["MultiHeadAttention"] and "MultiHeadAttention" in branches["then_branch"]
+    assert len(unpadded) == sum(kind == "global" for kind in spec.encoder.kinds()) and unpadded
+    for node in unpadded:
+        branches = {a.name: a.g.node for a in node.attribute}
+        assert [m.op_type for m in branches["then_branch"]] == ["MultiHeadAttention"] == \
+            [m.op_type for m in branches["else_branch"]]
+        assert len(branches["then_branch"][0].input) == 3 and branches["else_branch"][0].input[4] == "input_mask"
     # residual norms: 2 per layer (layer 0: no attention norm; + the final norm), Add + LayerNormalization by
     # default (export.skip_layer_norm); + the embeddings' and the head's norms
     assert "SkipLayerNormalization" not in ops

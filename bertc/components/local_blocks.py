@@ -28,6 +28,13 @@ every length. Other attentions (global layers, a position bias besides the windo
 layer's first token) keep the plain form; the fp16 variant takes the plain form
 (:func:`bertc.optimize.local_attention.unblocked`), and the padding-free artifact
 (:mod:`bertc.optimize.padding_free`) runs the blocks per sequence where a sequence's kept tokens are consecutive.
+
+Global layers (:func:`key_masked_attention`): a ``MultiHeadAttention`` with the key padding mask and no bias is
+an ``If`` on "no row of the batch is padded" (once per batch), whose then branch drops the mask: ONNX Runtime's
+CPU kernel then takes its flash-attention path, which never holds the (B, N, S, S) scores: the same values to
+rounding, in less time and memory (README, "Global layers without their mask";
+``tools/bench_local_attention.py --unpadded``). A padded batch runs exactly the masked form. The passes that
+rewrite attention take the masked form (:func:`bertc.optimize.local_attention.unblocked`).
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ import numpy as np
 BLOCKED_FROM = 6
 NAME = "local_attention"   # the If's name (``.../local_attention``): how the plain form is found again
 PLAIN_BIAS = "bias_if_plain"   # the name's end of the If that builds the plain form's window bias
+UNPADDED = "unpadded_attention"   # the name's end of a global attention's If (key_masked_attention)
 
 
 def _plan(ctx, window: int, width: int, full_bias, window_adder: float) -> dict:
@@ -117,3 +125,28 @@ def windowed_attention(ctx, q, k, v, window: int, num_heads: int, width: int, fu
     with g.branch() as plain_nodes:
         plain = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask, plan["full_bias"]], hint="attention", **attrs)
     return g.if_node(plan["cond"], (blocked_nodes, blocked), (plain_nodes, plain), hint=NAME)
+
+
+def _no_padding(ctx):
+    """A bool scalar, once per batch: the batch has rows and none of them is padded (every mask value is
+    non-zero; the minimum of an empty mask would be the largest int32, hence the rows test)."""
+    g, mask = ctx.g, ctx.mask
+    with g.scope("no_padding"):
+        real = g.node("Cast", [g.node("Cast", [mask], to=9, hint="mask_bool")], to=6, hint="mask_real")
+        full = g.node("GreaterOrEqual", [g.node("ReduceMin", [real], keepdims=0, hint="min_real"),
+                                         g.const(1, np.int32, "one")], hint="unpadded")
+        batch = g.node("Shape", [mask], start=0, end=1, hint="batch")
+        rows = g.node("Squeeze", [g.node("Greater", [batch, g.ints([0], "no_rows")])], hint="has_rows")
+        return g.node("And", [full, rows], hint="cond")
+
+
+def key_masked_attention(ctx, q, k, v, **attrs):
+    """``MultiHeadAttention`` of q, k, v with the key padding mask (``ctx.mask``) and no bias, as an ``If`` that
+    drops the mask when no row is padded (module docstring: ONNX Runtime's flash-attention path)."""
+    g = ctx.g
+    cond = ctx.once("no_padding", lambda: _no_padding(ctx))
+    with g.branch() as unmasked_nodes:
+        unmasked = g.ms("MultiHeadAttention", [q, k, v], hint="attention_unpadded", num_heads=attrs["num_heads"])
+    with g.branch() as masked_nodes:
+        masked = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask], hint="attention", **attrs)
+    return g.if_node(cond, (unmasked_nodes, unmasked), (masked_nodes, masked), hint=UNPADDED)

@@ -457,13 +457,17 @@ def lower_windowed(layer, ctx, x, query=None):
         if window is not None:
             window_bias = _window_bias(ctx, window, rows)
             bias = window_bias if bias is None else g.node("Add", [bias, window_bias], hint="attention_bias")
-        context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask] + ([bias] if bias else []), hint="attention",
-                       num_heads=n, mask_filter_value=MASK_ADDER)
+        if bias is None:   # the mask alone: dropped when no row is padded (flash attention, no S x S scores)
+            context = local_blocks.key_masked_attention(ctx, q, k, v, num_heads=n, mask_filter_value=MASK_ADDER)
+        else:
+            context = g.ms("MultiHeadAttention", [q, k, v, None, ctx.mask, bias], hint="attention", num_heads=n,
+                           mask_filter_value=MASK_ADDER)
     ctx.record("attention", ("RotaryEmbedding + " if rotary else "") + "MultiHeadAttention"
                + (f" (attention_bias: window {window}" if window else "")
                + (f"; in blocks of {window} queries x {3 * window} keys from S {local_blocks.BLOCKED_FROM * window} "
                   f"when every position has a real key in its window" if blocked else "")
                + (")" if window else "")
+               + (" (without the mask when no row is padded)" if bias is None and not blocked else "")
                + (" (first token)" if rows else ""))
     return ctx.matmul(context, layer.attention_output)
 

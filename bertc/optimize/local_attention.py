@@ -1,11 +1,12 @@
-"""The plain form of ModernBERT's blocked local attention (:mod:`bertc.components.local_blocks`), for the passes
-that rewrite attention themselves: the padding-free artifact (attention per sequence, in blocks again where a
-sequence allows: :func:`windows_of`) and the fp16 variant."""
+"""The plain form of ModernBERT's blocked local attention and of its global attention's unpadded fast path
+(:mod:`bertc.components.local_blocks`), for the passes that rewrite attention themselves: the padding-free
+artifact (attention per sequence, in blocks again where a sequence allows: :func:`windows_of`) and the fp16
+variant."""
 from __future__ import annotations
 
 from typing import Optional
 
-from bertc.components.local_blocks import NAME, PLAIN_BIAS
+from bertc.components.local_blocks import NAME, PLAIN_BIAS, UNPADDED
 
 
 def is_local_attention(node) -> bool:
@@ -13,22 +14,30 @@ def is_local_attention(node) -> bool:
     return node.op_type == "If" and node.name.rsplit("/", 1)[-1].startswith(NAME)
 
 
-def _is_local_if(node) -> bool:
-    return is_local_attention(node) or (node.op_type == "If" and node.name.endswith(PLAIN_BIAS))
+def is_unpadded_attention(node) -> bool:
+    """A global attention's ``If`` between its unmasked form (no row padded) and its masked one."""
+    return node.op_type == "If" and node.name.rsplit("/", 1)[-1].startswith(UNPADDED)
 
 
-def unblocked(proto):
+def _is_local_if(node, local: bool = True, unpadded: bool = True) -> bool:
+    return ((local and (is_local_attention(node) or (node.op_type == "If" and node.name.endswith(PLAIN_BIAS))))
+            or (unpadded and is_unpadded_attention(node)))
+
+
+def unblocked(proto, local: bool = True, unpadded: bool = True):
     """``proto`` with every blocked local attention replaced by its plain form (the else branch's
-    ``MultiHeadAttention``, reading the plain window bias, whose own ``If`` becomes its else branch's nodes):
-    for the passes that rewrite attention themselves. The same proto when it has none."""
+    ``MultiHeadAttention``, reading the plain window bias, whose own ``If`` becomes its else branch's nodes) and
+    every global attention's unpadded fast path by its masked form (its else branch): for the passes that
+    rewrite attention themselves. The same proto when it has none. ``local`` / ``unpadded`` False: keep that kind
+    (a benchmark's comparison of one of them alone)."""
     from onnx import helper
 
     graph = proto.graph
-    if not any(_is_local_if(n) for n in graph.node):
+    if not any(_is_local_if(n, local, unpadded) for n in graph.node):
         return proto
     nodes = []
     for node in graph.node:
-        if _is_local_if(node):
+        if _is_local_if(node, local, unpadded):
             branch = next(a.g for a in node.attribute if a.name == "else_branch")
             produced = branch.output[0].name
             for inner in branch.node:
