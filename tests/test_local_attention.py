@@ -81,7 +81,9 @@ def nodes_ran(session) -> str:
 @pytest.mark.parametrize("seq", [1, 7, 23, 24, 25, 40, 64])
 def test_blocks_run_where_exact_and_equal_the_plain_form_and_keras(model, seq):
     proto = lower_model(model).proto
-    plain = ort_session(unblocked(proto).SerializeToString())
+    # the plain form of the local layers alone (the global layer as in proto), and every layer masked
+    plain = ort_session(unblocked(proto, unpadded=False).SerializeToString())
+    masked = ort_session(unblocked(proto, local=False).SerializeToString())
     rng = np.random.default_rng(seq)
     for kind, mask in masks(seq, rng).items():
         ids = rng.integers(1, 64, mask.shape).astype(np.int32)
@@ -92,10 +94,12 @@ def test_blocks_run_where_exact_and_equal_the_plain_form_and_keras(model, seq):
         ran = nodes_ran(session)
         assert ("attention_blocks" in ran) == expect_blocks, (seq, kind)
         assert ("attention_unpadded" in ran) == bool(mask.all()), (seq, kind)   # the global layer without its mask
-        # the two forms sum the same terms (a key outside a window has weight exactly 0 in the plain form); a
-        # batch without padding runs the global layer without its mask (flash attention): the same to rounding
-        tolerance = 5e-6 if mask.all() else 1e-6
-        np.testing.assert_allclose(got, plain.run(None, inputs)[0], atol=tolerance, rtol=0, err_msg=f"{seq} {kind}")
+        # the two forms sum the same terms (a key outside a window has weight exactly 0 in the plain form)
+        np.testing.assert_allclose(got, plain.run(None, inputs)[0], atol=1e-6, rtol=0, err_msg=f"{seq} {kind}")
+        # a batch without padding runs the global layer without its mask (flash attention): the same to rounding;
+        # with padding exactly the masked form
+        np.testing.assert_allclose(got, masked.run(None, inputs)[0], atol=5e-6 if mask.all() else 0, rtol=0,
+                                   err_msg=f"{seq} {kind} vs the masked global layer")
         ref = np.asarray(model.model({k: tf.constant(v) for k, v in inputs.items()}, training=False)["sequence_output"])
         real = mask.astype(bool)
         np.testing.assert_allclose(got[real], ref[real], atol=2e-5, rtol=0, err_msg=f"{seq} {kind} vs Keras")
