@@ -12,7 +12,8 @@ order. A batch holds at most ``batch_size`` texts and at most ``max_batch_tokens
 longest), and its attention scores at most ``ATTENTION_CELLS_PER_TOKEN`` x that many cells a head (rows x
 longest²: what a CPU attention kernel allocates, heads x cells floats); a text longer than that runs alone
 (:func:`batch_cuts`). Short texts batch ``batch_size`` at a time; a long-context model's long documents go
-a few, or one, at a time instead of exhausting memory. What the model's outputs are decides what a result is (:func:`result_kind`):
+a few, or one, at a time instead of exhausting memory. What the model's outputs are decides what a result
+is (:func:`result_kind`):
 
 ====================================  ==============  ===============================================
 outputs                               kind            one result
