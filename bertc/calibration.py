@@ -15,7 +15,8 @@ Two kinds, both recorded in the report (``sources``):
   queries reach it behind "query: " or an instruction, and so do they in ``bertc run``.
 
 The int8 tuning (:mod:`bertc.optimize.int8_tuning`) chooses its smoothing and fp32 MatMuls on these
-cases, and parity judges the artifacts on the same ones, so the two verdicts agree.
+cases, and parity judges the artifacts on the same ones, so the two verdicts agree. They judge against the
+same Keras outputs too, computed once per build (:meth:`CalibrationSet.reference`).
 """
 from __future__ import annotations
 
@@ -40,10 +41,34 @@ class CalibrationSet:
 
     cases: list = field(default_factory=list)
     sources: dict = field(default_factory=dict)
+    _outputs: dict = field(default_factory=dict, repr=False, compare=False)   # id(model) -> {id(inputs): outputs}
 
     @property
     def labels(self) -> list[str]:
         return [c.label for c in self.cases]
+
+    def reference(self, model):
+        """A runner of ``model`` (Keras, inference mode) that computes each of these cases' outputs once: the
+        int8 tunings (ONNX and TFLite) and parity judge against the same reference, which at long sequences
+        costs minutes a pass (ModernBERT-base's grid at S 1025 and 2048: ~2 min). Valid while the model's
+        weights stay as they are, which in a build they do from the weights' loading on (the structural check
+        restores the ones it changes before the first judge). Inputs that are not one of the cases run each
+        time."""
+        from bertc.backends import keras_runner
+
+        run = keras_runner(model)
+        known = {id(c.inputs) for c in self.cases}
+        outputs = self._outputs.setdefault(id(model), {})
+
+        def reference(inputs):
+            key = id(inputs)
+            if key not in known:
+                return run(inputs)
+            if key not in outputs:
+                outputs[key] = run(inputs)
+            return outputs[key]
+
+        return reference
 
     def to_json(self) -> dict:
         return {"sources": self.sources, "cases": [c.to_json() for c in self.cases]}

@@ -404,15 +404,16 @@ class OneAtATime:
 
 
 def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict,
-               cases: Optional[list] = None) -> dict:
+               cases: Optional[list] = None, reference: Optional[Runner] = None) -> dict:
     """Parity of the artifacts listed in ``artifacts`` (``report["artifacts"]``) in ``out_dir`` against
     ``model``: the report section, with ``passed`` false (and every problem listed) when any backend
     disagrees or cannot be loaded. ``cases`` (:class:`Case` objects or (name, inputs) pairs, e.g.
-    tokenized text) replace the default grid."""
+    tokenized text) replace the default grid; ``reference``: ``model``'s runner when the caller has one that
+    already holds its outputs (:meth:`bertc.calibration.CalibrationSet.reference`)."""
     backends, skipped = plan_backends(Path(out_dir), artifacts)
     runners = OneAtATime(backends)
     cases = grid_cases(spec) if cases is None else [c if isinstance(c, Case) else Case.given(*c) for c in cases]
-    results = compare(spec, sig, keras_runner(model), backends, runners, cases)
+    results = compare(spec, sig, reference or keras_runner(model), backends, runners, cases)
     load_errors = runners.errors
     for r in results:
         if r.backend in load_errors:

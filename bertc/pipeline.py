@@ -102,7 +102,8 @@ def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration
     entry = tflite_artifacts["tflite_int8"]
     path, fp32 = out / entry["path"], out / tflite_artifacts["tflite"]["path"]
     try:
-        tuning = tune_tflite_int8(path, fp32, Judge(spec, sig, model, calibration.cases))
+        tuning = tune_tflite_int8(path, fp32, Judge(spec, sig, model, calibration.cases,
+                                                    reference=calibration.reference(model)))
     except Exception as exc:   # LiteRT and the flatbuffer API raise their own types: name the artifact and cause
         raise ExportError(f"int8 tuning of {path.name} failed: {type(exc).__name__}: {exc}") from exc
     tuning["sources"] = calibration.sources
@@ -309,7 +310,7 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
 
         with stages.stage("parity") as note:
             cases = calibration.get()
-            section = run_parity(spec, sig, model, out, artifacts, cases.cases)
+            section = run_parity(spec, sig, model, out, artifacts, cases.cases, reference=cases.reference(model))
             section["inputs"] = cases.sources
             dropped = drop_failed_variants(section, artifacts, requested, out)
             if dropped:

@@ -415,9 +415,38 @@ def _build(tmp_path, spec: dict, keras, *extra) -> tuple[int, object]:
     return main(["build", str(path), "-o", str(out), "-q", "--init-from", str(keras), *extra]), out
 
 
-def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras):
+def reference_runs(monkeypatch) -> dict:
+    """Counts the Keras reference runs of a build per input (its arrays' bytes): the int8 tunings and parity
+    judge against outputs computed once per case (CalibrationSet.reference)."""
+    import hashlib
+
+    import bertc.backends
+    import bertc.parity
+
+    counts: dict = {}
+    real = bertc.backends.keras_runner
+
+    def counting(model):
+        run = real(model)
+
+        def counted(inputs):
+            key = hashlib.sha1(b"".join(np.ascontiguousarray(inputs[k]).tobytes() for k in sorted(inputs))).hexdigest()
+            counts[key] = counts.get(key, 0) + 1
+            return run(inputs)
+        return counted
+
+    for module in (bertc.backends, bertc.parity):   # parity's own name for it too
+        monkeypatch.setattr(module, "keras_runner", counting)
+    return counts
+
+
+def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras, monkeypatch):
+    runs = reference_runs(monkeypatch)
     rc, out = _build(tmp_path, outlier_spec(), outlier_keras)
     assert rc == 0
+    # the tuning's judge and parity share one Keras run per case (parity's cases: the grid, as the tuning's)
+    report = json.loads((out / "report.json").read_text())
+    assert len(runs) >= len(report["parity"]["grid"]) and max(runs.values()) == 1
     report = json.loads((out / "report.json").read_text())
     q = report["artifacts"]["onnx_int8"]["quantization"]
     assert q["tuning"]["tuning"].startswith("smoothing") and q["speed"]["ratio"] > 0
@@ -459,7 +488,7 @@ def test_calibration_text_needs_a_tokenizer(tmp_path, outlier_keras, capfd):
 
 # --- TFLite int8 ------------------------------------------------------------------------------------------------
 
-def test_tflite_int8_is_tuned_until_the_criteria_hold(tmp_path, outlier_keras):
+def test_tflite_int8_is_tuned_until_the_criteria_hold(tmp_path, outlier_keras, monkeypatch):
     """LiteRT's hybrid kernels quantize each activation row, which copes with the fixture far better than
     ORT's per-tensor ranges (min cosine 0.99986 where ORT's plain int8 misses 0.997); held to 0.9999, the
     converted file misses, and the sensitivity pass keeps the most sensitive weights fp32 (copied from
@@ -468,9 +497,11 @@ def test_tflite_int8_is_tuned_until_the_criteria_hold(tmp_path, outlier_keras):
 
     spec = outlier_spec(export={"tflite": True, "optimized": False, "variants": ["tflite_int8"]},
                         parity={"task": {"min_cosine": 0.9999}})
+    runs = reference_runs(monkeypatch)
     rc, out = _build(tmp_path, spec, outlier_keras)
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
+    assert len(runs) >= len(report["parity"]["grid"]) and max(runs.values()) == 1   # tuning + parity: one run
     entry = report["artifacts"]["tflite_int8"]
     t = entry["quantization"]["tuning"]
     assert t["tuning"] == "sensitivity" and not t["steps"][0]["meets_target"] and t["meets_target"]

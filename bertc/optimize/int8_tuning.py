@@ -147,11 +147,11 @@ class Measurement:
 class Judge:
     """Measures candidate int8 graphs against the Keras reference on ``cases`` (computed once)."""
 
-    def __init__(self, spec, sig, model, cases: list, margin: float = TARGET_MARGIN):
+    def __init__(self, spec, sig, model, cases: list, margin: float = TARGET_MARGIN, reference=None):
         from bertc.backends import keras_runner
 
         self.spec, self.sig, self.cases = spec, sig, cases
-        reference = keras_runner(model)
+        reference = reference or keras_runner(model)   # a build's: CalibrationSet.reference (computed once)
         self._refs = {id(c.inputs): reference(c.inputs) for c in cases}
         task = spec.parity.task
         self.target = {k: v + margin * (1.0 - v) for k, v in (("cosine", task.min_cosine),
