@@ -50,7 +50,7 @@ class CalibrationSet:
     def reference(self, model):
         """A runner of ``model`` (Keras, inference mode) that computes each of these cases' outputs once: the
         int8 tunings (ONNX and TFLite) and parity judge against the same reference, which at long sequences
-        costs minutes a pass (ModernBERT-base's grid at S 1025 and 2048: ~2 min). Valid while the model's
+        costs minutes a pass (README: ModernBERT-base's default build). Valid while the model's
         weights stay as they are, which in a build they do from the weights' loading on (the structural check
         restores the ones it changes before the first judge). Inputs that are not one of the cases run each
         time."""
