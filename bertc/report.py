@@ -123,6 +123,9 @@ def int8_summary(quantization: dict) -> str:
     parts.append(f"fp32 MatMuls: {', '.join(kept)}" if kept else "no MatMul kept fp32")
     if blocks:
         parts.append(f"block-wise int8 MatMuls: {', '.join(blocks)}")
+    rows = (t.get("row_wise_by_sensitivity") or {}).get("nodes") or []
+    if rows:
+        parts.append(f"row-wise int8 MatMuls: {', '.join(rows)}")
     for output, f in (t.get("figures") or {}).items():
         bits = [f"min cosine {f['min_cosine']:.5f}" if "min_cosine" in f else "",
                 f"rank agreement {f['rank_agreement']:.4f}" if "rank_agreement" in f else "",

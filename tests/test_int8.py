@@ -21,10 +21,10 @@ from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED
 from bertc.inputs import make_inputs
 from bertc.optimize.int8_tuning import Judge, session_of, split_all, tune_int8, with_outputs
 from bertc.optimize.lower import lower_model
-from bertc.optimize.quantize import (BLOCK_SIZE, PAIR_LIMIT, QMAX, REDUCED_QMAX, block_int8_available, pair_sums,
-                                     quantizable_nodes, quantize_blocks, quantize_columns, quantize_columns_paired,
+from bertc.optimize.quantize import (BLOCK_SIZE, PAIR_LIMIT, QMAX, REDUCED_QMAX, block_int8_available, cheaper_forms,
+                                     int8_form_costs, pair_sums, quantizable_nodes, quantize_blocks, quantize_columns, quantize_columns_paired,
                                      quantize_dynamic_int8)
-from bertc.optimize.sensitivity import BLOCK_ALLOWANCE, relax_to_blocks, select_fp32
+from bertc.optimize.sensitivity import BLOCK_ALLOWANCE, BLOCKS, ROWS, relax, select_fp32
 from bertc.optimize.smoothing import (activation_absmax, find_feedforwards, find_sites, outlier_channels, smooth,
                                       split_outliers)
 from bertc.parity import grid_cases, rank_agreement
@@ -291,10 +291,10 @@ def test_sensitivity_pass_keeps_the_outlier_heavy_layer_fp32(ff_outliers):
     ops = {n.name: n.op_type for n in q.proto.graph.node}
     assert ops["layer_1/output"] == "MatMul" and ops["layer_0/output_quant"] == "DynamicQuantizeMatMul"
     if block_int8_available():
-        relaxed = relax_to_blocks(selection.keep_fp32, selection.best[1], lambda b, f: measure(f, b))
+        relaxed = relax(selection.keep_fp32, selection.best[1], lambda c, f: measure(f, list(c)))
         (tried, _, m, taken), = relaxed.steps
-        assert tried == ["layer_1/output"] and not taken and not m.meets_target
-        assert relaxed.fp32 == ["layer_1/output"] and relaxed.blockwise == []
+        assert tried == {"layer_1/output": BLOCKS} and not taken and not m.meets_target
+        assert relaxed.fp32 == ["layer_1/output"] and relaxed.blockwise == [] and relaxed.forms == {}
 
 
 class _Figures:
@@ -306,24 +306,46 @@ class _Figures:
 def test_relaxation_takes_block_wise_int8_only_where_the_figures_hold():
     scores = {"a": 0.05, "b": 0.5, "c": -0.1}       # what each node alone in block-wise int8 costs
 
-    def measure(blockwise, fp32):
-        return _Figures(sum(scores[n] for n in blockwise) - 0.2)
+    def measure(choice, fp32):
+        return _Figures(sum(scores[n] for n in choice) - 0.2)
 
     # the fp32 choice meets the target: a move is taken only if the target still holds ("c", then "a"; not "b")
-    relaxed = relax_to_blocks(["b", "a", "c"], _Figures(-0.2), measure)
+    relaxed = relax(["b", "a", "c"], _Figures(-0.2), measure)
     assert relaxed.blockwise == ["c", "a"] and relaxed.fp32 == ["b"] and relaxed.measurement.score == pytest.approx(-0.25)
     assert [taken for *_, taken in relaxed.steps] == [True, True, False]
     # the fp32 choice misses the target (score 0.3): moves may cost up to BLOCK_ALLOWANCE, never the criteria
-    relaxed = relax_to_blocks(["a", "b"], _Figures(0.3), lambda b, f: _Figures(0.3 + 0.08 * len(b), passes=len(b) < 2))
+    relaxed = relax(["a", "b"], _Figures(0.3), lambda c, f: _Figures(0.3 + 0.08 * len(c), passes=len(c) < 2))
     assert relaxed.blockwise == ["b"] and relaxed.fp32 == ["a"]
-    relaxed = relax_to_blocks(["a"], _Figures(0.3), lambda b, f: _Figures(0.3 + BLOCK_ALLOWANCE + 0.01))
+    relaxed = relax(["a"], _Figures(0.3), lambda c, f: _Figures(0.3 + BLOCK_ALLOWANCE + 0.01))
     assert relaxed.blockwise == [] and relaxed.measurement.score == 0.3
     # the fp32 choice misses the target, but a move reaches it (block-wise int8 can be the more accurate): the
     # later moves must keep it, even where they would stay within the allowance of the fp32 choice
     reached = {("c",): -0.05, ("c", "b"): 0.02, ("c", "a"): -0.01}
-    relaxed = relax_to_blocks(["a", "b", "c"], _Figures(0.05), lambda b, f: _Figures(reached[tuple(b)]))
+    relaxed = relax(["a", "b", "c"], _Figures(0.05), lambda c, f: _Figures(reached[tuple(c)]))
     assert relaxed.blockwise == ["c", "a"] and relaxed.fp32 == ["b"] and relaxed.measurement.meets_target
     assert [taken for *_, taken in relaxed.steps] == [True, False, True]
+
+
+def test_relaxation_tries_the_cheaper_forms_in_order_and_prefers_the_target():
+    """Each kept node is tried in the forms ``forms_of`` gives it, cheapest first: the first that holds is taken
+    once the target is met; while it is missed, a dearer form that reaches the target beats a cheaper one that
+    only holds, and a node with no cheaper form stays fp32 unmeasured."""
+    cost = {("a", ROWS): 0.05, ("a", BLOCKS): -0.07, ("b", ROWS): 0.02, ("b", BLOCKS): 0.01}
+
+    def measure(choice, fp32):
+        return _Figures(0.04 + sum(cost[n, f] for n, f in choice.items()))
+
+    forms = {"a": [ROWS, BLOCKS], "b": [ROWS, BLOCKS], "c": []}
+    relaxed = relax(["a", "b", "c"], _Figures(0.04), measure, forms.get)
+    # "c" has no form; "b": rows holds (0.06 within the allowance), blocks holds too: the cheaper (rows) is taken;
+    # "a": rows holds (0.11) but blocks reaches the target (-0.01): blocks replaces it
+    assert relaxed.forms == {"b": ROWS, "a": BLOCKS} and relaxed.fp32 == ["c"]
+    assert relaxed.rowwise == ["b"] and relaxed.blockwise == ["a"] and relaxed.measurement.meets_target
+    assert [(dict(c), t) for c, _, _, t in relaxed.steps] == [
+        ({"b": ROWS}, True), ({"b": BLOCKS}, False), ({"b": ROWS, "a": ROWS}, False), ({"b": ROWS, "a": BLOCKS}, True)]
+    # the target met by the fp32 choice: the first form that keeps it is taken, the dearer one never measured
+    relaxed = relax(["b"], _Figures(-0.1), lambda c, f: _Figures(-0.1), lambda n: [ROWS, BLOCKS])
+    assert relaxed.forms == {"b": ROWS} and len(relaxed.steps) == 1
 
 
 def test_block_weights_are_symmetric_per_column_and_block():
@@ -362,6 +384,70 @@ def test_block_wise_int8_computes_the_matmuls_and_the_attention(ff_outliers):
         got = fp32_outputs(blocked.proto, blocked.weights, case.inputs)
         cos = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
         assert np.abs(got - want).max() < 0.1 * np.abs(want).max() and cos.min() > 0.995, case.label
+
+
+def test_row_wise_int8_computes_the_matmuls_and_the_attention(ff_outliers):
+    """Every MatMul and the fused Attention in row-wise int8 (activations per row, MatMulIntegerToFloat; the
+    Attention as that + Split + MultiHeadAttention): outputs within int8 error of fp32 on every case of the grid,
+    random masks included, with the per-tensor int8 weights (pair-limited ones too)."""
+    spec, built = ff_outliers
+    proto, weights = _lowered(built)
+    nodes = quantizable_nodes(proto, weights)
+    for paired in (False, True):
+        rowed = quantize_dynamic_int8(proto, weights, rowwise=nodes, paired=paired)
+        assert sorted(rowed.rowwise) == sorted(nodes) and not rowed.quantized and not rowed.blockwise
+        ops = [n.op_type for n in rowed.proto.graph.node]
+        assert "Attention" not in ops and "DynamicQuantizeMatMul" not in ops
+        assert ops.count("MatMulIntegerToFloat") == len(nodes) and "MultiHeadAttention" in ops
+        for case in grid_cases(spec):
+            want = fp32_outputs(proto, weights, case.inputs)
+            got = fp32_outputs(rowed.proto, rowed.weights, case.inputs)
+            cos = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+            assert np.abs(got - want).max() < 0.1 * np.abs(want).max() and cos.min() > 0.995, case.label
+
+
+def _one_matmul(k: int, n: int, opset: int = 17):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(1).normal(0, 0.05, (k, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="m")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), w
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_row_wise_int8_gives_each_row_its_own_range(opset):
+    """One token 40x the others takes the per-tensor range from every row (DynamicQuantizeMatMul); row by row,
+    the other rows keep their precision, and a row's result does not depend on the rows beside it. Opset 18
+    takes ReduceMax's axes as an input."""
+    from bertc.optimize.runtime import ort_session
+
+    proto, w = _one_matmul(48, 24, opset)
+    x = np.random.default_rng(2).normal(size=(1, 16, 48)).astype(np.float32)
+    x[0, 3] *= 40.0
+    want = x @ w
+    err = {}
+    for form, kwargs in (("tensor", {}), ("rows", {"rowwise": ["m"]})):
+        q = quantize_dynamic_int8(proto, **kwargs)
+        session = ort_session(q.proto.SerializeToString())
+        got = session.run(None, {"x": x})[0]
+        err[form] = np.abs(np.delete(got - want, 3, axis=1)).max()
+        if form == "rows":
+            assert {n.op_type for n in q.proto.graph.node} >= {"ReduceMax", "QuantizeLinear", "MatMulIntegerToFloat"}
+            alone = session.run(None, {"x": np.delete(x, 3, axis=1)})[0]
+            np.testing.assert_array_equal(alone, np.delete(got, 3, axis=1))
+    assert err["rows"] < err["tensor"] / 10
+
+
+def test_form_costs_time_every_form_and_order_the_cheaper_ones():
+    costs = int8_form_costs(64, 32)
+    assert {"fp32", "rows"} <= set(costs) and all(v > 0 for v in costs.values())
+    assert ("blocks" in costs) == block_int8_available()
+    assert int8_form_costs(64, 32) is costs   # measured once per process and shape
+    forms = cheaper_forms(64, 32)
+    assert all(costs[f] < costs["fp32"] for f in forms) and forms == sorted(forms, key=costs.get)
 
 
 def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):
@@ -519,7 +605,7 @@ def test_tflite_int8_is_tuned_until_the_criteria_hold(tmp_path, outlier_keras, m
 
 def test_padding_free_int8_is_quantized_as_the_int8_was_tuned(tmp_path, outlier_keras):
     """The padding-free int8 variant takes onnx_int8's tuning (the smoothed graph, packed; the same nodes fp32 or
-    block-wise int8, matched by the weights they read): it passes where plain packed int8 missed (all-MiniLM-L6-v2:
+    block-wise or row-wise int8, matched by the weights they read): it passes where plain packed int8 missed (all-MiniLM-L6-v2:
     min cosine 0.934, exit 3 when requested)."""
     spec = outlier_spec(export={"tflite": False, "variants": ["onnx_int8", "onnx_packed_int8"]})
     rc, out = _build(tmp_path, spec, outlier_keras)
@@ -532,6 +618,7 @@ def test_padding_free_int8_is_quantized_as_the_int8_was_tuned(tmp_path, outlier_
     # the tuning's pair-limited 8-bit weights too
     assert report["artifacts"]["onnx_packed_int8"]["quantization"]["pair_limit"] == tuned["weights"]["pair_limit"]
     assert len(packed["block_wise_int8"]) == len((tuned.get("block_wise_by_sensitivity") or {}).get("nodes") or [])
+    assert len(packed["row_wise_int8"]) == len((tuned.get("row_wise_by_sensitivity") or {}).get("nodes") or [])
     results = {r["backend"]: r for r in report["parity"]["results"]}
     assert results["onnx_packed_int8_cpu"]["passed"] and results["onnx_packed_int8_cpu"]["min_cosine"] >= MIN_COSINE
 

@@ -194,6 +194,7 @@ def bench_minilm(args, work: Path) -> dict:
               "after": tuning.get("figures"), "tuning": tuning.get("tuning"),
               "kept_fp32": tuning.get("kept_fp32_by_sensitivity"),
               "block_wise_int8": (tuning.get("block_wise_by_sensitivity") or {}).get("nodes"),
+              "row_wise_int8": (tuning.get("row_wise_by_sensitivity") or {}).get("nodes"),
               "smoothing": {"alpha": (tuning.get("smoothing") or {}).get("alpha"),
                             "activations": len((tuning.get("smoothing") or {}).get("sites") or []),
                             "outlier_channels": (tuning.get("smoothing") or {}).get("outlier_channels")},
@@ -259,6 +260,7 @@ def bench_bert_base(args, work: Path) -> dict:
         result[name] = {"code": str(code), "exit_code": rc, "parity": int8_parity(report),
                         "tuning": tuning.get("tuning"), "kept_fp32": tuning.get("kept_fp32_by_sensitivity"),
                         "block_wise_int8": (tuning.get("block_wise_by_sensitivity") or {}).get("nodes"),
+                        "row_wise_int8": (tuning.get("row_wise_by_sensitivity") or {}).get("nodes"),
                         "tuning_seconds": tuning.get("seconds"),
                         "int8_sha256": sha256(built / art["path"]) if art else None, "dir": str(built)}
     files = {"fp32_optimized": Path(result["after"]["dir"]) / "model.optimized.onnx",

@@ -213,13 +213,18 @@ class Tuned:
     keep_fp32: list = field(default_factory=list)   # the nodes the result leaves fp32 (sensitivity + side paths)
     blockwise: list = field(default_factory=list)   # the nodes the result gives block-wise int8
     paired: bool = False                            # pair-limited 8-bit weights (else ORT's 7-bit ones)
+    rowwise: list = field(default_factory=list)     # the nodes the result gives row-wise int8
 
     def plan(self, proto, weights) -> tuple:
-        """(fp32 proto, its weights, keep_fp32, blockwise, paired): what :func:`quantize_dynamic_int8` turned into
+        """(fp32 proto, its weights, keep_fp32, blockwise, paired, rowwise): what :func:`quantize_dynamic_int8` turned into
         ``result`` (``proto`` / ``weights``: the graph the tuning started from); the padding-free int8 variant
         is quantized the same way (:mod:`bertc.optimize.padding_free`)."""
         source = self.smoothed if self.smoothed is not None else (proto, weights)
-        return (*source, list(self.keep_fp32), list(self.blockwise), self.paired)
+        return (*source, list(self.keep_fp32), list(self.blockwise), self.paired, list(self.rowwise))
+
+
+FORM_STEP = "cheaper int8 form"   # a step of the relaxation (bertc.optimize.sensitivity.relax)
+FORM_WORDS = {"blocks": "block-wise int8", "rows": "row-wise int8"}
 
 
 def _step(name: str, m: Measurement, **extra) -> dict:
@@ -230,8 +235,9 @@ def _step(name: str, m: Measurement, **extra) -> dict:
 def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     """The int8 graph of the fp32 optimized graph ``proto`` (+ ``weights`` beside it), tuned until the
     criteria hold (see the module docstring)."""
-    from bertc.optimize.quantize import block_int8_available, quantizable_nodes, quantize_dynamic_int8
-    from bertc.optimize.sensitivity import relax_to_blocks, select_fp32
+    from bertc.optimize.quantize import (cheaper_forms, int8_form_costs, quantizable_nodes, quantize_dynamic_int8,
+                                         weight_shapes)
+    from bertc.optimize.sensitivity import BLOCKS, ROWS, relax, select_fp32
     from bertc.optimize.smoothing import (choose_alphas, collect_samples, find_feedforwards, find_sites, smooth,
                                           split_outliers)
 
@@ -284,16 +290,18 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             if m.meets_target:
                 break
     name, b_proto, b_weights, m_best, applied, alpha, side = best
-    keep, blocks, ranking = [], [], []
+    keep, blocks, rows, ranking, costs = [], [], [], [], {}
     if not m_best.meets_target:
         # 3. the sensitivity pass on the best graph so far: the most sensitive MatMuls in fp32, then each of
-        # them in block-wise int8 (MatMulNBits) where the figures hold, when this ONNX Runtime has it
-        def quantized(keep_fp32, blockwise=()):
-            return quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side, blockwise=blockwise, paired=True)
+        # them in a form cheaper than fp32 on this host (row-wise or block-wise int8) where the figures hold
+        def quantized(keep_fp32, blockwise=(), rowwise=()):
+            return quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side, blockwise=blockwise, paired=True,
+                                         rowwise=rowwise)
 
-        def measure(keep_fp32, blockwise=()):
-            q = quantized(keep_fp32, blockwise)
+        def measure(keep_fp32, blockwise=(), rowwise=()):
+            q = quantized(keep_fp32, blockwise, rowwise)
             label = "; ".join(f"{words}: {', '.join(nodes)}" for words, nodes in (("fp32", keep_fp32),
+                                                                                  ("row-wise int8", rowwise),
                                                                                   ("block-wise int8", blockwise))
                               if nodes)
             return judge.measure(q.proto, q.weights, label)
@@ -304,39 +312,61 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             steps.append(_step("sensitivity", m, keep_fp32=list(kept)))
             log(f"fp32 {kept}: {m.worst()}")
         keep, m_best = selection.best
-        if keep and block_int8_available():
-            relaxed = relax_to_blocks(keep, m_best, lambda b, f: measure(f, b))
-            for b, f, m, taken in relaxed.steps:
-                steps.append(_step("block-wise int8", m, blockwise=list(b), keep_fp32=list(f), taken=taken))
-                log(f"block-wise int8 {b}, fp32 {f}: {m.worst()}{'' if taken else ' (not taken)'}")
-            blocks, keep, m_best = relaxed.blockwise, relaxed.fp32, relaxed.measurement
-    if keep or blocks:
-        final = quantized(keep, blocks)
+        if keep:
+            shapes = weight_shapes(b_proto, b_weights, keep)
+            costs = {node: int8_form_costs(*shapes[node]) for node in keep}
+
+            def forms_of(node):
+                return cheaper_forms(*shapes[node])
+
+            def measure_forms(choice, fp32):
+                return measure(fp32, [n for n, f in choice.items() if f == BLOCKS],
+                               [n for n, f in choice.items() if f == ROWS])
+
+            relaxed = relax(keep, m_best, measure_forms, forms_of)
+            for choice, f, m, taken in relaxed.steps:
+                tried = {n: FORM_WORDS[form] for n, form in choice.items()}
+                steps.append(_step(FORM_STEP, m, forms=tried, keep_fp32=list(f), taken=taken))
+                log(f"int8 forms {tried}, fp32 {f}: {m.worst()}{'' if taken else ' (not taken)'}")
+            blocks, rows, keep, m_best = relaxed.blockwise, relaxed.rowwise, relaxed.fp32, relaxed.measurement
+    if keep or blocks or rows:
+        final = quantized(keep, blocks, rows)
     else:
         final = quantize_dynamic_int8(b_proto, b_weights, side, paired=True) if applied else plain
-    section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking, paired=True)
+    section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking, paired=True,
+                       rows=rows, costs=costs)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
-                 keep + side, list(blocks), paired=True)
+                 keep + side, list(blocks), paired=True, rowwise=list(rows))
 
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,
-             m: Measurement, t0: float, ranking: Optional[list] = None, paired: bool = False) -> dict:
-    from bertc.optimize.quantize import BLOCK_SIZE, PAIR_LIMIT, QMAX, WEIGHT_QMAX, host_int8_kernels
+             m: Measurement, t0: float, ranking: Optional[list] = None, paired: bool = False, rows: list = (),
+             costs: Optional[dict] = None) -> dict:
+    from bertc.optimize.quantize import (BLOCK_SIZE, FORM_ROWS, FORM_THREADS, PAIR_LIMIT, QMAX, WEIGHT_QMAX,
+                                         host_int8_kernels)
 
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
     plain_ok = len(steps) == 1 or (len(steps) == 2 and paired)   # plain int8, or with pair-limited weights
-    tried_blocks = any(st["step"] == "block-wise int8" for st in steps)
+    costs = costs or {}
+    tried = {n for st in steps if st["step"] == FORM_STEP for n in st["forms"]}
     nodes = []
     for name in candidates:
-        entry = {"node": name, "precision": "fp32" if name in keep else "int8_block" if name in blocks else "int8"}
+        form = "int8_block" if name in blocks else "int8_row" if name in rows else None
+        entry = {"node": name, "precision": "fp32" if name in keep else form or "int8"}
         s = sensitivity.get(name)
-        if name in keep or name in blocks:
-            entry["why"] = (f"{'kept fp32' if name in keep else 'block-wise int8'} by the sensitivity pass: most "
+        if name in keep or form:
+            words = FORM_WORDS["blocks" if name in blocks else "rows"] if form else "kept fp32"
+            cheaper = [FORM_WORDS[f] for f in sorted(costs.get(name, {}), key=costs.get(name, {}).get)
+                       if f != "fp32" and costs[name][f] < costs[name]["fp32"]]
+            entry["why"] = (f"{words} by the sensitivity pass: most "
                             f"sensitive #{order[name]} of {len(candidates)}; alone in fp32 its score is {s.score:.3f} "
                             f"(all-int8 {s.score + s.gain:.3f}; <= 0 meets the target)"
-                            + ("; in block-wise int8 the figures hold" if name in blocks else
-                               "; block-wise int8 did not hold the figures" if tried_blocks else ""))
+                            + (f"; in {words} the figures hold" if form else
+                               f"; {' / '.join(cheaper)} did not hold the figures" if name in tried else
+                               "; no int8 form is cheaper than fp32 on this host" if name in costs else ""))
+            if name in costs:
+                entry["form_ms"] = costs[name]
         elif plain_ok:
             entry["why"] = f"int8: {steps[-1]['step']} meets the target"
         elif s is not None:
@@ -353,9 +383,16 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                   "block_size": BLOCK_SIZE, "weights": {"range": [-WEIGHT_QMAX, WEIGHT_QMAX],
                                                         "per": f"output column and block of {BLOCK_SIZE} rows"},
                   "activations": f"int8 per row and block of {BLOCK_SIZE} input channels (in the kernel)"}
+    row_wise = {"nodes": list(rows), "operator": "com.microsoft.MatMulIntegerToFloat",
+                "weights": "the int8 weights of the other MatMuls (per output column)",
+                "activations": "uint8 around 128 per row: max|row| / 127 (Abs, ReduceMax, Div, QuantizeLinear; "
+                               "a Mul by the row's scale after)",
+                "form_ms": {"what": f"one ({FORM_ROWS}, K) x (K, N) product in each form on this host, ORT CPU "
+                                    f"{FORM_THREADS} threads (bertc.optimize.quantize.int8_form_costs)",
+                            "nodes": costs}}
     return {
         "tuning": ("pair-limited weights" if paired else "plain") if plain_ok else (
-            "smoothing" if applied and not (keep or blocks) else "smoothing + sensitivity" if applied else "sensitivity"),
+            "smoothing" if applied and not (keep or blocks or rows) else "smoothing + sensitivity" if applied else "sensitivity"),
         "weights": {"range": [-QMAX, QMAX], "per": "output column", "pair_limit": PAIR_LIMIT,
                     "scale": f"min(largest same-sign magnitude sum of a pair of input rows (2i, 2i+1) / {QMAX}, "
                              f"max|w| / {WEIGHT_QMAX})",
@@ -369,6 +406,7 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
         "smoothing": {"applied": bool(applied), "alpha": alpha, "sites": (applied or {}).get("sites", []),
                       "outlier_channels": (applied or {}).get("outlier_channels", [])},
         "matmuls": nodes, "kept_fp32_by_sensitivity": list(keep), "block_wise_by_sensitivity": block_wise,
+        "row_wise_by_sensitivity": row_wise,
         "steps": steps, "graphs_measured": judge.measured, "seconds": round(time.perf_counter() - t0, 3),
     }
 

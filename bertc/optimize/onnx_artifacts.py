@@ -298,10 +298,11 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
         dst.unlink(missing_ok=True)
         raise ExportError(f"int8 quantization of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
     quantization = {"method": "dynamic", "weight_type": "QInt8", **INT8_OPTIONS, **result.weight_options(),
-                    "operators": ["DynamicQuantizeMatMul", "QAttention"] + (["MatMulNBits"] if result.blockwise else []),
-                    "quantized": len(result.quantized), "kept_fp32": result.kept_fp32}
+                    "operators": int8_operators(result), "quantized": len(result.quantized), "kept_fp32": result.kept_fp32}
     if result.blockwise:
         quantization["block_wise_int8"] = result.blockwise
+    if result.rowwise:
+        quantization["row_wise_int8"] = result.rowwise
     if tuning is not None:
         quantization["tuning"] = tuning
         try:
@@ -311,6 +312,12 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
     entry = _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], len(result.proto.graph.node), opset,
                       external_data=external, quantization=quantization, seconds=round(time.perf_counter() - t0, 3))
     return (entry, tuned) if with_tuning else entry
+
+
+def int8_operators(result, attention: str = "QAttention") -> list:
+    """The com.microsoft operators an :class:`~bertc.optimize.quantize.Int8Result` runs its int8 products on."""
+    return (["DynamicQuantizeMatMul", attention] + (["MatMulNBits"] if result.blockwise else [])
+            + (["MatMulIntegerToFloat"] if result.rowwise else []))
 
 
 def speed_of(fp32: Path, int8: Path, spec) -> dict:

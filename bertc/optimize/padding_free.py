@@ -1134,28 +1134,29 @@ def packed_artifacts(built, proto, weights: Optional[list], out, variants, input
                                               "fp32", ["CPUExecutionProvider", "CUDAExecutionProvider"])
     if "onnx_packed_int8" in wanted:
         tuning = None
-        source, source_weights, source_packed, keep, blocks = proto, weights, packed, [], []
+        source, source_weights, source_packed, keep, blocks, rows = proto, weights, packed, [], [], []
         paired = bool(int8_plan is not None and int8_plan[4])   # the tuning's pair-limited 8-bit weights
-        if int8_plan is not None and (int8_plan[2] or int8_plan[3] or int8_plan[0] is not proto):
+        if int8_plan is not None and (int8_plan[2] or int8_plan[3] or int8_plan[5] or int8_plan[0] is not proto):
             try:   # the graph the int8 tuning quantized (smoothed, when it was), packed
                 smoothed = int8_plan[0] is not proto
                 source_packed = padding_free(*int8_plan[:2], fast_path=False)[0] if smoothed else packed
                 source, source_weights, keep, blocks = int8_plan[:4]
+                rows = int8_plan[5]
                 tuning = {"smoothed": smoothed}
             except NotLowerable as exc:   # plain int8 of the packed graph; parity judges it
                 tuning = {"skipped": f"the tuned (smoothed) graph cannot be packed: {exc}"}
         try:
-            today = quantize_dynamic_int8(source, source_weights, keep, blockwise=blocks, paired=paired)
+            today = quantize_dynamic_int8(source, source_weights, keep, blockwise=blocks, paired=paired, rowwise=rows)
             ours = quantize_dynamic_int8(source_packed, source_weights, _same_weights(source, source_packed, keep),
-                                         blockwise=_same_weights(source, source_packed, blocks), paired=paired)
+                                         blockwise=_same_weights(source, source_packed, blocks), paired=paired,
+                                         rowwise=_same_weights(source, source_packed, rows))
             if tuning is not None and "skipped" not in tuning:
-                tuning.update(kept_fp32=ours.kept_fp32, block_wise_int8=ours.blockwise)
+                tuning.update(kept_fp32=ours.kept_fp32, block_wise_int8=ours.blockwise, row_wise_int8=ours.rowwise)
         except Exception as exc:
             raise ExportError(f"int8 quantization of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
         arrays = dict((today.weights or []) + (ours.weights or []))   # the same names hold the same arrays
         quantization = {"method": "dynamic", "weight_type": "QInt8", **stage.INT8_OPTIONS, **ours.weight_options(),
-                        "operators": ["DynamicQuantizeMatMul", "QAttention (no padding)"]
-                        + (["MatMulNBits"] if ours.blockwise else []),
+                        "operators": stage.int8_operators(ours, "QAttention (no padding)"),
                         "quantized": len(ours.quantized), "kept_fp32": ours.kept_fp32}
         if tuning is not None:   # the choices of onnx_int8's tuning (its report section says why)
             quantization["as_tuned"] = tuning

@@ -21,8 +21,15 @@ Block-wise int8 (``blockwise``: the nodes the int8 tuning's sensitivity pass pic
 ORT's int8 kernel that quantizes A per row and per block of :data:`BLOCK_SIZE` input channels (one activation
 outlier channel then costs the precision of its own block of one row, not of the whole tensor), and B per
 output column and block. A fused Attention picked so becomes ``MatMulNBits`` on the packed weights, ``Split``
-and ``MultiHeadAttention``. Its cost lies between per-tensor int8 and fp32 (measured per MatMul shape by
-tools/bench_block_int8.py; the README has the figures).
+and ``MultiHeadAttention``. Its cost lies between per-tensor int8 and fp32 on most x86 CPUs (measured per MatMul
+shape by tools/bench_block_int8.py; the README has the figures); on a CPU with AMX it is no faster than fp32.
+
+Row-wise int8 (``rowwise``, the other form the sensitivity pass may pick, :func:`int8_form_costs`): A quantized per
+row (per token) at run time, ``QuantizeLinear`` of ``A / s`` with ``s = max|A row| / 127`` to uint8 around 128, then
+com.microsoft ``MatMulIntegerToFloat`` with the same int8 weights as ``DynamicQuantizeMatMul`` (per output
+column) and a ``Mul`` by ``s``: one token whose activations are 30x the others' no longer takes the range of every
+row. It runs on ORT's u8 x s8 kernels (activations in [1, 255] as with per-tensor int8: the weights' pair limits
+hold), so it stays close to per-tensor int8's speed where MatMulNBits is not.
 
 Weights: ``scale = max|w| / 64`` per output column, zero point 0, ``q = clip(round(w / scale), -64, 64)``
 rounding half to even, as ORT's ``quantize_nparray`` does with ``reduce_range`` (7-bit weights); an all-zero
@@ -68,6 +75,7 @@ class Int8Result:
     qmax: int = WEIGHT_QMAX                         # the weights' range when not ``paired``
     blockwise: list = field(default_factory=list)   # node names now running block-wise int8 (MatMulNBits)
     paired: bool = False                            # pair-limited 8-bit weights (else [-qmax, qmax])
+    rowwise: list = field(default_factory=list)     # node names now running row-wise int8 (MatMulIntegerToFloat)
 
     def weight_options(self) -> dict:
         """How the int8 weights were made, for the report (besides ORT's ``per_channel`` / int8 weight type)."""
@@ -149,6 +157,59 @@ def block_int8_available() -> bool:
     return _BLOCK_INT8["ok"]
 
 
+_FORM_COSTS: dict = {}
+FORM_ROWS = 128      # the rows (tokens) a form's cost is timed at: batch 1 x sequence 128
+FORM_THREADS = 2     # ... at the benchmarks' intra-op threads
+
+
+def int8_form_costs(k: int, n: int) -> dict:
+    """Milliseconds of one (:data:`FORM_ROWS`, k) x (k, n) product on this host's ORT CPU in each form a kept
+    node may take: ``fp32`` (MatMul), ``rows`` (row-wise int8) and, where this ORT has it, ``blocks``
+    (block-wise int8): one-node models, interleaved, the median of 7 rounds of 10 calls (about 0.1 s per shape,
+    once per process). Which form is cheaper depends on the CPU: on one with AMX, MatMulNBits' int8 kernel is
+    no faster than fp32 while the u8 x s8 products of the row-wise form are."""
+    key = (k, n)
+    if key in _FORM_COSTS:
+        return _FORM_COSTS[key]
+    import time
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bertc.optimize.runtime import ort_session
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    source = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="m")], "form",
+                                                 [x_info], [y_info], [numpy_helper.from_array(w, "w")]),
+                               opset_imports=[helper.make_opsetid("", 17)])
+    forms = {"fp32": (), "rows": (["m"], ())}
+    if block_int8_available():
+        forms["blocks"] = ((), ["m"])
+    sessions = {}
+    for form, choice in forms.items():
+        model = source if not choice else quantize_dynamic_int8(source, rowwise=choice[0], blockwise=choice[1]).proto
+        sessions[form] = ort_session(model.SerializeToString(), threads=FORM_THREADS, spinning=False)
+    x = {"x": rng.standard_normal((1, FORM_ROWS, k)).astype(np.float32)}
+    times: dict = {form: [] for form in sessions}
+    for _ in range(7):
+        for form, session in sessions.items():
+            session.run(None, x)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                session.run(None, x)
+            times[form].append((time.perf_counter() - t0) * 100)
+    _FORM_COSTS[key] = {form: round(float(np.median(v)), 4) for form, v in times.items()}
+    return _FORM_COSTS[key]
+
+
+def cheaper_forms(k: int, n: int) -> list[str]:
+    """The forms of :func:`int8_form_costs` cheaper than fp32 at (k, n) on this host, cheapest first."""
+    costs = int8_form_costs(k, n)
+    return sorted((f for f in costs if f != "fp32" and costs[f] < costs["fp32"]), key=costs.get)
+
+
 def host_int8_kernels() -> dict:
     """What this host's ORT CPU int8 kernels can do, as far as the OS says: the machine, its widest x86
     vector extension, and whether it has VNNI (u8 x s8 products summed in int32: no saturation, whatever
@@ -202,6 +263,15 @@ def float_matrix_test(proto, weights: Optional[list] = None):
     return test
 
 
+def weight_shapes(proto, weights: Optional[list], names: Iterable[str]) -> dict:
+    """``{node name: (K, N)}``: the weight matrix of each named MatMul / Attention node of ``proto``."""
+    arrays = dict(weights or [])
+    inits = {t.name: t for t in proto.graph.initializer}
+    names = set(names)
+    return {node.name: tuple(arrays[node.input[1]].shape) if node.input[1] in arrays else tuple(inits[node.input[1]].dims)
+            for node in proto.graph.node if node.name in names}
+
+
 def quantizable_nodes(proto, weights: Optional[list] = None) -> list[str]:
     """The MatMul / Attention nodes :func:`quantize_dynamic_int8` gives int8 weights, in graph order."""
     test = float_matrix_test(proto, weights)
@@ -209,14 +279,16 @@ def quantizable_nodes(proto, weights: Optional[list] = None) -> list[str]:
 
 
 def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iterable[str] = (),
-                          qmax: int = WEIGHT_QMAX, blockwise: Iterable[str] = (), paired: bool = False) -> Int8Result:
+                          qmax: int = WEIGHT_QMAX, blockwise: Iterable[str] = (), paired: bool = False,
+                          rowwise: Iterable[str] = ()) -> Int8Result:
     """A new ModelProto (``proto`` is not modified) with int8 weights in [-qmax, qmax] on MatMul and Attention.
 
     ``weights``: [(name, array)] initializers kept beside ``proto`` (``lower_model(split_weights=True)``);
     the result then keeps its weights beside its proto too (``Int8Result.weights``). ``keep_fp32``: names
     of MatMul / Attention nodes left in fp32; ``blockwise``: those given block-wise int8 (``MatMulNBits``; the
-    sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`); ``paired``: pair-limited 8-bit weights
-    (:func:`quantize_columns_paired`) instead of ``qmax``."""
+    sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`); ``rowwise``: those given row-wise int8
+    (activations per row: ``MatMulIntegerToFloat``, see the module docstring); ``paired``: pair-limited 8-bit
+    weights (:func:`quantize_columns_paired`) instead of ``qmax``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -241,10 +313,11 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
 
     float_matrix = float_matrix_test(proto, weights)
 
-    keep_fp32, blockwise = set(keep_fp32), set(blockwise)
+    keep_fp32, blockwise, rowwise = set(keep_fp32), set(blockwise), set(rowwise)
     new_inits: dict = {}    # name -> array (replacements and additions)
     replaced: set = set()   # fp32 weights no node reads any more
-    nodes, quantized, kept, blocked = [], [], [], []
+    nodes, quantized, kept, blocked, rowed = [], [], [], [], []
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
 
     def unread_after(name: str) -> None:
         if all(r.op_type in ("MatMul", "Attention") and r.name not in keep_fp32 for r in readers[name]):
@@ -270,11 +343,36 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
                                 name=f"{node.name}_blocks", domain=MS_DOMAIN, K=k, N=n, bits=8, block_size=BLOCK_SIZE,
                                 accuracy_level=4)
 
+    def row_matmul(node, output: str) -> list:
+        """Row-wise int8 of ``node``'s A and weight into ``output`` (the module docstring)."""
+        wq, ws, wz = int8_weight(node.input[1])
+        if "row_int8/one" not in new_inits:
+            new_inits.update({"row_int8/one": np.array(1.0, np.float32), "row_int8/zero_point": np.array(128, np.uint8),
+                              "row_int8/per_level": np.array(1.0 / QMAX, np.float32),
+                              "row_int8/tiny": np.array(1e-30, np.float32)})
+            if opset >= 18:   # ReduceMax's axes: an input from opset 18, an attribute before
+                new_inits["row_int8/last_axis"] = np.array([-1], np.int64)
+        p = f"{node.name}_rows"
+        axes = {"axes": [-1]} if opset < 18 else {}
+        return [helper.make_node("Abs", [node.input[0]], [f"{p}/abs"], name=f"{p}/abs"),
+                helper.make_node("ReduceMax", [f"{p}/abs"] + ([] if opset < 18 else ["row_int8/last_axis"]),
+                                 [f"{p}/absmax"], name=f"{p}/absmax", keepdims=1, **axes),
+                helper.make_node("Max", [f"{p}/absmax", "row_int8/tiny"], [f"{p}/range"], name=f"{p}/range"),
+                helper.make_node("Mul", [f"{p}/range", "row_int8/per_level"], [f"{p}/scale"], name=f"{p}/scale"),
+                helper.make_node("Div", [node.input[0], f"{p}/scale"], [f"{p}/scaled"], name=f"{p}/scaled"),
+                helper.make_node("QuantizeLinear", [f"{p}/scaled", "row_int8/one", "row_int8/zero_point"],
+                                 [f"{p}/quantized"], name=f"{p}/quantize"),
+                helper.make_node("MatMulIntegerToFloat", [f"{p}/quantized", wq, "row_int8/one", ws,
+                                                          "row_int8/zero_point", wz],
+                                 [f"{p}/unscaled"], name=f"{p}/matmul", domain=MS_DOMAIN),
+                helper.make_node("Mul", [f"{p}/unscaled", f"{p}/scale"], [output], name=p)]
+
     def packed_attention(node, projection) -> None:
         """An Attention as ``projection`` (into the packed q|k|v) + Split + MultiHeadAttention (same packed bias,
         mask, attention_bias and attributes)."""
         qkv = f"{node.name}/qkv"
-        nodes.append(projection(qkv))
+        made = projection(qkv)
+        nodes.extend(made if isinstance(made, list) else [made])
         parts = [f"{node.name}/{p}" for p in ("q", "k", "v")]
         sizes = f"{node.name}/split_sizes"
         new_inits[sizes] = np.full(3, array_of(node.input[1]).shape[1] // 3, np.int64)
@@ -289,12 +387,15 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
         if node.name in keep_fp32:
             kept.append(node.name)
             nodes.append(node)
-        elif node.name in blockwise and _is_weight_matmul(node, float_matrix):
-            nodes.append(block_matmul(node, node.output[0]))
-            blocked.append(node.name)
-        elif node.name in blockwise and _is_weight_attention(node, float_matrix):
-            packed_attention(node, lambda qkv, node=node: block_matmul(node, qkv))
-            blocked.append(node.name)
+        elif (node.name in blockwise or node.name in rowwise) and (_is_weight_matmul(node, float_matrix)
+                                                                   or _is_weight_attention(node, float_matrix)):
+            make, done = (block_matmul, blocked) if node.name in blockwise else (row_matmul, rowed)
+            if _is_weight_matmul(node, float_matrix):
+                made = make(node, node.output[0])
+                nodes.extend(made if isinstance(made, list) else [made])
+            else:
+                packed_attention(node, lambda qkv, node=node, make=make: make(node, qkv))
+            done.append(node.name)
         elif _is_weight_matmul(node, float_matrix):
             wq, ws, wz = int8_weight(node.input[1])
             nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], wq, ws, wz], list(node.output),
@@ -343,6 +444,7 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
             g.initializer.append(t)
     if weights is not None:
         kept_weights = [(name, a) for name, a in weights if name not in replaced]
-        return Int8Result(out, quantized, sorted(kept), kept_weights + sorted(new_inits.items()), qmax, blocked, paired)
+        return Int8Result(out, quantized, sorted(kept), kept_weights + sorted(new_inits.items()), qmax, blocked, paired,
+                          rowed)
     g.initializer.extend(numpy_helper.from_array(new_inits[name], name) for name in sorted(new_inits))
-    return Int8Result(out, quantized, sorted(kept), qmax=qmax, blockwise=blocked, paired=paired)
+    return Int8Result(out, quantized, sorted(kept), qmax=qmax, blockwise=blocked, paired=paired, rowwise=rowed)

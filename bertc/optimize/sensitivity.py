@@ -1,5 +1,5 @@
 """The sensitivity pass: which quantized MatMuls to take out of per-tensor int8, the fewest that make the
-criteria hold, and then which of those block-wise int8 serves as well as fp32.
+criteria hold, and then which of those a cheaper int8 form (row-wise or block-wise) serves as well as fp32.
 
 1. :func:`select_fp32`: each candidate (a MatMul or fused Attention that int8 quantizes) is measured alone
    in fp32, everything else int8, on the calibration inputs (:mod:`bertc.calibration`); the candidates are
@@ -7,13 +7,16 @@ criteria hold, and then which of those block-wise int8 serves as well as fp32.
    and kept in fp32 one by one, most sensitive first, until the figures reach the tuning target or the
    budget of fp32 nodes (:data:`MAX_FP32_FRACTION` of the candidates; more would leave little of int8's
    speed) is spent.
-2. :func:`relax_to_blocks`: each node so kept, least sensitive first, is tried in block-wise int8
-   (``MatMulNBits``, activations quantized per row and block of input channels; cheaper than fp32), and
-   stays there when the figures hold: they meet the target where the fp32 choice
-   did (or where a block-wise mix so far has reached it: a later move may not lose it), and otherwise pass the
-   criteria within :data:`BLOCK_ALLOWANCE` of the fp32 choice's score. Block-wise
-   int8 does not help every outlier (a channel that is large in every row takes the range of its block in
-   each row), so the ranking is made in fp32 and each move is measured.
+2. :func:`relax`: each node so kept, least sensitive first, is tried in the int8 forms that are cheaper than
+   fp32 on this host, cheapest first (:func:`bertc.optimize.quantize.int8_form_costs`, measured at the node's
+   shape): row-wise int8 (activations quantized per row, ``MatMulIntegerToFloat``) and block-wise int8
+   (``MatMulNBits``, activations quantized per row and block of input channels), and
+   stays in one when the figures hold: they meet the target where the fp32 choice
+   did (or where a mix so far has reached it: a later move may not lose it), and otherwise pass the
+   criteria within :data:`BLOCK_ALLOWANCE` of the fp32 choice's score; a form that reaches the target is
+   preferred to a cheaper one that does not. Neither form helps every outlier (a channel that is large in
+   every row takes the range of its row, and of its block in each row), so the ranking is made in fp32 and
+   each move is measured.
 """
 from __future__ import annotations
 
@@ -74,19 +77,34 @@ def select_fp32(candidates: list[str], measure: Callable, base, max_fraction: fl
     return selection
 
 
+BLOCKS, ROWS = "blocks", "rows"   # the cheaper forms a kept node may take (bertc.optimize.quantize)
+
+
 @dataclass
 class Relaxed:
-    blockwise: list                                   # the kept nodes now in block-wise int8
+    forms: dict                                       # the kept nodes now in a cheaper form: {node: form}
     fp32: list                                        # those that stay fp32
     measurement: object                               # the figures of that mix
-    steps: list = field(default_factory=list)         # [(blockwise list, fp32 list, Measurement, taken)]
+    steps: list = field(default_factory=list)         # [({node: form} tried, fp32 list, Measurement, taken)]
+
+    @property
+    def blockwise(self) -> list:
+        return [n for n, f in self.forms.items() if f == BLOCKS]
+
+    @property
+    def rowwise(self) -> list:
+        return [n for n, f in self.forms.items() if f == ROWS]
 
 
-def relax_to_blocks(keep_fp32: list, reference, measure: Callable,
-                    allowance: float = BLOCK_ALLOWANCE) -> Relaxed:
-    """Move the nodes of ``keep_fp32`` (most sensitive first, as :func:`select_fp32` keeps them) to block-wise
-    int8 one at a time, least sensitive first, where the figures hold (see the module docstring).
-    ``measure(blockwise, fp32) -> Measurement``; ``reference``: the Measurement of ``keep_fp32`` all in fp32."""
+def relax(keep_fp32: list, reference, measure: Callable, forms_of: Callable = lambda node: [BLOCKS],
+          allowance: float = BLOCK_ALLOWANCE) -> Relaxed:
+    """Move the nodes of ``keep_fp32`` (most sensitive first, as :func:`select_fp32` keeps them) to a cheaper
+    int8 form one at a time, least sensitive first, where the figures hold (see the module docstring).
+    ``forms_of(node)``: the forms to try for that node, cheapest first on this host
+    (:func:`bertc.optimize.quantize.int8_form_costs`); ``measure({node: form}, fp32) -> Measurement``;
+    ``reference``: the Measurement of ``keep_fp32`` all in fp32. A form that meets the tuning target is taken
+    at once; while the mix so far misses the target, the node's other forms are measured too and the cheapest
+    that holds is taken, unless a dearer one meets the target."""
     bound = max(reference.score, 0.0) + allowance
 
     def holds(m) -> bool:
@@ -94,14 +112,23 @@ def relax_to_blocks(keep_fp32: list, reference, measure: Callable,
             return m.meets_target
         return m.passes and m.score <= bound
 
-    blocks, fp32, current = [], list(keep_fp32), reference
-    relaxed = Relaxed([], fp32, reference)
+    forms, fp32, current = {}, list(keep_fp32), reference
+    relaxed = Relaxed({}, fp32, reference)
     for node in reversed(keep_fp32):
-        trial_blocks, trial_fp32 = blocks + [node], [n for n in fp32 if n != node]
-        m = measure(trial_blocks, trial_fp32)
-        taken = holds(m)
-        relaxed.steps.append((trial_blocks, trial_fp32, m, taken))
-        if taken:
-            blocks, fp32, current = trial_blocks, trial_fp32, m
-    relaxed.blockwise, relaxed.fp32, relaxed.measurement = blocks, fp32, current
+        trial_fp32 = [n for n in fp32 if n != node]
+        chosen = None
+        for form in forms_of(node):
+            trial = {**forms, node: form}
+            m = measure(trial, trial_fp32)
+            taken = holds(m) and (chosen is None or (m.meets_target and not chosen[1].meets_target))
+            relaxed.steps.append((trial, trial_fp32, m, taken))
+            if taken:
+                if chosen is not None:   # a dearer form that meets the target replaces the cheaper one
+                    relaxed.steps[chosen[2]] = relaxed.steps[chosen[2]][:3] + (False,)
+                chosen = (trial, m, len(relaxed.steps) - 1)
+            if chosen is not None and chosen[1].meets_target:
+                break
+        if chosen is not None:
+            forms, fp32, current = chosen[0], trial_fp32, chosen[1]
+    relaxed.forms, relaxed.fp32, relaxed.measurement = forms, fp32, current
     return relaxed
