@@ -464,7 +464,7 @@ def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):
     assert int8 and all(pair_sums(q).max() <= PAIR_LIMIT for q in int8) and max(np.abs(q).max() for q in int8) > 64
     nodes = {m["node"]: m for m in section["matmuls"]}
     assert set(quantizable_nodes(*_lowered(built))) <= set(nodes)
-    assert all(m["precision"] in ("int8", "int8_block", "fp32") and m["why"] for m in nodes.values())
+    assert all(m["precision"] in ("int8", "int8_row", "int8_block", "fp32") and m["why"] for m in nodes.values())
     assert section["figures"]["sentence_embedding"]["min_cosine"] >= MIN_COSINE
     assert section["inputs"] == [c.label for c in grid_cases(spec)]
 
