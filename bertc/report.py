@@ -106,8 +106,8 @@ def fusion_summary(fusion: dict) -> str:
 
 
 def int8_summary(quantization: dict) -> str:
-    """The int8 tuning in one line: what was done, which MatMuls left per-tensor int8 (block-wise int8 or
-    fp32), the figures, the speed."""
+    """The int8 tuning in one line: what was done, which MatMuls left per-tensor int8 (fp32, block-wise or
+    row-wise int8), the figures, the speed."""
     t = quantization["tuning"]
     parts = [f"int8 tuning: {t['tuning']}"]
     weights = t.get("weights")   # ONNX: how the weights were made; TFLite: a list, one entry per weight

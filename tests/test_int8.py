@@ -341,6 +341,7 @@ def test_relaxation_tries_the_cheaper_forms_in_order_and_prefers_the_target():
     # "a": rows holds (0.11) but blocks reaches the target (-0.01): blocks replaces it
     assert relaxed.forms == {"b": ROWS, "a": BLOCKS} and relaxed.fp32 == ["c"]
     assert relaxed.rowwise == ["b"] and relaxed.blockwise == ["a"] and relaxed.measurement.meets_target
+    assert relaxed.tried == {"b": [ROWS, BLOCKS], "a": [ROWS, BLOCKS]}   # "c": nothing to try
     assert [(dict(c), t) for c, _, _, t in relaxed.steps] == [
         ({"b": ROWS}, True), ({"b": BLOCKS}, False), ({"b": ROWS, "a": ROWS}, False), ({"b": ROWS, "a": BLOCKS}, True)]
     # the target met by the fp32 choice: the first form that keeps it is taken, the dearer one never measured
@@ -467,6 +468,37 @@ def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):
     assert all(m["precision"] in ("int8", "int8_row", "int8_block", "fp32") and m["why"] for m in nodes.values())
     assert section["figures"]["sentence_embedding"]["min_cosine"] >= MIN_COSINE
     assert section["inputs"] == [c.label for c in grid_cases(spec)]
+
+
+def test_tuning_takes_row_wise_int8_where_the_figures_hold(ln_outliers, monkeypatch):
+    """Held to 0.9999, the smoothed fixture needs the sensitivity pass (layer 1's feedforward output and layer 0's
+    fused Attention kept fp32); with row-wise int8 the one form cheaper than fp32 (patched: the host's timings
+    decide it in a build), the relaxation keeps the feedforward fp32 (row-wise misses) and gives the Attention
+    row-wise int8 (MatMulIntegerToFloat on its packed weights, Split, MultiHeadAttention), and the report says
+    which, why, and what each form cost."""
+    import bertc.optimize.quantize as quantize
+    from bertc.report import int8_summary
+
+    monkeypatch.setattr(quantize, "cheaper_forms", lambda k, n: [ROWS])
+    spec, built = ln_outliers
+    strict = load_spec(outlier_spec(parity={"task": {"min_cosine": 0.9999}}))
+    tuned = tune_int8(*_lowered(built), judge_of(strict, built))
+    section = tuned.section
+    assert tuned.passed and section["tuning"] == "smoothing + sensitivity" and section["meets_target"]
+    assert section["kept_fp32_by_sensitivity"] == ["layer_1/output"] and tuned.rowwise == ["layer_0/attention"]
+    assert section["row_wise_by_sensitivity"]["nodes"] == tuned.result.rowwise == ["layer_0/attention"]
+    tried = [st for st in section["steps"] if st["step"] == "cheaper int8 form"]
+    assert [(st["forms"], st["taken"]) for st in tried] == [({"layer_1/output": "row-wise int8"}, False),
+                                                             ({"layer_0/attention": "row-wise int8"}, True)]
+    nodes = {m["node"]: m for m in section["matmuls"]}
+    row, kept = nodes["layer_0/attention"], nodes["layer_1/output"]
+    assert row["precision"] == "int8_row" and "in row-wise int8 the figures hold" in row["why"]
+    assert kept["precision"] == "fp32" and "; row-wise int8 did not hold the figures" in kept["why"]
+    assert set(row["form_ms"]) >= {"fp32", "rows"} and section["row_wise_by_sensitivity"]["form_ms"]["nodes"]
+    ops = [n.op_type for n in tuned.result.proto.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and "MultiHeadAttention" in ops and "QAttention" in ops
+    line = int8_summary({"tuning": section})
+    assert "fp32 MatMuls: layer_1/output" in line and "row-wise int8 MatMuls: layer_0/attention" in line
 
 
 # --- rank agreement -----------------------------------------------------------------------------------------

@@ -290,7 +290,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             if m.meets_target:
                 break
     name, b_proto, b_weights, m_best, applied, alpha, side = best
-    keep, blocks, rows, ranking, costs = [], [], [], [], {}
+    keep, blocks, rows, ranking, costs, tried = [], [], [], [], {}, {}
     if not m_best.meets_target:
         # 3. the sensitivity pass on the best graph so far: the most sensitive MatMuls in fp32, then each of
         # them in a form cheaper than fp32 on this host (row-wise or block-wise int8) where the figures hold
@@ -329,27 +329,27 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
                 steps.append(_step(FORM_STEP, m, forms=tried, keep_fp32=list(f), taken=taken))
                 log(f"int8 forms {tried}, fp32 {f}: {m.worst()}{'' if taken else ' (not taken)'}")
             blocks, rows, keep, m_best = relaxed.blockwise, relaxed.rowwise, relaxed.fp32, relaxed.measurement
+            tried = relaxed.tried
     if keep or blocks or rows:
         final = quantized(keep, blocks, rows)
     else:
         final = quantize_dynamic_int8(b_proto, b_weights, side, paired=True) if applied else plain
     section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking, paired=True,
-                       rows=rows, costs=costs)
+                       rows=rows, costs=costs, tried=tried)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
                  keep + side, list(blocks), paired=True, rowwise=list(rows))
 
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,
              m: Measurement, t0: float, ranking: Optional[list] = None, paired: bool = False, rows: list = (),
-             costs: Optional[dict] = None) -> dict:
+             costs: Optional[dict] = None, tried: Optional[dict] = None) -> dict:
     from bertc.optimize.quantize import (BLOCK_SIZE, FORM_ROWS, FORM_THREADS, PAIR_LIMIT, QMAX, WEIGHT_QMAX,
                                          host_int8_kernels)
 
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
     plain_ok = len(steps) == 1 or (len(steps) == 2 and paired)   # plain int8, or with pair-limited weights
-    costs = costs or {}
-    tried = {n for st in steps if st["step"] == FORM_STEP for n in st["forms"]}
+    costs, tried = costs or {}, tried or {}
     nodes = []
     for name in candidates:
         form = "int8_block" if name in blocks else "int8_row" if name in rows else None
@@ -357,13 +357,12 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
         s = sensitivity.get(name)
         if name in keep or form:
             words = FORM_WORDS["blocks" if name in blocks else "rows"] if form else "kept fp32"
-            cheaper = [FORM_WORDS[f] for f in sorted(costs.get(name, {}), key=costs.get(name, {}).get)
-                       if f != "fp32" and costs[name][f] < costs[name]["fp32"]]
             entry["why"] = (f"{words} by the sensitivity pass: most "
                             f"sensitive #{order[name]} of {len(candidates)}; alone in fp32 its score is {s.score:.3f} "
                             f"(all-int8 {s.score + s.gain:.3f}; <= 0 meets the target)"
                             + (f"; in {words} the figures hold" if form else
-                               f"; {' / '.join(cheaper)} did not hold the figures" if name in tried else
+                               f"; {' / '.join(FORM_WORDS[f] for f in tried[name])} did not hold the figures"
+                               if tried.get(name) else
                                "; no int8 form is cheaper than fp32 on this host" if name in costs else ""))
             if name in costs:
                 entry["form_ms"] = costs[name]

@@ -86,6 +86,7 @@ class Relaxed:
     fp32: list                                        # those that stay fp32
     measurement: object                               # the figures of that mix
     steps: list = field(default_factory=list)         # [({node: form} tried, fp32 list, Measurement, taken)]
+    tried: dict = field(default_factory=dict)         # {node: [forms measured for it, in order]}
 
     @property
     def blockwise(self) -> list:
@@ -119,6 +120,7 @@ def relax(keep_fp32: list, reference, measure: Callable, forms_of: Callable = la
         chosen = None
         for form in forms_of(node):
             trial = {**forms, node: form}
+            relaxed.tried.setdefault(node, []).append(form)
             m = measure(trial, trial_fp32)
             taken = holds(m) and (chosen is None or (m.meets_target and not chosen[1].meets_target))
             relaxed.steps.append((trial, trial_fp32, m, taken))
