@@ -52,6 +52,9 @@ DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
 # that (a 768-wide, 12-head model's unpadded and masked attention buffers then stay under ~0.9 GB)
 DEFAULT_BATCH_TOKENS = 16384
 ATTENTION_CELLS_PER_TOKEN = 1024
+# a batch stops growing when the next (longer) text would pad the rows already in it by more than this many
+# tokens, and by more than a quarter of their real tokens: one long text in a window is not a whole batch's width
+PADDING_PER_CUT = 256
 
 
 # --- the build directory -----------------------------------------------------------------------------
@@ -333,16 +336,20 @@ def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list
     """``(start, stop)`` of each batch over rows of these token ``lengths`` (ascending): each batch as many
     rows as fit, at most ``batch_size``, with rows x longest <= ``max_tokens`` and rows x longest² <=
     :data:`ATTENTION_CELLS_PER_TOKEN` x ``max_tokens``; a row that alone exceeds them is a batch of its own.
+    A row that would pad the rows before it by more than :data:`PADDING_PER_CUT` tokens and a quarter of their
+    real tokens starts the next batch (a window's few long texts go together, not each with 31 short ones).
     Sorted lengths give the fewest batches (each padded to its own longest)."""
     cells = ATTENTION_CELLS_PER_TOKEN * max_tokens
     cuts, start, n = [], 0, len(lengths)
     while start < n:
-        stop, longest = start + 1, lengths[start]
+        stop, longest, real = start + 1, lengths[start], lengths[start]
         while stop < n and stop - start < batch_size:
             rows, wider = stop - start + 1, max(longest, lengths[stop])
             if rows * wider > max_tokens or rows * wider * wider > cells:
                 break
-            stop, longest = stop + 1, wider
+            if (rows - 1) * (wider - longest) > max(PADDING_PER_CUT, real / 4):
+                break
+            stop, longest, real = stop + 1, wider, real + lengths[stop]
         cuts.append((start, stop))
         start = stop
     return cuts

@@ -216,6 +216,13 @@ def test_batches_are_bounded_by_padded_tokens_and_attention_cells():
     assert sizes([10, 10, 300, 300], max_tokens=600) == [2, 2]   # unsorted: padded to the batch's longest
     assert sizes([300, 10, 10], max_tokens=600) == [2, 1]
     assert batch_cuts([], 32, 16384) == []
+    # a long text after short ones starts its own batch: 31 x 60 tokens are not padded to 256
+    assert sizes([60] * 31 + [256, 250]) == [31, 2]
+    assert sizes(list(range(16, 129, 2)) + [130]) == [32, 26]   # gradually longer: only the count cuts
+    assert sizes([10] + [200]) == [2]                           # padding 1 x 190 (< 256 tokens): one call
+    assert sizes([10] * 8 + [200]) == [8, 1]                    # 8 x 190 > 256 and a quarter of 80
+    assert sizes([200] * 8 + [240]) == [9]                      # 8 x 40 > 256 but < a quarter of 1,600
+    assert sizes([200] * 8 + [290]) == [8, 1]                   # 8 x 90 > both
 
 
 def test_a_token_budget_gives_the_same_results_in_smaller_calls(builds, monkeypatch):
