@@ -263,6 +263,16 @@ def cpu_model() -> "tuple[str | None, list[str]]":
     return name or platform.processor() or None, [f for f in KERNEL_ISA if f in flags]
 
 
+def write_results(path, data, indent: int = 1, default=None) -> None:
+    """A benchmark's figures as JSON at ``path`` (its folder made when missing): what every tools/ script saves."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=indent, default=default) + "\n")
+
+
 def machine_info() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     name, isa = cpu_model()

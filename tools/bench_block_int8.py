@@ -14,7 +14,6 @@ off, interleaved rounds; ratio = median of the per-round ratios to fp32). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -105,8 +104,9 @@ def main() -> int:
               "method": f"ORT CPU, {args.threads} threads, spinning off, {args.rounds} interleaved rounds x "
                         f"{args.calls} calls; ratio = median of per-round ratios to fp32; input N(0, 1) with two "
                         "channels x30", "rows": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=1) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, result)
     print(f"wrote {args.results}")
     return 0
 

@@ -322,8 +322,9 @@ def main() -> int:
         for shape, lat in entry["latency"].items():
             print(f"{family:<10} {shape:<9} " + ", ".join(f"{k} {v}" for k, v in lat["ratios"].items())
                   + "  (ms: " + ", ".join(f"{k} {v:.1f}" for k, v in lat["median_ms"].items()) + ")", flush=True)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(result, indent=1) + "\n")
+        from bertc.bench import write_results
+
+        write_results(args.results, result)
     print(f"wrote {args.results}")
     return 0
 

@@ -137,8 +137,9 @@ def main() -> int:
                      "ort_spinning": False, "interleaved": True,
                      "ratio": "median over rounds of per-round p50 ratios to the anchor"},
         "rows": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, results)
     print(f"wrote {args.results}")
     return 0
 

@@ -363,8 +363,9 @@ def main() -> int:
         results["bert_base"] = bench_bert_base(args, args.work)
         b = results["bert_base"]
         log(f"BERT-base: parity {b['after']['parity']}, latency {b['latency']}")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, results, default=str)
     log(f"wrote {args.results}")
     return 0
 

@@ -20,7 +20,6 @@ interleaved in rounds; the ratio is the median over rounds of the per-round rati
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -116,8 +115,9 @@ def main() -> int:
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "onnxruntime": ort.__version__,
               "hidden": args.hidden, "rounds": args.rounds, "calls": args.calls, "machine": machine_info(),
               "rows": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, result, indent=2)
     print(f"wrote {args.results}")
     return 0
 

@@ -22,7 +22,6 @@ fresh process: their seconds, the resident memory once loaded and the peak durin
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -183,8 +182,9 @@ def main() -> int:
                                               "batches of 4 right-padded, interleaved, one call per round",
                                     "rows": packed_rows}} if packed_rows else {}),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=1) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, result)
     print(f"wrote {args.results}")
     return 0
 

@@ -310,8 +310,9 @@ def main() -> int:
                   for name, out in builds.items()},
         "anchor": made, "ratios": ratios, "targets_met": checks, "results": rows,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, result, indent=2)
     print(f"\n{'target':<32} " + " ".join(f"{'B%d S%d p50 ms' % s:>14}" for s in SHAPES))
     for t in targets:
         cells = []

@@ -316,8 +316,9 @@ def pruning_bench(args, command: str) -> int:
         print(f"B{batch} x S{seq}: " + ", ".join(f"{k} {entry['median_ms'][k]:.2f} ms ({entry['ratio_to_portable'][k]})"
                                                  for k in by) + f"; pruned / unpruned {entry['pruned_over_unpruned']}")
     if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(figures, indent=1) + "\n")
+        from bertc.bench import write_results
+
+        write_results(args.results, figures)
         print(f"wrote {args.results}")
     return 0
 
@@ -430,8 +431,9 @@ def main() -> int:
         "anchor": json.loads((anchor / "anchor.json").read_text()) if anchor is not None else None,
         "node_counts": nodes, "ratios": ratios, "targets_met": checks, "results": rows,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, result, indent=2)
 
     print(f"\n{'target':<32} " + " ".join(f"{'B%d S%d p50 ms' % s:>14}" for s in SHAPES) + f" {'nodes':>7}")
     for name in names:

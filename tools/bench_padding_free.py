@@ -271,8 +271,9 @@ def main() -> int:
         "targets_met": checks,
         "results": rows + single_rows,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, result, indent=2)
     print(f"\nworkload: {len(lengths)} sentences, {real_fraction:.0%} real in the padded batch")
     for k, v in median.items():
         print(f"  {k:<28} p50 {v} ms")

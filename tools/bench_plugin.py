@@ -101,8 +101,9 @@ def main() -> int:
            "optimize_stage_seconds": round(optimize_seconds, 1), "portable_export_seconds": portable["total_seconds"],
            "max_abs_vs_keras": max_abs, "structural_check_passed": fusion["structural_check"]["passed"],
            "ratios": ratios, "results": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(out, indent=2) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, out, indent=2)
     print(f"nodes: {fusion['nodes']}; fused: {fusion['fused_ops']}")
     print(f"layers on the portable path: {len(fusion['not_lowered'])}; optimize stage {optimize_seconds:.1f}s")
     print(f"max abs vs Keras: {max_abs}")

@@ -348,8 +348,9 @@ def main() -> int:
                    "met": (figures.get(main_anchor, {}).get("bertc_speedup_median") or 0) >= 1.5},
     }
     print(json.dumps({k: results[k] for k in ("bertc", "anchors", "target")}, indent=1))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, results)
     print(f"wrote {args.results}")
     return 0
 

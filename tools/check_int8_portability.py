@@ -205,8 +205,9 @@ def main() -> int:
             e = f["emulated_vs_native"]
             print(f"{name:28} {output:22} {f['native_vs_fp32']['min_cosine']:>15.6f} "
                   f"{f['emulated_vs_fp32']['min_cosine']:>17.6f} {e['min_cosine']:>12.6f} (max {e['max_abs']:.2g})")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=1) + "\n")
+    from bertc.bench import write_results
+
+    write_results(args.results, result)
     print(f"wrote {args.results}")
     return 0
 
