@@ -110,6 +110,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
         with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None):
             report = run_build(spec, opts, hook)
     except BertcError:
+        log.unlink(missing_ok=True)   # the error names what is wrong; the C++ chatter is not kept
         failed = Path(str(out) + ".failed")
         if (failed / "summary.txt").exists() and not quiet:
             _err((failed / "summary.txt").read_text())
@@ -321,9 +322,17 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     argv = (click.get_current_context().obj or {}).get("argv")
     command = "bertc " + shlex.join(argv) if argv is not None else ""
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # runtimes' C++ chatter
-    with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
-        result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
+    try:
+        with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
+            result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
+    except BertcError:
+        log.unlink(missing_ok=True)
+        raise
+    except Exception:
+        if log.exists() and log.stat().st_size:
+            _err(f"native library output was saved to {log}")
+        raise
     log.unlink(missing_ok=True)
     text = table(result)
     if as_json:

@@ -1,6 +1,8 @@
+import atexit
 import copy
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +31,7 @@ def tiny_copy(data: dict) -> dict:
 
 def _write_tiny_copies() -> list[Path]:
     folder = Path(tempfile.mkdtemp(prefix="bertc-tiny-specs-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)   # each test process removes its own copies
     paths = []
     for path in SEED_SPECS:
         copy_path = folder / path.name
@@ -36,6 +39,12 @@ def _write_tiny_copies() -> list[Path]:
         paths.append(copy_path)
     return paths
 
+
+# What bertc caches about the host (int8 form timings) goes to a folder of this test process's own, removed at exit:
+# the tests never read or write the user's cache, and each process times what it needs.
+_CACHE = tempfile.mkdtemp(prefix="bertc-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["BERTC_CACHE_DIR"] = _CACHE
 
 # Tiny copies of the seed specs (same file names), for tests that build and export every model.
 TINY_SPECS = _write_tiny_copies()

@@ -21,7 +21,7 @@ from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED
 from bertc.inputs import make_inputs
 from bertc.optimize.int8_tuning import Judge, session_of, split_all, tune_int8, with_outputs
 from bertc.optimize.lower import lower_model
-from bertc.optimize.quantize import (BLOCK_SIZE, PAIR_LIMIT, QMAX, REDUCED_QMAX, block_int8_available, cheaper_forms,
+from bertc.optimize.quantize import (BLOCK_SIZE, FORM_GAIN, PAIR_LIMIT, QMAX, REDUCED_QMAX, block_int8_available, cheaper_forms,
                                      int8_form_costs, pair_sums, quantizable_nodes, quantize_blocks, quantize_columns, quantize_columns_paired,
                                      quantize_dynamic_int8)
 from bertc.optimize.sensitivity import BLOCK_ALLOWANCE, BLOCKS, ROWS, relax, select_fp32
@@ -448,7 +448,59 @@ def test_form_costs_time_every_form_and_order_the_cheaper_ones():
     assert ("blocks" in costs) == block_int8_available()
     assert int8_form_costs(64, 32) is costs   # measured once per process and shape
     forms = cheaper_forms(64, 32)
-    assert all(costs[f] < costs["fp32"] for f in forms) and forms == sorted(forms, key=costs.get)
+    assert all(costs[f] <= FORM_GAIN * costs["fp32"] for f in forms) and forms == sorted(forms, key=costs.get)
+
+
+def test_form_costs_are_timed_once_per_host_and_kept(tmp_path, monkeypatch):
+    """A build reads the host's timings from the cache, so two builds on one host choose the same forms; another
+    host (or ORT version) times its own; an unreadable cache is timed again and rewritten; BERTC_CACHE_DIR=off
+    keeps nothing."""
+    import json
+
+    import bertc.optimize.quantize as quantize
+
+    fake = {"fp32": 1.0, "rows": 0.5, "blocks": 0.95}
+    timed = []
+    monkeypatch.setattr(quantize, "_time_forms", lambda k, n: timed.append((k, n)) or dict(fake))
+    monkeypatch.setattr(quantize, "_FORM_COSTS", {})
+    monkeypatch.setenv("BERTC_CACHE_DIR", str(tmp_path))
+    assert quantize.int8_form_costs(64, 32) == fake and timed == [(64, 32)]
+    assert quantize.form_costs_source(64, 32) == "timed by this build"
+    cache = tmp_path / quantize.FORM_CACHE
+    entry = json.loads(cache.read_text())["hosts"][quantize.form_host_key()]["64x32"]
+    assert entry["ms"] == fake and entry["measured"].endswith("UTC")
+
+    monkeypatch.setattr(quantize, "_FORM_COSTS", {})   # a second build on this host: nothing timed
+    assert quantize.int8_form_costs(64, 32) == fake and timed == [(64, 32)]
+    assert quantize.form_costs_source(64, 32).startswith("timed on this host 20")
+    assert quantize.cheaper_forms(64, 32) == ["rows"]   # blocks at 0.95 of fp32 gain too little to be tried
+
+    monkeypatch.setattr(quantize, "_FORM_COSTS", {})   # another host: timed there, both kept
+    monkeypatch.setattr(quantize, "form_host_key", lambda: "another host")
+    quantize.int8_form_costs(64, 32)
+    assert timed == [(64, 32)] * 2 and len(json.loads(cache.read_text())["hosts"]) == 2
+
+    for broken in ("{not json", json.dumps({"hosts": {"another host": {"64x32": {"ms": {"fp32": -1}}}}})):
+        cache.write_text(broken)
+        monkeypatch.setattr(quantize, "_FORM_COSTS", {})
+        assert quantize.int8_form_costs(64, 32) == fake
+        assert json.loads(cache.read_text())["hosts"]["another host"]["64x32"]["ms"] == fake
+    assert len(timed) == 4 and not list(tmp_path.glob("*.tmp"))
+
+    monkeypatch.setenv("BERTC_CACHE_DIR", "off")
+    monkeypatch.setattr(quantize, "_FORM_COSTS", {})
+    cache.unlink()
+    assert quantize.int8_form_costs(64, 32) == fake and len(timed) == 5 and not cache.exists()
+
+
+def test_cheaper_forms_need_a_real_gain(monkeypatch):
+    import bertc.optimize.quantize as quantize
+
+    for costs, forms in (({"fp32": 1.0, "rows": 0.85, "blocks": 0.6}, ["blocks", "rows"]),
+                         ({"fp32": 1.0, "rows": 0.92, "blocks": 1.1}, []),
+                         ({"fp32": 1.0, "rows": 0.9}, ["rows"])):
+        monkeypatch.setattr(quantize, "int8_form_costs", lambda k, n, costs=costs: costs)
+        assert quantize.cheaper_forms(8, 8) == forms, costs
 
 
 def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):

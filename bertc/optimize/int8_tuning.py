@@ -235,8 +235,8 @@ def _step(name: str, m: Measurement, **extra) -> dict:
 def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     """The int8 graph of the fp32 optimized graph ``proto`` (+ ``weights`` beside it), tuned until the
     criteria hold (see the module docstring)."""
-    from bertc.optimize.quantize import (cheaper_forms, int8_form_costs, quantizable_nodes, quantize_dynamic_int8,
-                                         weight_shapes)
+    from bertc.optimize.quantize import (cheaper_forms, form_costs_source, int8_form_costs, quantizable_nodes,
+                                         quantize_dynamic_int8, weight_shapes)
     from bertc.optimize.sensitivity import BLOCKS, ROWS, relax, select_fp32
     from bertc.optimize.smoothing import (choose_alphas, collect_samples, find_feedforwards, find_sites, smooth,
                                           split_outliers)
@@ -290,7 +290,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             if m.meets_target:
                 break
     name, b_proto, b_weights, m_best, applied, alpha, side = best
-    keep, blocks, rows, ranking, costs, tried = [], [], [], [], {}, {}
+    keep, blocks, rows, ranking, costs, tried, timed = [], [], [], [], {}, {}, []
     if not m_best.meets_target:
         # 3. the sensitivity pass on the best graph so far: the most sensitive MatMuls in fp32, then each of
         # them in a form cheaper than fp32 on this host (row-wise or block-wise int8) where the figures hold
@@ -315,6 +315,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
         if keep:
             shapes = weight_shapes(b_proto, b_weights, keep)
             costs = {node: int8_form_costs(*shapes[node]) for node in keep}
+            timed = sorted({form_costs_source(*shapes[node]) or "" for node in keep})
 
             def forms_of(node):
                 return cheaper_forms(*shapes[node])
@@ -335,16 +336,16 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     else:
         final = quantize_dynamic_int8(b_proto, b_weights, side, paired=True) if applied else plain
     section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking, paired=True,
-                       rows=rows, costs=costs, tried=tried)
+                       rows=rows, costs=costs, tried=tried, timed=timed)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
                  keep + side, list(blocks), paired=True, rowwise=list(rows))
 
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,
              m: Measurement, t0: float, ranking: Optional[list] = None, paired: bool = False, rows: list = (),
-             costs: Optional[dict] = None, tried: Optional[dict] = None) -> dict:
-    from bertc.optimize.quantize import (BLOCK_SIZE, FORM_ROWS, FORM_THREADS, PAIR_LIMIT, QMAX, WEIGHT_QMAX,
-                                         host_int8_kernels)
+             costs: Optional[dict] = None, tried: Optional[dict] = None, timed: list = ()) -> dict:
+    from bertc.optimize.quantize import (BLOCK_SIZE, FORM_CACHE, FORM_GAIN, FORM_ROWS, FORM_THREADS, PAIR_LIMIT, QMAX,
+                                         WEIGHT_QMAX, cache_dir, host_int8_kernels)
 
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
@@ -363,7 +364,8 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                             + (f"; in {words} the figures hold" if form else
                                f"; {' / '.join(FORM_WORDS[f] for f in tried[name])} did not hold the figures"
                                if tried.get(name) else
-                               "; no int8 form is cheaper than fp32 on this host" if name in costs else ""))
+                               f"; no int8 form takes {FORM_GAIN:.0%} of fp32's time or less on this host"
+                               if name in costs else ""))
             if name in costs:
                 entry["form_ms"] = costs[name]
         elif plain_ok:
@@ -387,8 +389,10 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                 "activations": "uint8 around 128 per row: max|row| / 127 (Abs, ReduceMax, Div, QuantizeLinear; "
                                "a Mul by the row's scale after)",
                 "form_ms": {"what": f"one ({FORM_ROWS}, K) x (K, N) product in each form on this host, ORT CPU "
-                                    f"{FORM_THREADS} threads (bertc.optimize.quantize.int8_form_costs)",
-                            "nodes": costs}}
+                                    f"{FORM_THREADS} threads (bertc.optimize.quantize.int8_form_costs); a form is "
+                                    f"tried where it takes at most {FORM_GAIN:.0%} of fp32's time",
+                            "nodes": costs, "timed": list(timed),
+                            "cache": str(cache_dir() / FORM_CACHE) if cache_dir() else None}}
     return {
         "tuning": ("pair-limited weights" if paired else "plain") if plain_ok else (
             "smoothing" if applied and not (keep or blocks or rows) else "smoothing + sensitivity" if applied else "sensitivity"),

@@ -54,6 +54,7 @@ input channels from channel 0), SSE widens to int16 first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
@@ -160,18 +161,91 @@ def block_int8_available() -> bool:
 _FORM_COSTS: dict = {}
 FORM_ROWS = 128      # the rows (tokens) a form's cost is timed at: batch 1 x sequence 128
 FORM_THREADS = 2     # ... at the benchmarks' intra-op threads
+FORM_GAIN = 0.9      # a form is offered only where it takes at most this share of fp32's time
+FORM_VERSION = 1     # part of the cache key: bump it when a form's operators change
+FORM_CACHE = "int8_form_costs.json"
 
 
-def int8_form_costs(k: int, n: int) -> dict:
-    """Milliseconds of one (:data:`FORM_ROWS`, k) x (k, n) product on this host's ORT CPU in each form a kept
-    node may take: ``fp32`` (MatMul), ``rows`` (row-wise int8) and, where this ORT has it, ``blocks``
-    (block-wise int8): one-node models, interleaved, the fastest of 9 rounds of 10 calls (other work on the machine
-    only ever adds time; about 0.2 s per shape, once per process). Which form is cheaper depends on the CPU: on
-    one with AMX, MatMulNBits' int8 kernel is no faster than fp32 while the u8 x s8 products of the row-wise form
-    are."""
-    key = (k, n)
-    if key in _FORM_COSTS:
-        return _FORM_COSTS[key]
+def cache_dir() -> Optional[Path]:
+    """Where bertc keeps what it measured about this host: ``$BERTC_CACHE_DIR``, else ``$XDG_CACHE_HOME/bertc``,
+    else ``~/.cache/bertc``; ``BERTC_CACHE_DIR=off`` keeps nothing."""
+    import os
+
+    chosen = os.environ.get("BERTC_CACHE_DIR")
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("off", "none", "") else Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "bertc"
+
+
+def form_host_key() -> str:
+    """What makes one host's form timings another's: the CPU (model name, int8 instruction set, cores), ONNX
+    Runtime's version, and the timing's shape, threads and form version."""
+    import os
+    import platform
+
+    import onnxruntime
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    isa = host_int8_kernels()
+    return (f"{model} | {isa.get('isa', isa['machine'])}{' vnni' if isa.get('vnni') else ''}"
+            f"{' amx' if isa.get('amx') else ''} | {os.cpu_count()} cpus | onnxruntime {onnxruntime.__version__} | "
+            f"{FORM_ROWS} rows, {FORM_THREADS} threads, forms v{FORM_VERSION}")
+
+
+def _cached_form_costs() -> dict:
+    """This host's entries of the form-cost cache ({} when there is none, it is unreadable or another host's)."""
+    import json
+
+    folder = cache_dir()
+    try:
+        data = json.loads((folder / FORM_CACHE).read_text()) if folder else {}
+        entries = data.get("hosts", {}).get(form_host_key(), {})
+        return {key: entry for key, entry in entries.items()
+                if isinstance(entry, dict) and isinstance(entry.get("ms"), dict) and "fp32" in entry["ms"]
+                and all(isinstance(v, (int, float)) and v > 0 for v in entry["ms"].values())}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _store_form_costs(key: str, costs: dict) -> None:
+    """Add one shape's timings to the cache file (re-read, updated, written beside itself and renamed: a
+    concurrent build loses at most its own entry); a cache that cannot be written is skipped."""
+    import datetime
+    import json
+    import os
+
+    folder = cache_dir()
+    if folder is None:
+        return
+    path = folder / FORM_CACHE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("hosts"), dict):
+                raise ValueError
+        except (OSError, ValueError):
+            data = {"what": "bertc's int8 form timings per host (bertc.optimize.quantize.int8_form_costs); "
+                            "delete this file to measure again", "hosts": {}}
+        host = data["hosts"].setdefault(form_host_key(), {})
+        if not isinstance(host, dict):
+            host = data["hosts"][form_host_key()] = {}
+        host[key] = {"ms": costs, "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _time_forms(k: int, n: int) -> dict:
+    """Milliseconds of one (:data:`FORM_ROWS`, k) x (k, n) product in each form (see :func:`int8_form_costs`)."""
     import time
 
     from onnx import TensorProto, helper, numpy_helper
@@ -205,14 +279,48 @@ def int8_form_costs(k: int, n: int) -> dict:
             for _ in range(10):
                 session.run(None, x)
             times[form].append((time.perf_counter() - t0) * 100)
-    _FORM_COSTS[key] = {form: round(float(np.min(v)), 4) for form, v in times.items()}
+    return {form: round(float(np.min(v)), 4) for form, v in times.items()}
+
+
+def int8_form_costs(k: int, n: int) -> dict:
+    """Milliseconds of one (:data:`FORM_ROWS`, k) x (k, n) product on this host's ORT CPU in each form a kept
+    node may take: ``fp32`` (MatMul), ``rows`` (row-wise int8) and, where this ORT has it, ``blocks``
+    (block-wise int8): one-node models, interleaved, the fastest of 9 rounds of 10 calls (other work on the machine
+    only ever adds time; about 0.2 s per shape). Which form is cheaper depends on the CPU: on one with AMX,
+    MatMulNBits' int8 kernel is no faster than fp32 while the u8 x s8 products of the row-wise form are.
+
+    Timed once per host (:func:`form_host_key`) and shape, then read from the cache (:func:`cache_dir`,
+    ``int8_form_costs.json``): the tuning's choices are then the same in every build on this host, where fresh
+    timings of two near-equal forms would pick either from one build to the next."""
+    key = (k, n)
+    if key in _FORM_COSTS:
+        return _FORM_COSTS[key]
+    name = f"{k}x{n}"
+    cached = _cached_form_costs().get(name)
+    if cached is not None:
+        _FORM_COSTS[key] = {form: float(v) for form, v in cached["ms"].items()}
+        _FORM_SOURCES[key] = f"timed on this host {cached.get('measured', '')}".strip()
+        return _FORM_COSTS[key]
+    _FORM_COSTS[key] = _time_forms(k, n)
+    _FORM_SOURCES[key] = "timed by this build"
+    _store_form_costs(name, _FORM_COSTS[key])
     return _FORM_COSTS[key]
 
 
+_FORM_SOURCES: dict = {}
+
+
+def form_costs_source(k: int, n: int) -> Optional[str]:
+    """Where :func:`int8_form_costs` took (k, n)'s timings from: this build, or the cache (with the date)."""
+    return _FORM_SOURCES.get((k, n))
+
+
 def cheaper_forms(k: int, n: int) -> list[str]:
-    """The forms of :func:`int8_form_costs` cheaper than fp32 at (k, n) on this host, cheapest first."""
+    """The forms of :func:`int8_form_costs` that take at most :data:`FORM_GAIN` of fp32's time at (k, n) on this
+    host, cheapest first: a form within 10% of fp32 gains nothing worth its rounding (and timings that close
+    could order it either way)."""
     costs = int8_form_costs(k, n)
-    return sorted((f for f in costs if f != "fp32" and costs[f] < costs["fp32"]), key=costs.get)
+    return sorted((f for f in costs if f != "fp32" and costs[f] <= FORM_GAIN * costs["fp32"]), key=costs.get)
 
 
 def host_int8_kernels() -> dict:
