@@ -459,7 +459,7 @@ def test_form_costs_are_timed_once_per_host_and_kept(tmp_path, monkeypatch):
 
     import bertc.optimize.quantize as quantize
 
-    fake = {"fp32": 1.0, "rows": 0.5, "blocks": 0.95}
+    fake = {"fp32": 1.0, "rows": 0.5, "blocks": 0.97}
     timed = []
     monkeypatch.setattr(quantize, "_time_forms", lambda k, n: timed.append((k, n)) or dict(fake))
     monkeypatch.setattr(quantize, "_FORM_COSTS", {})
@@ -473,7 +473,7 @@ def test_form_costs_are_timed_once_per_host_and_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(quantize, "_FORM_COSTS", {})   # a second build on this host: nothing timed
     assert quantize.int8_form_costs(64, 32) == fake and timed == [(64, 32)]
     assert quantize.form_costs_source(64, 32).startswith("timed on this host 20")
-    assert quantize.cheaper_forms(64, 32) == ["rows"]   # blocks at 0.95 of fp32 gain too little to be tried
+    assert quantize.cheaper_forms(64, 32) == ["rows"]   # blocks at 0.97 of fp32 gain too little to be tried
 
     monkeypatch.setattr(quantize, "_FORM_COSTS", {})   # another host: timed there, both kept
     monkeypatch.setattr(quantize, "form_host_key", lambda: "another host")
@@ -497,8 +497,8 @@ def test_cheaper_forms_need_a_real_gain(monkeypatch):
     import bertc.optimize.quantize as quantize
 
     for costs, forms in (({"fp32": 1.0, "rows": 0.85, "blocks": 0.6}, ["blocks", "rows"]),
-                         ({"fp32": 1.0, "rows": 0.92, "blocks": 1.1}, []),
-                         ({"fp32": 1.0, "rows": 0.9}, ["rows"])):
+                         ({"fp32": 1.0, "rows": 0.97, "blocks": 1.1}, []),
+                         ({"fp32": 1.0, "rows": 0.95}, ["rows"])):
         monkeypatch.setattr(quantize, "int8_form_costs", lambda k, n, costs=costs: costs)
         assert quantize.cheaper_forms(8, 8) == forms, costs
 

@@ -161,7 +161,7 @@ def block_int8_available() -> bool:
 _FORM_COSTS: dict = {}
 FORM_ROWS = 128      # the rows (tokens) a form's cost is timed at: batch 1 x sequence 128
 FORM_THREADS = 2     # ... at the benchmarks' intra-op threads
-FORM_GAIN = 0.9      # a form is offered only where it takes at most this share of fp32's time
+FORM_GAIN = 0.95     # a form is offered only where it takes at most this share of fp32's time
 FORM_VERSION = 1     # part of the cache key: bump it when a form's operators change
 FORM_CACHE = "int8_form_costs.json"
 
@@ -317,7 +317,7 @@ def form_costs_source(k: int, n: int) -> Optional[str]:
 
 def cheaper_forms(k: int, n: int) -> list[str]:
     """The forms of :func:`int8_form_costs` that take at most :data:`FORM_GAIN` of fp32's time at (k, n) on this
-    host, cheapest first: a form within 10% of fp32 gains nothing worth its rounding (and timings that close
+    host, cheapest first: a form within 5% of fp32 gains nothing worth its rounding (and timings that close
     could order it either way)."""
     costs = int8_form_costs(k, n)
     return sorted((f for f in costs if f != "fp32" and costs[f] <= FORM_GAIN * costs["fp32"]), key=costs.get)

@@ -7,7 +7,7 @@ criteria hold, and then which of those a cheaper int8 form (row-wise or block-wi
    and kept in fp32 one by one, most sensitive first, until the figures reach the tuning target or the
    budget of fp32 nodes (:data:`MAX_FP32_FRACTION` of the candidates; more would leave little of int8's
    speed) is spent.
-2. :func:`relax`: each node so kept, least sensitive first, is tried in the int8 forms that take at most 90% of
+2. :func:`relax`: each node so kept, least sensitive first, is tried in the int8 forms that take at most 95% of
    fp32's time on this host, cheapest first (:func:`bertc.optimize.quantize.cheaper_forms`, timed once per host
    and node shape): row-wise int8 (activations quantized per row, ``MatMulIntegerToFloat``) and block-wise int8
    (``MatMulNBits``, activations quantized per row and block of input channels), and
