@@ -29,22 +29,34 @@ def tiny_copy(data: dict) -> dict:
     return data
 
 
+def session_folder(name: str) -> Path:
+    """A scratch folder for the whole test run: made by the first process that imports this file (pytest itself),
+    inherited through the environment by its xdist workers and subprocesses, removed by the process that made it
+    (xdist workers end without running atexit handlers, so folders of their own would stay behind)."""
+    key = f"BERTC_TEST_{name.upper()}"
+    folder = os.environ.get(key)
+    if not folder or not os.path.isdir(folder):
+        folder = tempfile.mkdtemp(prefix=f"bertc-{name}-")
+        os.environ[key] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
+
+
 def _write_tiny_copies() -> list[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="bertc-tiny-specs-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)   # each test process removes its own copies
+    folder = session_folder("tiny-specs")
     paths = []
     for path in SEED_SPECS:
         copy_path = folder / path.name
-        copy_path.write_text(json.dumps(tiny_copy(json.loads(path.read_text())), indent=2))
+        part = folder / f"{path.name}.{os.getpid()}"   # workers write the same text: each renames its own whole copy
+        part.write_text(json.dumps(tiny_copy(json.loads(path.read_text())), indent=2))
+        os.replace(part, copy_path)
         paths.append(copy_path)
     return paths
 
 
-# What bertc caches about the host (int8 form timings) goes to a folder of this test process's own, removed at exit:
-# the tests never read or write the user's cache, and each process times what it needs.
-_CACHE = tempfile.mkdtemp(prefix="bertc-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ["BERTC_CACHE_DIR"] = _CACHE
+# What bertc caches about the host (int8 form timings) goes to a folder of the test run's own: the tests never read
+# or write the user's cache.
+os.environ["BERTC_CACHE_DIR"] = str(session_folder("cache"))
 
 # Tiny copies of the seed specs (same file names), for tests that build and export every model.
 TINY_SPECS = _write_tiny_copies()
