@@ -4,7 +4,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from bertc.cli import main
 from bertc.errors import EXIT_OUTPUT
@@ -44,6 +46,7 @@ def test_killed_build_leftovers_are_removed_and_concurrent_build_is_refused(tmp_
             first.wait(30)
     leftovers = list(tmp_path.glob(".out.tmp-*"))
     assert leftovers and not out.exists()  # SIGKILL ran no cleanup
+    (Path(tempfile.gettempdir()) / f"bertc-native-{first.pid}.log").unlink(missing_ok=True)   # nor of its C++ log
     assert main(["build", str(spec), "-o", str(out), "-q", "--no-export"]) == 0
     assert not list(tmp_path.glob(".out.tmp-*")) and not list(tmp_path.glob(".out.lock"))
     report = json.loads((out / "report.json").read_text())
