@@ -175,7 +175,10 @@ def cache_dir() -> Optional[Path]:
     if chosen is not None:
         return None if chosen.strip().lower() in ("off", "none", "") else Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "bertc"
+    try:
+        return (Path(base) if base else Path.home() / ".cache") / "bertc"
+    except RuntimeError:   # no home directory to be found: nothing is kept
+        return None
 
 
 def form_host_key() -> str:
