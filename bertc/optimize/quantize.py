@@ -53,6 +53,7 @@ input channels from channel 0), SSE widens to int16 first.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -159,6 +160,7 @@ def block_int8_available() -> bool:
 
 
 _FORM_COSTS: dict = {}
+_FORM_SOURCES: dict = {}   # (k, n) -> where int8_form_costs took its timings from
 FORM_ROWS = 128      # the rows (tokens) a form's cost is timed at: batch 1 x sequence 128
 FORM_THREADS = 2     # ... at the benchmarks' intra-op threads
 FORM_GAIN = 0.95     # a form is offered only where it takes at most this share of fp32's time
@@ -181,6 +183,7 @@ def cache_dir() -> Optional[Path]:
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def form_host_key() -> str:
     """What makes one host's form timings another's: the CPU (model name, int8 instruction set, cores), ONNX
     Runtime's version, and the timing's shape, threads and form version."""
@@ -309,9 +312,6 @@ def int8_form_costs(k: int, n: int) -> dict:
     _FORM_SOURCES[key] = "timed by this build"
     _store_form_costs(name, _FORM_COSTS[key])
     return _FORM_COSTS[key]
-
-
-_FORM_SOURCES: dict = {}
 
 
 def form_costs_source(k: int, n: int) -> Optional[str]:
