@@ -1,6 +1,7 @@
 """Command line: argument parsing, progress output and exit codes only."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -103,29 +104,41 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                         keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
                         onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,
                         memory_limit=_size(memory_limit), variants=variants, calibration=calibration)
-    import tempfile
-
-    log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # TF / converter C++ chatter
     try:
-        with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None):
+        with _native_log():   # TF / converter C++ chatter
             report = run_build(spec, opts, hook)
     except BertcError:
-        log.unlink(missing_ok=True)   # the error names what is wrong; the C++ chatter is not kept
         failed = Path(str(out) + ".failed")
         if (failed / "summary.txt").exists() and not quiet:
             _err((failed / "summary.txt").read_text())
             _err(f"report kept in {failed}/ ({out} was left as it was)")
+        raise
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    elif not quiet:
+        _err((Path(out) / "summary.txt").read_text())
+        _err(f"wrote {out}/")
+
+
+@contextlib.contextmanager
+def _native_log():
+    """The native libraries' stderr (TensorFlow, the converters, ONNX Runtime) into a log of this process, deleted
+    afterwards; kept, and named, only when an unexpected error ends the command (``BERTC_DEBUG=1``: not redirected).
+    A :class:`BertcError` names what is wrong itself, so its log goes too."""
+    import tempfile
+
+    log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"
+    try:
+        with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None):
+            yield
+    except BertcError:
+        log.unlink(missing_ok=True)
         raise
     except Exception:
         if log.exists() and log.stat().st_size:
             _err(f"native library output was saved to {log}")
         raise
     log.unlink(missing_ok=True)
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-    elif not quiet:
-        _err((Path(out) / "summary.txt").read_text())
-        _err(f"wrote {out}/")
 
 
 def _variants(text):
@@ -309,7 +322,6 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     """Time every artifact x backend of a built OUT/: latency p50/p90, throughput, ratio to model.onnx on CPU.
     Writes OUT/bench.json and OUT/bench.png (with matplotlib)."""
     import shlex
-    import tempfile
     import warnings
 
     _import_quietly()
@@ -321,19 +333,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                         plot=not no_plot, text=text)
     argv = (click.get_current_context().obj or {}).get("argv")
     command = "bertc " + shlex.join(argv) if argv is not None else ""
-    log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"  # runtimes' C++ chatter
-    try:
-        with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
-            result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
-    except BertcError:
-        log.unlink(missing_ok=True)
-        raise
-    except Exception:
-        if log.exists() and log.stat().st_size:
-            _err(f"native library output was saved to {log}")
-        raise
-    log.unlink(missing_ok=True)
+    with _native_log(), warnings.catch_warnings():   # runtimes' C++ chatter
+        warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
+        result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
     text = table(result)
     if as_json:
         _err(text)

@@ -349,6 +349,7 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
 
     sensitivity = {s.node: s for s in ranking or []}
     order = {s.node: i + 1 for i, s in enumerate(ranking or [])}
+    cache = cache_dir()
     plain_ok = len(steps) == 1 or (len(steps) == 2 and paired)   # plain int8, or with pair-limited weights
     costs, tried = costs or {}, tried or {}
     nodes = []
@@ -391,8 +392,7 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                 "form_ms": {"what": f"one ({FORM_ROWS}, K) x (K, N) product in each form on this host, ORT CPU "
                                     f"{FORM_THREADS} threads (bertc.optimize.quantize.int8_form_costs); a form is "
                                     f"tried where it takes at most {FORM_GAIN:.0%} of fp32's time",
-                            "nodes": costs, "timed": list(timed),
-                            "cache": str(cache_dir() / FORM_CACHE) if cache_dir() else None}}
+                            "nodes": costs, "timed": list(timed), "cache": cache and str(cache / FORM_CACHE)}}
     return {
         "tuning": ("pair-limited weights" if paired else "plain") if plain_ok else (
             "smoothing" if applied and not (keep or blocks or rows) else "smoothing + sensitivity" if applied else "sensitivity"),
