@@ -21,6 +21,33 @@ def _err(text: str = "", **kw) -> None:
     click.echo(text, err=True, **kw)
 
 
+class _StatusLine:
+    """What a long stage is doing now (the int8 tuning: minutes on a base-size model), on one line of the
+    terminal that the next line overwrites; nothing when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.shown = enabled, False
+
+    def __call__(self, stage: str, text: str) -> None:
+        if not self.enabled:
+            return
+        import shutil
+
+        width = shutil.get_terminal_size((100, 24)).columns
+        line = f"  ..  {stage:<16} {' '.join(text.split())}"
+        if len(line) >= width:
+            line = line[:max(width - 4, 8)] + "..."
+        sys.stderr.write("\r\033[K" + line)
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
 def _import_quietly():
     """Import TensorFlow / Keras with their start-up chatter kept off the console."""
     with native_stderr_to(import_log()):
@@ -92,7 +119,12 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
 
+    from bertc.run_io import stderr_is_terminal
+
+    status = _StatusLine(not quiet and stderr_is_terminal())
+
     def hook(name, seconds, detail):
+        status.clear()
         if not quiet:
             _err(f"  {click.style('ok', fg='green')}  {name:<16} {seconds:7.2f}s  {detail}")
 
@@ -106,7 +138,10 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                         memory_limit=_size(memory_limit), variants=variants, calibration=calibration)
     try:
         with _native_log():   # TF / converter C++ chatter
-            report = run_build(spec, opts, hook)
+            try:
+                report = run_build(spec, opts, hook, status)
+            finally:
+                status.clear()
     except BertcError:
         failed = Path(str(out) + ".failed")
         if (failed / "summary.txt").exists() and not quiet:

@@ -45,15 +45,26 @@ class BuildOptions:
     calibration: Optional[Path] = None  # the user's text for int8 tuning and parity (``--calibration``)
 
 
+StatusHook = Callable[[str, str], None]   # (stage name, what it is doing now): a long stage's progress
+
+
 class Stages:
-    def __init__(self, hook: Optional[StageHook] = None):
+    def __init__(self, hook: Optional[StageHook] = None, status: Optional[StatusHook] = None):
         self.hook = hook or (lambda name, seconds, detail: None)
+        self._status = status
+        self.current = ""
         self.timings: dict[str, float] = {}
+
+    def status(self, text: str) -> None:
+        """What the running stage is doing now (the int8 tuning's steps: minutes on a base-size model)."""
+        if self._status is not None:
+            self._status(self.current, text)
 
     @contextlib.contextmanager
     def stage(self, name: str):
         t0 = time.perf_counter()
         note = {"detail": ""}
+        self.current = name
         yield note
         release_memory()  # what the stage freed goes back to the system before the next one
         seconds = time.perf_counter() - t0
@@ -93,7 +104,7 @@ def requested_variants(spec, opts: BuildOptions) -> tuple:
     return tuple(spec.export.variants) if "variants" in spec.export.model_fields_set else ()
 
 
-def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration) -> str:
+def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration, log=None) -> str:
     """The TFLite int8 file tuned until the task criteria hold (:mod:`bertc.optimize.tflite_int8`), its
     artifact entry given the ``quantization`` section; the stage's one-line detail."""
     from bertc.optimize.int8_tuning import Judge
@@ -103,7 +114,7 @@ def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration
     path, fp32 = out / entry["path"], out / tflite_artifacts["tflite"]["path"]
     try:
         tuning = tune_tflite_int8(path, fp32, Judge(spec, sig, model, calibration.cases,
-                                                    reference=calibration.reference(model)))
+                                                    reference=calibration.reference(model)), log)
     except Exception as exc:   # LiteRT and the flatbuffer API raise their own types: name the artifact and cause
         raise ExportError(f"int8 tuning of {path.name} failed: {type(exc).__name__}: {exc}") from exc
     tuning["sources"] = calibration.sources
@@ -151,12 +162,14 @@ def drop_failed_variants(section: dict, artifacts: dict, requested: tuple, out: 
     return dropped
 
 
-def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None) -> dict:
+def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, status: Optional[StatusHook] = None) -> dict:
+    """Build ``spec_path`` into ``opts.out``; ``hook`` hears of each finished stage, ``status`` of a long stage's
+    progress."""
     from bertc.output import StagedOutput
     from bertc.spec import dump_spec, load_spec
 
     tune_allocator()
-    stages = Stages(hook)
+    stages = Stages(hook, status)
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
         note["detail"] = spec.name
@@ -291,7 +304,7 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             with stages.stage("optimize onnx") as note:
                 result = optimize_onnx(built, out, eo["opset"], eo["input_dtype"], spec.export.variants,
                                        portable=artifacts.get("onnx"), requested=requested,
-                                       calibration=calibration.get())
+                                       calibration=calibration.get(), log=stages.status)
                 artifacts.update(result.artifacts)
                 report["fusion"] = result.section()
                 if result.dropped:
@@ -303,7 +316,7 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
                 raise BuildFailed(ParityError(result.mismatch))
         if "tflite_int8" in tflite_artifacts and "tflite" in tflite_artifacts:
             with stages.stage("tune tflite int8") as note:
-                note["detail"] = tune_tflite(spec, sig, model, out, tflite_artifacts, calibration.get())
+                note["detail"] = tune_tflite(spec, sig, model, out, tflite_artifacts, calibration.get(), stages.status)
         artifacts.update(tflite_artifacts)
     if opts.export and opts.parity and spec.parity.enabled:
         from bertc.parity import run_parity

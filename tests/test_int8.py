@@ -267,6 +267,63 @@ def test_smoothing_raises_the_int8_cosine(ln_outliers):
     assert 1 - cosine(after) < 0.5 * (1 - cosine(before)) and after.passes   # at least halves the error
 
 
+def test_the_tuning_session_hands_the_weights_over_as_they_are(ln_outliers):
+    """session_of declares the weight matrices as external data and hands ONNX Runtime the arrays themselves:
+    the same outputs as a session of the whole serialized model, and they live as long as the session does."""
+    import gc
+
+    import onnx
+    from onnx import numpy_helper
+
+    spec, built = ln_outliers
+    proto, weights = _lowered(built)
+    q = quantize_dynamic_int8(proto, weights, paired=True)
+    inputs = grid_cases(spec)[-1].inputs
+    whole = onnx.ModelProto()
+    whole.CopyFrom(q.proto)
+    whole.graph.initializer.extend(numpy_helper.from_array(np.asarray(a), n) for n, a in q.weights)
+    from bertc.optimize.runtime import ort_session
+    want = ort_session(whole.SerializeToString()).run(None, inputs)[0]
+    handed = [(n, np.array(a)) for n, a in q.weights]   # copies only this test holds
+    assert sum(a.ndim >= 2 for _, a in handed) >= 8
+    session = session_of(q.proto, handed)
+    del handed
+    gc.collect()
+    np.testing.assert_array_equal(session.run(None, inputs)[0], want)
+
+
+def test_each_weight_is_quantized_once_per_form_across_candidates(ln_outliers, monkeypatch):
+    """The sensitivity pass quantizes one graph for every candidate: with a memo, each weight's int8 form is
+    computed once (and again only for another array), and the graphs are the same as without it."""
+    import bertc.optimize.quantize as quantize
+
+    spec, built = ln_outliers
+    proto, weights = _lowered(built)
+    calls = []
+    real = quantize.quantize_columns_paired
+    monkeypatch.setattr(quantize, "quantize_columns_paired", lambda w: calls.append(1) or real(w))
+    memo, nodes = {}, quantizable_nodes(proto, weights)
+    first = quantize_dynamic_int8(proto, weights, paired=True, memo=memo)
+    matrices = len(calls)
+    assert matrices >= 8
+    for keep in ([nodes[0]], [nodes[1], nodes[2]]):
+        again = quantize_dynamic_int8(proto, weights, keep, paired=True, memo=memo)
+        plain = quantize_dynamic_int8(proto, weights, keep, paired=True)
+        assert [n.SerializeToString() for n in again.proto.graph.node] == \
+            [n.SerializeToString() for n in plain.proto.graph.node]
+        assert [n for n, _ in again.weights] == [n for n, _ in plain.weights]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(again.weights, plain.weights))
+    assert len(calls) == matrices + (matrices - 1) + (matrices - 2)   # the runs without the memo; none with it
+    name = next(n.input[1] for n in proto.graph.node if n.name == nodes[0])
+    changed = [(n, a * 2 if n == name else a) for n, a in weights]
+    calls.clear()
+    redone = quantize_dynamic_int8(proto, changed, paired=True, memo=memo)
+    assert len(calls) == 1   # only the array that is another object
+    q = dict(redone.weights)[f"{name}_quantized"]
+    assert np.array_equal(q, dict(first.weights)[f"{name}_quantized"]) and \
+        np.array_equal(dict(redone.weights)[f"{name}_scale"], 2 * dict(first.weights)[f"{name}_scale"])
+
+
 # --- sensitivity --------------------------------------------------------------------------------------------
 
 def test_sensitivity_pass_keeps_the_outlier_heavy_layer_fp32(ff_outliers):
@@ -284,7 +341,10 @@ def test_sensitivity_pass_keeps_the_outlier_heavy_layer_fp32(ff_outliers):
 
     base = measure([])
     assert not base.meets_target
-    selection = select_fp32(quantizable_nodes(proto, weights), measure, base)
+    said, candidates = [], quantizable_nodes(proto, weights)
+    selection = select_fp32(candidates, measure, base, progress=said.append)
+    assert said == [f"each MatMul alone in fp32, {i}/{len(candidates)}" for i in range(1, len(candidates) + 1)] + \
+        ["the most sensitive MatMul in fp32"]   # the build's status line, before each measurement
     assert selection.ranking[0].node == "layer_1/output" and selection.ranking[0].gain > 0
     assert selection.keep_fp32 == ["layer_1/output"] and selection.best[1].meets_target
     q = quantize_dynamic_int8(proto, weights, selection.keep_fp32)
@@ -577,12 +637,12 @@ def outlier_keras(tmp_path_factory, ln_outliers):
     return path
 
 
-def _build(tmp_path, spec: dict, keras, *extra) -> tuple[int, object]:
+def _build(tmp_path, spec: dict, keras, *extra, quiet: bool = True) -> tuple[int, object]:
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     out = tmp_path / "out"
-    return main(["build", str(path), "-o", str(out), "-q", "--init-from", str(keras), *extra]), out
+    return main(["build", str(path), "-o", str(out), *(["-q"] if quiet else []), "--init-from", str(keras), *extra]), out
 
 
 def reference_runs(monkeypatch) -> dict:
@@ -610,10 +670,16 @@ def reference_runs(monkeypatch) -> dict:
     return counts
 
 
-def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras, monkeypatch):
+def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras, monkeypatch, capfd):
     runs = reference_runs(monkeypatch)
-    rc, out = _build(tmp_path, outlier_spec(), outlier_keras)
+    monkeypatch.setattr("bertc.run_io.stderr_is_terminal", lambda: True)   # the live status line of a terminal
+    rc, out = _build(tmp_path, outlier_spec(), outlier_keras, quiet=False)
     assert rc == 0
+    err = capfd.readouterr().err
+    for step in ("plain dynamic int8", "smoothing, alpha per activation"):   # each step named as it starts
+        assert f"\r\x1b[K  ..  optimize onnx    int8 tuning: {step}" in err
+    ok = next(line for line in err.split("\n") if "optimize onnx" in line and " ok " in line)
+    assert ok.split("\r\x1b[K")[-1].startswith("  ok  optimize onnx")   # the status line cleared, then the stage's
     # the tuning's judge and parity share one Keras run per case (parity's cases: the grid, as the tuning's)
     report = json.loads((out / "report.json").read_text())
     assert len(runs) >= len(report["parity"]["grid"]) and max(runs.values()) == 1

@@ -34,6 +34,8 @@ from typing import Optional
 
 import numpy as np
 
+from bertc.optimize.sensitivity import FORM_WORDS
+
 TARGET_MARGIN = 0.5
 PAIRED_STEP = "plain dynamic int8, pair-limited 8-bit weights"
 ALPHAS = (0.5, 0.65, 0.8)   # tried after the per-activation choice (smoothing.choose_alphas)
@@ -66,21 +68,46 @@ def split_all(proto, weights: Optional[list]) -> tuple:
     return _shell(proto), arrays + [(n, np.asarray(a)) for n, a in (weights or [])]
 
 
-def serialized(proto, weights: Optional[list]) -> bytes:
-    """``proto`` with ``weights`` attached, as bytes for an in-memory ONNX Runtime session."""
-    from onnx import numpy_helper
-
-    whole = _shell(proto)
-    whole.graph.initializer.extend(proto.graph.initializer)
-    whole.graph.initializer.extend(numpy_helper.from_array(np.asarray(a), n) for n, a in (weights or []))
-    return whole.SerializeToString()
+IN_MEMORY_TYPES = (np.float32, np.float16, np.int8, np.uint8)   # the weight matrices session_of hands over as they are
 
 
 def session_of(proto, weights: Optional[list]):
-    """An in-memory ONNX Runtime CPU session (every graph optimization on) of ``proto`` + ``weights``."""
-    from bertc.optimize.runtime import ort_session
+    """An in-memory ONNX Runtime CPU session (every graph optimization on) of ``proto`` + ``weights``.
 
-    return ort_session(serialized(proto, weights))
+    The tuning opens one per candidate graph, dozens per build. The large weights are not copied into a
+    serialized model: each is declared as external data and handed to ONNX Runtime as an OrtValue over the
+    array itself (``SessionOptions.add_external_initializers``), which makes a session of a base-size model
+    several times quicker to open. Those are the matrices (floats or int8, two or more dimensions); vectors,
+    scalars and integer tensors (shapes, axes, sizes: what shape inference reads) stay inline."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    from bertc.optimize.runtime import session_options
+
+    whole = _shell(proto)
+    whole.graph.initializer.extend(proto.graph.initializer)
+    names, values = [], []
+    for name, array in weights or []:
+        array = np.asarray(array)
+        if array.ndim < 2 or array.dtype not in IN_MEMORY_TYPES:
+            whole.graph.initializer.append(numpy_helper.from_array(array, name))
+            continue
+        array = np.ascontiguousarray(array)
+        t = whole.graph.initializer.add()
+        t.name, t.data_type, t.data_location = name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), \
+            TensorProto.EXTERNAL
+        t.dims.extend(array.shape)
+        where = t.external_data.add()
+        where.key, where.value = "location", "in-memory"
+        names.append(name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+    options = session_options()
+    if names:
+        options.add_external_initializers(names, values)
+    session = ort.InferenceSession(whole.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session._bertc_weights = values   # the arrays stay alive as long as the session
+    return session
 
 
 def with_outputs(proto, names: list[str]):
@@ -224,7 +251,6 @@ class Tuned:
 
 
 FORM_STEP = "cheaper int8 form"   # a step of the relaxation (bertc.optimize.sensitivity.relax)
-FORM_WORDS = {"blocks": "block-wise int8", "rows": "row-wise int8"}
 
 
 def _step(name: str, m: Measurement, **extra) -> dict:
@@ -241,8 +267,13 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     from bertc.optimize.smoothing import (choose_alphas, collect_samples, find_feedforwards, find_sites, smooth,
                                           split_outliers)
 
-    log = log or (lambda text: None)
+    say = log or (lambda text: None)
+
+    def log(text: str) -> None:   # a long build's status line (bertc.pipeline.Stages.status)
+        say(f"int8 tuning: {text}")
+
     t0 = time.perf_counter()
+    log("plain dynamic int8")
     plain = quantize_dynamic_int8(proto, weights)
     m_plain = judge.measure(plain.proto, plain.weights, "plain")
     steps = [_step("plain dynamic int8", m_plain)]
@@ -270,16 +301,18 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
         def run_with_outputs(names, inputs):
             return fp32.run(names, onnx_feeds(fp32, inputs))
 
+        log("calibration statistics of the activations")
         samples = collect_samples(run_with_outputs, tensors, [c.inputs for c in judge.cases])
         del fp32
         absmax = {n: np.max([np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in zip(v.lows, v.highs)], axis=0)
                   for n, v in samples.items()}
         per_site = choose_alphas(sites, base_weights, samples, absmax)
         for alpha in (per_site, *ALPHAS):
+            label = "per activation (least int8 product error)" if isinstance(alpha, dict) else alpha
+            log(f"smoothing, alpha {label}")
             s_proto, s_weights, applied = smooth(base_proto, base_weights, sites, absmax, alpha)
             s_proto, s_weights, split, side = split_outliers(s_proto, s_weights, feedforwards, absmax)
             q = quantize_dynamic_int8(s_proto, s_weights, side, paired=True)
-            label = "per activation (least int8 product error)" if isinstance(alpha, dict) else alpha
             m = judge.measure(q.proto, q.weights, f"smoothing alpha {label}")
             steps.append(_step(f"smoothing, alpha {label}; outlier channels apart in {len(split)} feedforward(s)", m,
                                sites=len(applied)))
@@ -287,16 +320,23 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             if m.score < best[3].score:
                 best = (f"smoothing alpha {label}", s_proto, s_weights, m,
                         {"sites": applied, "outlier_channels": split, "side": side}, label, side)
+            # this alpha's graph and int8 weights go before the next alpha's are made (the best is in ``best``),
+            # and are not kept through the sensitivity pass: a base-size model's weights are 0.4 GB a copy
+            s_proto = s_weights = q = None
             if m.meets_target:
                 break
     name, b_proto, b_weights, m_best, applied, alpha, side = best
+    if applied:
+        plain = None   # the unsmoothed int8 graph is not the result
     keep, blocks, rows, ranking, costs, tried, timed = [], [], [], [], {}, {}, []
     if not m_best.meets_target:
         # 3. the sensitivity pass on the best graph so far: the most sensitive MatMuls in fp32, then each of
         # them in a form cheaper than fp32 on this host (row-wise or block-wise int8) where the figures hold
+        memo: dict = {}   # every candidate of this pass quantizes the same weights: once per weight and form
+
         def quantized(keep_fp32, blockwise=(), rowwise=()):
             return quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side, blockwise=blockwise, paired=True,
-                                         rowwise=rowwise)
+                                         rowwise=rowwise, memo=memo)
 
         def measure(keep_fp32, blockwise=(), rowwise=()):
             q = quantized(keep_fp32, blockwise, rowwise)
@@ -306,7 +346,8 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
                               if nodes)
             return judge.measure(q.proto, q.weights, label)
 
-        selection = select_fp32([n for n in quantizable_nodes(b_proto, b_weights) if n not in side], measure, m_best)
+        selection = select_fp32([n for n in quantizable_nodes(b_proto, b_weights) if n not in side], measure, m_best,
+                                progress=log)
         ranking = selection.ranking
         for kept, m in selection.steps:
             steps.append(_step("sensitivity", m, keep_fp32=list(kept)))
@@ -324,7 +365,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
                 return measure(fp32, [n for n, f in choice.items() if f == BLOCKS],
                                [n for n, f in choice.items() if f == ROWS])
 
-            relaxed = relax(keep, m_best, measure_forms, forms_of)
+            relaxed = relax(keep, m_best, measure_forms, forms_of, progress=log)
             for choice, f, m, taken in relaxed.steps:
                 tried = {n: FORM_WORDS[form] for n, form in choice.items()}
                 steps.append(_step(FORM_STEP, m, forms=tried, keep_fp32=list(f), taken=taken))

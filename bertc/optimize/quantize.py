@@ -397,7 +397,7 @@ def quantizable_nodes(proto, weights: Optional[list] = None) -> list[str]:
 
 def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iterable[str] = (),
                           qmax: int = WEIGHT_QMAX, blockwise: Iterable[str] = (), paired: bool = False,
-                          rowwise: Iterable[str] = ()) -> Int8Result:
+                          rowwise: Iterable[str] = (), memo: Optional[dict] = None) -> Int8Result:
     """A new ModelProto (``proto`` is not modified) with int8 weights in [-qmax, qmax] on MatMul and Attention.
 
     ``weights``: [(name, array)] initializers kept beside ``proto`` (``lower_model(split_weights=True)``);
@@ -405,7 +405,9 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
     of MatMul / Attention nodes left in fp32; ``blockwise``: those given block-wise int8 (``MatMulNBits``; the
     sensitivity pass's choice, :mod:`bertc.optimize.sensitivity`); ``rowwise``: those given row-wise int8
     (activations per row: ``MatMulIntegerToFloat``, see the module docstring); ``paired``: pair-limited 8-bit
-    weights (:func:`quantize_columns_paired`) instead of ``qmax``."""
+    weights (:func:`quantize_columns_paired`) instead of ``qmax``. ``memo``: a dict kept across calls on the same
+    weights (the int8 tuning quantizes one graph dozens of times): each weight is quantized once per form, and
+    again only when its array (or initializer) is another object."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -422,6 +424,16 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
 
     def array_of(name: str) -> np.ndarray:
         return arrays[name] if name in arrays else numpy_helper.to_array(inits[name])
+
+    def quantized_weight(name: str, form, make) -> tuple:
+        """``make(array_of(name))``, or what it gave for this very array before (``memo``)."""
+        if memo is None:
+            return make(array_of(name))
+        source = arrays[name] if name in arrays else inits[name]
+        hit = memo.get((name, form))
+        if hit is None or hit[0] is not source:
+            hit = memo[(name, form)] = (source, make(array_of(name)))
+        return hit[1]
 
     readers: dict = {}
     for node in graph.node:
@@ -442,7 +454,8 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
 
     def int8_weight(name: str) -> tuple[str, str, str]:
         if f"{name}_quantized" not in new_inits:
-            q, scale = quantize_columns_paired(array_of(name)) if paired else quantize_columns(array_of(name), qmax)
+            q, scale = quantized_weight(name, "paired", quantize_columns_paired) if paired else \
+                quantized_weight(name, qmax, lambda w: quantize_columns(w, qmax))
             new_inits[f"{name}_quantized"] = q
             new_inits[f"{name}_scale"] = scale
             new_inits[f"{name}_zero_point"] = np.zeros(scale.shape, np.int8)
@@ -454,7 +467,8 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
         name = node.input[1]
         k, n = array_of(name).shape
         if f"{name}_blocks" not in new_inits:
-            new_inits[f"{name}_blocks"], new_inits[f"{name}_block_scales"] = quantize_blocks(array_of(name))
+            new_inits[f"{name}_blocks"], new_inits[f"{name}_block_scales"] = quantized_weight(name, "blocks",
+                                                                                              quantize_blocks)
             unread_after(name)
         return helper.make_node("MatMulNBits", [node.input[0], f"{name}_blocks", f"{name}_block_scales"], [output],
                                 name=f"{node.name}_blocks", domain=MS_DOMAIN, K=k, N=n, bits=8, block_size=BLOCK_SIZE,

@@ -7,10 +7,9 @@ from typing import Optional
 import numpy as np
 
 
-def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: Optional[int] = None,
-                spinning: bool = True):
-    """``spinning`` False: idle intra-op threads sleep (several sessions timed in one process: one session's
-    spinning pool would take the cores of the next)."""
+def session_options(threads: Optional[int] = None, spinning: bool = True):
+    """Every graph optimization on, errors only in the log; ``spinning`` False: idle intra-op threads sleep
+    (several sessions timed in one process: one session's spinning pool would take the cores of the next)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -20,6 +19,15 @@ def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: 
         options.intra_op_num_threads = threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: Optional[int] = None,
+                spinning: bool = True):
+    """A session of a model file or serialized model (:func:`session_options`)."""
+    import onnxruntime as ort
+
+    options = session_options(threads, spinning)
     source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
     return ort.InferenceSession(source, options, providers=[provider])
 

@@ -44,29 +44,36 @@ class Selection:
     best: Optional[tuple] = None                      # (nodes list, Measurement) with the lowest score
 
 
-def rank(candidates: list[str], measure: Callable, base_score: float) -> list[Sensitivity]:
+def rank(candidates: list[str], measure: Callable, base_score: float,
+         progress: Optional[Callable] = None) -> list[Sensitivity]:
     """Every candidate measured alone in fp32 (``measure(keep_fp32) -> Measurement``), most sensitive first
-    (ties keep graph order)."""
+    (ties keep graph order); ``progress(text)`` before each measurement: what it is."""
     found = []
-    for node in candidates:
+    for i, node in enumerate(candidates):
+        if progress is not None:
+            progress(f"each MatMul alone in fp32, {i + 1}/{len(candidates)}")
         score = measure([node]).score
         found.append(Sensitivity(node, score, base_score - score))
     return sorted(found, key=lambda s: s.score)
 
 
-def select_fp32(candidates: list[str], measure: Callable, base, max_fraction: float = MAX_FP32_FRACTION) -> Selection:
+def select_fp32(candidates: list[str], measure: Callable, base, max_fraction: float = MAX_FP32_FRACTION,
+                progress: Optional[Callable] = None) -> Selection:
     """Keep the most sensitive candidates in fp32 until ``measure(...)`` meets the target (see the module
-    docstring). ``base``: the Measurement of the all-int8 graph."""
+    docstring). ``base``: the Measurement of the all-int8 graph; ``progress``: see :func:`rank`."""
     selection = Selection(best=([], base))
     if not candidates:
         return selection
-    selection.ranking = rank(candidates, measure, base.score)
+    selection.ranking = rank(candidates, measure, base.score, progress)
     budget = max(1, int(len(candidates) * max_fraction))
     keep: list = []
     for s in selection.ranking[:budget]:
         if s.gain <= 0 and keep:
             break   # the rest do not help alone either
         keep = keep + [s.node]
+        if progress is not None:
+            progress("the most sensitive MatMul in fp32" if len(keep) == 1 else
+                     f"the {len(keep)} most sensitive MatMuls in fp32")
         m = measure(keep)
         selection.steps.append((keep, m))
         if m.score < selection.best[1].score:
@@ -78,6 +85,7 @@ def select_fp32(candidates: list[str], measure: Callable, base, max_fraction: fl
 
 
 BLOCKS, ROWS = "blocks", "rows"   # the cheaper forms a kept node may take (bertc.optimize.quantize)
+FORM_WORDS = {BLOCKS: "block-wise int8", ROWS: "row-wise int8"}
 
 
 @dataclass
@@ -98,14 +106,14 @@ class Relaxed:
 
 
 def relax(keep_fp32: list, reference, measure: Callable, forms_of: Callable = lambda node: [BLOCKS],
-          allowance: float = BLOCK_ALLOWANCE) -> Relaxed:
+          allowance: float = BLOCK_ALLOWANCE, progress: Optional[Callable] = None) -> Relaxed:
     """Move the nodes of ``keep_fp32`` (most sensitive first, as :func:`select_fp32` keeps them) to a cheaper
     int8 form one at a time, least sensitive first, where the figures hold (see the module docstring).
     ``forms_of(node)``: the forms to try for that node, cheapest first on this host
     (:func:`bertc.optimize.quantize.int8_form_costs`); ``measure({node: form}, fp32) -> Measurement``;
     ``reference``: the Measurement of ``keep_fp32`` all in fp32. A form that meets the tuning target is taken
     at once; while the mix so far misses the target, the node's other forms are measured too and the cheapest
-    that holds is taken, unless a dearer one meets the target."""
+    that holds is taken, unless a dearer one meets the target. ``progress``: see :func:`rank`."""
     bound = max(reference.score, 0.0) + allowance
 
     def holds(m) -> bool:
@@ -121,6 +129,8 @@ def relax(keep_fp32: list, reference, measure: Callable, forms_of: Callable = la
         for form in forms_of(node):
             trial = {**forms, node: form}
             relaxed.tried.setdefault(node, []).append(form)
+            if progress is not None:
+                progress(f"{node} in {FORM_WORDS.get(form, form)} instead of fp32")
             m = measure(trial, trial_fp32)
             taken = holds(m) and (chosen is None or (m.meets_target and not chosen[1].meets_target))
             relaxed.steps.append((trial, trial_fp32, m, taken))
