@@ -188,7 +188,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
 
         with stages.stage("preflight") as note:
             preflight = memory_preflight(spec, opts.export, opts.parity, opts.onnx, opts.tflite, opts.memory_limit,
-                                         opts.optimize)
+                                         opts.optimize, trained=weights is not None or opts.init_from is not None)
             note["detail"] = (f"needs ~{gb(preflight['estimated_peak_bytes'])}, "
                               f"{gb(preflight['available_bytes'])} available ({preflight['available_from']})")
     from bertc.signature import signature_of
