@@ -28,13 +28,13 @@ class _StatusLine:
     def __init__(self, enabled: bool):
         self.enabled, self.shown = enabled, False
 
-    def __call__(self, stage: str, text: str) -> None:
+    def __call__(self, stage: str, seconds: float, text: str) -> None:
         if not self.enabled:
             return
         import shutil
 
         width = shutil.get_terminal_size((100, 24)).columns
-        line = f"  ..  {stage:<16} {' '.join(text.split())}"
+        line = f"  ..  {stage:<16} {seconds:7.0f}s  {' '.join(text.split())}"
         if len(line) >= width:
             line = line[:max(width - 4, 8)] + "..."
         sys.stderr.write("\r\033[K" + line)

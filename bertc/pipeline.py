@@ -45,26 +45,26 @@ class BuildOptions:
     calibration: Optional[Path] = None  # the user's text for int8 tuning and parity (``--calibration``)
 
 
-StatusHook = Callable[[str, str], None]   # (stage name, what it is doing now): a long stage's progress
+StatusHook = Callable[[str, float, str], None]   # (stage name, seconds so far, what it is doing now)
 
 
 class Stages:
     def __init__(self, hook: Optional[StageHook] = None, status: Optional[StatusHook] = None):
         self.hook = hook or (lambda name, seconds, detail: None)
         self._status = status
-        self.current = ""
+        self.current, self._t0 = "", time.perf_counter()
         self.timings: dict[str, float] = {}
 
     def status(self, text: str) -> None:
         """What the running stage is doing now (the int8 tuning's steps: minutes on a base-size model)."""
         if self._status is not None:
-            self._status(self.current, text)
+            self._status(self.current, time.perf_counter() - self._t0, text)
 
     @contextlib.contextmanager
     def stage(self, name: str):
         t0 = time.perf_counter()
         note = {"detail": ""}
-        self.current = name
+        self.current, self._t0 = name, t0
         yield note
         release_memory()  # what the stage freed goes back to the system before the next one
         seconds = time.perf_counter() - t0

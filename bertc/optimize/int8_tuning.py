@@ -351,7 +351,6 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
         ranking = selection.ranking
         for kept, m in selection.steps:
             steps.append(_step("sensitivity", m, keep_fp32=list(kept)))
-            log(f"fp32 {kept}: {m.worst()}")
         keep, m_best = selection.best
         if keep:
             shapes = weight_shapes(b_proto, b_weights, keep)
@@ -369,7 +368,6 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             for choice, f, m, taken in relaxed.steps:
                 tried = {n: FORM_WORDS[form] for n, form in choice.items()}
                 steps.append(_step(FORM_STEP, m, forms=tried, keep_fp32=list(f), taken=taken))
-                log(f"int8 forms {tried}, fp32 {f}: {m.worst()}{'' if taken else ' (not taken)'}")
             blocks, rows, keep, m_best = relaxed.blockwise, relaxed.rowwise, relaxed.fp32, relaxed.measurement
             tried = relaxed.tried
     if keep or blocks or rows:
