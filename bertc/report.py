@@ -132,6 +132,8 @@ def int8_summary(quantization: dict) -> str:
                 f"{f.get('agreement', 'argmax')} {f['argmax_agreement']:.2%}" if "argmax_agreement" in f else ""]
         parts.append(f"{output}: " + ", ".join(b for b in bits if b))
     parts.append(f"on {len(t.get('inputs') or [])} calibration case(s)")
+    if t.get("cache"):
+        parts.append(f"the choices of an earlier build's tuning ({t['cache'].get('made')}), measured again")
     speed = quantization.get("speed") or {}
     if speed.get("ratio") is not None:
         against = "the fp32 optimized artifact" if "threads" in speed else "model.tflite"

@@ -583,6 +583,61 @@ def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):
     assert section["inputs"] == [c.label for c in grid_cases(spec)]
 
 
+def _same_graph(a, b) -> bool:
+    return [n.SerializeToString() for n in a.proto.graph.node] == [n.SerializeToString() for n in b.proto.graph.node] \
+        and [n for n, _ in a.weights] == [n for n, _ in b.weights] \
+        and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a.weights, b.weights))
+
+
+def test_a_tuning_is_replayed_from_its_plan_when_nothing_it_depends_on_changed(ln_outliers, tmp_path, monkeypatch):
+    """tune_int8(cache=True) keeps the choices of a tuning that went past plain int8; the same graph, weights and
+    inputs then give the same int8 graph from one measurement, and the report says so. Another weight, or a
+    plan whose figures do not come out again, tunes afresh."""
+    import bertc.optimize.int8_tuning as tuning
+
+    monkeypatch.setenv("BERTC_CACHE_DIR", str(tmp_path))
+    spec, built = ln_outliers
+    proto, weights = _lowered(built)
+    judge = judge_of(spec, built)
+    first = tune_int8(proto, weights, judge, cache=True)
+    tuned_graphs = judge.measured
+    plans = list((tmp_path / "int8_tuning").glob("*.json"))
+    assert len(plans) == 1 and first.section["tuning"].startswith("smoothing") and tuned_graphs >= 3
+    second = tune_int8(proto, weights, judge, cache=True)
+    assert judge.measured == tuned_graphs + 1 and _same_graph(first.result, second.result)
+    assert second.section["cache"]["plan"] == str(plans[0]) and second.section["graphs_measured"] == 1
+    assert second.measurement.figures() == first.measurement.figures() and second.passed
+    assert second.plan(proto, weights)[2:] == first.plan(proto, weights)[2:]   # the padding-free int8 follows it
+    assert second.section["smoothing"] == first.section["smoothing"]
+    # another weight: another key, tuned again
+    changed = [(n, a * 1.01 if n == weights[-1][0] else a) for n, a in weights]
+    before = judge.measured
+    tune_int8(proto, changed, judge, cache=True)
+    assert judge.measured - before == tuned_graphs and len(list((tmp_path / "int8_tuning").glob("*.json"))) == 2
+    # a plan whose figures do not come out again (another ONNX Runtime build, a changed kernel): tuned again
+    plan = json.loads(plans[0].read_text())
+    plan["figures"]["sentence_embedding"]["min_cosine"] = 0.5
+    plans[0].write_text(json.dumps(plan))
+    before = judge.measured
+    third = tune_int8(proto, weights, judge, cache=True)
+    assert judge.measured - before == tuned_graphs + 1 and "cache" not in third.section
+    assert json.loads(plans[0].read_text())["figures"] == first.measurement.figures()   # rewritten
+    # no cache folder: nothing kept, nothing read
+    monkeypatch.setenv("BERTC_CACHE_DIR", "off")
+    assert tuning.cache_folder() is None
+    before = judge.measured
+    tune_int8(proto, weights, judge, cache=True)
+    assert judge.measured - before == tuned_graphs
+
+
+def test_plain_int8_that_meets_the_target_keeps_no_plan(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTC_CACHE_DIR", str(tmp_path))
+    spec = load_spec(outlier_spec(parity={"task": {"min_cosine": 0.9}}))
+    built = build_model(spec, signature_of(spec))
+    tuned = tune_int8(*_lowered(built), judge_of(spec, built), cache=True)
+    assert len(tuned.section["steps"]) <= 2 and not (tmp_path / "int8_tuning").exists()
+
+
 def test_tuning_takes_row_wise_int8_where_the_figures_hold(ln_outliers, monkeypatch):
     """Held to 0.9999, the smoothed fixture needs the sensitivity pass (layer 1's feedforward output and layer 0's
     fused Attention kept fp32); with row-wise int8 the one form cheaper than fp32 (patched: the host's timings

@@ -241,6 +241,9 @@ class Tuned:
     blockwise: list = field(default_factory=list)   # the nodes the result gives block-wise int8
     paired: bool = False                            # pair-limited 8-bit weights (else ORT's 7-bit ones)
     rowwise: list = field(default_factory=list)     # the nodes the result gives row-wise int8
+    # what the tuning chose past plain int8, enough to make ``result`` again (the plan cache): the smoothing's
+    # alpha (one, or {site tensor: alpha}; None: not smoothed) and the sensitivity pass's nodes
+    choices: Optional[dict] = None
 
     def plan(self, proto, weights) -> tuple:
         """(fp32 proto, its weights, keep_fp32, blockwise, paired, rowwise): what :func:`quantize_dynamic_int8` turned into
@@ -258,19 +261,58 @@ def _step(name: str, m: Measurement, **extra) -> dict:
             "figures": m.figures(), **extra}
 
 
-def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
+def activation_statistics(proto, weights: list, sites: list, feedforwards: list, judge: Judge) -> tuple:
+    """(samples, absmax) of the smoothing sites' and feedforwards' activations over the judge's cases (one fp32
+    run each): :func:`bertc.optimize.smoothing.collect_samples` and each tensor's per-channel max |value|."""
+    from bertc.backends import onnx_feeds
+    from bertc.optimize.smoothing import collect_samples
+
+    tensors = [s.tensor for s in sites] + [f.tensor for f in feedforwards]
+    fp32 = session_of(with_outputs(proto, tensors), weights)
+
+    def run_with_outputs(names, inputs):
+        return fp32.run(names, onnx_feeds(fp32, inputs))
+
+    samples = collect_samples(run_with_outputs, tensors, [c.inputs for c in judge.cases])
+    absmax = {n: np.max([np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in zip(v.lows, v.highs)], axis=0)
+              for n, v in samples.items()}
+    return samples, absmax
+
+
+def tune_int8(proto, weights: Optional[list], judge: Judge, log=None, cache: bool = False) -> Tuned:
     """The int8 graph of the fp32 optimized graph ``proto`` (+ ``weights`` beside it), tuned until the
-    criteria hold (see the module docstring)."""
+    criteria hold (see the module docstring).
+
+    ``cache``: the choices of a tuning that went past plain int8 are kept per host in bertc's cache folder
+    (:func:`bertc.optimize.quantize.cache_dir`, ``int8_tuning/``), keyed by everything they depend on (the
+    graph, every weight, the calibration inputs, the criteria, the host's int8 kernels and ONNX Runtime,
+    bertc's version). A build of the same graph, weights and inputs then rebuilds the graph of those
+    choices and measures it once; when its figures are those the tuning measured, that is the result (the
+    report's ``cache`` says so), else the tuning runs again."""
+    say = log or (lambda text: None)
+
+    def status(text: str) -> None:   # a long build's status line (bertc.pipeline.Stages.status)
+        say(f"int8 tuning: {text}")
+
+    key = plan_key(proto, weights, judge) if cache and cache_folder() is not None else None
+    if key is not None:
+        plan = cached_plan(key)
+        if plan is not None:
+            status("the choices of an earlier build of this graph, weights and inputs")
+            tuned = _replay(plan, proto, weights, judge, key)
+            if tuned is not None:
+                return tuned
+    tuned = _tune(proto, weights, judge, status)
+    if key is not None and tuned.section.get("steps") and len(tuned.section["steps"]) > 2:
+        store_plan(key, tuned)
+    return tuned
+
+
+def _tune(proto, weights: Optional[list], judge: Judge, log) -> Tuned:
     from bertc.optimize.quantize import (cheaper_forms, form_costs_source, int8_form_costs, quantizable_nodes,
                                          quantize_dynamic_int8, weight_shapes)
     from bertc.optimize.sensitivity import BLOCKS, ROWS, relax, select_fp32
-    from bertc.optimize.smoothing import (choose_alphas, collect_samples, find_feedforwards, find_sites, smooth,
-                                          split_outliers)
-
-    say = log or (lambda text: None)
-
-    def log(text: str) -> None:   # a long build's status line (bertc.pipeline.Stages.status)
-        say(f"int8 tuning: {text}")
+    from bertc.optimize.smoothing import choose_alphas, find_feedforwards, find_sites, smooth, split_outliers
 
     t0 = time.perf_counter()
     log("plain dynamic int8")
@@ -294,18 +336,8 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     sites, feedforwards = find_sites(base_proto, base_weights), find_feedforwards(base_proto, base_weights)
     best = ("plain", base_proto, base_weights, m_plain, {}, None, [])
     if sites or feedforwards:
-        tensors = [s.tensor for s in sites] + [f.tensor for f in feedforwards]
-        fp32 = session_of(with_outputs(base_proto, tensors), base_weights)
-        from bertc.backends import onnx_feeds
-
-        def run_with_outputs(names, inputs):
-            return fp32.run(names, onnx_feeds(fp32, inputs))
-
         log("calibration statistics of the activations")
-        samples = collect_samples(run_with_outputs, tensors, [c.inputs for c in judge.cases])
-        del fp32
-        absmax = {n: np.max([np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in zip(v.lows, v.highs)], axis=0)
-                  for n, v in samples.items()}
+        samples, absmax = activation_statistics(base_proto, base_weights, sites, feedforwards, judge)
         per_site = choose_alphas(sites, base_weights, samples, absmax)
         for alpha in (per_site, *ALPHAS):
             label = "per activation (least int8 product error)" if isinstance(alpha, dict) else alpha
@@ -319,7 +351,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
             log(f"smoothing alpha {label}, {len(split)} outlier split(s): {m.worst()}")
             if m.score < best[3].score:
                 best = (f"smoothing alpha {label}", s_proto, s_weights, m,
-                        {"sites": applied, "outlier_channels": split, "side": side}, label, side)
+                        {"sites": applied, "outlier_channels": split, "side": side, "alpha": alpha}, label, side)
             # this alpha's graph and int8 weights go before the next alpha's are made (the best is in ``best``),
             # and are not kept through the sensitivity pass: a base-size model's weights are 0.4 GB a copy
             s_proto = s_weights = q = None
@@ -377,7 +409,9 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None) -> Tuned:
     section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking, paired=True,
                        rows=rows, costs=costs, tried=tried, timed=timed)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
-                 keep + side, list(blocks), paired=True, rowwise=list(rows))
+                 keep + side, list(blocks), paired=True, rowwise=list(rows),
+                 choices={"alpha": (applied or {}).get("alpha"), "keep_fp32": list(keep), "blockwise": list(blocks),
+                          "rowwise": list(rows)})
 
 
 def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: list, alpha, applied: list,
@@ -451,6 +485,130 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
         "row_wise_by_sensitivity": row_wise,
         "steps": steps, "graphs_measured": judge.measured, "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+# --- the plan cache (tune_int8(cache=True)) -----------------------------------------------------------------
+
+PLAN_VERSION = 1      # part of the key: bump it when the tuning's choices or their replay change
+PLAN_FOLDER = "int8_tuning"
+PLANS_KEPT = 16       # the most recent plans kept; older ones are deleted
+
+
+def cache_folder() -> Optional[Path]:
+    from bertc.optimize.quantize import cache_dir
+
+    folder = cache_dir()
+    return None if folder is None else folder / PLAN_FOLDER
+
+
+def plan_key(proto, weights: Optional[list], judge: Judge) -> str:
+    """sha256 of everything the tuning's choices depend on (see :func:`tune_int8`)."""
+    import hashlib
+    import json
+
+    import bertc
+    from bertc.optimize.quantize import form_host_key
+
+    h = hashlib.sha256()
+
+    def add(text: str) -> None:
+        h.update(text.encode())
+        h.update(b"\0")
+
+    add(f"bertc {bertc.__version__} plan v{PLAN_VERSION} | {form_host_key()} | margin {TARGET_MARGIN}")
+    add(json.dumps(judge.sig.to_json(), sort_keys=True, default=str))
+    add(repr(judge.spec.parity.task))
+    h.update(_shell(proto).SerializeToString(deterministic=True))
+    for t in proto.graph.initializer:
+        h.update(t.SerializeToString(deterministic=True))
+    for name, array in weights or []:
+        a = np.ascontiguousarray(array)
+        add(f"{name} {a.dtype} {a.shape}")
+        h.update(memoryview(a).cast("B"))
+    for case in judge.cases:
+        add(case.label)
+        for k in sorted(case.inputs):
+            a = np.ascontiguousarray(case.inputs[k])
+            add(f"{k} {a.dtype} {a.shape}")
+            h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def cached_plan(key: str) -> Optional[dict]:
+    import json
+
+    folder = cache_folder()
+    try:
+        plan = json.loads((folder / f"{key}.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    ok = isinstance(plan, dict) and plan.get("key") == key and isinstance(plan.get("choices"), dict) and \
+        isinstance(plan.get("section"), dict) and isinstance(plan.get("figures"), dict)
+    return plan if ok else None
+
+
+def store_plan(key: str, tuned: Tuned) -> None:
+    """Write ``tuned``'s choices beside its figures and report section (atomically; a folder that cannot be
+    written is skipped), and delete all but the :data:`PLANS_KEPT` most recent plans."""
+    import datetime
+    import json
+    import os
+
+    folder = cache_folder()
+    if folder is None or tuned.choices is None:
+        return
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    plan = {"what": "bertc's int8 tuning choices for one graph, weights and inputs on one host "
+                    "(bertc.optimize.int8_tuning.tune_int8); delete this folder to tune again",
+            "key": key, "made": now, "paired": tuned.paired, "choices": tuned.choices,
+            "figures": tuned.measurement.figures(), "section": tuned.section}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{key}.json"
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(plan, indent=1, default=str))
+        os.replace(tmp, path)
+        plans = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in plans[PLANS_KEPT:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _replay(plan: dict, proto, weights: Optional[list], judge: Judge, key: str) -> Optional[Tuned]:
+    """The graph of a cached plan's choices, measured once: a :class:`Tuned` when its figures are the plan's,
+    else None (the tuning runs again)."""
+    from bertc.optimize.quantize import quantize_dynamic_int8
+    from bertc.optimize.smoothing import find_feedforwards, find_sites, smooth, split_outliers
+
+    t0 = time.perf_counter()
+    choices = plan["choices"]
+    keep, blocks, rows = (list(choices.get(k) or []) for k in ("keep_fp32", "blockwise", "rowwise"))
+    alpha = choices.get("alpha")
+    b_proto, b_weights = split_all(proto, weights)
+    side, smoothed = [], None
+    try:
+        if alpha is not None:
+            sites, feedforwards = find_sites(b_proto, b_weights), find_feedforwards(b_proto, b_weights)
+            _, absmax = activation_statistics(b_proto, b_weights, sites, feedforwards, judge)
+            b_proto, b_weights, _ = smooth(b_proto, b_weights, sites, absmax, alpha)
+            b_proto, b_weights, _, side = split_outliers(b_proto, b_weights, feedforwards, absmax)
+            smoothed = (b_proto, b_weights)
+        final = quantize_dynamic_int8(b_proto, b_weights, keep + side, blockwise=blocks, paired=True, rowwise=rows)
+    except (KeyError, TypeError, ValueError):   # a plan this graph does not fit: tune
+        return None
+    m = judge.measure(final.proto, final.weights, "the cached plan")
+    if m.figures() != plan["figures"]:
+        return None
+    section = {**plan["section"], "seconds": round(time.perf_counter() - t0, 3),
+               "cache": {"plan": str(cache_folder() / f"{key}.json"), "made": plan.get("made"),
+                         "tuning_seconds": plan["section"].get("seconds"),
+                         "graphs_measured_then": plan["section"].get("graphs_measured"),
+                         "what": "the choices of an earlier tuning of this graph, weights and calibration inputs on "
+                                 "this host, rebuilt and measured once: the same figures"}}
+    section["graphs_measured"] = 1
+    return Tuned(final, section, m.passes, m, smoothed, [], keep + side, blocks, paired=True, rowwise=rows,
+                 choices=dict(choices))
 
 
 def latency_pair(spec, runner_of, fp32_path: Path, int8_path: Path, batch: int, seq: int, rounds: int, calls: int,

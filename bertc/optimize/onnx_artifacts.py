@@ -213,7 +213,7 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
         else:
             from bertc.optimize.int8_tuning import tune_int8
 
-            tuned = tune_int8(proto, weights, judge, log)
+            tuned = tune_int8(proto, weights, judge, log, cache=True)
         int8_plan = tuned.plan(proto, weights) if tuned is not None else None
     if structure["passed"] and any(v.startswith("onnx_packed") for v in variants):   # bertc/optimize/padding_free.py
         import sys
@@ -282,7 +282,7 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
         else:
             from bertc.optimize.int8_tuning import tune_int8
 
-            tuned = tune_int8(proto, weights, judge, log)
+            tuned = tune_int8(proto, weights, judge, log, cache=True)
             result, tuning = tuned.result, {**tuned.section, "sources": inputs or {}}
             if not tuned.passed and not required:
                 entry = {"dropped": {
