@@ -729,6 +729,7 @@ def reference_runs(monkeypatch) -> dict:
 def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras, monkeypatch, capfd):
     runs = reference_runs(monkeypatch)
     monkeypatch.setattr("bertc.run_io.stderr_is_terminal", lambda: True)   # the live status line of a terminal
+    monkeypatch.setenv("BERTC_CACHE_DIR", str(tmp_path / "cache"))   # no plan of another test's build of this spec
     rc, out = _build(tmp_path, outlier_spec(), outlier_keras, quiet=False)
     assert rc == 0
     err = capfd.readouterr().err
@@ -745,6 +746,14 @@ def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras, mon
     assert report["parity"]["passed"] and "dropped_variants" not in report
     assert "onnx_int8: int8 tuning: smoothing; pair-limited 8-bit weights" in (out / "summary.txt").read_text()
     assert q["weight_range"] == [-127, 127] and q["pair_limit"] == 128 and q["reduce_range"] is False
+    # built again (another OUT): the tuning's choices replayed and measured once, the same int8 file
+    rc, again = _build(tmp_path / "again", outlier_spec(), outlier_keras, quiet=False)
+    assert rc == 0
+    assert "int8 tuning: the choices of an earlier build" in capfd.readouterr().err
+    tuning = json.loads((again / "report.json").read_text())["artifacts"]["onnx_int8"]["quantization"]["tuning"]
+    assert tuning["graphs_measured"] == 1 and tuning["cache"]["plan"].startswith(str(tmp_path / "cache"))
+    assert "the choices of an earlier build's tuning" in (again / "summary.txt").read_text()
+    assert (again / "model.optimized.int8.onnx").read_bytes() == (out / "model.optimized.int8.onnx").read_bytes()
 
 
 def test_unrequested_variant_that_misses_is_dropped_and_a_requested_one_fails(tmp_path, outlier_keras, capfd):
