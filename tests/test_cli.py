@@ -216,3 +216,23 @@ def test_build_records_the_skip_in_report_and_summary(tmp_spec, tmp_path, monkey
                                 "skipped": "no optimized ONNX artifact: onnxruntime is not installed "
                                            "(pip install -e '.[cpu]')"}
     assert "onnxruntime is not installed" in (out / "summary.txt").read_text()
+
+
+def test_status_line_fits_the_terminal_and_is_cleared(monkeypatch, capsys):
+    """A long stage's status line (bertc build on a terminal): cut to the terminal's width, overwritten in place,
+    cleared before the next line; nothing at all when stderr is not a terminal."""
+    from bertc.cli import _StatusLine
+
+    monkeypatch.setenv("COLUMNS", "48")
+    line = _StatusLine(True)
+    line("optimize onnx", 12.4, "int8 tuning: each MatMul alone in fp32, 23/48")
+    line.clear()
+    line.clear()   # once is enough
+    err = capsys.readouterr().err
+    shown = err.split("\r\x1b[K")
+    full = "  ..  optimize onnx         12s  int8 tuning: each MatMul alone in fp32, 23/48"
+    assert shown[0] == "" and shown[1] == full[:44] + "..." and shown[2:] == [""]   # under the 48 columns
+    quiet = _StatusLine(False)
+    quiet("optimize onnx", 1.0, "anything")
+    quiet.clear()
+    assert capsys.readouterr().err == ""

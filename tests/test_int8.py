@@ -729,6 +729,7 @@ def reference_runs(monkeypatch) -> dict:
 def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras, monkeypatch, capfd):
     runs = reference_runs(monkeypatch)
     monkeypatch.setattr("bertc.run_io.stderr_is_terminal", lambda: True)   # the live status line of a terminal
+    monkeypatch.setenv("COLUMNS", "200")   # ... cut to the terminal's width
     monkeypatch.setenv("BERTC_CACHE_DIR", str(tmp_path / "cache"))   # no plan of another test's build of this spec
     rc, out = _build(tmp_path, outlier_spec(), outlier_keras, quiet=False)
     assert rc == 0
