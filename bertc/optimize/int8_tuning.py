@@ -303,8 +303,8 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None, cache: boo
             if tuned is not None:
                 return tuned
     tuned = _tune(proto, weights, judge, status)
-    if key is not None and tuned.section.get("steps") and len(tuned.section["steps"]) > 2:
-        store_plan(key, tuned)
+    if key is not None:
+        store_plan(key, tuned)   # when it went past plain int8 (``choices``)
     return tuned
 
 
@@ -521,16 +521,17 @@ def plan_key(proto, weights: Optional[list], judge: Judge) -> str:
     h.update(_shell(proto).SerializeToString(deterministic=True))
     for t in proto.graph.initializer:
         h.update(t.SerializeToString(deterministic=True))
-    for name, array in weights or []:
-        a = np.ascontiguousarray(array)
+    def add_array(name: str, array) -> None:
+        a = np.asarray(array)
         add(f"{name} {a.dtype} {a.shape}")
-        h.update(memoryview(a).cast("B"))
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+    for name, array in weights or []:
+        add_array(name, array)
     for case in judge.cases:
         add(case.label)
         for k in sorted(case.inputs):
-            a = np.ascontiguousarray(case.inputs[k])
-            add(f"{k} {a.dtype} {a.shape}")
-            h.update(memoryview(a).cast("B"))
+            add_array(k, case.inputs[k])
     return h.hexdigest()
 
 
