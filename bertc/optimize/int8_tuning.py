@@ -286,7 +286,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None, cache: boo
     ``cache``: the choices of a tuning that went past plain int8 are kept per host in bertc's cache folder
     (:func:`bertc.optimize.quantize.cache_dir`, ``int8_tuning/``), keyed by everything they depend on (the
     graph, every weight, the calibration inputs, the criteria, the host's int8 kernels and ONNX Runtime,
-    bertc's version). A build of the same graph, weights and inputs then rebuilds the graph of those
+    bertc's version and tuning code). A build of the same graph, weights and inputs then rebuilds the graph of those
     choices and measures it once; when its figures are those the tuning measured, that is the result (the
     report's ``cache`` says so), else the tuning runs again."""
     say = log or (lambda text: None)
@@ -502,7 +502,8 @@ def cache_folder() -> Optional[Path]:
 
 
 def plan_key(proto, weights: Optional[list], judge: Judge) -> str:
-    """sha256 of everything the tuning's choices depend on (see :func:`tune_int8`)."""
+    """sha256 of everything the tuning's choices depend on (see :func:`tune_int8`), the source of the modules
+    that make them included (a changed bertc tunes again, whatever its version says)."""
     import hashlib
     import json
 
@@ -516,6 +517,8 @@ def plan_key(proto, weights: Optional[list], judge: Judge) -> str:
         h.update(b"\0")
 
     add(f"bertc {bertc.__version__} plan v{PLAN_VERSION} | {form_host_key()} | margin {TARGET_MARGIN}")
+    for module in ("int8_tuning", "quantize", "sensitivity", "smoothing"):   # the code that chooses and rebuilds
+        h.update((Path(__file__).parent / f"{module}.py").read_bytes())
     add(json.dumps(judge.sig.to_json(), sort_keys=True, default=str))
     add(repr(judge.spec.parity.task))
     h.update(_shell(proto).SerializeToString(deterministic=True))
