@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -265,20 +265,28 @@ def _result(spec: Spec, backend: Backend, info: OutputInfo) -> OutputParity:
 
 
 def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backend],
-            runners: dict[str, Runner], cases: Optional[list[Case]] = None) -> list[OutputParity]:
+            runners: dict[str, Runner], cases: Optional[list[Case]] = None,
+            progress: Optional[Callable[[str], None]] = None) -> list[OutputParity]:
     """Every backend x output against ``reference`` over the grid. ``runners`` holds the backends that
-    loaded; a backend without one keeps whatever load error its results already carry."""
+    loaded; a backend without one keeps whatever load error its results already carry. ``progress(text)``:
+    before each run, which (a build's status line: minutes at long sequences)."""
     cases = grid_cases(spec) if cases is None else cases
+    say = progress or (lambda text: None)
     results = {(b.name, o.name): _result(spec, b, o) for b in backends for o in sig.outputs}
     sums = {key: [0.0, 0] for key in results}
     agree = {key: [0, 0] for key in results}
     scores: dict = {}   # one-class logits: (backend's, reference's) scores of every row of every case
-    refs = [reference(case.inputs) for case in cases]   # outputs only: small beside any model
+    refs = []   # outputs only: small beside any model
+    for i, case in enumerate(cases):
+        say(f"keras reference, case {i + 1}/{len(cases)} ({case.label})")
+        refs.append(reference(case.inputs))
     for backend in backends:   # one backend at a time: ``runners`` may open each lazily and let it go after
+        say(f"{backend.name}: loading")
         run = runners.get(backend.name)
         if run is None:
             continue
-        for case, ref in zip(cases, refs):
+        for i, (case, ref) in enumerate(zip(cases, refs)):
+            say(f"{backend.name}, case {i + 1}/{len(cases)} ({case.label})")
             mask = case.inputs["input_mask"]
             try:
                 got = run(case.inputs)
@@ -404,7 +412,8 @@ class OneAtATime:
 
 
 def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict,
-               cases: Optional[list] = None, reference: Optional[Runner] = None) -> dict:
+               cases: Optional[list] = None, reference: Optional[Runner] = None,
+               progress: Optional[Callable[[str], None]] = None) -> dict:
     """Parity of the artifacts listed in ``artifacts`` (``report["artifacts"]``) in ``out_dir`` against
     ``model``: the report section, with ``passed`` false (and every problem listed) when any backend
     disagrees or cannot be loaded. ``cases`` (:class:`Case` objects or (name, inputs) pairs, e.g.
@@ -413,7 +422,7 @@ def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict
     backends, skipped = plan_backends(Path(out_dir), artifacts)
     runners = OneAtATime(backends)
     cases = grid_cases(spec) if cases is None else [c if isinstance(c, Case) else Case.given(*c) for c in cases]
-    results = compare(spec, sig, reference or keras_runner(model), backends, runners, cases)
+    results = compare(spec, sig, reference or keras_runner(model), backends, runners, cases, progress)
     load_errors = runners.errors
     for r in results:
         if r.backend in load_errors:

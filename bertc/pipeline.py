@@ -323,7 +323,8 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
 
         with stages.stage("parity") as note:
             cases = calibration.get()
-            section = run_parity(spec, sig, model, out, artifacts, cases.cases, reference=cases.reference(model))
+            section = run_parity(spec, sig, model, out, artifacts, cases.cases, reference=cases.reference(model),
+                                 progress=stages.status)
             section["inputs"] = cases.sources
             dropped = drop_failed_variants(section, artifacts, requested, out)
             if dropped:

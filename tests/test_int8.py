@@ -736,6 +736,7 @@ def test_default_int8_is_tuned_and_the_build_passes(tmp_path, outlier_keras, mon
     err = capfd.readouterr().err
     for step in ("plain dynamic int8", "smoothing, alpha per activation"):   # each step named as it starts
         assert re.search(rf"\r\x1b\[K  \.\.  optimize onnx +\d+s  int8 tuning: {step}", err), step
+    assert re.search(r"\r\x1b\[K  \.\.  parity +\d+s  onnx_int8_cpu, case \d+/\d+ \(batch", err)   # parity too
     ok = next(line for line in err.split("\n") if "optimize onnx" in line and " ok " in line)
     assert ok.split("\r\x1b[K")[-1].startswith("  ok  optimize onnx")   # the status line cleared, then the stage's
     # the tuning's judge and parity share one Keras run per case (parity's cases: the grid, as the tuning's)
