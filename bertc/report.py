@@ -36,7 +36,9 @@ def fusion_section(result) -> dict:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    """``text`` into ``path`` whole or not at all: written beside it (a name of this process's own: two
+    processes may write one shared cache file) and renamed over it."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     tmp.write_text(text)
     os.replace(tmp, path)
 

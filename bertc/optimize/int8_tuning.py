@@ -556,7 +556,8 @@ def store_plan(key: str, tuned: Tuned) -> None:
     written is skipped), and delete all but the :data:`PLANS_KEPT` most recent plans."""
     import datetime
     import json
-    import os
+
+    from bertc.report import write_text_atomic
 
     folder = cache_folder()
     if folder is None or tuned.choices is None:
@@ -568,10 +569,7 @@ def store_plan(key: str, tuned: Tuned) -> None:
             "figures": tuned.measurement.figures(), "section": tuned.section}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{key}.json"
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(plan, indent=1, default=str))
-        os.replace(tmp, path)
+        write_text_atomic(folder / f"{key}.json", json.dumps(plan, indent=1, default=str))
         plans = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in plans[PLANS_KEPT:]:
             old.unlink(missing_ok=True)

@@ -224,7 +224,8 @@ def _store_form_costs(key: str, costs: dict) -> None:
     concurrent build loses at most its own entry); a cache that cannot be written is skipped."""
     import datetime
     import json
-    import os
+
+    from bertc.report import write_text_atomic
 
     folder = cache_dir()
     if folder is None:
@@ -244,9 +245,7 @@ def _store_form_costs(key: str, costs: dict) -> None:
             host = data["hosts"][form_host_key()] = {}
         now = datetime.datetime.now(datetime.timezone.utc)
         host[key] = {"ms": costs, "measured": now.strftime("%Y-%m-%d %H:%M UTC")}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError:
         pass
 
