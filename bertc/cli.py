@@ -115,7 +115,12 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibration, opset, int64_inputs, keep_saved_model,
           init_from, weights, no_onnx, no_tflite, skip_preflight, memory_limit, quiet, as_json):
-    """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/."""
+    """Build SPEC: graph, numeric validation, ONNX + TFLite export, parity; write OUT/.
+
+    \b
+    The int8 tuning keeps its choices and its int8 timings per host in ~/.cache/bertc
+    ($BERTC_CACHE_DIR or $XDG_CACHE_HOME/bertc; BERTC_CACHE_DIR=off keeps none): a build of the
+    same graph, weights and calibration text replays them and measures the result once."""
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
 
