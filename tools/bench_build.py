@@ -2,6 +2,7 @@
 """Time every stage of `bertc build` and its peak memory; print and save the figures.
 
     python tools/bench_build.py specs/bert_base_classifier.json [--out DIR] [--no-parity] [--results FILE]
+                                                                [--reuse-plans]
 
 The build runs in a child process under ``/usr/bin/time -v`` (wall clock, CPU time, peak RSS of the
 largest process as the kernel counts it). Inside the child, each stage reports its duration, the
@@ -10,7 +11,9 @@ peak of the build's processes together (the TFLite converter of a large model ru
 the ONNX export): the sum of their RSS, sampled every 20 ms; the build's peak is the larger of the two. The machine's
 load (``uptime``) is recorded before and after: on a shared machine wall time depends on it, CPU
 time much less. Results go to tools/results/<spec name>.json (or --results FILE), with the
-exact command, the weight bytes and peak RSS / weight bytes.
+exact command, the weight bytes and peak RSS / weight bytes. The build tunes its int8 afresh (a cache folder of
+its own, seeded with this host's int8 form timings), unless ``--reuse-plans``: a replayed plan would hide
+the tuning's time and memory (README, "The tuning's choices are kept").
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,6 +190,9 @@ def main() -> int:
     parser.add_argument("--skip-preflight", action="store_true",
                         help="build even if the preflight estimate exceeds the memory available")
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--reuse-plans", action="store_true",
+                        help="let the build replay an int8 tuning plan of an earlier build (by default it tunes "
+                             "afresh: a cache folder of its own, with only this host's int8 form timings)")
     parser.add_argument("--child-result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_result:
@@ -201,8 +208,18 @@ def main() -> int:
         if args.skip_preflight:
             cmd.append("--skip-preflight")
         timed = ["/usr/bin/time", "-v"] + cmd
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if not args.reuse_plans:   # the tuning's time and memory are part of what is measured
+            sys.path.insert(0, str(ROOT))
+            from bertc.optimize.quantize import FORM_CACHE, cache_dir
+
+            host_cache, fresh = cache_dir(), Path(tmp) / "cache"
+            fresh.mkdir()
+            if host_cache is not None and (host_cache / FORM_CACHE).exists():
+                shutil.copy(host_cache / FORM_CACHE, fresh / FORM_CACHE)
+            env["BERTC_CACHE_DIR"] = str(fresh)
         load_before = _uptime()
-        proc = subprocess.run(timed, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(timed, stderr=subprocess.PIPE, text=True, env=env)
         load_after = _uptime()
         stages_text = "\n".join(line for line in proc.stderr.splitlines() if re.match(r"^\S.*\d+\.\d\ds  peak RSS", line))
         print(stages_text)
@@ -218,7 +235,8 @@ def main() -> int:
     result.update({
         "command": " ".join(["PYTHONPATH=.", "/usr/bin/time", "-v", sys.executable, "tools/bench_build.py", str(args.spec)]
                             + (["--no-parity"] if args.no_parity else [])
-                            + (["--skip-preflight"] if args.skip_preflight else [])),
+                            + (["--skip-preflight"] if args.skip_preflight else [])
+                            + (["--reuse-plans"] if args.reuse_plans else [])),
         "time_v": timing, "wall_seconds": timing.get("wall_seconds"),
         "cpu_seconds": round(float(timing.get("user_seconds", 0)) + float(timing.get("system_seconds", 0)), 2),
         "peak_rss_mb": round(peak / 2**20, 1), "largest_process_rss_mb": round(int(timing.get("max_rss_kb", 0)) / 1024, 1),
