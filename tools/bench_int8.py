@@ -245,6 +245,7 @@ def bench_minilm(args, work: Path) -> dict:
                             "activations": len((tuning.get("smoothing") or {}).get("sites") or []),
                             "outlier_channels": (tuning.get("smoothing") or {}).get("outlier_channels")},
               "tuning_seconds": tuning.get("seconds"), "graphs_measured": tuning.get("graphs_measured"),
+              "replayed_plan": tuning.get("cache"),   # the choices of an earlier build, measured once (README)
               "parity": int8_parity(report), "in_build_speed": (art or {}).get("quantization", {}).get("speed")}
     if art is not None:
         result["by_inputs"] = per_input_figures(built, report)
@@ -307,7 +308,7 @@ def bench_bert_base(args, work: Path) -> dict:
                         "tuning": tuning.get("tuning"), "kept_fp32": tuning.get("kept_fp32_by_sensitivity"),
                         "block_wise_int8": (tuning.get("block_wise_by_sensitivity") or {}).get("nodes"),
                         "row_wise_int8": (tuning.get("row_wise_by_sensitivity") or {}).get("nodes"),
-                        "tuning_seconds": tuning.get("seconds"),
+                        "tuning_seconds": tuning.get("seconds"), "replayed_plan": tuning.get("cache"),
                         "int8_sha256": sha256(built / art["path"]) if art else None, "dir": str(built)}
     files = {"fp32_optimized": Path(result["after"]["dir"]) / "model.optimized.onnx",
              "int8_after": Path(result["after"]["dir"]) / "model.optimized.int8.onnx"}
