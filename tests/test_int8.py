@@ -20,14 +20,14 @@ from bertc.build import build_model
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED
 from bertc.inputs import make_inputs
-from bertc.optimize.int8_tuning import Judge, session_of, split_all, tune_int8, with_outputs
+from bertc.optimize.int8_tuning import Judge, activation_statistics, session_of, split_all, tune_int8, with_outputs
 from bertc.optimize.lower import lower_model
 from bertc.optimize.quantize import (BLOCK_SIZE, FORM_GAIN, PAIR_LIMIT, QMAX, REDUCED_QMAX, block_int8_available, cheaper_forms,
                                      int8_form_costs, pair_sums, quantizable_nodes, quantize_blocks, quantize_columns, quantize_columns_paired,
                                      quantize_dynamic_int8)
 from bertc.optimize.sensitivity import BLOCK_ALLOWANCE, BLOCKS, ROWS, relax, select_fp32
-from bertc.optimize.smoothing import (activation_absmax, find_feedforwards, find_sites, outlier_channels, smooth,
-                                      split_outliers)
+from bertc.optimize.smoothing import (SAMPLE_ROWS, activation_absmax, collect_samples, find_feedforwards, find_sites,
+                                      outlier_channels, smooth, split_outliers)
 from bertc.parity import grid_cases, rank_agreement
 from bertc.signature import signature_of
 from bertc.spec import load_spec
@@ -251,6 +251,25 @@ def test_outlier_channels_are_the_few_far_above_the_rest():
     x[[7, 9]] = [30.0, 12.0]
     assert outlier_channels(x).tolist() == [7, 9]
     assert outlier_channels(np.linspace(1, 2.5, 64)).tolist() == []
+
+
+def test_only_the_tensors_that_need_sample_rows_keep_them_and_theirs_do_not_change():
+    rng = np.random.default_rng(3)
+    outputs = [{"a": rng.normal(size=(2, 300, 8)), "b": rng.normal(size=(1, 5, 16)), "c": rng.normal(size=(3, 200, 4))}
+               for _ in range(3)]
+    feeds = [{"case": i} for i in range(3)]
+
+    def run(names, feed):
+        return [outputs[feed["case"]][n] for n in names]
+
+    every = collect_samples(run, ["a", "b", "c"], feeds)
+    some = collect_samples(run, ["a", "b", "c"], feeds, rows_of={"c"})
+    assert [len(some[n].rows) for n in "abc"] == [0, 0, 3]
+    assert all(np.array_equal(x, y) for x, y in zip(every["c"].rows, some["c"].rows))
+    assert [x.shape for x in some["c"].rows] == [(SAMPLE_ROWS, 4)] * 3
+    for n in "abc":   # the ranges are kept for every tensor
+        assert all(np.array_equal(x, y) for x, y in zip(every[n].lows + every[n].highs, some[n].lows + some[n].highs))
+        assert np.array_equal(some[n].highs[0], outputs[0][n].reshape(-1, outputs[0][n].shape[-1]).max(axis=0))
 
 
 def test_smoothing_raises_the_int8_cosine(ln_outliers):
@@ -581,6 +600,40 @@ def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):
     assert all(m["precision"] in ("int8", "int8_row", "int8_block", "fp32") and m["why"] for m in nodes.values())
     assert section["figures"]["sentence_embedding"]["min_cosine"] >= MIN_COSINE
     assert section["inputs"] == [c.label for c in grid_cases(spec)]
+
+
+def test_the_best_smoothing_is_made_again_after_a_later_alpha_was_measured(ln_outliers, monkeypatch):
+    """The tuning holds one smoothed copy of the weights at a time: when an earlier alpha than the last one
+    measured scored best, its graph is made again, and it is that alpha's graph, not the last one's."""
+    spec, built = ln_outliers
+    judge = judge_of(spec, built)
+    real = judge.measure
+
+    def measure(proto, weights, label=""):   # the per-activation alphas score best, no alpha meets the target
+        m = real(proto, weights, label)
+        if label.startswith("smoothing alpha"):
+            m.score = 0.001 if "per activation" in label else 0.5
+        return m
+
+    monkeypatch.setattr(judge, "measure", measure)
+    proto, weights = _lowered(built)
+    tuned = tune_int8(proto, weights, judge)
+    assert isinstance(tuned.choices["alpha"], dict)
+    assert [s["step"].split(";")[0] for s in tuned.section["steps"] if s["step"].startswith("smoothing")][-1] == \
+        "smoothing, alpha 0.8"
+
+    def smoothed(alpha):
+        base_proto, base_weights = split_all(proto, weights)
+        sites, feedforwards = find_sites(base_proto, base_weights), find_feedforwards(base_proto, base_weights)
+        _, absmax = activation_statistics(base_proto, base_weights, sites, feedforwards, judge, rows=False)
+        s_proto, s_weights, _ = smooth(base_proto, base_weights, sites, absmax, alpha)
+        return split_outliers(s_proto, s_weights, feedforwards, absmax)[1]
+
+    def same(a, b):
+        return [n for n, _ in a] == [n for n, _ in b] and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
+
+    assert same(tuned.smoothed[1], smoothed(tuned.choices["alpha"]))
+    assert not same(tuned.smoothed[1], smoothed(0.8))
 
 
 def _same_graph(a, b) -> bool:

@@ -261,21 +261,63 @@ def _step(name: str, m: Measurement, **extra) -> dict:
             "figures": m.figures(), **extra}
 
 
-def activation_statistics(proto, weights: list, sites: list, feedforwards: list, judge: Judge) -> tuple:
+def with_ranges(proto, names: list[str]):
+    """A shell of ``proto`` whose graph also outputs, for each tensor of ``names``, its per-channel min and max
+    over every row (``{name}/bertc_low``, ``/bertc_high``: the last axis is the channel) and its shape as
+    rows x channels (``/bertc_rows``), computed in the graph: ONNX Runtime then never holds the tensors themselves
+    as outputs (the feedforwards' are four hidden sizes wide, for every token of a calibration batch)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = with_outputs(proto, [])
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 17)
+    axes = "bertc_range_axes"
+    if opset >= 18:
+        out.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
+    for name in names:
+        flat, low, high, rows = (f"{name}/bertc_{part}" for part in ("flat", "low", "high", "rows"))
+        out.graph.node.append(helper.make_node("Flatten", [name], [flat], axis=-1))
+        for op, result in (("ReduceMin", low), ("ReduceMax", high)):
+            out.graph.node.append(helper.make_node(op, [flat, axes], [result], keepdims=0) if opset >= 18 else
+                                  helper.make_node(op, [flat], [result], axes=[0], keepdims=0))
+        out.graph.node.append(helper.make_node("Shape", [flat], [rows]))
+        out.graph.output.extend([helper.make_tensor_value_info(low, TensorProto.FLOAT, None),
+                                 helper.make_tensor_value_info(high, TensorProto.FLOAT, None),
+                                 helper.make_tensor_value_info(rows, TensorProto.INT64, None)])
+    return out
+
+
+def activation_statistics(proto, weights: list, sites: list, feedforwards: list, judge: Judge,
+                          rows: bool = True) -> tuple:
     """(samples, absmax) of the smoothing sites' and feedforwards' activations over the judge's cases (one fp32
-    run each): :func:`bertc.optimize.smoothing.collect_samples` and each tensor's per-channel max |value|."""
+    run each): :func:`bertc.optimize.smoothing.collect_samples` and each tensor's per-channel max |value|.
+
+    Sample rows are kept for the sites alone (what :func:`bertc.optimize.smoothing.choose_alphas` reads), and
+    for none unless ``rows``; a tensor without them is reduced to its ranges in the graph
+    (:func:`with_ranges`). The statistics' session is freed, and the heap it leaves returned to the system,
+    before this returns (README, "The tuning's memory")."""
     from bertc.backends import onnx_feeds
-    from bertc.optimize.smoothing import collect_samples
+    from bertc.memory import release
+    from bertc.optimize.smoothing import Ranges, collect_samples
 
     tensors = [s.tensor for s in sites] + [f.tensor for f in feedforwards]
-    fp32 = session_of(with_outputs(proto, tensors), weights)
+    sampled = {s.tensor for s in sites} if rows else set()
+    ranged = [n for n in dict.fromkeys(tensors) if n not in sampled]
+    fp32 = session_of(with_ranges(with_outputs(proto, sorted(sampled)), ranged), weights)
 
     def run_with_outputs(names, inputs):
-        return fp32.run(names, onnx_feeds(fp32, inputs))
+        wanted = [n for n in names if n in sampled]
+        for n in ranged:
+            wanted += [f"{n}/bertc_low", f"{n}/bertc_high", f"{n}/bertc_rows"]
+        got = dict(zip(wanted, fp32.run(wanted, onnx_feeds(fp32, inputs))))
+        return [got[n] if n in sampled else
+                Ranges(got[f"{n}/bertc_low"], got[f"{n}/bertc_high"], int(got[f"{n}/bertc_rows"][0]))
+                for n in names]
 
-    samples = collect_samples(run_with_outputs, tensors, [c.inputs for c in judge.cases])
+    samples = collect_samples(run_with_outputs, tensors, [c.inputs for c in judge.cases], rows_of=sampled)
     absmax = {n: np.max([np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in zip(v.lows, v.highs)], axis=0)
               for n, v in samples.items()}
+    del fp32, run_with_outputs
+    release()
     return samples, absmax
 
 
@@ -309,6 +351,7 @@ def tune_int8(proto, weights: Optional[list], judge: Judge, log=None, cache: boo
 
 
 def _tune(proto, weights: Optional[list], judge: Judge, log) -> Tuned:
+    from bertc.memory import release as release_memory
     from bertc.optimize.quantize import (cheaper_forms, form_costs_source, int8_form_costs, quantizable_nodes,
                                          quantize_dynamic_int8, weight_shapes)
     from bertc.optimize.sensitivity import BLOCKS, ROWS, relax, select_fp32
@@ -336,30 +379,44 @@ def _tune(proto, weights: Optional[list], judge: Judge, log) -> Tuned:
     sites, feedforwards = find_sites(base_proto, base_weights), find_feedforwards(base_proto, base_weights)
     best = ("plain", base_proto, base_weights, m_plain, {}, None, [])
     if sites or feedforwards:
+        plain = None   # made again below if it stays the result, rather than held beside every candidate
         log("calibration statistics of the activations")
         samples, absmax = activation_statistics(base_proto, base_weights, sites, feedforwards, judge)
         per_site = choose_alphas(sites, base_weights, samples, absmax)
+        samples = None   # the sample rows serve the choice of alphas alone: freed, and their heap returned
+        release_memory()
+        last = None   # (alpha, proto, weights) of the last alpha measured
         for alpha in (per_site, *ALPHAS):
             label = "per activation (least int8 product error)" if isinstance(alpha, dict) else alpha
             log(f"smoothing, alpha {label}")
+            last = None   # one smoothed copy of the weights at a time (a base-size model's: 0.4 GB)
             s_proto, s_weights, applied = smooth(base_proto, base_weights, sites, absmax, alpha)
             s_proto, s_weights, split, side = split_outliers(s_proto, s_weights, feedforwards, absmax)
             q = quantize_dynamic_int8(s_proto, s_weights, side, paired=True)
             m = judge.measure(q.proto, q.weights, f"smoothing alpha {label}")
+            q = None
             steps.append(_step(f"smoothing, alpha {label}; outlier channels apart in {len(split)} feedforward(s)", m,
                                sites=len(applied)))
             log(f"smoothing alpha {label}, {len(split)} outlier split(s): {m.worst()}")
-            if m.score < best[3].score:
-                best = (f"smoothing alpha {label}", s_proto, s_weights, m,
+            if m.score < best[3].score:   # its graph is made again below unless it is the last one measured
+                best = (f"smoothing alpha {label}", None, None, m,
                         {"sites": applied, "outlier_channels": split, "side": side, "alpha": alpha}, label, side)
-            # this alpha's graph and int8 weights go before the next alpha's are made (the best is in ``best``),
-            # and are not kept through the sensitivity pass: a base-size model's weights are 0.4 GB a copy
-            s_proto = s_weights = q = None
+            last, s_proto, s_weights = (alpha, s_proto, s_weights), None, None
             if m.meets_target:
                 break
+        if best[1] is None:   # smoothing won: the best alpha's graph (smoothing is deterministic)
+            chosen = best[4]["alpha"]
+            if last is not None and last[0] is chosen:
+                made = last[1:]
+            else:
+                last = None
+                s_proto, s_weights, _ = smooth(base_proto, base_weights, sites, absmax, chosen)
+                made = split_outliers(s_proto, s_weights, feedforwards, absmax)[:2]
+                s_proto = s_weights = None
+            best = (best[0], *made, *best[3:])
+            made = None
+        last = None
     name, b_proto, b_weights, m_best, applied, alpha, side = best
-    if applied:
-        plain = None   # the unsmoothed int8 graph is not the result
     keep, blocks, rows, ranking, costs, tried, timed = [], [], [], [], {}, {}, []
     if not m_best.meets_target:
         # 3. the sensitivity pass on the best graph so far: the most sensitive MatMuls in fp32, then each of
@@ -405,7 +462,8 @@ def _tune(proto, weights: Optional[list], judge: Judge, log) -> Tuned:
     if keep or blocks or rows:
         final = quantized(keep, blocks, rows)
     else:
-        final = quantize_dynamic_int8(b_proto, b_weights, side, paired=True) if applied else plain
+        final = quantize_dynamic_int8(b_proto, b_weights, side, paired=True) if applied else \
+            plain if plain is not None else quantize_dynamic_int8(proto, weights, paired=True)
     section = _section(judge, steps, candidates, keep, blocks, alpha, applied, m_best, t0, ranking, paired=True,
                        rows=rows, costs=costs, tried=tried, timed=timed)
     return Tuned(final, section, m_best.passes, m_best, (b_proto, b_weights) if applied else None, steps,
@@ -592,7 +650,7 @@ def _replay(plan: dict, proto, weights: Optional[list], judge: Judge, key: str) 
     try:
         if alpha is not None:
             sites, feedforwards = find_sites(b_proto, b_weights), find_feedforwards(b_proto, b_weights)
-            _, absmax = activation_statistics(b_proto, b_weights, sites, feedforwards, judge)
+            _, absmax = activation_statistics(b_proto, b_weights, sites, feedforwards, judge, rows=False)
             b_proto, b_weights, _ = smooth(b_proto, b_weights, sites, absmax, alpha)
             b_proto, b_weights, _, side = split_outliers(b_proto, b_weights, feedforwards, absmax)
             smoothed = (b_proto, b_weights)

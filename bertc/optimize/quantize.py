@@ -100,9 +100,11 @@ def pair_sums(q: np.ndarray) -> np.ndarray:
     """(K, N) weights (int or float) -> (ceil(K / 2), N): the larger same-sign magnitude sum of each pair of input rows
     (2i, 2i+1) of each column (K odd: the last row pairs with a zero), what an int16 ``vpmaddubsw`` adds."""
     v = np.asarray(q)
-    v = v.astype(np.int64 if np.issubdtype(v.dtype, np.integer) else np.float64)
-    v = np.pad(v, ((0, v.shape[0] % 2), (0, 0))).reshape(-1, 2, v.shape[1])
-    return np.maximum(np.clip(v, 0, None).sum(axis=1), np.clip(-v, 0, None).sum(axis=1))
+    v = v.astype(np.int64 if np.issubdtype(v.dtype, np.integer) else np.float64, copy=False)
+    if v.shape[0] % 2:
+        v = np.concatenate([v, np.zeros((1, v.shape[1]), v.dtype)])
+    a, b = v[0::2], v[1::2]
+    return np.maximum(np.maximum(a, 0) + np.maximum(b, 0), np.maximum(-a, 0) + np.maximum(-b, 0))
 
 
 def quantize_columns_paired(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

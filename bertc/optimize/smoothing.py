@@ -360,16 +360,41 @@ class SiteSample:
     rows: list = field(default_factory=list)
 
 
-def collect_samples(run_with_outputs, tensors: list[str], inputs: list[dict], seed: int = 0) -> dict:
+@dataclass
+class Ranges:
+    """What a run gives of a tensor whose rows are not sampled: its per-channel min and max over every row,
+    and how many rows it has (:func:`bertc.optimize.int8_tuning.with_ranges` computes them in the graph)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    rows: int
+
+
+def collect_samples(run_with_outputs, tensors: list[str], inputs: list[dict], seed: int = 0,
+                    rows_of: Optional[set] = None) -> dict:
+    """tensor -> :class:`SiteSample` over ``inputs``. ``rows_of``: the tensors whose sample rows are kept (None:
+    all); the others keep only their ranges, and ``run_with_outputs`` may give those as :class:`Ranges`. The
+    rows are drawn for every tensor either way, so a tensor's sample does not depend on which others keep
+    theirs."""
     rng = np.random.default_rng(seed)
     samples = {n: SiteSample() for n in tensors}
     for feed in inputs:
         for name, value in zip(tensors, run_with_outputs(tensors, feed)):
-            x = value.reshape(-1, value.shape[-1])
             s = samples[name]
-            s.lows.append(x.min(axis=0))
-            s.highs.append(x.max(axis=0))
-            s.rows.append(x[rng.choice(len(x), SAMPLE_ROWS, replace=False)] if len(x) > SAMPLE_ROWS else x)
+            if isinstance(value, Ranges):
+                x, rows = None, value.rows
+                s.lows.append(value.low)
+                s.highs.append(value.high)
+            else:
+                x = value.reshape(-1, value.shape[-1])
+                rows = len(x)
+                s.lows.append(x.min(axis=0))
+                s.highs.append(x.max(axis=0))
+            picked = rng.choice(rows, SAMPLE_ROWS, replace=False) if rows > SAMPLE_ROWS else None
+            if rows_of is None or name in rows_of:
+                if x is None:
+                    raise ValueError(f"{name}: its sample rows are wanted, but the run gave only its ranges")
+                s.rows.append(x if picked is None else x[picked])
     return samples
 
 
@@ -381,16 +406,18 @@ def _int8_columns(w: np.ndarray) -> np.ndarray:
     return q.astype(np.float64) * scale.astype(np.float64)
 
 
-def int8_product_error(sample: SiteSample, weight: np.ndarray, s: np.ndarray) -> float:
-    """|| int8(x / s) @ int8(s * W) - x @ W ||^2 over the sample, each case quantized with its own range."""
+def int8_product_error(sample: SiteSample, weight: np.ndarray, s: np.ndarray,
+                       products: Optional[list] = None) -> float:
+    """|| int8(x / s) @ int8(s * W) - x @ W ||^2 over the sample, each case quantized with its own range.
+    ``products``: each case's ``x @ W``, when the caller has them (they do not depend on ``s``)."""
     wq = _int8_columns(weight * s[:, None])
     total = 0.0
-    for lo, hi, x in zip(sample.lows, sample.highs, sample.rows):
+    for i, (lo, hi, x) in enumerate(zip(sample.lows, sample.highs, sample.rows)):
         lo_t, hi_t = min(0.0, float(np.min(lo / s))), max(0.0, float(np.max(hi / s)))
         scale = (hi_t - lo_t) / 255.0 or 1.0
         zero = np.round(-lo_t / scale)
         xq = (np.clip(np.round(x / s / scale) + zero, 0, 255) - zero) * scale
-        total += float(np.sum((xq @ wq - x @ weight) ** 2))
+        total += float(np.sum((xq @ wq - (x @ weight if products is None else products[i])) ** 2))
     return total
 
 
@@ -403,7 +430,9 @@ def choose_alphas(sites: list[Site], weights: list, samples: dict, absmax: dict,
         w = np.concatenate([np.asarray(arrays[name], np.float64) for _, name in site.consumers], axis=1)
         w_abs = np.max(np.abs(w), axis=1)
         sample = samples[site.tensor]
-        errors = {a: int8_product_error(sample, w, smoothing_scales(absmax[site.tensor], w_abs, a).astype(np.float64))
+        products = [x @ w for x in sample.rows]   # the fp32 products, the same for every alpha
+        errors = {a: int8_product_error(sample, w, smoothing_scales(absmax[site.tensor], w_abs, a).astype(np.float64),
+                                        products)
                   for a in alphas}
         chosen[site.tensor] = min(errors, key=errors.get)
     return chosen
