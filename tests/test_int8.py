@@ -20,7 +20,8 @@ from bertc.build import build_model
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED
 from bertc.inputs import make_inputs
-from bertc.optimize.int8_tuning import Judge, activation_statistics, session_of, split_all, tune_int8, with_outputs
+from bertc.optimize.int8_tuning import (Judge, activation_statistics, session_of, split_all, tune_int8, with_outputs,
+                                       with_ranges)
 from bertc.optimize.lower import lower_model
 from bertc.optimize.quantize import (BLOCK_SIZE, FORM_GAIN, PAIR_LIMIT, QMAX, REDUCED_QMAX, block_int8_available, cheaper_forms,
                                      int8_form_costs, pair_sums, quantizable_nodes, quantize_blocks, quantize_columns, quantize_columns_paired,
@@ -600,6 +601,24 @@ def test_tuning_reports_every_matmul_and_the_smoothing(ln_outliers):
     assert all(m["precision"] in ("int8", "int8_row", "int8_block", "fp32") and m["why"] for m in nodes.values())
     assert section["figures"]["sentence_embedding"]["min_cosine"] >= MIN_COSINE
     assert section["inputs"] == [c.label for c in grid_cases(spec)]
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_ranges_computed_in_the_graph_are_those_of_the_tensor(opset):
+    """with_ranges: a tensor's per-channel min / max over every row and its row count, in the graph (ReduceMin /
+    ReduceMax take their axes as an attribute before opset 18 and as an input from it)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Neg", ["sq"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    session = session_of(with_ranges(proto, ["sq"]), None)
+    x = np.random.default_rng(0).normal(size=(3, 7, 5)).astype(np.float32)
+    low, high, rows, y = session.run(["sq/bertc_low", "sq/bertc_high", "sq/bertc_rows", "y"], {"x": x})
+    flat = (x * x).reshape(-1, 5)
+    assert np.array_equal(low, flat.min(axis=0)) and np.array_equal(high, flat.max(axis=0))
+    assert rows.tolist() == [21, 5] and np.array_equal(y, -(x * x))
 
 
 def test_the_best_smoothing_is_made_again_after_a_later_alpha_was_measured(ln_outliers, monkeypatch):
