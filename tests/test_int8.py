@@ -655,6 +655,45 @@ def test_the_best_smoothing_is_made_again_after_a_later_alpha_was_measured(ln_ou
     assert not same(tuned.smoothed[1], smoothed(0.8))
 
 
+def test_candidates_run_from_their_first_difference_give_their_whole_graphs_outputs(ff_outliers):
+    """prefix_runs: a candidate of the sensitivity pass runs from the latest checkpoint of the all-int8 graph it
+    shares, fed that graph's tensors there, and gives its whole graph's outputs bit for bit."""
+    from bertc.backends import onnx_feeds
+    from bertc.optimize.int8_tuning import prefix_runs
+
+    spec, built = ff_outliers
+    proto, weights = split_all(*_lowered(built))
+    judge = judge_of(spec, built)
+    memo: dict = {}
+
+    def quantized(keep, blockwise=(), rowwise=()):
+        return quantize_dynamic_int8(proto, weights, list(keep), blockwise=blockwise, rowwise=rowwise, paired=True,
+                                     memo=memo)
+
+    candidates = quantizable_nodes(proto, weights)
+    runs = prefix_runs(quantized, candidates, judge, 1 << 30)
+    assert runs is not None and [c[0] for c in runs.checkpoints] != []
+    mixes = [[c] for c in candidates] + [candidates[1:3], candidates[-2:]]
+    forms = [((), ()), ((), (candidates[-1],))]
+    for keep in mixes:
+        for blockwise, rowwise in forms:
+            q = quantized([n for n in keep if n not in rowwise], blockwise, rowwise)
+            session = session_of(q.proto, q.weights)
+            names = [o.name for o in session.get_outputs()]
+            run = runs.runner(q)
+            if keep[0].startswith("layer_1/"):   # everything before layer 1 is shared with the all-int8 graph
+                assert run is not None
+            if run is None:
+                continue
+            for case in judge.cases:
+                whole = session.run(names, onnx_feeds(session, case.inputs))
+                got = run(case.inputs)
+                assert all(np.array_equal(got[n], w) for n, w in zip(names, whole)), (keep, rowwise, case.label)
+    assert runs.suffix_runs >= len(candidates) // 2
+    # too little room for the checkpoints' tensors: none held, whole graphs
+    assert prefix_runs(quantized, candidates, judge, 1024) is None
+
+
 def _same_graph(a, b) -> bool:
     return [n.SerializeToString() for n in a.proto.graph.node] == [n.SerializeToString() for n in b.proto.graph.node] \
         and [n for n, _ in a.weights] == [n for n, _ in b.weights] \

@@ -30,10 +30,11 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+from bertc.optimize.protos import shell as _shell
 from bertc.optimize.sensitivity import FORM_WORDS
 
 TARGET_MARGIN = 0.5
@@ -42,23 +43,6 @@ ALPHAS = (0.5, 0.65, 0.8)   # tried after the per-activation choice (smoothing.c
 
 
 # --- graphs as (proto, weights) --------------------------------------------------------------------
-
-def _shell(proto):
-    """A copy of ``proto`` without its initializers (field by field: no weight is copied)."""
-    import onnx
-
-    out = onnx.ModelProto()
-    out.ir_version, out.producer_name, out.producer_version = proto.ir_version, proto.producer_name, \
-        proto.producer_version
-    out.doc_string = proto.doc_string
-    out.metadata_props.extend(proto.metadata_props)
-    out.opset_import.extend(proto.opset_import)
-    g = out.graph
-    g.name, g.doc_string = proto.graph.name, proto.graph.doc_string
-    for part in ("input", "output", "value_info", "node"):
-        getattr(g, part).extend(getattr(proto.graph, part))
-    return out
-
 
 def split_all(proto, weights: Optional[list]) -> tuple:
     """(proto without initializers, every initializer as [(name, array)]): the form smoothing edits."""
@@ -188,8 +172,15 @@ class Judge:
                          "argmax_agreement": task.min_argmax_agreement}
         self.measured = 0
 
+    @property
+    def backend(self):
+        """What a candidate int8 graph is judged as (its parity results' backend)."""
+        from bertc.backends import CPU, Backend
+
+        return Backend("onnx_int8_cpu", "onnx_int8", Path("(tuning)"), "onnx", "int8", CPU)
+
     def measure(self, proto, weights: Optional[list], label: str = "") -> Measurement:
-        from bertc.backends import CPU, Backend, onnx_feeds
+        from bertc.backends import onnx_feeds
 
         session = session_of(proto, weights)
         names = [o.name for o in session.get_outputs()]
@@ -197,8 +188,7 @@ class Judge:
         def run(inputs):
             return dict(zip(names, session.run(names, onnx_feeds(session, inputs))))
 
-        return self.measure_runner(run, Backend("onnx_int8_cpu", "onnx_int8", Path("(tuning)"), "onnx", "int8", CPU),
-                                   label)
+        return self.measure_runner(run, self.backend, label)
 
     def measure_runner(self, run, backend, label: str = "") -> Measurement:
         """The figures of ``run`` (inputs -> outputs), judged as ``backend`` (a :class:`bertc.backends.Backend`)."""
@@ -321,6 +311,23 @@ def activation_statistics(proto, weights: list, sites: list, feedforwards: list,
     return samples, absmax
 
 
+def prefix_runs(quantized: Callable, candidates: list[str], judge: Judge, budget: int):
+    """A :class:`bertc.optimize.prefix_runs.PrefixRuns` over ``quantized([])`` (the pass's all-int8 graph) with a
+    checkpoint where each group of candidates begins (``layer_3/...``: the first of them alone in fp32), or None
+    when the checkpoints' tensors take more than ``budget`` bytes (the pass then runs whole graphs)."""
+    from bertc.backends import onnx_feeds
+    from bertc.memory import release
+    from bertc.optimize.prefix_runs import PrefixRuns
+
+    runs = PrefixRuns(quantized([]), judge.cases, session_of, onnx_feeds, budget)
+    groups = list(dict.fromkeys(node.split("/")[0] for node in candidates))
+    for group in groups:
+        runs.checkpoint(quantized([next(n for n in candidates if n.split("/")[0] == group)]))
+    held = runs.hold()
+    release()
+    return runs if held else None
+
+
 def tune_int8(proto, weights: Optional[list], judge: Judge, log=None, cache: bool = False) -> Tuned:
     """The int8 graph of the fp32 optimized graph ``proto`` (+ ``weights`` beside it), tuned until the
     criteria hold (see the module docstring).
@@ -427,16 +434,22 @@ def _tune(proto, weights: Optional[list], judge: Judge, log) -> Tuned:
             return quantize_dynamic_int8(b_proto, b_weights, list(keep_fp32) + side, blockwise=blockwise, paired=True,
                                          rowwise=rowwise, memo=memo)
 
+        prefix = None   # the candidates run from where they differ from the all-int8 graph (prefix_runs.py)
+
         def measure(keep_fp32, blockwise=(), rowwise=()):
             q = quantized(keep_fp32, blockwise, rowwise)
             label = "; ".join(f"{words}: {', '.join(nodes)}" for words, nodes in (("fp32", keep_fp32),
                                                                                   ("row-wise int8", rowwise),
                                                                                   ("block-wise int8", blockwise))
                               if nodes)
-            return judge.measure(q.proto, q.weights, label)
+            run = prefix.runner(q) if prefix is not None else None
+            return judge.measure(q.proto, q.weights, label) if run is None else \
+                judge.measure_runner(run, judge.backend, label)
 
-        selection = select_fp32([n for n in quantizable_nodes(b_proto, b_weights) if n not in side], measure, m_best,
-                                progress=log)
+        sensitive = [n for n in quantizable_nodes(b_proto, b_weights) if n not in side]
+        log("the all-int8 graph's tensors where the candidates differ from it")
+        prefix = prefix_runs(quantized, sensitive, judge, sum(np.asarray(a).nbytes for _, a in b_weights or []))
+        selection = select_fp32(sensitive, measure, m_best, progress=log)
         ranking = selection.ranking
         for kept, m in selection.steps:
             steps.append(_step("sensitivity", m, keep_fp32=list(kept)))
@@ -575,7 +588,8 @@ def plan_key(proto, weights: Optional[list], judge: Judge) -> str:
         h.update(b"\0")
 
     add(f"bertc {bertc.__version__} plan v{PLAN_VERSION} | {form_host_key()} | margin {TARGET_MARGIN}")
-    for module in ("int8_tuning", "quantize", "sensitivity", "smoothing"):   # the code that chooses and rebuilds
+    # the code that chooses and rebuilds
+    for module in ("int8_tuning", "quantize", "sensitivity", "smoothing", "prefix_runs"):
         h.update((Path(__file__).parent / f"{module}.py").read_bytes())
     add(json.dumps(judge.sig.to_json(), sort_keys=True, default=str))
     add(repr(judge.spec.parity.task))
