@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from bertc.optimize.protos import outer_inputs
+
 
 def _values(result) -> dict:
     """name -> initializer of an int8 graph: a TensorProto (in the proto) or an array (beside it)."""
@@ -43,21 +45,6 @@ def _same_value(a, b) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return False
     return a.SerializeToString() == b.SerializeToString()
-
-
-def outer_inputs(node) -> list[str]:
-    """The tensors ``node`` reads from its graph: its inputs and what its subgraphs (If, Loop) read from outside."""
-    names = [n for n in node.input if n]
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            inner = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for sub in g.node:
-                for n in outer_inputs(sub):
-                    if n not in inner and n not in names:
-                        names.append(n)
-                inner.update(sub.output)
-            names.extend(o.name for o in g.output if o.name not in inner and o.name not in names)
-    return names
 
 
 class PrefixRuns:
@@ -109,9 +96,21 @@ class PrefixRuns:
             if not node.output or node.output[0] not in shared:
                 break
             prefix.update(node.output)
+        prefix -= self._constants(result)
         if prefix:
             prefix = self._shrink(result, prefix)
             self.checkpoints.append((prefix, self._cut(result, prefix)[1]))
+
+    @staticmethod
+    def _constants(result) -> set:
+        """The tensors ``result`` computes from initializers alone. They stay out of every frontier: fed as
+        graph inputs they would no longer be constants to ONNX Runtime, which folds them at load and packs a
+        MatMul's constant weight ahead (another summation order than packing it on each call)."""
+        constant = set(_values(result))
+        for node in result.proto.graph.node:
+            if all(n in constant for n in outer_inputs(node)):
+                constant.update(o for o in node.output if o)
+        return constant
 
     def _shrink(self, result, prefix: set) -> set:
         """``prefix`` less its last nodes whose own inputs are in the frontier already (a smoothing's ``Mul`` of

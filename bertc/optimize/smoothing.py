@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from bertc.optimize.protos import outer_inputs
 from bertc.optimize.quantize import MS_DOMAIN, _is_weight_attention, _is_weight_matmul, float_matrix_test
 
 # op type -> (gamma input index, beta input index) of the layer norms whose output 0 is the normalized tensor
@@ -325,7 +326,7 @@ def split_outliers(proto, weights: list, sites: list[FeedforwardSite], absmax: d
         ordered.extend(after.get(node.name, []))
     del out.graph.node[:]
     out.graph.node.extend(ordered)
-    used = {i for n in out.graph.node for i in n.input}
+    used = {i for n in out.graph.node for i in outer_inputs(n)}   # an If's branches read weights from outside
     new_weights = [(n, changed.get(n, a)) for n, a in weights if n in used] + sorted(
         (n, a) for n, a in changed.items() if n not in arrays and n in used)
     return out, new_weights, applied, fp32_nodes
