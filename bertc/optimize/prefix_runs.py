@@ -149,11 +149,17 @@ class PrefixRuns:
         # untyped: ONNX Runtime infers each one's type (the frontier holds floats, and integer mask tensors)
         proto.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted if n not in outputs)
         session = self._session_of(proto, self.base.weights)
-        held = 0
-        for case in self.cases:
+
+        def tokens(case) -> int:
+            return max(np.asarray(v).size for v in case.inputs.values())
+
+        # the largest case first: when it alone, scaled to every case's tokens, is over the budget, stop there
+        cases = sorted(self.cases, key=tokens, reverse=True)
+        total, held = sum(tokens(c) for c in cases), 0
+        for i, case in enumerate(cases):
             got = dict(zip(wanted, session.run(wanted, self._feeds(session, case.inputs))))
             held += sum(np.asarray(a).nbytes for a in got.values())
-            if held > self.budget:
+            if held > self.budget or (i == 0 and held * total > self.budget * tokens(case)):
                 self.cache.clear()
                 return False
             self.cache[id(case.inputs)] = got
