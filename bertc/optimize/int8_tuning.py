@@ -251,14 +251,14 @@ def _step(name: str, m: Measurement, **extra) -> dict:
             "figures": m.figures(), **extra}
 
 
-def with_ranges(proto, names: list[str]):
-    """A shell of ``proto`` whose graph also outputs, for each tensor of ``names``, its per-channel min and max
-    over every row (``{name}/bertc_low``, ``/bertc_high``: the last axis is the channel) and its shape as
-    rows x channels (``/bertc_rows``), computed in the graph: ONNX Runtime then never holds the tensors themselves
-    as outputs (the feedforwards' are four hidden sizes wide, for every token of a calibration batch)."""
+def with_ranges(proto, names: list[str], full: list[str] = ()):
+    """A shell of ``proto`` whose graph also outputs the tensors ``full`` and, for each tensor of ``names``, its
+    per-channel min and max over every row (``{name}/bertc_low``, ``/bertc_high``: the last axis is the channel)
+    and its shape as rows x channels (``/bertc_rows``), computed in the graph: ONNX Runtime then never holds those
+    tensors themselves as outputs (the feedforwards' are four hidden sizes wide, for every token of a batch)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    out = with_outputs(proto, [])
+    out = with_outputs(proto, list(full))
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 17)
     axes = "bertc_range_axes"
     if opset >= 18:
@@ -292,7 +292,7 @@ def activation_statistics(proto, weights: list, sites: list, feedforwards: list,
     tensors = [s.tensor for s in sites] + [f.tensor for f in feedforwards]
     sampled = {s.tensor for s in sites} if rows else set()
     ranged = [n for n in dict.fromkeys(tensors) if n not in sampled]
-    fp32 = session_of(with_ranges(with_outputs(proto, sorted(sampled)), ranged), weights)
+    fp32 = session_of(with_ranges(proto, ranged, sorted(sampled)), weights)
 
     def run_with_outputs(names, inputs):
         wanted = [n for n in names if n in sampled]

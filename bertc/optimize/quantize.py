@@ -60,6 +60,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from bertc.optimize.protos import outer_inputs
+
 MS_DOMAIN = "com.microsoft"
 QMAX = 127          # full symmetric int8: [-127, 127]
 REDUCED_QMAX = 64   # ORT's reduce_range for int8 weights: [-64, 64] (no int16 saturation without VNNI)
@@ -438,7 +440,7 @@ def quantize_dynamic_int8(proto, weights: Optional[list] = None, keep_fp32: Iter
 
     readers: dict = {}
     for node in graph.node:
-        for name in node.input:
+        for name in outer_inputs(node):   # an If's branches read from outside too
             readers.setdefault(name, []).append(node)
 
     float_matrix = float_matrix_test(proto, weights)

@@ -61,7 +61,7 @@ def find_sites(proto, weights: Optional[list] = None) -> list[Site]:
     test = float_matrix_test(proto, weights)
     readers: dict = {}
     for node in proto.graph.node:
-        for name in node.input:
+        for name in outer_inputs(node):   # an If's branches read from outside too
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in proto.graph.output}
     sites = []
@@ -133,7 +133,7 @@ def smooth(proto, weights: list, sites: list[Site], absmax: dict, alpha):
     changed: dict = {}
     readers: dict = {}
     for node in proto.graph.node:
-        for name in node.input:
+        for name in outer_inputs(node):   # an If's branches read from outside too
             readers.setdefault(name, set()).add(node.name)
 
     def array(name: str) -> np.ndarray:
@@ -237,7 +237,7 @@ def find_feedforwards(proto, weights: Optional[list] = None) -> list[Feedforward
     readers: dict = {}
     producer = {}
     for node in proto.graph.node:
-        for name in node.input:
+        for name in outer_inputs(node):   # an If's branches read from outside too
             readers.setdefault(name, []).append(node)
         for name in node.output:
             producer[name] = node
