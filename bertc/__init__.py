@@ -5,6 +5,9 @@
 
     import bertc, keras
     model = keras.saving.load_model("out/model.keras")   # or: bertc.load_model("out")
+
+It imports no TensorFlow itself: the layers are registered when Keras is imported (at once when it
+already is), so a process that only runs a build (:class:`Runtime`, ``bertc run``) never loads it.
 """
 from __future__ import annotations
 
@@ -26,16 +29,66 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of", "load_weights",
            "import_spec", "Runtime"]
 
-# Registers the components (spec models, Keras layers). Deserializing a model.keras needs
-# the layer classes, so this cannot be deferred; it builds nothing. TensorFlow's start-up
-# chatter on the native stderr goes to a log file (BERTC_DEBUG=1 shows it).
-from bertc.quiet import import_log as _import_log, native_stderr_to as _native_stderr_to  # noqa: E402
-
-with _native_stderr_to(_import_log()):
-    import bertc.components  # noqa: E402,F401
+from bertc import registry as _registry  # noqa: E402
+from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python: ONNX Runtime, no TensorFlow)
 
 
-from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python; imports no TensorFlow of its own)
+def _register_with_keras() -> None:
+    """Register bertc's layers with Keras' serialization, so ``keras.saving.load_model`` reads a ``model.keras``
+    after ``import bertc``, without making ``import bertc`` import TensorFlow (2-3 s and ~0.5 GB, which running a
+    built model with :class:`Runtime` or ``bertc run`` never needs): at once when Keras is imported already,
+    else right after Keras is first imported (an import hook that removes itself)."""
+    if "keras" in sys.modules:
+        import bertc.components  # noqa: F401
+    elif not any(isinstance(f, _AfterKeras) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterKeras())
+
+
+class _AfterKeras:
+    """A ``sys.meta_path`` finder that finds nothing itself: when ``keras`` is imported, it hands back the real
+    module's spec with a loader that imports :mod:`bertc.components` once Keras has run."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        import importlib.util
+
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _RegisterAfter(spec.loader)
+        return spec
+
+
+class _RegisterAfter:
+    """Keras' own loader, then bertc's components (whose layers register themselves with Keras)."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        if "bertc.components" not in sys.modules:
+            try:
+                import bertc.components  # noqa: F401
+            except Exception:   # Keras itself imported fine: bertc's own use of its components will say what failed
+                pass
+
+
+_register_with_keras()
+
+
+def _import_components() -> None:
+    import bertc.components  # noqa: F401
+
+
+_registry.on_first_read(_import_components)   # what reads a registry gets the shipped components
 
 
 def load_spec(source):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from bertc.errors import EXIT_BAD_SPEC, EXIT_INTERNAL, EXIT_INTERRUPTED, BertcError
+from bertc.errors import EXIT_BAD_SPEC, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY, BertcError
 from bertc.quiet import import_log, native_stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -461,6 +461,28 @@ def _traceback_wanted() -> bool:
     return os.environ.get("BERTC_TRACEBACK") == "1" or os.environ.get("BERTC_DEBUG") == "1"
 
 
+# bertc's own dependencies by import name: what installs each (pyproject.toml); a run-only environment (numpy, click,
+# onnxruntime, tokenizers: README, "Running a build on text") lacks the build's
+LIBRARIES = {"tensorflow": "tensorflow-cpu", "keras": "keras", "pydantic": "pydantic", "pydantic_core": "pydantic",
+             "tf2onnx": "tf2onnx", "onnx": "onnx", "ai_edge_litert": "ai-edge-litert", "safetensors": "safetensors",
+             "numpy": "numpy", "click": "click", "onnxruntime": "bertc[cpu]", "tokenizers": "bertc[text]",
+             "pyarrow": "bertc[parquet]", "ray": "bertc[ray]"}
+
+
+def missing_library_line(exc: ModuleNotFoundError, argv: list) -> str | None:
+    """The one line for a dependency of bertc's that is not installed (None for any other missing module)."""
+    name = (exc.name or "").split(".")[0]
+    if name not in LIBRARIES:
+        return None
+    command = next((a for a in argv if a in cli.commands), None)
+    what = f"bertc {command}" if command else "bertc"
+    install = LIBRARIES[name]
+    how = (f"pip install '{install}'" if install.startswith("bertc[") else
+           f"pip install bertc (with its dependencies) or pip install {install}")
+    return (f"error: {what} needs {name}, which is not installed in this environment ({sys.executable}): {how}. "
+            f"Running a build (bertc run, bertc.Runtime) needs only numpy, click, onnxruntime and tokenizers")
+
+
 def internal_error_line(exc: BaseException) -> str:
     """The one line printed for an unexpected exception (a bug in bertc)."""
     text = " ".join(str(exc).split())
@@ -492,6 +514,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; nothing was written")
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        line = missing_library_line(exc, argv)
+        if line is None:
+            if _traceback_wanted():
+                traceback.print_exc()
+            _err(internal_error_line(exc))
+            return EXIT_INTERNAL
+        _err(line)
+        return EXIT_MISSING_LIBRARY
     except Exception as exc:  # a bug in bertc: say so in one line, the traceback on request
         if _traceback_wanted():
             traceback.print_exc()

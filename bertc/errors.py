@@ -21,6 +21,8 @@ code  name                         meaning
                                    file in it is missing or damaged
 6     ``EXIT_MEMORY``              the memory preflight refused the build: it would not fit in
                                    the memory available (nothing was written)
+7     ``EXIT_MISSING_LIBRARY``     a library the command needs is not installed (e.g. ``bertc
+                                   build`` where bertc was installed to run builds only)
 70    ``EXIT_INTERNAL``            internal error: an unexpected exception, a bug in bertc
 130                                interrupted (Ctrl-C)
 ====  ===========================  ==========================================================
@@ -36,6 +38,7 @@ EXIT_PARITY_FAILED = 3     # a backend disagrees with the Keras reference
 EXIT_EXPORT_FAILED = 4     # ONNX / TFLite export failed
 EXIT_OUTPUT = 5            # the output directory cannot be written as asked, or a model file in it is damaged
 EXIT_MEMORY = 6            # the memory preflight refused the build
+EXIT_MISSING_LIBRARY = 7   # a library the command needs is not installed
 EXIT_INTERNAL = 70         # an unexpected exception: a bug in bertc (sysexits' EX_SOFTWARE)
 EXIT_INTERRUPTED = 130     # Ctrl-C
 

@@ -1,4 +1,5 @@
-"""Name -> component registries. No TensorFlow import here.
+"""Name -> component registries. Importing this module imports no TensorFlow; reading a registry imports the
+shipped components (:func:`ensure_components`).
 
 A component is a class registered under a ``type`` name of one *kind*
 (embedding, position, attention, feedforward, block, encoder, head). It carries
@@ -24,7 +25,34 @@ _generation = 0  # bumped on every registration; spec.py rebuilds its models whe
 
 
 def generation() -> int:
+    ensure_components()
     return _generation
+
+
+_loaders: list = []   # what fills the registries when they are first read (bertc/__init__.py: the shipped components)
+_loading = False
+
+
+def on_first_read(loader: Callable[[], None]) -> None:
+    """Call ``loader`` (once, when it succeeds) before a registry is first read."""
+    _loaders.append(loader)
+
+
+def ensure_components() -> None:
+    """Run the loaders of :func:`on_first_read`: ``import bertc`` registers the import of
+    :mod:`bertc.components` (every component shipped with bertc, and with them TensorFlow and Keras) there
+    instead of importing it, so that running a built model (:mod:`bertc.runtime`) needs no TensorFlow; whatever
+    reads a registry gets them here. A read while they are being imported sees what is registered so far."""
+    global _loading
+    if _loading or not _loaders:
+        return
+    _loading = True
+    try:
+        while _loaders:
+            _loaders[0]()
+            _loaders.pop(0)
+    finally:
+        _loading = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +89,7 @@ class Registry:
         _generation += 1
 
     def get(self, name: str) -> Entry:
+        ensure_components()
         try:
             return self._entries[name]
         except KeyError:
@@ -76,15 +105,18 @@ class Registry:
 
     def kind_of(self, cls: type) -> Optional[str]:
         """This registry's name for the class ``cls`` (or None when ``cls`` is not registered here)."""
+        ensure_components()
         return next((e.name for e in self._entries.values() if e.component is cls), None)
 
     def names(self) -> list[str]:
+        ensure_components()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: str) -> bool:
+        ensure_components()
         return name in self._entries
 
     def spec_union(self) -> Any:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, EXIT_OUTPUT
+from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_MISSING_LIBRARY, EXIT_OUTPUT
 from conftest import tiny_bert
 
 
@@ -236,3 +236,20 @@ def test_status_line_fits_the_terminal_and_is_cleared(monkeypatch, capsys):
     quiet("optimize onnx", 1.0, "anything")
     quiet.clear()
     assert capsys.readouterr().err == ""
+
+
+def test_a_missing_dependency_is_named_and_any_other_missing_module_is_a_bug(monkeypatch, capsys):
+    import bertc.registry as registry
+
+    def missing(name):
+        def ensure():
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return ensure
+
+    monkeypatch.setattr(registry, "ensure_components", missing("tf2onnx"))
+    assert main(["list"]) == EXIT_MISSING_LIBRARY
+    err = capsys.readouterr().err
+    assert "error: bertc list needs tf2onnx, which is not installed" in err and "pip install" in err
+    monkeypatch.setattr(registry, "ensure_components", missing("google.protobuf.nothing"))
+    assert main(["list"]) == EXIT_INTERNAL
+    assert "internal error (a bug in bertc" in capsys.readouterr().err

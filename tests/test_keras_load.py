@@ -58,3 +58,29 @@ def test_every_bundled_models_keras_file_loads_in_a_fresh_process_and_computes_t
                 if not np.array_equal(loaded[f"{tag}/{output}"], want):
                     mismatches.append(f"{name}: {tag}/{output}")
     assert not mismatches and len(models) == len(TINY_SPECS)
+
+
+REGISTERED = """
+import sys
+order = sys.argv[1]
+if order == "keras first":
+    import keras
+    import bertc
+else:
+    import bertc
+    assert "tensorflow" not in sys.modules and "bertc.components" not in sys.modules, "import bertc loaded TensorFlow"
+    import keras
+import keras.saving
+assert keras.saving.get_registered_object("bertc>MultiHeadAttention") is not None, "bertc's layers are not registered"
+assert not [f for f in sys.meta_path if type(f).__name__ == "_AfterKeras"], "the import hook stayed"
+"""
+
+
+def test_import_bertc_registers_its_layers_with_keras_in_either_order_without_loading_tensorflow_itself():
+    """``import bertc`` imports no TensorFlow (running a build never needs it), yet bertc's layers are registered
+    with Keras whether Keras was imported before bertc or after it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for order in ("keras first", "bertc first"):
+        run = subprocess.run([sys.executable, "-c", REGISTERED, order], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert run.returncode == 0, f"{order}: {run.stderr[-2000:]}"

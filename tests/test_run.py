@@ -134,6 +134,57 @@ def read_result(path: Path):
         return list(csv.DictReader(f))
 
 
+# --- a run-only environment ---------------------------------------------------------------------------
+
+RUN_ONLY = """
+import json, sys
+
+BUILD_ONLY = ("tensorflow", "keras", "pydantic", "onnx", "tf2onnx", "ai_edge_litert", "safetensors")
+
+
+class NotInstalled:   # an environment set up to run builds only: numpy, click, onnxruntime, tokenizers
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BUILD_ONLY:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NotInstalled())
+import bertc
+from bertc.cli import main
+builds, work = json.loads(sys.argv[1]), sys.argv[2]
+results = {}
+for name, out in builds.items():
+    texts = ["the cat sat on the mat.", "a dog ran fast"]
+    rows = bertc.Runtime(out).run(list(zip(["the cat", "a dog"], texts)) if name == "bert_qa" else texts)
+    code = main(["run", out, work + "/in.txt", "-o", work + "/" + name + ".jsonl", "-q"])
+    results[name] = [len(rows), code]
+results["list"] = main(["list"])
+print(json.dumps(results))
+"""
+
+
+def test_running_a_build_needs_no_tensorflow_and_a_missing_library_is_named(builds, tmp_path):
+    """bertc.Runtime and bertc run (every head) need ONNX Runtime and the tokenizer only: they work in a process
+    where TensorFlow, Keras, pydantic and the ONNX tools cannot be imported (and so never cost their 2-3 s and
+    ~0.5 GB, in each Ray actor too); a command that needs one of them says which, and how to install it (exit 7)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "in.txt").write_text("the cat sat on the mat.\tthe cat\na dog ran fast\ta dog\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", RUN_ONLY, json.dumps({k: str(v) for k, v in builds.items()}),
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.splitlines()[-1])
+    assert results.pop("list") == 7
+    assert "error: bertc list needs " in run.stderr and "which is not installed" in run.stderr
+    assert "internal error" not in run.stderr
+    assert results == {name: [2, 0] for name in builds}
+    for name in builds:
+        assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == 2
+
+
 # --- artifact choice ----------------------------------------------------------------------------------
 
 def test_runtime_picks_int8_where_it_passed_parity_and_says_so(builds):

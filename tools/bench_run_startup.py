@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""What running a built model costs before its first text: `bertc run` and `bertc.Runtime` in fresh processes.
+
+    python tools/bench_run_startup.py OUT [--code DIR ...] [--repeat 5] [--results FILE]
+
+Each case runs ``--repeat`` times, alternating between the code trees (``--code``: bertc checkouts, the
+current tree when none is given), each run in a fresh Python process:
+
+- ``cli``: ``bertc run OUT two-lines.txt -o result.npy --force -q`` (python -m bertc.cli), wall time and the
+  process's peak RSS (``wait4``'s ru_maxrss);
+- ``python``: ``import bertc; bertc.Runtime(OUT).run([...])``, the same, plus whether TensorFlow / Keras were
+  imported (a built model needs ONNX Runtime and the tokenizer only).
+
+The medians are printed and saved (tools/results/bench_run_startup.json unless ``--results``) with the exact
+command, the host and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PYTHON_CASE = """
+import json, sys
+import bertc
+rows = bertc.Runtime(sys.argv[1]).run(["the first text.", "and a second one"])
+print(json.dumps({"rows": len(rows), "imported": sorted(m for m in ("tensorflow", "keras") if m in sys.modules)}))
+"""
+
+
+def timed(cmd: list, env: dict, cwd: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of ``cmd`` in a fresh process, in ``cwd`` (never a source tree: the
+    current directory comes first on the child's sys.path)."""
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
+        out.seek(0)
+        return seconds, usage.ru_maxrss / 1024.0, out.read().decode()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="a bertc build (OUT directory) with a bundled tokenizer")
+    parser.add_argument("--code", type=Path, action="append", default=None,
+                        help="a bertc source tree to run (repeatable; default: this checkout)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_run_startup.json")
+    args = parser.parse_args()
+    codes = [c.resolve() for c in (args.code or [ROOT])]
+    out = args.out.resolve()
+    work = Path(tempfile.mkdtemp(prefix="bertc-startup-"))
+    inputs = work / "in.txt"
+    inputs.write_text("the first text.\nand a second one\n")
+    runs: dict = {str(c): {"cli": [], "python": []} for c in codes}
+    imported: dict = {}
+    for _ in range(args.repeat):
+        for code in codes:
+            env = {**os.environ, "PYTHONPATH": str(code)}
+            seconds, mb, _ = timed([sys.executable, "-m", "bertc.cli", "run", str(out), str(inputs), "-o",
+                                    str(work / "result.npy"), "--force", "-q"], env, work)
+            runs[str(code)]["cli"].append((seconds, mb))
+            seconds, mb, text = timed([sys.executable, "-c", PYTHON_CASE, str(out)], env, work)
+            runs[str(code)]["python"].append((seconds, mb))
+            imported[str(code)] = json.loads(text.strip().splitlines()[-1])["imported"]
+    figures = {code: {case: {"median_seconds": round(statistics.median(s for s, _ in r), 3),
+                             "median_peak_rss_mb": round(statistics.median(m for _, m in r), 1),
+                             "runs": [[round(s, 3), round(m, 1)] for s, m in r]}
+                      for case, r in cases.items()} | {"imports": imported[code]}
+               for code, cases in runs.items()}
+    for code, f in figures.items():
+        print(f"{code}: bertc run {f['cli']['median_seconds']:.2f} s, {f['cli']['median_peak_rss_mb']:.0f} MB; "
+              f"bertc.Runtime {f['python']['median_seconds']:.2f} s, {f['python']['median_peak_rss_mb']:.0f} MB; "
+              f"imports {', '.join(f['imports']) or 'no TensorFlow / Keras'}")
+    record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d"),
+              "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                       "cpus": os.cpu_count(), "python": platform.python_version()},
+              "out": str(out), "repeat": args.repeat, "figures": figures}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
