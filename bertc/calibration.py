@@ -122,9 +122,10 @@ def prompted_cases(out_dir: Path, spec, texts: list, source: str) -> tuple[list,
 
 
 def has_tokenizer(out_dir: Path) -> bool:
-    from bertc.text import TOKENIZER_FILES
+    """Whether the build bundles a tokenizer's vocabulary (whether bertc can read it: :func:`bertc.text.load_tokenizer`)."""
+    from bertc.text import VOCABULARIES
 
-    return any((Path(out_dir) / n).is_file() for n in TOKENIZER_FILES[:3])
+    return any((Path(out_dir) / n).is_file() for n in VOCABULARIES)
 
 
 def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> tuple[list, dict]:
@@ -137,7 +138,8 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
         calibration = Path(calibration)
         if not has_tokenizer(out_dir):
             raise CalibrationError(f"--calibration {calibration}: this build has no tokenizer to read text with "
-                                   f"(it is bundled from the trained weights' directory: tokenizer.json or vocab.txt)")
+                                   f"(it is bundled from the trained weights' directory: tokenizer.json, vocab.txt, "
+                                   f"vocab.json + merges.txt, or DeBERTa's spm.model)")
         try:
             texts = read_texts(calibration)
             cases = text_cases(out_dir, spec, texts, calibration.name)

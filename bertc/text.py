@@ -24,7 +24,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.j
                    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", SENTENCE_BERT_CONFIG)
 # the files that are a tokenizer by themselves (the others configure one); RoBERTa's BPE is the vocab.json +
 # merges.txt pair
-_VOCABULARIES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json")
+VOCABULARIES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json")
 # the special tokens a RoBERTa-style tokenizer (BPE, or MPNet's WordPiece) wraps sequences in
 _ROBERTA_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
 
@@ -36,7 +36,7 @@ def _tokenizer_dir(source: Path) -> Path:
 
     directory = source if source.is_dir() else source.parent
     folder = transformer_folder(directory)
-    if folder is not None and folder.is_dir() and not any((directory / n).is_file() for n in _VOCABULARIES):
+    if folder is not None and folder.is_dir() and not any((directory / n).is_file() for n in VOCABULARIES):
         return folder
     return directory
 
@@ -96,7 +96,7 @@ def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
     """Copy the tokenizer files beside ``source`` into ``out``; the report section, or None if there are none."""
     directory = _tokenizer_dir(Path(source))
     files = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
-    if not any(name in files for name in _VOCABULARIES):
+    if not any(name in files for name in VOCABULARIES):
         return None
     for name in files:
         try:
@@ -128,9 +128,14 @@ def load_tokenizer(out_dir: Path, max_len: int):
             _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.txt")
         else:
             tok = _wordpiece(tokenizers, out_dir, lowercase=lowercase)
+    elif _is_deberta_v2(out_dir, config):   # microsoft/deberta-v3-*: spm.model, no tokenizer.json
+        from bertc.sentencepiece import deberta_v2
+
+        tok = deberta_v2(out_dir / "spm.model", config)
     elif any((out_dir / name).exists() for name in SENTENCEPIECE_FILES):
         name = next(name for name in SENTENCEPIECE_FILES if (out_dir / name).exists())
-        raise BertcError(f"{out_dir}: only {name} is bundled; the tokenizers library needs tokenizer.json "
+        raise BertcError(f"{out_dir}: only {name} is bundled; bertc reads a SentencePiece model alone for "
+                         f"DeBERTa-v2/v3 (spm.model), and otherwise needs tokenizer.json "
                          f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
     else:
         raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
@@ -141,6 +146,19 @@ def load_tokenizer(out_dir: Path, max_len: int):
     tok.enable_truncation(max_length=max_len)
     tok.no_padding()
     return tok
+
+
+def _is_deberta_v2(out_dir: Path, config: dict) -> bool:
+    """A DeBERTa-v2/v3 tokenizer given as ``spm.model`` alone: its tokenizer config names the class, or the
+    build's checkpoint config (bundled as checkpoint_config.json) says ``model_type = "deberta-v2"``."""
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+
+    if not (out_dir / "spm.model").is_file():
+        return False
+    named = str(config.get("tokenizer_class") or "")
+    if named:
+        return named.startswith("DebertaV2Tokenizer")
+    return _read_json(out_dir / CHECKPOINT_CONFIG).get("model_type") == "deberta-v2"
 
 
 def _roberta_specials(tokenizers, tok, vocab: dict, where: Path) -> None:

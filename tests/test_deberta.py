@@ -230,10 +230,18 @@ def test_cli_import_and_build_every_backend_reproduces_transformers(fixture, tmp
         assert main(["parity", str(out), "--text", str(text), "--json"]) == 0
         section = json.loads((out / "report.json").read_text())["parity"]
         assert section["passed"] and section["grid"][0]["case"].startswith("text: 2 example(s)")
+        # spm.model alone (as microsoft/deberta-v3-base ships it) reads the text as tokenizer.json does
+        from bertc.text import encode_texts
+
+        texts = ["the cat sat on the mat.", "is this the tree by the house?"]
+        whole = encode_texts(out, texts, 16)
+        (out / "tokenizer.json").unlink()
+        alone = encode_texts(out, texts, 16)
+        assert all(np.array_equal(whole[k], alone[k]) for k in whole)
+        assert main(["parity", str(out), "--text", str(text), "--json"]) == 0
 
 
-def test_spm_model_alone_is_bundled_and_named(tmp_path):
-    from bertc.errors import BertcError
+def test_spm_model_alone_is_bundled_and_read(tmp_path):
     from bertc.text import bundle_tokenizer, load_tokenizer
 
     source = tmp_path / "src"
@@ -245,8 +253,8 @@ def test_spm_model_alone_is_bundled_and_named(tmp_path):
     section = bundle_tokenizer(source, out)
     assert section["kind"] == "SentencePiece (spm.model)" and (out / "spm.model").exists()
     assert section["tokenizer_class"] == "DebertaV2Tokenizer"
-    with pytest.raises(BertcError, match="only spm.model is bundled"):
-        load_tokenizer(out, 16)
+    # read as transformers reads it (tests/test_sentencepiece.py compares the ids)
+    assert load_tokenizer(out, 16).encode("the cat sat").ids[0] == 1   # [CLS]
 
 
 @pytest.mark.parametrize("position,n", [({"position_buckets": 256}, 512), ({"position_buckets": 8}, 32),

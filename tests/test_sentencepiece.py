@@ -1,0 +1,124 @@
+"""A DeBERTa-v2/v3 tokenizer from ``spm.model`` alone (bertc/sentencepiece.py) against transformers' own.
+
+tests/fixtures/sentencepiece/expected.json (tools/make_sentencepiece_fixture.py, transformers 5 in the side
+environment) holds what ``AutoTokenizer.from_pretrained`` gives from a folder with a SentencePiece model and a
+tokenizer config alone, for two models (with and without a precompiled character map) and three configs.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tokenizers  # noqa: F401  (the test extra has it)
+from bertc.errors import BertcError
+from bertc.sentencepiece import BPE, deberta_v2, read_model
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+EXPECTED = json.loads((FIXTURES / "sentencepiece" / "expected.json").read_text(encoding="utf-8"))
+CASES = [(model, name) for model, configs in EXPECTED["models"].items() for name in configs]
+
+
+@pytest.mark.parametrize("model,config", CASES)
+def test_ids_and_type_ids_are_transformers_own(model, config):
+    want = EXPECTED["models"][model][config]
+    tok = deberta_v2(FIXTURES / model, want["tokenizer_config"])
+    for text, (ids, types) in zip(EXPECTED["texts"], want["single"]):
+        got = tok.encode(text)
+        assert (got.ids, got.type_ids) == (ids, types), text
+    for (a, b), (ids, types) in zip(EXPECTED["pairs"], want["pair"]):
+        got = tok.encode(a, b)
+        assert (got.ids, got.type_ids) == (ids, types), (a, b)
+    assert tok.token_to_id("[MASK]") == want["mask_id"]
+
+
+def test_the_model_file_is_read_as_sentencepiece_writes_it():
+    with_map = read_model(FIXTURES / "hf" / "deberta_v3_model" / "spm.model")
+    identity = read_model(FIXTURES / "sentencepiece" / "identity" / "spm.model")
+    assert [p.piece for p in with_map.pieces[:4]] == ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
+    assert [p.type for p in with_map.pieces[:4]] == [3, 3, 3, 2]          # control, control, control, unknown
+    assert with_map.unk_id == 3 and with_map.model_type == 1 and not with_map.byte_fallback
+    assert len(with_map.precompiled_charsmap) > 1000 and identity.precompiled_charsmap == b""
+    assert all(p.score < 0 for p in with_map.pieces[5:]) and with_map.pieces[5].score > with_map.pieces[-1].score
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"model\": \"not a sentencepiece file\"}\n", b"\x0a\xff\xff\xff\xff\x0f"])
+def test_a_file_that_is_not_a_sentencepiece_model_is_named(tmp_path, content):
+    path = tmp_path / "spm.model"
+    path.write_bytes(content)
+    with pytest.raises(BertcError, match=f"{path}: not a SentencePiece model"):
+        read_model(path)
+
+
+def test_a_truncated_model_is_refused(tmp_path):
+    data = (FIXTURES / "hf" / "deberta_v3_model" / "spm.model").read_bytes()
+    path = tmp_path / "spm.model"
+    path.write_bytes(data[:1000])
+    with pytest.raises(BertcError, match="not a SentencePiece model"):
+        read_model(path)
+
+
+def test_what_deberta_tokenizer_is_not_is_refused(monkeypatch, tmp_path):
+    import bertc.sentencepiece as sp
+
+    model = read_model(FIXTURES / "hf" / "deberta_v3_model" / "spm.model")
+    model.model_type = BPE
+    monkeypatch.setattr(sp, "read_model", lambda path: model)
+    with pytest.raises(BertcError, match="Unigram"):
+        deberta_v2(tmp_path / "spm.model", {})
+
+
+def test_the_configs_added_tokens_get_the_ids_it_names(tmp_path):
+    path = FIXTURES / "sentencepiece" / "identity" / "spm.model"
+    tok = deberta_v2(path, {"added_tokens_decoder": {"40": {"content": "[MASK]", "special": True},
+                                                     "41": {"content": "<extra>", "special": True}}})
+    assert tok.token_to_id("[MASK]") == 40 and tok.token_to_id("<extra>") == 41
+    assert tok.encode("the cat <extra>").ids[-2:] == [41, 2]
+    with pytest.raises(BertcError, match=r"tokenizer_config.json: added_tokens_decoder puts '<extra>' at id 45"):
+        deberta_v2(path, {"added_tokens_decoder": {"45": {"content": "<extra>"}}})
+
+
+def test_a_build_with_spm_model_alone_reads_text_as_its_tokenizer_json_does(tmp_path):
+    """The deberta_v3_model fixture's tokenizer.json was written by transformers from its spm.model: a build
+    that has the spm.model alone (as microsoft/deberta-v3-base ships) tokenizes text the same way, and the
+    calibration of a build finds it usable."""
+    from bertc.calibration import has_tokenizer
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+    from bertc.text import bundle_tokenizer, encode_texts, load_tokenizer
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("spm.model", "tokenizer_config.json"):
+        shutil.copyfile(FIXTURES / "hf" / "deberta_v3_model" / name, source / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert bundle_tokenizer(source, out)["kind"] == "SentencePiece (spm.model)"
+    assert has_tokenizer(out)
+    whole = tokenizers.Tokenizer.from_file(str(FIXTURES / "hf" / "deberta_v3_model" / "tokenizer.json"))
+    tok = load_tokenizer(out, 512)
+    # ASCII text: the transformers that wrote that tokenizer.json left the model's character map (NFKC) out of
+    # it, where transformers 5.25 (expected.json) and SentencePiece itself apply it, as bertc does
+    ascii_texts = [t for t in EXPECTED["texts"] if t.isascii()]
+    assert len(ascii_texts) >= 8
+    for text in ascii_texts + ["the cat sat on the mat.", "  two  spaces ", "[MASK] and [CLS]"]:
+        assert tok.encode(text).ids == whole.encode(text).ids, text
+    for a, b in [(a, b) for a, b in EXPECTED["pairs"] if (a + b).isascii()]:
+        assert (tok.encode(a, b).ids, tok.encode(a, b).type_ids) == (whole.encode(a, b).ids,
+                                                                      whole.encode(a, b).type_ids)
+    # the model type alone (no tokenizer_class) says DeBERTa too
+    (out / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "vocab_type": "spm"}))
+    shutil.copyfile(FIXTURES / "hf" / "deberta_v3_model" / "config.json", out / CHECKPOINT_CONFIG)
+    assert load_tokenizer(out, 64).encode("the cat").ids == whole.encode("the cat").ids
+    assert set(encode_texts(out, ["the cat", "a dog ran"], 16)) >= {"input_word_ids", "input_mask"}
+
+
+def test_a_sentencepiece_model_of_another_family_alone_is_named(tmp_path):
+    from bertc.text import load_tokenizer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(FIXTURES / "hf" / "deberta_v3_model" / "spm.model", out / "spiece.model")
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "AlbertTokenizer"}))
+    with pytest.raises(BertcError, match=r"only spiece.model is bundled; bertc reads a SentencePiece model alone "
+                                         r"for DeBERTa-v2/v3 \(spm.model\), and otherwise needs tokenizer.json"):
+        load_tokenizer(out, 16)
