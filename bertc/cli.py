@@ -59,8 +59,11 @@ def _load_plugins(ctx, param, plugins):
     any command reads a spec or a build."""
     from bertc.plugins import from_environment, load_plugins, loaded
 
+    argv = ((ctx.find_root().obj or {}).get("argv") or []) if ctx is not None else []
+    # bertc run reads no spec (it runs the ONNX artifacts): $BERTC_PLUGINS would only import TensorFlow for it
+    running = next((a for a in argv if a in cli.commands), None) == "run"
     already = {r["plugin"] for r in loaded()}
-    wanted = [p for p in from_environment() + list(plugins) if p not in already]
+    wanted = [p for p in ([] if running else from_environment()) + list(plugins) if p not in already]
     if wanted:
         _import_quietly()
         for record in load_plugins(list(dict.fromkeys(wanted))):

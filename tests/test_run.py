@@ -166,13 +166,16 @@ print(json.dumps(results))
 def test_running_a_build_needs_no_tensorflow_and_a_missing_library_is_named(builds, tmp_path):
     """bertc.Runtime and bertc run (every head) need ONNX Runtime and the tokenizer only: they work in a process
     where TensorFlow, Keras, pydantic and the ONNX tools cannot be imported (and so never cost their 2-3 s and
-    ~0.5 GB, in each Ray actor too); a command that needs one of them says which, and how to install it (exit 7)."""
+    ~0.5 GB, in each Ray actor too), nor the plug-ins of $BERTC_PLUGINS; a command that needs one of them says
+    which, and how to install it (exit 7)."""
     import os
     import subprocess
     import sys
 
     (tmp_path / "in.txt").write_text("the cat sat on the mat.\tthe cat\na dog ran fast\ta dog\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # a plug-in set for builds in the environment is not loaded by bertc run (it reads no spec)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "BERTC_PLUGINS": str(tmp_path / "plugin_for_builds.py")}
     run = subprocess.run([sys.executable, "-c", RUN_ONLY, json.dumps({k: str(v) for k, v in builds.items()}),
                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
