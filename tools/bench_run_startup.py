@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What running a built model costs before its first text: `bertc run` and `bertc.Runtime` in fresh processes.
 
-    python tools/bench_run_startup.py OUT [--code DIR ...] [--repeat 5] [--results FILE]
+    python tools/bench_run_startup.py OUT [--code DIR ...] [--repeat 5] [--ray] [--results FILE]
 
 Each case runs ``--repeat`` times, alternating between the code trees (``--code``: bertc checkouts, the
 current tree when none is given), each run in a fresh Python process:
@@ -9,7 +9,9 @@ current tree when none is given), each run in a fresh Python process:
 - ``cli``: ``bertc run OUT two-lines.txt -o result.npy --force -q`` (python -m bertc.cli), wall time and the
   process's peak RSS (``wait4``'s ru_maxrss);
 - ``python``: ``import bertc; bertc.Runtime(OUT).run([...])``, the same, plus whether TensorFlow / Keras were
-  imported (a built model needs ONNX Runtime and the tokenizer only).
+  imported (a built model needs ONNX Runtime and the tokenizer only);
+- ``ray`` (with ``--ray``): ``bertc run ... --ray --actors 2`` (a local Ray), wall time and the peak RSS of each
+  Ray Data actor process (its title names the predictor), sampled every 20 ms from /proc.
 
 The medians are printed and saved (tools/results/bench_run_startup.json unless ``--results``) with the exact
 command, the host and the date.
@@ -53,12 +55,47 @@ def timed(cmd: list, env: dict, cwd: Path) -> tuple[float, float, str]:
         return seconds, usage.ru_maxrss / 1024.0, out.read().decode()
 
 
+class ActorRss:
+    """Peak RSS per process of the Ray Data actors running bertc's predictor (``ray::...RayPredictor...`` in
+    their command line), sampled from /proc while a run lasts."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        self.peaks: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval):
+        while not self._stop.is_set():
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    if not title.startswith("ray::") or "Predictor" not in title:
+                        continue
+                    rss = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
+                               if line.startswith("VmRSS:"))
+                except (OSError, StopIteration, ValueError):
+                    continue
+                self.peaks[proc.name] = max(self.peaks.get(proc.name, 0), rss)
+            self._stop.wait(interval)
+
+    def stop(self) -> list:
+        self._stop.set()
+        self._thread.join()
+        return sorted(round(kb / 1024.0, 1) for kb in self.peaks.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="a bertc build (OUT directory) with a bundled tokenizer")
     parser.add_argument("--code", type=Path, action="append", default=None,
                         help="a bertc source tree to run (repeatable; default: this checkout)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--ray", action="store_true", help="also time bertc run --ray --actors 2 (a local Ray)")
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_run_startup.json")
     args = parser.parse_args()
     codes = [c.resolve() for c in (args.code or [ROOT])]
@@ -66,7 +103,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bertc-startup-"))
     inputs = work / "in.txt"
     inputs.write_text("the first text.\nand a second one\n")
-    runs: dict = {str(c): {"cli": [], "python": []} for c in codes}
+    runs: dict = {str(c): {"cli": [], "python": [], **({"ray": []} if args.ray else {})} for c in codes}
+    actors: dict = {str(c): [] for c in codes}
     imported: dict = {}
     for _ in range(args.repeat):
         for code in codes:
@@ -77,15 +115,25 @@ def main() -> int:
             seconds, mb, text = timed([sys.executable, "-c", PYTHON_CASE, str(out)], env, work)
             runs[str(code)]["python"].append((seconds, mb))
             imported[str(code)] = json.loads(text.strip().splitlines()[-1])["imported"]
+            if args.ray:
+                sampler = ActorRss()
+                seconds, mb, _ = timed([sys.executable, "-m", "bertc.cli", "run", str(out), str(inputs), "-o",
+                                        str(work / "result.npy"), "--force", "-q", "--ray", "--actors", "2"], env, work)
+                peaks = sampler.stop()
+                runs[str(code)]["ray"].append((seconds, max(peaks, default=0.0)))
+                actors[str(code)].append(peaks)
     figures = {code: {case: {"median_seconds": round(statistics.median(s for s, _ in r), 3),
                              "median_peak_rss_mb": round(statistics.median(m for _, m in r), 1),
                              "runs": [[round(s, 3), round(m, 1)] for s, m in r]}
                       for case, r in cases.items()} | {"imports": imported[code]}
+               | ({"ray_actor_peak_rss_mb": actors[code]} if args.ray else {})
                for code, cases in runs.items()}
     for code, f in figures.items():
         print(f"{code}: bertc run {f['cli']['median_seconds']:.2f} s, {f['cli']['median_peak_rss_mb']:.0f} MB; "
               f"bertc.Runtime {f['python']['median_seconds']:.2f} s, {f['python']['median_peak_rss_mb']:.0f} MB; "
-              f"imports {', '.join(f['imports']) or 'no TensorFlow / Keras'}")
+              f"imports {', '.join(f['imports']) or 'no TensorFlow / Keras'}"
+              + (f"; bertc run --ray (2 actors) {f['ray']['median_seconds']:.2f} s, each actor's peak "
+                 f"{f['ray']['median_peak_rss_mb']:.0f} MB (median of the largest)" if args.ray else ""))
     record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d"),
               "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                        "cpus": os.cpu_count(), "python": platform.python_version()},
