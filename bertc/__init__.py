@@ -35,9 +35,9 @@ from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python: ONNX Ru
 
 def _register_with_keras() -> None:
     """Register bertc's layers with Keras' serialization, so ``keras.saving.load_model`` reads a ``model.keras``
-    after ``import bertc``, without making ``import bertc`` import TensorFlow (2-3 s and ~0.5 GB, which running a
-    built model with :class:`Runtime` or ``bertc run`` never needs): at once when Keras is imported already,
-    else right after Keras is first imported (an import hook that removes itself)."""
+    after ``import bertc``, without making ``import bertc`` import TensorFlow (its start-up time and memory, which
+    running a built model with :class:`Runtime` or ``bertc run`` never needs): at once when Keras is imported
+    already, else right after Keras is first imported (an import hook that removes itself)."""
     if "keras" in sys.modules:
         import bertc.components  # noqa: F401
     elif not any(isinstance(f, _AfterKeras) for f in sys.meta_path):

@@ -165,9 +165,9 @@ print(json.dumps(results))
 
 def test_running_a_build_needs_no_tensorflow_and_a_missing_library_is_named(builds, tmp_path):
     """bertc.Runtime and bertc run (every head) need ONNX Runtime and the tokenizer only: they work in a process
-    where TensorFlow, Keras, pydantic and the ONNX tools cannot be imported (and so never cost their 2-3 s and
-    ~0.5 GB, in each Ray actor too), nor the plug-ins of $BERTC_PLUGINS; a command that needs one of them says
-    which, and how to install it (exit 7)."""
+    where TensorFlow, Keras, pydantic and the ONNX tools cannot be imported (and so never cost their start-up
+    time and memory, in each Ray actor too), and load no plug-in of $BERTC_PLUGINS; a command that needs one of
+    those libraries says which, and how to install it (exit 7)."""
     import os
     import subprocess
     import sys
