@@ -45,26 +45,33 @@ def _register_with_keras() -> None:
 
 
 class _AfterKeras:
-    """A ``sys.meta_path`` finder that finds nothing itself: when ``keras`` is imported, it hands back the real
-    module's spec with a loader that imports :mod:`bertc.components` once Keras has run."""
+    """A ``sys.meta_path`` finder that finds nothing itself: for ``keras`` it hands back the real module's spec with
+    a loader that imports :mod:`bertc.components` once Keras has run (and takes itself out of ``sys.meta_path``
+    then, not before: TensorFlow probes for Keras with ``importlib.util.find_spec`` before importing it)."""
+
+    def __init__(self):
+        self.busy = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "keras":
+        if name != "keras" or self.busy:
             return None
         import importlib.util
 
-        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
-        spec = importlib.util.find_spec(name)
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy = False
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _RegisterAfter(spec.loader)
+            spec.loader = _RegisterAfter(spec.loader, self)
         return spec
 
 
 class _RegisterAfter:
     """Keras' own loader, then bertc's components (whose layers register themselves with Keras)."""
 
-    def __init__(self, loader):
-        self._loader = loader
+    def __init__(self, loader, finder):
+        self._loader, self._finder = loader, finder
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -74,6 +81,7 @@ class _RegisterAfter:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self._finder]
         if "bertc.components" not in sys.modules:
             try:
                 import bertc.components  # noqa: F401

@@ -69,6 +69,8 @@ if order == "keras first":
 else:
     import bertc
     assert "tensorflow" not in sys.modules and "bertc.components" not in sys.modules, "import bertc loaded TensorFlow"
+    if order == "tensorflow after bertc":   # TensorFlow probes for Keras (find_spec) before importing it
+        import tensorflow
     import keras
 import keras.saving
 assert keras.saving.get_registered_object("bertc>MultiHeadAttention") is not None, "bertc's layers are not registered"
@@ -78,9 +80,9 @@ assert not [f for f in sys.meta_path if type(f).__name__ == "_AfterKeras"], "the
 
 def test_import_bertc_registers_its_layers_with_keras_in_either_order_without_loading_tensorflow_itself():
     """``import bertc`` imports no TensorFlow (running a build never needs it), yet bertc's layers are registered
-    with Keras whether Keras was imported before bertc or after it."""
+    with Keras whether Keras was imported before bertc or after it, directly or through TensorFlow."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for order in ("keras first", "bertc first"):
+    for order in ("keras first", "bertc first", "tensorflow after bertc"):
         run = subprocess.run([sys.executable, "-c", REGISTERED, order], capture_output=True, text=True, env=env,
                              timeout=300)
         assert run.returncode == 0, f"{order}: {run.stderr[-2000:]}"
