@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """What running a built model costs before its first text: `bertc run` and `bertc.Runtime` in fresh processes.
 
-    python tools/bench_run_startup.py OUT [--code DIR ...] [--repeat 5] [--ray] [--results FILE]
+    python tools/bench_run_startup.py OUT [--code DIR ...] [--repeat 5] [--ray] [--input FILE] [--results FILE]
 
 Each case runs ``--repeat`` times, alternating between the code trees (``--code``: bertc checkouts, the
 current tree when none is given), each run in a fresh Python process:
 
-- ``cli``: ``bertc run OUT two-lines.txt -o result.npy --force -q`` (python -m bertc.cli), wall time and the
-  process's peak RSS (``wait4``'s ru_maxrss);
+- ``cli``: ``bertc run OUT two-lines.txt -o result.npy --force -q`` (python -m bertc.cli; ``--input FILE``
+  runs FILE instead), wall time and the process's peak RSS (``wait4``'s ru_maxrss);
 - ``python``: ``import bertc; bertc.Runtime(OUT).run([...])``, the same, plus whether TensorFlow / Keras were
   imported (a built model needs ONNX Runtime and the tokenizer only);
 - ``ray`` (with ``--ray``): ``bertc run ... --ray --actors 2`` (a local Ray), wall time and the peak RSS of each
@@ -95,6 +95,8 @@ def main() -> int:
     parser.add_argument("--code", type=Path, action="append", default=None,
                         help="a bertc source tree to run (repeatable; default: this checkout)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--input", type=Path, default=None,
+                        help="the texts of the cli and ray cases (default: two short lines)")
     parser.add_argument("--ray", action="store_true", help="also time bertc run --ray --actors 2 (a local Ray)")
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_run_startup.json")
     args = parser.parse_args()
@@ -103,6 +105,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bertc-startup-"))
     inputs = work / "in.txt"
     inputs.write_text("the first text.\nand a second one\n")
+    if args.input is not None:
+        inputs = args.input.resolve()
     runs: dict = {str(c): {"cli": [], "python": [], **({"ray": []} if args.ray else {})} for c in codes}
     actors: dict = {str(c): [] for c in codes}
     imported: dict = {}
@@ -137,7 +141,8 @@ def main() -> int:
     record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d"),
               "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                        "cpus": os.cpu_count(), "python": platform.python_version()},
-              "out": str(out), "repeat": args.repeat, "figures": figures}
+              "out": str(out), "input": str(inputs) if args.input is not None else "two short lines",
+              "input_lines": sum(1 for _ in open(inputs, encoding="utf-8")), "repeat": args.repeat, "figures": figures}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.results}")
