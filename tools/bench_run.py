@@ -28,7 +28,7 @@
 5. Timing: every target embeds all the sentences once per round, one after the other (bertc in this process
    with ``bertc.Runtime``, the anchors in the worker, never at the same time), ``--threads`` intra-op threads,
    thread spinning off; the figure is the median over rounds of the per-round ratio of sentences/s. Once more,
-   end to end: the ``bertc run`` command on the file (process start, TensorFlow import and all).
+   end to end: the ``bertc run`` command on the file (process start and all).
 6. Equality: the cosine of bertc's embedding of each sentence with each anchor's (the minimum over all); and
    fidelity against sentence-transformers' own torch model: bertc's fp32 optimized artifact's embeddings (max abs
    diff, min cosine) and the artifact ``bertc run`` picks (min / mean cosine, and on how many sentences the
