@@ -1,16 +1,15 @@
 """A tokenizer from a SentencePiece model file alone, as transformers builds it, for the ``tokenizers`` library.
 
 DeBERTa-v2/v3's published checkpoints (microsoft/deberta-v3-base and its siblings) ship ``spm.model`` and no
-``tokenizer.json``; transformers turns the SentencePiece model into a ``tokenizers`` pipeline when it loads them.
-bertc does the same here, so ``bertc run``, ``bertc parity --text`` and the int8 tuning's real sentences work on
-such a build too: :func:`read_model` decodes the model file's protobuf (the fields transformers reads: the pieces
-with their scores and types, the trainer's model type and unknown id, the normalizer's precompiled character
-map) without the ``sentencepiece`` or ``protobuf`` packages, and :func:`deberta_v2` builds what transformers'
-``DebertaV2Tokenizer`` builds from it (transformers 5: a Unigram model; lowercasing when the tokenizer config
-says so; the character map, right strip and runs of spaces made one; punctuation split off when
-``split_by_punct``; the ``▁`` word prefix; ``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]`` with type ids 0 / 1).
-``tests/test_sentencepiece.py`` compares it with transformers' own tokenizer on a model trained by
-``tools/make_sentencepiece_fixture.py``.
+``tokenizer.json``, as do ALBERT, XLM-RoBERTa and CamemBERT checkpoints saved before fast tokenizers
+(``spiece.model``, ``sentencepiece.bpe.model``); transformers turns the SentencePiece model into a ``tokenizers``
+pipeline when it loads them. bertc does the same here, so ``bertc run``, ``bertc parity --text`` and the int8
+tuning's real sentences work on such a build too: :func:`read_model` decodes the model file's protobuf (the fields
+transformers reads: the pieces with their scores and types, the trainer's model type and unknown id, the
+normalizer's precompiled character map) without the ``sentencepiece`` or ``protobuf`` packages, and
+:func:`tokenizer_for` builds what transformers 5's tokenizer class of the family builds from it (its vocabulary
+order, normalizer, pre-tokenizer and special tokens: :data:`FAMILIES`). ``tests/test_sentencepiece.py`` compares
+each with transformers' own on models made by ``tools/make_sentencepiece_fixture.py``.
 """
 from __future__ import annotations
 
@@ -133,6 +132,68 @@ def read_model(path: Path) -> Model:
     return model
 
 
+# model_type -> (the SentencePiece file transformers reads, its tokenizer class)
+FAMILIES = {"deberta-v2": ("spm.model", "DebertaV2Tokenizer"), "albert": ("spiece.model", "AlbertTokenizer"),
+            "xlm-roberta": ("sentencepiece.bpe.model", "XLMRobertaTokenizer"),
+            "camembert": ("sentencepiece.bpe.model", "CamembertTokenizer")}
+
+
+def _token(config: dict, key: str, default: str) -> str:
+    value = config.get(key, default)
+    if isinstance(value, dict):   # an AddedToken written out: {"content": ...}
+        value = value.get("content", default)
+    return str(value)
+
+
+def _unigram(path: Path, model: Model):
+    if model.model_type != UNIGRAM:
+        raise BertcError(f"{path}: a SentencePiece model of type {model.model_type}; bertc reads Unigram models "
+                         f"(type {UNIGRAM}) alone, as these families' tokenizers are")
+    if model.byte_fallback:
+        raise BertcError(f"{path}: a SentencePiece model with byte fallback, which these families' tokenizers do "
+                         f"not have")
+
+
+_OPTIONS = ("lstrip", "rstrip", "single_word", "normalized")
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# each family's special tokens when its tokenizer config does not name them (transformers' defaults)
+DEBERTA_TOKENS = dict(zip(_SPECIAL_KEYS, ("[CLS]", "[SEP]", "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")))
+ALBERT_TOKENS = dict(zip(_SPECIAL_KEYS, ("[CLS]", "[SEP]", "<unk>", "[SEP]", "<pad>", "[CLS]", "[MASK]")))
+FAIRSEQ_TOKENS = dict(zip(_SPECIAL_KEYS, ("<s>", "</s>", "<unk>", "</s>", "<pad>", "<s>", "<mask>")))
+
+
+def _added_tokens(tokenizers, tok, path: Path, model: Model, defaults: dict, config: dict,
+                  first: dict | None = None) -> None:
+    """The special tokens (the config's, else the family's ``defaults``, in transformers' order: bos, eos, unk,
+    sep, pad, cls, mask), then the model's control pieces, then the tokens the config adds at given ids
+    (``added_tokens_decoder``), which must get those ids; a token not in the vocabulary takes the next id. A
+    token's matching options (lstrip, rstrip, single_word, normalized) are the family's (``first``), then those the
+    config writes with it."""
+    options = {t: dict(o) for t, o in (first or {}).items()}
+    written = [config.get(k) for k in _SPECIAL_KEYS] + list((config.get("added_tokens_decoder") or {}).values())
+    for entry in written:
+        if isinstance(entry, dict) and "content" in entry:
+            options.setdefault(str(entry["content"]), {}).update(
+                {k: bool(entry[k]) for k in _OPTIONS if k in entry})
+
+    def added(content: str, special: bool = True):
+        return tokenizers.AddedToken(content, special=special, **{"normalized": False, **options.get(content, {})})
+
+    names = [_token(config, key, defaults[key]) for key in _SPECIAL_KEYS]
+    names += [p.piece for p in model.pieces if p.type == CONTROL]
+    tok.add_special_tokens([added(t) for t in dict.fromkeys(names)])
+    extra = config.get("added_tokens_decoder") or {}
+    for index in sorted(extra, key=lambda k: int(k)):
+        entry = extra[index]
+        content = str(entry.get("content")) if isinstance(entry, dict) else str(entry)
+        if tok.token_to_id(content) is None:
+            tok.add_special_tokens([added(content, bool(entry.get("special", True)) if isinstance(entry, dict)
+                                          else True)])
+        if tok.token_to_id(content) != int(index):
+            raise BertcError(f"{Path(path).parent / 'tokenizer_config.json'}: added_tokens_decoder puts {content!r} "
+                             f"at id {index}, but {Path(path).name} gives it id {tok.token_to_id(content)}")
+
+
 def deberta_v2(path: Path, config: dict):
     """transformers' ``DebertaV2Tokenizer`` for the SentencePiece model at ``path`` and the tokenizer config
     ``config`` (tokenizer_config.json), as a ``tokenizers.Tokenizer``."""
@@ -140,21 +201,9 @@ def deberta_v2(path: Path, config: dict):
     from tokenizers import Regex, normalizers, pre_tokenizers, processors
 
     model = read_model(path)
-    if model.model_type != UNIGRAM:
-        raise BertcError(f"{path}: a SentencePiece model of type {model.model_type}; DeBERTa's tokenizer is a "
-                         f"Unigram model (type {UNIGRAM})")
-    if model.byte_fallback:
-        raise BertcError(f"{path}: a SentencePiece model with byte fallback, which DeBERTa's tokenizer does not have")
-
-    def token(key: str, default: str) -> str:
-        value = config.get(key, default)
-        if isinstance(value, dict):   # an AddedToken written out: {"content": ...}
-            value = value.get("content", default)
-        return str(value)
-
-    cls, sep, unk = token("cls_token", "[CLS]"), token("sep_token", "[SEP]"), token("unk_token", "[UNK]")
-    specials = [cls, sep, unk, token("pad_token", "[PAD]"), token("mask_token", "[MASK]"),
-                token("bos_token", "[CLS]"), token("eos_token", "[SEP]")]
+    _unigram(path, model)
+    cls, sep, unk = _token(config, "cls_token", "[CLS]"), _token(config, "sep_token", "[SEP]"), \
+        _token(config, "unk_token", "[UNK]")
     vocab = [(p.piece, p.score) for p in model.pieces]
     unk_id = vocab.index((unk, 0.0)) if (unk, 0.0) in vocab else model.unk_id
     tok = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
@@ -171,22 +220,100 @@ def deberta_v2(path: Path, config: dict):
     tok.pre_tokenizer = pre_tokenizers.Sequence([*split, pre_tokenizers.Metaspace(replacement="▁",
                                                                                    prepend_scheme=scheme)])
     tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
-    # the model's control pieces, the config's special tokens, then the tokens the config adds at given ids
-    added = [p.piece for p in model.pieces if p.type == CONTROL]
-    added += [s for s in specials if s not in added]
-    tok.add_special_tokens([tokenizers.AddedToken(s, normalized=False, special=True) for s in added])
-    extra = config.get("added_tokens_decoder") or {}
-    for index in sorted(extra, key=lambda k: int(k)):
-        entry = extra[index]
-        content = entry.get("content") if isinstance(entry, dict) else str(entry)
-        if tok.token_to_id(content) is None:
-            tok.add_special_tokens([tokenizers.AddedToken(
-                content, normalized=bool(entry.get("normalized", False)) if isinstance(entry, dict) else False,
-                special=bool(entry.get("special", True)) if isinstance(entry, dict) else True)])
-        if tok.token_to_id(content) != int(index):
-            raise BertcError(f"{Path(path).parent / 'tokenizer_config.json'}: added_tokens_decoder puts {content!r} "
-                             f"at id {index}, but {Path(path).name} gives it id {tok.token_to_id(content)}")
+    _added_tokens(tokenizers, tok, path, model, DEBERTA_TOKENS, config)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
     return tok
+
+
+def albert(path: Path, config: dict):
+    """transformers' ``AlbertTokenizer`` (the model's pieces in order, ``<unk>`` at id 1; quotes ````/'' made ",
+    accents stripped unless ``keep_accents``, lowercased unless ``do_lower_case`` is false, the character map;
+    ``[CLS] A [SEP] B [SEP]`` with type ids 0 / 1)."""
+    import tokenizers
+    from tokenizers import normalizers, pre_tokenizers, processors
+
+    model = read_model(path)
+    _unigram(path, model)
+    cls, sep = _token(config, "cls_token", "[CLS]"), _token(config, "sep_token", "[SEP]")
+    tok = tokenizers.Tokenizer(tokenizers.models.Unigram([(p.piece, p.score) for p in model.pieces], unk_id=1,
+                                                         byte_fallback=False))
+    steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+    if not config.get("keep_accents", False):
+        steps += [normalizers.NFKD(), normalizers.StripAccents()]
+    if config.get("do_lower_case", True):
+        steps.append(normalizers.Lowercase())
+    if model.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(model.precompiled_charsmap))
+    tok.normalizer = normalizers.Sequence(steps)
+    scheme = "always" if config.get("add_prefix_space", True) else "never"
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)])
+    tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
+    _added_tokens(tokenizers, tok, path, model, ALBERT_TOKENS, config)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    return tok
+
+
+def _fairseq(path: Path, config: dict, head: list, tail_from: int, unk_id: int, mask_options: dict):
+    """XLM-RoBERTa's and CamemBERT's tokenizer: fairseq's dictionary order (``head``, then the model's pieces from
+    ``tail_from``, then ``<mask>``), only the character map as normalizer, ``<s> A </s></s> B </s>``."""
+    import tokenizers
+    from tokenizers import normalizers, pre_tokenizers, processors
+
+    model = read_model(path)
+    _unigram(path, model)
+    bos, eos = _token(config, "bos_token", "<s>"), _token(config, "eos_token", "</s>")
+    mask = _token(config, "mask_token", "<mask>")
+    vocab = head + [(p.piece, p.score) for p in model.pieces[tail_from:]] + [(mask, 0.0)]
+    tok = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
+    if model.precompiled_charsmap:
+        tok.normalizer = normalizers.Precompiled(model.precompiled_charsmap)
+    scheme = "always" if config.get("add_prefix_space", True) else "never"
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)])
+    tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
+    _added_tokens(tokenizers, tok, path, model, FAIRSEQ_TOKENS, config, first={mask: mask_options})
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
+    return tok
+
+
+def xlm_roberta(path: Path, config: dict):
+    """transformers' ``XLMRobertaTokenizer``: ``<s> <pad> </s> <unk>``, the model's pieces from the fourth on (fairseq's
+    offset of one), ``<mask>`` last."""
+    head = [(_token(config, "bos_token", "<s>"), 0.0), (_token(config, "pad_token", "<pad>"), 0.0),
+            (_token(config, "eos_token", "</s>"), 0.0), (_token(config, "unk_token", "<unk>"), 0.0)]
+    return _fairseq(path, config, head, 3, 3, {})
+
+
+def camembert(path: Path, config: dict):
+    """transformers' ``CamembertTokenizer``: ``<s>NOTUSED <pad> </s>NOTUSED <unk> <unk>NOTUSED``, the model's pieces
+    from the second on, ``<mask>`` last (matched with the space before it)."""
+    unk = _token(config, "unk_token", "<unk>")
+    head = [("<s>NOTUSED", 0.0), (_token(config, "pad_token", "<pad>"), 0.0), ("</s>NOTUSED", 0.0), (unk, 0.0),
+            ("<unk>NOTUSED", -100.0)]
+    return _fairseq(path, config, head, 1, 3, {"lstrip": True})
+
+
+BUILDERS = {"deberta-v2": deberta_v2, "albert": albert, "xlm-roberta": xlm_roberta, "camembert": camembert}
+
+
+def family_of(directory: Path, config: dict, model_type: str | None) -> str | None:
+    """The family whose SentencePiece file is in ``directory`` alone, as transformers would pick its tokenizer:
+    the tokenizer config's ``tokenizer_class``, else the checkpoint's ``model_type``; None when neither names one
+    of :data:`FAMILIES` whose file is there."""
+    named = str(config.get("tokenizer_class") or "")
+    for family, (name, cls) in FAMILIES.items():
+        if (named.startswith(cls) if named else model_type == family) and (Path(directory) / name).is_file():
+            return family
+    return None
+
+
+def tokenizer_for(directory: Path, family: str, config: dict):
+    """The ``tokenizers.Tokenizer`` of ``family`` (:data:`FAMILIES`) from its SentencePiece file in ``directory``."""
+    return BUILDERS[family](Path(directory) / FAMILIES[family][0], config)

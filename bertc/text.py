@@ -128,15 +128,19 @@ def load_tokenizer(out_dir: Path, max_len: int):
             _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.txt")
         else:
             tok = _wordpiece(tokenizers, out_dir, lowercase=lowercase)
-    elif _is_deberta_v2(out_dir, config):   # microsoft/deberta-v3-*: spm.model, no tokenizer.json
-        from bertc.sentencepiece import deberta_v2
-
-        tok = deberta_v2(out_dir / "spm.model", config)
     elif any((out_dir / name).exists() for name in SENTENCEPIECE_FILES):
-        name = next(name for name in SENTENCEPIECE_FILES if (out_dir / name).exists())
-        raise BertcError(f"{out_dir}: only {name} is bundled; bertc reads a SentencePiece model alone for "
-                         f"DeBERTa-v2/v3 (spm.model), and otherwise needs tokenizer.json "
-                         f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
+        # a SentencePiece model alone (microsoft/deberta-v3-*; ALBERT / XLM-R / CamemBERT saved before fast tokenizers)
+        from bertc.checkpoints import CHECKPOINT_CONFIG
+        from bertc.sentencepiece import family_of, tokenizer_for
+
+        family = family_of(out_dir, config, _read_json(out_dir / CHECKPOINT_CONFIG).get("model_type"))
+        if family is None:
+            name = next(name for name in SENTENCEPIECE_FILES if (out_dir / name).exists())
+            raise BertcError(f"{out_dir}: only {name} is bundled, and neither tokenizer_config.json's tokenizer_class "
+                             f"nor the checkpoint's model_type names a family bertc reads it for (DeBERTa-v2/v3, "
+                             f"ALBERT, XLM-RoBERTa, CamemBERT); otherwise bertc needs tokenizer.json "
+                             f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
+        tok = tokenizer_for(out_dir, family, config)
     else:
         raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
                          f"merges.txt); it is bundled when the trained weights come with one")
@@ -146,19 +150,6 @@ def load_tokenizer(out_dir: Path, max_len: int):
     tok.enable_truncation(max_length=max_len)
     tok.no_padding()
     return tok
-
-
-def _is_deberta_v2(out_dir: Path, config: dict) -> bool:
-    """A DeBERTa-v2/v3 tokenizer given as ``spm.model`` alone: its tokenizer config names the class, or the
-    build's checkpoint config (bundled as checkpoint_config.json) says ``model_type = "deberta-v2"``."""
-    from bertc.checkpoints import CHECKPOINT_CONFIG
-
-    if not (out_dir / "spm.model").is_file():
-        return False
-    named = str(config.get("tokenizer_class") or "")
-    if named:
-        return named.startswith("DebertaV2Tokenizer")
-    return _read_json(out_dir / CHECKPOINT_CONFIG).get("model_type") == "deberta-v2"
 
 
 def _roberta_specials(tokenizers, tok, vocab: dict, where: Path) -> None:

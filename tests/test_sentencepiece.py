@@ -1,8 +1,10 @@
-"""A DeBERTa-v2/v3 tokenizer from ``spm.model`` alone (bertc/sentencepiece.py) against transformers' own.
+"""Tokenizers from a SentencePiece model alone (bertc/sentencepiece.py: DeBERTa-v2/v3's ``spm.model``, ALBERT's
+``spiece.model``, XLM-RoBERTa's and CamemBERT's ``sentencepiece.bpe.model``) against transformers' own.
 
 tests/fixtures/sentencepiece/expected.json (tools/make_sentencepiece_fixture.py, transformers 5 in the side
-environment) holds what ``AutoTokenizer.from_pretrained`` gives from a folder with a SentencePiece model and a
-tokenizer config alone, for two models (with and without a precompiled character map) and three configs.
+environment) holds what ``AutoTokenizer.from_pretrained`` gives from a folder with a SentencePiece model, a
+tokenizer config and the model type alone, per family: a model laid out as the family's (no character map) and
+one with a precompiled character map, under the family's tokenizer configs.
 """
 import json
 import shutil
@@ -16,25 +18,34 @@ from bertc.sentencepiece import BPE, deberta_v2, read_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "sentencepiece" / "expected.json").read_text(encoding="utf-8"))
-CASES = [(model, name) for model, configs in EXPECTED["models"].items() for name in configs]
+CASES = [(model, name) for model, entry in EXPECTED["models"].items() for name in entry["configs"]]
+IDENTITY = FIXTURES / "sentencepiece" / "deberta_v2" / "spm.model"
 
 
 @pytest.mark.parametrize("model,config", CASES)
-def test_ids_and_type_ids_are_transformers_own(model, config):
-    want = EXPECTED["models"][model][config]
-    tok = deberta_v2(FIXTURES / model, want["tokenizer_config"])
+def test_ids_and_type_ids_are_transformers_own(model, config, tmp_path):
+    """A build holding the family's SentencePiece file, its tokenizer config and its checkpoint's config (as
+    ``bertc build`` bundles them) tokenizes as transformers does."""
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+    from bertc.text import load_tokenizer
+
+    entry = EXPECTED["models"][model]
+    want = entry["configs"][config]
+    shutil.copyfile(FIXTURES / entry["file"], tmp_path / entry["file_name"])
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(want["tokenizer_config"]))
+    (tmp_path / CHECKPOINT_CONFIG).write_text(json.dumps({"model_type": entry["model_type"]}))
+    tok = load_tokenizer(tmp_path, 512)
     for text, (ids, types) in zip(EXPECTED["texts"], want["single"]):
         got = tok.encode(text)
-        assert (got.ids, got.type_ids) == (ids, types), text
+        assert got.ids == ids and (types is None or got.type_ids == types), text
     for (a, b), (ids, types) in zip(EXPECTED["pairs"], want["pair"]):
         got = tok.encode(a, b)
-        assert (got.ids, got.type_ids) == (ids, types), (a, b)
-    assert tok.token_to_id("[MASK]") == want["mask_id"]
+        assert got.ids == ids and (types is None or got.type_ids == types), (a, b)
 
 
 def test_the_model_file_is_read_as_sentencepiece_writes_it():
     with_map = read_model(FIXTURES / "hf" / "deberta_v3_model" / "spm.model")
-    identity = read_model(FIXTURES / "sentencepiece" / "identity" / "spm.model")
+    identity = read_model(IDENTITY)
     assert [p.piece for p in with_map.pieces[:4]] == ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
     assert [p.type for p in with_map.pieces[:4]] == [3, 3, 3, 2]          # control, control, control, unknown
     assert with_map.unk_id == 3 and with_map.model_type == 1 and not with_map.byte_fallback
@@ -69,7 +80,7 @@ def test_what_deberta_tokenizer_is_not_is_refused(monkeypatch, tmp_path):
 
 
 def test_the_configs_added_tokens_get_the_ids_it_names(tmp_path):
-    path = FIXTURES / "sentencepiece" / "identity" / "spm.model"
+    path = IDENTITY
     tok = deberta_v2(path, {"added_tokens_decoder": {"40": {"content": "[MASK]", "special": True},
                                                      "41": {"content": "<extra>", "special": True}}})
     assert tok.token_to_id("[MASK]") == 40 and tok.token_to_id("<extra>") == 41
@@ -117,8 +128,10 @@ def test_a_sentencepiece_model_of_another_family_alone_is_named(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    shutil.copyfile(FIXTURES / "hf" / "deberta_v3_model" / "spm.model", out / "spiece.model")
-    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "AlbertTokenizer"}))
-    with pytest.raises(BertcError, match=r"only spiece.model is bundled; bertc reads a SentencePiece model alone "
-                                         r"for DeBERTa-v2/v3 \(spm.model\), and otherwise needs tokenizer.json"):
+    shutil.copyfile(FIXTURES / "sentencepiece" / "albert" / "spiece.model", out / "spiece.model")
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer"}))
+    with pytest.raises(BertcError, match=r"only spiece.model is bundled, and neither tokenizer_config.json's "
+                                         r"tokenizer_class nor the checkpoint's model_type names a family"):
         load_tokenizer(out, 16)
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "AlbertTokenizer"}))
+    assert load_tokenizer(out, 16).encode("the cat").ids[0] == 2          # ALBERT's [CLS]
