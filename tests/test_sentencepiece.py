@@ -89,36 +89,39 @@ def test_the_configs_added_tokens_get_the_ids_it_names(tmp_path):
         deberta_v2(path, {"added_tokens_decoder": {"45": {"content": "<extra>"}}})
 
 
-def test_a_build_with_spm_model_alone_reads_text_as_its_tokenizer_json_does(tmp_path):
-    """The deberta_v3_model fixture's tokenizer.json was written by transformers from its spm.model: a build
-    that has the spm.model alone (as microsoft/deberta-v3-base ships) tokenizes text the same way, and the
-    calibration of a build finds it usable."""
+@pytest.mark.parametrize("fixture,model_file", [("deberta_v3_model", "spm.model"),
+                                                ("xlmr_model", "sentencepiece.bpe.model")])
+def test_a_build_with_the_sentencepiece_model_alone_reads_text_as_its_tokenizer_json_does(fixture, model_file,
+                                                                                           tmp_path):
+    """These fixtures' tokenizer.json were written by transformers from their SentencePiece model: a build that has
+    the model alone (as microsoft/deberta-v3-base ships, or an XLM-R saved before fast tokenizers) tokenizes text
+    the same way, and the calibration of a build finds it usable."""
     from bertc.calibration import has_tokenizer
     from bertc.checkpoints import CHECKPOINT_CONFIG
     from bertc.text import bundle_tokenizer, encode_texts, load_tokenizer
 
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("spm.model", "tokenizer_config.json"):
-        shutil.copyfile(FIXTURES / "hf" / "deberta_v3_model" / name, source / name)
+    for name in (model_file, "tokenizer_config.json"):
+        shutil.copyfile(FIXTURES / "hf" / fixture / name, source / name)
     out = tmp_path / "out"
     out.mkdir()
-    assert bundle_tokenizer(source, out)["kind"] == "SentencePiece (spm.model)"
+    assert bundle_tokenizer(source, out)["kind"] == f"SentencePiece ({model_file})"
     assert has_tokenizer(out)
-    whole = tokenizers.Tokenizer.from_file(str(FIXTURES / "hf" / "deberta_v3_model" / "tokenizer.json"))
+    whole = tokenizers.Tokenizer.from_file(str(FIXTURES / "hf" / fixture / "tokenizer.json"))
     tok = load_tokenizer(out, 512)
-    # ASCII text: the transformers that wrote that tokenizer.json left the model's character map (NFKC) out of
-    # it, where transformers 5.25 (expected.json) and SentencePiece itself apply it, as bertc does
+    # ASCII text: the transformers that wrote those tokenizer.json left the model's character map (NFKC) out of
+    # them, where transformers 5.25 (expected.json) and SentencePiece itself apply it, as bertc does
     ascii_texts = [t for t in EXPECTED["texts"] if t.isascii()]
     assert len(ascii_texts) >= 8
-    for text in ascii_texts + ["the cat sat on the mat.", "  two  spaces ", "[MASK] and [CLS]"]:
+    for text in ascii_texts + ["the cat sat on the mat.", "  two  spaces ", "[MASK] and [CLS] <mask> <s>"]:
         assert tok.encode(text).ids == whole.encode(text).ids, text
     for a, b in [(a, b) for a, b in EXPECTED["pairs"] if (a + b).isascii()]:
         assert (tok.encode(a, b).ids, tok.encode(a, b).type_ids) == (whole.encode(a, b).ids,
                                                                       whole.encode(a, b).type_ids)
-    # the model type alone (no tokenizer_class) says DeBERTa too
-    (out / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "vocab_type": "spm"}))
-    shutil.copyfile(FIXTURES / "hf" / "deberta_v3_model" / "config.json", out / CHECKPOINT_CONFIG)
+    # the checkpoint's model type alone (no tokenizer_class) names the family too
+    (out / "tokenizer_config.json").write_text(json.dumps({}))
+    shutil.copyfile(FIXTURES / "hf" / fixture / "config.json", out / CHECKPOINT_CONFIG)
     assert load_tokenizer(out, 64).encode("the cat").ids == whole.encode("the cat").ids
     assert set(encode_texts(out, ["the cat", "a dog ran"], 16)) >= {"input_word_ids", "input_mask"}
 
