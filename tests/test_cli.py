@@ -253,3 +253,19 @@ def test_a_missing_dependency_is_named_and_any_other_missing_module_is_a_bug(mon
     monkeypatch.setattr(registry, "ensure_components", missing("google.protobuf.nothing"))
     assert main(["list"]) == EXIT_INTERNAL
     assert "internal error (a bug in bertc" in capsys.readouterr().err
+
+
+def test_python_dash_m_bertc_is_the_bertc_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "bertc", "validate", str(ROOT / "specs" / "rezero.json")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("ok  "), run.stderr[-2000:]
+    missing = subprocess.run([sys.executable, "-m", "bertc", "validate", str(tmp_path / "nope.json")],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert missing.returncode == 2 and "file not found" in missing.stderr
