@@ -194,16 +194,40 @@ def _added_tokens(tokenizers, tok, path: Path, model: Model, defaults: dict, con
                              f"at id {index}, but {Path(path).name} gives it id {tok.token_to_id(content)}")
 
 
+def _finish(tok, path: Path, model: Model, config: dict, split: list, without_prefix: str, defaults: dict,
+            first: dict | None = None):
+    """The end of every family's pipeline: the pre-tokenizers ``split``, then the ``▁`` word prefix (always, or
+    ``without_prefix`` when ``add_prefix_space`` is false); the special and added tokens (:func:`_added_tokens`);
+    ``[CLS] A [SEP] B [SEP]`` with type ids 0 / 1 where the family's defaults have ``[CLS]``, else
+    ``<s> A </s></s> B </s>``."""
+    import tokenizers
+    from tokenizers import pre_tokenizers, processors
+
+    scheme = "always" if config.get("add_prefix_space", True) else without_prefix
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*split, pre_tokenizers.Metaspace(replacement="▁",
+                                                                                   prepend_scheme=scheme)])
+    tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
+    _added_tokens(tokenizers, tok, path, model, defaults, config, first=first)
+    if defaults["cls_token"] == "[CLS]":
+        cls, sep = _token(config, "cls_token", "[CLS]"), _token(config, "sep_token", "[SEP]")
+        single, pair = f"{cls}:0 $A:0 {sep}:0", f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"
+    else:
+        cls, sep = _token(config, "bos_token", "<s>"), _token(config, "eos_token", "</s>")
+        single, pair = f"{cls} $A {sep}", f"{cls} $A {sep} {sep} $B {sep}"
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    return tok
+
+
 def deberta_v2(path: Path, config: dict):
     """transformers' ``DebertaV2Tokenizer`` for the SentencePiece model at ``path`` and the tokenizer config
     ``config`` (tokenizer_config.json), as a ``tokenizers.Tokenizer``."""
     import tokenizers
-    from tokenizers import Regex, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, normalizers, pre_tokenizers
 
     model = read_model(path)
     _unigram(path, model)
-    cls, sep, unk = _token(config, "cls_token", "[CLS]"), _token(config, "sep_token", "[SEP]"), \
-        _token(config, "unk_token", "[UNK]")
+    unk = _token(config, "unk_token", "[UNK]")
     vocab = [(p.piece, p.score) for p in model.pieces]
     unk_id = vocab.index((unk, 0.0)) if (unk, 0.0) in vocab else model.unk_id
     tok = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
@@ -216,15 +240,7 @@ def deberta_v2(path: Path, config: dict):
                   normalizers.Strip(left=False, right=True)]
     tok.normalizer = normalizers.Sequence(steps)
     split = [pre_tokenizers.Punctuation(behavior="isolated")] if config.get("split_by_punct", False) else []
-    scheme = "always" if config.get("add_prefix_space", True) else "first"
-    tok.pre_tokenizer = pre_tokenizers.Sequence([*split, pre_tokenizers.Metaspace(replacement="▁",
-                                                                                   prepend_scheme=scheme)])
-    tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
-    _added_tokens(tokenizers, tok, path, model, DEBERTA_TOKENS, config)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
-    return tok
+    return _finish(tok, path, model, config, split, "first", DEBERTA_TOKENS)
 
 
 def albert(path: Path, config: dict):
@@ -232,11 +248,10 @@ def albert(path: Path, config: dict):
     accents stripped unless ``keep_accents``, lowercased unless ``do_lower_case`` is false, the character map;
     ``[CLS] A [SEP] B [SEP]`` with type ids 0 / 1)."""
     import tokenizers
-    from tokenizers import normalizers, pre_tokenizers, processors
+    from tokenizers import normalizers, pre_tokenizers
 
     model = read_model(path)
     _unigram(path, model)
-    cls, sep = _token(config, "cls_token", "[CLS]"), _token(config, "sep_token", "[SEP]")
     tok = tokenizers.Tokenizer(tokenizers.models.Unigram([(p.piece, p.score) for p in model.pieces], unk_id=1,
                                                          byte_fallback=False))
     steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
@@ -247,40 +262,24 @@ def albert(path: Path, config: dict):
     if model.precompiled_charsmap:
         steps.append(normalizers.Precompiled(model.precompiled_charsmap))
     tok.normalizer = normalizers.Sequence(steps)
-    scheme = "always" if config.get("add_prefix_space", True) else "never"
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)])
-    tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
-    _added_tokens(tokenizers, tok, path, model, ALBERT_TOKENS, config)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
-    return tok
+    return _finish(tok, path, model, config, [pre_tokenizers.WhitespaceSplit()], "never", ALBERT_TOKENS)
 
 
 def _fairseq(path: Path, config: dict, head: list, tail_from: int, unk_id: int, mask_options: dict):
     """XLM-RoBERTa's and CamemBERT's tokenizer: fairseq's dictionary order (``head``, then the model's pieces from
     ``tail_from``, then ``<mask>``), only the character map as normalizer, ``<s> A </s></s> B </s>``."""
     import tokenizers
-    from tokenizers import normalizers, pre_tokenizers, processors
+    from tokenizers import normalizers, pre_tokenizers
 
     model = read_model(path)
     _unigram(path, model)
-    bos, eos = _token(config, "bos_token", "<s>"), _token(config, "eos_token", "</s>")
     mask = _token(config, "mask_token", "<mask>")
     vocab = head + [(p.piece, p.score) for p in model.pieces[tail_from:]] + [(mask, 0.0)]
     tok = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
     if model.precompiled_charsmap:
         tok.normalizer = normalizers.Precompiled(model.precompiled_charsmap)
-    scheme = "always" if config.get("add_prefix_space", True) else "never"
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)])
-    tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
-    _added_tokens(tokenizers, tok, path, model, FAIRSEQ_TOKENS, config, first={mask: mask_options})
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",
-        special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
-    return tok
+    return _finish(tok, path, model, config, [pre_tokenizers.WhitespaceSplit()], "never", FAIRSEQ_TOKENS,
+                   first={mask: mask_options})
 
 
 def xlm_roberta(path: Path, config: dict):
