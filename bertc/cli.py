@@ -393,10 +393,12 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "result", type=click.Path(path_type=Path), required=True,
               help="The result file: .npy (embeddings), .parquet, .jsonl or .csv; written beside itself and renamed "
-                   "when complete.")
+                   "when complete. - : standard output (JSONL or CSV, batch by batch).")
 @click.option("--force", is_flag=True, help="Replace RESULT if it exists.")
 @click.option("--input-format", type=click.Choice(["txt", "jsonl", "csv", "tsv", "parquet"]), default=None,
-              help="The input's format [default: from its suffix].")
+              help="The input's format [default: from its suffix; txt for - (standard input)].")
+@click.option("--result-format", type=click.Choice(["npy", "jsonl", "csv", "parquet"]), default=None,
+              help="The result's format [default: from its suffix; jsonl for - (standard output)].")
 @click.option("--text-field", default="text", show_default=True, help="JSONL field / CSV or Parquet column of the text.")
 @click.option("--pair-field", default=None, help="Field / column of the second text of a pair (e.g. the context "
                                                  "of a question). In a .txt, a tab separates the pair.")
@@ -429,11 +431,12 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.option("--actors", type=click.IntRange(1), default=None,
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
-def run_command(out, input_path, result, force, input_format, text_field, pair_field, artifact, device, threads,
-                batch_size, max_batch_tokens, window, truncate, scores, prompt, prompt_name, ray_address, actors,
-                quiet):
-    """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet);
-    write RESULT: embeddings, labels and scores, spans or tags, one per input row, in input order."""
+def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, artifact, device,
+                threads, batch_size, max_batch_tokens, window, truncate, scores, prompt, prompt_name, ray_address,
+                actors, quiet):
+    """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
+    standard input); write RESULT: embeddings, labels and scores, spans or tags, one per input row, in input
+    order (- for standard output)."""
     import time
 
     from bertc.runtime import Progress, Runtime
@@ -450,19 +453,26 @@ def run_command(out, input_path, result, force, input_format, text_field, pair_f
     start = time.perf_counter()
     try:
         rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
-                                pair_field=pair_field, force=force, progress=progress, total_hint=progress.set_total,
-                                ray_address=ray_address, ray_actors=actors)
+                                pair_field=pair_field, result_format=result_format, force=force, progress=progress,
+                                total_hint=progress.set_total, ray_address=ray_address, ray_actors=actors)
+    except BrokenPipeError:   # the reader of standard output stopped (`| head`): stop too, quietly, as Unix tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
     finally:
         progress.close()
     seconds = time.perf_counter() - start
     if not quiet:
-        _err(f"wrote {result}: {rows:,} {runtime.kind} result(s) in {seconds:.2f}s "
+        _err(f"wrote {'standard output' if str(result) == '-' else result}: {rows:,} {runtime.kind} result(s) in "
+             f"{seconds:.2f}s "
              f"({rows / max(seconds, 1e-9):,.1f} texts/s" + (", over Ray)" if ray_address is not None else ")"))
 
 
 def _traceback_wanted() -> bool:
     return os.environ.get("BERTC_TRACEBACK") == "1" or os.environ.get("BERTC_DEBUG") == "1"
 
+
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE: what a Unix tool whose reader went away exits with
 
 # bertc's own dependencies by import name: what installs each (pyproject.toml); a run-only environment (numpy, click,
 # onnxruntime, tokenizers: README, "Running a build on text") lacks the build's

@@ -4,7 +4,9 @@ A reader yields :class:`Record` s (the text, its optional pair, and where it is 
 messages) one at a time from a .txt (one text per line, a tab before the pair), JSONL, CSV/TSV or
 Parquet file. A writer takes results in input order, batch by batch, into a temporary file beside the
 result (``.RESULT.partial-PID``) that :func:`atomic_result` renames over RESULT only once everything
-was written: an error, Ctrl-C or a killed job leaves no partial RESULT behind.
+was written: an error, Ctrl-C or a killed job leaves no partial RESULT behind. ``-`` is standard input (text
+formats: .txt by default, JSONL, CSV / TSV) or standard output (JSONL by default, or CSV), for pipelines: results
+are written there batch by batch, in input order, and an error stops the stream (the exit code says so).
 
 Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a classification is
 ``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}``; tags are
@@ -30,6 +32,8 @@ INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "j
                  ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 RESULT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
                   ".pq": "parquet"}
+STDIO = "-"   # INPUT / RESULT: standard input / output
+STDOUT_FORMATS = ("jsonl", "csv")   # the result formats written as a stream (.npy rewrites its header at the end)
 KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span"),
                           "jsonl": ("embedding", "classification", "span", "tags"),
                           "parquet": ("embedding", "classification", "span", "tags")}
@@ -51,6 +55,15 @@ class InputSpec:
     text_field: str = "text"
     pair_field: Optional[str] = None
 
+    @property
+    def stdin(self) -> bool:
+        return str(self.path) == STDIO
+
+    @property
+    def name(self) -> str:
+        """The input as messages name it."""
+        return "standard input" if self.stdin else str(self.path)
+
 
 def _known(table: dict) -> str:
     return ", ".join(sorted(set(table)))
@@ -58,22 +71,28 @@ def _known(table: dict) -> str:
 
 def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_field: Optional[str] = None) -> InputSpec:
     path = Path(path)
+    stdin = str(path) == STDIO
     if fmt is None:
-        fmt = INPUT_FORMATS.get(path.suffix.lower())
+        fmt = "txt" if stdin else INPUT_FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise InputError(f"{path}: unknown input format {path.suffix or '(no suffix)'!r}; known: "
                              f"{_known(INPUT_FORMATS)} (or name one with --input-format "
                              f"{'|'.join(sorted(set(INPUT_FORMATS.values())))})")
     elif fmt not in set(INPUT_FORMATS.values()):
         raise InputError(f"unknown input format {fmt!r}; known: {', '.join(sorted(set(INPUT_FORMATS.values())))}")
-    if not path.exists():
+    if stdin:
+        if fmt == "parquet":
+            raise InputError("Parquet cannot be read from standard input (it is read from its end); "
+                             "give its file name instead of -")
+    elif not path.exists():
         raise InputError(f"{path}: no such input file")
-    if path.is_dir():
+    elif path.is_dir():
         raise InputError(f"{path}: is a directory, not an input file")
+    spec = InputSpec(path, fmt, text_field, pair_field)
     if fmt == "txt" and (text_field != "text" or pair_field):
-        raise InputError(f"{path}: a .txt input has no fields (one text per line, a tab before its pair); "
-                         f"--text-field / --pair-field are for JSONL, CSV and Parquet")
-    return InputSpec(path, fmt, text_field, pair_field)
+        raise InputError(f"{spec.name}: a .txt input has no fields (one text per line, a tab before its pair); "
+                         f"--text-field / --pair-field are for JSONL, CSV and Parquet (--input-format)")
+    return spec
 
 
 def _check_text(value, where: str, field: str) -> str:
@@ -85,16 +104,31 @@ def _check_text(value, where: str, field: str) -> str:
     return value
 
 
-def _open_text(path: Path):
-    return open(path, encoding="utf-8", newline="")
+def _open_binary(spec: InputSpec):
+    if spec.stdin:
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return open(spec.path, "rb")
+
+
+@contextlib.contextmanager
+def _open_text(spec: InputSpec):
+    if not spec.stdin:
+        with open(spec.path, encoding="utf-8", newline="") as f:
+            yield f
+        return
+    f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+    try:
+        yield f
+    finally:
+        f.detach()   # standard input stays open
 
 
 def _decode_error(spec: InputSpec, where: str, exc: Exception):
-    return InputError(f"{spec.path}: {where}: not UTF-8 text ({exc.reason if hasattr(exc, 'reason') else exc})")
+    return InputError(f"{spec.name}: {where}: not UTF-8 text ({exc.reason if hasattr(exc, 'reason') else exc})")
 
 
 def _read_txt(spec: InputSpec) -> Iterator[Record]:
-    with open(spec.path, "rb") as f:
+    with _open_binary(spec) as f:
         for n, raw in enumerate(f, 1):
             where = f"line {n}"
             try:
@@ -102,22 +136,22 @@ def _read_txt(spec: InputSpec) -> Iterator[Record]:
             except UnicodeDecodeError as exc:
                 raise _decode_error(spec, where, exc) from None
             text, _, pair = line.partition("\t")
-            loc = f"{spec.path}: {where}"
+            loc = f"{spec.name}: {where}"
             yield Record(_check_text(text, loc, ""), _check_text(pair, loc, "pair") if "\t" in line else None, loc)
 
 
 def _fields(row: dict, spec: InputSpec, where: str) -> Record:
     missing = [f for f in (spec.text_field, spec.pair_field) if f is not None and f not in row]
     if missing:
-        raise InputError(f"{spec.path}: {where}: no field {missing[0]!r} (it has: {', '.join(map(str, row)) or 'none'}; "
+        raise InputError(f"{spec.name}: {where}: no field {missing[0]!r} (it has: {', '.join(map(str, row)) or 'none'}; "
                          f"choose with --text-field / --pair-field)")
-    loc = f"{spec.path}: {where}"
+    loc = f"{spec.name}: {where}"
     pair = _check_text(row[spec.pair_field], loc, spec.pair_field) if spec.pair_field else None
     return Record(_check_text(row[spec.text_field], loc, spec.text_field), pair, loc)
 
 
 def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
-    with open(spec.path, "rb") as f:
+    with _open_binary(spec) as f:
         for n, raw in enumerate(f, 1):
             where = f"line {n}"
             try:
@@ -125,25 +159,25 @@ def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
             except UnicodeDecodeError as exc:
                 raise _decode_error(spec, where, exc) from None
             if not line.strip():
-                raise InputError(f"{spec.path}: {where}: empty line (JSONL has one JSON object per line)")
+                raise InputError(f"{spec.name}: {where}: empty line (JSONL has one JSON object per line)")
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                raise InputError(f"{spec.path}: {where}: not JSON: {exc}") from None
+                raise InputError(f"{spec.name}: {where}: not JSON: {exc}") from None
             if not isinstance(row, dict):
-                raise InputError(f"{spec.path}: {where}: a JSON {type(row).__name__}, not an object with a "
+                raise InputError(f"{spec.name}: {where}: a JSON {type(row).__name__}, not an object with a "
                                  f"{spec.text_field!r} field")
             yield _fields(row, spec, where)
 
 
 def _read_csv(spec: InputSpec) -> Iterator[Record]:
     try:
-        with _open_text(spec.path) as f:
+        with _open_text(spec) as f:
             reader = csv.DictReader(f, delimiter="\t" if spec.format == "tsv" else ",")
             header = reader.fieldnames or []
             missing = [c for c in (spec.text_field, spec.pair_field) if c is not None and c not in header]
             if missing:
-                raise InputError(f"{spec.path}: no column {missing[0]!r} in the header (columns: "
+                raise InputError(f"{spec.name}: no column {missing[0]!r} in the header (columns: "
                                  f"{', '.join(header) or 'none'}; choose with --text-field / --pair-field)")
             for row in reader:
                 # reader.line_num is the physical line the row ended on (a quoted text may span lines)
@@ -152,7 +186,7 @@ def _read_csv(spec: InputSpec) -> Iterator[Record]:
     except UnicodeDecodeError as exc:
         raise _decode_error(spec, "somewhere", exc) from None
     except csv.Error as exc:
-        raise InputError(f"{spec.path}: not valid CSV: {exc}") from None
+        raise InputError(f"{spec.name}: not valid CSV: {exc}") from None
 
 
 def _pyarrow():
@@ -192,11 +226,13 @@ def read_records(spec: InputSpec) -> Iterator[Record]:
     try:
         yield from READERS[spec.format](spec)
     except OSError as exc:
-        raise InputError(f"{spec.path}: cannot read: {exc}") from None
+        raise InputError(f"{spec.name}: cannot read: {exc}") from None
 
 
 def count_rows(spec: InputSpec) -> Optional[int]:
     """How many rows the input has, when that is cheap to know (for the progress bar); else None."""
+    if spec.stdin:
+        return None
     try:
         if spec.format == "parquet":
             return _pyarrow().parquet.ParquetFile(spec.path).metadata.num_rows
@@ -216,13 +252,21 @@ def count_rows(spec: InputSpec) -> Optional[int]:
 
 def result_format(path, kind: str, fmt: Optional[str] = None) -> str:
     path = Path(path)
-    fmt = fmt or RESULT_FORMATS.get(path.suffix.lower())
+    stdout = str(path) == STDIO
+    fmt = fmt or ("jsonl" if stdout else RESULT_FORMATS.get(path.suffix.lower()))
     if fmt is None:
         raise InputError(f"{path}: unknown result format {path.suffix or '(no suffix)'!r}; known: "
-                         f"{_known(RESULT_FORMATS)}")
+                         f"{_known(RESULT_FORMATS)} (or name one with --result-format)")
+    if fmt not in KINDS_BY_RESULT_FORMAT:
+        raise InputError(f"unknown result format {fmt!r}; known: {', '.join(sorted(KINDS_BY_RESULT_FORMAT))}")
+    where = "standard output" if stdout else str(path)
+    if stdout and fmt not in STDOUT_FORMATS:
+        raise InputError(f"-o -: a .{fmt} result cannot be streamed to standard output; use "
+                         f"--result-format {' or '.join(STDOUT_FORMATS)}, or -o FILE.{fmt}")
     if kind not in KINDS_BY_RESULT_FORMAT[fmt]:
-        fits = [f".{f}" for f, kinds in KINDS_BY_RESULT_FORMAT.items() if kind in kinds]
-        raise InputError(f"{path}: a .{fmt} result cannot hold {kind} results; use {' or '.join(fits)}")
+        fits = [f".{f}" for f, kinds in KINDS_BY_RESULT_FORMAT.items() if kind in kinds
+                and (not stdout or f in STDOUT_FORMATS)]
+        raise InputError(f"{where}: a .{fmt} result cannot hold {kind} results; use {' or '.join(fits)}")
     if fmt == "parquet":
         _pyarrow()
     return fmt
@@ -342,11 +386,31 @@ def _writer(f, fmt: str, kind: str):
     return _ParquetWriter(f, kind)
 
 
+class _Flushing:
+    """A text writer on standard output that hands each batch on at once (a pipeline's next stage sees it)."""
+
+    def __init__(self, writer, out):
+        self.writer, self.out = writer, out
+
+    def write(self, rows) -> None:
+        self.writer.write(rows)
+        self.writer.f.flush()
+        self.out.flush()
+
+
 @contextlib.contextmanager
 def atomic_result(path, fmt: str, kind: str, force: bool = False):
     """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
-    ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was."""
+    ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was.
+    ``-``: standard output, written batch by batch."""
     path = Path(path)
+    if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
+        out = sys.stdout.buffer
+        writer = _writer(out, fmt, kind)
+        yield _Flushing(writer, out)
+        writer.close()
+        out.flush()
+        return
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; pass --force to replace it")
     if path.is_dir():

@@ -739,3 +739,74 @@ def test_python_api_rejects_bad_items(builds):
     with pytest.raises(InputError, match="takes a list of texts"):
         rt.run("a")
     assert rt.run([]).shape == (0, 16)
+
+
+# --- standard input and output ----------------------------------------------------------------------------------
+
+def _bertc(args, stdin: bytes = b"", timeout: int = 300):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "bertc", *map(str, args)], input=stdin, capture_output=True,
+                          env=env, timeout=timeout)
+
+
+def test_standard_input_and_output_give_what_files_give(builds, tmp_path):
+    """``-`` reads standard input (txt by default; JSONL / CSV with --input-format) and writes standard output
+    (JSONL by default; CSV with --result-format), batch by batch: the same results as the files, in order."""
+    paths = write_inputs(tmp_path / "in", TEXTS)
+    emb, cls = builds["st_bert_mean_norm"], builds["bert_seq_cls"]
+    small = ["--batch-size", "3", "--window", "4"]   # several windows and batches through the stream
+    assert main(["run", str(emb), str(paths["txt"]), "-o", str(tmp_path / "emb.jsonl"), "-q", *small]) == 0
+    run = _bertc(["run", emb, "-", "-o", "-", "-q", *small], paths["txt"].read_bytes())
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert run.stdout == (tmp_path / "emb.jsonl").read_bytes()
+    assert main(["run", str(cls), str(paths["jsonl"]), "-o", str(tmp_path / "cls.csv"), "-q"]) == 0
+    run = _bertc(["run", cls, "-", "-o", "-", "--input-format", "jsonl", "--result-format", "csv"],
+                 paths["jsonl"].read_bytes())
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert run.stdout == (tmp_path / "cls.csv").read_bytes()
+    assert f"wrote standard output: {len(TEXTS)} classification result(s)" in run.stderr.decode()
+
+
+def test_standard_input_and_output_refuse_what_cannot_stream(builds, tmp_path):
+    out = builds["st_bert_mean_norm"]
+    run = _bertc(["run", out, "-", "-o", "-", "-q"], b"the cat\n\na dog\n")
+    assert run.returncode == EXIT_BAD_SPEC and b"error: standard input: line 2: empty text" in run.stderr
+    assert run.stdout == b"" and b"Traceback" not in run.stderr
+    run = _bertc(["run", out, "-", "-o", "-", "--result-format", "npy"], b"the cat\n")
+    assert run.returncode == EXIT_BAD_SPEC
+    assert b"a .npy result cannot be streamed to standard output; use --result-format jsonl or csv" in run.stderr
+    run = _bertc(["run", out, "-", "-o", str(tmp_path / "r.jsonl"), "--input-format", "parquet"], b"x")
+    assert run.returncode == EXIT_BAD_SPEC and b"Parquet cannot be read from standard input" in run.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_reader_that_stops_early_stops_the_run_quietly(builds):
+    """``bertc run OUT - -o - | head -1``: when standard output's reader goes away, bertc stops with 141
+    (128 + SIGPIPE), as Unix tools do, and prints no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bertc", "run", str(builds["st_bert_mean_norm"]), "-", "-o", "-",
+                             "-q", "--window", "64"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    import threading
+
+    def feed():
+        try:
+            proc.stdin.write(b"the cat sat on the mat.\n" * 20000)
+            proc.stdin.close()
+        except BrokenPipeError:   # bertc stopped reading: what this test wants
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert first.startswith(b'{"embedding": [') and b"Traceback" not in stderr and b"Exception" not in stderr
