@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from bertc.errors import EXIT_BAD_SPEC, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY, BertcError
+from bertc.errors import (EXIT_BAD_SPEC, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY,
+                          BertcError)
 from bertc.quiet import import_log, native_stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -471,8 +472,6 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
 def _traceback_wanted() -> bool:
     return os.environ.get("BERTC_TRACEBACK") == "1" or os.environ.get("BERTC_DEBUG") == "1"
 
-
-EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE: what a Unix tool whose reader went away exits with
 
 # bertc's own dependencies by import name: what installs each (pyproject.toml); a run-only environment (numpy, click,
 # onnxruntime, tokenizers: README, "Running a build on text") lacks the build's

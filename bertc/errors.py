@@ -25,6 +25,8 @@ code  name                         meaning
                                    build`` where bertc was installed to run builds only)
 70    ``EXIT_INTERNAL``            internal error: an unexpected exception, a bug in bertc
 130                                interrupted (Ctrl-C)
+141   ``EXIT_BROKEN_PIPE``         ``bertc run ... -o -``: standard output's reader went away
+                                   (``| head``; 128 + SIGPIPE, as Unix tools exit)
 ====  ===========================  ==========================================================
 
 ``NotLowerable`` (an ONNX lowering that cannot express a component) never reaches the CLI: the optimize
@@ -41,6 +43,7 @@ EXIT_MEMORY = 6            # the memory preflight refused the build
 EXIT_MISSING_LIBRARY = 7   # a library the command needs is not installed
 EXIT_INTERNAL = 70         # an unexpected exception: a bug in bertc (sysexits' EX_SOFTWARE)
 EXIT_INTERRUPTED = 130     # Ctrl-C
+EXIT_BROKEN_PIPE = 141     # the reader of standard output went away (128 + SIGPIPE)
 
 
 class BertcError(Exception):
