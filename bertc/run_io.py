@@ -407,9 +407,14 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False):
     if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
         out = sys.stdout.buffer
         writer = _writer(out, fmt, kind)
-        yield _Flushing(writer, out)
-        writer.close()
-        out.flush()
+        try:
+            yield _Flushing(writer, out)
+            writer.close()
+            out.flush()
+        except BaseException:
+            with contextlib.suppress(Exception):   # its text layer lets go of standard output, which stays open
+                writer.f.detach()
+            raise
         return
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; pass --force to replace it")
