@@ -139,7 +139,7 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
         if not has_tokenizer(out_dir):
             raise CalibrationError(f"--calibration {calibration}: this build has no tokenizer to read text with "
                                    f"(it is bundled from the trained weights' directory: tokenizer.json, vocab.txt, "
-                                   f"vocab.json + merges.txt, or DeBERTa's spm.model)")
+                                   f"vocab.json + merges.txt, or a SentencePiece model)")
         try:
             texts = read_texts(calibration)
             cases = text_cases(out_dir, spec, texts, calibration.name)
