@@ -62,7 +62,7 @@ def _load_plugins(ctx, param, plugins):
 
     argv = ((ctx.find_root().obj or {}).get("argv") or []) if ctx is not None else []
     # bertc run reads no spec (it runs the ONNX artifacts): $BERTC_PLUGINS would only import TensorFlow for it
-    running = next((a for a in argv if a in cli.commands), None) == "run"
+    running = _command_of(argv) == "run"
     already = {r["plugin"] for r in loaded()}
     wanted = [p for p in ([] if running else from_environment()) + list(plugins) if p not in already]
     if wanted:
@@ -70,6 +70,11 @@ def _load_plugins(ctx, param, plugins):
         for record in load_plugins(list(dict.fromkeys(wanted))):
             if not record["registered"]:
                 _err(f"note: plugin {record['plugin']} registered no component")
+
+
+def _command_of(argv: list):
+    """The subcommand named on the command line (None before one is)."""
+    return next((a for a in argv if a in cli.commands), None)
 
 
 def plugin_option(f):
@@ -486,7 +491,7 @@ def missing_library_line(exc: ModuleNotFoundError, argv: list) -> str | None:
     name = (exc.name or "").split(".")[0]
     if name not in LIBRARIES:
         return None
-    command = next((a for a in argv if a in cli.commands), None)
+    command = _command_of(argv)
     what = f"bertc {command}" if command else "bertc"
     install = LIBRARIES[name]
     how = (f"pip install '{install}'" if install.startswith("bertc[") else

@@ -20,7 +20,7 @@ from pathlib import Path
 from bertc.errors import BertcError
 
 UNIGRAM, BPE = 1, 2                 # TrainerSpec.model_type
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED = 1, 2, 3, 4   # SentencePiece.type
+NORMAL, CONTROL = 1, 3              # SentencePiece.type (2: unknown, 4: user-defined, 5: unused, 6: byte)
 
 
 @dataclass
@@ -38,8 +38,6 @@ class Model:
     unk_id: int = 0
     byte_fallback: bool = False
     precompiled_charsmap: bytes = b""
-    add_dummy_prefix: bool = True
-    remove_extra_whitespaces: bool = True
 
 
 def _fields(data: bytes, where: str):
@@ -123,10 +121,6 @@ def read_model(path: Path) -> Model:
             for n, w, v in _fields(value, where):
                 if n == 2 and w == 2:
                     model.precompiled_charsmap = bytes(v)
-                elif n == 3 and w == 0:
-                    model.add_dummy_prefix = bool(v)
-                elif n == 4 and w == 0:
-                    model.remove_extra_whitespaces = bool(v)
     if not model.pieces:
         raise BertcError(f"{where}: not a SentencePiece model (no pieces)")
     return model
