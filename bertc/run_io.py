@@ -10,7 +10,8 @@ are written there batch by batch, in input order, and an error stops the stream 
 
 Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a classification is
 ``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}``; tags are
-``{"tags": [{"word", "start", "end", "label", "score"}, ...]}``.
+``{"tags": [{"word", "start", "end", "label", "score"}, ...]}``; a fill-mask result
+``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ RESULT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
 STDIO = "-"   # INPUT / RESULT: standard input / output
 STDOUT_FORMATS = ("jsonl", "csv")   # the result formats written as a stream (.npy rewrites its header at the end)
 KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span"),
-                          "jsonl": ("embedding", "classification", "span", "tags"),
-                          "parquet": ("embedding", "classification", "span", "tags")}
+                          "jsonl": ("embedding", "classification", "span", "tags", "fill_mask"),
+                          "parquet": ("embedding", "classification", "span", "tags", "fill_mask")}
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,12 @@ class _ParquetWriter:
             tag = pa.struct([("word", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
                              ("label", pa.string()), ("score", pa.float32())])
             return pa.table({"tags": pa.array([r["tags"] for r in rows], pa.list_(tag))})
+        if self.kind == "fill_mask":
+            prediction = pa.struct([("token", pa.string()), ("token_id", pa.int32()), ("score", pa.float32())])
+            mask = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("in", pa.string()),
+                              ("predictions", pa.list_(prediction))])
+            return pa.table({"sequence": pa.array([r["sequence"] for r in rows], pa.string()),
+                             "masks": pa.array([r["masks"] for r in rows], pa.list_(mask))})
         if self.kind == "classification":
             return pa.table({"label": pa.array([r["label"] for r in rows], pa.string()),
                              "label_id": pa.array([r["label_id"] for r in rows], pa.int32()),

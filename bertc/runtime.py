@@ -27,6 +27,13 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       offsets into the text (the pair's, for a pair)
 ``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
                                                       "score"}]}``: one per word, its first token's tag
+a masked-LM head's logits (batch,     fill_mask       ``{"sequence", "masks": [{"start", "end", "in",
+seq, vocab), or ``masked_lm`` at                      "predictions": [{"token", "token_id", "score"}]}]}``:
+``masked_lm_positions`` (a                            the ``top_k`` likeliest tokens at each mask token
+pretrainer's)                                         of the text (its character offsets, ``in`` the text
+                                                      or its pair); ``sequence``: the text with each mask
+                                                      replaced by its likeliest token (as transformers'
+                                                      fill-mask pipeline gives them)
 ====================================  ==============  ===============================================
 """
 from __future__ import annotations
@@ -45,6 +52,12 @@ from bertc.errors import BackendLoadError, BertcError, InputError
 from bertc.run_io import Record
 
 STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+POSITIONS = "masked_lm_positions"   # a pretrainer's input: where its masked-LM head predicts
+DEFAULT_TOP_K = 5                   # fill-mask predictions per mask (transformers' fill-mask pipeline's default)
+# a masked-LM head's logits (rows x longest x vocabulary floats) per model call, at most: its batches are cut to fit
+# (a 50,265-token vocabulary: 667 padded tokens, 128 MB), since those logits outgrow everything else the call holds
+FILL_MASK_LOGITS = 1 << 25
+MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (as HF's QA pipeline)
 DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
 # padded tokens per model call (rows x longest; text-embeddings-inference's default max_batch_tokens): 32 texts
@@ -85,19 +98,25 @@ def max_sequence_length(spec: dict) -> int:
     return int(enc.get("max_sequence_length") or (enc.get("embedding") or {}).get("max_sequence_length") or 512)
 
 
-def result_kind(report: dict) -> tuple[str, dict]:
-    """What one result of this model is (see the module docstring) and which outputs make it."""
+def result_kind(report: dict, spec: Optional[dict] = None) -> tuple[str, dict]:
+    """What one result of this model is (see the module docstring) and which outputs make it. ``spec``: the
+    build's spec.json (its head type tells a masked-LM head's per-token logits from a token classifier's)."""
     outputs = {o["name"]: o for o in report["outputs"]}
     extra = [i["name"] for i in report["inputs"] if i["name"] not in STANDARD_INPUTS]
+    if extra == [POSITIONS] and "masked_lm" in outputs:   # a pretrainer: logits at the positions it is given
+        return "fill_mask", {"logits": "masked_lm"}
     if extra:
-        raise InputError(f"bertc run cannot feed this model: it needs {', '.join(extra)} besides the tokens "
-                         f"(a pretrainer's masked-LM positions); build the encoder alone (bertc import --encoder-only) "
-                         f"or with a task head to run it on text")
+        raise InputError(f"bertc run cannot feed this model: it needs {', '.join(extra)} besides the tokens; "
+                         f"build the encoder alone (bertc import --encoder-only) or with a task head to run it on text")
     if "start_logits" in outputs and "end_logits" in outputs:
         return "span", {"start": "start_logits", "end": "end_logits"}
+    head = ((spec or {}).get("head") or {}).get("type")
+    for name in ("masked_lm", "logits"):
+        if name in outputs and outputs[name]["seq_axis"] is not None and (name == "masked_lm" or head == "masked_lm"):
+            return "fill_mask", {"logits": name}
     if "masked_lm" in outputs:
-        raise InputError("bertc run does not decode masked-LM outputs (fill-mask); build the encoder alone "
-                         "(bertc import --encoder-only) or with a task head to run it on text")
+        raise InputError("bertc run cannot decode this model's masked_lm output (neither per token nor at "
+                         f"{POSITIONS}); build the encoder alone (bertc import --encoder-only) or with a task head")
     if "logits" in outputs:
         return ("tags" if outputs["logits"]["seq_axis"] is not None else "classification"), {"logits": "logits"}
     for name in ("sentence_embedding", "pooled_output"):
@@ -296,6 +315,32 @@ def sentence_prompt(out: Path, report: dict, kind: str, prompt: Optional[str] = 
     return "", ""
 
 
+def _vocab_size(spec: dict) -> Optional[int]:
+    encoder = spec.get("encoder") or {}
+    size = encoder.get("vocab_size") or (encoder.get("embedding") or {}).get("vocab_size")
+    return int(size) if isinstance(size, int) else None
+
+
+def mask_token(out: Path, tokenizer) -> tuple[str, int]:
+    """(the mask token, its id) of the bundled tokenizer: the one tokenizer_config.json (or
+    special_tokens_map.json) names, else the first of :data:`MASK_TOKENS` it knows."""
+    named = []
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            value = json.loads((Path(out) / name).read_text()).get("mask_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str) and value:
+            named.append(value)
+    for token in (*named, *MASK_TOKENS):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token, int(token_id)
+    raise InputError(f"{out}: the bundled tokenizer has no mask token ({', '.join(dict.fromkeys((*named, *MASK_TOKENS)))}"
+                     f" unknown to it), so bertc run cannot say where to fill in")
+
+
 def truncation_default(out: Path, kind: str) -> bool:
     """Whether over-long texts are truncated when neither --truncate nor --no-truncate is given: when the
     bundled tokenizer.json turns truncation on, and for sentence embedders (sentence-transformers always
@@ -330,6 +375,9 @@ class EngineParts:
     provider_options: dict = field(default_factory=dict)
     scores: str = "softmax"          # a classifier's scores: softmax, sigmoid (each class alone) or raw logits
     prompt: str = ""                 # put before each text (a sentence embedder's prompt)
+    mask: tuple = ("", -1)           # fill-mask: the mask token and its id
+    top_k: int = DEFAULT_TOP_K       # fill-mask: predictions per mask
+    positions: int = 0               # fill-mask on a pretrainer: its masked_lm_positions per text
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -392,6 +440,17 @@ class Engine:
                     raise InputError(f"{r.where}: the text is longer than the model's maximum of "
                                      f"{self.parts.max_len} tokens; pass --truncate to cut it "
                                      f"(Runtime(..., truncate=True))")
+        if self.parts.kind == "fill_mask":
+            token, token_id = self.parts.mask
+            for r, e in zip(records, encodings):
+                masks = e.ids.count(token_id)
+                if not masks:
+                    cut = f" within the model's first {self.parts.max_len} tokens" if e.overflowing else ""
+                    raise InputError(f"{r.where}: no {token} in the text{cut}; fill-mask predicts the tokens "
+                                     f"written as {token}")
+                if self.parts.positions and masks > self.parts.positions:
+                    raise InputError(f"{r.where}: {masks} {token} tokens; this model predicts at most "
+                                     f"{self.parts.positions} a text")
         return encodings
 
     def _feeds(self, encodings) -> dict:
@@ -403,7 +462,16 @@ class Engine:
             n = len(e.ids)
             ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
         arrays = {"input_word_ids": ids, "input_mask": mask, "input_type_ids": types}
+        if self.parts.positions:   # a pretrainer's: the mask tokens' positions, 0 after them (predicted, not read)
+            arrays[POSITIONS] = np.zeros((len(encodings), self.parts.positions), np.int64)
+            for i, e in enumerate(encodings):
+                where = self._mask_positions(e)
+                arrays[POSITIONS][i, :len(where)] = where
         return {n: arrays[n].astype(self.int_types[n]) for n in self.parts.inputs}
+
+    def _mask_positions(self, e) -> list[int]:
+        token_id = self.parts.mask[1]
+        return [t for t, i in enumerate(e.ids) if i == token_id]
 
     # the model ----------------------------------------------------------------------------------------
     def predict(self, records: Sequence[Record]) -> list:
@@ -440,7 +508,27 @@ class Engine:
                     "scores": [float(p) for p in probs]}
         if kind == "span":
             return self._span(values[outs["start"]][j], values[outs["end"]][j], e, record)
+        if kind == "fill_mask":
+            return self._fill(values[outs["logits"]][j], e, record)
         return {"tags": self._tags(values["logits"][j], e, record)}
+
+    def _fill(self, logits, e, record: Record) -> dict:
+        """The ``top_k`` likeliest tokens at each mask token (softmax over the vocabulary, as transformers'
+        fill-mask pipeline), and the text with each mask replaced by its likeliest one."""
+        where = self._mask_positions(e)
+        rows = logits[:len(where)] if self.parts.positions else logits[where]
+        ids, masks = list(e.ids), []
+        for t, row in zip(where, rows):
+            p = _softmax(row.astype(np.float64))
+            k = min(self.parts.top_k, p.shape[-1])
+            top = np.argpartition(-p, k - 1)[:k]
+            top = top[np.lexsort((top, -p[top]))]   # likeliest first; equal scores by token id
+            begin, end = e.offsets[t]
+            masks.append({"start": int(begin), "end": int(end), "in": "pair" if e.sequence_ids[t] == 1 else "text",
+                          "predictions": [{"token": self.tokenizer.decode([int(i)], skip_special_tokens=False),
+                                           "token_id": int(i), "score": float(p[i])} for i in top]})
+            ids[t] = int(top[0])
+        return {"sequence": self.tokenizer.decode(ids, skip_special_tokens=True), "masks": masks}
 
     def _span(self, start_logits, end_logits, e, record: Record) -> dict:
         context = 1 if record.pair is not None else 0
@@ -528,7 +616,8 @@ class Runtime:
     "softmax", "sigmoid", "raw") overrides what :func:`score_function` reads from the checkpoint's config;
     ``prompt`` (a text) or ``prompt_name`` (one of the model's) puts a prompt before each text, as
     ``SentenceTransformer.encode`` does, and with neither the model's default prompt applies
-    (:func:`sentence_prompt`; ``prompt=""`` for none). ``batch_size`` and ``max_batch_tokens`` bound each
+    (:func:`sentence_prompt`; ``prompt=""`` for none). ``top_k``: a masked-LM model's predictions per mask
+    token (:data:`DEFAULT_TOP_K`). ``batch_size`` and ``max_batch_tokens`` bound each
     model call (texts; padded tokens, and through them attention's memory: :func:`batch_cuts`); ``window``
     texts are read, sorted by length and batched at a time.
     """
@@ -536,15 +625,20 @@ class Runtime:
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None,
                  spinning: bool = True, scores: Optional[str] = None, prompt: Optional[str] = None,
-                 prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS):
+                 prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 top_k: Optional[int] = None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
         self.report, self.spec = read_build(self.out)
-        self.kind, self.outputs = result_kind(self.report)
+        self.kind, self.outputs = result_kind(self.report, self.spec)
         self.choice = choose_artifact(self.report, artifact, device)
         if batch_size < 1 or window < 1 or max_batch_tokens < 1:
             raise InputError("batch_size, window and max_batch_tokens must be at least 1")
+        if top_k is not None and (self.kind != "fill_mask" or top_k < 1):
+            raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind == "fill_mask" else
+                                                     f"only a masked-LM model's predictions are counted (this model "
+                                                     f"gives {self.kind} results)"))
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len = max_sequence_length(self.spec)
         self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
@@ -569,7 +663,20 @@ class Runtime:
             raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}") from None
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
-        self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=self._tokenizer_json(),
+        tokenizer_json = self._tokenizer_json()
+        fill = {}
+        if self.kind == "fill_mask":
+            import tokenizers
+
+            tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
+            self.mask = mask_token(self.out, tokenizer)
+            positions = next((i["shape"][-1] for i in self.report["inputs"] if i["name"] == POSITIONS), 0)
+            if not positions:   # logits at every token: the batches are cut to hold them
+                vocab = _vocab_size(self.spec) or tokenizer.get_vocab_size()
+                max_batch_tokens = max(1, min(max_batch_tokens, FILL_MASK_LOGITS // max(vocab, 1)))
+            fill = {"mask": self.mask, "top_k": top_k or DEFAULT_TOP_K, "positions": int(positions or 0)}
+        self.max_batch_tokens = max_batch_tokens
+        self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=tokenizer_json, **fill,
                                  provider=self.choice.provider, precision=self.choice.precision, kind=self.kind,
                                  outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],
                                  max_len=self.max_len, truncate=self.truncate,

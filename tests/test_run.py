@@ -90,7 +90,7 @@ def direct(out: Path, texts, artifact="model.onnx") -> dict:
     session = ort.InferenceSession(str(out / artifact), providers=["CPUExecutionProvider"])
     x = encode_texts(out, texts, 16)
     names = [o.name for o in session.get_outputs()]
-    return {**dict(zip(names, session.run(names, x))), **x}
+    return {**dict(zip(names, session.run(names, {i.name: x[i.name] for i in session.get_inputs()}))), **x}
 
 
 def softmax(x):
@@ -154,16 +154,17 @@ from bertc.cli import main
 builds, work = json.loads(sys.argv[1]), sys.argv[2]
 results = {}
 for name, out in builds.items():
-    texts = ["the cat sat on the mat.", "a dog ran fast"]
+    fill = name in ("distilbert_mlm", "bert_pretraining")
+    texts = ["the cat [MASK] on the mat.", "a [MASK] ran fast"] if fill else ["the cat sat on the mat.", "a dog ran fast"]
     rows = bertc.Runtime(out).run(list(zip(["the cat", "a dog"], texts)) if name == "bert_qa" else texts)
-    code = main(["run", out, work + "/in.txt", "-o", work + "/" + name + ".jsonl", "-q"])
+    code = main(["run", out, work + ("/in_mask.txt" if fill else "/in.txt"), "-o", work + "/" + name + ".jsonl", "-q"])
     results[name] = [len(rows), code]
 results["list"] = main(["list"])
 print(json.dumps(results))
 """
 
 
-def test_running_a_build_needs_no_tensorflow_and_a_missing_library_is_named(builds, tmp_path):
+def test_running_a_build_needs_no_tensorflow_and_a_missing_library_is_named(builds, mlm_builds, tmp_path):
     """bertc.Runtime and bertc run (every head) need ONNX Runtime and the tokenizer only: they work in a process
     where TensorFlow, Keras, pydantic and the ONNX tools cannot be imported (and so never cost their start-up
     time and memory, in each Ray actor too), and load no plug-in of $BERTC_PLUGINS; a command that needs one of
@@ -173,6 +174,8 @@ def test_running_a_build_needs_no_tensorflow_and_a_missing_library_is_named(buil
     import sys
 
     (tmp_path / "in.txt").write_text("the cat sat on the mat.\tthe cat\na dog ran fast\ta dog\n")
+    (tmp_path / "in_mask.txt").write_text("the cat [MASK] on the mat.\na [MASK] ran fast\n")
+    builds = {**builds, **mlm_builds}
     # a plug-in set for builds in the environment is not loaded by bertc run (it reads no spec)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "BERTC_PLUGINS": str(tmp_path / "plugin_for_builds.py")}
@@ -522,21 +525,161 @@ def test_span_labeler_returns_the_best_span_of_the_context(builds):
         assert abs(row["score"] - best[0]) < 1e-6
 
 
-def test_a_pretrainer_is_refused_clearly():
+def _signature(fixture: str) -> dict:
+    import tempfile
+
     from bertc.importers import import_spec
-    from bertc.runtime import result_kind
     from bertc.signature import signature_of
     from bertc.spec import load_spec
 
-    with pytest.MonkeyPatch.context():
-        import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        spec = Path(d) / "p.json"
+        import_spec(FIXTURES / fixture, spec)
+        return signature_of(load_spec(spec)).to_json(), json.loads(spec.read_text())
 
-        with tempfile.TemporaryDirectory() as d:
-            spec = Path(d) / "p.json"
-            import_spec(FIXTURES / "bert_pretraining", spec)
-            sig = signature_of(load_spec(spec)).to_json()
-    with pytest.raises(InputError, match="needs masked_lm_positions besides the tokens.*--encoder-only"):
-        result_kind(sig)
+
+def test_what_a_result_is_follows_the_outputs_and_the_head():
+    from bertc.runtime import result_kind
+
+    # a masked-LM head's per-token logits are not a token classifier's, though both are "logits" (batch, seq, n)
+    sig, spec = _signature("distilbert_mlm")
+    assert result_kind(sig, spec) == ("fill_mask", {"logits": "logits"})
+    sig, spec = _signature("bert_token_cls")
+    assert result_kind(sig, spec) == ("tags", {"logits": "logits"})
+    # a pretrainer predicts at the masked_lm_positions it is given: bertc run gives it the mask tokens'
+    sig, spec = _signature("bert_pretraining")
+    assert result_kind(sig, spec) == ("fill_mask", {"logits": "masked_lm"})
+    # any other input besides the tokens is refused, naming it
+    sig["inputs"].append({"name": "extra_ids", "dtype": "int32", "shape": ["batch", 4]})
+    with pytest.raises(InputError, match="needs masked_lm_positions, extra_ids besides the tokens.*--encoder-only"):
+        result_kind(sig, spec)
+
+
+# --- fill-mask: a masked-LM head (Hugging Face *ForMaskedLM) and a pretrainer -------------------------------
+
+FILL = ["the cat [MASK] on the mat.", "a [MASK] ran [MASK]", "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def mlm_builds(tmp_path_factory):
+    return shared_builds(tmp_path_factory, ("distilbert_mlm", "bert_pretraining"))
+
+
+def _expected_fill(out: Path, texts, logits_of, top_k: int) -> list:
+    """What fill-mask gives, computed here: softmax over the vocabulary at each [MASK] token, the top_k ids by
+    score, the text decoded with each mask replaced by its best id."""
+    from bertc.text import load_tokenizer
+
+    tok = load_tokenizer(out, 16)
+    mask_id = tok.token_to_id("[MASK]")
+    expected = []
+    for i, text in enumerate(texts):
+        enc = tok.encode(*text) if isinstance(text, tuple) else tok.encode(text)
+        where = [t for t, x in enumerate(enc.ids) if x == mask_id]
+        ids, masks = list(enc.ids), []
+        for n, t in enumerate(where):
+            p = softmax(logits_of(i, n, t).astype(np.float64))
+            top = sorted(range(len(p)), key=lambda v: (-p[v], v))[:top_k]
+            masks.append(([int(v) for v in top], [float(p[v]) for v in top], enc.offsets[t]))
+            ids[t] = top[0]
+        expected.append((tok.decode(ids, skip_special_tokens=True), masks))
+    return expected
+
+
+def _assert_fill(got: list, expected: list, texts) -> None:
+    assert len(got) == len(expected)
+    for row, (sequence, masks), text in zip(got, expected, texts):
+        assert row["sequence"] == sequence
+        assert len(row["masks"]) == len(masks)
+        for m, (ids, scores, (begin, end)) in zip(row["masks"], masks):
+            assert [x["token_id"] for x in m["predictions"]] == ids
+            np.testing.assert_allclose([x["score"] for x in m["predictions"]], scores, atol=1e-6)
+            source = text if m["in"] == "text" else text[1]
+            source = source[0] if isinstance(source, tuple) else source
+            assert (m["start"], m["end"]) == (begin, end) and source[begin:end] == "[MASK]"
+
+
+def test_fill_mask_of_a_masked_lm_head_gives_the_likeliest_tokens_at_each_mask(mlm_builds, tmp_path):
+    out = mlm_builds["distilbert_mlm"]
+    rt = bertc.Runtime(out, artifact="onnx", top_k=3)
+    assert rt.kind == "fill_mask" and rt.mask == ("[MASK]", 4)
+    ref = direct(out, FILL)
+    expected = _expected_fill(out, FILL, lambda i, n, t: ref["logits"][i, t], 3)
+    got = rt.run(FILL)
+    _assert_fill(got, expected, FILL)
+    assert [x["token"] for x in got[0]["masks"][0]["predictions"]] == \
+        [rt.engine.tokenizer.id_to_token(x["token_id"]) for x in got[0]["masks"][0]["predictions"]]
+    # the same through the CLI, as JSONL and Parquet (the default top_k: 5)
+    paths = write_inputs(tmp_path / "in", FILL)
+    for suffix in (".jsonl", ".parquet"):
+        result = tmp_path / f"fill{suffix}"
+        assert main(["run", str(out), str(paths["txt"]), "-o", str(result), "-q", "--artifact", "onnx"]) == 0
+        rows = read_result(result)
+        _assert_fill(rows, _expected_fill(out, FILL, lambda i, n, t: ref["logits"][i, t], 5), FILL)
+
+
+def test_fill_mask_of_a_pretrainer_feeds_the_mask_positions(mlm_builds):
+    import onnxruntime as ort
+
+    out = mlm_builds["bert_pretraining"]
+    texts = [("the cat [MASK] on", "the [MASK] ."), "a [MASK] ran [MASK]"]
+    got = bertc.Runtime(out, artifact="onnx", top_k=2).run(texts)
+    # the model run here on each text alone, at the positions of its mask tokens
+    from bertc.text import load_tokenizer
+
+    tok = load_tokenizer(out, 16)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = []
+    for text in texts:
+        enc = tok.encode(*text) if isinstance(text, tuple) else tok.encode(text)
+        positions = np.zeros((1, 16), np.int32)
+        where = [t for t, x in enumerate(enc.ids) if x == tok.token_to_id("[MASK]")]
+        positions[0, :len(where)] = where
+        feeds = {"input_word_ids": np.array([enc.ids], np.int32), "input_mask": np.array([enc.attention_mask], np.int32),
+                 "input_type_ids": np.array([enc.type_ids], np.int32), "masked_lm_positions": positions}
+        logits.append(session.run(["masked_lm"], feeds)[0][0])
+    _assert_fill(got, _expected_fill(out, texts, lambda i, n, t: logits[i][n], 2), texts)
+    assert got[0]["masks"][1]["in"] == "pair"
+
+
+def test_fill_mask_refuses_what_it_cannot_fill(mlm_builds, builds, tmp_path, capsys):
+    import dataclasses
+
+    out = mlm_builds["distilbert_mlm"]
+    (tmp_path / "in.txt").write_text("the cat [MASK]\nno mask here\n")
+    _fails(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC,
+           "in.txt: line 2: no [MASK] in the text")
+    _fails(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.csv")], capsys, EXIT_BAD_SPEC,
+           "a .csv result cannot hold fill_mask results; use .jsonl or .parquet")
+    _fails(["run", str(builds["bert_seq_cls"]), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl"),
+            "--top-k", "3"], capsys, EXIT_BAD_SPEC, "only a masked-LM model's predictions are counted")
+    assert not list(tmp_path.glob("r.*"))
+    # a mask cut off by truncation is named so
+    (tmp_path / "long.txt").write_text(LONG + " [MASK]\n")
+    _fails(["run", str(out), str(tmp_path / "long.txt"), "-o", str(tmp_path / "r.jsonl"), "--truncate"], capsys,
+           EXIT_BAD_SPEC, "long.txt: line 1: no [MASK] in the text within the model's first 16 tokens")
+    # a pretrainer predicts at most as many masks a text as it has positions
+    rt = bertc.Runtime(mlm_builds["bert_pretraining"])
+    rt.parts = dataclasses.replace(rt.parts, positions=1)
+    with pytest.raises(InputError, match="text 1: 2 \\[MASK\\] tokens; this model predicts at most 1 a text"):
+        rt.run(["[MASK] [MASK]"])
+
+
+def test_fill_mask_batches_are_cut_to_hold_the_vocabulary_logits(mlm_builds, monkeypatch):
+    import bertc.runtime as runtime
+
+    monkeypatch.setattr(runtime, "FILL_MASK_LOGITS", 56 * 20)   # 20 tokens of the fixture's 56-token vocabulary
+    rt = bertc.Runtime(mlm_builds["distilbert_mlm"], artifact="onnx")
+    assert rt.max_batch_tokens == 20 and rt.parts.max_batch_tokens == 20
+    texts = [f"the [MASK] {w}" for w in ("cat", "dog", "car", "house", "tree", "mat")]
+    calls = []
+    run = rt.engine.session.run
+    rt.engine.session.run = lambda names, feeds: calls.append(feeds["input_word_ids"].shape) or run(names, feeds)
+    got = rt.run(texts)
+    assert all(b * s <= 20 for b, s in calls) and len(calls) > 1
+    ref = direct(mlm_builds["distilbert_mlm"], texts)
+    _assert_fill(got, _expected_fill(mlm_builds["distilbert_mlm"], texts, lambda i, n, t: ref["logits"][i, t], 5),
+                 texts)
 
 
 # --- every input and result format (the CLI) -----------------------------------------------------------
