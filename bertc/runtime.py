@@ -27,6 +27,8 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       offsets into the text (the pair's, for a pair)
 ``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
                                                       "score"}]}``: one per word, its first token's tag
+                                                      (softmax; sigmoid of a single class: an ELECTRA
+                                                      discriminator's probability of "replaced")
 a masked-LM head's logits (batch,     fill_mask       ``{"sequence", "masks": [{"start", "end", "in",
 seq, vocab), or ``masked_lm`` at                      "predictions": [{"token", "token_id", "score"}]}]}``:
 ``masked_lm_positions`` (a                            the ``top_k`` likeliest tokens at each mask token
@@ -558,7 +560,8 @@ class Engine:
         tags = []
         for (seq, _), (t, begin, end) in words.items():
             text = record.text if seq == 0 else record.pair
-            probs = _softmax(logits[t].astype(np.float64))
+            # one class (an ELECTRA discriminator's "replaced"): its probability, as a one-class classifier's
+            probs = (_sigmoid if logits.shape[-1] == 1 else _softmax)(logits[t].astype(np.float64))
             k = int(np.argmax(probs))
             tags.append({"word": text[begin:end], "start": int(begin), "end": int(end), "label": self._label(k),
                          "score": float(probs[k])})

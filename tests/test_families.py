@@ -35,6 +35,7 @@ EXPECTED = {
     "distilbert_mlm": ("scaffold", "masked_lm"),
     "electra_model": ("scaffold", None), "electra_seq_cls": ("scaffold", "classifier"),
     "electra_token_cls": ("scaffold", "token_classifier"), "electra_qa": ("scaffold", "span_labeler"),
+    "electra_pretraining": ("scaffold", "token_classifier"), "electra_mlm": ("scaffold", "masked_lm"),
     "mpnet_model": ("scaffold", None), "mpnet_seq_cls": ("scaffold", "classifier"),
     "mpnet_token_cls": ("scaffold", "token_classifier"), "mpnet_qa": ("scaffold", "span_labeler"),
     "mpnet_mlm": ("scaffold", "masked_lm"), "st_mpnet_mean_norm": ("scaffold", "sentence_embedding"),
@@ -170,7 +171,7 @@ def edited_copy(tmp_path, name, **changes) -> Path:
     ("mpnet_model", {"relative_attention_num_buckets": 64}, "32"),
     ("mpnet_seq_cls", {"pad_token_id": 0}, "1"),
     ("roberta_mlm", {"architectures": ["RobertaForCausalLM"]}, "RobertaForMaskedLM"),
-    ("electra_model", {"architectures": ["ElectraForPreTraining"]}, "ElectraForQuestionAnswering"),
+    ("electra_model", {"architectures": ["ElectraForCausalLM"]}, "ElectraForPreTraining, ElectraForMaskedLM"),
     ("camembert_seq_cls", {"architectures": ["CamembertForQuestionAnswering"],
                            "id2label": {"0": "a", "1": "b", "2": "c"}}, "2 outputs"),
 ])

@@ -507,6 +507,26 @@ def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
             assert abs(tag["score"] - p[t].max()) < 1e-5
 
 
+def test_a_one_class_token_classifier_scores_each_word_by_sigmoid(mlm_builds):
+    """An ELECTRA discriminator (ElectraForPreTraining, a one-class token classifier): each word's score is the
+    probability its first token was replaced, sigmoid of its logit (softmax of one logit would always be 1)."""
+    out = mlm_builds["electra_pretraining"]
+    texts = ["the cats sat on the mat.", "big red cars"]
+    got = bertc.Runtime(out, artifact="onnx").run(texts)
+    ref = direct(out, texts)["logits"].astype(np.float64)
+    assert ref.shape[-1] == 1
+    from bertc.text import load_tokenizer
+
+    tok = load_tokenizer(out, 16)
+    for i, (text, row) in enumerate(zip(texts, got)):
+        enc = tok.encode(text)
+        first = [t for t in range(1, len(enc.ids) - 1) if enc.word_ids[t] != enc.word_ids[t - 1]]
+        assert [tag["start"] for tag in row["tags"]] == [enc.offsets[t][0] for t in first]
+        np.testing.assert_allclose([tag["score"] for tag in row["tags"]], 1 / (1 + np.exp(-ref[i, first, 0])),
+                                   atol=1e-6)
+        assert {tag["label"] for tag in row["tags"]} == {"LABEL_0"}
+
+
 def test_span_labeler_returns_the_best_span_of_the_context(builds):
     out = builds["bert_qa"]
     got = bertc.Runtime(out, artifact="onnx").run(PAIRS)
@@ -562,7 +582,7 @@ FILL = ["the cat [MASK] on the mat.", "a [MASK] ran [MASK]", "[MASK]"]
 
 @pytest.fixture(scope="module")
 def mlm_builds(tmp_path_factory):
-    return shared_builds(tmp_path_factory, ("distilbert_mlm", "bert_pretraining"))
+    return shared_builds(tmp_path_factory, ("distilbert_mlm", "bert_pretraining", "electra_pretraining"))
 
 
 def _expected_fill(out: Path, texts, logits_of, top_k: int) -> list:

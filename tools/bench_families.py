@@ -209,7 +209,8 @@ def bench_family(family: str, anchor: Path, out: Path, args) -> dict:
 
 FIDELITY = ["roberta_model", "roberta_seq_cls", "roberta_token_cls", "roberta_qa", "roberta_mlm", "xlmr_model",
             "camembert_seq_cls", "distilbert_model", "distilbert_seq_cls", "distilbert_token_cls", "distilbert_qa",
-            "distilbert_mlm", "electra_model", "electra_seq_cls", "electra_token_cls", "electra_qa", "mpnet_model",
+            "distilbert_mlm", "electra_model", "electra_seq_cls", "electra_token_cls", "electra_qa", "electra_pretraining",
+            "electra_mlm", "mpnet_model",
             "mpnet_seq_cls", "mpnet_token_cls", "mpnet_qa", "mpnet_mlm", "st_mpnet_mean_norm", "st_distilbert_mean_dense"]
 
 

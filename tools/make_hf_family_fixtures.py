@@ -62,6 +62,8 @@ def reference(model, arch: str, x, types: bool) -> dict[str, np.ndarray]:
         return ref
     if arch.endswith(("SequenceClassification", "TokenClassification", "MaskedLM")):
         return {"logits": out.logits.numpy()}
+    if arch == "ElectraForPreTraining":   # (batch, seq): bertc's one-class token classifier keeps the class axis
+        return {"logits": out.logits.numpy()[..., None]}
     if arch.endswith("QuestionAnswering"):
         return {"start_logits": out.start_logits.numpy(), "end_logits": out.end_logits.numpy()}
     raise ValueError(arch)
@@ -185,6 +187,12 @@ FAMILIES = {
                           (len(VOCAB), 0, 2), True),
     "electra_qa": (tr.ElectraConfig, "ElectraForQuestionAnswering", electra_config(embedding_size=8), 44, None,
                    (len(VOCAB), 0, 2), True),
+    # google/electra-*-discriminator as published (replaced-token detection), and the generator, whose embeddings
+    # are wider than its hidden states (electra-base-generator: 768 and 256)
+    "electra_pretraining": (tr.ElectraConfig, "ElectraForPreTraining", electra_config(embedding_size=8), 45, None,
+                            (len(VOCAB), 0, 2), True),
+    "electra_mlm": (tr.ElectraConfig, "ElectraForMaskedLM", electra_config(embedding_size=24, layer_norm_eps=1e-5),
+                    46, None, (len(VOCAB), 0, 2), True),
     "mpnet_model": (tr.MPNetConfig, "MPNetModel", mpnet_config(), 51, mpnet_tokenizer, (len(MPNET_VOCAB), 1, 0), False),
     "mpnet_seq_cls": (tr.MPNetConfig, "MPNetForSequenceClassification", mpnet_config(num_labels=3), 52, None,
                       (len(MPNET_VOCAB), 1, 0), False),

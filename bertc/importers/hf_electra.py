@@ -9,20 +9,34 @@ bertc writes it as a ``scaffold`` encoder with the ``standard`` embedding networ
 Tensor names are BERT's under ``electra.`` plus ``electra.embeddings_project``. Heads:
 ``ElectraClassificationHead`` (dense + exact GELU + ``out_proj`` over the first token) is a ``classifier``
 with ``pooling: first`` and a gelu ``transform``; token classification and question answering are BERT's.
-The pretraining discriminator (``ElectraForPreTraining``) and the generator (``ElectraForMaskedLM``) are not
-imported.
+The pretraining discriminator (``ElectraForPreTraining``: google/electra-*-discriminator as published) is a
+``token_classifier`` of one class: ``discriminator_predictions.dense`` + the config's activation, then
+``dense_prediction``, the logit that each token was replaced (transformers squeezes the class axis away: bertc's
+``logits`` keep it, (batch, seq, 1)). The generator (``ElectraForMaskedLM``: google/electra-*-generator) is a
+``masked_lm`` head: ``generator_predictions.dense`` (hidden -> embedding size) + exact GELU + ``LayerNorm``, then
+``generator_lm_head``, tied to the word embeddings (an untied checkpoint is refused by the weight loader, which
+finds the two tensors differ) with its own bias.
 """
 from __future__ import annotations
 
 from bertc.importers.hf import HFFamily, _encoder_param, _param, _split, encoder_from_config, head_from_config, register_family
-from bertc.importers.hf_roberta import NOT_A_DECODER, check_config, first_token_classifier, head_param, strip_prefix
+from bertc.importers.hf_roberta import (NOT_A_DECODER, check_config, first_token_classifier, head_param, masked_lm_head,
+                                        strip_prefix)
+from bertc.weights import Target
+
+# ElectraDiscriminatorPredictions / ElectraGeneratorPredictions: (kind, bertc path) by tensor stem
+_PRETRAINING_HEADS = {"discriminator_predictions.dense": ("linear", "token_classifier_transform"),
+                      "discriminator_predictions.dense_prediction": ("linear", "token_classifier"),
+                      "generator_predictions.dense": ("linear", "masked_lm/transform"),
+                      "generator_predictions.LayerNorm": ("ln", "masked_lm/transform_layer_norm")}
 
 
 class Electra(HFFamily):
     model_types = ("electra",)
     architectures = {"ElectraModel": None, "ElectraForSequenceClassification": "classifier",
                      "ElectraForTokenClassification": "token_classifier",
-                     "ElectraForQuestionAnswering": "span_labeler"}
+                     "ElectraForQuestionAnswering": "span_labeler", "ElectraForPreTraining": "discriminator",
+                     "ElectraForMaskedLM": "masked_lm"}
     base_architecture = "ElectraModel"
 
     def encoder(self, cfg, where, max_len):
@@ -46,6 +60,12 @@ class Electra(HFFamily):
         return True     # the encoder alone has none and outputs sequence_output only
 
     def head(self, cfg, where, enc, arch, names=()):
+        kind = self.architectures[arch]
+        if kind == "discriminator":   # one logit a token, after dense + the config's activation; no dropout
+            return {"type": "token_classifier", "num_classes": 1, "dropout_rate": 0.0,
+                    "transform": {"activation": enc["hidden"]["activation"]}}
+        if kind == "masked_lm":       # ElectraGeneratorPredictions: get_activation("gelu"), the exact one
+            return masked_lm_head("gelu", enc["layer_norm_epsilon"])
         head = head_from_config(cfg, where, enc, arch, self, names)
         # ElectraClassificationHead: get_activation("gelu"), the exact one, whatever hidden_act says
         return first_token_classifier(head, "gelu") if self.architectures[arch] == "classifier" else head
@@ -53,6 +73,14 @@ class Electra(HFFamily):
     def translate(self, name, spec):
         rest = strip_prefix(name, "electra.")
         if rest is None and not name.startswith(("embeddings", "encoder.")):
+            stem, leaf = _split(name)
+            if stem in _PRETRAINING_HEADS:
+                kind, path = _PRETRAINING_HEADS[stem]
+                return _param(kind, leaf, path)
+            if name == "generator_lm_head.bias":
+                return Target("masked_lm/output_bias")
+            if name == "generator_lm_head.weight":
+                return Target("embeddings/word_embeddings", tied=True)
             return head_param(name)
         stem, leaf = _split(rest if rest is not None else name)
         if stem == "embeddings_project":
