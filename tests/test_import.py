@@ -23,8 +23,8 @@ from bertc.spec import load_spec
 from bertc.weights import resolve_weights_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "albert_model", "albert_seq_cls",
-      "albert_pretraining", "st_bert_mean_norm", "st_bert_cls_dense_norm", "st_bert_pooling_concat", "st_bert_lasttoken",
+HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "bert_mlm", "albert_model",
+      "albert_seq_cls", "albert_pretraining", "albert_mlm", "st_bert_mean_norm", "st_bert_cls_dense_norm", "st_bert_pooling_concat", "st_bert_lasttoken",
       "bert_cross_encoder"]
 MG = ["bert_encoder", "albert_encoder", "scaffold_talking_gated", "scaffold_rezero", "bert_classifier",
       "bert_span_labeler", "bert_pretrainer"]
@@ -34,6 +34,7 @@ EXPECTED = {  # encoder type, head type the import must choose
     "hf/bert_token_cls": ("bert", "token_classifier"), "hf/bert_qa": ("bert", "span_labeler"),
     "hf/bert_pretraining": ("bert", "pretrainer"), "hf/albert_model": ("albert", None),
     "hf/albert_seq_cls": ("albert", "classifier"), "hf/albert_pretraining": ("albert", "pretrainer"),
+    "hf/bert_mlm": ("bert", "masked_lm"), "hf/albert_mlm": ("albert", "masked_lm"),
     "hf/st_bert_mean_norm": ("bert", "sentence_embedding"),
     "hf/st_bert_cls_dense_norm": ("bert", "sentence_embedding"), "hf/bert_cross_encoder": ("bert", "classifier"),
     "hf/st_bert_pooling_concat": ("bert", "sentence_embedding"), "hf/st_bert_lasttoken": ("bert", "sentence_embedding"),
@@ -477,7 +478,17 @@ def test_masked_lm_architecture_is_a_pretrainer_when_the_file_has_next_sentence(
     assert import_spec(source, tmp_path / "p.json")["head"]["type"] == "pretrainer"
 
 
-def test_masked_lm_only_checkpoint_imports_its_encoder_and_reports_the_head_ignored(tmp_path):
+def test_masked_lm_only_checkpoint_imports_its_masked_lm_head_and_every_tensor(tmp_path):
+    """What run_mlm.py saves (BertForMaskedLM / AlbertForMaskedLM: no pooler, no next-sentence head) is a masked_lm
+    head, logits at every token; it used to be refused for its missing pooler."""
+    for name in ("bert_mlm", "albert_mlm"):
+        data = import_spec(FIXTURES / "hf" / name, tmp_path / f"{name}.json")
+        assert data["head"]["type"] == "masked_lm" and "Encoder only" not in data["description"]
+        result = load_into_fresh(tmp_path / f"{name}.json", FIXTURES / "hf" / name)
+        assert not result.ignored and result.tensors == len(result.loaded) + len(result.tied), (name, result.ignored)
+
+
+def test_encoder_only_import_of_a_masked_lm_checkpoint_reports_the_head_ignored(tmp_path):
     def drop_nsp(t):
         for name in [n for n in t if n.startswith("cls.seq_relationship.")]:
             t.pop(name)
@@ -486,7 +497,8 @@ def test_masked_lm_only_checkpoint_imports_its_encoder_and_reports_the_head_igno
     config = json.loads((source / "config.json").read_text())
     config["architectures"] = ["BertForMaskedLM"]
     (source / "config.json").write_text(json.dumps(config))
-    data = import_spec(source, tmp_path / "m.json")
+    assert import_spec(source, tmp_path / "h.json")["head"]["type"] == "masked_lm"
+    data = import_spec(source, tmp_path / "m.json", encoder_only=True)
     assert "head" not in data and "Encoder only" in data["description"]
     result = load_into_fresh(tmp_path / "m.json", source)
     assert set(result.ignored) == {"cls.predictions.bias", "cls.predictions.transform.dense.weight",

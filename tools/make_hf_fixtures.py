@@ -74,7 +74,7 @@ def reference(model, arch: str, x) -> dict[str, np.ndarray]:
         out = model(**torch_inputs(x))
     if arch.endswith("Model"):
         return {"sequence_output": out.last_hidden_state.numpy(), "pooled_output": out.pooler_output.numpy()}
-    if arch.endswith("SequenceClassification") or arch.endswith("TokenClassification"):
+    if arch.endswith(("SequenceClassification", "TokenClassification", "MaskedLM")):
         return {"logits": out.logits.numpy()}
     if arch.endswith("QuestionAnswering"):
         return {"start_logits": out.start_logits.numpy(), "end_logits": out.end_logits.numpy()}
@@ -232,7 +232,12 @@ FIXTURES = {
     # gelu_new: original BERT's (tanh) gelu, so that bert_tf1 can be written from these weights
     "bert_pretraining": lambda: write("bert_pretraining", make_bert("BertForPreTraining", 5, hidden_act="gelu_new"),
                                       "BertForPreTraining", 5, tokenizer=True),
+    # what run_mlm.py saves (and many domain-adapted BERTs publish): the masked-LM head alone, no pooler, no
+    # next-sentence head
+    "bert_mlm": lambda: write("bert_mlm", make_bert("BertForMaskedLM", 15, hidden_act="relu"), "BertForMaskedLM", 15,
+                              tokenizer=True),
     "albert_model": lambda: write("albert_model", make_albert("AlbertModel", 6), "AlbertModel", 6),
+    "albert_mlm": lambda: write("albert_mlm", make_albert("AlbertForMaskedLM", 16), "AlbertForMaskedLM", 16),
     "albert_seq_cls": lambda: write("albert_seq_cls", make_albert("AlbertForSequenceClassification", 7,
                                                                    num_labels=2, classifier_dropout_prob=0.1),
                                     "AlbertForSequenceClassification", 7),

@@ -206,8 +206,8 @@ class Bert(HFFamily):
                      "BertForTokenClassification": "token_classifier", "BertForQuestionAnswering": "span_labeler",
                      "BertForPreTraining": "pretrainer"}
     # A masked-LM-only checkpoint (bert-base-uncased says BertForMaskedLM) is a pretrainer when its file also
-    # has the next-sentence head (saved from pretraining), else bertc builds its encoder and reports the MLM
-    # tensors as ignored: bertc's pretrainer head always has next-sentence.
+    # has the next-sentence head (saved from pretraining: bertc's pretrainer head always has next-sentence), else
+    # a masked_lm head (logits at every token; what run_mlm.py saves, without pooler or next-sentence head).
     masked_lm = ("BertForMaskedLM",)
     base_architecture = "BertModel"
 
@@ -321,7 +321,10 @@ def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFami
     """BERT's head rules for ``arch`` (a known architecture of ``family``)."""
     if arch in family.masked_lm:
         nsp = any(n.startswith(("cls.seq_relationship.", "sop_classifier.")) for n in names)
-        head = "pretrainer" if nsp else None
+        if not nsp:   # BertOnlyMLMHead / AlbertMLMHead: dense (to the embedding width) + hidden_act + layer norm
+            return {"type": "masked_lm", "transform": {"activation": enc["activation"],
+                                                       "layer_norm": {"epsilon": enc["layer_norm_epsilon"]}}}
+        head = "pretrainer"
     else:
         head = family.architectures[arch]
     labels = num_labels(cfg)
@@ -477,7 +480,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     if head is not None and head["type"] == "pretrainer":
         note = (f" num_token_predictions {head['num_token_predictions']} is not in config.json: set it to the "
                 f"masked positions per sequence you feed.")
-    if head is None and (encoder_only or arch in family.masked_lm):
+    if head is None and encoder_only:
         note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
     max_seq = enc.get("max_sequence_length") or enc.get("embedding", {}).get("max_sequence_length")  # scaffold
     if st and max_seq < cfg["max_position_embeddings"]:
