@@ -20,7 +20,8 @@ from bertc.weights import resolve_weights_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
 EXPECTED = {"modernbert_model": None, "modernbert_seq_cls": "classifier", "modernbert_seq_cls_first": "classifier",
-            "modernbert_token_cls": "token_classifier", "modernbert_mlm": "masked_lm"}
+            "modernbert_token_cls": "token_classifier", "modernbert_mlm": "masked_lm",
+            "modernbert_qa": "span_labeler"}
 ATOL = 1e-5
 
 
@@ -35,12 +36,14 @@ def inputs_of(ref):
 def diff(got: dict, ref: dict) -> float:
     """Max abs diff of the model's one output against transformers': at the real tokens for per-token outputs
     (transformers' padded rows attend to nothing and are not compared), every value of per-row ones."""
-    name = "sequence_output" if "sequence_output" in ref else "logits"
-    have, want = np.asarray(got[name]), ref[name]
-    if have.ndim == 3:
-        real = ref["input_mask"].astype(bool)
-        have, want = have[real], want[real]
-    return float(np.abs(have - want).max())
+    worst = 0.0
+    for name in [n for n in ("sequence_output", "logits", "start_logits", "end_logits") if n in ref]:
+        have, want = np.asarray(got[name]), ref[name]
+        if have.ndim == 3 or name.endswith("_logits") and name != "logits":   # per token
+            real = ref["input_mask"].astype(bool)
+            have, want = have[real], want[real]
+        worst = max(worst, float(np.abs(have - want).max()))
+    return worst
 
 
 def imported(name, tmp_path, **edits):
@@ -86,7 +89,8 @@ def test_imported_keras_model_is_transformers(name, tmp_path):
     assert diff(keras_out(built, ref), ref) <= ATOL
     assert before > 1e-2   # the match comes from the loaded weights
     assert built.model.count_params() == bertc.build.expected_param_count(spec)
-    assert signature_of(spec).output_names == (["sequence_output"] if name == "modernbert_model" else ["logits"])
+    assert signature_of(spec).output_names == (["sequence_output"] if name == "modernbert_model" else
+                                               ["start_logits", "end_logits"] if name == "modernbert_qa" else ["logits"])
 
 
 @pytest.mark.parametrize("window", [3, 5])
@@ -321,7 +325,7 @@ def test_long_context_import_checks_lengths_up_to_2048(tmp_path):
     ("layer_types", ["full_attention", "chunked_attention", "full_attention", "full_attention"], "layer_types"),
     ("head_dim", 4, "head_dim"),
     ("local_attention", 1, "local_attention"),
-    ("architectures", ["ModernBertForQuestionAnswering"], "architectures"),
+    ("architectures", ["ModernBertForMultipleChoice"], "architectures"),
 ])
 def test_config_bertc_cannot_compute_is_refused_naming_key_and_value(tmp_path, key, value, shown):
     name = "modernbert_seq_cls" if key.startswith("classifier") else "modernbert_model"
@@ -356,7 +360,7 @@ def test_cli_refusal_exits_2_without_traceback(tmp_path, capsys):
 
 def test_a_classifier_checkpoint_into_another_head(tmp_path, capsys):
     """A sentence-embedding spec takes a classifier checkpoint's encoder (its head tensors ignored, as for an
-    encoder-only import); a head ModernBERT has no tensors for is a load error naming them, exit 2 (it was an
+    encoder-only import); another head whose tensors do not fit is a load error naming them, exit 2 (it was an
     internal error, exit 70: the head type was looked up in a table of ModernBERT's heads)."""
     spec, path = imported("modernbert_seq_cls", tmp_path)
     data = json.loads(path.read_text())
@@ -366,7 +370,8 @@ def test_a_classifier_checkpoint_into_another_head(tmp_path, capsys):
         assert main(["build", str(other), "-o", str(tmp_path / head["type"]), "-q", "--no-export"]) == code
         err = capsys.readouterr().err
         assert "internal error" not in err and "Traceback" not in err
-    assert "unused: checkpoint tensor 'classifier.weight'" in err and "missing: bertc weight 'span_labeler/kernel'" in err
+    assert "checkpoint tensor 'classifier.weight' (3, 32) transposed does not fit bertc weight 'span_labeler/kernel'" \
+        in err
     report = json.loads((tmp_path / "sentence_embedding" / "report.json").read_text())
     ignored = report["weights"]["ignored"]
     assert any("classifier.weight" in str(entry) for entry in ignored), ignored

@@ -81,6 +81,8 @@ def reference(model, arch: str, x) -> dict[str, np.ndarray]:
                     attention_mask=torch.tensor(x["input_mask"], dtype=torch.long))
     if arch == "ModernBertModel":
         return {"sequence_output": out.last_hidden_state.numpy()}
+    if arch == "ModernBertForQuestionAnswering":
+        return {"start_logits": out.start_logits.numpy(), "end_logits": out.end_logits.numpy()}
     return {"logits": out.logits.numpy()}
 
 
@@ -162,6 +164,9 @@ FIXTURES = {
                                           num_labels=5, classifier_bias=True, classifier_activation="silu",
                                           hidden_activation="gelu_pytorch_tanh"),
     "modernbert_mlm": lambda: write("modernbert_mlm", "ModernBertForMaskedLM", 25, decoder_bias=True),
+    # question answering: the prediction head (with its biases and relu here) before the start / end layer
+    "modernbert_qa": lambda: write("modernbert_qa", "ModernBertForQuestionAnswering", 26, classifier_bias=True,
+                                   classifier_activation="relu"),
     "st_modernbert_mean_norm": write_sentence_transformer,
 }
 

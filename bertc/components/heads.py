@@ -150,6 +150,7 @@ class MaskedLMSpec(StrictModel):
 
 class SpanLabelerSpec(StrictModel):
     type: Literal["span_labeler"] = "span_labeler"
+    transform: Optional[TransformSpec] = None   # ModernBERT's prediction head before the start / end layer
     initializer: Optional[InitializerSpec] = None
 
 
@@ -348,26 +349,36 @@ class SpanSplit(keras.layers.Layer):
 
 
 @HEADS.register("span_labeler", spec=SpanLabelerSpec,
-                description="Single-span start/end predictor (SQuAD-style): start_logits, end_logits.")
+                description="Single-span start/end predictor (SQuAD-style): [dense + activation (+ layer norm)] + "
+                            "dense to 2 -> start_logits, end_logits.")
 class SpanLabeler(Head):
 
     def onnx_lowering(self, ctx, enc):
         g = ctx.g
-        logits = ctx.dense(ctx.value(enc.sequence_output), self.labeler)
+        x = ctx.value(enc.sequence_output)
+        if self.transform is not None:
+            x = self.transform.lower(ctx, x, "span_labeler")
+        logits = ctx.dense(x, self.labeler)
         ctx.record("span_labeler", "MatMul+Add, Gather")
         return {name: g.node("Gather", [logits, g.const(k, np.int64, "index")], hint=name, axis=2)
                 for k, name in enumerate(("start_logits", "end_logits"))}
 
     def build(self, enc, inputs):
+        x = enc.sequence_output
+        self.transform = _transform(self.spec.transform, self.encoder_spec.hidden_size, self.init, "span_labeler")
+        if self.transform is not None:
+            x = self.transform(x)
         self.labeler = dense(2, self.init, "span_labeler")
-        start, end = SpanSplit(name="span_split")(self.labeler(enc.sequence_output))
+        start, end = SpanSplit(name="span_split")(self.labeler(x))
         return {"start_logits": start, "end_logits": end}
 
     def outputs(self):
         return [OutputInfo("start_logits", 1, "logits"), OutputInfo("end_logits", 1, "logits")]
 
     def param_count(self):
-        return dense_params(self.encoder_spec.hidden_size, 2)
+        width = self.encoder_spec.hidden_size
+        transform = self.spec.transform.param_count(width, width) if self.spec.transform else 0
+        return transform + dense_params(width, 2)
 
     def make_labels(self, inputs, rng):
         lengths = _real_lengths(inputs)

@@ -38,6 +38,7 @@ ARCHITECTURES = {
     "ModernBertForSequenceClassification": "classifier",
     "ModernBertForTokenClassification": "token_classifier",
     "ModernBertForMaskedLM": "masked_lm",
+    "ModernBertForQuestionAnswering": "span_labeler",
 }
 _LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}
 _POOLING = {"cls": "first", "mean": "mean"}
@@ -140,6 +141,10 @@ def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict
         if cfg.get("tie_word_embeddings", True) is False:
             refuse(where, "tie_word_embeddings", False, "bertc's masked-LM decoder is the word embedding table")
         return {"type": "masked_lm", "transform": transform, "decoder_bias": bool(cfg.get("decoder_bias", True))}
+    if kind == "span_labeler":   # the prediction head, then classifier: num_labels 2, split into start / end
+        if num_labels(cfg) != 2:
+            refuse(where, "num_labels", num_labels(cfg), "a question-answering head has 2 outputs (start, end)")
+        return {"type": "span_labeler", "transform": transform}
     out = {"type": kind, "num_classes": num_labels(cfg), "dropout_rate": float(cfg.get("classifier_dropout", 0.0)),
            "transform": transform}
     if kind == "classifier":
@@ -157,7 +162,8 @@ _NORM = {"weight": "gamma", "bias": "beta"}
 _LAYER = {"attn.Wqkv": ("linear", "attention/qkv"), "attn.Wo": ("linear", "attention/attention_output"),
           "attn_norm": ("norm", "attention_layer_norm"), "mlp_norm": ("norm", "feedforward/output_layer_norm"),
           "mlp.Wi": ("linear", "feedforward/intermediate"), "mlp.Wo": ("linear", "feedforward/output")}
-_HEAD_BASE = {"classifier": "classifier", "token_classifier": "token_classifier", "masked_lm": "masked_lm"}
+_HEAD_BASE = {"classifier": "classifier", "token_classifier": "token_classifier", "masked_lm": "masked_lm",
+              "span_labeler": "span_labeler"}
 
 
 def _param(kind: str, leaf: str, base: str) -> Optional[Target]:
