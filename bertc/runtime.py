@@ -667,7 +667,7 @@ class Runtime:
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
         tokenizer_json = self._tokenizer_json()
-        fill = {}
+        fill, self.mask = {}, None   # mask: fill-mask's (mask token, its id)
         if self.kind == "fill_mask":
             import tokenizers
 
