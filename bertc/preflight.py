@@ -56,6 +56,15 @@ PARITY_ONE = 2.0
 # measured model (all-MiniLM-L6-v2, 23 M parameters) showed: 0.4 GB had fitted BERT-base and -large alone.
 TFLITE_CHILD, TFLITE_CHILD_W = int(0.6 * GB), 2.35
 MARGIN = 1.0  # the factors come from measured peaks (allocator slack included) and over-predict small models
+# A masked-LM head's logits at every token (rows x seq x vocabulary floats) outgrow everything else the int8 tuning
+# and parity hold: the Keras reference of every calibration case stays for both stages (CalibrationSet.reference),
+# and a run holds a few copies of its case's logits (the backend's output and ONNX Runtime's or LiteRT's buffers).
+# Measured (tools/bench_build.py, a roberta-base RobertaForMaskedLM, vocabulary 50,265): the references of the grid
+# (5,128 tokens) and of the built-in text (56 sentences, 6,048 tokens as one batch) 2.3 GB; on top of them,
+# 5.8 GB while the text's batch ran (4.8 copies of its 1.2 GB of logits); 9.2 / 9.4 GB optimize / parity peaks,
+# which the estimate (the text at REAL_TEXT_LENGTH tokens, OUTPUT_COPIES copies) puts at 11.3 / 10.4 GB.
+REAL_TEXT_ROWS, REAL_TEXT_LENGTH = 56, 128   # the built-in calibration text (bertc.calibration) as one batch
+OUTPUT_COPIES = 4
 
 
 @dataclass
@@ -87,6 +96,28 @@ def activation_bytes(spec, batch: int, seq: int) -> int:
     hidden, heads, inter, _ = _dims(spec)
     per_layer = batch * (3 * heads * seq * seq + seq * (2 * inter + 12 * hidden)) * 4
     return int(per_layer * 2)  # input and output of a layer live together
+
+
+def logits_bytes(spec, tokens: int) -> int:
+    """Bytes of a masked-LM head's logits over ``tokens`` padded tokens (0 for any other head: small outputs)."""
+    head = spec.head
+    if head is None or head.type != "masked_lm":
+        return 0
+    return 4 * tokens * spec.encoder.scaffold.vocab_size
+
+
+def outputs_held(spec, real_text: bool) -> int:
+    """What the references and one run's copies of a masked-LM head's logits take in the int8 tuning and parity:
+    the parity grid's and (``real_text``: a tokenizer comes with trained weights) the built-in text's."""
+    head = spec.head
+    if head is None or head.type != "masked_lm":
+        return 0
+    from bertc.parity import grid_cases
+
+    sizes = [int(c.inputs["input_word_ids"].size) for c in grid_cases(spec)]
+    if real_text:
+        sizes.append(REAL_TEXT_ROWS * min(REAL_TEXT_LENGTH, spec.encoder.max_sequence_length))
+    return logits_bytes(spec, sum(sizes)) + OUTPUT_COPIES * logits_bytes(spec, max(sizes))
 
 
 def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool = True,
@@ -143,14 +174,17 @@ def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, 
     if tflite:
         variants = sum(f * w for v, f in TFLITE_VARIANT.items() if v in e.variants)
         stages["export tflite"] = int(base + (beside + variants if child else EXPORT_TFLITE * w + variants))
+    # the built-in text calibrates and checks a build whose trained weights come with a tokenizer
+    logits = outputs_held(spec, real_text=spec.weights is not None)
+    trained = spec.weights is not None if trained is None else trained
     if optimized:
-        trained = spec.weights is not None if trained is None else trained
         tuning = INT8_TUNING * w + INT8_TUNING_FIXED if trained and any(v in e.variants for v in TUNED_VARIANTS) else 0
-        stages["optimize onnx"] = int(base + ONNX_OPTIMIZED * w + tuning +
+        judged = logits if any(v in e.variants for v in TUNED_VARIANTS) else 0   # the int8 judge's runs
+        stages["optimize onnx"] = int(base + ONNX_OPTIMIZED * w + tuning + judged +
                                       sum(f * w for v, f in ONNX_VARIANT.items() if v in e.variants))
     if parity and spec.parity.enabled and (onnx or tflite):
         grid_act = activation_bytes(spec, max(spec.parity.batch_sizes), max(sequence_grid(spec)))
-        stages["parity"] = int(base + PARITY_ONE * w + 2 * grid_act)
+        stages["parity"] = int(base + PARITY_ONE * w + 2 * grid_act + logits)
     total = max(stages.values())
     return Estimate(params, w, int(total), stages, expected_artifacts(spec, w, onnx, tflite, optimized))
 

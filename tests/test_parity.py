@@ -71,6 +71,27 @@ def test_row_cosines_only_count_real_tokens():
     assert row_cosines(np.zeros((1, 3)), np.ones((1, 3)), pooled, mask[:1]).tolist() == [0.0]
 
 
+def test_differences_in_chunks_are_those_of_the_whole_arrays(monkeypatch):
+    """A masked LM's logits are compared a chunk at a time (float64 copies of the whole would be gigabytes): the
+    figures are those of the whole arrays, and a value beyond atol + rtol x |want| in any chunk is found."""
+    import bertc.parity as parity
+
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((3, 7, 11)).astype(np.float32)
+    want[2, 6, 10] = 1.0
+    have = (want + rng.standard_normal(want.shape) * 1e-5).astype(np.float32)
+    have[2, 6, 10] = want[2, 6, 10] + 3e-4   # in the last chunk
+    whole = np.abs(have.astype(np.float64) - want.astype(np.float64))
+    expected = (whole.max(), (whole / np.maximum(np.abs(want), 1e-6)).max(), whole.sum())
+    monkeypatch.setattr(parity, "DIFF_CHUNK", 10)
+    max_abs, rel, total, beyond = parity.differences(have, want, 1e-4, 0.0)
+    np.testing.assert_allclose((max_abs, rel, total), expected, rtol=1e-12)
+    assert beyond and max_abs == pytest.approx(3e-4, rel=1e-3)
+    assert not parity.differences(have, want, 1e-3, 0.0)[3]
+    assert not parity.differences(have, want, 1e-4, 10.0)[3]         # |want| x rtol covers it
+    assert not parity.differences(have, want, None, None)[3]         # no tolerance: nothing is beyond it
+
+
 def test_argmax_matches_per_token_only_at_real_tokens():
     want = np.zeros((2, 3, 4))
     want[..., 1] = 1.0
