@@ -75,6 +75,16 @@ def layer_param(stem: str, leaf: str, prefix: str, table: dict) -> Optional[Targ
     return None
 
 
+def decoder_param(name: str, weight: tuple, bias: tuple, tied_bias: tuple = ()) -> Optional[Target]:
+    """A masked-LM decoder's tensors: ``weight`` names (a tied copy of the word embeddings), ``bias`` names (the
+    output bias) and ``tied_bias`` names (a tied copy of it); None for any other name."""
+    if name in weight:
+        return Target("embeddings/word_embeddings", tied=True)
+    if name in bias or name in tied_bias:
+        return Target("masked_lm/output_bias", tied=name in tied_bias)
+    return None
+
+
 def _split(name: str) -> tuple[str, str]:
     stem, _, leaf = name.rpartition(".")
     return stem, leaf
@@ -125,12 +135,11 @@ def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
         return _param("linear", leaf, "masked_lm/transform")
     if stem in ("cls.predictions.transform.LayerNorm", "predictions.LayerNorm"):
         return _param("ln", leaf, "masked_lm/transform_layer_norm")
-    if name in ("cls.predictions.bias", "predictions.bias"):
-        return Target("masked_lm/output_bias")
-    if name in ("cls.predictions.decoder.bias", "predictions.decoder.bias"):
-        return Target("masked_lm/output_bias", tied=True)
-    if name in ("cls.predictions.decoder.weight", "predictions.decoder.weight"):
-        return Target("embeddings/word_embeddings", tied=True)
+    decoder = decoder_param(name, ("cls.predictions.decoder.weight", "predictions.decoder.weight"),
+                            ("cls.predictions.bias", "predictions.bias"),
+                            ("cls.predictions.decoder.bias", "predictions.decoder.bias"))
+    if decoder is not None:
+        return decoder
     if stem in ("cls.seq_relationship", "sop_classifier.classifier"):
         return _param("linear", leaf, "next_sentence")
     return None

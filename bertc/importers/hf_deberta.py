@@ -22,7 +22,8 @@ from __future__ import annotations
 from typing import Optional
 
 from bertc.errors import WeightsError
-from bertc.importers.hf import layer_param, HFFamily, _param, activation, num_labels, refuse, register_family
+from bertc.importers.hf import (layer_param, HFFamily, _param, activation, decoder_param, num_labels, refuse,
+                               register_family)
 from bertc.weights import Ignored, Target
 
 ARCHITECTURES = {"DebertaV2Model": None, "DebertaV2ForSequenceClassification": "classifier",
@@ -211,12 +212,10 @@ def _encoder_param(rest: str, spec) -> Optional[Target]:
 def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
     if name.startswith("mask_predictions."):
         return Ignored(_RTD)
-    if name in ("lm_predictions.lm_head.bias", "cls.predictions.bias"):
-        return Target("masked_lm/output_bias")
-    if name == "cls.predictions.decoder.bias":
-        return Target("masked_lm/output_bias", tied=True)
-    if name == "cls.predictions.decoder.weight":
-        return Target("embeddings/word_embeddings", tied=True)
+    decoder = decoder_param(name, ("cls.predictions.decoder.weight",), ("lm_predictions.lm_head.bias", "cls.predictions.bias"),
+                            ("cls.predictions.decoder.bias",))
+    if decoder is not None:
+        return decoder
     stem, leaf = _split(name)
     if stem == "classifier":    # DebertaV2For{Sequence,Token}Classification both call it "classifier"
         return _param("linear", leaf, "token_classifier" if head == "token_classifier" else "classifier")

@@ -15,7 +15,7 @@ the config's activation, ``vocab_layer_norm``, ``vocab_projector`` tied to the w
 from __future__ import annotations
 
 
-from bertc.importers.hf import (layer_param, _BUFFERS, HFFamily, _param, _split, activation, head_from_config, num_labels,
+from bertc.importers.hf import (decoder_param, layer_param, _BUFFERS, HFFamily, _param, _split, activation, head_from_config, num_labels,
                                 register_family)
 from bertc.importers.hf_roberta import check_config, first_token_classifier, masked_lm_head, strip_prefix
 from bertc.weights import Ignored, Target
@@ -96,11 +96,7 @@ class DistilBert(HFFamily):
         if stem in _HEAD:
             kind, path = _HEAD[stem]
             return _param(kind, leaf, path)
-        if name == "vocab_projector.bias":
-            return Target("masked_lm/output_bias")
-        if name == "vocab_projector.weight":
-            return Target("embeddings/word_embeddings", tied=True)
-        return None
+        return decoder_param(name, ("vocab_projector.weight",), ("vocab_projector.bias",))
 
 
 register_family(DistilBert())

@@ -19,10 +19,10 @@ finds the two tensors differ) with its own bias.
 """
 from __future__ import annotations
 
-from bertc.importers.hf import HFFamily, _encoder_param, _param, _split, encoder_from_config, head_from_config, register_family
+from bertc.importers.hf import (HFFamily, _encoder_param, _param, _split, decoder_param, encoder_from_config,
+                               head_from_config, register_family)
 from bertc.importers.hf_roberta import (NOT_A_DECODER, check_config, first_token_classifier, head_param, masked_lm_head,
                                         strip_prefix)
-from bertc.weights import Target
 
 # ElectraDiscriminatorPredictions / ElectraGeneratorPredictions: (kind, bertc path) by tensor stem
 _PRETRAINING_HEADS = {"discriminator_predictions.dense": ("linear", "token_classifier_transform"),
@@ -77,11 +77,7 @@ class Electra(HFFamily):
             if stem in _PRETRAINING_HEADS:
                 kind, path = _PRETRAINING_HEADS[stem]
                 return _param(kind, leaf, path)
-            if name == "generator_lm_head.bias":
-                return Target("masked_lm/output_bias")
-            if name == "generator_lm_head.weight":
-                return Target("embeddings/word_embeddings", tied=True)
-            return head_param(name)
+            return decoder_param(name, ("generator_lm_head.weight",), ("generator_lm_head.bias",)) or head_param(name)
         stem, leaf = _split(rest if rest is not None else name)
         if stem == "embeddings_project":
             return _param("linear", leaf, "embeddings/embedding_projection")

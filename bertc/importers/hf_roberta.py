@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from bertc.importers.hf import (HFFamily, _encoder_param, _param, _split, encoder_from_config, head_from_config,
+from bertc.importers.hf import (HFFamily, decoder_param, _encoder_param, _param, _split, encoder_from_config, head_from_config,
                                 refuse, register_family)
 from bertc.weights import Target
 
@@ -70,13 +70,7 @@ def head_param(name: str) -> Optional[Target]:
     if stem in LM_HEAD:
         kind, path = LM_HEAD[stem]
         return _param(kind, leaf, path)
-    if name == "lm_head.bias":
-        return Target("masked_lm/output_bias")
-    if name == "lm_head.decoder.bias":
-        return Target("masked_lm/output_bias", tied=True)
-    if name == "lm_head.decoder.weight":
-        return Target("embeddings/word_embeddings", tied=True)
-    return None
+    return decoder_param(name, ("lm_head.decoder.weight",), ("lm_head.bias",), ("lm_head.decoder.bias",))
 
 
 def strip_prefix(name: str, prefix: str) -> Optional[str]:
