@@ -177,17 +177,20 @@ def _native_log():
     import tempfile
 
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"
+    keep = False   # an empty log, or one after a clean end, an exit or Ctrl-C, is never left behind
     try:
         with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None):
             yield
     except BertcError:
-        log.unlink(missing_ok=True)
         raise
     except Exception:
-        if log.exists() and log.stat().st_size:
+        keep = log.exists() and log.stat().st_size > 0
+        if keep:
             _err(f"native library output was saved to {log}")
         raise
-    log.unlink(missing_ok=True)
+    finally:
+        if not keep:
+            log.unlink(missing_ok=True)
 
 
 def _variants(text):

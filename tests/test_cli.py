@@ -163,6 +163,35 @@ def test_internal_error_has_its_own_exit_code_and_no_traceback(tmp_spec, tmp_pat
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_the_native_log_is_kept_only_when_an_unexpected_error_wrote_to_it(monkeypatch, capsys):
+    """The native libraries' stderr goes to /tmp/bertc-native-PID.log while a command runs: it is deleted after a
+    clean end, a bertc error, an exit, Ctrl-C, or an internal error that left it empty (each of those used to leave
+    an empty file behind but the first two), and kept and named after an internal error with something in it."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from bertc import cli
+    from bertc.errors import InputError
+
+    monkeypatch.delenv("BERTC_DEBUG", raising=False)
+    log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"
+    with cli._native_log():
+        os.write(2, b"start-up chatter\n")
+    assert not log.exists()
+    for exc in (InputError("bad"), RuntimeError("bug"), SystemExit(3), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            with cli._native_log():
+                raise exc
+        assert not log.exists(), exc
+    with pytest.raises(RuntimeError):
+        with cli._native_log():
+            os.write(2, b"what the native library said\n")
+            raise RuntimeError("bug")
+    assert log.read_text() == "what the native library said\n" and f"saved to {log}" in capsys.readouterr().err
+    log.unlink()
+
+
 def test_memory_preflight_refusal_has_its_own_exit_code(tmp_spec, tmp_path, capsys):
     from bertc.errors import EXIT_MEMORY, MemoryPreflightError
 
