@@ -326,13 +326,12 @@ def _vocab_size(spec: dict) -> Optional[int]:
 def mask_token(out: Path, tokenizer) -> tuple[str, int]:
     """(the mask token, its id) of the bundled tokenizer: the one tokenizer_config.json (or
     special_tokens_map.json) names, else the first of :data:`MASK_TOKENS` it knows."""
+    from bertc.text import _read_json
+
     named = []
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        try:
-            value = json.loads((Path(out) / name).read_text()).get("mask_token")
-        except (OSError, ValueError, AttributeError):
-            continue
-        value = value.get("content") if isinstance(value, dict) else value
+        value = _read_json(Path(out) / name).get("mask_token")
+        value = value.get("content") if isinstance(value, dict) else value   # an AddedToken written out
         if isinstance(value, str) and value:
             named.append(value)
     for token in (*named, *MASK_TOKENS):

@@ -68,7 +68,7 @@ class Electra(HFFamily):
             return masked_lm_head("gelu", enc["layer_norm_epsilon"])
         head = head_from_config(cfg, where, enc, arch, self, names)
         # ElectraClassificationHead: get_activation("gelu"), the exact one, whatever hidden_act says
-        return first_token_classifier(head, "gelu") if self.architectures[arch] == "classifier" else head
+        return first_token_classifier(head, "gelu") if kind == "classifier" else head
 
     def translate(self, name, spec):
         rest = strip_prefix(name, "electra.")
