@@ -425,7 +425,12 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="Texts read, sorted by length and batched at a time (bounds memory).")
 @click.option("--truncate/--no-truncate", default=None,
               help="Cut texts longer than the model's maximum, or refuse them naming the line [default: as the "
-                   "bundled tokenizer says; sentence embedders truncate].")
+                   "bundled tokenizer says; sentence embedders truncate]. A span labeler reads a longer context "
+                   "in overlapping windows instead (--doc-stride).")
+@click.option("--doc-stride", type=click.IntRange(0), default=None,
+              help="A span labeler's context longer than the model's maximum is read in windows that each hold the "
+                   "whole question; neighbouring windows share this many context tokens (at most half a window's) "
+                   "and the best span of any window is the answer [default: 128].")
 @click.option("--scores", type=click.Choice(["softmax", "sigmoid", "raw"]), default=None,
               help="A classifier's scores: softmax, sigmoid (each class alone: multi-label, one-class rerankers) or "
                    "the raw logits [default: as the checkpoint's config says (a CrossEncoder's activation, "
@@ -443,8 +448,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, artifact, device,
-                threads, batch_size, max_batch_tokens, window, truncate, scores, top_k, prompt, prompt_name,
-                ray_address, actors, quiet):
+                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, scores, top_k, prompt,
+                prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
     standard input); write RESULT: embeddings, labels and scores, spans, tags or a masked-LM model's predictions
     at each mask token, one per input row, in input order (- for standard output)."""
@@ -455,7 +460,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
 
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
                       truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
-                      max_batch_tokens=max_batch_tokens, top_k=top_k)
+                      max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")

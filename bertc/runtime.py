@@ -24,7 +24,10 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       scores: softmax, sigmoid or raw logits, as the
                                                       checkpoint's tools give them (:func:`score_function`)
 ``start_logits`` + ``end_logits``     span            ``{"start", "end", "text", "score"}``: character
-                                                      offsets into the text (the pair's, for a pair)
+                                                      offsets into the text (the pair's, for a pair); a
+                                                      context longer than the model's maximum is read in
+                                                      overlapping windows (``doc_stride`` tokens shared
+                                                      by neighbours), the best span of any window wins
 ``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
                                                       "score"}]}``: one per word, its first token's tag
                                                       (softmax; sigmoid of a single class: an ELECTRA
@@ -61,6 +64,9 @@ DEFAULT_TOP_K = 5                   # fill-mask predictions per mask (transforme
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (as HF's QA pipeline)
+# a span labeler's long context: the tokens each window shares with the next (transformers' QA pipeline's
+# doc_stride default), at most half of what a window holds of the context
+DEFAULT_DOC_STRIDE = 128
 DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
 # padded tokens per model call (rows x longest; text-embeddings-inference's default max_batch_tokens): 32 texts
 # of 512 tokens, so a 512-position model batches as before; attention's rows x longest² is held under 1,024 x
@@ -379,6 +385,7 @@ class EngineParts:
     mask: tuple = ("", -1)           # fill-mask: the mask token and its id
     top_k: int = DEFAULT_TOP_K       # fill-mask: predictions per mask
     positions: int = 0               # fill-mask on a pretrainer: its masked_lm_positions per text
+    doc_stride: int = DEFAULT_DOC_STRIDE   # a span labeler's long context: tokens shared by neighbouring windows
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -428,14 +435,16 @@ class Engine:
         self.tokenizer = tokenizers.Tokenizer.from_str(parts.tokenizer_json)
         self.tokenizer.enable_truncation(max_length=parts.max_len)
         self.tokenizer.no_padding()
+        self._windowing = None   # a span labeler's long contexts: a second tokenizer, truncating with a stride
         self.output_names = list(parts.outputs.values())
 
     # tokens -------------------------------------------------------------------------------------------
     def encode(self, records: Sequence[Record]) -> list:
+        """One encoding per record (a span labeler's long context: see :meth:`features`)."""
         prompt = self.parts.prompt
         encodings = self.tokenizer.encode_batch([prompt + r.text if r.pair is None else (r.text, r.pair)
                                                  for r in records])
-        if not self.parts.truncate:
+        if not self.parts.truncate and self.parts.kind != "span":
             for r, e in zip(records, encodings):
                 if e.overflowing:
                     raise InputError(f"{r.where}: the text is longer than the model's maximum of "
@@ -453,6 +462,45 @@ class Engine:
                     raise InputError(f"{r.where}: {masks} {token} tokens; this model predicts at most "
                                      f"{self.parts.positions} a text")
         return encodings
+
+    def features(self, records: Sequence[Record]) -> tuple[list, list[int]]:
+        """The encodings the model runs on and, for each, the index of its record: one per record, except a
+        span labeler's record whose context does not fit the model, which becomes overlapping windows of its
+        context (each with the whole question; :meth:`context_windows`)."""
+        encodings = self.encode(records)
+        if self.parts.kind != "span":
+            return encodings, list(range(len(records)))
+        features, owners = [], []
+        for i, (r, e) in enumerate(zip(records, encodings)):
+            windows = self.context_windows(r) if e.overflowing else [e]
+            features.extend(windows)
+            owners.extend([i] * len(windows))
+        return features, owners
+
+    def context_windows(self, record: Record) -> list:
+        """A long context's windows, as transformers' question-answering pipeline reads one: every window
+        holds the whole question (the first text of a pair) and as much of the context as fits, and shares
+        ``doc_stride`` tokens with the next, or half of the context it holds where that is less (so that
+        each window moves on). A question that leaves no room for the context is refused naming the line."""
+        import tokenizers
+
+        if self._windowing is None:
+            self._windowing = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
+            self._windowing.no_padding()
+        tok, pair = self._windowing, record.pair is not None
+        tok.no_truncation()
+        whole = tok.encode(record.text, record.pair) if pair else tok.encode(record.text)
+        question = sum(1 for s in whole.sequence_ids if s == 0) if pair else 0
+        special = sum(1 for s in whole.sequence_ids if s is None)
+        room = self.parts.max_len - special - question
+        if room < 1:
+            raise InputError(f"{record.where}: the question alone takes {question} of the model's "
+                             f"{self.parts.max_len} tokens ({special} more are special tokens); no room is left "
+                             f"for the context")
+        tok.enable_truncation(max_length=self.parts.max_len, stride=min(self.parts.doc_stride, room // 2),
+                              strategy="only_second" if pair else "longest_first")
+        first = tok.encode(record.text, record.pair) if pair else tok.encode(record.text)
+        return [first, *first.overflowing]
 
     def _feeds(self, encodings) -> dict:
         width = max(len(e.ids) for e in encodings)
@@ -476,12 +524,12 @@ class Engine:
 
     # the model ----------------------------------------------------------------------------------------
     def predict(self, records: Sequence[Record]) -> list:
-        """One result per record, in the records' order: the batches are cut from the records sorted by
-        token length and padded to their own longest."""
+        """One result per record, in the records' order: the batches are cut from the records (a long
+        context's windows: :meth:`features`) sorted by token length and padded to their own longest."""
         if not records:
             return []
-        encodings = self.encode(records)
-        order = sorted(range(len(records)), key=lambda i: len(encodings[i].ids))
+        encodings, owners = self.features(records)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         results: list = [None] * len(records)
         for start, stop in batch_cuts([len(encodings[i].ids) for i in order], self.parts.batch_size,
                                       self.parts.max_batch_tokens):
@@ -489,8 +537,13 @@ class Engine:
             batch = [encodings[i] for i in chunk]
             values = dict(zip(self.output_names, self.session.run(self.output_names, self._feeds(batch))))
             for j, i in enumerate(chunk):
-                results[i] = self._decode(values, j, encodings[i], records[i])
-        return results
+                k = owners[i]
+                result = self._decode(values, j, encodings[i], records[k])
+                # a long context's windows: the best span of any (the first window's where they tie)
+                if results[k] is None or (result["score"] > results[k][1]["score"] or
+                                          result["score"] == results[k][1]["score"] and i < results[k][0]):
+                    results[k] = (i, result)
+        return [r for _, r in results]
 
     # decoding -----------------------------------------------------------------------------------------
     def _label(self, k: int) -> str:
@@ -619,7 +672,9 @@ class Runtime:
     ``prompt`` (a text) or ``prompt_name`` (one of the model's) puts a prompt before each text, as
     ``SentenceTransformer.encode`` does, and with neither the model's default prompt applies
     (:func:`sentence_prompt`; ``prompt=""`` for none). ``top_k``: a masked-LM model's predictions per mask
-    token (:data:`DEFAULT_TOP_K`). ``batch_size`` and ``max_batch_tokens`` bound each
+    token (:data:`DEFAULT_TOP_K`). ``doc_stride``: a span labeler's context longer than the model's maximum is
+    read in overlapping windows, and this many tokens are shared by neighbouring ones (:data:`DEFAULT_DOC_STRIDE`;
+    :meth:`Engine.context_windows`). ``batch_size`` and ``max_batch_tokens`` bound each
     model call (texts; padded tokens, and through them attention's memory: :func:`batch_cuts`); ``window``
     texts are read, sorted by length and batched at a time.
     """
@@ -628,7 +683,7 @@ class Runtime:
                  batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None,
                  spinning: bool = True, scores: Optional[str] = None, prompt: Optional[str] = None,
                  prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 top_k: Optional[int] = None):
+                 top_k: Optional[int] = None, doc_stride: Optional[int] = None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -641,6 +696,10 @@ class Runtime:
             raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind == "fill_mask" else
                                                      f"only a masked-LM model's predictions are counted (this model "
                                                      f"gives {self.kind} results)"))
+        if doc_stride is not None and (self.kind != "span" or doc_stride < 0):
+            raise InputError(f"doc_stride {doc_stride!r}: " + ("0 or more" if self.kind == "span" else
+                                                               f"only a span labeler reads a long context in windows "
+                                                               f"(this model gives {self.kind} results)"))
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len = max_sequence_length(self.spec)
         self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
@@ -685,6 +744,7 @@ class Runtime:
                                  labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
                                  max_batch_tokens=max_batch_tokens,
                                  scores=self.scores, prompt=self.prompt,
+                                 doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride,
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
 

@@ -545,6 +545,78 @@ def test_span_labeler_returns_the_best_span_of_the_context(builds):
         assert abs(row["score"] - best[0]) < 1e-6
 
 
+def _best_span_in_windows(out: Path, question: str, context: str, stride: int):
+    """The best span over a long context, windowed by hand: the question's and the context's tokens apart,
+    context windows of what the 16 positions leave ([CLS] q [SEP] c [SEP]) that start ``room - stride`` tokens
+    apart until one reaches the end, each run through model.onnx and searched by brute force."""
+    import onnxruntime as ort
+
+    from bertc.text import load_tokenizer
+
+    tok = load_tokenizer(out, 16)
+    tok.no_truncation()
+    q, c = tok.encode(question, add_special_tokens=False), tok.encode(context, add_special_tokens=False)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    room = 16 - 3 - len(q.ids)
+    stride = min(stride, room // 2)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    best, start, windows = None, 0, 0
+    while True:
+        part = slice(start, min(start + room, len(c.ids)))
+        ids = [cls_id, *q.ids, sep_id, *c.ids[part], sep_id]
+        types = [0] * (len(q.ids) + 2) + [1] * (len(ids) - len(q.ids) - 2)
+        feeds = {"input_word_ids": np.array([ids]), "input_mask": np.ones((1, len(ids)), np.int64),
+                 "input_type_ids": np.array([types])}
+        feeds = {i.name: feeds[i.name].astype(np.int32 if "int32" in i.type else np.int64)
+                 for i in session.get_inputs()}
+        s_logits, e_logits = session.run(["start_logits", "end_logits"], feeds)
+        first = len(q.ids) + 2
+        n = part.stop - part.start
+        ps = softmax(np.asarray(s_logits[0][first:first + n], np.float64))
+        pe = softmax(np.asarray(e_logits[0][first:first + n], np.float64))
+        for i in range(n):
+            for j in range(i, n):
+                if best is None or ps[i] * pe[j] > best[0]:
+                    best = (ps[i] * pe[j], c.offsets[part.start + i][0], c.offsets[part.start + j][1])
+        windows += 1
+        if part.stop >= len(c.ids):
+            return best, windows
+        start += room - stride
+
+
+def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
+    out = builds["bert_qa"]
+    question = "what ran ?"
+    context = ("a dog ran fast on the road and the cat sat on the mat . the house is big and the tree is small . "
+               "this red car is fast and that blue car is small")
+    short = PAIRS[1]
+    for stride in (None, 0, 2, 4):   # None: the default (128), held to half of the 10 tokens a window has
+        rt = bertc.Runtime(out, artifact="onnx", doc_stride=stride)
+        got = rt.run([short, (question, context), (question, context[:60])])
+        assert got[0] == rt.run([short])[0]   # a pair that fits is one window, as before
+        for row, ctx in zip(got[1:], (context, context[:60])):
+            (score, start, end), windows = _best_span_in_windows(out, question, ctx, 128 if stride is None else stride)
+            assert windows > 1
+            assert (row["start"], row["end"], row["text"]) == (start, end, ctx[start:end])
+            assert abs(row["score"] - score) < 1e-6
+    # the CLI: --doc-stride, and no --truncate needed (nor refused with --no-truncate)
+    text = tmp_path / "in.txt"
+    text.write_text(f"{question}\t{context}\n")
+    result = tmp_path / "r.jsonl"
+    assert main(["run", str(out), str(text), "-o", str(result), "-q", "--artifact", "onnx", "--doc-stride", "2",
+                 "--no-truncate"]) == 0
+    assert read_result(result)[0] == bertc.Runtime(out, artifact="onnx", doc_stride=2).run([(question, context)])[0]
+    # a question that leaves the context no room is refused naming its line; --doc-stride only for span labelers
+    text.write_text("the cat sat on the mat and the dog ran fast on the road\ta dog\n")
+    _fails(["run", str(out), str(text), "-o", str(result), "--force", "-q"], capsys, EXIT_BAD_SPEC,
+           f"{text}: line 1: the question alone takes 14 of the model's 16 tokens (3 more are special tokens); "
+           "no room is left for the context")
+    with pytest.raises(InputError, match="doc_stride 2: only a span labeler reads a long context"):
+        bertc.Runtime(builds["bert_seq_cls"], doc_stride=2)
+    with pytest.raises(InputError, match="doc_stride -1: 0 or more"):
+        bertc.Runtime(out, doc_stride=-1)
+
+
 def _signature(fixture: str) -> dict:
     import tempfile
 
