@@ -425,12 +425,13 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="Texts read, sorted by length and batched at a time (bounds memory).")
 @click.option("--truncate/--no-truncate", default=None,
               help="Cut texts longer than the model's maximum, or refuse them naming the line [default: as the "
-                   "bundled tokenizer says; sentence embedders truncate]. A span labeler reads a longer context "
-                   "in overlapping windows instead (--doc-stride).")
+                   "bundled tokenizer says; sentence embedders truncate]. A span labeler's context and a token "
+                   "classifier's text are read in overlapping windows instead (--doc-stride).")
 @click.option("--doc-stride", type=click.IntRange(0), default=None,
-              help="A span labeler's context longer than the model's maximum is read in windows that each hold the "
-                   "whole question; neighbouring windows share this many context tokens (at most half a window's) "
-                   "and the best span of any window is the answer [default: 128].")
+              help="A span labeler's context (or a token classifier's text) longer than the model's maximum is read "
+                   "in windows, each with the whole question; neighbouring windows share this many tokens (at most "
+                   "half a window's). The best span of any window is the answer; each word is tagged from the "
+                   "window where it has the most context [default: 128].")
 @click.option("--scores", type=click.Choice(["softmax", "sigmoid", "raw"]), default=None,
               help="A classifier's scores: softmax, sigmoid (each class alone: multi-label, one-class rerankers) or "
                    "the raw logits [default: as the checkpoint's config says (a CrossEncoder's activation, "

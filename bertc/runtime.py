@@ -31,7 +31,10 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
 ``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
                                                       "score"}]}``: one per word, its first token's tag
                                                       (softmax; sigmoid of a single class: an ELECTRA
-                                                      discriminator's probability of "replaced")
+                                                      discriminator's probability of "replaced"); a text
+                                                      longer than the model is read in overlapping
+                                                      windows, each word tagged from the one where it
+                                                      has the most context
 a masked-LM head's logits (batch,     fill_mask       ``{"sequence", "masks": [{"start", "end", "in",
 seq, vocab), or ``masked_lm`` at                      "predictions": [{"token", "token_id", "score"}]}]}``:
 ``masked_lm_positions`` (a                            the ``top_k`` likeliest tokens at each mask token
@@ -64,8 +67,8 @@ DEFAULT_TOP_K = 5                   # fill-mask predictions per mask (transforme
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (as HF's QA pipeline)
-# a span labeler's long context: the tokens each window shares with the next (transformers' QA pipeline's
-# doc_stride default), at most half of what a window holds of the context
+# a span labeler's long context, a token classifier's long text: the tokens each window shares with the next
+# (transformers' QA pipeline's doc_stride default), at most half of what a window holds of the context
 DEFAULT_DOC_STRIDE = 128
 DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
 # padded tokens per model call (rows x longest; text-embeddings-inference's default max_batch_tokens): 32 texts
@@ -444,9 +447,9 @@ class Engine:
         prompt = self.parts.prompt
         encodings = self.tokenizer.encode_batch([prompt + r.text if r.pair is None else (r.text, r.pair)
                                                  for r in records])
-        if not self.parts.truncate and self.parts.kind != "span":
+        if not self.parts.truncate:
             for r, e in zip(records, encodings):
-                if e.overflowing:
+                if e.overflowing and not self.windowed(r):
                     raise InputError(f"{r.where}: the text is longer than the model's maximum of "
                                      f"{self.parts.max_len} tokens; pass --truncate to cut it "
                                      f"(Runtime(..., truncate=True))")
@@ -463,23 +466,29 @@ class Engine:
                                      f"{self.parts.positions} a text")
         return encodings
 
+    def windowed(self, record: Record) -> bool:
+        """Whether this record is read in overlapping windows when it does not fit the model: a span labeler's
+        context, a token classifier's single text (its pairs are cut or refused as any other head's)."""
+        return self.parts.kind == "span" or (self.parts.kind == "tags" and record.pair is None)
+
     def features(self, records: Sequence[Record]) -> tuple[list, list[int]]:
         """The encodings the model runs on and, for each, the index of its record: one per record, except a
-        span labeler's record whose context does not fit the model, which becomes overlapping windows of its
-        context (each with the whole question; :meth:`context_windows`)."""
+        record that does not fit the model and is read in windows (:meth:`windowed`): overlapping windows of
+        its context (each with the whole question; :meth:`context_windows`)."""
         encodings = self.encode(records)
-        if self.parts.kind != "span":
+        if self.parts.kind not in ("span", "tags"):
             return encodings, list(range(len(records)))
         features, owners = [], []
         for i, (r, e) in enumerate(zip(records, encodings)):
-            windows = self.context_windows(r) if e.overflowing else [e]
+            windows = self.context_windows(r) if e.overflowing and self.windowed(r) else [e]
             features.extend(windows)
             owners.extend([i] * len(windows))
         return features, owners
 
     def context_windows(self, record: Record) -> list:
         """A long context's windows, as transformers' question-answering pipeline reads one: every window
-        holds the whole question (the first text of a pair) and as much of the context as fits, and shares
+        holds the whole question (the first text of a pair; a single text is all context) and as much of the
+        context as fits, and shares
         ``doc_stride`` tokens with the next, or half of the context it holds where that is less (so that
         each window moves on). A question that leaves no room for the context is refused naming the line."""
         import tokenizers
@@ -531,6 +540,8 @@ class Engine:
         encodings, owners = self.features(records)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         results: list = [None] * len(records)
+        counts = np.bincount(owners, minlength=len(records))   # features per record
+        tag_windows: dict = {}   # a token classifier's windowed text: its windows' logits, merged at the end
         for start, stop in batch_cuts([len(encodings[i].ids) for i in order], self.parts.batch_size,
                                       self.parts.max_batch_tokens):
             chunk = order[start:stop]
@@ -538,11 +549,16 @@ class Engine:
             values = dict(zip(self.output_names, self.session.run(self.output_names, self._feeds(batch))))
             for j, i in enumerate(chunk):
                 k = owners[i]
+                if self.parts.kind == "tags" and counts[k] > 1:
+                    tag_windows.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
+                    continue
                 result = self._decode(values, j, encodings[i], records[k])
                 # a long context's windows: the best span of any (the first window's where they tie)
                 if results[k] is None or (result["score"] > results[k][1]["score"] or
                                           result["score"] == results[k][1]["score"] and i < results[k][0]):
                     results[k] = (i, result)
+        for k, parts in tag_windows.items():
+            results[k] = (0, {"tags": self._window_tags(sorted(parts, key=lambda p: p[0]), encodings, records[k])})
         return [r for _, r in results]
 
     # decoding -----------------------------------------------------------------------------------------
@@ -598,7 +614,10 @@ class Engine:
         begin, end = e.offsets[s][0], e.offsets[t][1]
         return {"start": int(begin), "end": int(end), "text": text[begin:end], "score": float(scores[s, t])}
 
-    def _tags(self, logits, e, record: Record) -> list:
+    @staticmethod
+    def _words(e) -> dict:
+        """``(sequence, word) -> [first token, last token, start, end]`` of each word of an encoding, in order
+        (``start`` / ``end``: character offsets of its first token's start and its last token's end)."""
         words: dict = {}
         for t, word in enumerate(e.word_ids):
             if word is None or e.special_tokens_mask[t]:
@@ -606,18 +625,43 @@ class Engine:
             key = (e.sequence_ids[t], word)
             begin, end = e.offsets[t]
             if key not in words:
-                words[key] = [t, begin, end]
+                words[key] = [t, t, begin, end]
             else:
-                words[key][2] = end
-        tags = []
-        for (seq, _), (t, begin, end) in words.items():
-            text = record.text if seq == 0 else record.pair
-            # one class (an ELECTRA discriminator's "replaced"): its probability, as a one-class classifier's
-            probs = (_sigmoid if logits.shape[-1] == 1 else _softmax)(logits[t].astype(np.float64))
-            k = int(np.argmax(probs))
-            tags.append({"word": text[begin:end], "start": int(begin), "end": int(end), "label": self._label(k),
-                         "score": float(probs[k])})
-        return tags
+                words[key][1], words[key][3] = t, end
+        return words
+
+    def _tag(self, logits, key, begin: int, end: int, record: Record) -> dict:
+        text = record.text if key[0] == 0 else record.pair
+        # one class (an ELECTRA discriminator's "replaced"): its probability, as a one-class classifier's
+        probs = (_sigmoid if logits.shape[-1] == 1 else _softmax)(logits.astype(np.float64))
+        k = int(np.argmax(probs))
+        return {"word": text[begin:end], "start": int(begin), "end": int(end), "label": self._label(k),
+                "score": float(probs[k])}
+
+    def _tags(self, logits, e, record: Record) -> list:
+        return [self._tag(logits[first], key, begin, end, record)
+                for key, (first, _, begin, end) in self._words(e).items()]
+
+    def _window_tags(self, parts: list, encodings: list, record: Record) -> list:
+        """A long text's tags from its overlapping windows (``parts``: (feature index, logits), in window order):
+        each word tagged from the window that holds its first token, most of its tokens and, among those, the
+        most tokens on its nearer side (the first window counts as open on the left, the last on the right: a
+        text's ends are not cut), as BERT's reference code picks a token's "max context" window."""
+        windows = [(self._words(encodings[i]), encodings[i], logits) for i, logits in parts]
+        starts: dict = {}
+        for words, _, _ in windows:
+            for key, (_, _, begin, _) in words.items():
+                starts[key] = min(begin, starts.get(key, begin))
+        best: dict = {}
+        for w, (words, e, logits) in enumerate(windows):
+            content = [t for t, s in enumerate(e.sequence_ids) if s is not None and not e.special_tokens_mask[t]]
+            for key, (first, last, begin, end) in words.items():
+                left = np.inf if w == 0 else first - content[0]
+                right = np.inf if w == len(windows) - 1 else content[-1] - last
+                rank = (begin == starts[key], last - first + 1, min(left, right))
+                if key not in best or rank > best[key][0]:
+                    best[key] = (rank, logits[first], begin, end)
+        return [self._tag(row, key, begin, end, record) for key, (_, row, begin, end) in sorted(best.items())]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -672,9 +716,9 @@ class Runtime:
     ``prompt`` (a text) or ``prompt_name`` (one of the model's) puts a prompt before each text, as
     ``SentenceTransformer.encode`` does, and with neither the model's default prompt applies
     (:func:`sentence_prompt`; ``prompt=""`` for none). ``top_k``: a masked-LM model's predictions per mask
-    token (:data:`DEFAULT_TOP_K`). ``doc_stride``: a span labeler's context longer than the model's maximum is
-    read in overlapping windows, and this many tokens are shared by neighbouring ones (:data:`DEFAULT_DOC_STRIDE`;
-    :meth:`Engine.context_windows`). ``batch_size`` and ``max_batch_tokens`` bound each
+    token (:data:`DEFAULT_TOP_K`). ``doc_stride``: a span labeler's context, or a token classifier's text, longer
+    than the model's maximum is read in overlapping windows, and this many tokens are shared by neighbouring
+    ones (:data:`DEFAULT_DOC_STRIDE`; :meth:`Engine.context_windows`). ``batch_size`` and ``max_batch_tokens`` bound each
     model call (texts; padded tokens, and through them attention's memory: :func:`batch_cuts`); ``window``
     texts are read, sorted by length and batched at a time.
     """
@@ -696,10 +740,11 @@ class Runtime:
             raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind == "fill_mask" else
                                                      f"only a masked-LM model's predictions are counted (this model "
                                                      f"gives {self.kind} results)"))
-        if doc_stride is not None and (self.kind != "span" or doc_stride < 0):
-            raise InputError(f"doc_stride {doc_stride!r}: " + ("0 or more" if self.kind == "span" else
-                                                               f"only a span labeler reads a long context in windows "
-                                                               f"(this model gives {self.kind} results)"))
+        if doc_stride is not None and (self.kind not in ("span", "tags") or doc_stride < 0):
+            raise InputError(f"doc_stride {doc_stride!r}: " + ("0 or more" if self.kind in ("span", "tags") else
+                                                               f"only a span labeler or a token classifier reads a "
+                                                               f"long text in windows (this model gives {self.kind} "
+                                                               f"results)"))
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len = max_sequence_length(self.spec)
         self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)

@@ -545,43 +545,54 @@ def test_span_labeler_returns_the_best_span_of_the_context(builds):
         assert abs(row["score"] - best[0]) < 1e-6
 
 
-def _best_span_in_windows(out: Path, question: str, context: str, stride: int):
-    """The best span over a long context, windowed by hand: the question's and the context's tokens apart,
-    context windows of what the 16 positions leave ([CLS] q [SEP] c [SEP]) that start ``room - stride`` tokens
-    apart until one reaches the end, each run through model.onnx and searched by brute force."""
+def _hand_windows(out: Path, question, context: str, stride: int, outputs):
+    """A long context windowed by hand: the question's (None: no question) and the context's tokens apart,
+    context windows of what the 16 positions leave ([CLS] q [SEP] c [SEP], or [CLS] c [SEP]) that start
+    ``room - stride`` tokens apart until one reaches the end. Yields (the window's slice of the context's
+    tokens, the context's encoding, the window's ``outputs`` at its context tokens), each run through
+    model.onnx on its own."""
     import onnxruntime as ort
 
     from bertc.text import load_tokenizer
 
     tok = load_tokenizer(out, 16)
     tok.no_truncation()
-    q, c = tok.encode(question, add_special_tokens=False), tok.encode(context, add_special_tokens=False)
+    q = tok.encode(question, add_special_tokens=False).ids if question is not None else []
+    c = tok.encode(context, add_special_tokens=False)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    room = 16 - 3 - len(q.ids)
+    head = [cls_id, *q, sep_id] if question is not None else [cls_id]
+    room = 16 - len(head) - 1
     stride = min(stride, room // 2)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    best, start, windows = None, 0, 0
+    start = 0
     while True:
         part = slice(start, min(start + room, len(c.ids)))
-        ids = [cls_id, *q.ids, sep_id, *c.ids[part], sep_id]
-        types = [0] * (len(q.ids) + 2) + [1] * (len(ids) - len(q.ids) - 2)
+        ids = [*head, *c.ids[part], sep_id]
+        types = [0] * len(head) + [1 if question is not None else 0] * (len(ids) - len(head))
         feeds = {"input_word_ids": np.array([ids]), "input_mask": np.ones((1, len(ids)), np.int64),
                  "input_type_ids": np.array([types])}
         feeds = {i.name: feeds[i.name].astype(np.int32 if "int32" in i.type else np.int64)
                  for i in session.get_inputs()}
-        s_logits, e_logits = session.run(["start_logits", "end_logits"], feeds)
-        first = len(q.ids) + 2
+        values = session.run(outputs, feeds)
+        yield part, c, [np.asarray(v[0][len(head):len(head) + part.stop - part.start], np.float64) for v in values]
+        if part.stop >= len(c.ids):
+            return
+        start += room - stride
+
+
+def _best_span_in_windows(out: Path, question: str, context: str, stride: int):
+    """The best span over a long context windowed by hand (:func:`_hand_windows`), each window searched by
+    brute force; and the number of windows."""
+    best, windows = None, 0
+    for part, c, (s_logits, e_logits) in _hand_windows(out, question, context, stride, ["start_logits", "end_logits"]):
+        ps, pe = softmax(s_logits), softmax(e_logits)
         n = part.stop - part.start
-        ps = softmax(np.asarray(s_logits[0][first:first + n], np.float64))
-        pe = softmax(np.asarray(e_logits[0][first:first + n], np.float64))
         for i in range(n):
             for j in range(i, n):
                 if best is None or ps[i] * pe[j] > best[0]:
                     best = (ps[i] * pe[j], c.offsets[part.start + i][0], c.offsets[part.start + j][1])
         windows += 1
-        if part.stop >= len(c.ids):
-            return best, windows
-        start += room - stride
+    return best, windows
 
 
 def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
@@ -611,10 +622,49 @@ def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
     _fails(["run", str(out), str(text), "-o", str(result), "--force", "-q"], capsys, EXIT_BAD_SPEC,
            f"{text}: line 1: the question alone takes 14 of the model's 16 tokens (3 more are special tokens); "
            "no room is left for the context")
-    with pytest.raises(InputError, match="doc_stride 2: only a span labeler reads a long context"):
+    with pytest.raises(InputError, match="doc_stride 2: only a span labeler or a token classifier reads"):
         bertc.Runtime(builds["bert_seq_cls"], doc_stride=2)
     with pytest.raises(InputError, match="doc_stride -1: 0 or more"):
         bertc.Runtime(out, doc_stride=-1)
+
+
+def test_token_classifier_tags_a_long_text_in_windows(builds, tmp_path):
+    """A text longer than the model: every word tagged once, in order, each from the hand-made window where
+    the word is whole and has the most tokens on its nearer side (a text's own ends count as open)."""
+    out = builds["bert_token_cls"]
+    text = ("the cats sat on the mats and the dogs ran fast on the roads to the big red houses . this tree is "
+            "small , that tree is big and the blue cars are fast")
+    for stride in (None, 0, 3):
+        got = bertc.Runtime(out, artifact="onnx", doc_stride=stride).run([text, TEXTS[0]])
+        assert got[1] == bertc.Runtime(out, artifact="onnx").run([TEXTS[0]])[0]   # a text that fits: as before
+        windows = list(_hand_windows(out, None, text, 128 if stride is None else stride, ["logits"]))
+        assert len(windows) > 2
+        words = {}   # word -> (its context, the window's probabilities at its first token, start, end)
+        for w, (part, c, (logits,)) in enumerate(windows):
+            ids = c.word_ids[part]
+            for word in dict.fromkeys(ids):
+                tokens = [t for t, x in enumerate(ids) if x == word]
+                whole = len(tokens) == c.word_ids.count(word)
+                if not whole:
+                    continue
+                left = np.inf if w == 0 else tokens[0]
+                right = np.inf if w == len(windows) - 1 else len(ids) - 1 - tokens[-1]
+                if word not in words or min(left, right) > words[word][0]:
+                    words[word] = (min(left, right), softmax(logits[tokens[0]]),
+                                   c.offsets[part.start + tokens[0]][0], c.offsets[part.start + tokens[-1]][1])
+        tags = got[0]["tags"]
+        assert len(tags) == len(set(c.word_ids)) == len(text.split())
+        for tag, word in zip(tags, sorted(words)):
+            _, p, start, end = words[word]
+            assert (tag["start"], tag["end"], tag["word"]) == (start, end, text[start:end])
+            assert tag["label"] == LABELS["bert_token_cls"][int(p.argmax())]
+            assert abs(tag["score"] - p.max()) < 1e-6
+    # the CLI reads it in windows with no --truncate (and with --no-truncate)
+    source = tmp_path / "in.txt"
+    source.write_text(text + "\n")
+    result = tmp_path / "r.jsonl"
+    assert main(["run", str(out), str(source), "-o", str(result), "-q", "--artifact", "onnx", "--no-truncate"]) == 0
+    assert read_result(result)[0] == bertc.Runtime(out, artifact="onnx").run([text])[0]
 
 
 def _signature(fixture: str) -> dict:
