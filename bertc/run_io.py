@@ -10,7 +10,8 @@ are written there batch by batch, in input order, and an error stops the stream 
 
 Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a classification is
 ``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}``; tags are
-``{"tags": [{"word", "start", "end", "label", "score"}, ...]}``; a fill-mask result
+``{"tags": [{"word", "start", "end", "label", "score"}, ...], "entities": [{"label", "start", "end", "text",
+"score"}, ...]}``; a fill-mask result
 ``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``.
 """
 from __future__ import annotations
@@ -353,7 +354,10 @@ class _ParquetWriter:
         if self.kind == "tags":
             tag = pa.struct([("word", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
                              ("label", pa.string()), ("score", pa.float32())])
-            return pa.table({"tags": pa.array([r["tags"] for r in rows], pa.list_(tag))})
+            entity = pa.struct([("label", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
+                                ("text", pa.string()), ("score", pa.float32())])
+            return pa.table({"tags": pa.array([r["tags"] for r in rows], pa.list_(tag)),
+                             "entities": pa.array([r["entities"] for r in rows], pa.list_(entity))})
         if self.kind == "fill_mask":
             prediction = pa.struct([("token", pa.string()), ("token_id", pa.int32()), ("score", pa.float32())])
             mask = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("in", pa.string()),

@@ -558,7 +558,8 @@ class Engine:
                                           result["score"] == results[k][1]["score"] and i < results[k][0]):
                     results[k] = (i, result)
         for k, parts in tag_windows.items():
-            results[k] = (0, {"tags": self._window_tags(sorted(parts, key=lambda p: p[0]), encodings, records[k])})
+            tags = self._window_tags(sorted(parts, key=lambda p: p[0]), encodings, records[k])
+            results[k] = (0, self._tag_result(tags, parts[0][1].shape[-1], records[k]))
         return [r for _, r in results]
 
     # decoding -----------------------------------------------------------------------------------------
@@ -580,7 +581,7 @@ class Engine:
             return self._span(values[outs["start"]][j], values[outs["end"]][j], e, record)
         if kind == "fill_mask":
             return self._fill(values[outs["logits"]][j], e, record)
-        return {"tags": self._tags(values["logits"][j], e, record)}
+        return self._tag_result(self._tags(values["logits"][j], e, record), values["logits"].shape[-1], record)
 
     def _fill(self, logits, e, record: Record) -> dict:
         """The ``top_k`` likeliest tokens at each mask token (softmax over the vocabulary, as transformers'
@@ -639,8 +640,34 @@ class Engine:
                 "score": float(probs[k])}
 
     def _tags(self, logits, e, record: Record) -> list:
-        return [self._tag(logits[first], key, begin, end, record)
+        return [(key, self._tag(logits[first], key, begin, end, record))
                 for key, (first, _, begin, end) in self._words(e).items()]
+
+    @staticmethod
+    def _tag_result(tags: list, classes: int, record: Record) -> dict:
+        """``{"tags", "entities"}`` from ``(word key, tag)`` in word order. Entities as transformers'
+        token-classification pipeline groups words (``aggregation_strategy="first"``: a word's label is its
+        first token's): neighbouring words of one entity type (``B-X`` / ``I-X`` / ``X``) are one entity
+        unless a word's label begins with ``B-``, ``O`` words are no entity, and an entity never crosses from a
+        text into its pair. ``label``: the type, ``score``: the mean of its words' scores, ``start`` / ``end`` /
+        ``text``: its character span. A one-class model (an ELECTRA discriminator) has no entities."""
+        entities, current = [], None   # current: the entity the next word may join
+        for (sequence, _), tag in tags if classes > 1 else []:
+            label = tag["label"]
+            kind = label[2:] if label[:2] in ("B-", "I-") else label
+            if kind == "O":
+                current = None
+            elif current and current["sequence"] == sequence and current["label"] == kind and label[:2] != "B-":
+                current["end"] = tag["end"]
+                current["scores"].append(tag["score"])
+            else:
+                current = {"label": kind, "start": tag["start"], "end": tag["end"], "scores": [tag["score"]],
+                           "sequence": sequence}
+                entities.append(current)
+        for x in entities:
+            text = record.text if x.pop("sequence") == 0 else record.pair
+            x["text"], x["score"] = text[x["start"]:x["end"]], float(np.mean(x.pop("scores")))
+        return {"tags": [tag for _, tag in tags], "entities": entities}
 
     def _window_tags(self, parts: list, encodings: list, record: Record) -> list:
         """A long text's tags from its overlapping windows (``parts``: (feature index, logits), in window order):
@@ -661,7 +688,7 @@ class Engine:
                 rank = (begin == starts[key], last - first + 1, min(left, right))
                 if key not in best or rank > best[key][0]:
                     best[key] = (rank, logits[first], begin, end)
-        return [self._tag(row, key, begin, end, record) for key, (_, row, begin, end) in sorted(best.items())]
+        return [(key, self._tag(row, key, begin, end, record)) for key, (_, row, begin, end) in sorted(best.items())]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -507,6 +507,35 @@ def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
             assert abs(tag["score"] - p[t].max()) < 1e-5
 
 
+def test_entities_group_words_as_the_token_classification_pipeline_does():
+    """transformers' group_entities (aggregation "first"): one entity type with B- / I- / no prefix; a B- word
+    starts a new entity, anything else of the same type joins the one before it; O words are no entity and end
+    the one before; an entity never crosses from the text into its pair."""
+    from bertc.run_io import Record
+    from bertc.runtime import Engine
+
+    text, pair = "Ann Lee met Bob in New York City today", "Paris France"
+    words = [(0, "Ann", "B-PER", 0.9), (0, "Lee", "I-PER", 0.7), (0, "met", "O", 0.99), (0, "Bob", "B-PER", 0.8),
+             (0, "in", "O", 0.9), (0, "New", "B-LOC", 0.6), (0, "York", "I-LOC", 0.5), (0, "City", "LOC", 0.4),
+             (0, "today", "B-DATE", 0.3), (1, "Paris", "I-DATE", 0.2), (1, "France", "B-LOC", 0.1)]
+    tags, cursor = [], {0: 0, 1: 0}
+    for i, (seq, word, label, score) in enumerate(words):
+        source = text if seq == 0 else pair
+        start = source.index(word, cursor[seq])
+        cursor[seq] = start + len(word)
+        tags.append(((seq, i), {"word": word, "start": start, "end": start + len(word), "label": label, "score": score}))
+    got = Engine._tag_result(tags, 5, Record(text, pair, "x"))
+    assert got["tags"] == [t for _, t in tags]
+    assert [(e["label"], e["text"], e["start"], e["end"]) for e in got["entities"]] == [
+        ("PER", "Ann Lee", 0, 7), ("PER", "Bob", 12, 15), ("LOC", "New York City", 19, 32), ("DATE", "today", 33, 38),
+        ("DATE", "Paris", 0, 5), ("LOC", "France", 6, 12)]
+    np.testing.assert_allclose([e["score"] for e in got["entities"]], [0.8, 0.8, 0.5, 0.3, 0.2, 0.1])
+    # B-PER B-PER: two entities; a one-class model (an ELECTRA discriminator's "replaced") has none
+    two = [((0, 0), {**tags[0][1]}), ((0, 1), {**tags[1][1], "label": "B-PER"})]
+    assert [e["text"] for e in Engine._tag_result(two, 5, Record(text, None, "x"))["entities"]] == ["Ann", "Lee"]
+    assert Engine._tag_result(two, 1, Record(text, None, "x"))["entities"] == []
+
+
 def test_a_one_class_token_classifier_scores_each_word_by_sigmoid(mlm_builds):
     """An ELECTRA discriminator (ElectraForPreTraining, a one-class token classifier): each word's score is the
     probability its first token was replaced, sigmoid of its logit (softmax of one logit would always be 1)."""
