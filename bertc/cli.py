@@ -429,8 +429,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "classifier's text are read in overlapping windows instead (--doc-stride).")
 @click.option("--doc-stride", type=click.IntRange(0), default=None,
               help="A span labeler's context (or a token classifier's text) longer than the model's maximum is read "
-                   "in windows, each with the whole question; neighbouring windows share this many tokens (at most "
-                   "half a window's). The best span of any window is the answer; each word is tagged from the "
+                   "in windows, each with the whole question; neighbouring windows share this many tokens (fewer than "
+                   "a window holds). The best span of any window is the answer; each word is tagged from the "
                    "window where it has the most context [default: 128].")
 @click.option("--scores", type=click.Choice(["softmax", "sigmoid", "raw"]), default=None,
               help="A classifier's scores: softmax, sigmoid (each class alone: multi-label, one-class rerankers) or "

@@ -66,9 +66,10 @@ DEFAULT_TOP_K = 5                   # fill-mask predictions per mask (transforme
 # (a 50,265-token vocabulary: 667 padded tokens, 128 MB), since those logits outgrow everything else the call holds
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
-MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (as HF's QA pipeline)
+MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (transformers' run_qa.py's default)
+PRE_TOP_SPANS = 12      # spans a window offers before word alignment (transformers' QA pipeline: top_k * 2 + 10)
 # a span labeler's long context, a token classifier's long text: the tokens each window shares with the next
-# (transformers' QA pipeline's doc_stride default), at most half of what a window holds of the context
+# (transformers' QA pipeline's doc_stride default), held below what a window holds of the context
 DEFAULT_DOC_STRIDE = 128
 DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
 # padded tokens per model call (rows x longest; text-embeddings-inference's default max_batch_tokens): 32 texts
@@ -488,9 +489,9 @@ class Engine:
     def context_windows(self, record: Record) -> list:
         """A long context's windows, as transformers' question-answering pipeline reads one: every window
         holds the whole question (the first text of a pair; a single text is all context) and as much of the
-        context as fits, and shares
-        ``doc_stride`` tokens with the next, or half of the context it holds where that is less (so that
-        each window moves on). A question that leaves no room for the context is refused naming the line."""
+        context as fits, and shares ``doc_stride`` tokens with the next, or one fewer than the context it holds
+        where that is less (so that each window moves on; the pipeline refuses such a stride). A question that
+        leaves no room for the context is refused naming the line."""
         import tokenizers
 
         if self._windowing is None:
@@ -506,7 +507,7 @@ class Engine:
             raise InputError(f"{record.where}: the question alone takes {question} of the model's "
                              f"{self.parts.max_len} tokens ({special} more are special tokens); no room is left "
                              f"for the context")
-        tok.enable_truncation(max_length=self.parts.max_len, stride=min(self.parts.doc_stride, room // 2),
+        tok.enable_truncation(max_length=self.parts.max_len, stride=min(self.parts.doc_stride, room - 1),
                               strategy="only_second" if pair else "longest_first")
         first = tok.encode(record.text, record.pair) if pair else tok.encode(record.text)
         return [first, *first.overflowing]
@@ -541,7 +542,8 @@ class Engine:
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         results: list = [None] * len(records)
         counts = np.bincount(owners, minlength=len(records))   # features per record
-        tag_windows: dict = {}   # a token classifier's windowed text: its windows' logits, merged at the end
+        # a token classifier's windowed text: its windows' logits; a span labeler's record: its windows' candidates
+        tag_windows: dict = {}
         for start, stop in batch_cuts([len(encodings[i].ids) for i in order], self.parts.batch_size,
                                       self.parts.max_batch_tokens):
             chunk = order[start:stop]
@@ -551,16 +553,20 @@ class Engine:
                 k = owners[i]
                 if self.parts.kind == "tags" and counts[k] > 1:
                     tag_windows.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
-                    continue
-                result = self._decode(values, j, encodings[i], records[k])
-                # a long context's windows: the best span of any (the first window's where they tie)
-                if results[k] is None or (result["score"] > results[k][1]["score"] or
-                                          result["score"] == results[k][1]["score"] and i < results[k][0]):
-                    results[k] = (i, result)
+                elif self.parts.kind == "span":   # every window's candidates, summed once all are in
+                    tag_windows.setdefault(k, []).append((i, self._span_candidates(
+                        values[self.parts.outputs["start"]][j], values[self.parts.outputs["end"]][j], encodings[i],
+                        records[k])))
+                else:
+                    results[k] = self._decode(values, j, encodings[i], records[k])
         for k, parts in tag_windows.items():
-            tags = self._window_tags(sorted(parts, key=lambda p: p[0]), encodings, records[k])
-            results[k] = (0, self._tag_result(tags, parts[0][1].shape[-1], records[k]))
-        return [r for _, r in results]
+            parts = sorted(parts, key=lambda p: p[0])   # window order
+            if self.parts.kind == "span":
+                results[k] = self._span_answer([c for _, candidates in parts for c in candidates])
+            else:
+                tags = self._window_tags(parts, encodings, records[k])
+                results[k] = self._tag_result(tags, parts[0][1].shape[-1], records[k])
+        return results
 
     # decoding -----------------------------------------------------------------------------------------
     def _label(self, k: int) -> str:
@@ -577,8 +583,6 @@ class Engine:
             k = int(np.argmax(probs))
             return {"label": self._label(k), "label_id": k, "score": float(probs[k]),
                     "scores": [float(p) for p in probs]}
-        if kind == "span":
-            return self._span(values[outs["start"]][j], values[outs["end"]][j], e, record)
         if kind == "fill_mask":
             return self._fill(values[outs["logits"]][j], e, record)
         return self._tag_result(self._tags(values["logits"][j], e, record), values["logits"].shape[-1], record)
@@ -601,19 +605,58 @@ class Engine:
             ids[t] = int(top[0])
         return {"sequence": self.tokenizer.decode(ids, skip_special_tokens=True), "masks": masks}
 
-    def _span(self, start_logits, end_logits, e, record: Record) -> dict:
+    def _span_candidates(self, start_logits, end_logits, e, record: Record) -> list:
+        """One window's candidate answers, as transformers 4's question-answering pipeline finds them (its
+        ``select_starts_ends`` / ``decode_spans``, ``top_k`` 1, ``align_to_words``): softmax of the start and of
+        the end logits over the context's tokens and the leading special token ([CLS], ``<s>``: the mass a model
+        trained with unanswerable questions puts on "no answer" in this window, which makes windows comparable);
+        then the :data:`PRE_TOP_SPANS` likeliest spans of the context (start <= end < start +
+        :data:`MAX_ANSWER_TOKENS`, p(start) x p(end)), each widened to whole words. ``[(score, start, end, text)]``
+        in character offsets."""
         context = 1 if record.pair is not None else 0
         text = record.pair if record.pair is not None else record.text
         n = len(e.ids)
-        allowed = np.array([e.sequence_ids[t] == context and e.special_tokens_mask[t] == 0 for t in range(n)])
-        if not allowed.any():
+        inside = np.array([e.sequence_ids[t] == context and e.special_tokens_mask[t] == 0 for t in range(n)])
+        if not inside.any():
+            return []
+        normal = inside.copy()
+        normal[0] = bool(e.special_tokens_mask[0])
+        p_start = _softmax(np.where(normal, start_logits[:n].astype(np.float64), -np.inf))
+        p_end = _softmax(np.where(normal, end_logits[:n].astype(np.float64), -np.inf))
+        p_start[~inside], p_end[~inside] = 0.0, 0.0   # the leading token normalizes, never answers
+        scores = np.tril(np.triu(np.outer(p_start, p_end)), MAX_ANSWER_TOKENS - 1).ravel()
+        top = np.argsort(-scores, kind="stable")[:PRE_TOP_SPANS]
+        first, last = {}, {}
+        for t, w in enumerate(e.word_ids):
+            if w is not None and e.sequence_ids[t] == context:
+                first.setdefault(w, t)
+                last[w] = t
+        out = []
+        for flat in top:
+            s, t = divmod(int(flat), n)
+            if not (inside[s] and inside[t]):
+                continue
+            begin = e.offsets[first[e.word_ids[s]]][0] if e.word_ids[s] is not None else e.offsets[s][0]
+            end = e.offsets[last[e.word_ids[t]]][1] if e.word_ids[t] is not None else e.offsets[t][1]
+            out.append((float(scores[flat]), int(begin), int(end), text[begin:end]))
+        return out
+
+    @staticmethod
+    def _span_answer(candidates: list) -> dict:
+        """The answer of a record from its windows' candidates (in window order, each window's likeliest first):
+        as the pipeline, one answer per text (compared without case), its score the sum of its candidates'
+        (one answer found in two overlapping windows, or from two spans that widen to the same words, adds up),
+        its span the first candidate's; the highest score wins, the first found where they tie."""
+        answers: dict = {}
+        for score, begin, end, text in candidates:
+            key = text.lower()
+            if key in answers:
+                answers[key]["score"] += score
+            else:
+                answers[key] = {"start": begin, "end": end, "text": text, "score": score}
+        if not answers:
             return {"start": 0, "end": 0, "text": "", "score": 0.0}
-        p_start = _softmax(np.where(allowed, start_logits[:n].astype(np.float64), -np.inf))
-        p_end = _softmax(np.where(allowed, end_logits[:n].astype(np.float64), -np.inf))
-        scores = np.triu(np.outer(p_start, p_end)) - np.triu(np.outer(p_start, p_end), MAX_ANSWER_TOKENS)
-        s, t = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        begin, end = e.offsets[s][0], e.offsets[t][1]
-        return {"start": int(begin), "end": int(end), "text": text[begin:end], "score": float(scores[s, t])}
+        return max(answers.values(), key=lambda a: a["score"])   # max keeps the first of equals
 
     @staticmethod
     def _words(e) -> dict:

@@ -1,0 +1,63 @@
+"""What transformers' own pipelines answer on the tiny fixtures, for tests/test_run.py to hold ``bertc run`` to.
+
+Runs in a side environment with torch and transformers 4 (transformers 5 has no question-answering pipeline):
+
+    python3 -m venv /work/envs/hf4 && /work/envs/hf4/bin/pip install torch==2.13.0 "transformers>=4.50,<5"
+    /work/envs/hf4/bin/python tools/make_pipeline_references.py
+
+Writes tests/fixtures/hf/bert_qa/pipeline_reference.json: ``pipeline("question-answering")`` on the
+bert_qa fixture (with bert_model's tokenizer, as the tests give it) for short pairs (one window) and long
+contexts read in windows: ``max_seq_len`` 16 (the fixture's positions), ``doc_stride`` 2, 4 and 5,
+``max_answer_len`` 30 (bertc's).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import transformers as tr
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "hf"
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+LONG = ("a dog ran fast on the road and the cat sat on the mat . the house is big and the tree is small . "
+        "this red car is fast and that blue car is small")
+CASES = [["the cat sat", "the cat sat on the mat."], ["what ran ?", "a dog ran fast on the road"],
+         ["what was red ?", "it was a big red car!"],
+         ["what ran ?", LONG], ["what ran ?", LONG[:60]],
+         ["what was red ?", "it was a big red car! the house is big and the tree is small , that tree is big and "
+                            "the blue cars are fast"],
+         ["the cat", "the cats sat on the mats and the dogs ran fast on the roads to the big red houses"]]
+STRIDES = (2, 4, 5)
+MAX_ANSWER = 30
+
+
+def main() -> int:
+    if tr.__version__.split(".")[0] != "4":
+        sys.exit(f"transformers {tr.__version__}: the question-answering pipeline is transformers 4's")
+    with tempfile.TemporaryDirectory() as d:
+        source = Path(d) / "bert_qa"
+        shutil.copytree(FIXTURES / "bert_qa", source)
+        for f in TOKENIZER:
+            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
+        qa = tr.pipeline("question-answering", model=str(source), device="cpu")
+        rows = []
+        for stride in STRIDES:
+            for question, context in CASES:
+                got = qa(question=question, context=context, doc_stride=stride, max_seq_len=16,
+                         max_answer_len=MAX_ANSWER)
+                rows.append({"question": question, "context": context, "doc_stride": stride,
+                             "start": got["start"], "end": got["end"], "answer": got["answer"],
+                             "score": float(got["score"])})
+    out = FIXTURES / "bert_qa" / "pipeline_reference.json"
+    out.write_text(json.dumps({"transformers": tr.__version__, "max_seq_len": 16, "max_answer_len": MAX_ANSWER,
+                               "answers": rows}, indent=1) + "\n")
+    print(f"wrote {out}: {len(rows)} answers")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
