@@ -438,6 +438,14 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "problem_type), else sigmoid for one class and softmax for more].")
 @click.option("--top-k", type=click.IntRange(1), default=None,
               help="A masked-LM model's predictions per mask token (fill-mask) [default: 5].")
+@click.option("--labels", "candidate_labels", default=None, metavar="A,B,...",
+              help="Zero-shot classification with an NLI classifier (an entailment class in its config): the "
+                   "candidate labels, comma-separated; each text gets them likeliest first, with scores.")
+@click.option("--hypothesis-template", default=None, metavar="TEXT",
+              help="Zero-shot: the hypothesis each label is put in, {} for the label [default: \"This example is "
+                   "{}.\"].")
+@click.option("--multi-label", is_flag=True,
+              help="Zero-shot: score each label alone (entailment against contradiction), not against each other.")
 @click.option("--prompt", default=None, metavar="TEXT",
               help="A sentence embedder's prompt, put before each text (e.g. \"query: \"; \"\" for none) [default: "
                    "the model's default prompt, if its sentence-transformers config names one].")
@@ -449,8 +457,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, artifact, device,
-                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, scores, top_k, prompt,
-                prompt_name, ray_address, actors, quiet):
+                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, scores, top_k, candidate_labels,
+                hypothesis_template, multi_label, prompt, prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
     standard input); write RESULT: embeddings, labels and scores, spans, tags or a masked-LM model's predictions
     at each mask token, one per input row, in input order (- for standard output)."""
@@ -461,13 +469,17 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
 
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
                       truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
-                      max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride)
+                      max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
+                      candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
+                      multi_label=multi_label)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")
              + (f"; prompt {runtime.prompt!r} ({runtime.prompt_why})" if runtime.prompt else "")
              + (f"; the {runtime.parts.top_k} likeliest tokens at each {runtime.mask[0]}"
-                if runtime.kind == "fill_mask" else ""))
+                if runtime.kind == "fill_mask" else "")
+             + (f"; {len(runtime.parts.candidates)} candidate labels in {runtime.parts.hypothesis!r}"
+                f"{', each alone' if runtime.parts.multi_label else ''}" if runtime.kind == "zero_shot" else ""))
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
     try:

@@ -12,7 +12,8 @@ Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a 
 ``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}``; tags are
 ``{"tags": [{"word", "start", "end", "label", "score"}, ...], "entities": [{"label", "start", "end", "text",
 "score"}, ...]}``; a fill-mask result
-``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``.
+``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``; a
+zero-shot result ``{"labels", "scores"}`` (likeliest first).
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ RESULT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
 STDIO = "-"   # INPUT / RESULT: standard input / output
 STDOUT_FORMATS = ("jsonl", "csv")   # the result formats written as a stream (.npy rewrites its header at the end)
 KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span"),
-                          "jsonl": ("embedding", "classification", "span", "tags", "fill_mask"),
-                          "parquet": ("embedding", "classification", "span", "tags", "fill_mask")}
+                          "jsonl": ("embedding", "classification", "span", "tags", "fill_mask", "zero_shot"),
+                          "parquet": ("embedding", "classification", "span", "tags", "fill_mask", "zero_shot")}
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,9 @@ class _ParquetWriter:
                               ("predictions", pa.list_(prediction))])
             return pa.table({"sequence": pa.array([r["sequence"] for r in rows], pa.string()),
                              "masks": pa.array([r["masks"] for r in rows], pa.list_(mask))})
+        if self.kind == "zero_shot":
+            return pa.table({"labels": pa.array([r["labels"] for r in rows], pa.list_(pa.string())),
+                             "scores": pa.array([r["scores"] for r in rows], pa.list_(pa.float32()))})
         if self.kind == "classification":
             return pa.table({"label": pa.array([r["label"] for r in rows], pa.string()),
                              "label_id": pa.array([r["label_id"] for r in rows], pa.int32()),

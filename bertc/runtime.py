@@ -35,6 +35,9 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       longer than the model is read in overlapping
                                                       windows, each word tagged from the one where it
                                                       has the most context
+an NLI classifier's ``logits`` with   zero_shot       ``{"labels", "scores"}``: the candidate labels,
+candidate labels (``labels=``)                        likeliest first, as transformers' zero-shot
+                                                      pipeline scores them (:func:`zero_shot_ids`)
 a masked-LM head's logits (batch,     fill_mask       ``{"sequence", "masks": [{"start", "end", "in",
 seq, vocab), or ``masked_lm`` at                      "predictions": [{"token", "token_id", "score"}]}]}``:
 ``masked_lm_positions`` (a                            the ``top_k`` likeliest tokens at each mask token
@@ -296,6 +299,26 @@ def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str
     return "softmax", "one label per text"
 
 
+DEFAULT_HYPOTHESIS = "This example is {}."   # transformers' zero-shot-classification pipeline's template
+
+
+def zero_shot_ids(labels: Optional[list]) -> tuple[int, int]:
+    """(entailment, contradiction) class ids of an NLI classifier, as transformers' zero-shot-classification
+    pipeline finds them: the first label beginning with "entail" (any case); contradiction is the label
+    beginning with "contradict" or "not_entail" / "not entail", else the pipeline's own rule (the last class
+    when entailment is the first, else the first). Refused, naming the model's labels, without an entailment
+    label."""
+    names = [str(n) for n in labels or []]
+    entail = next((i for i, n in enumerate(names) if n.lower().startswith("entail")), None)
+    if entail is None:
+        raise InputError("zero-shot classification needs an NLI model, whose config names an entailment class; "
+                         + (f"this model's classes are {', '.join(names)}" if names else
+                            "this build knows no class names (no id2label in the checkpoint's config.json)"))
+    contra = next((i for i, n in enumerate(names) if i != entail and n.lower().replace(" ", "_").startswith(
+        ("contradict", "not_entail"))), None)
+    return entail, (contra if contra is not None else (len(names) - 1 if entail == 0 else 0))
+
+
 def sentence_prompt(out: Path, report: dict, kind: str, prompt: Optional[str] = None,
                     prompt_name: Optional[str] = None) -> tuple[str, str]:
     """(the text put before each input, why) as ``SentenceTransformer.encode`` does it: ``prompt`` itself
@@ -390,6 +413,10 @@ class EngineParts:
     top_k: int = DEFAULT_TOP_K       # fill-mask: predictions per mask
     positions: int = 0               # fill-mask on a pretrainer: its masked_lm_positions per text
     doc_stride: int = DEFAULT_DOC_STRIDE   # a span labeler's long context: tokens shared by neighbouring windows
+    candidates: tuple = ()           # zero-shot: the candidate labels
+    hypothesis: str = DEFAULT_HYPOTHESIS   # zero-shot: the hypothesis each label is put in
+    nli: tuple = (0, 0)              # zero-shot: the (entailment, contradiction) class ids
+    multi_label: bool = False        # zero-shot: each label alone (entailment vs contradiction)
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -437,7 +464,9 @@ class Engine:
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.int_types = {n: (np.int64 if types.get(n) == "tensor(int64)" else np.int32) for n in parts.inputs}
         self.tokenizer = tokenizers.Tokenizer.from_str(parts.tokenizer_json)
-        self.tokenizer.enable_truncation(max_length=parts.max_len)
+        # zero-shot pairs cut the text, never the hypothesis (as transformers' pipeline)
+        self.tokenizer.enable_truncation(max_length=parts.max_len,
+                                         strategy="only_first" if parts.kind == "zero_shot" else "longest_first")
         self.tokenizer.no_padding()
         self._windowing = None   # a span labeler's long contexts: a second tokenizer, truncating with a stride
         self.output_names = list(parts.outputs.values())
@@ -476,6 +505,14 @@ class Engine:
         """The encodings the model runs on and, for each, the index of its record: one per record, except a
         record that does not fit the model and is read in windows (:meth:`windowed`): overlapping windows of
         its context (each with the whole question; :meth:`context_windows`)."""
+        if self.parts.kind == "zero_shot":   # one (text, hypothesis) pair per candidate label, record by record
+            for r in records:
+                if r.pair is not None:
+                    raise InputError(f"{r.where}: zero-shot classification takes one text, not a pair")
+            pairs = [Record(r.text, self.parts.hypothesis.format(label), r.where)
+                     for r in records for label in self.parts.candidates]
+            n = len(self.parts.candidates)
+            return self.encode(pairs), [i // n for i in range(len(pairs))]
         encodings = self.encode(records)
         if self.parts.kind not in ("span", "tags"):
             return encodings, list(range(len(records)))
@@ -553,6 +590,8 @@ class Engine:
                 k = owners[i]
                 if self.parts.kind == "tags" and counts[k] > 1:
                     tag_windows.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
+                elif self.parts.kind == "zero_shot":   # feature i: record i // n, candidate label i % n
+                    tag_windows.setdefault(k, []).append((i, np.array(values["logits"][j], np.float64)))
                 elif self.parts.kind == "span":   # every window's candidates, summed once all are in
                     tag_windows.setdefault(k, []).append((i, self._span_candidates(
                         values[self.parts.outputs["start"]][j], values[self.parts.outputs["end"]][j], encodings[i],
@@ -561,7 +600,9 @@ class Engine:
                     results[k] = self._decode(values, j, encodings[i], records[k])
         for k, parts in tag_windows.items():
             parts = sorted(parts, key=lambda p: p[0])   # window order
-            if self.parts.kind == "span":
+            if self.parts.kind == "zero_shot":
+                results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))
+            elif self.parts.kind == "span":
                 results[k] = self._span_answer([c for _, candidates in parts for c in candidates])
             else:
                 tags = self._window_tags(parts, encodings, records[k])
@@ -640,6 +681,18 @@ class Engine:
             end = e.offsets[last[e.word_ids[t]]][1] if e.word_ids[t] is not None else e.offsets[t][1]
             out.append((float(scores[flat]), int(begin), int(end), text[begin:end]))
         return out
+
+    def _zero_shot(self, logits: np.ndarray) -> dict:
+        """One text's candidate labels from its (labels, classes) NLI logits, as transformers' zero-shot pipeline
+        scores them: softmax of the entailment logits over the labels, or with ``multi_label`` (or a single
+        label) each label's softmax of contradiction vs entailment; likeliest first."""
+        entail, contra = self.parts.nli
+        if self.parts.multi_label or len(self.parts.candidates) == 1:
+            scores = _softmax(logits[:, [contra, entail]])[:, 1]
+        else:
+            scores = _softmax(logits[:, entail])
+        order = np.argsort(-scores, kind="stable")
+        return {"labels": [self.parts.candidates[i] for i in order], "scores": [float(scores[i]) for i in order]}
 
     @staticmethod
     def _span_answer(candidates: list) -> dict:
@@ -739,8 +792,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - np.max(x))
-    return z / z.sum()
+    """Softmax along the last axis."""
+    z = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 # --- the runtime --------------------------------------------------------------------------------------
@@ -788,7 +842,10 @@ class Runtime:
     (:func:`sentence_prompt`; ``prompt=""`` for none). ``top_k``: a masked-LM model's predictions per mask
     token (:data:`DEFAULT_TOP_K`). ``doc_stride``: a span labeler's context, or a token classifier's text, longer
     than the model's maximum is read in overlapping windows, and this many tokens are shared by neighbouring
-    ones (:data:`DEFAULT_DOC_STRIDE`; :meth:`Engine.context_windows`). ``batch_size`` and ``max_batch_tokens`` bound each
+    ones (:data:`DEFAULT_DOC_STRIDE`; :meth:`Engine.context_windows`). ``candidate_labels``: an NLI classifier
+    (an entailment class in its config) classifies each text into these labels, zero-shot: each label put in
+    ``hypothesis_template`` (:data:`DEFAULT_HYPOTHESIS`), entailment scored against the text, ``multi_label``
+    each label alone (:meth:`Engine._zero_shot`). ``batch_size`` and ``max_batch_tokens`` bound each
     model call (texts; padded tokens, and through them attention's memory: :func:`batch_cuts`); ``window``
     texts are read, sorted by length and batched at a time.
     """
@@ -797,7 +854,9 @@ class Runtime:
                  batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW, truncate: Optional[bool] = None,
                  spinning: bool = True, scores: Optional[str] = None, prompt: Optional[str] = None,
                  prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 top_k: Optional[int] = None, doc_stride: Optional[int] = None):
+                 top_k: Optional[int] = None, doc_stride: Optional[int] = None,
+                 candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
+                 multi_label: bool = False):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -821,6 +880,8 @@ class Runtime:
         classes = None
         if self.kind in ("classification", "tags"):
             classes = int((self.spec.get("head") or {}).get("num_classes") or 0) or None
+        zero_shot = self._zero_shot_parts(candidate_labels, hypothesis_template, multi_label, scores,
+                                          read_labels(self.out, self.report, classes))
         if scores is not None and scores not in SCORES:
             raise InputError(f"scores {scores!r}: use one of {', '.join(SCORES)}")
         if scores is not None and self.kind != "classification":
@@ -859,9 +920,40 @@ class Runtime:
                                  labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
                                  max_batch_tokens=max_batch_tokens,
                                  scores=self.scores, prompt=self.prompt,
-                                 doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride,
+                                 doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride, **zero_shot,
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
+
+    def _zero_shot_parts(self, candidates, template, multi_label: bool, scores, labels) -> dict:
+        """EngineParts' zero-shot fields (and ``self.kind`` "zero_shot") when candidate labels are given."""
+        if candidates is None:
+            if template is not None or multi_label:
+                raise InputError("a hypothesis template and multi-label scoring are for zero-shot classification: "
+                                 "give the candidate labels too (--labels)")
+            return {}
+        if isinstance(candidates, str):
+            candidates = [c.strip() for c in candidates.split(",")]
+        candidates = [str(c).strip() for c in candidates]
+        if self.kind != "classification":
+            raise InputError(f"candidate labels: zero-shot classification runs an NLI classifier (this model gives "
+                             f"{self.kind} results)")
+        if not candidates or any(not c for c in candidates):
+            raise InputError(f"candidate labels {', '.join(map(repr, candidates))}: give one or more, none empty")
+        if len(set(candidates)) < len(candidates):
+            raise InputError(f"candidate labels {', '.join(map(repr, candidates))}: each label once")
+        if scores is not None:
+            raise InputError("--scores: a zero-shot result's scores are the labels' entailment probabilities")
+        template = DEFAULT_HYPOTHESIS if template is None else template
+        try:
+            formatted = template.format(candidates[0])
+        except (IndexError, KeyError, ValueError) as exc:
+            raise InputError(f"hypothesis template {template!r}: not a template with one {{}} for the label "
+                             f"({exc})") from None
+        if formatted == template:
+            raise InputError(f"hypothesis template {template!r}: it has no {{}} where the label goes")
+        nli = zero_shot_ids(labels)
+        self.kind = "zero_shot"
+        return {"candidates": tuple(candidates), "hypothesis": template, "nli": nli, "multi_label": bool(multi_label)}
 
     def _tokenizer_json(self) -> str:
         from bertc.text import load_tokenizer

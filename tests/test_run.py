@@ -21,7 +21,9 @@ from bertc.text import encode_texts
 import tokenizers  # noqa: E402,F401  (the test extra has it: a missing one fails here, never a silent skip)
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-LABELS = {"bert_seq_cls": ["negative", "neutral", "positive"], "bert_token_cls": ["O", "B-ANIMAL", "I-ANIMAL", "B-THING"]}
+LABELS = {"bert_seq_cls": ["negative", "neutral", "positive"], "bert_token_cls": ["O", "B-ANIMAL", "I-ANIMAL", "B-THING"],
+          "bert_nli": ["entailment", "neutral", "contradiction"]}
+SOURCES = {"bert_nli": "bert_seq_cls"}   # a build's fixture, where it is not its name
 TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house",
          "this tree is small , that tree is big", "cats and dogs", "the blue car", "an"]
 PAIRS = [("the cat sat", "the cat sat on the mat."), ("what ran ?", "a dog ran fast on the road"),
@@ -33,7 +35,7 @@ def _build(name: str, work: Path, variants: tuple = ()) -> Path:
     from bertc.pipeline import BuildOptions, build
 
     source = work / f"{name}_src"
-    shutil.copytree(FIXTURES / name, source)
+    shutil.copytree(FIXTURES / SOURCES.get(name, name), source)
     for f in TOKENIZER:
         if not (source / f).exists():
             shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
@@ -505,6 +507,55 @@ def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
             assert text[tag["start"]:tag["end"]] == tag["word"]
             assert tag["label"] == LABELS["bert_token_cls"][int(p[t].argmax())]
             assert abs(tag["score"] - p[t].max()) < 1e-5
+
+
+def test_zero_shot_classification_as_the_pipeline(tmp_path_factory, tmp_path, capsys):
+    """An NLI classifier (the bert_seq_cls fixture named entailment / neutral / contradiction) ranks candidate
+    labels as transformers' zero-shot-classification pipeline does (tools/make_pipeline_references.py): the
+    same order and scores within 1e-6, single- and multi-label, one label alone, a custom template."""
+    out = shared_builds(tmp_path_factory, ("bert_nli",))["bert_nli"]
+    reference = json.loads((FIXTURES / "bert_seq_cls" / "zero_shot_reference.json").read_text())
+    assert reference["nli_labels"] == LABELS["bert_nli"]
+    cases: dict = {}
+    for r in reference["results"]:
+        cases.setdefault((tuple(r["candidate_labels"]), r["template"], r["multi_label"]), []).append(r)
+    assert len(cases) == 8
+    for (labels, template, multi), rows in cases.items():
+        rt = bertc.Runtime(out, artifact="onnx", candidate_labels=list(labels), hypothesis_template=template,
+                           multi_label=multi)
+        assert rt.kind == "zero_shot"
+        for got, r in zip(rt.run([r["text"] for r in rows]), rows):
+            assert got["labels"] == r["labels"], (labels, template, multi, r["text"])
+            np.testing.assert_allclose(got["scores"], r["scores"], atol=1e-6)
+    # the CLI: JSONL and Parquet, the same results; the first line says what runs
+    paths = write_inputs(tmp_path / "in", [r["text"] for r in rows])
+    expected = bertc.Runtime(out, artifact="onnx", candidate_labels="animal, car,house").run([r["text"] for r in rows])
+    for fmt in ("jsonl", "parquet"):
+        result = tmp_path / f"r.{fmt}"
+        assert main(["run", str(out), str(paths["jsonl"]), "-o", str(result), "--artifact", "onnx",
+                     "--labels", "animal, car,house"]) == 0
+        assert "3 candidate labels in 'This example is {}.'" in capsys.readouterr().err
+        got = read_result(result)
+        assert [g["labels"] for g in got] == [e["labels"] for e in expected]
+        np.testing.assert_allclose([g["scores"] for g in got], [e["scores"] for e in expected], atol=1e-6)
+    # refusals, named: a model without an entailment class, a template without {}, a pair, CSV, stray options
+    with pytest.raises(InputError, match="needs an NLI model.*classes are negative, neutral, positive"):
+        bertc.Runtime(shared_builds(tmp_path_factory, ("bert_seq_cls",))["bert_seq_cls"], candidate_labels=["a"])
+    with pytest.raises(InputError, match="hypothesis template 'about': it has no {} where the label goes"):
+        bertc.Runtime(out, candidate_labels=["a"], hypothesis_template="about")
+    with pytest.raises(InputError, match="hypothesis template 'about {x}': not a template with one {}"):
+        bertc.Runtime(out, candidate_labels=["a"], hypothesis_template="about {x}")
+    with pytest.raises(InputError, match="candidate labels 'a', '': give one or more, none empty"):
+        bertc.Runtime(out, candidate_labels="a,")
+    with pytest.raises(InputError, match="each label once"):
+        bertc.Runtime(out, candidate_labels=["a", "a"])
+    with pytest.raises(InputError, match="give the candidate labels too"):
+        bertc.Runtime(out, multi_label=True)
+    with pytest.raises(InputError, match="text 1: zero-shot classification takes one text, not a pair"):
+        bertc.Runtime(out, candidate_labels=["a"]).run([("a", "b")])
+    _fails(["run", str(out), str(paths["jsonl"]), "-o", str(tmp_path / "r.csv"), "--labels", "a,b"], capsys,
+           EXIT_BAD_SPEC, "a .csv result cannot hold zero_shot results; use .jsonl or .parquet")
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_entities_group_words_as_the_token_classification_pipeline_does():

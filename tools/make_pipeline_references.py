@@ -8,7 +8,10 @@ Runs in a side environment with torch and transformers 4 (transformers 5 has no 
 Writes tests/fixtures/hf/bert_qa/pipeline_reference.json: ``pipeline("question-answering")`` on the
 bert_qa fixture (with bert_model's tokenizer, as the tests give it) for short pairs (one window) and long
 contexts read in windows: ``max_seq_len`` 16 (the fixture's positions), ``doc_stride`` 2, 4 and 5,
-``max_answer_len`` 30 (bertc's).
+``max_answer_len`` 30 (bertc's). And tests/fixtures/hf/bert_seq_cls/zero_shot_reference.json:
+``pipeline("zero-shot-classification")`` on the bert_seq_cls fixture with NLI class names (entailment,
+neutral, contradiction), three candidate labels, the default and a custom hypothesis template, single- and
+multi-label.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ CASES = [["the cat sat", "the cat sat on the mat."], ["what ran ?", "a dog ran f
                             "the blue cars are fast"],
          ["the cat", "the cats sat on the mats and the dogs ran fast on the roads to the big red houses"]]
 STRIDES = (2, 4, 5)
+NLI_LABELS = ["entailment", "neutral", "contradiction"]
+CANDIDATES = ["animal", "car", "house"]
+ZERO_SHOT_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house"]
 MAX_ANSWER = 30
 
 
@@ -52,6 +58,29 @@ def main() -> int:
                 rows.append({"question": question, "context": context, "doc_stride": stride,
                              "start": got["start"], "end": got["end"], "answer": got["answer"],
                              "score": float(got["score"])})
+    zero_shot = []
+    with tempfile.TemporaryDirectory() as d:
+        source = Path(d) / "bert_nli"
+        shutil.copytree(FIXTURES / "bert_seq_cls", source)
+        for f in TOKENIZER:
+            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
+        config = json.loads((source / "config.json").read_text())
+        config["id2label"] = {str(i): n for i, n in enumerate(NLI_LABELS)}
+        config["label2id"] = {n: i for i, n in enumerate(NLI_LABELS)}
+        (source / "config.json").write_text(json.dumps(config))
+        classify = tr.pipeline("zero-shot-classification", model=str(source), device="cpu")
+        for template in ("This example is {}.", "the {} is here"):
+            for multi in (False, True):
+                for labels in (CANDIDATES, CANDIDATES[:1]):
+                    for got in classify(ZERO_SHOT_TEXTS, candidate_labels=labels, hypothesis_template=template,
+                                        multi_label=multi):
+                        zero_shot.append({"text": got["sequence"], "candidate_labels": labels, "template": template,
+                                          "multi_label": multi, "labels": got["labels"],
+                                          "scores": [float(x) for x in got["scores"]]})
+    out = FIXTURES / "bert_seq_cls" / "zero_shot_reference.json"
+    out.write_text(json.dumps({"transformers": tr.__version__, "nli_labels": NLI_LABELS, "results": zero_shot},
+                              indent=1) + "\n")
+    print(f"wrote {out}: {len(zero_shot)} results")
     out = FIXTURES / "bert_qa" / "pipeline_reference.json"
     out.write_text(json.dumps({"transformers": tr.__version__, "max_seq_len": 16, "max_answer_len": MAX_ANSWER,
                                "answers": rows}, indent=1) + "\n")
