@@ -27,7 +27,8 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       offsets into the text (the pair's, for a pair); a
                                                       context longer than the model's maximum is read in
                                                       overlapping windows (``doc_stride`` tokens shared
-                                                      by neighbours), the best span of any window wins
+                                                      by neighbours), as transformers' QA pipeline reads
+                                                      and scores it (:meth:`Engine._span_candidates`)
 ``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
                                                       "score"}]}``: one per word, its first token's tag
                                                       (softmax; sigmoid of a single class: an ELECTRA
@@ -36,7 +37,7 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       windows, each word tagged from the one where it
                                                       has the most context
 an NLI classifier's ``logits`` with   zero_shot       ``{"labels", "scores"}``: the candidate labels,
-candidate labels (``labels=``)                        likeliest first, as transformers' zero-shot
+candidate labels                                      likeliest first, as transformers' zero-shot
                                                       pipeline scores them (:func:`zero_shot_ids`)
 a masked-LM head's logits (batch,     fill_mask       ``{"sequence", "masks": [{"start", "end", "in",
 seq, vocab), or ``masked_lm`` at                      "predictions": [{"token", "token_id", "score"}]}]}``:
@@ -475,8 +476,21 @@ class Engine:
     def encode(self, records: Sequence[Record]) -> list:
         """One encoding per record (a span labeler's long context: see :meth:`features`)."""
         prompt = self.parts.prompt
-        encodings = self.tokenizer.encode_batch([prompt + r.text if r.pair is None else (r.text, r.pair)
-                                                 for r in records])
+        inputs = [prompt + r.text if r.pair is None else (r.text, r.pair) for r in records]
+        try:
+            encodings = self.tokenizer.encode_batch(inputs)
+        except Exception:   # tokenizers' truncation error: a zero-shot hypothesis that alone outgrows the model
+            for r, x in zip(records, inputs):
+                try:
+                    self.tokenizer.encode(*x) if isinstance(x, tuple) else self.tokenizer.encode(x)
+                except Exception as exc:
+                    if self.parts.kind == "zero_shot":
+                        raise InputError(f"{r.where}: the hypothesis {x[1]!r} leaves no room for the text in the "
+                                         f"model's {self.parts.max_len} tokens; use a shorter template or "
+                                         f"label") from None
+                    raise InputError(f"{r.where}: cannot be cut to the model's maximum of {self.parts.max_len} "
+                                     f"tokens ({' '.join(str(exc).split())})") from None
+            raise
         if not self.parts.truncate:
             for r, e in zip(records, encodings):
                 if e.overflowing and not self.windowed(r):
@@ -579,8 +593,9 @@ class Engine:
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         results: list = [None] * len(records)
         counts = np.bincount(owners, minlength=len(records))   # features per record
-        # a token classifier's windowed text: its windows' logits; a span labeler's record: its windows' candidates
-        tag_windows: dict = {}
+        # what is decoded once a record's every feature has run: a token classifier's windows' logits, a span
+        # labeler's windows' candidates, a zero-shot text's logits for each candidate label
+        pending: dict = {}
         for start, stop in batch_cuts([len(encodings[i].ids) for i in order], self.parts.batch_size,
                                       self.parts.max_batch_tokens):
             chunk = order[start:stop]
@@ -589,16 +604,16 @@ class Engine:
             for j, i in enumerate(chunk):
                 k = owners[i]
                 if self.parts.kind == "tags" and counts[k] > 1:
-                    tag_windows.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
+                    pending.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
                 elif self.parts.kind == "zero_shot":   # feature i: record i // n, candidate label i % n
-                    tag_windows.setdefault(k, []).append((i, np.array(values["logits"][j], np.float64)))
+                    pending.setdefault(k, []).append((i, np.array(values["logits"][j], np.float64)))
                 elif self.parts.kind == "span":   # every window's candidates, summed once all are in
-                    tag_windows.setdefault(k, []).append((i, self._span_candidates(
+                    pending.setdefault(k, []).append((i, self._span_candidates(
                         values[self.parts.outputs["start"]][j], values[self.parts.outputs["end"]][j], encodings[i],
                         records[k])))
                 else:
                     results[k] = self._decode(values, j, encodings[i], records[k])
-        for k, parts in tag_windows.items():
+        for k, parts in pending.items():
             parts = sorted(parts, key=lambda p: p[0])   # window order
             if self.parts.kind == "zero_shot":
                 results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))

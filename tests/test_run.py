@@ -551,6 +551,10 @@ def test_zero_shot_classification_as_the_pipeline(tmp_path_factory, tmp_path, ca
         bertc.Runtime(out, candidate_labels=["a", "a"])
     with pytest.raises(InputError, match="give the candidate labels too"):
         bertc.Runtime(out, multi_label=True)
+    with pytest.raises(InputError, match="text 1: the hypothesis 'the cat sat on the mat and the dog ran fast "
+                                         "on the road to the car' leaves no room for the text in the model's 16"):
+        bertc.Runtime(out, candidate_labels=["car"], hypothesis_template="the cat sat on the mat and the dog ran "
+                      "fast on the road to the {}").run(["a dog"])
     with pytest.raises(InputError, match="text 1: zero-shot classification takes one text, not a pair"):
         bertc.Runtime(out, candidate_labels=["a"]).run([("a", "b")])
     _fails(["run", str(out), str(paths["jsonl"]), "-o", str(tmp_path / "r.csv"), "--labels", "a,b"], capsys,
