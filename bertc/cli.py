@@ -438,6 +438,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "problem_type), else sigmoid for one class and softmax for more].")
 @click.option("--top-k", type=click.IntRange(1), default=None,
               help="A masked-LM model's predictions per mask token (fill-mask) [default: 5].")
+@click.option("--allow-no-answer", is_flag=True,
+              help="A span labeler may answer \"\" (start = end = 0) when its [CLS] start and end outscore every "
+                   "span of the context, as transformers' handle_impossible_answer (models trained on SQuAD 2.0).")
 @click.option("--labels", "candidate_labels", default=None, metavar="A,B,...",
               help="Zero-shot classification with an NLI classifier (an entailment class in its config): the "
                    "candidate labels, comma-separated; each text gets them likeliest first, with scores.")
@@ -457,7 +460,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, artifact, device,
-                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, scores, top_k, candidate_labels,
+                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, allow_no_answer, scores, top_k,
+                candidate_labels,
                 hypothesis_template, multi_label, prompt, prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
     standard input); write RESULT: embeddings, labels and scores, spans, tags or a masked-LM model's predictions
@@ -471,7 +475,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
                       max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
                       candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
-                      multi_label=multi_label)
+                      multi_label=multi_label, allow_no_answer=allow_no_answer)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")

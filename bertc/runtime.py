@@ -414,6 +414,7 @@ class EngineParts:
     top_k: int = DEFAULT_TOP_K       # fill-mask: predictions per mask
     positions: int = 0               # fill-mask on a pretrainer: its masked_lm_positions per text
     doc_stride: int = DEFAULT_DOC_STRIDE   # a span labeler's long context: tokens shared by neighbouring windows
+    no_answer: bool = False          # a span labeler may answer "" (its leading token's start x end wins)
     candidates: tuple = ()           # zero-shot: the candidate labels
     hypothesis: str = DEFAULT_HYPOTHESIS   # zero-shot: the hypothesis each label is put in
     nli: tuple = (0, 0)              # zero-shot: the (entailment, contradiction) class ids
@@ -618,7 +619,8 @@ class Engine:
             if self.parts.kind == "zero_shot":
                 results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))
             elif self.parts.kind == "span":
-                results[k] = self._span_answer([c for _, candidates in parts for c in candidates])
+                results[k] = self._span_answer([c for _, (candidates, _) in parts for c in candidates],
+                                               min(null for _, (_, null) in parts) if self.parts.no_answer else None)
             else:
                 tags = self._window_tags(parts, encodings, records[k])
                 results[k] = self._tag_result(tags, parts[0][1].shape[-1], records[k])
@@ -668,17 +670,19 @@ class Engine:
         trained with unanswerable questions puts on "no answer" in this window, which makes windows comparable);
         then the :data:`PRE_TOP_SPANS` likeliest spans of the context (start <= end < start +
         :data:`MAX_ANSWER_TOKENS`, p(start) x p(end)), each widened to whole words. ``[(score, start, end, text)]``
-        in character offsets."""
+        in character offsets; and this window's no-answer score, the leading token's p(start) x p(end) (0.0
+        without one)."""
         context = 1 if record.pair is not None else 0
         text = record.pair if record.pair is not None else record.text
         n = len(e.ids)
         inside = np.array([e.sequence_ids[t] == context and e.special_tokens_mask[t] == 0 for t in range(n)])
         if not inside.any():
-            return []
+            return [], 0.0
         normal = inside.copy()
         normal[0] = bool(e.special_tokens_mask[0])
         p_start = _softmax(np.where(normal, start_logits[:n].astype(np.float64), -np.inf))
         p_end = _softmax(np.where(normal, end_logits[:n].astype(np.float64), -np.inf))
+        null = float(p_start[0] * p_end[0]) if normal[0] else 0.0
         p_start[~inside], p_end[~inside] = 0.0, 0.0   # the leading token normalizes, never answers
         scores = np.tril(np.triu(np.outer(p_start, p_end)), MAX_ANSWER_TOKENS - 1).ravel()
         top = np.argsort(-scores, kind="stable")[:PRE_TOP_SPANS]
@@ -695,7 +699,7 @@ class Engine:
             begin = e.offsets[first[e.word_ids[s]]][0] if e.word_ids[s] is not None else e.offsets[s][0]
             end = e.offsets[last[e.word_ids[t]]][1] if e.word_ids[t] is not None else e.offsets[t][1]
             out.append((float(scores[flat]), int(begin), int(end), text[begin:end]))
-        return out
+        return out, null
 
     def _zero_shot(self, logits: np.ndarray) -> dict:
         """One text's candidate labels from its (labels, classes) NLI logits, as transformers' zero-shot pipeline
@@ -710,11 +714,13 @@ class Engine:
         return {"labels": [self.parts.candidates[i] for i in order], "scores": [float(scores[i]) for i in order]}
 
     @staticmethod
-    def _span_answer(candidates: list) -> dict:
+    def _span_answer(candidates: list, null: Optional[float] = None) -> dict:
         """The answer of a record from its windows' candidates (in window order, each window's likeliest first):
         as the pipeline, one answer per text (compared without case), its score the sum of its candidates'
         (one answer found in two overlapping windows, or from two spans that widen to the same words, adds up),
-        its span the first candidate's; the highest score wins, the first found where they tie."""
+        its span the first candidate's; the highest score wins, the first found where they tie. ``null`` (with
+        ``no_answer``: the least of the windows' no-answer scores, as the pipeline's
+        ``handle_impossible_answer``) competes as the answer "" at 0..0, after the others where it ties."""
         answers: dict = {}
         for score, begin, end, text in candidates:
             key = text.lower()
@@ -722,6 +728,8 @@ class Engine:
                 answers[key]["score"] += score
             else:
                 answers[key] = {"start": begin, "end": end, "text": text, "score": score}
+        if null is not None and (not answers or null > max(a["score"] for a in answers.values())):
+            return {"start": 0, "end": 0, "text": "", "score": null}
         if not answers:
             return {"start": 0, "end": 0, "text": "", "score": 0.0}
         return max(answers.values(), key=lambda a: a["score"])   # max keeps the first of equals
@@ -857,7 +865,9 @@ class Runtime:
     (:func:`sentence_prompt`; ``prompt=""`` for none). ``top_k``: a masked-LM model's predictions per mask
     token (:data:`DEFAULT_TOP_K`). ``doc_stride``: a span labeler's context, or a token classifier's text, longer
     than the model's maximum is read in overlapping windows, and this many tokens are shared by neighbouring
-    ones (:data:`DEFAULT_DOC_STRIDE`; :meth:`Engine.context_windows`). ``candidate_labels``: an NLI classifier
+    ones (:data:`DEFAULT_DOC_STRIDE`; :meth:`Engine.context_windows`); ``allow_no_answer``: a span labeler
+    answers "" when its [CLS] start and end outscore every span (a model trained on SQuAD 2.0).
+    ``candidate_labels``: an NLI classifier
     (an entailment class in its config) classifies each text into these labels, zero-shot: each label put in
     ``hypothesis_template`` (:data:`DEFAULT_HYPOTHESIS`), entailment scored against the text, ``multi_label``
     each label alone (:meth:`Engine._zero_shot`). ``batch_size`` and ``max_batch_tokens`` bound each
@@ -871,7 +881,7 @@ class Runtime:
                  prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  top_k: Optional[int] = None, doc_stride: Optional[int] = None,
                  candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
-                 multi_label: bool = False):
+                 multi_label: bool = False, allow_no_answer: bool = False):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -884,6 +894,8 @@ class Runtime:
             raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind == "fill_mask" else
                                                      f"only a masked-LM model's predictions are counted (this model "
                                                      f"gives {self.kind} results)"))
+        if allow_no_answer and self.kind != "span":
+            raise InputError(f"allow_no_answer: only a span labeler answers (this model gives {self.kind} results)")
         if doc_stride is not None and (self.kind not in ("span", "tags") or doc_stride < 0):
             raise InputError(f"doc_stride {doc_stride!r}: " + ("0 or more" if self.kind in ("span", "tags") else
                                                                f"only a span labeler or a token classifier reads a "
@@ -936,6 +948,7 @@ class Runtime:
                                  max_batch_tokens=max_batch_tokens,
                                  scores=self.scores, prompt=self.prompt,
                                  doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride, **zero_shot,
+                                 no_answer=bool(allow_no_answer),
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
 

@@ -614,16 +614,22 @@ def test_a_one_class_token_classifier_scores_each_word_by_sigmoid(mlm_builds):
 def test_span_labeler_answers_as_the_question_answering_pipeline(builds):
     """Every answer (text, offsets) is transformers 4's question-answering pipeline's, score within 1e-6
     (tools/make_pipeline_references.py): pairs that fit, and long contexts read in windows of the fixture's 16
-    positions at three strides."""
+    positions at three strides, with and without no-answer."""
     out = builds["bert_qa"]
     reference = json.loads((FIXTURES / "bert_qa" / "pipeline_reference.json").read_text())
     assert reference["max_seq_len"] == 16 and reference["max_answer_len"] == 30
-    for stride in sorted({r["doc_stride"] for r in reference["answers"]}):
-        rows = [r for r in reference["answers"] if r["doc_stride"] == stride]
-        got = bertc.Runtime(out, artifact="onnx", doc_stride=stride).run([(r["question"], r["context"]) for r in rows])
-        for row, r in zip(got, rows):
-            assert (row["start"], row["end"], row["text"]) == (r["start"], r["end"], r["answer"]), (stride, r)
-            assert abs(row["score"] - r["score"]) < 1e-6, (stride, r)
+    for no_answer in (False, True):   # the pipeline's handle_impossible_answer: "" when [CLS] outscores every span
+        for stride in sorted({r["doc_stride"] for r in reference["answers"]}):
+            rows = [r for r in reference["answers"] if r["doc_stride"] == stride
+                    and r["handle_impossible_answer"] == no_answer]
+            got = bertc.Runtime(out, artifact="onnx", doc_stride=stride, allow_no_answer=no_answer).run(
+                [(r["question"], r["context"]) for r in rows])
+            for row, r in zip(got, rows):
+                assert (row["start"], row["end"], row["text"]) == (r["start"], r["end"], r["answer"]), (stride, r)
+                assert abs(row["score"] - r["score"]) < 1e-6, (stride, r)
+    assert sum(r["answer"] == "" for r in reference["answers"]) == 3   # the no-answer cases are exercised
+    with pytest.raises(InputError, match="allow_no_answer: only a span labeler answers"):
+        bertc.Runtime(builds["bert_seq_cls"], allow_no_answer=True)
 
 
 def _hand_windows(out: Path, question, context: str, stride: int, outputs):

@@ -8,7 +8,7 @@ Runs in a side environment with torch and transformers 4 (transformers 5 has no 
 Writes tests/fixtures/hf/bert_qa/pipeline_reference.json: ``pipeline("question-answering")`` on the
 bert_qa fixture (with bert_model's tokenizer, as the tests give it) for short pairs (one window) and long
 contexts read in windows: ``max_seq_len`` 16 (the fixture's positions), ``doc_stride`` 2, 4 and 5,
-``max_answer_len`` 30 (bertc's). And tests/fixtures/hf/bert_seq_cls/zero_shot_reference.json:
+``max_answer_len`` 30 (bertc's), with and without ``handle_impossible_answer``. And tests/fixtures/hf/bert_seq_cls/zero_shot_reference.json:
 ``pipeline("zero-shot-classification")`` on the bert_seq_cls fixture with NLI class names (entailment,
 neutral, contradiction), three candidate labels, the default and a custom hypothesis template, single- and
 multi-label.
@@ -51,13 +51,14 @@ def main() -> int:
             shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
         qa = tr.pipeline("question-answering", model=str(source), device="cpu")
         rows = []
-        for stride in STRIDES:
-            for question, context in CASES:
-                got = qa(question=question, context=context, doc_stride=stride, max_seq_len=16,
-                         max_answer_len=MAX_ANSWER)
-                rows.append({"question": question, "context": context, "doc_stride": stride,
-                             "start": got["start"], "end": got["end"], "answer": got["answer"],
-                             "score": float(got["score"])})
+        for no_answer in (False, True):
+            for stride in STRIDES:
+                for question, context in CASES:
+                    got = qa(question=question, context=context, doc_stride=stride, max_seq_len=16,
+                             max_answer_len=MAX_ANSWER, handle_impossible_answer=no_answer)
+                    rows.append({"question": question, "context": context, "doc_stride": stride,
+                                 "handle_impossible_answer": no_answer, "start": got["start"], "end": got["end"],
+                                 "answer": got["answer"], "score": float(got["score"])})
     zero_shot = []
     with tempfile.TemporaryDirectory() as d:
         source = Path(d) / "bert_nli"
