@@ -441,6 +441,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.option("--allow-no-answer", is_flag=True,
               help="A span labeler may answer \"\" (start = end = 0) when its [CLS] start and end outscore every "
                    "span of the context, as transformers' handle_impossible_answer (models trained on SQuAD 2.0).")
+@click.option("--aggregation", type=click.Choice(["first", "average", "max"]), default=None,
+              help="A token classifier's word label, as transformers' aggregation_strategy: its first token's, the "
+                   "mean of its tokens' probabilities, or its most confident token's [default: first].")
 @click.option("--labels", "candidate_labels", default=None, metavar="A,B,...",
               help="Zero-shot classification with an NLI classifier (an entailment class in its config): the "
                    "candidate labels, comma-separated; each text gets them likeliest first, with scores.")
@@ -460,7 +463,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, artifact, device,
-                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, allow_no_answer, scores, top_k,
+                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, allow_no_answer, aggregation,
+                scores, top_k,
                 candidate_labels,
                 hypothesis_template, multi_label, prompt, prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
@@ -475,7 +479,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
                       max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
                       candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
-                      multi_label=multi_label, allow_no_answer=allow_no_answer)
+                      multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")

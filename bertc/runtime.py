@@ -300,6 +300,7 @@ def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str
     return "softmax", "one label per text"
 
 
+AGGREGATIONS = ("first", "average", "max")   # a token classifier's word label (transformers' aggregation_strategy)
 DEFAULT_HYPOTHESIS = "This example is {}."   # transformers' zero-shot-classification pipeline's template
 
 
@@ -415,6 +416,7 @@ class EngineParts:
     positions: int = 0               # fill-mask on a pretrainer: its masked_lm_positions per text
     doc_stride: int = DEFAULT_DOC_STRIDE   # a span labeler's long context: tokens shared by neighbouring windows
     no_answer: bool = False          # a span labeler may answer "" (its leading token's start x end wins)
+    aggregation: str = "first"       # a token classifier's word: its first token's, its tokens' mean or max
     candidates: tuple = ()           # zero-shot: the candidate labels
     hypothesis: str = DEFAULT_HYPOTHESIS   # zero-shot: the hypothesis each label is put in
     nli: tuple = (0, 0)              # zero-shot: the (entailment, contradiction) class ids
@@ -751,22 +753,28 @@ class Engine:
         return words
 
     def _tag(self, logits, key, begin: int, end: int, record: Record) -> dict:
+        """One word's tag from its tokens' ``logits`` (tokens, classes), as transformers' token-classification
+        pipeline labels a word (``aggregation``): its first token's probabilities, their mean over its tokens,
+        or those of its token with the highest one."""
         text = record.text if key[0] == 0 else record.pair
         # one class (an ELECTRA discriminator's "replaced"): its probability, as a one-class classifier's
         probs = (_sigmoid if logits.shape[-1] == 1 else _softmax)(logits.astype(np.float64))
+        aggregation = self.parts.aggregation
+        probs = probs.mean(axis=0) if aggregation == "average" else \
+            probs[int(np.argmax(probs.max(axis=-1)))] if aggregation == "max" else probs[0]
         k = int(np.argmax(probs))
         return {"word": text[begin:end], "start": int(begin), "end": int(end), "label": self._label(k),
                 "score": float(probs[k])}
 
     def _tags(self, logits, e, record: Record) -> list:
-        return [(key, self._tag(logits[first], key, begin, end, record))
-                for key, (first, _, begin, end) in self._words(e).items()]
+        return [(key, self._tag(logits[first:last + 1], key, begin, end, record))
+                for key, (first, last, begin, end) in self._words(e).items()]
 
     @staticmethod
     def _tag_result(tags: list, classes: int, record: Record) -> dict:
         """``{"tags", "entities"}`` from ``(word key, tag)`` in word order. Entities as transformers'
-        token-classification pipeline groups words (``aggregation_strategy="first"``: a word's label is its
-        first token's): neighbouring words of one entity type (``B-X`` / ``I-X`` / ``X``) are one entity
+        token-classification pipeline groups words (``aggregation_strategy`` first / average / max: the words'
+        labels as :meth:`_tag` gives them): neighbouring words of one entity type (``B-X`` / ``I-X`` / ``X``) are one entity
         unless a word's label begins with ``B-``, ``O`` words are no entity, and an entity never crosses from a
         text into its pair. ``label``: the type, ``score``: the mean of its words' scores, ``start`` / ``end`` /
         ``text``: its character span. A one-class model (an ELECTRA discriminator) has no entities."""
@@ -806,7 +814,7 @@ class Engine:
                 right = np.inf if w == len(windows) - 1 else content[-1] - last
                 rank = (begin == starts[key], last - first + 1, min(left, right))
                 if key not in best or rank > best[key][0]:
-                    best[key] = (rank, logits[first], begin, end)
+                    best[key] = (rank, logits[first:last + 1], begin, end)
         return [(key, self._tag(row, key, begin, end, record)) for key, (_, row, begin, end) in sorted(best.items())]
 
 
@@ -866,7 +874,8 @@ class Runtime:
     token (:data:`DEFAULT_TOP_K`). ``doc_stride``: a span labeler's context, or a token classifier's text, longer
     than the model's maximum is read in overlapping windows, and this many tokens are shared by neighbouring
     ones (:data:`DEFAULT_DOC_STRIDE`; :meth:`Engine.context_windows`); ``allow_no_answer``: a span labeler
-    answers "" when its [CLS] start and end outscore every span (a model trained on SQuAD 2.0).
+    answers "" when its [CLS] start and end outscore every span (a model trained on SQuAD 2.0); ``aggregation``:
+    how a token classifier labels a word from its tokens (:data:`AGGREGATIONS`, as transformers' pipeline).
     ``candidate_labels``: an NLI classifier
     (an entailment class in its config) classifies each text into these labels, zero-shot: each label put in
     ``hypothesis_template`` (:data:`DEFAULT_HYPOTHESIS`), entailment scored against the text, ``multi_label``
@@ -881,7 +890,7 @@ class Runtime:
                  prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  top_k: Optional[int] = None, doc_stride: Optional[int] = None,
                  candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
-                 multi_label: bool = False, allow_no_answer: bool = False):
+                 multi_label: bool = False, allow_no_answer: bool = False, aggregation: Optional[str] = None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -894,6 +903,11 @@ class Runtime:
             raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind == "fill_mask" else
                                                      f"only a masked-LM model's predictions are counted (this model "
                                                      f"gives {self.kind} results)"))
+        if aggregation is not None and (self.kind != "tags" or aggregation not in AGGREGATIONS):
+            raise InputError(f"aggregation {aggregation!r}: " + (f"use one of {', '.join(AGGREGATIONS)}"
+                                                                 if self.kind == "tags" else
+                                                                 f"only a token classifier's words are labelled "
+                                                                 f"(this model gives {self.kind} results)"))
         if allow_no_answer and self.kind != "span":
             raise InputError(f"allow_no_answer: only a span labeler answers (this model gives {self.kind} results)")
         if doc_stride is not None and (self.kind not in ("span", "tags") or doc_stride < 0):
@@ -948,7 +962,7 @@ class Runtime:
                                  max_batch_tokens=max_batch_tokens,
                                  scores=self.scores, prompt=self.prompt,
                                  doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride, **zero_shot,
-                                 no_answer=bool(allow_no_answer),
+                                 no_answer=bool(allow_no_answer), aggregation=aggregation or "first",
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
 

@@ -562,6 +562,30 @@ def test_zero_shot_classification_as_the_pipeline(tmp_path_factory, tmp_path, ca
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_entities_are_the_token_classification_pipelines(builds, capsys, tmp_path):
+    """Each --aggregation's entities are transformers' token-classification pipeline's with that
+    aggregation_strategy (tools/make_pipeline_references.py): the same labels and spans, scores within 1e-6."""
+    out = builds["bert_token_cls"]
+    reference = json.loads((FIXTURES / "bert_token_cls" / "pipeline_reference.json").read_text())
+    assert reference["labels"] == LABELS["bert_token_cls"]
+    for strategy in ("first", "average", "max"):
+        rows = [r for r in reference["results"] if r["aggregation"] == strategy]
+        got = bertc.Runtime(out, artifact="onnx", aggregation=None if strategy == "first" else strategy).run(
+            [r["text"] for r in rows])
+        for g, r in zip(got, rows):
+            assert [(e["label"], e["start"], e["end"]) for e in g["entities"]] == \
+                [(e["label"], e["start"], e["end"]) for e in r["entities"]], (strategy, r["text"])
+            np.testing.assert_allclose([e["score"] for e in g["entities"]], [e["score"] for e in r["entities"]],
+                                       atol=1e-6)
+    # the strategies differ on this fixture, so each is checked for what it is
+    firsts, averages = ([r["entities"] for r in reference["results"] if r["aggregation"] == s] for s in ("first", "average"))
+    assert firsts != averages
+    with pytest.raises(InputError, match="aggregation 'mean': use one of first, average, max"):
+        bertc.Runtime(out, aggregation="mean")
+    with pytest.raises(InputError, match="aggregation 'max': only a token classifier's words are labelled"):
+        bertc.Runtime(builds["bert_qa"], aggregation="max")
+
+
 def test_entities_group_words_as_the_token_classification_pipeline_does():
     """transformers' group_entities (aggregation "first"): one entity type with B- / I- / no prefix; a B- word
     starts a new entity, anything else of the same type joins the one before it; O words are no entity and end

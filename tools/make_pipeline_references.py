@@ -11,7 +11,8 @@ contexts read in windows: ``max_seq_len`` 16 (the fixture's positions), ``doc_st
 ``max_answer_len`` 30 (bertc's), with and without ``handle_impossible_answer``. And tests/fixtures/hf/bert_seq_cls/zero_shot_reference.json:
 ``pipeline("zero-shot-classification")`` on the bert_seq_cls fixture with NLI class names (entailment,
 neutral, contradiction), three candidate labels, the default and a custom hypothesis template, single- and
-multi-label.
+multi-label. And tests/fixtures/hf/bert_token_cls/pipeline_reference.json: ``pipeline("token-classification")``'s
+entities on the bert_token_cls fixture (the tests' labels) with ``aggregation_strategy`` first, average and max.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ CASES = [["the cat sat", "the cat sat on the mat."], ["what ran ?", "a dog ran f
          ["the cat", "the cats sat on the mats and the dogs ran fast on the roads to the big red houses"]]
 STRIDES = (2, 4, 5)
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
+NER_LABELS = ["O", "B-ANIMAL", "I-ANIMAL", "B-THING"]
+NER_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house",
+             "this tree is small , that tree is big", "cats and dogs", "the blue car", "an",
+             "the cats sat on the mats and the dogs ran"]
 CANDIDATES = ["animal", "car", "house"]
 ZERO_SHOT_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house"]
 MAX_ANSWER = 30
@@ -78,6 +83,26 @@ def main() -> int:
                         zero_shot.append({"text": got["sequence"], "candidate_labels": labels, "template": template,
                                           "multi_label": multi, "labels": got["labels"],
                                           "scores": [float(x) for x in got["scores"]]})
+    entities = []
+    with tempfile.TemporaryDirectory() as d:
+        source = Path(d) / "bert_ner"
+        shutil.copytree(FIXTURES / "bert_token_cls", source)
+        for f in TOKENIZER:
+            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
+        config = json.loads((source / "config.json").read_text())
+        config["id2label"] = {str(i): n for i, n in enumerate(NER_LABELS)}
+        config["label2id"] = {n: i for i, n in enumerate(NER_LABELS)}
+        (source / "config.json").write_text(json.dumps(config))
+        for strategy in ("first", "average", "max"):
+            ner = tr.pipeline("token-classification", model=str(source), device="cpu", aggregation_strategy=strategy)
+            for text, got in zip(NER_TEXTS, ner(NER_TEXTS)):
+                entities.append({"text": text, "aggregation": strategy, "entities": [
+                    {"label": e["entity_group"], "start": e["start"], "end": e["end"], "score": float(e["score"])}
+                    for e in got]})
+    out = FIXTURES / "bert_token_cls" / "pipeline_reference.json"
+    out.write_text(json.dumps({"transformers": tr.__version__, "labels": NER_LABELS, "results": entities},
+                              indent=1) + "\n")
+    print(f"wrote {out}: {sum(len(r['entities']) for r in entities)} entities")
     out = FIXTURES / "bert_seq_cls" / "zero_shot_reference.json"
     out.write_text(json.dumps({"transformers": tr.__version__, "nli_labels": NLI_LABELS, "results": zero_shot},
                               indent=1) + "\n")
