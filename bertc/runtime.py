@@ -712,7 +712,7 @@ class Engine:
             scores = _softmax(logits[:, [contra, entail]])[:, 1]
         else:
             scores = _softmax(logits[:, entail])
-        order = np.argsort(-scores, kind="stable")
+        order = np.argsort(scores)[::-1]   # the pipeline's order, equal scores included (the last given first)
         return {"labels": [self.parts.candidates[i] for i in order], "scores": [float(scores[i]) for i in order]}
 
     @staticmethod
