@@ -468,8 +468,9 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 candidate_labels,
                 hypothesis_template, multi_label, prompt, prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
-    standard input); write RESULT: embeddings, labels and scores, spans, tags or a masked-LM model's predictions
-    at each mask token, one per input row, in input order (- for standard output)."""
+    standard input); write RESULT: embeddings, labels and scores, spans, tags and entities, a masked-LM model's
+    predictions at each mask token, or zero-shot labels (--labels), one per input row, in input order (- for
+    standard output)."""
     import time
 
     from bertc.runtime import Progress, Runtime
