@@ -427,6 +427,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="Cut texts longer than the model's maximum, or refuse them naming the line [default: as the "
                    "bundled tokenizer says; sentence embedders truncate]. A span labeler's context and a token "
                    "classifier's text are read in overlapping windows instead (--doc-stride).")
+@click.option("--max-length", type=click.IntRange(1), default=None, metavar="N",
+              help="Tokens per model row at most, fewer than the model's maximum: where texts are cut, and how long "
+                   "a long text's windows are (transformers' QA pipeline reads 384) [default: the model's maximum].")
 @click.option("--doc-stride", type=click.IntRange(0), default=None,
               help="A span labeler's context (or a token classifier's text) longer than the model's maximum is read "
                    "in windows, each with the whole question; neighbouring windows share this many tokens (fewer than "
@@ -463,7 +466,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, artifact, device,
-                threads, batch_size, max_batch_tokens, window, truncate, doc_stride, allow_no_answer, aggregation,
+                threads, batch_size, max_batch_tokens, window, truncate, max_length, doc_stride, allow_no_answer,
+                aggregation,
                 scores, top_k,
                 candidate_labels,
                 hypothesis_template, multi_label, prompt, prompt_name, ray_address, actors, quiet):
@@ -480,7 +484,8 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
                       max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
                       candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
-                      multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation)
+                      multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation,
+                      max_length=max_length)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")

@@ -876,6 +876,8 @@ class Runtime:
     ones (:data:`DEFAULT_DOC_STRIDE`; :meth:`Engine.context_windows`); ``allow_no_answer``: a span labeler
     answers "" when its [CLS] start and end outscore every span (a model trained on SQuAD 2.0); ``aggregation``:
     how a token classifier labels a word from its tokens (:data:`AGGREGATIONS`, as transformers' pipeline).
+    ``max_length``: tokens per model row at most, below the model's maximum (where texts are cut, and how long a
+    long context's windows are: transformers' QA pipeline reads 384-token windows unless told otherwise).
     ``candidate_labels``: an NLI classifier
     (an entailment class in its config) classifies each text into these labels, zero-shot: each label put in
     ``hypothesis_template`` (:data:`DEFAULT_HYPOTHESIS`), entailment scored against the text, ``multi_label``
@@ -890,7 +892,8 @@ class Runtime:
                  prompt_name: Optional[str] = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  top_k: Optional[int] = None, doc_stride: Optional[int] = None,
                  candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
-                 multi_label: bool = False, allow_no_answer: bool = False, aggregation: Optional[str] = None):
+                 multi_label: bool = False, allow_no_answer: bool = False, aggregation: Optional[str] = None,
+                 max_length: Optional[int] = None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -917,6 +920,10 @@ class Runtime:
                                                                f"results)"))
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len = max_sequence_length(self.spec)
+        if max_length is not None:
+            if not 1 <= max_length <= self.max_len:
+                raise InputError(f"max_length {max_length!r}: from 1 to the model's maximum of {self.max_len} tokens")
+            self.max_len = int(max_length)
         self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
         classes = None
         if self.kind in ("classification", "tags"):

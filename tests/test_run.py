@@ -703,14 +703,18 @@ def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
     tok.no_truncation()
     q = tok.encode(question, add_special_tokens=False).ids
     c = tok.encode(context, add_special_tokens=False).ids
-    room = 16 - 3 - len(q)
-    for stride in (None, 0, 2, 4, 9, 10):   # None: the default (128); 10 and more: held to 9, one fewer than room
-        engine = bertc.Runtime(out, artifact="onnx", doc_stride=stride).engine
+    # None: the default (128); a stride of the room or more is held to one fewer; --max-length shortens windows
+    for length, stride in ((None, None), (None, 0), (None, 2), (None, 4), (None, 9), (None, 10), (12, 2), (8, None)):
+        room = (length or 16) - 3 - len(q)
+        engine = bertc.Runtime(out, artifact="onnx", doc_stride=stride, max_length=length).engine
         step = room - min(128 if stride is None else stride, room - 1)
         starts = list(range(0, len(c) - room + step, step))
         assert starts[-1] + room >= len(c) > starts[-2] + room
         windows = engine.context_windows(Record(question, context, "x"))
-        assert [w.ids for w in windows] == [[2, *q, 3, *c[s:s + room], 3] for s in starts]
+        assert [w.ids for w in windows] == [[2, *q, 3, *c[s:s + room], 3] for s in starts], (length, stride)
+    for bad in (0, 17):
+        with pytest.raises(InputError, match=f"max_length {bad}: from 1 to the model's maximum of 16 tokens"):
+            bertc.Runtime(out, max_length=bad)
     # the CLI: --doc-stride, and no --truncate needed (nor refused with --no-truncate)
     text = tmp_path / "in.txt"
     text.write_text(f"{question}\t{context}\n")
