@@ -46,71 +46,71 @@ ZERO_SHOT_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big re
 MAX_ANSWER = 30
 
 
+def fixture(work: Path, name: str, labels=None) -> str:
+    """A copy of the fixture ``name`` with bert_model's tokenizer (as the tests give it) and, with ``labels``,
+    those class names in its config; its path."""
+    source = work / name
+    shutil.copytree(FIXTURES / name, source)
+    for f in TOKENIZER:
+        shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
+    if labels:
+        config = json.loads((source / "config.json").read_text())
+        config["id2label"] = {str(i): n for i, n in enumerate(labels)}
+        config["label2id"] = {n: i for i, n in enumerate(labels)}
+        (source / "config.json").write_text(json.dumps(config))
+    return str(source)
+
+
+def question_answering(work: Path) -> dict:
+    qa = tr.pipeline("question-answering", model=fixture(work, "bert_qa"), device="cpu")
+    rows = []
+    for no_answer in (False, True):
+        for stride in STRIDES:
+            for question, context in CASES:
+                got = qa(question=question, context=context, doc_stride=stride, max_seq_len=16,
+                         max_answer_len=MAX_ANSWER, handle_impossible_answer=no_answer)
+                rows.append({"question": question, "context": context, "doc_stride": stride,
+                             "handle_impossible_answer": no_answer, "start": got["start"], "end": got["end"],
+                             "answer": got["answer"], "score": float(got["score"])})
+    return {"max_seq_len": 16, "max_answer_len": MAX_ANSWER, "answers": rows}
+
+
+def zero_shot(work: Path) -> dict:
+    classify = tr.pipeline("zero-shot-classification", model=fixture(work, "bert_seq_cls", NLI_LABELS), device="cpu")
+    rows = []
+    for template in ("This example is {}.", "the {} is here"):
+        for multi in (False, True):
+            for labels in (CANDIDATES, CANDIDATES[:1]):
+                for got in classify(ZERO_SHOT_TEXTS, candidate_labels=labels, hypothesis_template=template,
+                                    multi_label=multi):
+                    rows.append({"text": got["sequence"], "candidate_labels": labels, "template": template,
+                                 "multi_label": multi, "labels": got["labels"],
+                                 "scores": [float(x) for x in got["scores"]]})
+    return {"nli_labels": NLI_LABELS, "results": rows}
+
+
+def token_classification(work: Path) -> dict:
+    source = fixture(work, "bert_token_cls", NER_LABELS)
+    rows = []
+    for strategy in ("first", "average", "max"):
+        ner = tr.pipeline("token-classification", model=source, device="cpu", aggregation_strategy=strategy)
+        for text, got in zip(NER_TEXTS, ner(NER_TEXTS)):
+            rows.append({"text": text, "aggregation": strategy, "entities": [
+                {"label": e["entity_group"], "start": e["start"], "end": e["end"], "score": float(e["score"])}
+                for e in got]})
+    return {"labels": NER_LABELS, "results": rows}
+
+
 def main() -> int:
     if tr.__version__.split(".")[0] != "4":
         sys.exit(f"transformers {tr.__version__}: the question-answering pipeline is transformers 4's")
-    with tempfile.TemporaryDirectory() as d:
-        source = Path(d) / "bert_qa"
-        shutil.copytree(FIXTURES / "bert_qa", source)
-        for f in TOKENIZER:
-            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
-        qa = tr.pipeline("question-answering", model=str(source), device="cpu")
-        rows = []
-        for no_answer in (False, True):
-            for stride in STRIDES:
-                for question, context in CASES:
-                    got = qa(question=question, context=context, doc_stride=stride, max_seq_len=16,
-                             max_answer_len=MAX_ANSWER, handle_impossible_answer=no_answer)
-                    rows.append({"question": question, "context": context, "doc_stride": stride,
-                                 "handle_impossible_answer": no_answer, "start": got["start"], "end": got["end"],
-                                 "answer": got["answer"], "score": float(got["score"])})
-    zero_shot = []
-    with tempfile.TemporaryDirectory() as d:
-        source = Path(d) / "bert_nli"
-        shutil.copytree(FIXTURES / "bert_seq_cls", source)
-        for f in TOKENIZER:
-            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
-        config = json.loads((source / "config.json").read_text())
-        config["id2label"] = {str(i): n for i, n in enumerate(NLI_LABELS)}
-        config["label2id"] = {n: i for i, n in enumerate(NLI_LABELS)}
-        (source / "config.json").write_text(json.dumps(config))
-        classify = tr.pipeline("zero-shot-classification", model=str(source), device="cpu")
-        for template in ("This example is {}.", "the {} is here"):
-            for multi in (False, True):
-                for labels in (CANDIDATES, CANDIDATES[:1]):
-                    for got in classify(ZERO_SHOT_TEXTS, candidate_labels=labels, hypothesis_template=template,
-                                        multi_label=multi):
-                        zero_shot.append({"text": got["sequence"], "candidate_labels": labels, "template": template,
-                                          "multi_label": multi, "labels": got["labels"],
-                                          "scores": [float(x) for x in got["scores"]]})
-    entities = []
-    with tempfile.TemporaryDirectory() as d:
-        source = Path(d) / "bert_ner"
-        shutil.copytree(FIXTURES / "bert_token_cls", source)
-        for f in TOKENIZER:
-            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
-        config = json.loads((source / "config.json").read_text())
-        config["id2label"] = {str(i): n for i, n in enumerate(NER_LABELS)}
-        config["label2id"] = {n: i for i, n in enumerate(NER_LABELS)}
-        (source / "config.json").write_text(json.dumps(config))
-        for strategy in ("first", "average", "max"):
-            ner = tr.pipeline("token-classification", model=str(source), device="cpu", aggregation_strategy=strategy)
-            for text, got in zip(NER_TEXTS, ner(NER_TEXTS)):
-                entities.append({"text": text, "aggregation": strategy, "entities": [
-                    {"label": e["entity_group"], "start": e["start"], "end": e["end"], "score": float(e["score"])}
-                    for e in got]})
-    out = FIXTURES / "bert_token_cls" / "pipeline_reference.json"
-    out.write_text(json.dumps({"transformers": tr.__version__, "labels": NER_LABELS, "results": entities},
-                              indent=1) + "\n")
-    print(f"wrote {out}: {sum(len(r['entities']) for r in entities)} entities")
-    out = FIXTURES / "bert_seq_cls" / "zero_shot_reference.json"
-    out.write_text(json.dumps({"transformers": tr.__version__, "nli_labels": NLI_LABELS, "results": zero_shot},
-                              indent=1) + "\n")
-    print(f"wrote {out}: {len(zero_shot)} results")
-    out = FIXTURES / "bert_qa" / "pipeline_reference.json"
-    out.write_text(json.dumps({"transformers": tr.__version__, "max_seq_len": 16, "max_answer_len": MAX_ANSWER,
-                               "answers": rows}, indent=1) + "\n")
-    print(f"wrote {out}: {len(rows)} answers")
+    for make, path in ((question_answering, "bert_qa/pipeline_reference.json"),
+                       (zero_shot, "bert_seq_cls/zero_shot_reference.json"),
+                       (token_classification, "bert_token_cls/pipeline_reference.json")):
+        with tempfile.TemporaryDirectory() as d:
+            record = {"transformers": tr.__version__, **make(Path(d))}
+        (FIXTURES / path).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {FIXTURES / path}")
     return 0
 
 
