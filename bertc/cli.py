@@ -440,7 +440,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "the raw logits [default: as the checkpoint's config says (a CrossEncoder's activation, "
                    "problem_type), else sigmoid for one class and softmax for more].")
 @click.option("--top-k", type=click.IntRange(1), default=None,
-              help="A masked-LM model's predictions per mask token (fill-mask) [default: 5].")
+              help="A masked-LM model's predictions per mask token (fill-mask) [default: 5]; a span labeler's best "
+                   "answers, as a list (\"answers\") [default: the best alone].")
 @click.option("--allow-no-answer", is_flag=True,
               help="A span labeler may answer \"\" (start = end = 0) when its [CLS] start and end outscore every "
                    "span of the context, as transformers' handle_impossible_answer (models trained on SQuAD 2.0).")

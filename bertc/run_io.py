@@ -9,7 +9,7 @@ formats: .txt by default, JSONL, CSV / TSV) or standard output (JSONL by default
 are written there batch by batch, in input order, and an error stops the stream (the exit code says so).
 
 Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a classification is
-``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}``; tags are
+``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}`` (with a top k: ``{"answers": [...]}``); tags are
 ``{"tags": [{"word", "start", "end", "label", "score"}, ...], "entities": [{"label", "start", "end", "text",
 "score"}, ...]}``; a fill-mask result
 ``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``; a
@@ -38,8 +38,9 @@ RESULT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
 STDIO = "-"   # INPUT / RESULT: standard input / output
 STDOUT_FORMATS = ("jsonl", "csv")   # the result formats written as a stream (.npy rewrites its header at the end)
 KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span"),
-                          "jsonl": ("embedding", "classification", "span", "tags", "fill_mask", "zero_shot"),
-                          "parquet": ("embedding", "classification", "span", "tags", "fill_mask", "zero_shot")}
+                          "jsonl": ("embedding", "classification", "span", "spans", "tags", "fill_mask", "zero_shot"),
+                          "parquet": ("embedding", "classification", "span", "spans", "tags", "fill_mask",
+                                      "zero_shot")}
 
 
 @dataclass(frozen=True)
@@ -365,6 +366,10 @@ class _ParquetWriter:
                               ("predictions", pa.list_(prediction))])
             return pa.table({"sequence": pa.array([r["sequence"] for r in rows], pa.string()),
                              "masks": pa.array([r["masks"] for r in rows], pa.list_(mask))})
+        if self.kind == "spans":
+            answer = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("text", pa.string()),
+                                ("score", pa.float32())])
+            return pa.table({"answers": pa.array([r["answers"] for r in rows], pa.list_(answer))})
         if self.kind == "zero_shot":
             return pa.table({"labels": pa.array([r["labels"] for r in rows], pa.list_(pa.string())),
                              "scores": pa.array([r["scores"] for r in rows], pa.list_(pa.float32()))})

@@ -36,6 +36,7 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       longer than the model is read in overlapping
                                                       windows, each word tagged from the one where it
                                                       has the most context
+the same, with ``top_k``            spans           ``{"answers": [...]}``: the ``top_k`` best, so
 an NLI classifier's ``logits`` with   zero_shot       ``{"labels", "scores"}``: the candidate labels,
 candidate labels                                      likeliest first, as transformers' zero-shot
                                                       pipeline scores them (:func:`zero_shot_ids`)
@@ -71,7 +72,9 @@ DEFAULT_TOP_K = 5                   # fill-mask predictions per mask (transforme
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (transformers' run_qa.py's default)
-PRE_TOP_SPANS = 12      # spans a window offers before word alignment (transformers' QA pipeline: top_k * 2 + 10)
+# spans a window offers before word alignment: 2 x answers + 10 (transformers' QA pipeline's, for its top_k answers)
+def pre_top_spans(answers: int) -> int:
+    return 2 * max(answers, 1) + 10
 # a span labeler's long context, a token classifier's long text: the tokens each window shares with the next
 # (transformers' QA pipeline's doc_stride default), held below what a window holds of the context
 DEFAULT_DOC_STRIDE = 128
@@ -417,6 +420,7 @@ class EngineParts:
     doc_stride: int = DEFAULT_DOC_STRIDE   # a span labeler's long context: tokens shared by neighbouring windows
     no_answer: bool = False          # a span labeler may answer "" (its leading token's start x end wins)
     aggregation: str = "first"       # a token classifier's word: its first token's, its tokens' mean or max
+    answers: int = 0                 # a span labeler's answers: 0 the best alone, k its k best as a list
     candidates: tuple = ()           # zero-shot: the candidate labels
     hypothesis: str = DEFAULT_HYPOTHESIS   # zero-shot: the hypothesis each label is put in
     nli: tuple = (0, 0)              # zero-shot: the (entailment, contradiction) class ids
@@ -622,7 +626,8 @@ class Engine:
                 results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))
             elif self.parts.kind == "span":
                 results[k] = self._span_answer([c for _, (candidates, _) in parts for c in candidates],
-                                               min(null for _, (_, null) in parts) if self.parts.no_answer else None)
+                                               min(null for _, (_, null) in parts) if self.parts.no_answer else None,
+                                               self.parts.answers)
             else:
                 tags = self._window_tags(parts, encodings, records[k])
                 results[k] = self._tag_result(tags, parts[0][1].shape[-1], records[k])
@@ -670,7 +675,7 @@ class Engine:
         ``select_starts_ends`` / ``decode_spans``, ``top_k`` 1, ``align_to_words``): softmax of the start and of
         the end logits over the context's tokens and the leading special token ([CLS], ``<s>``: the mass a model
         trained with unanswerable questions puts on "no answer" in this window, which makes windows comparable);
-        then the :data:`PRE_TOP_SPANS` likeliest spans of the context (start <= end < start +
+        then the :func:`pre_top_spans` likeliest spans of the context (start <= end < start +
         :data:`MAX_ANSWER_TOKENS`, p(start) x p(end)), each widened to whole words. ``[(score, start, end, text)]``
         in character offsets; and this window's no-answer score, the leading token's p(start) x p(end) (0.0
         without one)."""
@@ -687,7 +692,7 @@ class Engine:
         null = float(p_start[0] * p_end[0]) if normal[0] else 0.0
         p_start[~inside], p_end[~inside] = 0.0, 0.0   # the leading token normalizes, never answers
         scores = np.tril(np.triu(np.outer(p_start, p_end)), MAX_ANSWER_TOKENS - 1).ravel()
-        top = np.argsort(-scores, kind="stable")[:PRE_TOP_SPANS]
+        top = np.argsort(-scores, kind="stable")[:pre_top_spans(self.parts.answers)]
         first, last = {}, {}
         for t, w in enumerate(e.word_ids):
             if w is not None and e.sequence_ids[t] == context:
@@ -716,25 +721,26 @@ class Engine:
         return {"labels": [self.parts.candidates[i] for i in order], "scores": [float(scores[i]) for i in order]}
 
     @staticmethod
-    def _span_answer(candidates: list, null: Optional[float] = None) -> dict:
+    def _span_answer(candidates: list, null: Optional[float] = None, answers: int = 0) -> dict:
         """The answer of a record from its windows' candidates (in window order, each window's likeliest first):
         as the pipeline, one answer per text (compared without case), its score the sum of its candidates'
         (one answer found in two overlapping windows, or from two spans that widen to the same words, adds up),
         its span the first candidate's; the highest score wins, the first found where they tie. ``null`` (with
         ``no_answer``: the least of the windows' no-answer scores, as the pipeline's
-        ``handle_impossible_answer``) competes as the answer "" at 0..0, after the others where it ties."""
-        answers: dict = {}
+        ``handle_impossible_answer``) competes as the answer "" at 0..0, after the others where it ties.
+        ``answers`` k > 0: ``{"answers": [...]}``, the k best so (the pipeline's ``top_k``)."""
+        found: dict = {}
         for score, begin, end, text in candidates:
             key = text.lower()
-            if key in answers:
-                answers[key]["score"] += score
+            if key in found:
+                found[key]["score"] += score
             else:
-                answers[key] = {"start": begin, "end": end, "text": text, "score": score}
-        if null is not None and (not answers or null > max(a["score"] for a in answers.values())):
-            return {"start": 0, "end": 0, "text": "", "score": null}
-        if not answers:
-            return {"start": 0, "end": 0, "text": "", "score": 0.0}
-        return max(answers.values(), key=lambda a: a["score"])   # max keeps the first of equals
+                found[key] = {"start": begin, "end": end, "text": text, "score": score}
+        ranked = list(found.values()) + ([{"start": 0, "end": 0, "text": "", "score": null}] if null is not None else [])
+        ranked.sort(key=lambda a: -a["score"])   # stable: the first found first among equals
+        if answers:
+            return {"answers": ranked[:answers]}
+        return ranked[0] if ranked else {"start": 0, "end": 0, "text": "", "score": 0.0}
 
     @staticmethod
     def _words(e) -> dict:
@@ -902,10 +908,11 @@ class Runtime:
         self.choice = choose_artifact(self.report, artifact, device)
         if batch_size < 1 or window < 1 or max_batch_tokens < 1:
             raise InputError("batch_size, window and max_batch_tokens must be at least 1")
-        if top_k is not None and (self.kind != "fill_mask" or top_k < 1):
-            raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind == "fill_mask" else
-                                                     f"only a masked-LM model's predictions are counted (this model "
-                                                     f"gives {self.kind} results)"))
+        if top_k is not None and (self.kind not in ("fill_mask", "span") or top_k < 1):
+            raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind in ("fill_mask", "span") else
+                                                     f"only a masked-LM model's predictions or a span labeler's "
+                                                     f"answers are counted (this model gives {self.kind} results)"))
+        answers = top_k if self.kind == "span" and top_k else 0
         if aggregation is not None and (self.kind != "tags" or aggregation not in AGGREGATIONS):
             raise InputError(f"aggregation {aggregation!r}: " + (f"use one of {', '.join(AGGREGATIONS)}"
                                                                  if self.kind == "tags" else
@@ -961,15 +968,18 @@ class Runtime:
                 max_batch_tokens = max(1, min(max_batch_tokens, FILL_MASK_LOGITS // max(vocab, 1)))
             fill = {"mask": self.mask, "top_k": top_k or DEFAULT_TOP_K, "positions": int(positions or 0)}
         self.max_batch_tokens = max_batch_tokens
+        if answers:
+            self.kind = "spans"   # {"answers": [...]}: a result of its own shape (JSONL, Parquet)
         self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=tokenizer_json, **fill,
-                                 provider=self.choice.provider, precision=self.choice.precision, kind=self.kind,
+                                 provider=self.choice.provider, precision=self.choice.precision,
+                                 kind="span" if self.kind == "spans" else self.kind,
                                  outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],
                                  max_len=self.max_len, truncate=self.truncate,
                                  labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
                                  max_batch_tokens=max_batch_tokens,
                                  scores=self.scores, prompt=self.prompt,
                                  doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride, **zero_shot,
-                                 no_answer=bool(allow_no_answer), aggregation=aggregation or "first",
+                                 no_answer=bool(allow_no_answer), aggregation=aggregation or "first", answers=answers,
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
 

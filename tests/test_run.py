@@ -635,7 +635,7 @@ def test_a_one_class_token_classifier_scores_each_word_by_sigmoid(mlm_builds):
         assert {tag["label"] for tag in row["tags"]} == {"LABEL_0"}
 
 
-def test_span_labeler_answers_as_the_question_answering_pipeline(builds):
+def test_span_labeler_answers_as_the_question_answering_pipeline(builds, tmp_path, capsys):
     """Every answer (text, offsets) is transformers 4's question-answering pipeline's, score within 1e-6
     (tools/make_pipeline_references.py): pairs that fit, and long contexts read in windows of the fixture's 16
     positions at three strides, with and without no-answer."""
@@ -652,6 +652,29 @@ def test_span_labeler_answers_as_the_question_answering_pipeline(builds):
                 assert (row["start"], row["end"], row["text"]) == (r["start"], r["end"], r["answer"]), (stride, r)
                 assert abs(row["score"] - r["score"]) < 1e-6, (stride, r)
     assert sum(r["answer"] == "" for r in reference["answers"]) == 3   # the no-answer cases are exercised
+    # --top-k 3: the pipeline's three best answers, as a list, with and without no-answer
+    for no_answer in (False, True):
+        rows = [r for r in reference["top_3"] if r["handle_impossible_answer"] == no_answer]
+        rt = bertc.Runtime(out, artifact="onnx", doc_stride=4, allow_no_answer=no_answer, top_k=3)
+        assert rt.kind == "spans"
+        for row, r in zip(rt.run([(r["question"], r["context"]) for r in rows]), rows):
+            assert [(a["start"], a["end"], a["text"]) for a in row["answers"]] == \
+                [(a["start"], a["end"], a["answer"]) for a in r["answers"]], r
+            np.testing.assert_allclose([a["score"] for a in row["answers"]], [a["score"] for a in r["answers"]],
+                                       atol=1e-6)
+    assert any(a["answer"] == "" for r in reference["top_3"] for a in r["answers"])
+    # the CLI: JSONL and Parquet hold the list; CSV cannot
+    paths = write_inputs(tmp_path / "in", [q for q, _ in PAIRS], [c for _, c in PAIRS])
+    expected = bertc.Runtime(out, artifact="onnx", top_k=2).run(PAIRS)
+    for fmt in ("jsonl", "parquet"):
+        result = tmp_path / f"r.{fmt}"
+        assert main(["run", str(out), str(paths["jsonl"]), "-o", str(result), "-q", "--artifact", "onnx",
+                     "--pair-field", "context", "--top-k", "2"]) == 0
+        got = read_result(result)
+        assert [[(a["start"], a["end"], a["text"]) for a in g["answers"]] for g in got] == \
+            [[(a["start"], a["end"], a["text"]) for a in e["answers"]] for e in expected]
+    _fails(["run", str(out), str(paths["jsonl"]), "-o", str(tmp_path / "r.csv"), "--pair-field", "context",
+            "--top-k", "2"], capsys, EXIT_BAD_SPEC, "a .csv result cannot hold spans results; use .jsonl or .parquet")
     with pytest.raises(InputError, match="allow_no_answer: only a span labeler answers"):
         bertc.Runtime(builds["bert_seq_cls"], allow_no_answer=True)
 
@@ -899,7 +922,8 @@ def test_fill_mask_refuses_what_it_cannot_fill(mlm_builds, builds, tmp_path, cap
     _fails(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.csv")], capsys, EXIT_BAD_SPEC,
            "a .csv result cannot hold fill_mask results; use .jsonl or .parquet")
     _fails(["run", str(builds["bert_seq_cls"]), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl"),
-            "--top-k", "3"], capsys, EXIT_BAD_SPEC, "only a masked-LM model's predictions are counted")
+            "--top-k", "3"], capsys, EXIT_BAD_SPEC,
+           "only a masked-LM model's predictions or a span labeler's answers are counted")
     assert not list(tmp_path.glob("r.*"))
     # a mask cut off by truncation is named so
     (tmp_path / "long.txt").write_text(LONG + " [MASK]\n")

@@ -8,7 +8,7 @@ Runs in a side environment with torch and transformers 4 (transformers 5 has no 
 Writes tests/fixtures/hf/bert_qa/pipeline_reference.json: ``pipeline("question-answering")`` on the
 bert_qa fixture (with bert_model's tokenizer, as the tests give it) for short pairs (one window) and long
 contexts read in windows: ``max_seq_len`` 16 (the fixture's positions), ``doc_stride`` 2, 4 and 5,
-``max_answer_len`` 30 (bertc's), with and without ``handle_impossible_answer``. And tests/fixtures/hf/bert_seq_cls/zero_shot_reference.json:
+``max_answer_len`` 30 (bertc's), with and without ``handle_impossible_answer``; and ``top_k`` 3. And tests/fixtures/hf/bert_seq_cls/zero_shot_reference.json:
 ``pipeline("zero-shot-classification")`` on the bert_seq_cls fixture with NLI class names (entailment,
 neutral, contradiction), three candidate labels, the default and a custom hypothesis template, single- and
 multi-label. And tests/fixtures/hf/bert_token_cls/pipeline_reference.json: ``pipeline("token-classification")``'s
@@ -72,7 +72,16 @@ def question_answering(work: Path) -> dict:
                 rows.append({"question": question, "context": context, "doc_stride": stride,
                              "handle_impossible_answer": no_answer, "start": got["start"], "end": got["end"],
                              "answer": got["answer"], "score": float(got["score"])})
-    return {"max_seq_len": 16, "max_answer_len": MAX_ANSWER, "answers": rows}
+    top = []   # top_k 3: the pipeline's three best (a list), long contexts included
+    for no_answer in (False, True):
+        for question, context in CASES:
+            got = qa(question=question, context=context, doc_stride=4, max_seq_len=16, max_answer_len=MAX_ANSWER,
+                     handle_impossible_answer=no_answer, top_k=3)
+            top.append({"question": question, "context": context, "doc_stride": 4,
+                        "handle_impossible_answer": no_answer, "answers": [
+                            {"start": a["start"], "end": a["end"], "answer": a["answer"], "score": float(a["score"])}
+                            for a in (got if isinstance(got, list) else [got])]})
+    return {"max_seq_len": 16, "max_answer_len": MAX_ANSWER, "answers": rows, "top_3": top}
 
 
 def zero_shot(work: Path) -> dict:
