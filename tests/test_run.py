@@ -23,7 +23,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 LABELS = {"bert_seq_cls": ["negative", "neutral", "positive"], "bert_token_cls": ["O", "B-ANIMAL", "I-ANIMAL", "B-THING"],
           "bert_nli": ["entailment", "neutral", "contradiction"]}
-SOURCES = {"bert_nli": "bert_seq_cls"}   # a build's fixture, where it is not its name
+LABELS["bert_multilabel"] = LABELS["bert_seq_cls"]
+SOURCES = {"bert_nli": "bert_seq_cls", "bert_multilabel": "bert_seq_cls"}   # a build's fixture, where not its name
+CONFIG = {"bert_multilabel": {"problem_type": "multi_label_classification"}}   # more config.json keys of a build
 TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house",
          "this tree is small , that tree is big", "cats and dogs", "the blue car", "an"]
 PAIRS = [("the cat sat", "the cat sat on the mat."), ("what ran ?", "a dog ran fast on the road"),
@@ -43,6 +45,7 @@ def _build(name: str, work: Path, variants: tuple = ()) -> Path:
         config = json.loads((source / "config.json").read_text())
         config["id2label"] = {str(i): n for i, n in enumerate(LABELS[name])}
         config["label2id"] = {n: i for i, n in enumerate(LABELS[name])}
+        config.update(CONFIG.get(name, {}))
         (source / "config.json").write_text(json.dumps(config))
     spec = work / f"{name}.json"
     import_spec(source, spec)
@@ -507,6 +510,25 @@ def test_token_classifier_tags_are_aligned_to_words_and_characters(builds):
             assert text[tag["start"]:tag["end"]] == tag["word"]
             assert tag["label"] == LABELS["bert_token_cls"][int(p[t].argmax())]
             assert abs(tag["score"] - p[t].max()) < 1e-5
+
+
+def test_classifier_scores_as_the_text_classification_pipeline(builds, tmp_path_factory):
+    """Labels and scores are transformers' text-classification pipeline's (``top_k=None``: every class;
+    tools/make_pipeline_references.py), texts and pairs: softmax for a single-label model, sigmoid where the
+    config says multi_label_classification."""
+    reference = json.loads((FIXTURES / "bert_seq_cls" / "pipeline_reference.json").read_text())
+    outs = {"single_label_classification": builds["bert_seq_cls"],
+            "multi_label_classification": shared_builds(tmp_path_factory, ("bert_multilabel",))["bert_multilabel"]}
+    assert {r["problem_type"] for r in reference["results"]} == set(outs)
+    for problem, out in outs.items():
+        rows = [r for r in reference["results"] if r["problem_type"] == problem]
+        got = bertc.Runtime(out, artifact="onnx").run([r["text"] if r["pair"] is None else (r["text"], r["pair"])
+                                                       for r in rows])
+        for g, r in zip(got, rows):
+            assert g["label"] == r["labels"][0], r
+            expected = dict(zip(r["labels"], r["scores"]))
+            np.testing.assert_allclose(g["scores"], [expected[n] for n in LABELS["bert_seq_cls"]], atol=1e-6)
+            assert abs(g["score"] - r["scores"][0]) < 1e-6
 
 
 def test_zero_shot_classification_as_the_pipeline(tmp_path_factory, tmp_path, capsys):

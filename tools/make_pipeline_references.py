@@ -13,6 +13,8 @@ contexts read in windows: ``max_seq_len`` 16 (the fixture's positions), ``doc_st
 neutral, contradiction), three candidate labels, the default and a custom hypothesis template, single- and
 multi-label. And tests/fixtures/hf/bert_token_cls/pipeline_reference.json: ``pipeline("token-classification")``'s
 entities on the bert_token_cls fixture (the tests' labels) with ``aggregation_strategy`` first, average and max.
+And tests/fixtures/hf/bert_seq_cls/pipeline_reference.json: ``pipeline("text-classification", top_k=None)`` on
+texts and pairs, the fixture as a single-label and as a multi-label model (``problem_type``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ CASES = [["the cat sat", "the cat sat on the mat."], ["what ran ?", "a dog ran f
          ["the cat", "the cats sat on the mats and the dogs ran fast on the roads to the big red houses"]]
 STRIDES = (2, 4, 5)
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
+CLS_LABELS = ["negative", "neutral", "positive"]
+CLS_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house", "an"]
+CLS_PAIRS = [("the cat sat", "the cat sat on the mat."), ("what ran ?", "a dog ran fast on the road")]
 NER_LABELS = ["O", "B-ANIMAL", "I-ANIMAL", "B-THING"]
 NER_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house",
              "this tree is small , that tree is big", "cats and dogs", "the blue car", "an",
@@ -49,6 +54,7 @@ MAX_ANSWER = 30
 def fixture(work: Path, name: str, labels=None) -> str:
     """A copy of the fixture ``name`` with bert_model's tokenizer (as the tests give it) and, with ``labels``,
     those class names in its config; its path."""
+    work.mkdir(parents=True, exist_ok=True)
     source = work / name
     shutil.copytree(FIXTURES / name, source)
     for f in TOKENIZER:
@@ -110,10 +116,26 @@ def token_classification(work: Path) -> dict:
     return {"labels": NER_LABELS, "results": rows}
 
 
+def text_classification(work: Path) -> dict:
+    rows = []
+    for problem in ("single_label_classification", "multi_label_classification"):
+        source = fixture(work / problem, "bert_seq_cls", CLS_LABELS)
+        config = json.loads((Path(source) / "config.json").read_text())
+        (Path(source) / "config.json").write_text(json.dumps({**config, "problem_type": problem}))
+        classify = tr.pipeline("text-classification", model=source, device="cpu", top_k=None)
+        inputs = [*CLS_TEXTS, *({"text": q, "text_pair": c} for q, c in CLS_PAIRS)]
+        for x, got in zip(inputs, classify(inputs)):
+            text, pair = (x["text"], x["text_pair"]) if isinstance(x, dict) else (x, None)
+            rows.append({"problem_type": problem, "text": text, "pair": pair, "labels": [g["label"] for g in got],
+                         "scores": [float(g["score"]) for g in got]})
+    return {"labels": CLS_LABELS, "results": rows}
+
+
 def main() -> int:
     if tr.__version__.split(".")[0] != "4":
         sys.exit(f"transformers {tr.__version__}: the question-answering pipeline is transformers 4's")
-    for make, path in ((question_answering, "bert_qa/pipeline_reference.json"),
+    for make, path in ((text_classification, "bert_seq_cls/pipeline_reference.json"),
+                       (question_answering, "bert_qa/pipeline_reference.json"),
                        (zero_shot, "bert_seq_cls/zero_shot_reference.json"),
                        (token_classification, "bert_token_cls/pipeline_reference.json")):
         with tempfile.TemporaryDirectory() as d:
