@@ -72,9 +72,6 @@ DEFAULT_TOP_K = 5                   # fill-mask predictions per mask (transforme
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (transformers' run_qa.py's default)
-# spans a window offers before word alignment: 2 x answers + 10 (transformers' QA pipeline's, for its top_k answers)
-def pre_top_spans(answers: int) -> int:
-    return 2 * max(answers, 1) + 10
 # a span labeler's long context, a token classifier's long text: the tokens each window shares with the next
 # (transformers' QA pipeline's doc_stride default), held below what a window holds of the context
 DEFAULT_DOC_STRIDE = 128
@@ -670,12 +667,12 @@ class Engine:
             ids[t] = int(top[0])
         return {"sequence": self.tokenizer.decode(ids, skip_special_tokens=True), "masks": masks}
 
-    def _span_candidates(self, start_logits, end_logits, e, record: Record) -> list:
+    def _span_candidates(self, start_logits, end_logits, e, record: Record) -> tuple[list, float]:
         """One window's candidate answers, as transformers 4's question-answering pipeline finds them (its
-        ``select_starts_ends`` / ``decode_spans``, ``top_k`` 1, ``align_to_words``): softmax of the start and of
+        ``select_starts_ends`` / ``decode_spans``, ``align_to_words``): softmax of the start and of
         the end logits over the context's tokens and the leading special token ([CLS], ``<s>``: the mass a model
         trained with unanswerable questions puts on "no answer" in this window, which makes windows comparable);
-        then the :func:`pre_top_spans` likeliest spans of the context (start <= end < start +
+        then the 2k + 10 likeliest spans of the context for k answers (start <= end < start +
         :data:`MAX_ANSWER_TOKENS`, p(start) x p(end)), each widened to whole words. ``[(score, start, end, text)]``
         in character offsets; and this window's no-answer score, the leading token's p(start) x p(end) (0.0
         without one)."""
@@ -692,7 +689,8 @@ class Engine:
         null = float(p_start[0] * p_end[0]) if normal[0] else 0.0
         p_start[~inside], p_end[~inside] = 0.0, 0.0   # the leading token normalizes, never answers
         scores = np.tril(np.triu(np.outer(p_start, p_end)), MAX_ANSWER_TOKENS - 1).ravel()
-        top = np.argsort(-scores, kind="stable")[:pre_top_spans(self.parts.answers)]
+        # the spans a window offers before word alignment: as the pipeline's, 2 x its top_k + 10
+        top = np.argsort(-scores, kind="stable")[:2 * max(self.parts.answers, 1) + 10]
         first, last = {}, {}
         for t, w in enumerate(e.word_ids):
             if w is not None and e.sequence_ids[t] == context:
