@@ -554,9 +554,8 @@ class Engine:
             self._windowing.no_padding()
         tok, pair = self._windowing, record.pair is not None
         tok.no_truncation()
-        whole = tok.encode(record.text, record.pair) if pair else tok.encode(record.text)
-        question = sum(1 for s in whole.sequence_ids if s == 0) if pair else 0
-        special = sum(1 for s in whole.sequence_ids if s is None)
+        question = len(tok.encode(record.text, add_special_tokens=False).ids) if pair else 0
+        special = tok.num_special_tokens_to_add(pair)
         room = self.parts.max_len - special - question
         if room < 1:
             raise InputError(f"{record.where}: the question alone takes {question} of the model's "
