@@ -20,11 +20,12 @@ from bertc.weights import resolve_weights_path
 
 HF = Path(__file__).resolve().parent / "fixtures" / "hf"
 FIXTURES = ["deberta_v3_model", "deberta_v3_seq_cls", "deberta_v2_seq_cls", "deberta_v3_token_cls",
-            "deberta_v2_token_cls", "deberta_qa_c2p", "deberta_v3_qa", "deberta_v3_mlm", "deberta_v2_mlm_legacy"]
+            "deberta_v2_token_cls", "deberta_qa_c2p", "deberta_v3_qa", "deberta_v3_mlm", "deberta_v2_mlm_legacy",
+            "deberta_v3_mc"]
 HEADS = {"deberta_v3_model": None, "deberta_v3_seq_cls": "classifier", "deberta_v2_seq_cls": "classifier",
          "deberta_v3_token_cls": "token_classifier", "deberta_v2_token_cls": "token_classifier",
          "deberta_qa_c2p": "span_labeler", "deberta_v3_qa": "span_labeler", "deberta_v3_mlm": "masked_lm",
-         "deberta_v2_mlm_legacy": "masked_lm"}
+         "deberta_v2_mlm_legacy": "masked_lm", "deberta_v3_mc": "multiple_choice"}
 ATOL = 1e-5
 
 
@@ -148,7 +149,7 @@ REFUSED = [
     (dict(norm_rel_ebd="layer_norm|batch_norm"), 'norm_rel_ebd = "layer_norm|batch_norm"'),
     (dict(hidden_act="mish"), 'hidden_act = "mish"'),
     (dict(pooler_hidden_act="mish"), 'pooler_hidden_act = "mish"'),
-    (dict(architectures=["DebertaV2ForMultipleChoice"]), '"DebertaV2ForMultipleChoice"'),
+    (dict(architectures=["DebertaV2ForCausalLM"]), '"DebertaV2ForCausalLM"'),
 ]
 
 

@@ -40,6 +40,8 @@ EXPECTED = {
     "mpnet_token_cls": ("scaffold", "token_classifier"), "mpnet_qa": ("scaffold", "span_labeler"),
     "mpnet_mlm": ("scaffold", "masked_lm"), "st_mpnet_mean_norm": ("scaffold", "sentence_embedding"),
     "st_distilbert_mean_dense": ("scaffold", "sentence_embedding"),
+    "roberta_mc": ("bert", "multiple_choice"), "distilbert_mc": ("scaffold", "multiple_choice"),
+    "electra_mc": ("scaffold", "multiple_choice"), "mpnet_mc": ("scaffold", "multiple_choice"),
 }
 FIXTURES = list(EXPECTED)
 
@@ -172,6 +174,9 @@ def edited_copy(tmp_path, name, **changes) -> Path:
     ("mpnet_seq_cls", {"pad_token_id": 0}, "1"),
     ("roberta_mlm", {"architectures": ["RobertaForCausalLM"]}, "RobertaForMaskedLM"),
     ("electra_model", {"architectures": ["ElectraForCausalLM"]}, "ElectraForPreTraining, ElectraForMaskedLM"),
+    ("electra_mc", {"summary_type": "mean"}, "first token"),
+    ("electra_mc", {"summary_proj_to_labels": True}, "cannot read"),
+    ("electra_mc", {"summary_activation": "tanh", "summary_use_proj": False}, "no place for it"),
     ("camembert_seq_cls", {"architectures": ["CamembertForQuestionAnswering"],
                            "id2label": {"0": "a", "1": "b", "2": "c"}}, "2 outputs"),
 ])

@@ -25,7 +25,7 @@ from bertc.weights import resolve_weights_path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HF = ["bert_model", "bert_seq_cls", "bert_token_cls", "bert_qa", "bert_pretraining", "bert_mlm", "albert_model",
       "albert_seq_cls", "albert_pretraining", "albert_mlm", "st_bert_mean_norm", "st_bert_cls_dense_norm", "st_bert_pooling_concat", "st_bert_lasttoken",
-      "bert_cross_encoder"]
+      "bert_cross_encoder", "bert_mc", "albert_mc"]
 MG = ["bert_encoder", "albert_encoder", "scaffold_talking_gated", "scaffold_rezero", "bert_classifier",
       "bert_span_labeler", "bert_pretrainer"]
 ALL = [f"hf/{n}" for n in HF] + ["bert_tf1"] + [f"model_garden/{n}" for n in MG]
@@ -38,6 +38,7 @@ EXPECTED = {  # encoder type, head type the import must choose
     "hf/st_bert_mean_norm": ("bert", "sentence_embedding"),
     "hf/st_bert_cls_dense_norm": ("bert", "sentence_embedding"), "hf/bert_cross_encoder": ("bert", "classifier"),
     "hf/st_bert_pooling_concat": ("bert", "sentence_embedding"), "hf/st_bert_lasttoken": ("bert", "sentence_embedding"),
+    "hf/bert_mc": ("bert", "multiple_choice"), "hf/albert_mc": ("albert", "multiple_choice"),
     "bert_tf1": ("bert", "pretrainer"),
     "model_garden/bert_encoder": ("bert", None), "model_garden/albert_encoder": ("albert", None),
     "model_garden/scaffold_talking_gated": ("scaffold", None), "model_garden/scaffold_rezero": ("scaffold", None),
@@ -311,7 +312,7 @@ def test_a_file_that_is_not_a_pytorch_state_dict_says_so(tmp_path, monkeypatch):
     ("hidden_act", "quick_gelu", "bert_model"),
     ("is_decoder", True, "bert_model"),
     ("num_hidden_groups", 2, "albert_model"),
-    ("architectures", ["BertForMultipleChoice"], "bert_model"),
+    ("architectures", ["BertForCausalLM"], "bert_model"),
 ])
 def test_config_bertc_cannot_express_is_refused_naming_key_and_value(tmp_path, key, value, fixture):
     source = hf_copy(tmp_path, fixture)

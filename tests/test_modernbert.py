@@ -21,7 +21,7 @@ from bertc.weights import resolve_weights_path
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
 EXPECTED = {"modernbert_model": None, "modernbert_seq_cls": "classifier", "modernbert_seq_cls_first": "classifier",
             "modernbert_token_cls": "token_classifier", "modernbert_mlm": "masked_lm",
-            "modernbert_qa": "span_labeler"}
+            "modernbert_qa": "span_labeler", "modernbert_mc": "multiple_choice", "modernbert_mc_mean": "multiple_choice"}
 ATOL = 1e-5
 
 
@@ -325,7 +325,7 @@ def test_long_context_import_checks_lengths_up_to_2048(tmp_path):
     ("layer_types", ["full_attention", "chunked_attention", "full_attention", "full_attention"], "layer_types"),
     ("head_dim", 4, "head_dim"),
     ("local_attention", 1, "local_attention"),
-    ("architectures", ["ModernBertForMultipleChoice"], "architectures"),
+    ("architectures", ["ModernBertForCausalLM"], "architectures"),
 ])
 def test_config_bertc_cannot_compute_is_refused_naming_key_and_value(tmp_path, key, value, shown):
     name = "modernbert_seq_cls" if key.startswith("classifier") else "modernbert_model"

@@ -91,8 +91,11 @@ def reference(model, arch: str, x: dict, types: bool) -> dict[str, np.ndarray]:
                   attention_mask=torch.tensor(x["input_mask"], dtype=torch.long))
     if types:
         kwargs["token_type_ids"] = torch.tensor(x["input_type_ids"], dtype=torch.long)
+    choices = arch.endswith("MultipleChoice")   # the rows as one question's choices: (1, rows, seq)
     with torch.no_grad():
-        out = model(**kwargs)
+        out = model(**({k: v[None] for k, v in kwargs.items()} if choices else kwargs))
+    if choices:
+        return {"logits": out.logits.numpy().reshape(-1, 1)}
     if arch.endswith("Model"):
         return {"sequence_output": out.last_hidden_state.numpy()}
     if arch.endswith("QuestionAnswering"):
@@ -156,6 +159,8 @@ FIXTURES = {
     "deberta_v3_qa": lambda: make("deberta_v3_qa", "DebertaV2ForQuestionAnswering", V3, 7),
     "deberta_v3_mlm": lambda: make("deberta_v3_mlm", "DebertaV2ForMaskedLM", V3, 8, legacy=False),
     "deberta_v2_mlm_legacy": lambda: make("deberta_v2_mlm_legacy", "DebertaV2ForMaskedLM", V2, 9, legacy=True),
+    "deberta_v3_mc": lambda: make("deberta_v3_mc", "DebertaV2ForMultipleChoice", V3, 10, pooler_hidden_act="gelu",
+                                  cls_dropout=0.1),
 }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import transformers as tr
 
-from make_hf_fixtures import OUT, ROOT, SEQ, VOCAB, WORDS, perturb, save_sentence_transformer
+from make_hf_fixtures import OUT, ROOT, SEQ, VOCAB, WORDS, as_choices, choice_logits, perturb, save_sentence_transformer
 
 HOLES = [1] * 13 + [0] * 3
 for _i in (3, 7, 8):
@@ -54,7 +54,9 @@ def reference(model, arch: str, x, types: bool) -> dict[str, np.ndarray]:
     if types:
         kwargs["token_type_ids"] = torch.tensor(x["input_type_ids"], dtype=torch.long)
     with torch.no_grad():
-        out = model(**kwargs)
+        out = model(**(as_choices(kwargs) if arch.endswith("MultipleChoice") else kwargs))
+    if arch.endswith("MultipleChoice"):   # the four rows as one question's four choices
+        return {"logits": choice_logits(out)}
     if arch.endswith("Model"):
         ref = {"sequence_output": out.last_hidden_state.numpy()}
         if getattr(out, "pooler_output", None) is not None:
@@ -201,6 +203,15 @@ FAMILIES = {
     "mpnet_qa": (tr.MPNetConfig, "MPNetForQuestionAnswering", mpnet_config(), 54, None, (len(MPNET_VOCAB), 1, 0), False),
     "mpnet_mlm": (tr.MPNetConfig, "MPNetForMaskedLM", mpnet_config(layer_norm_eps=1e-5), 55, None,
                   (len(MPNET_VOCAB), 1, 0), False),
+    # *ForMultipleChoice: the four rows as one question's four choices
+    "roberta_mc": (tr.RobertaConfig, "RobertaForMultipleChoice", roberta_config(classifier_dropout=0.2), 28, None,
+                   (ROBERTA_VOCAB, 1, 0), True),
+    "distilbert_mc": (tr.DistilBertConfig, "DistilBertForMultipleChoice", distilbert_config(seq_classif_dropout=0.3),
+                      36, None, (len(VOCAB), 0, 2), False),
+    # ElectraSequenceSummary: the first token, its projection and exact gelu
+    "electra_mc": (tr.ElectraConfig, "ElectraForMultipleChoice", electra_config(embedding_size=8), 47, None,
+                   (len(VOCAB), 0, 2), True),
+    "mpnet_mc": (tr.MPNetConfig, "MPNetForMultipleChoice", mpnet_config(), 57, None, (len(MPNET_VOCAB), 1, 0), False),
 }
 
 

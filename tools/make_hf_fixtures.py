@@ -69,9 +69,21 @@ def gather(logits: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.stack([logits[i, positions[i]] for i in range(len(positions))])
 
 
+def as_choices(kwargs: dict) -> dict:
+    """A *ForMultipleChoice model's inputs: the batch's rows as one question's choices, (1, rows, seq)."""
+    return {k: v[None] for k, v in kwargs.items()}
+
+
+def choice_logits(out) -> np.ndarray:
+    """transformers' (questions, choices) scores as bertc's: one row each, (rows, 1)."""
+    return out.logits.numpy().reshape(-1, 1)
+
+
 def reference(model, arch: str, x) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        out = model(**torch_inputs(x))
+        out = model(**(as_choices if arch.endswith("MultipleChoice") else dict)(torch_inputs(x)))
+    if arch.endswith("MultipleChoice"):
+        return {"logits": choice_logits(out)}
     if arch.endswith("Model"):
         return {"sequence_output": out.last_hidden_state.numpy(), "pooled_output": out.pooler_output.numpy()}
     if arch.endswith(("SequenceClassification", "TokenClassification", "MaskedLM")):
@@ -236,6 +248,10 @@ FIXTURES = {
     # next-sentence head
     "bert_mlm": lambda: write("bert_mlm", make_bert("BertForMaskedLM", 15, hidden_act="relu"), "BertForMaskedLM", 15,
                               tokenizer=True),
+    # the three rows as one question's three choices
+    "bert_mc": lambda: write("bert_mc", make_bert("BertForMultipleChoice", 17, classifier_dropout=0.2), "BertForMultipleChoice",
+                             17, tokenizer=True),
+    "albert_mc": lambda: write("albert_mc", make_albert("AlbertForMultipleChoice", 18), "AlbertForMultipleChoice", 18),
     "albert_model": lambda: write("albert_model", make_albert("AlbertModel", 6), "AlbertModel", 6),
     "albert_mlm": lambda: write("albert_mlm", make_albert("AlbertForMaskedLM", 16), "AlbertForMaskedLM", 16),
     "albert_seq_cls": lambda: write("albert_seq_cls", make_albert("AlbertForSequenceClassification", 7,

@@ -76,9 +76,13 @@ def make(arch: str, seed: int, **config):
 
 
 def reference(model, arch: str, x) -> dict[str, np.ndarray]:
+    choices = arch.endswith("MultipleChoice")   # the rows as one question's choices: (1, rows, seq)
+    kwargs = dict(input_ids=torch.tensor(x["input_word_ids"], dtype=torch.long),
+                  attention_mask=torch.tensor(x["input_mask"], dtype=torch.long))
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(x["input_word_ids"], dtype=torch.long),
-                    attention_mask=torch.tensor(x["input_mask"], dtype=torch.long))
+        out = model(**({k: v[None] for k, v in kwargs.items()} if choices else kwargs))
+    if choices:
+        return {"logits": out.logits.numpy().reshape(-1, 1)}
     if arch == "ModernBertModel":
         return {"sequence_output": out.last_hidden_state.numpy()}
     if arch == "ModernBertForQuestionAnswering":
@@ -168,6 +172,12 @@ FIXTURES = {
     "modernbert_qa": lambda: write("modernbert_qa", "ModernBertForQuestionAnswering", 26, classifier_bias=True,
                                    classifier_activation="relu"),
     "st_modernbert_mean_norm": write_sentence_transformer,
+    # multiple choice: the prediction head and classifier over the cls token (the first real one: every row's
+    # first token is real here, as a tokenizer pads), biases on
+    "modernbert_mc": lambda: write("modernbert_mc", "ModernBertForMultipleChoice", 27, classifier_pooling="cls",
+                                   classifier_bias=True, attention_bias=True, mlp_bias=True, norm_bias=True),
+    "modernbert_mc_mean": lambda: write("modernbert_mc_mean", "ModernBertForMultipleChoice", 28,
+                                        classifier_pooling="mean", classifier_activation="tanh"),
 }
 
 

@@ -133,6 +133,17 @@ class ClassifierSpec(StrictModel):
     initializer: Optional[InitializerSpec] = None
 
 
+class MultipleChoiceSpec(StrictModel):
+    """transformers' ``*ForMultipleChoice``: one score per (context, choice) row, the classifier's layers with one
+    output; a question's choices are its rows, compared by a softmax over their scores."""
+
+    type: Literal["multiple_choice"] = "multiple_choice"
+    dropout_rate: Rate = 0.1
+    pooling: Literal["pooler", "first", "mean"] = "pooler"
+    transform: Optional[TransformSpec] = None
+    initializer: Optional[InitializerSpec] = None
+
+
 class TokenClassifierSpec(StrictModel):
     type: Literal["token_classifier"] = "token_classifier"
     num_classes: PositiveInt
@@ -253,6 +264,10 @@ def lower_pooling(ctx, x, pooling: str):
 class Classifier(Head):
 
     @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
     def uses_pooled(self):
         return self.spec.pooling == "pooler"
 
@@ -286,7 +301,7 @@ class Classifier(Head):
         if self.transform is not None:
             x = self.transform(keras.layers.Dropout(spec.dropout_rate, name="classifier_transform_dropout")(x))
         x = keras.layers.Dropout(spec.dropout_rate, name="classifier_dropout")(x)
-        self.classifier = dense(spec.num_classes, self.init, "classifier")
+        self.classifier = dense(self.num_classes, self.init, "classifier")
         return {"logits": self.classifier(x)}
 
     def outputs(self):
@@ -294,13 +309,38 @@ class Classifier(Head):
 
     def param_count(self):
         transform = self.spec.transform.param_count(self.width, self.width) if self.spec.transform else 0
-        return transform + dense_params(self.width, self.spec.num_classes)
+        return transform + dense_params(self.width, self.num_classes)
 
     def make_labels(self, inputs, rng):
-        return {"labels": _class_labels(rng, self.spec.num_classes, len(inputs["input_mask"]))}
+        return {"labels": _class_labels(rng, self.num_classes, len(inputs["input_mask"]))}
 
     def loss(self, outputs, labels):
         return _class_loss(outputs["logits"], labels["labels"])
+
+
+@HEADS.register("multiple_choice", spec=MultipleChoiceSpec,
+                description="Multiple choice (transformers' *ForMultipleChoice): the classifier's layers with one "
+                            "output, a score per (context, choice) row -> logits (rows, 1); a question's choices "
+                            "are compared by a softmax over their rows' scores.")
+class MultipleChoice(Classifier):
+    """The classifier with one output per row. A question's C choices are C rows (transformers flattens its
+    (batch, C, seq) input to (batch x C, seq) the same way and reshapes the scores back to (batch, C)). Only the
+    output width and the training loss differ, so the classifier's lowering computes it."""
+
+    onnx_lowering = Classifier.onnx_lowering
+
+    @property
+    def num_classes(self) -> int:
+        return 1
+
+    def make_labels(self, inputs, rng):
+        """The batch's rows as one question's choices: which one is right."""
+        return {"labels": np.array([rng.integers(0, len(inputs["input_mask"]))], np.int32)}
+
+    def loss(self, outputs, labels):
+        """Cross-entropy of the softmax over the choices' scores (transformers' multiple-choice loss)."""
+        scores = tf.reshape(outputs["logits"], [1, -1])
+        return losses.weighted_sparse_categorical_crossentropy(labels["labels"], scores, from_logits=True)
 
 
 @HEADS.register("token_classifier", spec=TokenClassifierSpec,

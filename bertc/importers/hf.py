@@ -213,7 +213,7 @@ class Bert(HFFamily):
     model_types = ("bert",)
     architectures = {"BertModel": None, "BertForSequenceClassification": "classifier",
                      "BertForTokenClassification": "token_classifier", "BertForQuestionAnswering": "span_labeler",
-                     "BertForPreTraining": "pretrainer"}
+                     "BertForMultipleChoice": "multiple_choice", "BertForPreTraining": "pretrainer"}
     # A masked-LM-only checkpoint (bert-base-uncased says BertForMaskedLM) is a pretrainer when its file also
     # has the next-sentence head (saved from pretraining: bertc's pretrainer head always has next-sentence), else
     # a masked_lm head (logits at every token; what run_mlm.py saves, without pooler or next-sentence head).
@@ -235,7 +235,8 @@ class Albert(Bert):
     model_types = ("albert",)
     architectures = {"AlbertModel": None, "AlbertForSequenceClassification": "classifier",
                      "AlbertForTokenClassification": "token_classifier",
-                     "AlbertForQuestionAnswering": "span_labeler", "AlbertForPreTraining": "pretrainer"}
+                     "AlbertForQuestionAnswering": "span_labeler", "AlbertForMultipleChoice": "multiple_choice",
+                     "AlbertForPreTraining": "pretrainer"}
     masked_lm = ("AlbertForMaskedLM",)
     base_architecture = "AlbertModel"
 
@@ -339,6 +340,8 @@ def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFami
     labels = num_labels(cfg)
     if head in ("classifier", "token_classifier"):
         return {"type": head, "num_classes": labels, "dropout_rate": _classifier_dropout(cfg)}
+    if head == "multiple_choice":   # one score a (context, choice) row: num_labels plays no part
+        return {"type": head, "dropout_rate": _classifier_dropout(cfg)}
     if head == "span_labeler":
         if labels != 2:
             refuse(where, "num_labels", labels, "a question-answering head has 2 outputs (start, end)")

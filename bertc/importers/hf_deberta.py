@@ -28,7 +28,8 @@ from bertc.weights import Ignored, Target
 
 ARCHITECTURES = {"DebertaV2Model": None, "DebertaV2ForSequenceClassification": "classifier",
                  "DebertaV2ForTokenClassification": "token_classifier",
-                 "DebertaV2ForQuestionAnswering": "span_labeler", "DebertaV2ForMaskedLM": "masked_lm"}
+                 "DebertaV2ForQuestionAnswering": "span_labeler", "DebertaV2ForMultipleChoice": "multiple_choice",
+                 "DebertaV2ForMaskedLM": "masked_lm"}
 TERMS = ("c2p", "p2c")
 
 # transformers' defaults when config.json leaves a key out (DebertaV2Config, and the modules' getattr defaults)
@@ -133,12 +134,13 @@ def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict
     kind = ARCHITECTURES[arch]
     hidden = enc["hidden_size"]
     dropout = float(_get(cfg, "hidden_dropout_prob"))
-    if kind == "classifier":
+    if kind in ("classifier", "multiple_choice"):   # ContextPooler + classifier (one output a choice)
         if cfg.get("pooler_hidden_size", hidden) != hidden:
             refuse(where, "pooler_hidden_size", cfg["pooler_hidden_size"],
                    f"bertc's ContextPooler is hidden_size ({hidden}) wide")
         cls_dropout = cfg.get("cls_dropout")
-        return {"type": "classifier", "num_classes": num_labels(cfg), "pooling": "first",
+        classes = {"num_classes": num_labels(cfg)} if kind == "classifier" else {}
+        return {"type": kind, **classes, "pooling": "first",
                 "transform": {"activation": activation(where, "pooler_hidden_act", _get(cfg, "pooler_hidden_act")),
                               "bias": True, "layer_norm": None},
                 "dropout_rate": dropout if cls_dropout is None else float(cls_dropout)}

@@ -48,7 +48,8 @@ class DistilBert(HFFamily):
     model_types = ("distilbert",)
     architectures = {"DistilBertModel": None, "DistilBertForSequenceClassification": "classifier",
                      "DistilBertForTokenClassification": "token_classifier",
-                     "DistilBertForQuestionAnswering": "span_labeler", "DistilBertForMaskedLM": "masked_lm"}
+                     "DistilBertForQuestionAnswering": "span_labeler", "DistilBertForMultipleChoice": "multiple_choice",
+                     "DistilBertForMaskedLM": "masked_lm"}
     base_architecture = "DistilBertModel"
 
     def encoder(self, cfg, where, max_len):
@@ -78,6 +79,9 @@ class DistilBert(HFFamily):
             return masked_lm_head(enc["hidden"]["activation"], EPSILON)
         if kind == "span_labeler":
             return head_from_config(cfg, where, enc, arch, self, names)
+        if kind == "multiple_choice":   # DistilBertForMultipleChoice: the sequence classifier's layers, one output
+            return first_token_classifier({"type": kind, "dropout_rate": float(cfg.get("seq_classif_dropout", 0.1))},
+                                          "relu")
         dropout = float(cfg.get("seq_classif_dropout" if kind == "classifier" else "dropout", 0.1))
         head = {"type": kind, "num_classes": num_labels(cfg), "dropout_rate": dropout} if kind else None
         return first_token_classifier(head, "relu") if kind == "classifier" else head

@@ -19,24 +19,47 @@ finds the two tensors differ) with its own bias.
 """
 from __future__ import annotations
 
-from bertc.importers.hf import (HFFamily, _encoder_param, _param, _split, decoder_param, encoder_from_config,
-                               head_from_config, register_family)
-from bertc.importers.hf_roberta import (NOT_A_DECODER, check_config, first_token_classifier, head_param, masked_lm_head,
-                                        strip_prefix)
+from bertc.importers.hf import (HFFamily, _encoder_param, _param, _split, activation, decoder_param,
+                               encoder_from_config, head_from_config, num_labels, refuse, register_family)
+from bertc.importers.hf_roberta import (NOT_A_DECODER, check_config, first_token_classifier, head_param, head_type,
+                                        masked_lm_head, strip_prefix)
 
 # ElectraDiscriminatorPredictions / ElectraGeneratorPredictions: (kind, bertc path) by tensor stem
 _PRETRAINING_HEADS = {"discriminator_predictions.dense": ("linear", "token_classifier_transform"),
                       "discriminator_predictions.dense_prediction": ("linear", "token_classifier"),
                       "generator_predictions.dense": ("linear", "masked_lm/transform"),
-                      "generator_predictions.LayerNorm": ("ln", "masked_lm/transform_layer_norm")}
+                      "generator_predictions.LayerNorm": ("ln", "masked_lm/transform_layer_norm"),
+                      "sequence_summary.summary": ("linear", "classifier_transform")}
+
+
+def sequence_summary_head(cfg: dict, where: str) -> dict:
+    """ElectraForMultipleChoice's head as bertc's: ElectraSequenceSummary (the first token; its ``summary``
+    projection and ``summary_activation`` as the transform; ``summary_last_dropout``), then ``classifier``
+    (hidden -> 1). What the summary could also be and bertc does not compute is refused."""
+    kind = cfg.get("summary_type", "first")
+    if kind != "first":
+        refuse(where, "summary_type", kind, "bertc's multiple-choice head reads the first token (summary_type "
+                                            "\"first\"); \"mean\" would average the padding too")
+    project = bool(cfg.get("summary_use_proj", True))
+    if project and cfg.get("summary_proj_to_labels") and num_labels(cfg) > 0:
+        refuse(where, "summary_proj_to_labels", cfg["summary_proj_to_labels"],
+               "the summary would project to num_labels, which the multiple-choice classifier (hidden_size -> 1) "
+               "cannot read")
+    act = cfg.get("summary_activation", "gelu")
+    act = activation(where, "summary_activation", act) if act else "linear"
+    if not project and act != "linear":
+        refuse(where, "summary_activation", cfg["summary_activation"], "without a projection (summary_use_proj "
+                                                                       "false), bertc's head has no place for it")
+    head = {"type": "multiple_choice", "pooling": "first", "dropout_rate": float(cfg.get("summary_last_dropout", 0.1))}
+    return {**head, "transform": {"activation": act}} if project else head
 
 
 class Electra(HFFamily):
     model_types = ("electra",)
     architectures = {"ElectraModel": None, "ElectraForSequenceClassification": "classifier",
                      "ElectraForTokenClassification": "token_classifier",
-                     "ElectraForQuestionAnswering": "span_labeler", "ElectraForPreTraining": "discriminator",
-                     "ElectraForMaskedLM": "masked_lm"}
+                     "ElectraForQuestionAnswering": "span_labeler", "ElectraForMultipleChoice": "multiple_choice",
+                     "ElectraForPreTraining": "discriminator", "ElectraForMaskedLM": "masked_lm"}
     base_architecture = "ElectraModel"
 
     def encoder(self, cfg, where, max_len):
@@ -66,6 +89,8 @@ class Electra(HFFamily):
                     "transform": {"activation": enc["hidden"]["activation"]}}
         if kind == "masked_lm":       # ElectraGeneratorPredictions: get_activation("gelu"), the exact one
             return masked_lm_head("gelu", enc["layer_norm_epsilon"])
+        if kind == "multiple_choice":
+            return sequence_summary_head(cfg, where)
         head = head_from_config(cfg, where, enc, arch, self, names)
         # ElectraClassificationHead: get_activation("gelu"), the exact one, whatever hidden_act says
         return first_token_classifier(head, "gelu") if kind == "classifier" else head
@@ -77,7 +102,8 @@ class Electra(HFFamily):
             if stem in _PRETRAINING_HEADS:
                 kind, path = _PRETRAINING_HEADS[stem]
                 return _param(kind, leaf, path)
-            return decoder_param(name, ("generator_lm_head.weight",), ("generator_lm_head.bias",)) or head_param(name)
+            return (decoder_param(name, ("generator_lm_head.weight",), ("generator_lm_head.bias",))
+                    or head_param(name, head_type(spec)))
         stem, leaf = _split(rest if rest is not None else name)
         if stem == "embeddings_project":
             return _param("linear", leaf, "embeddings/embedding_projection")

@@ -39,6 +39,7 @@ ARCHITECTURES = {
     "ModernBertForTokenClassification": "token_classifier",
     "ModernBertForMaskedLM": "masked_lm",
     "ModernBertForQuestionAnswering": "span_labeler",
+    "ModernBertForMultipleChoice": "multiple_choice",
 }
 _LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}
 _POOLING = {"cls": "first", "mean": "mean"}
@@ -147,7 +148,9 @@ def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict
         return {"type": "span_labeler", "transform": transform}
     out = {"type": kind, "num_classes": num_labels(cfg), "dropout_rate": float(cfg.get("classifier_dropout", 0.0)),
            "transform": transform}
-    if kind == "classifier":
+    if kind == "multiple_choice":   # one output a (context, choice) row
+        del out["num_classes"]
+    if kind in ("classifier", "multiple_choice"):
         pooling = cfg.get("classifier_pooling", "cls")
         if pooling not in _POOLING:
             refuse(where, "classifier_pooling", pooling, "bertc pools the cls token or the mean of the real tokens")
@@ -163,7 +166,7 @@ _LAYER = {"attn.Wqkv": ("linear", "attention/qkv"), "attn.Wo": ("linear", "atten
           "attn_norm": ("norm", "attention_layer_norm"), "mlp_norm": ("norm", "feedforward/output_layer_norm"),
           "mlp.Wi": ("linear", "feedforward/intermediate"), "mlp.Wo": ("linear", "feedforward/output")}
 _HEAD_BASE = {"classifier": "classifier", "token_classifier": "token_classifier", "masked_lm": "masked_lm",
-              "span_labeler": "span_labeler"}
+              "span_labeler": "span_labeler", "multiple_choice": "classifier"}
 
 
 def _param(kind: str, leaf: str, base: str) -> Optional[Target]:

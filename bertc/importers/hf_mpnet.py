@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from bertc.importers.hf import (layer_param, _BERT_LAYER, _BUFFERS, HFFamily, _param, _split, activation, head_from_config,
                                 refuse, register_family)
-from bertc.importers.hf_roberta import check_config, first_token_classifier, head_param, masked_lm_head, strip_prefix
+from bertc.importers.hf_roberta import (check_config, first_token_classifier, head_param, head_type, masked_lm_head,
+                                        strip_prefix)
 from bertc.weights import Ignored, Target
 
 PADDING_IDX = 1       # MPNetEmbeddings.padding_idx
@@ -62,7 +63,7 @@ class MPNet(HFFamily):
     model_types = ("mpnet",)
     architectures = {"MPNetModel": None, "MPNetForSequenceClassification": "classifier",
                      "MPNetForTokenClassification": "token_classifier", "MPNetForQuestionAnswering": "span_labeler",
-                     "MPNetForMaskedLM": "masked_lm"}
+                     "MPNetForMultipleChoice": "multiple_choice", "MPNetForMaskedLM": "masked_lm"}
     base_architecture = "MPNetModel"
 
     def encoder(self, cfg, where, max_len):
@@ -103,7 +104,7 @@ class MPNet(HFFamily):
         rest = strip_prefix(name, "mpnet.")
         if rest is not None:
             return encoder_param(rest)
-        return encoder_param(name) or head_param(name)
+        return encoder_param(name) or head_param(name, head_type(spec))
 
 
 register_family(MPNet())

@@ -58,19 +58,23 @@ CLASSIFICATION_HEAD = {"classifier.dense": "classifier_transform", "classifier.o
 LM_HEAD = {"lm_head.dense": ("linear", "masked_lm/transform"), "lm_head.layer_norm": ("ln", "masked_lm/transform_layer_norm")}
 
 
-def head_param(name: str) -> Optional[Target]:
-    """The head tensors shared by RoBERTa, ELECTRA and MPNet checkpoints."""
+def head_param(name: str, head: Optional[str] = None) -> Optional[Target]:
+    """The head tensors shared by RoBERTa, ELECTRA and MPNet checkpoints (``head``: the spec's head type)."""
     stem, leaf = _split(name)
     if stem in CLASSIFICATION_HEAD:
         return _param("linear", leaf, CLASSIFICATION_HEAD[stem])
-    if stem == "classifier":        # *ForTokenClassification
-        return _param("linear", leaf, "token_classifier")
+    if stem == "classifier":        # *ForTokenClassification, *ForMultipleChoice (a linear layer over the pooler)
+        return _param("linear", leaf, "classifier" if head == "multiple_choice" else "token_classifier")
     if stem == "qa_outputs":
         return _param("linear", leaf, "span_labeler")
     if stem in LM_HEAD:
         kind, path = LM_HEAD[stem]
         return _param(kind, leaf, path)
     return decoder_param(name, ("lm_head.decoder.weight",), ("lm_head.bias",), ("lm_head.decoder.bias",))
+
+
+def head_type(spec) -> Optional[str]:
+    return spec.head.type if spec.head is not None else None
 
 
 def strip_prefix(name: str, prefix: str) -> Optional[str]:
@@ -84,7 +88,8 @@ class Roberta(HFFamily):
     architectures = {f"{p}{a}": h for p in ("Roberta", "XLMRoberta", "Camembert")
                      for a, h in (("Model", None), ("ForSequenceClassification", "classifier"),
                                   ("ForTokenClassification", "token_classifier"),
-                                  ("ForQuestionAnswering", "span_labeler"), ("ForMaskedLM", "masked_lm"))}
+                                  ("ForQuestionAnswering", "span_labeler"), ("ForMultipleChoice", "multiple_choice"),
+                                  ("ForMaskedLM", "masked_lm"))}
     base_architecture = "RobertaModel"
 
     def encoder(self, cfg, where, max_len):
@@ -113,7 +118,7 @@ class Roberta(HFFamily):
         rest = strip_prefix(name, "roberta.")
         if rest is not None:
             return _encoder_param(rest)
-        return _encoder_param(name) or head_param(name)
+        return _encoder_param(name) or head_param(name, head_type(spec))
 
 
 register_family(Roberta())
