@@ -410,7 +410,12 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="The result's format [default: from its suffix; jsonl for - (standard output)].")
 @click.option("--text-field", default="text", show_default=True, help="JSONL field / CSV or Parquet column of the text.")
 @click.option("--pair-field", default=None, help="Field / column of the second text of a pair (e.g. the context "
-                                                 "of a question). In a .txt, a tab separates the pair.")
+                                                 "of a question). In a .txt, a tab separates the pair. A "
+                                                 "multiple-choice model puts it, and a space, before each choice.")
+@click.option("--choices-field", default=None, metavar="FIELD|A,B,...",
+              help="A multiple-choice model's choices: the field / column holding each row's list of them (in CSV, a "
+                   "JSON array), or several, comma-separated, holding one choice each. In a .txt, a tab before each "
+                   "choice [default: choices].")
 @click.option("--artifact", default=None, metavar="ID|FILE",
               help="Run this ONNX artifact (e.g. onnx_optimized, model.onnx) instead of the one picked for the host.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -466,7 +471,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.option("--actors", type=click.IntRange(1), default=None,
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
-def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, artifact, device,
+def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, choices_field,
+                artifact, device,
                 threads, batch_size, max_batch_tokens, window, truncate, max_length, doc_stride, allow_no_answer,
                 aggregation,
                 scores, top_k,
@@ -474,8 +480,8 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 hypothesis_template, multi_label, prompt, prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
     standard input); write RESULT: embeddings, labels and scores, spans, tags and entities, a masked-LM model's
-    predictions at each mask token, or zero-shot labels (--labels), one per input row, in input order (- for
-    standard output)."""
+    predictions at each mask token, zero-shot labels (--labels), or a multiple-choice model's choice, one per input
+    row, in input order (- for standard output)."""
     import time
 
     from bertc.runtime import Progress, Runtime
@@ -499,7 +505,8 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     start = time.perf_counter()
     try:
         rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
-                                pair_field=pair_field, result_format=result_format, force=force, progress=progress,
+                                pair_field=pair_field, choices_field=choices_field, result_format=result_format,
+                                force=force, progress=progress,
                                 total_hint=progress.set_total, ray_address=ray_address, ray_actors=actors)
     except BrokenPipeError:   # the reader of standard output stopped (`| head`): stop too, quietly, as Unix tools do
         with contextlib.suppress(OSError):

@@ -13,7 +13,12 @@ Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a 
 ``{"tags": [{"word", "start", "end", "label", "score"}, ...], "entities": [{"label", "start", "end", "text",
 "score"}, ...]}``; a fill-mask result
 ``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``; a
-zero-shot result ``{"labels", "scores"}`` (likeliest first).
+zero-shot result ``{"labels", "scores"}`` (likeliest first); a multiple-choice result ``{"choice", "answer", "score",
+"scores"}`` (the likeliest choice's index and text, and every choice's probability in the input's order).
+
+A multiple-choice model's record carries its choices: in a .txt, tabs separate the text from each choice; in
+JSONL, CSV and Parquet, ``choices_field`` names one field holding the list (in CSV, a JSON array) or several
+fields holding one choice each.
 """
 from __future__ import annotations
 
@@ -37,10 +42,12 @@ RESULT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
                   ".pq": "parquet"}
 STDIO = "-"   # INPUT / RESULT: standard input / output
 STDOUT_FORMATS = ("jsonl", "csv")   # the result formats written as a stream (.npy rewrites its header at the end)
-KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span"),
-                          "jsonl": ("embedding", "classification", "span", "spans", "tags", "fill_mask", "zero_shot"),
+KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span", "choice"),
+                          "jsonl": ("embedding", "classification", "span", "spans", "tags", "fill_mask", "zero_shot",
+                                    "choice"),
                           "parquet": ("embedding", "classification", "span", "spans", "tags", "fill_mask",
-                                      "zero_shot")}
+                                      "zero_shot", "choice")}
+DEFAULT_CHOICES_FIELD = "choices"
 
 
 @dataclass(frozen=True)
@@ -48,16 +55,26 @@ class Record:
     text: str
     pair: Optional[str]
     where: str  # "in.txt: line 3", "in.parquet: row 7", "text 2": for messages
+    choices: Optional[tuple] = None   # a multiple-choice question's choices
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How to read an input file: its format and which fields hold the text (and its pair)."""
+    """How to read an input file: its format, which fields hold the text (and its pair), and, for a
+    multiple-choice model (``choices``), which hold its choices."""
 
     path: Path
     format: str
     text_field: str = "text"
     pair_field: Optional[str] = None
+    choices: bool = False
+    choices_field: tuple = (DEFAULT_CHOICES_FIELD,)
+
+    @property
+    def fields(self) -> list:
+        """The fields a row must have."""
+        return [self.text_field] + ([self.pair_field] if self.pair_field else []) + \
+            (list(self.choices_field) if self.choices else [])
 
     @property
     def stdin(self) -> bool:
@@ -73,7 +90,10 @@ def _known(table: dict) -> str:
     return ", ".join(sorted(set(table)))
 
 
-def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_field: Optional[str] = None) -> InputSpec:
+def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_field: Optional[str] = None,
+               choices: bool = False, choices_field: Optional[str] = None) -> InputSpec:
+    """``choices``: the model is a multiple-choice one (each row has choices); ``choices_field``: the field holding
+    them (a list), or several fields, comma-separated, holding one choice each [default: "choices"]."""
     path = Path(path)
     stdin = str(path) == STDIO
     if fmt is None:
@@ -92,10 +112,17 @@ def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_f
         raise InputError(f"{path}: no such input file")
     elif path.is_dir():
         raise InputError(f"{path}: is a directory, not an input file")
-    spec = InputSpec(path, fmt, text_field, pair_field)
-    if fmt == "txt" and (text_field != "text" or pair_field):
-        raise InputError(f"{spec.name}: a .txt input has no fields (one text per line, a tab before its pair); "
-                         f"--text-field / --pair-field are for JSONL, CSV and Parquet (--input-format)")
+    if choices_field is not None and not choices:
+        raise InputError("--choices-field: only a multiple-choice model reads choices")
+    names = tuple(f.strip() for f in (choices_field or DEFAULT_CHOICES_FIELD).split(","))
+    if not all(names) or len(set(names)) < len(names):
+        raise InputError(f"--choices-field {choices_field!r}: one field, or several comma-separated, each once")
+    spec = InputSpec(path, fmt, text_field, pair_field, choices, names)
+    if fmt == "txt" and (text_field != "text" or pair_field or choices_field):
+        raise InputError(f"{spec.name}: a .txt input has no fields (one text per line, a tab before its pair"
+                         f"{'; a multiple-choice question: a tab before each choice' if choices else ''}); "
+                         f"--text-field / --pair-field{' / --choices-field' if choices else ''} are for JSONL, CSV "
+                         f"and Parquet (--input-format)")
     return spec
 
 
@@ -106,6 +133,50 @@ def _check_text(value, where: str, field: str) -> str:
         raise InputError(f"{where}: empty text" + (f" in field {field!r}" if field else "")
                          + " (remove the row or give it text: every row gets one result)")
     return value
+
+
+MIN_CHOICES = 2
+
+
+def _check_choices(values, where: str, field: str = "") -> tuple:
+    """A question's choices, each a non-empty text: two or more."""
+    named = f" in field {field!r}" if field else ""
+    if len(values) < MIN_CHOICES:
+        raise InputError(f"{where}: {len(values)} choice{'s' * (len(values) != 1)}{named}; a multiple-choice "
+                         f"question needs {MIN_CHOICES} or more")
+    for n, value in enumerate(values, 1):
+        if not isinstance(value, str):
+            raise InputError(f"{where}: choice {n}{named} is {type(value).__name__}, not text")
+        if not value.strip():
+            raise InputError(f"{where}: choice {n}{named} is empty (every choice needs text)")
+    return tuple(values)
+
+
+def _choices(row: dict, spec: InputSpec, loc: str) -> tuple:
+    """The choices of a row: one field's list (CSV: a JSON array), or one choice from each of several fields."""
+    if len(spec.choices_field) > 1:
+        values = []
+        for f in spec.choices_field:
+            values.append(_check_text(row[f], loc, f))
+        return _check_choices(values, loc)
+    field = spec.choices_field[0]
+    value = row[field]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{loc}: no choices in field {field!r} (every row needs its choices)")
+    if isinstance(value, str) and spec.format in ("csv", "tsv"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+        if not isinstance(value, list):
+            raise InputError(f"{loc}: column {field!r} is not a JSON array of choices; give the choices as one "
+                             f"(e.g. [\"yes\", \"no\"]) or name one column per choice: --choices-field A,B,C")
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{loc}: field {field!r} is {type(value).__name__}, not a list of choices (or name one "
+                         f"field per choice: --choices-field A,B,C)")
+    return _check_choices(list(value), loc, field)
 
 
 def _open_binary(spec: InputSpec):
@@ -139,19 +210,28 @@ def _read_txt(spec: InputSpec) -> Iterator[Record]:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise _decode_error(spec, where, exc) from None
-            text, _, pair = line.partition("\t")
             loc = f"{spec.name}: {where}"
+            if spec.choices:   # the text, then a tab before each choice
+                text, *choices = line.split("\t")
+                yield Record(_check_text(text, loc, ""), None, loc, _check_choices(choices, loc))
+                continue
+            text, _, pair = line.partition("\t")
             yield Record(_check_text(text, loc, ""), _check_text(pair, loc, "pair") if "\t" in line else None, loc)
 
 
+def _choose_with(spec: InputSpec) -> str:
+    return "--text-field / --pair-field" + (" / --choices-field" if spec.choices else "")
+
+
 def _fields(row: dict, spec: InputSpec, where: str) -> Record:
-    missing = [f for f in (spec.text_field, spec.pair_field) if f is not None and f not in row]
+    missing = [f for f in spec.fields if f not in row]
     if missing:
         raise InputError(f"{spec.name}: {where}: no field {missing[0]!r} (it has: {', '.join(map(str, row)) or 'none'}; "
-                         f"choose with --text-field / --pair-field)")
+                         f"choose with {_choose_with(spec)})")
     loc = f"{spec.name}: {where}"
     pair = _check_text(row[spec.pair_field], loc, spec.pair_field) if spec.pair_field else None
-    return Record(_check_text(row[spec.text_field], loc, spec.text_field), pair, loc)
+    choices = _choices(row, spec, loc) if spec.choices else None
+    return Record(_check_text(row[spec.text_field], loc, spec.text_field), pair, loc, choices)
 
 
 def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
@@ -179,10 +259,10 @@ def _read_csv(spec: InputSpec) -> Iterator[Record]:
         with _open_text(spec) as f:
             reader = csv.DictReader(f, delimiter="\t" if spec.format == "tsv" else ",")
             header = reader.fieldnames or []
-            missing = [c for c in (spec.text_field, spec.pair_field) if c is not None and c not in header]
+            missing = [c for c in spec.fields if c not in header]
             if missing:
                 raise InputError(f"{spec.name}: no column {missing[0]!r} in the header (columns: "
-                                 f"{', '.join(header) or 'none'}; choose with --text-field / --pair-field)")
+                                 f"{', '.join(header) or 'none'}; choose with {_choose_with(spec)})")
             for row in reader:
                 # reader.line_num is the physical line the row ended on (a quoted text may span lines)
                 yield _fields({k: ("" if v is None else v) for k, v in row.items() if k is not None},
@@ -209,11 +289,11 @@ def _read_parquet(spec: InputSpec) -> Iterator[Record]:
     except Exception as exc:
         raise InputError(f"{spec.path}: not a Parquet file: {' '.join(str(exc).split())}") from None
     names = f.schema_arrow.names
-    columns = [c for c in (spec.text_field, spec.pair_field) if c is not None]
+    columns = list(dict.fromkeys(spec.fields))
     missing = [c for c in columns if c not in names]
     if missing:
         raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}; choose with "
-                         f"--text-field / --pair-field)")
+                         f"{_choose_with(spec)})")
     n = 0
     for batch in f.iter_batches(batch_size=4096, columns=columns):
         values = {c: batch.column(c).to_pylist() for c in columns}
@@ -327,7 +407,7 @@ class _CsvWriter:
         self.f = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=False)
         self.kind, self.writer = kind, csv.writer(self.f)
         self.columns = {"classification": ["label", "label_id", "score"], "span": ["start", "end", "text", "score"],
-                        "embedding": None}[kind]
+                        "choice": ["choice", "answer", "score"], "embedding": None}[kind]
         if self.columns:
             self.writer.writerow(self.columns)
 
@@ -372,6 +452,11 @@ class _ParquetWriter:
             return pa.table({"answers": pa.array([r["answers"] for r in rows], pa.list_(answer))})
         if self.kind == "zero_shot":
             return pa.table({"labels": pa.array([r["labels"] for r in rows], pa.list_(pa.string())),
+                             "scores": pa.array([r["scores"] for r in rows], pa.list_(pa.float32()))})
+        if self.kind == "choice":
+            return pa.table({"choice": pa.array([r["choice"] for r in rows], pa.int32()),
+                             "answer": pa.array([r["answer"] for r in rows], pa.string()),
+                             "score": pa.array([r["score"] for r in rows], pa.float32()),
                              "scores": pa.array([r["scores"] for r in rows], pa.list_(pa.float32()))})
         if self.kind == "classification":
             return pa.table({"label": pa.array([r["label"] for r in rows], pa.string()),

@@ -40,6 +40,11 @@ the same, with ``top_k``            spans           ``{"answers": [...]}``: the 
 an NLI classifier's ``logits`` with   zero_shot       ``{"labels", "scores"}``: the candidate labels,
 candidate labels                                      likeliest first, as transformers' zero-shot
                                                       pipeline scores them (:func:`zero_shot_ids`)
+a ``multiple_choice`` head's          choice          ``{"choice", "answer", "score", "scores"}``: each
+``logits`` (batch, 1)                                 (text, choice) pair scored, the softmax over a
+                                                      question's choices (transformers'
+                                                      ``*ForMultipleChoice``); the likeliest choice's
+                                                      index and text
 a masked-LM head's logits (batch,     fill_mask       ``{"sequence", "masks": [{"start", "end", "in",
 seq, vocab), or ``masked_lm`` at                      "predictions": [{"token", "token_id", "score"}]}]}``:
 ``masked_lm_positions`` (a                            the ``top_k`` likeliest tokens at each mask token
@@ -127,6 +132,8 @@ def result_kind(report: dict, spec: Optional[dict] = None) -> tuple[str, dict]:
     if "start_logits" in outputs and "end_logits" in outputs:
         return "span", {"start": "start_logits", "end": "end_logits"}
     head = ((spec or {}).get("head") or {}).get("type")
+    if head == "multiple_choice" and "logits" in outputs:
+        return "choice", {"logits": "logits"}
     for name in ("masked_lm", "logits"):
         if name in outputs and outputs[name]["seq_axis"] is not None and (name == "masked_lm" or head == "masked_lm"):
             return "fill_mask", {"logits": name}
@@ -531,6 +538,15 @@ class Engine:
                      for r in records for label in self.parts.candidates]
             n = len(self.parts.candidates)
             return self.encode(pairs), [i // n for i in range(len(pairs))]
+        if self.parts.kind == "choice":   # one (text, choice) pair per choice; with a pair, it leads each choice
+            pairs, owners = [], []
+            for k, r in enumerate(records):
+                if not r.choices:
+                    raise InputError(f"{r.where}: no choices; a multiple-choice model scores each text's choices "
+                                     f"(a list per row: --choices-field, or Runtime.run([(text, [choice, ...])]))")
+                pairs.extend(Record(r.text, c if r.pair is None else f"{r.pair} {c}", r.where) for c in r.choices)
+                owners.extend([k] * len(r.choices))
+            return self.encode(pairs), owners
         encodings = self.encode(records)
         if self.parts.kind not in ("span", "tags"):
             return encodings, list(range(len(records)))
@@ -608,7 +624,7 @@ class Engine:
                 k = owners[i]
                 if self.parts.kind == "tags" and counts[k] > 1:
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
-                elif self.parts.kind == "zero_shot":   # feature i: record i // n, candidate label i % n
+                elif self.parts.kind in ("zero_shot", "choice"):   # a candidate label's or a choice's logits
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j], np.float64)))
                 elif self.parts.kind == "span":   # every window's candidates, summed once all are in
                     pending.setdefault(k, []).append((i, self._span_candidates(
@@ -620,6 +636,8 @@ class Engine:
             parts = sorted(parts, key=lambda p: p[0])   # window order
             if self.parts.kind == "zero_shot":
                 results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))
+            elif self.parts.kind == "choice":
+                results[k] = self._choice(np.stack([logits[0] for _, logits in parts]), records[k])
             elif self.parts.kind == "span":
                 results[k] = self._span_answer([c for _, (candidates, _) in parts for c in candidates],
                                                min(null for _, (_, null) in parts) if self.parts.no_answer else None,
@@ -647,6 +665,14 @@ class Engine:
         if kind == "fill_mask":
             return self._fill(values[outs["logits"]][j], e, record)
         return self._tag_result(self._tags(values["logits"][j], e, record), values["logits"].shape[-1], record)
+
+    @staticmethod
+    def _choice(scores: np.ndarray, record: Record) -> dict:
+        """A multiple-choice question's result: the softmax over its choices' scores (transformers'
+        ``*ForMultipleChoice`` logits, reshaped to (questions, choices)); the likeliest choice, the first on a tie."""
+        p = _softmax(scores)
+        k = int(np.argmax(p))
+        return {"choice": k, "answer": record.choices[k], "score": float(p[k]), "scores": [float(x) for x in p]}
 
     def _fill(self, logits, e, record: Record) -> dict:
         """The ``top_k`` likeliest tokens at each mask token (softmax over the vocabulary, as transformers'
@@ -833,9 +859,20 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 # --- the runtime --------------------------------------------------------------------------------------
 
-def _records(texts: Iterable) -> Iterator[Record]:
+def _records(texts: Iterable, choices: bool = False) -> Iterator[Record]:
+    """Records of ``Runtime.run``'s texts: strings, (text, pair) tuples; for a multiple-choice model (``choices``)
+    (text, [choice, ...]) or (text, pair, [choice, ...]) tuples."""
+    from bertc.run_io import _check_choices
+
     for n, t in enumerate(texts, 1):
         where = f"text {n}"
+        options = None
+        if choices:
+            if not (isinstance(t, (tuple, list)) and len(t) in (2, 3) and isinstance(t[-1], (tuple, list))):
+                raise InputError(f"{where}: a multiple-choice model takes (text, [choice, ...]) or (text, pair, "
+                                 f"[choice, ...]) tuples, got {type(t).__name__}")
+            options = _check_choices(list(t[-1]), where)
+            t = t[0] if len(t) == 2 else tuple(t[:2])
         if isinstance(t, str):
             text, pair = t, None
         elif isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(v, str) for v in t):
@@ -845,7 +882,7 @@ def _records(texts: Iterable) -> Iterator[Record]:
         for value, what in ((text, "text"), (pair, "pair")):
             if value is not None and not value.strip():
                 raise InputError(f"{where}: empty {what}")
-        yield Record(text, pair, where)
+        yield Record(text, pair, where, options)
 
 
 def windows(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -864,6 +901,7 @@ class Runtime:
 
     >>> rt = bertc.Runtime("out/")              # picks the artifact for this host (rt.choice says which)
     >>> rt.run(["a sentence", "another one"])   # embeddings: a (2, dim) float32 array; other heads: dicts
+    >>> mc.run([("The cat sat on", ["the mat", "the moon"])])   # a multiple-choice model: {"choice": 0, ...}
 
     ``artifact`` forces one of the build's ONNX artifacts (its id or file name); ``device`` is "auto"
     (CUDA when available), "cpu" or "cuda"; ``threads`` sets ONNX Runtime's intra-op threads (default:
@@ -1040,11 +1078,12 @@ class Runtime:
             yield results
 
     def run(self, texts: Iterable):
-        """Results of ``texts`` (strings, or (text, pair) tuples) in their order: an (n, dim) float32 array
-        for an embedder, else a list with one result per text (see the module docstring)."""
+        """Results of ``texts`` (strings, or (text, pair) tuples; for a multiple-choice model (text, [choice, ...])
+        or (text, stem, [choice, ...]) tuples) in their order: an (n, dim) float32 array for an embedder, else a
+        list with one result per text (see the module docstring)."""
         if isinstance(texts, str):
             raise InputError("Runtime.run takes a list of texts; for one text pass [text]")
-        results = [r for window in self.iter_results(_records(texts)) for r in window]
+        results = [r for window in self.iter_results(_records(texts, self.kind == "choice")) for r in window]
         if self.kind == "embedding":
             dim = self.engine.session.get_outputs()[0].shape[-1]
             return np.stack(results) if results else np.zeros((0, dim if isinstance(dim, int) else 0), np.float32)
@@ -1053,12 +1092,18 @@ class Runtime:
     def run_file(self, input_path, result_path, *, input_format: Optional[str] = None, text_field: str = "text",
                  pair_field: Optional[str] = None, result_format: Optional[str] = None, force: bool = False,
                  progress: Optional[Callable[[int], None]] = None, total_hint: Optional[Callable[[int], None]] = None,
-                 ray_address: Optional[str] = None, ray_actors: Optional[int] = None) -> int:
+                 ray_address: Optional[str] = None, ray_actors: Optional[int] = None,
+                 choices_field: Optional[str] = None) -> int:
         """Read INPUT, write RESULT (atomically), return the number of rows. ``ray_address`` ("" for a
-        local Ray) runs the job over Ray Data instead of in this process (:func:`bertc.runtime.run_ray`)."""
+        local Ray) runs the job over Ray Data instead of in this process (:func:`bertc.runtime.run_ray`).
+        ``choices_field``: a multiple-choice model's choices (:func:`bertc.run_io.input_spec`)."""
         from bertc import run_io
 
-        spec = run_io.input_spec(input_path, input_format, text_field, pair_field)
+        if choices_field is not None and self.kind != "choice":
+            raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
+                             f"{self.kind} results)")
+        spec = run_io.input_spec(input_path, input_format, text_field, pair_field, self.kind == "choice",
+                                 choices_field)
         fmt = run_io.result_format(result_path, self.kind, result_format)
         if total_hint:
             total_hint(run_io.count_rows(spec))
@@ -1091,8 +1136,9 @@ class RayPredictor:
 
     def __call__(self, batch: dict) -> dict:
         index = np.asarray(batch["index"], np.int64)
-        records = [Record(str(t), str(p) if has else None, str(w))
-                   for t, p, has, w in zip(batch["text"], batch["pair"], batch["has_pair"], batch["where"])]
+        records = [Record(str(t), str(p) if has else None, str(w), tuple(str(c) for c in choices) or None)
+                   for t, p, has, w, choices in zip(batch["text"], batch["pair"], batch["has_pair"], batch["where"],
+                                                    batch["choices"])]
         errors = np.array([""] * len(index), dtype=object)
         try:
             results = self.engine.predict(records)
@@ -1107,7 +1153,7 @@ class RayPredictor:
 
 
 def _ray_blocks(records: Iterable[Record], size: int):
-    """The input as pyarrow tables of ``size`` rows (index, text, pair, has_pair, where), put in Ray's
+    """The input as pyarrow tables of ``size`` rows (index, text, pair, has_pair, where, choices), put in Ray's
     object store one at a time (Ray spills them to disk when its memory is full)."""
     import pyarrow as pa
     import ray
@@ -1116,7 +1162,8 @@ def _ray_blocks(records: Iterable[Record], size: int):
     for window in windows(records, size):
         table = pa.table({"index": pa.array(range(index, index + len(window)), pa.int64()),
                           "text": [r.text for r in window], "pair": [r.pair or "" for r in window],
-                          "has_pair": [r.pair is not None for r in window], "where": [r.where for r in window]})
+                          "has_pair": [r.pair is not None for r in window], "where": [r.where for r in window],
+                          "choices": pa.array([list(r.choices or ()) for r in window], pa.list_(pa.string()))})
         refs.append(ray.put(table))
         index += len(window)
     return refs, index

@@ -584,6 +584,115 @@ def test_zero_shot_classification_as_the_pipeline(tmp_path_factory, tmp_path, ca
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_multiple_choice_scores_each_questions_choices_as_transformers(tmp_path_factory, tmp_path, capsys):
+    """A *ForMultipleChoice model (the bert_mc fixture) scores each (text, choice) pair, and the softmax over a
+    question's choices is what transformers' multiple-choice model gives on the same tokens
+    (tools/make_pipeline_references.py): 2 to 4 choices, a stem before each choice, a question cut longest first."""
+    out = shared_builds(tmp_path_factory, ("bert_mc",))["bert_mc"]
+    reference = json.loads((FIXTURES / "bert_mc" / "choice_reference.json").read_text())
+    rt = bertc.Runtime(out, artifact="onnx", truncate=True)
+    assert rt.kind == "choice"
+    items = [(r["text"], r["choices"]) if r["pair"] is None else (r["text"], r["pair"], r["choices"])
+             for r in reference["results"]]
+    got = rt.run(items)
+    for g, r in zip(got, reference["results"]):
+        np.testing.assert_allclose(g["scores"], r["scores"], atol=1e-6)
+        k = int(np.argmax(r["scores"]))
+        assert (g["choice"], g["answer"]) == (k, r["choices"][k]) and abs(g["score"] - r["scores"][k]) < 1e-6
+    # the default artifact: int8, which passed parity (the fixture's random choices are near ties, so only close)
+    default = bertc.Runtime(out, truncate=True)
+    assert default.choice.precision == "int8"
+    np.testing.assert_allclose([s for g in default.run(items) for s in g["scores"]],
+                               [s for g in got for s in g["scores"]], atol=0.01)
+    # every input format: .txt (a tab before each choice), JSONL (a list), CSV (a JSON array, or a column per
+    # choice), Parquet (a list column); every result format that holds a choice
+    rows = [r for r in reference["results"][:2]]
+    expected = rt.run([(r["text"], r["choices"]) for r in rows])
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "q.txt").write_text("".join("\t".join([r["text"], *r["choices"]]) + "\n" for r in rows))
+    (inputs / "q.jsonl").write_text("".join(json.dumps({"question": r["text"], "choices": r["choices"]}) + "\n"
+                                            for r in rows))
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(inputs / "q.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "choices"])
+        w.writerows([r["text"], json.dumps(r["choices"])] for r in rows)
+    two = [r for r in reference["results"] if len(r["choices"]) == 2]
+    with open(inputs / "q2.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "a", "b"])
+        w.writerows([r["text"], *r["choices"]] for r in two if r["pair"] is None)
+    pq.write_table(pa.table({"question": [r["text"] for r in rows], "choices": [r["choices"] for r in rows]}),
+                   inputs / "q.parquet")
+    for source, args in (("q.txt", []), ("q.jsonl", ["--text-field", "question"]),
+                         ("q.csv", ["--text-field", "question"]), ("q.parquet", ["--text-field", "question"])):
+        for suffix in ("jsonl", "parquet", "csv"):
+            result = tmp_path / f"{source}.{suffix}"
+            assert main(["run", str(out), str(inputs / source), "-o", str(result), "--artifact", "onnx",
+                         *args]) == 0, source
+            assert "choice results from" in capsys.readouterr().err
+            have = read_result(result)
+            assert [int(h["choice"]) for h in have] == [e["choice"] for e in expected], (source, suffix)
+            assert [h["answer"] for h in have] == [e["answer"] for e in expected]
+            np.testing.assert_allclose([float(h["score"]) for h in have], [e["score"] for e in expected], atol=1e-6)
+            if suffix != "csv":
+                np.testing.assert_allclose([s for h in have for s in h["scores"]],
+                                           [s for e in expected for s in e["scores"]], atol=1e-6)
+    result = tmp_path / "columns.jsonl"
+    assert main(["run", str(out), str(inputs / "q2.csv"), "-o", str(result), "--artifact", "onnx", "-q",
+                 "--text-field", "question", "--choices-field", "a, b"]) == 0
+    assert read_result(result) == rt.run([(r["text"], r["choices"]) for r in two if r["pair"] is None])
+    # a stem (--pair-field) leads each choice, as the tuple's middle text does
+    (inputs / "stem.jsonl").write_text(json.dumps({"text": "the cat sat", "stem": "it was",
+                                                   "choices": ["big", "small"]}) + "\n")
+    result = tmp_path / "stem.jsonl"
+    assert main(["run", str(out), str(inputs / "stem.jsonl"), "-o", str(result), "--artifact", "onnx", "-q",
+                 "--pair-field", "stem"]) == 0
+    stem = next(r for r in reference["results"] if r["pair"] == "it was")
+    np.testing.assert_allclose(read_result(result)[0]["scores"], stem["scores"], atol=1e-6)
+
+
+def test_multiple_choice_refuses_what_it_cannot_score(tmp_path_factory, builds, tmp_path, capsys):
+    """Bad choices are named with their line, exit 2 and write nothing; choices for a model without them, and a
+    multiple-choice model without choices, are refused."""
+    out = shared_builds(tmp_path_factory, ("bert_mc",))["bert_mc"]
+    result = tmp_path / "r.jsonl"
+    for name, content, args, needle in (
+            ("one.txt", "the cat\tsat\n", [], "one.txt: line 1: 1 choice; a multiple-choice question needs 2 or more"),
+            ("empty.txt", "the cat\tsat\t\n", [], "empty.txt: line 1: choice 2 is empty"),
+            ("none.txt", "the cat\n", [], "none.txt: line 1: 0 choices"),
+            ("miss.jsonl", '{"text": "a", "options": ["b", "c"]}\n', [],
+             "miss.jsonl: line 1: no field 'choices' (it has: text, options; choose with --text-field / "
+             "--pair-field / --choices-field)"),
+            ("str.jsonl", '{"text": "a", "choices": "b"}\n', [], "field 'choices' is str, not a list of choices"),
+            ("num.jsonl", '{"text": "a", "choices": ["b", 3]}\n', [], "line 1: choice 2 in field 'choices' is int, "
+                                                                       "not text"),
+            ("null.jsonl", '{"text": "a", "choices": null}\n', [], "line 1: no choices in field 'choices'"),
+            ("cell.csv", "text,choices\na,b\n", [], "line 2: column 'choices' is not a JSON array of choices"),
+            ("cols.csv", "text,a,b\nx,y,\n", ["--choices-field", "a,b"], "line 2: empty text in field 'b'"),
+            ("dup.jsonl", '{"text": "a", "choices": ["b", "c"]}\n', ["--choices-field", "a,a"],
+             "--choices-field 'a,a': one field, or several comma-separated, each once"),
+            ("flag.txt", "a\tb\tc\n", ["--choices-field", "x"], "a .txt input has no fields")):
+        (tmp_path / name).write_text(content)
+        _fails(["run", str(out), str(tmp_path / name), "-o", str(result), "-q", *args], capsys, EXIT_BAD_SPEC, needle)
+        assert not result.exists()
+    (tmp_path / "in.txt").write_text("a text\n")
+    _fails(["run", str(builds["bert_seq_cls"]), str(tmp_path / "in.txt"), "-o", str(result), "-q",
+            "--choices-field", "c"], capsys, EXIT_BAD_SPEC,
+           "--choices-field: only a multiple-choice model reads choices (this model gives classification results)")
+    with pytest.raises(InputError, match="text 1: a multiple-choice model takes \\(text, \\[choice, ...\\]\\)"):
+        bertc.Runtime(out).run(["a question"])
+    with pytest.raises(InputError, match="text 1: 1 choice"):
+        bertc.Runtime(out).run([("a question", ["one"])])
+    with pytest.raises(InputError, match="scores 'raw': only a classifier's scores"):
+        bertc.Runtime(out, scores="raw")
+
+
 def test_entities_are_the_token_classification_pipelines(builds, capsys, tmp_path):
     """Each --aggregation's entities are transformers' token-classification pipeline's with that
     aggregation_strategy (tools/make_pipeline_references.py): the same labels and spans, scores within 1e-6."""

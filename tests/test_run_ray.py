@@ -4,6 +4,7 @@ in input order, and an actor killed mid-job is restarted by Ray with every row i
 Ray is part of the ``test`` extra: its absence is a failure here, not a skip. One local Ray serves the module
 (``ray.init`` takes ~10 s on 2 cores).
 """
+import json
 import os
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    return shared_builds(tmp_path_factory, ("st_bert_mean_norm", "bert_seq_cls"))
+    return shared_builds(tmp_path_factory, ("st_bert_mean_norm", "bert_seq_cls", "bert_mc"))
 
 
 def texts(n: int) -> list:
@@ -65,6 +66,18 @@ def test_ray_run_equals_the_single_process_run_in_input_order(local_ray, builds,
     assert [r["label"] for r in got] == [r["label"] for r in expected]
     assert set(r["label"] for r in got) <= set(LABELS["bert_seq_cls"])
     assert [r["scores"] for r in got] == [r["scores"] for r in expected]
+
+
+def test_multiple_choice_over_ray_is_the_single_process_run(local_ray, builds, tmp_path):
+    """Each row's choices travel with it to the actors (a list column) and come back as its result."""
+    questions = [(t, [t.split()[-1], "the mat", "a dog ran"][:2 + i % 2]) for i, t in enumerate(texts(60))]
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "choices": c}) + "\n" for t, c in questions))
+    result = tmp_path / "r.jsonl"
+    assert main(["run", str(builds["bert_mc"]), str(jsonl), "-o", str(result), "-q", "--truncate", "--ray",
+                 "--actors", "2", "--threads", "1", "--window", "16"]) == 0
+    expected = bertc.Runtime(builds["bert_mc"], truncate=True, window=16).run(questions)
+    assert read_result(result) == json.loads(json.dumps(expected))
 
 
 class KillsItselfOnce(RayPredictor):

@@ -14,7 +14,11 @@ neutral, contradiction), three candidate labels, the default and a custom hypoth
 multi-label. And tests/fixtures/hf/bert_token_cls/pipeline_reference.json: ``pipeline("token-classification")``'s
 entities on the bert_token_cls fixture (the tests' labels) with ``aggregation_strategy`` first, average and max.
 And tests/fixtures/hf/bert_seq_cls/pipeline_reference.json: ``pipeline("text-classification", top_k=None)`` on
-texts and pairs, the fixture as a single-label and as a multi-label model (``problem_type``).
+texts and pairs, the fixture as a single-label and as a multi-label model (``problem_type``). And
+tests/fixtures/hf/bert_mc/choice_reference.json: the bert_mc fixture (BertForMultipleChoice) on questions of two to
+four choices, as transformers' multiple-choice examples run one (it has no pipeline): the tokenizer on (text,
+choice) pairs (a stem put before each choice with a space, as run_swag.py's endings), padded, truncated longest
+first, one (1, choices, seq) batch, softmax over the choices.
 """
 from __future__ import annotations
 
@@ -49,6 +53,13 @@ NER_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!
 CANDIDATES = ["animal", "car", "house"]
 ZERO_SHOT_TEXTS = ["the cat sat on the mat.", "a dog ran fast", "it was a big red car!", "the house"]
 MAX_ANSWER = 30
+# (text, stem or None, choices): the last outgrows the fixture's 16 positions (truncated longest first)
+CHOICE_CASES = [("the cat sat on the", None, ["mat", "road", "tree"]),
+                ("what ran fast ?", None, ["a dog", "the house", "a big red car", "it"]),
+                ("the cat sat", "it was", ["big", "small"]),
+                ("is the house big ?", "the house is", ["big and red", "small", "not big"]),
+                ("a dog ran fast on the road and the cat sat on the mat", "then",
+                 ["the dog sat on the mat too", "a car ran"])]
 
 
 def fixture(work: Path, name: str, labels=None) -> str:
@@ -131,13 +142,31 @@ def text_classification(work: Path) -> dict:
     return {"labels": CLS_LABELS, "results": rows}
 
 
+def multiple_choice(work: Path) -> dict:
+    import torch
+
+    source = fixture(work, "bert_mc")
+    tokenizer = tr.AutoTokenizer.from_pretrained(source)
+    model = tr.AutoModelForMultipleChoice.from_pretrained(source).eval()
+    rows = []
+    for text, stem, choices in CHOICE_CASES:
+        second = [c if stem is None else f"{stem} {c}" for c in choices]
+        batch = tokenizer([text] * len(choices), second, padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**{k: v.unsqueeze(0) for k, v in batch.items()}).logits[0]
+        rows.append({"text": text, "pair": stem, "choices": choices,
+                     "scores": [float(x) for x in torch.softmax(logits.double(), -1)]})
+    return {"max_length": int(tokenizer.model_max_length), "results": rows}
+
+
 def main() -> int:
     if tr.__version__.split(".")[0] != "4":
         sys.exit(f"transformers {tr.__version__}: the question-answering pipeline is transformers 4's")
     for make, path in ((text_classification, "bert_seq_cls/pipeline_reference.json"),
                        (question_answering, "bert_qa/pipeline_reference.json"),
                        (zero_shot, "bert_seq_cls/zero_shot_reference.json"),
-                       (token_classification, "bert_token_cls/pipeline_reference.json")):
+                       (token_classification, "bert_token_cls/pipeline_reference.json"),
+                       (multiple_choice, "bert_mc/choice_reference.json")):
         with tempfile.TemporaryDirectory() as d:
             record = {"transformers": tr.__version__, **make(Path(d))}
         (FIXTURES / path).write_text(json.dumps(record, indent=1) + "\n")
