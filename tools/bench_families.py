@@ -211,7 +211,10 @@ FIDELITY = ["roberta_model", "roberta_seq_cls", "roberta_token_cls", "roberta_qa
             "camembert_seq_cls", "distilbert_model", "distilbert_seq_cls", "distilbert_token_cls", "distilbert_qa",
             "distilbert_mlm", "electra_model", "electra_seq_cls", "electra_token_cls", "electra_qa", "electra_pretraining",
             "electra_mlm", "mpnet_model",
-            "mpnet_seq_cls", "mpnet_token_cls", "mpnet_qa", "mpnet_mlm", "st_mpnet_mean_norm", "st_distilbert_mean_dense"]
+            "mpnet_seq_cls", "mpnet_token_cls", "mpnet_qa", "mpnet_mlm", "st_mpnet_mean_norm", "st_distilbert_mean_dense",
+            # *ForMultipleChoice of every family (the fixtures' rows are one question's choices)
+            "bert_mc", "albert_mc", "roberta_mc", "distilbert_mc", "electra_mc", "mpnet_mc", "deberta_v3_mc",
+            "modernbert_mc", "modernbert_mc_mean"]
 
 
 def fidelity(names: list[str], command: str) -> int:
