@@ -188,10 +188,10 @@ def _open_binary(spec: InputSpec):
 @contextlib.contextmanager
 def _open_text(spec: InputSpec):
     if not spec.stdin:
-        with open(spec.path, encoding="utf-8", newline="") as f:
+        with open(spec.path, encoding="utf-8-sig", newline="") as f:   # -sig: a leading byte-order mark is no text
             yield f
         return
-    f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+    f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
     try:
         yield f
     finally:
@@ -202,12 +202,21 @@ def _decode_error(spec: InputSpec, where: str, exc: Exception):
     return InputError(f"{spec.name}: {where}: not UTF-8 text ({exc.reason if hasattr(exc, 'reason') else exc})")
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def _decode_line(raw: bytes, n: int) -> str:
+    """Line ``n`` (1-based) as text; the first without the UTF-8 byte-order mark that Windows tools (Excel's "CSV
+    UTF-8", Notepad) put at the start of a file, which is no part of the text."""
+    return (raw[len(BOM):] if n == 1 and raw.startswith(BOM) else raw).decode("utf-8")
+
+
 def _read_txt(spec: InputSpec) -> Iterator[Record]:
     with _open_binary(spec) as f:
         for n, raw in enumerate(f, 1):
             where = f"line {n}"
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                line = _decode_line(raw, n).rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise _decode_error(spec, where, exc) from None
             loc = f"{spec.name}: {where}"
@@ -239,7 +248,7 @@ def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
         for n, raw in enumerate(f, 1):
             where = f"line {n}"
             try:
-                line = raw.decode("utf-8")
+                line = _decode_line(raw, n)
             except UnicodeDecodeError as exc:
                 raise _decode_error(spec, where, exc) from None
             if not line.strip():

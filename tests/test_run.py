@@ -1097,6 +1097,29 @@ def test_every_input_format_gives_the_same_embeddings(builds, tmp_path, fmt):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "in"]  # no temporary file left
 
 
+def test_a_byte_order_mark_at_the_start_is_no_text(builds, tmp_path):
+    """Excel's "CSV UTF-8" and Notepad start a file with the UTF-8 byte-order mark: it is neither part of the
+    first column's name, nor of the first JSON line, nor of the first text (files and standard input)."""
+    import subprocess
+    import sys
+
+    out = builds["bert_seq_cls"]
+    paths = write_inputs(tmp_path / "in", TEXTS[:3])
+    expected = bertc.Runtime(out, artifact="onnx").run(TEXTS[:3])
+    for fmt, path in paths.items():
+        if fmt == "parquet":
+            continue
+        marked = tmp_path / f"bom.{fmt}"
+        marked.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        result = tmp_path / f"r.{fmt}.jsonl"
+        assert main(["run", str(out), str(marked), "-o", str(result), "--artifact", "onnx", "-q"]) == 0, fmt
+        assert [r["scores"] for r in read_result(result)] == [e["scores"] for e in expected], fmt
+        piped = subprocess.run([sys.executable, "-m", "bertc", "run", str(out), "-", "--input-format", fmt, "-o", "-",
+                                "--artifact", "onnx", "-q"], input=marked.read_bytes(), capture_output=True)
+        assert piped.returncode == 0, piped.stderr
+        assert [json.loads(line)["scores"] for line in piped.stdout.splitlines()] == [e["scores"] for e in expected]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
 def test_classifier_results_in_every_result_format(builds, tmp_path, suffix):
     out = builds["bert_seq_cls"]
