@@ -416,6 +416,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="A multiple-choice model's choices: the field / column holding each row's list of them (in CSV, a "
                    "JSON array), or several, comma-separated, holding one choice each. In a .txt, a tab before each "
                    "choice [default: choices].")
+@click.option("--keep-fields", default=None, metavar="A,B,...",
+              help="Input fields / columns (an id, a URL) copied into each result row beside the result, with their "
+                   "types in Parquet: JSONL, CSV or Parquet input and result.")
 @click.option("--artifact", default=None, metavar="ID|FILE",
               help="Run this ONNX artifact (e.g. onnx_optimized, model.onnx) instead of the one picked for the host.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -472,7 +475,7 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, choices_field,
-                artifact, device,
+                keep_fields, artifact, device,
                 threads, batch_size, max_batch_tokens, window, truncate, max_length, doc_stride, allow_no_answer,
                 aggregation,
                 scores, top_k,
@@ -505,8 +508,8 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     start = time.perf_counter()
     try:
         rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
-                                pair_field=pair_field, choices_field=choices_field, result_format=result_format,
-                                force=force, progress=progress,
+                                pair_field=pair_field, choices_field=choices_field, keep_fields=keep_fields,
+                                result_format=result_format, force=force, progress=progress,
                                 total_hint=progress.set_total, ray_address=ray_address, ray_actors=actors)
     except BrokenPipeError:   # the reader of standard output stopped (`| head`): stop too, quietly, as Unix tools do
         with contextlib.suppress(OSError):

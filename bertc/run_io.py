@@ -16,6 +16,9 @@ Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a 
 zero-shot result ``{"labels", "scores"}`` (likeliest first); a multiple-choice result ``{"choice", "answer", "score",
 "scores"}`` (the likeliest choice's index and text, and every choice's probability in the input's order).
 
+``keep``: fields of the input (an id, a URL) copied into each result row beside the result (JSONL, CSV and Parquet
+results; the record carries their values, in the input's types, to the writer).
+
 A multiple-choice model's record carries its choices: in a .txt, tabs separate the text from each choice; in
 JSONL, CSV and Parquet, ``choices_field`` names one field holding the list (in CSV, a JSON array) or several
 fields holding one choice each.
@@ -48,6 +51,11 @@ KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classific
                           "parquet": ("embedding", "classification", "span", "spans", "tags", "fill_mask",
                                       "zero_shot", "choice")}
 DEFAULT_CHOICES_FIELD = "choices"
+# the fields of one result of each kind (a kept input field may not take one of their names)
+RESULT_FIELDS = {"embedding": ("embedding",), "classification": ("label", "label_id", "score", "scores"),
+                 "span": ("start", "end", "text", "score"), "spans": ("answers",), "tags": ("tags", "entities"),
+                 "fill_mask": ("sequence", "masks"), "zero_shot": ("labels", "scores"),
+                 "choice": ("choice", "answer", "score", "scores")}
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class Record:
     pair: Optional[str]
     where: str  # "in.txt: line 3", "in.parquet: row 7", "text 2": for messages
     choices: Optional[tuple] = None   # a multiple-choice question's choices
+    kept: tuple = ()                  # the values of the input fields copied into the result (InputSpec.keep)
 
 
 @dataclass(frozen=True)
@@ -69,12 +78,13 @@ class InputSpec:
     pair_field: Optional[str] = None
     choices: bool = False
     choices_field: tuple = (DEFAULT_CHOICES_FIELD,)
+    keep: tuple = ()
 
     @property
     def fields(self) -> list:
         """The fields a row must have."""
         return [self.text_field] + ([self.pair_field] if self.pair_field else []) + \
-            (list(self.choices_field) if self.choices else [])
+            (list(self.choices_field) if self.choices else []) + list(self.keep)
 
     @property
     def stdin(self) -> bool:
@@ -90,10 +100,19 @@ def _known(table: dict) -> str:
     return ", ".join(sorted(set(table)))
 
 
+def field_list(value, option: str) -> tuple:
+    """Field names given as "a,b" (or a sequence): each once, none empty."""
+    names = tuple(f.strip() for f in (value.split(",") if isinstance(value, str) else value))
+    if not names or not all(names) or len(set(names)) < len(names):
+        raise InputError(f"{option} {value!r}: one field, or several comma-separated, each once")
+    return names
+
+
 def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_field: Optional[str] = None,
-               choices: bool = False, choices_field: Optional[str] = None) -> InputSpec:
+               choices: bool = False, choices_field: Optional[str] = None, keep=None) -> InputSpec:
     """``choices``: the model is a multiple-choice one (each row has choices); ``choices_field``: the field holding
-    them (a list), or several fields, comma-separated, holding one choice each [default: "choices"]."""
+    them (a list), or several fields, comma-separated, holding one choice each [default: "choices"]. ``keep``:
+    fields ("a,b" or a list) whose values each result row gets too."""
     path = Path(path)
     stdin = str(path) == STDIO
     if fmt is None:
@@ -114,10 +133,12 @@ def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_f
         raise InputError(f"{path}: is a directory, not an input file")
     if choices_field is not None and not choices:
         raise InputError("--choices-field: only a multiple-choice model reads choices")
-    names = tuple(f.strip() for f in (choices_field or DEFAULT_CHOICES_FIELD).split(","))
-    if not all(names) or len(set(names)) < len(names):
-        raise InputError(f"--choices-field {choices_field!r}: one field, or several comma-separated, each once")
-    spec = InputSpec(path, fmt, text_field, pair_field, choices, names)
+    names = field_list(choices_field or DEFAULT_CHOICES_FIELD, "--choices-field")
+    kept = field_list(keep, "--keep-fields") if keep else ()
+    spec = InputSpec(path, fmt, text_field, pair_field, choices, names, kept)
+    if fmt == "txt" and kept:
+        raise InputError(f"{spec.name}: a .txt input has no fields to keep; --keep-fields is for JSONL, CSV and "
+                         f"Parquet (--input-format)")
     if fmt == "txt" and (text_field != "text" or pair_field or choices_field):
         raise InputError(f"{spec.name}: a .txt input has no fields (one text per line, a tab before its pair"
                          f"{'; a multiple-choice question: a tab before each choice' if choices else ''}); "
@@ -229,7 +250,8 @@ def _read_txt(spec: InputSpec) -> Iterator[Record]:
 
 
 def _choose_with(spec: InputSpec) -> str:
-    return "--text-field / --pair-field" + (" / --choices-field" if spec.choices else "")
+    return ("--text-field / --pair-field" + (" / --choices-field" if spec.choices else "")
+            + (" / --keep-fields" if spec.keep else ""))
 
 
 def _fields(row: dict, spec: InputSpec, where: str) -> Record:
@@ -240,7 +262,8 @@ def _fields(row: dict, spec: InputSpec, where: str) -> Record:
     loc = f"{spec.name}: {where}"
     pair = _check_text(row[spec.pair_field], loc, spec.pair_field) if spec.pair_field else None
     choices = _choices(row, spec, loc) if spec.choices else None
-    return Record(_check_text(row[spec.text_field], loc, spec.text_field), pair, loc, choices)
+    return Record(_check_text(row[spec.text_field], loc, spec.text_field), pair, loc, choices,
+                  tuple(row[f] for f in spec.keep))
 
 
 def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
@@ -304,11 +327,13 @@ def _read_parquet(spec: InputSpec) -> Iterator[Record]:
         raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}; choose with "
                          f"{_choose_with(spec)})")
     n = 0
+    kept_only = set(spec.keep) - set(spec.fields[:len(spec.fields) - len(spec.keep)])   # a kept null stays null
     for batch in f.iter_batches(batch_size=4096, columns=columns):
         values = {c: batch.column(c).to_pylist() for c in columns}
         for i in range(batch.num_rows):
             n += 1
-            yield _fields({c: ("" if values[c][i] is None else values[c][i]) for c in columns}, spec, f"row {n}")
+            yield _fields({c: ("" if values[c][i] is None and c not in kept_only else values[c][i]) for c in columns},
+                          spec, f"row {n}")
 
 
 READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "tsv": _read_csv, "parquet": _read_parquet}
@@ -343,7 +368,9 @@ def count_rows(spec: InputSpec) -> Optional[int]:
 
 # --- results ----------------------------------------------------------------------------------------
 
-def result_format(path, kind: str, fmt: Optional[str] = None) -> str:
+def result_format(path, kind: str, fmt: Optional[str] = None, keep: tuple = ()) -> str:
+    """The result's format (its suffix's, or ``fmt``), refused where it cannot hold ``kind`` results, or the kept
+    fields ``keep`` beside them."""
     path = Path(path)
     stdout = str(path) == STDIO
     fmt = fmt or ("jsonl" if stdout else RESULT_FORMATS.get(path.suffix.lower()))
@@ -360,6 +387,13 @@ def result_format(path, kind: str, fmt: Optional[str] = None) -> str:
         fits = [f".{f}" for f, kinds in KINDS_BY_RESULT_FORMAT.items() if kind in kinds
                 and (not stdout or f in STDOUT_FORMATS)]
         raise InputError(f"{where}: a .{fmt} result cannot hold {kind} results; use {' or '.join(fits)}")
+    if keep and (fmt == "npy" or (fmt == "csv" and kind == "embedding")):
+        raise InputError(f"--keep-fields: a .{fmt} result of embeddings has no columns to put "
+                         f"{', '.join(keep)} in; use .parquet or .jsonl")
+    clash = [f for f in keep if f in RESULT_FIELDS.get(kind, ())]
+    if clash:
+        raise InputError(f"--keep-fields {clash[0]}: the {kind} results have a field of that name "
+                         f"({', '.join(RESULT_FIELDS[kind])})")
     if fmt == "parquet":
         _pyarrow()
     return fmt
@@ -381,7 +415,7 @@ class _NpyWriter:
         pad = self.HEADER - len(prefix) - 2 - len(body) - 1
         return prefix + (len(body) + pad + 1).to_bytes(2, "little") + body + b" " * pad + b"\n"
 
-    def write(self, rows) -> None:
+    def write(self, rows, kept=None) -> None:
         block = np.ascontiguousarray(rows, dtype="<f4")
         if self.dim is None:
             self.dim = block.shape[1]
@@ -399,12 +433,20 @@ def _plain(row) -> dict:
     return row
 
 
-class _JsonlWriter:
-    def __init__(self, f):
-        self.f = io.TextIOWrapper(f, encoding="utf-8", newline="\n", write_through=False)
+def _kept_json(value):
+    """A kept value JSON cannot write as it is (a Parquet timestamp, decimal, bytes): its text."""
+    return value.hex() if isinstance(value, bytes) else str(value)
 
-    def write(self, rows) -> None:
-        self.f.write("".join(json.dumps(_plain(r), ensure_ascii=False) + "\n" for r in rows))
+
+class _JsonlWriter:
+    def __init__(self, f, keep: tuple = ()):
+        self.f = io.TextIOWrapper(f, encoding="utf-8", newline="\n", write_through=False)
+        self.keep = keep
+
+    def write(self, rows, kept=None) -> None:
+        if self.keep:
+            rows = [{**dict(zip(self.keep, k)), **_plain(r)} for r, k in zip(rows, kept)]
+        self.f.write("".join(json.dumps(_plain(r), ensure_ascii=False, default=_kept_json) + "\n" for r in rows))
 
     def close(self) -> None:
         self.f.flush()
@@ -412,19 +454,20 @@ class _JsonlWriter:
 
 
 class _CsvWriter:
-    def __init__(self, f, kind: str):
+    def __init__(self, f, kind: str, keep: tuple = ()):
         self.f = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=False)
-        self.kind, self.writer = kind, csv.writer(self.f)
+        self.kind, self.writer, self.keep = kind, csv.writer(self.f), keep
         self.columns = {"classification": ["label", "label_id", "score"], "span": ["start", "end", "text", "score"],
                         "choice": ["choice", "answer", "score"], "embedding": None}[kind]
         if self.columns:
-            self.writer.writerow(self.columns)
+            self.writer.writerow([*keep, *self.columns])
 
-    def write(self, rows) -> None:
+    def write(self, rows, kept=None) -> None:
         if self.kind == "embedding":
             self.writer.writerows([f"{v:.7g}" for v in r] for r in rows)
         else:
-            self.writer.writerows([r[c] for c in self.columns] for r in rows)
+            kept = kept if self.keep else [()] * len(rows)
+            self.writer.writerows([*k, *(r[c] for c in self.columns)] for r, k in zip(rows, kept))
 
     def close(self) -> None:
         self.f.flush()
@@ -432,9 +475,32 @@ class _CsvWriter:
 
 
 class _ParquetWriter:
-    def __init__(self, f, kind: str):
+    def __init__(self, f, kind: str, keep: tuple = ()):
         self.pa = _pyarrow()
-        self.f, self.kind, self.writer = f, kind, None
+        self.f, self.kind, self.writer, self.keep = f, kind, None, keep
+        self.kept_types: Optional[list] = None   # the kept columns' types, as the first rows give them
+
+    def _kept_columns(self, kept) -> dict:
+        """The kept fields as columns: each typed as its first rows' values are (a Parquet input's column type;
+        text from CSV), later rows held to that type."""
+        pa, columns = self.pa, {}
+        for i, name in enumerate(self.keep):
+            values = [k[i] for k in kept]
+            if self.kept_types is None:
+                try:
+                    array = pa.array(values)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                    raise OutputError(f"--keep-fields {name}: its values cannot be one Parquet column "
+                                      f"({' '.join(str(exc).split())[:200]}); use a .jsonl result") from None
+            else:
+                try:
+                    array = pa.array(values, type=self.kept_types[i])
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                    raise OutputError(f"--keep-fields {name}: a value of another type than the first rows' "
+                                      f"({self.kept_types[i]}): {' '.join(str(exc).split())[:200]}; use a .jsonl "
+                                      f"result") from None
+            columns[name] = array
+        return columns
 
     def _table(self, rows):
         pa = self.pa
@@ -477,27 +543,39 @@ class _ParquetWriter:
                          "text": pa.array([r["text"] for r in rows], pa.string()),
                          "score": pa.array([r["score"] for r in rows], pa.float32())})
 
-    def write(self, rows) -> None:
+    def write(self, rows, kept=None) -> None:
         table = self._table(rows)
+        if self.keep:
+            columns = self._kept_columns(kept)
+            if self.kept_types is None:
+                self.kept_types = [c.type for c in columns.values()]
+            for i, (name, column) in enumerate(columns.items()):
+                table = table.add_column(i, name, column)
         if self.writer is None:
             self.writer = self.pa.parquet.ParquetWriter(self.f, table.schema)
+        elif table.schema != self.writer.schema:   # a kept column whose first rows were all null (type null)
+            raise OutputError(f"--keep-fields: a kept field's values changed type after the first rows "
+                              f"({', '.join(self.keep)}: all null at first?); use a .jsonl result")
         self.writer.write_table(table)
 
     def close(self) -> None:
         if self.writer is None:  # no row at all: an empty file with the schema
-            self.writer = self.pa.parquet.ParquetWriter(self.f, self._table([]).schema if self.kind != "embedding"
-                                                        else self.pa.schema([("embedding", self.pa.list_(self.pa.float32()))]))
+            schema = self._table([]).schema if self.kind != "embedding" else \
+                self.pa.schema([("embedding", self.pa.list_(self.pa.float32()))])
+            for i, name in enumerate(self.keep):
+                schema = schema.insert(i, self.pa.field(name, self.pa.null()))
+            self.writer = self.pa.parquet.ParquetWriter(self.f, schema)
         self.writer.close()
 
 
-def _writer(f, fmt: str, kind: str):
+def _writer(f, fmt: str, kind: str, keep: tuple = ()):
     if fmt == "npy":
         return _NpyWriter(f)
     if fmt == "jsonl":
-        return _JsonlWriter(f)
+        return _JsonlWriter(f, keep)
     if fmt == "csv":
-        return _CsvWriter(f, kind)
-    return _ParquetWriter(f, kind)
+        return _CsvWriter(f, kind, keep)
+    return _ParquetWriter(f, kind, keep)
 
 
 class _Flushing:
@@ -506,21 +584,21 @@ class _Flushing:
     def __init__(self, writer, out):
         self.writer, self.out = writer, out
 
-    def write(self, rows) -> None:
-        self.writer.write(rows)
+    def write(self, rows, kept=None) -> None:
+        self.writer.write(rows, kept)
         self.writer.f.flush()
         self.out.flush()
 
 
 @contextlib.contextmanager
-def atomic_result(path, fmt: str, kind: str, force: bool = False):
+def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = ()):
     """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
     ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was.
     ``-``: standard output, written batch by batch."""
     path = Path(path)
     if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
         out = sys.stdout.buffer
-        writer = _writer(out, fmt, kind)
+        writer = _writer(out, fmt, kind, keep)
         try:
             yield _Flushing(writer, out)
             writer.close()
@@ -543,7 +621,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False):
         raise OutputError(f"cannot write the result beside {path}: {exc}") from None
     try:
         with f:
-            writer = _writer(f, fmt, kind)
+            writer = _writer(f, fmt, kind, keep)
             yield writer
             writer.close()
         os.replace(tmp, path)

@@ -1071,11 +1071,16 @@ class Runtime:
     # running ----------------------------------------------------------------------------------------
     def iter_results(self, records: Iterable[Record], progress: Optional[Callable[[int], None]] = None) -> Iterator[list]:
         """Results window by window, in input order (each window a list of results)."""
+        for results, _ in self._iter_kept(records, progress):
+            yield results
+
+    def _iter_kept(self, records: Iterable[Record], progress=None) -> Iterator[tuple[list, list]]:
+        """(results, their records' kept values) window by window, in input order."""
         for window in windows(records, self.window):
             results = self.engine.predict(window)
             if progress:
                 progress(len(results))
-            yield results
+            yield results, [r.kept for r in window]
 
     def run(self, texts: Iterable):
         """Results of ``texts`` (strings, or (text, pair) tuples; for a multiple-choice model (text, [choice, ...])
@@ -1093,28 +1098,29 @@ class Runtime:
                  pair_field: Optional[str] = None, result_format: Optional[str] = None, force: bool = False,
                  progress: Optional[Callable[[int], None]] = None, total_hint: Optional[Callable[[int], None]] = None,
                  ray_address: Optional[str] = None, ray_actors: Optional[int] = None,
-                 choices_field: Optional[str] = None) -> int:
+                 choices_field: Optional[str] = None, keep_fields=None) -> int:
         """Read INPUT, write RESULT (atomically), return the number of rows. ``ray_address`` ("" for a
         local Ray) runs the job over Ray Data instead of in this process (:func:`bertc.runtime.run_ray`).
-        ``choices_field``: a multiple-choice model's choices (:func:`bertc.run_io.input_spec`)."""
+        ``choices_field``: a multiple-choice model's choices (:func:`bertc.run_io.input_spec`); ``keep_fields``
+        ("id,url" or a list): input fields each result row gets too, beside the result (JSONL, CSV, Parquet)."""
         from bertc import run_io
 
         if choices_field is not None and self.kind != "choice":
             raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
                              f"{self.kind} results)")
         spec = run_io.input_spec(input_path, input_format, text_field, pair_field, self.kind == "choice",
-                                 choices_field)
-        fmt = run_io.result_format(result_path, self.kind, result_format)
+                                 choices_field, keep_fields)
+        fmt = run_io.result_format(result_path, self.kind, result_format, spec.keep)
         if total_hint:
             total_hint(run_io.count_rows(spec))
         rows = 0
-        with run_io.atomic_result(result_path, fmt, self.kind, force) as writer:
+        with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep) as writer:
             if ray_address is not None:
-                batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress)
+                batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
             else:
-                batches = self.iter_results(run_io.read_records(spec), progress)
-            for results in batches:
-                writer.write(results)
+                batches = self._iter_kept(run_io.read_records(spec), progress)
+            for results, kept in batches:
+                writer.write(results, kept)
                 rows += len(results)
         return rows
 
@@ -1140,21 +1146,26 @@ class RayPredictor:
                    for t, p, has, w, choices in zip(batch["text"], batch["pair"], batch["has_pair"], batch["where"],
                                                     batch["choices"])]
         errors = np.array([""] * len(index), dtype=object)
+        kept = batch["kept"] if "kept" in batch else np.array([b""] * len(index), dtype=object)   # passed through
         try:
             results = self.engine.predict(records)
         except BertcError as exc:
             errors[0] = json.dumps([type(exc).__name__, str(exc)])
-            return {"index": index, "result": np.array([b""] * len(index), dtype=object), "error": errors}
+            return {"index": index, "result": np.array([b""] * len(index), dtype=object), "error": errors,
+                    "kept": kept}
         if self.engine.parts.kind == "embedding":
             encoded = [np.asarray(r, "<f4").tobytes() for r in results]
         else:
             encoded = [json.dumps(r, ensure_ascii=False).encode() for r in results]
-        return {"index": index, "result": np.array(encoded, dtype=object), "error": errors}
+        return {"index": index, "result": np.array(encoded, dtype=object), "error": errors, "kept": kept}
 
 
 def _ray_blocks(records: Iterable[Record], size: int):
-    """The input as pyarrow tables of ``size`` rows (index, text, pair, has_pair, where, choices), put in Ray's
-    object store one at a time (Ray spills them to disk when its memory is full)."""
+    """The input as pyarrow tables of ``size`` rows (index, text, pair, has_pair, where, choices, kept: the kept
+    values pickled, which the actors pass back untouched), put in Ray's object store one at a time (Ray spills them
+    to disk when its memory is full)."""
+    import pickle
+
     import pyarrow as pa
     import ray
 
@@ -1163,7 +1174,8 @@ def _ray_blocks(records: Iterable[Record], size: int):
         table = pa.table({"index": pa.array(range(index, index + len(window)), pa.int64()),
                           "text": [r.text for r in window], "pair": [r.pair or "" for r in window],
                           "has_pair": [r.pair is not None for r in window], "where": [r.where for r in window],
-                          "choices": pa.array([list(r.choices or ()) for r in window], pa.list_(pa.string()))})
+                          "choices": pa.array([list(r.choices or ()) for r in window], pa.list_(pa.string())),
+                          "kept": pa.array([pickle.dumps(r.kept) if r.kept else b"" for r in window], pa.binary())})
         refs.append(ray.put(table))
         index += len(window)
     return refs, index
@@ -1187,11 +1199,12 @@ def ray_init(address: Optional[str]):
 
 def run_ray(runtime: Runtime, records: Iterable[Record], address: Optional[str] = None,
             actors: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
-            predictor=RayPredictor) -> Iterator[list]:
+            predictor=RayPredictor, kept: bool = False) -> Iterator[list]:
     """The runtime's job over Ray Data: ``map_batches`` with a pool of ``actors`` (default: the cluster's
     CPUs divided by the threads per actor) :class:`RayPredictor` actors of ``runtime.threads`` threads each
     (default 1). Yields results in input order, each row exactly once: a worker that dies is restarted by
-    Ray and its batch retried; a row seen twice is dropped, a row missing is an error."""
+    Ray and its batch retried; a row seen twice is dropped, a row missing is an error. ``kept``: yields
+    (results, their records' kept values) instead."""
     ray = ray_init(address)
     import logging
 
@@ -1218,8 +1231,9 @@ def run_ray(runtime: Runtime, records: Iterable[Record], address: Optional[str] 
     ds = ray.data.from_arrow_refs(refs).map_batches(
         predictor, fn_constructor_args=([parts_ref], threads), batch_size=runtime.window, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, max_restarts=-1, max_task_retries=-1)
-    yield from _ordered_once(runtime, ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2),
-                             total, progress)
+    batches = _ordered_once(runtime, ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2),
+                            total, progress)
+    yield from (batches if kept else (results for results, _ in batches))
 
 
 def _actor_error(message: str) -> BertcError:
@@ -1230,9 +1244,12 @@ def _actor_error(message: str) -> BertcError:
     return cls(text) if cls in (InputError, BackendLoadError, errors.OutputError) else BertcError(text)
 
 
-def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[list]:
+def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[tuple[list, list]]:
     """The results of ``batches`` (each with its rows' ``index``), checked to come in input order with every
-    row exactly once: a row seen again (a retried batch) is dropped, a row missing is an error."""
+    row exactly once: a row seen again (a retried batch) is dropped, a row missing is an error. Yields
+    (results, their rows' kept values)."""
+    import pickle
+
     expected = 0
     for batch in batches:
         failed = [e for e in batch["error"] if e]
@@ -1252,7 +1269,7 @@ def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[l
             results = [json.loads(r) for r in batch["result"][keep]]
         if progress:
             progress(len(results))
-        yield results
+        yield results, [pickle.loads(k) if len(k) else () for k in batch["kept"][keep]]
     if expected != total:
         raise BertcError(f"the Ray job returned {expected} of {total} rows")
 

@@ -1097,6 +1097,57 @@ def test_every_input_format_gives_the_same_embeddings(builds, tmp_path, fmt):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "in"]  # no temporary file left
 
 
+def test_kept_fields_travel_with_each_result(builds, tmp_path, capsys):
+    """--keep-fields copies input fields (ids, URLs) into each result row, in input order: from JSONL, CSV and
+    Parquet into JSONL, CSV and Parquet results, with the input's types in Parquet (text from CSV); refused where a
+    result has no place for them, or a result field has their name."""
+    import pyarrow.parquet as pq
+
+    cls, emb = builds["bert_seq_cls"], builds["st_bert_mean_norm"]
+    paths = write_inputs(tmp_path / "in", TEXTS)     # fields id (0..), text
+    expected = bertc.Runtime(cls, artifact="onnx").run(TEXTS)
+    for fmt in ("jsonl", "csv", "parquet"):
+        for suffix in ("jsonl", "parquet", "csv"):
+            result = tmp_path / f"{fmt}.{suffix}"
+            assert main(["run", str(cls), str(paths[fmt]), "-o", str(result), "--artifact", "onnx", "-q",
+                         "--keep-fields", "id,text", "--window", "3", "--batch-size", "2"]) == 0
+            got = read_result(result)
+            ids = [str(i) if fmt == "csv" or suffix == "csv" else i for i in range(len(TEXTS))]
+            assert [g["id"] for g in got] == ids, (fmt, suffix)
+            assert [g["text"] for g in got] == TEXTS
+            assert [g["label"] for g in got] == [e["label"] for e in expected]
+            if suffix == "parquet":
+                assert pq.read_schema(result).names[:2] == ["id", "text"]
+    result = tmp_path / "emb.parquet"
+    assert main(["run", str(emb), str(paths["parquet"]), "-o", str(result), "-q", "--keep-fields", "id"]) == 0
+    table = pq.read_table(result)
+    assert str(table.schema.field("id").type) == "int64" and table.column("id").to_pylist() == list(range(len(TEXTS)))
+    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()), bertc.Runtime(emb).run(TEXTS),
+                               atol=1e-6)
+    # a value of another type in a later window cannot join its Parquet column: named, nothing written
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"id": i if i < 4 else f"x{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    _fails(["run", str(cls), str(mixed), "-o", str(tmp_path / "m.parquet"), "-q", "--keep-fields", "id", "--window",
+            "2", "--batch-size", "2"], capsys, EXIT_OUTPUT, "--keep-fields id: a value of another type than the first rows' (int64)")
+    assert not (tmp_path / "m.parquet").exists()
+    # refused: no place for them, a result field's name, a .txt, a missing field
+    for args, needle in (
+            ([str(emb), str(paths["jsonl"]), "-o", str(tmp_path / "e.npy"), "--keep-fields", "id"],
+             "--keep-fields: a .npy result of embeddings has no columns to put id in; use .parquet or .jsonl"),
+            ([str(emb), str(paths["jsonl"]), "-o", str(tmp_path / "e.csv"), "--keep-fields", "id"], "a .csv result"),
+            ([str(cls), str(paths["jsonl"]), "-o", str(tmp_path / "r.jsonl"), "--keep-fields", "id,score"],
+             "--keep-fields score: the classification results have a field of that name"),
+            ([str(cls), str(paths["txt"]), "-o", str(tmp_path / "r.jsonl"), "--keep-fields", "id"],
+             "a .txt input has no fields to keep"),
+            ([str(cls), str(paths["csv"]), "-o", str(tmp_path / "r.jsonl"), "--keep-fields", "url"],
+             "no column 'url' in the header (columns: id, text; choose with --text-field / --pair-field / "
+             "--keep-fields)"),
+            ([str(cls), str(paths["jsonl"]), "-o", str(tmp_path / "r.jsonl"), "--keep-fields", "id,"],
+             "--keep-fields 'id,': one field, or several comma-separated, each once")):
+        _fails(["run", *args, "-q"], capsys, EXIT_BAD_SPEC, needle)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("e.", "r.", "m."))) == []
+
+
 def test_a_byte_order_mark_at_the_start_is_no_text(builds, tmp_path):
     """Excel's "CSV UTF-8" and Notepad start a file with the UTF-8 byte-order mark: it is neither part of the
     first column's name, nor of the first JSON line, nor of the first text (files and standard input)."""

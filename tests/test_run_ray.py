@@ -68,16 +68,20 @@ def test_ray_run_equals_the_single_process_run_in_input_order(local_ray, builds,
     assert [r["scores"] for r in got] == [r["scores"] for r in expected]
 
 
-def test_multiple_choice_over_ray_is_the_single_process_run(local_ray, builds, tmp_path):
-    """Each row's choices travel with it to the actors (a list column) and come back as its result."""
+def test_multiple_choice_and_kept_fields_over_ray_are_the_single_process_run(local_ray, builds, tmp_path):
+    """Each row's choices travel with it to the actors (a list column) and come back as its result; the kept
+    fields come back with their rows, in their types."""
     questions = [(t, [t.split()[-1], "the mat", "a dog ran"][:2 + i % 2]) for i, t in enumerate(texts(60))]
     jsonl = tmp_path / "q.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": t, "choices": c}) + "\n" for t, c in questions))
+    jsonl.write_text("".join(json.dumps({"id": i, "tag": {"n": i}, "text": t, "choices": c}) + "\n"
+                             for i, (t, c) in enumerate(questions)))
     result = tmp_path / "r.jsonl"
     assert main(["run", str(builds["bert_mc"]), str(jsonl), "-o", str(result), "-q", "--truncate", "--ray",
-                 "--actors", "2", "--threads", "1", "--window", "16"]) == 0
+                 "--actors", "2", "--threads", "1", "--window", "16", "--keep-fields", "id,tag"]) == 0
     expected = bertc.Runtime(builds["bert_mc"], truncate=True, window=16).run(questions)
-    assert read_result(result) == json.loads(json.dumps(expected))
+    got = read_result(result)
+    assert [(g.pop("id"), g.pop("tag")) for g in got] == [(i, {"n": i}) for i in range(60)]
+    assert got == json.loads(json.dumps(expected))
 
 
 class KillsItselfOnce(RayPredictor):
