@@ -464,6 +464,10 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "{}.\"].")
 @click.option("--multi-label", is_flag=True,
               help="Zero-shot: score each label alone (entailment against contradiction), not against each other.")
+@click.option("--similarity", is_flag=True,
+              help="A sentence embedder scores text pairs (--pair-field, or a tab in a .txt): each text embedded alone, "
+                   "the two compared by the model's similarity function (config_sentence_transformers.json's "
+                   "similarity_fn_name: cosine, dot, euclidean, manhattan; cosine by default).")
 @click.option("--prompt", default=None, metavar="TEXT",
               help="A sentence embedder's prompt, put before each text (e.g. \"query: \"; \"\" for none) [default: "
                    "the model's default prompt, if its sentence-transformers config names one].")
@@ -480,7 +484,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 aggregation,
                 scores, top_k,
                 candidate_labels,
-                hypothesis_template, multi_label, prompt, prompt_name, ray_address, actors, quiet):
+                hypothesis_template, multi_label, similarity, prompt, prompt_name, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
     standard input); write RESULT: embeddings, labels and scores, spans, tags and entities, a masked-LM model's
     predictions at each mask token, zero-shot labels (--labels), or a multiple-choice model's choice, one per input
@@ -495,11 +499,12 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
                       candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
                       multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation,
-                      max_length=max_length)
+                      max_length=max_length, similarity=similarity)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")
              + (f"; prompt {runtime.prompt!r} ({runtime.prompt_why})" if runtime.prompt else "")
+             + (f"; {runtime.similarity} similarity ({runtime.similarity_why})" if runtime.kind == "similarity" else "")
              + (f"; the {runtime.parts.top_k} likeliest tokens at each {runtime.mask[0]}"
                 if runtime.kind == "fill_mask" else "")
              + (f"; {len(runtime.parts.candidates)} candidate labels in {runtime.parts.hypothesis!r}"

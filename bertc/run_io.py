@@ -13,7 +13,7 @@ Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a 
 ``{"tags": [{"word", "start", "end", "label", "score"}, ...], "entities": [{"label", "start", "end", "text",
 "score"}, ...]}``; a fill-mask result
 ``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``; a
-zero-shot result ``{"labels", "scores"}`` (likeliest first); a multiple-choice result ``{"choice", "answer", "score",
+zero-shot result ``{"labels", "scores"}`` (likeliest first); a sentence pair's ``{"similarity"}``; a multiple-choice result ``{"choice", "answer", "score",
 "scores"}`` (the likeliest choice's index and text, and every choice's probability in the input's order).
 
 ``keep``: fields of the input (an id, a URL) copied into each result row beside the result (JSONL, CSV and Parquet
@@ -45,17 +45,18 @@ RESULT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
                   ".pq": "parquet"}
 STDIO = "-"   # INPUT / RESULT: standard input / output
 STDOUT_FORMATS = ("jsonl", "csv")   # the result formats written as a stream (.npy rewrites its header at the end)
-KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",), "csv": ("embedding", "classification", "span", "choice"),
+KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",),
+                          "csv": ("embedding", "classification", "span", "choice", "similarity"),
                           "jsonl": ("embedding", "classification", "span", "spans", "tags", "fill_mask", "zero_shot",
-                                    "choice"),
+                                    "choice", "similarity"),
                           "parquet": ("embedding", "classification", "span", "spans", "tags", "fill_mask",
-                                      "zero_shot", "choice")}
+                                      "zero_shot", "choice", "similarity")}
 DEFAULT_CHOICES_FIELD = "choices"
 # the fields of one result of each kind (a kept input field may not take one of their names)
 RESULT_FIELDS = {"embedding": ("embedding",), "classification": ("label", "label_id", "score", "scores"),
                  "span": ("start", "end", "text", "score"), "spans": ("answers",), "tags": ("tags", "entities"),
                  "fill_mask": ("sequence", "masks"), "zero_shot": ("labels", "scores"),
-                 "choice": ("choice", "answer", "score", "scores")}
+                 "choice": ("choice", "answer", "score", "scores"), "similarity": ("similarity",)}
 
 
 @dataclass(frozen=True)
@@ -458,7 +459,7 @@ class _CsvWriter:
         self.f = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=False)
         self.kind, self.writer, self.keep = kind, csv.writer(self.f), keep
         self.columns = {"classification": ["label", "label_id", "score"], "span": ["start", "end", "text", "score"],
-                        "choice": ["choice", "answer", "score"], "embedding": None}[kind]
+                        "choice": ["choice", "answer", "score"], "similarity": ["similarity"], "embedding": None}[kind]
         if self.columns:
             self.writer.writerow([*keep, *self.columns])
 
@@ -528,6 +529,8 @@ class _ParquetWriter:
         if self.kind == "zero_shot":
             return pa.table({"labels": pa.array([r["labels"] for r in rows], pa.list_(pa.string())),
                              "scores": pa.array([r["scores"] for r in rows], pa.list_(pa.float32()))})
+        if self.kind == "similarity":
+            return pa.table({"similarity": pa.array([r["similarity"] for r in rows], pa.float32())})
         if self.kind == "choice":
             return pa.table({"choice": pa.array([r["choice"] for r in rows], pa.int32()),
                              "answer": pa.array([r["answer"] for r in rows], pa.string()),

@@ -40,6 +40,10 @@ the same, with ``top_k``            spans           ``{"answers": [...]}``: the 
 an NLI classifier's ``logits`` with   zero_shot       ``{"labels", "scores"}``: the candidate labels,
 candidate labels                                      likeliest first, as transformers' zero-shot
                                                       pipeline scores them (:func:`zero_shot_ids`)
+a sentence embedder's output, with    similarity      ``{"similarity"}``: the two texts of each pair
+``similarity`` and text pairs                         embedded alone, then compared by the model's
+                                                      similarity function (:func:`similarity_function`,
+                                                      as ``SentenceTransformer.similarity_pairwise``)
 a ``multiple_choice`` head's          choice          ``{"choice", "answer", "score", "scores"}``: each
 ``logits`` (batch, 1)                                 (text, choice) pair scored, the softmax over a
                                                       question's choices (transformers'
@@ -359,6 +363,27 @@ def sentence_prompt(out: Path, report: dict, kind: str, prompt: Optional[str] = 
     return "", ""
 
 
+# sentence-transformers' similarity functions (``similarity_fn_name``), pairwise, on float64 vectors
+SIMILARITIES = {"cosine": lambda a, b: float(a @ b / max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(b), 1e-12)),
+                "dot": lambda a, b: float(a @ b), "dot_product": lambda a, b: float(a @ b),
+                "euclidean": lambda a, b: -float(np.linalg.norm(a - b)),
+                "manhattan": lambda a, b: -float(np.abs(a - b).sum())}
+
+
+def similarity_function(out: Path, report: dict) -> tuple[str, str]:
+    """(the name of one of :data:`SIMILARITIES`, why): the ``similarity_fn_name`` of the model's
+    config_sentence_transformers.json, else cosine (sentence-transformers' default)."""
+    for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):
+        name = config.get("similarity_fn_name")
+        if name is None:
+            break
+        if name not in SIMILARITIES:
+            raise InputError(f"config_sentence_transformers.json of {out}: similarity_fn_name {name!r}: bertc run "
+                             f"compares with {', '.join(SIMILARITIES)}")
+        return name, "the model's similarity_fn_name"
+    return "cosine", "sentence-transformers' default"
+
+
 def _vocab_size(spec: dict) -> Optional[int]:
     encoder = spec.get("encoder") or {}
     size = encoder.get("vocab_size") or (encoder.get("embedding") or {}).get("vocab_size")
@@ -429,6 +454,7 @@ class EngineParts:
     hypothesis: str = DEFAULT_HYPOTHESIS   # zero-shot: the hypothesis each label is put in
     nli: tuple = (0, 0)              # zero-shot: the (entailment, contradiction) class ids
     multi_label: bool = False        # zero-shot: each label alone (entailment vs contradiction)
+    similarity: str = "cosine"       # a sentence embedder's pairs: how their two embeddings are compared
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -538,6 +564,20 @@ class Engine:
                      for r in records for label in self.parts.candidates]
             n = len(self.parts.candidates)
             return self.encode(pairs), [i // n for i in range(len(pairs))]
+        if self.parts.kind == "similarity":   # each text of a pair embedded alone
+            singles = []
+            for r in records:
+                if r.pair is None:
+                    raise InputError(f"{r.where}: one text; the similarity of a pair needs two (--pair-field, or a "
+                                     f"tab between them in a .txt)")
+                singles.extend((Record(r.text, None, r.where), Record(r.pair, None, r.where)))
+            return self.encode(singles), [i // 2 for i in range(len(singles))]
+        if self.parts.kind == "embedding" and self.parts.outputs["embedding"] == "sentence_embedding":
+            paired = next((r for r in records if r.pair is not None), None)
+            if paired is not None:
+                raise InputError(f"{paired.where}: a pair of texts; a sentence embedder embeds one text a row "
+                                 f"(sentence-transformers never joins two into one input): drop the pair, or pass "
+                                 f"--similarity (Runtime(..., similarity=True)) to compare the two texts' embeddings")
         if self.parts.kind == "choice":   # one (text, choice) pair per choice; with a pair, it leads each choice
             pairs, owners = [], []
             for k, r in enumerate(records):
@@ -626,6 +666,9 @@ class Engine:
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
                 elif self.parts.kind in ("zero_shot", "choice"):   # a candidate label's or a choice's logits
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j], np.float64)))
+                elif self.parts.kind == "similarity":   # feature i: record i // 2, its text (even) or pair (odd)
+                    pending.setdefault(k, []).append((i, np.array(values[self.parts.outputs["embedding"]][j],
+                                                                  np.float64)))
                 elif self.parts.kind == "span":   # every window's candidates, summed once all are in
                     pending.setdefault(k, []).append((i, self._span_candidates(
                         values[self.parts.outputs["start"]][j], values[self.parts.outputs["end"]][j], encodings[i],
@@ -638,6 +681,8 @@ class Engine:
                 results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))
             elif self.parts.kind == "choice":
                 results[k] = self._choice(np.stack([logits[0] for _, logits in parts]), records[k])
+            elif self.parts.kind == "similarity":
+                results[k] = {"similarity": SIMILARITIES[self.parts.similarity](parts[0][1], parts[1][1])}
             elif self.parts.kind == "span":
                 results[k] = self._span_answer([c for _, (candidates, _) in parts for c in candidates],
                                                min(null for _, (_, null) in parts) if self.parts.no_answer else None,
@@ -924,7 +969,9 @@ class Runtime:
     ``hypothesis_template`` (:data:`DEFAULT_HYPOTHESIS`), entailment scored against the text, ``multi_label``
     each label alone (:meth:`Engine._zero_shot`). ``batch_size`` and ``max_batch_tokens`` bound each
     model call (texts; padded tokens, and through them attention's memory: :func:`batch_cuts`); ``window``
-    texts are read, sorted by length and batched at a time.
+    texts are read, sorted by length and batched at a time. ``similarity``: a sentence embedder scores text pairs
+    instead, each text embedded alone (with the prompt, if any) and the two compared by the model's similarity
+    function (:func:`similarity_function`); without it, a pair given to a sentence embedder is refused.
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
@@ -934,7 +981,7 @@ class Runtime:
                  top_k: Optional[int] = None, doc_stride: Optional[int] = None,
                  candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
                  multi_label: bool = False, allow_no_answer: bool = False, aggregation: Optional[str] = None,
-                 max_length: Optional[int] = None):
+                 max_length: Optional[int] = None, similarity: bool = False):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -981,6 +1028,13 @@ class Runtime:
         self.scores, self.scores_why = ("softmax", "") if self.kind != "classification" else \
             (scores, "asked for") if scores else score_function(self.out, self.report, classes)
         self.prompt, self.prompt_why = sentence_prompt(self.out, self.report, self.kind, prompt, prompt_name)
+        self.similarity, self.similarity_why = "", ""
+        if similarity:   # each pair's two texts embedded alone and compared
+            if self.kind != "embedding":
+                raise InputError(f"similarity: compares a sentence embedder's embeddings of two texts (this model "
+                                 f"gives {self.kind} results)")
+            self.similarity, self.similarity_why = similarity_function(self.out, self.report)
+            self.kind = "similarity"
         path = self.out / self.choice.path
         if (self.report["artifacts"][self.choice.artifact].get("external_data")):
             raise InputError(f"{path.name} keeps its weights in external data files; bertc run needs a single-file artifact")
@@ -1015,6 +1069,7 @@ class Runtime:
                                  scores=self.scores, prompt=self.prompt,
                                  doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride, **zero_shot,
                                  no_answer=bool(allow_no_answer), aggregation=aggregation or "first", answers=answers,
+                                 similarity=self.similarity or "cosine",
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
 

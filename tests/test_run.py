@@ -162,7 +162,9 @@ for name, out in builds.items():
     fill = name in ("distilbert_mlm", "bert_pretraining")
     texts = ["the cat [MASK] on the mat.", "a [MASK] ran fast"] if fill else ["the cat sat on the mat.", "a dog ran fast"]
     rows = bertc.Runtime(out).run(list(zip(["the cat", "a dog"], texts)) if name == "bert_qa" else texts)
-    code = main(["run", out, work + ("/in_mask.txt" if fill else "/in.txt"), "-o", work + "/" + name + ".jsonl", "-q"])
+    pairs = ["--similarity"] if name.startswith("st_") else []   # a sentence embedder scores in.txt's pairs
+    code = main(["run", out, work + ("/in_mask.txt" if fill else "/in.txt"), "-o", work + "/" + name + ".jsonl", "-q",
+                 *pairs])
     results[name] = [len(rows), code]
 results["list"] = main(["list"])
 print(json.dumps(results))
@@ -1146,6 +1148,48 @@ def test_kept_fields_travel_with_each_result(builds, tmp_path, capsys):
              "--keep-fields 'id,': one field, or several comma-separated, each once")):
         _fails(["run", *args, "-q"], capsys, EXIT_BAD_SPEC, needle)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("e.", "r.", "m."))) == []
+
+
+def test_a_sentence_embedder_scores_pairs_by_its_similarity_function(builds, tmp_path, capsys):
+    """--similarity: each text of a pair is embedded alone (as sentence-transformers encodes it) and the two compared
+    by the model's similarity_fn_name (cosine by default; dot, euclidean, manhattan as
+    SentenceTransformer.similarity_pairwise computes them). A pair without --similarity is refused, not joined
+    into one input as a cross-encoder's would be."""
+    out = builds["st_bert_mean_norm"]
+    pairs = [PAIRS[0], (TEXTS[0], TEXTS[0]), (TEXTS[1], TEXTS[2])]
+    emb = bertc.Runtime(out, artifact="onnx").run([t for p in pairs for t in p]).astype(np.float64)
+    a, b = emb[0::2], emb[1::2]
+    functions = {"cosine": (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1),
+                 "dot": (a * b).sum(1), "euclidean": -np.linalg.norm(a - b, axis=1),
+                 "manhattan": -np.abs(a - b).sum(1)}
+    got = bertc.Runtime(out, artifact="onnx", similarity=True).run(pairs)
+    np.testing.assert_allclose([g["similarity"] for g in got], functions["cosine"], atol=1e-6)
+    assert abs(got[1]["similarity"] - 1.0) < 1e-6
+    paths = write_inputs(tmp_path / "in", [p[0] for p in pairs], [p[1] for p in pairs])
+    for name, expected in functions.items():   # the model's similarity_fn_name, in the build's bundled config
+        copy = tmp_path / f"out_{name}"
+        shutil.copytree(out, copy)
+        config = copy / "config_sentence_transformers.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "similarity_fn_name": name}))
+        for source, args in (("txt", []), ("jsonl", ["--pair-field", "context"])):
+            result = tmp_path / f"{name}_{source}.csv"
+            assert main(["run", str(copy), str(paths[source]), "-o", str(result), "--artifact", "onnx",
+                         "--similarity", *args]) == 0
+            assert f"; {name} similarity (the model's similarity_fn_name)" in capsys.readouterr().err
+            np.testing.assert_allclose([float(r["similarity"]) for r in read_result(result)], expected, atol=1e-5)
+    config.write_text(json.dumps({"similarity_fn_name": "maxsim"}))
+    with pytest.raises(InputError, match="similarity_fn_name 'maxsim': bertc run compares with cosine, dot"):
+        bertc.Runtime(copy, similarity=True)
+    # refused: a pair without --similarity, one text with it, --similarity on a classifier
+    _fails(["run", str(out), str(paths["txt"]), "-o", str(tmp_path / "e.npy"), "-q"], capsys, EXIT_BAD_SPEC,
+           "in.txt: line 1: a pair of texts; a sentence embedder embeds one text a row")
+    with pytest.raises(InputError, match="text 1: one text; the similarity of a pair needs two"):
+        bertc.Runtime(out, similarity=True).run(["one"])
+    with pytest.raises(InputError, match="similarity: compares a sentence embedder's embeddings of two texts "
+                                         "\\(this model gives classification results\\)"):
+        bertc.Runtime(builds["bert_seq_cls"], similarity=True)
+    _fails(["run", str(out), str(paths["txt"]), "-o", str(tmp_path / "s.npy"), "-q", "--similarity"], capsys,
+           EXIT_BAD_SPEC, "a .npy result cannot hold similarity results")
 
 
 def test_a_byte_order_mark_at_the_start_is_no_text(builds, tmp_path):
