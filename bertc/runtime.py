@@ -508,6 +508,7 @@ class Engine:
         self.tokenizer.no_padding()
         self._windowing = None   # a span labeler's long contexts: a second tokenizer, truncating with a stride
         self.output_names = list(parts.outputs.values())
+        self.cut: set = set()   # where the records of the last predict() that truncation cut are (Record.where)
 
     # tokens -------------------------------------------------------------------------------------------
     def encode(self, records: Sequence[Record]) -> list:
@@ -528,12 +529,13 @@ class Engine:
                     raise InputError(f"{r.where}: cannot be cut to the model's maximum of {self.parts.max_len} "
                                      f"tokens ({' '.join(str(exc).split())})") from None
             raise
-        if not self.parts.truncate:
-            for r, e in zip(records, encodings):
-                if e.overflowing and not self.windowed(r):
+        for r, e in zip(records, encodings):
+            if e.overflowing and not self.windowed(r):
+                if not self.parts.truncate:
                     raise InputError(f"{r.where}: the text is longer than the model's maximum of "
                                      f"{self.parts.max_len} tokens; pass --truncate to cut it "
                                      f"(Runtime(..., truncate=True))")
+                self.cut.add(r.where)   # the input record this row came from was cut
         if self.parts.kind == "fill_mask":
             token, token_id = self.parts.mask
             for r, e in zip(records, encodings):
@@ -646,6 +648,7 @@ class Engine:
     def predict(self, records: Sequence[Record]) -> list:
         """One result per record, in the records' order: the batches are cut from the records (a long
         context's windows: :meth:`features`) sorted by token length and padded to their own longest."""
+        self.cut = set()
         if not records:
             return []
         encodings, owners = self.features(records)
@@ -1072,6 +1075,7 @@ class Runtime:
                                  similarity=self.similarity or "cosine",
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
+        self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray
 
     def _zero_shot_parts(self, candidates, template, multi_label: bool, scores, labels) -> dict:
         """EngineParts' zero-shot fields (and ``self.kind`` "zero_shot") when candidate labels are given."""
@@ -1130,9 +1134,11 @@ class Runtime:
             yield results
 
     def _iter_kept(self, records: Iterable[Record], progress=None) -> Iterator[tuple[list, list]]:
-        """(results, their records' kept values) window by window, in input order."""
+        """(results, their records' kept values) window by window, in input order; counts the records that
+        truncation cut (``self.truncated``)."""
         for window in windows(records, self.window):
             results = self.engine.predict(window)
+            self.truncated += len(self.engine.cut)
             if progress:
                 progress(len(results))
             yield results, [r.kept for r in window]
@@ -1207,12 +1213,13 @@ class RayPredictor:
         except BertcError as exc:
             errors[0] = json.dumps([type(exc).__name__, str(exc)])
             return {"index": index, "result": np.array([b""] * len(index), dtype=object), "error": errors,
-                    "kept": kept}
+                    "kept": kept, "cut": np.zeros(len(index), dtype=bool)}
         if self.engine.parts.kind == "embedding":
             encoded = [np.asarray(r, "<f4").tobytes() for r in results]
         else:
             encoded = [json.dumps(r, ensure_ascii=False).encode() for r in results]
-        return {"index": index, "result": np.array(encoded, dtype=object), "error": errors, "kept": kept}
+        cut = np.array([r.where in self.engine.cut for r in records], dtype=bool)
+        return {"index": index, "result": np.array(encoded, dtype=object), "error": errors, "kept": kept, "cut": cut}
 
 
 def _ray_blocks(records: Iterable[Record], size: int):
@@ -1322,6 +1329,7 @@ def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[t
             results = [np.frombuffer(r, "<f4") for r in batch["result"][keep]]
         else:
             results = [json.loads(r) for r in batch["result"][keep]]
+        runtime.truncated += int(np.count_nonzero(batch["cut"][keep]))
         if progress:
             progress(len(results))
         yield results, [pickle.loads(k) if len(k) else () for k in batch["kept"][keep]]

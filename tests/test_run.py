@@ -1267,8 +1267,17 @@ def test_over_long_text_is_truncated_as_the_tokenizer_says_or_refused_naming_the
     # an embedder truncates (as sentence-transformers does): the result is that of the first 14 word tokens
     emb = builds["st_bert_mean_norm"]
     words = LONG.split()
-    got = bertc.Runtime(emb, artifact="onnx").run([LONG])
+    rt = bertc.Runtime(emb, artifact="onnx")
+    got = rt.run([LONG])
     np.testing.assert_allclose(got, direct(emb, [" ".join(words[:14])])["sentence_embedding"], atol=1e-5)
+    assert rt.truncated == 1   # counted, and the run's summary says so
+    (tmp_path / "long.txt").write_text(f"the cat\n{LONG}\n{LONG} again\n")
+    assert main(["run", str(emb), str(tmp_path / "long.txt"), "-o", str(tmp_path / "e.npy")]) == 0
+    assert "3 embedding result(s)" in (err := capsys.readouterr().err) and \
+        "; 2 of them cut to the model's 16 tokens (--no-truncate refuses such texts, naming each)" in err
+    (tmp_path / "short.txt").write_text("the cat\n")
+    assert main(["run", str(emb), str(tmp_path / "short.txt"), "-o", str(tmp_path / "e2.npy")]) == 0
+    assert "cut to" not in capsys.readouterr().err   # nothing cut: nothing said
     # a classifier whose tokenizer.json does not truncate refuses, naming the line, unless --truncate
     cls = builds["bert_seq_cls"]
     text = tmp_path / "in.txt"
