@@ -471,6 +471,11 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.option("--prompt", default=None, metavar="TEXT",
               help="A sentence embedder's prompt, put before each text (e.g. \"query: \"; \"\" for none) [default: "
                    "the model's default prompt, if its sentence-transformers config names one].")
+@click.option("--pair-prompt", default=None, metavar="TEXT",
+              help="With --similarity: the prompt before each pair's second text (e.g. \"passage: \"; \"\" for none) "
+                   "[default: the first text's].")
+@click.option("--pair-prompt-name", default=None, metavar="NAME",
+              help="With --similarity: one of the model's prompts for each pair's second text.")
 @click.option("--prompt-name", default=None, metavar="NAME",
               help="One of the model's prompts (config_sentence_transformers.json), e.g. query or passage.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
@@ -484,7 +489,8 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 aggregation,
                 scores, top_k,
                 candidate_labels,
-                hypothesis_template, multi_label, similarity, prompt, prompt_name, ray_address, actors, quiet):
+                hypothesis_template, multi_label, similarity, prompt, pair_prompt, pair_prompt_name, prompt_name,
+                ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
     standard input); write RESULT: embeddings, labels and scores, spans, tags and entities, a masked-LM model's
     predictions at each mask token, zero-shot labels (--labels), or a multiple-choice model's choice, one per input
@@ -499,12 +505,15 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
                       candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
                       multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation,
-                      max_length=max_length, similarity=similarity)
+                      max_length=max_length, similarity=similarity, pair_prompt=pair_prompt,
+                      pair_prompt_name=pair_prompt_name)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")
              + (f"; prompt {runtime.prompt!r} ({runtime.prompt_why})" if runtime.prompt else "")
              + (f"; {runtime.similarity} similarity ({runtime.similarity_why})" if runtime.kind == "similarity" else "")
+             + (f"; pair prompt {runtime.pair_prompt!r} ({runtime.pair_prompt_why})"
+                if runtime.kind == "similarity" and runtime.pair_prompt != runtime.prompt else "")
              + (f"; the {runtime.parts.top_k} likeliest tokens at each {runtime.mask[0]}"
                 if runtime.kind == "fill_mask" else "")
              + (f"; {len(runtime.parts.candidates)} candidate labels in {runtime.parts.hypothesis!r}"

@@ -455,6 +455,7 @@ class EngineParts:
     nli: tuple = (0, 0)              # zero-shot: the (entailment, contradiction) class ids
     multi_label: bool = False        # zero-shot: each label alone (entailment vs contradiction)
     similarity: str = "cosine"       # a sentence embedder's pairs: how their two embeddings are compared
+    pair_prompt: str = ""            # ... and the prompt put before each pair's second text
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -511,9 +512,10 @@ class Engine:
         self.cut: set = set()   # where the records of the last predict() that truncation cut are (Record.where)
 
     # tokens -------------------------------------------------------------------------------------------
-    def encode(self, records: Sequence[Record]) -> list:
-        """One encoding per record (a span labeler's long context: see :meth:`features`)."""
-        prompt = self.parts.prompt
+    def encode(self, records: Sequence[Record], prompt: Optional[str] = None) -> list:
+        """One encoding per record (a span labeler's long context: see :meth:`features`); ``prompt`` (default: the
+        sentence embedder's) before each single text."""
+        prompt = self.parts.prompt if prompt is None else prompt
         inputs = [prompt + r.text if r.pair is None else (r.text, r.pair) for r in records]
         try:
             encodings = self.tokenizer.encode_batch(inputs)
@@ -572,8 +574,9 @@ class Engine:
                 if r.pair is None:
                     raise InputError(f"{r.where}: one text; the similarity of a pair needs two (--pair-field, or a "
                                      f"tab between them in a .txt)")
-                singles.extend((Record(r.text, None, r.where), Record(r.pair, None, r.where)))
-            return self.encode(singles), [i // 2 for i in range(len(singles))]
+                singles.extend((Record(self.parts.prompt + r.text, None, r.where),
+                                Record(self.parts.pair_prompt + r.pair, None, r.where)))
+            return self.encode(singles, prompt=""), [i // 2 for i in range(len(singles))]
         if self.parts.kind == "embedding" and self.parts.outputs["embedding"] == "sentence_embedding":
             paired = next((r for r in records if r.pair is not None), None)
             if paired is not None:
@@ -975,6 +978,8 @@ class Runtime:
     texts are read, sorted by length and batched at a time. ``similarity``: a sentence embedder scores text pairs
     instead, each text embedded alone (with the prompt, if any) and the two compared by the model's similarity
     function (:func:`similarity_function`); without it, a pair given to a sentence embedder is refused.
+    ``pair_prompt`` / ``pair_prompt_name``: the second texts' own prompt (a retrieval model's passages: e5's
+    "passage: ", none for bge's), resolved as ``prompt`` is; by default the first texts' one.
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
@@ -984,7 +989,8 @@ class Runtime:
                  top_k: Optional[int] = None, doc_stride: Optional[int] = None,
                  candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
                  multi_label: bool = False, allow_no_answer: bool = False, aggregation: Optional[str] = None,
-                 max_length: Optional[int] = None, similarity: bool = False):
+                 max_length: Optional[int] = None, similarity: bool = False, pair_prompt: Optional[str] = None,
+                 pair_prompt_name: Optional[str] = None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -1032,11 +1038,18 @@ class Runtime:
             (scores, "asked for") if scores else score_function(self.out, self.report, classes)
         self.prompt, self.prompt_why = sentence_prompt(self.out, self.report, self.kind, prompt, prompt_name)
         self.similarity, self.similarity_why = "", ""
+        self.pair_prompt, self.pair_prompt_why = self.prompt, self.prompt_why
+        if (pair_prompt is not None or pair_prompt_name is not None) and not similarity:
+            raise InputError("a pair prompt is for the second text of each pair that --similarity compares "
+                             "(Runtime(..., similarity=True))")
         if similarity:   # each pair's two texts embedded alone and compared
             if self.kind != "embedding":
                 raise InputError(f"similarity: compares a sentence embedder's embeddings of two texts (this model "
                                  f"gives {self.kind} results)")
             self.similarity, self.similarity_why = similarity_function(self.out, self.report)
+            if pair_prompt is not None or pair_prompt_name is not None:   # e5 / bge: passages get their own
+                self.pair_prompt, self.pair_prompt_why = sentence_prompt(self.out, self.report, self.kind,
+                                                                         pair_prompt, pair_prompt_name)
             self.kind = "similarity"
         path = self.out / self.choice.path
         if (self.report["artifacts"][self.choice.artifact].get("external_data")):
@@ -1072,7 +1085,7 @@ class Runtime:
                                  scores=self.scores, prompt=self.prompt,
                                  doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride, **zero_shot,
                                  no_answer=bool(allow_no_answer), aggregation=aggregation or "first", answers=answers,
-                                 similarity=self.similarity or "cosine",
+                                 similarity=self.similarity or "cosine", pair_prompt=self.pair_prompt,
                                  provider_options=provider_options(backend))
         self._engine: Optional[Engine] = None
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray

@@ -1177,6 +1177,18 @@ def test_a_sentence_embedder_scores_pairs_by_its_similarity_function(builds, tmp
                          "--similarity", *args]) == 0
             assert f"; {name} similarity (the model's similarity_fn_name)" in capsys.readouterr().err
             np.testing.assert_allclose([float(r["similarity"]) for r in read_result(result)], expected, atol=1e-5)
+    # prompts: the first texts' (here the model's default, query), the second texts' own (--pair-prompt-name)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": PROMPTS, "default_prompt_name": "query",
+                                  "similarity_fn_name": "dot"}))
+    rt = bertc.Runtime(copy, artifact="onnx", similarity=True, pair_prompt_name="passage")
+    q = bertc.Runtime(out, artifact="onnx").run([PROMPTS["query"] + p[0] for p in pairs]).astype(np.float64)
+    d = bertc.Runtime(out, artifact="onnx").run([PROMPTS["passage"] + p[1] for p in pairs]).astype(np.float64)
+    np.testing.assert_allclose([g["similarity"] for g in rt.run(pairs)], (q * d).sum(1), atol=1e-5)
+    assert (rt.prompt, rt.pair_prompt) == (PROMPTS["query"], PROMPTS["passage"])
+    same = bertc.Runtime(copy, artifact="onnx", similarity=True)   # by default both texts get the first's prompt
+    assert same.pair_prompt == PROMPTS["query"]
+    with pytest.raises(InputError, match="a pair prompt is for the second text of each pair that --similarity"):
+        bertc.Runtime(copy, pair_prompt="x")
     config.write_text(json.dumps({"similarity_fn_name": "maxsim"}))
     with pytest.raises(InputError, match="similarity_fn_name 'maxsim': bertc run compares with cosine, dot"):
         bertc.Runtime(copy, similarity=True)
