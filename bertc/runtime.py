@@ -1216,9 +1216,10 @@ class RayPredictor:
 
     def __call__(self, batch: dict) -> dict:
         index = np.asarray(batch["index"], np.int64)
+        options = batch["choices"] if "choices" in batch else [()] * len(index)
         records = [Record(str(t), str(p) if has else None, str(w), tuple(str(c) for c in choices) or None)
                    for t, p, has, w, choices in zip(batch["text"], batch["pair"], batch["has_pair"], batch["where"],
-                                                    batch["choices"])]
+                                                    options)]
         errors = np.array([""] * len(index), dtype=object)
         kept = batch["kept"] if "kept" in batch else np.array([b""] * len(index), dtype=object)   # passed through
         try:
