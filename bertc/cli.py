@@ -416,6 +416,12 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="A multiple-choice model's choices: the field / column holding each row's list of them (in CSV, a "
                    "JSON array), or several, comma-separated, holding one choice each. In a .txt, a tab before each "
                    "choice [default: choices].")
+@click.option("--rank", is_flag=True,
+              help="A one-score classifier (a cross-encoder reranker) orders each row's documents by their scores "
+                   "with its text (the query), best first, as CrossEncoder.rank; --top-k keeps the best K.")
+@click.option("--documents-field", default=None, metavar="FIELD|A,B,...",
+              help="With --rank: the field / column holding each row's documents (in CSV, a JSON array), or several, "
+                   "comma-separated, holding one each. In a .txt, a tab before each document [default: documents].")
 @click.option("--keep-fields", default=None, metavar="A,B,...",
               help="Input fields / columns (an id, a URL) copied into each result row beside the result, with their "
                    "types in Parquet: JSONL, CSV or Parquet input and result.")
@@ -449,7 +455,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "problem_type), else sigmoid for one class and softmax for more].")
 @click.option("--top-k", type=click.IntRange(1), default=None,
               help="A masked-LM model's predictions per mask token (fill-mask) [default: 5]; a span labeler's best "
-                   "answers, as a list (\"answers\") [default: the best alone].")
+                   "answers, as a list (\"answers\") [default: the best alone]; a ranking's best documents [default: "
+                   "all].")
 @click.option("--allow-no-answer", is_flag=True,
               help="A span labeler may answer \"\" (start = end = 0) when its [CLS] start and end outscore every "
                    "span of the context, as transformers' handle_impossible_answer (models trained on SQuAD 2.0).")
@@ -484,7 +491,7 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --ray: actors (one ONNX Runtime session each) [default: the cluster's CPUs / --threads].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar nor summary line.")
 def run_command(out, input_path, result, force, input_format, result_format, text_field, pair_field, choices_field,
-                keep_fields, artifact, device,
+                rank, documents_field, keep_fields, artifact, device,
                 threads, batch_size, max_batch_tokens, window, truncate, max_length, doc_stride, allow_no_answer,
                 aggregation,
                 scores, top_k,
@@ -506,10 +513,11 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
                       multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation,
                       max_length=max_length, similarity=similarity, pair_prompt=pair_prompt,
-                      pair_prompt_name=pair_prompt_name)
+                      pair_prompt_name=pair_prompt_name, rank=rank)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
-             + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind == "classification" else "")
+             + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind in ("classification", "rank")
+                else "")
              + (f"; prompt {runtime.prompt!r} ({runtime.prompt_why})" if runtime.prompt else "")
              + (f"; {runtime.similarity} similarity ({runtime.similarity_why})" if runtime.kind == "similarity" else "")
              + (f"; pair prompt {runtime.pair_prompt!r} ({runtime.pair_prompt_why})"
@@ -523,6 +531,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     try:
         rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
                                 pair_field=pair_field, choices_field=choices_field, keep_fields=keep_fields,
+                                documents_field=documents_field,
                                 result_format=result_format, force=force, progress=progress,
                                 total_hint=progress.set_total, ray_address=ray_address, ray_actors=actors)
     except BrokenPipeError:   # the reader of standard output stopped (`| head`): stop too, quietly, as Unix tools do

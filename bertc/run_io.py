@@ -48,15 +48,15 @@ STDOUT_FORMATS = ("jsonl", "csv")   # the result formats written as a stream (.n
 KINDS_BY_RESULT_FORMAT = {"npy": ("embedding",),
                           "csv": ("embedding", "classification", "span", "choice", "similarity"),
                           "jsonl": ("embedding", "classification", "span", "spans", "tags", "fill_mask", "zero_shot",
-                                    "choice", "similarity"),
+                                    "choice", "similarity", "rank"),
                           "parquet": ("embedding", "classification", "span", "spans", "tags", "fill_mask",
-                                      "zero_shot", "choice", "similarity")}
+                                      "zero_shot", "choice", "similarity", "rank")}
 DEFAULT_CHOICES_FIELD = "choices"
 # the fields of one result of each kind (a kept input field may not take one of their names)
 RESULT_FIELDS = {"embedding": ("embedding",), "classification": ("label", "label_id", "score", "scores"),
                  "span": ("start", "end", "text", "score"), "spans": ("answers",), "tags": ("tags", "entities"),
                  "fill_mask": ("sequence", "masks"), "zero_shot": ("labels", "scores"),
-                 "choice": ("choice", "answer", "score", "scores"), "similarity": ("similarity",)}
+                 "choice": ("choice", "answer", "score", "scores"), "similarity": ("similarity",), "rank": ("ranking",)}
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class InputSpec:
     choices: bool = False
     choices_field: tuple = (DEFAULT_CHOICES_FIELD,)
     keep: tuple = ()
+    ranking: bool = False   # the lists are a reranker's documents (one or more), not a question's choices
 
     @property
     def fields(self) -> list:
@@ -110,10 +111,13 @@ def field_list(value, option: str) -> tuple:
 
 
 def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_field: Optional[str] = None,
-               choices: bool = False, choices_field: Optional[str] = None, keep=None) -> InputSpec:
+               choices: bool = False, choices_field: Optional[str] = None, keep=None,
+               ranking: bool = False) -> InputSpec:
     """``choices``: the model is a multiple-choice one (each row has choices); ``choices_field``: the field holding
-    them (a list), or several fields, comma-separated, holding one choice each [default: "choices"]. ``keep``:
-    fields ("a,b" or a list) whose values each result row gets too."""
+    them (a list), or several fields, comma-separated, holding one choice each [default: "choices"]. ``ranking``:
+    the lists are the documents a reranker orders (each row a query and its documents; ``choices_field``'s default
+    "documents", one document is enough). ``keep``: fields ("a,b" or a list) whose values each result row gets
+    too."""
     path = Path(path)
     stdin = str(path) == STDIO
     if fmt is None:
@@ -132,18 +136,20 @@ def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_f
         raise InputError(f"{path}: no such input file")
     elif path.is_dir():
         raise InputError(f"{path}: is a directory, not an input file")
+    option = "--documents-field" if ranking else "--choices-field"
     if choices_field is not None and not choices:
         raise InputError("--choices-field: only a multiple-choice model reads choices")
-    names = field_list(choices_field or DEFAULT_CHOICES_FIELD, "--choices-field")
+    names = field_list(choices_field or ("documents" if ranking else DEFAULT_CHOICES_FIELD), option)
     kept = field_list(keep, "--keep-fields") if keep else ()
-    spec = InputSpec(path, fmt, text_field, pair_field, choices, names, kept)
+    spec = InputSpec(path, fmt, text_field, pair_field, choices, names, kept, ranking)
     if fmt == "txt" and kept:
         raise InputError(f"{spec.name}: a .txt input has no fields to keep; --keep-fields is for JSONL, CSV and "
                          f"Parquet (--input-format)")
     if fmt == "txt" and (text_field != "text" or pair_field or choices_field):
+        what = "a query: a tab before each document" if ranking else "a multiple-choice question: a tab before each choice"
         raise InputError(f"{spec.name}: a .txt input has no fields (one text per line, a tab before its pair"
-                         f"{'; a multiple-choice question: a tab before each choice' if choices else ''}); "
-                         f"--text-field / --pair-field{' / --choices-field' if choices else ''} are for JSONL, CSV "
+                         f"{'; ' + what if choices else ''}); "
+                         f"--text-field / --pair-field{' / ' + option if choices else ''} are for JSONL, CSV "
                          f"and Parquet (--input-format)")
     return spec
 
@@ -160,17 +166,18 @@ def _check_text(value, where: str, field: str) -> str:
 MIN_CHOICES = 2
 
 
-def _check_choices(values, where: str, field: str = "") -> tuple:
-    """A question's choices, each a non-empty text: two or more."""
+def _check_choices(values, where: str, field: str = "", ranking: bool = False) -> tuple:
+    """A question's choices, each a non-empty text: two or more (``ranking``: a query's documents, one or more)."""
     named = f" in field {field!r}" if field else ""
-    if len(values) < MIN_CHOICES:
-        raise InputError(f"{where}: {len(values)} choice{'s' * (len(values) != 1)}{named}; a multiple-choice "
-                         f"question needs {MIN_CHOICES} or more")
+    item, least = ("document", 1) if ranking else ("choice", MIN_CHOICES)
+    if len(values) < least:
+        need = "a ranking needs one or more" if ranking else f"a multiple-choice question needs {MIN_CHOICES} or more"
+        raise InputError(f"{where}: {len(values)} {item}{'s' * (len(values) != 1)}{named}; {need}")
     for n, value in enumerate(values, 1):
         if not isinstance(value, str):
-            raise InputError(f"{where}: choice {n}{named} is {type(value).__name__}, not text")
+            raise InputError(f"{where}: {item} {n}{named} is {type(value).__name__}, not text")
         if not value.strip():
-            raise InputError(f"{where}: choice {n}{named} is empty (every choice needs text)")
+            raise InputError(f"{where}: {item} {n}{named} is empty (every {item} needs text)")
     return tuple(values)
 
 
@@ -180,7 +187,7 @@ def _choices(row: dict, spec: InputSpec, loc: str) -> tuple:
         values = []
         for f in spec.choices_field:
             values.append(_check_text(row[f], loc, f))
-        return _check_choices(values, loc)
+        return _check_choices(values, loc, ranking=spec.ranking)
     field = spec.choices_field[0]
     value = row[field]
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -198,7 +205,7 @@ def _choices(row: dict, spec: InputSpec, loc: str) -> tuple:
     if not isinstance(value, (list, tuple)):
         raise InputError(f"{loc}: field {field!r} is {type(value).__name__}, not a list of choices (or name one "
                          f"field per choice: --choices-field A,B,C)")
-    return _check_choices(list(value), loc, field)
+    return _check_choices(list(value), loc, field, spec.ranking)
 
 
 def _open_binary(spec: InputSpec):
@@ -244,14 +251,15 @@ def _read_txt(spec: InputSpec) -> Iterator[Record]:
             loc = f"{spec.name}: {where}"
             if spec.choices:   # the text, then a tab before each choice
                 text, *choices = line.split("\t")
-                yield Record(_check_text(text, loc, ""), None, loc, _check_choices(choices, loc))
+                yield Record(_check_text(text, loc, ""), None, loc, _check_choices(choices, loc, ranking=spec.ranking))
                 continue
             text, _, pair = line.partition("\t")
             yield Record(_check_text(text, loc, ""), _check_text(pair, loc, "pair") if "\t" in line else None, loc)
 
 
 def _choose_with(spec: InputSpec) -> str:
-    return ("--text-field / --pair-field" + (" / --choices-field" if spec.choices else "")
+    lists = " / --documents-field" if spec.ranking else " / --choices-field"
+    return ("--text-field / --pair-field" + (lists if spec.choices else "")
             + (" / --keep-fields" if spec.keep else ""))
 
 
@@ -531,6 +539,9 @@ class _ParquetWriter:
                              "scores": pa.array([r["scores"] for r in rows], pa.list_(pa.float32()))})
         if self.kind == "similarity":
             return pa.table({"similarity": pa.array([r["similarity"] for r in rows], pa.float32())})
+        if self.kind == "rank":
+            document = pa.struct([("index", pa.int32()), ("text", pa.string()), ("score", pa.float32())])
+            return pa.table({"ranking": pa.array([r["ranking"] for r in rows], pa.list_(document))})
         if self.kind == "choice":
             return pa.table({"choice": pa.array([r["choice"] for r in rows], pa.int32()),
                              "answer": pa.array([r["answer"] for r in rows], pa.string()),

@@ -44,6 +44,9 @@ a sentence embedder's output, with    similarity      ``{"similarity"}``: the tw
 ``similarity`` and text pairs                         embedded alone, then compared by the model's
                                                       similarity function (:func:`similarity_function`,
                                                       as ``SentenceTransformer.similarity_pairwise``)
+a one-score classifier (a cross-      rank            ``{"ranking": [{"index", "text", "score"}]}``: a
+encoder reranker) with ``rank``                       query's documents, best first, scored as the
+                                                      classifier scores pairs (``CrossEncoder.rank``)
 a ``multiple_choice`` head's          choice          ``{"choice", "answer", "score", "scores"}``: each
 ``logits`` (batch, 1)                                 (text, choice) pair scored, the softmax over a
                                                       question's choices (transformers'
@@ -583,12 +586,18 @@ class Engine:
                 raise InputError(f"{paired.where}: a pair of texts; a sentence embedder embeds one text a row "
                                  f"(sentence-transformers never joins two into one input): drop the pair, or pass "
                                  f"--similarity (Runtime(..., similarity=True)) to compare the two texts' embeddings")
-        if self.parts.kind == "choice":   # one (text, choice) pair per choice; with a pair, it leads each choice
+        if self.parts.kind in ("choice", "rank"):   # one (text, choice) pair per choice; a pair leads each choice
             pairs, owners = [], []
             for k, r in enumerate(records):
+                if not r.choices and self.parts.kind == "rank":
+                    raise InputError(f"{r.where}: no documents; a ranking orders each query's documents (a list per "
+                                     f"row: --documents-field, or Runtime.run([(query, [document, ...])]))")
                 if not r.choices:
                     raise InputError(f"{r.where}: no choices; a multiple-choice model scores each text's choices "
                                      f"(a list per row: --choices-field, or Runtime.run([(text, [choice, ...])]))")
+                if r.pair is not None and self.parts.kind == "rank":
+                    raise InputError(f"{r.where}: a ranking pairs its query with each document; drop the pair "
+                                     f"(--pair-field)")
                 pairs.extend(Record(r.text, c if r.pair is None else f"{r.pair} {c}", r.where) for c in r.choices)
                 owners.extend([k] * len(r.choices))
             return self.encode(pairs), owners
@@ -670,7 +679,7 @@ class Engine:
                 k = owners[i]
                 if self.parts.kind == "tags" and counts[k] > 1:
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
-                elif self.parts.kind in ("zero_shot", "choice"):   # a candidate label's or a choice's logits
+                elif self.parts.kind in ("zero_shot", "choice", "rank"):   # a label's, a choice's, a document's
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j], np.float64)))
                 elif self.parts.kind == "similarity":   # feature i: record i // 2, its text (even) or pair (odd)
                     pending.setdefault(k, []).append((i, np.array(values[self.parts.outputs["embedding"]][j],
@@ -687,6 +696,8 @@ class Engine:
                 results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))
             elif self.parts.kind == "choice":
                 results[k] = self._choice(np.stack([logits[0] for _, logits in parts]), records[k])
+            elif self.parts.kind == "rank":
+                results[k] = self._ranking(np.stack([logits[0] for _, logits in parts]), records[k])
             elif self.parts.kind == "similarity":
                 results[k] = {"similarity": SIMILARITIES[self.parts.similarity](parts[0][1], parts[1][1])}
             elif self.parts.kind == "span":
@@ -724,6 +735,15 @@ class Engine:
         p = _softmax(scores)
         k = int(np.argmax(p))
         return {"choice": k, "answer": record.choices[k], "score": float(p[k]), "scores": [float(x) for x in p]}
+
+    def _ranking(self, logits: np.ndarray, record: Record) -> dict:
+        """A query's documents, best first, as ``CrossEncoder.rank`` orders them: each (query, document) pair's score
+        as the classifier scores it (the CrossEncoder's activation: sigmoid, or the raw logit), sorted high to low
+        (equal scores in the input's order), the ``top_k`` best when it is set."""
+        scores = {"sigmoid": _sigmoid, "raw": lambda x: x}[self.parts.scores](logits)
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        order = order[:self.parts.answers] if self.parts.answers else order
+        return {"ranking": [{"index": i, "text": record.choices[i], "score": float(scores[i])} for i in order]}
 
     def _fill(self, logits, e, record: Record) -> dict:
         """The ``top_k`` likeliest tokens at each mask token (softmax over the vocabulary, as transformers'
@@ -910,19 +930,21 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 # --- the runtime --------------------------------------------------------------------------------------
 
-def _records(texts: Iterable, choices: bool = False) -> Iterator[Record]:
+def _records(texts: Iterable, choices: bool = False, ranking: bool = False) -> Iterator[Record]:
     """Records of ``Runtime.run``'s texts: strings, (text, pair) tuples; for a multiple-choice model (``choices``)
-    (text, [choice, ...]) or (text, pair, [choice, ...]) tuples."""
+    (text, [choice, ...]) or (text, pair, [choice, ...]) tuples; for a ranking (query, [document, ...])."""
     from bertc.run_io import _check_choices
 
     for n, t in enumerate(texts, 1):
         where = f"text {n}"
         options = None
         if choices:
-            if not (isinstance(t, (tuple, list)) and len(t) in (2, 3) and isinstance(t[-1], (tuple, list))):
-                raise InputError(f"{where}: a multiple-choice model takes (text, [choice, ...]) or (text, pair, "
-                                 f"[choice, ...]) tuples, got {type(t).__name__}")
-            options = _check_choices(list(t[-1]), where)
+            if not (isinstance(t, (tuple, list)) and len(t) in ((2,) if ranking else (2, 3))
+                    and isinstance(t[-1], (tuple, list))):
+                raise InputError(f"{where}: " + ("a ranking takes (query, [document, ...]) tuples" if ranking else
+                                                 "a multiple-choice model takes (text, [choice, ...]) or (text, "
+                                                 "pair, [choice, ...]) tuples") + f", got {type(t).__name__}")
+            options = _check_choices(list(t[-1]), where, ranking=ranking)
             t = t[0] if len(t) == 2 else tuple(t[:2])
         if isinstance(t, str):
             text, pair = t, None
@@ -990,7 +1012,7 @@ class Runtime:
                  candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
                  multi_label: bool = False, allow_no_answer: bool = False, aggregation: Optional[str] = None,
                  max_length: Optional[int] = None, similarity: bool = False, pair_prompt: Optional[str] = None,
-                 pair_prompt_name: Optional[str] = None):
+                 pair_prompt_name: Optional[str] = None, rank: bool = False):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -999,10 +1021,12 @@ class Runtime:
         self.choice = choose_artifact(self.report, artifact, device)
         if batch_size < 1 or window < 1 or max_batch_tokens < 1:
             raise InputError("batch_size, window and max_batch_tokens must be at least 1")
-        if top_k is not None and (self.kind not in ("fill_mask", "span") or top_k < 1):
-            raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind in ("fill_mask", "span") else
-                                                     f"only a masked-LM model's predictions or a span labeler's "
-                                                     f"answers are counted (this model gives {self.kind} results)"))
+        counted = ("fill_mask", "span") + (("classification",) if rank else ())
+        if top_k is not None and (self.kind not in counted or top_k < 1):
+            raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind in counted else
+                                                     f"only a masked-LM model's predictions, a span labeler's "
+                                                     f"answers or a ranking's documents are counted (this model "
+                                                     f"gives {self.kind} results)"))
         answers = top_k if self.kind == "span" and top_k else 0
         if aggregation is not None and (self.kind != "tags" or aggregation not in AGGREGATIONS):
             raise InputError(f"aggregation {aggregation!r}: " + (f"use one of {', '.join(AGGREGATIONS)}"
@@ -1037,6 +1061,14 @@ class Runtime:
         self.scores, self.scores_why = ("softmax", "") if self.kind != "classification" else \
             (scores, "asked for") if scores else score_function(self.out, self.report, classes)
         self.prompt, self.prompt_why = sentence_prompt(self.out, self.report, self.kind, prompt, prompt_name)
+        if rank:   # a reranker: each query's documents ordered by the pairs' scores
+            if self.kind != "classification" or classes != 1:
+                raise InputError("rank: orders documents by a one-score model's pair scores (a cross-encoder "
+                                 "reranker, num_labels 1); " + (f"this classifier has {classes} classes" if classes
+                                                                else f"this model gives {self.kind} results"))
+            if self.scores == "softmax":
+                raise InputError("scores 'softmax': the softmax of one score is always 1; rank by sigmoid or raw")
+            self.kind, answers = "rank", top_k or 0
         self.similarity, self.similarity_why = "", ""
         self.pair_prompt, self.pair_prompt_why = self.prompt, self.prompt_why
         if (pair_prompt is not None or pair_prompt_name is not None) and not similarity:
@@ -1073,7 +1105,7 @@ class Runtime:
                 max_batch_tokens = max(1, min(max_batch_tokens, FILL_MASK_LOGITS // max(vocab, 1)))
             fill = {"mask": self.mask, "top_k": top_k or DEFAULT_TOP_K, "positions": int(positions or 0)}
         self.max_batch_tokens = max_batch_tokens
-        if answers:
+        if answers and self.kind == "span":
             self.kind = "spans"   # {"answers": [...]}: a result of its own shape (JSONL, Parquet)
         self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=tokenizer_json, **fill,
                                  provider=self.choice.provider, precision=self.choice.precision,
@@ -1162,7 +1194,8 @@ class Runtime:
         list with one result per text (see the module docstring)."""
         if isinstance(texts, str):
             raise InputError("Runtime.run takes a list of texts; for one text pass [text]")
-        results = [r for window in self.iter_results(_records(texts, self.kind == "choice")) for r in window]
+        results = [r for window in self.iter_results(_records(texts, self.kind in ("choice", "rank"),
+                                                              self.kind == "rank")) for r in window]
         if self.kind == "embedding":
             dim = self.engine.session.get_outputs()[0].shape[-1]
             return np.stack(results) if results else np.zeros((0, dim if isinstance(dim, int) else 0), np.float32)
@@ -1172,7 +1205,7 @@ class Runtime:
                  pair_field: Optional[str] = None, result_format: Optional[str] = None, force: bool = False,
                  progress: Optional[Callable[[int], None]] = None, total_hint: Optional[Callable[[int], None]] = None,
                  ray_address: Optional[str] = None, ray_actors: Optional[int] = None,
-                 choices_field: Optional[str] = None, keep_fields=None) -> int:
+                 choices_field: Optional[str] = None, keep_fields=None, documents_field: Optional[str] = None) -> int:
         """Read INPUT, write RESULT (atomically), return the number of rows. ``ray_address`` ("" for a
         local Ray) runs the job over Ray Data instead of in this process (:func:`bertc.runtime.run_ray`).
         ``choices_field``: a multiple-choice model's choices (:func:`bertc.run_io.input_spec`); ``keep_fields``
@@ -1182,8 +1215,11 @@ class Runtime:
         if choices_field is not None and self.kind != "choice":
             raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
                              f"{self.kind} results)")
-        spec = run_io.input_spec(input_path, input_format, text_field, pair_field, self.kind == "choice",
-                                 choices_field, keep_fields)
+        if documents_field is not None and self.kind != "rank":
+            raise InputError(f"--documents-field: only a ranking (--rank) reads documents (this model gives "
+                             f"{self.kind} results)")
+        spec = run_io.input_spec(input_path, input_format, text_field, pair_field, self.kind in ("choice", "rank"),
+                                 choices_field or documents_field, keep_fields, ranking=self.kind == "rank")
         fmt = run_io.result_format(result_path, self.kind, result_format, spec.keep)
         if total_hint:
             total_hint(run_io.count_rows(spec))

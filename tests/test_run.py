@@ -404,6 +404,72 @@ def test_a_sentence_transformers_cross_encoder_gives_what_its_predict_gives(tmp_
     np.testing.assert_allclose([r["score"] for r in got], reference["scores"], atol=1e-6)
 
 
+def test_a_cross_encoder_ranks_each_querys_documents_as_its_rank_does(tmp_path_factory, builds, tmp_path, capsys):
+    """--rank orders a query's documents as ``CrossEncoder.rank`` does: each (query, document) scored as its predict
+    scores the pair (held to CrossEncoder.predict's record), best first, equal scores in the input's order, the
+    best K with --top-k; a query per row with its documents (a list field, a tab before each in a .txt)."""
+    out = shared_builds(tmp_path_factory, ("st_cross_encoder",))["st_cross_encoder"]
+    reference = json.loads((FIXTURES / "st_cross_encoder" / "pairs.json").read_text())
+    rt = bertc.Runtime(out, artifact="onnx", rank=True)
+    assert rt.kind == "rank"
+    # one document per query: the score is CrossEncoder.predict's for that pair
+    got = rt.run([(q, [d]) for q, d in reference["pairs"]])
+    np.testing.assert_allclose([g["ranking"][0]["score"] for g in got], reference["scores"], atol=1e-6)
+    # a query against every document (one of them twice: a tie keeps the input's order)
+    documents = [d for _, d in reference["pairs"]] + [reference["pairs"][0][1]]
+    queries = [q for q, _ in reference["pairs"][:3]]
+    pairs = bertc.Runtime(out, artifact="onnx").run([(q, d) for q in queries for d in documents])
+    for q, ranking in zip(queries, rt.run([(q, documents) for q in queries])):
+        scores = [p["score"] for p in pairs[queries.index(q) * len(documents):][:len(documents)]]
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])
+        assert [r["index"] for r in ranking["ranking"]] == order
+        assert [r["text"] for r in ranking["ranking"]] == [documents[i] for i in order]
+        np.testing.assert_allclose([r["score"] for r in ranking["ranking"]], [scores[i] for i in order], atol=1e-7)
+        first, twin = order.index(0), order.index(len(documents) - 1)
+        assert first < twin   # equal scores: the earlier document first
+    # the CLI: JSONL (a list), .txt (tabs), Parquet; --top-k; CSV cannot hold a ranking
+    jsonl, txt = tmp_path / "q.jsonl", tmp_path / "q.txt"
+    jsonl.write_text("".join(json.dumps({"query": q, "docs": documents}) + "\n" for q in queries))
+    txt.write_text("".join("\t".join([q, *documents]) + "\n" for q in queries))
+    expected = [r["ranking"][:2] for r in rt.run([(q, documents) for q in queries])]
+    for source, args in ((jsonl, ["--text-field", "query", "--documents-field", "docs"]), (txt, [])):
+        for suffix in ("jsonl", "parquet"):
+            result = tmp_path / f"{source.suffix[1:]}.{suffix}"
+            assert main(["run", str(out), str(source), "-o", str(result), "--artifact", "onnx", "--rank",
+                         "--top-k", "2", *args]) == 0
+            assert "rank results from" in capsys.readouterr().err
+            have = [r["ranking"] for r in read_result(result)]
+            assert [[(d["index"], d["text"]) for d in h] for h in have] == \
+                [[(d["index"], d["text"]) for d in e] for e in expected]
+            np.testing.assert_allclose([d["score"] for h in have for d in h],
+                                       [d["score"] for e in expected for d in e], atol=1e-6)
+    _fails(["run", str(out), str(txt), "-o", str(tmp_path / "r.csv"), "--rank"], capsys, EXIT_BAD_SPEC,
+           "a .csv result cannot hold rank results; use .jsonl or .parquet")
+    # refused: no documents, an empty one, a pair, documents without --rank, a classifier of several classes
+    (tmp_path / "none.txt").write_text("a query\n")
+    _fails(["run", str(out), str(tmp_path / "none.txt"), "-o", str(tmp_path / "r.jsonl"), "--rank"], capsys,
+           EXIT_BAD_SPEC, "none.txt: line 1: 0 documents; a ranking needs one or more")
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"text": "q", "documents": ["a", " "]}) + "\n")
+    _fails(["run", str(out), str(tmp_path / "empty.jsonl"), "-o", str(tmp_path / "r.jsonl"), "--rank"], capsys,
+           EXIT_BAD_SPEC, "empty.jsonl: line 1: document 2 in field 'documents' is empty")
+    _fails(["run", str(out), str(jsonl), "-o", str(tmp_path / "r.jsonl"), "--documents-field", "docs"], capsys,
+           EXIT_BAD_SPEC, "--documents-field: only a ranking (--rank) reads documents")
+    with pytest.raises(InputError, match="text 1: a ranking takes \\(query, \\[document, ...\\]\\) tuples"):
+        rt.run([("q", "stem", ["a"])])
+    from bertc.run_io import Record
+
+    with pytest.raises(InputError, match="line 1: a ranking pairs its query with each document; drop the pair"):
+        rt.engine.predict([Record("q", "a pair", "line 1", ("a",))])
+    with pytest.raises(InputError, match="rank: orders documents by a one-score model's pair scores .* this "
+                                         "classifier has 3 classes"):
+        bertc.Runtime(builds["bert_seq_cls"], rank=True)
+    with pytest.raises(InputError, match="this model gives embedding results"):
+        bertc.Runtime(builds["st_bert_mean_norm"], rank=True)
+    with pytest.raises(InputError, match="the softmax of one score is always 1"):
+        bertc.Runtime(out, rank=True, scores="softmax")
+    assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "r.csv").exists()
+
+
 def test_a_build_keeps_what_run_reads_of_its_checkpoint_when_the_checkpoint_is_gone(tmp_path):
     """OUT is what a deployment needs: the class names and a CrossEncoder's activation come with it
     (checkpoint_config.json, config_sentence_transformers.json), not from the weights' directory it was built
