@@ -1122,7 +1122,7 @@ def test_fill_mask_refuses_what_it_cannot_fill(mlm_builds, builds, tmp_path, cap
            "a .csv result cannot hold fill_mask results; use .jsonl or .parquet")
     _fails(["run", str(builds["bert_seq_cls"]), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl"),
             "--top-k", "3"], capsys, EXIT_BAD_SPEC,
-           "only a masked-LM model's predictions or a span labeler's answers are counted")
+           "only a masked-LM model's predictions, a span labeler's answers or a ranking's documents are counted")
     assert not list(tmp_path.glob("r.*"))
     # a mask cut off by truncation is named so
     (tmp_path / "long.txt").write_text(LONG + " [MASK]\n")
