@@ -13,15 +13,16 @@ Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a 
 ``{"tags": [{"word", "start", "end", "label", "score"}, ...], "entities": [{"label", "start", "end", "text",
 "score"}, ...]}``; a fill-mask result
 ``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``; a
-zero-shot result ``{"labels", "scores"}`` (likeliest first); a sentence pair's ``{"similarity"}``; a multiple-choice result ``{"choice", "answer", "score",
-"scores"}`` (the likeliest choice's index and text, and every choice's probability in the input's order).
+zero-shot result ``{"labels", "scores"}`` (likeliest first); a sentence pair's ``{"similarity"}``; a multiple-choice
+result ``{"choice", "answer", "score", "scores"}`` (the likeliest choice's index and text, and every choice's
+probability in the input's order); a ranking ``{"ranking": [{"index", "text", "score"}, ...]}`` (best first).
 
 ``keep``: fields of the input (an id, a URL) copied into each result row beside the result (JSONL, CSV and Parquet
 results; the record carries their values, in the input's types, to the writer).
 
-A multiple-choice model's record carries its choices: in a .txt, tabs separate the text from each choice; in
-JSONL, CSV and Parquet, ``choices_field`` names one field holding the list (in CSV, a JSON array) or several
-fields holding one choice each.
+A multiple-choice model's record carries its choices (a ranking's, its query's documents): in a .txt, tabs separate
+the text from each choice; in JSONL, CSV and Parquet, ``choices_field`` names one field holding the list (in CSV, a
+JSON array) or several fields holding one choice each.
 """
 from __future__ import annotations
 
@@ -182,7 +183,9 @@ def _check_choices(values, where: str, field: str = "", ranking: bool = False) -
 
 
 def _choices(row: dict, spec: InputSpec, loc: str) -> tuple:
-    """The choices of a row: one field's list (CSV: a JSON array), or one choice from each of several fields."""
+    """The choices (a ranking's documents) of a row: one field's list (CSV: a JSON array), or one from each of
+    several fields."""
+    items, option = ("documents", "--documents-field") if spec.ranking else ("choices", "--choices-field")
     if len(spec.choices_field) > 1:
         values = []
         for f in spec.choices_field:
@@ -191,20 +194,20 @@ def _choices(row: dict, spec: InputSpec, loc: str) -> tuple:
     field = spec.choices_field[0]
     value = row[field]
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise InputError(f"{loc}: no choices in field {field!r} (every row needs its choices)")
+        raise InputError(f"{loc}: no {items} in field {field!r} (every row needs its {items})")
     if isinstance(value, str) and spec.format in ("csv", "tsv"):
         try:
             value = json.loads(value)
         except ValueError:
             value = None
         if not isinstance(value, list):
-            raise InputError(f"{loc}: column {field!r} is not a JSON array of choices; give the choices as one "
-                             f"(e.g. [\"yes\", \"no\"]) or name one column per choice: --choices-field A,B,C")
+            raise InputError(f"{loc}: column {field!r} is not a JSON array of {items}; give the {items} as one "
+                             f"(e.g. [\"yes\", \"no\"]) or name one column for each: {option} A,B,C")
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
-        raise InputError(f"{loc}: field {field!r} is {type(value).__name__}, not a list of choices (or name one "
-                         f"field per choice: --choices-field A,B,C)")
+        raise InputError(f"{loc}: field {field!r} is {type(value).__name__}, not a list of {items} (or name one "
+                         f"field for each: {option} A,B,C)")
     return _check_choices(list(value), loc, field, spec.ranking)
 
 
