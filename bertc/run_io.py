@@ -84,10 +84,15 @@ class InputSpec:
     ranking: bool = False   # the lists are a reranker's documents (one or more), not a question's choices
 
     @property
+    def text_fields(self) -> list:
+        """The fields the model reads: the text, its pair, the choices."""
+        return [self.text_field] + ([self.pair_field] if self.pair_field else []) + \
+            (list(self.choices_field) if self.choices else [])
+
+    @property
     def fields(self) -> list:
         """The fields a row must have."""
-        return [self.text_field] + ([self.pair_field] if self.pair_field else []) + \
-            (list(self.choices_field) if self.choices else []) + list(self.keep)
+        return self.text_fields + list(self.keep)
 
     @property
     def stdin(self) -> bool:
@@ -339,7 +344,7 @@ def _read_parquet(spec: InputSpec) -> Iterator[Record]:
         raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}; choose with "
                          f"{_choose_with(spec)})")
     n = 0
-    kept_only = set(spec.keep) - set(spec.fields[:len(spec.fields) - len(spec.keep)])   # a kept null stays null
+    kept_only = set(spec.keep) - set(spec.text_fields)   # a kept null stays null
     for batch in f.iter_batches(batch_size=4096, columns=columns):
         values = {c: batch.column(c).to_pylist() for c in columns}
         for i in range(batch.num_rows):

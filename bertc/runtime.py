@@ -452,7 +452,8 @@ class EngineParts:
     doc_stride: int = DEFAULT_DOC_STRIDE   # a span labeler's long context: tokens shared by neighbouring windows
     no_answer: bool = False          # a span labeler may answer "" (its leading token's start x end wins)
     aggregation: str = "first"       # a token classifier's word: its first token's, its tokens' mean or max
-    answers: int = 0                 # a span labeler's answers: 0 the best alone, k its k best as a list
+    answers: int = 0                 # a span labeler's answers (0 the best alone, k its k best as a list);
+                                     # a ranking's documents (0 all)
     candidates: tuple = ()           # zero-shot: the candidate labels
     hypothesis: str = DEFAULT_HYPOTHESIS   # zero-shot: the hypothesis each label is put in
     nli: tuple = (0, 0)              # zero-shot: the (entailment, contradiction) class ids
