@@ -417,8 +417,10 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "JSON array), or several, comma-separated, holding one choice each. In a .txt, a tab before each "
                    "choice [default: choices].")
 @click.option("--rank", is_flag=True,
-              help="A one-score classifier (a cross-encoder reranker) orders each row's documents by their scores "
-                   "with its text (the query), best first, as CrossEncoder.rank; --top-k keeps the best K.")
+              help="Order each row's documents for its text (the query), best first: a one-score classifier (a "
+                   "cross-encoder reranker) by each (query, document) pair's score, as CrossEncoder.rank; a sentence "
+                   "embedder by the similarity of the query's and each document's embeddings (as --similarity). "
+                   "--top-k keeps the best K.")
 @click.option("--documents-field", default=None, metavar="FIELD|A,B,...",
               help="With --rank: the field / column holding each row's documents (in CSV, a JSON array), or several, "
                    "comma-separated, holding one each. In a .txt, a tab before each document [default: documents].")
@@ -479,10 +481,10 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="A sentence embedder's prompt, put before each text (e.g. \"query: \"; \"\" for none) [default: "
                    "the model's default prompt, if its sentence-transformers config names one].")
 @click.option("--pair-prompt", default=None, metavar="TEXT",
-              help="With --similarity: the prompt before each pair's second text (e.g. \"passage: \"; \"\" for none) "
-                   "[default: the first text's].")
+              help="With --similarity: the prompt before each pair's second text (e.g. \"passage: \"; \"\" for none); "
+                   "with --rank and a sentence embedder, before each document [default: the first text's].")
 @click.option("--pair-prompt-name", default=None, metavar="NAME",
-              help="With --similarity: one of the model's prompts for each pair's second text.")
+              help="With --similarity (--rank): one of the model's prompts for each pair's second text (document).")
 @click.option("--prompt-name", default=None, metavar="NAME",
               help="One of the model's prompts (config_sentence_transformers.json), e.g. query or passage.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
@@ -516,12 +518,12 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       pair_prompt_name=pair_prompt_name, rank=rank)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
-             + (f"; {runtime.scores} scores ({runtime.scores_why})" if runtime.kind in ("classification", "rank")
-                else "")
+             + (f"; {runtime.scores} scores ({runtime.scores_why})"
+                if runtime.kind == "classification" or runtime.kind == "rank" and not runtime.similarity else "")
              + (f"; prompt {runtime.prompt!r} ({runtime.prompt_why})" if runtime.prompt else "")
-             + (f"; {runtime.similarity} similarity ({runtime.similarity_why})" if runtime.kind == "similarity" else "")
-             + (f"; pair prompt {runtime.pair_prompt!r} ({runtime.pair_prompt_why})"
-                if runtime.kind == "similarity" and runtime.pair_prompt != runtime.prompt else "")
+             + (f"; {runtime.similarity} similarity ({runtime.similarity_why})" if runtime.similarity else "")
+             + (f"; {'document' if runtime.kind == 'rank' else 'pair'} prompt {runtime.pair_prompt!r} "
+                f"({runtime.pair_prompt_why})" if runtime.similarity and runtime.pair_prompt != runtime.prompt else "")
              + (f"; the {runtime.parts.top_k} likeliest tokens at each {runtime.mask[0]}"
                 if runtime.kind == "fill_mask" else "")
              + (f"; {len(runtime.parts.candidates)} candidate labels in {runtime.parts.hypothesis!r}"

@@ -47,6 +47,8 @@ a sentence embedder's output, with    similarity      ``{"similarity"}``: the tw
 a one-score classifier (a cross-      rank            ``{"ranking": [{"index", "text", "score"}]}``: a
 encoder reranker) with ``rank``                       query's documents, best first, scored as the
                                                       classifier scores pairs (``CrossEncoder.rank``)
+a sentence embedder's output, with    rank            the same; each document's score: the similarity of
+``rank``                                              its embedding with the query's (as ``similarity``)
 a ``multiple_choice`` head's          choice          ``{"choice", "answer", "score", "scores"}``: each
 ``logits`` (batch, 1)                                 (text, choice) pair scored, the softmax over a
                                                       question's choices (transformers'
@@ -513,6 +515,7 @@ class Engine:
         self.tokenizer.no_padding()
         self._windowing = None   # a span labeler's long contexts: a second tokenizer, truncating with a stride
         self.output_names = list(parts.outputs.values())
+        self.embeds = "embedding" in parts.outputs   # a sentence embedder's ranking: similarities, not pair scores
         self.cut: set = set()   # where the records of the last predict() that truncation cut are (Record.where)
 
     # tokens -------------------------------------------------------------------------------------------
@@ -587,18 +590,22 @@ class Engine:
                 raise InputError(f"{paired.where}: a pair of texts; a sentence embedder embeds one text a row "
                                  f"(sentence-transformers never joins two into one input): drop the pair, or pass "
                                  f"--similarity (Runtime(..., similarity=True)) to compare the two texts' embeddings")
+        if self.parts.kind == "rank" and self.embeds:   # the query and each of its documents embedded alone
+            singles, owners = [], []
+            for k, r in enumerate(records):
+                self._check_ranked(r)
+                singles.append(Record(self.parts.prompt + r.text, None, r.where))
+                singles.extend(Record(self.parts.pair_prompt + d, None, r.where) for d in r.choices)
+                owners.extend([k] * (1 + len(r.choices)))
+            return self.encode(singles, prompt=""), owners
         if self.parts.kind in ("choice", "rank"):   # one (text, choice) pair per choice; a pair leads each choice
             pairs, owners = [], []
             for k, r in enumerate(records):
-                if not r.choices and self.parts.kind == "rank":
-                    raise InputError(f"{r.where}: no documents; a ranking orders each query's documents (a list per "
-                                     f"row: --documents-field, or Runtime.run([(query, [document, ...])]))")
+                if self.parts.kind == "rank":
+                    self._check_ranked(r)
                 if not r.choices:
                     raise InputError(f"{r.where}: no choices; a multiple-choice model scores each text's choices "
                                      f"(a list per row: --choices-field, or Runtime.run([(text, [choice, ...])]))")
-                if r.pair is not None and self.parts.kind == "rank":
-                    raise InputError(f"{r.where}: a ranking pairs its query with each document; drop the pair "
-                                     f"(--pair-field)")
                 pairs.extend(Record(r.text, c if r.pair is None else f"{r.pair} {c}", r.where) for c in r.choices)
                 owners.extend([k] * len(r.choices))
             return self.encode(pairs), owners
@@ -611,6 +618,15 @@ class Engine:
             features.extend(windows)
             owners.extend([i] * len(windows))
         return features, owners
+
+    def _check_ranked(self, r: Record) -> None:
+        if not r.choices:
+            raise InputError(f"{r.where}: no documents; a ranking orders each query's documents (a list per "
+                             f"row: --documents-field, or Runtime.run([(query, [document, ...])]))")
+        if r.pair is not None:
+            raise InputError(f"{r.where}: a ranking " + ("compares its query with each document" if self.embeds else
+                                                         "pairs its query with each document")
+                             + "; drop the pair (--pair-field)")
 
     def context_windows(self, record: Record) -> list:
         """A long context's windows, as transformers' question-answering pipeline reads one: every window
@@ -680,9 +696,12 @@ class Engine:
                 k = owners[i]
                 if self.parts.kind == "tags" and counts[k] > 1:
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j][:len(encodings[i].ids)])))
-                elif self.parts.kind in ("zero_shot", "choice", "rank"):   # a label's, a choice's, a document's
+                elif self.parts.kind in ("zero_shot", "choice") or (self.parts.kind == "rank" and not self.embeds):
+                    # a label's, a choice's, a document's pair score
                     pending.setdefault(k, []).append((i, np.array(values["logits"][j], np.float64)))
-                elif self.parts.kind == "similarity":   # feature i: record i // 2, its text (even) or pair (odd)
+                elif self.parts.kind in ("similarity", "rank"):
+                    # similarity, feature i: record i // 2, its text (even) or pair (odd); rank: the query, then
+                    # each document
                     pending.setdefault(k, []).append((i, np.array(values[self.parts.outputs["embedding"]][j],
                                                                   np.float64)))
                 elif self.parts.kind == "span":   # every window's candidates, summed once all are in
@@ -697,6 +716,10 @@ class Engine:
                 results[k] = self._zero_shot(np.stack([logits for _, logits in parts]))
             elif self.parts.kind == "choice":
                 results[k] = self._choice(np.stack([logits[0] for _, logits in parts]), records[k])
+            elif self.parts.kind == "rank" and self.embeds:
+                similar = SIMILARITIES[self.parts.similarity]
+                results[k] = self._ranking(np.array([similar(parts[0][1], d) for _, d in parts[1:]]), records[k],
+                                           "raw")
             elif self.parts.kind == "rank":
                 results[k] = self._ranking(np.stack([logits[0] for _, logits in parts]), records[k])
             elif self.parts.kind == "similarity":
@@ -737,11 +760,13 @@ class Engine:
         k = int(np.argmax(p))
         return {"choice": k, "answer": record.choices[k], "score": float(p[k]), "scores": [float(x) for x in p]}
 
-    def _ranking(self, logits: np.ndarray, record: Record) -> dict:
+    def _ranking(self, logits: np.ndarray, record: Record, activation: Optional[str] = None) -> dict:
         """A query's documents, best first, as ``CrossEncoder.rank`` orders them: each (query, document) pair's score
         as the classifier scores it (the CrossEncoder's activation: sigmoid, or the raw logit), sorted high to low
-        (equal scores in the input's order), the ``top_k`` best when it is set."""
-        scores = {"sigmoid": _sigmoid, "raw": lambda x: x}[self.parts.scores](logits)
+        (equal scores in the input's order), the ``top_k`` best when it is set. A sentence embedder's: the
+        similarities of the query's embedding with each document's (``activation`` "raw"), as
+        ``sentence_transformers.util.semantic_search`` orders a corpus by them."""
+        scores = {"sigmoid": _sigmoid, "raw": lambda x: x}[activation or self.parts.scores](logits)
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         order = order[:self.parts.answers] if self.parts.answers else order
         return {"ranking": [{"index": i, "text": record.choices[i], "score": float(scores[i])} for i in order]}
@@ -1022,7 +1047,7 @@ class Runtime:
         self.choice = choose_artifact(self.report, artifact, device)
         if batch_size < 1 or window < 1 or max_batch_tokens < 1:
             raise InputError("batch_size, window and max_batch_tokens must be at least 1")
-        counted = ("fill_mask", "span") + (("classification",) if rank else ())
+        counted = ("fill_mask", "span") + (("classification", "embedding") if rank else ())
         if top_k is not None and (self.kind not in counted or top_k < 1):
             raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind in counted else
                                                      f"only a masked-LM model's predictions, a span labeler's "
@@ -1062,20 +1087,25 @@ class Runtime:
         self.scores, self.scores_why = ("softmax", "") if self.kind != "classification" else \
             (scores, "asked for") if scores else score_function(self.out, self.report, classes)
         self.prompt, self.prompt_why = sentence_prompt(self.out, self.report, self.kind, prompt, prompt_name)
-        if rank:   # a reranker: each query's documents ordered by the pairs' scores
+        if rank and similarity:
+            raise InputError("rank and similarity: a sentence embedder either scores each row's pair (--similarity) "
+                             "or orders each row's documents (--rank), not both")
+        if rank and self.kind != "embedding":   # a reranker: each query's documents ordered by the pairs' scores
             if self.kind != "classification" or classes != 1:
                 raise InputError("rank: orders documents by a one-score model's pair scores (a cross-encoder "
-                                 "reranker, num_labels 1); " + (f"this classifier has {classes} classes" if classes
-                                                                else f"this model gives {self.kind} results"))
+                                 "reranker, num_labels 1) or by a sentence embedder's similarities; "
+                                 + (f"this classifier has {classes} classes" if classes
+                                    else f"this model gives {self.kind} results"))
             if self.scores == "softmax":
                 raise InputError("scores 'softmax': the softmax of one score is always 1; rank by sigmoid or raw")
             self.kind, answers = "rank", top_k or 0
         self.similarity, self.similarity_why = "", ""
         self.pair_prompt, self.pair_prompt_why = self.prompt, self.prompt_why
-        if (pair_prompt is not None or pair_prompt_name is not None) and not similarity:
-            raise InputError("a pair prompt is for the second text of each pair that --similarity compares "
-                             "(Runtime(..., similarity=True))")
-        if similarity:   # each pair's two texts embedded alone and compared
+        if (pair_prompt is not None or pair_prompt_name is not None) and not (similarity or self.kind == "embedding" and rank):
+            raise InputError("a pair prompt is for the second text of each pair that --similarity compares, or for "
+                             "the documents a sentence embedder ranks (Runtime(..., similarity=True) or rank=True)")
+        if similarity or (rank and self.kind == "embedding"):
+            # each pair's two texts, or a query and each of its documents, embedded alone and compared
             if self.kind != "embedding":
                 raise InputError(f"similarity: compares a sentence embedder's embeddings of two texts (this model "
                                  f"gives {self.kind} results)")
@@ -1083,7 +1113,7 @@ class Runtime:
             if pair_prompt is not None or pair_prompt_name is not None:   # e5 / bge: passages get their own
                 self.pair_prompt, self.pair_prompt_why = sentence_prompt(self.out, self.report, self.kind,
                                                                          pair_prompt, pair_prompt_name)
-            self.kind = "similarity"
+            self.kind, answers = ("rank", top_k or 0) if rank else ("similarity", answers)
         path = self.out / self.choice.path
         if (self.report["artifacts"][self.choice.artifact].get("external_data")):
             raise InputError(f"{path.name} keeps its weights in external data files; bertc run needs a single-file artifact")

@@ -463,8 +463,10 @@ def test_a_cross_encoder_ranks_each_querys_documents_as_its_rank_does(tmp_path_f
     with pytest.raises(InputError, match="rank: orders documents by a one-score model's pair scores .* this "
                                          "classifier has 3 classes"):
         bertc.Runtime(builds["bert_seq_cls"], rank=True)
-    with pytest.raises(InputError, match="this model gives embedding results"):
-        bertc.Runtime(builds["st_bert_mean_norm"], rank=True)
+    with pytest.raises(InputError, match="this model gives span results"):
+        bertc.Runtime(builds["bert_qa"], rank=True)
+    with pytest.raises(InputError, match="a pair prompt is for the second text of each pair that --similarity"):
+        bertc.Runtime(out, rank=True, pair_prompt="passage: ")   # a cross-encoder reads no prompt
     with pytest.raises(InputError, match="the softmax of one score is always 1"):
         bertc.Runtime(out, rank=True, scores="softmax")
     assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "r.csv").exists()
@@ -1268,6 +1270,82 @@ def test_a_sentence_embedder_scores_pairs_by_its_similarity_function(builds, tmp
         bertc.Runtime(builds["bert_seq_cls"], similarity=True)
     _fails(["run", str(out), str(paths["txt"]), "-o", str(tmp_path / "s.npy"), "-q", "--similarity"], capsys,
            EXIT_BAD_SPEC, "a .npy result cannot hold similarity results")
+
+
+def test_a_sentence_embedder_ranks_each_querys_documents_by_similarity(builds, tmp_path, capsys):
+    """--rank with a sentence embedder (a bi-encoder): the query and each of its documents embedded alone (as
+    sentence-transformers encodes them: the query's prompt, the documents' own with --pair-prompt[-name]), each
+    document scored by the model's similarity function with the query, best first (as util.semantic_search orders
+    a corpus; equal scores in the input's order), the best K with --top-k; JSONL, .txt (tabs), Parquet."""
+    out = builds["st_bert_mean_norm"]
+    # held to sentence-transformers' util.semantic_search on the fixture (tools/make_hf_fixtures.py's record; its
+    # torch.topk puts the two equal documents either way: bertc keeps the input's order)
+    search = json.loads((FIXTURES / "st_bert_mean_norm" / "search.json").read_text())
+    for top_k, key in ((None, "all"), (3, "top_3")):
+        got = bertc.Runtime(out, artifact="onnx", rank=True, top_k=top_k).run(
+            [(q, search["documents"]) for q in search["queries"]])
+        assert [[r["index"] for r in g["ranking"]] for g in got] == \
+            [[h["index"] for h in sorted(row, key=lambda h: (-h["score"], h["index"]))] for row in search[key]]
+        np.testing.assert_allclose([r["score"] for g in got for r in g["ranking"]],
+                                   [h["score"] for row in search[key] for h in row], atol=1e-6)
+    documents = TEXTS[:6] + [TEXTS[2]]   # the last one twice: a tie keeps the input's order
+    queries = [q for q, _ in PAIRS]
+    rt = bertc.Runtime(out, artifact="onnx", rank=True)
+    assert (rt.kind, rt.similarity) == ("rank", "cosine")
+    embed = bertc.Runtime(out, artifact="onnx")
+    d = embed.run(documents).astype(np.float64)
+    got = rt.run([(q, documents) for q in queries])
+    for q, e, ranking in zip(queries, embed.run(queries).astype(np.float64), got):
+        scores = d @ e / np.linalg.norm(d, axis=1) / np.linalg.norm(e)
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])
+        assert [r["index"] for r in ranking["ranking"]] == order
+        assert [r["text"] for r in ranking["ranking"]] == [documents[i] for i in order]
+        np.testing.assert_allclose([r["score"] for r in ranking["ranking"]], scores[order], atol=1e-6)
+        assert order.index(2) < order.index(len(documents) - 1)
+    # the documents' own prompt, the model's similarity function (dot), --top-k
+    copy = tmp_path / "out_dot"
+    shutil.copytree(out, copy)
+    config = copy / "config_sentence_transformers.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": PROMPTS, "default_prompt_name": "query",
+                                  "similarity_fn_name": "dot"}))
+    q = embed.run([PROMPTS["query"] + x for x in queries]).astype(np.float64)
+    p = embed.run([PROMPTS["passage"] + x for x in documents]).astype(np.float64)
+    rt = bertc.Runtime(copy, artifact="onnx", rank=True, pair_prompt_name="passage", top_k=3)
+    for e, ranking in zip(q, rt.run([(x, documents) for x in queries])):
+        scores = p @ e
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])[:3]
+        assert [r["index"] for r in ranking["ranking"]] == order
+        np.testing.assert_allclose([r["score"] for r in ranking["ranking"]], scores[order], atol=1e-5)
+    expected = [[(r["index"], r["score"]) for r in g["ranking"]] for g in rt.run([(x, documents) for x in queries])]
+    jsonl, txt = tmp_path / "q.jsonl", tmp_path / "q.txt"
+    jsonl.write_text("".join(json.dumps({"id": i, "query": x, "docs": documents}) + "\n" for i, x in enumerate(queries)))
+    txt.write_text("".join("\t".join([x, *documents]) + "\n" for x in queries))
+    for source, args in ((jsonl, ["--text-field", "query", "--documents-field", "docs", "--keep-fields", "id"]),
+                         (txt, [])):
+        for suffix in ("jsonl", "parquet"):
+            result = tmp_path / f"{source.suffix[1:]}.{suffix}"
+            assert main(["run", str(copy), str(source), "-o", str(result), "--artifact", "onnx", "--rank",
+                         "--top-k", "3", "--pair-prompt-name", "passage", *args]) == 0
+            line = capsys.readouterr().err
+            assert "rank results from" in line and "; dot similarity (the model's similarity_fn_name)" in line
+            assert f"; document prompt {PROMPTS['passage']!r} (prompt name passage)" in line and " scores (" not in line
+            rows = read_result(result)
+            assert [[r["index"] for r in row["ranking"]] for row in rows] == [[i for i, _ in e] for e in expected]
+            np.testing.assert_allclose([r["score"] for row in rows for r in row["ranking"]],
+                                       [v for e in expected for _, v in e], atol=1e-7)
+            if args:
+                assert [row["id"] for row in rows] == [0, 1, 2]
+    # refused: --rank with --similarity, a row with a pair, no documents
+    with pytest.raises(InputError, match="rank and similarity: a sentence embedder either scores"):
+        bertc.Runtime(out, rank=True, similarity=True)
+    from bertc.run_io import Record
+
+    with pytest.raises(InputError, match="line 1: a ranking compares its query with each document; drop the pair"):
+        bertc.Runtime(out, rank=True).engine.predict([Record("q", "a pair", "line 1", ("a",))])
+    (tmp_path / "none.txt").write_text("a query\n")
+    _fails(["run", str(out), str(tmp_path / "none.txt"), "-o", str(tmp_path / "r.jsonl"), "--rank"], capsys,
+           EXIT_BAD_SPEC, "none.txt: line 1: 0 documents; a ranking needs one or more")
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_a_byte_order_mark_at_the_start_is_no_text(builds, tmp_path):

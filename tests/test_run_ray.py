@@ -86,6 +86,13 @@ def test_multiple_choice_and_kept_fields_over_ray_are_the_single_process_run(loc
     got = read_result(result)
     assert [(g.pop("id"), g.pop("tag")) for g in got] == [(i, {"n": i}) for i in range(60)]
     assert got == json.loads(json.dumps(expected))
+    # a sentence embedder's ranking: the query and each document embedded by the actors, ordered as one process does
+    rows = [(q, list(c) + [q.split()[0]]) for q, c in questions[:24]]
+    jsonl.write_text("".join(json.dumps({"text": q, "documents": d}) + "\n" for q, d in rows))
+    assert main(["run", str(builds["st_bert_mean_norm"]), str(jsonl), "-o", str(result), "-q", "--rank", "--top-k", "2",
+                 "--ray", "--actors", "2", "--threads", "1", "--window", "8", "--force"]) == 0
+    expected = bertc.Runtime(builds["st_bert_mean_norm"], rank=True, top_k=2, window=8).run(rows)
+    assert read_result(result) == json.loads(json.dumps(expected))
 
 
 class KillsItselfOnce(RayPredictor):
