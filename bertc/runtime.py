@@ -1027,7 +1027,10 @@ class Runtime:
     instead, each text embedded alone (with the prompt, if any) and the two compared by the model's similarity
     function (:func:`similarity_function`); without it, a pair given to a sentence embedder is refused.
     ``pair_prompt`` / ``pair_prompt_name``: the second texts' own prompt (a retrieval model's passages: e5's
-    "passage: ", none for bge's), resolved as ``prompt`` is; by default the first texts' one.
+    "passage: ", none for bge's), resolved as ``prompt`` is; by default the first texts' one. ``rank``: each
+    record is a query and its documents, ordered best first (``top_k``: the best K) by a one-score classifier's
+    (query, document) scores (a cross-encoder, as ``CrossEncoder.rank``), or by a sentence embedder's similarity of
+    the query's embedding with each document's (the documents take ``pair_prompt``; as ``util.semantic_search``).
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
