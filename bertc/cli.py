@@ -487,6 +487,14 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="With --similarity (--rank): one of the model's prompts for each pair's second text (document).")
 @click.option("--prompt-name", default=None, metavar="NAME",
               help="One of the model's prompts (config_sentence_transformers.json), e.g. query or passage.")
+@click.option("--embedding-precision", type=click.Choice(["float32", "int8", "uint8", "binary", "ubinary"]),
+              default="float32", show_default=True,
+              help="A sentence embedder's embeddings as sentence-transformers' quantize_embeddings writes them (what a "
+                   "vector index stores): binary / ubinary pack 8 dimensions a byte (value > 0), 32x smaller; int8 / "
+                   "uint8 one byte a dimension, its range from --calibration-embeddings.")
+@click.option("--calibration-embeddings", type=click.Path(dir_okay=False), default=None, metavar="FILE.npy",
+              help="With --embedding-precision int8 / uint8: float32 embeddings of a sample of the texts by the same "
+                   "model (bertc run OUT sample.txt -o sample.npy); each dimension's min and max set its range.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run over Ray Data: on the cluster at ADDRESS, or a local Ray when none is given.")
 @click.option("--actors", type=click.IntRange(1), default=None,
@@ -499,7 +507,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 scores, top_k,
                 candidate_labels,
                 hypothesis_template, multi_label, similarity, prompt, pair_prompt, pair_prompt_name, prompt_name,
-                ray_address, actors, quiet):
+                embedding_precision, calibration_embeddings, ray_address, actors, quiet):
     """Run the model built in OUT on the texts of INPUT (.txt one per line, .jsonl, .csv/.tsv, .parquet; - for
     standard input); write RESULT: embeddings, labels and scores, spans, tags and entities, a masked-LM model's
     predictions at each mask token, zero-shot labels (--labels), or a multiple-choice model's choice, one per input
@@ -515,12 +523,14 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                       candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
                       multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation,
                       max_length=max_length, similarity=similarity, pair_prompt=pair_prompt,
-                      pair_prompt_name=pair_prompt_name, rank=rank)
+                      pair_prompt_name=pair_prompt_name, rank=rank, embedding_precision=embedding_precision,
+                      calibration_embeddings=calibration_embeddings)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})"
                 if runtime.kind == "classification" or runtime.kind == "rank" and not runtime.similarity else "")
              + (f"; prompt {runtime.prompt!r} ({runtime.prompt_why})" if runtime.prompt else "")
+             + (f"; {runtime.precision.describe()}" if runtime.precision.active else "")
              + (f"; {runtime.similarity} similarity ({runtime.similarity_why})" if runtime.similarity else "")
              + (f"; {'document' if runtime.kind == 'rank' else 'pair'} prompt {runtime.pair_prompt!r} "
                 f"({runtime.pair_prompt_why})" if runtime.similarity and runtime.pair_prompt != runtime.prompt else "")

@@ -417,23 +417,25 @@ def result_format(path, kind: str, fmt: Optional[str] = None, keep: tuple = ()) 
 
 
 class _NpyWriter:
-    """A float32 (rows, dim) .npy written row block by row block: the header is rewritten with the row
-    count at the end (padded to a fixed size, so it never moves the data)."""
+    """A (rows, dim) .npy of ``dtype`` (float32 embeddings; int8 / uint8 ones, :mod:`bertc.quantize_embeddings`)
+    written row block by row block: the header is rewritten with the row count at the end (padded to a fixed size,
+    so it never moves the data)."""
 
     HEADER = 128
 
-    def __init__(self, f):
+    def __init__(self, f, dtype=np.float32):
         self.f, self.rows, self.dim = f, 0, None
+        self.dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
         f.write(b"\0" * self.HEADER)
 
     def _header(self) -> bytes:
-        body = repr({"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim or 0)}).encode()
+        body = repr({"descr": self.dtype.str, "fortran_order": False, "shape": (self.rows, self.dim or 0)}).encode()
         prefix = b"\x93NUMPY\x01\x00"
         pad = self.HEADER - len(prefix) - 2 - len(body) - 1
         return prefix + (len(body) + pad + 1).to_bytes(2, "little") + body + b" " * pad + b"\n"
 
     def write(self, rows, kept=None) -> None:
-        block = np.ascontiguousarray(rows, dtype="<f4")
+        block = np.ascontiguousarray(rows, dtype=self.dtype)
         if self.dim is None:
             self.dim = block.shape[1]
         self.f.write(block.tobytes())
@@ -445,8 +447,8 @@ class _NpyWriter:
 
 
 def _plain(row) -> dict:
-    if isinstance(row, np.ndarray):
-        return {"embedding": row.astype(float).tolist()}
+    if isinstance(row, np.ndarray):   # float32 values as Python floats; int8 / uint8 ones as ints
+        return {"embedding": (row.astype(float) if row.dtype.kind == "f" else row).tolist()}
     return row
 
 
@@ -492,9 +494,9 @@ class _CsvWriter:
 
 
 class _ParquetWriter:
-    def __init__(self, f, kind: str, keep: tuple = ()):
+    def __init__(self, f, kind: str, keep: tuple = (), dtype=np.float32):
         self.pa = _pyarrow()
-        self.f, self.kind, self.writer, self.keep = f, kind, None, keep
+        self.f, self.kind, self.writer, self.keep, self.dtype = f, kind, None, keep, np.dtype(dtype)
         self.kept_types: Optional[list] = None   # the kept columns' types, as the first rows give them
 
     def _kept_columns(self, kept) -> dict:
@@ -522,7 +524,7 @@ class _ParquetWriter:
     def _table(self, rows):
         pa = self.pa
         if self.kind == "embedding":
-            block = np.ascontiguousarray(rows, dtype=np.float32)
+            block = np.ascontiguousarray(rows, dtype=self.dtype)
             values = pa.array(block.reshape(-1))
             return pa.table({"embedding": pa.FixedSizeListArray.from_arrays(values, block.shape[1])})
         if self.kind == "tags":
@@ -583,21 +585,21 @@ class _ParquetWriter:
     def close(self) -> None:
         if self.writer is None:  # no row at all: an empty file with the schema
             schema = self._table([]).schema if self.kind != "embedding" else \
-                self.pa.schema([("embedding", self.pa.list_(self.pa.float32()))])
+                self.pa.schema([("embedding", self.pa.list_(self.pa.from_numpy_dtype(self.dtype)))])
             for i, name in enumerate(self.keep):
                 schema = schema.insert(i, self.pa.field(name, self.pa.null()))
             self.writer = self.pa.parquet.ParquetWriter(self.f, schema)
         self.writer.close()
 
 
-def _writer(f, fmt: str, kind: str, keep: tuple = ()):
+def _writer(f, fmt: str, kind: str, keep: tuple = (), dtype=np.float32):
     if fmt == "npy":
-        return _NpyWriter(f)
+        return _NpyWriter(f, dtype)
     if fmt == "jsonl":
         return _JsonlWriter(f, keep)
     if fmt == "csv":
         return _CsvWriter(f, kind, keep)
-    return _ParquetWriter(f, kind, keep)
+    return _ParquetWriter(f, kind, keep, dtype)
 
 
 class _Flushing:
@@ -613,14 +615,14 @@ class _Flushing:
 
 
 @contextlib.contextmanager
-def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = ()):
+def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = (), dtype=np.float32):
     """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
     ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was.
     ``-``: standard output, written batch by batch."""
     path = Path(path)
     if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
         out = sys.stdout.buffer
-        writer = _writer(out, fmt, kind, keep)
+        writer = _writer(out, fmt, kind, keep, dtype)
         try:
             yield _Flushing(writer, out)
             writer.close()
@@ -643,7 +645,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         raise OutputError(f"cannot write the result beside {path}: {exc}") from None
     try:
         with f:
-            writer = _writer(f, fmt, kind, keep)
+            writer = _writer(f, fmt, kind, keep, dtype)
             yield writer
             writer.close()
         os.replace(tmp, path)

@@ -1031,6 +1031,9 @@ class Runtime:
     record is a query and its documents, ordered best first (``top_k``: the best K) by a one-score classifier's
     (query, document) scores (a cross-encoder, as ``CrossEncoder.rank``), or by a sentence embedder's similarity of
     the query's embedding with each document's (the documents take ``pair_prompt``; as ``util.semantic_search``).
+    ``embedding_precision``: a sentence embedder's embeddings as sentence-transformers' ``quantize_embeddings``
+    writes them (float32, int8, uint8, binary, ubinary; :mod:`bertc.quantize_embeddings`); int8 and uint8 take
+    their ranges from ``calibration_embeddings`` (float32 embeddings by the same model: an array or a .npy file).
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
@@ -1041,7 +1044,8 @@ class Runtime:
                  candidate_labels: Optional[Sequence[str]] = None, hypothesis_template: Optional[str] = None,
                  multi_label: bool = False, allow_no_answer: bool = False, aggregation: Optional[str] = None,
                  max_length: Optional[int] = None, similarity: bool = False, pair_prompt: Optional[str] = None,
-                 pair_prompt_name: Optional[str] = None, rank: bool = False):
+                 pair_prompt_name: Optional[str] = None, rank: bool = False, embedding_precision: str = "float32",
+                 calibration_embeddings=None):
         from bertc.backends import Backend, provider_options
 
         self.out = Path(out)
@@ -1153,6 +1157,12 @@ class Runtime:
                                  no_answer=bool(allow_no_answer), aggregation=aggregation or "first", answers=answers,
                                  similarity=self.similarity or "cosine", pair_prompt=self.pair_prompt,
                                  provider_options=provider_options(backend))
+        from bertc.quantize_embeddings import EmbeddingPrecision
+
+        if self.kind != "embedding" and (embedding_precision != "float32" or calibration_embeddings is not None):
+            raise InputError(f"embedding precision {embedding_precision}: only a sentence embedder's embeddings are "
+                             f"written at another precision (this run gives {self.kind} results)")
+        self.precision = EmbeddingPrecision(embedding_precision, calibration_embeddings)
         self._engine: Optional[Engine] = None
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray
 
@@ -1220,19 +1230,27 @@ class Runtime:
             self.truncated += len(self.engine.cut)
             if progress:
                 progress(len(results))
-            yield results, [r.kept for r in window]
+            yield self.at_precision(results), [r.kept for r in window]
+
+    def at_precision(self, results: list) -> list:
+        """An embedder's results (float32 rows) at the run's embedding precision (:mod:`bertc.quantize_embeddings`);
+        other results as they are."""
+        if self.kind != "embedding" or not self.precision.active or not results:
+            return results
+        return list(self.precision(np.stack(results)))
 
     def run(self, texts: Iterable):
         """Results of ``texts`` (strings, or (text, pair) tuples; for a multiple-choice model (text, [choice, ...])
-        or (text, stem, [choice, ...]) tuples) in their order: an (n, dim) float32 array for an embedder, else a
-        list with one result per text (see the module docstring)."""
+        or (text, stem, [choice, ...]) tuples) in their order: an (n, dim) float32 array for an embedder (int8 or
+        uint8 at another ``embedding_precision``), else a list with one result per text (see the module docstring)."""
         if isinstance(texts, str):
             raise InputError("Runtime.run takes a list of texts; for one text pass [text]")
         results = [r for window in self.iter_results(_records(texts, self.kind in ("choice", "rank"),
                                                               self.kind == "rank")) for r in window]
         if self.kind == "embedding":
             dim = self.engine.session.get_outputs()[0].shape[-1]
-            return np.stack(results) if results else np.zeros((0, dim if isinstance(dim, int) else 0), np.float32)
+            return np.stack(results) if results else \
+                np.zeros((0, self.precision.width(dim) if isinstance(dim, int) else 0), self.precision.dtype)
         return results
 
     def run_file(self, input_path, result_path, *, input_format: Optional[str] = None, text_field: str = "text",
@@ -1258,7 +1276,7 @@ class Runtime:
         if total_hint:
             total_hint(run_io.count_rows(spec))
         rows = 0
-        with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep) as writer:
+        with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep, self.precision.dtype) as writer:
             if ray_address is not None:
                 batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
             else:
@@ -1410,7 +1428,7 @@ def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[t
             raise BertcError(f"the Ray job lost rows: expected row {expected}, got {int(index[0])}")
         expected = int(index[-1]) + 1
         if runtime.kind == "embedding":
-            results = [np.frombuffer(r, "<f4") for r in batch["result"][keep]]
+            results = runtime.at_precision([np.frombuffer(r, "<f4") for r in batch["result"][keep]])
         else:
             results = [json.loads(r) for r in batch["result"][keep]]
         runtime.truncated += int(np.count_nonzero(batch["cut"][keep]))

@@ -6,6 +6,7 @@ the bert_model fixture's tokenizer (same vocabulary) and built without TFLite. T
 computed independently: the whole input tokenized by bertc.text.encode_texts into one padded batch, run
 through model.onnx with ONNX Runtime, and decoded here (softmax, argmax, a brute-force span search).
 """
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -1346,6 +1347,78 @@ def test_a_sentence_embedder_ranks_each_querys_documents_by_similarity(builds, t
     _fails(["run", str(out), str(tmp_path / "none.txt"), "-o", str(tmp_path / "r.jsonl"), "--rank"], capsys,
            EXIT_BAD_SPEC, "none.txt: line 1: 0 documents; a ranking needs one or more")
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_embeddings_at_a_lower_precision_are_sentence_transformers_quantize_embeddings(builds, tmp_path, capsys):
+    """--embedding-precision writes a sentence embedder's embeddings as sentence-transformers' quantize_embeddings
+    does (held to its record on the fixture: binary / ubinary packed 8 dimensions a byte, int8 / uint8 with ranges
+    from calibration embeddings, values beyond them clipped), in .npy, Parquet, JSONL and CSV; what it cannot do is
+    refused, named, with nothing written."""
+    from bertc.quantize_embeddings import EmbeddingPrecision
+
+    record = np.load(FIXTURES / "st_bert_mean_norm" / "quantized.npz")
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        calibration = record["documents"] if precision.endswith("int8") else None
+        have = EmbeddingPrecision(precision, calibration)(record["queries"])
+        assert have.dtype == record[precision].dtype and have.shape == record[precision].shape
+        np.testing.assert_array_equal(have, record[precision])   # the queries beyond the documents' ranges: clipped
+    assert np.count_nonzero(record["int8"] == 127) and np.count_nonzero(record["int8"] == -128)
+    # bertc run: the build's float32 embeddings, then quantized (the documents' embeddings calibrate)
+    out = builds["st_bert_mean_norm"]
+    search = json.loads((FIXTURES / "st_bert_mean_norm" / "search.json").read_text())
+    docs, queries = tmp_path / "docs.txt", tmp_path / "queries.jsonl"
+    docs.write_text("\n".join(search["documents"]) + "\n")
+    queries.write_text("".join(json.dumps({"id": i, "text": q}) + "\n" for i, q in enumerate(search["queries"])))
+    assert main(["run", str(out), str(docs), "-o", str(tmp_path / "docs.npy"), "-q", "--artifact", "onnx"]) == 0
+    floats = bertc.Runtime(out, artifact="onnx").run(search["queries"])
+    np.testing.assert_allclose(floats, record["queries"], atol=1e-6)
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        calibration = ["--calibration-embeddings", str(tmp_path / "docs.npy")] if precision.endswith("int8") else []
+        expected = EmbeddingPrecision(precision, np.load(tmp_path / "docs.npy") if calibration else None)(floats)
+        assert np.abs(expected.astype(int) - record[precision].astype(int)).max() <= (1 if calibration else 0)
+        rt = bertc.Runtime(out, artifact="onnx", embedding_precision=precision,
+                           calibration_embeddings=tmp_path / "docs.npy" if calibration else None)
+        np.testing.assert_array_equal(rt.run(search["queries"]), expected)
+        assert rt.run([]).shape == (0, expected.shape[1]) and rt.run([]).dtype == expected.dtype
+        for suffix in ("npy", "parquet", "jsonl", "csv"):
+            result = tmp_path / f"{precision}.{suffix}"
+            keep = ["--keep-fields", "id"] if suffix in ("parquet", "jsonl") else []
+            assert main(["run", str(out), str(queries), "-o", str(result), "--artifact", "onnx",
+                         "--embedding-precision", precision, *calibration, *keep]) == 0
+            line = capsys.readouterr().err
+            assert f"; embeddings written as {precision}" in line
+            assert ("(ranges from docs.npy, 8 embeddings)" in line) == bool(calibration)
+            rows = read_result(result)
+            if suffix == "npy":
+                assert rows.dtype == expected.dtype
+            elif suffix == "csv":
+                rows = [list(map(int, r)) for r in csv.reader(result.open())]
+            else:
+                assert [r.pop("id") for r in rows] == [0, 1, 2, 3]
+                rows = [r["embedding"] for r in rows]
+            np.testing.assert_array_equal(np.asarray(rows), expected)
+    # refused: int8 without calibration, calibration for float32 or binary, another kind of result, a file that is
+    # not .npy, integer or other-width calibration embeddings
+    args = ["run", str(out), str(queries), "-o", str(tmp_path / "r.npy")]
+    _fails([*args, "--embedding-precision", "uint8"], capsys, EXIT_BAD_SPEC,
+           "embedding precision uint8: needs calibration embeddings (--calibration-embeddings FILE.npy")
+    _fails([*args, "--calibration-embeddings", str(tmp_path / "docs.npy")], capsys, EXIT_BAD_SPEC,
+           "calibration embeddings: only int8 and uint8 embeddings have ranges to calibrate (this run's precision "
+           "is float32)")
+    _fails([*args, "--embedding-precision", "binary", "--similarity"], capsys, EXIT_BAD_SPEC,
+           "embedding precision binary: only a sentence embedder's embeddings are written at another precision (this "
+           "run gives similarity results)")
+    _fails([*args, "--embedding-precision", "int8", "--calibration-embeddings", str(docs)], capsys, EXIT_BAD_SPEC,
+           "docs.txt: not a .npy file")
+    np.save(tmp_path / "ints.npy", np.zeros((2, 16), np.int8))
+    _fails([*args, "--embedding-precision", "int8", "--calibration-embeddings", str(tmp_path / "ints.npy")], capsys,
+           EXIT_BAD_SPEC, "ints.npy: calibration embeddings are a (rows, dim) float array with one row or more, got "
+           "int8 of shape (2, 16)")
+    np.save(tmp_path / "narrow.npy", np.zeros((2, 5), np.float32))
+    _fails([*args, "--embedding-precision", "int8", "--calibration-embeddings", str(tmp_path / "narrow.npy")], capsys,
+           EXIT_BAD_SPEC, "calibration embeddings (narrow.npy, 2 embeddings) have 5 dimensions; this model's "
+           "embeddings have 16")
+    assert not (tmp_path / "r.npy").exists()
 
 
 def test_a_byte_order_mark_at_the_start_is_no_text(builds, tmp_path):

@@ -52,6 +52,12 @@ def test_ray_run_equals_the_single_process_run_in_input_order(local_ray, builds,
     a, b = np.load(single), np.load(over_ray)
     assert a.shape == (300, 16)
     np.testing.assert_array_equal(a, b)  # same artifact, same batches: the same bytes
+    # int8 embeddings: the actors' float32 rows quantized by the driver, as in one process
+    int8 = tmp_path / "int8.parquet"
+    assert main(["run", str(out), str(txt), "-o", str(int8), "-q", "--window", "64", "--ray", "--threads", "1",
+                 "--embedding-precision", "int8", "--calibration-embeddings", str(single)]) == 0
+    expected = bertc.Runtime(out, embedding_precision="int8", calibration_embeddings=single, window=64).run(rows)
+    np.testing.assert_array_equal(np.asarray([r["embedding"] for r in read_result(int8)], np.int8), expected)
     # labels too, written as JSONL by the driver in input order
     cls = builds["bert_seq_cls"]
     res = tmp_path / "labels.jsonl"

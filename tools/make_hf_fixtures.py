@@ -240,7 +240,8 @@ SEARCH_DOCUMENTS = ["the cat sat on the mat .", "a dog ran fast on the road", "i
 def semantic_search_reference(name: str = "st_bert_mean_norm") -> Path:
     """``util.semantic_search`` of :data:`SEARCH_QUERIES` over :data:`SEARCH_DOCUMENTS` (one twice) with the
     sentence-transformers fixture ``name`` as it is (its weights are not rewritten): every document's score with each
-    query, best first, in search.json beside it; and the top 3."""
+    query, best first, in search.json beside it; and the top 3. And quantized.npz: the queries' embeddings as
+    ``quantize_embeddings`` writes them at each precision, int8 / uint8 calibrated on the documents'."""
     import json
 
     from sentence_transformers import SentenceTransformer, util
@@ -254,6 +255,13 @@ def semantic_search_reference(name: str = "st_bert_mean_norm") -> Path:
     (directory / "search.json").write_text(json.dumps({"queries": SEARCH_QUERIES, "documents": SEARCH_DOCUMENTS,
                                                        "all": hits[len(SEARCH_DOCUMENTS)], "top_3": hits[3]},
                                                       indent=1) + "\n")
+    # quantize_embeddings of the queries' embeddings, int8 / uint8 ranges from the documents' (calibration_embeddings)
+    from sentence_transformers.util import quantize_embeddings
+
+    queries, documents = q.numpy(), d.numpy()
+    np.savez(directory / "quantized.npz", queries=queries, documents=documents,
+             **{p: quantize_embeddings(queries, precision=p, calibration_embeddings=documents)
+                for p in ("int8", "uint8", "binary", "ubinary")})
     return directory
 
 
@@ -291,7 +299,7 @@ FIXTURES = {
         "BertForSequenceClassification", 11, tokenizer=True),
     "st_cross_encoder": lambda: make_cross_encoder(12),
     "st_bert_mean_norm": lambda: make_sentence_transformer(9),
-    # a reference for bertc run --rank with a sentence embedder (adds search.json; the weights stay as they are)
+    # references for bertc run --rank and --embedding-precision (search.json, quantized.npz; the weights stay)
     "st_bert_mean_norm_search": lambda: semantic_search_reference("st_bert_mean_norm"),
     # LaBSE's layout (cls pooling, Dense + tanh, Normalize) with a second Dense (no activation) after it
     "st_bert_cls_dense_norm": lambda: make_sentence_transformer(
