@@ -232,6 +232,9 @@ def import_checkpoint(source, output, name, encoder_only, force):
 
     if output.exists() and not force:
         raise OutputError(f"{output} already exists; pass --force to replace it")
+    if output.exists() and not _is_spec(output):   # e.g. the checkpoint's own config.json
+        raise OutputError(f"{output} exists and is not a bertc spec (a JSON object with an encoder): --force "
+                          f"replaces only a spec; choose another -o")
     _import_quietly()
     from bertc.importers import import_spec
 
@@ -240,6 +243,16 @@ def import_checkpoint(source, output, name, encoder_only, force):
     click.echo(f"wrote {output}: {spec['name']} ({spec['encoder']['type']} encoder, {head} head); "
                f"weights: {spec['weights']}")
     click.echo(f"  {spec['description']}")
+
+
+def _is_spec(path: Path) -> bool:
+    """Whether ``path`` holds a bertc spec (what ``import --force`` may replace): a JSON object with an encoder."""
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read(64 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and isinstance(value.get("encoder"), dict)
 
 
 @cli.command()

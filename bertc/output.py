@@ -83,6 +83,15 @@ def _remove_leftovers(out: Path) -> list[str]:
     return removed
 
 
+def is_build(out: Path) -> bool:
+    """Whether the directory ``out`` may be replaced by a build: empty, or what a build wrote (its report.json);
+    anything else (a checkpoint's folder, the user's files) is refused, however forced."""
+    try:
+        return (out / "report.json").is_file() or not any(out.iterdir())
+    except OSError:
+        return False
+
+
 class StagedOutput:
     def __init__(self, out: Path | str, force: bool = False):
         self.out = Path(out)
@@ -90,6 +99,9 @@ class StagedOutput:
             raise OutputError(f"{self.out} exists and is not a directory")
         if self.out.exists() and not force:
             raise OutputError(f"{self.out} already exists; pass --force to replace it")
+        if self.out.exists() and not is_build(self.out):   # a checkpoint, a data folder: never ours to remove
+            raise OutputError(f"{self.out} exists and is not a bertc build (no report.json): --force replaces only "
+                              f"a build's output; choose another -o, or remove it yourself")
         self.failed_dir = self.out.with_name(self.out.name + ".failed")
         self.tmp: Path | None = None
         self.lock = BuildLock(self.out)

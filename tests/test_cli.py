@@ -1,11 +1,14 @@
 """CLI exit codes, messages without tracebacks, and atomic output."""
 import json
+from pathlib import Path
 
 import pytest
 
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC, EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_MISSING_LIBRARY, EXIT_OUTPUT
 from conftest import tiny_bert
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def test_validate_ok_and_bad(tmp_spec, capsys):
@@ -60,6 +63,30 @@ def test_existing_output_is_kept_without_force(built, tmp_spec, capsys):
     assert marker.read_text() == "keep me"
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export", "--force"]) == 0
     assert not marker.exists() and (built / "report.json").exists()
+
+
+def test_force_never_replaces_what_a_build_or_an_import_did_not_write(tmp_spec, tmp_path, capsys):
+    """--force replaces a build's OUT (its report.json) or an empty folder, and a spec; never a checkpoint's folder
+    or file, nor the user's data (an -o pointed at the folder the weights are read from lost them)."""
+    import shutil
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / "hf" / "bert_seq_cls", checkpoint)
+    before = sorted(p.name for p in checkpoint.iterdir())
+    config = (checkpoint / "config.json").read_text()
+    assert main(["import", str(checkpoint), "-o", str(checkpoint / "config.json"), "--force"]) == EXIT_OUTPUT
+    assert "config.json exists and is not a bertc spec (a JSON object with an encoder)" in capsys.readouterr().err
+    assert (checkpoint / "config.json").read_text() == config
+    spec = checkpoint / "spec.json"
+    assert main(["import", str(checkpoint), "-o", str(spec)]) == 0
+    assert main(["import", str(checkpoint), "-o", str(spec), "--force"]) == 0   # a spec: replaced
+    assert main(["build", str(spec), "-o", str(checkpoint), "-q", "--no-export", "--force"]) == EXIT_OUTPUT
+    assert "ckpt exists and is not a bertc build (no report.json): --force replaces only a build's output" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(before + ["spec.json"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(empty), "-q", "--no-export", "--force"]) == 0
 
 
 def test_failed_build_leaves_existing_output_untouched(built, tmp_spec, monkeypatch, capsys):
