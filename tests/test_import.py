@@ -188,6 +188,36 @@ def test_cli_weights_option_overrides_spec(tmp_path):
     assert max(max_diffs(keras_run(model), sig, ref).values()) <= ATOL
 
 
+def test_a_checkpoint_whose_config_disagrees_with_the_spec_is_refused(tmp_path, capsys):
+    """Weights load by name and shape: a checkpoint whose config.json says other heads, another activation or
+    epsilon (same shapes) than the spec would build and pass parity against itself while computing what it was never
+    trained for. The build refuses it, naming each difference; training-only settings (dropout) may differ."""
+    spec_path, _ = imported("hf/bert_seq_cls", tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(FIXTURES / "hf" / "bert_seq_cls", other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.3, "classifier_dropout": 0.5}))
+    out = tmp_path / "out"
+    assert main(["build", str(spec_path), "-o", str(out), "-q", "--no-export", "--weights", str(other)]) == 0
+    (other / "config.json").write_text(json.dumps({**config, "num_attention_heads": 4, "hidden_act": "relu",
+                                                   "layer_norm_eps": 1e-3}))
+    bad = tmp_path / "bad"
+    assert main(["build", str(spec_path), "-o", str(bad), "-q", "--no-export", "--weights", str(other)]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert "the spec does not compute what this checkpoint's config says (3 differences" in err, err
+    for line in ('$.encoder.activation: the spec has "gelu_tanh", the checkpoint\'s config "relu"',
+                 "$.encoder.layer_norm_epsilon: the spec has 1e-12, the checkpoint's config 0.001",
+                 "$.encoder.num_attention_heads: the spec has 2, the checkpoint's config 4"):
+        assert line in err, err
+    assert not bad.exists() and "Traceback" not in err
+    # the spec edited the same way is refused against the original checkpoint too
+    data = json.loads(spec_path.read_text())
+    data["encoder"]["num_attention_heads"] = 4
+    spec_path.write_text(json.dumps(data))
+    assert main(["build", str(spec_path), "-o", str(bad), "-q", "--no-export"]) == EXIT_BAD_SPEC
+    assert "$.encoder.num_attention_heads: the spec has 4, the checkpoint's config 2" in capsys.readouterr().err
+
+
 def test_bertc_keras_build_is_a_weights_source(tmp_path):
     spec_path, ref = imported("model_garden/bert_classifier", tmp_path)
     first = tmp_path / "first"

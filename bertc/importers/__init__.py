@@ -145,6 +145,64 @@ def bundle_checkpoint_config(weights: Path, out: Path) -> list[str]:
     return written
 
 
+# settings of a spec that never change what a trained model computes at inference (training-time only)
+_TRAINING_ONLY = ("dropout", "initializer")
+
+
+def _differences(have, want, path: str = "$") -> list[tuple[str, object, object]]:
+    """(JSON path, spec's value, checkpoint's value) where two spec sections differ, training-only keys aside."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        found = []
+        for key in sorted(set(have) | set(want), key=str):
+            if any(word in str(key) for word in _TRAINING_ONLY):
+                continue
+            found += _differences(have.get(key), want.get(key), f"{path}.{key}")
+        return found
+    if isinstance(have, list) and isinstance(want, list) and len(have) == len(want):
+        return [d for i, (a, b) in enumerate(zip(have, want)) for d in _differences(a, b, f"{path}[{i}]")]
+    return [] if have == want else [(path, have, want)]
+
+
+def check_checkpoint_config(spec, weights: Path) -> None:
+    """Refuse to load a Hugging Face checkpoint into a spec that computes something else than its config.json
+    says: weights load by name and shape, so a spec and a checkpoint that disagree on what leaves the shapes alone
+    (the heads' count, the activation, a layer norm's epsilon, the positions) would build, pass parity against
+    itself, and compute what the checkpoint was never trained for. The encoder (and the head, when both have one of
+    the same type) must be what ``bertc import`` of the checkpoint gives; training-only settings (dropout, the
+    initializer) may differ."""
+    from bertc.checkpoints import open_checkpoint
+    from bertc.errors import SpecError
+    from bertc.spec import load_spec
+
+    weights = Path(weights)
+    root = weights if weights.is_dir() else weights.parent
+    if not ((root / "config.json").is_file() or (root / "modules.json").is_file()) or \
+            open_checkpoint(weights).format not in ("safetensors", "pytorch"):
+        return
+    try:
+        expected, _ = spec_for(weights, encoder_only=spec.head is None)
+        wanted = load_spec({"name": spec.name, **expected})
+    except (WeightsError, SpecError):   # a config bertc cannot import: the spec was written by hand for it
+        return
+    have, want = spec.model_dump(mode="json"), wanted.model_dump(mode="json")
+    found = _differences(have.get("encoder"), want.get("encoder"), "$.encoder")
+    if have.get("head") and want.get("head") and have["head"].get("type") == want["head"].get("type"):
+        found += _differences(have["head"], want["head"], "$.head")
+    if found:
+        shown = "\n".join(f"  {p}: the spec has {json_text(a)}, the checkpoint's config {json_text(b)}"
+                          for p, a, b in found[:12]) + (f"\n  ... and {len(found) - 12} more" if len(found) > 12 else "")
+        raise WeightsError(f"{weights}: the spec does not compute what this checkpoint's config says "
+                           f"({len(found)} difference{'s' if len(found) > 1 else ''}; the weights would load, the "
+                           f"model would not be the trained one):\n{shown}\nre-import it (bertc import "
+                           f"{weights} -o SPEC --force) or point the spec at the checkpoint it was written for")
+
+
+def json_text(value) -> str:
+    import json
+
+    return "absent" if value is None else json.dumps(value)
+
+
 def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:
     """The pipeline's "load weights" stage: load, then bundle the tokenizer found beside the weights.
     Returns the report sections ``weights`` (and ``tokenizer`` when there is one)."""
@@ -153,6 +211,7 @@ def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) ->
     if init_from is not None:
         raise WeightsError(f"both trained weights ({weights}) and --init-from ({init_from}) were given; "
                            f"use one of them")
+    check_checkpoint_config(spec, weights)
     result = load_weights(model, spec, weights)
     sections = {"weights": {**result.to_json(), "summary": result.summary()}}
     bundled = bundle_checkpoint_config(Path(weights), Path(out))
