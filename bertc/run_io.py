@@ -596,6 +596,13 @@ class _ParquetWriter:
             self.writer = self.pa.parquet.ParquetWriter(self.f, schema)
         self.writer.close()
 
+    def abandon(self) -> None:
+        """Close the pyarrow writer after an error (into the temporary file, which is then removed)."""
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.writer = None
+
 
 def _writer(f, fmt: str, kind: str, keep: tuple = (), dtype=np.float32):
     if fmt == "npy":
@@ -651,8 +658,15 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     try:
         with f:
             writer = _writer(f, fmt, kind, keep, dtype)
-            yield writer
-            writer.close()
+            try:
+                yield writer
+                writer.close()
+            except BaseException:
+                # let go of a writer that holds the file (pyarrow's) while the file is open: left to the garbage
+                # collector, it would close itself into the closed file and print a traceback past our message
+                if hasattr(writer, "abandon"):
+                    writer.abandon()
+                raise
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

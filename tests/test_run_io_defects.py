@@ -47,3 +47,16 @@ def test_a_pipe_or_fifo_input_is_read_once_not_counted_away(builds, tmp_path):
     run = _bertc(["run", cls, fifo, "-o", tmp_path / "f.jsonl", "--input-format", "txt"], timeout=120)
     assert run.returncode == 0, run.stderr.decode()[-2000:]
     assert len(read_result(tmp_path / "f.jsonl")) == 3
+
+
+# --- 2: a Parquet result that fails after its first window --------------------------------------------------------
+
+def test_a_parquet_result_that_fails_late_prints_one_line_and_no_pyarrow_traceback(builds, tmp_path):
+    txt = tmp_path / "tb.txt"
+    txt.write_text("a dog\n" * 20 + "\nthe cat\n")   # line 21 is empty: after two windows were written
+    run = _bertc(["run", builds["bert_seq_cls"], txt, "-o", tmp_path / "tb.parquet", "-q", "--window", "8",
+                  "--batch-size", "4"])
+    err = run.stderr.decode()
+    assert run.returncode == EXIT_BAD_SPEC and "line 21: empty text" in err, err
+    assert "Traceback" not in err and "Exception ignored" not in err and err.count("\n") == 1, err
+    _no_leftovers(tmp_path, "tb.txt")
