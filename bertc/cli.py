@@ -213,9 +213,12 @@ def _size(text):
     from bertc.preflight import parse_size
 
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--memory-limit") from None
+    if size <= 0:
+        raise click.BadParameter(f"{text!r}: a memory size above zero (e.g. 12G, 800M)", param_hint="--memory-limit")
+    return size
 
 
 @cli.command("import")
@@ -334,8 +337,10 @@ def inspect(spec, plot):
 @cli.command()
 @plugin_option
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--atol", type=float, default=None, help="Absolute tolerance for every backend.")
-@click.option("--rtol", type=float, default=None, help="Relative tolerance for every backend.")
+@click.option("--atol", type=click.FloatRange(0, 1), default=None, callback=lambda c, p, v: _not_nan(v, p),
+              help="Absolute tolerance for every backend, 0 to 1.")
+@click.option("--rtol", type=click.FloatRange(0, 1), default=None, callback=lambda c, p, v: _not_nan(v, p),
+              help="Relative tolerance for every backend, 0 to 1.")
 @click.option("--text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Real inputs: a text file (one example per line, a tab between a sentence pair) tokenized by "
                    "the tokenizer bundled in OUT, instead of random ids.")
@@ -355,6 +360,12 @@ def parity(out, atol, rtol, text, as_json):
         from bertc.report import parity_failure_message
 
         raise ParityError(parity_failure_message(section))
+
+
+def _not_nan(value, param):
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a tolerance (0 to 1)", param_hint=f"--{param.name}")
+    return value
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:

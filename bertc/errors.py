@@ -125,6 +125,12 @@ class CalibrationError(BertcError):
     exit_code = EXIT_BAD_SPEC
 
 
+class MissingLibrary(BertcError):
+    """A library or program the command needs is not installed (the message says how to install it)."""
+
+    exit_code = EXIT_MISSING_LIBRARY
+
+
 class MemoryPreflightError(BertcError):
     """The build would not fit in the memory available (nothing written)."""
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertc.errors import BertcError
+from bertc.errors import InputError, MissingLibrary, OutputError
 
 
 def graph_table(model) -> str:
@@ -35,7 +35,7 @@ def graph_dot(model):
     try:
         import pydot  # noqa: F401
     except ImportError:
-        raise BertcError("--plot needs pydot: pip install 'bertc[plot]'") from None
+        raise MissingLibrary("--plot needs pydot: pip install 'bertc[plot]'") from None
     return keras.utils.model_to_dot(model, show_shapes=True, show_layer_names=True, show_dtype=False,
                                     expand_nested=False, dpi=64, rankdir="TB")
 
@@ -46,14 +46,23 @@ def plot_graph(model, path: Path) -> None:
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("dot", "png", "svg", "pdf"):
-        raise BertcError(f"--plot {path}: unknown format {path.suffix or '(none)'!r}; use .png, .svg, .pdf or .dot")
+        raise InputError(f"--plot {path}: unknown format {path.suffix or '(none)'!r}; use .png, .svg, .pdf or .dot")
+    if not path.parent.is_dir():
+        raise OutputError(f"--plot {path}: no such directory {path.parent}")
     dot = graph_dot(model)
     if fmt == "dot":
-        path.write_text(dot.to_string())
+        _write(path, dot.to_string().encode())
         return
     try:
         data = dot.create(format=fmt)
     except (OSError, FileNotFoundError, AssertionError) as exc:
-        raise BertcError(f"--plot {path}: rendering needs the Graphviz 'dot' program ({type(exc).__name__}: {exc}); "
+        raise MissingLibrary(f"--plot {path}: rendering needs the Graphviz 'dot' program ({type(exc).__name__}: {exc}); "
                          f"{GRAPHVIZ_HINT}, or write Graphviz source with --plot {path.with_suffix('.dot').name}") from None
-    path.write_bytes(data)
+    _write(path, data)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"--plot {path}: cannot write it: {exc}") from None

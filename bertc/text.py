@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from bertc.errors import BertcError, OutputError
+from bertc.errors import InputError, MissingLibrary, OutputError
 
 # sentencepiece models: spiece.model (ALBERT, T5), spm.model (DeBERTa-v2/v3), sentencepiece.bpe.model (XLM-R,
 # CamemBERT)
@@ -111,7 +111,7 @@ def load_tokenizer(out_dir: Path, max_len: int):
     try:
         import tokenizers
     except ImportError:
-        raise BertcError("real-text inputs need the tokenizers library: pip install 'bertc[text]'") from None
+        raise MissingLibrary("real-text inputs need the tokenizers library: pip install 'bertc[text]'") from None
     out_dir = Path(out_dir)
     config = _read_json(out_dir / "tokenizer_config.json")
     if (out_dir / "tokenizer.json").exists():
@@ -136,13 +136,13 @@ def load_tokenizer(out_dir: Path, max_len: int):
         family = family_of(out_dir, config, _read_json(out_dir / CHECKPOINT_CONFIG).get("model_type"))
         if family is None:
             name = next(name for name in SENTENCEPIECE_FILES if (out_dir / name).exists())
-            raise BertcError(f"{out_dir}: only {name} is bundled, and neither tokenizer_config.json's tokenizer_class "
+            raise InputError(f"{out_dir}: only {name} is bundled, and neither tokenizer_config.json's tokenizer_class "
                              f"nor the checkpoint's model_type names a family bertc reads it for (DeBERTa-v2/v3, "
                              f"ALBERT, XLM-RoBERTa, CamemBERT); otherwise bertc needs tokenizer.json "
                              f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
         tok = tokenizer_for(out_dir, family, config)
     else:
-        raise BertcError(f"{out_dir}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
+        raise InputError(f"{out_dir}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
                          f"merges.txt); it is bundled when the trained weights come with one")
     if lowercases_input(out_dir):   # before the tokenizer's own normalization, as sentence-transformers does
         lower = tokenizers.normalizers.Lowercase()
@@ -156,7 +156,7 @@ def _roberta_specials(tokenizers, tok, vocab: dict, where: Path) -> None:
     """RoBERTa's special tokens and post-processor (``<s> A </s></s> B </s>``, every type id 0)."""
     missing = [t for t in ("<s>", "</s>") if t not in vocab]
     if missing:
-        raise BertcError(f"{where}: has no {' / '.join(missing)} token, which a RoBERTa-style tokenizer wraps "
+        raise InputError(f"{where}: has no {' / '.join(missing)} token, which a RoBERTa-style tokenizer wraps "
                          f"sequences in")
     tok.add_special_tokens([t for t in _ROBERTA_SPECIALS if t in vocab])
     tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]))
@@ -166,19 +166,19 @@ def _wordpiece(tokenizers, out_dir: Path, **options):
     try:
         return tokenizers.BertWordPieceTokenizer(str(out_dir / "vocab.txt"), **options)
     except (TypeError, ValueError) as exc:   # a special token missing from the vocabulary
-        raise BertcError(f"{out_dir / 'vocab.txt'}: not a WordPiece vocabulary bertc can use: {exc}") from None
+        raise InputError(f"{out_dir / 'vocab.txt'}: not a WordPiece vocabulary bertc can use: {exc}") from None
 
 
 def _byte_level_bpe(tokenizers, out_dir: Path, config: dict):
     """RoBERTa's tokenizer from vocab.json + merges.txt, as transformers' RobertaTokenizer builds it."""
     if not (out_dir / "merges.txt").exists():
-        raise BertcError(f"{out_dir}: vocab.json is bundled without merges.txt; a byte-level BPE needs both")
+        raise InputError(f"{out_dir}: vocab.json is bundled without merges.txt; a byte-level BPE needs both")
     try:
         tok = tokenizers.ByteLevelBPETokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"),
                                                add_prefix_space=bool(config.get("add_prefix_space", False)),
                                                trim_offsets=bool(config.get("trim_offsets", True)))
     except Exception as exc:   # the tokenizers library raises plain Exceptions for unreadable files
-        raise BertcError(f"{out_dir}: cannot read vocab.json / merges.txt as a byte-level BPE: {exc}") from None
+        raise InputError(f"{out_dir}: cannot read vocab.json / merges.txt as a byte-level BPE: {exc}") from None
     _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.json")
     return tok
 
@@ -188,10 +188,10 @@ def read_texts(path: Path) -> list:
     try:
         lines = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise BertcError(f"{path}: cannot read the text file: {exc}") from None
+        raise InputError(f"{path}: cannot read the text file: {exc}") from None
     texts = [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines if line.strip()]
     if not texts:
-        raise BertcError(f"{path}: no text (one example per line; a tab separates a sentence pair)")
+        raise InputError(f"{path}: no text (one example per line; a tab separates a sentence pair)")
     return texts
 
 
@@ -214,7 +214,7 @@ def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: 
         names = set(spec.encoder.input_names)
         out = {k: v for k, v in out.items() if k in names}
         if "input_word_ids" in out and int(out["input_word_ids"].max()) >= spec.encoder.vocab_size:
-            raise BertcError(f"the tokenizer in {out_dir} produced id {int(out['input_word_ids'].max())}, outside "
+            raise InputError(f"the tokenizer in {out_dir} produced id {int(out['input_word_ids'].max())}, outside "
                              f"the model's vocab_size {spec.encoder.vocab_size}: it is not this model's tokenizer")
         if spec.head is not None:
             from bertc.registry import HEADS

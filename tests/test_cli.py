@@ -126,10 +126,32 @@ def test_inspect_plot_shows_layer_names_and_shapes(tmp_spec, tmp_path, capsys):
     assert "<b>(None, 16)</b>" in text  # the pooler's width
 
 
-def test_inspect_plot_unknown_format_is_a_clear_error(tmp_spec, tmp_path, capsys):
-    assert main(["inspect", str(tmp_spec(tiny_bert())), "--plot", str(tmp_path / "graph.jpgx")]) != 0
+def test_inspect_plot_unknown_format_is_a_clear_error(tmp_spec, tmp_path, capsys, monkeypatch):
+    spec = str(tmp_spec(tiny_bert()))
+    assert main(["inspect", spec, "--plot", str(tmp_path / "graph.jpgx")]) == EXIT_BAD_SPEC
     err = capsys.readouterr().err
     assert "unknown format '.jpgx'" in err and "Traceback" not in err
+    assert main(["inspect", spec, "--plot", str(tmp_path / "no" / "g.dot")]) == EXIT_OUTPUT   # was an internal error
+    assert f"--plot {tmp_path / 'no' / 'g.dot'}: no such directory" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path))   # no Graphviz: a missing program, not a failed check (exit 1)
+    assert main(["inspect", spec, "--plot", str(tmp_path / "g.png")]) == EXIT_MISSING_LIBRARY
+    assert "rendering needs the Graphviz 'dot' program" in capsys.readouterr().err
+
+
+def test_out_of_range_tolerances_and_sizes_are_usage_errors(built, capsys):
+    """--atol / --rtol outside 0..1 (or nan) and a --memory-limit of zero or less are refused as usage errors (they
+    were an internal error, and a run refused for "-5.0 GB available"); a build without a tokenizer asked for text
+    parity is the input's fault (exit 2), not a failed check."""
+    for option, value in (("--atol", "-1"), ("--atol", "5"), ("--rtol", "nan"), ("--rtol", "-0.5")):
+        assert main(["parity", str(built), option, value]) == EXIT_BAD_SPEC
+        assert f"Invalid value for {option}" in capsys.readouterr().err.replace("'", "")
+    assert main(["build", str(built / "spec.json"), "-o", str(built.with_name("x")), "--memory-limit", "-5G"]) == \
+        EXIT_BAD_SPEC
+    assert "a memory size above zero" in capsys.readouterr().err
+    text = built.with_name("t.txt")
+    text.write_text("a text\n")
+    assert main(["parity", str(built), "--text", str(text)]) == EXIT_BAD_SPEC
+    assert "no tokenizer in this build" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
