@@ -354,6 +354,21 @@ def _read_parquet(spec: InputSpec) -> Iterator[Record]:
                           spec, f"row {n}")
 
 
+def kept_types(spec: InputSpec) -> Optional[list]:
+    """The pyarrow types of a Parquet input's kept columns (``spec.keep``), for a Parquet result to keep them (its
+    rows' Python values alone would make an int32 an int64, a float32 a double, a null first column type null);
+    None for the other inputs, whose kept columns are typed by their first rows' values."""
+    if spec.format != "parquet" or not spec.keep or spec.stdin:
+        return None
+    try:
+        schema = _pyarrow().parquet.ParquetFile(spec.path).schema_arrow
+    except Exception:   # not a Parquet file: the reader says so
+        return None
+    if any(name not in schema.names for name in spec.keep):   # the reader names the missing column
+        return None
+    return [schema.field(name).type for name in spec.keep]
+
+
 READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "tsv": _read_csv, "parquet": _read_parquet}
 
 
@@ -499,14 +514,16 @@ class _CsvWriter:
 
 
 class _ParquetWriter:
-    def __init__(self, f, kind: str, keep: tuple = (), dtype=np.float32):
+    def __init__(self, f, kind: str, keep: tuple = (), dtype=np.float32, keep_types: Optional[list] = None):
         self.pa = _pyarrow()
         self.f, self.kind, self.writer, self.keep, self.dtype = f, kind, None, keep, np.dtype(dtype)
-        self.kept_types: Optional[list] = None   # the kept columns' types, as the first rows give them
+        # the kept columns' types: a Parquet input's (keep_types), else as the first rows give them
+        self.kept_types: Optional[list] = keep_types
+        self.typed_by = "the input's column" if keep_types is not None else "the first rows'"
 
     def _kept_columns(self, kept) -> dict:
-        """The kept fields as columns: each typed as its first rows' values are (a Parquet input's column type;
-        text from CSV), later rows held to that type."""
+        """The kept fields as columns: each of a Parquet input's column type, or else typed as its first rows' values
+        are (JSON's types; text from CSV), later rows held to that type."""
         pa, columns = self.pa, {}
         for i, name in enumerate(self.keep):
             values = [k[i] for k in kept]
@@ -520,7 +537,7 @@ class _ParquetWriter:
                 try:
                     array = pa.array(values, type=self.kept_types[i])
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                    raise OutputError(f"--keep-fields {name}: a value of another type than the first rows' "
+                    raise OutputError(f"--keep-fields {name}: a value of another type than {self.typed_by} "
                                       f"({self.kept_types[i]}): {' '.join(str(exc).split())[:200]}; use a .jsonl "
                                       f"result") from None
             columns[name] = array
@@ -591,8 +608,9 @@ class _ParquetWriter:
         if self.writer is None:  # no row at all: an empty file with the schema
             schema = self._table([]).schema if self.kind != "embedding" else \
                 self.pa.schema([("embedding", self.pa.list_(self.pa.from_numpy_dtype(self.dtype)))])
-            for i, name in enumerate(self.keep):
-                schema = schema.insert(i, self.pa.field(name, self.pa.null()))
+            for i, name in enumerate(self.keep):   # a Parquet input's types; else no row said one
+                kept_type = self.kept_types[i] if self.kept_types else self.pa.null()
+                schema = schema.insert(i, self.pa.field(name, kept_type))
             self.writer = self.pa.parquet.ParquetWriter(self.f, schema)
         self.writer.close()
 
@@ -604,14 +622,14 @@ class _ParquetWriter:
             self.writer = None
 
 
-def _writer(f, fmt: str, kind: str, keep: tuple = (), dtype=np.float32):
+def _writer(f, fmt: str, kind: str, keep: tuple = (), dtype=np.float32, keep_types: Optional[list] = None):
     if fmt == "npy":
         return _NpyWriter(f, dtype)
     if fmt == "jsonl":
         return _JsonlWriter(f, keep)
     if fmt == "csv":
         return _CsvWriter(f, kind, keep)
-    return _ParquetWriter(f, kind, keep, dtype)
+    return _ParquetWriter(f, kind, keep, dtype, keep_types)
 
 
 class _Flushing:
@@ -627,10 +645,12 @@ class _Flushing:
 
 
 @contextlib.contextmanager
-def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = (), dtype=np.float32):
+def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = (), dtype=np.float32,
+                  keep_types: Optional[list] = None):
     """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
     ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was.
-    ``-``: standard output, written batch by batch."""
+    ``-``: standard output, written batch by batch. ``keep_types``: the kept columns' pyarrow types in a Parquet
+    result (:func:`kept_types`)."""
     path = Path(path)
     if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
         out = sys.stdout.buffer
@@ -657,7 +677,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         raise OutputError(f"cannot write the result beside {path}: {exc}") from None
     try:
         with f:
-            writer = _writer(f, fmt, kind, keep, dtype)
+            writer = _writer(f, fmt, kind, keep, dtype, keep_types)
             try:
                 yield writer
                 writer.close()

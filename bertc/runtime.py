@@ -243,6 +243,11 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
                     2: f"the portable export, {note}"}.get(rank, note)
             if not padded:
                 what += "; padding-free (per-token work on the real tokens only)"
+            fp32 = [c[4] for c in candidates if c[0] == 1]
+            if onnx[k]["precision"] == "int8" and fp32:
+                # dynamic int8 quantizes each activation with one range over the whole batch tensor
+                what += (f"; its activation ranges are each batch's, so a text's result shifts a little with the "
+                         f"texts batched with it (--artifact {min(fp32)} does not)")
             return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"], what)
     raise InputError("no ONNX artifact of this build can run here (none exported, or none passed parity)")
 
@@ -1276,7 +1281,8 @@ class Runtime:
         if total_hint:
             total_hint(run_io.count_rows(spec))
         rows = 0
-        with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep, self.precision.dtype) as writer:
+        with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep, self.precision.dtype,
+                                  run_io.kept_types(spec)) as writer:
             if ray_address is not None:
                 batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
             else:

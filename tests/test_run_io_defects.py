@@ -60,3 +60,35 @@ def test_a_parquet_result_that_fails_late_prints_one_line_and_no_pyarrow_traceba
     assert run.returncode == EXIT_BAD_SPEC and "line 21: empty text" in err, err
     assert "Traceback" not in err and "Exception ignored" not in err and err.count("\n") == 1, err
     _no_leftovers(tmp_path, "tb.txt")
+
+
+# --- 3: a Parquet input's kept columns keep their types ---------------------------------------------------------
+
+def test_kept_columns_of_a_parquet_input_keep_its_types(builds, tmp_path):
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cls = str(builds["bert_seq_cls"])
+    types = {"i32": pa.int32(), "u8": pa.uint8(), "f32": pa.float32(), "ts": pa.timestamp("ms"),
+             "dec": pa.decimal128(5, 2), "id": pa.int64()}
+    columns = {"i32": [1, 2, 3, 4], "u8": [1, 2, 3, 255], "f32": [1.5, 2.25, None, 4.0],
+               "ts": [datetime.datetime(2020, 1, 1, 1, 2, 3, 456000)] * 4,
+               "dec": [decimal.Decimal("1.50"), decimal.Decimal("123.25"), None, decimal.Decimal("0.01")],
+               "id": [None, None, 3, 4]}   # null first: its type must not come from the first rows
+    table = pa.table({**{k: pa.array(v, types[k]) for k, v in columns.items()},
+                      "text": ["a dog", "x", "the cat", "y"]})
+    pq.write_table(table, tmp_path / "in.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    keep = ",".join(types)
+    for name in ("in", "empty"):
+        res = tmp_path / f"{name}.res.parquet"
+        assert main(["run", cls, str(tmp_path / f"{name}.parquet"), "-o", str(res), "--keep-fields", keep,
+                     "--window", "2", "--batch-size", "1", "-q"]) == 0
+        got = pq.read_table(res)
+        assert {k: got.schema.field(k).type for k in types} == types
+        assert [{k: r[k] for k in types} for r in got.to_pylist()] == table.select(list(types)).slice(
+            0, got.num_rows).to_pylist()
+        assert got.num_rows == (4 if name == "in" else 0)
