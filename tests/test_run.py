@@ -206,6 +206,8 @@ def test_runtime_picks_int8_where_it_passed_parity_and_says_so(builds):
     rt = bertc.Runtime(out)
     assert (rt.choice.artifact, rt.choice.provider) == ("onnx_int8", "CPUExecutionProvider")
     assert "passed parity" in rt.choice.describe() and "model.optimized.int8.onnx" in repr(rt)
+    assert rt.choice.why.endswith("its activation ranges are each batch's, so a text's result shifts a little with "
+                                  "the texts batched with it (--artifact onnx_optimized does not)")
     # int8 that failed parity is never picked: optimized fp32 next, then model.onnx
     report = json.loads((out / "report.json").read_text())
     from bertc.runtime import choose_artifact
