@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -223,19 +224,6 @@ def _open_binary(spec: InputSpec):
     return open(spec.path, "rb")
 
 
-@contextlib.contextmanager
-def _open_text(spec: InputSpec):
-    if not spec.stdin:
-        with open(spec.path, encoding="utf-8-sig", newline="") as f:   # -sig: a leading byte-order mark is no text
-            yield f
-        return
-    f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
-    try:
-        yield f
-    finally:
-        f.detach()   # standard input stays open
-
-
 def _decode_error(spec: InputSpec, where: str, exc: Exception):
     return InputError(f"{spec.name}: {where}: not UTF-8 text ({exc.reason if hasattr(exc, 'reason') else exc})")
 
@@ -304,23 +292,63 @@ def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
             yield _fields(row, spec, where)
 
 
+def _lift_csv_field_limit() -> None:
+    """Lift the csv module's 128 KiB limit on a field (a long document in one cell is text like any other), as far
+    as this platform's C long allows."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")   # after a \r that no \n follows: an old Mac line end
+
+
+def _csv_lines(spec: InputSpec) -> Iterator[str]:
+    """The lines of a CSV / TSV input for the csv reader, each decoded alone, so that bytes that are not UTF-8 are
+    named by their line (a decoding text stream only knows its chunk); lines end as text mode's ``newline=""``,
+    which the csv module asks for, ends them (LF, CRLF or a lone CR), so ``reader.line_num`` counts them."""
+    with _open_binary(spec) as f:
+        n = 0
+        for raw in f:
+            try:
+                text = _decode_line(raw, n + 1)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(spec, f"line {n + 1}", exc) from None
+            for line in _LONE_CR.split(text):
+                if line:
+                    n += 1
+                    yield line
+
+
+def _csv_error(spec: InputSpec, exc: csv.Error, began: int, line: int) -> InputError:
+    """What is wrong, and where: the csv module's own message does not say where."""
+    what, text = spec.format.upper(), str(exc)
+    since = f" (the row began in line {began})" if began < line else ""
+    return InputError(f"{spec.name}: line {line}: not valid {what}: {text}{since}")
+
+
 def _read_csv(spec: InputSpec) -> Iterator[Record]:
+    _lift_csv_field_limit()
+    reader = csv.DictReader(_csv_lines(spec), delimiter="\t" if spec.format == "tsv" else ",")
+    began = 1   # the line the row being read began in (a quoted text may span lines)
     try:
-        with _open_text(spec) as f:
-            reader = csv.DictReader(f, delimiter="\t" if spec.format == "tsv" else ",")
-            header = reader.fieldnames or []
-            missing = [c for c in spec.fields if c not in header]
-            if missing:
-                raise InputError(f"{spec.name}: no column {missing[0]!r} in the header (columns: "
-                                 f"{', '.join(header) or 'none'}; choose with {_choose_with(spec)})")
-            for row in reader:
-                # reader.line_num is the physical line the row ended on (a quoted text may span lines)
-                yield _fields({k: ("" if v is None else v) for k, v in row.items() if k is not None},
-                              spec, f"line {reader.line_num}")
-    except UnicodeDecodeError as exc:
-        raise _decode_error(spec, "somewhere", exc) from None
+        header = reader.fieldnames or []
+        missing = [c for c in spec.fields if c not in header]
+        if missing:
+            raise InputError(f"{spec.name}: no column {missing[0]!r} in the header (columns: "
+                             f"{', '.join(header) or 'none'}; choose with {_choose_with(spec)})")
+        began = reader.line_num + 1
+        for row in reader:
+            # reader.line_num is the line the row ended on
+            yield _fields({k: ("" if v is None else v) for k, v in row.items() if k is not None},
+                          spec, f"line {reader.line_num}")
+            began = reader.line_num + 1
     except csv.Error as exc:
-        raise InputError(f"{spec.name}: not valid CSV: {exc}") from None
+        raise _csv_error(spec, exc, began, reader.reader.line_num) from None   # DictReader's own lags an error
 
 
 def _pyarrow():

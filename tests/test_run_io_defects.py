@@ -92,3 +92,35 @@ def test_kept_columns_of_a_parquet_input_keep_its_types(builds, tmp_path):
         assert [{k: r[k] for k in types} for r in got.to_pylist()] == table.select(list(types)).slice(
             0, got.num_rows).to_pylist()
         assert got.num_rows == (4 if name == "in" else 0)
+
+
+# --- 4, 5: CSV / TSV: long fields, bad UTF-8 named by its line -----------------------------------------------------------------------
+
+def test_a_csv_field_over_128_kib_is_read(builds, tmp_path):
+    import csv
+
+    path = tmp_path / "long.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["text", "id"], ["a dog " * 30000, "1"], ['the cat, "big"\nand more', "2"],
+                                 ["the dog", "3"]])
+    res = tmp_path / "r.jsonl"
+    assert main(["run", str(builds["bert_seq_cls"]), str(path), "-o", str(res), "--truncate", "--keep-fields", "id",
+                 "-q"]) == 0
+    assert [r["id"] for r in read_result(res)] == ["1", "2", "3"]
+
+
+def test_bad_utf8_in_csv_is_named_by_its_line(builds, tmp_path, capsys):
+    cls = str(builds["bert_seq_cls"])
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b'text\na dog\n"the \xff cat"\n')
+    _fails(["run", cls, str(path), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC,
+           f"{path}: line 3: not UTF-8 text")
+    tsv = tmp_path / "bad.tsv"
+    tsv.write_bytes(b'id\ttext\n1\ta dog\n2\tthe cat\n3\tthe \xc3 dog\n')
+    _fails(["run", cls, str(tsv), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC,
+           f"{tsv}: line 4: not UTF-8 text")
+    run = _bertc(["run", cls, "-", "-o", "-", "--input-format", "csv"], path.read_bytes())
+    assert run.returncode == EXIT_BAD_SPEC and b"error: standard input: line 3: not UTF-8 text" in run.stderr
+    assert b"Traceback" not in run.stderr
+    _no_leftovers(tmp_path, "bad.csv", "bad.tsv")
+
