@@ -183,10 +183,20 @@ def summary_text(report: dict) -> str:
             lines.append(f"  cannot load {backend}: {error}")
         for backend, why in parity["skipped"].items():
             lines.append(f"  skipped {backend}: {why}")
-        text = ((parity.get("inputs") or {}).get("text") or {})
-        if text:
+        inputs = parity.get("inputs") or {}
+        text = inputs.get("text") or {}
+        if text and "grid" not in inputs:   # bertc parity --text: that file alone
+            lines.append(f"  inputs: {text.get('cases')} case(s) of {text.get('path')} (bertc parity --text)")
+        elif text:
             lines.append(f"  inputs: the random-id grid; real text: " + (
                 f"{text.get('examples')} example(s) ({text.get('kind')}: {text.get('path') or text.get('file')})"
                 if text.get("kind") != "none" else f"none ({text.get('why')})"))
+        override = parity.get("tolerance_override")
+        if override:
+            lines.append("  re-judged by bertc parity with " + ", ".join(f"{k} {v:g}" for k, v in override.items()
+                                                                       if v is not None) + " instead of the spec's")
+        if parity.get("changed_since_build"):
+            lines.append(f"  changed since the build (not what its manifest lists): "
+                         f"{', '.join(parity['changed_since_build'])}")
     lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))
     return "\n".join(lines) + "\n"

@@ -73,6 +73,16 @@ def test_perturbed_onnx_weight_fails_parity(canonical, capsys):
     bad = [r for r in report["parity"]["results"] if not r["passed"]]
     assert [(r["backend"], r["output"]) for r in bad] == [("onnx_cpu", "logits")]
     assert bad[0]["max_abs"] > 1e-3
+    # the re-run judges the build's own inputs (recorded), and says what changed since the build
+    assert report["parity"]["inputs"]["grid"] == {"kind": "random ids", "cases": len(report["parity"]["grid"])}
+    assert report["parity"]["changed_since_build"] == ["model.onnx"]
+    # a looser tolerance may pass it, and the report says the verdict is not under the spec's tolerances
+    assert main(["parity", str(canonical), "--atol", "1"]) == 0
+    report = json.loads((canonical / "report.json").read_text())
+    assert report["status"] == "passed" and report["parity"]["tolerance_override"] == {"atol": 1.0, "rtol": None}
+    summary = (canonical / "summary.txt").read_text()
+    assert "re-judged by bertc parity with atol 1 instead of the spec's" in summary
+    assert "changed since the build (not what its manifest lists): model.onnx" in summary
 
 
 def test_tflite_error_names_op_and_layer():
