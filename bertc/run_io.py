@@ -325,15 +325,24 @@ def _csv_lines(spec: InputSpec) -> Iterator[str]:
 
 
 def _csv_error(spec: InputSpec, exc: csv.Error, began: int, line: int) -> InputError:
-    """What is wrong, and where: the csv module's own message does not say where."""
+    """What is wrong, and where, in words: the csv module's own says neither (and a quote left open runs on to
+    the end of the input, so where it ends is not where the mistake is)."""
     what, text = spec.format.upper(), str(exc)
-    since = f" (the row began in line {began})" if began < line else ""
+    since = f" (the row began in line {began}: a quote left open there runs on to here)" if began < line else ""
+    if "expected after" in text:
+        return InputError(f"{spec.name}: line {line}: not valid {what}: a quote inside a field that is not quoted "
+                          f"whole{since}; quote the whole field and double the quotes in it (\"he said \"\"hi\"\"\")")
+    if "unexpected end of data" in text:
+        return InputError(f"{spec.name}: line {began}: not valid {what}: a quoted field that is never closed (a \" "
+                          f"opens it and none ends it before the end of the input, line {line}); close it, or quote "
+                          f"the whole field and double the quotes in it")
     return InputError(f"{spec.name}: line {line}: not valid {what}: {text}{since}")
 
 
 def _read_csv(spec: InputSpec) -> Iterator[Record]:
     _lift_csv_field_limit()
-    reader = csv.DictReader(_csv_lines(spec), delimiter="\t" if spec.format == "tsv" else ",")
+    # strict: a stray quote is an error, not a field that swallows the rows after it until the next quote
+    reader = csv.DictReader(_csv_lines(spec), delimiter="\t" if spec.format == "tsv" else ",", strict=True)
     began = 1   # the line the row being read began in (a quoted text may span lines)
     try:
         header = reader.fieldnames or []

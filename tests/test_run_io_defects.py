@@ -94,7 +94,7 @@ def test_kept_columns_of_a_parquet_input_keep_its_types(builds, tmp_path):
         assert got.num_rows == (4 if name == "in" else 0)
 
 
-# --- 4, 5: CSV / TSV: long fields, bad UTF-8 named by its line -----------------------------------------------------------------------
+# --- 4, 5, 6: CSV / TSV: long fields, bad UTF-8 and stray quotes named by their line --------------------------------
 
 def test_a_csv_field_over_128_kib_is_read(builds, tmp_path):
     import csv
@@ -124,3 +124,23 @@ def test_bad_utf8_in_csv_is_named_by_its_line(builds, tmp_path, capsys):
     assert b"Traceback" not in run.stderr
     _no_leftovers(tmp_path, "bad.csv", "bad.tsv")
 
+
+def test_a_stray_or_unclosed_quote_stops_with_its_line_not_a_silent_merge(builds, tmp_path, capsys):
+    cls = str(builds["bert_seq_cls"])
+    res = tmp_path / "r.jsonl"
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text('id\ttext\n1\t"Stop" he said\n2\t"I am the cat\n3\tthe dog ran\n4\tthe red car\n')
+    _fails(["run", cls, str(tsv), "-o", str(res)], capsys, EXIT_BAD_SPEC,
+           f"{tsv}: line 2: not valid TSV: a quote inside a field that is not quoted whole")
+    tsv.write_text('id\ttext\n1\tStop he said\n2\t"I am the cat\n3\tthe dog ran\n4\tthe red car\n')
+    _fails(["run", cls, str(tsv), "-o", str(res)], capsys, EXIT_BAD_SPEC,
+           f"{tsv}: line 3: not valid TSV: a quoted field that is never closed", "end of the input, line 5")
+    tsv.write_text('id\ttext\n1\tStop\n2\t"I am the cat\n3\tthe dog ran\n4\t"the red car"\n')
+    _fails(["run", cls, str(tsv), "-o", str(res)], capsys, EXIT_BAD_SPEC, f"{tsv}: line 5: not valid TSV",
+           "the row began in line 3")
+    _no_leftovers(tmp_path, "q.tsv")
+    # valid quoting still reads: delimiters, line breaks and doubled quotes inside quoted fields, CRLF line ends
+    good = tmp_path / "good.csv"
+    good.write_bytes(b'id,text\r\n1,"a dog, a cat"\r\n2,"the cat\r\nsat ""here"""\r\n3,it said "hi" once\r\n')
+    assert main(["run", cls, str(good), "-o", str(res), "--keep-fields", "id", "-q"]) == 0
+    assert [r["id"] for r in read_result(res)] == ["1", "2", "3"]
