@@ -10,6 +10,7 @@ bottom. Anything bertc cannot compute exactly is refused, naming the key.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Optional
@@ -175,6 +176,7 @@ class HFFamily:
     architectures: dict = {}    # HF architecture name -> bertc head type (None: the encoder alone)
     masked_lm: tuple = ()       # masked-LM-only architectures (see ``head``)
     base_architecture = "?"     # what a config without ``architectures`` is
+    defaults: dict = {}         # the config class's defaults, for the keys config.json may leave out
 
     def encoder(self, cfg: dict, where: str, max_len: Optional[int]) -> dict:
         raise NotImplementedError
@@ -204,7 +206,7 @@ def register_family(family: HFFamily) -> HFFamily:
 
 def family_for(cfg: dict, where: str) -> HFFamily:
     model_type = cfg.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         refuse(where, "model_type", model_type, f"bertc imports the model types {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type]
 
@@ -219,6 +221,7 @@ class Bert(HFFamily):
     # a masked_lm head (logits at every token; what run_mlm.py saves, without pooler or next-sentence head).
     masked_lm = ("BertForMaskedLM",)
     base_architecture = "BertModel"
+    defaults = property(lambda self: BERT_DEFAULTS)
 
     def encoder(self, cfg, where, max_len):
         return encoder_from_config(cfg, where, max_len)
@@ -239,6 +242,7 @@ class Albert(Bert):
                      "AlbertForPreTraining": "pretrainer"}
     masked_lm = ("AlbertForMaskedLM",)
     base_architecture = "AlbertModel"
+    defaults = property(lambda self: ALBERT_DEFAULTS)
 
 
 register_family(Bert())
@@ -249,6 +253,87 @@ register_family(Albert())
 
 def refuse(where: str, key: str, value, why: str):
     raise UnsupportedModel(f"{where}: {key} = {json.dumps(value)}: {why}; bertc refuses rather than approximate")
+
+
+def invalid(where: str, key: str, value, expected: str):
+    """A config value transformers could not use either (a wrong type, null, out of range): named, with what
+    the key takes."""
+    raise WeightsError(f"{where}: {key} = {json.dumps(value)}: not a valid value (expected {expected})")
+
+
+_NO_DEFAULT = object()
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+class ConfigValues:
+    """Typed reads of one config file (``where`` names it in messages): a key's value, or ``defaults[key]`` (the
+    transformers config class's default) where the key is absent; a value of another type (null included,
+    unless ``nullable``) or below ``minimum`` is refused, naming the key and the value. A key that is absent
+    and has no default is named as missing."""
+
+    def __init__(self, cfg: dict, where: str, defaults: Optional[dict] = None):
+        self.cfg, self.where, self.defaults = cfg, where, defaults or {}
+
+    def has(self, key: str) -> bool:
+        return key in self.cfg
+
+    def raw(self, key: str, default=_NO_DEFAULT):
+        if key in self.cfg:
+            return self.cfg[key]
+        if default is _NO_DEFAULT:
+            default = self.defaults.get(key, _NO_DEFAULT)
+        if default is _NO_DEFAULT:
+            raise WeightsError(f"{self.where}: missing config key {key!r}")
+        return default
+
+    def value(self, key: str, kind: str, default=_NO_DEFAULT, minimum=None, nullable: bool = False):
+        value = self.raw(key, default)
+        if value is None and nullable:
+            return None
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+              "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+        expected = _KINDS[kind] + (" or null" if nullable else "")
+        if not ok:
+            invalid(self.where, key, value, expected)
+        if minimum is not None and value < minimum:
+            invalid(self.where, key, value, f"{expected} of at least {minimum}")
+        return float(value) if kind == "float" else value
+
+    def int(self, key: str, default=_NO_DEFAULT, minimum=None, nullable: bool = False):
+        return self.value(key, "int", default, minimum, nullable)
+
+    def float(self, key: str, default=_NO_DEFAULT, minimum=None, nullable: bool = False):
+        return self.value(key, "float", default, minimum, nullable)
+
+    def bool(self, key: str, default=_NO_DEFAULT, nullable: bool = False):
+        return self.value(key, "bool", default, None, nullable)
+
+    def str(self, key: str, default=_NO_DEFAULT, nullable: bool = False):
+        return self.value(key, "str", default, None, nullable)
+
+    def _within(self, key: str, default, nullable: bool, low, high, low_open: bool, high_open: bool, what: str):
+        value = self.float(key, default, nullable=nullable)
+        if value is not None and not ((low < value if low_open else low <= value)
+                                      and (value < high if high_open else value <= high)):
+            refuse(self.where, key, self.cfg.get(key, value),
+                   f"bertc's {what} are {'>' if low_open else '>='} {low} and {'<' if high_open else '<='} {high}")
+        return value
+
+    def rate(self, key: str, default=_NO_DEFAULT, nullable: bool = False):
+        """A dropout rate (bertc's: 0 <= rate < 1)."""
+        return self._within(key, default, nullable, 0.0, 1.0, False, True, "dropout rates")
+
+    def epsilon(self, key: str, default=_NO_DEFAULT):
+        """A layer norm's epsilon (bertc's: 0 < epsilon <= 0.1)."""
+        return self._within(key, default, False, 0.0, 0.1, True, False, "layer norm epsilons")
+
+    def stddev(self, key: str, default=_NO_DEFAULT):
+        """``initializer_range`` (bertc's initializers: 0 < stddev <= 10)."""
+        return self._within(key, default, False, 0.0, 10.0, True, False, "initializer standard deviations")
+
+    def activation(self, key: str, default=_NO_DEFAULT) -> str:
+        return activation(self.where, key, self.raw(key, default))
 
 
 def read_json(path: Path) -> dict:
@@ -264,13 +349,24 @@ def read_json(path: Path) -> dict:
 
 
 def activation(where: str, key: str, value) -> str:
-    if value not in ACTIVATIONS:
+    if not isinstance(value, str) or value not in ACTIVATIONS:
         refuse(where, key, value, f"bertc has no such activation (it has {', '.join(sorted(set(ACTIVATIONS)))})")
     return ACTIVATIONS[value]
 
 
-def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
-    """The bertc encoder spec of a HF BERT / ALBERT config (``where`` names the file in messages)."""
+# transformers' defaults for a key config.json leaves out (BertConfig, AlbertConfig)
+BERT_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                 "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+                 "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+                 "initializer_range": 0.02, "layer_norm_eps": 1e-12, "classifier_dropout": None}
+ALBERT_DEFAULTS = {**BERT_DEFAULTS, "vocab_size": 30000, "embedding_size": 128, "hidden_size": 4096,
+                   "num_attention_heads": 64, "intermediate_size": 16384, "hidden_act": "gelu_new",
+                   "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout_prob": 0.1}
+
+
+def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None, defaults: Optional[dict] = None) -> dict:
+    """The bertc encoder spec of a HF BERT / ALBERT config (``where`` names the file in messages; ``defaults``:
+    the values of keys it leaves out, the config class's, BERT's or ALBERT's by ``model_type`` when not given)."""
     model_type = cfg.get("model_type")
     for key, ok in (("position_embedding_type", "absolute"), ("is_decoder", False), ("add_cross_attention", False)):
         if cfg.get(key, ok) != ok:
@@ -279,39 +375,36 @@ def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None) ->
         for key in ("num_hidden_groups", "inner_group_num"):
             if cfg.get(key, 1) != 1:
                 refuse(where, key, cfg[key], "bertc's ALBERT shares one block across all layers (1 group of 1 layer)")
-    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size"]
-    missing = [k for k in required if k not in cfg]
-    if missing:
-        raise WeightsError(f"{where}: missing config keys {missing}")
-    act_default = "gelu_new" if model_type == "albert" else "gelu"
-    positions = int(cfg["max_position_embeddings"])
-    enc = {"type": model_type, "vocab_size": cfg["vocab_size"], "hidden_size": cfg["hidden_size"],
-           "num_layers": cfg["num_hidden_layers"], "num_attention_heads": cfg["num_attention_heads"],
-           "intermediate_size": cfg["intermediate_size"],
-           "activation": activation(where, "hidden_act", cfg.get("hidden_act", act_default)),
-           "dropout_rate": float(cfg.get("hidden_dropout_prob", 0.1 if model_type == "bert" else 0.0)),
-           "attention_dropout_rate": float(cfg.get("attention_probs_dropout_prob",
-                                                   0.1 if model_type == "bert" else 0.0)),
+    c = ConfigValues(cfg, where, defaults or (ALBERT_DEFAULTS if model_type == "albert" else BERT_DEFAULTS))
+    positions = c.int("max_position_embeddings", minimum=1)
+    hidden = c.int("hidden_size", minimum=1)
+    enc = {"type": model_type, "vocab_size": c.int("vocab_size", minimum=1), "hidden_size": hidden,
+           "num_layers": c.int("num_hidden_layers", minimum=1),
+           "num_attention_heads": c.int("num_attention_heads", minimum=1),
+           "intermediate_size": c.int("intermediate_size", minimum=1),
+           "activation": c.activation("hidden_act"),
+           "dropout_rate": c.rate("hidden_dropout_prob"),
+           "attention_dropout_rate": c.rate("attention_probs_dropout_prob"),
            "max_sequence_length": min(positions, max_len) if max_len else positions,
-           "type_vocab_size": cfg["type_vocab_size"],
+           "type_vocab_size": c.int("type_vocab_size", minimum=1),
            # HF initialises Linear / Embedding weights from N(0, initializer_range)
-           "initializer": {"type": "normal", "stddev": float(cfg.get("initializer_range", 0.02))},
-           "layer_norm_epsilon": float(cfg.get("layer_norm_eps", 1e-12))}
+           "initializer": {"type": "normal", "stddev": c.stddev("initializer_range")},
+           "layer_norm_epsilon": c.epsilon("layer_norm_eps")}
     if model_type == "albert":
-        width = cfg.get("embedding_size", 128)
-        if width == cfg["hidden_size"]:
+        width = c.int("embedding_size", minimum=1)
+        if width == hidden:
             refuse(where, "embedding_size", width, "equal to hidden_size; bertc's ALBERT then has no embedding "
                                                     "projection, while this model has one")
         enc["embedding_width"] = width
     return enc
 
 
-def _classifier_dropout(cfg: dict) -> float:
+def _classifier_dropout(cfg: dict, where: str = "config.json") -> float:
+    c = ConfigValues(cfg, where, ALBERT_DEFAULTS if cfg.get("model_type") == "albert" else BERT_DEFAULTS)
     if cfg.get("model_type") == "albert":
-        return float(cfg.get("classifier_dropout_prob", 0.1))
-    value = cfg.get("classifier_dropout")
-    return float(cfg.get("hidden_dropout_prob", 0.1) if value is None else value)
+        return c.rate("classifier_dropout_prob")
+    value = c.rate("classifier_dropout", nullable=True)
+    return c.rate("hidden_dropout_prob") if value is None else value
 
 
 def architecture(cfg: dict, where: str, family: HFFamily) -> str:
@@ -323,8 +416,11 @@ def architecture(cfg: dict, where: str, family: HFFamily) -> str:
     return archs[0]
 
 
-def num_labels(cfg: dict) -> int:
-    return len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else int(cfg.get("num_labels", 2))
+def num_labels(cfg: dict, where: str = "config.json") -> int:
+    """The number of labels as transformers counts them: ``id2label``'s entries, else ``num_labels`` (2)."""
+    if isinstance(cfg.get("id2label"), dict):
+        return len(cfg["id2label"])
+    return ConfigValues(cfg, where).int("num_labels", 2, minimum=1)
 
 
 def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFamily, names=()) -> Optional[dict]:
@@ -337,11 +433,11 @@ def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFami
         head = "pretrainer"
     else:
         head = family.architectures[arch]
-    labels = num_labels(cfg)
+    labels = num_labels(cfg, where)
     if head in ("classifier", "token_classifier"):
-        return {"type": head, "num_classes": labels, "dropout_rate": _classifier_dropout(cfg)}
+        return {"type": head, "num_classes": labels, "dropout_rate": _classifier_dropout(cfg, where)}
     if head == "multiple_choice":   # one score a (context, choice) row: num_labels plays no part
-        return {"type": head, "dropout_rate": _classifier_dropout(cfg)}
+        return {"type": head, "dropout_rate": _classifier_dropout(cfg, where)}
     if head == "span_labeler":
         if labels != 2:
             refuse(where, "num_labels", labels, "a question-answering head has 2 outputs (start, end)")
@@ -372,6 +468,9 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
         raise WeightsError(f"{modules_file}: not readable JSON: {exc}") from None
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise WeightsError(f"{modules_file}: expected a JSON list of modules (objects with type and path)")
+    for i, m in enumerate(modules):
+        if not isinstance(m.get("path", ""), str):
+            invalid(str(modules_file), f"[{i}].path", m["path"], "a folder name, relative to the model's")
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
     st_config = root / "config_sentence_transformers.json"
     cross_encoder = st_config.is_file() and read_json(st_config).get("model_type") == "CrossEncoder"
@@ -397,11 +496,13 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
     # the length the model truncates to: sentence_bert_config.json (up to v5), else the tokenizer's (v6)
     max_len = None
     st_config = transformer / "sentence_bert_config.json"
-    if st_config.exists():
-        max_len = read_json(st_config).get("max_seq_length")
+    if st_config.exists():   # sentence-transformers reads it as it is (no cast): an integer or null
+        max_len = ConfigValues(read_json(st_config), str(st_config)).int("max_seq_length", None, minimum=1,
+                                                                          nullable=True)
     if max_len is None and (transformer / "tokenizer_config.json").exists():
         value = read_json(transformer / "tokenizer_config.json").get("model_max_length")
-        max_len = value if isinstance(value, int) and value < 1_000_000 else None
+        max_len = value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000 \
+            else None
     head = {"type": "sentence_embedding", "pooling": pooling, "normalize": normalize}
     if dense:
         head = {"type": "sentence_embedding", "pooling": pooling, "dense": [d for d, _ in dense],
@@ -431,11 +532,10 @@ def _dense_module(path: Path) -> tuple[dict, tuple]:
     ``in_features``, where), checked by :func:`check_dense_widths` once the hidden size is known)."""
     cfg = read_json(path)
     where = str(path)
-    for key in ("in_features", "out_features"):
-        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
-            refuse(where, key, cfg.get(key), "a Dense module needs a positive integer in_features and out_features")
+    c = ConfigValues(cfg, where)
+    n_in, n_out = c.int("in_features", minimum=1), c.int("out_features", minimum=1)
     activation = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
-    if activation not in _DENSE_ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in _DENSE_ACTIVATIONS:
         refuse(where, "activation_function", activation,
                f"bertc computes exactly {', '.join(sorted(_DENSE_ACTIVATIONS))}")
     for key, default in (("use_residual", False), ("module_input_name", "sentence_embedding"),
@@ -443,9 +543,8 @@ def _dense_module(path: Path) -> tuple[dict, tuple]:
         if cfg.get(key, default) not in (default, "sentence_embedding"):
             refuse(where, key, cfg.get(key), "bertc applies Dense modules to the pooled sentence embedding alone "
                                              "(no residual, no per-token Dense)")
-    entry = {"units": cfg["out_features"], "activation": _DENSE_ACTIVATIONS[activation],
-             "bias": bool(cfg.get("bias", True))}
-    return entry, (cfg["in_features"], where)
+    entry = {"units": n_out, "activation": _DENSE_ACTIVATIONS[activation], "bias": c.bool("bias", True)}
+    return entry, (n_in, where)
 
 
 def _pooling_mode(path: Path):
@@ -460,7 +559,7 @@ def _pooling_mode(path: Path):
     else:
         modes = [mode for key, mode in _LEGACY_POOLING.items() if cfg.get(key)] or ["mean"]
         key, shown = "pooling_mode_*", {k: cfg[k] for k in _LEGACY_POOLING if cfg.get(k)}
-    if not modes or any(mode not in POOLING_MODES for mode in modes):
+    if not modes or any(not isinstance(mode, str) or mode not in POOLING_MODES for mode in modes):
         refuse(str(path), key, shown, f"bertc pools by {', '.join(POOLING_MODES)} (one, or several concatenated)")
     if cfg.get("include_prompt") is False:
         refuse(str(path), "include_prompt", False, "bertc pools over every real token, prompt included")
@@ -495,9 +594,10 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     if head is None and encoder_only:
         note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
     max_seq = enc.get("max_sequence_length") or enc.get("embedding", {}).get("max_sequence_length")  # scaffold
-    if st and max_seq < cfg["max_position_embeddings"]:
+    table = cfg.get("max_position_embeddings", family.defaults.get("max_position_embeddings"))  # checked by encoder
+    if st and isinstance(table, int) and max_seq < table:
         note += (f" max_sequence_length {max_seq} is the model's own maximum length (its "
-                 f"position table has {cfg['max_position_embeddings']}).")
+                 f"position table has {table}).")
     parity = None
     if max_seq > LONG_CONTEXT:
         # a long-context checkpoint (ModernBERT: 8,192): checked up to LONG_CONTEXT tokens, where one pass

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from bertc.errors import WeightsError
-from bertc.importers.hf import (layer_param, HFFamily, _param, activation, decoder_param, num_labels, refuse,
+from bertc.importers.hf import (layer_param, ConfigValues, HFFamily, _param, decoder_param, num_labels, refuse,
                                register_family)
 from bertc.weights import Ignored, Target
 
@@ -33,7 +32,8 @@ ARCHITECTURES = {"DebertaV2Model": None, "DebertaV2ForSequenceClassification": "
 TERMS = ("c2p", "p2c")
 
 # transformers' defaults when config.json leaves a key out (DebertaV2Config, and the modules' getattr defaults)
-DEFAULTS = {"relative_attention": False, "max_relative_positions": -1, "position_buckets": -1,
+DEFAULTS = {"vocab_size": 128100, "hidden_size": 1536, "num_hidden_layers": 24, "num_attention_heads": 24,
+            "intermediate_size": 6144, "relative_attention": False, "max_relative_positions": -1, "position_buckets": -1,
             "position_biased_input": True, "pos_att_type": None, "share_att_key": False, "norm_rel_ebd": "none",
             "type_vocab_size": 0, "layer_norm_eps": 1e-7, "hidden_act": "gelu", "pooler_hidden_act": "gelu",
             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
@@ -70,15 +70,12 @@ def norm_rel_ebd(cfg: dict, where: str) -> str:
 
 def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
     """The bertc encoder spec (a scaffold encoder) of a DeBERTa-v2/v3 config."""
-    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
-    missing = [k for k in required if k not in cfg]
-    if missing:
-        raise WeightsError(f"{where}: missing config keys {missing}")
-    hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-    if not _get(cfg, "relative_attention"):
+    c = ConfigValues(cfg, where, DEFAULTS)
+    hidden, heads = c.int("hidden_size", minimum=1), c.int("num_attention_heads", minimum=1)
+    if not c.bool("relative_attention"):
         refuse(where, "relative_attention", _get(cfg, "relative_attention"),
                "bertc's DeBERTa computes disentangled (relative) attention")
-    if (_get(cfg, "conv_kernel_size") or 0) > 0:
+    if (c.int("conv_kernel_size", nullable=True) or 0) > 0:
         refuse(where, "conv_kernel_size", cfg["conv_kernel_size"],
                "bertc has no DeBERTa ConvLayer (the convolution after the first layer)")
     if cfg.get("embedding_size", hidden) != hidden:
@@ -87,9 +84,9 @@ def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
     if hidden % heads == 0 and cfg.get("attention_head_size", hidden // heads) != hidden // heads:
         refuse(where, "attention_head_size", cfg["attention_head_size"],
                f"bertc's heads are hidden_size / num_attention_heads = {hidden // heads} wide")
-    positions = int(_get(cfg, "max_position_embeddings"))
-    buckets = int(_get(cfg, "position_buckets"))
-    max_relative = int(_get(cfg, "max_relative_positions"))
+    positions = c.int("max_position_embeddings", minimum=1)
+    buckets = c.int("position_buckets")
+    max_relative = c.int("max_relative_positions")
     resolved = max_relative if max_relative >= 1 else positions
     if buckets == 1:
         refuse(where, "position_buckets", buckets, "1 bucket divides by zero in transformers' log buckets")
@@ -98,22 +95,22 @@ def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
             ("max_position_embeddings", positions)
         refuse(where, key, value, f"the log buckets need max_relative_positions - 1 > position_buckets / 2 "
                                   f"({buckets // 2}); transformers divides by log(<= 1) otherwise")
-    eps = float(_get(cfg, "layer_norm_eps"))
-    dropout = float(_get(cfg, "hidden_dropout_prob"))
-    types = int(_get(cfg, "type_vocab_size") or 0)
-    biased = bool(_get(cfg, "position_biased_input"))
-    embedding = {"type": "custom", "vocab_size": int(cfg["vocab_size"]),
+    eps = c.epsilon("layer_norm_eps")
+    dropout = c.rate("hidden_dropout_prob")
+    types = c.int("type_vocab_size", minimum=0, nullable=True) or 0
+    biased = c.bool("position_biased_input")
+    embedding = {"type": "custom", "vocab_size": c.int("vocab_size", minimum=1),
                  "max_sequence_length": min(positions, max_len) if max_len else positions,
                  "use_position_embeddings": biased, "use_layer_norm": True, "layer_norm_epsilon": eps,
                  "dropout_rate": dropout}
     if types > 0:
         embedding.update(use_type_embeddings=True, type_vocab_size=types)
-    act = activation(where, "hidden_act", _get(cfg, "hidden_act"))
+    act = c.activation("hidden_act")
     return {
-        "type": "scaffold", "hidden_size": hidden, "num_layers": int(cfg["num_hidden_layers"]),
+        "type": "scaffold", "hidden_size": hidden, "num_layers": c.int("num_hidden_layers", minimum=1),
         "layer_norm_epsilon": eps, "pooler": False,     # DeBERTa has none (its ContextPooler is the classifier's)
         # transformers initialises Linear / Embedding weights from N(0, initializer_range)
-        "initializer": {"type": "normal", "stddev": float(_get(cfg, "initializer_range"))},
+        "initializer": {"type": "normal", "stddev": c.stddev("initializer_range")},
         "embedding": embedding,
         # max_relative_positions resolved here: a shorter max_sequence_length must not change the buckets
         "position": {"type": "disentangled", "max_relative_positions": resolved,
@@ -121,10 +118,10 @@ def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
                      "layer_norm_epsilon": eps},
         "hidden": {"type": "scaffold", "layer_norm_epsilon": eps, "dropout_rate": dropout,
                    "attention": {"type": "disentangled", "num_heads": heads,
-                                 "dropout_rate": float(_get(cfg, "attention_probs_dropout_prob")),
+                                 "dropout_rate": c.rate("attention_probs_dropout_prob"),
                                  "pos_att_type": pos_att_type(cfg, where),
-                                 "share_att_key": bool(_get(cfg, "share_att_key"))},
-                   "feedforward": {"type": "dense", "intermediate_size": int(cfg["intermediate_size"]),
+                                 "share_att_key": c.bool("share_att_key")},
+                   "feedforward": {"type": "dense", "intermediate_size": c.int("intermediate_size", minimum=1),
                                    "activation": act, "dropout_rate": dropout}},
     }
 
@@ -133,25 +130,26 @@ def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict
     """The bertc head spec of ``arch`` (one of :data:`ARCHITECTURES`)."""
     kind = ARCHITECTURES[arch]
     hidden = enc["hidden_size"]
-    dropout = float(_get(cfg, "hidden_dropout_prob"))
+    c = ConfigValues(cfg, where, DEFAULTS)
+    dropout = c.rate("hidden_dropout_prob")
     if kind in ("classifier", "multiple_choice"):   # ContextPooler + classifier (one output a choice)
         if cfg.get("pooler_hidden_size", hidden) != hidden:
             refuse(where, "pooler_hidden_size", cfg["pooler_hidden_size"],
                    f"bertc's ContextPooler is hidden_size ({hidden}) wide")
-        cls_dropout = cfg.get("cls_dropout")
-        classes = {"num_classes": num_labels(cfg)} if kind == "classifier" else {}
+        cls_dropout = c.rate("cls_dropout", None, nullable=True)
+        classes = {"num_classes": num_labels(cfg, where)} if kind == "classifier" else {}
         return {"type": kind, **classes, "pooling": "first",
-                "transform": {"activation": activation(where, "pooler_hidden_act", _get(cfg, "pooler_hidden_act")),
+                "transform": {"activation": c.activation("pooler_hidden_act"),
                               "bias": True, "layer_norm": None},
-                "dropout_rate": dropout if cls_dropout is None else float(cls_dropout)}
+                "dropout_rate": dropout if cls_dropout is None else cls_dropout}
     if kind == "token_classifier":
-        return {"type": "token_classifier", "num_classes": num_labels(cfg), "dropout_rate": dropout}
+        return {"type": "token_classifier", "num_classes": num_labels(cfg, where), "dropout_rate": dropout}
     if kind == "span_labeler":
-        if num_labels(cfg) != 2:
-            refuse(where, "num_labels", num_labels(cfg), "a question-answering head has 2 outputs (start, end)")
+        if num_labels(cfg, where) != 2:
+            refuse(where, "num_labels", num_labels(cfg, where), "a question-answering head has 2 outputs (start, end)")
         return {"type": "span_labeler"}
     if kind == "masked_lm":
-        if _get(cfg, "legacy") and not _get(cfg, "tie_word_embeddings"):
+        if c.bool("legacy") and not c.bool("tie_word_embeddings"):
             refuse(where, "tie_word_embeddings", False, "bertc's masked-LM decoder is the word embedding table")
         return {"type": "masked_lm",
                 "transform": {"activation": enc["hidden"]["feedforward"]["activation"], "bias": True,
@@ -239,6 +237,7 @@ class Deberta(HFFamily):
     model_types = ("deberta-v2",)
     architectures = ARCHITECTURES
     base_architecture = "DebertaV2Model"
+    defaults = DEFAULTS
 
     def encoder(self, cfg, where, max_len):
         return encoder(cfg, where, max_len)

@@ -15,12 +15,17 @@ the config's activation, ``vocab_layer_norm``, ``vocab_projector`` tied to the w
 from __future__ import annotations
 
 
-from bertc.importers.hf import (decoder_param, layer_param, _BUFFERS, HFFamily, _param, _split, activation, head_from_config, num_labels,
-                                register_family)
+from bertc.importers.hf import (decoder_param, layer_param, _BUFFERS, ConfigValues, HFFamily, _param, _split,
+                                head_from_config, num_labels, register_family)
 from bertc.importers.hf_roberta import check_config, first_token_classifier, masked_lm_head, strip_prefix
 from bertc.weights import Ignored, Target
 
 EPSILON = 1e-12   # DistilBERT's layer norms, whatever the config says
+
+# DistilBertConfig's defaults, for the keys config.json leaves out
+DEFAULTS = {"vocab_size": 30522, "max_position_embeddings": 512, "n_layers": 6, "n_heads": 12, "dim": 768,
+            "hidden_dim": 4 * 768, "dropout": 0.1, "attention_dropout": 0.1, "activation": "gelu",
+            "initializer_range": 0.02, "qa_dropout": 0.1, "seq_classif_dropout": 0.2}
 
 _LAYER = {"attention.q_lin": ("linear", "attention/query"), "attention.k_lin": ("linear", "attention/key"),
           "attention.v_lin": ("linear", "attention/value"), "attention.out_lin": ("linear", "attention/attention_output"),
@@ -51,23 +56,25 @@ class DistilBert(HFFamily):
                      "DistilBertForQuestionAnswering": "span_labeler", "DistilBertForMultipleChoice": "multiple_choice",
                      "DistilBertForMaskedLM": "masked_lm"}
     base_architecture = "DistilBertModel"
+    defaults = DEFAULTS
 
     def encoder(self, cfg, where, max_len):
-        check_config(cfg, where, ["vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings"],
-                     {})
-        positions = int(cfg["max_position_embeddings"])
-        dropout = float(cfg.get("dropout", 0.1))
-        return {"type": "scaffold", "hidden_size": cfg["dim"], "num_layers": cfg["n_layers"], "pooler": False,
-                "embedding": {"type": "custom", "vocab_size": cfg["vocab_size"],
+        check_config(cfg, where, [], {})
+        c = ConfigValues(cfg, where, DEFAULTS)
+        positions = c.int("max_position_embeddings", minimum=1)
+        dropout = c.rate("dropout")
+        return {"type": "scaffold", "hidden_size": c.int("dim", minimum=1), "num_layers": c.int("n_layers", minimum=1),
+                "pooler": False,
+                "embedding": {"type": "custom", "vocab_size": c.int("vocab_size", minimum=1),
                               "max_sequence_length": min(positions, max_len) if max_len else positions,
                               "use_position_embeddings": True, "use_layer_norm": True, "dropout_rate": dropout,
                               "layer_norm_epsilon": EPSILON},
-                "hidden": {"type": "transformer", "num_attention_heads": cfg["n_heads"],
-                           "intermediate_size": cfg["hidden_dim"],
-                           "activation": activation(where, "activation", cfg.get("activation", "gelu")),
-                           "dropout_rate": dropout, "attention_dropout_rate": float(cfg.get("attention_dropout", 0.1)),
+                "hidden": {"type": "transformer", "num_attention_heads": c.int("n_heads", minimum=1),
+                           "intermediate_size": c.int("hidden_dim", minimum=1),
+                           "activation": c.activation("activation"),
+                           "dropout_rate": dropout, "attention_dropout_rate": c.rate("attention_dropout"),
                            "layer_norm_epsilon": EPSILON},
-                "initializer": {"type": "normal", "stddev": float(cfg.get("initializer_range", 0.02))},
+                "initializer": {"type": "normal", "stddev": c.stddev("initializer_range")},
                 "layer_norm_epsilon": EPSILON}
 
     def has_pooler(self, names) -> bool:
@@ -75,15 +82,18 @@ class DistilBert(HFFamily):
 
     def head(self, cfg, where, enc, arch, names=()):
         kind = self.architectures[arch]
+        c = ConfigValues(cfg, where, DEFAULTS)
         if kind == "masked_lm":
             return masked_lm_head(enc["hidden"]["activation"], EPSILON)
         if kind == "span_labeler":
             return head_from_config(cfg, where, enc, arch, self, names)
         if kind == "multiple_choice":   # DistilBertForMultipleChoice: the sequence classifier's layers, one output
-            return first_token_classifier({"type": kind, "dropout_rate": float(cfg.get("seq_classif_dropout", 0.1))},
+            return first_token_classifier({"type": kind, "dropout_rate": c.rate("seq_classif_dropout")},
                                           "relu")
-        dropout = float(cfg.get("seq_classif_dropout" if kind == "classifier" else "dropout", 0.1))
-        head = {"type": kind, "num_classes": num_labels(cfg), "dropout_rate": dropout} if kind else None
+        if kind is None:
+            return None
+        dropout = c.rate("seq_classif_dropout" if kind == "classifier" else "dropout")
+        head = {"type": kind, "num_classes": num_labels(cfg, where), "dropout_rate": dropout}
         return first_token_classifier(head, "relu") if kind == "classifier" else head
 
     def translate(self, name, spec):

@@ -19,8 +19,9 @@ finds the two tensors differ) with its own bias.
 """
 from __future__ import annotations
 
-from bertc.importers.hf import (HFFamily, _encoder_param, _param, _split, activation, decoder_param,
-                               encoder_from_config, head_from_config, num_labels, refuse, register_family)
+from bertc.importers.hf import (BERT_DEFAULTS, ConfigValues, HFFamily, _encoder_param, _param, _split, activation,
+                               decoder_param, encoder_from_config, head_from_config, num_labels, refuse,
+                               register_family)
 from bertc.importers.hf_roberta import (NOT_A_DECODER, check_config, first_token_classifier, head_param, head_type,
                                         masked_lm_head, strip_prefix)
 
@@ -32,16 +33,23 @@ _PRETRAINING_HEADS = {"discriminator_predictions.dense": ("linear", "token_class
                       "sequence_summary.summary": ("linear", "classifier_transform")}
 
 
+# ElectraConfig's defaults, for the keys config.json leaves out
+DEFAULTS = {**BERT_DEFAULTS, "embedding_size": 128, "hidden_size": 256, "num_attention_heads": 4,
+            "intermediate_size": 1024, "summary_type": "first", "summary_use_proj": True,
+            "summary_activation": "gelu", "summary_last_dropout": 0.1}
+
+
 def sequence_summary_head(cfg: dict, where: str) -> dict:
     """ElectraForMultipleChoice's head as bertc's: ElectraSequenceSummary (the first token; its ``summary``
     projection and ``summary_activation`` as the transform; ``summary_last_dropout``), then ``classifier``
     (hidden -> 1). What the summary could also be and bertc does not compute is refused."""
+    c = ConfigValues(cfg, where, DEFAULTS)
     kind = cfg.get("summary_type", "first")
     if kind != "first":
         refuse(where, "summary_type", kind, "bertc's multiple-choice head reads the first token (summary_type "
                                             "\"first\"); \"mean\" would average the padding too")
-    project = bool(cfg.get("summary_use_proj", True))
-    if project and cfg.get("summary_proj_to_labels") and num_labels(cfg) > 0:
+    project = c.bool("summary_use_proj")
+    if project and cfg.get("summary_proj_to_labels") and num_labels(cfg, where) > 0:
         refuse(where, "summary_proj_to_labels", cfg["summary_proj_to_labels"],
                "the summary would project to num_labels, which the multiple-choice classifier (hidden_size -> 1) "
                "cannot read")
@@ -50,7 +58,7 @@ def sequence_summary_head(cfg: dict, where: str) -> dict:
     if not project and act != "linear":
         refuse(where, "summary_activation", cfg["summary_activation"], "without a projection (summary_use_proj "
                                                                        "false), bertc's head has no place for it")
-    head = {"type": "multiple_choice", "pooling": "first", "dropout_rate": float(cfg.get("summary_last_dropout", 0.1))}
+    head = {"type": "multiple_choice", "pooling": "first", "dropout_rate": c.rate("summary_last_dropout")}
     return {**head, "transform": {"activation": act}} if project else head
 
 
@@ -61,11 +69,12 @@ class Electra(HFFamily):
                      "ElectraForQuestionAnswering": "span_labeler", "ElectraForMultipleChoice": "multiple_choice",
                      "ElectraForPreTraining": "discriminator", "ElectraForMaskedLM": "masked_lm"}
     base_architecture = "ElectraModel"
+    defaults = DEFAULTS
 
     def encoder(self, cfg, where, max_len):
-        check_config(cfg, where, ["embedding_size"], NOT_A_DECODER)
-        bert = encoder_from_config({**cfg, "model_type": "bert"}, where, max_len)
-        width = int(cfg["embedding_size"])
+        check_config(cfg, where, [], NOT_A_DECODER)
+        bert = encoder_from_config({**cfg, "model_type": "bert"}, where, max_len, DEFAULTS)
+        width = ConfigValues(cfg, where, DEFAULTS).int("embedding_size", minimum=1)
         embedding = {"type": "standard", "vocab_size": bert["vocab_size"], "type_vocab_size": bert["type_vocab_size"],
                      "max_sequence_length": bert["max_sequence_length"], "dropout_rate": bert["dropout_rate"],
                      "layer_norm_epsilon": bert["layer_norm_epsilon"]}

@@ -15,8 +15,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from bertc.errors import WeightsError
-from bertc.importers.hf import HFFamily, activation, num_labels, refuse, register_family
+from bertc.importers.hf import ConfigValues, HFFamily, invalid, num_labels, refuse, register_family
 from bertc.weights import Ignored, Target
 
 # Keys that change nothing bertc computes at inference, and why.
@@ -45,10 +44,20 @@ _LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}
 _POOLING = {"cls": "first", "mean": "mean"}
 _ROPE_KEYS = {"rope_type", "rope_theta"}
 
+# ModernBertConfig's defaults, for the keys config.json leaves out
+DEFAULTS = {"vocab_size": 50368, "hidden_size": 768, "intermediate_size": 1152, "num_hidden_layers": 22,
+            "num_attention_heads": 12, "hidden_activation": "gelu", "max_position_embeddings": 8192,
+            "initializer_range": 0.02, "norm_eps": 1e-5, "norm_bias": False, "attention_bias": False,
+            "attention_dropout": 0.0, "local_attention": 128, "embedding_dropout": 0.0, "mlp_bias": False,
+            "mlp_dropout": 0.0, "decoder_bias": True, "classifier_pooling": "cls", "classifier_dropout": 0.0,
+            "classifier_bias": False, "classifier_activation": "gelu", "tie_word_embeddings": True,
+            "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0, "local_rope_theta": 10000.0}
 
-def _rope_theta(cfg: dict, where: str, layer_type: str, old_key: str, default: float) -> float:
+
+def _rope_theta(cfg: dict, where: str, layer_type: str) -> float:
     """The theta of ``layer_type`` layers: ``rope_parameters[layer_type]`` (transformers 5), else the older
-    ``global_rope_theta`` / ``local_rope_theta``; only the default (unscaled) RoPE."""
+    ``global_rope_theta`` / ``local_rope_theta``; only the default (unscaled) RoPE. A ``local_rope_theta`` of
+    null is ``global_rope_theta``, as transformers 4 reads it (``if config.local_rope_theta is not None``)."""
     if cfg.get("rope_scaling") is not None:
         refuse(where, "rope_scaling", cfg["rope_scaling"], "bertc computes unscaled rotary positions only")
     params = cfg.get("rope_parameters")
@@ -62,10 +71,19 @@ def _rope_theta(cfg: dict, where: str, layer_type: str, old_key: str, default: f
             refuse(where, f"{key}.{extra[0]}", p[extra[0]], "a rotary scaling or partial rotation bertc does not "
                                                               "compute")
         if "rope_theta" in p:
-            return float(p["rope_theta"])
+            return _theta(where, f"{key}.rope_theta", p["rope_theta"])
     elif params is not None and not isinstance(params, dict):
         refuse(where, "rope_parameters", params, "expected one entry per layer type")
-    return float(cfg.get(old_key, default))
+    key = "local_rope_theta" if layer_type == "sliding_attention" else "global_rope_theta"
+    if key == "local_rope_theta" and cfg.get(key, DEFAULTS[key]) is None:
+        key = "global_rope_theta"
+    return _theta(where, key, cfg.get(key, DEFAULTS[key]))
+
+
+def _theta(where: str, key: str, value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value == float("inf"):
+        invalid(where, key, value, "a positive number")
+    return float(value)
 
 
 def _layer_types(cfg: dict, where: str, layers: int) -> Optional[list[str]]:
@@ -75,7 +93,7 @@ def _layer_types(cfg: dict, where: str, layers: int) -> Optional[list[str]]:
         return None
     if not isinstance(types, list) or len(types) != layers:
         refuse(where, "layer_types", types, f"expected one entry per layer ({layers})")
-    bad = [t for t in types if t not in _LAYER_TYPES]
+    bad = [t for t in types if not isinstance(t, str) or t not in _LAYER_TYPES]
     if bad:
         refuse(where, "layer_types", types, f"{bad[0]!r} is not full_attention or sliding_attention")
     return [_LAYER_TYPES[t] for t in types]
@@ -83,46 +101,41 @@ def _layer_types(cfg: dict, where: str, layers: int) -> Optional[list[str]]:
 
 def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
     """The bertc ``modernbert`` encoder spec of a HF ModernBERT config."""
-    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
-    missing = [k for k in required if k not in cfg]
-    if missing:
-        raise WeightsError(f"{where}: missing config keys {missing}")
-    hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    c = ConfigValues(cfg, where, DEFAULTS)
+    hidden, heads = c.int("hidden_size", minimum=1), c.int("num_attention_heads", minimum=1)
     if cfg.get("head_dim") not in (None, hidden // heads):
         refuse(where, "head_dim", cfg["head_dim"], f"bertc's heads are hidden_size / num_attention_heads "
                                                     f"= {hidden // heads} wide")
     for key in ("is_decoder", "add_cross_attention"):
         if cfg.get(key):
             refuse(where, key, cfg[key], "bertc's ModernBERT is a bidirectional encoder")
-    layers = int(cfg["num_hidden_layers"])
-    positions = int(cfg.get("max_position_embeddings", 8192))
-    local = cfg.get("local_attention", 128)
-    if not isinstance(local, int) or local < 0:
-        refuse(where, "local_attention", local, "expected a non-negative window size")
+    layers = c.int("num_hidden_layers", minimum=1)
+    positions = c.int("max_position_embeddings", minimum=1)
+    local = c.int("local_attention", minimum=0)
     kinds = _layer_types(cfg, where, layers)
-    every = cfg.get("global_attn_every_n_layers", 3)
-    if kinds is None and (not isinstance(every, int) or every < 1):
-        refuse(where, "global_attn_every_n_layers", every, "expected a positive number of layers")
-    if "local" in (kinds or ["global" if i % every == 0 else "local" for i in range(layers)]) and local // 2 < 1:
+    every = c.int("global_attn_every_n_layers", minimum=1) if kinds is None else cfg.get("global_attn_every_n_layers", 3)
+    every_n = ["global" if i % every == 0 else "local" for i in range(layers)] \
+        if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else None
+    any_local = "local" in (kinds if kinds is not None else every_n)
+    if any_local and local // 2 < 1:
         refuse(where, "local_attention", local, "local layers with no window (local_attention // 2 is 0)")
-    enc = {"type": "modernbert", "vocab_size": cfg["vocab_size"], "hidden_size": hidden, "num_layers": layers,
-           "num_attention_heads": heads, "intermediate_size": cfg["intermediate_size"],
-           "activation": activation(where, "hidden_activation", cfg.get("hidden_activation", "gelu")),
+    enc = {"type": "modernbert", "vocab_size": c.int("vocab_size", minimum=1), "hidden_size": hidden,
+           "num_layers": layers, "num_attention_heads": heads, "intermediate_size": c.int("intermediate_size", minimum=1),
+           "activation": c.activation("hidden_activation"),
            "max_sequence_length": min(positions, max_len) if max_len else positions,
-           "layer_norm_epsilon": float(cfg.get("norm_eps", 1e-5)),
-           "norm_bias": bool(cfg.get("norm_bias", False)), "attention_bias": bool(cfg.get("attention_bias", False)),
-           "mlp_bias": bool(cfg.get("mlp_bias", False)), "local_attention": local,
-           "global_rope_theta": _rope_theta(cfg, where, "full_attention", "global_rope_theta", 160000.0),
-           "local_rope_theta": _rope_theta(cfg, where, "sliding_attention", "local_rope_theta", 10000.0),
-           "embedding_dropout": float(cfg.get("embedding_dropout", 0.0)),
-           "attention_dropout": float(cfg.get("attention_dropout", 0.0)),
-           "mlp_dropout": float(cfg.get("mlp_dropout", 0.0)),
+           "layer_norm_epsilon": c.epsilon("norm_eps"),
+           "norm_bias": c.bool("norm_bias"), "attention_bias": c.bool("attention_bias"),
+           "mlp_bias": c.bool("mlp_bias"), "local_attention": local,
+           "global_rope_theta": _rope_theta(cfg, where, "full_attention"),
+           "local_rope_theta": _rope_theta(cfg, where, "sliding_attention"),
+           "embedding_dropout": c.rate("embedding_dropout"),
+           "attention_dropout": c.rate("attention_dropout"),
+           "mlp_dropout": c.rate("mlp_dropout"),
            # transformers initialises new weights from a normal truncated at initializer_cutoff_factor sigmas
-           "initializer": {"type": "truncated_normal", "stddev": float(cfg.get("initializer_range", 0.02))}}
-    every_n = ["global" if i % every == 0 else "local" for i in range(layers)] if isinstance(every, int) else None
+           "initializer": {"type": "truncated_normal", "stddev": c.stddev("initializer_range")}}
     if kinds is not None and kinds != every_n:
         enc["layer_types"] = kinds
-    elif isinstance(every, int):
+    elif every_n is not None:
         enc["global_attn_every_n_layers"] = every
     return enc
 
@@ -130,29 +143,27 @@ def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
 def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict]:
     """The head spec of ``arch``: ModernBERT's prediction head (dense, ``classifier_activation``, norm) is every
     head's ``transform``."""
-    from bertc.importers.hf import activation
-
     kind = ARCHITECTURES[arch]
     if kind is None:
         return None
-    transform = {"activation": activation(where, "classifier_activation", cfg.get("classifier_activation", "gelu")),
-                 "bias": bool(cfg.get("classifier_bias", False)),
+    c = ConfigValues(cfg, where, DEFAULTS)
+    transform = {"activation": c.activation("classifier_activation"), "bias": c.bool("classifier_bias"),
                  "layer_norm": {"epsilon": enc["layer_norm_epsilon"], "bias": enc["norm_bias"]}}
     if kind == "masked_lm":
-        if cfg.get("tie_word_embeddings", True) is False:
+        if c.bool("tie_word_embeddings") is False:
             refuse(where, "tie_word_embeddings", False, "bertc's masked-LM decoder is the word embedding table")
-        return {"type": "masked_lm", "transform": transform, "decoder_bias": bool(cfg.get("decoder_bias", True))}
+        return {"type": "masked_lm", "transform": transform, "decoder_bias": c.bool("decoder_bias")}
     if kind == "span_labeler":   # the prediction head, then classifier: num_labels 2, split into start / end
-        if num_labels(cfg) != 2:
-            refuse(where, "num_labels", num_labels(cfg), "a question-answering head has 2 outputs (start, end)")
+        if num_labels(cfg, where) != 2:
+            refuse(where, "num_labels", num_labels(cfg, where), "a question-answering head has 2 outputs (start, end)")
         return {"type": "span_labeler", "transform": transform}
-    out = {"type": kind, "num_classes": num_labels(cfg), "dropout_rate": float(cfg.get("classifier_dropout", 0.0)),
+    out = {"type": kind, "num_classes": num_labels(cfg, where), "dropout_rate": c.rate("classifier_dropout"),
            "transform": transform}
     if kind == "multiple_choice":   # one output a (context, choice) row
         del out["num_classes"]
     if kind in ("classifier", "multiple_choice"):
         pooling = cfg.get("classifier_pooling", "cls")
-        if pooling not in _POOLING:
+        if not isinstance(pooling, str) or pooling not in _POOLING:
             refuse(where, "classifier_pooling", pooling, "bertc pools the cls token or the mean of the real tokens")
         out["pooling"] = _POOLING[pooling]
     return out
@@ -234,6 +245,7 @@ class ModernBertFamily(HFFamily):
     model_types = ("modernbert",)
     architectures = ARCHITECTURES
     base_architecture = "ModernBertModel"
+    defaults = DEFAULTS
 
     def encoder(self, cfg, where, max_len):
         return encoder(cfg, where, max_len)

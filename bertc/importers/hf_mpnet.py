@@ -27,13 +27,15 @@ classification, question answering, ``MPNetLMHead`` (dense, exact GELU, layer no
 from __future__ import annotations
 
 
-from bertc.importers.hf import (layer_param, _BERT_LAYER, _BUFFERS, HFFamily, _param, _split, activation, head_from_config,
-                                refuse, register_family)
+from bertc.importers.hf import (layer_param, _BERT_LAYER, _BUFFERS, BERT_DEFAULTS, ConfigValues, HFFamily, _param, _split,
+                                head_from_config, refuse, register_family)
 from bertc.importers.hf_roberta import (check_config, first_token_classifier, head_param, head_type, masked_lm_head,
                                         strip_prefix)
 from bertc.weights import Ignored, Target
 
 PADDING_IDX = 1       # MPNetEmbeddings.padding_idx
+# MPNetConfig's defaults, for the keys config.json leaves out
+DEFAULTS = {**BERT_DEFAULTS, "vocab_size": 30527, "relative_attention_num_buckets": 32, "pad_token_id": 1}
 BUCKETS, MAX_DISTANCE = 32, 128   # MPNetEncoder.compute_position_bias / relative_position_bucket
 
 _LAYER = {"attention.attn.q": ("linear", "attention/query"), "attention.attn.k": ("linear", "attention/key"),
@@ -65,32 +67,33 @@ class MPNet(HFFamily):
                      "MPNetForTokenClassification": "token_classifier", "MPNetForQuestionAnswering": "span_labeler",
                      "MPNetForMultipleChoice": "multiple_choice", "MPNetForMaskedLM": "masked_lm"}
     base_architecture = "MPNetModel"
+    defaults = DEFAULTS
 
     def encoder(self, cfg, where, max_len):
-        check_config(cfg, where, ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                  "intermediate_size", "max_position_embeddings"],
-                     {"relative_attention_num_buckets": BUCKETS, "pad_token_id": PADDING_IDX})
+        check_config(cfg, where, [], {"relative_attention_num_buckets": BUCKETS, "pad_token_id": PADDING_IDX})
+        c = ConfigValues(cfg, where, DEFAULTS)
         offset = PADDING_IDX + 1
-        rows = int(cfg["max_position_embeddings"])
+        rows = c.int("max_position_embeddings", minimum=1)
         if rows <= offset:
             refuse(where, "max_position_embeddings", rows, f"leaves no position after MPNet's offset {offset}")
         positions = rows - offset
-        dropout = float(cfg.get("hidden_dropout_prob", 0.1))
-        eps = float(cfg.get("layer_norm_eps", 1e-12))
-        return {"type": "scaffold", "hidden_size": cfg["hidden_size"], "num_layers": cfg["num_hidden_layers"],
-                "embedding": {"type": "custom", "vocab_size": cfg["vocab_size"],
+        dropout = c.rate("hidden_dropout_prob")
+        eps = c.epsilon("layer_norm_eps")
+        return {"type": "scaffold", "hidden_size": c.int("hidden_size", minimum=1),
+                "num_layers": c.int("num_hidden_layers", minimum=1),
+                "embedding": {"type": "custom", "vocab_size": c.int("vocab_size", minimum=1),
                               "max_sequence_length": min(positions, max_len) if max_len else positions,
                               "use_position_embeddings": True, "use_layer_norm": True, "dropout_rate": dropout,
                               "layer_norm_epsilon": eps},
-                "hidden": {"type": "transformer", "num_attention_heads": cfg["num_attention_heads"],
-                           "intermediate_size": cfg["intermediate_size"],
-                           "activation": activation(where, "hidden_act", cfg.get("hidden_act", "gelu")),
+                "hidden": {"type": "transformer", "num_attention_heads": c.int("num_attention_heads", minimum=1),
+                           "intermediate_size": c.int("intermediate_size", minimum=1),
+                           "activation": c.activation("hidden_act"),
                            "dropout_rate": dropout,
-                           "attention_dropout_rate": float(cfg.get("attention_probs_dropout_prob", 0.1)),
+                           "attention_dropout_rate": c.rate("attention_probs_dropout_prob"),
                            "layer_norm_epsilon": eps},
                 "position": {"type": "relative_bias", "num_buckets": BUCKETS, "max_distance": MAX_DISTANCE,
                              "bidirectional": True, "absolute": {"type": "absolute", "offset": offset, "from_mask": True}},
-                "initializer": {"type": "normal", "stddev": float(cfg.get("initializer_range", 0.02))},
+                "initializer": {"type": "normal", "stddev": c.stddev("initializer_range")},
                 "layer_norm_epsilon": eps}
 
     def head(self, cfg, where, enc, arch, names=()):

@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from bertc.importers.hf import (HFFamily, decoder_param, _encoder_param, _param, _split, encoder_from_config, head_from_config,
-                                refuse, register_family)
+from bertc.importers.hf import (BERT_DEFAULTS, ConfigValues, HFFamily, decoder_param, _encoder_param, _param, _split,
+                                encoder_from_config, head_from_config, refuse, register_family)
 from bertc.weights import Target
 
 
 def check_config(cfg: dict, where: str, required: list, exact: dict) -> None:
     """Refuse what bertc cannot compute (``exact``: key -> the only value bertc computes; absent keys
-    pass) and name the keys ``required`` that are missing."""
+    pass) and name the keys ``required`` that are missing (keys without a default in transformers' config
+    class; a key with one takes it, read by :class:`bertc.importers.hf.ConfigValues`)."""
     from bertc.errors import WeightsError
 
     for key, ok in exact.items():
@@ -83,6 +84,10 @@ def strip_prefix(name: str, prefix: str) -> Optional[str]:
     return name[len(prefix):] if name.startswith(prefix) else None
 
 
+# RobertaConfig's defaults (XLMRobertaConfig's and CamembertConfig's vocabulary: 30522)
+ROBERTA_DEFAULTS = {**BERT_DEFAULTS, "vocab_size": 50265, "pad_token_id": 1}
+
+
 class Roberta(HFFamily):
     model_types = ("roberta", "xlm-roberta", "camembert")
     architectures = {f"{p}{a}": h for p in ("Roberta", "XLMRoberta", "Camembert")
@@ -92,25 +97,33 @@ class Roberta(HFFamily):
                                   ("ForMaskedLM", "masked_lm"))}
     base_architecture = "RobertaModel"
 
+    def defaults_for(self, cfg) -> dict:
+        return ROBERTA_DEFAULTS if cfg.get("model_type") == "roberta" else {**ROBERTA_DEFAULTS, "vocab_size": 30522}
+
+    defaults = ROBERTA_DEFAULTS
+
     def encoder(self, cfg, where, max_len):
-        check_config(cfg, where, ["max_position_embeddings"], NOT_A_DECODER)
+        check_config(cfg, where, [], NOT_A_DECODER)
+        defaults = self.defaults_for(cfg)
+        c = ConfigValues(cfg, where, defaults)
         pad = cfg.get("pad_token_id", 1)
-        if not isinstance(pad, int) or pad < 0:
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
             refuse(where, "pad_token_id", pad, "RoBERTa's positions start at pad_token_id + 1; bertc needs it")
         offset = pad + 1
-        rows = int(cfg["max_position_embeddings"])
+        rows = c.int("max_position_embeddings", minimum=1)
         if rows <= offset:
             refuse(where, "max_position_embeddings", rows, f"leaves no position after the offset pad_token_id + 1 "
                                                            f"= {offset}")
         # BERT's translation of the rest, with the positions the table holds after the offset
-        enc = encoder_from_config({**cfg, "model_type": "bert", "max_position_embeddings": rows - offset}, where, max_len)
+        enc = encoder_from_config({**cfg, "model_type": "bert", "max_position_embeddings": rows - offset}, where, max_len,
+                                  defaults)
         enc["position"] = {"type": "absolute", "offset": offset, "from_mask": True}
         return enc
 
     def head(self, cfg, where, enc, arch, names=()):
         kind = self.architectures[arch]
         if kind == "masked_lm":     # RobertaLMHead: transformers' gelu is the exact one, whatever hidden_act says
-            return masked_lm_head("gelu", float(cfg.get("layer_norm_eps", 1e-12)))
+            return masked_lm_head("gelu", enc["layer_norm_epsilon"])
         head = head_from_config(cfg, where, enc, arch, self, names)
         return first_token_classifier(head, "tanh") if kind == "classifier" else head
 
