@@ -180,6 +180,25 @@ def test_missing_keys_with_defaults_import_as_transformers_reads_them(tmp_path):
     assert spec["head"]["dropout_rate"] == 0.1
 
 
+# --- 3. architectures must be a list ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("fixture, value", [
+    ("bert_seq_cls", "BertForSequenceClassification"),
+    ("bert_seq_cls", [["BertForSequenceClassification"]]),
+    ("modernbert_seq_cls", "ModernBertForSequenceClassification"),
+])
+def test_architectures_must_be_a_list(tmp_path, capsys, fixture, value):
+    """transformers does not check it, and ``architectures[0]`` of a string is its first letter."""
+    err = refused(copy(tmp_path, fixture, setter(architectures=value)), capsys, tmp_path)
+    assert f"architectures = {json.dumps(value)}: not a valid value (expected a list of class names" in err, err
+    assert "bertc imports" not in err
+
+
+def test_architectures_string_is_refused_for_a_sentence_transformers_model_too(tmp_path, capsys):
+    err = refused(copy(tmp_path, "st_bert_mean_norm", setter(architectures="BertModel")), capsys, tmp_path)
+    assert 'architectures = "BertModel"' in err, err
+
+
 # --- every key, any type: a named refusal or an import, never an internal error ---------------------------
 
 @pytest.mark.parametrize("fixture", ["bert_seq_cls", "roberta_mlm", "distilbert_mc", "electra_mc", "mpnet_seq_cls",
@@ -191,7 +210,7 @@ def test_no_config_value_crashes_the_import(tmp_path, fixture):
 
     base = json.loads((HF / fixture / "config.json").read_text())
     source = copy(tmp_path, fixture)
-    for key in [*(k for k in base if k != "architectures"), "max_position_embeddings"]:
+    for key in [*base, "architectures", "max_position_embeddings"]:
         for value in (None, ["x"], {"a": 1}, "12", True, 1.5, -1, 0):
             (source / "config.json").write_text(json.dumps({**base, key: value}))
             try:

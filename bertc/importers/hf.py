@@ -407,10 +407,19 @@ def _classifier_dropout(cfg: dict, where: str = "config.json") -> float:
     return c.rate("hidden_dropout_prob") if value is None else value
 
 
+def architectures(cfg: dict, where: str, family: HFFamily) -> list:
+    """``architectures`` (a list of class names; the family's base model when the config has none)."""
+    archs = cfg.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        invalid(where, "architectures", archs, "a list of class names, such as "
+                                               f"{json.dumps([family.base_architecture])}")
+    return archs or [family.base_architecture]
+
+
 def architecture(cfg: dict, where: str, family: HFFamily) -> str:
     """The model's architecture (``architectures[0]``; the family's base model when the config has none),
     refused unless the family knows it."""
-    archs = cfg.get("architectures") or [family.base_architecture]
+    archs = architectures(cfg, where, family)
     if archs[0] not in family.known_architectures():
         refuse(where, "architectures", archs, f"bertc imports {', '.join(family.known_architectures())}")
     return archs[0]
@@ -577,7 +586,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     family = family_for(cfg, where)
     enc = family.encoder(cfg, where, st["max_len"] if st else None)
     arch = architecture(cfg, where, family) if not (st or encoder_only) else \
-        (cfg.get("architectures") or [family.base_architecture])[0]
+        architectures(cfg, where, family)[0]
     head = st["head"] if st else (None if encoder_only else family.head(cfg, where, enc, arch, names))
     if st:
         check_dense_widths(head, st["dense_inputs"], enc.get("hidden_size"))
