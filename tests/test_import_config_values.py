@@ -199,6 +199,22 @@ def test_architectures_string_is_refused_for_a_sentence_transformers_model_too(t
     assert 'architectures = "BertModel"' in err, err
 
 
+# --- 4. pruned heads -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fixture", ["bert_seq_cls", "albert_seq_cls", "roberta_seq_cls", "electra_seq_cls",
+                                     "distilbert_seq_cls", "mpnet_seq_cls", "deberta_v3_seq_cls",
+                                     "modernbert_seq_cls", "st_bert_mean_norm"])
+def test_pruned_heads_are_refused(tmp_path, capsys, fixture):
+    err = refused(copy(tmp_path, fixture, setter(pruned_heads={"0": [1]})), capsys, tmp_path)
+    assert 'pruned_heads = {"0": [1]}' in err, err
+
+
+@pytest.mark.parametrize("value", [{}, None])
+def test_empty_pruned_heads_import(tmp_path, value):
+    spec = import_spec(copy(tmp_path, "bert_seq_cls", setter(pruned_heads=value)), tmp_path / "x.json")
+    assert spec["head"]["type"] == "classifier"
+
+
 # --- every key, any type: a named refusal or an import, never an internal error ---------------------------
 
 @pytest.mark.parametrize("fixture", ["bert_seq_cls", "roberta_mlm", "distilbert_mc", "electra_mc", "mpnet_seq_cls",
@@ -210,7 +226,7 @@ def test_no_config_value_crashes_the_import(tmp_path, fixture):
 
     base = json.loads((HF / fixture / "config.json").read_text())
     source = copy(tmp_path, fixture)
-    for key in [*base, "architectures", "max_position_embeddings"]:
+    for key in [*base, "pruned_heads", "architectures", "max_position_embeddings"]:
         for value in (None, ["x"], {"a": 1}, "12", True, 1.5, -1, 0):
             (source / "config.json").write_text(json.dumps({**base, key: value}))
             try:

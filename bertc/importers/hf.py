@@ -584,6 +584,9 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     where = str(model_dir / "config.json")
     cfg = read_json(model_dir / "config.json")
     family = family_for(cfg, where)
+    if cfg.get("pruned_heads"):   # PretrainedConfig's: heads removed from the given layers' attention
+        refuse(where, "pruned_heads", cfg["pruned_heads"], "bertc's attention has num_attention_heads heads in "
+                                                           "every layer (no pruned heads)")
     enc = family.encoder(cfg, where, st["max_len"] if st else None)
     arch = architecture(cfg, where, family) if not (st or encoder_only) else \
         architectures(cfg, where, family)[0]
