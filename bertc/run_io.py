@@ -162,9 +162,36 @@ def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_f
     return spec
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _invalid_unicode(value) -> Optional[str]:
+    """The first lone surrogate in a string (or in a JSON value's strings, keys too), else None. JSON's
+    ``"\\ud800"`` escape without its pair decodes to one: no character, and no UTF-8 can write it, so the tokenizer
+    and every result writer fail on it."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        return found.group() if found else None
+    if isinstance(value, dict):
+        return next(filter(None, map(_invalid_unicode, [*value, *value.values()])), None)
+    if isinstance(value, (list, tuple)):
+        return next(filter(None, map(_invalid_unicode, value)), None)
+    return None
+
+
+def check_unicode(value, where: str, what: str):
+    """``value``, refused (naming ``where`` and ``what``) where it holds a lone surrogate."""
+    bad = _invalid_unicode(value)
+    if bad is not None:
+        raise InputError(f"{where}: {what} is not valid Unicode: a lone surrogate {ascii(bad)} (half of a UTF-16 "
+                         f"pair, e.g. a JSON \\u escape without its other half)")
+    return value
+
+
 def _check_text(value, where: str, field: str) -> str:
     if not isinstance(value, str):
         raise InputError(f"{where}: field {field!r} is {type(value).__name__}, not text")
+    check_unicode(value, where, f"field {field!r}" if field else "the text")
     if not value.strip():
         raise InputError(f"{where}: empty text" + (f" in field {field!r}" if field else "")
                          + " (remove the row or give it text: every row gets one result)")
@@ -184,6 +211,7 @@ def _check_choices(values, where: str, field: str = "", ranking: bool = False) -
     for n, value in enumerate(values, 1):
         if not isinstance(value, str):
             raise InputError(f"{where}: {item} {n}{named} is {type(value).__name__}, not text")
+        check_unicode(value, where, f"{item} {n}{named}")
         if not value.strip():
             raise InputError(f"{where}: {item} {n}{named} is empty (every {item} needs text)")
     return tuple(values)
@@ -269,7 +297,7 @@ def _fields(row: dict, spec: InputSpec, where: str) -> Record:
     pair = _check_text(row[spec.pair_field], loc, spec.pair_field) if spec.pair_field else None
     choices = _choices(row, spec, loc) if spec.choices else None
     return Record(_check_text(row[spec.text_field], loc, spec.text_field), pair, loc, choices,
-                  tuple(row[f] for f in spec.keep))
+                  tuple(check_unicode(row[f], loc, f"kept field {f!r}") for f in spec.keep))
 
 
 def _read_jsonl(spec: InputSpec) -> Iterator[Record]:

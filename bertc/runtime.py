@@ -964,7 +964,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def _records(texts: Iterable, choices: bool = False, ranking: bool = False) -> Iterator[Record]:
     """Records of ``Runtime.run``'s texts: strings, (text, pair) tuples; for a multiple-choice model (``choices``)
     (text, [choice, ...]) or (text, pair, [choice, ...]) tuples; for a ranking (query, [document, ...])."""
-    from bertc.run_io import _check_choices
+    from bertc.run_io import _check_choices, check_unicode
 
     for n, t in enumerate(texts, 1):
         where = f"text {n}"
@@ -986,6 +986,7 @@ def _records(texts: Iterable, choices: bool = False, ranking: bool = False) -> I
         for value, what in ((text, "text"), (pair, "pair")):
             if value is not None and not value.strip():
                 raise InputError(f"{where}: empty {what}")
+            check_unicode(value, where, f"the {what}")
         yield Record(text, pair, where, options)
 
 

@@ -144,3 +144,31 @@ def test_a_stray_or_unclosed_quote_stops_with_its_line_not_a_silent_merge(builds
     good.write_bytes(b'id,text\r\n1,"a dog, a cat"\r\n2,"the cat\r\nsat ""here"""\r\n3,it said "hi" once\r\n')
     assert main(["run", cls, str(good), "-o", str(res), "--keep-fields", "id", "-q"]) == 0
     assert [r["id"] for r in read_result(res)] == ["1", "2", "3"]
+
+
+# --- 7: text that is not valid Unicode ----------------------------------------------------------------------------
+
+def test_lone_surrogates_are_refused_naming_the_line_and_field(builds, tmp_path, capsys):
+    import bertc
+    from bertc.errors import InputError
+
+    cls = str(builds["bert_seq_cls"])
+    res = tmp_path / "r.jsonl"
+    jl = tmp_path / "s.jsonl"
+    jl.write_text('{"text": "a dog"}\n{"text": "a \\ud800 dog"}\n')
+    _fails(["run", cls, str(jl), "-o", str(res)], capsys, EXIT_BAD_SPEC,
+           f"{jl}: line 2: field 'text' is not valid Unicode: a lone surrogate")
+    jl.write_text('{"text": "a dog", "context": "the cat \\udc01"}\n')
+    _fails(["run", cls, str(jl), "-o", str(res), "--pair-field", "context"], capsys, EXIT_BAD_SPEC,
+           f"{jl}: line 1: field 'context' is not valid Unicode")
+    for kept in ('"x\\ud800"', '{"k": ["x\\ud800"]}'):
+        for suffix in (".jsonl", ".csv", ".parquet"):
+            jl.write_text('{"text": "a dog", "id": "x"}\n{"text": "a dog", "id": %s}\n' % kept)
+            _fails(["run", cls, str(jl), "-o", str(tmp_path / f"r{suffix}"), "--keep-fields", "id"], capsys,
+                   EXIT_BAD_SPEC, f"{jl}: line 2: kept field 'id' is not valid Unicode")
+    _no_leftovers(tmp_path, "s.jsonl")
+    rt = bertc.Runtime(cls)
+    with pytest.raises(InputError, match="text 2: the text is not valid Unicode"):
+        rt.run(["a dog", "a \ud800 dog"])
+    with pytest.raises(InputError, match="text 1: the pair is not valid Unicode"):
+        rt.run([("a dog", "the \udfff cat")])
