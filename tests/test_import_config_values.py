@@ -180,6 +180,36 @@ def test_missing_keys_with_defaults_import_as_transformers_reads_them(tmp_path):
     assert spec["head"]["dropout_rate"] == 0.1
 
 
+# --- 2. ModernBERT with every layer global: the local window is never read --------------------------------
+
+def test_modernbert_all_global_layers_accept_any_local_attention(tmp_path):
+    def edit(cfg):
+        del cfg["layer_types"]
+        cfg.update(global_attn_every_n_layers=1, local_attention=0)
+    spec = import_spec(copy(tmp_path, "modernbert_seq_cls", edit), tmp_path / "x.json")
+    enc = spec["encoder"]
+    assert enc["global_attn_every_n_layers"] == 1 and "layer_types" not in enc
+    assert "local_attention" not in enc   # unused: the spec's default stands in
+
+
+def test_modernbert_all_global_layer_types_accept_local_attention_0(tmp_path):
+    def edit(cfg):
+        cfg.update(layer_types=["full_attention"] * 4, local_attention=0)
+    spec = import_spec(copy(tmp_path, "modernbert_seq_cls", edit), tmp_path / "x.json")
+    from bertc.spec import load_spec
+
+    loaded = load_spec({k: v for k, v in spec.items() if k != "weights"} | {"weights": None})
+    assert loaded.encoder.kinds() == ["global"] * 4
+
+
+def test_modernbert_local_layers_still_need_a_window(tmp_path, capsys):
+    def edit(cfg):
+        del cfg["layer_types"]
+        cfg.update(global_attn_every_n_layers=2, local_attention=1)
+    err = refused(copy(tmp_path, "modernbert_seq_cls", edit), capsys, tmp_path)
+    assert "local_attention = 1: local layers with no window" in err, err
+
+
 # --- 3. architectures must be a list ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("fixture, value", [

@@ -133,6 +133,9 @@ def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
            "mlp_dropout": c.rate("mlp_dropout"),
            # transformers initialises new weights from a normal truncated at initializer_cutoff_factor sigmas
            "initializer": {"type": "truncated_normal", "stddev": c.stddev("initializer_range")}}
+    if not any_local and local < 1:
+        # every layer global: the window is never read (in transformers either); the spec takes a positive one
+        del enc["local_attention"]
     if kinds is not None and kinds != every_n:
         enc["layer_types"] = kinds
     elif every_n is not None:
