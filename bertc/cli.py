@@ -348,7 +348,7 @@ def inspect(spec, plot):
 def parity(out, atol, rtol, text, as_json):
     """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
     _import_quietly()
-    from bertc.parity import rerun_parity
+    from bertc.rerun import rerun_parity
 
     section = rerun_parity(out, atol, rtol, text)
     if as_json:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -215,6 +216,57 @@ def _message(err: dict, known_fields: set[str]) -> str:
     return msg
 
 
+def _cross_problems_beside(data: dict, exc: ValidationError, rounds: int = 6) -> list[tuple[str, str]]:
+    """The cross-field problems (:func:`walk_problems`) of a spec that also has field problems, so that one run
+    lists every problem: each wrong value is taken out (its default takes its place; a required one takes its
+    whole object out, where that object is optional) until the rest validates. A problem that may come from what
+    stands in for a taken-out value (in the same object or below it, or naming that key) is left out rather than
+    reported wrongly; none at all when what is wrong cannot be taken out (the encoder itself, a component's type)."""
+    import copy
+
+    repaired, removed = copy.deepcopy(data), []
+
+    def take_out(loc: tuple) -> bool:
+        parent = repaired
+        for part in loc[:-1]:
+            if isinstance(parent, dict) and part in parent or \
+                    isinstance(parent, list) and isinstance(part, int) and part < len(parent):
+                parent = parent[part]
+            else:
+                return False
+        if not loc or not isinstance(parent, dict) or loc[-1] not in parent or loc[-1] == "type" or \
+                loc == ("encoder",):
+            return False
+        del parent[loc[-1]]
+        removed.append(loc)
+        return True
+
+    for _ in range(rounds):
+        for err in exc.errors():
+            loc = _user_loc(err["loc"], repaired)
+            # a required value cannot be taken out alone: its object goes (the head, a block's part), if it may
+            target = loc[:-1] if err["type"] == "missing" else loc
+            while target and isinstance(target[-1], int):   # an item of a list: the list's owner key
+                target = target[:-1]
+            if not take_out(target):
+                return []
+        try:
+            spec = Spec.model_validate(repaired)
+        except ValidationError as again:
+            exc = again
+            continue
+        keys = {str(loc[-1]) for loc in removed}
+        found = []
+        for loc, msg in walk_problems(spec, (), {}):
+            where = _user_loc(loc, data)
+            if any(where[:-1] == r[:-1] or where[:len(r)] == r for r in removed) or \
+                    any(re.search(rf"\b{re.escape(k)}\b", msg) for k in keys):
+                continue
+            found.append((json_path(where), msg))
+        return found
+    return []
+
+
 def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] = None) -> Spec:
     """Validate parsed spec data; ``problems`` are ones already found in the text (duplicate keys),
     reported together with the rest."""
@@ -235,6 +287,7 @@ def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] 
             if item not in seen:
                 seen.add(item)
                 problems.append(item)
+        problems += [p for p in _cross_problems_beside(data, exc) if p not in seen]
         raise SpecError(source, problems) from None
     problems += [(json_path(_user_loc(loc, data)), msg) for loc, msg in walk_problems(spec, (), {})]
     if problems:

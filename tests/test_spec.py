@@ -1,11 +1,14 @@
 """The spec language: strictness, JSON-path errors, round-trip, schema."""
 import json
+from pathlib import Path
 
 import pytest
 
 from bertc.errors import SpecError
 from bertc.spec import dump_spec, json_schema, load_spec
 from conftest import BENCHMARK_SPECS, SEED_SPECS, tiny_bert
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def enc(**kw):
@@ -76,6 +79,29 @@ def test_all_errors_are_reported_at_once():
         load_spec(data)
     paths = {p for p, _ in info.value.problems}
     assert {"$.encoder.vocab_size", "$.encoder.dropout_rate", "$.encoder.bogus"} <= paths
+
+
+def test_cross_field_problems_are_listed_beside_field_problems():
+    """One run lists every problem: the cross-field ones (hidden size by heads, parity lengths by positions) were
+    dropped whenever a field itself was wrong. A cross problem that the stand-in for a wrong value could cause
+    is left out, never reported wrongly."""
+    spec = json.loads((ROOT / "specs" / "classifier.json").read_text())
+    spec["encoder"]["hidden_size"], spec["head"]["num_classes"] = 770, 0
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert info.value.problems == [
+        ("$.head.num_classes", "Input should be greater than or equal to 1, got 0"),
+        ("$.encoder.num_attention_heads", "hidden_size 770 is not divisible by num_attention_heads 12")]
+    mixed = json.loads((ROOT / "specs" / "mixed_blocks.json").read_text())
+    mixed["encoder"]["hidden"][1]["feedforward"]["typo"] = 1
+    mixed["parity"] = {"sequence_lengths": [4, 64]}
+    with pytest.raises(SpecError) as info:
+        load_spec(mixed)
+    assert [p for p, _ in info.value.problems] == ["$.encoder.hidden[1].feedforward.typo", "$.parity.sequence_lengths[1]"]
+    spec["encoder"]["hidden_size"], spec["encoder"]["num_attention_heads"] = "x", 5   # a default would stand in
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert [p for p, _ in info.value.problems] == ["$.encoder.hidden_size", "$.head.num_classes"]
 
 
 def test_malformed_json_reports_line_and_column(tmp_spec):

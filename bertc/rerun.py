@@ -1,0 +1,79 @@
+"""``bertc parity OUT``: parity of a finished build re-run on what is in OUT today.
+
+Apart from :mod:`bertc.parity`, which the build's calibration set (:mod:`bertc.calibration`) itself uses: the re-run
+judges the build's own inputs, the grid and its real text.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from bertc.parity import run_parity
+
+
+def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None,
+                 text: Optional[Path] = None) -> dict:
+    """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
+    ``report.json`` (atomically) with the new parity section."""
+    import json
+
+    from bertc.errors import OutputError
+    from bertc.plugins import require_for_build
+    from bertc.report import write_report
+    from bertc.signature import signature_of
+    from bertc.spec import Tolerance, load_spec
+    from bertc.transfer import load_keras_model
+
+    out_dir = Path(out_dir)
+    for name in ("spec.json", "model.keras", "report.json"):
+        if not (out_dir / name).exists():
+            raise OutputError(f"{out_dir} is not a bertc build directory: {name} is missing")
+    require_for_build(out_dir)
+    spec = load_spec(out_dir / "spec.json")
+    if atol is not None or rtol is not None:
+        tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,
+                        rtol=spec.parity.default.rtol if rtol is None else rtol)
+        spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"default": tol, "backends": {}})})
+    try:
+        report = json.loads((out_dir / "report.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise OutputError(f"{out_dir / 'report.json'}: cannot be read as JSON ({exc})") from None
+    if text is not None:
+        from bertc.text import text_cases
+
+        cases = text_cases(out_dir, text, spec)
+        inputs = {"text": {"kind": "file", "path": str(text), "cases": len(cases)}}
+    else:   # the build's own inputs: the grid and its real text (its --calibration file, if it is still there)
+        from bertc.calibration import calibration_set
+
+        recorded = ((report.get("calibration") or {}).get("text") or {})
+        file = Path(recorded["path"]) if recorded.get("kind") == "file" and recorded.get("path") else None
+        calibration = calibration_set(spec, out_dir, file if file is not None and file.is_file() else None)
+        cases, inputs = calibration.cases, calibration.sources
+    model = load_keras_model(out_dir)
+    section = run_parity(spec, signature_of(spec), model, out_dir, report.get("artifacts") or {}, cases)
+    section["inputs"] = inputs
+    if atol is not None or rtol is not None:   # a verdict under other tolerances than the spec's says so
+        section["tolerance_override"] = {"atol": atol, "rtol": rtol}
+    changed = changed_since_build(out_dir, report)
+    if changed:
+        section["changed_since_build"] = changed
+    report["parity"] = section
+    report["status"] = "passed" if section["passed"] else "failed"
+    write_report(out_dir, report)
+    return section
+
+
+def changed_since_build(out_dir: Path, report: dict) -> list[str]:
+    """The files of the build's manifest that are missing or whose sha256 differs now: parity judges what is in OUT
+    today, and the report says when that is not what the build wrote."""
+    from bertc.manifest import sha256_file
+
+    changed = []
+    for name, entry in ((report.get("manifest") or {}).get("files") or {}).items():
+        path = Path(out_dir) / name
+        if not path.is_file():
+            changed.append(f"{name} (missing)")
+        elif path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+            changed.append(name)
+    return changed
