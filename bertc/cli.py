@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -233,6 +234,9 @@ def import_checkpoint(source, output, name, encoder_only, force):
     """Write a spec for a trained checkpoint (Hugging Face, sentence-transformers, original BERT, Model Garden)."""
     from bertc.errors import OutputError
 
+    if name is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
+        raise click.BadParameter(f"{name!r}: a spec name starts with a letter, then up to 63 letters, digits, _ . or -",
+                                 param_hint="--name")
     if output.exists() and not force:
         raise OutputError(f"{output} already exists; pass --force to replace it")
     if output.exists() and not _is_spec(output):   # e.g. the checkpoint's own config.json

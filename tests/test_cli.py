@@ -84,6 +84,9 @@ def test_force_never_replaces_what_a_build_or_an_import_did_not_write(tmp_spec, 
     assert "ckpt exists and is not a bertc build (no report.json): --force replaces only a build's output" in \
         capsys.readouterr().err
     assert sorted(p.name for p in checkpoint.iterdir()) == sorted(before + ["spec.json"])
+    for name in ("a b/../c", ""):   # a bad --name is the option's fault (it blamed the checkpoint), never ignored
+        assert main(["import", str(checkpoint), "-o", str(tmp_path / "n.json"), "--name", name]) == EXIT_BAD_SPEC
+        assert "Invalid value for --name" in capsys.readouterr().err and not (tmp_path / "n.json").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(empty), "-q", "--no-export", "--force"]) == 0
