@@ -36,7 +36,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -504,12 +504,12 @@ def result_format(path, kind: str, fmt: Optional[str] = None, keep: tuple = ()) 
 class _NpyWriter:
     """A (rows, dim) .npy of ``dtype`` (float32 embeddings; int8 / uint8 ones, :mod:`bertc.quantize_embeddings`)
     written row block by row block: the header is rewritten with the row count at the end (padded to a fixed size,
-    so it never moves the data)."""
+    so it never moves the data). ``empty_width``: the row width of an empty result (asked only when no row came)."""
 
     HEADER = 128
 
-    def __init__(self, f, dtype=np.float32):
-        self.f, self.rows, self.dim = f, 0, None
+    def __init__(self, f, dtype=np.float32, empty_width=None):
+        self.f, self.rows, self.dim, self.empty_width = f, 0, None, empty_width
         self.dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
         f.write(b"\0" * self.HEADER)
 
@@ -527,6 +527,8 @@ class _NpyWriter:
         self.rows += len(block)
 
     def close(self) -> None:
+        if self.dim is None and self.empty_width is not None:   # no row: (0, dim), as Runtime.run([]) gives
+            self.dim = self.empty_width()
         self.f.seek(0)
         self.f.write(self._header())
 
@@ -579,9 +581,11 @@ class _CsvWriter:
 
 
 class _ParquetWriter:
-    def __init__(self, f, kind: str, keep: tuple = (), dtype=np.float32, keep_types: Optional[list] = None):
+    def __init__(self, f, kind: str, keep: tuple = (), dtype=np.float32, keep_types: Optional[list] = None,
+                 empty_width=None):
         self.pa = _pyarrow()
         self.f, self.kind, self.writer, self.keep, self.dtype = f, kind, None, keep, np.dtype(dtype)
+        self.empty_width = empty_width
         # the kept columns' types: a Parquet input's (keep_types), else as the first rows give them
         self.kept_types: Optional[list] = keep_types
         self.typed_by = "the input's column" if keep_types is not None else "the first rows'"
@@ -671,8 +675,10 @@ class _ParquetWriter:
 
     def close(self) -> None:
         if self.writer is None:  # no row at all: an empty file with the schema
+            # an embedding's fixed width, as a non-empty result's (so that shards' tables concatenate)
+            width = self.empty_width() if self.kind == "embedding" and self.empty_width is not None else None
             schema = self._table([]).schema if self.kind != "embedding" else \
-                self.pa.schema([("embedding", self.pa.list_(self.pa.from_numpy_dtype(self.dtype)))])
+                self.pa.schema([("embedding", self.pa.list_(self.pa.from_numpy_dtype(self.dtype), width or -1))])
             for i, name in enumerate(self.keep):   # a Parquet input's types; else no row said one
                 kept_type = self.kept_types[i] if self.kept_types else self.pa.null()
                 schema = schema.insert(i, self.pa.field(name, kept_type))
@@ -687,14 +693,15 @@ class _ParquetWriter:
             self.writer = None
 
 
-def _writer(f, fmt: str, kind: str, keep: tuple = (), dtype=np.float32, keep_types: Optional[list] = None):
+def _writer(f, fmt: str, kind: str, keep: tuple = (), dtype=np.float32, keep_types: Optional[list] = None,
+            empty_width=None):
     if fmt == "npy":
-        return _NpyWriter(f, dtype)
+        return _NpyWriter(f, dtype, empty_width)
     if fmt == "jsonl":
         return _JsonlWriter(f, keep)
     if fmt == "csv":
         return _CsvWriter(f, kind, keep)
-    return _ParquetWriter(f, kind, keep, dtype, keep_types)
+    return _ParquetWriter(f, kind, keep, dtype, keep_types, empty_width)
 
 
 class _Flushing:
@@ -711,11 +718,12 @@ class _Flushing:
 
 @contextlib.contextmanager
 def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = (), dtype=np.float32,
-                  keep_types: Optional[list] = None):
+                  keep_types: Optional[list] = None, empty_width: Optional[Callable[[], Optional[int]]] = None):
     """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
     ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was.
     ``-``: standard output, written batch by batch. ``keep_types``: the kept columns' pyarrow types in a Parquet
-    result (:func:`kept_types`)."""
+    result (:func:`kept_types`). ``empty_width``: the width of an embedding row (its values at ``dtype``), asked
+    only when no row came, so that an empty .npy or Parquet result has the shape a non-empty one would."""
     path = Path(path)
     if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
         out = sys.stdout.buffer
@@ -742,7 +750,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         raise OutputError(f"cannot write the result beside {path}: {exc}") from None
     try:
         with f:
-            writer = _writer(f, fmt, kind, keep, dtype, keep_types)
+            writer = _writer(f, fmt, kind, keep, dtype, keep_types, empty_width)
             try:
                 yield writer
                 writer.close()

@@ -1282,8 +1282,15 @@ class Runtime:
         if total_hint:
             total_hint(run_io.count_rows(spec))
         rows = 0
+
+        def empty_width() -> Optional[int]:
+            """An embedding row's width at this precision, from the ONNX output's shape (an empty result's)."""
+            shape = next((o.shape for o in self.engine.session.get_outputs()
+                          if o.name == self.outputs.get("embedding")), None)
+            return self.precision.width(shape[-1]) if shape and isinstance(shape[-1], int) else None
+
         with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep, self.precision.dtype,
-                                  run_io.kept_types(spec)) as writer:
+                                  run_io.kept_types(spec), empty_width) as writer:
             if ray_address is not None:
                 batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
             else:

@@ -172,3 +172,29 @@ def test_lone_surrogates_are_refused_naming_the_line_and_field(builds, tmp_path,
         rt.run(["a dog", "a \ud800 dog"])
     with pytest.raises(InputError, match="text 1: the pair is not valid Unicode"):
         rt.run([("a dog", "the \udfff cat")])
+
+
+# --- 8: an empty input's embeddings have the width and type a non-empty one's have ----------------------------------
+
+def test_an_empty_inputs_embeddings_have_the_shape_and_type_of_a_non_empty_ones(builds, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = str(builds["st_bert_mean_norm"])
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "some.txt").write_text("a dog\nthe cat sat\n")
+    assert main(["run", st, str(tmp_path / "some.txt"), "-o", str(tmp_path / "cal.npy"), "-q"]) == 0
+    for precision in ("float32", "ubinary", "binary", "int8"):
+        options = ["--embedding-precision", precision] + (
+            ["--calibration-embeddings", str(tmp_path / "cal.npy")] if precision == "int8" else [])
+        for suffix in (".npy", ".parquet"):
+            got = {}
+            for name in ("empty", "some"):
+                res = tmp_path / f"{name}.{precision}{suffix}"
+                assert main(["run", st, str(tmp_path / f"{name}.txt"), "-o", str(res), "-q", *options]) == 0
+                got[name] = np.load(res) if suffix == ".npy" else pq.read_table(res)
+            if suffix == ".npy":
+                assert got["empty"].shape == (0, got["some"].shape[1]) and got["empty"].dtype == got["some"].dtype
+            else:
+                assert got["empty"].schema == got["some"].schema, (got["empty"].schema, got["some"].schema)
+                assert pa.concat_tables([got["empty"], got["some"]]).num_rows == 2   # shards concatenate
