@@ -568,6 +568,20 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 f"{', each alone' if runtime.parts.multi_label else ''}" if runtime.kind == "zero_shot" else ""))
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
+
+    class Terminated(BaseException):   # not an Exception: no handler on the way may take it for an error of its own
+        pass
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    # SIGTERM (`timeout`, `kill`, a job scheduler) unwinds as Ctrl-C does, so that the temporary result is removed;
+    # Python's default would end the process where it stands and leave .RESULT.partial-PID behind
+    import signal
+    import threading
+
+    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
                                 pair_field=pair_field, choices_field=choices_field, keep_fields=keep_fields,
@@ -578,8 +592,15 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(EXIT_BROKEN_PIPE) from None
+    except Terminated:   # the result's temporary file is gone (run_io.atomic_result)
+        rows = None
     finally:
         progress.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if rows is None:
+        _err("terminated" + ("" if str(result) == "-" else "; nothing was written"))
+        raise SystemExit(128 + signal.SIGTERM)   # 143, as a shell reports a process that SIGTERM ended
     seconds = time.perf_counter() - start
     if not quiet:
         _err(f"wrote {'standard output' if str(result) == '-' else result}: {rows:,} {runtime.kind} result(s) in "

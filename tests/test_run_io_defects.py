@@ -198,3 +198,26 @@ def test_an_empty_inputs_embeddings_have_the_shape_and_type_of_a_non_empty_ones(
             else:
                 assert got["empty"].schema == got["some"].schema, (got["empty"].schema, got["some"].schema)
                 assert pa.concat_tables([got["empty"], got["some"]]).num_rows == 2   # shards concatenate
+
+
+# --- 9: SIGTERM cleans up as Ctrl-C does ------------------------------------------------------------------------
+
+def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    txt = tmp_path / "big.txt"
+    txt.write_text("the cat sat on the mat and a dog\n" * 200000)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bertc", "run", str(builds["st_bert_mean_norm"]), str(txt), "-o",
+                             str(tmp_path / "big.npy"), "-q", "--window", "64"], stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".big.npy.partial-") for p in tmp_path.iterdir()):   # it is writing
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    err = proc.stderr.read().decode()
+    assert err == "terminated; nothing was written\n", err
+    _no_leftovers(tmp_path, "big.txt")
