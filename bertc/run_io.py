@@ -30,6 +30,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -544,6 +545,19 @@ def _kept_json(value):
     return value.hex() if isinstance(value, bytes) else str(value)
 
 
+def _finite(value):
+    """A kept value with each NaN or infinity (a JSONL input's ``NaN``, a Parquet float's) as None: JSON has no such
+    number, and Python's ``NaN`` / ``Infinity`` tokens would make the line unreadable to other JSON readers; null is
+    what pandas and Spark write for a missing float."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 class _JsonlWriter:
     def __init__(self, f, keep: tuple = ()):
         self.f = io.TextIOWrapper(f, encoding="utf-8", newline="\n", write_through=False)
@@ -551,12 +565,20 @@ class _JsonlWriter:
 
     def write(self, rows, kept=None) -> None:
         if self.keep:
-            rows = [{**dict(zip(self.keep, k)), **_plain(r)} for r, k in zip(rows, kept)]
+            rows = [{**dict(zip(self.keep, map(_finite, k))), **_plain(r)} for r, k in zip(rows, kept)]
         self.f.write("".join(json.dumps(_plain(r), ensure_ascii=False, default=_kept_json) + "\n" for r in rows))
 
     def close(self) -> None:
         self.f.flush()
         self.f.detach()
+
+
+def _kept_csv(value):
+    """A kept value as a CSV cell: a JSON object, array or boolean as its JSON text (not Python's repr, which no
+    other tool reads back), bytes as hex, None as an empty cell; anything else as its text."""
+    if isinstance(value, (dict, list, tuple, bool)):
+        return json.dumps(_finite(value), ensure_ascii=False, default=_kept_json)
+    return _kept_json(value) if isinstance(value, bytes) else value
 
 
 class _CsvWriter:
@@ -573,7 +595,7 @@ class _CsvWriter:
             self.writer.writerows([f"{v:.7g}" for v in r] for r in rows)
         else:
             kept = kept if self.keep else [()] * len(rows)
-            self.writer.writerows([*k, *(r[c] for c in self.columns)] for r, k in zip(rows, kept))
+            self.writer.writerows([*map(_kept_csv, k), *(r[c] for c in self.columns)] for r, k in zip(rows, kept))
 
     def close(self) -> None:
         self.f.flush()

@@ -221,3 +221,25 @@ def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path):
     err = proc.stderr.read().decode()
     assert err == "terminated; nothing was written\n", err
     _no_leftovers(tmp_path, "big.txt")
+
+
+# --- 10: kept JSON values in CSV results, kept NaN in JSONL results --------------------------------------------------
+
+def test_kept_json_values_are_json_in_csv_and_a_kept_nan_is_null_in_jsonl(builds, tmp_path):
+    import csv
+
+    cls = str(builds["bert_seq_cls"])
+    jl = tmp_path / "k.jsonl"
+    jl.write_text('{"text": "a dog", "m": {"a": [1, 2]}, "b": true, "f": NaN, "l": [1.5, Infinity], "n": null}\n'
+                  '{"text": "the cat", "m": [], "b": false, "f": 2.5, "l": ["x"], "n": "y"}\n')
+    keep = ["--keep-fields", "m,b,f,l,n", "-q"]
+    assert main(["run", cls, str(jl), "-o", str(tmp_path / "r.csv"), *keep]) == 0
+    with open(tmp_path / "r.csv", newline="") as f:
+        rows = [row[:5] for row in csv.reader(f)]
+    assert rows[1:] == [['{"a": [1, 2]}', "true", "nan", "[1.5, null]", ""], ["[]", "false", "2.5", '["x"]', "y"]]
+    assert main(["run", cls, str(jl), "-o", str(tmp_path / "r.jsonl"), *keep]) == 0
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    got = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is no JSON")) for line in lines]
+    assert [{k: r[k] for k in "mbfln"} for r in got] == [
+        {"m": {"a": [1, 2]}, "b": True, "f": None, "l": [1.5, None], "n": None},
+        {"m": [], "b": False, "f": 2.5, "l": ["x"], "n": "y"}]
