@@ -190,6 +190,9 @@ def check_unicode(value, where: str, what: str):
 
 
 def _check_text(value, where: str, field: str) -> str:
+    if value is None:   # a Parquet null, a JSON null: no text at all, which "empty text" would misname
+        raise InputError(f"{where}: field {field!r} is null (missing) (give the row its text or remove it: every "
+                         f"row gets one result)")
     if not isinstance(value, str):
         raise InputError(f"{where}: field {field!r} is {type(value).__name__}, not text")
     check_unicode(value, where, f"field {field!r}" if field else "the text")
@@ -210,6 +213,8 @@ def _check_choices(values, where: str, field: str = "", ranking: bool = False) -
         need = "a ranking needs one or more" if ranking else f"a multiple-choice question needs {MIN_CHOICES} or more"
         raise InputError(f"{where}: {len(values)} {item}{'s' * (len(values) != 1)}{named}; {need}")
     for n, value in enumerate(values, 1):
+        if value is None:
+            raise InputError(f"{where}: {item} {n}{named} is null (missing; every {item} needs text)")
         if not isinstance(value, str):
             raise InputError(f"{where}: {item} {n}{named} is {type(value).__name__}, not text")
         check_unicode(value, where, f"{item} {n}{named}")
@@ -411,13 +416,11 @@ def _read_parquet(spec: InputSpec) -> Iterator[Record]:
         raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}; choose with "
                          f"{_choose_with(spec)})")
     n = 0
-    kept_only = set(spec.keep) - set(spec.text_fields)   # a kept null stays null
     for batch in f.iter_batches(batch_size=4096, columns=columns):
         values = {c: batch.column(c).to_pylist() for c in columns}
-        for i in range(batch.num_rows):
+        for i in range(batch.num_rows):   # a null stays None: a text's is named as null, a kept one's kept null
             n += 1
-            yield _fields({c: ("" if values[c][i] is None and c not in kept_only else values[c][i]) for c in columns},
-                          spec, f"row {n}")
+            yield _fields({c: values[c][i] for c in columns}, spec, f"row {n}")
 
 
 def kept_types(spec: InputSpec) -> Optional[list]:

@@ -243,3 +243,23 @@ def test_kept_json_values_are_json_in_csv_and_a_kept_nan_is_null_in_jsonl(builds
     assert [{k: r[k] for k in "mbfln"} for r in got] == [
         {"m": {"a": [1, 2]}, "b": True, "f": None, "l": [1.5, None], "n": None},
         {"m": [], "b": False, "f": 2.5, "l": ["x"], "n": "y"}]
+
+
+# --- 11: a null text is named as null ----------------------------------------------------------------------------
+
+def test_a_null_text_is_named_null_not_empty(builds, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cls = str(builds["bert_seq_cls"])
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"text": ["a dog", "the cat", None], "context": ["x", None, "y"]}), path)
+    _fails(["run", cls, str(path), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC,
+           f"{path}: row 3: field 'text' is null (missing)")
+    _fails(["run", cls, str(path), "-o", str(tmp_path / "r.jsonl"), "--pair-field", "context"], capsys,
+           EXIT_BAD_SPEC, f"{path}: row 2: field 'context' is null (missing)")
+    jl = tmp_path / "n.jsonl"
+    jl.write_text('{"text": "a dog"}\n{"text": null}\n')
+    _fails(["run", cls, str(jl), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC,
+           f"{jl}: line 2: field 'text' is null (missing)")
+    _no_leftovers(tmp_path, "n.parquet", "n.jsonl")
