@@ -1268,7 +1268,10 @@ class Runtime:
         local Ray) runs the job over Ray Data instead of in this process (:func:`bertc.runtime.run_ray`).
         ``choices_field``: a multiple-choice model's choices (:func:`bertc.run_io.input_spec`); ``keep_fields``
         ("id,url" or a list): input fields each result row gets too, beside the result (JSONL, CSV, Parquet)."""
+        import os
+
         from bertc import run_io
+        from bertc.errors import OutputError
 
         if choices_field is not None and self.kind != "choice":
             raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
@@ -1279,6 +1282,10 @@ class Runtime:
         spec = run_io.input_spec(input_path, input_format, text_field, pair_field, self.kind in ("choice", "rank"),
                                  choices_field or documents_field, keep_fields, ranking=self.kind == "rank")
         fmt = run_io.result_format(result_path, self.kind, result_format, spec.keep)
+        if not spec.stdin and str(result_path) != run_io.STDIO and Path(result_path).exists() \
+                and os.path.samefile(spec.path, result_path):   # a link or another spelling of the same file too
+            raise OutputError(f"-o {result_path}: is the input {spec.path} itself; the result would replace the "
+                              f"input (--force does not change that): write the result to another file")
         if total_hint:
             total_hint(run_io.count_rows(spec))
         rows = 0

@@ -263,3 +263,19 @@ def test_a_null_text_is_named_null_not_empty(builds, tmp_path, capsys):
     _fails(["run", cls, str(jl), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC,
            f"{jl}: line 2: field 'text' is null (missing)")
     _no_leftovers(tmp_path, "n.parquet", "n.jsonl")
+
+
+# --- 12: the result may not be the input ------------------------------------------------------------------------
+
+def test_a_result_that_is_the_input_is_refused_even_with_force(builds, tmp_path, capsys):
+    from bertc.errors import EXIT_OUTPUT
+
+    st = str(builds["st_bert_mean_norm"])
+    jl = tmp_path / "in.jsonl"
+    jl.write_text('{"text": "a dog"}\n')
+    (tmp_path / "link.jsonl").symlink_to(jl)
+    for result in (jl, tmp_path / "link.jsonl", tmp_path / ".." / tmp_path.name / "in.jsonl"):
+        _fails(["run", st, str(jl), "-o", str(result), "--force"], capsys, EXIT_OUTPUT,
+               f"is the input {jl} itself; the result would replace the input")
+    assert jl.read_text() == '{"text": "a dog"}\n'
+    _no_leftovers(tmp_path, "in.jsonl", "link.jsonl")
