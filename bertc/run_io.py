@@ -6,7 +6,8 @@ Parquet file. A writer takes results in input order, batch by batch, into a temp
 result (``.RESULT.partial-PID``) that :func:`atomic_result` renames over RESULT only once everything
 was written: an error, Ctrl-C or a killed job leaves no partial RESULT behind. ``-`` is standard input (text
 formats: .txt by default, JSONL, CSV / TSV) or standard output (JSONL by default, or CSV), for pipelines: results
-are written there batch by batch, in input order, and an error stops the stream (the exit code says so).
+are written there batch by batch, in input order, and an error stops the stream (the exit code says so). In a .txt,
+CSV or TSV input a lone CR (an old Mac's line end) ends a line as LF and CRLF do.
 
 Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a classification is
 ``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}`` (with a top k: ``{"answers": [...]}``); tags are
@@ -271,21 +272,37 @@ def _decode_line(raw: bytes, n: int) -> str:
     return (raw[len(BOM):] if n == 1 and raw.startswith(BOM) else raw).decode("utf-8")
 
 
-def _read_txt(spec: InputSpec) -> Iterator[Record]:
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")   # after a \r that no \n follows: an old Mac line end
+
+
+def _text_lines(spec: InputSpec) -> Iterator[str]:
+    """The lines of a .txt, CSV or TSV input, each decoded alone, so that bytes that are not UTF-8 are named by
+    their line (a decoding text stream only knows its chunk); lines end as text mode's ``newline=""``, which the
+    csv module asks for, ends them (LF, CRLF or a lone CR: an old Mac's file is not one long line), so the csv
+    reader's ``line_num`` counts them too."""
     with _open_binary(spec) as f:
-        for n, raw in enumerate(f, 1):
-            where = f"line {n}"
+        n = 0
+        for raw in f:
             try:
-                line = _decode_line(raw, n).rstrip("\r\n")
+                text = _decode_line(raw, n + 1)
             except UnicodeDecodeError as exc:
-                raise _decode_error(spec, where, exc) from None
-            loc = f"{spec.name}: {where}"
-            if spec.choices:   # the text, then a tab before each choice
-                text, *choices = line.split("\t")
-                yield Record(_check_text(text, loc, ""), None, loc, _check_choices(choices, loc, ranking=spec.ranking))
-                continue
-            text, _, pair = line.partition("\t")
-            yield Record(_check_text(text, loc, ""), _check_text(pair, loc, "pair") if "\t" in line else None, loc)
+                raise _decode_error(spec, f"line {n + 1}", exc) from None
+            for line in _LONE_CR.split(text):
+                if line:
+                    n += 1
+                    yield line
+
+
+def _read_txt(spec: InputSpec) -> Iterator[Record]:
+    for n, line in enumerate(_text_lines(spec), 1):   # LF, CRLF, or an old Mac's lone CR ends a line
+        line = line.rstrip("\r\n")
+        loc = f"{spec.name}: line {n}"
+        if spec.choices:   # the text, then a tab before each choice
+            text, *choices = line.split("\t")
+            yield Record(_check_text(text, loc, ""), None, loc, _check_choices(choices, loc, ranking=spec.ranking))
+            continue
+        text, _, pair = line.partition("\t")
+        yield Record(_check_text(text, loc, ""), _check_text(pair, loc, "pair") if "\t" in line else None, loc)
 
 
 def _choose_with(spec: InputSpec) -> str:
@@ -338,26 +355,6 @@ def _lift_csv_field_limit() -> None:
             limit //= 2
 
 
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")   # after a \r that no \n follows: an old Mac line end
-
-
-def _csv_lines(spec: InputSpec) -> Iterator[str]:
-    """The lines of a CSV / TSV input for the csv reader, each decoded alone, so that bytes that are not UTF-8 are
-    named by their line (a decoding text stream only knows its chunk); lines end as text mode's ``newline=""``,
-    which the csv module asks for, ends them (LF, CRLF or a lone CR), so ``reader.line_num`` counts them."""
-    with _open_binary(spec) as f:
-        n = 0
-        for raw in f:
-            try:
-                text = _decode_line(raw, n + 1)
-            except UnicodeDecodeError as exc:
-                raise _decode_error(spec, f"line {n + 1}", exc) from None
-            for line in _LONE_CR.split(text):
-                if line:
-                    n += 1
-                    yield line
-
-
 def _csv_error(spec: InputSpec, exc: csv.Error, began: int, line: int) -> InputError:
     """What is wrong, and where, in words: the csv module's own says neither (and a quote left open runs on to
     the end of the input, so where it ends is not where the mistake is)."""
@@ -376,7 +373,7 @@ def _csv_error(spec: InputSpec, exc: csv.Error, began: int, line: int) -> InputE
 def _read_csv(spec: InputSpec) -> Iterator[Record]:
     _lift_csv_field_limit()
     # strict: a stray quote is an error, not a field that swallows the rows after it until the next quote
-    reader = csv.DictReader(_csv_lines(spec), delimiter="\t" if spec.format == "tsv" else ",", strict=True)
+    reader = csv.DictReader(_text_lines(spec), delimiter="\t" if spec.format == "tsv" else ",", strict=True)
     began = 1   # the line the row being read began in (a quoted text may span lines)
     try:
         header = reader.fieldnames or []

@@ -279,3 +279,15 @@ def test_a_result_that_is_the_input_is_refused_even_with_force(builds, tmp_path,
                f"is the input {jl} itself; the result would replace the input")
     assert jl.read_text() == '{"text": "a dog"}\n'
     _no_leftovers(tmp_path, "in.jsonl", "link.jsonl")
+
+
+# --- a lone CR (an old Mac's line end) ends a line ----------------------------------------------------------------
+
+def test_a_lone_cr_ends_a_line_in_txt(builds, tmp_path, capsys):
+    cls = str(builds["bert_seq_cls"])
+    txt = tmp_path / "mac.txt"
+    txt.write_bytes(b"a dog\rthe cat\rthe red car\r")
+    assert main(["run", cls, str(txt), "-o", str(tmp_path / "r.jsonl"), "-q"]) == 0
+    assert len(read_result(tmp_path / "r.jsonl")) == 3
+    txt.write_bytes(b"a dog\r\rthe cat\r")
+    _fails(["run", cls, str(txt), "-o", str(tmp_path / "s.jsonl")], capsys, EXIT_BAD_SPEC, f"{txt}: line 2: empty text")
