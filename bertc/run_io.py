@@ -383,9 +383,14 @@ def _read_csv(spec: InputSpec) -> Iterator[Record]:
                              f"{', '.join(header) or 'none'}; choose with {_choose_with(spec)})")
         began = reader.line_num + 1
         for row in reader:
-            # reader.line_num is the line the row ended on
-            yield _fields({k: ("" if v is None else v) for k, v in row.items() if k is not None},
-                          spec, f"line {reader.line_num}")
+            # reader.line_num is the line the row ended on; a row of more or fewer fields than the header is
+            # refused: its extra fields were dropped (an unquoted comma cut the text short) or its last ones were ""
+            count = len(row) - (None in row) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+            if count != len(header):
+                raise InputError(f"{spec.name}: line {reader.line_num}: {count} field(s), the header has "
+                                 f"{len(header)}" + (" (a text holding the delimiter must be quoted)"
+                                                     if count > len(header) else ""))
+            yield _fields(row, spec, f"line {reader.line_num}")
             began = reader.line_num + 1
     except csv.Error as exc:
         raise _csv_error(spec, exc, began, reader.reader.line_num) from None   # DictReader's own lags an error

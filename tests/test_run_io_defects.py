@@ -144,6 +144,15 @@ def test_a_stray_or_unclosed_quote_stops_with_its_line_not_a_silent_merge(builds
     good.write_bytes(b'id,text\r\n1,"a dog, a cat"\r\n2,"the cat\r\nsat ""here"""\r\n3,it said "hi" once\r\n')
     assert main(["run", cls, str(good), "-o", str(res), "--keep-fields", "id", "-q"]) == 0
     assert [r["id"] for r in read_result(res)] == ["1", "2", "3"]
+    # a row of more fields than the header lost the extra ones (an unquoted comma cut its text short), exit 0;
+    # one of fewer got "" for the missing ones
+    bad = tmp_path / "fields.csv"
+    bad.write_text("id,text\n1,a dog\n2,hello, world the cat\n")
+    _fails(["run", cls, str(bad), "-o", str(res), "--force"], capsys, EXIT_BAD_SPEC,
+           f"{bad.name}: line 3: 3 field(s), the header has 2 (a text holding the delimiter must be quoted)")
+    bad.write_text("text,id,extra\na dog,1\n")
+    _fails(["run", cls, str(bad), "-o", str(res), "--force", "--keep-fields", "id"], capsys, EXIT_BAD_SPEC,
+           f"{bad.name}: line 2: 2 field(s), the header has 3")
 
 
 # --- 7: text that is not valid Unicode ----------------------------------------------------------------------------
