@@ -11,8 +11,8 @@ CSV or TSV input a lone CR (an old Mac's line end) ends a line as LF and CRLF do
 
 Result rows come from :mod:`bertc.runtime`: an embedding is a float32 vector; a classification is
 ``{"label", "label_id", "score", "scores"}``; a span ``{"start", "end", "text", "score"}`` (with a top k: ``{"answers": [...]}``); tags are
-``{"tags": [{"word", "start", "end", "label", "score"}, ...], "entities": [{"label", "start", "end", "text",
-"score"}, ...]}``; a fill-mask result
+``{"tags": [{"word", "start", "end", "in", "label", "score"}, ...], "entities": [{"label", "start", "end",
+"in", "text", "score"}, ...]}`` (``in``: the text or its pair); a fill-mask result
 ``{"sequence", "masks": [{"start", "end", "in", "predictions": [{"token", "token_id", "score"}, ...]}, ...]}``; a
 zero-shot result ``{"labels", "scores"}`` (likeliest first); a sentence pair's ``{"similarity"}``; a multiple-choice
 result ``{"choice", "answer", "score", "scores"}`` (the likeliest choice's index and text, and every choice's
@@ -646,10 +646,10 @@ class _ParquetWriter:
             values = pa.array(block.reshape(-1))
             return pa.table({"embedding": pa.FixedSizeListArray.from_arrays(values, block.shape[1])})
         if self.kind == "tags":
-            tag = pa.struct([("word", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
+            tag = pa.struct([("word", pa.string()), ("start", pa.int32()), ("end", pa.int32()), ("in", pa.string()),
                              ("label", pa.string()), ("score", pa.float32())])
             entity = pa.struct([("label", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
-                                ("text", pa.string()), ("score", pa.float32())])
+                                ("in", pa.string()), ("text", pa.string()), ("score", pa.float32())])
             return pa.table({"tags": pa.array([r["tags"] for r in rows], pa.list_(tag)),
                              "entities": pa.array([r["entities"] for r in rows], pa.list_(entity))})
         if self.kind == "fill_mask":

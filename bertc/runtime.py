@@ -29,7 +29,7 @@ one (batch, dim) features output      embedding       float32 vector (``sentence
                                                       overlapping windows (``doc_stride`` tokens shared
                                                       by neighbours), as transformers' QA pipeline reads
                                                       and scores it (:meth:`Engine._span_candidates`)
-``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "label",
+``logits`` (batch, seq, classes)      tags            ``{"tags": [{"word", "start", "end", "in", "label",
                                                       "score"}]}``: one per word, its first token's tag
                                                       (softmax; sigmoid of a single class: an ELECTRA
                                                       discriminator's probability of "replaced"); a text
@@ -894,8 +894,8 @@ class Engine:
         probs = probs.mean(axis=0) if aggregation == "average" else \
             probs[int(np.argmax(probs.max(axis=-1)))] if aggregation == "max" else probs[0]
         k = int(np.argmax(probs))
-        return {"word": text[begin:end], "start": int(begin), "end": int(end), "label": self._label(k),
-                "score": float(probs[k])}
+        return {"word": text[begin:end], "start": int(begin), "end": int(end),
+                "in": "pair" if key[0] == 1 else "text", "label": self._label(k), "score": float(probs[k])}
 
     def _tags(self, logits, e, record: Record) -> list:
         return [(key, self._tag(logits[first:last + 1], key, begin, end, record))
@@ -919,8 +919,8 @@ class Engine:
                 current["end"] = tag["end"]
                 current["scores"].append(tag["score"])
             else:
-                current = {"label": kind, "start": tag["start"], "end": tag["end"], "scores": [tag["score"]],
-                           "sequence": sequence}
+                current = {"label": kind, "start": tag["start"], "end": tag["end"], "in": tag["in"],
+                           "scores": [tag["score"]], "sequence": sequence}
                 entities.append(current)
         for x in entities:
             text = record.text if x.pop("sequence") == 0 else record.pair
@@ -931,22 +931,34 @@ class Engine:
         """A long text's tags from its overlapping windows (``parts``: (feature index, logits), in window order):
         each word tagged from the window that holds its first token, most of its tokens and, among those, the
         most tokens on its nearer side (the first window counts as open on the left, the last on the right: a
-        text's ends are not cut), as BERT's reference code picks a token's "max context" window."""
+        text's ends are not cut), as BERT's reference code picks a token's "max context" window. A word with more
+        tokens than a window shares with the next is whole in none: it keeps its whole span, and its tokens that
+        window lacks are read from the other windows (``average`` / ``max`` see every token once)."""
         windows = [(self._words(encodings[i]), encodings[i], logits) for i, logits in parts]
         starts: dict = {}
         for words, _, _ in windows:
             for key, (_, _, begin, _) in words.items():
                 starts[key] = min(begin, starts.get(key, begin))
-        best: dict = {}
+        seen: dict = {}   # word -> [(rank, {token's character offsets: its logits}, start, end)], one per window
         for w, (words, e, logits) in enumerate(windows):
             content = [t for t, s in enumerate(e.sequence_ids) if s is not None and not e.special_tokens_mask[t]]
             for key, (first, last, begin, end) in words.items():
                 left = np.inf if w == 0 else first - content[0]
                 right = np.inf if w == len(windows) - 1 else content[-1] - last
                 rank = (begin == starts[key], last - first + 1, min(left, right))
-                if key not in best or rank > best[key][0]:
-                    best[key] = (rank, logits[first:last + 1], begin, end)
-        return [(key, self._tag(row, key, begin, end, record)) for key, (_, row, begin, end) in sorted(best.items())]
+                tokens = {tuple(e.offsets[t]): logits[t] for t in range(first, last + 1)}
+                seen.setdefault(key, []).append((rank, tokens, begin, end))
+        tags = []
+        for key in sorted(seen):
+            held = sorted(seen[key], key=lambda x: x[0], reverse=True)   # stable: the earlier window among equals
+            tokens: dict = {}
+            for _, part, _, _ in held:   # the best window's tokens, then what it lacks from the others
+                for offsets, row in part.items():
+                    tokens.setdefault(offsets, row)
+            row = np.stack([tokens[o] for o in sorted(tokens)])
+            begin, end = min(x[2] for x in held), max(x[3] for x in held)
+            tags.append((key, self._tag(row, key, begin, end, record)))
+        return tags
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -806,17 +806,73 @@ def test_entities_group_words_as_the_token_classification_pipeline_does():
         source = text if seq == 0 else pair
         start = source.index(word, cursor[seq])
         cursor[seq] = start + len(word)
-        tags.append(((seq, i), {"word": word, "start": start, "end": start + len(word), "label": label, "score": score}))
+        tags.append(((seq, i), {"word": word, "start": start, "end": start + len(word), "in": ("text", "pair")[seq],
+                                "label": label, "score": score}))
     got = Engine._tag_result(tags, 5, Record(text, pair, "x"))
     assert got["tags"] == [t for _, t in tags]
-    assert [(e["label"], e["text"], e["start"], e["end"]) for e in got["entities"]] == [
-        ("PER", "Ann Lee", 0, 7), ("PER", "Bob", 12, 15), ("LOC", "New York City", 19, 32), ("DATE", "today", 33, 38),
-        ("DATE", "Paris", 0, 5), ("LOC", "France", 6, 12)]
+    assert [(e["label"], e["text"], e["start"], e["end"], e["in"]) for e in got["entities"]] == [
+        ("PER", "Ann Lee", 0, 7, "text"), ("PER", "Bob", 12, 15, "text"), ("LOC", "New York City", 19, 32, "text"),
+        ("DATE", "today", 33, 38, "text"), ("DATE", "Paris", 0, 5, "pair"), ("LOC", "France", 6, 12, "pair")]
     np.testing.assert_allclose([e["score"] for e in got["entities"]], [0.8, 0.8, 0.5, 0.3, 0.2, 0.1])
     # B-PER B-PER: two entities; a one-class model (an ELECTRA discriminator's "replaced") has none
     two = [((0, 0), {**tags[0][1]}), ((0, 1), {**tags[1][1], "label": "B-PER"})]
     assert [e["text"] for e in Engine._tag_result(two, 5, Record(text, None, "x"))["entities"]] == ["Ann", "Lee"]
     assert Engine._tag_result(two, 1, Record(text, None, "x"))["entities"] == []
+
+
+def test_a_pairs_tags_say_which_text_each_word_is_in(builds):
+    """A text pair's tags and entities name the text they index (``in``: "text" or "pair"), as a fill-mask
+    result's masks do: both texts' offsets start at 0, so without it a tag's span is ambiguous."""
+    out = builds["bert_token_cls"]
+    text, pair = "the cat sat on the mat", "a dog ran"
+    got = bertc.Runtime(out, artifact="onnx").run([(text, pair)])[0]
+    assert [(t["word"], t["in"]) for t in got["tags"]] == [(w, "text") for w in text.split()] + \
+        [(w, "pair") for w in pair.split()]
+    for t in got["tags"]:
+        assert (text if t["in"] == "text" else pair)[t["start"]:t["end"]] == t["word"]
+    for e in got["entities"]:
+        assert (text if e["in"] == "text" else pair)[e["start"]:e["end"]] == e["text"]
+    assert all(t["in"] == "text" for t in bertc.Runtime(out, artifact="onnx").run([text])[0]["tags"])
+
+
+@pytest.mark.parametrize("aggregation", ["first", "average", "max"])
+def test_a_word_longer_than_the_windows_overlap_keeps_its_whole_span(builds, aggregation):
+    """A word of more tokens than neighbouring windows share (a long identifier, a run of one letter) is whole in
+    no window: it is one tag spanning the whole word, labelled from the window with its first token, and
+    ``average`` / ``max`` read each of its tokens once, from whichever window holds it (before: its span ended
+    where that window did, and its other tokens were never read)."""
+    from bertc.text import load_tokenizer
+
+    out = builds["bert_token_cls"]
+    word = "cat" + "s" * 30   # "cat" + 30 x "##s": 31 tokens, more than a 16-token window holds
+    text = f"the cat sat on the {word} and the dog ran"
+    tok = load_tokenizer(out, 64)
+    tok.no_truncation()
+    assert len(tok.encode(word, add_special_tokens=False).ids) == 31
+    for stride in (None, 3):
+        got = bertc.Runtime(out, artifact="onnx", doc_stride=stride, aggregation=aggregation).run([text])[0]
+        assert [t["word"] for t in got["tags"]] == text.split()
+        long = got["tags"][5]
+        assert (long["start"], long["end"]) == (text.index(word), text.index(word) + len(word))
+    # all 31 tokens' probabilities, each from a window that holds it: the word's tag by hand
+    got = bertc.Runtime(out, artifact="onnx", doc_stride=3, aggregation=aggregation).run([text])[0]["tags"][5]
+    windows = list(_hand_windows(out, None, text, 3, ["logits"]))
+    first = windows[0][1].word_ids.index(5)   # the word's first token among the text's tokens
+    rows = {}
+    for part, c, (logits,) in windows:
+        for t in range(part.start, part.stop):
+            if first <= t < first + 31:
+                rows.setdefault(t, softmax(logits[t - part.start]))
+    assert sorted(rows) == list(range(first, first + 31))
+    probs = np.stack([rows[t] for t in sorted(rows)])
+    if aggregation == "average":
+        p = probs.mean(axis=0)
+    elif aggregation == "max":
+        p = probs[int(np.argmax(probs.max(axis=-1)))]
+    else:
+        p = probs[0]
+    assert got["label"] == LABELS["bert_token_cls"][int(p.argmax())]
+    assert abs(got["score"] - p.max()) < 1e-5
 
 
 def test_a_one_class_token_classifier_scores_each_word_by_sigmoid(mlm_builds):
