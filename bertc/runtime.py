@@ -87,7 +87,8 @@ FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 MAX_ANSWER_TOKENS = 30  # the longest span the span labeler may return, in tokens (transformers' run_qa.py's default)
 # a span labeler's long context, a token classifier's long text: the tokens each window shares with the next
-# (transformers' QA pipeline's doc_stride default), held below what a window holds of the context
+# (transformers' QA pipeline's doc_stride default: 128, or half the window where that is less), held below what
+# a window holds of the context
 DEFAULT_DOC_STRIDE = 128
 DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
 # padded tokens per model call (rows x longest; text-embeddings-inference's default max_batch_tokens): 32 texts
@@ -614,6 +615,12 @@ class Engine:
                 pairs.extend(Record(r.text, c if r.pair is None else f"{r.pair} {c}", r.where) for c in r.choices)
                 owners.extend([k] * len(r.choices))
             return self.encode(pairs), owners
+        if self.parts.kind == "span":   # a question answered from a context: a lone text is neither
+            alone = next((r for r in records if r.pair is None), None)
+            if alone is not None:
+                raise InputError(f"{alone.where}: one text; a span labeler answers a question from a context and "
+                                 f"needs both (--pair-field, or a tab between them in a .txt; "
+                                 f"Runtime.run([(question, context)]))")
         encodings = self.encode(records)
         if self.parts.kind not in ("span", "tags"):
             return encodings, list(range(len(records)))
@@ -635,8 +642,8 @@ class Engine:
 
     def context_windows(self, record: Record) -> list:
         """A long context's windows, as transformers' question-answering pipeline reads one: every window
-        holds the whole question (the first text of a pair; a single text is all context) and as much of the
-        context as fits, and shares ``doc_stride`` tokens with the next, or one fewer than the context it holds
+        holds the whole question (the first text of a pair; a token classifier's single text is all context) and
+        as much of the context as fits, and shares ``doc_stride`` tokens with the next, or one fewer than the context it holds
         where that is less (so that each window moves on; the pipeline refuses such a stride). A question that
         leaves no room for the context is refused naming the line."""
         import tokenizers
@@ -826,7 +833,7 @@ class Engine:
         out = []
         for flat in top:
             s, t = divmod(int(flat), n)
-            if not (inside[s] and inside[t]):
+            if not (inside[s] and inside[t]) or not 0 <= t - s < MAX_ANSWER_TOKENS:   # outside the band: score 0
                 continue
             begin = e.offsets[first[e.word_ids[s]]][0] if e.word_ids[s] is not None else e.offsets[s][0]
             end = e.offsets[last[e.word_ids[t]]][1] if e.word_ids[t] is not None else e.offsets[t][1]
@@ -1171,7 +1178,8 @@ class Runtime:
                                  labels=read_labels(self.out, self.report, classes), batch_size=batch_size,
                                  max_batch_tokens=max_batch_tokens,
                                  scores=self.scores, prompt=self.prompt,
-                                 doc_stride=DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride, **zero_shot,
+                                 doc_stride=min(DEFAULT_DOC_STRIDE, self.max_len // 2) if doc_stride is None
+                                 else doc_stride, **zero_shot,
                                  no_answer=bool(allow_no_answer), aggregation=aggregation or "first", answers=answers,
                                  similarity=self.similarity or "cosine", pair_prompt=self.pair_prompt,
                                  provider_options=provider_options(backend))

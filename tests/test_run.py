@@ -986,11 +986,12 @@ def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
     tok.no_truncation()
     q = tok.encode(question, add_special_tokens=False).ids
     c = tok.encode(context, add_special_tokens=False).ids
-    # None: the default (128); a stride of the room or more is held to one fewer; --max-length shortens windows
+    # None: the default (128, or half the window where that is less, as the QA pipeline's); a stride of the room or
+    # more is held to one fewer; --max-length shortens windows
     for length, stride in ((None, None), (None, 0), (None, 2), (None, 4), (None, 9), (None, 10), (12, 2), (8, None)):
         room = (length or 16) - 3 - len(q)
         engine = bertc.Runtime(out, artifact="onnx", doc_stride=stride, max_length=length).engine
-        step = room - min(128 if stride is None else stride, room - 1)
+        step = room - min(min(128, (length or 16) // 2) if stride is None else stride, room - 1)
         starts = list(range(0, len(c) - room + step, step))
         assert starts[-1] + room >= len(c) > starts[-2] + room
         windows = engine.context_windows(Record(question, context, "x"))
@@ -1016,6 +1017,25 @@ def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
         bertc.Runtime(out, doc_stride=-1)
 
 
+def test_span_labeler_answers_are_spans_of_the_context_and_need_a_question(builds, tmp_path, capsys):
+    """With a top k larger than a short context has spans, the answers are its spans alone (before: the zeroed
+    end-before-start cells of the score matrix came back as answers, end < start and text ""); and a lone text,
+    no question, is refused naming its row (before: answered from the text itself, a span of the question)."""
+    out = builds["bert_qa"]
+    for question, context, spans in (("cat", "the cat", 3), ("where is it ?", "on the mat", 6), ("dog", "a", 1)):
+        got = bertc.Runtime(out, artifact="onnx", top_k=10).run([(question, context)])[0]["answers"]
+        assert len(got) == spans, got
+        assert all(a["start"] < a["end"] and context[a["start"]:a["end"]] == a["text"] for a in got), got
+    with pytest.raises(InputError, match="text 2: one text; a span labeler answers a question from a context"):
+        bertc.Runtime(out, artifact="onnx").run([("cat", "the cat"), "the cat sat on the mat"])
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"text": "where is the cat ?", "pair": "the cat sat on the mat ."}) + "\n")
+    _fails(["run", str(out), str(source), "-o", str(tmp_path / "r.jsonl"), "-q"], capsys, EXIT_BAD_SPEC,
+           f"{source}: line 1: one text; a span labeler answers a question from a context and needs both "
+           "(--pair-field")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_token_classifier_tags_a_long_text_in_windows(builds, tmp_path):
     """A text longer than the model: every word tagged once, in order, each from the hand-made window where
     the word is whole and has the most tokens on its nearer side (a text's own ends count as open)."""
@@ -1025,7 +1045,7 @@ def test_token_classifier_tags_a_long_text_in_windows(builds, tmp_path):
     for stride in (None, 0, 3):
         got = bertc.Runtime(out, artifact="onnx", doc_stride=stride).run([text, TEXTS[0]])
         assert got[1] == bertc.Runtime(out, artifact="onnx").run([TEXTS[0]])[0]   # a text that fits: as before
-        windows = list(_hand_windows(out, None, text, 128 if stride is None else stride, ["logits"]))
+        windows = list(_hand_windows(out, None, text, 8 if stride is None else stride, ["logits"]))
         assert len(windows) > 2
         words = {}   # word -> (its context, the window's probabilities at its first token, start, end)
         for w, (part, c, (logits,)) in enumerate(windows):
