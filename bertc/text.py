@@ -152,14 +152,16 @@ def load_tokenizer(out_dir: Path, max_len: int):
     return tok
 
 
-def _roberta_specials(tokenizers, tok, vocab: dict, where: Path) -> None:
-    """RoBERTa's special tokens and post-processor (``<s> A </s></s> B </s>``, every type id 0)."""
+def _roberta_specials(tokenizers, tok, vocab: dict, where: Path, **offsets) -> None:
+    """RoBERTa's special tokens and post-processor (``<s> A </s></s> B </s>``, every type id 0); ``offsets``:
+    its ``trim_offsets`` / ``add_prefix_space``, which decide whether a word's offsets take the space before it."""
     missing = [t for t in ("<s>", "</s>") if t not in vocab]
     if missing:
         raise InputError(f"{where}: has no {' / '.join(missing)} token, which a RoBERTa-style tokenizer wraps "
                          f"sequences in")
     tok.add_special_tokens([t for t in _ROBERTA_SPECIALS if t in vocab])
-    tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]))
+    tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]),
+                                                                 **offsets)
 
 
 def _wordpiece(tokenizers, out_dir: Path, **options):
@@ -173,13 +175,16 @@ def _byte_level_bpe(tokenizers, out_dir: Path, config: dict):
     """RoBERTa's tokenizer from vocab.json + merges.txt, as transformers' RobertaTokenizer builds it."""
     if not (out_dir / "merges.txt").exists():
         raise InputError(f"{out_dir}: vocab.json is bundled without merges.txt; a byte-level BPE needs both")
+    # as RobertaTokenizerFast builds it: the same two settings in the pre-tokenizer and the post-processor (the
+    # post-processor's own defaults, add_prefix_space=True, would give a text's first word and a window's first
+    # token the space before them)
+    offsets = {"add_prefix_space": bool(config.get("add_prefix_space", False)),
+               "trim_offsets": bool(config.get("trim_offsets", True))}
     try:
-        tok = tokenizers.ByteLevelBPETokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"),
-                                               add_prefix_space=bool(config.get("add_prefix_space", False)),
-                                               trim_offsets=bool(config.get("trim_offsets", True)))
+        tok = tokenizers.ByteLevelBPETokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), **offsets)
     except Exception as exc:   # the tokenizers library raises plain Exceptions for unreadable files
         raise InputError(f"{out_dir}: cannot read vocab.json / merges.txt as a byte-level BPE: {exc}") from None
-    _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.json")
+    _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.json", **offsets)
     return tok
 
 

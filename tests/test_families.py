@@ -280,6 +280,18 @@ def test_roberta_bpe_from_vocab_and_merges_is_its_tokenizer_json(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert a["input_word_ids"][0, 0] == 0 and 2 in a["input_word_ids"][0]          # <s> ... </s>
     assert not a["input_type_ids"].any()
+    # and the same character offsets: a word's span without the space before it, a text's first word and a
+    # long text's windows included (the post-processor's own default, add_prefix_space=True, gave " the" 0..4)
+    from bertc.text import load_tokenizer
+
+    fast, slow = load_tokenizer(HF / "roberta_model", 8), load_tokenizer(out, 8)
+    for tok in (fast, slow):
+        tok.enable_truncation(max_length=8, stride=1)
+    for text in (" the cat", "I love \U0001F355 pizza and the big red car ran fast", ("the dog ran", "  a  big car ")):
+        x, y = (t.encode(*text) if isinstance(text, tuple) else t.encode(text) for t in (fast, slow))
+        assert [e.offsets for e in (x, *x.overflowing)] == [e.offsets for e in (y, *y.overflowing)], text
+        assert [e.ids for e in (x, *x.overflowing)] == [e.ids for e in (y, *y.overflowing)], text
+    assert fast.encode(" the cat").offsets[1][0] == 1   # not 0: the space before "the" is not in it
 
 
 def test_mpnet_vocab_txt_alone_wraps_in_s_tags_as_its_tokenizer_json(tmp_path):
