@@ -157,17 +157,27 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                 report = run_build(spec, opts, hook, status)
             finally:
                 status.clear()
-    except BertcError:
-        failed = Path(str(out) + ".failed")
-        if (failed / "summary.txt").exists() and not quiet:
+    except BertcError as exc:
+        failed = getattr(exc, "kept_in", None)   # OUT.failed, or OUT.failed-2 ... when OUT.failed is not a build's
+        if failed is not None and (failed / "summary.txt").exists() and not quiet:
             _err((failed / "summary.txt").read_text())
-            _err(f"report kept in {failed}/ ({out} was left as it was)")
+            taken = getattr(exc, "kept_instead_of", None)
+            _err(f"report kept in {_shown(failed)}/ ({out} was left as it was"
+                 + (f"; {_shown(taken)} is not a bertc build's folder, left alone)" if taken else ")"))
         raise
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     elif not quiet:
         _err((Path(out) / "summary.txt").read_text())
         _err(f"wrote {out}/")
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is below it (as ``-o`` was probably given)."""
+    try:
+        return Path(os.path.relpath(path)) if path.is_absolute() and Path.cwd() in path.parents else path
+    except (OSError, ValueError):
+        return path
 
 
 @contextlib.contextmanager

@@ -2,7 +2,10 @@
 
 An interrupted or failed build never leaves a half-written ``OUT/``; an existing
 ``OUT/`` is replaced only when asked (``force``) and only once the new one is complete.
-A build that ran but failed a check keeps its report in ``OUT.failed/`` for inspection.
+A build that ran but failed a check keeps its report in ``OUT.failed/`` for inspection, which
+replaces only an earlier build's folder (or an empty one): when ``OUT.failed`` holds anything else
+(the user's notes, a file, a link) it is left alone and the report goes to the first of
+``OUT.failed-2``, ``OUT.failed-3``, ... that is free or a build's (:func:`failed_slot`).
 
 One build at a time writes a given ``OUT``: a lock file beside it (``.OUT.lock``,
 ``flock``) is held for the whole build, so a second build fails at once, and the lock
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import shutil
 import tempfile
@@ -92,6 +96,24 @@ def is_build(out: Path) -> bool:
         return False
 
 
+def _replaceable(path: Path) -> bool:
+    """Whether a build may put itself at ``path``: nothing there, or a real directory that :func:`is_build`."""
+    if not os.path.lexists(path):
+        return True
+    return path.is_dir() and not path.is_symlink() and is_build(path)
+
+
+def failed_slot(out: Path) -> Path:
+    """Where a failed build of ``out`` keeps its report: ``OUT.failed``, or, when that holds something else than a
+    build (the user's files, a file, a link), the first of ``OUT.failed-2``, ``OUT.failed-3``, ... that is free or a
+    build's. A successful build of ``out`` removes the stale report there."""
+    for n in itertools.count(1):
+        path = out.with_name(f"{out.name}.failed" + (f"-{n}" if n > 1 else ""))
+        if _replaceable(path):
+            return path
+    raise AssertionError("unreachable")
+
+
 class StagedOutput:
     def __init__(self, out: Path | str, force: bool = False):
         self.out = Path(out)
@@ -103,6 +125,7 @@ class StagedOutput:
             raise OutputError(f"{self.out} exists and is not a bertc build (no report.json): --force replaces only "
                               f"a build's output; choose another -o, or remove it yourself")
         self.failed_dir = self.out.with_name(self.out.name + ".failed")
+        self.kept_in: Path | None = None   # where a failed build's report went (also set as the error's kept_in)
         self.tmp: Path | None = None
         self.lock = BuildLock(self.out)
         self.removed_leftovers: list[str] = []
@@ -132,8 +155,7 @@ class StagedOutput:
             if exc_type is None:
                 self._swap_in()
             elif self.tmp is not None and (self.tmp / "report.json").exists() and not issubclass(exc_type, KeyboardInterrupt):
-                shutil.rmtree(self.failed_dir, ignore_errors=True)
-                os.replace(self.tmp, self.failed_dir)
+                self._keep_failed(exc)
             elif self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
@@ -148,4 +170,28 @@ class StagedOutput:
         os.replace(self.tmp, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(self.failed_dir, ignore_errors=True)
+        stale = failed_slot(self.out)   # an earlier failure's report: a build's folder, never the user's
+        if os.path.lexists(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def _keep_failed(self, exc: BaseException | None) -> None:
+        """Move the staged report of a failed build to :func:`failed_slot`; tell ``exc`` where (``exc.kept_in``, and
+        ``exc.kept_instead_of``: ``OUT.failed`` when that was not ours to replace)."""
+        slot = failed_slot(self.out)
+        try:
+            if os.path.lexists(slot):   # an earlier failed build's folder (or an empty one): swapped out, then removed
+                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+                os.replace(slot, old)
+                os.replace(self.tmp, slot)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, slot)
+            self.kept_in = slot
+        except OSError:
+            self.kept_in = self.tmp   # left in its staging directory rather than lost (the next build removes it)
+        if exc is not None:
+            try:
+                exc.kept_in = self.kept_in
+                exc.kept_instead_of = self.failed_dir if self.kept_in != self.failed_dir else None
+            except AttributeError:
+                pass

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bertc.cli import main
-from bertc.errors import EXIT_OUTPUT
+from bertc.errors import EXIT_CHECK_FAILED, EXIT_OUTPUT
 from bertc.output import StagedOutput
 from conftest import ROOT, tiny_bert
 
@@ -60,3 +60,59 @@ def test_leftovers_of_other_outputs_are_left_alone(tmp_path):
         (staging / "x").write_text("1")
     assert (tmp_path / ".other.tmp-abc").is_dir() and not (tmp_path / ".out.tmp-dead").exists()
     assert (tmp_path / "out" / "x").read_text() == "1"
+
+
+class _Failed(Exception):
+    pass
+
+
+def _fail_into(out: Path, marker: str = "new") -> _Failed:
+    """A build of ``out`` that ran (its staging has a report.json) and then failed: where did its report go?"""
+    try:
+        with StagedOutput(out) as staging:
+            (staging / "report.json").write_text(json.dumps({"status": "failed", "marker": marker}))
+            raise _Failed()
+    except _Failed as exc:
+        return exc
+
+
+def test_failed_build_keeps_users_out_failed_and_its_own_report(tmp_path):
+    out = tmp_path / "gg"
+    users = tmp_path / "gg.failed"
+    users.mkdir()
+    (users / "notes.txt").write_text("precious")
+    exc = _fail_into(out)
+    assert (users / "notes.txt").read_text() == "precious" and sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    assert exc.kept_in == tmp_path / "gg.failed-2" and exc.kept_instead_of == users
+    assert json.loads((tmp_path / "gg.failed-2" / "report.json").read_text())["marker"] == "new"
+    # the next failure replaces its own earlier report (a build's folder), never the user's
+    assert _fail_into(out, "newer").kept_in == tmp_path / "gg.failed-2"
+    assert json.loads((tmp_path / "gg.failed-2" / "report.json").read_text())["marker"] == "newer"
+    # a regular file (or a link) named OUT.failed is left alone too
+    (tmp_path / "ff.failed").write_text("mine")
+    (tmp_path / "ll.failed").symlink_to(tmp_path / "gg.failed-2")
+    assert _fail_into(tmp_path / "ff").kept_in == tmp_path / "ff.failed-2"
+    assert _fail_into(tmp_path / "ll").kept_in == tmp_path / "ll.failed-2"
+    assert (tmp_path / "ff.failed").read_text() == "mine" and (tmp_path / "ll.failed").is_symlink()
+    # an earlier failed build's folder (or an empty one) is replaced as before
+    (tmp_path / "ok.failed").mkdir()
+    assert _fail_into(tmp_path / "ok").kept_instead_of is None and (tmp_path / "ok.failed" / "report.json").exists()
+    # a successful build removes its stale failed report, never the user's folder
+    with StagedOutput(out) as staging:
+        (staging / "report.json").write_text("{}")
+    assert (users / "notes.txt").read_text() == "precious" and not (tmp_path / "gg.failed-2").exists()
+    assert not list(tmp_path.glob(".gg.*"))
+
+
+def test_failed_build_names_where_its_report_went(tmp_spec, tmp_path, monkeypatch, capsys):
+    import bertc.check as check
+
+    monkeypatch.setattr(check, "INVARIANCE_ATOL", -1.0)  # make the invariance checks fail (exit 1, no export)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gg.failed").mkdir()
+    (tmp_path / "gg.failed" / "notes.txt").write_text("precious")
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", "gg", "--no-export"]) == EXIT_CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "report kept in gg.failed-2/ (gg was left as it was; gg.failed is not a bertc build's folder" in err
+    assert (tmp_path / "gg.failed" / "notes.txt").read_text() == "precious"
+    assert json.loads((tmp_path / "gg.failed-2" / "report.json").read_text())["status"] == "failed"
