@@ -118,7 +118,7 @@ class StagedOutput:
     def __init__(self, out: Path | str, force: bool = False):
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
-            raise OutputError(f"{self.out} exists and is not a directory")
+            raise OutputError(f"{self.out} exists and is not a directory; -o names the build's output directory")
         if self.out.exists() and not force:
             raise OutputError(f"{self.out} already exists; pass --force to replace it")
         if self.out.exists() and not is_build(self.out):   # a checkpoint, a data folder: never ours to remove

@@ -116,3 +116,12 @@ def test_failed_build_names_where_its_report_went(tmp_spec, tmp_path, monkeypatc
     assert "report kept in gg.failed-2/ (gg was left as it was; gg.failed is not a bertc build's folder" in err
     assert (tmp_path / "gg.failed" / "notes.txt").read_text() == "precious"
     assert json.loads((tmp_path / "gg.failed-2" / "report.json").read_text())["status"] == "failed"
+
+
+def test_out_that_is_a_file_is_an_output_error(tmp_spec, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("mine")
+    for force in ([], ["--force"]):
+        assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q", "--no-export", *force]) == EXIT_OUTPUT
+        assert f"error: {out} exists and is not a directory" in capsys.readouterr().err
+    assert out.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["out", "spec.json"]
