@@ -40,8 +40,12 @@ def load_plugins(plugins) -> list[dict]:
 
 
 def loaded() -> list[dict]:
-    """The plug-ins loaded in this process, in order."""
-    return list(_loaded.values())
+    """The plug-ins loaded in this process, in order (one record per plug-in, however many ways it was named)."""
+    records = []
+    for record in _loaded.values():
+        if not any(record is r for r in records):
+            records.append(record)
+    return records
 
 
 def used_by(spec_data) -> list[dict]:
@@ -94,11 +98,15 @@ def _registered() -> set[tuple[str, str]]:
 def _load(plugin: str) -> dict:
     before = _registered()
     is_file = plugin.endswith(".py") or os.sep in plugin
+    if is_file:
+        path = Path(plugin).expanduser().resolve()
+        if not path.is_file():
+            raise PluginError(f"plugin {plugin}: no such file")
+        same = next((r for r in _loaded.values() if r["path"] == str(path)), None)
+        if same is not None:   # the same file named another way (--plugin x.py and BERTC_PLUGINS=/abs/x.py): once
+            return same
     try:
         if is_file:
-            path = Path(plugin).expanduser().resolve()
-            if not path.is_file():
-                raise PluginError(f"plugin {plugin}: no such file")
             name = f"bertc_plugin_{path.stem}"
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -111,8 +119,6 @@ def _load(plugin: str) -> dict:
         else:
             module = importlib.import_module(plugin)
             path = Path(module.__file__).resolve() if getattr(module, "__file__", None) else None
-    except PluginError:
-        raise
     except ModuleNotFoundError as exc:
         if not is_file and exc.name and plugin.startswith(exc.name):
             raise PluginError(f"plugin {plugin}: no module named {exc.name!r} (a module on the Python path, "
@@ -135,4 +141,7 @@ def _where(exc: BaseException) -> str:
     where = f" (at {frame.filename}:{frame.lineno})" if frame else ""
     if isinstance(exc, SyntaxError) and exc.filename:
         where = f" (at {exc.filename}:{exc.lineno})"
-    return f"{type(exc).__name__}: {exc}{where}"
+    from bertc.errors import BertcError
+
+    what = f"{exc}" if isinstance(exc, BertcError) else f"{type(exc).__name__}: {exc}"   # bertc's own say it all
+    return f"{what}{where}"

@@ -17,6 +17,8 @@ plug-in registers itself the same way::
 """
 from __future__ import annotations
 
+import difflib
+import sys
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -62,6 +64,21 @@ class Entry:
     spec: type
     component: Any
     description: str
+    origin: str = ""   # where the component is defined: ``module.Class (file)``
+
+
+def origin_of(component: Any) -> str:
+    """Where ``component`` is defined, for messages: ``module.Class (file)``."""
+    module = getattr(component, "__module__", None) or "?"
+    name = getattr(component, "__qualname__", None) or getattr(component, "__name__", None) or repr(component)
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return f"{module}.{name}" + (f" ({file})" if file else "")
+
+
+def close_matches(name: str, names) -> str:
+    """`` (did you mean 'x'?)`` for a name close to one of ``names`` (a typo), else ''."""
+    close = difflib.get_close_matches(str(name), sorted(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Registry:
@@ -77,7 +94,20 @@ class Registry:
 
         def decorator(component: Any) -> Any:
             global _generation
-            self._entries[name] = Entry(self.kind, name, spec, component, description)
+            if "bertc.components" not in sys.modules:   # bertc's own first, so that a clash is the newcomer's
+                ensure_components()
+            origin = origin_of(component)
+            old = self._entries.get(name)
+            if old is not None and old.component is not component and old.origin != origin:
+                # one name, one class: a plug-in that took a built-in's (or another plug-in's) name replaced it
+                # silently, and a build recorded no plug-in, so parity and load_model later ran the original
+                from bertc.errors import PluginError
+
+                raise PluginError(
+                    f"{self.kind} {name!r} is already registered by {old.origin}; {origin} cannot register "
+                    f"under the same name: give it a name of its own (its spec's type: Literal[...]) and use that "
+                    f"type in the spec")
+            self._entries[name] = Entry(self.kind, name, spec, component, description, origin)
             _generation += 1
             return component
 
@@ -94,7 +124,8 @@ class Registry:
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} type {name!r}; known: {known}") from None
+            raise KeyError(f"unknown {self.kind} type {name!r}{close_matches(name, self._entries)}; "
+                           f"known: {known}") from None
 
     def component(self, name: str) -> Any:
         return self.get(name).component

@@ -14,9 +14,9 @@ from conftest import ROOT
 EXAMPLE = ROOT / "examples" / "plugins"   # the README's example plug-in and its spec
 
 
-def bertc(*args, env=None):
+def bertc(*args, env=None, cwd=ROOT):
     """`bertc ARGS` in a fresh process (plug-ins register for real and leave this process's registries alone)."""
-    return subprocess.run([sys.executable, "-m", "bertc.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bertc.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
 
 
@@ -124,3 +124,88 @@ def test_a_loaded_plugin_the_spec_does_not_use_is_not_recorded(tmp_path):
     proc = bertc("--plugin", str(EXAMPLE / "doubled_logits.py"), "build", str(spec), "-o", str(out), "-q", "--no-export")
     assert proc.returncode == 0, proc.stderr
     assert "plugins" not in json.loads((out / "report.json").read_text())
+
+
+DUPLICATE = """
+from bertc.components.attention import MultiHeadAttention, MultiHeadAttentionSpec
+from bertc.registry import ATTENTION
+
+
+@ATTENTION.register("multi_head", spec=MultiHeadAttentionSpec, description="a replacement")
+class Dup(MultiHeadAttention):
+    def mix_logits(self, logits):
+        return 2.0 * logits
+"""
+
+
+def test_a_plugin_that_takes_a_built_in_name_is_refused_naming_both(tmp_path, capsys):
+    """It replaced the built-in silently ("registered no component", no `plugins` in the report), so parity and
+    load_model without it ran the built-in: other numbers, exit 0."""
+    from bertc.components.attention import MultiHeadAttention
+    from bertc.registry import ATTENTION
+
+    dup = tmp_path / "dup.py"
+    dup.write_text(DUPLICATE)
+    assert main(["--plugin", str(dup), "list"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert (f"error: plugin {dup} failed to import: attention 'multi_head' is already registered by "
+            f"bertc.components.attention.MultiHeadAttention (") in err
+    assert f"); bertc_plugin_dup.Dup ({dup}) cannot register under the same name" in err
+    assert f"(at {dup}:6)" in err and "registered no component" not in err and "Traceback" not in err
+    assert ATTENTION.component("multi_head") is MultiHeadAttention and "bertc_plugin_dup" not in sys.modules
+
+
+def test_a_second_plugin_that_takes_the_first_ones_name_is_refused(tmp_path):
+    first = tmp_path / "first.py"
+    first.write_text((EXAMPLE / "doubled_logits.py").read_text())
+    second = tmp_path / "second.py"
+    second.write_text((EXAMPLE / "doubled_logits.py").read_text().replace("class DoubledLogits(", "class Other("))
+    proc = bertc("--plugin", str(first), "list", "--plugin", str(second))
+    assert proc.returncode == EXIT_BAD_SPEC and "Traceback" not in proc.stderr
+    assert (f"error: plugin {second} failed to import: attention 'doubled_logits' is already registered by "
+            f"bertc_plugin_first.DoubledLogits ({first}); bertc_plugin_second.Other ({second}) cannot register "
+            f"under the same name") in proc.stderr
+    # the same file named twice (a relative and an absolute path) is one plug-in, imported once
+    proc = bertc("--plugin", first.name, "list", env={"BERTC_PLUGINS": str(first)}, cwd=tmp_path)
+    assert proc.returncode == 0 and "doubled_logits" in proc.stdout and proc.stderr == "", proc.stderr
+
+
+def test_registry_refuses_a_second_class_under_a_name_but_not_a_redefinition():
+    from pydantic import BaseModel
+    from typing import Literal
+
+    from bertc.errors import PluginError
+    from bertc.registry import Registry
+
+    class Mine(BaseModel):
+        type: Literal["mine"] = "mine"
+
+    registry = Registry("test")
+
+    def define():
+        class Layer:
+            pass
+        return Layer
+
+    first, again = define(), define()   # one definition run twice (a notebook cell re-run, a module reloaded)
+    registry.register("mine", spec=Mine, description="")(first)
+    registry.register("mine", spec=Mine, description="")(again)
+    assert registry.component("mine") is again
+
+    class Other:
+        pass
+
+    with pytest.raises(PluginError, match=r"test 'mine' is already registered by .*define\.<locals>\.Layer .*; "
+                                          r".*Other .* cannot register under the same name"):
+        registry.register("mine", spec=Mine, description="")(Other)
+    assert registry.component("mine") is again
+
+
+@pytest.mark.parametrize("kind, typo, meant", [("ENCODERS", "bret", "bert"), ("HEADS", "clasifier", "classifier"),
+                                               ("FEEDFORWARD", "gatd", "gated")])
+def test_an_unknown_component_type_suggests_the_close_one(kind, typo, meant):
+    import bertc.registry
+
+    with pytest.raises(KeyError) as err:
+        getattr(bertc.registry, kind).get(typo)
+    assert f"type {typo!r} (did you mean {meant!r}?); known: " in str(err.value)
