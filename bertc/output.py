@@ -7,7 +7,8 @@ replaces only an earlier build's folder (or an empty one): when ``OUT.failed`` h
 (the user's notes, a file, a link) it is left alone and the report goes to the first of
 ``OUT.failed-2``, ``OUT.failed-3``, ... that is free or a build's (:func:`failed_slot`).
 
-One build at a time writes a given ``OUT``: a lock file beside it (``.OUT.lock``,
+``OUT`` is the directory it names, links followed: a link to a build stays a link, and its target
+is what a forced build replaces. One build at a time writes a given ``OUT``: a lock file beside it (``.OUT.lock``,
 ``flock``) is held for the whole build, so a second build fails at once, and the lock
 vanishes with its process however that process dies (SIGKILL included). Holding the
 lock proves that no other build of ``OUT`` is alive, so staging directories
@@ -116,13 +117,22 @@ def failed_slot(out: Path) -> Path:
 
 class StagedOutput:
     def __init__(self, out: Path | str, force: bool = False):
-        self.out = Path(out)
+        self.given = Path(out)   # as named, for messages
+        # The real directory: a link to OUT is followed (the build replaces the target's build, the link stays), and
+        # "." or ".." have a name; staging, OUT.failed and the lock are beside it, so that OUT named through a link
+        # and by its own path is one OUT, written by one build at a time.
+        try:
+            self.out = self.given.resolve()
+        except (OSError, RuntimeError) as exc:   # a loop of links
+            raise OutputError(f"{self.given}: cannot follow the output path: {exc}") from None
+        if not self.out.name:
+            raise OutputError(f"{self.given} is the filesystem root; choose another -o")
         if self.out.exists() and not self.out.is_dir():
-            raise OutputError(f"{self.out} exists and is not a directory; -o names the build's output directory")
+            raise OutputError(f"{self.given} exists and is not a directory; -o names the build's output directory")
         if self.out.exists() and not force:
-            raise OutputError(f"{self.out} already exists; pass --force to replace it")
+            raise OutputError(f"{self.given} already exists; pass --force to replace it")
         if self.out.exists() and not is_build(self.out):   # a checkpoint, a data folder: never ours to remove
-            raise OutputError(f"{self.out} exists and is not a bertc build (no report.json): --force replaces only "
+            raise OutputError(f"{self.given} exists and is not a bertc build (no report.json): --force replaces only "
                               f"a build's output; choose another -o, or remove it yourself")
         self.failed_dir = self.out.with_name(self.out.name + ".failed")
         self.kept_in: Path | None = None   # where a failed build's report went (also set as the error's kept_in)
@@ -134,7 +144,7 @@ class StagedOutput:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create the parent directory of {self.out}: {exc}") from None
+            raise OutputError(f"cannot create the parent directory of {self.given}: {exc}") from None
         try:
             self.lock.acquire()
         except OSError as exc:
@@ -147,7 +157,7 @@ class StagedOutput:
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging phase only
         except OSError as exc:
             self.lock.release()
-            raise OutputError(f"cannot create the output directory next to {self.out}: {exc}") from None
+            raise OutputError(f"cannot create the output directory next to {self.given}: {exc}") from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:

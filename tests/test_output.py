@@ -8,8 +8,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from bertc.cli import main
-from bertc.errors import EXIT_CHECK_FAILED, EXIT_OUTPUT
+from bertc.errors import EXIT_CHECK_FAILED, EXIT_OUTPUT, OutputError
 from bertc.output import StagedOutput
 from conftest import ROOT, tiny_bert
 
@@ -125,3 +127,26 @@ def test_out_that_is_a_file_is_an_output_error(tmp_spec, tmp_path, capsys):
         assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q", "--no-export", *force]) == EXIT_OUTPUT
         assert f"error: {out} exists and is not a directory" in capsys.readouterr().err
     assert out.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["out", "spec.json"]
+
+
+def _fake_build(path: Path, marker: str = "old") -> Path:
+    path.mkdir()
+    (path / "report.json").write_text(json.dumps({"marker": marker}))
+    (path / f"{marker}.txt").write_text(marker)
+    return path
+
+
+def test_forced_build_through_a_link_replaces_the_target_and_keeps_the_link(tmp_path):
+    real = _fake_build(tmp_path / "real")
+    link = tmp_path / "link2"
+    link.symlink_to("real")
+    with StagedOutput(link, force=True) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".real.tmp-")
+        (staging / "report.json").write_text(json.dumps({"marker": "new"}))
+        # the same directory by its own path is the same OUT: one build at a time
+        with pytest.raises(OutputError, match="is being written by another bertc build"):
+            with StagedOutput(real, force=True):
+                pass
+    assert link.is_symlink() and os.readlink(link) == "real"
+    assert json.loads((real / "report.json").read_text())["marker"] == "new" and not (real / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link2", "real"]   # no .link2.old-* nor anything else
