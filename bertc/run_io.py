@@ -190,7 +190,8 @@ def check_unicode(value, where: str, what: str):
     return value
 
 
-def _check_text(value, where: str, field: str) -> str:
+def _check_text(value, where: str, field: str, empty: str = "") -> str:
+    """``value`` as a row's text; ``empty``: what an empty one is called (default: the text, in ``field``)."""
     if value is None:   # a Parquet null, a JSON null: no text at all, which "empty text" would misname
         raise InputError(f"{where}: field {field!r} is null (missing) (give the row its text or remove it: every "
                          f"row gets one result)")
@@ -198,7 +199,7 @@ def _check_text(value, where: str, field: str) -> str:
         raise InputError(f"{where}: field {field!r} is {type(value).__name__}, not text")
     check_unicode(value, where, f"field {field!r}" if field else "the text")
     if not value.strip():
-        raise InputError(f"{where}: empty text" + (f" in field {field!r}" if field else "")
+        raise InputError(f"{where}: " + (empty or "empty text" + (f" in field {field!r}" if field else ""))
                          + " (remove the row or give it text: every row gets one result)")
     return value
 
@@ -302,7 +303,9 @@ def _read_txt(spec: InputSpec) -> Iterator[Record]:
             yield Record(_check_text(text, loc, ""), None, loc, _check_choices(choices, loc, ranking=spec.ranking))
             continue
         text, _, pair = line.partition("\t")
-        yield Record(_check_text(text, loc, ""), _check_text(pair, loc, "pair") if "\t" in line else None, loc)
+        empty = "empty text before the tab" if "\t" in line else ""
+        yield Record(_check_text(text, loc, "", empty),
+                     _check_text(pair, loc, "", "empty pair after the tab") if "\t" in line else None, loc)
 
 
 def _choose_with(spec: InputSpec) -> str:

@@ -468,6 +468,7 @@ class EngineParts:
     multi_label: bool = False        # zero-shot: each label alone (entailment vs contradiction)
     similarity: str = "cosine"       # a sentence embedder's pairs: how their two embeddings are compared
     pair_prompt: str = ""            # ... and the prompt put before each pair's second text
+    vocab_size: int = 0              # the model's vocabulary (0: unknown): a token id at or above it is refused
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -519,6 +520,9 @@ class Engine:
         self.tokenizer.enable_truncation(max_length=parts.max_len,
                                          strategy="only_first" if parts.kind == "zero_shot" else "longest_first")
         self.tokenizer.no_padding()
+        # tokens added to the tokenizer after training, never given embeddings (the model's vocabulary was not
+        # resized): their ids are out of the embedding table's range, which ONNX Runtime reports as a crash
+        self.vocab_limit = parts.vocab_size if 0 < parts.vocab_size < self.tokenizer.get_vocab_size(True) else 0
         self._windowing = None   # a span labeler's long contexts: a second tokenizer, truncating with a stride
         self.output_names = list(parts.outputs.values())
         self.embeds = "embedding" in parts.outputs   # a sentence embedder's ranking: similarities, not pair scores
@@ -545,6 +549,10 @@ class Engine:
                                      f"tokens ({' '.join(str(exc).split())})") from None
             raise
         for r, e in zip(records, encodings):
+            if self.vocab_limit:   # what the model runs: the encoding, and a windowed record's other windows
+                for x in [e, *e.overflowing] if self.windowed(r) else [e]:
+                    if x.ids and max(x.ids) >= self.vocab_limit:
+                        self._outside_vocabulary(r, x)
             if e.overflowing and not self.windowed(r):
                 if not self.parts.truncate:
                     raise InputError(f"{r.where}: the text is longer than the model's maximum of "
@@ -563,6 +571,13 @@ class Engine:
                     raise InputError(f"{r.where}: {masks} {token} tokens; this model predicts at most "
                                      f"{self.parts.positions} a text")
         return encodings
+
+    def _outside_vocabulary(self, r: Record, e) -> None:
+        t = next(t for t, i in enumerate(e.ids) if i >= self.vocab_limit)
+        raise InputError(f"{r.where}: the token {e.tokens[t]!r} (id {e.ids[t]}) is outside the model's vocabulary "
+                         f"of {self.vocab_limit}: the tokenizer has {self.tokenizer.get_vocab_size(True)} tokens, so "
+                         f"tokens were added to it and the model's embeddings were not resized (transformers: "
+                         f"model.resize_token_embeddings(len(tokenizer)))")
 
     def windowed(self, record: Record) -> bool:
         """Whether this record is read in overlapping windows when it does not fit the model: a span labeler's
@@ -1000,13 +1015,40 @@ def _records(texts: Iterable, choices: bool = False, ranking: bool = False) -> I
             text, pair = t, None
         elif isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(v, str) for v in t):
             text, pair = t
+        elif isinstance(t, (tuple, list)) and len(t) == 2:
+            which = "text" if not isinstance(t[0], str) else "pair"
+            raise InputError(f"{where}: the {which} of a (text, pair) tuple is {_kind_of(t[0 if which == 'text' else 1])}"
+                             f", not a string")
+        elif isinstance(t, (tuple, list)):
+            raise InputError(f"{where}: a tuple of {len(t)}; expected a string or a (text, pair) tuple of strings")
         else:
-            raise InputError(f"{where}: expected a string or a (text, pair) tuple of strings, got {type(t).__name__}")
+            raise InputError(f"{where}: expected a string or a (text, pair) tuple of strings, got {_kind_of(t)}")
         for value, what in ((text, "text"), (pair, "pair")):
             if value is not None and not value.strip():
                 raise InputError(f"{where}: empty {what}")
             check_unicode(value, where, f"the {what}")
         yield Record(text, pair, where, options)
+
+
+def _kind_of(value) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes (decode them to a string first)"
+    return type(value).__name__
+
+
+def _whole(name: str, value, minimum: Optional[int] = None, optional: bool = True) -> Optional[int]:
+    """A count argument of :class:`Runtime`: a whole number (numpy integers too; a bool, a float or a string is
+    refused, not converted), at least ``minimum`` if given (else its range is checked where it is used), or None
+    where ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} {value!r}: a whole number, not {_kind_of(value)}")
+    if minimum is not None and value < minimum:
+        raise InputError(f"{name} {value!r}: at least {minimum}")
+    return int(value)
 
 
 def windows(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -1077,8 +1119,10 @@ class Runtime:
         self.report, self.spec = read_build(self.out)
         self.kind, self.outputs = result_kind(self.report, self.spec)
         self.choice = choose_artifact(self.report, artifact, device)
-        if batch_size < 1 or window < 1 or max_batch_tokens < 1:
-            raise InputError("batch_size, window and max_batch_tokens must be at least 1")
+        batch_size, window = _whole("batch_size", batch_size, 1, False), _whole("window", window, 1, False)
+        max_batch_tokens = _whole("max_batch_tokens", max_batch_tokens, 1, False)
+        threads, top_k = _whole("threads", threads, 1), _whole("top_k", top_k)
+        doc_stride, max_length = _whole("doc_stride", doc_stride), _whole("max_length", max_length)
         counted = ("fill_mask", "span") + (("classification", "embedding") if rank else ())
         if top_k is not None and (self.kind not in counted or top_k < 1):
             raise InputError(f"top_k {top_k!r}: " + ("at least 1" if self.kind in counted else
@@ -1182,7 +1226,7 @@ class Runtime:
                                  else doc_stride, **zero_shot,
                                  no_answer=bool(allow_no_answer), aggregation=aggregation or "first", answers=answers,
                                  similarity=self.similarity or "cosine", pair_prompt=self.pair_prompt,
-                                 provider_options=provider_options(backend))
+                                 vocab_size=_vocab_size(self.spec) or 0, provider_options=provider_options(backend))
         from bertc.quantize_embeddings import EmbeddingPrecision
 
         if self.kind != "embedding" and (embedding_precision != "float32" or calibration_embeddings is not None):
@@ -1271,6 +1315,8 @@ class Runtime:
         uint8 at another ``embedding_precision``), else a list with one result per text (see the module docstring)."""
         if isinstance(texts, str):
             raise InputError("Runtime.run takes a list of texts; for one text pass [text]")
+        if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+            raise InputError(f"Runtime.run takes a list (or any iterable) of texts, not {_kind_of(texts)}")
         results = [r for window in self.iter_results(_records(texts, self.kind in ("choice", "rank"),
                                                               self.kind == "rank")) for r in window]
         if self.kind == "embedding":

@@ -8,6 +8,7 @@ through model.onnx with ONNX Runtime, and decoded here (softmax, argmax, a brute
 """
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -310,8 +311,34 @@ def test_a_token_budget_gives_the_same_results_in_smaller_calls(builds, monkeypa
     np.testing.assert_allclose(got, direct(out, TEXTS)["sentence_embedding"], atol=1e-5)
     assert len(shapes) > 1 and all(b == 1 or b * s <= 12 for b, s in shapes)
     assert sum(b for b, _ in shapes) == len(TEXTS)
-    with pytest.raises(InputError, match="max_batch_tokens must be at least 1"):
+    with pytest.raises(InputError, match="max_batch_tokens 0: at least 1"):
         bertc.Runtime(out, max_batch_tokens=0)
+
+
+def test_runtime_arguments_of_the_wrong_kind_are_named(builds):
+    """The Python API's arguments: a count that is not a whole number, texts that are not a list of strings or
+    (text, pair) tuples, are refused naming the argument or the text and what it was (before: Python's own
+    TypeErrors, some only at run time, and "got tuple" for a (text, None) pair)."""
+    out = builds["bert_seq_cls"]
+    for name, value, message in (("max_length", "8", "max_length '8': a whole number, not str"),
+                                 ("batch_size", 2.0, "batch_size 2.0: a whole number, not float"),
+                                 ("threads", True, "threads True: a whole number, not bool"),
+                                 ("threads", 0, "threads 0: at least 1"),
+                                 ("window", None, "window None: a whole number, not None")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            bertc.Runtime(out, **{name: value})
+    with pytest.raises(InputError, match=re.escape("top_k 1.5: a whole number, not float")):
+        bertc.Runtime(builds["bert_qa"], top_k=1.5)
+    assert bertc.Runtime(out, batch_size=np.int64(2)).run(["the cat"])[0]["label"]   # a numpy integer is one
+    rt = bertc.Runtime(out, artifact="onnx")
+    for texts, message in ((None, "Runtime.run takes a list (or any iterable) of texts, not None"),
+                           (5, "Runtime.run takes a list (or any iterable) of texts, not int"),
+                           (b"abc", "not bytes (decode them to a string first)"),
+                           ([("q", None)], "text 1: the pair of a (text, pair) tuple is None, not a string"),
+                           ([b"the cat"], "text 1: expected a string or a (text, pair) tuple of strings, got bytes"),
+                           ([("a", "b", "c")], "text 1: a tuple of 3; expected a string or a (text, pair) tuple")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            rt.run(texts)
 
 
 def test_classifier_labels_scores_and_the_checkpoints_names(builds):
@@ -1034,6 +1061,33 @@ def test_span_labeler_answers_are_spans_of_the_context_and_need_a_question(build
            f"{source}: line 1: one text; a span labeler answers a question from a context and needs both "
            "(--pair-field")
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_token_outside_the_models_vocabulary_is_named(builds, tmp_path, capsys):
+    """A tokenizer given tokens after training, the model's embeddings not resized: a text with such a token is
+    refused naming its row and the token (before: ONNX Runtime's index error, as an internal error, exit 70), in
+    a long context's later windows too; texts without one run as before."""
+    import tokenizers
+
+    out = tmp_path / "added"
+    shutil.copytree(builds["bert_qa"], out)
+    tok = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+    vocab = tok.get_vocab_size(True)
+    tok.add_tokens(["zzznew"])
+    tok.save(str(out / "tokenizer.json"))
+    runtime = bertc.Runtime(out, artifact="onnx")
+    context = "the cat sat on the mat and the dog ran fast on the road to the big red house"
+    assert runtime.run([("where", context)]) == bertc.Runtime(builds["bert_qa"], artifact="onnx").run(
+        [("where", context)])
+    message = f"text 2: the token 'zzznew' (id {vocab}) is outside the model's vocabulary of {vocab}"
+    with pytest.raises(InputError, match=re.escape(message)):
+        runtime.run([("where", "the cat"), ("where", "a zzznew cat")])
+    with pytest.raises(InputError, match=re.escape(message.replace("text 2", "text 1"))):   # in the context's last window
+        runtime.run([("where", f"{context} zzznew")])
+    source = tmp_path / "in.txt"
+    source.write_text("where\tthe cat\nwhere\tthe zzznew\n")
+    _fails(["run", str(out), str(source), "-o", str(tmp_path / "r.jsonl"), "-q"], capsys, EXIT_BAD_SPEC,
+           f"{source}: line 2: the token 'zzznew'", "resize_token_embeddings")
 
 
 def test_token_classifier_tags_a_long_text_in_windows(builds, tmp_path):

@@ -300,3 +300,18 @@ def test_a_lone_cr_ends_a_line_in_txt(builds, tmp_path, capsys):
     assert len(read_result(tmp_path / "r.jsonl")) == 3
     txt.write_bytes(b"a dog\r\rthe cat\r")
     _fails(["run", cls, str(txt), "-o", str(tmp_path / "s.jsonl")], capsys, EXIT_BAD_SPEC, f"{txt}: line 2: empty text")
+
+
+# --- a .txt has no fields: an empty side of a tab is named as such ------------------------------------------------
+
+def test_an_empty_side_of_a_tab_in_txt_is_named(builds, tmp_path, capsys):
+    """A .txt line's tab separates a text and its pair; an empty side is named by its place (before: "empty text
+    in field 'pair'", a field a .txt does not have)."""
+    cls = str(builds["bert_seq_cls"])
+    txt = tmp_path / "pairs.txt"
+    for content, message in ((b"a dog\tthe cat\n\tthe cat\n", "line 2: empty text before the tab"),
+                             (b"a dog\tthe cat\nthe cat\t \n", "line 2: empty pair after the tab")):
+        txt.write_bytes(content)
+        err = _fails(["run", cls, str(txt), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC, message)
+        assert "field" not in err
+        assert not (tmp_path / "r.jsonl").exists()
