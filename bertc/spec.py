@@ -118,6 +118,11 @@ class Spec(StrictModel):
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
     def problems(self, ctx):
+        if getattr(self.encoder, "hidden_size", None) == 1:   # every encoder type (plug-ins too)
+            yield ("encoder", "hidden_size"), (
+                "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta "
+                "whatever the input, so the model would ignore its input; and the portable ONNX export "
+                "mis-converts a single attention head of size 1)")
         if self.head is not None and not self.encoder.has_pooler:
             from bertc.registry import HEADS
 

@@ -62,6 +62,16 @@ MALFORMED = [
      "$.encoder.embedding.type_vocab_size", "is required when use_type_embeddings is true"),
     (tiny_bert(parity={"sequence_lengths": [4, 99]}), "$.parity.sequence_lengths[1]", "99 exceeds"),
     (tiny_bert(export={"opset": 12}), "$.export.opset", "Input should be 17 or 18"),
+    # a layer norm over one value outputs its beta whatever the input: the model would ignore its input
+    (enc(hidden_size=1, num_attention_heads=1, intermediate_size=1), "$.encoder.hidden_size",
+     "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta"),
+    (scaffold(hidden_size=1, hidden={"type": "rezero", "num_attention_heads": 1, "intermediate_size": 4}),
+     "$.encoder.hidden_size", "is 1: a hidden size of at least 2 is needed"),
+    (enc(type="albert", embedding_width=1), "$.encoder.embedding_width",
+     "is 1, but the embedding's layer norm normalizes over it"),
+    (scaffold(embedding={"type": "custom", "vocab_size": 50, "max_sequence_length": 8, "use_layer_norm": True,
+                         "embedding_width": 1}),
+     "$.encoder.embedding.embedding_width", "is 1, but the embedding's layer norm normalizes over it"),
 ]
 
 
@@ -136,3 +146,19 @@ def test_schema_lists_registered_types():
     text = json.dumps(json_schema())
     for name in ("talking_heads", "rezero", "albert", "span_labeler", "pretrainer", "gated", "custom"):
         assert f'"{name}"' in text
+
+
+
+def test_a_position_table_keeps_the_embeddings_width_static():
+    """The position table sliced to the sequence's length kept no static width, so a width of 1 broadcast against
+    it left the embeddings' last axis unknown and Keras could not build the next layer (`bertc inspect` / `build`
+    crashed with a TypeError in LayerNormalization; hidden_size 1 is now refused, see MALFORMED)."""
+    import keras
+
+    from bertc.components.embeddings import CustomEmbeddingNetwork, CustomEmbeddingSpec
+
+    spec = CustomEmbeddingSpec(vocab_size=50, max_sequence_length=8, use_position_embeddings=True)
+    layer = CustomEmbeddingNetwork(spec=spec, hidden_size=1, name="embeddings")
+    ids = {n: keras.Input((None,), dtype="int32", name=n) for n in spec.input_names}
+    x, table = layer(ids)
+    assert tuple(x.shape) == (None, None, 1) and tuple(table.shape) == (50, 1)

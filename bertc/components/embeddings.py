@@ -30,6 +30,13 @@ class _EmbeddingSpecBase(StrictModel):
     def width(self, hidden_size: int) -> int:
         return self.embedding_width or hidden_size
 
+    def problems(self, ctx):
+        # (a width of 1 taken from hidden_size is the encoder's problem: it names hidden_size)
+        if self.use_layer_norm and self.embedding_width == 1:
+            yield ("embedding_width",), (
+                "is 1, but the embedding's layer norm normalizes over it: a layer norm over a single value outputs "
+                "its beta whatever the ids, so the model would ignore its input; use 2 or more")
+
 
 class StandardEmbeddingSpec(_EmbeddingSpecBase):
     type: Literal["standard"] = "standard"
@@ -66,6 +73,7 @@ class CustomEmbeddingSpec(_EmbeddingSpecBase):
     initializer: Optional[InitializerSpec] = None
 
     def problems(self, ctx):
+        yield from super().problems(ctx)
         if self.use_type_embeddings and self.type_vocab_size is None:
             yield ("type_vocab_size",), "is required when use_type_embeddings is true"
         if not self.use_type_embeddings and self.type_vocab_size is not None:
@@ -145,6 +153,9 @@ class EmbeddingNetwork(Embedding):
         elif self.position_embeddings is not None:
             seq_len = tf.shape(word_ids)[1]
             positions = tf.slice(tf.convert_to_tensor(self.position_embeddings), [0, 0], tf.stack([seq_len, -1]))
+            # the slice's static width is unknown (its size is a tensor): say it, or a width of 1 broadcast
+            # against it leaves the sum's last axis unknown and the layer norm cannot be built
+            positions.set_shape([None, self.width])
             x = x + tf.expand_dims(positions, 0)
         if self.type_embeddings is not None:
             x = x + tf.gather(tf.convert_to_tensor(self.type_embeddings), inputs["input_type_ids"])

@@ -233,6 +233,13 @@ class AlbertEncoderSpec(BertEncoderSpec):
     embedding_width: PositiveInt = 128
     norm_first: Literal[False] = False
 
+    def problems(self, ctx):
+        yield from super().problems(ctx)
+        if self.embedding_width == 1:
+            yield ("embedding_width",), (
+                "is 1, but the embedding's layer norm normalizes over it: a layer norm over a single value outputs "
+                "its beta whatever the ids, so the model would ignore its input; use 2 or more")
+
     def as_scaffold(self) -> ScaffoldEncoderSpec:
         return ScaffoldEncoderSpec(
             hidden_size=self.hidden_size, num_layers=self.num_layers,
