@@ -77,15 +77,46 @@ class BuildLock:
         self.fd = None
 
 
+_HOLD = ".bertc-replaced-"   # inside OUT: the old build's files while a build replaces them in place
+_PART = ".bertc-part-"       # inside OUT: a file being copied in from another filesystem
+
+
 def _remove_leftovers(out: Path) -> list[str]:
-    """Staging and swap directories of dead builds of ``out`` (call only while holding its lock)."""
+    """Staging and swap directories of dead builds of ``out`` (call only while holding its lock), and what a dead
+    build that was replacing ``out``'s contents in place left inside it."""
     removed = []
     for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
         for path in out.parent.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)
+    if out.is_dir() and is_build(out):
+        for path in [*out.glob(f"{_HOLD}*"), *out.glob(f"{_PART}*")]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(f"{out.name}/{path.name}")
     return removed
+
+
+def _move(src: Path, dst: Path) -> None:
+    """``os.replace(src, dst)``, or across filesystems a copy under a hidden name, renamed to ``dst``."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    part = dst.with_name(f"{_PART}{dst.name}")
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, part, symlinks=True)
+        os.replace(part, dst)
+        shutil.rmtree(src)
+    else:
+        shutil.copy2(src, part, follow_symlinks=False)
+        os.replace(part, dst)
+        src.unlink()
 
 
 def is_build(out: Path) -> bool:
@@ -173,16 +204,49 @@ class StagedOutput:
         return False
 
     def _swap_in(self) -> None:
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            try:
+                self._rename_in()
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.EXDEV) or not self.out.is_dir():
+                    raise
+                self._replace_contents()   # a mount point cannot be renamed: its build is replaced file by file
+        except OSError as exc:
+            raise OutputError(f"cannot put the new build in place at {self.given}: {exc}; what of it was not moved "
+                              f"is in {self.tmp} (removed by the next build of {self.given})") from None
         stale = failed_slot(self.out)   # an earlier failure's report: a build's folder, never the user's
         if os.path.lexists(stale):
             shutil.rmtree(stale, ignore_errors=True)
+
+    def _rename_in(self) -> None:
+        """Swap the staging directory in by renames: OUT is either the old build or the new one, never a mix."""
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)   # a mount point refuses this (EBUSY): nothing has changed yet
+        try:
+            os.replace(self.tmp, self.out)
+        except OSError:
+            if old is not None:
+                os.replace(old, self.out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _replace_contents(self) -> None:
+        """Replace the build in ``OUT`` by the staged one without renaming ``OUT`` itself (a mount point, the working
+        directory): the old build's files go into a hidden folder inside ``OUT``, the new ones are moved in (copied
+        across filesystems), and report.json last, over the old one, so that ``OUT`` is a build's (``is_build``)
+        at every moment; then the old files are removed. Not atomic, as a rename is: a build killed meanwhile
+        leaves a mix, which the next ``--force`` build replaces."""
+        hold = Path(tempfile.mkdtemp(prefix=_HOLD, dir=self.out))
+        for entry in list(self.out.iterdir()):
+            if entry.name != "report.json" and entry != hold:
+                os.replace(entry, hold / entry.name)
+        for entry in sorted(self.tmp.iterdir(), key=lambda e: e.name == "report.json"):
+            _move(entry, self.out / entry.name)
+        shutil.rmtree(hold, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _keep_failed(self, exc: BaseException | None) -> None:
         """Move the staged report of a failed build to :func:`failed_slot`; tell ``exc`` where (``exc.kept_in``, and

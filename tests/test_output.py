@@ -1,4 +1,5 @@
 """Staging directories of killed builds are cleaned up; two builds of one OUT cannot run at once."""
+import errno
 import json
 import os
 import signal
@@ -150,3 +151,30 @@ def test_forced_build_through_a_link_replaces_the_target_and_keeps_the_link(tmp_
     assert link.is_symlink() and os.readlink(link) == "real"
     assert json.loads((real / "report.json").read_text())["marker"] == "new" and not (real / "old.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link2", "real"]   # no .link2.old-* nor anything else
+
+
+def test_forced_build_onto_a_mount_point_replaces_its_contents(tmp_path, monkeypatch):
+    """OUT that cannot be renamed (EBUSY: a mount point; its files on another filesystem than the staging: EXDEV)."""
+    out = _fake_build(tmp_path / "out")
+    (out / "sub").mkdir()
+    (out / "sub" / "old.bin").write_text("old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        src, dst = Path(src), Path(dst)
+        if out in (src, dst):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+        if src.parent.name.startswith(".out.tmp-") and out in dst.parents:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", replace)
+    with StagedOutput(out, force=True) as staging:
+        (staging / "report.json").write_text(json.dumps({"marker": "new"}))
+        (staging / "model.onnx").write_text("onnx")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "new.bin").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # nothing stranded beside OUT
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["model.onnx", "report.json", "sub", "sub/new.bin"]
+    assert json.loads((out / "report.json").read_text())["marker"] == "new"
