@@ -16,7 +16,8 @@ from pydantic import Field, ValidationError
 
 from bertc import registry, specjson
 from bertc.errors import SpecError
-from bertc.specbase import PositiveInt, StrictModel, component_field, json_path, rebuild_component_models, walk_problems
+from bertc.specbase import (PositiveInt, StrictModel, component_field, json_path, rebuild_component_models,
+                            vocab_size_problem, walk_problems)
 
 # Parity / bench backend names: an artifact id (see the artifact contract in report.json) with, for
 # ONNX artifacts, the execution provider it runs on. fp32 backends are held to atol/rtol; the reduced-
@@ -123,6 +124,12 @@ class Spec(StrictModel):
                 "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta "
                 "whatever the input, so the model would ignore its input; and the portable ONNX export "
                 "mis-converts a single attention head of size 1)")
+        # the shipped encoders and embeddings refuse such a vocabulary as they read it (VocabSize); any other
+        # (a plug-in's) is held to the same bounds here
+        vocab = getattr(self.encoder, "vocab_size", None)
+        if isinstance(vocab, int) and vocab_size_problem(vocab):
+            own = "vocab_size" in type(self.encoder).model_fields
+            yield ("encoder", "vocab_size") if own else ("encoder", "embedding", "vocab_size"), vocab_size_problem(vocab)
         if self.head is not None and not self.encoder.has_pooler:
             from bertc.registry import HEADS
 

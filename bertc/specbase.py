@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 # Activation names understood everywhere (bertc.activations implements them).
@@ -20,6 +20,42 @@ Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 Epsilon = Annotated[float, Field(gt=0.0, le=1e-1)]
 
 Problem = tuple[tuple[Any, ...], str]  # (path relative to the model, message)
+
+# Token and type ids are int32 (the model's inputs; bertc.inputs draws them as such): the largest id of a
+# vocabulary, vocab_size - 1, must fit.
+MAX_VOCAB = 2**31
+
+
+def vocab_size_problem(value: int) -> "str | None":
+    """Why ``value`` cannot be a vocabulary's size (word ids), or None."""
+    if value < 2:
+        return ("a vocabulary needs at least 2 ids: id 0 is the padding id, and the inputs of validation, parity "
+                "and bench draw real tokens' ids from 1 .. vocab_size - 1")
+    if value > MAX_VOCAB:
+        return (f"exceeds {MAX_VOCAB:,} (2**31): ids are int32, so the largest id, vocab_size - 1, must be at most "
+                f"2**31 - 1")
+    return None
+
+
+def _check_vocab_size(value: int) -> int:
+    problem = vocab_size_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _check_type_vocab_size(value: int) -> int:
+    if value > MAX_VOCAB:
+        raise ValueError(f"exceeds {MAX_VOCAB:,} (2**31): type ids are int32, so the largest, type_vocab_size - 1, "
+                         f"must be at most 2**31 - 1")
+    return value
+
+
+# A vocabulary's size: 2 .. 2**31 (the schema says so too).
+VocabSize = Annotated[int, Field(json_schema_extra={"minimum": 2, "maximum": MAX_VOCAB}),
+                      AfterValidator(_check_vocab_size)]
+TypeVocabSize = Annotated[int, Field(ge=1, json_schema_extra={"maximum": MAX_VOCAB}),
+                          AfterValidator(_check_type_vocab_size)]
 
 
 class StrictModel(BaseModel):

@@ -40,7 +40,19 @@ MALFORMED = [
      "$.head.num_token_predictions", "unknown key 'num_token_predictions' for this component (other component types "
                                      "take it)"),
     (enc(vocab_size="100"), "$.encoder.vocab_size", "Input should be a valid integer"),
-    (enc(vocab_size=0), "$.encoder.vocab_size", "greater than or equal to 1"),
+    (enc(vocab_size=0), "$.encoder.vocab_size", "a vocabulary needs at least 2 ids: id 0 is the padding id"),
+    # vocab_size 1 validated, then a build crashed drawing real ids from 1 .. 0 (bertc.inputs)
+    (enc(vocab_size=1), "$.encoder.vocab_size", "a vocabulary needs at least 2 ids"),
+    (scaffold(embedding={"type": "custom", "vocab_size": 1, "max_sequence_length": 8}),
+     "$.encoder.embedding.vocab_size", "a vocabulary needs at least 2 ids"),
+    # ids are int32: 1e38 validated with absurd size previews
+    (enc(vocab_size=10**38), "$.encoder.vocab_size", "exceeds 2,147,483,648 (2**31): ids are int32"),
+    (enc(vocab_size=2**31 + 1), "$.encoder.vocab_size", "the largest id, vocab_size - 1, must be at most 2**31 - 1"),
+    (enc(type_vocab_size=2**31 + 1), "$.encoder.type_vocab_size", "type ids are int32"),
+    # an encoder whose own field does not check (modernbert's; a plug-in's) is held to the same bounds
+    (tiny_bert(encoder={"type": "modernbert", "vocab_size": 1, "hidden_size": 16, "num_layers": 1,
+                        "num_attention_heads": 2, "intermediate_size": 32, "max_sequence_length": 8}),
+     "$.encoder.vocab_size", "a vocabulary needs at least 2 ids"),
     (enc(dropout_rate=1.5), "$.encoder.dropout_rate", "less than 1"),
     (enc(activation="swishy"), "$.encoder.activation", "Input should be 'gelu'"),
     (enc(type="bertt"), "$.encoder", "unknown type 'bertt'; known types: 'albert', 'bert', "),
@@ -162,3 +174,16 @@ def test_a_position_table_keeps_the_embeddings_width_static():
     ids = {n: keras.Input((None,), dtype="int32", name=n) for n in spec.input_names}
     x, table = layer(ids)
     assert tuple(x.shape) == (None, None, 1) and tuple(table.shape) == (50, 1)
+
+
+def test_the_smallest_and_largest_vocabularies_validate():
+    import numpy as np
+
+    from bertc.inputs import make_inputs
+
+    spec = load_spec(enc(vocab_size=2))
+    ids = make_inputs(spec, 3, 8, np.random.default_rng(0))["input_word_ids"]
+    assert set(np.unique(ids)) <= {0, 1} and ids.max() == 1
+    assert load_spec(enc(vocab_size=2**31, type_vocab_size=2**31)).encoder.vocab_size == 2**31
+    schema = json_schema()["$defs"]["BertEncoderSpec"]["properties"]["vocab_size"]
+    assert (schema["minimum"], schema["maximum"]) == (2, 2**31)

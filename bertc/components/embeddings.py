@@ -18,7 +18,7 @@ import tensorflow as tf
 from bertc.components.base import portable
 from bertc.components.common import SpecLayer, dense, dense_params, initializer, layer_norm, serializable
 from bertc.registry import EMBEDDINGS
-from bertc.specbase import Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
+from bertc.specbase import Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel, TypeVocabSize, VocabSize
 
 
 class _EmbeddingSpecBase(StrictModel):
@@ -40,8 +40,8 @@ class _EmbeddingSpecBase(StrictModel):
 
 class StandardEmbeddingSpec(_EmbeddingSpecBase):
     type: Literal["standard"] = "standard"
-    vocab_size: PositiveInt
-    type_vocab_size: PositiveInt = 2
+    vocab_size: VocabSize
+    type_vocab_size: TypeVocabSize = 2
     max_sequence_length: PositiveInt = 512
     embedding_width: Optional[PositiveInt] = None
     dropout_rate: Rate = 0.1
@@ -61,11 +61,11 @@ class CustomEmbeddingSpec(_EmbeddingSpecBase):
     """
 
     type: Literal["custom"] = "custom"
-    vocab_size: PositiveInt
+    vocab_size: VocabSize
     max_sequence_length: PositiveInt
     use_position_embeddings: bool = False
     use_type_embeddings: bool = False
-    type_vocab_size: Optional[PositiveInt] = None
+    type_vocab_size: Optional[TypeVocabSize] = None
     use_layer_norm: bool = False
     dropout_rate: Rate = 0.0
     embedding_width: Optional[PositiveInt] = None

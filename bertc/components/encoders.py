@@ -26,7 +26,7 @@ from bertc.components.embeddings import StandardEmbeddingSpec
 from bertc.components.positions import AbsolutePositionSpec
 from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS, POSITIONS
 from bertc.specbase import (DEFAULT_INITIALIZER, Activation, Epsilon, InitializerSpec, PositiveInt, Rate,
-                            StrictModel, component_field, json_path)
+                            StrictModel, TypeVocabSize, VocabSize, component_field, json_path)
 
 DEFAULT_POSITION = AbsolutePositionSpec()
 
@@ -185,7 +185,7 @@ class BertEncoderSpec(_EncoderSpecBase):
     """The canonical BERT encoder (Model Garden's TransformerEncoder / BertEncoder)."""
 
     type: Literal["bert"] = "bert"
-    vocab_size: PositiveInt
+    vocab_size: VocabSize
     hidden_size: PositiveInt = 768
     num_layers: PositiveInt = 12
     num_attention_heads: PositiveInt = 12
@@ -194,7 +194,7 @@ class BertEncoderSpec(_EncoderSpecBase):
     dropout_rate: Rate = 0.1
     attention_dropout_rate: Rate = 0.1
     max_sequence_length: PositiveInt = 512
-    type_vocab_size: PositiveInt = 2
+    type_vocab_size: TypeVocabSize = 2
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     layer_norm_epsilon: Epsilon = 1e-12
     norm_first: bool = False
