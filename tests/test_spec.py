@@ -62,6 +62,8 @@ MALFORMED = [
     (with_head({"type": "classifier"}), "$.head.num_classes", "required key is missing"),
     (with_head({"num_classes": 2}), "$.head", "missing 'type'"),
     (tiny_bert(name="has space"), "$.name", "should match pattern"),
+    # validate crashed (IndexError) reading the first block's heads
+    (scaffold(hidden=[]), "$.encoder.hidden", "is empty: give one block spec for every layer"),
     (scaffold(hidden=[{"type": "transformer", "num_attention_heads": 2, "intermediate_size": 32}] * 3),
      "$.encoder.hidden", "has 3 block specs but num_layers is 2"),
     (scaffold(hidden={"type": "scaffold", "attention": {"type": "talking_heads", "num_heads": 5},

@@ -154,6 +154,14 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     def _one_block_for_all(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
 
+    @field_validator("hidden", mode="after")
+    @classmethod
+    def _some_block(cls, value: list) -> list:
+        if not value:
+            raise ValueError("is empty: give one block spec for every layer (an object, or a list of one), "
+                             "or one per layer")
+        return value
+
     def as_scaffold(self) -> "ScaffoldEncoderSpec":
         return self
 
