@@ -100,6 +100,15 @@ def _remove_leftovers(out: Path) -> list[str]:
     return removed
 
 
+def _holds_cwd(out: Path) -> bool:
+    """Whether the working directory is ``out`` or inside it (renaming ``out`` away would leave it deleted)."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return False
+    return cwd == out or out in cwd.parents
+
+
 def _move(src: Path, dst: Path) -> None:
     """``os.replace(src, dst)``, or across filesystems a copy under a hidden name, renamed to ``dst``."""
     try:
@@ -205,12 +214,15 @@ class StagedOutput:
 
     def _swap_in(self) -> None:
         try:
-            try:
-                self._rename_in()
-            except OSError as exc:
-                if exc.errno not in (errno.EBUSY, errno.EXDEV) or not self.out.is_dir():
-                    raise
-                self._replace_contents()   # a mount point cannot be renamed: its build is replaced file by file
+            if self.out.exists() and _holds_cwd(self.out):   # `-o .`: the shell in OUT keeps seeing OUT
+                self._replace_contents()
+            else:
+                try:
+                    self._rename_in()
+                except OSError as exc:
+                    if exc.errno not in (errno.EBUSY, errno.EXDEV) or not self.out.is_dir():
+                        raise
+                    self._replace_contents()   # a mount point cannot be renamed: its build is replaced file by file
         except OSError as exc:
             raise OutputError(f"cannot put the new build in place at {self.given}: {exc}; what of it was not moved "
                               f"is in {self.tmp} (removed by the next build of {self.given})") from None

@@ -178,3 +178,16 @@ def test_forced_build_onto_a_mount_point_replaces_its_contents(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # nothing stranded beside OUT
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["model.onnx", "report.json", "sub", "sub/new.bin"]
     assert json.loads((out / "report.json").read_text())["marker"] == "new"
+
+
+def test_forced_build_into_the_working_directory(tmp_spec, tmp_path, monkeypatch, capsys):
+    spec = tmp_spec(tiny_bert())
+    out = _fake_build(tmp_path / "bd")
+    inode = out.stat().st_ino
+    monkeypatch.chdir(out)
+    assert main(["build", "--force", str(spec), "-o", ".", "--no-export"]) == 0
+    assert "wrote ./" in capsys.readouterr().err
+    assert out.stat().st_ino == inode and Path.cwd() == out   # the same directory: a shell in it sees the new build
+    assert not (out / "old.txt").exists() and "manifest" in json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "report.json", "spec.json", "summary.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bd", "spec.json"]
