@@ -223,7 +223,9 @@ def _message(err: dict, known_fields: set[str]) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if isinstance(value, (int, float, str, bool)) or value is None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 128:
+        msg += f", got an integer of about {int(abs(value).bit_length() * 0.30103) + 1:,} digits"
+    elif isinstance(value, (int, float, str, bool)) or value is None:
         msg += f", got {json.dumps(value)}"
     return msg
 

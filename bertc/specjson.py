@@ -7,6 +7,7 @@ shallow document, so both are reported as spec problems with JSON paths instead.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Optional
 
 from bertc.errors import SpecTextError  # noqa: F401  (raised here; spec.py catches specjson.SpecTextError)
@@ -39,12 +40,28 @@ def _short_path(parts: list) -> str:
 
 
 def _too_deep_in_text(text: str, limit: int) -> Optional[Problem]:
-    """Scan JSON text (without recursion) for the first container nested deeper than ``limit``."""
+    """Scan JSON text (without recursion) for the first container nested deeper than ``limit``, or the first
+    integer longer than Python converts (``sys.get_int_max_str_digits()``, 4300 digits by default: ``json``
+    would fail with a ValueError that names no place)."""
     stack: list[list] = []  # [kind, key or index]
     i, n, last_string = 0, len(text), None
     line, line_start = 1, 0
+    max_digits = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
     while i < n:
         c = text[i]
+        if max_digits and c in "-0123456789":   # a number: an integer, or a float (which converts at any length)
+            j = i + 1
+            while j < n and text[j] in "0123456789+-.eE":
+                j += 1
+            digits = sum(ch.isdigit() for ch in text[i:j])
+            if digits > max_digits and not any(ch in ".eE" for ch in text[i:j]):
+                parts = [entry[1] for entry in stack]
+                parts = [p for p in parts if p is not None]
+                return (f"{_short_path(parts)} (line {line}, column {i - line_start + 1})",
+                        f"an integer of {digits:,} digits, more than can be read ({max_digits:,} digits) and far "
+                        f"beyond any value a spec takes")
+            i = j
+            continue
         if c == '"':
             j = i + 1
             while j < n and text[j] != '"':

@@ -130,3 +130,23 @@ def test_validate_cli_never_shows_a_traceback_in_a_fresh_process(tmp_spec):
     run = subprocess.run([sys.executable, "-m", "bertc.cli", "validate", str(bad)], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == EXIT_BAD_SPEC and "Traceback" not in run.stderr and "nested more than" in run.stderr
+
+
+def test_an_integer_too_long_to_read_is_a_spec_error_with_its_place(tmp_spec, capsys):
+    """json.loads fails on an integer of more than 4300 digits with a ValueError naming no place (validate
+    crashed); a float of any length converts, and an integer given through the API is reported without its digits."""
+    text = json.dumps(tiny_bert()).replace('"seed": 1', '"seed": ' + "9" * 5000)
+    path = tmp_spec(text)
+    assert main(["validate", str(path)]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    column = text.index("9" * 5000) + 1
+    assert f"$.seed (line 1, column {column}): an integer of 5,000 digits, more than can be read (4,300 digits)" in err
+    assert "internal error" not in err
+    long_float = json.dumps(tiny_bert(description="x")).replace('"seed": 1', '"seed": 1.' + "5" * 5000)
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_spec(long_float))
+    assert [p for p, _ in info.value.problems] == ["$.seed"]   # a value problem (not an integer), not a crash
+    with pytest.raises(SpecError) as info:
+        load_spec(tiny_bert(seed=10**5000))
+    (where, msg), = info.value.problems
+    assert where == "$.seed" and msg.endswith("got an integer of about 5,001 digits")
