@@ -56,6 +56,11 @@ EXTRA = {
                                        "pooling": ["max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]}),
     "sentence_lasttoken": tiny_bert(head={"type": "sentence_embedding", "pooling": "lasttoken"}),
     "encoder_only": tiny_bert(head=None),
+    # a per-token head over flattened rows (Reshape to (B x S, W), one Gemm against the tied word table, Reshape
+    # back): its output is 0.0 at padded positions like any per-token output, and it runs on the packed rows
+    "masked_lm": tiny_bert(head={"type": "masked_lm"}),
+    "masked_lm_plain": tiny_bert(head={"type": "masked_lm", "decoder_bias": False,
+                                       "transform": {"activation": "relu", "bias": False}}),
     "rotary_classifier": _rotary({"type": "classifier", "num_classes": 3}),
     "rotary_tokens": _rotary({"type": "token_classifier", "num_classes": 3}),
     "rotary_encoder": _rotary(None),
@@ -285,6 +290,61 @@ def test_rows_without_kept_tokens_and_empty_batches(case):
             assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}, (case, shape)
 
 
+MLM_FIXTURES = sorted(p.name for p in (FIXTURES / "hf").iterdir() if p.name.endswith(("_mlm", "_mlm_legacy")))
+
+
+@pytest.mark.parametrize("name", MLM_FIXTURES)
+def test_imported_masked_lm_heads_run_packed_and_give_zeros_at_padding(name, tmp_path):
+    """Every family's masked LM (BERT, ALBERT, RoBERTa, DistilBERT, ELECTRA, MPNet, DeBERTa, ModernBERT) with its
+    trained weights: the head (transform, then the tied decoder's Gemm over flattened rows) runs on the kept rows,
+    its logits are today's at real tokens and exactly 0.0 at padded positions (the head of a zero or spare row is
+    not zero: a decoder bias, a layer norm's beta)."""
+    from bertc.importers import import_spec, load_weights
+    from bertc.weights import resolve_weights_path
+
+    import_spec(FIXTURES / "hf" / name, tmp_path / "spec.json")
+    spec = load_spec(tmp_path / "spec.json")
+    assert spec.head.type == "masked_lm"
+    built = build_model(spec)
+    assert load_weights(built.model, spec, resolve_weights_path(spec.weights, tmp_path / "spec.json")).loaded
+    low = lower_model(built)
+    rng = np.random.default_rng(8)
+    for per_sequence in (PER_SEQUENCE_ABOVE, 0):
+        packed, report = padding_free(low.proto, per_sequence=per_sequence)
+        assert report.packed.get("Gemm") == 1 and "Gemm" not in report.padded, report.to_json()
+        assert not {"Shape", "Concat"} & set(report.padded), report.to_json()
+        for kind, mask in masks(4, 8, rng).items():
+            inputs = inputs_for(spec, mask, rng)
+            want, got = run(low.proto, inputs)["logits"], run(packed, inputs)["logits"]
+            np.testing.assert_allclose(got[mask == 1], want[mask == 1], atol=ATOL, rtol=0, err_msg=f"{name} {kind}")
+            assert not got[mask == 0].any(), f"{name} {kind}: padding not 0"
+            assert want[mask == 0].any()      # today's artifact computes values there
+
+
+def test_per_token_outputs_whose_shape_is_not_inferred_are_zeroed_at_padding():
+    """An output declared (batch, sequence, ...) is 0.0 at padded positions even when the pass cannot follow its
+    shape (here an Expand to a computed shape): it is then computed on the padded layout and zeroed there."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "input_word_ids"], ["x"], name="embeddings"),
+             helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Expand", ["x", "shape"], ["y"], name="expand"),
+             helper.make_node("Add", ["y", "one"], ["out"], name="add")]
+    ints = lambda name: helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", "sequence"])
+    graph = helper.make_graph(nodes, "g", [ints("input_word_ids"), ints("input_mask")],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "sequence", 4])],
+                              [table, numpy_helper.from_array(np.ones((4,), np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    packed, report = padding_free(model)
+    assert "Expand" in report.padded
+    mask = np.array([[1, 1, 0], [0, 1, 1]], np.int32)
+    inputs = {"input_word_ids": np.array([[1, 2, 3], [4, 5, 6]], np.int32), "input_mask": mask}
+    want, got = run(model, inputs)["out"], run(packed, inputs)["out"]
+    np.testing.assert_allclose(got[mask == 1], want[mask == 1], atol=ATOL, rtol=0)
+    assert not got[mask == 0].any()
+
+
 def test_int64_inputs():
     d = tiny_bert()
     d["export"] = {"input_dtype": "int64"}
@@ -298,17 +358,30 @@ def test_int64_inputs():
     np.testing.assert_allclose(run(packed, inputs)["logits"], run(low.proto, inputs)["logits"], atol=ATOL, rtol=0)
 
 
-def test_build_writes_the_packed_variants_and_parity_checks_them(tmp_path, tmp_spec):
+@pytest.mark.parametrize("head", [{"type": "token_classifier", "num_classes": 3}, {"type": "masked_lm"}],
+                         ids=["token_classifier", "masked_lm"])
+def test_build_writes_the_packed_variants_and_parity_checks_them(tmp_path, tmp_spec, head):
+    """Parity holds the fp32 artifact to 0.0 at padded positions, the int8 and fp16 ones by their task criteria
+    over real tokens: each of the three gives exactly 0.0 there all the same."""
     from bertc.pipeline import BuildOptions, build
 
-    d = tiny_bert(head={"type": "token_classifier", "num_classes": 3})
+    d = tiny_bert(head=head)
     d["export"] = {"tflite": False, "variants": ["onnx_packed", "onnx_packed_int8", "onnx_packed_fp16"]}
     report = build(tmp_spec(d), BuildOptions(out=tmp_path / "out"))
     arts = report["artifacts"]
+    spec = load_spec(d)
+    rng = np.random.default_rng(9)
+    mask = masks(3, 8, rng)["holes"]
+    mask[0, 3:] = 0
+    inputs = inputs_for(spec, mask, rng)
     for key, file in (("onnx_packed", "model.packed.onnx"), ("onnx_packed_int8", "model.packed.int8.onnx"),
                       ("onnx_packed_fp16", "model.packed.fp16.onnx")):
         assert arts[key]["path"] == file and arts[key]["padded_positions"] == "zeros"
         assert (tmp_path / "out" / file).exists()
+        session = ort_session(str(tmp_path / "out" / file))
+        logits = session.run(["logits"], inputs)[0]
+        assert logits.shape[:2] == mask.shape and not logits[mask == 0].any(), f"{key}: padding not 0"
+        assert logits[mask == 1].any()
     parity = report["parity"]
     assert parity["passed"]
     assert {"onnx_packed_cpu", "onnx_packed_int8_cpu", "onnx_packed_fp16_cpu"} <= set(parity["backends"])

@@ -14,7 +14,10 @@ weights beside it) so that everything that acts token by token runs on the *kept
 - *row-wise* operators (embedding lookups and EmbedLayerNormalization, MatMul by a weight, bias adds, activations
   and the fused BiasGelu / FastGelu, LayerNormalization / SkipLayerNormalization, RotaryEmbedding with its packed
   positions, Reshape / Transpose / Slice / Gather / Concat / Split / Softmax that leave the batch and sequence
-  axes alone) run on the packed rows: what one token computes depends on that token alone;
+  axes alone) run on the packed rows: what one token computes depends on that token alone; so do a Reshape that
+  flattens batch and sequence into rows (B x S, W) and back, and a Gemm of such rows by constant weights (the
+  masked LM's decoder against the tied word table): on the packed (T + 1, W) rows; a Shape that reads only a
+  per-token value's batch and sequence sizes reads the mask's instead;
 - attention runs on each sequence's kept tokens alone (:meth:`_Rewriter.sequence_attention`) when the batch is
   long (S > :data:`PER_SEQUENCE_ABOVE`; an ``If`` per layer): the fused ``Attention`` becomes its packed QKV
   MatMul; a ``Loop`` over the batch rows slices sequence b's rows of q, k and v (contiguous in the packing), its
@@ -44,7 +47,8 @@ everything bertc lowers: attention gives masked keys probability exactly 0 (exp 
 padded queries are never read, pooling multiplies by the mask (which is why an elementwise op with a per-token
 operand computed from the mask alone, as max pooling's fill, runs on the padded layout), and the heads read kept
 rows. The outputs keep their names and shapes; **outputs that follow the sequence axis hold 0.0 at padded
-positions** (one Where on the mask): today's artifact computes values there that depend on every padded token's
+positions** (one Where on the mask; an output is taken to follow it when its inferred shape does, or when the
+graph declares it (batch, sequence, ...), so that one whose shape the pass cannot follow is zeroed too): today's artifact computes values there that depend on every padded token's
 computation, which is the work this artifact exists to avoid. The real tokens hold today's values. Parity
 compares them so (:mod:`bertc.parity`: the reference is set to 0 at padded positions for a backend whose artifact
 says ``padded_positions: "zeros"``). Outputs that do not follow the sequence axis (pooled output, classifier
@@ -102,6 +106,12 @@ class Dims:
     def per_token(self) -> bool:
         return self.rank >= 2 and self.axes[0] == "B" and self.axes[1] == "S"
 
+    @property
+    def flat(self) -> bool:
+        """Per token with batch and sequence flattened into one axis ("BS"): a 2-D head's rows (the masked LM's
+        tied decoder, one Gemm over (B x S, W))."""
+        return self.rank >= 1 and self.axes[0] == "BS"
+
 
 def _broadcast(dims: list) -> Optional[Dims]:
     if any(d is None for d in dims):
@@ -112,7 +122,9 @@ def _broadcast(dims: list) -> Optional[Dims]:
         seen = [d.axes[i - rank + d.rank] for d in dims if i - rank + d.rank >= 0]
         symbols = [a for a in seen if isinstance(a, str)]
         ints = [a for a in seen if isinstance(a, int) and a != 1]
-        if symbols:
+        if "BS" in symbols and len(set(symbols)) > 1:   # flattened rows against a batch or sequence axis
+            out.append(None)
+        elif symbols:
             out.append(symbols[0])
         elif ints:
             out.append(ints[0])
@@ -145,6 +157,12 @@ class _Graph:
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
         self.outputs = [o.name for o in self.graph.output]
+        # values that hold a shape made of the batch and sequence sizes and constants (Shape(x)[:2] of a
+        # per-token x, concatenated with constants): per entry "B", "S" or an int
+        self.shape_values: dict = {}
+        # outputs declared (batch, sequence, ...): per-token whatever the inference below finds
+        self.declared_per_token = {o.name: len(o.type.tensor_type.shape.dim) for o in self.graph.output
+                                   if [d.dim_param for d in o.type.tensor_type.shape.dim[:2]] == ["batch", "sequence"]}
         self.dims: dict = {}
         for i in self.graph.input:
             axes = []
@@ -192,7 +210,10 @@ def _infer(g: _Graph, node) -> list:
             return unknown
         return [Dims(lead.axes + (x.axes[-2], b.axes[-1]))]
     if op == "Gemm":
-        return unknown
+        b = ins[1] if len(ins) > 1 else None
+        if x.rank != 2 or b is None or b.rank != 2 or g.attr(node, "transA", 0):
+            return unknown
+        return [Dims((x.axes[0], b.axes[0] if g.attr(node, "transB", 0) else b.axes[1]))]
     if op == "Gather":
         idx = ins[1]
         if idx is None:
@@ -217,7 +238,12 @@ def _infer(g: _Graph, node) -> list:
         return [Dims(tuple(x.axes[p] for p in perm))]
     if op == "Reshape":
         shape = g.ints(node.input[1])
-        return [_reshape(x, shape)] if shape is not None else unknown
+        if shape is None:   # a shape built from the batch and sequence sizes (Shape, Concat)
+            symbolic = g.shape_values.get(node.input[1])
+            if symbolic is None or any(isinstance(a, int) and a <= 0 for a in symbolic):
+                return unknown
+            return [Dims(tuple(symbolic))]
+        return [_reshape(x, shape)]
     if op == "Slice":
         axes = g.ints(node.input[3]) if len(node.input) > 3 and node.input[3] else list(range(x.rank))
         if axes is None:
@@ -268,7 +294,12 @@ def _einsum(equation, ins: list) -> Optional[Dims]:
 
 
 def _reshape(x: Dims, shape: list) -> Optional[Dims]:
-    """Reshape's output dims: 0 copies the input axis, -1 is what remains (a symbol when one is left over)."""
+    """Reshape's output dims: 0 copies the input axis, -1 is what remains (a symbol when one is left over; "BS"
+    when a per-token value's batch and sequence axes are flattened into the first axis)."""
+    if (x.per_token and len(shape) >= 1 and shape[0] == -1 and all(s > 0 for s in shape[1:])
+            and all(isinstance(a, int) for a in x.axes[2:])
+            and int(np.prod(shape[1:], dtype=np.int64)) == int(np.prod(x.axes[2:], dtype=np.int64))):
+        return Dims(("BS",) + tuple(int(s) for s in shape[1:]))
     out = [x.axes[i] if s == 0 else (s if s > 0 else None) for i, s in enumerate(shape)]
     if -1 not in shape:
         return Dims(tuple(out))
@@ -338,6 +369,7 @@ class _Rewriter:
         self.packed: dict = {}  # original value -> its packed (1, T, ...) name
         self.padded: dict = {}  # original value -> its padded (B, S, ...) name (heavy values computed packed)
         self.heavy: set = set()
+        self.mask_shapes: dict = {}   # node name -> the same Shape of the mask (:meth:`mask_shape`)
         self.caches: dict = {}
         self.report = PackReport()
         self.per_sequence = per_sequence
@@ -380,16 +412,51 @@ class _Rewriter:
     def classify(self) -> None:
         g = self.g
         for node in g.graph.node:
+            symbolic = self.shape_value(node)
+            if symbolic is not None:
+                g.shape_values[node.output[0]] = symbolic
             outs = _infer(g, node)
             for name, d in zip(node.output, outs):
                 if name and d is not None:
                     g.dims[name] = d
+            of_mask = self.mask_shape(node)
+            if of_mask is not None:
+                self.mask_shapes[node.name] = of_mask
+                continue
             if self.is_seed(node) or any(n in self.heavy for n in node.input):
                 self.heavy.update(n for n in node.output if n)
+
+    def shape_value(self, node) -> Optional[tuple]:
+        """The entries ("B", "S", ints) of a shape value ``node`` makes: Shape of a per-token value's leading
+        axes, or a Concat (axis 0) of such and constants; None for anything else."""
+        g = self.g
+        if node.op_type == "Shape" and self.tok(node.input[0]):
+            x = g.dims[node.input[0]]
+            axes = x.axes[g.attr(node, "start", 0):g.attr(node, "end")]   # ONNX's start / end: Python's slicing
+            return tuple(axes) if all(a in ("B", "S") or isinstance(a, int) for a in axes) else None
+        if node.op_type == "Concat" and g.attr(node, "axis", 0) == 0:
+            entries = []
+            for name in node.input:
+                part = g.shape_values.get(name)
+                if part is None:
+                    part = g.ints(name)
+                    if part is None or g.const[name].ndim != 1:
+                        return None
+                entries.extend(part)
+            return tuple(entries)
+        return None
 
     def tok(self, name: str) -> bool:
         d = self.g.dims.get(name)
         return d is not None and d.per_token
+
+    def flat(self, name: str) -> bool:
+        d = self.g.dims.get(name)
+        return d is not None and d.flat
+
+    def rows(self, name: str) -> bool:
+        """Per token, in the (B, S, ...) layout or flattened (B x S, ...)."""
+        return self.tok(name) or self.flat(name)
 
     # --- the kept rows ------------------------------------------------------------------------------
     def row_readers(self):
@@ -400,6 +467,15 @@ class _Rewriter:
                 continue
             # a value of unknown shape may be per-token: its row reads are taken as such (at worst, a row kept)
             x = g.dims.get(node.input[0])
+            if x is not None and x.flat and node.op_type in ("Gather", "GatherElements", "GatherND", "Slice"):
+                # rows of the flattened (B x S, ...) tokens picked by index: padded rows may be among them
+                if node.op_type == "Gather" and _norm(g.attr(node, "axis", 0), x.rank) >= 1:
+                    continue
+                if node.op_type == "Slice":
+                    axes = g.ints(node.input[3]) if len(node.input) > 3 and node.input[3] else [0]
+                    if axes is not None and 0 not in {_norm(a, x.rank) for a in axes}:
+                        continue
+                raise NotLowerable(f"padding-free: {node.name} reads rows of flattened tokens by index")
             if x is not None and not x.per_token:
                 continue
             known, x = x is not None, x or Dims((None,) * 3)
@@ -483,8 +559,13 @@ class _Rewriter:
 
     # --- packing ------------------------------------------------------------------------------------
     def pack(self, name: str) -> str:
-        """The (1, T, ...) packed form of the per-token value ``name``."""
+        """The (1, T, ...) packed form of the per-token value ``name``; (T, ...) of a flattened one (B x S, ...)."""
         if name in self.packed:
+            return self.packed[name]
+        if self.flat(name):
+            if not hasattr(self, "_index_rows"):
+                self._index_rows = self.one("Squeeze", [self.index, self.const([0], np.int64, "axis0")], "index_rows")
+            self.packed[name] = self.one("Gather", [name, self._index_rows], "pack_rows", axis=0)
             return self.packed[name]
         rank = self.g.dims[name].rank
         if rank == 2:
@@ -501,6 +582,14 @@ class _Rewriter:
         inverse index; the positions not kept hold the spare row's (finite) values."""
         if name in self.padded:
             return self.padded[name]
+        if self.flat(name):   # (T, ...) -> (B, S, ...) -> (B x S, ...)
+            rows = self.packed[name]
+            unpacked = self.one("Gather", [rows, self.inverse], "unpack_rows", axis=0)
+            shape = self.one("Concat", [self.const([-1], np.int64, "minus_one"),
+                                        self.one("Shape", [rows], "row_shape", start=1)], "flat_shape", axis=0)
+            self.nodes.append(self.h.make_node("Reshape", [unpacked, shape], [name], name=self.name("unpack")))
+            self.padded[name] = name
+            return name
         rows = self.one("Squeeze", [self.packed[name], self.const([0], np.int64, "axis0_")], "rows")
         self.nodes.append(self.h.make_node("Gather", [rows, self.inverse], [name], name=self.name("unpack"), axis=0))
         self.padded[name] = name
@@ -520,9 +609,11 @@ class _Rewriter:
         broadcast over batch and sequence), so it can run on the packed rows."""
         g, op = self.g, node.op_type
         outs = [g.dims.get(o) for o in node.output if o]
-        if not outs or outs[0] is None or not outs[0].per_token:
+        if not outs or outs[0] is None or not (outs[0].per_token or outs[0].flat):
             return False
         x = g.dims.get(node.input[0])
+        if outs[0].flat or (x is not None and x.flat):
+            return self.flat_row_wise(node, x, outs[0])
         if op in ELEMENTWISE:
             # a per-token operand computed from the inputs alone (the mask's fill of max pooling) carries its
             # padded positions' values: the op runs padded, where they are
@@ -569,9 +660,29 @@ class _Rewriter:
             return g.ints(node.input[1]) == [0]
         return False
 
+    def flat_row_wise(self, node, x: Optional[Dims], out: Dims) -> bool:
+        """Whether ``node`` computes each row of flattened tokens (B x S, ...) from that token alone: a Reshape
+        that flattens a per-token value's batch and sequence axes, or back (to a shape made of them, a
+        :meth:`shape_value`), and a Gemm of the rows by constant weights (a 2-D head: the masked LM's decoder)."""
+        g, op = self.g, node.op_type
+        if x is None:
+            return False
+        if op == "Reshape":
+            return ((x.per_token and out.flat and g.ints(node.input[1]) is not None)
+                    or (x.flat and out.per_token and all(isinstance(a, int) for a in out.axes[2:])))
+        if op == "Gemm":
+            return (x.flat and out.flat and not g.attr(node, "transA", 0)
+                    and all(n not in self.heavy and not self.rows(n) for n in node.input[1:] if n))
+        return False
+
     def emit_packed(self, node) -> None:
         g, op = self.g, node.op_type
-        if op == "Reshape":
+        if op == "Reshape" and self.flat(node.output[0]):    # (1, T, ...) -> (T, W): the shape [-1, W] itself
+            inputs = [self.packed_input(node.input[0]), node.input[1]]
+        elif op == "Reshape" and self.flat(node.input[0]):   # (T, W) -> (1, T, ...)
+            shape = [1, -1] + list(g.dims[node.output[0]].axes[2:])
+            inputs = [self.packed_input(node.input[0]), self.const(shape, np.int64, "packed_shape")]
+        elif op == "Reshape":
             shape = g.ints(node.input[1])
             inputs = [self.packed_input(node.input[0]), self.const([1, -1] + shape[2:], np.int64, "packed_shape")]
         elif op == "EmbedLayerNormalization":
@@ -583,14 +694,14 @@ class _Rewriter:
             # never read (every position is below S)
             inputs = [self.packed_input(node.input[0]), self.positions] + [self.rotary_cache(n) for n in node.input[2:4]]
         else:
-            inputs = [self.packed_input(n) if n and self.tok(n) else n for n in node.input]
+            inputs = [self.packed_input(n) if n and self.rows(n) else n for n in node.input]
         outs = []
         for k, o in enumerate(node.output):
             if not o:
                 outs.append("")
                 continue
             d = g.dims.get(o)
-            if d is not None and d.per_token:
+            if d is not None and (d.per_token or d.flat):
                 outs.append(self.name("packed"))
                 self.packed[o] = outs[-1]
             else:      # an output nobody reads (mask_index, the unused SkipLayerNorm statistics)
@@ -915,7 +1026,7 @@ class _Rewriter:
         self.classify()
         if not self.heavy:
             raise NotLowerable("padding-free: no embedding lookup found (nothing to pack)")
-        light = [n for n in g.graph.node if not any(o in self.heavy for o in n.output)]
+        light = [self.mask_shapes.get(n.name, n) for n in g.graph.node if not any(o in self.heavy for o in n.output)]
         self.nodes.extend(light)
         self.keep_rows()
         for node in g.graph.node:
@@ -935,7 +1046,7 @@ class _Rewriter:
                 continue
             if out in self.packed:
                 self.unpack(out)
-            if self.tok(out):
+            if self.tok(out) or out in g.declared_per_token:
                 raw = out + "/unmasked"
                 for n in self.nodes:
                     for i, name in enumerate(n.output):
@@ -944,7 +1055,7 @@ class _Rewriter:
                     for i, name in enumerate(n.input):
                         if name == out:
                             n.input[i] = raw
-                rank = g.dims[out].rank
+                rank = g.dims[out].rank if self.tok(out) else g.declared_per_token[out]
                 keep = self.mask_input_bool()
                 if rank > 2:
                     keep = self.one("Unsqueeze", [keep, self.const(list(range(2, rank)), np.int64, "axes")],
@@ -959,6 +1070,17 @@ class _Rewriter:
         model.producer_name, model.producer_version = g.proto.producer_name, g.proto.producer_version
         model.metadata_props.extend(g.proto.metadata_props)
         return model
+
+    def mask_shape(self, node):
+        """A Shape of a per-token value that reads only its batch and sequence sizes (the masked LM's output
+        shape) as the same Shape of the mask (a light value: nothing is unpacked for it); else None."""
+        if node.op_type != "Shape" or not self.tok(node.input[0]):
+            return None
+        axes = list(range(self.g.dims[node.input[0]].rank))[self.g.attr(node, "start", 0):self.g.attr(node, "end")]
+        if not axes or not set(axes) <= {0, 1}:
+            return None
+        return self.h.make_node("Shape", [self.mask_input], list(node.output), name=node.name, start=axes[0],
+                                end=axes[-1] + 1)
 
     def mask_input_bool(self) -> str:
         if not hasattr(self, "_mask_bool"):
