@@ -309,17 +309,34 @@ def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] 
     return spec
 
 
+def _decode(raw: bytes, source: str) -> str:
+    """A spec file's text: UTF-8, with or without the byte order mark that Windows editors write first."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(source, [("$", "the file is UTF-16 text (it starts with a UTF-16 byte order mark); "
+                                       "a spec is UTF-8: save it as UTF-8")])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        raise SpecError(source, [(f"line {line}, column {column}",
+                                  f"not UTF-8 text (byte 0x{raw[exc.start]:02x}): a spec is UTF-8; save it as "
+                                  f"UTF-8")]) from None
+
+
 def load_spec(source: Union[str, Path, dict]) -> Spec:
     """Load and validate a spec from a JSON file path or a dict. Raises :class:`SpecError`."""
     if isinstance(source, dict):
         return _validate(source, "<spec>")
     path = Path(source)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecError(str(path), [("$", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(str(path), [("$", f"cannot read the file: {exc}")]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [("$", f"cannot read the file: {exc.strerror or exc}")]) from None
+    text = _decode(raw, str(path))
     try:
         data, problems = specjson.parse(text)
     except specjson.SpecTextError as exc:

@@ -150,3 +150,23 @@ def test_an_integer_too_long_to_read_is_a_spec_error_with_its_place(tmp_spec, ca
         load_spec(tiny_bert(seed=10**5000))
     (where, msg), = info.value.problems
     assert where == "$.seed" and msg.endswith("got an integer of about 5,001 digits")
+
+
+def test_a_byte_order_mark_is_accepted_and_other_encodings_are_named(tmp_path):
+    """Windows editors start UTF-8 files with a BOM: it was refused with Python's 'decode using utf-8-sig'."""
+    text = json.dumps(tiny_bert())
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_spec(bom) == load_spec(tiny_bert())
+    utf16 = tmp_path / "utf16.json"
+    utf16.write_text(text, encoding="utf-16")
+    with pytest.raises(SpecError) as info:
+        load_spec(utf16)
+    assert info.value.problems == [("$", "the file is UTF-16 text (it starts with a UTF-16 byte order mark); a spec "
+                                         "is UTF-8: save it as UTF-8")]
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(text.replace('"tiny"', '"tiny",\n "description": "caf\xe9"', 1).encode("latin-1"))
+    with pytest.raises(SpecError) as info:
+        load_spec(latin1)
+    (where, msg), = info.value.problems
+    assert where == "line 2, column 21" and msg == "not UTF-8 text (byte 0xe9): a spec is UTF-8; save it as UTF-8"
