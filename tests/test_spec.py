@@ -189,3 +189,18 @@ def test_the_smallest_and_largest_vocabularies_validate():
     assert load_spec(enc(vocab_size=2**31, type_vocab_size=2**31)).encoder.vocab_size == 2**31
     schema = json_schema()["$defs"]["BertEncoderSpec"]["properties"]["vocab_size"]
     assert (schema["minimum"], schema["maximum"]) == (2, 2**31)
+
+
+def test_export_onnx_false_writes_no_onnx_as_validate_says(tmp_spec, tmp_path):
+    """`export.onnx: false` skipped model.onnx only: the optimized artifact and its int8 variant were still written,
+    unlike `--no-onnx` and unlike what `bertc validate` previewed. Now no ONNX artifact at all, as both say."""
+    from bertc.cli import main
+    from bertc.preflight import estimate
+
+    data = tiny_bert(export={"onnx": False, "tflite": False})
+    data["encoder"]["num_layers"] = 1
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(data)), "-o", str(out), "-q", "--no-parity"]) == 0
+    written = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
+    assert written == ["model.keras"]
+    assert sorted(estimate(load_spec(data)).artifacts) == written
