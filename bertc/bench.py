@@ -282,18 +282,19 @@ def machine_info() -> dict:
 
 
 def read_build(out_dir: Path):
+    """The spec and report of the build in ``out_dir``, checked before any timing: a damaged report.json is an
+    :class:`OutputError` (exit 5), a plug-in the build used and this process has not loaded a :class:`PluginError`
+    (exit 2)."""
     from bertc.plugins import require_for_build
+    from bertc.report import read_report
     from bertc.spec import load_spec
 
     out_dir = Path(out_dir)
     for name in ("spec.json", "report.json"):
         if not (out_dir / name).exists():
             raise OutputError(f"{out_dir} is not a bertc build directory: {name} is missing")
-    try:
-        report = json.loads((out_dir / "report.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OutputError(f"{out_dir / 'report.json'}: cannot be read: {exc}") from None
-    if not report.get("artifacts"):
+    report = read_report(out_dir)
+    if not report["artifacts"]:
         raise OutputError(f"{out_dir / 'report.json'} lists no artifacts (was the build run with --no-export?)")
     require_for_build(out_dir)
     return load_spec(out_dir / "spec.json"), report

@@ -72,6 +72,8 @@ def missing_for_build(out_dir) -> str:
         used = json.loads((out_dir / "report.json").read_text()).get("plugins") or []
     except (OSError, ValueError, AttributeError):
         return ""
+    # a damaged report's (bertc.report.read_report names what is wrong): only what reads as plug-in records counts
+    used = [r for r in used if isinstance(r, dict) and isinstance(r.get("plugin"), str)] if isinstance(used, list) else []
     have = {r["plugin"] for r in loaded()} | {r["path"] for r in loaded() if r["path"]}
     missing = [r for r in used if r.get("plugin") not in have and r.get("path") not in have]
     if not missing:

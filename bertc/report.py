@@ -4,8 +4,9 @@ Each stage returns its result (plain data or a typed result such as the optimize
 skips are :class:`~bertc.optimize.onnx_artifacts.Skip` records) or raises a
 :class:`~bertc.errors.BertcError`; :func:`new_report` starts a build's report, the pipeline adds each
 stage's section as it completes (so a failed build still has everything up to the failure), and
-:func:`write_report` writes report.json and the summary (atomically). It imports nothing else of
-bertc's, so any stage can use it.
+:func:`write_report` writes report.json and the summary (atomically); :func:`read_report` reads a finished
+build's report.json back for ``bertc parity`` / ``bertc bench``, checking its shape first. It imports nothing else of
+bertc's but :mod:`bertc.errors`, so any stage can use it.
 """
 from __future__ import annotations
 
@@ -47,6 +48,59 @@ def write_report(out: Path, report: dict) -> None:
     out = Path(out)
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_text_atomic(out / "summary.txt", summary_text(report))
+
+
+REQUIRED = {"bertc_version": str, "spec_name": str, "inputs": list, "outputs": list, "stages": dict, "artifacts": dict}
+
+
+def read_report(out: Path) -> dict:
+    """``out``/report.json, checked to be a build's report before a command (``bertc parity``, ``bertc bench``)
+    does any work with it: :class:`OutputError` (exit 5, a damaged build) naming the file and what is wrong with it
+    (not JSON; not an object; a section missing or of the wrong type; an artifact without its file's path; a model
+    file of the manifest that no artifact lists)."""
+    from bertc.errors import OutputError
+
+    path = Path(out) / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise OutputError(f"{path}: cannot be read as JSON ({exc})") from None
+
+    def damaged(what: str) -> OutputError:
+        return OutputError(f"{path}: not a bertc build report: {what} (damaged or edited? rebuild with bertc build)")
+
+    if not isinstance(report, dict):
+        raise damaged(f"{_json_type(report)} where a report is an object")
+    for key, kind in REQUIRED.items():
+        if key not in report:
+            raise damaged(f"no {key!r} key")
+        if not isinstance(report[key], kind):
+            raise damaged(f"{key!r} is {_json_type(report[key])}, not {_json_type(kind())}")
+    for name, entry in report["artifacts"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
+            raise damaged(f"artifact {name!r} has no file path ({json.dumps(entry)[:80]})")
+    plugins = report.get("plugins")
+    if plugins is not None and not (isinstance(plugins, list) and
+                                    all(isinstance(r, dict) and isinstance(r.get("plugin"), str) for r in plugins)):
+        raise damaged("'plugins' is not a list of plug-in records")
+    files = (report.get("manifest") or {}).get("files") if isinstance(report.get("manifest"), dict) else None
+    listed = {entry["path"] for entry in report["artifacts"].values()}
+    unlisted = sorted(f for f in (files or {}) if f.endswith((".onnx", ".tflite", ".keras")) and f not in listed)
+    if unlisted:
+        raise damaged(f"its manifest has {', '.join(unlisted)} but 'artifacts' does not list "
+                      f"{'it' if len(unlisted) == 1 else 'them'}")
+    try:
+        summary_text({**report, "status": "passed", "parity": None})   # every other section it renders: a wrong
+        # shape would fail after the work (status and parity are what a re-run replaces)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise damaged(f"its summary cannot be rendered ({type(exc).__name__}: {exc})") from None
+    return report
+
+
+def _json_type(value) -> str:
+    """``an array``, ``a string``, ...: what JSON calls ``value``'s type."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def parity_problems(section: dict) -> list[str]:

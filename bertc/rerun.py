@@ -14,12 +14,11 @@ from bertc.parity import run_parity
 def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None,
                  text: Optional[Path] = None) -> dict:
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
-    ``report.json`` (atomically) with the new parity section."""
-    import json
-
+    ``report.json`` (atomically) with the new parity section. A damaged report.json is an :class:`OutputError`
+    (exit 5) before any work."""
     from bertc.errors import OutputError
     from bertc.plugins import require_for_build
-    from bertc.report import write_report
+    from bertc.report import read_report, write_report
     from bertc.signature import signature_of
     from bertc.spec import Tolerance, load_spec
     from bertc.transfer import load_keras_model
@@ -28,16 +27,13 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     for name in ("spec.json", "model.keras", "report.json"):
         if not (out_dir / name).exists():
             raise OutputError(f"{out_dir} is not a bertc build directory: {name} is missing")
+    report = read_report(out_dir)   # a damaged report.json stops here, before the work (exit 5)
     require_for_build(out_dir)
     spec = load_spec(out_dir / "spec.json")
     if atol is not None or rtol is not None:
         tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,
                         rtol=spec.parity.default.rtol if rtol is None else rtol)
         spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"default": tol, "backends": {}})})
-    try:
-        report = json.loads((out_dir / "report.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise OutputError(f"{out_dir / 'report.json'}: cannot be read as JSON ({exc})") from None
     if text is not None:
         from bertc.text import text_cases
 
@@ -51,7 +47,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         calibration = calibration_set(spec, out_dir, file if file is not None and file.is_file() else None)
         cases, inputs = calibration.cases, calibration.sources
     model = load_keras_model(out_dir)
-    section = run_parity(spec, signature_of(spec), model, out_dir, report.get("artifacts") or {}, cases)
+    section = run_parity(spec, signature_of(spec), model, out_dir, report["artifacts"], cases)
     section["inputs"] = inputs
     if atol is not None or rtol is not None:   # a verdict under other tolerances than the spec's says so
         section["tolerance_override"] = {"atol": atol, "rtol": rtol}

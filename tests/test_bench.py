@@ -99,6 +99,22 @@ def test_bench_reports_a_damaged_artifact_and_times_the_rest(built, tmp_path, ca
     assert list(result["targets"]) == ["onnx_cpu"] and "tflite" in result["load_errors"]
 
 
+def test_bench_names_a_report_of_the_wrong_shape(built, tmp_path, capfd):
+    """[] and "artifacts": "x" were internal errors (AttributeError)."""
+    from test_parity import _damaged_reports
+
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    (out / "bench.json").unlink(missing_ok=True)   # an earlier test's
+    report = json.loads((out / "report.json").read_text())
+    for damaged, problem in _damaged_reports(report):
+        (out / "report.json").write_text(json.dumps(damaged))
+        assert main(["bench", str(out), *BENCH, "--no-plot"]) == EXIT_OUTPUT, problem
+        err = capfd.readouterr().err
+        assert f"error: {out / 'report.json'}: not a bertc build report: {problem}" in err, err
+        assert not (out / "bench.json").exists()
+
+
 def test_time_targets_interleaves_rounds_and_takes_median_ratios(monkeypatch):
     """A fake clock: each call of a target advances it by that target's cost in the current round."""
     clock, order, counts = [0.0], [], {}

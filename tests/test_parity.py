@@ -374,6 +374,35 @@ def test_unreadable_report_is_an_output_error(encoder_build, tmp_path, capfd):
     assert "report.json: cannot be read" in capfd.readouterr().err
 
 
+def _damaged_reports(report: dict) -> list:
+    """report.json texts of the wrong shape, and the problem each one's message names."""
+    no_artifacts = {k: v for k, v in report.items() if k != "artifacts"}
+    return [([], "an array where a report is an object"),
+            ({}, "no 'bertc_version' key"),
+            ({**report, "artifacts": "x"}, "'artifacts' is a string, not an object"),
+            (no_artifacts, "no 'artifacts' key"),   # it compared nothing, exit 0: "no model.onnx (not exported)"
+            ({**report, "artifacts": {"keras": report["artifacts"]["keras"]}},
+             "its manifest has model.onnx, model.tflite but 'artifacts' does not list them"),
+            ({**report, "artifacts": {**report["artifacts"], "onnx": "model.onnx"}},
+             "artifact 'onnx' has no file path"),
+            ({**report, "plugins": "doubled.py"}, "'plugins' is not a list of plug-in records"),
+            ({**report, "checks": [1]}, "its summary cannot be rendered (TypeError")]
+
+
+def test_a_report_of_the_wrong_shape_is_named_before_any_work(encoder_build, tmp_path, capfd):
+    """Valid JSON of the wrong shape was an internal error (AttributeError, KeyError 'bertc_version') after the
+    work, or, without "artifacts", a pass comparing nothing."""
+    out = _copy(encoder_build, tmp_path)
+    report = json.loads((out / "report.json").read_text())
+    for damaged, problem in _damaged_reports(report):
+        text = json.dumps(damaged)
+        (out / "report.json").write_text(text)
+        assert main(["parity", str(out)]) == EXIT_OUTPUT, problem
+        err = capfd.readouterr().err
+        assert f"error: {out / 'report.json'}: not a bertc build report: {problem}" in err, err
+        assert "internal error" not in err and (out / "report.json").read_text() == text
+
+
 def test_fp32_artifacts_run_on_cuda_without_tf32(monkeypatch, tmp_path):
     """CUDA's default TF32 matmuls broke fp32 parity on an H100 (tools/results/cuda_parity.json): fp32
     artifacts ask for exact fp32, the fp16 artifact and CPU sessions get no CUDA settings."""
