@@ -298,7 +298,7 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
                     entries = tflite.finish()
                     tflite_artifacts = {i: entries[path] for i, (path, _) in zip(ids, targets)}
                     note["detail"] = ", ".join(f"{e['path']} {e['bytes'] / 1e6:.2f} MB" for e in tflite_artifacts.values())
-        if spec.export.onnx and spec.export.optimized and opts.optimize and opts.onnx:   # onnx false: no ONNX at all
+        if spec.export.optimized and opts.optimize and opts.onnx:
             from bertc.optimize.onnx_artifacts import optimize_onnx
 
             with stages.stage("optimize onnx") as note:

@@ -122,11 +122,16 @@ def outputs_held(spec, real_text: bool) -> int:
 
 def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool = True,
                        optimized: bool = True) -> dict[str, int]:
+    """The files a build writes and their expected sizes. ``onnx`` / ``tflite`` / ``optimized``: the build's
+    options (``--no-onnx``: no ONNX artifact at all; ``--no-optimize``); the spec's ``export.onnx`` is the portable
+    model.onnx alone and ``export.optimized`` the optimized artifact and its variants, each without the other, as
+    the build writes them (bertc.pipeline)."""
     w = weight_bytes
     out = {"model.keras": w + 64 * 1024}
     e = spec.export
     if onnx and e.onnx:
         out["model.onnx"] = w + 256 * 1024
+    if onnx:
         if e.optimized and optimized:
             out["model.optimized.onnx"] = w + 256 * 1024
             if "onnx_int8" in e.variants:
@@ -158,8 +163,10 @@ def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, 
     w = 4 * params
     max_len = spec.encoder.max_sequence_length
     e = spec.export
+    # the portable model.onnx (export.onnx), and the optimized artifact (export.optimized: built without the portable
+    # one too); --no-onnx (``onnx``) leaves out both
+    optimized = export and onnx and optimize and e.optimized
     onnx, tflite = export and onnx and e.onnx, export and tflite and e.tflite
-    optimized = onnx and optimize and e.optimized
     # Each stage's peak: the base (runtime + the Keras model) plus what the stage itself holds.
     base = OVERHEAD + BUILD * w
     stages: dict[str, int] = {"build graph": int(base),
@@ -182,11 +189,11 @@ def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, 
         judged = logits if any(v in e.variants for v in TUNED_VARIANTS) else 0   # the int8 judge's runs
         stages["optimize onnx"] = int(base + ONNX_OPTIMIZED * w + tuning + judged +
                                       sum(f * w for v, f in ONNX_VARIANT.items() if v in e.variants))
-    if parity and spec.parity.enabled and (onnx or tflite):
+    if parity and spec.parity.enabled and (onnx or optimized or tflite):
         grid_act = activation_bytes(spec, max(spec.parity.batch_sizes), max(sequence_grid(spec)))
         stages["parity"] = int(base + PARITY_ONE * w + 2 * grid_act + logits)
     total = max(stages.values())
-    return Estimate(params, w, int(total), stages, expected_artifacts(spec, w, onnx, tflite, optimized))
+    return Estimate(params, w, int(total), stages, expected_artifacts(spec, w, onnx or optimized, tflite, optimized))
 
 
 def available_memory() -> tuple[int, str]:

@@ -191,9 +191,10 @@ def test_the_smallest_and_largest_vocabularies_validate():
     assert (schema["minimum"], schema["maximum"]) == (2, 2**31)
 
 
-def test_export_onnx_false_writes_no_onnx_as_validate_says(tmp_spec, tmp_path):
-    """`export.onnx: false` skipped model.onnx only: the optimized artifact and its int8 variant were still written,
-    unlike `--no-onnx` and unlike what `bertc validate` previewed. Now no ONNX artifact at all, as both say."""
+
+def test_validate_previews_the_files_that_export_onnx_false_builds(tmp_spec, tmp_path):
+    """`export.onnx: false` leaves out the portable model.onnx alone (the optimized artifact is `export.optimized`,
+    built without it), but `bertc validate` previewed no ONNX file at all, as for `--no-onnx`."""
     from bertc.cli import main
     from bertc.preflight import estimate
 
@@ -202,5 +203,9 @@ def test_export_onnx_false_writes_no_onnx_as_validate_says(tmp_spec, tmp_path):
     out = tmp_path / "out"
     assert main(["build", str(tmp_spec(data)), "-o", str(out), "-q", "--no-parity"]) == 0
     written = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
-    assert written == ["model.keras"]
-    assert sorted(estimate(load_spec(data)).artifacts) == written
+    assert written == ["model.keras", "model.optimized.int8.onnx", "model.optimized.onnx"]
+    spec = load_spec(data)
+    assert sorted(estimate(spec).artifacts) == written
+    assert "optimize onnx" in estimate(spec).stages and "export onnx" not in estimate(spec).stages
+    assert sorted(estimate(spec, onnx=False).artifacts) == ["model.keras"]          # --no-onnx: no ONNX at all
+    assert sorted(estimate(spec, optimize=False).artifacts) == ["model.keras"]      # --no-optimize
