@@ -53,6 +53,46 @@ class ExportSpec(StrictModel):
     input_dtype: Literal["int32", "int64"] = "int32"
     keep_saved_model: bool = False
 
+    def problems(self, ctx):
+        yield from _repeats(self.variants, "variants")
+        if "variants" not in self.model_fields_set:   # the default variants follow whatever is built
+            return
+        for i, variant in enumerate(self.variants):
+            if variant.startswith("onnx") and not self.optimized:
+                yield ("variants", i), (f"{variant!r} is made from the optimized ONNX artifact, but $.export.optimized "
+                                        f"is false: it would not be built")
+            elif variant.startswith("tflite") and not self.tflite:
+                yield ("variants", i), f"{variant!r} is a TFLite file, but $.export.tflite is false: it would not be built"
+
+
+def _repeats(values: list, field: str):
+    """A problem for each value that an earlier item of the list ``field`` already holds."""
+    first: dict = {}
+    for i, value in enumerate(values):
+        if value in first:
+            yield (field, i), f"{json.dumps(value)} is listed twice (already at {field}[{first[value]}])"
+        else:
+            first[value] = i
+
+
+def backend_builder(backend: str, export: "ExportSpec") -> Optional[str]:
+    """Why the spec's export builds no artifact for ``backend`` (the export setting that leaves it out), or None."""
+    if backend.startswith("onnx_packed"):
+        variant = "onnx_packed" + backend[len("onnx_packed"):].rsplit("_", 1)[0]
+        if not export.optimized:
+            return "$.export.optimized is false"
+        if variant not in export.variants:
+            return f"$.export.variants does not list {variant!r}"
+    elif backend.startswith("onnx_optimized"):
+        if not export.optimized:
+            return "$.export.optimized is false"
+    elif backend in ("onnx_cpu", "onnx_cuda"):
+        if not export.onnx:
+            return "$.export.onnx is false"
+    elif backend == "tflite" and not export.tflite:
+        return "$.export.tflite is false"
+    return None
+
 
 class Tolerance(StrictModel):
     atol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
@@ -96,6 +136,8 @@ class ParitySpec(StrictModel):
                 yield ("backends", name), (
                     f"{name} runs a reduced-precision artifact: it is judged by parity.task "
                     "(min_argmax_agreement, min_cosine), not by atol/rtol")
+        yield from _repeats(self.batch_sizes, "batch_sizes")
+        yield from _repeats(self.sequence_lengths or [], "sequence_lengths")
         max_len = ctx.get("max_sequence_length")
         for i, n in enumerate(self.sequence_lengths or []):
             if max_len and n > max_len:
@@ -130,6 +172,11 @@ class Spec(StrictModel):
         if isinstance(vocab, int) and vocab_size_problem(vocab):
             own = "vocab_size" in type(self.encoder).model_fields
             yield ("encoder", "vocab_size") if own else ("encoder", "embedding", "vocab_size"), vocab_size_problem(vocab)
+        for name in self.parity.backends:
+            if name in FP32_BACKENDS and backend_builder(name, self.export):
+                yield ("parity", "backends", name), (
+                    f"a tolerance for {name}, whose artifact this spec does not build "
+                    f"({backend_builder(name, self.export)})")
         if self.head is not None and not self.encoder.has_pooler:
             from bertc.registry import HEADS
 

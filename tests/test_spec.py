@@ -76,6 +76,27 @@ MALFORMED = [
      "$.encoder.embedding.type_vocab_size", "is required when use_type_embeddings is true"),
     (tiny_bert(parity={"sequence_lengths": [4, 99]}), "$.parity.sequence_lengths[1]", "99 exceeds"),
     (tiny_bert(export={"opset": 12}), "$.export.opset", "Input should be 17 or 18"),
+    # duplicates were accepted silently (the parity grid ran and reported each case twice)
+    (tiny_bert(export={"variants": ["onnx_int8", "tflite_int8", "onnx_int8"]}), "$.export.variants[2]",
+     '"onnx_int8" is listed twice (already at variants[0])'),
+    (tiny_bert(parity={"batch_sizes": [1, 3, 1]}), "$.parity.batch_sizes[2]", "1 is listed twice (already at "
+                                                                               "batch_sizes[0])"),
+    (tiny_bert(parity={"sequence_lengths": [4, 4]}), "$.parity.sequence_lengths[1]", "4 is listed twice"),
+    # a tolerance (or a variant) that nothing built would read was ignored silently
+    (tiny_bert(parity={"backends": {"onnx_packed_cpu": {"atol": 1e-3}}}), "$.parity.backends.onnx_packed_cpu",
+     "a tolerance for onnx_packed_cpu, whose artifact this spec does not build ($.export.variants does not list "
+     "'onnx_packed')"),
+    (tiny_bert(export={"onnx": False}, parity={"backends": {"onnx_cpu": {"atol": 1e-3}}}),
+     "$.parity.backends.onnx_cpu", "whose artifact this spec does not build ($.export.onnx is false)"),
+    (tiny_bert(export={"tflite": False}, parity={"backends": {"tflite": {"atol": 1e-3}}}),
+     "$.parity.backends.tflite", "($.export.tflite is false)"),
+    (tiny_bert(export={"optimized": False, "variants": ["onnx_packed"]},
+               parity={"backends": {"onnx_optimized_cuda": {"atol": 1e-3}}}),
+     "$.parity.backends.onnx_optimized_cuda", "($.export.optimized is false)"),
+    (tiny_bert(export={"optimized": False, "variants": ["onnx_packed"]}), "$.export.variants[0]",
+     "'onnx_packed' is made from the optimized ONNX artifact, but $.export.optimized is false"),
+    (tiny_bert(export={"tflite": False, "variants": ["tflite_fp16"]}), "$.export.variants[0]",
+     "'tflite_fp16' is a TFLite file, but $.export.tflite is false"),
     # a layer norm over one value outputs its beta whatever the input: the model would ignore its input
     (enc(hidden_size=1, num_attention_heads=1, intermediate_size=1), "$.encoder.hidden_size",
      "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta"),
@@ -209,3 +230,13 @@ def test_validate_previews_the_files_that_export_onnx_false_builds(tmp_spec, tmp
     assert "optimize onnx" in estimate(spec).stages and "export onnx" not in estimate(spec).stages
     assert sorted(estimate(spec, onnx=False).artifacts) == ["model.keras"]          # --no-onnx: no ONNX at all
     assert sorted(estimate(spec, optimize=False).artifacts) == ["model.keras"]      # --no-optimize
+
+
+def test_backend_tolerances_and_variants_that_are_built_validate():
+    spec = load_spec(tiny_bert(export={"variants": ["onnx_packed"], "optimized": True},
+                               parity={"backends": {"onnx_packed_cpu": {"atol": 1e-3}, "onnx_cuda": {"atol": 1e-3},
+                                                    "onnx_optimized_cpu": {"atol": 1e-3}, "tflite": {"atol": 1e-3}},
+                                       "batch_sizes": [3, 1], "sequence_lengths": [8, 2]}))
+    assert spec.parity.tolerance("onnx_packed_cpu").atol == 1e-3
+    # the default variants (not written) follow whatever is built
+    assert load_spec(tiny_bert(export={"optimized": False, "tflite": False})).export.variants == ["onnx_int8"]
