@@ -43,7 +43,7 @@ class ExportSpec(StrictModel):
     # onnx_fp16 (for ONNX Runtime's CUDA provider), tflite_int8 (dynamic-range), tflite_fp16; onnx_packed
     # (the padding-free optimized graph: per-token work on the real tokens only, bertc/optimize/padding_free.py)
     # and its onnx_packed_int8 / onnx_packed_fp16 conversions.
-    variants: list[Literal[EXPORT_VARIANTS]] = ["onnx_int8"]
+    variants: Annotated[list[Literal[EXPORT_VARIANTS]], Field(json_schema_extra={"uniqueItems": True})] = ["onnx_int8"]
     # A residual sum followed by a layer norm in the optimized artifact: "decomposed" (Sum + LayerNormalization,
     # the default: ONNX Runtime's CPU SkipLayerNormalization kernel is several times slower than the two ops,
     # tools/bench_layer_norm.py; a Sum, not an Add, so that ORT's session optimizer does not fuse them back) or
@@ -117,9 +117,12 @@ class ParitySpec(StrictModel):
     default: Tolerance = Tolerance()
     task: TaskCriteria = TaskCriteria()
     # Per-backend atol / rtol for the fp32 backends (the others use ``task``).
-    backends: dict[BackendName, Tolerance] = {}
-    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 3]
-    sequence_lengths: Optional[Annotated[list[PositiveInt], Field(min_length=1)]] = None
+    # (the schema names the fp32 backends alone; any other is refused with the reason, see problems)
+    backends: Annotated[dict[BackendName, Tolerance],
+                        Field(json_schema_extra={"propertyNames": {"enum": list(FP32_BACKENDS)}})] = {}
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1, json_schema_extra={"uniqueItems": True})] = [1, 3]
+    sequence_lengths: Optional[Annotated[list[PositiveInt], Field(min_length=1)]] = Field(
+        default=None, json_schema_extra={"uniqueItems": True})
 
     def tolerance(self, backend: str) -> Tolerance:
         return self.backends.get(backend, self.default)

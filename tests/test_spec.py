@@ -237,3 +237,41 @@ def test_backend_tolerances_and_variants_that_are_built_validate():
     # the default variants follow whatever is built, also once OUT/spec.json writes them out
     spec = load_spec(tiny_bert(export={"optimized": False, "tflite": False}))
     assert load_spec(dump_spec(spec)) == spec
+
+
+def _schema_validator(capsys):
+    """`bertc schema`'s output as a jsonschema validator (jsonschema comes with the test extra's ray[data])."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from bertc.cli import main
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("path", SEED_SPECS + BENCHMARK_SPECS, ids=lambda p: p.stem)
+def test_bundled_specs_validate_against_the_schema(path, capsys):
+    """The schema gave a scaffold encoder's hidden as a list only, while bertc reads one block object too: an editor
+    pointed at `bertc schema` flagged five bundled specs."""
+    validator = _schema_validator(capsys)
+    errors = [f"{e.json_path}: {e.message[:200]}" for e in validator.iter_errors(json.loads(path.read_text()))]
+    assert not errors, errors
+
+
+def test_the_schema_refuses_what_the_validator_refuses(capsys):
+    validator = _schema_validator(capsys)
+    block = {"type": "transformer", "num_attention_heads": 2, "intermediate_size": 32}
+    accepted = [scaffold(hidden=block), scaffold(hidden=[block, block]), tiny_bert(parity={"backends": {
+        "onnx_optimized_cpu": {"atol": 1e-3}}})]
+    refused = [scaffold(hidden=[]), enc(vocab_size=1), enc(vocab_size=2**31 + 1),
+               tiny_bert(parity={"backends": {"onnx_int8_cpu": {"atol": 1e-2}}}),   # judged by parity.task
+               tiny_bert(export={"variants": ["onnx_int8", "onnx_int8"]}), tiny_bert(parity={"batch_sizes": [1, 1]}),
+               tiny_bert(parity={"sequence_lengths": [4, 4]})]
+    for data in accepted:
+        load_spec(data)
+        assert validator.is_valid(data), data
+    for data in refused:
+        with pytest.raises(SpecError):
+            load_spec(data)
+        assert not validator.is_valid(data), data

@@ -14,11 +14,11 @@ with a factorized embedding and one block shared by every layer. One graph build
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import keras
 import tensorflow as tf
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from bertc.components.blocks import TransformerBlockSpec
 from bertc.components.common import MASK_ADDER, dense, dense_params, layer_norm, serializable
@@ -127,12 +127,20 @@ class _EncoderSpecBase(StrictModel):
         return f"{where} is a {embedding.type!r} embedding, which always has a learned position table"
 
 
+def _block_or_blocks(schema: dict) -> None:
+    """The JSON Schema of ``hidden`` as bertc reads it: one block object, or a non-empty list of them."""
+    items = schema.pop("items")
+    schema.pop("type", None)
+    schema["anyOf"] = [items, {"type": "array", "items": items, "minItems": 1}]
+
+
 class ScaffoldEncoderSpec(_EncoderSpecBase):
     type: Literal["scaffold"] = "scaffold"
     hidden_size: PositiveInt
     num_layers: PositiveInt
     embedding: component_field("embedding")  # any registered embedding spec, by its "type"
-    hidden: list[component_field("block")]  # one block for every layer, or one per layer
+    # one block for every layer (an object, or a list of one), or one per layer
+    hidden: Annotated[list[component_field("block")], Field(json_schema_extra=_block_or_blocks)]
     position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
