@@ -101,3 +101,28 @@ def test_tflite_error_names_op_and_layer():
         converter.convert()
     message = explain_converter_error(str(info.value), graph_ops(f.get_concrete_function()))
     assert "tf.Erfc" in message and "layer_0/feedforward" in message
+
+
+
+def test_tflite_fp16_keeps_graph_constants_beyond_fp16_range(tmp_path, tmp_spec):
+    """Max pooling fills padding with -1e9 (weightedmean counts from +1e9): the fp16 converter saturates such a
+    graph constant to -65504 / 65504 rather than writing inf. It depends on no weight, so the weights are written
+    around it and every pooling mode (here all six, concatenated) builds model.fp16.tflite and passes parity."""
+    from bertc.components.heads import POOLING_MODES
+    from conftest import tiny_bert
+
+    d = tiny_bert(head={"type": "sentence_embedding", "pooling": list(POOLING_MODES)})
+    d["export"] = {"variants": ["tflite_fp16"]}
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(d)), "-o", str(out), "-q", "--no-onnx"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["artifacts"]["tflite_fp16"]["path"] == "model.fp16.tflite"
+    fp16 = [r for r in report["parity"]["results"] if r["backend"] == "tflite_fp16"]
+    assert fp16 and all(r["passed"] for r in fp16)
+
+
+def test_fp16_forms_of_a_graph_constant():
+    from bertc.export.tflite_weights import _fp16_forms
+
+    assert _fp16_forms(-1e9) == {float("-inf"), -65504.0} and _fp16_forms(1e9) == {float("inf"), 65504.0}
+    assert _fp16_forms(0.5) == {0.5} and _fp16_forms(65504.0) == {65504.0} and _fp16_forms(1e-9) == {0.0}

@@ -294,8 +294,9 @@ def fill_weights(fb: bytearray, weight: Callable[[int], np.ndarray], values: dic
     made two weights share one buffer); the flatbuffer and what was written."""
     by_value = {float(np.float32(v)): k for k, v in values.items()}
     own_values = set(own_values) | {0.0}  # the converter's own zeros (e.g. an FC without bias)
-    with np.errstate(over="ignore"):  # a constant beyond fp16's range (a 1e9 mask fill) is inf there
-        own_fp16 = {float(np.float32(np.float16(v))) for v in own_values}
+    own_fp16 = set()
+    for v in own_values:   # the graph's own constants as fp16 buffers hold them
+        own_fp16.update(_fp16_forms(v))
     slots, identified = _identify_all(fb, by_value)
     holders: dict[int, set] = {}
     for slot, k in zip(slots, identified):
@@ -354,6 +355,21 @@ def fill_weights(fb: bytearray, weight: Callable[[int], np.ndarray], values: dic
         raise ExportError("TFLite export: weights used by the graph but absent from the TFLite model "
                           f"(folded by the converter?): {', '.join(missing[:5])}")
     return fb, FillReport(len(seen_weights), len(written), n_bytes, n_own)
+
+
+_FP16_MAX = float(np.finfo(np.float16).max)   # 65504
+
+
+def _fp16_forms(value: float) -> set:
+    """The values an fp16 buffer may hold for the graph constant ``value``: rounded to fp16, and for a constant
+    beyond fp16's range (max pooling's -1e9 mask fill, weightedmean's 1e9) both the overflow to inf and the
+    largest finite fp16 (the converter saturates: -1e9 becomes -65504). A constant of the graph itself does
+    not depend on any weight, so whichever form the converter wrote, no placeholder is hidden in it."""
+    with np.errstate(over="ignore"):
+        forms = {float(np.float32(np.float16(value)))}
+    if np.isfinite(value) and abs(value) > _FP16_MAX:
+        forms.add(float(np.copysign(_FP16_MAX, value)))
+    return forms
 
 
 def _content_key(slot: _Slot, k: int) -> tuple:
