@@ -282,11 +282,11 @@ def machine_info() -> dict:
 
 
 def read_build(out_dir: Path):
-    """The spec and report of the build in ``out_dir``, checked before any timing: a damaged report.json is an
-    :class:`OutputError` (exit 5), a plug-in the build used and this process has not loaded a :class:`PluginError`
-    (exit 2)."""
+    """The spec and report of the build in ``out_dir``, checked before any timing: a damaged report.json or a
+    directory where bench.json cannot be written is an :class:`OutputError` (exit 5), a plug-in the build used and
+    this process has not loaded a :class:`PluginError` (exit 2)."""
     from bertc.plugins import require_for_build
-    from bertc.report import read_report
+    from bertc.report import read_report, require_writable
     from bertc.spec import load_spec
 
     out_dir = Path(out_dir)
@@ -297,6 +297,7 @@ def read_build(out_dir: Path):
     if not report["artifacts"]:
         raise OutputError(f"{out_dir / 'report.json'} lists no artifacts (was the build run with --no-export?)")
     require_for_build(out_dir)
+    require_writable(out_dir, "bench.json and bench.png", "bertc bench")   # not after the timing: exit 5 now
     return load_spec(out_dir / "spec.json"), report
 
 
@@ -335,7 +336,8 @@ def text_inputs(out_dir: Path, spec, opts: BenchOptions) -> tuple[list[tuple[int
 def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
               progress: Optional[Callable[[str], None]] = None) -> dict:
     """Bench every artifact x backend of the build in ``out_dir``; write ``bench.json`` (and the chart
-    ``bench.png`` when matplotlib is installed) into it and return the results."""
+    ``bench.png`` when matplotlib is installed) into it and return the results (``not_saved``: why bench.json could
+    not be written after all, when the directory stopped being writable during the timing)."""
     from bertc.report import write_text_atomic
 
     out_dir = Path(out_dir)
@@ -371,13 +373,19 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
         "versions": _versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    write_text_atomic(out_dir / "bench.json", json.dumps(result, indent=2) + "\n")
+    try:
+        write_text_atomic(out_dir / "bench.json", json.dumps(result, indent=2) + "\n")
+    except OSError as exc:   # it became unwritable during the timing (or the disk is full): the caller still shows them
+        result["chart"], result["not_saved"] = None, f"cannot write {out_dir / 'bench.json'}: {exc.strerror or exc}"
+        return result
     result["chart"] = None
     if opts.plot:
         try:
             result["chart"] = str(plot_latency(result, out_dir / "bench.png"))
         except ImportError:
             notes.append("no chart: matplotlib is not installed (pip install 'bertc[plot]' for bench.png)")
+        except OSError as exc:
+            notes.append(f"no chart: cannot write {out_dir / 'bench.png'}: {exc.strerror or exc}")
     return result
 
 

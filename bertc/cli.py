@@ -432,6 +432,10 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(text)
+    if result.get("not_saved"):   # the figures are shown above; the exit code says they were not kept
+        from bertc.errors import OutputError
+
+        raise OutputError(f"{result['not_saved']}; the results above were not saved")
     _err(f"wrote {out / 'bench.json'}" + (f" and {result['chart']}" if result.get("chart") else ""))
 
 

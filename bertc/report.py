@@ -36,18 +36,61 @@ def fusion_section(result) -> dict:
     return result.fusion
 
 
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (the one place this module creates a file: the writability probe uses it too)."""
+    path.write_text(text)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """``text`` into ``path`` whole or not at all: written beside it (a name of this process's own: two
-    processes may write one shared cache file) and renamed over it."""
+    processes may write one shared cache file) and renamed over it. An ``OSError`` leaves no partial file."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        _write_new(tmp, text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+def unwritable(directory: Path) -> "str | None":
+    """Why files cannot be written into ``directory`` (None when they can), found by writing and removing a probe
+    file: permissions, a read-only file system, ACLs and quotas all answer the same way."""
+    probe = Path(directory) / f".bertc-write-probe.{os.getpid()}"
+    try:
+        _write_new(probe, "")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def require_writable(out: Path, files: str, command: str) -> None:
+    """Raise :class:`OutputError` (exit 5) before any work when ``command`` (``bertc parity``) could not save
+    ``files`` into the build directory ``out``."""
+    from bertc.errors import OutputError
+
+    why = unwritable(out)
+    if why:
+        raise OutputError(f"{out}: cannot write {files} there ({why}); nothing was run: {command} saves its results "
+                          f"in the build directory. Make it writable, or run it on a copy: cp -r {out} COPY && "
+                          f"{command} COPY")
 
 
 def write_report(out: Path, report: dict) -> None:
+    """report.json and summary.txt into ``out`` (atomically); :class:`OutputError` (exit 5) when they cannot be."""
+    from bertc.errors import OutputError
+
     out = Path(out)
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
-    write_text_atomic(out / "summary.txt", summary_text(report))
+    report_text, summary = json.dumps(report, indent=2, default=str) + "\n", summary_text(report)
+    try:
+        write_text_atomic(out / "report.json", report_text)
+        write_text_atomic(out / "summary.txt", summary)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write report.json / summary.txt: {exc.strerror or exc}") from None
 
 
 REQUIRED = {"bertc_version": str, "spec_name": str, "inputs": list, "outputs": list, "stages": dict, "artifacts": dict}

@@ -14,11 +14,11 @@ from bertc.parity import run_parity
 def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None,
                  text: Optional[Path] = None) -> dict:
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
-    ``report.json`` (atomically) with the new parity section. A damaged report.json is an :class:`OutputError`
-    (exit 5) before any work."""
+    ``report.json`` (atomically) with the new parity section. A damaged report.json, or a build directory that
+    cannot be written, is an :class:`OutputError` (exit 5) before any work."""
     from bertc.errors import OutputError
     from bertc.plugins import require_for_build
-    from bertc.report import read_report, write_report
+    from bertc.report import read_report, require_writable, write_report
     from bertc.signature import signature_of
     from bertc.spec import Tolerance, load_spec
     from bertc.transfer import load_keras_model
@@ -29,6 +29,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
             raise OutputError(f"{out_dir} is not a bertc build directory: {name} is missing")
     report = read_report(out_dir)   # a damaged report.json stops here, before the work (exit 5)
     require_for_build(out_dir)
+    require_writable(out_dir, "report.json and summary.txt", "bertc parity")   # not after the work: exit 5 now
     spec = load_spec(out_dir / "spec.json")
     if atol is not None or rtol is not None:
         tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,
@@ -56,7 +57,13 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         section["changed_since_build"] = changed
     report["parity"] = section
     report["status"] = "passed" if section["passed"] else "failed"
-    write_report(out_dir, report)
+    try:
+        write_report(out_dir, report)
+    except OutputError as exc:   # it became unwritable during the work (or the disk is full): the verdict still
+        from bertc.report import parity_failure_message
+
+        verdict = "passed" if section["passed"] else parity_failure_message(section)
+        raise OutputError(f"{exc}; parity was run but its results were not saved. Parity {verdict}") from None
     return section
 
 

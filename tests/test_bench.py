@@ -115,6 +115,33 @@ def test_bench_names_a_report_of_the_wrong_shape(built, tmp_path, capfd):
         assert not (out / "bench.json").exists()
 
 
+def test_bench_of_a_read_only_build_is_an_output_error(built, tmp_path, monkeypatch, capfd):
+    """It timed everything, then crashed on bench.json.<pid>.partial (PermissionError, exit 70)."""
+    from test_parity import read_only
+
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    (out / "bench.json").unlink(missing_ok=True)   # an earlier test's
+    read_only(out, monkeypatch)
+    try:
+        assert main(["bench", str(out), *BENCH, "--no-plot"]) == EXIT_OUTPUT
+    finally:
+        out.chmod(0o755)
+    captured = capfd.readouterr()
+    assert (f"error: {out}: cannot write bench.json and bench.png there (Permission denied); nothing was run: "
+            f"bertc bench saves its results in the build directory. Make it writable, or run it on a copy: "
+            f"cp -r {out} COPY && bertc bench COPY") in captured.err
+    assert "internal error" not in captured.err and "onnx_cpu" not in captured.out   # nothing timed
+    monkeypatch.undo()
+    read_only(out, monkeypatch, probe_too=False)   # writable when the timing starts, not when it ends
+    assert main(["bench", str(out), *BENCH, "--no-plot"]) == EXIT_OUTPUT
+    captured = capfd.readouterr()
+    assert "onnx_cpu " in captured.out   # the figures are shown
+    assert (f"error: cannot write {out / 'bench.json'}: Permission denied; the results above were not saved"
+            in captured.err)
+    assert not (out / "bench.json").exists() and not list(out.glob("*.partial"))
+
+
 def test_time_targets_interleaves_rounds_and_takes_median_ratios(monkeypatch):
     """A fake clock: each call of a target advances it by that target's cost in the current round."""
     clock, order, counts = [0.0], [], {}

@@ -403,6 +403,52 @@ def test_a_report_of_the_wrong_shape_is_named_before_any_work(encoder_build, tmp
         assert "internal error" not in err and (out / "report.json").read_text() == text
 
 
+def read_only(directory, monkeypatch, probe_too=True):
+    """``directory`` made read-only: its permissions, and, for root (whom they do not stop), every file bertc.report
+    creates in it refused as the OS refuses it (``probe_too=False``: only the results, not the writability probe: a
+    directory that became read-only during the work)."""
+    import errno
+    import os
+
+    import bertc.report
+
+    write = bertc.report._write_new
+
+    def refused(path, text):
+        if path.parent == directory and (probe_too or not path.name.startswith(".bertc-write-probe")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        write(path, text)
+
+    if probe_too:
+        directory.chmod(0o555)
+    if os.geteuid() == 0 or not probe_too:
+        monkeypatch.setattr(bertc.report, "_write_new", refused)
+
+
+def test_parity_of_a_read_only_build_is_an_output_error_before_the_work(encoder_build, tmp_path, monkeypatch, capfd):
+    """It ran the whole parity, then crashed on report.json.<pid>.partial (PermissionError, exit 70)."""
+    out = _copy(encoder_build, tmp_path)
+    before = (out / "report.json").read_text()
+    read_only(out, monkeypatch)
+    try:
+        assert main(["parity", str(out)]) == EXIT_OUTPUT
+    finally:
+        out.chmod(0o755)
+    err = capfd.readouterr().err
+    assert (f"error: {out}: cannot write report.json and summary.txt there (Permission denied); nothing was run: "
+            f"bertc parity saves its results in the build directory. Make it writable, or run it on a copy: "
+            f"cp -r {out} COPY && bertc parity COPY") in err
+    assert "internal error" not in err and "PASS" not in err   # no work done
+    assert (out / "report.json").read_text() == before and not list(out.glob("*.partial"))
+    monkeypatch.undo()
+    read_only(out, monkeypatch, probe_too=False)   # writable when parity starts, not when it ends
+    assert main(["parity", str(out)]) == EXIT_OUTPUT
+    err = capfd.readouterr().err
+    assert (f"error: {out}: cannot write report.json / summary.txt: Permission denied; parity was run but its "
+            f"results were not saved. Parity passed") in err
+    assert (out / "report.json").read_text() == before and not list(out.glob("*.partial"))
+
+
 def test_fp32_artifacts_run_on_cuda_without_tf32(monkeypatch, tmp_path):
     """CUDA's default TF32 matmuls broke fp32 parity on an H100 (tools/results/cuda_parity.json): fp32
     artifacts ask for exact fp32, the fp16 artifact and CPU sessions get no CUDA settings."""
