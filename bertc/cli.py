@@ -308,7 +308,14 @@ def schema(output):
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if output:
-        output.write_text(text)
+        from bertc.errors import OutputError
+
+        if not output.parent.is_dir():   # as inspect --plot: exit 5 naming the path (it was an internal error)
+            raise OutputError(f"-o {output}: no such directory {output.parent}")
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise OutputError(f"-o {output}: cannot write it: {exc.strerror or exc}") from None
     else:
         click.echo(text, nl=False)
 

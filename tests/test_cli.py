@@ -37,6 +37,30 @@ def test_schema_is_json(capsys):
     assert json.loads(capsys.readouterr().out)["title"] == "bertc spec"
 
 
+def test_schema_to_a_path_that_cannot_be_written_is_an_output_error(tmp_path, monkeypatch, capsys):
+    """Both were internal errors (FileNotFoundError / PermissionError, exit 70); inspect --plot gave exit 5."""
+    import errno
+    import pathlib
+
+    missing = tmp_path / "no" / "schema.json"
+    assert main(["schema", "-o", str(missing)]) == EXIT_OUTPUT
+    assert f"error: -o {missing}: no such directory {missing.parent}" in capsys.readouterr().err
+    denied = tmp_path / "schema.json"
+    write = pathlib.Path.write_text
+
+    def refused(self, *args, **kwargs):   # what a read-only directory answers (root is not stopped by chmod)
+        if self == denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", refused)
+    assert main(["schema", "-o", str(denied)]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert f"error: -o {denied}: cannot write it: Permission denied" in err and "internal error" not in err
+    monkeypatch.undo()
+    assert main(["schema", "-o", str(denied)]) == 0 and json.loads(denied.read_text())["title"] == "bertc spec"
+
+
 @pytest.fixture
 def built(tmp_spec, tmp_path):
     out = tmp_path / "out"
