@@ -197,14 +197,18 @@ def set_tensorflow_threads(threads: int) -> Optional[str]:
         return "TensorFlow was already initialised: Keras runs with its default thread pools"
 
 
-def artifact_targets(out_dir: Path, artifacts: dict, threads: int,
-                     only: Optional[Sequence[str]] = None) -> tuple[list[Target], dict[str, str], dict[str, str]]:
-    """Targets for every artifact x backend of a build: (targets, skipped reasons, load errors)."""
+def artifact_targets(out_dir: Path, artifacts: dict, threads: int, only: Optional[Sequence[str]] = None,
+                     baseline: Optional[str] = None) -> tuple[list[Target], dict[str, str], dict[str, str]]:
+    """Targets for every artifact x backend of a build: (targets, skipped reasons, load errors). A backend of
+    ``only`` or a ``baseline`` that the build does not have is a :class:`BenchError` (exit 2) naming those it has
+    (one it has that cannot run here, or that ``only`` leaves out, is not: then there are no ratios)."""
     backends, skipped = plan_backends(out_dir, artifacts, include_keras=True)
+    known = [b.name for b in backends] + sorted(skipped)
+    if baseline is not None and baseline not in known:
+        raise BenchError(f"unknown baseline {baseline}; this build has: {', '.join(known)}")
     if only:
         unknown = sorted(set(only) - {b.name for b in backends} - set(skipped))
         if unknown:
-            known = [b.name for b in backends] + sorted(skipped)
             raise BenchError(f"unknown backend(s) {', '.join(unknown)}; this build has: {', '.join(known)}")
         backends = [b for b in backends if b.name in only]
         skipped = {k: v for k, v in skipped.items() if k in only}
@@ -296,7 +300,7 @@ def read_build(out_dir: Path):
     report = read_report(out_dir)
     if not report["artifacts"]:
         raise OutputError(f"{out_dir / 'report.json'} lists no artifacts (was the build run with --no-export?)")
-    require_for_build(out_dir)
+    require_for_build(out_dir, "bench")
     require_writable(out_dir, "bench.json and bench.png", "bertc bench")   # not after the timing: exit 5 now
     return load_spec(out_dir / "spec.json"), report
 
@@ -350,7 +354,8 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
     tf_note = set_tensorflow_threads(opts.threads)
     if tf_note:
         notes.append(tf_note)
-    targets, skipped, load_errors = artifact_targets(out_dir, report["artifacts"], opts.threads, opts.backends)
+    targets, skipped, load_errors = artifact_targets(out_dir, report["artifacts"], opts.threads, opts.backends,
+                                                     opts.baseline)
     if not targets:
         raise BenchError("nothing to time: " + "; ".join(f"{k}: {v}" for k, v in {**load_errors, **skipped}.items()))
     if opts.baseline not in {t.name for t in targets}:

@@ -62,9 +62,9 @@ def used_by(spec_data) -> list[dict]:
     return [r for r in loaded() if any(entry.split(" ", 1)[1].strip("'") in types for entry in r["registered"])]
 
 
-def missing_for_build(out_dir) -> str:
+def missing_for_build(out_dir, command: str = "parity") -> str:
     """'' when every plug-in the build in ``out_dir`` used (its report.json's ``plugins``) is loaded here;
-    else what to load, as a sentence with the command line that does it."""
+    else what to load, as a sentence with the command line that does it (``bertc --plugin ... COMMAND OUT``)."""
     import json
 
     out_dir = Path(out_dir)
@@ -80,13 +80,14 @@ def missing_for_build(out_dir) -> str:
         return ""
     names = ", ".join(f"{r['plugin']} ({', '.join(r.get('registered') or []) or 'no component'})" for r in missing)
     flags = " ".join(f"--plugin {r.get('path') or r['plugin']}" for r in missing)
-    return (f"this build used plug-in(s) {names}: load them first, e.g. `bertc {flags} parity {out_dir}` "
+    return (f"this build used plug-in(s) {names}: load them first, e.g. `bertc {flags} {command} {out_dir}` "
             f"(or set {ENV})")
 
 
-def require_for_build(out_dir) -> None:
-    """Raise :class:`PluginError` (exit 2) when the build in ``out_dir`` used plug-ins not loaded here."""
-    message = missing_for_build(out_dir)
+def require_for_build(out_dir, command: str = "parity") -> None:
+    """Raise :class:`PluginError` (exit 2) when the build in ``out_dir`` used plug-ins not loaded here; the message
+    says how to run ``bertc COMMAND`` with them."""
+    message = missing_for_build(out_dir, command)
     if message:
         raise PluginError(f"{Path(out_dir)}: {message}")
 

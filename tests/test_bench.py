@@ -89,6 +89,18 @@ def test_bench_bad_requests(built, tmp_path, capfd):
     assert "is not a bertc build directory: spec.json is missing" in capfd.readouterr().err
 
 
+def test_bench_unknown_baseline_is_a_usage_error(built, capfd):
+    """It timed everything with a note and exit 0, where an unknown --backends name is exit 2."""
+    assert main(["bench", str(built), *BENCH, "--baseline", "nope", "--no-plot"]) == EXIT_BAD_SPEC
+    captured = capfd.readouterr()
+    line = next(x for x in captured.err.splitlines() if x.startswith("error: unknown baseline nope; this build has: "))
+    assert sorted(line.split(": ")[-1].split(", ")) == ["keras", "onnx_cpu", "onnx_cuda", "tflite"]   # CUDA or not
+    assert "batch 1 x seq 4" not in captured.err   # refused before the timing
+    # one the build has that cannot run here (or that --backends leaves out) still times the rest, without ratios
+    assert main(["bench", str(built), *BENCH, "--baseline", "onnx_cuda", "--backends", "onnx_cpu", "--no-plot"]) == 0
+    assert "note: baseline onnx_cuda is not among the timed targets: no ratios" in capfd.readouterr().out
+
+
 def test_bench_reports_a_damaged_artifact_and_times_the_rest(built, tmp_path, capfd):
     out = tmp_path / "copy"
     shutil.copytree(built, out)
