@@ -124,6 +124,13 @@ def read_build(out) -> tuple[dict, dict]:
     return report, spec
 
 
+def tokenizer_max_length(report: dict) -> Optional[int]:
+    """The bundled tokenizer's ``model_max_length`` (tokenizer_config.json, as the build recorded it), or None
+    where it has none or transformers' "no limit" (a huge number)."""
+    value = (report.get("tokenizer") or {}).get("model_max_length")
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000 else None
+
+
 def max_sequence_length(spec: dict) -> int:
     enc = spec.get("encoder", {})
     return int(enc.get("max_sequence_length") or (enc.get("embedding") or {}).get("max_sequence_length") or 512)
@@ -1144,11 +1151,16 @@ class Runtime:
                                                                f"results)"))
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len = max_sequence_length(self.spec)
+        self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
         if max_length is not None:
             if not 1 <= max_length <= self.max_len:
                 raise InputError(f"max_length {max_length!r}: from 1 to the model's maximum of {self.max_len} tokens")
             self.max_len = int(max_length)
-        self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
+        elif self.kind != "embedding" and (self.truncate or self.kind in ("span", "tags")):
+            # where texts are cut (or read in windows): at the tokenizer's model_max_length where it is below the
+            # model's maximum, as transformers' pipelines cut them (a sentence embedder cuts at its
+            # max_seq_length, which the import took as the model's maximum, as sentence-transformers does)
+            self.max_len = min(self.max_len, tokenizer_max_length(self.report) or self.max_len)
         classes = None
         if self.kind in ("classification", "tags"):
             classes = int((self.spec.get("head") or {}).get("num_classes") or 0) or None

@@ -1090,6 +1090,35 @@ def test_a_token_outside_the_models_vocabulary_is_named(builds, tmp_path, capsys
            f"{source}: line 2: the token 'zzznew'", "resize_token_embeddings")
 
 
+def test_texts_are_cut_at_the_tokenizers_model_max_length(builds, tmp_path):
+    """A tokenizer whose model_max_length is below the model's maximum: texts are cut there (and a long context
+    read in windows that long), as transformers' pipelines cut them; without truncation a text is refused only
+    beyond the model's own maximum, as the pipeline runs it whole; --max-length still decides; a sentence
+    embedder cuts at its max_seq_length (the model's maximum here), as sentence-transformers does."""
+    long = "the cat sat on the mat and the dog ran fast on the road to the big red house"
+    for name, rows in (("bert_seq_cls", [long, "the cat"]), ("bert_qa", [("where", long)]),
+                       ("st_bert_mean_norm", [long])):
+        out = tmp_path / name
+        shutil.copytree(builds[name], out)
+        report = json.loads((out / "report.json").read_text())
+        assert report["tokenizer"].get("model_max_length", 16) == 16   # the model's maximum
+        report["tokenizer"]["model_max_length"] = 12
+        (out / "report.json").write_text(json.dumps(report))
+        got = bertc.Runtime(out, artifact="onnx", truncate=True).run(rows)
+        cut = 16 if name == "st_bert_mean_norm" else 12
+        want = bertc.Runtime(builds[name], artifact="onnx", truncate=True, max_length=cut).run(rows)
+        assert (np.array_equal(got, want) if name == "st_bert_mean_norm" else got == want), name
+        assert bertc.Runtime(out, artifact="onnx", truncate=True).max_len == cut
+        assert bertc.Runtime(out, artifact="onnx", truncate=True, max_length=16).max_len == 16
+    # no truncation: a 14-token text runs whole (the model takes 16), a longer one is refused at 16
+    out = tmp_path / "bert_seq_cls"
+    fourteen = "the cat sat on the mat and the dog ran fast on the"
+    assert bertc.Runtime(out, artifact="onnx", truncate=False).run([fourteen]) == \
+        bertc.Runtime(builds["bert_seq_cls"], artifact="onnx", truncate=False).run([fourteen])
+    with pytest.raises(InputError, match="longer than the model's maximum of 16 tokens"):
+        bertc.Runtime(out, artifact="onnx", truncate=False).run([long])
+
+
 def test_token_classifier_tags_a_long_text_in_windows(builds, tmp_path):
     """A text longer than the model: every word tagged once, in order, each from the hand-made window where
     the word is whole and has the most tokens on its nearer side (a text's own ends count as open)."""
