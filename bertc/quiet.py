@@ -21,7 +21,13 @@ def native_stderr_to(path: Path | None):
         yield
         return
     python_stderr = sys.stderr
-    with open(path, "ab") as log:
+    try:
+        log = open(path, "ab")
+    except OSError:   # a log that cannot be written (another user's, a read-only /tmp): left unredirected
+        os.close(saved)
+        yield
+        return
+    with log:
         os.dup2(log.fileno(), 2)
         sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
         try:
@@ -35,4 +41,7 @@ def native_stderr_to(path: Path | None):
 
 
 def import_log() -> Path:
-    return Path(tempfile.gettempdir()) / "bertc-import.log"
+    """The log of what the native libraries print while they are imported: one per user (a shared name made
+    every command of a second user on the machine fail on the first user's file)."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"bertc-import-{user}.log"

@@ -374,3 +374,21 @@ def test_python_dash_m_bertc_is_the_bertc_command(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "bertc", "validate", str(tmp_path / "nope.json")],
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def test_an_unwritable_native_log_leaves_stderr_as_it_is(tmp_path, monkeypatch):
+    """The native libraries' log: one per user, and one that cannot be opened (another user's file, a read-only
+    temporary directory) leaves fd 2 unredirected instead of failing the command (PermissionError, exit 70)."""
+    import os
+
+    from bertc.quiet import import_log, native_stderr_to
+
+    assert str(os.getuid()) in import_log().name
+    monkeypatch.delenv("BERTC_DEBUG", raising=False)
+    before = os.fstat(2)
+    with native_stderr_to(tmp_path / "missing-dir" / "x.log"):   # cannot be opened
+        assert os.fstat(2).st_ino == before.st_ino
+    log = tmp_path / "native.log"
+    with native_stderr_to(log):
+        assert os.fstat(2).st_ino == log.stat().st_ino
+    assert os.fstat(2).st_ino == before.st_ino
