@@ -38,7 +38,7 @@ def test_killed_build_leftovers_are_removed_and_concurrent_build_is_refused(tmp_
         # While it runs, a second build of the same OUT fails at once and names the holder.
         t0 = time.monotonic()
         assert main(["build", str(spec), "-o", str(out), "-q", "--no-export"]) == EXIT_OUTPUT
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 60   # refused, not made to wait (generous: a loaded 2-core CI machine)
         err = capsys.readouterr().err
         assert f"is being written by another bertc build (pid {first.pid})" in err
         first.send_signal(signal.SIGKILL)
