@@ -260,8 +260,12 @@ def _message(err: dict, known_fields: set[str]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return (f"unknown type {ctx.get('tag')!r}; known types: {ctx.get('expected_tags')} (a plug-in's "
-                f"component? load its module first: bertc --plugin MODULE|FILE.py ...)")
+        from bertc.registry import close_matches
+
+        known = [t.strip().strip("'\"") for t in str(ctx.get("expected_tags") or "").split(",")]
+        return (f"unknown type {ctx.get('tag')!r}{close_matches(ctx.get('tag'), [k for k in known if k])}; known "
+                f"types: {ctx.get('expected_tags')} (a plug-in's component? load its module first: bertc --plugin "
+                f"MODULE|FILE.py ...)")
     if kind == "union_tag_not_found":
         return "missing 'type' (says which component this is)"
     msg = err["msg"]
