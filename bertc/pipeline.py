@@ -176,6 +176,12 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
         requested = requested_variants(spec, opts)
         if opts.variants is not None:  # OUT/spec.json then records the variants this build made
             spec = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": list(opts.variants)})})
+            # and no tolerance of a backend those variants no longer build (the spec would not validate again)
+            from bertc.spec import backend_builder
+
+            kept = {b: t for b, t in spec.parity.backends.items() if backend_builder(b, spec.export) is None}
+            if kept != spec.parity.backends:
+                spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"backends": kept})})
     from bertc.weights import resolve_weights_path, weights_entry_for
 
     weights = opts.weights or resolve_weights_path(spec.weights, spec_path)
