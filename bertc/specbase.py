@@ -15,6 +15,10 @@ ACTIVATION_NAMES = ("gelu", "gelu_tanh", "relu", "tanh", "silu", "linear")
 Activation = Literal["gelu", "gelu_tanh", "relu", "tanh", "silu", "linear"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
+# a layer count: the deepest encoders have a few dozen layers; far beyond, a spec is a typo (10**12 layers made
+# bertc validate itself run out of memory, and 10**6 took it 19 s to call "fitting")
+MAX_LAYERS = 10_000
+LayerCount = Annotated[int, Field(ge=1, le=MAX_LAYERS)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 Epsilon = Annotated[float, Field(gt=0.0, le=1e-1)]

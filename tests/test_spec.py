@@ -55,6 +55,7 @@ MALFORMED = [
      "$.encoder.vocab_size", "a vocabulary needs at least 2 ids"),
     (enc(dropout_rate=1.5), "$.encoder.dropout_rate", "less than 1"),
     (enc(activation="swishy"), "$.encoder.activation", "Input should be 'gelu'"),
+    (enc(num_layers=10**12), "$.encoder.num_layers", "less than or equal to 10000"),   # validate ran out of memory
     (enc(type="bertt"), "$.encoder", "unknown type 'bertt' (did you mean 'bert'?); known types: 'albert', 'bert', "),
     ({k: v for k, v in tiny_bert().items() if k != "encoder"}, "$.encoder", "required key is missing"),
     (with_head({"type": "pretrainer", "num_token_predictions": 9}), "$.head.num_token_predictions",

@@ -25,8 +25,8 @@ from bertc.components.common import MASK_ADDER, dense, dense_params, layer_norm,
 from bertc.components.embeddings import StandardEmbeddingSpec
 from bertc.components.positions import AbsolutePositionSpec
 from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS, POSITIONS
-from bertc.specbase import (DEFAULT_INITIALIZER, Activation, Epsilon, InitializerSpec, PositiveInt, Rate,
-                            StrictModel, TypeVocabSize, VocabSize, component_field, json_path)
+from bertc.specbase import (DEFAULT_INITIALIZER, Activation, Epsilon, InitializerSpec, LayerCount, PositiveInt,
+                            Rate, StrictModel, TypeVocabSize, VocabSize, component_field, json_path)
 
 DEFAULT_POSITION = AbsolutePositionSpec()
 
@@ -137,7 +137,7 @@ def _block_or_blocks(schema: dict) -> None:
 class ScaffoldEncoderSpec(_EncoderSpecBase):
     type: Literal["scaffold"] = "scaffold"
     hidden_size: PositiveInt
-    num_layers: PositiveInt
+    num_layers: LayerCount
     embedding: component_field("embedding")  # any registered embedding spec, by its "type"
     # one block for every layer (an object, or a list of one), or one per layer
     hidden: Annotated[list[component_field("block")], Field(json_schema_extra=_block_or_blocks)]
@@ -203,7 +203,7 @@ class BertEncoderSpec(_EncoderSpecBase):
     type: Literal["bert"] = "bert"
     vocab_size: VocabSize
     hidden_size: PositiveInt = 768
-    num_layers: PositiveInt = 12
+    num_layers: LayerCount = 12
     num_attention_heads: PositiveInt = 12
     intermediate_size: PositiveInt = 3072
     activation: Activation = "gelu"

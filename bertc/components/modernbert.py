@@ -51,7 +51,7 @@ from bertc.components.positions import RotarySpec, Theta, apply_rotary
 from bertc.errors import NotLowerable
 from bertc.onnx_graph import Residual
 from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD
-from bertc.specbase import (Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel)
+from bertc.specbase import (Activation, Epsilon, InitializerSpec, LayerCount, PositiveInt, Rate, StrictModel)
 
 GLOBAL, LOCAL = "global", "local"
 # Added to the logits of the keys outside a query's window. Half the padding mask's value: a real query (its
@@ -298,7 +298,7 @@ class ModernBertEncoderSpec(_EncoderSpecBase):
     type: Literal["modernbert"] = "modernbert"
     vocab_size: PositiveInt
     hidden_size: PositiveInt = 768
-    num_layers: PositiveInt = 22
+    num_layers: LayerCount = 22
     num_attention_heads: PositiveInt = 12
     intermediate_size: PositiveInt = 1152
     activation: Activation = "gelu"
