@@ -627,7 +627,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
         _err(f"wrote {'standard output' if str(result) == '-' else result}: {rows:,} {runtime.kind} result(s) in "
              f"{seconds:.2f}s "
              f"({rows / max(seconds, 1e-9):,.1f} texts/s" + (", over Ray)" if ray_address is not None else ")")
-             + (f"; {runtime.truncated:,} of them cut to the model's {runtime.max_len} tokens (--no-truncate "
+             + (f"; {runtime.truncated:,} of them cut to {runtime.max_len_why} {runtime.max_len} tokens (--no-truncate "
                 f"refuses such texts, naming each)" if runtime.truncated else ""))
 
 

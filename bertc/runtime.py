@@ -1150,17 +1150,19 @@ class Runtime:
                                                                f"long text in windows (this model gives {self.kind} "
                                                                f"results)"))
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
-        self.max_len = max_sequence_length(self.spec)
+        self.max_len, self.max_len_why = max_sequence_length(self.spec), "the model's"
         self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
         if max_length is not None:
             if not 1 <= max_length <= self.max_len:
                 raise InputError(f"max_length {max_length!r}: from 1 to the model's maximum of {self.max_len} tokens")
-            self.max_len = int(max_length)
+            self.max_len, self.max_len_why = int(max_length), "--max-length"
         elif self.kind != "embedding" and (self.truncate or self.kind in ("span", "tags")):
             # where texts are cut (or read in windows): at the tokenizer's model_max_length where it is below the
             # model's maximum, as transformers' pipelines cut them (a sentence embedder cuts at its
             # max_seq_length, which the import took as the model's maximum, as sentence-transformers does)
-            self.max_len = min(self.max_len, tokenizer_max_length(self.report) or self.max_len)
+            shorter = tokenizer_max_length(self.report)
+            if shorter and shorter < self.max_len:
+                self.max_len, self.max_len_why = shorter, "the tokenizer's model_max_length,"
         classes = None
         if self.kind in ("classification", "tags"):
             classes = int((self.spec.get("head") or {}).get("num_classes") or 0) or None

@@ -1108,7 +1108,9 @@ def test_texts_are_cut_at_the_tokenizers_model_max_length(builds, tmp_path):
         cut = 16 if name == "st_bert_mean_norm" else 12
         want = bertc.Runtime(builds[name], artifact="onnx", truncate=True, max_length=cut).run(rows)
         assert (np.array_equal(got, want) if name == "st_bert_mean_norm" else got == want), name
-        assert bertc.Runtime(out, artifact="onnx", truncate=True).max_len == cut
+        runtime = bertc.Runtime(out, artifact="onnx", truncate=True)
+        assert runtime.max_len == cut and runtime.max_len_why == (
+            "the model's" if name == "st_bert_mean_norm" else "the tokenizer's model_max_length,")
         assert bertc.Runtime(out, artifact="onnx", truncate=True, max_length=16).max_len == 16
     # no truncation: a 14-token text runs whole (the model takes 16), a longer one is refused at 16
     out = tmp_path / "bert_seq_cls"
