@@ -255,6 +255,8 @@ def summary_text(report: dict) -> str:
     if report.get("tokenizer"):
         t = report["tokenizer"]
         lines.append(f"tokenizer: {t['kind']}: {', '.join(t['files'])} (copied into this directory)")
+        if t.get("beyond_vocabulary"):
+            lines.append(f"  note: {t['beyond_vocabulary']}")
     if report.get("checks"):
         lines.append("checks:")
         for c in report["checks"]:

@@ -1090,6 +1090,31 @@ def test_a_token_outside_the_models_vocabulary_is_named(builds, tmp_path, capsys
            f"{source}: line 2: the token 'zzznew'", "resize_token_embeddings")
 
 
+def test_the_build_says_when_the_tokenizer_has_tokens_beyond_the_vocabulary(builds, tmp_path):
+    """The build notes, in report.json and summary.txt, a bundled tokenizer with tokens the model has no
+    embedding for (added after training, not resized), which bertc run would refuse; a build without says nothing."""
+    import tokenizers
+
+    from bertc.importers import import_spec
+    from bertc.pipeline import BuildOptions, build
+
+    source = tmp_path / "src"
+    shutil.copytree(FIXTURES / "bert_seq_cls", source)
+    for f in TOKENIZER:
+        if not (source / f).exists():
+            shutil.copyfile(FIXTURES / "bert_model" / f, source / f)
+    tok = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))
+    vocab = tok.get_vocab_size(True)
+    tok.add_tokens(["zzznew"])
+    tok.save(str(source / "tokenizer.json"))
+    import_spec(source, tmp_path / "spec.json")
+    report = build(tmp_path / "spec.json", BuildOptions(out=tmp_path / "out", tflite=False, variants=()))
+    note = f"1 token(s) beyond the model's vocabulary of {vocab} ('zzznew'): added to the tokenizer after training"
+    assert report["tokenizer"]["beyond_vocabulary"].startswith(note)
+    assert f"note: {note}" in (tmp_path / "out" / "summary.txt").read_text()
+    assert "beyond_vocabulary" not in json.loads((builds["bert_seq_cls"] / "report.json").read_text())["tokenizer"]
+
+
 def test_texts_are_cut_at_the_tokenizers_model_max_length(builds, tmp_path):
     """A tokenizer whose model_max_length is below the model's maximum: texts are cut there (and a long context
     read in windows that long), as transformers' pipelines cut them; without truncation a text is refused only

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Optional
 
 from bertc.errors import WeightsError
 
@@ -219,8 +220,34 @@ def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) ->
         sections["weights"]["bundled_config"] = bundled
     tokenizer = bundle_tokenizer(Path(weights), out)
     if tokenizer:
+        beyond = _tokens_beyond_vocabulary(spec, Path(out))
+        if beyond:
+            tokenizer["beyond_vocabulary"] = beyond
         sections["tokenizer"] = tokenizer
     return sections
+
+
+def _tokens_beyond_vocabulary(spec, out: Path) -> Optional[str]:
+    """What the bundled tokenizer has beyond the model's vocabulary (tokens added to it after training, the
+    embeddings not resized), said in the report: ``bertc run`` refuses a text with such a token. None when it has
+    nothing beyond, or when it cannot be read here (the tokenizers library is optional)."""
+    from bertc.spec import dump_spec
+
+    encoder = dump_spec(spec)["encoder"]   # a scaffold's vocabulary is its embedding's
+    vocab = encoder.get("vocab_size") or (encoder.get("embedding") or {}).get("vocab_size")
+    try:
+        from bertc.text import load_tokenizer
+
+        tok = load_tokenizer(out, 8)
+    except Exception:   # no tokenizers library, or a tokenizer bertc run will name the problem of itself
+        return None
+    size = tok.get_vocab_size(True)
+    if not vocab or size <= vocab:
+        return None
+    extra = [tok.id_to_token(i) for i in range(vocab, min(size, vocab + 5))]
+    return (f"{size - vocab:,} token(s) beyond the model's vocabulary of {vocab:,} ({', '.join(map(repr, extra))}"
+            f"{', ...' if size - vocab > 5 else ''}): added to the tokenizer after training, never given embeddings; "
+            f"bertc run refuses a text with one")
 
 
 # The Hugging Face families beyond BERT / ALBERT, one module each, registering itself with bertc.importers.hf
