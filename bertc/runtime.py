@@ -127,8 +127,9 @@ def read_build(out) -> tuple[dict, dict]:
 def tokenizer_max_length(report: dict) -> Optional[int]:
     """The bundled tokenizer's ``model_max_length`` (tokenizer_config.json, as the build recorded it), or None
     where it has none or transformers' "no limit" (a huge number)."""
-    value = (report.get("tokenizer") or {}).get("model_max_length")
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000 else None
+    from bertc.text import model_max_length
+
+    return model_max_length((report.get("tokenizer") or {}).get("model_max_length"))
 
 
 def max_sequence_length(spec: dict) -> int:

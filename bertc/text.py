@@ -67,6 +67,12 @@ def bundled_prompts(out_dir: Path) -> tuple[dict[str, str], Optional[str]]:
     return read_prompts(_read_json(Path(out_dir) / ST_CONFIG))
 
 
+def model_max_length(value) -> Optional[int]:
+    """A tokenizer_config.json ``model_max_length`` as a length, or None where it is none or transformers' "no
+    limit" (a huge number, 1e30 as saved)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000 else None
+
+
 def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
     config = _read_json(directory / "tokenizer_config.json") if "tokenizer_config.json" in files else {}
     if "tokenizer.json" in files:

@@ -509,9 +509,9 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
         max_len = ConfigValues(read_json(st_config), str(st_config)).int("max_seq_length", None, minimum=1,
                                                                           nullable=True)
     if max_len is None and (transformer / "tokenizer_config.json").exists():
-        value = read_json(transformer / "tokenizer_config.json").get("model_max_length")
-        max_len = value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000 \
-            else None
+        from bertc.text import model_max_length
+
+        max_len = model_max_length(read_json(transformer / "tokenizer_config.json").get("model_max_length"))
     head = {"type": "sentence_embedding", "pooling": pooling, "normalize": normalize}
     if dense:
         head = {"type": "sentence_embedding", "pooling": pooling, "dense": [d for d, _ in dense],
