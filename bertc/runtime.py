@@ -282,16 +282,19 @@ def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> I
 
 def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[list[str]]:
     """The checkpoint's class names (``id2label`` of a Hugging Face config.json beside the trained weights,
-    or in OUT), when the build knows them and they number the model's classes."""
+    or in OUT), when the build knows them and they number the model's classes. Class ``i`` is named by
+    ``id2label[i]`` as transformers names it, never by its place among the keys: a config whose keys are not
+    0 .. n - 1 (``{0, 1, 2, 10}`` on 4 classes) names none, so its classes are ``LABEL_i``."""
     for config in _checkpoint_configs(out, report):
         id2label = config.get("id2label")
         if isinstance(id2label, dict) and id2label:
             try:
-                names = [str(id2label[k]) for k in sorted(id2label, key=int)]
-            except (ValueError, KeyError):
+                by_id = {int(k): str(v) for k, v in id2label.items()}
+            except (TypeError, ValueError):
                 continue
-            if classes is None or len(names) == classes:
-                return names
+            n = len(by_id) if classes is None else classes
+            if sorted(by_id) == list(range(n)):
+                return [by_id[i] for i in range(n)]
     return None
 
 

@@ -1899,3 +1899,17 @@ def test_a_reader_that_stops_early_stops_the_run_quietly(builds):
     stderr = proc.stderr.read()
     assert proc.wait(timeout=300) == 141
     assert first.startswith(b'{"embedding": [') and b"Traceback" not in stderr and b"Exception" not in stderr
+
+
+@pytest.mark.parametrize("id2label, classes, names", [
+    ({"1": "b", "0": "a", "2": "c"}, 3, ["a", "b", "c"]),
+    # keys that are not 0 .. n - 1: transformers names class i by id2label[i], so class 3 has no name here
+    ({"0": "a", "1": "b", "2": "c", "10": "other"}, 4, None),
+    ({"0": "a", "1": "b"}, 3, None),
+])
+def test_class_names_are_id2label_by_class_id(tmp_path, id2label, classes, names):
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+    from bertc.runtime import read_labels
+
+    (tmp_path / CHECKPOINT_CONFIG).write_text(json.dumps({"id2label": id2label}))
+    assert read_labels(tmp_path, {}, classes) == names
