@@ -125,15 +125,8 @@ def load_tokenizer(out_dir: Path, max_len: int):
     elif (out_dir / "vocab.json").exists():
         tok = _byte_level_bpe(tokenizers, out_dir, config)
     elif (out_dir / "vocab.txt").exists():
-        # HF BertTokenizer's default is do_lower_case=True, and so is every original (uncased) BERT vocab
-        lowercase = bool(config.get("do_lower_case", True))
-        if str(config.get("tokenizer_class", "")).startswith("MPNetTokenizer"):   # <s> A </s></s> B </s>
-            unk = config.get("unk_token") if isinstance(config.get("unk_token"), str) else "[UNK]"
-            tok = _wordpiece(tokenizers, out_dir, lowercase=lowercase, unk_token=unk, sep_token="</s>",
-                             cls_token="<s>", pad_token="<pad>", mask_token="<mask>")
-            _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.txt")
-        else:
-            tok = _wordpiece(tokenizers, out_dir, lowercase=lowercase)
+        mpnet = str(config.get("tokenizer_class", "")).startswith("MPNetTokenizer")   # <s> A </s></s> B </s>
+        tok = _wordpiece(tokenizers, out_dir, config, "mpnet" if mpnet else "bert")
     elif any((out_dir / name).exists() for name in SENTENCEPIECE_FILES):
         # a SentencePiece model alone (microsoft/deberta-v3-*; ALBERT / XLM-R / CamemBERT saved before fast tokenizers)
         from bertc.checkpoints import CHECKPOINT_CONFIG
@@ -158,6 +151,62 @@ def load_tokenizer(out_dir: Path, max_len: int):
     return tok
 
 
+def _normalizer_options(config: dict, where: Path) -> dict:
+    """The ``BertNormalizer`` options of transformers' BERT-like tokenizer classes from tokenizer_config.json:
+    ``do_lower_case`` (default true), ``strip_accents`` (default null: strip where lowercasing) and
+    ``tokenize_chinese_chars`` (default true: a space around every CJK character)."""
+    options = {"lowercase": config.get("do_lower_case", True), "strip_accents": config.get("strip_accents"),
+               "handle_chinese_chars": config.get("tokenize_chinese_chars", True)}
+    for (option, value), key in zip(options.items(), ("do_lower_case", "strip_accents", "tokenize_chinese_chars")):
+        if not isinstance(value, bool) and not (option == "strip_accents" and value is None):
+            raise InputError(f"{where / 'tokenizer_config.json'}: {key} is {json.dumps(value)}; transformers' "
+                             f"tokenizer takes true or false{' or null' if option == 'strip_accents' else ''}")
+    return options
+
+
+# the special tokens of the WordPiece tokenizers (transformers' defaults, where tokenizer_config.json names none),
+# in transformers' order
+_WORDPIECE_SPECIALS = {
+    "bert": {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+             "mask_token": "[MASK]"},
+    "mpnet": {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "[UNK]",
+              "pad_token": "<pad>", "mask_token": "<mask>"}}
+
+
+def _wordpiece(tokenizers, out_dir: Path, config: dict, family: str):
+    """transformers' WordPiece tokenizer of ``family`` from vocab.txt, as its class builds it: ``BertNormalizer``
+    with tokenizer_config.json's options (:func:`_normalizer_options`), ``BertPreTokenizer``, the special tokens
+    found in the vocabulary; BERT's ``[CLS] A [SEP] B [SEP]`` (type ids 0 / 1) or MPNet's ``<s> A </s></s> B </s>``
+    (type ids 0, ``<mask>`` taking the space before it)."""
+    from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
+
+    from bertc.sentencepiece import _token
+
+    path = out_dir / "vocab.txt"
+    options = _normalizer_options(config, out_dir)
+    specials = {key: _token(config, key, default) for key, default in _WORDPIECE_SPECIALS[family].items()}
+    try:
+        vocab = models.WordPiece.read_file(str(path))
+    except Exception as exc:   # the tokenizers library raises plain Exceptions for unreadable files
+        raise InputError(f"{path}: cannot read it as a WordPiece vocabulary: {exc}") from None
+    for key in ("cls_token", "sep_token"):
+        if specials[key] not in vocab:
+            raise InputError(f"{path}: not a WordPiece vocabulary bertc can use: it has no {specials[key]!r}, the "
+                             f"{key} that {'MPNetTokenizer' if family == 'mpnet' else 'BertTokenizer'} wraps every "
+                             f"text in")
+    tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token=specials["unk_token"]))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, **options)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    lstrip = {specials["mask_token"]} if family == "mpnet" else set()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=t in lstrip)
+                            for t in dict.fromkeys(specials.values()) if t in vocab])
+    cls, sep = (specials["cls_token"], vocab[specials["cls_token"]]), (specials["sep_token"], vocab[specials["sep_token"]])
+    tok.post_processor = (processors.RobertaProcessing(sep, cls, trim_offsets=True, add_prefix_space=False)
+                          if family == "mpnet" else processors.BertProcessing(sep, cls))
+    return tok
+
+
 def _roberta_specials(tokenizers, tok, vocab: dict, where: Path, **offsets) -> None:
     """RoBERTa's special tokens and post-processor (``<s> A </s></s> B </s>``, every type id 0); ``offsets``:
     its ``trim_offsets`` / ``add_prefix_space``, which decide whether a word's offsets take the space before it."""
@@ -168,13 +217,6 @@ def _roberta_specials(tokenizers, tok, vocab: dict, where: Path, **offsets) -> N
     tok.add_special_tokens([t for t in _ROBERTA_SPECIALS if t in vocab])
     tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]),
                                                                  **offsets)
-
-
-def _wordpiece(tokenizers, out_dir: Path, **options):
-    try:
-        return tokenizers.BertWordPieceTokenizer(str(out_dir / "vocab.txt"), **options)
-    except (TypeError, ValueError) as exc:   # a special token missing from the vocabulary
-        raise InputError(f"{out_dir / 'vocab.txt'}: not a WordPiece vocabulary bertc can use: {exc}") from None
 
 
 def _byte_level_bpe(tokenizers, out_dir: Path, config: dict):

@@ -1,0 +1,127 @@
+"""What tokenizer_config.json (and the checkpoint's model_type) decide about a bundled tokenizer, as transformers'
+AutoTokenizer decides it: the ids of bertc's tokenizer against transformers' own.
+
+The expected ids were produced by transformers 5.25's ``AutoTokenizer.from_pretrained(dir)`` (``tokenizer(text)
+["input_ids"]``, and ``["token_type_ids"]`` for the pair where the class gives them) on the very directories
+:func:`_layout` writes (the vocabulary below, the tokenizer_config.json of each case, a config.json with its
+model_type), by a script in the side environment; transformers 4.57 gives the same ids for every case but
+``tokenizer_json_mpnet_no_chinese_split`` (4.57's MPNetTokenizerFast keeps tokenizer.json's handle_chinese_chars,
+5.25's MPNetTokenizer takes tokenize_chinese_chars). No transformers or torch is needed here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tokenizers")
+
+from bertc.checkpoints import CHECKPOINT_CONFIG  # noqa: E402
+from bertc.text import load_tokenizer  # noqa: E402
+
+HF = Path(__file__).parent / "fixtures" / "hf"
+# the BERT fixture's vocabulary (ids 0-55) and what the texts need beyond it: accented, CJK and cased words, MPNet's
+# special tokens
+EXTRA = ["café", "cafe", "é", "##é", "##e", "中", "文", "中文", "The", "CAT", "Dog", "<s>", "</s>", "<pad>", "<mask>"]
+TEXTS = ["café", "Café the cat", "the 中文 cat", "The CAT sat", "naïve Dog ran", "the <mask> sat </s>", "[CLS] the [MASK]"]
+PAIR = ("The cat", "a DOG")
+
+
+def _vocab() -> list[str]:
+    return [t for t in (HF / "bert_model" / "vocab.txt").read_text().split("\n") if t] + EXTRA
+
+
+def _tokenizer_json(normalizer: dict, mpnet: bool = False) -> dict:
+    """The BERT fixture's tokenizer.json over the vocabulary above (MPNet's: its post-processor and special tokens,
+    as MPNetTokenizerFast writes them), its BertNormalizer's options set to ``normalizer``."""
+    data = json.loads((HF / "bert_model" / "tokenizer.json").read_text())
+    vocab = {t: i for i, t in enumerate(_vocab())}
+    data["model"]["vocab"] = vocab
+    data["normalizer"].update(normalizer)
+    if mpnet:
+        data["post_processor"] = {"type": "RobertaProcessing", "sep": ["</s>", vocab["</s>"]],
+                                  "cls": ["<s>", vocab["<s>"]], "trim_offsets": True, "add_prefix_space": False}
+        data["added_tokens"] = [{"id": vocab[t], "content": t, "single_word": False, "lstrip": t == "<mask>",
+                                 "rstrip": False, "normalized": False, "special": True}
+                                for t in ("<s>", "<pad>", "</s>", "[UNK]", "<mask>")]
+    return data
+
+
+def _layout(directory: Path, config: dict, model_type: str, tokenizer_json: dict | None = None) -> Path:
+    """A build's tokenizer files: vocab.txt (or ``tokenizer_json``), tokenizer_config.json ``config``, and the
+    checkpoint's config.json as a build bundles it (checkpoint_config.json)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if tokenizer_json is None:
+        (directory / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    else:
+        (directory / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    (directory / CHECKPOINT_CONFIG).write_text(json.dumps({"model_type": model_type, "vocab_size": len(_vocab())}))
+    return directory
+
+
+def _assert_ids(directory: Path, expected: tuple) -> None:
+    """``expected``: the ids of :data:`TEXTS`, and of :data:`PAIR` with its type ids (None where the class gives
+    none: DistilBERT's and MPNet's; bertc's MPNet gives 0 for every token, as its model reads none)."""
+    texts, (pair_ids, pair_types) = expected
+    tok = load_tokenizer(directory, 64)
+    assert [tok.encode(t).ids for t in TEXTS] == texts
+    pair = tok.encode(*PAIR)
+    assert pair.ids == pair_ids
+    if pair_types is not None:
+        assert pair.type_ids == pair_types
+    elif pair_ids[0] == _vocab().index("<s>"):
+        assert pair.type_ids == [0] * len(pair_ids)
+
+
+# -- vocab.txt alone: do_lower_case, strip_accents, tokenize_chinese_chars (BertTokenizer) ---------------------------
+
+VOCAB_TXT = {
+    # lowercased, accents kept (café, not cafe), CJK not split (中文 one word)
+    "lower_keep_accents_no_chinese_split": (
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "strip_accents": False,
+         "tokenize_chinese_chars": False},
+        ([[2, 56, 3], [2, 56, 5, 29, 3], [2, 5, 63, 29, 3], [2, 5, 29, 31, 3],
+          [2, 1, 30, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 5, 29, 3, 6, 30, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    # cased: strip_accents null follows do_lower_case (accents kept)
+    "cased": (
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": False},
+        ([[2, 56, 3], [2, 1, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 64, 65, 31, 3],
+          [2, 1, 66, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 64, 29, 3, 6, 1, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    # cased, accents stripped (café -> cafe)
+    "cased_strip_accents": (
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": False, "strip_accents": True},
+        ([[2, 57, 3], [2, 1, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 64, 65, 31, 3],
+          [2, 1, 66, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 64, 29, 3, 6, 1, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    # transformers' defaults: lowercased, accents stripped, CJK split
+    "defaults": (
+        {"tokenizer_class": "BertTokenizer"},
+        ([[2, 57, 3], [2, 57, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 5, 29, 31, 3],
+          [2, 1, 30, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 5, 29, 3, 6, 30, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    # MPNetTokenizerFast named: <s> A </s></s> B </s>; [CLS] / [MASK] are plain text there
+    "mpnet_class": (
+        {"tokenizer_class": "MPNetTokenizerFast"},
+        ([[67, 57, 68], [67, 57, 5, 29, 68], [67, 5, 61, 62, 29, 68], [67, 5, 29, 31, 68],
+          [67, 1, 30, 33, 68], [67, 5, 70, 31, 68, 68], [67, 1, 1, 1, 5, 1, 1, 1, 68]],
+         ([67, 5, 29, 68, 68, 6, 30, 68], None))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VOCAB_TXT))
+def test_vocab_txt_alone_takes_tokenizer_config_options(tmp_path, case):
+    config, expected = VOCAB_TXT[case]
+    _assert_ids(_layout(tmp_path, config, "bert"), expected)
+
+
+def test_a_normalizer_option_of_another_type_is_refused_naming_it(tmp_path):
+    from bertc.errors import InputError
+
+    _layout(tmp_path, {"tokenizer_class": "BertTokenizer", "strip_accents": "yes"}, "bert")
+    with pytest.raises(InputError, match=r"tokenizer_config.json: strip_accents is \"yes\"; transformers' tokenizer "
+                                         r"takes true or false or null"):
+        load_tokenizer(tmp_path, 16)
