@@ -15,7 +15,8 @@ This module applies the rules:
   the pooler of a model whose head does not read it, and a task head's tensors when the model is the
   encoder alone (reported as ignored, with the reason);
 - several tensors for one weight are tied copies (a masked-LM decoder and the word embeddings):
-  the same tensor saved twice, so they must be bit-identical;
+  the same tensor saved twice, so they must be bit-identical; a *fallback* tensor is read only where no
+  other tensor gives its weight (ignored, with its reason, where one does);
 - every problem is collected and raised as one :class:`~bertc.errors.WeightsError`, naming the
   checkpoint tensor and the bertc weight with both shapes. Nothing is assigned unless all fit.
 """
@@ -37,6 +38,9 @@ class Target:
     path: str
     layout: str = "same"  # "same" | "transpose" (torch Linear / TF1 output_weights) | "reshape" (Model Garden heads)
     tied: bool = False  # a tied copy of a weight another tensor also gives (must be equal)
+    # non-empty: read only where no other tensor gives the weight; where one does, this tensor is ignored with
+    # this reason (an untied masked-LM decoder's bias, saved under one name or the other by transformers 4 / 5)
+    fallback: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,10 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
                                 f"'{t.path}', which this model does not have")
         else:
             sources.setdefault(t.path, []).append((name, t))
+    for path, items in sources.items():
+        if any(not t.fallback for _, t in items):
+            ignored.update({name: t.fallback for name, t in items if t.fallback})
+            sources[path] = [(name, t) for name, t in items if not t.fallback]
     for path, shape in model_weights.items():
         if path not in sources:
             problems.append(f"missing: bertc weight '{path}' {_fmt(shape)} has no tensor in the checkpoint")

@@ -12,7 +12,7 @@ import pytest
 
 import bertc
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, UnsupportedModel
+from bertc.errors import EXIT_BAD_SPEC
 from bertc.importers import import_spec, load_weights
 from bertc.signature import signature_of
 from bertc.spec import load_spec
@@ -161,11 +161,6 @@ def test_what_bertc_cannot_compute_exactly_is_refused_naming_the_key(changes, na
     err = capsys.readouterr().err
     assert named in err and "config.json" in err and "Traceback" not in err, err
     assert not out.exists()
-
-
-def test_legacy_masked_lm_with_an_untied_decoder_is_refused(tmp_path):
-    with pytest.raises(UnsupportedModel, match="tie_word_embeddings = false"):
-        import_spec(_variant(tmp_path, "deberta_v2_mlm_legacy", tie_word_embeddings=False), tmp_path / "s.json")
 
 
 def test_checkpoint_extras_are_reported_as_ignored(tmp_path):

@@ -333,11 +333,6 @@ def test_config_bertc_cannot_compute_is_refused_naming_key_and_value(tmp_path, k
         imported(name, tmp_path, **{key: value})
 
 
-def test_untied_masked_lm_decoder_is_refused(tmp_path):
-    with pytest.raises(UnsupportedModel, match="tie_word_embeddings = false"):
-        imported("modernbert_mlm", tmp_path, tie_word_embeddings=False)
-
-
 def test_inert_config_keys_change_nothing(tmp_path):
     """Settings of kernels, compilation and training that do not change the outputs are accepted."""
     built, _ = loaded("modernbert_mlm", tmp_path, deterministic_flash_attn=True, reference_compile=True,

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 
 from bertc import activations, losses
 from bertc.components.base import RowSelection
-from bertc.components.common import SpecLayer, dense, dense_params, layer_norm, serializable
+from bertc.components.common import SpecLayer, dense, dense_params, initializer, layer_norm, serializable
 from bertc.registry import HEADS
 from bertc.signature import OutputInfo
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
@@ -156,6 +156,9 @@ class MaskedLMSpec(StrictModel):
     type: Literal["masked_lm"] = "masked_lm"
     transform: TransformSpec = TransformSpec(layer_norm=LayerNormOptions())
     decoder_bias: bool = True
+    # false: the decoder has its own (vocab_size, width) table ``masked_lm/decoder`` instead of reading the word
+    # embeddings (transformers' ``tie_word_embeddings: false``)
+    decoder_tied: bool = True
     initializer: Optional[InitializerSpec] = None
 
 
@@ -172,6 +175,7 @@ class PretrainerSpec(StrictModel):
     output: Literal["logits", "predictions"] = "logits"
     activation: Activation = "gelu"
     layer_norm_epsilon: Epsilon = 1e-12
+    decoder_tied: bool = True   # false: the masked LM's own decoder table (see MaskedLMSpec)
     initializer: Optional[InitializerSpec] = None
 
     def problems(self, ctx):
@@ -430,9 +434,23 @@ class SpanLabeler(Head):
                                 outputs["start_logits"], outputs["end_logits"])
 
 
+def _own_decoder(layer) -> Optional[object]:
+    """A masked LM's own decoder table (vocab_size, width), laid out as the word table it replaces (the decoder
+    multiplies by its transpose either way), or None when the decoder is tied to the word embeddings."""
+    if layer.spec.decoder_tied:
+        return None
+    return layer.add_weight(name="decoder", shape=(layer.vocab_size, layer.table_width),
+                            initializer=initializer(layer.initializer_spec))
+
+
+def _decoder_params(spec, vocab_size: int, table_width: int) -> int:
+    return 0 if spec.decoder_tied else vocab_size * table_width
+
+
 @serializable
 class MaskedLM(SpecLayer):
-    """Masked-LM head: gather positions, dense + activation + layer norm, decoder tied to the word table."""
+    """Masked-LM head: gather positions, dense + activation + layer norm, decoder tied to the word table (or,
+    ``decoder_tied`` false, its own ``decoder`` table)."""
 
     spec_cls = PretrainerSpec
 
@@ -445,6 +463,7 @@ class MaskedLM(SpecLayer):
 
     def build(self, sequence_output_shape=None, positions_shape=None, table_shape=None):
         self.output_bias = self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
+        self.decoder = _own_decoder(self)
         self.transform.build((None, self.hidden_size))
         self.transform_layer_norm.build((None, self.table_width))
         self.built = True
@@ -454,9 +473,10 @@ class MaskedLM(SpecLayer):
 
     @staticmethod
     def param_count(spec, hidden_size, vocab_size, table_width):
-        return dense_params(hidden_size, table_width) + 2 * table_width + vocab_size
+        return (dense_params(hidden_size, table_width) + 2 * table_width + vocab_size
+                + _decoder_params(spec, vocab_size, table_width))
 
-    def call(self, sequence_output, positions, table):
+    def call(self, sequence_output, positions, table=None):
         # Flatten (B, S, H) and offset the positions so one plain Gather picks them
         # (no batch_dims gather: it is not builtin everywhere).
         shape = tf.shape(sequence_output)
@@ -464,6 +484,7 @@ class MaskedLM(SpecLayer):
         flat = tf.reshape(sequence_output, [-1, self.hidden_size])
         picked = tf.gather(flat, tf.reshape(positions + offsets, [-1]))
         x = self.transform_layer_norm(self.activation_fn(self.transform(picked)))
+        table = table if self.decoder is None else tf.convert_to_tensor(self.decoder)
         logits = tf.matmul(x, table, transpose_b=True) + self.output_bias
         logits = tf.reshape(logits, tf.stack([shape[0], tf.shape(positions)[1], self.vocab_size]))
         return tf.nn.log_softmax(logits, axis=-1) if self.spec.output == "predictions" else logits
@@ -471,7 +492,8 @@ class MaskedLM(SpecLayer):
     def onnx_lowering(self, ctx, enc):
         """-> logits (B, P, V). GatherND (batch_dims 1) picks the positions (in a pruned encoder the
         last layer computed just those rows: a Slice takes them), MatMul + fused GELU,
-        LayerNormalization, one Gemm against the word table itself (transB: no transposed copy)."""
+        LayerNormalization, one Gemm against the word table itself (transB: no transposed copy), or against
+        the head's own decoder table."""
         g = ctx.g
         x = ctx.value(enc.sequence_output)
         rows = ctx.read_rows if enc.pruned else None
@@ -487,11 +509,11 @@ class MaskedLM(SpecLayer):
         x, bias = ctx.matmul(flat, self.transform)
         x = ctx.activation(x, bias, self.spec.activation, part="masked_lm_activation")
         x, _ = ctx.layer_norm(x, self.transform_layer_norm)
-        logits = g.node("Gemm", [x, enc.word_embedding_table, ctx.weight(self.output_bias)], hint="decoder",
-                        transB=1)
+        table = enc.word_embedding_table if self.decoder is None else ctx.weight(self.decoder)
+        logits = g.node("Gemm", [x, table, ctx.weight(self.output_bias)], hint="decoder", transB=1)
         shape = g.node("Concat", [g.node("Shape", [positions], end=2), g.ints([self.vocab_size], "vocab")], axis=0)
         ctx.record("masked_lm", f"{'GatherND' if rows is None else 'Slice'}, MatMul, LayerNormalization, "
-                                "Gemm (tied table)")
+                                f"Gemm ({'tied' if self.decoder is None else 'own'} table)")
         return g.node("Reshape", [logits, shape], hint="masked_lm_logits")
 
 
@@ -525,7 +547,8 @@ class Pretrainer(Head):
         self.masked_lm = MaskedLM(spec=spec, hidden_size=encoder_spec.hidden_size, initializer=self.init,
                                   vocab_size=encoder_spec.vocab_size, table_width=encoder_spec.embedding_table_width,
                                   name="masked_lm")
-        lm = self.masked_lm(enc.sequence_output, inputs["masked_lm_positions"], enc.word_embedding_table)
+        lm = (self.masked_lm(enc.sequence_output, inputs["masked_lm_positions"], enc.word_embedding_table)
+              if spec.decoder_tied else self.masked_lm(enc.sequence_output, inputs["masked_lm_positions"]))
         self.next_sentence = dense(spec.num_classes, self.init, "next_sentence")
         nsp = self.next_sentence(enc.pooled_output)
         if spec.output == "predictions":
@@ -562,8 +585,9 @@ class Pretrainer(Head):
 @serializable
 class TokenMaskedLM(SpecLayer):
     """Masked-LM head over every position: transform (dense + activation + layer norm), then the decoder
-    tied to the word table (+ ``output_bias`` when ``decoder_bias``). RoBERTa / XLM-R ``lm_head``,
-    DistilBERT's vocab_transform / vocab_layer_norm / vocab_projector, ModernBERT's head + decoder."""
+    tied to the word table (``decoder_tied`` false: its own ``decoder`` table) (+ ``output_bias`` when
+    ``decoder_bias``). RoBERTa / XLM-R ``lm_head``, DistilBERT's vocab_transform / vocab_layer_norm /
+    vocab_projector, ModernBERT's head + decoder."""
 
     spec_cls = MaskedLMSpec
 
@@ -579,6 +603,7 @@ class TokenMaskedLM(SpecLayer):
     def build(self, sequence_output_shape=None, table_shape=None):
         self.output_bias = (self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
                             if self.spec.decoder_bias else None)
+        self.decoder = _own_decoder(self)
         self.transform.build((None, self.hidden_size))
         if self.transform_layer_norm is not None:
             self.transform_layer_norm.build((None, self.table_width))
@@ -589,13 +614,15 @@ class TokenMaskedLM(SpecLayer):
 
     @staticmethod
     def param_count(spec, hidden_size, vocab_size, table_width):
-        return spec.transform.param_count(hidden_size, table_width) + (vocab_size if spec.decoder_bias else 0)
+        return (spec.transform.param_count(hidden_size, table_width) + (vocab_size if spec.decoder_bias else 0)
+                + _decoder_params(spec, vocab_size, table_width))
 
-    def call(self, sequence_output, table):
+    def call(self, sequence_output, table=None):
         x = self.activation_fn(self.transform(sequence_output))
         if self.transform_layer_norm is not None:
             x = self.transform_layer_norm(x)
         shape = tf.shape(sequence_output)
+        table = table if self.decoder is None else tf.convert_to_tensor(self.decoder)
         logits = tf.matmul(tf.reshape(x, [-1, self.table_width]), table, transpose_b=True)
         if self.output_bias is not None:
             logits = logits + self.output_bias
@@ -603,7 +630,7 @@ class TokenMaskedLM(SpecLayer):
 
     def onnx_lowering(self, ctx, enc):
         """-> logits (B, S, V): MatMul + fused activation, LayerNormalization, one Gemm against the word
-        table itself (transB: no transposed copy)."""
+        table itself (transB: no transposed copy) or the head's own decoder table."""
         g = ctx.g
         x = ctx.value(enc.sequence_output)
         y, bias = ctx.matmul(x, self.transform)
@@ -612,15 +639,17 @@ class TokenMaskedLM(SpecLayer):
             y, _ = ctx.layer_norm(y, self.transform_layer_norm)
         flat = g.node("Reshape", [y, g.ints([-1, self.table_width])])
         out_bias = ctx.weight(self.output_bias) if self.output_bias is not None else None
-        logits = g.node("Gemm", [flat, enc.word_embedding_table, out_bias], hint="decoder", transB=1)
+        table = enc.word_embedding_table if self.decoder is None else ctx.weight(self.decoder)
+        logits = g.node("Gemm", [flat, table, out_bias], hint="decoder", transB=1)
         shape = g.node("Concat", [g.node("Shape", [x], end=2), g.ints([self.vocab_size], "vocab")], axis=0)
-        ctx.record("masked_lm", "MatMul, LayerNormalization, Gemm (tied table)")
+        ctx.record("masked_lm", f"MatMul, LayerNormalization, Gemm ({'tied' if self.decoder is None else 'own'} "
+                                f"table)")
         return g.node("Reshape", [logits, shape], hint="masked_lm_logits")
 
 
 @HEADS.register("masked_lm", spec=MaskedLMSpec,
                 description="Masked LM over every position: dense + activation (+ layer norm), decoder tied to "
-                            "the word embeddings (+ bias) -> logits (B, S, vocab).")
+                            "the word embeddings (or its own, decoder_tied false) (+ bias) -> logits (B, S, vocab).")
 class MaskedLMHead(Head):
 
     def onnx_lowering(self, ctx, enc):
@@ -630,7 +659,9 @@ class MaskedLMHead(Head):
         e = self.encoder_spec
         self.masked_lm = TokenMaskedLM(spec=self.spec, hidden_size=e.hidden_size, initializer=self.init,
                                        vocab_size=e.vocab_size, table_width=e.embedding_table_width, name="masked_lm")
-        return {"logits": self.masked_lm(enc.sequence_output, enc.word_embedding_table)}
+        if self.spec.decoder_tied:
+            return {"logits": self.masked_lm(enc.sequence_output, enc.word_embedding_table)}
+        return {"logits": self.masked_lm(enc.sequence_output)}
 
     def outputs(self):
         return [OutputInfo("logits", 1, "logits")]

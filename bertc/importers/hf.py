@@ -76,14 +76,40 @@ def layer_param(stem: str, leaf: str, prefix: str, table: dict) -> Optional[Targ
     return None
 
 
-def decoder_param(name: str, weight: tuple, bias: tuple, tied_bias: tuple = ()) -> Optional[Target]:
+def decoder_param(name: str, weight: tuple, bias: tuple, tied_bias: tuple = (), tied: bool = True) -> Optional[Target]:
     """A masked-LM decoder's tensors: ``weight`` names (a tied copy of the word embeddings), ``bias`` names (the
-    output bias) and ``tied_bias`` names (a tied copy of it); None for any other name."""
+    output bias) and ``tied_bias`` names (the decoder Linear's own bias: a tied copy of it); None for any other
+    name.
+
+    ``tied`` false (``tie_word_embeddings: false``, the head's ``decoder_tied``): the weight is the head's own
+    ``masked_lm/decoder`` table, and the decoder's bias is its own too. transformers 5 then reads the Linear's
+    bias (``tied_bias``) and leaves the head's ``bias`` unread; transformers 4 made them one tensor, which its
+    safetensors files save once, under the ``bias`` name. So the ``tied_bias`` tensor where the file has it, else
+    the ``bias`` one."""
     if name in weight:
-        return Target("embeddings/word_embeddings", tied=True)
-    if name in bias or name in tied_bias:
+        return Target("embeddings/word_embeddings", tied=True) if tied else Target("masked_lm/decoder")
+    if tied and (name in bias or name in tied_bias):
         return Target("masked_lm/output_bias", tied=name in tied_bias)
+    if name in tied_bias:
+        return Target("masked_lm/output_bias")
+    if name in bias:
+        own = next((b for b in tied_bias if b.startswith(name.rpartition(".")[0] + ".")), ", ".join(tied_bias))
+        return Target("masked_lm/output_bias", fallback=(
+            f"not read: with tie_word_embeddings false the decoder adds its own bias ({own}), as transformers 5 "
+            f"does") if tied_bias else "")
     return None
+
+
+def decoder_tied(spec) -> bool:
+    """Whether the spec's masked-LM decoder (a ``masked_lm`` or ``pretrainer`` head's) is the word table."""
+    return getattr(spec.head, "decoder_tied", True)
+
+
+def tie_word_embeddings(cfg: dict, where: str, defaults: Optional[dict] = None) -> dict:
+    """The masked-LM head's ``decoder_tied`` (as a dict to merge into the head: empty where it is tied, the
+    default) from ``tie_word_embeddings`` (transformers' default: true)."""
+    tied = ConfigValues(cfg, where, defaults).bool("tie_word_embeddings", True)
+    return {} if tied else {"decoder_tied": False}
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -125,7 +151,7 @@ def _encoder_param(rest: str) -> Optional[Target]:
     return None
 
 
-def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
+def _head_param(name: str, head: Optional[str], tied: bool = True) -> Optional[Target]:
     stem, leaf = _split(name)
     if stem == "classifier":  # BertFor{Sequence,Token}Classification both call their head "classifier"
         return _param("linear", leaf, "token_classifier" if head == "token_classifier" else "classifier")
@@ -138,7 +164,7 @@ def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
         return _param("ln", leaf, "masked_lm/transform_layer_norm")
     decoder = decoder_param(name, ("cls.predictions.decoder.weight", "predictions.decoder.weight"),
                             ("cls.predictions.bias", "predictions.bias"),
-                            ("cls.predictions.decoder.bias", "predictions.decoder.bias"))
+                            ("cls.predictions.decoder.bias", "predictions.decoder.bias"), tied)
     if decoder is not None:
         return decoder
     if stem in ("cls.seq_relationship", "sop_classifier.classifier"):
@@ -231,7 +257,7 @@ class Bert(HFFamily):
         for prefix in ("bert.", "albert."):
             if name.startswith(prefix):
                 return _encoder_param(name[len(prefix):])
-        return _encoder_param(name) or _head_param(name, head)
+        return _encoder_param(name) or _head_param(name, head, decoder_tied(spec))
 
 
 class Albert(Bert):
@@ -438,7 +464,8 @@ def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFami
         nsp = any(n.startswith(("cls.seq_relationship.", "sop_classifier.")) for n in names)
         if not nsp:   # BertOnlyMLMHead / AlbertMLMHead: dense (to the embedding width) + hidden_act + layer norm
             return {"type": "masked_lm", "transform": {"activation": enc["activation"],
-                                                       "layer_norm": {"epsilon": enc["layer_norm_epsilon"]}}}
+                                                       "layer_norm": {"epsilon": enc["layer_norm_epsilon"]}},
+                    **tie_word_embeddings(cfg, where)}
         head = "pretrainer"
     else:
         head = family.architectures[arch]
@@ -454,7 +481,7 @@ def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFami
     if head == "pretrainer":
         return {"type": "pretrainer", "num_token_predictions": min(DEFAULT_MLM_PREDICTIONS, enc["max_sequence_length"]),
                 "num_classes": 2, "output": "logits", "activation": enc["activation"],
-                "layer_norm_epsilon": enc["layer_norm_epsilon"]}
+                "layer_norm_epsilon": enc["layer_norm_epsilon"], **tie_word_embeddings(cfg, where)}
     return None
 
 

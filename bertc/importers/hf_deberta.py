@@ -6,8 +6,8 @@ only with ``position_biased_input``; token types only with ``type_vocab_size`` >
 ``max_relative_positions`` resolved as transformers does, ``norm_rel_ebd``) and post-norm ``scaffold`` blocks of
 ``disentangled`` attention (``pos_att_type``, ``share_att_key``; scaled by sqrt(head_size * (1 + #terms))) and a
 dense feedforward. Heads: ``ContextPooler`` + classifier (the first token, dense + ``pooler_hidden_act``), token
-classification, question answering, masked LM (the v3 ``lm_predictions.lm_head`` and the legacy
-``cls.predictions``, both tied to the word embeddings).
+classification, question answering, masked LM (the v3 ``lm_predictions.lm_head``, which always reads the word
+embeddings, and the legacy ``cls.predictions``, tied to them unless ``tie_word_embeddings`` is false).
 
 What transformers would compute differently from that is refused, naming the key: ``relative_attention`` false,
 the ``conv_kernel_size`` ConvLayer of deberta-v2-xlarge / xxlarge, an ``embedding_size`` other than hidden_size
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from bertc.importers.hf import (layer_param, ConfigValues, HFFamily, _param, decoder_param, num_labels, refuse,
-                               register_family)
+from bertc.importers.hf import (layer_param, ConfigValues, HFFamily, _param, decoder_param, decoder_tied, num_labels,
+                               refuse, register_family)
 from bertc.weights import Ignored, Target
 
 ARCHITECTURES = {"DebertaV2Model": None, "DebertaV2ForSequenceClassification": "classifier",
@@ -149,12 +149,13 @@ def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict
             refuse(where, "num_labels", num_labels(cfg, where), "a question-answering head has 2 outputs (start, end)")
         return {"type": "span_labeler"}
     if kind == "masked_lm":
-        if c.bool("legacy") and not c.bool("tie_word_embeddings"):
-            refuse(where, "tie_word_embeddings", False, "bertc's masked-LM decoder is the word embedding table")
+        # the legacy head's decoder is a Linear of its own where tie_word_embeddings is false; v3's
+        # lm_predictions multiplies by the word table whatever the config says
+        own = c.bool("legacy") and not c.bool("tie_word_embeddings")
         return {"type": "masked_lm",
                 "transform": {"activation": enc["hidden"]["feedforward"]["activation"], "bias": True,
                               "layer_norm": {"epsilon": enc["layer_norm_epsilon"], "bias": True}},
-                "decoder_bias": True}
+                "decoder_bias": True, **({"decoder_tied": False} if own else {})}
     return None
 
 
@@ -209,11 +210,11 @@ def _encoder_param(rest: str, spec) -> Optional[Target]:
     return layer_param(stem, leaf, "encoder.layer", _LAYER)
 
 
-def _head_param(name: str, head: Optional[str]) -> Optional[Target]:
+def _head_param(name: str, head: Optional[str], tied: bool = True) -> Optional[Target]:
     if name.startswith("mask_predictions."):
         return Ignored(_RTD)
     decoder = decoder_param(name, ("cls.predictions.decoder.weight",), ("lm_predictions.lm_head.bias", "cls.predictions.bias"),
-                            ("cls.predictions.decoder.bias",))
+                            ("cls.predictions.decoder.bias",), tied)
     if decoder is not None:
         return decoder
     stem, leaf = _split(name)
@@ -230,7 +231,7 @@ def translate(name: str, spec) -> Optional[Target]:
     head_type = spec.head.type if spec.head is not None else None
     if name.startswith("deberta."):
         return _encoder_param(name[len("deberta."):], spec)
-    return _encoder_param(name, spec) or _head_param(name, head_type)
+    return _encoder_param(name, spec) or _head_param(name, head_type, decoder_tied(spec))
 
 
 class Deberta(HFFamily):

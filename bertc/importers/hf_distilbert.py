@@ -10,13 +10,14 @@ Tensor names: ``distilbert.embeddings.*``, ``distilbert.transformer.layer.N.atte
 ``sa_layer_norm``, ``ffn.lin1`` / ``ffn.lin2``, ``output_layer_norm``. Heads: ``pre_classifier`` + ReLU +
 ``classifier`` over the first token (a ``classifier`` with ``pooling: first`` and a relu ``transform``),
 token classification (``classifier``), question answering (``qa_outputs``), masked LM (``vocab_transform``,
-the config's activation, ``vocab_layer_norm``, ``vocab_projector`` tied to the word embeddings).
+the config's activation, ``vocab_layer_norm``, ``vocab_projector`` tied to the word embeddings, or its own with
+``tie_word_embeddings`` false).
 """
 from __future__ import annotations
 
 
-from bertc.importers.hf import (decoder_param, layer_param, _BUFFERS, ConfigValues, HFFamily, _param, _split,
-                                head_from_config, num_labels, register_family)
+from bertc.importers.hf import (decoder_param, decoder_tied, layer_param, _BUFFERS, ConfigValues, HFFamily, _param,
+                                _split, head_from_config, num_labels, register_family)
 from bertc.importers.hf_roberta import check_config, first_token_classifier, masked_lm_head, strip_prefix
 from bertc.weights import Ignored, Target
 
@@ -84,7 +85,7 @@ class DistilBert(HFFamily):
         kind = self.architectures[arch]
         c = ConfigValues(cfg, where, DEFAULTS)
         if kind == "masked_lm":
-            return masked_lm_head(enc["hidden"]["activation"], EPSILON)
+            return masked_lm_head(enc["hidden"]["activation"], EPSILON, cfg, where)
         if kind == "span_labeler":
             return head_from_config(cfg, where, enc, arch, self, names)
         if kind == "multiple_choice":   # DistilBertForMultipleChoice: the sequence classifier's layers, one output
@@ -110,7 +111,7 @@ class DistilBert(HFFamily):
         if stem in _HEAD:
             kind, path = _HEAD[stem]
             return _param(kind, leaf, path)
-        return decoder_param(name, ("vocab_projector.weight",), ("vocab_projector.bias",))
+        return decoder_param(name, ("vocab_projector.weight",), ("vocab_projector.bias",), tied=decoder_tied(spec))
 
 
 register_family(DistilBert())

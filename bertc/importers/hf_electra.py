@@ -14,13 +14,13 @@ The pretraining discriminator (``ElectraForPreTraining``: google/electra-*-discr
 ``dense_prediction``, the logit that each token was replaced (transformers squeezes the class axis away: bertc's
 ``logits`` keep it, (batch, seq, 1)). The generator (``ElectraForMaskedLM``: google/electra-*-generator) is a
 ``masked_lm`` head: ``generator_predictions.dense`` (hidden -> embedding size) + exact GELU + ``LayerNorm``, then
-``generator_lm_head``, tied to the word embeddings (an untied checkpoint is refused by the weight loader, which
-finds the two tensors differ) with its own bias.
+``generator_lm_head``, tied to the word embeddings (its own table where ``tie_word_embeddings`` is false) with its
+own bias.
 """
 from __future__ import annotations
 
 from bertc.importers.hf import (BERT_DEFAULTS, ConfigValues, HFFamily, _encoder_param, _param, _split, activation,
-                               decoder_param, encoder_from_config, head_from_config, num_labels, refuse,
+                               decoder_param, decoder_tied, encoder_from_config, head_from_config, num_labels, refuse,
                                register_family)
 from bertc.importers.hf_roberta import (NOT_A_DECODER, check_config, first_token_classifier, head_param, head_type,
                                         masked_lm_head, strip_prefix)
@@ -97,7 +97,7 @@ class Electra(HFFamily):
             return {"type": "token_classifier", "num_classes": 1, "dropout_rate": 0.0,
                     "transform": {"activation": enc["hidden"]["activation"]}}
         if kind == "masked_lm":       # ElectraGeneratorPredictions: get_activation("gelu"), the exact one
-            return masked_lm_head("gelu", enc["layer_norm_epsilon"])
+            return masked_lm_head("gelu", enc["layer_norm_epsilon"], cfg, where)
         if kind == "multiple_choice":
             return sequence_summary_head(cfg, where)
         head = head_from_config(cfg, where, enc, arch, self, names)
@@ -111,8 +111,9 @@ class Electra(HFFamily):
             if stem in _PRETRAINING_HEADS:
                 kind, path = _PRETRAINING_HEADS[stem]
                 return _param(kind, leaf, path)
-            return (decoder_param(name, ("generator_lm_head.weight",), ("generator_lm_head.bias",))
-                    or head_param(name, head_type(spec)))
+            return (decoder_param(name, ("generator_lm_head.weight",), ("generator_lm_head.bias",),
+                                  tied=decoder_tied(spec))
+                    or head_param(name, head_type(spec), decoder_tied(spec)))
         stem, leaf = _split(rest if rest is not None else name)
         if stem == "embeddings_project":
             return _param("linear", leaf, "embeddings/embedding_projection")

@@ -8,14 +8,15 @@ naming the key and the value, when bertc cannot compute it exactly (:func:`encod
 Tensor names (the task models' ``model.`` prefix stripped) -> bertc weight paths: ``Wqkv`` stays packed
 (``attention/qkv``), ``Wi`` too (``feedforward/intermediate``: input then gate); torch ``Linear`` weights are
 transposed; ``head.dense`` / ``head.norm`` are the heads' transform; the masked-LM ``decoder.weight`` is tied
-to the word embeddings (``tie_word_embeddings`` must be true) and ``decoder.bias`` is its ``output_bias``.
+to the word embeddings (the head's own ``decoder`` table where ``tie_word_embeddings`` is false) and
+``decoder.bias`` is its ``output_bias``.
 """
 from __future__ import annotations
 
 import re
 from typing import Optional
 
-from bertc.importers.hf import ConfigValues, HFFamily, invalid, num_labels, refuse, register_family
+from bertc.importers.hf import ConfigValues, HFFamily, decoder_tied, invalid, num_labels, refuse, register_family
 from bertc.weights import Ignored, Target
 
 # Keys that change nothing bertc computes at inference, and why.
@@ -153,9 +154,8 @@ def head(cfg: dict, where: str, enc: dict, arch: str, names=()) -> Optional[dict
     transform = {"activation": c.activation("classifier_activation"), "bias": c.bool("classifier_bias"),
                  "layer_norm": {"epsilon": enc["layer_norm_epsilon"], "bias": enc["norm_bias"]}}
     if kind == "masked_lm":
-        if c.bool("tie_word_embeddings") is False:
-            refuse(where, "tie_word_embeddings", False, "bertc's masked-LM decoder is the word embedding table")
-        return {"type": "masked_lm", "transform": transform, "decoder_bias": c.bool("decoder_bias")}
+        own = {} if c.bool("tie_word_embeddings") else {"decoder_tied": False}
+        return {"type": "masked_lm", "transform": transform, "decoder_bias": c.bool("decoder_bias"), **own}
     if kind == "span_labeler":   # the prediction head, then classifier: num_labels 2, split into start / end
         if num_labels(cfg, where) != 2:
             refuse(where, "num_labels", num_labels(cfg, where), "a question-answering head has 2 outputs (start, end)")
@@ -207,7 +207,7 @@ def _encoder_param(rest: str) -> Optional[Target]:
     return None
 
 
-def _head_param(name: str, kind: Optional[str]) -> Optional[Target]:
+def _head_param(name: str, kind: Optional[str], tied: bool = True) -> Optional[Target]:
     stem, _, leaf = name.rpartition(".")
     if stem not in ("head.dense", "head.norm", "classifier", "decoder"):
         return None
@@ -223,7 +223,7 @@ def _head_param(name: str, kind: Optional[str]) -> Optional[Target]:
         if stem == "head.norm":
             return _param("norm", leaf, "masked_lm/transform_layer_norm")
         if name == "decoder.weight":
-            return Target("embeddings/word_embeddings", tied=True)
+            return Target("embeddings/word_embeddings", tied=True) if tied else Target("masked_lm/decoder")
         if name == "decoder.bias":
             return Target("masked_lm/output_bias")
         return None
@@ -241,7 +241,7 @@ def translate(name: str, spec) -> Optional[Target]:
     """A ModernBERT tensor name -> bertc weight path (``spec``: the spec it is loaded into)."""
     kind = spec.head.type if spec.head is not None else None
     rest = name[len("model."):] if name.startswith("model.") else name
-    return _encoder_param(rest) or _head_param(name, kind)
+    return _encoder_param(rest) or _head_param(name, kind, decoder_tied(spec))
 
 
 class ModernBertFamily(HFFamily):

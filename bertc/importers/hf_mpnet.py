@@ -22,13 +22,14 @@ What transformers' ``MPNetModel`` computes, and bertc with it:
   position bias) to the scaled logits.
 
 Heads: ``MPNetClassificationHead`` (dense + tanh + ``out_proj`` over ``<s>``, as RoBERTa's), token
-classification, question answering, ``MPNetLMHead`` (dense, exact GELU, layer norm, tied decoder + bias).
+classification, question answering, ``MPNetLMHead`` (dense, exact GELU, layer norm, tied decoder + bias; its own
+decoder with ``tie_word_embeddings`` false).
 """
 from __future__ import annotations
 
 
 from bertc.importers.hf import (layer_param, _BERT_LAYER, _BUFFERS, BERT_DEFAULTS, ConfigValues, HFFamily, _param, _split,
-                                head_from_config, refuse, register_family)
+                                decoder_tied, head_from_config, refuse, register_family)
 from bertc.importers.hf_roberta import (check_config, first_token_classifier, head_param, head_type, masked_lm_head,
                                         strip_prefix)
 from bertc.weights import Ignored, Target
@@ -99,7 +100,7 @@ class MPNet(HFFamily):
     def head(self, cfg, where, enc, arch, names=()):
         kind = self.architectures[arch]
         if kind == "masked_lm":     # MPNetLMHead: transformers' gelu (exact), whatever hidden_act says
-            return masked_lm_head("gelu", enc["hidden"]["layer_norm_epsilon"])
+            return masked_lm_head("gelu", enc["hidden"]["layer_norm_epsilon"], cfg, where)
         head = head_from_config(cfg, where, enc, arch, self, names)
         return first_token_classifier(head, "tanh") if kind == "classifier" else head
 
@@ -107,7 +108,7 @@ class MPNet(HFFamily):
         rest = strip_prefix(name, "mpnet.")
         if rest is not None:
             return encoder_param(rest)
-        return encoder_param(name) or head_param(name, head_type(spec))
+        return encoder_param(name) or head_param(name, head_type(spec), decoder_tied(spec))
 
 
 register_family(MPNet())

@@ -10,8 +10,8 @@ pads. Tensor names are BERT's under ``roberta.``.
 
 Heads: ``RobertaClassificationHead`` (dense + tanh + ``out_proj`` over ``<s>``) is a ``classifier`` with
 ``pooling: first`` and a tanh ``transform``; ``RobertaLMHead`` (dense, exact GELU, layer norm, the decoder
-tied to the word embeddings plus ``lm_head.bias``) is ``masked_lm``; token classification and question
-answering are BERT's.
+tied to the word embeddings plus ``lm_head.bias``; with ``tie_word_embeddings`` false its own decoder and bias)
+is ``masked_lm``; token classification and question answering are BERT's.
 
 The helpers here (:func:`check_config`, :func:`first_token_classifier`, :func:`masked_lm_head`,
 :data:`CLASSIFICATION_HEAD`) serve the other RoBERTa-like families too (MPNet, ELECTRA, DistilBERT).
@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from bertc.importers.hf import (BERT_DEFAULTS, ConfigValues, HFFamily, decoder_param, _encoder_param, _param, _split,
-                                encoder_from_config, head_from_config, refuse, register_family)
+from bertc.importers.hf import (BERT_DEFAULTS, ConfigValues, HFFamily, decoder_param, decoder_tied, _encoder_param,
+                                _param, _split, encoder_from_config, head_from_config, refuse, register_family,
+                                tie_word_embeddings)
 from bertc.weights import Target
 
 
@@ -49,8 +50,11 @@ def first_token_classifier(head: dict, activation: str) -> dict:
     return {**head, "pooling": "first", "transform": {"activation": activation}}
 
 
-def masked_lm_head(activation: str, epsilon: float) -> dict:
-    return {"type": "masked_lm", "transform": {"activation": activation, "layer_norm": {"epsilon": epsilon}}}
+def masked_lm_head(activation: str, epsilon: float, cfg: dict, where: str) -> dict:
+    """A LM head of dense + ``activation`` + layer norm, then the decoder (its own where the config's
+    ``tie_word_embeddings`` is false)."""
+    return {"type": "masked_lm", "transform": {"activation": activation, "layer_norm": {"epsilon": epsilon}},
+            **tie_word_embeddings(cfg, where)}
 
 
 # RobertaClassificationHead / ElectraClassificationHead / MPNetClassificationHead: classifier.dense + out_proj
@@ -59,8 +63,9 @@ CLASSIFICATION_HEAD = {"classifier.dense": "classifier_transform", "classifier.o
 LM_HEAD = {"lm_head.dense": ("linear", "masked_lm/transform"), "lm_head.layer_norm": ("ln", "masked_lm/transform_layer_norm")}
 
 
-def head_param(name: str, head: Optional[str] = None) -> Optional[Target]:
-    """The head tensors shared by RoBERTa, ELECTRA and MPNet checkpoints (``head``: the spec's head type)."""
+def head_param(name: str, head: Optional[str] = None, tied: bool = True) -> Optional[Target]:
+    """The head tensors shared by RoBERTa, ELECTRA and MPNet checkpoints (``head``: the spec's head type;
+    ``tied``: whether its masked-LM decoder is the word table)."""
     stem, leaf = _split(name)
     if stem in CLASSIFICATION_HEAD:
         return _param("linear", leaf, CLASSIFICATION_HEAD[stem])
@@ -71,7 +76,7 @@ def head_param(name: str, head: Optional[str] = None) -> Optional[Target]:
     if stem in LM_HEAD:
         kind, path = LM_HEAD[stem]
         return _param(kind, leaf, path)
-    return decoder_param(name, ("lm_head.decoder.weight",), ("lm_head.bias",), ("lm_head.decoder.bias",))
+    return decoder_param(name, ("lm_head.decoder.weight",), ("lm_head.bias",), ("lm_head.decoder.bias",), tied)
 
 
 def head_type(spec) -> Optional[str]:
@@ -123,7 +128,7 @@ class Roberta(HFFamily):
     def head(self, cfg, where, enc, arch, names=()):
         kind = self.architectures[arch]
         if kind == "masked_lm":     # RobertaLMHead: transformers' gelu is the exact one, whatever hidden_act says
-            return masked_lm_head("gelu", enc["layer_norm_epsilon"])
+            return masked_lm_head("gelu", enc["layer_norm_epsilon"], cfg, where)
         head = head_from_config(cfg, where, enc, arch, self, names)
         return first_token_classifier(head, "tanh") if kind == "classifier" else head
 
@@ -131,7 +136,7 @@ class Roberta(HFFamily):
         rest = strip_prefix(name, "roberta.")
         if rest is not None:
             return _encoder_param(rest)
-        return _encoder_param(name) or head_param(name, head_type(spec))
+        return _encoder_param(name) or head_param(name, head_type(spec), decoder_tied(spec))
 
 
 register_family(Roberta())

@@ -1,0 +1,145 @@
+"""Hugging Face checkpoint layouts beyond the common one, each computed as transformers computes it.
+
+Fixtures (tests/fixtures/hf/, written only by tools/make_layout_fixtures.py) are tiny random-weight checkpoints
+with transformers' outputs: masked LMs with ``tie_word_embeddings: false`` (``*_untied``). Where a variant needs no
+fixture of its own, a fixture's tensors are rewritten here with safetensors (no torch needed).
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertc
+from bertc.build import expected_param_count
+from bertc.importers import import_spec, load_weights
+from bertc.signature import signature_of
+from bertc.spec import load_spec
+
+HF = Path(__file__).resolve().parent / "fixtures" / "hf"
+ATOL = 1e-5
+
+
+def feeds(spec, ref) -> dict:
+    return {i.name: ref[i.name] for i in signature_of(spec).inputs}
+
+
+def outputs_of(model, spec, ref) -> dict:
+    return {k: np.asarray(v) for k, v in model(feeds(spec, ref), training=False).items()}
+
+
+def max_diff(got: dict, spec, ref) -> float:
+    return max(float(np.abs(np.asarray(got[o.name]) - ref[o.name]).max()) for o in signature_of(spec).outputs)
+
+
+def loaded(source: Path, tmp_path: Path, reference: Path = None):
+    """``bertc import`` of ``source``, the Keras model built from the spec with the checkpoint's weights loaded:
+    (spec, built model, load result, reference arrays)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "spec.json"
+    data = import_spec(source, path)
+    ref = dict(np.load(reference or Path(source) / "reference.npz"))
+    if data.get("head", {}).get("type") == "pretrainer":   # as many masked positions as the reference has
+        data["head"]["num_token_predictions"] = ref["masked_lm_positions"].shape[1]
+        path.write_text(json.dumps(data))
+    spec = load_spec(path)
+    built = bertc.build_model(spec)
+    result = load_weights(built.model, spec, source)
+    assert len(result.loaded) == len(built.model.weights)
+    return spec, built, result, ref
+
+
+def rewritten(tmp_path: Path, fixture: str, config: dict = None, edit=None) -> Path:
+    """A copy of the fixture with ``config`` merged into config.json and ``edit(tensors)`` applied to its
+    model.safetensors (a dict of name -> array, changed in place)."""
+    from safetensors.numpy import load_file, save_file
+
+    target = tmp_path / fixture
+    shutil.copytree(HF / fixture, target)
+    if config:
+        cfg = json.loads((target / "config.json").read_text())
+        cfg.update(config)
+        (target / "config.json").write_text(json.dumps(cfg))
+    if edit:
+        tensors = load_file(str(target / "model.safetensors"))
+        edit(tensors)
+        save_file(tensors, str(target / "model.safetensors"))
+    return target
+
+
+# --- masked LMs with tie_word_embeddings false: the decoder a table of its own --------------------------------
+
+UNTIED = {"bert_mlm_untied": ("masked_lm", "cls.predictions.bias"),
+          "bert_pretraining_untied": ("pretrainer", "cls.predictions.bias"),
+          "roberta_mlm_untied": ("masked_lm", "lm_head.bias"),
+          "distilbert_mlm_untied": ("masked_lm", None),
+          "electra_mlm_untied": ("masked_lm", None)}
+
+
+@pytest.mark.parametrize("name", list(UNTIED))
+def test_an_untied_masked_lm_decoder_is_its_own_table(name, tmp_path):
+    """transformers 5 gives the untied decoder its own weight and bias; the head's ``bias`` tensor (saved, differing,
+    never read) is reported as ignored with the reason."""
+    head, unread = UNTIED[name]
+    spec, built, result, ref = loaded(HF / name, tmp_path)
+    assert spec.head.type == head and spec.head.decoder_tied is False
+    assert "masked_lm/decoder" in result.loaded and not result.tied
+    assert int(built.model.count_params()) == expected_param_count(spec)
+    assert max_diff(outputs_of(built.model, spec, ref), spec, ref) <= ATOL
+    if unread:
+        assert set(result.ignored) == {unread} and "tie_word_embeddings false" in result.ignored[unread]
+
+
+@pytest.mark.parametrize("name", ["bert_mlm_untied", "bert_pretraining_untied"])
+def test_the_optimized_graph_multiplies_by_the_own_decoder(name, tmp_path):
+    from bertc.optimize.lower import lower_model
+    from bertc.optimize.onnx_artifacts import ort_session
+
+    spec, built, _, ref = loaded(HF / name, tmp_path)
+    lowered = lower_model(built)
+    session = ort_session(lowered.proto.SerializeToString())
+    names = [o.name for o in session.get_outputs()]
+    assert max_diff(dict(zip(names, session.run(names, feeds(spec, ref)))), spec, ref) <= ATOL
+
+
+def test_a_transformers_4_untied_decoder_bias_saved_once_is_read(tmp_path):
+    """transformers 4 makes the untied decoder's bias the head's ``bias`` (one tensor, saved once, under
+    cls.predictions.bias): that tensor is then the decoder's bias."""
+    def as_transformers_4(t):
+        t["cls.predictions.bias"] = t.pop("cls.predictions.decoder.bias")
+
+    source = rewritten(tmp_path, "bert_mlm_untied", edit=as_transformers_4)
+    spec, built, result, ref = loaded(source, tmp_path)
+    assert result.loaded["masked_lm/output_bias"] == "cls.predictions.bias" and not result.ignored
+    assert max_diff(outputs_of(built.model, spec, ref), spec, ref) <= ATOL
+
+
+@pytest.mark.parametrize("fixture,weight,table", [
+    ("modernbert_mlm", "decoder.weight", "model.embeddings.tok_embeddings.weight"),
+    ("deberta_v2_mlm_legacy", "cls.predictions.decoder.weight", "deberta.embeddings.word_embeddings.weight")])
+def test_modernbert_and_legacy_deberta_untied_decoders_are_read(fixture, weight, table, tmp_path):
+    """Their tied fixtures with tie_word_embeddings false and the decoder saved as a copy of the word table: the
+    outputs of the tied model (tests/test_modernbert.py and tests/test_deberta.py compare those with transformers),
+    read from the decoder's own tensor."""
+    source = rewritten(tmp_path, fixture, {"tie_word_embeddings": False},
+                       lambda t: t.__setitem__(weight, t[table].copy()))
+    spec, built, result, ref = loaded(source, tmp_path / "untied")
+    assert spec.head.decoder_tied is False and result.loaded["masked_lm/decoder"] == weight
+    tied_spec, tied, _, _ = loaded(HF / fixture, tmp_path / "tied")
+    assert tied_spec.head.decoder_tied is True
+    assert max_diff(outputs_of(built.model, spec, ref), spec, outputs_of(tied.model, tied_spec, ref)) <= 1e-6
+
+
+def test_a_tied_config_still_refuses_a_decoder_that_differs_from_the_word_table(tmp_path):
+    """tie_word_embeddings true (the default): transformers ties the decoder to the word table, so a checkpoint whose
+    decoder tensor differs from it is not the model its config describes."""
+    from bertc.errors import WeightsError
+
+    source = rewritten(tmp_path, "bert_mlm_untied", {"tie_word_embeddings": True})
+    path = tmp_path / "spec.json"
+    import_spec(source, path)
+    spec = load_spec(path)
+    assert spec.head.decoder_tied is True
+    with pytest.raises(WeightsError, match=r"tied: .*cls.predictions.decoder.weight.* differ"):
+        load_weights(bertc.build_model(spec).model, spec, source)
