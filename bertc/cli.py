@@ -657,6 +657,16 @@ def missing_library_line(exc: ModuleNotFoundError, argv: list) -> str | None:
             f"Running a build (bertc run, bertc.Runtime) needs only numpy, click, onnxruntime and tokenizers")
 
 
+def usage_error_line(exc: click.ClickException, argv: list = ()) -> str:
+    """Click's error (a usage error: a missing argument, an unknown or bad option) as one ``error: ...`` line,
+    pointing at the command's ``--help`` instead of Click's Usage / Try / Error block."""
+    message = re.sub(r"\.\s+\(", " (", " ".join(exc.format_message().split()))   # "'--x'. (Did you mean ...?)"
+    message = message[:-1] if message.endswith(".") else message
+    ctx = getattr(exc, "ctx", None)   # None where Click raised it without one (an option missing its value)
+    command = ctx.command_path if ctx is not None else " ".join(["bertc", *filter(None, [_command_of(list(argv))])])
+    return f"error: {message}" + (f" (see '{command} --help')" if isinstance(exc, click.UsageError) else "")
+
+
 def internal_error_line(exc: BaseException) -> str:
     """The one line printed for an unexpected exception (a bug in bertc)."""
     text = " ".join(str(exc).split())
@@ -674,8 +684,11 @@ def main(argv=None) -> int:
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:   # `bertc` alone: its help
         exc.show()
+        return EXIT_BAD_SPEC
+    except click.ClickException as exc:   # a usage error (a missing -o, a bad --variants): one line, as every error
+        _err(usage_error_line(exc, argv))
         return EXIT_BAD_SPEC
     except click.exceptions.Abort:
         _err("aborted")
