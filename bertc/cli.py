@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from bertc.errors import (EXIT_BAD_SPEC, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY,
-                          BertcError)
+                          EXIT_TERMINATED, BertcError)
 from bertc.quiet import import_log, native_stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -621,7 +621,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
             signal.signal(signal.SIGTERM, previous)
     if rows is None:
         _err("terminated" + ("" if str(result) == "-" else "; nothing was written"))
-        raise SystemExit(128 + signal.SIGTERM)   # 143, as a shell reports a process that SIGTERM ended
+        raise SystemExit(EXIT_TERMINATED)   # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
     seconds = time.perf_counter() - start
     if not quiet:
         _err(f"wrote {'standard output' if str(result) == '-' else result}: {rows:,} {runtime.kind} result(s) in "

@@ -38,3 +38,12 @@ def test_help_and_no_command_still_print_the_help(capsys):
     assert main([]) == EXIT_BAD_SPEC   # `bertc` alone: the commands, on stderr (as Click does)
     err = capsys.readouterr().err
     assert err.startswith("Usage: bertc [OPTIONS] COMMAND") and "Commands:" in err and "error:" not in err
+
+
+# --- exit codes ----------------------------------------------------------------------------------------------------
+
+def test_sigterm_has_its_row_in_both_exit_code_tables():
+    """bertc run exits 143 on SIGTERM; neither the README's table nor bertc/errors.py's ("the same table") had it."""
+    assert errors.EXIT_TERMINATED == 143
+    assert "143   ``EXIT_TERMINATED``" in errors.__doc__ and "nothing was written" in errors.__doc__
+    assert "| 143 | `bertc run` ended by SIGTERM" in README and "nothing was written |" in README
