@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from bertc.errors import BertcError, CalibrationError
+from bertc.errors import BertcError, CalibrationError, MissingLibrary
 
 BUILTIN_NAME = "calibration_sentences.txt"
 
@@ -144,7 +144,7 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
             texts = read_texts(calibration)
             cases = text_cases(out_dir, spec, texts, calibration.name)
             prompted, used = prompted_cases(out_dir, spec, texts, calibration.name)
-        except CalibrationError:
+        except (CalibrationError, MissingLibrary):   # tokenizers not installed: exit 7, as every missing library
             raise
         except BertcError as exc:
             raise CalibrationError(f"--calibration {calibration}: {exc}") from None

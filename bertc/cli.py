@@ -564,8 +564,10 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     import time
 
     from bertc.runtime import Progress, Runtime
-    from bertc.run_io import stderr_is_terminal
+    from bertc.run_io import require_libraries, stderr_is_terminal
 
+    # a library the formats or --ray need and that is missing: exit 7 before the model is loaded or a line printed
+    require_libraries(input_path, input_format, result, result_format, ray=ray_address is not None)
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
                       truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
                       max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,

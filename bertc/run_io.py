@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from bertc.errors import InputError, OutputError
+from bertc.errors import InputError, MissingLibrary, OutputError
 
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
                  ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
@@ -399,13 +399,36 @@ def _read_csv(spec: InputSpec) -> Iterator[Record]:
         raise _csv_error(spec, exc, began, reader.reader.line_num) from None   # DictReader's own lags an error
 
 
-def _pyarrow():
+def _pyarrow(what: str = "Parquet"):
     try:
         import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise InputError("Parquet needs pyarrow: pip install 'bertc[parquet]'") from None
+        raise MissingLibrary(f"{what} needs pyarrow, which is not installed: pip install 'bertc[parquet]'") from None
     return pyarrow
+
+
+RAY_MISSING = "--ray needs ray (Ray Data), which is not installed: pip install 'bertc[ray]'"
+
+
+def require_libraries(input_path, input_format: Optional[str] = None, result_path=None,
+                      result_format: Optional[str] = None, ray: bool = False) -> None:
+    """The optional libraries a run needs (pyarrow for Parquet; ray, and pyarrow for its blocks, for ``--ray``),
+    checked before any work: :class:`MissingLibrary` (exit 7) naming each and the extra that installs it. An unknown
+    format is left to :func:`input_spec` / :func:`result_format`, which name it."""
+    import importlib.util
+
+    if ray:
+        if importlib.util.find_spec("ray") is None:
+            raise MissingLibrary(RAY_MISSING)
+        _pyarrow("--ray")
+    read = input_format or ("txt" if str(input_path) == STDIO else INPUT_FORMATS.get(Path(input_path).suffix.lower()))
+    written = result_format or (None if result_path is None else "jsonl" if str(result_path) == STDIO
+                                else RESULT_FORMATS.get(Path(result_path).suffix.lower()))
+    if read == "parquet":
+        _pyarrow(f"a Parquet input ({input_path})")
+    if written == "parquet":
+        _pyarrow(f"a Parquet result ({result_path})")
 
 
 def _read_parquet(spec: InputSpec) -> Iterator[Record]:

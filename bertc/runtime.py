@@ -75,7 +75,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from bertc.backends import CPU, CUDA, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers
-from bertc.errors import BackendLoadError, BertcError, InputError
+from bertc.errors import BackendLoadError, BertcError, InputError, MissingLibrary
 from bertc.run_io import Record
 
 STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -1290,9 +1290,9 @@ class Runtime:
 
         try:
             return load_tokenizer(self.out, self.max_len).to_str()
-        except InputError:
+        except (InputError, MissingLibrary):   # tokenizers not installed: exit 7, as every missing library
             raise
-        except BertcError as exc:  # text.py's: no tokenizer bundled, tokenizers not installed
+        except BertcError as exc:  # text.py's: no tokenizer bundled
             raise InputError(str(exc)) from None
 
     @property
@@ -1454,7 +1454,9 @@ def ray_init(address: Optional[str]):
     try:
         import ray
     except ImportError:
-        raise InputError("--ray needs Ray: pip install 'bertc[ray]'") from None
+        from bertc.run_io import RAY_MISSING
+
+        raise MissingLibrary(RAY_MISSING) from None
     if not ray.is_initialized():
         kwargs = {"address": address} if address else {}
         try:

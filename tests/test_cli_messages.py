@@ -47,3 +47,44 @@ def test_sigterm_has_its_row_in_both_exit_code_tables():
     assert errors.EXIT_TERMINATED == 143
     assert "143   ``EXIT_TERMINATED``" in errors.__doc__ and "nothing was written" in errors.__doc__
     assert "| 143 | `bertc run` ended by SIGTERM" in README and "nothing was written |" in README
+
+
+# --- a missing optional library: exit 7, named with the extra that installs it, before any work -------------------
+
+@pytest.mark.parametrize("missing, argv, says", [
+    ("pyarrow", ["docs.parquet", "-o", "emb.npy"], "a Parquet input (docs.parquet) needs pyarrow"),
+    ("pyarrow", ["docs.txt", "-o", "emb.parquet"], "a Parquet result (emb.parquet) needs pyarrow"),
+    ("ray", ["docs.txt", "-o", "emb.npy", "--ray"], "--ray needs ray (Ray Data)"),
+])
+def test_bertc_run_without_an_optional_library_exits_7_before_any_work(missing, argv, says, tmp_path, monkeypatch,
+                                                                      capsys):
+    """They were exit 2 (InputError), after the run's first line ("bertc run OUT: embedding results from ...")."""
+    extra = {"pyarrow": "bertc[parquet]", "ray": "bertc[ray]"}[missing]
+    monkeypatch.setitem(sys.modules, missing, None)   # `import pyarrow` raises ImportError, find_spec says None
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "no-build-needed", *argv]) == errors.EXIT_MISSING_LIBRARY   # checked before OUT is read
+    err = capsys.readouterr().err
+    assert err == f"error: {says}, which is not installed: pip install '{extra}'\n"
+
+
+def test_a_missing_tokenizers_library_is_exit_7_for_bertc_run_and_build_calibration(tmp_path, monkeypatch):
+    """Runtime turned text.py's MissingLibrary into an InputError (exit 2), as did --calibration (CalibrationError)."""
+    from types import SimpleNamespace
+
+    from bertc.calibration import real_text_cases
+    from bertc.errors import MissingLibrary
+    from bertc.runtime import Runtime, ray_init
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    (tmp_path / "tokenizer.json").write_text("{}")   # a build that bundles a tokenizer
+    runtime = Runtime.__new__(Runtime)
+    runtime.out, runtime.max_len = tmp_path, 8
+    with pytest.raises(MissingLibrary, match=r"tokenizers .*pip install 'bertc\[text\]'"):
+        runtime._tokenizer_json()
+    (tmp_path / "text.txt").write_text("a sentence\n")
+    with pytest.raises(MissingLibrary, match=r"pip install 'bertc\[text\]'"):
+        real_text_cases(SimpleNamespace(encoder=SimpleNamespace(max_sequence_length=8)), tmp_path,
+                        tmp_path / "text.txt")
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingLibrary, match=r"--ray needs ray .*pip install 'bertc\[ray\]'"):
+        ray_init(None)
