@@ -159,17 +159,29 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                 status.clear()
     except BertcError as exc:
         failed = getattr(exc, "kept_in", None)   # OUT.failed, or OUT.failed-2 ... when OUT.failed is not a build's
-        if failed is not None and (failed / "summary.txt").exists() and not quiet:
+        if failed is None or not (failed / "summary.txt").exists():
+            raise
+        if not quiet:
             _err((failed / "summary.txt").read_text())
             taken = getattr(exc, "kept_instead_of", None)
             _err(f"report kept in {_shown(failed)}/ ({out} was left as it was"
                  + (f"; {_shown(taken)} is not a bertc build's folder, left alone)" if taken else ")"))
-        raise
+        raise _naming_folder(exc, _shown(failed)) from exc   # the error line says where the report is, -q or not
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     elif not quiet:
         _err((Path(out) / "summary.txt").read_text())
         _err(f"wrote {out}/")
+
+
+def _naming_folder(exc: BertcError, folder: Path) -> BertcError:
+    """``exc`` (same exit code) with its first line naming the folder its failed build's report went to:
+    ``parity failed (16 problem(s)); report kept in OUT.failed-2/:`` and the problems below."""
+    first, newline, rest = str(exc).partition("\n")
+    colon = ":" if first.endswith(":") else ""
+    named = BertcError(f"{first[:len(first) - len(colon)]}; report kept in {folder}/{colon}{newline}{rest}")
+    named.exit_code = exc.exit_code
+    return named
 
 
 def _shown(path: Path) -> Path:

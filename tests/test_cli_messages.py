@@ -88,3 +88,30 @@ def test_a_missing_tokenizers_library_is_exit_7_for_bertc_run_and_build_calibrat
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingLibrary, match=r"--ray needs ray .*pip install 'bertc\[ray\]'"):
         ray_init(None)
+
+
+# --- a failed build: its error line names where the report went ----------------------------------------------------
+
+@pytest.mark.parametrize("quiet", [["-q"], []])
+def test_a_failed_builds_error_line_names_the_folder_of_its_report(quiet, tmp_path, monkeypatch, capsys):
+    """With -q the line was only `error: parity failed (2 problem(s)):`, not where the report went (here o2.failed-2,
+    o2.failed holding the user's files)."""
+    import bertc.pipeline as pipeline
+    from bertc.errors import ParityError
+
+    kept = tmp_path / "o2.failed-2"
+    kept.mkdir()
+    (kept / "summary.txt").write_text("the summary\n")
+
+    def failing(spec, opts, hook=None, status=None):
+        exc = ParityError("parity failed (2 problem(s)):\n- onnx_cpu / logits: a\n- tflite / logits: b")
+        exc.kept_in, exc.kept_instead_of = kept, tmp_path / "o2.failed"
+        raise exc
+
+    monkeypatch.setattr(pipeline, "build", failing)
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "spec.json", "-o", "o2", *quiet]) == errors.EXIT_PARITY_FAILED
+    err = capsys.readouterr().err
+    assert err.endswith("error: parity failed (2 problem(s)); report kept in o2.failed-2/:\n"
+                        "- onnx_cpu / logits: a\n- tflite / logits: b\n")
+    assert ("the summary" in err) is not bool(quiet)
