@@ -122,6 +122,8 @@ def load_tokenizer(out_dir: Path, max_len: int):
     config = _read_json(out_dir / "tokenizer_config.json")
     if (out_dir / "tokenizer.json").exists():
         tok = tokenizers.Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+        if tokenizer_class(config, _model_type(out_dir)) in BERT_NORMALIZED:
+            _config_normalizer(tokenizers, tok, config, out_dir)
     elif (out_dir / "vocab.json").exists():
         tok = _byte_level_bpe(tokenizers, out_dir, config)
     elif (out_dir / "vocab.txt").exists():
@@ -149,6 +151,55 @@ def load_tokenizer(out_dir: Path, max_len: int):
     tok.enable_truncation(max_length=max_len)
     tok.no_padding()
     return tok
+
+
+# model_type -> the tokenizer class transformers' AutoTokenizer picks for a checkpoint whose tokenizer_config.json
+# names none (of the families bertc imports)
+CLASS_OF_MODEL_TYPE = {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer", "electra": "ElectraTokenizer",
+                       "mpnet": "MPNetTokenizer", "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer",
+                       "camembert": "CamembertTokenizer", "albert": "AlbertTokenizer",
+                       "deberta-v2": "DebertaV2Tokenizer", "modernbert": "PreTrainedTokenizerFast"}
+# the classes whose tokenizer (transformers 4's fast one, transformers 5's) puts tokenizer_config.json's
+# do_lower_case, strip_accents and tokenize_chinese_chars (or their defaults) into tokenizer.json's BertNormalizer
+BERT_NORMALIZED = ("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer", "MPNetTokenizer", "FunnelTokenizer",
+                   "LayoutLMTokenizer", "SqueezeBertTokenizer", "MobileBertTokenizer")
+
+
+def _model_type(directory: Path) -> Optional[str]:
+    """The checkpoint's model_type: its config.json as a build bundles it (checkpoint_config.json), or beside the
+    tokenizer in a transformers directory."""
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+
+    for name in (CHECKPOINT_CONFIG, "config.json"):
+        found = _read_json(Path(directory) / name).get("model_type")
+        if found is not None:
+            return str(found)
+    return None
+
+
+def tokenizer_class(config: dict, model_type: Optional[str]) -> Optional[str]:
+    """The tokenizer class transformers' AutoTokenizer loads: tokenizer_config.json's ``tokenizer_class`` (a
+    "...Fast" name is the same tokenizer), else the one of the checkpoint's model_type; None when neither says."""
+    named = config.get("tokenizer_class")
+    if named:
+        named = str(named)
+        return named[:-len("Fast")] if named.endswith("TokenizerFast") else named
+    return CLASS_OF_MODEL_TYPE.get(model_type) if model_type else None
+
+
+def _config_normalizer(tokenizers, tok, config: dict, where: Path) -> None:
+    """As transformers' BERT-like tokenizer classes load a tokenizer.json: tokenizer_config.json's ``do_lower_case``,
+    ``strip_accents`` and ``tokenize_chinese_chars`` (their defaults where absent: :func:`_normalizer_options`)
+    replace those of its ``BertNormalizer`` (its ``clean_text`` stays)."""
+    if tok.normalizer is None:
+        return
+    state = json.loads(tok.normalizer.__getstate__())
+    if state.get("type") != "BertNormalizer":
+        return
+    options = _normalizer_options(config, where)
+    if any(state.get(k) != v for k, v in options.items()):
+        tok.normalizer = tokenizers.normalizers.BertNormalizer(clean_text=bool(state.get("clean_text", True)),
+                                                               **options)
 
 
 def _normalizer_options(config: dict, where: Path) -> dict:

@@ -591,6 +591,8 @@ def test_sentence_transformers_do_lower_case_lowercases_the_text_first(tmp_path)
     tokenizer = json.loads((source / "tokenizer.json").read_text())
     tokenizer["normalizer"]["lowercase"] = False
     (source / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = json.loads((source / "tokenizer_config.json").read_text())   # a cased tokenizer, as transformers loads it
+    (source / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
     for lower in (False, True):
         (source / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16, "do_lower_case": lower}))
         out = tmp_path / f"out_{lower}"

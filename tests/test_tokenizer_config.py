@@ -125,3 +125,78 @@ def test_a_normalizer_option_of_another_type_is_refused_naming_it(tmp_path):
     with pytest.raises(InputError, match=r"tokenizer_config.json: strip_accents is \"yes\"; transformers' tokenizer "
                                          r"takes true or false or null"):
         load_tokenizer(tmp_path, 16)
+
+
+# -- tokenizer.json + tokenizer_config.json: the BERT-like classes put the config's options into its BertNormalizer --
+
+FILE_NORMALIZER = {"lowercase": True, "strip_accents": None, "handle_chinese_chars": True}
+TOKENIZER_JSON = {
+    # tokenizer.json lowercases, tokenizer_config.json says cased: transformers tokenizes cased
+    "bert_cased": (
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": False}, "bert", FILE_NORMALIZER,
+        ([[2, 56, 3], [2, 1, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 64, 65, 31, 3],
+          [2, 1, 66, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 64, 29, 3, 6, 1, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    # no tokenizer_class: the model type's (BertTokenizer) does the same
+    "no_class_bert_keep_accents_no_chinese_split": (
+        {"do_lower_case": True, "strip_accents": False, "tokenize_chinese_chars": False}, "bert", FILE_NORMALIZER,
+        ([[2, 56, 3], [2, 56, 5, 29, 3], [2, 5, 63, 29, 3], [2, 5, 29, 31, 3],
+          [2, 1, 30, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 5, 29, 3, 6, 30, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    "distilbert_cased": (
+        {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": False}, "distilbert", FILE_NORMALIZER,
+        ([[2, 56, 3], [2, 1, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 64, 65, 31, 3],
+          [2, 1, 66, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 64, 29, 3, 6, 1, 3], None))),
+    "electra_fast_cased": (
+        {"tokenizer_class": "ElectraTokenizerFast", "do_lower_case": False}, "electra", FILE_NORMALIZER,
+        ([[2, 56, 3], [2, 1, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 64, 65, 31, 3],
+          [2, 1, 66, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 64, 29, 3, 6, 1, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    "mpnet_cased": (
+        {"tokenizer_class": "MPNetTokenizer", "do_lower_case": False}, "mpnet", FILE_NORMALIZER,
+        ([[67, 56, 68], [67, 1, 5, 29, 68], [67, 5, 61, 62, 29, 68], [67, 64, 65, 31, 68],
+          [67, 1, 66, 33, 68], [67, 5, 70, 31, 68, 68], [67, 1, 1, 1, 5, 1, 1, 1, 68]],
+         ([67, 64, 29, 68, 68, 6, 1, 68], None))),
+    # transformers 5.25 (4.57 splits 中文 here: its MPNetTokenizerFast keeps tokenizer.json's handle_chinese_chars)
+    "mpnet_no_chinese_split": (
+        {"tokenizer_class": "MPNetTokenizer", "tokenize_chinese_chars": False}, "mpnet", FILE_NORMALIZER,
+        ([[67, 57, 68], [67, 57, 5, 29, 68], [67, 5, 63, 29, 68], [67, 5, 29, 31, 68],
+          [67, 1, 30, 33, 68], [67, 5, 70, 31, 68, 68], [67, 1, 1, 1, 5, 1, 1, 1, 68]],
+         ([67, 5, 29, 68, 68, 6, 30, 68], None))),
+    # a cased tokenizer.json whose config says nothing: the class's defaults (lowercase, strip accents, split CJK) win
+    "file_cased_config_silent": (
+        {"tokenizer_class": "BertTokenizer"}, "bert",
+        {"lowercase": False, "strip_accents": False, "handle_chinese_chars": False, "clean_text": False},
+        ([[2, 57, 3], [2, 57, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 5, 29, 31, 3],
+          [2, 1, 30, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 5, 29, 3, 6, 30, 3], [0, 0, 0, 0, 1, 1, 1]))),
+    # PreTrainedTokenizerFast (TokenizersBackend in transformers 5) takes tokenizer.json as it is: still lowercased
+    "generic_fast_class_keeps_the_file": (
+        {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False}, "bert", FILE_NORMALIZER,
+        ([[2, 57, 3], [2, 57, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 5, 29, 31, 3],
+          [2, 1, 30, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 5, 29, 3, 6, 30, 3], None))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOKENIZER_JSON))
+def test_tokenizer_json_takes_tokenizer_config_options_where_transformers_does(tmp_path, case):
+    config, model_type, normalizer, expected = TOKENIZER_JSON[case]
+    tokenizer_json = _tokenizer_json(normalizer, mpnet=model_type == "mpnet")
+    _assert_ids(_layout(tmp_path, config, model_type, tokenizer_json), expected)
+
+
+def test_tokenizer_json_of_every_fixture_is_unchanged_by_its_own_config():
+    """Every committed fixture's tokenizer_config.json agrees with its tokenizer.json: the same ids as the file."""
+    import tokenizers
+
+    checked = 0
+    for directory in sorted(HF.iterdir()):
+        if (directory / "tokenizer.json").is_file():
+            whole = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+            tok = load_tokenizer(directory, 512)
+            for text in ("The Café sat on the 中文 mat.", "naïve [MASK] <mask> DOG"):
+                assert tok.encode(text).ids == whole.encode(text).ids, (directory.name, text)
+            checked += 1
+    assert checked >= 15
