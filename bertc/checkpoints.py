@@ -106,13 +106,28 @@ def _bf16_tensor(path: Path, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
-def _sharded_safetensors(index: Path) -> SafetensorsCheckpoint:
+def _shard_files(index: Path, kind: str) -> list[Path]:
+    """The shard files a sharded checkpoint's index names (its ``weight_map``: tensor name -> file beside it), as
+    transformers reads them: every file named, each once; a missing one is named with the index."""
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"{index}: not a safetensors index (a JSON object with 'weight_map'): {exc}") from None
-    files = sorted({index.parent / f for f in weight_map.values()})
-    return SafetensorsCheckpoint(index, files)
+        files = sorted({index.parent / f for f in weight_map.values()})
+    except FileNotFoundError:
+        raise WeightsError(f"{index}: file not found") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"{index}: not a {kind} index (a JSON object with 'weight_map': tensor name -> shard "
+                           f"file): {type(exc).__name__}: {exc}") from None
+    if not files:
+        raise WeightsError(f"{index}: its weight_map names no shard file")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise WeightsError(f"{index}: names {len(missing)} of its {len(files)} shard file(s) that are not beside it: "
+                           f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} (an incomplete download?)")
+    return files
+
+
+def _sharded_safetensors(index: Path) -> SafetensorsCheckpoint:
+    return SafetensorsCheckpoint(index, _shard_files(index, "safetensors"))
 
 
 class TorchCheckpoint(Checkpoint):
@@ -153,6 +168,30 @@ class TorchCheckpoint(Checkpoint):
             return self._file.read(name)
         t = self._tensors[name]
         return t.float().numpy() if t.is_floating_point() else t.numpy()
+
+
+class ShardedTorchCheckpoint(Checkpoint):
+    """``pytorch_model-0000N-of-0000M.bin`` shards named by ``pytorch_model.bin.index.json`` (transformers 4's
+    ``save_pretrained(safe_serialization=False)`` beyond ``max_shard_size``): each shard a :class:`TorchCheckpoint`,
+    their tensors together under their own names."""
+
+    format = "pytorch"
+
+    def __init__(self, index: Path):
+        super().__init__(index)
+        self._parts: dict[str, TorchCheckpoint] = {}
+        for path in _shard_files(index, "PyTorch shard"):
+            shard = TorchCheckpoint(path)
+            for name in shard.names():
+                self._parts.setdefault(name, shard)
+                self._shapes.setdefault(name, shard.shape(name))
+
+    def _read(self, name):
+        return self._parts[name]._read(name)
+
+    def describe(self) -> str:
+        files = len({id(part) for part in self._parts.values()})
+        return f"{self.location} ({self.format}, {len(self._shapes)} tensors in {files} shards)"
 
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -400,7 +439,9 @@ def find_tf_checkpoint(directory: Path) -> Optional[Path]:
     return Path(str(indexes[0])[: -len(".index")]) if indexes else None
 
 
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+HF_INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")   # a sharded checkpoint's index file
 CHECKPOINT_CONFIG = "checkpoint_config.json"   # a build's copy of its checkpoint's config.json (bertc.importers)
 
 
@@ -477,7 +518,7 @@ def _with_modules(root: Path, base: Checkpoint) -> Checkpoint:
 
 def open_checkpoint(path: Path) -> Checkpoint:
     """The reader for ``path``: a Hugging Face / sentence-transformers directory, a ``.safetensors``
-    file, ``pytorch_model.bin``, a TF checkpoint (prefix, ``.index``, or a directory holding one), a
+    file, ``pytorch_model.bin``, a sharded checkpoint's index (safetensors or ``.bin`` shards), a TF checkpoint (prefix, ``.index``, or a directory holding one), a
     bertc ``.keras`` file or build directory."""
     path = Path(path)
     if path.is_dir():
@@ -495,10 +536,13 @@ def open_checkpoint(path: Path) -> Checkpoint:
         found = sorted(p.name for p in path.iterdir())[:12]
         raise WeightsError(
             f"{path}: no weights found in this directory: expected model.safetensors (or its sharded index), "
-            f"pytorch_model.bin, a TensorFlow checkpoint (*.index + *.data-*) or model.keras; "
+            f"pytorch_model.bin (or its sharded index, pytorch_model.bin.index.json), a TensorFlow checkpoint "
+            f"(*.index + *.data-*) or model.keras; "
             f"it holds: {', '.join(found) if found else 'nothing'}")
     if path.name.endswith(".safetensors.index.json"):
         return _sharded_safetensors(path)
+    if path.name.endswith(".bin.index.json"):
+        return ShardedTorchCheckpoint(path)
     if path.suffix == ".safetensors":
         if not path.exists():
             raise WeightsError(f"{path}: file not found")
@@ -516,4 +560,5 @@ def open_checkpoint(path: Path) -> Checkpoint:
         raise WeightsError(f"{path}: no such file or directory (nor a TensorFlow checkpoint prefix: "
                            f"{path}.index does not exist)")
     raise WeightsError(f"{path}: unknown weights format; bertc reads a Hugging Face directory, .safetensors, "
-                       f"pytorch_model.bin, a TensorFlow checkpoint, or a bertc .keras file")
+                       f"pytorch_model.bin, a sharded checkpoint's index (model.safetensors.index.json, "
+                       f"pytorch_model.bin.index.json), a TensorFlow checkpoint, or a bertc .keras file")

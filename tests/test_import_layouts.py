@@ -1,8 +1,10 @@
 """Hugging Face checkpoint layouts beyond the common one, each computed as transformers computes it.
 
 Fixtures (tests/fixtures/hf/, written only by tools/make_layout_fixtures.py) are tiny random-weight checkpoints
-with transformers' outputs: masked LMs with ``tie_word_embeddings: false`` (``*_untied``). Where a variant needs no
-fixture of its own, a fixture's tensors are rewritten here with safetensors (no torch needed).
+with transformers' outputs: masked LMs with ``tie_word_embeddings: false`` (``*_untied``), bert_seq_cls's weights in
+sharded ``pytorch_model-0000N-of-0000M.bin`` files (``bert_seq_cls_bin_sharded``, as transformers 4 writes them).
+Where a variant needs no fixture of its own, a fixture's tensors are rewritten here with safetensors (no torch
+needed).
 """
 import json
 import shutil
@@ -13,9 +15,13 @@ import pytest
 
 import bertc
 from bertc.build import expected_param_count
+from bertc.checkpoints import open_checkpoint
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, WeightsError
 from bertc.importers import import_spec, load_weights
 from bertc.signature import signature_of
 from bertc.spec import load_spec
+from bertc.weights import resolve_weights_path
 
 HF = Path(__file__).resolve().parent / "fixtures" / "hf"
 ATOL = 1e-5
@@ -134,8 +140,6 @@ def test_modernbert_and_legacy_deberta_untied_decoders_are_read(fixture, weight,
 def test_a_tied_config_still_refuses_a_decoder_that_differs_from_the_word_table(tmp_path):
     """tie_word_embeddings true (the default): transformers ties the decoder to the word table, so a checkpoint whose
     decoder tensor differs from it is not the model its config describes."""
-    from bertc.errors import WeightsError
-
     source = rewritten(tmp_path, "bert_mlm_untied", {"tie_word_embeddings": True})
     path = tmp_path / "spec.json"
     import_spec(source, path)
@@ -143,3 +147,80 @@ def test_a_tied_config_still_refuses_a_decoder_that_differs_from_the_word_table(
     assert spec.head.decoder_tied is True
     with pytest.raises(WeightsError, match=r"tied: .*cls.predictions.decoder.weight.* differ"):
         load_weights(bertc.build_model(spec).model, spec, source)
+
+
+# --- sharded checkpoints: pytorch_model-0000N-of-0000M.bin + pytorch_model.bin.index.json ---------------------
+
+SHARDS = HF / "bert_seq_cls_bin_sharded"
+
+
+def sharded_bin(tmp_path: Path) -> Path:
+    """bert_seq_cls as transformers 4 saves it with safe_serialization=False beyond max_shard_size."""
+    source = tmp_path / "bert_bin_sharded"
+    shutil.copytree(SHARDS, source)
+    shutil.copyfile(HF / "bert_seq_cls" / "config.json", source / "config.json")
+    return source
+
+
+@pytest.mark.parametrize("given", ["directory", "index"])
+def test_sharded_pytorch_bin_imports_and_computes_what_transformers_did(given, tmp_path):
+    """Imported from the directory or from its index file: every shard's tensors, bert_seq_cls's logits."""
+    source = sharded_bin(tmp_path)
+    shards = sorted(p.name for p in source.glob("pytorch_model-*.bin"))
+    assert len(shards) >= 2
+    checkpoint = open_checkpoint(source)
+    assert checkpoint.format == "pytorch" and f"in {len(shards)} shards" in checkpoint.describe()
+    weight_map = json.loads((source / "pytorch_model.bin.index.json").read_text())["weight_map"]
+    assert checkpoint.names() == sorted(weight_map)
+    given_path = source if given == "directory" else source / "pytorch_model.bin.index.json"
+    spec_path = tmp_path / "spec.json"
+    import_spec(given_path, spec_path)
+    spec = load_spec(spec_path)
+    assert resolve_weights_path(spec.weights, spec_path) == given_path.resolve()
+    built = bertc.build_model(spec)
+    result = load_weights(built.model, spec, resolve_weights_path(spec.weights, spec_path))
+    assert result.format == "pytorch" and result.tensors == len(weight_map) == len(result.loaded)
+    ref = dict(np.load(HF / "bert_seq_cls" / "reference.npz"))
+    assert max_diff(outputs_of(built.model, spec, ref), spec, ref) <= ATOL
+
+
+def test_a_sharded_safetensors_index_file_imports_too(tmp_path):
+    """model.safetensors.index.json given by name (the directory imported already; the file was 'cannot tell what
+    model this is')."""
+    from safetensors.numpy import load_file, save_file
+
+    source = tmp_path / "sharded"
+    source.mkdir()
+    shutil.copyfile(HF / "bert_seq_cls" / "config.json", source / "config.json")
+    tensors = load_file(str(HF / "bert_seq_cls" / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, str(source / file))
+    (source / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}))
+    spec_path = tmp_path / "spec.json"
+    import_spec(source / "model.safetensors.index.json", spec_path)
+    spec = load_spec(spec_path)
+    result = load_weights(bertc.build_model(spec).model, spec, resolve_weights_path(spec.weights, spec_path))
+    assert result.format == "safetensors" and len(result.loaded) == len(names)
+
+
+def test_a_missing_shard_is_named_with_its_index(tmp_path, capsys):
+    source = sharded_bin(tmp_path)
+    missing = sorted(source.glob("pytorch_model-*.bin"))[-1]
+    missing.unlink()
+    for given in (source, source / "pytorch_model.bin.index.json"):
+        out = tmp_path / "spec.json"
+        assert main(["import", str(given), "-o", str(out)]) == EXIT_BAD_SPEC
+        err = capsys.readouterr().err
+        assert "pytorch_model.bin.index.json" in err and missing.name in err and "not beside it" in err, err
+        assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("index", ["{}", "[1, 2]", '{"weight_map": {"a": 3}}', "not json"])
+def test_an_unreadable_index_is_named(index, tmp_path):
+    source = sharded_bin(tmp_path)
+    (source / "pytorch_model.bin.index.json").write_text(index)
+    with pytest.raises(WeightsError, match=r"pytorch_model.bin.index.json: not a PyTorch shard index"):
+        open_checkpoint(source)
