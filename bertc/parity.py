@@ -234,8 +234,13 @@ def expected_at_padding(want: np.ndarray, info: OutputInfo, mask: np.ndarray, pa
     return np.where(np.moveaxis(keep, 1, info.seq_axis) if info.seq_axis != 1 else keep, want, 0).astype(want.dtype)
 
 
-def _pct(x: float) -> str:
-    return f"{x * 100:.2f}".rstrip("0").rstrip(".") + "%"
+def _pct(x: float, threshold: Optional[float] = None) -> str:
+    """``x`` as a percentage, 2 decimals at most; more where fewer would not read as below ``threshold``."""
+    for digits in range(2, 12):
+        text = f"{x * 100:.{digits}f}"
+        if threshold is None or x >= threshold or float(text) / 100 < threshold:
+            return (text.rstrip("0").rstrip(".") if "." in text else text) + "%"
+    return f"{x * 100!r}%"
 
 
 def _below(x: float, threshold: float) -> str:
@@ -245,6 +250,19 @@ def _below(x: float, threshold: float) -> str:
         if float(text) < threshold:
             return text
     return repr(x)
+
+
+def criterion_text(threshold: float) -> str:
+    """A criterion as written in the spec (0.9999999, not ``:g``'s 1)."""
+    return f"{threshold:.10g}"
+
+
+def figure_text(x: float, threshold: Optional[float] = None, percent: bool = False) -> str:
+    """A figure beside its criterion: 4 decimals (a percentage: 2) where it meets it, else enough to read as below
+    it (a miss of 0.9999999 never reads 1.0000)."""
+    if percent:
+        return _pct(x, threshold)
+    return _below(x, threshold) if threshold is not None and x < threshold else f"{x:.4f}"
 
 
 # --- comparison -------------------------------------------------------------------------------------
@@ -380,15 +398,16 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
             if need is not None and r.argmax_agreement is not None and r.argmax_agreement < need:
                 ties = f", {r.argmax_near_ties} near-tie(s) counted as agreeing" if r.argmax_near_ties else ""
                 what = "argmax agreement" if r.agreement == "argmax" else "score order agreement (pairs of rows)"
-                r.problems.append(f"{what} {_pct(r.argmax_agreement)} ({agree[key][0]}/{agree[key][1]}{ties}) "
-                                  f"< {_pct(need)}")
+                r.problems.append(f"{what} {_pct(r.argmax_agreement, need)} ({agree[key][0]}/{agree[key][1]}{ties}) "
+                                  f"< {criterion_text(need * 100)}%")
             if r.required_cosine is not None and r.min_cosine is not None and r.min_cosine < r.required_cosine:
-                r.problems.append(f"min cosine {_below(r.min_cosine, r.required_cosine)} < {r.required_cosine:g} "
+                r.problems.append(f"min cosine {_below(r.min_cosine, r.required_cosine)} < "
+                                  f"{criterion_text(r.required_cosine)} "
                                   f"({r.min_cosine_case})")
             need = r.required_rank_agreement
             if need is not None and r.rank_agreement is not None and r.rank_agreement < need:
                 r.problems.append(f"rank agreement of within-batch similarities {_below(r.rank_agreement, need)} "
-                                  f"< {need:g} ({r.rank_agreement_case})")
+                                  f"< {criterion_text(need)} ({r.rank_agreement_case})")
     return list(results.values())
 
 

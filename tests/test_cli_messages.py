@@ -115,3 +115,23 @@ def test_a_failed_builds_error_line_names_the_folder_of_its_report(quiet, tmp_pa
     assert err.endswith("error: parity failed (2 problem(s)); report kept in o2.failed-2/:\n"
                         "- onnx_cpu / logits: a\n- tflite / logits: b\n")
     assert ("the summary" in err) is not bool(quiet)
+
+
+# --- figures beside their criteria: a miss never reads as a pass ----------------------------------------------------
+
+def test_a_dropped_variants_best_figures_show_the_digits_of_the_miss():
+    """summary.txt said "best reached: sentence_embedding: min cosine 1.0000" for a miss (0.999996) of 0.9999999, and
+    the problem line "min cosine 0.999996 < 1"."""
+    from bertc.optimize.int8_tuning import Measurement
+    from bertc.parity import OutputParity, _pct, criterion_text
+
+    embedding = OutputParity("onnx_int8_cpu", "sentence_embedding", precision="int8", criterion="task",
+                             required_cosine=0.9999999, min_cosine=0.999996, min_cosine_case="row 0",
+                             required_rank_agreement=0.95, rank_agreement=0.999989, rank_agreement_case="batch")
+    logits = OutputParity("onnx_int8_cpu", "logits", precision="int8", criterion="task",
+                          required_argmax_agreement=0.99, argmax_agreement=0.98999)
+    worst = Measurement([embedding, logits], target={}).worst()
+    assert worst == ("sentence_embedding: min cosine 0.999996 (row 0); sentence_embedding: rank agreement 1.0000 "
+                     "(batch); logits: argmax agreement 98.999%")
+    assert criterion_text(0.9999999) == "0.9999999" and criterion_text(0.99) == "0.99"
+    assert _pct(0.975) == "97.5%" and _pct(0.98999, 0.99) == "98.999%" and _pct(1.0) == "100%"

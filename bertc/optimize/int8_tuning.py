@@ -143,15 +143,21 @@ class Measurement:
         return out
 
     def worst(self) -> str:
-        """The worst figure in words, e.g. ``sentence_embedding: min cosine 0.9760 (batch 3 x seq 129, row 2)``."""
+        """The worst figure in words, e.g. ``sentence_embedding: min cosine 0.9760 (batch 3 x seq 129, row 2)``: a
+        figure that misses its criterion with the decimals that show it (0.999996 for 0.9999999, never 1.0000)."""
+        from bertc.parity import figure_text
+
         parts = []
         for r in self.results:
             if r.min_cosine is not None:
-                parts.append(f"{r.output}: min cosine {r.min_cosine:.4f} ({r.min_cosine_case})")
+                parts.append(f"{r.output}: min cosine {figure_text(r.min_cosine, r.required_cosine)} "
+                             f"({r.min_cosine_case})")
             if r.rank_agreement is not None:
-                parts.append(f"{r.output}: rank agreement {r.rank_agreement:.4f} ({r.rank_agreement_case})")
+                parts.append(f"{r.output}: rank agreement {figure_text(r.rank_agreement, r.required_rank_agreement)} "
+                             f"({r.rank_agreement_case})")
             if r.argmax_agreement is not None:
-                parts.append(f"{r.output}: {r.agreement} agreement {r.argmax_agreement:.2%}")
+                parts.append(f"{r.output}: {r.agreement} agreement "
+                             f"{figure_text(r.argmax_agreement, r.required_argmax_agreement, percent=True)}")
         return "; ".join(parts)
 
 
