@@ -612,12 +612,18 @@ def _kept_csv(value):
     return _kept_json(value) if isinstance(value, bytes) else value
 
 
+def _result_csv(value):
+    """A result field as a CSV cell: a list (scores) as its JSON text, anything else as it is."""
+    return json.dumps(value) if isinstance(value, (list, tuple)) else value
+
+
 class _CsvWriter:
     def __init__(self, f, kind: str, keep: tuple = ()):
         self.f = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=False)
         self.kind, self.writer, self.keep = kind, csv.writer(self.f), keep
-        self.columns = {"classification": ["label", "label_id", "score"], "span": ["start", "end", "text", "score"],
-                        "choice": ["choice", "answer", "score"], "similarity": ["similarity"], "embedding": None}[kind]
+        # every field of the result, as JSONL and Parquet hold them: a list (a classifier's or a multiple-choice
+        # model's scores) as its JSON text, as a kept array is written
+        self.columns = None if kind == "embedding" else list(RESULT_FIELDS[kind])
         if self.columns:
             self.writer.writerow([*keep, *self.columns])
 
@@ -626,7 +632,8 @@ class _CsvWriter:
             self.writer.writerows([f"{v:.7g}" for v in r] for r in rows)
         else:
             kept = kept if self.keep else [()] * len(rows)
-            self.writer.writerows([*map(_kept_csv, k), *(r[c] for c in self.columns)] for r, k in zip(rows, kept))
+            self.writer.writerows([*map(_kept_csv, k), *(_result_csv(r[c]) for c in self.columns)]
+                                  for r, k in zip(rows, kept))
 
     def close(self) -> None:
         self.f.flush()

@@ -135,3 +135,22 @@ def test_a_dropped_variants_best_figures_show_the_digits_of_the_miss():
                      "(batch); logits: argmax agreement 98.999%")
     assert criterion_text(0.9999999) == "0.9999999" and criterion_text(0.99) == "0.99"
     assert _pct(0.975) == "97.5%" and _pct(0.98999, 0.99) == "98.999%" and _pct(1.0) == "100%"
+
+
+def test_a_csv_result_holds_every_field_of_a_classifier_and_a_multiple_choice_result(tmp_path):
+    """CSV left out `scores` (label,label_id,score), which the README lists among a classifier's results and JSONL
+    and Parquet hold; a list goes in as its JSON text, as a kept array does."""
+    import csv
+
+    from bertc import run_io
+
+    rows = {"classification": {"label": "POS", "label_id": 1, "score": 0.75, "scores": [0.25, 0.75]},
+            "choice": {"choice": 0, "answer": "a cat", "score": 0.5, "scores": [0.5, 0.375, 0.125]}}
+    for kind, row in rows.items():
+        path = tmp_path / f"{kind}.csv"
+        with run_io.atomic_result(path, "csv", kind) as writer:
+            writer.write([row])
+        with open(path, newline="") as f:
+            written = list(csv.DictReader(f))
+        assert list(written[0]) == list(run_io.RESULT_FIELDS[kind]) == list(row)
+        assert json.loads(written[0]["scores"]) == row["scores"] and written[0]["score"] == str(row["score"])
