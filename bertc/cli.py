@@ -13,6 +13,7 @@ import click
 
 from bertc.errors import (EXIT_BAD_SPEC, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY,
                           EXIT_TERMINATED, BertcError)
+from bertc.names import EXPORT_VARIANTS
 from bertc.quiet import import_log, native_stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -104,8 +105,8 @@ def cli():
 @click.option("--no-optimize", is_flag=True,
               help="No optimized ONNX Runtime artifact (model.optimized.onnx) nor its int8/fp16 variants.")
 @click.option("--variants", default=None, metavar="LIST", callback=lambda ctx, param, value: _variants(value),
-              help="Reduced-precision variants, comma-separated, replacing the spec's export.variants: "
-                   "onnx_int8, onnx_fp16, tflite_int8, tflite_fp16 ('' or 'none' for none).")
+              help="Reduced-precision and padding-free variants, comma-separated, replacing the spec's "
+                   f"export.variants: {', '.join(EXPORT_VARIANTS)} ('' or 'none' for none).")
 @click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               metavar="FILE", help="Your own text (one example per line, a tab between a pair), tokenized by the bundled "
                                    "tokenizer: int8 is tuned and parity checked on it instead of the built-in sentences.")
@@ -220,8 +221,6 @@ def _variants(text):
     """``--variants a,b``: each name checked against the spec language's own list (exit 2 otherwise)."""
     if text is None:
         return None
-    from bertc.spec import EXPORT_VARIANTS
-
     names = [] if text.strip().lower() in ("", "none") else [t.strip() for t in text.split(",")]
     unknown = [n for n in names if n not in EXPORT_VARIANTS]
     if unknown:
@@ -511,7 +510,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="A span labeler's context (or a token classifier's text) longer than the model's maximum is read "
                    "in windows, each with the whole question; neighbouring windows share this many tokens (fewer than "
                    "a window holds). The best span of any window is the answer; each word is tagged from the "
-                   "window where it has the most context [default: 128].")
+                   "window where it has the most context [default: 128, or half a window where that is less: "
+                   "half the model's maximum or of --max-length].")
 @click.option("--scores", type=click.Choice(["softmax", "sigmoid", "raw"]), default=None,
               help="A classifier's scores: softmax, sigmoid (each class alone: multi-label, one-class rerankers) or "
                    "the raw logits [default: as the checkpoint's config says (a CrossEncoder's activation, "

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError
 
 from bertc import registry, specjson
 from bertc.errors import SpecError
+from bertc.names import EXPORT_VARIANTS  # the command line reads it without pydantic
 from bertc.specbase import (PositiveInt, StrictModel, component_field, json_path, rebuild_component_models,
                             vocab_size_problem, walk_problems)
 
@@ -28,10 +29,6 @@ REDUCED_BACKENDS = ("onnx_int8_cpu", "onnx_int8_cuda", "onnx_fp16_cpu", "onnx_fp
                     "onnx_packed_int8_cpu", "onnx_packed_int8_cuda", "onnx_packed_fp16_cpu", "onnx_packed_fp16_cuda")
 BACKENDS = FP32_BACKENDS + REDUCED_BACKENDS
 BackendName = Literal[BACKENDS]  # type: ignore[valid-type]
-
-
-EXPORT_VARIANTS = ("onnx_int8", "onnx_fp16", "tflite_int8", "tflite_fp16",
-                   "onnx_packed", "onnx_packed_int8", "onnx_packed_fp16")
 
 
 class ExportSpec(StrictModel):

@@ -154,3 +154,42 @@ def test_a_csv_result_holds_every_field_of_a_classifier_and_a_multiple_choice_re
             written = list(csv.DictReader(f))
         assert list(written[0]) == list(run_io.RESULT_FIELDS[kind]) == list(row)
         assert json.loads(written[0]["scores"]) == row["scores"] and written[0]["score"] == str(row["score"])
+
+
+# --- the README's and --help's lists of options and names are the code's -------------------------------------------
+
+def _readme_part(start: str, end: str) -> str:
+    begin = README.index(start)
+    return README[begin:README.index(end, begin + len(start))]
+
+
+@pytest.mark.parametrize("command, start, end", [
+    ("build", "Options: `--force`", "\n## "),
+    ("parity", "- `bertc parity OUT", "\n- `"),
+    ("bench", "- `bertc bench OUT", "\n- `"),
+])
+def test_the_readme_names_every_option_of_the_command(command, start, end):
+    """The README's `bertc build` options lacked --calibration and --plugin, `bertc parity` its --json."""
+    from bertc.cli import cli
+
+    text = _readme_part(start, end)
+    options = [o for p in cli.commands[command].params for o in p.opts
+               if o.startswith("--") and o not in ("--help", "--out")]   # -o OUT: the command's synopsis
+    assert [o for o in options if not any(f"{o}{after}" in text for after in " `],|")] == []
+
+
+def test_every_export_variant_is_in_build_help_and_readme(capsys):
+    """--variants' help and the README named four of the seven variants it accepts."""
+    from bertc.names import EXPORT_VARIANTS
+    from bertc.spec import ExportSpec
+
+    assert set(EXPORT_VARIANTS) == set(ExportSpec.model_json_schema()["properties"]["variants"]["items"]["enum"])
+    assert main(["build", "--help"]) == 0
+    assert ", ".join(EXPORT_VARIANTS) in " ".join(capsys.readouterr().out.split())
+    options = _readme_part("Options: `--force`", "\n## ")
+    assert [v for v in EXPORT_VARIANTS if f"`{v}`" not in options] == []
+
+
+def test_doc_stride_help_gives_its_real_default(capsys):
+    assert main(["run", "--help"]) == 0
+    assert "[default: 128, or half a window where that is less" in " ".join(capsys.readouterr().out.split())
