@@ -193,3 +193,18 @@ def test_every_export_variant_is_in_build_help_and_readme(capsys):
 def test_doc_stride_help_gives_its_real_default(capsys):
     assert main(["run", "--help"]) == 0
     assert "[default: 128, or half a window where that is less" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_spec_reference_lists_every_registered_component():
+    """The README's spec reference lacked the ModernBERT encoder, block and embedding, windowed and disentangled
+    attention, the glu feedforward and the masked_lm head; its table is now held to the registries (built-ins)."""
+    from bertc.registry import ALL
+
+    table = _readme_part("| kind | names |\n", "\n\n").splitlines()[2:]
+    listed = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in table}
+    registered = {r.kind: ", ".join(f"`{e.name}`" for e in r.entries() if e.component.__module__.startswith("bertc."))
+                  for r in ALL}
+    assert listed == registered
+    prose = _readme_part("Encoders: `bert`", "\n\n")   # each one is described in the text above the table too
+    names = [e.name for r in ALL for e in r.entries() if e.component.__module__.startswith("bertc.")]
+    assert [n for n in names if f"`{n}`" not in prose] == []
