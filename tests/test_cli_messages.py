@@ -208,3 +208,13 @@ def test_the_spec_reference_lists_every_registered_component():
     prose = _readme_part("Encoders: `bert`", "\n\n")   # each one is described in the text above the table too
     names = [e.name for r in ALL for e in r.entries() if e.component.__module__.startswith("bertc.")]
     assert [n for n in names if f"`{n}`" not in prose] == []
+
+
+def test_the_parity_backend_names_are_the_codes():
+    """The README named 11 of the 17 backend names (no onnx_fp16_cpu, onnx_packed_fp16_cpu, onnx_packed_cuda, ...)."""
+    import re
+
+    from bertc.spec import BACKENDS
+
+    text = _readme_part("Backends are named after the artifact", "A padding-free artifact")
+    assert set(re.findall(r"`((?:onnx|tflite)\w*)`", text)) == set(BACKENDS)
