@@ -2,7 +2,8 @@
 
 Fixtures (tests/fixtures/hf/, written only by tools/make_layout_fixtures.py) are tiny random-weight checkpoints
 with transformers' outputs: masked LMs with ``tie_word_embeddings: false`` (``*_untied``), bert_seq_cls's weights in
-sharded ``pytorch_model-0000N-of-0000M.bin`` files (``bert_seq_cls_bin_sharded``, as transformers 4 writes them).
+sharded ``pytorch_model-0000N-of-0000M.bin`` files (``bert_seq_cls_bin_sharded``, as transformers 4 writes them), an
+ALBERT whose ``embedding_size`` equals ``hidden_size`` (``albert_equal_embedding``).
 Where a variant needs no fixture of its own, a fixture's tensors are rewritten here with safetensors (no torch
 needed).
 """
@@ -224,3 +225,35 @@ def test_an_unreadable_index_is_named(index, tmp_path):
     (source / "pytorch_model.bin.index.json").write_text(index)
     with pytest.raises(WeightsError, match=r"pytorch_model.bin.index.json: not a PyTorch shard index"):
         open_checkpoint(source)
+
+
+# --- ALBERT with embedding_size == hidden_size: transformers still projects (embedding_hidden_mapping_in) -----------
+
+def test_albert_with_equal_widths_keeps_its_embedding_projection(tmp_path):
+    from bertc.optimize.lower import lower_model
+    from bertc.optimize.onnx_artifacts import ort_session
+
+    spec, built, result, ref = loaded(HF / "albert_equal_embedding", tmp_path)
+    enc = spec.encoder
+    assert (enc.type, enc.embedding_width, enc.hidden_size, enc.embedding_projection) == ("albert", 16, 16, "always")
+    assert result.loaded["embeddings/embedding_projection/kernel"] == "encoder.embedding_hidden_mapping_in.weight"
+    assert int(built.model.count_params()) == expected_param_count(spec)
+    assert max_diff(outputs_of(built.model, spec, ref), spec, ref) <= ATOL
+    session = ort_session(lower_model(built).proto.SerializeToString())
+    names = [o.name for o in session.get_outputs()]
+    assert max_diff(dict(zip(names, session.run(names, feeds(spec, ref)))), spec, ref) <= ATOL
+
+
+@pytest.mark.parametrize("rule,projected", [(None, False), ("factorized", False), ("always", True)])
+def test_an_albert_spec_at_equal_widths_projects_only_when_it_says_always(rule, projected):
+    """Model Garden's AlbertEncoder (and the original ALBERT) project only where the widths differ: a spec without
+    embedding_projection keeps that; "always" is transformers' ALBERT."""
+    enc = {"type": "albert", "vocab_size": 30, "hidden_size": 8, "embedding_width": 8, "num_layers": 2,
+           "num_attention_heads": 2, "intermediate_size": 16, "max_sequence_length": 8}
+    if rule:
+        enc["embedding_projection"] = rule
+    spec = load_spec({"name": "albert_equal", "encoder": enc})
+    built = bertc.build_model(spec)
+    paths = {w.path for w in built.model.weights}
+    assert ("embeddings/embedding_projection/kernel" in paths) is projected
+    assert int(built.model.count_params()) == expected_param_count(spec)

@@ -4,6 +4,8 @@
 - ``*_untied``: masked LMs saved with ``tie_word_embeddings: false`` (the decoder a table of its own; transformers 5
   gives it its own bias too, so ``cls.predictions.bias`` / ``lm_head.bias`` are saved but not read): BERT's masked LM
   and pretraining heads, RoBERTa's, DistilBERT's and ELECTRA's generator (decoder at the embedding width);
+- ``albert_equal_embedding``: an ALBERT whose ``embedding_size`` equals ``hidden_size`` (transformers still applies
+  ``embedding_hidden_mapping_in``, a hidden -> hidden dense layer);
 - ``bert_seq_cls_bin_sharded``: bert_seq_cls's weights as transformers 4 shards them without safetensors
   (``save_pretrained(safe_serialization=False, max_shard_size=...)``: ``pytorch_model-0000N-of-0000M.bin`` and
   ``pytorch_model.bin.index.json``; config.json and the reference are bert_seq_cls's). transformers 5 always writes
@@ -81,6 +83,9 @@ FIXTURES = {
     "electra_mlm_untied": lambda: _family("electra_mlm_untied", tr.ElectraConfig, "ElectraForMaskedLM",
                                           fam.electra_config(embedding_size=8, tie_word_embeddings=False), 65,
                                           (len(hf.VOCAB), 0, 2), True),
+    "albert_equal_embedding": lambda: hf.write("albert_equal_embedding",
+                                               hf.make_albert("AlbertModel", 66, embedding_size=hf.SMALL["hidden_size"]),
+                                               "AlbertModel", 66),
     "bert_seq_cls_bin_sharded": bert_seq_cls_bin_sharded,
 }
 

@@ -21,6 +21,12 @@ from bertc.registry import EMBEDDINGS
 from bertc.specbase import Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel, TypeVocabSize, VocabSize
 
 
+# When the embedding network ends in a dense projection to hidden_size: "factorized" where embedding_width differs
+# from it (BERT, Model Garden's and the original ALBERT); "always" also at equal widths (transformers' ALBERT, whose
+# embedding_hidden_mapping_in is there whatever embedding_size is)
+ProjectionRule = Literal["factorized", "always"]
+
+
 class _EmbeddingSpecBase(StrictModel):
     @property
     def input_names(self) -> list[str]:
@@ -29,6 +35,12 @@ class _EmbeddingSpecBase(StrictModel):
 
     def width(self, hidden_size: int) -> int:
         return self.embedding_width or hidden_size
+
+    def projects(self, hidden_size: int) -> bool:
+        """Whether a dense ``embedding_projection`` (width -> hidden_size) follows the embeddings: where the widths
+        differ, and with ``embedding_projection: always`` also where they are equal."""
+        rule = getattr(self, "embedding_projection", "factorized")   # an embedding spec without the field: factorized
+        return rule == "always" or self.width(hidden_size) != hidden_size
 
     def problems(self, ctx):
         # (a width of 1 taken from hidden_size is the encoder's problem: it names hidden_size)
@@ -44,6 +56,7 @@ class StandardEmbeddingSpec(_EmbeddingSpecBase):
     type_vocab_size: TypeVocabSize = 2
     max_sequence_length: PositiveInt = 512
     embedding_width: Optional[PositiveInt] = None
+    embedding_projection: ProjectionRule = "factorized"
     dropout_rate: Rate = 0.1
     layer_norm_epsilon: Epsilon = 1e-12
     initializer: Optional[InitializerSpec] = None
@@ -69,6 +82,7 @@ class CustomEmbeddingSpec(_EmbeddingSpecBase):
     use_layer_norm: bool = False
     dropout_rate: Rate = 0.0
     embedding_width: Optional[PositiveInt] = None
+    embedding_projection: ProjectionRule = "factorized"
     layer_norm_epsilon: Epsilon = 1e-12
     initializer: Optional[InitializerSpec] = None
 
@@ -112,7 +126,8 @@ class EmbeddingNetwork(Embedding):
         self.layer_norm = layer_norm(s.layer_norm_epsilon, "layer_norm") if s.use_layer_norm else None
         self.dropout = keras.layers.Dropout(s.dropout_rate, name="dropout")
         self.embedding_projection = (
-            dense(self.hidden_size, self.initializer_spec, "embedding_projection") if self.width != self.hidden_size else None)
+            dense(self.hidden_size, self.initializer_spec, "embedding_projection") if s.projects(self.hidden_size)
+            else None)
 
     def build(self, input_shape=None):
         s, init = self.spec, initializer(self.initializer_spec)
@@ -142,7 +157,7 @@ class EmbeddingNetwork(Embedding):
         n += (spec.max_sequence_length + position_offset) * e if spec.use_position_embeddings else 0
         n += spec.type_vocab_size * e if spec.use_type_embeddings else 0
         n += 2 * e if spec.use_layer_norm else 0
-        return n + (dense_params(e, hidden_size) if e != hidden_size else 0)
+        return n + (dense_params(e, hidden_size) if spec.projects(hidden_size) else 0)
 
     def call(self, inputs, training=None):
         word_ids = inputs["input_word_ids"]
@@ -172,7 +187,8 @@ class EmbeddingNetwork(Embedding):
 
 EMBEDDINGS.register("standard", spec=StandardEmbeddingSpec,
                     description="Word + position + token-type embeddings, layer norm, dropout (BERT); "
-                                "embedding_width < hidden_size factorizes them (ALBERT).")(EmbeddingNetwork)
+                                "embedding_width < hidden_size factorizes them (ALBERT; embedding_projection "
+                                "'always': projected at equal widths too).")(EmbeddingNetwork)
 
 
 @serializable

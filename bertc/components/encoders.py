@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 
 from bertc.components.blocks import TransformerBlockSpec
 from bertc.components.common import MASK_ADDER, dense, dense_params, layer_norm, serializable
-from bertc.components.embeddings import StandardEmbeddingSpec
+from bertc.components.embeddings import ProjectionRule, StandardEmbeddingSpec
 from bertc.components.positions import AbsolutePositionSpec
 from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS, POSITIONS
 from bertc.specbase import (DEFAULT_INITIALIZER, Activation, Epsilon, InitializerSpec, LayerCount, PositiveInt,
@@ -243,10 +243,13 @@ class BertEncoderSpec(_EncoderSpecBase):
 
 
 class AlbertEncoderSpec(BertEncoderSpec):
-    """ALBERT: factorized embeddings (embedding_width -> projection) and one block shared by all layers."""
+    """ALBERT: factorized embeddings (embedding_width -> projection) and one block shared by all layers.
+    ``embedding_projection`` "always": the projection at embedding_width == hidden_size too (transformers' ALBERT);
+    "factorized": only where they differ (Model Garden's AlbertEncoder, the original ALBERT)."""
 
     type: Literal["albert"] = "albert"
     embedding_width: PositiveInt = 128
+    embedding_projection: ProjectionRule = "factorized"
     norm_first: Literal[False] = False
 
     def problems(self, ctx):
@@ -259,7 +262,8 @@ class AlbertEncoderSpec(BertEncoderSpec):
     def as_scaffold(self) -> ScaffoldEncoderSpec:
         return ScaffoldEncoderSpec(
             hidden_size=self.hidden_size, num_layers=self.num_layers,
-            embedding=self._embedding(embedding_width=self.embedding_width), hidden=[self._block()],
+            embedding=self._embedding(embedding_width=self.embedding_width,
+                                      embedding_projection=self.embedding_projection), hidden=[self._block()],
             share_layers=True, position=self.position, initializer=self.initializer,
             layer_norm_epsilon=self.layer_norm_epsilon,
             return_all_layer_outputs=self.return_all_layer_outputs)

@@ -418,10 +418,9 @@ def encoder_from_config(cfg: dict, where: str, max_len: Optional[int] = None, de
            "layer_norm_epsilon": c.epsilon("layer_norm_eps")}
     if model_type == "albert":
         width = c.int("embedding_size", minimum=1)
-        if width == hidden:
-            refuse(where, "embedding_size", width, "equal to hidden_size; bertc's ALBERT then has no embedding "
-                                                    "projection, while this model has one")
         enc["embedding_width"] = width
+        if width == hidden:   # AlbertTransformer applies embedding_hidden_mapping_in whatever the widths
+            enc["embedding_projection"] = "always"
     return enc
 
 
