@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -534,10 +535,19 @@ class Engine:
         # tokens added to the tokenizer after training, never given embeddings (the model's vocabulary was not
         # resized): their ids are out of the embedding table's range, which ONNX Runtime reports as a crash
         self.vocab_limit = parts.vocab_size if 0 < parts.vocab_size < self.tokenizer.get_vocab_size(True) else 0
-        self._windowing = None   # a span labeler's long contexts: a second tokenizer, truncating with a stride
+        # what differs between threads calling predict() at once (one engine may serve several): a span labeler's
+        # long contexts' tokenizer, whose truncation each context sets (its stride), and the records truncation cut.
+        # self.tokenizer's settings never change after this, and ONNX Runtime's session.run is thread-safe
+        self._local = threading.local()
         self.output_names = list(parts.outputs.values())
         self.embeds = "embedding" in parts.outputs   # a sentence embedder's ranking: similarities, not pair scores
-        self.cut: set = set()   # where the records of the last predict() that truncation cut are (Record.where)
+
+    @property
+    def cut(self) -> set:
+        """Where the records that truncation cut in this thread's last :meth:`predict` are (``Record.where``)."""
+        if not hasattr(self._local, "cut"):
+            self._local.cut = set()
+        return self._local.cut
 
     # tokens -------------------------------------------------------------------------------------------
     def encode(self, records: Sequence[Record], prompt: Optional[str] = None) -> list:
@@ -674,10 +684,11 @@ class Engine:
         leaves no room for the context is refused naming the line."""
         import tokenizers
 
-        if self._windowing is None:
-            self._windowing = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
-            self._windowing.no_padding()
-        tok, pair = self._windowing, record.pair is not None
+        tok = getattr(self._local, "windowing", None)   # this thread's own: its truncation is set for each context
+        if tok is None:
+            tok = self._local.windowing = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
+            tok.no_padding()
+        pair = record.pair is not None
         tok.no_truncation()
         question = len(tok.encode(record.text, add_special_tokens=False).ids) if pair else 0
         special = tok.num_special_tokens_to_add(pair)
@@ -715,7 +726,7 @@ class Engine:
     def predict(self, records: Sequence[Record]) -> list:
         """One result per record, in the records' order: the batches are cut from the records (a long
         context's windows: :meth:`features`) sorted by token length and padded to their own longest."""
-        self.cut = set()
+        self._local.cut = set()
         if not records:
             return []
         encodings, owners = self.features(records)
@@ -1112,6 +1123,10 @@ class Runtime:
     ``embedding_precision``: a sentence embedder's embeddings as sentence-transformers' ``quantize_embeddings``
     writes them (float32, int8, uint8, binary, ubinary; :mod:`bertc.quantize_embeddings`); int8 and uint8 take
     their ranges from ``calibration_embeddings`` (float32 embeddings by the same model: an array or a .npy file).
+
+    One Runtime may serve several threads at once: each gets exactly the results it would get alone (one ONNX
+    Runtime session, whose calls run side by side; a span labeler's windowing tokenizer per thread), and
+    ``truncated`` counts every thread's cut texts.
     """
 
     def __init__(self, out, artifact: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
@@ -1252,6 +1267,7 @@ class Runtime:
                              f"written at another precision (this run gives {self.kind} results)")
         self.precision = EmbeddingPrecision(embedding_precision, calibration_embeddings)
         self._engine: Optional[Engine] = None
+        self._lock = threading.Lock()   # one engine for every thread, and the count below: see :meth:`run`
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray
 
     def _zero_shot_parts(self, candidates, template, multi_label: bool, scores, labels) -> dict:
@@ -1298,8 +1314,15 @@ class Runtime:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.parts, self.threads, self.spinning)
+            with self._lock:   # threads that come first at once build one engine, not one each
+                if self._engine is None:
+                    self._engine = Engine(self.parts, self.threads, self.spinning)
         return self._engine
+
+    def _count_cut(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.truncated += n
 
     def __repr__(self) -> str:
         return f"Runtime({str(self.out)!r}: {self.kind} results from {self.choice.describe()})"
@@ -1313,9 +1336,10 @@ class Runtime:
     def _iter_kept(self, records: Iterable[Record], progress=None) -> Iterator[tuple[list, list]]:
         """(results, their records' kept values) window by window, in input order; counts the records that
         truncation cut (``self.truncated``)."""
+        engine = self.engine
         for window in windows(records, self.window):
-            results = self.engine.predict(window)
-            self.truncated += len(self.engine.cut)
+            results = engine.predict(window)
+            self._count_cut(len(engine.cut))   # this thread's predict()'s
             if progress:
                 progress(len(results))
             yield self.at_precision(results), [r.kept for r in window]
@@ -1538,7 +1562,7 @@ def _ordered_once(runtime: Runtime, batches, total: int, progress) -> Iterator[t
             results = runtime.at_precision([np.frombuffer(r, "<f4") for r in batch["result"][keep]])
         else:
             results = [json.loads(r) for r in batch["result"][keep]]
-        runtime.truncated += int(np.count_nonzero(batch["cut"][keep]))
+        runtime._count_cut(int(np.count_nonzero(batch["cut"][keep])))
         if progress:
             progress(len(results))
         yield results, [pickle.loads(k) if len(k) else () for k in batch["kept"][keep]]
