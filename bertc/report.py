@@ -257,6 +257,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"tokenizer: {t['kind']}: {', '.join(t['files'])} (copied into this directory)")
         if t.get("beyond_vocabulary"):
             lines.append(f"  note: {t['beyond_vocabulary']}")
+        if t.get("unsupported"):
+            lines.append(f"  note: {t['unsupported']}")
     if report.get("checks"):
         lines.append("checks:")
         for c in report["checks"]:

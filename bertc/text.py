@@ -109,7 +109,13 @@ def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
             shutil.copyfile(directory / name, Path(out) / name)
         except OSError as exc:
             raise OutputError(f"cannot copy the tokenizer file {directory / name} into the build: {exc}") from None
-    return {"source": str(directory.resolve()), **describe_tokenizer(directory, files)}
+    section = {"source": str(directory.resolve()), **describe_tokenizer(directory, files)}
+    try:   # a tokenizer bertc does not build exactly is said now, in the report (naming the checkpoint's files)
+        vocabulary_kind(directory, _read_json(directory / "tokenizer_config.json"),
+                        _model_type(Path(out)) or _model_type(directory))
+    except InputError as exc:
+        section["unsupported"] = f"{exc}; bertc run and parity on text refuse it"
+    return section
 
 
 def load_tokenizer(out_dir: Path, max_len: int):
@@ -120,31 +126,20 @@ def load_tokenizer(out_dir: Path, max_len: int):
         raise MissingLibrary("real-text inputs need the tokenizers library: pip install 'bertc[text]'") from None
     out_dir = Path(out_dir)
     config = _read_json(out_dir / "tokenizer_config.json")
-    if (out_dir / "tokenizer.json").exists():
+    model_type = _model_type(out_dir)
+    kind, family = vocabulary_kind(out_dir, config, model_type)
+    if kind == "tokenizer.json":
         tok = tokenizers.Tokenizer.from_file(str(out_dir / "tokenizer.json"))
-        if tokenizer_class(config, _model_type(out_dir)) in BERT_NORMALIZED:
+        if tokenizer_class(config, model_type) in BERT_NORMALIZED:
             _config_normalizer(tokenizers, tok, config, out_dir)
-    elif (out_dir / "vocab.json").exists():
+    elif kind == "bpe":
         tok = _byte_level_bpe(tokenizers, out_dir, config)
-    elif (out_dir / "vocab.txt").exists():
-        mpnet = str(config.get("tokenizer_class", "")).startswith("MPNetTokenizer")   # <s> A </s></s> B </s>
-        tok = _wordpiece(tokenizers, out_dir, config, "mpnet" if mpnet else "bert")
-    elif any((out_dir / name).exists() for name in SENTENCEPIECE_FILES):
-        # a SentencePiece model alone (microsoft/deberta-v3-*; ALBERT / XLM-R / CamemBERT saved before fast tokenizers)
-        from bertc.checkpoints import CHECKPOINT_CONFIG
-        from bertc.sentencepiece import family_of, tokenizer_for
-
-        family = family_of(out_dir, config, _read_json(out_dir / CHECKPOINT_CONFIG).get("model_type"))
-        if family is None:
-            name = next(name for name in SENTENCEPIECE_FILES if (out_dir / name).exists())
-            raise InputError(f"{out_dir}: only {name} is bundled, and neither tokenizer_config.json's tokenizer_class "
-                             f"nor the checkpoint's model_type names a family bertc reads it for (DeBERTa-v2/v3, "
-                             f"ALBERT, XLM-RoBERTa, CamemBERT); otherwise bertc needs tokenizer.json "
-                             f"(transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes it)")
-        tok = tokenizer_for(out_dir, family, config)
+    elif kind == "wordpiece":
+        tok = _wordpiece(tokenizers, out_dir, config, family)
     else:
-        raise InputError(f"{out_dir}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
-                         f"merges.txt); it is bundled when the trained weights come with one")
+        from bertc.sentencepiece import tokenizer_for
+
+        tok = tokenizer_for(out_dir, family, config)
     if lowercases_input(out_dir):   # before the tokenizer's own normalization, as sentence-transformers does
         lower = tokenizers.normalizers.Lowercase()
         tok.normalizer = lower if tok.normalizer is None else tokenizers.normalizers.Sequence([lower, tok.normalizer])
@@ -185,6 +180,64 @@ def tokenizer_class(config: dict, model_type: Optional[str]) -> Optional[str]:
         named = str(named)
         return named[:-len("Fast")] if named.endswith("TokenizerFast") else named
     return CLASS_OF_MODEL_TYPE.get(model_type) if model_type else None
+
+
+# the tokenizer classes bertc builds from a vocabulary file alone, as transformers does (its "...Fast" twin of each is
+# the same tokenizer), and what from: class -> WordPiece family (vocab.txt), the byte-level BPE (vocab.json +
+# merges.txt); the SentencePiece families: bertc.sentencepiece.FAMILIES
+WORDPIECE_CLASSES = {"BertTokenizer": "bert", "DistilBertTokenizer": "bert", "ElectraTokenizer": "bert",
+                     "MPNetTokenizer": "mpnet"}
+BPE_CLASSES = ("RobertaTokenizer",)
+SUPPORTED = ("without tokenizer.json, bertc builds BertTokenizer, DistilBertTokenizer, ElectraTokenizer and "
+             "MPNetTokenizer from vocab.txt, RobertaTokenizer from vocab.json + merges.txt, DebertaV2Tokenizer from "
+             "spm.model, AlbertTokenizer from spiece.model, XLMRobertaTokenizer and CamembertTokenizer from "
+             "sentencepiece.bpe.model (each also by its ...Fast name), and with one it reads any tokenizer.json "
+             "(transformers writes it: AutoTokenizer.from_pretrained(dir).save_pretrained(dir), for a class with a "
+             "fast tokenizer)")
+
+
+def vocabulary_kind(directory: Path, config: dict, model_type: Optional[str]) -> tuple[str, Optional[str]]:
+    """How bertc builds the tokenizer whose files are in ``directory`` (``config``: its tokenizer_config.json;
+    ``model_type``: the checkpoint's), as transformers' AutoTokenizer picks it: ("tokenizer.json", None),
+    ("wordpiece", "bert" | "mpnet"), ("bpe", None) or ("sentencepiece", family). The tokenizer class (tokenizer_config
+    .json's, else the model type's: :func:`tokenizer_class`) decides which vocabulary file is read, and how; where
+    neither names one (an original TF1 BERT's vocab.txt), the files do. Raises :class:`InputError` for a tokenizer
+    bertc does not build exactly (BertJapaneseTokenizer's vocab.txt, a model type whose tokenizer needs another
+    file): its tokens would not be transformers'."""
+    from bertc.sentencepiece import family_of
+
+    directory = Path(directory)
+    present = [name for name in VOCABULARIES if (directory / name).is_file()]
+    if "tokenizer.json" in present:
+        return "tokenizer.json", None
+    if not present:
+        raise InputError(f"{directory}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
+                         f"merges.txt); it is bundled when the trained weights come with one")
+    cls = tokenizer_class(config, model_type)
+    if cls is None:   # neither tokenizer_config.json nor a model type bertc knows says: the files do
+        if "vocab.json" in present:
+            return "bpe", None
+        if "vocab.txt" in present:
+            return "wordpiece", "bert"
+    elif cls in WORDPIECE_CLASSES and "vocab.txt" in present:
+        return "wordpiece", WORDPIECE_CLASSES[cls]
+    elif cls in BPE_CLASSES and "vocab.json" in present:
+        return "bpe", None
+    family = family_of(directory, config, model_type)
+    if family is not None:
+        return "sentencepiece", family
+    files = " and ".join(present)
+    named = config.get("tokenizer_class")
+    if named:
+        head = (f"{directory / 'tokenizer_config.json'}: tokenizer_class {json.dumps(named)} is a tokenizer bertc "
+                f"does not build from {files}: its tokens would not be transformers'")
+    elif cls is not None:
+        head = (f"{directory}: tokenizer_config.json names no tokenizer_class, and for the checkpoint's model_type "
+                f"{json.dumps(model_type)} transformers loads {cls}, which bertc does not build from {files}")
+    else:
+        head = (f"{directory}: only {files} is bundled, and neither tokenizer_config.json's tokenizer_class nor the "
+                f"checkpoint's model_type names a family bertc reads it for")
+    raise InputError(f"{head}; {SUPPORTED}")
 
 
 def _config_normalizer(tokenizers, tok, config: dict, where: Path) -> None:

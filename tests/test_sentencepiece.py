@@ -133,6 +133,10 @@ def test_a_sentencepiece_model_of_another_family_alone_is_named(tmp_path):
     out.mkdir()
     shutil.copyfile(FIXTURES / "sentencepiece" / "albert" / "spiece.model", out / "spiece.model")
     (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer"}))
+    with pytest.raises(BertcError, match=r'tokenizer_config.json: tokenizer_class "T5Tokenizer" is a tokenizer bertc '
+                                         r"does not build from spiece.model"):
+        load_tokenizer(out, 16)
+    (out / "tokenizer_config.json").write_text(json.dumps({}))
     with pytest.raises(BertcError, match=r"only spiece.model is bundled, and neither tokenizer_config.json's "
                                          r"tokenizer_class nor the checkpoint's model_type names a family"):
         load_tokenizer(out, 16)

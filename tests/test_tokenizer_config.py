@@ -200,3 +200,141 @@ def test_tokenizer_json_of_every_fixture_is_unchanged_by_its_own_config():
                 assert tok.encode(text).ids == whole.encode(text).ids, (directory.name, text)
             checked += 1
     assert checked >= 15
+
+
+# -- vocab.txt without tokenizer_class: the model type's tokenizer, as AutoTokenizer picks it -------------------------
+
+NO_CLASS = {
+    # MPNet: <s> A </s></s> B </s> (not BERT's [CLS] / [SEP], which this vocabulary has too)
+    "mpnet": (
+        {"do_lower_case": True},
+        ([[67, 57, 68], [67, 57, 5, 29, 68], [67, 5, 61, 62, 29, 68], [67, 5, 29, 31, 68],
+          [67, 1, 30, 33, 68], [67, 5, 70, 31, 68, 68], [67, 1, 1, 1, 5, 1, 1, 1, 68]],
+         ([67, 5, 29, 68, 68, 6, 30, 68], None))),
+    "mpnet_cased": (
+        {"do_lower_case": False},
+        ([[67, 56, 68], [67, 1, 5, 29, 68], [67, 5, 61, 62, 29, 68], [67, 64, 65, 31, 68],
+          [67, 1, 66, 33, 68], [67, 5, 70, 31, 68, 68], [67, 1, 1, 1, 5, 1, 1, 1, 68]],
+         ([67, 64, 29, 68, 68, 6, 1, 68], None))),
+    **{model_type: (
+        {"do_lower_case": True},
+        ([[2, 57, 3], [2, 57, 5, 29, 3], [2, 5, 61, 62, 29, 3], [2, 5, 29, 31, 3],
+          [2, 1, 30, 33, 3], [2, 5, 1, 1, 1, 31, 1, 1, 1, 1, 3], [2, 2, 5, 4, 3]],
+         ([2, 5, 29, 3, 6, 30, 3], [0, 0, 0, 0, 1, 1, 1]))) for model_type in ("bert", "distilbert", "electra")},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_CLASS))
+def test_vocab_txt_without_tokenizer_class_is_the_model_types_tokenizer(tmp_path, case):
+    config, expected = NO_CLASS[case]
+    _assert_ids(_layout(tmp_path, config, case.split("_")[0]), expected)
+
+
+def test_vocab_txt_whose_model_type_reads_another_file_is_refused_naming_the_class(tmp_path):
+    from bertc.errors import InputError
+
+    _layout(tmp_path, {"do_lower_case": True}, "roberta")
+    with pytest.raises(InputError, match=r'names no tokenizer_class, and for the checkpoint\'s model_type "roberta" '
+                                         r"transformers loads RobertaTokenizer, which bertc does not build from "
+                                         r"vocab.txt; without tokenizer.json, bertc builds BertTokenizer"):
+        load_tokenizer(tmp_path, 16)
+
+
+# -- a tokenizer class bertc does not build exactly is refused, at bundling (the report) and by load_tokenizer -------
+
+@pytest.mark.parametrize("named, files", [("BertJapaneseTokenizer", "vocab.txt"), ("PhobertTokenizer", "vocab.txt"),
+                                          ("PreTrainedTokenizerFast", "vocab.txt"), ("RobertaTokenizer", "vocab.txt"),
+                                          ("XLMRobertaTokenizer", "vocab.txt")])
+def test_an_unimplemented_tokenizer_class_is_refused_naming_it(tmp_path, named, files):
+    """transformers' BertJapaneseTokenizer (cl-tohoku/bert-base-japanese's vocab.txt: MeCab words, cased, CJK not
+    split) is not a BertTokenizer: bertc tokenized it as one, silently."""
+    from bertc.errors import InputError
+    from bertc.text import bundle_tokenizer
+
+    source = _layout(tmp_path / "src", {"tokenizer_class": named}, "bert")
+    message = (rf'tokenizer_config.json: tokenizer_class "{named}" is a tokenizer bertc does not build from {files}: '
+               r"its tokens would not be transformers'; without tokenizer.json, bertc builds BertTokenizer, "
+               r"DistilBertTokenizer, ElectraTokenizer and MPNetTokenizer from vocab.txt")
+    with pytest.raises(InputError, match=message):
+        load_tokenizer(source, 16)
+    out = tmp_path / "out"
+    out.mkdir()
+    section = bundle_tokenizer(source, out)
+    assert section["tokenizer_class"] == named
+    assert section["unsupported"].startswith(str(source / "tokenizer_config.json")), section["unsupported"]
+    assert section["unsupported"].endswith("; bertc run and parity on text refuse it")
+
+
+def test_the_build_summary_notes_an_unsupported_tokenizer(tmp_path):
+    from bertc.report import summary_text
+    from bertc.text import bundle_tokenizer
+
+    source = _layout(tmp_path / "src", {"tokenizer_class": "BertJapaneseTokenizer"}, "bert")
+    (tmp_path / "out").mkdir()
+    section = bundle_tokenizer(source, tmp_path / "out")
+    report = {"bertc_version": "0", "spec_name": "m", "status": "passed", "inputs": [], "outputs": [], "stages": {},
+              "tokenizer": section}
+    assert f"  note: {section['unsupported']}" in summary_text(report).splitlines()
+
+
+@pytest.mark.parametrize("named", ["BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast",
+                                   "ElectraTokenizer", "ElectraTokenizerFast", "MPNetTokenizer", "MPNetTokenizerFast",
+                                   None])
+def test_the_wordpiece_classes_read_vocab_txt(tmp_path, named):
+    from bertc.text import bundle_tokenizer
+
+    source = _layout(tmp_path / "src", {"tokenizer_class": named} if named else {}, "bert")
+    (tmp_path / "out").mkdir()
+    assert "unsupported" not in bundle_tokenizer(source, tmp_path / "out")
+    first = load_tokenizer(source, 16).encode("the cat").ids[0]
+    assert first == (_vocab().index("<s>") if named and named.startswith("MPNet") else _vocab().index("[CLS]"))
+
+
+def test_no_tokenizer_bertc_reads_today_is_refused(tmp_path):
+    """Every committed fixture's tokenizer, the SentencePiece families by their class names (and their ...Fast
+    names), RoBERTa's vocab.json + merges.txt, and any class with a tokenizer.json (ModernBERT's
+    PreTrainedTokenizerFast / TokenizersBackend, a slow-only class) still load and bundle without a note."""
+    import shutil
+
+    from bertc.text import bundle_tokenizer
+
+    def usable(directory: Path) -> None:
+        out = tmp_path / f"out_{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        assert "unsupported" not in bundle_tokenizer(directory, out), directory
+        assert load_tokenizer(directory, 16).encode("the cat").ids
+
+    for directory in sorted(HF.iterdir()):
+        if any((directory / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json")):
+            usable(directory)
+    for fixture, model in (("deberta_v3_model", "spm.model"), ("xlmr_model", "sentencepiece.bpe.model")):
+        named = json.loads((HF / fixture / "tokenizer_config.json").read_text())["tokenizer_class"]
+        for cls in (named, named + "Fast"):
+            d = tmp_path / f"{fixture}_{cls}"
+            d.mkdir()
+            shutil.copyfile(HF / fixture / model, d / model)
+            (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls}))
+            usable(d)
+    sp = Path(__file__).parent / "fixtures" / "sentencepiece"
+    for family, model, cls in (("albert", "spiece.model", "AlbertTokenizerFast"),
+                               ("camembert", "sentencepiece.bpe.model", "CamembertTokenizer")):
+        d = tmp_path / f"sp_{family}"
+        d.mkdir()
+        shutil.copyfile(sp / family / model, d / model)
+        (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls}))
+        usable(d)
+    for cls in ("RobertaTokenizer", "RobertaTokenizerFast", None):
+        d = tmp_path / f"roberta_{cls}"
+        d.mkdir()
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(HF / "roberta_model" / name, d / name)
+        (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls} if cls else {}))
+        shutil.copyfile(HF / "roberta_model" / "config.json", d / "config.json")
+        usable(d)
+    for cls in ("PreTrainedTokenizerFast", "TokenizersBackend", "BertJapaneseTokenizer"):
+        d = tmp_path / f"json_{cls}"
+        shutil.copytree(HF / "modernbert_model", d)
+        (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls}))
+        usable(d)
+    # an original TF1 BERT checkpoint's vocab.txt: no tokenizer_config.json, no model type
+    usable(Path(__file__).parent / "fixtures" / "bert_tf1")
