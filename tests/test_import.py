@@ -477,6 +477,13 @@ def test_import_of_a_bertc_build_reuses_its_spec(tmp_path):
     again = import_spec(out, tmp_path / "again" / "spec.json", name="again")
     assert again["encoder"] == json.loads((out / "spec.json").read_text())["encoder"]
     assert (tmp_path / "again" / again["weights"]).resolve() == (out / "model.keras").resolve()
+    # the build's model.keras itself (the README's "a bertc build (OUT/ or .keras)"): the spec beside it
+    keras_file = import_spec(out / "model.keras", tmp_path / "k" / "spec.json", name="k")
+    assert keras_file["encoder"] == again["encoder"] and keras_file["head"] == again["head"]
+    assert (tmp_path / "k" / keras_file["weights"]).resolve() == (out / "model.keras").resolve()
+    shutil.copyfile(out / "model.keras", tmp_path / "lone.keras")    # no spec.json beside it
+    with pytest.raises(WeightsError, match=r"lone.keras: a .keras file is imported from its bertc build"):
+        import_spec(tmp_path / "lone.keras", tmp_path / "l.json")
 
 
 def test_sharded_safetensors_directory(tmp_path):

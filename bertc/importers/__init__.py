@@ -60,14 +60,24 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
         return hf.spec_from(source, checkpoint.names(), encoder_only), source
     if encoder_only:
         raise WeightsError(f"{source}: --encoder-only applies to Hugging Face checkpoints")
-    if source.is_dir() and (source / "spec.json").exists() and (source / "model.keras").exists():
+    build = source if source.is_dir() else source.parent if source.suffix == ".keras" else None
+    if build is not None and (build / "spec.json").exists() and (build / "model.keras").exists() \
+            and (source.is_dir() or source.name == "model.keras"):
         import json
 
-        spec = json.loads((source / "spec.json").read_text())
+        try:
+            spec = json.loads((build / "spec.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"{build / 'spec.json'}: not a readable bertc spec ({exc})") from None
+        if not isinstance(spec, dict):
+            raise WeightsError(f"{build / 'spec.json'}: not a bertc spec (a JSON object)")
         spec.pop("weights", None)
         spec.pop("name", None)
-        spec["description"] = f"Imported from the bertc build {source.name}/ by bertc import."
-        return spec, source / "model.keras"
+        spec["description"] = f"Imported from the bertc build {build.name}/ by bertc import."
+        return spec, build / "model.keras"
+    if source.suffix == ".keras":
+        raise WeightsError(f"{source}: a .keras file is imported from its bertc build: model.keras with the "
+                           f"build's spec.json beside it (the spec says what the model is)")
     checkpoint = open_checkpoint(source)
     if checkpoint.format == "tf_checkpoint":
         return bert_tf1.spec_from(source, checkpoint), checkpoint.location
