@@ -1474,6 +1474,38 @@ def _ray_blocks(records: Iterable[Record], size: int):
     return refs, index
 
 
+RAY_CONNECT_TIMEOUT = 10.0   # seconds for a Ray cluster's address to answer at all
+
+
+def _check_reachable(address: str, named: str) -> None:
+    """Refuse a ``HOST:PORT`` or ``ray://HOST[:PORT]`` address that no TCP connection reaches within
+    ``RAY_CONNECT_TIMEOUT`` (a closed port, an unknown host, a host that does not answer): ``ray.init`` would
+    retry it for good, printing "Failed to get cluster ID" lines. ``named``: the address as the message says it
+    (the option or RAY_ADDRESS). An address without a port (``auto``, a malformed one) is left to Ray."""
+    import socket
+
+    client = address.startswith("ray://")
+    rest = address[len("ray://"):] if client else address
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        host, port = (rest, "10001") if client else ("", "")   # Ray Client's default port
+    host = host.strip("[]")   # [::1]:6379
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT).close()
+    except socket.gaierror as exc:
+        why = f"unknown host {host!r} ({exc.strerror})"
+    except socket.timeout:
+        why = f"no answer from {host}:{port} in {RAY_CONNECT_TIMEOUT:g} s"
+    except OSError as exc:
+        why = f"{host}:{port}: {exc.strerror or exc}"
+    else:
+        return
+    raise InputError(f"{named}: cannot connect to a Ray cluster: {why} (a cluster's address is its head's "
+                     f"HOST:PORT, the GCS port, 6379 by default, or ray://HOST:10001 for Ray Client)")
+
+
 def ray_init(address: Optional[str]):
     try:
         import ray
@@ -1482,6 +1514,13 @@ def ray_init(address: Optional[str]):
 
         raise MissingLibrary(RAY_MISSING) from None
     if not ray.is_initialized():
+        import os
+
+        if address and address != "auto":
+            _check_reachable(address, f"--ray {address}")
+        elif os.environ.get("RAY_ADDRESS") and os.environ["RAY_ADDRESS"] != "auto":   # what ray.init connects to
+            _check_reachable(os.environ["RAY_ADDRESS"], f"--ray {address or '(local)'}: RAY_ADDRESS="
+                                                        f"{os.environ['RAY_ADDRESS']}")
         kwargs = {"address": address} if address else {}
         try:
             ray.init(**kwargs, include_dashboard=False, logging_level="ERROR", log_to_driver=False,

@@ -19,7 +19,7 @@ from bertc.runtime import RayPredictor, run_ray
 from bertc.run_io import input_spec, read_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_run import LABELS, TEXTS, read_result, shared_builds  # noqa: E402
+from test_run import LABELS, TEXTS, _bertc, read_result, shared_builds  # noqa: E402
 
 ray = pytest.importorskip("ray") if os.environ.get("BERTC_ALLOW_NO_RAY") == "1" else __import__("ray")
 
@@ -131,3 +131,23 @@ def test_a_killed_actor_is_retried_and_the_result_has_every_row_once(local_ray, 
     assert marker.exists() and "killed pid" in marker.read_text()  # the kill happened
     assert len(got) == 400
     np.testing.assert_array_equal(np.stack(got), rt.run(rows))  # every row once, in order
+
+
+def test_an_unreachable_ray_address_fails_at_once_naming_it(builds, tmp_path):
+    """``ray.init`` retries an address where no cluster answers for good ("Failed to get cluster ID" lines, still
+    going after five minutes): bertc refuses it after one TCP try, exit 2, the existing RESULT as it was."""
+    import socket
+
+    txt, result = tmp_path / "in.txt", tmp_path / "r.npy"
+    txt.write_text("a dog\n")
+    result.write_bytes(b"ORIG")
+    with socket.socket() as closed:   # bound, never listening: a connection to it is refused
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        run = _bertc(["run", builds["st_bert_mean_norm"], txt, "-o", result, "--force", "-q", "--ray", address],
+                     timeout=120)
+    err = run.stderr.decode()
+    assert run.returncode == EXIT_BAD_SPEC, err[-2000:]
+    assert f"error: --ray {address}: cannot connect to a Ray cluster: {address}: Connection refused" in err, err
+    assert "Traceback" not in err and "cluster ID" not in err, err
+    assert result.read_bytes() == b"ORIG" and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "r.npy"]
