@@ -1522,12 +1522,22 @@ def ray_init(address: Optional[str]):
             _check_reachable(os.environ["RAY_ADDRESS"], f"--ray {address or '(local)'}: RAY_ADDRESS="
                                                         f"{os.environ['RAY_ADDRESS']}")
         kwargs = {"address": address} if address else {}
+        import signal
+
+        # ray.init puts its own SIGTERM handlers over the caller's (Python's: exit; its core worker's: a stack dump,
+        # then abort, exit 134, which skips every cleanup); a Python handler of the caller's (bertc run's: unwind,
+        # remove the temporary result, shut the local Ray down at exit, exit 143) is put back afterwards
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(**kwargs, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                      ignore_reinit_error=True)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise InputError(f"--ray {address or '(local)'}: cannot connect to a Ray cluster: "
                              f"{' '.join(str(exc).split())[:300]}") from None
+        finally:
+            if callable(sigterm):
+                signal.signal(signal.SIGTERM, sigterm)
     return ray
 
 

@@ -151,3 +151,30 @@ def test_an_unreachable_ray_address_fails_at_once_naming_it(builds, tmp_path):
     assert f"error: --ray {address}: cannot connect to a Ray cluster: {address}: Connection refused" in err, err
     assert "Traceback" not in err and "cluster ID" not in err, err
     assert result.read_bytes() == b"ORIG" and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "r.npy"]
+
+
+def test_sigterm_over_ray_ends_as_without_ray(local_ray, builds, tmp_path):
+    """SIGTERM mid-job (here a driver of the module's local Ray) unwinds as it does in one process: exit 143,
+    "terminated; nothing was written", RESULT as it was, no temporary file. ray.init had put its core worker's
+    SIGTERM handler over bertc's (a stack dump, then abort: exit 134, the temporary file left behind)."""
+    import signal
+    import subprocess
+    import time
+
+    txt, result = tmp_path / "in.txt", tmp_path / "r.jsonl"
+    txt.write_text("\n".join(texts(4000)) + "\n")
+    result.write_bytes(b"ORIG")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    job = subprocess.Popen([sys.executable, "-m", "bertc", "run", str(builds["st_bert_mean_norm"]), str(txt), "-o",
+                            str(result), "--force", "-q", "--window", "16", "--batch-size", "1", "--threads", "1",
+                            "--ray", ray.get_runtime_context().gcs_address], stderr=subprocess.PIPE, env=env)
+    partial = tmp_path / f".r.jsonl.partial-{job.pid}"
+    deadline = time.monotonic() + 120
+    while job.poll() is None and time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size):
+        time.sleep(0.2)   # until the actors' first results are written
+    assert job.poll() is None, job.stderr.read().decode()[-2000:]
+    job.send_signal(signal.SIGTERM)
+    err = job.communicate(timeout=60)[1].decode()
+    assert job.returncode == 143, err[-2000:]
+    assert err.rstrip().endswith("terminated; nothing was written") and "SIGTERM received" not in err, err[-2000:]
+    assert result.read_bytes() == b"ORIG" and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "r.jsonl"]
