@@ -262,21 +262,63 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
     raise InputError("no ONNX artifact of this build can run here (none exported, or none passed parity)")
 
 
+# the JSON files of a build that bertc run reads besides report.json and spec.json, where the build bundled them: the
+# checkpoint's config.json (as checkpoint_config.json; config.json itself in a build that is also a transformers
+# directory), sentence-transformers' configs, the tokenizer's settings
+BUILD_JSON = ("checkpoint_config.json", "config.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def build_json(out: Path, name: str) -> Optional[dict]:
+    """OUT's ``name`` (a JSON object), or None where OUT has no such file. One that is there and cannot be read, is
+    not JSON or not an object is a damaged build, refused naming the file as a damaged report.json is: read past,
+    the run would silently lose what it says (class names, a prompt, lowercasing)."""
+    path = Path(out) / name
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:   # UnicodeDecodeError is a ValueError
+        raise InputError(f"{out}: not a readable bertc build ({path}: {exc}); rebuild it, or restore the file") \
+            from None
+    if not isinstance(config, dict):
+        raise InputError(f"{out}: not a readable bertc build ({path}: not a JSON object, but "
+                         f"{type(config).__name__}); rebuild it, or restore the file")
+    return config
+
+
+def check_build_files(out: Path, report: dict) -> None:
+    """Refuse a build whose bundled JSON files (:data:`BUILD_JSON`) are there but unreadable (:func:`build_json`),
+    or that lacks a checkpoint config its report says it bundled (``weights.bundled_config``): run would read the
+    one beside the trained weights instead, which may have changed since, or none."""
+    for name in BUILD_JSON:
+        build_json(out, name)
+    bundled = (report.get("weights") or {}).get("bundled_config") or []
+    for name in bundled if isinstance(bundled, list) else []:
+        if isinstance(name, str) and not (Path(out) / name).exists():
+            raise InputError(f"{out}: not a readable bertc build ({Path(out) / name}, which the build bundled, is "
+                             f"missing); rebuild it, or restore the file")
+
+
 def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> Iterator[dict]:
-    """The Hugging Face config.json (or ``name``) of the build, in OUT (bundled by the build as
-    ``checkpoint_config.json``) or beside the trained weights, that can be read."""
+    """The Hugging Face config.json (or ``name``) of the build: OUT's copy (bundled by the build as
+    ``checkpoint_config.json``, or OUT's ``name``), the first of them there; only a build that bundled none reads
+    the one beside the trained weights (an older build), where that can be read. One in OUT that cannot be read
+    is an error (:func:`build_json`). At most one config."""
     from bertc.checkpoints import CHECKPOINT_CONFIG
 
-    candidates = ([Path(out) / CHECKPOINT_CONFIG] if name == "config.json" else []) + [Path(out) / name]
+    for inside in ([CHECKPOINT_CONFIG] if name == "config.json" else []) + [name]:
+        config = build_json(out, inside)
+        if config is not None:
+            yield config
+            return
     source = (report.get("weights") or {}).get("source")
     if source:
         src = Path(source)
-        candidates.append((src if src.is_dir() else src.parent) / name)
-    for path in candidates:
         try:
-            config = json.loads(path.read_text())
+            config = json.loads(((src if src.is_dir() else src.parent) / name).read_text())
         except (OSError, ValueError):
-            continue
+            return
         if isinstance(config, dict):
             yield config
 
@@ -1143,6 +1185,7 @@ class Runtime:
 
         self.out = Path(out)
         self.report, self.spec = read_build(self.out)
+        check_build_files(self.out, self.report)
         self.kind, self.outputs = result_kind(self.report, self.spec)
         self.choice = choose_artifact(self.report, artifact, device)
         batch_size, window = _whole("batch_size", batch_size, 1, False), _whole("window", window, 1, False)

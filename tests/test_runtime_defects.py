@@ -1,6 +1,9 @@
 """``bertc.Runtime`` on the cases that once went wrong: one Runtime used by several threads at once, a damaged
 build whose bundled files cannot be read, arguments of the wrong kind, texts in a container without an order, and
 one very long line. Each reuses test_run's tiny builds (made once per session)."""
+import json
+import re
+import shutil
 import sys
 import threading
 import time
@@ -10,6 +13,8 @@ import numpy as np
 import pytest
 
 import bertc
+from bertc.cli import main
+from bertc.errors import EXIT_BAD_SPEC, InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_run import shared_builds  # noqa: E402
@@ -98,3 +103,64 @@ def test_one_runtime_gives_several_threads_the_results_it_gives_one(builds, monk
     for result in _in_threads(lambda k: shared["st_bert_mean_norm"].run(long), 4):
         assert isinstance(result, np.ndarray) and np.array_equal(result, ref_emb)
     assert shared["st_bert_mean_norm"].truncated == 4 * 8   # each thread's cut texts counted once
+
+
+# --- a damaged build: its bundled files ------------------------------------------------------------------
+
+def _copy(out: Path, tmp_path: Path, name: str = "out") -> Path:
+    copy = tmp_path / name
+    shutil.copytree(out, copy)
+    return copy
+
+
+@pytest.mark.parametrize("build, name", [("bert_seq_cls", "checkpoint_config.json"),
+                                         ("st_bert_mean_norm", "config_sentence_transformers.json"),
+                                         ("st_bert_mean_norm", "sentence_bert_config.json"),
+                                         ("bert_seq_cls", "tokenizer_config.json")])
+def test_a_bundled_config_that_cannot_be_read_is_a_damaged_build(builds, tmp_path, capsys, build, name):
+    """A config file in OUT that is there but is not JSON (a truncated copy) is refused naming it, as a damaged
+    report.json is (exit 2): it was skipped, and the run went on without the class names, the problem type, the
+    prompt or the lowercasing it says, exit 0 (or read the trained weights' folder instead)."""
+    out = _copy(builds[build], tmp_path)
+    path = out / name
+    path.write_text(path.read_text()[:20])
+    with pytest.raises(InputError, match=re.escape(f"{out}: not a readable bertc build ({path}: ")):
+        bertc.Runtime(out)
+    (tmp_path / "in.txt").write_text("the cat\n")
+    result = tmp_path / "r.jsonl"
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(result)]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert f"error: {out}: not a readable bertc build ({path}: " in err and "Traceback" not in err
+    assert not result.exists()
+    path.write_text("[1, 2]")   # JSON, not an object
+    with pytest.raises(InputError, match=re.escape(f"({path}: not a JSON object, but list)")):
+        bertc.Runtime(out)
+
+
+def test_the_builds_own_checkpoint_config_wins_over_the_weights_folder(builds, tmp_path):
+    """OUT's checkpoint_config.json is what run reads: the config beside the trained weights (report.json's
+    weights.source) only for a build that bundled none. Before, a bundled config without class names let the
+    weights folder's (edited since the build) name them; a bundled config deleted from OUT let it too: now a
+    damaged build."""
+    out = _copy(builds["bert_seq_cls"], tmp_path)
+    source = tmp_path / "weights"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"id2label": {"0": "x", "1": "y", "2": "z"},
+                                                    "problem_type": "multi_label_classification"}))
+    report = json.loads((out / "report.json").read_text())
+    report["weights"]["source"] = str(source)
+    (out / "report.json").write_text(json.dumps(report))
+    bundled = out / "checkpoint_config.json"
+    config = json.loads(bundled.read_text())
+    del config["id2label"], config["label2id"]
+    bundled.write_text(json.dumps(config))
+    rt = bertc.Runtime(out, artifact="onnx")
+    assert rt.run(["the cat"])[0]["label"].startswith("LABEL_") and rt.scores == "softmax"
+    bundled.unlink()
+    with pytest.raises(InputError, match=re.escape(f"({bundled}, which the build bundled, is missing)")):
+        bertc.Runtime(out)
+    # a build that bundled none (an older one) reads the weights folder's
+    del report["weights"]["bundled_config"]
+    (out / "report.json").write_text(json.dumps(report))
+    rt = bertc.Runtime(out, artifact="onnx")
+    assert rt.run(["the cat"])[0]["label"] in ("x", "y", "z") and rt.scores == "sigmoid"
