@@ -1353,6 +1353,17 @@ class Runtime:
             raise
         except BertcError as exc:  # text.py's: no tokenizer bundled
             raise InputError(str(exc)) from None
+        except Exception as exc:
+            # the tokenizers library's plain Exception (tokenizer.json truncated, not JSON, not a tokenizer), an
+            # unreadable file's OSError, sentencepiece's RuntimeError: a damaged build, as a damaged report.json
+            if type(exc) is not Exception and not isinstance(exc, (OSError, RuntimeError)):
+                raise
+            from bertc.text import VOCABULARIES
+
+            present = [name for name in VOCABULARIES if (self.out / name).exists()]
+            where = self.out / present[0] if present else self.out
+            raise InputError(f"{self.out}: not a readable bertc build (its tokenizer, {where}: "
+                             f"{' '.join(str(exc).split())[:300]}); rebuild it, or restore the file") from None
 
     @property
     def engine(self) -> Engine:

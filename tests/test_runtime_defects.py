@@ -164,3 +164,20 @@ def test_the_builds_own_checkpoint_config_wins_over_the_weights_folder(builds, t
     (out / "report.json").write_text(json.dumps(report))
     rt = bertc.Runtime(out, artifact="onnx")
     assert rt.run(["the cat"])[0]["label"] in ("x", "y", "z") and rt.scores == "sigmoid"
+
+
+@pytest.mark.parametrize("damage", ["{", "{}", "truncated"])
+def test_a_damaged_tokenizer_json_is_named(builds, tmp_path, capsys, damage):
+    """A tokenizer.json in OUT that the tokenizers library cannot read (cut short, not JSON, not a tokenizer) is a
+    damaged build named as such, exit 2; it was "internal error (a bug in bertc ...): Exception: EOF while parsing",
+    exit 70."""
+    out = _copy(builds["st_bert_mean_norm"], tmp_path)
+    path = out / "tokenizer.json"
+    path.write_text(path.read_text()[:500] if damage == "truncated" else damage)
+    with pytest.raises(InputError, match=re.escape(f"{out}: not a readable bertc build (its tokenizer, {path}: ")):
+        bertc.Runtime(out)
+    (tmp_path / "in.txt").write_text("the cat\n")
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.npy")]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: not a readable bertc build (its tokenizer, {path}: ") and \
+        "internal error" not in err and "Traceback" not in err
