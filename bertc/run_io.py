@@ -4,7 +4,9 @@ A reader yields :class:`Record` s (the text, its optional pair, and where it is 
 messages) one at a time from a .txt (one text per line, a tab before the pair), JSONL, CSV/TSV or
 Parquet file. A writer takes results in input order, batch by batch, into a temporary file beside the
 result (``.RESULT.partial-PID``) that :func:`atomic_result` renames over RESULT only once everything
-was written: an error, Ctrl-C or a killed job leaves no partial RESULT behind. ``-`` is standard input (text
+was written: an error, Ctrl-C or SIGTERM removes it and leaves RESULT as it was; a job killed outright (SIGKILL,
+the out-of-memory killer) leaves no partial RESULT either, only its temporary file, which the next run to the same
+RESULT removes (:func:`_remove_stale_partials`). ``-`` is standard input (text
 formats: .txt by default, JSONL, CSV / TSV) or standard output (JSONL by default, or CSV), for pipelines: results
 are written there batch by batch, in input order, and an error stops the stream (the exit code says so). In a .txt,
 CSV or TSV input a lone CR (an old Mac's line end) ends a line as LF and CRLF do.
@@ -776,6 +778,55 @@ class _Flushing:
         self.out.flush()
 
 
+def _lock(f) -> bool:
+    """Take an exclusive lock on the open file ``f`` (released when it is closed); False where another process
+    holds one. True too where there are no such locks (Windows, a file system without them): the caller goes on
+    unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # PermissionError: another user's process; or a platform that cannot tell: alive
+        return True
+    return True
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Remove the temporary files (``.RESULT.partial-PID``) that runs to ``path`` killed outright (SIGKILL, the
+    out-of-memory killer) left behind: each whose process is gone and that no process holds locked. A live run's
+    (its process running here, or its lock held from another machine sharing the folder) is left alone."""
+    prefix = f".{path.name}.partial-"
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    except OSError:
+        return
+    for name in names:
+        stale, pid = path.parent / name, int(name[len(prefix):])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        try:
+            with open(stale, "rb+") as f:
+                if not _lock(f):   # a live run's, on another machine
+                    continue
+                stale.unlink()
+        except OSError:   # gone already, or not ours to open: left alone
+            continue
+
+
 @contextlib.contextmanager
 def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = (), dtype=np.float32,
                   keep_types: Optional[list] = None, empty_width: Optional[Callable[[], Optional[int]]] = None):
@@ -803,11 +854,13 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         raise OutputError(f"{path} is a directory; the result is a file")
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: no such directory for the result")
+    _remove_stale_partials(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         f = open(tmp, "wb")
     except OSError as exc:
         raise OutputError(f"cannot write the result beside {path}: {exc}") from None
+    _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)
     try:
         with f:
             writer = _writer(f, fmt, kind, keep, dtype, keep_types, empty_width)

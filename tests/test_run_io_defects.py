@@ -315,3 +315,34 @@ def test_an_empty_side_of_a_tab_in_txt_is_named(builds, tmp_path, capsys):
         err = _fails(["run", cls, str(txt), "-o", str(tmp_path / "r.jsonl")], capsys, EXIT_BAD_SPEC, message)
         assert "field" not in err
         assert not (tmp_path / "r.jsonl").exists()
+
+
+# --- a job killed outright leaves its temporary file: the next run to the same RESULT removes it -----------------
+
+def test_the_next_run_removes_the_temporary_files_of_killed_runs_and_no_live_ones(builds, tmp_path):
+    """SIGKILL (or the out-of-memory killer) leaves ``.RESULT.partial-PID`` behind, which nothing removed, even a
+    later run to the same RESULT. That run now removes each whose process is gone; a live run's stays: its process
+    running here, or its file locked (a run on another machine sharing the folder)."""
+    import fcntl
+    import subprocess
+
+    dead = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    for p in dead:
+        p.wait()
+    live = subprocess.Popen(["sleep", "300"])
+    try:
+        gone = tmp_path / f".r.jsonl.partial-{dead[0].pid}"
+        kept = [tmp_path / f".r.jsonl.partial-{live.pid}", tmp_path / f".r.jsonl.partial-{dead[1].pid}",
+                tmp_path / f".other.jsonl.partial-{dead[0].pid}", tmp_path / ".r.jsonl.partial-x1"]
+        for path in [gone, *kept]:
+            path.write_bytes(b'{"half a line')
+        with open(kept[1], "rb+") as locked:   # held by a run elsewhere
+            fcntl.flock(locked, fcntl.LOCK_EX)
+            txt = tmp_path / "in.txt"
+            txt.write_text("a dog\nthe cat\n")
+            assert main(["run", str(builds["bert_seq_cls"]), str(txt), "-o", str(tmp_path / "r.jsonl"), "-q"]) == 0
+    finally:
+        live.kill()
+        live.wait()
+    assert len(read_result(tmp_path / "r.jsonl")) == 2
+    _no_leftovers(tmp_path, "in.txt", "r.jsonl", *(p.name for p in kept))
