@@ -1115,6 +1115,39 @@ def _whole(name: str, value, minimum: Optional[int] = None, optional: bool = Tru
     return int(value)
 
 
+def _flag(name: str, value, optional: bool = False) -> Optional[bool]:
+    """A yes / no argument of :class:`Runtime`: True or False (a numpy bool too), or None where ``optional``; a
+    string ("no" would be true), a number or anything else is refused, not read as its truth."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} {value!r}: {'True, False or None' if optional else 'True or False'}, not "
+                         f"{_kind_of(value)}")
+    return bool(value)
+
+
+def _text(name: str, value, optional: bool = True) -> Optional[str]:
+    """A text argument of :class:`Runtime` (a prompt, a name, a template): a string, or None where ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{name} {value!r}: a string, not {_kind_of(value)}")
+    return value
+
+
+DEVICES = ("auto", "cpu", "cuda")   # bertc run --device's choices
+
+
+def _build_path(out) -> Path:
+    """``Runtime``'s build directory: a path (a string or an ``os.PathLike``)."""
+    import os
+
+    if not isinstance(out, (str, os.PathLike)):
+        raise InputError(f"out {out!r}: the build directory's path (a string or a pathlib.Path), not "
+                         f"{_kind_of(out)}")
+    return Path(out)
+
+
 def windows(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
     window: list = []
     for r in records:
@@ -1183,7 +1216,23 @@ class Runtime:
                  calibration_embeddings=None):
         from bertc.backends import Backend, provider_options
 
-        self.out = Path(out)
+        self.out = _build_path(out)
+        if device not in DEVICES:   # what bertc run --device takes (None, "gpu", "CPU" are not)
+            raise InputError(f"device {device!r}: use one of {', '.join(DEVICES)}")
+        truncate, spinning = _flag("truncate", truncate, optional=True), _flag("spinning", spinning)
+        multi_label, allow_no_answer = _flag("multi_label", multi_label), _flag("allow_no_answer", allow_no_answer)
+        similarity, rank = _flag("similarity", similarity), _flag("rank", rank)
+        import os
+
+        artifact = _text("artifact", os.fspath(artifact) if isinstance(artifact, os.PathLike) else artifact)
+        prompt, prompt_name = _text("prompt", prompt), _text("prompt_name", prompt_name)
+        pair_prompt, pair_prompt_name = _text("pair_prompt", pair_prompt), _text("pair_prompt_name", pair_prompt_name)
+        hypothesis_template = _text("hypothesis_template", hypothesis_template)
+        scores, aggregation = _text("scores", scores), _text("aggregation", aggregation)
+        embedding_precision = _text("embedding_precision", embedding_precision, optional=False)
+        if candidate_labels is not None and not isinstance(candidate_labels, (str, list, tuple)):
+            raise InputError(f"candidate_labels {candidate_labels!r}: a list of labels (or one string, the labels "
+                             f"separated by commas), not {_kind_of(candidate_labels)}")
         self.report, self.spec = read_build(self.out)
         check_build_files(self.out, self.report)
         self.kind, self.outputs = result_kind(self.report, self.spec)

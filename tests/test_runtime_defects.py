@@ -181,3 +181,36 @@ def test_a_damaged_tokenizer_json_is_named(builds, tmp_path, capsys, damage):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out}: not a readable bertc build (its tokenizer, {path}: ") and \
         "internal error" not in err and "Traceback" not in err
+
+
+# --- Runtime's arguments ---------------------------------------------------------------------------------
+
+def test_runtime_arguments_the_cli_would_refuse_are_named(builds, tmp_path):
+    """What bertc run refuses, Runtime refuses, naming the argument and its value: a device other than auto, cpu or
+    cuda (gpu and None ran on the CPU), a yes / no that is not a bool (truncate="no" truncated), a prompt that is not
+    a string (a TypeError at run time), a build directory that is not a path (Python's TypeError)."""
+    emb, cls = builds["st_bert_mean_norm"], builds["bert_seq_cls"]
+    for out, kwargs, message in (
+            (emb, {"device": "gpu"}, "device 'gpu': use one of auto, cpu, cuda"),
+            (emb, {"device": None}, "device None: use one of auto, cpu, cuda"),
+            (emb, {"device": "CPU"}, "device 'CPU': use one of auto, cpu, cuda"),
+            (cls, {"truncate": "no"}, "truncate 'no': True, False or None, not str"),
+            (cls, {"truncate": 1}, "truncate 1: True, False or None, not int"),
+            (emb, {"spinning": "no"}, "spinning 'no': True or False, not str"),
+            (cls, {"multi_label": "yes", "candidate_labels": ["a", "b"]}, "multi_label 'yes': True or False, not str"),
+            (emb, {"similarity": None}, "similarity None: True or False, not None"),
+            (emb, {"rank": 0}, "rank 0: True or False, not int"),
+            (builds["bert_qa"], {"allow_no_answer": "false"}, "allow_no_answer 'false': True or False, not str"),
+            (emb, {"prompt": 5}, "prompt 5: a string, not int"),
+            (emb, {"prompt_name": b"query"}, "prompt_name b'query': a string, not bytes"),
+            (emb, {"pair_prompt": 1.5, "similarity": True}, "pair_prompt 1.5: a string, not float"),
+            (cls, {"candidate_labels": 5}, "candidate_labels 5: a list of labels"),
+            (cls, {"hypothesis_template": 3, "candidate_labels": "a,b"}, "hypothesis_template 3: a string, not int"),
+            (emb, {"artifact": 0}, "artifact 0: a string, not int"),
+            (None, {}, "out None: the build directory's path (a string or a pathlib.Path), not None"),
+            (5, {}, "out 5: the build directory's path (a string or a pathlib.Path), not int")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            bertc.Runtime(out, **kwargs)
+    # what they take: the CLI's values, numpy bools, a path-like artifact
+    assert bertc.Runtime(str(cls), device="cpu", truncate=np.bool_(True), spinning=False,
+                         artifact=Path("model.onnx")).run(["the cat " * 20])[0]["label"]
