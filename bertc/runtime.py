@@ -1321,7 +1321,8 @@ class Runtime:
         try:
             model = path.read_bytes()
         except OSError as exc:
-            raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}") from None
+            raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}"
+                                   f"{self._other_artifact(device)}") from None
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
         tokenizer_json = self._tokenizer_json()
@@ -1361,6 +1362,18 @@ class Runtime:
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()   # one engine for every thread, and the count below: see :meth:`run`
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray
+
+    def _other_artifact(self, device: str) -> str:
+        """Where the chosen artifact's file cannot be read: the artifact :func:`choose_artifact` picks among those
+        whose files are there, as ``--artifact`` to run instead (or that there is none)."""
+        there = {k: v for k, v in self.report["artifacts"].items()
+                 if k != self.choice.artifact and isinstance(v, dict) and (self.out / str(v.get("path", ""))).is_file()}
+        try:
+            other = choose_artifact({**self.report, "artifacts": there}, None, device)
+        except InputError:
+            return "; no other ONNX artifact of this build that can run here is there: rebuild it"
+        return (f"; the build is damaged: rebuild it, or run another of its artifacts that is there: --artifact "
+                f"{other.artifact} ({other.path}; Runtime(..., artifact={other.artifact!r}))")
 
     def _zero_shot_parts(self, candidates, template, multi_label: bool, scores, labels) -> dict:
         """EngineParts' zero-shot fields (and ``self.kind`` "zero_shot") when candidate labels are given."""
@@ -1462,6 +1475,14 @@ class Runtime:
             raise InputError("Runtime.run takes a list of texts; for one text pass [text]")
         if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
             raise InputError(f"Runtime.run takes a list (or any iterable) of texts, not {_kind_of(texts)}")
+        from collections.abc import Mapping, Set
+
+        if isinstance(texts, Mapping):   # iterating one gives its keys
+            raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
+                             f"whose keys it would read as the texts: pass list(texts.values()) for its values")
+        if isinstance(texts, Set):   # a set, frozenset, dict keys / items view
+            raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}: "
+                             f"results come in the texts' order, which a set has not; pass a list")
         results = [r for window in self.iter_results(_records(texts, self.kind in ("choice", "rank"),
                                                               self.kind == "rank")) for r in window]
         if self.kind == "embedding":

@@ -214,3 +214,45 @@ def test_runtime_arguments_the_cli_would_refuse_are_named(builds, tmp_path):
     # what they take: the CLI's values, numpy bools, a path-like artifact
     assert bertc.Runtime(str(cls), device="cpu", truncate=np.bool_(True), spinning=False,
                          artifact=Path("model.onnx")).run(["the cat " * 20])[0]["label"]
+
+
+# --- texts in a container without an order; a missing artifact ------------------------------------------
+
+def test_texts_in_a_mapping_or_a_set_are_refused_naming_its_type(builds):
+    """run() gives results in the texts' order: a dict (whose keys were embedded as the texts) and a set (no order)
+    are refused naming the type; ordered iterables still run."""
+    rt = bertc.Runtime(builds["st_bert_mean_norm"], artifact="onnx")
+    texts = {"a": "the cat", "b": "a dog"}
+    for given, message in ((texts, "not dict, whose keys it would read as the texts"),
+                           ({"the cat"}, "not set: results come in the texts' order, which a set has not"),
+                           (frozenset({"the cat"}), "not frozenset"), (texts.keys(), "not dict_keys"),
+                           (texts.items(), "not dict_items")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            rt.run(given)
+    ref = rt.run(["the cat", "a dog"])
+    for given in (("the cat", "a dog"), texts.values(), (t for t in ["the cat", "a dog"])):
+        assert np.array_equal(rt.run(given), ref)
+
+
+def test_a_missing_artifact_file_names_one_that_is_there(builds, tmp_path, capsys):
+    """The artifact picked (or asked for) whose file is gone: exit 5, naming another artifact of the build whose
+    file is there, as --artifact (before: only that the file was missing)."""
+    out = _copy(builds["st_bert_mean_norm"], tmp_path)
+    picked = bertc.Runtime(out).choice
+    (out / picked.path).unlink()
+    from bertc.errors import EXIT_OUTPUT, BackendLoadError
+
+    with pytest.raises(BackendLoadError, match=re.escape(f"{picked.path}: listed in report.json but cannot be read")) \
+            as caught:
+        bertc.Runtime(out)
+    other = re.search(r"run another of its artifacts that is there: --artifact (\w+) \(([\w.]+);", str(caught.value))
+    assert other and other[1] != picked.artifact and (out / other[2]).is_file(), str(caught.value)
+    assert bertc.Runtime(out, artifact=other[1]).run(["the cat"]).shape[0] == 1
+    (tmp_path / "in.txt").write_text("the cat\n")
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.npy"), "--artifact",
+                 picked.artifact]) == EXIT_OUTPUT
+    assert f"--artifact {other[1]} ({other[2]}" in capsys.readouterr().err
+    for path in out.glob("*.onnx"):
+        path.unlink()
+    with pytest.raises(BackendLoadError, match="no other ONNX artifact of this build that can run here is there"):
+        bertc.Runtime(out)
