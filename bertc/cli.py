@@ -618,11 +618,14 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
-                                pair_field=pair_field, choices_field=choices_field, keep_fields=keep_fields,
-                                documents_field=documents_field,
-                                result_format=result_format, force=force, progress=progress,
-                                total_hint=progress.set_total, ray_address=ray_address, ray_actors=actors)
+        # with --ray, the lines Ray's driver (its C++ core worker) writes to stderr itself, such as its warning that
+        # Ray Data's actors have constructor arguments in the object store, off the console (as a build's)
+        with _native_log() if ray_address is not None else contextlib.nullcontext():
+            rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
+                                    pair_field=pair_field, choices_field=choices_field, keep_fields=keep_fields,
+                                    documents_field=documents_field,
+                                    result_format=result_format, force=force, progress=progress,
+                                    total_hint=progress.set_total, ray_address=ray_address, ray_actors=actors)
     except BrokenPipeError:   # the reader of standard output stopped (`| head`): stop too, quietly, as Unix tools do
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

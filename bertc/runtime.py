@@ -1680,6 +1680,8 @@ def run_ray(runtime: Runtime, records: Iterable[Record], address: Optional[str] 
 
     for name in ("ray.data", "ray"):  # Ray Data's INFO lines (plan, "execution finished") off the console
         logging.getLogger(name).setLevel(logging.WARNING)
+    # and its "Progress bars disabled. To enable, set ...": bertc turns them off, and draws its own
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
     threads = runtime.threads or 1
     if actors is None:
@@ -1696,9 +1698,12 @@ def run_ray(runtime: Runtime, records: Iterable[Record], address: Optional[str] 
     if not total:
         return
     parts_ref = ray.put(runtime.parts)
+    # no more actors than windows (the rest would idle, and Ray Data warns of them); restarts and retries are Ray
+    # Data's defaults for an actor pool (max_restarts=-1, max_task_retries=-1), which passing them as remote args
+    # (deprecated: Ray 2.64 drops them) only repeated
     ds = ray.data.from_arrow_refs(refs).map_batches(
         predictor, fn_constructor_args=([parts_ref], threads), batch_size=runtime.window, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, max_restarts=-1, max_task_retries=-1)
+        compute=ray.data.ActorPoolStrategy(size=min(actors, len(refs))), num_cpus=threads)
     batches = _ordered_once(runtime, ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2),
                             total, progress)
     yield from (batches if kept else (results for results, _ in batches))
@@ -1748,10 +1753,16 @@ class Progress:
     ten times a second; silent when stderr is not a terminal or ``enabled`` is False."""
 
     def __init__(self, enabled: bool, label: str = "rows", stream=None):
-        self.stream = stream or sys.stderr
+        self._stream = stream
         self.enabled, self.label = enabled, label
         self.total: Optional[int] = None
         self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+
+    @property
+    def stream(self):
+        """``stream``, else sys.stderr as it is when drawn (bertc run --ray moves fd 2 to a log meanwhile, and
+        sys.stderr to the console's copy)."""
+        return self._stream or sys.stderr
 
     def set_total(self, total: Optional[int]) -> None:
         self.total = total

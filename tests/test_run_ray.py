@@ -178,3 +178,20 @@ def test_sigterm_over_ray_ends_as_without_ray(local_ray, builds, tmp_path):
     assert job.returncode == 143, err[-2000:]
     assert err.rstrip().endswith("terminated; nothing was written") and "SIGTERM received" not in err, err[-2000:]
     assert result.read_bytes() == b"ORIG" and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "r.jsonl"]
+
+
+def test_a_ray_run_prints_bertc_lines_only(local_ray, builds, tmp_path):
+    """A small job over Ray (one window; the module's Ray, 2 CPUs: a pool of 2 actors asked) says what one process
+    says, and gives its result. Before: a RayDeprecationWarning on bertc's map_batches call (max_restarts /
+    max_task_retries as remote args), Ray's core worker's "E" line about actor restarts, Ray Data's "Progress bars
+    disabled" and its UserWarning that the pool had more actors than the job had windows."""
+    out, txt, result = builds["st_bert_mean_norm"], tmp_path / "in.txt", tmp_path / "r.npy"
+    txt.write_text("\n".join(texts(7)) + "\n")
+    run = _bertc(["run", out, txt, "-o", result, "--threads", "1", "--ray", ray.get_runtime_context().gcs_address],
+                 timeout=180)
+    err = run.stderr.decode()
+    assert run.returncode == 0, err[-3000:]
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"bertc run {out}: embedding results from "), err[-3000:]
+    assert lines[1].startswith(f"wrote {result}: 7 embedding result(s) in ") and "over Ray" in lines[1], err[-3000:]
+    np.testing.assert_array_equal(np.load(result), bertc.Runtime(out).run(texts(7)))
