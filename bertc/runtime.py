@@ -66,6 +66,7 @@ pretrainer's)                                         of the text (its character
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -97,6 +98,12 @@ DEFAULT_BATCH, DEFAULT_WINDOW = 32, 2048
 # that (a 768-wide, 12-head model's unpadded and masked attention buffers then stay under ~0.9 GB)
 DEFAULT_BATCH_TOKENS = 16384
 ATTENTION_CELLS_PER_TOKEN = 1024
+# a text (or one text of a pair) longer than this many characters a token of the row (and than LONG_TEXT_CHARS) that
+# truncation cuts is tokenized from a prefix, cut at whitespace, that holds the row's tokens and LONG_TEXT_MARGIN more
+# (Engine._prefix): a 50 MB line is not tokenized whole (~100 bytes of memory a character) to keep 16 tokens
+LONG_TEXT_CHARS_PER_TOKEN, LONG_TEXT_CHARS, LONG_TEXT_MARGIN = 32, 16384, 16
+COUNT_CHARS = 1 << 20   # a long text counted in tokens (Engine._count), so many characters at a time
+PREFIX_CHARS = 1024     # the shortest prefix of a long text tried (Engine._prefix)
 # a batch stops growing when the next (longer) text would pad the rows already in it by more than this many
 # tokens, and by more than a quarter of their real tokens: one long text in a window is not a whole batch's width
 PADDING_PER_CUT = 256
@@ -597,6 +604,7 @@ class Engine:
         sentence embedder's) before each single text."""
         prompt = self.parts.prompt if prompt is None else prompt
         inputs = [prompt + r.text if r.pair is None else (r.text, r.pair) for r in records]
+        inputs = [x if self.windowed(r) else self._shortened(x) for r, x in zip(records, inputs)]
         try:
             encodings = self.tokenizer.encode_batch(inputs)
         except Exception:   # tokenizers' truncation error: a zero-shot hypothesis that alone outgrows the model
@@ -634,6 +642,79 @@ class Engine:
                     raise InputError(f"{r.where}: {masks} {token} tokens; this model predicts at most "
                                      f"{self.parts.positions} a text")
         return encodings
+
+    def _plain(self):
+        """This thread's copy of the tokenizer without truncation (to count a text's tokens)."""
+        import tokenizers
+
+        tok = getattr(self._local, "plain", None)
+        if tok is None:
+            tok = self._local.plain = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
+            tok.no_truncation()
+            tok.no_padding()
+        return tok
+
+    def _count(self, text: str) -> tuple[int, int]:
+        """(the tokens of ``text``, how many that count may be off by): counted :data:`COUNT_CHARS` characters at a
+        time (memory bounded by them), each piece cut at whitespace, ``LONG_TEXT_MARGIN`` tokens of doubt a cut."""
+        total, start, cuts = 0, 0, 0
+        while start < len(text):
+            found = _WHITESPACE.search(text, start + COUNT_CHARS) if start + COUNT_CHARS < len(text) else None
+            end = found.start() if found else len(text)
+            total += len(self._plain().encode(text[start:end], add_special_tokens=False).ids)
+            start, cuts = end, cuts + 1
+        return total, max(cuts - 1, 0) * LONG_TEXT_MARGIN
+
+    def _prefix(self, text: str, tokens: int) -> tuple[str, int]:
+        """(a prefix of ``text`` of at least ``tokens`` tokens, its tokens), or (``text``, -1) where none is found: cut
+        at an ASCII whitespace past 8 characters a token (the last one before where there is none past), tried 4 times
+        as long until it holds that many."""
+        size = max(PREFIX_CHARS, 8 * tokens)
+        while size < len(text):
+            found = _WHITESPACE.search(text, size)
+            cut = found.start() if found else max(text.rfind(c, 0, size) for c in " \t\n\r\x0b\x0c")
+            if cut <= 0:
+                break
+            count = len(self._plain().encode(text[:cut], add_special_tokens=False).ids)
+            if count >= tokens:
+                return text[:cut], count
+            size *= 4
+        return text, -1
+
+    def _shortened(self, x):
+        """A text, or a (text, pair) tuple, whose over-long texts (over ``LONG_TEXT_CHARS`` characters, and
+        ``LONG_TEXT_CHARS_PER_TOKEN`` a token of the row) are cut to prefixes that truncation cuts as it cuts the whole
+        (the same tokens kept, offsets, overflow; the whole text is never tokenized at once): each prefix holds the
+        row's tokens and ``LONG_TEXT_MARGIN`` more, so that the cut is far from every token kept and the prefix
+        overflows the row as the text does. A zero-shot pair cuts only its text, never the hypothesis. A pair cut
+        longest first keeps, of each text, what depends only on which is the longer: the cut one's prefix is made
+        longer than the other text (or, both cut, the longer one's than the shorter one's, where the row's room is odd
+        and a count of each, piece by piece, says which is longer). Where none of that holds, the whole."""
+        limit = max(LONG_TEXT_CHARS, LONG_TEXT_CHARS_PER_TOKEN * self.parts.max_len)
+        least = self.parts.max_len + LONG_TEXT_MARGIN
+        if isinstance(x, str):
+            return self._prefix(x, least)[0] if len(x) > limit else x
+        long = [len(t) > limit for t in x]
+        if self.parts.kind == "zero_shot" or not all(long):   # truncation only_first, or one text cut
+            if not long[0] and (self.parts.kind == "zero_shot" or not long[1]):
+                return x
+            k = 0 if long[0] else 1
+            other = 0 if self.parts.kind == "zero_shot" else len(self._plain().encode(x[1 - k],
+                                                                                   add_special_tokens=False).ids)
+            cut, count = self._prefix(x[k], max(least, other + 1))
+            return x if count < 0 else ((cut, x[1]) if k == 0 else (x[0], cut))
+        room = self.parts.max_len - self.tokenizer.num_special_tokens_to_add(True)
+        shorter = 0
+        if room % 2:   # each keeps half the room, the longer one the odd token: which is it?
+            (na, da), (nb, db) = self._count(x[0]), self._count(x[1])
+            if abs(na - nb) <= da + db:
+                return x
+            shorter = 0 if na < nb else 1
+        first, count = self._prefix(x[shorter], least)
+        second, more = self._prefix(x[1 - shorter], max(least, count + 1))
+        if count < 0 or more < 0:
+            return x
+        return (first, second) if shorter == 0 else (second, first)
 
     def _outside_vocabulary(self, r: Record, e) -> None:
         t = next(t for t, i in enumerate(e.ids) if i >= self.vocab_limit)
@@ -1045,6 +1126,9 @@ class Engine:
             begin, end = min(x[2] for x in held), max(x[3] for x in held)
             tags.append((key, self._tag(row, key, begin, end, record)))
         return tags
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r\x0b\x0c]")   # where a long text may be cut (Engine._prefix)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -256,3 +256,135 @@ def test_a_missing_artifact_file_names_one_that_is_there(builds, tmp_path, capsy
         path.unlink()
     with pytest.raises(BackendLoadError, match="no other ONNX artifact of this build that can run here is there"):
         bertc.Runtime(out)
+
+
+# --- one very long line ------------------------------------------------------------------------------------
+
+class _SeenTokenizer(_SlowTokenizer):
+    """A tokenizers.Tokenizer that refuses a text longer than ``single`` characters, or a pair with a text longer than
+    ``pair`` (whose truncation's overflow grows as the product of the two lengths: two 200,000-character texts took
+    9.6 GB), and records the longest text it was given."""
+
+    longest, single, pair = 0, 250_000, 20_000
+
+    @classmethod
+    def _saw(cls, inputs):
+        for x in inputs:
+            texts = [x] if isinstance(x, str) else list(x)
+            cls.longest = max([cls.longest, *map(len, texts)])
+            assert max(map(len, texts)) <= (cls.single if len(texts) == 1 else cls.pair), \
+                f"tokenized whole: {[len(t) for t in texts]} characters"
+
+    def encode(self, *args, **kwargs):
+        self._saw([tuple(a for a in args if isinstance(a, str))])
+        return self._tok.encode(*args, **kwargs)
+
+    def encode_batch(self, inputs, *args, **kwargs):
+        self._saw(inputs)
+        return self._tok.encode_batch(inputs, *args, **kwargs)
+
+
+def test_a_very_long_line_is_tokenized_from_a_prefix_that_keeps_the_same_tokens(builds, monkeypatch):
+    """A line truncation cuts to the model's 16 tokens is tokenized from a prefix of it, never whole (a 50 MB line
+    took 5.2 GB and 85 s, all of it to keep 16 tokens): the embedding, a pair's classification and the count of
+    cut texts are what the same text gives when short enough to be tokenized whole; refused just as fast."""
+    import tokenizers
+
+    words = "the cat sat on the mat "
+    long, short = words * 100_000, words * 200   # 2.3 MB; 4,600 characters, tokenized whole
+    emb = bertc.Runtime(builds["st_bert_mean_norm"], artifact="onnx")
+    cls = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx", truncate=True)
+    refuse = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx", truncate=False)
+    monkeypatch.setattr(_SeenTokenizer, "real", tokenizers.Tokenizer)
+    monkeypatch.setattr(tokenizers, "Tokenizer", _SeenTokenizer)
+    ref = emb.run([short, "the cat"])
+    assert _SeenTokenizer.longest == len(short)
+    assert np.array_equal(emb.run([long, "the cat"]), ref) and emb.truncated == 2
+    pairs = [("the cat", long), (long, "a dog"), (long[:200_000], long[:200_000] + "a dog")]
+    got = cls.run(pairs)
+    assert got == cls.run([("the cat", short), (short, "a dog"), (short, short + "a dog")])
+    assert cls.truncated == 6
+    with pytest.raises(InputError, match="text 2: the text is longer than the model's maximum of 16 tokens"):
+        refuse.run(["the cat", long])
+    # the 2.3 MB line was never tokenized whole (the last pair's two 200,000-character texts were counted alone, to
+    # know which one truncation cuts more)
+    assert _SeenTokenizer.longest == 200_005
+
+
+TOKENIZERS = ("bert_model", "roberta_model", "deberta_v3_model", "xlmr_model")
+
+
+def _content(e, sequence: int, keep=None) -> list:
+    at = [t for t, s in enumerate(e.sequence_ids) if s == sequence]
+    return [(e.ids[t], tuple(e.offsets[t]), e.type_ids[t], e.word_ids[t]) for t in at[:keep]]
+
+
+@pytest.mark.parametrize("fixture", TOKENIZERS)
+def test_a_long_texts_prefix_keeps_exactly_the_tokens_of_the_whole(monkeypatch, fixture):
+    """Engine._shortened on the fixtures' tokenizers (WordPiece, byte-level BPE, SentencePiece Unigram), with its
+    thresholds lowered to a few hundred characters: every text and pair gives the tokens (ids, offsets, type and
+    word ids) and the overflow that the whole gives; a pair as truncation longest first cuts it (each text's share
+    only depends on which is the longer: checked against the tokenizer on pairs short enough to encode whole), one
+    of them both texts long at an odd and an even room."""
+    import random
+    import types
+
+    import tokenizers
+
+    from bertc import runtime
+
+    monkeypatch.setattr(runtime, "LONG_TEXT_CHARS", 400)
+    monkeypatch.setattr(runtime, "LONG_TEXT_CHARS_PER_TOKEN", 4)
+    monkeypatch.setattr(runtime, "COUNT_CHARS", 700)
+    monkeypatch.setattr(runtime, "PREFIX_CHARS", 200)
+    rng = random.Random(fixture)
+    vocabulary = "the cat sat on a mat dog ran fast , . ! big red car naïve 东京 12 34 x-y don't".split()
+
+    def text(n):
+        out = ""
+        while len(out) < n:
+            out += rng.choice(vocabulary) + rng.choice([" ", " ", "  ", "\n", "\t"])
+        return out
+
+    source = (Path(__file__).resolve().parent / "fixtures" / "hf" / fixture / "tokenizer.json").read_text()
+    cut = 0
+    for max_len in (24, 25):
+        for kind in ("single", "pair", "zero_shot"):
+            engine = runtime.Engine.__new__(runtime.Engine)
+            engine.parts = types.SimpleNamespace(max_len=max_len, kind=kind, tokenizer_json=source)
+            engine._local = threading.local()
+            engine.tokenizer = tokenizers.Tokenizer.from_str(source)
+            engine.tokenizer.enable_truncation(max_len, strategy="only_first" if kind == "zero_shot" else "longest_first")
+            room = max_len - engine.tokenizer.num_special_tokens_to_add(kind != "single")
+            cases = {"single": lambda: text(rng.choice([600, 1500, 3000])),
+                     "zero_shot": lambda: (text(rng.choice([600, 3000])), "sports"),
+                     "pair": lambda: rng.choice([(text(2500), text(40)), (text(40), text(2500)), (text(2500), text(300)),
+                                                 (text(1500), text(2600)), (text(2600), text(1500)),
+                                                 (text(60), text(50))])}[kind]
+            for _ in range(8):
+                x = cases()
+                y = engine._shortened(x)
+                cut += y != x
+                got = engine.tokenizer.encode(*y) if isinstance(y, tuple) else engine.tokenizer.encode(y)
+                if isinstance(x, str):
+                    whole = engine.tokenizer.encode(x)
+                    assert _content(got, 0) == _content(whole, 0) and got.ids == whole.ids
+                    assert bool(got.overflowing) == bool(whole.overflowing)
+                    continue
+                plain = engine._plain().encode(*x)   # no truncation (a long pair's overflow grows as the product)
+                n = [plain.sequence_ids.count(0), plain.sequence_ids.count(1)]
+                if sum(n) <= room:
+                    keep = n
+                elif kind == "zero_shot":   # only_first
+                    keep = [room - n[1], n[1]]
+                else:   # longest first: the shorter text keeps up to half the room (the first one on a tie)
+                    shorter = 0 if n[0] <= n[1] else 1
+                    keep = [0, 0]
+                    keep[shorter] = min(n[shorter], room // 2)
+                    keep[1 - shorter] = room - keep[shorter]
+                assert _content(got, 0) == _content(plain, 0, keep[0]) and \
+                    _content(got, 1) == _content(plain, 1, keep[1]), (fixture, max_len, kind, [len(t) for t in x])
+                assert bool(got.overflowing) == (sum(n) > room)
+                if sum(len(t) for t in x) < 200:   # the rule above is the tokenizer's
+                    assert got.ids == engine.tokenizer.encode(*x).ids
+    assert cut >= 20
