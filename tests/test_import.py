@@ -506,6 +506,11 @@ def test_sharded_safetensors_directory(tmp_path):
     result = load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
     assert result.tensors == len(names) and result.format == "safetensors"
     assert max(max_diffs(keras_run(model), signature_of(spec), ref).values()) <= ATOL
+    # model.safetensors.index.json given by name imports the same (it was 'cannot tell what model this is')
+    by_index = import_spec(source / "model.safetensors.index.json", tmp_path / "i.json")
+    assert {k: v for k, v in by_index.items() if k != "weights"} == {
+        k: v for k, v in json.loads(spec_path.read_text()).items() if k != "weights"}
+    assert by_index["weights"].endswith("model.safetensors.index.json")
 
 
 def test_masked_lm_architecture_is_a_pretrainer_when_the_file_has_next_sentence(tmp_path):

@@ -185,28 +185,6 @@ def test_sharded_pytorch_bin_imports_and_computes_what_transformers_did(given, t
     assert max_diff(outputs_of(built.model, spec, ref), spec, ref) <= ATOL
 
 
-def test_a_sharded_safetensors_index_file_imports_too(tmp_path):
-    """model.safetensors.index.json given by name (the directory imported already; the file was 'cannot tell what
-    model this is')."""
-    from safetensors.numpy import load_file, save_file
-
-    source = tmp_path / "sharded"
-    source.mkdir()
-    shutil.copyfile(HF / "bert_seq_cls" / "config.json", source / "config.json")
-    tensors = load_file(str(HF / "bert_seq_cls" / "model.safetensors"))
-    names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for file, part in shards.items():
-        save_file({n: tensors[n] for n in part}, str(source / file))
-    (source / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}))
-    spec_path = tmp_path / "spec.json"
-    import_spec(source / "model.safetensors.index.json", spec_path)
-    spec = load_spec(spec_path)
-    result = load_weights(bertc.build_model(spec).model, spec, resolve_weights_path(spec.weights, spec_path))
-    assert result.format == "safetensors" and len(result.loaded) == len(names)
-
-
 def test_a_missing_shard_is_named_with_its_index(tmp_path, capsys):
     source = sharded_bin(tmp_path)
     missing = sorted(source.glob("pytorch_model-*.bin"))[-1]
