@@ -164,7 +164,8 @@ def _added_tokens(tokenizers, tok, path: Path, model: Model, defaults: dict, con
     token's matching options (lstrip, rstrip, single_word, normalized) are the family's (``first``), then those the
     config writes with it."""
     options = {t: dict(o) for t, o in (first or {}).items()}
-    written = [config.get(k) for k in _SPECIAL_KEYS] + list((config.get("added_tokens_decoder") or {}).values())
+    decoder = config.get("added_tokens_decoder")
+    written = [config.get(k) for k in _SPECIAL_KEYS] + (list(decoder.values()) if isinstance(decoder, dict) else [])
     for entry in written:
         if isinstance(entry, dict) and "content" in entry:
             options.setdefault(str(entry["content"]), {}).update(
@@ -176,16 +177,11 @@ def _added_tokens(tokenizers, tok, path: Path, model: Model, defaults: dict, con
     names = [_token(config, key, defaults[key]) for key in _SPECIAL_KEYS]
     names += [p.piece for p in model.pieces if p.type == CONTROL]
     tok.add_special_tokens([added(t) for t in dict.fromkeys(names)])
-    extra = config.get("added_tokens_decoder") or {}
-    for index in sorted(extra, key=lambda k: int(k)):
-        entry = extra[index]
-        content = str(entry.get("content")) if isinstance(entry, dict) else str(entry)
-        if tok.token_to_id(content) is None:
-            tok.add_special_tokens([added(content, bool(entry.get("special", True)) if isinstance(entry, dict)
-                                          else True)])
-        if tok.token_to_id(content) != int(index):
-            raise BertcError(f"{Path(path).parent / 'tokenizer_config.json'}: added_tokens_decoder puts {content!r} "
-                             f"at id {index}, but {Path(path).name} gives it id {tok.token_to_id(content)}")
+    from bertc.text import add_config_tokens
+
+    add_config_tokens(tokenizers, tok, Path(path).parent, config,
+                      lambda content, fields: {"normalized": False, **options.get(content, {}),
+                                               "special": fields["special"]})
 
 
 def _finish(tok, path: Path, model: Model, config: dict, split: list, without_prefix: str, defaults: dict,

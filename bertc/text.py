@@ -134,8 +134,10 @@ def load_tokenizer(out_dir: Path, max_len: int):
             _config_normalizer(tokenizers, tok, config, out_dir)
     elif kind == "bpe":
         tok = _byte_level_bpe(tokenizers, out_dir, config)
+        add_config_tokens(tokenizers, tok, out_dir, config)
     elif kind == "wordpiece":
         tok = _wordpiece(tokenizers, out_dir, config, family)
+        add_config_tokens(tokenizers, tok, out_dir, config)
     else:
         from bertc.sentencepiece import tokenizer_for
 
@@ -182,6 +184,18 @@ def tokenizer_class(config: dict, model_type: Optional[str]) -> Optional[str]:
     return CLASS_OF_MODEL_TYPE.get(model_type) if model_type else None
 
 
+# the tokenizer classes that transformers 4.57 or 5.25 builds from their Python code alone (no "...Fast" twin in 4,
+# not a TokenizersBackend in 5): given one, AutoTokenizer never reads a tokenizer.json beside it
+PYTHON_ONLY = frozenset((
+    "BartphoTokenizer", "BertGenerationTokenizer", "BertJapaneseTokenizer", "BertweetTokenizer", "BioGptTokenizer",
+    "BlenderbotSmallTokenizer", "ByT5Tokenizer", "CTRLTokenizer", "CanineTokenizer", "ClvpTokenizer",
+    "CpmAntTokenizer", "CpmTokenizer", "DiaTokenizer", "ErnieMTokenizer", "EsmTokenizer", "FSMTTokenizer",
+    "FlaubertTokenizer", "GPTNeoXJapaneseTokenizer", "GPTSanJapaneseTokenizer", "GPTSw3Tokenizer", "JukeboxTokenizer",
+    "LukeTokenizer", "M2M100Tokenizer", "MLukeTokenizer", "MarianTokenizer", "MgpstrTokenizer", "MyT5Tokenizer",
+    "PLBartTokenizer", "ParakeetCTCTokenizer", "PerceiverTokenizer", "PhobertTokenizer", "ProphetNetTokenizer",
+    "RagTokenizer", "RoCBertTokenizer", "SiglipTokenizer", "Speech2Text2Tokenizer", "Speech2TextTokenizer",
+    "SpeechT5Tokenizer", "TapasTokenizer", "TapexTokenizer", "TransfoXLTokenizer", "VitsTokenizer",
+    "Wav2Vec2CTCTokenizer", "Wav2Vec2PhonemeCTCTokenizer", "XLMProphetNetTokenizer", "XLMTokenizer"))
 # the tokenizer classes bertc builds from a vocabulary file alone, as transformers does (its "...Fast" twin of each is
 # the same tokenizer), and what from: class -> WordPiece family (vocab.txt), the byte-level BPE (vocab.json +
 # merges.txt); the SentencePiece families: bertc.sentencepiece.FAMILIES
@@ -209,6 +223,12 @@ def vocabulary_kind(directory: Path, config: dict, model_type: Optional[str]) ->
     directory = Path(directory)
     present = [name for name in VOCABULARIES if (directory / name).is_file()]
     if "tokenizer.json" in present:
+        named = config.get("tokenizer_class")
+        if isinstance(named, str) and tokenizer_class(config, model_type) in PYTHON_ONLY:
+            raise InputError(f"{directory / 'tokenizer_config.json'}: tokenizer_class {json.dumps(named)} has no fast "
+                             f"tokenizer in transformers: AutoTokenizer ignores tokenizer.json and tokenizes with "
+                             f"that class's own Python code, which bertc does not reproduce (its tokens would not be "
+                             f"transformers')")
         return "tokenizer.json", None
     if not present:
         raise InputError(f"{directory}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
@@ -238,6 +258,75 @@ def vocabulary_kind(directory: Path, config: dict, model_type: Optional[str]) ->
         head = (f"{directory}: only {files} is bundled, and neither tokenizer_config.json's tokenizer_class nor the "
                 f"checkpoint's model_type names a family bertc reads it for")
     raise InputError(f"{head}; {SUPPORTED}")
+
+
+_TOKEN_FLAGS = ("lstrip", "rstrip", "single_word", "normalized")
+
+
+def config_added_tokens(directory: Path, config: dict) -> list[tuple[int, str, dict]]:
+    """The tokens a vocabulary file's tokenizer gets on top of it, as transformers adds them when it loads the
+    directory: tokenizer_config.json's ``added_tokens_decoder`` (id -> the token's fields), else transformers 3's
+    added_tokens.json (content -> id; special when special_tokens_map.json lists it among its special tokens).
+    (id, content, fields) in id order; ``fields``: ``special`` and the matching options the file writes."""
+    directory = Path(directory)
+    written = config.get("added_tokens_decoder")
+    if written is None:
+        legacy = _read_json(directory / "added_tokens.json")
+        if not legacy:
+            return []
+        specials = _read_json(directory / "special_tokens_map.json")
+        named = set()
+        for value in specials.values():
+            for item in value if isinstance(value, list) else [value]:
+                named.add(item.get("content") if isinstance(item, dict) else item)
+        where = directory / "added_tokens.json"
+        written = {}
+        for content, index in legacy.items():
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise InputError(f"{where}: {content!r} has id {json.dumps(index)}; added_tokens.json maps each "
+                                 f"added token to a whole-number id")
+            written[str(index)] = {"content": content, "special": content in named}
+    else:
+        where = directory / "tokenizer_config.json"
+    if not isinstance(written, dict):
+        raise InputError(f"{where}: added_tokens_decoder is {type(written).__name__}; transformers writes an object "
+                         f"of id -> token")
+    entries = []
+    for index, entry in written.items():
+        content = entry.get("content") if isinstance(entry, dict) else entry
+        if not str(index).isdigit() or not isinstance(content, str) or not content:
+            raise InputError(f"{where}: added token {json.dumps(index)}: {json.dumps(entry)} is not a token "
+                             f"transformers adds (a whole-number id and a non-empty content string)")
+        fields = {"special": bool(entry.get("special", False))} if isinstance(entry, dict) else {"special": True}
+        if isinstance(entry, dict):
+            fields.update({k: bool(entry[k]) for k in _TOKEN_FLAGS if entry.get(k) is not None})
+        entries.append((int(index), content, fields))
+    return sorted(entries)
+
+
+def add_config_tokens(tokenizers, tok, directory: Path, config: dict, fields_of=None) -> None:
+    """Add :func:`config_added_tokens` to ``tok`` as transformers does: a token the vocabulary lacks takes the next
+    id, one it has keeps its id but is now matched whole, before the text is split (``<ent>`` stays one token); a
+    token already added (the class's special tokens) keeps its options. Each must end at the id the file names,
+    else :class:`InputError` (transformers' ids would not be bertc's). ``fields_of(content, fields)`` may replace
+    a token's options (the default: as written, ``normalized`` where absent not ``special``, AddedToken's rule)."""
+    entries = config_added_tokens(directory, config)
+    known = tok.get_added_tokens_decoder()
+    where = (f"{Path(directory) / 'tokenizer_config.json'}: added_tokens_decoder" if "added_tokens_decoder" in config
+             else Path(directory) / "added_tokens.json")
+    for index, content, fields in entries:
+        if index in known and known[index].content == content:
+            continue
+        if fields_of is not None:
+            fields = fields_of(content, fields)
+        fields = {"normalized": not fields["special"], **fields}
+        if tok.token_to_id(content) in (None, index):
+            token = tokenizers.AddedToken(content, **fields)
+            (tok.add_special_tokens if fields["special"] else tok.add_tokens)([token])
+        if tok.token_to_id(content) != index:
+            raise InputError(f"{where} puts {content!r} at id {index}, but the vocabulary gives it id "
+                             f"{tok.token_to_id(content)}; transformers would not tokenize it as the model was "
+                             f"trained")
 
 
 def _config_normalizer(tokenizers, tok, config: dict, where: Path) -> None:
@@ -318,7 +407,9 @@ def _roberta_specials(tokenizers, tok, vocab: dict, where: Path, **offsets) -> N
     if missing:
         raise InputError(f"{where}: has no {' / '.join(missing)} token, which a RoBERTa-style tokenizer wraps "
                          f"sequences in")
-    tok.add_special_tokens([t for t in _ROBERTA_SPECIALS if t in vocab])
+    # as RobertaTokenizer adds them: <mask> takes the space before it ("the <mask>" is "the" and <mask>, no "Ġ")
+    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False, lstrip=t == "<mask>")
+                            for t in _ROBERTA_SPECIALS if t in vocab])
     tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]),
                                                                  **offsets)
 
