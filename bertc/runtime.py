@@ -1688,8 +1688,10 @@ RAY_CONNECT_TIMEOUT = 10.0   # seconds for a Ray cluster's address to answer at 
 def _check_reachable(address: str, named: str) -> None:
     """Refuse a ``HOST:PORT`` or ``ray://HOST[:PORT]`` address that no TCP connection reaches within
     ``RAY_CONNECT_TIMEOUT`` (a closed port, an unknown host, a host that does not answer): ``ray.init`` would
-    retry it for good, printing "Failed to get cluster ID" lines. ``named``: the address as the message says it
-    (the option or RAY_ADDRESS). An address without a port (``auto``, a malformed one) is left to Ray."""
+    retry it for good, printing "Failed to get cluster ID" lines; or one where something else than a Ray cluster
+    answers (:func:`_not_grpc`: a web server's port), where ``ray.init`` would wait for good. ``named``: the address
+    as the message says it (the option or RAY_ADDRESS). An address without a port (``auto``, a malformed one) is
+    left to Ray."""
     import socket
 
     client = address.startswith("ray://")
@@ -1701,7 +1703,7 @@ def _check_reachable(address: str, named: str) -> None:
     if not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT).close()
+        connection = socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT)
     except socket.gaierror as exc:
         why = f"unknown host {host!r} ({exc.strerror})"
     except socket.timeout:
@@ -1709,9 +1711,43 @@ def _check_reachable(address: str, named: str) -> None:
     except OSError as exc:
         why = f"{host}:{port}: {exc.strerror or exc}"
     else:
-        return
+        why = _not_grpc(connection, f"{host}:{port}")
+        if why is None:
+            return
     raise InputError(f"{named}: cannot connect to a Ray cluster: {why} (a cluster's address is its head's "
                      f"HOST:PORT, the GCS port, 6379 by default, or ray://HOST:10001 for Ray Client)")
+
+
+# HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, Ray Client's server)
+# answers with its own SETTINGS frame (type 4, the fourth byte of the 9-byte frame header)
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _not_grpc(connection, where: str) -> Optional[str]:
+    """None when the server at the other end of ``connection`` speaks gRPC (HTTP/2), as a Ray cluster's GCS and Ray
+    Client's server do; else why not (a web server, a database, a port that accepts and stays silent): ``ray.init``
+    would wait on such a port for good. Closes ``connection``."""
+    import socket
+
+    data = b""
+    try:
+        with connection:
+            connection.sendall(_HTTP2_PREFACE)
+            while len(data) < 9:
+                chunk = connection.recv(9 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+    except socket.timeout:
+        if not data:
+            return f"{where} accepts connections but does not answer as a Ray cluster (a gRPC server) does, in " \
+                   f"{RAY_CONNECT_TIMEOUT:g} s"
+    except OSError as exc:
+        return f"{where}: {exc.strerror or exc}"
+    if len(data) == 9 and data[3] == 4:
+        return None
+    reply = f"it replied {data!r}" if data else "it closed the connection"
+    return f"{where} answers, but not as a Ray cluster (a gRPC server) does: {reply}"
 
 
 def ray_init(address: Optional[str]):

@@ -153,6 +153,36 @@ def test_an_unreachable_ray_address_fails_at_once_naming_it(builds, tmp_path):
     assert result.read_bytes() == b"ORIG" and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "r.npy"]
 
 
+def test_an_address_where_no_ray_cluster_answers_is_refused(local_ray, monkeypatch):
+    """A port where something else listens (a web server; one that accepts and stays silent) is refused naming what
+    answered: ray.init waited there for good. A Ray cluster's GCS (it speaks gRPC) passes the same check."""
+    import http.server
+    import socket
+    import threading
+
+    from bertc.errors import InputError
+    from bertc.runtime import _check_reachable
+
+    _check_reachable(ray.get_runtime_context().gcs_address, "--ray gcs")   # the module's Ray: no error
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    web.RequestHandlerClass.log_message = lambda *args: None
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{web.server_address[1]}"
+        with pytest.raises(InputError, match=rf"--ray {address}: cannot connect to a Ray cluster: {address} answers, "
+                                             r"but not as a Ray cluster \(a gRPC server\) does: it replied b'"):
+            _check_reachable(address, f"--ray {address}")
+    finally:
+        web.shutdown()
+    monkeypatch.setattr("bertc.runtime.RAY_CONNECT_TIMEOUT", 0.5)
+    with socket.socket() as silent:   # listening: the connection is accepted (by the kernel), nothing ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(InputError, match=rf"{address} accepts connections but does not answer as a Ray cluster"):
+            _check_reachable(address, f"--ray {address}")
+
+
 def test_sigterm_over_ray_ends_as_without_ray(local_ray, builds, tmp_path):
     """SIGTERM mid-job (here a driver of the module's local Ray) unwinds as it does in one process: exit 143,
     "terminated; nothing was written", RESULT as it was, no temporary file. ray.init had put its core worker's
