@@ -43,7 +43,12 @@ def _write_new(path: Path, text: str) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """``text`` into ``path`` whole or not at all: written beside it (a name of this process's own: two
-    processes may write one shared cache file) and renamed over it. An ``OSError`` leaves no partial file."""
+    processes may write one shared cache file) and renamed over it. An ``OSError`` leaves no partial file. A
+    symbolic link is written through: its target gets the text, the link stays (a spec kept as a link, as
+    ``bertc build -o LINK`` keeps a linked OUT)."""
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         _write_new(tmp, text)

@@ -171,6 +171,21 @@ def test_cli_import_then_build_with_no_edits(tmp_path, capsys):
     assert main(["import", str(FIXTURES / "hf" / "bert_qa"), "-o", str(spec)]) == 5  # exists, no --force
 
 
+def test_cli_import_over_a_linked_spec_writes_through_the_link(tmp_path):
+    """``bertc import -o LINK --force`` replaced the link by a file whose relative weights path was computed for the
+    link's target directory (a spec pointing elsewhere, exit 0); now the target gets the spec and the link stays."""
+    source = FIXTURES / "hf" / "bert_seq_cls"
+    target = tmp_path / "deep" / "er" / "target.json"
+    assert main(["import", str(source), "-o", str(target)]) == 0
+    link = tmp_path / "link.json"
+    link.symlink_to(target.relative_to(tmp_path))
+    assert main(["import", str(source), "-o", str(link), "--force", "--name", "again"]) == 0
+    assert link.is_symlink() and json.loads(target.read_text())["name"] == "again"
+    data = json.loads(link.read_text())
+    assert (target.parent / data["weights"]).resolve() == source.resolve()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["target.json"]
+
+
 def test_cli_weights_option_overrides_spec(tmp_path):
     spec_path, ref = imported("hf/bert_seq_cls", tmp_path)
     data = json.loads(spec_path.read_text())
