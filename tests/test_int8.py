@@ -741,6 +741,45 @@ def test_a_tuning_is_replayed_from_its_plan_when_nothing_it_depends_on_changed(l
     assert judge.measured - before == tuned_graphs
 
 
+def test_a_plan_is_replayed_only_on_the_form_timings_it_was_made_from(ln_outliers, tmp_path, monkeypatch):
+    """A plan whose sensitivity pass chose forms by this host's form timings is replayed while the form-cost cache
+    holds those timings, and its report then says where they came from (the cache, not "timed by this build": the
+    replaying build timed nothing). Timed again (another figure in the cache) or deleted (the README's way to time
+    again): tuned afresh, on the new timings. Before, the old choices and their old wording were replayed."""
+    import bertc.optimize.quantize as quantize
+
+    monkeypatch.setenv("BERTC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(quantize, "_FORM_COSTS", {})   # this process's memory of earlier tests' timings
+    monkeypatch.setattr(quantize, "_FORM_SOURCES", {})
+    spec, built = ln_outliers
+    strict = load_spec(outlier_spec(parity={"task": {"min_cosine": 0.9999}}))
+    proto, weights = _lowered(built)
+    judge = judge_of(strict, built)
+
+    def form_ms(tuned):
+        return tuned.section["row_wise_by_sensitivity"]["form_ms"]
+
+    first = tune_int8(proto, weights, judge, cache=True)
+    assert form_ms(first)["nodes"] and form_ms(first)["timed"] == ["timed by this build"]
+    second = tune_int8(proto, weights, judge, cache=True)
+    assert "cache" in second.section and second.section["graphs_measured"] == 1
+    assert len(form_ms(second)["timed"]) == 1 and form_ms(second)["timed"][0].startswith("timed on this host 20")
+    costs = tmp_path / quantize.FORM_CACHE
+    data = json.loads(costs.read_text())
+    for entries in data["hosts"].values():
+        for entry in entries.values():
+            entry["ms"]["fp32"] *= 2   # timed again: every other form now far cheaper than fp32
+    costs.write_text(json.dumps(data))
+    monkeypatch.setattr(quantize, "_FORM_COSTS", {})
+    third = tune_int8(proto, weights, judge, cache=True)
+    assert "cache" not in third.section and third.section["graphs_measured"] > 1
+    assert all(ms["fp32"] == 2 * form_ms(first)["nodes"][node]["fp32"] for node, ms in form_ms(third)["nodes"].items())
+    costs.unlink()
+    monkeypatch.setattr(quantize, "_FORM_COSTS", {})
+    fourth = tune_int8(proto, weights, judge, cache=True)
+    assert "cache" not in fourth.section and form_ms(fourth)["timed"] == ["timed by this build"]
+
+
 def test_plain_int8_that_meets_the_target_keeps_no_plan(tmp_path, monkeypatch):
     monkeypatch.setenv("BERTC_CACHE_DIR", str(tmp_path))
     spec = load_spec(outlier_spec(parity={"task": {"min_cosine": 0.9}}))

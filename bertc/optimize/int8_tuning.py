@@ -655,6 +655,28 @@ def store_plan(key: str, tuned: Tuned) -> None:
         pass
 
 
+def _form_costs_now(used: Optional[dict], proto, weights: Optional[list]) -> Optional[list]:
+    """Whether a plan's choices still stand on this host's form timings: ``used`` ({node: {form: ms}}, the timings
+    its sensitivity pass chose forms by) must be what the form-cost cache holds now for each node's shape. Deleted
+    (the README's way to time again) or timed again: None, and the tuning runs again (timing afresh). Else where
+    the cache's timings come from (``["timed on this host DATE"]``; [] when the plan used none)."""
+    from bertc.optimize.quantize import _cached_form_costs, weight_shapes
+
+    if not used:
+        return []
+    if not isinstance(used, dict):
+        return None
+    shapes = weight_shapes(proto, weights, used)
+    cached, timed = _cached_form_costs(), set()
+    for node, ms in used.items():
+        entry = cached.get("{}x{}".format(*shapes[node])) if node in shapes else None
+        if entry is None or not isinstance(ms, dict) or \
+                {f: float(v) for f, v in entry["ms"].items()} != {f: float(v) for f, v in ms.items()}:
+            return None
+        timed.add(f"timed on this host {entry.get('measured', '')}".strip())
+    return sorted(timed)
+
+
 def _replay(plan: dict, proto, weights: Optional[list], judge: Judge, key: str) -> Optional[Tuned]:
     """The graph of a cached plan's choices, measured once: a :class:`Tuned` when its figures are the plan's,
     else None (the tuning runs again)."""
@@ -677,6 +699,11 @@ def _replay(plan: dict, proto, weights: Optional[list], judge: Judge, key: str) 
         final = quantize_dynamic_int8(b_proto, b_weights, keep + side, blockwise=blocks, paired=True, rowwise=rows)
     except (KeyError, TypeError, ValueError):   # a plan this graph does not fit: tune
         return None
+    row_wise = plan["section"].get("row_wise_by_sensitivity")
+    form_ms = row_wise.get("form_ms") if isinstance(row_wise, dict) else None
+    timed = _form_costs_now(form_ms.get("nodes") if isinstance(form_ms, dict) else None, b_proto, b_weights)
+    if timed is None:   # the host's form timings the choices were made from are gone or were timed again
+        return None
     m = judge.measure(final.proto, final.weights, "the cached plan")
     if m.figures() != plan["figures"]:
         return None
@@ -687,6 +714,8 @@ def _replay(plan: dict, proto, weights: Optional[list], judge: Judge, key: str) 
                          "what": "the choices of an earlier tuning of this graph, weights and calibration inputs on "
                                  "this host, rebuilt and measured once: the same figures"}}
     section["graphs_measured"] = 1
+    if timed:   # where this build took the timings from: the host's cache (this build timed nothing)
+        section["row_wise_by_sensitivity"] = {**row_wise, "form_ms": {**form_ms, "timed": timed}}
     return Tuned(final, section, m.passes, m, smoothed, [], keep + side, blocks, paired=True, rowwise=rows,
                  choices=dict(choices))
 
