@@ -1,7 +1,9 @@
 """Atomic output directories: build into a hidden sibling, then swap it in.
 
 An interrupted or failed build never leaves a half-written ``OUT/``; an existing
-``OUT/`` is replaced only when asked (``force``) and only once the new one is complete.
+``OUT/`` is replaced only when asked (``force``) and only once the new one is complete. Those rules are checked
+again at the swap, under the lock: what appeared at ``OUT`` while the build ran (without ``force``), or what is no
+longer a build's there, is left alone, and the complete new build is kept where a failed one would be.
 A build that ran but failed a check keeps its report in ``OUT.failed/`` for inspection, which
 replaces only an earlier build's folder (or an empty one): when ``OUT.failed`` holds anything else
 (the user's notes, a file, a link) it is left alone and the report goes to the first of
@@ -20,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -137,22 +140,36 @@ def is_build(out: Path) -> bool:
         return False
 
 
+def _passed(path: Path) -> bool:
+    """Whether the directory ``path`` holds a build that passed (its report.json says so)."""
+    try:
+        return json.loads((path / "report.json").read_text()).get("status") == "passed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _replaceable(path: Path) -> bool:
-    """Whether a build may put itself at ``path``: nothing there, or a real directory that :func:`is_build`."""
+    """Whether a failed build may put its report at ``path``: nothing there, or a real directory that
+    :func:`is_build` and did not pass (a complete build kept there because OUT was not its to replace stays)."""
     if not os.path.lexists(path):
         return True
-    return path.is_dir() and not path.is_symlink() and is_build(path)
+    return path.is_dir() and not path.is_symlink() and is_build(path) and not _passed(path)
 
 
 def failed_slot(out: Path) -> Path:
     """Where a failed build of ``out`` keeps its report: ``OUT.failed``, or, when that holds something else than a
-    build (the user's files, a file, a link), the first of ``OUT.failed-2``, ``OUT.failed-3``, ... that is free or a
-    build's. A successful build of ``out`` removes the stale report there."""
+    failed build (the user's files, a file, a link, a complete build that could not be put at OUT), the first of
+    ``OUT.failed-2``, ``OUT.failed-3``, ... that is free or a failed build's. A successful build of ``out`` removes
+    the stale report there."""
     for n in itertools.count(1):
         path = out.with_name(f"{out.name}.failed" + (f"-{n}" if n > 1 else ""))
         if _replaceable(path):
             return path
     raise AssertionError("unreachable")
+
+
+class _NotReplaceable(Exception):
+    """What is at OUT when the new build is to be put there is not this build's to replace (its message says why)."""
 
 
 class StagedOutput:
@@ -174,6 +191,8 @@ class StagedOutput:
         if self.out.exists() and not is_build(self.out):   # a checkpoint, a data folder: never ours to remove
             raise OutputError(f"{self.given} exists and is not a bertc build (no report.json): --force replaces only "
                               f"a build's output; choose another -o, or remove it yourself")
+        self.force = force
+        self.existed = os.path.lexists(self.out)   # what the swap may replace was there at the start
         self.failed_dir = self.out.with_name(self.out.name + ".failed")
         self.kept_in: Path | None = None   # where a failed build's report went (also set as the error's kept_in)
         self.tmp: Path | None = None
@@ -203,7 +222,14 @@ class StagedOutput:
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
-                self._swap_in()
+                try:
+                    self._swap_in()
+                except _NotReplaceable as why:   # what is at OUT now is left alone; the new build is kept beside it
+                    self._keep_failed(None)
+                    where = (f"{self._beside_given(self.kept_in)}/" if self.kept_in != self.tmp else
+                             f"its staging directory {self.tmp} (removed by the next build of {self.given}: move it)")
+                    raise OutputError(f"{why}: left alone; the new build (complete, it passed) is kept in {where} "
+                                      f"instead") from None
             elif self.tmp is not None and (self.tmp / "report.json").exists() and not issubclass(exc_type, KeyboardInterrupt):
                 self._keep_failed(exc)
             elif self.tmp is not None:
@@ -212,7 +238,37 @@ class StagedOutput:
             self.lock.release()
         return False
 
+    def _not_replaceable(self, appeared: bool) -> "str | None":
+        """Why what is at OUT now may not be replaced by this build (None: it may), checked again at the swap under
+        the lock: OUT may have appeared, or changed, while the build ran (``appeared``: it was not there at the
+        start). The rules of the start: without ``force`` nothing is replaced; with it, only a build's directory
+        (a report.json) or an empty one."""
+        if not os.path.lexists(self.out):
+            return None
+        if not self.force:
+            return (f"{self.given} appeared while the build ran (it did not exist when the build started); "
+                    f"without --force a build replaces nothing")
+        meanwhile = "appeared while the build ran" if appeared else "changed while the build ran"
+        if self.out.is_symlink() or not self.out.is_dir():
+            return f"{self.given} {meanwhile} and is not a directory; --force replaces only a build's output"
+        if not is_build(self.out):
+            return (f"{self.given} {meanwhile} and is not a bertc build (no report.json); --force replaces only a "
+                    f"build's output")
+        return None
+
+    def _beside_given(self, path: Path) -> Path:
+        """``path`` (beside OUT) named as ``-o`` named OUT, when that is beside it too (``toc/OUT.failed``)."""
+        try:
+            if self.given.parent.resolve() == path.parent:
+                return self.given.parent / path.name
+        except (OSError, RuntimeError):
+            pass
+        return path
+
     def _swap_in(self) -> None:
+        why = self._not_replaceable(appeared=not self.existed)
+        if why is not None:
+            raise _NotReplaceable(why)
         try:
             if self.out.exists() and _holds_cwd(self.out):   # `-o .`: the shell in OUT keeps seeing OUT
                 self._replace_contents()
@@ -233,14 +289,23 @@ class StagedOutput:
     def _rename_in(self) -> None:
         """Swap the staging directory in by renames: OUT is either the old build or the new one, never a mix."""
         old = None
-        if self.out.exists():
+        if os.path.lexists(self.out):
             old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
             os.replace(self.out, old)   # a mount point refuses this (EBUSY): nothing has changed yet
+            # checked again once renamed away, where nothing writes to it by OUT's path any more: still a build's
+            if old.is_symlink() or not old.is_dir() or not is_build(old):
+                os.replace(old, self.out)
+                raise _NotReplaceable(self._not_replaceable(appeared=not self.existed) or
+                                      f"{self.given} changed while the build ran")
         try:
             os.replace(self.tmp, self.out)
-        except OSError:
+        except OSError as exc:
             if old is not None:
                 os.replace(old, self.out)
+            elif exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR) \
+                    and os.path.lexists(self.out):   # appeared since the check, a moment ago
+                raise _NotReplaceable(self._not_replaceable(appeared=True)
+                                      or f"{self.given} appeared while the build ran") from None
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

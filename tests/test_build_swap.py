@@ -1,0 +1,127 @@
+"""The end of a build, where the staged build is put at OUT: what appeared at OUT meanwhile, a kill between the
+swap's two renames, SIGTERM."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import bertc.pipeline as pipeline
+from bertc.cli import main
+from bertc.errors import EXIT_OUTPUT, OutputError
+from bertc.output import StagedOutput
+from conftest import tiny_bert
+
+
+def _stage(staging: Path, marker: str, status: str = "passed") -> None:
+    """What a build leaves in its staging directory: its files, then report.json and summary.txt."""
+    (staging / "model.onnx").write_text(marker)
+    (staging / "report.json").write_text(json.dumps({"status": status, "marker": marker, "manifest": {
+        "files": {"model.onnx": {"bytes": len(marker), "sha256": "-"}}}}))
+    (staging / "summary.txt").write_text(marker)
+
+
+def _build(path: Path, marker: str = "old") -> Path:
+    path.mkdir()
+    _stage(path, marker)
+    return path
+
+
+def _marker(path: Path) -> str:
+    return json.loads((path / "report.json").read_text())["marker"]
+
+
+def _names(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --- D4: what appears at OUT while the build runs is left alone ----------------------------------------------------
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_that_appeared_at_out_meanwhile_is_left_alone(tmp_path, force):
+    out = tmp_path / "out"
+    with pytest.raises(OutputError) as caught:
+        with StagedOutput(out, force=force) as staging:
+            _stage(staging, "new")
+            out.mkdir()   # the user's, while the build ran
+            (out / "notes.txt").write_text("precious")
+    assert _names(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "precious"
+    assert "appeared while the build ran" in str(caught.value) and "out.failed/" in str(caught.value)
+    assert _marker(tmp_path / "out.failed") == "new"   # the new build is kept, whole
+    assert _names(tmp_path / "out.failed") == ["model.onnx", "report.json", "summary.txt"]
+    assert _names(tmp_path) == ["out", "out.failed"]   # no .out.old-*, no .out.lock, no staging
+
+
+def test_a_file_that_appeared_at_out_meanwhile_is_left_alone(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "out.failed").mkdir()
+    (tmp_path / "out.failed" / "mine.txt").write_text("mine")   # not a build's: the new build goes to out.failed-2
+    with pytest.raises(OutputError, match="appeared while the build ran.*kept in .*out.failed-2/"):
+        with StagedOutput(out) as staging:
+            _stage(staging, "new")
+            out.write_text("mine")
+    assert out.read_text() == "mine" and _marker(tmp_path / "out.failed-2") == "new"
+    assert _names(tmp_path) == ["out", "out.failed", "out.failed-2"]   # the file is not hidden as .out.old-PID
+
+
+def test_forced_build_leaves_alone_what_replaced_the_build_at_out_meanwhile(tmp_path):
+    out = _build(tmp_path / "out")
+    with pytest.raises(OutputError, match="changed while the build ran and is not a bertc build"):
+        with StagedOutput(out, force=True) as staging:
+            _stage(staging, "new")
+            for p in out.iterdir():
+                p.unlink()
+            (out / "data.bin").write_text("user data")
+    assert _names(out) == ["data.bin"] and _marker(tmp_path / "out.failed") == "new"
+    # the kept build (it passed) is no failed build's report: a later failed build goes beside it, a later good
+    # build leaves it
+    (out / "data.bin").unlink()
+    with pytest.raises(ZeroDivisionError):
+        with StagedOutput(out, force=True) as staging:
+            _stage(staging, "failed", status="failed")
+            1 / 0
+    assert _marker(tmp_path / "out.failed") == "new" and _marker(tmp_path / "out.failed-2") == "failed"
+    os.rmdir(out)
+    with StagedOutput(out) as staging:
+        _stage(staging, "good")
+    assert _marker(out) == "good" and _marker(tmp_path / "out.failed") == "new"
+    assert not (tmp_path / "out.failed-2").exists()
+
+
+def test_forced_build_checks_the_old_build_again_once_renamed_away(tmp_path, monkeypatch):
+    """OUT turned into the user's data between the check at the swap and its rename: put back, left alone."""
+    out = _build(tmp_path / "out")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src) == out:   # a moment before the rename
+            for p in out.iterdir():
+                p.unlink()
+            (out / "data.bin").write_text("user data")
+        return real_replace(src, dst)
+
+    with pytest.raises(OutputError, match="not a bertc build"):
+        with StagedOutput(out, force=True) as staging:
+            _stage(staging, "new")
+            monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.undo()
+    assert _names(out) == ["data.bin"] and _marker(tmp_path / "out.failed") == "new"
+    assert _names(tmp_path) == ["out", "out.failed"]
+
+
+def test_build_without_force_keeps_a_folder_that_appeared_at_out(tmp_spec, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_report = pipeline.write_report
+
+    def user_makes_out(folder, report):   # the build's last step, and meanwhile the user's folder at OUT
+        write_report(folder, report)
+        Path("out").mkdir(exist_ok=True)
+        Path("out/notes.txt").write_text("precious")
+
+    monkeypatch.setattr(pipeline, "write_report", user_makes_out)
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", "out", "-q", "--no-export"]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert "error: out appeared while the build ran" in err and "kept in out.failed/ instead" in err, err
+    assert _names(tmp_path / "out") == ["notes.txt"]
+    assert json.loads((tmp_path / "out.failed" / "report.json").read_text())["status"] == "passed"
+    assert _names(tmp_path) == ["out", "out.failed", "spec.json"]
