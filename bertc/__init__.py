@@ -99,25 +99,37 @@ def _import_components() -> None:
 _registry.on_first_read(_import_components)   # what reads a registry gets the shipped components
 
 
-def load_spec(source):
-    """Load and validate a spec (path to a JSON file, or a dict). Raises :class:`bertc.errors.SpecError`."""
-    from bertc.spec import load_spec as _load
+def _spec_of(spec, function: str):
+    """``spec`` as a loaded :class:`bertc.spec.Spec`: one already (as it is), a dict, or a path to a spec's JSON
+    file (loaded and validated: :class:`bertc.errors.SpecError`); anything else a TypeError saying what is taken."""
+    from bertc.spec import Spec, load_spec as _load
 
-    return _load(source)
+    if isinstance(spec, Spec):
+        return spec
+    if isinstance(spec, (dict, str, os.PathLike)):
+        return _load(spec)
+    raise TypeError(f"bertc.{function}: the spec is a bertc Spec (bertc.load_spec), a dict or the path of a spec's "
+                    f"JSON file, not {type(spec).__name__}")
+
+
+def load_spec(source):
+    """Load and validate a spec (path to a JSON file, or a dict; a loaded spec is returned as it is). Raises
+    :class:`bertc.errors.SpecError`."""
+    return _spec_of(source, "load_spec")
 
 
 def dump_spec(spec):
-    """The spec as a JSON-ready dict (defaults filled in)."""
+    """The spec (loaded, a dict or a path) as a JSON-ready dict (defaults filled in)."""
     from bertc.spec import dump_spec as _dump
 
-    return _dump(spec)
+    return _dump(_spec_of(spec, "dump_spec"))
 
 
 def signature_of(spec):
-    """The model's interface (inputs and outputs) computed from a loaded spec."""
+    """The model's interface (inputs and outputs) computed from a spec (loaded, a dict or a path)."""
     from bertc.signature import signature_of as _sig
 
-    return _sig(spec)
+    return _sig(_spec_of(spec, "signature_of"))
 
 
 def build_model(spec):
@@ -126,7 +138,7 @@ def build_model(spec):
     ``.position``, ``.blocks``, ``.signature``)."""
     from bertc.build import build_model as _build
 
-    return _build(spec)
+    return _build(_spec_of(spec, "build_model"))
 
 
 def load_model(path):
@@ -145,7 +157,7 @@ def load_weights(model, spec, source):
     listing every missing, misshapen or unused tensor."""
     from bertc.importers import load_weights as _load
 
-    return _load(model, load_spec(spec) if not hasattr(spec, "encoder") else spec, source)
+    return _load(model, _spec_of(spec, "load_weights"), source)
 
 
 def import_spec(source, spec_path, name=None):

@@ -8,15 +8,27 @@ def weighted_sparse_categorical_crossentropy(labels, predictions, weights=None, 
     """Mean cross-entropy over the weighted positions (Model Garden's
     ``weighted_sparse_categorical_crossentropy_loss``).
 
-    ``predictions`` are log-probabilities (the ``predictions`` output of a
-    pretrainer) unless ``from_logits``. ``labels`` has the shape of
-    ``predictions`` without its last axis; ``weights`` (optional) the shape of
-    ``labels``. With weights the loss is ``sum(w * ce) / sum(w)`` (0 when every
-    weight is 0); without, the plain mean.
+    ``predictions`` are log-probabilities (a pretrainer's outputs with its
+    ``output: "predictions"``) unless ``from_logits``: a pretrainer's default
+    outputs, every classifier's and a masked LM's are logits (``from_logits=True``).
+    Log-probabilities are checked: values whose logsumexp over the last axis is
+    not 0 (logits, given without ``from_logits``) raise ``InvalidArgumentError``
+    saying so, where they used to give a meaningless, even negative, loss.
+    ``labels`` has the shape of ``predictions`` without its last axis; ``weights``
+    (optional) the shape of ``labels``. With weights the loss is
+    ``sum(w * ce) / sum(w)`` (0 when every weight is 0); without, the plain mean.
     """
     predictions = tf.convert_to_tensor(predictions)
     if from_logits:
         predictions = tf.nn.log_softmax(predictions, axis=-1)
+    else:
+        total = tf.reduce_logsumexp(tf.cast(predictions, tf.float32), axis=-1)
+        tolerance = 1e-3 if predictions.dtype in (tf.float32, tf.float64) else 2e-2   # float16 / bfloat16
+        tf.debugging.assert_less_equal(
+            tf.abs(total), tf.constant(tolerance, tf.float32),
+            message="weighted_sparse_categorical_crossentropy: the predictions are not log-probabilities (their "
+                    "logsumexp over the last axis is not 0); for logits (a pretrainer's default output, a "
+                    "classifier's, a masked LM's) pass from_logits=True")
     labels = tf.cast(labels, tf.int32)
     one_hot = tf.one_hot(labels, depth=tf.shape(predictions)[-1], dtype=predictions.dtype)
     per_position = -tf.reduce_sum(one_hot * predictions, axis=-1)

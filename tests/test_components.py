@@ -234,3 +234,24 @@ def test_cli_list_shows_every_kind(capsys):
     out = capsys.readouterr().out
     for word in ("talking_heads", "gated", "rezero", "albert", "custom", "token_classifier"):
         assert word in out
+
+
+def test_the_public_functions_take_a_spec_in_every_form_build_model_takes(tmp_path):
+    """bertc.build_model takes a Spec, a dict or a path; signature_of, dump_spec and load_weights failed on a dict or
+    a path (AttributeError), load_spec on a loaded Spec (pathlib's TypeError); anything else is a TypeError saying
+    what is taken, not pathlib's."""
+    import json
+
+    data = spec_dict("classifier")
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(data))
+    spec = bertc.load_spec(path)
+    assert bertc.load_spec(spec) is spec and bertc.load_spec(data) == spec
+    assert bertc.signature_of(data) == bertc.signature_of(str(path)) == bertc.signature_of(spec)
+    assert bertc.dump_spec(data) == bertc.dump_spec(path) == bertc.dump_spec(spec)
+    for bad in (None, 5, [data]):
+        with pytest.raises(TypeError, match=r"bertc\.build_model: the spec is a bertc Spec \(bertc\.load_spec\), a "
+                                            r"dict or the path of a spec's JSON file, not "):
+            bertc.build_model(bad)
+    with pytest.raises(TypeError, match=r"bertc\.signature_of: .* not NoneType"):
+        bertc.signature_of(None)

@@ -1,5 +1,6 @@
 """Losses against independent numpy computations."""
 import numpy as np
+import pytest
 
 from bertc import losses
 
@@ -23,6 +24,18 @@ def test_weighted_sparse_categorical_crossentropy_matches_numpy():
     np.testing.assert_allclose(float(got_logits), expected, rtol=1e-5)
     unweighted = losses.weighted_sparse_categorical_crossentropy(labels, logp.astype(np.float32))
     np.testing.assert_allclose(float(unweighted), ce.mean(), rtol=1e-5)
+
+
+def test_logits_given_as_log_probabilities_are_refused():
+    """A pretrainer's default outputs are logits: given to the loss without from_logits, they gave a meaningless,
+    even negative, loss (fine-tuning then drove it further down); now an error that says to pass from_logits."""
+    import tensorflow as tf
+
+    logits = np.random.default_rng(2).normal(size=(3, 5, 7)).astype(np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not log-probabilities.*pass from_logits=True"):
+        losses.weighted_sparse_categorical_crossentropy(np.zeros((3, 5), np.int32), logits)
+    logp = np_log_softmax(logits.astype(np.float64)).astype(np.float16)   # mixed precision: a looser sum
+    assert np.isfinite(float(losses.weighted_sparse_categorical_crossentropy(np.zeros((3, 5), np.int32), logp)))
 
 
 def test_all_zero_weights_give_zero_not_nan():
