@@ -286,11 +286,12 @@ def machine_info() -> dict:
 
 
 def read_build(out_dir: Path):
-    """The spec and report of the build in ``out_dir``, checked before any timing: a damaged report.json or a
-    directory where bench.json cannot be written is an :class:`OutputError` (exit 5), a plug-in the build used and
-    this process has not loaded a :class:`PluginError` (exit 2)."""
+    """The spec and report of the build in ``out_dir``, checked before any timing: a damaged report.json, a
+    directory where bench.json cannot be written or a build of it running is an :class:`OutputError` (exit 5), a
+    plug-in the build used and this process has not loaded a :class:`PluginError` (exit 2)."""
     from bertc.plugins import require_for_build
     from bertc.report import read_report, require_writable
+    from bertc.rerun import refuse_while_building
     from bertc.spec import load_spec
 
     out_dir = Path(out_dir)
@@ -302,6 +303,7 @@ def read_build(out_dir: Path):
         raise OutputError(f"{out_dir / 'report.json'} lists no artifacts (was the build run with --no-export?)")
     require_for_build(out_dir, "bench")
     require_writable(out_dir, "bench.json and bench.png", "bertc bench")   # not after the timing: exit 5 now
+    refuse_while_building(out_dir, "bertc bench")   # a build about to replace OUT: its figures would be filed there
     return load_spec(out_dir / "spec.json"), report
 
 
@@ -341,7 +343,8 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
               progress: Optional[Callable[[str], None]] = None) -> dict:
     """Bench every artifact x backend of the build in ``out_dir``; write ``bench.json`` (and the chart
     ``bench.png`` when matplotlib is installed) into it and return the results (``not_saved``: why bench.json could
-    not be written after all, when the directory stopped being writable during the timing)."""
+    not be written after all, when the directory stopped being writable during the timing). A build that replaced
+    ``out_dir`` meanwhile (or is running) is a :class:`bertc.rerun.BuildReplaced` (exit 5), nothing written."""
     from bertc.report import write_text_atomic
 
     out_dir = Path(out_dir)
@@ -378,19 +381,38 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
         "versions": _versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    try:
-        write_text_atomic(out_dir / "bench.json", json.dumps(result, indent=2) + "\n")
-    except OSError as exc:   # it became unwritable during the timing (or the disk is full): the caller still shows them
-        result["chart"], result["not_saved"] = None, f"cannot write {out_dir / 'bench.json'}: {exc.strerror or exc}"
-        return result
+    from bertc.rerun import saving_into
+
     result["chart"] = None
-    if opts.plot:
+    chart = None
+    if opts.plot:   # drawn before OUT's lock is taken (matplotlib takes a while), moved in under it
+        chart = out_dir / f".bench.{os.getpid()}.png"
         try:
-            result["chart"] = str(plot_latency(result, out_dir / "bench.png"))
+            plot_latency(result, chart)
         except ImportError:
             notes.append("no chart: matplotlib is not installed (pip install 'bertc[plot]' for bench.png)")
+            chart = None
         except OSError as exc:
             notes.append(f"no chart: cannot write {out_dir / 'bench.png'}: {exc.strerror or exc}")
+            chart = None
+    try:
+        with saving_into(out_dir, report, "bertc bench", "its figures"):
+            try:
+                write_text_atomic(out_dir / "bench.json", json.dumps({k: v for k, v in result.items() if k != "chart"},
+                                                                     indent=2) + "\n")
+            except OSError as exc:   # it became unwritable during the timing (or the disk is full): the caller
+                # still shows them
+                result["not_saved"] = f"cannot write {out_dir / 'bench.json'}: {exc.strerror or exc}"
+                return result
+            if chart is not None:
+                try:
+                    os.replace(chart, out_dir / "bench.png")
+                    result["chart"] = str(out_dir / "bench.png")
+                except OSError as exc:
+                    notes.append(f"no chart: cannot write {out_dir / 'bench.png'}: {exc.strerror or exc}")
+    finally:
+        if chart is not None:
+            chart.unlink(missing_ok=True)
     return result
 
 

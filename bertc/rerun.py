@@ -2,12 +2,19 @@
 
 Apart from :mod:`bertc.parity`, which the build's calibration set (:mod:`bertc.calibration`) itself uses: the re-run
 judges the build's own inputs, the grid and its real text.
+
+``bertc parity OUT`` and ``bertc bench OUT`` save their results into OUT, which a ``bertc build --force -o OUT`` may
+replace while they run. They refuse to start while a build holds OUT's lock (:class:`bertc.output.BuildLock`), and
+save under that lock, only while OUT is still the build they read (:func:`saving_into`): else their results, on the
+files of an earlier build or a mix, would land in the new build (a parity report with the old manifest and spec).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+from bertc.errors import OutputError
 from bertc.parity import run_parity
 
 
@@ -16,7 +23,6 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
     ``report.json`` (atomically) with the new parity section. A damaged report.json, or a build directory that
     cannot be written, is an :class:`OutputError` (exit 5) before any work."""
-    from bertc.errors import OutputError
     from bertc.plugins import require_for_build
     from bertc.report import read_report, require_writable, write_report
     from bertc.signature import signature_of
@@ -30,6 +36,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     report = read_report(out_dir)   # a damaged report.json stops here, before the work (exit 5)
     require_for_build(out_dir)
     require_writable(out_dir, "report.json and summary.txt", "bertc parity")   # not after the work: exit 5 now
+    refuse_while_building(out_dir, "bertc parity")
     spec = load_spec(out_dir / "spec.json")
     if atol is not None or rtol is not None:
         tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,
@@ -58,7 +65,10 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     report["parity"] = section
     report["status"] = "passed" if section["passed"] else "failed"
     try:
-        write_report(out_dir, report)
+        with saving_into(out_dir, report, "bertc parity", "its results"):
+            write_report(out_dir, report)
+    except BuildReplaced:
+        raise
     except OutputError as exc:   # it became unwritable during the work (or the disk is full): the verdict still
         from bertc.report import parity_failure_message
 
@@ -80,3 +90,81 @@ def changed_since_build(out_dir: Path, report: dict) -> list[str]:
         elif path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
             changed.append(name)
     return changed
+
+
+class BuildReplaced(OutputError):
+    """OUT is no longer the build a command read at its start (exit 5): its results were not saved."""
+
+
+def _lock(out_dir: Path):
+    from bertc.output import BuildLock
+
+    return BuildLock(Path(out_dir).resolve())   # where ``bertc build -o OUT`` locks it (links followed)
+
+
+def refuse_while_building(out_dir: Path, command: str) -> None:
+    """:class:`OutputError` (exit 5) when a ``bertc build`` of ``out_dir`` is running: it is about to replace
+    the build ``command`` would judge."""
+    lock = _lock(out_dir)
+    try:
+        lock.acquire()
+    except OutputError:
+        raise OutputError(f"{out_dir} is being written by a bertc build ({lock._holder()}); nothing was run: "
+                          f"run {command} when that build has finished") from None
+    except OSError:   # no lock file can be made beside OUT: nor can a build make one, so none is running
+        return
+    lock.release()
+
+
+def _build_of(report: dict) -> str:
+    """What identifies the build a report describes: all of it but what ``bertc parity`` rewrites (as canonical
+    JSON: a NaN figure equals itself)."""
+    import json
+
+    return json.dumps({k: v for k, v in report.items() if k not in ("parity", "status")}, sort_keys=True,
+                      default=str)
+
+
+def replaced_since(out_dir: Path, report: dict) -> Optional[str]:
+    """Why ``out_dir`` is no longer the build whose report.json read as ``report`` (None: it still is; a
+    ``bertc parity`` that rewrote its parity section meanwhile leaves it the same build)."""
+    import json
+
+    try:
+        now = json.loads((Path(out_dir) / "report.json").read_text())
+    except FileNotFoundError:
+        return "its report.json is gone"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"its report.json cannot be read now ({exc})"
+    if not isinstance(now, dict) or _build_of(now) != _build_of(report):
+        created = now.get("created") if isinstance(now, dict) else None
+        return ("another build replaced it" + (f" (report.json now describes the build of {created}; "
+                                               f"this one read the build of {report.get('created')})"
+                                               if created and created != report.get("created") else ""))
+    return None
+
+
+@contextmanager
+def saving_into(out_dir: Path, report: dict, command: str, what: str):
+    """Hold OUT's build lock while ``command`` saves ``what`` into ``out_dir``, after checking that ``out_dir``
+    is still the build ``report`` was read from: :class:`BuildReplaced` (exit 5), nothing written, when a build
+    is running or has replaced it since."""
+    lock = _lock(out_dir)
+    try:
+        lock.acquire()
+    except OutputError:
+        raise BuildReplaced(f"{out_dir}: a bertc build of it started while {command} ran ({lock._holder()}); "
+                            f"{what} were not saved (that build replaces what they describe): run {command} again "
+                            f"when the build has finished") from None
+    except OSError:   # no lock file can be made beside OUT: nor can a build make one
+        lock = None
+    try:
+        why = replaced_since(out_dir, report)
+        if why:
+            raise BuildReplaced(f"{out_dir} changed while {command} ran: {why}. {what[0].upper()}{what[1:]} were "
+                                f"not saved: they describe the earlier build's files (or a mix), not this one; "
+                                f"run {command} again")
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
