@@ -15,7 +15,8 @@ is what a forced build replaces. One build at a time writes a given ``OUT``: a l
 vanishes with its process however that process dies (SIGKILL included). Holding the
 lock proves that no other build of ``OUT`` is alive, so staging directories
 (``.OUT.tmp-*``) and swap leftovers (``.OUT.old-*``) found then belong to dead builds
-and are removed.
+and are removed; but first, when ``OUT`` is missing because a build was killed between the two renames of its
+swap, a build is put back there (:func:`_recover`): the only copy of a build is never removed.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -84,15 +86,63 @@ _HOLD = ".bertc-replaced-"   # inside OUT: the old build's files while a build r
 _PART = ".bertc-part-"       # inside OUT: a file being copied in from another filesystem
 
 
+def _complete(path: Path) -> bool:
+    """Whether the staging directory ``path`` holds a complete build that passed, as a build killed while putting it
+    in place leaves it: its report.json says passed, its summary.txt is written, every file of its manifest is there
+    at its size."""
+    try:
+        report = json.loads((path / "report.json").read_text())
+        files = report["manifest"]["files"]
+        return report.get("status") == "passed" and (path / "summary.txt").is_file() and all(
+            (path / name).is_file() and (path / name).stat().st_size == entry["bytes"] for name, entry in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _newest_first(paths) -> list[Path]:
+    def when(path: Path) -> float:
+        try:
+            return (path / "report.json").stat().st_mtime
+        except OSError:
+            return 0.0
+    return sorted((p for p in paths if p.is_dir() and not p.is_symlink()), key=when, reverse=True)
+
+
+def _recover(out: Path) -> "str | None":
+    """Put a build back at ``out`` when a dead build of it was killed between the two renames of its swap (call only
+    while holding its lock): ``OUT`` is missing, the earlier build in ``.OUT.old-PID``, the new one in
+    ``.OUT.tmp-*``. The complete new build is put at ``OUT``, as the killed build was doing (it passed every stage);
+    without one, the earlier build is put back. Returns what was put at ``OUT`` (None: nothing was)."""
+    if os.path.lexists(out):
+        return None
+    new = next((p for p in _newest_first(out.parent.glob(f".{out.name}.tmp-*")) if _complete(p)), None)
+    old = next((p for p in _newest_first(out.parent.glob(f".{out.name}.old-*")) if (p / "report.json").is_file()),
+               None)
+    chosen = new or old
+    if chosen is None:
+        return None
+    try:
+        os.replace(chosen, out)
+    except OSError:
+        return None
+    return (f"{out.name} is the complete build that a build killed while putting it in place left in {chosen.name}"
+            if chosen is new else f"{out.name} is the earlier build again, which a build killed while replacing it "
+                                  f"left in {chosen.name}")
+
+
+_FAILED_OLD = re.compile(r"\.failed(-[0-9]+)?\.old-[0-9]+")   # after ".OUT": an earlier failed report swapped out
+
+
 def _remove_leftovers(out: Path) -> list[str]:
-    """Staging and swap directories of dead builds of ``out`` (call only while holding its lock), and what a dead
-    build that was replacing ``out``'s contents in place left inside it."""
+    """Staging and swap directories of dead builds of ``out`` (call only while holding its lock, after
+    :func:`_recover`), and what a dead build that was replacing ``out``'s contents in place left inside it."""
     removed = []
-    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
-        for path in out.parent.glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path.name)
+    failed_olds = [p for p in out.parent.glob(f".{out.name}.failed*.old-*")
+                   if _FAILED_OLD.fullmatch(p.name[len(out.name) + 1:])]
+    for path in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*"), *failed_olds]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
     if out.is_dir() and is_build(out):
         for path in [*out.glob(f"{_HOLD}*"), *out.glob(f"{_PART}*")]:
             if path.is_dir() and not path.is_symlink():
@@ -198,6 +248,7 @@ class StagedOutput:
         self.tmp: Path | None = None
         self.lock = BuildLock(self.out)
         self.removed_leftovers: list[str] = []
+        self.recovered: str | None = None   # what a dead build's swap left, put back at OUT (:func:`_recover`)
 
     def __enter__(self) -> Path:
         try:
@@ -209,11 +260,19 @@ class StagedOutput:
         except OSError as exc:
             raise OutputError(f"cannot lock {self.lock.path} for the build: {exc}") from None
         try:
+            self.recovered = _recover(self.out)
             self.removed_leftovers = _remove_leftovers(self.out)
+            if self.recovered is not None:
+                self.existed = True
+                if not self.force:   # OUT is there again: a build without --force replaces nothing
+                    raise OutputError(f"{self.given} already exists ({self.recovered}); pass --force to replace it")
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging phase only
+        except OutputError:
+            self.lock.release()
+            raise
         except OSError as exc:
             self.lock.release()
             raise OutputError(f"cannot create the output directory next to {self.given}: {exc}") from None
@@ -331,7 +390,7 @@ class StagedOutput:
         slot = failed_slot(self.out)
         try:
             if os.path.lexists(slot):   # an earlier failed build's folder (or an empty one): swapped out, then removed
-                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+                old = slot.with_name(f".{slot.name}.old-{os.getpid()}")   # not .OUT.old-*: never put back at OUT
                 os.replace(slot, old)
                 os.replace(self.tmp, slot)
                 shutil.rmtree(old, ignore_errors=True)

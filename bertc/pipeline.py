@@ -210,6 +210,8 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
             failure = exc.cause
         if staged.removed_leftovers:
             report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
+        if staged.recovered:
+            report["recovered_output"] = staged.recovered   # a build put back at OUT first, from a dead build's swap
         if preflight is not None:
             report["preflight"] = preflight
         (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
