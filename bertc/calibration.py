@@ -21,6 +21,7 @@ same Keras outputs too, computed once per build (:meth:`CalibrationSet.reference
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -131,6 +132,7 @@ def has_tokenizer(out_dir: Path) -> bool:
 def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> tuple[list, dict]:
     """(cases, source record) of real text for the build in ``out_dir``; no cases (and why) when there is
     no usable tokenizer. A ``calibration`` file that cannot be used raises :class:`CalibrationError`."""
+    from bertc.manifest import sha256_file
     from bertc.text import read_texts
 
     out_dir = Path(out_dir)
@@ -148,7 +150,9 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
             raise
         except BertcError as exc:
             raise CalibrationError(f"--calibration {calibration}: {exc}") from None
-        return cases + prompted, {"kind": "file", "path": str(calibration), "examples": len(texts),
+        # where it is and what it held: `bertc parity OUT` re-runs on the same text, from any directory
+        return cases + prompted, {"kind": "file", "path": os.path.abspath(calibration),
+                                  "sha256": sha256_file(calibration), "examples": len(texts),
                                   **({"prompts": used} if used else {})}
     if not has_tokenizer(out_dir):
         return [], {"kind": "none", "why": "no tokenizer in this build (none beside the trained weights)"}

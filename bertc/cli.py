@@ -376,13 +376,16 @@ def inspect(spec, plot):
 @click.option("--text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Real inputs: a text file (one example per line, a tab between a sentence pair) tokenized by "
                    "the tokenizer bundled in OUT, instead of random ids.")
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The build's inputs with this file as their real text: where the build's --calibration text is "
+                   "now (checked against its sha256), or other text (recorded as not the build's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
-def parity(out, atol, rtol, text, as_json):
+def parity(out, atol, rtol, text, calibration, as_json):
     """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
     _import_quietly()
     from bertc.rerun import rerun_parity
 
-    section = rerun_parity(out, atol, rtol, text)
+    section = rerun_parity(out, atol, rtol, text, calibration)
     if as_json:
         click.echo(json.dumps(section, indent=2))
     else:

@@ -297,6 +297,8 @@ def summary_text(report: dict) -> str:
             lines.append(f"  inputs: the random-id grid; real text: " + (
                 f"{text.get('examples')} example(s) ({text.get('kind')}: {text.get('path') or text.get('file')})"
                 if text.get("kind") != "none" else f"none ({text.get('why')})"))
+            if text.get("differs_from_build"):   # bertc parity --calibration FILE: not the build's text
+                lines.append(f"  note: not the build's inputs: {text['differs_from_build']}")
         override = parity.get("tolerance_override")
         if override:
             lines.append("  re-judged by bertc parity with " + ", ".join(f"{k} {v:g}" for k, v in override.items()

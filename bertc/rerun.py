@@ -14,15 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from bertc.errors import OutputError
+from bertc.errors import CalibrationError, OutputError
 from bertc.parity import run_parity
 
 
 def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None,
-                 text: Optional[Path] = None) -> dict:
+                 text: Optional[Path] = None, calibration: Optional[Path] = None) -> dict:
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
     ``report.json`` (atomically) with the new parity section. A damaged report.json, or a build directory that
-    cannot be written, is an :class:`OutputError` (exit 5) before any work."""
+    cannot be written, is an :class:`OutputError` (exit 5) before any work; so is a build's ``--calibration`` text
+    that is missing or changed (:func:`build_text`), a :class:`CalibrationError` (exit 2), unless ``calibration``
+    names the text to use instead (recorded as ``differs_from_build`` when it is not the build's)."""
     from bertc.plugins import require_for_build
     from bertc.report import read_report, require_writable, write_report
     from bertc.signature import signature_of
@@ -45,15 +47,21 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     if text is not None:
         from bertc.text import text_cases
 
+        if calibration is not None:
+            raise CalibrationError("--calibration and --text cannot be combined: --calibration FILE re-runs the "
+                                   "build's inputs with FILE as their real text, --text FILE judges that text alone")
         cases = text_cases(out_dir, text, spec)
         inputs = {"text": {"kind": "file", "path": str(text), "cases": len(cases)}}
-    else:   # the build's own inputs: the grid and its real text (its --calibration file, if it is still there)
+    else:   # the build's own inputs: the grid and its real text (its --calibration file, checked to be the same)
         from bertc.calibration import calibration_set
 
-        recorded = ((report.get("calibration") or {}).get("text") or {})
-        file = Path(recorded["path"]) if recorded.get("kind") == "file" and recorded.get("path") else None
-        calibration = calibration_set(spec, out_dir, file if file is not None and file.is_file() else None)
-        cases, inputs = calibration.cases, calibration.sources
+        recorded = (report.get("calibration") or {}).get("text") or {}
+        file = calibration if calibration is not None else build_text(out_dir, recorded)
+        calibration_inputs = calibration_set(spec, out_dir, file)
+        cases, inputs = calibration_inputs.cases, calibration_inputs.sources
+        differs = _not_the_builds(inputs.get("text") or {}, recorded)
+        if differs:
+            inputs["text"]["differs_from_build"] = differs
     model = load_keras_model(out_dir)
     section = run_parity(spec, signature_of(spec), model, out_dir, report["artifacts"], cases)
     section["inputs"] = inputs
@@ -75,6 +83,52 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         verdict = "passed" if section["passed"] else parity_failure_message(section)
         raise OutputError(f"{exc}; parity was run but its results were not saved. Parity {verdict}") from None
     return section
+
+
+def build_text(out_dir: Path, recorded: dict) -> Optional[Path]:
+    """The ``--calibration`` file the build recorded (``calibration.text``: its absolute path and sha256), for a
+    re-run on the build's own inputs; None when the build's real text was bertc's built-in sentences (or none). A
+    file that is missing or whose content changed since the build is a :class:`CalibrationError` (exit 2) naming it:
+    parity on other text would pass for the build's own verdict."""
+    from bertc.manifest import sha256_file
+
+    if recorded.get("kind") != "file" or not recorded.get("path"):
+        return None
+    path = Path(recorded["path"])
+    offer = (f"bertc parity re-runs the build's own inputs: name where that text is now with `bertc parity {out_dir} "
+             f"--calibration FILE` (checked against the build's sha256; another text is judged and recorded as not "
+             f"the build's), or judge a text alone with --text FILE")
+    if not path.is_file():
+        where = "" if path.is_absolute() else (f" (relative to the directory that build was run from, {Path.cwd()} "
+                                               f"tried: bertc records an absolute path since)")
+        raise CalibrationError(f"{out_dir} was built with --calibration {path}{where}, which is not there any more; "
+                               f"{offer}")
+    want = recorded.get("sha256")
+    if want:
+        have = sha256_file(path)
+        if have != want:
+            raise CalibrationError(f"{out_dir} was built with --calibration {path}, whose content has changed since "
+                                   f"the build (sha256 {have[:16]}..., the build's {want[:16]}...); {offer}")
+    return path
+
+
+def _not_the_builds(text: dict, recorded: dict) -> Optional[str]:
+    """What the build's real text was, when the re-run's ``text`` (a calibration set's record) is not it (None:
+    it is the same file content, or bertc's built-in sentences again)."""
+    if not recorded:
+        return None
+    if recorded.get("kind") == "file":
+        build = f"{recorded.get('path')}" + (f" (sha256 {recorded['sha256'][:16]}...)" if recorded.get("sha256") else "")
+        if text.get("kind") != "file":
+            return f"the build's real text was {build}"
+        if not recorded.get("sha256"):   # an earlier bertc's build: its path alone, relative as typed
+            return (f"the build's real text was {build}, of which it recorded no sha256 (an earlier bertc): this "
+                    f"text is not known to be the same")
+        return None if text.get("sha256") == recorded["sha256"] else f"the build's real text was {build}"
+    if text.get("kind") == "file":
+        return ("the build's real text was bertc's built-in sentences" if recorded.get("kind") == "builtin" else
+                f"the build had no real text ({recorded.get('why')})")
+    return None
 
 
 def changed_since_build(out_dir: Path, report: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """`bertc parity OUT` / `bertc bench OUT` judge the build that is in OUT, on the build's own inputs, and say so when
 they cannot: a build that replaces OUT while they run (D8), a calibration text that moved or changed (D1), artifacts
 that are no longer the build's (D2). One tiny build with a tokenizer, shared; races are simulated in-process."""
+import hashlib
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import shutil
 import pytest
 
 from bertc.cli import main
-from bertc.errors import EXIT_OUTPUT
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT
 from conftest import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "hf" / "st_bert_mean_norm"
@@ -134,3 +135,63 @@ def test_a_parity_run_that_rewrote_the_parity_section_meanwhile_is_the_same_buil
     _during(monkeypatch, bertc.rerun, "run_parity", other_parity)
     assert main(["parity", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["status"] == "passed"
+
+
+# --- D1: the build's --calibration text, recorded by absolute path and sha256 ----------------------------------------
+
+def _text(out):
+    return json.loads((out / "report.json").read_text())["parity"]["inputs"]["text"]
+
+
+def test_parity_reruns_the_builds_calibration_text_from_any_directory(built, tmp_path, monkeypatch):
+    """The build recorded `cal.txt` as typed: from another directory parity fell back to the built-in sentences."""
+    cal = built.parent / "cal.txt"
+    recorded = json.loads((built / "report.json").read_text())["calibration"]["text"]
+    assert recorded["path"] == str(cal) and recorded["sha256"] == hashlib.sha256(CAL.encode()).hexdigest()
+    out = _copy(built, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["parity", str(out)]) == 0
+    text = _text(out)
+    assert (text["kind"], text["path"], text["examples"]) == ("file", str(cal), 4) and "differs_from_build" not in text
+
+
+def test_parity_refuses_a_calibration_text_that_changed_or_is_gone(built, tmp_path, monkeypatch, capfd):
+    out = _copy(built, tmp_path)
+    cal = tmp_path / "cal.txt"
+    cal.write_text(CAL)
+    report = json.loads((out / "report.json").read_text())
+    report["calibration"]["text"]["path"] = str(cal)
+    (out / "report.json").write_text(json.dumps(report))
+    before = (out / "report.json").read_bytes()
+    offer = f"name where that text is now with `bertc parity {out} --calibration FILE`"
+    cal.write_text("zzz\nqqq qqq qqq\n")   # edited: the same name, other text
+    assert main(["parity", str(out)]) == EXIT_BAD_SPEC
+    err = capfd.readouterr().err
+    assert f"{out} was built with --calibration {cal}, whose content has changed since the build" in err, err
+    assert offer in err
+    cal.unlink()
+    assert main(["parity", str(out)]) == EXIT_BAD_SPEC
+    err = capfd.readouterr().err
+    assert f"{out} was built with --calibration {cal}, which is not there any more" in err and offer in err, err
+    assert (out / "report.json").read_bytes() == before   # nothing run, nothing written
+    # an earlier bertc's record: the path as typed, no hash; not found from here is refused too (was: built-in text)
+    legacy = json.loads(before)
+    legacy["calibration"]["text"] = {k: v for k, v in legacy["calibration"]["text"].items() if k != "sha256"}
+    legacy["calibration"]["text"]["path"] = "cal.txt"
+    (out / "report.json").write_text(json.dumps(legacy))
+    monkeypatch.chdir(tmp_path)
+    assert main(["parity", str(out)]) == EXIT_BAD_SPEC
+    assert "was built with --calibration cal.txt (relative to the directory that build was run from" in \
+        capfd.readouterr().err
+    (out / "report.json").write_bytes(before)
+    # --calibration names the text: the build's, moved (checked by its hash), or another one, recorded as such
+    (tmp_path / "moved.txt").write_text(CAL)
+    assert main(["parity", str(out), "--calibration", "moved.txt"]) == 0
+    text = _text(out)
+    assert text["path"] == str(tmp_path / "moved.txt") and "differs_from_build" not in text
+    (tmp_path / "other.txt").write_text("zzz\nqqq qqq qqq\n")
+    assert main(["parity", str(out), "--calibration", "other.txt"]) == 0
+    assert _text(out)["differs_from_build"].startswith(f"the build's real text was {cal} (sha256 ")
+    assert "note: not the build's inputs: the build's real text was" in (out / "summary.txt").read_text()
+    assert main(["parity", str(out), "--calibration", "moved.txt", "--text", "moved.txt"]) == EXIT_BAD_SPEC
+    assert "--calibration and --text cannot be combined" in capfd.readouterr().err
