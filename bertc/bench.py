@@ -367,6 +367,13 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
     t0 = time.perf_counter()
     rows = time_targets(targets, shapes, inputs_for, opts.rounds, opts.warmup, opts.calls,
                         opts.baseline, progress)
+    seconds = round(time.perf_counter() - t0, 2)
+    from bertc.rerun import changed_since_build
+
+    changed = changed_since_build(out_dir, report)   # as bertc parity: what was timed is what is in OUT today
+    if changed:
+        notes.append(f"timed files that differ from the build's manifest (not what the build wrote, so not its "
+                     f"figures): {', '.join(changed)}")
     result = {
         "command": command, "build": str(out_dir), "spec_name": spec.name,
         "settings": {"batches": list(opts.batches), "sequence_lengths": sorted({s for _, s in shapes}),
@@ -375,8 +382,9 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
                      "inputs": f"text from {opts.text}" if opts.text is not None else "random ids, full rows"},
         "targets": {t.name: t.info for t in targets},
         "skipped": skipped, "load_errors": load_errors, "notes": notes,
+        **({"changed_since_build": changed} if changed else {}),
         "results": rows,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": seconds,
         "machine": {**machine_before, "load_average_after": machine_info()["load_average"]},
         "versions": _versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -195,3 +195,18 @@ def test_parity_refuses_a_calibration_text_that_changed_or_is_gone(built, tmp_pa
     assert "note: not the build's inputs: the build's real text was" in (out / "summary.txt").read_text()
     assert main(["parity", str(out), "--calibration", "moved.txt", "--text", "moved.txt"]) == EXIT_BAD_SPEC
     assert "--calibration and --text cannot be combined" in capfd.readouterr().err
+
+
+# --- D2: bench times what is in OUT today, and says when that is not the build's -------------------------------------
+
+def test_bench_names_timed_files_that_are_not_the_builds(built, tmp_path, capfd):
+    out = _copy(built, tmp_path)
+    assert main(["bench", str(out), *BENCH]) == 0   # the build's own files: no note
+    assert "changed_since_build" not in json.loads((out / "bench.json").read_text())
+    assert "differ from the build's manifest" not in capfd.readouterr().out
+    shutil.copyfile(out / "model.optimized.onnx", out / "model.onnx")   # another file in model.onnx's place
+    assert main(["bench", str(out), *BENCH]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["changed_since_build"] == ["model.onnx"]
+    note = "timed files that differ from the build's manifest (not what the build wrote, so not its figures): model.onnx"
+    assert note in result["notes"] and f"note: {note}" in capfd.readouterr().out
