@@ -177,7 +177,7 @@ def _added_tokens(tokenizers, tok, path: Path, model: Model, defaults: dict, con
     names = [_token(config, key, defaults[key]) for key in _SPECIAL_KEYS]
     names += [p.piece for p in model.pieces if p.type == CONTROL]
     tok.add_special_tokens([added(t) for t in dict.fromkeys(names)])
-    from bertc.text import add_config_tokens
+    from bertc.tokenizer_files import add_config_tokens
 
     add_config_tokens(tokenizers, tok, Path(path).parent, config,
                       lambda content, fields: {"normalized": False, **options.get(content, {}),
