@@ -91,11 +91,12 @@ class MultiHeadAttention(Attention):
         h, init = self.hidden_size, self.initializer_spec
         self.num_heads = self.spec.num_heads
         self.head_size = h // self.num_heads
-        self.query = dense(h, init, "query")
-        self.key = dense(h, init, "key")
-        self.value = dense(h, init, "value")
-        self.attention_output = dense(h, init, "attention_output")
-        self.probs_dropout = keras.layers.Dropout(self.spec.dropout_rate, name="probs_dropout")
+        self.query = dense(h, init, "query", dtype=self.dtype_policy)
+        self.key = dense(h, init, "key", dtype=self.dtype_policy)
+        self.value = dense(h, init, "value", dtype=self.dtype_policy)
+        self.attention_output = dense(h, init, "attention_output", dtype=self.dtype_policy)
+        self.probs_dropout = keras.layers.Dropout(self.spec.dropout_rate, name="probs_dropout",
+                                                  dtype=self.dtype_policy)
 
     def build(self, x_shape, attention_bias_shape=None):
         for layer in (self.query, self.key, self.value, self.attention_output):
@@ -213,9 +214,9 @@ class DisentangledAttention(MultiHeadAttention):
         s, h, init = self.spec, self.hidden_size, self.initializer_spec
         self.terms = [t for t in ("c2p", "p2c") if t in s.pos_att_type]
         self.scale_factor = 1 + len(self.terms)
-        own = not s.share_att_key
-        self.pos_key_proj = dense(h, init, "pos_key_proj") if own and "c2p" in self.terms else None
-        self.pos_query_proj = dense(h, init, "pos_query_proj") if own and "p2c" in self.terms else None
+        own, dt = not s.share_att_key, self.dtype_policy
+        self.pos_key_proj = dense(h, init, "pos_key_proj", dtype=dt) if own and "c2p" in self.terms else None
+        self.pos_query_proj = dense(h, init, "pos_query_proj", dtype=dt) if own and "p2c" in self.terms else None
 
     def build(self, x_shape, attention_bias_shape=None):
         super().build(x_shape, attention_bias_shape)

@@ -127,14 +127,14 @@ class ScaffoldBlock(Block):
         super().__init__(spec, hidden_size, initializer, **kwargs)
         s = self.spec.as_scaffold()
         self.norm_first = s.norm_first
-        init = s.initializer or self.initializer_spec
+        init, dt = s.initializer or self.initializer_spec, self.dtype_policy
         self.attention = ATTENTION.component(s.attention.type)(
-            spec=s.attention, hidden_size=self.hidden_size, initializer=init, name="attention")
-        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout")
-        self.attention_layer_norm = layer_norm(s.layer_norm_epsilon, "attention_layer_norm")
+            spec=s.attention, hidden_size=self.hidden_size, initializer=init, name="attention", dtype=dt)
+        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout", dtype=dt)
+        self.attention_layer_norm = layer_norm(s.layer_norm_epsilon, "attention_layer_norm", dtype=dt)
         self.feedforward = FEEDFORWARD.component(s.feedforward.type)(
             spec=s.feedforward, hidden_size=self.hidden_size, initializer=init, norm_first=s.norm_first,
-            layer_norm_epsilon=s.layer_norm_epsilon, name="feedforward")
+            layer_norm_epsilon=s.layer_norm_epsilon, name="feedforward", dtype=dt)
 
     def build(self, x_shape, attention_bias_shape=None):
         self.attention.build(x_shape, attention_bias_shape)
@@ -185,18 +185,18 @@ class ReZeroBlock(Block):
 
     def __init__(self, spec, hidden_size, initializer=None, **kwargs):
         super().__init__(spec, hidden_size, initializer, **kwargs)
-        s, init, h = self.spec, self.initializer_spec, self.hidden_size
+        s, init, h, dt = self.spec, self.initializer_spec, self.hidden_size, self.dtype_policy
         self.attention = MultiHeadAttention(
             spec=MultiHeadAttentionSpec(num_heads=s.num_attention_heads, dropout_rate=s.attention_dropout_rate),
-            hidden_size=h, initializer=init, name="attention")
-        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout")
-        self.intermediate = dense(s.intermediate_size, init, "intermediate")
-        self.output_dense = dense(h, init, "output")
-        self.output_dropout = keras.layers.Dropout(s.dropout_rate, name="output_dropout")
+            hidden_size=h, initializer=init, name="attention", dtype=dt)
+        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout", dtype=dt)
+        self.intermediate = dense(s.intermediate_size, init, "intermediate", dtype=dt)
+        self.output_dense = dense(h, init, "output", dtype=dt)
+        self.output_dropout = keras.layers.Dropout(s.dropout_rate, name="output_dropout", dtype=dt)
         self.activation_fn = activations.get(s.activation)
         if s.use_layer_norm:
-            self.attention_layer_norm = layer_norm(s.layer_norm_epsilon, "attention_layer_norm")
-            self.output_layer_norm = layer_norm(s.layer_norm_epsilon, "output_layer_norm")
+            self.attention_layer_norm = layer_norm(s.layer_norm_epsilon, "attention_layer_norm", dtype=dt)
+            self.output_layer_norm = layer_norm(s.layer_norm_epsilon, "output_layer_norm", dtype=dt)
 
     def build(self, x_shape, attention_bias_shape=None):
         self.rezero_alpha = self.add_weight(name="rezero_alpha", shape=(), initializer="zeros")

@@ -29,14 +29,17 @@ def initializer(spec: InitializerSpec | dict | None):
     return keras.initializers.Zeros()
 
 
-def dense(units: int, init, name: str, activation=None, use_bias: bool = True) -> keras.layers.Dense:
+def dense(units: int, init, name: str, activation=None, use_bias: bool = True, dtype=None) -> keras.layers.Dense:
+    """A Dense layer. A layer that creates it as its own sub-layer passes ``dtype=self.dtype_policy``:
+    without it the sub-layer takes the process's global policy, not its parent's (see :class:`SpecLayer`)."""
     return keras.layers.Dense(units, activation=activation, kernel_initializer=initializer(init), name=name,
-                              use_bias=use_bias)
+                              use_bias=use_bias, dtype=dtype)
 
 
-def layer_norm(epsilon: float, name: str, center: bool = True) -> keras.layers.LayerNormalization:
-    """A layer norm over the last axis; ``center=False``: no beta (ModernBERT's bias-free norms)."""
-    return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name, center=center)
+def layer_norm(epsilon: float, name: str, center: bool = True, dtype=None) -> keras.layers.LayerNormalization:
+    """A layer norm over the last axis; ``center=False``: no beta (ModernBERT's bias-free norms). ``dtype``:
+    as :func:`dense`'s."""
+    return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name, center=center, dtype=dtype)
 
 
 def with_last_dim(shape, width: int) -> tuple:
@@ -68,6 +71,13 @@ class SpecLayer(keras.layers.Layer):
     Subclasses set ``spec_cls``. Constructor arguments are the config: ``spec``
     (model or dict), ``hidden_size`` and ``initializer`` (the encoder-level
     default, used where the spec leaves its own initializer unset).
+
+    Every sub-layer a subclass creates (``dense``, ``layer_norm``, ``keras.layers.Dropout``, a nested
+    component) is given ``dtype=self.dtype_policy``. Keras saves only the outer layer's config, with its
+    dtype policy, and re-creates the sub-layers in ``__init__`` on loading: a sub-layer left to the global
+    policy would compute in another dtype than its parent whenever the loading process's policy differs
+    from the saving one's (a float32 model.keras loaded under ``mixed_float16``, a mixed-precision model
+    loaded in a float32 process), and the model would fail to load.
     """
 
     spec_cls: type[StrictModel]

@@ -119,15 +119,15 @@ class EmbeddingNetwork(Embedding):
 
     def __init__(self, spec, hidden_size, initializer=None, position_offset: int = 0, **kwargs):
         super().__init__(spec, hidden_size, initializer, **kwargs)
-        s = self.spec
+        s, dt = self.spec, self.dtype_policy
         # rows of the position table before position 0 (the encoder's absolute position scheme says)
         self.position_offset = int(position_offset)
         self.width = s.width(self.hidden_size)
-        self.layer_norm = layer_norm(s.layer_norm_epsilon, "layer_norm") if s.use_layer_norm else None
-        self.dropout = keras.layers.Dropout(s.dropout_rate, name="dropout")
+        self.layer_norm = layer_norm(s.layer_norm_epsilon, "layer_norm", dtype=dt) if s.use_layer_norm else None
+        self.dropout = keras.layers.Dropout(s.dropout_rate, name="dropout", dtype=dt)
         self.embedding_projection = (
-            dense(self.hidden_size, self.initializer_spec, "embedding_projection") if s.projects(self.hidden_size)
-            else None)
+            dense(self.hidden_size, self.initializer_spec, "embedding_projection", dtype=dt)
+            if s.projects(self.hidden_size) else None)
 
     def build(self, input_shape=None):
         s, init = self.spec, initializer(self.initializer_spec)

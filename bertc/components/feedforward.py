@@ -88,11 +88,11 @@ class DenseFeedforward(_ResidualFeedforward):
 
     def __init__(self, spec, hidden_size, initializer=None, norm_first=False, layer_norm_epsilon=1e-12, **kwargs):
         super().__init__(spec, hidden_size, initializer, norm_first, layer_norm_epsilon, **kwargs)
-        init = self.initializer_spec
-        self.intermediate = dense(self.spec.intermediate_size, init, "intermediate")
-        self.output_dense = dense(self.hidden_size, init, "output")
-        self.output_dropout = keras.layers.Dropout(self.spec.dropout_rate, name="output_dropout")
-        self.output_layer_norm = layer_norm(self.layer_norm_epsilon, "output_layer_norm")
+        init, dt = self.initializer_spec, self.dtype_policy
+        self.intermediate = dense(self.spec.intermediate_size, init, "intermediate", dtype=dt)
+        self.output_dense = dense(self.hidden_size, init, "output", dtype=dt)
+        self.output_dropout = keras.layers.Dropout(self.spec.dropout_rate, name="output_dropout", dtype=dt)
+        self.output_layer_norm = layer_norm(self.layer_norm_epsilon, "output_layer_norm", dtype=dt)
 
     def build(self, x_shape):
         self.intermediate.build(x_shape)
@@ -129,12 +129,14 @@ class GatedFeedforward(_ResidualFeedforward):
 
     def __init__(self, spec, hidden_size, initializer=None, norm_first=False, layer_norm_epsilon=1e-12, **kwargs):
         super().__init__(spec, hidden_size, initializer, norm_first, layer_norm_epsilon, **kwargs)
-        init, s = self.initializer_spec, self.spec
-        self.intermediate = [dense(s.intermediate_size, init, f"intermediate_{i}") for i in range(s.num_blocks)]
-        self.gate = [dense(s.intermediate_size, init, f"gate_{i}") for i in range(s.num_blocks)] if s.use_gate else None
-        self.output_dense = [dense(self.hidden_size, init, f"output_{i}") for i in range(s.num_blocks)]
-        self.output_dropout = [keras.layers.Dropout(s.dropout_rate, name=f"output_dropout_{i}") for i in range(s.num_blocks)]
-        self.output_layer_norm = [layer_norm(self.layer_norm_epsilon, f"output_layer_norm_{i}") for i in range(s.num_blocks)]
+        init, s, dt, n = self.initializer_spec, self.spec, self.dtype_policy, self.spec.num_blocks
+        self.intermediate = [dense(s.intermediate_size, init, f"intermediate_{i}", dtype=dt) for i in range(n)]
+        self.gate = [dense(s.intermediate_size, init, f"gate_{i}", dtype=dt) for i in range(n)] if s.use_gate else None
+        self.output_dense = [dense(self.hidden_size, init, f"output_{i}", dtype=dt) for i in range(n)]
+        self.output_dropout = [keras.layers.Dropout(s.dropout_rate, name=f"output_dropout_{i}", dtype=dt)
+                               for i in range(n)]
+        self.output_layer_norm = [layer_norm(self.layer_norm_epsilon, f"output_layer_norm_{i}", dtype=dt)
+                                  for i in range(n)]
 
     def build(self, x_shape):
         inner = with_last_dim(x_shape, self.spec.intermediate_size)

@@ -457,8 +457,9 @@ class MaskedLM(SpecLayer):
     def __init__(self, spec, hidden_size, initializer=None, vocab_size=0, table_width=0, **kwargs):
         super().__init__(spec, hidden_size, initializer, **kwargs)
         self.vocab_size, self.table_width = int(vocab_size), int(table_width)
-        self.transform = dense(self.table_width, self.initializer_spec, "transform")
-        self.transform_layer_norm = layer_norm(self.spec.layer_norm_epsilon, "transform_layer_norm")
+        dt = self.dtype_policy
+        self.transform = dense(self.table_width, self.initializer_spec, "transform", dtype=dt)
+        self.transform_layer_norm = layer_norm(self.spec.layer_norm_epsilon, "transform_layer_norm", dtype=dt)
         self.activation_fn = activations.get(self.spec.activation)
 
     def build(self, sequence_output_shape=None, positions_shape=None, table_shape=None):
@@ -595,9 +596,11 @@ class TokenMaskedLM(SpecLayer):
         super().__init__(spec, hidden_size, initializer, **kwargs)
         self.vocab_size, self.table_width = int(vocab_size), int(table_width)
         t = self.spec.transform
-        self.transform = dense(self.table_width, self.initializer_spec, "transform", use_bias=t.bias)
+        self.transform = dense(self.table_width, self.initializer_spec, "transform", use_bias=t.bias,
+                               dtype=self.dtype_policy)
         self.transform_layer_norm = (None if t.layer_norm is None else
-                                     layer_norm(t.layer_norm.epsilon, "transform_layer_norm", center=t.layer_norm.bias))
+                                     layer_norm(t.layer_norm.epsilon, "transform_layer_norm", center=t.layer_norm.bias,
+                                                dtype=self.dtype_policy))
         self.activation_fn = activations.get(t.activation)
 
     def build(self, sequence_output_shape=None, table_shape=None):

@@ -91,7 +91,8 @@ class ModernBertEmbedding(EmbeddingNetwork):
 
     def __init__(self, spec, hidden_size, initializer=None, **kwargs):
         super().__init__(spec, hidden_size, initializer, **kwargs)
-        self.layer_norm = layer_norm(self.spec.layer_norm_epsilon, "layer_norm", center=self.spec.norm_bias)
+        self.layer_norm = layer_norm(self.spec.layer_norm_epsilon, "layer_norm", center=self.spec.norm_bias,
+                                     dtype=self.dtype_policy)
 
     @staticmethod
     def param_count(spec, hidden_size: int) -> int:
@@ -138,9 +139,10 @@ class WindowedAttention(Attention):
         h, s = self.hidden_size, self.spec
         self.num_heads = s.num_heads
         self.head_size = h // self.num_heads
-        self.qkv = dense(3 * h, self.initializer_spec, "qkv", use_bias=s.use_bias)
-        self.attention_output = dense(h, self.initializer_spec, "attention_output", use_bias=s.use_bias)
-        self.probs_dropout = keras.layers.Dropout(s.dropout_rate, name="probs_dropout")
+        self.qkv = dense(3 * h, self.initializer_spec, "qkv", use_bias=s.use_bias, dtype=self.dtype_policy)
+        self.attention_output = dense(h, self.initializer_spec, "attention_output", use_bias=s.use_bias,
+                                      dtype=self.dtype_policy)
+        self.probs_dropout = keras.layers.Dropout(s.dropout_rate, name="probs_dropout", dtype=self.dtype_policy)
 
     def build(self, x_shape, attention_bias_shape=None):
         self.qkv.build(x_shape)
@@ -195,10 +197,12 @@ class GLUFeedforward(_ResidualFeedforward):
         super().__init__(spec, hidden_size, initializer, norm_first, layer_norm_epsilon, **kwargs)
         s, init = self.spec, self.initializer_spec
         self.layer_norm_bias = bool(layer_norm_bias)
-        self.intermediate = dense(2 * s.intermediate_size, init, "intermediate", use_bias=s.use_bias)
-        self.output_dense = dense(self.hidden_size, init, "output", use_bias=s.use_bias)
-        self.inner_dropout = keras.layers.Dropout(s.dropout_rate, name="inner_dropout")
-        self.output_layer_norm = layer_norm(self.layer_norm_epsilon, "output_layer_norm", center=self.layer_norm_bias)
+        self.intermediate = dense(2 * s.intermediate_size, init, "intermediate", use_bias=s.use_bias,
+                                  dtype=self.dtype_policy)
+        self.output_dense = dense(self.hidden_size, init, "output", use_bias=s.use_bias, dtype=self.dtype_policy)
+        self.inner_dropout = keras.layers.Dropout(s.dropout_rate, name="inner_dropout", dtype=self.dtype_policy)
+        self.output_layer_norm = layer_norm(self.layer_norm_epsilon, "output_layer_norm", center=self.layer_norm_bias,
+                                            dtype=self.dtype_policy)
 
     def get_config(self):
         return {**super().get_config(), "layer_norm_bias": self.layer_norm_bias}
@@ -256,13 +260,15 @@ class ModernBertBlock(Block):
         s = self.spec
         init = s.initializer or self.initializer_spec
         self.attention = WindowedAttention(spec=s.attention, hidden_size=self.hidden_size, initializer=init,
-                                           name="attention")
-        self.attention_layer_norm = (layer_norm(s.layer_norm_epsilon, "attention_layer_norm", center=s.norm_bias)
+                                           name="attention", dtype=self.dtype_policy)
+        self.attention_layer_norm = (layer_norm(s.layer_norm_epsilon, "attention_layer_norm", center=s.norm_bias,
+                                                dtype=self.dtype_policy)
                                      if s.attention_norm else None)
-        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout")
+        self.attention_dropout = keras.layers.Dropout(s.dropout_rate, name="attention_dropout", dtype=self.dtype_policy)
         self.feedforward = GLUFeedforward(spec=s.feedforward, hidden_size=self.hidden_size, initializer=init,
                                           norm_first=True, layer_norm_epsilon=s.layer_norm_epsilon,
-                                          layer_norm_bias=s.norm_bias, name="feedforward")
+                                          layer_norm_bias=s.norm_bias, name="feedforward",
+                                          dtype=self.dtype_policy)
 
     def build(self, x_shape, attention_bias_shape=None):
         self.attention.build(x_shape, attention_bias_shape)

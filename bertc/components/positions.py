@@ -495,7 +495,7 @@ class DisentangledPositions(PositionScheme):
     def __init__(self, spec, hidden_size, initializer=None, num_heads: int = 1, **kwargs):
         super().__init__(spec, hidden_size, initializer, num_heads, **kwargs)
         self.rel_layer_norm = (keras.layers.LayerNormalization(axis=-1, epsilon=self.spec.layer_norm_epsilon,
-                                                               name="rel_layer_norm")
+                                                               name="rel_layer_norm", dtype=self.dtype_policy)
                                if self.spec.norm_rel_ebd == "layer_norm" else None)
 
     @property
