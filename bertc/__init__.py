@@ -27,7 +27,7 @@ if "tensorflow" not in sys.modules:
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of", "load_weights",
-           "import_spec", "Runtime"]
+           "import_spec", "Runtime", "serializable"]
 
 from bertc import registry as _registry  # noqa: E402
 from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python: ONNX Runtime, no TensorFlow)
@@ -165,3 +165,13 @@ def import_spec(source, spec_path, name=None):
     from bertc.importers import import_spec as _import
 
     return _import(source, spec_path, name)
+
+
+def serializable(cls):
+    """Register a plug-in's layer class with Keras' serialization (as bertc's own layers are), so that a model.keras
+    holding it loads wherever the plug-in is loaded: ``@bertc.serializable`` on the class, beside its registration
+    (``@ATTENTION.register(...)``). A plug-in layer class without it is refused (``PluginError``) before a build
+    writes a model.keras that no process could load."""
+    from bertc.components.common import serializable as _serializable
+
+    return _serializable(cls)

@@ -130,8 +130,24 @@ def _load(plugin: str) -> dict:
     except Exception as exc:
         raise PluginError(f"plugin {plugin} failed to import: {_where(exc)}") from None
     added = sorted(_registered() - before)
+    _refuse_unloadable(plugin, module, added)
     return {"plugin": plugin, "module": module.__name__, "path": str(path) if path else None,
             "registered": [f"{kind} {name!r}" for kind, name in added]}
+
+
+def _refuse_unloadable(plugin: str, module, added) -> None:
+    """A plug-in whose layer classes a saved model.keras could not rebuild (no ``@bertc.serializable``, a ``spec_cls``
+    of another type) is refused now, what it registered taken back: a build would write a model.keras that no
+    process could load (``bertc.registry.serialization_problem``)."""
+    from bertc.registry import BY_KIND, serialization_problem
+
+    problems = [p for p in (serialization_problem(BY_KIND[kind].get(name)) for kind, name in added) if p]
+    if problems:
+        for kind, name in added:
+            BY_KIND[kind].unregister(name)
+        if module.__name__.startswith("bertc_plugin_"):   # as one that fails while importing: not left behind
+            sys.modules.pop(module.__name__, None)
+        raise PluginError(f"plugin {plugin}: " + "; ".join(problems))
 
 
 def _where(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import sys
 import typing
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -75,6 +76,68 @@ def origin_of(component: Any) -> str:
     return f"{module}.{name}" + (f" ({file})" if file else "")
 
 
+LAYER_KINDS = ("embedding", "position", "attention", "feedforward", "block")   # the kinds whose components are Keras layers
+
+
+def is_builtin(component: Any) -> bool:
+    """Whether ``component`` is one of bertc's own (defined in the ``bertc`` package), not a plug-in's."""
+    module = getattr(component, "__module__", None) or ""
+    return module == "bertc" or module.startswith("bertc.")
+
+
+_verified = weakref.WeakSet()   # plug-in layer classes seen to be loadable from a model.keras
+
+
+def serialization_problem(entry: Entry) -> Optional[str]:
+    """Why a model.keras holding the plug-in layer class ``entry.component`` could not be loaded again (None when
+    it could, or when it is bertc's own or no Keras layer): the class is not registered with Keras' serialization
+    (no ``@bertc.serializable``), or its ``spec_cls`` is not the spec it registers with (``from_config`` would
+    rebuild it from another spec, whose ``type`` refuses the saved one)."""
+    cls = entry.component
+    keras = sys.modules.get("keras")
+    if (keras is None or entry.kind not in LAYER_KINDS or is_builtin(cls) or not isinstance(cls, type)
+            or not issubclass(cls, keras.layers.Layer)):
+        return None
+    what = f"{entry.kind} {entry.name!r}: {origin_of(cls)}"
+    registered = keras.saving.get_registered_name(cls)
+    if keras.saving.get_registered_object(registered) is not cls:
+        return (f"{what} is not registered with Keras' serialization, so the model.keras a build writes could not "
+                f"be loaded again, not even with the plug-in: decorate the class with @bertc.serializable "
+                f"(bertc.components.common.serializable)")
+    own = getattr(cls, "spec_cls", None)
+    if own is None and any("spec_cls" in vars(c).get("__annotations__", {}) for c in cls.__mro__):
+        return (f"{what} sets no spec_cls, so a saved model.keras could not rebuild its spec: set "
+                f"spec_cls = {entry.spec.__name__} in the class")
+    if own is not None and own is not entry.spec and _literal_type(own) != (entry.name,):
+        return (f"{what} has spec_cls = {own.__name__} (type {', '.join(map(repr, _literal_type(own))) or '?'}), "
+                f"not the spec it registers with, so a saved model.keras would be rebuilt from {own.__name__} and "
+                f"refused: set spec_cls = {entry.spec.__name__} in the class")
+    return None
+
+
+def _literal_type(spec: type) -> tuple:
+    field = getattr(spec, "model_fields", {}).get("type")
+    return typing.get_args(field.annotation) if field is not None else ()
+
+
+def _verify(entry: Entry) -> None:
+    """Refuse (:class:`PluginError`) a plug-in layer class whose model.keras could not be loaded again, when a build
+    first asks for it (decorators may come in either order, so not at registration)."""
+    cls = entry.component
+    try:
+        if cls in _verified:
+            return
+    except TypeError:   # not weakly referable: no class
+        return
+    problem = serialization_problem(entry)
+    if problem:
+        from bertc.errors import PluginError
+
+        raise PluginError(problem)
+    if entry.kind in LAYER_KINDS and sys.modules.get("keras") is not None:
+        _verified.add(cls)
+
+
 def close_matches(name: str, names) -> str:
     """`` (did you mean 'x'?)`` for a name close to one of ``names`` (a typo), else ''."""
     close = difflib.get_close_matches(str(name), sorted(names), n=1)
@@ -128,7 +191,11 @@ class Registry:
                            f"known: {known}") from None
 
     def component(self, name: str) -> Any:
-        return self.get(name).component
+        """The class registered under ``name``; a plug-in's Keras layer class that a saved model.keras could not
+        rebuild (:func:`serialization_problem`) is refused here, before a build writes one."""
+        entry = self.get(name)
+        _verify(entry)
+        return entry.component
 
     def create(self, spec, *args, **kwargs) -> Any:
         """The component registered under ``spec.type``, built from ``spec`` (``cls(spec, *args, **kwargs)``)."""

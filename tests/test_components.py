@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bertc
-from bertc.components.common import tf
+from bertc.components.common import serializable, tf
 from bertc.registry import ATTENTION, BLOCKS, ENCODERS, Registry
 from bertc.spec import load_spec
 from conftest import spec_dict
@@ -199,6 +199,7 @@ def test_registered_plugin_is_built_and_called():
         type: Literal["recording"] = "recording"
 
     @ATTENTION.register("recording", spec=RecordingSpec, description="test double")
+    @serializable
     class RecordingAttention(MultiHeadAttention):
         spec_cls = RecordingSpec
 

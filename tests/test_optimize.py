@@ -447,12 +447,14 @@ def test_plugin_attention_without_lowering_takes_the_portable_path_and_passes_pa
     optimized graph; the blocks around it keep their fused layer norms, and parity holds."""
     from bertc.cli import main
     from bertc.components.attention import AttentionSpecBase, MultiHeadAttention
+    from bertc.components.common import serializable
     from bertc.registry import ATTENTION
 
     class DoubledSpec(AttentionSpecBase):
         type: Literal["doubled_logits"] = "doubled_logits"
 
     @ATTENTION.register("doubled_logits", spec=DoubledSpec, description="test plug-in without ONNX lowering")
+    @serializable
     class DoubledLogits(MultiHeadAttention):
         """Inherits multi_head's lowering, which would be wrong for it: it must not be used."""
         spec_cls = DoubledSpec
@@ -496,12 +498,14 @@ def _plugin_feedforward():
     import tensorflow as tf
 
     from bertc.components.feedforward import DenseFeedforward, DenseFeedforwardSpec
+    from bertc.components.common import serializable
     from bertc.registry import FEEDFORWARD
 
     class SquaredReluSpec(DenseFeedforwardSpec):
         type: Literal["squared_relu"] = "squared_relu"
 
     @FEEDFORWARD.register("squared_relu", spec=SquaredReluSpec, description="test plug-in without ONNX lowering")
+    @serializable
     class SquaredRelu(DenseFeedforward):
         spec_cls = SquaredReluSpec
 
@@ -515,12 +519,14 @@ def _plugin_feedforward():
 
 def _plugin_block():
     from bertc.components.blocks import ScaffoldBlock, ScaffoldBlockSpec
+    from bertc.components.common import serializable
     from bertc.registry import BLOCKS
 
     class HalvedSpec(ScaffoldBlockSpec):
         type: Literal["halved"] = "halved"
 
     @BLOCKS.register("halved", spec=HalvedSpec, description="test plug-in without ONNX lowering")
+    @serializable
     class Halved(ScaffoldBlock):
         spec_cls = HalvedSpec
 
@@ -534,12 +540,14 @@ def _plugin_block():
 
 def _plugin_embeddings():
     from bertc.components.embeddings import EmbeddingNetwork, StandardEmbeddingSpec
+    from bertc.components.common import serializable
     from bertc.registry import EMBEDDINGS
 
     class ScaledSpec(StandardEmbeddingSpec):
         type: Literal["scaled"] = "scaled"
 
     @EMBEDDINGS.register("scaled", spec=ScaledSpec, description="test plug-in without ONNX lowering")
+    @serializable
     class Scaled(EmbeddingNetwork):
         spec_cls = ScaledSpec
 
@@ -614,12 +622,14 @@ def test_plugin_tf2onnx_cannot_convert_is_reported_and_the_build_goes_on(tmp_pat
     import tensorflow as tf
 
     from bertc.components.feedforward import DenseFeedforward, DenseFeedforwardSpec
+    from bertc.components.common import serializable
     from bertc.registry import FEEDFORWARD
 
     class LgammaSpec(DenseFeedforwardSpec):
         type: Literal["lgamma_ff"] = "lgamma_ff"
 
     @FEEDFORWARD.register("lgamma_ff", spec=LgammaSpec, description="test plug-in tf2onnx cannot convert")
+    @serializable
     class LgammaFeedforward(DenseFeedforward):
         spec_cls = LgammaSpec
 

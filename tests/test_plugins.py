@@ -210,3 +210,98 @@ def test_an_unknown_component_type_suggests_the_close_one(kind, typo, meant):
     with pytest.raises(KeyError) as err:
         getattr(bertc.registry, kind).get(typo)
     assert f"type {typo!r} (did you mean {meant!r}?); known: " in str(err.value)
+
+
+# --- a plug-in's layer classes must survive model.keras: Keras serialization -----------------------------
+
+def _architecture_example() -> str:
+    """ARCHITECTURE.md's worked plug-in example (ALiBi-style distance bias), verbatim."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    section = text[text.index("### Worked example: ALiBi"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    return code[:code.index("\n```")] + "\n"
+
+
+@pytest.fixture
+def unload():
+    """What a test loads in this process (plug-ins, their components) is taken out again afterwards."""
+    import bertc.plugins
+    from bertc.registry import ALL
+
+    loaded = dict(bertc.plugins._loaded)
+    names = {(r.kind, n) for r in ALL for n in r.names()}
+    modules = set(sys.modules)
+    yield
+    for registry in ALL:
+        for name in registry.names():
+            if (registry.kind, name) not in names:
+                registry.unregister(name)
+    bertc.plugins._loaded.clear()
+    bertc.plugins._loaded.update(loaded)
+    for module in set(sys.modules) - modules:
+        if module.startswith("bertc_plugin_") or module.startswith("plugin_under_test"):
+            del sys.modules[module]
+
+
+def _distance_bias_spec():
+    from conftest import tiny_bert
+
+    d = tiny_bert()
+    d["encoder"]["position"] = {"type": "distance_bias"}
+    return d
+
+
+def test_architecture_example_plugin_writes_a_model_keras_that_loads_again(tmp_path, unload):
+    """The worked example was copied into plug-ins that built with exit 0 and a model.keras nothing could load
+    (`Could not locate class 'DistanceBias'`, with the plug-in loaded too): it lacked @serializable."""
+    import numpy as np
+
+    import bertc
+    from bertc.inputs import make_inputs
+    from bertc.plugins import load_plugins
+
+    plugin = tmp_path / "alibi.py"
+    plugin.write_text(_architecture_example())
+    load_plugins([str(plugin)])
+    spec = bertc.load_spec(_distance_bias_spec())
+    model = bertc.build_model(spec).model
+    model.save(tmp_path / "model.keras")
+    loaded = bertc.load_model(tmp_path / "model.keras")
+    inputs = make_inputs(spec, 2, 6, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)["logits"]), np.asarray(model(inputs)["logits"]))
+
+
+def test_a_plugin_layer_class_a_model_keras_could_not_rebuild_is_refused(tmp_path, unload, capsys):
+    """Without @serializable (or with the spec_cls of another type) the build's model.keras could never be loaded:
+    refused when the plug-in is loaded (exit 2), or when a build first asks for the class (a plain import),
+    naming the class, its file and the fix; nothing is left registered."""
+    from bertc.errors import PluginError
+    from bertc.registry import POSITIONS
+
+    bare = tmp_path / "alibi.py"
+    bare.write_text(_architecture_example().replace("@serializable\n", ""))
+    assert main(["--plugin", str(bare), "list"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert (f"error: plugin {bare}: position 'distance_bias': bertc_plugin_alibi.DistanceBias ({bare}) is not "
+            f"registered with Keras' serialization, so the model.keras a build writes could not be loaded again, "
+            f"not even with the plug-in: decorate the class with @bertc.serializable") in err
+    assert "distance_bias" not in POSITIONS and "bertc_plugin_alibi" not in sys.modules
+
+    sys.path.insert(0, str(tmp_path))   # imported as a module of one's own: refused by the build that uses it
+    try:
+        bare.rename(tmp_path / "plugin_under_test.py")
+        import plugin_under_test  # noqa: F401
+    finally:
+        sys.path.remove(str(tmp_path))
+    import bertc
+
+    with pytest.raises(PluginError, match=r"position 'distance_bias': plugin_under_test\.DistanceBias \(.*"
+                                          r"plugin_under_test\.py\) is not registered with Keras' serialization"):
+        bertc.build_model(_distance_bias_spec())
+    POSITIONS.unregister("distance_bias")
+
+    no_spec = tmp_path / "no_spec.py"   # serializable, but from_config could not rebuild its spec
+    no_spec.write_text(_architecture_example().replace("    spec_cls = DistanceBiasSpec", "    pass"))
+    assert main(["--plugin", str(no_spec), "list"]) == EXIT_BAD_SPEC
+    assert (f"position 'distance_bias': bertc_plugin_no_spec.DistanceBias ({no_spec}) sets no spec_cls, so a saved "
+            f"model.keras could not rebuild its spec: set spec_cls = DistanceBiasSpec") in capsys.readouterr().err

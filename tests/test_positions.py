@@ -206,6 +206,7 @@ def test_plugin_position_scheme_and_head_build_with_parity_and_an_optimized_arti
     from bertc.components.heads import Head, SentencePooling
     from bertc.components.positions import PositionScheme
     from bertc.losses import weighted_sparse_categorical_crossentropy
+    from bertc.components.common import serializable
     from bertc.registry import HEADS, POSITIONS
     from bertc.signature import OutputInfo
     from bertc.specbase import PositiveInt, StrictModel
@@ -216,6 +217,7 @@ def test_plugin_position_scheme_and_head_build_with_parity_and_an_optimized_arti
     calls = []
 
     @POSITIONS.register("distance_bias", spec=DistanceBiasSpec, description="test plug-in: -slope_h * |i - j|")
+    @serializable
     class DistanceBias(PositionScheme):
         spec_cls = DistanceBiasSpec
 
@@ -274,6 +276,16 @@ def test_plugin_position_scheme_and_head_build_with_parity_and_an_optimized_arti
         assert fusion["layers"]["head"]["mean_classifier"] == "mean pooling, Gemm"
         assert not fusion["pruned"]
         assert {"onnx_optimized", "onnx_int8"} <= set(report["artifacts"])
+        # the model.keras it wrote loads again (ARCHITECTURE.md's example had no @serializable: it never did)
+        from bertc.transfer import load_keras_model
+
+        calls.clear()
+        loaded = load_keras_model(out)
+        assert calls                                            # rebuilt with the plug-in's own class
+        spec = load_spec(d)
+        inputs = make_inputs(spec, 2, 7, np.random.default_rng(0))
+        np.testing.assert_allclose(np.asarray(loaded(inputs)["logits"]),
+                                   np.asarray(build_model(spec).model(inputs)["logits"]), atol=1e-6)
     finally:
         POSITIONS.unregister("distance_bias")
         HEADS.unregister("mean_classifier")

@@ -238,12 +238,14 @@ def test_plugin_attention_takes_the_portable_path_with_the_rotary_tables():
     """A plug-in attention that changes the maths (no lowering of its own) is converted by tf2onnx with this
     layer's cos / sin (S, D) as two more traced inputs, and still matches Keras."""
     from bertc.components.attention import AttentionSpecBase, MultiHeadAttention
+    from bertc.components.common import serializable
     from bertc.registry import ATTENTION
 
     class HalvedSpec(AttentionSpecBase):
         type: Literal["rotary_test_halved"] = "rotary_test_halved"
 
     @ATTENTION.register("rotary_test_halved", spec=HalvedSpec, description="test plug-in without ONNX lowering")
+    @serializable
     class HalvedLogits(MultiHeadAttention):
         spec_cls = HalvedSpec
 
