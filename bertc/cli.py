@@ -146,18 +146,28 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
 
     if not quiet:
         _err(f"bertc build {spec} -> {out}")
-    _import_quietly()
     opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity, optimize=not no_optimize,
                         opset=int(opset) if opset else None, input_dtype="int64" if int64_inputs else None,
                         keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
                         onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,
                         memory_limit=_size(memory_limit), variants=variants, calibration=calibration)
     try:
-        with _native_log():   # TF / converter C++ chatter
-            try:
-                report = run_build(spec, opts, hook, status)
-            finally:
-                status.clear()
+        with _sigterm_unwinds():
+            _import_quietly()
+            with _native_log():   # TF / converter C++ chatter
+                try:
+                    report = run_build(spec, opts, hook, status)
+                finally:
+                    status.clear()
+    except (_Terminated, KeyboardInterrupt) as exc:   # unwound: the staging directory, the lock and the log are gone
+        terminated = isinstance(exc, _Terminated)
+        _err(f"{'terminated' if terminated else 'interrupted'}; nothing was written")
+        # what the signal cut short mid-construction (TensorFlow's objects) may complain as the interpreter collects
+        # it at exit: noise after this line
+        import atexit
+
+        atexit.register(setattr, sys, "unraisablehook", lambda unraisable: None)
+        raise SystemExit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
     except BertcError as exc:
         failed = getattr(exc, "kept_in", None)   # OUT.failed, or OUT.failed-2 ... when OUT.failed is not a build's
         if failed is None or not (failed / "summary.txt").exists():
@@ -191,6 +201,30 @@ def _shown(path: Path) -> Path:
         return Path(os.path.relpath(path)) if path.is_absolute() and Path.cwd() in path.parents else path
     except (OSError, ValueError):
         return path
+
+
+class _Terminated(BaseException):   # not an Exception: no handler on the way may take it for an error of its own
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM (``timeout``, ``kill``, a job scheduler) raises :class:`_Terminated`, so that the command unwinds as on
+    Ctrl-C; Python's default ends the process where it stands, leaving its temporary files behind."""
+    import signal
+    import threading
+
+    def terminated(signum, frame):
+        raise _Terminated()
+
+    if threading.current_thread() is not threading.main_thread():   # where signal handlers run, and are set
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -633,15 +667,16 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(EXIT_BROKEN_PIPE) from None
-    except Terminated:   # the result's temporary file is gone (run_io.atomic_result)
-        rows = None
+    except (Terminated, KeyboardInterrupt) as exc:   # the result's temporary file is gone (run_io.atomic_result)
+        rows, interrupted = None, isinstance(exc, KeyboardInterrupt)
     finally:
         progress.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if rows is None:
-        _err("terminated" + ("" if str(result) == "-" else "; nothing was written"))
-        raise SystemExit(EXIT_TERMINATED)   # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+        _err(("interrupted" if interrupted else "terminated") + ("" if str(result) == "-" else "; nothing was written"))
+        # 128 + SIGINT / SIGTERM, as a shell reports a process that the signal ended
+        raise SystemExit(EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED)
     seconds = time.perf_counter() - start
     if not quiet:
         _err(f"wrote {'standard output' if str(result) == '-' else result}: {rows:,} {runtime.kind} result(s) in "
@@ -710,8 +745,8 @@ def main(argv=None) -> int:
     except click.ClickException as exc:   # a usage error (a missing -o, a bad --variants): one line, as every error
         _err(usage_error_line(exc, argv))
         return EXIT_BAD_SPEC
-    except click.exceptions.Abort:
-        _err("aborted")
+    except click.exceptions.Abort as exc:   # Click's for Ctrl-C (KeyboardInterrupt) where a command does not say more
+        _err("interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else "aborted")
         return EXIT_INTERRUPTED
     except BertcError as exc:
         _err(f"error: {exc}")

@@ -20,6 +20,7 @@ swap, a build is put back there (:func:`_recover`): the only copy of a build is 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -218,6 +219,25 @@ def failed_slot(out: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _signals_ignored():
+    """SIGINT and SIGTERM ignored while a finished build is put in place (renames, then the removal of what it
+    replaced: a moment): Ctrl-C, or SIGTERM unwinding as Ctrl-C does, between the swap's two renames would leave no
+    OUT. The build ends right after and says how it went (a signal a moment later would have found it ended)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():   # where signal handlers run, and are set
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 class _NotReplaceable(Exception):
     """What is at OUT when the new build is to be put there is not this build's to replace (its message says why)."""
 
@@ -281,16 +301,19 @@ class StagedOutput:
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
-                try:
-                    self._swap_in()
-                except _NotReplaceable as why:   # what is at OUT now is left alone; the new build is kept beside it
-                    self._keep_failed(None)
-                    where = (f"{self._beside_given(self.kept_in)}/" if self.kept_in != self.tmp else
-                             f"its staging directory {self.tmp} (removed by the next build of {self.given}: move it)")
-                    raise OutputError(f"{why}: left alone; the new build (complete, it passed) is kept in {where} "
-                                      f"instead") from None
-            elif self.tmp is not None and (self.tmp / "report.json").exists() and not issubclass(exc_type, KeyboardInterrupt):
-                self._keep_failed(exc)
+                with _signals_ignored():
+                    try:
+                        self._swap_in()
+                    except _NotReplaceable as why:   # what is at OUT now is left alone; the new build is kept beside it
+                        self._keep_failed(None)
+                        where = (f"{self._beside_given(self.kept_in)}/" if self.kept_in != self.tmp else
+                                 f"its staging directory {self.tmp} (removed by the next build of {self.given}: "
+                                 f"move it)")
+                        raise OutputError(f"{why}: left alone; the new build (complete, it passed) is kept in {where} "
+                                          f"instead") from None
+            elif self.tmp is not None and (self.tmp / "report.json").exists() and issubclass(exc_type, Exception):
+                with _signals_ignored():   # a failed build (not Ctrl-C, nor SIGTERM's unwinding: those keep nothing)
+                    self._keep_failed(exc)
             elif self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:

@@ -188,3 +188,63 @@ def test_a_complete_staged_build_of_a_killed_first_build_is_put_in_place(tmp_pat
         assert _marker(tmp_path / "out") == "new"   # put in place before this build's work
         _stage(staging, "newer")
     assert _marker(tmp_path / "out") == "newer" and _names(tmp_path) == ["out"]
+
+
+# --- D7: SIGTERM unwinds a build as Ctrl-C does; neither can cut the swap in two -----------------------------------
+
+class _Unhandled(BaseException):
+    """What SIGTERM raises here if the build installs no handler of its own (rather than killing pytest)."""
+
+
+@pytest.fixture
+def sigterm_guard():
+    import signal
+
+    def unhandled(signum, frame):
+        raise _Unhandled()
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signame, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_mid_build_unwinds_it(tmp_spec, tmp_path, monkeypatch, capsys, sigterm_guard, signame, code, word):
+    import signal
+    import tempfile
+
+    import bertc.export.keras_file as keras_file
+
+    save_keras = keras_file.save_keras
+
+    def save_then_signal(*args, **kwargs):   # a staged artifact is there when the signal comes
+        entry = save_keras(*args, **kwargs)
+        os.kill(os.getpid(), getattr(signal, signame))
+        return entry
+
+    monkeypatch.setattr(keras_file, "save_keras", save_then_signal)
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q", "--no-export"]) == code
+    assert capsys.readouterr().err.splitlines()[-1] == f"{word}; nothing was written"
+    assert _names(tmp_path) == ["spec.json"]   # no staging directory, no .out.lock
+    assert not (Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log").exists()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_between_the_swaps_renames_waits_for_the_swap(tmp_path, monkeypatch, sigterm_guard, signame):
+    import signal
+
+    out = _build(tmp_path / "out")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if ".old-" in Path(dst).name:
+            os.kill(os.getpid(), getattr(signal, signame))
+
+    with StagedOutput(out, force=True) as staging:
+        _stage(staging, "new")
+        monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.undo()
+    assert _marker(out) == "new" and _names(tmp_path) == ["out"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers put back
