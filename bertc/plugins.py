@@ -139,15 +139,21 @@ def _refuse_unloadable(plugin: str, module, added) -> None:
     """A plug-in whose layer classes a saved model.keras could not rebuild (no ``@bertc.serializable``, a ``spec_cls``
     of another type) is refused now, what it registered taken back: a build would write a model.keras that no
     process could load (``bertc.registry.serialization_problem``)."""
-    from bertc.registry import BY_KIND, serialization_problem
+    from bertc.registry import BY_KIND, keras_namesake, serialization_problem
 
     problems = [p for p in (serialization_problem(BY_KIND[kind].get(name)) for kind, name in added) if p]
+    problems += [p for p in (keras_namesake(c) for c in _own_classes(module)) if p]   # helper layers too
     if problems:
         for kind, name in added:
             BY_KIND[kind].unregister(name)
         if module.__name__.startswith("bertc_plugin_"):   # as one that fails while importing: not left behind
             sys.modules.pop(module.__name__, None)
         raise PluginError(f"plugin {plugin}: " + "; ".join(problems))
+
+
+def _own_classes(module) -> list:
+    """The classes ``module`` defines itself (not those it imports)."""
+    return [v for v in list(vars(module).values()) if isinstance(v, type) and v.__module__ == module.__name__]
 
 
 def _where(exc: BaseException) -> str:

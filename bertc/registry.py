@@ -99,6 +99,9 @@ def serialization_problem(entry: Entry) -> Optional[str]:
             or not issubclass(cls, keras.layers.Layer)):
         return None
     what = f"{entry.kind} {entry.name!r}: {origin_of(cls)}"
+    clash = keras_namesake(cls)
+    if clash:
+        return f"{entry.kind} {entry.name!r}: {clash}"
     registered = keras.saving.get_registered_name(cls)
     if keras.saving.get_registered_object(registered) is not cls:
         return (f"{what} is not registered with Keras' serialization, so the model.keras a build writes could not "
@@ -113,6 +116,38 @@ def serialization_problem(entry: Entry) -> Optional[str]:
                 f"not the spec it registers with, so a saved model.keras would be rebuilt from {own.__name__} and "
                 f"refused: set spec_cls = {entry.spec.__name__} in the class")
     return None
+
+
+def keras_namesake(cls: Any) -> Optional[str]:
+    """Why the plug-in class ``cls`` cannot keep the name it is registered under with Keras' serialization, when
+    that name (``bertc>TransformerBlock``: ``@serializable`` names a class ``bertc>`` + its class name) is also the
+    name of bertc's own class or of another plug-in's registered component; else None. Keras keeps one class a
+    name, the last registered: a plug-in's ``TransformerBlock`` took bertc's, so that every ordinary model.keras
+    loaded afterwards in the process failed (or computed with the plug-in's class). The other class gets its name
+    back here, and ``cls`` is left unregistered."""
+    keras = sys.modules.get("keras")
+    if keras is None or not isinstance(cls, type) or is_builtin(cls):
+        return None
+    try:
+        from keras.src.saving.object_registration import GLOBAL_CUSTOM_NAMES as names
+    except ImportError:   # another Keras: nothing to compare with
+        return None
+    name = names.get(cls)
+    if name is None:
+        return None
+    mine = origin_of(cls)
+    live = {id(e.component) for r in ALL for e in r._entries.values()}
+    others = [c for c, n in list(names.items())
+              if n == name and c is not cls and (is_builtin(c) or id(c) in live) and origin_of(c) != mine]
+    if not others:
+        return None
+    owner = next((c for c in others if is_builtin(c)), others[-1])
+    keras.saving.get_custom_objects()[name] = owner
+    names.pop(cls, None)
+    return (f"{mine} is registered with Keras' serialization as {name!r}, which names {origin_of(owner)}: Keras "
+            f"keeps one class per name, so models holding the other class would be loaded with this one (in this "
+            f"process they would fail to load, or compute with the plug-in's code); give the class a name of its own "
+            f"(e.g. My{cls.__name__})")
 
 
 def _literal_type(spec: type) -> tuple:
@@ -170,6 +205,11 @@ class Registry:
                     f"{self.kind} {name!r} is already registered by {old.origin}; {origin} cannot register "
                     f"under the same name: give it a name of its own (its spec's type: Literal[...]) and use that "
                     f"type in the spec")
+            clash = keras_namesake(component)   # @serializable below this decorator has just taken the name
+            if clash:
+                from bertc.errors import PluginError
+
+                raise PluginError(f"{self.kind} {name!r}: {clash}")
             self._entries[name] = Entry(self.kind, name, spec, component, description, origin)
             _generation += 1
             return component

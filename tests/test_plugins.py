@@ -305,3 +305,68 @@ def test_a_plugin_layer_class_a_model_keras_could_not_rebuild_is_refused(tmp_pat
     assert main(["--plugin", str(no_spec), "list"]) == EXIT_BAD_SPEC
     assert (f"position 'distance_bias': bertc_plugin_no_spec.DistanceBias ({no_spec}) sets no spec_cls, so a saved "
             f"model.keras could not rebuild its spec: set spec_cls = DistanceBiasSpec") in capsys.readouterr().err
+
+
+CLASHING_BLOCK = '''
+from typing import Literal
+from bertc.components.blocks import ScaffoldBlock, TransformerBlockSpec
+from bertc.components.common import serializable
+from bertc.registry import BLOCKS
+
+
+class HalfResidualSpec(TransformerBlockSpec):
+    type: Literal["half_residual"] = "half_residual"
+
+
+@BLOCKS.register("half_residual", spec=HalfResidualSpec, description="residuals halved")
+@serializable
+class TransformerBlock(ScaffoldBlock):
+    spec_cls = HalfResidualSpec
+'''
+
+
+@pytest.mark.parametrize("order", ["registered last", "serializable last"])
+def test_a_plugin_class_named_as_a_bertc_class_is_refused_and_bertc_keeps_its_keras_name(tmp_path, unload, capsys,
+                                                                                          order):
+    """@serializable names a class 'bertc>' + its class name: a plug-in's TransformerBlock took bertc's own Keras
+    name, and every ordinary model.keras then failed to load in that process (or computed with the plug-in's class)."""
+    import keras
+
+    from bertc.components.blocks import TransformerBlock
+    from bertc.registry import BLOCKS
+
+    plugin = tmp_path / "my_block.py"
+    text = CLASHING_BLOCK if order == "registered last" else CLASHING_BLOCK.replace(
+        '@BLOCKS.register("half_residual", spec=HalfResidualSpec, description="residuals halved")\n@serializable\n',
+        '@serializable\n@BLOCKS.register("half_residual", spec=HalfResidualSpec, description="residuals halved")\n')
+    plugin.write_text(text)
+    assert main(["--plugin", str(plugin), "list"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert (f"block 'half_residual': bertc_plugin_my_block.TransformerBlock ({plugin}) is registered with Keras' "
+            f"serialization as 'bertc>TransformerBlock', which names bertc.components.blocks.TransformerBlock (") in err
+    assert "give the class a name of its own (e.g. MyTransformerBlock)" in err and "Traceback" not in err
+    assert keras.saving.get_registered_object("bertc>TransformerBlock") is TransformerBlock
+    assert keras.saving.get_registered_name(TransformerBlock) == "bertc>TransformerBlock"
+    assert "half_residual" not in BLOCKS
+
+
+def test_a_plugin_class_named_as_another_plugins_component_is_refused(tmp_path, unload, capsys):
+    """Two plug-ins' classes of one name: the second took the first one's Keras name. A plug-in class of a name of
+    its own keeps 'bertc>' + its class name, so the model.keras files of earlier builds still load."""
+    import keras
+
+    from bertc.plugins import load_plugins
+
+    first = tmp_path / "first.py"
+    first.write_text((EXAMPLE / "doubled_logits.py").read_text())
+    (record,) = load_plugins([str(first)])
+    doubled = sys.modules[record["module"]].DoubledLogits
+    assert keras.saving.get_registered_name(doubled) == "bertc>DoubledLogits"
+    second = tmp_path / "second.py"
+    second.write_text((EXAMPLE / "doubled_logits.py").read_text().replace('"doubled_logits"', '"tripled_logits"')
+                      .replace("DoubledLogitsSpec", "TripledLogitsSpec"))
+    assert main(["--plugin", str(second), "list"]) == EXIT_BAD_SPEC
+    assert (f"attention 'tripled_logits': bertc_plugin_second.DoubledLogits ({second}) is registered with Keras' "
+            f"serialization as 'bertc>DoubledLogits', which names bertc_plugin_first.DoubledLogits ({first})"
+            ) in capsys.readouterr().err
+    assert keras.saving.get_registered_object("bertc>DoubledLogits") is doubled
