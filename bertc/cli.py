@@ -15,6 +15,7 @@ from bertc.errors import (EXIT_BAD_SPEC, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_I
                           EXIT_TERMINATED, BertcError)
 from bertc.names import EXPORT_VARIANTS
 from bertc.quiet import import_log, native_stderr_to
+from bertc.plugins import plugin_error
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -749,6 +750,7 @@ def main(argv=None) -> int:
         _err("interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else "aborted")
         return EXIT_INTERRUPTED
     except BertcError as exc:
+        exc = plugin_error(exc) or exc   # bertc's check of a plug-in's output, re-raised by Keras: its own words
         _err(f"error: {exc}")
         return exc.exit_code
     except SystemExit as exc:
@@ -768,6 +770,10 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug in bertc: say so in one line, the traceback on request
         if _traceback_wanted():
             traceback.print_exc()
+        blamed = plugin_error(exc)   # raised by a plug-in's code: the plug-in's error (exit 2), not bertc's
+        if blamed is not None:
+            _err(f"error: {blamed}")
+            return blamed.exit_code
         _err(internal_error_line(exc))
         return EXIT_INTERNAL
 

@@ -12,7 +12,8 @@ code  name                         meaning
 0                                  success
 1     ``EXIT_CHECK_FAILED``        numeric validation failed (a check of ``bertc build``), or a
                                    weight transfer (``--init-from``) does not fit
-2     ``EXIT_BAD_SPEC``            the spec, the command line, the weights or a plug-in is wrong,
+2     ``EXIT_BAD_SPEC``            the spec, the command line, the weights or a plug-in is wrong
+                                   (a plug-in's own code raised, or returned the wrong shape),
                                    or the input of ``bertc run`` (a missing field, an empty text)
 3     ``EXIT_PARITY_FAILED``       a backend disagrees with the Keras reference (or the
                                    optimized lowering fails its structural check)

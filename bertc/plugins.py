@@ -13,8 +13,9 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Optional
 
-from bertc.errors import PluginError  # noqa: F401  (defined in bertc.errors; imported from here too)
+from bertc.errors import BertcError, PluginError  # noqa: F401  (PluginError imported from here too)
 
 ENV = "BERTC_PLUGINS"
 
@@ -149,6 +150,97 @@ def _refuse_unloadable(plugin: str, module, added) -> None:
         if module.__name__.startswith("bertc_plugin_"):   # as one that fails while importing: not left behind
             sys.modules.pop(module.__name__, None)
         raise PluginError(f"plugin {plugin}: " + "; ".join(problems))
+
+
+def label_of(cls) -> str:
+    """``plugin FILE: `` for a class of a loaded plug-in (the plug-in as it was given), else ''."""
+    module = sys.modules.get(getattr(cls, "__module__", None) or "")
+    file = getattr(module, "__file__", None)
+    plugin = _plugin_files().get(str(Path(file).resolve())) if file else None
+    return f"plugin {plugin}: " if plugin else ""
+
+
+def _plugin_files() -> dict:
+    """Resolved path -> plug-in (as given, or its module's name) of every file that holds a plug-in's code: the
+    plug-ins loaded here, and the modules of every registered component not bertc's own (a plug-in imported as a
+    module, a package's submodule)."""
+    from bertc.registry import ALL, is_builtin
+
+    files = {}
+    for record in loaded():
+        if record["path"]:
+            files[record["path"]] = record["plugin"]
+    for registry in ALL:
+        for entry in registry.entries():
+            module = sys.modules.get(getattr(entry.component, "__module__", None) or "")
+            file = getattr(module, "__file__", None)
+            if file and not is_builtin(entry.component):
+                files.setdefault(str(Path(file).resolve()), module.__name__)
+    return files
+
+
+def plugin_error(exc: BaseException) -> Optional[PluginError]:
+    """What to report for ``exc`` when a plug-in's code raised it (an exception in a component's ``__init__`` or
+    ``call``: not a bug in bertc), as a :class:`PluginError` (exit 2) naming the plug-in, the component, the file and
+    line of the innermost frame in the plug-in's code and the exception; for a :class:`PluginError` that Keras
+    re-raised with its own text around it (bertc's check of a plug-in's output), the first one's message. None when
+    ``exc`` is not a plug-in's.
+
+    Keras re-raises an exception of a layer's call as a new one of its type (its message wrapped in 'Exception
+    encountered when calling ...'), the one before as its context: the innermost of the chain is what was raised."""
+    chain, e = [], exc
+    while e is not None and not any(e is c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if isinstance(exc, PluginError):
+        first = [e for e in chain if isinstance(e, PluginError)][-1]
+        return None if first is exc or str(first) == str(exc) else PluginError(str(first))
+    if isinstance(exc, BertcError):   # bertc's own verdict (its message and exit code say it), wherever raised
+        return None
+    try:
+        files = _plugin_files()
+    except Exception:   # the registries unreadable: no plug-in to blame
+        return None
+    if not files:
+        return None
+    for e in reversed(chain):   # the innermost first
+        found = None
+        tb = e.__traceback__
+        while tb is not None:
+            file = str(Path(tb.tb_frame.f_code.co_filename).resolve())
+            if file in files:
+                found = (tb.tb_frame, tb.tb_lineno, file)
+            tb = tb.tb_next
+        if found is None:
+            continue
+        frame, line, file = found
+        what = _component_of(frame.f_locals.get("self"), file)
+        text = " ".join(str(e).split())
+        text = text if len(text) <= 500 else text[:500] + " ..."
+        return PluginError(f"plugin {files[file]}: {what}raised {type(e).__name__}" + (f": {text}" if text else "")
+                           + f" (at {file}:{line}, in {frame.f_code.co_name}); an error in the plug-in's code, "
+                             f"not in bertc")
+    return None
+
+
+def _component_of(obj, file: str) -> str:
+    """``feedforward 'bad_init' (class BadInit) `` for the component ``obj`` (a frame's ``self``) is, or the one
+    registered from ``file``; else ''."""
+    from bertc.registry import ALL
+
+    entries = [e for r in ALL for e in r.entries()]
+    if obj is not None:
+        for cls in type(obj).__mro__:
+            entry = next((e for e in entries if e.component is cls), None)
+            if entry is not None:
+                return f"{entry.kind} {entry.name!r} (class {type(obj).__name__}) "
+    from_file = [e for e in entries if getattr(sys.modules.get(getattr(e.component, "__module__", "") or ""),
+                                               "__file__", None) and
+                 str(Path(sys.modules[e.component.__module__].__file__).resolve()) == file]
+    if len(from_file) == 1:
+        e = from_file[0]
+        return f"{e.kind} {e.name!r} (class {getattr(e.component, '__name__', e.component)}) "
+    return ""
 
 
 def _own_classes(module) -> list:

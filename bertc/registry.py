@@ -18,6 +18,8 @@ plug-in registers itself the same way::
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import sys
 import typing
 import weakref
@@ -76,7 +78,7 @@ def origin_of(component: Any) -> str:
     return f"{module}.{name}" + (f" ({file})" if file else "")
 
 
-LAYER_KINDS = ("embedding", "position", "attention", "feedforward", "block")   # the kinds whose components are Keras layers
+LAYER_KINDS = ("embedding", "position", "attention", "feedforward", "block")   # kinds whose components are layers
 
 
 def is_builtin(component: Any) -> bool:
@@ -150,6 +152,66 @@ def keras_namesake(cls: Any) -> Optional[str]:
             f"(e.g. My{cls.__name__})")
 
 
+SHAPED_KINDS = ("attention", "feedforward", "block")   # call(x, ...) returns a tensor of x's shape
+
+
+def _check_outputs(kind: str, name: str, cls: Any) -> None:
+    """Wrap the ``call`` a plug-in layer class defines itself with a check of what it returns against its kind's
+    protocol (attention, feedforward, block: a tensor of its input's shape; position: a dict), raising a
+    :class:`PluginError` naming the plug-in, the component and its ``call``: a wrong shape failed in the next layer,
+    as Keras' 'internal error' of another class (``MultiHeadAttention ... 'attention_output'``). Static shapes
+    only, so it costs nothing per call; ``call``'s signature is kept (Keras reads it)."""
+    call = vars(cls).get("call") if isinstance(cls, type) else None
+    if (kind not in SHAPED_KINDS + ("position",) or not inspect.isfunction(call)
+            or getattr(call, "checks_outputs", False)):
+        return
+
+    @functools.wraps(call)
+    def checked(self, *args, **kwargs):
+        out = call(self, *args, **kwargs)
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        problem = _output_problem(kind, x, out)
+        if problem:
+            from bertc.errors import PluginError
+            from bertc.plugins import label_of
+
+            code = call.__code__
+            raise PluginError(f"{label_of(cls)}{kind} {name!r} (class {cls.__name__}): its call {problem} (at "
+                              f"{code.co_filename}:{code.co_firstlineno}, {cls.__module__}.{call.__qualname__})")
+        return out
+
+    checked.checks_outputs = True
+    cls.call = checked
+
+
+def _output_problem(kind: str, x: Any, out: Any) -> Optional[str]:
+    if kind == "position":
+        return None if isinstance(out, dict) else (f"returned {type(out).__name__}, where a position scheme returns "
+                                                   f"a dict (position_ids, attention_bias, ...; {{}} for none)")
+    given = _dims(getattr(x, "shape", None))
+    if given is None:
+        return None
+    if getattr(out, "shape", None) is None:
+        return f"returned {type(out).__name__}, where a {kind} returns one tensor of its input's shape {_shown(given)}"
+    got = _dims(out.shape)
+    if got is None or (len(got) == len(given) and None in (got[-1], given[-1])) or got == given:
+        return None
+    if len(got) == len(given) and got[-1] == given[-1]:
+        return None
+    return f"returned shape {_shown(got)}, where a {kind} returns its input's shape {_shown(given)}"
+
+
+def _dims(shape) -> Optional[tuple]:
+    try:
+        return None if shape is None else tuple(None if d is None else int(d) for d in shape)
+    except (TypeError, ValueError):   # unknown rank
+        return None
+
+
+def _shown(dims: tuple) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ")"
+
+
 def _literal_type(spec: type) -> tuple:
     field = getattr(spec, "model_fields", {}).get("type")
     return typing.get_args(field.annotation) if field is not None else ()
@@ -210,6 +272,8 @@ class Registry:
                 from bertc.errors import PluginError
 
                 raise PluginError(f"{self.kind} {name!r}: {clash}")
+            if not is_builtin(component):
+                _check_outputs(self.kind, name, component)
             self._entries[name] = Entry(self.kind, name, spec, component, description, origin)
             _generation += 1
             return component

@@ -370,3 +370,61 @@ def test_a_plugin_class_named_as_another_plugins_component_is_refused(tmp_path, 
             f"serialization as 'bertc>DoubledLogits', which names bertc_plugin_first.DoubledLogits ({first})"
             ) in capsys.readouterr().err
     assert keras.saving.get_registered_object("bertc>DoubledLogits") is doubled
+
+
+FAILING_FEEDFORWARD = '''from typing import Literal
+
+import bertc
+from bertc.components.feedforward import DenseFeedforward, DenseFeedforwardSpec
+from bertc.registry import FEEDFORWARD
+
+
+class FailingSpec(DenseFeedforwardSpec):
+    type: Literal["failing"] = "failing"
+
+
+@FEEDFORWARD.register("failing", spec=FailingSpec, description="fails")
+@bertc.serializable
+class Failing(DenseFeedforward):
+    spec_cls = FailingSpec
+'''
+FAILURES = {
+    "__init__": ("    def __init__(self, *args, **kwargs):\n        super().__init__(*args, **kwargs)\n"
+                 "        raise RuntimeError('needs a GPU')\n",
+                 "feedforward 'failing' (class Failing) raised RuntimeError: needs a GPU (at {file}:19, in __init__); "
+                 "an error in the plug-in's code, not in bertc"),
+    "call": ("    def call(self, x, training=None):\n        raise ValueError('no such op')\n",
+             "feedforward 'failing' (class Failing) raised ValueError: no such op (at {file}:18, in call); "
+             "an error in the plug-in's code, not in bertc"),
+    "shape": ("    def call(self, x, training=None):\n        return self.intermediate(x)\n",
+              "feedforward 'failing' (class Failing): its call returned shape (None, None, 32), where a feedforward "
+              "returns its input's shape (None, None, 16) (at {file}:17, bertc_plugin_failing.Failing.call)"),
+}
+
+
+@pytest.mark.parametrize("where", list(FAILURES))
+def test_an_error_in_a_plugins_code_is_the_plugins_naming_its_line(tmp_path, unload, capsys, where):
+    """It was 'internal error (a bug in bertc, please report it)', exit 70, naming neither the plug-in nor its line;
+    a wrong output shape failed in the next layer (MultiHeadAttention's 'attention_output')."""
+    code, expected = FAILURES[where]
+    plugin = tmp_path / "failing.py"
+    plugin.write_text(FAILING_FEEDFORWARD + "\n" + code)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "name": "failing", "encoder": {
+            "type": "scaffold", "hidden_size": 16, "num_layers": 1,
+            "embedding": {"type": "standard", "vocab_size": 50, "type_vocab_size": 2, "max_sequence_length": 8},
+            "hidden": {"type": "scaffold", "attention": {"type": "multi_head", "num_heads": 2},
+                       "feedforward": {"type": "failing", "intermediate_size": 32}}},
+        "head": {"type": "classifier", "num_classes": 2}}))
+    rc = main(["--plugin", str(plugin), "build", str(spec), "-o", str(tmp_path / "out"), "-q", "--no-export",
+               "--no-parity"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_BAD_SPEC, err
+    assert err == f"error: plugin {plugin}: " + expected.format(file=plugin) + "\n"
+    if where == "shape":   # from Python: the same error, whatever Keras wrote around it
+        import bertc
+        from bertc.errors import PluginError
+
+        with pytest.raises(PluginError, match=r"feedforward 'failing' \(class Failing\): its call returned shape"):
+            bertc.build_model(json.loads(spec.read_text()))
