@@ -7,6 +7,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bertc.specbase import DEFAULT_INITIALIZER, InitializerSpec, StrictModel, rebuild_component_models  # noqa: E402
@@ -40,6 +41,39 @@ def layer_norm(epsilon: float, name: str, center: bool = True, dtype=None) -> ke
     """A layer norm over the last axis; ``center=False``: no beta (ModernBERT's bias-free norms). ``dtype``:
     as :func:`dense`'s."""
     return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, name=name, center=center, dtype=dtype)
+
+
+def check_sequence_length(ids, limit: int, reads: str) -> None:
+    """Refuse (ValueError) a batch of ids (B, S) longer than the model's ``max_sequence_length`` ``limit``, which
+    the calling layer's ``reads`` (what it would index past) cannot serve; the bare TensorFlow slice / gather error
+    would name neither. It reads the static shape only: no op joins a traced graph (an exported one's S is unknown,
+    so it checks nothing there), and a Keras model called eagerly, or traced on a known length, is checked."""
+    shape = tf.TensorShape(getattr(ids, "shape", None))
+    length = shape[-1] if shape.rank and shape.rank >= 2 else None
+    if length is not None and int(length) > int(limit):
+        raise ValueError(f"the input has {int(length)} tokens per sequence, more than this model's max_sequence_length "
+                         f"{int(limit)} ({reads}): cut or split the sequences to at most {int(limit)} tokens")
+
+
+def concrete_values(tensor):
+    """``tensor``'s values as numpy when it has them (eager execution), else None (traced: no op is added)."""
+    if not (tf.executing_eagerly() and hasattr(tensor, "numpy")):
+        return None
+    return np.asarray(tensor.numpy())
+
+
+def check_ids(ids, size: int, input_name: str, limit_name: str, hint: str = "") -> None:
+    """Refuse (ValueError) ids outside ``[0, size)`` when they are concrete (a Keras model called eagerly),
+    naming the input, the first offending id and the model's ``limit_name``; the bare TensorFlow gather error
+    names neither. Traced (an exported graph, ``fit`` / ``predict``), it does nothing: no op is added."""
+    values = concrete_values(ids)
+    if values is None or not values.size:
+        return
+    bad = (values < 0) | (values >= size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{input_name} holds {int(values[where])} (at {list(where)}), outside this model's "
+                         f"{limit_name} {int(size)} (ids 0 to {int(size) - 1}){hint}")
 
 
 def with_last_dim(shape, width: int) -> tuple:

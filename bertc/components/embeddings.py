@@ -16,7 +16,8 @@ import keras
 import tensorflow as tf
 
 from bertc.components.base import portable
-from bertc.components.common import SpecLayer, dense, dense_params, initializer, layer_norm, serializable
+from bertc.components.common import (SpecLayer, check_ids, check_sequence_length, concrete_values, dense,
+                                     dense_params, initializer, layer_norm, serializable)
 from bertc.registry import EMBEDDINGS
 from bertc.specbase import Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel, TypeVocabSize, VocabSize
 
@@ -111,6 +112,27 @@ class Embedding(SpecLayer):
         return x, table
 
 
+def _check_inputs(layer, inputs) -> None:
+    """Refuse an input past a limit of the embedding network, naming it (Python only, no op: see :func:`check_ids`)."""
+    s = layer.spec
+    check_ids(inputs["input_word_ids"], s.vocab_size, "input_word_ids", "vocab_size",
+              " (text tokenized for another model?)")
+    if layer.type_embeddings is not None:
+        check_ids(inputs["input_type_ids"], s.type_vocab_size, "input_type_ids", "type_vocab_size")
+    if layer.position_embeddings is None:
+        return
+    n, rows = s.max_sequence_length, s.max_sequence_length + layer.position_offset
+    if "position_ids" in inputs:   # from the position scheme: past the table only when a sequence is too long
+        ids = concrete_values(inputs["position_ids"])
+        top = int(ids.max()) if ids is not None and ids.size else 0
+        if top >= rows:
+            raise ValueError(f"a sequence has more tokens than this model's max_sequence_length {n} (its position ids "
+                             f"reach {top}, past the {rows} rows of its position_embeddings table): cut or split the "
+                             f"sequences to at most {n} tokens")
+    else:
+        check_sequence_length(inputs["input_word_ids"], rows, f"its position_embeddings table has {rows} rows")
+
+
 @serializable
 class EmbeddingNetwork(Embedding):
     """Embeddings as BERT/ALBERT compute them; weight names follow Model Garden."""
@@ -160,6 +182,7 @@ class EmbeddingNetwork(Embedding):
         return n + (dense_params(e, hidden_size) if spec.projects(hidden_size) else 0)
 
     def call(self, inputs, training=None):
+        _check_inputs(self, inputs)
         word_ids = inputs["input_word_ids"]
         table = tf.convert_to_tensor(self.word_embeddings)
         x = tf.gather(table, word_ids)

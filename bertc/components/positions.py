@@ -62,7 +62,7 @@ import keras
 from pydantic import Field
 
 from bertc.components.base import portable
-from bertc.components.common import SpecLayer, initializer, serializable
+from bertc.components.common import SpecLayer, check_sequence_length, initializer, serializable
 from bertc.registry import POSITIONS
 from bertc.specbase import NonNegativeInt, PositiveInt, StrictModel
 
@@ -291,6 +291,8 @@ class RelativeBias(PositionScheme):
 
     def call(self, inputs):
         mask = inputs["input_mask"]
+        check_sequence_length(mask, self.max_sequence_length, "its relative position buckets are looked up for "
+                              "distances within it")
         positions = tf.range(tf.shape(mask)[1])
         relative = tf.expand_dims(positions, 0) - tf.expand_dims(positions, 1) + (self.max_sequence_length - 1)
         buckets = tf.gather(tf.constant(bucket_lookup(self.spec, self.max_sequence_length)), relative)   # [i, j]
@@ -520,6 +522,8 @@ class DisentangledPositions(PositionScheme):
         return {"disentangled": (positions["relative_embeddings"], positions["relative_positions"])}
 
     def call(self, inputs):
+        check_sequence_length(inputs["input_mask"], self.max_sequence_length, "its disentangled relative positions "
+                              "are looked up for distances within it")
         length = tf.shape(inputs["input_mask"])[1]
         n = self.max_sequence_length
         window = tf.gather(tf.constant(disentangled_row_window(self.spec, n)), length)           # [first, stop)
