@@ -192,9 +192,10 @@ def plugin_error(exc: BaseException) -> Optional[PluginError]:
     while e is not None and not any(e is c for c in chain):
         chain.append(e)
         e = e.__cause__ or e.__context__
-    if isinstance(exc, PluginError):
+    if isinstance(exc, PluginError):   # Keras' copies only: a PluginError of bertc's own says what it means to
         first = [e for e in chain if isinstance(e, PluginError)][-1]
-        return None if first is exc or str(first) == str(exc) else PluginError(str(first))
+        keras = str(exc).startswith(("Exception encountered when calling", "Could not automatically infer"))
+        return PluginError(str(first)) if keras and first is not exc else None
     if isinstance(exc, BertcError):   # bertc's own verdict (its message and exit code say it), wherever raised
         return None
     try:
