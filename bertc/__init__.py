@@ -27,7 +27,7 @@ if "tensorflow" not in sys.modules:
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of", "load_weights",
-           "import_spec", "Runtime", "serializable"]
+           "import_spec", "Runtime", "serializable", "load_plugin"]
 
 from bertc import registry as _registry  # noqa: E402
 from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python: ONNX Runtime, no TensorFlow)
@@ -175,3 +175,15 @@ def serializable(cls):
     from bertc.components.common import serializable as _serializable
 
     return _serializable(cls)
+
+
+def load_plugin(plugin):
+    """Load a plug-in, as ``bertc --plugin PLUGIN`` does: a ``.py`` file (a path) or a module name on the Python
+    path, imported once, after bertc's own components; its components are then known to specs, builds and
+    :func:`load_model` (a model.keras built with it loads only once it is loaded). Returns its record
+    (``plugin``, ``module``, ``path``, ``registered``). Raises :class:`bertc.errors.PluginError` naming the file and
+    line when it cannot be found or fails while importing, or is refused (a layer class a saved model.keras could
+    not rebuild, a name already taken)."""
+    from bertc.plugins import load_plugins
+
+    return load_plugins([os.fspath(plugin)])[0]

@@ -63,26 +63,123 @@ def used_by(spec_data) -> list[dict]:
     return [r for r in loaded() if any(entry.split(" ", 1)[1].strip("'") in types for entry in r["registered"])]
 
 
+def missing_plugins(out_dir) -> list[dict]:
+    """The plug-ins the build in ``out_dir`` used (its report.json's ``plugins``) that are not loaded here: neither
+    loaded as given or from the same file, nor imported another way (a plain ``import``) that registered every
+    component the report says it registered."""
+    have = {r["plugin"] for r in loaded()} | {r["path"] for r in loaded() if r["path"]}
+    return [r for r in _used_by_build(out_dir)
+            if r.get("plugin") not in have and r.get("path") not in have and not _registered_here(r)]
+
+
+def _used_by_build(out_dir) -> list[dict]:
+    """The plug-in records of the build in ``out_dir`` (its report.json's ``plugins``)."""
+    import json
+
+    try:
+        used = json.loads((Path(out_dir) / "report.json").read_text()).get("plugins") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    # a damaged report's (bertc.report.read_report names what is wrong): only what reads as plug-in records counts
+    return [r for r in used if isinstance(r, dict) and isinstance(r.get("plugin"), str)] if isinstance(used, list) else []
+
+
+def _registered_here(record: dict) -> bool:
+    """Whether every component ``record`` (a report's plug-in record) registered is registered in this process by a
+    plug-in (read without importing bertc's components: a plug-in's registration has imported them)."""
+    from bertc.registry import BY_KIND, is_builtin
+
+    entries = record.get("registered")
+    if not isinstance(entries, list) or not entries:
+        return False
+    for entry in entries:
+        kind, _, name = str(entry).partition(" ")
+        found = getattr(BY_KIND.get(kind), "_entries", {}).get(name.strip("'"))
+        if found is None or is_builtin(found.component):
+            return False
+    return True
+
+
 def missing_for_build(out_dir, command: str = "parity") -> str:
     """'' when every plug-in the build in ``out_dir`` used (its report.json's ``plugins``) is loaded here;
     else what to load, as a sentence with the command line that does it (``bertc --plugin ... COMMAND OUT``)."""
-    import json
-
-    out_dir = Path(out_dir)
-    try:
-        used = json.loads((out_dir / "report.json").read_text()).get("plugins") or []
-    except (OSError, ValueError, AttributeError):
-        return ""
-    # a damaged report's (bertc.report.read_report names what is wrong): only what reads as plug-in records counts
-    used = [r for r in used if isinstance(r, dict) and isinstance(r.get("plugin"), str)] if isinstance(used, list) else []
-    have = {r["plugin"] for r in loaded()} | {r["path"] for r in loaded() if r["path"]}
-    missing = [r for r in used if r.get("plugin") not in have and r.get("path") not in have]
+    missing = missing_plugins(out_dir)
     if not missing:
         return ""
     names = ", ".join(f"{r['plugin']} ({', '.join(r.get('registered') or []) or 'no component'})" for r in missing)
     flags = " ".join(f"--plugin {r.get('path') or r['plugin']}" for r in missing)
-    return (f"this build used plug-in(s) {names}: load them first, e.g. `bertc {flags} {command} {out_dir}` "
+    return (f"this build used plug-in(s) {names}: load them first, e.g. `bertc {flags} {command} {Path(out_dir)}` "
             f"(or set {ENV})")
+
+
+def load_failure(path, exc: BaseException) -> str:
+    """What :func:`bertc.load_model` says when Keras cannot rebuild the model.keras at ``path``: first what is
+    missing and how to load it when a plug-in is (the class Keras could not locate or the component type no
+    registry knows, the plug-in the build's report names, from Python and from the command line), then Keras' own
+    words without the configs it prints whole (kilobytes of them)."""
+    import re
+
+    path = Path(path)
+    text = str(exc)
+    keras_text = f"{type(exc).__name__}: {_shortened(text)}"
+    located = re.findall(r"Could not locate class '([^']+)'", text)
+    module = re.search(r"'module': '([^']+)', 'class_name': '" + re.escape(located[-1]) + "'", text) if located else None
+    tags = re.findall(r"Input tag '([^']+)' found using 'type' does not match", text)
+    what = (f"class {located[-1]!r}" if located else f"type {tags[-1]!r}" if tags else "")
+    missing = missing_plugins(path.parent) if what else []
+    if missing:
+        names = ", ".join(f"{r['plugin']} ({', '.join(r.get('registered') or []) or 'no component'})" for r in missing)
+        given = [r.get("path") or r["plugin"] for r in missing]
+        advice = (f"{what} is missing: the build used plug-in(s) {names}, not loaded in this process; load "
+                  f"{'it' if len(missing) == 1 else 'them'} first: from Python "
+                  f"{'; '.join(f'bertc.load_plugin({g!r})' for g in given)}, on the command line "
+                  f"`bertc {' '.join(f'--plugin {g}' for g in given)} parity {path.parent}` (or set {ENV})")
+    elif located and _used_by_build(path.parent):
+        names = ", ".join(r["plugin"] for r in _used_by_build(path.parent))
+        advice = (f"class {located[-1]!r} is not registered with Keras' serialization, though the build's plug-in(s) "
+                  f"{names} are loaded: the class lacked @bertc.serializable when this model.keras was written (a "
+                  f"build now refuses that), so no process can load it: decorate the class and build again")
+    elif located:
+        plugin = module.group(1) if module else None
+        plugin = (f"{plugin[len('bertc_plugin_'):]}.py" if plugin and plugin.startswith("bertc_plugin_") else plugin)
+        source = f" (module {module.group(1)})" if module else ""
+        advice = (f"class {located[-1]!r}{source} is not registered with Keras in this process: load the plug-in "
+                  f"that defines it first: from Python bertc.load_plugin({plugin or 'FILE.py'!r}), on the command "
+                  f"line `bertc --plugin {plugin or 'FILE.py'} ...`; a plug-in that is loaded and still leaves it "
+                  f"missing does not decorate it with @bertc.serializable (a model.keras built so cannot be loaded: "
+                  f"build it again with the class decorated)")
+    elif tags:
+        advice = (f"type {tags[-1]!r} is no component known here: load the plug-in that registers it first: from "
+                  f"Python bertc.load_plugin('FILE.py' or 'module'), on the command line `bertc --plugin FILE.py ...`")
+    else:
+        return f"{path}: cannot be loaded as a Keras model: {keras_text}"
+    return f"{path}: cannot be loaded as a Keras model: {advice}\n(Keras: {keras_text})"
+
+
+def _shortened(text: str, limit: int = 600) -> str:
+    """Keras' deserialization error without the configs it prints whole (``config={...}``, ``Full object config:
+    {...}``) and its repeated advice: the innermost of its 'Exception encountered:' messages, whitespace collapsed."""
+    import re
+
+    out, i = [], 0
+    for match in re.finditer(r"(?:Full object )?config(?:=|: )\{", text):
+        if match.start() < i:
+            continue
+        out.append(text[i:match.start()])
+        depth, j = 0, match.end() - 1
+        while j < len(text):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+            if depth == 0:
+                break
+        i = j
+    out.append(text[i:])
+    text = "".join(out)
+    pieces = [p for p in (p.strip(" .\n") for p in text.split("Exception encountered:")) if p]
+    text = " ".join((pieces[-1] if pieces else text).split())
+    text = re.sub(r" ?Please ensure that components that are Python object instances.*?from_config\(\)` method\.?",
+                  "", text)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def require_for_build(out_dir, command: str = "parity") -> None:

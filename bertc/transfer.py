@@ -74,14 +74,7 @@ def load_keras_model(path):
     path = check_keras_archive(path)
     try:
         return keras.saving.load_model(str(path), compile=False)
-    except Exception as exc:
-        raise ModelFileError(f"{path}: cannot be loaded as a Keras model: {type(exc).__name__}: {exc}"
-                             + _plugin_hint(path)) from None
+    except Exception as exc:   # first what to load when a plug-in is missing, then Keras' words, shortened
+        from bertc.plugins import load_failure
 
-
-def _plugin_hint(model_path) -> str:
-    """When the build next to ``model_path`` used plug-ins that this process has not loaded: which to load."""
-    from bertc.plugins import missing_for_build
-
-    message = missing_for_build(model_path.parent)
-    return f"\n{message}" if message else ""
+        raise ModelFileError(load_failure(path, exc)) from None

@@ -96,15 +96,26 @@ def test_plugin_with_a_syntax_error_is_exit_2_naming_its_line(tmp_path, capsys):
     assert f"plugin {bad} failed to import: SyntaxError" in err and f"(at {bad}:2)" in err
 
 
-def test_loading_model_keras_of_a_plugin_build_names_the_plugin(plugin_build):
-    """bertc.load_model in a process without the plug-in: the damaged-file error is not the whole story."""
+def test_loading_model_keras_of_a_plugin_build_names_the_plugin(plugin_build, unload):
+    """bertc.load_model in a process without the plug-in: its first line says what is missing and how to load it,
+    from Python (bertc.load_plugin) and from the command line; Keras' ~3 KB of configs are left out. (The hint was
+    the last line after them, and named the command line only.)"""
+    import bertc
     from bertc.errors import ModelFileError
 
     plugin, _, out, _ = plugin_build
     with pytest.raises(ModelFileError) as err:
-        load_keras_model(out)
-    assert "doubled_logits" in str(err.value) and f"this build used plug-in(s) {plugin}" in str(err.value)
-    assert f"--plugin {plugin.resolve()}" in str(err.value)
+        bertc.load_model(out)
+    first, keras_text = str(err.value).split("\n")
+    assert first == (f"{out / 'model.keras'}: cannot be loaded as a Keras model: type 'doubled_logits' is missing: the "
+                     f"build used plug-in(s) {plugin} (attention 'doubled_logits'), not loaded in this process; load "
+                     f"it first: from Python bertc.load_plugin({str(plugin.resolve())!r}), on the command line "
+                     f"`bertc --plugin {plugin.resolve()} parity {out}` (or set BERTC_PLUGINS)")
+    assert keras_text.startswith("(Keras: TypeError: ") and "Input tag 'doubled_logits'" in keras_text
+    assert len(keras_text) < 800 and "config=" not in keras_text
+    record = bertc.load_plugin(plugin.resolve())   # what it says, from Python: then the model loads
+    assert record["registered"] == ["attention 'doubled_logits'"] and "load_plugin" in bertc.__all__
+    assert bertc.load_model(out).get_layer("layer_0").attention.__class__.__name__ == "DoubledLogits"
 
 
 def test_list_says_how_a_plugin_reaches_the_optimized_artifact(tmp_path):
