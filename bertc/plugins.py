@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from bertc import registry as _registry
 from bertc.errors import BertcError, PluginError  # noqa: F401  (PluginError imported from here too)
 
 ENV = "BERTC_PLUGINS"
@@ -255,6 +256,9 @@ def label_of(cls) -> str:
     file = getattr(module, "__file__", None)
     plugin = _plugin_files().get(str(Path(file).resolve())) if file else None
     return f"plugin {plugin}: " if plugin else ""
+
+
+_registry.plugin_label = label_of   # the registry's checks of a plug-in's call name it so
 
 
 def _plugin_files() -> dict:

@@ -155,6 +155,12 @@ def keras_namesake(cls: Any) -> Optional[str]:
 SHAPED_KINDS = ("attention", "feedforward", "block")   # call(x, ...) returns a tensor of x's shape
 
 
+def plugin_label(cls: Any) -> str:
+    """``plugin FILE: `` for a class of a loaded plug-in, else '' (:mod:`bertc.plugins`, which knows the plug-ins,
+    puts its ``label_of`` here when imported: the registry does not import it)."""
+    return ""
+
+
 def _check_outputs(kind: str, name: str, cls: Any) -> None:
     """Wrap the ``call`` a plug-in layer class defines itself with a check of what it returns against its kind's
     protocol (attention, feedforward, block: a tensor of its input's shape; position: a dict), raising a
@@ -173,10 +179,9 @@ def _check_outputs(kind: str, name: str, cls: Any) -> None:
         problem = _output_problem(kind, x, out)
         if problem:
             from bertc.errors import PluginError
-            from bertc.plugins import label_of
 
             code = call.__code__
-            raise PluginError(f"{label_of(cls)}{kind} {name!r} (class {cls.__name__}): its call {problem} (at "
+            raise PluginError(f"{plugin_label(cls)}{kind} {name!r} (class {cls.__name__}): its call {problem} (at "
                               f"{code.co_filename}:{code.co_firstlineno}, {cls.__module__}.{call.__qualname__})")
         return out
 
