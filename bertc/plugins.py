@@ -264,7 +264,8 @@ _registry.plugin_label = label_of   # the registry's checks of a plug-in's call 
 def _plugin_files() -> dict:
     """Resolved path -> plug-in (as given, or its module's name) of every file that holds a plug-in's code: the
     plug-ins loaded here, and the modules of every registered component not bertc's own (a plug-in imported as a
-    module, a package's submodule)."""
+    module, a package's submodule). The registries are read as they are (a plug-in's registration has filled them
+    with bertc's own): no TensorFlow is imported for an error of a command that needs none."""
     from bertc.registry import ALL, is_builtin
 
     files = {}
@@ -272,7 +273,7 @@ def _plugin_files() -> dict:
         if record["path"]:
             files[record["path"]] = record["plugin"]
     for registry in ALL:
-        for entry in registry.entries():
+        for entry in list(registry._entries.values()):
             module = sys.modules.get(getattr(entry.component, "__module__", None) or "")
             file = getattr(module, "__file__", None)
             if file and not is_builtin(entry.component):
@@ -330,7 +331,7 @@ def _component_of(obj, file: str) -> str:
     registered from ``file``; else ''."""
     from bertc.registry import ALL
 
-    entries = [e for r in ALL for e in r.entries()]
+    entries = [e for r in ALL for e in list(r._entries.values())]
     if obj is not None:
         for cls in type(obj).__mro__:
             entry = next((e for e in entries if e.component is cls), None)
