@@ -145,7 +145,9 @@ def check_masked_invariance(model, spec: Spec, sig: Signature, _shared=None) -> 
     whose first token is real (a masked [CLS] still computes its own row from its own content).
     Shapes do not change, and a masked key's weight underflows to exactly 0 in float32, so the outputs
     must be bit-identical: a leak through the mask is often far below any tolerance at the logits of
-    a randomly initialised model (~1e-6), so the threshold is exact equality. Its inputs come from its
+    a randomly initialised model (~1e-6), so the threshold is exact equality. With positions numbered from
+    the ids (``from_ids``) a masked token with the pad id keeps it and no other takes it: whether a masked
+    token is counted is part of the input there, as in transformers. Its inputs come from its
     own seeded generator (the fourth argument, whatever the other checks share, is not used)."""
     max_len = min(spec.encoder.max_sequence_length, MASKED_LENGTH_CAP)
     if max_len < 2:
@@ -154,8 +156,16 @@ def check_masked_invariance(model, spec: Spec, sig: Signature, _shared=None) -> 
     mask = random_mask(3, max_len, rng)
     inputs = make_inputs(spec, 3, max_len, rng, mask=mask)
     changed = dict(inputs)
-    changed["input_word_ids"] = np.where(mask == 1, inputs["input_word_ids"],
-                                         rng.integers(1, spec.encoder.vocab_size, size=mask.shape)).astype(np.int32)
+    ids = inputs["input_word_ids"]
+    other = rng.integers(1, spec.encoder.vocab_size, size=mask.shape)
+    position = getattr(spec.encoder, "position_spec", None)
+    absolute = getattr(position, "absolute", position)
+    if getattr(absolute, "from_ids", False):
+        # positions numbered from the ids (transformers' RoBERTa / MPNet) count the masked tokens whose id is not
+        # the pad id: which masked tokens hold it is part of the input, only their other ids may change
+        pad = absolute.offset - 1
+        other = np.where((ids == pad) | (other == pad), ids, other)
+    changed["input_word_ids"] = np.where(mask == 1, ids, other).astype(np.int32)
     if "input_type_ids" in inputs:
         changed["input_type_ids"] = np.where(mask == 1, inputs["input_type_ids"],
                                              spec.encoder.type_vocab_size - 1 - inputs["input_type_ids"]).astype(np.int32)

@@ -127,12 +127,47 @@ def test_mpnet_relative_bias_reads_raw_positions_as_transformers_does(tmp_path):
     assert np.abs(keras_outputs(built.model, spec, ref)["sequence_output"] - ref["sequence_output"]).max() > 1e-2
 
 
+@pytest.mark.parametrize("name", ["roberta_token_cls", "mpnet_token_cls", "st_mpnet_mean_norm"])
+def test_a_real_token_with_the_pad_id_is_numbered_as_transformers_does(name, tmp_path):
+    """transformers numbers RoBERTa's / MPNet's positions from the ids (``cumsum(ids != pad) * (ids != pad) +
+    pad``), whatever the mask says: a real token carrying the pad id (the text "<pad>") reads position ``pad``
+    and shifts the later ones, a masked token with another id is counted (pad_id_reference.npz, made by
+    tools/make_pad_id_references.py). Keras, model.onnx (tf2onnx), the optimized graph and the packed one agree
+    with transformers (numbered from the mask: up to 0.6 away)."""
+    from bertc.export.onnx import export_onnx
+    from bertc.optimize.lower import lower_model
+    from bertc.optimize.onnx_artifacts import ort_session
+    from bertc.optimize.padding_free import padding_free
+
+    spec, built, _, _ = loaded_model(name, tmp_path)
+    position = spec.encoder.position
+    absolute = position.absolute if position.type == "relative_bias" else position
+    assert absolute.from_ids and not absolute.from_mask and absolute.offset == 2
+    ref = dict(np.load(HF / name / "pad_id_reference.npz"))
+    ids, mask = ref["input_word_ids"], ref["input_mask"]
+    assert ((ids == 1) & (mask == 1)).sum(axis=1).min() >= 1 and ((ids != 1) & (mask == 0)).any()
+    assert max(max_diffs(keras_outputs(built.model, spec, ref), spec, ref).values()) <= ATOL
+    lowered = lower_model(built)
+    packed, _ = padding_free(lowered.proto)
+    export_onnx(built.model, signature_of(spec), tmp_path / "model.onnx")
+    for label, proto in (("model.onnx", (tmp_path / "model.onnx").read_bytes()),
+                         ("optimized", lowered.proto.SerializeToString()), ("packed", packed.SerializeToString())):
+        session = ort_session(proto)
+        names = [o.name for o in session.get_outputs()]
+        got = dict(zip(names, session.run(names, feeds(spec, ref))))
+        if label == "packed" and "logits" in got:   # per-token output: 0.0 at padded positions, by contract
+            got["logits"] = np.where(mask[..., None] == 1, got["logits"], ref["logits"])
+        diffs = max_diffs(got, spec, ref)
+        assert max(diffs.values()) <= ATOL, (label, diffs)
+
+
 def test_the_import_says_what_each_family_is(tmp_path):
     specs = {n: imported(n, tmp_path)[0] for n in ("roberta_seq_cls", "distilbert_seq_cls", "electra_model",
                                                      "electra_seq_cls", "mpnet_mlm", "roberta_mlm")}
     roberta = specs["roberta_seq_cls"]
     assert roberta.encoder.type_vocab_size == 1 and roberta.encoder.max_sequence_length == 16   # 18 rows - offset 2
-    assert roberta.encoder.position.model_dump() == {"type": "absolute", "offset": 2, "from_mask": True}
+    assert roberta.encoder.position.model_dump() == {"type": "absolute", "offset": 2, "from_mask": False,
+                                                     "from_ids": True}
     assert roberta.head.pooling == "first" and roberta.head.transform.activation == "tanh"
     assert roberta.head.dropout_rate == 0.2                                   # classifier_dropout
     distil = specs["distilbert_seq_cls"]

@@ -142,6 +142,44 @@ def test_absolute_ids_from_the_mask_are_robertas():
     assert np.array_equal(plain, np.tile(np.arange(2, 7), (2, 1)))
 
 
+def test_absolute_ids_from_the_ids_are_transformers_formula():
+    """``from_ids``: transformers' create_position_ids_from_input_ids, the pad id being offset - 1: a real token with
+    the pad id reads row offset - 1 and the later ones shift down, a masked token with another id is counted; from
+    the mask differs exactly there. Setting both is a spec problem."""
+    import tensorflow as tf
+
+    from bertc.components.positions import AbsolutePositionSpec, absolute_position_ids
+
+    mask = np.array([[1, 1, 1, 1, 1, 0], [1, 0, 1, 1, 0, 0]], np.int32)
+    words = np.array([[0, 7, 1, 8, 2, 1], [0, 9, 1, 5, 1, 1]], np.int32)
+    spec = AbsolutePositionSpec(offset=2, from_ids=True)
+    ids = absolute_position_ids(spec, tf.constant(mask), tf.constant(words)).numpy()
+    real = (words != 1).astype(np.int32)
+    assert np.array_equal(ids, np.cumsum(real, axis=1) * real + 1)
+    assert ids.tolist() == [[2, 3, 1, 4, 5, 1], [2, 3, 1, 4, 1, 1]]
+    from_mask = absolute_position_ids(AbsolutePositionSpec(offset=2, from_mask=True), tf.constant(mask)).numpy()
+    assert not np.array_equal(ids, from_mask)
+    assert [p for _, p in spec.problems({})] == []
+    both = [p for _, p in AbsolutePositionSpec(offset=2, from_ids=True, from_mask=True).problems({})]
+    assert len(both) == 1 and "set one of them" in both[0]
+    assert "at least 1 with from_ids" in next(AbsolutePositionSpec(offset=0, from_ids=True).problems({}))[1]
+
+
+def test_masked_invariance_keeps_which_masked_tokens_hold_the_pad_id_with_from_ids():
+    """The build's masked_invariance check changes the masked tokens' ids; with positions from the ids whether a
+    masked token holds the pad id is counted (transformers too), so the check keeps that and passes exactly."""
+    from bertc import check
+    from bertc.signature import signature_of
+
+    d = _roberta_like(from_mask=False, from_ids=True)
+    d["encoder"]["vocab_size"] = 4      # ids 1..3: the pad id 1 often, masked or not
+    d["head"] = {"type": "token_classifier", "num_classes": 3}    # compared at every real token
+    spec = load_spec(d)
+    sig = signature_of(spec)
+    result = check.check_masked_invariance(build_model(spec, sig).model, spec, sig)
+    assert result.passed and result.figure == 0.0
+
+
 def _roberta_like(**position):
     d = tiny_bert()
     d["encoder"].update(max_sequence_length=10, type_vocab_size=1,

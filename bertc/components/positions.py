@@ -71,18 +71,33 @@ class AbsolutePositionSpec(StrictModel):
     """Learned absolute positions (the embedding network's ``position_embeddings`` table).
 
     ``offset``: the id of the first position (RoBERTa: ``padding_idx + 1`` = 2; the table then has
-    ``max_sequence_length + offset`` rows). ``from_mask``: number the real tokens in order, skipping
-    masked ones, as transformers derives RoBERTa's ids from the input ids (``cumsum(mask) * mask +
-    padding_idx``): the k-th real token gets ``offset + k``, a masked token ``offset - 1``. A right-padded
-    row and a row with holes in its mask then give each real token the same position."""
+    ``max_sequence_length + offset`` rows). ``from_ids``: transformers' RoBERTa / MPNet numbering
+    (``create_position_ids_from_input_ids``: ``cumsum(ids != padding_idx) * (ids != padding_idx) +
+    padding_idx``, padding_idx = ``offset - 1``): the tokens whose id is not the pad id are numbered in order,
+    ``offset + k`` for the k-th, whatever the mask says, and a token whose id is the pad id reads row
+    ``offset - 1``, also a real one (the text "<pad>"). ``from_mask``: the same counted over the mask instead:
+    the k-th real token gets ``offset + k``, a masked token ``offset - 1``; it equals ``from_ids`` only where
+    the pad id is exactly where the mask is 0. Either way a right-padded row and a row with holes in its mask
+    (holding the pad id) give each real token the same position."""
 
     type: Literal["absolute"] = "absolute"
     offset: NonNegativeInt = 0
     from_mask: bool = False
+    from_ids: bool = False
+
+    @property
+    def counted(self) -> bool:
+        """Whether the ids are counted per row (``from_mask`` or ``from_ids``), not 0..S-1 plus the offset."""
+        return self.from_mask or self.from_ids
 
     def problems(self, ctx):
-        if self.from_mask and self.offset < 1:
+        if self.from_mask and self.from_ids:
+            yield ("from_ids",), ("and from_mask are two numberings of the positions (from the ids, as transformers "
+                                  "numbers RoBERTa's, or from the mask): set one of them")
+        elif self.from_mask and self.offset < 1:
             yield ("offset",), "must be at least 1 with from_mask (masked tokens read row offset - 1)"
+        elif self.from_ids and self.offset < 1:
+            yield ("offset",), "must be at least 1 with from_ids (tokens with the pad id, offset - 1, read that row)"
 
 
 class RelativeBiasSpec(StrictModel):
@@ -193,9 +208,15 @@ class PositionScheme(SpecLayer):
         return dict(zip(keys, outs))
 
 
-def absolute_position_ids(spec: AbsolutePositionSpec, mask):
-    """(B, S) int32 ids into the absolute table (see :class:`AbsolutePositionSpec`)."""
+def absolute_position_ids(spec: AbsolutePositionSpec, mask, ids=None):
+    """(B, S) int32 ids into the absolute table (see :class:`AbsolutePositionSpec`); ``ids``: the input word ids
+    (needed by ``from_ids``)."""
     mask = tf.cast(mask, tf.int32)
+    if spec.from_ids:
+        if ids is None:
+            raise ValueError("from_ids positions are numbered from the input word ids: pass them")
+        counted = tf.cast(tf.not_equal(tf.cast(ids, tf.int32), spec.offset - 1), tf.int32)
+        return tf.cumsum(counted, axis=1) * counted + (spec.offset - 1)
     if spec.from_mask:
         return tf.cumsum(mask, axis=1) * mask + (spec.offset - 1)
     return tf.zeros_like(mask) + tf.expand_dims(tf.range(tf.shape(mask)[1]) + spec.offset, 0)
@@ -203,6 +224,12 @@ def absolute_position_ids(spec: AbsolutePositionSpec, mask):
 
 def lower_absolute_ids(spec: AbsolutePositionSpec, ctx):
     g = ctx.g
+    if spec.from_ids:   # Equal + Not (ONNX has no NotEqual), Cast, CumSum, Mul, Add: transformers' formula
+        padding_id = g.const(spec.offset - 1, np.int32, "padding_id")
+        counted = g.node("Cast", [g.node("Not", [g.node("Equal", [ctx.int32_input("input_word_ids"), padding_id])])],
+                         to=6, hint="not_padding_id")
+        ids = g.node("Mul", [g.node("CumSum", [counted, g.const(1, np.int32, "axis")]), counted])
+        return g.node("Add", [ids, padding_id], hint="position_ids")
     mask = ctx.int32_input("input_mask")
     if spec.from_mask:
         ids = g.node("Mul", [g.node("CumSum", [mask, g.const(1, np.int32, "axis")]), mask])
@@ -218,7 +245,7 @@ def lower_absolute_ids(spec: AbsolutePositionSpec, ctx):
 
 @POSITIONS.register("absolute", spec=AbsolutePositionSpec,
                     description="Learned absolute positions in the embedding network (optional offset; ids "
-                                "from the mask as RoBERTa derives them).")
+                                "from the input ids as transformers derives RoBERTa's, or from the mask).")
 @serializable
 class AbsolutePositions(PositionScheme):
     spec_cls = AbsolutePositionSpec
@@ -230,15 +257,18 @@ class AbsolutePositions(PositionScheme):
 
     @property
     def changes_graph(self) -> bool:
-        return self.spec.offset != 0 or self.spec.from_mask
+        return self.spec.offset != 0 or self.spec.counted
 
     def call(self, inputs):
-        return {"position_ids": absolute_position_ids(self.spec, inputs["input_mask"])} if self.changes_graph else {}
+        if not self.changes_graph:
+            return {}
+        return {"position_ids": absolute_position_ids(self.spec, inputs["input_mask"], inputs.get("input_word_ids"))}
 
     def onnx_lowering(self, ctx):
         if not self.changes_graph:
             return {}
-        ctx.record("position", "position ids " + ("from the mask" if self.spec.from_mask else f"from {self.spec.offset}"))
+        ctx.record("position", "position ids " + ("from the ids" if self.spec.from_ids else "from the mask"
+                                                  if self.spec.from_mask else f"from {self.spec.offset}"))
         return {"position_ids": lower_absolute_ids(self.spec, ctx)}
 
 
@@ -298,8 +328,8 @@ class RelativeBias(PositionScheme):
         buckets = tf.gather(tf.constant(bucket_lookup(self.spec, self.max_sequence_length)), relative)   # [i, j]
         bias = tf.gather(tf.convert_to_tensor(self.relative_attention_bias), buckets)      # (S, S, N)
         out = {"attention_bias": tf.expand_dims(tf.transpose(bias, [2, 0, 1]), 0)}          # (1, N, S, S)
-        if self.spec.absolute.offset or self.spec.absolute.from_mask:
-            out["position_ids"] = absolute_position_ids(self.spec.absolute, mask)
+        if self.spec.absolute.offset or self.spec.absolute.counted:
+            out["position_ids"] = absolute_position_ids(self.spec.absolute, mask, inputs.get("input_word_ids"))
         return out
 
     def onnx_lowering(self, ctx):
@@ -320,7 +350,7 @@ class RelativeBias(PositionScheme):
                           hint="position_bias")
         ctx.record("position", "relative bias: buckets, Gather, computed once for every layer")
         out = {"attention_bias": bias}
-        if s.absolute.offset or s.absolute.from_mask:
+        if s.absolute.offset or s.absolute.counted:
             out["position_ids"] = lower_absolute_ids(s.absolute, ctx)
         return out
 

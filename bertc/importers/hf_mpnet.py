@@ -5,13 +5,13 @@ post-norm blocks, and one table of learned relative-position biases (``encoder.r
 (buckets, heads)) shared by every layer and added to each attention's scaled logits. bertc writes it as a
 ``scaffold`` encoder with a ``custom`` embedding network, ``transformer`` blocks and the ``relative_bias``
 position scheme, whose ``absolute`` part numbers the positions as RoBERTa does (offset 2 = padding_idx + 1,
-from the mask).
+``from_ids``).
 
 What transformers' ``MPNetModel`` computes, and bertc with it:
 - ``MPNetEmbeddings`` hard-codes ``padding_idx = 1``: positions ``cumsum(ids != 1) * (ids != 1) + 1``,
-  whatever ``pad_token_id`` says; bertc numbers them from the mask, the same wherever the pad token (id 1)
-  is exactly where the mask is 0. A config whose ``pad_token_id`` is not 1 is refused (its padding would not
-  be what the position ids skip).
+  whatever ``pad_token_id`` and the mask say; bertc computes the same (``from_ids``, offset 2), a real token
+  with id 1 (the text "<pad>") included. A config whose ``pad_token_id`` is not 1 is refused (its padding
+  would not be what the position ids skip).
 - ``MPNetEncoder.compute_position_bias`` buckets ``key - query`` positions 0..S-1 (not the padding-aware
   ids: a row with holes does not equal its right-padded form, in transformers either) with
   ``relative_position_bucket(num_buckets=32, max_distance=128)``, the number 32 fixed by the call whatever
@@ -93,7 +93,7 @@ class MPNet(HFFamily):
                            "attention_dropout_rate": c.rate("attention_probs_dropout_prob"),
                            "layer_norm_epsilon": eps},
                 "position": {"type": "relative_bias", "num_buckets": BUCKETS, "max_distance": MAX_DISTANCE,
-                             "bidirectional": True, "absolute": {"type": "absolute", "offset": offset, "from_mask": True}},
+                             "bidirectional": True, "absolute": {"type": "absolute", "offset": offset, "from_ids": True}},
                 "initializer": {"type": "normal", "stddev": c.stddev("initializer_range")},
                 "layer_norm_epsilon": eps}
 

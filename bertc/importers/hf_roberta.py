@@ -2,11 +2,11 @@
 
 The encoder is BERT's with two differences bertc expresses in the ``bert`` encoder spec: learned absolute
 positions offset by ``padding_idx + 1`` (``pad_token_id + 1``; the table has ``max_position_embeddings`` rows,
-so ``max_sequence_length`` is ``max_position_embeddings - pad_token_id - 1``), numbered from the mask as
-transformers numbers them from the ids (``cumsum(ids != pad) * (ids != pad) + pad``: a row with holes in
-its mask equals its right-padded form), and a type vocabulary of 1. transformers reads the padding from the
-ids, bertc from the mask: the two agree wherever the pad token is exactly where the mask is 0, as a tokenizer
-pads. Tensor names are BERT's under ``roberta.``.
+so ``max_sequence_length`` is ``max_position_embeddings - pad_token_id - 1``), numbered from the ids as
+transformers numbers them (``from_ids``: ``cumsum(ids != pad) * (ids != pad) + pad``, whatever the mask says:
+a real token with the pad id, the text "<pad>", reads row ``pad`` and the later ones shift down; a row with
+holes in its mask, holding the pad id, equals its right-padded form), and a type vocabulary of 1. Tensor
+names are BERT's under ``roberta.``.
 
 Heads: ``RobertaClassificationHead`` (dense + tanh + ``out_proj`` over ``<s>``) is a ``classifier`` with
 ``pooling: first`` and a tanh ``transform``; ``RobertaLMHead`` (dense, exact GELU, layer norm, the decoder
@@ -122,7 +122,7 @@ class Roberta(HFFamily):
         # BERT's translation of the rest, with the positions the table holds after the offset
         enc = encoder_from_config({**cfg, "model_type": "bert", "max_position_embeddings": rows - offset}, where, max_len,
                                   defaults)
-        enc["position"] = {"type": "absolute", "offset": offset, "from_mask": True}
+        enc["position"] = {"type": "absolute", "offset": offset, "from_ids": True}
         return enc
 
     def head(self, cfg, where, enc, arch, names=()):
