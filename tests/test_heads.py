@@ -79,3 +79,36 @@ def test_weighted_mean_squared_error_matches_numpy():
                                want, rtol=1e-5)
     np.testing.assert_allclose(float(losses.weighted_mean_squared_error(target, pred.astype(np.float32))),
                                ((pred[..., 0] - target) ** 2).mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", [
+    {"type": "sentence_embedding", "pooling": ["mean", "mean_sqrt_len_tokens", "weightedmean"], "normalize": True},
+    {"type": "classifier", "num_classes": 3, "pooling": "mean"},
+])
+def test_fp16_tflite_gives_zeros_not_nan_for_a_row_without_a_real_token(head, tmp_path):
+    """A mean over no real token divides 0 by the count's clamp, the L2 normalisation 0 by the norm's: the fp16
+    TFLite artifact stores every graph constant as fp16, where 1e-9 and 1e-12 are 0, so such a row was NaN there
+    (Keras: 0). The count's clamp is 1 (the count is an integer: the same float32 result for every input) and a
+    zero vector is normalised to zeros; the fp16 artifact now agrees with Keras on that row, the rest to fp16's
+    precision."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from bertc.export.tflite import export_tflite
+
+    d = tiny_bert(head=head)
+    d["encoder"]["num_layers"] = 1
+    spec = load_spec(d)
+    built = bertc.build_model(spec)
+    sig = signature_of(spec)
+    feed = make_inputs(spec, 2, 6, np.random.default_rng(0))
+    feed["input_mask"] = np.array([[1] * 6, [0] * 6], np.int32)
+    name = sig.output_names[0]
+    ref = np.asarray(built.model(feed, training=False)[name])
+    assert np.isfinite(ref).all()
+    export_tflite(built.model, sig, tmp_path / "model.fp16.tflite", precision="fp16", background=False)
+    runner = Interpreter(model_path=str(tmp_path / "model.fp16.tflite")).get_signature_runner("serving_default")
+    got = runner(**feed)[name]
+    assert np.isfinite(got).all(), got
+    assert np.abs(got - ref).max() <= 1e-2 * max(1.0, float(np.abs(ref).max()))
+    if head["type"] == "sentence_embedding":
+        assert not ref[1].any() and not got[1].any()       # the empty row: zeros, in Keras and in fp16

@@ -239,7 +239,7 @@ def lower_pooling(ctx, x, pooling: str):
     m = g.node("Unsqueeze", [g.node("Cast", [ctx.inputs["input_mask"]], to=1), g.ints([-1], "axes")])
     if pooling in ("mean", "mean_sqrt_len_tokens"):
         total = ctx.reduce("ReduceSum", g.node("Mul", [x, m]), [1])
-        count = g.node("Max", [ctx.reduce("ReduceSum", m, [1]), g.scalar(1e-9, "min_count")])
+        count = g.node("Max", [ctx.reduce("ReduceSum", m, [1]), g.scalar(MIN_COUNT, "min_count")])
         if pooling == "mean_sqrt_len_tokens":
             return g.node("Div", [total, g.node("Sqrt", [count])], hint="mean_sqrt_len")
         return g.node("Div", [total, count], hint="mean")
@@ -256,7 +256,7 @@ def lower_pooling(ctx, x, pooling: str):
         weights = g.node("Mul", [m, g.node("Add", [g.node("Sub", [pos, first]), g.scalar(1.0, "one")])],
                          hint="position_weights")
         total = ctx.reduce("ReduceSum", g.node("Mul", [x, weights]), [1])
-        norm = g.node("Max", [ctx.reduce("ReduceSum", weights, [1]), g.scalar(1e-9, "min_count")])
+        norm = g.node("Max", [ctx.reduce("ReduceSum", weights, [1]), g.scalar(MIN_COUNT, "min_count")])
         return g.node("Div", [total, norm], hint="weightedmean")
     fill = g.node("Mul", [g.node("Sub", [g.scalar(1.0, "one"), m]), g.scalar(-1e9, "pad_fill")])
     return ctx.reduce("ReduceMax", g.node("Add", [g.node("Mul", [x, m]), fill]), [1])
@@ -715,17 +715,35 @@ class SentenceEmbeddingSpec(StrictModel):
         return value
 
 
+# The clamp of a mean's count (and of weightedmean's sum of weights) for a row without a real token. The count
+# is an integer, 0 or at least 1 (the mask is 0 / 1), so any clamp in (0, 1] gives the same result bit for bit:
+# 1, not sentence-transformers' 1e-9, which the fp16 TFLite artifact stores as an fp16 constant, 0 (0 / 0: NaN
+# for such a row; Keras and every other artifact: 0).
+MIN_COUNT = 1.0
+MIN_NORM = 1e-12    # torch's F.normalize: x / max(||x||, 1e-12)
+
+
+def normalize(x):
+    """(B, D) -> x / max(L2 norm, 1e-12), as torch's ``F.normalize``. A zero vector (the mean of a row without a
+    real token) gives zeros: the clamp is never 0 in float32, but the fp16 TFLite artifact stores 1e-12 as an
+    fp16 constant, 0, and would give 0 / 0 (NaN); where the clamped norm is 0 the result is 0, as here. Every
+    float32 result is that of the plain division."""
+    norm = tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)), MIN_NORM)
+    return tf.where(tf.equal(norm, 0.0), tf.zeros_like(x), x / norm)
+
+
 @serializable
 class SentencePooling(keras.layers.Layer):
     """(B, S, H) token vectors + (B, S) input mask -> (B, H x modes), pooled over the real tokens only, as
     sentence-transformers pools (each mode's vector, concatenated in the order given):
 
-    ``mean``: sum over real tokens / their count (count clamped at 1e-9); ``mean_sqrt_len_tokens``: the same sum
-    / sqrt(count); ``weightedmean``: weighted by position, 1 at the first real token, 2 at the next position and
-    so on (sentence-transformers' weights, counted from the first real token), / the sum of the weights;
-    ``lasttoken``: the last real token (zeros for a row without one); ``cls``: the first token; ``max``: the
-    element-wise max over real tokens (padding set to -1e9 first). ``normalize`` divides by the L2 norm (clamped
-    at 1e-12, as torch's ``F.normalize``).
+    ``mean``: sum over real tokens / their count (count clamped at 1: :data:`MIN_COUNT`);
+    ``mean_sqrt_len_tokens``: the same sum / sqrt(count); ``weightedmean``: weighted by position, 1 at the
+    first real token, 2 at the next position and so on (sentence-transformers' weights, counted from the first
+    real token), / the sum of the weights; ``lasttoken``: the last real token (zeros for a row without one);
+    ``cls``: the first token; ``max``: the element-wise max over real tokens (padding set to -1e9 first).
+    ``normalize`` divides by the L2 norm (clamped at 1e-12, as torch's ``F.normalize``; a zero vector stays
+    zero: :func:`normalize`).
     """
 
     def __init__(self, pooling="mean", normalize=False, **kwargs):
@@ -740,7 +758,7 @@ class SentencePooling(keras.layers.Layer):
     def pool(mode, x, m):
         """One mode's (B, H) vector; ``m``: the (B, S, 1) float mask."""
         if mode in ("mean", "mean_sqrt_len_tokens"):
-            count = tf.maximum(tf.reduce_sum(m, axis=1), 1e-9)
+            count = tf.maximum(tf.reduce_sum(m, axis=1), MIN_COUNT)
             return tf.reduce_sum(x * m, axis=1) / (count if mode == "mean" else tf.sqrt(count))
         if mode == "max":
             return tf.reduce_max(x * m + (1.0 - m) * -1e9, axis=1)
@@ -751,7 +769,7 @@ class SentencePooling(keras.layers.Layer):
                 return tf.reduce_sum(x * (tf.cast(tf.equal(pos, last), x.dtype) * m), axis=1)
             first = tf.reduce_min(pos + (1.0 - m) * 1e9, axis=1, keepdims=True)
             weights = m * (pos - first + 1.0)
-            return tf.reduce_sum(x * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1e-9)
+            return tf.reduce_sum(x * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), MIN_COUNT)
         return tf.gather(x, 0, axis=1)
 
     def call(self, x, mask):
@@ -759,8 +777,7 @@ class SentencePooling(keras.layers.Layer):
         parts = [self.pool(mode, x, m) for mode in pooling_modes(self.pooling)]
         pooled = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         if self.normalize:
-            norm = tf.sqrt(tf.reduce_sum(tf.square(pooled), axis=-1, keepdims=True))
-            pooled = pooled / tf.maximum(norm, 1e-12)
+            pooled = normalize(pooled)
         return pooled
 
 
@@ -770,7 +787,7 @@ class SentenceNormalize(keras.layers.Layer):
     a sentence embedding's dense layers (without them, :class:`SentencePooling` normalises itself)."""
 
     def call(self, x):
-        return x / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)), 1e-12)
+        return normalize(x)
 
 
 def lower_normalize(ctx, x):
