@@ -204,8 +204,11 @@ def sigterm_guard():
         raise _Unhandled()
 
     previous = signal.signal(signal.SIGTERM, unhandled)
+    # Python's own SIGINT handler, as in a command run from a shell: pytest-xdist's workers ignore SIGINT
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, previous_int)
 
 
 @pytest.mark.parametrize("signame, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
