@@ -205,7 +205,7 @@ def _shown(path: Path) -> Path:
 
 
 class _Terminated(BaseException):   # not an Exception: no handler on the way may take it for an error of its own
-    pass
+    pass   # SIGTERM, raised by _sigterm_unwinds (bertc build, bertc run)
 
 
 @contextlib.contextmanager
@@ -642,23 +642,12 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
 
-    class Terminated(BaseException):   # not an Exception: no handler on the way may take it for an error of its own
-        pass
-
-    def terminated(signum, frame):
-        raise Terminated()
-
-    # SIGTERM (`timeout`, `kill`, a job scheduler) unwinds as Ctrl-C does, so that the temporary result is removed;
-    # Python's default would end the process where it stands and leave .RESULT.partial-PID behind
-    import signal
-    import threading
-
-    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() \
-        else None
     try:
-        # with --ray, the lines Ray's driver (its C++ core worker) writes to stderr itself, such as its warning that
-        # Ray Data's actors have constructor arguments in the object store, off the console (as a build's)
-        with _native_log() if ray_address is not None else contextlib.nullcontext():
+        # SIGTERM (`timeout`, `kill`, a job scheduler) unwinds as Ctrl-C does, so that the temporary result is
+        # removed (Python's default would end the process where it stands and leave .RESULT.partial-PID behind); with
+        # --ray, the lines Ray's driver (its C++ core worker) writes to stderr itself, such as its warning that Ray
+        # Data's actors have constructor arguments in the object store, off the console (as a build's)
+        with _sigterm_unwinds(), (_native_log() if ray_address is not None else contextlib.nullcontext()):
             rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
                                     pair_field=pair_field, choices_field=choices_field, keep_fields=keep_fields,
                                     documents_field=documents_field,
@@ -668,12 +657,10 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(EXIT_BROKEN_PIPE) from None
-    except (Terminated, KeyboardInterrupt) as exc:   # the result's temporary file is gone (run_io.atomic_result)
+    except (_Terminated, KeyboardInterrupt) as exc:   # the result's temporary file is gone (run_io.atomic_result)
         rows, interrupted = None, isinstance(exc, KeyboardInterrupt)
     finally:
         progress.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     if rows is None:
         _err(("interrupted" if interrupted else "terminated") + ("" if str(result) == "-" else "; nothing was written"))
         # 128 + SIGINT / SIGTERM, as a shell reports a process that the signal ended
