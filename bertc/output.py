@@ -51,7 +51,7 @@ class BuildLock:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 raise OutputError(f"{self.path.with_name(self.path.name[1:-5])} is being written by another bertc "
-                                  f"build ({self._holder()}); wait for it to finish or choose another -o") from None
+                                  f"build ({self.holder()}); wait for it to finish or choose another -o") from None
             # The previous holder may have unlinked the file between our open and our flock: then
             # we locked an orphan inode that nobody else can see. Lock the file that is there now.
             try:
@@ -65,7 +65,7 @@ class BuildLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
 
-    def _holder(self) -> str:
+    def holder(self) -> str:
         try:
             pid = self.path.read_text().strip()
         except OSError:

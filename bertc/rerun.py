@@ -163,7 +163,7 @@ def refuse_while_building(out_dir: Path, command: str) -> None:
     try:
         lock.acquire()
     except OutputError:
-        raise OutputError(f"{out_dir} is being written by a bertc build ({lock._holder()}); nothing was run: "
+        raise OutputError(f"{out_dir} is being written by a bertc build ({lock.holder()}); nothing was run: "
                           f"run {command} when that build has finished") from None
     except OSError:   # no lock file can be made beside OUT: nor can a build make one, so none is running
         return
@@ -207,7 +207,7 @@ def saving_into(out_dir: Path, report: dict, command: str, what: str):
     try:
         lock.acquire()
     except OutputError:
-        raise BuildReplaced(f"{out_dir}: a bertc build of it started while {command} ran ({lock._holder()}); "
+        raise BuildReplaced(f"{out_dir}: a bertc build of it started while {command} ran ({lock.holder()}); "
                             f"{what} were not saved (that build replaces what they describe): run {command} again "
                             f"when the build has finished") from None
     except OSError:   # no lock file can be made beside OUT: nor can a build make one
