@@ -75,7 +75,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     try:
         with saving_into(out_dir, report, "bertc parity", "its results"):
             write_report(out_dir, report)
-    except BuildReplaced:
+    except BuildReplaced:   # an OutputError too, but nothing to add: OUT is another build now
         raise
     except OutputError as exc:   # it became unwritable during the work (or the disk is full): the verdict still
         from bertc.report import parity_failure_message
