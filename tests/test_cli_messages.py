@@ -73,7 +73,8 @@ def test_a_missing_tokenizers_library_is_exit_7_for_bertc_run_and_build_calibrat
 
     from bertc.calibration import real_text_cases
     from bertc.errors import MissingLibrary
-    from bertc.runtime import Runtime, ray_init
+    from bertc.runtime import Runtime
+    from bertc.run_ray import ray_init
 
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     (tmp_path / "tokenizer.json").write_text("{}")   # a build that bundles a tokenizer

@@ -264,7 +264,7 @@ def test_embeddings_equal_the_padded_batch_in_input_order(builds, batch_size, wi
 
 
 def test_batches_are_bounded_by_padded_tokens_and_attention_cells():
-    from bertc.runtime import ATTENTION_CELLS_PER_TOKEN, batch_cuts
+    from bertc.engine import ATTENTION_CELLS_PER_TOKEN, batch_cuts
 
     def sizes(lengths, batch_size=32, max_tokens=16384):
         cuts = batch_cuts(lengths, batch_size, max_tokens)
@@ -822,7 +822,7 @@ def test_entities_group_words_as_the_token_classification_pipeline_does():
     starts a new entity, anything else of the same type joins the one before it; O words are no entity and end
     the one before; an entity never crosses from the text into its pair."""
     from bertc.run_io import Record
-    from bertc.runtime import Engine
+    from bertc.engine import Engine
 
     text, pair = "Ann Lee met Bob in New York City today", "Paris France"
     words = [(0, "Ann", "B-PER", 0.9), (0, "Lee", "I-PER", 0.7), (0, "met", "O", 0.99), (0, "Bob", "B-PER", 0.8),

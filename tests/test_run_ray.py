@@ -15,7 +15,7 @@ import pytest
 import bertc
 from bertc.cli import main
 from bertc.errors import EXIT_BAD_SPEC
-from bertc.runtime import RayPredictor, run_ray
+from bertc.run_ray import RayPredictor, run_ray
 from bertc.run_io import input_spec, read_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -161,7 +161,7 @@ def test_an_address_where_no_ray_cluster_answers_is_refused(local_ray, monkeypat
     import threading
 
     from bertc.errors import InputError
-    from bertc.runtime import _check_reachable
+    from bertc.run_ray import _check_reachable
 
     _check_reachable(ray.get_runtime_context().gcs_address, "--ray gcs")   # the module's Ray: no error
     web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
@@ -174,7 +174,7 @@ def test_an_address_where_no_ray_cluster_answers_is_refused(local_ray, monkeypat
             _check_reachable(address, f"--ray {address}")
     finally:
         web.shutdown()
-    monkeypatch.setattr("bertc.runtime.RAY_CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr("bertc.run_ray.RAY_CONNECT_TIMEOUT", 0.5)
     with socket.socket() as silent:   # listening: the connection is accepted (by the kernel), nothing ever answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()

@@ -331,12 +331,12 @@ def test_a_long_texts_prefix_keeps_exactly_the_tokens_of_the_whole(monkeypatch, 
 
     import tokenizers
 
-    from bertc import runtime
+    from bertc import engine as engine_code
 
-    monkeypatch.setattr(runtime, "LONG_TEXT_CHARS", 400)
-    monkeypatch.setattr(runtime, "LONG_TEXT_CHARS_PER_TOKEN", 4)
-    monkeypatch.setattr(runtime, "COUNT_CHARS", 700)
-    monkeypatch.setattr(runtime, "PREFIX_CHARS", 200)
+    monkeypatch.setattr(engine_code, "LONG_TEXT_CHARS", 400)
+    monkeypatch.setattr(engine_code, "LONG_TEXT_CHARS_PER_TOKEN", 4)
+    monkeypatch.setattr(engine_code, "COUNT_CHARS", 700)
+    monkeypatch.setattr(engine_code, "PREFIX_CHARS", 200)
     rng = random.Random(fixture)
     vocabulary = "the cat sat on a mat dog ran fast , . ! big red car naïve 东京 12 34 x-y don't".split()
 
@@ -350,7 +350,7 @@ def test_a_long_texts_prefix_keeps_exactly_the_tokens_of_the_whole(monkeypatch, 
     cut = 0
     for max_len in (24, 25):
         for kind in ("single", "pair", "zero_shot"):
-            engine = runtime.Engine.__new__(runtime.Engine)
+            engine = engine_code.Engine.__new__(engine_code.Engine)
             engine.parts = types.SimpleNamespace(max_len=max_len, kind=kind, tokenizer_json=source)
             engine._local = threading.local()
             engine.tokenizer = tokenizers.Tokenizer.from_str(source)
