@@ -234,9 +234,11 @@ def check_build_files(out: Path, report: dict) -> None:
 
 def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> Iterator[dict]:
     """The Hugging Face config.json (or ``name``) of the build: OUT's copy (bundled by the build as
-    ``checkpoint_config.json``, or OUT's ``name``), the first of them there; only a build that bundled none reads
-    the one beside the trained weights (an older build), where that can be read. One in OUT that cannot be read
-    is an error (:func:`build_json`). At most one config."""
+    ``checkpoint_config.json``, or OUT's ``name``), the first of them there. Only a build from before the build
+    bundled these files (its report records no ``weights.bundled_config``, and OUT has no checkpoint_config.json)
+    reads the one beside the trained weights, where that can be read; a later build bundled all there was, so what
+    it did not bundle is absent, whatever the weights' directory holds now. One in OUT that cannot be read is an
+    error (:func:`build_json`). At most one config."""
     from bertc.checkpoints import CHECKPOINT_CONFIG
 
     for inside in ([CHECKPOINT_CONFIG] if name == "config.json" else []) + [name]:
@@ -244,7 +246,10 @@ def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> I
         if config is not None:
             yield config
             return
-    source = (report.get("weights") or {}).get("source")
+    weights = report.get("weights") or {}
+    if "bundled_config" in weights or (Path(out) / CHECKPOINT_CONFIG).exists():
+        return
+    source = weights.get("source")
     if source:
         src = Path(source)
         try:

@@ -166,6 +166,31 @@ def test_the_builds_own_checkpoint_config_wins_over_the_weights_folder(builds, t
     assert rt.run(["the cat"])[0]["label"] in ("x", "y", "z") and rt.scores == "sigmoid"
 
 
+def test_a_config_the_build_did_not_bundle_is_not_read_beside_the_weights(builds, tmp_path):
+    """A build that bundled its checkpoint's config.json but had no config_sentence_transformers.json to bundle read
+    one that appeared beside the trained weights later (report.json's weights.source): the same OUT scored a pair
+    with raw logits, then with their sigmoid, then raw again once moved. What the build did not bundle is absent."""
+    out = _copy(builds["bert_seq_cls"], tmp_path)
+    source = tmp_path / "weights"
+    source.mkdir()
+    (source / "config_sentence_transformers.json").write_text(json.dumps(
+        {"activation_fn": "torch.nn.modules.activation.Sigmoid", "prompts": {"query": "query: "},
+         "default_prompt_name": "query", "similarity_fn_name": "dot"}))
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"]["bundled_config"] == ["checkpoint_config.json"]
+    report["weights"]["source"] = str(source)
+    (out / "report.json").write_text(json.dumps(report))
+    want = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx")
+    rt = bertc.Runtime(out, artifact="onnx")
+    assert (rt.scores, rt.scores_why) == (want.scores, want.scores_why) and rt.scores != "sigmoid"
+    assert rt.run(["the cat"]) == want.run(["the cat"])
+    # a build whose checkpoint had nothing to bundle records so too, and reads nothing beside the weights either
+    (out / "checkpoint_config.json").unlink()
+    report["weights"]["bundled_config"] = []
+    (out / "report.json").write_text(json.dumps(report))
+    assert bertc.Runtime(out, artifact="onnx").scores != "sigmoid"
+
+
 @pytest.mark.parametrize("damage", ["{", "{}", "truncated"])
 def test_a_damaged_tokenizer_json_is_named(builds, tmp_path, capsys, damage):
     """A tokenizer.json in OUT that the tokenizers library cannot read (cut short, not JSON, not a tokenizer) is a

@@ -226,9 +226,9 @@ def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) ->
     check_checkpoint_config(spec, weights)
     result = load_weights(model, spec, weights)
     sections = {"weights": {**result.to_json(), "summary": result.summary()}}
-    bundled = bundle_checkpoint_config(Path(weights), Path(out))
-    if bundled:
-        sections["weights"]["bundled_config"] = bundled
+    # recorded even when empty: bertc run then knows the build bundled all there was, and reads nothing beside the
+    # trained weights (which may have changed, or gone, since)
+    sections["weights"]["bundled_config"] = bundle_checkpoint_config(Path(weights), Path(out))
     tokenizer = bundle_tokenizer(Path(weights), out)
     if tokenizer:
         beyond = _tokens_beyond_vocabulary(spec, Path(out))
