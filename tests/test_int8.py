@@ -1013,3 +1013,27 @@ def test_the_tuned_graph_packs_like_the_lowered_one():
     for graph, arrays in ((proto, weights), (s_proto, s_weights)):
         packed = padding_free(graph, arrays, fast_path=False)[0]
         assert np.max(np.abs(fp32_outputs(packed, arrays, inputs) - want)) <= 1e-5
+
+
+def test_the_report_names_a_form_cost_cache_only_where_one_was_kept(tmp_path, monkeypatch):
+    """report.json's row_wise_by_sensitivity.form_ms.cache named ~/.cache/bertc/int8_form_costs.json although an
+    unwritable home kept nothing there: it names the file only when there is one."""
+    from types import SimpleNamespace
+
+    from bertc.optimize import int8_tuning
+    from bertc.optimize.quantize import FORM_CACHE
+
+    judge = SimpleNamespace(criteria={}, target={}, cases=[], measured=1)
+    m = SimpleNamespace(figures=lambda: {}, meets_target=True, passes=True)
+
+    def cache_named(folder):
+        monkeypatch.setenv("BERTC_CACHE_DIR", str(folder))
+        section = int8_tuning._section(judge, [{"step": "plain"}], [], [], [], None, [], m, 0.0)
+        return section["row_wise_by_sensitivity"]["form_ms"]["cache"]
+
+    assert cache_named(tmp_path / "never-written") is None
+    (tmp_path / FORM_CACHE).write_text("{}")
+    assert cache_named(tmp_path) == str(tmp_path / FORM_CACHE)
+    monkeypatch.setenv("BERTC_CACHE_DIR", "off")
+    assert int8_tuning._section(judge, [{"step": "plain"}], [], [], [], None, [], m, 0.0)[
+        "row_wise_by_sensitivity"]["form_ms"]["cache"] is None

@@ -542,7 +542,10 @@ def _section(judge: Judge, steps: list, candidates: list, keep: list, blocks: li
                 "form_ms": {"what": f"one ({FORM_ROWS}, K) x (K, N) product in each form on this host, ORT CPU "
                                     f"{FORM_THREADS} threads (bertc.optimize.quantize.int8_form_costs); a form is "
                                     f"tried where it takes at most {FORM_GAIN:.0%} of fp32's time",
-                            "nodes": costs, "timed": list(timed), "cache": cache and str(cache / FORM_CACHE)}}
+                            "nodes": costs, "timed": list(timed),
+                            # the host's cache file where there is one (None: timings kept nowhere, e.g. an
+                            # unwritable home or BERTC_CACHE_DIR=off)
+                            "cache": str(cache / FORM_CACHE) if cache and (cache / FORM_CACHE).is_file() else None}}
     return {
         "tuning": ("pair-limited weights" if paired else "plain") if plain_ok else (
             "smoothing" if applied and not (keep or blocks or rows) else "smoothing + sensitivity" if applied else "sensitivity"),
