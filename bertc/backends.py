@@ -17,11 +17,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from bertc.errors import BackendLoadError
+from bertc.requirements import pip_install
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 PROVIDER_SUFFIX = {CPU: "cpu", CUDA: "cuda"}
 FORMAT_BY_SUFFIX = {".keras": "keras", ".onnx": "onnx", ".tflite": "tflite"}
-NO_ONNXRUNTIME = "onnxruntime is not installed: pip install 'bertc[cpu]' (or 'bertc[gpu]' for CUDA)"
+NO_ONNXRUNTIME = f"onnxruntime is not installed: {pip_install('cpu')} (or {pip_install('gpu')} for CUDA)"
 NO_CUDA = "CUDA provider not available (install onnxruntime-gpu on a CUDA machine)"
 
 Runner = Callable[[dict], dict]  # model inputs (name -> array) -> outputs (name -> array)
@@ -191,7 +192,7 @@ def tflite_interpreter(backend: Backend, threads: Optional[int] = None):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
         raise BackendLoadError(f"{backend.path.name}: the LiteRT runtime is not installed "
-                               f"(pip install ai-edge-litert): {exc}") from None
+                               f"(pip install 'ai-edge-litert>=2.0,<3'): {exc}") from None
     _require_file(backend)
     try:
         return Interpreter(model_path=str(backend.path), num_threads=threads)

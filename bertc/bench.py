@@ -398,7 +398,9 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
         try:
             plot_latency(result, chart)
         except ImportError:
-            notes.append("no chart: matplotlib is not installed (pip install 'bertc[plot]' for bench.png)")
+            from bertc.requirements import pip_install
+
+            notes.append(f"no chart: matplotlib is not installed ({pip_install('plot')} for bench.png)")
             chart = None
         except OSError as exc:
             notes.append(f"no chart: cannot write {out_dir / 'bench.png'}: {exc.strerror or exc}")

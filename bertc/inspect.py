@@ -35,7 +35,9 @@ def graph_dot(model):
     try:
         import pydot  # noqa: F401
     except ImportError:
-        raise MissingLibrary("--plot needs pydot: pip install 'bertc[plot]'") from None
+        from bertc.requirements import pip_install
+
+        raise MissingLibrary(f"--plot needs pydot: {pip_install('plot')}") from None
     return keras.utils.model_to_dot(model, show_shapes=True, show_layer_names=True, show_dtype=False,
                                     expand_nested=False, dpi=64, rankdir="TB")
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from bertc.backends import CPU, CUDA, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers
+from bertc.backends import CPU, CUDA, NO_ONNXRUNTIME, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers
 from bertc.engine import (DEFAULT_BATCH, DEFAULT_BATCH_TOKENS, DEFAULT_DOC_STRIDE, DEFAULT_HYPOTHESIS, DEFAULT_TOP_K,
                           POSITIONS, SIMILARITIES, Engine, EngineParts, windows)
 from bertc.errors import BackendLoadError, BertcError, InputError, MissingLibrary
@@ -145,7 +145,7 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
     of report.json's artifacts or a file name) overrides the choice."""
     available = onnx_providers()
     if not available:
-        raise BackendLoadError("onnxruntime is not installed: pip install 'bertc[cpu]' (or 'bertc[gpu]' for CUDA)")
+        raise BackendLoadError(NO_ONNXRUNTIME)
     if device == "cuda" and CUDA not in available:
         raise InputError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
     providers = [CUDA, CPU] if device == "cuda" or (device == "auto" and CUDA in available) else [CPU]

@@ -68,7 +68,7 @@ def test_bench_without_matplotlib_says_so_and_still_prints_the_table(built, monk
     (built / "bench.png").unlink(missing_ok=True)
     assert main(["bench", str(built), *BENCH, "--backends", "onnx_cpu,tflite"]) == 0
     out = capfd.readouterr().out
-    assert "no chart: matplotlib is not installed (pip install 'bertc[plot]'" in out
+    assert "no chart: matplotlib is not installed (pip install 'pydot>=2' 'matplotlib>=3.7' for bench.png)" in out
     assert out.count("onnx_cpu ") == 2 and "keras" not in out.split("ratio")[1]
     assert not (built / "bench.png").exists()
 

@@ -80,10 +80,10 @@ def test_a_missing_tokenizers_library_is_exit_7_for_bertc_run_and_build_calibrat
     (tmp_path / "tokenizer.json").write_text("{}")   # a build that bundles a tokenizer
     runtime = Runtime.__new__(Runtime)
     runtime.out, runtime.max_len = tmp_path, 8
-    with pytest.raises(MissingLibrary, match=r"tokenizers .*pip install 'bertc\[text\]'"):
+    with pytest.raises(MissingLibrary, match=r"tokenizers .*pip install 'tokenizers<1,>=0.15'$"):
         runtime._tokenizer_json()
     (tmp_path / "text.txt").write_text("a sentence\n")
-    with pytest.raises(MissingLibrary, match=r"pip install 'bertc\[text\]'"):
+    with pytest.raises(MissingLibrary, match=r"pip install 'tokenizers<1,>=0.15'$"):
         real_text_cases(SimpleNamespace(encoder=SimpleNamespace(max_sequence_length=8)), tmp_path,
                         tmp_path / "text.txt")
     monkeypatch.setitem(sys.modules, "ray", None)
@@ -219,3 +219,32 @@ def test_the_parity_backend_names_are_the_codes():
 
     text = _readme_part("Backends are named after the artifact", "A padding-free artifact")
     assert set(re.findall(r"`((?:onnx|tflite)\w*)`", text)) == set(BACKENDS)
+
+
+def test_the_install_advice_names_the_extras_libraries_as_pyproject_declares_them(monkeypatch):
+    """In the run-only environment (bertc installed --no-deps), "pip install 'bertc[parquet]'" pulled in every build
+    library (TensorFlow and the rest: 229 MB -> 2.0 GB): the advice installs the extra's own libraries, as
+    pyproject.toml declares them, with or without bertc's metadata."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from bertc import requirements
+
+    declared = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+
+    def parsed(command: str) -> set:
+        import shlex
+
+        assert command.startswith("pip install ")
+        return {str(Requirement(p)) for p in shlex.split(command)[2:]}
+
+    for extra, fallback in requirements.DECLARED.items():
+        want = {str(Requirement(p)) for p in declared[extra]}
+        assert {str(Requirement(p)) for p in fallback} == want, extra
+        assert parsed(requirements.pip_install(extra)) == want, extra
+        monkeypatch.setattr(requirements, "_installed_extras", lambda: {})   # a source tree without metadata
+        assert parsed(requirements.pip_install(extra)) == want, extra
+        monkeypatch.undo()
+    assert "bertc[" not in requirements.pip_install("parquet")
