@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -766,6 +767,68 @@ def _writer(f, fmt: str, kind: str, keep: tuple = (), dtype=np.float32, keep_typ
     return _ParquetWriter(f, kind, keep, dtype, keep_types, empty_width)
 
 
+class _Sink(io.RawIOBase):
+    """The binary file a result writer writes into (the temporary result, or standard output), every byte of each
+    write written: a full disk or a file size limit makes the system write only part of what it was given, which
+    Python's buffered files pass on as a smaller count and no error (the rest of a batch lost, the run saying it
+    wrote every row); the rest is written again, until all of it is or the system says why not (the error).
+    Standard output is written through its unbuffered file (:func:`_stdout_sink`), so that nothing of a failed
+    stream is left in Python's buffer (flushed again, and failing again, as the process exits). Closing the sink
+    leaves the file open (its owner closes it; standard output stays open)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.f.seekable()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def flush(self) -> None:
+        if not self.closed and not self.f.closed:
+            self.f.flush()
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            n = self.f.write(view[done:])
+            if n is None:   # a non-blocking file that is full for now (a pipe): wait until it takes more
+                _wait_writable(self.f)
+                continue
+            if n <= 0:
+                raise OSError(errno.EIO, "the system wrote none of the bytes given it")
+            done += n
+        return done
+
+
+def _wait_writable(f) -> None:
+    import select
+
+    try:
+        select.select([], [f.fileno()], [])
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        import time
+
+        time.sleep(0.01)
+
+
+def _stdout_sink() -> _Sink:
+    """Standard output as a :class:`_Sink`: its unbuffered file, once what Python holds for it is written (its
+    buffered file where it has none: a test's capture)."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    out.flush()
+    return _Sink(getattr(out, "raw", None) or out)
+
+
 class _Flushing:
     """A text writer on standard output that hands each batch on at once (a pipeline's next stage sees it)."""
 
@@ -837,7 +900,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     only when no row came, so that an empty .npy or Parquet result has the shape a non-empty one would."""
     path = Path(path)
     if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
-        out = sys.stdout.buffer
+        out = _stdout_sink()
         writer = _writer(out, fmt, kind, keep, dtype)
         try:
             yield _Flushing(writer, out)
@@ -863,7 +926,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)
     try:
         with f:
-            writer = _writer(f, fmt, kind, keep, dtype, keep_types, empty_width)
+            writer = _writer(_Sink(f), fmt, kind, keep, dtype, keep_types, empty_width)
             try:
                 yield writer
                 writer.close()
