@@ -376,6 +376,9 @@ class _Rewriter:
         self.windows = windows or {}   # windowed MultiHeadAttention -> (w, block bias): blocks per sequence
         self.report.per_sequence_above = per_sequence
         self._n = 0
+        # Split says how many parts from opset 18 on (num_outputs; before it, the attribute does not exist)
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self.split_parts = (lambda n: {"num_outputs": n}) if opset >= 18 else (lambda n: {})
         self.mask_input = next((i.name for i in self.g.graph.input if i.name == "input_mask"), None)
         if self.mask_input is None:
             raise NotLowerable("padding-free: the graph has no input_mask")
@@ -743,7 +746,7 @@ class _Rewriter:
     def batched_attention(self, node, qkv: list, bias: str, mask: str, attention_bias: str, out: str = "") -> str:
         """One MultiHeadAttention on the padded (B, S) layout over the packed ``qkv`` (the three, or one packed
         QKV split on the packed rows), each unpacked by one Gather; returns its padded output (``out``)."""
-        parts = qkv if len(qkv) == 3 else self.node("Split", qkv, "qkv_split", n_out=3, axis=2)
+        parts = qkv if len(qkv) == 3 else self.node("Split", qkv, "qkv_split", n_out=3, axis=2, **self.split_parts(3))
         unpacked = [self.one("Gather", [self.one("Squeeze", [p, self.const([0], np.int64, "axis_0")], "rows"),
                                         self.inverse], "unpack", axis=0) for p in parts]
         out = out or self.name("attention")
@@ -840,7 +843,7 @@ class _Rewriter:
         spare = self.one("Slice", [qkv[-1], self.const([-1], np.int64, "last"), self.const([2 ** 62], np.int64, "end"),
                                    self.const([1], np.int64, "ax1")], "spare_row")
         if len(qkv) == 1:
-            spare = self.node("Split", [spare], "spare_qkv", n_out=3, axis=2)[2]
+            spare = self.node("Split", [spare], "spare_qkv", n_out=3, axis=2, **self.split_parts(3))[2]
         looped = self.one("ConcatFromSequence", [self.one("SequenceInsert", [outputs, spare], "with_spare")],
                           "attention_packed", axis=1)                                                   # (1, T + 1, D)
         # short batches: the padded layout, packed again
@@ -874,7 +877,7 @@ class _Rewriter:
         tokens = c([1], np.int64, "tokens")
         rows = [add("Slice", [name, start, end, tokens], "rows") for name in qkv]
         if len(rows) == 1:
-            rows = add("Split", rows, "qkv", n_out=3, axis=2)
+            rows = add("Split", rows, "qkv", n_out=3, axis=2, **self.split_parts(3))
         key_mask = add("Slice", [seq["mask"], start, end, tokens], "key_mask") if masked else ""
         inputs = rows + [bias, key_mask]
         if window is not None:   # the plain per-sequence attention becomes the else branch of an If on blocks
