@@ -771,13 +771,31 @@ class _Sink(io.RawIOBase):
     """The binary file a result writer writes into (the temporary result, or standard output), every byte of each
     write written: a full disk or a file size limit makes the system write only part of what it was given, which
     Python's buffered files pass on as a smaller count and no error (the rest of a batch lost, the run saying it
-    wrote every row); the rest is written again, until all of it is or the system says why not (the error).
+    wrote every row); the rest is written again, until all of it is or the system says why not.
+
+    Why not is an :class:`OutputError` (exit 5) naming ``where`` and the reason (no space left on device, a disk
+    quota, an I/O error, a file too large), never an ``OSError``, which the CLI would report as a bug in bertc;
+    ``after`` ends its message (what became of the result). A reader of standard output that went away stays a
+    ``BrokenPipeError`` (exit 141, quietly). Once a write failed, the sink drops what the writer's layers flush as
+    they are let go of (the run is failing already: no second error, none as the process exits).
     Standard output is written through its unbuffered file (:func:`_stdout_sink`), so that nothing of a failed
     stream is left in Python's buffer (flushed again, and failing again, as the process exits). Closing the sink
     leaves the file open (its owner closes it; standard output stays open)."""
 
-    def __init__(self, f):
-        self.f = f
+    def __init__(self, f, where: str, what: str, after: str = ""):
+        self.f, self.where, self.what, self.after = f, where, what, after
+        self.failed = False
+
+    def do(self, call, *args):
+        """``call(*args)`` on the file, its ``OSError`` an :class:`OutputError` naming where and why."""
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self.failed = True
+            raise
+        except OSError as exc:
+            self.failed = True
+            raise OutputError(f"{self.where}: cannot write {self.what}: {exc.strerror or exc}{self.after}") from None
 
     def writable(self) -> bool:
         return True
@@ -786,27 +804,33 @@ class _Sink(io.RawIOBase):
         return self.f.seekable()
 
     def seek(self, pos: int, whence: int = 0) -> int:
-        return self.f.seek(pos, whence)
+        return self.do(self.f.seek, pos, whence)
 
     def tell(self) -> int:
-        return self.f.tell()
+        return self.do(self.f.tell)
 
     def flush(self) -> None:
-        if not self.closed and not self.f.closed:
-            self.f.flush()
+        if not self.closed and not self.f.closed and not self.failed:
+            self.do(self.f.flush)
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
+        if self.failed:
+            return len(view)
         done = 0
         while done < len(view):
-            n = self.f.write(view[done:])
+            n = self.do(self.f.write, view[done:])
             if n is None:   # a non-blocking file that is full for now (a pipe): wait until it takes more
                 _wait_writable(self.f)
                 continue
             if n <= 0:
-                raise OSError(errno.EIO, "the system wrote none of the bytes given it")
+                self.do(_raise, OSError(errno.EIO, "the system wrote none of the bytes given it"))
             done += n
         return done
+
+
+def _raise(exc: BaseException):
+    raise exc
 
 
 def _wait_writable(f) -> None:
@@ -823,10 +847,12 @@ def _wait_writable(f) -> None:
 def _stdout_sink() -> _Sink:
     """Standard output as a :class:`_Sink`: its unbuffered file, once what Python holds for it is written (its
     buffered file where it has none: a test's capture)."""
-    sys.stdout.flush()
     out = sys.stdout.buffer
-    out.flush()
-    return _Sink(getattr(out, "raw", None) or out)
+    sink = _Sink(getattr(out, "raw", None) or out, "standard output", "the results",
+                 "; what it received is incomplete")
+    sink.do(sys.stdout.flush)
+    sink.do(out.flush)
+    return sink
 
 
 class _Flushing:
@@ -924,9 +950,12 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     except OSError as exc:
         raise OutputError(f"cannot write the result beside {path}: {exc}") from None
     _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)
+    # a full disk, a quota, an I/O error: an OutputError naming RESULT (exit 5), the temporary file removed
+    after = f"; nothing was written ({path} is as it was)"
+    sink = _Sink(f, str(path), "the result", after)
     try:
-        with f:
-            writer = _writer(_Sink(f), fmt, kind, keep, dtype, keep_types, empty_width)
+        try:
+            writer = _writer(sink, fmt, kind, keep, dtype, keep_types, empty_width)
             try:
                 yield writer
                 writer.close()
@@ -936,7 +965,15 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
                 if hasattr(writer, "abandon"):
                     writer.abandon()
                 raise
-        os.replace(tmp, path)
+            sink.flush()
+            sink.do(f.close)   # what only closing says (a quota, a network file system)
+        finally:
+            with contextlib.suppress(OSError):   # after an error: its flush fails again, the file is closed anyway
+                f.close()
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot put the result in place: {exc.strerror or exc}{after}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

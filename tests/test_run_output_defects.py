@@ -161,3 +161,110 @@ def test_standard_output_cut_short_by_a_file_size_limit_is_not_a_success(builds,
     assert run.returncode != 0, err
     assert "wrote standard output" not in err, err
     assert (tmp_path / "out.jsonl").stat().st_size <= 50_000
+
+
+# --- 4: no space left (and a quota, an I/O error, a file too large) is an output error, not a bug ---------------
+
+class _FullDisk(_ShortFile):
+    """The temporary result file on a disk with ``room`` bytes left: a write past it writes what fits, the next
+    one fails with ``err`` (as ENOSPC does); ``at_close``: every write fits, closing fails (a quota on a network file
+    system)."""
+
+    def __init__(self, f, err, room=2000, at_close=False):
+        super().__init__(f)
+        self.err, self.room, self.at_close = err, room, at_close
+
+    def write(self, b):
+        b = bytes(memoryview(b).cast("B"))
+        if self.at_close:
+            return self._f.write(b)
+        if self.room <= 0:
+            raise OSError(self.err, os.strerror(self.err))
+        n = self._f.write(b[:self.room])
+        self.room -= n
+        return n
+
+    def close(self):
+        was_open = not self._f.closed
+        self._f.close()
+        if self.at_close and was_open:
+            raise OSError(self.err, os.strerror(self.err))
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG],
+                         ids=["ENOSPC", "EDQUOT", "EIO", "EFBIG"])
+@pytest.mark.parametrize("fmt", ["npy", "jsonl", "parquet"])
+def test_a_full_disk_is_an_output_error_naming_the_result_and_leaves_nothing(tmp_path, monkeypatch, fmt, err):
+    from bertc.errors import EXIT_OUTPUT, OutputError
+
+    result = tmp_path / f"r.{fmt}"
+    _patch_open(monkeypatch, lambda f: _FullDisk(f, err))
+    with pytest.raises(OutputError) as caught:
+        _write(result, fmt)
+    message = str(caught.value)
+    assert caught.value.exit_code == EXIT_OUTPUT
+    assert message.startswith(f"{result}: cannot write the result: {os.strerror(err)}"), message
+    assert "nothing was written" in message, message
+    assert list(tmp_path.iterdir()) == []   # no partial result, no temporary file
+    result.write_bytes(b"the earlier result")   # --force over an earlier result: it stays as it was
+    with pytest.raises(OutputError):
+        _write(result, fmt, force=True)
+    assert result.read_bytes() == b"the earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [result.name]
+
+
+def test_a_quota_that_only_closing_reports_is_an_output_error(tmp_path, monkeypatch):
+    from bertc.errors import OutputError
+
+    _patch_open(monkeypatch, lambda f: _FullDisk(f, errno.EDQUOT, at_close=True))
+    with pytest.raises(OutputError, match=f"r.jsonl: cannot write the result: {os.strerror(errno.EDQUOT)}"):
+        _write(tmp_path / "r.jsonl")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_through_the_cli_is_exit_5_with_one_line(builds, tmp_path, monkeypatch, capsys):
+    from bertc.cli import main
+    from bertc.errors import EXIT_OUTPUT
+
+    txt = tmp_path / "in.txt"
+    txt.write_text("".join(f"some sentence number {i} with words\n" for i in range(300)))
+    result = tmp_path / "r.npy"
+    _patch_open(monkeypatch, lambda f: _FullDisk(f, errno.ENOSPC))
+    assert main(["run", str(builds["st_bert_mean_norm"]), str(txt), "-o", str(result), "-q"]) == EXIT_OUTPUT
+    _one_clean_error(capsys.readouterr().err, f"error: {result}: cannot write the result: No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+class _FullStdout(_Stdout):
+    def __init__(self, err):
+        super().__init__(raw=True)
+
+        def full(b):
+            raise OSError(err, os.strerror(err))
+
+        self.buffer.raw.write = full
+
+
+def test_a_full_standard_output_is_an_output_error(tmp_path, monkeypatch):
+    from bertc.errors import OutputError
+
+    monkeypatch.setattr(sys, "stdout", _FullStdout(errno.ENOSPC))
+    with pytest.raises(OutputError, match="^standard output: cannot write the results: No space left on device"):
+        _write("-")
+    monkeypatch.setattr(sys, "stdout", _FullStdout(errno.EPIPE))   # a reader that went away: exit 141, as before
+    with pytest.raises(BrokenPipeError):
+        _write("-")
+
+
+@pytest.mark.parametrize("where", ["/dev/full", "limit"])
+def test_standard_output_that_cannot_be_written_is_exit_5_naming_it(builds, tmp_path, where):
+    from bertc.errors import EXIT_OUTPUT
+
+    txt = tmp_path / "big.txt"
+    txt.write_text("".join(f"some sentence number {i} with words\n" for i in range(400)))
+    with open(where if where == "/dev/full" else tmp_path / "out.jsonl", "wb") as out:
+        run = _bertc(["run", builds["st_bert_mean_norm"], txt, "-o", "-"], stdout=out,
+                     fsize=None if where == "/dev/full" else 50_000)
+    reason = "No space left on device" if where == "/dev/full" else "File too large"
+    assert run.returncode == EXIT_OUTPUT, run.stderr.decode()
+    _one_clean_error(run.stderr.decode(), f"error: standard output: cannot write the results: {reason}")
