@@ -916,11 +916,24 @@ def _remove_stale_partials(path: Path) -> None:
             continue
 
 
+def _followed(path: Path) -> Path:
+    """Where RESULT is written: ``path``, or, where it is a symbolic link, the file it leads to (links of links
+    followed; a dangling link's target, which the run creates), as ``bertc build -o LINK`` and ``bertc import -o LINK``
+    write through a link: the link stays, its target gets the result."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    if target.is_symlink():
+        raise OutputError(f"{path}: cannot follow the link to the result: a loop of symbolic links")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = (), dtype=np.float32,
                   keep_types: Optional[list] = None, empty_width: Optional[Callable[[], Optional[int]]] = None):
     """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
-    ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was.
+    ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was. A
+    symbolic link ``path`` is written through (:func:`_followed`): the file it leads to gets the result.
     ``-``: standard output, written batch by batch. ``keep_types``: the kept columns' pyarrow types in a Parquet
     result (:func:`kept_types`). ``empty_width``: the width of an embedding row (its values at ``dtype``), asked
     only when no row came, so that an empty .npy or Parquet result has the shape a non-empty one would."""
@@ -937,10 +950,12 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
                 writer.f.detach()
             raise
         return
+    given, path = path, _followed(path)   # a link: its target is written (beside it, the temporary file)
+    where = str(given) if path == given else f"{given} (a link to {path})"   # RESULT in messages
     if path.exists() and not force:
-        raise OutputError(f"{path} already exists; pass --force to replace it")
+        raise OutputError(f"{where} already exists; pass --force to replace it")
     if path.is_dir():
-        raise OutputError(f"{path} is a directory; the result is a file")
+        raise OutputError(f"{where} is a directory; the result is a file")
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: no such directory for the result")
     _remove_stale_partials(path)
@@ -948,11 +963,11 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     try:
         f = open(tmp, "wb")
     except OSError as exc:
-        raise OutputError(f"cannot write the result beside {path}: {exc}") from None
+        raise OutputError(f"cannot write the result beside {where}: {exc}") from None
     _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)
     # a full disk, a quota, an I/O error: an OutputError naming RESULT (exit 5), the temporary file removed
-    after = f"; nothing was written ({path} is as it was)"
-    sink = _Sink(f, str(path), "the result", after)
+    after = f"; nothing was written ({given} is as it was)"
+    sink = _Sink(f, where, "the result", after)
     try:
         try:
             writer = _writer(sink, fmt, kind, keep, dtype, keep_types, empty_width)
@@ -973,7 +988,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         try:
             os.replace(tmp, path)
         except OSError as exc:
-            raise OutputError(f"{path}: cannot put the result in place: {exc.strerror or exc}{after}") from None
+            raise OutputError(f"{where}: cannot put the result in place: {exc.strerror or exc}{after}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

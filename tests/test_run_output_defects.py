@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -268,3 +269,64 @@ def test_standard_output_that_cannot_be_written_is_exit_5_naming_it(builds, tmp_
     reason = "No space left on device" if where == "/dev/full" else "File too large"
     assert run.returncode == EXIT_OUTPUT, run.stderr.decode()
     _one_clean_error(run.stderr.decode(), f"error: standard output: cannot write the results: {reason}")
+
+
+# --- 9: a RESULT that is a symbolic link is written through, as build and import write through one ---------------
+
+def test_a_linked_result_is_written_through_to_its_target(tmp_path):
+    from bertc.errors import OutputError
+
+    expected = _expected("jsonl", tmp_path)
+    shared, here = tmp_path / "shared", tmp_path / "here"
+    shared.mkdir()
+    here.mkdir()
+    (shared / "r.jsonl").write_text("old\n")
+    link = here / "latest.jsonl"
+    link.symlink_to("../shared/r.jsonl")
+    refused = f"{link} (a link to {shared / 'r.jsonl'}) already exists; pass --force"
+    with pytest.raises(OutputError, match=re.escape(refused)):
+        _write(link)
+    _write(link, force=True)
+    assert link.is_symlink() and os.readlink(link) == "../shared/r.jsonl"
+    assert (shared / "r.jsonl").read_bytes() == expected
+    assert [p.name for p in here.iterdir()] == ["latest.jsonl"] and [p.name for p in shared.iterdir()] == ["r.jsonl"]
+    chain = here / "chain.jsonl"   # a link to the link: the same file
+    chain.symlink_to(link)
+    _write(chain, rows=ROWS[:3], force=True)
+    assert chain.is_symlink() and link.is_symlink()
+    assert len((shared / "r.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_dangling_linked_result_creates_its_target_and_a_loop_is_refused(tmp_path):
+    from bertc.errors import OutputError
+
+    (tmp_path / "shared").mkdir()
+    link = tmp_path / "latest.npy"
+    link.symlink_to(tmp_path / "shared" / "r.npy")
+    _write(link, "npy")   # no --force needed: nothing was there
+    assert link.is_symlink()
+    np.testing.assert_array_equal(np.load(tmp_path / "shared" / "r.npy"), np.stack(ROWS))
+    (tmp_path / "gone.npy").symlink_to(tmp_path / "nowhere" / "r.npy")
+    with pytest.raises(OutputError, match=re.escape(f"{tmp_path / 'nowhere'}: no such directory for the result")):
+        _write(tmp_path / "gone.npy", "npy")
+    (tmp_path / "a.npy").symlink_to("b.npy")
+    (tmp_path / "b.npy").symlink_to("a.npy")
+    with pytest.raises(OutputError, match="a loop of symbolic links"):
+        _write(tmp_path / "a.npy", "npy", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npy", "gone.npy", "latest.npy", "shared"]
+
+
+def test_run_force_through_a_link_keeps_the_link(builds, tmp_path, capsys):
+    """The QA report's case: `bertc run OUT in.txt -o rlink.jsonl --force` kept the target's "old" and made the link a
+    file."""
+    from bertc.cli import main
+
+    (tmp_path / "results_real").mkdir()
+    (tmp_path / "results_real" / "r.jsonl").write_text("old\n")
+    link = tmp_path / "rlink.jsonl"
+    link.symlink_to("results_real/r.jsonl")
+    txt = tmp_path / "in1.txt"
+    txt.write_text("hello\n")
+    assert main(["run", str(builds["st_bert_mean_norm"]), str(txt), "-o", str(link), "--force", "-q"]) == 0
+    assert link.is_symlink()
+    assert len(json.loads((tmp_path / "results_real" / "r.jsonl").read_text())["embedding"]) > 0
