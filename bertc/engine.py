@@ -71,6 +71,7 @@ import numpy as np
 
 from bertc.errors import BackendLoadError, InputError
 from bertc.run_io import Record
+from bertc.text import lowercased
 
 POSITIONS = "masked_lm_positions"   # a pretrainer's input: where its masked-LM head predicts
 DEFAULT_TOP_K = 5                   # fill-mask predictions per mask (transformers' fill-mask pipeline's default)
@@ -154,6 +155,7 @@ class EngineParts:
     similarity: str = "cosine"       # a sentence embedder's pairs: how their two embeddings are compared
     pair_prompt: str = ""            # ... and the prompt put before each pair's second text
     vocab_size: int = 0              # the model's vocabulary (0: unknown): a token id at or above it is refused
+    lowercase: bool = False          # str.lower() of each input first (sentence_bert_config.json's do_lower_case)
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -228,6 +230,8 @@ class Engine:
         sentence embedder's) before each single text."""
         prompt = self.parts.prompt if prompt is None else prompt
         inputs = [prompt + r.text if r.pair is None else (r.text, r.pair) for r in records]
+        if self.parts.lowercase:   # as sentence-transformers: the prompt and the text, str.lower() (its final sigma)
+            inputs = [lowercased(x) for x in inputs]
         inputs = [x if self.windowed(r) else self._shortened(x) for r, x in zip(records, inputs)]
         try:
             encodings = self.tokenizer.encode_batch(inputs)

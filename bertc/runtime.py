@@ -24,6 +24,7 @@ from bertc.engine import (DEFAULT_BATCH, DEFAULT_BATCH_TOKENS, DEFAULT_DOC_STRID
                           POSITIONS, SIMILARITIES, Engine, EngineParts, windows)
 from bertc.errors import BackendLoadError, BertcError, InputError, MissingLibrary
 from bertc.run_io import Record
+from bertc.text import lowercases_input
 
 STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 # a masked-LM head's logits (rows x longest x vocabulary floats) per model call, at most: its batches are cut to fit
@@ -701,7 +702,8 @@ class Runtime:
                                  else doc_stride, **zero_shot,
                                  no_answer=bool(allow_no_answer), aggregation=aggregation or "first", answers=answers,
                                  similarity=self.similarity or "cosine", pair_prompt=self.pair_prompt,
-                                 vocab_size=_vocab_size(self.spec) or 0, provider_options=provider_options(backend))
+                                 vocab_size=_vocab_size(self.spec) or 0, provider_options=provider_options(backend),
+                                 lowercase=lowercases_input(self.out))
         from bertc.quantize_embeddings import EmbeddingPrecision
 
         if self.kind != "embedding" and (embedding_precision != "float32" or calibration_embeddings is not None):

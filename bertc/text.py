@@ -85,6 +85,12 @@ def describe_tokenizer(directory: Path, files: Sequence[str]) -> dict:
     return section
 
 
+def lowercased(text):
+    """A text (or a (text, pair) tuple) as sentence-transformers lowercases it: ``str.lower()``, whose final sigma
+    rule (ΟΔΥΣΣΕΥΣ -> οδυσσευς) the tokenizers library's character-wise Lowercase normalizer lacks."""
+    return text.lower() if isinstance(text, str) else tuple(t.lower() for t in text)
+
+
 def lowercases_input(directory: Path) -> bool:
     """Whether sentence-transformers lowercases the text before its tokenizer sees it (``do_lower_case`` in
     ``sentence_bert_config.json``, up to sentence-transformers 5; ``str.lower()`` of each text)."""
@@ -138,6 +144,8 @@ def load_tokenizer(out_dir: Path, max_len: int):
 
         tok = tokenizer_for(out_dir, family, config)
     if lowercases_input(out_dir):   # before the tokenizer's own normalization, as sentence-transformers does
+        # (the callers lowercase each text with str.lower() first, as sentence-transformers does: Lowercase maps one
+        # character at a time, so a word's final capital sigma became σ, not ς; here for whoever else encodes)
         lower = tokenizers.normalizers.Lowercase()
         tok.normalizer = lower if tok.normalizer is None else tokenizers.normalizers.Sequence([lower, tok.normalizer])
     tok.enable_truncation(max_length=max_len)
@@ -358,12 +366,28 @@ def _byte_level_bpe(tokenizers, out_dir: Path, config: dict):
 
 
 def read_texts(path: Path) -> list:
-    """One example per non-empty line; a tab separates a sentence pair."""
+    """One example per non-empty line; a tab separates a sentence pair. Lines end where ``bertc run``'s .txt lines
+    end (LF, CRLF or a lone CR; not at the other characters ``str.splitlines`` ends a line at: U+2028, \\x0c, ...,
+    which are text), and a text or pair left empty by the tab is refused, naming its line, as ``bertc run`` refuses
+    it (transformers would encode "abc<TAB>" as "abc" alone, bertc encoded a pair with an empty second text)."""
+    import re
+
     try:
-        lines = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        content = Path(path).read_text(encoding="utf-8-sig")   # a byte-order mark is no part of the first text
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the text file: {exc}") from None
-    texts = [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines if line.strip()]
+    texts = []
+    for n, line in enumerate(re.split(r"\r\n|\r|\n", content), 1):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            texts.append(line)
+            continue
+        text, _, pair = line.partition("\t")
+        for value, what in ((text, "text before"), (pair, "pair after")):
+            if not value.strip():
+                raise InputError(f"{path}: line {n}: empty {what} the tab (a tab separates a sentence pair)")
+        texts.append((text, pair))
     if not texts:
         raise InputError(f"{path}: no text (one example per line; a tab separates a sentence pair)")
     return texts
@@ -374,7 +398,8 @@ def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: 
     int32 ``input_word_ids``, ``input_mask``, ``input_type_ids`` padded to the longest, plus the extra
     inputs ``spec``'s head needs (masked-LM positions inside the real tokens)."""
     tok = load_tokenizer(out_dir, max_len)
-    encodings = tok.encode_batch([t if isinstance(t, str) else tuple(t) for t in texts])
+    lower = lowercases_input(out_dir)
+    encodings = tok.encode_batch([lowercased(t) if lower else t if isinstance(t, str) else tuple(t) for t in texts])
     width = max(len(e.ids) for e in encodings)
     out = {"input_word_ids": np.zeros((len(encodings), width), np.int32),
            "input_mask": np.zeros((len(encodings), width), np.int32),
