@@ -62,6 +62,15 @@ def concrete_values(tensor):
     return np.asarray(tensor.numpy())
 
 
+def _first_outside(values, size: int):
+    """(index, value) of the first of ``values`` outside ``[0, size)``, or None."""
+    bad = (values < 0) | (values >= size)
+    if not bad.any():
+        return None
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    return list(where), int(values[where])
+
+
 def check_ids(ids, size: int, input_name: str, limit_name: str, hint: str = "") -> None:
     """Refuse (ValueError) ids outside ``[0, size)`` when they are concrete (a Keras model called eagerly),
     naming the input, the first offending id and the model's ``limit_name``; the bare TensorFlow gather error
@@ -69,11 +78,27 @@ def check_ids(ids, size: int, input_name: str, limit_name: str, hint: str = "") 
     values = concrete_values(ids)
     if values is None or not values.size:
         return
-    bad = (values < 0) | (values >= size)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{input_name} holds {int(values[where])} (at {list(where)}), outside this model's "
+    found = _first_outside(values, size)
+    if found:
+        raise ValueError(f"{input_name} holds {found[1]} (at {found[0]}), outside this model's "
                          f"{limit_name} {int(size)} (ids 0 to {int(size) - 1}){hint}")
+
+
+def check_positions(positions, sequence, input_name: str) -> None:
+    """Refuse (ValueError) token positions (B, P) outside ``[0, S)``, S the length of ``sequence`` (B, S, ...),
+    when they are concrete (a Keras model called eagerly), naming the input, the first offending position and
+    S. A head that gathers its rows through the flattened batch would read a token of another sequence there
+    (S: the next row's first token, -1: the previous row's last) and no error would say so. Traced (an exported
+    graph, ``fit`` / ``predict``), it does nothing: no op is added."""
+    values = concrete_values(positions)
+    shape = tf.TensorShape(getattr(sequence, "shape", None))
+    length = shape[1] if shape.rank and shape.rank >= 2 else None
+    if values is None or not values.size or length is None:
+        return
+    found = _first_outside(values, int(length))
+    if found:
+        raise ValueError(f"{input_name} holds {found[1]} (at {found[0]}), outside the {int(length)} tokens of each "
+                         f"sequence (positions 0 to {int(length) - 1}): each picks a token of its own sequence")
 
 
 def with_last_dim(shape, width: int) -> tuple:

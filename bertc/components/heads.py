@@ -25,7 +25,8 @@ from pydantic import Field, field_validator
 
 from bertc import activations, losses
 from bertc.components.base import RowSelection
-from bertc.components.common import SpecLayer, dense, dense_params, initializer, layer_norm, serializable
+from bertc.components.common import (SpecLayer, check_positions, dense, dense_params, initializer, layer_norm,
+                                     serializable)
 from bertc.registry import HEADS
 from bertc.signature import OutputInfo
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
@@ -479,7 +480,9 @@ class MaskedLM(SpecLayer):
 
     def call(self, sequence_output, positions, table=None):
         # Flatten (B, S, H) and offset the positions so one plain Gather picks them
-        # (no batch_dims gather: it is not builtin everywhere).
+        # (no batch_dims gather: it is not builtin everywhere). A position outside [0, S) would read another
+        # row's token there: refused when called eagerly (Python only, no op; the artifacts do not check).
+        check_positions(positions, sequence_output, "masked_lm_positions")
         shape = tf.shape(sequence_output)
         offsets = tf.expand_dims(tf.range(shape[0], dtype=positions.dtype) * tf.cast(shape[1], positions.dtype), 1)
         flat = tf.reshape(sequence_output, [-1, self.hidden_size])
