@@ -3,10 +3,10 @@
 A reader yields :class:`Record` s (the text, its optional pair, and where it is in the input, for error
 messages) one at a time from a .txt (one text per line, a tab before the pair), JSONL, CSV/TSV or
 Parquet file. A writer takes results in input order, batch by batch, into a temporary file beside the
-result (``.RESULT.partial-PID``) that :func:`atomic_result` renames over RESULT only once everything
-was written: an error, Ctrl-C or SIGTERM removes it and leaves RESULT as it was; a job killed outright (SIGKILL,
-the out-of-memory killer) leaves no partial RESULT either, only its temporary file, which the next run to the same
-RESULT removes (:func:`_remove_stale_partials`). ``-`` is standard input (text
+result (``.RESULT.partial-PID``) that :func:`atomic_result` puts at RESULT only once everything was written (without
+``--force`` only where nothing appeared there meanwhile): an error, Ctrl-C or SIGTERM removes it and leaves RESULT as
+it was; a job killed outright (SIGKILL, the out-of-memory killer) leaves no partial RESULT either, only its temporary
+file, which the next run to the same RESULT removes (:func:`_remove_stale_partials`). ``-`` is standard input (text
 formats: .txt by default, JSONL, CSV / TSV) or standard output (JSONL by default, or CSV), for pipelines: results
 are written there batch by batch, in input order, and an error stops the stream (the exit code says so). In a .txt,
 CSV or TSV input a lone CR (an old Mac's line end) ends a line as LF and CRLF do.
@@ -916,6 +916,43 @@ def _remove_stale_partials(path: Path) -> None:
             continue
 
 
+# link(2) where the file system has no hard links (FAT, some network file systems)
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+def _publish(tmp: Path, path: Path, force: bool, where: str, after: str) -> None:
+    """Put the finished temporary file ``tmp`` at ``path``. With ``force``, renamed over what is there. Without it,
+    only where nothing is, checked as it is put there, not only when the run started: a hard link (which fails where
+    a file appeared meanwhile), then the temporary name removed; where the file system has no hard links, the name
+    is taken first (created exclusively), then renamed over. So of two runs to one RESULT without ``--force``, the one
+    finishing second refuses instead of replacing the other's result."""
+    try:
+        if force:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))   # the name is this run's now
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    path.unlink()   # the empty file that took the name
+                raise
+            return
+        with contextlib.suppress(OSError):   # the result is in place; a temporary name left is removed as stale later
+            tmp.unlink()
+    except FileExistsError:
+        raise OutputError(f"{where} was written by another process while this run ran (it was not there when the run "
+                          f"started); without --force a run replaces nothing, so this run's result was not kept "
+                          f"(pass --force to replace it)") from None
+    except OSError as exc:
+        raise OutputError(f"{where}: cannot put the result in place: {exc.strerror or exc}{after}") from None
+
+
 def _followed(path: Path) -> Path:
     """Where RESULT is written: ``path``, or, where it is a symbolic link, the file it leads to (links of links
     followed; a dangling link's target, which the run creates), as ``bertc build -o LINK`` and ``bertc import -o LINK``
@@ -931,9 +968,10 @@ def _followed(path: Path) -> Path:
 @contextlib.contextmanager
 def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = (), dtype=np.float32,
                   keep_types: Optional[list] = None, empty_width: Optional[Callable[[], Optional[int]]] = None):
-    """A writer (``.write(rows)``) into a temporary file beside ``path``, renamed over it when the block
-    ends without an error; on any error (or Ctrl-C) the temporary file is removed and ``path`` is as it was. A
-    symbolic link ``path`` is written through (:func:`_followed`): the file it leads to gets the result.
+    """A writer (``.write(rows)``) into a temporary file beside ``path``, put there when the block ends without an
+    error (:func:`_publish`: without ``force`` only where nothing appeared meanwhile); on any error (or Ctrl-C) the
+    temporary file is removed and ``path`` is as it was. A symbolic link ``path`` is written through
+    (:func:`_followed`): the file it leads to gets the result.
     ``-``: standard output, written batch by batch. ``keep_types``: the kept columns' pyarrow types in a Parquet
     result (:func:`kept_types`). ``empty_width``: the width of an embedding row (its values at ``dtype``), asked
     only when no row came, so that an empty .npy or Parquet result has the shape a non-empty one would."""
@@ -985,10 +1023,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         finally:
             with contextlib.suppress(OSError):   # after an error: its flush fails again, the file is closed anyway
                 f.close()
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise OutputError(f"{where}: cannot put the result in place: {exc.strerror or exc}{after}") from None
+        _publish(tmp, path, force, where, after)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

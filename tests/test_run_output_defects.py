@@ -330,3 +330,55 @@ def test_run_force_through_a_link_keeps_the_link(builds, tmp_path, capsys):
     assert main(["run", str(builds["st_bert_mean_norm"]), str(txt), "-o", str(link), "--force", "-q"]) == 0
     assert link.is_symlink()
     assert len(json.loads((tmp_path / "results_real" / "r.jsonl").read_text())["embedding"]) > 0
+
+
+# --- 8: without --force, a RESULT another process wrote meanwhile is not replaced ----------------------------------
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_a_result_written_meanwhile_is_refused_without_force(tmp_path, monkeypatch, hard_links):
+    """Two runs to one RESULT without --force both pass the start's check; the one finishing second refuses (it
+    replaced the first's result, exit 0, before). With --force the last one's result is kept, as asked."""
+    from bertc.errors import OutputError
+
+    if not hard_links:   # a file system without them (FAT, some network ones): link(2) says EPERM
+        def no_link(*args, **kwargs):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        monkeypatch.setattr(run_io.os, "link", no_link)
+    result = tmp_path / "r.npy"
+    with pytest.raises(OutputError) as caught:
+        with run_io.atomic_result(result, "npy", "embedding") as writer:
+            writer.write(ROWS[:5])
+            result.write_bytes(b"the other run's result")   # it finished first
+    assert str(caught.value) == (f"{result} was written by another process while this run ran (it was not there when "
+                                 f"the run started); without --force a run replaces nothing, so this run's result was "
+                                 f"not kept (pass --force to replace it)")
+    assert result.read_bytes() == b"the other run's result"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.npy"]   # the temporary file is gone
+    result.unlink()
+    _write(result, "npy")   # nothing appeared: put in place, no temporary name left
+    np.testing.assert_array_equal(np.load(result), np.stack(ROWS))
+    assert [p.name for p in tmp_path.iterdir()] == ["r.npy"]
+    with run_io.atomic_result(result, "npy", "embedding", force=True) as writer:
+        writer.write(ROWS[:2])
+        result.write_bytes(b"the other run's result")
+    np.testing.assert_array_equal(np.load(result), np.stack(ROWS[:2]))
+    assert [p.name for p in tmp_path.iterdir()] == ["r.npy"]
+
+
+def test_two_runs_to_one_result_without_force_never_both_succeed(builds, tmp_path):
+    """The QA report's case: two `bertc run -o same.npy` started together. However they interleave, at most one
+    succeeds (a refusal at the start, or at the end naming the other process); the result is a whole one of them."""
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_text("".join(f"short text {i}\n" for i in range(50)))
+    big.write_text("".join(f"some sentence number {i} with words\n" for i in range(3000)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = tmp_path / "same.npy"
+    runs = [subprocess.Popen([sys.executable, "-m", "bertc", "run", str(builds["st_bert_mean_norm"]), str(txt), "-o",
+                              str(result), "-q"], stderr=subprocess.PIPE, env=env) for txt in (big, small)]
+    outcomes = [(run.wait(timeout=120), run.stderr.read().decode()) for run in runs]
+    assert sorted(code for code, _ in outcomes) == [0, 5], outcomes
+    refusal = next(err for code, err in outcomes if code == 5)
+    assert "already exists; pass --force" in refusal or "was written by another process while this run ran" in refusal
+    assert np.load(result).shape[0] in (50, 3000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "same.npy", "small.txt"]
