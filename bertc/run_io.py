@@ -894,11 +894,34 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+_PARTIAL = ".partial-"
+_PID_ROOM = 10   # the digits a temporary name keeps for its process id
+
+
+def _partial_prefix(path: Path) -> str:
+    """How the temporary names of a run's RESULT ``path`` begin, its process id to follow: ``.RESULT.partial-``.
+    Where that and the id could pass the file system's limit on a name's length (NAME_MAX: 255 bytes; a RESULT name
+    of 236 to 255 bytes), RESULT's name is cut to fit (at a character's end) and a hash of the whole name added
+    (``.RESUL~1a2b3c4d.partial-``), so that such a RESULT can be written; its temporary names stay its own."""
+    name = os.fsencode(path.name)
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):   # unknown here: the common limit
+        limit = 255
+    if 1 + len(name) + len(_PARTIAL) + _PID_ROOM <= limit:
+        return f".{path.name}{_PARTIAL}"
+    import hashlib
+
+    digest = hashlib.sha256(name).hexdigest()[:8]
+    room = max(limit - 1 - len(_PARTIAL) - _PID_ROOM - 1 - len(digest), 0)
+    return f".{name[:room].decode('utf-8', 'ignore')}~{digest}{_PARTIAL}"
+
+
 def _remove_stale_partials(path: Path) -> None:
     """Remove the temporary files (``.RESULT.partial-PID``) that runs to ``path`` killed outright (SIGKILL, the
     out-of-memory killer) left behind: each whose process is gone and that no process holds locked. A live run's
     (its process running here, or its lock held from another machine sharing the folder) is left alone."""
-    prefix = f".{path.name}.partial-"
+    prefix = _partial_prefix(path)
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n[len(prefix):].isdigit()]
     except OSError:
@@ -997,7 +1020,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: no such directory for the result")
     _remove_stale_partials(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = path.with_name(f"{_partial_prefix(path)}{os.getpid()}")
     try:
         f = open(tmp, "wb")
     except OSError as exc:

@@ -382,3 +382,37 @@ def test_two_runs_to_one_result_without_force_never_both_succeed(builds, tmp_pat
     assert "already exists; pass --force" in refusal or "was written by another process while this run ran" in refusal
     assert np.load(result).shape[0] in (50, 3000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "same.npy", "small.txt"]
+
+
+# --- 10: a RESULT name near the limit on a name's length (NAME_MAX) can be written ---------------------------------
+
+@pytest.mark.parametrize("name", ["R" * 240 + ".npy", "R" * 251 + ".npy", "é" * 125 + ".npy"],
+                         ids=["244-bytes", "255-bytes", "254-bytes-utf8"])
+def test_a_result_name_near_name_max_is_written(tmp_path, name):
+    """`.NAME.partial-PID` passed NAME_MAX (255 bytes) for a NAME of 236 bytes or more, and the run was refused
+    ("File name too long") though NAME itself is a valid name: its temporary name is now cut to fit, with a hash."""
+    assert len(os.fsencode(name)) <= 255
+    result = tmp_path / name
+    temporary = []
+    with run_io.atomic_result(result, "npy", "embedding") as writer:
+        writer.write(ROWS)
+        temporary = [p.name for p in tmp_path.iterdir()]
+    np.testing.assert_array_equal(np.load(result), np.stack(ROWS))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    (partial,) = temporary
+    assert len(os.fsencode(partial)) <= 255 and partial.startswith(".") and partial.endswith(f".partial-{os.getpid()}")
+    assert partial.startswith(run_io._partial_prefix(result)) and partial != run_io._partial_prefix(tmp_path / "R.npy")
+
+
+def test_normal_temporary_names_are_unchanged_and_a_long_names_stale_ones_are_removed(tmp_path):
+    assert run_io._partial_prefix(tmp_path / "r.npy") == ".r.npy.partial-"
+    assert run_io._partial_prefix(tmp_path / ("R" * 235)) == "." + "R" * 235 + ".partial-"
+    done = subprocess.Popen([sys.executable, "-c", "pass"])   # a process that is gone: a killed run's
+    done.wait()
+    long_name = "R" * 248 + ".jsonl"
+    prefix = run_io._partial_prefix(tmp_path / long_name)
+    assert prefix != run_io._partial_prefix(tmp_path / ("R" * 250 + ".npy"))   # another RESULT's are not its
+    gone = tmp_path / f"{prefix}{done.pid}"
+    gone.write_bytes(b'{"half a line')
+    _write(tmp_path / long_name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long_name]
