@@ -8,6 +8,7 @@ then written straight into the ONNX file as initializers (one copy each).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -56,6 +57,7 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
     graph = proto.graph
     _rename_io(graph, [i.name for i in inputs], outputs)
     _check_io(graph, [i.name for i in inputs], outputs)
+    _order_io(graph, [i.name for i in inputs], outputs)
     graph.name = model.name
     graph.doc_string = f"bertc {bertc.__version__}: {model.name} through tf2onnx"  # tf2onnx writes a TF function counter here
     canonicalize(graph, keep={i.name for i in inputs} | set(outputs) | {p for p, _ in weights})
@@ -303,6 +305,16 @@ def _rename_io(graph, input_names, output_names):
         for axis, dim in enumerate(dims):
             if not dim.HasField("dim_value") and axis < 2:
                 dim.dim_param = ("batch", "sequence")[axis]
+
+
+def _order_io(graph, input_names, output_names):
+    """The graph's inputs and outputs in the signature's order (tf2onnx lists a dict's outputs by name), the order
+    of every other ONNX artifact of the build: ``start, end = session.run(None, feeds)`` must not swap a span
+    labeler's logits on model.onnx alone."""
+    for values, names in ((graph.input, input_names), (graph.output, output_names)):
+        ordered = sorted((copy.deepcopy(v) for v in values), key=lambda v: names.index(v.name))
+        del values[:]
+        values.extend(ordered)
 
 
 def _check_io(graph, input_names, output_names):
