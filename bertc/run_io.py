@@ -847,7 +847,10 @@ def _wait_writable(f) -> None:
 def _stdout_sink() -> _Sink:
     """Standard output as a :class:`_Sink`: its unbuffered file, once what Python holds for it is written (its
     buffered file where it has none: a test's capture)."""
-    out = sys.stdout.buffer
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:   # bertc started with its standard output closed (`>&-`): Python's sys.stdout is None
+        raise OutputError("-o -: standard output is closed (bertc was started without one); give it one (a pipe, "
+                          "> FILE), or write the results to a file: -o FILE")
     sink = _Sink(getattr(out, "raw", None) or out, "standard output", "the results",
                  "; what it received is incomplete")
     sink.do(sys.stdout.flush)

@@ -416,3 +416,19 @@ def test_normal_temporary_names_are_unchanged_and_a_long_names_stale_ones_are_re
     gone.write_bytes(b'{"half a line')
     _write(tmp_path / long_name)
     assert sorted(p.name for p in tmp_path.iterdir()) == [long_name]
+
+
+# --- found on the way: a closed standard output ---------------------------------------------------------------------
+
+def test_a_closed_standard_output_is_exit_5_not_an_internal_error(builds, tmp_path):
+    """`bertc run OUT in.txt -o - >&-`: Python starts with sys.stdout None, and the run died of an AttributeError
+    (exit 70, "a bug in bertc")."""
+    from bertc.errors import EXIT_OUTPUT
+
+    txt = tmp_path / "in.txt"
+    txt.write_text("a dog\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", "bertc", "run", str(builds["st_bert_mean_norm"]), str(txt), "-o", "-"],
+                         stderr=subprocess.PIPE, env=env, timeout=120, preexec_fn=lambda: os.close(1))
+    assert run.returncode == EXIT_OUTPUT, run.stderr.decode()
+    _one_clean_error(run.stderr.decode(), "error: -o -: standard output is closed")
