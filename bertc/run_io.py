@@ -46,6 +46,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from bertc.errors import InputError, MissingLibrary, OutputError
+from bertc.requirements import pip_install
 
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
                  ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
@@ -407,11 +408,11 @@ def _pyarrow(what: str = "Parquet"):
         import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise MissingLibrary(f"{what} needs pyarrow, which is not installed: pip install 'bertc[parquet]'") from None
+        raise MissingLibrary(f"{what} needs pyarrow, which is not installed: {pip_install('parquet')}") from None
     return pyarrow
 
 
-RAY_MISSING = "--ray needs ray (Ray Data), which is not installed: pip install 'bertc[ray]'"
+RAY_MISSING = f"--ray needs ray (Ray Data), which is not installed: {pip_install('ray')}"
 
 
 def require_libraries(input_path, input_format: Optional[str] = None, result_path=None,
