@@ -4,7 +4,7 @@
   (or a ``split`` input); an opset-13-style ``Split`` fails to load in ONNX Runtime;
 - ONNX Runtime's free-dimension override (``SessionOptions.add_free_dimension_override_by_name``, the documented
   way to fix a dynamic axis) loads every optimized graph: a ``Range`` fed by ``Cast(Shape)`` to int32 trips ORT's
-  data propagation once the dimension is concrete ("All inputs to 'Range' op must be of the same type");
+  shape inference once the dimension is concrete ("All inputs to 'Range' op must be of the same type");
 - report.json's ``nodes`` and ``op_counts`` describe the file written (subgraph nodes included)."""
 import json
 from pathlib import Path
@@ -113,3 +113,100 @@ def test_build_at_opset_18_writes_the_padding_free_variants(tmp_path, tmp_spec):
         assert a["opset"] == 18, key
     assert report["parity"]["passed"]
     assert {"onnx_packed_cpu", "onnx_packed_int8_cpu"} <= set(report["parity"]["backends"])
+
+
+# --- free-dimension overrides ------------------------------------------------------------------------------
+
+HF = FIXTURES / "hf"
+DEBERTA = ["deberta_v3_model", "deberta_v3_seq_cls", "deberta_v2_seq_cls", "deberta_v3_token_cls",
+           "deberta_v2_token_cls", "deberta_qa_c2p", "deberta_v3_qa", "deberta_v3_mlm", "deberta_v2_mlm_legacy",
+           "deberta_v3_mc"]
+OTHERS = ["modernbert_token_cls", "modernbert_mlm", "mpnet_seq_cls", "mpnet_token_cls"]
+
+
+def _fixture_built(fixture, tmp_path):
+    """An imported fixture's spec and built model, with its weights."""
+    from bertc.importers import import_spec, load_weights
+    from bertc.weights import resolve_weights_path
+
+    path = tmp_path / "spec.json"
+    import_spec(HF / fixture, path)
+    spec = load_spec(path)
+    built = build_model(spec)
+    load_weights(built.model, spec, resolve_weights_path(spec.weights, path))
+    return spec, built
+
+
+def _optimized_files(built, tmp_path) -> dict:
+    """model.optimized.onnx as the optimize stage writes it (packed projections split, residual biases folded)
+    and its padding-free form, written to ``tmp_path``."""
+    from bertc.export.onnx import write_onnx
+    from bertc.optimize.bias_folding import fold_residual_biases
+    from bertc.optimize.projections import separate_projections
+
+    low = lower_model(built, split_weights=True)
+    proto, weights, _ = separate_projections(low.proto, low.weights)
+    proto, weights, _ = fold_residual_biases(proto, weights)
+    files = {"optimized": tmp_path / "model.optimized.onnx", "packed": tmp_path / "model.packed.onnx"}
+    write_onnx(proto, weights, files["optimized"])
+    write_onnx(padding_free(proto, weights)[0], weights, files["packed"])
+    return files
+
+
+def _fixed_dims_session(path, **dims):
+    import onnxruntime as ort
+
+    from bertc.optimize.runtime import session_options
+
+    options = session_options()
+    for name, size in dims.items():
+        options.add_free_dimension_override_by_name(name, size)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _assert_fixed_dims_equal_plain(spec, files, batch=3, seq=7):
+    feed = _feed(spec, batch, seq, np.random.default_rng(1))
+    mask = feed["input_mask"].astype(bool)
+    for kind, path in files.items():
+        want = _run(ort_session(path), feed)
+        for dims in ({"sequence": seq}, {"batch": batch, "sequence": seq}):
+            got = _run(_fixed_dims_session(path, **dims), feed)
+            for name, value in want.items():
+                real = (mask if value.shape[:2] == mask.shape else slice(None))
+                np.testing.assert_allclose(got[name][real], value[real], atol=1e-6, rtol=0,
+                                           err_msg=f"{kind} {name} {dims}")
+
+
+@pytest.mark.parametrize("fixture", DEBERTA + OTHERS)
+def test_optimized_artifacts_load_with_the_sequence_dimension_fixed(fixture, tmp_path):
+    """ORT's free-dimension override of ``sequence`` (and ``batch``) loads the optimized and padding-free graphs
+    and gives the plain session's outputs. DeBERTa's disentangled positions wrote Shape -> Cast(int32) -> Squeeze
+    -> Range(int32), which ORT's shape inference refuses once the dimension is concrete."""
+    spec, built = _fixture_built(fixture, tmp_path)
+    _assert_fixed_dims_equal_plain(spec, _optimized_files(built, tmp_path))
+
+
+POSITION_CASES = {
+    "relative_bias": tiny_bert(encoder={**tiny_bert()["encoder"], "max_sequence_length": 12,
+                                        "position": {"type": "relative_bias", "num_buckets": 8, "max_distance": 16}}),
+    "absolute_offset": tiny_bert(encoder={**tiny_bert()["encoder"], "position": {"type": "absolute", "offset": 2}},
+                                 head={"type": "token_classifier", "num_classes": 3}),
+    "disentangled": _disentangled(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POSITION_CASES))
+def test_position_ranges_compute_in_int64(case, tmp_path):
+    """Every Range of the position schemes runs on int64 (the Shape's type) and is cast after: no Range reads a
+    Cast of a Shape, the form ORT refuses with a fixed sequence dimension; the graphs load with it fixed."""
+    spec = load_spec(POSITION_CASES[case])
+    built = build_model(spec)
+    low = lower_model(built)
+    ranges = [n for n in _nodes(low.proto.graph) if n.op_type == "Range"]
+    assert ranges
+    inits = {t.name: t for t in low.proto.graph.initializer}
+    for n in ranges:
+        start = inits.get(n.input[0])
+        assert start is None or start.data_type == 7, f"{n.name}: Range on {start.data_type}, not int64"
+    _assert_fixed_dims_equal_plain(spec, _optimized_files(built, tmp_path), seq=8)
+

@@ -235,10 +235,13 @@ def lower_absolute_ids(spec: AbsolutePositionSpec, ctx):
         ids = g.node("Mul", [g.node("CumSum", [mask, g.const(1, np.int32, "axis")]), mask])
         return g.node("Add", [ids, g.const(spec.offset - 1, np.int32, "padding_id")], hint="position_ids")
     length = g.node("Shape", [mask], start=1, end=2)
-    steps = g.node("Range", [g.const(spec.offset, np.int32, "start"),
-                             g.node("Add", [g.node("Squeeze", [g.node("Cast", [length], to=6)]),
-                                            g.const(spec.offset, np.int32, "offset")]),
-                             g.const(1, np.int32, "step")])
+    # Range in int64 (the Shape's type), then int32: ONNX Runtime (1.32) refuses a Range fed by Cast(Shape) to
+    # int32 once the sequence dimension is concrete (a free-dimension override): "All inputs to 'Range' op must be
+    # of the same type" (its shape inference, not the graph, is wrong; the int64 Range avoids it, same values)
+    steps = g.node("Cast", [g.node("Range", [g.const(spec.offset, np.int64, "start"),
+                                             g.node("Add", [g.node("Squeeze", [length]),
+                                                            g.const(spec.offset, np.int64, "offset")]),
+                                             g.const(1, np.int64, "step")])], to=6)
     return g.node("Add", [g.node("Mul", [mask, g.const(0, np.int32, "zero")]),
                           g.node("Unsqueeze", [steps, g.ints([0], "axes")])], hint="position_ids")
 
@@ -338,8 +341,10 @@ class RelativeBias(PositionScheme):
         g, s = ctx.g, self.spec
         with g.scope("relative_bias"):
             mask = ctx.int32_input("input_mask")
-            length = g.node("Squeeze", [g.node("Cast", [g.node("Shape", [mask], start=1, end=2)], to=6)])
-            positions = g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one")])
+            # Range in int64, then int32 (see lower_absolute_ids: not a Range fed by Cast(Shape))
+            length = g.node("Squeeze", [g.node("Shape", [mask], start=1, end=2)])
+            positions = g.node("Cast", [g.node("Range", [g.const(0, np.int64, "zero"), length,
+                                                         g.const(1, np.int64, "one")])], to=6)
             relative = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints([0], "cols")]),
                                       g.node("Unsqueeze", [positions, g.ints([1], "rows")])])      # [i, j] = j - i
             relative = g.node("Add", [relative, g.const(self.max_sequence_length - 1, np.int32, "center")])
@@ -573,7 +578,7 @@ class DisentangledPositions(PositionScheme):
         g, n = ctx.g, self.max_sequence_length
         with g.scope("disentangled"):
             mask = ctx.int32_input("input_mask")
-            length = g.node("Squeeze", [g.node("Cast", [g.node("Shape", [mask], start=1, end=2)], to=6)])
+            length = g.node("Squeeze", [g.node("Shape", [mask], start=1, end=2)])                  # int64
             windows = g.initializer(f"{self.path}/row_window", disentangled_row_window(self.spec, n))
             window = g.node("Gather", [windows, length], axis=0, hint="row_window")              # (2,)
             bounds = [g.node("Slice", [window, g.ints([k], f"w{k}"), g.ints([k + 1], f"w{k}_")]) for k in (0, 1)]
@@ -582,7 +587,9 @@ class DisentangledPositions(PositionScheme):
             emb = g.node("Gather", [ctx.weight(self.rel_embeddings), rows], axis=0, hint="relative_embeddings")
             if self.rel_layer_norm is not None:
                 emb, _ = ctx.layer_norm(emb, self.rel_layer_norm, part="rel_layer_norm")
-            positions = g.node("Range", [g.const(0, np.int32, "zero"), length, g.const(1, np.int32, "one_")])
+            # Range in int64, then int32 (see lower_absolute_ids: not a Range fed by Cast(Shape))
+            positions = g.node("Cast", [g.node("Range", [g.const(0, np.int64, "zero"), length,
+                                                         g.const(1, np.int64, "one_")])], to=6)
             relative = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints([1], "rows")]),
                                       g.node("Unsqueeze", [positions, g.ints([0], "cols")])])      # [i, j] = i - j
             relative = g.node("Add", [relative, g.const(n - 1, np.int32, "max_length_1")])
