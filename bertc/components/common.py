@@ -55,6 +55,18 @@ def check_sequence_length(ids, limit: int, reads: str) -> None:
                          f"{int(limit)} ({reads}): cut or split the sequences to at most {int(limit)} tokens")
 
 
+def check_not_empty(ids) -> None:
+    """Refuse (ValueError) a batch of ids or a mask (B, S) with no token per sequence (S = 0): an empty sequence
+    has no first token to pool and no key to attend to, and the bare TensorFlow error (a StridedSlice out of
+    bounds), or an empty output, would not say so. Like :func:`check_sequence_length` it reads the static shape
+    only: no op joins a traced graph."""
+    shape = tf.TensorShape(getattr(ids, "shape", None))
+    length = shape[-1] if shape.rank and shape.rank >= 2 else None
+    if length is not None and int(length) == 0:
+        raise ValueError("the input has 0 tokens per sequence, fewer than the 1 this model needs (an empty sequence "
+                         "has no token to attend to or to pool): give every sequence at least 1 token")
+
+
 def concrete_values(tensor):
     """``tensor``'s values as numpy when it has them (eager execution), else None (traced: no op is added)."""
     if not (tf.executing_eagerly() and hasattr(tensor, "numpy")):

@@ -21,7 +21,7 @@ import tensorflow as tf
 from pydantic import Field, field_validator
 
 from bertc.components.blocks import TransformerBlockSpec
-from bertc.components.common import MASK_ADDER, dense, dense_params, layer_norm, serializable
+from bertc.components.common import MASK_ADDER, check_not_empty, dense, dense_params, layer_norm, serializable
 from bertc.components.embeddings import ProjectionRule, StandardEmbeddingSpec
 from bertc.components.positions import AbsolutePositionSpec
 from bertc.registry import BLOCKS, EMBEDDINGS, ENCODERS, POSITIONS
@@ -274,6 +274,8 @@ class AttentionBias(keras.layers.Layer):
     """input_mask (B, S) -> additive attention bias (B, 1, 1, S): 0 for real keys, -10000 for padding."""
 
     def call(self, mask):
+        # every encoder reads its mask here: refuse an empty sequence when called eagerly (Python only, no op)
+        check_not_empty(mask)
         bias = (1.0 - tf.cast(mask, tf.float32)) * MASK_ADDER
         return tf.expand_dims(tf.expand_dims(bias, 1), 1)
 
