@@ -52,18 +52,30 @@ class BuildLock:
                     raise
                 raise OutputError(f"{self.path.with_name(self.path.name[1:-5])} is being written by another bertc "
                                   f"build ({self.holder()}); wait for it to finish or choose another -o") from None
+            except BaseException:
+                os.close(fd)
+                raise
             # The previous holder may have unlinked the file between our open and our flock: then
             # we locked an orphan inode that nobody else can see. Lock the file that is there now.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
                 same = False
+            except BaseException:
+                os.close(fd)
+                raise
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+        self.fd = fd   # held from here on, whatever follows: release() unlocks it
+        # The pid only names the holder in others' messages (holder()): a disk too full to take it (ENOSPC, a quota)
+        # leaves the lock held all the same, and the file empty ("a running process"). Were the locked descriptor
+        # dropped here instead, this process's own next acquire() would find the lock held, by itself.
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
 
     def holder(self) -> str:
         try:
@@ -77,10 +89,11 @@ class BuildLock:
             return
         try:
             os.unlink(self.path)  # while still holding the lock, so no one else holds this inode
-        except FileNotFoundError:
+        except OSError:   # gone, or a directory that turned read-only: the lock still ends with the descriptor
             pass
-        os.close(self.fd)
-        self.fd = None
+        finally:
+            os.close(self.fd)
+            self.fd = None
 
 
 _HOLD = ".bertc-replaced-"   # inside OUT: the old build's files while a build replaces them in place

@@ -61,6 +61,30 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_texts_atomic(texts: dict) -> None:
+    """Each ``{path: text}`` written as :func:`write_text_atomic` does, all or none: every text is written beside its
+    file first, then all are renamed over theirs, so that a full disk cannot leave one file new and the other old
+    (report.json and the summary of it)."""
+    written = []
+    try:
+        for path, text in texts.items():
+            path = Path(path)
+            if path.is_symlink():
+                path = Path(os.path.realpath(path))
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            written.append((tmp, path))
+            _write_new(tmp, text)
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise
+
+
 def unwritable(directory: Path) -> "str | None":
     """Why files cannot be written into ``directory`` (None when they can), found by writing and removing a probe
     file: permissions, a read-only file system, ACLs and quotas all answer the same way."""
@@ -92,8 +116,7 @@ def write_report(out: Path, report: dict) -> None:
     out = Path(out)
     report_text, summary = json.dumps(report, indent=2, default=str) + "\n", summary_text(report)
     try:
-        write_text_atomic(out / "report.json", report_text)
-        write_text_atomic(out / "summary.txt", summary)
+        write_texts_atomic({out / "report.json": report_text, out / "summary.txt": summary})
     except OSError as exc:
         raise OutputError(f"{out}: cannot write report.json / summary.txt: {exc.strerror or exc}") from None
 
