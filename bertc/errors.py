@@ -39,6 +39,8 @@ stage turns it into a recorded skip of the optimized artifact, with its message 
 """
 from __future__ import annotations
 
+import errno as _errno
+
 EXIT_CHECK_FAILED = 1      # numeric validation failed
 EXIT_BAD_SPEC = 2          # the spec (or the command line) is wrong
 EXIT_PARITY_FAILED = 3     # a backend disagrees with the Keras reference
@@ -50,6 +52,42 @@ EXIT_INTERNAL = 70         # an unexpected exception: a bug in bertc (sysexits' 
 EXIT_INTERRUPTED = 130     # Ctrl-C
 EXIT_BROKEN_PIPE = 141     # the reader of standard output went away (128 + SIGPIPE)
 EXIT_TERMINATED = 143      # SIGTERM ended bertc run / build: nothing was written (128 + SIGTERM)
+
+
+# Errors of the place a command writes to, not of bertc nor of its input: a full disk or quota, a file too large for it,
+# a read-only file system, a failing device. Met while writing a build they are output errors (exit 5), naming where.
+FILESYSTEM_ERRNOS = frozenset(getattr(_errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO")
+                              if hasattr(_errno, name))
+
+
+def filesystem_error(exc: BaseException | None) -> "OSError | None":
+    """The :data:`FILESYSTEM_ERRNOS` ``OSError`` that ``exc`` is or was raised from (its ``__cause__`` /
+    ``__context__`` chain: a stage that wraps what it met, as the ONNX and TFLite exports do); None when there is
+    none. TensorFlow's file writes (a SavedModel) raise its own errors, ``PATH; No space left on device``: one of
+    those is read as the ``OSError`` it reports."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in FILESYSTEM_ERRNOS:
+            return exc
+        if type(exc).__module__.startswith("tensorflow"):
+            found = _tensorflow_filesystem_error(str(exc))
+            if found is not None:
+                return found
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _tensorflow_filesystem_error(message: str) -> "OSError | None":
+    import os
+    import re
+
+    for code in FILESYSTEM_ERRNOS:
+        reason = os.strerror(code)
+        match = re.search(r"(?:^|[\s}])(/[^;\n]*); " + re.escape(reason), message)
+        if match or f"; {reason}" in message:
+            return OSError(code, reason, match.group(1) if match else None)
+    return None
 
 
 class BertcError(Exception):

@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bertc.errors import OutputError
+from bertc.errors import OutputError, filesystem_error
 
 
 class BuildLock:
@@ -324,8 +324,11 @@ class StagedOutput:
                                  f"move it)")
                         raise OutputError(f"{why}: left alone; the new build (complete, it passed) is kept in {where} "
                                           f"instead") from None
-            elif self.tmp is not None and (self.tmp / "report.json").exists() and issubclass(exc_type, Exception):
-                with _signals_ignored():   # a failed build (not Ctrl-C, nor SIGTERM's unwinding: those keep nothing)
+            elif self.tmp is not None and (self.tmp / "report.json").exists() and issubclass(exc_type, Exception) \
+                    and not isinstance(exc, OutputError) and filesystem_error(exc) is None:
+                # a failed build (not Ctrl-C, nor SIGTERM's unwinding: those keep nothing; nor a build that could not
+                # write its files, a full disk: what it wrote is incomplete)
+                with _signals_ignored():
                     self._keep_failed(exc)
             elif self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import bertc
-from bertc.errors import BuildFailed, CheckFailed, ExportError, ParityError
+from bertc.errors import BuildFailed, CheckFailed, ExportError, OutputError, ParityError
 from bertc.manifest import build_manifest
 from bertc.memory import release as release_memory, tune_allocator
 from bertc.report import fusion_summary, new_report, parity_failure_message, write_report
@@ -66,6 +66,7 @@ class Stages:
         note = {"detail": ""}
         self.current, self._t0 = name, t0
         yield note
+        self.current = ""   # between stages (an error's message names the stage it stopped, or none)
         release_memory()  # what the stage freed goes back to the system before the next one
         seconds = time.perf_counter() - t0
         self.timings[name] = round(seconds, 3)
@@ -164,7 +165,8 @@ def drop_failed_variants(section: dict, artifacts: dict, requested: tuple, out: 
 
 def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, status: Optional[StatusHook] = None) -> dict:
     """Build ``spec_path`` into ``opts.out``; ``hook`` hears of each finished stage, ``status`` of a long stage's
-    progress."""
+    progress. A full disk (or quota, a read-only or failing file system) while the build writes is an
+    :class:`OutputError` (exit 5) naming OUT, the stage and the file, with nothing written (:func:`unwritable_build`)."""
     from bertc.output import StagedOutput
     from bertc.spec import dump_spec, load_spec
 
@@ -202,26 +204,56 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
     sig = signature_of(spec)
     staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
     with staged as tmp:
-        report = new_report(bertc.__version__, spec.name, str(spec_path), sig.to_json(), stages.timings)
-        failure = None
         try:
-            build_into(spec, sig, tmp, opts, stages, report, weights=weights, requested=requested)
-        except BuildFailed as exc:  # a verdict against the build: its report goes to OUT.failed/, then it is raised
-            failure = exc.cause
-        if staged.removed_leftovers:
-            report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
-        if staged.recovered:
-            report["recovered_output"] = staged.recovered   # a build put back at OUT first, from a dead build's swap
-        if preflight is not None:
-            report["preflight"] = preflight
-        (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
-        with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
-            report["manifest"] = build_manifest(tmp, dump_spec(spec))
-            note["detail"] = f"sha256 of {len(report['manifest']['files'])} files"
-        write_report(tmp, report)
+            report = new_report(bertc.__version__, spec.name, str(spec_path), sig.to_json(), stages.timings)
+            failure = None
+            try:
+                build_into(spec, sig, tmp, opts, stages, report, weights=weights, requested=requested)
+            except BuildFailed as exc:  # a verdict against the build: its report goes to OUT.failed/, then it is raised
+                failure = exc.cause
+            if staged.removed_leftovers:
+                report["removed_leftovers"] = staged.removed_leftovers  # staging dirs of dead builds of OUT
+            if staged.recovered:
+                report["recovered_output"] = staged.recovered   # put back at OUT first, from a dead build's swap
+            if preflight is not None:
+                report["preflight"] = preflight
+            stages.current = "write spec.json"
+            (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
+            with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
+                report["manifest"] = build_manifest(tmp, dump_spec(spec))
+                note["detail"] = f"sha256 of {len(report['manifest']['files'])} files"
+            stages.current = "write report.json"
+            write_report(tmp, report)
+        except Exception as exc:   # a full disk is the place's, not bertc's nor the model's: exit 5, naming it
+            error = unwritable_build(exc, staged, stages.current)
+            if error is None:
+                raise
+            raise error from exc   # the staging directory is removed on the way out: nothing of it is kept
         if failure is not None:
             raise failure
     return report
+
+
+def unwritable_build(exc: BaseException, staged, stage: str) -> "Optional[OutputError]":
+    """The :class:`OutputError` (exit 5) for ``exc`` when the build failed because its files could not be written
+    (:func:`bertc.errors.filesystem_error`: a full disk or quota, a read-only or failing file system), met by
+    ``stage`` directly or inside a stage that wraps it (ONNX and TFLite exports raise ExportError from it); None for
+    any other failure (a verdict, a bug)."""
+    from bertc.errors import BertcError, filesystem_error
+
+    if isinstance(exc, BertcError) and not isinstance(exc, (ExportError, OutputError)):
+        return None   # a verdict against the build (a check, parity), the spec, the weights: theirs
+    cause = filesystem_error(exc)
+    if cause is None:
+        return None
+    import os
+
+    reason = os.strerror(cause.errno)
+    where = f"stage {stage}" if stage else "the build"
+    if cause.filename:
+        where += f", {cause.filename}"
+    return OutputError(f"cannot write the build to {staged.given}: {reason} ({where}); nothing was written"
+                       + (f", {staged.given} is as it was" if staged.existed else ""))
 
 
 def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report: dict,

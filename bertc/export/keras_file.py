@@ -181,7 +181,12 @@ def save_keras(model, path: Path) -> dict:
         model.save(str(workdir / "model"), zipped=False)
         manifest = _weights_manifest(model, workdir / "model" / "model.weights.h5")
         (workdir / "model" / WEIGHTS_MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
-        zip_keras_dir(workdir / "model", tmp)
+        try:
+            zip_keras_dir(workdir / "model", tmp)
+        except OSError as exc:   # a full disk: the error names the file (zipfile's writes do not)
+            if exc.filename is None and exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror, str(tmp)) from None
+            raise
         os.replace(tmp, path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -190,8 +190,10 @@ def write_onnx(proto, weights, path: Path) -> tuple[int, Optional[str]]:
         else:
             data_path.unlink(missing_ok=True)
             write_streaming(proto, weights, tmp)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from None   # a full disk: the error names the file
         raise
     os.replace(tmp, path)
     size = path.stat().st_size + (data_path.stat().st_size if external else 0)

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from bertc.components.common import tf
-from bertc.errors import ExportError
+from bertc.errors import FILESYSTEM_ERRNOS, ExportError
 from bertc.export.tflite_weights import WEIGHT_PREFIX, fill_weights, graph_weight_uses, placeholder_values
 
 SIGNATURE = "serving_default"
@@ -130,7 +130,12 @@ def _convert(saved: Path, precision: str, tmp: Path) -> None:
     weights are next edited in the file through a memory map, not in a second in-memory copy)."""
     with _without_buffer_deduplication():
         model = _converter(saved, precision).convert()
-    tmp.write_bytes(model)
+    try:
+        tmp.write_bytes(model)
+    except OSError as exc:   # a full disk: the error names the file (a plain write's does not)
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from None
+        raise
     del model
 
 
@@ -240,16 +245,27 @@ class TFLiteJob:
         return self
 
     def _wait(self) -> None:
-        """The conversions done (in the child, or here now); raises ExportError naming the unsupported ops."""
+        """The conversions done (in the child, or here now); raises ExportError naming the unsupported ops, or the
+        ``OSError`` of a full disk (a read-only or failing file system: :data:`FILESYSTEM_ERRNOS`), which is no
+        conversion's failure: the build reports it as an output error."""
         if self._child is None:
             for path, precision in self.targets:
                 try:
                     _convert(self.saved, precision, self._partial(path))
                 except Exception as exc:
+                    if isinstance(exc, OSError) and exc.errno in FILESYSTEM_ERRNOS:
+                        raise
                     raise ExportError(explain_converter_error(str(exc), graph_ops(self.concrete))) from None
             return
         code = self._child.wait()
         self._child = None
+        if code in FILESYSTEM_ERRNOS:   # the child could not write (_child_main): the log may not hold why
+            filename = str(self._partial(self.targets[0][0]))
+            with contextlib.suppress(OSError):
+                text = self._log.read_text(errors="replace")
+                if CHILD_FILE in text:
+                    filename = text[text.rfind(CHILD_FILE) + len(CHILD_FILE):].strip() or filename
+            raise OSError(code, os.strerror(code), filename)
         if code != 0:
             text = self._log.read_text(errors="replace")
             marker = text.rfind(CHILD_ERROR)
@@ -299,6 +315,7 @@ class TFLiteJob:
 
 
 CHILD_ERROR = "\nbertc-tflite-converter-error:\n"
+CHILD_FILE = "\nbertc-tflite-unwritable-file:\n"   # then the file, when the child's exit code is a FILESYSTEM_ERRNOS
 PARENT_PID = "BERTC_CONVERTER_PARENT"
 
 
@@ -348,6 +365,13 @@ def _child_main(argv: list[str]) -> int:
         for precision, out in zip(pairs[0::2], pairs[1::2]):
             _convert(saved, precision, Path(out))
     except Exception as exc:  # noqa: BLE001 - the parent turns the message into an ExportError
+        if isinstance(exc, OSError) and exc.errno in FILESYSTEM_ERRNOS:
+            # a full disk (or a read-only, failing one): the exit code is its errno, which the parent raises again;
+            # the file is in the log if the log (on the same disk, maybe) can take it
+            with contextlib.suppress(OSError):
+                sys.stdout.write(CHILD_FILE + str(exc.filename or out))
+                sys.stdout.flush()
+            return exc.errno
         sys.stdout.write(CHILD_ERROR + str(exc))
         sys.stdout.flush()
         return 1
