@@ -17,12 +17,16 @@ lock proves that no other build of ``OUT`` is alive, so staging directories
 (``.OUT.tmp-*``) and swap leftovers (``.OUT.old-*``) found then belong to dead builds
 and are removed; but first, when ``OUT`` is missing because a build was killed between the two renames of its
 swap, a build is put back there (:func:`_recover`): the only copy of a build is never removed.
+
+These sibling names are ``OUT``'s own name with a prefix and a suffix; for a name too long to take them within
+NAME_MAX (255 bytes), bertc's names use a shortened form of it with a hash of the whole (:func:`sibling_stem`).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -34,11 +38,55 @@ from pathlib import Path
 from bertc.errors import OutputError, filesystem_error
 
 
+NAME_MAX = 255   # bytes of one file name (Linux, macOS; most file systems)
+# the most bytes bertc adds to OUT's name beside it: "." + ".failed-NNN.old-PID" (the longest: 24 with a 7-digit
+# PID), ".tmp-XXXXXXXX" (14), ".old-PID" (13), ".lock" (6)
+_SIBLING_ROOM = 24
+
+
+def sibling_stem(name: str) -> str:
+    """The part of bertc's own names beside ``OUT`` (``.OUT.lock``, ``.OUT.tmp-*``, ``.OUT.old-PID``,
+    ``OUT.failed``) that stands for ``OUT``'s name ``name``: the name itself, or, when it is too long for them to fit
+    in :data:`NAME_MAX` (a name of 232 to 255 bytes), its beginning and ``~`` and 12 hex digits of its sha256: one
+    name for one ``OUT``, a different one for another."""
+    raw = os.fsencode(name)
+    if len(raw) + _SIBLING_ROOM <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    keep = NAME_MAX - _SIBLING_ROOM - len(digest) - 1
+    cut = name
+    while len(os.fsencode(cut)) > keep:
+        cut = cut[:-1]
+    return f"{cut}~{digest}"
+
+
+def _sibling(out: Path, prefix: str, suffix: str) -> Path:
+    """``prefix`` + :func:`sibling_stem` of ``out``'s name + ``suffix``, beside ``out``."""
+    return out.with_name(f"{prefix}{sibling_stem(out.name)}{suffix}")
+
+
+_TMP, _OLD = r"\.tmp-[A-Za-z0-9_]+", r"\.old-[0-9]+"
+_FAILED_OLD = r"\.failed(-[0-9]+)?\.old-[0-9]+"   # an earlier failed report swapped out (never put back at OUT)
+
+
+def _siblings(out: Path, pattern: str) -> list:
+    """The entries beside ``out`` named "." + its :func:`sibling_stem` + what the regular expression ``pattern``
+    matches whole: OUT's own name is matched as it is, whatever it holds (``[``, ``*``), and not another OUT's
+    names (``.OUT.old-5.tmp-*`` is ``OUT.old-5``'s)."""
+    head = f".{sibling_stem(out.name)}"
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    return [out.parent / n for n in sorted(names) if n.startswith(head) and re.fullmatch(pattern, n[len(head):])]
+
+
 class BuildLock:
     """An exclusive, non-blocking ``flock`` on ``.OUT.lock`` next to ``OUT``."""
 
     def __init__(self, out: Path):
-        self.path = out.with_name(f".{out.name}.lock")
+        self.out = out
+        self.path = _sibling(out, ".", ".lock")
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -50,8 +98,8 @@ class BuildLock:
                 os.close(fd)
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                raise OutputError(f"{self.path.with_name(self.path.name[1:-5])} is being written by another bertc "
-                                  f"build ({self.holder()}); wait for it to finish or choose another -o") from None
+                raise OutputError(f"{self.out} is being written by another bertc build ({self.holder()}); wait for "
+                                  f"it to finish or choose another -o") from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -129,9 +177,8 @@ def _recover(out: Path) -> "str | None":
     without one, the earlier build is put back. Returns what was put at ``OUT`` (None: nothing was)."""
     if os.path.lexists(out):
         return None
-    new = next((p for p in _newest_first(out.parent.glob(f".{out.name}.tmp-*")) if _complete(p)), None)
-    old = next((p for p in _newest_first(out.parent.glob(f".{out.name}.old-*")) if (p / "report.json").is_file()),
-               None)
+    new = next((p for p in _newest_first(_siblings(out, _TMP)) if _complete(p)), None)
+    old = next((p for p in _newest_first(_siblings(out, _OLD)) if (p / "report.json").is_file()), None)
     chosen = new or old
     if chosen is None:
         return None
@@ -144,16 +191,11 @@ def _recover(out: Path) -> "str | None":
                                   f"left in {chosen.name}")
 
 
-_FAILED_OLD = re.compile(r"\.failed(-[0-9]+)?\.old-[0-9]+")   # after ".OUT": an earlier failed report swapped out
-
-
 def _remove_leftovers(out: Path) -> list[str]:
     """Staging and swap directories of dead builds of ``out`` (call only while holding its lock, after
     :func:`_recover`), and what a dead build that was replacing ``out``'s contents in place left inside it."""
     removed = []
-    failed_olds = [p for p in out.parent.glob(f".{out.name}.failed*.old-*")
-                   if _FAILED_OLD.fullmatch(p.name[len(out.name) + 1:])]
-    for path in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*"), *failed_olds]:
+    for path in [*_siblings(out, _TMP), *_siblings(out, _OLD), *_siblings(out, _FAILED_OLD)]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
@@ -226,7 +268,7 @@ def failed_slot(out: Path) -> Path:
     ``OUT.failed-2``, ``OUT.failed-3``, ... that is free or a failed build's. A successful build of ``out`` removes
     the stale report there."""
     for n in itertools.count(1):
-        path = out.with_name(f"{out.name}.failed" + (f"-{n}" if n > 1 else ""))
+        path = _sibling(out, "", ".failed" + (f"-{n}" if n > 1 else ""))
         if _replaceable(path):
             return path
     raise AssertionError("unreachable")
@@ -276,7 +318,7 @@ class StagedOutput:
                               f"a build's output; choose another -o, or remove it yourself")
         self.force = force
         self.existed = os.path.lexists(self.out)   # what the swap may replace was there at the start
-        self.failed_dir = self.out.with_name(self.out.name + ".failed")
+        self.failed_dir = _sibling(self.out, "", ".failed")
         self.kept_in: Path | None = None   # where a failed build's report went (also set as the error's kept_in)
         self.tmp: Path | None = None
         self.lock = BuildLock(self.out)
@@ -299,7 +341,7 @@ class StagedOutput:
                 self.existed = True
                 if not self.force:   # OUT is there again: a build without --force replaces nothing
                     raise OutputError(f"{self.given} already exists ({self.recovered}); pass --force to replace it")
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{sibling_stem(self.out.name)}.tmp-", dir=self.out.parent))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging phase only
@@ -388,7 +430,7 @@ class StagedOutput:
         """Swap the staging directory in by renames: OUT is either the old build or the new one, never a mix."""
         old = None
         if os.path.lexists(self.out):
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            old = _sibling(self.out, ".", f".old-{os.getpid()}")
             os.replace(self.out, old)   # a mount point refuses this (EBUSY): nothing has changed yet
             # checked again once renamed away, where nothing writes to it by OUT's path any more: still a build's
             if old.is_symlink() or not old.is_dir() or not is_build(old):
