@@ -16,7 +16,9 @@ vanishes with its process however that process dies (SIGKILL included). Holding 
 lock proves that no other build of ``OUT`` is alive, so staging directories
 (``.OUT.tmp-*``) and swap leftovers (``.OUT.old-*``) found then belong to dead builds
 and are removed; but first, when ``OUT`` is missing because a build was killed between the two renames of its
-swap, a build is put back there (:func:`_recover`): the only copy of a build is never removed.
+swap, a build is put back there (:func:`_recover`): the only copy of a build is never removed. Once the new build is
+in place, the old one is renamed ``.OUT.trash-PID`` before it is removed, so that what cannot be removed (a read-only
+build) is never taken for an interrupted swap's and put back at ``OUT``: the build warns, naming it.
 
 These sibling names are ``OUT``'s own name with a prefix and a suffix; for a name too long to take them within
 NAME_MAX (255 bytes), bertc's names use a shortened form of it with a hash of the whole (:func:`sibling_stem`).
@@ -32,8 +34,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Optional
 
 from bertc.errors import OutputError, filesystem_error
 
@@ -65,7 +69,7 @@ def _sibling(out: Path, prefix: str, suffix: str) -> Path:
     return out.with_name(f"{prefix}{sibling_stem(out.name)}{suffix}")
 
 
-_TMP, _OLD = r"\.tmp-[A-Za-z0-9_]+", r"\.old-[0-9]+"
+_TMP, _OLD, _TRASH = r"\.tmp-[A-Za-z0-9_]+", r"\.old-[0-9]+", r"\.trash-[0-9]+(-[0-9]+)?"
 _FAILED_OLD = r"\.failed(-[0-9]+)?\.old-[0-9]+"   # an earlier failed report swapped out (never put back at OUT)
 
 
@@ -178,6 +182,8 @@ def _recover(out: Path) -> "str | None":
     if os.path.lexists(out):
         return None
     new = next((p for p in _newest_first(_siblings(out, _TMP)) if _complete(p)), None)
+    # .OUT.old-PID only: the old build of a swap that went through is renamed .OUT.trash-PID before its removal, so
+    # what could not be removed (a read-only build) is never put back here as if that swap had been cut short
     old = next((p for p in _newest_first(_siblings(out, _OLD)) if (p / "report.json").is_file()), None)
     chosen = new or old
     if chosen is None:
@@ -191,22 +197,57 @@ def _recover(out: Path) -> "str | None":
                                   f"left in {chosen.name}")
 
 
-def _remove_leftovers(out: Path) -> list[str]:
+def remove_tree(path: Path) -> "str | None":
+    """Remove the directory ``path`` and all in it; None when it is gone, else why not (the first error's reason:
+    "Permission denied" in a read-only build), with what could be removed removed."""
+    errors = []
+
+    def failed(function, name, exc_info):
+        errors.append(exc_info[1] if isinstance(exc_info, tuple) else exc_info)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=failed)
+    else:
+        shutil.rmtree(path, onerror=failed)
+    if not os.path.lexists(path):
+        return None
+    first = next((e for e in errors if isinstance(e, OSError)), None)
+    return (first.strerror or str(first)) if first is not None else "it is still there"
+
+
+def _left_behind(path: Path, what: str, why: str) -> str:
+    """The warning for a directory bertc could not remove."""
+    return (f"cannot remove {path} ({what}): {why}; it stays there, taking its space, until you remove it "
+            f"(chmod -R u+w {path} && rm -rf {path})")
+
+
+def _remove_leftovers(out: Path) -> "tuple[list[str], list[str]]":
     """Staging and swap directories of dead builds of ``out`` (call only while holding its lock, after
-    :func:`_recover`), and what a dead build that was replacing ``out``'s contents in place left inside it."""
-    removed = []
-    for path in [*_siblings(out, _TMP), *_siblings(out, _OLD), *_siblings(out, _FAILED_OLD)]:
+    :func:`_recover`), and what a dead build that was replacing ``out``'s contents in place left inside it: the names
+    removed, and a warning for each that could not be (a read-only one, kept)."""
+    removed, kept = [], []
+    for path in [*_siblings(out, _TMP), *_siblings(out, _OLD), *_siblings(out, _TRASH), *_siblings(out, _FAILED_OLD)]:
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
+            why = remove_tree(path)
+            if why is None:
+                removed.append(path.name)
+            else:
+                kept.append(_left_behind(path, f"what an earlier build of {out.name} left", why))
     if out.is_dir() and is_build(out):
         for path in [*out.glob(f"{_HOLD}*"), *out.glob(f"{_PART}*")]:
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
+                why = remove_tree(path)
             else:
-                path.unlink(missing_ok=True)
-            removed.append(f"{out.name}/{path.name}")
-    return removed
+                try:
+                    path.unlink(missing_ok=True)
+                    why = None
+                except OSError as exc:
+                    why = exc.strerror or str(exc)
+            if why is None:
+                removed.append(f"{out.name}/{path.name}")
+            else:
+                kept.append(_left_behind(path, f"what an earlier build of {out.name} left inside it", why))
+    return removed, kept
 
 
 def _holds_cwd(out: Path) -> bool:
@@ -298,8 +339,10 @@ class _NotReplaceable(Exception):
 
 
 class StagedOutput:
-    def __init__(self, out: Path | str, force: bool = False):
+    def __init__(self, out: Path | str, force: bool = False, warn: Optional[Callable[[str], None]] = None):
         self.given = Path(out)   # as named, for messages
+        # told what the build could not clean up (an old build it could not remove): the build goes on
+        self.warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
         # The real directory: a link to OUT is followed (the build replaces the target's build, the link stays), and
         # "." or ".." have a name; staging, OUT.failed and the lock are beside it, so that OUT named through a link
         # and by its own path is one OUT, written by one build at a time.
@@ -336,7 +379,9 @@ class StagedOutput:
             raise OutputError(f"cannot lock {self.lock.path} for the build: {exc}") from None
         try:
             self.recovered = _recover(self.out)
-            self.removed_leftovers = _remove_leftovers(self.out)
+            self.removed_leftovers, kept = _remove_leftovers(self.out)
+            for text in kept:
+                self.warn(text)
             if self.recovered is not None:
                 self.existed = True
                 if not self.force:   # OUT is there again: a build without --force replaces nothing
@@ -424,7 +469,9 @@ class StagedOutput:
                               f"is in {self.tmp} (removed by the next build of {self.given})") from None
         stale = failed_slot(self.out)   # an earlier failure's report: a build's folder, never the user's
         if os.path.lexists(stale):
-            shutil.rmtree(stale, ignore_errors=True)
+            why = remove_tree(stale)
+            if why is not None:
+                self.warn(_left_behind(stale, "an earlier failed build's report", why))
 
     def _rename_in(self) -> None:
         """Swap the staging directory in by renames: OUT is either the old build or the new one, never a mix."""
@@ -448,7 +495,26 @@ class StagedOutput:
                                       or f"{self.given} appeared while the build ran") from None
             raise
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self._dispose(old)
+
+    def _dispose(self, old: Path) -> None:
+        """Remove the old build ``old`` (``.OUT.old-PID``) that the new one replaced. It is renamed
+        ``.OUT.trash-PID`` first, so that what cannot be removed (a read-only build, a busy mount) is no longer
+        named as a swap cut short (:func:`_recover` would put it back at OUT once OUT is gone); that, and why, is
+        said (:attr:`warn`)."""
+        for n in range(1, 100):
+            trash = _sibling(self.out, ".", f".trash-{os.getpid()}" + (f"-{n}" if n > 1 else ""))
+            if os.path.lexists(trash):
+                continue
+            try:
+                os.replace(old, trash)
+                old = trash
+            except OSError:
+                pass
+            break
+        why = remove_tree(old)
+        if why is not None:
+            self.warn(_left_behind(old, f"the build that {self.given} held before this one", why))
 
     def _replace_contents(self) -> None:
         """Replace the build in ``OUT`` by the staged one without renaming ``OUT`` itself (a mount point, the working
@@ -474,7 +540,9 @@ class StagedOutput:
                 old = slot.with_name(f".{slot.name}.old-{os.getpid()}")   # not .OUT.old-*: never put back at OUT
                 os.replace(slot, old)
                 os.replace(self.tmp, slot)
-                shutil.rmtree(old, ignore_errors=True)
+                why = remove_tree(old)
+                if why is not None:
+                    self.warn(_left_behind(old, f"the earlier failed build's report that {slot.name} held", why))
             else:
                 os.replace(self.tmp, slot)
             self.kept_in = slot

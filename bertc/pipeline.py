@@ -163,10 +163,12 @@ def drop_failed_variants(section: dict, artifacts: dict, requested: tuple, out: 
     return dropped
 
 
-def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, status: Optional[StatusHook] = None) -> dict:
+def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, status: Optional[StatusHook] = None,
+          warn: Optional[Callable[[str], None]] = None) -> dict:
     """Build ``spec_path`` into ``opts.out``; ``hook`` hears of each finished stage, ``status`` of a long stage's
-    progress. A full disk (or quota, a read-only or failing file system) while the build writes is an
-    :class:`OutputError` (exit 5) naming OUT, the stage and the file, with nothing written (:func:`unwritable_build`)."""
+    progress, ``warn`` of what the build could not clean up beside OUT (default: a ``warning:`` line on stderr). A
+    full disk (or quota, a read-only or failing file system) while the build writes is an :class:`OutputError`
+    (exit 5) naming OUT, the stage and the file, with nothing written (:func:`unwritable_build`)."""
     from bertc.output import StagedOutput
     from bertc.spec import dump_spec, load_spec
 
@@ -202,7 +204,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
     from bertc.signature import signature_of
 
     sig = signature_of(spec)
-    staged = StagedOutput(opts.out, opts.force)  # refuses an existing OUT before any work
+    staged = StagedOutput(opts.out, opts.force, warn)  # refuses an existing OUT before any work
     with staged as tmp:
         try:
             report = new_report(bertc.__version__, spec.name, str(spec_path), sig.to_json(), stages.timings)
