@@ -105,8 +105,20 @@ def require_writable(out: Path, files: str, command: str) -> None:
     why = unwritable(out)
     if why:
         raise OutputError(f"{out}: cannot write {files} there ({why}); nothing was run: {command} saves its results "
-                          f"in the build directory. Make it writable, or run it on a copy: cp -r {out} COPY && "
-                          f"{command} COPY")
+                          f"in the build directory. Make it writable, or run it on a writable copy: "
+                          f"{copy_advice(out, command)}")
+
+
+def copy_advice(out: Path, command: str) -> str:
+    """The commands that run ``command`` on a writable copy of the build ``out``: ``cp -r`` keeps a read-only build's
+    modes (its copy is read-only too), so the copy is made writable; its placeholder name is never ``out``'s own."""
+    import shlex
+
+    copy = "COPY"
+    while Path(out).name == copy or Path(out) == Path(copy):
+        copy += "2"
+    source = shlex.quote(str(out))
+    return f"cp -r {source} {copy} && chmod -R u+w {copy} && {command} {copy}"
 
 
 def write_report(out: Path, report: dict) -> None:
