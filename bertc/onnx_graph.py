@@ -200,6 +200,22 @@ def _op_counts(nodes: Sequence) -> Counter:
     return counts
 
 
+def graph_op_counts(graph, per_run: bool = False) -> dict[str, int]:
+    """Every node of ``graph`` (a GraphProto: what a file holds) by operator type (``domain.op`` outside the
+    default domain), the nodes of its subgraphs included (both branches of an ``If``, a ``Loop``'s body): the
+    counts sum to :func:`graph_node_count`. ``per_run``: what one run executes instead, an ``If`` counting its
+    larger branch (as :meth:`GraphBuilder.op_counts`)."""
+    if per_run:
+        return dict(sorted(_op_counts(graph.node).items()))
+    counts = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in _with_subgraph_nodes(graph.node))
+    return dict(sorted(counts.items()))
+
+
+def graph_node_count(graph) -> int:
+    """The nodes of ``graph`` (a GraphProto), those of its subgraphs (``If`` branches, ``Loop`` bodies) included."""
+    return len(_with_subgraph_nodes(graph.node))
+
+
 def _with_subgraph_nodes(nodes: Sequence) -> list:
     """``nodes`` and, recursively, the nodes of their subgraphs (an ``If``'s branches, a ``Loop``'s body)."""
     out = []

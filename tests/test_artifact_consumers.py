@@ -113,6 +113,7 @@ def test_build_at_opset_18_writes_the_padding_free_variants(tmp_path, tmp_spec):
         assert a["opset"] == 18, key
     assert report["parity"]["passed"]
     assert {"onnx_packed_cpu", "onnx_packed_int8_cpu"} <= set(report["parity"]["backends"])
+    _assert_counts_describe_the_files(out, report)
 
 
 # --- free-dimension overrides ------------------------------------------------------------------------------
@@ -210,3 +211,47 @@ def test_position_ranges_compute_in_int64(case, tmp_path):
         assert start is None or start.data_type == 7, f"{n.name}: Range on {start.data_type}, not int64"
     _assert_fixed_dims_equal_plain(spec, _optimized_files(built, tmp_path), seq=8)
 
+
+# --- report.json's node and operator counts ------------------------------------------------------------------
+
+def _assert_counts_describe_the_files(out, report):
+    """Each ONNX artifact's ``nodes`` is its file's node count, subgraph nodes included; ``op_counts`` (where
+    recorded) those nodes by operator type (``domain.op`` outside the default domain), summing to ``nodes``; the
+    fusion section's ``nodes`` the same figures."""
+    import collections
+
+    import onnx
+
+    seen = set()
+    for key, a in report["artifacts"].items():
+        if a["format"] != "onnx":
+            continue
+        nodes = _nodes(onnx.load(str(out / a["path"]), load_external_data=False).graph)
+        assert a["nodes"] == len(nodes), (key, a["nodes"], len(nodes))
+        if "op_counts" in a:
+            seen.add(key)
+            want = collections.Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in nodes)
+            assert a["op_counts"] == dict(want), key
+            assert sum(a["op_counts"].values()) == a["nodes"]
+        assert report["fusion"]["nodes"][key] == a["nodes"], key
+    assert "onnx_optimized" in seen
+
+
+def test_report_counts_describe_the_files_written(tmp_path, tmp_spec):
+    """ModernBERT: the fp32 optimized file computes its packed projections part by part (no Split) and runs its
+    local attention in an If; report.json counted the graph before that pass and the If's top level only."""
+    from bertc.pipeline import BuildOptions, build
+
+    d = {"name": "modernbert_counts", "encoder": {
+        "type": "modernbert", "vocab_size": 64, "hidden_size": 16, "num_layers": 3, "num_attention_heads": 2,
+        "intermediate_size": 24, "max_sequence_length": 12, "local_attention": 4, "global_attn_every_n_layers": 3},
+        "head": {"type": "token_classifier", "num_classes": 3},
+        "export": {"tflite": False, "variants": ["onnx_int8", "onnx_fp16", "onnx_packed"]}}
+    out = tmp_path / "out"
+    report = build(tmp_spec(d), BuildOptions(out=out, parity=False))
+    ops = report["artifacts"]["onnx_optimized"]["op_counts"]
+    assert report["fusion"].get("separate_projections") and "If" in ops and "Split" not in ops
+    _assert_counts_describe_the_files(out, report)
+    # fused_ops: what one run executes (a local layer's If runs the blocked or the plain MultiHeadAttention)
+    assert report["fusion"]["fused_ops"]["com.microsoft.MultiHeadAttention"] == 3
+    assert ops["com.microsoft.MultiHeadAttention"] > 3

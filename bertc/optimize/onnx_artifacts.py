@@ -142,6 +142,7 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
 
     A model the stage cannot lower gets a result with a :class:`Skip` (and no artifact); an artifact that
     cannot be written or loaded raises :class:`~bertc.errors.ExportError`."""
+    from bertc.onnx_graph import graph_node_count, graph_op_counts
     from bertc.optimize.lower import NotLowerable, lower_model, missing_lowerings
     from bertc.optimize.stress import structural_check
 
@@ -180,13 +181,15 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
     self_check = max_abs_vs_keras(session, model, check_inputs)
     del session
     structure = structural_check(built, input_dtype, opset, lowered.pruned)
+    # nodes and op_counts: the file written (after the passes above; subgraph nodes included)
     artifacts = {"onnx_optimized": _artifact(
         path, nbytes, "fp32", input_dtype, ["CPUExecutionProvider", "CUDAExecutionProvider"],
-        len(fast_proto.graph.node), opset,
-        op_counts=lowered.op_counts, pruned=lowered.pruned, coverage=lowered.coverage, external_data=external,
-        seconds=round(time.perf_counter() - t0, 3))}
-    proto, weights, op_counts, coverage, pruned = (lowered.proto, lowered.weights, lowered.op_counts,
-                                                   lowered.coverage, lowered.pruned)
+        graph_node_count(fast_proto.graph), opset,
+        op_counts=graph_op_counts(fast_proto.graph), pruned=lowered.pruned, coverage=lowered.coverage,
+        external_data=external, seconds=round(time.perf_counter() - t0, 3))}
+    fused_ops = {op: n for op, n in graph_op_counts(fast_proto.graph, per_run=True).items()
+                 if op.startswith("com.microsoft.")}
+    proto, weights, coverage, pruned = lowered.proto, lowered.weights, lowered.coverage, lowered.pruned
     pruned_rows = lowered.rows.describe() if lowered.rows is not None else None
     not_lowered = lowered.not_lowered
     del lowered
@@ -238,7 +241,7 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
         "layers": coverage["layers"],
         "nodes": {**({"onnx": portable["nodes"]} if portable and "nodes" in portable else {}),
                   **{k: a["nodes"] for k, a in artifacts.items()}},
-        "fused_ops": {op: n for op, n in op_counts.items() if op.startswith("com.microsoft.")},
+        "fused_ops": fused_ops,
         "self_check_max_abs": self_check,
         # packed projections (MatMul + Split) computed part by part in the fp32 artifacts (bertc/optimize/projections.py)
         **({"separate_projections": separated} if separated else {}),
@@ -272,6 +275,7 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
     build), and otherwise not: the entry is then ``{"dropped": why}``. ``with_tuning``: ``(entry, the
     :class:`~bertc.optimize.int8_tuning.Tuned` or None)``."""
     from bertc.export.onnx import write_onnx
+    from bertc.onnx_graph import graph_node_count
     from bertc.optimize.quantize import quantize_dynamic_int8
 
     t0 = time.perf_counter()
@@ -309,8 +313,9 @@ def quantize_int8(proto, weights: Optional[list], dst: Path, input_dtype: str, o
             quantization["speed"] = speed_of(dst.with_name(OPTIMIZED_FILE), dst, judge.spec)
         except Exception as exc:   # a timing that cannot run is recorded, never a failed build
             quantization["speed"] = {"error": f"{type(exc).__name__}: {exc}"}
-    entry = _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], len(result.proto.graph.node), opset,
-                      external_data=external, quantization=quantization, seconds=round(time.perf_counter() - t0, 3))
+    entry = _artifact(dst, nbytes, "int8", input_dtype, ["CPUExecutionProvider"], graph_node_count(result.proto.graph),
+                      opset, external_data=external, quantization=quantization,
+                      seconds=round(time.perf_counter() - t0, 3))
     return (entry, tuned) if with_tuning else entry
 
 
@@ -370,6 +375,8 @@ def fuse_skip_layer_norms(proto) -> int:
 def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from bertc.onnx_graph import graph_node_count
+
     t0 = time.perf_counter()
     try:
         half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
@@ -378,7 +385,7 @@ def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_in
     fuse_skip_layer_norms(half)   # fp16 is for CUDA: one SkipLayerNormalization kernel per residual norm there
     nbytes = _save(half, dst)
     providers, cpu = fp16_on_cpu(dst, model, check_inputs)
-    return _artifact(dst, nbytes, "fp16", input_dtype, providers, len(half.graph.node), opset,
+    return _artifact(dst, nbytes, "fp16", input_dtype, providers, graph_node_count(half.graph), opset,
                      keep_fp32_ops=FP16_KEEP_FP32_OPS, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
 
 

@@ -1307,12 +1307,10 @@ def _same_weights(source, packed, names) -> list:
 
 
 def _node_count(model) -> int:
-    """Nodes of the graph and of its If branches."""
-    return sum(1 + sum(_node_count_graph(a.g) for a in n.attribute if a.type == a.GRAPH) for n in model.graph.node)
+    """Nodes of the graph and of its subgraphs (If branches, Loop bodies): the report's ``nodes``."""
+    from bertc.onnx_graph import graph_node_count
 
-
-def _node_count_graph(graph) -> int:
-    return sum(1 + sum(_node_count_graph(a.g) for a in n.attribute if a.type == a.GRAPH) for n in graph.node)
+    return graph_node_count(model.graph)
 
 
 def _copy(proto):
