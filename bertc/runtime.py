@@ -44,7 +44,10 @@ def read_build(out) -> tuple[dict, dict]:
         raise InputError(f"{out}: no such build directory" if not out.exists() else f"{out}: not a directory")
     report_path = out / "report.json"
     if not report_path.is_file():
-        hint = f" (a failed build's report is in {out}.failed/)" if Path(f"{out}.failed").is_dir() else ""
+        from bertc.output import sibling_stem
+
+        failed = out.with_name(f"{sibling_stem(out.name)}.failed")   # where a failed build of OUT left its report
+        hint = f" (a failed build's report is in {failed}/)" if failed.is_dir() else ""
         raise InputError(f"{out}: not a bertc build directory (no report.json; make one with bertc build){hint}")
     try:
         report = json.loads(report_path.read_text())

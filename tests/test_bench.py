@@ -141,8 +141,8 @@ def test_bench_of_a_read_only_build_is_an_output_error(built, tmp_path, monkeypa
         out.chmod(0o755)
     captured = capfd.readouterr()
     assert (f"error: {out}: cannot write bench.json and bench.png there (Permission denied); nothing was run: "
-            f"bertc bench saves its results in the build directory. Make it writable, or run it on a copy: "
-            f"cp -r {out} COPY && bertc bench COPY") in captured.err
+            f"bertc bench saves its results in the build directory. Make it writable, or run it on a writable copy: "
+            f"cp -r {out} COPY && chmod -R u+w COPY && bertc bench COPY") in captured.err
     assert "internal error" not in captured.err and "onnx_cpu" not in captured.out   # nothing timed
     monkeypatch.undo()
     read_only(out, monkeypatch, probe_too=False)   # writable when the timing starts, not when it ends

@@ -3,6 +3,7 @@ OUT.failed) take a shortened form of the name with a hash of it when the whole w
 file system takes can be built; names of usual lengths keep their names."""
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,19 @@ def test_the_lock_of_a_long_name_is_one_lock(tmp_path):
     with pytest.raises(OutputError, match=f"{out} is being written by another bertc build \\(pid {os.getpid()}\\)"):
         BuildLock(out).acquire()
     first.release()
+
+
+def test_bertc_run_points_at_the_failed_report_of_a_long_named_build(tmp_path):
+    """bertc run on OUT without report.json names the failed build's report beside it: for a name too long for
+    OUT.failed that is the shortened name the build used, which the hint looked past."""
+    import bertc
+    from bertc.errors import InputError
+    from bertc.output import sibling_stem
+
+    for name in ("out", "x" * 240):
+        out = tmp_path / name
+        out.mkdir()
+        failed = tmp_path / f"{sibling_stem(name)}.failed"
+        failed.mkdir()
+        with pytest.raises(InputError, match=re.escape(f"(a failed build's report is in {failed}/)")):
+            bertc.Runtime(out)

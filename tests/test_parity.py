@@ -436,8 +436,8 @@ def test_parity_of_a_read_only_build_is_an_output_error_before_the_work(encoder_
         out.chmod(0o755)
     err = capfd.readouterr().err
     assert (f"error: {out}: cannot write report.json and summary.txt there (Permission denied); nothing was run: "
-            f"bertc parity saves its results in the build directory. Make it writable, or run it on a copy: "
-            f"cp -r {out} COPY && bertc parity COPY") in err
+            f"bertc parity saves its results in the build directory. Make it writable, or run it on a writable copy: "
+            f"cp -r {out} COPY && chmod -R u+w COPY && bertc parity COPY") in err
     assert "internal error" not in err and "PASS" not in err   # no work done
     assert (out / "report.json").read_text() == before and not list(out.glob("*.partial"))
     monkeypatch.undo()
