@@ -178,6 +178,10 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
         spec = load_spec(spec_path)
         note["detail"] = spec.name
         requested = requested_variants(spec, opts)
+        overrides = {k: v for k, v in (("opset", opts.opset), ("input_dtype", opts.input_dtype),
+                                       ("keep_saved_model", opts.keep_saved_model)) if v is not None}
+        if overrides:   # --opset, --int64-inputs, --keep-saved-model: OUT/spec.json records what was built
+            spec = spec.model_copy(update={"export": spec.export.model_copy(update=overrides)})
         if opts.variants is not None:  # OUT/spec.json then records the variants this build made
             spec = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": list(opts.variants)})})
             # and no tolerance of a backend those variants no longer build (the spec would not validate again)
@@ -207,7 +211,11 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
     staged = StagedOutput(opts.out, opts.force, warn)  # refuses an existing OUT before any work
     with staged as tmp:
         try:
-            report = new_report(bertc.__version__, spec.name, str(spec_path), sig.to_json(), stages.timings)
+            io = sig.to_json()
+            if spec.export.input_dtype != "int32":   # Keras and TFLite take int32 whatever the ONNX files take
+                for i in io["inputs"]:
+                    i["onnx_dtype"] = spec.export.input_dtype
+            report = new_report(bertc.__version__, spec.name, str(spec_path), io, stages.timings)
             failure = None
             try:
                 build_into(spec, sig, tmp, opts, stages, report, weights=weights, requested=requested)

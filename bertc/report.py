@@ -284,7 +284,9 @@ def int8_summary(quantization: dict) -> str:
 
 def summary_text(report: dict) -> str:
     lines = [f"bertc {report['bertc_version']}: {report['spec_name']}  [{report['status'].upper()}]"]
-    lines.append("inputs:  " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in report["inputs"]))
+    lines.append("inputs:  " + ", ".join(f"{i['name']} {i['dtype']}" + (f" (ONNX {i['onnx_dtype']})" if "onnx_dtype" in i
+                                                                        else "") + f" {i['shape']}"
+                                        for i in report["inputs"]))
     lines.append("outputs: " + ", ".join(f"{o['name']} ({o['kind']})" for o in report["outputs"]))
     if "parameters" in report:
         p = report["parameters"]

@@ -54,6 +54,15 @@ def test_int64_inputs_and_opset_option(canonical):
     model = onnx.load(str(canonical / "model.onnx"))
     assert model.opset_import[0].version == 18 or any(o.version == 18 for o in model.opset_import if o.domain == "")
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in model.graph.input)
+    # recorded: OUT/spec.json, report.json's inputs and summary.txt said int32 / opset 17, and a build of
+    # OUT/spec.json made other files
+    from bertc.spec import load_spec
+
+    export = load_spec(canonical / "spec.json").export
+    assert (export.opset, export.input_dtype) == (18, "int64")
+    report = json.loads((canonical / "report.json").read_text())
+    assert all(i["dtype"] == "int32" and i["onnx_dtype"] == "int64" for i in report["inputs"])
+    assert "input_word_ids int32 (ONNX int64) ['batch', 'sequence']" in (canonical / "summary.txt").read_text()
 
 
 def test_perturbed_onnx_weight_fails_parity(canonical, capsys):
