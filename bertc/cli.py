@@ -678,24 +678,28 @@ def _traceback_wanted() -> bool:
     return os.environ.get("BERTC_TRACEBACK") == "1" or os.environ.get("BERTC_DEBUG") == "1"
 
 
-# bertc's own dependencies by import name: what installs each (pyproject.toml); a run-only environment (numpy, click,
-# onnxruntime, tokenizers: README, "Running a build on text") lacks the build's
-LIBRARIES = {"tensorflow": "tensorflow-cpu", "keras": "keras", "pydantic": "pydantic", "pydantic_core": "pydantic",
-             "tf2onnx": "tf2onnx", "onnx": "onnx", "ai_edge_litert": "ai-edge-litert", "safetensors": "safetensors",
-             "numpy": "numpy", "click": "click", "onnxruntime": "bertc[cpu]", "tokenizers": "bertc[text]",
-             "pyarrow": "bertc[parquet]", "ray": "bertc[ray]"}
+# bertc's dependencies by import name: None for its own (pyproject.toml's dependencies: the build's libraries, which
+# a run-only environment of numpy, click, onnxruntime and tokenizers lacks: README, "Running a build on text"), else
+# the extra that installs it
+LIBRARIES = {"tensorflow": None, "keras": None, "pydantic": None, "pydantic_core": None, "tf2onnx": None, "onnx": None,
+             "ai_edge_litert": None, "safetensors": None, "numpy": None, "click": None, "onnxruntime": "cpu",
+             "tokenizers": "text", "pyarrow": "parquet", "ray": "ray"}
 
 
 def missing_library_line(exc: ModuleNotFoundError, argv: list) -> str | None:
-    """The one line for a dependency of bertc's that is not installed (None for any other missing module)."""
+    """The one line for a dependency of bertc's that is not installed (None for any other missing module): the pip
+    command that installs it and every other of bertc's own dependencies missing here (installing the one named
+    only moved the error to the next), or the libraries of its extra alone (``pip install 'bertc[parquet]'`` in the
+    run-only environment would pull in the whole build stack)."""
+    from bertc.requirements import pip_install, pip_install_core
+
     name = (exc.name or "").split(".")[0]
     if name not in LIBRARIES:
         return None
     command = _command_of(argv)
     what = f"bertc {command}" if command else "bertc"
-    install = LIBRARIES[name]
-    how = (f"pip install '{install}'" if install.startswith("bertc[") else
-           f"pip install bertc (with its dependencies) or pip install {install}")
+    extra = LIBRARIES[name]
+    how = pip_install(extra) if extra else (pip_install_core() or f"pip install {name}")
     return (f"error: {what} needs {name}, which is not installed in this environment ({sys.executable}): {how}. "
             f"Running a build (bertc run, bertc.Runtime) needs only numpy, click, onnxruntime and tokenizers")
 

@@ -250,3 +250,23 @@ def test_the_install_advice_names_the_extras_libraries_as_pyproject_declares_the
         assert parsed(requirements.pip_install(extra)) == want, extra
         monkeypatch.undo()
     assert "bertc[" not in requirements.pip_install("parquet")
+
+
+def test_a_missing_build_library_is_named_with_every_build_library_missing_here(monkeypatch):
+    """In the run-only environment, bertc build said "needs pydantic ... or pip install pydantic", and installing it
+    moved the error to the next library: the line gives one command for every one of bertc's own dependencies that is
+    missing, and an extra's libraries alone for an extra's."""
+    from bertc.cli import missing_library_line
+    from bertc.requirements import _installed_core
+
+    for module in ("tf2onnx", "pydantic"):
+        monkeypatch.setitem(sys.modules, module, None)   # find_spec raises ValueError: not importable
+    _installed_core.cache_clear()
+    line = missing_library_line(ModuleNotFoundError("No module named 'pydantic'", name="pydantic"), ["build", "s.json"])
+    assert line.startswith("error: bertc build needs pydantic, which is not installed in this environment (")
+    how = line.split("): ", 1)[1].split(". Running a build")[0]
+    assert how.startswith("pip install ") and "'pydantic<3,>=2.6'" in how and "'tf2onnx<1.18,>=1.17'" in how
+    assert "tensorflow" not in how and "bertc" not in how
+    line = missing_library_line(ModuleNotFoundError("No module named 'pyarrow'", name="pyarrow"), ["run"])
+    assert "pip install 'pyarrow>=14'. " in line and "bertc[" not in line
+    assert missing_library_line(ModuleNotFoundError("x", name="somethingelse"), ["build"]) is None
