@@ -250,6 +250,9 @@ def test_the_install_advice_names_the_extras_libraries_as_pyproject_declares_the
         assert parsed(requirements.pip_install(extra)) == want, extra
         monkeypatch.undo()
     assert "bertc[" not in requirements.pip_install("parquet")
+    core = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    assert {str(Requirement(p)) for p in requirements.DECLARED_CORE} == {str(Requirement(p)) for p in core["dependencies"]}
+    assert {Requirement(p).name for p in core["dependencies"]} == set(requirements.CORE)
 
 
 def test_a_missing_build_library_is_named_with_every_build_library_missing_here(monkeypatch):
