@@ -139,10 +139,14 @@ def round_ratio(rows: list[dict], target: str, baseline: str, batch: int, seq: i
 # --- targets for a build's artifacts ----------------------------------------------------------------
 
 def onnx_node_count(path: Path) -> Optional[int]:
+    """The file's nodes as report.json counts them: those inside ``If`` branches and ``Loop`` bodies included (a
+    padding-free artifact is 5 nodes at the top)."""
     try:
         import onnx
 
-        return len(onnx.load(str(path), load_external_data=False).graph.node)
+        from bertc.onnx_graph import graph_node_count
+
+        return graph_node_count(onnx.load(str(path), load_external_data=False).graph)
     except Exception:
         return None
 

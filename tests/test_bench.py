@@ -202,3 +202,24 @@ def test_time_targets_reads_the_clock_it_is_given(monkeypatch):
     rows = time_targets([Target("t", prepare)], [(1, 4)], lambda b, s: {}, rounds=2, warmup=1, calls=3,
                         baseline="t", clock=lambda: ticks[0])
     assert rows[0]["calls"] == 6 and rows[0]["p50_ms"] == pytest.approx(2.0) and rows[0]["ratio"] == 1.0
+
+
+def test_bench_counts_the_nodes_inside_subgraphs_as_the_report_does(tmp_path):
+    """bench.json gave a padding-free artifact 5 nodes (its top level) where report.json counts ~200 (its If / Loop
+    bodies included)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bertc.bench import onnx_node_count
+
+    def branch(name, op):
+        return helper.make_graph([helper.make_node(op, ["x"], ["y"]), helper.make_node("Identity", ["y"], ["z"])],
+                                 name, [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+
+    node = helper.make_node("If", ["c"], ["out"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg"))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                                            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert onnx_node_count(path) == 5
