@@ -207,7 +207,7 @@ def test_modernbert_local_layers_still_need_a_window(tmp_path, capsys):
         del cfg["layer_types"]
         cfg.update(global_attn_every_n_layers=2, local_attention=1)
     err = refused(copy(tmp_path, "modernbert_seq_cls", edit), capsys, tmp_path)
-    assert "local_attention = 1: local layers with no window" in err, err
+    assert "local_attention = 1: bertc's local layers need a window of at least one token on each side" in err, err
 
 
 # --- 3. architectures must be a list ---------------------------------------------------------------------

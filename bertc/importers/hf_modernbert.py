@@ -119,7 +119,9 @@ def encoder(cfg: dict, where: str, max_len: Optional[int] = None) -> dict:
         if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else None
     any_local = "local" in (kinds if kinds is not None else every_n)
     if any_local and local // 2 < 1:
-        refuse(where, "local_attention", local, "local layers with no window (local_attention // 2 is 0)")
+        refuse(where, "local_attention", local, "bertc's local layers need a window of at least one token on each "
+                                                "side (local_attention // 2 >= 1); with 0 each token attends to itself "
+                                                "alone")
     enc = {"type": "modernbert", "vocab_size": c.int("vocab_size", minimum=1), "hidden_size": hidden,
            "num_layers": layers, "num_attention_heads": heads, "intermediate_size": c.int("intermediate_size", minimum=1),
            "activation": c.activation("hidden_activation"),
