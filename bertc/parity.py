@@ -21,6 +21,7 @@ and why), never the run.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -343,6 +344,22 @@ def differences(have: np.ndarray, want: np.ndarray, atol: Optional[float],
     return max_abs, rel, total, beyond
 
 
+# ONNX Runtime's messages carry its source location and the C++ signature that raised ("/onnxruntime_src/.../
+# reshape_helper.h:91 onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, ...)"): long,
+# and what says what went wrong (the shapes) comes after it
+_ORT_SOURCE = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:[\w:~<>]+\((?:[^()]|\([^()]*\))*\)(?: const)? ?)?")
+
+
+def run_error_text(exc: BaseException, limit: int = 400) -> str:
+    """One line for a backend's run error: whitespace collapsed, ONNX Runtime's source location and C++ signature
+    dropped, and when still over ``limit`` characters its start and its end (where the shapes are) kept."""
+    text = _ORT_SOURCE.sub("", " ".join(str(exc).split())).strip()
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    return f"{text[:head]} ... {text[-(limit - head - 5):]}"
+
+
 def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backend],
             runners: dict[str, Runner], cases: Optional[list[Case]] = None,
             progress: Optional[Callable[[str], None]] = None) -> list[OutputParity]:
@@ -372,7 +389,7 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
             except Exception as exc:  # a backend that cannot run a case is a parity failure, not a crash
                 for o in sig.outputs:
                     results[(backend.name, o.name)].problems.append(
-                        f"{case.label}: failed to run: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+                        f"{case.label}: failed to run: {type(exc).__name__}: {run_error_text(exc)}")
                 continue
             for o in sig.outputs:
                 key = (backend.name, o.name)

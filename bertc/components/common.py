@@ -131,6 +131,11 @@ def split_heads(x, num_heads: int, head_size: int):
 
 def merge_heads(x, width: int):
     """(B, N, S, D) -> (B, S, N*D)."""
+    if x.shape[1] == 1 and x.shape[-1] == width:
+        # One head: a plain squeeze (the same numbers). The Transpose + Reshape(Shape(.)[:2]) form is exported
+        # wrongly by tf2onnx when N is 1: it turns the transpose into a Reshape, merges it with the next one and
+        # keeps that one's copy-this-dim zeros, giving Reshape(B, 1, S, D -> [0, 0, D]), which fails for S > 1.
+        return tf.squeeze(x, axis=1)
     x = tf.transpose(x, [0, 2, 1, 3])
     shape = tf.shape(x)
     return tf.reshape(x, tf.concat([shape[:2], [width]], axis=0))
