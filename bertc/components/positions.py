@@ -98,6 +98,13 @@ class AbsolutePositionSpec(StrictModel):
             yield ("offset",), "must be at least 1 with from_mask (masked tokens read row offset - 1)"
         elif self.from_ids and self.offset < 1:
             yield ("offset",), "must be at least 1 with from_ids (tokens with the pad id, offset - 1, read that row)"
+        if ctx.get("embedding_position_table", "") is None:
+            # the encoder's embedding network has no learned absolute table: nothing would read these settings
+            for field, set_ in (("offset", self.offset != 0), ("from_ids", self.from_ids), ("from_mask", self.from_mask)):
+                if set_:
+                    yield (field,), ("is set, but the encoder's embedding network has no learned absolute position "
+                                     "table to read it (a 'modernbert' embedding, or a 'custom' one without "
+                                     "use_position_embeddings): remove it, or give the embedding a position table")
 
 
 class RelativeBiasSpec(StrictModel):
