@@ -204,6 +204,26 @@ def _loss_fn(spec: Spec, inputs, rng):
     return surrogate, "surrogate MSE against random targets (no head)"
 
 
+# Weights that only shape the attention logits (queries, keys, position biases, talking heads' pre-softmax mix): over
+# a single key the softmax is 1 whatever the logit, so their gradient is zero in exact arithmetic
+LOGIT_ONLY = frozenset({"query", "key", "pos_query_proj", "pos_key_proj", "pre_softmax_weight",
+                        "relative_attention_bias", "rel_embeddings"})
+
+
+def structural_zero_gradients(spec: Spec, length: int) -> list[tuple[Any, str]]:
+    """(predicate on a weight's path, why) for the weights whose gradient is zero by the mathematics of the spec,
+    not by a defect: a zero gradient there is exempt from the trainability check (and said so in its record)."""
+    out = []
+    if length == 1:
+        out.append((lambda path: bool(LOGIT_ONLY & set(path.split("/"))) or path.startswith("position/"),
+                    "attention over a single position (max_sequence_length 1): the softmax is 1 whatever the logits"))
+    if spec.head is not None:
+        head = HEADS.create(spec.head, spec.encoder)
+        for path, why in getattr(head, "structural_zero_gradients", lambda: {})().items():
+            out.append((lambda p, path=path: p == path, why))
+    return out
+
+
 def check_trainability(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
     """One SGD step on the loss over a fixed random batch: every trainable weight gets a finite,
     non-zero gradient and the loss goes down. Gradients are taken in inference mode, so the step is
@@ -237,6 +257,14 @@ def check_trainability(model, spec: Spec, sig: Signature, passes: Passes) -> Che
     nonfinite = [v.path for v, g in zip(variables, grads)
                  if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
     zero = dead(grads)
+    exempt = []
+    if zero:   # a zero gradient the spec's mathematics implies (not rounding luck) is recorded, not failed
+        rules = structural_zero_gradients(spec, int(inputs["input_word_ids"].shape[1]))
+        for path in list(zero):
+            why = next((w for match, w in rules if match(path)), None)
+            if why is not None:
+                zero.remove(path)
+                exempt.append((path, why))
     loss1, used_lr, stepped = loss0, None, None
     for lr in LEARNING_RATES:
         stepped = [w - lr * g if g is not None else w for w, g in zip(current, grads)]
@@ -256,6 +284,11 @@ def check_trainability(model, spec: Spec, sig: Signature, passes: Passes) -> Che
     detail += f" at lr {used_lr}" if used_lr else " (did not decrease at any of lr 1e-2, 1e-3, 1e-4)"
     if late:
         detail += f"; {len(late)} weight(s) get gradient only after the first step (zero-initialised gate)"
+    if exempt:
+        reasons = {}
+        for path, why in exempt:
+            reasons.setdefault(why, []).append(path)
+        detail += "".join(f"; zero gradient by construction ({why}): {', '.join(paths)}" for why, paths in reasons.items())
     if zero:
         detail += f"; zero gradient: {', '.join(zero[:5])}" + (" ..." if len(zero) > 5 else "")
     if nonfinite:

@@ -180,6 +180,11 @@ class PretrainerSpec(StrictModel):
     initializer: Optional[InitializerSpec] = None
 
     def problems(self, ctx):
+        if self.num_classes == 1:
+            yield ("num_classes",), (
+                "is 1, but the next-sentence classifier is trained by a softmax over its classes: over one class its "
+                "probability is always 1 (log-probability 0) whatever the input, so it and the pooler could never "
+                "learn; use 2 (is next / is not) or more")
         max_len = ctx.get("max_sequence_length")
         if max_len and self.num_token_predictions > max_len:
             yield ("num_token_predictions",), (
@@ -337,6 +342,11 @@ class MultipleChoice(Classifier):
     @property
     def num_classes(self) -> int:
         return 1
+
+    def structural_zero_gradients(self) -> dict:
+        """The output bias adds the same amount to every choice's score, which the softmax over the choices
+        cancels: its gradient is exactly zero (transformers' has the same), by construction, not a defect."""
+        return {"classifier/bias": "a bias shared by every choice cancels in the softmax over the choices"}
 
     def make_labels(self, inputs, rng):
         """The batch's rows as one question's choices: which one is right."""
