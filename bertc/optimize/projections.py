@@ -112,7 +112,7 @@ def separate_projections(proto, weights):
     if not plans:
         return proto, list(weights or []), 0
     removed = {id(n) for node, add, *_ in plans.values() for n in (node, add) if n is not None}
-    new_weights, new_small = dict(big), []
+    new_weights, new_small = dict(big), {}   # a slice once by name: shared layers' projections read the same one
     nodes = []
     for node in graph.node:
         if id(node) in removed:
@@ -126,22 +126,22 @@ def separate_projections(proto, weights):
             name = f"{w}[{start}:{start + size}]"
             if w in big:
                 new_weights[name] = ColumnSlice(big[w], start, start + size)
-            else:
-                new_small.append(numpy_helper.from_array(
-                    np.ascontiguousarray(numpy_helper.to_array(small[w])[:, start:start + size]), name))
+            elif name not in new_small:
+                new_small[name] = numpy_helper.from_array(
+                    np.ascontiguousarray(numpy_helper.to_array(small[w])[:, start:start + size]), name)
             part = f"{matmul.output[0]}/part{k}" if add is not None else out
             nodes.append(helper.make_node("MatMul", [x, name], [part], name=f"{matmul.name or matmul.output[0]}/part{k}"))
             if add is not None:
                 b = f"{bias}[{start}:{start + size}]"
                 if bias in big:
                     new_weights[b] = ColumnSlice(big[bias], start, start + size)
-                else:
-                    new_small.append(numpy_helper.from_array(np.ascontiguousarray(array(bias)[start:start + size]), b))
+                elif b not in new_small:
+                    new_small[b] = numpy_helper.from_array(np.ascontiguousarray(array(bias)[start:start + size]), b)
                 nodes.append(helper.make_node("Add", [part, b], [out], name=f"{add.name or add.output[0]}/part{k}"))
             start += size
     del graph.node[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(new_small)
+    graph.initializer.extend(new_small.values())
     still = _names_read(graph)
     kept = [t for t in graph.initializer if still[t.name]]
     del graph.initializer[:]
