@@ -160,6 +160,17 @@ class Spec(StrictModel):
                 "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta "
                 "whatever the input, so the model would ignore its input; and the portable ONNX export "
                 "mis-converts a single attention head of size 1)")
+        # zeros reaching the embedding tables (the embedding's own initializer, else the encoder's): every token
+        # embeds to the same vector, so the outputs do not depend on the input (a zeros initializer elsewhere, a
+        # head's or a block's own, is the spec's choice)
+        embedding = getattr(self.encoder, "embedding", None)
+        own = getattr(embedding, "initializer", None)
+        where = ("encoder", "embedding", "initializer", "type") if own is not None else ("encoder", "initializer", "type")
+        if getattr(own if own is not None else getattr(self.encoder, "initializer", None), "type", None) == "zeros":
+            yield where, (
+                "is 'zeros' and initializes the embedding tables: every token would embed to the same vector (0), so "
+                "every output is the same whatever the input and the weights after it get no gradient; use a random "
+                "initializer (truncated_normal, normal, glorot_uniform)")
         # the shipped encoders and embeddings refuse such a vocabulary as they read it (VocabSize); any other
         # (a plug-in's) is held to the same bounds here
         vocab = getattr(self.encoder, "vocab_size", None)
