@@ -261,7 +261,7 @@ def unattended(spec: Spec, mask: np.ndarray) -> Optional[np.ndarray]:
     real = np.asarray(mask) != 0
     w, length = min(windows), real.shape[1]
     near = np.zeros_like(real)
-    for shift in range(-w, w + 1):   # a real token within w positions either side
+    for shift in range(-min(w, length - 1), min(w, length - 1) + 1):   # a real token within w positions either side
         lo, hi = max(0, -shift), min(length, length - shift)
         near[:, lo:hi] |= real[:, lo + shift:hi + shift]
     noise = ~real & ~near

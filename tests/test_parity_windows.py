@@ -27,6 +27,14 @@ def test_the_positions_left_out_are_padding_out_of_every_real_tokens_window():
     want[3, 3] = True           # 3 away from both real tokens (0 and 6); 1, 2, 4, 5, 7 within 2 of one
     np.testing.assert_array_equal(got, want)
     assert unattended(spec, np.ones((2, 8), int)) is None
+    for length in (1, 2, 3):   # no longer than the window (the int8 tuning's one-token cases)
+        short = np.zeros((2, length), int)
+        short[0, 0] = short[1, -1] = 1
+        assert unattended(spec, short) is None, length
+        wide = load_spec({"name": "w", "encoder": {**ENCODER, "local_attention": 16}})   # broke int8 tuning
+        assert unattended(wide, short) is None, length
+    np.testing.assert_array_equal(unattended(spec, np.array([[1, 0, 0, 0], [0, 0, 0, 0]])),
+                                  [[False, False, False, True], [True, True, True, True]])
     assert unattended(load_spec({"name": "g", "encoder": {**ENCODER, "global_attn_every_n_layers": 1}}), mask) is None
     assert unattended(load_spec(json.loads(json.dumps({"name": "b", "encoder": {
         "type": "bert", "vocab_size": 50, "hidden_size": 16, "num_layers": 1, "num_attention_heads": 2,
