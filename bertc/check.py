@@ -210,6 +210,20 @@ LOGIT_ONLY = frozenset({"query", "key", "pos_query_proj", "pos_key_proj", "pre_s
                         "relative_attention_bias", "rel_embeddings"})
 
 
+def _position_terms_unread(spec: Spec) -> bool:
+    """Whether the encoder's ``disentangled`` position scheme feeds no logit: every block's attention has an empty
+    ``pos_att_type``."""
+    position = getattr(spec.encoder, "position_spec", None)
+    if getattr(position, "type", None) != "disentangled" or not hasattr(spec.encoder, "blocks"):
+        return False
+    for block in spec.encoder.blocks():
+        scaffold = getattr(block, "as_scaffold", None)
+        attention = getattr(scaffold(), "attention", None) if scaffold else None
+        if getattr(attention, "pos_att_type", None) != []:
+            return False
+    return True
+
+
 def structural_zero_gradients(spec: Spec, length: int) -> list[tuple[Any, str]]:
     """(predicate on a weight's path, why) for the weights whose gradient is zero by the mathematics of the spec,
     not by a defect: a zero gradient there is exempt from the trainability check (and said so in its record)."""
@@ -217,6 +231,10 @@ def structural_zero_gradients(spec: Spec, length: int) -> list[tuple[Any, str]]:
     if length == 1:
         out.append((lambda path: bool(LOGIT_ONLY & set(path.split("/"))) or path.startswith("position/"),
                     "attention over a single position (max_sequence_length 1): the softmax is 1 whatever the logits"))
+    if _position_terms_unread(spec):
+        out.append((lambda path: path.startswith("position/"),
+                    "no layer's disentangled attention reads the relative embeddings (pos_att_type is empty "
+                    "everywhere, as transformers' DeBERTa-v2 allows): the attention is content-to-content only"))
     if spec.head is not None:
         head = HEADS.create(spec.head, spec.encoder)
         for path, why in getattr(head, "structural_zero_gradients", lambda: {})().items():

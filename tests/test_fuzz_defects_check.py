@@ -60,3 +60,29 @@ def test_a_one_class_next_sentence_head_is_refused():
         load_spec({"name": "p1", "encoder": BERT, "head": head})
     assert any(p == "$.head.num_classes" and "softmax over its classes" in m for p, m in info.value.problems)
     load_spec({"name": "p2", "encoder": BERT, "head": {**head, "num_classes": 2}})
+
+
+DEBERTA = {"type": "scaffold", "hidden_size": 16, "num_layers": 2,
+           "embedding": {"type": "custom", "vocab_size": 30, "max_sequence_length": 16,
+                         "use_position_embeddings": False},
+           "position": {"type": "disentangled", "max_relative_positions": 16, "position_buckets": 4,
+                        "norm_rel_ebd": "layer_norm"}}
+
+
+def _deberta(terms_per_layer):
+    blocks = [{"type": "scaffold", "attention": {"type": "disentangled", "num_heads": 2, "pos_att_type": terms},
+               "feedforward": {"type": "dense", "intermediate_size": 16}} for terms in terms_per_layer]
+    return {"name": "deb", "encoder": {**DEBERTA, "hidden": blocks if len(blocks) > 1 else blocks[0]},
+            "head": {"type": "classifier", "num_classes": 2}}
+
+
+def test_disentangled_positions_read_by_no_layer_are_exempt():
+    """A DeBERTa-v2 config with ``pos_att_type: []`` (transformers computes content-only attention and keeps the
+    unused relative embeddings) imported, then failed every build on the trainability check (exit 1)."""
+    result = trainability(_deberta([[]]))
+    assert result.passed, result.detail
+    assert "no layer's disentangled attention reads the relative embeddings" in result.detail
+    assert "position/rel_embeddings" in result.detail
+    # one layer that reads them: no exemption (their gradient must be non-zero)
+    assert structural_zero_gradients(load_spec(_deberta([[], ["c2p"]])), 8) == []
+    assert structural_zero_gradients(load_spec(_deberta([["p2c", "c2p"]])), 8) == []
