@@ -42,8 +42,15 @@ def _max_diff(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> floa
         axis = axes.get(name)
         if seq_len is not None and axis is not None:
             x, y = (np.take(t, np.arange(seq_len), axis=axis) for t in (x, y))
-        worst = max(worst, float(np.max(np.abs(x - y))) if x.size else 0.0)
+        worst = _worse(worst, np.abs(x - y))
     return worst
+
+
+def _worse(worst: float, d) -> float:
+    """max(worst, max(d)) keeping NaN: a difference with a NaN on one side (or both) is never a pass, where the
+    builtin max(0.0, nan) is 0.0."""
+    m = float(np.max(d)) if np.size(d) else 0.0
+    return float("nan") if np.isnan(m) or np.isnan(worst) else max(worst, m)
 
 
 SHORT_LENGTH_CAP = 32  # the short batch of the invariance checks: min(max_sequence_length // 2, this)
@@ -111,6 +118,23 @@ def check_finite(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResu
                        + ", ".join(f"{k}={v}" for k, v in bad.items()))
 
 
+def check_finite_weights(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
+    """Every weight is finite: a NaN / inf in a checkpoint (one embedding row is enough) reaches the outputs only for
+    the inputs that read it, which the validation passes may never hold."""
+    bad = []
+    for v in model.weights:
+        value = np.asarray(v.value if hasattr(v, "value") else v)
+        if np.issubdtype(value.dtype, np.floating):
+            n = int(value.size - np.isfinite(value).sum())
+            if n:
+                bad.append((v.path, n))
+    n = sum(k for _, k in bad)
+    detail = "non-finite values in the weights" + (": " + ", ".join(f"{p} ({k})" for p, k in bad[:8])
+                                                    + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+                                                    if bad else "")
+    return CheckResult("finite_weights", n == 0, n, 0, detail)
+
+
 def check_deterministic(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
     diff = _max_diff(passes.get("short"), passes.get("short_again"))
     return CheckResult("deterministic", diff == 0.0, diff, 0.0, "max abs diff between two identical calls")
@@ -175,7 +199,7 @@ def check_masked_invariance(model, spec: Spec, sig: Signature, _shared=None) -> 
         d = np.abs(a[info.name] - b[info.name])
         # (batch, sequence, ...) at the real tokens, or the rows with a real first token
         d = np.moveaxis(d, info.seq_axis, 1)[mask == 1] if info.seq_axis is not None else d[mask[:, 0] == 1]
-        diff = max(diff, float(d.max()) if d.size else 0.0)
+        diff = _worse(diff, d)
     return CheckResult("masked_invariance", diff == 0.0, diff, 0.0,
                        "outputs of the real tokens under a random 0/1 mask, before and after changing the masked "
                        "tokens' ids")
@@ -314,8 +338,8 @@ def check_trainability(model, spec: Spec, sig: Signature, passes: Passes) -> Che
     return CheckResult("trainability", bool(ok), round(loss0 - loss1, 8), "> 0", detail)
 
 
-CHECKS = (check_finite, check_deterministic, check_padding_invariance, check_batch_invariance,
-          check_param_count, check_trainability, check_masked_invariance)
+CHECKS = (check_finite_weights, check_finite, check_deterministic, check_padding_invariance,
+          check_batch_invariance, check_param_count, check_trainability, check_masked_invariance)
 
 
 def run_checks(model: keras.Model, spec: Spec, sig: Signature) -> list[CheckResult]:

@@ -180,7 +180,9 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                  + (f"; {_shown(taken)} is not a bertc build's folder, left alone)" if taken else ")"))
         raise _naming_folder(exc, _shown(failed)) from exc   # the error line says where the report is, -q or not
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        from bertc.report import report_json
+
+        click.echo(report_json(report))
     elif not quiet:
         _err((Path(out) / "summary.txt").read_text())
         _err(f"wrote {out}/")
@@ -422,7 +424,9 @@ def parity(out, atol, rtol, text, calibration, as_json):
 
     section = rerun_parity(out, atol, rtol, text, calibration)
     if as_json:
-        click.echo(json.dumps(section, indent=2))
+        from bertc.report import report_json
+
+        click.echo(report_json(section))
     else:
         click.echo((out / "summary.txt").read_text(), nl=False)
     if not section["passed"]:
@@ -485,7 +489,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     text = table(result)
     if as_json:
         _err(text)
-        click.echo(json.dumps(result, indent=2))
+        from bertc.report import report_json
+
+        click.echo(report_json(result))
     else:
         click.echo(text)
     if result.get("not_saved"):   # the figures are shown above; the exit code says they were not kept

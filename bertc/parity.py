@@ -337,10 +337,13 @@ def differences(have: np.ndarray, want: np.ndarray, atol: Optional[float],
         wc = w[start:start + DIFF_CHUNK].astype(np.float64)
         diff = np.abs(h[start:start + DIFF_CHUNK].astype(np.float64) - wc)
         np.abs(wc, out=wc)
-        max_abs, total = max(max_abs, float(diff.max())), total + float(diff.sum())
-        if atol is not None and not beyond:
-            beyond = bool(np.any(diff > atol + (rtol or 0.0) * wc))
-        rel = max(rel, float((diff / np.maximum(wc, 1e-6)).max()))
+        worst = float(diff.max())
+        max_abs = worst if np.isnan(worst) or np.isnan(max_abs) else max(max_abs, worst)
+        total += float(diff.sum())
+        if atol is not None and not beyond:   # NaN (on either side) is beyond any tolerance
+            beyond = bool(np.any(~(diff <= atol + (rtol or 0.0) * wc)))
+        worst = float((diff / np.maximum(wc, 1e-6)).max())
+        rel = worst if np.isnan(worst) or np.isnan(rel) else max(rel, worst)
     return max_abs, rel, total, beyond
 
 
@@ -408,6 +411,11 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
                     r.problems.append(f"{case.label}: dtype {have.dtype} != reference {want.dtype}")
                 if have.size and not (np.isfinite(have.min()) and np.isfinite(have.max())):   # NaN propagates
                     r.problems.append(f"{case.label}: {int(np.size(have) - np.isfinite(have).sum())} non-finite values")
+                    continue
+                if want.size and not (np.isfinite(want.min()) and np.isfinite(want.max())):
+                    r.problems.append(f"{case.label}: the Keras reference has "
+                                      f"{int(np.size(want) - np.isfinite(want).sum())} non-finite values: nothing to "
+                                      f"compare with (non-finite weights? see the finite_weights check)")
                     continue
                 if noise is not None and o.seq_axis is not None:   # padded positions out of every real token's window
                     have, want = _without(have, noise, o), _without(want, noise, o)

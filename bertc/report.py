@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -121,12 +122,30 @@ def copy_advice(out: Path, command: str) -> str:
     return f"cp -r {source} {copy} && chmod -R u+w {copy} && {command} {copy}"
 
 
+def _finite(value):
+    """``value`` with every NaN / infinity (a check's figure on a model that computes NaN) written as the text
+    "nan" / "inf" / "-inf": json.dumps would write the literal NaN, which is not JSON (jq, JavaScript and most
+    parsers other than Python's refuse the file)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def report_json(report: dict) -> str:
+    """report.json's text: indented, strict JSON (no NaN literal)."""
+    return json.dumps(_finite(report), indent=2, default=str, allow_nan=False)
+
+
 def write_report(out: Path, report: dict) -> None:
     """report.json and summary.txt into ``out`` (atomically); :class:`OutputError` (exit 5) when they cannot be."""
     from bertc.errors import OutputError
 
     out = Path(out)
-    report_text, summary = json.dumps(report, indent=2, default=str) + "\n", summary_text(report)
+    report_text, summary = report_json(report) + "\n", summary_text(report)
     try:
         write_texts_atomic({out / "report.json": report_text, out / "summary.txt": summary})
     except OSError as exc:

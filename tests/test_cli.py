@@ -71,7 +71,7 @@ def built(tmp_spec, tmp_path):
 def test_build_writes_report_and_summary(built):
     report = json.loads((built / "report.json").read_text())
     assert report["status"] == "passed" and {c["name"] for c in report["checks"]} == {
-        "finite_outputs", "deterministic", "padding_invariance", "batch_invariance", "param_count", "trainability",
+        "finite_weights", "finite_outputs", "deterministic", "padding_invariance", "batch_invariance", "param_count", "trainability",
         "masked_invariance"}
     assert all(c["passed"] for c in report["checks"])
     assert "PASS  param_count" in (built / "summary.txt").read_text()
