@@ -146,6 +146,9 @@ def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool 
     share the cores, as in ``bertc bench``)."""
     import onnxruntime as ort
 
+    from bertc.requirements import require_onnxruntime
+
+    require_onnxruntime(ort)
     _require_file(backend)
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -87,7 +87,8 @@ class SafetensorsCheckpoint(Checkpoint):
         handle = self._handles[self._files[name]]
         try:
             return handle.get_tensor(name)
-        except (TypeError, ValueError) as exc:  # bfloat16 has no numpy dtype: widen it by hand
+        except (TypeError, ValueError, AttributeError) as exc:  # bfloat16 has no numpy dtype: widen it by hand
+            # (safetensors 0.4.0 asks numpy for np.bfloat16: AttributeError)
             if "bf16" not in str(exc).lower() and "bfloat16" not in str(exc).lower():
                 raise
             return _bf16_tensor(self._files[name], name)

@@ -8,6 +8,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -729,15 +730,38 @@ def internal_error_line(exc: BaseException) -> str:
             + ("" if _traceback_wanted() else "; set BERTC_TRACEBACK=1 to print the traceback"))
 
 
+# Click 8.2's (8.1 shows the help and exits 0 itself; bertc needs 8.2, said at start, but must not crash on 8.1)
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _click_too_old() -> Optional[str]:
+    """The error line for a Click older than bertc's floor (looked up only when Click lacks 8.2's exception: the
+    metadata lookup costs every command ~10 ms)."""
+    if NO_ARGS_IS_HELP:
+        return None
+    from importlib import metadata
+
+    from bertc.requirements import too_old
+
+    try:
+        return too_old("click", metadata.version("click"))
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def main(argv=None) -> int:
     """Run the CLI; the exit codes are those of :mod:`bertc.errors` (its docstring has the table)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    old = _click_too_old()
+    if old is not None:
+        _err(f"error: {old}")
+        return EXIT_MISSING_LIBRARY
     try:
         cli.main(args=argv, prog_name="bertc", standalone_mode=False, obj={"argv": argv})
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.NoArgsIsHelpError as exc:   # `bertc` alone: its help
+    except NO_ARGS_IS_HELP as exc:   # `bertc` alone: its help
         exc.show()
         return EXIT_BAD_SPEC
     except click.ClickException as exc:   # a usage error (a missing -o, a bad --variants): one line, as every error

@@ -186,6 +186,10 @@ class Engine:
         import onnxruntime as ort
         import tokenizers
 
+        from bertc.requirements import require_onnxruntime, require_version
+
+        require_onnxruntime(ort)
+        require_version(tokenizers, "tokenizers", "text")
         self.parts = parts
         options = ort.SessionOptions()
         options.log_severity_level = 3

@@ -7,10 +7,11 @@ from __future__ import annotations
 import functools
 import re
 import shlex
+from typing import Optional
 
 # the extras as pyproject.toml declares them, for a bertc that runs from a source tree without its metadata
-DECLARED = {"cpu": ["onnxruntime>=1.20,<2"], "gpu": ["onnxruntime-gpu>=1.20,<2"], "text": ["tokenizers>=0.15,<1"],
-            "parquet": ["pyarrow>=14"], "ray": ["ray[data]>=2.40,<3", "pyarrow>=14", "tokenizers>=0.15,<1"],
+DECLARED = {"cpu": ["onnxruntime>=1.21,<2"], "gpu": ["onnxruntime-gpu>=1.21,<2"], "text": ["tokenizers>=0.20,<1"],
+            "parquet": ["pyarrow>=16"], "ray": ["ray[data]>=2.40,<3", "pyarrow>=16", "tokenizers>=0.20,<1"],
             "plot": ["pydot>=2", "matplotlib>=3.7"]}
 
 
@@ -35,8 +36,8 @@ def _installed_extras() -> dict:
 # bertc's own dependencies (pyproject.toml's ``dependencies``): the import name of each distribution
 CORE = {"tensorflow-cpu": "tensorflow", "keras": "keras", "numpy": "numpy", "click": "click", "pydantic": "pydantic",
         "tf2onnx": "tf2onnx", "onnx": "onnx", "ai-edge-litert": "ai_edge_litert", "safetensors": "safetensors"}
-DECLARED_CORE = ["tensorflow-cpu>=2.21,<2.22", "keras>=3.15,<4", "numpy>=1.26,<3", "click>=8.1,<9", "pydantic>=2.6,<3",
-                 "tf2onnx>=1.17,<1.18", "onnx>=1.17,<1.24", "ai-edge-litert>=2.0,<3", "safetensors>=0.4,<1"]
+DECLARED_CORE = ["tensorflow-cpu>=2.21,<2.22", "keras>=3.15,<4", "numpy>=1.26,<3", "click>=8.2,<9", "pydantic>=2.6,<3",
+                 "tf2onnx>=1.17,<1.18", "onnx>=1.17,<1.24", "ai-edge-litert>=2.0,<3", "safetensors>=0.4.1,<1"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,6 +71,64 @@ def pip_install_core() -> str:
 
 
 def pip_install(extra: str) -> str:
-    """``pip install 'pyarrow>=14'``: the command that installs the libraries of bertc's ``extra``."""
+    """``pip install 'pyarrow>=16'``: the command that installs the libraries of bertc's ``extra``."""
     packages = _installed_extras().get(extra) or DECLARED[extra]
     return "pip install " + " ".join(shlex.quote(p) for p in packages)
+
+
+def _requirement(dist: str, extra: Optional[str]) -> Optional[str]:
+    """bertc's requirement on ``dist`` (``"onnxruntime>=1.21,<2"``): of ``extra``, or of bertc itself."""
+    pool = (_installed_extras().get(extra) or DECLARED.get(extra, [])) if extra else \
+        (_installed_core() or DECLARED_CORE)
+    for requirement in pool:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip()
+        if name.lower().replace("_", "-") == dist:
+            return requirement
+    return None
+
+
+def _release(version: str) -> tuple:
+    """(1, 20, 1) of "1.20.1" / "1.20.1+cu121" / "1.21.0.dev20240101"."""
+    match = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(x) for x in match.group(0).split(".")) if match else ()
+
+
+@functools.lru_cache(maxsize=None)
+def too_old(dist: str, installed: str, extra: Optional[str] = None) -> Optional[str]:
+    """The error line when ``installed`` (the imported module's ``__version__``) is below bertc's floor for ``dist``
+    (a run-only environment installs bertc with ``--no-deps``, and an older library already there stays), else
+    None."""
+    requirement = _requirement(dist, extra)
+    floor = re.search(r">=\s*([0-9][0-9.]*)", requirement or "")
+    if floor is None or not _release(installed):
+        return None
+    want = _release(floor.group(1))
+    have = _release(installed)
+    width = max(len(want), len(have))
+    if have + (0,) * (width - len(have)) >= want + (0,) * (width - len(want)):
+        return None
+    return (f"{dist} {installed} is older than bertc supports ({requirement}); upgrade it: "
+            f"pip install {shlex.quote(requirement)}")
+
+
+def require_version(module, dist: str, extra: Optional[str] = None) -> None:
+    """:class:`~bertc.errors.MissingLibrary` (exit 7) when the imported ``module`` of ``dist`` is older than bertc's
+    floor: onnxruntime 1.20 computes the fused graphs wrongly (a build fails its structural check, and ``bertc run``
+    of a build made elsewhere gives wrong scores), tokenizers < 0.20 cannot read today's tokenizer.json files."""
+    line = too_old(dist, str(getattr(module, "__version__", "")), extra)
+    if line is not None:
+        from bertc.errors import MissingLibrary
+
+        raise MissingLibrary(line)
+
+
+def require_onnxruntime(ort) -> None:
+    """:func:`require_version` for onnxruntime, or onnxruntime-gpu where that is what is installed."""
+    from importlib import metadata
+
+    try:
+        metadata.version("onnxruntime-gpu")
+        dist, extra = "onnxruntime-gpu", "gpu"
+    except metadata.PackageNotFoundError:
+        dist, extra = "onnxruntime", "cpu"
+    require_version(ort, dist, extra)

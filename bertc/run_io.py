@@ -404,12 +404,37 @@ def _read_csv(spec: InputSpec) -> Iterator[Record]:
 
 
 def _pyarrow(what: str = "Parquet"):
+    from bertc.requirements import require_version
+
+    said = io.StringIO()   # NumPy's 30-line "compiled using NumPy 1.x" stack, printed before the ImportError
     try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
+        with contextlib.redirect_stderr(said):
+            import pyarrow
+            import pyarrow.parquet  # noqa: F401
+        sys.stderr.write(said.getvalue())
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("pyarrow"):
+            raise _pyarrow_broken(what, exc) from None
         raise MissingLibrary(f"{what} needs pyarrow, which is not installed: {pip_install('parquet')}") from None
+    except ImportError as exc:   # installed, and fails to import (built for NumPy 1.x under NumPy 2, ...)
+        raise _pyarrow_broken(what, exc) from None
+    require_version(pyarrow, "pyarrow", "parquet")
     return pyarrow
+
+
+def _pyarrow_broken(what: str, exc: ImportError) -> MissingLibrary:
+    from importlib import metadata
+
+    from bertc.requirements import too_old
+
+    try:
+        version = metadata.version("pyarrow")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    old = too_old("pyarrow", version, "parquet")
+    return MissingLibrary(f"{what} needs pyarrow; pyarrow {version} is installed but fails to import ({first.strip()})"
+                          + (f": {old}" if old else f": reinstall it: {pip_install('parquet')}"))
 
 
 RAY_MISSING = f"--ray needs ray (Ray Data), which is not installed: {pip_install('ray')}"

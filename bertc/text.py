@@ -125,6 +125,9 @@ def load_tokenizer(out_dir: Path, max_len: int):
         from bertc.requirements import pip_install
 
         raise MissingLibrary(f"real-text inputs need the tokenizers library: {pip_install('text')}") from None
+    from bertc.requirements import require_version
+
+    require_version(tokenizers, "tokenizers", "text")
     out_dir = Path(out_dir)
     config = _read_json(out_dir / "tokenizer_config.json")
     model_type = _model_type(out_dir)

@@ -82,14 +82,14 @@ def test_a_missing_tokenizers_library_is_exit_7_for_bertc_run_and_build_calibrat
     (tmp_path / "tokenizer.json").write_text("{}")   # a build that bundles a tokenizer
     runtime = Runtime.__new__(Runtime)
     runtime.out, runtime.max_len = tmp_path, 8
-    with pytest.raises(MissingLibrary, match=r"tokenizers .*pip install 'tokenizers<1,>=0.15'$"):
+    with pytest.raises(MissingLibrary, match=r"tokenizers .*pip install 'tokenizers<1,>=0.20'$"):
         runtime._tokenizer_json()
     (tmp_path / "text.txt").write_text("a sentence\n")
-    with pytest.raises(MissingLibrary, match=r"pip install 'tokenizers<1,>=0.15'$"):
+    with pytest.raises(MissingLibrary, match=r"pip install 'tokenizers<1,>=0.20'$"):
         real_text_cases(SimpleNamespace(encoder=SimpleNamespace(max_sequence_length=8)), tmp_path,
                         tmp_path / "text.txt")
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(MissingLibrary, match=r"--ray needs ray .*pip install 'ray\[data\]<3,>=2.40' 'pyarrow>=14' 'tokenizers<1,>=0.15'$"):
+    with pytest.raises(MissingLibrary, match=r"--ray needs ray .*pip install 'ray\[data\]<3,>=2.40' 'pyarrow>=16' 'tokenizers<1,>=0.20'$"):
         ray_init(None)
 
 
@@ -271,5 +271,5 @@ def test_a_missing_build_library_is_named_with_every_build_library_missing_here(
     assert how.startswith("pip install ") and "'pydantic<3,>=2.6'" in how and "'tf2onnx<1.18,>=1.17'" in how
     assert "tensorflow" not in how and "bertc" not in how
     line = missing_library_line(ModuleNotFoundError("No module named 'pyarrow'", name="pyarrow"), ["run"])
-    assert "pip install 'pyarrow>=14'. " in line and "bertc[" not in line
+    assert "pip install 'pyarrow>=16'. " in line and "bertc[" not in line
     assert missing_library_line(ModuleNotFoundError("x", name="somethingelse"), ["build"]) is None

@@ -12,6 +12,9 @@ def session_options(threads: Optional[int] = None, spinning: bool = True):
     (several sessions timed in one process: one session's spinning pool would take the cores of the next)."""
     import onnxruntime as ort
 
+    from bertc.requirements import require_onnxruntime
+
+    require_onnxruntime(ort)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
