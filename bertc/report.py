@@ -217,6 +217,9 @@ def _parity_line(r: dict) -> str:
     if r.get("load_error"):
         return f"  FAIL  {r['backend']:<20} {r['output']:<18} not loaded"
     figures = f"{r['max_abs']:.3g}"
+    if r.get("reference_non_finite") or r.get("non_finite"):   # max abs is over the finite cases alone
+        figures += (f" ({r['reference_non_finite']} non-finite in the Keras reference)" if r.get("reference_non_finite")
+                    else f" ({r['non_finite']} non-finite)")
     if r.get("criterion") == "task":
         if r.get("required_argmax_agreement") is not None and r.get("argmax_agreement") is not None:
             what = "argmax" if r.get("agreement", "argmax") == "argmax" else "score order"

@@ -39,7 +39,8 @@ def test_a_non_finite_reference_fails_the_backend_compared_with_it():
     results = {r.output: r for r in compare(spec, sig, nan_reference, [backend], {backend.name: reference}, cases)}
     bad = results["logits"]
     assert not bad.passed
-    assert all("the Keras reference has 1 non-finite values" in p for p in bad.problems)
+    assert all("the Keras reference itself has 1 non-finite values" in p for p in bad.problems)
+    assert bad.reference_non_finite == len(cases) and bad.non_finite == 0
     assert len(bad.problems) == len(cases)
     assert results["sequence_output"].passed
 
@@ -84,3 +85,27 @@ def test_report_json_is_strict_json(tmp_path):
     write_report(tmp_path, report)
     json.loads((tmp_path / "report.json").read_text(), parse_constant=refuse)
     assert "FAIL  masked_invariance    nan" in (tmp_path / "summary.txt").read_text()
+
+
+def test_nan_on_both_sides_is_the_reference_s_and_the_summary_says_non_finite():
+    from bertc.report import _parity_line
+
+    spec, sig, cases, reference = _toy()
+
+    def nan_reference(inputs):
+        out = reference(inputs)
+        out["logits"][:] = np.nan
+        return out
+
+    def nan_backend(inputs):
+        out = reference(inputs)
+        out["logits"][0, 0] = np.inf
+        return out
+
+    backend = Backend("onnx_cpu", "onnx", None, "onnx", "fp32", CPU)
+    both = {r.output: r for r in compare(spec, sig, nan_reference, [backend], {backend.name: nan_reference}, cases)}
+    assert all("the Keras reference itself has" in p for p in both["logits"].problems)
+    line = _parity_line(both["logits"].to_json())
+    assert line.startswith("  FAIL") and "non-finite in the Keras reference" in line
+    ours = {r.output: r for r in compare(spec, sig, reference, [backend], {backend.name: nan_backend}, cases)}
+    assert ours["logits"].non_finite == len(cases) and "(4 non-finite)" in _parity_line(ours["logits"].to_json())
