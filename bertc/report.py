@@ -281,6 +281,8 @@ def int8_summary(quantization: dict) -> str:
             parts.append(f"outlier channels apart (fp32) in {len(sm['outlier_channels'])} feedforward(s)")
     kept = t.get("kept_fp32_by_sensitivity") or []
     blocks = (t.get("block_wise_by_sensitivity") or {}).get("nodes") or []
+    if t.get("no_int8_weight"):   # TFLite: a toy model whose every weight is below the converter's threshold
+        parts.append(f"no weight is int8 ({t['no_int8_weight']})")
     parts.append(f"fp32 MatMuls: {', '.join(kept)}" if kept else "no MatMul kept fp32")
     if blocks:
         parts.append(f"block-wise int8 MatMuls: {', '.join(blocks)}")

@@ -85,6 +85,19 @@ def with_fp32(int8_model, fp32_model, names) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+# tensorflow/lite/tools/optimize: the dynamic-range converter leaves a weight of fewer values than this in fp32
+CONVERTER_MIN_ELEMENTS = 1024
+
+
+def int8_weight_count(content: bytes) -> int:
+    """How many constant int8 tensors (the weights the converter quantized) a TFLite file holds."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_content=content).get_tensor_details()
+    return sum(1 for d in details if d["dtype"] == np.int8 and "quantization_parameters" in d
+               and len(d["quantization_parameters"].get("scales", ())) > 0)
+
+
 def _runner(content: bytes):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -132,6 +145,7 @@ def tune_tflite_int8(int8_path: Path, fp32_path: Path, judge, log=None) -> dict:
             tmp = Path(f"{int8_path}.tmp-{os.getpid()}")
             tmp.write_bytes(with_fp32(int8_model, fp32_model, keep))
             os.replace(tmp, int8_path)
+    int8_weights = int8_weight_count(Path(int8_path).read_bytes())
     order = {s.node: (i + 1, s) for i, s in enumerate(ranking)}
     weights = []
     for name in names:
@@ -149,7 +163,9 @@ def tune_tflite_int8(int8_path: Path, fp32_path: Path, judge, log=None) -> dict:
         "inputs": [c.label for c in judge.cases],
         "figures": best.figures(), "meets_target": best.meets_target, "passes_criteria": best.passes,
         "smoothing": {"applied": False, "why": "not applied to TFLite (bertc.optimize.tflite_int8's docstring)"},
-        "weights": weights, "kept_fp32_by_sensitivity": list(keep),
+        "weights": weights, "kept_fp32_by_sensitivity": list(keep), "int8_weights": int8_weights,
+        **({"no_int8_weight": f"the converter quantizes no weight of fewer than {CONVERTER_MIN_ELEMENTS} values, and "
+                              f"this model has none larger: the file computes in fp32"} if not int8_weights else {}),
         "steps": steps, "graphs_measured": len(steps) + len(ranking),
         "seconds": round(time.perf_counter() - t0, 3),
     }
