@@ -803,11 +803,18 @@ class SentenceNormalize(keras.layers.Layer):
         return normalize(x)
 
 
+# the scope of the lowered L2 normalisation's nodes: fp16 conversions keep them in fp32 (sum of squares above 65504)
+FP32_NORMALIZE = "l2_normalize_fp32"
+
+
 def lower_normalize(ctx, x):
     """(B, D) -> (B, D) / max(L2 norm, 1e-12), as :class:`SentenceNormalize` computes it."""
     g = ctx.g
-    norm = g.node("Sqrt", [ctx.reduce("ReduceSum", g.node("Mul", [x, x]), [-1], keepdims=True)])
-    return g.node("Div", [x, g.node("Max", [norm, g.scalar(1e-12, "min_norm")])], hint="normalize")
+    with g.scope(FP32_NORMALIZE):   # the fp16 artifacts keep these nodes in fp32: a norm above 256 overflows fp16
+        squares = g.node("Mul", [x, x])
+        norm = g.node("Sqrt", [g.node("ReduceSum", [squares, g.ints([-1], "axes")], keepdims=1)])
+        clamped = g.node("Max", [norm, g.scalar(1e-12, "min_norm")])
+    return g.node("Div", [x, clamped], hint=f"{FP32_NORMALIZE}/normalize")
 
 
 @HEADS.register("sentence_embedding", spec=SentenceEmbeddingSpec,

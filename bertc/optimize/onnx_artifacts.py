@@ -57,6 +57,48 @@ INT8_OPTIONS = {"per_channel": True, "reduce_range": True, "op_types_to_quantize
 FP16_KEEP_FP32_OPS: list = []
 
 
+def normalize_in_fp32(half) -> int:
+    """Make the fp16 graph ``half`` compute a sentence embedding's L2 normalisation in fp32 (in place; the number
+    of normalisations changed): its sum of squares overflows fp16 once the vector's norm passes 256, and the
+    embedding would normalise to zeros. One Cast of the vector to fp32 feeds the square and the division, and the
+    clamp's 1e-12 goes back to fp32 (the converter's fp16 copy is 6e-8). onnxruntime.transformers.float16's own
+    block list cannot do it: it converts the blocked nodes' initializers anyway (a Max of fp16 and fp32)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bertc.components.heads import FP32_NORMALIZE, MIN_NORM
+
+    graph = half.graph
+    inits = {i.name: i for i in graph.initializer}
+    changed, nodes = 0, list(graph.node)
+    for n in nodes:
+        parts = n.name.split("/")
+        if n.op_type != "Mul" or FP32_NORMALIZE not in parts or n.input[0] != n.input[1]:
+            continue
+        scope = "/".join(parts[:parts.index(FP32_NORMALIZE) + 1])
+        members = [m for m in nodes if m.name.startswith(scope + "/")]
+        x16, x32 = n.input[0], f"{scope}/input_fp32"
+        cast = helper.make_node("Cast", [x16], [x32], name=f"{scope}/cast_fp32", to=TensorProto.FLOAT)
+        graph.node.insert(list(graph.node).index(n), cast)
+        for m in members:
+            if m.op_type == "Cast":   # the converter's own casts around an op it keeps in fp32 (Max): fp32 here
+                for a in m.attribute:
+                    if a.name == "to":
+                        a.i = TensorProto.FLOAT
+            for k, name in enumerate(m.input):
+                if name == x16:
+                    m.input[k] = x32
+                elif name in inits and inits[name].data_type == TensorProto.FLOAT16:
+                    inits[name].CopyFrom(numpy_helper.from_array(
+                        numpy_helper.to_array(inits[name]).astype(np.float32) if "min_norm" not in name
+                        else np.array(MIN_NORM, np.float32), name))
+        outputs = {o for m in members for o in m.output}
+        keep = [v for v in graph.value_info if v.name not in outputs]
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+        changed += 1
+    return changed
+
+
 def _save(proto, path: Path) -> int:
     import onnx
 
@@ -380,6 +422,7 @@ def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_in
     t0 = time.perf_counter()
     try:
         half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
+        normalize_in_fp32(half)
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
     fuse_skip_layer_norms(half)   # fp16 is for CUDA: one SkipLayerNormalization kernel per residual norm there

@@ -1339,6 +1339,8 @@ def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built
     try:
         halves = [convert_float_to_float16(stage._attach(_copy(m), list(weights)), keep_io_types=True,
                                            op_block_list=keep) for m in (today, packed)]
+        for h in halves:
+            stage.normalize_in_fp32(h)
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
     for h in halves:
