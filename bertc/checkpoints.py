@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from bertc.errors import WeightsError
+from bertc.errors import WeightsError, git_lfs_pointer
 
 MANIFEST = "bertc_weights.json"   # bertc.export.keras_file.WEIGHTS_MANIFEST (not imported: it needs no Keras)
 
@@ -76,6 +76,9 @@ class SafetensorsCheckpoint(Checkpoint):
             except FileNotFoundError:
                 raise WeightsError(f"{path}: file not found (named by {location})") from None
             except Exception as exc:  # safetensors_rust.SafetensorError and friends: truncated, not safetensors
+                pointer = git_lfs_pointer(path)
+                if pointer:
+                    raise WeightsError(f"{path}: {pointer}") from None
                 raise WeightsError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); "
                                    f"the file may be truncated or incompletely downloaded") from None
             self._handles[path] = handle
@@ -563,3 +566,26 @@ def open_checkpoint(path: Path) -> Checkpoint:
     raise WeightsError(f"{path}: unknown weights format; bertc reads a Hugging Face directory, .safetensors, "
                        f"pytorch_model.bin, a sharded checkpoint's index (model.safetensors.index.json, "
                        f"pytorch_model.bin.index.json), a TensorFlow checkpoint, or a bertc .keras file")
+
+
+def refuse_git_lfs_pointers(root: Path) -> None:
+    """:class:`WeightsError` naming every Git LFS pointer among the files of a checkpoint directory ``root`` and
+    its subfolders one level down (sentence-transformers' modules): a clone made without Git LFS leaves pointers in
+    place of the weights and, on the Hub, of large tokenizer files, which would otherwise fail one by one as
+    unreadable files."""
+    files = [p for p in Path(root).iterdir() if p.is_file()] if Path(root).is_dir() else []
+    for sub in (p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if Path(root).is_dir() else ():
+        try:
+            files += [p for p in sub.iterdir() if p.is_file()]
+        except OSError:
+            continue
+    pointers = [p for p in sorted(files) if git_lfs_pointer(p)]
+    if pointers:
+        shown = ", ".join(str(p.relative_to(root)) for p in pointers[:6]) + \
+            (f" and {len(pointers) - 6} more" if len(pointers) > 6 else "")
+        one = len(pointers) == 1
+        raise WeightsError(f"{root}: {shown} {'is a Git LFS pointer' if one else 'are Git LFS pointers'}, not the "
+                           f"{'file it stands' if one else 'files they stand'} for: the repository was cloned without "
+                           f"Git LFS; run `git lfs pull` in {root} (or download the {'file' if one else 'files'} "
+                           f"{'itself' if one else 'themselves'})")

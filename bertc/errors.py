@@ -60,6 +60,28 @@ FILESYSTEM_ERRNOS = frozenset(getattr(_errno, name) for name in ("ENOSPC", "EDQU
                               if hasattr(_errno, name))
 
 
+GIT_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def git_lfs_pointer(path) -> str:
+    """When the file at ``path`` is a Git LFS pointer (a clone made without Git LFS: a ~130-byte text file in
+    place of the weights), the words that say so, else "". Never raises."""
+    import os
+
+    try:
+        size = os.stat(path).st_size
+        if size > 1024:
+            return ""
+        with open(path, "rb") as f:
+            head = f.read(len(GIT_LFS_POINTER))
+    except OSError:
+        return ""
+    if head != GIT_LFS_POINTER:
+        return ""
+    return (f"a Git LFS pointer ({size} bytes), not the file it stands for: the repository was cloned without "
+            f"Git LFS; run `git lfs pull` in its repository (or download the file itself)")
+
+
 def filesystem_error(exc: BaseException | None) -> "OSError | None":
     """The :data:`FILESYSTEM_ERRNOS` ``OSError`` that ``exc`` is or was raised from (its ``__cause__`` /
     ``__context__`` chain: a stage that wraps what it met, as the ONNX and TFLite exports do); None when there is

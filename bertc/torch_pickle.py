@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from bertc.errors import WeightsError
+from bertc.errors import WeightsError, git_lfs_pointer
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C   # torch.serialization.MAGIC_NUMBER (legacy format)
 # torch storage type -> numpy dtype ("bf16": bfloat16, read as uint16 and widened to float32)
@@ -166,7 +166,9 @@ class TorchFile:
             try:
                 magic = _DataOnly(f).load()
             except Exception:
-                raise WeightsError(f"{self.path}: neither a zip nor a legacy torch.save file") from None
+                pointer = git_lfs_pointer(self.path)
+                raise WeightsError(f"{self.path}: " + (pointer or "neither a zip nor a legacy torch.save file")) \
+                    from None
             if magic != MAGIC_NUMBER:
                 raise WeightsError(f"{self.path}: not a torch.save file (no magic number)")
             _DataOnly(f).load()                  # protocol version

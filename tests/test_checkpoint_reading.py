@@ -215,3 +215,38 @@ def test_reading_a_checkpoint_does_not_import_the_layer_library(saved):
     # the manifest names the weights: h5py alone, no Keras
     assert "keras" not in loaded["keras"] and "tensorflow" not in loaded["keras"]
     assert loaded["safetensors"] == ["-"]   # neither keras nor tensorflow
+
+
+POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"4d" * 32 + b"\nsize 90868376\n"
+
+
+def test_git_lfs_pointers_are_named_as_such(tmp_path, capfd):
+    """A clone made without Git LFS leaves ~130-byte pointers in place of the weights (and of large tokenizer
+    files): bertc said "not a readable safetensors file ... header too large" / "neither a zip nor a legacy
+    torch.save file"; import names every pointer at once, and a build's weights reader says what the file is."""
+    import shutil
+
+    from bertc.cli import main
+    from bertc.errors import EXIT_BAD_SPEC
+
+    src = tmp_path / "st"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "hf" / "st_bert_mean_norm", src)
+    (tmp_path / "good.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    (src / "model.safetensors").write_bytes(POINTER)
+    (src / "tokenizer.json").write_bytes(POINTER)
+    assert main(["import", str(src), "-o", str(tmp_path / "st.json")]) == EXIT_BAD_SPEC
+    err = capfd.readouterr().err
+    assert "model.safetensors, tokenizer.json are Git LFS pointers, not the files they stand for" in err
+    assert "git lfs pull" in err and not (tmp_path / "st.json").exists()
+    shutil.copy(ROOT / "tests" / "fixtures" / "hf" / "st_bert_mean_norm" / "tokenizer.json", src / "tokenizer.json")
+    shutil.copy(tmp_path / "good.safetensors", src / "model.safetensors")
+    assert main(["import", str(src), "-o", str(tmp_path / "st.json")]) == 0
+    (src / "model.safetensors").write_bytes(POINTER)     # the pointer comes back after the import (a re-clone)
+    with pytest.raises(WeightsError, match=r"model\.safetensors: a Git LFS pointer \(\d+ bytes\), not the file"):
+        open_checkpoint(src / "model.safetensors")
+    torch_file = tmp_path / "pytorch_model.bin"
+    torch_file.write_bytes(POINTER)
+    from bertc.torch_pickle import TorchFile
+
+    with pytest.raises(WeightsError, match="a Git LFS pointer"):
+        TorchFile(torch_file)

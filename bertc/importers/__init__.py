@@ -48,7 +48,7 @@ def _spec_name(source: Path) -> str:
 def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     """The spec (a dict, without name and weights) of the model at ``source``, and the weights path.
     ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded)."""
-    from bertc.checkpoints import HF_INDEX_SUFFIXES, open_checkpoint
+    from bertc.checkpoints import HF_INDEX_SUFFIXES, open_checkpoint, refuse_git_lfs_pointers
     from bertc.importers import bert_tf1, hf, model_garden
 
     source = Path(source)
@@ -56,6 +56,7 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     weights_file = source.suffix in (".safetensors", ".bin") or source.name.endswith(HF_INDEX_SUFFIXES)
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (weights_file and (root / "config.json").exists()):
+        refuse_git_lfs_pointers(root)
         checkpoint = open_checkpoint(source)  # the weights must be there and readable
         return hf.spec_from(source, checkpoint.names(), encoder_only), source
     if encoder_only:
