@@ -37,6 +37,14 @@ def builtin_sentences() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def builtin_sha256() -> str:
+    """The sha256 of this bertc's built-in sentences (recorded by a build: `bertc parity OUT` of another bertc's
+    version of them says so)."""
+    import hashlib
+
+    return hashlib.sha256(resources.files("bertc").joinpath("data", BUILTIN_NAME).read_bytes()).hexdigest()
+
+
 @dataclass
 class CalibrationSet:
     """The cases (:class:`bertc.parity.Case`) and where they came from (the report's ``sources``)."""
@@ -163,7 +171,7 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
     except BertcError as exc:   # e.g. the tokenizers library is missing, or the tokenizer is not the model's
         return [], {"kind": "none", "why": f"the built-in sentences could not be tokenized: {exc}"}
     return cases + prompted, {"kind": "builtin", "file": f"bertc/data/{BUILTIN_NAME}", "examples": len(texts),
-                              **({"prompts": used} if used else {})}
+                              "sha256": builtin_sha256(), **({"prompts": used} if used else {})}
 
 
 def calibration_set(spec, out_dir: Path, calibration: Optional[Path] = None) -> CalibrationSet:

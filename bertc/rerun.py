@@ -114,9 +114,14 @@ def build_text(out_dir: Path, recorded: dict) -> Optional[Path]:
 
 def _not_the_builds(text: dict, recorded: dict) -> Optional[str]:
     """What the build's real text was, when the re-run's ``text`` (a calibration set's record) is not it (None:
-    it is the same file content, or bertc's built-in sentences again)."""
-    if not recorded:
-        return None
+    it is the same file content, or the same built-in sentences: an upgraded bertc's may differ)."""
+    if not recorded:   # an earlier bertc's build, from before parity on real text
+        return "the build had no real-text parity (an earlier bertc)" if text.get("kind") in ("file", "builtin") \
+            else None
+    if recorded.get("kind") == "builtin" and text.get("kind") == "builtin":
+        return _not_the_builtin(text, recorded)
+    if recorded.get("kind") == "none" and text.get("kind") == "builtin":
+        return f"the build had no real text ({recorded.get('why')})"
     if recorded.get("kind") == "file":
         build = f"{recorded.get('path')}" + (f" (sha256 {recorded['sha256'][:16]}...)" if recorded.get("sha256") else "")
         if text.get("kind") != "file":
@@ -129,6 +134,23 @@ def _not_the_builds(text: dict, recorded: dict) -> Optional[str]:
         return ("the build's real text was bertc's built-in sentences" if recorded.get("kind") == "builtin" else
                 f"the build had no real text ({recorded.get('why')})")
     return None
+
+
+def _not_the_builtin(text: dict, recorded: dict) -> Optional[str]:
+    """Whether this bertc's built-in sentences (``text``) are not the ones the build was judged on (an upgrade
+    between the build and the re-run can change them): by sha256, or for a build that recorded none, by count."""
+    was = f"{recorded.get('examples')} example(s)"
+    if recorded.get("sha256"):
+        if recorded["sha256"] == text.get("sha256"):
+            return None
+        return (f"the build's real text was another bertc's built-in sentences ({was}, sha256 "
+                f"{recorded['sha256'][:16]}...), this one's are {text.get('examples')} (sha256 "
+                f"{str(text.get('sha256'))[:16]}...)")
+    if recorded.get("examples") != text.get("examples"):
+        return (f"the build's real text was an earlier bertc's built-in sentences ({was}), this one's are "
+                f"{text.get('examples')}")
+    return (f"the build's real text was an earlier bertc's built-in sentences ({was}), of which it recorded no "
+            f"sha256: these are not known to be the same")
 
 
 def changed_since_build(out_dir: Path, report: dict) -> list[str]:

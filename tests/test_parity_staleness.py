@@ -210,3 +210,32 @@ def test_bench_names_timed_files_that_are_not_the_builds(built, tmp_path, capfd)
     assert result["changed_since_build"] == ["model.onnx"]
     note = "timed files that differ from the build's manifest (not what the build wrote, so not its figures): model.onnx"
     assert note in result["notes"] and f"note: {note}" in capfd.readouterr().out
+
+
+def test_parity_says_when_the_built_in_sentences_are_not_the_builds(built, tmp_path):
+    """An upgrade between a build and `bertc parity OUT` can change bertc's built-in sentences (46, later 56): the
+    re-run judged the build on today's and recorded them as the build's own inputs, without a word."""
+    from bertc.calibration import builtin_sentences, builtin_sha256
+
+    out = _copy(built, tmp_path)
+    report = json.loads((out / "report.json").read_text())
+    now = {"kind": "builtin", "file": "bertc/data/calibration_sentences.txt", "examples": len(builtin_sentences())}
+
+    def rerun(recorded):
+        if recorded is None:
+            report.pop("calibration", None)
+        else:
+            report["calibration"] = {**report.get("calibration", {}), "text": recorded}
+        (out / "report.json").write_text(json.dumps(report))
+        assert main(["parity", str(out)]) == 0
+        return _text(out)
+
+    assert "differs_from_build" not in rerun({**now, "sha256": builtin_sha256()})
+    assert rerun({**now, "sha256": "0" * 64})["differs_from_build"].startswith(
+        "the build's real text was another bertc's built-in sentences")
+    older = rerun({**now, "examples": 46})["differs_from_build"]
+    assert older == (f"the build's real text was an earlier bertc's built-in sentences (46 example(s)), this one's "
+                     f"are {len(builtin_sentences())}")
+    assert "these are not known to be the same" in rerun(now)["differs_from_build"]
+    assert rerun(None)["differs_from_build"] == "the build had no real-text parity (an earlier bertc)"
+    assert "note: not the build's inputs:" in (out / "summary.txt").read_text()
