@@ -11,13 +11,14 @@ importer must ignore), and the same reference.npz.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "tests" / "fixtures" / "hf" / "bert_pretraining"
@@ -60,7 +61,13 @@ def tf1_name(hf: str, value: np.ndarray):
 
 
 def main() -> None:
-    import tensorflow as tf
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    try:
+        import tensorflow as tf
+        from safetensors.numpy import load_file
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"{Path(__file__).name}: needs {e.name}, which {sys.executable} lacks: run it in bertc's "
+                         f"environment (pip install -e . installs TensorFlow and safetensors)")
 
     tensors = load_file(str(SOURCE / "model.safetensors"))
     variables = {}

@@ -13,13 +13,16 @@ transformers' ``build_relative_position`` for the fixture's length (query i, key
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import DebertaV2Config, DebertaV2Model
-from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+if TYPE_CHECKING:
+    from transformers import DebertaV2Model
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "disentangled"
 HIDDEN, LAYERS, HEADS, INTERMEDIATE, VOCAB, MAX_POSITIONS, BUCKETS, EPS = 32, 2, 4, 64, 60, 32, 8, 1e-7
@@ -58,6 +61,8 @@ def bertc_spec(name: str, share_att_key: bool, max_relative_positions: int) -> d
 
 def randomize(model: DebertaV2Model, seed: int) -> None:
     """Weights large enough for sharp attention (the position terms then matter); layer norms perturbed."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -117,6 +122,14 @@ def inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    try:
+        import torch
+        from transformers import DebertaV2Config, DebertaV2Model
+        from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"{Path(__file__).name}: needs {e.name}, which {sys.executable} lacks: run it in a side "
+                         f"environment with torch and transformers (pip install torch transformers safetensors numpy)")
     OUT.mkdir(parents=True, exist_ok=True)
     for k, (name, options) in enumerate(CONFIGS.items()):
         config = DebertaV2Config(

@@ -13,13 +13,12 @@ sentence-transformers are installed:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-import transformers as tr
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
 FIXTURES = {"roberta_token_cls": "RobertaForTokenClassification", "mpnet_token_cls": "MPNetForTokenClassification",
@@ -56,11 +55,18 @@ def rows(vocab: int, pad: int, cls: int, eos: int, seed: int = 3) -> dict[str, n
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    try:
+        import torch
+        import transformers as tr
+        from sentence_transformers import SentenceTransformer
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"{Path(__file__).name}: needs {e.name}, which {sys.executable} lacks: run it in a side "
+                         f"environment with torch, transformers and sentence-transformers (pip install torch "
+                         f"transformers sentence-transformers)")
     for name, arch in FIXTURES.items():
         directory = OUT / name
         if arch is None:   # sentence-transformers: MPNet -> mean pooling -> Normalize
-            from sentence_transformers import SentenceTransformer
-
             model = SentenceTransformer(str(directory), device="cpu")
             cfg = model[0].auto_model.config
         else:

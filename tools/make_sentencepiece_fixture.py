@@ -16,6 +16,7 @@ tokenizer against.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -84,8 +85,13 @@ def train(path: Path, corpus: list, **options) -> int:
 
 
 def main() -> int:
-    import sentencepiece as spm
-    import transformers
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    try:
+        import sentencepiece as spm
+        import transformers
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"{Path(__file__).name}: needs {e.name}, which {sys.executable} lacks: run it in a side "
+                         f"environment with transformers and sentencepiece (pip install transformers sentencepiece)")
 
     expected = {"transformers": transformers.__version__, "sentencepiece": spm.__version__, "texts": TEXTS,
                 "pairs": PAIRS, "models": {}}

@@ -13,18 +13,20 @@
 """
 from __future__ import annotations
 
+import argparse
 import collections
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "torch"
 
 
 def views() -> collections.OrderedDict:
+    import torch
+
     g = torch.Generator().manual_seed(0)
     base = torch.randn(4, 6, generator=g)
     state = collections.OrderedDict()
@@ -48,10 +50,21 @@ def views() -> collections.OrderedDict:
 
 
 def expected(state) -> dict:
+    import torch
+
     return {k: (v.detach().float() if v.dtype == torch.bfloat16 else v.detach()).numpy() for k, v in state.items()}
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    try:
+        import torch
+        import transformers as tr   # a model's state_dict(): an OrderedDict with its _metadata, as older transformers saved
+        from safetensors.torch import load_file
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"{Path(__file__).name}: needs {e.name}, which {sys.executable} lacks: run it in a side "
+                         f"environment with torch, transformers and safetensors (pip install torch transformers "
+                         f"safetensors numpy)")
     OUT.mkdir(parents=True, exist_ok=True)
     state = views()
     torch.save(state, OUT / "views.pt")
@@ -60,8 +73,6 @@ def main() -> int:
     hf = ROOT / "tests" / "fixtures" / "hf"
     target = hf / "bert_seq_cls_bin"
     target.mkdir(exist_ok=True)
-    import transformers as tr   # a model's state_dict(): an OrderedDict with its _metadata, as older transformers saved
-
     model = tr.BertForSequenceClassification(tr.BertConfig.from_pretrained(hf / "bert_seq_cls"))
     model.load_state_dict(load_file(str(hf / "bert_seq_cls" / "model.safetensors")), strict=False)
     state = model.state_dict()
