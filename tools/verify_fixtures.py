@@ -1,23 +1,28 @@
 """Import, build and compare: the reference outputs of each fixture against every bertc backend.
 
-    PYTHONPATH=. python tools/verify_fixtures.py [--atol 1e-5] tests/fixtures/hf/* tests/fixtures/bert_tf1 ...
+    PYTHONPATH=. python tools/verify_fixtures.py [--atol 1e-5] [--results FILE] tests/fixtures/hf/* ...
 
 For each fixture directory (one with ``reference.npz``): ``bertc import`` it, ``bertc build`` the spec
 (Keras, ONNX, TFLite), run the reference inputs through model.keras, model.onnx (ONNX Runtime CPU)
 and model.tflite, and print the max abs diff against the reference per output (and the cosine
-similarity for feature outputs). Writes the table to tools/results/import_fidelity.json; exits 1 when
-a difference exceeds --atol.
+similarity for feature outputs). Adds the rows to --results (default tools/results/import_fidelity.json:
+a fixture's row replaces its earlier one, the others stay), with the command of this run (``command``, and
+under ``commands`` for each fixture it gave a row for) and its date; exits 1 when a difference exceeds --atol.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "tools" / "results" / "import_fidelity.json"
 
 
 def backends(out: Path, sig):
@@ -72,13 +77,16 @@ def fixture_source(fixture: Path) -> Path:
 
 
 def main(argv) -> int:
-    atol = 1e-5
-    if argv[:1] == ["--atol"]:
-        atol, argv = float(argv[1]), argv[2:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("fixtures", nargs="+", type=Path, help="fixture directories (each with reference.npz)")
+    parser.add_argument("--atol", type=float, default=1e-5, help="the largest max abs diff that passes [%(default)s]")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"the JSON file the rows are added to [{RESULTS.relative_to(ROOT)}]")
+    args = parser.parse_args(argv)
+    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in [f"tools/{Path(__file__).name}", *argv])
     results, worst = {}, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for arg in argv:
-            fixture = Path(arg)
+        for fixture in args.fixtures:
             key = f"{fixture.parent.name}/{fixture.name}"
             row = verify(fixture, Path(tmp))
             results[key] = row
@@ -86,18 +94,21 @@ def main(argv) -> int:
                 worst = max(worst, e["max_abs"])
                 cos = f"  cos {e['min_cosine']:.8f}" if "min_cosine" in e else ""
                 print(f"{fixture.name:<24} {key:<32} max abs diff {e['max_abs']:.2e}{cos}", flush=True)
-    path = ROOT / "tools" / "results" / "import_fidelity.json"
-    path.parent.mkdir(exist_ok=True)
+    path = args.results
+    path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**previous, **results}, indent=2, sort_keys=True) + "\n")
+    record = {**previous, **results, "command": command,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "commands": {**previous.get("commands", {}), **{key: command for key in results}}}
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"{'model':<36} {'backend':<8} max abs diff over outputs")
     for key, row in sorted(results.items()):
         for backend in ("keras", "onnx", "tflite"):
             values = [e["max_abs"] for k, e in row.items() if k.startswith(backend + "/")]
             if values:
                 print(f"{key:<36} {backend:<8} {max(values):.2e}")
-    print(f"worst max abs diff {worst:.2e}; wrote {path.relative_to(ROOT)}")
-    return 0 if worst <= atol else 1
+    print(f"worst max abs diff {worst:.2e}; wrote {path}")
+    return 0 if worst <= args.atol else 1
 
 
 if __name__ == "__main__":
