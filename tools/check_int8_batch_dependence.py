@@ -2,7 +2,8 @@
 
 Dynamic int8 quantizes each activation with one range over the whole batch tensor, so a text's int8 result moves
 with the texts batched beside it; fp32 artifacts should agree to rounding. The texts are the sentences of this
-repository's README (or --input FILE, one per line). Not a benchmark: it measures agreement, not time.
+repository's README (or --input FILE, one per line), cut to the model's maximum length where longer (as
+``bertc run --truncate``; the record counts them). Not a benchmark: it measures agreement, not time.
 
     python tools/check_int8_batch_dependence.py OUT [--texts 256] [--batch 32] [--results FILE.json]
 
@@ -50,13 +51,15 @@ def main() -> int:
     texts = ([t for t in args.input.read_text().splitlines() if t.strip()][:args.texts] if args.input
              else readme_sentences(args.texts))
     report = json.loads((args.out / "report.json").read_text())
-    rows = {}
+    rows, truncated = {}, 0
     for artifact, info in report["artifacts"].items():
         if not str(info.get("path", "")).endswith(".onnx"):
             continue
-        alone = bertc.Runtime(args.out, artifact=artifact, batch_size=1)
-        batched = bertc.Runtime(args.out, artifact=artifact, batch_size=args.batch)
+        # truncate: a classifier's tokenizer may not cut texts by itself, and its maximum can be short
+        alone = bertc.Runtime(args.out, artifact=artifact, batch_size=1, truncate=True)
+        batched = bertc.Runtime(args.out, artifact=artifact, batch_size=args.batch, truncate=True)
         a, b = alone.run(texts), batched.run(texts)
+        truncated = alone.truncated
         if isinstance(a, np.ndarray):
             a, b = a.astype(np.float64), b.astype(np.float64)
             cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -68,9 +71,11 @@ def main() -> int:
             diff = max(abs(x.get("score", 0) - y.get("score", 0)) for x, y in zip(a, b))
             rows[artifact] = {"labels_same": round(float(labels), 4), "max_score_diff": float(diff)}
         print(f"{artifact}: " + ", ".join(f"{k} {v}" for k, v in rows[artifact].items()))
+    if truncated:
+        print(f"{truncated} of {len(texts)} texts cut to the model's maximum length")
     record = {"command": "python " + " ".join([f"tools/{Path(__file__).name}", *sys.argv[1:]]),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "out": str(args.out),
-              "texts": len(texts), "batch": args.batch, "artifacts": rows}
+              "texts": len(texts), "truncated": truncated, "batch": args.batch, "artifacts": rows}
     if args.results:
         args.results.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.results}")
