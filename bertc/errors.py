@@ -124,9 +124,17 @@ class SpecError(BertcError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = list(problems)
+        if [p for p, _ in self.problems] == ["$"] and self.problems[0][1].startswith(FILE_LEVEL):
+            # the file itself (missing, unreadable): one line, as every other missing file ("$:" reads oddly)
+            super().__init__(f"{source}: {self.problems[0][1]}")
+            return
         lines = [f"{source}: {len(self.problems)} problem(s) in the spec:"]
         lines += [f"  {path}: {msg}" for path, msg in self.problems]
         super().__init__("\n".join(lines))
+
+
+# a SpecError's problem about the spec file itself, not its content
+FILE_LEVEL = ("file not found", "cannot read the file")
 
 
 class SpecTextError(BertcError, ValueError):

@@ -389,7 +389,7 @@ def load_spec(source: Union[str, Path, dict]) -> Spec:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise SpecError(str(path), [("$", "file not found")]) from None
+        raise SpecError(str(path), [("$", "file not found (no spec file at this path)")]) from None
     except OSError as exc:
         raise SpecError(str(path), [("$", f"cannot read the file: {exc.strerror or exc}")]) from None
     text = _decode(raw, str(path))

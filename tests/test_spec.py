@@ -155,8 +155,10 @@ def test_malformed_json_reports_line_and_column(tmp_spec):
 
 
 def test_missing_file_and_non_object(tmp_spec, tmp_path):
-    with pytest.raises(SpecError, match="file not found"):
+    with pytest.raises(SpecError, match="file not found") as info:
         load_spec(tmp_path / "nope.json")
+    # one line naming the file, as every other missing file (it read "1 problem(s) in the spec:\n  $: file not found")
+    assert str(info.value) == f"{tmp_path / 'nope.json'}: file not found (no spec file at this path)"
     with pytest.raises(SpecError, match="must be a JSON object"):
         load_spec(tmp_spec("[1, 2]"))
 
