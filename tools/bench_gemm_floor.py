@@ -3,6 +3,7 @@
 
     python tools/bench_gemm_floor.py --model OUT/model.optimized.onnx --anchor ANCHOR.onnx [--seq 128 32]
                                      [--rounds 10] [--calls 3] [--threads 2] [--label NAME] [--results FILE]
+                                     [--vocab N]
 
 Every projection of the model (a MatMul or Gemm reading a weight, the packed QKV of a fused ``Attention``) is
 copied into a graph of its own that runs only those products: the same weight shapes, fed activations of the
@@ -14,7 +15,10 @@ model and the anchor (e.g. the Hugging Face export fused by ORT's optimizer: ``t
 CPU, ``--threads`` intra-op threads, spinning off; median of per-round ratios to the anchor). The GEMMs
 alone / anchor is what a graph that computes the same projections in fp32 with ORT's MLAS GEMM cannot go below;
 (model - GEMMs) / anchor is what everything else in bertc's graph costs (attention's cores, norms, activations,
-rotary, the embeddings), the room a faster graph would have to find. Writes tools/results/bench_gemm_floor.json
+rotary, the embeddings), the room a faster graph would have to find. Token ids are drawn from 5..999, below
+the vocabulary size: ``--vocab``, else the rows of the word-embedding initializer the ids index in the model's
+and the anchor's graph, else the vocab_size of a build's spec.json beside them (it refuses when none tells).
+Writes tools/results/bench_gemm_floor.json
 (``--results``; rows are added under ``--label``, so one file can hold several models).
 """
 from __future__ import annotations
@@ -34,8 +38,75 @@ sys.path.insert(0, str(ROOT))
 WEIGHT_OPS = {("", "MatMul"), ("", "Gemm"), ("com.microsoft", "FusedMatMul"), ("com.microsoft", "Attention")}
 
 
-def feeds_for(session, seq: int, rng) -> dict:
-    """Batch 1 x ``seq``, every token real, ids in 5..999."""
+def token_ids(name: str) -> bool:
+    """Whether a graph input takes token ids (what :func:`feeds_for` fills with random ids)."""
+    return "mask" not in name and "type" not in name
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph in it (an If's branches, a Loop's body)."""
+    from onnx import AttributeProto
+
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graphs(g)
+
+
+def vocabulary_size(model_path: Path):
+    """(the number of token ids the model takes, where that was read) or None: the first dimension of the
+    initializer its token ids index (a Gather's table, an EmbedLayerNormalization's word embeddings), else the
+    vocab_size of the build's spec.json beside it."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    graphs = list(_graphs(model.graph))
+    dims = {t.name: list(t.dims) for g in graphs for t in g.initializer}
+    nodes = [n for g in graphs for n in g.node]
+    made_by = {o: n for n in nodes for o in n.output}
+    ids = {i.name for i in model.graph.input if token_ids(i.name)} - set(dims)
+    grown = True
+    while grown:   # the ids as they reach the lookup (cast, reshaped)
+        more = {o for n in nodes if n.op_type in ("Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+                and n.input and n.input[0] in ids for o in n.output}
+        grown, ids = not more <= ids, ids | more
+    sizes = []
+    for n in nodes:
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in ids and not any(
+                a.name == "axis" and a.i for a in n.attribute):
+            table = n.input[0]
+        elif n.op_type == "EmbedLayerNormalization" and len(n.input) > 2 and n.input[0] in ids:
+            table = n.input[2]
+        else:
+            continue
+        while table not in dims and table in made_by and made_by[table].op_type in (
+                "Cast", "Identity", "DequantizeLinear"):   # a table stored in another type
+            table = made_by[table].input[0]
+        if len(dims.get(table, [])) == 2:
+            sizes.append(dims[table][0])
+    if sizes:
+        return min(sizes), f"{model_path}'s word-embedding initializer"
+    spec = model_path.parent / "spec.json"
+    try:
+        encoder = json.loads(spec.read_text()).get("encoder") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    size = encoder.get("vocab_size") or (encoder.get("embedding") or {}).get("vocab_size")
+    return (size, f"{spec}'s vocab_size") if isinstance(size, int) and size > 0 else None
+
+
+def id_range(vocab: int) -> tuple[int, int]:
+    """The token ids drawn: 5..999 (past the usual special tokens), within the vocabulary."""
+    return (5 if vocab > 5 else 0), min(vocab, 1000)
+
+
+def feeds_for(session, seq: int, rng, vocab: int) -> dict:
+    """Batch 1 x ``seq``, every token real, ids in :func:`id_range` of ``vocab``."""
+    low, high = id_range(vocab)
     feeds = {}
     for i in session.get_inputs():
         dtype = np.int64 if "int64" in i.type else np.int32
@@ -44,11 +115,11 @@ def feeds_for(session, seq: int, rng) -> dict:
         elif "type" in i.name:
             feeds[i.name] = np.zeros((1, seq), dtype)
         else:
-            feeds[i.name] = rng.integers(5, 1000, (1, seq)).astype(dtype)
+            feeds[i.name] = rng.integers(low, high, (1, seq)).astype(dtype)
     return feeds
 
 
-def gemm_floor(model_path: Path, seq: int, rng):
+def gemm_floor(model_path: Path, seq: int, rng, vocab: int):
     """(floor model bytes, its feeds, a description): the model's weight products alone at batch 1 x ``seq``."""
     import onnx
     import onnxruntime as ort
@@ -68,7 +139,7 @@ def gemm_floor(model_path: Path, seq: int, rng):
         if name not in known:
             probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds_for(session, seq, rng))))
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds_for(session, seq, rng, vocab))))
     del session, probe
     inputs, nodes, inits, feeds, flops = [], [], [], {}, 0
     for k, (a, w) in enumerate(products):
@@ -95,22 +166,38 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="the model's vocabulary size, where the graph and a spec.json beside it do not tell it "
+                             "[read from them]")
     parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_gemm_floor.json")
     args = parser.parse_args()
 
     from bertc.bench import Target, machine_info, time_targets
     from bertc.optimize.runtime import ort_session
 
+    if args.vocab is not None:
+        if args.vocab < 1:
+            raise SystemExit(f"--vocab {args.vocab}: 1 or more")
+        vocab, vocab_from = args.vocab, "--vocab"
+    else:
+        found = [v for v in (vocabulary_size(args.model), vocabulary_size(args.anchor)) if v]
+        if not found:
+            raise SystemExit(f"{args.model}: cannot tell the vocabulary size to draw token ids below (neither it nor "
+                             f"{args.anchor} looks its ids up in an initializer, and no spec.json is beside them); "
+                             f"give it with --vocab N")
+        vocab, vocab_from = min(found)
+    low, high = id_range(vocab)
+    print(f"token ids drawn from {low}..{high - 1} (vocabulary {vocab}, from {vocab_from})", flush=True)
     rng = np.random.default_rng(0)
     label = args.label or str(args.model)
     sessions = {"model": ort_session(args.model, threads=args.threads, spinning=False),
                 "anchor": ort_session(args.anchor, threads=args.threads, spinning=False)}
     rows, floors = [], {}
     for seq in args.seq:
-        floor, floor_feeds, info = gemm_floor(args.model, seq, rng)
+        floor, floor_feeds, info = gemm_floor(args.model, seq, rng, vocab)
         floors[f"S {seq}"] = info
         sessions["gemms"] = ort_session(floor, threads=args.threads, spinning=False)
-        feeds = {name: feeds_for(s, seq, rng) for name, s in sessions.items() if name != "gemms"}
+        feeds = {name: feeds_for(s, seq, rng, vocab) for name, s in sessions.items() if name != "gemms"}
         feeds["gemms"] = floor_feeds
 
         def target(name):
@@ -134,6 +221,7 @@ def main() -> int:
         "machine": machine_info(),
         "model": str(args.model), "anchor": str(args.anchor),
         "settings": {"threads": args.threads, "rounds": args.rounds, "calls": args.calls, "batch": 1,
+                     "token_ids": f"{low}..{high - 1} (vocabulary {vocab}, from {vocab_from})",
                      "ort_spinning": False, "interleaved": True,
                      "ratio": "median over rounds of per-round p50 ratios to the anchor"},
         "rows": rows}
