@@ -213,6 +213,38 @@ def order_matches(have: np.ndarray, want: np.ndarray, tie_fraction: float = 0.0)
 ORDER_MAX_SCORES = 2000
 
 
+def decision_matches(have: np.ndarray, want: np.ndarray, info: OutputInfo, mask: np.ndarray,
+                     tie_fraction: float = 0.0) -> tuple[int, int, int]:
+    """(agreeing, compared, near-ties) decisions of a multi-label classifier: each label of each row (of each real
+    token, per-token logits) is on when its sigmoid passes 0.5, its logit 0; a flipped decision counts as agreeing
+    when the reference's logit is within ``tie_fraction`` of the reference's range of 0."""
+    same = (have > 0) == (want > 0)
+    tie = np.abs(want) <= tie_fraction * float(want.max() - want.min()) if want.size else np.zeros_like(same)
+    near = ~same & tie
+    if info.seq_axis is not None and info.seq_axis != have.ndim - 1:
+        same, near = (np.moveaxis(x, info.seq_axis, 1)[mask == 1] for x in (same, near))
+    return int(same.sum() + near.sum()), int(same.size), int(near.sum())
+
+
+LABEL_DECISIONS = "label decisions"   # OutputParity.agreement of a multi-label classifier's logits
+
+
+def label_decision_outputs(spec: Spec, out_dir) -> frozenset:
+    """The outputs judged by their per-label decisions rather than the argmax: a classifier whose checkpoint scores
+    its labels each alone (``problem_type`` multi_label_classification: a sigmoid per label, as transformers'
+    pipeline and ``bertc run`` score them), with more than one label."""
+    head = spec.head
+    if out_dir is None or getattr(head, "type", None) != "classifier" or getattr(head, "num_classes", 1) < 2:
+        return frozenset()
+    from bertc.runtime import score_function
+
+    try:   # the build's own configs only (bundled by the build): never the weights' directory as it is now
+        score, _ = score_function(Path(out_dir), {"weights": {"bundled_config": None}}, head.num_classes)
+    except Exception:   # an unreadable bundled config: bertc run refuses the build; judge by the argmax here
+        return frozenset()
+    return frozenset({"logits"}) if score == "sigmoid" else frozenset()
+
+
 def _one_class(info: OutputInfo, want: np.ndarray) -> bool:
     """A logits output with one class: a relevance or regression score (per row, or per token), not a choice."""
     return info.kind == "logits" and want.ndim >= 2 and want.shape[-1] == 1 and info.seq_axis != want.ndim - 1
@@ -367,7 +399,8 @@ def run_error_text(exc: BaseException, limit: int = 400) -> str:
 
 def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backend],
             runners: dict[str, Runner], cases: Optional[list[Case]] = None,
-            progress: Optional[Callable[[str], None]] = None) -> list[OutputParity]:
+            progress: Optional[Callable[[str], None]] = None,
+            decisions: frozenset = frozenset()) -> list[OutputParity]:
     """Every backend x output against ``reference`` over the grid. ``runners`` holds the backends that
     loaded; a backend without one keeps whatever load error its results already carry. ``progress(text)``:
     before each run, which (a build's status line: minutes at long sequences)."""
@@ -436,6 +469,12 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
                     pooled = scores.setdefault(key, ([], []))
                     pooled[0].append(_scores(have, o, mask))
                     pooled[1].append(_scores(want, o, mask))
+                elif o.name in decisions and o.kind == "logits" and want.size:
+                    r.agreement = LABEL_DECISIONS
+                    same, n, near = decision_matches(have, want, o, mask, spec.parity.task.argmax_tie_fraction)
+                    agree[key][0] += same
+                    agree[key][1] += n
+                    r.argmax_near_ties += near
                 elif o.kind in ("logits", "log_probs") and want.size:
                     same, n, near = argmax_matches(have, want, o, mask, spec.parity.task.argmax_tie_fraction)
                     agree[key][0] += same
@@ -470,7 +509,8 @@ def compare(spec: Spec, sig: Signature, reference: Runner, backends: list[Backen
             need = r.required_argmax_agreement
             if need is not None and r.argmax_agreement is not None and r.argmax_agreement < need:
                 ties = f", {r.argmax_near_ties} near-tie(s) counted as agreeing" if r.argmax_near_ties else ""
-                what = "argmax agreement" if r.agreement == "argmax" else "score order agreement (pairs of rows)"
+                what = {"argmax": "argmax agreement", LABEL_DECISIONS: "label decision agreement (sigmoid > 0.5, each "
+                        "label of each row)"}.get(r.agreement, "score order agreement (pairs of rows)")
                 r.problems.append(f"{what} {_pct(r.argmax_agreement, need)} ({agree[key][0]}/{agree[key][1]}{ties}) "
                                   f"< {criterion_text(need * 100)}%")
             if r.required_cosine is not None and r.min_cosine is not None and r.min_cosine < r.required_cosine:
@@ -532,7 +572,8 @@ def run_parity(spec: Spec, sig: Signature, model, out_dir: Path, artifacts: dict
     backends, skipped = plan_backends(Path(out_dir), artifacts)
     runners = OneAtATime(backends)
     cases = grid_cases(spec) if cases is None else [c if isinstance(c, Case) else Case.given(*c) for c in cases]
-    results = compare(spec, sig, reference or keras_runner(model), backends, runners, cases, progress)
+    results = compare(spec, sig, reference or keras_runner(model), backends, runners, cases, progress,
+                      decisions=label_decision_outputs(spec, out_dir))
     load_errors = runners.errors
     for r in results:
         if r.backend in load_errors:

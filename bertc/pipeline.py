@@ -115,7 +115,7 @@ def tune_tflite(spec, sig, model, out: Path, tflite_artifacts: dict, calibration
     path, fp32 = out / entry["path"], out / tflite_artifacts["tflite"]["path"]
     try:
         tuning = tune_tflite_int8(path, fp32, Judge(spec, sig, model, calibration.cases,
-                                                    reference=calibration.reference(model)), log)
+                                                    reference=calibration.reference(model), out=out), log)
     except Exception as exc:   # LiteRT and the flatbuffer API raise their own types: name the artifact and cause
         raise ExportError(f"int8 tuning of {path.name} failed: {type(exc).__name__}: {exc}") from exc
     tuning["sources"] = calibration.sources

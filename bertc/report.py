@@ -213,6 +213,9 @@ def parity_problems(section: dict) -> list[str]:
                     if not r.get("load_error") for p in r["problems"]]
 
 
+_AGREEMENT = {"argmax": "argmax", "label decisions": "label decisions"}   # OutputParity.agreement, as summarised
+
+
 def _parity_line(r: dict) -> str:
     if r.get("load_error"):
         return f"  FAIL  {r['backend']:<20} {r['output']:<18} not loaded"
@@ -222,7 +225,7 @@ def _parity_line(r: dict) -> str:
                     else f" ({r['non_finite']} non-finite)")
     if r.get("criterion") == "task":
         if r.get("required_argmax_agreement") is not None and r.get("argmax_agreement") is not None:
-            what = "argmax" if r.get("agreement", "argmax") == "argmax" else "score order"
+            what = _AGREEMENT.get(r.get("agreement", "argmax"), "score order")
             figures += f" {what} {r['argmax_agreement']:.2%} (>= {r['required_argmax_agreement']:.0%})"
             if r.get("argmax_near_ties"):
                 figures += f", {r['argmax_near_ties']} near-tie(s)"
@@ -233,7 +236,7 @@ def _parity_line(r: dict) -> str:
     else:
         figures += f" (atol {r['atol']:g})"
         if r.get("argmax_agreement") is not None:
-            figures += f" {'argmax' if r.get('agreement', 'argmax') == 'argmax' else 'score order'} " \
+            figures += f" {_AGREEMENT.get(r.get('agreement', 'argmax'), 'score order')} " \
                        f"{r['argmax_agreement']:.0%}"
         if r.get("min_cosine") is not None:
             figures += f" cosine {r['min_cosine']:.6f}"

@@ -164,10 +164,13 @@ class Measurement:
 class Judge:
     """Measures candidate int8 graphs against the Keras reference on ``cases`` (computed once)."""
 
-    def __init__(self, spec, sig, model, cases: list, margin: float = TARGET_MARGIN, reference=None):
+    def __init__(self, spec, sig, model, cases: list, margin: float = TARGET_MARGIN, reference=None, out=None):
         from bertc.backends import keras_runner
+        from bertc.parity import label_decision_outputs
 
         self.spec, self.sig, self.cases = spec, sig, cases
+        # a multi-label classifier is judged by its per-label decisions, as parity judges it (``out``: the build)
+        self.decisions = label_decision_outputs(spec, out)
         reference = reference or keras_runner(model)   # a build's: CalibrationSet.reference (computed once)
         self._refs = {id(c.inputs): reference(c.inputs) for c in cases}
         task = spec.parity.task
@@ -201,7 +204,7 @@ class Judge:
         from bertc.parity import compare
 
         results = compare(self.spec, self.sig, lambda inputs: self._refs[id(inputs)], [backend],
-                          {backend.name: run}, self.cases)
+                          {backend.name: run}, self.cases, decisions=self.decisions)
         self.measured += 1
         return Measurement(results, self.target, self._score(results), label)
 

@@ -246,7 +246,8 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
             from bertc.parity import grid_cases
 
             calibration = CalibrationSet(grid_cases(spec), {"grid": {"kind": "random ids"}})
-        judge = Judge(spec, built.signature, model, calibration.cases, reference=calibration.reference(model))
+        judge = Judge(spec, built.signature, model, calibration.cases, reference=calibration.reference(model),
+                      out=out)
         if "onnx_int8" in variants:
             must = requested is None or "onnx_int8" in requested
             entry, tuned = quantize_int8(proto, weights, out / INT8_FILE, input_dtype, opset, judge=judge,
