@@ -946,17 +946,39 @@ def _partial_prefix(path: Path) -> str:
     return f".{name[:room].decode('utf-8', 'ignore')}~{digest}{_PARTIAL}"
 
 
+def _partial_pid(suffix: str) -> int:
+    """The process id of a temporary name's ``suffix``: ``PID``, or ``PID.N`` for the N-th writer of one RESULT in one
+    process (threads); 0 for anything else."""
+    pid, dot, n = suffix.partition(".")
+    return int(pid) if pid.isdigit() and (not dot or n.isdigit()) else 0
+
+
+def _open_partial(path: Path) -> tuple:
+    """(file, its path): a temporary file of this writer's own beside RESULT ``path``, created exclusively:
+    ``.RESULT.partial-PID``, or ``.RESULT.partial-PID.N`` where another thread of this process writes the same
+    RESULT (the name was per process: threads opened one file, truncated and wrote over each other, and the first to
+    finish published the mixture)."""
+    prefix, pid = _partial_prefix(path), os.getpid()
+    for n in range(1, 100):   # the PID and ".N" keep within _PID_ROOM (a PID has at most 7 digits)
+        tmp = path.with_name(f"{prefix}{pid}" + (f".{n}" if n > 1 else ""))
+        try:
+            return os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb"), tmp
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, f"99 writers of this process already write {path.name}")
+
+
 def _remove_stale_partials(path: Path) -> None:
     """Remove the temporary files (``.RESULT.partial-PID``) that runs to ``path`` killed outright (SIGKILL, the
     out-of-memory killer) left behind: each whose process is gone and that no process holds locked. A live run's
     (its process running here, or its lock held from another machine sharing the folder) is left alone."""
     prefix = _partial_prefix(path)
     try:
-        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n[len(prefix):].isdigit()]
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and _partial_pid(n[len(prefix):])]
     except OSError:
         return
     for name in names:
-        stale, pid = path.parent / name, int(name[len(prefix):])
+        stale, pid = path.parent / name, _partial_pid(name[len(prefix):])
         if pid == os.getpid() or _process_alive(pid):
             continue
         try:
@@ -1049,9 +1071,8 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: no such directory for the result")
     _remove_stale_partials(path)
-    tmp = path.with_name(f"{_partial_prefix(path)}{os.getpid()}")
     try:
-        f = open(tmp, "wb")
+        f, tmp = _open_partial(path)
     except OSError as exc:
         raise OutputError(f"cannot write the result beside {where}: {exc}") from None
     _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)

@@ -432,3 +432,49 @@ def test_a_closed_standard_output_is_exit_5_not_an_internal_error(builds, tmp_pa
                          stderr=subprocess.PIPE, env=env, timeout=120, preexec_fn=lambda: os.close(1))
     assert run.returncode == EXIT_OUTPUT, run.stderr.decode()
     _one_clean_error(run.stderr.decode(), "error: -o -: standard output is closed")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_threads_of_one_process_writing_one_result_keep_their_own_temporary_files(tmp_path, force):
+    """The temporary name was per process (``.RESULT.partial-PID``): threads of one service writing one RESULT
+    opened the same file, truncated and wrote over each other, and the first to finish published the mixture
+    (invalid JSONL) while the others failed their rename. Each writer now has a file of its own: without --force the
+    first result stays whole and the others refuse; with it, one whole result is kept."""
+    import json
+    import threading
+
+    from bertc.errors import OutputError
+
+    result = tmp_path / "r.jsonl"
+    inside, outcomes = threading.Barrier(3), {}
+    rows = {k: [np.full(4, k, np.float32)] * (200 + 100 * k) for k in range(3)}   # writer k's rows: all k
+
+    def write(k):
+        try:
+            with run_io.atomic_result(result, "jsonl", "embedding", force=force) as writer:
+                inside.wait()   # all three are writing at once
+                for i in range(0, len(rows[k]), 10):
+                    writer.write(rows[k][i:i + 10])
+            outcomes[k] = "ok"
+        except OutputError as exc:
+            outcomes[k] = str(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = [json.loads(line) for line in result.read_text().splitlines()]
+    writers = {tuple(line) if isinstance(line, list) else json.dumps(line, sort_keys=True) for line in lines}
+    assert len(writers) == 1, writers
+    k = next(k for k in range(3) if len(rows[k]) == len(lines))
+    assert outcomes[k] == "ok"
+    if not force:
+        assert list(outcomes.values()).count("ok") == 1
+        assert all("was written by another process while this run ran" in v for v in outcomes.values() if v != "ok")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_temporary_names_of_threads_are_recognised_as_stale_by_their_process_id():
+    assert run_io._partial_pid("1234") == 1234 and run_io._partial_pid("1234.2") == 1234
+    assert run_io._partial_pid("x1") == 0 and run_io._partial_pid("12.a") == 0 and run_io._partial_pid("") == 0
