@@ -211,6 +211,10 @@ class Engine:
         self.tokenizer.enable_truncation(max_length=parts.max_len,
                                          strategy="only_first" if parts.kind == "zero_shot" else "longest_first")
         self.tokenizer.no_padding()
+        special = self.tokenizer.num_special_tokens_to_add(False)
+        if parts.max_len <= special:   # the tokenizers library ignores a truncation below its special tokens
+            raise InputError(f"max_length {parts.max_len}: leaves no room for the text: the tokenizer adds {special} "
+                             f"special tokens to each row (at least {special + 1})")
         # tokens added to the tokenizer after training, never given embeddings (the model's vocabulary was not
         # resized): their ids are out of the embedding table's range, which ONNX Runtime reports as a crash
         self.vocab_limit = parts.vocab_size if 0 < parts.vocab_size < self.tokenizer.get_vocab_size(True) else 0
@@ -252,6 +256,10 @@ class Engine:
                                      f"tokens ({' '.join(str(exc).split())})") from None
             raise
         for r, e in zip(records, encodings):
+            if len(e.ids) > self.parts.max_len:   # truncation the tokenizers library ignored (a pair's specials)
+                raise InputError(f"{r.where}: cannot be cut to {self.parts.max_len} tokens: the tokenizer adds "
+                                 f"{self.tokenizer.num_special_tokens_to_add(r.pair is not None)} special tokens to "
+                                 f"{'a pair' if r.pair is not None else 'each row'} (max_length too small)")
             if self.vocab_limit:   # what the model runs: the encoding, and a windowed record's other windows
                 for x in [e, *e.overflowing] if self.windowed(r) else [e]:
                     if x.ids and max(x.ids) >= self.vocab_limit:

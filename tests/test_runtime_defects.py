@@ -413,3 +413,27 @@ def test_a_long_texts_prefix_keeps_exactly_the_tokens_of_the_whole(monkeypatch, 
                 if sum(len(t) for t in x) < 200:   # the rule above is the tokenizer's
                     assert got.ids == engine.tokenizer.encode(*x).ids
     assert cut >= 20
+
+
+@pytest.mark.parametrize("name", ["st_bert_mean_norm", "bert_seq_cls", "bert_qa"])
+def test_a_max_length_below_the_special_tokens_is_refused(builds, name):
+    """max_length 1 passed the check ("from 1 to the model's maximum"), but the tokenizers library ignores a
+    truncation below its special tokens, so nothing was cut: a long text reached ONNX Runtime (exit 70, an index out
+    of range), a short one ran uncut (exit 0, truncated 0) though 1 token was asked for."""
+    runtime = bertc.Runtime(builds[name], max_length=1, truncate=True)
+    text = "the cat sat on the mat " * 10
+    with pytest.raises(InputError, match=r"^max_length 1: leaves no room for the text: the tokenizer adds 2 special "
+                                         r"tokens to each row \(at least 3\)$"):
+        runtime.run([("what sat ?", text)] if name == "bert_qa" else [text])
+    assert len(bertc.Runtime(builds[name], max_length=3, truncate=True).run(["hi", text])) == 2 \
+        if name != "bert_qa" else True
+
+
+def test_a_row_the_tokenizer_did_not_cut_never_reaches_the_model(builds):
+    """The tokenizers library ignores a truncation it cannot meet (a RoBERTa pair's 4 special tokens in 3): the row
+    came out longer than max_length and reached ONNX Runtime; it is named instead (simulated: truncation off)."""
+    runtime = bertc.Runtime(builds["bert_seq_cls"], max_length=4, truncate=True)
+    runtime.engine.tokenizer.no_truncation()
+    with pytest.raises(InputError, match=r"^text 1: cannot be cut to 4 tokens: the tokenizer adds 3 special tokens to "
+                                         r"a pair \(max_length too small\)$"):
+        runtime.run([("the cat sat on the mat", "a dog ran")])
