@@ -834,6 +834,14 @@ class Runtime:
         if isinstance(texts, Mapping):   # iterating one gives its keys
             raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
                              f"whose keys it would read as the texts: pass list(texts.values()) for its values")
+        if hasattr(texts, "columns") and not hasattr(texts, "dtype"):   # a pandas / polars DataFrame (a Series has
+            # a dtype and no columns): iterating one gives its column names
+            columns = [str(c) for c in list(texts.columns)[:2]]
+            how = f"its text column, df[{columns[0]!r}]" if columns else "its text column"
+            if len(columns) > 1:
+                how += f", or for pairs df[[{columns[0]!r}, {columns[1]!r}]].itertuples(index=False)"
+            raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
+                             f"whose column names it would read as the texts: pass {how}")
         if isinstance(texts, Set):   # a set, frozenset, dict keys / items view
             raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}: "
                              f"results come in the texts' order, which a set has not; pass a list")

@@ -437,3 +437,15 @@ def test_a_row_the_tokenizer_did_not_cut_never_reaches_the_model(builds):
     with pytest.raises(InputError, match=r"^text 1: cannot be cut to 4 tokens: the tokenizer adds 3 special tokens to "
                                          r"a pair \(max_length too small\)$"):
         runtime.run([("the cat sat on the mat", "a dog ran")])
+
+
+def test_a_dataframe_is_refused_not_read_as_its_column_names(builds):
+    """Runtime.run(df) iterated the DataFrame: its column names, one result for N rows (the embedding of "text"),
+    exit 0; a dict is refused for the same reason. Its text column (a Series) is what to pass."""
+    pandas = pytest.importorskip("pandas")
+    runtime = bertc.Runtime(builds["st_bert_mean_norm"])
+    frame = pandas.DataFrame({"text": ["a cat", "a dog", "a car"], "other": ["x", "y", "z"]})
+    with pytest.raises(InputError, match=r"not DataFrame, whose column names it would read as the texts: pass its "
+                                         r"text column, df\['text'\], or for pairs df\[\['text', 'other'\]\]"):
+        runtime.run(frame)
+    assert runtime.run(frame["text"]).shape[0] == 3
