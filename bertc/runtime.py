@@ -10,6 +10,7 @@ engine without seeing OUT.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -59,6 +60,17 @@ def read_build(out) -> tuple[dict, dict]:
     if report.get("status") != "passed":
         raise InputError(f"{out}: the build's status is {report.get('status')!r}, not 'passed'; rebuild it")
     return report, spec
+
+
+def _directory_identity(out: Path) -> tuple:
+    """Which build ``out`` holds now: the (device, inode) of its directory and its report.json's (inode, mtime,
+    ctime, size). ``bertc build --force`` puts a new directory at OUT, whose inode number may be the one just freed
+    (file systems reuse them): the report's own identity tells such builds apart."""
+    try:
+        st, report = os.stat(out), os.stat(Path(out) / "report.json")
+    except OSError:
+        return ()
+    return st.st_dev, st.st_ino, report.st_ino, report.st_mtime_ns, report.st_ctime_ns, report.st_size
 
 
 def tokenizer_max_length(report: dict) -> Optional[int]:
@@ -575,8 +587,6 @@ class Runtime:
         truncate, spinning = _flag("truncate", truncate, optional=True), _flag("spinning", spinning)
         multi_label, allow_no_answer = _flag("multi_label", multi_label), _flag("allow_no_answer", allow_no_answer)
         similarity, rank = _flag("similarity", similarity), _flag("rank", rank)
-        import os
-
         artifact = _text("artifact", os.fspath(artifact) if isinstance(artifact, os.PathLike) else artifact)
         prompt, prompt_name = _text("prompt", prompt), _text("prompt_name", prompt_name)
         pair_prompt, pair_prompt_name = _text("pair_prompt", pair_prompt), _text("pair_prompt_name", pair_prompt_name)
@@ -586,6 +596,9 @@ class Runtime:
         if candidate_labels is not None and not isinstance(candidate_labels, (str, list, tuple)):
             raise InputError(f"candidate_labels {candidate_labels!r}: a list of labels (or one string, the labels "
                              f"separated by commas), not {_kind_of(candidate_labels)}")
+        if self.out.is_symlink():   # blue / green: `current -> build_v7`, flipped at will; one target is read
+            self.out = Path(os.path.realpath(self.out))
+        identity = _directory_identity(self.out)   # the build read below must be one build, start to end
         self.report, self.spec = read_build(self.out)
         check_build_files(self.out, self.report)
         self.kind, self.outputs = result_kind(self.report, self.spec)
@@ -713,6 +726,11 @@ class Runtime:
             raise InputError(f"embedding precision {embedding_precision}: only a sentence embedder's embeddings are "
                              f"written at another precision (this run gives {self.kind} results)")
         self.precision = EmbeddingPrecision(embedding_precision, calibration_embeddings)
+        if _directory_identity(self.out) != identity:
+            # `bertc build --force` swapped another build in (or a link was pointed at another) while the report,
+            # labels, model and tokenizer were read one file at a time: they may come from two builds
+            raise InputError(f"{self.out}: replaced by another build while this Runtime read it (a rebuild, or the "
+                             f"link pointed elsewhere); its files may be of two builds: create the Runtime again")
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()   # one engine for every thread, and the count below: see :meth:`run`
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray

@@ -449,3 +449,31 @@ def test_a_dataframe_is_refused_not_read_as_its_column_names(builds):
                                          r"text column, df\['text'\], or for pairs df\[\['text', 'other'\]\]"):
         runtime.run(frame)
     assert runtime.run(frame["text"]).shape[0] == 3
+
+
+def test_a_build_replaced_while_a_runtime_reads_it_is_refused_not_mixed(builds, tmp_path, monkeypatch):
+    """Runtime read report.json, the labels, the model and the tokenizer one file at a time: a `bertc build --force`
+    swapping another build in meanwhile gave one build's scores under the other's labels (exit 0). A replaced build
+    is now refused (create the Runtime again), and a link to a build (blue / green) is read through its target."""
+    import bertc.runtime as runtime_module
+
+    out, other = tmp_path / "out", tmp_path / "other"
+    shutil.copytree(builds["bert_seq_cls"], out)
+    shutil.copytree(builds["bert_seq_cls"], other)
+    real = runtime_module.result_kind
+
+    def swap_then(report, spec):   # the rebuild lands after report.json was read
+        out.rename(tmp_path / "old")
+        other.rename(out)
+        return real(report, spec)
+
+    monkeypatch.setattr(runtime_module, "result_kind", swap_then)
+    with pytest.raises(InputError, match=r"replaced by another build while this Runtime read it .* create the "
+                                         r"Runtime again"):
+        bertc.Runtime(out)
+    monkeypatch.setattr(runtime_module, "result_kind", real)
+    assert bertc.Runtime(out).run(["a cat"])            # the new build, whole
+    link = tmp_path / "current"
+    link.symlink_to(out)
+    runtime = bertc.Runtime(link)
+    assert runtime.out == out.resolve()
