@@ -39,6 +39,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -959,13 +960,19 @@ def _open_partial(path: Path) -> tuple:
     RESULT (the name was per process: threads opened one file, truncated and wrote over each other, and the first to
     finish published the mixture)."""
     prefix, pid = _partial_prefix(path), os.getpid()
-    for n in range(1, 100):   # the PID and ".N" keep within _PID_ROOM (a PID has at most 7 digits)
-        tmp = path.with_name(f"{prefix}{pid}" + (f".{n}" if n > 1 else ""))
-        try:
-            return os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb"), tmp
-        except FileExistsError:
-            continue
+    with _OWN_PARTIALS:   # created and locked at once: this process's cleanup never takes a live one for stale
+        for n in range(1, 100):   # the PID and ".N" keep within _PID_ROOM (a PID has at most 7 digits)
+            tmp = path.with_name(f"{prefix}{pid}" + (f".{n}" if n > 1 else ""))
+            try:
+                f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+            except FileExistsError:
+                continue
+            _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)
+            return f, tmp
     raise OSError(errno.EEXIST, f"99 writers of this process already write {path.name}")
+
+
+_OWN_PARTIALS = threading.Lock()   # this process's temporary files: made (and locked) or judged stale one at a time
 
 
 def _remove_stale_partials(path: Path) -> None:
@@ -979,11 +986,12 @@ def _remove_stale_partials(path: Path) -> None:
         return
     for name in names:
         stale, pid = path.parent / name, _partial_pid(name[len(prefix):])
-        if pid == os.getpid() or _process_alive(pid):
+        own = pid == os.getpid()   # another thread's, live (locked), or an earlier process's with this PID (PID 1)
+        if not own and _process_alive(pid):
             continue
         try:
-            with open(stale, "rb+") as f:
-                if not _lock(f):   # a live run's, on another machine
+            with _OWN_PARTIALS if own else contextlib.nullcontext(), open(stale, "rb+") as f:
+                if not _lock(f):   # a live run's: a thread of this process, or on another machine
                     continue
                 stale.unlink()
         except OSError:   # gone already, or not ours to open: left alone
@@ -1075,7 +1083,6 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         f, tmp = _open_partial(path)
     except OSError as exc:
         raise OutputError(f"cannot write the result beside {where}: {exc}") from None
-    _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)
     # a full disk, a quota, an I/O error: an OutputError naming RESULT (exit 5), the temporary file removed
     after = f"; nothing was written ({given} is as it was)"
     sink = _Sink(f, where, "the result", after)

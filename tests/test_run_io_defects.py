@@ -346,3 +346,24 @@ def test_the_next_run_removes_the_temporary_files_of_killed_runs_and_no_live_one
         live.wait()
     assert len(read_result(tmp_path / "r.jsonl")) == 2
     _no_leftovers(tmp_path, "in.txt", "r.jsonl", *(p.name for p in kept))
+
+
+def test_a_leftover_with_this_process_id_is_removed_and_a_live_thread_s_kept(tmp_path):
+    """A container's service is PID 1 on every start: a `.RESULT.partial-1` an earlier (killed) run left was never
+    removed (this process's own files were always taken for live). Now only a locked one is: another thread's."""
+    import fcntl
+    import os
+
+    from bertc import run_io
+
+    result = tmp_path / "r.jsonl"
+    old = tmp_path / f".r.jsonl.partial-{os.getpid()}"             # an earlier process's, with this PID
+    live = tmp_path / f".r.jsonl.partial-{os.getpid()}.2"          # a thread of this process writing now
+    for path in (old, live):
+        path.write_bytes(b'{"half a line')
+    with open(live, "rb+") as writing:
+        fcntl.flock(writing, fcntl.LOCK_EX)
+        with run_io.atomic_result(result, "jsonl", "embedding") as writer:
+            writer.write([np.ones(2, np.float32)])
+        assert not old.exists() and live.exists()
+    assert result.read_text().count("\n") == 1
