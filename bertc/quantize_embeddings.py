@@ -19,6 +19,7 @@ one here: float32 embeddings of a sample of the texts by the same model.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -56,8 +57,18 @@ class EmbeddingPrecision:
             self.steps = np.where(steps == 0, 1, steps).astype(np.float32)   # a constant dimension: step 1
 
     def _read(self, calibration) -> np.ndarray:
+        if isinstance(calibration, (list, tuple)) or (not isinstance(calibration, (str, bytes, os.PathLike))
+                                                       and hasattr(calibration, "__array__")):
+            try:   # rows given as a list (of lists or arrays), or an array-like (a torch / jax array, a DataFrame)
+                calibration = np.asarray(calibration, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"calibration embeddings: a (rows, dim) array of floats or a .npy file's path "
+                                 f"({' '.join(str(exc).split())[:120]})") from None
         if isinstance(calibration, np.ndarray):
             values, where = calibration, "calibration embeddings"
+        elif not isinstance(calibration, (str, bytes, os.PathLike)):
+            raise InputError(f"calibration embeddings: a (rows, dim) array of floats or a .npy file's path, not "
+                             f"{type(calibration).__name__}")
         else:
             path = Path(calibration)
             try:

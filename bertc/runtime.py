@@ -62,6 +62,11 @@ def read_build(out) -> tuple[dict, dict]:
     return report, spec
 
 
+def _runtime_from(given: dict) -> "Runtime":
+    """:meth:`Runtime.__reduce__`'s: the Runtime of these arguments, in this process."""
+    return Runtime(**given)
+
+
 def _directory_identity(out: Path) -> tuple:
     """Which build ``out`` holds now: the (device, inode) of its directory and its report.json's (inode, mtime,
     ctime, size). ``bertc build --force`` puts a new directory at OUT, whose inode number may be the one just freed
@@ -579,6 +584,7 @@ class Runtime:
                  max_length: Optional[int] = None, similarity: bool = False, pair_prompt: Optional[str] = None,
                  pair_prompt_name: Optional[str] = None, rank: bool = False, embedding_precision: str = "float32",
                  calibration_embeddings=None):
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}   # what pickling sends
         from bertc.backends import Backend, provider_options
 
         self.out = _build_path(out)
@@ -733,7 +739,13 @@ class Runtime:
                              f"link pointed elsewhere); its files may be of two builds: create the Runtime again")
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()   # one engine for every thread, and the count below: see :meth:`run`
+        self._given = {**given, "out": os.path.abspath(os.fspath(out))}
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray
+
+    def __reduce__(self):
+        """A Runtime sent to another process (multiprocessing's spawn, a ProcessPoolExecutor) is made again there
+        from OUT with the same arguments (an ONNX Runtime session cannot be pickled): the worker reads OUT itself."""
+        return _runtime_from, (self._given,)
 
     def _other_artifact(self, device: str) -> str:
         """Where the chosen artifact's file cannot be read: the artifact :func:`choose_artifact` picks among those

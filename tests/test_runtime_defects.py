@@ -477,3 +477,31 @@ def test_a_build_replaced_while_a_runtime_reads_it_is_refused_not_mixed(builds, 
     link.symlink_to(out)
     runtime = bertc.Runtime(link)
     assert runtime.out == out.resolve()
+
+
+def test_a_runtime_sent_to_another_process_is_made_again_there(builds):
+    """pickle.dumps(Runtime) failed naming a lock or an ONNX Runtime session (spawn / forkserver pools, a
+    ProcessPoolExecutor): it is now made again in the receiving process from OUT with the same arguments."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    runtime = bertc.Runtime(builds["bert_seq_cls"], truncate=True, scores="sigmoid")
+    texts = ["a cat sat", "the dog ran fast"]
+    want = runtime.run(texts)
+    copy = pickle.loads(pickle.dumps(runtime))
+    assert copy is not runtime and copy.run(texts) == want and copy.scores == "sigmoid"
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        assert pool.submit(runtime.run, texts).result(timeout=300) == want
+
+
+def test_calibration_embeddings_as_rows_or_a_wrong_kind(builds):
+    runtime = bertc.Runtime(builds["st_bert_mean_norm"])
+    sample = runtime.run(["a cat", "a dog", "a car"])
+    rows = bertc.Runtime(builds["st_bert_mean_norm"], embedding_precision="int8",
+                         calibration_embeddings=sample.tolist())
+    arrays = bertc.Runtime(builds["st_bert_mean_norm"], embedding_precision="int8", calibration_embeddings=sample)
+    assert (rows.run(["a cat"]) == arrays.run(["a cat"])).all()
+    with pytest.raises(InputError, match=r"^calibration embeddings: a \(rows, dim\) array of floats or a .npy file's "
+                                         r"path, not dict$"):
+        bertc.Runtime(builds["st_bert_mean_norm"], embedding_precision="int8", calibration_embeddings={"a": 1})
