@@ -451,9 +451,15 @@ def _records(texts: Iterable, choices: bool = False, ranking: bool = False) -> I
         if choices:
             if not (isinstance(t, (tuple, list)) and len(t) in ((2,) if ranking else (2, 3))
                     and isinstance(t[-1], (tuple, list))):
-                raise InputError(f"{where}: " + ("a ranking takes (query, [document, ...]) tuples" if ranking else
-                                                 "a multiple-choice model takes (text, [choice, ...]) or (text, "
-                                                 "pair, [choice, ...]) tuples") + f", got {type(t).__name__}")
+                shape = ("a ranking takes (query, [document, ...]) tuples" if ranking else
+                         "a multiple-choice model takes (text, [choice, ...]) or (text, pair, [choice, ...]) tuples")
+                if isinstance(t, (tuple, list)) and len(t) in ((2,) if ranking else (2, 3)):   # the last is not a list
+                    what = "documents" if ranking else "choices"
+                    got = (f"its {what} are one string, not a list ([{t[-1]!r}] for one)" if isinstance(t[-1], str)
+                           else f"its {what} are {_kind_of(t[-1])}, not a list or tuple")
+                else:
+                    got = f"got {_kind_of(t)}" + (f" of {len(t)}" if isinstance(t, (tuple, list)) else "")
+                raise InputError(f"{where}: {shape}; {got}")
             options = _check_choices(list(t[-1]), where, ranking=ranking)
             t = t[0] if len(t) == 2 else tuple(t[:2])
         if isinstance(t, str):

@@ -486,6 +486,12 @@ def test_a_cross_encoder_ranks_each_querys_documents_as_its_rank_does(tmp_path_f
            EXIT_BAD_SPEC, "--documents-field: only a ranking (--rank) reads documents")
     with pytest.raises(InputError, match="text 1: a ranking takes \\(query, \\[document, ...\\]\\) tuples"):
         rt.run([("q", "stem", ["a"])])
+    # the row is a tuple: what is wrong is its documents (the message said "got tuple")
+    with pytest.raises(InputError, match=r"^text 1: a ranking takes \(query, \[document, ...\]\) tuples; its documents "
+                                         r"are one string, not a list \(\['abc'\] for one\)$"):
+        rt.run([("q", "abc")])
+    with pytest.raises(InputError, match=r"its documents are generator, not a list or tuple$"):
+        rt.run([("q", (d for d in ["a", "b"]))])
     from bertc.run_io import Record
 
     with pytest.raises(InputError, match="line 1: a ranking pairs its query with each document; drop the pair"):
