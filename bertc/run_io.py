@@ -975,6 +975,15 @@ def _open_partial(path: Path) -> tuple:
 _OWN_PARTIALS = threading.Lock()   # this process's temporary files: made (and locked) or judged stale one at a time
 
 
+def _own_partials_after_fork() -> None:   # a lock another thread held at fork() is never released in the child
+    global _OWN_PARTIALS
+    _OWN_PARTIALS = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_own_partials_after_fork)
+
+
 def _remove_stale_partials(path: Path) -> None:
     """Remove the temporary files (``.RESULT.partial-PID``) that runs to ``path`` killed outright (SIGKILL, the
     out-of-memory killer) left behind: each whose process is gone and that no process holds locked. A live run's

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -62,19 +63,34 @@ def read_build(out) -> tuple[dict, dict]:
     return report, spec
 
 
-def _runtime_from(given: dict) -> "Runtime":
-    """:meth:`Runtime.__reduce__`'s: the Runtime of these arguments, in this process."""
-    return Runtime(**given)
+# every Runtime of this process: a child of fork() gets fresh locks (one another thread held at the fork would
+# never be released there: the child hung at its first run)
+_RUNTIMES: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for runtime in list(_RUNTIMES):
+        runtime._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _directory_identity(out: Path) -> tuple:
     """Which build ``out`` holds now: the (device, inode) of its directory and its report.json's (inode, mtime,
     ctime, size). ``bertc build --force`` puts a new directory at OUT, whose inode number may be the one just freed
     (file systems reuse them): the report's own identity tells such builds apart."""
+    from bertc.output import _HOLD
+
     try:
         st, report = os.stat(out), os.stat(Path(out) / "report.json")
+        holding = [n for n in os.listdir(out) if n.startswith(_HOLD)]
     except OSError:
         return ()
+    if holding:   # a build replacing OUT's files one by one (a mount point, the working directory), or killed at it
+        raise InputError(f"{out}: a build is replacing its files in place ({holding[0]} holds the old ones), or was "
+                         f"killed while doing so: wait for it and create the Runtime again (or rebuild OUT)")
     return st.st_dev, st.st_ino, report.st_ino, report.st_mtime_ns, report.st_ctime_ns, report.st_size
 
 
@@ -590,7 +606,6 @@ class Runtime:
                  max_length: Optional[int] = None, similarity: bool = False, pair_prompt: Optional[str] = None,
                  pair_prompt_name: Optional[str] = None, rank: bool = False, embedding_precision: str = "float32",
                  calibration_embeddings=None):
-        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}   # what pickling sends
         from bertc.backends import Backend, provider_options
 
         self.out = _build_path(out)
@@ -745,13 +760,23 @@ class Runtime:
                              f"link pointed elsewhere); its files may be of two builds: create the Runtime again")
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()   # one engine for every thread, and the count below: see :meth:`run`
-        self._given = {**given, "out": os.path.abspath(os.fspath(out))}
+        _RUNTIMES.add(self)
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray
 
-    def __reduce__(self):
-        """A Runtime sent to another process (multiprocessing's spawn, a ProcessPoolExecutor) is made again there
-        from OUT with the same arguments (an ONNX Runtime session cannot be pickled): the worker reads OUT itself."""
-        return _runtime_from, (self._given,)
+    def __getstate__(self):
+        """A Runtime sent to another process (multiprocessing's spawn, a ProcessPoolExecutor) travels as what it read
+        (the model's bytes, the tokenizer, the labels): the same build there, whatever OUT holds by then. Its ONNX
+        Runtime session does not travel (the receiving process opens its own on first use); a worker that runs many
+        tasks is better given its own Runtime (an initializer) than one sent with every task."""
+        state = self.__dict__.copy()
+        state.pop("_engine", None)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._engine, self._lock = None, threading.Lock()
+        _RUNTIMES.add(self)
 
     def _other_artifact(self, device: str) -> str:
         """Where the chosen artifact's file cannot be read: the artifact :func:`choose_artifact` picks among those
@@ -774,7 +799,11 @@ class Runtime:
             return {}
         if isinstance(candidates, str):
             candidates = [c.strip() for c in candidates.split(",")]
-        candidates = [str(c).strip() for c in candidates]
+        wrong = [c for c in candidates if not isinstance(c, str)]   # None, bytes, 3.5: were scored as str() of them
+        if wrong:
+            raise InputError(f"candidate labels: each label is a string, not {_kind_of(wrong[0])} "
+                             f"({wrong[0]!r} in {list(candidates)!r})")
+        candidates = [c.strip() for c in candidates]
         if self.kind != "classification":
             raise InputError(f"candidate labels: zero-shot classification runs an NLI classifier (this model gives "
                              f"{self.kind} results)")

@@ -473,26 +473,64 @@ def test_a_build_replaced_while_a_runtime_reads_it_is_refused_not_mixed(builds, 
         bertc.Runtime(out)
     monkeypatch.setattr(runtime_module, "result_kind", real)
     assert bertc.Runtime(out).run(["a cat"])            # the new build, whole
+    # OUT a mount point or the working directory: a build replaces its files one by one, the old ones held in
+    # .bertc-replaced-*, and the directory stays: refused while that folder is there
+    (out / ".bertc-replaced-abc123").mkdir()
+    with pytest.raises(InputError, match=r"a build is replacing its files in place \(.bertc-replaced-abc123 holds"):
+        bertc.Runtime(out)
+    (out / ".bertc-replaced-abc123").rmdir()
     link = tmp_path / "current"
     link.symlink_to(out)
     runtime = bertc.Runtime(link)
     assert runtime.out == out.resolve()
 
 
-def test_a_runtime_sent_to_another_process_is_made_again_there(builds):
+def test_a_runtime_sent_to_another_process_is_the_same_build_there(builds, tmp_path):
     """pickle.dumps(Runtime) failed naming a lock or an ONNX Runtime session (spawn / forkserver pools, a
-    ProcessPoolExecutor): it is now made again in the receiving process from OUT with the same arguments."""
+    ProcessPoolExecutor). It travels as what it read: the same build in the receiving process, whatever OUT holds."""
     import pickle
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    runtime = bertc.Runtime(builds["bert_seq_cls"], truncate=True, scores="sigmoid")
+    out = tmp_path / "out"
+    shutil.copytree(builds["bert_seq_cls"], out)
+    runtime = bertc.Runtime(out, truncate=True, scores="sigmoid")
     texts = ["a cat sat", "the dog ran fast"]
     want = runtime.run(texts)
-    copy = pickle.loads(pickle.dumps(runtime))
+    sent = pickle.dumps(runtime)
+    shutil.rmtree(out)   # OUT gone (or rebuilt) before the copy is made: it never reads OUT
+    copy = pickle.loads(sent)
     assert copy is not runtime and copy.run(texts) == want and copy.scores == "sigmoid"
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         assert pool.submit(runtime.run, texts).result(timeout=300) == want
+
+
+def test_a_child_forked_while_another_thread_held_the_runtime_lock_runs(builds):
+    """gunicorn --preload: a warm-up thread building the engine (holding the Runtime's lock) when the server
+    forked left the lock held for ever in the child, which hung at its first run."""
+    import os
+    import signal
+
+    runtime = bertc.Runtime(builds["st_bert_mean_norm"])
+    want = runtime.run(["a request"])
+    fresh = bertc.Runtime(builds["st_bert_mean_norm"])
+    fresh._lock.acquire()   # as the warm-up thread holds it at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:   # pragma: no cover (the child)
+            signal.alarm(60)
+            code = 0 if np.array_equal(fresh.run(["a request"]), want) else 3
+            os._exit(code)
+    finally:
+        fresh._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_candidate_labels_that_are_not_strings_are_refused(builds):
+    with pytest.raises(InputError, match=r"^candidate labels: each label is a string, not None \(None in "
+                                         r"\['sports', None\]\)$"):
+        bertc.Runtime(builds["bert_seq_cls"], candidate_labels=["sports", None])
 
 
 def test_calibration_embeddings_as_rows_or_a_wrong_kind(builds):
