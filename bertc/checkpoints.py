@@ -568,19 +568,28 @@ def open_checkpoint(path: Path) -> Checkpoint:
                        f"pytorch_model.bin.index.json), a TensorFlow checkpoint, or a bertc .keras file")
 
 
+# the files of a Hugging Face / sentence-transformers directory that bertc reads (weights, configs, tokenizers), and
+# the folders of one it never does
+READ_SUFFIXES = frozenset({".safetensors", ".bin", ".json", ".txt", ".model", ".pt", ".pth"})
+UNREAD_FOLDERS = frozenset({"onnx", "openvino", "runs", "logs"})
+
+
 def refuse_git_lfs_pointers(root: Path) -> None:
     """:class:`WeightsError` naming every Git LFS pointer among the files of a checkpoint directory ``root`` and
     its subfolders one level down (sentence-transformers' modules): a clone made without Git LFS leaves pointers in
     place of the weights and, on the Hub, of large tokenizer files, which would otherwise fail one by one as
     unreadable files."""
     files = [p for p in Path(root).iterdir() if p.is_file()] if Path(root).is_dir() else []
-    for sub in (p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) \
+    for sub in (p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")
+                and p.name not in UNREAD_FOLDERS and not p.name.startswith("checkpoint-")) \
             if Path(root).is_dir() else ():
         try:
             files += [p for p in sub.iterdir() if p.is_file()]
         except OSError:
             continue
-    pointers = [p for p in sorted(files) if git_lfs_pointer(p)]
+    # only what an import or a build reads: pointers in place of files bertc never opens (onnx/, tf_model.h5, flax)
+    # are a clone's normal state after `git lfs pull --include model.safetensors,tokenizer.json`
+    pointers = [p for p in sorted(files) if p.suffix in READ_SUFFIXES and git_lfs_pointer(p)]
     if pointers:
         shown = ", ".join(str(p.relative_to(root)) for p in pointers[:6]) + \
             (f" and {len(pointers) - 6} more" if len(pointers) > 6 else "")

@@ -255,6 +255,13 @@ class Engine:
                     raise InputError(f"{r.where}: cannot be cut to the model's maximum of {self.parts.max_len} "
                                      f"tokens ({' '.join(str(exc).split())})") from None
             raise
+        pair_special = self.tokenizer.num_special_tokens_to_add(True)
+        for r in records:   # a pair needs a token of each text beside its special tokens (a zero-shot hypothesis:
+            # its own message below), or the tokenizers library cuts both to nothing and the row is scored anyway
+            if r.pair is not None and self.parts.kind != "zero_shot" and self.parts.max_len < pair_special + 2 \
+                    and not self.windowed(r):
+                raise InputError(f"{r.where}: max_length {self.parts.max_len} leaves no room for a pair's texts: the "
+                                 f"tokenizer adds {pair_special} special tokens to a pair (at least {pair_special + 2})")
         for r, e in zip(records, encodings):
             if len(e.ids) > self.parts.max_len:   # truncation the tokenizers library ignored (a pair's specials)
                 raise InputError(f"{r.where}: cannot be cut to {self.parts.max_len} tokens: the tokenizer adds "

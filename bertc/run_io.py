@@ -964,20 +964,25 @@ def _open_partial(path: Path) -> tuple:
         for n in range(1, 100):   # the PID and ".N" keep within _PID_ROOM (a PID has at most 7 digits)
             tmp = path.with_name(f"{prefix}{pid}" + (f".{n}" if n > 1 else ""))
             try:
-                f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+                f = open(tmp, "xb")   # created exclusively
             except FileExistsError:
                 continue
             _lock(f)   # held while it is written: a later run sees that it is not stale (from another machine too)
+            _MINE.add(str(tmp))
             return f, tmp
     raise OSError(errno.EEXIST, f"99 writers of this process already write {path.name}")
 
 
 _OWN_PARTIALS = threading.Lock()   # this process's temporary files: made (and locked) or judged stale one at a time
+# the temporary files this process made: never stale to it, whatever locks say (per-process locks on a network file
+# system, none at all); a file with this PID that is not among them is an earlier process's (PID reuse, PID 1)
+_MINE: set = set()
 
 
 def _own_partials_after_fork() -> None:   # a lock another thread held at fork() is never released in the child
-    global _OWN_PARTIALS
+    global _OWN_PARTIALS, _MINE
     _OWN_PARTIALS = threading.Lock()
+    _MINE = set()   # the parent's writers' files: not the child's (its own PID differs anyway)
 
 
 if hasattr(os, "register_at_fork"):
@@ -995,14 +1000,17 @@ def _remove_stale_partials(path: Path) -> None:
         return
     for name in names:
         stale, pid = path.parent / name, _partial_pid(name[len(prefix):])
-        own = pid == os.getpid()   # another thread's, live (locked), or an earlier process's with this PID (PID 1)
+        own = pid == os.getpid()   # another thread's (live), or an earlier process's with this PID (PID 1)
         if not own and _process_alive(pid):
             continue
         try:
-            with _OWN_PARTIALS if own else contextlib.nullcontext(), open(stale, "rb+") as f:
-                if not _lock(f):   # a live run's: a thread of this process, or on another machine
+            with _OWN_PARTIALS if own else contextlib.nullcontext():
+                if own and str(stale) in _MINE:   # this process's, being written
                     continue
-                stale.unlink()
+                with open(stale, "rb+") as f:
+                    if not _lock(f):   # a live run's, on another machine
+                        continue
+                    stale.unlink()
         except OSError:   # gone already, or not ours to open: left alone
             continue
 
@@ -1117,6 +1125,9 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        with _OWN_PARTIALS:
+            _MINE.discard(str(tmp))
 
 
 def stderr_is_terminal() -> bool:

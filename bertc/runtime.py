@@ -78,20 +78,23 @@ if hasattr(os, "register_at_fork"):
 
 
 def _directory_identity(out: Path) -> tuple:
-    """Which build ``out`` holds now: the (device, inode) of its directory and its report.json's (inode, mtime,
-    ctime, size). ``bertc build --force`` puts a new directory at OUT, whose inode number may be the one just freed
-    (file systems reuse them): the report's own identity tells such builds apart."""
+    """Which build ``out`` holds now: the (device, inode) of its directory, and its report's creation time and file
+    manifest (``bertc build --force`` puts a new directory at OUT, whose inode number may be the one just freed:
+    the report tells such builds apart; ``bertc parity OUT`` rewrites report.json, and changes neither)."""
     from bertc.output import _HOLD
 
     try:
-        st, report = os.stat(out), os.stat(Path(out) / "report.json")
+        st = os.stat(out)
         holding = [n for n in os.listdir(out) if n.startswith(_HOLD)]
-    except OSError:
+        report = json.loads((Path(out) / "report.json").read_text())
+    except (OSError, ValueError):
         return ()
     if holding:   # a build replacing OUT's files one by one (a mount point, the working directory), or killed at it
         raise InputError(f"{out}: a build is replacing its files in place ({holding[0]} holds the old ones), or was "
                          f"killed while doing so: wait for it and create the Runtime again (or rebuild OUT)")
-    return st.st_dev, st.st_ino, report.st_ino, report.st_mtime_ns, report.st_ctime_ns, report.st_size
+    made = report.get("created") if isinstance(report, dict) else None
+    files = json.dumps(report.get("manifest"), sort_keys=True, default=str) if isinstance(report, dict) else ""
+    return st.st_dev, st.st_ino, made, files
 
 
 def tokenizer_max_length(report: dict) -> Optional[int]:

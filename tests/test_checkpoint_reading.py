@@ -240,6 +240,11 @@ def test_git_lfs_pointers_are_named_as_such(tmp_path, capfd):
     assert "git lfs pull" in err and not (tmp_path / "st.json").exists()
     shutil.copy(ROOT / "tests" / "fixtures" / "hf" / "st_bert_mean_norm" / "tokenizer.json", src / "tokenizer.json")
     shutil.copy(tmp_path / "good.safetensors", src / "model.safetensors")
+    # pointers in place of what bertc never reads: a clone after `git lfs pull --include model.safetensors,...`
+    (src / "onnx").mkdir()
+    (src / "onnx" / "model.onnx").write_bytes(POINTER)
+    (src / "tf_model.h5").write_bytes(POINTER)
+    (src / "flax_model.msgpack").write_bytes(POINTER)
     assert main(["import", str(src), "-o", str(tmp_path / "st.json")]) == 0
     (src / "model.safetensors").write_bytes(POINTER)     # the pointer comes back after the import (a re-clone)
     with pytest.raises(WeightsError, match=r"model\.safetensors: a Git LFS pointer \(\d+ bytes\), not the file"):

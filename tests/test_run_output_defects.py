@@ -132,12 +132,12 @@ class _ShortFile:
 
 
 def _patch_open(monkeypatch, wrap):
-    """run_io's open() of the temporary result (mode "wb") gives ``wrap(file)``."""
+    """run_io's open() of the temporary result (mode "xb": created exclusively) gives ``wrap(file)``."""
     real = open
 
     def fake(path, mode="r", *args, **kwargs):
         f = real(path, mode, *args, **kwargs)
-        return wrap(f) if mode == "wb" else f
+        return wrap(f) if mode in ("wb", "xb") else f
 
     monkeypatch.setattr(run_io, "open", fake, raising=False)
 

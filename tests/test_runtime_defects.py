@@ -432,11 +432,16 @@ def test_a_max_length_below_the_special_tokens_is_refused(builds, name):
 def test_a_row_the_tokenizer_did_not_cut_never_reaches_the_model(builds):
     """The tokenizers library ignores a truncation it cannot meet (a RoBERTa pair's 4 special tokens in 3): the row
     came out longer than max_length and reached ONNX Runtime; it is named instead (simulated: truncation off)."""
-    runtime = bertc.Runtime(builds["bert_seq_cls"], max_length=4, truncate=True)
+    runtime = bertc.Runtime(builds["bert_seq_cls"], max_length=5, truncate=True)
     runtime.engine.tokenizer.no_truncation()
-    with pytest.raises(InputError, match=r"^text 1: cannot be cut to 4 tokens: the tokenizer adds 3 special tokens to "
+    with pytest.raises(InputError, match=r"^text 1: cannot be cut to 5 tokens: the tokenizer adds 3 special tokens to "
                                          r"a pair \(max_length too small\)$"):
         runtime.run([("the cat sat on the mat", "a dog ran")])
+    # a pair with room for its special tokens alone was cut to [CLS] [SEP] [SEP] and scored (the same for every row)
+    with pytest.raises(InputError, match=r"^text 1: max_length 4 leaves no room for a pair's texts: the tokenizer adds "
+                                         r"3 special tokens to a pair \(at least 5\)$"):
+        bertc.Runtime(builds["bert_seq_cls"], max_length=4, truncate=True).run([("the cat sat", "a dog ran")])
+    assert len(bertc.Runtime(builds["bert_seq_cls"], max_length=4, truncate=True).run(["the cat sat"])) == 1
 
 
 def test_a_dataframe_is_refused_not_read_as_its_column_names(builds):
