@@ -659,7 +659,8 @@ class _CsvWriter:
 
     def write(self, rows, kept=None) -> None:
         if self.kind == "embedding":
-            self.writer.writerows([f"{v:.7g}" for v in r] for r in rows)
+            # each value's shortest text that reads back as the same float32 (".7g" lost up to 6e-8)
+            self.writer.writerows(map(str, r) for r in rows)
         else:
             kept = kept if self.keep else [()] * len(rows)
             self.writer.writerows([*map(_kept_csv, k), *(_result_csv(r[c]) for c in self.columns)]

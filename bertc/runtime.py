@@ -329,7 +329,8 @@ def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str
     config.json ``sentence_transformers.activation_fn`` or the older ``sbert_ce_default_activation_function``:
     Sigmoid, or Identity for raw scores such as ms-marco's); else
     transformers' text-classification pipeline: ``problem_type`` regression raw, multi-label or a single class
-    sigmoid, otherwise softmax."""
+    sigmoid (a single class whatever its problem_type says: the softmax of one logit is always 1), otherwise
+    softmax."""
     for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):   # CrossEncoder, v5 on
         activation = config.get("activation_fn")
         if config.get("model_type") == "CrossEncoder" and activation in _CROSS_ENCODER:
@@ -345,7 +346,7 @@ def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str
             return "raw", "problem_type regression"
         if problem == "multi_label_classification":
             return "sigmoid", "problem_type multi_label_classification"
-        if problem == "single_label_classification":
+        if problem == "single_label_classification" and classes != 1:   # the pipeline: one class is sigmoid first
             return "softmax", "problem_type single_label_classification"
         break
     if classes == 1:

@@ -388,6 +388,10 @@ def test_one_class_scores_by_sigmoid_and_scores_can_be_chosen(builds, tmp_path, 
 
     assert score_function(tmp_path, {}, 1) == ("sigmoid", "one class")
     assert score_function(tmp_path, {}, 3) == ("softmax", "one label per text")
+    (tmp_path / "checkpoint_config.json").write_text(json.dumps({"problem_type": "single_label_classification"}))
+    assert score_function(tmp_path, {}, 1)[0] == "sigmoid"      # as the pipeline: one class before problem_type
+    assert score_function(tmp_path, {}, 3)[0] == "softmax"
+    (tmp_path / "checkpoint_config.json").unlink()
     out = builds["bert_seq_cls"]
     (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
     assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl"), "--artifact", "onnx",
@@ -1042,8 +1046,8 @@ def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
     # a question that leaves the context no room is refused naming its line; --doc-stride only where it applies
     text.write_text("the cat sat on the mat and the dog ran fast on the road\ta dog\n")
     _fails(["run", str(out), str(text), "-o", str(result), "--force", "-q"], capsys, EXIT_BAD_SPEC,
-           f"{text}: line 1: the question alone takes 14 of the model's 16 tokens (3 more are special tokens); "
-           "no room is left for the context")
+           f"{text}: line 1: the question (14 tokens) and the special tokens (3) leave no room for the context in a "
+           "row of max_length 16 tokens")
     with pytest.raises(InputError, match="doc_stride 2: only a span labeler or a token classifier reads"):
         bertc.Runtime(builds["bert_seq_cls"], doc_stride=2)
     with pytest.raises(InputError, match="doc_stride -1: 0 or more"):

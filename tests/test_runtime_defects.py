@@ -352,6 +352,42 @@ def test_a_long_texts_prefix_keeps_exactly_the_tokens_of_the_whole(monkeypatch, 
     only depends on which is the longer: checked against the tokenizer on pairs short enough to encode whole), one
     of them both texts long at an odd and an even room."""
     import random
+
+    rng = random.Random(fixture)
+    vocabulary = "the cat sat on a mat dog ran fast , . ! big red car naïve 东京 12 34 x-y don't".split()
+
+    def text(n):
+        out = ""
+        while len(out) < n:
+            out += rng.choice(vocabulary) + rng.choice([" ", " ", "  ", "\n", "\t"])
+        return out
+
+    assert _shortened_as_whole(monkeypatch, fixture, text, rng) >= 20
+
+
+@pytest.mark.parametrize("fixture", TOKENIZERS)
+def test_a_long_text_without_spaces_is_cut_too_and_keeps_the_tokens_of_the_whole(monkeypatch, fixture):
+    """A QA report: a pair of two long texts without ASCII spaces (Chinese) was tokenized whole, with the product of
+    both texts' truncation windows (3.3 GB for 19,000 characters each, then killed); a 6 MB line of it took 1 GB.
+    Such texts are cut between characters (words of Chinese, Thai, Latin letters, combining accents, emoji run
+    together) and still give the tokens and the overflow of the whole."""
+    import random
+
+    rng = random.Random(fixture + "nospace")
+    vocabulary = ["东京", "大学", "的", "猫", "ภาษาไทย", "naïve", "cafe\u0301", "数据", "🙂", "x", "，", "。", "12"]
+
+    def text(n):
+        out = ""
+        while len(out) < n:
+            out += rng.choice(vocabulary)
+        return out
+
+    assert _shortened_as_whole(monkeypatch, fixture, text, rng) >= 20
+
+
+def _shortened_as_whole(monkeypatch, fixture, text, rng) -> int:
+    """How many of Engine._shortened's texts and pairs of ``text(n)`` characters were cut, each checked to give the
+    tokens of the whole (see the tests above)."""
     import types
 
     import tokenizers
@@ -362,15 +398,6 @@ def test_a_long_texts_prefix_keeps_exactly_the_tokens_of_the_whole(monkeypatch, 
     monkeypatch.setattr(engine_code, "LONG_TEXT_CHARS_PER_TOKEN", 4)
     monkeypatch.setattr(engine_code, "COUNT_CHARS", 700)
     monkeypatch.setattr(engine_code, "PREFIX_CHARS", 200)
-    rng = random.Random(fixture)
-    vocabulary = "the cat sat on a mat dog ran fast , . ! big red car naïve 东京 12 34 x-y don't".split()
-
-    def text(n):
-        out = ""
-        while len(out) < n:
-            out += rng.choice(vocabulary) + rng.choice([" ", " ", "  ", "\n", "\t"])
-        return out
-
     source = (Path(__file__).resolve().parent / "fixtures" / "hf" / fixture / "tokenizer.json").read_text()
     cut = 0
     for max_len in (24, 25):
@@ -412,7 +439,7 @@ def test_a_long_texts_prefix_keeps_exactly_the_tokens_of_the_whole(monkeypatch, 
                 assert bool(got.overflowing) == (sum(n) > room)
                 if sum(len(t) for t in x) < 200:   # the rule above is the tokenizer's
                     assert got.ids == engine.tokenizer.encode(*x).ids
-    assert cut >= 20
+    return cut
 
 
 @pytest.mark.parametrize("name", ["st_bert_mean_norm", "bert_seq_cls", "bert_qa"])
