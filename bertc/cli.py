@@ -752,6 +752,8 @@ def _click_too_old() -> Optional[str]:
 def main(argv=None) -> int:
     """Run the CLI; the exit codes are those of :mod:`bertc.errors` (its docstring has the table)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stderr is None:   # started with 2>&-: print(file=sys.stderr) would write to standard output (--json's)
+        sys.stderr = open(os.devnull, "w")
     old = _click_too_old()
     if old is not None:
         _err(f"error: {old}")
@@ -775,7 +777,13 @@ def main(argv=None) -> int:
         _err(f"error: {exc}")
         return exc.exit_code
     except SystemExit as exc:
+        if exc.code == 1 and isinstance(sys.stdout, click.utils.PacifyFlushWrapper):   # Click's own EPIPE exit
+            return EXIT_BROKEN_PIPE   # `bertc list | true`: as `bertc run -o - | head` (1 is "checks failed")
         return int(exc.code or 0)
+    except BrokenPipeError:   # a write to standard output outside Click's guard
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         _err("interrupted; nothing was written")
         return EXIT_INTERRUPTED

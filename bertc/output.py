@@ -278,13 +278,42 @@ def _move(src: Path, dst: Path) -> None:
         src.unlink()
 
 
-def is_build(out: Path) -> bool:
-    """Whether the directory ``out`` may be replaced by a build: empty, or what a build wrote (its report.json);
-    anything else (a checkpoint's folder, the user's files) is refused, however forced."""
+# what bertc writes into a build's directory besides the files of its manifest: the report and summary (not in the
+# manifest), ``bertc bench``'s figures and chart
+BUILD_EXTRAS = ("report.json", "summary.txt", "bench.json", "bench.png")
+
+
+def not_a_build(out: Path) -> Optional[str]:
+    """Why the directory ``out`` may not be replaced by a build (None: it may): it must be empty, or hold what a
+    build wrote and nothing else: bertc's report.json (with its file manifest), the files that manifest lists,
+    :data:`BUILD_EXTRAS` and bertc's own temporary names. A folder that merely holds a file named report.json (a
+    project, a git repository, results) is the user's: refused, however forced, naming what is not a build's."""
     try:
-        return (out / "report.json").is_file() or not any(out.iterdir())
-    except OSError:
-        return False
+        entries = [e.name for e in out.iterdir()]
+    except OSError as exc:
+        return f"cannot list it: {exc.strerror or exc}"
+    if not entries:
+        return None
+    if "report.json" not in entries:
+        return "no report.json"
+    try:
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        files = report["manifest"]["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its report.json is not a bertc build's report with a file manifest"
+    ours = {str(name).split("/")[0] for name in files} | set(BUILD_EXTRAS)
+    other = sorted(e for e in entries if e not in ours and not e.startswith((_HOLD, _PART)) and not e.endswith(".partial"))
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        return f"it holds what no build wrote: {shown}"
+    return None
+
+
+def is_build(out: Path) -> bool:
+    """Whether the directory ``out`` may be replaced by a build (:func:`not_a_build`)."""
+    return not_a_build(out) is None
 
 
 def _passed(path: Path) -> bool:
@@ -356,8 +385,9 @@ class StagedOutput:
             raise OutputError(f"{self.given} exists and is not a directory; -o names the build's output directory")
         if self.out.exists() and not force:
             raise OutputError(f"{self.given} already exists; pass --force to replace it")
-        if self.out.exists() and not is_build(self.out):   # a checkpoint, a data folder: never ours to remove
-            raise OutputError(f"{self.given} exists and is not a bertc build (no report.json): --force replaces only "
+        why = not_a_build(self.out) if self.out.exists() else None
+        if why is not None:   # a checkpoint, a data folder: never ours to remove
+            raise OutputError(f"{self.given} exists and is not a bertc build ({why}): --force replaces only "
                               f"a build's output; choose another -o, or remove it yourself")
         self.force = force
         self.existed = os.path.lexists(self.out)   # what the swap may replace was there at the start
@@ -436,8 +466,9 @@ class StagedOutput:
         meanwhile = "appeared while the build ran" if appeared else "changed while the build ran"
         if self.out.is_symlink() or not self.out.is_dir():
             return f"{self.given} {meanwhile} and is not a directory; --force replaces only a build's output"
-        if not is_build(self.out):
-            return (f"{self.given} {meanwhile} and is not a bertc build (no report.json); --force replaces only a "
+        why = not_a_build(self.out)
+        if why is not None:
+            return (f"{self.given} {meanwhile} and is not a bertc build ({why}); --force replaces only a "
                     f"build's output")
         return None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 @contextlib.contextmanager
 def native_stderr_to(path: Path | None):
     """Redirect fd 2 to ``path`` (appending); Python's own ``sys.stderr`` still reaches the console."""
-    if path is None or os.environ.get("BERTC_DEBUG") == "1":
+    if path is None or os.environ.get("BERTC_DEBUG") == "1" or sys.stderr is None:   # started with 2>&-
         yield
         return
     try:

@@ -261,6 +261,8 @@ def _choices(row: dict, spec: InputSpec, loc: str) -> tuple:
 
 def _open_binary(spec: InputSpec):
     if spec.stdin:
+        if sys.stdin is None:   # started with <&-
+            raise InputError("-: standard input is closed; pipe the input in, or name the input file")
         return contextlib.nullcontext(sys.stdin.buffer)
     return open(spec.path, "rb")
 
@@ -1090,6 +1092,10 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         return
     given, path = path, _followed(path)   # a link: its target is written (beside it, the temporary file)
     where = str(given) if path == given else f"{given} (a link to {path})"   # RESULT in messages
+    if path.exists() and not path.is_dir() and not path.is_file():   # /dev/null, a named pipe, a socket
+        raise OutputError(f"{where} is not a regular file (a device, a pipe or a socket): a result is written beside "
+                          f"RESULT and renamed over it, which would replace it (--force does not change that); to "
+                          f"stream the result, write it to standard output: -o - (jsonl or csv) and redirect it")
     if path.exists() and not force:
         raise OutputError(f"{where} already exists; pass --force to replace it")
     if path.is_dir():

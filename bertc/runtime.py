@@ -59,6 +59,13 @@ def read_build(out) -> tuple[dict, dict]:
     if not isinstance(report, dict) or "artifacts" not in report or "outputs" not in report:
         raise InputError(f"{out}/report.json: not a bertc build report (no artifacts / outputs)")
     if report.get("status") != "passed":
+        parity = report.get("parity") if isinstance(report.get("parity"), dict) else {}
+        override = parity.get("tolerance_override")
+        if isinstance(override, dict):   # bertc parity OUT --atol X: a diagnostic verdict, the build unchanged
+            tolerances = " ".join(f"--{k} {v}" for k, v in override.items() if v is not None)
+            raise InputError(f"{out}: the build's status is {report.get('status')!r}: its last parity run "
+                             f"({tolerances}) judged it under other tolerances than its spec's; `bertc parity {out}` "
+                             f"judges it again by its spec")
         raise InputError(f"{out}: the build's status is {report.get('status')!r}, not 'passed'; rebuild it")
     return report, spec
 
@@ -321,6 +328,9 @@ def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[lis
 SCORES = ("softmax", "sigmoid", "raw")
 # a sentence-transformers CrossEncoder's activation (config.json) -> the scores it gives
 _CROSS_ENCODER = {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.modules.linear.Identity": "raw"}
+
+
+MAX_THREADS = 64   # the most intra-op threads a Runtime takes, or 4 a core where that is more
 
 
 def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str, str]:
@@ -637,6 +647,10 @@ class Runtime:
         batch_size, window = _whole("batch_size", batch_size, 1, False), _whole("window", window, 1, False)
         max_batch_tokens = _whole("max_batch_tokens", max_batch_tokens, 1, False)
         threads, top_k = _whole("threads", threads, 1), _whole("top_k", top_k)
+        most = max(MAX_THREADS, 4 * (os.cpu_count() or 1))
+        if threads is not None and threads > most:   # 3,000 on 2 cores: minutes creating the pool, deaf to SIGTERM
+            raise InputError(f"threads {threads}: more than {most} ONNX Runtime threads (4 a core of this machine's "
+                             f"{os.cpu_count()}, at least {MAX_THREADS}) only slow a run down; one a core is fastest")
         doc_stride, max_length = _whole("doc_stride", doc_stride), _whole("max_length", max_length)
         counted = ("fill_mask", "span") + (("classification", "embedding") if rank else ())
         if top_k is not None and (self.kind not in counted or top_k < 1):
@@ -922,6 +936,19 @@ class Runtime:
                 np.zeros((0, self.precision.width(dim) if isinstance(dim, int) else 0), self.precision.dtype)
         return results
 
+    def _own_file(self, result_path) -> Optional[str]:
+        """The name of the build's file that ``result_path`` is (through links and other spellings), or None: a
+        result written over OUT's model or report (``-o OUT/model.optimized.onnx --force``) left a damaged build."""
+        from bertc.output import BUILD_EXTRAS
+
+        try:
+            where = Path(os.path.realpath(result_path))
+            inside = where.relative_to(Path(os.path.realpath(self.out))).as_posix()
+        except (OSError, ValueError):
+            return None
+        files = set((self.report.get("manifest") or {}).get("files") or {}) | set(BUILD_EXTRAS)
+        return inside if inside in files or inside.split("/")[0] in {f.split("/")[0] for f in files} else None
+
     def run_file(self, input_path, result_path, *, input_format: Optional[str] = None, text_field: str = "text",
                  pair_field: Optional[str] = None, result_format: Optional[str] = None, force: bool = False,
                  progress: Optional[Callable[[int], None]] = None, total_hint: Optional[Callable[[int], None]] = None,
@@ -950,6 +977,10 @@ class Runtime:
                 and os.path.samefile(spec.path, result_path):   # a link or another spelling of the same file too
             raise OutputError(f"-o {result_path}: is the input {spec.path} itself; the result would replace the "
                               f"input (--force does not change that): write the result to another file")
+        own = self._own_file(result_path) if str(result_path) != run_io.STDIO else None
+        if own is not None:
+            raise OutputError(f"-o {result_path}: is the build's own {own}; the result would replace it (--force "
+                              f"does not change that): write the result outside {self.out}")
         if total_hint:
             total_hint(run_io.count_rows(spec))
         rows = 0

@@ -85,8 +85,14 @@ def test_existing_output_is_kept_without_force(built, tmp_spec, capsys):
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export"]) == EXIT_OUTPUT
     assert "already exists; pass --force" in capsys.readouterr().err
     assert marker.read_text() == "keep me"
+    # forced, a build holding what no build wrote (the user's file) is refused too, naming it (a QA report: a
+    # project folder holding a report.json of its own, a git repository, was replaced by --force)
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export", "--force"]) == EXIT_OUTPUT
+    assert "is not a bertc build (it holds what no build wrote: mine.txt)" in capsys.readouterr().err
+    assert marker.read_text() == "keep me"
+    marker.unlink()
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export", "--force"]) == 0
-    assert not marker.exists() and (built / "report.json").exists()
+    assert (built / "report.json").exists()
 
 
 def test_force_never_replaces_what_a_build_or_an_import_did_not_write(tmp_spec, tmp_path, capsys):

@@ -19,7 +19,7 @@ NO_SPACE = os.strerror(errno.ENOSPC)
 def _earlier_build(out: Path) -> dict:
     """What an earlier build left at OUT (a report.json makes it a build's): {name: bytes}."""
     out.mkdir()
-    (out / "report.json").write_text(json.dumps({"status": "passed", "marker": "earlier"}))
+    (out / "report.json").write_text(json.dumps({"status": "passed", "marker": "earlier", "manifest": {"files": {"model.onnx": {}}}}))
     (out / "model.onnx").write_text("earlier")
     return {p.name: p.read_bytes() for p in out.iterdir()}
 

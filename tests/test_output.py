@@ -73,7 +73,7 @@ def _fail_into(out: Path, marker: str = "new") -> _Failed:
     """A build of ``out`` that ran (its staging has a report.json) and then failed: where did its report go?"""
     try:
         with StagedOutput(out) as staging:
-            (staging / "report.json").write_text(json.dumps({"status": "failed", "marker": marker}))
+            (staging / "report.json").write_text(json.dumps({"status": "failed", "marker": marker, "manifest": {"files": {}}}))
             raise _Failed()
     except _Failed as exc:
         return exc
@@ -102,7 +102,7 @@ def test_failed_build_keeps_users_out_failed_and_its_own_report(tmp_path):
     assert _fail_into(tmp_path / "ok").kept_instead_of is None and (tmp_path / "ok.failed" / "report.json").exists()
     # a successful build removes its stale failed report, never the user's folder
     with StagedOutput(out) as staging:
-        (staging / "report.json").write_text("{}")
+        (staging / "report.json").write_text(json.dumps({"manifest": {"files": {}}}))
     assert (users / "notes.txt").read_text() == "precious" and not (tmp_path / "gg.failed-2").exists()
     assert not list(tmp_path.glob(".gg.*"))
 
@@ -132,7 +132,7 @@ def test_out_that_is_a_file_is_an_output_error(tmp_spec, tmp_path, capsys):
 
 def _fake_build(path: Path, marker: str = "old") -> Path:
     path.mkdir()
-    (path / "report.json").write_text(json.dumps({"marker": marker}))
+    (path / "report.json").write_text(json.dumps({"marker": marker, "manifest": {"files": {f"{marker}.txt": {}}}}))
     (path / f"{marker}.txt").write_text(marker)
     return path
 
@@ -143,7 +143,7 @@ def test_forced_build_through_a_link_replaces_the_target_and_keeps_the_link(tmp_
     link.symlink_to("real")
     with StagedOutput(link, force=True) as staging:
         assert staging.parent == tmp_path and staging.name.startswith(".real.tmp-")
-        (staging / "report.json").write_text(json.dumps({"marker": "new"}))
+        (staging / "report.json").write_text(json.dumps({"marker": "new", "manifest": {"files": {}}}))
         # the same directory by its own path is the same OUT: one build at a time
         with pytest.raises(OutputError, match="is being written by another bertc build"):
             with StagedOutput(real, force=True):
@@ -158,6 +158,8 @@ def test_forced_build_onto_a_mount_point_replaces_its_contents(tmp_path, monkeyp
     out = _fake_build(tmp_path / "out")
     (out / "sub").mkdir()
     (out / "sub" / "old.bin").write_text("old")
+    (out / "report.json").write_text(json.dumps({"marker": "old", "manifest": {"files": {"old.txt": {},
+                                                                                        "sub/old.bin": {}}}}))
     real_replace = os.replace
 
     def replace(src, dst):
@@ -171,7 +173,7 @@ def test_forced_build_onto_a_mount_point_replaces_its_contents(tmp_path, monkeyp
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(os, "rename", replace)
     with StagedOutput(out, force=True) as staging:
-        (staging / "report.json").write_text(json.dumps({"marker": "new"}))
+        (staging / "report.json").write_text(json.dumps({"marker": "new", "manifest": {"files": {}}}))
         (staging / "model.onnx").write_text("onnx")
         (staging / "sub").mkdir()
         (staging / "sub" / "new.bin").write_text("new")
@@ -191,3 +193,30 @@ def test_forced_build_into_the_working_directory(tmp_spec, tmp_path, monkeypatch
     assert not (out / "old.txt").exists() and "manifest" in json.loads((out / "report.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["model.keras", "report.json", "spec.json", "summary.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bd", "spec.json"]
+
+
+def test_force_never_replaces_a_folder_that_merely_holds_a_report_json(tmp_spec, tmp_path, capsys):
+    """A QA report: a project folder (a git repository, notes, sources) holding a report.json of its own was replaced
+    by ``bertc build -o it --force``, exit 0; a failed build put its report into the user's ``OUT.failed`` holding
+    data.csv and a report.json, removing data.csv. A build's folder is bertc's report with its manifest and the files
+    it lists, nothing else."""
+    project = tmp_path / "myproject"
+    (project / ".git").mkdir(parents=True)
+    (project / "notes.txt").write_text("precious")
+    (project / "report.json").write_text(json.dumps({"status": "passed", "quarter": 3}))
+    before = sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(project), "--force", "-q", "--no-export"]) == 5
+    err = capsys.readouterr().err
+    assert "is not a bertc build (its report.json is not a bertc build's report with a file manifest)" in err
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == before
+    # a bertc report listing its files, with one more of the user's beside them: refused, naming it
+    (project / "report.json").write_text(json.dumps({"manifest": {"files": {"notes.txt": {}}}}))
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(project), "--force", "-q", "--no-export"]) == 5
+    assert "(it holds what no build wrote: .git)" in capsys.readouterr().err
+    # the user's results.failed holding a report.json: a failed build keeps its report elsewhere
+    users = tmp_path / "results.failed"
+    users.mkdir()
+    (users / "data.csv").write_text("a,b")
+    (users / "report.json").write_text("{}")
+    exc = _fail_into(tmp_path / "results")
+    assert exc.kept_in == tmp_path / "results.failed-2" and (users / "data.csv").read_text() == "a,b"

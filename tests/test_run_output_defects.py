@@ -500,3 +500,43 @@ def test_threads_of_one_process_writing_one_result_keep_their_own_temporary_file
 def test_temporary_names_of_threads_are_recognised_as_stale_by_their_process_id():
     assert run_io._partial_pid("1234") == 1234 and run_io._partial_pid("1234.2") == 1234
     assert run_io._partial_pid("x1") == 0 and run_io._partial_pid("12.a") == 0 and run_io._partial_pid("") == 0
+
+
+# --- a RESULT that is not the user's to replace: a device or pipe, the build's own files ----------------------------
+
+def test_a_result_that_is_a_named_pipe_or_device_is_refused_and_left_as_it_is(tmp_path):
+    """A QA report: ``bertc run OUT in.txt -o /dev/null --force`` (to time a run, discarding its output) renamed the
+    result over the system's /dev/null, which became a regular file; a named pipe likewise. Refused, forced or not,
+    before anything is written (tested on a pipe: never on /dev/null itself)."""
+    from bertc.errors import OutputError
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for force in (False, True):
+        with pytest.raises(OutputError, match="is not a regular file .*-o -"):
+            _write(pipe, "jsonl", force=force)
+    assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_a_result_naming_one_of_the_builds_own_files_is_refused(builds, tmp_path, capsys):
+    """``bertc run OUT in.txt -o OUT/model.optimized.onnx --force`` wrote the result over the build's model (the next
+    run: exit 5): the build's files (its manifest's, report.json, summary.txt) are refused as results, through any
+    spelling; a new file inside OUT is not the build's and may be written."""
+    import shutil
+
+    from bertc.cli import main
+    from bertc.errors import EXIT_OUTPUT
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["st_bert_mean_norm"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "in.txt").write_text("the cat\n")
+    (tmp_path / "link").symlink_to(out / "report.json")
+    for result in (out / "model.optimized.onnx", out / "report.json", tmp_path / "out" / ".." / "out" / "spec.json",
+                   tmp_path / "link"):
+        assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(result), "--force",
+                     "--result-format", "jsonl"]) == EXIT_OUTPUT
+        err = capsys.readouterr().err
+        assert "is the build's own" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(out / "mine.jsonl"), "-q"]) == 0

@@ -1,0 +1,78 @@
+"""How bertc behaves in the environments it is started in (a QA sweep): standard error or input closed, standard
+output's reader gone, an unbounded --threads, a build judged by a diagnostic ``bertc parity --atol``."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bertc
+from bertc.errors import EXIT_BROKEN_PIPE, InputError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_run import shared_builds  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shell(command: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "BERTC": f"{sys.executable} -m bertc"}
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=240)
+
+
+def test_a_command_started_with_standard_error_closed_runs():
+    """``bertc list 2>&-`` exited 70 with no message (the redirection of the native libraries' output flushed
+    ``sys.stderr``, None there); ``bertc validate`` likewise."""
+    run = _shell(f"$BERTC list 2>&-; echo rc=$?; $BERTC validate {ROOT / 'specs' / 'classifier.json'} 2>&- >/dev/null; "
+                 f"echo rc=$?")
+    assert run.stdout.count("rc=0") == 2 and "embedding:" in run.stdout, run.stdout
+
+
+def test_standard_outputs_reader_gone_is_exit_141_in_every_command():
+    """``bertc list | true`` exited 1 (Click's own handling of EPIPE), which the exit-code table gives to failed
+    checks; ``bertc run -o - | head`` exits 141 (128 + SIGPIPE), as Unix tools do: every command now does."""
+    run = _shell("$BERTC list | true; echo rc=${PIPESTATUS[0]}; $BERTC schema | true; echo rc=${PIPESTATUS[0]}")
+    assert run.stdout.split() == [f"rc={EXIT_BROKEN_PIPE}"] * 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_reading_a_closed_standard_input_is_an_input_error(monkeypatch):
+    """``bertc run OUT - -o R <&-``: internal error (exit 70) 'NoneType has no attribute buffer'."""
+    from bertc import run_io
+
+    monkeypatch.setattr(sys, "stdin", None)
+    spec = run_io.input_spec("-", None, "text", None, False, None, ())
+    with pytest.raises(InputError, match="standard input is closed"):
+        run_io._open_binary(spec)
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    return shared_builds(tmp_path_factory, ("st_bert_mean_norm",))
+
+
+def test_threads_beyond_any_use_are_refused(builds):
+    """``--threads 3000`` on 2 cores spent minutes creating the pool, deaf to SIGTERM (100,000: 4,921 threads and
+    16 GB after 11 minutes)."""
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    with pytest.raises(InputError, match=f"threads {limit + 1}: more than {limit} ONNX Runtime threads"):
+        bertc.Runtime(builds["st_bert_mean_norm"], threads=limit + 1)
+    assert bertc.Runtime(builds["st_bert_mean_norm"], threads=3, artifact="onnx").run(["the cat"]).shape[0] == 1
+
+
+def test_a_build_failed_by_a_diagnostic_tolerance_says_how_to_judge_it_again(builds, tmp_path):
+    """``bertc parity OUT --atol 1e-12`` marks the build failed; ``bertc run`` then said "rebuild it", which is not
+    needed: it names the override and ``bertc parity OUT``."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["st_bert_mean_norm"], out)
+    report = json.loads((out / "report.json").read_text())
+    report["status"] = "failed"
+    report["parity"]["tolerance_override"] = {"atol": 1e-12, "rtol": None}
+    (out / "report.json").write_text(json.dumps(report))
+    with pytest.raises(InputError, match=r"its last parity run \(--atol 1e-12\) judged it under other tolerances than "
+                                         r"its spec's; `bertc parity .*` judges it again by its spec"):
+        bertc.Runtime(out)
