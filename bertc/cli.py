@@ -350,7 +350,8 @@ def validate(specs):
 @cli.command()
 @plugin_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
-def schema(output):
+@click.option("--force", is_flag=True, help="Replace an existing -o file.")
+def schema(output, force):
     """Print the JSON Schema of the spec language."""
     _import_quietly()
     from bertc.spec import json_schema
@@ -361,6 +362,10 @@ def schema(output):
 
         if not output.parent.is_dir():   # as inspect --plot: exit 5 naming the path (it was an internal error)
             raise OutputError(f"-o {output}: no such directory {output.parent}")
+        if os.path.lexists(output) and not force:   # `bertc schema -o my_spec.json` replaced the user's spec
+            raise OutputError(f"-o {output}: already exists; pass --force to replace it")
+        if output.exists() and not output.is_file():
+            raise OutputError(f"-o {output}: is not a regular file")
         try:
             output.write_text(text)
         except OSError as exc:

@@ -59,6 +59,12 @@ def test_schema_to_a_path_that_cannot_be_written_is_an_output_error(tmp_path, mo
     assert f"error: -o {denied}: cannot write it: Permission denied" in err and "internal error" not in err
     monkeypatch.undo()
     assert main(["schema", "-o", str(denied)]) == 0 and json.loads(denied.read_text())["title"] == "bertc spec"
+    # an existing file (the user's spec) is replaced only with --force, as bertc import -o and bertc run -o
+    spec = tmp_path / "my_spec.json"
+    spec.write_text("{}")
+    assert main(["schema", "-o", str(spec)]) == EXIT_OUTPUT and spec.read_text() == "{}"
+    assert f"error: -o {spec}: already exists; pass --force to replace it" in capsys.readouterr().err
+    assert main(["schema", "-o", str(spec), "--force"]) == 0 and json.loads(spec.read_text())["title"] == "bertc spec"
 
 
 @pytest.fixture
