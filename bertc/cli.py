@@ -174,6 +174,9 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
         failed = getattr(exc, "kept_in", None)   # OUT.failed, or OUT.failed-2 ... when OUT.failed is not a build's
         if failed is None or not (failed / "summary.txt").exists():
             raise
+        if as_json:   # `bertc build --json > r.json` printed nothing exactly when the report matters: the failed one's
+            with contextlib.suppress(OSError, ValueError):
+                click.echo((failed / "report.json").read_text(encoding="utf-8"), nl=False)
         if not quiet:
             _err((failed / "summary.txt").read_text())
             taken = getattr(exc, "kept_instead_of", None)

@@ -119,6 +119,10 @@ def test_failed_build_names_where_its_report_went(tmp_spec, tmp_path, monkeypatc
     assert "report kept in gg.failed-2/ (gg was left as it was; gg.failed is not a bertc build's folder" in err
     assert (tmp_path / "gg.failed" / "notes.txt").read_text() == "precious"
     assert json.loads((tmp_path / "gg.failed-2" / "report.json").read_text())["status"] == "failed"
+    # --json prints the failed build's report too (it printed nothing: `> r.json` was empty when it mattered)
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", "gg", "--no-export", "--json", "-q"]) == EXIT_CHECK_FAILED
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["status"] == "failed" and printed == (tmp_path / "gg.failed-2" / "report.json").read_text()
 
 
 def test_out_that_is_a_file_is_an_output_error(tmp_spec, tmp_path, capsys):
