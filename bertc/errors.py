@@ -56,8 +56,9 @@ EXIT_TERMINATED = 143      # SIGTERM ended bertc run / build: nothing was writte
 
 # Errors of the place a command writes to, not of bertc nor of its input: a full disk or quota, a file too large for it,
 # a read-only file system, a failing device. Met while writing a build they are output errors (exit 5), naming where.
-FILESYSTEM_ERRNOS = frozenset(getattr(_errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO")
-                              if hasattr(_errno, name))
+# ENAMETOOLONG: an OUT whose path leaves no room for the names of the files a build writes inside it
+FILESYSTEM_ERRNOS = frozenset(getattr(_errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO",
+                                                                 "ENAMETOOLONG") if hasattr(_errno, name))
 
 
 GIT_LFS_POINTER = b"version https://git-lfs.github.com/spec/"

@@ -109,3 +109,22 @@ def test_bertc_run_points_at_the_failed_report_of_a_long_named_build(tmp_path):
         failed.mkdir()
         with pytest.raises(InputError, match=re.escape(f"(a failed build's report is in {failed}/)")):
             bertc.Runtime(out)
+
+
+def test_an_out_path_near_path_max_is_an_output_error(tmp_path, tmp_spec, capsys):
+    """An OUT of 4,065 characters: its files' paths (the Keras save's work folder inside it) pass PATH_MAX, and the
+    build ended in "internal error ... File name too long" (exit 70); the place's fault, exit 5 naming OUT."""
+    from bertc.cli import main
+    from bertc.errors import EXIT_OUTPUT
+    from conftest import tiny_bert
+
+    deep = tmp_path
+    while len(str(deep)) < 4034 - 201:
+        deep = deep / ("d" * 200)
+    deep = deep / ("d" * (4034 - len(str(deep)) - 1))
+    os.makedirs(deep)
+    out = deep / ("o" * 30)
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "-q", "--no-export"]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write the build to {out}") and "File name too long" in err, err
+    assert not os.path.lexists(out)
