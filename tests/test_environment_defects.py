@@ -76,3 +76,22 @@ def test_a_build_failed_by_a_diagnostic_tolerance_says_how_to_judge_it_again(bui
     with pytest.raises(InputError, match=r"its last parity run \(--atol 1e-12\) judged it under other tolerances than "
                                          r"its spec's; `bertc parity .*` judges it again by its spec"):
         bertc.Runtime(out)
+
+
+@pytest.mark.parametrize("address, why", [
+    ("ray://127.0.0.1:abc", "not a Ray Client address: the port 'abc' is not a port number"),
+    ("ray://", "not a Ray Client address: no host"),
+    ("ray://127.0.0.1:99999", "not a Ray Client address: the port '99999' is not a port number"),
+    ("127.0.0.1:abc", "not a Ray cluster address: the port 'abc' is not a port number"),
+])
+def test_a_malformed_ray_address_is_refused_at_once(address, why):
+    """``--ray ray://127.0.0.1:abc`` (or ``ray://``) waited 31 s, printed Ray's raw warning, then said "ray client
+    connection timeout"; port 99999 was "Connection refused"."""
+    import time
+
+    from bertc.run_ray import _check_reachable
+
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=why):
+        _check_reachable(address, f"--ray {address}")
+    assert time.perf_counter() - start < 1
