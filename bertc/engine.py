@@ -705,12 +705,18 @@ class Engine:
         probs = probs.mean(axis=0) if aggregation == "average" else \
             probs[int(np.argmax(probs.max(axis=-1)))] if aggregation == "max" else probs[0]
         k = int(np.argmax(probs))
+        # SentencePiece's tokens (DeBERTa-v3, XLM-R) carry the space before a word ("▁Cats" at 3..8 of "The Cats"):
+        # the word is its characters, not the space (the pipeline's word has none either)
+        while begin < end and text[begin].isspace():
+            begin += 1
+        while end > begin and text[end - 1].isspace():
+            end -= 1
         return {"word": text[begin:end], "start": int(begin), "end": int(end),
                 "in": "pair" if key[0] == 1 else "text", "label": self._label(k), "score": float(probs[k])}
 
     def _tags(self, logits, e, record: Record) -> list:
-        return [(key, self._tag(logits[first:last + 1], key, begin, end, record))
-                for key, (first, last, begin, end) in self._words(e).items()]
+        return _spoken([(key, self._tag(logits[first:last + 1], key, begin, end, record))
+                        for key, (first, last, begin, end) in self._words(e).items()])
 
     @staticmethod
     def _tag_result(tags: list, classes: int, record: Record) -> dict:
@@ -769,10 +775,17 @@ class Engine:
             row = np.stack([tokens[o] for o in sorted(tokens)])
             begin, end = min(x[2] for x in held), max(x[3] for x in held)
             tags.append((key, self._tag(row, key, begin, end, record)))
-        return tags
+        return _spoken(tags)
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r\x0b\x0c]")   # where a long text may be cut (Engine._prefix)
+
+
+def _spoken(tags: list) -> list:
+    """The ``(word key, tag)`` of words that are more than white space: a byte-level BPE's token for a second space
+    ("Ġ"), a lone SentencePiece "▁", is a word of the tokenizer's and no word of the text (an empty tag, or one
+    splitting an entity)."""
+    return [(key, tag) for key, tag in tags if tag["word"]]
 
 
 def _cut(text: str, at: int, start: int = 0) -> int:

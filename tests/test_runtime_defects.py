@@ -575,3 +575,30 @@ def test_calibration_embeddings_as_rows_or_a_wrong_kind(builds):
     with pytest.raises(InputError, match=r"^calibration embeddings: a \(rows, dim\) array of floats or a .npy file's "
                                          r"path, not dict$"):
         bertc.Runtime(builds["st_bert_mean_norm"], embedding_precision="int8", calibration_embeddings={"a": 1})
+
+
+@pytest.mark.parametrize("fixture", TOKENIZERS)
+def test_a_tagged_words_span_is_its_characters_without_the_space_before_it(fixture):
+    """A QA report: with a DeBERTa-v3 (SentencePiece) tokenizer every tag after the first word began at the space
+    before it (' Cats' 3..8, entity ' sat on'), its tokens' offsets covering the space they carry; WordPiece and BPE
+    gave none. Every tokenizer's words are now their characters, ``text[start:end] == word``."""
+    import types
+
+    import tokenizers
+
+    from bertc import engine as engine_code
+    from bertc.run_io import Record
+
+    tok = tokenizers.Tokenizer.from_file(str(Path(__file__).resolve().parent / "fixtures" / "hf" / fixture /
+                                             "tokenizer.json"))
+    text = "The Cats  sat on\tthe MATS 東京 ok"
+    e = tok.encode(text)
+    engine = engine_code.Engine.__new__(engine_code.Engine)
+    engine.parts = types.SimpleNamespace(aggregation="first", labels=["O", "B-X", "I-X"])
+    logits = np.tile(np.array([0.0, 0.0, 1.0], np.float32), (len(e.ids), 1))   # every word I-X: one entity
+    tags = [tag for _, tag in engine._tags(logits, e, Record(text, None, "line 1"))]
+    assert [t["word"] for t in tags if t["word"].strip()] and all(
+        t["word"] == text[t["start"]:t["end"]] and t["word"] == t["word"].strip() for t in tags), tags
+    assert [t["word"] for t in tags][:3] == ["The", "Cats", "sat"], tags
+    entities = engine._tag_result([((0, k), t) for k, t in enumerate(tags)], 3, Record(text, None, "line 1"))["entities"]
+    assert entities[0]["text"] == entities[0]["text"].strip() and entities[0]["start"] == 0
