@@ -26,6 +26,14 @@ def _err(text: str = "", **kw) -> None:
     click.echo(text, err=True, **kw)
 
 
+def _green(text: str) -> str:
+    """``text`` in green where colour is welcome: never with NO_COLOR set (no-color.org) or on a dumb terminal
+    (Click itself drops the colour where stderr is no terminal)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return text
+    return click.style(text, fg="green")
+
+
 class _StatusLine:
     """What a long stage is doing now (the int8 tuning: minutes on a base-size model), on one line of the
     terminal that the next line overwrites; nothing when stderr is not a terminal."""
@@ -144,7 +152,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
     def hook(name, seconds, detail):
         status.clear()
         if not quiet:
-            _err(f"  {click.style('ok', fg='green')}  {name:<16} {seconds:7.2f}s  {detail}")
+            _err(f"  {_green('ok')}  {name:<16} {seconds:7.2f}s  {detail}")
 
     if not quiet:
         _err(f"bertc build {spec} -> {out}")
@@ -431,7 +439,8 @@ def parity(out, atol, rtol, text, calibration, as_json):
     _import_quietly()
     from bertc.rerun import rerun_parity
 
-    section = rerun_parity(out, atol, rtol, text, calibration)
+    with _native_log():   # TFLite's "Created TensorFlow Lite XNNPACK delegate" line and the like, as a build's
+        section = rerun_parity(out, atol, rtol, text, calibration)
     if as_json:
         from bertc.report import report_json
 
@@ -633,6 +642,12 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
 
     # a library the formats or --ray need and that is missing: exit 7 before the model is loaded or a line printed
     require_libraries(input_path, input_format, result, result_format, ray=ray_address is not None)
+    # ONNX Runtime's own warnings on the console (its telemetry's as its environment is made, where the cache folder
+    # cannot be written, in colour): errors only, as its sessions'; the environment is made here, its words logged
+    with contextlib.suppress(Exception), _native_log():
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
                       truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
                       max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
@@ -757,11 +772,20 @@ def _click_too_old() -> Optional[str]:
         return None
 
 
+_LIBRARIES = r"(keras|tensorflow|tf_keras|tf2onnx|onnx|onnxruntime|tflite|ai_edge_litert|h5py|google|absl|ml_dtypes|" \
+             r"numpy|ray|pyarrow|tokenizers)(\.|$)"   # the modules whose deprecation warnings the CLI does not show
+
+
 def main(argv=None) -> int:
     """Run the CLI; the exit codes are those of :mod:`bertc.errors` (its docstring has the table)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if sys.stderr is None:   # started with 2>&-: print(file=sys.stderr) would write to standard output (--json's)
         sys.stderr = open(os.devnull, "w")
+    import warnings
+
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):   # the libraries' notes to their
+        # own users (Keras's numpy __array__ one): under PYTHONWARNINGS=error they ended every build as exit 70
+        warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
     old = _click_too_old()
     if old is not None:
         _err(f"error: {old}")
