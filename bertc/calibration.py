@@ -146,6 +146,9 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
     out_dir = Path(out_dir)
     if calibration is not None:
         calibration = Path(calibration)
+        if calibration.exists() and not calibration.is_file():   # /dev/zero, a pipe: it cannot be read again
+            raise CalibrationError(f"--calibration {calibration}: not a regular file; the build records the file's "
+                                   f"path and sha256 so that bertc parity reads the same text again: give a file")
         if not has_tokenizer(out_dir):
             raise CalibrationError(f"--calibration {calibration}: this build has no tokenizer to read text with "
                                    f"(it is bundled from the trained weights' directory: tokenizer.json, vocab.txt, "

@@ -20,7 +20,10 @@ LIBRARIES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",)
 
 
 def canonical_spec_json(spec_dict: dict) -> bytes:
-    return json.dumps(spec_dict, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # surrogatepass: a path read under a locale that cannot decode it (LC_ALL=C: "\udcc3\udca9" for "é") still has
+    # one hash, not an encoding error
+    return json.dumps(spec_dict, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8",
+                                                                                                   "surrogatepass")
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:

@@ -97,24 +97,154 @@ def lowercases_input(directory: Path) -> bool:
     return _read_json(Path(directory) / SENTENCE_BERT_CONFIG).get("do_lower_case") is True
 
 
-def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
-    """Copy the tokenizer files beside ``source`` into ``out``; the report section, or None if there are none."""
+def check_tokenizer(source: Path) -> Optional[tuple[Path, list[str]]]:
+    """(the directory, the names) of the tokenizer files beside the weights at ``source``, each checked as
+    :func:`_check_tokenizer_file` checks it (:class:`WeightsError` naming a damaged one); None when there is no
+    vocabulary among them."""
     directory = _tokenizer_dir(Path(source))
     files = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
     if not any(name in files for name in VOCABULARIES):
         return None
+    roots = _checkpoint_roots(Path(source), directory)
+    for name in files:
+        _check_tokenizer_file(directory / name, roots)
+    return directory, files
+
+
+def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
+    """Copy the tokenizer files beside ``source`` into ``out``; the report section, or None if there are none."""
+    found = check_tokenizer(source)   # all checked before any is copied: a damaged file is said now, not by bertc run
+    if found is None:
+        return None
+    directory, files = found
     for name in files:
         try:
             shutil.copyfile(directory / name, Path(out) / name)
         except OSError as exc:
             raise OutputError(f"cannot copy the tokenizer file {directory / name} into the build: {exc}") from None
-    section = {"source": str(directory.resolve()), **describe_tokenizer(directory, files)}
+    from bertc.weights import spec_text
+
+    section = {"source": spec_text(str(directory.resolve())), **describe_tokenizer(directory, files)}
     try:   # a tokenizer bertc does not build exactly is said now, in the report (naming the checkpoint's files)
         vocabulary_kind(directory, _read_json(directory / "tokenizer_config.json"),
                         _model_type(Path(out)) or _model_type(directory))
     except InputError as exc:
         section["unsupported"] = f"{exc}; bertc run and parity on text refuse it"
     return section
+
+
+# the tokenizer files that are JSON objects (each is read as one; a vocab.json is token -> id)
+JSON_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+              SENTENCE_BERT_CONFIG)
+
+
+def _checkpoint_roots(source: Path, directory: Path) -> list[Path]:
+    """The folders a bundled tokenizer file may be a symbolic link into: the tokenizer's directory and the weights',
+    the repository folder of a Hugging Face hub cache snapshot (``models--org--name/snapshots/<rev>/tokenizer.json ->
+    ../../blobs/<hash>``) and a git-annex repository's object store (``.git/annex/objects``)."""
+    weights_dir = source if source.is_dir() else source.parent
+    roots = [directory.resolve(), weights_dir.resolve()]
+    for folder in (directory.absolute(), *directory.absolute().parents):
+        if folder.name == "snapshots" and (folder.parent / "blobs").is_dir():
+            roots.append((folder.parent / "blobs").resolve())
+        if (folder / ".git" / "annex" / "objects").is_dir():
+            roots.append((folder / ".git" / "annex" / "objects").resolve())
+    return roots
+
+
+def _check_tokenizer_file(path: Path, roots: Sequence[Path]) -> None:
+    """Refuse (:class:`WeightsError`, naming it) a checkpoint's tokenizer file that would make a build ``bertc run``
+    cannot read: a symbolic link out of the checkpoint (its target would be copied into OUT: ``/etc/passwd`` as
+    special_tokens_map.json), a JSON file that is not a JSON object (empty, binary, truncated), a tokenizer.json the
+    tokenizers library cannot load, a vocab.txt / merges.txt that is not UTF-8 text, a SentencePiece file that is
+    not a model. Called before anything is copied."""
+    from bertc.errors import BertcError, WeightsError, git_lfs_pointer
+
+    name = path.name
+    pointer = git_lfs_pointer(path)
+    if pointer:
+        raise WeightsError(f"{path}: {pointer}")
+    if path.is_symlink():
+        target = path.resolve()
+        if not any(target == root or root in target.parents for root in roots):
+            raise WeightsError(f"{path}: the tokenizer file is a symbolic link to {target}, outside the checkpoint's "
+                               f"directory; bertc copies the tokenizer into the build and does not copy files from "
+                               f"elsewhere: put the file itself there")
+    if name in SENTENCEPIECE_FILES:
+        from bertc.sentencepiece import read_model
+
+        try:
+            read_model(path)
+        except BertcError as exc:   # its message names the file
+            raise WeightsError(str(exc)) from None
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the tokenizer file: {exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WeightsError(f"{path}: the tokenizer file is not UTF-8 text (byte {exc.start} is not UTF-8): it is "
+                           f"damaged or not {name}; restore it from where the checkpoint came from") from None
+    if name not in JSON_FILES:
+        if name == "vocab.txt" and not text.strip():
+            raise WeightsError(f"{path}: the tokenizer file is empty: a WordPiece vocabulary has one token a line")
+        return
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        what = "empty" if not text.strip() else f"not JSON ({exc})"
+        raise WeightsError(f"{path}: the tokenizer file is {what}: it is damaged or not {name}; restore it from "
+                           f"where the checkpoint came from") from None
+    if not isinstance(value, dict):
+        raise WeightsError(f"{path}: the tokenizer file holds a JSON {type(value).__name__}, not an object as "
+                           f"{name} does")
+    if name == "tokenizer.json":
+        try:
+            import tokenizers
+        except ImportError:   # read when it is used (calibration is then skipped, bertc run says what to install)
+            return
+        try:
+            tokenizers.Tokenizer.from_str(text)
+        except Exception as exc:   # the tokenizers library raises plain Exceptions for what it cannot read
+            raise WeightsError(f"{path}: not a tokenizer the tokenizers library can load: "
+                               f"{' '.join(str(exc).split())[:300]}") from None
+
+
+def _load_tokenizer_json(tokenizers, path: Path):
+    """The ``tokenizers.Tokenizer`` of a build's tokenizer.json, read here rather than by the library: a path that
+    is not UTF-8 in the file system's encoding (a non-ASCII OUT under the C locale) cannot be passed to it, and a
+    damaged file is a damaged build (:class:`InputError`, naming the file), not an internal error."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return tokenizers.Tokenizer.from_str(text)
+    except Exception as exc:   # OSError, UnicodeDecodeError, the tokenizers library's plain Exception
+        raise InputError(f"{path.parent}: not a readable bertc build (its tokenizer, {path}: "
+                         f"{' '.join(str(exc).split())[:300]}); rebuild it, or restore the file") from None
+
+
+def _library_path(path: Path):
+    """A context giving ``path`` as a string the tokenizers library accepts: itself, or where it cannot be passed
+    to the library (not UTF-8 in the file system's encoding: a non-ASCII path under the C locale), a copy of the
+    file under a temporary ASCII name."""
+    import contextlib
+    import tempfile
+
+    @contextlib.contextmanager
+    def context():
+        text = str(path)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            with tempfile.TemporaryDirectory(prefix="bertc-tok-") as tmp:
+                copy = Path(tmp) / ("file" + "".join(c for c in path.suffix if c.isascii()))
+                shutil.copyfile(path, copy)
+                yield str(copy)
+            return
+        yield text
+
+    return context()
 
 
 def load_tokenizer(out_dir: Path, max_len: int):
@@ -133,7 +263,7 @@ def load_tokenizer(out_dir: Path, max_len: int):
     model_type = _model_type(out_dir)
     kind, family = vocabulary_kind(out_dir, config, model_type)
     if kind == "tokenizer.json":
-        tok = tokenizers.Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+        tok = _load_tokenizer_json(tokenizers, out_dir / "tokenizer.json")
         if tokenizer_class(config, model_type) in BERT_NORMALIZED:
             _config_normalizer(tokenizers, tok, config, out_dir)
     elif kind == "bpe":
@@ -316,7 +446,8 @@ def _wordpiece(tokenizers, out_dir: Path, config: dict, family: str):
     options = _normalizer_options(config, out_dir)
     specials = {key: _token(config, key, default) for key, default in _WORDPIECE_SPECIALS[family].items()}
     try:
-        vocab = models.WordPiece.read_file(str(path))
+        with _library_path(path) as readable:
+            vocab = models.WordPiece.read_file(readable)
     except Exception as exc:   # the tokenizers library raises plain Exceptions for unreadable files
         raise InputError(f"{path}: cannot read it as a WordPiece vocabulary: {exc}") from None
     for key in ("cls_token", "sep_token"):
@@ -361,11 +492,41 @@ def _byte_level_bpe(tokenizers, out_dir: Path, config: dict):
     offsets = {"add_prefix_space": bool(config.get("add_prefix_space", False)),
                "trim_offsets": bool(config.get("trim_offsets", True))}
     try:
-        tok = tokenizers.ByteLevelBPETokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), **offsets)
+        with _library_path(out_dir / "vocab.json") as vocab, _library_path(out_dir / "merges.txt") as merges:
+            tok = tokenizers.ByteLevelBPETokenizer(vocab, merges, **offsets)
     except Exception as exc:   # the tokenizers library raises plain Exceptions for unreadable files
         raise InputError(f"{out_dir}: cannot read vocab.json / merges.txt as a byte-level BPE: {exc}") from None
     _roberta_specials(tokenizers, tok, tok.get_vocab(), out_dir / "vocab.json", **offsets)
     return tok
+
+
+# the most a text file of examples (--text, --calibration) may hold, and one line of it: generous for text to tokenize
+# (a model reads at most a few thousand tokens of a line), and a bound for a file that never ends (/dev/zero, a pipe)
+MAX_TEXT_FILE_BYTES = 256 << 20
+MAX_TEXT_LINE_BYTES = 1 << 20
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of the text file at ``path``, read chunk by chunk; :class:`InputError` as soon as it is longer than
+    :data:`MAX_TEXT_FILE_BYTES`, or a line than :data:`MAX_TEXT_LINE_BYTES` (rather than reading on until memory
+    runs out)."""
+    chunks, total, line = [], 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            total += len(chunk)
+            if total > MAX_TEXT_FILE_BYTES:
+                raise InputError(f"{path}: the text file is larger than {MAX_TEXT_FILE_BYTES >> 20} MiB, the most "
+                                 f"bertc reads for examples (one a line): give a sample of it")
+            ends = [i for i in (chunk.find(b"\n"), chunk.find(b"\r")) if i >= 0]
+            first = min(ends) if ends else len(chunk)
+            if line + first > MAX_TEXT_LINE_BYTES:
+                raise InputError(f"{path}: a line longer than {MAX_TEXT_LINE_BYTES >> 20} MiB (from byte "
+                                 f"{total - len(chunk) - line:,}), the most bertc reads for one example: is it a "
+                                 f"text file, one example a line?")
+            last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+            line = len(chunk) - last - 1 if last >= 0 else line + len(chunk)
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def read_texts(path: Path) -> list:
@@ -376,7 +537,7 @@ def read_texts(path: Path) -> list:
     import re
 
     try:
-        content = Path(path).read_text(encoding="utf-8-sig")   # a byte-order mark is no part of the first text
+        content = _read_bounded(Path(path)).decode("utf-8-sig")   # a byte-order mark is no part of the first text
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the text file: {exc}") from None
     texts = []

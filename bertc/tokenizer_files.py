@@ -11,7 +11,7 @@ from bertc.errors import InputError
 def read_json(path: Path) -> dict:
     """A tokenizer's JSON file as a dict ({} when it is missing, unreadable or not an object)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))   # as transformers reads it, whatever the locale
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}

@@ -192,11 +192,36 @@ def resolve_weights_path(spec_weights: Optional[str], spec_file: Optional[Path])
     """The spec's ``weights`` entry as a path: relative entries resolve against the spec file's directory."""
     if not spec_weights:
         return None
-    path = Path(spec_weights).expanduser()
+    path = Path(filesystem_text(spec_weights)).expanduser()
     if not path.is_absolute():
         base = Path(spec_file).resolve().parent if spec_file else Path.cwd()
         path = base / path
     return path.resolve()  # normalised: "OUT/../../ckpt" and "/abs/ckpt" name one checkpoint one way
+
+
+def filesystem_text(text: str) -> str:
+    """A spec's path (UTF-8 text, as JSON holds it) as this process names that file: the same where the file system's
+    encoding is UTF-8; under a locale whose encoding is not (LC_ALL=C: ascii), its UTF-8 bytes decoded as Python
+    decodes file names (``"é"`` is the file ``b"\\xc3\\xa9"``, there ``"\\udcc3\\udca9"``). Lone surrogates written
+    by an import under such a locale are the bytes they stand for."""
+    import os
+
+    try:
+        return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+    except UnicodeError:   # a surrogate that stands for no byte: left as written (the file is then not found)
+        return text
+
+
+def spec_text(name: str) -> str:
+    """A file name as this process got it, as a spec holds it (the inverse of :func:`filesystem_text`): its bytes
+    read as UTF-8, whatever the locale (under LC_ALL=C, ``"\\udcc3\\udca9"`` is ``"é"``), so that the spec reads the
+    same, and can be written as UTF-8, everywhere. Bytes that are not UTF-8 stay as Python escapes them."""
+    import os
+
+    try:
+        return os.fsencode(name).decode("utf-8", "surrogateescape")
+    except UnicodeError:   # text the file system's encoding cannot hold: not a name this process was given
+        return name
 
 
 def relative_entry(target: Path, directory: Path) -> str:
@@ -206,8 +231,8 @@ def relative_entry(target: Path, directory: Path) -> str:
 
     target, directory = Path(target).resolve(), Path(directory).resolve()
     if os.path.commonpath([target, directory]) == target.anchor:
-        return str(target)
-    return os.path.relpath(target, directory)
+        return spec_text(str(target))
+    return spec_text(os.path.relpath(target, directory))
 
 
 def weights_entry_for(weights: Path, out: Path) -> str:
