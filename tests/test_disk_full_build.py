@@ -52,6 +52,27 @@ def test_disk_full_while_saving_the_keras_model(tmp_spec, tmp_path, monkeypatch,
     _check_nothing_written(tmp_path, before)
 
 
+def test_no_room_for_the_keras_model_is_said_before_h5py_meets_it(tmp_spec, tmp_path, monkeypatch, capsys):
+    """A QA report: a disk with 128 KB left, met by h5py while Keras wrote model.weights.h5: hundreds of h5py
+    tracebacks, then a segmentation fault (exit 139), the staging folder and the lock left. The room the save takes
+    is checked first: exit 5 naming OUT, nothing written."""
+    import collections
+    import shutil
+
+    import bertc.export.keras_file as keras_file
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - (128 << 10), 128 << 10))
+    monkeypatch.setattr(keras_file.zipfile, "ZipFile", None)   # never reached: the save is refused before it
+    monkeypatch.chdir(tmp_path)
+    before = _earlier_build(tmp_path / "out")
+    code = main(["build", str(tmp_spec(tiny_bert())), "-o", "out", "-q", "--no-export", "--force"])
+    err = capsys.readouterr().err
+    assert code == EXIT_OUTPUT and err.startswith(f"error: cannot write the build to out: {NO_SPACE}"), err
+    assert "stage save keras" in err and "Traceback" not in err
+    _check_nothing_written(tmp_path, before)
+
+
 def test_disk_full_while_writing_the_tflite_file_is_no_conversion_failure(tmp_spec, tmp_path, monkeypatch, capsys):
     real = Path.write_bytes
 

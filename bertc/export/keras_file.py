@@ -168,6 +168,25 @@ def _weights_manifest(model, h5_path: Path) -> dict:
     return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "weights": weights}
 
 
+def _require_room(model, path: Path) -> None:
+    """An ``OSError`` (ENOSPC, naming ``path``) where the disk has not the room the save takes at its peak: the
+    weights twice (h5 file, then the zip of it) and a margin. h5py meeting a full disk printed hundreds of
+    tracebacks, then crashed the process (a segmentation fault, exit 139) instead of raising."""
+    import errno
+
+    import numpy as np
+
+    try:
+        weights = sum(int(np.prod(v.shape)) * np.dtype(str(v.dtype)).itemsize for v in model.weights)
+        free = shutil.disk_usage(path.parent).free
+    except (OSError, TypeError, ValueError):   # no figure to go by: let the save tell
+        return
+    need = 2 * weights + (1 << 20)
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (saving the Keras model takes about "
+                                    f"{need / 2**20:,.1f} MB; {free / 2**20:,.1f} MB free)", str(path))
+
+
 def save_keras(model, path: Path) -> dict:
     """Save ``model`` to ``path`` (.keras) with reproducible bytes. Keras writes the weights into an
     unzipped directory first (straight to disk: its zipped save buffers the whole weights file in
@@ -175,6 +194,7 @@ def save_keras(model, path: Path) -> dict:
     import tempfile
 
     path = Path(path)
+    _require_room(model, path)
     tmp = path.with_name(path.name + ".partial")
     workdir = Path(tempfile.mkdtemp(prefix="bertc-keras-", dir=path.parent))
     try:
