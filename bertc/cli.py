@@ -186,7 +186,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
             with contextlib.suppress(OSError, ValueError):
                 click.echo((failed / "report.json").read_text(encoding="utf-8"), nl=False)
         if not quiet:
-            _err((failed / "summary.txt").read_text())
+            _err((failed / "summary.txt").read_text(encoding="utf-8"))
             taken = getattr(exc, "kept_instead_of", None)
             _err(f"report kept in {_shown(failed)}/ ({out} was left as it was"
                  + (f"; {_shown(taken)} is not a bertc build's folder, left alone)" if taken else ")"))
@@ -196,7 +196,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
 
         click.echo(report_json(report))
     elif not quiet:
-        _err((Path(out) / "summary.txt").read_text())
+        _err((Path(out) / "summary.txt").read_text(encoding="utf-8"))
         _err(f"wrote {out}/")
 
 
@@ -446,7 +446,7 @@ def parity(out, atol, rtol, text, calibration, as_json):
 
         click.echo(report_json(section))
     else:
-        click.echo((out / "summary.txt").read_text(), nl=False)
+        click.echo((out / "summary.txt").read_text(encoding="utf-8"), nl=False)
     if not section["passed"]:
         from bertc.errors import ParityError
         from bertc.report import parity_failure_message

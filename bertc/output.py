@@ -157,7 +157,7 @@ def _complete(path: Path) -> bool:
     in place leaves it: its report.json says passed, its summary.txt is written, every file of its manifest is there
     at its size."""
     try:
-        report = json.loads((path / "report.json").read_text())
+        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
         files = report["manifest"]["files"]
         return report.get("status") == "passed" and (path / "summary.txt").is_file() and all(
             (path / name).is_file() and (path / name).stat().st_size == entry["bytes"] for name, entry in files.items())
@@ -319,7 +319,7 @@ def is_build(out: Path) -> bool:
 def _passed(path: Path) -> bool:
     """Whether the directory ``path`` holds a build that passed (its report.json says so)."""
     try:
-        return json.loads((path / "report.json").read_text()).get("status") == "passed"
+        return json.loads((path / "report.json").read_text(encoding="utf-8")).get("status") == "passed"
     except (OSError, ValueError, AttributeError):
         return False
 

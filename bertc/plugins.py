@@ -78,7 +78,7 @@ def _used_by_build(out_dir) -> list[dict]:
     import json
 
     try:
-        used = json.loads((Path(out_dir) / "report.json").read_text()).get("plugins") or []
+        used = json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8")).get("plugins") or []
     except (OSError, ValueError, AttributeError):
         return []
     # a damaged report's (bertc.report.read_report names what is wrong): only what reads as plug-in records counts

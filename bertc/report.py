@@ -39,7 +39,8 @@ def fusion_section(result) -> dict:
 
 def _write_new(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` (the one place this module creates a file: the writability probe uses it too)."""
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8", errors="surrogateescape")   # whatever the locale: a file name's bytes
+    # as the system gave them (under LC_ALL=C a non-ASCII OUT's summary ended the build as exit 70)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -164,7 +165,7 @@ def read_report(out: Path) -> dict:
 
     path = Path(out) / "report.json"
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise OutputError(f"{path}: cannot be read as JSON ({exc})") from None
 

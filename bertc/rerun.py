@@ -207,7 +207,7 @@ def replaced_since(out_dir: Path, report: dict) -> Optional[str]:
     import json
 
     try:
-        now = json.loads((Path(out_dir) / "report.json").read_text())
+        now = json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         return "its report.json is gone"
     except (OSError, UnicodeDecodeError, ValueError) as exc:

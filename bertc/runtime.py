@@ -52,8 +52,8 @@ def read_build(out) -> tuple[dict, dict]:
         hint = f" (a failed build's report is in {failed}/)" if failed.is_dir() else ""
         raise InputError(f"{out}: not a bertc build directory (no report.json; make one with bertc build){hint}")
     try:
-        report = json.loads(report_path.read_text())
-        spec = json.loads((out / "spec.json").read_text())
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        spec = json.loads((out / "spec.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{out}: not a readable bertc build ({exc})") from None
     if not isinstance(report, dict) or "artifacts" not in report or "outputs" not in report:
@@ -93,7 +93,7 @@ def _directory_identity(out: Path) -> tuple:
     try:
         st = os.stat(out)
         holding = [n for n in os.listdir(out) if n.startswith(_HOLD)]
-        report = json.loads((Path(out) / "report.json").read_text())
+        report = json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ()
     if holding:   # a build replacing OUT's files one by one (a mount point, the working directory), or killed at it
@@ -300,7 +300,7 @@ def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> I
     if source:
         src = Path(source)
         try:
-            config = json.loads(((src if src.is_dir() else src.parent) / name).read_text())
+            config = json.loads(((src if src.is_dir() else src.parent) / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return
         if isinstance(config, dict):
@@ -463,7 +463,7 @@ def truncation_default(out: Path, kind: str) -> bool:
     if kind == "embedding":
         return True
     try:
-        return bool(json.loads((Path(out) / "tokenizer.json").read_text()).get("truncation"))
+        return bool(json.loads((Path(out) / "tokenizer.json").read_text(encoding="utf-8")).get("truncation"))
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -116,3 +116,18 @@ def test_a_build_under_pythonwarnings_error_is_not_ended_by_a_librarys_deprecati
     spec = tmp_spec(__import__("conftest").tiny_bert())
     run = _shell(f"PYTHONWARNINGS=error $BERTC build {spec} -o {tmp_path / 'out'} -q --no-export; echo rc=$?")
     assert "rc=0" in run.stdout, run.stderr[-2000:]
+
+
+def test_a_build_of_weights_in_a_non_ascii_folder_under_the_c_locale(tmp_path):
+    """Under LC_ALL=C with PYTHONUTF8=0 (file names are ascii to Python, others' bytes escaped), a build of weights in
+    "ckpt é" ended as exit 70 writing its summary in the locale's encoding; summary and report are UTF-8 files."""
+    import shutil
+
+    checkpoint = tmp_path / "ckpt é"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "hf" / "bert_seq_cls", checkpoint)
+    spec, out = tmp_path / "spec.json", tmp_path / "out é"
+    run = _shell(f"$BERTC import '{checkpoint}' -o {spec} >/dev/null; env -u LANG -u LANGUAGE LC_ALL=C PYTHONUTF8=0 "
+                 f"PYTHONCOERCECLOCALE=0 $BERTC build {spec} -o '{out}' -q --no-export; echo rc=$?")
+    assert "rc=0" in run.stdout, run.stderr[-2000:]
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["status"] == "passed"
+    assert "ckpt é" in (out / "summary.txt").read_text(encoding="utf-8")

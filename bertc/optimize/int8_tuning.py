@@ -627,7 +627,7 @@ def cached_plan(key: str) -> Optional[dict]:
 
     folder = cache_folder()
     try:
-        plan = json.loads((folder / f"{key}.json").read_text())
+        plan = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         return None
     ok = isinstance(plan, dict) and plan.get("key") == key and isinstance(plan.get("choices"), dict) and \

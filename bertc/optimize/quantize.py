@@ -214,7 +214,7 @@ def _cached_form_costs() -> dict:
 
     folder = cache_dir()
     try:
-        data = json.loads((folder / FORM_CACHE).read_text()) if folder else {}
+        data = json.loads((folder / FORM_CACHE).read_text(encoding="utf-8")) if folder else {}
         entries = data.get("hosts", {}).get(form_host_key(), {})
         return {key: entry for key, entry in entries.items()
                 if isinstance(entry, dict) and isinstance(entry.get("ms"), dict) and "fp32" in entry["ms"]
@@ -238,7 +238,7 @@ def _store_form_costs(key: str, costs: dict) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("hosts"), dict):
                 raise ValueError
         except (OSError, ValueError):
