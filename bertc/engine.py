@@ -308,6 +308,7 @@ class Engine:
         total, start, cuts = 0, 0, 0
         while start < len(text):
             end = _cut(text, start + COUNT_CHARS, start) if start + COUNT_CHARS < len(text) else len(text)
+            end = len(text) if end < 0 else end
             total += len(self._plain().encode(text[start:end], add_special_tokens=False).ids)
             start, cuts = end, cuts + 1
         return total, max(cuts - 1, 0) * LONG_TEXT_MARGIN
@@ -789,23 +790,50 @@ def _spoken(tags: list) -> list:
 
 
 def _cut(text: str, at: int, start: int = 0) -> int:
-    """Where a long text is cut near character ``at`` (> ``start``): at the first ASCII whitespace from ``at`` (no
-    further on than as far again), else at the last one between ``start`` and ``at`` (in its second half), else at
-    ``at`` itself, moved back before combining marks: a text without spaces (Chinese, Japanese, Thai, a long URL or
-    code) was tokenized whole, a pair of two such texts with the product of their truncation windows (3.3 GB, then
-    killed, for two texts of 19,000 characters). Where a word is cut, its tokens near the cut may change; the margin
-    of tokens a prefix holds past those it keeps (``LONG_TEXT_MARGIN``) keeps the cut far from them."""
+    """Where a long text is cut near character ``at`` (> ``start``), or -1 where no place is safe: at the first ASCII
+    whitespace from ``at`` (no further on than as far again), else at the last one between ``start`` and ``at`` (in
+    its second half), else, in a text without spaces (Chinese, a long URL or code, words joined by commas), just
+    after the punctuation mark or CJK ideograph nearest ``at`` in that range: a text without spaces was tokenized
+    whole, a pair of two such texts with the product of their truncation windows (3.3 GB, then killed, for two
+    texts of 19,000 characters). Spaces, punctuation and CJK ideographs end a word for every tokenizer family's
+    pre-tokenizer that splits there (WordPiece's words are never cut: one of more than its 100 characters is one
+    [UNK], and a cut piece of it would be word pieces); where a pre-token is cut all the same (a byte-level BPE's run
+    of ideographs, a SentencePiece text without spaces) its tokens near the cut may change, and the margin of tokens
+    a prefix holds past those it keeps (``LONG_TEXT_MARGIN``) keeps the cut far from them. A run of letters alone
+    (Thai, Japanese kana) has no safe place: -1, and the text is read whole as before."""
     import unicodedata
 
     found = _WHITESPACE.search(text, at, at + (at - start) + 1)
     if found:
         return found.start()
     before = max(text.rfind(c, start, at) for c in " \t\n\r\x0b\x0c")
-    if before > start + (at - start) // 2:
+    low = start + (at - start) // 2
+    if before > low:
         return before
-    while at > start + 1 and unicodedata.combining(text[at]):
-        at -= 1
-    return at
+    high = min(len(text) - 1, at + (at - start))
+
+    def ends_a_word(k: int) -> bool:   # a cut between text[k - 1] and text[k]
+        return _word_boundary(text[k - 1]) and not unicodedata.combining(text[k])
+
+    for k in range(at, low, -1):
+        if ends_a_word(k):
+            return k
+    for k in range(at + 1, high + 1):
+        if ends_a_word(k):
+            return k
+    return -1
+
+
+def _word_boundary(ch: str) -> bool:
+    """Whether every pre-tokenizer that splits words ends one after ``ch``: ASCII punctuation and symbols, Unicode
+    punctuation, CJK ideographs (BERT's pre-tokenizer splits at each; its normalizer isolates the ideographs)."""
+    import unicodedata
+
+    code = ord(ch)
+    if code < 128:
+        return not ch.isalnum() and not ch.isspace()
+    return unicodedata.category(ch).startswith("P") or 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or \
+        0xF900 <= code <= 0xFAFF or 0x20000 <= code <= 0x2FA1F
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
