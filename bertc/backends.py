@@ -161,7 +161,9 @@ def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool 
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     settings = provider_options(backend)
     try:
-        session = ort.InferenceSession(str(backend.path), options,
+        from bertc.weights import spec_text   # its name as UTF-8 text, whatever the locale (ort_session says why)
+
+        session = ort.InferenceSession(spec_text(str(backend.path)), options,
                                        providers=[(backend.provider, settings) if settings else backend.provider])
     except Exception as exc:
         raise BackendLoadError(f"{backend.path.name}: cannot be loaded by ONNX Runtime: {_first_line(exc)}") from None
@@ -198,7 +200,9 @@ def tflite_interpreter(backend: Backend, threads: Optional[int] = None):
                                f"(pip install 'ai-edge-litert>=2.0,<3'): {exc}") from None
     _require_file(backend)
     try:
-        return Interpreter(model_path=str(backend.path), num_threads=threads)
+        from bertc.weights import spec_text
+
+        return Interpreter(model_path=spec_text(str(backend.path)), num_threads=threads)
     except Exception as exc:
         raise BackendLoadError(f"{backend.path.name}: cannot be loaded by LiteRT: {_first_line(exc)}") from None
 

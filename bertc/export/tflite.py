@@ -23,6 +23,7 @@ import numpy as np
 
 from bertc.components.common import tf
 from bertc.errors import FILESYSTEM_ERRNOS, ExportError
+from bertc.weights import spec_text
 from bertc.export.tflite_weights import WEIGHT_PREFIX, fill_weights, graph_weight_uses, placeholder_values
 
 SIGNATURE = "serving_default"
@@ -93,7 +94,7 @@ def explain_converter_error(message: str, ops: list[tuple[str, str]] = ()) -> st
 
 
 def _converter(saved: Path, precision: str):
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
+    converter = tf.lite.TFLiteConverter.from_saved_model(spec_text(str(saved)), signature_keys=[SIGNATURE])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     # The conversion metadata records the converter's environment; it costs a Python round trip of the
     # whole flatbuffer and is not needed to run the model.
@@ -219,7 +220,8 @@ class TFLiteJob:
                                  lambda k, v: self.placeholders[k] if k in self.placeholders else v.numpy())
         module = tf.Module()
         module.serve = serve
-        tf.saved_model.save(module, str(self.saved), signatures={SIGNATURE: serve})
+        # TensorFlow encodes a path as UTF-8: the name's own bytes as UTF-8 text, whatever the locale (LC_ALL=C)
+        tf.saved_model.save(module, spec_text(str(self.saved)), signatures={SIGNATURE: serve})
         self.concrete = serve.get_concrete_function()
         self.saved_model_seconds = time.perf_counter() - t0
         self._t_convert = time.perf_counter()

@@ -31,7 +31,11 @@ def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: 
     import onnxruntime as ort
 
     options = session_options(threads, spinning)
-    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    from bertc.weights import spec_text
+
+    # a file's name as UTF-8 text, what ORT takes: under LC_ALL=C (file names ascii to Python) a non-ASCII name's
+    # escapes were "incompatible constructor arguments", and parity there failed every ONNX artifact of a good build
+    source = spec_text(str(path_or_bytes)) if isinstance(path_or_bytes, Path) else path_or_bytes
     return ort.InferenceSession(source, options, providers=[provider])
 
 
