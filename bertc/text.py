@@ -105,9 +105,8 @@ def check_tokenizer(source: Path) -> Optional[tuple[Path, list[str]]]:
     files = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
     if not any(name in files for name in VOCABULARIES):
         return None
-    roots = _checkpoint_roots(Path(source), directory)
     for name in files:
-        _check_tokenizer_file(directory / name, roots)
+        _check_tokenizer_file(directory / name)
     return directory, files
 
 
@@ -138,24 +137,9 @@ JSON_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json", "special_
               SENTENCE_BERT_CONFIG)
 
 
-def _checkpoint_roots(source: Path, directory: Path) -> list[Path]:
-    """The folders a bundled tokenizer file may be a symbolic link into: the tokenizer's directory and the weights',
-    the repository folder of a Hugging Face hub cache snapshot (``models--org--name/snapshots/<rev>/tokenizer.json ->
-    ../../blobs/<hash>``) and a git-annex repository's object store (``.git/annex/objects``)."""
-    weights_dir = source if source.is_dir() else source.parent
-    roots = [directory.resolve(), weights_dir.resolve()]
-    for folder in (directory.absolute(), *directory.absolute().parents):
-        if folder.name == "snapshots" and (folder.parent / "blobs").is_dir():
-            roots.append((folder.parent / "blobs").resolve())
-        if (folder / ".git" / "annex" / "objects").is_dir():
-            roots.append((folder / ".git" / "annex" / "objects").resolve())
-    return roots
-
-
-def _check_tokenizer_file(path: Path, roots: Sequence[Path]) -> None:
+def _check_tokenizer_file(path: Path) -> None:
     """Refuse (:class:`WeightsError`, naming it) a checkpoint's tokenizer file that would make a build ``bertc run``
-    cannot read: a symbolic link out of the checkpoint (its target would be copied into OUT: ``/etc/passwd`` as
-    special_tokens_map.json), a JSON file that is not a JSON object (empty, binary, truncated), a tokenizer.json the
+    cannot read (a link to ``/etc/passwd`` as special_tokens_map.json was copied into OUT): a JSON file that is not a JSON object (empty, binary, truncated), a tokenizer.json the
     tokenizers library cannot load, a vocab.txt / merges.txt that is not UTF-8 text, a SentencePiece file that is
     not a model. Called before anything is copied."""
     from bertc.errors import BertcError, WeightsError, git_lfs_pointer
@@ -164,12 +148,8 @@ def _check_tokenizer_file(path: Path, roots: Sequence[Path]) -> None:
     pointer = git_lfs_pointer(path)
     if pointer:
         raise WeightsError(f"{path}: {pointer}")
-    if path.is_symlink():
-        target = path.resolve()
-        if not any(target == root or root in target.parents for root in roots):
-            raise WeightsError(f"{path}: the tokenizer file is a symbolic link to {target}, outside the checkpoint's "
-                               f"directory; bertc copies the tokenizer into the build and does not copy files from "
-                               f"elsewhere: put the file itself there")
+    # a link is followed wherever it leads (huggingface_hub's local_dir links into ~/.cache, a fine-tuned model's
+    # tokenizer.json -> ../base/tokenizer.json): what it leads to must be a tokenizer file as any other
     if name in SENTENCEPIECE_FILES:
         from bertc.sentencepiece import read_model
 

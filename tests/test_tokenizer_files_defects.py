@@ -64,16 +64,35 @@ def test_every_committed_fixtures_tokenizer_passes_the_check():
     assert len(checked) >= 15, checked
 
 
-def test_a_side_file_linked_outside_the_checkpoint_is_refused_not_copied(tmp_path):
-    elsewhere = tmp_path / "secret.json"
-    elsewhere.write_text('{"password": "hunter2"}')
+def test_a_side_file_linked_to_what_is_no_tokenizer_file_is_refused_not_copied(tmp_path):
+    """A link to /etc/passwd as special_tokens_map.json was copied into OUT: refused as the JSON it is not."""
+    elsewhere = tmp_path / "passwd"
+    elsewhere.write_text("root:x:0:0:root:/root:/bin/bash\n")
     ck = _checkpoint(tmp_path)
     (ck / "special_tokens_map.json").symlink_to(elsewhere)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(WeightsError, match="symbolic link to .*secret.json, outside the checkpoint"):
+    with pytest.raises(WeightsError, match="special_tokens_map.json: the tokenizer file is not JSON"):
         bundle_tokenizer(ck, out)
     assert not list(out.iterdir())
+
+
+def test_tokenizer_files_linked_from_elsewhere_are_followed(tmp_path):
+    """The review of the first version of the check: links out of the checkpoint were refused, though people make
+    them: huggingface_hub's ``snapshot_download(local_dir=..., local_dir_use_symlinks=True)`` links each file into
+    ~/.cache/huggingface/hub/models--*/blobs/ by absolute path, a fine-tuned model shares its base model's tokenizer
+    (``ft/tokenizer.json -> ../base/tokenizer.json``). A link is followed; its target is checked as any file."""
+    base = tmp_path / "base"
+    shutil.copytree(BERT, base)
+    ck = _checkpoint(tmp_path / "ft")
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        (ck / name).unlink(missing_ok=True)
+        (ck / name).symlink_to(Path("..", "..", "base", name) if name == "tokenizer.json" else base / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    section = bundle_tokenizer(ck, out)
+    assert {"tokenizer.json", "vocab.txt"} <= set(section["files"]) and not (out / "tokenizer.json").is_symlink()
+    load_tokenizer(out, 8)
 
 
 def test_the_hub_cache_layout_of_links_into_blobs_is_bundled(tmp_path):
