@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePath
 from typing import Optional
 
 import numpy as np
@@ -19,6 +21,59 @@ import numpy as np
 from bertc.errors import WeightsError, git_lfs_pointer
 
 MANIFEST = "bertc_weights.json"   # bertc.export.keras_file.WEIGHTS_MANIFEST (not imported: it needs no Keras)
+
+# the most a checkpoint's own JSON file (config.json, a sharded checkpoint's index, modules.json, a module's config)
+# may hold: real ones are kilobytes (an index of a large model a few MB); a link to /dev/zero or a huge file would
+# otherwise be read whole into memory
+JSON_LIMIT = 64 << 20
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_regular(path) -> str:
+    """What ``path`` is when it exists but is not a regular file (after symlinks: a FIFO, a device, a socket, a
+    directory), else "". Opening a FIFO blocks until a writer comes, and reading a device (/dev/zero) never ends,
+    so a checkpoint's files are looked at before they are opened. Never raises."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def regular_file(path, what: str = "file") -> Path:
+    """``path``, after :class:`WeightsError` when it exists and is not a regular file (see :func:`not_regular`)."""
+    kind = not_regular(path)
+    if kind:
+        raise WeightsError(f"{path}: is {kind}, not a regular file: bertc reads a checkpoint's {what} only from "
+                           f"regular files (or links to them)")
+    return Path(path)
+
+
+def checkpoint_text(path, what: str = "JSON file") -> str:
+    """The text of a checkpoint's JSON file (config, index, modules), after :func:`regular_file` and the
+    :data:`JSON_LIMIT` size cap (:class:`WeightsError`, naming it); ``OSError`` (``FileNotFoundError`` included)
+    and ``ValueError`` (not UTF-8) as reading it raises them."""
+    regular_file(path, what)
+    with open(path, "rb") as f:
+        data = f.read(JSON_LIMIT + 1)
+    if len(data) > JSON_LIMIT:
+        raise WeightsError(f"{path}: more than {JSON_LIMIT >> 20} MB, far more than a checkpoint's {what} holds; "
+                           f"bertc does not read it")
+    return data.decode("utf-8")
+
+
+def inside_name(name: str) -> bool:
+    """Whether a file or folder name that a checkpoint's own file gives (an index's ``weight_map`` shard, a
+    ``modules.json`` path) stays inside the directory it is relative to: relative, and no ``..`` leaving it. The
+    name is judged, not where a symlink it names points (the Hugging Face cache's snapshots link to ../../blobs/)."""
+    if not isinstance(name, str) or "\0" in name or os.path.isabs(name) or PurePath(name).drive:
+        return False
+    normal = os.path.normpath(name) if name else "."
+    return normal != os.pardir and not normal.startswith(os.pardir + os.sep)
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
@@ -69,6 +124,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self._files: dict[str, Path] = {}
         self._handles = {}
         for path in files:
+            regular_file(path, "weights")
             try:
                 handle = safe_open(str(path), framework="np")
                 keys = list(handle.keys())
@@ -114,7 +170,12 @@ def _shard_files(index: Path, kind: str) -> list[Path]:
     """The shard files a sharded checkpoint's index names (its ``weight_map``: tensor name -> file beside it), as
     transformers reads them: every file named, each once; a missing one is named with the index."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = json.loads(checkpoint_text(index, f"{kind} index"))["weight_map"]
+        outside = next(((k, f) for k, f in weight_map.items() if isinstance(f, str) and not inside_name(f)), None)
+        if outside is not None:
+            raise WeightsError(f"{index}: its weight_map names {json.dumps(outside[1])} for {outside[0]!r}, a file "
+                               f"outside the checkpoint's directory ({index.parent}); a sharded checkpoint's shards "
+                               f"are beside its index")
         files = sorted({index.parent / f for f in weight_map.values()})
     except FileNotFoundError:
         raise WeightsError(f"{index}: file not found") from None
@@ -123,6 +184,8 @@ def _shard_files(index: Path, kind: str) -> list[Path]:
                            f"file): {type(exc).__name__}: {exc}") from None
     if not files:
         raise WeightsError(f"{index}: its weight_map names no shard file")
+    for f in files:
+        regular_file(f, "weights")
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise WeightsError(f"{index}: names {len(missing)} of its {len(files)} shard file(s) that are not beside it: "
@@ -145,6 +208,7 @@ class TorchCheckpoint(Checkpoint):
         super().__init__(location)
         from bertc.torch_pickle import TorchFile
 
+        regular_file(location, "weights")
         try:
             self._file = TorchFile(location)
         except WeightsError as exc:
@@ -458,10 +522,21 @@ def _module_paths(root: Path, types: tuple) -> list[str]:
     """The folders of the modules of ``types`` in a sentence-transformers directory's ``modules.json``, in its
     order (none when it has no modules.json, or one that is not readable: the importer reports that)."""
     try:
-        modules = json.loads((Path(root) / "modules.json").read_text())
-        return [str(m.get("path", "")) for m in modules if str(m.get("type", "")).rsplit(".", 1)[-1] in types]
+        modules = json.loads(checkpoint_text(Path(root) / "modules.json", "modules.json"))
+        paths = [(m.get("path", ""), str(m.get("type", "")).rsplit(".", 1)[-1] in types) for m in modules]
     except (OSError, ValueError, TypeError, AttributeError):
         return []
+    for path, _ in paths:   # every module's, not only the ones asked for: none may name a folder elsewhere
+        check_module_path(root, path)
+    return [str(p) for p, wanted in paths if wanted]
+
+
+def check_module_path(root: Path, path) -> None:
+    """:class:`WeightsError` when a ``modules.json`` module's ``path`` names a folder outside the
+    sentence-transformers directory ``root`` (absolute, or ``..`` leaving it)."""
+    if isinstance(path, str) and not inside_name(path):
+        raise WeightsError(f"{Path(root) / 'modules.json'}: module path {json.dumps(path)} is outside the "
+                           f"sentence-transformers directory ({root}); its modules are folders inside it")
 
 
 def dense_module_paths(root: Path) -> list[str]:
@@ -598,3 +673,29 @@ def refuse_git_lfs_pointers(root: Path) -> None:
                            f"{'file it stands' if one else 'files they stand'} for: the repository was cloned without "
                            f"Git LFS; run `git lfs pull` in {root} (or download the {'file' if one else 'files'} "
                            f"{'itself' if one else 'themselves'})")
+
+
+def refuse_special_files(root: Path) -> None:
+    """:class:`WeightsError` naming every file of a checkpoint directory ``root`` (and of its subfolders one level
+    down, as :func:`refuse_git_lfs_pointers` looks) that bertc would read (weights, configs, tokenizers) and that is
+    a FIFO, a device or a socket (after symlinks): opening a FIFO blocks until a writer comes and a device such as
+    /dev/zero never ends, so an import or a build would hang or fill memory where it should refuse at once."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    found = []
+    for folder in [root, *(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                           and p.name not in UNREAD_FOLDERS and not p.name.startswith("checkpoint-"))]:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if p.suffix in READ_SUFFIXES:
+                kind = not_regular(p)
+                if kind and kind != "a directory":
+                    found.append(f"{p.relative_to(root)} is {kind}")
+    if found:
+        raise WeightsError(f"{root}: {', '.join(found[:6])}{f' and {len(found) - 6} more' if len(found) > 6 else ''}"
+                           f"; bertc reads a checkpoint's weights, configs and tokenizer files only from regular "
+                           f"files (or links to them)")

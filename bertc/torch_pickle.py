@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -147,6 +148,8 @@ class TorchFile:
         if "state_dict" in state and isinstance(state["state_dict"], dict):   # a training checkpoint's wrapper
             state = state["state_dict"]
         self.tensors = {str(k): v for k, v in state.items() if isinstance(v, TensorRef)}
+        for name in self.tensors:   # a view outside its storage is refused on opening (bertc import), not at the read
+            self._extent(name)
 
     def _open_zip(self) -> object:
         self._zip = zipfile.ZipFile(self.path)
@@ -186,26 +189,57 @@ class TorchFile:
                 f.seek(numel * storage.kind.itemsize, io.SEEK_CUR)
         return state
 
-    def _bytes(self, storage: _Storage) -> bytes:
-        size = storage.numel * storage.kind.itemsize
+    def _bytes(self, storage: _Storage, count: int) -> bytes:
+        """The first ``count`` values of ``storage`` (the ones a tensor reaches), read alone: a zip member is read
+        no further than them, so a small file whose member inflates far beyond what its tensors say costs no more
+        than the tensors."""
+        size, want = storage.numel * storage.kind.itemsize, count * storage.kind.itemsize
         if self._zip is not None:
-            data = self._zip.read(f"{self._prefix}data/{storage.key}")
+            member = f"{self._prefix}data/{storage.key}"
+            try:
+                info = self._zip.getinfo(member)
+            except KeyError:
+                raise WeightsError(f"{self.path}: storage {storage.key} has no member {member} in the archive") \
+                    from None
+            if info.file_size < size:
+                raise WeightsError(f"{self.path}: storage {storage.key} is truncated ({info.file_size} of {size} "
+                                   f"bytes)")
+            if info.file_size != size:
+                raise WeightsError(f"{self.path}: storage {storage.key} ({member}) holds {info.file_size} bytes, "
+                                   f"but its tensors say {storage.numel} values of {storage.kind.itemsize} bytes "
+                                   f"({size} bytes): not a file torch.save wrote")
+            with self._zip.open(info) as f:
+                data = f.read(want)
         else:
             with open(self.path, "rb") as f:
                 f.seek(storage.offset)
-                data = f.read(size)
-        if len(data) < size:
+                data = f.read(min(want, max(0, os.fstat(f.fileno()).st_size - storage.offset)))
+        if len(data) < want:
             raise WeightsError(f"{self.path}: storage {storage.key} is truncated ({len(data)} of {size} bytes)")
-        return data[:size]
+        return data
+
+    def _extent(self, name: str) -> int:
+        """How many values of its storage tensor ``name`` reaches (0 for an empty tensor), its view checked whole:
+        as_strided trusts its arguments, and a negative stride, size or offset (or a stride per dimension missing)
+        would read memory outside the storage."""
+        ref = self.tensors[name]
+        numel = ref.storage.numel
+        where = f"{self.path}: tensor {name!r} (size {list(ref.shape)}, stride {list(ref.stride)}, storage offset " \
+                f"{ref.offset}, storage {ref.storage.key} of {numel} values)"
+        if len(ref.stride) != len(ref.shape) or ref.offset < 0 or numel < 0 or \
+                any(d < 0 for d in ref.shape) or any(s < 0 for s in ref.stride):
+            raise WeightsError(f"{where}: not a view torch.save writes (sizes, strides and the offset are >= 0, "
+                               f"one stride a dimension)")
+        need = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride)) + 1 if all(ref.shape) else 0
+        if need > numel:
+            raise WeightsError(f"{where}: reaches past its storage (to value {need})")
+        return need
 
     def read(self, name: str) -> np.ndarray:
         ref = self.tensors[name]
-        kind = ref.storage.kind
-        raw = np.frombuffer(self._bytes(ref.storage), dtype="<u2" if kind.name == "BFloat16Storage"
+        kind, need = ref.storage.kind, self._extent(name)
+        raw = np.frombuffer(self._bytes(ref.storage, need), dtype="<u2" if kind.name == "BFloat16Storage"
                             else np.dtype(STORAGES[kind.name]).newbyteorder("<"))
-        need = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride)) + 1 if all(ref.shape) else 0
-        if need > raw.size:
-            raise WeightsError(f"{self.path}: tensor {name!r} reaches past its storage")
         view = np.lib.stride_tricks.as_strided(raw[ref.offset:], shape=ref.shape,
                                                strides=[s * raw.itemsize for s in ref.stride]) if need else \
             np.zeros(ref.shape, raw.dtype)

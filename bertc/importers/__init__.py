@@ -48,7 +48,7 @@ def _spec_name(source: Path) -> str:
 def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     """The spec (a dict, without name and weights) of the model at ``source``, and the weights path.
     ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded)."""
-    from bertc.checkpoints import HF_INDEX_SUFFIXES, open_checkpoint, refuse_git_lfs_pointers
+    from bertc.checkpoints import HF_INDEX_SUFFIXES, open_checkpoint, refuse_git_lfs_pointers, refuse_special_files
     from bertc.importers import bert_tf1, hf, model_garden
 
     source = Path(source)
@@ -56,6 +56,7 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     weights_file = source.suffix in (".safetensors", ".bin") or source.name.endswith(HF_INDEX_SUFFIXES)
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (weights_file and (root / "config.json").exists()):
+        refuse_special_files(root)
         refuse_git_lfs_pointers(root)
         checkpoint = open_checkpoint(source)  # the weights must be there and readable
         return hf.spec_from(source, checkpoint.names(), encoder_only), source
@@ -219,11 +220,15 @@ def json_text(value) -> str:
 def load_weights_stage(model, spec, weights: Path, out: Path, init_from=None) -> dict:
     """The pipeline's "load weights" stage: load, then bundle the tokenizer found beside the weights.
     Returns the report sections ``weights`` (and ``tokenizer`` when there is one)."""
+    from bertc.checkpoints import refuse_special_files
     from bertc.text import bundle_tokenizer
 
     if init_from is not None:
         raise WeightsError(f"both trained weights ({weights}) and --init-from ({init_from}) were given; "
                            f"use one of them")
+    root = Path(weights) if Path(weights).is_dir() else Path(weights).parent
+    if (root / "config.json").exists() or (root / "modules.json").exists():   # a Hugging Face directory: its
+        refuse_special_files(root)                                             # tokenizer files are read too
     check_checkpoint_config(spec, weights)
     result = load_weights(model, spec, weights)
     sections = {"weights": {**result.to_json(), "summary": result.summary()}}

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from bertc.checkpoints import TRANSFORMER_MODULES, dense_module_paths, sentence_transformers_root
+from bertc.checkpoints import (TRANSFORMER_MODULES, check_module_path, checkpoint_text, dense_module_paths,
+                               sentence_transformers_root)
 from bertc.components.heads import POOLING_MODES, pooling_modes
 from bertc.errors import UnsupportedModel, WeightsError
 from bertc.spec import LONG_CONTEXT
@@ -363,8 +364,10 @@ class ConfigValues:
 
 
 def read_json(path: Path) -> dict:
+    """A checkpoint's JSON config as a dict; one that is not a regular file (a FIFO, /dev/zero) or that is larger
+    than any config (:data:`bertc.checkpoints.JSON_LIMIT`) is refused before it is read."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(checkpoint_text(path, "config"))
     except FileNotFoundError:
         raise WeightsError(f"{path}: file not found") from None
     except (OSError, ValueError) as exc:
@@ -498,14 +501,15 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
     if not modules_file.exists():
         return None
     try:
-        modules = json.loads(modules_file.read_text())
-    except ValueError as exc:
+        modules = json.loads(checkpoint_text(modules_file, "modules.json"))
+    except (OSError, ValueError) as exc:
         raise WeightsError(f"{modules_file}: not readable JSON: {exc}") from None
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise WeightsError(f"{modules_file}: expected a JSON list of modules (objects with type and path)")
     for i, m in enumerate(modules):
         if not isinstance(m.get("path", ""), str):
             invalid(str(modules_file), f"[{i}].path", m["path"], "a folder name, relative to the model's")
+        check_module_path(root, m.get("path", ""))
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
     st_config = root / "config_sentence_transformers.json"
     cross_encoder = st_config.is_file() and read_json(st_config).get("model_type") == "CrossEncoder"
@@ -631,6 +635,9 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
                 f"masked positions per sequence you feed.")
     if head is None and encoder_only:
         note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
+    if cfg.get("auto_map"):   # transformers runs that code only with trust_remote_code; bertc never runs it
+        note += (f" config.json's auto_map names custom code, which bertc does not run: the standard {arch} "
+                 f"architecture is assumed.")
     max_seq = enc.get("max_sequence_length") or enc.get("embedding", {}).get("max_sequence_length")  # scaffold
     table = cfg.get("max_position_embeddings", family.defaults.get("max_position_embeddings"))  # checked by encoder
     if st and isinstance(table, int) and max_seq < table:
