@@ -284,31 +284,36 @@ BUILD_EXTRAS = ("report.json", "summary.txt", "bench.json", "bench.png")
 
 
 def not_a_build(out: Path) -> Optional[str]:
-    """Why the directory ``out`` may not be replaced by a build (None: it may): it must be empty, or hold what a
-    build wrote and nothing else: bertc's report.json (with its file manifest), the files that manifest lists,
-    :data:`BUILD_EXTRAS` and bertc's own temporary names. A folder that merely holds a file named report.json (a
-    project, a git repository, results) is the user's: refused, however forced, naming what is not a build's."""
+    """Why the directory ``out`` may not be replaced by a build, as "OUT exists and ..." goes on (None: it may): it
+    must be empty, or hold what a build wrote and nothing else: bertc's report.json (with its file manifest), the
+    files that manifest lists, :data:`BUILD_EXTRAS`, bertc's own temporary names and a file manager's notes
+    (.DS_Store). A folder that merely holds a file named report.json (a project, a git repository, results) is the
+    user's: refused, however forced; so is a build beside which the user keeps a file of theirs, named."""
     try:
         entries = [e.name for e in out.iterdir()]
     except OSError as exc:
-        return f"cannot list it: {exc.strerror or exc}"
+        return f"cannot be listed: {exc.strerror or exc}"
     if not entries:
         return None
     if "report.json" not in entries:
-        return "no report.json"
+        return "is not a bertc build (no report.json)"
     try:
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         files = report["manifest"]["files"]
         if not isinstance(files, dict):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
-        return "its report.json is not a bertc build's report with a file manifest"
+        return "is not a bertc build (its report.json is not a bertc build's report with a file manifest)"
     ours = {str(name).split("/")[0] for name in files} | set(BUILD_EXTRAS)
-    other = sorted(e for e in entries if e not in ours and not e.startswith((_HOLD, _PART)) and not e.endswith(".partial"))
+    other = sorted(e for e in entries if e not in ours and not e.startswith((_HOLD, _PART)) and ".partial" not in e
+                   and e not in _FILE_MANAGERS)
     if other:
         shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-        return f"it holds what no build wrote: {shown}"
+        return f"is a bertc build that also holds what no build wrote ({shown}: yours to move or remove)"
     return None
+
+
+_FILE_MANAGERS = (".DS_Store", "Thumbs.db", "desktop.ini")   # what file managers leave in a folder they showed
 
 
 def is_build(out: Path) -> bool:
@@ -387,8 +392,8 @@ class StagedOutput:
             raise OutputError(f"{self.given} already exists; pass --force to replace it")
         why = not_a_build(self.out) if self.out.exists() else None
         if why is not None:   # a checkpoint, a data folder: never ours to remove
-            raise OutputError(f"{self.given} exists and is not a bertc build ({why}): --force replaces only "
-                              f"a build's output; choose another -o, or remove it yourself")
+            raise OutputError(f"{self.given} exists and {why}: --force replaces only a build's output; choose "
+                              f"another -o, or remove it yourself")
         self.force = force
         self.existed = os.path.lexists(self.out)   # what the swap may replace was there at the start
         self.failed_dir = _sibling(self.out, "", ".failed")
@@ -468,8 +473,7 @@ class StagedOutput:
             return f"{self.given} {meanwhile} and is not a directory; --force replaces only a build's output"
         why = not_a_build(self.out)
         if why is not None:
-            return (f"{self.given} {meanwhile} and is not a bertc build ({why}); --force replaces only a "
-                    f"build's output")
+            return f"{self.given} {meanwhile} and {why}; --force replaces only a build's output"
         return None
 
     def _beside_given(self, path: Path) -> Path:

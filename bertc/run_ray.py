@@ -84,10 +84,13 @@ def _check_reachable(address: str, named: str) -> None:
 
     client = address.startswith("ray://")
     rest = address[len("ray://"):] if client else address
-    host, colon, port = rest.rpartition(":")
+    if rest.startswith("["):   # [::1]:6379, ray://[::1]: a bracketed IPv6 host, its port after the bracket
+        host, _, after = rest[1:].partition("]")
+        colon, port = (":", after[1:]) if after.startswith(":") else ("", "")
+    else:
+        host, colon, port = rest.rpartition(":")
     if not colon:
-        host, port = (rest, "10001") if client else ("", "")   # Ray Client's default port
-    host = host.strip("[]")   # [::1]:6379
+        host, port = (host or rest, "10001") if client else ("", "")   # Ray Client's default port
     malformed = ("no host" if not host else None) if port.isdigit() and 0 < int(port) < 65536 else \
         f"the port {port!r} is not a port number (1 to 65535)"
     if client and (malformed or not host):   # ray://127.0.0.1:abc, ray:// : Ray waited 30 s, then "timeout"

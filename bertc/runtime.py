@@ -333,6 +333,16 @@ _CROSS_ENCODER = {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.mo
 MAX_THREADS = 64   # the most intra-op threads a Runtime takes, or 4 a core where that is more
 
 
+def _check_threads(threads: Optional[int]) -> None:
+    """Refuse more intra-op threads than this machine can use (:data:`MAX_THREADS`, or 4 a core): 3,000 on 2 cores
+    spent minutes creating the pool, deaf to SIGTERM. Checked where the sessions are made: over Ray, on each actor's
+    node, whose cores may be many more than the client's."""
+    most = max(MAX_THREADS, 4 * (os.cpu_count() or 1))
+    if threads is not None and threads > most:
+        raise InputError(f"threads {threads}: more than {most} ONNX Runtime threads (4 a core of this machine's "
+                         f"{os.cpu_count()}, at least {MAX_THREADS}) only slow a run down; one a core is fastest")
+
+
 def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str, str]:
     """(one of :data:`SCORES`, why) for a classifier's logits, as the checkpoint's own tools score them: a
     sentence-transformers CrossEncoder's activation (``activation_fn`` of config_sentence_transformers.json, or in
@@ -647,10 +657,6 @@ class Runtime:
         batch_size, window = _whole("batch_size", batch_size, 1, False), _whole("window", window, 1, False)
         max_batch_tokens = _whole("max_batch_tokens", max_batch_tokens, 1, False)
         threads, top_k = _whole("threads", threads, 1), _whole("top_k", top_k)
-        most = max(MAX_THREADS, 4 * (os.cpu_count() or 1))
-        if threads is not None and threads > most:   # 3,000 on 2 cores: minutes creating the pool, deaf to SIGTERM
-            raise InputError(f"threads {threads}: more than {most} ONNX Runtime threads (4 a core of this machine's "
-                             f"{os.cpu_count()}, at least {MAX_THREADS}) only slow a run down; one a core is fastest")
         doc_stride, max_length = _whole("doc_stride", doc_stride), _whole("max_length", max_length)
         counted = ("fill_mask", "span") + (("classification", "embedding") if rank else ())
         if top_k is not None and (self.kind not in counted or top_k < 1):
@@ -869,6 +875,7 @@ class Runtime:
         if self._engine is None:
             with self._lock:   # threads that come first at once build one engine, not one each
                 if self._engine is None:
+                    _check_threads(self.threads)
                     self._engine = Engine(self.parts, self.threads, self.spinning)
         return self._engine
 
@@ -964,6 +971,8 @@ class Runtime:
         from bertc.errors import OutputError
         from bertc.run_ray import run_ray
 
+        if ray_address is None:   # over Ray the threads are each actor's, on its node (checked there)
+            _check_threads(self.threads)
         if choices_field is not None and self.kind != "choice":
             raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
                              f"{self.kind} results)")

@@ -94,7 +94,8 @@ def test_existing_output_is_kept_without_force(built, tmp_spec, capsys):
     # forced, a build holding what no build wrote (the user's file) is refused too, naming it (a QA report: a
     # project folder holding a report.json of its own, a git repository, was replaced by --force)
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export", "--force"]) == EXIT_OUTPUT
-    assert "is not a bertc build (it holds what no build wrote: mine.txt)" in capsys.readouterr().err
+    assert "exists and is a bertc build that also holds what no build wrote (mine.txt: yours to move or remove)" \
+        in capsys.readouterr().err
     assert marker.read_text() == "keep me"
     marker.unlink()
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(built), "-q", "--no-export", "--force"]) == 0

@@ -57,8 +57,11 @@ def test_threads_beyond_any_use_are_refused(builds):
     """``--threads 3000`` on 2 cores spent minutes creating the pool, deaf to SIGTERM (100,000: 4,921 threads and
     16 GB after 11 minutes)."""
     limit = max(64, 4 * (os.cpu_count() or 1))
+    many = bertc.Runtime(builds["st_bert_mean_norm"], threads=limit + 1)   # over Ray they would be each actor's
     with pytest.raises(InputError, match=f"threads {limit + 1}: more than {limit} ONNX Runtime threads"):
-        bertc.Runtime(builds["st_bert_mean_norm"], threads=limit + 1)
+        many.run(["the cat"])
+    with pytest.raises(InputError, match=f"threads {limit + 1}: more than {limit} ONNX Runtime threads"):
+        many.run_file(Path(__file__), Path(builds["st_bert_mean_norm"]).parent / "never.npy")
     assert bertc.Runtime(builds["st_bert_mean_norm"], threads=3, artifact="onnx").run(["the cat"]).shape[0] == 1
 
 
@@ -83,6 +86,7 @@ def test_a_build_failed_by_a_diagnostic_tolerance_says_how_to_judge_it_again(bui
     ("ray://", "not a Ray Client address: no host"),
     ("ray://127.0.0.1:99999", "not a Ray Client address: the port '99999' is not a port number"),
     ("127.0.0.1:abc", "not a Ray cluster address: the port 'abc' is not a port number"),
+    ("ray://[::1]:abc", "not a Ray Client address: the port 'abc' is not a port number"),   # "the port '1]'" before
 ])
 def test_a_malformed_ray_address_is_refused_at_once(address, why):
     """``--ray ray://127.0.0.1:abc`` (or ``ray://``) waited 31 s, printed Ray's raw warning, then said "ray client

@@ -216,7 +216,12 @@ def test_force_never_replaces_a_folder_that_merely_holds_a_report_json(tmp_spec,
     # a bertc report listing its files, with one more of the user's beside them: refused, naming it
     (project / "report.json").write_text(json.dumps({"manifest": {"files": {"notes.txt": {}}}}))
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(project), "--force", "-q", "--no-export"]) == 5
-    assert "(it holds what no build wrote: .git)" in capsys.readouterr().err
+    assert "is a bertc build that also holds what no build wrote (.git: yours" in capsys.readouterr().err
+    # what bertc itself leaves (a killed bertc bench's chart) and a file manager's notes are no user's files
+    (project / "report.json").write_text(json.dumps({"manifest": {"files": {"notes.txt": {}, ".git": {}}}}))
+    (project / "bench.png.partial.png").write_bytes(b"")
+    (project / ".DS_Store").write_bytes(b"")
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(project), "--force", "-q", "--no-export"]) == 0
     # the user's results.failed holding a report.json: a failed build keeps its report elsewhere
     users = tmp_path / "results.failed"
     users.mkdir()
