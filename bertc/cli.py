@@ -368,7 +368,7 @@ def schema(output, force):
     from bertc.spec import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
-    if output:
+    if output and str(output) != "-":   # -o -: standard output, as every other command's
         from bertc.errors import OutputError
 
         if not output.parent.is_dir():   # as inspect --plot: exit 5 naming the path (it was an internal error)

@@ -65,6 +65,10 @@ def test_schema_to_a_path_that_cannot_be_written_is_an_output_error(tmp_path, mo
     assert main(["schema", "-o", str(spec)]) == EXIT_OUTPUT and spec.read_text() == "{}"
     assert f"error: -o {spec}: already exists; pass --force to replace it" in capsys.readouterr().err
     assert main(["schema", "-o", str(spec), "--force"]) == 0 and json.loads(spec.read_text())["title"] == "bertc spec"
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["schema", "-o", "-"]) == 0 and not (tmp_path / "-").exists()   # standard output, no file named -
+    assert json.loads(capsys.readouterr().out)["title"] == "bertc spec"
 
 
 @pytest.fixture
