@@ -194,3 +194,14 @@ def test_the_spec_hash_takes_a_path_the_locale_could_not_decode():
     from bertc.manifest import canonical_spec_json
 
     assert canonical_spec_json({"weights": "ckpt \udcc3\udca9"}) != canonical_spec_json({"weights": "ckpt"})
+
+
+def test_bertc_import_refuses_a_damaged_tokenizer_file_too(tmp_path, capsys):
+    """The build refused it; ``bertc import`` wrote the spec, exit 0, and the user learned of it one step later."""
+    from bertc.cli import main
+
+    ck = _checkpoint(tmp_path)
+    (ck / "tokenizer.json").write_bytes(b"")
+    assert main(["import", str(ck), "-o", str(tmp_path / "spec.json")]) == 2
+    assert "tokenizer.json: the tokenizer file is empty" in capsys.readouterr().err
+    assert not (tmp_path / "spec.json").exists()

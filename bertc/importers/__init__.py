@@ -59,6 +59,9 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
         refuse_special_files(root)
         refuse_git_lfs_pointers(root)
         checkpoint = open_checkpoint(source)  # the weights must be there and readable
+        from bertc.text import check_tokenizer
+
+        check_tokenizer(source)   # a damaged tokenizer file is said now, not when the build copies it
         return hf.spec_from(source, checkpoint.names(), encoder_only), source
     if encoder_only:
         raise WeightsError(f"{source}: --encoder-only applies to Hugging Face checkpoints")
