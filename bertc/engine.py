@@ -779,7 +779,9 @@ class Engine:
         return _spoken(tags)
 
 
-_WHITESPACE = re.compile(r"[ \t\n\r\x0b\x0c]")   # where a long text may be cut (Engine._prefix)
+# where a long text may be cut (Engine._prefix): white space to every tokenizer (BERT's normalizer deletes \x0b and
+# \x0c as control characters, joining the words around them: no place to cut)
+_WHITESPACE = re.compile(r"[ \t\n\r]")
 
 
 def _spoken(tags: list) -> list:
@@ -806,7 +808,7 @@ def _cut(text: str, at: int, start: int = 0) -> int:
     found = _WHITESPACE.search(text, at, at + (at - start) + 1)
     if found:
         return found.start()
-    before = max(text.rfind(c, start, at) for c in " \t\n\r\x0b\x0c")
+    before = max(text.rfind(c, start, at) for c in " \t\n\r")
     low = start + (at - start) // 2
     if before > low:
         return before
@@ -830,8 +832,8 @@ def _word_boundary(ch: str) -> bool:
     import unicodedata
 
     code = ord(ch)
-    if code < 128:
-        return not ch.isalnum() and not ch.isspace()
+    if code < 128:   # a control character is deleted by BERT's normalizer, joining its neighbours: no boundary
+        return 32 < code < 127 and not ch.isalnum()
     return unicodedata.category(ch).startswith("P") or 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or \
         0xF900 <= code <= 0xFAFF or 0x20000 <= code <= 0x2FA1F
 

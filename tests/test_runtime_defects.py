@@ -632,3 +632,8 @@ def test_a_long_text_is_never_cut_inside_a_word_wordpiece_reads_as_one_unknown(m
         cut = engine._shortened(text)
         assert len(cut) < len(text) and cut.endswith(","), len(cut)
         assert engine.tokenizer.encode(cut).ids == engine.tokenizer.encode(text).ids
+    # a control character (a form feed between pdftotext's pages, \x0b, \x01, DEL) is deleted by BERT's normalizer:
+    # the word around it is one word of 161 characters, one [UNK] (the second review: cut there, 0.0425 off)
+    for control in "\x0c\x0b\x01\x7f":
+        text = "b" * 150 + "," + "a" + "s" * 59 + control + "s" * 100 + ",cat" * 400
+        assert engine.tokenizer.encode(engine._shortened(text)).ids == engine.tokenizer.encode(text).ids, repr(control)
