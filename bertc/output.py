@@ -305,12 +305,19 @@ def not_a_build(out: Path) -> Optional[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return "is not a bertc build (its report.json is not a bertc build's report with a file manifest)"
     ours = {str(name).split("/")[0] for name in files} | set(BUILD_EXTRAS)
-    other = sorted(e for e in entries if e not in ours and not e.startswith((_HOLD, _PART)) and ".partial" not in e
+    other = sorted(e for e in entries if e not in ours and not e.startswith((_HOLD, _PART)) and not _temporary(e)
                    and e not in _FILE_MANAGERS)
     if other:
         shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
         return f"is a bertc build that also holds what no build wrote ({shown}: yours to move or remove)"
     return None
+
+
+def _temporary(name: str) -> bool:
+    """Whether ``name`` is one of bertc's temporary files in a build's folder (a killed write's): ``*.partial``
+    (``report.json.PID.partial``), a killed ``bertc bench``'s ``bench.png.partial.png``; a user's
+    ``scores.partial_eval.csv`` is not."""
+    return name.endswith(".partial") or name == "bench.png.partial.png"
 
 
 _FILE_MANAGERS = (".DS_Store", "Thumbs.db", "desktop.ini")   # what file managers leave in a folder they showed

@@ -221,6 +221,10 @@ def test_force_never_replaces_a_folder_that_merely_holds_a_report_json(tmp_spec,
     (project / "report.json").write_text(json.dumps({"manifest": {"files": {"notes.txt": {}, ".git": {}}}}))
     (project / "bench.png.partial.png").write_bytes(b"")
     (project / ".DS_Store").write_bytes(b"")
+    (project / "scores.partial_eval.csv").write_text("mine")   # a user's name holding ".partial": theirs
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(project), "--force", "-q", "--no-export"]) == 5
+    assert "(scores.partial_eval.csv: yours" in capsys.readouterr().err
+    (project / "scores.partial_eval.csv").unlink()
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(project), "--force", "-q", "--no-export"]) == 0
     # the user's results.failed holding a report.json: a failed build keeps its report elsewhere
     users = tmp_path / "results.failed"
