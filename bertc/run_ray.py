@@ -203,6 +203,11 @@ def run_ray(runtime, records: Iterable[Record], address: Optional[str] = None,
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
     threads = runtime.threads or 1
+    nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    if nodes and threads > max(nodes):   # an actor asks for num_cpus=threads: one that fits no node is never placed,
+        # and Ray Data waits for good ("The job may hang forever")
+        raise InputError(f"--threads {threads}: each Ray actor takes that many CPUs, and no node of this cluster has "
+                         f"more than {max(nodes):g}; pass --threads {int(max(nodes))} or fewer")
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
     context = ray.data.DataContext.get_current()

@@ -225,3 +225,20 @@ def test_a_ray_run_prints_bertc_lines_only(local_ray, builds, tmp_path):
     assert len(lines) == 2 and lines[0].startswith(f"bertc run {out}: embedding results from "), err[-3000:]
     assert lines[1].startswith(f"wrote {result}: 7 embedding result(s) in ") and "over Ray" in lines[1], err[-3000:]
     np.testing.assert_array_equal(np.load(result), bertc.Runtime(out).run(texts(7)))
+
+
+def test_threads_no_node_has_are_refused_not_waited_for(local_ray, builds, tmp_path):
+    """``--ray --threads 3`` on a cluster of 2-CPU nodes: each actor asks for 3 CPUs, is never placed, and Ray Data
+    waited for good ("The job may hang forever"); refused, naming the largest node's CPUs."""
+    import time
+
+    import bertc
+    from bertc.errors import InputError
+
+    txt = tmp_path / "in.txt"
+    txt.write_text("a dog\n")
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="--threads 3: each Ray actor takes that many CPUs, and no node of this "
+                                         "cluster has more than 2"):
+        bertc.Runtime(builds["st_bert_mean_norm"], threads=3).run_file(txt, tmp_path / "r.npy", ray_address="")
+    assert time.perf_counter() - start < 60 and not (tmp_path / "r.npy").exists()
