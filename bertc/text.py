@@ -106,6 +106,7 @@ def check_tokenizer(source: Path) -> Optional[tuple[Path, list[str]]]:
     if not any(name in files for name in VOCABULARIES):
         return None
     for name in files:
+        _check_link(directory / name, directory)
         _check_tokenizer_file(directory / name)
     return directory, files
 
@@ -135,6 +136,26 @@ def bundle_tokenizer(source: Path, out: Path) -> Optional[dict]:
 # the tokenizer files that are JSON objects (each is read as one; a vocab.json is token -> id)
 JSON_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
               SENTENCE_BERT_CONFIG)
+
+
+def _check_link(path: Path, directory: Path) -> None:
+    """Refuse (:class:`WeightsError`) a tokenizer file that is a link to a file a tokenizer's name does not hold:
+    the build copies it into OUT, and a ``merges.txt -> ~/.ssh/id_ed25519`` (any UTF-8 text passes as a vocabulary)
+    would ship the key with the model. Followed: a link within the checkpoint's folder, one to a file of the same
+    name (``ft/tokenizer.json -> ../base/tokenizer.json``), one into a download cache's content store
+    (huggingface_hub's ``models--*/blobs/<hash>``, git-annex's ``.git/annex/objects``: names are hashes there)."""
+    from bertc.errors import WeightsError
+
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    inside = directory.resolve() in target.parents
+    cached = target.parent.name == "blobs" and target.parent.parent.name.startswith(("models--", "datasets--")) \
+        or ".git/annex/objects/" in target.as_posix()
+    if not (inside or cached or target.name == path.name):
+        raise WeightsError(f"{path}: the tokenizer file is a link to {target}, which is no tokenizer file of that "
+                           f"name, nor in a download cache: bertc copies the tokenizer into the build; link to "
+                           f"a file named {path.name}, or put the file itself there")
 
 
 def _check_tokenizer_file(path: Path) -> None:

@@ -65,14 +65,15 @@ def test_every_committed_fixtures_tokenizer_passes_the_check():
 
 
 def test_a_side_file_linked_to_what_is_no_tokenizer_file_is_refused_not_copied(tmp_path):
-    """A link to /etc/passwd as special_tokens_map.json was copied into OUT: refused as the JSON it is not."""
+    """A link to /etc/passwd as special_tokens_map.json was copied into OUT: refused (a link to a file that is no
+    tokenizer file of that name)."""
     elsewhere = tmp_path / "passwd"
     elsewhere.write_text("root:x:0:0:root:/root:/bin/bash\n")
     ck = _checkpoint(tmp_path)
     (ck / "special_tokens_map.json").symlink_to(elsewhere)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(WeightsError, match="special_tokens_map.json: the tokenizer file is not JSON"):
+    with pytest.raises(WeightsError, match="special_tokens_map.json: the tokenizer file is a link to .*passwd"):
         bundle_tokenizer(ck, out)
     assert not list(out.iterdir())
 
@@ -93,6 +94,17 @@ def test_tokenizer_files_linked_from_elsewhere_are_followed(tmp_path):
     section = bundle_tokenizer(ck, out)
     assert {"tokenizer.json", "vocab.txt"} <= set(section["files"]) and not (out / "tokenizer.json").is_symlink()
     load_tokenizer(out, 8)
+    # a link to a file that is no tokenizer file of its name (the second review: merges.txt -> a private key, any
+    # UTF-8 text passing as merges) is refused, and nothing is copied
+    key = tmp_path / "home" / ".ssh" / "id_ed25519"
+    key.parent.mkdir(parents=True)
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n")
+    (ck / "merges.txt").symlink_to(key)
+    copy = tmp_path / "out2"
+    copy.mkdir()
+    with pytest.raises(WeightsError, match="merges.txt: the tokenizer file is a link to .*id_ed25519, which is no"):
+        bundle_tokenizer(ck, copy)
+    assert not list(copy.iterdir())
 
 
 def test_the_hub_cache_layout_of_links_into_blobs_is_bundled(tmp_path):
