@@ -676,16 +676,19 @@ def refuse_git_lfs_pointers(root: Path) -> None:
 
 
 def refuse_special_files(root: Path) -> None:
-    """:class:`WeightsError` naming every file of a checkpoint directory ``root`` (and of its subfolders one level
-    down, as :func:`refuse_git_lfs_pointers` looks) that bertc would read (weights, configs, tokenizers) and that is
+    """:class:`WeightsError` naming every file of a checkpoint directory ``root`` (and of its sentence-transformers
+    module folders, ``N_Name``) that bertc would read (weights, configs, tokenizers) and that is
     a FIFO, a device or a socket (after symlinks): opening a FIFO blocks until a writer comes and a device such as
     /dev/zero never ends, so an import or a build would hang or fill memory where it should refuse at once."""
     root = Path(root)
     if not root.is_dir():
         return
     found = []
-    for folder in [root, *(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                           and p.name not in UNREAD_FOLDERS and not p.name.startswith("checkpoint-"))]:
+    # subfolders: a sentence-transformers directory's modules (0_Transformer, 1_Pooling, 2_Dense): what bertc reads
+    # below the root; a FIFO in the user's data/ beside the checkpoint is none of its business
+    modules = [p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit() and "_" in p.name
+               and p.name.split("_", 1)[0].isdigit()]
+    for folder in [root, *modules]:
         try:
             entries = sorted(folder.iterdir())
         except OSError:

@@ -291,3 +291,17 @@ def test_custom_code_named_by_auto_map_is_said_not_to_run(tmp_path):
     assert "auto_map names custom code, which bertc does not run: the standard BertForSequenceClassification " \
            "architecture is assumed" in spec["description"]
     assert "auto_map" not in import_spec(BERT, tmp_path / "plain.json")["description"]
+
+
+def test_a_fifo_in_a_folder_bertc_never_reads_is_no_reason_to_refuse(tmp_path, fifo):
+    """The second review: a FIFO in the user's data/ folder beside the checkpoint refused the whole import; only the
+    root and a sentence-transformers directory's module folders (N_Name) are looked at. One in 1_Pooling still is."""
+    source = tmp_path / "ck"
+    shutil.copytree(BERT, source)
+    (source / "data").mkdir()
+    fifo(source / "data" / "stream.txt")
+    assert spec_for(source) is not None
+    (source / "1_Pooling").mkdir()
+    fifo(source / "1_Pooling" / "config.json")
+    with pytest.raises(WeightsError, match=r"1_Pooling/config.json is a FIFO"):
+        spec_for(source)
