@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -781,7 +782,8 @@ class Engine:
 
 # where a long text may be cut (Engine._prefix): white space to every tokenizer (BERT's normalizer deletes \x0b and
 # \x0c as control characters, joining the words around them: no place to cut)
-_WHITESPACE = re.compile(r"[ \t\n\r]")
+_SPACES = " \t\n\r"
+_WHITESPACE = re.compile(f"[{_SPACES}]")
 
 
 def _spoken(tags: list) -> list:
@@ -803,12 +805,10 @@ def _cut(text: str, at: int, start: int = 0) -> int:
     of ideographs, a SentencePiece text without spaces) its tokens near the cut may change, and the margin of tokens
     a prefix holds past those it keeps (``LONG_TEXT_MARGIN``) keeps the cut far from them. A run of letters alone
     (Thai, Japanese kana) has no safe place: -1, and the text is read whole as before."""
-    import unicodedata
-
     found = _WHITESPACE.search(text, at, at + (at - start) + 1)
     if found:
         return found.start()
-    before = max(text.rfind(c, start, at) for c in " \t\n\r")
+    before = max(text.rfind(c, start, at) for c in _SPACES)
     low = start + (at - start) // 2
     if before > low:
         return before
@@ -829,8 +829,6 @@ def _cut(text: str, at: int, start: int = 0) -> int:
 def _word_boundary(ch: str) -> bool:
     """Whether every pre-tokenizer that splits words ends one after ``ch``: ASCII punctuation and symbols, Unicode
     punctuation, CJK ideographs (BERT's pre-tokenizer splits at each; its normalizer isolates the ideographs)."""
-    import unicodedata
-
     code = ord(ch)
     if code < 128:   # a control character is deleted by BERT's normalizer, joining its neighbours: no boundary
         return 32 < code < 127 and not ch.isalnum()

@@ -304,13 +304,19 @@ def not_a_build(out: Path) -> Optional[str]:
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         return "is not a bertc build (its report.json is not a bertc build's report with a file manifest)"
-    ours = {str(name).split("/")[0] for name in files} | set(BUILD_EXTRAS)
+    ours = build_entries(files)
     other = sorted(e for e in entries if e not in ours and not e.startswith((_HOLD, _PART)) and not _temporary(e)
                    and e not in _FILE_MANAGERS)
     if other:
         shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
         return f"is a bertc build that also holds what no build wrote ({shown}: yours to move or remove)"
     return None
+
+
+def build_entries(files: dict) -> set:
+    """The names a build's folder holds at its top, from its manifest's ``files``: theirs (a folder's first part,
+    ``saved_model/...``) and :data:`BUILD_EXTRAS`."""
+    return {str(name).split("/")[0] for name in files} | set(BUILD_EXTRAS)
 
 
 def _temporary(name: str) -> bool:

@@ -91,15 +91,15 @@ def _check_reachable(address: str, named: str) -> None:
         host, colon, port = rest.rpartition(":")
     if not colon:
         host, port = (host or rest, "10001") if client else ("", "")   # Ray Client's default port
-    malformed = ("no host" if not host else None) if port.isdigit() and 0 < int(port) < 65536 else \
-        f"the port {port!r} is not a port number (1 to 65535)"
-    if client and (malformed or not host):   # ray://127.0.0.1:abc, ray:// : Ray waited 30 s, then "timeout"
-        raise InputError(f"{named}: not a Ray Client address: {malformed or 'no host'} (ray://HOST:PORT, the head's "
-                         f"Ray Client port, 10001 by default)")
-    if not host or malformed:   # auto, a cluster's own name for itself: Ray's to read
-        if host and colon and not client:
-            raise InputError(f"{named}: not a Ray cluster address: {malformed} (HOST:PORT, the head's GCS port, "
-                             f"6379 by default)")
+    port_ok = port.isdigit() and 0 < int(port) < 65536
+    bad_port = f"the port {port!r} is not a port number (1 to 65535)"
+    if client and not (host and port_ok):   # ray://127.0.0.1:abc, ray:// : Ray waited 30 s, then "timeout"
+        raise InputError(f"{named}: not a Ray Client address: {bad_port if host else 'no host'} (ray://HOST:PORT, "
+                         f"the head's Ray Client port, 10001 by default)")
+    if host and colon and not port_ok:
+        raise InputError(f"{named}: not a Ray cluster address: {bad_port} (HOST:PORT, the head's GCS port, 6379 by "
+                         f"default)")
+    if not host or not port_ok:   # auto, a cluster's own name for itself: Ray's to read
         return
     try:
         connection = socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT)

@@ -335,8 +335,9 @@ MAX_THREADS = 64   # the most intra-op threads a Runtime takes, or 4 a core wher
 
 def _check_threads(threads: Optional[int]) -> None:
     """Refuse more intra-op threads than this machine can use (:data:`MAX_THREADS`, or 4 a core): 3,000 on 2 cores
-    spent minutes creating the pool, deaf to SIGTERM. Checked where the sessions are made: over Ray, on each actor's
-    node, whose cores may be many more than the client's."""
+    spent minutes creating the pool, deaf to SIGTERM. Checked where this process makes its sessions; over Ray the
+    threads are each actor's, checked against the CPUs of the cluster's nodes (:func:`bertc.run_ray.run_ray`), which
+    may be many more than the client's."""
     most = max(MAX_THREADS, 4 * (os.cpu_count() or 1))
     if threads is not None and threads > most:
         raise InputError(f"threads {threads}: more than {most} ONNX Runtime threads (4 a core of this machine's "
@@ -946,15 +947,15 @@ class Runtime:
     def _own_file(self, result_path) -> Optional[str]:
         """The name of the build's file that ``result_path`` is (through links and other spellings), or None: a
         result written over OUT's model or report (``-o OUT/model.optimized.onnx --force``) left a damaged build."""
-        from bertc.output import BUILD_EXTRAS
+        from bertc.output import build_entries
 
         try:
             where = Path(os.path.realpath(result_path))
             inside = where.relative_to(Path(os.path.realpath(self.out))).as_posix()
         except (OSError, ValueError):
             return None
-        files = set((self.report.get("manifest") or {}).get("files") or {}) | set(BUILD_EXTRAS)
-        return inside if inside in files or inside.split("/")[0] in {f.split("/")[0] for f in files} else None
+        ours = build_entries((self.report.get("manifest") or {}).get("files") or {})
+        return inside if inside.split("/")[0] in ours else None
 
     def run_file(self, input_path, result_path, *, input_format: Optional[str] = None, text_field: str = "text",
                  pair_field: Optional[str] = None, result_format: Optional[str] = None, force: bool = False,
@@ -971,7 +972,7 @@ class Runtime:
         from bertc.errors import OutputError
         from bertc.run_ray import run_ray
 
-        if ray_address is None:   # over Ray the threads are each actor's, on its node (checked there)
+        if ray_address is None:   # over Ray the threads are each actor's: checked against the nodes (run_ray)
             _check_threads(self.threads)
         if choices_field is not None and self.kind != "choice":
             raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
