@@ -159,9 +159,9 @@ def _check_link(path: Path, directory: Path) -> None:
 
 
 def _check_tokenizer_file(path: Path) -> None:
-    """Refuse (:class:`WeightsError`, naming it) a checkpoint's tokenizer file that would make a build ``bertc run``
-    cannot read (a link to ``/etc/passwd`` as special_tokens_map.json was copied into OUT): a JSON file that is not a JSON object (empty, binary, truncated), a tokenizer.json the
-    tokenizers library cannot load, a vocab.txt / merges.txt that is not UTF-8 text, a SentencePiece file that is
+    """Refuse (:class:`WeightsError`, naming it) a checkpoint's tokenizer file (a link's target, once
+    :func:`_check_link` let it through) that would make a build ``bertc run`` cannot read: a JSON file that is not
+    a JSON object (empty, binary, truncated), a tokenizer.json the tokenizers library cannot load, a vocab.txt / merges.txt that is not UTF-8 text, a SentencePiece file that is
     not a model. Called before anything is copied."""
     from bertc.errors import BertcError, WeightsError, git_lfs_pointer
 
@@ -169,8 +169,6 @@ def _check_tokenizer_file(path: Path) -> None:
     pointer = git_lfs_pointer(path)
     if pointer:
         raise WeightsError(f"{path}: {pointer}")
-    # a link is followed wherever it leads (huggingface_hub's local_dir links into ~/.cache, a fine-tuned model's
-    # tokenizer.json -> ../base/tokenizer.json): what it leads to must be a tokenizer file as any other
     if name in SENTENCEPIECE_FILES:
         from bertc.sentencepiece import read_model
 
