@@ -16,6 +16,8 @@ import numpy as np
 
 MS_DOMAIN = "com.microsoft"
 MS_OPSET = 1
+# a scope segment: the nodes built under it stay fp32 in the fp16 artifacts (bertc.optimize.half)
+KEEP_FP32 = "keep_fp32"
 
 Value = str  # the name of a value in the graph
 

@@ -27,6 +27,7 @@ from bertc import activations, losses
 from bertc.components.base import RowSelection
 from bertc.components.common import (SpecLayer, check_positions, dense, dense_params, initializer, layer_norm,
                                      serializable)
+from bertc.onnx_graph import KEEP_FP32
 from bertc.registry import HEADS
 from bertc.signature import OutputInfo
 from bertc.specbase import Activation, Epsilon, InitializerSpec, PositiveInt, Rate, StrictModel
@@ -238,10 +239,17 @@ def _transform(spec, width: int, init, name: str) -> Optional[Transform]:
 
 def lower_pooling(ctx, x, pooling: str):
     """(B, S, H) -> (B, H): the first token (``cls``/``first``), or one of :data:`POOLING_MODES` over the real
-    tokens, as :class:`SentencePooling` computes them, in plain ONNX ops."""
-    g = ctx.g
+    tokens, as :class:`SentencePooling` computes them, in plain ONNX ops; kept fp32 in the fp16 artifacts
+    (weightedmean's sum of weights passes fp16's 65,504 above 361 tokens, a long sum of hidden states can)."""
     if pooling in ("cls", "first"):
         return ctx.first_token(x, keep_axis=False)
+    with ctx.g.scope(f"{pooling}_pooling"), ctx.g.scope(KEEP_FP32):
+        return _pool(ctx, x, pooling)
+
+
+def _pool(ctx, x, pooling: str):
+    """The nodes of :func:`lower_pooling` for a mode over the real tokens."""
+    g = ctx.g
     m = g.node("Unsqueeze", [g.node("Cast", [ctx.inputs["input_mask"]], to=1), g.ints([-1], "axes")])
     if pooling in ("mean", "mean_sqrt_len_tokens"):
         total = ctx.reduce("ReduceSum", g.node("Mul", [x, m]), [1])
@@ -803,18 +811,15 @@ class SentenceNormalize(keras.layers.Layer):
         return normalize(x)
 
 
-# the scope of the lowered L2 normalisation's nodes: fp16 conversions keep them in fp32 (sum of squares above 65504)
-FP32_NORMALIZE = "l2_normalize_fp32"
-
-
 def lower_normalize(ctx, x):
-    """(B, D) -> (B, D) / max(L2 norm, 1e-12), as :class:`SentenceNormalize` computes it."""
+    """(B, D) -> (B, D) / max(L2 norm, 1e-12), as :class:`SentenceNormalize` computes it (kept fp32 in the fp16
+    artifacts: a norm above 256 overflows fp16's sum of squares)."""
     g = ctx.g
-    with g.scope(FP32_NORMALIZE):   # the fp16 artifacts keep these nodes in fp32: a norm above 256 overflows fp16
+    with g.scope("l2_normalize"), g.scope(KEEP_FP32):
         squares = g.node("Mul", [x, x])
         norm = g.node("Sqrt", [g.node("ReduceSum", [squares, g.ints([-1], "axes")], keepdims=1)])
-        clamped = g.node("Max", [norm, g.scalar(1e-12, "min_norm")])
-    return g.node("Div", [x, clamped], hint=f"{FP32_NORMALIZE}/normalize")
+        clamped = g.node("Max", [norm, g.scalar(MIN_NORM, "min_norm")])
+        return g.node("Div", [x, clamped], hint="normalize")
 
 
 @HEADS.register("sentence_embedding", spec=SentenceEmbeddingSpec,

@@ -49,7 +49,7 @@ from bertc.components.encoders import ScaffoldEncoder, ScaffoldEncoderSpec, _Enc
 from bertc.components.feedforward import _ResidualFeedforward, lower_residual
 from bertc.components.positions import RotarySpec, Theta, apply_rotary
 from bertc.errors import NotLowerable
-from bertc.onnx_graph import Residual
+from bertc.onnx_graph import KEEP_FP32, Residual
 from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD
 from bertc.specbase import (Activation, Epsilon, InitializerSpec, LayerCount, PositiveInt, Rate, StrictModel)
 
@@ -421,7 +421,7 @@ def _window_bias(ctx, window: int, rows: bool):
 def _window_bias_nodes(ctx, window: int, rows: bool):
     """The nodes of :func:`_window_bias`, not memoized (the blocked local attention builds them inside a branch)."""
     g = ctx.g
-    with g.scope(f"window_{window}"):
+    with g.scope(f"window_{window}"), g.scope(KEEP_FP32):   # fp16 positions above 2,048 are not integers
         length = g.node("Shape", [ctx.inputs["input_mask"]], start=1, end=2)
         steps = g.node("Cast", [g.node("Range", [g.const(0, np.int64, "zero"), g.node("Squeeze", [length]),
                                                  g.const(1, np.int64, "one")])], to=1, hint="positions")

@@ -63,6 +63,7 @@ from pydantic import Field
 
 from bertc.components.base import portable
 from bertc.components.common import SpecLayer, check_sequence_length, initializer, serializable
+from bertc.onnx_graph import KEEP_FP32
 from bertc.registry import POSITIONS
 from bertc.specbase import NonNegativeInt, PositiveInt, StrictModel
 
@@ -434,7 +435,7 @@ class RotaryPositions(PositionScheme):
         ``RotaryEmbedding`` reading them (:meth:`LoweringContext.rotate`)."""
         g = ctx.g
         caches = []
-        with g.scope("rotary"):
+        with g.scope("rotary"), g.scope(KEEP_FP32):   # fp16 holds neither positions above 2,048 nor large angles
             length = g.node("Squeeze", [g.node("Shape", [ctx.int32_input("input_mask")], start=1, end=2)])
             steps = g.node("Range", [g.const(0, np.int64, "zero"), length, g.const(1, np.int64, "one")])
             positions = g.node("Unsqueeze", [g.node("Cast", [steps], to=1), g.ints([1], "axes")], hint="positions")

@@ -15,7 +15,9 @@
   provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); layer norms
   (LayerNormalization, SkipLayerNormalization, EmbedLayerNormalization), (Log)Softmax and the fused
   Attention's softmax run on fp16 tensors, and ONNX Runtime's CUDA kernels accumulate mean/variance
-  and the softmax sums in fp32 (see :data:`FP16_KEEP_FP32_OPS`). The -10000 mask value is exact in fp16. ONNX Runtime's CPU provider
+  and the softmax sums in fp32 (see :data:`FP16_KEEP_FP32_OPS`). The -10000 mask value is exact in fp16.
+  What fp16 cannot hold stays fp32 (:mod:`bertc.optimize.half`: rotary angles, window distances, pooling
+  sums, the L2 normalisation; the report's ``kept_fp32_nodes``). ONNX Runtime's CPU provider
   has no fp16 MatMul or Attention kernel, which the stage verifies and records (``providers``).
 
 A plug-in attention, feedforward, block or embedding network without an ONNX lowering of its own takes
@@ -55,48 +57,6 @@ INT8_OPTIONS = {"per_channel": True, "reduce_range": True, "op_types_to_quantize
 # (Blocking LogSoftmax also trips onnxruntime.transformers.float16 when it produces a graph output:
 # the output Cast it inserts gets the wrong type.)
 FP16_KEEP_FP32_OPS: list = []
-
-
-def normalize_in_fp32(half) -> int:
-    """Make the fp16 graph ``half`` compute a sentence embedding's L2 normalisation in fp32 (in place; the number
-    of normalisations changed): its sum of squares overflows fp16 once the vector's norm passes 256, and the
-    embedding would normalise to zeros. One Cast of the vector to fp32 feeds the square and the division, and the
-    clamp's 1e-12 goes back to fp32 (the converter's fp16 copy is 6e-8). onnxruntime.transformers.float16's own
-    block list cannot do it: it converts the blocked nodes' initializers anyway (a Max of fp16 and fp32)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from bertc.components.heads import FP32_NORMALIZE, MIN_NORM
-
-    graph = half.graph
-    inits = {i.name: i for i in graph.initializer}
-    changed, nodes = 0, list(graph.node)
-    for n in nodes:
-        parts = n.name.split("/")
-        if n.op_type != "Mul" or FP32_NORMALIZE not in parts or n.input[0] != n.input[1]:
-            continue
-        scope = "/".join(parts[:parts.index(FP32_NORMALIZE) + 1])
-        members = [m for m in nodes if m.name.startswith(scope + "/")]
-        x16, x32 = n.input[0], f"{scope}/input_fp32"
-        cast = helper.make_node("Cast", [x16], [x32], name=f"{scope}/cast_fp32", to=TensorProto.FLOAT)
-        graph.node.insert(list(graph.node).index(n), cast)
-        for m in members:
-            if m.op_type == "Cast":   # the converter's own casts around an op it keeps in fp32 (Max): fp32 here
-                for a in m.attribute:
-                    if a.name == "to":
-                        a.i = TensorProto.FLOAT
-            for k, name in enumerate(m.input):
-                if name == x16:
-                    m.input[k] = x32
-                elif name in inits and inits[name].data_type == TensorProto.FLOAT16:
-                    inits[name].CopyFrom(numpy_helper.from_array(
-                        numpy_helper.to_array(inits[name]).astype(np.float32) if "min_norm" not in name
-                        else np.array(MIN_NORM, np.float32), name))
-        outputs = {o for m in members for o in m.output}
-        keep = [v for v in graph.value_info if v.name not in outputs]
-        del graph.value_info[:]
-        graph.value_info.extend(keep)
-        changed += 1
-    return changed
 
 
 def _save(proto, path: Path) -> int:
@@ -416,21 +376,19 @@ def fuse_skip_layer_norms(proto) -> int:
 
 
 def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
+    from bertc.optimize.half import to_fp16
     from bertc.onnx_graph import graph_node_count
 
     t0 = time.perf_counter()
     try:
-        half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
-        normalize_in_fp32(half)
+        half, kept = to_fp16(proto, FP16_KEEP_FP32_OPS)
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
     fuse_skip_layer_norms(half)   # fp16 is for CUDA: one SkipLayerNormalization kernel per residual norm there
     nbytes = _save(half, dst)
     providers, cpu = fp16_on_cpu(dst, model, check_inputs)
     return _artifact(dst, nbytes, "fp16", input_dtype, providers, graph_node_count(half.graph), opset,
-                     keep_fp32_ops=FP16_KEEP_FP32_OPS, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
+                     keep_fp32_ops=FP16_KEEP_FP32_OPS, kept_fp32_nodes=kept, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
 
 
 def fp16_on_cpu(path: Path, model, check_inputs: dict) -> tuple[list, dict]:

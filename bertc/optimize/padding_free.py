@@ -1329,18 +1329,14 @@ def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built
     import time
 
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     from bertc.errors import ExportError
+    from bertc.optimize.half import to_fp16
     from bertc.optimize.runtime import ort_session
 
     t0 = time.perf_counter()
     keep = stage.FP16_KEEP_FP32_OPS
     try:
-        halves = [convert_float_to_float16(stage._attach(_copy(m), list(weights)), keep_io_types=True,
-                                           op_block_list=keep) for m in (today, packed)]
-        for h in halves:
-            stage.normalize_in_fp32(h)
+        halves = [to_fp16(stage._attach(_copy(m), list(weights)), keep)[0] for m in (today, packed)]
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
     for h in halves:

@@ -1,0 +1,207 @@
+"""The fp16 conversion of an optimized graph, with the parts that must stay fp32 kept fp32.
+
+``onnxruntime.transformers.float16`` converts every float tensor of a graph to fp16. A few computations of
+bertc's graphs are wrong in fp16 whatever kernel runs them, because their values leave fp16's range or
+precision: a sentence embedding's sum of squares (a norm above 256 overflows), weightedmean pooling's sum of
+weights (n (n + 1) / 2 passes 65,504 above 361 tokens) and a mean's sum over long sequences, rotary angles
+(position x frequency: above position 2,048 fp16 does not hold an integer, and an angle of 1,000 radians is
+held to 0.5), a sliding window's position distances. The lowerings build such nodes in a scope holding the
+:data:`bertc.onnx_graph.KEEP_FP32` segment (:func:`bertc.onnx_graph.GraphBuilder.scope`), and
+:func:`to_fp16` computes every such run in fp32: one Cast to fp32 per fp16 value entering it, its initializers
+and constants at their fp32 values, one Cast to fp16 per value leaving it.
+
+The converter's own ``node_block_list`` cannot do this: it casts every output of a blocked node back to fp16
+(a sum of squares still overflows between the blocked ReduceSum and the next blocked node), adds a Cast only
+where shape inference typed the value (not below a com.microsoft op), and puts its casts in the main graph
+even for a node of a subgraph.
+"""
+from __future__ import annotations
+
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from bertc.onnx_graph import KEEP_FP32
+
+# ops whose output type is fixed whatever their inputs' (the rest: their first input's, as every op bertc emits)
+_INT64_OUT = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
+_BOOL_OUT = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor", "Not", "IsNaN",
+             "IsInf"}
+
+
+def kept_fp32(name: str) -> bool:
+    """Whether the node named ``name`` was built in a scope kept in fp32."""
+    return KEEP_FP32 in name.split("/")
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph below it (If branches, Loop bodies), outermost first."""
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _graphs(sub)
+
+
+def _originals(proto) -> tuple[dict, dict]:
+    """Before conversion: the fp32 initializers the kept nodes read (name -> TensorProto), and their tensor
+    attributes (node name -> {attribute name: TensorProto})."""
+    inits, attrs = {}, {}
+    graphs = list(_graphs(proto.graph))
+    every_init = {i.name: i for g in graphs for i in g.initializer}
+    for g in graphs:
+        for n in g.node:
+            if not kept_fp32(n.name):
+                continue
+            for name in n.input:
+                if name in every_init and every_init[name].data_type == TensorProto.FLOAT:
+                    inits[name] = _copy(every_init[name])
+            tensors = {a.name: _copy(a.t) for a in n.attribute if a.type == AttributeProto.TENSOR
+                       and a.t.data_type == TensorProto.FLOAT}
+            if tensors:
+                attrs[n.name] = tensors
+    return inits, attrs
+
+
+def _copy(tensor):
+    out = TensorProto()
+    out.CopyFrom(tensor)
+    return out
+
+
+class _Types:
+    """Element types of the converted graph's values: declared (inputs, outputs, value_info, initializers),
+    else from their producer (a Cast's ``to``, the fixed-type ops above, else its first input's type)."""
+
+    def __init__(self, graphs):
+        self.known, self.producer = {}, {}
+        for g in graphs:
+            for v in list(g.input) + list(g.output) + list(g.value_info):
+                if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+                    self.known[v.name] = v.type.tensor_type.elem_type
+            for i in g.initializer:
+                self.known[i.name] = i.data_type
+            for n in g.node:
+                for o in n.output:
+                    self.producer[o] = n
+
+    def __call__(self, name: str, depth: int = 0) -> int:
+        if name in self.known:
+            return self.known[name]
+        n = self.producer.get(name)
+        if n is None or depth > 10_000:
+            return TensorProto.UNDEFINED
+        if n.op_type == "Cast":
+            kind = next(a.i for a in n.attribute if a.name == "to")
+        elif n.op_type in _INT64_OUT:
+            kind = TensorProto.INT64
+        elif n.op_type in _BOOL_OUT:
+            kind = TensorProto.BOOL
+        elif n.op_type == "ConstantOfShape":
+            kind = next((a.t.data_type for a in n.attribute if a.name == "value"), TensorProto.FLOAT16)
+        elif n.op_type == "Constant":
+            kind = next((a.t.data_type for a in n.attribute if a.name == "value"), TensorProto.UNDEFINED)
+        else:
+            kind = self(next((i for i in n.input if i), ""), depth + 1)
+        self.known[name] = kind
+        return kind
+
+
+def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
+    """Compute the kept-fp32 nodes of the converted graph ``half`` in fp32 (in place): ``inits`` / ``attrs``
+    from :func:`_originals` of the graph before conversion. Returns the number of nodes kept."""
+    graphs = list(_graphs(half.graph))
+    types = _Types(graphs)
+    members = {id(n) for g in graphs for n in g.node if kept_fp32(n.name)}
+    if not members:
+        return 0
+    made = {o for g in graphs for n in g.node if id(n) in members for o in n.output}
+    kind = {name: types(name) for g in graphs for n in g.node if id(n) in members
+            for name in list(n.input) + list(n.output) if name}        # before any change below
+    outside = {i for g in graphs for n in g.node if id(n) not in members for i in n.input}
+    outside |= {o.name for g in graphs for o in g.output}
+    every_init = {i.name: (g, i) for g in graphs for i in g.initializer}
+    init_users: dict = {}
+    for g in graphs:
+        for n in g.node:
+            for i in n.input:
+                init_users.setdefault(i, set()).add(id(n) in members)
+    renamed = {name: f"{name}/{KEEP_FP32}_value" for name in made
+               if name in outside and kind[name] == TensorProto.FLOAT16}
+    for gi, g in enumerate(graphs):
+        mark = KEEP_FP32 if gi == 0 else f"{KEEP_FP32}_{gi}"     # names are unique across subgraphs too
+        into: dict = {}      # an fp16 value read by kept nodes -> its Cast to fp32 (one per graph)
+        order = []
+        for n in g.node:
+            if id(n) not in members:
+                order.append(n)
+                continue
+            _fp32_attributes(n, attrs.get(n.name, {}))
+            for k, name in enumerate(n.input):
+                if not name:
+                    continue
+                if name in renamed:
+                    n.input[k] = renamed[name]
+                elif name in made:
+                    continue
+                elif name in every_init and every_init[name][1].data_type == TensorProto.FLOAT16:
+                    n.input[k] = _fp32_initializer(name, inits, every_init, init_users[name] == {True})
+                elif kind[name] == TensorProto.FLOAT16:
+                    if name not in into:
+                        into[name] = helper.make_node("Cast", [name], [f"{name}/{mark}"], to=TensorProto.FLOAT,
+                                                      name=f"{name}/{mark}/cast")
+                        order.append(into[name])       # just before its first reader
+                    n.input[k] = into[name].output[0]
+            order.append(n)
+            for k, name in enumerate(n.output):
+                if name in renamed:
+                    n.output[k] = renamed[name]
+                    order.append(helper.make_node("Cast", [renamed[name]], [name], to=TensorProto.FLOAT16,
+                                                  name=f"{name}/{KEEP_FP32}/to_fp16"))
+        del g.node[:]
+        g.node.extend(order)
+        keep = [v for v in g.value_info if v.name not in made]
+        del g.value_info[:]
+        g.value_info.extend(keep)
+    return len(members)
+
+
+def _fp32_attributes(node, originals: dict) -> None:
+    """A kept node's fp32 semantics back: Cast to fp32 again, tensor attributes at their fp32 values."""
+    for a in node.attribute:
+        if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT16:
+            a.i = TensorProto.FLOAT
+        elif a.type == AttributeProto.TENSOR and a.name in originals:
+            a.t.CopyFrom(originals[a.name])
+        elif a.type == AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
+            a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype("float32"), a.t.name))
+
+
+def _fp32_initializer(name: str, inits: dict, every_init: dict, only_kept: bool) -> str:
+    """The fp32 initializer a kept node reads in place of the fp16 ``name``: its value before conversion,
+    in place when only kept nodes read it, else as a copy beside it."""
+    owner, tensor = every_init[name]
+    fp32 = inits.get(name)
+    if fp32 is None:
+        fp32 = numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), name)
+    if only_kept:
+        tensor.CopyFrom(fp32)
+        return name
+    copy_name = f"{name}/{KEEP_FP32}"
+    if copy_name not in every_init:
+        fp32 = _copy(fp32)
+        fp32.name = copy_name
+        owner.initializer.append(fp32)
+        every_init[copy_name] = (owner, fp32)
+    return copy_name
+
+
+def to_fp16(proto, op_block_list: list) -> tuple:
+    """``proto`` converted to fp16 (inputs and outputs kept as they are), its kept-fp32 scopes in fp32; returns
+    the converted model and the number of nodes kept in fp32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    inits, attrs = _originals(proto)
+    half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=op_block_list)
+    return half, keep_fp32_scopes(half, inits, attrs)

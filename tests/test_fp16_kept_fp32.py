@@ -1,0 +1,194 @@
+"""The fp16 artifacts compute in fp32 what fp16 cannot hold (bertc.optimize.half): a sentence embedding's L2
+normalisation (its sum of squares overflows once the norm passes 256: zeros instead of the embedding), pooling
+(weightedmean's sum of weights passes 65,504 above 361 tokens: zeros), rotary angles (fp16 holds no integer
+above 2,048 and an angle of 1,000 radians only to 0.5: cos / sin caches off by up to 1 at long positions) and
+sliding-window distances. ORT's CPU provider runs most of these ops through fp32 fallbacks, so CPU parity never
+showed it; onnx's reference evaluator computes fp16 as fp16, as CUDA does."""
+import json
+import shutil
+import types
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from bertc.components.heads import lower_normalize
+from bertc.onnx_graph import KEEP_FP32, GraphBuilder
+from bertc.optimize.half import _graphs, _Types, kept_fp32, to_fp16
+
+FIXTURES = "tests/fixtures/hf"
+
+
+def _normalize_graph():
+    g = GraphBuilder("normalize")
+    x = g.add_input("x", TensorProto.FLOAT, ["batch", 8])
+    with g.scope("head"):
+        y = g.node("Identity", [x])     # the pooled vector, made inside the graph as in an artifact
+        out = lower_normalize(types.SimpleNamespace(g=g), y)
+    g.add_output(out, "sentence_embedding", TensorProto.FLOAT, ["batch", 8])
+    return g.model(17)
+
+
+def _sorted(model):
+    """``model`` with its nodes in topological order (the converter appends its casts; ORT sorts, the reference
+    evaluator does not)."""
+    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending, order = list(model.graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        assert ready, "a cycle"
+        for n in ready:
+            order.append(n)
+            known.update(n.output)
+            pending.remove(n)
+    del model.graph.node[:]
+    model.graph.node.extend(order)
+    return model
+
+
+def test_fp16_normalisation_of_a_long_vector():
+    from onnx.reference import ReferenceEvaluator
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    x = np.full((2, 8), 300.0, np.float32)       # norm 849: its square sum (720,000) is inf in fp16
+    x[1] = [0, 0, 0, 0, 0, 0, 0, 0]               # a zero vector stays zero
+    want = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    plain = convert_float_to_float16(_normalize_graph(), keep_io_types=True)
+    broken = ReferenceEvaluator(_sorted(plain)).run(None, {"x": x})[0]
+    assert np.abs(broken[0]).max() == 0.0          # what the fp16 artifact gave: zeros instead of 0.354
+    half, kept = to_fp16(_normalize_graph(), [])
+    assert kept == 5
+    onnx.checker.check_model(_sorted(half), full_check=True)
+    got = ReferenceEvaluator(half).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert not np.isnan(got).any() and np.abs(got[1]).max() == 0.0
+
+
+def _long_fixture(tmp, name: str, positions: int, pooling=None):
+    """A copy of fixture ``name`` taking ``positions`` tokens (a rotary model: no position table to grow)."""
+    src = tmp / name
+    shutil.copytree(f"{FIXTURES}/{name}", src)
+    config = json.loads((src / "config.json").read_text())
+    config["max_position_embeddings"] = positions
+    (src / "config.json").write_text(json.dumps(config))
+    if pooling:
+        path = src / "1_Pooling" / "config.json"
+        pool = json.loads(path.read_text())
+        pool["pooling_mode"] = pooling
+        path.write_text(json.dumps(pool))
+        bert = json.loads((src / "sentence_bert_config.json").read_text())
+        bert["max_seq_length"] = positions
+        (src / "sentence_bert_config.json").write_text(json.dumps(bert))
+    return src
+
+
+def _build(work, src):
+    from bertc.cli import main
+
+    spec = work / f"{src.name}.json"
+    assert main(["import", str(src), "-o", str(spec)]) == 0
+    out = work / f"{src.name}_out"
+    assert main(["build", str(spec), "-o", str(out), "--no-tflite", "--no-parity", "-q",
+                 "--variants", "onnx_fp16,onnx_packed_fp16"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def long_builds(tmp_path_factory):
+    work = tmp_path_factory.mktemp("fp16long")
+    return {"rotary": _build(work, _long_fixture(work, "modernbert_model", 4096)),
+            "weightedmean": _build(work, _long_fixture(work, "st_modernbert_mean_norm", 1024, "weightedmean"))}
+
+
+FILES = ["model.optimized.fp16.onnx", "model.packed.fp16.onnx"]
+
+
+def _extract(model, inputs: dict, outputs: dict):
+    """The nodes of ``model`` (in any of its graphs) from ``inputs`` to ``outputs`` (name -> element type), as
+    one graph, sorted."""
+    from onnx import helper
+
+    graphs = list(_graphs(model.graph))
+    producer = {o: n for g in graphs for n in g.node for o in n.output}
+    inits = {i.name: i for g in graphs for i in g.initializer}
+    nodes, used, todo = [], set(), list(outputs)
+    while todo:
+        name = todo.pop()
+        if name in inputs or name in used or name in inits or not name:
+            continue
+        used.add(name)
+        n = producer[name]
+        if n not in nodes:
+            nodes.append(n)
+            todo.extend(n.input)
+    needed = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(nodes, "part", [helper.make_tensor_value_info(k, t, None) for k, t in inputs.items()],
+                              [helper.make_tensor_value_info(k, t, None) for k, t in outputs.items()],
+                              [inits[k] for k in needed if k in inits])
+    return _sorted(helper.make_model(graph, opset_imports=model.opset_import))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_kept_nodes_compute_in_fp32(long_builds, name):
+    """Every node of a kept scope, in every artifact and subgraph, reads fp32 or integer values only (its
+    casts of fp16 values to fp32 aside)."""
+    for build in long_builds.values():
+        model = onnx.load(build / name)
+        graphs = list(_graphs(model.graph))
+        kinds = _Types(graphs)
+        kept = [n for g in graphs for n in g.node if kept_fp32(n.name)
+                and not (n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT)]
+        assert kept
+        for n in kept:
+            for i in n.input:
+                assert not i or kinds(i) != TensorProto.FLOAT16, (build.name, name, n.name, i)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_rotary_caches_of_long_sequences(long_builds, name):
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(long_builds["rotary"] / name)
+    made = [o for g in _graphs(model.graph) for n in g.node for o in n.output]
+    # the caches of the first theta, the global layers' (160,000), as the rotary attentions read them
+    cos = next(o for o in made if o.endswith(f"rotary/{KEEP_FP32}/cos_cache_0/out0"))
+    sin = cos.replace("cos_cache_0", "sin_cache_0")
+    part = _extract(model, {"input_mask": TensorProto.INT32}, {cos: TensorProto.FLOAT16, sin: TensorProto.FLOAT16})
+    length = 4096
+    got_cos, got_sin = ReferenceEvaluator(part).run(None, {"input_mask": np.ones((1, length), np.int32)})
+    assert got_cos.dtype == np.float16
+    assert got_cos.shape[0] == length
+    half = got_cos.shape[-1]
+    inv = 1.0 / 160000.0 ** (np.arange(0, 2 * half, 2, dtype=np.float64) / (2 * half))
+    angles = np.arange(length, dtype=np.float64)[:, None] * inv.astype(np.float32)
+    np.testing.assert_allclose(got_cos.astype(np.float64), np.cos(angles), atol=2e-3)
+    np.testing.assert_allclose(got_sin.astype(np.float64), np.sin(angles), atol=2e-3)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_weightedmean_of_a_long_sequence(long_builds, name):
+    """600 real tokens: weightedmean's weights sum to 180,300 (inf in fp16)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(long_builds["weightedmean"] / name)
+    for g in _graphs(model.graph):   # (the padding-free artifact: each of its two graphs)
+        read = {i for n in g.node if "weightedmean_pooling" in n.name for i in n.input}
+        entry = next((n for n in g.node if n.name.endswith(f"/{KEEP_FP32}/cast") and n.output[0] in read), None)
+        if entry is not None:
+            norm = next(n for n in g.node if "l2_normalize" in n.name and n.op_type == "Div").output[0]
+            break
+    tokens = entry.input[0]
+    part = _extract(model, {tokens: TensorProto.FLOAT16, "input_mask": TensorProto.INT32}, {norm: TensorProto.FLOAT})
+    rng = np.random.default_rng(0)
+    length, width = 600, 32
+    x = rng.normal(size=(2, length, width)).astype(np.float16)
+    mask = np.ones((2, length), np.int32)
+    mask[1, 500:] = 0
+    got = ReferenceEvaluator(part).run(None, {tokens: x, "input_mask": mask})[0]
+    for row in range(2):
+        real = int(mask[row].sum())
+        weights = np.arange(1, real + 1, dtype=np.float64)[:, None]
+        pooled = (x[row, :real].astype(np.float64) * weights).sum(0) / weights.sum()
+        want = pooled / np.linalg.norm(pooled)
+        np.testing.assert_allclose(got[row], want, atol=2e-3)
