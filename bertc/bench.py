@@ -350,7 +350,9 @@ def run_bench(out_dir: Path, opts: BenchOptions, command: str = "",
     not be written after all, when the directory stopped being writable during the timing). A build that replaced
     ``out_dir`` meanwhile (or is running) is a :class:`bertc.rerun.BuildReplaced` (exit 5), nothing written."""
     from bertc.report import write_text_atomic
+    from bertc.runtime import check_threads
 
+    check_threads(opts.threads)     # before anything is read: thousands of threads spend minutes being made
     out_dir = Path(out_dir)
     spec, report = read_build(out_dir)
     if opts.text is not None:

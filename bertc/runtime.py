@@ -333,7 +333,7 @@ _CROSS_ENCODER = {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.mo
 MAX_THREADS = 64   # the most intra-op threads a Runtime takes, or 4 a core where that is more
 
 
-def _check_threads(threads: Optional[int]) -> None:
+def check_threads(threads: Optional[int]) -> None:
     """Refuse more intra-op threads than this machine can use (:data:`MAX_THREADS`, or 4 a core): 3,000 on 2 cores
     spent minutes creating the pool, deaf to SIGTERM. Checked where this process makes its sessions; over Ray the
     threads are each actor's, checked against the CPUs of the cluster's nodes (:func:`bertc.run_ray.run_ray`), which
@@ -876,7 +876,7 @@ class Runtime:
         if self._engine is None:
             with self._lock:   # threads that come first at once build one engine, not one each
                 if self._engine is None:
-                    _check_threads(self.threads)
+                    check_threads(self.threads)
                     self._engine = Engine(self.parts, self.threads, self.spinning)
         return self._engine
 
@@ -973,7 +973,7 @@ class Runtime:
         from bertc.run_ray import run_ray
 
         if ray_address is None:   # over Ray the threads are each actor's: checked against the nodes (run_ray)
-            _check_threads(self.threads)
+            check_threads(self.threads)
         if choices_field is not None and self.kind != "choice":
             raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
                              f"{self.kind} results)")

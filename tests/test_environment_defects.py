@@ -65,6 +65,19 @@ def test_threads_beyond_any_use_are_refused(builds):
     assert bertc.Runtime(builds["st_bert_mean_norm"], threads=3, artifact="onnx").run(["the cat"]).shape[0] == 1
 
 
+def test_bench_threads_beyond_any_use_are_refused(builds, capsys):
+    """``bertc bench --threads 5000`` made a 5,000-thread pool per artifact (as ``bertc run`` did): refused first,
+    exit 2, nothing written."""
+    from bertc.cli import main
+
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    out = Path(builds["st_bert_mean_norm"])
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["bench", str(out), "--threads", str(limit + 1), "--rounds", "1"]) == 2
+    assert f"threads {limit + 1}: more than {limit} ONNX Runtime threads" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_a_build_failed_by_a_diagnostic_tolerance_says_how_to_judge_it_again(builds, tmp_path):
     """``bertc parity OUT --atol 1e-12`` marks the build failed; ``bertc run`` then said "rebuild it", which is not
     needed: it names the override and ``bertc parity OUT``."""
