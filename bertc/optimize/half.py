@@ -102,6 +102,12 @@ class _Types:
             kind = next((a.t.data_type for a in n.attribute if a.name == "value"), TensorProto.FLOAT16)
         elif n.op_type == "Constant":
             kind = next((a.t.data_type for a in n.attribute if a.name == "value"), TensorProto.UNDEFINED)
+        elif n.op_type in ("If", "Loop", "Scan"):   # the type its subgraph declares for that output
+            body = next(a.g for a in n.attribute if a.type == AttributeProto.GRAPH)
+            k = list(n.output).index(name) + (1 if n.op_type == "Loop" else 0)   # a Loop body's first: its cond
+            kind = TensorProto.UNDEFINED
+            if k < len(body.output):
+                kind = body.output[k].type.tensor_type.elem_type or self(body.output[k].name, depth + 1)
         else:
             kind = self(next((i for i in n.input if i), ""), depth + 1)
         self.known[name] = kind
