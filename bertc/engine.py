@@ -208,8 +208,10 @@ class Engine:
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.int_types = {n: (np.int64 if types.get(n) == "tensor(int64)" else np.int32) for n in parts.inputs}
         self.tokenizer = tokenizers.Tokenizer.from_str(parts.tokenizer_json)
+        # the end an over-long text is cut at (tokenizer_config.json's truncation_side, bertc.text.load_tokenizer)
+        self.direction = (self.tokenizer.truncation or {}).get("direction", "right")
         # zero-shot pairs cut the text, never the hypothesis (as transformers' pipeline)
-        self.tokenizer.enable_truncation(max_length=parts.max_len,
+        self.tokenizer.enable_truncation(max_length=parts.max_len, direction=self.direction,
                                          strategy="only_first" if parts.kind == "zero_shot" else "longest_first")
         self.tokenizer.no_padding()
         special = self.tokenizer.num_special_tokens_to_add(False)
@@ -241,7 +243,8 @@ class Engine:
         inputs = [prompt + r.text if r.pair is None else (r.text, r.pair) for r in records]
         if self.parts.lowercase:   # as sentence-transformers: the prompt and the text, str.lower() (its final sigma)
             inputs = [lowercased(x) for x in inputs]
-        inputs = [x if self.windowed(r) else self._shortened(x) for r, x in zip(records, inputs)]
+        if self.direction == "right":   # (cut from the left, a text's end is kept: tokenized whole)
+            inputs = [x if self.windowed(r) else self._shortened(x) for r, x in zip(records, inputs)]
         try:
             encodings = self.tokenizer.encode_batch(inputs)
         except Exception:   # tokenizers' truncation error: a zero-shot hypothesis that alone outgrows the model
@@ -283,7 +286,8 @@ class Engine:
             for r, e in zip(records, encodings):
                 masks = e.ids.count(token_id)
                 if not masks:
-                    cut = f" within the model's first {self.parts.max_len} tokens" if e.overflowing else ""
+                    end = "first" if self.direction == "right" else "last"
+                    cut = f" within the model's {end} {self.parts.max_len} tokens" if e.overflowing else ""
                     raise InputError(f"{r.where}: no {token} in the text{cut}; fill-mask predicts the tokens "
                                      f"written as {token}")
                 if self.parts.positions and masks > self.parts.positions:
@@ -467,7 +471,8 @@ class Engine:
             raise InputError(f"{record.where}: the question ({question} tokens) and the special tokens ({special}) "
                              f"leave no room for the context in a row of max_length {self.parts.max_len} tokens")
         tok.enable_truncation(max_length=self.parts.max_len, stride=min(self.parts.doc_stride, room - 1),
-                              strategy="only_second" if pair else "longest_first")
+                              strategy="only_second" if pair else "longest_first")   # (windows read all of it,
+        # from its start, whichever end the model's truncation cuts: the windows' order is the text's)
         first = tok.encode(record.text, record.pair) if pair else tok.encode(record.text)
         return [first, *first.overflowing]
 

@@ -280,9 +280,20 @@ def load_tokenizer(out_dir: Path, max_len: int):
         # character at a time, so a word's final capital sigma became σ, not ς; here for whoever else encodes)
         lower = tokenizers.normalizers.Lowercase()
         tok.normalizer = lower if tok.normalizer is None else tokenizers.normalizers.Sequence([lower, tok.normalizer])
-    tok.enable_truncation(max_length=max_len)
+    tok.enable_truncation(max_length=max_len, direction=truncation_side(out_dir, config))
     tok.no_padding()
     return tok
+
+
+def truncation_side(directory: Path, config: dict) -> str:
+    """tokenizer_config.json's ``truncation_side``: which end of an over-long text transformers' tokenizers (and
+    sentence-transformers through them) cut, ``right`` unless it says ``left``. A tokenizer.json's own truncation
+    is not what they use: they set it from this on every call."""
+    side = config.get("truncation_side", "right")
+    if side not in ("left", "right"):
+        raise InputError(f"{Path(directory) / 'tokenizer_config.json'}: truncation_side {json.dumps(side)} is "
+                         f"neither \"right\" nor \"left\" (transformers refuses it too)")
+    return side
 
 
 # model_type -> the tokenizer class transformers' AutoTokenizer picks for a checkpoint whose tokenizer_config.json
