@@ -180,11 +180,15 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
         requested = requested_variants(spec, opts)
         overrides = {k: v for k, v in (("opset", opts.opset), ("input_dtype", opts.input_dtype),
                                        ("keep_saved_model", opts.keep_saved_model)) if v is not None}
+        # --no-onnx, --no-optimize, --no-tflite (when the spec would build it): OUT/spec.json builds what this did
+        overrides.update({k: False for k, off in (("onnx", not opts.onnx), ("optimized", not opts.optimize),
+                                                  ("tflite", not opts.tflite)) if off and getattr(spec.export, k)})
         if overrides:   # --opset, --int64-inputs, --keep-saved-model: OUT/spec.json records what was built
             spec = spec.model_copy(update={"export": spec.export.model_copy(update=overrides)})
         if opts.variants is not None:  # OUT/spec.json then records the variants this build made
             spec = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": list(opts.variants)})})
-            # and no tolerance of a backend those variants no longer build (the spec would not validate again)
+        if opts.variants is not None or overrides:
+            # and no tolerance of a backend those settings no longer build (the spec would not validate again)
             from bertc.spec import backend_builder
 
             kept = {b: t for b, t in spec.parity.backends.items() if backend_builder(b, spec.export) is None}

@@ -344,6 +344,19 @@ def check_threads(threads: Optional[int]) -> None:
                          f"{os.cpu_count()}, at least {MAX_THREADS}) only slow a run down; one a core is fastest")
 
 
+def is_cross_encoder(out: Path, report: dict) -> bool:
+    """Whether the build's checkpoint was a sentence-transformers CrossEncoder: config_sentence_transformers.json's
+    ``model_type`` (v5 on), or config.json's ``sentence_transformers`` / ``sbert_ce_default_activation_function``
+    (as earlier versions saved one)."""
+    for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):
+        if config.get("model_type") == "CrossEncoder":
+            return True
+    for config in _checkpoint_configs(out, report):
+        if isinstance(config.get("sentence_transformers"), dict) or "sbert_ce_default_activation_function" in config:
+            return True
+    return False
+
+
 def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str, str]:
     """(one of :data:`SCORES`, why) for a classifier's logits, as the checkpoint's own tools score them: a
     sentence-transformers CrossEncoder's activation (``activation_fn`` of config_sentence_transformers.json, or in
@@ -467,11 +480,12 @@ def mask_token(out: Path, tokenizer) -> tuple[str, int]:
                      f" unknown to it), so bertc run cannot say where to fill in")
 
 
-def truncation_default(out: Path, kind: str) -> bool:
+def truncation_default(out: Path, kind: str, report: Optional[dict] = None) -> bool:
     """Whether over-long texts are truncated when neither --truncate nor --no-truncate is given: when the
-    bundled tokenizer.json turns truncation on, and for sentence embedders (sentence-transformers always
-    truncates to max_seq_length, which the import took as the model's max_sequence_length)."""
-    if kind == "embedding":
+    bundled tokenizer.json turns truncation on, for sentence embedders (sentence-transformers always
+    truncates to max_seq_length, which the import took as the model's max_sequence_length) and for a
+    sentence-transformers CrossEncoder (``predict`` and ``rank`` always truncate their pairs)."""
+    if kind == "embedding" or (kind == "classification" and report is not None and is_cross_encoder(out, report)):
         return True
     try:
         return bool(json.loads((Path(out) / "tokenizer.json").read_text(encoding="utf-8")).get("truncation"))
@@ -680,7 +694,7 @@ class Runtime:
                                                                f"results)"))
         self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
         self.max_len, self.max_len_why = max_sequence_length(self.spec), "the model's"
-        self.truncate = truncation_default(self.out, self.kind) if truncate is None else bool(truncate)
+        self.truncate = truncation_default(self.out, self.kind, self.report) if truncate is None else bool(truncate)
         if max_length is not None:
             if not 1 <= max_length <= self.max_len:
                 raise InputError(f"max_length {max_length!r}: from 1 to the model's maximum of {self.max_len} tokens")

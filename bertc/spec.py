@@ -155,6 +155,9 @@ class Spec(StrictModel):
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
     def problems(self, ctx):
+        if self.weights is not None and not self.weights.strip():   # a template's unset variable: not "no weights"
+            yield ("weights",), (f"is {json.dumps(self.weights)}, no path: give the trained weights' path, or leave weights out "
+                                 f"for random weights")
         if getattr(self.encoder, "hidden_size", None) == 1:   # every encoder type (plug-ins too)
             yield ("encoder", "hidden_size"), (
                 "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta "

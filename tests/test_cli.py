@@ -236,6 +236,27 @@ def test_variants_option_replaces_the_specs_and_is_recorded(tmp_spec, tmp_path, 
     assert set(written.parity.backends) == {"onnx_cpu"} and written.export.variants == []
 
 
+def test_options_that_leave_an_artifact_out_are_recorded_and_contradictions_refused(tmp_spec, tmp_path, capsys):
+    """``--variants tflite_int8 --no-tflite`` built no TFLite, exit 0, and OUT/spec.json listed the variant with
+    ``tflite: true`` (built again from OUT/spec.json: another set of files): the contradiction is refused before
+    anything is written, and --no-tflite / --no-optimize are recorded as the other options are."""
+    from bertc.spec import load_spec
+
+    spec = tmp_spec(tiny_bert(parity={"backends": {"tflite": {"atol": 1e-3}}}))
+    out = tmp_path / "out"
+    for args, flag in ((["--variants", "tflite_int8", "--no-tflite"], "--no-tflite"),
+                       (["--variants", "onnx_int8", "--no-optimize"], "--no-optimize"),
+                       (["--no-onnx", "--variants", "onnx_fp16"], "--no-onnx")):
+        assert main(["build", str(spec), "-o", str(out), "-q", *args]) == EXIT_BAD_SPEC
+        err = capsys.readouterr().err
+        assert f"--variants {args[1] if args[0] == '--variants' else args[2]}: {flag} builds no" in err, err
+        assert not out.exists()
+    assert main(["build", str(spec), "-o", str(out), "-q", "--no-parity", "--no-tflite"]) == 0
+    written = load_spec(out / "spec.json")
+    assert written.export.tflite is False and written.export.optimized is True
+    assert "tflite" not in written.parity.backends    # (a tolerance of what it no longer builds: not a valid spec)
+
+
 def test_unknown_variant_exits_2_before_anything_is_written(tmp_spec, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "--variants", "onnx_int8,onnx_int4"]) \

@@ -219,7 +219,8 @@ def test_a_checkpoint_whose_config_disagrees_with_the_spec_is_refused(tmp_path, 
     bad = tmp_path / "bad"
     assert main(["build", str(spec_path), "-o", str(bad), "-q", "--no-export", "--weights", str(other)]) == EXIT_BAD_SPEC
     err = capsys.readouterr().err
-    assert "the spec does not compute what this checkpoint's config says (3 differences" in err, err
+    assert ("the spec does not compute what the config of this checkpoint (BertForSequenceClassification) says "
+            "(3 differences") in err, err
     for line in ('$.encoder.activation: the spec has "gelu_tanh", the checkpoint\'s config "relu"',
                  "$.encoder.layer_norm_epsilon: the spec has 1e-12, the checkpoint's config 0.001",
                  "$.encoder.num_attention_heads: the spec has 2, the checkpoint's config 4"):
@@ -231,6 +232,30 @@ def test_a_checkpoint_whose_config_disagrees_with_the_spec_is_refused(tmp_path, 
     spec_path.write_text(json.dumps(data))
     assert main(["build", str(spec_path), "-o", str(bad), "-q", "--no-export"]) == EXIT_BAD_SPEC
     assert "$.encoder.num_attention_heads: the spec has 4, the checkpoint's config 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixture,head", [
+    ("hf/bert_seq_cls", {"type": "token_classifier", "num_classes": 3}),
+    ("hf/bert_token_cls", {"type": "classifier", "num_classes": 5, "pooling": "first"}),
+    ("hf/distilbert_seq_cls", {"type": "token_classifier", "num_classes": 3}),
+])
+def test_a_head_of_another_type_does_not_take_the_checkpoints_head_weights(tmp_path, capsys, fixture, head):
+    """A sentence classifier's classifier.weight loaded by name and shape into a token classifier (and back): the
+    build passed parity and tagged every token with the sentiment classes. Refused, naming $.head.type; a head with
+    no weights of its own (a sentence embedding over the encoder) still builds."""
+    spec_path, _ = imported(fixture, tmp_path)
+    data = json.loads(spec_path.read_text())
+    want = data["head"]["type"]
+    data["head"] = {**head, "num_classes": data["head"].get("num_classes", head["num_classes"])}
+    spec_path.write_text(json.dumps(data))
+    bad = tmp_path / "bad"
+    assert main(["build", str(spec_path), "-o", str(bad), "-q", "--no-export"]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert f'$.head.type: the spec has "{head["type"]}", the checkpoint\'s config "{want}"' in err, err
+    assert not bad.exists() and "Traceback" not in err
+    data["head"] = {"type": "sentence_embedding", "pooling": "mean"}
+    spec_path.write_text(json.dumps(data))
+    assert main(["build", str(spec_path), "-o", str(tmp_path / "embedder"), "-q", "--no-export"]) == 0
 
 
 def test_bertc_keras_build_is_a_weights_source(tmp_path):

@@ -438,6 +438,22 @@ def test_a_sentence_transformers_cross_encoder_gives_what_its_predict_gives(tmp_
     np.testing.assert_allclose([r["score"] for r in got], reference["scores"], atol=1e-6)
 
 
+def test_a_cross_encoder_cuts_over_long_pairs_as_its_predict_does(tmp_path_factory):
+    """sentence-transformers' CrossEncoder.predict / rank always truncate their pairs; bertc refused an over-long
+    (query, document) pair without --truncate, so --rank of a reranker stopped at its first long document. Cut by
+    default, as sentence embedders' texts are (--no-truncate still refuses)."""
+    out = shared_builds(tmp_path_factory, ("st_cross_encoder",))["st_cross_encoder"]
+    runtime = bertc.Runtime(out, artifact="onnx")
+    assert runtime.truncate is True
+    long = ("the cat sat", " ".join(["the dog ran fast"] * 20))
+    cut = runtime.run([long])
+    assert runtime.truncated == 1
+    np.testing.assert_allclose([r["score"] for r in cut],
+                               [r["score"] for r in bertc.Runtime(out, artifact="onnx", truncate=True).run([long])])
+    with pytest.raises(InputError, match="longer than the model's maximum"):
+        bertc.Runtime(out, artifact="onnx", truncate=False).run([long])
+
+
 def test_a_cross_encoder_ranks_each_querys_documents_as_its_rank_does(tmp_path_factory, builds, tmp_path, capsys):
     """--rank orders a query's documents as ``CrossEncoder.rank`` does: each (query, document) scored as its predict
     scores the pair (held to CrossEncoder.predict's record), best first, equal scores in the input's order, the

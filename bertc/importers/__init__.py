@@ -203,15 +203,40 @@ def check_checkpoint_config(spec, weights: Path) -> None:
         return
     have, want = spec.model_dump(mode="json"), wanted.model_dump(mode="json")
     found = _differences(have.get("encoder"), want.get("encoder"), "$.encoder")
-    if have.get("head") and want.get("head") and have["head"].get("type") == want["head"].get("type"):
-        found += _differences(have["head"], want["head"], "$.head")
+    if have.get("head") and want.get("head"):
+        if have["head"].get("type") == want["head"].get("type"):
+            found += _differences(have["head"], want["head"], "$.head")
+        elif not _weightless(have["head"]):   # another head's trained weights (a sentence classifier's
+            # classifier.weight read by a token classifier, loaded by name and shape): not this head's
+            found.append(("$.head.type", have["head"].get("type"), want["head"].get("type")))
     if found:
         shown = "\n".join(f"  {p}: the spec has {json_text(a)}, the checkpoint's config {json_text(b)}"
                           for p, a, b in found[:12]) + (f"\n  ... and {len(found) - 12} more" if len(found) > 12 else "")
-        raise WeightsError(f"{weights}: the spec does not compute what this checkpoint's config says "
-                           f"({len(found)} difference{'s' if len(found) > 1 else ''}; the weights would load, the "
-                           f"model would not be the trained one):\n{shown}\nre-import it (bertc import "
-                           f"{weights} -o SPEC --force) or point the spec at the checkpoint it was written for")
+        architecture = next(iter(_config_architectures(root)), None)
+        raise WeightsError(f"{weights}: the spec does not compute what the config of this checkpoint"
+                           + (f" ({architecture})" if architecture else "") + " says "
+                           f"({len(found)} difference{'s' if len(found) > 1 else ''}; whether or not its weights' "
+                           f"shapes fit, the model would not be the trained one):\n{shown}\nre-import it (bertc "
+                           f"import {weights} -o SPEC --force) or point the spec at the checkpoint it was written "
+                           f"for; bertc builds a trained model as it was trained (a new or resized head has no "
+                           f"trained weights)")
+
+
+def _weightless(head: dict) -> bool:
+    """Whether a spec's head (as JSON) has no weights of its own: a sentence embedding without dense layers, which
+    any checkpoint's encoder can feed (the checkpoint's own head is then not read)."""
+    return head.get("type") == "sentence_embedding" and not head.get("dense")
+
+
+def _config_architectures(root: Path) -> list:
+    """config.json's ``architectures`` (the transformers class it was saved from), [] where it names none."""
+    import json
+
+    try:
+        names = json.loads((root / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str)]
 
 
 def json_text(value) -> str:
