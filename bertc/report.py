@@ -357,7 +357,9 @@ def summary_text(report: dict) -> str:
         inputs = parity.get("inputs") or {}
         text = inputs.get("text") or {}
         if text and "grid" not in inputs:   # bertc parity --text: that file alone
-            lines.append(f"  inputs: {text.get('cases')} case(s) of {text.get('path')} (bertc parity --text)")
+            lines.append(f"  inputs: {text.get('cases')} case(s) of {text.get('path')} (bertc parity --text)"
+                         + (f"; {text['cut']} of its examples cut to the model's {text.get('max_length')} tokens"
+                            if text.get("cut") else ""))
         elif text:
             lines.append(f"  inputs: the random-id grid; real text: " + (
                 f"{text.get('examples')} example(s) ({text.get('kind')}: {text.get('path') or text.get('file')})"

@@ -50,8 +50,9 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         if calibration is not None:
             raise CalibrationError("--calibration and --text cannot be combined: --calibration FILE re-runs the "
                                    "build's inputs with FILE as their real text, --text FILE judges that text alone")
-        cases = text_cases(out_dir, text, spec)
-        inputs = {"text": {"kind": "file", "path": str(text), "cases": len(cases)}}
+        cases, cut = text_cases(out_dir, text, spec)
+        inputs = {"text": {"kind": "file", "path": str(text), "cases": len(cases),
+                           "cut": cut, "max_length": spec.encoder.max_sequence_length}}
     else:   # the build's own inputs: the grid and its real text (its --calibration file, checked to be the same)
         from bertc.calibration import calibration_set
 

@@ -567,13 +567,17 @@ def read_texts(path: Path) -> list:
     return texts
 
 
-def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: int = 0) -> dict[str, np.ndarray]:
+def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: int = 0,
+                 cut: Optional[list] = None) -> dict[str, np.ndarray]:
     """Tokenize ``texts`` (strings or (text, pair) tuples) with the tokenizer bundled in ``out_dir``:
     int32 ``input_word_ids``, ``input_mask``, ``input_type_ids`` padded to the longest, plus the extra
-    inputs ``spec``'s head needs (masked-LM positions inside the real tokens)."""
+    inputs ``spec``'s head needs (masked-LM positions inside the real tokens). ``cut``: a list given gets the
+    indices of the texts truncation cut to ``max_len``."""
     tok = load_tokenizer(out_dir, max_len)
     lower = lowercases_input(out_dir)
     encodings = tok.encode_batch([lowercased(t) if lower else t if isinstance(t, str) else tuple(t) for t in texts])
+    if cut is not None:
+        cut.extend(i for i, e in enumerate(encodings) if e.overflowing)
     width = max(len(e.ids) for e in encodings)
     out = {"input_word_ids": np.zeros((len(encodings), width), np.int32),
            "input_mask": np.zeros((len(encodings), width), np.int32),
@@ -597,11 +601,14 @@ def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: 
     return out
 
 
-def text_cases(out_dir: Path, path: Path, spec) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Parity cases from a text file: every example in one padded batch, and the first one alone."""
+def text_cases(out_dir: Path, path: Path, spec) -> tuple[list[tuple[str, dict[str, np.ndarray]]], int]:
+    """Parity cases from a text file: every example in one padded batch, and the first one alone; and how many
+    examples were cut to the model's maximum length."""
     texts = read_texts(path)
     max_len = spec.encoder.max_sequence_length
-    cases = [(f"text: {len(texts)} example(s) from {Path(path).name}", encode_texts(out_dir, texts, max_len, spec))]
+    cut: list = []
+    cases = [(f"text: {len(texts)} example(s) from {Path(path).name}",
+              encode_texts(out_dir, texts, max_len, spec, cut=cut))]
     if len(texts) > 1:
         cases.append((f"text: example 1 of {Path(path).name} alone", encode_texts(out_dir, texts[:1], max_len, spec)))
-    return cases
+    return cases, len(cut)

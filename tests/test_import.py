@@ -146,6 +146,14 @@ def test_tokenizer_is_bundled_and_parity_runs_on_real_text(built, tmp_path):
     section = json.loads((out / "report.json").read_text())["parity"]
     assert section["passed"] and section["grid"][0]["case"].startswith("text: 2 example(s)")
     assert max(r["max_abs"] for r in section["results"] if r["precision"] == "fp32") <= 1e-4  # int8: task criteria
+    assert section["inputs"]["text"]["cut"] == 0 and "cut to" not in (out / "summary.txt").read_text()
+    # a line longer than the model: cut, and said (it was cut silently)
+    long = tmp_path / "long.txt"
+    long.write_text("the cat sat on the mat. " * 10 + "\nthe dog\n")
+    assert main(["parity", str(out), "--text", str(long), "--json"]) == 0
+    section = json.loads((out / "report.json").read_text())["parity"]
+    assert section["inputs"]["text"]["cut"] == 1
+    assert "1 of its examples cut to the model's 16 tokens" in (out / "summary.txt").read_text()
     # bench on the same text: batch 3 repeats the file's examples, padded to the longest tokenized one
     assert main(["bench", str(out), "--text", str(text), "--batch", "1,3", "--rounds", "1", "--calls", "1",
                  "--warmup", "0", "--no-plot", "--backends", "onnx_cpu"]) == 0

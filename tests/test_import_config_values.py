@@ -155,7 +155,7 @@ def test_st_modernbert_without_max_position_embeddings_takes_8192(tmp_path):
                        tmp_path / "x.json")
     tokenizer = json.loads((HF / "st_modernbert_mean_norm" / "tokenizer_config.json").read_text())
     assert spec["encoder"]["max_sequence_length"] == tokenizer["model_max_length"]   # the length it truncates to
-    assert "position table has 8192" in spec["description"]
+    assert "config.json's max_position_embeddings is 8192" in spec["description"]
 
 
 @pytest.mark.parametrize("fixture, positions", [

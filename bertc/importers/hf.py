@@ -641,8 +641,8 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     max_seq = enc.get("max_sequence_length") or enc.get("embedding", {}).get("max_sequence_length")  # scaffold
     table = cfg.get("max_position_embeddings", family.defaults.get("max_position_embeddings"))  # checked by encoder
     if st and isinstance(table, int) and max_seq < table:
-        note += (f" max_sequence_length {max_seq} is the model's own maximum length (its "
-                 f"position table has {table}).")
+        note += (f" max_sequence_length {max_seq} is sentence-transformers' max_seq_length, the model's own "
+                 f"maximum (config.json's max_position_embeddings is {table}).")
     parity = None
     if max_seq > LONG_CONTEXT:
         # a long-context checkpoint (ModernBERT: 8,192): checked up to LONG_CONTEXT tokens, where one pass
