@@ -365,11 +365,34 @@ def validate(specs):
             bad += 1
             _err(str(exc))
             continue
+        problem = _weights_problem(spec, path)
+        if problem:   # what `bertc build` would refuse before building anything: said now
+            bad += 1
+            _err(f"{path}: {problem}")
+            continue
         click.echo(f"ok  {path}: {spec.name} ({spec.encoder.type} encoder, "
                    f"{spec.head.type if spec.head else 'no'} head, {expected_param_count(spec):,} parameters)")
         click.echo("    " + estimate_line(spec))
     if bad:
         raise SystemExit(EXIT_BAD_SPEC)
+
+
+def _weights_problem(spec, path) -> Optional[str]:
+    """Why ``bertc build`` would refuse the spec's trained weights before building (missing; a checkpoint whose
+    config.json says another model than the spec), or None. Only the checkpoint's config is read."""
+    from bertc.errors import BertcError
+    from bertc.importers import check_checkpoint_config
+    from bertc.weights import check_spec_weights, resolve_weights_path
+
+    weights = resolve_weights_path(spec.weights, Path(path))
+    if weights is None:
+        return None
+    try:
+        check_spec_weights(spec.weights, Path(path), weights)
+        check_checkpoint_config(spec, weights)
+    except (BertcError, OSError) as exc:
+        return str(exc)
+    return None
 
 
 @cli.command()

@@ -194,9 +194,11 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
             kept = {b: t for b, t in spec.parity.backends.items() if backend_builder(b, spec.export) is None}
             if kept != spec.parity.backends:
                 spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"backends": kept})})
-    from bertc.weights import resolve_weights_path, weights_entry_for
+    from bertc.weights import check_spec_weights, resolve_weights_path, weights_entry_for
 
     weights = opts.weights or resolve_weights_path(spec.weights, spec_path)
+    if weights is not None and opts.weights is None:
+        check_spec_weights(spec.weights, spec_path, weights)
     if weights is not None:
         # spec.json in OUT names the same weights, relative to OUT (where that spec.json lives)
         spec = spec.model_copy(update={"weights": weights_entry_for(weights, opts.out)})

@@ -280,7 +280,8 @@ def load_tokenizer(out_dir: Path, max_len: int):
         # character at a time, so a word's final capital sigma became σ, not ς; here for whoever else encodes)
         lower = tokenizers.normalizers.Lowercase()
         tok.normalizer = lower if tok.normalizer is None else tokenizers.normalizers.Sequence([lower, tok.normalizer])
-    tok.enable_truncation(max_length=max_len, direction=truncation_side(out_dir, config))
+    # (tokenizers' implementations, as the byte-level BPE, wrap a Tokenizer whose truncation takes a direction)
+    getattr(tok, "_tokenizer", tok).enable_truncation(max_length=max_len, direction=truncation_side(out_dir, config))
     tok.no_padding()
     return tok
 

@@ -22,6 +22,7 @@ This module applies the rules:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -60,7 +61,7 @@ _UNUSED_OK = {
 # A task head's weights in the checkpoint of a model built without any head (the encoder alone).
 HEAD_PREFIXES = ("classifier/", "token_classifier/", "span_labeler/", "masked_lm/", "next_sentence/",
                  "classifier_transform", "token_classifier_transform")
-_HEADLESS = "task head of the checkpoint: this spec builds the encoder alone (no head)"
+_HEADLESS = "task head of the checkpoint: this spec's head has no weights to take from it (no head, or one without weights)"
 
 
 @dataclass
@@ -186,6 +187,20 @@ def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadRe
     for path, array in values.items():
         weights[path].assign(array.astype(np.dtype(weights[path].dtype)))
     return result
+
+
+def check_spec_weights(spec_weights: str, spec_file: Optional[Path], path: Path) -> None:
+    """Refuse the spec's ``weights`` entry when ``path`` (what it resolved to) is nowhere: the message names the
+    field, the entry and, for a relative one, the folder it was read from (a spec moved away from its checkpoint)."""
+    from bertc.checkpoints import tf_checkpoint_prefix
+
+    if path.exists() or tf_checkpoint_prefix(path) is not None:
+        return
+    relative = not Path(filesystem_text(spec_weights)).expanduser().is_absolute()
+    where = (f" (relative: read from the spec's folder, {Path(spec_file).resolve().parent if spec_file else Path.cwd()})"
+             if relative else "")
+    raise WeightsError(f"$.weights {json.dumps(spec_weights)}: {path} does not exist{where}; correct the entry, or "
+                       f"give the weights on the command line (--weights PATH)")
 
 
 def resolve_weights_path(spec_weights: Optional[str], spec_file: Optional[Path]) -> Optional[Path]:

@@ -266,6 +266,31 @@ def test_a_head_of_another_type_does_not_take_the_checkpoints_head_weights(tmp_p
     assert main(["build", str(spec_path), "-o", str(tmp_path / "embedder"), "-q", "--no-export"]) == 0
 
 
+def test_validate_says_what_build_would_refuse_of_the_weights(tmp_path, capsys):
+    """``bertc validate`` said ok for specs that ``bertc build`` then refused for their weights (a head edited away
+    from its checkpoint's, a spec moved away from a relative ``weights``); the missing path's message named neither
+    the field nor where a relative entry was read from."""
+    spec_path, _ = imported("hf/bert_seq_cls", tmp_path)
+    assert main(["validate", str(spec_path)]) == 0
+    data = json.loads(spec_path.read_text())
+    data["head"]["num_classes"] = 5
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    assert main(["validate", str(edited)]) == EXIT_BAD_SPEC
+    assert "$.head.num_classes: the spec has 5, the checkpoint's config 3" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    data = json.loads(spec_path.read_text())
+    data["weights"] = "bert_seq_cls"
+    (moved / "s.json").write_text(json.dumps(data))
+    for command in (["validate", str(moved / "s.json")], ["build", str(moved / "s.json"), "-o", str(tmp_path / "o")]):
+        assert main(command) == EXIT_BAD_SPEC
+        err = capsys.readouterr().err
+        assert (f'$.weights "bert_seq_cls": {moved / "bert_seq_cls"} does not exist (relative: read from the spec\'s '
+                f"folder, {moved}); correct the entry, or give the weights on the command line (--weights PATH)") in err
+        assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
 def test_bertc_keras_build_is_a_weights_source(tmp_path):
     spec_path, ref = imported("model_garden/bert_classifier", tmp_path)
     first = tmp_path / "first"
