@@ -72,7 +72,8 @@ def _copy(tensor):
 
 class _Types:
     """Element types of the converted graph's values: declared (inputs, outputs, value_info, initializers),
-    else from their producer (a Cast's ``to``, the fixed-type ops above, else its first input's type)."""
+    else from their producer (a Cast's ``to``, the fixed-type ops above, a subgraph's declared output, else the
+    type of its data input: the first, but Where's and OneHot's values and EmbedLayerNormalization's table)."""
 
     def __init__(self, graphs):
         self.known, self.producer = {}, {}
@@ -86,32 +87,56 @@ class _Types:
                 for o in n.output:
                     self.producer[o] = n
 
-    def __call__(self, name: str, depth: int = 0) -> int:
-        if name in self.known:
-            return self.known[name]
-        n = self.producer.get(name)
-        if n is None or depth > 10_000:
-            return TensorProto.UNDEFINED
-        if n.op_type == "Cast":
-            kind = next(a.i for a in n.attribute if a.name == "to")
-        elif n.op_type in _INT64_OUT:
-            kind = TensorProto.INT64
-        elif n.op_type in _BOOL_OUT:
-            kind = TensorProto.BOOL
-        elif n.op_type == "ConstantOfShape":
-            kind = next((a.t.data_type for a in n.attribute if a.name == "value"), TensorProto.FLOAT16)
-        elif n.op_type == "Constant":
-            kind = next((a.t.data_type for a in n.attribute if a.name == "value"), TensorProto.UNDEFINED)
-        elif n.op_type in ("If", "Loop", "Scan"):   # the type its subgraph declares for that output
-            body = next(a.g for a in n.attribute if a.type == AttributeProto.GRAPH)
-            k = list(n.output).index(name) + (1 if n.op_type == "Loop" else 0)   # a Loop body's first: its cond
-            kind = TensorProto.UNDEFINED
-            if k < len(body.output):
-                kind = body.output[k].type.tensor_type.elem_type or self(body.output[k].name, depth + 1)
-        else:
-            kind = self(next((i for i in n.input if i), ""), depth + 1)
-        self.known[name] = kind
+    def __call__(self, name: str) -> int:
+        chain = []   # values whose type is their producer's first (or data) input's: followed without recursion
+        kind = TensorProto.UNDEFINED
+        while name:
+            if name in self.known:
+                kind = self.known[name]
+                break
+            n = self.producer.get(name)
+            if n is None or name in chain:
+                break
+            chain.append(name)
+            rule = self._rule(n, name)
+            if isinstance(rule, str):
+                name = rule
+            else:
+                kind = rule
+                break
+        for value in chain:
+            self.known[value] = kind
         return kind
+
+    def _rule(self, n, name: str):
+        """The type of output ``name`` of node ``n`` (an int), or the input whose type it is (a str)."""
+        k = list(n.output).index(name)
+        if n.op_type == "Cast":
+            return next(a.i for a in n.attribute if a.name == "to")
+        if n.op_type in _INT64_OUT or (n.op_type == "TopK" and k == 1):
+            return TensorProto.INT64
+        if n.op_type in _BOOL_OUT:
+            return TensorProto.BOOL
+        if n.op_type in ("ConstantOfShape", "Constant"):
+            return next((a.t.data_type for a in n.attribute if a.name == "value"),
+                        TensorProto.FLOAT16 if n.op_type == "ConstantOfShape" else TensorProto.UNDEFINED)
+        if n.op_type in ("If", "Loop", "Scan"):   # the type its subgraph declares for that output
+            body = next(a.g for a in n.attribute if a.type == AttributeProto.GRAPH)
+            k += 1 if n.op_type == "Loop" else 0   # a Loop body's first output: its condition
+            if k >= len(body.output):
+                return TensorProto.UNDEFINED
+            return body.output[k].type.tensor_type.elem_type or body.output[k].name
+        if n.domain == "com.microsoft":
+            # their outputs are their data's type (EmbedLayerNormalization's first input is the ids; its second
+            # output the int32 mask index)
+            if n.op_type == "EmbedLayerNormalization":
+                return TensorProto.INT32 if k == 1 else n.input[2]
+            return n.input[0]
+        if n.op_type == "Where":
+            return n.input[1]
+        if n.op_type == "OneHot":
+            return n.input[2]
+        return next((i for i in n.input if i), "")
 
 
 def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
