@@ -757,28 +757,12 @@ def test_fp16_artifact_keeps_int_inputs_and_fp32_outputs(canonical_build):
     assert report["artifacts"]["onnx_fp16"]["providers"][0] == "CUDAExecutionProvider"
     if cpu["runs"]:
         assert 0 < cpu["sample_max_abs"] < 1e-2
-    # fp16 is for CUDA: its residual norms are SkipLayerNormalization again, the fp32 artifacts' are not
+    # its residual norms stay Sum + LayerNormalization: ORT's CUDA SkipLayerNormalization sums its mean and mean
+    # square in fp16 (outside its strict mode): a residual stream of RMS 256 overflowed to rows of beta, a mean 30
+    # standard deviations from 0 gave NaN (a tester's emulation of the kernel); LayerNormalization's sums in fp32
     ops = op_counts(proto)
     layers = json.loads((out / "spec.json").read_text())["encoder"]["num_layers"]
-    assert ops["SkipLayerNormalization"] == 2 * layers and ops["Sum"] == 0 and ops["LayerNormalization"] == 0
-    assert op_counts(onnx.load(str(out / OPTIMIZED_FILE)))["SkipLayerNormalization"] == 0
-
-
-@pytest.mark.parametrize("name", ["canonical_classifier", "token_classifier"])   # post-norm; pre-norm (sum read twice)
-def test_fusing_the_decomposed_norms_back_computes_the_same(name):
-    from bertc.optimize.onnx_artifacts import fuse_skip_layer_norms
-
-    spec, sig, model = built(name)
-    proto = lower_model(built_of(model), prune=False).proto
-    decomposed = session(proto)
-    assert fuse_skip_layer_norms(proto) == 2 * spec.encoder.num_layers
-    ops = op_counts(proto)
-    assert ops["SkipLayerNormalization"] == 2 * spec.encoder.num_layers and ops["Sum"] == 0
-    fused = session(proto)
-    for case in random_mask_cases(spec):
-        a, b = decomposed.run(None, case), fused.run(None, case)
-        for x, y in zip(a, b):
-            np.testing.assert_allclose(x, y, atol=1e-5)
+    assert ops["SkipLayerNormalization"] == 0 and ops["Sum"] == 2 * layers and ops["LayerNormalization"] == 2 * layers
 
 
 def test_variants_of_a_pretrainer_whose_decoder_shares_the_word_table(tmp_path):

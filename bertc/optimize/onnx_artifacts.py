@@ -13,7 +13,7 @@
   Gemms stay fp32.
 - ``onnx_fp16`` (``model.optimized.fp16.onnx``): weights and activations in float16 for the CUDA
   provider. Inputs stay int32/int64 and outputs fp32 (``keep_io_types``); layer norms
-  (LayerNormalization, SkipLayerNormalization, EmbedLayerNormalization), (Log)Softmax and the fused
+  (LayerNormalization; the residual norms as Sum + LayerNormalization), (Log)Softmax and the fused
   Attention's softmax run on fp16 tensors, and ONNX Runtime's CUDA kernels accumulate mean/variance
   and the softmax sums in fp32 (see :data:`FP16_KEEP_FP32_OPS`). The -10000 mask value is exact in fp16.
   What fp16 cannot hold stays fp32 (:mod:`bertc.optimize.half`: rotary angles, window distances, pooling
@@ -52,8 +52,10 @@ FP16_FILE = "model.optimized.fp16.onnx"
 # Only MatMul and the fused Attention are quantized: embeddings, layer norms and the pooler /
 # classifier Gemms stay fp32 (small, and the most sensitive).
 INT8_OPTIONS = {"per_channel": True, "reduce_range": True, "op_types_to_quantize": ["MatMul", "Attention"]}
-# No op is blocked from fp16: ORT's CUDA kernels for LayerNormalization, SkipLayerNormalization,
-# EmbedLayerNormalization, Softmax / LogSoftmax and the fused Attention's softmax accumulate in fp32.
+# No op is blocked from fp16: ORT's CUDA kernels for LayerNormalization, Softmax / LogSoftmax and the fused
+# Attention's softmax accumulate in fp32. (Its SkipLayerNormalization and EmbedLayerNormalization kernels sum their
+# statistics in fp16, SkipLayerNormalization unless in its strict mode: the fp16 graphs keep Sum + LayerNormalization
+# for the residual norms; EmbedLayerNormalization stays, see README.md.)
 # (Blocking LogSoftmax also trips onnxruntime.transformers.float16 when it produces a graph output:
 # the output Cast it inserts gets the wrong type.)
 FP16_KEEP_FP32_OPS: list = []
@@ -334,47 +336,6 @@ def speed_of(fp32: Path, int8: Path, spec) -> dict:
     return speed_against_fp32(fp32, int8, spec)
 
 
-def fuse_skip_layer_norms(proto) -> int:
-    """Rewrite, in place, each decomposed residual norm of the lowering (``LayerNormalization(Sum(Add(x, bias),
-    skip))``, see ``LoweringContext.layer_norm``) as one com.microsoft SkipLayerNormalization (the sum, where
-    something else reads it, is its fourth output): for the fp16 variant, which runs on CUDA, where the fused
-    kernel is the fast one. Returns how many were fused."""
-    from onnx import helper
-
-    graph = proto.graph
-    producer = {out: n for n in graph.node for out in n.output}
-    readers: dict = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    outputs = {o.name for o in graph.output}
-    vectors = {t.name for t in graph.initializer if len(t.dims) == 1}
-    drop, fused = set(), {}
-    for n in graph.node:
-        summed = producer.get(n.input[0]) if n.op_type == "LayerNormalization" and not n.domain else None
-        if summed is None or summed.op_type != "Sum" or len(summed.input) != 2 or len(n.output) != 1:
-            continue
-        main, skip = summed.input
-        bias = ""
-        add = producer.get(main)
-        if (add is not None and add.op_type == "Add" and add.input[1] in vectors and len(readers[main]) == 1
-                and main not in outputs):
-            main, bias = add.input[0], add.input[1]
-            drop.add(id(add))
-        gamma, beta = n.input[1], (n.input[2] if len(n.input) > 2 else "")
-        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
-        keep_sum = len(readers[summed.output[0]]) > 1 or summed.output[0] in outputs
-        fused[id(n)] = helper.make_node(
-            "SkipLayerNormalization", [main, skip, gamma, beta, bias],
-            [n.output[0]] + (["", "", summed.output[0]] if keep_sum else []), name=n.name + "/fused",
-            domain="com.microsoft", epsilon=eps)
-        drop.add(id(summed))
-    nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in drop]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return len(fused)
-
-
 def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_inputs: dict) -> dict:
     from bertc.optimize.half import to_fp16
     from bertc.onnx_graph import graph_node_count
@@ -384,7 +345,8 @@ def convert_fp16(proto, dst: Path, input_dtype: str, opset: int, model, check_in
         half, kept = to_fp16(proto, FP16_KEEP_FP32_OPS)
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the optimized graph failed: {type(exc).__name__}: {exc}") from exc
-    fuse_skip_layer_norms(half)   # fp16 is for CUDA: one SkipLayerNormalization kernel per residual norm there
+    # (the residual norms stay Sum + LayerNormalization: ORT's CUDA SkipLayerNormalization sums its mean and mean
+    # square in fp16 unless a session asks for its strict mode; LayerNormalization's kernel sums in fp32)
     nbytes = _save(half, dst)
     providers, cpu = fp16_on_cpu(dst, model, check_inputs)
     return _artifact(dst, nbytes, "fp16", input_dtype, providers, graph_node_count(half.graph), opset,

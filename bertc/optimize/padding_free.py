@@ -1339,8 +1339,7 @@ def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built
         halves = [to_fp16(stage._attach(_copy(m), list(weights)), keep)[0] for m in (today, packed)]
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
-    for h in halves:
-        stage.fuse_skip_layer_norms(h)   # as onnx_fp16: one SkipLayerNormalization per residual norm on CUDA
+    # (residual norms: Sum + LayerNormalization, as onnx_fp16's: fp32 statistics on CUDA)
     half = with_fast_path(*halves)
     del halves
     tmp = str(dst) + ".partial"
