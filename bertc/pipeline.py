@@ -96,6 +96,22 @@ def _export_options(spec, opts: BuildOptions) -> dict:
             "keep_saved_model": e.keep_saved_model if opts.keep_saved_model is None else opts.keep_saved_model}
 
 
+def _carried_from_build(source: Path, out: Path) -> dict:
+    """What ``bertc run`` reads beside the weights, from the bertc build ``--init-from`` names (its OUT, or its
+    model.keras): the tokenizer files and the checkpoint's config (class names, a CrossEncoder's activation,
+    prompts), as a build from that checkpoint bundles them; a .keras file outside a build carries nothing. Returns
+    the report's ``tokenizer`` section where there is one."""
+    from bertc.importers import bundle_checkpoint_config
+    from bertc.text import bundle_tokenizer
+
+    build = source if source.is_dir() else source.parent
+    if not (build / "report.json").is_file():
+        return {}
+    bundle_checkpoint_config(build, out)
+    tokenizer = bundle_tokenizer(build, out)
+    return {"tokenizer": tokenizer} if tokenizer else {}
+
+
 def requested_variants(spec, opts: BuildOptions) -> tuple:
     """The variants the user asked for: those of ``--variants``, or of the spec when it names them
     (``export.variants`` present in the file); none when the spec's default applies. A requested variant
@@ -306,6 +322,7 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             n = transfer_weights(load_keras_model(opts.init_from), model)
             report["weights_from"] = str(opts.init_from)
             note["detail"] = f"{n} weights from {opts.init_from}"
+            report.update(_carried_from_build(Path(opts.init_from), out))
     if opts.calibration is not None:   # the user's text is checked (readable, a tokenizer to read it) before any export
         calibration.get()
     with stages.stage("validate") as note:

@@ -291,6 +291,36 @@ def test_validate_says_what_build_would_refuse_of_the_weights(tmp_path, capsys):
         assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
+def test_init_from_a_build_carries_its_tokenizer_and_checkpoint_config(tmp_path):
+    """``--init-from OUT`` copied the weights alone: the new build had no tokenizer (bertc run refused it) and no
+    class names, though OUT had both. They come with the weights now, as from the checkpoint itself; a .keras
+    file outside a build carries nothing."""
+    import bertc
+
+    spec_path, _ = imported("hf/st_bert_mean_norm", tmp_path)
+    first = tmp_path / "first"
+    assert main(["build", str(spec_path), "-o", str(first), "-q", "--no-tflite", "--no-parity"]) == 0
+    data = json.loads(spec_path.read_text())
+    data.pop("weights")
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(data))
+    second = tmp_path / "second"
+    assert main(["build", str(bare), "-o", str(second), "-q", "--no-tflite", "--no-parity",
+                 "--init-from", str(first)]) == 0
+    assert {"tokenizer.json", "checkpoint_config.json", "config_sentence_transformers.json"} <= \
+        {p.name for p in second.iterdir()}
+    assert json.loads((second / "report.json").read_text())["tokenizer"]["files"]
+    texts = ["the cat sat on the mat", "a dog"]
+    np.testing.assert_array_equal(bertc.Runtime(second, artifact="onnx").run(texts),
+                                  bertc.Runtime(first, artifact="onnx").run(texts))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(first / "model.keras", alone / "model.keras")
+    third = tmp_path / "third"
+    assert main(["build", str(bare), "-o", str(third), "-q", "--no-export", "--init-from", str(alone / "model.keras")]) == 0
+    assert not (third / "tokenizer.json").exists()
+
+
 def test_bertc_keras_build_is_a_weights_source(tmp_path):
     spec_path, ref = imported("model_garden/bert_classifier", tmp_path)
     first = tmp_path / "first"
