@@ -154,7 +154,6 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
         if not quiet:
             _err(f"  {_green('ok')}  {name:<16} {seconds:7.2f}s  {detail}")
 
-    _variants_made(variants, no_onnx, no_optimize, no_tflite)
     if not quiet:
         _err(f"bertc build {spec} -> {out}")
     opts = BuildOptions(out=out, force=force, export=not no_export, parity=not no_parity, optimize=not no_optimize,
@@ -279,19 +278,6 @@ def _variants(text):
     return tuple(dict.fromkeys(names))
 
 
-def _variants_made(variants, no_onnx: bool, no_optimize: bool, no_tflite: bool) -> None:
-    """Refuse ``--variants`` naming one that another option of the same command leaves unbuilt (``--variants
-    tflite_int8 --no-tflite`` built no TFLite at all, exit 0, and OUT/spec.json listed the variant)."""
-    for name in variants or ():
-        flag = ("--no-tflite" if no_tflite and name.startswith("tflite") else
-                "--no-onnx" if no_onnx and name.startswith("onnx") else
-                "--no-optimize" if no_optimize and name.startswith("onnx") else None)
-        if flag:
-            made = "TFLite" if flag == "--no-tflite" else "ONNX" if flag == "--no-onnx" else "optimized ONNX"
-            raise click.UsageError(f"--variants {name}: {flag} builds no {made} artifact to make it from; drop "
-                                   f"one of them")
-
-
 def _size(text):
     if text is None:
         return None
@@ -384,11 +370,14 @@ def _weights_problem(spec, path) -> Optional[str]:
     from bertc.importers import check_checkpoint_config
     from bertc.weights import check_spec_weights, resolve_weights_path
 
-    weights = resolve_weights_path(spec.weights, Path(path))
-    if weights is None:
+    from bertc.checkpoints import open_checkpoint
+
+    if spec.weights is None:
         return None
+    weights = resolve_weights_path(spec.weights, Path(path))
     try:
         check_spec_weights(spec.weights, Path(path), weights)
+        open_checkpoint(weights)   # a folder without weights, a file of no known format: said as the build says it
         check_checkpoint_config(spec, weights)
     except (BertcError, OSError) as exc:
         return str(exc)

@@ -96,6 +96,24 @@ def _export_options(spec, opts: BuildOptions) -> dict:
             "keep_saved_model": e.keep_saved_model if opts.keep_saved_model is None else opts.keep_saved_model}
 
 
+def _variants_made(opts: BuildOptions, spec, off: dict) -> None:
+    """Refuse ``--variants`` naming one that this build leaves unbuilt (``--variants tflite_int8 --no-tflite``, or a
+    spec's ``export.tflite`` false: no TFLite at all, exit 0, OUT/spec.json listing the variant)."""
+    from bertc.errors import InputError
+
+    for name in opts.variants or ():
+        kind = "tflite" if name.startswith("tflite") else "optimized"
+        if not (off[kind] or not getattr(spec.export, kind) or (kind == "optimized" and not spec.export.onnx)):
+            continue
+        why = ("--no-export" if not opts.export else
+               "--no-tflite" if kind == "tflite" and not opts.tflite else
+               "--no-onnx" if kind == "optimized" and not opts.onnx else
+               "--no-optimize" if kind == "optimized" and not opts.optimize else
+               f"the spec's export.{kind} false" if not getattr(spec.export, kind) else "the spec's export.onnx false")
+        made = "TFLite" if kind == "tflite" else "optimized ONNX"
+        raise InputError(f"--variants {name}: {why} leaves no {made} artifact to make it from; drop one of them")
+
+
 def _carried_from_build(source: Path, out: Path) -> dict:
     """What ``bertc run`` reads beside the weights, from the bertc build ``--init-from`` names (its OUT, or its
     model.keras): the tokenizer files and the checkpoint's config (class names, a CrossEncoder's activation,
@@ -196,9 +214,12 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
         requested = requested_variants(spec, opts)
         overrides = {k: v for k, v in (("opset", opts.opset), ("input_dtype", opts.input_dtype),
                                        ("keep_saved_model", opts.keep_saved_model)) if v is not None}
-        # --no-onnx, --no-optimize, --no-tflite (when the spec would build it): OUT/spec.json builds what this did
-        overrides.update({k: False for k, off in (("onnx", not opts.onnx), ("optimized", not opts.optimize),
-                                                  ("tflite", not opts.tflite)) if off and getattr(spec.export, k)})
+        # --no-export, --no-onnx, --no-optimize, --no-tflite (where the spec would build it): OUT/spec.json builds
+        # what this build did (no ONNX export: no optimized artifact either)
+        off = {"onnx": not (opts.export and opts.onnx), "optimized": not (opts.export and opts.onnx and opts.optimize),
+               "tflite": not (opts.export and opts.tflite)}
+        _variants_made(opts, spec, off)
+        overrides.update({k: False for k, leave in off.items() if leave and getattr(spec.export, k)})
         if overrides:   # --opset, --int64-inputs, --keep-saved-model: OUT/spec.json records what was built
             spec = spec.model_copy(update={"export": spec.export.model_copy(update=overrides)})
         if opts.variants is not None:  # OUT/spec.json then records the variants this build made
@@ -213,7 +234,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
     from bertc.weights import check_spec_weights, resolve_weights_path, weights_entry_for
 
     weights = opts.weights or resolve_weights_path(spec.weights, spec_path)
-    if weights is not None and opts.weights is None:
+    if opts.weights is None and spec.weights is not None:
         check_spec_weights(spec.weights, spec_path, weights)
     if weights is not None:
         # spec.json in OUT names the same weights, relative to OUT (where that spec.json lives)

@@ -699,7 +699,7 @@ class Runtime:
             if not 1 <= max_length <= self.max_len:
                 raise InputError(f"max_length {max_length!r}: " + (
                     f"at most the model's maximum of {self.max_len} tokens" if max_length > self.max_len else
-                    "a count of tokens, room for the special tokens and a text's"))
+                    "at least 1 (and room for the special tokens the tokenizer adds and a text's)"))
             self.max_len, self.max_len_why = int(max_length), "--max-length"
         elif self.kind != "embedding" and (self.truncate or self.kind in ("span", "tags")):
             # where texts are cut (or read in windows): at the tokenizer's model_max_length where it is below the

@@ -52,7 +52,7 @@ class ExportSpec(StrictModel):
 
     def problems(self, ctx):
         # (a variant that export.optimized / export.tflite false leaves out is not a problem: OUT/spec.json lists
-        # the default variants of such a build, and --variants may name one that --no-optimize then leaves out)
+        # the default variants of such a build; --variants naming one that the build leaves out is refused by it)
         yield from _repeats(self.variants, "variants")
 
 
@@ -155,9 +155,6 @@ class Spec(StrictModel):
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
     def problems(self, ctx):
-        if self.weights is not None and not self.weights.strip():   # a template's unset variable: not "no weights"
-            yield ("weights",), (f"is {json.dumps(self.weights)}, no path: give the trained weights' path, or leave weights out "
-                                 f"for random weights")
         if getattr(self.encoder, "hidden_size", None) == 1:   # every encoder type (plug-ins too)
             yield ("encoder", "hidden_size"), (
                 "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta "

@@ -61,7 +61,7 @@ _UNUSED_OK = {
 # A task head's weights in the checkpoint of a model built without any head (the encoder alone).
 HEAD_PREFIXES = ("classifier/", "token_classifier/", "span_labeler/", "masked_lm/", "next_sentence/",
                  "classifier_transform", "token_classifier_transform")
-_HEADLESS = "task head of the checkpoint: this spec's head has no weights to take from it (no head, or one without weights)"
+_HEADLESS = "task head of the checkpoint: this spec builds the encoder alone, or with a head without weights"
 
 
 @dataclass
@@ -189,11 +189,15 @@ def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadRe
     return result
 
 
-def check_spec_weights(spec_weights: str, spec_file: Optional[Path], path: Path) -> None:
-    """Refuse the spec's ``weights`` entry when ``path`` (what it resolved to) is nowhere: the message names the
-    field, the entry and, for a relative one, the folder it was read from (a spec moved away from its checkpoint)."""
+def check_spec_weights(spec_weights: str, spec_file: Optional[Path], path: Optional[Path]) -> None:
+    """Refuse the spec's ``weights`` entry when it is empty (a template's unset variable: not "no weights") or
+    ``path`` (what it resolved to) is nowhere: the message names the field, the entry and, for a relative one, the
+    folder it was read from (a spec moved away from its checkpoint). ``--weights`` replaces the entry unread."""
     from bertc.checkpoints import tf_checkpoint_prefix
 
+    if path is None or not spec_weights.strip():
+        raise WeightsError(f"$.weights {json.dumps(spec_weights)}: no path; give the trained weights' path (or "
+                           f"--weights PATH), or leave weights out for random weights")
     if path.exists() or tf_checkpoint_prefix(path) is not None:
         return
     relative = not Path(filesystem_text(spec_weights)).expanduser().is_absolute()

@@ -242,19 +242,28 @@ def test_options_that_leave_an_artifact_out_are_recorded_and_contradictions_refu
     anything is written, and --no-tflite / --no-optimize are recorded as the other options are."""
     from bertc.spec import load_spec
 
-    spec = tmp_spec(tiny_bert(parity={"backends": {"tflite": {"atol": 1e-3}}}))
+    spec = tmp_spec(tiny_bert(parity={"backends": {"tflite": {"atol": 1e-3}, "onnx_optimized_cpu": {"atol": 1e-3}}}))
+    no_tflite = tmp_spec(tiny_bert(export={"tflite": False}), "no_tflite.json")
     out = tmp_path / "out"
-    for args, flag in ((["--variants", "tflite_int8", "--no-tflite"], "--no-tflite"),
-                       (["--variants", "onnx_int8", "--no-optimize"], "--no-optimize"),
-                       (["--no-onnx", "--variants", "onnx_fp16"], "--no-onnx")):
-        assert main(["build", str(spec), "-o", str(out), "-q", *args]) == EXIT_BAD_SPEC
+    for path, args, why in ((spec, ["--variants", "tflite_int8", "--no-tflite"], "--no-tflite"),
+                            (spec, ["--variants", "onnx_int8", "--no-optimize"], "--no-optimize"),
+                            (spec, ["--no-onnx", "--variants", "onnx_fp16"], "--no-onnx"),
+                            (spec, ["--no-export", "--variants", "tflite_fp16"], "--no-export"),
+                            (no_tflite, ["--variants", "tflite_int8"], "the spec's export.tflite false")):
+        assert main(["build", str(path), "-o", str(out), "-q", *args]) == EXIT_BAD_SPEC
         err = capsys.readouterr().err
-        assert f"--variants {args[1] if args[0] == '--variants' else args[2]}: {flag} builds no" in err, err
+        name = args[args.index("--variants") + 1]
+        assert f"--variants {name}: {why} leaves no" in err, err
         assert not out.exists()
     assert main(["build", str(spec), "-o", str(out), "-q", "--no-parity", "--no-tflite"]) == 0
     written = load_spec(out / "spec.json")
     assert written.export.tflite is False and written.export.optimized is True
     assert "tflite" not in written.parity.backends    # (a tolerance of what it no longer builds: not a valid spec)
+    # no ONNX export: no optimized artifact either, and OUT/spec.json says both
+    assert main(["build", str(spec), "-o", str(out), "-q", "--force", "--no-parity", "--no-onnx", "--no-tflite"]) == 0
+    written = load_spec(out / "spec.json")
+    assert (written.export.onnx, written.export.optimized, written.export.tflite) == (False, False, False)
+    assert not written.parity.backends
 
 
 def test_unknown_variant_exits_2_before_anything_is_written(tmp_spec, tmp_path, capsys):

@@ -266,6 +266,16 @@ def test_a_head_of_another_type_does_not_take_the_checkpoints_head_weights(tmp_p
     assert main(["build", str(spec_path), "-o", str(tmp_path / "embedder"), "-q", "--no-export"]) == 0
 
 
+def test_a_multiple_choice_checkpoint_scores_pairs_as_a_one_class_classifier(tmp_path):
+    """The same pooler and one-output classifier: a multiple-choice model re-specified as a classifier of one
+    class scores each (text, choice) row as it scores each choice (it built before the head-type check; still)."""
+    spec_path, _ = imported("hf/bert_mc", tmp_path)
+    data = json.loads(spec_path.read_text())
+    data["head"] = {"type": "classifier", "num_classes": 1}
+    spec_path.write_text(json.dumps(data))
+    assert main(["build", str(spec_path), "-o", str(tmp_path / "scorer"), "-q", "--no-export"]) == 0
+
+
 def test_validate_says_what_build_would_refuse_of_the_weights(tmp_path, capsys):
     """``bertc validate`` said ok for specs that ``bertc build`` then refused for their weights (a head edited away
     from its checkpoint's, a spec moved away from a relative ``weights``); the missing path's message named neither
@@ -283,6 +293,20 @@ def test_validate_says_what_build_would_refuse_of_the_weights(tmp_path, capsys):
     data = json.loads(spec_path.read_text())
     data["weights"] = "bert_seq_cls"
     (moved / "s.json").write_text(json.dumps(data))
+    # an empty entry (a template's unset variable) built random weights silently; --weights still replaces it
+    data["weights"] = ""
+    (moved / "empty.json").write_text(json.dumps(data))
+    for command in (["validate", str(moved / "empty.json")], ["build", str(moved / "empty.json"), "-o", str(tmp_path / "o")]):
+        assert main(command) == EXIT_BAD_SPEC
+        assert '$.weights "": no path; give the trained weights\' path (or --weights PATH)' in capsys.readouterr().err
+    assert main(["build", str(moved / "empty.json"), "-o", str(tmp_path / "given"), "-q", "--no-export",
+                 "--weights", str(FIXTURES / "hf" / "bert_seq_cls")]) == 0
+    (moved / "nothing").mkdir()
+    data["weights"] = "nothing"
+    (moved / "nothing.json").write_text(json.dumps(data))
+    assert main(["validate", str(moved / "nothing.json")]) == EXIT_BAD_SPEC   # a folder without weights, as build says
+    assert "nothing" in capsys.readouterr().err
+    data["weights"] = "bert_seq_cls"
     for command in (["validate", str(moved / "s.json")], ["build", str(moved / "s.json"), "-o", str(tmp_path / "o")]):
         assert main(command) == EXIT_BAD_SPEC
         err = capsys.readouterr().err

@@ -355,8 +355,8 @@ def test_cli_refusal_exits_2_without_traceback(tmp_path, capsys):
 
 def test_a_classifier_checkpoint_into_another_head(tmp_path, capsys):
     """A sentence-embedding spec takes a classifier checkpoint's encoder (its head tensors ignored, as for an
-    encoder-only import); another head whose tensors do not fit is a load error naming them, exit 2 (it was an
-    internal error, exit 70: the head type was looked up in a table of ModernBERT's heads)."""
+    encoder-only import); another head is refused naming the head types, exit 2 (it was an internal error, exit
+    70: the head type was looked up in a table of ModernBERT's heads)."""
     spec, path = imported("modernbert_seq_cls", tmp_path)
     data = json.loads(path.read_text())
     for head, code in (({"type": "sentence_embedding", "pooling": "mean"}, 0), ({"type": "span_labeler"}, 2)):
@@ -365,8 +365,8 @@ def test_a_classifier_checkpoint_into_another_head(tmp_path, capsys):
         assert main(["build", str(other), "-o", str(tmp_path / head["type"]), "-q", "--no-export"]) == code
         err = capsys.readouterr().err
         assert "internal error" not in err and "Traceback" not in err
-    assert "checkpoint tensor 'classifier.weight' (3, 32) transposed does not fit bertc weight 'span_labeler/kernel'" \
-        in err
+    # (refused before any weight is read: another head type than the checkpoint's, bertc.importers)
+    assert '$.head.type: the spec has "span_labeler", the checkpoint\'s config "classifier"' in err
     report = json.loads((tmp_path / "sentence_embedding" / "report.json").read_text())
     ignored = report["weights"]["ignored"]
     assert any("classifier.weight" in str(entry) for entry in ignored), ignored

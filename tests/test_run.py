@@ -1049,8 +1049,8 @@ def test_span_labeler_reads_a_long_context_in_windows(builds, tmp_path, capsys):
         assert starts[-1] + room >= len(c) > starts[-2] + room
         windows = engine.context_windows(Record(question, context, "x"))
         assert [w.ids for w in windows] == [[2, *q, 3, *c[s:s + room], 3] for s in starts], (length, stride)
-    for bad, why in ((0, "a count of tokens, room for the special tokens"), (17, "at most the model's maximum of 16 "
-                                                                                "tokens")):
+    for bad, why in ((0, r"at least 1 \(and room for the special tokens"), (17, "at most the model's maximum of 16 "
+                                                                              "tokens")):
         with pytest.raises(InputError, match=f"max_length {bad}: {why}"):
             bertc.Runtime(out, max_length=bad)
     # the CLI: --doc-stride, and no --truncate needed (nor refused with --no-truncate)

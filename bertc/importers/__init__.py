@@ -206,13 +206,15 @@ def check_checkpoint_config(spec, weights: Path) -> None:
     if have.get("head") and want.get("head"):
         if have["head"].get("type") == want["head"].get("type"):
             found += _differences(have["head"], want["head"], "$.head")
-        elif not _weightless(have["head"]):   # another head's trained weights (a sentence classifier's
-            # classifier.weight read by a token classifier, loaded by name and shape): not this head's
+        elif not _weightless(have["head"]) and not _one_choice_scorer(have["head"], want["head"]):
+            # another head's trained weights (a sentence classifier's classifier.weight read by a token
+            # classifier, loaded by name and shape): not this head's
             found.append(("$.head.type", have["head"].get("type"), want["head"].get("type")))
     if found:
         shown = "\n".join(f"  {p}: the spec has {json_text(a)}, the checkpoint's config {json_text(b)}"
                           for p, a, b in found[:12]) + (f"\n  ... and {len(found) - 12} more" if len(found) > 12 else "")
-        architecture = next(iter(_config_architectures(root)), None)
+        architecture = "a sentence-transformers model" if (root / "modules.json").is_file() else \
+            next(iter(_config_architectures(root)), None)
         raise WeightsError(f"{weights}: the spec does not compute what the config of this checkpoint"
                            + (f" ({architecture})" if architecture else "") + " says "
                            f"({len(found)} difference{'s' if len(found) > 1 else ''}; whether or not its weights' "
@@ -220,6 +222,13 @@ def check_checkpoint_config(spec, weights: Path) -> None:
                            f"import {weights} -o SPEC --force) or point the spec at the checkpoint it was written "
                            f"for; bertc builds a trained model as it was trained (a new or resized head has no "
                            f"trained weights)")
+
+
+def _one_choice_scorer(have: dict, want: dict) -> bool:
+    """A multiple-choice checkpoint's head as a one-class classifier over the pooler: the same pooler and one-output
+    classifier, scoring each (text, choice) row as the multiple-choice model scores each choice."""
+    return want.get("type") == "multiple_choice" and have.get("type") == "classifier" and \
+        have.get("num_classes") == 1 and have.get("pooling", "pooler") == "pooler" and not have.get("transform")
 
 
 def _weightless(head: dict) -> bool:

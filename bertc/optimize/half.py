@@ -195,7 +195,26 @@ def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
         keep = [v for v in g.value_info if v.name not in made]
         del g.value_info[:]
         g.value_info.extend(keep)
+    _fp32_to_fp32_readers(graphs, members, renamed)
     return len(members)
+
+
+def _fp32_to_fp32_readers(graphs: list, members: set, renamed: dict) -> None:
+    """A Cast to fp32 reading a kept value (the converter's cast of a graph output back to fp32: a sentence
+    embedding) reads the fp32 value itself, not its fp16 copy; a copy no one reads then goes."""
+    if not renamed:
+        return
+    for g in graphs:
+        for n in g.node:
+            if id(n) not in members and n.op_type == "Cast" and n.input[0] in renamed and \
+                    next(a.i for a in n.attribute if a.name == "to") == TensorProto.FLOAT:
+                n.input[0] = renamed[n.input[0]]
+    read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
+    for g in graphs:
+        keep = [n for n in g.node if not (n.op_type == "Cast" and n.output[0] in renamed and n.output[0] not in read)]
+        if len(keep) != len(g.node):
+            del g.node[:]
+            g.node.extend(keep)
 
 
 def _fp32_attributes(node, originals: dict) -> None:

@@ -1336,7 +1336,9 @@ def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built
     t0 = time.perf_counter()
     keep = stage.FP16_KEEP_FP32_OPS
     try:
-        halves = [to_fp16(stage._attach(_copy(m), list(weights)), keep)[0] for m in (today, packed)]
+        converted = [to_fp16(stage._attach(_copy(m), list(weights)), keep) for m in (today, packed)]
+        halves, kept = [h for h, _ in converted], sum(k for _, k in converted)
+        del converted
     except Exception as exc:
         raise ExportError(f"fp16 conversion of the padding-free graph failed: {type(exc).__name__}: {exc}") from exc
     # (residual norms: Sum + LayerNormalization, as onnx_fp16's: fp32 statistics on CUDA)
@@ -1355,4 +1357,4 @@ def _fp16(today, packed, weights: list, dst, input_dtype: str, opset: int, built
             raise ExportError(f"{dst.name} is not a valid ONNX Runtime graph: {message}") from exc
         cpu, providers = {"runs": False, "why": message.split("\n")[0]}, ["CUDAExecutionProvider"]
     return stage._artifact(dst, dst.stat().st_size, "fp16", input_dtype, providers, _node_count(half), opset,
-                           keep_fp32_ops=keep, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
+                           keep_fp32_ops=keep, kept_fp32_nodes=kept, cpu=cpu, seconds=round(time.perf_counter() - t0, 3))
