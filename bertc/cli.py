@@ -366,11 +366,10 @@ def validate(specs):
 def _weights_problem(spec, path) -> Optional[str]:
     """Why ``bertc build`` would refuse the spec's trained weights before building (missing; a checkpoint whose
     config.json says another model than the spec), or None. Only the checkpoint's config is read."""
+    from bertc.checkpoints import open_checkpoint
     from bertc.errors import BertcError
     from bertc.importers import check_checkpoint_config
     from bertc.weights import check_spec_weights, resolve_weights_path
-
-    from bertc.checkpoints import open_checkpoint
 
     if spec.weights is None:
         return None

@@ -243,8 +243,11 @@ class Engine:
         inputs = [prompt + r.text if r.pair is None else (r.text, r.pair) for r in records]
         if self.parts.lowercase:   # as sentence-transformers: the prompt and the text, str.lower() (its final sigma)
             inputs = [lowercased(x) for x in inputs]
-        if self.direction == "right":   # (cut from the left, a text's end is kept: tokenized whole)
+        if self.direction == "right":
             inputs = [x if self.windowed(r) else self._shortened(x) for r, x in zip(records, inputs)]
+        else:   # cut on the left: a long single text's end is kept (a pair is tokenized whole)
+            inputs = [x if self.windowed(r) or not isinstance(x, str) else self._ending(x)
+                      for r, x in zip(records, inputs)]
         try:
             encodings = self.tokenizer.encode_batch(inputs)
         except Exception:   # tokenizers' truncation error: a zero-shot hypothesis that alone outgrows the model
@@ -331,6 +334,23 @@ class Engine:
                 return text[:cut], count
             size *= 4
         return text, -1
+
+    def _ending(self, text: str) -> str:
+        """A long text as the end of it that left truncation cuts as it cuts the whole (:meth:`_shortened` for a
+        tokenizer that keeps a text's end): cut (:func:`_cut`) where it holds the row's tokens and
+        ``LONG_TEXT_MARGIN`` more, tried 4 times as long until it does; the whole where no place is found."""
+        if len(text) <= max(LONG_TEXT_CHARS, LONG_TEXT_CHARS_PER_TOKEN * self.parts.max_len):
+            return text
+        tokens = self.parts.max_len + LONG_TEXT_MARGIN
+        size = max(PREFIX_CHARS, 8 * tokens)
+        while size < len(text):
+            cut = _cut(text, len(text) - size)
+            if cut <= 0:
+                break
+            if len(self._plain().encode(text[cut:], add_special_tokens=False).ids) >= tokens:
+                return text[cut:]
+            size *= 4
+        return text
 
     def _shortened(self, x):
         """A text, or a (text, pair) tuple, whose over-long texts (over ``LONG_TEXT_CHARS`` characters, and

@@ -50,3 +50,19 @@ def test_an_unknown_truncation_side_is_refused(builds, tmp_path):
     with pytest.raises(InputError, match=r'tokenizer_config.json: truncation_side "middle" is neither "right" nor '
                                          r'"left"'):
         bertc.Runtime(out, artifact="onnx").run(["the cat"])
+
+
+def test_a_long_text_cut_on_the_left_is_read_from_its_end(builds, tmp_path, monkeypatch):
+    """A long text is tokenized from an end of it that holds the row's tokens (the whole of a 14 MB line took
+    seconds and GBs); the tokens kept are those of the whole text's end."""
+    import bertc.engine as engine
+
+    out = _side(builds["st_bert_mean_norm"], tmp_path, "left")
+    words = WORDS * 20_000                    # 360,000 words, 1.4 MB
+    read = []
+    ending = engine.Engine._ending
+    monkeypatch.setattr(engine.Engine, "_ending", lambda self, text: read.append(ending(self, text)) or read[-1])
+    cut = bertc.Runtime(out, truncate=True, artifact="onnx").run([" ".join(words)])
+    assert read and len(read[0]) < 5_000 and " ".join(words).endswith(read[0])
+    tail = bertc.Runtime(out, artifact="onnx").run([" ".join(words[-14:])])
+    np.testing.assert_allclose(cut, tail, atol=1e-6)
