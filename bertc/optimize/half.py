@@ -247,11 +247,62 @@ def _fp32_initializer(name: str, inits: dict, every_init: dict, only_kept: bool)
     return copy_name
 
 
+def unfuse_embed_layer_norms(proto) -> int:
+    """Rewrite, in place, each com.microsoft EmbedLayerNormalization whose mask index no one reads as the standard
+    ops it fuses: Gather of the word (and type) rows, the position rows (Gather at its position_ids, else the
+    table's first S rows), one Sum and a LayerNormalization. For the fp16 artifacts: ORT's CUDA kernel sums the
+    layer norm's mean and mean square in fp16 (a mean far from 0 against the spread loses the variance, an RMS above
+    256 overflows), LayerNormalization's in fp32; run once a batch, the unfused form costs little. A Sum, not Adds,
+    so that ORT's EmbedLayerNormFusion does not fuse it back. Returns how many were rewritten."""
+    from onnx import helper
+
+    count = 0
+    for graph in _graphs(proto.graph):
+        read = {i for g in _graphs(proto.graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
+        nodes = []
+        for n in graph.node:
+            if n.op_type != "EmbedLayerNormalization" or n.domain != "com.microsoft" or \
+                    any(o and o in read for o in n.output[1:]):
+                nodes.append(n)
+                continue
+            ins = list(n.input) + [""] * (9 - len(n.input))
+            ids, segments, words, table, types, gamma, beta, mask, positions = ins[:9]
+            if mask:   # (bertc never passes one; its mask index would need computing) kept fused
+                nodes.append(n)
+                continue
+            stem = n.name or n.output[0]
+            eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+            parts = [f"{stem}/unfused/words", f"{stem}/unfused/positions"]
+            nodes.append(helper.make_node("Gather", [words, ids], [parts[0]], name=parts[0], axis=0))
+            if positions:
+                nodes.append(helper.make_node("Gather", [table, positions], [parts[1]], name=parts[1], axis=0))
+            else:
+                shape = f"{stem}/unfused/length"
+                nodes.append(helper.make_node("Shape", [ids], [shape], name=shape, start=1, end=2))
+                start = f"{stem}/unfused/start"
+                nodes.append(helper.make_node("Constant", [], [start], name=start,
+                                              value=helper.make_tensor(start, 7, [1], [0])))
+                nodes.append(helper.make_node("Slice", [table, start, shape, start], [parts[1]], name=parts[1]))
+            if segments and types:
+                parts.append(f"{stem}/unfused/types")
+                nodes.append(helper.make_node("Gather", [types, segments], [parts[2]], name=parts[2], axis=0))
+            total = f"{stem}/unfused/sum"
+            nodes.append(helper.make_node("Sum", parts, [total], name=total))
+            nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
+                                          [n.output[0]], name=f"{stem}/unfused/layer_norm", axis=-1, epsilon=eps))
+            count += 1
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
+
+
 def to_fp16(proto, op_block_list: list) -> tuple:
-    """``proto`` converted to fp16 (inputs and outputs kept as they are), its kept-fp32 scopes in fp32; returns
-    the converted model and the number of nodes kept in fp32."""
+    """``proto`` converted to fp16 (inputs and outputs kept as they are), its kept-fp32 scopes in fp32, its
+    EmbedLayerNormalization unfused (:func:`unfuse_embed_layer_norms`); returns the converted model and the number
+    of nodes kept in fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    unfuse_embed_layer_norms(proto)
     inits, attrs = _originals(proto)
     half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=op_block_list)
     return half, keep_fp32_scopes(half, inits, attrs)

@@ -55,7 +55,7 @@ INT8_OPTIONS = {"per_channel": True, "reduce_range": True, "op_types_to_quantize
 # No op is blocked from fp16: ORT's CUDA kernels for LayerNormalization, Softmax / LogSoftmax and the fused
 # Attention's softmax accumulate in fp32. (Its SkipLayerNormalization and EmbedLayerNormalization kernels sum their
 # statistics in fp16, SkipLayerNormalization unless in its strict mode: the fp16 graphs keep Sum + LayerNormalization
-# for the residual norms; EmbedLayerNormalization stays, see README.md.)
+# for the residual norms and take EmbedLayerNormalization apart, bertc.optimize.half.)
 # (Blocking LogSoftmax also trips onnxruntime.transformers.float16 when it produces a graph output:
 # the output Cast it inserts gets the wrong type.)
 FP16_KEEP_FP32_OPS: list = []
