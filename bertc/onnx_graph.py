@@ -253,3 +253,17 @@ def live_nodes(nodes: Sequence, outputs: Sequence[str]) -> list:
             live.update(i for i in node.input if i)
             live |= _subgraph_reads(node)
     return keep[::-1]
+
+
+def all_graphs(graph):
+    """``graph`` and every subgraph below it (an If's branches, a Loop's body), outermost first."""
+    from onnx import AttributeProto
+
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                yield from all_graphs(a.g)
+            elif a.type == AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from all_graphs(sub)

@@ -15,7 +15,8 @@ from onnx import TensorProto
 
 from bertc.components.heads import lower_normalize
 from bertc.onnx_graph import KEEP_FP32, GraphBuilder
-from bertc.optimize.half import _graphs, _Types, kept_fp32, to_fp16
+from bertc.onnx_graph import all_graphs as _graphs
+from bertc.optimize.half import _Types, kept_fp32, to_fp16
 
 FIXTURES = "tests/fixtures/hf"
 

@@ -35,26 +35,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bertc.onnx_graph import all_graphs as _graphs  # noqa: E402
+
 WEIGHT_OPS = {("", "MatMul"), ("", "Gemm"), ("com.microsoft", "FusedMatMul"), ("com.microsoft", "Attention")}
 
 
 def token_ids(name: str) -> bool:
     """Whether a graph input takes token ids (what :func:`feeds_for` fills with random ids)."""
     return "mask" not in name and "type" not in name
-
-
-def _graphs(graph):
-    """``graph`` and every subgraph in it (an If's branches, a Loop's body)."""
-    from onnx import AttributeProto
-
-    yield graph
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _graphs(g)
 
 
 def vocabulary_size(model_path: Path):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from bertc.onnx_graph import KEEP_FP32
+from bertc.onnx_graph import KEEP_FP32, all_graphs
 
 # ops whose output type is fixed whatever their inputs' (the rest: their first input's, as every op bertc emits)
 _INT64_OUT = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
@@ -32,23 +32,11 @@ def kept_fp32(name: str) -> bool:
     return KEEP_FP32 in name.split("/")
 
 
-def _graphs(graph):
-    """``graph`` and every subgraph below it (If branches, Loop bodies), outermost first."""
-    yield graph
-    for n in graph.node:
-        for a in n.attribute:
-            if a.type == AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    yield from _graphs(sub)
-
-
 def _originals(proto) -> tuple[dict, dict]:
     """Before conversion: the fp32 initializers the kept nodes read (name -> TensorProto), and their tensor
     attributes (node name -> {attribute name: TensorProto})."""
     inits, attrs = {}, {}
-    graphs = list(_graphs(proto.graph))
+    graphs = list(all_graphs(proto.graph))
     every_init = {i.name: i for g in graphs for i in g.initializer}
     for g in graphs:
         for n in g.node:
@@ -142,7 +130,7 @@ class _Types:
 def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
     """Compute the kept-fp32 nodes of the converted graph ``half`` in fp32 (in place): ``inits`` / ``attrs``
     from :func:`_originals` of the graph before conversion. Returns the number of nodes kept."""
-    graphs = list(_graphs(half.graph))
+    graphs = list(all_graphs(half.graph))
     types = _Types(graphs)
     members = {id(n) for g in graphs for n in g.node if kept_fp32(n.name)}
     if not members:
@@ -257,8 +245,8 @@ def unfuse_embed_layer_norms(proto) -> int:
     from onnx import helper
 
     count = 0
-    for graph in _graphs(proto.graph):
-        read = {i for g in _graphs(proto.graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
+    for graph in all_graphs(proto.graph):
+        read = {i for g in all_graphs(proto.graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
         nodes = []
         for n in graph.node:
             if n.op_type != "EmbedLayerNormalization" or n.domain != "com.microsoft" or \
