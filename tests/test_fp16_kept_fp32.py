@@ -281,3 +281,29 @@ def test_unfused_embeddings_compute_what_the_fused_operator_does(long_builds, bu
     a, b = (s.run(None, {k: v for k, v in feeds.items() if k in names}) for s in sessions)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=2e-6)
+
+
+def test_kept_nodes_inside_a_subgraph():
+    """Kept nodes in an If's branches get their casts there (a rebuilt graph holds copies of its subgraphs: the
+    branches' changes were lost, and the norm of a vector of 300s was inf)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    def branch(tag):
+        nodes = [helper.make_node("Mul", ["x", "x"], [f"{tag}_sq"], name=f"{tag}/{KEEP_FP32}/sq"),
+                 helper.make_node("ReduceSum", [f"{tag}_sq"], [f"{tag}_sum"], name=f"{tag}/{KEEP_FP32}/sum", keepdims=1),
+                 helper.make_node("Sqrt", [f"{tag}_sum"], [tag], name=f"{tag}/{KEEP_FP32}/sqrt")]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(tag, TensorProto.FLOAT, None)])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch("then"), else_branch=branch("else")),
+         helper.make_node("Identity", ["y"], ["out"], name="out")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    half, kept = to_fp16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), [])
+    assert kept == 6
+    session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    for c in (True, False):
+        got = session.run(None, {"x": np.full((2, 3), 300, np.float32), "c": np.array(c)})[0]
+        np.testing.assert_allclose(got, [[np.sqrt(6 * 300.0 ** 2)]], rtol=1e-3)

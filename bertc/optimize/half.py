@@ -148,7 +148,9 @@ def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
                 init_users.setdefault(i, set()).add(id(n) in members)
     renamed = {name: f"{name}/{KEEP_FP32}_value" for name in made
                if name in outside and kind[name] == TensorProto.FLOAT16}
-    for gi, g in enumerate(graphs):
+    # a graph's nodes are rebuilt below (a repeated field's extend copies its messages, subgraphs included): each
+    # subgraph before the graph holding it, so that the copy holds the subgraph as changed
+    for gi, g in reversed(list(enumerate(graphs))):
         mark = KEEP_FP32 if gi == 0 else f"{KEEP_FP32}_{gi}"     # names are unique across subgraphs too
         into: dict = {}      # an fp16 value read by kept nodes -> its Cast to fp32 (one per graph)
         order = []
@@ -183,22 +185,24 @@ def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
         keep = [v for v in g.value_info if v.name not in made]
         del g.value_info[:]
         g.value_info.extend(keep)
-    _fp32_to_fp32_readers(graphs, members, renamed)
+    _fp32_to_fp32_readers(half, renamed)
     return len(members)
 
 
-def _fp32_to_fp32_readers(graphs: list, members: set, renamed: dict) -> None:
+def _fp32_to_fp32_readers(half, renamed: dict) -> None:
     """A Cast to fp32 reading a kept value (the converter's cast of a graph output back to fp32: a sentence
-    embedding) reads the fp32 value itself, not its fp16 copy; a copy no one reads then goes."""
+    embedding) reads the fp32 value itself, not its fp16 copy; a copy no one reads then goes. (The kept nodes read
+    the fp32 names already: a reader of an fp16 copy is outside them.)"""
     if not renamed:
         return
+    graphs = list(all_graphs(half.graph))
     for g in graphs:
         for n in g.node:
-            if id(n) not in members and n.op_type == "Cast" and n.input[0] in renamed and \
+            if n.op_type == "Cast" and n.input[0] in renamed and \
                     next(a.i for a in n.attribute if a.name == "to") == TensorProto.FLOAT:
                 n.input[0] = renamed[n.input[0]]
     read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
-    for g in graphs:
+    for g in reversed(graphs):   # subgraphs first (see keep_fp32_scopes)
         keep = [n for n in g.node if not (n.op_type == "Cast" and n.output[0] in renamed and n.output[0] not in read)]
         if len(keep) != len(g.node):
             del g.node[:]
@@ -245,8 +249,9 @@ def unfuse_embed_layer_norms(proto) -> int:
     from onnx import helper
 
     count = 0
-    for graph in all_graphs(proto.graph):
-        read = {i for g in all_graphs(proto.graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
+    graphs = list(all_graphs(proto.graph))
+    read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
+    for graph in reversed(graphs):   # subgraphs first: a rebuilt graph holds copies of its subgraphs
         nodes = []
         for n in graph.node:
             if n.op_type != "EmbedLayerNormalization" or n.domain != "com.microsoft" or \
