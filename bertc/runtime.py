@@ -344,17 +344,26 @@ def check_threads(threads: Optional[int]) -> None:
                          f"{os.cpu_count()}, at least {MAX_THREADS}) only slow a run down; one a core is fastest")
 
 
-def is_cross_encoder(out: Path, report: dict) -> bool:
-    """Whether the build's checkpoint was a sentence-transformers CrossEncoder: config_sentence_transformers.json's
-    ``model_type`` (v5 on), or config.json's ``sentence_transformers`` / ``sbert_ce_default_activation_function``
-    (as earlier versions saved one)."""
+def cross_encoder_activations(out: Path, report: dict) -> list:
+    """The activations a sentence-transformers CrossEncoder records for its scores, most recent format first
+    (``activation_fn`` of config_sentence_transformers.json, v5 on; config.json's
+    ``sentence_transformers.activation_fn`` or the older ``sbert_ce_default_activation_function``), None for
+    one that names none; [] where the build's checkpoint was no CrossEncoder."""
+    found = []
     for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):
         if config.get("model_type") == "CrossEncoder":
-            return True
+            found.append(config.get("activation_fn"))
     for config in _checkpoint_configs(out, report):
-        if isinstance(config.get("sentence_transformers"), dict) or "sbert_ce_default_activation_function" in config:
-            return True
-    return False
+        st = config.get("sentence_transformers")
+        if isinstance(st, dict) or "sbert_ce_default_activation_function" in config:
+            found.append((st.get("activation_fn") if isinstance(st, dict) else None)
+                         or config.get("sbert_ce_default_activation_function"))
+    return found
+
+
+def is_cross_encoder(out: Path, report: dict) -> bool:
+    """Whether the build's checkpoint was a sentence-transformers CrossEncoder."""
+    return bool(cross_encoder_activations(out, report))
 
 
 def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str, str]:
@@ -365,16 +374,10 @@ def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str
     transformers' text-classification pipeline: ``problem_type`` regression raw, multi-label or a single class
     sigmoid (a single class whatever its problem_type says: the softmax of one logit is always 1), otherwise
     softmax."""
-    for config in _checkpoint_configs(out, report, "config_sentence_transformers.json"):   # CrossEncoder, v5 on
-        activation = config.get("activation_fn")
-        if config.get("model_type") == "CrossEncoder" and activation in _CROSS_ENCODER:
-            return _CROSS_ENCODER[activation], f"the CrossEncoder activation {activation.rsplit('.', 1)[-1]}"
-    for config in _checkpoint_configs(out, report):
-        st = config.get("sentence_transformers")
-        activation = (st.get("activation_fn") if isinstance(st, dict) else None) or \
-            config.get("sbert_ce_default_activation_function")
+    for activation in cross_encoder_activations(out, report):
         if activation in _CROSS_ENCODER:
             return _CROSS_ENCODER[activation], f"the CrossEncoder activation {activation.rsplit('.', 1)[-1]}"
+    for config in _checkpoint_configs(out, report):
         problem = config.get("problem_type")
         if problem == "regression":
             return "raw", "problem_type regression"
