@@ -238,14 +238,15 @@ def _weightless(head: dict) -> bool:
 
 
 def _config_architectures(root: Path) -> list:
-    """config.json's ``architectures`` (the transformers class it was saved from), [] where it names none."""
-    import json
+    """config.json's ``architectures`` (the transformers class it was saved from), [] where it names none (or
+    cannot be read: the check above read it already)."""
+    from bertc.importers.hf import read_json
 
     try:
-        names = json.loads((root / "config.json").read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
+        names = read_json(root / "config.json").get("architectures")
+    except WeightsError:
         return []
-    return [n for n in names if isinstance(n, str)]
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def json_text(value) -> str:
