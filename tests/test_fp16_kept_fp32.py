@@ -105,7 +105,8 @@ def long_builds(tmp_path_factory):
     return {"rotary": _build(work, _long_fixture(work, "modernbert_model", 4096)),
             "weightedmean": _build(work, _long_fixture(work, "st_modernbert_mean_norm", 1024, "weightedmean")),
             "bert": _build(work, bert),
-            "roberta": _build(work, _long_fixture(work, "roberta_model", None))}   # position ids from the mask
+            "roberta": _build(work, _long_fixture(work, "roberta_model", None)),   # position ids from the mask
+            "concat": _build(work, _long_fixture(work, "st_bert_pooling_concat", None))}   # max pooling, a Dense
 
 
 FILES = ["model.optimized.fp16.onnx", "model.packed.fp16.onnx"]
@@ -307,3 +308,23 @@ def test_kept_nodes_inside_a_subgraph():
     for c in (True, False):
         got = session.run(None, {"x": np.full((2, 3), 300, np.float32), "c": np.array(c)})[0]
         np.testing.assert_allclose(got, [[np.sqrt(6 * 300.0 ** 2)]], rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_an_all_padding_row_leaves_max_pooling_finite(long_builds, name):
+    """Max pooling fills padding with -1e9 (as sentence-transformers): a row without a real token pools to -1e9,
+    computed in fp32, then cast to fp16 for the Dense after it: -inf, and NaN out of the Dense (found by a
+    tester's emulation; ORT's CPU provider showed it too). A kept value leaves its scope saturated to fp16's range."""
+    import onnxruntime as ort
+
+    build = long_builds["concat"]
+    rng = np.random.default_rng(0)
+    mask = np.ones((3, 12), np.int32)
+    mask[1, 7:] = 0
+    mask[2] = 0
+    feeds = {"input_word_ids": rng.integers(5, 40, (3, 12)).astype(np.int32), "input_mask": mask,
+             "input_type_ids": np.zeros((3, 12), np.int32)}
+    got, want = (ort.InferenceSession(str(build / f), providers=["CPUExecutionProvider"]) for f in (name, "model.onnx"))
+    got, want = (s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()})[0] for s in (got, want))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=1e-2)

@@ -17,6 +17,7 @@ even for a node of a subgraph.
 """
 from __future__ import annotations
 
+import numpy as np
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from bertc.onnx_graph import KEEP_FP32, all_graphs
@@ -148,6 +149,11 @@ def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
                 init_users.setdefault(i, set()).add(id(n) in members)
     renamed = {name: f"{name}/{KEEP_FP32}_value" for name in made
                if name in outside and kind[name] == TensorProto.FLOAT16}
+    bounds = (f"{KEEP_FP32}/fp16_lowest", f"{KEEP_FP32}/fp16_max")
+    if renamed:
+        top = float(np.finfo(np.float16).max)
+        half.graph.initializer.extend([numpy_helper.from_array(np.array(-top, np.float32), bounds[0]),
+                                       numpy_helper.from_array(np.array(top, np.float32), bounds[1])])
     # a graph's nodes are rebuilt below (a repeated field's extend copies its messages, subgraphs included): each
     # subgraph before the graph holding it, so that the copy holds the subgraph as changed
     for gi, g in reversed(list(enumerate(graphs))):
@@ -176,10 +182,13 @@ def keep_fp32_scopes(half, inits: dict, attrs: dict) -> int:
                     n.input[k] = into[name].output[0]
             order.append(n)
             for k, name in enumerate(n.output):
-                if name in renamed:
+                if name in renamed:   # saturated to fp16's range, as the converter holds constants (an
+                    # all-padding row's max-pooled -1e9 became -inf, then NaN in a Dense after it)
                     n.output[k] = renamed[name]
-                    order.append(helper.make_node("Cast", [renamed[name]], [name], to=TensorProto.FLOAT16,
-                                                  name=f"{name}/{KEEP_FP32}/to_fp16"))
+                    order.append(helper.make_node("Clip", [renamed[name], *bounds], [f"{renamed[name]}/saturated"],
+                                                  name=f"{name}/{KEEP_FP32}/saturate"))
+                    order.append(helper.make_node("Cast", [f"{renamed[name]}/saturated"], [name],
+                                                  to=TensorProto.FLOAT16, name=f"{name}/{KEEP_FP32}/to_fp16"))
         del g.node[:]
         g.node.extend(order)
         keep = [v for v in g.value_info if v.name not in made]
@@ -202,8 +211,11 @@ def _fp32_to_fp32_readers(half, renamed: dict) -> None:
                     next(a.i for a in n.attribute if a.name == "to") == TensorProto.FLOAT:
                 n.input[0] = renamed[n.input[0]]
     read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
+    unread = {n.output[0] for g in graphs for n in g.node
+              if n.op_type == "Cast" and n.output[0] in renamed and n.output[0] not in read}
+    unread |= {f"{renamed[name]}/saturated" for name in unread}   # the Clip before such a Cast
     for g in reversed(graphs):   # subgraphs first (see keep_fp32_scopes)
-        keep = [n for n in g.node if not (n.op_type == "Cast" and n.output[0] in renamed and n.output[0] not in read)]
+        keep = [n for n in g.node if n.output[0] not in unread]
         if len(keep) != len(g.node):
             del g.node[:]
             g.node.extend(keep)
