@@ -483,11 +483,73 @@ def _read_parquet(spec: InputSpec) -> Iterator[Record]:
             yield _fields({c: values[c][i] for c in columns}, spec, f"row {n}")
 
 
-def kept_types(spec: InputSpec) -> Optional[list]:
-    """The pyarrow types of a Parquet input's kept columns (``spec.keep``), for a Parquet result to keep them (its
-    rows' Python values alone would make an int32 an int64, a float32 a double, a null first column type null);
-    None for the other inputs, whose kept columns are typed by their first rows' values."""
-    if spec.format != "parquet" or not spec.keep or spec.stdin:
+def unify_kept(known, found):
+    """The one Parquet type for a kept column whose values so far were of type ``known`` and now of ``found`` (an int
+    and a float: double; a null: the other; two objects: one struct with the keys of both); None when no type holds
+    both (a number and a text)."""
+    pa = _pyarrow()
+    try:
+        return pa.unify_schemas([pa.schema([("x", known)]), pa.schema([("x", found)])],
+                                promote_options="permissive").field("x").type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):
+        return None
+
+
+def _jsonl_kept_types(spec: InputSpec) -> list:
+    """The Parquet types of a JSONL file's kept fields, from all its lines (read once before the run, as a Parquet
+    input's schema is: a result's columns are typed when it is opened, and typed by the first rows only a float after
+    integers, or a key an object gains later, was converted to fit and lost)."""
+    pa = _pyarrow()
+    types, chunk = [pa.null()] * len(spec.keep), []
+
+    def refuse(i: int, name: str):
+        """The first line of the chunk whose value no type holds together with the values before it."""
+        known = types[i]
+        for record in chunk:
+            try:
+                found = pa.array([record.kept[i]]).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                raise OutputError(f"--keep-fields {name}: {record.where}: its value cannot be a Parquet column "
+                                  f"({' '.join(str(exc).split())[:200]}); use a .jsonl result") from None
+            both = unify_kept(known, found)
+            if both is None:
+                raise OutputError(f"--keep-fields {name}: {record.where}: a value of type {found} after values of "
+                                  f"type {known}: they cannot be one Parquet column; use a .jsonl result")
+            known = both
+        raise OutputError(f"--keep-fields {name}: its values cannot be one Parquet column; use a .jsonl result")
+
+    def merge():
+        for i, name in enumerate(spec.keep):
+            try:
+                found = pa.array([r.kept[i] for r in chunk]).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                refuse(i, name)
+            both = unify_kept(types[i], found)
+            if both is None:
+                refuse(i, name)
+            types[i] = both
+
+    for record in read_records(spec):
+        chunk.append(record)
+        if len(chunk) == 4096:
+            merge()
+            chunk = []
+    if chunk:
+        merge()
+    return types
+
+
+def kept_types(spec: InputSpec, fmt: str = "parquet") -> Optional[list]:
+    """The pyarrow types of the kept columns (``spec.keep``) of a result in format ``fmt`` when it is Parquet (None
+    for the others): a Parquet input's columns' (its
+    rows' Python values alone would make an int32 an int64, a float32 a double, a null first column type null); a
+    JSONL file's, read from all its lines (:func:`_jsonl_kept_types`); None for standard input, whose kept columns are
+    typed by the first rows' values, and for CSV, whose values are texts."""
+    if fmt != "parquet" or not spec.keep or spec.stdin:
+        return None
+    if spec.format == "jsonl":
+        return _jsonl_kept_types(spec)
+    if spec.format != "parquet":
         return None
     try:
         schema = _pyarrow().parquet.ParquetFile(spec.path).schema_arrow
@@ -679,29 +741,42 @@ class _ParquetWriter:
         self.pa = _pyarrow()
         self.f, self.kind, self.writer, self.keep, self.dtype = f, kind, None, keep, np.dtype(dtype)
         self.empty_width = empty_width
-        # the kept columns' types: a Parquet input's (keep_types), else as the first rows give them
+        # the kept columns' types: the input's (keep_types: a Parquet input's columns, a JSONL file's values), else
+        # as the first rows give them (standard input)
         self.kept_types: Optional[list] = keep_types
-        self.typed_by = "the input's column" if keep_types is not None else "the first rows'"
+        self.typed_by = "its column's" if keep_types is not None else "the first rows'"
+        self.first_typed = keep_types is None
 
     def _kept_columns(self, kept) -> dict:
-        """The kept fields as columns: each of a Parquet input's column type, or else typed as its first rows' values
-        are (JSON's types; text from CSV), later rows held to that type."""
+        """The kept fields as columns of :attr:`kept_types`, or else typed as the first rows' values are (JSON's
+        types), each later value held to that type: one that needs another (a float after integers, an object with a
+        new key) is refused, never converted to fit (pyarrow truncates a float into an integer column, drops a key a
+        struct lacks)."""
         pa, columns = self.pa, {}
         for i, name in enumerate(self.keep):
             values = [k[i] for k in kept]
-            if self.kept_types is None:
+            if self.kept_types is None or self.first_typed:
                 try:
                     array = pa.array(values)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
                     raise OutputError(f"--keep-fields {name}: its values cannot be one Parquet column "
                                       f"({' '.join(str(exc).split())[:200]}); use a .jsonl result") from None
-            else:
-                try:
-                    array = pa.array(values, type=self.kept_types[i])
-                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                    raise OutputError(f"--keep-fields {name}: a value of another type than {self.typed_by} "
-                                      f"({self.kept_types[i]}): {' '.join(str(exc).split())[:200]}; use a .jsonl "
-                                      f"result") from None
+                if self.kept_types is None or array.type == self.kept_types[i]:
+                    columns[name] = array
+                    continue
+                known = self.kept_types[i]
+                if unify_kept(known, array.type) != known:
+                    was = "no value (null)" if pa.types.is_null(known) else f"values of type {known}"
+                    raise OutputError(f"--keep-fields {name}: a value of type {array.type} after the first rows' {was}"
+                                      f": a Parquet result's columns are typed by the first rows when the input is "
+                                      f"standard input (a file's are read from all its rows); use a .jsonl result, or "
+                                      f"a file as input")
+            try:
+                array = pa.array(values, type=self.kept_types[i])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                raise OutputError(f"--keep-fields {name}: a value that is not of {self.typed_by} type "
+                                  f"({self.kept_types[i]}): {' '.join(str(exc).split())[:200]}; use a .jsonl "
+                                  f"result") from None
             columns[name] = array
         return columns
 
@@ -761,9 +836,6 @@ class _ParquetWriter:
                 table = table.add_column(i, name, column)
         if self.writer is None:
             self.writer = self.pa.parquet.ParquetWriter(self.f, table.schema)
-        elif table.schema != self.writer.schema:   # a kept column whose first rows were all null (type null)
-            raise OutputError(f"--keep-fields: a kept field's values changed type after the first rows "
-                              f"({', '.join(self.keep)}: all null at first?); use a .jsonl result")
         self.writer.write_table(table)
 
     def close(self) -> None:

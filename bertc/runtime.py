@@ -1021,7 +1021,7 @@ class Runtime:
             return self.precision.width(shape[-1]) if shape and isinstance(shape[-1], int) else None
 
         with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep, self.precision.dtype,
-                                  run_io.kept_types(spec), empty_width) as writer:
+                                  run_io.kept_types(spec, fmt), empty_width) as writer:
             if ray_address is not None:
                 batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
             else:

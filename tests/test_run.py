@@ -1414,7 +1414,9 @@ def test_kept_fields_travel_with_each_result(builds, tmp_path, capsys):
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("".join(json.dumps({"id": i if i < 4 else f"x{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
     _fails(["run", str(cls), str(mixed), "-o", str(tmp_path / "m.parquet"), "-q", "--keep-fields", "id", "--window",
-            "2", "--batch-size", "2"], capsys, EXIT_OUTPUT, "--keep-fields id: a value of another type than the first rows' (int64)")
+            "2", "--batch-size", "2"], capsys, EXIT_OUTPUT,
+           f"--keep-fields id: {mixed}: line 5: a value of type string after values of type int64: they cannot be "
+           f"one Parquet column; use a .jsonl result")
     assert not (tmp_path / "m.parquet").exists()
     # refused: no place for them, a result field's name, a .txt, a missing field
     for args, needle in (

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_run import _bertc, _fails, read_result, shared_builds  # noqa: E402
@@ -92,6 +92,48 @@ def test_kept_columns_of_a_parquet_input_keep_its_types(builds, tmp_path):
         assert [{k: r[k] for k in types} for r in got.to_pylist()] == table.select(list(types)).slice(
             0, got.num_rows).to_pylist()
         assert got.num_rows == (4 if name == "in" else 0)
+
+
+def test_kept_jsonl_values_are_typed_by_every_line_not_converted_to_the_first_rows_type(builds, tmp_path, capsys):
+    """A Parquet result's kept columns were typed by the first window's values and later values converted to fit:
+    a float after integers truncated (2.5 -> 2), an object's new key dropped, a field null in the first window and
+    filled later refused; exit 0 for the first two. A JSONL file's lines are now all read for the types first;
+    standard input (read once) keeps the first rows' types and refuses a value that needs another."""
+    import pyarrow.parquet as pq
+
+    cls = str(builds["bert_seq_cls"])
+    texts = ["a dog", "the cat", "x", "y", "the dog", "a cat"]
+    rows = [{"text": t, "price": i, "v": [i], "meta": {"a": i}, "url": None} for i, t in enumerate(texts)]
+    rows[-1].update(price=2.5, v=[1.5, 0.99], meta={"b": "kept"}, url="https://example.org")
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = tmp_path / "r.parquet"
+    assert main(["run", cls, str(path), "-o", str(res), "--keep-fields", "price,v,meta,url", "--window", "2",
+                 "--batch-size", "1", "-q"]) == 0
+    got = pq.read_table(res)
+    assert [str(got.schema.field(k).type) for k in ("price", "v", "url")] == ["double", "list<element: double>",
+                                                                           "string"]
+    assert got.column("price").to_pylist() == [0, 1, 2, 3, 4, 2.5]
+    assert got.column("v").to_pylist()[-1] == [1.5, 0.99]
+    assert got.column("meta").to_pylist()[0] == {"a": 0, "b": None}
+    assert got.column("meta").to_pylist()[-1] == {"a": None, "b": "kept"}
+    assert got.column("url").to_pylist() == [None] * 5 + ["https://example.org"]
+    # standard input: the first rows' type holds, a value that needs another stops the run, nothing written
+    for field, found, was in (("price", "double", "values of type int64"), ("meta", "struct<a: int64, b: string>",
+                                                                           "values of type struct<a: int64>"),
+                              ("url", "string", "no value (null)")):
+        out = tmp_path / f"stdin_{field}.parquet"
+        run = _bertc(["run", cls, "-", "--input-format", "jsonl", "-o", out, "--keep-fields", field, "--window", "2",
+                      "--batch-size", "1", "-q"], path.read_bytes(), timeout=120)
+        assert run.returncode == EXIT_OUTPUT, run.stderr
+        assert f"--keep-fields {field}: a value of type {found} after the first rows' {was}" in run.stderr.decode()
+        assert not out.exists()
+    # a file whose values no one type holds is refused before the model runs, naming the line
+    rows[3]["price"] = "n/a"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _fails(["run", cls, str(path), "-o", str(tmp_path / "bad.parquet"), "--keep-fields", "price", "-q"], capsys,
+           EXIT_OUTPUT, f"--keep-fields price: {path}: line 4: a value of type string after values of type int64")
+    assert not (tmp_path / "bad.parquet").exists()
 
 
 # --- 4, 5, 6: CSV / TSV: long fields, bad UTF-8 and stray quotes named by their line --------------------------------
