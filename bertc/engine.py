@@ -840,7 +840,9 @@ def _cut(text: str, at: int, start: int = 0) -> int:
     high = min(len(text) - 1, at + (at - start))
 
     def ends_a_word(k: int) -> bool:   # a cut between text[k - 1] and text[k]
-        return _word_boundary(text[k - 1]) and not unicodedata.combining(text[k])
+        # never inside a run of one character ("!!!!", a line of "="): a Unigram (SentencePiece) model segments a
+        # run as a whole, and how depends on its length, so the cut changed tokens at the run's start
+        return _word_boundary(text[k - 1]) and text[k] != text[k - 1] and not unicodedata.combining(text[k])
 
     for k in range(at, low, -1):
         if ends_a_word(k):

@@ -637,3 +637,37 @@ def test_a_long_text_is_never_cut_inside_a_word_wordpiece_reads_as_one_unknown(m
     for control in "\x0c\x0b\x01\x7f":
         text = "b" * 150 + "," + "a" + "s" * 59 + control + "s" * 100 + ",cat" * 400
         assert engine.tokenizer.encode(engine._shortened(text)).ids == engine.tokenizer.encode(text).ids, repr(control)
+
+
+def test_a_long_text_is_never_cut_inside_a_run_of_one_character(monkeypatch):
+    """A tester: "!" * 16,385 (or a title, a line of 3,000 "!" and prose) on an XLM-R build whose tokenizer is a
+    SentencePiece Unigram model got other ids than transformers at the start of the text ([0, 4, 62 ..] for
+    [0, 161, 275, 62 ..]): the prefix was cut inside the run, and a Unigram model segments a run as a whole, by its
+    length. A run of one character is now cut at its end, or the text read whole."""
+    import types
+
+    import tokenizers
+    from tokenizers import models, pre_tokenizers, processors
+
+    from bertc import engine as engine_code
+
+    vocab = [("<s>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0), ("!", -2.0), ("!!", -3.5), ("!!!", -5.2),
+             ("x", -2.0), ("a", -2.0), ("b", -2.0)]
+    tok = tokenizers.Tokenizer(models.Unigram(vocab, 2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 1)])
+    assert tok.encode("x " + "!" * 1500).ids[3:5] != tok.encode("x " + "!" * 1501).ids[3:5]   # why it matters
+    monkeypatch.setattr(engine_code, "LONG_TEXT_CHARS", 400)
+    monkeypatch.setattr(engine_code, "LONG_TEXT_CHARS_PER_TOKEN", 4)
+    monkeypatch.setattr(engine_code, "COUNT_CHARS", 700)
+    monkeypatch.setattr(engine_code, "PREFIX_CHARS", 200)
+    engine = engine_code.Engine.__new__(engine_code.Engine)
+    engine.parts = types.SimpleNamespace(max_len=24, kind="single", tokenizer_json=tok.to_str())
+    engine._local = threading.local()
+    engine.tokenizer = tokenizers.Tokenizer.from_str(tok.to_str())
+    engine.tokenizer.enable_truncation(24)
+    for text in ("!" * 3001, "x " + "!" * 3001 + " a b" * 300, "x " + "!" * 2999 + "a" * 3000,
+                 "x " + "!a" * 1500 + "!" * 1501):
+        short = engine._shortened(text)
+        assert engine.tokenizer.encode(short).ids == engine.tokenizer.encode(text).ids, text[:20]
