@@ -179,8 +179,10 @@ def _added_tokens(tokenizers, tok, path: Path, model: Model, defaults: dict, con
     tok.add_special_tokens([added(t) for t in dict.fromkeys(names)])
     from bertc.tokenizer_files import add_config_tokens
 
+    # a token of added_tokens.json (no options written) is normalized unless special, as transformers adds it
+    # (AddedToken(normalized=not special)): "Hello" of an ALBERT's is matched in "hello" after lower-casing
     add_config_tokens(tokenizers, tok, Path(path).parent, config,
-                      lambda content, fields: {"normalized": False, **options.get(content, {}),
+                      lambda content, fields: {"normalized": not fields["special"], **options.get(content, {}),
                                                "special": fields["special"]})
 
 

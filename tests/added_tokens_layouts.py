@@ -32,6 +32,9 @@ _BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD
 def _write(directory: Path, files: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, value in files.items():
+        if isinstance(value, bytes):
+            (directory / name).write_bytes(value)
+            continue
         text = value if isinstance(value, str) else json.dumps(value, indent=1)
         (directory / name).write_text(text, encoding="utf-8")
     return directory
@@ -81,6 +84,21 @@ def _japanese(directory: Path) -> Path:
                               "config.json": {"model_type": "bert", "vocab_size": 56}})
 
 
+def _sentencepiece_legacy(directory: Path) -> Path:
+    """ALBERT's fixture spiece.model (41 pieces, no tokenizer.json) with tokens added as transformers 3 saved them:
+    added_tokens.json (content -> id) and special_tokens_map.json's additional_special_tokens. transformers adds
+    such a token normalized unless it is special: "Newword" matches "NEWWORD" and "newword" after lower-casing."""
+    config = {"tokenizer_class": "AlbertTokenizer", "do_lower_case": True, "keep_accents": False,
+              "bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "<unk>", "sep_token": "[SEP]",
+              "pad_token": "<pad>", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    return _write(directory, {
+        "spiece.model": (SENTENCEPIECE / "albert" / "spiece.model").read_bytes(),
+        "added_tokens.json": {"<ent>": 41, "Newword": 42, "[E1]": 43},
+        "special_tokens_map.json": {k: v for k, v in config.items() if k.endswith("_token")}
+        | {"additional_special_tokens": ["[E1]"]},
+        "tokenizer_config.json": config, "config.json": {"model_type": "albert", "vocab_size": 48}})
+
+
 N = len(_bert_vocab()) if (HF / "bert_model" / "vocab.txt").exists() else 0
 LAYOUTS = {
     # tokens added after the vocabulary (ids 56, 57, 58): two ordinary ones (matched after lowercasing), one special
@@ -94,5 +112,7 @@ LAYOUTS = {
         str(N): _entry("<ent>", False), str(N + 1): _entry("[E1]", True)}),
     # RoBERTa's byte-level BPE from vocab.json + merges.txt with two added tokens (ids 300, 301)
     "bpe_added": lambda d: _bpe(d, added={"300": _entry("<ent>", False), "301": _entry("[E1]", True)}),
+    # ALBERT's SentencePiece model with added_tokens.json (bertc matched its tokens unnormalized: "NEWWORD" was pieces)
+    "sentencepiece_legacy": _sentencepiece_legacy,
 }
 REFUSED = {"tokenizer_json_python_class": _japanese}
