@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -854,6 +855,10 @@ def main(argv=None) -> int:
         _err(line)
         return EXIT_MISSING_LIBRARY
     except Exception as exc:  # a bug in bertc: say so in one line, the traceback on request
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:   # a path given: checking it raises
+            _err(f"error: {exc.filename or 'a path given'}: the name is too long for the file system "
+                 f"({exc.strerror or exc})")
+            return EXIT_BAD_SPEC
         if _traceback_wanted():
             traceback.print_exc()
         blamed = plugin_error(exc)   # raised by a plug-in's code: the plug-in's error (exit 2), not bertc's

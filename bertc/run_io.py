@@ -387,6 +387,10 @@ def _read_csv(spec: InputSpec) -> Iterator[Record]:
     began = 1   # the line the row being read began in (a quoted text may span lines)
     try:
         header = reader.fieldnames or []
+        twice = next((c for i, c in enumerate(header) if c in header[:i]), None)
+        if twice is not None:   # the reader keeps one of them: every row would be miscounted or lose a field
+            raise InputError(f"{spec.name}: line 1: the header names the column {twice!r} twice; give each column "
+                             f"its own name")
         missing = [c for c in spec.fields if c not in header]
         if missing:
             raise InputError(f"{spec.name}: no column {missing[0]!r} in the header (columns: "

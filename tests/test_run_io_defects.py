@@ -138,6 +138,28 @@ def test_kept_jsonl_values_are_typed_by_every_line_not_converted_to_the_first_ro
 
 # --- 4, 5, 6: CSV / TSV: long fields, bad UTF-8 and stray quotes named by their line --------------------------------
 
+def test_a_csv_header_naming_a_column_twice_is_refused_for_what_it_is(builds, tmp_path, capsys):
+    """``text,text`` over ``first,second`` was refused as "line 2: 1 field(s), the header has 2" (the reader keeps
+    one of two columns of one name): the row had two."""
+    path = tmp_path / "twice.csv"
+    path.write_text("id,text,id\n1,a dog,2\n")
+    _fails(["run", str(builds["bert_seq_cls"]), str(path), "-o", str(tmp_path / "r.jsonl"), "-q"], capsys,
+           EXIT_BAD_SPEC, f"{path}: line 1: the header names the column 'id' twice; give each column its own name")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_file_name_too_long_for_the_file_system_is_an_error_not_a_bug(builds, tmp_path, capsys):
+    """An INPUT or RESULT name over 255 bytes was "internal error (a bug in bertc ...): OSError", exit 70."""
+    (tmp_path / "in.txt").write_text("a dog\n")
+    long = "a" * 300
+    for args in ([str(tmp_path / "in.txt"), "-o", str(tmp_path / f"{long}.jsonl")],
+                 [str(tmp_path / f"{long}.txt"), "-o", str(tmp_path / "r.jsonl")]):
+        err = _fails(["run", str(builds["bert_seq_cls"]), *args, "-q"], capsys, EXIT_BAD_SPEC,
+                     f"{long}", "the name is too long for the file system")
+        assert "internal error" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
 def test_a_csv_field_over_128_kib_is_read(builds, tmp_path):
     import csv
 
