@@ -66,6 +66,37 @@ def checkpoint_text(path, what: str = "JSON file") -> str:
     return data.decode("utf-8")
 
 
+def json_loads(text):
+    """``json.loads`` for a checkpoint's files, where a value nested past Python's recursion limit (a crafted
+    100,000-deep list) raises ValueError, as any other JSON it cannot read does, not RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def check_link(path: Path, directory: Path, what: str = "checkpoint file") -> None:
+    """Refuse (:class:`WeightsError`) a file of a checkpoint that bertc copies into a build (a tokenizer file, the
+    checkpoint's config) when it is a link to a file of another name outside the checkpoint's folder: a
+    ``merges.txt -> ~/.ssh/id_ed25519`` (any UTF-8 text passes as a vocabulary, any JSON object as a config) would
+    ship the key with the model. Followed: a link within the checkpoint's folder, one to a file of the same name
+    (``ft/tokenizer.json -> ../base/tokenizer.json``), one into a download cache's content store (huggingface_hub's
+    ``models--*/blobs/<hash>``, git-annex's ``.git/annex/objects``: names are hashes there)."""
+    if not path.is_symlink():
+        return
+    target, directory = path.resolve(), directory.resolve()
+    inside = directory in target.parents
+    # a cache's snapshots/<revision>/ links to ../../blobs/<hash> (the cache's folder is models--<org>--<name>)
+    cached = target.parent.name == "blobs" and (target.parent.parent.name.startswith(("models--", "datasets--"))
+                                                or directory.parent.name == "snapshots"
+                                                and directory.parent.parent == target.parent.parent) \
+        or ".git/annex/objects/" in target.as_posix()
+    if not (inside or cached or target.name == path.name):
+        raise WeightsError(f"{path}: the {what} is a link to {target}, which is no {what} of that name, nor in a "
+                           f"download cache: bertc copies the {what} into the build; link to a file named "
+                           f"{path.name}, or put the file itself there")
+
+
 def inside_name(name: str) -> bool:
     """Whether a file or folder name that a checkpoint's own file gives (an index's ``weight_map`` shard, a
     ``modules.json`` path) stays inside the directory it is relative to: relative, and no ``..`` leaving it. The
@@ -156,7 +187,7 @@ class SafetensorsCheckpoint(Checkpoint):
 def _bf16_tensor(path: Path, name: str) -> np.ndarray:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
+        header = json_loads(f.read(n))
         entry = header[name]
         if entry["dtype"] != "BF16":
             raise WeightsError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, which bertc cannot read")
@@ -170,7 +201,7 @@ def _shard_files(index: Path, kind: str) -> list[Path]:
     """The shard files a sharded checkpoint's index names (its ``weight_map``: tensor name -> file beside it), as
     transformers reads them: every file named, each once; a missing one is named with the index."""
     try:
-        weight_map = json.loads(checkpoint_text(index, f"{kind} index"))["weight_map"]
+        weight_map = json_loads(checkpoint_text(index, f"{kind} index"))["weight_map"]
         outside = next(((k, f) for k, f in weight_map.items() if isinstance(f, str) and not inside_name(f)), None)
         if outside is not None:
             raise WeightsError(f"{index}: its weight_map names {json.dumps(outside[1])} for {outside[0]!r}, a file "
@@ -421,7 +452,11 @@ class KerasCheckpoint(Checkpoint):
         return io.BufferedReader(_Window(f, start, info.file_size), buffer_size=1 << 20)
 
     def _read_manifest(self, h5py) -> None:
-        manifest = json.loads(self._zip.read(MANIFEST))
+        size = self._zip.getinfo(MANIFEST).file_size   # what reading it unpacks (a crafted archive: gigabytes)
+        if size > JSON_LIMIT:
+            raise WeightsError(f"{self.location}: its {MANIFEST} unpacks to {size >> 20} MB, far more than a weight "
+                               f"list holds; bertc does not read it")
+        manifest = json_loads(self._zip.read(MANIFEST))
         if manifest.get("format") != "bertc-keras-weights" or manifest.get("version") != 1:
             raise WeightsError(f"{self.location}: {MANIFEST} is format {manifest.get('format')!r} version "
                                f"{manifest.get('version')!r}; this bertc reads bertc-keras-weights version 1")
@@ -494,7 +529,7 @@ def find_tf_checkpoint(directory: Path) -> Optional[Path]:
     """The newest checkpoint prefix in ``directory`` (its ``checkpoint`` file, or the one ``*.index``)."""
     state = directory / "checkpoint"
     if state.exists():
-        for line in state.read_text().splitlines():
+        for line in checkpoint_text(state, "checkpoint state file").splitlines():
             if line.startswith("model_checkpoint_path:"):
                 name = line.split(":", 1)[1].strip().strip('"')
                 prefix = Path(name) if Path(name).is_absolute() else directory / name
@@ -522,7 +557,7 @@ def _module_paths(root: Path, types: tuple) -> list[str]:
     """The folders of the modules of ``types`` in a sentence-transformers directory's ``modules.json``, in its
     order (none when it has no modules.json, or one that is not readable: the importer reports that)."""
     try:
-        modules = json.loads(checkpoint_text(Path(root) / "modules.json", "modules.json"))
+        modules = json_loads(checkpoint_text(Path(root) / "modules.json", "modules.json"))
         paths = [(m.get("path", ""), str(m.get("type", "")).rsplit(".", 1)[-1] in types) for m in modules]
     except (OSError, ValueError, TypeError, AttributeError):
         return []

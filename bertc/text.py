@@ -139,23 +139,11 @@ JSON_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json", "special_
 
 
 def _check_link(path: Path, directory: Path) -> None:
-    """Refuse (:class:`WeightsError`) a tokenizer file that is a link to a file a tokenizer's name does not hold:
-    the build copies it into OUT, and a ``merges.txt -> ~/.ssh/id_ed25519`` (any UTF-8 text passes as a vocabulary)
-    would ship the key with the model. Followed: a link within the checkpoint's folder, one to a file of the same
-    name (``ft/tokenizer.json -> ../base/tokenizer.json``), one into a download cache's content store
-    (huggingface_hub's ``models--*/blobs/<hash>``, git-annex's ``.git/annex/objects``: names are hashes there)."""
-    from bertc.errors import WeightsError
+    """Refuse a tokenizer file that is a link to a file a tokenizer's name does not hold
+    (:func:`bertc.checkpoints.check_link`)."""
+    from bertc.checkpoints import check_link
 
-    if not path.is_symlink():
-        return
-    target = path.resolve()
-    inside = directory.resolve() in target.parents
-    cached = target.parent.name == "blobs" and target.parent.parent.name.startswith(("models--", "datasets--")) \
-        or ".git/annex/objects/" in target.as_posix()
-    if not (inside or cached or target.name == path.name):
-        raise WeightsError(f"{path}: the tokenizer file is a link to {target}, which is no tokenizer file of that "
-                           f"name, nor in a download cache: bertc copies the tokenizer into the build; link to "
-                           f"a file named {path.name}, or put the file itself there")
+    check_link(path, directory, "tokenizer file")
 
 
 def _check_tokenizer_file(path: Path) -> None:
@@ -190,8 +178,10 @@ def _check_tokenizer_file(path: Path) -> None:
         if name == "vocab.txt" and not text.strip():
             raise WeightsError(f"{path}: the tokenizer file is empty: a WordPiece vocabulary has one token a line")
         return
+    from bertc.checkpoints import json_loads
+
     try:
-        value = json.loads(text)
+        value = json_loads(text)
     except ValueError as exc:
         what = "empty" if not text.strip() else f"not JSON ({exc})"
         raise WeightsError(f"{path}: the tokenizer file is {what}: it is damaged or not {name}; restore it from "

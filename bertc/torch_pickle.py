@@ -34,6 +34,9 @@ import numpy as np
 from bertc.errors import WeightsError, git_lfs_pointer
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C   # torch.serialization.MAGIC_NUMBER (legacy format)
+# the most a zip file's data.pkl may unpack to: it holds the state dict's names, shapes and storage keys (a few
+# hundred bytes a tensor), its data is in other members; a crafted one of a megabyte unpacked to gigabytes
+PICKLE_LIMIT = 64 << 20
 # torch storage type -> numpy dtype ("bf16": bfloat16, read as uint16 and widened to float32)
 STORAGES = {"FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2", "BFloat16Storage": "bf16",
             "LongStorage": "i8", "IntStorage": "i4", "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1",
@@ -89,6 +92,15 @@ _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
             ("torch", "Tensor"): "torch.Tensor", ("torch.nn.parameter", "Parameter"): "torch.nn.Parameter"}
 
 
+def _fresh(func):
+    """``func`` behind a new function for each name a pickle looks up: the BUILD opcode sets attributes on what
+    ``find_class`` returned (a function's ``__defaults__``, ``__kwdefaults__``), and a crafted file would otherwise
+    alter bertc's own functions for the rest of the process."""
+    def call(*args):
+        return func(*args)
+    return call
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file, storages: dict, legacy: bool):
         super().__init__(file)
@@ -98,7 +110,8 @@ class _Unpickler(pickle.Unpickler):
         if module == "torch" and name in STORAGES:
             return _StorageType(name)
         if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+            found = _ALLOWED[(module, name)]
+            return _fresh(found) if callable(found) and not isinstance(found, type) else found
         raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of a tensor state dict")
 
     def persistent_load(self, pid):
@@ -141,8 +154,11 @@ class TorchFile:
         except OSError as exc:
             raise WeightsError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-                zipfile.BadZipFile) as exc:
-            raise WeightsError(f"{self.path}: not a readable PyTorch state dict: {exc}") from None
+                zipfile.BadZipFile, NotImplementedError, MemoryError, RecursionError) as exc:
+            # damaged or crafted: a length past the file's end (MemoryError), a zip of a version or compression
+            # Python cannot read (NotImplementedError)
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise WeightsError(f"{self.path}: not a readable PyTorch state dict: {detail}") from None
         if not isinstance(state, dict):
             raise WeightsError(f"{self.path}: expected a state dict (name -> tensor), got {type(state).__name__}")
         if "state_dict" in state and isinstance(state["state_dict"], dict):   # a training checkpoint's wrapper
@@ -160,6 +176,10 @@ class TorchFile:
         order = self._prefix + "byteorder"
         if order in self._zip.namelist() and self._zip.read(order).strip() != b"little":
             raise WeightsError(f"{self.path}: big-endian tensors; bertc reads little-endian PyTorch files")
+        size = self._zip.getinfo(pickles[0]).file_size   # what reading it unpacks: a state dict's names and shapes
+        if size > PICKLE_LIMIT:
+            raise WeightsError(f"{self.path}: its {pickles[0]} unpacks to {size >> 20} MB, far more than the names "
+                               f"and shapes of a state dict take; bertc does not read it")
         with self._zip.open(pickles[0]) as f:
             return _Unpickler(io.BytesIO(f.read()), self.storages, legacy=False).load()
 

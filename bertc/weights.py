@@ -91,6 +91,13 @@ def _fmt(shape) -> str:
     return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+def _shaped_like(shape) -> np.ndarray:
+    """An array of ``shape`` that takes no memory (every element the same zero), for :func:`_arrange` to judge a
+    checkpoint tensor by its shape before reading it."""
+    shape = tuple(int(d) for d in shape)
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
+
+
 def _arrange(array: np.ndarray, target: Target, want: tuple) -> tuple[Optional[np.ndarray], str]:
     """``array`` laid out as the model's weight (or None), and a note on what was changed."""
     note = ""
@@ -161,7 +168,11 @@ def load_into(model, checkpoint, translate: Translator, importer: str) -> LoadRe
     for path, items in sorted(sources.items()):
         want = shapes[path]
         for name, target in sorted(items, key=lambda it: it[1].tied):  # the primary tensor first
-            array, note = _arrange(checkpoint.read(name), target, want)
+            # judged by its shape before it is read: a crafted file's tensor of gigabytes that cannot fit (a
+            # storage inflating to what its shape claims) is not read at all
+            array, note = _arrange(_shaped_like(checkpoint.shape(name)), target, want)
+            if array is not None:
+                array, note = _arrange(checkpoint.read(name), target, want)
             if array is None:
                 how = {"transpose": " transposed", "reshape": " reshaped"}.get(target.layout, "")
                 problems.append(f"shape: checkpoint tensor '{name}' {_fmt(checkpoint.shape(name))}{how} does not fit "

@@ -305,3 +305,173 @@ def test_a_fifo_in_a_folder_bertc_never_reads_is_no_reason_to_refuse(tmp_path, f
     fifo(source / "1_Pooling" / "config.json")
     with pytest.raises(WeightsError, match=r"1_Pooling/config.json is a FIFO"):
         spec_for(source)
+
+
+# --- files the build copies, nesting, non-Hugging Face folders, unpacking -----------------------------------------
+
+@pytest.mark.parametrize("name", ["config_sentence_transformers.json", "checkpoint_config.json"])
+def test_a_config_the_build_copies_linked_to_a_file_outside_is_refused(tmp_path, capsys, name):
+    """OUT got config_sentence_transformers.json / checkpoint_config.json as they were, links followed: one linked to
+    ~/.aws/credentials (never parsed in a plain Hugging Face folder) or to any JSON object (a docker config) was
+    shipped in the build, exit 0 (a tester). They are refused as tokenizer files linked elsewhere are."""
+    from bertc.importers import bundle_checkpoint_config
+
+    secret = tmp_path / "home" / "creds.json"
+    secret.parent.mkdir()
+    secret.write_text(json.dumps({"auths": {"registry": {"auth": "SECRET-TOKEN"}}}))
+    source = tmp_path / "ck"
+    shutil.copytree(BERT, source)
+    if name == "checkpoint_config.json":   # a bertc build's (its config.json as the build copied it)
+        (source / "config.json").unlink()
+    (source / name).symlink_to(secret)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(WeightsError, match=rf"{name}: the checkpoint config is a link to {secret}, which is no "
+                                           rf"checkpoint config of that name"):
+        bundle_checkpoint_config(source, out)
+    assert list(out.iterdir()) == []
+    if name == "config_sentence_transformers.json":
+        assert main(["import", str(source), "-o", str(tmp_path / "spec.json")]) == 2
+        assert "is a link to" in capsys.readouterr().err and not (tmp_path / "spec.json").exists()
+    # a link to a file of the same name (a fine-tune beside its base), or within the folder, is followed
+    (source / name).unlink()
+    same = tmp_path / "base" / name
+    same.parent.mkdir()
+    same.write_text(json.dumps({"activation_fn": "torch.nn.modules.activation.Sigmoid"}))
+    (source / name).symlink_to(same)
+    assert name in bundle_checkpoint_config(source, out)
+    assert json.loads((out / name).read_text()) == json.loads(same.read_text())
+    # what is copied is a JSON object read as any config of the checkpoint is
+    (source / name).unlink()
+    (source / name).write_text("[1, 2]")
+    with pytest.raises(WeightsError, match=rf"{name}: not a readable JSON config \(not a JSON object\)"):
+        bundle_checkpoint_config(source, out)
+
+
+@pytest.mark.parametrize("name", ["config.json", "modules.json", "tokenizer_config.json",
+                                  "config_sentence_transformers.json"])
+def test_json_nested_past_the_recursion_limit_is_refused_not_an_internal_error(tmp_path, capsys, name):
+    source = tmp_path / "ck"
+    shutil.copytree(BERT, source)
+    (source / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    (source / name).write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["import", str(source), "-o", str(tmp_path / "spec.json")]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "internal error" not in err, err
+
+
+def test_files_of_tf_model_garden_and_build_folders_are_read_as_a_checkpoints_files(tmp_path, fifo):
+    """The TF checkpoint's state file, Model Garden's encoder_config.json / params.yaml and a build's spec.json
+    were read with no file-type check or size cap: a FIFO hung bertc import, /dev/zero filled memory."""
+    from bertc.checkpoints import find_tf_checkpoint
+    from bertc.importers import model_garden
+
+    tf = tmp_path / "tf"
+    tf.mkdir()
+    fifo(tf / "checkpoint")
+    with pytest.raises(WeightsError, match=r"checkpoint: is a FIFO \(named pipe\), not a regular file"):
+        find_tf_checkpoint(tf)
+    mg = tmp_path / "mg"
+    mg.mkdir()
+    (mg / "encoder_config.json").symlink_to("/dev/zero")
+    with pytest.raises(WeightsError, match=r"encoder_config.json: is a character device, not a regular file"):
+        model_garden._read_config(mg)
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "model.keras").write_bytes(b"")
+    (build / "spec.json").symlink_to("/dev/zero")
+    with pytest.raises(WeightsError, match=r"spec.json: is a character device, not a regular file"):
+        spec_for(build)
+
+
+def test_a_data_pkl_that_unpacks_to_more_than_a_state_dict_takes_is_refused_unread(tmp_path, monkeypatch):
+    """A 1 MB pytorch_model.bin whose data.pkl inflated to 1 GiB was read whole (2.7 GB of memory, exit 0)."""
+    from bertc import torch_pickle
+
+    path = torch_zip(tmp_path / "p.bin", {"w": (np.zeros(4, np.float32), {})})
+    size = zipfile.ZipFile(path).getinfo("archive/data.pkl").file_size
+    monkeypatch.setattr(torch_pickle, "PICKLE_LIMIT", size - 1)
+    inflated = []
+    real_read = zipfile.ZipExtFile.read
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", lambda self, n=-1: inflated.append(self.name) or real_read(self, n))
+    with pytest.raises(WeightsError, match=r"p.bin: its archive/data.pkl unpacks to 0 MB, far more than the names and "
+                                           r"shapes of a state dict take"):
+        TorchFile(path)
+    assert "archive/data.pkl" not in inflated
+    monkeypatch.setattr(torch_pickle, "PICKLE_LIMIT", size)
+    assert list(TorchFile(path).tensors) == ["w"]
+
+
+@pytest.mark.parametrize("data, said", [
+    # the magic number, the protocol, then a frame claiming 15 exabytes: the pickle module's MemoryError
+    (bytes.fromhex("80028a0a6cfc9c46f9206aa850192e80024de903955e67beee96c3d62e8002") + b"}q\x00(", "MemoryError"),
+    (b"PK\x03\x04", None),   # a zip's signature alone
+])
+def test_a_damaged_torch_file_is_refused_not_an_internal_error(tmp_path, data, said):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(data)
+    with pytest.raises(WeightsError, match=r"pytorch_model.bin: (not a readable PyTorch state dict|neither a zip)"
+                       + (f".*{said}" if said else "")):
+        TorchFile(path)
+
+
+def test_a_zip_of_a_version_python_cannot_read_is_refused(tmp_path):
+    path = torch_zip(tmp_path / "pytorch_model.bin", {"w": (np.zeros(4, np.float32), {})})
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x01\x02")   # the last central directory entry: "version needed to extract" 9.4
+    data[end + 6:end + 8] = (94).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"not a readable PyTorch state dict: zip file version 9.4"):
+        TorchFile(path)
+
+
+def test_a_tensor_whose_shape_cannot_fit_is_refused_before_it_is_read(tmp_path):
+    """The shape is known from the file's header: a crafted tensor of gigabytes (a storage inflating to exactly
+    what its shape claims, so the inflation check passes) was read whole, then refused for its shape."""
+    from bertc.weights import Target, load_into
+
+    class Weight:
+        def __init__(self, path, shape):
+            self.path, self.shape, self.dtype, self.value = path, shape, "float32", None
+
+        def assign(self, value):
+            self.value = value
+
+    class Model:
+        weights = [Weight("a/kernel", (4, 3)), Weight("b/kernel", (4, 3))]
+
+    class Checkpoint:
+        location, format, read_names = tmp_path / "x", "test", []
+        shapes = {"a.weight": (3, 4), "b.weight": (56, 4_793_490)}
+
+        def names(self):
+            return sorted(self.shapes)
+
+        def shape(self, name):
+            return self.shapes[name]
+
+        def read(self, name):
+            self.read_names.append(name)
+            return np.ones(self.shapes[name], np.float32)
+
+        def describe(self):
+            return "a test checkpoint"
+
+    checkpoint = Checkpoint()
+    with pytest.raises(WeightsError, match=r"checkpoint tensor 'b.weight' \(56, 4793490\) transposed does not fit "
+                                           r"bertc weight 'b/kernel' \(4, 3\)"):
+        load_into(Model(), checkpoint, lambda name: Target(name[0] + "/kernel", "transpose"), "test")
+    assert checkpoint.read_names == ["a.weight"]
+
+
+def test_a_pickles_build_opcode_cannot_alter_bertcs_own_functions(tmp_path):
+    """BUILD on an allowed global set attributes on bertc's _rebuild_tensor itself (its __defaults__), for the rest
+    of the process (a tester); what a pickle names is now a new function each time."""
+    from bertc import torch_pickle
+
+    before = torch_pickle._rebuild_tensor.__defaults__
+    state = pickle.dumps((None, {"__defaults__": (7,), "__kwdefaults__": {"x": 1}}), protocol=2)[2:-1]
+    data = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n" + state + b"b0}."
+    assert torch_pickle._Unpickler(io.BytesIO(data), {}, legacy=False).load() == {}
+    assert torch_pickle._rebuild_tensor.__defaults__ == before
+    assert torch_pickle._rebuild_tensor.__kwdefaults__ is None

@@ -62,16 +62,17 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
         from bertc.text import check_tokenizer
 
         check_tokenizer(source)   # a damaged tokenizer file is said now, not when the build copies it
+        checkpoint_configs(source)   # as is a config the build copies that cannot be copied
         return hf.spec_from(source, checkpoint.names(), encoder_only), source
     if encoder_only:
         raise WeightsError(f"{source}: --encoder-only applies to Hugging Face checkpoints")
     build = source if source.is_dir() else source.parent if source.suffix == ".keras" else None
     if build is not None and (build / "spec.json").exists() and (build / "model.keras").exists() \
             and (source.is_dir() or source.name == "model.keras"):
-        import json
+        from bertc.checkpoints import checkpoint_text, json_loads
 
         try:
-            spec = json.loads((build / "spec.json").read_text())
+            spec = json_loads(checkpoint_text(build / "spec.json", "spec"))
         except (OSError, ValueError) as exc:
             raise WeightsError(f"{build / 'spec.json'}: not a readable bertc spec ({exc})") from None
         if not isinstance(spec, dict):
@@ -136,29 +137,49 @@ def load_weights(model, spec, source):
     return result
 
 
-def bundle_checkpoint_config(weights: Path, out: Path) -> list[str]:
-    """Copy into OUT what ``bertc run`` reads of the checkpoint, so that OUT runs the same anywhere: its
-    config.json (class names, ``problem_type``; as ``checkpoint_config.json``, since OUT is not a transformers
-    directory) and sentence-transformers' ``config_sentence_transformers.json`` (a CrossEncoder's activation).
-    Returns the names written."""
-    import shutil
+def checkpoint_configs(weights: Path) -> list[tuple[Path, str, str]]:
+    """(path, name in OUT, text) of what ``bertc run`` reads of the checkpoint at ``weights``: its config.json
+    (class names, ``problem_type``; as ``checkpoint_config.json``, since OUT is not a transformers directory) and
+    sentence-transformers' ``config_sentence_transformers.json`` (a CrossEncoder's activation), each a JSON object
+    read through the checks of a checkpoint's own files; a link to a file of another name outside the checkpoint
+    is refused (:class:`WeightsError`): a credentials file that parses as JSON, or any file under a name nothing else
+    reads, would be shipped in OUT."""
+    from bertc.checkpoints import CHECKPOINT_CONFIG, check_link, checkpoint_text, json_loads, transformer_folder
 
-    from bertc.checkpoints import CHECKPOINT_CONFIG, transformer_folder
-    from bertc.errors import OutputError
-
+    weights = Path(weights)
     source = weights if weights.is_dir() else weights.parent
     folder = transformer_folder(source)
     model_dir = folder if folder is not None and (folder / "config.json").is_file() else source
     wanted = [(model_dir / "config.json", CHECKPOINT_CONFIG), (source / CHECKPOINT_CONFIG, CHECKPOINT_CONFIG),
               (source / "config_sentence_transformers.json", "config_sentence_transformers.json")]
-    written = []
+    found, names = [], set()
     for path, name in wanted:
-        if path.is_file() and name not in written:
+        if path.is_file() and name not in names:
+            check_link(path, source, "checkpoint config")
             try:
-                shutil.copyfile(path, out / name)
-            except OSError as exc:
-                raise OutputError(f"cannot copy {path} into the build: {exc}") from None
-            written.append(name)
+                text = checkpoint_text(path, "config")
+                if not isinstance(json_loads(text), dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                raise WeightsError(f"{path}: not a readable JSON config ({exc}); bertc copies it into the build "
+                                   f"for bertc run") from None
+            found.append((path, name, text))
+            names.add(name)
+    return found
+
+
+def bundle_checkpoint_config(weights: Path, out: Path) -> list[str]:
+    """Write into OUT what ``bertc run`` reads of the checkpoint (:func:`checkpoint_configs`), so that OUT runs the
+    same anywhere. Returns the names written."""
+    from bertc.errors import OutputError
+
+    written = []
+    for path, name, text in checkpoint_configs(weights):
+        try:
+            (Path(out) / name).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot copy {path} into the build: {exc}") from None
+        written.append(name)
     return written
 
 

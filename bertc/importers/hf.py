@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from bertc.checkpoints import (TRANSFORMER_MODULES, check_module_path, checkpoint_text, dense_module_paths,
-                               sentence_transformers_root)
+                               json_loads, sentence_transformers_root)
 from bertc.components.heads import POOLING_MODES, pooling_modes
 from bertc.errors import UnsupportedModel, WeightsError
 from bertc.spec import LONG_CONTEXT
@@ -367,7 +367,7 @@ def read_json(path: Path) -> dict:
     """A checkpoint's JSON config as a dict; one that is not a regular file (a FIFO, /dev/zero) or that is larger
     than any config (:data:`bertc.checkpoints.JSON_LIMIT`) is refused before it is read."""
     try:
-        data = json.loads(checkpoint_text(path, "config"))
+        data = json_loads(checkpoint_text(path, "config"))
     except FileNotFoundError:
         raise WeightsError(f"{path}: file not found") from None
     except (OSError, ValueError) as exc:
@@ -501,7 +501,7 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
     if not modules_file.exists():
         return None
     try:
-        modules = json.loads(checkpoint_text(modules_file, "modules.json"))
+        modules = json_loads(checkpoint_text(modules_file, "modules.json"))
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{modules_file}: not readable JSON: {exc}") from None
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):

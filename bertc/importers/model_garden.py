@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from bertc.checkpoints import checkpoint_text
 from bertc.errors import UnsupportedModel, WeightsError
 from bertc.weights import Ignored, Target
 
@@ -139,8 +140,8 @@ def _read_config(directory: Path) -> tuple[dict, Optional[Path]]:
         path = directory / name
         if not path.exists():
             continue
-        text = path.read_text()
         try:
+            text = checkpoint_text(path, "config")
             if path.suffix == ".json":
                 data = json.loads(text)
             else:
