@@ -597,6 +597,23 @@ def test_albert_encoder_checkpoint_without_num_layers_is_refused(tmp_path):
         import_spec(source, tmp_path / "x.json")
 
 
+@pytest.mark.parametrize("key, value, said", [
+    ("norm_first", "false", 'norm_first = "false": expected true or false'),   # was read as True
+    ("hidden_activation", ["gelu"], 'hidden_activation = ["gelu"]: expected a str'),   # was an internal error
+    ("num_layers", "2", 'num_layers = "2": expected a whole number of at least 1')])
+def test_a_model_garden_config_value_of_the_wrong_type_is_refused_naming_it(tmp_path, key, value, said):
+    for name in ("bert_encoder", "albert_encoder"):
+        source = tmp_path / name
+        shutil.copytree(FIXTURES / "model_garden" / name, source)
+        kind = "albert" if name == "albert_encoder" else "bert"
+        config = {"num_layers": 2, "hidden_activation": "gelu", key: value}
+        (source / "encoder_config.json").write_text(json.dumps({"type": kind, kind: config}))
+        if (key == "norm_first") == (kind == "albert"):   # norm_first is read for BERT, num_layers for ALBERT
+            continue
+        with pytest.raises(WeightsError, match=re.escape(f"encoder_config.json: {said}")):
+            import_spec(source, tmp_path / "x.json")
+
+
 def test_import_of_a_bertc_build_reuses_its_spec(tmp_path):
     spec_path, ref = imported("hf/bert_token_cls", tmp_path)
     out = tmp_path / "out"

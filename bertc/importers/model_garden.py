@@ -173,7 +173,11 @@ def spec_from(source: Path, checkpoint) -> dict:
 
     def setting(key, default, what):
         if key in cfg:
-            return cfg[key]
+            value = cfg[key]
+            if type(value) is not type(default):   # "false" (a string) read as a flag was True
+                raise WeightsError(f"{cfg_path}: {key} = {json.dumps(value, default=str)}: expected "
+                                   f"{'true or false' if isinstance(default, bool) else 'a ' + type(default).__name__}")
+            return value
         assumed.append(f"{what} {default}")
         return default
 
@@ -208,6 +212,9 @@ def spec_from(source: Path, checkpoint) -> dict:
             raise WeightsError(f"{checkpoint.location}: factorized embeddings with {len(prefixes)} blocks: bertc's "
                                f"ALBERT shares one block")
         layers = cfg.get("num_layers")
+        if layers is not None and (type(layers) is not int or layers < 1):
+            raise WeightsError(f"{cfg_path}: num_layers = {json.dumps(layers, default=str)}: expected a whole "
+                               f"number of at least 1")
         if layers is None:
             raise UnsupportedModel(
                 f"{checkpoint.location}: an AlbertEncoder checkpoint does not record num_layers (its one block is "
@@ -218,7 +225,7 @@ def spec_from(source: Path, checkpoint) -> dict:
     elif set(kinds.values()) == {"transformer"} and all(p.startswith("transformer/layer_") for p in prefixes):
         enc = {"type": "bert", **common, "num_layers": len(prefixes),
                "intermediate_size": shape(f"{first}/intermediate/kernel")[1],
-               "norm_first": bool(setting("norm_first", False, "norm_first"))}
+               "norm_first": setting("norm_first", False, "norm_first")}
     else:
         enc = _scaffold_spec(common, prefixes, kinds, names, shape, directory)
     head = _head(names, shape)
