@@ -154,12 +154,14 @@ class SafetensorsCheckpoint(Checkpoint):
 
         self._files: dict[str, Path] = {}
         self._handles = {}
+        self._dtypes: dict[str, str] = {}
         for path in files:
             regular_file(path, "weights")
             try:
                 handle = safe_open(str(path), framework="np")
                 keys = list(handle.keys())
                 shapes = {k: tuple(int(d) for d in handle.get_slice(k).get_shape()) for k in keys}
+                self._dtypes.update({k: str(handle.get_slice(k).get_dtype()) for k in keys})
             except FileNotFoundError:
                 raise WeightsError(f"{path}: file not found (named by {location})") from None
             except Exception as exc:  # safetensors_rust.SafetensorError and friends: truncated, not safetensors
@@ -175,6 +177,11 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def _read(self, name):
         handle = self._handles[self._files[name]]
+        dtype = self._dtypes.get(name, "")
+        if dtype.startswith(("F8", "F4", "F6")) or dtype == "C64":   # no numpy type (F8_E4M3 ...), or complex
+            raise WeightsError(f"{self._files[name]}: tensor {name!r} has dtype {dtype}, which bertc cannot read "
+                               f"(it reads float64 / 32 / 16, bfloat16 and integer tensors): dequantize the "
+                               f"checkpoint to one of those first")
         try:
             return handle.get_tensor(name)
         except (TypeError, ValueError, AttributeError) as exc:  # bfloat16 has no numpy dtype: widen it by hand

@@ -581,6 +581,18 @@ def test_bfloat16_safetensors_are_widened_exactly(tmp_path):
     assert got.dtype == np.float32 and np.array_equal(got, values)
 
 
+def test_a_safetensors_tensor_of_a_dtype_numpy_lacks_is_named(tmp_path):
+    """An F8_E4M3 tensor failed the build with "module 'numpy' has no attribute 'float8_e4m3fn'" (a tester)."""
+    from bertc.checkpoints import open_checkpoint
+
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [2, 2], "data_offsets": [0, 4]}}).encode()
+    header += b" " * ((8 - len(header) % 8) % 8)
+    (tmp_path / "f8.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    checkpoint = open_checkpoint(tmp_path / "f8.safetensors")
+    with pytest.raises(WeightsError, match=r"f8.safetensors: tensor 'w' has dtype F8_E4M3, which bertc cannot read"):
+        checkpoint.read("w")
+
+
 def test_original_bert_needs_its_config(tmp_path):
     source = tmp_path / "bert"
     shutil.copytree(FIXTURES / "bert_tf1", source)
