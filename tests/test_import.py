@@ -583,6 +583,8 @@ def test_bfloat16_safetensors_are_widened_exactly(tmp_path):
 
 def test_a_safetensors_tensor_of_a_dtype_numpy_lacks_is_named(tmp_path):
     """An F8_E4M3 tensor failed the build with "module 'numpy' has no attribute 'float8_e4m3fn'" (a tester)."""
+    import struct
+
     from bertc.checkpoints import open_checkpoint
 
     header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [2, 2], "data_offsets": [0, 4]}}).encode()
