@@ -480,6 +480,15 @@ def test_config_bertc_cannot_express_is_refused_naming_key_and_value(tmp_path, k
         import_spec(source, tmp_path / "x.json")
 
 
+@pytest.mark.parametrize("name", ["gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast"])
+def test_every_name_of_the_tanh_gelu_imports_as_it(tmp_path, name):
+    """gelu_python_tanh (transformers' PytorchGELUTanh's Python twin: 0.0 from gelu_new) was refused (a tester)."""
+    source = hf_copy(tmp_path, "bert_model")
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "hidden_act": name}))
+    assert import_spec(source, tmp_path / "x.json")["encoder"]["activation"] == "gelu_tanh"
+
+
 def test_cli_refusal_exits_2_without_traceback(tmp_path, capsys):
     source = hf_copy(tmp_path, "bert_model")
     config = json.loads((source / "config.json").read_text())

@@ -25,9 +25,9 @@ from bertc.weights import Ignored, Target
 NAME = "huggingface"
 
 # HF hidden_act -> bertc activation. HF "gelu" is the exact (erf) GELU; gelu_new / gelu_pytorch_tanh /
-# gelu_fast are the tanh approximation (the same formula, written differently).
+# gelu_python_tanh / gelu_fast are the tanh approximation (the same formula, written differently).
 ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-               "gelu_fast": "gelu_tanh", "relu": "relu", "tanh": "tanh", "silu": "silu", "swish": "silu",
+               "gelu_python_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu", "tanh": "tanh", "silu": "silu", "swish": "silu",
                "linear": "linear"}
 
 DEFAULT_MLM_PREDICTIONS = 20  # masked positions per sequence of a pretrainer spec (original BERT's choice at 128)
