@@ -380,10 +380,33 @@ def _csv_error(spec: InputSpec, exc: csv.Error, began: int, line: int) -> InputE
     return InputError(f"{spec.name}: line {line}: not valid {what}: {text}{since}")
 
 
+class _CsvRows(csv.DictReader):
+    """``csv.DictReader``, but a blank line of a one-column file is a row (an empty text, refused as one, as a blank
+    line of a .txt is), not skipped: the results no longer lined up with the file's rows, and no one said so. In a
+    file of several columns a blank line holds no row and is skipped, as pandas skips it."""
+
+    def __next__(self):
+        if self.line_num == 0:
+            self.fieldnames   # noqa: B018 (read for its side effect: the header)
+        row = next(self.reader)
+        self.line_num = self.reader.line_num
+        while row == [] and len(self.fieldnames or ()) != 1:
+            row = next(self.reader)
+            self.line_num = self.reader.line_num
+        if row == []:
+            row = [""]
+        fields = dict(zip(self.fieldnames, row))
+        if len(row) > len(self.fieldnames):
+            fields[self.restkey] = row[len(self.fieldnames):]
+        for key in self.fieldnames[len(row):]:
+            fields[key] = self.restval
+        return fields
+
+
 def _read_csv(spec: InputSpec) -> Iterator[Record]:
     _lift_csv_field_limit()
     # strict: a stray quote is an error, not a field that swallows the rows after it until the next quote
-    reader = csv.DictReader(_text_lines(spec), delimiter="\t" if spec.format == "tsv" else ",", strict=True)
+    reader = _CsvRows(_text_lines(spec), delimiter="\t" if spec.format == "tsv" else ",", strict=True)
     began = 1   # the line the row being read began in (a quoted text may span lines)
     try:
         header = reader.fieldnames or []

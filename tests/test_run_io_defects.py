@@ -160,6 +160,25 @@ def test_a_file_name_too_long_for_the_file_system_is_an_error_not_a_bug(builds, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
+def test_a_blank_line_of_a_one_column_csv_is_an_empty_text_not_skipped(builds, tmp_path, capsys):
+    """A tester: "text\\na\\n\\nb" gave 2 results for 3 rows, exit 0 (the csv module skips blank lines), while a
+    whitespace-only line there, or a blank line of a .txt, is refused as an empty text."""
+    cls = str(builds["bert_seq_cls"])
+    one = tmp_path / "one.csv"
+    one.write_text("text\na dog\n\nthe cat\n")
+    _fails(["run", cls, str(one), "-o", str(tmp_path / "r.jsonl"), "-q"], capsys, EXIT_BAD_SPEC, "line 3: empty text")
+    assert not (tmp_path / "r.jsonl").exists()
+    # several columns: a blank line holds no row (skipped, as pandas does); a blank line inside quotes is text
+    several = tmp_path / "several.csv"
+    several.write_text('id,text\n1,a dog\n\n2,"the\n\ncat"\n')
+    assert main(["run", cls, str(several), "-o", str(tmp_path / "r.jsonl"), "--keep-fields", "id", "-q"]) == 0
+    assert [r["id"] for r in read_result(tmp_path / "r.jsonl")] == ["1", "2"]
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('text\n"a\n\ndog"\nthe cat\n')
+    assert main(["run", cls, str(quoted), "-o", str(tmp_path / "q.jsonl"), "-q"]) == 0
+    assert len(read_result(tmp_path / "q.jsonl")) == 2
+
+
 def test_a_csv_field_over_128_kib_is_read(builds, tmp_path):
     import csv
 
