@@ -575,7 +575,11 @@ def kept_types(spec: InputSpec, fmt: str = "parquet") -> Optional[list]:
     if fmt != "parquet" or not spec.keep or spec.stdin:
         return None
     if spec.format == "jsonl":
-        return _jsonl_kept_types(spec)
+        try:   # a pipe, a FIFO, /dev/stdin can be read once only: typed by its first rows, as standard input
+            regular = stat.S_ISREG(os.stat(spec.path).st_mode)
+        except OSError:   # the reader names it
+            return None
+        return _jsonl_kept_types(spec) if regular else None
     if spec.format != "parquet":
         return None
     try:

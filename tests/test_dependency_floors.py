@@ -112,5 +112,5 @@ def test_bf16_tensors_are_widened_when_safetensors_raises_attribute_error(tmp_pa
 
     assert checkpoints._bf16_tensor(path, "w").tolist() == values.tolist()
     reader = checkpoints.SafetensorsCheckpoint.__new__(checkpoints.SafetensorsCheckpoint)
-    reader._handles, reader._files = {path: Handle()}, {"w": path}
+    reader._handles, reader._files, reader._dtypes = {path: Handle()}, {"w": path}, {"w": "BF16"}
     assert reader._read("w").tolist() == values.tolist()

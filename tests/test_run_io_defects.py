@@ -128,6 +128,13 @@ def test_kept_jsonl_values_are_typed_by_every_line_not_converted_to_the_first_ro
         assert run.returncode == EXIT_OUTPUT, run.stderr
         assert f"--keep-fields {field}: a value of type {found} after the first rows' {was}" in run.stderr.decode()
         assert not out.exists()
+    # a pipe given by name (/dev/stdin, a FIFO) is read once: typed by its first rows, every row in the result
+    ints = "".join(json.dumps({"text": t, "price": i}) + "\n" for i, t in enumerate(texts)).encode()
+    out = tmp_path / "dev_stdin.parquet"
+    run = _bertc(["run", cls, "/dev/stdin", "--input-format", "jsonl", "-o", out, "--keep-fields", "price", "-q"],
+                 ints, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert pq.read_table(out).column("price").to_pylist() == list(range(len(texts)))
     # a file whose values no one type holds is refused before the model runs, naming the line
     rows[3]["price"] = "n/a"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
