@@ -1204,7 +1204,9 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     if path.is_dir():
         raise OutputError(f"{where} is a directory; the result is a file")
     if not path.parent.is_dir():
-        raise OutputError(f"{path.parent}: no such directory for the result")
+        raise OutputError(f"{path.parent}: " + ("not a directory (a file of that name is there)"
+                                                if path.parent.exists() else "no such directory")
+                          + " for the result")
     _remove_stale_partials(path)
     try:
         f, tmp = _open_partial(path)

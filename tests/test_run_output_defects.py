@@ -331,6 +331,11 @@ def test_a_dangling_linked_result_creates_its_target_and_a_loop_is_refused(tmp_p
     (tmp_path / "gone.npy").symlink_to(tmp_path / "nowhere" / "r.npy")
     with pytest.raises(OutputError, match=re.escape(f"{tmp_path / 'nowhere'}: no such directory for the result")):
         _write(tmp_path / "gone.npy", "npy")
+    (tmp_path / "afile").write_text("x")   # was "no such directory" (a tester)
+    with pytest.raises(OutputError, match=re.escape(f"{tmp_path / 'afile'}: not a directory (a file of that name is "
+                                                    f"there) for the result")):
+        _write(tmp_path / "afile" / "r.npy", "npy")
+    (tmp_path / "afile").unlink()
     (tmp_path / "a.npy").symlink_to("b.npy")
     (tmp_path / "b.npy").symlink_to("a.npy")
     with pytest.raises(OutputError, match="a loop of symbolic links"):
