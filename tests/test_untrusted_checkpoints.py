@@ -475,3 +475,19 @@ def test_a_pickles_build_opcode_cannot_alter_bertcs_own_functions(tmp_path):
     assert torch_pickle._Unpickler(io.BytesIO(data), {}, legacy=False).load() == {}
     assert torch_pickle._rebuild_tensor.__defaults__ == before
     assert torch_pickle._rebuild_tensor.__kwdefaults__ is None
+
+
+def test_a_weights_file_without_tensors_is_refused_at_import(tmp_path, capsys):
+    """A safetensors file whose header is {} (or a pickled {}) imported with exit 0; the build then listed every
+    weight as missing (a tester)."""
+    source = tmp_path / "ck"
+    shutil.copytree(BERT, source)
+    header = b"{}      "
+    (source / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(WeightsError, match=r"model.safetensors: holds no tensors"):
+        spec_for(source)
+    (source / "model.safetensors").unlink()
+    torch_zip(source / "pytorch_model.bin", {})
+    assert main(["import", str(source), "-o", str(tmp_path / "spec.json")]) == 2
+    assert "pytorch_model.bin: holds no tensors" in capsys.readouterr().err
+    assert not (tmp_path / "spec.json").exists()

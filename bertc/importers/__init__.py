@@ -59,6 +59,9 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
         refuse_special_files(root)
         refuse_git_lfs_pointers(root)
         checkpoint = open_checkpoint(source)  # the weights must be there and readable
+        if not checkpoint.names():   # the build would list every weight as missing
+            raise WeightsError(f"{checkpoint.location}: holds no tensors: not the trained weights of a model (an "
+                               f"empty or damaged file; download it again)")
         from bertc.text import check_tokenizer
 
         check_tokenizer(source)   # a damaged tokenizer file is said now, not when the build copies it
