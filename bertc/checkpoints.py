@@ -160,8 +160,9 @@ class SafetensorsCheckpoint(Checkpoint):
             try:
                 handle = safe_open(str(path), framework="np")
                 keys = list(handle.keys())
-                shapes = {k: tuple(int(d) for d in handle.get_slice(k).get_shape()) for k in keys}
-                self._dtypes.update({k: str(handle.get_slice(k).get_dtype()) for k in keys})
+                slices = {k: handle.get_slice(k) for k in keys}
+                shapes = {k: tuple(int(d) for d in part.get_shape()) for k, part in slices.items()}
+                self._dtypes.update({k: str(part.get_dtype()) for k, part in slices.items()})
             except FileNotFoundError:
                 raise WeightsError(f"{path}: file not found (named by {location})") from None
             except Exception as exc:  # safetensors_rust.SafetensorError and friends: truncated, not safetensors
