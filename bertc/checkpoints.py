@@ -148,7 +148,7 @@ class SafetensorsCheckpoint(Checkpoint):
 
     format = "safetensors"
 
-    def __init__(self, location: Path, files: list[Path]):
+    def __init__(self, location: Path, files: list[Path], weight_map: dict | None = None):
         super().__init__(location)
         from safetensors import safe_open
 
@@ -173,8 +173,9 @@ class SafetensorsCheckpoint(Checkpoint):
                                    f"the file may be truncated or incompletely downloaded") from None
             self._handles[path] = handle
             for k in keys:
-                self._files[k] = path
-            self._shapes.update(shapes)
+                if _shard_holds(k, path, self._files.get(k), location, weight_map):
+                    self._files[k] = path
+                    self._shapes[k] = shapes[k]
 
     def _read(self, name):
         handle = self._handles[self._files[name]]
@@ -205,9 +206,27 @@ def _bf16_tensor(path: Path, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
-def _shard_files(index: Path, kind: str) -> list[Path]:
+def _shard_holds(name: str, path: Path, earlier: Path | None, index: Path, weight_map: dict | None) -> bool:
+    """Whether shard ``path``'s copy of tensor ``name`` is the one read, ``earlier`` being the shard whose copy was
+    taken so far (None: none). A tensor in two shards is read from the one the index's ``weight_map`` names for it;
+    where it names neither, which copy is meant is unknown: refused, naming both (never the last shard read)."""
+    if earlier is None or weight_map is None:
+        return True
+    mapped = weight_map.get(name)
+    mapped = index.parent / mapped if isinstance(mapped, str) else None
+    if mapped == path:
+        return True
+    if mapped == earlier:
+        return False
+    raise WeightsError(f"{index}: tensor {name!r} is in two shards, {earlier.name} and {path.name}, and the index's "
+                       f"weight_map names {'neither' if mapped is None else mapped.name} for it: which copy is meant "
+                       f"is unknown (a shard from another save of the model?)")
+
+
+def _shard_files(index: Path, kind: str) -> tuple[list[Path], dict]:
     """The shard files a sharded checkpoint's index names (its ``weight_map``: tensor name -> file beside it), as
-    transformers reads them: every file named, each once; a missing one is named with the index."""
+    transformers reads them: every file named, each once; a missing one is named with the index. With them, the
+    weight_map itself."""
     try:
         weight_map = json_loads(checkpoint_text(index, f"{kind} index"))["weight_map"]
         outside = next(((k, f) for k, f in weight_map.items() if isinstance(f, str) and not inside_name(f)), None)
@@ -229,11 +248,11 @@ def _shard_files(index: Path, kind: str) -> list[Path]:
     if missing:
         raise WeightsError(f"{index}: names {len(missing)} of its {len(files)} shard file(s) that are not beside it: "
                            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} (an incomplete download?)")
-    return files
+    return files, weight_map
 
 
 def _sharded_safetensors(index: Path) -> SafetensorsCheckpoint:
-    return SafetensorsCheckpoint(index, _shard_files(index, "safetensors"))
+    return SafetensorsCheckpoint(index, *_shard_files(index, "safetensors"))
 
 
 class TorchCheckpoint(Checkpoint):
@@ -287,11 +306,14 @@ class ShardedTorchCheckpoint(Checkpoint):
     def __init__(self, index: Path):
         super().__init__(index)
         self._parts: dict[str, TorchCheckpoint] = {}
-        for path in _shard_files(index, "PyTorch shard"):
+        files, weight_map = _shard_files(index, "PyTorch shard")
+        for path in files:
             shard = TorchCheckpoint(path)
             for name in shard.names():
-                self._parts.setdefault(name, shard)
-                self._shapes.setdefault(name, shard.shape(name))
+                earlier = self._parts.get(name)
+                if _shard_holds(name, path, earlier and earlier.location, index, weight_map):
+                    self._parts[name] = shard
+                    self._shapes[name] = shard.shape(name)
 
     def _read(self, name):
         return self._parts[name]._read(name)

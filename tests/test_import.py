@@ -680,6 +680,39 @@ def test_sharded_safetensors_directory(tmp_path):
     assert by_index["weights"].endswith("model.safetensors.index.json")
 
 
+def test_a_tensor_in_two_shards_is_read_from_the_one_the_index_names(tmp_path):
+    """A tensor saved in two shards (a shard left over from another save) was read from the last shard in name
+    order (safetensors) or the first (.bin), whatever the index said: now the index's weight_map decides, and a copy
+    it names neither of is refused naming both files."""
+    from safetensors.numpy import load_file, save_file
+
+    from bertc.checkpoints import open_checkpoint
+
+    source = tmp_path / "sharded"
+    source.mkdir()
+    shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls" / "config.json", source / "config.json")
+    tensors = load_file(str(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors"))
+    names = sorted(tensors)
+    stale = "classifier.weight"
+    first, second = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    save_file({n: tensors[n] for n in names[::2] if n != stale} | {stale: tensors[stale]}, str(source / first))
+    save_file({n: tensors[n] for n in names[1::2] if n != stale} | {stale: tensors[stale] * 0 + 7},
+              str(source / second))                          # the later shard in name order holds the wrong copy
+    weight_map = {n: (first if n in names[::2] else second) for n in names} | {stale: first}
+    (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    spec_path, ref = tmp_path / "s.json", dict(np.load(FIXTURES / "hf" / "bert_seq_cls" / "reference.npz"))
+    import_spec(source, spec_path)
+    spec = load_spec(spec_path)
+    model = bertc.build_model(spec).model
+    load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
+    assert max(max_diffs(keras_run(model), signature_of(spec), ref).values()) <= ATOL
+    del weight_map[stale]
+    (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(WeightsError, match=rf"'{stale}' is in two shards, {first} and {second}, and the index's "
+                                           r"weight_map names neither"):
+        open_checkpoint(source)
+
+
 def test_masked_lm_architecture_is_a_pretrainer_when_the_file_has_next_sentence(tmp_path):
     source = hf_copy(tmp_path, "bert_pretraining")  # bert-base-uncased says BertForMaskedLM but holds both heads
     config = json.loads((source / "config.json").read_text())
