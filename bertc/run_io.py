@@ -341,8 +341,8 @@ def _read_jsonl(spec: InputSpec) -> Iterator[Record]:
                 line = _decode_line(raw, n)
             except UnicodeDecodeError as exc:
                 raise _decode_error(spec, where, exc) from None
-            if not line.strip():
-                raise InputError(f"{spec.name}: {where}: empty line (JSONL has one JSON object per line)")
+            if not line.strip(" \t\r\n"):   # JSON's white space: a blank line holds no object (a trailing one
+                continue                      # is common), skipped as pandas' and pyarrow's JSON lines readers do
             try:
                 row = json.loads(line)
             except ValueError as exc:

@@ -186,6 +186,21 @@ def test_a_blank_line_of_a_one_column_csv_is_an_empty_text_not_skipped(builds, t
     assert len(read_result(tmp_path / "q.jsonl")) == 2
 
 
+def test_blank_lines_of_a_jsonl_file_hold_no_row(builds, tmp_path, capsys):
+    """A trailing blank line (an editor's, a concatenation's) stopped the run as an 'empty line'; pandas and pyarrow
+    skip blank JSON lines. A line naming a later error still counts the blank ones; an empty text is still refused."""
+    cls = str(builds["bert_seq_cls"])
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a dog", "id": 1}\n\n \t\r\n{"text": "the cat", "id": 2}\n\n')
+    res = tmp_path / "r.jsonl"
+    assert main(["run", cls, str(path), "-o", str(res), "--keep-fields", "id", "-q"]) == 0
+    assert [r["id"] for r in read_result(res)] == [1, 2]
+    path.write_text('{"text": "a dog"}\n\n{"text": ""}\n')
+    _fails(["run", cls, str(path), "-o", str(tmp_path / "e.jsonl"), "-q"], capsys, EXIT_BAD_SPEC, "line 3: empty text")
+    path.write_text('{"text": "a dog"}\n\u00a0\n')        # not JSON white space: not a blank line
+    _fails(["run", cls, str(path), "-o", str(tmp_path / "e.jsonl"), "-q"], capsys, EXIT_BAD_SPEC, "line 2: not JSON")
+
+
 def test_a_csv_field_over_128_kib_is_read(builds, tmp_path):
     import csv
 
