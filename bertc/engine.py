@@ -101,7 +101,12 @@ DEFAULT_HYPOTHESIS = "This example is {}."   # transformers' zero-shot-classific
 
 
 # sentence-transformers' similarity functions (``similarity_fn_name``), pairwise, on float64 vectors
-SIMILARITIES = {"cosine": lambda a, b: float(a @ b / max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(b), 1e-12)),
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine in [-1, 1]: a text with itself gave 1.0000000000000002 (rounding of the two norms)."""
+    return min(1.0, max(-1.0, float(a @ b / max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(b), 1e-12))))
+
+
+SIMILARITIES = {"cosine": _cosine,
                 "dot": lambda a, b: float(a @ b), "dot_product": lambda a, b: float(a @ b),
                 "euclidean": lambda a, b: -float(np.linalg.norm(a - b)),
                 "manhattan": lambda a, b: -float(np.abs(a - b).sum())}

@@ -1450,7 +1450,10 @@ def test_a_sentence_embedder_scores_pairs_by_its_similarity_function(builds, tmp
                  "manhattan": -np.abs(a - b).sum(1)}
     got = bertc.Runtime(out, artifact="onnx", similarity=True).run(pairs)
     np.testing.assert_allclose([g["similarity"] for g in got], functions["cosine"], atol=1e-6)
-    assert abs(got[1]["similarity"] - 1.0) < 1e-6
+    assert abs(got[1]["similarity"] - 1.0) < 1e-6 and all(-1 <= g["similarity"] <= 1 for g in got)
+    from bertc.engine import SIMILARITIES
+    v = np.array([-0.544, -0.316, 0.412, 1.043, -0.129, 1.366, -0.665, 0.352])
+    assert SIMILARITIES["cosine"](v, v) == 1.0 and SIMILARITIES["cosine"](v, -v) == -1.0   # not 1.0000000000000002
     paths = write_inputs(tmp_path / "in", [p[0] for p in pairs], [p[1] for p in pairs])
     for name, expected in functions.items():   # the model's similarity_fn_name, in the build's bundled config
         copy = tmp_path / f"out_{name}"
