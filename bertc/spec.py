@@ -87,7 +87,9 @@ def backend_builder(backend: str, export: "ExportSpec") -> Optional[str]:
 
 class Tolerance(StrictModel):
     atol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
-    rtol: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # relative to |reference|, per value: fp32 rounding grows with the value (its unit in the last place is 4.9e-4
+    # at 5,000, an outlier channel's size in trained models), so atol alone failed exact builds on a few ulps
+    rtol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-5
 
 
 class TaskCriteria(StrictModel):

@@ -92,6 +92,22 @@ def test_differences_in_chunks_are_those_of_the_whole_arrays(monkeypatch):
     assert not parity.differences(have, want, None, None)[3]         # no tolerance: nothing is beyond it
 
 
+def test_the_default_fp32_tolerance_holds_rounding_of_large_values_not_errors():
+    """A tester's BERT with one outlier channel (~5,500, as trained models have) failed its own exact build: its
+    backends differed from Keras by 3 units in the last place there (1.46e-3 > atol 1e-4), as transformers' fp32 does
+    from its fp64. The default tolerance is relative too (rtol 1e-5): that passes, a real error does not."""
+    import bertc.parity as parity
+    from bertc.spec import ParitySpec
+
+    tol = ParitySpec().default
+    ulp = float(np.spacing(np.float32(5500.0)))
+    want = np.array([[5500.0, 0.5, -1.25]], dtype=np.float32)
+    assert not parity.differences(want + np.float32([3 * ulp, 0, 0]), want, tol.atol, tol.rtol)[3]
+    assert parity.differences(want + np.float32([3 * ulp, 0, 0]), want, tol.atol, 0.0)[3]      # atol alone: failed
+    for error in ([0.1, 0, 0], [0, 2e-4, 0], [0, 0, -2e-4]):                                  # errors still fail
+        assert parity.differences(want + np.float32(error), want, tol.atol, tol.rtol)[3], error
+
+
 def test_argmax_matches_per_token_only_at_real_tokens():
     want = np.zeros((2, 3, 4))
     want[..., 1] = 1.0
