@@ -293,7 +293,8 @@ def _cross_problems_beside(data: dict, exc: ValidationError, rounds: int = 6) ->
     lists every problem: each wrong value is taken out (its default takes its place; a required one takes its
     whole object out, where that object is optional) until the rest validates. A problem that may come from what
     stands in for a taken-out value (in the same object or below it, or naming that key) is left out rather than
-    reported wrongly; none at all when what is wrong cannot be taken out (the encoder itself, a component's type)."""
+    reported wrongly. When what is wrong cannot be taken out (the encoder itself, a component's type), the sections
+    that do not depend on the encoder are checked alone (:func:`_section_problems`)."""
     import copy
 
     repaired, removed = copy.deepcopy(data), []
@@ -321,7 +322,7 @@ def _cross_problems_beside(data: dict, exc: ValidationError, rounds: int = 6) ->
             while target and isinstance(target[-1], int):   # an item of a list: the list's owner key
                 target = target[:-1]
             if not take_out(target):
-                return []
+                return _section_problems(data, exc)
         try:
             spec = Spec.model_validate(repaired)
         except ValidationError as again:
@@ -336,7 +337,25 @@ def _cross_problems_beside(data: dict, exc: ValidationError, rounds: int = 6) ->
                 continue
             found.append((json_path(where), msg))
         return found
-    return []
+    return _section_problems(data, exc)
+
+
+def _section_problems(data: dict, exc: ValidationError) -> list[tuple[str, str]]:
+    """The cross-field problems of the export and parity sections checked alone, where the spec around them cannot
+    be repaired (a wrong encoder field hid a variant listed twice): each section with no field problem of its own,
+    without what needs the encoder (a sequence length against its maximum)."""
+    wrong = {_user_loc(err["loc"], data)[:1] for err in exc.errors()}
+    found = []
+    for key, model in (("export", ExportSpec), ("parity", ParitySpec)):
+        section = data.get(key)
+        if not isinstance(section, dict) or (key,) in wrong:
+            continue
+        try:
+            part = model.model_validate(section)
+        except ValidationError:
+            continue
+        found += [(json_path((key, *loc)), msg) for loc, msg in walk_problems(part, (), {})]
+    return found
 
 
 def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] = None) -> Spec:

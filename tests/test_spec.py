@@ -146,6 +146,25 @@ def test_cross_field_problems_are_listed_beside_field_problems():
     assert [p for p, _ in info.value.problems] == ["$.encoder.hidden_size", "$.head.num_classes"]
 
 
+def test_a_wrong_encoder_field_does_not_hide_the_export_and_parity_sections_problems():
+    """A tester: vocab_size 1 (or "abc") hid a variant listed twice and a batch size listed twice, until fixed: the
+    encoder cannot be taken out to check the rest, so export and parity are checked alone."""
+    spec = json.loads((ROOT / "specs" / "classifier.json").read_text())
+    spec["export"] = {**spec.get("export", {}), "variants": ["onnx_int8", "onnx_int8"]}
+    spec["parity"] = {**spec.get("parity", {}), "batch_sizes": [1, 1], "sequence_lengths": [4, 100000]}
+    for vocab in (1, "abc"):
+        spec["encoder"]["vocab_size"] = vocab
+        with pytest.raises(SpecError) as info:
+            load_spec(spec)
+        assert [p for p, _ in info.value.problems] == [
+            "$.encoder.vocab_size", "$.export.variants[1]", "$.parity.batch_sizes[1]"], info.value.problems
+    spec["export"]["variants"] = "onnx_int8"          # a wrong section of its own: its field problem alone
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert [p for p, _ in info.value.problems] == ["$.encoder.vocab_size", "$.export.variants",
+                                                    "$.parity.batch_sizes[1]"], info.value.problems
+
+
 def test_malformed_json_reports_line_and_column(tmp_spec):
     path = tmp_spec('{\n  "name": "x",\n  "encoder": {"type": "bert",, }\n}')
     with pytest.raises(SpecError) as info:
