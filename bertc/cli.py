@@ -162,6 +162,8 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                         keep_saved_model=keep_saved_model, init_from=init_from, weights=weights,
                         onnx=not no_onnx, tflite=not no_tflite, preflight=not skip_preflight,
                         memory_limit=_size(memory_limit), variants=variants, calibration=calibration)
+    placed = []   # the new build is in place at OUT (a signal after that moment interrupts a build that is written)
+    opts.on_placed = lambda: placed.append(True)
     try:
         with _sigterm_unwinds():
             _import_quietly()
@@ -172,7 +174,9 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                     status.clear()
     except (_Terminated, KeyboardInterrupt) as exc:   # unwound: the staging directory, the lock and the log are gone
         terminated = isinstance(exc, _Terminated)
-        _err(f"{'terminated' if terminated else 'interrupted'}; nothing was written")
+        _err(f"{'terminated' if terminated else 'interrupted'}"
+             + (f" after the build was written: {_shown(Path(out))}/ holds it, complete" if placed else
+                "; nothing was written"))
         # what the signal cut short mid-construction (TensorFlow's objects) may complain as the interpreter collects
         # it at exit: noise after this line
         import atexit
@@ -869,5 +873,37 @@ def main(argv=None) -> int:
         return EXIT_INTERNAL
 
 
+def entry() -> None:
+    """The ``bertc`` console script: :func:`main`, then the process ends with the command's own status. The
+    interpreter's teardown (TensorFlow's objects and libraries: 1-2 s after 'wrote OUT/') is skipped once the
+    atexit handlers have run: a Ctrl-C or SIGTERM in it ended a complete build with 130 / 143 and no word, and a
+    wrapper read the build as failed. With a thread still running, the interpreter's own exit waits for it."""
+    import atexit
+    import threading
+
+    code = main()
+    _signals_end_with(code)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):   # a reader gone (| head): the command has said its status already
+            stream.flush()
+    os._exit(code)
+
+
+def _signals_end_with(code: int) -> None:
+    """A Ctrl-C or SIGTERM from now on ends the process with ``code``: the command is done."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):   # not the main thread (an embedding host)
+            signal.signal(signum, lambda signum, frame: _leave(code))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -386,8 +386,12 @@ class _NotReplaceable(Exception):
 
 
 class StagedOutput:
-    def __init__(self, out: Path | str, force: bool = False, warn: Optional[Callable[[str], None]] = None):
+    def __init__(self, out: Path | str, force: bool = False, warn: Optional[Callable[[str], None]] = None,
+                 on_placed: Optional[Callable[[], None]] = None):
         self.given = Path(out)   # as named, for messages
+        # told, while signals are still ignored, that the new build is in place at OUT: a Ctrl-C after that moment
+        # interrupts a build that is written, and must not say that nothing was
+        self.on_placed = on_placed or (lambda: None)
         # told what the build could not clean up (an old build it could not remove): the build goes on
         self.warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
         # The real directory: a link to OUT is followed (the build replaces the target's build, the link stays), and
@@ -452,6 +456,7 @@ class StagedOutput:
                 with _signals_ignored():
                     try:
                         self._swap_in()
+                        self.on_placed()
                     except _NotReplaceable as why:   # what is at OUT now is left alone; the new build is kept beside it
                         self._keep_failed(None)
                         where = (f"{self._beside_given(self.kept_in)}/" if self.kept_in != self.tmp else

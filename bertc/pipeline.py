@@ -43,6 +43,7 @@ class BuildOptions:
     memory_limit: Optional[int] = None  # bytes the preflight may assume available (instead of measuring)
     variants: Optional[tuple] = None  # replaces the spec's export.variants (``--variants``)
     calibration: Optional[Path] = None  # the user's text for int8 tuning and parity (``--calibration``)
+    on_placed: Optional[Callable[[], None]] = None   # called once the new build is in place at ``out``
 
 
 StatusHook = Callable[[str, float, str], None]   # (stage name, seconds so far, what it is doing now)
@@ -251,7 +252,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
     from bertc.signature import signature_of
 
     sig = signature_of(spec)
-    staged = StagedOutput(opts.out, opts.force, warn)  # refuses an existing OUT before any work
+    staged = StagedOutput(opts.out, opts.force, warn, opts.on_placed)  # refuses an existing OUT before any work
     with staged as tmp:
         try:
             io = sig.to_json()
