@@ -701,7 +701,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 f"{', each alone' if runtime.parts.multi_label else ''}" if runtime.kind == "zero_shot" else ""))
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
-
+    rows = written = None
     try:
         # SIGTERM (`timeout`, `kill`, a job scheduler) unwinds as Ctrl-C does, so that the temporary result is
         # removed (Python's default would end the process where it stands and leave .RESULT.partial-PID behind); with
@@ -718,11 +718,15 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(EXIT_BROKEN_PIPE) from None
     except (_Terminated, KeyboardInterrupt) as exc:   # the result's temporary file is gone (run_io.atomic_result)
-        rows, interrupted = None, isinstance(exc, KeyboardInterrupt)
+        # unless the signal came once RESULT was written (leaving the signal handlers' context)
+        written, rows, interrupted = rows, None, isinstance(exc, KeyboardInterrupt)
     finally:
         progress.close()
     if rows is None:
-        _err(("interrupted" if interrupted else "terminated") + ("" if str(result) == "-" else "; nothing was written"))
+        _err(("interrupted" if interrupted else "terminated")
+             + ("" if str(result) == "-" else
+                f" after {result} was written: it holds all {written:,} result(s)" if written is not None else
+                "; nothing was written"))
         # 128 + SIGINT / SIGTERM, as a shell reports a process that the signal ended
         raise SystemExit(EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED)
     seconds = time.perf_counter() - start

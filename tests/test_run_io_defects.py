@@ -337,6 +337,28 @@ def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path):
     _no_leftovers(tmp_path, "big.txt")
 
 
+def test_a_signal_once_the_result_is_written_says_so(builds, tmp_path, monkeypatch, capsys):
+    """A signal as the run left its signal handlers' context, RESULT written in full, said 'nothing was written'."""
+    import contextlib
+
+    import bertc.cli as cli
+
+    unwinds = cli._sigterm_unwinds
+
+    @contextlib.contextmanager
+    def then_interrupted():
+        with unwinds():
+            yield
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_sigterm_unwinds", then_interrupted)
+    (tmp_path / "in.txt").write_text("a dog\nthe cat\n")
+    res = tmp_path / "r.jsonl"
+    assert main(["run", str(builds["bert_seq_cls"]), str(tmp_path / "in.txt"), "-o", str(res), "-q"]) == 130
+    assert capsys.readouterr().err == f"interrupted after {res} was written: it holds all 2 result(s)\n"
+    assert len(read_result(res)) == 2
+
+
 # --- 10: kept JSON values in CSV results, kept NaN in JSONL results --------------------------------------------------
 
 def test_kept_json_values_are_json_in_csv_and_a_kept_nan_is_null_in_jsonl(builds, tmp_path):
