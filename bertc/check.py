@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from bertc.build import expected_param_count
-from bertc.components.common import keras, tf
+from bertc.components.common import MASK_ADDER, keras, tf
 from bertc.inputs import make_inputs, pad_to, random_mask
 from bertc.registry import HEADS
 from bertc.signature import Signature
@@ -146,7 +146,15 @@ def check_padding_invariance(model, spec: Spec, sig: Signature, passes: Passes) 
         return CheckResult("padding_invariance", True, 0.0, INVARIANCE_ATOL, "skipped: max_sequence_length is 1")
     diff = _max_diff(passes.get("short"), passes.get("padded"), short, sig.outputs)
     return CheckResult("padding_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
-                       f"outputs at the first {short} positions, before and after padding to {max_len}")
+                       f"outputs at the first {short} positions, before and after padding to {max_len}"
+                       + ("" if diff <= INVARIANCE_ATOL else MASK_HINT))
+
+
+# why a correct model can fail the two mask checks: its attention logits (very large weights) spread wider than the
+# mask's -10000 hides
+MASK_HINT = (f"; a masked key's attention logit gets {MASK_ADDER:g} added, which hides it only while the logits of a "
+             f"row spread less than that: weights this large let masked keys through (transformers adds the float "
+             f"minimum)")
 
 
 def check_batch_invariance(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
@@ -167,8 +175,8 @@ def check_masked_invariance(model, spec: Spec, sig: Signature, _shared=None) -> 
     content of the masked ones: attention ignores masked keys. Compared: sequence outputs at the real
     positions, and per-row outputs (pooled [CLS], classifier, masked-LM at real positions) of the rows
     whose first token is real (a masked [CLS] still computes its own row from its own content).
-    Shapes do not change, and a masked key's weight underflows to exactly 0 in float32, so the outputs
-    must be bit-identical: a leak through the mask is often far below any tolerance at the logits of
+    Shapes do not change, and a masked key's weight underflows to exactly 0 in float32 (while a row's logits
+    spread less than the mask's -10000: far beyond any trained model's), so the outputs must be bit-identical: a leak through the mask is often far below any tolerance at the logits of
     a randomly initialised model (~1e-6), so the threshold is exact equality. With positions numbered from
     the ids (``from_ids``) a masked token with the pad id keeps it and no other takes it: whether a masked
     token is counted is part of the input there, as in transformers. Its inputs come from its
@@ -202,7 +210,7 @@ def check_masked_invariance(model, spec: Spec, sig: Signature, _shared=None) -> 
         diff = _worse(diff, d)
     return CheckResult("masked_invariance", diff == 0.0, diff, 0.0,
                        "outputs of the real tokens under a random 0/1 mask, before and after changing the masked "
-                       "tokens' ids")
+                       "tokens' ids" + ("" if diff == 0.0 else MASK_HINT))
 
 
 def check_param_count(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:

@@ -244,6 +244,8 @@ def test_masked_invariance_check_catches_a_model_that_ignores_the_mask(monkeypat
     monkeypatch.setattr("bertc.components.encoders.MASK_ADDER", 0.0)  # attention no longer masks keys
     bad = check.check_masked_invariance(build_model(spec, sig).model, spec, sig)
     assert not bad.passed and bad.figure > 0.0
+    # a tester: weights large enough that a row's logits spread past the mask's -10000 failed with no word of why
+    assert "gets -10000 added, which hides it only while" in bad.detail and "added" not in ok.detail
 
 
 # --- planning ---------------------------------------------------------------------------------------
