@@ -35,6 +35,16 @@ def _green(text: str) -> str:
     return click.style(text, fg="green")
 
 
+class _Path(click.Path):
+    """click.Path, refusing an empty path: "" (an unset shell variable, "$OUT") was taken as the working directory,
+    named "." in messages (an internal error for bertc run's OUT; bertc build -o "" aimed at the working directory)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value:
+            self.fail("the path is empty (an unset shell variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class _StatusLine:
     """What a long stage is doing now (the int8 tuning: minutes on a base-size model), on one line of the
     terminal that the next line overwrites; nothing when stderr is not a terminal."""
@@ -107,8 +117,8 @@ def cli():
 
 @cli.command()
 @plugin_option
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,   # a file there: exit 5, as the build says
+@click.argument("spec", type=_Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=_Path(path_type=Path), required=True,   # a file there: exit 5, as the build says
               help="Output directory (written atomically).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--no-export", is_flag=True, help="Stop after the Keras model (no ONNX, TFLite or parity).")
@@ -118,15 +128,15 @@ def cli():
 @click.option("--variants", default=None, metavar="LIST", callback=lambda ctx, param, value: _variants(value),
               help="Reduced-precision and padding-free variants, comma-separated, replacing the spec's "
                    f"export.variants: {', '.join(EXPORT_VARIANTS)} ('' or 'none' for none).")
-@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--calibration", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
               metavar="FILE", help="Your own text (one example per line, a tab between a pair), tokenized by the bundled "
                                    "tokenizer: int8 is tuned and parity checked on it instead of the built-in sentences.")
 @click.option("--opset", type=click.Choice(["17", "18"]), default=None, help="ONNX opset (default: the spec's, 17).")
 @click.option("--int64-inputs", is_flag=True, default=None, help="ONNX inputs as int64 instead of int32.")
 @click.option("--keep-saved-model", is_flag=True, default=None, help="Keep the SavedModel used for TFLite.")
-@click.option("--init-from", type=click.Path(path_type=Path), default=None,
+@click.option("--init-from", type=_Path(path_type=Path), default=None,
               help="Copy weights from a built model (OUT dir or .keras) before validation.")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
+@click.option("--weights", type=_Path(path_type=Path), default=None,
               help="Trained weights to load (HF dir / .safetensors, TF checkpoint, .keras); overrides the spec's.")
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export (and its parity).")
 @click.option("--no-tflite", is_flag=True, help="Skip the TFLite export (and its parity).")
@@ -298,8 +308,8 @@ def _size(text):
 
 
 @cli.command("import")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.argument("source", type=_Path(path_type=Path))
+@click.option("-o", "--output", type=_Path(dir_okay=False, path_type=Path), required=True,
               help="The spec file to write (its weights entry points at SOURCE, relative to it).")
 @click.option("--name", default=None, help="The spec's name (default: from SOURCE).")
 @click.option("--encoder-only", is_flag=True,
@@ -339,7 +349,7 @@ def _is_spec(path: Path) -> bool:
 
 @cli.command()
 @plugin_option
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("specs", nargs=-1, required=True, type=_Path(dir_okay=False, path_type=Path))
 def validate(specs):
     """Check one or more specs (all problems of each, with JSON paths)."""
     _import_quietly()
@@ -390,7 +400,7 @@ def _weights_problem(spec, path) -> Optional[str]:
 
 @cli.command()
 @plugin_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
+@click.option("-o", "--output", type=_Path(dir_okay=False, path_type=Path), help="Write to a file.")
 @click.option("--force", is_flag=True, help="Replace an existing -o file.")
 def schema(output, force):
     """Print the JSON Schema of the spec language."""
@@ -435,8 +445,8 @@ def list_components():
 
 @cli.command()
 @plugin_option
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("spec", type=_Path(dir_okay=False, path_type=Path))
+@click.option("--plot", type=_Path(dir_okay=False, path_type=Path),
               help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
 def inspect(spec, plot):
     """Print the built graph: layers, output shapes, parameters, shared layers."""
@@ -452,15 +462,15 @@ def inspect(spec, plot):
 
 @cli.command()
 @plugin_option
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out", type=_Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--atol", type=click.FloatRange(0, 1), default=None, callback=lambda c, p, v: _not_nan(v, p),
               help="Absolute tolerance for every backend, 0 to 1.")
 @click.option("--rtol", type=click.FloatRange(0, 1), default=None, callback=lambda c, p, v: _not_nan(v, p),
               help="Relative tolerance for every backend, 0 to 1.")
-@click.option("--text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--text", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Real inputs: a text file (one example per line, a tab between a sentence pair) tokenized by "
                    "the tokenizer bundled in OUT, instead of random ids.")
-@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--calibration", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The build's inputs with this file as their real text: where the build's --calibration text is "
                    "now (checked against its sha256), or other text (recorded as not the build's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
@@ -502,7 +512,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 @cli.command()
 @plugin_option
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out", type=_Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--seq", default=None, help="Sequence lengths, comma-separated [default: 32,128 up to the model's maximum].")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
@@ -514,7 +524,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--backends", default=None, help="Only these backends, comma-separated (e.g. onnx_cpu,onnx_optimized_cpu).")
 @click.option("--no-plot", is_flag=True, help="Do not draw bench.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the table goes to stderr).")
-@click.option("--text", "text", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--text", "text", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Time real text (one example per line, a tab between a pair) through the bundled tokenizer.")
 def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, no_plot, as_json, text):
     """Time every artifact x backend of a built OUT/: latency p50/p90, throughput, ratio to model.onnx on CPU.
@@ -550,9 +560,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 
 
 @cli.command("run")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "result", type=click.Path(path_type=Path), required=True,
+@click.argument("out", type=_Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=_Path(path_type=Path))
+@click.option("-o", "--output", "result", type=_Path(path_type=Path), required=True,
               help="The result file: .npy (embeddings), .parquet, .jsonl or .csv; written beside itself and renamed "
                    "when complete. - : standard output (JSONL or CSV, batch by batch).")
 @click.option("--force", is_flag=True, help="Replace RESULT if it exists.")
@@ -645,7 +655,7 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
               help="A sentence embedder's embeddings as sentence-transformers' quantize_embeddings writes them (what a "
                    "vector index stores): binary / ubinary pack 8 dimensions a byte (value > 0), 32x smaller; int8 / "
                    "uint8 one byte a dimension, its range from --calibration-embeddings.")
-@click.option("--calibration-embeddings", type=click.Path(dir_okay=False), default=None, metavar="FILE.npy",
+@click.option("--calibration-embeddings", type=_Path(dir_okay=False), default=None, metavar="FILE.npy",
               help="With --embedding-precision int8 / uint8: float32 embeddings of a sample of the texts by the same "
                    "model (bertc run OUT sample.txt -o sample.npy); each dimension's min and max set its range.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",

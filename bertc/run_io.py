@@ -1199,10 +1199,10 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         raise OutputError(f"{where} is not a regular file (a device, a pipe or a socket): a result is written beside "
                           f"RESULT and renamed over it, which would replace it (--force does not change that); to "
                           f"stream the result, write it to standard output: -o - (jsonl or csv) and redirect it")
+    if path.is_dir():   # before --force's advice: it would not help
+        raise OutputError(f"{where} is a directory; the result is a file")
     if path.exists() and not force:
         raise OutputError(f"{where} already exists; pass --force to replace it")
-    if path.is_dir():
-        raise OutputError(f"{where} is a directory; the result is a file")
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: " + ("not a directory (a file of that name is there)"
                                                 if path.parent.exists() else "no such directory")

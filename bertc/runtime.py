@@ -590,6 +590,8 @@ def _build_path(out) -> Path:
     if not isinstance(out, (str, os.PathLike)):
         raise InputError(f"out {out!r}: the build directory's path (a string or a pathlib.Path), not "
                          f"{_kind_of(out)}")
+    if not os.fspath(out):   # an unset shell variable ("$OUT"): Path("") is the working directory, named "."
+        raise InputError("the build directory's path is empty (an unset variable?): name the folder bertc build wrote")
     return Path(out)
 
 
@@ -908,10 +910,13 @@ class Runtime:
         return f"Runtime({str(self.out)!r}: {self.kind} results from {self.choice.describe()})"
 
     # running ----------------------------------------------------------------------------------------
-    def iter_results(self, records: Iterable[Record], progress: Optional[Callable[[int], None]] = None) -> Iterator[list]:
-        """Results window by window, in input order (each window a list of results)."""
-        for results, _ in self._iter_kept(records, progress):
-            yield results
+    def iter_results(self, texts: Iterable) -> Iterator:
+        """The results of ``texts`` (what :meth:`run` takes, checked the same way) window by window, in their order,
+        as :meth:`run` gives them for that window (an embedder's a (k, dim) array, else a list): a generator of
+        millions of texts is read as the windows are, and its results are never all held at once."""
+        self._check_texts(texts, "Runtime.iter_results")
+        for results, _ in self._iter_kept(_records(texts, self.kind in ("choice", "rank"), self.kind == "rank")):
+            yield self._gathered(results)
 
     def _iter_kept(self, records: Iterable[Record], progress=None) -> Iterator[tuple[list, list]]:
         """(results, their records' kept values) window by window, in input order; counts the records that
@@ -935,14 +940,36 @@ class Runtime:
         """Results of ``texts`` (strings, or (text, pair) tuples; for a multiple-choice model (text, [choice, ...])
         or (text, stem, [choice, ...]) tuples) in their order: an (n, dim) float32 array for an embedder (int8 or
         uint8 at another ``embedding_precision``), else a list with one result per text (see the module docstring)."""
+        self._check_texts(texts, "Runtime.run")
+        results = [r for window, _ in self._iter_kept(_records(texts, self.kind in ("choice", "rank"),
+                                                               self.kind == "rank")) for r in window]
+        return self._gathered(results)
+
+    def _gathered(self, results: list):
+        """An embedder's results as one (n, dim) array (n may be 0), other results as the list they are."""
+        if self.kind == "embedding":
+            dim = self.engine.session.get_outputs()[0].shape[-1]
+            return np.stack(results) if results else \
+                np.zeros((0, self.precision.width(dim) if isinstance(dim, int) else 0), self.precision.dtype)
+        return results
+
+    @staticmethod
+    def _check_texts(texts, method: str) -> None:
+        """What :meth:`run` and :meth:`iter_results` refuse as a whole, before any text is read."""
         if isinstance(texts, str):
-            raise InputError("Runtime.run takes a list of texts; for one text pass [text]")
+            raise InputError(f"{method} takes a list of texts; for one text pass [text]")
         if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
-            raise InputError(f"Runtime.run takes a list (or any iterable) of texts, not {_kind_of(texts)}")
+            raise InputError(f"{method} takes a list (or any iterable) of texts, not {_kind_of(texts)}")
         from collections.abc import Mapping, Set
 
+        if type(texts).__module__.startswith("pyarrow") and hasattr(texts, "to_pylist"):   # its items are Scalars
+            raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
+                             f"whose items are pyarrow scalars: pass texts.to_pylist()")
+        if getattr(texts, "ndim", 1) > 1 and hasattr(texts, "dtype"):   # a 2-D numpy array of pairs: rows are arrays
+            raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not a {texts.ndim}-D "
+                             f"{_kind_of(texts)}: for pairs pass [tuple(row) for row in array]")
         if isinstance(texts, Mapping):   # iterating one gives its keys
-            raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
+            raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
                              f"whose keys it would read as the texts: pass list(texts.values()) for its values")
         if hasattr(texts, "columns") and not hasattr(texts, "dtype"):   # a pandas / polars DataFrame (a Series has
             # a dtype and no columns): iterating one gives its column names
@@ -950,18 +977,11 @@ class Runtime:
             how = f"its text column, df[{columns[0]!r}]" if columns else "its text column"
             if len(columns) > 1:
                 how += f", or for pairs df[[{columns[0]!r}, {columns[1]!r}]].itertuples(index=False)"
-            raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
+            raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
                              f"whose column names it would read as the texts: pass {how}")
         if isinstance(texts, Set):   # a set, frozenset, dict keys / items view
-            raise InputError(f"Runtime.run takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}: "
+            raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}: "
                              f"results come in the texts' order, which a set has not; pass a list")
-        results = [r for window in self.iter_results(_records(texts, self.kind in ("choice", "rank"),
-                                                              self.kind == "rank")) for r in window]
-        if self.kind == "embedding":
-            dim = self.engine.session.get_outputs()[0].shape[-1]
-            return np.stack(results) if results else \
-                np.zeros((0, self.precision.width(dim) if isinstance(dim, int) else 0), self.precision.dtype)
-        return results
 
     def _own_file(self, result_path) -> Optional[str]:
         """The name of the build's file that ``result_path`` is (through links and other spellings), or None: a

@@ -259,6 +259,66 @@ def test_texts_in_a_mapping_or_a_set_are_refused_naming_its_type(builds):
         assert np.array_equal(rt.run(given), ref)
 
 
+def test_iter_results_takes_what_run_takes_window_by_window(builds):
+    """A tester: the public iter_results took bertc's internal records only (texts: AttributeError 'str' object has
+    no attribute 'pair'). It takes texts, checked as run() checks them, and yields each window as run() gives it."""
+    emb = bertc.Runtime(builds["st_bert_mean_norm"], artifact="onnx", window=2, batch_size=2)
+    texts = ["the cat", "a dog", "the mat", "a bird", "the end"]
+    windows = list(emb.iter_results(t for t in texts))
+    assert [w.shape[0] for w in windows] == [2, 2, 1] and all(isinstance(w, np.ndarray) for w in windows)
+    assert np.array_equal(np.concatenate(windows), emb.run(texts))
+    cls = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx", window=4, batch_size=4)
+    assert [r for w in cls.iter_results(texts) for r in w] == cls.run(texts)
+    with pytest.raises(InputError, match=r"Runtime.iter_results takes a list of texts; for one text pass \[text\]"):
+        next(cls.iter_results("the cat"))
+    with pytest.raises(InputError, match="text 2: expected a string"):
+        list(cls.iter_results(["the cat", 5]))
+
+
+def test_arrays_whose_items_are_not_texts_are_refused_saying_what_to_pass(builds):
+    """A tester: a pyarrow array ('got StringScalar') and a 2-D numpy array of pairs ('got ndarray') were refused
+    without a word of what to pass instead."""
+    import pyarrow as pa
+
+    cls = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx", truncate=True)
+    for given in (pa.array(["a cat", "the dog"]), pa.chunked_array([["a cat"], ["the dog"]])):
+        with pytest.raises(InputError, match=r"whose items are pyarrow scalars: pass texts.to_pylist\(\)"):
+            cls.run(given)
+    assert cls.run(pa.array(["a cat", "the dog"]).to_pylist()) == cls.run(["a cat", "the dog"])
+    pairs = np.array([["a cat", "the dog"], ["a bird", "the mat"]])
+    with pytest.raises(InputError, match=r"not a 2-D ndarray: for pairs pass \[tuple\(row\) for row in array\]"):
+        cls.run(pairs)
+    assert cls.run([tuple(row) for row in pairs]) == cls.run([("a cat", "the dog"), ("a bird", "the mat")])
+    assert cls.run(np.array(["a cat", "the dog"])) == cls.run(["a cat", "the dog"])   # 1-D: texts
+
+
+def test_an_empty_path_is_refused_as_empty(builds, tmp_path, capsys, monkeypatch):
+    """A tester: bertc run '' (an unset "$OUT") was an internal error (exit 70), Runtime('') a bare ValueError; an
+    empty INPUT or RESULT was named "."; bertc build -o '' aimed at the working directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("a dog\n")
+    out = str(builds["bert_seq_cls"])
+    for argv, name in ((["run", "", "in.txt", "-o", "r.jsonl"], "'OUT'"), (["run", out, "", "-o", "r.jsonl"], "'INPUT'"),
+                       (["run", out, "in.txt", "-o", ""], "'-o' / '--output'"),
+                       (["build", "spec.json", "-o", ""], "'-o' / '--out'"), (["import", "", "-o", "s.json"], "'SOURCE'"),
+                       (["validate", ""], "'SPECS...'")):
+        assert main(argv) == EXIT_BAD_SPEC, argv
+        err = capsys.readouterr().err
+        assert f"Invalid value for {name}: the path is empty (an unset shell variable?)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+    with pytest.raises(InputError, match="the build directory's path is empty"):
+        bertc.Runtime("")
+
+
+def test_a_directory_at_result_is_named_as_one_not_told_to_force(builds, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("a dog\n")
+    (tmp_path / "r.jsonl").mkdir()
+    for force in ([], ["--force"]):
+        assert main(["run", str(builds["bert_seq_cls"]), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl"),
+                     "-q", *force]) == 5
+        assert capsys.readouterr().err == f"error: {tmp_path / 'r.jsonl'} is a directory; the result is a file\n"
+
+
 def test_a_missing_artifact_file_names_one_that_is_there(builds, tmp_path, capsys):
     """The artifact picked (or asked for) whose file is gone: exit 5, naming another artifact of the build whose
     file is there, as --artifact (before: only that the file was missing)."""
