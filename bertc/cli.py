@@ -160,7 +160,10 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
 
     status = _StatusLine(not quiet and stderr_is_terminal())
 
+    stop_if_signalled = lambda: None   # noqa: E731  (the signal handlers' check, once they are set)
+
     def hook(name, seconds, detail):
+        stop_if_signalled()   # a signal Python discarded in a __del__ during the stage
         status.clear()
         if not quiet:
             _err(f"  {_green('ok')}  {name:<16} {seconds:7.2f}s  {detail}")
@@ -175,7 +178,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
     placed = []   # the new build is in place at OUT (a signal after that moment interrupts a build that is written)
     opts.on_placed = lambda: placed.append(True)
     try:
-        with _sigterm_unwinds():
+        with _sigterm_unwinds() as stop_if_signalled:
             _import_quietly()
             with _native_log():   # TF / converter C++ chatter
                 try:
@@ -240,20 +243,42 @@ class _Terminated(BaseException):   # not an Exception: no handler on the way ma
 @contextlib.contextmanager
 def _sigterm_unwinds():
     """SIGTERM (``timeout``, ``kill``, a job scheduler) raises :class:`_Terminated`, so that the command unwinds as on
-    Ctrl-C; Python's default ends the process where it stands, leaving its temporary files behind."""
+    Ctrl-C; Python's default ends the process where it stands, leaving its temporary files behind.
+
+    A signal that lands while Python runs a ``__del__`` (TensorFlow collects its traced functions between a build's
+    stages) raises there, where Python discards what is raised: the build went on, wrote OUT and exited 0, with a
+    traceback printed. Such a discarded _Terminated or KeyboardInterrupt is kept instead (not printed), and the
+    function yielded raises it again: call it where the command may stop (a build's stage ends)."""
     import signal
     import threading
+
+    pending: list = []
+
+    def raise_pending() -> None:
+        if pending:
+            raise pending.pop()
 
     def terminated(signum, frame):
         raise _Terminated()
 
     if threading.current_thread() is not threading.main_thread():   # where signal handlers run, and are set
-        yield
+        yield raise_pending
         return
+    previous_hook = sys.unraisablehook
+
+    def unraisable(unraisable):
+        if isinstance(unraisable.exc_value, (_Terminated, KeyboardInterrupt)):
+            pending.append(unraisable.exc_value)
+        else:
+            previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGTERM, terminated)
+    sys.unraisablehook = unraisable
     try:
-        yield
+        yield raise_pending
+        raise_pending()
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 

@@ -301,3 +301,31 @@ def test_a_signal_after_the_command_ended_keeps_its_exit_status(tmp_path):
         proc.stderr.read()
         assert proc.wait(timeout=60) == 0, signame
         assert json.loads((out / "report.json").read_text())["status"] == "passed"
+
+
+@pytest.mark.parametrize("signame, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_python_discards_in_a_del_still_stops_the_build(tmp_spec, tmp_path, monkeypatch, capsys, sigterm_guard,
+                                                                signame, code, word):
+    """A tester: SIGTERM landing while TensorFlow ran a __del__ (a traced function collected between two stages) raised
+    there, where Python discards what is raised: a traceback, then the build went on, wrote OUT and exited 0."""
+    import signal
+
+    import bertc.export.keras_file as keras_file
+
+    save_keras = keras_file.save_keras
+
+    class Collected:
+        def __del__(self):
+            os.kill(os.getpid(), getattr(signal, signame))   # the handler's exception is raised in this __del__
+
+    def save_then_collect(*args, **kwargs):
+        entry = save_keras(*args, **kwargs)
+        Collected()   # made and collected at once
+        return entry
+
+    monkeypatch.setattr(keras_file, "save_keras", save_then_collect)
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "--no-export"]) == code
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"{word}; nothing was written" and "Traceback" not in err, err
+    assert _names(tmp_path) == ["spec.json"]
