@@ -799,7 +799,22 @@ def missing_library_line(exc: ModuleNotFoundError, argv: list) -> str | None:
     what = f"bertc {command}" if command else "bertc"
     extra = LIBRARIES[name]
     how = pip_install(extra) if extra else (pip_install_core() or f"pip install {name}")
-    return (f"error: {what} needs {name}, which is not installed in this environment ({sys.executable}): {how}. "
+    names = [name]
+    if not extra:   # every one of bertc's own missing here, not only the first imported (a run-only environment
+        import importlib.util   # lacks seven)
+
+        for other, its_extra in LIBRARIES.items():
+            if its_extra is not None or other in (name, "pydantic_core") or sys.modules.get(other) is not None:
+                continue   # an extra's, the one named, or imported already
+            try:
+                found = importlib.util.find_spec(other) is not None
+            except (ImportError, ValueError):   # ValueError: None in sys.modules, an import of it blocked
+                found = False
+            if not found:
+                names.append(other)
+    needs = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    which = "which is" if len(names) == 1 else "which are"
+    return (f"error: {what} needs {needs}, {which} not installed in this environment ({sys.executable}): {how}. "
             f"Running a build (bertc run, bertc.Runtime) needs only numpy, click, onnxruntime and tokenizers")
 
 

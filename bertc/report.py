@@ -347,7 +347,7 @@ def summary_text(report: dict) -> str:
         lines.append(f"fusion: {fusion_summary(report['fusion'])}")
     parity = report.get("parity")
     if parity:
-        lines.append("parity (max abs diff vs keras over the input grid):")
+        lines.append("parity (max abs diff vs keras, over the inputs its last line names):")
         for r in parity["results"]:
             lines.append(_parity_line(r))
         for backend, error in (parity.get("load_errors") or {}).items():
