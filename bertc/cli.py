@@ -74,8 +74,35 @@ class _StatusLine:
 
 def _import_quietly():
     """Import TensorFlow / Keras with their start-up chatter kept off the console."""
-    with native_stderr_to(import_log()):
+    with _interrupt_noted(), native_stderr_to(import_log()):
         import bertc.components  # noqa: F401
+
+
+@contextlib.contextmanager
+def _interrupt_noted():
+    """A Ctrl-C during the block is a KeyboardInterrupt after it, whatever the block made of it: an extension
+    module's import turns one into an ImportError ('import numpy failed' from ONNX Runtime's), which a caller that
+    tolerates a failed import went on from (a run went on to replace RESULT) or reported as a missing library."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:   # Ctrl-C handled otherwise here
+        yield
+        return
+    noted = []
+
+    def interrupted(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if noted:
+            raise KeyboardInterrupt
 
 
 def _load_plugins(ctx, param, plugins):
@@ -709,7 +736,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     require_libraries(input_path, input_format, result, result_format, ray=ray_address is not None)
     # ONNX Runtime's own warnings on the console (its telemetry's as its environment is made, where the cache folder
     # cannot be written, in colour): errors only, as its sessions'; the environment is made here, its words logged
-    with contextlib.suppress(Exception), _native_log():
+    with _interrupt_noted(), contextlib.suppress(Exception), _native_log():
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)

@@ -1,6 +1,7 @@
 """What the command line says: one ``error: ...`` line per error (usage errors too), the exit codes of the README's
 table, and the README's lists of options and names kept equal to the code's. Fast: no model is built."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -274,3 +275,28 @@ def test_a_missing_build_library_is_named_with_every_build_library_missing_here(
     line = missing_library_line(ModuleNotFoundError("No module named 'pyarrow'", name="pyarrow"), ["run"])
     assert "pip install 'pyarrow>=16'. " in line and "bertc[" not in line
     assert missing_library_line(ModuleNotFoundError("x", name="somethingelse"), ["build"]) is None
+
+
+def test_a_ctrl_c_that_an_import_turned_into_an_import_error_still_interrupts():
+    """A tester: Ctrl-C while bertc run imported ONNX Runtime surfaced as ImportError ('import numpy failed', from its
+    module's init), which the tolerant first import swallowed: the run went on (exit 0, RESULT replaced with --force)
+    or said onnxruntime was not installed. The block's Ctrl-C is a KeyboardInterrupt after it."""
+    import contextlib
+    import signal
+
+    from bertc.cli import _interrupt_noted
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's (pytest-xdist's workers ignore it)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _interrupt_noted(), contextlib.suppress(Exception):
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)   # its handler runs before the next line
+                    sum(range(1000))
+                except KeyboardInterrupt:
+                    raise ImportError("import numpy failed") from None
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with _interrupt_noted(), contextlib.suppress(Exception):   # no Ctrl-C: nothing raised
+            raise ImportError("really missing")
+    finally:
+        signal.signal(signal.SIGINT, previous)
