@@ -481,7 +481,12 @@ def plot_latency(result: dict, path: Path) -> Path:
     ax.legend(fontsize="small")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:   # a full disk: nothing half-written left in the build's folder
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path

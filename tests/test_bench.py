@@ -2,6 +2,7 @@
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,26 @@ def test_bench_chart(built):
     pytest.importorskip("matplotlib")
     assert main(["bench", str(built), *BENCH, "--backends", "onnx_cpu"]) == 0
     assert (built / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_chart_that_cannot_be_written_leaves_nothing_behind(built, monkeypatch, capfd):
+    """A tester: on a full disk the chart's temporary .bench.PID.png.partial.png stayed in OUT, and a later
+    bertc build --force refused OUT for holding it ('yours')."""
+    pytest.importorskip("matplotlib")
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full_disk(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    before = sorted(p.name for p in built.iterdir())
+    assert main(["bench", str(built), *BENCH, "--backends", "onnx_cpu"]) == 0
+    assert "no chart: cannot write" in capfd.readouterr().out
+    assert sorted(p.name for p in built.iterdir() if p.name != "bench.json") == \
+        sorted(n for n in before if n != "bench.json")
 
 
 def test_bench_bad_requests(built, tmp_path, capfd):

@@ -220,6 +220,8 @@ def test_force_never_replaces_a_folder_that_merely_holds_a_report_json(tmp_spec,
     # what bertc itself leaves (a killed bertc bench's chart) and a file manager's notes are no user's files
     (project / "report.json").write_text(json.dumps({"manifest": {"files": {"notes.txt": {}, ".git": {}}}}))
     (project / "bench.png.partial.png").write_bytes(b"")
+    (project / ".bench.3501.png.partial.png").write_bytes(b"")   # a tester: this one was called "yours"
+    (project / ".bench.3502.png").write_bytes(b"")
     (project / ".DS_Store").write_bytes(b"")
     (project / "scores.partial_eval.csv").write_text("mine")   # a user's name holding ".partial": theirs
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(project), "--force", "-q", "--no-export"]) == 5
