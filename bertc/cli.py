@@ -14,7 +14,7 @@ from typing import Optional
 import click
 
 from bertc.errors import (EXIT_BAD_SPEC, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY,
-                          EXIT_TERMINATED, BertcError)
+                          EXIT_OUTPUT, EXIT_TERMINATED, BertcError)
 from bertc.names import EXPORT_VARIANTS
 from bertc.quiet import import_log, native_stderr_to
 from bertc.plugins import plugin_error
@@ -944,6 +944,10 @@ def main(argv=None) -> int:
             _err(f"error: {exc.filename or 'a path given'}: the name is too long for the file system "
                  f"({exc.strerror or exc})")
             return EXIT_BAD_SPEC
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+            # a file or folder this user may not read (inside a build: a checksum, a timing): the place's, not a bug
+            _err(f"error: {exc.filename}: {exc.strerror or exc}")
+            return EXIT_OUTPUT
         if _traceback_wanted():
             traceback.print_exc()
         blamed = plugin_error(exc)   # raised by a plug-in's code: the plug-in's error (exit 2), not bertc's

@@ -162,10 +162,13 @@ def changed_since_build(out_dir: Path, report: dict) -> list[str]:
     changed = []
     for name, entry in ((report.get("manifest") or {}).get("files") or {}).items():
         path = Path(out_dir) / name
-        if not path.is_file():
-            changed.append(f"{name} (missing)")
-        elif path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-            changed.append(name)
+        try:
+            if not path.is_file():
+                changed.append(f"{name} (missing)")
+            elif path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+                changed.append(name)
+        except OSError as exc:   # one this user may not read: named, and the command goes on (its backend says more)
+            changed.append(f"{name} (cannot be read: {exc.strerror or exc})")
     return changed
 
 

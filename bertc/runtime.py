@@ -45,7 +45,11 @@ def read_build(out) -> tuple[dict, dict]:
     if not out.is_dir():
         raise InputError(f"{out}: no such build directory" if not out.exists() else f"{out}: not a directory")
     report_path = out / "report.json"
-    if not report_path.is_file():
+    try:
+        found = report_path.is_file()
+    except OSError as exc:   # a folder that may not be searched (Permission denied): a raw PermissionError before
+        raise InputError(f"{out}: cannot read the build directory: {exc.strerror or exc}") from None
+    if not found:
         from bertc.output import sibling_stem
 
         failed = out.with_name(f"{sibling_stem(out.name)}.failed")   # where a failed build of OUT left its report

@@ -151,3 +151,50 @@ def test_a_build_of_weights_in_a_non_ascii_folder_under_the_c_locale(tmp_path):
     assert run.stdout.split() == ["rc=0", "rc=0"], run.stdout + run.stderr[-2000:]
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["status"] == "passed"
     assert "ckpt é" in (out / "summary.txt").read_text(encoding="utf-8")
+
+
+def test_a_build_this_user_may_not_read_is_named_not_an_internal_error(builds, tmp_path, monkeypatch, capsys):
+    """A tester (root without CAP_DAC_OVERRIDE, so that modes apply): an artifact of the build that may not be read
+    was exit 70 in bertc parity and bertc bench (its checksum), a build folder that may not be searched exit 70 in
+    bertc run and a raw PermissionError from Runtime. Simulated here (root reads whatever the modes say)."""
+    import shutil
+
+    import bertc.manifest as manifest
+    from bertc.cli import main
+    from bertc.errors import EXIT_OUTPUT
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["st_bert_mean_norm"], out)
+    locked = out / "model.onnx"
+    real = manifest.sha256_file
+
+    def sha256_file(path, *args, **kwargs):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest, "sha256_file", sha256_file)
+    assert main(["parity", str(out)]) == 0   # named among the files that are not the build's; its backend judged
+    assert "internal error" not in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["parity"]["changed_since_build"] == [
+        "model.onnx (cannot be read: Permission denied)"]
+    monkeypatch.undo()
+    import bertc.rerun as rerun
+
+    def unreadable_spec(out_dir, *args, **kwargs):   # any other file of the build, wherever it is read
+        raise PermissionError(13, "Permission denied", str(Path(out_dir) / "spec.json"))
+
+    monkeypatch.setattr(rerun, "rerun_parity", unreadable_spec)
+    assert main(["parity", str(out)]) == EXIT_OUTPUT
+    assert capsys.readouterr().err == f"error: {out / 'spec.json'}: Permission denied\n"
+    monkeypatch.undo()
+    is_file = Path.is_file
+
+    def unsearchable(self):
+        if self.parent == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", unsearchable)
+    with pytest.raises(InputError, match=f"{out}: cannot read the build directory: Permission denied"):
+        bertc.Runtime(out)
