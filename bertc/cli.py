@@ -310,6 +310,19 @@ def _sigterm_unwinds():
 
 
 @contextlib.contextmanager
+def _stops_cleanly():
+    """SIGTERM unwinds the block as Ctrl-C does (its files' temporary copies removed, what it replaces all or none)
+    and ends the command with 143: bertc parity and bench were ended where they stood, between the renames of
+    report.json and summary.txt (one new, the other old) or with a temporary file left in OUT."""
+    try:
+        with _sigterm_unwinds():
+            yield
+    except _Terminated:
+        _err("terminated; nothing was written")
+        raise SystemExit(EXIT_TERMINATED) from None
+
+
+@contextlib.contextmanager
 def _native_log():
     """The native libraries' stderr (TensorFlow, the converters, ONNX Runtime) into a log of this process, deleted
     afterwards; kept, and named, only when an unexpected error ends the command (``BERTC_DEBUG=1``: not redirected).
@@ -531,8 +544,8 @@ def parity(out, atol, rtol, text, calibration, as_json):
     _import_quietly()
     from bertc.rerun import rerun_parity
 
-    with _native_log():   # TFLite's "Created TensorFlow Lite XNNPACK delegate" line and the like, as a build's
-        section = rerun_parity(out, atol, rtol, text, calibration)
+    with _stops_cleanly(), _native_log():   # TFLite's "Created TensorFlow Lite XNNPACK delegate" line and the like,
+        section = rerun_parity(out, atol, rtol, text, calibration)   # as a build's
     if as_json:
         from bertc.report import report_json
 
@@ -593,7 +606,7 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                         plot=not no_plot, text=text)
     argv = (click.get_current_context().obj or {}).get("argv")
     command = "bertc " + shlex.join(argv) if argv is not None else ""
-    with _native_log(), warnings.catch_warnings():   # runtimes' C++ chatter
+    with _stops_cleanly(), _native_log(), warnings.catch_warnings():   # runtimes' C++ chatter
         warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
         result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
     text = table(result)

@@ -365,7 +365,7 @@ def failed_slot(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _signals_ignored():
+def signals_ignored():
     """SIGINT and SIGTERM ignored while a finished build is put in place (renames, then the removal of what it
     replaced: a moment): Ctrl-C, or SIGTERM unwinding as Ctrl-C does, between the swap's two renames would leave no
     OUT. The build ends right after and says how it went (a signal a moment later would have found it ended)."""
@@ -455,7 +455,7 @@ class StagedOutput:
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
-                with _signals_ignored():
+                with signals_ignored():
                     try:
                         self._swap_in()
                         self.on_placed()
@@ -470,7 +470,7 @@ class StagedOutput:
                     and not isinstance(exc, OutputError) and filesystem_error(exc) is None:
                 # a failed build (not Ctrl-C, nor SIGTERM's unwinding: those keep nothing; nor a build that could not
                 # write its files, a full disk: what it wrote is incomplete)
-                with _signals_ignored():
+                with signals_ignored():
                     self._keep_failed(exc)
             elif self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)

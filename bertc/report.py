@@ -76,8 +76,11 @@ def write_texts_atomic(texts: dict) -> None:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
             written.append((tmp, path))
             _write_new(tmp, text)
-        for tmp, path in written:
-            os.replace(tmp, path)
+        from bertc.output import signals_ignored
+
+        with signals_ignored():   # Ctrl-C or SIGTERM between two renames: one file new, the other old
+            for tmp, path in written:
+                os.replace(tmp, path)
     except BaseException:
         for tmp, _ in written:
             try:

@@ -198,3 +198,51 @@ def test_a_build_this_user_may_not_read_is_named_not_an_internal_error(builds, t
     monkeypatch.setattr(Path, "is_file", unsearchable)
     with pytest.raises(InputError, match=f"{out}: cannot read the build directory: Permission denied"):
         bertc.Runtime(out)
+
+
+def test_sigterm_in_bertc_parity_leaves_report_and_summary_both_new_or_both_old(builds, tmp_path, monkeypatch, capsys):
+    """A tester: bertc parity had no SIGTERM handler, so one between the renames of report.json and summary.txt left
+    the new verdict beside the old summary and summary.txt.PID.partial in OUT. The renames ignore signals now, and a
+    SIGTERM before them unwinds: exit 143, nothing written."""
+    import shutil
+    import signal
+
+    import bertc.rerun as rerun
+    from bertc.cli import main
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["st_bert_mean_norm"], out)
+    before = {name: (out / name).read_text() for name in ("report.json", "summary.txt")}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if str(src).endswith(".partial"):
+            os.kill(os.getpid(), signal.SIGTERM)   # between the two renames
+
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM reached no handler of bertc's")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        monkeypatch.setattr(os, "replace", replace)
+        assert main(["parity", str(out), "--atol", "0.5"]) == 0   # the signal came while signals were ignored
+        monkeypatch.undo()
+        report = json.loads((out / "report.json").read_text())
+        assert report["parity"]["tolerance_override"]["atol"] == 0.5 and "0.5" in (out / "summary.txt").read_text()
+        assert not [p.name for p in out.iterdir() if "partial" in p.name]
+        shutil.rmtree(out)
+        shutil.copytree(builds["st_bert_mean_norm"], out)
+        run_parity = rerun.run_parity
+
+        def terminated_midway(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return run_parity(*args, **kwargs)
+
+        monkeypatch.setattr(rerun, "run_parity", terminated_midway)
+        assert main(["parity", str(out), "--atol", "0.5"]) == 143
+        assert capsys.readouterr().err.splitlines()[-1] == "terminated; nothing was written"
+        assert {name: (out / name).read_text() for name in before} == before
+        assert not [p.name for p in out.iterdir() if "partial" in p.name]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
