@@ -30,8 +30,8 @@ code  name                         meaning
 141   ``EXIT_BROKEN_PIPE``         ``bertc run ... -o -``: standard output's reader went away
                                    (``| head``; 128 + SIGPIPE, as Unix tools exit)
 143   ``EXIT_TERMINATED``          ``bertc run`` ended by SIGTERM (``timeout``, ``kill``, a
-                                   scheduler), or ``bertc build``: terminated; nothing was
-                                   written (128 + SIGTERM)
+                                   scheduler), or ``bertc build`` / ``parity`` / ``bench``:
+                                   terminated; nothing was written (128 + SIGTERM)
 ====  ===========================  ==========================================================
 
 ``NotLowerable`` (an ONNX lowering that cannot express a component) never reaches the CLI: the optimize
@@ -51,7 +51,7 @@ EXIT_MISSING_LIBRARY = 7   # a library the command needs is not installed
 EXIT_INTERNAL = 70         # an unexpected exception: a bug in bertc (sysexits' EX_SOFTWARE)
 EXIT_INTERRUPTED = 130     # Ctrl-C
 EXIT_BROKEN_PIPE = 141     # the reader of standard output went away (128 + SIGPIPE)
-EXIT_TERMINATED = 143      # SIGTERM ended bertc run / build: nothing was written (128 + SIGTERM)
+EXIT_TERMINATED = 143      # SIGTERM ended bertc run / build / parity / bench: nothing was written
 
 
 # Errors of the place a command writes to, not of bertc nor of its input: a full disk or quota, a file too large for it,
