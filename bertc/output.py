@@ -302,7 +302,9 @@ def not_a_build(out: Path) -> Optional[str]:
         files = report["manifest"]["files"]
         if not isinstance(files, dict):
             raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError as exc:   # not "not a build": one whose report this user may not read (Permission denied)
+        return f"has a report.json that cannot be read ({exc.strerror or exc}), so it is not known to be a build"
+    except (ValueError, KeyError, TypeError):
         return "is not a bertc build (its report.json is not a bertc build's report with a file manifest)"
     ours = build_entries(files)
     other = sorted(e for e in entries if e not in ours and not e.startswith((_HOLD, _PART)) and not _temporary(e)

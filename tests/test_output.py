@@ -235,3 +235,14 @@ def test_force_never_replaces_a_folder_that_merely_holds_a_report_json(tmp_spec,
     (users / "report.json").write_text("{}")
     exc = _fail_into(tmp_path / "results")
     assert exc.kept_in == tmp_path / "results.failed-2" and (users / "data.csv").read_text() == "a,b"
+
+
+def test_a_report_json_that_cannot_be_read_is_not_called_no_build(tmp_path):
+    """A tester: OUT whose report.json this user may not read was refused as 'not a bertc build (its report.json is
+    not a bertc build's report ...)'; the report was fine, only unreadable. (A folder at report.json here: root reads
+    whatever the modes say.)"""
+    from bertc.output import not_a_build
+
+    (tmp_path / "report.json").mkdir()
+    assert not_a_build(tmp_path) == ("has a report.json that cannot be read (Is a directory), so it is not known to "
+                                     "be a build")
