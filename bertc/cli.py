@@ -180,6 +180,8 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
     The int8 tuning keeps its choices and its int8 timings per host in ~/.cache/bertc
     ($BERTC_CACHE_DIR or $XDG_CACHE_HOME/bertc; BERTC_CACHE_DIR=off keeps none): a build of the
     same graph, weights and calibration text replays them and measures the result once."""
+    if as_json:
+        _needs_stdout("--json's report")
     from bertc.pipeline import BuildOptions
     from bertc.pipeline import build as run_build
 
@@ -307,6 +309,16 @@ def _sigterm_unwinds():
     finally:
         sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _needs_stdout(what: str) -> None:
+    """Refuse, before any work, a command whose output is what it prints when standard output is closed (started
+    with ``>&-``: Click's echo then writes nowhere, and the command exited 0 having printed nothing)."""
+    if sys.stdout is None:
+        from bertc.errors import OutputError
+
+        raise OutputError(f"{what} is printed to standard output, which is closed (bertc was started without one); "
+                          f"give it one (a pipe, > FILE)")
 
 
 @contextlib.contextmanager
@@ -469,6 +481,8 @@ def _weights_problem(spec, path) -> Optional[str]:
 @click.option("--force", is_flag=True, help="Replace an existing -o file.")
 def schema(output, force):
     """Print the JSON Schema of the spec language."""
+    if not output or str(output) == "-":
+        _needs_stdout("the schema")
     _import_quietly()
     from bertc.spec import json_schema
 
@@ -495,6 +509,7 @@ def schema(output, force):
 def list_components():
     """List the registered components, by kind (and how each one reaches the optimized ONNX artifact,
     when not through an ONNX lowering of its own)."""
+    _needs_stdout("the list")
     _import_quietly()
     from bertc.optimize.lower import own_lowering, portable_lowering
     from bertc.registry import ALL
@@ -515,6 +530,7 @@ def list_components():
               help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
 def inspect(spec, plot):
     """Print the built graph: layers, output shapes, parameters, shared layers."""
+    _needs_stdout("the graph")
     _import_quietly()
     from bertc.inspect import graph_table, plot_graph
 
@@ -541,6 +557,8 @@ def inspect(spec, plot):
 @click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
 def parity(out, atol, rtol, text, calibration, as_json):
     """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
+    if as_json:
+        _needs_stdout("--json's parity section")
     _import_quietly()
     from bertc.rerun import rerun_parity
 
@@ -597,6 +615,8 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     import shlex
     import warnings
 
+    if as_json:
+        _needs_stdout("--json's figures")
     _import_quietly()
     from bertc.bench import BenchOptions, run_bench, table
 

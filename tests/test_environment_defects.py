@@ -30,6 +30,19 @@ def test_a_command_started_with_standard_error_closed_runs():
     assert run.stdout.count("rc=0") == 2 and "embedding:" in run.stdout, run.stdout
 
 
+def test_a_command_whose_output_is_printed_refuses_a_closed_standard_output(tmp_path):
+    """A tester: bertc schema / list / build --json with standard output closed (>&-) exited 0 having printed nothing;
+    bertc run -o - says so (exit 5). They refuse before any work now; a command printing only notes still runs."""
+    run = _shell(f"$BERTC list >&-; echo rc=$? >&2; $BERTC schema >&-; echo rc=$? >&2; "
+                 f"$BERTC build {ROOT / 'specs' / 'classifier.json'} -o {tmp_path / 'never'} --json >&-; echo rc=$? >&2; "
+                 f"$BERTC validate {ROOT / 'specs' / 'classifier.json'} >&-; echo rc=$? >&2")
+    assert [line for line in run.stderr.splitlines() if line.startswith("rc=")] == ["rc=5", "rc=5", "rc=5", "rc=0"], \
+        run.stderr
+    for what in ("the list", "the schema", "--json's report"):
+        assert f"error: {what} is printed to standard output, which is closed" in run.stderr
+    assert not (tmp_path / "never").exists()
+
+
 def test_standard_outputs_reader_gone_is_exit_141_in_every_command():
     """``bertc list | true`` exited 1 (Click's own handling of EPIPE), which the exit-code table gives to failed
     checks; ``bertc run -o - | head`` exits 141 (128 + SIGPIPE), as Unix tools do: every command now does."""
