@@ -342,6 +342,7 @@ def _native_log():
     import tempfile
 
     log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"
+    _remove_dead_empty_logs(log.parent)
     keep = False   # an empty log, or one after a clean end, an exit or Ctrl-C, is never left behind
     try:
         with native_stderr_to(log if os.environ.get("BERTC_DEBUG") != "1" else None):
@@ -356,6 +357,30 @@ def _native_log():
     finally:
         if not keep:
             log.unlink(missing_ok=True)
+
+
+def _remove_dead_empty_logs(folder: Path) -> None:
+    """The empty native logs of killed bertc processes (SIGKILL: no ``finally`` ran), one per kill, never removed:
+    a log with something in it was kept on purpose (named on the console), and a live process's is its own."""
+    import re
+
+    try:
+        logs = list(folder.glob("bertc-native-*.log"))
+    except OSError:
+        return
+    for log in logs:
+        found = re.fullmatch(r"bertc-native-(\d+)\.log", log.name)
+        if found is None or int(found[1]) == os.getpid():
+            continue
+        try:
+            if log.stat().st_size:
+                continue
+            os.kill(int(found[1]), 0)   # alive (or another user's: PermissionError): left alone
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                log.unlink()
+        except (OSError, OverflowError):
+            continue
 
 
 def _variants(text):

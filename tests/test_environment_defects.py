@@ -259,3 +259,28 @@ def test_sigterm_in_bertc_parity_leaves_report_and_summary_both_new_or_both_old(
         assert not [p.name for p in out.iterdir() if "partial" in p.name]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_empty_native_logs_of_killed_commands_are_removed(tmp_path, monkeypatch):
+    """A tester: every SIGKILLed build or run left an empty $TMPDIR/bertc-native-PID.log that nothing removed. The
+    next command removes the empty ones of dead processes; a live process's, and one with content (kept on purpose,
+    named when it was kept), stay."""
+    import tempfile
+
+    from bertc.cli import _native_log
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f"bertc-native-{dead_pid}.log").write_text("")
+    (tmp_path / f"bertc-native-{dead_pid + 1}0.log").write_text("kept: an internal error's output")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f"bertc-native-{live.pid}.log").write_text("")
+        with _native_log():
+            pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [f"bertc-native-{dead_pid + 1}0.log", f"bertc-native-{live.pid}.log"])
+    finally:
+        live.kill()
+        live.wait()
