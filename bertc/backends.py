@@ -75,8 +75,10 @@ def backend_name(artifact_id: str, provider: Optional[str] = None) -> str:
 
 
 def onnx_providers() -> list[str]:
+    from bertc.requirements import import_onnxruntime
+
     try:
-        import onnxruntime as ort
+        ort = import_onnxruntime()   # a Ctrl-C during its import: KeyboardInterrupt, not "not installed"
     except ImportError:
         return []
     return list(ort.get_available_providers())

@@ -9,7 +9,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import click
 
@@ -78,31 +78,46 @@ def _import_quietly():
         import bertc.components  # noqa: F401
 
 
+_SIGINTS: list = []   # the Ctrl-Cs this process's noting handler saw (:func:`_sigint_noted`)
+
+
+def _noting_handler(signum, frame):
+    _SIGINTS.append(signum)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_noted():
+    """Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is counted in :data:`_SIGINTS`: what an
+    extension makes of it on its way (ONNX Runtime's module init: ImportError 'initialization failed', swallowed
+    by a caller that tolerates a failed import) is then still known to be a Ctrl-C. Only where Python's own handler
+    is set, in the main thread (an ignored SIGINT stays ignored; a host's handler is the host's)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _noting_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.contextmanager
 def _interrupt_noted():
     """A Ctrl-C during the block is a KeyboardInterrupt after it, whatever the block made of it: an extension
     module's import turns one into an ImportError ('import numpy failed' from ONNX Runtime's), which a caller that
     tolerates a failed import went on from (a run went on to replace RESULT) or reported as a missing library."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:   # Ctrl-C handled otherwise here
-        yield
-        return
-    noted = []
-
-    def interrupted(signum, frame):
-        noted.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupted)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if noted:
-            raise KeyboardInterrupt
+    before = len(_SIGINTS)
+    with _sigint_noted():
+        try:
+            yield
+        finally:
+            if len(_SIGINTS) > before:
+                raise KeyboardInterrupt
 
 
 def _load_plugins(ctx, param, plugins):
@@ -947,6 +962,12 @@ _LIBRARIES = r"(keras|tensorflow|tf_keras|tf2onnx|onnx|onnxruntime|tflite|ai_edg
 
 def main(argv=None) -> int:
     """Run the CLI; the exit codes are those of :mod:`bertc.errors` (its docstring has the table)."""
+    before = len(_SIGINTS)
+    with _sigint_noted():
+        return _main(argv, lambda: len(_SIGINTS) > before)
+
+
+def _main(argv, interrupted: Callable[[], bool]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if sys.stderr is None:   # started with 2>&-: print(file=sys.stderr) would write to standard output (--json's)
         sys.stderr = open(os.devnull, "w")
@@ -988,7 +1009,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; nothing was written")
         return EXIT_INTERRUPTED
-    except ModuleNotFoundError as exc:
+    except Exception as exc:
+        return _failed(exc, argv, interrupted())
+
+
+def _failed(exc: Exception, argv: list, interrupted: bool) -> int:
+    """The exit status (and its line) of a command ended by an exception no other handler of :func:`main` took."""
+    if interrupted:   # what a Ctrl-C became on its way (an extension's import makes it an ImportError)
+        _err("interrupted; nothing was written")
+        return EXIT_INTERRUPTED
+    if isinstance(exc, ModuleNotFoundError):
         line = missing_library_line(exc, argv)
         if line is None:
             if _traceback_wanted():
@@ -997,23 +1027,25 @@ def main(argv=None) -> int:
             return EXIT_INTERNAL
         _err(line)
         return EXIT_MISSING_LIBRARY
-    except Exception as exc:  # a bug in bertc: say so in one line, the traceback on request
-        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:   # a path given: checking it raises
-            _err(f"error: {exc.filename or 'a path given'}: the name is too long for the file system "
-                 f"({exc.strerror or exc})")
-            return EXIT_BAD_SPEC
-        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
-            # a file or folder this user may not read (inside a build: a checksum, a timing): the place's, not a bug
-            _err(f"error: {exc.filename}: {exc.strerror or exc}")
-            return EXIT_OUTPUT
-        if _traceback_wanted():
-            traceback.print_exc()
-        blamed = plugin_error(exc)   # raised by a plug-in's code: the plug-in's error (exit 2), not bertc's
-        if blamed is not None:
-            _err(f"error: {blamed}")
-            return blamed.exit_code
-        _err(internal_error_line(exc))
-        return EXIT_INTERNAL
+    # a bug in bertc: say so in one line, the traceback on request
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:   # a path given: checking it raises
+        _err(f"error: {exc.filename or 'a path given'}: the name is too long for the file system "
+             f"({exc.strerror or exc})")
+        return EXIT_BAD_SPEC
+    if _traceback_wanted():
+        traceback.print_exc()
+    if isinstance(exc, OSError) and (exc.errno in (errno.EACCES, errno.EPERM) and exc.filename or
+                                     exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)):
+        # a file or folder this user may not read (inside a build: a checksum, a timing), or standard output on a
+        # full disk (bertc schema > FILE): the place's, not a bug
+        _err(f"error: {exc.filename or 'standard output'}: {exc.strerror or exc}")
+        return EXIT_OUTPUT
+    blamed = plugin_error(exc)   # raised by a plug-in's code: the plug-in's error (exit 2), not bertc's
+    if blamed is not None:
+        _err(f"error: {blamed}")
+        return blamed.exit_code
+    _err(internal_error_line(exc))
+    return EXIT_INTERNAL
 
 
 def entry() -> None:

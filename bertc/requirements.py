@@ -15,6 +15,25 @@ DECLARED = {"cpu": ["onnxruntime>=1.21,<2"], "gpu": ["onnxruntime-gpu>=1.21,<2"]
             "plot": ["pydot>=2", "matplotlib>=3.7"]}
 
 
+def import_onnxruntime():
+    """``onnxruntime``, imported. A Ctrl-C during its first import comes out of its extension's init as an
+    ImportError ('initialization failed', 'import numpy failed'), which a caller that tolerates a missing ONNX
+    Runtime (no ONNX backends) went on from: the command ran on, reporting every ONNX backend skipped. Such an
+    ImportError is told apart from a missing or broken install by importing again: when that succeeds, the first
+    was the Ctrl-C's, raised as KeyboardInterrupt."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError:
+        raise
+    except ImportError as first:
+        try:
+            import onnxruntime  # noqa: F811
+        except ImportError:
+            raise first from None
+        raise KeyboardInterrupt from None
+    return onnxruntime
+
+
 @functools.lru_cache(maxsize=1)
 def _installed_extras() -> dict:
     """{extra: [requirement, ...]} of the installed bertc's metadata ({} without it)."""

@@ -300,3 +300,59 @@ def test_a_ctrl_c_that_an_import_turned_into_an_import_error_still_interrupts():
             raise ImportError("really missing")
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_an_import_error_that_a_ctrl_c_made_is_told_from_a_missing_onnxruntime(monkeypatch):
+    """A reviewer: a Ctrl-C 10-50 ms into ONNX Runtime's import is an ImportError ('initialization failed'), which
+    backends.onnx_providers() took for 'not installed': bertc parity and build --no-optimize ran on and passed with
+    every ONNX backend skipped. An import that fails once and then succeeds was the Ctrl-C's."""
+    import builtins
+
+    from bertc.backends import onnx_providers
+    from bertc.requirements import import_onnxruntime
+
+    real_import = builtins.__import__
+    failures = []
+
+    def flaky(name, *args, **kwargs):
+        if name == "onnxruntime" and failures:
+            raise failures.pop(0)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", flaky)
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    failures[:] = [ImportError("initialization failed")]   # the Ctrl-C's, then a good import
+    with pytest.raises(KeyboardInterrupt):
+        onnx_providers()
+    failures[:] = [ImportError("broken install"), ImportError("broken install")]   # fails every time: not there
+    assert onnx_providers() == []
+    failures[:] = [ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")]
+    with pytest.raises(ModuleNotFoundError):
+        import_onnxruntime()
+    assert import_onnxruntime().__name__ == "onnxruntime"
+
+
+def test_a_command_ended_by_what_a_ctrl_c_became_is_interrupted(monkeypatch, capsys):
+    """Whatever a noted Ctrl-C became on its way out (an ImportError from an extension's init), the command ends
+    as interrupted (130), not as a missing library or an internal error."""
+    import signal
+
+    import bertc.cli as cli
+
+    def list_then_ctrl_c(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(cli, "_import_quietly", list_then_ctrl_c)
+        assert cli.main(["list"]) == 130
+        assert capsys.readouterr().err == "interrupted; nothing was written\n"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        monkeypatch.undo()
+        assert cli.main(["list"]) == 0   # and no Ctrl-C: as before
+    finally:
+        signal.signal(signal.SIGINT, previous)
