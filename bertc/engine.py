@@ -103,7 +103,8 @@ DEFAULT_HYPOTHESIS = "This example is {}."   # transformers' zero-shot-classific
 # sentence-transformers' similarity functions (``similarity_fn_name``), pairwise, on float64 vectors
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine in [-1, 1]: a text with itself gave 1.0000000000000002 (rounding of the two norms)."""
-    return min(1.0, max(-1.0, float(a @ b / max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(b), 1e-12))))
+    return float(np.clip(a @ b / max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(b), 1e-12), -1.0, 1.0))  # NaN
+    # stays NaN (max(-1.0, nan) was -1.0: "most dissimilar")
 
 
 SIMILARITIES = {"cosine": _cosine,

@@ -52,8 +52,10 @@ def read_build(out) -> tuple[dict, dict]:
     if not found:
         from bertc.output import sibling_stem
 
-        failed = out.with_name(f"{sibling_stem(out.name)}.failed")   # where a failed build of OUT left its report
-        hint = f" (a failed build's report is in {failed}/)" if failed.is_dir() else ""
+        named = out.resolve()   # "." or "/" has no name of its own: the working directory's, or none
+        failed = named.with_name(f"{sibling_stem(named.name)}.failed") if named.name else None   # where a failed
+        hint = f" (a failed build's report is in {failed}/)" if failed is not None and failed.is_dir() else ""   # build
+        # of OUT left its report
         raise InputError(f"{out}: not a bertc build directory (no report.json; make one with bertc build){hint}")
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
@@ -914,13 +916,14 @@ class Runtime:
         return f"Runtime({str(self.out)!r}: {self.kind} results from {self.choice.describe()})"
 
     # running ----------------------------------------------------------------------------------------
-    def iter_results(self, texts: Iterable) -> Iterator:
-        """The results of ``texts`` (what :meth:`run` takes, checked the same way) window by window, in their order,
-        as :meth:`run` gives them for that window (an embedder's a (k, dim) array, else a list): a generator of
-        millions of texts is read as the windows are, and its results are never all held at once."""
+    def iter_results(self, texts: Iterable, progress: Optional[Callable[[int], None]] = None) -> Iterator:
+        """The results of ``texts`` (what :meth:`run` takes, checked the same way, at once) window by window, in
+        their order, as :meth:`run` gives them for that window (an embedder's a (k, dim) array, else a list): a
+        generator of millions of texts is read as the windows are, and its results are never all held at once.
+        ``progress`` hears how many results each window gave."""
         self._check_texts(texts, "Runtime.iter_results")
-        for results, _ in self._iter_kept(_records(texts, self.kind in ("choice", "rank"), self.kind == "rank")):
-            yield self._gathered(results)
+        records = _records(texts, self.kind in ("choice", "rank"), self.kind == "rank")
+        return (self._gathered(results) for results, _ in self._iter_kept(records, progress))
 
     def _iter_kept(self, records: Iterable[Record], progress=None) -> Iterator[tuple[list, list]]:
         """(results, their records' kept values) window by window, in input order; counts the records that
@@ -962,8 +965,10 @@ class Runtime:
         """What :meth:`run` and :meth:`iter_results` refuse as a whole, before any text is read."""
         if isinstance(texts, str):
             raise InputError(f"{method} takes a list of texts; for one text pass [text]")
-        if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
-            raise InputError(f"{method} takes a list (or any iterable) of texts, not {_kind_of(texts)}")
+        if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__") or getattr(texts, "ndim", 1) == 0:
+            raise InputError(f"{method} takes a list (or any iterable) of texts, not {_kind_of(texts)}"
+                             + (" of no dimension (one value): pass [str(value)]" if getattr(texts, "ndim", 1) == 0
+                                else ""))
         from collections.abc import Mapping, Set
 
         if type(texts).__module__.startswith("pyarrow") and hasattr(texts, "to_pylist"):   # its items are Scalars

@@ -1454,6 +1454,7 @@ def test_a_sentence_embedder_scores_pairs_by_its_similarity_function(builds, tmp
     from bertc.engine import SIMILARITIES
     v = np.array([-0.544, -0.316, 0.412, 1.043, -0.129, 1.366, -0.665, 0.352])
     assert SIMILARITIES["cosine"](v, v) == 1.0 and SIMILARITIES["cosine"](v, -v) == -1.0   # not 1.0000000000000002
+    assert np.isnan(SIMILARITIES["cosine"](v * np.nan, v))   # not clipped to -1.0, "most dissimilar"
     paths = write_inputs(tmp_path / "in", [p[0] for p in pairs], [p[1] for p in pairs])
     for name, expected in functions.items():   # the model's similarity_fn_name, in the build's bundled config
         copy = tmp_path / f"out_{name}"

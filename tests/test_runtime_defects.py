@@ -270,7 +270,11 @@ def test_iter_results_takes_what_run_takes_window_by_window(builds):
     cls = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx", window=4, batch_size=4)
     assert [r for w in cls.iter_results(texts) for r in w] == cls.run(texts)
     with pytest.raises(InputError, match=r"Runtime.iter_results takes a list of texts; for one text pass \[text\]"):
-        next(cls.iter_results("the cat"))
+        cls.iter_results("the cat")   # at the call, not at the first next()
+    seen = []
+    assert sum(len(w) for w in cls.iter_results(texts, progress=seen.append)) == 5 and seen == [4, 1]
+    with pytest.raises(InputError, match=r"not ndarray of no dimension \(one value\): pass \[str\(value\)\]"):
+        cls.run(np.array("the cat"))
     with pytest.raises(InputError, match="text 2: expected a string"):
         list(cls.iter_results(["the cat", 5]))
 
@@ -308,6 +312,12 @@ def test_an_empty_path_is_refused_as_empty(builds, tmp_path, capsys, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
     with pytest.raises(InputError, match="the build directory's path is empty"):
         bertc.Runtime("")
+    # "." and "/" are no build either: named as such (a ValueError from the failed-build lookup, exit 70, before)
+    for path in (".", "/"):
+        with pytest.raises(InputError, match=rf"^{re.escape(path)}: not a bertc build directory \(no report.json"):
+            bertc.Runtime(path)
+        assert main(["run", path, "in.txt", "-o", "r.jsonl"]) == EXIT_BAD_SPEC
+    capsys.readouterr()
 
 
 def test_a_directory_at_result_is_named_as_one_not_told_to_force(builds, tmp_path, capsys):
