@@ -155,6 +155,8 @@ class SafetensorsCheckpoint(Checkpoint):
         self._files: dict[str, Path] = {}
         self._handles = {}
         self._dtypes: dict[str, str] = {}
+        found: dict[str, list[Path]] = {}
+        shapes_in, dtypes_in = {}, {}
         for path in files:
             regular_file(path, "weights")
             try:
@@ -162,7 +164,7 @@ class SafetensorsCheckpoint(Checkpoint):
                 keys = list(handle.keys())
                 slices = {k: handle.get_slice(k) for k in keys}
                 shapes = {k: tuple(int(d) for d in part.get_shape()) for k, part in slices.items()}
-                self._dtypes.update({k: str(part.get_dtype()) for k, part in slices.items()})
+                dtypes = {k: str(part.get_dtype()) for k, part in slices.items()}
             except FileNotFoundError:
                 raise WeightsError(f"{path}: file not found (named by {location})") from None
             except Exception as exc:  # safetensors_rust.SafetensorError and friends: truncated, not safetensors
@@ -173,9 +175,12 @@ class SafetensorsCheckpoint(Checkpoint):
                                    f"the file may be truncated or incompletely downloaded") from None
             self._handles[path] = handle
             for k in keys:
-                if _shard_holds(k, path, self._files.get(k), location, weight_map):
-                    self._files[k] = path
-                    self._shapes[k] = shapes[k]
+                found.setdefault(k, []).append(path)
+                shapes_in[(k, path)] = shapes[k]
+            dtypes_in.update({(k, path): dtype for k, dtype in dtypes.items()})
+        self._files = _one_shard_each(found, location, weight_map)
+        self._shapes = {k: shapes_in[(k, path)] for k, path in self._files.items()}
+        self._dtypes = {k: dtypes_in[(k, path)] for k, path in self._files.items()}
 
     def _read(self, name):
         handle = self._handles[self._files[name]]
@@ -206,21 +211,24 @@ def _bf16_tensor(path: Path, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
-def _shard_holds(name: str, path: Path, earlier: Path | None, index: Path, weight_map: dict | None) -> bool:
-    """Whether shard ``path``'s copy of tensor ``name`` is the one read, ``earlier`` being the shard whose copy was
-    taken so far (None: none). A tensor in two shards is read from the one the index's ``weight_map`` names for it;
-    where it names neither, which copy is meant is unknown: refused, naming both (never the last shard read)."""
-    if earlier is None or weight_map is None:
-        return True
-    mapped = weight_map.get(name)
-    mapped = index.parent / mapped if isinstance(mapped, str) else None
-    if mapped == path:
-        return True
-    if mapped == earlier:
-        return False
-    raise WeightsError(f"{index}: tensor {name!r} is in two shards, {earlier.name} and {path.name}, and the index's "
-                       f"weight_map names {'neither' if mapped is None else mapped.name} for it: which copy is meant "
-                       f"is unknown (a shard from another save of the model?)")
+def _one_shard_each(found: dict, index: Path, weight_map: Optional[dict]) -> dict:
+    """{tensor name: the shard file it is read from}, from ``found`` ({name: [every shard holding it]}). A tensor in
+    several shards is read from the one the index's ``weight_map`` names for it; where it names none of them, which
+    copy is meant is unknown: refused, naming them (never the last shard read)."""
+    chosen = {}
+    for name, paths in found.items():
+        if len(paths) == 1 or weight_map is None:
+            chosen[name] = paths[-1]
+            continue
+        mapped = weight_map.get(name)
+        mapped = index.parent / mapped if isinstance(mapped, str) else None
+        if mapped not in paths:
+            listed = ", ".join(p.name for p in paths[:-1]) + f" and {paths[-1].name}"
+            raise WeightsError(f"{index}: tensor {name!r} is in {len(paths)} shards, {listed}, and the index's "
+                               f"weight_map names {'none of them' if mapped is None else mapped.name} for it: which "
+                               f"copy is meant is unknown (a shard from another save of the model?)")
+        chosen[name] = mapped
+    return chosen
 
 
 def _shard_files(index: Path, kind: str) -> tuple[list[Path], dict]:
@@ -307,13 +315,14 @@ class ShardedTorchCheckpoint(Checkpoint):
         super().__init__(index)
         self._parts: dict[str, TorchCheckpoint] = {}
         files, weight_map = _shard_files(index, "PyTorch shard")
+        shards, found = {}, {}
         for path in files:
-            shard = TorchCheckpoint(path)
-            for name in shard.names():
-                earlier = self._parts.get(name)
-                if _shard_holds(name, path, earlier and earlier.location, index, weight_map):
-                    self._parts[name] = shard
-                    self._shapes[name] = shard.shape(name)
+            shards[path] = TorchCheckpoint(path)
+            for name in shards[path].names():
+                found.setdefault(name, []).append(path)
+        for name, path in _one_shard_each(found, index, weight_map).items():
+            self._parts[name] = shards[path]
+            self._shapes[name] = shards[path].shape(name)
 
     def _read(self, name):
         return self._parts[name]._read(name)
