@@ -439,29 +439,20 @@ def import_checkpoint(source, output, name, encoder_only, force):
     if name is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
         raise click.BadParameter(f"{name!r}: a spec name starts with a letter, then up to 63 letters, digits, _ . or -",
                                  param_hint="--name")
+    from bertc.importers import import_spec, is_spec
+
     if output.exists() and not force:
         raise OutputError(f"{output} already exists; pass --force to replace it")
-    if output.exists() and not _is_spec(output):   # e.g. the checkpoint's own config.json
+    if output.exists() and not is_spec(output):   # e.g. the checkpoint's own config.json
         raise OutputError(f"{output} exists and is not a bertc spec (a JSON object with an encoder): --force "
                           f"replaces only a spec; choose another -o")
     _import_quietly()
-    from bertc.importers import import_spec
 
     spec = import_spec(source, output, name, encoder_only)
     head = spec.get("head", {}).get("type", "no")
     click.echo(f"wrote {output}: {spec['name']} ({spec['encoder']['type']} encoder, {head} head); "
                f"weights: {spec['weights']}")
     click.echo(f"  {spec['description']}")
-
-
-def _is_spec(path: Path) -> bool:
-    """Whether ``path`` holds a bertc spec (what ``import --force`` may replace): a JSON object with an encoder."""
-    try:
-        with open(path, "rb") as f:
-            value = json.loads(f.read(64 << 20))
-    except (OSError, ValueError):
-        return False
-    return isinstance(value, dict) and isinstance(value.get("encoder"), dict)
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from conftest import tiny_bert
 
 import bertc
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, UnsupportedModel, WeightsError
+from bertc.errors import EXIT_BAD_SPEC, OutputError, UnsupportedModel, WeightsError
 from bertc.build import expected_param_count
 from bertc.importers import import_spec, load_weights
 from bertc.signature import signature_of
@@ -915,3 +915,17 @@ def test_pytorch_pickle_with_torch_reads_like_safetensors(tmp_path):
     checkpoint = open_checkpoint(tmp_path)
     assert checkpoint.format == "pytorch" and checkpoint.names() == sorted(tensors)
     assert all(np.array_equal(checkpoint.read(n), tensors[n]) for n in tensors)
+
+
+def test_import_spec_from_python_never_replaces_a_file_that_is_not_a_spec(tmp_path):
+    """A tester: bertc.import_spec(src, "src/config.json") overwrote the checkpoint's own config.json (exit 0 from
+    Python; the command refuses it). A spec it wrote may be written again."""
+    source = hf_copy(tmp_path, "bert_seq_cls")
+    for victim in ("config.json", "model.safetensors"):
+        before = (source / victim).read_bytes()
+        with pytest.raises(OutputError, match=f"{victim} exists and is not a bertc spec"):
+            import_spec(source, source / victim)
+        assert (source / victim).read_bytes() == before
+    spec = tmp_path / "s.json"
+    import_spec(source, spec)
+    assert import_spec(source, spec, name="again")["name"] == "again"

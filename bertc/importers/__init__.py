@@ -14,6 +14,7 @@ Importers never build graphs; :mod:`bertc.weights` holds the loading rules, appl
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -106,6 +107,9 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_
     from bertc.spec import load_spec
 
     source, spec_path = Path(source), Path(spec_path)
+    if os.path.lexists(spec_path) and not is_spec(spec_path):   # the checkpoint's own config.json, its weights ...
+        raise OutputError(f"{spec_path} exists and is not a bertc spec (a JSON object with an encoder): an import "
+                          f"replaces only a spec; choose another path")
     spec, weights = spec_for(source, encoder_only)
     data = {"name": name or _spec_name(source), **spec,
             "weights": relative_entry(weights, spec_path.resolve().parent)}
@@ -124,6 +128,20 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_
     except OSError as exc:
         raise OutputError(f"cannot write {spec_path}: {exc}") from None
     return json.loads(text)
+
+
+def is_spec(path: Path) -> bool:
+    """Whether ``path`` holds a bertc spec (what an import may replace): a JSON object with an encoder."""
+    import json
+
+    try:
+        if not Path(path).is_file():
+            return False
+        with open(path, "rb") as f:
+            value = json.loads(f.read(64 << 20))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and isinstance(value.get("encoder"), dict)
 
 
 def load_weights(model, spec, source):
