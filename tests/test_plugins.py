@@ -439,3 +439,36 @@ def test_an_error_in_a_plugins_code_is_the_plugins_naming_its_line(tmp_path, unl
 
         with pytest.raises(PluginError, match=r"feedforward 'failing' \(class Failing\): its call returned shape"):
             bertc.build_model(json.loads(spec.read_text()))
+
+
+BAD_CONFIG_BLOCK = '''from typing import Literal
+from bertc.components.blocks import ScaffoldBlock, ScaffoldBlockSpec
+from bertc.components.common import serializable
+from bertc.registry import BLOCKS
+class BadCfgBlockSpec(ScaffoldBlockSpec):
+    type: Literal["blk_badcfg"] = "blk_badcfg"
+@BLOCKS.register("blk_badcfg", spec=BadCfgBlockSpec, description="get_config drops the spec")
+@serializable
+class BadCfgBlock(ScaffoldBlock):
+    spec_cls = BadCfgBlockSpec
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name}
+'''
+
+
+def test_a_plugin_layer_its_config_does_not_rebuild_is_refused_before_model_keras(tmp_path):
+    """A tester: a block whose get_config dropped its spec built and PASSED; its model.keras could never be loaded
+    (bertc parity, bertc.load_model: 'ScaffoldBlock.__init__() missing ... spec', the plug-in not named)."""
+    plugin = tmp_path / "badcfg.py"
+    plugin.write_text(BAD_CONFIG_BLOCK)
+    d = json.loads((ROOT / "specs" / "scaffold_default.json").read_text())
+    d["encoder"]["hidden"] = {"type": "blk_badcfg", "attention": {"type": "multi_head", "num_heads": 4},
+                              "feedforward": {"type": "dense", "intermediate_size": 64, "activation": "gelu_tanh"}}
+    d["export"] = {"tflite": False, "variants": []}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(d))
+    proc = bertc("build", "--plugin", str(plugin), str(spec), "-o", str(tmp_path / "out"), "-q")
+    assert proc.returncode == EXIT_BAD_SPEC, proc.stderr
+    assert (f"error: plugin {plugin}: BadCfgBlock (layer 'layer_0'): its get_config() does not rebuild it through "
+            f"from_config()") in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

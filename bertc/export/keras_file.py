@@ -187,6 +187,34 @@ def _require_room(model, path: Path) -> None:
                                     f"{need / 2**20:,.1f} MB; {free / 2**20:,.1f} MB free)", str(path))
 
 
+def _require_rebuildable(model) -> None:
+    """Refuse (:class:`PluginError`, exit 2) a plug-in's layer that its own config does not rebuild
+    (``from_config(get_config())``), before any model.keras is written: a get_config that drops the spec wrote a
+    model.keras that the build passed and that no process could load again, not even with the plug-in (its error
+    then named bertc's base class). The model's own layers, which the saved config rebuilds one by one (a layer
+    inside another is rebuilt by its parent, from the parent's spec); each plug-in class once; bertc's own layers
+    are held to it by the tests."""
+    from bertc.errors import PluginError
+    from bertc.registry import is_builtin
+
+    seen = set()
+    for layer in model.layers:
+        cls = type(layer)
+        if cls in seen or is_builtin(cls) or cls.__module__.split(".")[0] == "keras":
+            continue
+        seen.add(cls)
+        try:
+            cls.from_config(layer.get_config())
+        except Exception as exc:
+            from bertc.plugins import label_of
+
+            raise PluginError(f"{label_of(cls)}{cls.__name__} (layer {layer.name!r}): its get_config() does not "
+                              f"rebuild it through from_config() ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:400]}), so the model.keras "
+                              f"a build writes could not be loaded again, not even with the plug-in: get_config() "
+                              f"must return what __init__ takes (the spec among it)") from None
+
+
 def save_keras(model, path: Path) -> dict:
     """Save ``model`` to ``path`` (.keras) with reproducible bytes. Keras writes the weights into an
     unzipped directory first (straight to disk: its zipped save buffers the whole weights file in
@@ -194,6 +222,7 @@ def save_keras(model, path: Path) -> dict:
     import tempfile
 
     path = Path(path)
+    _require_rebuildable(model)
     _require_room(model, path)
     tmp = path.with_name(path.name + ".partial")
     workdir = Path(tempfile.mkdtemp(prefix="bertc-keras-", dir=path.parent))
