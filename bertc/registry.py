@@ -176,7 +176,7 @@ def _check_outputs(kind: str, name: str, cls: Any) -> None:
     def checked(self, *args, **kwargs):
         out = call(self, *args, **kwargs)
         x = args[0] if args else next(iter(kwargs.values()), None)
-        problem = _output_problem(kind, x, out)
+        problem = _output_problem(kind, x, out) or (_unread_keys(self, out) if kind == "position" else None)
         if problem:
             from bertc.errors import PluginError
 
@@ -187,6 +187,26 @@ def _check_outputs(kind: str, name: str, cls: Any) -> None:
 
     checked.checks_outputs = True
     cls.call = checked
+
+
+def _unread_keys(scheme: Any, out: dict) -> Optional[str]:
+    """The keys of a position scheme's output that nothing reads (a misspelt ``atention_bias`` built and passed a
+    model with no position bias at all): the encoder reads ``position_ids`` and ``attention_bias``, the scheme's
+    ``for_layer`` the rest (bertc's: ``rotary``, ``relative_embeddings`` / ``relative_positions``). A plug-in's own
+    ``for_layer`` may read any key: not checked then."""
+    from bertc.components import positions as built_in
+
+    reader = getattr(type(scheme), "for_layer", None)
+    readers = {built_in.PositionScheme.for_layer: (), built_in.RotaryPositions.for_layer: ("rotary",),
+               built_in.DisentangledPositions.for_layer: ("relative_embeddings", "relative_positions")}
+    if reader not in readers:
+        return None
+    read = ("position_ids", "attention_bias") + readers[reader]
+    unread = sorted(str(k) for k in out if k not in read)
+    if not unread:
+        return None
+    return (f"returned {', '.join(map(repr, unread))}, which nothing reads (a position scheme returns "
+            f"{', '.join(read)}; a for_layer of its own reads any other)")
 
 
 def _output_problem(kind: str, x: Any, out: Any) -> Optional[str]:

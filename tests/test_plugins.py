@@ -472,3 +472,38 @@ def test_a_plugin_layer_its_config_does_not_rebuild_is_refused_before_model_kera
     assert (f"error: plugin {plugin}: BadCfgBlock (layer 'layer_0'): its get_config() does not rebuild it through "
             f"from_config()") in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+MISSPELT_POSITION = '''from typing import Literal
+import tensorflow as tf
+from bertc.components.common import serializable
+from bertc.components.positions import PositionScheme
+from bertc.registry import POSITIONS
+from bertc.specbase import StrictModel
+class PosTypoSpec(StrictModel):
+    type: Literal["pos_typo"] = "pos_typo"
+@POSITIONS.register("pos_typo", spec=PosTypoSpec, description="a misspelt key")
+@serializable
+class PosTypo(PositionScheme):
+    spec_cls = PosTypoSpec
+    def call(self, inputs):
+        n = tf.range(tf.shape(inputs["input_mask"])[1])
+        d = tf.cast(tf.abs(tf.expand_dims(n, 0) - tf.expand_dims(n, 1)), tf.float32)
+        return {"atention_bias": -d}
+'''
+
+
+def test_a_position_schemes_key_that_nothing_reads_is_refused(tmp_path):
+    """A tester: a position scheme returning {"atention_bias": ...} (misspelt) built and PASSED a model with no
+    position bias at all: the key was dropped unread."""
+    plugin = tmp_path / "typo.py"
+    plugin.write_text(MISSPELT_POSITION)
+    d = json.loads((ROOT / "specs" / "scaffold_default.json").read_text())
+    d["encoder"]["position"] = {"type": "pos_typo"}
+    d["export"] = {"tflite": False, "variants": []}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(d))
+    proc = bertc("build", "--plugin", str(plugin), str(spec), "-o", str(tmp_path / "out"), "-q")
+    assert proc.returncode == EXIT_BAD_SPEC, proc.stderr
+    assert (f"error: plugin {plugin}: position 'pos_typo' (class PosTypo): its call returned 'atention_bias', which "
+            f"nothing reads") in proc.stderr and "Traceback" not in proc.stderr
