@@ -223,7 +223,19 @@ def _loss_fn(spec: Spec, inputs, rng):
     if spec.head is not None:
         head = HEADS.create(spec.head, spec.encoder)
         labels = head.make_labels(inputs, rng)
-        return lambda out: head.loss(out, labels), "head loss"
+
+        def head_loss(out):
+            loss = head.loss(out, labels)
+            if len(getattr(loss, "shape", ())):   # one value per example: float() of it was an internal error
+                from bertc.errors import PluginError
+                from bertc.plugins import label_of
+
+                raise PluginError(f"{label_of(type(head))}head {spec.head.type!r} (class {type(head).__name__}): its "
+                                  f"loss returned shape {tuple(loss.shape)}, where a head's loss is one scalar (the "
+                                  f"mean over the batch)")
+            return loss
+
+        return head_loss, "head loss"
     # An encoder alone has no objective: regress its outputs onto fixed random targets.
     targets = None
 

@@ -238,9 +238,10 @@ def _refuse_unloadable(plugin: str, module, added) -> None:
     """A plug-in whose layer classes a saved model.keras could not rebuild (no ``@bertc.serializable``, a ``spec_cls``
     of another type) is refused now, what it registered taken back: a build would write a model.keras that no
     process could load (``bertc.registry.serialization_problem``)."""
-    from bertc.registry import BY_KIND, keras_namesake, serialization_problem
+    from bertc.registry import BY_KIND, keras_namesake, protocol_problem, serialization_problem
 
     problems = [p for p in (serialization_problem(BY_KIND[kind].get(name)) for kind, name in added) if p]
+    problems += [p for p in (protocol_problem(BY_KIND[kind].get(name)) for kind, name in added) if p]
     problems += [p for p in (keras_namesake(c) for c in _own_classes(module)) if p]   # helper layers too
     if problems:
         for kind, name in added:

@@ -120,6 +120,31 @@ def serialization_problem(entry: Entry) -> Optional[str]:
     return None
 
 
+def protocol_problem(entry) -> Optional[str]:
+    """The methods of its kind's protocol that a plug-in component does not define (its bertc base class's only
+    raises NotImplementedError: a feedforward's ``param_count``, a head's ``make_labels`` / ``loss``): found when the
+    plug-in is loaded, not as an internal error of bertc's in the middle of a build. None for bertc's own."""
+    cls = getattr(entry, "component", None)
+    if not isinstance(cls, type) or is_builtin(cls):
+        return None
+    missing = []
+    for name in sorted(dir(cls)):
+        if name.startswith("__"):
+            continue
+        owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+        if owner is None or not is_builtin(owner):
+            continue
+        function = getattr(vars(owner)[name], "__func__", vars(owner)[name])
+        code = getattr(function, "__code__", None)
+        if code is not None and code.co_names == ("NotImplementedError",):
+            missing.append(f"{name}({', '.join(code.co_varnames[:code.co_argcount])})")
+    if not missing:
+        return None
+    return (f"{entry.kind} {entry.name!r}: {origin_of(cls)} does not define {', '.join(missing)}, which every "
+            f"{entry.kind} defines (its base class {next(k for k in cls.__mro__ if is_builtin(k)).__name__} only "
+            f"raises NotImplementedError)")
+
+
 def keras_namesake(cls: Any) -> Optional[str]:
     """Why the plug-in class ``cls`` cannot keep the name it is registered under with Keras' serialization, when
     that name (``bertc>TransformerBlock``: ``@serializable`` names a class ``bertc>`` + its class name) is also the

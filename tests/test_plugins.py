@@ -507,3 +507,45 @@ def test_a_position_schemes_key_that_nothing_reads_is_refused(tmp_path):
     assert proc.returncode == EXIT_BAD_SPEC, proc.stderr
     assert (f"error: plugin {plugin}: position 'pos_typo' (class PosTypo): its call returned 'atention_bias', which "
             f"nothing reads") in proc.stderr and "Traceback" not in proc.stderr
+
+
+HEAD_WITHOUT_LOSS = '''from typing import Literal
+from bertc.components.heads import Classifier, ClassifierSpec
+from bertc.registry import HEADS
+class NoLossSpec(ClassifierSpec):
+    type: Literal["no_loss"] = "no_loss"
+@HEADS.register("no_loss", spec=NoLossSpec, description="a head that does not reduce its loss")
+class NoLoss(Classifier):
+    def loss(self, outputs, labels):
+        import keras
+        return keras.losses.sparse_categorical_crossentropy(labels["labels"], outputs["logits"], from_logits=True)
+'''
+
+
+def test_a_plugin_missing_a_protocol_method_or_reducing_no_loss_is_the_plugins_error(tmp_path, monkeypatch):
+    """A tester: a feedforward without param_count, a head without make_labels / loss, a head whose loss is one value
+    per example: exit 70, 'internal error (a bug in bertc)'. Refused naming the plug-in, the component and what."""
+    from bertc.components.feedforward import Feedforward
+    from bertc.registry import Entry, protocol_problem
+
+    class Incomplete(Feedforward):   # defines call and build, not param_count
+        pass
+
+    Incomplete.__module__ = "my_plugin"
+    problem = protocol_problem(Entry(kind="feedforward", name="incomplete", spec=None, component=Incomplete,
+                                     description=""))
+    assert problem.startswith("feedforward 'incomplete': my_plugin.") and \
+        "does not define param_count(spec, hidden_size), which every feedforward defines" in problem, problem
+    assert protocol_problem(Entry(kind="feedforward", name="dense", spec=None, component=Feedforward,
+                                  description="")) is None   # bertc's own
+    plugin = tmp_path / "noloss.py"
+    plugin.write_text(HEAD_WITHOUT_LOSS)
+    d = json.loads((ROOT / "specs" / "classifier.json").read_text())
+    d["head"]["type"] = "no_loss"
+    d["export"] = {"tflite": False, "variants": []}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(d))
+    proc = bertc("build", "--plugin", str(plugin), str(spec), "-o", str(tmp_path / "out"), "-q")
+    assert proc.returncode == EXIT_BAD_SPEC, proc.stderr
+    assert (f"error: plugin {plugin}: head 'no_loss' (class NoLoss): its loss returned shape (4,), where a head's "
+            f"loss is one scalar") in proc.stderr
