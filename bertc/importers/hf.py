@@ -102,8 +102,14 @@ def decoder_param(name: str, weight: tuple, bias: tuple, tied_bias: tuple = (), 
 
 
 def decoder_tied(spec) -> bool:
-    """Whether the spec's masked-LM decoder (a ``masked_lm`` or ``pretrainer`` head's) is the word table."""
-    return getattr(spec.head, "decoder_tied", True)
+    """Whether the spec's masked-LM decoder (a ``masked_lm`` or ``pretrainer`` head's) is the word table. A spec
+    whose head reads no decoder (the encoder alone, a sentence embedding, a classifier) has none: the checkpoint's
+    decoder is a head tensor it does not load, tied or not (an untied one was held to equal the word table, and
+    ``bertc import --encoder-only`` of an untied masked LM could never be built)."""
+    head = getattr(spec, "head", None)
+    if getattr(head, "type", None) not in ("masked_lm", "pretrainer"):
+        return False
+    return getattr(head, "decoder_tied", True)
 
 
 def tie_word_embeddings(cfg: dict, where: str, defaults: Optional[dict] = None) -> dict:
