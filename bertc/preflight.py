@@ -112,9 +112,14 @@ def outputs_held(spec, real_text: bool) -> int:
     the parity grid's and (``real_text``: a tokenizer comes with trained weights) the built-in text's."""
     if not logits_bytes(spec, 1):
         return 0
-    from bertc.parity import grid_cases
+    from bertc.parity import sequence_grid
 
-    sizes = [int(c.inputs["input_word_ids"].size) for c in grid_cases(spec)]
+    # the cases of bertc.parity.grid_cases by their sizes alone (making them to measure them took gigabytes, and a
+    # minute, for a spec of 1e8 positions: the estimate that is to refuse such a build died of MemoryError)
+    seqs = sequence_grid(spec)
+    sizes = [b * s for b in spec.parity.batch_sizes for s in seqs]
+    if max(seqs) >= 2:
+        sizes += [b * max(seqs) for b in spec.parity.batch_sizes]
     if real_text:
         sizes.append(REAL_TEXT_ROWS * min(REAL_TEXT_LENGTH, spec.encoder.max_sequence_length))
     return logits_bytes(spec, sum(sizes)) + OUTPUT_COPIES * logits_bytes(spec, max(sizes))

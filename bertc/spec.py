@@ -157,6 +157,8 @@ class Spec(StrictModel):
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
     def problems(self, ctx):
+        if self.weights is not None and "\x00" in self.weights:   # JSON's \u0000: no file system's path holds it
+            yield ("weights",), "holds a NUL character (\\u0000), which no path can hold"
         if getattr(self.encoder, "hidden_size", None) == 1:   # every encoder type (plug-ins too)
             yield ("encoder", "hidden_size"), (
                 "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta "

@@ -297,3 +297,32 @@ def test_the_schema_refuses_what_the_validator_refuses(capsys):
         with pytest.raises(SpecError):
             load_spec(data)
         assert not validator.is_valid(data), data
+
+
+def test_a_nul_in_weights_is_a_spec_problem_not_an_internal_error():
+    """A fuzzer: "weights": "ckpt\\u0000dir" (valid JSON) was exit 70 in validate and build (ValueError: embedded null
+    byte, from resolving the path)."""
+    data = json.loads((ROOT / "specs" / "classifier.json").read_text())
+    data["weights"] = "ckpt\x00dir"
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    assert ("$.weights", "holds a NUL character (\\u0000), which no path can hold") in info.value.problems
+
+
+def test_the_memory_estimate_of_a_masked_lm_makes_no_parity_inputs():
+    """A fuzzer: a masked_lm spec of 1e8 positions (or a parity batch of 1e8) made the whole parity grid to measure
+    it: gigabytes, a minute, then MemoryError (exit 70) in the estimate meant to refuse such a build. The sizes alone
+    are the grid's."""
+    from bertc.parity import grid_cases
+    from bertc.preflight import outputs_held
+
+    data = json.loads((ROOT / "specs" / "pretrainer.json").read_text())
+    data["head"] = {"type": "masked_lm"}
+    spec = load_spec(data)
+    sizes = [int(c.inputs["input_word_ids"].size) for c in grid_cases(spec)]
+    from bertc.preflight import OUTPUT_COPIES, logits_bytes
+
+    assert outputs_held(spec, False) == logits_bytes(spec, sum(sizes)) + OUTPUT_COPIES * logits_bytes(spec, max(sizes))
+    data["encoder"]["max_sequence_length"] = 100_000_000
+    data["parity"] = {"batch_sizes": [100_000_000]}
+    assert outputs_held(load_spec(data), False) > 10**18   # at once, from the sizes
