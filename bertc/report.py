@@ -238,7 +238,7 @@ def _parity_line(r: dict) -> str:
         if r.get("required_rank_agreement") is not None and r.get("rank_agreement") is not None:
             figures += f" rank {r['rank_agreement']:.4f} (>= {r['required_rank_agreement']:g})"
     else:
-        figures += f" (atol {r['atol']:g})"
+        figures += f" (atol {r['atol']:g}" + (f" + rtol {r['rtol']:g} x |ref|)" if r.get("rtol") else ")")
         if r.get("argmax_agreement") is not None:
             figures += f" {_AGREEMENT.get(r.get('agreement', 'argmax'), 'score order')} " \
                        f"{r['argmax_agreement']:.0%}"
