@@ -253,6 +253,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
             _err(f"report kept in {_shown(failed)}/ ({out} was left as it was"
                  + (f"; {_shown(taken)} is not a bertc build's folder, left alone)" if taken else ")"))
         raise _naming_folder(exc, _shown(failed)) from exc   # the error line says where the report is, -q or not
+    _finished(0)   # OUT holds the new build: what is left is to say so
     if as_json:
         from bertc.report import report_json
 
@@ -337,15 +338,23 @@ def _needs_stdout(what: str) -> None:
 
 
 @contextlib.contextmanager
-def _stops_cleanly():
+def _stops_cleanly(written: Path):
     """SIGTERM unwinds the block as Ctrl-C does (its files' temporary copies removed, what it replaces all or none)
     and ends the command with 143: bertc parity and bench were ended where they stood, between the renames of
-    report.json and summary.txt (one new, the other old) or with a temporary file left in OUT."""
+    report.json and summary.txt (one new, the other old) or with a temporary file left in OUT. ``written``: the
+    file the command replaces last (its report): one replaced before the signal is said to be."""
+    def state():
+        with contextlib.suppress(OSError):
+            st = os.stat(written)
+            return st.st_ino, st.st_mtime_ns, st.st_size
+        return None
+
+    before = state()
     try:
         with _sigterm_unwinds():
             yield
     except _Terminated:
-        _err("terminated; nothing was written")
+        _err(f"terminated after {written} was written" if state() != before else "terminated; nothing was written")
         raise SystemExit(EXIT_TERMINATED) from None
 
 
@@ -593,8 +602,8 @@ def parity(out, atol, rtol, text, calibration, as_json):
     _import_quietly()
     from bertc.rerun import rerun_parity
 
-    with _stops_cleanly(), _native_log():   # TFLite's "Created TensorFlow Lite XNNPACK delegate" line and the like,
-        section = rerun_parity(out, atol, rtol, text, calibration)   # as a build's
+    with _stops_cleanly(out / "report.json"), _native_log():   # TFLite's "Created TensorFlow Lite XNNPACK delegate"
+        section = rerun_parity(out, atol, rtol, text, calibration)   # line and the like, as a build's
     if as_json:
         from bertc.report import report_json
 
@@ -657,7 +666,7 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                         plot=not no_plot, text=text)
     argv = (click.get_current_context().obj or {}).get("argv")
     command = "bertc " + shlex.join(argv) if argv is not None else ""
-    with _stops_cleanly(), _native_log(), warnings.catch_warnings():   # runtimes' C++ chatter
+    with _stops_cleanly(out / "bench.json"), _native_log(), warnings.catch_warnings():   # runtimes' C++ chatter
         warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
         result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
     text = table(result)
@@ -855,6 +864,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 "; nothing was written"))
         # 128 + SIGINT / SIGTERM, as a shell reports a process that the signal ended
         raise SystemExit(EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED)
+    _finished(0)   # RESULT is written: what is left is to say so
     seconds = time.perf_counter() - start
     if not quiet:
         _err(f"wrote {'standard output' if str(result) == '-' else result}: {rows:,} {runtime.kind} result(s) in "
@@ -1039,20 +1049,36 @@ def _failed(exc: Exception, argv: list, interrupted: bool) -> int:
     return EXIT_INTERNAL
 
 
-def entry() -> None:
+_SCRIPT = []   # set by entry(): this process is the bertc command, whose end is its own (not a host's)
+
+
+def entry(skip_teardown: bool = True) -> None:
     """The ``bertc`` console script: :func:`main`, then the process ends with the command's own status. The
     interpreter's teardown (TensorFlow's objects and libraries: 1-2 s after 'wrote OUT/') is skipped once the
     atexit handlers have run: a Ctrl-C or SIGTERM in it ended a complete build with 130 / 143 and no word, and a
-    wrapper read the build as failed. With a thread still running, the interpreter's own exit waits for it."""
+    wrapper read the build as failed. With a thread still running, the interpreter's own exit waits for it.
+    ``skip_teardown`` False (``python -m bertc``, which may run under a host: ``python -m cProfile -m bertc``
+    writes its profile at exit): the interpreter's own exit, a signal in its Python part still ending the process
+    with the command's status."""
     import atexit
     import threading
 
+    _SCRIPT.append(True)
     code = main()
     _signals_end_with(code)
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    if not skip_teardown or \
+            any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     atexit._run_exitfuncs()
     _leave(code)
+
+
+def _finished(code: int = 0) -> None:
+    """The command's work is done and what remains is to say so: as the bertc command, a signal from now on ends
+    the process with ``code`` (a Ctrl-C between a build's swap and the end of its summary ended a complete build
+    with 130). Not in a host's process (``main()`` called from Python keeps its own handlers)."""
+    if _SCRIPT:
+        _signals_end_with(code)
 
 
 def _leave(code: int) -> None:

@@ -324,3 +324,16 @@ def test_a_signal_python_discards_in_a_del_still_stops_the_build(tmp_spec, tmp_p
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == f"{word}; nothing was written" and "Traceback" not in err, err
     assert _names(tmp_path) == ["spec.json"]
+
+
+def test_python_m_bertc_under_a_host_lets_the_host_finish(tmp_path):
+    """A reviewer: `python -m bertc` ended the process itself after the command (os._exit), so a host running it
+    (`python -m cProfile -o F -m bertc list`) never wrote its results. Its exit is the interpreter's own."""
+    import subprocess
+    import sys
+
+    profile = tmp_path / "bertc.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "bertc", "list"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "embedding:" in proc.stdout, proc.stderr
+    assert profile.stat().st_size > 0

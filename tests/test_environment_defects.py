@@ -257,6 +257,18 @@ def test_sigterm_in_bertc_parity_leaves_report_and_summary_both_new_or_both_old(
         assert capsys.readouterr().err.splitlines()[-1] == "terminated; nothing was written"
         assert {name: (out / name).read_text() for name in before} == before
         assert not [p.name for p in out.iterdir() if "partial" in p.name]
+        monkeypatch.undo()
+        import bertc.report as report_module   # a SIGTERM once the report is replaced (a reviewer: it said
+        write_report = report_module.write_report   # "nothing was written")
+
+        def written_then_terminated(*args, **kwargs):
+            write_report(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(report_module, "write_report", written_then_terminated)
+        assert main(["parity", str(out), "--atol", "0.5"]) == 143
+        assert capsys.readouterr().err.splitlines()[-1] == f"terminated after {out / 'report.json'} was written"
+        assert json.loads((out / "report.json").read_text())["parity"]["tolerance_override"]["atol"] == 0.5
     finally:
         signal.signal(signal.SIGTERM, previous)
 
