@@ -198,6 +198,8 @@ def _registered() -> set[tuple[str, str]]:
 
 
 def _load(plugin: str) -> dict:
+    if not plugin.strip():   # --plugin '' (an unset variable): "Empty module name" looked like bertc's own fault
+        raise PluginError("a plugin named by an empty string (an unset shell variable?): name a .py file or a module")
     before = _registered()
     is_file = plugin.endswith(".py") or os.sep in plugin
     if is_file:

@@ -74,6 +74,14 @@ def test_missing_plugin_module_is_exit_2_naming_it(capsys):
     assert "plugin no_such_bertc_plugin: no module named 'no_such_bertc_plugin'" in err and "Traceback" not in err
 
 
+def test_an_empty_plugin_name_is_refused_as_empty(capsys):
+    """A reviewer: --plugin '' (an unset "$PLUGIN") said 'failed to import: ValueError: Empty module name (at
+    .../bertc/plugins.py:222)', as if bertc's own file were at fault."""
+    assert main(["--plugin", "", "list"]) == EXIT_BAD_SPEC
+    assert capsys.readouterr().err == ("error: a plugin named by an empty string (an unset shell variable?): name a "
+                                       ".py file or a module\n")
+
+
 def test_missing_plugin_file_is_exit_2_naming_it(tmp_path, capsys):
     assert main(["--plugin", str(tmp_path / "absent.py"), "list"]) == EXIT_BAD_SPEC
     assert f"plugin {tmp_path / 'absent.py'}: no such file" in capsys.readouterr().err
