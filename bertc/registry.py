@@ -244,11 +244,16 @@ def _output_problem(kind: str, x: Any, out: Any) -> Optional[str]:
     if getattr(out, "shape", None) is None:
         return f"returned {type(out).__name__}, where a {kind} returns one tensor of its input's shape {_shown(given)}"
     got = _dims(out.shape)
-    if got is None or (len(got) == len(given) and None in (got[-1], given[-1])) or got == given:
-        return None
-    if len(got) == len(given) and got[-1] == given[-1]:
-        return None
-    return f"returned shape {_shown(got)}, where a {kind} returns its input's shape {_shown(given)}"
+    # every axis the output knows must be the input's: a known size where the input's is unknown (a sequence of 1
+    # from a reduce_mean) failed in the next layer as bertc's internal error
+    if got is not None and (len(got) != len(given) or any(
+            g is not None and (w is None and i > 0 or w is not None and g != w)
+            for i, (g, w) in enumerate(zip(got, given)))):
+        return f"returned shape {_shown(got)}, where a {kind} returns its input's shape {_shown(given)}"
+    have, want = getattr(getattr(out, "dtype", None), "name", None), getattr(getattr(x, "dtype", None), "name", None)
+    if have and want and have != want:   # float64 / float16 passed, and ONNX Runtime refused a bertc node of the graph
+        return f"returned {have}, where a {kind} returns its input's dtype {want}"
+    return None
 
 
 def _dims(shape) -> Optional[tuple]:

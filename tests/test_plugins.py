@@ -418,6 +418,16 @@ FAILURES = {
     "shape": ("    def call(self, x, training=None):\n        return self.intermediate(x)\n",
               "feedforward 'failing' (class Failing): its call returned shape (None, None, 32), where a feedforward "
               "returns its input's shape (None, None, 16) (at {file}:17, bertc_plugin_failing.Failing.call)"),
+    # a tester: a sequence of 1 (None, 1, 16) passed the check (rank and last axis alone) and failed in the next
+    # layer as bertc's internal error; float64 passed and ONNX Runtime refused a bertc node of the graph (exit 4)
+    "length": ("    def call(self, x, training=None):\n        import tensorflow as tf\n"
+               "        return tf.reduce_mean(super().call(x), axis=1, keepdims=True)\n",
+               "feedforward 'failing' (class Failing): its call returned shape (None, 1, 16), where a feedforward "
+               "returns its input's shape (None, None, 16) (at {file}:17, bertc_plugin_failing.Failing.call)"),
+    "dtype": ("    def call(self, x, training=None):\n        import tensorflow as tf\n"
+              "        return tf.cast(super().call(x), tf.float64)\n",
+              "feedforward 'failing' (class Failing): its call returned float64, where a feedforward returns its "
+              "input's dtype float32 (at {file}:17, bertc_plugin_failing.Failing.call)"),
 }
 
 
