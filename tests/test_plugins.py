@@ -567,3 +567,26 @@ def test_a_plugin_missing_a_protocol_method_or_reducing_no_loss_is_the_plugins_e
     assert proc.returncode == EXIT_BAD_SPEC, proc.stderr
     assert (f"error: plugin {plugin}: head 'no_loss' (class NoLoss): its loss returned shape (4,), where a head's "
             f"loss is one scalar") in proc.stderr
+
+
+def test_an_op_onnx_cannot_express_is_named_with_its_layer_and_the_fix(tmp_path, unload, capsys):
+    """A tester: Keras' own activation 'gelu' (Erfc) in a plug-in: pages of tf2onnx tracebacks, then exit 4 'No Op
+    registered for Erfc', naming neither the layer nor what to do."""
+    plugin = tmp_path / "failing.py"
+    plugin.write_text(FAILING_FEEDFORWARD + "\n    def call(self, x, training=None):\n        import keras\n"
+                      "        return keras.activations.gelu(super().call(x), approximate=False)\n")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "name": "failing", "encoder": {
+            "type": "scaffold", "hidden_size": 16, "num_layers": 1,
+            "embedding": {"type": "standard", "vocab_size": 50, "type_vocab_size": 2, "max_sequence_length": 8},
+            "hidden": {"type": "scaffold", "attention": {"type": "multi_head", "num_heads": 2},
+                       "feedforward": {"type": "failing", "intermediate_size": 32}}},
+        "head": {"type": "classifier", "num_classes": 2}, "export": {"tflite": False, "variants": []}}))
+    from bertc.errors import EXIT_EXPORT_FAILED as EXIT_EXPORT
+
+    rc = main(["--plugin", str(plugin), "build", str(spec), "-o", str(tmp_path / "out"), "-q", "--no-parity"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_EXPORT, err
+    assert err.startswith("error: ONNX export failed: tf2onnx cannot convert the TensorFlow op(s) Erfc (in layer_0"), err
+    assert "use bertc's 'gelu', exact GELU through erf" in err and "Traceback" not in err

@@ -8,6 +8,7 @@ then written straight into the ONNX file as initializers (one copy each).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -50,6 +51,8 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
 
     try:
         proto, weights, weight_values = convert_with_weight_inputs(serve, input_sig, trainable + non_trainable, opset)
+    except ExportError:   # what it could not convert, said already
+        raise
     except Exception as exc:  # tf2onnx raises many types; report which op/why
         raise ExportError(f"ONNX export failed in tf2onnx: {type(exc).__name__}: {exc}") from exc
     t_convert = time.perf_counter() - t0
@@ -88,7 +91,12 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
     def traced(*args):
         return call(list(args[:n_in]), list(args[n_in:]))
 
-    proto, _ = tf2onnx.convert.from_function(tf.function(traced), input_signature=input_sig + weight_sig, opset=opset)
+    with _converter_errors() as errors:   # tf2onnx's own error log (pages of tracebacks), kept to say what failed
+        proto, _ = tf2onnx.convert.from_function(tf.function(traced), input_signature=input_sig + weight_sig,
+                                                 opset=opset)
+    unconverted = _unconverted(errors)
+    if unconverted:
+        raise ExportError(unconverted)
     graph = proto.graph
     weight_inputs = {}
     for inp in graph.input:
@@ -110,6 +118,55 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
     weights = sorted(((renames[name], var) for name, (_, var) in weight_inputs.items() if name in renames),
                      key=lambda item: item[0])
     return proto, weights, declared
+
+
+class _Collected(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:   # a record that cannot be formatted: not worth failing the export for
+            pass
+
+
+@contextlib.contextmanager
+def _converter_errors():
+    """tf2onnx's error records during the block, kept (not printed: a node it cannot convert printed pages of its
+    tracebacks before bertc's one line)."""
+    logger = logging.getLogger("tf2onnx")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    collected = _Collected()
+    logger.handlers[:] = [collected]
+    logger.propagate = False
+    try:
+        yield collected.messages
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+def _unconverted(messages: list[str]) -> Optional[str]:
+    """What tf2onnx could not convert, by op and layer, with what to do (None: it converted everything): ops ONNX
+    has no operator for (Keras' own gelu lowers to Erfc, lgamma, py_function) and ones its converter fails on."""
+    import re
+
+    found: dict[str, set] = {}
+    for text in messages:
+        for node, op in re.findall(r"Tensorflow op \[([^\]]+): (\w+)\] is not supported", text):
+            found.setdefault(op, set()).add(node.rsplit("/", 1)[0])
+        for node in re.findall(r"Failed to convert node '([^']+)'", text):
+            op = node.rsplit("/", 1)[-1].split("_")[0] or node
+            found.setdefault(op, set()).add(node.rsplit("/", 1)[0])
+    if not found:
+        return None
+    parts = [f"{op} (in {', '.join(sorted(layers)[:4])}{', ...' if len(layers) > 4 else ''})"
+             for op, layers in sorted(found.items())]
+    return ("ONNX export failed: tf2onnx cannot convert the TensorFlow op(s) " + "; ".join(parts) + ". Write those "
+            "computations with ops ONNX has (Keras' own activation 'gelu' lowers to Erfc: use bertc's 'gelu', exact "
+            "GELU through erf, bertc.activations.gelu; no tf.py_function)")
 
 
 def check_graph(proto, declared, message: str) -> None:
