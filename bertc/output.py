@@ -25,7 +25,6 @@ NAME_MAX (255 bytes), bertc's names use a shortened form of it with a hash of th
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from bertc.errors import OutputError, filesystem_error
+from bertc.report import signals_ignored
 
 
 NAME_MAX = 255   # bytes of one file name (Linux, macOS; most file systems)
@@ -364,25 +364,6 @@ def failed_slot(out: Path) -> Path:
         if _replaceable(path):
             return path
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def signals_ignored():
-    """SIGINT and SIGTERM ignored while a finished build is put in place (renames, then the removal of what it
-    replaced: a moment): Ctrl-C, or SIGTERM unwinding as Ctrl-C does, between the swap's two renames would leave no
-    OUT. The build ends right after and says how it went (a signal a moment later would have found it ended)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():   # where signal handlers run, and are set
-        yield
-        return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 class _NotReplaceable(Exception):

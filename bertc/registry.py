@@ -219,14 +219,13 @@ def _unread_keys(scheme: Any, out: dict) -> Optional[str]:
     model with no position bias at all): the encoder reads ``position_ids`` and ``attention_bias``, the scheme's
     ``for_layer`` the rest (bertc's: ``rotary``, ``relative_embeddings`` / ``relative_positions``). A plug-in's own
     ``for_layer`` may read any key: not checked then."""
-    from bertc.components import positions as built_in
-
     reader = getattr(type(scheme), "for_layer", None)
-    readers = {built_in.PositionScheme.for_layer: (), built_in.RotaryPositions.for_layer: ("rotary",),
-               built_in.DisentangledPositions.for_layer: ("relative_embeddings", "relative_positions")}
-    if reader not in readers:
+    readers = {"PositionScheme.for_layer": (), "RotaryPositions.for_layer": ("rotary",),
+               "DisentangledPositions.for_layer": ("relative_embeddings", "relative_positions")}
+    if getattr(reader, "__module__", None) != "bertc.components.positions" or \
+            getattr(reader, "__qualname__", None) not in readers:   # (by name: the registry imports no component)
         return None
-    read = ("position_ids", "attention_bias") + readers[reader]
+    read = ("position_ids", "attention_bias") + readers[reader.__qualname__]
     unread = sorted(str(k) for k in out if k not in read)
     if not unread:
         return None

@@ -10,6 +10,7 @@ bertc's but :mod:`bertc.errors`, so any stage can use it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -63,6 +64,26 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def signals_ignored():
+    """SIGINT and SIGTERM ignored while files are put in place by renames (a finished build at OUT, then the removal
+    of what it replaced; report.json and summary.txt): Ctrl-C, or SIGTERM unwinding as Ctrl-C does, between two
+    renames would leave no OUT, or one file new and the other old. The command ends right after and says how it
+    went (a signal a moment later would have found it ended)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():   # where signal handlers run, and are set
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 def write_texts_atomic(texts: dict) -> None:
     """Each ``{path: text}`` written as :func:`write_text_atomic` does, all or none: every text is written beside its
     file first, then all are renamed over theirs, so that a full disk cannot leave one file new and the other old
@@ -76,8 +97,6 @@ def write_texts_atomic(texts: dict) -> None:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
             written.append((tmp, path))
             _write_new(tmp, text)
-        from bertc.output import signals_ignored
-
         with signals_ignored():   # Ctrl-C or SIGTERM between two renames: one file new, the other old
             for tmp, path in written:
                 os.replace(tmp, path)
