@@ -73,7 +73,7 @@ def export_onnx(model, sig, path: Path, opset: int = 17, input_dtype: str = "int
             "convert_seconds": round(t_convert, 3), "total_seconds": round(time.perf_counter() - t0, 3)}
 
 
-def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: int):
+def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: int, refuse_unconverted: bool = True):
     """tf2onnx's conversion of ``call(inputs, weights)`` (``inputs``: tensors per ``input_sig``; ``weights``:
     tensors standing for ``variables``, in order), with the weights as graph inputs rather than frozen
     constants, so the converter never sees (or copies) their values.
@@ -81,7 +81,9 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
     Returns ``(proto, weights, declared)``: the graph reads each weight by its Keras path and has only the
     ``input_sig`` inputs left (tf2onnx's names, ``name:0``); ``weights`` is ``[(path, variable)]`` of the
     weights it reads, sorted by path (unread ones, such as dropout seed state, are left out); ``declared``
-    their ValueInfoProtos, for :func:`check_graph` before the weights are attached."""
+    their ValueInfoProtos, for :func:`check_graph` before the weights are attached. An op tf2onnx could not
+    convert is an :class:`ExportError` naming it (``refuse_unconverted``; else it is left in the graph, for the
+    caller to name: the optimized lowering's splice says which layer has no ONNX path)."""
     import tf2onnx
 
     _quiet_tf2onnx()
@@ -94,7 +96,7 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
     with _converter_errors() as errors:   # tf2onnx's own error log (pages of tracebacks), kept to say what failed
         proto, _ = tf2onnx.convert.from_function(tf.function(traced), input_signature=input_sig + weight_sig,
                                                  opset=opset)
-    unconverted = _unconverted(errors)
+    unconverted = _unconverted(errors) if refuse_unconverted else None
     if unconverted:
         raise ExportError(unconverted)
     graph = proto.graph

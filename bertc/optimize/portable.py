@@ -85,7 +85,8 @@ def _convert(ctx, layer, variables: list, args: Sequence[tuple], call: Callable)
         return {f"bertc_splice_output_{k}": tf.identity(o, name=f"bertc_splice_output_{k}") for k, o in enumerate(outs)}
 
     try:
-        proto, weights, _ = convert_with_weight_inputs(traced, input_sig, variables, ctx.opset)
+        proto, weights, _ = convert_with_weight_inputs(traced, input_sig, variables, ctx.opset,
+                                                       refuse_unconverted=False)   # named below, by layer
     except Exception as exc:  # tf2onnx raises many types
         raise NotLowerable(f"{layer.path} ({type(layer).__name__}) has no ONNX lowering, and tf2onnx cannot "
                            f"convert its call on its own: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
