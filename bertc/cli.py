@@ -74,7 +74,7 @@ class _StatusLine:
 
 def _import_quietly():
     """Import TensorFlow / Keras with their start-up chatter kept off the console."""
-    with _interrupt_noted(), native_stderr_to(import_log()):
+    with native_stderr_to(import_log()):   # a Ctrl-C it makes an ImportError: main() counts it
         import bertc.components  # noqa: F401
 
 
@@ -104,20 +104,6 @@ def _sigint_noted():
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-@contextlib.contextmanager
-def _interrupt_noted():
-    """A Ctrl-C during the block is a KeyboardInterrupt after it, whatever the block made of it: an extension
-    module's import turns one into an ImportError ('import numpy failed' from ONNX Runtime's), which a caller that
-    tolerates a failed import went on from (a run went on to replace RESULT) or reported as a missing library."""
-    before = len(_SIGINTS)
-    with _sigint_noted():
-        try:
-            yield
-        finally:
-            if len(_SIGINTS) > before:
-                raise KeyboardInterrupt
 
 
 def _load_plugins(ctx, param, plugins):
@@ -809,8 +795,10 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     require_libraries(input_path, input_format, result, result_format, ray=ray_address is not None)
     # ONNX Runtime's own warnings on the console (its telemetry's as its environment is made, where the cache folder
     # cannot be written, in colour): errors only, as its sessions'; the environment is made here, its words logged
-    with _interrupt_noted(), contextlib.suppress(Exception), _native_log():
-        import onnxruntime
+    with contextlib.suppress(Exception), _native_log():
+        from bertc.requirements import import_onnxruntime
+
+        onnxruntime = import_onnxruntime()   # a Ctrl-C in its import: KeyboardInterrupt, which this does not swallow
 
         onnxruntime.set_default_logger_severity(3)
     runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,

@@ -277,31 +277,6 @@ def test_a_missing_build_library_is_named_with_every_build_library_missing_here(
     assert missing_library_line(ModuleNotFoundError("x", name="somethingelse"), ["build"]) is None
 
 
-def test_a_ctrl_c_that_an_import_turned_into_an_import_error_still_interrupts():
-    """A tester: Ctrl-C while bertc run imported ONNX Runtime surfaced as ImportError ('import numpy failed', from its
-    module's init), which the tolerant first import swallowed: the run went on (exit 0, RESULT replaced with --force)
-    or said onnxruntime was not installed. The block's Ctrl-C is a KeyboardInterrupt after it."""
-    import contextlib
-    import signal
-
-    from bertc.cli import _interrupt_noted
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's (pytest-xdist's workers ignore it)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with _interrupt_noted(), contextlib.suppress(Exception):
-                try:
-                    os.kill(os.getpid(), signal.SIGINT)   # its handler runs before the next line
-                    sum(range(1000))
-                except KeyboardInterrupt:
-                    raise ImportError("import numpy failed") from None
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        with _interrupt_noted(), contextlib.suppress(Exception):   # no Ctrl-C: nothing raised
-            raise ImportError("really missing")
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def test_an_import_error_that_a_ctrl_c_made_is_told_from_a_missing_onnxruntime(monkeypatch):
     """A reviewer: a Ctrl-C 10-50 ms into ONNX Runtime's import is an ImportError ('initialization failed'), which
     backends.onnx_providers() took for 'not installed': bertc parity and build --no-optimize ran on and passed with
