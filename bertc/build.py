@@ -7,6 +7,7 @@ components, which build their layers into the functional graph and keep handles 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -58,9 +59,44 @@ def expected_param_count(spec: Spec, sig: Optional[Signature] = None) -> int:
 
 
 def build_model(spec, sig: Optional[Signature] = None) -> Built:
+    """The Keras functional model of ``spec``, its weights drawn from ``spec.seed`` (the same spec builds the same
+    weights in any process); the caller's random state (Python's, NumPy's, TensorFlow's and Keras' global seeds)
+    is as it was before the call."""
     spec = as_spec(spec)
     sig = sig or signature_of(spec)
-    keras.utils.set_random_seed(spec.seed)
+    with _seeded(spec.seed):
+        return _build_model(spec, sig)
+
+
+@contextmanager
+def _seeded(seed: int):
+    """``keras.utils.set_random_seed(seed)`` for the block (the initializers draw from Python's random module, which
+    Keras seeds), then the caller's random state put back: a library call that reseeded NumPy and Python for good
+    gave a caller's loop the same "random" draws after every build."""
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from tensorflow.python.eager import context
+
+    keras_keys = ("global_random_seed", "global_seed_generator")   # what set_random_seed sets in Keras' state
+    python, numpy_state, tf_seed = random.getstate(), np.random.get_state(), context.global_seed()
+    keras_state = {k: global_state.get_global_attribute(k) for k in keras_keys}
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        for key, value in keras_state.items():
+            global_state.set_global_attribute(key, value)
+        if tf_seed is not None or context.global_seed() is not None:
+            import tensorflow as tf
+
+            tf.random.set_seed(tf_seed)
+
+
+def _build_model(spec: Spec, sig: Signature) -> Built:
     encoder, head = components_of(spec)
     inputs = {i.name: keras.Input(shape=(i.length,), dtype="int32", name=i.name) for i in sig.inputs}
     enc = encoder.build(inputs, sig.needs_pooled)

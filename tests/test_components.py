@@ -9,7 +9,7 @@ import bertc
 from bertc.components.common import serializable, tf
 from bertc.registry import ATTENTION, BLOCKS, ENCODERS, Registry
 from bertc.spec import load_spec
-from conftest import spec_dict
+from conftest import spec_dict, tiny_bert
 
 H = 16
 
@@ -140,6 +140,36 @@ def test_custom_embedding_model_has_exactly_two_inputs():
     model = bertc.build_model(load_spec(spec_dict("custom_embedding"))).model
     assert [t.name for t in model.inputs] == ["input_word_ids", "input_mask"]
     assert not any("position_embeddings" in w.path for w in model.weights)
+
+
+def test_a_build_draws_its_weights_from_the_spec_seed_and_leaves_the_callers_random_state_alone():
+    """bertc.build_model reseeded Python's, NumPy's and TensorFlow's global generators for good: a caller's loop got
+    the same "random" draws after every build. Its own weights still come from the spec's seed alone."""
+    import random
+
+    from tensorflow.python.eager import context
+
+    spec = load_spec(tiny_bert())
+
+    def draws():
+        return random.random(), float(np.random.rand())
+
+    random.seed(123)
+    np.random.seed(123)
+    expected = draws() + draws()
+    random.seed(123)
+    np.random.seed(123)
+    first = draws()
+    weights = [w.numpy() for w in bertc.build_model(spec).model.weights]
+    assert first + draws() == expected
+    tf.random.set_seed(7)
+    random.seed(5)   # another caller state: the same weights
+    again = [w.numpy() for w in bertc.build_model(spec).model.weights]
+    assert context.global_seed() == 7
+    assert all(np.array_equal(a, b) for a, b in zip(weights, again))
+    tf.random.set_seed(None)
+    bertc.build_model(spec)
+    assert context.global_seed() is None
 
 
 @pytest.mark.parametrize("spec_name,weight", [("rezero", "rezero_alpha"), ("talking_heads", "pre_softmax_weight"),
