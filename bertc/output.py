@@ -323,7 +323,7 @@ def build_entries(files: dict) -> set:
 
 def _temporary(name: str) -> bool:
     """Whether ``name`` is one of bertc's temporary files in a build's folder (a killed write's): ``*.partial``
-    (``report.json.PID.partial``), a killed ``bertc bench``'s chart (``.bench.PID.png``, drawn as
+    (``report.json.PID.N.partial``), a killed ``bertc bench``'s chart (``.bench.PID.png``, drawn as
     ``.bench.PID.png.partial.png``; an earlier bertc's ``bench.png.partial.png``); a user's ``scores.partial_eval.csv``
     is not."""
     return name.endswith(".partial") or name == "bench.png.partial.png" or \

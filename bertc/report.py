@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import itertools
 import json
 import math
 import os
@@ -44,15 +45,25 @@ def _write_new(path: Path, text: str) -> None:
     # as the system gave them (under LC_ALL=C a non-ASCII OUT's summary ended the build as exit 70)
 
 
+_WRITES = itertools.count(1)   # this process's temporary names: one per write, whatever thread writes
+
+
+def _beside(path: Path) -> Path:
+    """The temporary name a write to ``path`` uses (``report.json.PID.N.partial``): its own, whichever process or
+    thread writes (two threads writing one file under one name per process truncated each other's text under a
+    reader, and one's rename found the file gone)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{next(_WRITES)}.partial")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """``text`` into ``path`` whole or not at all: written beside it (a name of this process's own: two
-    processes may write one shared cache file) and renamed over it. An ``OSError`` leaves no partial file. A
+    """``text`` into ``path`` whole or not at all: written beside it (a name of this write's own: two processes or
+    threads may write one shared cache file) and renamed over it. An ``OSError`` leaves no partial file. A
     symbolic link is written through: its target gets the text, the link stays (a spec kept as a link, as
     ``bertc build -o LINK`` keeps a linked OUT)."""
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    tmp = _beside(path)
     try:
         _write_new(tmp, text)
         os.replace(tmp, path)
@@ -94,7 +105,7 @@ def write_texts_atomic(texts: dict) -> None:
             path = Path(path)
             if path.is_symlink():
                 path = Path(os.path.realpath(path))
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            tmp = _beside(path)
             written.append((tmp, path))
             _write_new(tmp, text)
         with signals_ignored():   # Ctrl-C or SIGTERM between two renames: one file new, the other old
@@ -383,7 +394,7 @@ def summary_text(report: dict) -> str:
                          + (f"; {text['cut']} of its examples cut to the model's {text.get('max_length')} tokens"
                             if text.get("cut") else ""))
         elif text:
-            lines.append(f"  inputs: the random-id grid; real text: " + (
+            lines.append("  inputs: the random-id grid; real text: " + (
                 f"{text.get('examples')} example(s) ({text.get('kind')}: {text.get('path') or text.get('file')})"
                 if text.get("kind") != "none" else f"none ({text.get('why')})"))
             if text.get("differs_from_build"):   # bertc parity --calibration FILE: not the build's text
@@ -393,7 +404,7 @@ def summary_text(report: dict) -> str:
             lines.append("  re-judged by bertc parity with " + ", ".join(f"{k} {v:g}" for k, v in override.items()
                                                                        if v is not None) + " instead of the spec's")
         if parity.get("changed_since_build"):
-            lines.append(f"  changed since the build (not what its manifest lists): "
+            lines.append("  changed since the build (not what it wrote or ran): "
                          f"{', '.join(parity['changed_since_build'])}")
     lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))
     return "\n".join(lines) + "\n"

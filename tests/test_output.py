@@ -246,3 +246,41 @@ def test_a_report_json_that_cannot_be_read_is_not_called_no_build(tmp_path):
     (tmp_path / "report.json").mkdir()
     assert not_a_build(tmp_path) == ("has a report.json that cannot be read (Is a directory), so it is not known to "
                                      "be a build")
+
+
+def test_atomic_writes_of_one_file_from_several_threads_never_show_a_reader_a_partial_text(tmp_path):
+    """Every write's temporary file is its own: under one name per process, two threads writing one file (a library
+    user's threads writing one shared cache) truncated each other's text under a reader, and a rename found the
+    other's file gone (FileNotFoundError)."""
+    import threading
+
+    from bertc.report import write_text_atomic
+
+    path = tmp_path / "shared.json"
+    size = 100_000
+    write_text_atomic(path, "0" * size)
+    failures, seen, stop = [], set(), threading.Event()
+
+    def writer(digit):
+        for _ in range(60):
+            try:
+                write_text_atomic(path, digit * size)
+            except Exception as exc:   # noqa: BLE001  (what the test is about)
+                failures.append(repr(exc))
+
+    def reader():
+        while not stop.is_set():
+            text = path.read_text()
+            seen.add((len(text), len(set(text))))
+
+    threads = [threading.Thread(target=writer, args=(d,)) for d in "123"]
+    watching = threading.Thread(target=reader)
+    watching.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watching.join()
+    assert failures == [] and seen <= {(size, 1)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
