@@ -20,7 +20,7 @@ from bertc.errors import BertcError, PluginError  # noqa: F401  (PluginError imp
 
 ENV = "BERTC_PLUGINS"
 
-_loaded: dict[str, dict] = {}   # plug-in as given -> {"plugin", "module", "path", "registered"}
+_loaded: dict[str, dict] = {}   # plug-in as given -> {"plugin", "module", "path", "registered", "sha256"}
 
 
 def from_environment() -> list[str]:
@@ -210,19 +210,27 @@ def _load(plugin: str) -> dict:
         if same is not None:   # the same file named another way (--plugin x.py and BERTC_PLUGINS=/abs/x.py): once
             return same
     try:
-        if is_file:
-            name = f"bertc_plugin_{path.stem}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
-        else:
-            module = importlib.import_module(plugin)
-            path = Path(module.__file__).resolve() if getattr(module, "__file__", None) else None
+        try:
+            if is_file:
+                name = _module_name(path)
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(name, None)
+                    raise
+            else:
+                module = importlib.import_module(plugin)
+                path = Path(module.__file__).resolve() if getattr(module, "__file__", None) else None
+        except BaseException:   # what it registered before failing is taken back: loaded again once fixed, the
+            # plug-in registered nothing new, and its builds recorded no plug-in
+            from bertc.registry import BY_KIND
+
+            for kind, name in _registered() - before:
+                BY_KIND[kind].unregister(name)
+            raise
     except ModuleNotFoundError as exc:
         if not is_file and exc.name and plugin.startswith(exc.name):
             raise PluginError(f"plugin {plugin}: no module named {exc.name!r} (a module on the Python path, "
@@ -233,7 +241,49 @@ def _load(plugin: str) -> dict:
     added = sorted(_registered() - before)
     _refuse_unloadable(plugin, module, added)
     return {"plugin": plugin, "module": module.__name__, "path": str(path) if path else None,
-            "registered": [f"{kind} {name!r}" for kind, name in added]}
+            "registered": [f"{kind} {name!r}" for kind, name in added], "sha256": _code_sha256(path)}
+
+
+def _code_sha256(path: Optional[Path]) -> Optional[str]:
+    """The sha256 of a plug-in's file (a module's own file: not the rest of its package), so that a later ``bertc
+    parity`` or ``bench`` of the build can say when the plug-in's code is not the build's."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
+
+
+def changed_since_build(out_dir) -> list[str]:
+    """The plug-ins of the build in ``out_dir`` whose code loaded here differs from the code the build recorded
+    (its report.json's ``plugins``: a plug-in edited since the build): the Keras model a command reloads runs the
+    plug-in's code of today, the artifacts the build's."""
+    now = loaded()
+    changed = []
+    for record in _used_by_build(out_dir):
+        if not record.get("sha256"):   # an earlier bertc's build recorded none
+            continue
+        registered = set(record.get("registered") or [])
+        same = [r for r in now if (r["path"] and r["path"] == record.get("path")) or r["plugin"] == record["plugin"]
+                or registered & set(r["registered"])]
+        if same and record["sha256"] not in {r.get("sha256") for r in same}:
+            changed.append(f"plug-in {record['plugin']} (its code differs from the build's)")
+    return changed
+
+
+def _module_name(path: Path) -> str:
+    """The module name a plug-in file is imported as: ``bertc_plugin_STEM``, or ``bertc_plugin_STEM_2`` (and on) when
+    another file of that name holds it (two ``attention.py`` in two folders: the second replaced the first in
+    ``sys.modules``, and an error in the first one's classes was said to be in the second)."""
+    base = f"bertc_plugin_{path.stem}"
+    for n in range(1, 10_000):
+        name = base if n == 1 else f"{base}_{n}"
+        held = sys.modules.get(name)
+        file = getattr(held, "__file__", None)
+        if held is None or (file and Path(file).resolve() == path):
+            return name
+    raise PluginError(f"plugin {path}: too many plug-in files named {path.name}")
 
 
 def _refuse_unloadable(plugin: str, module, added) -> None:

@@ -155,9 +155,11 @@ def _not_the_builtin(text: dict, recorded: dict) -> Optional[str]:
 
 
 def changed_since_build(out_dir: Path, report: dict) -> list[str]:
-    """The files of the build's manifest that are missing or whose sha256 differs now: parity judges what is in OUT
-    today, and the report says when that is not what the build wrote."""
+    """The files of the build's manifest that are missing or whose sha256 differs now, and the build's plug-ins whose
+    code loaded here differs from the build's: parity judges what is in OUT today, with the plug-ins of today, and
+    the report says when that is not what the build wrote."""
     from bertc.manifest import sha256_file
+    from bertc.plugins import changed_since_build as plugins_changed
 
     changed = []
     for name, entry in ((report.get("manifest") or {}).get("files") or {}).items():
@@ -169,7 +171,7 @@ def changed_since_build(out_dir: Path, report: dict) -> list[str]:
                 changed.append(name)
         except OSError as exc:   # one this user may not read: named, and the command goes on (its backend says more)
             changed.append(f"{name} (cannot be read: {exc.strerror or exc})")
-    return changed
+    return changed + plugins_changed(out_dir)
 
 
 class BuildReplaced(OutputError):

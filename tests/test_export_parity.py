@@ -91,7 +91,7 @@ def test_perturbed_onnx_weight_fails_parity(canonical, capsys):
     assert report["status"] == "passed" and report["parity"]["tolerance_override"] == {"atol": 1.0, "rtol": None}
     summary = (canonical / "summary.txt").read_text()
     assert "re-judged by bertc parity with atol 1 instead of the spec's" in summary
-    assert "changed since the build (not what its manifest lists): model.onnx" in summary
+    assert "changed since the build (not what it wrote or ran): model.onnx" in summary
 
 
 def test_tflite_error_names_op_and_layer():

@@ -1,4 +1,5 @@
 """Plug-in modules on the command line: `bertc --plugin FILE|MODULE ...` and $BERTC_PLUGINS."""
+import hashlib
 import json
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC
+from bertc.errors import EXIT_BAD_SPEC, PluginError
 from bertc.transfer import load_keras_model
 from conftest import ROOT
 
@@ -39,7 +40,8 @@ def test_build_with_a_plugin_file_records_it_and_lowers_around_it(plugin_build):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["plugins"] == [{"plugin": str(plugin), "module": "bertc_plugin_doubled", "path": str(plugin.resolve()),
-                                  "registered": ["attention 'doubled_logits'"]}]
+                                  "registered": ["attention 'doubled_logits'"],
+                                  "sha256": hashlib.sha256(plugin.read_bytes()).hexdigest()}]
     assert report["parity"]["passed"] and {"onnx_optimized", "onnx_int8"} <= set(report["artifacts"])
     assert [n.split(" (")[0] for n in report["fusion"]["not_lowered"]] == [f"layer_{i}/attention" for i in range(3)]
 
@@ -56,6 +58,23 @@ def test_parity_of_a_plugin_build_says_which_plugin_to_load(plugin_build):
     assert f"e.g. `bertc --plugin {plugin.resolve()} bench {out}` (or set BERTC_PLUGINS)" in proc.stderr
     proc = bertc("parity", str(out), env={"BERTC_PLUGINS": str(plugin)})
     assert proc.returncode == 0, proc.stderr
+    assert "changed_since_build" not in json.loads((out / "report.json").read_text())["parity"]
+
+
+def test_parity_with_a_plugin_edited_since_the_build_says_so(plugin_build, tmp_path):
+    """The Keras model parity reloads runs the plug-in's code of today, the artifacts the build's: an edited plug-in
+    (here a copy elsewhere, with one line more) is named in the report, as an edited artifact is."""
+    plugin, _, out, _ = plugin_build
+    edited = tmp_path / "doubled.py"
+    edited.write_text(plugin.read_text() + "\nEDITED = True\n")
+    proc = bertc("--plugin", str(edited), "parity", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "report.json").read_text())["parity"]["changed_since_build"] == [
+        f"plug-in {plugin} (its code differs from the build's)"]
+    assert f"plug-in {plugin} (its code differs from the build's)" in (out / "summary.txt").read_text()
+    proc = bertc("--plugin", str(plugin), "parity", str(out))   # the build's own again: nothing to say
+    assert proc.returncode == 0, proc.stderr
+    assert "changed_since_build" not in json.loads((out / "report.json").read_text())["parity"]
 
 
 def test_spec_with_an_unloaded_plugin_type_is_a_spec_error(plugin_build):
@@ -94,6 +113,40 @@ def test_plugin_that_raises_is_exit_2_naming_its_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"plugin {bad} failed to import: RuntimeError: needs a GPU (at {bad}:3)" in err and "Traceback" not in err
     assert "bertc_plugin_broken" not in sys.modules
+
+
+def test_a_plugin_that_fails_after_registering_takes_it_back_and_loads_once_fixed(tmp_path, unload):
+    """A plug-in that registered a component and then raised left the component registered: loaded again once
+    fixed, it registered nothing new (`registered: []`), so its builds recorded no plug-in and `bertc parity OUT`
+    could not say what to load."""
+    from bertc.plugins import load_plugins
+    from bertc.registry import ATTENTION
+
+    source = (EXAMPLE / "doubled_logits.py").read_text()
+    plugin = tmp_path / "doubled_then_fails.py"
+    plugin.write_text(source + "\nraise RuntimeError('a typo further down')\n")
+    with pytest.raises(PluginError, match="a typo further down"):
+        load_plugins([str(plugin)])
+    assert "doubled_logits" not in ATTENTION.names()
+    plugin.write_text(source)
+    [record] = load_plugins([str(plugin)])
+    assert record["registered"] == ["attention 'doubled_logits'"]
+
+
+def test_two_plugin_files_of_one_name_are_two_modules(tmp_path, unload):
+    """Two `attention.py` in two folders were both imported as `bertc_plugin_attention`: the second replaced the
+    first in sys.modules, and what was the first one's was said to be the second one's."""
+    from bertc.plugins import label_of, load_plugins
+    from bertc.registry import ATTENTION
+
+    first, second = tmp_path / "a" / "attention.py", tmp_path / "b" / "attention.py"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    first.write_text((EXAMPLE / "doubled_logits.py").read_text())
+    second.write_text("X = 1\n")
+    [one, two] = load_plugins([str(first), str(second)])
+    assert (one["module"], two["module"]) == ("bertc_plugin_attention", "bertc_plugin_attention_2")
+    assert label_of(ATTENTION.get("doubled_logits").component) == f"plugin {first}: "
 
 
 def test_plugin_with_a_syntax_error_is_exit_2_naming_its_line(tmp_path, capsys):
