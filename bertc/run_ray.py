@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -193,14 +194,46 @@ def run_ray(runtime, records: Iterable[Record], address: Optional[str] = None,
     Ray and its batch retried; a row seen twice is dropped, a row missing is an error. ``kept``: yields
     (results, their records' kept values) instead."""
     ray = ray_init(address)
+    with _ray_quiet(ray):
+        yield from _run_ray(ray, runtime, records, actors, progress, predictor, kept)
+
+
+@contextmanager
+def _ray_quiet(ray):
+    """Ray Data's settings for a bertc job (input order kept, no progress bars or start-up lines: bertc draws its
+    own; Ray's INFO lines off the console) for the job, then the caller's put back: ``Runtime.run_file`` in a
+    process that uses Ray Data for more leaves its settings as they were."""
     import logging
 
     import ray.data
 
-    for name in ("ray.data", "ray"):  # Ray Data's INFO lines (plan, "execution finished") off the console
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # and its "Progress bars disabled. To enable, set ...": bertc turns them off, and draws its own
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    levels = {"ray.data": logging.WARNING, "ray": logging.WARNING,   # the plan, "execution finished"
+              "ray.data._internal.progress": logging.ERROR}   # "Progress bars disabled. To enable, set ..."
+    loggers = {name: logging.getLogger(name) for name in levels}
+    before_levels = {name: logger.level for name, logger in loggers.items()}
+    context = ray.data.DataContext.get_current()
+    settings = {"enable_progress_bars": False, "print_on_execution_start": False}
+    if hasattr(context, "enable_operator_progress_bars"):
+        settings["enable_operator_progress_bars"] = False
+    before = {name: getattr(context, name) for name in settings}
+    preserve_order = context.execution_options.preserve_order
+    for name, level in levels.items():
+        loggers[name].setLevel(level)
+    for name, value in settings.items():
+        setattr(context, name, value)
+    context.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(context, name, value)
+        context.execution_options.preserve_order = preserve_order
+        for name, level in before_levels.items():
+            loggers[name].setLevel(level)
+
+
+def _run_ray(ray, runtime, records, actors, progress, predictor, kept) -> Iterator[list]:
+    import ray.data
 
     threads = runtime.threads or 1
     nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
@@ -210,12 +243,6 @@ def run_ray(runtime, records: Iterable[Record], address: Optional[str] = None,
                          f"more than {max(nodes):g}; pass --threads {int(max(nodes))} or fewer")
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    if hasattr(context, "enable_operator_progress_bars"):
-        context.enable_operator_progress_bars = False
     # one block per window, one window per map_batches call: the same windows, sorted and batched as in one
     # process, so the same results (dynamic int8 quantizes each batch's activations with its own scale)
     refs, total = _ray_blocks(records, runtime.window)

@@ -133,6 +133,30 @@ def test_a_killed_actor_is_retried_and_the_result_has_every_row_once(local_ray, 
     np.testing.assert_array_equal(np.stack(got), rt.run(rows))  # every row once, in order
 
 
+def test_a_ray_job_from_python_leaves_the_callers_ray_data_settings_and_loggers_alone(local_ray, builds, tmp_path):
+    """run_file(ray_address=...) kept input order, turned progress bars off and quieted Ray's loggers for good: a
+    process using Ray Data for more lost its own settings."""
+    import logging
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = (context.execution_options.preserve_order, context.enable_progress_bars)
+    level = logging.getLogger("ray.data").level
+    context.execution_options.preserve_order, context.enable_progress_bars = False, True
+    logging.getLogger("ray.data").setLevel(logging.DEBUG)
+    try:
+        txt = tmp_path / "in.txt"
+        txt.write_text("\n".join(texts(20)) + "\n")
+        rt = bertc.Runtime(builds["st_bert_mean_norm"], window=8, threads=1)
+        assert rt.run_file(txt, tmp_path / "emb.npy", ray_address="") == 20
+        assert (context.execution_options.preserve_order, context.enable_progress_bars) == (False, True)
+        assert logging.getLogger("ray.data").level == logging.DEBUG
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = before
+        logging.getLogger("ray.data").setLevel(level)
+
+
 def test_an_unreachable_ray_address_fails_at_once_naming_it(builds, tmp_path):
     """``ray.init`` retries an address where no cluster answers for good ("Failed to get cluster ID" lines, still
     going after five minutes): bertc refuses it after one TCP try, exit 2, the existing RESULT as it was."""
