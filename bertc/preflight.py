@@ -166,7 +166,6 @@ def estimate(spec, export: bool = True, parity: bool = True, onnx: bool = True, 
 
     params = expected_param_count(spec)
     w = 4 * params
-    max_len = spec.encoder.max_sequence_length
     e = spec.export
     # the portable model.onnx (export.onnx), and the optimized artifact (export.optimized: built without the portable
     # one too); --no-onnx (``onnx``) leaves out both

@@ -606,7 +606,8 @@ class Runtime:
 
     >>> rt = bertc.Runtime("out/")              # picks the artifact for this host (rt.choice says which)
     >>> rt.run(["a sentence", "another one"])   # embeddings: a (2, dim) float32 array; other heads: dicts
-    >>> mc.run([("The cat sat on", ["the mat", "the moon"])])   # a multiple-choice model: {"choice": 0, ...}
+    >>> mc = bertc.Runtime("mc_out/")           # a multiple-choice model: a context and its choices
+    >>> mc.run([("The cat sat on", ["the mat", "the moon"])])   # [{"choice": 0, ...}]
 
     ``artifact`` forces one of the build's ONNX artifacts (its id or file name); ``device`` is "auto"
     (CUDA when available), "cpu" or "cuda"; ``threads`` sets ONNX Runtime's intra-op threads (default:

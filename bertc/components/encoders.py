@@ -78,11 +78,6 @@ class _EncoderSpecBase(StrictModel):
     def all_layer_outputs(self) -> bool:
         return self.scaffold.return_all_layer_outputs
 
-    @property
-    def has_pooler(self) -> bool:
-        """Whether the encoder has a pooler (``pooler`` of a scaffold encoder; bert and albert always do)."""
-        return self.scaffold.pooler
-
     def child_context(self, ctx, path):
         return {**ctx, "hidden_size": self.hidden_size, "hidden_size_path": json_path(path + ("hidden_size",)),
                 "num_layers": self.num_layers, "num_layers_path": json_path(path + ("num_layers",)),
@@ -144,13 +139,10 @@ class ScaffoldEncoderSpec(_EncoderSpecBase):
     position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
     share_layers: bool = False
     pooled_output_dim: Optional[PositiveInt] = None
-    # False: the encoder has no pooler (ModernBERT): without a head it outputs sequence_output only, and no head
-    # may read the pooled output
-    pooler: bool = True
-    pooler_initializer: Optional[InitializerSpec] = None
     # False: the encoder has no pooler (DistilBERT, ELECTRA, DeBERTa, ModernBERT): without a head it outputs
     # sequence_output only, and no head may read the pooled output
     pooler: bool = True
+    pooler_initializer: Optional[InitializerSpec] = None
     initializer: InitializerSpec = DEFAULT_INITIALIZER
     return_all_layer_outputs: bool = False
     final_layer_norm: bool = False

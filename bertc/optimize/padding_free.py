@@ -508,7 +508,6 @@ class _Rewriter:
         return first, named
 
     def keep_rows(self) -> None:
-        g = self.g
         mask = self.mask_input
         keep = self.one("Cast", [mask], "keep", to=9)                        # bool (B, S): mask != 0
         first, named = self.row_readers()
