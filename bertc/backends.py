@@ -142,17 +142,19 @@ def provider_options(backend: Backend) -> dict:
     return {}
 
 
-def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool = True):
-    """An ONNX Runtime session for ``backend``. ``threads`` fixes the intra-op pool (and one inter-op
-    thread); ``spinning=False`` stops idle pool threads from busy-waiting (needed when several sessions
-    share the cores, as in ``bertc bench``)."""
+def session_options(threads: Optional[int] = None, spinning: bool = True):
+    """The ONNX Runtime session options of every session bertc makes (parity, bench, ``bertc run``, the optimize
+    stage's checks and int8 tuning): what is checked runs as what is run. Every graph optimization on, errors only in
+    the log; ``threads`` fixes the intra-op pool (one inter-op thread, sequential execution); ``spinning=False``
+    stops idle pool threads from busy-waiting (several sessions sharing the cores, as in ``bertc bench``: one
+    session's spinning pool would take the cores of the next)."""
     import onnxruntime as ort
 
     from bertc.requirements import require_onnxruntime
 
     require_onnxruntime(ort)
-    _require_file(backend)
     options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
@@ -161,6 +163,15 @@ def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool 
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def ort_session(backend: Backend, threads: Optional[int] = None, spinning: bool = True):
+    """An ONNX Runtime session for ``backend`` (:func:`session_options`)."""
+    import onnxruntime as ort
+
+    options = session_options(threads, spinning)
+    _require_file(backend)
     settings = provider_options(backend)
     try:
         from bertc.weights import spec_text   # its name as UTF-8 text, whatever the locale (ort_session says why)

@@ -198,13 +198,9 @@ class Engine:
         require_onnxruntime(ort)
         require_version(tokenizers, "tokenizers", "text")
         self.parts = parts
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        from bertc.backends import session_options
+
+        options = session_options(threads, spinning)
         provider = (parts.provider, parts.provider_options) if parts.provider_options else parts.provider
         try:
             self.session = ort.InferenceSession(parts.model, options, providers=[provider])

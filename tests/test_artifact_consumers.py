@@ -157,7 +157,7 @@ def _optimized_files(built, tmp_path) -> dict:
 def _fixed_dims_session(path, **dims):
     import onnxruntime as ort
 
-    from bertc.optimize.runtime import session_options
+    from bertc.backends import session_options
 
     options = session_options()
     for name, size in dims.items():

@@ -26,7 +26,6 @@ optimized graph (:func:`speed_against_fp32`).
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +66,7 @@ def session_of(proto, weights: Optional[list]):
     import onnxruntime as ort
     from onnx import TensorProto, numpy_helper
 
-    from bertc.optimize.runtime import session_options
+    from bertc.backends import session_options
 
     whole = _shell(proto)
     whole.graph.initializer.extend(proto.graph.initializer)

@@ -7,28 +7,12 @@ from typing import Optional
 import numpy as np
 
 
-def session_options(threads: Optional[int] = None, spinning: bool = True):
-    """Every graph optimization on, errors only in the log; ``spinning`` False: idle intra-op threads sleep
-    (several sessions timed in one process: one session's spinning pool would take the cores of the next)."""
-    import onnxruntime as ort
-
-    from bertc.requirements import require_onnxruntime
-
-    require_onnxruntime(ort)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 def ort_session(path_or_bytes, provider: str = "CPUExecutionProvider", threads: Optional[int] = None,
                 spinning: bool = True):
     """A session of a model file or serialized model (:func:`session_options`)."""
     import onnxruntime as ort
+
+    from bertc.backends import session_options
 
     options = session_options(threads, spinning)
     from bertc.weights import spec_text
