@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from pydantic import BaseModel
 
 from bertc import backends as _backends
 from bertc.backends import CPU, Backend, BackendLoadError, Runner, backend_name, open_runner, plan_backends
@@ -279,17 +280,18 @@ def unattended(spec: Spec, mask: np.ndarray) -> Optional[np.ndarray]:
     view = encoder.as_scaffold() if hasattr(encoder, "as_scaffold") else encoder
     windows = []
 
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("type") == "windowed" and isinstance(node.get("window"), int):
-                windows.append(node["window"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
+    def walk(node):   # every component spec of the encoder: an attention's says its window (``sliding_window``)
+        if isinstance(node, BaseModel):
+            window = getattr(node, "sliding_window", None)
+            if isinstance(window, int) and not isinstance(window, bool):
+                windows.append(window)
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+        elif isinstance(node, (list, tuple)):
             for value in node:
                 walk(value)
 
-    walk(view.model_dump())
+    walk(view)
     if not windows:
         return None
     real = np.asarray(mask) != 0

@@ -41,6 +41,19 @@ def test_the_positions_left_out_are_padding_out_of_every_real_tokens_window():
         "intermediate_size": 32, "max_sequence_length": 8}}))), mask) is None
 
 
+def test_any_attention_with_a_sliding_window_says_so_by_its_spec_not_by_its_type_name(monkeypatch):
+    """Parity found windows by the built-in's type name ("windowed"): an attention plug-in with a window under its
+    own name got no allowance. Every attention spec's `sliding_window` is asked."""
+    from bertc.components.attention import TalkingHeadsAttentionSpec
+    from conftest import spec_dict
+
+    spec = load_spec(spec_dict("talking_heads"))   # a scaffold block with its own attention component
+    mask = np.array([[1, 0, 0, 0, 0, 0, 0, 0]])
+    assert unattended(spec, mask) is None
+    monkeypatch.setattr(TalkingHeadsAttentionSpec, "sliding_window", property(lambda self: 2))
+    np.testing.assert_array_equal(unattended(spec, mask), [[False] * 3 + [True] * 5])
+
+
 def test_only_those_positions_are_set_aside_along_the_sequence_axis():
     from types import SimpleNamespace
 

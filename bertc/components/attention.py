@@ -41,6 +41,13 @@ class AttentionSpecBase(StrictModel):
     dropout_rate: Rate = 0.1
     initializer: Optional[InitializerSpec] = None
 
+    @property
+    def sliding_window(self) -> Optional[int]:
+        """w when a query attends only to the keys within w positions of it (a sliding window), else None: parity
+        leaves out the padded positions whose window holds no real token (:func:`bertc.parity.unattended`). An
+        attention with a window returns it."""
+        return None
+
     def problems(self, ctx):
         hidden = ctx.get("hidden_size")
         if hidden and hidden % self.num_heads:

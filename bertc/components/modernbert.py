@@ -115,6 +115,10 @@ class WindowedAttentionSpec(AttentionSpecBase):
     use_bias: bool = False
     window: Optional[PositiveInt] = None
 
+    @property
+    def sliding_window(self) -> Optional[int]:
+        return self.window
+
 
 def window_bias(length, window: int):
     """(1, 1, S, S) float32: 0 where ``|i - j| <= window``, :data:`WINDOW_ADDER` elsewhere (float arithmetic on
