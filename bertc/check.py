@@ -14,6 +14,11 @@ from bertc.signature import Signature
 from bertc.spec import LONG_CONTEXT, Spec
 
 INVARIANCE_ATOL = 1e-5
+# and a relative term, as parity's tolerance has: two shapes of one computation (a short batch and the same padded,
+# a row alone and in a batch) add in another order, which moves a value of 557 by one unit in the last place (3e-5):
+# a correct encoder with large activations failed the check, blamed on its mask (found by a tester)
+INVARIANCE_RTOL = 1e-6
+INVARIANCE_THRESHOLD = f"{INVARIANCE_ATOL:g} + {INVARIANCE_RTOL:g} x |value|"
 LEARNING_RATES = (1e-2, 1e-3, 1e-4)  # tried in order until the loss goes down
 
 
@@ -44,6 +49,22 @@ def _max_diff(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> floa
             x, y = (np.take(t, np.arange(seq_len), axis=axis) for t in (x, y))
         worst = _worse(worst, np.abs(x - y))
     return worst
+
+
+def _invariant(a: dict, b: dict, seq_len: Optional[int] = None, infos=()) -> tuple[float, bool]:
+    """(the max abs difference of ``a`` and ``b``, whether every difference is within ``INVARIANCE_ATOL +
+    INVARIANCE_RTOL x |a|``); a NaN on either side fails."""
+    axes = {i.name: i.seq_axis for i in infos}
+    worst, within = 0.0, True
+    for name in a:
+        x, y = a[name], b[name]
+        axis = axes.get(name)
+        if seq_len is not None and axis is not None:
+            x, y = (np.take(t, np.arange(seq_len), axis=axis) for t in (x, y))
+        d = np.abs(x - y)
+        worst = _worse(worst, d)
+        within = within and bool(np.all(d <= INVARIANCE_ATOL + INVARIANCE_RTOL * np.abs(x)))
+    return worst, within and not np.isnan(worst)
 
 
 def _worse(worst: float, d) -> float:
@@ -143,11 +164,11 @@ def check_deterministic(model, spec: Spec, sig: Signature, passes: Passes) -> Ch
 def check_padding_invariance(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
     max_len, short = passes.max_len, passes.short_len
     if max_len < 2:
-        return CheckResult("padding_invariance", True, 0.0, INVARIANCE_ATOL, "skipped: max_sequence_length is 1")
-    diff = _max_diff(passes.get("short"), passes.get("padded"), short, sig.outputs)
-    return CheckResult("padding_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
+        return CheckResult("padding_invariance", True, 0.0, INVARIANCE_THRESHOLD, "skipped: max_sequence_length is 1")
+    diff, within = _invariant(passes.get("short"), passes.get("padded"), short, sig.outputs)
+    return CheckResult("padding_invariance", within, diff, INVARIANCE_THRESHOLD,
                        f"outputs at the first {short} positions, before and after padding to {max_len}"
-                       + ("" if diff <= INVARIANCE_ATOL else MASK_HINT))
+                       + ("" if within else MASK_HINT))
 
 
 # why a correct model can fail the two mask checks: its attention logits (very large weights) spread wider than the
@@ -160,10 +181,11 @@ MASK_HINT = (f"; a masked key's attention logit gets {MASK_ADDER:g} added, which
 def check_batch_invariance(model, spec: Spec, sig: Signature, passes: Passes) -> CheckResult:
     batched = passes.get("short")
     n = len(passes.inputs["input_word_ids"])
-    diff = 0.0
+    diff, within = 0.0, True
     for i in range(n):
-        diff = max(diff, _max_diff(passes.get(f"row {i}"), {k: v[i:i + 1] for k, v in batched.items()}))
-    return CheckResult("batch_invariance", diff <= INVARIANCE_ATOL, diff, INVARIANCE_ATOL,
+        d, ok = _invariant(passes.get(f"row {i}"), {k: v[i:i + 1] for k, v in batched.items()})
+        diff, within = _worse(diff, d), within and ok
+    return CheckResult("batch_invariance", within, diff, INVARIANCE_THRESHOLD,
                        f"row i of a batch of {n} against example i alone")
 
 

@@ -86,3 +86,23 @@ def test_disentangled_positions_read_by_no_layer_are_exempt():
     # one layer that reads them: no exemption (their gradient must be non-zero)
     assert structural_zero_gradients(load_spec(_deberta([[], ["c2p"]])), 8) == []
     assert structural_zero_gradients(load_spec(_deberta([["p2c", "c2p"]])), 8) == []
+
+
+def test_the_invariance_checks_allow_a_unit_in_the_last_place_of_large_values_and_nothing_more():
+    """A correct encoder whose outputs reach 557 (LayerNorm gammas of 100 on two channels, as outlier channels of
+    trained checkpoints go) failed padding_invariance on one unit in the last place (3.05e-5 > 1e-5): the short and
+    the padded batch add in another order. The checks allow 1e-6 x |value| on top of 1e-5, as parity allows rtol."""
+    import numpy as np
+
+    from bertc.check import _invariant
+
+    big = np.array([[557.0, -300.0, 1.0]], np.float32)
+    one_ulp = big.copy()
+    one_ulp[0, 0] = np.nextafter(big[0, 0], np.float32(1e9))
+    assert _invariant({"x": big}, {"x": one_ulp}) == (float(one_ulp[0, 0] - big[0, 0]), True)
+    leak = big.copy()
+    leak[0, 2] += 1e-4   # a small value moved far beyond rounding: a leak still fails
+    assert _invariant({"x": big}, {"x": leak})[1] is False
+    nan = big.copy()
+    nan[0, 1] = np.nan
+    assert _invariant({"x": big}, {"x": nan})[1] is False
