@@ -822,6 +822,8 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                 if runtime.kind == "fill_mask" else "")
              + (f"; {len(runtime.parts.candidates)} candidate labels in {runtime.parts.hypothesis!r}"
                 f"{', each alone' if runtime.parts.multi_label else ''}" if runtime.kind == "zero_shot" else ""))
+        if runtime.legacy_config:
+            _err(f"note: {runtime.legacy_config}")
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
     rows = written = None

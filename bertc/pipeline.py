@@ -213,6 +213,9 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
         spec = load_spec(spec_path)
         note["detail"] = spec.name
         requested = requested_variants(spec, opts)
+        # the default variants (none named): OUT/spec.json names none either, so that a build from it may drop a
+        # default variant as this one could (written out, they were a request, and its rebuild failed, exit 3)
+        default_variants = opts.variants is None and "variants" not in spec.export.model_fields_set
         overrides = {k: v for k, v in (("opset", opts.opset), ("input_dtype", opts.input_dtype),
                                        ("keep_saved_model", opts.keep_saved_model)) if v is not None}
         # --no-export, --no-onnx, --no-optimize, --no-tflite (where the spec would build it): OUT/spec.json builds
@@ -272,9 +275,12 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
             if preflight is not None:
                 report["preflight"] = preflight
             stages.current = "write spec.json"
-            (tmp / "spec.json").write_text(json.dumps(dump_spec(spec), indent=2) + "\n")
+            written = dump_spec(spec)
+            if default_variants:
+                written.get("export", {}).pop("variants", None)
+            (tmp / "spec.json").write_text(json.dumps(written, indent=2) + "\n")
             with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
-                report["manifest"] = build_manifest(tmp, dump_spec(spec))
+                report["manifest"] = build_manifest(tmp, written)
                 note["detail"] = f"sha256 of {len(report['manifest']['files'])} files"
             stages.current = "write report.json"
             write_report(tmp, report)

@@ -208,6 +208,12 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
         matches = [k for k, v in onnx.items() if artifact in (k, v["path"])]
         if not matches:
             have = ", ".join(f"{k} ({v['path']})" for k, v in onnx.items()) or "none"
+            dropped = (report.get("dropped_variants") or {}) if isinstance(report.get("dropped_variants"), dict) else {}
+            gone = next((d for k, d in dropped.items() if isinstance(d, dict) and artifact in (k, d.get("file"))), None)
+            if gone is not None:   # not a typo: the build made it and dropped it
+                best = f" (best: {gone['best']})" if gone.get("best") else ""
+                raise InputError(f"--artifact {artifact}: the build dropped this variant: {gone.get('reason')}{best}; "
+                                 f"it has: {have}")
             raise InputError(f"--artifact {artifact}: not an ONNX artifact of this build (it has: {have})")
         k = matches[0]
         for provider in providers:
@@ -311,6 +317,29 @@ def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> I
             return
         if isinstance(config, dict):
             yield config
+
+
+def legacy_config_note(out: Path, report: dict) -> Optional[str]:
+    """What to tell the user of a build from before builds bundled the checkpoint's config.json (its report records
+    no ``weights.bundled_config`` and OUT holds none), whose class names, score function and prompts are read from
+    the folder of the trained weights as it is today (:func:`_checkpoint_configs`): a folder edited since, or gone
+    (OUT copied to another machine), changes its results with no change to OUT. None for any other build."""
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+    from bertc.text import ST_CONFIG
+
+    weights = report.get("weights") or {}
+    source = weights.get("source") if isinstance(weights, dict) else None
+    if not source or "bundled_config" in weights or any((Path(out) / n).exists() for n in (CHECKPOINT_CONFIG,
+                                                                                           "config.json")):
+        return None
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    found = [n for n in ("config.json", ST_CONFIG) if (folder / n).is_file()]
+    if found:
+        return (f"this build, from an earlier bertc, bundles no checkpoint config: {' and '.join(found)} read from "
+                f"{folder} as it is now (class names, score function, prompts); build it again with this bertc to "
+                f"bundle them")
+    return (f"this build, from an earlier bertc, bundles no checkpoint config, and {folder} holds none now: class "
+            f"names LABEL_i and the default score function; build it again from its checkpoint with this bertc")
 
 
 def read_labels(out: Path, report: dict, classes: Optional[int]) -> Optional[list[str]]:
@@ -681,6 +710,7 @@ class Runtime:
         check_build_files(self.out, self.report)
         self.kind, self.outputs = result_kind(self.report, self.spec)
         self.choice = choose_artifact(self.report, artifact, device)
+        self.legacy_config = legacy_config_note(self.out, self.report)   # an earlier bertc's build: what it reads
         batch_size, window = _whole("batch_size", batch_size, 1, False), _whole("window", window, 1, False)
         max_batch_tokens = _whole("max_batch_tokens", max_batch_tokens, 1, False)
         threads, top_k = _whole("threads", threads, 1), _whole("top_k", top_k)

@@ -18,7 +18,7 @@ import pytest
 
 from bertc.build import build_model
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED
+from bertc.errors import EXIT_BAD_SPEC, EXIT_PARITY_FAILED, InputError
 from bertc.inputs import make_inputs
 from bertc.optimize.int8_tuning import (Judge, activation_statistics, session_of, split_all, tune_int8, with_outputs,
                                        with_ranges)
@@ -919,6 +919,18 @@ def test_unrequested_variant_that_misses_is_dropped_and_a_requested_one_fails(tm
     assert "onnx_int8" not in report["artifacts"] and report["status"] == "passed"
     summary = (out / "summary.txt").read_text()
     assert "dropped: onnx_int8 (model.optimized.int8.onnx, not requested" in summary and "best reached: " in summary
+    # OUT/spec.json names no variants, as the spec did: a build from it may drop the default too (it wrote the default
+    # out, a request, and that rebuild failed, exit 3); --artifact naming the dropped variant says so
+    from bertc.pipeline import BuildOptions, requested_variants
+    from bertc.runtime import choose_artifact
+    from bertc.spec import load_spec
+
+    assert "variants" not in json.loads((out / "spec.json").read_text()).get("export", {})
+    assert requested_variants(load_spec(out / "spec.json"), BuildOptions(out=out)) == ()
+    for name in ("onnx_int8", "model.optimized.int8.onnx"):
+        with pytest.raises(InputError, match=f"--artifact {name}: the build dropped this variant: default variant not "
+                                             f"requested, .*best: .*min cosine"):
+            choose_artifact(report, name)
     capfd.readouterr()
     # asked for on the command line, or named in the spec: the miss fails the build
     rc, out = _build(tmp_path / "cli", unreachable, outlier_keras, "--variants", "onnx_int8")
