@@ -670,7 +670,9 @@ class Engine:
                 continue
             begin = e.offsets[first[e.word_ids[s]]][0] if e.word_ids[s] is not None else e.offsets[s][0]
             end = e.offsets[last[e.word_ids[t]]][1] if e.word_ids[t] is not None else e.offsets[t][1]
-            out.append((float(scores[flat]), int(begin), int(end), text[begin:end]))
+            begin, end = _answer_span(text, int(begin), int(end))
+            if begin < end:   # white space alone (a byte-level BPE's token of tabs or spaces) is no answer
+                out.append((float(scores[flat]), begin, end, text[begin:end]))
         return out, null
 
     def _zero_shot(self, logits: np.ndarray) -> dict:
@@ -745,7 +747,7 @@ class Engine:
 
     def _tags(self, logits, e, record: Record) -> list:
         return _spoken([(key, self._tag(logits[first:last + 1], key, begin, end, record))
-                        for key, (first, last, begin, end) in self._words(e).items()])
+                        for key, (first, last, begin, end) in self._words(e).items()], record)
 
     @staticmethod
     def _tag_result(tags: list, classes: int, record: Record) -> dict:
@@ -804,7 +806,7 @@ class Engine:
             row = np.stack([tokens[o] for o in sorted(tokens)])
             begin, end = min(x[2] for x in held), max(x[3] for x in held)
             tags.append((key, self._tag(row, key, begin, end, record)))
-        return _spoken(tags)
+        return _spoken(tags, record)
 
 
 # where a long text may be cut (Engine._prefix): white space to every tokenizer (BERT's normalizer deletes \x0b and
@@ -813,11 +815,41 @@ _SPACES = " \t\n\r"
 _WHITESPACE = re.compile(f"[{_SPACES}]")
 
 
-def _spoken(tags: list) -> list:
+def _spoken(tags: list, record: Record) -> list:
     """The ``(word key, tag)`` of words that are more than white space: a byte-level BPE's token for a second space
     ("Ġ"), a lone SentencePiece "▁", is a word of the tokenizer's and no word of the text (an empty tag, or one
-    splitting an entity)."""
-    return [(key, tag) for key, tag in tags if tag["word"]]
+    splitting an entity). A word ends after the combining marks that follow it where no other word holds them (in
+    decomposed text, NFD, an uncased WordPiece normalizer drops the accents: "José" was the word "Jose")."""
+    kept = [(key, tag) for key, tag in tags if tag["word"]]
+    for i, (key, tag) in enumerate(kept):
+        text = record.text if key[0] == 0 else record.pair
+        after = kept[i + 1][1]["start"] if i + 1 < len(kept) and kept[i + 1][0][0] == key[0] else len(text)
+        end = tag["end"]
+        while end < after and unicodedata.combining(text[end]):
+            end += 1
+        if end != tag["end"]:
+            tag["end"], tag["word"] = end, text[tag["start"]:end]
+    return kept
+
+
+def _answer_span(text: str, begin: int, end: int) -> tuple[int, int]:
+    """An answer's character span made whole: without the white space around it (a byte-level BPE's words carry
+    the space, tab or no-break space before them: answers began with a tab, and "Paris" and " Paris" were two
+    answers splitting one score), and with whole characters at its ends: one that begins on a combining mark (a
+    byte-level BPE makes a decomposed accent its own word) starts at its word's first letter, and one followed by
+    combining marks takes them and the rest of that word ("cr" + U+0300 + "me": "crème")."""
+    while begin < end and text[begin].isspace():
+        begin += 1
+    while end > begin and text[end - 1].isspace():
+        end -= 1
+    if begin < end and unicodedata.combining(text[begin]):
+        while begin > 0 and (unicodedata.combining(text[begin]) or text[begin - 1].isalnum()
+                             or unicodedata.combining(text[begin - 1])):
+            begin -= 1
+    if begin < end < len(text) and unicodedata.combining(text[end]):
+        while end < len(text) and (unicodedata.combining(text[end]) or text[end].isalnum()):
+            end += 1
+    return begin, end
 
 
 def _cut(text: str, at: int, start: int = 0) -> int:

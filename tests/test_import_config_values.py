@@ -129,6 +129,16 @@ def test_sentence_transformers_max_seq_length_must_be_an_integer(tmp_path, capsy
     assert f"sentence_bert_config.json: max_seq_length = {json.dumps(value)}" in err, err
 
 
+@pytest.mark.parametrize("kwargs", [{"text": {"max_length": 12}}, {"common": {"max_length": 10}}])
+def test_sentence_transformers_6_processing_kwargs_are_refused_not_ignored(tmp_path, capsys, kwargs):
+    """sentence-transformers 6 tokenizes with sentence_bert_config.json's processing_kwargs (a text / common
+    max_length cut at 12 tokens): bertc, which reads max_seq_length alone, cut at 24, and embeddings of longer texts
+    differed (cosine 0.965), exit 0 (found by a tester). Refused, named, until bertc reads them."""
+    source = copy(tmp_path, "st_bert_mean_norm", setter(processing_kwargs=kwargs), "sentence_bert_config.json")
+    err = refused(source, capsys, tmp_path)
+    assert f"sentence_bert_config.json: processing_kwargs = {json.dumps(kwargs)}" in err, err
+
+
 def test_sentence_transformers_null_max_seq_length_is_the_model_length(tmp_path):
     source = copy(tmp_path, "st_bert_mean_norm", setter(max_seq_length=None), "sentence_bert_config.json")
     (source / "tokenizer_config.json").unlink()

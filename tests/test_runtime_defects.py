@@ -137,7 +137,7 @@ def test_a_bundled_config_that_cannot_be_read_is_a_damaged_build(builds, tmp_pat
         bertc.Runtime(out)
 
 
-def test_the_builds_own_checkpoint_config_wins_over_the_weights_folder(builds, tmp_path):
+def test_the_builds_own_checkpoint_config_wins_over_the_weights_folder(builds, tmp_path, capsys):
     """OUT's checkpoint_config.json is what run reads: the config beside the trained weights (report.json's
     weights.source) only for a build that bundled none. Before, a bundled config without class names let the
     weights folder's (edited since the build) name them; a bundled config deleted from OUT let it too: now a
@@ -164,6 +164,18 @@ def test_the_builds_own_checkpoint_config_wins_over_the_weights_folder(builds, t
     (out / "report.json").write_text(json.dumps(report))
     rt = bertc.Runtime(out, artifact="onnx")
     assert rt.run(["the cat"])[0]["label"] in ("x", "y", "z") and rt.scores == "sigmoid"
+    # and says so: what such a build gives changes with that folder (found by a tester), never silently
+    assert rt.legacy_config.startswith("this build, from an earlier bertc, bundles no checkpoint config: config.json")
+    assert f"read from {source} as it is now" in rt.legacy_config
+    (tmp_path / "in.txt").write_text("the cat\n")
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.jsonl"), "--artifact", "onnx"]) == 0
+    assert f"note: {rt.legacy_config}" in capsys.readouterr().err
+    for name in ("config.json", "config_sentence_transformers.json"):
+        (source / name).unlink(missing_ok=True)
+    rt = bertc.Runtime(out, artifact="onnx")
+    assert rt.run(["the cat"])[0]["label"].startswith("LABEL_")
+    assert f"and {source} holds none now: class names LABEL_i" in rt.legacy_config
+    assert bertc.Runtime(builds["bert_seq_cls"]).legacy_config is None
 
 
 def test_a_config_the_build_did_not_bundle_is_not_read_beside_the_weights(builds, tmp_path):
@@ -741,3 +753,46 @@ def test_a_long_text_is_never_cut_inside_a_run_of_one_character(monkeypatch):
                  "x " + "!a" * 1500 + "!" * 1501):
         short = engine._shortened(text)
         assert engine.tokenizer.encode(short).ids == engine.tokenizer.encode(text).ids, text[:20]
+
+
+def test_an_answer_is_its_words_without_the_white_space_a_byte_level_bpe_word_carries():
+    """A RoBERTa / MPNet span labeler's answers began or ended with white space ('\\xa0Paris.\\r\\n\\r\\n ', '\\t '), some
+    were white space alone, and 'start and end\\t ' and 'start and end' were two answers splitting one score (found by
+    a tester): an answer is trimmed, and one of white space alone is none."""
+    from bertc.engine import Engine, _answer_span
+
+    context = "Line  two   has\u00a0Paris.\r\n\r\n  Third\tline"
+    begin = context.index("\u00a0")
+    assert _answer_span(context, begin, begin + len("\u00a0Paris.\r\n\r\n ")) == (begin + 1, begin + 7)
+    assert _answer_span(context, begin, begin + 1) == (begin + 1, begin + 1)   # white space alone: empty
+    tabbed = "  \ttabbed  start and end\t "
+    one = _answer_span(tabbed, tabbed.index("start"), len(tabbed))
+    two = _answer_span(tabbed, tabbed.index("start"), tabbed.index("end") + 3)
+    assert one == two
+    merged = Engine._span_answer([(0.0124, *one, tabbed[one[0]:one[1]]), (0.0091, *two, tabbed[two[0]:two[1]])])
+    assert merged["text"] == "start and end" and merged["score"] == pytest.approx(0.0215)
+
+
+def test_answers_and_words_keep_the_combining_marks_of_decomposed_text():
+    """In NFD text (macOS file names, text copied from PDFs) an uncased WordPiece normalizer drops the accents, so no
+    token held a word-final one ('José' was tagged 'Jose'), and a byte-level BPE makes an accent its own word (an
+    answer began on a lone U+0301): words end after their marks, answers begin and end on whole words."""
+    import unicodedata
+
+    from bertc.engine import _answer_span, _spoken
+    from bertc.run_io import Record
+
+    text = unicodedata.normalize("NFD", "José André et Zoë")
+    tags = [((0, 0), {"word": "Jose", "start": 0, "end": 4}), ((0, 1), {"word": "Andre", "start": 6, "end": 11}),
+            ((0, 2), {"word": "et", "start": 13, "end": 15}), ((0, 3), {"word": "Zoe", "start": 16, "end": 19})]
+    got = _spoken(tags, Record(text, None, "text 1"))
+    assert [t["word"] for _, t in got] == [unicodedata.normalize("NFD", w) for w in ("José", "André", "et", "Zoë")]
+    assert all(text[t["start"]:t["end"]] == t["word"] for _, t in got)
+    bpe = [((0, 0), {"word": "cr", "start": 0, "end": 2}), ((0, 1), {"word": "\u0300", "start": 2, "end": 3}),
+           ((0, 2), {"word": "me", "start": 3, "end": 5})]
+    assert [t["end"] for _, t in _spoken(bpe, Record("cr\u0300me", None, "text 1"))] == [2, 3, 5]
+    context = unicodedata.normalize("NFD", "written in 1813; café crème.")
+    accent = context.index("\u0301")
+    assert context[slice(*_answer_span(context, accent, len(context)))] == unicodedata.normalize("NFD", "café crème.")
+    cr = context.index("cre")
+    assert context[slice(*_answer_span(context, cr, cr + 3))] == unicodedata.normalize("NFD", "crème")

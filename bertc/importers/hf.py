@@ -542,8 +542,15 @@ def sentence_transformers_modules(root: Path) -> Optional[dict]:
     max_len = None
     st_config = transformer / "sentence_bert_config.json"
     if st_config.exists():   # sentence-transformers reads it as it is (no cast): an integer or null
-        max_len = ConfigValues(read_json(st_config), str(st_config)).int("max_seq_length", None, minimum=1,
-                                                                          nullable=True)
+        st_values = read_json(st_config)
+        max_len = ConfigValues(st_values, str(st_config)).int("max_seq_length", None, minimum=1, nullable=True)
+        kwargs = st_values.get("processing_kwargs") if isinstance(st_values, dict) else None
+        if kwargs:   # sentence-transformers 6 passes these to its tokenizer on every encode (a text / common
+            # max_length cut texts at 12 tokens where bertc cut at max_seq_length's 24: other embeddings, exit 0)
+            refuse(str(st_config), "processing_kwargs", kwargs, "sentence-transformers 6's tokenizer arguments "
+                   "(a max_length, truncation or padding of their own) are not read by bertc, which tokenizes as "
+                   "max_seq_length and the tokenizer files say: set max_seq_length to the length they give and "
+                   "remove processing_kwargs")
     if max_len is None and (transformer / "tokenizer_config.json").exists():
         from bertc.text import model_max_length
 
