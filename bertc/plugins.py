@@ -78,10 +78,15 @@ def _used_by_build(out_dir) -> list[dict]:
     import json
 
     try:
-        used = json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8")).get("plugins") or []
+        used = json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8")).get("plugins")
     except (OSError, ValueError, AttributeError):
         return []
-    # a damaged report's (bertc.report.read_report names what is wrong): only what reads as plug-in records counts
+    return _plugin_records(used)
+
+
+def _plugin_records(used) -> list[dict]:
+    """What reads as plug-in records in a report's ``plugins`` (a damaged report's: bertc.report.read_report names
+    what is wrong)."""
     return [r for r in used if isinstance(r, dict) and isinstance(r.get("plugin"), str)] if isinstance(used, list) else []
 
 
@@ -247,21 +252,21 @@ def _load(plugin: str) -> dict:
 def _code_sha256(path: Optional[Path]) -> Optional[str]:
     """The sha256 of a plug-in's file (a module's own file: not the rest of its package), so that a later ``bertc
     parity`` or ``bench`` of the build can say when the plug-in's code is not the build's."""
-    import hashlib
+    from bertc.manifest import sha256_file
 
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+        return sha256_file(Path(path)) if path else None
     except OSError:
         return None
 
 
-def changed_since_build(out_dir) -> list[str]:
-    """The plug-ins of the build in ``out_dir`` whose code loaded here differs from the code the build recorded
-    (its report.json's ``plugins``: a plug-in edited since the build): the Keras model a command reloads runs the
-    plug-in's code of today, the artifacts the build's."""
+def changed_since_build(report: dict) -> list[str]:
+    """The plug-ins of a build (its ``report``'s ``plugins``) whose code loaded here differs from the code the build
+    recorded (a plug-in edited since the build): the Keras model a command reloads runs the plug-in's code of
+    today, the artifacts the build's."""
     now = loaded()
     changed = []
-    for record in _used_by_build(out_dir):
+    for record in _plugin_records(report.get("plugins")):
         if not record.get("sha256"):   # an earlier bertc's build recorded none
             continue
         registered = set(record.get("registered") or [])

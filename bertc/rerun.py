@@ -171,7 +171,7 @@ def changed_since_build(out_dir: Path, report: dict) -> list[str]:
                 changed.append(name)
         except OSError as exc:   # one this user may not read: named, and the command goes on (its backend says more)
             changed.append(f"{name} (cannot be read: {exc.strerror or exc})")
-    return changed + plugins_changed(out_dir)
+    return changed + plugins_changed(report)
 
 
 class BuildReplaced(OutputError):

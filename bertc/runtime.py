@@ -305,18 +305,27 @@ def _checkpoint_configs(out: Path, report: dict, name: str = "config.json") -> I
         if config is not None:
             yield config
             return
-    weights = report.get("weights") or {}
-    if "bundled_config" in weights or (Path(out) / CHECKPOINT_CONFIG).exists():
-        return
-    source = weights.get("source")
-    if source:
-        src = Path(source)
+    folder = _weights_folder(out, report)
+    if folder is not None:
         try:
-            config = json.loads(((src if src.is_dir() else src.parent) / name).read_text(encoding="utf-8"))
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return
         if isinstance(config, dict):
             yield config
+
+
+def _weights_folder(out: Path, report: dict) -> Optional[Path]:
+    """The folder of the trained weights (report.json's ``weights.source``) where a build from before builds bundled
+    the checkpoint's configs reads them (its report records no ``weights.bundled_config``, and OUT has no
+    checkpoint_config.json); None for any other build."""
+    from bertc.checkpoints import CHECKPOINT_CONFIG
+
+    weights = report.get("weights") or {}
+    source = weights.get("source") if isinstance(weights, dict) else None
+    if not source or "bundled_config" in weights or (Path(out) / CHECKPOINT_CONFIG).exists():
+        return None
+    return Path(source) if Path(source).is_dir() else Path(source).parent
 
 
 def legacy_config_note(out: Path, report: dict) -> Optional[str]:
@@ -324,15 +333,11 @@ def legacy_config_note(out: Path, report: dict) -> Optional[str]:
     no ``weights.bundled_config`` and OUT holds none), whose class names, score function and prompts are read from
     the folder of the trained weights as it is today (:func:`_checkpoint_configs`): a folder edited since, or gone
     (OUT copied to another machine), changes its results with no change to OUT. None for any other build."""
-    from bertc.checkpoints import CHECKPOINT_CONFIG
     from bertc.text import ST_CONFIG
 
-    weights = report.get("weights") or {}
-    source = weights.get("source") if isinstance(weights, dict) else None
-    if not source or "bundled_config" in weights or any((Path(out) / n).exists() for n in (CHECKPOINT_CONFIG,
-                                                                                           "config.json")):
+    folder = _weights_folder(out, report)
+    if folder is None or (Path(out) / "config.json").exists():   # OUT's own config.json is read first
         return None
-    folder = Path(source) if Path(source).is_dir() else Path(source).parent
     found = [n for n in ("config.json", ST_CONFIG) if (folder / n).is_file()]
     if found:
         return (f"this build, from an earlier bertc, bundles no checkpoint config: {' and '.join(found)} read from "
