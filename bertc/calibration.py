@@ -9,8 +9,9 @@ Two kinds, both recorded in the report (``sources``):
   tab between a sentence pair) or else bertc's built-in multilingual sentence set
   (``bertc/data/calibration_sentences.txt``: short and long, 20 languages, chat, URLs, numbers, and the
   markup, code and licence text of documentation and web pages).
-  Text becomes three cases: every example in one padded batch (the case that judges the rank agreement
-  of within-batch similarities), the shortest example alone and the longest alone (a lone short sentence
+  Text becomes these cases: the examples in padded batches of up to 64 (the cases that judge the rank agreement
+  of within-batch similarities; 1,024 of a file's examples, evenly spaced, where it holds more), the shortest
+  example alone and the longest alone (a lone short sentence
   is where dynamic int8 does worst: a few tokens set the activation range). A sentence embedder whose
   sentence-transformers config has prompts gets one more batch per prompt (:func:`prompted_cases`): its
   queries reach it behind "query: " or an instruction, and so do they in ``bertc run``.
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from bertc.errors import BertcError, CalibrationError, MissingLibrary
 
@@ -84,13 +87,39 @@ class CalibrationSet:
         return {"sources": self.sources, "cases": [c.to_json() for c in self.cases]}
 
 
+TEXT_BATCH = 64   # examples per real-text case: a file of 20,000 lines was one padded batch (16 GB and rising)
+MAX_TEXT_EXAMPLES = 1024   # of a --calibration file, evenly spaced (the tuning measures every case many times)
+
+
+def batched_text_cases(out_dir: Path, spec, texts: list, label: str, **encode) -> list:
+    """``texts`` as padded batches of at most :data:`TEXT_BATCH` examples, each padded to its own longest example:
+    one case (``"text: N example(s) LABEL"``) when they fit in one, else ``"text: examples A-B of N LABEL"``. Memory
+    stays that of one batch whatever the file holds; a batch still judges the rank agreement of its similarities.
+    ``encode``: passed to :func:`bertc.text.encode_texts` (``cut``: the indices of the examples cut, over all)."""
+    from bertc.parity import Case
+    from bertc.text import encode_texts
+
+    max_len, n = spec.encoder.max_sequence_length, len(texts)
+    cases = []
+    for start in range(0, n, TEXT_BATCH):
+        cut = [] if "cut" in encode else None
+        inputs = encode_texts(out_dir, texts[start:start + TEXT_BATCH], max_len, spec,
+                              **{**encode, **({"cut": cut} if cut is not None else {})})
+        if cut:
+            encode["cut"].extend(start + i for i in cut)
+        stop = start + len(inputs["input_mask"])
+        cases.append(Case.given(f"text: {n} example(s) {label}" if n <= TEXT_BATCH else
+                                f"text: examples {start + 1}-{stop} of {n} {label}", inputs))
+    return cases
+
+
 def text_cases(out_dir: Path, spec, texts: list, source: str) -> list:
-    """The three real-text cases of ``texts`` (see the module docstring), labelled with ``source``."""
+    """The real-text cases of ``texts`` (see the module docstring), labelled with ``source``."""
     from bertc.parity import Case
     from bertc.text import encode_texts
 
     max_len = spec.encoder.max_sequence_length
-    cases = [Case.given(f"text: {len(texts)} example(s) from {source}", encode_texts(out_dir, texts, max_len, spec))]
+    cases = batched_text_cases(out_dir, spec, texts, f"from {source}")
     if len(texts) > 1:
         sizes = [len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts]
         shortest, longest = sizes.index(min(sizes)), sizes.index(max(sizes))
@@ -108,8 +137,7 @@ def prompted_cases(out_dir: Path, spec, texts: list, source: str) -> tuple[list,
     prompts, every text example of ``texts`` in one padded batch behind each prompt (the default prompt first, at
     most :data:`MAX_PROMPTS`): what ``bertc run`` feeds such a model (e5's "query: ", bge's instruction), so that
     int8 is tuned and judged on it too. Sentence pairs take no prompt."""
-    from bertc.parity import Case
-    from bertc.text import bundled_prompts, encode_texts
+    from bertc.text import bundled_prompts
 
     if spec.head is None or spec.head.type != "sentence_embedding":
         return [], []
@@ -124,9 +152,8 @@ def prompted_cases(out_dir: Path, spec, texts: list, source: str) -> tuple[list,
             continue
         seen.add(prompts[name])
         used.append(name)
-        cases.append(Case.given(f"text: {len(singles)} example(s) from {source} behind the model's prompt {name!r}",
-                                encode_texts(out_dir, [prompts[name] + t for t in singles],
-                                             spec.encoder.max_sequence_length, spec)))
+        cases += batched_text_cases(out_dir, spec, [prompts[name] + t for t in singles],
+                                    f"from {source} behind the model's prompt {name!r}")
     return cases, used
 
 
@@ -155,6 +182,9 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
                                    f"vocab.json + merges.txt, or a SentencePiece model)")
         try:
             texts = read_texts(calibration)
+            given = len(texts)
+            if given > MAX_TEXT_EXAMPLES:   # evenly spaced over the file: the same ones whenever it is read
+                texts = [texts[int(i)] for i in np.linspace(0, given - 1, MAX_TEXT_EXAMPLES).round()]
             cases = text_cases(out_dir, spec, texts, calibration.name)
             prompted, used = prompted_cases(out_dir, spec, texts, calibration.name)
         except (CalibrationError, MissingLibrary):   # tokenizers not installed: exit 7, as every missing library
@@ -164,6 +194,7 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
         # where it is and what it held: `bertc parity OUT` re-runs on the same text, from any directory
         return cases + prompted, {"kind": "file", "path": os.path.abspath(calibration),
                                   "sha256": sha256_file(calibration), "examples": len(texts),
+                                  **({"of": given} if given != len(texts) else {}),
                                   **({"prompts": used} if used else {})}
     if not has_tokenizer(out_dir):
         return [], {"kind": "none", "why": "no tokenizer in this build (none beside the trained weights)"}

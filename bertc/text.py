@@ -593,13 +593,15 @@ def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: 
 
 
 def text_cases(out_dir: Path, path: Path, spec) -> tuple[list[tuple[str, dict[str, np.ndarray]]], int]:
-    """Parity cases from a text file: every example in one padded batch, and the first one alone; and how many
-    examples were cut to the model's maximum length."""
+    """Parity cases from a text file: every example, in padded batches of up to 64
+    (:func:`bertc.calibration.batched_text_cases`: memory of one batch, however long the file), and the first one
+    alone; and how many examples were cut to the model's maximum length."""
+    from bertc.calibration import batched_text_cases
+
     texts = read_texts(path)
     max_len = spec.encoder.max_sequence_length
     cut: list = []
-    cases = [(f"text: {len(texts)} example(s) from {Path(path).name}",
-              encode_texts(out_dir, texts, max_len, spec, cut=cut))]
+    cases = [(c.label, c.inputs) for c in batched_text_cases(out_dir, spec, texts, f"from {Path(path).name}", cut=cut)]
     if len(texts) > 1:
         cases.append((f"text: example 1 of {Path(path).name} alone", encode_texts(out_dir, texts[:1], max_len, spec)))
     return cases, len(cut)

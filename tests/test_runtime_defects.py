@@ -796,3 +796,32 @@ def test_answers_and_words_keep_the_combining_marks_of_decomposed_text():
     assert context[slice(*_answer_span(context, accent, len(context)))] == unicodedata.normalize("NFD", "café crème.")
     cr = context.index("cre")
     assert context[slice(*_answer_span(context, cr, cr + 3))] == unicodedata.normalize("NFD", "crème")
+
+
+def test_a_long_calibration_or_parity_text_file_is_read_in_bounded_batches(builds, tmp_path):
+    """A --calibration file of 20,000 short lines was one padded batch: the build reached 16 GB and was still running
+    after 8 minutes, and the rank agreement over every pair of rows grew with the square of the lines (found by a
+    tester). The text is read in batches of 64, each padded to its own longest line; a --calibration file uses
+    1,024 of its examples, evenly spaced, and the report says how many of how many."""
+    from bertc.calibration import MAX_TEXT_EXAMPLES, TEXT_BATCH, real_text_cases
+    from bertc.spec import load_spec
+    from bertc.text import text_cases
+
+    out = builds["st_bert_mean_norm"]
+    spec = load_spec(out / "spec.json")
+    lines = [("the cat " * (1 + i % 5)).strip() for i in range(1500)]
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(lines) + "\n")
+    cases, source = real_text_cases(spec, out, path)
+    assert (source["examples"], source["of"]) == (MAX_TEXT_EXAMPLES, 1500)
+    batches = [c for c in cases if c.label.startswith("text: examples ")]
+    assert len(batches) == MAX_TEXT_EXAMPLES // TEXT_BATCH and {c.batch for c in batches} == {TEXT_BATCH}
+    assert batches[0].label == f"text: examples 1-64 of {MAX_TEXT_EXAMPLES} from many.txt"
+    assert max(c.batch for c in cases) == TEXT_BATCH
+    assert all(c.sequence_length == int(c.inputs["input_mask"].sum(axis=1).max()) for c in batches)   # own longest
+    parity, cut = text_cases(out, path, spec)   # bertc parity --text: every example, in batches too
+    assert sum(len(inputs["input_mask"]) for label, inputs in parity if "examples" in label) == 1500 and cut == 0
+    short = tmp_path / "few.txt"
+    short.write_text("the cat\nthe cat sat\n")
+    cases, source = real_text_cases(spec, out, short)
+    assert cases[0].label == "text: 2 example(s) from few.txt" and "of" not in source
