@@ -55,6 +55,16 @@ def _beside(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{next(_WRITES)}.partial")
 
 
+def _keep_mode(path: Path, tmp: Path) -> None:
+    """``tmp`` (the text that replaces ``path``) given ``path``'s permission bits: a report.json made read-only
+    (``chmod a-w``) stayed so only until root's ``bertc parity`` replaced it with a new, writable file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    os.chmod(tmp, mode & 0o7777)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """``text`` into ``path`` whole or not at all: written beside it (a name of this write's own: two processes or
     threads may write one shared cache file) and renamed over it. An ``OSError`` leaves no partial file. A
@@ -66,6 +76,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = _beside(path)
     try:
         _write_new(tmp, text)
+        _keep_mode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -108,6 +119,7 @@ def write_texts_atomic(texts: dict) -> None:
             tmp = _beside(path)
             written.append((tmp, path))
             _write_new(tmp, text)
+            _keep_mode(path, tmp)
         with signals_ignored():   # Ctrl-C or SIGTERM between two renames: one file new, the other old
             for tmp, path in written:
                 os.replace(tmp, path)

@@ -284,3 +284,26 @@ def test_atomic_writes_of_one_file_from_several_threads_never_show_a_reader_a_pa
     watching.join()
     assert failures == [] and seen <= {(size, 1)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
+
+
+def test_an_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
+    """root's `bertc parity` on a build made read-only (chmod -R a-w) replaced report.json with a new file of mode
+    0644 (found by a tester): the replacement takes the replaced file's permission bits; a new file the default."""
+    from bertc.report import write_text_atomic, write_texts_atomic
+
+    report, summary = tmp_path / "report.json", tmp_path / "summary.txt"
+    for path in (report, summary):
+        path.write_text("old")
+        path.chmod(0o444)
+    write_text_atomic(report, "new")
+    write_texts_atomic({report: "newer", summary: "new"})
+    assert [(p.read_text(), p.stat().st_mode & 0o777) for p in (report, summary)] == [("newer", 0o444), ("new", 0o444)]
+    fresh = tmp_path / "fresh.json"
+    write_text_atomic(fresh, "x")
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
