@@ -45,6 +45,19 @@ class _Path(click.Path):
         return super().convert(value, param, ctx)
 
 
+class _SpecPath(_Path):
+    """A spec file's path: a folder holding a spec.json (a build's OUT, a checkpoint imported into one) is refused
+    naming that file, where click said only "is a directory"."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, Path)) and str(value) and Path(value).is_dir() and (Path(value) / "spec.json").is_file():
+            self.fail(f"{value} is a folder; its spec is {Path(value) / 'spec.json'}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class _StatusLine:
     """What a long stage is doing now (the int8 tuning: minutes on a base-size model), on one line of the
     terminal that the next line overwrites; nothing when stderr is not a terminal."""
@@ -145,7 +158,7 @@ def cli():
 
 @cli.command()
 @plugin_option
-@click.argument("spec", type=_Path(dir_okay=False, path_type=Path))
+@click.argument("spec", type=_SpecPath())
 @click.option("-o", "--out", type=_Path(path_type=Path), required=True,   # a file there: exit 5, as the build says
               help="Output directory (written atomically).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
@@ -452,7 +465,7 @@ def import_checkpoint(source, output, name, encoder_only, force):
 
 @cli.command()
 @plugin_option
-@click.argument("specs", nargs=-1, required=True, type=_Path(dir_okay=False, path_type=Path))
+@click.argument("specs", nargs=-1, required=True, type=_SpecPath())
 def validate(specs):
     """Check one or more specs (all problems of each, with JSON paths)."""
     _import_quietly()
@@ -551,7 +564,7 @@ def list_components():
 
 @cli.command()
 @plugin_option
-@click.argument("spec", type=_Path(dir_okay=False, path_type=Path))
+@click.argument("spec", type=_SpecPath())
 @click.option("--plot", type=_Path(dir_okay=False, path_type=Path),
               help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
 def inspect(spec, plot):

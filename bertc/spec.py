@@ -390,6 +390,10 @@ def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] 
 
 def _decode(raw: bytes, source: str) -> str:
     """A spec file's text: UTF-8, with or without the byte order mark that Windows editors write first."""
+    if raw.startswith(b"PK\x03\x04"):   # a zip: a Keras model (model.keras) named where a spec goes
+        raise SpecError(source, [("$", "a zip archive (a Keras .keras model?), not a JSON spec: a build's spec is the "
+                                       "spec.json beside its model.keras; `bertc import FILE.keras -o spec.json` "
+                                       "makes a spec of a .keras model")])
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SpecError(source, [("$", "the file is UTF-16 text (it starts with a UTF-16 byte order mark); "
                                        "a spec is UTF-8: save it as UTF-8")])

@@ -170,3 +170,21 @@ def test_a_byte_order_mark_is_accepted_and_other_encodings_are_named(tmp_path):
         load_spec(latin1)
     (where, msg), = info.value.problems
     assert where == "line 2, column 21" and msg == "not UTF-8 text (byte 0xe9): a spec is UTF-8; save it as UTF-8"
+
+
+@pytest.mark.parametrize("command", ["build", "validate", "inspect"])
+def test_a_build_folder_or_a_keras_model_given_as_the_spec_names_the_spec_to_give(tmp_path, capsys, command):
+    """`bertc inspect OUT` said only "is a directory", and `bertc inspect OUT/model.keras` "not UTF-8 text (byte
+    0xa5) ... save it as UTF-8" (found by a tester): the folder's spec.json, and what a .keras model is, are named."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spec.json").write_text(json.dumps(tiny_bert()))
+    keras_file = out / "model.keras"
+    keras_file.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    extra = ["-o", str(tmp_path / "new")] if command == "build" else []
+    assert main([command, str(out), *extra]) == EXIT_BAD_SPEC
+    assert f"{out} is a folder; its spec is {out / 'spec.json'}" in capsys.readouterr().err
+    assert main([command, str(keras_file), *extra]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert "a zip archive (a Keras .keras model?), not a JSON spec: a build's spec is the spec.json beside its " \
+           "model.keras" in err and "UTF-8" not in err and "Traceback" not in err
