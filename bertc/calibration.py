@@ -87,30 +87,16 @@ class CalibrationSet:
         return {"sources": self.sources, "cases": [c.to_json() for c in self.cases]}
 
 
-TEXT_BATCH = 64   # examples per real-text case: a file of 20,000 lines was one padded batch (16 GB and rising)
 MAX_TEXT_EXAMPLES = 1024   # of a --calibration file, evenly spaced (the tuning measures every case many times)
 
 
-def batched_text_cases(out_dir: Path, spec, texts: list, label: str, **encode) -> list:
-    """``texts`` as padded batches of at most :data:`TEXT_BATCH` examples, each padded to its own longest example:
-    one case (``"text: N example(s) LABEL"``) when they fit in one, else ``"text: examples A-B of N LABEL"``. Memory
-    stays that of one batch whatever the file holds; a batch still judges the rank agreement of its similarities.
-    ``encode``: passed to :func:`bertc.text.encode_texts` (``cut``: the indices of the examples cut, over all)."""
+def batched_text_cases(out_dir: Path, spec, texts: list, label: str) -> list:
+    """``texts`` as cases of padded batches of at most :data:`bertc.text.TEXT_BATCH` examples
+    (:func:`bertc.text.encode_batches`)."""
     from bertc.parity import Case
-    from bertc.text import encode_texts
+    from bertc.text import encode_batches
 
-    max_len, n = spec.encoder.max_sequence_length, len(texts)
-    cases = []
-    for start in range(0, n, TEXT_BATCH):
-        cut = [] if "cut" in encode else None
-        inputs = encode_texts(out_dir, texts[start:start + TEXT_BATCH], max_len, spec,
-                              **{**encode, **({"cut": cut} if cut is not None else {})})
-        if cut:
-            encode["cut"].extend(start + i for i in cut)
-        stop = start + len(inputs["input_mask"])
-        cases.append(Case.given(f"text: {n} example(s) {label}" if n <= TEXT_BATCH else
-                                f"text: examples {start + 1}-{stop} of {n} {label}", inputs))
-    return cases
+    return [Case.given(name, inputs) for name, inputs in encode_batches(out_dir, texts, spec, label)]
 
 
 def text_cases(out_dir: Path, spec, texts: list, source: str) -> list:

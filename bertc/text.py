@@ -592,16 +592,36 @@ def encode_texts(out_dir: Path, texts: Sequence, max_len: int, spec=None, seed: 
     return out
 
 
-def text_cases(out_dir: Path, path: Path, spec) -> tuple[list[tuple[str, dict[str, np.ndarray]]], int]:
-    """Parity cases from a text file: every example, in padded batches of up to 64
-    (:func:`bertc.calibration.batched_text_cases`: memory of one batch, however long the file), and the first one
-    alone; and how many examples were cut to the model's maximum length."""
-    from bertc.calibration import batched_text_cases
+TEXT_BATCH = 64   # examples per real-text case: a file of 20,000 lines was one padded batch (16 GB and rising)
 
+
+def encode_batches(out_dir: Path, texts: Sequence, spec, label: str,
+                   cut: Optional[list] = None) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """``texts`` as padded batches of at most :data:`TEXT_BATCH` examples, each padded to its own longest example,
+    named ``"text: N example(s) LABEL"`` when they fit in one, else ``"text: examples A-B of N LABEL"``: memory stays
+    one batch's whatever the file holds, and a batch still judges the rank agreement of its similarities. ``cut``: a
+    list given gets the indices (over all of ``texts``) of the examples truncation cut."""
+    max_len, n = spec.encoder.max_sequence_length, len(texts)
+    batches = []
+    for start in range(0, n, TEXT_BATCH):
+        cut_here: Optional[list] = [] if cut is not None else None
+        inputs = encode_texts(out_dir, texts[start:start + TEXT_BATCH], max_len, spec, cut=cut_here)
+        if cut_here:
+            cut.extend(start + i for i in cut_here)
+        stop = start + len(inputs["input_mask"])
+        batches.append((f"text: {n} example(s) {label}" if n <= TEXT_BATCH else
+                        f"text: examples {start + 1}-{stop} of {n} {label}", inputs))
+    return batches
+
+
+def text_cases(out_dir: Path, path: Path, spec) -> tuple[list[tuple[str, dict[str, np.ndarray]]], int]:
+    """Parity cases from a text file: every example, in padded batches of up to 64 (:func:`encode_batches`: memory
+    of one batch, however long the file), and the first one alone; and how many examples were cut to the model's
+    maximum length."""
     texts = read_texts(path)
     max_len = spec.encoder.max_sequence_length
     cut: list = []
-    cases = [(c.label, c.inputs) for c in batched_text_cases(out_dir, spec, texts, f"from {Path(path).name}", cut=cut)]
+    cases = encode_batches(out_dir, texts, spec, f"from {Path(path).name}", cut=cut)
     if len(texts) > 1:
         cases.append((f"text: example 1 of {Path(path).name} alone", encode_texts(out_dir, texts[:1], max_len, spec)))
     return cases, len(cut)

@@ -803,9 +803,9 @@ def test_a_long_calibration_or_parity_text_file_is_read_in_bounded_batches(build
     after 8 minutes, and the rank agreement over every pair of rows grew with the square of the lines (found by a
     tester). The text is read in batches of 64, each padded to its own longest line; a --calibration file uses
     1,024 of its examples, evenly spaced, and the report says how many of how many."""
-    from bertc.calibration import MAX_TEXT_EXAMPLES, TEXT_BATCH, real_text_cases
+    from bertc.calibration import MAX_TEXT_EXAMPLES, real_text_cases
     from bertc.spec import load_spec
-    from bertc.text import text_cases
+    from bertc.text import TEXT_BATCH, text_cases
 
     out = builds["st_bert_mean_norm"]
     spec = load_spec(out / "spec.json")
