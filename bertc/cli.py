@@ -170,7 +170,8 @@ def cli():
               help="Reduced-precision and padding-free variants, comma-separated, replacing the spec's "
                    f"export.variants: {', '.join(EXPORT_VARIANTS)} ('' or 'none' for none).")
 @click.option("--calibration", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              metavar="FILE", help="Your own text (one example per line, a tab between a pair), tokenized by the bundled "
+              metavar="FILE", help="Your own text (one example per line, a tab between a pair; or .jsonl/.csv/.tsv/.parquet: the "
+                                   "field text, and text_pair for a pair), tokenized by the bundled "
                                    "tokenizer: int8 is tuned and parity checked on it instead of the built-in sentences.")
 @click.option("--opset", type=click.Choice(["17", "18"]), default=None, help="ONNX opset (default: the spec's, 17).")
 @click.option("--int64-inputs", is_flag=True, default=None, help="ONNX inputs as int64 instead of int32.")
@@ -588,7 +589,8 @@ def inspect(spec, plot):
 @click.option("--rtol", type=click.FloatRange(0, 1), default=None, callback=lambda c, p, v: _not_nan(v, p),
               help="Relative tolerance for every backend, 0 to 1.")
 @click.option("--text", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Real inputs: a text file (one example per line, a tab between a sentence pair) tokenized by "
+              help="Real inputs: a text file (one example per line, a tab between a sentence pair; or .jsonl/.csv/"
+                   ".tsv/.parquet: the field text, and text_pair for a pair) tokenized by "
                    "the tokenizer bundled in OUT, instead of random ids.")
 @click.option("--calibration", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The build's inputs with this file as their real text: where the build's --calibration text is "
@@ -647,7 +649,8 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--no-plot", is_flag=True, help="Do not draw bench.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the table goes to stderr).")
 @click.option("--text", "text", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Time real text (one example per line, a tab between a pair) through the bundled tokenizer.")
+              help="Time real text (one example per line, a tab between a pair; or .jsonl/.csv/.tsv/.parquet: "
+                   "the field text, and text_pair) through the bundled tokenizer.")
 def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, no_plot, as_json, text):
     """Time every artifact x backend of a built OUT/: latency p50/p90, throughput, ratio to model.onnx on CPU.
     Writes OUT/bench.json and OUT/bench.png (with matplotlib)."""

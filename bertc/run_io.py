@@ -91,6 +91,7 @@ class InputSpec:
     choices_field: tuple = (DEFAULT_CHOICES_FIELD,)
     keep: tuple = ()
     ranking: bool = False   # the lists are a reranker's documents (one or more), not a question's choices
+    choose: str = ""        # how the user names other fields, for messages [default: run's options]
 
     @property
     def text_fields(self) -> list:
@@ -316,8 +317,10 @@ def _read_txt(spec: InputSpec) -> Iterator[Record]:
 
 
 def _choose_with(spec: InputSpec) -> str:
+    if spec.choose:
+        return spec.choose
     lists = " / --documents-field" if spec.ranking else " / --choices-field"
-    return ("--text-field / --pair-field" + (lists if spec.choices else "")
+    return ("choose with --text-field / --pair-field" + (lists if spec.choices else "")
             + (" / --keep-fields" if spec.keep else ""))
 
 
@@ -325,7 +328,7 @@ def _fields(row: dict, spec: InputSpec, where: str) -> Record:
     missing = [f for f in spec.fields if f not in row]
     if missing:
         raise InputError(f"{spec.name}: {where}: no field {missing[0]!r} (it has: {', '.join(map(str, row)) or 'none'}; "
-                         f"choose with {_choose_with(spec)})")
+                         f"{_choose_with(spec)})")
     loc = f"{spec.name}: {where}"
     pair = _check_text(row[spec.pair_field], loc, spec.pair_field) if spec.pair_field else None
     choices = _choices(row, spec, loc) if spec.choices else None
@@ -417,7 +420,7 @@ def _read_csv(spec: InputSpec) -> Iterator[Record]:
         missing = [c for c in spec.fields if c not in header]
         if missing:
             raise InputError(f"{spec.name}: no column {missing[0]!r} in the header (columns: "
-                             f"{', '.join(header) or 'none'}; choose with {_choose_with(spec)})")
+                             f"{', '.join(header) or 'none'}; {_choose_with(spec)})")
         began = reader.line_num + 1
         for row in reader:
             # reader.line_num is the line the row ended on; a row of more or fewer fields than the header is
@@ -500,7 +503,7 @@ def _read_parquet(spec: InputSpec) -> Iterator[Record]:
     columns = list(dict.fromkeys(spec.fields))
     missing = [c for c in columns if c not in names]
     if missing:
-        raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}; choose with "
+        raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}; "
                          f"{_choose_with(spec)})")
     n = 0
     for batch in f.iter_batches(batch_size=4096, columns=columns):
@@ -592,6 +595,35 @@ def kept_types(spec: InputSpec, fmt: str = "parquet") -> Optional[list]:
 
 
 READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "tsv": _read_csv, "parquet": _read_parquet}
+
+
+def columns(spec: InputSpec) -> list:
+    """The field names of a JSONL (its first object's), CSV / TSV (the header) or Parquet (the schema) input; none
+    for a .txt or an empty file. Errors as reading the file raises them."""
+    if spec.format == "parquet":
+        try:
+            return list(_pyarrow().parquet.ParquetFile(spec.path).schema_arrow.names)
+        except (InputError, MissingLibrary):
+            raise
+        except Exception as exc:
+            raise InputError(f"{spec.path}: not a Parquet file: {' '.join(str(exc).split())}") from None
+    if spec.format in ("csv", "tsv"):
+        line = next(_text_lines(spec), "")
+        return next(csv.reader([line], delimiter="\t" if spec.format == "tsv" else ","), [])
+    if spec.format == "jsonl":
+        with _open_binary(spec) as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = _decode_line(raw, n)
+                except UnicodeDecodeError as exc:
+                    raise _decode_error(spec, f"line {n}", exc) from None
+                if line.strip(" \t\r\n"):
+                    try:
+                        row = json.loads(line)
+                    except ValueError as exc:
+                        raise InputError(f"{spec.name}: line {n}: not JSON: {exc}") from None
+                    return list(row) if isinstance(row, dict) else []
+    return []
 
 
 def read_records(spec: InputSpec) -> Iterator[Record]:

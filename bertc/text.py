@@ -530,13 +530,52 @@ def _read_bounded(path: Path) -> bytes:
     return b"".join(chunks)
 
 
+TEXT_FIELD, PAIR_FIELD = "text", "text_pair"   # the fields of a JSONL / CSV / TSV / Parquet file of examples
+
+
+def _read_records(path: Path, fmt: str) -> list:
+    """The examples of a JSONL, CSV, TSV or Parquet file, read as ``bertc run`` reads its input (its rules and its
+    messages, naming the line or row): the field ``text``, and ``text_pair`` (transformers' name for a pair's second
+    text) where the file has that field."""
+    import dataclasses
+    import os
+    import stat
+
+    from bertc.run_io import columns, input_spec, read_records
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InputError(f"{path}: not a regular file: give a {fmt} file of examples")
+        if os.path.getsize(path) > MAX_TEXT_FILE_BYTES:
+            raise InputError(f"{path}: the file is larger than {MAX_TEXT_FILE_BYTES >> 20} MiB, the most bertc reads "
+                             f"for examples: give a sample of it")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {fmt} file: {exc}") from None
+    spec = input_spec(path, fmt)
+    pair = PAIR_FIELD if PAIR_FIELD in columns(spec) else None
+    fixed = f"examples are read from the field {TEXT_FIELD!r}, and {PAIR_FIELD!r} for a pair's second text"
+    records = read_records(dataclasses.replace(input_spec(path, fmt, TEXT_FIELD, pair), choose=fixed))
+    texts = [r.text if r.pair is None else (r.text, r.pair) for r in records]
+    if not texts:
+        raise InputError(f"{path}: no examples (a {fmt} file of examples: the field {TEXT_FIELD!r}, and "
+                         f"{PAIR_FIELD!r} for a pair's second text)")
+    return texts
+
+
 def read_texts(path: Path) -> list:
-    """One example per non-empty line; a tab separates a sentence pair. Lines end where ``bertc run``'s .txt lines
-    end (LF, CRLF or a lone CR; not at the other characters ``str.splitlines`` ends a line at: U+2028, \\x0c, ...,
-    which are text), and a text or pair left empty by the tab is refused, naming its line, as ``bertc run`` refuses
-    it (transformers would encode "abc<TAB>" as "abc" alone, bertc encoded a pair with an empty second text)."""
+    """The examples of a text file: one per non-empty line, a tab separating a sentence pair; or of a JSONL, CSV,
+    TSV or Parquet file (by its suffix, as ``bertc run`` reads its input): the field ``text`` and, where the file
+    has it, ``text_pair``. A .txt's lines end where ``bertc run``'s .txt lines end (LF, CRLF or a lone CR; not at
+    the other characters ``str.splitlines`` ends a line at: U+2028, \\x0c, ..., which are text), and a text or pair
+    left empty by the tab is refused, naming its line, as ``bertc run`` refuses it (transformers would encode
+    "abc<TAB>" as "abc" alone, bertc encoded a pair with an empty second text)."""
     import re
 
+    from bertc.run_io import INPUT_FORMATS
+
+    fmt = INPUT_FORMATS.get(Path(path).suffix.lower())
+    if fmt not in (None, "txt"):   # a .jsonl was read as lines of text: '{"text": "..."}' tokenized as it stands
+        return _read_records(Path(path), fmt)
     try:
         content = _read_bounded(Path(path)).decode("utf-8-sig")   # a byte-order mark is no part of the first text
     except (OSError, UnicodeDecodeError) as exc:

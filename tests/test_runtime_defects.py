@@ -825,3 +825,54 @@ def test_a_long_calibration_or_parity_text_file_is_read_in_bounded_batches(build
     short.write_text("the cat\nthe cat sat\n")
     cases, source = real_text_cases(spec, out, short)
     assert cases[0].label == "text: 2 example(s) from few.txt" and "of" not in source
+
+
+def test_a_structured_calibration_or_parity_file_is_read_by_its_fields(builds, tmp_path):
+    """--calibration, parity --text and bench --text read every file as lines of text: a JSONL file's examples were
+    '{"text": "the cat sat"}' as it stands, its braces, quotes and field name tokenized (exit 0; noticed in review).
+    JSONL, CSV, TSV and Parquet are read as bertc run reads them: the field text, and text_pair where the file has it;
+    a file without the field is refused, naming it."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertc.calibration import real_text_cases
+    from bertc.errors import CalibrationError
+    from bertc.spec import load_spec
+    from bertc.text import read_texts
+
+    out = builds["st_bert_mean_norm"]
+    spec = load_spec(out / "spec.json")
+    plain = tmp_path / "few.txt"
+    plain.write_text("the cat\tsat down\nthe dog ran\n")
+    rows = [{"id": 1, "text": "the cat", "text_pair": "sat down"}, {"id": 2, "text": "the dog ran", "text_pair": None}]
+    jsonl = tmp_path / "few.jsonl"
+    jsonl.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows))
+    with pytest.raises(InputError, match=r"few.jsonl: line 2: no field 'text_pair' .*'text_pair' for a pair"):
+        read_texts(jsonl)   # a pair field in one row is a pair field in every row, as bertc run reads it
+    jsonl.write_text("\n".join(json.dumps({"id": r["id"], "text": r["text"]}) for r in rows) + "\n")
+    assert read_texts(jsonl) == ["the cat", "the dog ran"]
+    csv_path = tmp_path / "few.csv"
+    csv_path.write_text('text,text_pair\nthe cat,sat down\n"the dog, it ran",off\n')
+    assert read_texts(csv_path) == [("the cat", "sat down"), ("the dog, it ran", "off")]
+    tsv = tmp_path / "few.tsv"
+    tsv.write_text("id\ttext\n1\tthe cat\n")
+    assert read_texts(tsv) == ["the cat"]
+    parquet = tmp_path / "few.parquet"
+    pq.write_table(pa.table({"text": ["the cat", "the dog ran"], "text_pair": ["sat down", "home"]}), parquet)
+    assert read_texts(parquet) == [("the cat", "sat down"), ("the dog ran", "home")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence\nthe cat\n")
+    with pytest.raises(InputError, match=r"bad.csv: no column 'text' .*columns: sentence; examples are read from"):
+        read_texts(bad)
+    with pytest.raises(CalibrationError, match="--calibration .*bad.csv: .*no column 'text'"):
+        real_text_cases(spec, out, bad)
+    jsonl.write_text(json.dumps({"text": "the cat", "text_pair": "sat down"}) + "\n"
+                     + json.dumps({"text": "the dog ran", "text_pair": "home"}) + "\n")
+    from_jsonl, source = real_text_cases(spec, out, jsonl)
+    plain.write_text("the cat\tsat down\nthe dog ran\thome\n")
+    from_txt, _ = real_text_cases(spec, out, plain)
+    assert source["examples"] == 2 and len(from_jsonl) == len(from_txt)
+    for a, b in zip(from_jsonl, from_txt):   # the same tokens as the same text in a .txt
+        assert all(np.array_equal(a.inputs[k], b.inputs[k]) for k in b.inputs)
