@@ -7,6 +7,7 @@ components, which build their layers into the functional graph and keep handles 
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -60,40 +61,60 @@ def expected_param_count(spec: Spec, sig: Optional[Signature] = None) -> int:
 
 def build_model(spec, sig: Optional[Signature] = None) -> Built:
     """The Keras functional model of ``spec``, its weights drawn from ``spec.seed`` (the same spec builds the same
-    weights in any process); the caller's random state (Python's, NumPy's, TensorFlow's and Keras' global seeds)
-    is as it was before the call."""
+    weights in any process and any thread, builds in other threads alongside); no global random state (Python's,
+    NumPy's, TensorFlow's, Keras') is read or changed."""
     spec = as_spec(spec)
     sig = sig or signature_of(spec)
     with _seeded(spec.seed):
         return _build_model(spec, sig)
 
 
+class _Streams(threading.local):
+    rng = None   # this thread's build's random.Random, or None: the random module itself
+
+
+class _PerThreadRandom:
+    """What Keras draws its default seeds from (``keras.src.random.seed_generator.python_random``, the ``random``
+    module): the stream of the build running in this thread, or the ``random`` module itself outside builds. Every
+    initializer and seed generator a layer makes without a seed takes ``python_random.randint(1, 1e9)``, and the
+    weights follow from those seeds alone (stateless draws), so a build seeded here gives the spec's weights whatever
+    other threads do, and no other thread's random numbers are drawn, rewound or replayed."""
+
+    def __init__(self, real):
+        self._real = real
+        self._streams = _Streams()
+
+    def __getattr__(self, name):
+        rng = self._streams.rng
+        return getattr(self._real if rng is None else rng, name)
+
+
+_SEED_LOCK = threading.Lock()
+
+
 @contextmanager
 def _seeded(seed: int):
-    """``keras.utils.set_random_seed(seed)`` for the block (the initializers draw from Python's random module, which
-    Keras seeds), then the caller's random state put back: a library call that reseeded NumPy and Python for good
-    gave a caller's loop the same "random" draws after every build."""
+    """The block's Keras default seeds drawn from ``random.Random(seed)``, the stream ``keras.utils.set_random_seed``
+    gives, in this thread only: set_random_seed seeded Python's, NumPy's and TensorFlow's global generators, so
+    builds in two threads (or any thread drawing random numbers meanwhile) interleaved their draws and gave weights
+    that were not the spec's, and putting the caller's state back afterwards replayed other threads' draws."""
     import random
 
-    import numpy as np
-    from keras.src.backend.common import global_state
-    from tensorflow.python.eager import context
+    from keras.src.random import seed_generator
 
-    keras_keys = ("global_random_seed", "global_seed_generator")   # what set_random_seed sets in Keras' state
-    python, numpy_state, tf_seed = random.getstate(), np.random.get_state(), context.global_seed()
-    keras_state = {k: global_state.get_global_attribute(k) for k in keras_keys}
-    keras.utils.set_random_seed(seed)
+    with _SEED_LOCK:
+        source = getattr(seed_generator, "python_random", None)
+        if not isinstance(source, _PerThreadRandom):
+            if source is not random:   # a Keras that draws its seeds elsewhere: weights would not follow the seed
+                raise RuntimeError("this Keras does not draw its default seeds from keras.src.random.seed_generator."
+                                   "python_random; bertc's seeding (bertc/build.py) must follow it")
+            source = seed_generator.python_random = _PerThreadRandom(random)
+    outer = source._streams.rng
+    source._streams.rng = random.Random(seed)
     try:
         yield
     finally:
-        random.setstate(python)
-        np.random.set_state(numpy_state)
-        for key, value in keras_state.items():
-            global_state.set_global_attribute(key, value)
-        if tf_seed is not None or context.global_seed() is not None:
-            import tensorflow as tf
-
-            tf.random.set_seed(tf_seed)
+        source._streams.rng = outer
 
 
 def _build_model(spec: Spec, sig: Signature) -> Built:

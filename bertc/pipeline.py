@@ -235,7 +235,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
             kept = {b: t for b, t in spec.parity.backends.items() if backend_builder(b, spec.export) is None}
             if kept != spec.parity.backends:
                 spec = spec.model_copy(update={"parity": spec.parity.model_copy(update={"backends": kept})})
-    from bertc.weights import check_spec_weights, resolve_weights_path, weights_entry_for
+    from bertc.weights import check_spec_weights, resolve_weights_path, spec_text, weights_entry_for
 
     weights = opts.weights or resolve_weights_path(spec.weights, spec_path)
     if opts.weights is None and spec.weights is not None:
@@ -280,7 +280,10 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
                 written.get("export", {}).pop("variants", None)
             (tmp / "spec.json").write_text(json.dumps(written, indent=2) + "\n")
             with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
-                report["manifest"] = build_manifest(tmp, written)
+                # the spec's hash names its weights by their absolute path, not by the path relative to OUT that
+                # spec.json holds: the same spec and weights hashed differently with each place OUT was built
+                hashed = written if weights is None else {**written, "weights": spec_text(str(Path(weights).resolve()))}
+                report["manifest"] = build_manifest(tmp, hashed)
                 note["detail"] = f"sha256 of {len(report['manifest']['files'])} files"
             stages.current = "write report.json"
             write_report(tmp, report)

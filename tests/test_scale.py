@@ -515,3 +515,27 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert _gone(child), "the converter child outlived its killed parent"
     # it stopped before converting: no output, partial or whole; only the killed job's working directory
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".bertc-savedmodel-")] == []
+
+
+def test_the_spec_hash_names_the_weights_alike_wherever_out_is(tmp_path):
+    """OUT/spec.json names the weights relative to OUT, and spec_sha256 hashed that entry: the same spec and
+    checkpoint built into out/ and deep/er/out/ had different spec hashes (found by a tester), so a cache keyed on
+    it never hit. It names them by their absolute path; another checkpoint still hashes differently."""
+    import shutil
+
+    ckpt = tmp_path / "ck"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "hf" / "bert_model", ckpt)
+    spec = tmp_path / "spec.json"
+    assert main(["import", str(ckpt), "-o", str(spec)]) == 0
+    outs = [tmp_path / "out", tmp_path / "deep" / "er" / "out"]
+    for out in outs:
+        assert main(["build", str(spec), "-o", str(out), "-q", "--no-export"]) == 0
+    written = [json.loads((o / "spec.json").read_text())["weights"] for o in outs]
+    assert written == ["../ck", "../../../ck"]   # spec.json keeps naming them relative to OUT
+    hashes = [json.loads((o / "report.json").read_text())["manifest"]["spec_sha256"] for o in outs]
+    assert hashes[0] == hashes[1]
+    shutil.copytree(ckpt, tmp_path / "ck2")
+    other = tmp_path / "other.json"
+    other.write_text(spec.read_text().replace('"ck"', '"ck2"'))
+    assert main(["build", str(other), "-o", str(tmp_path / "out2"), "-q", "--no-export"]) == 0
+    assert json.loads((tmp_path / "out2" / "report.json").read_text())["manifest"]["spec_sha256"] != hashes[0]
