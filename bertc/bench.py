@@ -262,7 +262,7 @@ KERNEL_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_
 def cpu_model() -> "tuple[str | None, list[str]]":
     """The CPU's model name and which of ``KERNEL_ISA`` it has (Linux: /proc/cpuinfo; elsewhere: none)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return platform.processor() or None, []
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
@@ -278,7 +278,7 @@ def write_results(path, data, indent: int = 1, default=None) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=indent, default=default) + "\n")
+    path.write_text(json.dumps(data, indent=indent, default=default) + "\n", encoding="utf-8")
 
 
 def machine_info() -> dict:

@@ -537,7 +537,7 @@ def schema(output, force):
         if output.exists() and not output.is_file():
             raise OutputError(f"-o {output}: is not a regular file")
         try:
-            output.write_text(text)
+            output.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"-o {output}: cannot write it: {exc.strerror or exc}") from None
     else:
@@ -977,12 +977,15 @@ def main(argv=None) -> int:
 def _main(argv, interrupted: Callable[[], bool]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if sys.stderr is None:   # started with 2>&-: print(file=sys.stderr) would write to standard output (--json's)
-        sys.stderr = open(os.devnull, "w")
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
     import warnings
 
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):   # the libraries' notes to their
         # own users (Keras's numpy __array__ one): under PYTHONWARNINGS=error they ended every build as exit 70
         warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
+    # -X warn_default_encoding: a note to each library's developers (matplotlib's and TensorFlow's open() without an
+    # encoding, on import); under -W error every command ended as exit 70. bertc's own files name their encoding.
+    warnings.filterwarnings("ignore", category=EncodingWarning, module=r"(?!bertc(\.|$))")
     old = _click_too_old()
     if old is not None:
         _err(f"error: {old}")

@@ -131,7 +131,7 @@ class BuildLock:
 
     def holder(self) -> str:
         try:
-            pid = self.path.read_text().strip()
+            pid = self.path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             pid = ""
         return f"pid {pid}" if pid.isdigit() else "a running process"

@@ -278,7 +278,7 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
             written = dump_spec(spec)
             if default_variants:
                 written.get("export", {}).pop("variants", None)
-            (tmp / "spec.json").write_text(json.dumps(written, indent=2) + "\n")
+            (tmp / "spec.json").write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
             with stages.stage("manifest") as note:  # every file in OUT, whichever stage wrote it
                 # the spec's hash names its weights by their absolute path, not by the path relative to OUT that
                 # spec.json holds: the same spec and weights hashed differently with each place OUT was built

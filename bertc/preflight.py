@@ -204,7 +204,7 @@ def available_memory() -> tuple[int, str]:
     """Bytes this process may still use, and where the figure comes from."""
     candidates = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemAvailable:"):
                 candidates.append((int(line.split()[1]) * 1024, "MemAvailable"))
     except OSError:
@@ -213,8 +213,8 @@ def available_memory() -> tuple[int, str]:
                                    ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
                                     "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
         try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
+            limit = Path(limit_file).read_text(encoding="utf-8").strip()
+            usage = int(Path(usage_file).read_text(encoding="utf-8").strip())
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2**60:

@@ -28,13 +28,20 @@ def native_stderr_to(path: Path | None):
         yield
         return
     with log:
-        os.dup2(log.fileno(), 2)
-        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+        # fd 2 is put back whatever fails from here on (an EncodingWarning raised under -W error by an fdopen
+        # without an encoding left it on the log: the command ended with exit 70 and no message on the console)
         try:
+            os.dup2(log.fileno(), 2)
+            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
+                                   errors=python_stderr.errors)
             yield
         finally:
-            sys.stderr.flush()
-            sys.stderr.close()
+            if sys.stderr is not python_stderr:
+                try:
+                    sys.stderr.flush()
+                    sys.stderr.close()
+                except (OSError, ValueError):
+                    pass
             sys.stderr = python_stderr
             os.dup2(saved, 2)
             os.close(saved)

@@ -331,3 +331,38 @@ def test_a_command_ended_by_what_a_ctrl_c_became_is_interrupted(monkeypatch, cap
         assert cli.main(["list"]) == 0   # and no Ctrl-C: as before
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_failure_while_stderr_is_redirected_puts_fd_2_back(tmp_path, monkeypatch):
+    """native_stderr_to redirected fd 2 to the import log, then opened Python's stderr anew outside its try: an
+    exception there (an EncodingWarning raised under -W error) left fd 2 on the log, and the command ended with
+    exit 70 and no message on the console (found by a tester)."""
+    from bertc import quiet
+
+    before = os.fstat(2)
+
+    def failing_fdopen(*args, **kwargs):
+        raise EncodingWarning("'encoding' argument not specified")
+
+    monkeypatch.setattr(quiet.os, "fdopen", failing_fdopen)
+    with pytest.raises(EncodingWarning):
+        with quiet.native_stderr_to(tmp_path / "import.log"):
+            pass
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_the_cli_runs_under_warn_default_encoding_as_errors(tmp_path):
+    """python -X warn_default_encoding -W error: matplotlib's and TensorFlow's open() without an encoding on import
+    ended every command with exit 70 ("internal error"), and bertc's own files were opened without one too."""
+    import subprocess
+
+    from conftest import ROOT, tiny_bert
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(tiny_bert()), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args in (["validate", str(spec)], ["schema", "-o", str(tmp_path / "schema.json")]):
+        proc = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-W", "error", "-m", "bertc", *args],
+                              env=env, capture_output=True, text=True, encoding="utf-8")
+        assert proc.returncode == 0, proc.stderr[-2000:]

@@ -264,12 +264,12 @@ class TFLiteJob:
         if code in FILESYSTEM_ERRNOS:   # the child could not write (_child_main): the log may not hold why
             filename = str(self._partial(self.targets[0][0]))
             with contextlib.suppress(OSError):
-                text = self._log.read_text(errors="replace")
+                text = self._log.read_text(encoding="utf-8", errors="replace")
                 if CHILD_FILE in text:
                     filename = text[text.rfind(CHILD_FILE) + len(CHILD_FILE):].strip() or filename
             raise OSError(code, os.strerror(code), filename)
         if code != 0:
-            text = self._log.read_text(errors="replace")
+            text = self._log.read_text(encoding="utf-8", errors="replace")
             marker = text.rfind(CHILD_ERROR)
             message = text[marker + len(CHILD_ERROR):] if marker >= 0 else text[-3000:]
             raise ExportError(explain_converter_error(message, graph_ops(self.concrete)))
