@@ -16,6 +16,10 @@ import numpy as np
 
 MS_DOMAIN = "com.microsoft"
 MS_OPSET = 1
+# the oldest onnxruntime that computes bertc's fused graphs right: 1.16 to 1.20 load them and give wrong scores on
+# padded batches (MultiHeadAttention with a 2-D key-padding mask; measured 1e-3 to 3e-2 on logits by a tester), so
+# the files say so in their metadata (metadata_props "bertc.min_onnxruntime"), and bertc run refuses older ones
+MIN_ONNXRUNTIME = "1.21"
 # a scope segment: the nodes built under it stay fp32 in the fp16 artifacts (bertc.optimize.half)
 KEEP_FP32 = "keep_fp32"
 
@@ -165,6 +169,8 @@ class GraphBuilder:
         The builder gives its initializers away: call model() once."""
         from onnx import helper, numpy_helper
 
+        from bertc import __version__
+
         nodes = live_nodes(self.nodes, [o.name for o in self.outputs])
         used = {name for node in nodes for name in node.input} | {n for node in nodes for n in _subgraph_reads(node)}
         graph = helper.make_graph(nodes, self.name, self.inputs, self.outputs)
@@ -182,7 +188,9 @@ class GraphBuilder:
             del array
         imports = [helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, MS_OPSET)]
         model = helper.make_model(graph, opset_imports=imports, producer_name=producer)
-        model.ir_version = min(model.ir_version, 9)  # readable by every onnxruntime >= 1.16
+        model.ir_version = min(model.ir_version, 9)  # loads in onnxruntime >= 1.16, but see MIN_ONNXRUNTIME
+        model.producer_version = __version__
+        helper.set_model_props(model, {"bertc.min_onnxruntime": MIN_ONNXRUNTIME})   # carried to every variant
         return model if split_above is None else (model, weights)
 
     def op_counts(self) -> dict[str, int]:

@@ -6,6 +6,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+import bertc
 from bertc.cli import main
 from bertc.errors import EXIT_PARITY_FAILED
 from conftest import ROOT, TINY_SPECS
@@ -36,6 +37,16 @@ def test_spec_builds_exports_and_passes_parity(path, tmp_path):
     assert dims == ["batch", "sequence"]
     assert any(i.name == "layer_0/attention/query/kernel" or i.name.startswith("shared_layer/")
                for i in model.graph.initializer)
+    # the files bertc writes say which onnxruntime computes them right (1.16-1.20 load them and compute padded
+    # batches wrongly; found by a tester) and who wrote them
+    from bertc.onnx_graph import MIN_ONNXRUNTIME
+    from bertc.requirements import DECLARED
+
+    assert f"onnxruntime>={MIN_ONNXRUNTIME}," in DECLARED["cpu"][0]
+    for name in ("model.optimized.onnx", "model.optimized.int8.onnx"):
+        written = onnx.load(str(out / name), load_external_data=False)
+        assert {p.key: p.value for p in written.metadata_props} == {"bertc.min_onnxruntime": MIN_ONNXRUNTIME}
+        assert (written.producer_name, written.producer_version) == ("bertc", bertc.__version__)
     hashes = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out.glob("model.*"))
               if f.suffix in (".keras", ".onnx", ".tflite")}
     assert hashes == PINNED[path.stem], (
