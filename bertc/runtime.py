@@ -179,6 +179,31 @@ class Choice:
         return f"{self.path} ({self.artifact}, {self.precision}, {PROVIDER_SUFFIX.get(self.provider, self.provider)}): {self.why}"
 
 
+def _batch_note(precision: str, fp32: list) -> str:
+    """What an int8 artifact's results depend on: dynamic int8 quantizes each activation with one range over the whole
+    batch tensor; ``fp32``: the optimized fp32 artifacts that do not."""
+    if precision != "int8":
+        return ""
+    other = f" (--artifact {min(fp32)} does not)" if fp32 else ""
+    return f"; its activation ranges are each batch's, so a text's result shifts a little with the texts batched with it{other}"
+
+
+def _checked_against_manifest(choice: Choice, model: bytes, report: dict) -> Choice:
+    """``choice``, its ``why`` saying so when the file's bytes are not those the build wrote (its sha256 in the
+    report's manifest): "passed parity" was said of a file whose weights had since been changed (found by a
+    tester). The bytes are those the session is made from, hashed in memory (0.5 s a GB)."""
+    import dataclasses
+    import hashlib
+
+    entry = (((report.get("manifest") or {}).get("files") or {}).get(choice.path)
+             if isinstance(report.get("manifest"), dict) else None)
+    if not isinstance(entry, dict) or not entry.get("sha256") or hashlib.sha256(model).hexdigest() == entry["sha256"]:
+        return choice
+    return dataclasses.replace(choice, why=f"{choice.why}; but {choice.path} has CHANGED since the build (its sha256 "
+                                           f"is not the manifest's): the build's parity judged the file it wrote, "
+                                           f"not this one (bertc parity OUT checks this one)")
+
+
 def _rank(artifact_id: str, info: dict, provider: str) -> int:
     """Lower is preferred: reduced precision that passed parity first (int8 on CPU, fp16 on CUDA), then
     bertc's optimized fp32 artifacts, then the portable model.onnx."""
@@ -220,7 +245,9 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
             if provider in onnx[k]["providers"] and provider in available:
                 verdict = passed_parity(report, k, provider)
                 why = {True: "passed parity", False: "FAILED parity in this build", None: "parity not run"}[verdict]
-                return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"], f"as asked (--artifact); {why}")
+                fp32 = [f for f, v in onnx.items() if v["precision"] == "fp32" and _rank(f, v, provider) == 1]
+                return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"],
+                              f"as asked (--artifact); {why}{_batch_note(onnx[k]['precision'], fp32)}")
         raise InputError(f"--artifact {artifact}: meant for {', '.join(onnx[k]['providers'])}, none available here")
     for provider in providers:
         candidates = []
@@ -245,11 +272,8 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
             if not padded:
                 what += "; padding-free (per-token work on the real tokens only)"
             fp32 = [c[4] for c in candidates if c[0] == 1]
-            if onnx[k]["precision"] == "int8" and fp32:
-                # dynamic int8 quantizes each activation with one range over the whole batch tensor
-                what += (f"; its activation ranges are each batch's, so a text's result shifts a little with the "
-                         f"texts batched with it (--artifact {min(fp32)} does not)")
-            return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"], what)
+            return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"],
+                          what + _batch_note(onnx[k]["precision"], fp32))
     raise InputError("no ONNX artifact of this build can run here (none exported, or none passed parity)")
 
 
@@ -804,6 +828,7 @@ class Runtime:
         except OSError as exc:
             raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}"
                                    f"{self._other_artifact(device)}") from None
+        self.choice = _checked_against_manifest(self.choice, model, self.report)
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
         tokenizer_json = self._tokenizer_json()

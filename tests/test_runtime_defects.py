@@ -876,3 +876,27 @@ def test_a_structured_calibration_or_parity_file_is_read_by_its_fields(builds, t
     assert source["examples"] == 2 and len(from_jsonl) == len(from_txt)
     for a, b in zip(from_jsonl, from_txt):   # the same tokens as the same text in a .txt
         assert all(np.array_equal(a.inputs[k], b.inputs[k]) for k in b.inputs)
+
+
+def test_run_says_when_the_chosen_file_changed_since_the_build(builds, tmp_path):
+    """bertc run said "passed parity" of a model.optimized.onnx whose weights had been scaled since the build (its
+    embeddings 0.345 off; found by a tester); bertc parity knew. The chosen file's bytes are checked against the
+    manifest, and the line says it changed. --artifact of an int8 file names its batch dependence, as the default
+    choice of one does."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["st_bert_mean_norm"], out)
+    assert "CHANGED" not in bertc.Runtime(out, artifact="onnx_optimized").choice.why
+    int8 = bertc.Runtime(out, artifact="onnx_int8").choice.why
+    assert int8.startswith("as asked (--artifact); passed parity; its activation ranges are each batch's")
+    path = out / "model.optimized.onnx"
+    model = onnx.load(str(path))
+    first = next(i for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32
+                 and numpy_helper.to_array(i).size > 100)
+    first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * 3, first.name))
+    onnx.save(model, str(path))
+    why = bertc.Runtime(out, artifact="onnx_optimized").choice.why
+    assert why.startswith("as asked (--artifact); passed parity; but model.optimized.onnx has CHANGED since the "
+                          "build (its sha256 is not the manifest's)")
