@@ -366,3 +366,22 @@ def test_the_cli_runs_under_warn_default_encoding_as_errors(tmp_path):
         proc = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-W", "error", "-m", "bertc", *args],
                               env=env, capture_output=True, text=True, encoding="utf-8")
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_import_of_the_current_folder_names_it(tmp_path, monkeypatch):
+    """`bertc import .` named the spec "imported" and its description said "at /" (Path('.').name is ''), so the
+    same checkpoint imported as `.` and by its name gave specs, and ONNX graph names, that differ (found by a
+    tester)."""
+    import shutil
+
+    from conftest import ROOT
+
+    ckpt = tmp_path / "my_model"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "hf" / "bert_seq_cls", ckpt)
+    monkeypatch.chdir(ckpt)
+    assert main(["import", ".", "-o", str(tmp_path / "dot.json")]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["import", "my_model", "-o", str(tmp_path / "named.json")]) == 0
+    dot, named = (json.loads((tmp_path / n).read_text(encoding="utf-8")) for n in ("dot.json", "named.json"))
+    assert dot["name"] == named["name"] == "my_model"
+    assert dot["description"] == named["description"] and " at my_model/ " in dot["description"]

@@ -41,6 +41,7 @@ def importer_for(checkpoint) -> ModuleType:
 def _spec_name(source: Path) -> str:
     import re
 
+    source = Path(os.path.abspath(source))   # `bertc import .` names its folder, not "imported"
     base = source.name if source.is_dir() else (source.parent.name or source.stem)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "imported"
     return (name if name[0].isalpha() else f"m_{name}")[:64]
@@ -83,7 +84,7 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
             raise WeightsError(f"{build / 'spec.json'}: not a bertc spec (a JSON object)")
         spec.pop("weights", None)
         spec.pop("name", None)
-        spec["description"] = f"Imported from the bertc build {build.name}/ by bertc import."
+        spec["description"] = f"Imported from the bertc build {Path(os.path.abspath(build)).name}/ by bertc import."
         return spec, build / "model.keras"
     if source.suffix == ".keras":
         raise WeightsError(f"{source}: a .keras file is imported from its bertc build: model.keras with the "

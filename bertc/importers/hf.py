@@ -10,6 +10,7 @@ bottom. Anything bertc cannot compute exactly is refused, naming the key.
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 from pathlib import Path
@@ -664,7 +665,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
         note += (f" Validation and parity check lengths up to {LONG_CONTEXT} (parity.sequence_lengths); the "
                  f"artifacts take up to {max_seq} tokens: add longer lengths to check them (memory grows with the "
                  f"square of the length).")
-    spec = {"description": f"Imported from {described} at {root.name}/ by bertc import.{note}",
+    spec = {"description": f"Imported from {described} at {Path(os.path.abspath(root)).name}/ by bertc import.{note}",
             "encoder": enc}
     if head is not None:
         spec["head"] = head
