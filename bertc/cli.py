@@ -259,7 +259,11 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
 
         click.echo(report_json(report))
     elif not quiet:
-        _err((Path(out) / "summary.txt").read_text(encoding="utf-8"))
+        try:
+            _err((Path(out) / "summary.txt").read_text(encoding="utf-8"))
+        except OSError as exc:   # OUT removed or replaced since the build put it there: the build is done all the same
+            _err(f"note: cannot read {out}/summary.txt back ({exc.strerror or exc}): the build finished and was "
+                 f"placed at {out}/, and something has changed it since")
         _err(f"wrote {out}/")
 
 

@@ -172,3 +172,26 @@ def test_an_onnx_file_the_disk_cannot_take_is_named_and_removed(tmp_path, monkey
         onnx_export.write_onnx(type("Proto", (), {"ByteSize": lambda self: 0})(), [], path)
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == f"{path}.partial"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_staging_folder_removed_under_the_build_is_an_output_error(tmp_spec, tmp_path, monkeypatch, capsys):
+    """OUT's parent removed while a build ran (rm -rf of the working folder): the next write into the staging folder
+    raised FileNotFoundError, reported as "internal error (a bug in bertc)", exit 70 (found by a tester). It is an
+    output error, exit 5, naming the folder that went."""
+    import shutil
+
+    import bertc.export.keras_file as keras_file
+
+    def staging_removed(directory, dst):   # the folder goes before the archive is written
+        shutil.rmtree(Path(dst).parent)
+        with open(dst, "wb"):
+            pass
+
+    monkeypatch.setattr(keras_file, "zip_keras_dir", staging_removed)
+    monkeypatch.chdir(tmp_path)
+    code = main(["build", str(tmp_spec(tiny_bert())), "-o", "out", "-q", "--no-export"])
+    err = capsys.readouterr().err
+    assert code == EXIT_OUTPUT, err
+    assert err.startswith("error: cannot write the build to out: its staging folder "), err
+    assert "was removed while the build wrote it (stage save keras); nothing was written" in err, err
+    assert "internal error" not in err and "Traceback" not in err
