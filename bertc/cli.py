@@ -195,6 +195,9 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
     The int8 tuning keeps its choices and its int8 timings per host in ~/.cache/bertc
     ($BERTC_CACHE_DIR or $XDG_CACHE_HOME/bertc; BERTC_CACHE_DIR=off keeps none): a build of the
     same graph, weights and calibration text replays them and measures the result once."""
+    if str(out) == "-":   # every other command's "-o -" is standard output: a folder named "-" was not meant
+        raise click.BadParameter("- (standard output) cannot hold a build's folder: name a folder (--json prints "
+                                 "the report to standard output)", param_hint="-o")
     if as_json:
         _needs_stdout("--json's report")
     from bertc.pipeline import BuildOptions
@@ -440,7 +443,8 @@ def _size(text):
 @cli.command("import")
 @click.argument("source", type=_Path(path_type=Path))
 @click.option("-o", "--output", type=_Path(dir_okay=False, path_type=Path), required=True,
-              help="The spec file to write (its weights entry points at SOURCE, relative to it).")
+              help="The spec file to write (its weights entry points at SOURCE, relative to it); - for standard "
+                   "output (the weights entry absolute).")
 @click.option("--name", default=None, help="The spec's name (default: from SOURCE).")
 @click.option("--encoder-only", is_flag=True,
               help="The encoder alone, without the checkpoint's task head (Hugging Face checkpoints).")
@@ -454,6 +458,13 @@ def import_checkpoint(source, output, name, encoder_only, force):
                                  param_hint="--name")
     from bertc.importers import import_spec, is_spec
 
+    if str(output) == "-":
+        _needs_stdout("import -o -'s spec")
+        _import_quietly()
+        spec = import_spec(source, output, name, encoder_only)
+        _err(f"wrote the spec to standard output: {spec['name']} ({spec['encoder']['type']} encoder, "
+             f"{spec.get('head', {}).get('type', 'no')} head); weights: {spec['weights']}")
+        return
     if output.exists() and not force:
         raise OutputError(f"{output} already exists; pass --force to replace it")
     if output.exists() and not is_spec(output):   # e.g. the checkpoint's own config.json

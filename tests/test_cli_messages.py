@@ -385,3 +385,22 @@ def test_import_of_the_current_folder_names_it(tmp_path, monkeypatch):
     dot, named = (json.loads((tmp_path / n).read_text(encoding="utf-8")) for n in ("dot.json", "named.json"))
     assert dot["name"] == named["name"] == "my_model"
     assert dot["description"] == named["description"] and " at my_model/ " in dot["description"]
+
+
+def test_import_to_standard_output_and_build_into_it(tmp_path, monkeypatch, capsys):
+    """`bertc import SRC -o -` wrote a file named "-" (exit 0, nothing printed) where "-o -" is standard output for
+    run and schema; `bertc build SPEC -o -` made a folder named "-" (found by a tester). import prints the spec, its
+    weights absolute; build refuses."""
+    from conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    source = ROOT / "tests" / "fixtures" / "hf" / "bert_seq_cls"
+    assert main(["import", str(source), "-o", "-"]) == 0
+    captured = capsys.readouterr()
+    spec = json.loads(captured.out)
+    assert spec["name"] == "bert_seq_cls" and spec["weights"] == str(source.resolve())
+    assert captured.err.startswith("wrote the spec to standard output: bert_seq_cls")
+    (tmp_path / "spec.json").write_text(captured.out, encoding="utf-8")
+    assert main(["build", "spec.json", "-o", "-", "-q"]) == 2
+    assert "- (standard output) cannot hold a build's folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]

@@ -99,7 +99,8 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
 
 
 def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_only: bool = False) -> dict:
-    """Write a spec for the checkpoint at ``source`` to ``spec_path`` (weights relative to it); returns it.
+    """Write a spec for the checkpoint at ``source`` to ``spec_path`` (weights relative to it; ``"-"``: to standard
+    output, weights absolute); returns it.
     The spec is validated before anything is written."""
     import json
 
@@ -107,13 +108,15 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_
     from bertc.weights import relative_entry
     from bertc.spec import load_spec
 
-    source, spec_path = Path(source), Path(spec_path)
-    if os.path.lexists(spec_path) and not is_spec(spec_path):   # the checkpoint's own config.json, its weights ...
+    source, stdout = Path(source), str(spec_path) == "-"
+    spec_path = Path(spec_path)
+    if not stdout and os.path.lexists(spec_path) and not is_spec(spec_path):   # the checkpoint's config.json, ...
         raise OutputError(f"{spec_path} exists and is not a bertc spec (a JSON object with an encoder): an import "
                           f"replaces only a spec; choose another path")
     spec, weights = spec_for(source, encoder_only)
+    # spec_path "-": the spec goes to standard output, its weights absolute (it lies nowhere they are relative to)
     data = {"name": name or _spec_name(source), **spec,
-            "weights": relative_entry(weights, spec_path.resolve().parent)}
+            "weights": relative_entry(weights, Path(spec_path.resolve().anchor if stdout else spec_path.resolve().parent))}
     try:
         loaded = load_spec(data)
     except SpecError as exc:
@@ -121,6 +124,12 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_
                            + "\n".join(f"  {p}: {m}" for p, m in exc.problems)) from None
     del loaded  # valid; the file keeps what import determined (defaults stay implicit)
     text = json.dumps(data, indent=2) + "\n"
+    if stdout:
+        import sys
+
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return json.loads(text)
     try:
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         from bertc.report import write_text_atomic
