@@ -30,7 +30,7 @@ def _err(text: str = "", **kw) -> None:
 def _green(text: str) -> str:
     """``text`` in green where colour is welcome: never with NO_COLOR set (no-color.org) or on a dumb terminal
     (Click itself drops the colour where stderr is no terminal)."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+    if os.environ.get("NO_COLOR") or _dumb_terminal():
         return text
     return click.style(text, fg="green")
 
@@ -63,7 +63,7 @@ class _StatusLine:
     terminal that the next line overwrites; nothing when stderr is not a terminal."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.shown = enabled, False
+        self.enabled, self.shown, self.width = enabled, False, 100
 
     def __call__(self, stage: str, seconds: float, text: str) -> None:
         if not self.enabled:
@@ -74,15 +74,21 @@ class _StatusLine:
         line = f"  ..  {stage:<16} {seconds:7.0f}s  {' '.join(text.split())}"
         if len(line) >= width:
             line = line[:max(width - 4, 8)] + "..."
-        sys.stderr.write("\r\033[K" + line)
+        self.width = width
+        # a dumb terminal (TERM=dumb: Emacs' shell, some CI logs) has no erase-line code: spaces overwrite instead
+        sys.stderr.write("\r" + line.ljust(width - 1) if _dumb_terminal() else "\r\033[K" + line)
         sys.stderr.flush()
         self.shown = True
 
     def clear(self) -> None:
         if self.shown:
-            sys.stderr.write("\r\033[K")
+            sys.stderr.write("\r" + " " * (self.width - 1) + "\r" if _dumb_terminal() else "\r\033[K")
             sys.stderr.flush()
             self.shown = False
+
+
+def _dumb_terminal() -> bool:
+    return os.environ.get("TERM") == "dumb"
 
 
 def _import_quietly():

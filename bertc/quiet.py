@@ -22,7 +22,8 @@ def native_stderr_to(path: Path | None):
         return
     python_stderr = sys.stderr
     try:
-        log = open(path, "ab")
+        # appended to by every command: started afresh once past LOG_LIMIT (it only grew, for good)
+        log = open(path, "wb" if _size(path) > LOG_LIMIT else "ab")
     except OSError:   # a log that cannot be written (another user's, a read-only /tmp): left unredirected
         os.close(saved)
         yield
@@ -45,6 +46,16 @@ def native_stderr_to(path: Path | None):
             sys.stderr = python_stderr
             os.dup2(saved, 2)
             os.close(saved)
+
+
+LOG_LIMIT = 1 << 20
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def import_log() -> Path:

@@ -404,3 +404,17 @@ def test_import_to_standard_output_and_build_into_it(tmp_path, monkeypatch, caps
     assert main(["build", "spec.json", "-o", "-", "-q"]) == 2
     assert "- (standard output) cannot hold a build's folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]
+
+
+def test_the_native_log_starts_afresh_past_its_limit(tmp_path):
+    """Every command appended to /tmp/bertc-import-UID.log and nothing ever trimmed it (found by a tester)."""
+    from bertc import quiet
+
+    log = tmp_path / "import.log"
+    log.write_bytes(b"x" * (quiet.LOG_LIMIT + 1))
+    with quiet.native_stderr_to(log):
+        os.write(2, b"native line\n")
+    assert log.read_bytes() == b"native line\n"
+    with quiet.native_stderr_to(log):
+        os.write(2, b"next\n")
+    assert log.read_bytes() == b"native line\nnext\n"
