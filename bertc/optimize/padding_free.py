@@ -823,7 +823,10 @@ class _Rewriter:
         bodies = {masked: self.sequence_body(node, qkv, bias, attention_bias, window, masked) for masked in forms}
         outer, self.nodes = self.nodes, []
         empty = self.one("SequenceEmpty", [], "no_sequences", dtype=TensorProto.FLOAT)
-        sequences = lambda masked: h.make_node("Loop", [seq["batch"], "", empty], [self.name("per_sequence")],
+        # a condition that stays true (not the empty one ONNX allows): ORT's symbolic_shape_infer, which TensorRT's
+        # setup and quant_pre_process run, reads every Loop input by name and failed on the empty one
+        always = self.const(True, np.bool_, "keep_looping")
+        sequences = lambda masked: h.make_node("Loop", [seq["batch"], always, empty], [self.name("per_sequence")],
                                                name=self.name("sequences" if masked else "unmasked_sequences"),
                                                body=bodies[masked])
         if len(bodies) == 1:
