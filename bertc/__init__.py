@@ -24,6 +24,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if "tensorflow" not in sys.modules:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+
+def _homeless_config() -> None:
+    """Keras keeps its config in ``~/.keras`` and Matplotlib (imported by Keras) in ``~/.config/matplotlib``. Under a
+    uid with no home (a container's arbitrary uid, HOME unset) ``expanduser("~")`` is "~" and Keras made a folder
+    named "~" in the working directory; with a home that cannot be written, Matplotlib printed two lines of warnings
+    on every build. Both then keep their config in a folder of the temporary directory, unless told where."""
+    import tempfile
+
+    home = os.path.expanduser("~")
+    if home != "~" and os.access(home, os.W_OK):
+        return
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    place = os.path.join(tempfile.gettempdir(), f"bertc-home-{user}")
+    os.environ.setdefault("KERAS_HOME", os.path.join(place, ".keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(place, "matplotlib"))
+
+
+_homeless_config()
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of", "load_weights",

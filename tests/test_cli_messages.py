@@ -418,3 +418,21 @@ def test_the_native_log_starts_afresh_past_its_limit(tmp_path):
     with quiet.native_stderr_to(log):
         os.write(2, b"next\n")
     assert log.read_bytes() == b"native line\nnext\n"
+
+
+def test_a_homeless_process_keeps_keras_and_matplotlib_config_in_the_temp_folder(tmp_path, monkeypatch):
+    """Under a uid with no home, Keras made a folder named "~" in the working directory (expanduser("~") is "~"),
+    and with a home it cannot write Matplotlib printed two warnings on every build (found by a tester)."""
+    import bertc
+
+    for home in ("~", str(tmp_path / "missing")):
+        monkeypatch.delenv("KERAS_HOME", raising=False)
+        monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+        monkeypatch.setattr(os.path, "expanduser", lambda p, home=home: home if p == "~" else p)
+        bertc._homeless_config()
+        assert os.environ["KERAS_HOME"].startswith(str(Path(__import__("tempfile").gettempdir()) / "bertc-home-"))
+        assert os.environ["MPLCONFIGDIR"].endswith("matplotlib")
+    monkeypatch.delenv("KERAS_HOME")
+    monkeypatch.setattr(os.path, "expanduser", lambda p: str(tmp_path) if p == "~" else p)
+    bertc._homeless_config()   # a home it can write: left to the libraries
+    assert "KERAS_HOME" not in os.environ
