@@ -261,13 +261,34 @@ def _user_loc(loc: tuple, raw: Any) -> tuple:
     return tuple(out)
 
 
-def _message(err: dict, known_fields: set[str]) -> str:
+def _own_fields(loc: tuple, data: Any) -> Optional[set[str]]:
+    """The keys the object holding the unknown key at ``loc`` takes: the spec's own, export's, parity's, or those of
+    the component types named by its ``type``; None where that cannot be told (a suggestion then comes from every
+    key bertc knows)."""
+    parent = _user_loc(loc[:-1], data)
+    node = data
+    for part in parent:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    if not parent:
+        return set(Spec.model_fields) | {"$schema"}
+    if parent in (("export",), ("parity",)):
+        return set((ExportSpec if parent[0] == "export" else ParitySpec).model_fields)
+    kind = node.get("type") if isinstance(node, dict) else None
+    fields = {f for reg in registry.ALL for e in reg.entries() if e.name == kind for f in e.spec.model_fields}
+    return fields or None
+
+
+def _message(err: dict, known_fields: set[str], data: Any = None) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
         key = err["loc"][-1]
-        if key in known_fields:   # a key of other component types (the known names are every model's fields)
+        own = _own_fields(tuple(err["loc"]), data)
+        if key in known_fields and (own is None or key not in own):   # a key of other component types
             return f"unknown key {key!r} for this component (other component types take it)"
-        close = difflib.get_close_matches(str(key), sorted(known_fields), n=1)
+        close = difflib.get_close_matches(str(key), sorted(own if own is not None else known_fields), n=1)
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
         return "required key is missing"
@@ -376,7 +397,7 @@ def _validate(data: Any, source: str, problems: Optional[list[tuple[str, str]]] 
         known = _all_field_names()
         seen = set(problems)
         for err in exc.errors():
-            item = (json_path(_user_loc(err["loc"], data)), _message(err, known))
+            item = (json_path(_user_loc(err["loc"], data)), _message(err, known, data))
             if item not in seen:
                 seen.add(item)
                 problems.append(item)

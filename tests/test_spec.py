@@ -39,6 +39,11 @@ MALFORMED = [
     (with_head({"type": "classifier", "num_classes": 2, "num_token_predictions": 3}),
      "$.head.num_token_predictions", "unknown key 'num_token_predictions' for this component (other component types "
                                      "take it)"),
+    # a suggestion is a key of this component: Model Garden's output_range was met by "did you mean 'output'?", a
+    # key the bert encoder does not take (found by a tester)
+    (enc(output_range=1), "$.encoder.output_range", "unknown key 'output_range' (did you mean 'dropout_rate'?)"),
+    (scaffold(hidden={"type": "transformer", "num_attention_heads": 2, "intermediate_size": 32, "norm_frist": True}),
+     "$.encoder.hidden.norm_frist", "unknown key 'norm_frist' (did you mean 'norm_first'?)"),
     (enc(vocab_size="100"), "$.encoder.vocab_size", "Input should be a valid integer"),
     (enc(vocab_size=0), "$.encoder.vocab_size", "a vocabulary needs at least 2 ids: id 0 is the padding id"),
     # vocab_size 1 validated, then a build crashed drawing real ids from 1 .. 0 (bertc.inputs)
