@@ -179,6 +179,17 @@ class Choice:
         return f"{self.path} ({self.artifact}, {self.precision}, {PROVIDER_SUFFIX.get(self.provider, self.provider)}): {self.why}"
 
 
+def _measured(report: dict, artifact_id: str) -> str:
+    """The reduced-precision artifact's speed against fp32 as its build measured it, where it did: it is chosen for
+    having passed parity (int8 is the faster on any model of real size; on a tiny one the build may have measured it
+    slower, and the line said "the fastest" all the same)."""
+    speed = ((report["artifacts"].get(artifact_id) or {}).get("quantization") or {}).get("speed")
+    if not isinstance(speed, dict) or not isinstance(speed.get("ratio"), (int, float)):
+        return ""
+    shape = f" at B{speed['batch']} x S{speed['sequence_length']}" if "batch" in speed and "sequence_length" in speed else ""
+    return f" ({speed['ratio']:.2f}x the optimized fp32 artifact's latency in the build{shape})"
+
+
 def _batch_note(precision: str, fp32: list) -> str:
     """What an int8 artifact's results depend on: dynamic int8 quantizes each activation with one range over the whole
     batch tensor; ``fp32``: the optimized fp32 artifacts that do not."""
@@ -267,7 +278,7 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
         if candidates:
             rank, padded, _, _, k, verdict = min(candidates)
             note = "passed parity" if verdict else "parity was not run in this build"
-            what = {0: f"{onnx[k]['precision']}, the fastest that {note}", 1: f"optimized fp32, {note}",
+            what = {0: f"{onnx[k]['precision']}, {note}{_measured(report, k)}", 1: f"optimized fp32, {note}",
                     2: f"the portable export, {note}"}.get(rank, note)
             if not padded:
                 what += "; padding-free (per-token work on the real tokens only)"
