@@ -392,6 +392,29 @@ class TFCheckpoint(Checkpoint):
     def checkpoint_key(self, name: str) -> str:
         return self._keys[name]
 
+    def object_children(self, path: tuple = ()) -> Optional[list]:
+        """An object-based checkpoint's object graph: the local names of the children of the object reached from
+        the root through ``path`` (local names, e.g. ``("model",)``; ``()``: the root's own); None for a name-based
+        checkpoint, or where the graph holds no such object. Reads the graph only, never a tensor's values."""
+        if not self.object_based:
+            return None
+        from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        try:
+            graph.ParseFromString(self._reader.get_tensor(OBJECT_GRAPH_KEY))
+        except Exception:   # a damaged graph: nothing to tell (the names were read from it already)
+            return None
+        if not graph.nodes:
+            return None
+        node = graph.nodes[0]
+        for name in path:
+            ids = [c.node_id for c in node.children if c.local_name == name]
+            if not ids or not 0 <= ids[0] < len(graph.nodes):
+                return None
+            node = graph.nodes[ids[0]]
+        return [c.local_name for c in node.children]
+
     def _read(self, name):
         return self._reader.get_tensor(self._keys[name])
 
