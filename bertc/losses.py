@@ -23,9 +23,8 @@ def weighted_sparse_categorical_crossentropy(labels, predictions, weights=None, 
         predictions = tf.nn.log_softmax(predictions, axis=-1)
     else:
         total = tf.reduce_logsumexp(tf.cast(predictions, tf.float32), axis=-1)
-        tolerance = 1e-3 if predictions.dtype in (tf.float32, tf.float64) else 2e-2   # float16 / bfloat16
         tf.debugging.assert_less_equal(
-            tf.abs(total), tf.constant(tolerance, tf.float32),
+            tf.abs(total), _tolerance(predictions),
             message="weighted_sparse_categorical_crossentropy: the predictions are not log-probabilities (their "
                     "logsumexp over the last axis is not 0); for logits (a pretrainer's default output, a "
                     "classifier's, a masked LM's) pass from_logits=True")
@@ -36,6 +35,22 @@ def weighted_sparse_categorical_crossentropy(labels, predictions, weights=None, 
         return tf.reduce_mean(per_position)
     weights = tf.cast(weights, predictions.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(per_position * weights), tf.reduce_sum(weights))
+
+
+def _tolerance(predictions):
+    """How far from 0 the logsumexp of log-probabilities may be. In float32, 1e-3. Computed in 16 bits (the tensor's
+    dtype, or a mixed-precision policy: Keras' compiled loss casts the predictions to float32 first, and a pretrainer's
+    bfloat16 log-probabilities failed the float32 bound, found by a tester), each value is rounded to 2^-8 of itself:
+    the logsumexp moves by at most that times the entropy, itself at most ln(vocabulary), so the bound is
+    2 x 2^-8 x max(1, ln V) (0.07 at 100 classes, 0.16 at 30,522); logits are seldom that close to it in every row."""
+    import keras
+
+    half = predictions.dtype in (tf.float16, tf.bfloat16) or \
+        keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16")
+    if not half:
+        return tf.constant(1e-3, tf.float32)
+    vocab = tf.cast(tf.shape(predictions)[-1], tf.float32)
+    return 2.0 * 2.0 ** -8 * tf.maximum(1.0, tf.math.log(vocab))
 
 
 def weighted_mean_squared_error(targets, predictions, weights=None):

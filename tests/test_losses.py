@@ -49,3 +49,27 @@ def test_span_loss_matches_numpy():
     sp, ep = rng.integers(0, 9, 4), rng.integers(0, 9, 4)
     ce = lambda lg, y: -np_log_softmax(lg.astype(np.float64))[np.arange(4), y].mean()
     np.testing.assert_allclose(float(losses.span_loss(sp, ep, start, end)), (ce(start, sp) + ce(end, ep)) / 2, rtol=1e-5)
+
+
+def test_log_probabilities_rounded_to_16_bits_pass_under_a_mixed_policy():
+    """Keras' compiled loss casts a mixed-precision model's predictions to float32 before the loss: a pretrainer's
+    bfloat16 log-probabilities (logsumexp up to 0.021 off 0) were then held to float32's 1e-3 and model.fit failed,
+    telling the user to pass from_logits=True (found by a tester). The policy says the values were 16-bit; logits are
+    refused still."""
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    logits = (3 * rng.normal(size=(4, 6, 100))).astype(np.float32)
+    rounded = tf.cast(tf.cast(np_log_softmax(logits.astype(np.float64)), tf.bfloat16), tf.float32)
+    labels = np.zeros((4, 6), np.int32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not log-probabilities"):
+        losses.weighted_sparse_categorical_crossentropy(labels, rounded)   # float32 policy: bfloat16 error too big
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        assert np.isfinite(float(losses.weighted_sparse_categorical_crossentropy(labels, rounded)))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not log-probabilities"):
+            losses.weighted_sparse_categorical_crossentropy(labels, logits)
+    finally:
+        keras.config.set_dtype_policy(before)
