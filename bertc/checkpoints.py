@@ -555,6 +555,11 @@ class KerasCheckpoint(Checkpoint):
             self._variables.setdefault(w.path, w)
         self._shapes = {name: tuple(int(d) for d in w.shape) for name, w in self._variables.items()}
 
+    @property
+    def model(self):
+        """The Keras model deserialized to read its weights (a .keras that bertc did not write), else None."""
+        return self._model
+
     def _read(self, name):
         if self._model is not None:
             return np.asarray(self._variables[name].numpy())

@@ -165,7 +165,60 @@ def load_weights(model, spec, source):
     translate = importer.translator(checkpoint.names(), spec, location=checkpoint.location)
     result = load_into(model, checkpoint, translate, importer.NAME)
     result.source = str(Path(source).resolve())
+    trained = getattr(checkpoint, "model", None)
+    if trained is not None:
+        same_outputs(model, trained, spec, checkpoint.location)
     return result
+
+
+SOURCE_ATOL = 1e-4   # the same weights in the same graph agree to float32 rounding (~1e-6)
+
+
+def same_outputs(model, trained, spec, location) -> None:
+    """Refuse trained weights read from a Keras model (a .keras saved by Keras, not by bertc: deserialized to be
+    read) whose model computes something else than ``spec``'s with those weights: weights load by name and shape, so
+    an encoder under another head (mean pooling in place of the pooler), a changed activation or an added layer
+    built, passed parity against the spec's model and exported a model that was not the trained one (found by a
+    tester). Both models run on the same small batch; every output of the spec's model must be an output of the
+    trained one, equal to :data:`SOURCE_ATOL` + 1e-4 x |value| (a model saved under a mixed-precision policy: to 2% of
+    the output's largest value, + 1e-3)."""
+    import numpy as np
+
+    from bertc.inputs import make_inputs
+
+    inputs = make_inputs(spec, 2, min(8, spec.encoder.max_sequence_length), np.random.default_rng(0))
+    names = [t.name.split(":")[0] for t in model.inputs]
+    try:
+        theirs = trained({k: inputs[k] for k in names} if isinstance(trained.input, dict) or
+                         len(getattr(trained, "inputs", [])) != len(names) else [inputs[k] for k in names],
+                         training=False)
+    except Exception as exc:
+        raise WeightsError(f"{location}: the Keras model in it does not take the inputs of the spec's model "
+                           f"({', '.join(names)}): {type(exc).__name__}: {' '.join(str(exc).split())[:300]}; it is "
+                           f"not the model the spec describes") from None
+    ours = model({k: inputs[k] for k in names}, training=False)
+    if not isinstance(theirs, dict):
+        theirs = dict(zip(getattr(trained, "output_names", None) or [], theirs if isinstance(theirs, (list, tuple))
+                          else [theirs]))
+    missing = [k for k in ours if k not in theirs]
+    if missing:
+        raise WeightsError(f"{location}: the Keras model in it has the outputs {sorted(theirs) or 'none named'}, the "
+                           f"spec's model {sorted(ours)}: it is not the model the spec describes (its weights fit by "
+                           f"name and shape, what it computes does not); build a spec of that model, or give the "
+                           f"encoder's weights to a spec of yours with --init-from")
+    # a model saved under a mixed-precision policy computes in 16 bits where the spec's computes in float32: held to
+    # 2% of its output's range (bfloat16 keeps 8 bits: 0.4% a value, more through the layers), not to float32's bound
+    half = any(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32") in ("float16", "bfloat16")
+               for layer in getattr(trained, "layers", []))
+    for name in ours:
+        a, b = np.asarray(ours[name], np.float64), np.asarray(theirs[name], np.float64)
+        bound = (0.02 * float(np.max(np.abs(b), initial=0.0)) + 1e-3) if half else SOURCE_ATOL + 1e-4 * np.abs(b)
+        if a.shape != b.shape or not np.all(np.abs(a - b) <= bound):
+            diff = "shape " + str(b.shape) if a.shape != b.shape else f"max abs diff {float(np.max(np.abs(a - b))):.3g}"
+            raise WeightsError(f"{location}: the Keras model in it computes another {name!r} than the spec's model "
+                               f"with the same weights ({diff} on a batch of 2): its layers or settings are not the "
+                               f"spec's (a changed activation, another head, an added layer), so the build would not "
+                               f"be the trained model; build the spec it was made from")
 
 
 def checkpoint_configs(weights: Path) -> list[tuple[Path, str, str]]:
@@ -245,8 +298,11 @@ def check_checkpoint_config(spec, weights: Path) -> None:
 
     weights = Path(weights)
     root = weights if weights.is_dir() else weights.parent
-    if not ((root / "config.json").is_file() or (root / "modules.json").is_file()) or \
-            open_checkpoint(weights).format not in ("safetensors", "pytorch"):
+    # a bertc build (OUT/, or its model.keras): held to the spec.json it was built from, as a checkpoint to its config
+    build = (root / "spec.json").is_file() and (root / "model.keras").is_file() and \
+        (weights.is_dir() or weights.name == "model.keras")
+    if not build and (not ((root / "config.json").is_file() or (root / "modules.json").is_file()) or
+                      open_checkpoint(weights).format not in ("safetensors", "pytorch")):
         return
     try:
         expected, _ = spec_for(weights, encoder_only=spec.head is None)
@@ -262,6 +318,14 @@ def check_checkpoint_config(spec, weights: Path) -> None:
             # another head's trained weights (a sentence classifier's classifier.weight read by a token
             # classifier, loaded by name and shape): not this head's
             found.append(("$.head.type", have["head"].get("type"), want["head"].get("type")))
+    if found and build:
+        shown = "\n".join(f"  {p}: the spec has {json_text(a)}, the build's spec.json {json_text(b)}"
+                          for p, a, b in found[:12]) + (f"\n  ... and {len(found) - 12} more" if len(found) > 12 else "")
+        raise WeightsError(f"{weights}: the spec does not compute what this build's spec.json ({root / 'spec.json'}) "
+                           f"says ({len(found)} difference{'s' if len(found) > 1 else ''}; whether or not the weights' "
+                           f"shapes fit, the model would not be the trained one):\n{shown}\nbuild that spec.json "
+                           f"(bertc build {root / 'spec.json'} -o OUT), or start a new model from these weights with "
+                           f"--init-from {root}")
     if found:
         shown = "\n".join(f"  {p}: the spec has {json_text(a)}, the checkpoint's config {json_text(b)}"
                           for p, a, b in found[:12]) + (f"\n  ... and {len(found) - 12} more" if len(found) > 12 else "")
