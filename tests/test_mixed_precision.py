@@ -98,3 +98,27 @@ def test_a_model_built_under_mixed_float16_loads_in_a_float32_process_and_its_we
     assert all(np.array_equal(w.numpy(), trained[w.path]) for w in target.weights)
     got = np.asarray(target(feed)["logits"])
     assert got.dtype == np.float32 and np.allclose(got, np.asarray(want, np.float32), atol=2e-2)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_imported_deberta_and_modernbert_and_every_pooling_build_and_run_under_a_mixed_policy(policy, tmp_path):
+    """build_model under a mixed policy failed for every imported DeBERTa (a float32 scale constant times 16-bit
+    logits) and ModernBERT (a float32 window bias), and max / weightedmean pooling gave NaN on every row under
+    mixed_float16 (1e9 is inf in float16, 0 x inf NaN; found by a tester)."""
+    import bertc
+    from bertc.importers import import_spec
+
+    specs = {}
+    for name in ("deberta_v3_qa", "modernbert_token_cls"):
+        spec = import_spec(ROOT / "tests" / "fixtures" / "hf" / name, tmp_path / f"{name}.json")
+        spec.pop("weights")
+        specs[name] = spec
+    pooled = copy.deepcopy(tiny_bert())
+    pooled["head"] = {"type": "sentence_embedding", "pooling": ["max", "weightedmean", "mean"]}
+    specs["pooling"] = pooled
+    for name, spec in specs.items():
+        with global_policy(policy):
+            model = bertc.build_model(bertc.load_spec(spec)).model
+            outputs = model(_inputs(model), training=False)
+        for key, value in outputs.items():
+            assert np.isfinite(np.asarray(value, np.float32)).all(), (name, key)

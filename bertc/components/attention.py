@@ -277,7 +277,8 @@ class DisentangledAttention(MultiHeadAttention):
         if self.terms:
             logits = logits + self.relative_logits(q, k, *disentangled)
         # times 1 / scale, a constant of the graph (dividing, the TFLite converter would fold a reciprocal of its own)
-        logits = logits * tf.constant(np.float32(1.0 / self.scale)) + attention_bias
+        # (in the logits' dtype: a float16 / bfloat16 policy's, float32 otherwise: the same constant)
+        logits = logits * tf.constant(1.0 / self.scale, dtype=logits.dtype) + tf.cast(attention_bias, logits.dtype)
         probs = self.probs_dropout(tf.nn.softmax(logits, axis=-1), training=training)
         return self.attention_output(merge_heads(tf.matmul(probs, v), self.hidden_size))
 

@@ -781,14 +781,16 @@ class SentencePooling(keras.layers.Layer):
         if mode in ("mean", "mean_sqrt_len_tokens"):
             count = tf.maximum(tf.reduce_sum(m, axis=1), MIN_COUNT)
             return tf.reduce_sum(x * m, axis=1) / (count if mode == "mean" else tf.sqrt(count))
+        # 1e9 overflows float16 (a mixed_float16 policy): 0 x inf gave NaN on every row, so float16 takes 6e4
+        big = 6e4 if x.dtype == tf.float16 else 1e9
         if mode == "max":
-            return tf.reduce_max(x * m + (1.0 - m) * -1e9, axis=1)
+            return tf.reduce_max(x * m + (1.0 - m) * -big, axis=1)
         if mode in ("weightedmean", "lasttoken"):
             pos = tf.cumsum(tf.ones_like(m), axis=1)  # 1-based positions, (B, S, 1)
             if mode == "lasttoken":
                 last = tf.reduce_max(m * pos, axis=1, keepdims=True)  # 0 for a row without a real token
                 return tf.reduce_sum(x * (tf.cast(tf.equal(pos, last), x.dtype) * m), axis=1)
-            first = tf.reduce_min(pos + (1.0 - m) * 1e9, axis=1, keepdims=True)
+            first = tf.reduce_min(pos + (1.0 - m) * big, axis=1, keepdims=True)
             weights = m * (pos - first + 1.0)
             return tf.reduce_sum(x * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), MIN_COUNT)
         return tf.gather(x, 0, axis=1)

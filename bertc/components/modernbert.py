@@ -164,7 +164,7 @@ class WindowedAttention(Attention):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         logits = tf.matmul(q * (1.0 / math.sqrt(self.head_size)), k, transpose_b=True) + attention_bias
         if self.spec.window is not None:
-            logits = logits + window_bias(tf.shape(x)[1], self.spec.window)
+            logits = logits + tf.cast(window_bias(tf.shape(x)[1], self.spec.window), logits.dtype)   # mixed policies
         probs = self.probs_dropout(tf.nn.softmax(logits, axis=-1), training=training)
         return self.attention_output(merge_heads(tf.matmul(probs, v), self.hidden_size))
 
