@@ -1,9 +1,15 @@
 """Losses of the seed notebooks' task models."""
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
+# registered with Keras' serialization (``import bertc`` imports this module with bertc's layers once Keras is
+# loaded): a model compiled with these losses and saved did not load with keras.saving.load_model
+_serializable = keras.saving.register_keras_serializable(package="bertc")
 
+
+@_serializable
 def weighted_sparse_categorical_crossentropy(labels, predictions, weights=None, from_logits: bool = False):
     """Mean cross-entropy over the weighted positions (Model Garden's
     ``weighted_sparse_categorical_crossentropy_loss``).
@@ -43,8 +49,6 @@ def _tolerance(predictions):
     bfloat16 log-probabilities failed the float32 bound, found by a tester), each value is rounded to 2^-8 of itself:
     the logsumexp moves by at most that times the entropy, itself at most ln(vocabulary), so the bound is
     2 x 2^-8 x max(1, ln V) (0.07 at 100 classes, 0.16 at 30,522); logits are seldom that close to it in every row."""
-    import keras
-
     half = predictions.dtype in (tf.float16, tf.bfloat16) or \
         keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16")
     if not half:
@@ -53,6 +57,7 @@ def _tolerance(predictions):
     return 2.0 * 2.0 ** -8 * tf.maximum(1.0, tf.math.log(vocab))
 
 
+@_serializable
 def weighted_mean_squared_error(targets, predictions, weights=None):
     """Mean of ``(prediction - target)^2`` over the weighted positions: the loss of a one-output classifier (a
     relevance or regression score; transformers' ``num_labels == 1``), where cross-entropy over one class is
@@ -65,6 +70,7 @@ def weighted_mean_squared_error(targets, predictions, weights=None):
     return tf.math.divide_no_nan(tf.reduce_sum(per_position * weights), tf.reduce_sum(weights))
 
 
+@_serializable
 def span_loss(start_positions, end_positions, start_logits, end_logits):
     """(mean CE(start) + mean CE(end)) / 2, from logits (the span-labeling notebook's loss)."""
     start = tf.keras.losses.sparse_categorical_crossentropy(start_positions, start_logits, from_logits=True)

@@ -73,3 +73,26 @@ def test_log_probabilities_rounded_to_16_bits_pass_under_a_mixed_policy():
             losses.weighted_sparse_categorical_crossentropy(labels, logits)
     finally:
         keras.config.set_dtype_policy(before)
+
+
+def test_a_model_compiled_with_bertc_losses_loads_with_keras_after_import_bertc(tmp_path):
+    """The losses were not registered with Keras' serialization: a fine-tuned model compiled with one and saved did
+    not load with keras.saving.load_model ("Could not locate function"; found by a tester)."""
+    import os
+    import subprocess
+    import sys
+
+    import bertc
+    from conftest import ROOT, tiny_bert
+
+    spec = tiny_bert()
+    spec["head"]["num_classes"] = 1
+    model = bertc.build_model(bertc.load_spec(spec)).model
+    model.compile(optimizer="adam", loss={"logits": losses.weighted_mean_squared_error})
+    path = tmp_path / "compiled.keras"
+    model.save(path)
+    code = ("import bertc, keras, sys; m = keras.saving.load_model(sys.argv[1]); "
+            "print(type(m.loss['logits'] if isinstance(m.loss, dict) else m.loss).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-1500:]

@@ -5,3 +5,4 @@ from bertc.quiet import import_log as _import_log, native_stderr_to as _native_s
 with _native_stderr_to(_import_log()):
     from bertc.components import attention, blocks, embeddings, encoders, feedforward, heads, positions  # noqa: F401
     from bertc.components import modernbert  # noqa: F401
+from bertc import losses as _losses  # noqa: E402,F401  (the heads' losses, registered with Keras' serialization)
