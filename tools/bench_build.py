@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import os
 import platform
 import re
@@ -233,10 +234,8 @@ def main() -> int:
     # than what /usr/bin/time saw for the largest one
     peak = max(int(timing.get("max_rss_kb", 0)) * 1024, int(result["peak_tree_rss_mb"] * 2**20))
     result.update({
-        "command": " ".join(["PYTHONPATH=.", "/usr/bin/time", "-v", sys.executable, "tools/bench_build.py", str(args.spec)]
-                            + (["--no-parity"] if args.no_parity else [])
-                            + (["--skip-preflight"] if args.skip_preflight else [])
-                            + (["--reuse-plans"] if args.reuse_plans else [])),
+        # as typed (every option: --out and --results too; a rerun of a line that dropped them wrote into the repo)
+        "command": "PYTHONPATH=. python " + shlex.join([f"tools/{Path(__file__).name}", *sys.argv[1:]]),
         "time_v": timing, "wall_seconds": timing.get("wall_seconds"),
         "cpu_seconds": round(float(timing.get("user_seconds", 0)) + float(timing.get("system_seconds", 0)), 2),
         "peak_rss_mb": round(peak / 2**20, 1), "largest_process_rss_mb": round(int(timing.get("max_rss_kb", 0)) / 1024, 1),

@@ -245,12 +245,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--results", type=Path, default=ROOT / "tools" / "results" / "bench_deberta.json")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the JSON file written [tools/results/bench_deberta.json; with --fidelity "
+                             "tools/results/deberta_fidelity.json]")
     args = parser.parse_args()
     if args.make_anchor is not None:
         return make_anchor(args.make_anchor, args.seed)
-    if args.fidelity:
-        return fidelity(ROOT / "tools" / "results" / "deberta_fidelity.json", shlex.join([sys.executable, *sys.argv]))
+    if args.fidelity:   # --results was ignored here: the repo's file was written whatever was asked
+        return fidelity(args.results or ROOT / "tools" / "results" / "deberta_fidelity.json",
+                        shlex.join([sys.executable, *sys.argv]))
+    args.results = args.results or ROOT / "tools" / "results" / "bench_deberta.json"
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(TOOLS))

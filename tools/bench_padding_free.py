@@ -106,7 +106,13 @@ def workload(n: int, low: int, high: int, seed: int, vocab: int) -> list:
     """Token ids of ``n`` sentences (int64 arrays), lengths uniform in [low, high]."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(low, high + 1, size=n)
-    return [rng.integers(1000, vocab, size=int(k)).astype(np.int64) for k in lengths]
+    return [rng.integers(_first_id(vocab), vocab, size=int(k)).astype(np.int64) for k in lengths]
+
+
+def _first_id(vocab: int) -> int:
+    """The lowest word id drawn: past BERT's special and unused ids (below 1000) where the vocabulary has them; a
+    smaller --vocab drew from an empty range (ValueError: low >= high) after the whole build."""
+    return 1000 if vocab > 2000 else 1
 
 
 def batch_of(sentences: list) -> dict:
@@ -234,7 +240,7 @@ def main() -> int:
     rng = np.random.default_rng(args.seed + 1)
     single_rows, single = [], {}
     for batch, seq in ONE_BY_ONE:
-        ids = rng.integers(1000, vocab, size=(batch, seq))
+        ids = rng.integers(_first_id(vocab), vocab, size=(batch, seq))
         full = [{"input_word_ids": ids, "input_mask": np.ones_like(ids), "input_type_ids": np.zeros_like(ids)}]
         pair = [session_target(f"bertc/{k}", files[k], args.threads, full) for k in ("optimized", "packed")]
         rows_1 = time_targets([t for t, _ in pair], [(batch, seq)], lambda b, s: {}, rounds=args.rounds,
