@@ -16,8 +16,6 @@ RoBERTa / MPNet position ids from ``input_ids != pad_token_id``, bertc from the 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 import transformers as tr
 
-from make_hf_fixtures import OUT, ROOT, SEQ, VOCAB, WORDS, as_choices, choice_logits, perturb, save_sentence_transformer
+from make_hf_fixtures import OUT, ROOT, SEQ, VOCAB, WORDS, as_choices, choice_logits, fresh, perturb, save_sentence_transformer
 
 HOLES = [1] * 13 + [0] * 3
 for _i in (3, 7, 8):
@@ -219,7 +217,7 @@ def write_family(name: str) -> Path:
     config_cls, arch, config, seed, tokenizer, (vocab, pad, cls), types = FAMILIES[name]
     model = make(config_cls, arch, seed, **config)
     directory = OUT / name
-    shutil.rmtree(directory, ignore_errors=True)
+    fresh(directory)
     model.save_pretrained(directory, safe_serialization=True)
     if tokenizer is not None:
         assert tokenizer(directory) == vocab
@@ -245,7 +243,7 @@ def write_distiluse(name: str = "st_distilbert_mean_dense", seed: int = 57) -> P
 def _sentence_transformer(name: str, seed: int, model, tokenizer, ids: tuple, dense: tuple = (),
                           normalize: bool = True) -> Path:
     directory = OUT / name
-    shutil.rmtree(directory, ignore_errors=True)
+    fresh(directory)
     base = OUT / f"_{name}_base"
     model.save_pretrained(base, safe_serialization=True)
     tokenizer(base)

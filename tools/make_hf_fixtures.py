@@ -103,9 +103,24 @@ def save_tokenizer(directory: Path) -> None:
     tr.BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=SEQ).save_pretrained(directory)
 
 
+# files another tool writes into a fixture folder (tools/make_pipeline_references.py, which needs transformers 4;
+# tools/make_pad_id_references.py): kept when this tool remakes the folder, which deleted them
+OTHER_TOOLS = ("pipeline_reference.json", "zero_shot_reference.json", "choice_reference.json", "pad_id_reference.npz")
+
+
+def fresh(directory: Path) -> None:
+    """Empty ``directory`` for a fixture remade, except the files of :data:`OTHER_TOOLS`."""
+    if not directory.is_dir():
+        return
+    for item in directory.iterdir():
+        if item.name in OTHER_TOOLS:
+            continue
+        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+
+
 def write(name: str, model, arch: str, seed: int, tokenizer: bool = False, extra: dict | None = None) -> Path:
     directory = OUT / name
-    shutil.rmtree(directory, ignore_errors=True)
+    fresh(directory)
     model.save_pretrained(directory, safe_serialization=True)
     if tokenizer:
         save_tokenizer(directory)
@@ -191,7 +206,7 @@ def make_sentence_transformer(seed: int, name: str = "st_bert_mean_norm", poolin
     Dense module per (out_features, torch activation) of ``dense`` (LaBSE: cls, 768 -> 768 tanh, Normalize) ->
     Normalize; ``mask``: the reference inputs' mask (default: :func:`inputs`' three rows)."""
     directory = OUT / name
-    shutil.rmtree(directory, ignore_errors=True)
+    fresh(directory)
     base = OUT / "_st_base"
     bert = make_bert("BertModel", seed)
     bert.save_pretrained(base, safe_serialization=True)
@@ -219,7 +234,7 @@ def make_cross_encoder(seed: int, name: str = "st_cross_encoder") -> Path:
     from sentence_transformers import CrossEncoder
 
     directory = OUT / name
-    shutil.rmtree(directory, ignore_errors=True)
+    fresh(directory)
     base = OUT / "_ce_base"
     make_bert("BertForSequenceClassification", seed, num_labels=1).save_pretrained(base, safe_serialization=True)
     save_tokenizer(base)
