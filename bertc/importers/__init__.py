@@ -31,8 +31,8 @@ def importer_for(checkpoint) -> ModuleType:
         return bertc_keras
     if fmt in ("safetensors", "pytorch"):
         return hf
-    if fmt == "tf_object_checkpoint":
-        return model_garden
+    if fmt == "tf_object_checkpoint":   # Model Garden's, or a tf.train.Checkpoint of a Keras model bertc built
+        return bertc_keras if bertc_keras.holds_bertc_paths(checkpoint.names()) else model_garden
     if fmt == "tf_checkpoint":
         return bert_tf1
     raise WeightsError(f"{checkpoint.location}: no importer for format {fmt!r}")
