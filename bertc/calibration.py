@@ -6,7 +6,8 @@ Two kinds, both recorded in the report (``sources``):
   right padding and random 0/1 masks;
 - real text, when the build has a tokenizer (bundled from the trained weights' directory,
   :mod:`bertc.text`): the user's own file (``bertc build --calibration FILE``, one example per line, a
-  tab between a sentence pair; or JSONL, CSV, TSV, Parquet: the field ``text``, and ``text_pair``) or else bertc's built-in multilingual sentence set
+  tab between a sentence pair; or JSONL, CSV, TSV, Parquet: the field ``text``, and ``text_pair``) or else
+  bertc's built-in multilingual sentence set
   (``bertc/data/calibration_sentences.txt``: short and long, 20 languages, chat, URLs, numbers, and the
   markup, code and licence text of documentation and web pages).
   Text becomes these cases: the examples in padded batches of up to 64 (the cases that judge the rank agreement

@@ -176,8 +176,8 @@ def cli():
               help="Reduced-precision and padding-free variants, comma-separated, replacing the spec's "
                    f"export.variants: {', '.join(EXPORT_VARIANTS)} ('' or 'none' for none).")
 @click.option("--calibration", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              metavar="FILE", help="Your own text (one example per line, a tab between a pair; or .jsonl/.csv/.tsv/.parquet: the "
-                                   "field text, and text_pair for a pair), tokenized by the bundled "
+              metavar="FILE", help="Your own text (one example per line, a tab between a pair; or "
+                                   ".jsonl/.csv/.tsv/.parquet: the field text, and text_pair for a pair), tokenized by the bundled "
                                    "tokenizer: int8 is tuned and parity checked on it instead of the built-in sentences.")
 @click.option("--opset", type=click.Choice(["17", "18"]), default=None, help="ONNX opset (default: the spec's, 17).")
 @click.option("--int64-inputs", is_flag=True, default=None, help="ONNX inputs as int64 instead of int32.")

@@ -186,7 +186,8 @@ def _measured(report: dict, artifact_id: str) -> str:
     speed = ((report["artifacts"].get(artifact_id) or {}).get("quantization") or {}).get("speed")
     if not isinstance(speed, dict) or not isinstance(speed.get("ratio"), (int, float)):
         return ""
-    shape = f" at B{speed['batch']} x S{speed['sequence_length']}" if "batch" in speed and "sequence_length" in speed else ""
+    shape = (f" at B{speed['batch']} x S{speed['sequence_length']}"
+             if "batch" in speed and "sequence_length" in speed else "")
     return f" ({speed['ratio']:.2f}x the optimized fp32 artifact's latency in the build{shape})"
 
 
@@ -196,7 +197,8 @@ def _batch_note(precision: str, fp32: list) -> str:
     if precision != "int8":
         return ""
     other = f" (--artifact {min(fp32)} does not)" if fp32 else ""
-    return f"; its activation ranges are each batch's, so a text's result shifts a little with the texts batched with it{other}"
+    return (f"; its activation ranges are each batch's, so a text's result shifts a little with the texts batched "
+            f"with it{other}")
 
 
 def _checked_against_manifest(choice: Choice, model: bytes, report: dict) -> Choice:

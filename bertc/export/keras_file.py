@@ -229,7 +229,8 @@ def save_keras(model, path: Path) -> dict:
     try:
         model.save(str(workdir / "model"), zipped=False)
         manifest = _weights_manifest(model, workdir / "model" / "model.weights.h5")
-        (workdir / "model" / WEIGHTS_MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        (workdir / "model" / WEIGHTS_MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n",
+                                                          encoding="utf-8")
         try:
             zip_keras_dir(workdir / "model", tmp)
         except OSError as exc:   # a full disk: the error names the file (zipfile's writes do not)

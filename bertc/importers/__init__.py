@@ -116,7 +116,8 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_
     spec, weights = spec_for(source, encoder_only)
     # spec_path "-": the spec goes to standard output, its weights absolute (it lies nowhere they are relative to)
     data = {"name": name or _spec_name(source), **spec,
-            "weights": relative_entry(weights, Path(spec_path.resolve().anchor if stdout else spec_path.resolve().parent))}
+            "weights": relative_entry(weights, Path(spec_path.resolve().anchor) if stdout
+                                      else spec_path.resolve().parent)}
     try:
         loaded = load_spec(data)
     except SpecError as exc:
@@ -318,9 +319,10 @@ def check_checkpoint_config(spec, weights: Path) -> None:
             # another head's trained weights (a sentence classifier's classifier.weight read by a token
             # classifier, loaded by name and shape): not this head's
             found.append(("$.head.type", have["head"].get("type"), want["head"].get("type")))
+    more = f"\n  ... and {len(found) - 12} more" if len(found) > 12 else ""
     if found and build:
         shown = "\n".join(f"  {p}: the spec has {json_text(a)}, the build's spec.json {json_text(b)}"
-                          for p, a, b in found[:12]) + (f"\n  ... and {len(found) - 12} more" if len(found) > 12 else "")
+                          for p, a, b in found[:12]) + more
         raise WeightsError(f"{weights}: the spec does not compute what this build's spec.json ({root / 'spec.json'}) "
                            f"says ({len(found)} difference{'s' if len(found) > 1 else ''}; whether or not the weights' "
                            f"shapes fit, the model would not be the trained one):\n{shown}\nbuild that spec.json "

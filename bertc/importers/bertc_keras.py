@@ -9,7 +9,8 @@ NAME = "bertc"
 
 
 def optimizer_prefixes(names) -> set:
-    """The first path parts that hold a Keras 3 optimizer's variables: every Keras optimizer keeps ``NAME/iteration``."""
+    """The first path parts that hold a Keras 3 optimizer's variables (every Keras optimizer keeps
+    ``NAME/iteration``)."""
     return {n.split("/", 1)[0] for n in names if n.count("/") == 1 and n.endswith("/iteration")}
 
 

@@ -370,7 +370,8 @@ def _scaffold_spec(common, prefixes, kinds, names, shape, sublayers, location, c
     if f"{first}/intermediate/kernel" not in names and f"{first}/feedforward/intermediate_0/kernel" not in names:
         raise UnsupportedModel(
             f"{location}: block '{first}' has no feedforward bertc reads (neither '{first}/intermediate/kernel' nor "
-            f"'{first}/feedforward/intermediate_0/kernel'; it holds sub-layers {', '.join(sublayers(first))}): bertc imports "
+            f"'{first}/feedforward/intermediate_0/kernel'; it holds sub-layers {', '.join(sublayers(first))}): "
+            f"bertc imports "
             f"EncoderScaffold blocks of Transformer, TransformerScaffold (dense or GatedFeedforward feedforward, "
             f"multi-head or talking-heads attention) and ReZeroTransformer")
     if kind == "rezero":
