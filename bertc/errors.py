@@ -83,19 +83,19 @@ def git_lfs_pointer(path) -> str:
             f"Git LFS; run `git lfs pull` in its repository (or download the file itself)")
 
 
-def filesystem_error(exc: BaseException | None) -> "OSError | None":
-    """The :data:`FILESYSTEM_ERRNOS` ``OSError`` that ``exc`` is or was raised from (its ``__cause__`` /
-    ``__context__`` chain: a stage that wraps what it met, as the ONNX and TFLite exports do); None when there is
-    none. TensorFlow's file writes (a SavedModel) raise its own errors, ``PATH; No space left on device``: one of
-    those is read as the ``OSError`` it reports."""
+def filesystem_error(exc: BaseException | None, errnos=FILESYSTEM_ERRNOS) -> "OSError | None":
+    """The ``OSError`` of one of ``errnos`` (default :data:`FILESYSTEM_ERRNOS`) that ``exc`` is or was raised from
+    (its ``__cause__`` / ``__context__`` chain: a stage that wraps what it met, as the ONNX and TFLite exports do);
+    None when there is none. TensorFlow's file writes (a SavedModel) raise its own errors, ``PATH; No space left on
+    device``: one of those is read as the ``OSError`` it reports."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in FILESYSTEM_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in errnos:
             return exc
         if type(exc).__module__.startswith("tensorflow"):
             found = _tensorflow_filesystem_error(str(exc))
-            if found is not None:
+            if found is not None and found.errno in errnos:
                 return found
         exc = exc.__cause__ or exc.__context__
     return None

@@ -311,7 +311,7 @@ def unwritable_build(exc: BaseException, staged, stage: str) -> "Optional[Output
         import errno
 
         tmp = getattr(staged, "tmp", None)
-        if tmp is not None and not Path(tmp).exists() and _raised_from(exc, errno.ENOENT, errno.ESTALE):
+        if tmp is not None and not Path(tmp).exists() and filesystem_error(exc, (errno.ENOENT, errno.ESTALE)):
             # the staging folder (beside OUT) was removed under the build: rm -rf of OUT's parent, say
             where = f"stage {stage}" if stage else "the build"
             return OutputError(f"cannot write the build to {staged.given}: its staging folder {tmp} was removed "
@@ -325,17 +325,6 @@ def unwritable_build(exc: BaseException, staged, stage: str) -> "Optional[Output
         where += f", {cause.filename}"
     return OutputError(f"cannot write the build to {staged.given}: {reason} ({where}); nothing was written"
                        + (f", {staged.given} is as it was" if staged.existed else ""))
-
-
-def _raised_from(exc: BaseException, *errnos: int) -> bool:
-    """Whether ``exc`` is, or was raised from, an OSError of one of ``errnos``."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in errnos:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report: dict,
