@@ -554,7 +554,7 @@ def _read_records(path: Path, fmt: str) -> list:
     spec = input_spec(path, fmt)
     pair = PAIR_FIELD if PAIR_FIELD in columns(spec) else None
     fixed = f"examples are read from the field {TEXT_FIELD!r}, and {PAIR_FIELD!r} for a pair's second text"
-    records = read_records(dataclasses.replace(input_spec(path, fmt, TEXT_FIELD, pair), choose=fixed))
+    records = read_records(dataclasses.replace(spec, text_field=TEXT_FIELD, pair_field=pair, choose=fixed))
     texts = [r.text if r.pair is None else (r.text, r.pair) for r in records]
     if not texts:
         raise InputError(f"{path}: no examples (a {fmt} file of examples: the field {TEXT_FIELD!r}, and "
