@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import bertc
 from bertc.errors import BuildFailed, CheckFailed, ExportError, OutputError, ParityError
 from bertc.manifest import build_manifest
-from bertc.memory import release as release_memory, tune_allocator
+from bertc.memory import imports_set_aside, release as release_memory, tune_allocator
 from bertc.report import fusion_summary, new_report, parity_failure_message, write_report
 from bertc.spec import EXPORT_VARIANTS
 
@@ -204,6 +204,12 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
     progress, ``warn`` of what the build could not clean up beside OUT (default: a ``warning:`` line on stderr). A
     full disk (or quota, a read-only or failing file system) while the build writes is an :class:`OutputError`
     (exit 5) naming OUT, the stage and the file, with nothing written (:func:`unwritable_build`)."""
+    with imports_set_aside():   # each stage's release scans what the build made, not every imported module
+        return _build(spec_path, opts, hook, status, warn)
+
+
+def _build(spec_path, opts: BuildOptions, hook: Optional[StageHook], status: Optional[StatusHook],
+           warn: Optional[Callable[[str], None]]) -> dict:
     from bertc.output import StagedOutput
     from bertc.spec import dump_spec, load_spec
 
