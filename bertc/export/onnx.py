@@ -12,6 +12,7 @@ import contextlib
 import copy
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -93,9 +94,16 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
     def traced(*args):
         return call(list(args[:n_in]), list(args[n_in:]))
 
-    with _converter_errors() as errors:   # tf2onnx's own error log (pages of tracebacks), kept to say what failed
-        proto, _ = tf2onnx.convert.from_function(tf.function(traced), input_signature=input_sig + weight_sig,
-                                                 opset=opset)
+    def convert(in_place: bool):
+        with _converter_errors() as errors, _passes_in_place(in_place):   # tf2onnx's own error log (pages of
+            proto, _ = tf2onnx.convert.from_function(   # tracebacks), kept to say what failed
+                tf.function(traced), input_signature=input_sig + weight_sig, opset=opset)
+        return proto, errors
+
+    try:
+        proto, errors = convert(in_place=True)
+    except Exception:   # noqa: BLE001 - one of tf2onnx's passes failed on the graph itself: converted again its
+        proto, errors = convert(in_place=False)   # own way, which leaves a failing pass out (or fails as it would)
     unconverted = _unconverted(errors) if refuse_unconverted else None
     if unconverted:
         raise ExportError(unconverted)
@@ -120,6 +128,32 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
     weights = sorted(((renames[name], var) for name, (_, var) in weight_inputs.items() if name in renames),
                      key=lambda item: item[0])
     return proto, weights, declared
+
+
+_passes = threading.local()
+
+
+@contextlib.contextmanager
+def _passes_in_place(on: bool):
+    """tf2onnx's optimizer copies the whole graph before each of its passes (some forty, each a deep copy of every
+    node), to go back to the copy when a pass fails; on BERT-base the copies were half of the conversion's time and
+    memory. In this block (this thread's conversion) the passes work on the graph itself: a failing pass then fails
+    the conversion, which :func:`convert_with_weight_inputs` does again with the copies."""
+    import tf2onnx.optimizer as passes
+
+    if not getattr(passes.optimize_graph, "bertc_in_place", False):
+        copying = passes.optimize_graph
+
+        def optimize_graph(graph, catch_errors=True, optimizers=None):
+            return copying(graph, catch_errors and not getattr(_passes, "in_place", False), optimizers=optimizers)
+
+        optimize_graph.bertc_in_place = True
+        passes.optimize_graph = optimize_graph
+    before, _passes.in_place = getattr(_passes, "in_place", False), on
+    try:
+        yield
+    finally:
+        _passes.in_place = before
 
 
 class _Collected(logging.Handler):
