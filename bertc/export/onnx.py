@@ -102,6 +102,8 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
 
     try:
         proto, errors = convert(in_place=True)
+    except MemoryError:   # the copies would need more
+        raise
     except Exception:   # noqa: BLE001 - one of tf2onnx's passes failed on the graph itself: converted again its
         proto, errors = convert(in_place=False)   # own way, which leaves a failing pass out (or fails as it would)
     unconverted = _unconverted(errors) if refuse_unconverted else None
