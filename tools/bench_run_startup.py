@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def main() -> int:
               f"imports {', '.join(f['imports']) or 'no TensorFlow / Keras'}"
               + (f"; bertc run --ray (2 actors) {f['ray']['median_seconds']:.2f} s, each actor's peak "
                  f"{f['ray']['median_peak_rss_mb']:.0f} MB (median of the largest)" if args.ray else ""))
-    record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d"),
+    record = {"command": shlex.join([sys.executable, *sys.argv]), "date": time.strftime("%Y-%m-%d"),
               "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                        "cpus": os.cpu_count(), "python": platform.python_version()},
               "out": str(out), "input": str(inputs) if args.input is not None else "two short lines",
