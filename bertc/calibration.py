@@ -184,7 +184,9 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
                                   **({"of": given} if given != len(texts) else {}),
                                   **({"prompts": used} if used else {})}
     if not has_tokenizer(out_dir):
-        return [], {"kind": "none", "why": "no tokenizer in this build (none beside the trained weights)"}
+        return [], {"kind": "none", "why": "no tokenizer in this build: " + (
+            "its trained weights came without one (tokenizer.json, vocab.txt, or vocab.json + merges.txt beside them)"
+            if spec.weights is not None else "a spec without trained weights has none")}
     texts = builtin_sentences()
     try:
         cases = text_cases(out_dir, spec, texts, "bertc's built-in set")

@@ -163,6 +163,7 @@ class EngineParts:
     pair_prompt: str = ""            # ... and the prompt put before each pair's second text
     vocab_size: int = 0              # the model's vocabulary (0: unknown): a token id at or above it is refused
     lowercase: bool = False          # str.lower() of each input first (sentence_bert_config.json's do_lower_case)
+    external_data_folder: str = ""   # where a model over 2 GB keeps its weights (its .data file): read from there
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -201,6 +202,9 @@ class Engine:
         from bertc.backends import session_options
 
         options = session_options(threads, spinning)
+        if parts.external_data_folder:   # the graph is in memory, its weights in a file of that folder
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             parts.external_data_folder)
         provider = (parts.provider, parts.provider_options) if parts.provider_options else parts.provider
         try:
             self.session = ort.InferenceSession(parts.model, options, providers=[provider])

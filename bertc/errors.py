@@ -163,6 +163,14 @@ class InputError(BertcError):
     exit_code = EXIT_BAD_SPEC
 
 
+class DamagedBuild(InputError):
+    """A directory given as a build that is not one, or whose report, spec, bundled config or tokenizer cannot be
+    read: exit 5, as ``bertc parity`` and ``bertc bench`` say of it (the file named); an :class:`InputError` to
+    ``bertc.Runtime``'s callers still."""
+
+    exit_code = EXIT_OUTPUT
+
+
 class CheckFailed(BertcError):
     exit_code = EXIT_CHECK_FAILED
 

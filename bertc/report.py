@@ -186,6 +186,10 @@ def report_json(report: dict) -> str:
     return json.dumps(_finite(report), indent=2, default=str, allow_nan=False)
 
 
+def _tolerances(override: dict) -> str:
+    return " ".join(f"--{k} {v:g}" for k, v in override.items() if v is not None)
+
+
 def write_report(out: Path, report: dict) -> None:
     """report.json and summary.txt into ``out`` (atomically); :class:`OutputError` (exit 5) when they cannot be."""
     from bertc.errors import OutputError
@@ -399,6 +403,8 @@ def summary_text(report: dict) -> str:
             lines.append(f"  cannot load {backend}: {error}")
         for backend, why in parity["skipped"].items():
             lines.append(f"  skipped {backend}: {why}")
+        if not parity["results"] and not parity.get("load_errors"):
+            lines.append("  nothing compared: the build has no artifact for any backend here")
         inputs = parity.get("inputs") or {}
         text = inputs.get("text") or {}
         if text and "grid" not in inputs:   # bertc parity --text: that file alone
@@ -408,7 +414,7 @@ def summary_text(report: dict) -> str:
         elif text:
             lines.append("  inputs: the random-id grid; real text: " + (
                 f"{text.get('examples')} example(s) ({text.get('kind')}: {text.get('path') or text.get('file')})"
-                if text.get("kind") != "none" else f"none ({text.get('why')})"))
+                if text.get("kind") != "none" else f"none: {text.get('why')}"))
             if text.get("differs_from_build"):   # bertc parity --calibration FILE: not the build's text
                 lines.append(f"  note: not the build's inputs: {text['differs_from_build']}")
         override = parity.get("tolerance_override")
@@ -418,5 +424,10 @@ def summary_text(report: dict) -> str:
         if parity.get("changed_since_build"):
             lines.append("  changed since the build (not what it wrote or ran): "
                          f"{', '.join(parity['changed_since_build'])}")
+    diagnostic = report.get("parity_other_tolerances")
+    if diagnostic:   # bertc parity --atol / --rtol: beside the build's verdict
+        lines.append(f"last bertc parity {_tolerances(diagnostic['tolerance_override'])}: "
+                     f"{'passed' if diagnostic['passed'] else 'failed'} (a diagnostic under other tolerances than "
+                     f"the spec's: the build's status stays its spec's verdict)")
     lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ import numpy as np
 from bertc.backends import CPU, CUDA, NO_ONNXRUNTIME, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers
 from bertc.engine import (DEFAULT_BATCH, DEFAULT_BATCH_TOKENS, DEFAULT_DOC_STRIDE, DEFAULT_HYPOTHESIS, DEFAULT_TOP_K,
                           POSITIONS, SIMILARITIES, Engine, EngineParts, windows)
-from bertc.errors import BackendLoadError, BertcError, InputError, MissingLibrary
+from bertc.errors import BackendLoadError, BertcError, DamagedBuild, InputError, MissingLibrary
 from bertc.run_io import Record
 from bertc.text import lowercases_input
 
@@ -56,22 +56,28 @@ def read_build(out) -> tuple[dict, dict]:
         failed = named.with_name(f"{sibling_stem(named.name)}.failed") if named.name else None   # where a failed
         hint = f" (a failed build's report is in {failed}/)" if failed is not None and failed.is_dir() else ""   # build
         # of OUT left its report
-        raise InputError(f"{out}: not a bertc build directory (no report.json; make one with bertc build){hint}")
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        spec = json.loads((out / "spec.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{out}: not a readable bertc build ({exc})") from None
+        raise DamagedBuild(f"{out}: not a bertc build directory (no report.json; make one with bertc build){hint}")
+    read = {}
+    for path in (report_path, out / "spec.json"):
+        try:
+            read[path.name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:   # UnicodeDecodeError is a ValueError
+            why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+            raise DamagedBuild(f"{out}: not a readable bertc build ({path}: {why}); rebuild it, or restore the "
+                               f"file") from None
+    report, spec = read["report.json"], read["spec.json"]
     if not isinstance(report, dict) or "artifacts" not in report or "outputs" not in report:
-        raise InputError(f"{out}/report.json: not a bertc build report (no artifacts / outputs)")
+        raise DamagedBuild(f"{out}/report.json: not a bertc build report (no artifacts / outputs)")
+    parity = report.get("parity") if isinstance(report.get("parity"), dict) else {}
+    override = parity.get("tolerance_override")
+    if isinstance(override, dict):
+        # an earlier bertc's `bertc parity OUT --atol X` put its verdict in the build's place (this one keeps it
+        # beside it): the status it set, passed or failed, is not the spec's verdict, so neither is served
+        tolerances = " ".join(f"--{k} {v}" for k, v in override.items() if v is not None)
+        raise InputError(f"{out}: the build's status {report.get('status')!r} is not its spec's verdict: its last "
+                         f"parity run ({tolerances}, by an earlier bertc) judged it under other tolerances and put "
+                         f"that verdict in its place; `bertc parity {out}` judges it again by its spec")
     if report.get("status") != "passed":
-        parity = report.get("parity") if isinstance(report.get("parity"), dict) else {}
-        override = parity.get("tolerance_override")
-        if isinstance(override, dict):   # bertc parity OUT --atol X: a diagnostic verdict, the build unchanged
-            tolerances = " ".join(f"--{k} {v}" for k, v in override.items() if v is not None)
-            raise InputError(f"{out}: the build's status is {report.get('status')!r}: its last parity run "
-                             f"({tolerances}) judged it under other tolerances than its spec's; `bertc parity {out}` "
-                             f"judges it again by its spec")
         raise InputError(f"{out}: the build's status is {report.get('status')!r}, not 'passed'; rebuild it")
     return report, spec
 
@@ -201,18 +207,29 @@ def _batch_note(precision: str, fp32: list) -> str:
             f"with it{other}")
 
 
-def _checked_against_manifest(choice: Choice, model: bytes, report: dict) -> Choice:
+def _checked_against_manifest(choice: Choice, model: Optional[bytes], report: dict,
+                              data: Optional[Path] = None) -> Choice:
     """``choice``, its ``why`` saying so when the file's bytes are not those the build wrote (its sha256 in the
     report's manifest): "passed parity" was said of a file whose weights had since been changed (found by a
-    tester). The bytes are those the session is made from, hashed in memory (0.5 s a GB)."""
+    tester). The bytes are those the session is made from, hashed in memory (0.5 s a GB); or, for ``data`` (the
+    model's external data file, which ONNX Runtime reads itself), that file, read in blocks."""
     import dataclasses
     import hashlib
 
-    entry = (((report.get("manifest") or {}).get("files") or {}).get(choice.path)
+    name = choice.path if data is None else data.name
+    entry = (((report.get("manifest") or {}).get("files") or {}).get(name)
              if isinstance(report.get("manifest"), dict) else None)
-    if not isinstance(entry, dict) or not entry.get("sha256") or hashlib.sha256(model).hexdigest() == entry["sha256"]:
+    if not isinstance(entry, dict) or not entry.get("sha256"):
         return choice
-    return dataclasses.replace(choice, why=f"{choice.why}; but {choice.path} has CHANGED since the build (its sha256 "
+    if data is None:
+        digest = hashlib.sha256(model).hexdigest()
+    else:
+        from bertc.manifest import sha256_file
+
+        digest = sha256_file(data)
+    if digest == entry["sha256"]:
+        return choice
+    return dataclasses.replace(choice, why=f"{choice.why}; but {name} has CHANGED since the build (its sha256 "
                                            f"is not the manifest's): the build's parity judged the file it wrote, "
                                            f"not this one (bertc parity OUT checks this one)")
 
@@ -307,10 +324,10 @@ def build_json(out: Path, name: str) -> Optional[dict]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:   # UnicodeDecodeError is a ValueError
-        raise InputError(f"{out}: not a readable bertc build ({path}: {exc}); rebuild it, or restore the file") \
+        raise DamagedBuild(f"{out}: not a readable bertc build ({path}: {exc}); rebuild it, or restore the file") \
             from None
     if not isinstance(config, dict):
-        raise InputError(f"{out}: not a readable bertc build ({path}: not a JSON object, but "
+        raise DamagedBuild(f"{out}: not a readable bertc build ({path}: not a JSON object, but "
                          f"{type(config).__name__}); rebuild it, or restore the file")
     return config
 
@@ -324,7 +341,7 @@ def check_build_files(out: Path, report: dict) -> None:
     bundled = (report.get("weights") or {}).get("bundled_config") or []
     for name in bundled if isinstance(bundled, list) else []:
         if isinstance(name, str) and not (Path(out) / name).exists():
-            raise InputError(f"{out}: not a readable bertc build ({Path(out) / name}, which the build bundled, is "
+            raise DamagedBuild(f"{out}: not a readable bertc build ({Path(out) / name}, which the build bundled, is "
                              f"missing); rebuild it, or restore the file")
 
 
@@ -834,14 +851,23 @@ class Runtime:
                                                                          pair_prompt, pair_prompt_name)
             self.kind, answers = ("rank", top_k or 0) if rank else ("similarity", answers)
         path = self.out / self.choice.path
-        if (self.report["artifacts"][self.choice.artifact].get("external_data")):
-            raise InputError(f"{path.name} keeps its weights in external data files; bertc run needs a single-file artifact")
         try:
             model = path.read_bytes()
         except OSError as exc:
             raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}"
                                    f"{self._other_artifact(device)}") from None
         self.choice = _checked_against_manifest(self.choice, model, self.report)
+        # a model over protobuf's 2 GB keeps its weights in OUT/<file>.data: ONNX Runtime reads them from OUT's
+        # folder (the graph alone is in memory), checked against the manifest as the graph is
+        external = self.report["artifacts"][self.choice.artifact].get("external_data")
+        external_folder = ""
+        if external:
+            data = self.out / str(external)
+            if not data.is_file():
+                raise BackendLoadError(f"{data.name}: the weights of {path.name} (its external data) are not there"
+                                       f"{self._other_artifact(device)}")
+            self.choice = _checked_against_manifest(self.choice, None, self.report, data)
+            external_folder = str(data.resolve().parent)
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
         tokenizer_json = self._tokenizer_json()
@@ -860,6 +886,7 @@ class Runtime:
         if answers and self.kind == "span":
             self.kind = "spans"   # {"answers": [...]}: a result of its own shape (JSONL, Parquet)
         self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=tokenizer_json, **fill,
+                                 external_data_folder=external_folder,
                                  provider=self.choice.provider, precision=self.choice.precision,
                                  kind="span" if self.kind == "spans" else self.kind,
                                  outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],
@@ -893,7 +920,8 @@ class Runtime:
         """A Runtime sent to another process (multiprocessing's spawn, a ProcessPoolExecutor) travels as what it read
         (the model's bytes, the tokenizer, the labels): the same build there, whatever OUT holds by then. Its ONNX
         Runtime session does not travel (the receiving process opens its own on first use); a worker that runs many
-        tasks is better given its own Runtime (an initializer) than one sent with every task."""
+        tasks is better given its own Runtime (an initializer) than one sent with every task. A model over 2 GB (its
+        weights in an external data file) travels as its graph: each process reads the weights from OUT's folder."""
         state = self.__dict__.copy()
         state.pop("_engine", None)
         state.pop("_lock", None)
@@ -969,7 +997,7 @@ class Runtime:
 
             present = [name for name in VOCABULARIES if (self.out / name).exists()]
             where = self.out / present[0] if present else self.out
-            raise InputError(f"{self.out}: not a readable bertc build (its tokenizer, {where}: "
+            raise DamagedBuild(f"{self.out}: not a readable bertc build (its tokenizer, {where}: "
                              f"{' '.join(str(exc).split())[:300]}); rebuild it, or restore the file") from None
 
     @property

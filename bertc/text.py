@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from bertc.errors import InputError, MissingLibrary, OutputError
+from bertc.errors import DamagedBuild, InputError, MissingLibrary, OutputError
 from bertc.tokenizer_files import add_config_tokens, read_json as _read_json
 
 # sentencepiece models: spiece.model (ALBERT, T5), spm.model (DeBERTa-v2/v3), sentencepiece.bpe.model (XLM-R,
@@ -209,7 +209,7 @@ def _load_tokenizer_json(tokenizers, path: Path):
         text = path.read_bytes().decode("utf-8")
         return tokenizers.Tokenizer.from_str(text)
     except Exception as exc:   # OSError, UnicodeDecodeError, the tokenizers library's plain Exception
-        raise InputError(f"{path.parent}: not a readable bertc build (its tokenizer, {path}: "
+        raise DamagedBuild(f"{path.parent}: not a readable bertc build (its tokenizer, {path}: "
                          f"{' '.join(str(exc).split())[:300]}); rebuild it, or restore the file") from None
 
 

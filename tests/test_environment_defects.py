@@ -91,20 +91,44 @@ def test_bench_threads_beyond_any_use_are_refused(builds, capsys):
     assert sorted(p.name for p in out.iterdir()) == before
 
 
-def test_a_build_failed_by_a_diagnostic_tolerance_says_how_to_judge_it_again(builds, tmp_path):
-    """``bertc parity OUT --atol 1e-12`` marks the build failed; ``bertc run`` then said "rebuild it", which is not
-    needed: it names the override and ``bertc parity OUT``."""
+@pytest.mark.parametrize("status", ["failed", "passed"])
+def test_a_build_judged_by_an_earlier_bertc_under_other_tolerances_says_how_to_judge_it_again(builds, tmp_path,
+                                                                                               status):
+    """An earlier bertc's ``bertc parity OUT --atol X`` put its verdict in the build's place: ``bertc run`` said
+    "rebuild it" of a build it had failed (not needed), and served one it had passed under looser tolerances. Either
+    way it names the override and ``bertc parity OUT``."""
     import shutil
 
     out = tmp_path / "out"
     shutil.copytree(builds["st_bert_mean_norm"], out)
     report = json.loads((out / "report.json").read_text())
-    report["status"] = "failed"
+    report["status"] = status
     report["parity"]["tolerance_override"] = {"atol": 1e-12, "rtol": None}
     (out / "report.json").write_text(json.dumps(report))
-    with pytest.raises(InputError, match=r"its last parity run \(--atol 1e-12\) judged it under other tolerances than "
-                                         r"its spec's; `bertc parity .*` judges it again by its spec"):
+    with pytest.raises(InputError, match=rf"the build's status '{status}' is not its spec's verdict: its last parity "
+                                         r"run \(--atol 1e-12, by an earlier bertc\) judged it under other tolerances "
+                                         r"and put that verdict in its place; `bertc parity .*` judges it again by its "
+                                         r"spec"):
         bertc.Runtime(out)
+
+
+def test_a_diagnostic_tolerance_leaves_the_builds_status_either_way(builds, tmp_path, capsys):
+    """``bertc parity OUT --atol 0`` failed a good build (``bertc run`` then refused it) and ``--atol 1`` passed a
+    failed one (served as "passed parity"): a verdict under other tolerances is kept beside the build's."""
+    import shutil
+
+    from bertc.cli import main
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["st_bert_mean_norm"], out)
+    before = json.loads((out / "report.json").read_text())
+    assert main(["parity", str(out), "--atol", "0", "--rtol", "0"]) == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "passed" and report["parity"] == before["parity"]
+    assert not report["parity_other_tolerances"]["passed"]
+    assert bertc.Runtime(out).run(["a short text"]).shape[0] == 1   # still served
+    assert "last bertc parity --atol 0 --rtol 0: failed" in (out / "summary.txt").read_text()
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("address, why", [
@@ -242,7 +266,8 @@ def test_sigterm_in_bertc_parity_leaves_report_and_summary_both_new_or_both_old(
         assert main(["parity", str(out), "--atol", "0.5"]) == 0   # the signal came while signals were ignored
         monkeypatch.undo()
         report = json.loads((out / "report.json").read_text())
-        assert report["parity"]["tolerance_override"]["atol"] == 0.5 and "0.5" in (out / "summary.txt").read_text()
+        assert report["parity_other_tolerances"]["tolerance_override"]["atol"] == 0.5
+        assert "0.5" in (out / "summary.txt").read_text()
         assert not [p.name for p in out.iterdir() if "partial" in p.name]
         shutil.rmtree(out)
         shutil.copytree(builds["st_bert_mean_norm"], out)
@@ -268,7 +293,8 @@ def test_sigterm_in_bertc_parity_leaves_report_and_summary_both_new_or_both_old(
         monkeypatch.setattr(report_module, "write_report", written_then_terminated)
         assert main(["parity", str(out), "--atol", "0.5"]) == 143
         assert capsys.readouterr().err.splitlines()[-1] == f"terminated after {out / 'report.json'} was written"
-        assert json.loads((out / "report.json").read_text())["parity"]["tolerance_override"]["atol"] == 0.5
+        assert json.loads((out / "report.json").read_text())["parity_other_tolerances"]["tolerance_override"]["atol"] \
+            == 0.5
     finally:
         signal.signal(signal.SIGTERM, previous)
 

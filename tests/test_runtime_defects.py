@@ -14,7 +14,7 @@ import pytest
 
 import bertc
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, InputError
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT, InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_run import shared_builds  # noqa: E402
@@ -119,7 +119,7 @@ def _copy(out: Path, tmp_path: Path, name: str = "out") -> Path:
                                          ("bert_seq_cls", "tokenizer_config.json")])
 def test_a_bundled_config_that_cannot_be_read_is_a_damaged_build(builds, tmp_path, capsys, build, name):
     """A config file in OUT that is there but is not JSON (a truncated copy) is refused naming it, as a damaged
-    report.json is (exit 2): it was skipped, and the run went on without the class names, the problem type, the
+    report.json is (exit 5): it was skipped, and the run went on without the class names, the problem type, the
     prompt or the lowercasing it says, exit 0 (or read the trained weights' folder instead)."""
     out = _copy(builds[build], tmp_path)
     path = out / name
@@ -128,7 +128,7 @@ def test_a_bundled_config_that_cannot_be_read_is_a_damaged_build(builds, tmp_pat
         bertc.Runtime(out)
     (tmp_path / "in.txt").write_text("the cat\n")
     result = tmp_path / "r.jsonl"
-    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(result)]) == EXIT_BAD_SPEC
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(result)]) == EXIT_OUTPUT   # as parity and bench
     err = capsys.readouterr().err
     assert f"error: {out}: not a readable bertc build ({path}: " in err and "Traceback" not in err
     assert not result.exists()
@@ -206,7 +206,7 @@ def test_a_config_the_build_did_not_bundle_is_not_read_beside_the_weights(builds
 @pytest.mark.parametrize("damage", ["{", "{}", "truncated"])
 def test_a_damaged_tokenizer_json_is_named(builds, tmp_path, capsys, damage):
     """A tokenizer.json in OUT that the tokenizers library cannot read (cut short, not JSON, not a tokenizer) is a
-    damaged build named as such, exit 2; it was "internal error (a bug in bertc ...): Exception: EOF while parsing",
+    damaged build named as such, exit 5; it was "internal error (a bug in bertc ...): Exception: EOF while parsing",
     exit 70."""
     out = _copy(builds["st_bert_mean_norm"], tmp_path)
     path = out / "tokenizer.json"
@@ -214,7 +214,7 @@ def test_a_damaged_tokenizer_json_is_named(builds, tmp_path, capsys, damage):
     with pytest.raises(InputError, match=re.escape(f"{out}: not a readable bertc build (its tokenizer, {path}: ")):
         bertc.Runtime(out)
     (tmp_path / "in.txt").write_text("the cat\n")
-    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.npy")]) == EXIT_BAD_SPEC
+    assert main(["run", str(out), str(tmp_path / "in.txt"), "-o", str(tmp_path / "r.npy")]) == EXIT_OUTPUT
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out}: not a readable bertc build (its tokenizer, {path}: ") and \
         "internal error" not in err and "Traceback" not in err
@@ -328,7 +328,7 @@ def test_an_empty_path_is_refused_as_empty(builds, tmp_path, capsys, monkeypatch
     for path in (".", "/"):
         with pytest.raises(InputError, match=rf"^{re.escape(path)}: not a bertc build directory \(no report.json"):
             bertc.Runtime(path)
-        assert main(["run", path, "in.txt", "-o", "r.jsonl"]) == EXIT_BAD_SPEC
+        assert main(["run", path, "in.txt", "-o", "r.jsonl"]) == EXIT_OUTPUT
     capsys.readouterr()
 
 
