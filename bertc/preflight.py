@@ -125,6 +125,19 @@ def outputs_held(spec, real_text: bool) -> int:
     return logits_bytes(spec, sum(sizes)) + OUTPUT_COPIES * logits_bytes(spec, max(sizes))
 
 
+def word_table_bytes(spec) -> int:
+    """The word embedding table's float32 bytes: an ONNX int8 artifact keeps it float32 (a Gather's table, as
+    the embeddings' norms, the pooler and the classifier), which on a large vocabulary is much of the model
+    (XLM-R-large: 1.0 of its 2.2 GB)."""
+    try:
+        scaffold = spec.encoder.scaffold
+        embedding = scaffold.embedding
+        width = getattr(embedding, "embedding_width", None) or scaffold.hidden_size
+        return 4 * int(embedding.vocab_size) * int(width)
+    except (AttributeError, TypeError, ValueError):   # a plug-in embedding that declares no vocabulary
+        return 0
+
+
 def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool = True,
                        optimized: bool = True) -> dict[str, int]:
     """The files a build writes and their expected sizes. ``onnx`` / ``tflite`` / ``optimized``: the build's
@@ -132,6 +145,8 @@ def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool 
     model.onnx alone and ``export.optimized`` the optimized artifact and its variants, each without the other, as
     the build writes them (bertc.pipeline)."""
     w = weight_bytes
+    table = min(word_table_bytes(spec), w)
+    int8 = table + (w - table) // 4   # ONNX int8: the word table stays float32
     out = {"model.keras": w + 64 * 1024}
     e = spec.export
     if onnx and e.onnx:
@@ -140,11 +155,11 @@ def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool 
         if e.optimized and optimized:
             out["model.optimized.onnx"] = w + 256 * 1024
             if "onnx_int8" in e.variants:
-                out["model.optimized.int8.onnx"] = w // 4 + 256 * 1024
+                out["model.optimized.int8.onnx"] = int8 + 256 * 1024
             if "onnx_fp16" in e.variants:
                 out["model.optimized.fp16.onnx"] = w // 2 + 256 * 1024
             for variant, file, size in (("onnx_packed", "model.packed.onnx", w),
-                                        ("onnx_packed_int8", "model.packed.int8.onnx", w // 4),
+                                        ("onnx_packed_int8", "model.packed.int8.onnx", int8),
                                         ("onnx_packed_fp16", "model.packed.fp16.onnx", w // 2)):
                 if variant in e.variants:
                     out[file] = size + 256 * 1024
@@ -228,7 +243,9 @@ def available_memory() -> tuple[int, str]:
 
 
 def gb(n: float) -> str:
-    return f"{n / GB:.1f} GB"
+    """Binary gigabytes, as --memory-limit 12G reads them, to two decimals (a need and what is available that
+    differ by less than 0.1 were printed alike, "needs 9.0 GB ... 9.0 GB is available")."""
+    return f"{n / GB:,.2f} GiB"
 
 
 def parse_size(text: str) -> int:
@@ -267,20 +284,29 @@ def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tfl
         lightest = min(lightest, other)
         if other * MARGIN <= available:
             fitting.append(f"{flag} (needs {gb(other * MARGIN)})")
+    if spec.export.variants:   # the default int8 / fp16 files and their tuning left out, the fp32 ones kept
+        bare = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": []})})
+        other = estimate(bare, export, parity, onnx, tflite, optimize, trained).peak_bytes
+        lightest = min(lightest, other)
+        if other * MARGIN <= available:
+            fitting.append(f"--variants none (needs {gb(other * MARGIN)})")
     heaviest = max(est.stages, key=est.stages.get)
     hints = []
     if heaviest == "parity" and (len(spec.parity.batch_sizes) > 1 or max(spec.parity.batch_sizes) > 1):
         hints.append("smaller $.parity.batch_sizes / $.parity.sequence_lengths")
     if heaviest in ("optimize onnx", "export tflite") and spec.export.variants:
-        hints.append("fewer $.export.variants")
+        hints.append("fewer variants (--variants NAME,... or $.export.variants)")
     if fitting:
         options = f"Options that make it fit: {'; '.join(fitting + hints)}."
     else:
         options = (f"No build option makes it fit: the lightest build still needs {gb(lightest * MARGIN)}"
                    + (f" (also worth trying: {'; '.join(hints)})" if hints else "") + ".")
+    need, have = gb(needed), gb(available)
+    if need == have:   # closer than the hundredth: in MiB
+        need, have = f"{needed / 2**20:,.0f} MiB", f"{available / 2**20:,.0f} MiB"
     raise MemoryPreflightError(
-        f"this build needs about {gb(needed)} of memory at its peak, in its {heaviest} stage "
-        f"({est.parameters:,} parameters = {gb(est.weight_bytes)} of float32 weights), but {gb(available)} is "
+        f"this build needs about {need} of memory at its peak, in its {heaviest} stage "
+        f"({est.parameters:,} parameters = {gb(est.weight_bytes)} of float32 weights), but {have} is "
         f"available ({source}). Nothing was written. {options} "
         f"To build anyway: --memory-limit SIZE (use SIZE as the available memory) or --skip-preflight.")
 

@@ -383,8 +383,14 @@ def summary_text(report: dict) -> str:
         for c in report["checks"]:
             lines.append(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']:<20} {c['figure']!s:<14} "
                          f"threshold {c['threshold']!s:<8} {c['detail']}")
+    files = (report.get("manifest") or {}).get("files") or {}
     for name, a in (report.get("artifacts") or {}).items():
-        lines.append(f"artifact: {a['path']} ({a['bytes'] / 1e6:.2f} MB)")
+        data = a.get("external_data")
+        if data and isinstance(files.get(data), dict) and "bytes" in files[data]:   # a model over 2 GB: its weights
+            graph = a["bytes"] - files[data]["bytes"]                                 # in a file of their own
+            lines.append(f"artifact: {a['path']} ({graph / 1e6:.2f} MB) + {data} ({files[data]['bytes'] / 1e6:.2f} MB)")
+        else:
+            lines.append(f"artifact: {a['path']} ({a['bytes'] / 1e6:.2f} MB)")
     for name, a in (report.get("artifacts") or {}).items():
         tuning = (a.get("quantization") or {}).get("tuning")
         if tuning:

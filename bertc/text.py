@@ -368,8 +368,10 @@ def vocabulary_kind(directory: Path, config: dict, model_type: Optional[str]) ->
                              f"transformers')")
         return "tokenizer.json", None
     if not present:
-        raise InputError(f"{directory}: no tokenizer in this build (tokenizer.json, vocab.txt or vocab.json + "
-                         f"merges.txt); it is bundled when the trained weights come with one")
+        raise InputError(f"{directory}: no tokenizer in this build (tokenizer.json, vocab.txt, vocab.json + "
+                         f"merges.txt, or a sentencepiece {' / '.join(SENTENCEPIECE_FILES)}): a build bundles the "
+                         f"one beside its trained weights (put the checkpoint's tokenizer files there and build "
+                         f"again), or that of the build it starts from (bertc build --init-from OUT)")
     cls = tokenizer_class(config, model_type)
     if cls is None:   # neither tokenizer_config.json nor a model type bertc knows says: the files do
         if "vocab.json" in present:

@@ -42,6 +42,10 @@ def test_every_onnx_artifact_with_external_data_runs_as_the_single_file_one(exte
     report = json.loads((external / "report.json").read_text())
     outside = [k for k, v in report["artifacts"].items() if v.get("external_data")]
     assert {"onnx", "onnx_optimized"} <= set(outside), outside
+    summary = (external / "summary.txt").read_text()   # the weights' file named with its size, beside the graph's
+    data = (external / "model.onnx.data").stat().st_size
+    assert f"artifact: model.onnx ({(external / 'model.onnx').stat().st_size / 1e6:.2f} MB) + model.onnx.data " \
+           f"({data / 1e6:.2f} MB)" in summary
     for artifact in outside:
         runtime = bertc.Runtime(external, artifact=artifact)
         assert "CHANGED" not in runtime.choice.why

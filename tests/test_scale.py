@@ -231,7 +231,7 @@ def test_far_too_large_spec_is_refused_at_once(tmp_spec, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == EXIT_MEMORY
     assert seconds < 30
-    assert "this build needs about" in err and "GB of memory at its peak" in err and "is available" in err
+    assert "this build needs about" in err and "GiB of memory at its peak" in err and "is available" in err
     assert "103,414,251,523 parameters" in err
     # validation's gradient step sets the peak: no option of the build makes it fit, and none is offered
     assert "in its validate stage" in err and "No build option makes it fit" in err and "(needs" not in err
@@ -365,6 +365,30 @@ def test_preflight_offers_the_options_that_make_a_build_fit():
     text = str(err.value)
     assert "in its export onnx stage" in text and "Options that make it fit: --no-tflite (needs" in text
     assert "--no-optimize" not in text and "--no-parity" not in text   # they do not lower this peak
+
+
+def test_a_large_vocabularys_int8_size_and_the_variants_option_are_in_the_preflight():
+    """XLM-R-large (a tester): the int8 file was estimated at 559 MB (every weight int8) and written at 1,331 MB (its
+    1 GB word table stays float32); a build refused for memory was offered --no-optimize (no optimized artifact at
+    all) but not --variants none, which fits and keeps it."""
+    from bertc.preflight import GB, MemoryPreflightError, check, estimate, gb
+    from bertc.spec import load_spec
+
+    data = json.loads((ROOT / "specs" / "bert_large_classifier.json").read_text())
+    data["encoder"]["vocab_size"] = 250_002
+    spec = load_spec(data)
+    est = estimate(spec, trained=True)   # trained weights: their int8 is tuned, the heaviest stage
+    table = 4 * 250_002 * spec.encoder.hidden_size
+    int8 = est.artifacts["model.optimized.int8.onnx"]
+    assert abs(int8 - (table + (est.weight_bytes - table) / 4)) < 1e6 and int8 > 0.5 * est.artifacts["model.onnx"]
+    bare = estimate(spec.model_copy(update={"export": spec.export.model_copy(update={"variants": []})}),
+                    trained=True).peak_bytes
+    assert bare < est.peak_bytes
+    with pytest.raises(MemoryPreflightError) as err:
+        check(spec, memory_limit=int((bare + est.peak_bytes) / 2 * 1.1), trained=True)
+    text = str(err.value)
+    assert "--variants none (needs " in text and " GiB" in text and " GB" not in text
+    assert gb(9.04 * GB) != gb(8.96 * GB)   # a need and what is available are told apart ("9.0 GB" both, before)
 
 
 def test_shared_int8_placeholder_buffers_are_split(tmp_path):
