@@ -58,6 +58,14 @@ class _SpecPath(_Path):
         return super().convert(value, param, ctx)
 
 
+class _OutputOption(click.Option):
+    """``-o`` with both long forms, ``--out`` and ``--output`` (every command takes either): messages name it as
+    ``--help`` shows it first (``'-o' / '--output'``), not with the alias too."""
+
+    def get_error_hint(self, ctx) -> str:
+        return " / ".join(f"'{o}'" for o in self.opts[:2])
+
+
 class _StatusLine:
     """What a long stage is doing now (the int8 tuning: minutes on a base-size model), on one line of the
     terminal that the next line overwrites; nothing when stderr is not a terminal."""
@@ -165,7 +173,8 @@ def cli():
 @cli.command()
 @plugin_option
 @click.argument("spec", type=_SpecPath())
-@click.option("-o", "--out", type=_Path(path_type=Path), required=True,   # a file there: exit 5, as the build says
+# a file there: exit 5, as the build says; --output as import, run and schema spell it
+@click.option("-o", "--out", "--output", cls=_OutputOption, type=_Path(path_type=Path), required=True,
               help="Output directory (written atomically).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--no-export", is_flag=True, help="Stop after the Keras model (no ONNX, TFLite or parity).")
@@ -447,15 +456,17 @@ def _size(text):
 
 
 @cli.command("import")
+@plugin_option
 @click.argument("source", type=_Path(path_type=Path))
-@click.option("-o", "--output", type=_Path(dir_okay=False, path_type=Path), required=True,
+@click.option("-o", "--output", "--out", cls=_OutputOption, type=_Path(dir_okay=False, path_type=Path), required=True,
               help="The spec file to write (its weights entry points at SOURCE, relative to it); - for standard "
                    "output (the weights entry absolute).")
 @click.option("--name", default=None, help="The spec's name (default: from SOURCE).")
 @click.option("--encoder-only", is_flag=True,
               help="The encoder alone, without the checkpoint's task head (Hugging Face checkpoints).")
 @click.option("--force", is_flag=True, help="Replace the spec file if it exists.")
-def import_checkpoint(source, output, name, encoder_only, force):
+@click.option("-q", "--quiet", is_flag=True, help="Errors only (with -o -, the spec is printed all the same).")
+def import_checkpoint(source, output, name, encoder_only, force, quiet):
     """Write a spec for a trained checkpoint (Hugging Face, sentence-transformers, original BERT, Model Garden)."""
     from bertc.errors import OutputError
 
@@ -468,8 +479,10 @@ def import_checkpoint(source, output, name, encoder_only, force):
         _needs_stdout("import -o -'s spec")
         _import_quietly()
         spec = import_spec(source, output, name, encoder_only)
-        _err(f"wrote the spec to standard output: {spec['name']} ({spec['encoder']['type']} encoder, "
-             f"{spec.get('head', {}).get('type', 'no')} head); weights: {spec['weights']}")
+        if not quiet:
+            _err(f"wrote the spec to standard output: {spec['name']} ({spec['encoder']['type']} encoder, "
+                 f"{spec.get('head', {}).get('type', 'no')} head); weights: {spec['weights']}")
+            _no_tokenizer_note(source, spec, None)
         return
     if output.exists() and not force:
         raise OutputError(f"{output} already exists; pass --force to replace it")
@@ -479,10 +492,35 @@ def import_checkpoint(source, output, name, encoder_only, force):
     _import_quietly()
 
     spec = import_spec(source, output, name, encoder_only)
+    if quiet:
+        return
     head = spec.get("head", {}).get("type", "no")
-    click.echo(f"wrote {output}: {spec['name']} ({spec['encoder']['type']} encoder, {head} head); "
-               f"weights: {spec['weights']}")
-    click.echo(f"  {spec['description']}")
+    # status on stderr, as every other command's (standard output is for -o -'s spec)
+    _err(f"wrote {output}: {spec['name']} ({spec['encoder']['type']} encoder, {head} head); "
+         f"weights: {spec['weights']}")
+    _err(f"  {spec['description']}")
+    _no_tokenizer_note(source, spec, output)
+
+
+def _no_tokenizer_note(source: Path, spec: dict, spec_path: Optional[Path]) -> None:
+    """One line on stderr when the checkpoint has no tokenizer beside its weights: the build will bundle none (the
+    same test as the build's, :func:`bertc.text.check_tokenizer` of the spec's weights), so ``bertc run``,
+    ``bertc parity --text`` and ``--calibration`` refuse it; said now rather than at the first run."""
+    from bertc.errors import BertcError
+    from bertc.text import check_tokenizer
+    from bertc.weights import resolve_weights_path
+
+    weights = spec.get("weights")
+    if not isinstance(weights, str) or not weights:
+        return
+    try:
+        if check_tokenizer(resolve_weights_path(weights, spec_path)) is not None:
+            return
+    except (BertcError, OSError):   # a damaged tokenizer file: the import has said so already, or the build will
+        return
+    _err(f"note: {source} has no tokenizer (tokenizer.json, vocab.txt, vocab.json + merges.txt or a SentencePiece "
+         f"model): `bertc run`, `bertc parity --text` and `--calibration` will need one; put the checkpoint's "
+         f"tokenizer files beside its weights and import again")
 
 
 @cli.command()
@@ -502,12 +540,12 @@ def validate(specs):
             spec = load_spec(path)
         except SpecError as exc:
             bad += 1
-            _err(str(exc))
+            _err(f"error: {exc}")   # as every other command's errors
             continue
         problem = _weights_problem(spec, path)
         if problem:   # what `bertc build` would refuse before building anything: said now
             bad += 1
-            _err(f"{path}: {problem}")
+            _err(f"error: {path}: {problem}")
             continue
         click.echo(f"ok  {path}: {spec.name} ({spec.encoder.type} encoder, "
                    f"{spec.head.type if spec.head else 'no'} head, {expected_param_count(spec):,} parameters)")
@@ -538,31 +576,95 @@ def _weights_problem(spec, path) -> Optional[str]:
 
 @cli.command()
 @plugin_option
-@click.option("-o", "--output", type=_Path(dir_okay=False, path_type=Path), help="Write to a file.")
+@click.option("-o", "--output", "--out", cls=_OutputOption, type=_Path(dir_okay=False, path_type=Path),
+              help="Write to a file (its missing folders are made); - for standard output.")
 @click.option("--force", is_flag=True, help="Replace an existing -o file.")
 def schema(output, force):
     """Print the JSON Schema of the spec language."""
-    if not output or str(output) == "-":
+    to_file = output is not None and str(output) != "-"   # -o -: standard output, as every other command's
+    if force and not to_file:   # it meant nothing there (the schema went to standard output all the same)
+        raise click.UsageError("--force replaces an existing -o FILE; without one the schema goes to standard "
+                               "output and there is nothing to replace")
+    if not to_file:
         _needs_stdout("the schema")
+    else:
+        _check_output_file(output, force, "-o")
     _import_quietly()
     from bertc.spec import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
-    if output and str(output) != "-":   # -o -: standard output, as every other command's
+    if to_file:
         from bertc.errors import OutputError
 
-        if not output.parent.is_dir():   # as inspect --plot: exit 5 naming the path (it was an internal error)
-            raise OutputError(f"-o {output}: no such directory {output.parent}")
-        if os.path.lexists(output) and not force:   # `bertc schema -o my_spec.json` replaced the user's spec
-            raise OutputError(f"-o {output}: already exists; pass --force to replace it")
-        if output.exists() and not output.is_file():
-            raise OutputError(f"-o {output}: is not a regular file")
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise OutputError(f"-o {output}: cannot write it: {exc.strerror or exc}") from None
+        with _parents_made(output, "-o"):
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise OutputError(f"-o {output}: cannot write it: {exc.strerror or exc}") from None
+        _err(f"wrote {output}")
     else:
         click.echo(text, nl=False)
+
+
+def _check_output_file(path: Path, force: bool, option: str) -> None:
+    """Refuse, before any work, an output file that exists (without ``force``: the user's file was replaced), that
+    is not a regular file, or whose folder is a file (exit 5, naming ``option`` and the path). A missing folder is
+    no refusal: :func:`_parents_made` makes it, as ``bertc build -o`` and ``bertc import -o`` do."""
+    from bertc.errors import OutputError
+
+    if os.path.lexists(path) and not force:   # `bertc schema -o my_spec.json` replaced the user's spec
+        raise OutputError(f"{option} {path}: already exists; pass --force to replace it")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{option} {path}: is not a regular file")
+    folder = _existing_ancestor(path)
+    if folder is not None and not folder.is_dir():
+        raise OutputError(f"{option} {path}: {folder} is not a directory (a file of that name is there)")
+
+
+def _existing_ancestor(path: Path) -> Optional[Path]:
+    """The nearest folder above ``path`` that exists (or is a link, dangling or not); None when none does."""
+    parent = Path(path).parent
+    while not (parent.exists() or parent.is_symlink()):
+        if parent == parent.parent:
+            return None
+        parent = parent.parent
+    return parent
+
+
+@contextlib.contextmanager
+def _parents_made(path: Path, option: str):
+    """The missing folders above the output file ``path`` made (``mkdir -p``, as ``bertc build -o`` and ``bertc
+    import -o`` do), and removed again (those made here, while they are empty) when the block ends by an exception
+    (an error, Ctrl-C, SIGTERM, an exit): a command that fails leaves no new empty folder behind. A folder behind a
+    dangling link, or under a file, is not made: the command's own check names it."""
+    from bertc.errors import OutputError
+
+    missing, parent = [], Path(path).parent
+    while not (parent.exists() or parent.is_symlink()) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    made: list = []
+
+    def remove_made():
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    if missing and parent.is_dir():
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:   # made meanwhile by another process: its, not ours to remove
+                continue
+            except OSError as exc:
+                remove_made()
+                raise OutputError(f"{option} {path}: cannot make the folder {folder}: {exc.strerror or exc}") from None
+            made.append(folder)
+    try:
+        yield
+    except BaseException:
+        remove_made()
+        raise
 
 
 @cli.command("list")
@@ -588,18 +690,29 @@ def list_components():
 @plugin_option
 @click.argument("spec", type=_SpecPath())
 @click.option("--plot", type=_Path(dir_okay=False, path_type=Path),
-              help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source.")
-def inspect(spec, plot):
+              help="Draw the graph (layer names, types, shapes): .png/.svg/.pdf need Graphviz; .dot writes its source "
+                   "(its missing folders are made).")
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
+def inspect(spec, plot, force):
     """Print the built graph: layers, output shapes, parameters, shared layers."""
+    if force and plot is None:
+        raise click.UsageError("--force replaces an existing --plot FILE; without --plot nothing is written")
     _needs_stdout("the graph")
+    if plot is not None:   # the drawing's path checked before any work (a bad suffix printed the table first)
+        from bertc.inspect import check_plot
+
+        check_plot(plot)
+        _check_output_file(plot, force, "--plot")
     _import_quietly()
     from bertc.inspect import graph_table, plot_graph
 
-    model = __import__("bertc").build_model(spec).model
+    with _parents_made(plot, "--plot") if plot is not None else contextlib.nullcontext():
+        model = __import__("bertc").build_model(spec).model
+        if plot is not None:   # drawn first: a drawing that fails (no Graphviz) leaves no table on standard output
+            plot_graph(model, plot, replace=force)
     click.echo(graph_table(model))
-    if plot:
-        plot_graph(model, plot)
-        click.echo(f"wrote {plot}")
+    if plot is not None:
+        _err(f"wrote {plot}")   # status on stderr: standard output holds the table alone
 
 
 @cli.command()
@@ -617,12 +730,14 @@ def inspect(spec, plot):
               help="The build's inputs with this file as their real text: where the build's --calibration text is "
                    "now (checked against its sha256), or other text (recorded as not the build's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity section as JSON.")
-def parity(out, atol, rtol, text, calibration, as_json):
+@click.option("-q", "--quiet", is_flag=True,
+              help="Errors only: no summary (--json's section is printed all the same); the exit code is the verdict.")
+def parity(out, atol, rtol, text, calibration, as_json, quiet):
     """Re-run parity on a built OUT/ directory (Keras reference vs ONNX Runtime and TFLite)."""
     if as_json:
         _needs_stdout("--json's parity section")
     _import_quietly()
-    from bertc.rerun import rerun_parity
+    from bertc.rerun import rerun_parity, verdict_text
 
     with _stops_cleanly(out / "report.json"), _native_log():   # TFLite's "Created TensorFlow Lite XNNPACK delegate"
         section = rerun_parity(out, atol, rtol, text, calibration)   # line and the like, as a build's
@@ -630,8 +745,8 @@ def parity(out, atol, rtol, text, calibration, as_json):
         from bertc.report import report_json
 
         click.echo(report_json(section))
-    else:
-        click.echo((out / "summary.txt").read_text(encoding="utf-8"), nl=False)
+    elif not quiet:   # the summary; under --atol / --rtol with that diagnostic verdict in its parity section
+        click.echo(verdict_text(out, section), nl=False)
     if not section["passed"]:
         from bertc.errors import ParityError
         from bertc.report import parity_failure_message
@@ -672,7 +787,10 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--text", "text", type=_Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Time real text (one example per line, a tab between a pair; or .jsonl/.csv/.tsv/.parquet: "
                    "the field text, and text_pair) through the bundled tokenizer.")
-def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, no_plot, as_json, text):
+@click.option("-q", "--quiet", is_flag=True,
+              help="Errors only: no progress, table nor 'wrote' line (--json's results are printed all the same; "
+                   "bench.json is written).")
+def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, no_plot, as_json, text, quiet):
     """Time every artifact x backend of a built OUT/: latency p50/p90, throughput, ratio to model.onnx on CPU.
     Writes OUT/bench.json and OUT/bench.png (with matplotlib)."""
     import shlex
@@ -680,6 +798,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 
     if as_json:
         _needs_stdout("--json's figures")
+    if not baseline.strip():   # an unset shell variable: the message said "unknown baseline ; this build has: ..."
+        raise click.BadParameter("'' is no backend's name (an unset shell variable?); e.g. onnx_cpu, the default",
+                                 param_hint="--baseline")
     _import_quietly()
     from bertc.bench import BenchOptions, run_bench, table
 
@@ -691,28 +812,33 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
     command = "bertc " + shlex.join(argv) if argv is not None else ""
     with _stops_cleanly(out / "bench.json"), _native_log(), warnings.catch_warnings():   # runtimes' C++ chatter
         warnings.simplefilter("ignore")  # Keras' load-time UserWarnings about layer build()
-        result = run_bench(out, opts, command, progress=lambda line: _err(f"  {line}"))
+        shown = (lambda line: None) if quiet else (lambda line: _err(f"  {line}"))
+        result = run_bench(out, opts, command, progress=shown)
     text = table(result)
     if as_json:
-        _err(text)
+        if not quiet:
+            _err(text)
         from bertc.report import report_json
 
         click.echo(report_json(result))
-    else:
+    elif not quiet:
         click.echo(text)
     if result.get("not_saved"):   # the figures are shown above; the exit code says they were not kept
         from bertc.errors import OutputError
 
-        raise OutputError(f"{result['not_saved']}; the results above were not saved")
-    _err(f"wrote {out / 'bench.json'}" + (f" and {result['chart']}" if result.get("chart") else ""))
+        shown = "the results above" if as_json or not quiet else "the results"
+        raise OutputError(f"{result['not_saved']}; {shown} were not saved")
+    if not quiet:
+        _err(f"wrote {out / 'bench.json'}" + (f" and {result['chart']}" if result.get("chart") else ""))
 
 
 @cli.command("run")
 @click.argument("out", type=_Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=_Path(path_type=Path))
-@click.option("-o", "--output", "result", type=_Path(path_type=Path), required=True,
+@click.option("-o", "--output", "--out", "result", cls=_OutputOption, type=_Path(path_type=Path), required=True,
               help="The result file: .npy (embeddings), .parquet, .jsonl or .csv; written beside itself and renamed "
-                   "when complete. - : standard output (JSONL or CSV, batch by batch).")
+                   "when complete (its missing folders are made). - : standard output (JSONL or CSV, batch by "
+                   "batch).")
 @click.option("--force", is_flag=True, help="Replace RESULT if it exists.")
 @click.option("--input-format", type=click.Choice(["txt", "jsonl", "csv", "tsv", "parquet"]), default=None,
               help="The input's format [default: from its suffix; txt for - (standard input)].")
@@ -739,7 +865,9 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
                    "types in Parquet: JSONL, CSV or Parquet input and result.")
 @click.option("--artifact", default=None, metavar="ID|FILE",
               help="Run this ONNX artifact (e.g. onnx_optimized, model.onnx) instead of the one picked for the host.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the model runs: cuda (ONNX Runtime's CUDA provider: onnxruntime-gpu), cpu, or auto: CUDA "
+                   "where this onnxruntime has it, else the CPU.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="ONNX Runtime intra-op threads [default: one per core; with --ray: 1 per actor].")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
@@ -825,8 +953,23 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     row, in input order (- for standard output)."""
     import time
 
+    from bertc.errors import InputError
     from bertc.runtime import Progress, Runtime
-    from bertc.run_io import require_libraries, stderr_is_terminal
+    from bertc.run_io import field_list, require_libraries, stderr_is_terminal
+
+    if actors is not None and ray_address is None:   # it was ignored: the run went on in this process
+        raise InputError(f"--actors {actors}: only with --ray (the Ray actors that run the model); without --ray the "
+                         f"run is in this process (--threads sets its threads)")
+    if keep_fields is not None:   # '' kept nothing, where ',' was refused
+        field_list(keep_fields, "--keep-fields")
+    given = {name for name, value in (("max_length", max_length), ("doc_stride", doc_stride), ("top_k", top_k),
+                                      ("aggregation", aggregation), ("allow_no_answer", allow_no_answer),
+                                      ("similarity", similarity), ("threads", threads),
+                                      ("calibration embeddings", calibration_embeddings),
+                                      ("embedding precision", embedding_precision != "float32"),
+                                      ("scores", scores), ("hypothesis template", hypothesis_template),
+                                      ("candidate labels", candidate_labels), ("rank", rank))
+             if value not in (None, False)}
 
     # a library the formats or --ray need and that is missing: exit 7 before the model is loaded or a line printed
     require_libraries(input_path, input_format, result, result_format, ray=ray_address is not None)
@@ -838,14 +981,15 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
         onnxruntime = import_onnxruntime()   # a Ctrl-C in its import: KeyboardInterrupt, which this does not swallow
 
         onnxruntime.set_default_logger_severity(3)
-    runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size, window=window,
-                      truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
-                      max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
-                      candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
-                      multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation,
-                      max_length=max_length, similarity=similarity, pair_prompt=pair_prompt,
-                      pair_prompt_name=pair_prompt_name, rank=rank, embedding_precision=embedding_precision,
-                      calibration_embeddings=calibration_embeddings)
+    with _flags_named(given):   # the Runtime's checks name its parameters (max_length): the flags typed, here
+        runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size,
+                          window=window, truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
+                          max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
+                          candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
+                          multi_label=multi_label, allow_no_answer=allow_no_answer, aggregation=aggregation,
+                          max_length=max_length, similarity=similarity, pair_prompt=pair_prompt,
+                          pair_prompt_name=pair_prompt_name, rank=rank, embedding_precision=embedding_precision,
+                          calibration_embeddings=calibration_embeddings)
     if not quiet:
         _err(f"bertc run {out}: {runtime.kind} results from {runtime.choice.describe()}"
              + (f"; {runtime.scores} scores ({runtime.scores_why})"
@@ -864,33 +1008,39 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     progress = Progress(enabled=not quiet and stderr_is_terminal(), label="texts")
     start = time.perf_counter()
     rows = written = None
-    try:
-        # SIGTERM (`timeout`, `kill`, a job scheduler) unwinds as Ctrl-C does, so that the temporary result is
-        # removed (Python's default would end the process where it stands and leave .RESULT.partial-PID behind); with
-        # --ray, the lines Ray's driver (its C++ core worker) writes to stderr itself, such as its warning that Ray
-        # Data's actors have constructor arguments in the object store, off the console (as a build's)
-        with _sigterm_unwinds(), (_native_log() if ray_address is not None else contextlib.nullcontext()):
-            rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
-                                    pair_field=pair_field, choices_field=choices_field, keep_fields=keep_fields,
-                                    documents_field=documents_field,
-                                    result_format=result_format, force=force, progress=progress,
-                                    total_hint=progress.set_total, ray_address=ray_address, ray_actors=actors)
-    except BrokenPipeError:   # the reader of standard output stopped (`| head`): stop too, quietly, as Unix tools do
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(EXIT_BROKEN_PIPE) from None
-    except (_Terminated, KeyboardInterrupt) as exc:   # the result's temporary file is gone (run_io.atomic_result)
-        # unless the signal came once RESULT was written (leaving the signal handlers' context)
-        written, rows, interrupted = rows, None, isinstance(exc, KeyboardInterrupt)
-    finally:
-        progress.close()
-    if rows is None:
-        _err(("interrupted" if interrupted else "terminated")
-             + ("" if str(result) == "-" else
-                f" after {result} was written: it holds all {written:,} result(s)" if written is not None else
-                "; nothing was written"))
-        # 128 + SIGINT / SIGTERM, as a shell reports a process that the signal ended
-        raise SystemExit(EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED)
+    # RESULT's missing folders made, as build -o and import -o make OUT's; removed again when the run fails or is
+    # stopped (a failed run leaves nothing behind)
+    with _parents_made(result, "-o") if str(result) != "-" else contextlib.nullcontext():
+        try:
+            # SIGTERM (`timeout`, `kill`, a job scheduler) unwinds as Ctrl-C does, so that the temporary result is
+            # removed (Python's default would end the process where it stands and leave .RESULT.partial-PID behind);
+            # with --ray, the lines Ray's driver (its C++ core worker) writes to stderr itself, such as its warning
+            # that Ray Data's actors have constructor arguments in the object store, off the console (as a build's)
+            with _sigterm_unwinds(), (_native_log() if ray_address is not None else contextlib.nullcontext()):
+                with _flags_named(given):
+                    rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
+                                            pair_field=pair_field, choices_field=choices_field,
+                                            keep_fields=keep_fields, documents_field=documents_field,
+                                            result_format=result_format, force=force, progress=progress,
+                                            total_hint=progress.set_total, ray_address=ray_address,
+                                            ray_actors=actors)
+        except BrokenPipeError:   # the reader of standard output stopped (`| head`): stop too, quietly, as Unix
+            # tools do
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
+        except (_Terminated, KeyboardInterrupt) as exc:   # the result's temporary file is gone (run_io.atomic_result)
+            # unless the signal came once RESULT was written (leaving the signal handlers' context)
+            written, rows, interrupted = rows, None, isinstance(exc, KeyboardInterrupt)
+        finally:
+            progress.close()
+        if rows is None:
+            _err(("interrupted" if interrupted else "terminated")
+                 + ("" if str(result) == "-" else
+                    f" after {result} was written: it holds all {written:,} result(s)" if written is not None else
+                    "; nothing was written"))
+            # 128 + SIGINT / SIGTERM, as a shell reports a process that the signal ended
+            raise SystemExit(EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED)
     _finished(0)   # RESULT is written: what is left is to say so
     seconds = time.perf_counter() - start
     if not quiet:
@@ -899,6 +1049,37 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
              f"({rows / max(seconds, 1e-9):,.1f} texts/s" + (", over Ray)" if ray_address is not None else ")")
              + (f"; {runtime.truncated:,} of them cut to {runtime.max_len_why} {runtime.max_len} tokens (--no-truncate "
                 f"refuses such texts, naming each)" if runtime.truncated else ""))
+
+
+# the Runtime's parameters, as its messages name them first, and the bertc run flags that set them
+RUN_FLAGS = {"max_length": "--max-length", "doc_stride": "--doc-stride", "top_k": "--top-k",
+             "aggregation": "--aggregation", "allow_no_answer": "--allow-no-answer", "similarity": "--similarity",
+             "threads": "--threads", "calibration embeddings": "--calibration-embeddings",
+             "embedding precision": "--embedding-precision", "scores": "--scores",
+             "hypothesis template": "--hypothesis-template", "candidate labels": "--labels", "rank": "--rank"}
+
+
+@contextlib.contextmanager
+def _flags_named(given):
+    """An :class:`InputError` of the Runtime whose message starts with a parameter's name (``max_length 1000: at
+    most ...``) says the flag instead (``--max-length 1000: ...``): the one the user typed, so only for the
+    parameters in ``given`` (those set on the command line). The Python API keeps its own names."""
+    from bertc.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        message = str(exc)
+        for name in sorted(given, key=len, reverse=True):   # "rank and similarity" before "rank"
+            # the name as a label ("top_k 3:", "similarity:"), not as a noun ("calibration embeddings (FILE) have")
+            if name in RUN_FLAGS and re.match(rf"{re.escape(name)}(?=:| [^(]|$)", message):
+                if name == "rank" and message.startswith("rank and similarity") and "similarity" in given:
+                    message = "--rank and --similarity" + message[len("rank and similarity"):]
+                else:
+                    message = RUN_FLAGS[name] + message[len(name):]
+                exc.args = (message, *exc.args[1:])
+                break
+        raise
 
 
 def _traceback_wanted() -> bool:

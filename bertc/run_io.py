@@ -136,6 +136,8 @@ def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_f
     too."""
     path = Path(path)
     stdin = str(path) == STDIO
+    if not stdin and path.is_dir():   # whatever the format: its suffix (none) said "unknown input format" first
+        raise InputError(f"{path}: is a directory, not an input file")
     if fmt is None:
         fmt = "txt" if stdin else INPUT_FORMATS.get(path.suffix.lower())
         if fmt is None:

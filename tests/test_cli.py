@@ -42,9 +42,11 @@ def test_schema_to_a_path_that_cannot_be_written_is_an_output_error(tmp_path, mo
     import errno
     import pathlib
 
-    missing = tmp_path / "no" / "schema.json"
-    assert main(["schema", "-o", str(missing)]) == EXIT_OUTPUT
-    assert f"error: -o {missing}: no such directory {missing.parent}" in capsys.readouterr().err
+    missing = tmp_path / "no" / "schema.json"   # a missing folder is made, as build -o and import -o make it
+    assert main(["schema", "-o", str(missing)]) == 0 and json.loads(missing.read_text())["title"] == "bertc spec"
+    (tmp_path / "afile").write_text("x")   # a file where the folder goes: exit 5, naming it
+    assert main(["schema", "-o", str(tmp_path / "afile" / "s.json")]) == EXIT_OUTPUT
+    assert f"{tmp_path / 'afile'} is not a directory (a file of that name is there)" in capsys.readouterr().err
     denied = tmp_path / "schema.json"
     write = pathlib.Path.write_text
 
@@ -175,8 +177,9 @@ def test_inspect_plot_unknown_format_is_a_clear_error(tmp_spec, tmp_path, capsys
     assert main(["inspect", spec, "--plot", str(tmp_path / "graph.jpgx")]) == EXIT_BAD_SPEC
     err = capsys.readouterr().err
     assert "unknown format '.jpgx'" in err and "Traceback" not in err
+    (tmp_path / "no").write_text("x")   # a file where the folder goes (a missing folder is made): exit 5, naming it
     assert main(["inspect", spec, "--plot", str(tmp_path / "no" / "g.dot")]) == EXIT_OUTPUT   # was an internal error
-    assert f"--plot {tmp_path / 'no' / 'g.dot'}: no such directory" in capsys.readouterr().err
+    assert f"--plot {tmp_path / 'no' / 'g.dot'}: {tmp_path / 'no'} is not a directory" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path))   # no Graphviz: a missing program, not a failed check (exit 1)
     assert main(["inspect", spec, "--plot", str(tmp_path / "g.png")]) == EXIT_MISSING_LIBRARY
     assert "rendering needs the Graphviz 'dot' program" in capsys.readouterr().err

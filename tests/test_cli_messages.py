@@ -178,7 +178,7 @@ def test_the_readme_names_every_option_of_the_command(command, start, end):
 
     text = _readme_part(start, end)
     options = [o for p in cli.commands[command].params for o in p.opts
-               if o.startswith("--") and o not in ("--help", "--out")]   # -o OUT: the command's synopsis
+               if o.startswith("--") and o not in ("--help", "--out", "--output")]   # -o OUT: the synopsis
     assert [o for o in options if not any(f"{o}{after}" in text for after in " `],|")] == []
 
 

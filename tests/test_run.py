@@ -1623,12 +1623,12 @@ def test_embeddings_at_a_lower_precision_are_sentence_transformers_quantize_embe
     # not .npy, integer or other-width calibration embeddings
     args = ["run", str(out), str(queries), "-o", str(tmp_path / "r.npy")]
     _fails([*args, "--embedding-precision", "uint8"], capsys, EXIT_BAD_SPEC,
-           "embedding precision uint8: needs calibration embeddings (--calibration-embeddings FILE.npy")
+           "--embedding-precision uint8: needs calibration embeddings (--calibration-embeddings FILE.npy")
     _fails([*args, "--calibration-embeddings", str(tmp_path / "docs.npy")], capsys, EXIT_BAD_SPEC,
-           "calibration embeddings: only int8 and uint8 embeddings have ranges to calibrate (this run's precision "
+           "--calibration-embeddings: only int8 and uint8 embeddings have ranges to calibrate (this run's precision "
            "is float32)")
     _fails([*args, "--embedding-precision", "binary", "--similarity"], capsys, EXIT_BAD_SPEC,
-           "embedding precision binary: only a sentence embedder's embeddings are written at another precision (this "
+           "--embedding-precision binary: only a sentence embedder's embeddings are written at another precision (this "
            "run gives similarity results)")
     _fails([*args, "--embedding-precision", "int8", "--calibration-embeddings", str(docs)], capsys, EXIT_BAD_SPEC,
            "docs.txt: not a .npy file")
@@ -1794,14 +1794,17 @@ def test_bad_inputs_are_named(builds, tmp_path, capsys):
 def test_a_directory_that_is_not_a_bertc_build(builds, tmp_path, capsys):
     paths = write_inputs(tmp_path / "in", TEXTS)
     res = str(tmp_path / "r.npy")
-    _fails(["run", str(tmp_path / "in"), str(paths["txt"]), "-o", res], capsys, EXIT_BAD_SPEC,
+    _fails(["run", str(tmp_path / "in"), str(paths["txt"]), "-o", res], capsys, EXIT_OUTPUT,   # as parity, bench
            "not a bertc build directory (no report.json")
     _fails(["run", str(tmp_path / "nope"), str(paths["txt"]), "-o", res], capsys, EXIT_BAD_SPEC, "no such build directory")
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "report.json").write_text("[1, 2]")
     (fake / "spec.json").write_text("{}")
-    _fails(["run", str(fake), str(paths["txt"]), "-o", res], capsys, EXIT_BAD_SPEC, "not a bertc build report")
+    _fails(["run", str(fake), str(paths["txt"]), "-o", res], capsys, EXIT_OUTPUT, "not a bertc build report")
+    (fake / "report.json").write_text("{")   # the file named
+    _fails(["run", str(fake), str(paths["txt"]), "-o", res], capsys, EXIT_OUTPUT,
+           f"{fake}: not a readable bertc build ({fake / 'report.json'}: ")
     # a build without a tokenizer
     nok = tmp_path / "notok"
     shutil.copytree(builds["st_bert_mean_norm"], nok)
