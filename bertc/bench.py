@@ -295,8 +295,7 @@ def read_build(out_dir: Path):
     plug-in the build used and this process has not loaded a :class:`PluginError` (exit 2)."""
     from bertc.plugins import require_for_build
     from bertc.report import read_report, require_writable
-    from bertc.rerun import refuse_while_building
-    from bertc.spec import load_spec
+    from bertc.rerun import build_spec, refuse_while_building
 
     out_dir = Path(out_dir)
     for name in ("spec.json", "report.json"):
@@ -308,7 +307,7 @@ def read_build(out_dir: Path):
     require_for_build(out_dir, "bench")
     require_writable(out_dir, "bench.json and bench.png", "bertc bench")   # not after the timing: exit 5 now
     refuse_while_building(out_dir, "bertc bench")   # a build about to replace OUT: its figures would be filed there
-    return load_spec(out_dir / "spec.json"), report
+    return build_spec(out_dir), report
 
 
 def shapes_for(spec, opts: BenchOptions) -> list[tuple[int, int]]:

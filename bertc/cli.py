@@ -618,7 +618,8 @@ def _check_output_file(path: Path, force: bool, option: str) -> None:
         raise OutputError(f"{option} {path}: is not a regular file")
     folder = _existing_ancestor(path)
     if folder is not None and not folder.is_dir():
-        raise OutputError(f"{option} {path}: {folder} is not a directory (a file of that name is there)")
+        what = "a link to nothing" if folder.is_symlink() and not folder.exists() else "a file of that name is there"
+        raise OutputError(f"{option} {path}: {folder} is not a directory ({what})")
 
 
 def _existing_ancestor(path: Path) -> Optional[Path]:
@@ -981,7 +982,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
         onnxruntime = import_onnxruntime()   # a Ctrl-C in its import: KeyboardInterrupt, which this does not swallow
 
         onnxruntime.set_default_logger_severity(3)
-    with _flags_named(given):   # the Runtime's checks name its parameters (max_length): the flags typed, here
+    with _flags_named(given, out):   # the Runtime's checks name its parameters (max_length): the flags typed, here
         runtime = Runtime(out, artifact=artifact, device=device, threads=threads, batch_size=batch_size,
                           window=window, truncate=truncate, scores=scores, prompt=prompt, prompt_name=prompt_name,
                           max_batch_tokens=max_batch_tokens, top_k=top_k, doc_stride=doc_stride,
@@ -1017,7 +1018,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
             # with --ray, the lines Ray's driver (its C++ core worker) writes to stderr itself, such as its warning
             # that Ray Data's actors have constructor arguments in the object store, off the console (as a build's)
             with _sigterm_unwinds(), (_native_log() if ray_address is not None else contextlib.nullcontext()):
-                with _flags_named(given):
+                with _flags_named(given, out, input_path, result):
                     rows = runtime.run_file(input_path, result, input_format=input_format, text_field=text_field,
                                             pair_field=pair_field, choices_field=choices_field,
                                             keep_fields=keep_fields, documents_field=documents_field,
@@ -1060,16 +1061,19 @@ RUN_FLAGS = {"max_length": "--max-length", "doc_stride": "--doc-stride", "top_k"
 
 
 @contextlib.contextmanager
-def _flags_named(given):
+def _flags_named(given, *paths):
     """An :class:`InputError` of the Runtime whose message starts with a parameter's name (``max_length 1000: at
     most ...``) says the flag instead (``--max-length 1000: ...``): the one the user typed, so only for the
-    parameters in ``given`` (those set on the command line). The Python API keeps its own names."""
+    parameters in ``given`` (those set on the command line). The Python API keeps its own names. A message about
+    one of ``paths`` (OUT, INPUT, RESULT: a build directory named ``scores``) is left as it is."""
     from bertc.errors import InputError
 
     try:
         yield
     except InputError as exc:
         message = str(exc)
+        if any(message.startswith(f"{path}:") or message.startswith(f"{path}/") for path in paths):
+            raise
         for name in sorted(given, key=len, reverse=True):   # "rank and similarity" before "rank"
             # the name as a label ("top_k 3:", "similarity:"), not as a noun ("calibration embeddings (FILE) have")
             if name in RUN_FLAGS and re.match(rf"{re.escape(name)}(?=:| [^(]|$)", message):

@@ -66,6 +66,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -164,6 +165,7 @@ class EngineParts:
     vocab_size: int = 0              # the model's vocabulary (0: unknown): a token id at or above it is refused
     lowercase: bool = False          # str.lower() of each input first (sentence_bert_config.json's do_lower_case)
     external_data_folder: str = ""   # where a model over 2 GB keeps its weights (its .data file): read from there
+    external_data_stamp: tuple = ()  # (its name, size, mtime_ns) when the Runtime checked it against the manifest
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -189,6 +191,25 @@ def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list
     return cuts
 
 
+def _same_external_data(parts: EngineParts) -> None:
+    """The weights file ONNX Runtime is about to read is the one the Runtime checked against the build's manifest
+    (its size and modification time then): a rebuild of OUT between the Runtime and its first run (or in another
+    process the Runtime was sent to) would be run as the build that passed parity."""
+    if not parts.external_data_stamp:
+        return
+    name, size, mtime = parts.external_data_stamp
+    path = Path(parts.external_data_folder) / name
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise BackendLoadError(f"{path}: the weights of {parts.model_name} (its external data) cannot be read now: "
+                               f"{exc.strerror or exc}; create the Runtime again") from None
+    if (stat.st_size, stat.st_mtime_ns) != (size, mtime):
+        raise BackendLoadError(f"{path}: the weights of {parts.model_name} (its external data) changed after the "
+                               f"Runtime checked them against the build's manifest (a rebuild of OUT?): create the "
+                               f"Runtime again")
+
+
 class Engine:
     def __init__(self, parts: EngineParts, threads: Optional[int] = None, spinning: bool = True):
         import onnxruntime as ort
@@ -203,6 +224,7 @@ class Engine:
 
         options = session_options(threads, spinning)
         if parts.external_data_folder:   # the graph is in memory, its weights in a file of that folder
+            _same_external_data(parts)
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              parts.external_data_folder)
         provider = (parts.provider, parts.provider_options) if parts.provider_options else parts.provider

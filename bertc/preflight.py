@@ -283,30 +283,30 @@ def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tfl
         other = estimate(spec, **args).peak_bytes
         lightest = min(lightest, other)
         if other * MARGIN <= available:
-            fitting.append(f"{flag} (needs {gb(other * MARGIN)})")
+            fitting.append((flag, other * MARGIN))
     if spec.export.variants:   # the default int8 / fp16 files and their tuning left out, the fp32 ones kept
         bare = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": []})})
         other = estimate(bare, export, parity, onnx, tflite, optimize, trained).peak_bytes
         lightest = min(lightest, other)
         if other * MARGIN <= available:
-            fitting.append(f"--variants none (needs {gb(other * MARGIN)})")
+            fitting.append(("--variants none", other * MARGIN))
     heaviest = max(est.stages, key=est.stages.get)
     hints = []
     if heaviest == "parity" and (len(spec.parity.batch_sizes) > 1 or max(spec.parity.batch_sizes) > 1):
         hints.append("smaller $.parity.batch_sizes / $.parity.sequence_lengths")
     if heaviest in ("optimize onnx", "export tflite") and spec.export.variants:
         hints.append("fewer variants (--variants NAME,... or $.export.variants)")
+    # every figure compared with what is available in one unit: MiB where two of them would read alike in GiB
+    figures = [needed, lightest * MARGIN, *(n for _, n in fitting)]
+    size = gb if all(gb(n) != gb(available) for n in figures) else (lambda n: f"{n / 2**20:,.0f} MiB")
     if fitting:
-        options = f"Options that make it fit: {'; '.join(fitting + hints)}."
+        options = f"Options that make it fit: {'; '.join([f'{f} (needs {size(n)})' for f, n in fitting] + hints)}."
     else:
-        options = (f"No build option makes it fit: the lightest build still needs {gb(lightest * MARGIN)}"
+        options = (f"No build option makes it fit: the lightest build still needs {size(lightest * MARGIN)}"
                    + (f" (also worth trying: {'; '.join(hints)})" if hints else "") + ".")
-    need, have = gb(needed), gb(available)
-    if need == have:   # closer than the hundredth: in MiB
-        need, have = f"{needed / 2**20:,.0f} MiB", f"{available / 2**20:,.0f} MiB"
     raise MemoryPreflightError(
-        f"this build needs about {need} of memory at its peak, in its {heaviest} stage "
-        f"({est.parameters:,} parameters = {gb(est.weight_bytes)} of float32 weights), but {have} is "
+        f"this build needs about {size(needed)} of memory at its peak, in its {heaviest} stage "
+        f"({est.parameters:,} parameters = {gb(est.weight_bytes)} of float32 weights), but {size(available)} is "
         f"available ({source}). Nothing was written. {options} "
         f"To build anyway: --memory-limit SIZE (use SIZE as the available memory) or --skip-preflight.")
 

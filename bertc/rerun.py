@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from bertc.errors import CalibrationError, OutputError
+from bertc.errors import CalibrationError, DamagedBuild, OutputError
 from bertc.memory import imports_set_aside
 from bertc.parity import run_parity
 
@@ -32,7 +32,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     from bertc.plugins import require_for_build
     from bertc.report import read_report, require_writable, write_report
     from bertc.signature import signature_of
-    from bertc.spec import Tolerance, load_spec
+    from bertc.spec import Tolerance
     from bertc.transfer import load_keras_model
 
     out_dir = Path(out_dir)
@@ -43,7 +43,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
     require_for_build(out_dir)
     require_writable(out_dir, "report.json and summary.txt", "bertc parity")   # not after the work: exit 5 now
     refuse_while_building(out_dir, "bertc parity")
-    spec = load_spec(out_dir / "spec.json")
+    spec = build_spec(out_dir)
     if atol is not None or rtol is not None:
         tol = Tolerance(atol=spec.parity.default.atol if atol is None else atol,
                         rtol=spec.parity.default.rtol if rtol is None else rtol)
@@ -64,7 +64,13 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         file = calibration if calibration is not None else build_text(out_dir, recorded)
         calibration_inputs = calibration_set(spec, out_dir, file)
         cases, inputs = calibration_inputs.cases, calibration_inputs.sources
-        differs = _not_the_builds(inputs.get("text") or {}, recorded)
+        now = inputs.get("text") or {}
+        if recorded.get("kind") in ("builtin", "file") and now.get("kind") == "none":
+            # the build judged real text, which cannot be tokenized now (a damaged tokenizer.json): a damaged
+            # build, not a re-run on the grid alone passed as the build's verdict
+            raise DamagedBuild(f"{out_dir}: not a readable bertc build (the real text its parity judged cannot be "
+                               f"read now: {now.get('why')}); rebuild it, or restore the file")
+        differs = _not_the_builds(now, recorded)
         if differs:
             inputs["text"]["differs_from_build"] = differs
     model = load_keras_model(out_dir)
@@ -94,6 +100,19 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         verdict = "passed" if section["passed"] else parity_failure_message(section)
         raise OutputError(f"{exc}; parity was run but its results were not saved. Parity {verdict}") from None
     return section
+
+
+def build_spec(out_dir: Path):
+    """OUT/spec.json, loaded; one that cannot be (edited, truncated) is a damaged build (exit 5, as a damaged
+    report.json), not a bad spec of the user's (exit 2). Plug-ins the build needs are loaded before this."""
+    from bertc.errors import SpecError
+    from bertc.spec import load_spec
+
+    try:
+        return load_spec(Path(out_dir) / "spec.json")
+    except SpecError as exc:
+        raise DamagedBuild(f"{out_dir}: not a readable bertc build ({exc}); rebuild it, or restore the file") \
+            from None
 
 
 def verdict_text(out_dir: Path, section: dict) -> str:

@@ -860,7 +860,7 @@ class Runtime:
         # a model over protobuf's 2 GB keeps its weights in OUT/<file>.data: ONNX Runtime reads them from OUT's
         # folder (the graph alone is in memory), checked against the manifest as the graph is
         external = self.report["artifacts"][self.choice.artifact].get("external_data")
-        external_folder = ""
+        external_folder, external_stamp = "", ()
         if external:
             data = self.out / str(external)
             if not data.is_file():
@@ -868,6 +868,8 @@ class Runtime:
                                        f"{self._other_artifact(device)}")
             self.choice = _checked_against_manifest(self.choice, None, self.report, data)
             external_folder = str(data.resolve().parent)
+            stat = data.stat()   # ONNX Runtime reads the file when a session is made: it must be this one then
+            external_stamp = (data.name, stat.st_size, stat.st_mtime_ns)
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
         tokenizer_json = self._tokenizer_json()
@@ -886,7 +888,7 @@ class Runtime:
         if answers and self.kind == "span":
             self.kind = "spans"   # {"answers": [...]}: a result of its own shape (JSONL, Parquet)
         self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=tokenizer_json, **fill,
-                                 external_data_folder=external_folder,
+                                 external_data_folder=external_folder, external_data_stamp=external_stamp,
                                  provider=self.choice.provider, precision=self.choice.precision,
                                  kind="span" if self.kind == "spans" else self.kind,
                                  outputs=self.outputs, inputs=[i["name"] for i in self.report["inputs"]],

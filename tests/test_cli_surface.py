@@ -237,3 +237,30 @@ def test_run_says_a_directory_input_is_one_whatever_the_format(st, tmp_path, cap
     for fmt in ([], ["--input-format", "jsonl"]):
         assert main(["run", str(st), str(tmp_path), "-o", "-", "-q", *fmt]) == EXIT_BAD_SPEC
         assert f"error: {tmp_path}: is a directory, not an input file" in _err_only(capsys)
+
+
+# --- a reviewer of the above ----------------------------------------------------------------------------------
+
+def test_a_message_about_a_path_named_like_a_flag_is_left_as_it_is(tmp_path, texts, capsys):
+    (tmp_path / "scores").mkdir()   # OUT named as a parameter whose flag is typed
+    assert main(["run", str(tmp_path / "scores"), str(texts), "-o", str(tmp_path / "r.jsonl"), "--scores",
+                 "sigmoid"]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'scores'}: not a bertc build directory" in err and "--scores:" not in err
+
+
+@pytest.mark.parametrize("damage", ["spec.json", "tokenizer.json"])
+def test_parity_and_bench_of_a_damaged_build_are_exit_5_as_run(st, tmp_path, texts, capsys, damage):
+    """A damaged spec.json was a spec error (exit 2) from parity and bench; a damaged tokenizer.json let parity
+    judge the random-id grid alone and pass (exit 0), as the build's verdict."""
+    out = tmp_path / "out"
+    shutil.copytree(st, out)
+    (out / damage).write_text((out / damage).read_text()[:40])
+    assert main(["parity", str(out)]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert f"error: {out}: not a readable bertc build (" in err and "rebuild it, or restore the file" in err, err
+    assert json.loads((out / "report.json").read_text()) == json.loads((st / "report.json").read_text())
+    assert main(["run", str(out), str(texts), "-o", str(tmp_path / "r.jsonl")]) == EXIT_OUTPUT
+    if damage == "spec.json":
+        assert main(["bench", str(out), "--rounds", "1", "--calls", "1", "--warmup", "0", "--no-plot"]) == EXIT_OUTPUT
+    capsys.readouterr()

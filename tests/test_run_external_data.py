@@ -77,3 +77,20 @@ def test_a_runtime_sent_to_another_process_reads_the_weights_from_out(external):
     assert len(pickle.dumps(runtime.parts.model)) < (external / "model.optimized.onnx.data").stat().st_size
     np.testing.assert_allclose(runtime.run(TEXTS), bertc.Runtime(external, artifact="onnx_optimized").run(TEXTS),
                                atol=0)
+
+
+def test_weights_changed_after_the_runtime_checked_them_are_refused_at_its_first_run(external, tmp_path):
+    """The manifest check is made when the Runtime is; ONNX Runtime reads the .data file when the session is made
+    (its first run, in this process or one it was sent to): a rebuild of OUT in between was run as the checked
+    build (a reviewer: outputs 0.73 off, "passed parity")."""
+    import os
+
+    out = tmp_path / "out"
+    shutil.copytree(external, out)
+    runtime = bertc.Runtime(out, artifact="onnx")
+    data = out / "model.onnx.data"
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # rewritten (same size: another build's)
+    with pytest.raises(BackendLoadError, match=r"model.onnx.data: the weights of model.onnx \(its external data\) "
+                                               r"changed after the Runtime checked them"):
+        runtime.run(TEXTS)

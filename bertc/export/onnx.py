@@ -100,12 +100,15 @@ def convert_with_weight_inputs(call, input_sig: list, variables: list, opset: in
                 tf.function(traced), input_signature=input_sig + weight_sig, opset=opset)
         return proto, errors
 
+    failed = False
     try:
         proto, errors = convert(in_place=True)
     except MemoryError:   # the copies would need more
         raise
     except Exception:   # noqa: BLE001 - one of tf2onnx's passes failed on the graph itself: converted again its
-        proto, errors = convert(in_place=False)   # own way, which leaves a failing pass out (or fails as it would)
+        failed = True     # own way, which leaves a failing pass out (or fails as it would); out of this block, so
+    if failed:            # that the failed conversion's graph (held by the exception's frames) is freed first
+        proto, errors = convert(in_place=False)
     unconverted = _unconverted(errors) if refuse_unconverted else None
     if unconverted:
         raise ExportError(unconverted)
