@@ -741,13 +741,13 @@ def parity(out, atol, rtol, text, calibration, as_json, quiet):
     from bertc.rerun import rerun_parity, verdict_text
 
     with _stops_cleanly(out / "report.json"), _native_log():   # TFLite's "Created TensorFlow Lite XNNPACK delegate"
-        section = rerun_parity(out, atol, rtol, text, calibration)   # line and the like, as a build's
+        section, report = rerun_parity(out, atol, rtol, text, calibration)   # line and the like, as a build's
     if as_json:
         from bertc.report import report_json
 
         click.echo(report_json(section))
     elif not quiet:   # the summary; under --atol / --rtol with that diagnostic verdict in its parity section
-        click.echo(verdict_text(out, section), nl=False)
+        click.echo(verdict_text(report, section), nl=False)
     if not section["passed"]:
         from bertc.errors import ParityError
         from bertc.report import parity_failure_message

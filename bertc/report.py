@@ -186,7 +186,8 @@ def report_json(report: dict) -> str:
     return json.dumps(_finite(report), indent=2, default=str, allow_nan=False)
 
 
-def _tolerances(override: dict) -> str:
+def tolerance_flags(override: dict) -> str:
+    """``{"atol": 0.5, "rtol": None}`` (a parity section's ``tolerance_override``) as the flags given: ``--atol 0.5``."""
     return " ".join(f"--{k} {v:g}" for k, v in override.items() if v is not None)
 
 
@@ -432,7 +433,7 @@ def summary_text(report: dict) -> str:
                          f"{', '.join(parity['changed_since_build'])}")
     diagnostic = report.get("parity_other_tolerances")
     if diagnostic:   # bertc parity --atol / --rtol: beside the build's verdict
-        lines.append(f"last bertc parity {_tolerances(diagnostic['tolerance_override'])}: "
+        lines.append(f"last bertc parity {tolerance_flags(diagnostic['tolerance_override'])}: "
                      f"{'passed' if diagnostic['passed'] else 'failed'} (a diagnostic under other tolerances than "
                      f"the spec's: the build's status stays its spec's verdict)")
     lines.append("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["stages"].items()))

@@ -23,12 +23,13 @@ DIAGNOSTIC = "parity_other_tolerances"   # report.json's key for bertc parity --
 
 
 def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[float] = None,
-                 text: Optional[Path] = None, calibration: Optional[Path] = None) -> dict:
+                 text: Optional[Path] = None, calibration: Optional[Path] = None) -> tuple[dict, dict]:
     """``bertc parity OUT/``: reload the Keras model and artifacts of a build, compare, and update
     ``report.json`` (atomically) with the new parity section. A damaged report.json, or a build directory that
     cannot be written, is an :class:`OutputError` (exit 5) before any work; so is a build's ``--calibration`` text
     that is missing or changed (:func:`build_text`), a :class:`CalibrationError` (exit 2), unless ``calibration``
-    names the text to use instead (recorded as ``differs_from_build`` when it is not the build's)."""
+    names the text to use instead (recorded as ``differs_from_build`` when it is not the build's). Returns the new
+    parity section and the report written with it (:func:`verdict_text` prints them)."""
     from bertc.plugins import require_for_build
     from bertc.report import read_report, require_writable, write_report
     from bertc.signature import signature_of
@@ -99,7 +100,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
 
         verdict = "passed" if section["passed"] else parity_failure_message(section)
         raise OutputError(f"{exc}; parity was run but its results were not saved. Parity {verdict}") from None
-    return section
+    return section, report
 
 
 def build_spec(out_dir: Path):
@@ -115,22 +116,18 @@ def build_spec(out_dir: Path):
             from None
 
 
-def verdict_text(out_dir: Path, section: dict) -> str:
-    """What ``bertc parity`` prints: the build's summary.txt as the re-run left it; for a verdict under other
-    tolerances (kept beside the build's), that verdict in the summary's parity section and a line saying the
-    build's status is still its spec's."""
-    import json
-
+def verdict_text(report: dict, section: dict) -> str:
+    """What ``bertc parity`` prints of the re-run's ``section`` and the ``report`` it wrote: the build's summary
+    (summary.txt's text); for a verdict under other tolerances (kept beside the build's), that verdict in the
+    summary's parity section and a line saying the build's status is still its spec's."""
     from bertc.report import summary_text
 
     if "tolerance_override" not in section:
-        return (Path(out_dir) / "summary.txt").read_text(encoding="utf-8")
-    report = json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8"))
-    status = report.get("status")
-    report.pop(DIAGNOSTIC, None)
-    report.update(parity=section, status="passed" if section["passed"] else "failed")
-    return summary_text(report) + (f"the build's status stays {status!r}, its spec's verdict: a verdict under other "
-                                   f"tolerances is a diagnostic, kept in report.json as {DIAGNOSTIC}\n")
+        return summary_text(report)
+    shown = {k: v for k, v in report.items() if k != DIAGNOSTIC}
+    shown.update(parity=section, status="passed" if section["passed"] else "failed")
+    return summary_text(shown) + (f"the build's status stays {report.get('status')!r}, its spec's verdict: a verdict "
+                                  f"under other tolerances is a diagnostic, kept in report.json as {DIAGNOSTIC}\n")
 
 
 def build_text(out_dir: Path, recorded: dict) -> Optional[Path]:

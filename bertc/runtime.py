@@ -73,7 +73,9 @@ def read_build(out) -> tuple[dict, dict]:
     if isinstance(override, dict):
         # an earlier bertc's `bertc parity OUT --atol X` put its verdict in the build's place (this one keeps it
         # beside it): the status it set, passed or failed, is not the spec's verdict, so neither is served
-        tolerances = " ".join(f"--{k} {v}" for k, v in override.items() if v is not None)
+        from bertc.report import tolerance_flags
+
+        tolerances = tolerance_flags(override)
         raise InputError(f"{out}: the build's status {report.get('status')!r} is not its spec's verdict: its last "
                          f"parity run ({tolerances}, by an earlier bertc) judged it under other tolerances and put "
                          f"that verdict in its place; `bertc parity {out}` judges it again by its spec")
@@ -866,10 +868,10 @@ class Runtime:
             if not data.is_file():
                 raise BackendLoadError(f"{data.name}: the weights of {path.name} (its external data) are not there"
                                        f"{self._other_artifact(device)}")
+            stat = data.stat()   # ONNX Runtime reads the file when a session is made: it must be the one hashed
             self.choice = _checked_against_manifest(self.choice, None, self.report, data)
             external_folder = str(data.resolve().parent)
-            stat = data.stat()   # ONNX Runtime reads the file when a session is made: it must be this one then
-            external_stamp = (data.name, stat.st_size, stat.st_mtime_ns)
+            external_stamp = (data.name, stat.st_size, stat.st_mtime_ns)   # (taken first: a change while hashed shows)
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
         tokenizer_json = self._tokenizer_json()
