@@ -147,28 +147,35 @@ def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool 
     w = weight_bytes
     table = min(word_table_bytes(spec), w)
     int8 = table + (w - table) // 4   # ONNX int8: the word table stays float32
-    out = {"model.keras": w + 64 * 1024}
+    try:
+        layers = max(1, int(spec.encoder.scaffold.num_layers))
+    except (AttributeError, TypeError, ValueError):   # a plug-in encoder without a scaffold
+        layers = 12
+    # Each format's own bytes beside the weights grow with the layers' nodes. Measured on the bundled tiny specs
+    # (2-3 layers, 21k-37k parameters): Keras 110-150 kB, ONNX 10-30 kB, TFLite 45-70 kB; these are a little above.
+    keras, onnx_graph, tflite_graph = (1024 * (a + b * layers) for a, b in ((48, 40), (16, 10), (16, 24)))
+    out = {"model.keras": w + keras}
     e = spec.export
     if onnx and e.onnx:
-        out["model.onnx"] = w + 256 * 1024
+        out["model.onnx"] = w + onnx_graph
     if onnx:
         if e.optimized and optimized:
-            out["model.optimized.onnx"] = w + 256 * 1024
+            out["model.optimized.onnx"] = w + onnx_graph
             if "onnx_int8" in e.variants:
-                out["model.optimized.int8.onnx"] = int8 + 256 * 1024
+                out["model.optimized.int8.onnx"] = int8 + onnx_graph
             if "onnx_fp16" in e.variants:
-                out["model.optimized.fp16.onnx"] = w // 2 + 256 * 1024
+                out["model.optimized.fp16.onnx"] = w // 2 + onnx_graph
             for variant, file, size in (("onnx_packed", "model.packed.onnx", w),
                                         ("onnx_packed_int8", "model.packed.int8.onnx", int8),
                                         ("onnx_packed_fp16", "model.packed.fp16.onnx", w // 2)):
                 if variant in e.variants:
-                    out[file] = size + 256 * 1024
+                    out[file] = size + 2 * onnx_graph   # a Loop over the sequences besides the layers
     if tflite and e.tflite:
-        out["model.tflite"] = w + 128 * 1024
+        out["model.tflite"] = w + tflite_graph
         if "tflite_int8" in e.variants:
-            out["model.int8.tflite"] = w // 4 + 128 * 1024
+            out["model.int8.tflite"] = w // 4 + tflite_graph
         if "tflite_fp16" in e.variants:
-            out["model.fp16.tflite"] = w // 2 + 128 * 1024
+            out["model.fp16.tflite"] = w // 2 + tflite_graph
     return out
 
 
