@@ -969,7 +969,11 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
                                       ("calibration embeddings", calibration_embeddings),
                                       ("embedding precision", embedding_precision != "float32"),
                                       ("scores", scores), ("hypothesis template", hypothesis_template),
-                                      ("candidate labels", candidate_labels), ("rank", rank))
+                                      ("candidate labels", candidate_labels), ("rank", rank),
+                                      ("prompt name", prompt_name), ("pair prompt name", pair_prompt_name),
+                                      ("prompt and prompt name", prompt is not None and prompt_name is not None),
+                                      ("pair prompt and pair prompt name",
+                                       pair_prompt is not None and pair_prompt_name is not None))
              if value not in (None, False)}
 
     # a library the formats or --ray need and that is missing: exit 7 before the model is loaded or a line printed
@@ -1057,7 +1061,10 @@ RUN_FLAGS = {"max_length": "--max-length", "doc_stride": "--doc-stride", "top_k"
              "aggregation": "--aggregation", "allow_no_answer": "--allow-no-answer", "similarity": "--similarity",
              "threads": "--threads", "calibration embeddings": "--calibration-embeddings",
              "embedding precision": "--embedding-precision", "scores": "--scores",
-             "hypothesis template": "--hypothesis-template", "candidate labels": "--labels", "rank": "--rank"}
+             "hypothesis template": "--hypothesis-template", "candidate labels": "--labels", "rank": "--rank",
+             "prompt name": "--prompt-name", "pair prompt name": "--pair-prompt-name",
+             "prompt and prompt name": "--prompt and --prompt-name",
+             "pair prompt and pair prompt name": "--pair-prompt and --pair-prompt-name"}
 
 
 @contextlib.contextmanager

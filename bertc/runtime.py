@@ -508,13 +508,13 @@ def zero_shot_ids(labels: Optional[list]) -> tuple[int, int]:
 
 
 def sentence_prompt(out: Path, report: dict, kind: str, prompt: Optional[str] = None,
-                    prompt_name: Optional[str] = None) -> tuple[str, str]:
+                    prompt_name: Optional[str] = None, label: str = "prompt") -> tuple[str, str]:
     """(the text put before each input, why) as ``SentenceTransformer.encode`` does it: ``prompt`` itself
     (``""``: none), else the prompt named ``prompt_name`` among the model's ``prompts``
     (config_sentence_transformers.json, bundled in OUT by the build; e5's and bge's "query: "), else the model's
     ``default_prompt_name``'s, else none."""
-    if prompt is not None and prompt_name is not None:
-        raise InputError("give a prompt or a prompt name, not both")
+    if prompt is not None and prompt_name is not None:   # label: "prompt", or "pair prompt" (the pair's second texts')
+        raise InputError(f"{label} and {label} name: give one, not both")
     if kind != "embedding" and (prompt or prompt_name):
         raise InputError(f"prompts are for sentence embedders; this model gives {kind} results")
     from bertc.text import ST_CONFIG, read_prompts
@@ -530,7 +530,7 @@ def sentence_prompt(out: Path, report: dict, kind: str, prompt: Optional[str] = 
         return prompt, "asked for" if prompt else ""
     if prompt_name is not None:
         if prompt_name not in prompts:
-            raise InputError(f"prompt name {prompt_name!r}: the model's prompts are "
+            raise InputError(f"{label} name {prompt_name!r}: the model's prompts are "
                              f"{', '.join(map(repr, prompts)) or 'none (config_sentence_transformers.json has no prompts)'}")
         return prompts[prompt_name], f"prompt name {prompt_name}"
     if kind == "embedding" and default is not None:
@@ -850,7 +850,7 @@ class Runtime:
             self.similarity, self.similarity_why = similarity_function(self.out, self.report)
             if pair_prompt is not None or pair_prompt_name is not None:   # e5 / bge: passages get their own
                 self.pair_prompt, self.pair_prompt_why = sentence_prompt(self.out, self.report, self.kind,
-                                                                         pair_prompt, pair_prompt_name)
+                                                                         pair_prompt, pair_prompt_name, "pair prompt")
             self.kind, answers = ("rank", top_k or 0) if rank else ("similarity", answers)
         path = self.out / self.choice.path
         try:

@@ -607,8 +607,13 @@ def test_a_sentence_embedders_prompts_are_put_before_each_text_as_its_encode_doe
     assert "prompt 'it is a ' (the model's default_prompt_name query)" in capsys.readouterr().err
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), want["it is a "], atol=1e-6)
     base = ["run", str(out), str(texts), "-o", str(tmp_path / "x.npy")]
-    _fails(base + ["--prompt-name", "title"], capsys, 2, "prompt name 'title'", "'query', 'passage', 'document'")
-    _fails(base + ["--prompt-name", "query", "--prompt", "q: "], capsys, 2, "not both")
+    _fails(base + ["--prompt-name", "title"], capsys, 2, "--prompt-name 'title'", "'query', 'passage', 'document'")
+    _fails(base + ["--prompt-name", "query", "--prompt", "q: "], capsys, 2, "--prompt and --prompt-name: give one, not both")
+    _fails(base + ["--similarity", "--pair-prompt-name", "title"], capsys, 2, "--pair-prompt-name 'title'")
+    _fails(base + ["--similarity", "--pair-prompt-name", "query", "--pair-prompt", "q: "], capsys, 2,
+           "--pair-prompt and --pair-prompt-name: give one, not both")
+    with pytest.raises(InputError, match="^pair prompt name 'title'"):   # the Python API keeps its own names
+        bertc.Runtime(out, artifact="onnx", similarity=True, pair_prompt_name="title")
     _fails(["run", str(builds["bert_seq_cls"]), str(texts), "-o", str(tmp_path / "x.jsonl"), "--prompt", "q: "],
            capsys, 2, "prompts are for sentence embedders")
     config.write_text(json.dumps({"prompts": PROMPTS, "default_prompt_name": "title"}))
