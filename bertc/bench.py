@@ -209,11 +209,11 @@ def artifact_targets(out_dir: Path, artifacts: dict, threads: int, only: Optiona
     backends, skipped = plan_backends(out_dir, artifacts, include_keras=True)
     known = [b.name for b in backends] + sorted(skipped)
     if baseline is not None and baseline not in known:
-        raise BenchError(f"unknown baseline {baseline}; this build has: {', '.join(known)}")
+        raise BenchError(f"unknown baseline {baseline!r}; this build has: {', '.join(known)}")
     if only:
         unknown = sorted(set(only) - {b.name for b in backends} - set(skipped))
         if unknown:
-            raise BenchError(f"unknown backend(s) {', '.join(unknown)}; this build has: {', '.join(known)}")
+            raise BenchError(f"unknown backend(s) {', '.join(map(repr, unknown))}; this build has: {', '.join(known)}")
         backends = [b for b in backends if b.name in only]
         skipped = {k: v for k, v in skipped.items() if k in only}
     targets, load_errors = [], {}

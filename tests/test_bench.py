@@ -104,7 +104,7 @@ def test_bench_bad_requests(built, tmp_path, capfd):
     assert main(["bench", str(built), "--seq", "64"]) == EXIT_BAD_SPEC
     assert "--seq 64 exceeds the model's max_sequence_length 8" in capfd.readouterr().err
     assert main(["bench", str(built), "--backends", "onnx_int8_cpu"]) == EXIT_BAD_SPEC
-    assert "unknown backend(s) onnx_int8_cpu; this build has: keras, onnx_cpu, tflite" in capfd.readouterr().err
+    assert "unknown backend(s) 'onnx_int8_cpu'; this build has: keras, onnx_cpu, tflite" in capfd.readouterr().err
     assert main(["bench", str(built), "--batch", "0"]) == EXIT_BAD_SPEC
     assert main(["bench", str(tmp_path)]) == EXIT_OUTPUT
     assert "is not a bertc build directory: spec.json is missing" in capfd.readouterr().err
@@ -114,7 +114,7 @@ def test_bench_unknown_baseline_is_a_usage_error(built, capfd):
     """It timed everything with a note and exit 0, where an unknown --backends name is exit 2."""
     assert main(["bench", str(built), *BENCH, "--baseline", "nope", "--no-plot"]) == EXIT_BAD_SPEC
     captured = capfd.readouterr()
-    line = next(x for x in captured.err.splitlines() if x.startswith("error: unknown baseline nope; this build has: "))
+    line = next(x for x in captured.err.splitlines() if x.startswith("error: unknown baseline 'nope'; this build has: "))
     assert sorted(line.split(": ")[-1].split(", ")) == ["keras", "onnx_cpu", "onnx_cuda", "tflite"]   # CUDA or not
     assert "batch 1 x seq 4" not in captured.err   # refused before the timing
     # one the build has that cannot run here (or that --backends leaves out) still times the rest, without ratios
