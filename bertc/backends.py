@@ -10,6 +10,9 @@ truncated, garbage) raises :class:`BackendLoadError` naming the file and what is
 """
 from __future__ import annotations
 
+import re
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -75,13 +78,69 @@ def backend_name(artifact_id: str, provider: Optional[str] = None) -> str:
 
 
 def onnx_providers() -> list[str]:
+    """The execution providers of the installed onnxruntime that can run a session here: CUDA only where
+    :func:`provider_problem` finds none."""
     from bertc.requirements import import_onnxruntime
 
     try:
         ort = import_onnxruntime()   # a Ctrl-C during its import: KeyboardInterrupt, not "not installed"
     except ImportError:
         return []
-    return list(ort.get_available_providers())
+    return [p for p in ort.get_available_providers() if p != CUDA or provider_problem(CUDA) is None]
+
+
+# A one-node model (Identity of a float[1]; IR 7, opset 13) to try a provider with, serialized here: a run-only
+# environment has onnxruntime but not the onnx package.
+_PROBE_MODEL = (b'\x08\x07:7\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x01pZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04\n'
+                b'\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r')
+_problems: dict[str, Optional[str]] = {}
+_problems_lock = threading.Lock()
+
+
+def provider_problem(provider: str) -> Optional[str]:
+    """Why ``provider``, which the installed onnxruntime lists, cannot run a session on this host (None: it
+    can). onnxruntime-gpu lists CUDA whatever the host has; a session asked for it where its libraries do not load
+    (no GPU driver, a CUDA or cuDNN it was not built for) runs on the CPU instead and says so only in ONNX Runtime's
+    log: parity then failed a good build's CUDA backends, and ``bertc run`` said "cuda" while it ran on the CPU.
+    Tried once per process with a one-node model; the reason is the log's own line (the library that failed)."""
+    if provider == CPU:
+        return None
+    with _problems_lock:
+        if provider not in _problems:
+            _problems[provider] = _try_provider(provider)
+        return _problems[provider]
+
+
+def _try_provider(provider: str) -> Optional[str]:
+    import tempfile
+
+    import onnxruntime as ort
+
+    from bertc.quiet import native_stderr_to
+
+    with tempfile.TemporaryDirectory(prefix="bertc-provider-") as folder:
+        log = Path(folder) / "log"
+        try:
+            with native_stderr_to(log), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # onnxruntime's "not in available provider names"
+                used = ort.InferenceSession(_PROBE_MODEL, providers=[provider]).get_providers()
+        except Exception as exc:
+            return f"{provider} cannot run a session here: {_first_line(exc)}"
+        if provider in used:
+            return None
+        said = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(encoding="utf-8", errors="replace")) if log.exists() else ""
+    why = next((line[line.index("Failed to load"):] for line in said.splitlines() if "Failed to load" in line), None)
+    why = why or next((line.split("] ", 1)[-1] for line in said.splitlines() if line.startswith("[E:")), None)
+    return (f"onnxruntime lists {provider} but cannot use it on this host"
+            + (f" ({_first_line(ValueError(why))})" if why else " (its libraries did not load: no GPU driver, "
+               "or a CUDA / cuDNN that this onnxruntime was not built for)"))
+
+
+def provider_missing(provider: str) -> str:
+    """Why a backend on ``provider`` cannot run here (:func:`onnx_providers` left it out)."""
+    if provider == CUDA:
+        return _problems.get(CUDA) or NO_CUDA
+    return f"{provider} not available in this onnxruntime"
 
 
 def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False) -> tuple[list[Backend], dict[str, str]]:
@@ -104,7 +163,7 @@ def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False) -
                 if not available:
                     skipped[name] = NO_ONNXRUNTIME
                 elif provider not in available:
-                    skipped[name] = NO_CUDA if provider == CUDA else f"{provider} not available in this onnxruntime"
+                    skipped[name] = provider_missing(provider)
                 else:
                     backends.append(Backend(name, artifact_id, path, "onnx", info["precision"], provider,
                                             info.get("padded_positions")))

@@ -210,6 +210,40 @@ def _same_external_data(parts: EngineParts) -> None:
                                f"Runtime again")
 
 
+class _Window:
+    """An overflowing window of an encoding, with the type ids its first window's template gives."""
+    __slots__ = ("_encoding", "type_ids")
+
+    def __init__(self, encoding, type_ids: list):
+        self._encoding, self.type_ids = encoding, type_ids
+
+    def __getattr__(self, name):
+        return getattr(self._encoding, name)
+
+
+def _as_template_types(window, first):
+    """``window`` (an overflowing encoding of ``first``'s text) with the type ids ``first`` has for each part: the
+    tokenizers library gives the second text's tokens of an overflowing window type id 1, whatever the
+    post-processor's template says (XLM-R's and CamemBERT's ``<s> $A </s> </s> $B:0 </s>``: their QA windows fed an
+    embedding table of one type id the index 1, and ONNX Runtime stopped the run). Special tokens take the type ids of
+    ``first``'s, in order."""
+    part = {}
+    specials = []
+    for sequence, type_id in zip(first.sequence_ids, first.type_ids):
+        if sequence is None:
+            specials.append(type_id)
+        else:
+            part.setdefault(sequence, type_id)
+    types, k = [], 0
+    for sequence, type_id in zip(window.sequence_ids, window.type_ids):
+        if sequence is None:
+            types.append(specials[min(k, len(specials) - 1)] if specials else type_id)
+            k += 1
+        else:
+            types.append(part.get(sequence, type_id))
+    return window if types == list(window.type_ids) else _Window(window, types)
+
+
 class Engine:
     def __init__(self, parts: EngineParts, threads: Optional[int] = None, spinning: bool = True):
         import onnxruntime as ort
@@ -233,6 +267,9 @@ class Engine:
         except Exception as exc:
             raise BackendLoadError(f"{parts.model_name}: cannot be loaded by ONNX Runtime: "
                                    f"{' '.join(str(exc).split())[:300]}") from None
+        if parts.provider not in self.session.get_providers():   # not asked for "cuda, else cpu": said as it is
+            raise BackendLoadError(f"{parts.model_name}: ONNX Runtime could not use {parts.provider} (the session "
+                                   f"has {', '.join(self.session.get_providers())})")
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.int_types = {n: (np.int64 if types.get(n) == "tensor(int64)" else np.int32) for n in parts.inputs}
         self.tokenizer = tokenizers.Tokenizer.from_str(parts.tokenizer_json)
@@ -522,7 +559,7 @@ class Engine:
                               strategy="only_second" if pair else "longest_first")   # (windows read all of it,
         # from its start, whichever end the model's truncation cuts: the windows' order is the text's)
         first = tok.encode(record.text, record.pair) if pair else tok.encode(record.text)
-        return [first, *first.overflowing]
+        return [first, *(_as_template_types(window, first) for window in first.overflowing)]
 
     def _feeds(self, encodings) -> dict:
         width = max(len(e.ids) for e in encodings)

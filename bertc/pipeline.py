@@ -208,6 +208,19 @@ def build(spec_path, opts: BuildOptions, hook: Optional[StageHook] = None, statu
         return _build(spec_path, opts, hook, status, warn)
 
 
+def _onnxruntime_checked(opts: BuildOptions) -> None:
+    """An installed onnxruntime that the build would use (to optimize, quantize, check the ONNX artifacts) but that
+    is older than bertc supports, or a broken install (two of its distributions at once): exit 7 before any work,
+    not an export error after both exports. None installed: the build goes on without what needs it, and says so."""
+    import importlib.util
+
+    if not (opts.export and opts.onnx) or importlib.util.find_spec("onnxruntime") is None:
+        return
+    from bertc.requirements import import_onnxruntime, require_onnxruntime
+
+    require_onnxruntime(import_onnxruntime())
+
+
 def _build(spec_path, opts: BuildOptions, hook: Optional[StageHook], status: Optional[StatusHook],
            warn: Optional[Callable[[str], None]]) -> dict:
     from bertc.output import StagedOutput
@@ -218,6 +231,7 @@ def _build(spec_path, opts: BuildOptions, hook: Optional[StageHook], status: Opt
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
         note["detail"] = spec.name
+        _onnxruntime_checked(opts)
         requested = requested_variants(spec, opts)
         # the default variants (none named): OUT/spec.json names none either, so that a build from it may drop a
         # default variant as this one could (written out, they were a request, and its rebuild failed, exit 3)

@@ -31,7 +31,59 @@ def import_onnxruntime():
         except ImportError:
             raise first from None
         raise KeyboardInterrupt from None
+    check_onnxruntime_install(onnxruntime)
     return onnxruntime
+
+
+# the distributions that install the one ``onnxruntime`` package folder
+ONNXRUNTIME_FLAVOURS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
+                        "onnxruntime-qnn", "onnxruntime-training")
+
+
+@functools.lru_cache(maxsize=1)
+def onnxruntime_distributions() -> tuple[str, ...]:
+    """The onnxruntime distributions pip has installed here (normally one)."""
+    from importlib import metadata
+
+    found = []
+    for dist in ONNXRUNTIME_FLAVOURS:
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return tuple(found)
+
+
+def check_onnxruntime_install(module, version_first: bool = False) -> None:
+    """:class:`~bertc.errors.MissingLibrary` (exit 7) for an onnxruntime install that cannot be trusted: two of its
+    distributions at once (``onnxruntime`` and ``onnxruntime-gpu`` write the same package folder, each over the
+    other's files: the module that imports is whichever wrote last, and uninstalling one takes files the other
+    needs), or a module without ONNX Runtime's API (what is left after such an uninstall: bertc said 'internal
+    error' or blamed the exported model). ``version_first``: a version older than bertc supports is named before an
+    incomplete module (:func:`require_onnxruntime`)."""
+    from bertc.errors import MissingLibrary
+
+    dists = onnxruntime_distributions()
+    if len(dists) > 1:
+        keep = "onnxruntime-gpu" if "onnxruntime-gpu" in dists else dists[0]
+        raise MissingLibrary(
+            f"{' and '.join(dists)} are {'both' if len(dists) == 2 else 'all'} installed in this environment; they "
+            f"share one package folder "
+            f"(onnxruntime), each over the other's files. Keep one: pip uninstall -y {' '.join(dists)} && "
+            f"pip install --force-reinstall {shlex.quote(_requirement(keep, _EXTRA.get(keep)) or keep)}"
+            + (" (or the CPU one alone: " + pip_install("cpu") + ")" if keep == "onnxruntime-gpu" else ""))
+    dist = dists[0] if dists else "onnxruntime"
+    if version_first:
+        require_version(module, dist, _EXTRA.get(dist))
+    if not all(hasattr(module, name) for name in ("InferenceSession", "SessionOptions", "get_available_providers")):
+        raise MissingLibrary(
+            f"onnxruntime imports from {getattr(module, '__path__', ['?'])[0]} but is incomplete (no "
+            f"InferenceSession: part of it was removed, e.g. by uninstalling onnxruntime-gpu beside onnxruntime); "
+            f"reinstall it: pip install --force-reinstall {shlex.quote(_requirement(dist, _EXTRA.get(dist)) or dist)}")
+
+
+_EXTRA = {"onnxruntime": "cpu", "onnxruntime-gpu": "gpu"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,12 +194,6 @@ def require_version(module, dist: str, extra: Optional[str] = None) -> None:
 
 
 def require_onnxruntime(ort) -> None:
-    """:func:`require_version` for onnxruntime, or onnxruntime-gpu where that is what is installed."""
-    from importlib import metadata
-
-    try:
-        metadata.version("onnxruntime-gpu")
-        dist, extra = "onnxruntime-gpu", "gpu"
-    except metadata.PackageNotFoundError:
-        dist, extra = "onnxruntime", "cpu"
-    require_version(ort, dist, extra)
+    """:func:`check_onnxruntime_install`, then :func:`require_version` for onnxruntime, or onnxruntime-gpu where that
+    is what is installed."""
+    check_onnxruntime_install(ort, version_first=True)

@@ -62,6 +62,10 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         from bertc.calibration import calibration_set
 
         recorded = (report.get("calibration") or {}).get("text") or {}
+        if recorded.get("kind") in ("builtin", "file") or calibration is not None:
+            from bertc.text import require_tokenizers
+
+            require_tokenizers()   # the library missing is exit 7, not the build's tokenizer damaged (exit 5)
         file = calibration if calibration is not None else build_text(out_dir, recorded)
         calibration_inputs = calibration_set(spec, out_dir, file)
         cases, inputs = calibration_inputs.cases, calibration_inputs.sources

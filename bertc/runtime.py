@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from bertc.backends import CPU, CUDA, NO_ONNXRUNTIME, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers
+from bertc.backends import (CPU, CUDA, NO_ONNXRUNTIME, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers,
+                            provider_missing)
 from bertc.engine import (DEFAULT_BATCH, DEFAULT_BATCH_TOKENS, DEFAULT_DOC_STRIDE, DEFAULT_HYPOTHESIS, DEFAULT_TOP_K,
                           POSITIONS, SIMILARITIES, Engine, EngineParts, windows)
 from bertc.errors import BackendLoadError, BertcError, DamagedBuild, InputError, MissingLibrary
@@ -255,9 +256,9 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
     of report.json's artifacts or a file name) overrides the choice."""
     available = onnx_providers()
     if not available:
-        raise BackendLoadError(NO_ONNXRUNTIME)
+        raise MissingLibrary(NO_ONNXRUNTIME)
     if device == "cuda" and CUDA not in available:
-        raise InputError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        raise InputError(f"--device cuda: {provider_missing(CUDA)}")
     providers = [CUDA, CPU] if device == "cuda" or (device == "auto" and CUDA in available) else [CPU]
     infos = {k: artifact_info(k, v) for k, v in report["artifacts"].items()}
     onnx = {k: v for k, v in infos.items() if v["format"] == "onnx"}

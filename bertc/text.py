@@ -236,8 +236,9 @@ def _library_path(path: Path):
     return context()
 
 
-def load_tokenizer(out_dir: Path, max_len: int):
-    """A ``tokenizers.Tokenizer`` for the files in ``out_dir``, truncating to ``max_len``."""
+def require_tokenizers():
+    """The tokenizers library, imported; :class:`MissingLibrary` (exit 7) when it is not installed or older than
+    bertc supports."""
     try:
         import tokenizers
     except ImportError:
@@ -247,10 +248,17 @@ def load_tokenizer(out_dir: Path, max_len: int):
     from bertc.requirements import require_version
 
     require_version(tokenizers, "tokenizers", "text")
+    return tokenizers
+
+
+def load_tokenizer(out_dir: Path, max_len: int):
+    """A ``tokenizers.Tokenizer`` for the files in ``out_dir``, truncating to ``max_len``."""
     out_dir = Path(out_dir)
     config = _read_json(out_dir / "tokenizer_config.json")
     model_type = _model_type(out_dir)
+    # a build without a tokenizer says so before asking for the library (installing it would not help)
     kind, family = vocabulary_kind(out_dir, config, model_type)
+    tokenizers = require_tokenizers()
     if kind == "tokenizer.json":
         tok = _load_tokenizer_json(tokenizers, out_dir / "tokenizer.json")
         if tokenizer_class(config, model_type) in BERT_NORMALIZED:

@@ -475,8 +475,10 @@ def test_optimized_artifacts_take_the_external_data_path_too(external):
     assert {"onnx_optimized_cpu", "onnx_int8_cpu"} <= set(backends) and report["parity"]["passed"]
 
 
-def test_tflite_converted_in_a_child_process_is_the_same_file(tmp_path):
-    """Large models are converted in a child process while the build goes on: same bytes as in-process."""
+def test_tflite_converted_in_a_child_process_is_the_same_file(tmp_path, monkeypatch):
+    """Large models are converted in a child process while the build goes on: same bytes as in-process. The child
+    imports this bertc even where the command runs beside another one (``python -m`` put the working directory first
+    on its path: a checkout's bertc/ there was imported instead, found by a tester)."""
     import hashlib
 
     from bertc.build import build_model
@@ -493,6 +495,12 @@ def test_tflite_converted_in_a_child_process_is_the_same_file(tmp_path):
     digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("here.tflite", "child.tflite")]
     assert digest[0] == digest[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child.tflite", "here.tflite"]
+    elsewhere = tmp_path.parent / (tmp_path.name + "-elsewhere")
+    (elsewhere / "bertc").mkdir(parents=True)
+    (elsewhere / "bertc" / "__init__.py").write_text("raise SystemExit('the bertc of the working directory')\n")
+    monkeypatch.chdir(elsewhere)
+    export_tflite(model, sig, tmp_path / "again.tflite", background=True)
+    assert hashlib.sha256((tmp_path / "again.tflite").read_bytes()).hexdigest() == digest[0]
 
 
 def test_child_converter_failure_names_the_op_and_leaves_nothing(tmp_path):

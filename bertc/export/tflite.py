@@ -229,7 +229,9 @@ class TFLiteJob:
             import subprocess
             import sys
 
-            args = [sys.executable, "-m", "bertc.export.tflite", str(self.saved)]
+            # -P: not the working directory first on the child's path (-m puts it there, ahead of PYTHONPATH: a
+            # bertc/ folder where the command ran, e.g. another checkout, was imported in place of this one)
+            args = [sys.executable, "-P", "-m", "bertc.export.tflite", str(self.saved)]
             for path, precision in self.targets:
                 args += [precision, str(self._partial(path))]
             self._log = self._workdir / "converter.log"

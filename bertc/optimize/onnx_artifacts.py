@@ -152,8 +152,10 @@ def optimize_onnx(built, out: Path, opset: int = 17, input_dtype: str = "int32",
 
     out = Path(out)
     if importlib.util.find_spec("onnxruntime") is None:   # the stage loads, checks and quantizes with it
+        from bertc.requirements import pip_install
+
         return OptimizeResult(skip=Skip("onnx_optimized", "no optimized ONNX artifact: onnxruntime is not installed "
-                                                          "(pip install -e '.[cpu]')"))
+                                                          f"({pip_install('cpu')})"))
     model, spec = built.model, built.spec
     missing = missing_lowerings(built)
     if missing:
