@@ -15,7 +15,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -77,16 +77,17 @@ def backend_name(artifact_id: str, provider: Optional[str] = None) -> str:
     return f"{artifact_id}_{PROVIDER_SUFFIX.get(provider, provider)}" if provider else artifact_id
 
 
-def onnx_providers() -> list[str]:
+def onnx_providers(probe: bool = True) -> list[str]:
     """The execution providers of the installed onnxruntime that can run a session here: CUDA only where
-    :func:`provider_problem` finds none."""
+    :func:`provider_problem` finds none (``probe=False``: as onnxruntime lists them, CUDA untried; for a caller that
+    will not use it)."""
     from bertc.requirements import import_onnxruntime
 
     try:
         ort = import_onnxruntime()   # a Ctrl-C during its import: KeyboardInterrupt, not "not installed"
     except ImportError:
         return []
-    return [p for p in ort.get_available_providers() if p != CUDA or provider_problem(CUDA) is None]
+    return [p for p in ort.get_available_providers() if p != CUDA or not probe or provider_problem(CUDA) is None]
 
 
 # A one-node model (Identity of a float[1]; IR 7, opset 13) to try a provider with, serialized here: a run-only
@@ -102,7 +103,8 @@ def provider_problem(provider: str) -> Optional[str]:
     can). onnxruntime-gpu lists CUDA whatever the host has; a session asked for it where its libraries do not load
     (no GPU driver, a CUDA or cuDNN it was not built for) runs on the CPU instead and says so only in ONNX Runtime's
     log: parity then failed a good build's CUDA backends, and ``bertc run`` said "cuda" while it ran on the CPU.
-    Tried once per process with a one-node model; the reason is the log's own line (the library that failed)."""
+    Tried once per process with a one-node model (the answer stays for the process's life); the reason is ONNX
+    Runtime's own words (the library that failed to load, or the error of the provider's set-up)."""
     if provider == CPU:
         return None
     with _problems_lock:
@@ -112,28 +114,53 @@ def provider_problem(provider: str) -> Optional[str]:
 
 
 def _try_provider(provider: str) -> Optional[str]:
+    import contextlib
+    import io
     import tempfile
 
     import onnxruntime as ort
 
     from bertc.quiet import native_stderr_to
 
+    printed = io.StringIO()   # onnxruntime prints its "EP Error ... Falling back" banner on stdout: not bertc's
     with tempfile.TemporaryDirectory(prefix="bertc-provider-") as folder:
         log = Path(folder) / "log"
         try:
-            with native_stderr_to(log), warnings.catch_warnings():
+            with native_stderr_to(log), contextlib.redirect_stdout(printed), warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # onnxruntime's "not in available provider names"
                 used = ort.InferenceSession(_PROBE_MODEL, providers=[provider]).get_providers()
         except Exception as exc:
             return f"{provider} cannot run a session here: {_first_line(exc)}"
         if provider in used:
             return None
-        said = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(encoding="utf-8", errors="replace")) if log.exists() else ""
-    why = next((line[line.index("Failed to load"):] for line in said.splitlines() if "Failed to load" in line), None)
-    why = why or next((line.split("] ", 1)[-1] for line in said.splitlines() if line.startswith("[E:")), None)
+        said = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    said = re.sub(r"\x1b\[[0-9;]*m", "", said + "\n" + printed.getvalue())
+    lines = said.splitlines()
+    why = next((line[line.index("Failed to load"):] for line in lines if "Failed to load" in line), None)
+    why = why or next((line[line.index("EP Error") + len("EP Error"):].strip() for line in lines
+                       if "EP Error " in line), None)
+    why = why or next((m.group(1) for m in map(re.compile(r"\[E:onnxruntime[^\]]*\]\s*(.+)").search, lines) if m), None)
     return (f"onnxruntime lists {provider} but cannot use it on this host"
-            + (f" ({_first_line(ValueError(why))})" if why else " (its libraries did not load: no GPU driver, "
-               "or a CUDA / cuDNN that this onnxruntime was not built for)"))
+            + (f" ({_first_line(ValueError(why))})" if why else " (a session asked for it ran on the CPU: no usable "
+               "GPU, its driver, or a CUDA / cuDNN that this onnxruntime was not built for)"))
+
+
+def no_onnxruntime() -> str:
+    """Why no ONNX backend can run: onnxruntime not installed, or installed but failing to import (its error)."""
+    import importlib.util
+
+    from bertc.requirements import import_onnxruntime
+
+    try:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return NO_ONNXRUNTIME
+        import_onnxruntime()
+    except ModuleNotFoundError:
+        return NO_ONNXRUNTIME
+    except ImportError as exc:
+        return (f"onnxruntime is installed but does not import ({_first_line(exc)}); reinstall it: "
+                f"{pip_install('cpu').replace('pip install', 'pip install --force-reinstall', 1)}")
+    return NO_ONNXRUNTIME
 
 
 def provider_missing(provider: str) -> str:
@@ -143,12 +170,16 @@ def provider_missing(provider: str) -> str:
     return f"{provider} not available in this onnxruntime"
 
 
-def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False) -> tuple[list[Backend], dict[str, str]]:
+def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False,
+                  only: Optional[Sequence[str]] = None) -> tuple[list[Backend], dict[str, str]]:
     """The backends to run for the artifacts of ``out_dir`` (in the report's order), and a reason for
-    each one that cannot run on this machine."""
+    each one that cannot run on this machine. ``only``: the backends the caller will keep (``bertc bench
+    --backends``): CUDA is not tried when none of them is on it."""
     out_dir = Path(out_dir)
     backends, skipped = [], {}
-    available = onnx_providers()
+    probe = only is None or any(name.endswith("_" + PROVIDER_SUFFIX[CUDA]) for name in only)
+    available = onnx_providers(probe)
+    none_why = no_onnxruntime() if not available else ""
     for artifact_id, entry in artifacts.items():
         info = artifact_info(artifact_id, entry)
         path = out_dir / info["path"]
@@ -161,7 +192,7 @@ def plan_backends(out_dir: Path, artifacts: dict, include_keras: bool = False) -
             for provider in info["providers"]:
                 name = backend_name(artifact_id, provider)
                 if not available:
-                    skipped[name] = NO_ONNXRUNTIME
+                    skipped[name] = none_why
                 elif provider not in available:
                     skipped[name] = provider_missing(provider)
                 else:

@@ -206,7 +206,7 @@ def artifact_targets(out_dir: Path, artifacts: dict, threads: int, only: Optiona
     """Targets for every artifact x backend of a build: (targets, skipped reasons, load errors). A backend of
     ``only`` or a ``baseline`` that the build does not have is a :class:`BenchError` (exit 2) naming those it has
     (one it has that cannot run here, or that ``only`` leaves out, is not: then there are no ratios)."""
-    backends, skipped = plan_backends(out_dir, artifacts, include_keras=True)
+    backends, skipped = plan_backends(out_dir, artifacts, include_keras=True, only=only)
     known = [b.name for b in backends] + sorted(skipped)
     if baseline is not None and baseline not in known:
         raise BenchError(f"unknown baseline {baseline!r}; this build has: {', '.join(known)}")

@@ -958,6 +958,11 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     from bertc.runtime import Progress, Runtime
     from bertc.run_io import field_list, require_libraries, stderr_is_terminal
 
+    if ray_address is not None and device == "cuda":
+        raise InputError("--device cuda with --ray: bertc's Ray actors ask the cluster for CPUs and run on them; run "
+                         "on the GPU without --ray, or over Ray with --device cpu")
+    if ray_address is not None:   # the actors' sessions are on CPUs: the artifact chosen is the CPU's (auto chose
+        device = "cpu"            # CUDA on a GPU driver, whose actors, given no GPU by Ray, could not run it)
     if actors is not None and ray_address is None:   # it was ignored: the run went on in this process
         raise InputError(f"--actors {actors}: only with --ray (the Ray actors that run the model); without --ray the "
                          f"run is in this process (--threads sets its threads)")

@@ -217,8 +217,16 @@ class _Window:
     def __init__(self, encoding, type_ids: list):
         self._encoding, self.type_ids = encoding, type_ids
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):   # called for what the slots do not hold (never for them once set)
+        if name.startswith("__") or name in _Window.__slots__:   # copy / pickle look for these before setting
+            raise AttributeError(name)
         return getattr(self._encoding, name)
+
+    def __len__(self) -> int:
+        return len(self._encoding)
+
+    def __reduce__(self):
+        return _Window, (self._encoding, self.type_ids)
 
 
 def _as_template_types(window, first):

@@ -214,6 +214,13 @@ class MissingLibrary(BertcError):
     exit_code = EXIT_MISSING_LIBRARY
 
 
+class NoOnnxRuntime(MissingLibrary, BackendLoadError):
+    """``bertc run`` / :class:`bertc.Runtime` without onnxruntime: a missing library (exit 7), and a backend that
+    cannot be loaded, as a Runtime raised it before (a caller catching :class:`BackendLoadError` still does)."""
+
+    exit_code = EXIT_MISSING_LIBRARY
+
+
 class MemoryPreflightError(BertcError):
     """The build would not fit in the memory available (nothing written)."""
 

@@ -5,6 +5,7 @@ text": bertc installed ``--no-deps``) it pulls in every build library too (Tenso
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 from typing import Optional
@@ -40,18 +41,23 @@ ONNXRUNTIME_FLAVOURS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"
                         "onnxruntime-qnn", "onnxruntime-training")
 
 
-@functools.lru_cache(maxsize=1)
-def onnxruntime_distributions() -> tuple[str, ...]:
-    """The onnxruntime distributions pip has installed here (normally one)."""
+@functools.lru_cache(maxsize=4)
+def onnxruntime_distributions(folder: Optional[str] = None) -> tuple[str, ...]:
+    """The onnxruntime distributions pip has installed into the folder that holds the ``onnxruntime`` package
+    imported here (``folder``: that package's folder; None: anywhere on the path). Normally one: a distribution in
+    another folder (a system site-packages under a virtual environment's) shares no files with it."""
     from importlib import metadata
 
     found = []
-    for dist in ONNXRUNTIME_FLAVOURS:
-        try:
-            metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-        found.append(dist)
+    for name in ONNXRUNTIME_FLAVOURS:
+        for dist in metadata.distributions(name=name):   # every copy on the path, not only the first
+            try:
+                here = folder is None or os.path.realpath(str(dist.locate_file("onnxruntime"))) == folder
+            except (OSError, TypeError, ValueError):
+                here = False
+            if here:
+                found.append(name)
+                break
     return tuple(found)
 
 
@@ -64,21 +70,20 @@ def check_onnxruntime_install(module, version_first: bool = False) -> None:
     incomplete module (:func:`require_onnxruntime`)."""
     from bertc.errors import MissingLibrary
 
-    dists = onnxruntime_distributions()
+    paths = list(getattr(module, "__path__", None) or [])
+    folder = os.path.realpath(paths[0]) if paths else None
+    dists = onnxruntime_distributions(folder)
     if len(dists) > 1:
-        keep = "onnxruntime-gpu" if "onnxruntime-gpu" in dists else dists[0]
         raise MissingLibrary(
-            f"{' and '.join(dists)} are {'both' if len(dists) == 2 else 'all'} installed in this environment; they "
-            f"share one package folder "
-            f"(onnxruntime), each over the other's files. Keep one: pip uninstall -y {' '.join(dists)} && "
-            f"pip install --force-reinstall {shlex.quote(_requirement(keep, _EXTRA.get(keep)) or keep)}"
-            + (" (or the CPU one alone: " + pip_install("cpu") + ")" if keep == "onnxruntime-gpu" else ""))
+            f"{' and '.join(dists)} are {'both' if len(dists) == 2 else 'all'} installed in {os.path.dirname(folder)}; "
+            f"they share one package folder (onnxruntime), each over the other's files. Keep one: pip uninstall -y "
+            f"{' '.join(dists)}, then {pip_install('gpu')} for CUDA, or {pip_install('cpu')} for the CPU")
     dist = dists[0] if dists else "onnxruntime"
     if version_first:
         require_version(module, dist, _EXTRA.get(dist))
     if not all(hasattr(module, name) for name in ("InferenceSession", "SessionOptions", "get_available_providers")):
         raise MissingLibrary(
-            f"onnxruntime imports from {getattr(module, '__path__', ['?'])[0]} but is incomplete (no "
+            f"onnxruntime imports from {folder or '?'} but is incomplete (no "
             f"InferenceSession: part of it was removed, e.g. by uninstalling onnxruntime-gpu beside onnxruntime); "
             f"reinstall it: pip install --force-reinstall {shlex.quote(_requirement(dist, _EXTRA.get(dist)) or dist)}")
 

@@ -62,7 +62,9 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         from bertc.calibration import calibration_set
 
         recorded = (report.get("calibration") or {}).get("text") or {}
-        if recorded.get("kind") in ("builtin", "file") or calibration is not None:
+        from bertc.calibration import has_tokenizer
+
+        if (recorded.get("kind") in ("builtin", "file") or calibration is not None) and has_tokenizer(out_dir):
             from bertc.text import require_tokenizers
 
             require_tokenizers()   # the library missing is exit 7, not the build's tokenizer damaged (exit 5)

@@ -21,11 +21,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from bertc.backends import (CPU, CUDA, NO_ONNXRUNTIME, PROVIDER_SUFFIX, artifact_info, backend_name, onnx_providers,
+from bertc.backends import (CPU, CUDA, PROVIDER_SUFFIX, artifact_info, backend_name, no_onnxruntime, onnx_providers,
                             provider_missing)
 from bertc.engine import (DEFAULT_BATCH, DEFAULT_BATCH_TOKENS, DEFAULT_DOC_STRIDE, DEFAULT_HYPOTHESIS, DEFAULT_TOP_K,
                           POSITIONS, SIMILARITIES, Engine, EngineParts, windows)
-from bertc.errors import BackendLoadError, BertcError, DamagedBuild, InputError, MissingLibrary
+from bertc.errors import BackendLoadError, BertcError, DamagedBuild, InputError, MissingLibrary, NoOnnxRuntime
 from bertc.run_io import Record
 from bertc.text import lowercases_input
 
@@ -254,9 +254,9 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
     padding-free one (``model.packed*.onnx``: the same values wherever run reads them), then an artifact whose
     report entry says ``"preferred": true``, then the report's order. ``artifact`` (an id
     of report.json's artifacts or a file name) overrides the choice."""
-    available = onnx_providers()
+    available = onnx_providers(probe=device != "cpu")   # CUDA is not tried for a run told to use the CPU
     if not available:
-        raise MissingLibrary(NO_ONNXRUNTIME)
+        raise NoOnnxRuntime(no_onnxruntime())
     if device == "cuda" and CUDA not in available:
         raise InputError(f"--device cuda: {provider_missing(CUDA)}")
     providers = [CUDA, CPU] if device == "cuda" or (device == "auto" and CUDA in available) else [CPU]

@@ -942,3 +942,51 @@ def test_an_encoder_only_import_of_a_masked_lm_loads_whatever_its_decoder(name, 
     assert not any("decoder" in path for path in result.loaded.values()) and not result.tied
     if name.endswith("_untied"):   # its own decoder table, listed as a head tensor not loaded
         assert any("decoder" in n or "vocab_projector" in n or "lm_head" in n for n in result.ignored), result.ignored
+
+
+@pytest.mark.parametrize("name, head", [("bert_token_cls", "classifier"), ("roberta_qa", "qa_outputs"),
+                                        ("roberta_seq_cls", None)])
+def test_encoder_only_import_of_a_checkpoint_without_pooler(name, head, tmp_path):
+    """transformers saves its masked LM, token classifier, QA and RoBERTa classifier models without a pooler
+    (dslim/bert-base-NER, deepset/roberta-base-squad2, ...): `--encoder-only` refused them all ('the checkpoint has no
+    pooler', found by a tester). Their encoder now imports without one and outputs sequence_output alone: the
+    hidden states the checkpoint's own head turns into transformers' logits."""
+    from safetensors.numpy import load_file
+
+    source = FIXTURES / "hf" / name
+    data = import_spec(source, tmp_path / "enc.json", encoder_only=True)
+    assert "head" not in data and data["encoder"]["pooler"] is False and "has no pooler" in data["description"]
+    spec = load_spec(tmp_path / "enc.json")
+    model = bertc.build_model(spec).model
+    result = load_weights(model, spec, source)
+    from bertc.signature import signature_of
+
+    assert signature_of(spec).output_names == ["sequence_output"] and not signature_of(spec).needs_pooled
+    assert not any("pooler" in n for n in result.loaded)
+    if head is None:
+        return
+    ref = np.load(source / "reference.npz")
+    feeds = {k: ref[k] for k in ("input_word_ids", "input_mask", "input_type_ids")}
+    out = model(feeds)
+    hidden = np.asarray(out["sequence_output"] if isinstance(out, dict) else out)
+    tensors = load_file(str(source / "model.safetensors"))
+    logits = hidden @ tensors[f"{head}.weight"].T + tensors[f"{head}.bias"]
+    mask = ref["input_mask"].astype(bool)
+    want = ref["logits"] if "logits" in ref.files else np.stack([ref["start_logits"], ref["end_logits"]], -1)
+    np.testing.assert_allclose(logits[mask], want[mask], atol=1e-5)
+
+
+def test_a_config_without_model_type_is_told_what_to_add(tmp_path, capsys):
+    """It said 'model_type = null' (the key is missing, as in many 2019-era checkpoints: found by a tester)."""
+    source = hf_copy(tmp_path, "bert_token_cls")
+    config = json.loads((source / "config.json").read_text())
+    del config["model_type"]
+    (source / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert 'has no model_type' in err and 'add "model_type": "bert" (architectures BertForTokenClassification)' in err
+    config["architectures"] = ["SomethingElse"]
+    (source / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == 2
+    assert "has no model_type" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()

@@ -43,6 +43,8 @@ def listed_cuda(monkeypatch):
     import onnxruntime
 
     real = onnxruntime.get_available_providers
+    if "CUDAExecutionProvider" in real():
+        pytest.skip("this onnxruntime has a CUDA provider: the test fakes one that cannot run")
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
     monkeypatch.setattr(backends, "_problems", {})
 
@@ -62,7 +64,8 @@ def test_a_listed_cuda_that_cannot_run_is_skipped_not_failed(copy, listed_cuda, 
 
 def test_run_says_where_it_runs_when_cuda_cannot(copy, listed_cuda, capsys):
     """`--device cuda` is refused with the reason; the default picks the CPU and says so (it said 'cuda' and ran on
-    the CPU)."""
+    the CPU). `--device cpu` never tries CUDA (a reviewer: a CPU run made a CUDA session it was told to avoid)."""
+    assert bertc.Runtime(copy, device="cpu").choice.provider == backends.CPU and backends._problems == {}
     with pytest.raises(InputError, match="^--device cuda: onnxruntime lists CUDAExecutionProvider but cannot use"):
         bertc.Runtime(copy, device="cuda")
     runtime = bertc.Runtime(copy)
@@ -80,7 +83,7 @@ def test_two_onnxruntime_distributions_are_named_before_any_work(copy, tmp_path,
     """onnxruntime and onnxruntime-gpu write one package folder: whichever wrote last is what imports, and the
     report recorded the other's version. Refused with the fix, exit 7, by run, parity and build (before its first
     stage's work)."""
-    monkeypatch.setattr(requirements, "onnxruntime_distributions", lambda: ("onnxruntime", "onnxruntime-gpu"))
+    monkeypatch.setattr(requirements, "onnxruntime_distributions", lambda folder=None: ("onnxruntime", "onnxruntime-gpu"))
     texts = tmp_path / "texts.txt"
     texts.write_text("a\n")
     spec = tmp_path / "spec.json"
@@ -89,11 +92,24 @@ def test_two_onnxruntime_distributions_are_named_before_any_work(copy, tmp_path,
                  ["build", str(spec), "-o", str(tmp_path / "b")]):
         assert main(argv) == EXIT_MISSING_LIBRARY, argv
         err = capsys.readouterr().err
-        assert "error: onnxruntime and onnxruntime-gpu are both installed in this environment; they share one " \
-               "package folder" in err, (argv, err)
-        assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install --force-reinstall" in err
+        assert "error: onnxruntime and onnxruntime-gpu are both installed in " in err, (argv, err)
+        assert "; they share one package folder (onnxruntime), each over the other's files. Keep one: pip uninstall " \
+               "-y onnxruntime onnxruntime-gpu, then pip install 'onnxruntime-gpu" in err, (argv, err)
     assert not (tmp_path / "e.npy").exists() and not (tmp_path / "b").exists()
     assert json.loads((copy / "report.json").read_text())["status"] == "passed"
+
+
+def test_only_distributions_in_the_imported_packages_folder_count(tmp_path):
+    """A system site-packages' onnxruntime under a virtual environment's onnxruntime-gpu shares no files with it:
+    not a clash (found by a reviewer: every command refused such a working environment)."""
+    import os
+
+    import onnxruntime
+
+    here = os.path.realpath(onnxruntime.__path__[0])
+    assert requirements.onnxruntime_distributions(here) == ("onnxruntime",)
+    assert requirements.onnxruntime_distributions(str(tmp_path)) == ()
+    requirements.check_onnxruntime_install(onnxruntime)
 
 
 def test_an_incomplete_onnxruntime_is_named():
@@ -128,7 +144,7 @@ def test_missing_libraries_are_exit_7_for_run_and_parity(copy, tmp_path, monkeyp
     assert "real-text inputs need the tokenizers library: pip install" in err and "rebuild" not in err
     assert json.loads((copy / "report.json").read_text())["status"] == "passed"
     monkeypatch.undo()
-    monkeypatch.setattr(bertc.runtime, "onnx_providers", lambda: [])
+    monkeypatch.setattr(bertc.runtime, "onnx_providers", lambda probe=True: [])
     with pytest.raises(MissingLibrary, match="onnxruntime is not installed: pip install"):
         bertc.Runtime(copy)
 
@@ -140,3 +156,36 @@ def test_no_tokenizer_in_the_build_is_said_before_the_missing_library(tmp_path, 
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     with pytest.raises(InputError, match="no tokenizer in this build"):
         load_tokenizer(tmp_path, 16)
+
+
+def test_ray_runs_on_the_actors_cpus(copy, tmp_path, capsys):
+    """Ray's actors ask for CPUs only: a CUDA choice in them fell back to the CPU (and, with the session's provider
+    checked, stopped the job): `--device cuda --ray` is refused before Ray starts, a Runtime on CUDA is refused by
+    run_ray, and `--ray` alone takes the CPU's artifact."""
+    from bertc.run_ray import _run_ray
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a dog\n")
+    assert main(["run", str(copy), str(texts), "-o", str(tmp_path / "e.npy"), "--ray", "--device", "cuda"]) == 2
+    assert "--device cuda with --ray: bertc's Ray actors ask the cluster for CPUs" in capsys.readouterr().err
+    on_cuda = types.SimpleNamespace(choice=types.SimpleNamespace(provider=backends.CUDA, path="model.onnx"))
+    with pytest.raises(InputError, match="over Ray the model runs on the actors' CPUs"):
+        next(_run_ray(None, on_cuda, [], None, None, None, False))
+
+
+def test_an_onnxruntime_that_does_not_import_is_not_called_missing(monkeypatch):
+    """Installed but failing to import (a library of its own missing): said so with its error, not 'not installed'."""
+    import builtins
+
+    real = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("libonnxruntime.so.1.31: cannot open shared object file")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    why = backends.no_onnxruntime()
+    assert why.startswith("onnxruntime is installed but does not import (libonnxruntime.so.1.31: cannot open")
+    assert "pip install --force-reinstall" in why

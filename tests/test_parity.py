@@ -265,18 +265,18 @@ ARTIFACTS = {
 
 
 def test_backends_follow_the_artifacts_and_providers(monkeypatch, tmp_path):
-    monkeypatch.setattr("bertc.backends.onnx_providers", lambda: [CPU])
+    monkeypatch.setattr("bertc.backends.onnx_providers", lambda probe=True: [CPU])
     backends, skipped = plan_backends(tmp_path, ARTIFACTS)
     assert [(b.name, b.precision, b.path.name) for b in backends] == [
         ("onnx_cpu", "fp32", "model.onnx"), ("onnx_optimized_cpu", "fp32", "model.optimized.onnx"),
         ("onnx_int8_cpu", "int8", "model.optimized.int8.onnx"), ("tflite", "fp32", "model.tflite"),
         ("tflite_int8", "int8", "model.int8.tflite")]
     assert skipped == {"onnx_cuda": NO_CUDA, "onnx_optimized_cuda": NO_CUDA, "onnx_fp16_cuda": NO_CUDA}
-    monkeypatch.setattr("bertc.backends.onnx_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr("bertc.backends.onnx_providers", lambda probe=True: [CUDA, CPU])
     backends, skipped = plan_backends(tmp_path, ARTIFACTS)
     assert {"onnx_cuda", "onnx_optimized_cuda", "onnx_fp16_cuda"} <= {b.name for b in backends}
     assert "onnx_int8_cuda" not in {b.name for b in backends} and skipped == {}
-    monkeypatch.setattr("bertc.backends.onnx_providers", lambda: [])
+    monkeypatch.setattr("bertc.backends.onnx_providers", lambda probe=True: [])
     _, skipped = plan_backends(tmp_path, ARTIFACTS)
     assert "onnxruntime is not installed" in skipped["onnx_int8_cpu"]
 

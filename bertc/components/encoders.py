@@ -208,6 +208,9 @@ class BertEncoderSpec(_EncoderSpecBase):
     norm_first: bool = False
     return_all_layer_outputs: bool = False
     position: Optional[component_field("position")] = None  # the position scheme (None: learned absolute)
+    # False: no pooler (a checkpoint saved without one: transformers' masked LM, token classifier, QA and RoBERTa
+    # classifier models); without a head the encoder outputs sequence_output only
+    pooler: bool = True
 
     def problems(self, ctx):
         if self.hidden_size % self.num_attention_heads:
@@ -231,7 +234,8 @@ class BertEncoderSpec(_EncoderSpecBase):
         return ScaffoldEncoderSpec(
             hidden_size=self.hidden_size, num_layers=self.num_layers, embedding=self._embedding(),
             hidden=[self._block()], position=self.position, initializer=self.initializer, final_layer_norm=self.norm_first,
-            layer_norm_epsilon=self.layer_norm_epsilon, return_all_layer_outputs=self.return_all_layer_outputs)
+            layer_norm_epsilon=self.layer_norm_epsilon, return_all_layer_outputs=self.return_all_layer_outputs,
+            pooler=self.pooler)
 
 
 class AlbertEncoderSpec(BertEncoderSpec):
@@ -258,7 +262,7 @@ class AlbertEncoderSpec(BertEncoderSpec):
                                       embedding_projection=self.embedding_projection), hidden=[self._block()],
             share_layers=True, position=self.position, initializer=self.initializer,
             layer_norm_epsilon=self.layer_norm_epsilon,
-            return_all_layer_outputs=self.return_all_layer_outputs)
+            return_all_layer_outputs=self.return_all_layer_outputs, pooler=self.pooler)
 
 
 @serializable

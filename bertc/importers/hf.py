@@ -238,8 +238,23 @@ def register_family(family: HFFamily) -> HFFamily:
     return family
 
 
+# the model type an architecture's class name belongs to, by its prefix (longest first): a config.json without
+# model_type (many 2019-era checkpoints) is told what to add
+_ARCHITECTURE_PREFIXES = (("XLMRoberta", "xlm-roberta"), ("DistilBert", "distilbert"), ("ModernBert", "modernbert"),
+                          ("DebertaV2", "deberta-v2"), ("Camembert", "camembert"), ("Roberta", "roberta"),
+                          ("Albert", "albert"), ("Electra", "electra"), ("MPNet", "mpnet"), ("Bert", "bert"))
+
+
 def family_for(cfg: dict, where: str) -> HFFamily:
     model_type = cfg.get("model_type")
+    if "model_type" not in cfg:
+        archs = [a for a in cfg.get("architectures") or [] if isinstance(a, str)] \
+            if isinstance(cfg.get("architectures"), list) else []
+        guess = next((t for a in archs for prefix, t in _ARCHITECTURE_PREFIXES if a.startswith(prefix)), None)
+        raise UnsupportedModel(
+            f"{where}: has no model_type (transformers 5 needs it as well; older versions guessed it from the folder's "
+            f"name)" + (f": add \"model_type\": \"{guess}\" (architectures {archs[0]})" if guess else
+                        f"; bertc imports the model types {', '.join(sorted(FAMILIES))}"))
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         refuse(where, "model_type", model_type, f"bertc imports the model types {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type]
@@ -637,9 +652,9 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     head = st["head"] if st else (None if encoder_only else family.head(cfg, where, enc, arch, names))
     if st:
         check_dense_widths(head, st["dense_inputs"], enc.get("hidden_size"))
-    if head is None and enc.get("pooler", True) and names and not family.has_pooler(names):
-        raise UnsupportedModel(f"{where}: the checkpoint has no pooler (architectures {arch}); bertc's encoder "
-                               f"without a head also outputs pooled_output, so it needs one")
+    pooler_less = head is None and enc.get("pooler", True) and names and not family.has_pooler(names)
+    if pooler_less:   # what transformers saves without one (run_mlm.py, run_ner.py, run_qa.py, RoBERTa classifiers)
+        enc["pooler"] = False
     dense = "".join(f", dense {d['units']} {d['activation']}" for d in (head or {}).get("dense", []))
     described = f"sentence-transformers model ({arch}, {' + '.join(pooling_modes(head['pooling']))} pooling{dense}" \
                 f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
@@ -649,6 +664,8 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
                 f"masked positions per sequence you feed.")
     if head is None and encoder_only:
         note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
+    if pooler_less:
+        note += " The checkpoint has no pooler: the encoder outputs sequence_output alone."
     if cfg.get("auto_map"):   # transformers runs that code only with trust_remote_code; bertc never runs it
         note += (f" config.json's auto_map names custom code, which bertc does not run: the standard {arch} "
                  f"architecture is assumed.")
