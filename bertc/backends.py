@@ -158,8 +158,11 @@ def no_onnxruntime() -> str:
     except ModuleNotFoundError:
         return NO_ONNXRUNTIME
     except ImportError as exc:
+        from bertc.requirements import onnxruntime_distributions
+
+        extra = "gpu" if "onnxruntime-gpu" in onnxruntime_distributions() else "cpu"
         return (f"onnxruntime is installed but does not import ({_first_line(exc)}); reinstall it: "
-                f"{pip_install('cpu').replace('pip install', 'pip install --force-reinstall', 1)}")
+                f"{pip_install(extra).replace('pip install', 'pip install --force-reinstall', 1)}")
     return NO_ONNXRUNTIME
 
 

@@ -216,9 +216,16 @@ def _onnxruntime_checked(opts: BuildOptions) -> None:
 
     if not (opts.export and opts.onnx) or importlib.util.find_spec("onnxruntime") is None:
         return
+    from bertc.errors import MissingLibrary
     from bertc.requirements import import_onnxruntime, require_onnxruntime
 
-    require_onnxruntime(import_onnxruntime())
+    try:
+        ort = import_onnxruntime()
+    except ImportError:   # installed, but failing to import: said so (it was an internal error, exit 70)
+        from bertc.backends import no_onnxruntime
+
+        raise MissingLibrary(no_onnxruntime()) from None
+    require_onnxruntime(ort)
 
 
 def _build(spec_path, opts: BuildOptions, hook: Optional[StageHook], status: Optional[StatusHook],

@@ -193,6 +193,9 @@ def run_ray(runtime, records: Iterable[Record], address: Optional[str] = None,
     (default 1). Yields results in input order, each row exactly once: a worker that dies is restarted by
     Ray and its batch retried; a row seen twice is dropped, a row missing is an error. ``kept``: yields
     (results, their records' kept values) instead."""
+    if runtime.choice.provider != "CPUExecutionProvider":   # Ray gives the actors CPUs (num_cpus), no GPU
+        raise InputError(f"over Ray the model runs on the actors' CPUs: this Runtime runs {runtime.choice.path} on "
+                         f"{runtime.choice.provider}; make it with device='cpu'")
     ray = ray_init(address)
     with _ray_quiet(ray):
         yield from _run_ray(ray, runtime, records, actors, progress, predictor, kept)
@@ -235,9 +238,6 @@ def _ray_quiet(ray):
 def _run_ray(ray, runtime, records, actors, progress, predictor, kept) -> Iterator[list]:
     import ray.data
 
-    if runtime.choice.provider != "CPUExecutionProvider":   # Ray gives the actors CPUs (num_cpus), no GPU
-        raise InputError(f"over Ray the model runs on the actors' CPUs: this Runtime runs {runtime.choice.path} on "
-                         f"{runtime.choice.provider}; make it with device='cpu'")
     threads = runtime.threads or 1
     nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     if nodes and threads > max(nodes):   # an actor asks for num_cpus=threads: one that fits no node is never placed,

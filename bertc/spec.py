@@ -192,7 +192,9 @@ class Spec(StrictModel):
             if HEADS.create(self.head, self.encoder).uses_pooled:
                 if "pooler" in type(self.encoder).model_fields:
                     yield ("encoder", "pooler"), (f"is false, but the {self.head.type!r} head at $.head reads the "
-                                                  f"pooled output")
+                                                  f"pooled output"
+                                                  + (" (pool the sequence: pooling 'first' or 'mean')"
+                                                     if "pooling" in type(self.head).model_fields else ""))
                 else:
                     yield ("head",), (f"the {self.head.type!r} head reads the encoder's pooled output, but the "
                                       f"{self.encoder.type!r} encoder has no pooler"

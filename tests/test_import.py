@@ -990,3 +990,16 @@ def test_a_config_without_model_type_is_told_what_to_add(tmp_path, capsys):
     assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == 2
     assert "has no model_type" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def test_a_pooler_less_encoder_only_import_takes_a_head_that_pools_the_sequence(tmp_path):
+    """The build's checkpoint-config check compared the encoder with a headed import of the checkpoint (pooler true)
+    and refused 'pooler: false' as 'the checkpoint's config true' (a reviewer)."""
+    spec_path = tmp_path / "enc.json"
+    import_spec(FIXTURES / "hf" / "bert_token_cls", spec_path, encoder_only=True)
+    data = json.loads(spec_path.read_text())
+    data["head"] = {"type": "sentence_embedding", "pooling": "mean"}
+    spec_path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["build", str(spec_path), "-o", str(out), "--no-tflite", "--variants", "none", "-q"]) == 0
+    assert json.loads((out / "report.json").read_text())["status"] == "passed"

@@ -58,7 +58,7 @@ class _EncoderSpecBase(StrictModel):
 
     @property
     def has_pooler(self) -> bool:
-        """Whether the encoder has a pooler (``pooler`` of a scaffold encoder; bert and albert always do)."""
+        """Whether the encoder has a pooler (its ``pooler``: true unless a spec says false)."""
         return self.scaffold.pooler
 
     @property

@@ -245,12 +245,19 @@ _ARCHITECTURE_PREFIXES = (("XLMRoberta", "xlm-roberta"), ("DistilBert", "distilb
                           ("Albert", "albert"), ("Electra", "electra"), ("MPNet", "mpnet"), ("Bert", "bert"))
 
 
+def _known_architectures(family) -> set:
+    return set(getattr(family, "architectures", {}) or {}) | set(getattr(family, "masked_lm", ()) or ())
+
+
 def family_for(cfg: dict, where: str) -> HFFamily:
     model_type = cfg.get("model_type")
     if "model_type" not in cfg:
         archs = [a for a in cfg.get("architectures") or [] if isinstance(a, str)] \
             if isinstance(cfg.get("architectures"), list) else []
-        guess = next((t for a in archs for prefix, t in _ARCHITECTURE_PREFIXES if a.startswith(prefix)), None)
+        # the family whose prefix the name has, where that family imports the architecture (RobertaPreLayerNorm...
+        # or BertGeneration... have such a prefix and are no family bertc imports)
+        guess = next((t for a in archs for prefix, t in _ARCHITECTURE_PREFIXES
+                      if a.startswith(prefix) and t in FAMILIES and a in _known_architectures(FAMILIES[t])), None)
         raise UnsupportedModel(
             f"{where}: has no model_type (transformers 5 needs it as well; older versions guessed it from the folder's "
             f"name)" + (f": add \"model_type\": \"{guess}\" (architectures {archs[0]})" if guess else
