@@ -161,6 +161,11 @@ def result_kind(report: dict, spec: Optional[dict] = None) -> tuple[str, dict]:
     pooled = [o["name"] for o in report["outputs"] if o["seq_axis"] is None and o["kind"] == "features"]
     if len(pooled) == 1:
         return "embedding", {"embedding": pooled[0]}
+    if list(outputs) == ["sequence_output"]:   # an encoder without pooler or head: features per token only
+        raise InputError("bertc run gives one result per text, and this model outputs sequence_output alone (features "
+                         "per token: an encoder without pooler or head). For a sentence embedding, give its spec the "
+                         "head {\"type\": \"sentence_embedding\", \"pooling\": \"mean\"} (or \"first\") and build "
+                         "it again")
     raise InputError(f"bertc run does not know what a result of this model is (outputs: {', '.join(outputs)})")
 
 

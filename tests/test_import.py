@@ -1003,3 +1003,16 @@ def test_a_pooler_less_encoder_only_import_takes_a_head_that_pools_the_sequence(
     out = tmp_path / "out"
     assert main(["build", str(spec_path), "-o", str(out), "--no-tflite", "--variants", "none", "-q"]) == 0
     assert json.loads((out / "report.json").read_text())["status"] == "passed"
+
+
+def test_run_of_an_encoder_with_per_token_features_alone_says_how_to_pool(tmp_path, capsys):
+    """DistilBERT's encoder (and now every pooler-less encoder-only import) outputs sequence_output alone: run said it
+    'does not know what a result of this model is'."""
+    spec, out, texts = tmp_path / "s.json", tmp_path / "out", tmp_path / "t.txt"
+    assert main(["import", str(FIXTURES / "hf" / "distilbert_model"), "-o", str(spec), "-q"]) == 0
+    assert main(["build", str(spec), "-o", str(out), "--no-tflite", "--variants", "none", "--no-parity", "-q"]) == 0
+    texts.write_text("a dog\n")
+    capsys.readouterr()
+    assert main(["run", str(out), str(texts), "-o", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "outputs sequence_output alone" in err and '"type": "sentence_embedding", "pooling": "mean"' in err
