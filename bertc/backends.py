@@ -158,9 +158,9 @@ def no_onnxruntime() -> str:
     except ModuleNotFoundError:
         return NO_ONNXRUNTIME
     except ImportError as exc:
-        from bertc.requirements import onnxruntime_distributions
+        from bertc.requirements import ONNXRUNTIME_EXTRAS, onnxruntime_distributions
 
-        extra = "gpu" if "onnxruntime-gpu" in onnxruntime_distributions() else "cpu"
+        extra = next((ONNXRUNTIME_EXTRAS[d] for d in onnxruntime_distributions() if d in ONNXRUNTIME_EXTRAS), "cpu")
         return (f"onnxruntime is installed but does not import ({_first_line(exc)}); reinstall it: "
                 f"{pip_install(extra).replace('pip install', 'pip install --force-reinstall', 1)}")
     return NO_ONNXRUNTIME

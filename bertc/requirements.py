@@ -80,15 +80,17 @@ def check_onnxruntime_install(module, version_first: bool = False) -> None:
             f"{' '.join(dists)}, then {pip_install('gpu')} for CUDA, or {pip_install('cpu')} for the CPU")
     dist = dists[0] if dists else "onnxruntime"
     if version_first:
-        require_version(module, dist, _EXTRA.get(dist))
+        require_version(module, dist, ONNXRUNTIME_EXTRAS.get(dist))
     if not all(hasattr(module, name) for name in ("InferenceSession", "SessionOptions", "get_available_providers")):
+        requirement = _requirement(dist, ONNXRUNTIME_EXTRAS.get(dist)) or dist
         raise MissingLibrary(
             f"onnxruntime imports from {folder or '?'} but is incomplete (no "
             f"InferenceSession: part of it was removed, e.g. by uninstalling onnxruntime-gpu beside onnxruntime); "
-            f"reinstall it: pip install --force-reinstall {shlex.quote(_requirement(dist, _EXTRA.get(dist)) or dist)}")
+            f"reinstall it: pip install --force-reinstall {shlex.quote(requirement)}")
 
 
-_EXTRA = {"onnxruntime": "cpu", "onnxruntime-gpu": "gpu"}
+# the extra of bertc that installs each flavour
+ONNXRUNTIME_EXTRAS = {"onnxruntime": "cpu", "onnxruntime-gpu": "gpu"}
 
 
 @functools.lru_cache(maxsize=1)

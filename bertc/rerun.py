@@ -59,11 +59,9 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         inputs = {"text": {"kind": "file", "path": str(text), "cases": len(cases),
                            "cut": cut, "max_length": spec.encoder.max_sequence_length}}
     else:   # the build's own inputs: the grid and its real text (its --calibration file, checked to be the same)
-        from bertc.calibration import calibration_set
+        from bertc.calibration import calibration_set, has_tokenizer
 
         recorded = (report.get("calibration") or {}).get("text") or {}
-        from bertc.calibration import has_tokenizer
-
         if (recorded.get("kind") in ("builtin", "file") or calibration is not None) and has_tokenizer(out_dir):
             from bertc.text import require_tokenizers
 
