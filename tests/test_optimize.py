@@ -164,6 +164,34 @@ def test_pre_norm_exact_gelu_encoder_fuses_residuals_into_the_next_layer_norm(sk
         assert ops["Sum"] == 2 * layers and ops["Add"] == 2 * layers + 1
 
 
+
+@pytest.mark.parametrize("name", ["canonical_classifier", "token_classifier"])
+def test_fp16_takes_fused_skip_layer_norms_apart(name):
+    """``export.skip_layer_norm: "fused"`` is the fp32 artifact's choice: the fp16 graph's residual norms are
+    Sum + LayerNormalization all the same (ORT's CUDA SkipLayerNormalization sums its statistics in fp16), the
+    fused node's sum output (the pre-norm token classifier's residual branch reads it) now the Sum's."""
+    import copy
+
+    from bertc.optimize.half import to_fp16, unfuse_skip_layer_norms
+
+    spec, sig, model = built(name, export={"skip_layer_norm": "fused"})
+    fused = lower_model(built_of(model)).proto
+    layers = spec.encoder.num_layers
+    assert op_counts(fused)["SkipLayerNormalization"] == 2 * layers
+    unfused = copy.deepcopy(fused)
+    assert unfuse_skip_layer_norms(unfused) == 2 * layers
+    ops = op_counts(unfused)
+    assert ops["SkipLayerNormalization"] == 0 and ops["Sum"] == 2 * layers
+    onnx.checker.check_model(unfused)
+    cases = random_mask_cases(spec)
+    assert max(max_abs_diff(model, session(unfused), sig, cases).values()) <= ATOL
+    half, _ = to_fp16(copy.deepcopy(fused), [])
+    assert op_counts(half)["SkipLayerNormalization"] == 0 and op_counts(half)["EmbedLayerNormalization"] == 0
+    got = session(half).run(sig.output_names, cases[1])
+    ref = model(cases[1], training=False)
+    for out, g in zip(sig.output_names, got):
+        assert np.max(np.abs(np.asarray(ref[out]) - g)) < 0.05, out
+
 def test_interface_names_dtypes_and_dynamic_axes():
     spec, sig, model = built("pretrainer")
     proto = lower_model(built_of(model), input_dtype="int64").proto

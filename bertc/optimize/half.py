@@ -301,13 +301,47 @@ def unfuse_embed_layer_norms(proto) -> int:
     return count
 
 
+def unfuse_skip_layer_norms(proto) -> int:
+    """Rewrite, in place, each com.microsoft SkipLayerNormalization whose mean and inverse standard deviation no one
+    reads as the standard ops the default lowering writes (``export.skip_layer_norm`` "decomposed"): one Sum of the
+    input, the skip and the bias (the node's fourth output when something reads it) and a LayerNormalization. For the
+    fp16 artifacts of a spec that asks for the fused form: ORT's CUDA kernel sums its statistics in fp16 (NaN once the
+    residual stream's RMS passes 256), LayerNormalization's in fp32. Returns how many were rewritten."""
+    from onnx import helper
+
+    count = 0
+    graphs = list(all_graphs(proto.graph))
+    read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
+    for graph in reversed(graphs):
+        nodes = []
+        for n in graph.node:
+            if n.op_type != "SkipLayerNormalization" or n.domain != "com.microsoft" or \
+                    any(o and o in read for o in n.output[1:3]):
+                nodes.append(n)
+                continue
+            ins = list(n.input) + [""] * (5 - len(n.input))
+            x, skip, gamma, beta, bias = ins[:5]
+            stem = n.name or n.output[0]
+            eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+            total = n.output[3] if len(n.output) > 3 and n.output[3] else f"{stem}/unfused/sum"
+            nodes.append(helper.make_node("Sum", [x, skip] + ([bias] if bias else []), [total], name=f"{stem}/unfused/sum"))
+            nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
+                                          [n.output[0]], name=f"{stem}/unfused/layer_norm", axis=-1, epsilon=eps))
+            count += 1
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
+
+
 def to_fp16(proto, op_block_list: list) -> tuple:
     """``proto`` converted to fp16 (inputs and outputs kept as they are), its kept-fp32 scopes in fp32, its
-    EmbedLayerNormalization unfused (:func:`unfuse_embed_layer_norms`); returns the converted model and the number
-    of nodes kept in fp32."""
+    EmbedLayerNormalization and SkipLayerNormalization unfused (:func:`unfuse_embed_layer_norms`,
+    :func:`unfuse_skip_layer_norms`: whatever ``export.skip_layer_norm`` says, the fp16 graphs' residual norms are
+    Sum + LayerNormalization); returns the converted model and the number of nodes kept in fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     unfuse_embed_layer_norms(proto)
+    unfuse_skip_layer_norms(proto)
     inits, attrs = _originals(proto)
     half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=op_block_list)
     return half, keep_fp32_scopes(half, inits, attrs)
