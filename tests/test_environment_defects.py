@@ -322,3 +322,20 @@ def test_the_empty_native_logs_of_killed_commands_are_removed(tmp_path, monkeypa
     finally:
         live.kill()
         live.wait()
+
+
+def test_deprecations_of_every_library_but_bertc_are_not_errors():
+    """A tester installing the lowest versions bertc allows: matplotlib < 3.10.7 (which Keras imports when it is
+    installed) with pyparsing 3.3 warns of pyparsing's old names, and under PYTHONWARNINGS=error every build ended
+    as exit 70 'internal error': the CLI ignored the deprecations of a list of libraries, without matplotlib."""
+    import warnings
+
+    from bertc.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["--version"]) == 0   # the CLI's filters go first
+        for module in ("matplotlib._fontconfig_pattern", "pyparsing", "pydot", "keras.src.ops"):
+            warnings.warn_explicit("'parseString' deprecated", DeprecationWarning, "lib.py", 1, module=module)
+        with pytest.raises(DeprecationWarning):   # bertc's own are still errors there
+            warnings.warn_explicit("old", DeprecationWarning, "cli.py", 1, module="bertc.cli")
