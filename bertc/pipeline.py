@@ -473,9 +473,12 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             note["detail"] = f"max abs diff: {worst or 'no backend'}" + "".join(f"; {v} dropped" for v in dropped)
         if not section["passed"]:
             raise BuildFailed(ParityError(parity_failure_message(section)))
+    if not (opts.export and opts.parity and spec.parity.enabled):   # recorded, and said in summary.txt (the int8
+        # tuning's inputs in "calibration" said nothing of it)
+        report["parity_not_run"] = ("--no-export" if not opts.export else "--no-parity" if not opts.parity
+                                    else "parity.enabled false in the spec")
     if "calibration" not in report:   # no parity and no int8 tuning: no inputs (bertc parity OUT says so, not that
-        why = ("--no-export" if not opts.export else "--no-parity" if not opts.parity   # an earlier bertc built it)
-               else "parity disabled in the spec")
-        report["calibration"] = {"text": {"kind": "none", "why": f"the build ran no parity ({why})"}}
+        # an earlier bertc built it)
+        report["calibration"] = {"text": {"kind": "none", "why": f"the build ran no parity ({report['parity_not_run']})"}}
     report["status"] = "passed"
 

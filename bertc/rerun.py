@@ -92,6 +92,7 @@ def rerun_parity(out_dir: Path, atol: Optional[float] = None, rtol: Optional[flo
         report[DIAGNOSTIC] = section
     else:
         report["parity"] = section
+        report.pop("parity_not_run", None)   # it has run now
         report["status"] = "passed" if section["passed"] else "failed"
         report.pop(DIAGNOSTIC, None)   # of the build as it was then
     try:
@@ -252,8 +253,8 @@ def _build_of(report: dict) -> str:
     JSON: a NaN figure equals itself)."""
     import json
 
-    return json.dumps({k: v for k, v in report.items() if k not in ("parity", "status", DIAGNOSTIC)}, sort_keys=True,
-                      default=str)
+    return json.dumps({k: v for k, v in report.items() if k not in ("parity", "parity_not_run", "status", DIAGNOSTIC)},
+                      sort_keys=True, default=str)
 
 
 def replaced_since(out_dir: Path, report: dict) -> Optional[str]:

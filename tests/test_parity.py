@@ -494,3 +494,23 @@ def test_fp32_artifacts_run_on_cuda_without_tf32(monkeypatch, tmp_path):
         ort_session(backend)
     assert seen == [[(CUDA, {"use_tf32": "0"})], [CUDA], [CPU]]
     assert fp32.to_json()["provider_options"] == {"use_tf32": "0"} and "provider_options" not in fp16.to_json()
+
+
+def test_a_build_that_ran_no_parity_says_so_until_parity_runs(tmp_path):
+    """A tester writing specs from the README: a build with --no-parity (or the spec's parity.enabled false) recorded
+    why only when no int8 tuning had filled the report's calibration section first, so the default build said
+    nothing of it: report.json had no parity section and summary.txt only [PASSED]."""
+    for name, flags, d in (("flag", ["--no-parity"], tiny_bert(export={"tflite": False})),
+                           ("spec", [], tiny_bert(export={"tflite": False}, parity={"enabled": False}))):
+        spec, out = tmp_path / f"{name}.json", tmp_path / name
+        spec.write_text(json.dumps(d))
+        assert main(["build", str(spec), "-o", str(out), "-q", *flags]) == 0
+        report = json.loads((out / "report.json").read_text())
+        why = "--no-parity" if flags else "parity.enabled false in the spec"
+        assert "onnx_int8" in report["artifacts"] and "parity" not in report   # (the int8 tuning ran: calibration)
+        assert report["parity_not_run"] == why
+        assert f"parity: not run ({why})" in (out / "summary.txt").read_text()
+    assert main(["parity", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "parity_not_run" not in report and report["parity"]["passed"]
+    assert "parity: not run" not in (out / "summary.txt").read_text()
