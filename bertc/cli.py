@@ -532,12 +532,15 @@ def validate(specs):
     from bertc.build import expected_param_count
     from bertc.errors import SpecError
     from bertc.preflight import estimate_line
-    from bertc.spec import load_spec
+    from bertc.spec import load_spec, variants_left_out
 
     bad = 0
     for path in specs:
         try:
             spec = load_spec(path)
+            left_out = variants_left_out(spec.export)   # what bertc build refuses as well
+            if left_out:
+                raise SpecError(str(path), left_out)
         except SpecError as exc:
             bad += 1
             _err(f"error: {exc}")   # as every other command's errors

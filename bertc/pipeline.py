@@ -231,12 +231,16 @@ def _onnxruntime_checked(opts: BuildOptions) -> None:
 def _build(spec_path, opts: BuildOptions, hook: Optional[StageHook], status: Optional[StatusHook],
            warn: Optional[Callable[[str], None]]) -> dict:
     from bertc.output import StagedOutput
-    from bertc.spec import dump_spec, load_spec
+    from bertc.errors import SpecError
+    from bertc.spec import dump_spec, load_spec, variants_left_out
 
     tune_allocator()
     stages = Stages(hook, status)
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
+        left_out = variants_left_out(spec.export)
+        if left_out:
+            raise SpecError(str(spec_path), left_out)
         note["detail"] = spec.name
         _onnxruntime_checked(opts)
         requested = requested_variants(spec, opts)
@@ -255,6 +259,10 @@ def _build(spec_path, opts: BuildOptions, hook: Optional[StageHook], status: Opt
             spec = spec.model_copy(update={"export": spec.export.model_copy(update=overrides)})
         if opts.variants is not None:  # OUT/spec.json then records the variants this build made
             spec = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": list(opts.variants)})})
+        elif overrides and not default_variants:   # and not those the flags left out (--no-tflite: no tflite_int8)
+            made = [v for v in spec.export.variants if not variants_left_out(spec.export.model_copy(
+                update={"variants": [v]}))]
+            spec = spec.model_copy(update={"export": spec.export.model_copy(update={"variants": made})})
         if opts.variants is not None or overrides:
             # and no tolerance of a backend those settings no longer build (the spec would not validate again)
             from bertc.spec import backend_builder

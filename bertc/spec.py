@@ -51,8 +51,9 @@ class ExportSpec(StrictModel):
     keep_saved_model: bool = False
 
     def problems(self, ctx):
-        # (a variant that export.optimized / export.tflite false leaves out is not a problem: OUT/spec.json lists
-        # the default variants of such a build; --variants naming one that the build leaves out is refused by it)
+        # (a variant that export.optimized / export.tflite false leaves out is not a problem here: a build of an
+        # earlier bertc may have written such an OUT/spec.json; bertc build and validate refuse a spec that names one,
+        # variants_left_out, and --variants naming one that the build leaves out is refused by it)
         yield from _repeats(self.variants, "variants")
 
 
@@ -64,6 +65,25 @@ def _repeats(values: list, field: str):
             yield (field, i), f"{json.dumps(value)} is listed twice (already at {field}[{first[value]}])"
         else:
             first[value] = i
+
+
+def variants_left_out(export: ExportSpec) -> list[tuple[str, str]]:
+    """(JSON path, problem) for each variant a spec names (``export.variants`` written in it) that its own export
+    settings leave unbuilt: ``tflite_int8`` with ``export.tflite`` false, an ONNX variant with ``export.optimized``
+    or ``export.onnx`` false. Such a build had no such artifact and said nothing (``--variants`` naming it was
+    refused). Checked by ``bertc build`` and ``bertc validate`` on the spec given, never on a build's OUT/spec.json
+    (a build of an earlier bertc may hold one)."""
+    if "variants" not in export.model_fields_set:   # the default: left out quietly, as OUT/spec.json records
+        return []
+    problems = []
+    for i, variant in enumerate(export.variants):
+        settings = ("tflite",) if variant.startswith("tflite") else ("onnx", "optimized")
+        off = next((k for k in settings if not getattr(export, k)), None)
+        if off is not None:
+            made = "TFLite" if off == "tflite" else "ONNX" if off == "onnx" else "optimized ONNX"
+            problems.append((f"$.export.variants[{i}]", f"{json.dumps(variant)}: export.{off} false leaves no {made} "
+                                                        f"artifact to make it from; drop one of them"))
+    return problems
 
 
 def backend_builder(backend: str, export: "ExportSpec") -> Optional[str]:

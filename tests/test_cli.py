@@ -269,6 +269,36 @@ def test_options_that_leave_an_artifact_out_are_recorded_and_contradictions_refu
     assert not written.parity.backends
 
 
+
+def test_a_spec_naming_a_variant_its_own_export_leaves_out_is_refused(tmp_spec, tmp_path, capsys):
+    """A tester writing specs from the README: ``export.tflite: false`` with ``variants: ["tflite_int8"]`` (or
+    ``optimized: false`` with an ONNX variant) validated and built, exit 0, with no such artifact and no word of it,
+    where ``--variants`` naming it is refused. A variant left out by a flag for this build leaves OUT/spec.json,
+    which builds again."""
+    from bertc.spec import load_spec
+
+    out = tmp_path / "out"
+    for export, where, message in (
+            ({"tflite": False, "variants": ["onnx_int8", "tflite_int8"]}, "$.export.variants[1]",
+             '"tflite_int8": export.tflite false leaves no TFLite artifact'),
+            ({"optimized": False, "variants": ["onnx_fp16"]}, "$.export.variants[0]",
+             '"onnx_fp16": export.optimized false leaves no optimized ONNX artifact'),
+            ({"onnx": False, "variants": ["onnx_packed"]}, "$.export.variants[0]",
+             '"onnx_packed": export.onnx false leaves no ONNX artifact')):
+        path = tmp_spec(tiny_bert(export=export))
+        for command in (["validate", str(path)], ["build", str(path), "-o", str(out), "-q"]):
+            assert main(command) == EXIT_BAD_SPEC
+            err = capsys.readouterr().err
+            assert f"{where}: {message}" in err and "drop one of them" in err, err
+            assert not out.exists()
+    # the default variants are left out quietly (OUT/spec.json names none)
+    assert main(["validate", str(tmp_spec(tiny_bert(export={"optimized": False})))]) == 0
+    named = tmp_spec(tiny_bert(export={"variants": ["onnx_int8", "tflite_int8"]}), "named.json")
+    assert main(["build", str(named), "-o", str(out), "-q", "--no-parity", "--no-tflite"]) == 0
+    written = load_spec(out / "spec.json")
+    assert written.export.tflite is False and written.export.variants == ["onnx_int8"]
+    assert main(["build", str(out / "spec.json"), "-o", str(tmp_path / "again"), "-q", "--no-parity"]) == 0
+
 def test_unknown_variant_exits_2_before_anything_is_written(tmp_spec, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["build", str(tmp_spec(tiny_bert())), "-o", str(out), "--variants", "onnx_int8,onnx_int4"]) \
