@@ -459,7 +459,8 @@ def _size(text):
 @plugin_option
 @click.argument("source", type=_Path(path_type=Path))
 @click.option("-o", "--output", "--out", cls=_OutputOption, type=_Path(dir_okay=False, path_type=Path), required=True,
-              help="The spec file to write (its weights entry points at SOURCE, relative to it); - for standard "
+              help="The spec file to write (its weights entry points at SOURCE, relative to it where they share a "
+                   "directory below /); - for standard "
                    "output (the weights entry absolute).")
 @click.option("--name", default=None, help="The spec's name (default: from SOURCE).")
 @click.option("--encoder-only", is_flag=True,
@@ -673,11 +674,14 @@ def _parents_made(path: Path, option: str):
 
 @cli.command("list")
 @plugin_option
-def list_components():
+@click.option("--keys", is_flag=True, help="Under each component, its spec keys: what each takes, required or its "
+                                           "default.")
+def list_components(keys):
     """List the registered components, by kind (and how each one reaches the optimized ONNX artifact,
     when not through an ONNX lowering of its own)."""
     _needs_stdout("the list")
     _import_quietly()
+    from bertc.keys import key_lines
     from bertc.optimize.lower import own_lowering, portable_lowering
     from bertc.registry import ALL
 
@@ -688,6 +692,17 @@ def list_components():
                     "  [optimized ONNX: its Keras call through tf2onnx, spliced in]" if portable_lowering(e.component)
                     else "  [no optimized ONNX artifact: no ONNX lowering]")
             click.echo(f"  {e.name:<18} {e.description}{note}")
+            if keys:
+                for line in key_lines(e.spec):
+                    click.echo(f"      {line}")
+    if keys:   # the spec's own keys and its export and parity sections
+        from bertc.spec import ExportSpec, ParitySpec, Spec
+
+        click.echo("spec:")
+        for name, model in (("(top level)", Spec), ("export", ExportSpec), ("parity", ParitySpec)):
+            click.echo(f"  {name}")
+            for line in key_lines(model):
+                click.echo(f"      {line}")
 
 
 @cli.command()

@@ -176,6 +176,8 @@ def expected_artifacts(spec, weight_bytes: int, onnx: bool = True, tflite: bool 
             out["model.int8.tflite"] = w // 4 + tflite_graph
         if "tflite_fp16" in e.variants:
             out["model.fp16.tflite"] = w // 2 + tflite_graph
+        if e.keep_saved_model:   # the SavedModel the TFLite converter read (weights, the graph once more)
+            out["saved_model/"] = w + tflite_graph
     return out
 
 

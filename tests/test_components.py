@@ -307,6 +307,26 @@ def test_cli_list_shows_every_kind(capsys):
         assert word in out
 
 
+
+def test_cli_list_keys_shows_each_components_keys_as_validate_takes_them(capsys):
+    """A tester writing specs from the README: attention components take ``num_heads`` where encoders and blocks
+    take ``num_attention_heads``, a classifier's ``pooling`` and every head's ``transform`` were named nowhere but
+    in the import tables; ``bertc list --keys`` says each component's keys, what each takes and its default."""
+    import re
+
+    from bertc.cli import main
+
+    assert main(["list", "--keys"]) == 0
+    out = capsys.readouterr().out
+    section = lambda name: re.split(r"\n  (?! )", out.split(f"\n  {name} ")[1])[0] + "\n"   # noqa: E731 (its lines)
+    assert re.search(r"\n +num_heads +integer >= 1; required\n", section("multi_head"))
+    assert re.search(r"\n +pooling +pooler \| first \| mean; default \"pooler\"\n", section("classifier"))
+    assert re.search(r"\n +transform +\{activation, bias, layer_norm\} or null; default null", section("classifier"))
+    assert re.search(r"\n +attention +one of disentangled \| multi_head \| talking_heads \(by its type\); required",
+                     section("scaffold"))
+    assert re.match(r" +enabled +boolean; default true\n", out.split("\n  parity\n")[1])
+    assert "type " not in section("bert")   # the discriminator is the component's name, not a key to choose
+
 def test_the_public_functions_take_a_spec_in_every_form_build_model_takes(tmp_path):
     """bertc.build_model takes a Spec, a dict or a path; signature_of, dump_spec and load_weights failed on a dict or
     a path (AttributeError), load_spec on a loaded Spec (pathlib's TypeError); anything else is a TypeError saying

@@ -104,6 +104,10 @@ MALFORMED = [
      "is 1: a hidden size of at least 2 is needed (a layer norm over a single value outputs its beta"),
     (scaffold(hidden_size=1, hidden={"type": "rezero", "num_attention_heads": 1, "intermediate_size": 4}),
      "$.encoder.hidden_size", "is 1: a hidden size of at least 2 is needed"),
+    # a tester: a bare "Input should be False, got true" said neither why nor what to use instead
+    (enc(type="albert", norm_first=True), "$.encoder.norm_first",
+     "is true, but an albert encoder's shared block is post-LN, as Model Garden's AlbertEncoder and transformers' "
+     "ALBERT compute it; for a pre-LN block shared by every layer use a scaffold encoder"),
     (enc(type="albert", embedding_width=1), "$.encoder.embedding_width",
      "is 1, but the embedding's layer norm normalizes over it"),
     (scaffold(embedding={"type": "custom", "vocab_size": 50, "max_sequence_length": 8, "use_layer_norm": True,
@@ -254,6 +258,18 @@ def test_validate_previews_the_files_that_export_onnx_false_builds(tmp_spec, tmp
     assert sorted(estimate(spec, onnx=False).artifacts) == ["model.keras"]          # --no-onnx: no ONNX at all
     assert sorted(estimate(spec, optimize=False).artifacts) == ["model.keras"]      # --no-optimize
 
+
+
+def test_validate_previews_the_saved_model_that_keep_saved_model_keeps():
+    """A tester: ``export.keep_saved_model`` writes OUT/saved_model/ (the SavedModel the TFLite converter read),
+    which the list of files ``bertc validate`` previews left out; without TFLite there is none."""
+    from bertc.preflight import estimate
+
+    kept = estimate(load_spec(tiny_bert(export={"keep_saved_model": True}))).artifacts
+    assert "saved_model/" in kept and kept["saved_model/"] >= kept["model.tflite"] * 0.5
+    assert "saved_model/" not in estimate(load_spec(tiny_bert(export={"keep_saved_model": True,
+                                                                      "tflite": False}))).artifacts
+    assert "saved_model/" not in estimate(load_spec(tiny_bert()), tflite=True).artifacts
 
 def test_backend_tolerances_and_variants_that_are_built_validate():
     spec = load_spec(tiny_bert(export={"variants": ["onnx_packed"], "optimized": True},

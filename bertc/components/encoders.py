@@ -246,10 +246,15 @@ class AlbertEncoderSpec(BertEncoderSpec):
     type: Literal["albert"] = "albert"
     embedding_width: PositiveInt = 128
     embedding_projection: ProjectionRule = "factorized"
-    norm_first: Literal[False] = False
+    norm_first: bool = False   # refused when true (below): the message names the encoder that has it
 
     def problems(self, ctx):
         yield from super().problems(ctx)
+        if self.norm_first:
+            yield ("norm_first",), (
+                "is true, but an albert encoder's shared block is post-LN, as Model Garden's AlbertEncoder and "
+                "transformers' ALBERT compute it; for a pre-LN block shared by every layer use a scaffold encoder "
+                "with one transformer block with norm_first true and share_layers true")
         if self.embedding_width == 1:
             yield ("embedding_width",), (
                 "is 1, but the embedding's layer norm normalizes over it: a layer norm over a single value outputs "

@@ -51,7 +51,7 @@ from bertc.components.positions import RotarySpec, Theta, apply_rotary
 from bertc.errors import NotLowerable
 from bertc.onnx_graph import KEEP_FP32, Residual
 from bertc.registry import ATTENTION, BLOCKS, EMBEDDINGS, ENCODERS, FEEDFORWARD
-from bertc.specbase import (Activation, Epsilon, InitializerSpec, LayerCount, PositiveInt, Rate, StrictModel)
+from bertc.specbase import (Activation, Epsilon, InitializerSpec, LayerCount, PositiveInt, Rate, StrictModel, VocabSize)
 
 GLOBAL, LOCAL = "global", "local"
 # Added to the logits of the keys outside a query's window. Half the padding mask's value: a real query (its
@@ -68,7 +68,7 @@ class ModernBertEmbeddingSpec(_EmbeddingSpecBase):
     ``input_mask``."""
 
     type: Literal["modernbert"] = "modernbert"
-    vocab_size: PositiveInt
+    vocab_size: VocabSize
     max_sequence_length: PositiveInt
     layer_norm_epsilon: Epsilon = 1e-5
     norm_bias: bool = False
@@ -306,7 +306,7 @@ class ModernBertEncoderSpec(_EncoderSpecBase):
     attend within ``local_attention // 2`` positions either side."""
 
     type: Literal["modernbert"] = "modernbert"
-    vocab_size: PositiveInt
+    vocab_size: VocabSize
     hidden_size: PositiveInt = 768
     num_layers: LayerCount = 22
     num_attention_heads: PositiveInt = 12
