@@ -468,8 +468,13 @@ def _pyarrow_broken(what: str, exc: ImportError) -> MissingLibrary:
         version = "?"
     first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     old = too_old("pyarrow", version, "parquet")
+    if not old and "requires numpy 2" in str(exc).lower():   # pyarrow >= 26 under NumPy 1.x (its metadata does not
+        # say so, so pip pairs them; reinstalling pyarrow changes nothing)
+        fix = "upgrade NumPy (pip install 'numpy>=2,<3'), or, where NumPy must stay 1.x, pip install 'pyarrow>=16,<26'"
+    else:
+        fix = old or f"reinstall it: {pip_install('parquet')}"
     return MissingLibrary(f"{what} needs pyarrow; pyarrow {version} is installed but fails to import ({first.strip()})"
-                          + (f": {old}" if old else f": reinstall it: {pip_install('parquet')}"))
+                          f": {fix}")
 
 
 RAY_MISSING = f"--ray needs ray (Ray Data), which is not installed: {pip_install('ray')}"

@@ -85,6 +85,30 @@ def test_pyarrow_that_fails_to_import_is_not_called_missing(monkeypatch):
     assert "which is not installed" not in text
 
 
+
+def test_pyarrow_that_needs_numpy_2_says_to_upgrade_numpy(monkeypatch):
+    """A tester at the lowest versions: pyarrow 26 and later do not import under NumPy 1.x, which their metadata does
+    not say, so pip pairs them; bertc advised reinstalling pyarrow, which changes nothing."""
+    from importlib import metadata
+
+    from bertc import run_io
+
+    real = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError("pyarrow requires NumPy 2.0 or newer, found 1.26.4")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    monkeypatch.setattr(metadata, "version", lambda name: "26.0.1" if name == "pyarrow" else "0")
+    with pytest.raises(MissingLibrary) as info:
+        run_io._pyarrow("--ray")
+    text = str(info.value)
+    assert text.startswith("--ray needs pyarrow; pyarrow 26.0.1 is installed but fails to import (pyarrow requires "
+                           "NumPy 2.0 or newer, found 1.26.4): upgrade NumPy (pip install 'numpy>=2,<3')"), text
+    assert "'pyarrow>=16,<26'" in text and "reinstall" not in text
+
 def test_click_without_no_args_is_help_error_is_named(monkeypatch, capfd):
     from importlib import metadata
 
