@@ -201,6 +201,14 @@ def run_ray(runtime, records: Iterable[Record], address: Optional[str] = None,
         yield from _run_ray(ray, runtime, records, actors, progress, predictor, kept)
 
 
+def _ray_version(ray) -> tuple:
+    """Ray's (major, minor), (99, 0) where its version does not read as numbers."""
+    try:
+        return tuple(int(part) for part in ray.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return (99, 0)
+
+
 @contextmanager
 def _ray_quiet(ray):
     """Ray Data's settings for a bertc job (input order kept, no progress bars or start-up lines: bertc draws its
@@ -212,6 +220,10 @@ def _ray_quiet(ray):
 
     levels = {"ray.data": logging.WARNING, "ray": logging.WARNING,   # the plan, "execution finished"
               "ray.data._internal.progress": logging.ERROR}   # "Progress bars disabled. To enable, set ..."
+    if _ray_version(ray) < (2, 57):   # Ray 2.51-2.55: "object store is configured to use only 42.9% of available
+        # memory" on every local Ray; up to 2.56: "Cluster resources are not enough to run any task ... may hang
+        # forever" as the pool starts (2.57 says it only after a wait: kept there)
+        levels["ray.data._internal.execution.resource_manager"] = logging.ERROR
     loggers = {name: logging.getLogger(name) for name in levels}
     before_levels = {name: logger.level for name, logger in loggers.items()}
     context = ray.data.DataContext.get_current()
@@ -255,9 +267,13 @@ def _run_ray(ray, runtime, records, actors, progress, predictor, kept) -> Iterat
     # no more actors than windows (the rest would idle, and Ray Data warns of them); restarts and retries are Ray
     # Data's defaults for an actor pool (max_restarts=-1, max_task_retries=-1), which passing them as remote args
     # (deprecated: Ray 2.64 drops them) only repeated
+    size = min(actors, len(refs))
+    # the pool's size as each Ray asks for it: 2.9-2.50 deprecate compute= (a warning line on every job), 2.51 on
+    # deprecate concurrency= for compute=
+    pool = {"concurrency": size} if _ray_version(ray) < (2, 51) else {"compute": ray.data.ActorPoolStrategy(size=size)}
     ds = ray.data.from_arrow_refs(refs).map_batches(
         predictor, fn_constructor_args=([parts_ref], threads), batch_size=runtime.window, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=min(actors, len(refs))), num_cpus=threads)
+        num_cpus=threads, **pool)
     batches = _ordered_once(runtime, ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2),
                             total, progress)
     yield from (batches if kept else (results for results, _ in batches))
