@@ -920,9 +920,10 @@ def bench(out, batch, seq, threads, rounds, calls, warmup, baseline, backends, n
 @click.option("--allow-no-answer", is_flag=True,
               help="A span labeler may answer \"\" (start = end = 0) when its [CLS] start and end outscore every "
                    "span of the context, as transformers' handle_impossible_answer (models trained on SQuAD 2.0).")
-@click.option("--aggregation", type=click.Choice(["first", "average", "max"]), default=None,
+@click.option("--aggregation", type=click.Choice(["first", "average", "max", "simple"]), default=None,
               help="A token classifier's word label, as transformers' aggregation_strategy: its first token's, the "
-                   "mean of its tokens' probabilities, or its most confident token's [default: first].")
+                   "mean of its tokens' probabilities, or its most confident token's [default: first]; simple: a "
+                   "tag per token, entities grouped from them (a word may be split).")
 @click.option("--labels", "candidate_labels", default=None, metavar="A,B,...",
               help="Zero-shot classification with an NLI classifier (an entailment class in its config): the "
                    "candidate labels, comma-separated; each text gets them likeliest first, with scores.")

@@ -799,7 +799,7 @@ class Engine:
     def _tag(self, logits, key, begin: int, end: int, record: Record) -> dict:
         """One word's tag from its tokens' ``logits`` (tokens, classes), as transformers' token-classification
         pipeline labels a word (``aggregation``): its first token's probabilities, their mean over its tokens,
-        or those of its token with the highest one."""
+        or those of its token with the highest one (a token's alone for "simple")."""
         text = record.text if key[0] == 0 else record.pair
         # one class (an ELECTRA discriminator's "replaced"): its probability, as a one-class classifier's
         probs = (_sigmoid if logits.shape[-1] == 1 else _softmax)(logits.astype(np.float64))
@@ -817,14 +817,26 @@ class Engine:
                 "in": "pair" if key[0] == 1 else "text", "label": self._label(k), "score": float(probs[k])}
 
     def _tags(self, logits, e, record: Record) -> list:
-        return _spoken([(key, self._tag(logits[first:last + 1], key, begin, end, record))
-                        for key, (first, last, begin, end) in self._words(e).items()], record)
+        tags = []
+        for key, (first, last, begin, end) in self._words(e).items():
+            if self.parts.aggregation == "simple":   # a tag per token: the pipeline's "simple" groups tokens
+                tags.extend(self._token_tags({tuple(e.offsets[t]): logits[t] for t in range(first, last + 1)}, key,
+                                             record))
+            else:
+                tags.append((key, self._tag(logits[first:last + 1], key, begin, end, record)))
+        return _spoken(tags, record)
+
+    def _token_tags(self, tokens: dict, key, record: Record) -> list:
+        """``aggregation`` "simple": each of a word's tokens (``{character offsets: logits}``) its own tag, as
+        transformers' pipeline labels them before it groups them (its "none" lists them)."""
+        return [((key[0], (key[1], offsets)), self._tag(row[None], key, offsets[0], offsets[1], record))
+                for offsets, row in sorted(tokens.items())]
 
     @staticmethod
     def _tag_result(tags: list, classes: int, record: Record) -> dict:
         """``{"tags", "entities"}`` from ``(word key, tag)`` in word order. Entities as transformers'
         token-classification pipeline groups words (``aggregation_strategy`` first / average / max: the words'
-        labels as :meth:`_tag` gives them): neighbouring words of one entity type (``B-X`` / ``I-X`` / ``X``) are one entity
+        labels as :meth:`_tag` gives them; "simple": the tokens', a tag each): neighbouring words of one entity type (``B-X`` / ``I-X`` / ``X``) are one entity
         unless a word's label begins with ``B-``, ``O`` words are no entity, and an entity never crosses from a
         text into its pair. ``label``: the type, ``score``: the mean of its words' scores, ``start`` / ``end`` /
         ``text``: its character span. A one-class model (an ELECTRA discriminator) has no entities."""
@@ -874,6 +886,9 @@ class Engine:
             for _, part, _, _ in held:   # the best window's tokens, then what it lacks from the others
                 for offsets, row in part.items():
                     tokens.setdefault(offsets, row)
+            if self.parts.aggregation == "simple":
+                tags.extend(self._token_tags(tokens, key, record))
+                continue
             row = np.stack([tokens[o] for o in sorted(tokens)])
             begin, end = min(x[2] for x in held), max(x[3] for x in held)
             tags.append((key, self._tag(row, key, begin, end, record)))

@@ -493,7 +493,8 @@ def score_function(out: Path, report: dict, classes: Optional[int]) -> tuple[str
     return "softmax", "one label per text"
 
 
-AGGREGATIONS = ("first", "average", "max")   # a token classifier's word label (transformers' aggregation_strategy)
+# a token classifier's word label (transformers' aggregation_strategy); "simple": a tag per token, grouped as tokens
+AGGREGATIONS = ("first", "average", "max", "simple")
 
 
 def zero_shot_ids(labels: Optional[list]) -> tuple[int, int]:

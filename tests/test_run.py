@@ -831,8 +831,9 @@ def test_entities_are_the_token_classification_pipelines(builds, capsys, tmp_pat
     out = builds["bert_token_cls"]
     reference = json.loads((FIXTURES / "bert_token_cls" / "pipeline_reference.json").read_text())
     assert reference["labels"] == LABELS["bert_token_cls"]
-    for strategy in ("first", "average", "max"):
+    for strategy in ("first", "average", "max", "simple"):   # simple: tokens grouped (a tester migrating from it)
         rows = [r for r in reference["results"] if r["aggregation"] == strategy]
+        assert rows, strategy
         got = bertc.Runtime(out, artifact="onnx", aggregation=None if strategy == "first" else strategy).run(
             [r["text"] for r in rows])
         for g, r in zip(got, rows):
@@ -841,9 +842,15 @@ def test_entities_are_the_token_classification_pipelines(builds, capsys, tmp_pat
             np.testing.assert_allclose([e["score"] for e in g["entities"]], [e["score"] for e in r["entities"]],
                                        atol=1e-6)
     # the strategies differ on this fixture, so each is checked for what it is
-    firsts, averages = ([r["entities"] for r in reference["results"] if r["aggregation"] == s] for s in ("first", "average"))
-    assert firsts != averages
-    with pytest.raises(InputError, match="aggregation 'mean': use one of first, average, max"):
+    firsts, averages, simples = ([r["entities"] for r in reference["results"] if r["aggregation"] == s]
+                                 for s in ("first", "average", "simple"))
+    assert firsts != averages and firsts != simples
+    # simple: a tag per token (a word's pieces each their own), where the others tag words
+    words = bertc.Runtime(out, artifact="onnx").run(["the cats sat on the mats"])[0]["tags"]
+    pieces = bertc.Runtime(out, artifact="onnx", aggregation="simple").run(["the cats sat on the mats"])[0]["tags"]
+    assert [t["word"] for t in words] == "the cats sat on the mats".split() and len(pieces) > len(words)
+    assert "".join(t["word"] for t in pieces) == "thecatssatonthemats"
+    with pytest.raises(InputError, match="aggregation 'mean': use one of first, average, max, simple"):
         bertc.Runtime(out, aggregation="mean")
     with pytest.raises(InputError, match="aggregation 'max': only a token classifier's words are labelled"):
         bertc.Runtime(builds["bert_qa"], aggregation="max")
@@ -892,6 +899,28 @@ def test_a_pairs_tags_say_which_text_each_word_is_in(builds):
     for e in got["entities"]:
         assert (text if e["in"] == "text" else pair)[e["start"]:e["end"]] == e["text"]
     assert all(t["in"] == "text" for t in bertc.Runtime(out, artifact="onnx").run([text])[0]["tags"])
+
+
+def test_simple_aggregation_over_windows_tags_each_token_once_from_the_window_that_holds_it(builds):
+    """``--aggregation simple`` on a text longer than the model: a tag per token, each read from one window (the
+    windows' tokens once each, in order), its label the argmax of that token's probabilities there."""
+    out = builds["bert_token_cls"]
+    word = "cat" + "s" * 30
+    text = f"the cat sat on the {word} and the dog ran"
+    got = bertc.Runtime(out, artifact="onnx", doc_stride=3, aggregation="simple").run([text])[0]
+    tags = got["tags"]
+    assert "".join(t["word"] for t in tags) == text.replace(" ", "")
+    assert [t["start"] for t in tags] == sorted(t["start"] for t in tags) and len({t["start"] for t in tags}) == len(tags)
+    windows = list(_hand_windows(out, None, text, 3, ["logits"]))
+    assert len(windows) > 2
+    read: dict = {}   # each token's probabilities in every window that holds it
+    for part, c, (logits,) in windows:
+        for t in range(part.start, part.stop):
+            read.setdefault(tuple(c.offsets[t]), []).append(softmax(logits[t - part.start]))
+    assert sorted(read) == [(t["start"], t["end"]) for t in tags]
+    for t in tags:
+        assert any(t["label"] == LABELS["bert_token_cls"][int(p.argmax())] and abs(t["score"] - p.max()) < 1e-6
+                   for p in read[(t["start"], t["end"])]), t
 
 
 @pytest.mark.parametrize("aggregation", ["first", "average", "max"])

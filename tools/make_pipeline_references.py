@@ -12,7 +12,8 @@ contexts read in windows: ``max_seq_len`` 16 (the fixture's positions), ``doc_st
 ``pipeline("zero-shot-classification")`` on the bert_seq_cls fixture with NLI class names (entailment,
 neutral, contradiction), three candidate labels, the default and a custom hypothesis template, single- and
 multi-label. And tests/fixtures/hf/bert_token_cls/pipeline_reference.json: ``pipeline("token-classification")``'s
-entities on the bert_token_cls fixture (the tests' labels) with ``aggregation_strategy`` first, average and max.
+entities on the bert_token_cls fixture (the tests' labels) with ``aggregation_strategy`` first, average, max
+and simple.
 And tests/fixtures/hf/bert_seq_cls/pipeline_reference.json: ``pipeline("text-classification", top_k=None)`` on
 texts and pairs, the fixture as a single-label and as a multi-label model (``problem_type``). And
 tests/fixtures/hf/bert_mc/choice_reference.json: the bert_mc fixture (BertForMultipleChoice) on questions of two to
@@ -118,7 +119,7 @@ def zero_shot(work: Path) -> dict:
 def token_classification(work: Path) -> dict:
     source = fixture(work, "bert_token_cls", NER_LABELS)
     rows = []
-    for strategy in ("first", "average", "max"):
+    for strategy in ("first", "average", "max", "simple"):
         ner = tr.pipeline("token-classification", model=source, device="cpu", aggregation_strategy=strategy)
         for text, got in zip(NER_TEXTS, ner(NER_TEXTS)):
             rows.append({"text": text, "aggregation": strategy, "entities": [
