@@ -201,14 +201,15 @@ def check_unicode(value, where: str, what: str):
 def _check_text(value, where: str, field: str, empty: str = "") -> str:
     """``value`` as a row's text; ``empty``: what an empty one is called (default: the text, in ``field``)."""
     if value is None:   # a Parquet null, a JSON null: no text at all, which "empty text" would misname
-        raise InputError(f"{where}: field {field!r} is null (missing) (give the row its text or remove it: every "
-                         f"row gets one result)")
+        raise InputError(f"{where}: field {field!r} is null (missing) (give the row its text or remove it: bertc "
+                         f"skips no row, so that each result is its input row's)")
     if not isinstance(value, str):
         raise InputError(f"{where}: field {field!r} is {type(value).__name__}, not text")
     check_unicode(value, where, f"field {field!r}" if field else "the text")
     if not value.strip():
         raise InputError(f"{where}: " + (empty or "empty text" + (f" in field {field!r}" if field else ""))
-                         + " (remove the row or give it text: every row gets one result)")
+                         + " (remove the row or give it text: bertc skips no row, so that each result is its input "
+                           "row's)")
     return value
 
 
