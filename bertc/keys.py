@@ -9,6 +9,9 @@ from typing import Any
 
 def key_lines(spec_model: type) -> list[str]:
     """``spec_model``'s keys but ``type``: ``name  what-it-takes  required | default X``."""
+    from bertc.spec import ensure_models
+
+    ensure_models()   # a component field's choices as validate takes them: those registered since (plug-ins too)
     schema = spec_model.model_json_schema()
     defs = schema.get("$defs", {})
     required = set(schema.get("required", ()))
@@ -38,9 +41,10 @@ def _what(prop: dict, defs: dict) -> str:
         parts = [p for p in prop["anyOf"] if p.get("type") != "null"]
         text = " or ".join(_what(p, defs) for p in parts)
         return text + (" or null" if len(parts) < len(prop["anyOf"]) else "")
-    if "$ref" in prop:
+    if "$ref" in prop:   # a section: its keys, and the choices of those that take a few names
         target = defs.get(prop["$ref"].rsplit("/", 1)[-1], {})
-        return "{" + ", ".join(k for k in target.get("properties", {})) + "}"
+        return "{" + ", ".join(k + (": " + " | ".join(str(v) for v in p["enum"]) if "enum" in p else "")
+                               for k, p in target.get("properties", {}).items()) + "}"
     if "const" in prop:
         return _json(prop["const"])
     if "enum" in prop:

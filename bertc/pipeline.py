@@ -102,15 +102,15 @@ def _variants_made(opts: BuildOptions, spec, off: dict) -> None:
     spec's ``export.tflite`` false: no TFLite at all, exit 0, OUT/spec.json listing the variant)."""
     from bertc.errors import InputError
 
-    for name in opts.variants or ():
+    for name in opts.variants or ():   # (the spec's export.onnx false leaves out model.onnx alone, not these)
         kind = "tflite" if name.startswith("tflite") else "optimized"
-        if not (off[kind] or not getattr(spec.export, kind) or (kind == "optimized" and not spec.export.onnx)):
+        if not (off[kind] or not getattr(spec.export, kind)):
             continue
         why = ("--no-export" if not opts.export else
                "--no-tflite" if kind == "tflite" and not opts.tflite else
                "--no-onnx" if kind == "optimized" and not opts.onnx else
                "--no-optimize" if kind == "optimized" and not opts.optimize else
-               f"the spec's export.{kind} false" if not getattr(spec.export, kind) else "the spec's export.onnx false")
+               f"the spec's export.{kind} false")
         made = "TFLite" if kind == "tflite" else "optimized ONNX"
         raise InputError(f"--variants {name}: {why} leaves no {made} artifact to make it from; drop one of them")
 
@@ -238,7 +238,7 @@ def _build(spec_path, opts: BuildOptions, hook: Optional[StageHook], status: Opt
     stages = Stages(hook, status)
     with stages.stage("load spec") as note:
         spec = load_spec(spec_path)
-        left_out = variants_left_out(spec.export)
+        left_out = variants_left_out(spec.export) if opts.variants is None else []   # (--variants replaces them)
         if left_out:
             raise SpecError(str(spec_path), left_out)
         note["detail"] = spec.name

@@ -1,5 +1,6 @@
 """CLI exit codes, messages without tracebacks, and atomic output."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -282,17 +283,21 @@ def test_a_spec_naming_a_variant_its_own_export_leaves_out_is_refused(tmp_spec, 
             ({"tflite": False, "variants": ["onnx_int8", "tflite_int8"]}, "$.export.variants[1]",
              '"tflite_int8": export.tflite false leaves no TFLite artifact'),
             ({"optimized": False, "variants": ["onnx_fp16"]}, "$.export.variants[0]",
-             '"onnx_fp16": export.optimized false leaves no optimized ONNX artifact'),
-            ({"onnx": False, "variants": ["onnx_packed"]}, "$.export.variants[0]",
-             '"onnx_packed": export.onnx false leaves no ONNX artifact')):
+             '"onnx_fp16": export.optimized false leaves no optimized ONNX artifact')):
         path = tmp_spec(tiny_bert(export=export))
         for command in (["validate", str(path)], ["build", str(path), "-o", str(out), "-q"]):
             assert main(command) == EXIT_BAD_SPEC
             err = capsys.readouterr().err
             assert f"{where}: {message}" in err and "drop one of them" in err, err
             assert not out.exists()
-    # the default variants are left out quietly (OUT/spec.json names none)
+    # the default variants are left out quietly (OUT/spec.json names none); export.onnx false leaves out model.onnx
+    # alone (the variants are the optimized artifact's); --variants replaces the spec's list (an earlier bertc's
+    # OUT/spec.json may hold such a one)
     assert main(["validate", str(tmp_spec(tiny_bert(export={"optimized": False})))]) == 0
+    assert main(["validate", str(tmp_spec(tiny_bert(export={"onnx": False, "variants": ["onnx_packed"]})))]) == 0
+    old = tmp_spec(tiny_bert(export={"tflite": False, "variants": ["tflite_int8"]}), "old.json")
+    assert main(["build", str(old), "-o", str(out), "-q", "--no-parity", "--variants", "onnx_int8"]) == 0
+    shutil.rmtree(out)
     named = tmp_spec(tiny_bert(export={"variants": ["onnx_int8", "tflite_int8"]}), "named.json")
     assert main(["build", str(named), "-o", str(out), "-q", "--no-parity", "--no-tflite"]) == 0
     written = load_spec(out / "spec.json")

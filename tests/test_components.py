@@ -321,9 +321,14 @@ def test_cli_list_keys_shows_each_components_keys_as_validate_takes_them(capsys)
     section = lambda name: re.split(r"\n  (?! )", out.split(f"\n  {name} ")[1])[0] + "\n"   # noqa: E731 (its lines)
     assert re.search(r"\n +num_heads +integer >= 1; required\n", section("multi_head"))
     assert re.search(r"\n +pooling +pooler \| first \| mean; default \"pooler\"\n", section("classifier"))
-    assert re.search(r"\n +transform +\{activation, bias, layer_norm\} or null; default null", section("classifier"))
-    assert re.search(r"\n +attention +one of disentangled \| multi_head \| talking_heads \(by its type\); required",
-                     section("scaffold"))
+    assert re.search(r"\n +transform +\{activation: gelu \| gelu_tanh \| relu \| tanh \| silu \| linear, bias, "
+                     r"layer_norm\} or null; default null", section("classifier"))
+    # a component field's choices as validate takes them, those registered after its module included (a reviewer:
+    # the scaffold block's attention lacked windowed, its feedforward glu)
+    assert re.search(r"\n +attention +one of disentangled \| multi_head \| talking_heads \| windowed \(by its type\); "
+                     r"required", section("scaffold"))
+    assert re.search(r"\n +feedforward +one of dense \| gated \| glu \(by its type\); required", section("scaffold"))
+    assert "{type: truncated_normal | normal | glorot_uniform | zeros, stddev}" in section("bert")
     assert re.match(r" +enabled +boolean; default true\n", out.split("\n  parity\n")[1])
     assert "type " not in section("bert")   # the discriminator is the component's name, not a key to choose
 

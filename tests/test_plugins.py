@@ -87,6 +87,16 @@ def test_spec_with_an_unloaded_plugin_type_is_a_spec_error(plugin_build):
     assert proc.returncode == 0, proc.stderr
 
 
+
+def test_list_keys_names_a_plugins_component_among_a_fields_choices(plugin_build):
+    """``bertc list --keys`` with a plug-in: its component listed with its keys, and named among the choices of the
+    fields that take its kind (a reviewer: the scaffold block's attention said a valid plug-in spec was not)."""
+    proc = bertc("--plugin", str(plugin_build[0]), "list", "--keys")
+    assert proc.returncode == 0, proc.stderr
+    block = proc.stdout.split("\n  scaffold ")[1]
+    assert "attention           one of disentangled | doubled_logits | multi_head | talking_heads | windowed" in block
+    assert "\n  doubled_logits " in proc.stdout
+
 def test_missing_plugin_module_is_exit_2_naming_it(capsys):
     assert main(["--plugin", "no_such_bertc_plugin", "list"]) == EXIT_BAD_SPEC
     err = capsys.readouterr().err
