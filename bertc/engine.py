@@ -820,17 +820,16 @@ class Engine:
         tags = []
         for key, (first, last, begin, end) in self._words(e).items():
             if self.parts.aggregation == "simple":   # a tag per token: the pipeline's "simple" groups tokens
-                tags.extend(self._token_tags({tuple(e.offsets[t]): logits[t] for t in range(first, last + 1)}, key,
-                                             record))
+                tags.extend(self._token_tags(_by_token(e, range(first, last + 1), logits), key, record))
             else:
                 tags.append((key, self._tag(logits[first:last + 1], key, begin, end, record)))
         return _spoken(tags, record)
 
     def _token_tags(self, tokens: dict, key, record: Record) -> list:
-        """``aggregation`` "simple": each of a word's tokens (``{character offsets: logits}``) its own tag, as
-        transformers' pipeline labels them before it groups them (its "none" lists them)."""
-        return [((key[0], (key[1], offsets)), self._tag(row[None], key, offsets[0], offsets[1], record))
-                for offsets, row in sorted(tokens.items())]
+        """``aggregation`` "simple": each of a word's tokens (``{(character offsets, k): logits}``, :func:`_by_token`)
+        its own tag, as transformers' pipeline labels them before it groups them (its "none" lists them)."""
+        return [((key[0], (key[1], token)), self._tag(row[None], key, token[0][0], token[0][1], record))
+                for token, row in sorted(tokens.items())]
 
     @staticmethod
     def _tag_result(tags: list, classes: int, record: Record) -> dict:
@@ -877,7 +876,7 @@ class Engine:
                 left = np.inf if w == 0 else first - content[0]
                 right = np.inf if w == len(windows) - 1 else content[-1] - last
                 rank = (begin == starts[key], last - first + 1, min(left, right))
-                tokens = {tuple(e.offsets[t]): logits[t] for t in range(first, last + 1)}
+                tokens = _by_token(e, range(first, last + 1), logits)
                 seen.setdefault(key, []).append((rank, tokens, begin, end))
         tags = []
         for key in sorted(seen):
@@ -899,6 +898,20 @@ class Engine:
 # \x0c as control characters, joining the words around them: no place to cut)
 _SPACES = " \t\n\r"
 _WHITESPACE = re.compile(f"[{_SPACES}]")
+
+
+def _by_token(e, tokens: range, logits) -> dict:
+    """``{(character offsets, k): logits}`` of an encoding's ``tokens`` (one word's), ``k`` counting the word's
+    earlier tokens at the same offsets: a byte-level BPE splits a character of several bytes ("é", an emoji) into
+    tokens that share its offsets, each read (keyed by offsets alone, all but the last were lost)."""
+    out: dict = {}
+    for t in tokens:
+        offsets = tuple(e.offsets[t])
+        k = 0
+        while (offsets, k) in out:
+            k += 1
+        out[(offsets, k)] = logits[t]
+    return out
 
 
 def _spoken(tags: list, record: Record) -> list:

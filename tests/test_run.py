@@ -1984,3 +1984,33 @@ def test_class_names_are_id2label_by_class_id(tmp_path, id2label, classes, names
 
     (tmp_path / CHECKPOINT_CONFIG).write_text(json.dumps({"id2label": id2label}))
     assert read_labels(tmp_path, {}, classes) == names
+
+
+def test_simple_aggregation_reads_every_token_of_a_character_of_several_bytes(tmp_path_factory):
+    """A reviewer: a byte-level BPE splits "é" or an emoji into tokens sharing the character's offsets, and
+    ``--aggregation simple`` keyed tokens by their offsets: all but the last were lost (an entity transformers'
+    pipeline gives was missing, another's score one token's instead of the mean)."""
+    from bertc.cli import main
+    from bertc.text import load_tokenizer
+
+    work = tmp_path_factory.mktemp("bpe_tags")
+    source = work / "roberta_token_cls"
+    shutil.copytree(FIXTURES / "roberta_token_cls", source)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):   # RoBERTa's byte-level BPE
+        shutil.copyfile(FIXTURES / "roberta_model" / f, source / f)
+    out = work / "out"
+    assert main(["import", str(source), "-o", str(work / "spec.json")]) == 0
+    assert main(["build", str(work / "spec.json"), "-o", str(out), "-q", "--no-tflite", "--no-parity",
+                 "--variants", "none"]) == 0
+    text = "the café 🐶 sat"
+    tok = load_tokenizer(out, 64)
+    e = tok.encode(text)
+    spoken = [t for t, (a, b) in enumerate(e.offsets) if not e.special_tokens_mask[t] and text[a:b].strip()]
+    shared = [t for t in spoken if sum(e.offsets[u] == e.offsets[t] for u in spoken) > 1]
+    assert shared   # the fixture's vocabulary splits those characters into byte tokens
+    got = bertc.Runtime(out, artifact="onnx", aggregation="simple").run([text])[0]
+    assert len(got["tags"]) == len(spoken)
+    logits = direct(out, [text])["logits"][0]
+    probs = softmax(logits.astype(np.float64))
+    for tag, t in zip(got["tags"], spoken):
+        assert (tag["start"], tag["end"]) == tuple(e.offsets[t]) and abs(tag["score"] - probs[t].max()) < 1e-6
