@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import stat
 from pathlib import Path, PurePath
@@ -611,7 +612,21 @@ def find_tf_checkpoint(directory: Path) -> Optional[Path]:
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
-HF_INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")   # a sharded checkpoint's index file
+
+
+def index_kind(name: str) -> Optional[str]:
+    """"safetensors" or "bin" for a sharded checkpoint's index file (``model.safetensors.index.json``, and a
+    ``save_pretrained(variant=...)`` one, ``model.safetensors.index.fp16.json``), else None."""
+    found = re.search(r"\.(safetensors|bin)\.index(\.[A-Za-z0-9_-]+)?\.json$", name)
+    return found.group(1) if found else None
+
+
+def _weights_beside(path: Path) -> list:
+    """The files of a directory that look like weights bertc reads under another name (``x.pt``, a
+    ``save_pretrained(variant="fp16")`` checkpoint's ``model.fp16.safetensors`` or its index)."""
+    return sorted(p.name for p in path.iterdir() if p.is_file() and (
+        p.suffix in (".safetensors", ".bin", ".pt", ".pth") and not re.search(r"-\d+-of-\d+\.", p.name)
+        or index_kind(p.name)))
 CHECKPOINT_CONFIG = "checkpoint_config.json"   # a build's copy of its checkpoint's config.json (bertc.importers)
 
 
@@ -715,14 +730,16 @@ def open_checkpoint(path: Path) -> Checkpoint:
         if prefix is not None:
             return TFCheckpoint(prefix)
         found = sorted(p.name for p in path.iterdir())[:12]
+        beside = _weights_beside(path)
         raise WeightsError(
             f"{path}: no weights found in this directory: expected model.safetensors (or its sharded index), "
             f"pytorch_model.bin (or its sharded index, pytorch_model.bin.index.json), a TensorFlow checkpoint "
             f"(*.index + *.data-*) or model.keras; "
-            f"it holds: {', '.join(found) if found else 'nothing'}")
-    if path.name.endswith(".safetensors.index.json"):
+            f"it holds: {', '.join(found) if found else 'nothing'}"
+            + (f"; to read {beside[0]}, name the file itself: {path / beside[0]}" if beside else ""))
+    if index_kind(path.name) == "safetensors":
         return _sharded_safetensors(path)
-    if path.name.endswith(".bin.index.json"):
+    if index_kind(path.name) == "bin":
         return ShardedTorchCheckpoint(path)
     if path.suffix == ".safetensors":
         if not path.exists():

@@ -1016,3 +1016,86 @@ def test_run_of_an_encoder_with_per_token_features_alone_says_how_to_pool(tmp_pa
     assert main(["run", str(out), str(texts), "-o", str(tmp_path / "e.npy")]) == 2
     err = capsys.readouterr().err
     assert "outputs sequence_output alone" in err and '"type": "sentence_embedding", "pooling": "mean"' in err
+
+
+# --- the forms users hold a trained model in (a tester's round of real save formats) ---------------------------
+
+def _seq_cls_copy(tmp_path, name="ckpt") -> Path:
+    d = tmp_path / name
+    shutil.copytree(FIXTURES / "hf" / "bert_seq_cls", d)
+    return d
+
+
+def test_a_config_without_architectures_whose_weights_hold_a_head_is_refused(tmp_path, capsys):
+    """``BertConfig(...).save_pretrained`` writes no architectures; with a classifier's state dict beside it the
+    import took the base model and left the trained head unread: import and build exit 0, and bertc run gave
+    embeddings, not labels. Refused now, naming the class to add; --encoder-only takes the encoder; a base model's
+    checkpoint without architectures imports as before."""
+    d = _seq_cls_copy(tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    del config["architectures"]
+    (d / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(d), "-o", str(tmp_path / "a.json")]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert ("config.json: names no architectures, and the weights hold a task head (classifier.*): add the class "
+            "the model was saved as to config.json, e.g. \"architectures\": [\"BertForSequenceClassification\"] (or "
+            "BertForTokenClassification / BertForMultipleChoice, as it was trained), or import --encoder-only") in err
+    assert not (tmp_path / "a.json").exists()
+    assert main(["import", str(d), "-o", str(tmp_path / "b.json"), "--encoder-only"]) == 0
+    base = tmp_path / "base"
+    shutil.copytree(FIXTURES / "hf" / "bert_model", base)
+    config = json.loads((base / "config.json").read_text())
+    config.pop("architectures", None)
+    (base / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(base), "-o", str(tmp_path / "c.json")]) == 0
+
+
+def test_weights_of_other_names_beside_a_config(tmp_path, capsys):
+    """``torch.save(model.state_dict(), "x.pt")`` beside config.json: "needs its config.json beside the weights"
+    (the import took .bin alone; the build read .pt); a directory whose weights have another name (x.pt,
+    ``save_pretrained(variant="fp16")``'s model.fp16.safetensors) says which file to name; a variant's sharded
+    index (model.safetensors.index.fp16.json, pytorch_model.bin.index.fp16.json) imports."""
+    d = _seq_cls_copy(tmp_path)
+    (d / "model.safetensors").unlink()
+    shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls_bin" / "pytorch_model.bin", d / "x.pt")
+    assert main(["import", str(d / "x.pt"), "-o", str(tmp_path / "pt.json")]) == 0
+    spec = load_spec(tmp_path / "pt.json")
+    model = bertc.build_model(spec).model
+    assert len(load_weights(model, spec, d / "x.pt").loaded) == len(model.weights)
+    assert main(["import", str(d), "-o", str(tmp_path / "dir.json")]) == EXIT_BAD_SPEC
+    assert f"; to read x.pt, name the file itself: {d / 'x.pt'}" in capsys.readouterr().err
+    v = _seq_cls_copy(tmp_path, "variant")
+    (v / "model.safetensors").rename(v / "model.fp16.safetensors")
+    assert main(["import", str(v), "-o", str(tmp_path / "v.json")]) == EXIT_BAD_SPEC
+    assert "to read model.fp16.safetensors, name the file itself" in capsys.readouterr().err
+    assert main(["import", str(v / "model.fp16.safetensors"), "-o", str(tmp_path / "v.json")]) == 0
+    sharded = _seq_cls_copy(tmp_path, "sharded")
+    (sharded / "model.safetensors").unlink()
+    for f in (FIXTURES / "hf" / "bert_seq_cls_bin_sharded").iterdir():
+        shutil.copyfile(f, sharded / f.name.replace("pytorch_model.bin.index.json", "pytorch_model.bin.index.fp16.json"))
+    index = sharded / "pytorch_model.bin.index.fp16.json"
+    assert main(["import", str(index), "-o", str(tmp_path / "s.json")]) == 0
+    spec = load_spec(tmp_path / "s.json")
+    model = bertc.build_model(spec).model
+    assert spec.head.type == "classifier" and len(load_weights(model, spec, index).loaded) == len(model.weights)
+
+
+def test_a_peft_adapter_is_told_to_merge_into_its_base_model(tmp_path, capsys):
+    """A LoRA fine-tune saved by PeftModel.save_pretrained (adapter_config.json + adapter_model.safetensors):
+    "no weights found" for the folder, "needs its config.json" for the file, and with a config.json beside it the
+    import wrote a spec whose build failed on 51 missing tensors."""
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "bert-base-x",
+                                                       "r": 8, "target_modules": ["query", "value"]}))
+    shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors", d / "adapter_model.safetensors")
+    for source in (d, d / "adapter_model.safetensors"):
+        for config in (False, True):
+            if config:
+                shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls" / "config.json", d / "config.json")
+            assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == EXIT_BAD_SPEC
+            err = capsys.readouterr().err
+            assert (f"{source}: a PEFT LORA adapter (adapter_config.json), the fine-tune's deltas to \"bert-base-x\", "
+                    f"not a model: merge it into the base model and import that (peft: "
+                    f"PeftModel.from_pretrained(base_model, ADAPTER_DIR).merge_and_unload()") in err, err
+            assert not (tmp_path / "s.json").exists()

@@ -14,12 +14,13 @@ Importers never build graphs; :mod:`bertc.weights` holds the loading rules, appl
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
-from bertc.errors import WeightsError
+from bertc.errors import UnsupportedModel, WeightsError
 
 
 def importer_for(checkpoint) -> ModuleType:
@@ -47,15 +48,39 @@ def _spec_name(source: Path) -> str:
     return (name if name[0].isalpha() else f"m_{name}")[:64]
 
 
+def _refuse_an_adapter(source: Path, root: Path) -> None:
+    """A PEFT adapter (LoRA, ...: adapter_config.json and adapter_model.*) holds the fine-tune's low-rank deltas
+    alone, not a model: said so, with how to merge it into its base model (was "no weights found", or, given the
+    adapter file, "needs its config.json")."""
+    config = root / "adapter_config.json"
+    if not (config.is_file() and (source.is_dir() or source.name.startswith("adapter_model"))):
+        return
+    base, kind = "its base model", "a PEFT"
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+        if isinstance(cfg, dict):
+            base = json.dumps(cfg["base_model_name_or_path"]) if isinstance(cfg.get("base_model_name_or_path"),
+                                                                           str) else base
+            kind = f"a PEFT {cfg['peft_type']}" if isinstance(cfg.get("peft_type"), str) else kind
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    raise UnsupportedModel(
+        f"{source}: {kind} adapter (adapter_config.json), the fine-tune's deltas to {base}, not a model: merge it "
+        f"into the base model and import that (peft: PeftModel.from_pretrained(base_model, ADAPTER_DIR)"
+        f".merge_and_unload().save_pretrained(MERGED_DIR), with the tokenizer saved beside; then bertc import "
+        f"MERGED_DIR)")
+
+
 def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     """The spec (a dict, without name and weights) of the model at ``source``, and the weights path.
     ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded)."""
-    from bertc.checkpoints import HF_INDEX_SUFFIXES, open_checkpoint, refuse_git_lfs_pointers, refuse_special_files
+    from bertc.checkpoints import index_kind, open_checkpoint, refuse_git_lfs_pointers, refuse_special_files
     from bertc.importers import bert_tf1, hf, model_garden
 
     source = Path(source)
     root = source if source.is_dir() else source.parent
-    weights_file = source.suffix in (".safetensors", ".bin") or source.name.endswith(HF_INDEX_SUFFIXES)
+    _refuse_an_adapter(source, root)
+    weights_file = source.suffix in (".safetensors", ".bin", ".pt", ".pth") or index_kind(source.name) is not None
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (weights_file and (root / "config.json").exists()):
         refuse_special_files(root)

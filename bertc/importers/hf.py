@@ -641,6 +641,36 @@ def _pooling_mode(path: Path):
     return modes[0] if len(modes) == 1 else modes
 
 
+# a task head's top-level modules in transformers' models (the base model's are embeddings, encoder, pooler, or
+# the family's prefix), and the classes each says the checkpoint was saved as, likeliest first
+_HEAD_MODULES = {"qa_outputs": ("ForQuestionAnswering",),
+                 "classifier": ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice"),
+                 "pre_classifier": ("ForSequenceClassification",), "cls": ("ForMaskedLM", "ForPreTraining"),
+                 "lm_head": ("ForMaskedLM",), "vocab_transform": ("ForMaskedLM",), "vocab_projector": ("ForMaskedLM",),
+                 "lm_predictions": ("ForMaskedLM",), "generator_lm_head": ("ForMaskedLM",),
+                 "generator_predictions": ("ForMaskedLM",), "decoder": ("ForMaskedLM",),
+                 "head": ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification"),
+                 "discriminator_predictions": ("ForPreTraining",), "sop_classifier": ("ForPreTraining",)}
+
+
+def _refuse_an_unnamed_head(where: str, family: HFFamily, names) -> None:
+    """A config.json without ``architectures`` is the family's base model (AutoModel's reading), whose import
+    left a trained head's tensors unread, silently: a classifier imported as a bare encoder, its build running
+    embeddings instead of labels (a tester: ``BertConfig(...).save_pretrained`` writes no architectures, and
+    ``torch.save(model.state_dict())`` the classifier). Such a checkpoint is refused, naming the class to add."""
+    heads = sorted({n.split(".")[0] for n in names} & set(_HEAD_MODULES))
+    if not heads:
+        return
+    base = family.base_architecture
+    prefix = base[:-len("Model")] if base.endswith("Model") else ""
+    first, *others = [prefix + c for c in _HEAD_MODULES["classifier" if "classifier" in heads else heads[0]]]
+    also = f" (or {' / '.join(others)}, as it was trained)" if others else ""
+    raise UnsupportedModel(
+        f"{where}: names no architectures, and the weights hold a task head ({', '.join(f'{h}.*' for h in heads)}): "
+        f"add the class the model was saved as to config.json, e.g. \"architectures\": [\"{first}\"]{also}, or "
+        f"import --encoder-only for the encoder alone (the head is then not loaded)")
+
+
 def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     """A spec dict for a HF model directory (or a sentence-transformers one); ``names``: the checkpoint's
     tensor names; ``encoder_only``: no head (the checkpoint's head tensors are then reported as ignored)."""
@@ -654,6 +684,8 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
         refuse(where, "pruned_heads", cfg["pruned_heads"], "bertc's attention has num_attention_heads heads in "
                                                            "every layer (no pruned heads)")
     enc = family.encoder(cfg, where, st["max_len"] if st else None)
+    if not (st or encoder_only or cfg.get("architectures")):
+        _refuse_an_unnamed_head(where, family, names)
     arch = architecture(cfg, where, family) if not (st or encoder_only) else \
         architectures(cfg, where, family)[0]
     head = st["head"] if st else (None if encoder_only else family.head(cfg, where, enc, arch, names))
