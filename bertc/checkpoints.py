@@ -731,12 +731,14 @@ def open_checkpoint(path: Path) -> Checkpoint:
             return TFCheckpoint(prefix)
         found = sorted(p.name for p in path.iterdir())[:12]
         beside = _weights_beside(path)
+        other = next((_other_format(n) for n in sorted(p.name for p in path.iterdir()) if _other_format(n)), None)
         raise WeightsError(
             f"{path}: no weights found in this directory: expected model.safetensors (or its sharded index), "
             f"pytorch_model.bin (or its sharded index, pytorch_model.bin.index.json), a TensorFlow checkpoint "
             f"(*.index + *.data-*) or model.keras; "
             f"it holds: {', '.join(found) if found else 'nothing'}"
-            + (f"; to read {beside[0]}, name the file itself: {path / beside[0]}" if beside else ""))
+            + (f"; to read {beside[0]}, name the file itself: {path / beside[0]}" if beside else
+               f"; {other}" if other else ""))
     if index_kind(path.name) == "safetensors":
         return _sharded_safetensors(path)
     if index_kind(path.name) == "bin":
@@ -759,7 +761,23 @@ def open_checkpoint(path: Path) -> Checkpoint:
                            f"{path}.index does not exist)")
     raise WeightsError(f"{path}: unknown weights format; bertc reads a Hugging Face directory, .safetensors, "
                        f"pytorch_model.bin, a sharded checkpoint's index (model.safetensors.index.json, "
-                       f"pytorch_model.bin.index.json), a TensorFlow checkpoint, or a bertc .keras file")
+                       f"pytorch_model.bin.index.json), a TensorFlow checkpoint, or a bertc .keras file"
+                       + (f" ({_other_format(path.name)})" if _other_format(path.name) else ""))
+
+
+def _other_format(name: str) -> Optional[str]:
+    """What a weights file bertc does not read is, and the way from it to one bertc reads (None: not known)."""
+    if name.endswith(".h5"):
+        return (f"{name} is transformers' TensorFlow (Keras h5) weights, not a TensorFlow checkpoint: convert it with "
+                f"transformers 4 (the model's class: from_pretrained(DIR, from_tf=True), then save_pretrained(OUT)) "
+                f"and import OUT")
+    if name.endswith(".msgpack"):
+        return (f"{name} is transformers' Flax weights: convert it with transformers 4 (the model's class: "
+                f"from_pretrained(DIR, from_flax=True), then save_pretrained(OUT)) and import OUT")
+    if name.endswith((".onnx", ".tflite")):
+        return (f"{name} is a compiled model, an output bertc makes, not a checkpoint it imports: import the "
+                f"checkpoint it was exported from")
+    return None
 
 
 # the files of a Hugging Face / sentence-transformers directory that bertc reads (weights, configs, tokenizers), and

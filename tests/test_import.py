@@ -1099,3 +1099,21 @@ def test_a_peft_adapter_is_told_to_merge_into_its_base_model(tmp_path, capsys):
                     f"not a model: merge it into the base model and import that (peft: "
                     f"PeftModel.from_pretrained(base_model, ADAPTER_DIR).merge_and_unload()") in err, err
             assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("name, says", [
+    ("tf_model.h5", "tf_model.h5 is transformers' TensorFlow (Keras h5) weights, not a TensorFlow checkpoint: convert "
+                    "it with transformers 4 (the model's class: from_pretrained(DIR, from_tf=True)"),
+    ("flax_model.msgpack", "flax_model.msgpack is transformers' Flax weights: convert it with transformers 4"),
+    ("model.onnx", "model.onnx is a compiled model, an output bertc makes, not a checkpoint it imports: import the "
+                   "checkpoint it was exported from")])
+def test_weights_bertc_does_not_read_are_named_with_the_way_to_ones_it_does(name, says, tmp_path, capsys):
+    """A TF-only or Flax-only Hub model, an Optimum export: refused (exit 2) as 'no weights found' / 'unknown
+    weights format', naming no way forward ("a TensorFlow checkpoint" read as if tf_model.h5 were one)."""
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls" / "config.json", d / "config.json")
+    (d / name).write_bytes(b"\x89HDF\r\n" + bytes(64))
+    for source in (d, d / name):
+        assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == EXIT_BAD_SPEC
+        assert says in capsys.readouterr().err
