@@ -1074,6 +1074,10 @@ def test_weights_of_other_names_beside_a_config(tmp_path, capsys):
     for f in (FIXTURES / "hf" / "bert_seq_cls_bin_sharded").iterdir():
         shutil.copyfile(f, sharded / f.name.replace("pytorch_model.bin.index.json", "pytorch_model.bin.index.fp16.json"))
     index = sharded / "pytorch_model.bin.index.fp16.json"
+    # one shard alone: a part of the weights (its import wrote a spec whose build failed on the missing tensors)
+    assert main(["import", str(sharded / "pytorch_model-00001-of-00002.bin"), "-o", str(tmp_path / "s.json")]) == 2
+    assert (f"pytorch_model-00001-of-00002.bin: one shard of a sharded checkpoint, a part of its weights: import its "
+            f"index, {index}, or the directory") in capsys.readouterr().err
     assert main(["import", str(index), "-o", str(tmp_path / "s.json")]) == 0
     spec = load_spec(tmp_path / "s.json")
     model = bertc.build_model(spec).model

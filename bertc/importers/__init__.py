@@ -48,6 +48,21 @@ def _spec_name(source: Path) -> str:
     return (name if name[0].isalpha() else f"m_{name}")[:64]
 
 
+def _refuse_a_shard(source: Path, root: Path) -> None:
+    """One shard of a sharded checkpoint (``model-00001-of-00004.safetensors``) holds a part of the weights: its
+    import wrote a spec whose build failed on the missing tensors. Refused, naming the index to import."""
+    import re
+
+    if source.is_dir() or not re.search(r"-\d+-of-\d+\.(safetensors|bin)$", source.name):
+        return
+    from bertc.checkpoints import index_kind
+
+    indexes = sorted(p.name for p in root.iterdir() if index_kind(p.name))
+    raise WeightsError(f"{source}: one shard of a sharded checkpoint, a part of its weights: import "
+                       + (f"its index, {root / indexes[0]}" if indexes else "its index file (*.index.json), which "
+                          "is not beside it") + ", or the directory")
+
+
 def _refuse_an_adapter(source: Path, root: Path) -> None:
     """A PEFT adapter (LoRA, ...: adapter_config.json and adapter_model.*) holds the fine-tune's low-rank deltas
     alone, not a model: said so, with how to merge it into its base model (was "no weights found", or, given the
@@ -80,6 +95,7 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     source = Path(source)
     root = source if source.is_dir() else source.parent
     _refuse_an_adapter(source, root)
+    _refuse_a_shard(source, root)
     weights_file = source.suffix in (".safetensors", ".bin", ".pt", ".pth") or index_kind(source.name) is not None
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (weights_file and (root / "config.json").exists()):
