@@ -145,6 +145,8 @@ def _load_plugins(ctx, param, plugins):
     wanted = [p for p in ([] if running else from_environment()) + list(plugins) if p not in already]
     if wanted:
         _import_quietly()
+        # a module plug-in's own warnings are shown as Python shows them (a file plug-in's module name is bertc's)
+        _quiet_libraries([p for p in wanted if not (p.endswith(".py") or os.sep in p)])
         for record in load_plugins(list(dict.fromkeys(wanted))):
             if not record["registered"]:
                 _err(f"note: plugin {record['plugin']} registered no component")
@@ -1200,10 +1202,33 @@ def _click_too_old() -> Optional[str]:
         return None
 
 
-# the modules whose deprecation warnings the CLI does not show: every one but bertc's (a list of libraries missed the
-# ones they import in turn: Keras imports matplotlib when it is installed, and matplotlib < 3.10.7 calls pyparsing 3.3's
-# deprecated names)
-_LIBRARIES = r"(?!bertc(\.|$))"
+# the modules whose deprecation warnings the CLI does not show: every one but bertc's and the plug-ins' (the user's own
+# code: a file plug-in is imported as bertc_plugin_STEM, a module plug-in under its own name; _quiet_libraries). A list
+# of libraries missed the ones they import in turn: Keras imports matplotlib when it is installed, and matplotlib
+# < 3.10.7 calls pyparsing 3.3's deprecated names.
+_LIBRARIES = r"(?!(bertc|bertc_plugin_\w+)(\.|$))"
+_QUIET_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _quiet_libraries(plugins=()) -> None:
+    """Ignore the deprecation warnings (:data:`_QUIET_CATEGORIES`, and EncodingWarning) of every module but bertc's
+    and the plug-ins' (``plugins``: module plug-ins' names, kept as the user's own code: shown as Python shows them),
+    replacing the filters an earlier call put first."""
+    import re
+    import warnings
+
+    global _LIBRARIES
+    before = _LIBRARIES
+    if plugins:
+        names = "|".join(["bertc", r"bertc_plugin_\w+", *(re.escape(m) for m in plugins)])
+        _LIBRARIES = rf"(?!({names})(\.|$))"
+    warnings.filters[:] = [f for f in warnings.filters if getattr(f[3], "pattern", None) not in (before, _LIBRARIES)]
+    for category in _QUIET_CATEGORIES:   # the libraries' notes to their own users (Keras's numpy __array__ one):
+        # under PYTHONWARNINGS=error they ended every build as exit 70
+        warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
+    # -X warn_default_encoding: a note to each library's developers (matplotlib's and TensorFlow's open() without an
+    # encoding, on import); under -W error every command ended as exit 70. bertc's own files name their encoding.
+    warnings.filterwarnings("ignore", category=EncodingWarning, module=_LIBRARIES)
 
 
 def main(argv=None) -> int:
@@ -1217,14 +1242,7 @@ def _main(argv, interrupted: Callable[[], bool]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if sys.stderr is None:   # started with 2>&-: print(file=sys.stderr) would write to standard output (--json's)
         sys.stderr = open(os.devnull, "w", encoding="utf-8")
-    import warnings
-
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):   # the libraries' notes to their
-        # own users (Keras's numpy __array__ one): under PYTHONWARNINGS=error they ended every build as exit 70
-        warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
-    # -X warn_default_encoding: a note to each library's developers (matplotlib's and TensorFlow's open() without an
-    # encoding, on import); under -W error every command ended as exit 70. bertc's own files name their encoding.
-    warnings.filterwarnings("ignore", category=EncodingWarning, module=_LIBRARIES)
+    _quiet_libraries()
     old = _click_too_old()
     if old is not None:
         _err(f"error: {old}")

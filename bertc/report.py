@@ -432,8 +432,10 @@ def summary_text(report: dict) -> str:
             lines.append("  changed since the build (not what it wrote or ran): "
                          f"{', '.join(parity['changed_since_build'])}")
     elif report.get("parity_not_run"):
-        lines.append(f"parity: not run ({report['parity_not_run']}): the artifacts are not compared with Keras; "
-                     f"bertc parity OUT compares them")
+        why = report["parity_not_run"]
+        lines.append(f"parity: not run ({why}): " + ("no artifact was exported to compare" if why == "--no-export" else
+                                                     "the artifacts are not compared with Keras; bertc parity OUT "
+                                                     "compares them"))
     diagnostic = report.get("parity_other_tolerances")
     if diagnostic:   # bertc parity --atol / --rtol: beside the build's verdict
         lines.append(f"last bertc parity {tolerance_flags(diagnostic['tolerance_override'])}: "

@@ -653,3 +653,19 @@ def test_an_op_onnx_cannot_express_is_named_with_its_layer_and_the_fix(tmp_path,
     assert rc == EXIT_EXPORT, err
     assert err.startswith("error: ONNX export failed: tf2onnx cannot convert the TensorFlow op(s) Erfc (in layer_0"), err
     assert "use bertc's 'gelu', exact GELU through erf" in err and "Traceback" not in err
+
+
+def test_a_plugins_own_deprecation_warnings_are_shown(tmp_path):
+    """A reviewer: the CLI's filter of libraries' deprecation warnings took every module but bertc's, so a plug-in
+    author's own FutureWarning (their code) no longer showed; a library's stays quiet."""
+    code = ("import warnings\n"
+            "warnings.warn('my plug-in changes next release', FutureWarning)\n"
+            "warnings.warn_explicit('a library note', FutureWarning, 'lib.py', 1, module='somelib.sub')\n")
+    (tmp_path / "noisy_plugin.py").write_text(code)
+    (tmp_path / "pkg_noisy").mkdir()
+    (tmp_path / "pkg_noisy" / "__init__.py").write_text(code)
+    for plugin, env in ((str(tmp_path / "noisy_plugin.py"), None),
+                        ("pkg_noisy", {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})):
+        proc = bertc("--plugin", plugin, "list", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "my plug-in changes next release" in proc.stderr and "a library note" not in proc.stderr, proc.stderr
