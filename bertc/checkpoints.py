@@ -621,10 +621,21 @@ def index_kind(name: str) -> Optional[str]:
     return found.group(1) if found else None
 
 
+def training_state(name: str) -> Optional[str]:
+    """What a Trainer's checkpoint-N/ file of training state is (``optimizer.pt``: "the optimizer's state"), or
+    None for any other name."""
+    if re.fullmatch(r"rng_state(_\d+)?\.pth", name):
+        return "the random generators' state"
+    return {"optimizer.pt": "the optimizer's state", "optimizer.bin": "the optimizer's state",
+            "scheduler.pt": "the learning-rate scheduler's state", "scaler.pt": "the loss scaler's state",
+            "training_args.bin": "the training arguments"}.get(name)
+
+
 def _weights_beside(path: Path) -> list:
     """The files of a directory that look like weights bertc reads under another name (``x.pt``, a
-    ``save_pretrained(variant="fp16")`` checkpoint's ``model.fp16.safetensors`` or its index)."""
-    return sorted(p.name for p in path.iterdir() if p.is_file() and (
+    ``save_pretrained(variant="fp16")`` checkpoint's ``model.fp16.safetensors`` or its index); a Trainer's training
+    state (optimizer.pt, ...) is none."""
+    return sorted(p.name for p in path.iterdir() if p.is_file() and not training_state(p.name) and (
         p.suffix in (".safetensors", ".bin", ".pt", ".pth") and not re.search(r"-\d+-of-\d+\.", p.name)
         or index_kind(p.name)))
 CHECKPOINT_CONFIG = "checkpoint_config.json"   # a build's copy of its checkpoint's config.json (bertc.importers)

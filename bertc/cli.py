@@ -1206,7 +1206,7 @@ def _click_too_old() -> Optional[str]:
 # code: a file plug-in is imported as bertc_plugin_STEM, a module plug-in under its own name; _quiet_libraries). A list
 # of libraries missed the ones they import in turn: Keras imports matplotlib when it is installed, and matplotlib
 # < 3.10.7 calls pyparsing 3.3's deprecated names.
-_LIBRARIES = r"(?!(bertc|bertc_plugin_\w+)(\.|$))"
+_LIBRARIES = r"(?!(bertc|bertc_plugin_.*)(\.|$))"
 _QUIET_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
@@ -1220,7 +1220,7 @@ def _quiet_libraries(plugins=()) -> None:
     global _LIBRARIES
     before = _LIBRARIES
     if plugins:
-        names = "|".join(["bertc", r"bertc_plugin_\w+", *(re.escape(m) for m in plugins)])
+        names = "|".join(["bertc", r"bertc_plugin_.*", *(re.escape(m) for m in plugins)])
         _LIBRARIES = rf"(?!({names})(\.|$))"
     warnings.filters[:] = [f for f in warnings.filters if getattr(f[3], "pattern", None) not in (before, _LIBRARIES)]
     for category in _QUIET_CATEGORIES:   # the libraries' notes to their own users (Keras's numpy __array__ one):

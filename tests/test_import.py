@@ -1048,6 +1048,46 @@ def test_a_config_without_architectures_whose_weights_hold_a_head_is_refused(tmp
     config.pop("architectures", None)
     (base / "config.json").write_text(json.dumps(config))
     assert main(["import", str(base), "-o", str(tmp_path / "c.json")]) == 0
+    # a spec written by hand for such a checkpoint, with a head: its encoder is still held to the config (a
+    # reviewer: the refusal above, a WeightsError, made the check skip it)
+    wrong = json.loads((tmp_path / "b.json").read_text())
+    wrong["encoder"]["activation"] = "relu"
+    wrong["head"] = {"type": "classifier", "num_classes": 3}
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    assert main(["validate", str(tmp_path / "wrong.json")]) == EXIT_BAD_SPEC
+    assert "activation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixture, heads, masked_lm", [
+    ("bert_pretraining", "cls.*", "BertForMaskedLM"), ("albert_mlm", "predictions.*", "AlbertForMaskedLM"),
+    ("roberta_mlm", "lm_head.*", "RobertaForMaskedLM"), ("modernbert_mlm", "decoder.*, head.*", "ModernBertForMaskedLM")])
+def test_a_pretrained_checkpoint_without_architectures_imports_as_its_encoder(fixture, heads, masked_lm, tmp_path):
+    """Checkpoints converted from Google's TF pre-training ones by an old transformers (SciBERT, Bio_ClinicalBERT)
+    have no architectures and a pre-training head: AutoModel reads them as the encoder, as bertc did, and as it does
+    again (a reviewer: the task-head refusal took them too), saying the head is not loaded."""
+    d = tmp_path / fixture
+    shutil.copytree(FIXTURES / "hf" / fixture, d)
+    config = json.loads((d / "config.json").read_text())
+    del config["architectures"]
+    (d / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(d), "-o", str(tmp_path / "s.json")]) == 0
+    spec = load_spec(tmp_path / "s.json")
+    assert spec.head is None
+    assert (f"config.json names no architectures: the encoder is imported, as transformers' AutoModel reads it; the "
+            f"checkpoint's pre-training head ({heads}) is not loaded (add \"architectures\": [\"{masked_lm}\"]") \
+        in spec.description
+
+
+def test_a_modernbert_qa_checkpoint_without_architectures_is_offered_its_class(tmp_path, capsys):
+    """ModernBERT's question answering head is head.* + classifier.* (no qa_outputs): the refusal named sequence
+    and token classification alone, and following it imported a QA model as a 2-class classifier."""
+    d = tmp_path / "mqa"
+    shutil.copytree(FIXTURES / "hf" / "modernbert_qa", d)
+    config = json.loads((d / "config.json").read_text())
+    del config["architectures"]
+    (d / "config.json").write_text(json.dumps(config))
+    assert main(["import", str(d), "-o", str(tmp_path / "s.json")]) == EXIT_BAD_SPEC
+    assert "ModernBertForQuestionAnswering" in capsys.readouterr().err
 
 
 def test_weights_of_other_names_beside_a_config(tmp_path, capsys):
@@ -1078,6 +1118,9 @@ def test_weights_of_other_names_beside_a_config(tmp_path, capsys):
     assert main(["import", str(sharded / "pytorch_model-00001-of-00002.bin"), "-o", str(tmp_path / "s.json")]) == 2
     assert (f"pytorch_model-00001-of-00002.bin: one shard of a sharded checkpoint, a part of its weights: import its "
             f"index, {index}, or the directory") in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "nowhere" / "model-00001-of-00002.safetensors"), "-o",
+                 str(tmp_path / "s.json")]) == EXIT_BAD_SPEC   # (a reviewer: exit 70, listing a folder not there)
+    assert "model-00001-of-00002.safetensors: file not found" in capsys.readouterr().err
     assert main(["import", str(index), "-o", str(tmp_path / "s.json")]) == 0
     spec = load_spec(tmp_path / "s.json")
     model = bertc.build_model(spec).model
@@ -1093,6 +1136,11 @@ def test_a_peft_adapter_is_told_to_merge_into_its_base_model(tmp_path, capsys):
     (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "bert-base-x",
                                                        "r": 8, "target_modules": ["query", "value"]}))
     shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls" / "model.safetensors", d / "adapter_model.safetensors")
+    # a folder holding a whole model beside an adapter: the model is imported
+    both = tmp_path / "both"
+    shutil.copytree(FIXTURES / "hf" / "bert_seq_cls", both)
+    shutil.copyfile(d / "adapter_config.json", both / "adapter_config.json")
+    assert main(["import", str(both), "-o", str(tmp_path / "both.json")]) == 0
     for source in (d, d / "adapter_model.safetensors"):
         for config in (False, True):
             if config:
@@ -1121,3 +1169,20 @@ def test_weights_bertc_does_not_read_are_named_with_the_way_to_ones_it_does(name
     for source in (d, d / name):
         assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == EXIT_BAD_SPEC
         assert says in capsys.readouterr().err
+
+
+
+def test_a_trainers_training_state_is_not_offered_as_weights(tmp_path, capsys):
+    """A DeepSpeed ZeRO-3 checkpoint-N/ (config.json, optimizer.pt, scheduler.pt, rng_state.pth; no model weights):
+    the folder was told to import optimizer.pt, and rng_state.pth imported, exit 0, as a classifier whose build failed
+    on every weight missing."""
+    d = _seq_cls_copy(tmp_path, "checkpoint-500")
+    (d / "model.safetensors").unlink()
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        shutil.copyfile(FIXTURES / "hf" / "bert_seq_cls_bin" / "pytorch_model.bin", d / name)
+    assert main(["import", str(d), "-o", str(tmp_path / "s.json")]) == EXIT_BAD_SPEC
+    assert "name the file itself" not in capsys.readouterr().err
+    assert main(["import", str(d / "rng_state.pth"), "-o", str(tmp_path / "s.json")]) == EXIT_BAD_SPEC
+    assert "rng_state.pth: a Trainer's training state (the random generators' state), not the model's weights" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()

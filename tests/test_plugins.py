@@ -662,9 +662,10 @@ def test_a_plugins_own_deprecation_warnings_are_shown(tmp_path):
             "warnings.warn('my plug-in changes next release', FutureWarning)\n"
             "warnings.warn_explicit('a library note', FutureWarning, 'lib.py', 1, module='somelib.sub')\n")
     (tmp_path / "noisy_plugin.py").write_text(code)
+    (tmp_path / "noisy-plugin.py").write_text(code)   # a file name that is no identifier: bertc_plugin_noisy-plugin
     (tmp_path / "pkg_noisy").mkdir()
     (tmp_path / "pkg_noisy" / "__init__.py").write_text(code)
-    for plugin, env in ((str(tmp_path / "noisy_plugin.py"), None),
+    for plugin, env in ((str(tmp_path / "noisy_plugin.py"), None), (str(tmp_path / "noisy-plugin.py"), None),
                         ("pkg_noisy", {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})):
         proc = bertc("--plugin", plugin, "list", env=env)
         assert proc.returncode == 0, proc.stderr

@@ -48,13 +48,25 @@ def _spec_name(source: Path) -> str:
     return (name if name[0].isalpha() else f"m_{name}")[:64]
 
 
+def _refuse_training_state(source: Path) -> None:
+    """A Trainer's training state beside a checkpoint-N/'s config.json (optimizer.pt, rng_state.pth, ...) is no
+    model: rng_state.pth imported, exit 0, and its build failed on every weight missing."""
+    from bertc.checkpoints import training_state
+
+    if not source.is_dir() and training_state(source.name):
+        raise WeightsError(f"{source}: a Trainer's training state ({training_state(source.name)}), not the model's "
+                           f"weights: import the model saved beside it (model.safetensors or pytorch_model.bin; a "
+                           f"DeepSpeed ZeRO-3 checkpoint-N/ holds none: save the model with Trainer.save_model "
+                           f"first)")
+
+
 def _refuse_a_shard(source: Path, root: Path) -> None:
     """One shard of a sharded checkpoint (``model-00001-of-00004.safetensors``) holds a part of the weights: its
     import wrote a spec whose build failed on the missing tensors. Refused, naming the index to import."""
     import re
 
-    if source.is_dir() or not re.search(r"-\d+-of-\d+\.(safetensors|bin)$", source.name):
-        return
+    if source.is_dir() or not root.is_dir() or not re.search(r"-\d+-of-\d+\.(safetensors|bin)$", source.name):
+        return   # (a path in no folder: "file not found", said where the weights are opened)
     from bertc.checkpoints import index_kind
 
     indexes = sorted(p.name for p in root.iterdir() if index_kind(p.name))
@@ -67,8 +79,12 @@ def _refuse_an_adapter(source: Path, root: Path) -> None:
     """A PEFT adapter (LoRA, ...: adapter_config.json and adapter_model.*) holds the fine-tune's low-rank deltas
     alone, not a model: said so, with how to merge it into its base model (was "no weights found", or, given the
     adapter file, "needs its config.json")."""
+    from bertc.checkpoints import HF_WEIGHT_FILES
+
     config = root / "adapter_config.json"
     if not (config.is_file() and (source.is_dir() or source.name.startswith("adapter_model"))):
+        return
+    if source.is_dir() and any((root / name).is_file() for name in HF_WEIGHT_FILES):   # a model beside it: that one
         return
     base, kind = "its base model", "a PEFT"
     try:
@@ -86,9 +102,10 @@ def _refuse_an_adapter(source: Path, root: Path) -> None:
         f"MERGED_DIR)")
 
 
-def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
+def spec_for(source: Path, encoder_only: bool = False, unnamed_head_ok: bool = False) -> tuple[dict, Path]:
     """The spec (a dict, without name and weights) of the model at ``source``, and the weights path.
-    ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded)."""
+    ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded); ``unnamed_head_ok``:
+    see :func:`bertc.importers.hf.spec_from`."""
     from bertc.checkpoints import index_kind, open_checkpoint, refuse_git_lfs_pointers, refuse_special_files
     from bertc.importers import bert_tf1, hf, model_garden
 
@@ -96,6 +113,7 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
     root = source if source.is_dir() else source.parent
     _refuse_an_adapter(source, root)
     _refuse_a_shard(source, root)
+    _refuse_training_state(source)
     weights_file = source.suffix in (".safetensors", ".bin", ".pt", ".pth") or index_kind(source.name) is not None
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (weights_file and (root / "config.json").exists()):
@@ -109,7 +127,7 @@ def spec_for(source: Path, encoder_only: bool = False) -> tuple[dict, Path]:
 
         check_tokenizer(source)   # a damaged tokenizer file is said now, not when the build copies it
         checkpoint_configs(source)   # as is a config the build copies that cannot be copied
-        return hf.spec_from(source, checkpoint.names(), encoder_only), source
+        return hf.spec_from(source, checkpoint.names(), encoder_only, unnamed_head_ok), source
     if encoder_only:
         raise WeightsError(f"{source}: --encoder-only applies to Hugging Face checkpoints")
     build = source if source.is_dir() else source.parent if source.suffix == ".keras" else None
@@ -345,7 +363,9 @@ def check_checkpoint_config(spec, weights: Path) -> None:
                       open_checkpoint(weights).format not in ("safetensors", "pytorch")):
         return
     try:
-        expected, _ = spec_for(weights, encoder_only=spec.head is None)
+        # (a config.json without architectures: the encoder compared, whatever head the weights hold; a reviewer
+        # found the check skipped, the import's refusal of such a head being a WeightsError)
+        expected, _ = spec_for(weights, encoder_only=spec.head is None, unnamed_head_ok=True)
         wanted = load_spec({"name": spec.name, **expected})
     except (WeightsError, SpecError):   # a config bertc cannot import: the spec was written by hand for it
         return

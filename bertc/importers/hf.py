@@ -641,39 +641,58 @@ def _pooling_mode(path: Path):
     return modes[0] if len(modes) == 1 else modes
 
 
-# a task head's top-level modules in transformers' models (the base model's are embeddings, encoder, pooler, or
-# the family's prefix), and the classes each says the checkpoint was saved as, likeliest first
-_HEAD_MODULES = {"qa_outputs": ("ForQuestionAnswering",),
-                 "classifier": ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice"),
-                 "pre_classifier": ("ForSequenceClassification",), "cls": ("ForMaskedLM", "ForPreTraining"),
-                 "lm_head": ("ForMaskedLM",), "vocab_transform": ("ForMaskedLM",), "vocab_projector": ("ForMaskedLM",),
-                 "lm_predictions": ("ForMaskedLM",), "generator_lm_head": ("ForMaskedLM",),
-                 "generator_predictions": ("ForMaskedLM",), "decoder": ("ForMaskedLM",),
-                 "head": ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification"),
-                 "discriminator_predictions": ("ForPreTraining",), "sop_classifier": ("ForPreTraining",)}
+# the top-level modules of transformers' task heads, which a config.json without ``architectures`` (the family's base
+# model, as AutoModel reads it) would leave unread: a trained classifier imported as a bare encoder
+_TASK_HEADS = ("classifier", "qa_outputs", "pre_classifier")
+# and of its pre-training heads: such a checkpoint (converted from Google's TF pre-training ones by an old
+# transformers: SciBERT, Bio_ClinicalBERT, ... have no architectures) is meant to be read as its encoder
+_PRETRAINING_HEADS = ("cls", "lm_head", "vocab_transform", "vocab_projector", "vocab_layer_norm", "lm_predictions",
+                      "generator_lm_head", "generator_predictions", "decoder", "head", "predictions",
+                      "discriminator_predictions", "sop_classifier")
 
 
-def _refuse_an_unnamed_head(where: str, family: HFFamily, names) -> None:
-    """A config.json without ``architectures`` is the family's base model (AutoModel's reading), whose import
-    left a trained head's tensors unread, silently: a classifier imported as a bare encoder, its build running
-    embeddings instead of labels (a tester: ``BertConfig(...).save_pretrained`` writes no architectures, and
-    ``torch.save(model.state_dict())`` the classifier). Such a checkpoint is refused, naming the class to add."""
-    heads = sorted({n.split(".")[0] for n in names} & set(_HEAD_MODULES))
-    if not heads:
-        return
+def _class_prefix(cfg: dict, family: HFFamily) -> str:
+    """The prefix of the model type's own class names (Camembert..., XLMRoberta..., not its family's Roberta...)."""
+    model_type = cfg.get("model_type")
+    prefix = next((p for p, t in _ARCHITECTURE_PREFIXES if t == model_type), None)
     base = family.base_architecture
-    prefix = base[:-len("Model")] if base.endswith("Model") else ""
-    first, *others = [prefix + c for c in _HEAD_MODULES["classifier" if "classifier" in heads else heads[0]]]
-    also = f" (or {' / '.join(others)}, as it was trained)" if others else ""
-    raise UnsupportedModel(
-        f"{where}: names no architectures, and the weights hold a task head ({', '.join(f'{h}.*' for h in heads)}): "
-        f"add the class the model was saved as to config.json, e.g. \"architectures\": [\"{first}\"]{also}, or "
-        f"import --encoder-only for the encoder alone (the head is then not loaded)")
+    return prefix or (base[:-len("Model")] if base.endswith("Model") else "")
 
 
-def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
+def _unnamed_head(where: str, cfg: dict, family: HFFamily, names) -> str:
+    """For a config.json without ``architectures``: refuse weights holding a task head, naming the classes to add;
+    for a pre-training head, the note that it is not loaded (the encoder is what AutoModel reads). Before, both
+    imported as the base model silently (a tester: ``BertConfig(...).save_pretrained`` writes no architectures, and
+    ``torch.save(model.state_dict())`` a classifier beside it: bertc run gave embeddings, not labels)."""
+    top = {n.split(".")[0] for n in names}
+    task = [h for h in _TASK_HEADS if h in top]
+    prefix = _class_prefix(cfg, family)
+    if task:
+        suffixes = ["ForQuestionAnswering"] if task[0] == "qa_outputs" else \
+            ["ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice"]
+        if task[0] == "classifier" and cfg.get("model_type") == "modernbert":   # its QA head is head + classifier
+            suffixes.insert(2, "ForQuestionAnswering")
+        known = set(family.known_architectures())
+        first, *others = [prefix + c for c in suffixes if prefix + c in known] or [prefix + suffixes[0]]
+        also = f" (or {' / '.join(others)}, as it was trained)" if others else ""
+        raise UnsupportedModel(
+            f"{where}: names no architectures, and the weights hold a task head "
+            f"({', '.join(f'{h}.*' for h in task)}): add the class the model was saved as to config.json, e.g. "
+            f"\"architectures\": [\"{first}\"]{also}, or import --encoder-only for the encoder alone (the head is "
+            f"then not loaded)")
+    pretraining = [h for h in _PRETRAINING_HEADS if h in top]
+    if not pretraining:
+        return ""
+    return (f" config.json names no architectures: the encoder is imported, as transformers' AutoModel reads it; "
+            f"the checkpoint's pre-training head ({', '.join(f'{h}.*' for h in pretraining)}) is not loaded (add "
+            f"\"architectures\": [\"{prefix}ForMaskedLM\"] for the masked LM).")
+
+
+def spec_from(source: Path, names=(), encoder_only: bool = False, unnamed_head_ok: bool = False) -> dict:
     """A spec dict for a HF model directory (or a sentence-transformers one); ``names``: the checkpoint's
-    tensor names; ``encoder_only``: no head (the checkpoint's head tensors are then reported as ignored)."""
+    tensor names; ``encoder_only``: no head (the checkpoint's head tensors are then reported as ignored);
+    ``unnamed_head_ok``: a config.json without architectures is its base model whatever head the weights hold (the
+    checkpoint-config check of a spec written for it compares the encoder)."""
     root = source if source.is_dir() else source.parent
     st = None if encoder_only else sentence_transformers_modules(root)
     model_dir = st["transformer"] if st else root
@@ -684,8 +703,8 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
         refuse(where, "pruned_heads", cfg["pruned_heads"], "bertc's attention has num_attention_heads heads in "
                                                            "every layer (no pruned heads)")
     enc = family.encoder(cfg, where, st["max_len"] if st else None)
-    if not (st or encoder_only or cfg.get("architectures")):
-        _refuse_an_unnamed_head(where, family, names)
+    unnamed = "" if st or encoder_only or unnamed_head_ok or cfg.get("architectures") else \
+        _unnamed_head(where, cfg, family, names)
     arch = architecture(cfg, where, family) if not (st or encoder_only) else \
         architectures(cfg, where, family)[0]
     head = st["head"] if st else (None if encoder_only else family.head(cfg, where, enc, arch, names))
@@ -697,7 +716,7 @@ def spec_from(source: Path, names=(), encoder_only: bool = False) -> dict:
     dense = "".join(f", dense {d['units']} {d['activation']}" for d in (head or {}).get("dense", []))
     described = f"sentence-transformers model ({arch}, {' + '.join(pooling_modes(head['pooling']))} pooling{dense}" \
                 f"{', normalized' if head['normalize'] else ''})" if st else f"Hugging Face {arch}"
-    note = ""
+    note = unnamed
     if head is not None and head["type"] == "pretrainer":
         note = (f" num_token_predictions {head['num_token_predictions']} is not in config.json: set it to the "
                 f"masked positions per sequence you feed.")
