@@ -251,54 +251,69 @@ def _fp32_initializer(name: str, inits: dict, every_init: dict, only_kept: bool)
     return copy_name
 
 
+def _unfuse(proto, op_type: str, rewrite) -> int:
+    """Replace, in place, each com.microsoft ``op_type`` node for which ``rewrite(node, read)`` returns standard
+    nodes (``read``: every value some node or graph output reads; None: kept as it is), subgraphs first (a rebuilt
+    graph holds copies of its subgraphs). Returns how many were replaced."""
+    count = 0
+    graphs = list(all_graphs(proto.graph))
+    read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
+    for graph in reversed(graphs):
+        nodes = []
+        for n in graph.node:
+            new = rewrite(n, read) if n.op_type == op_type and n.domain == "com.microsoft" else None
+            if new is None:
+                nodes.append(n)
+            else:
+                nodes.extend(new)
+                count += 1
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
+
+
+def _sum_and_norm(parts: list, total: str, gamma: str, beta: str, out: str, stem: str, eps: float) -> list:
+    """Sum of ``parts`` (a Sum, not Adds, so that ORT's fusions do not fuse it back) into ``total``, then a
+    LayerNormalization into ``out``: a fused norm's standard ops."""
+    from onnx import helper
+
+    return [helper.make_node("Sum", parts, [total], name=f"{stem}/unfused/sum"),
+            helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [out],
+                             name=f"{stem}/unfused/layer_norm", axis=-1, epsilon=eps)]
+
+
 def unfuse_embed_layer_norms(proto) -> int:
     """Rewrite, in place, each com.microsoft EmbedLayerNormalization whose mask index no one reads as the standard
     ops it fuses: Gather of the word (and type) rows, the position rows (Gather at its position_ids, else the
     table's first S rows), one Sum and a LayerNormalization. For the fp16 artifacts: ORT's CUDA kernel sums the
     layer norm's mean and mean square in fp16 (a mean far from 0 against the spread loses the variance, an RMS above
-    256 overflows), LayerNormalization's in fp32; run once a batch, the unfused form costs little. A Sum, not Adds,
-    so that ORT's EmbedLayerNormFusion does not fuse it back. Returns how many were rewritten."""
+    256 overflows), LayerNormalization's in fp32; run once a batch, the unfused form costs little. Returns how many
+    were rewritten."""
     from onnx import helper
 
-    count = 0
-    graphs = list(all_graphs(proto.graph))
-    read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
-    for graph in reversed(graphs):   # subgraphs first: a rebuilt graph holds copies of its subgraphs
-        nodes = []
-        for n in graph.node:
-            if n.op_type != "EmbedLayerNormalization" or n.domain != "com.microsoft" or \
-                    any(o and o in read for o in n.output[1:]):
-                nodes.append(n)
-                continue
-            ins = list(n.input) + [""] * (9 - len(n.input))
-            ids, segments, words, table, types, gamma, beta, mask, positions = ins[:9]
-            if mask:   # (bertc never passes one; its mask index would need computing) kept fused
-                nodes.append(n)
-                continue
-            stem = n.name or n.output[0]
-            eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
-            parts = [f"{stem}/unfused/words", f"{stem}/unfused/positions"]
-            nodes.append(helper.make_node("Gather", [words, ids], [parts[0]], name=parts[0], axis=0))
-            if positions:
-                nodes.append(helper.make_node("Gather", [table, positions], [parts[1]], name=parts[1], axis=0))
-            else:
-                shape = f"{stem}/unfused/length"
-                nodes.append(helper.make_node("Shape", [ids], [shape], name=shape, start=1, end=2))
-                start = f"{stem}/unfused/start"
-                nodes.append(helper.make_node("Constant", [], [start], name=start,
-                                              value=helper.make_tensor(start, 7, [1], [0])))
-                nodes.append(helper.make_node("Slice", [table, start, shape, start], [parts[1]], name=parts[1]))
-            if segments and types:
-                parts.append(f"{stem}/unfused/types")
-                nodes.append(helper.make_node("Gather", [types, segments], [parts[2]], name=parts[2], axis=0))
-            total = f"{stem}/unfused/sum"
-            nodes.append(helper.make_node("Sum", parts, [total], name=total))
-            nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
-                                          [n.output[0]], name=f"{stem}/unfused/layer_norm", axis=-1, epsilon=eps))
-            count += 1
-        del graph.node[:]
-        graph.node.extend(nodes)
-    return count
+    def rewrite(n, read):
+        ins = list(n.input) + [""] * (9 - len(n.input))
+        ids, segments, words, table, types, gamma, beta, mask, positions = ins[:9]
+        if any(o and o in read for o in n.output[1:]) or mask:   # (bertc never passes a mask: kept fused)
+            return None
+        stem = n.name or n.output[0]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        parts = [f"{stem}/unfused/words", f"{stem}/unfused/positions"]
+        nodes = [helper.make_node("Gather", [words, ids], [parts[0]], name=parts[0], axis=0)]
+        if positions:
+            nodes.append(helper.make_node("Gather", [table, positions], [parts[1]], name=parts[1], axis=0))
+        else:
+            shape, start = f"{stem}/unfused/length", f"{stem}/unfused/start"
+            nodes.append(helper.make_node("Shape", [ids], [shape], name=shape, start=1, end=2))
+            nodes.append(helper.make_node("Constant", [], [start], name=start,
+                                          value=helper.make_tensor(start, 7, [1], [0])))
+            nodes.append(helper.make_node("Slice", [table, start, shape, start], [parts[1]], name=parts[1]))
+        if segments and types:
+            parts.append(f"{stem}/unfused/types")
+            nodes.append(helper.make_node("Gather", [types, segments], [parts[2]], name=parts[2], axis=0))
+        return nodes + _sum_and_norm(parts, f"{stem}/unfused/sum", gamma, beta, n.output[0], stem, eps)
+
+    return _unfuse(proto, "EmbedLayerNormalization", rewrite)
 
 
 def unfuse_skip_layer_norms(proto) -> int:
@@ -307,30 +322,16 @@ def unfuse_skip_layer_norms(proto) -> int:
     input, the skip and the bias (the node's fourth output when something reads it) and a LayerNormalization. For the
     fp16 artifacts of a spec that asks for the fused form: ORT's CUDA kernel sums its statistics in fp16 (NaN once the
     residual stream's RMS passes 256), LayerNormalization's in fp32. Returns how many were rewritten."""
-    from onnx import helper
+    def rewrite(n, read):
+        if any(o and o in read for o in n.output[1:3]):
+            return None
+        x, skip, gamma, beta, bias = (list(n.input) + [""] * (5 - len(n.input)))[:5]
+        stem = n.name or n.output[0]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        total = n.output[3] if len(n.output) > 3 and n.output[3] else f"{stem}/unfused/sum"
+        return _sum_and_norm([x, skip] + ([bias] if bias else []), total, gamma, beta, n.output[0], stem, eps)
 
-    count = 0
-    graphs = list(all_graphs(proto.graph))
-    read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
-    for graph in reversed(graphs):
-        nodes = []
-        for n in graph.node:
-            if n.op_type != "SkipLayerNormalization" or n.domain != "com.microsoft" or \
-                    any(o and o in read for o in n.output[1:3]):
-                nodes.append(n)
-                continue
-            ins = list(n.input) + [""] * (5 - len(n.input))
-            x, skip, gamma, beta, bias = ins[:5]
-            stem = n.name or n.output[0]
-            eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
-            total = n.output[3] if len(n.output) > 3 and n.output[3] else f"{stem}/unfused/sum"
-            nodes.append(helper.make_node("Sum", [x, skip] + ([bias] if bias else []), [total], name=f"{stem}/unfused/sum"))
-            nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
-                                          [n.output[0]], name=f"{stem}/unfused/layer_norm", axis=-1, epsilon=eps))
-            count += 1
-        del graph.node[:]
-        graph.node.extend(nodes)
-    return count
+    return _unfuse(proto, "SkipLayerNormalization", rewrite)
 
 
 def to_fp16(proto, op_block_list: list) -> tuple:
