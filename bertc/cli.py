@@ -1208,19 +1208,20 @@ def _click_too_old() -> Optional[str]:
 # < 3.10.7 calls pyparsing 3.3's deprecated names.
 _LIBRARIES = r"(?!(bertc|bertc_plugin_.*)(\.|$))"
 _QUIET_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+_PLUGIN_MODULES: list = []   # the module plug-ins loaded so far (every --plugin of the command line)
 
 
 def _quiet_libraries(plugins=()) -> None:
     """Ignore the deprecation warnings (:data:`_QUIET_CATEGORIES`, and EncodingWarning) of every module but bertc's
     and the plug-ins' (``plugins``: module plug-ins' names, kept as the user's own code: shown as Python shows them),
     replacing the filters an earlier call put first."""
-    import re
     import warnings
 
     global _LIBRARIES
     before = _LIBRARIES
-    if plugins:
-        names = "|".join(["bertc", r"bertc_plugin_.*", *(re.escape(m) for m in plugins)])
+    _PLUGIN_MODULES.extend(m for m in plugins if m not in _PLUGIN_MODULES)
+    if _PLUGIN_MODULES:
+        names = "|".join(["bertc", r"bertc_plugin_.*", *(re.escape(m) for m in _PLUGIN_MODULES)])
         _LIBRARIES = rf"(?!({names})(\.|$))"
     warnings.filters[:] = [f for f in warnings.filters if getattr(f[3], "pattern", None) not in (before, _LIBRARIES)]
     for category in _QUIET_CATEGORIES:   # the libraries' notes to their own users (Keras's numpy __array__ one):
