@@ -1186,3 +1186,50 @@ def test_a_trainers_training_state_is_not_offered_as_weights(tmp_path, capsys):
     assert "rng_state.pth: a Trainer's training state (the random generators' state), not the model's weights" in \
         capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def _next_sentence_checkpoint(tmp_path, architectures=("BertForNextSentencePrediction",)) -> Path:
+    """BertForNextSentencePrediction's files, from the pre-training fixture: its encoder, pooler and
+    cls.seq_relationship are the NSP model's, which computes its ``classification`` output."""
+    def drop_mlm(t):
+        for name in [n for n in t if n.startswith("cls.predictions.")]:
+            t.pop(name)
+
+    source = hf_copy(tmp_path, "bert_pretraining", drop_mlm)
+    config = json.loads((source / "config.json").read_text())
+    config.pop("architectures")
+    if architectures:
+        config["architectures"] = list(architectures)
+    (source / "config.json").write_text(json.dumps(config))
+    return source
+
+
+def test_next_sentence_prediction_checkpoint_imports_as_a_two_class_classifier(tmp_path):
+    """BertForNextSentencePrediction (the pooler and cls.seq_relationship) was refused: it is a classifier of the
+    pooled output with two classes (0: B follows A), whatever num_labels says, and every tensor is read."""
+    source = _next_sentence_checkpoint(tmp_path)
+    config = json.loads((source / "config.json").read_text())
+    config["num_labels"] = 5   # transformers' NSP head has 2 outputs whatever the config says
+    (source / "config.json").write_text(json.dumps(config))
+    spec_path = tmp_path / "nsp.json"
+    assert main(["import", str(source), "-o", str(spec_path)]) == 0
+    data = json.loads(spec_path.read_text())
+    assert data["head"] == {"type": "classifier", "num_classes": 2, "dropout_rate": 0.0}
+    assert "Class 0: text B follows text A" in data["description"]
+    result = load_into_fresh(spec_path, source)
+    assert not result.ignored and result.tensors == len(result.loaded) + len(result.tied)
+    ref = dict(np.load(FIXTURES / "hf" / "bert_pretraining" / "reference.npz"))
+    spec = load_spec(spec_path)
+    model = bertc.build_model(spec).model
+    load_weights(model, spec, resolve_weights_path(spec.weights, spec_path))
+    got = keras_run(model)({i.name: ref[i.name] for i in signature_of(spec).inputs})
+    assert float(np.max(np.abs(got["logits"] - ref["classification"]))) <= ATOL
+
+
+def test_a_next_sentence_checkpoint_without_architectures_is_offered_its_class(tmp_path):
+    source = _next_sentence_checkpoint(tmp_path, architectures=())
+    assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == 0
+    spec = load_spec(tmp_path / "s.json")
+    assert spec.head is None
+    assert "(cls.*) is not loaded (add \"architectures\": [\"BertForNextSentencePrediction\"] for the next-sentence " \
+           "classifier)" in spec.description

@@ -175,6 +175,8 @@ def _head_param(name: str, head: Optional[str], tied: bool = True) -> Optional[T
                             ("cls.predictions.decoder.bias", "predictions.decoder.bias"), tied)
     if decoder is not None:
         return decoder
+    if stem == "cls.seq_relationship" and head == "classifier":   # BertForNextSentencePrediction's one head
+        return _param("linear", leaf, "classifier")
     if stem in ("cls.seq_relationship", "sop_classifier.classifier"):
         return _param("linear", leaf, "next_sentence")
     return None
@@ -271,7 +273,9 @@ class Bert(HFFamily):
     model_types = ("bert",)
     architectures = {"BertModel": None, "BertForSequenceClassification": "classifier",
                      "BertForTokenClassification": "token_classifier", "BertForQuestionAnswering": "span_labeler",
-                     "BertForMultipleChoice": "multiple_choice", "BertForPreTraining": "pretrainer"}
+                     "BertForMultipleChoice": "multiple_choice", "BertForPreTraining": "pretrainer",
+                     # the pooler + cls.seq_relationship: a two-class classifier of the pooled output
+                     "BertForNextSentencePrediction": "next_sentence"}
     # A masked-LM-only checkpoint (bert-base-uncased says BertForMaskedLM) is a pretrainer when its file also
     # has the next-sentence head (saved from pretraining: bertc's pretrainer head always has next-sentence), else
     # a masked_lm head (logits at every token; what run_mlm.py saves, without pooler or next-sentence head).
@@ -503,6 +507,8 @@ def head_from_config(cfg: dict, where: str, enc: dict, arch: str, family: HFFami
     labels = num_labels(cfg, where)
     if head in ("classifier", "token_classifier"):
         return {"type": head, "num_classes": labels, "dropout_rate": _classifier_dropout(cfg, where)}
+    if head == "next_sentence":   # BertOnlyNSPHead: a Linear of the pooled output (no dropout), 2 outputs whatever
+        return {"type": "classifier", "num_classes": 2, "dropout_rate": 0.0}   # num_labels says
     if head == "multiple_choice":   # one score a (context, choice) row: num_labels plays no part
         return {"type": head, "dropout_rate": _classifier_dropout(cfg, where)}
     if head == "span_labeler":
@@ -683,9 +689,13 @@ def _unnamed_head(where: str, cfg: dict, family: HFFamily, names) -> str:
     pretraining = [h for h in _PRETRAINING_HEADS if h in top]
     if not pretraining:
         return ""
+    nsp_only = f"{prefix}ForNextSentencePrediction" in family.known_architectures() and pretraining == ["cls"] and all(
+        n.startswith("cls.seq_relationship.") for n in names if n.split(".")[0] == "cls")
+    wanted = f"{prefix}ForNextSentencePrediction\"] for the next-sentence classifier" if nsp_only else \
+        f"{prefix}ForMaskedLM\"] for the masked LM"
     return (f" config.json names no architectures: the encoder is imported, as transformers' AutoModel reads it; "
             f"the checkpoint's pre-training head ({', '.join(f'{h}.*' for h in pretraining)}) is not loaded (add "
-            f"\"architectures\": [\"{prefix}ForMaskedLM\"] for the masked LM).")
+            f"\"architectures\": [\"{wanted}).")
 
 
 def spec_from(source: Path, names=(), encoder_only: bool = False, unnamed_head_ok: bool = False) -> dict:
@@ -720,6 +730,8 @@ def spec_from(source: Path, names=(), encoder_only: bool = False, unnamed_head_o
     if head is not None and head["type"] == "pretrainer":
         note = (f" num_token_predictions {head['num_token_predictions']} is not in config.json: set it to the "
                 f"masked positions per sequence you feed.")
+    if arch == "BertForNextSentencePrediction" and head is not None:
+        note += " Class 0: text B follows text A; class 1: B is a random sentence (the next-sentence labels)."
     if head is None and encoder_only:
         note += " Encoder only: the checkpoint's head tensors are not loaded (the build report lists them)."
     if pooler_less:
