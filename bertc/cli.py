@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import click
 
 from bertc.errors import (EXIT_BAD_SPEC, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY,
-                          EXIT_OUTPUT, EXIT_TERMINATED, BertcError)
+                          EXIT_OUTPUT, BertcError)
 from bertc.names import EXPORT_VARIANTS
 from bertc.quiet import import_log, native_stderr_to
 from bertc.plugins import plugin_error
@@ -251,15 +251,15 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                     status.clear()
     except (_Terminated, KeyboardInterrupt) as exc:   # unwound: the staging directory, the lock and the log are gone
         terminated = isinstance(exc, _Terminated)
-        _err(f"{'terminated' if terminated else 'interrupted'}"
-             + (f" after the build was written: {_shown(Path(out))}/ holds it, complete" if placed else
-                "; nothing was written"))
+        _said(f"{exc.said if terminated else 'interrupted'}"
+              + (f" after the build was written: {_shown(Path(out))}/ holds it, complete" if placed else
+                 "; nothing was written"))
         # what the signal cut short mid-construction (TensorFlow's objects) may complain as the interpreter collects
         # it at exit: noise after this line
         import atexit
 
         atexit.register(setattr, sys, "unraisablehook", lambda unraisable: None)
-        raise SystemExit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+        raise SystemExit(exc.code if terminated else EXIT_INTERRUPTED) from None
     except BertcError as exc:
         failed = getattr(exc, "kept_in", None)   # OUT.failed, or OUT.failed-2 ... when OUT.failed is not a build's
         if failed is None or not (failed / "summary.txt").exists():
@@ -306,7 +306,36 @@ def _shown(path: Path) -> Path:
 
 
 class _Terminated(BaseException):   # not an Exception: no handler on the way may take it for an error of its own
-    pass   # SIGTERM, raised by _sigterm_unwinds (bertc build, bertc run)
+    """SIGTERM, or SIGHUP (the terminal or ssh session closed), raised by _sigterm_unwinds (bertc build, run, parity,
+    bench): the command unwinds and ends with 128 + the signal's number, as a shell reports a process it ended."""
+
+    def __init__(self, signum: int = 15):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def code(self) -> int:
+        return 128 + self.signum   # EXIT_TERMINATED (143) for SIGTERM, 129 for SIGHUP
+
+    @property
+    def said(self) -> str:
+        import signal
+
+        return "hung up (SIGHUP)" if self.signum == getattr(signal, "SIGHUP", None) else "terminated"
+
+
+def _said(text: str) -> None:
+    """A last word on stderr, which a closed terminal (SIGHUP) may no longer take."""
+    with contextlib.suppress(OSError):
+        _err(text)
+
+
+def _stop_signals() -> tuple:
+    """The signals that unwind a command as Ctrl-C does: SIGTERM, and SIGHUP where there is one (a build or run
+    started from a terminal or ssh session that closed was ended where it stood, its temporary files left behind)."""
+    import signal
+
+    return tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @contextlib.contextmanager
@@ -328,7 +357,7 @@ def _sigterm_unwinds():
             raise pending.pop()
 
     def terminated(signum, frame):
-        raise _Terminated()
+        raise _Terminated(signum)
 
     if threading.current_thread() is not threading.main_thread():   # where signal handlers run, and are set
         yield raise_pending
@@ -341,14 +370,19 @@ def _sigterm_unwinds():
         else:
             previous_hook(unraisable)
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    # a signal ignored when the command began (nohup's SIGHUP) stays ignored
+    previous = {signum: signal.getsignal(signum) for signum in _stop_signals()}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, terminated)
     sys.unraisablehook = unraisable
     try:
         yield raise_pending
         raise_pending()
     finally:
         sys.unraisablehook = previous_hook
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _needs_stdout(what: str) -> None:
@@ -377,9 +411,9 @@ def _stops_cleanly(written: Path):
     try:
         with _sigterm_unwinds():
             yield
-    except _Terminated:
-        _err(f"terminated after {written} was written" if state() != before else "terminated; nothing was written")
-        raise SystemExit(EXIT_TERMINATED) from None
+    except _Terminated as exc:
+        _said(f"{exc.said} after {written} was written" if state() != before else f"{exc.said}; nothing was written")
+        raise SystemExit(exc.code) from None
 
 
 @contextlib.contextmanager
@@ -1062,16 +1096,16 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
             raise SystemExit(EXIT_BROKEN_PIPE) from None
         except (_Terminated, KeyboardInterrupt) as exc:   # the result's temporary file is gone (run_io.atomic_result)
             # unless the signal came once RESULT was written (leaving the signal handlers' context)
-            written, rows, interrupted = rows, None, isinstance(exc, KeyboardInterrupt)
+            written, rows, interrupted, stopped = rows, None, isinstance(exc, KeyboardInterrupt), exc
         finally:
             progress.close()
         if rows is None:
-            _err(("interrupted" if interrupted else "terminated")
-                 + ("" if str(result) == "-" else
-                    f" after {result} was written: it holds all {written:,} result(s)" if written is not None else
-                    "; nothing was written"))
-            # 128 + SIGINT / SIGTERM, as a shell reports a process that the signal ended
-            raise SystemExit(EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED)
+            _said(("interrupted" if interrupted else stopped.said)
+                  + ("" if str(result) == "-" else
+                     f" after {result} was written: it holds all {written:,} result(s)" if written is not None else
+                     "; nothing was written"))
+            # 128 + SIGINT / SIGTERM / SIGHUP, as a shell reports a process that the signal ended
+            raise SystemExit(EXIT_INTERRUPTED if interrupted else stopped.code)
     _finished(0)   # RESULT is written: what is left is to say so
     seconds = time.perf_counter() - start
     if not quiet:
@@ -1359,9 +1393,10 @@ def _signals_end_with(code: int) -> None:
     """A Ctrl-C or SIGTERM from now on ends the process with ``code``: the command is done."""
     import signal
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, *_stop_signals()):
         with contextlib.suppress(ValueError, OSError):   # not the main thread (an embedding host)
-            signal.signal(signum, lambda signum, frame: _leave(code))
+            if signal.getsignal(signum) is not signal.SIG_IGN:   # nohup's SIGHUP stays ignored
+                signal.signal(signum, lambda signum, frame: _leave(code))
 
 
 if __name__ == "__main__":

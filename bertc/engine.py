@@ -114,7 +114,14 @@ SIMILARITIES = {"cosine": _cosine,
                 "manhattan": lambda a, b: -float(np.abs(a - b).sum())}
 
 
-def windows(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+def windows(records: Iterable[Record], size: int, stall: Optional[float] = None) -> Iterator[list[Record]]:
+    """``records`` in windows of ``size``. ``stall`` (seconds): the input may pause (a pipe: ``tail -f log | bertc
+    run OUT - -o -``), and a window is given as it is once no record came for that long, so that each record's result
+    leaves while the input waits (it waited for 2,048 lines, or the input's end); the records are then read by a
+    thread of their own, at most a window ahead, and a reading error is raised where the records had it."""
+    if stall is not None:
+        yield from _windows_as_read(records, size, stall)
+        return
     window: list = []
     for r in records:
         window.append(r)
@@ -125,6 +132,42 @@ def windows(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield window
 
 
+def _windows_as_read(records: Iterable[Record], size: int, stall: float) -> Iterator[list[Record]]:
+    import queue
+
+    read: queue.Queue = queue.Queue(maxsize=size)
+    end = object()
+
+    def reader():
+        try:
+            for r in records:
+                read.put((r, None))
+            read.put((end, None))
+        except BaseException as exc:   # given to the consumer, which raises it
+            read.put((end, exc))
+
+    # a daemon: a run that stops while the input is still open (an error, a signal) does not wait for the input's end
+    threading.Thread(target=reader, name="bertc-input", daemon=True).start()
+    window: list = []
+    while True:
+        try:
+            r, exc = read.get(timeout=stall if window else None)
+        except queue.Empty:   # the input paused: what came so far is run now
+            yield window
+            window = []
+            continue
+        if r is end:
+            if exc is not None:
+                raise exc
+            if window:
+                yield window
+            return
+        window.append(r)
+        if len(window) >= size:
+            yield window
+            window = []
+
+
 
 # --- the engine: tokenizer + session + decoding --------------------------------------------------------
 
@@ -132,7 +175,7 @@ def windows(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 class EngineParts:
     """Everything an :class:`Engine` needs, picklable (sent once to each Ray actor)."""
 
-    model: bytes
+    model: bytes                     # the ONNX file's bytes (b"": opened from model_path)
     model_name: str
     tokenizer_json: str
     provider: str
@@ -166,6 +209,8 @@ class EngineParts:
     lowercase: bool = False          # str.lower() of each input first (sentence_bert_config.json's do_lower_case)
     external_data_folder: str = ""   # where a model over 2 GB keeps its weights (its .data file): read from there
     external_data_stamp: tuple = ()  # (its name, size, mtime_ns) when the Runtime checked it against the manifest
+    model_path: str = ""             # where the session reads the model when ``model`` is empty (never pickled
+                                     # so: a Runtime sends its parts with the bytes, Runtime.portable_parts)
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -271,7 +316,7 @@ class Engine:
                                              parts.external_data_folder)
         provider = (parts.provider, parts.provider_options) if parts.provider_options else parts.provider
         try:
-            self.session = ort.InferenceSession(parts.model, options, providers=[provider])
+            self.session = ort.InferenceSession(parts.model or parts.model_path, options, providers=[provider])
         except Exception as exc:
             raise BackendLoadError(f"{parts.model_name}: cannot be loaded by ONNX Runtime: "
                                    f"{' '.join(str(exc).split())[:300]}") from None
@@ -294,10 +339,14 @@ class Engine:
         # tokens added to the tokenizer after training, never given embeddings (the model's vocabulary was not
         # resized): their ids are out of the embedding table's range, which ONNX Runtime reports as a crash
         self.vocab_limit = parts.vocab_size if 0 < parts.vocab_size < self.tokenizer.get_vocab_size(True) else 0
-        # what differs between threads calling predict() at once (one engine may serve several): a span labeler's
-        # long contexts' tokenizer, whose truncation each context sets (its stride), and the records truncation cut.
-        # self.tokenizer's settings never change after this, and ONNX Runtime's session.run is thread-safe
+        # what differs between threads calling predict() at once (one engine may serve several): the records
+        # truncation cut. self.tokenizer's settings never change after this, nor do those of the untruncated copy
+        # (_plain), and ONNX Runtime's session.run is thread-safe. A long context's tokenizer, whose truncation each
+        # context sets (its stride), is lent to one call at a time from a pool: one a thread was made anew (a parse
+        # of tokenizer.json, a second for XLM-R's) in every thread of a thread-per-request server, and kept
         self._local = threading.local()
+        self._windowing: list = []   # tokenizers free to lend (list.pop / append: atomic)
+        self._plain_tokenizer = None
         self.output_names = list(parts.outputs.values())
         self.embeds = "embedding" in parts.outputs   # a sentence embedder's ranking: similarities, not pair scores
 
@@ -372,14 +421,15 @@ class Engine:
         return encodings
 
     def _plain(self):
-        """This thread's copy of the tokenizer without truncation (to count a text's tokens)."""
+        """The copy of the tokenizer without truncation (to count a text's tokens), shared by every thread."""
         import tokenizers
 
-        tok = getattr(self._local, "plain", None)
-        if tok is None:
-            tok = self._local.plain = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
+        tok = self._plain_tokenizer
+        if tok is None:   # (threads that come at once may each make one: one is kept; no lock a fork could leave held)
+            tok = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
             tok.no_truncation()
             tok.no_padding()
+            self._plain_tokenizer = tok
         return tok
 
     def _count(self, text: str) -> tuple[int, int]:
@@ -551,10 +601,17 @@ class Engine:
         leaves no room for the context is refused naming the line."""
         import tokenizers
 
-        tok = getattr(self._local, "windowing", None)   # this thread's own: its truncation is set for each context
-        if tok is None:
-            tok = self._local.windowing = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
+        try:   # one no other call uses meanwhile: its truncation is set for each context
+            tok = self._windowing.pop()
+        except IndexError:
+            tok = tokenizers.Tokenizer.from_str(self.parts.tokenizer_json)
             tok.no_padding()
+        try:
+            return self._context_windows(tok, record)
+        finally:
+            self._windowing.append(tok)
+
+    def _context_windows(self, tok, record: Record) -> list:
         pair = record.pair is not None
         tok.no_truncation()
         question = len(tok.encode(record.text, add_special_tokens=False).ids) if pair else 0

@@ -31,7 +31,8 @@ code  name                         meaning
                                    (``| head``; 128 + SIGPIPE, as Unix tools exit)
 143   ``EXIT_TERMINATED``          ``bertc run`` ended by SIGTERM (``timeout``, ``kill``, a
                                    scheduler), or ``bertc build`` / ``parity`` / ``bench``:
-                                   terminated; nothing was written (128 + SIGTERM)
+                                   terminated; nothing was written (128 + SIGTERM; SIGHUP, a
+                                   closed terminal, unwinds the same way with 129)
 ====  ===========================  ==========================================================
 
 ``NotLowerable`` (an ONNX lowering that cannot express a component) never reaches the CLI: the optimize

@@ -98,7 +98,8 @@ def signals_ignored():
     if threading.current_thread() is not threading.main_thread():   # where signal handlers run, and are set
         yield
         return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, signal.SIG_IGN)
+                for signum in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))}
     try:
         yield
     finally:

@@ -267,7 +267,11 @@ def _open_binary(spec: InputSpec):
     if spec.stdin:
         if sys.stdin is None:   # started with <&-
             raise InputError("-: standard input is closed; pipe the input in, or name the input file")
-        return contextlib.nullcontext(sys.stdin.buffer)
+        try:   # a reader of its own on the same file: one a thread reads (engine.windows with a stall) while the run
+            # stops would hold sys.stdin's lock, and the interpreter aborts at exit closing sys.stdin
+            return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+        except (AttributeError, OSError, ValueError):   # not a file (a test's, an embedding program's stream)
+            return contextlib.nullcontext(sys.stdin.buffer)
     return open(spec.path, "rb")
 
 
@@ -640,6 +644,20 @@ def read_records(spec: InputSpec) -> Iterator[Record]:
         yield from READERS[spec.format](spec)
     except OSError as exc:
         raise InputError(f"{spec.name}: cannot read: {exc}") from None
+
+
+def is_regular_file(spec: InputSpec) -> bool:
+    """Whether the input is a regular file (read at once to its end), not standard input, a pipe or a FIFO (which
+    may pause)."""
+    if spec.stdin:
+        try:
+            return stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
+        except (AttributeError, OSError, ValueError):
+            return True
+    try:
+        return stat.S_ISREG(os.stat(spec.path).st_mode)
+    except OSError:   # the reader names it
+        return True
 
 
 def count_rows(spec: InputSpec) -> Optional[int]:

@@ -263,7 +263,7 @@ def _run_ray(ray, runtime, records, actors, progress, predictor, kept) -> Iterat
     refs, total = _ray_blocks(records, runtime.window)
     if not total:
         return
-    parts_ref = ray.put(runtime.parts)
+    parts_ref = ray.put(runtime.portable_parts())
     # no more actors than windows (the rest would idle, and Ray Data warns of them); restarts and retries are Ray
     # Data's defaults for an actor pool (max_restarts=-1, max_task_retries=-1), which passing them as remote args
     # (deprecated: Ray 2.64 drops them) only repeated

@@ -5,7 +5,7 @@
 session and the decoding of the model's outputs into results (the batching and the results of each kind of model
 are described there). The engine's whole state travels as a small picklable :class:`bertc.engine.EngineParts` (the
 model bytes, the tokenizer JSON, the labels), which is how each Ray actor (:mod:`bertc.run_ray`) builds its own
-engine without seeing OUT.
+engine without seeing OUT; in this process the model stays in its file, held open (:class:`_ModelFile`).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 DEFAULT_WINDOW = 2048   # texts tokenized, sorted and batched together (bounded memory)
+STALL_SECONDS = 0.2     # an input pipe silent this long: the texts read so far are run (bertc.engine.windows)
 
 
 
@@ -97,6 +98,52 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _file_stamp(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _ModelFile:
+    """The ONNX file a Runtime checked against the build's manifest, held open instead of held in memory: ONNX
+    Runtime's session is opened from its path while the path still names this file (a session made from bytes
+    keeps them as long as it lives: twice the model's size in memory), and its bytes are read again from the open
+    file to send the Runtime to another process, or to open a session once OUT holds another build (a rebuild
+    replaces the file, and the open one is still the one read). A file changed in place since it was checked is
+    refused (its size or modification time is not what it was)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self.fd)
+        self.stamp = _file_stamp(os.fstat(self.fd))
+
+    def read(self) -> bytes:
+        if self._closer.alive and _file_stamp(os.fstat(self.fd)) == self.stamp:
+            chunks, at = [], 0
+            while at < self.stamp[2]:
+                chunk = os.pread(self.fd, min(self.stamp[2] - at, 1 << 30), at)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                at += len(chunk)
+            data = b"".join(chunks)
+            if len(data) == self.stamp[2] and _file_stamp(os.fstat(self.fd)) == self.stamp:
+                return data
+        if not self._closer.alive:
+            raise InputError("this Runtime was closed (Runtime.close()): create it again")
+        raise BackendLoadError(f"{self.path}: changed in place since this Runtime checked it against the build's "
+                               f"manifest: create the Runtime again")
+
+    def at_path(self) -> bool:
+        """Whether the file's path still names this file, unchanged."""
+        try:
+            return self._closer.alive and _file_stamp(os.stat(self.path)) == self.stamp
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self._closer()
 
 
 def _directory_identity(out: Path) -> tuple:
@@ -802,7 +849,9 @@ class Runtime:
                                                                f"only a span labeler or a token classifier reads a "
                                                                f"long text in windows (this model gives {self.kind} "
                                                                f"results)"))
-        self.threads, self.window, self.spinning = threads, max(window, batch_size), spinning
+        # a window below batch_size is kept (it was raised to batch_size: --window 1 read 32 texts at a time), and
+        # its batches are no larger than it
+        self.threads, self.window, self.spinning = threads, window, spinning
         self.max_len, self.max_len_why = max_sequence_length(self.spec), "the model's"
         self.truncate = truncation_default(self.out, self.kind, self.report) if truncate is None else bool(truncate)
         if max_length is not None:
@@ -861,11 +910,13 @@ class Runtime:
             self.kind, answers = ("rank", top_k or 0) if rank else ("similarity", answers)
         path = self.out / self.choice.path
         try:
-            model = path.read_bytes()
+            model_file = _ModelFile(path)
+            model = model_file.read()
         except OSError as exc:
             raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}"
                                    f"{self._other_artifact(device)}") from None
         self.choice = _checked_against_manifest(self.choice, model, self.report)
+        del model   # the session is opened from the file (see _ModelFile), which stays open
         # a model over protobuf's 2 GB keeps its weights in OUT/<file>.data: ONNX Runtime reads them from OUT's
         # folder (the graph alone is in memory), checked against the manifest as the graph is
         external = self.report["artifacts"][self.choice.artifact].get("external_data")
@@ -896,7 +947,7 @@ class Runtime:
         self.max_batch_tokens = max_batch_tokens
         if answers and self.kind == "span":
             self.kind = "spans"   # {"answers": [...]}: a result of its own shape (JSONL, Parquet)
-        self.parts = EngineParts(model=model, model_name=path.name, tokenizer_json=tokenizer_json, **fill,
+        self.parts = EngineParts(model=b"", model_name=path.name, tokenizer_json=tokenizer_json, **fill,
                                  external_data_folder=external_folder, external_data_stamp=external_stamp,
                                  provider=self.choice.provider, precision=self.choice.precision,
                                  kind="span" if self.kind == "spans" else self.kind,
@@ -923,6 +974,8 @@ class Runtime:
             raise InputError(f"{self.out}: replaced by another build while this Runtime read it (a rebuild, or the "
                              f"link pointed elsewhere); its files may be of two builds: create the Runtime again")
         self._engine: Optional[Engine] = None
+        self._model_file: Optional[_ModelFile] = model_file
+        self._closed = False
         self._lock = threading.Lock()   # one engine for every thread, and the count below: see :meth:`run`
         _RUNTIMES.add(self)
         self.truncated = 0   # texts (records) cut to the model's maximum so far, by run(), run_file() or over Ray
@@ -936,12 +989,40 @@ class Runtime:
         state = self.__dict__.copy()
         state.pop("_engine", None)
         state.pop("_lock", None)
+        state["parts"] = self.portable_parts()
+        state["_model_file"] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._engine, self._lock = None, threading.Lock()
         _RUNTIMES.add(self)
+
+    def portable_parts(self) -> EngineParts:
+        """The engine's parts with the model's bytes (read again from the file this Runtime checked), for a process
+        that does not see OUT (a Ray actor, a pickled copy)."""
+        if self._closed:
+            raise InputError("this Runtime was closed (Runtime.close()): create it again")
+        if self.parts.model or self._model_file is None:
+            return self.parts
+        import dataclasses
+
+        return dataclasses.replace(self.parts, model=self._model_file.read())
+
+    def close(self) -> None:
+        """Release this Runtime's ONNX Runtime session (its memory and threads) and its open model file now, rather
+        than when the last reference to it goes; calls already running finish first. A closed Runtime refuses to
+        run. ``with bertc.Runtime(out) as rt:`` closes it at the block's end."""
+        with self._lock:
+            self._closed, self._engine = True, None
+            if self._model_file is not None:
+                self._model_file.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _other_artifact(self, device: str) -> str:
         """Where the chosen artifact's file cannot be read: the artifact :func:`choose_artifact` picks among those
@@ -1013,12 +1094,30 @@ class Runtime:
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             with self._lock:   # threads that come first at once build one engine, not one each
+                if self._closed:
+                    raise InputError("this Runtime was closed (Runtime.close()): create it again")
                 if self._engine is None:
                     check_threads(self.threads)
-                    self._engine = Engine(self.parts, self.threads, self.spinning)
-        return self._engine
+                    self._engine = self._new_engine()
+                engine = self._engine
+        return engine
+
+    def _new_engine(self) -> Engine:
+        """The engine, its session opened from the model file's path where that still names the file this Runtime
+        checked (then no copy of the model's bytes stays in memory), else from the file held open."""
+        import dataclasses
+
+        held = self._model_file
+        if self.parts.model or held is None:
+            return Engine(self.parts, self.threads, self.spinning)
+        if held.at_path():
+            engine = Engine(dataclasses.replace(self.parts, model_path=str(held.path)), self.threads, self.spinning)
+            if held.at_path():   # the file opened was the one checked (not replaced by a rebuild meanwhile)
+                return engine
+        return Engine(dataclasses.replace(self.parts, model=held.read()), self.threads, self.spinning)
 
     def _count_cut(self, n: int) -> None:
         if n:
@@ -1038,11 +1137,13 @@ class Runtime:
         records = _records(texts, self.kind in ("choice", "rank"), self.kind == "rank")
         return (self._gathered(results) for results, _ in self._iter_kept(records, progress))
 
-    def _iter_kept(self, records: Iterable[Record], progress=None) -> Iterator[tuple[list, list]]:
+    def _iter_kept(self, records: Iterable[Record], progress=None, stall: Optional[float] = None
+                   ) -> Iterator[tuple[list, list]]:
         """(results, their records' kept values) window by window, in input order; counts the records that
-        truncation cut (``self.truncated``)."""
+        truncation cut (``self.truncated``). ``stall``: an input that may pause is run as far as it came once it
+        paused that long (:func:`bertc.engine.windows`)."""
         engine = self.engine
-        for window in windows(records, self.window):
+        for window in windows(records, self.window, stall):
             results = engine.predict(window)
             self._count_cut(len(engine.cut))   # this thread's predict()'s
             if progress:
@@ -1166,8 +1267,9 @@ class Runtime:
                                   run_io.kept_types(spec, fmt), empty_width) as writer:
             if ray_address is not None:
                 batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
-            else:
-                batches = self._iter_kept(run_io.read_records(spec), progress)
+            else:   # a pipe or a FIFO may pause (tail -f): its lines' results leave as they come, not a window later
+                batches = self._iter_kept(run_io.read_records(spec), progress,
+                                          None if run_io.is_regular_file(spec) else STALL_SECONDS)
             for results, kept in batches:
                 writer.write(results, kept)
                 rows += len(results)

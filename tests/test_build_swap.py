@@ -204,14 +204,17 @@ def sigterm_guard():
         raise _Unhandled()
 
     previous = signal.signal(signal.SIGTERM, unhandled)
+    previous_hup = signal.signal(signal.SIGHUP, unhandled)
     # Python's own SIGINT handler, as in a command run from a shell: pytest-xdist's workers ignore SIGINT
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGHUP, previous_hup)
     signal.signal(signal.SIGINT, previous_int)
 
 
-@pytest.mark.parametrize("signame, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+@pytest.mark.parametrize("signame, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted"),
+                                                  ("SIGHUP", 129, "hung up (SIGHUP)")])
 def test_a_signal_mid_build_unwinds_it(tmp_spec, tmp_path, monkeypatch, capsys, sigterm_guard, signame, code, word):
     import signal
     import tempfile

@@ -316,7 +316,11 @@ def test_an_empty_inputs_embeddings_have_the_shape_and_type_of_a_non_empty_ones(
 
 # --- 9: SIGTERM cleans up as Ctrl-C does ------------------------------------------------------------------------
 
-def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path):
+@pytest.mark.parametrize("signame, word", [("SIGTERM", "terminated"), ("SIGHUP", "hung up (SIGHUP)")])
+def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path, signame, word):
+    """SIGHUP (a tester: the terminal or ssh session of a long run closed) ended the run where it stood, exit 129, no
+    word, its .RESULT.partial-PID (gigabytes on a large job) and the folder -o made left behind: it unwinds as
+    SIGTERM does now, with its own exit status."""
     import signal
     import subprocess
     import time
@@ -330,10 +334,10 @@ def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path):
     while not any(p.name.startswith(".big.npy.partial-") for p in tmp_path.iterdir()):   # it is writing
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    proc.send_signal(getattr(signal, signame))
+    assert proc.wait(timeout=60) == 128 + getattr(signal, signame)
     err = proc.stderr.read().decode()
-    assert err == "terminated; nothing was written\n", err
+    assert err == f"{word}; nothing was written\n", err
     _no_leftovers(tmp_path, "big.txt")
 
 

@@ -2,6 +2,7 @@
 build whose bundled files cannot be read, arguments of the wrong kind, texts in a container without an order, and
 one very long line. Each reuses test_run's tiny builds (made once per session)."""
 import json
+import os
 import re
 import shutil
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 import bertc
 from bertc.cli import main
-from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT, InputError
+from bertc.errors import EXIT_BAD_SPEC, EXIT_OUTPUT, BackendLoadError, InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_run import shared_builds  # noqa: E402
@@ -103,6 +104,154 @@ def test_one_runtime_gives_several_threads_the_results_it_gives_one(builds, monk
     for result in _in_threads(lambda k: shared["st_bert_mean_norm"].run(long), 4):
         assert isinstance(result, np.ndarray) and np.array_equal(result, ref_emb)
     assert shared["st_bert_mean_norm"].truncated == 4 * 8   # each thread's cut texts counted once
+
+
+def test_windowing_tokenizers_are_lent_not_made_anew_in_each_thread(builds, monkeypatch):
+    """A span labeler's long contexts were windowed by a tokenizer each thread made for itself (a parse of
+    tokenizer.json, a second for XLM-R's vocabulary) and kept: a thread-per-request server paid it on every request,
+    and a pool of 32 threads held 32 copies (a tester). They are lent from a pool now: one made, however many threads
+    come one after another, and the results are those of one thread."""
+    import tokenizers
+
+    made = []
+
+    class Counting(_SlowTokenizer):
+        @classmethod
+        def from_str(cls, text):
+            made.append(1)
+            return super().from_str(text)
+
+    context = "the cat sat on the mat . the dog ran fast on the road ."
+    questions = [("what is the cat ?", context), ("where did the dog run ?", context)]
+    qa = bertc.Runtime(builds["bert_qa"], artifact="onnx", threads=1)
+    want = qa.run(questions)
+    monkeypatch.setattr(Counting, "real", tokenizers.Tokenizer)
+    monkeypatch.setattr(tokenizers, "Tokenizer", Counting)
+    fresh = bertc.Runtime(builds["bert_qa"], artifact="onnx", threads=1)
+    fresh.engine   # its own tokenizer made first
+    made.clear()
+    for _ in range(20):   # a thread per request, one after another
+        result = []
+        worker = threading.Thread(target=lambda: result.append(fresh.run(questions)))
+        worker.start()
+        worker.join()
+        assert result == [want]
+    assert len(made) == 1 and len(fresh.engine._windowing) == 1
+    assert _in_threads(lambda k: fresh.run(questions), 4) == [want] * 4
+    assert len(made) <= 4 and len(fresh.engine._windowing) == len(made)   # one a call running at once, at most
+
+
+# --- an input that pauses -------------------------------------------------------------------------------
+
+def test_an_input_that_pauses_has_what_came_so_far_run(builds):
+    """`tail -f log | bertc run OUT - -o -` gave no result until 2,048 lines had come, or the input ended (a tester):
+    with a stall, the window read so far is given once the input pauses; a reading error is raised as it came."""
+    from bertc.engine import windows
+    from bertc.run_io import Record
+
+    taken = threading.Event()
+
+    def paused():
+        yield Record("one", None, "line 1")
+        yield Record("two", None, "line 2")
+        assert taken.wait(30), "the first lines were never run while the input paused"
+        yield Record("three", None, "line 3")
+
+    got = []
+    for window in windows(paused(), 2048, stall=0.05):
+        got.append([r.text for r in window])
+        taken.set()
+    assert got == [["one", "two"], ["three"]]
+
+    def failing():
+        yield Record("one", None, "line 1")
+        raise InputError("in.jsonl: line 2: not JSON")
+
+    with pytest.raises(InputError, match="line 2: not JSON"):
+        list(windows(failing(), 2048, stall=30))
+    assert [len(w) for w in windows((Record(str(i), None, "") for i in range(5)), 2, stall=30)] == [2, 2, 1]
+
+
+def test_bertc_run_on_a_pipe_writes_each_line_s_result_while_the_input_is_open(builds):
+    import subprocess
+
+    out = builds["bert_seq_cls"]
+    want = bertc.Runtime(out, artifact="onnx").run(["a cat sat"])[0]
+    run = subprocess.Popen([sys.executable, "-m", "bertc", "run", str(out), "-", "-o", "-", "--artifact", "onnx"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        run.stdin.write(b"a cat sat\n")
+        run.stdin.flush()
+        line = []
+        reader = threading.Thread(target=lambda: line.append(run.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(120)   # the input is still open
+        assert line and json.loads(line[0])["scores"] == want["scores"]
+    finally:
+        run.stdin.close()
+        run.wait(60)
+    assert run.returncode == 0, run.stderr.read()
+
+
+def test_a_window_below_the_batch_size_is_kept(builds):
+    """`--window 8` read 32 texts at a time (the window was raised to the batch size without a word)."""
+    runtime = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx", window=1)
+    assert runtime.window == 1 and len(list(runtime.iter_results(["a", "b c", "d"]))) == 3
+
+
+# --- the model file: held open, not in memory; closing --------------------------------------------------
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_runtime_keeps_no_copy_of_the_model_in_memory_and_runs_the_build_it_read(builds, tmp_path):
+    """A Runtime read the model into memory and opened ONNX Runtime's session from those bytes, which the session
+    keeps as long as it lives: twice the model's size resident (a tester: +87 MB a Runtime of a 43 MB model, +43 MB
+    a session opened from the file). The session is opened from the file now, the bytes dropped once checked
+    against the manifest; a build swapped in at OUT (`bertc build --force`) before the first run still leaves this
+    Runtime running the build it read (the file it holds open), and sending it to another process sends that one."""
+    import pickle
+
+    out = _copy(builds["bert_seq_cls"], tmp_path)
+    texts = ["a cat sat", "the dog ran fast"]
+    first = bertc.Runtime(out, artifact="onnx")
+    want = first.run(texts)
+    assert first.parts.model == b"" and first.engine.parts.model == b""
+    assert first.engine.parts.model_path == str(out / "model.onnx")
+    held = bertc.Runtime(out, artifact="onnx")
+    other = tmp_path / "other.onnx"   # another model in the file's place, as a rebuild's rename puts it
+    shutil.copy(out / "model.optimized.onnx", other)
+    os.replace(other, out / "model.onnx")
+    assert held.run(texts) == want and held.engine.parts.model != b""   # the bytes of the file it checked
+    assert pickle.loads(pickle.dumps(first)).run(texts) == want
+
+
+def test_a_model_file_changed_in_place_after_the_runtime_checked_it_is_refused(builds, tmp_path):
+    import pickle
+
+    out = _copy(builds["bert_seq_cls"], tmp_path)
+    runtime = bertc.Runtime(out, artifact="onnx")
+    with open(out / "model.onnx", "ab") as f:   # the file the Runtime holds, written to
+        f.write(b"\0")
+    for act in (lambda: runtime.run(["a cat"]), lambda: pickle.dumps(runtime)):
+        with pytest.raises(BackendLoadError, match=re.escape(f"{out / 'model.onnx'}: changed in place since this "
+                                                             f"Runtime checked it against the build's manifest")):
+            act()
+
+
+def test_close_releases_the_session_and_the_model_file(builds):
+    """Runtime had no close() nor context manager: a service swapping builds could release the old one's session,
+    threads and memory only by dropping every reference to it (a tester)."""
+    before = _fds()
+    with bertc.Runtime(builds["bert_seq_cls"], artifact="onnx") as runtime:
+        want = runtime.run(["a cat sat"])
+        assert _fds() > before
+    assert _fds() == before and runtime._engine is None
+    with pytest.raises(InputError, match=re.escape("this Runtime was closed (Runtime.close()): create it again")):
+        runtime.run(["a cat sat"])
+    runtime.close()   # again: nothing more to release
+    assert bertc.Runtime(builds["bert_seq_cls"], artifact="onnx").run(["a cat sat"]) == want
 
 
 # --- a damaged build: its bundled files ------------------------------------------------------------------
@@ -489,7 +638,7 @@ def _shortened_as_whole(monkeypatch, fixture, text, rng) -> int:
         for kind in ("single", "pair", "zero_shot"):
             engine = engine_code.Engine.__new__(engine_code.Engine)
             engine.parts = types.SimpleNamespace(max_len=max_len, kind=kind, tokenizer_json=source)
-            engine._local = threading.local()
+            engine._local, engine._plain_tokenizer, engine._windowing = threading.local(), None, []
             engine.tokenizer = tokenizers.Tokenizer.from_str(source)
             engine.tokenizer.enable_truncation(max_len, strategy="only_first" if kind == "zero_shot" else "longest_first")
             room = max_len - engine.tokenizer.num_special_tokens_to_add(kind != "single")
@@ -706,7 +855,7 @@ def test_a_long_text_is_never_cut_inside_a_word_wordpiece_reads_as_one_unknown(m
     source = (Path(__file__).resolve().parent / "fixtures" / "hf" / "bert_model" / "tokenizer.json").read_text()
     engine = engine_code.Engine.__new__(engine_code.Engine)
     engine.parts = types.SimpleNamespace(max_len=16, kind="single", tokenizer_json=source)
-    engine._local = threading.local()
+    engine._local, engine._plain_tokenizer, engine._windowing = threading.local(), None, []
     engine.tokenizer = tokenizers.Tokenizer.from_str(source)
     engine.tokenizer.enable_truncation(16)
     for word in ("a" + "s" * 229, "q" * 150):
@@ -746,7 +895,7 @@ def test_a_long_text_is_never_cut_inside_a_run_of_one_character(monkeypatch):
     monkeypatch.setattr(engine_code, "PREFIX_CHARS", 200)
     engine = engine_code.Engine.__new__(engine_code.Engine)
     engine.parts = types.SimpleNamespace(max_len=24, kind="single", tokenizer_json=tok.to_str())
-    engine._local = threading.local()
+    engine._local, engine._plain_tokenizer, engine._windowing = threading.local(), None, []
     engine.tokenizer = tokenizers.Tokenizer.from_str(tok.to_str())
     engine.tokenizer.enable_truncation(24)
     for text in ("!" * 3001, "x " + "!" * 3001 + " a b" * 300, "x " + "!" * 2999 + "a" * 3000,
