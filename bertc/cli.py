@@ -16,6 +16,7 @@ import click
 from bertc.errors import (EXIT_BAD_SPEC, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING_LIBRARY,
                           EXIT_OUTPUT, BertcError)
 from bertc.names import EXPORT_VARIANTS
+from bertc.output import parents_made
 from bertc.quiet import import_log, native_stderr_to
 from bertc.plugins import plugin_error
 
@@ -636,7 +637,7 @@ def schema(output, force):
     if to_file:
         from bertc.errors import OutputError
 
-        with _parents_made(output, "-o"):
+        with parents_made(output, "-o"):
             try:
                 output.write_text(text, encoding="utf-8")
             except OSError as exc:
@@ -649,7 +650,7 @@ def schema(output, force):
 def _check_output_file(path: Path, force: bool, option: str) -> None:
     """Refuse, before any work, an output file that exists (without ``force``: the user's file was replaced), that
     is not a regular file, or whose folder is a file (exit 5, naming ``option`` and the path). A missing folder is
-    no refusal: :func:`_parents_made` makes it, as ``bertc build -o`` and ``bertc import -o`` do."""
+    no refusal: :func:`bertc.output.parents_made` makes it, as ``bertc build -o`` and ``bertc import -o`` do."""
     from bertc.errors import OutputError
 
     if os.path.lexists(path) and not force:   # `bertc schema -o my_spec.json` replaced the user's spec
@@ -670,42 +671,6 @@ def _existing_ancestor(path: Path) -> Optional[Path]:
             return None
         parent = parent.parent
     return parent
-
-
-@contextlib.contextmanager
-def _parents_made(path: Path, option: str):
-    """The missing folders above the output file ``path`` made (``mkdir -p``, as ``bertc build -o`` and ``bertc
-    import -o`` do), and removed again (those made here, while they are empty) when the block ends by an exception
-    (an error, Ctrl-C, SIGTERM, an exit): a command that fails leaves no new empty folder behind. A folder behind a
-    dangling link, or under a file, is not made: the command's own check names it."""
-    from bertc.errors import OutputError
-
-    missing, parent = [], Path(path).parent
-    while not (parent.exists() or parent.is_symlink()) and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    made: list = []
-
-    def remove_made():
-        for folder in reversed(made):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-    if missing and parent.is_dir():
-        for folder in reversed(missing):
-            try:
-                folder.mkdir()
-            except FileExistsError:   # made meanwhile by another process: its, not ours to remove
-                continue
-            except OSError as exc:
-                remove_made()
-                raise OutputError(f"{option} {path}: cannot make the folder {folder}: {exc.strerror or exc}") from None
-            made.append(folder)
-    try:
-        yield
-    except BaseException:
-        remove_made()
-        raise
 
 
 @cli.command("list")
@@ -761,7 +726,7 @@ def inspect(spec, plot, force):
     _import_quietly()
     from bertc.inspect import graph_table, plot_graph
 
-    with _parents_made(plot, "--plot") if plot is not None else contextlib.nullcontext():
+    with parents_made(plot, "--plot") if plot is not None else contextlib.nullcontext():
         model = __import__("bertc").build_model(spec).model
         if plot is not None:   # drawn first: a drawing that fails (no Graphviz) leaves no table on standard output
             plot_graph(model, plot, replace=force)
@@ -1075,7 +1040,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
     rows = written = None
     # RESULT's missing folders made, as build -o and import -o make OUT's; removed again when the run fails or is
     # stopped (a failed run leaves nothing behind)
-    with _parents_made(result, "-o") if str(result) != "-" else contextlib.nullcontext():
+    with parents_made(result, "-o") if str(result) != "-" else contextlib.nullcontext():
         try:
             # SIGTERM (`timeout`, `kill`, a job scheduler) unwinds as Ctrl-C does, so that the temporary result is
             # removed (Python's default would end the process where it stands and leave .RESULT.partial-PID behind);

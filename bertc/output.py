@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import contextlib
 import hashlib
 import itertools
 import json
@@ -592,3 +593,37 @@ class StagedOutput:
                 exc.kept_instead_of = self.failed_dir if self.kept_in != self.failed_dir else None
             except AttributeError:
                 pass
+
+
+@contextlib.contextmanager
+def parents_made(path: Path, option: str):
+    """The missing folders above the output file ``path`` made (``mkdir -p``, as ``bertc build -o`` and ``bertc
+    import -o`` do), and removed again (those made here, while they are empty) when the block ends by an exception
+    (an error, Ctrl-C, SIGTERM, an exit): a command that fails leaves no new empty folder behind. A folder behind a
+    dangling link, or under a file, is not made: the command's own check names it."""
+    missing, parent = [], Path(path).parent
+    while not (parent.exists() or parent.is_symlink()) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    made: list = []
+
+    def remove_made():
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    if missing and parent.is_dir():
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:   # made meanwhile by another process: its, not ours to remove
+                continue
+            except OSError as exc:
+                remove_made()
+                raise OutputError(f"{option} {path}: cannot make the folder {folder}: {exc.strerror or exc}") from None
+            made.append(folder)
+    try:
+        yield
+    except BaseException:
+        remove_made()
+        raise

@@ -1228,10 +1228,12 @@ class Runtime:
         local Ray) runs the job over Ray Data instead of in this process (:func:`bertc.run_ray.run_ray`).
         ``choices_field``: a multiple-choice model's choices (:func:`bertc.run_io.input_spec`); ``keep_fields``
         ("id,url" or a list): input fields each result row gets too, beside the result (JSONL, CSV, Parquet)."""
+        import contextlib
         import os
 
         from bertc import run_io
         from bertc.errors import OutputError
+        from bertc.output import parents_made
         from bertc.run_ray import run_ray
 
         if ray_address is None:   # over Ray the threads are each actor's: checked against the nodes (run_ray)
@@ -1263,8 +1265,11 @@ class Runtime:
                           if o.name == self.outputs.get("embedding")), None)
             return self.precision.width(shape[-1]) if shape and isinstance(shape[-1], int) else None
 
-        with run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep, self.precision.dtype,
-                                  run_io.kept_types(spec, fmt), empty_width) as writer:
+        # RESULT's missing folders made, as bertc run -o makes them, and removed again when the run fails
+        with parents_made(result_path, "result_path") if str(result_path) != run_io.STDIO else \
+                contextlib.nullcontext(), \
+                run_io.atomic_result(result_path, fmt, self.kind, force, spec.keep, self.precision.dtype,
+                                     run_io.kept_types(spec, fmt), empty_width) as writer:
             if ray_address is not None:
                 batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
             else:   # a pipe or a FIFO may pause (tail -f): its lines' results leave as they come, not a window later

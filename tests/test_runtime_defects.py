@@ -1049,3 +1049,16 @@ def test_run_says_when_the_chosen_file_changed_since_the_build(builds, tmp_path)
     why = bertc.Runtime(out, artifact="onnx_optimized").choice.why
     assert why.startswith("as asked (--artifact); passed parity; but model.optimized.onnx has CHANGED since the "
                           "build (its sha256 is not the manifest's)")
+
+
+def test_run_file_makes_the_result_s_missing_folders_as_bertc_run_does(builds, tmp_path):
+    """`bertc run -o runs/today/r.jsonl` made the folders, Runtime.run_file refused them: "no such directory for the
+    result" (a tester). Both make them now, and a run that fails removes those it made."""
+    runtime = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx")
+    (tmp_path / "in.txt").write_text("a cat sat\nthe dog\n")
+    assert runtime.run_file(tmp_path / "in.txt", tmp_path / "runs" / "today" / "r.jsonl") == 2
+    assert len((tmp_path / "runs" / "today" / "r.jsonl").read_text().splitlines()) == 2
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    with pytest.raises(InputError, match="line 2"):
+        runtime.run_file(tmp_path / "bad.jsonl", tmp_path / "other" / "deeper" / "r.jsonl")
+    assert not (tmp_path / "other").exists()
