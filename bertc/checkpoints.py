@@ -786,8 +786,8 @@ def _other_format(name: str) -> Optional[str]:
         return (f"{name} is transformers' Flax weights: convert it with transformers 4 (the model's class: "
                 f"from_pretrained(DIR, from_flax=True), then save_pretrained(OUT)) and import OUT")
     if name.endswith((".onnx", ".tflite")):
-        return (f"{name} is a compiled model, an output bertc makes, not a checkpoint it imports: import the "
-                f"checkpoint it was exported from")
+        return (f"{name} is a compiled model (bertc's output, or Optimum's / torch.onnx's export), not a checkpoint "
+                f"bertc imports: import the checkpoint it was exported from")
     return None
 
 

@@ -1157,8 +1157,8 @@ def test_a_peft_adapter_is_told_to_merge_into_its_base_model(tmp_path, capsys):
     ("tf_model.h5", "tf_model.h5 is transformers' TensorFlow (Keras h5) weights, not a TensorFlow checkpoint: convert "
                     "it with transformers 4 (the model's class: from_pretrained(DIR, from_tf=True)"),
     ("flax_model.msgpack", "flax_model.msgpack is transformers' Flax weights: convert it with transformers 4"),
-    ("model.onnx", "model.onnx is a compiled model, an output bertc makes, not a checkpoint it imports: import the "
-                   "checkpoint it was exported from")])
+    ("model.onnx", "model.onnx is a compiled model (bertc's output, or Optimum's / torch.onnx's export), not a "
+                   "checkpoint bertc imports: import the checkpoint it was exported from")])
 def test_weights_bertc_does_not_read_are_named_with_the_way_to_ones_it_does(name, says, tmp_path, capsys):
     """A TF-only or Flax-only Hub model, an Optimum export: refused (exit 2) as 'no weights found' / 'unknown
     weights format', naming no way forward ("a TensorFlow checkpoint" read as if tf_model.h5 were one)."""
