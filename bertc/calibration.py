@@ -191,7 +191,9 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
     try:
         cases = text_cases(out_dir, spec, texts, "bertc's built-in set")
         prompted, used = prompted_cases(out_dir, spec, texts, "bertc's built-in set")
-    except BertcError as exc:   # e.g. the tokenizers library is missing, or the tokenizer is not the model's
+    except MissingLibrary:   # the tokenizers library: exit 7, as with --calibration and bertc parity (a build of a
+        raise                # checkpoint with its tokenizer checked int8 and parity on random ids alone, exit 0)
+    except BertcError as exc:   # e.g. the tokenizer is not the model's
         return [], {"kind": "none", "why": f"the built-in sentences could not be tokenized: {exc}"}
     return cases + prompted, {"kind": "builtin", "file": f"bertc/data/{BUILTIN_NAME}", "examples": len(texts),
                               "sha256": builtin_sha256(), **({"prompts": used} if used else {})}

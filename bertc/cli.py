@@ -25,7 +25,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 def _err(text: str = "", **kw) -> None:
-    click.echo(text, err=True, **kw)
+    """``text`` on stderr; nothing where stderr can no longer take it (a closed terminal after SIGHUP: EIO), so that
+    the command still ends with its own status."""
+    with contextlib.suppress(OSError):
+        click.echo(text, err=True, **kw)
 
 
 def _green(text: str) -> str:
@@ -85,15 +88,20 @@ class _StatusLine:
             line = line[:max(width - 4, 8)] + "..."
         self.width = width
         # a dumb terminal (TERM=dumb: Emacs' shell, some CI logs) has no erase-line code: spaces overwrite instead
-        sys.stderr.write("\r" + line.ljust(width - 1) if _dumb_terminal() else "\r\033[K" + line)
-        sys.stderr.flush()
+        self._write("\r" + line.ljust(width - 1) if _dumb_terminal() else "\r\033[K" + line)
         self.shown = True
 
     def clear(self) -> None:
         if self.shown:
-            sys.stderr.write("\r" + " " * (self.width - 1) + "\r" if _dumb_terminal() else "\r\033[K")
-            sys.stderr.flush()
+            self._write("\r" + " " * (self.width - 1) + "\r" if _dumb_terminal() else "\r\033[K")
             self.shown = False
+
+    def _write(self, text: str) -> None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except OSError:   # the terminal is gone (SIGHUP: EIO): no more status lines; the command goes on, or unwinds
+            self.enabled = False
 
 
 def _dumb_terminal() -> bool:
@@ -252,7 +260,7 @@ def build(spec, out, force, no_export, no_parity, no_optimize, variants, calibra
                     status.clear()
     except (_Terminated, KeyboardInterrupt) as exc:   # unwound: the staging directory, the lock and the log are gone
         terminated = isinstance(exc, _Terminated)
-        _said(f"{exc.said if terminated else 'interrupted'}"
+        _err(f"{exc.said if terminated else 'interrupted'}"
               + (f" after the build was written: {_shown(Path(out))}/ holds it, complete" if placed else
                  "; nothing was written"))
         # what the signal cut short mid-construction (TensorFlow's objects) may complain as the interpreter collects
@@ -316,19 +324,13 @@ class _Terminated(BaseException):   # not an Exception: no handler on the way ma
 
     @property
     def code(self) -> int:
-        return 128 + self.signum   # EXIT_TERMINATED (143) for SIGTERM, 129 for SIGHUP
+        return 128 + self.signum   # EXIT_TERMINATED (143) for SIGTERM, EXIT_HANGUP (129) for SIGHUP
 
     @property
     def said(self) -> str:
         import signal
 
         return "hung up (SIGHUP)" if self.signum == getattr(signal, "SIGHUP", None) else "terminated"
-
-
-def _said(text: str) -> None:
-    """A last word on stderr, which a closed terminal (SIGHUP) may no longer take."""
-    with contextlib.suppress(OSError):
-        _err(text)
 
 
 def _stop_signals() -> tuple:
@@ -371,10 +373,10 @@ def _sigterm_unwinds():
         else:
             previous_hook(unraisable)
 
-    # a signal ignored when the command began (nohup's SIGHUP) stays ignored
+    # a SIGHUP ignored when the command began (nohup) stays ignored
     previous = {signum: signal.getsignal(signum) for signum in _stop_signals()}
     for signum, handler in previous.items():
-        if handler is not signal.SIG_IGN:
+        if signum == signal.SIGTERM or handler is not signal.SIG_IGN:
             signal.signal(signum, terminated)
     sys.unraisablehook = unraisable
     try:
@@ -413,7 +415,7 @@ def _stops_cleanly(written: Path):
         with _sigterm_unwinds():
             yield
     except _Terminated as exc:
-        _said(f"{exc.said} after {written} was written" if state() != before else f"{exc.said}; nothing was written")
+        _err(f"{exc.said} after {written} was written" if state() != before else f"{exc.said}; nothing was written")
         raise SystemExit(exc.code) from None
 
 
@@ -1065,7 +1067,7 @@ def run_command(out, input_path, result, force, input_format, result_format, tex
         finally:
             progress.close()
         if rows is None:
-            _said(("interrupted" if interrupted else stopped.said)
+            _err(("interrupted" if interrupted else stopped.said)
                   + ("" if str(result) == "-" else
                      f" after {result} was written: it holds all {written:,} result(s)" if written is not None else
                      "; nothing was written"))
@@ -1360,8 +1362,8 @@ def _signals_end_with(code: int) -> None:
 
     for signum in (signal.SIGINT, *_stop_signals()):
         with contextlib.suppress(ValueError, OSError):   # not the main thread (an embedding host)
-            if signal.getsignal(signum) is not signal.SIG_IGN:   # nohup's SIGHUP stays ignored
-                signal.signal(signum, lambda signum, frame: _leave(code))
+            if signum != getattr(signal, "SIGHUP", None) or signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, lambda signum, frame: _leave(code))   # (nohup's SIGHUP stays ignored)
 
 
 if __name__ == "__main__":

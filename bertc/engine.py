@@ -115,10 +115,11 @@ SIMILARITIES = {"cosine": _cosine,
 
 
 def windows(records: Iterable[Record], size: int, stall: Optional[float] = None) -> Iterator[list[Record]]:
-    """``records`` in windows of ``size``. ``stall`` (seconds): the input may pause (a pipe: ``tail -f log | bertc
-    run OUT - -o -``), and a window is given as it is once no record came for that long, so that each record's result
-    leaves while the input waits (it waited for 2,048 lines, or the input's end); the records are then read by a
-    thread of their own, at most a window ahead, and a reading error is raised where the records had it."""
+    """``records`` in windows of ``size``. ``stall`` (seconds): the input may pause or trickle (a pipe: ``tail -f log
+    | bertc run OUT - -o -``), and a window is given as far as it came once its first record has waited that long,
+    so that each record's result leaves within about ``stall`` of its coming (it waited for 2,048 lines, or the
+    input's end); the records are then read by a thread of their own, at most a window ahead, and a reading error
+    is raised where the records had it."""
     if stall is not None:
         yield from _windows_as_read(records, size, stall)
         return
@@ -134,39 +135,64 @@ def windows(records: Iterable[Record], size: int, stall: Optional[float] = None)
 
 def _windows_as_read(records: Iterable[Record], size: int, stall: float) -> Iterator[list[Record]]:
     import queue
+    import time
 
     read: queue.Queue = queue.Queue(maxsize=size)
-    end = object()
+    end, stop = object(), threading.Event()
+
+    def offer(item) -> bool:
+        """``item`` queued, or False once the run stopped early (an error, Ctrl-C): then read no further."""
+        while not stop.is_set():
+            try:
+                read.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def reader():
+        items = iter(records)
         try:
-            for r in records:
-                read.put((r, None))
-            read.put((end, None))
+            for r in items:
+                if not offer((r, None)):
+                    return
+            offer((end, None))
         except BaseException as exc:   # given to the consumer, which raises it
-            read.put((end, exc))
+            offer((end, exc))
+        finally:   # the input closed (a pipe's writer then meets a closed pipe, as when the run read it itself)
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
 
-    # a daemon: a run that stops while the input is still open (an error, a signal) does not wait for the input's end
+    # a daemon: a run that stops while the input is still open and silent does not wait for the input's end
     threading.Thread(target=reader, name="bertc-input", daemon=True).start()
     window: list = []
-    while True:
-        try:
-            r, exc = read.get(timeout=stall if window else None)
-        except queue.Empty:   # the input paused: what came so far is run now
-            yield window
-            window = []
-            continue
-        if r is end:
-            if exc is not None:
-                raise exc
-            if window:
+    deadline = 0.0
+    try:
+        while True:
+            try:
+                r, exc = read.get(timeout=max(0.0, deadline - time.monotonic()) if window else None)
+            except queue.Empty:   # the window's first record has waited long enough: what came so far is run
                 yield window
-            return
-        window.append(r)
-        if len(window) >= size:
-            yield window
-            window = []
-
+                window = []
+                continue
+            if r is end:
+                if exc is not None:
+                    raise exc
+                if window:
+                    yield window
+                return
+            if not window:
+                deadline = time.monotonic() + stall
+            window.append(r)
+            if len(window) >= size:
+                yield window
+                window = []
+    finally:
+        stop.set()
 
 
 # --- the engine: tokenizer + session + decoding --------------------------------------------------------

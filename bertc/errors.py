@@ -25,14 +25,15 @@ code  name                         meaning
 7     ``EXIT_MISSING_LIBRARY``     a library the command needs is not installed (e.g. ``bertc
                                    build`` where bertc was installed to run builds only)
 70    ``EXIT_INTERNAL``            internal error: an unexpected exception, a bug in bertc
+129   ``EXIT_HANGUP``              SIGHUP (a closed terminal or ssh session) ended ``bertc run`` /
+                                   ``build`` / ``parity`` / ``bench``: unwound as on SIGTERM
 130                                interrupted (Ctrl-C); ``bertc build`` and ``bertc run``:
                                    interrupted; nothing was written
 141   ``EXIT_BROKEN_PIPE``         ``bertc run ... -o -``: standard output's reader went away
                                    (``| head``; 128 + SIGPIPE, as Unix tools exit)
 143   ``EXIT_TERMINATED``          ``bertc run`` ended by SIGTERM (``timeout``, ``kill``, a
                                    scheduler), or ``bertc build`` / ``parity`` / ``bench``:
-                                   terminated; nothing was written (128 + SIGTERM; SIGHUP, a
-                                   closed terminal, unwinds the same way with 129)
+                                   terminated; nothing was written (128 + SIGTERM)
 ====  ===========================  ==========================================================
 
 ``NotLowerable`` (an ONNX lowering that cannot express a component) never reaches the CLI: the optimize
@@ -50,6 +51,7 @@ EXIT_OUTPUT = 5            # the output directory cannot be written as asked, or
 EXIT_MEMORY = 6            # the memory preflight refused the build
 EXIT_MISSING_LIBRARY = 7   # a library the command needs is not installed
 EXIT_INTERNAL = 70         # an unexpected exception: a bug in bertc (sysexits' EX_SOFTWARE)
+EXIT_HANGUP = 129          # SIGHUP (a closed terminal) ended bertc run / build / parity / bench: unwound as SIGTERM
 EXIT_INTERRUPTED = 130     # Ctrl-C
 EXIT_BROKEN_PIPE = 141     # the reader of standard output went away (128 + SIGPIPE)
 EXIT_TERMINATED = 143      # SIGTERM ended bertc run / build / parity / bench: nothing was written

@@ -399,6 +399,12 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             report.update(_carried_from_build(Path(opts.init_from), out))
     if opts.calibration is not None:   # the user's text is checked (readable, a tokenizer to read it) before any export
         calibration.get()
+    else:   # the bundled tokenizer's text checks int8 and parity: the library that reads it is asked for before any
+        from bertc.calibration import has_tokenizer   # export (exit 7), not minutes later
+        from bertc.text import require_tokenizers
+
+        if opts.export and has_tokenizer(out):
+            require_tokenizers()
     with stages.stage("validate") as note:
         checks = run_checks(model, spec, sig)
         report["checks"] = [c.to_json() for c in checks]

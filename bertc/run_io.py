@@ -92,6 +92,10 @@ class InputSpec:
     keep: tuple = ()
     ranking: bool = False   # the lists are a reranker's documents (one or more), not a question's choices
     choose: str = ""        # how the user names other fields, for messages [default: run's options]
+    # standard input read by a thread (engine.windows with a stall): through a reader of its own on the same file
+    # descriptor; one on sys.stdin.buffer left blocked there as the interpreter exits makes it abort closing sys.stdin.
+    # (Bytes sys.stdin.buffer had already read ahead are not seen then: hence only when a thread reads.)
+    own_stdin: bool = False
 
     @property
     def text_fields(self) -> list:
@@ -267,11 +271,10 @@ def _open_binary(spec: InputSpec):
     if spec.stdin:
         if sys.stdin is None:   # started with <&-
             raise InputError("-: standard input is closed; pipe the input in, or name the input file")
-        try:   # a reader of its own on the same file: one a thread reads (engine.windows with a stall) while the run
-            # stops would hold sys.stdin's lock, and the interpreter aborts at exit closing sys.stdin
-            return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
-        except (AttributeError, OSError, ValueError):   # not a file (a test's, an embedding program's stream)
-            return contextlib.nullcontext(sys.stdin.buffer)
+        if spec.own_stdin:
+            with contextlib.suppress(AttributeError, OSError, ValueError):   # else not a file (a test's stream)
+                return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+        return contextlib.nullcontext(sys.stdin.buffer)
     return open(spec.path, "rb")
 
 

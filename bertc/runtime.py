@@ -35,7 +35,7 @@ STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 DEFAULT_WINDOW = 2048   # texts tokenized, sorted and batched together (bounded memory)
-STALL_SECONDS = 0.2     # an input pipe silent this long: the texts read so far are run (bertc.engine.windows)
+STALL_SECONDS = 0.2     # a streamed result from a pipe: a text waits this long at most for others to batch with
 
 
 
@@ -106,37 +106,39 @@ def _file_stamp(st: os.stat_result) -> tuple:
 
 class _ModelFile:
     """The ONNX file a Runtime checked against the build's manifest, held open instead of held in memory: ONNX
-    Runtime's session is opened from its path while the path still names this file (a session made from bytes
-    keeps them as long as it lives: twice the model's size in memory), and its bytes are read again from the open
-    file to send the Runtime to another process, or to open a session once OUT holds another build (a rebuild
-    replaces the file, and the open one is still the one read). A file changed in place since it was checked is
-    refused (its size or modification time is not what it was)."""
+    Runtime's session is opened from its path while the path still names this file, unchanged (a session made from
+    bytes keeps them as long as it lives: twice the model's size in memory), and its bytes are read again from the
+    open file to send the Runtime to another process, or to open a session once the path no longer serves (a
+    rebuild replaced the file, the process may no longer open it). Bytes read again must be those first read (their
+    sha256): a file changed in place since is refused; one only touched is not."""
 
     def __init__(self, path: Path):
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
         self._closer = weakref.finalize(self, os.close, self.fd)
         self.stamp = _file_stamp(os.fstat(self.fd))
+        self.digest: Optional[str] = None   # the sha256 of the first read
 
     def read(self) -> bytes:
-        if self._closer.alive and _file_stamp(os.fstat(self.fd)) == self.stamp:
-            chunks, at = [], 0
-            while at < self.stamp[2]:
-                chunk = os.pread(self.fd, min(self.stamp[2] - at, 1 << 30), at)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                at += len(chunk)
-            data = b"".join(chunks)
-            if len(data) == self.stamp[2] and _file_stamp(os.fstat(self.fd)) == self.stamp:
-                return data
+        import hashlib
+
         if not self._closer.alive:
             raise InputError("this Runtime was closed (Runtime.close()): create it again")
-        raise BackendLoadError(f"{self.path}: changed in place since this Runtime checked it against the build's "
-                               f"manifest: create the Runtime again")
+        stamp = _file_stamp(os.fstat(self.fd))
+        chunks, at = [], 0
+        while chunk := os.pread(self.fd, 1 << 30, at):
+            chunks.append(chunk)
+            at += len(chunk)
+        data = b"".join(chunks)
+        digest = hashlib.sha256(data).hexdigest()
+        if self.digest is not None and digest != self.digest:
+            raise BackendLoadError(f"{self.path}: changed in place since this Runtime checked it against the build's "
+                                   f"manifest: create the Runtime again")
+        self.digest, self.stamp = digest, stamp
+        return data
 
     def at_path(self) -> bool:
-        """Whether the file's path still names this file, unchanged."""
+        """Whether the file's path still names this file, unchanged since it was read."""
         try:
             return self._closer.alive and _file_stamp(os.stat(self.path)) == self.stamp
         except OSError:
@@ -263,7 +265,7 @@ def _batch_note(precision: str, fp32: list) -> str:
 
 
 def _checked_against_manifest(choice: Choice, model: Optional[bytes], report: dict,
-                              data: Optional[Path] = None) -> Choice:
+                              data: Optional[Path] = None, digest: Optional[str] = None) -> Choice:
     """``choice``, its ``why`` saying so when the file's bytes are not those the build wrote (its sha256 in the
     report's manifest): "passed parity" was said of a file whose weights had since been changed (found by a
     tester). The bytes are those the session is made from, hashed in memory (0.5 s a GB); or, for ``data`` (the
@@ -276,7 +278,9 @@ def _checked_against_manifest(choice: Choice, model: Optional[bytes], report: di
              if isinstance(report.get("manifest"), dict) else None)
     if not isinstance(entry, dict) or not entry.get("sha256"):
         return choice
-    if data is None:
+    if digest is not None:   # the model's bytes' (_ModelFile.read's)
+        pass
+    elif data is None:
         digest = hashlib.sha256(model).hexdigest()
     else:
         from bertc.manifest import sha256_file
@@ -915,7 +919,7 @@ class Runtime:
         except OSError as exc:
             raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}"
                                    f"{self._other_artifact(device)}") from None
-        self.choice = _checked_against_manifest(self.choice, model, self.report)
+        self.choice = _checked_against_manifest(self.choice, None, self.report, digest=model_file.digest)
         del model   # the session is opened from the file (see _ModelFile), which stays open
         # a model over protobuf's 2 GB keeps its weights in OUT/<file>.data: ONNX Runtime reads them from OUT's
         # folder (the graph alone is in memory), checked against the manifest as the graph is
@@ -1113,11 +1117,19 @@ class Runtime:
         held = self._model_file
         if self.parts.model or held is None:
             return Engine(self.parts, self.threads, self.spinning)
+        # a file touched since (same inode, other times) is read and checked again: its bytes unchanged, it serves
+        data = None if held.at_path() else held.read()
         if held.at_path():
-            engine = Engine(dataclasses.replace(self.parts, model_path=str(held.path)), self.threads, self.spinning)
-            if held.at_path():   # the file opened was the one checked (not replaced by a rebuild meanwhile)
+            data = None
+            try:
+                engine = Engine(dataclasses.replace(self.parts, model_path=str(held.path)), self.threads,
+                                self.spinning)
+            except BackendLoadError:   # the path cannot be opened now (privileges dropped since): the file held
+                engine = None
+            if engine is not None and held.at_path():   # the file opened was the one checked (no rebuild meanwhile)
                 return engine
-        return Engine(dataclasses.replace(self.parts, model=held.read()), self.threads, self.spinning)
+        return Engine(dataclasses.replace(self.parts, model=data if data is not None else held.read()), self.threads,
+                      self.spinning)
 
     def _count_cut(self, n: int) -> None:
         if n:
@@ -1229,6 +1241,7 @@ class Runtime:
         ``choices_field``: a multiple-choice model's choices (:func:`bertc.run_io.input_spec`); ``keep_fields``
         ("id,url" or a list): input fields each result row gets too, beside the result (JSONL, CSV, Parquet)."""
         import contextlib
+        import dataclasses
         import os
 
         from bertc import run_io
@@ -1272,9 +1285,14 @@ class Runtime:
                                      run_io.kept_types(spec, fmt), empty_width) as writer:
             if ray_address is not None:
                 batches = run_ray(self, run_io.read_records(spec), ray_address, ray_actors, progress, kept=True)
-            else:   # a pipe or a FIFO may pause (tail -f): its lines' results leave as they come, not a window later
-                batches = self._iter_kept(run_io.read_records(spec), progress,
-                                          None if run_io.is_regular_file(spec) else STALL_SECONDS)
+            elif str(result_path) == run_io.STDIO and not run_io.is_regular_file(spec):
+                # a stream from a pipe or a FIFO, which may pause or trickle (tail -f): each line's result leaves
+                # within STALL_SECONDS, not a window later (a file result is renamed into place at the end: whole
+                # windows, as from a file)
+                batches = self._iter_kept(run_io.read_records(dataclasses.replace(spec, own_stdin=True)), progress,
+                                          STALL_SECONDS)
+            else:
+                batches = self._iter_kept(run_io.read_records(spec), progress)
             for results, kept in batches:
                 writer.write(results, kept)
                 rows += len(results)
@@ -1317,12 +1335,19 @@ class Progress:
             text = f"[{bar:<30}] {self.done:,}/{self.total:,} {self.label} {frac:4.0%}"
         else:
             text = f"{self.done:,} {self.label}"
-        self.stream.write(f"\r  {text}  {self.rate():,.1f} {self.label}/s ")
-        self.stream.flush()
+        self._write(f"\r  {text}  {self.rate():,.1f} {self.label}/s ")
 
     def close(self) -> None:
         if self.enabled and self.done:
             self._draw()
-            self.stream.write("\n")
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except OSError:   # the terminal is gone (SIGHUP: EIO): no more progress; the run goes on, or unwinds
+            self.enabled = False
 

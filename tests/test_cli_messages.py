@@ -437,3 +437,19 @@ def test_a_homeless_process_keeps_keras_and_matplotlib_config_in_the_temp_folder
     monkeypatch.setattr(os.path, "expanduser", lambda p: str(tmp_path) if p == "~" else p)
     bertc._homeless_config()   # a home it can write: left to the libraries
     assert "KERAS_HOME" not in os.environ
+
+
+def test_a_build_with_a_tokenizer_needs_the_tokenizers_library_before_any_export(tmp_path, monkeypatch, capsys):
+    """A tester: without the tokenizers library a checkpoint's build that bundles its tokenizer exited 0, its int8
+    tuned and parity checked on random ids alone (one line of its summary said so), where --calibration and bertc
+    parity are exit 7. It is exit 7 too, before any export."""
+    from bertc.errors import EXIT_MISSING_LIBRARY
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "hf" / "bert_model"
+    assert main(["import", str(fixture), "-o", str(tmp_path / "s.json")]) == 0
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    capsys.readouterr()
+    assert main(["build", str(tmp_path / "s.json"), "-o", str(tmp_path / "out"), "-q"]) == EXIT_MISSING_LIBRARY
+    err = capsys.readouterr().err
+    assert "real-text inputs need the tokenizers library: pip install" in err and "export" not in err.split("\n")[0]
+    assert not (tmp_path / "out").exists()

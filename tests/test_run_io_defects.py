@@ -317,7 +317,7 @@ def test_an_empty_inputs_embeddings_have_the_shape_and_type_of_a_non_empty_ones(
 # --- 9: SIGTERM cleans up as Ctrl-C does ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("signame, word", [("SIGTERM", "terminated"), ("SIGHUP", "hung up (SIGHUP)")])
-def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path, signame, word):
+def test_sigterm_and_sighup_remove_the_partial_result_and_exit_143_and_129(builds, tmp_path, signame, word):
     """SIGHUP (a tester: the terminal or ssh session of a long run closed) ended the run where it stood, exit 129, no
     word, its .RESULT.partial-PID (gigabytes on a large job) and the folder -o made left behind: it unwinds as
     SIGTERM does now, with its own exit status."""
@@ -338,6 +338,41 @@ def test_sigterm_removes_the_partial_result_and_exits_143(builds, tmp_path, sign
     assert proc.wait(timeout=60) == 128 + getattr(signal, signame)
     err = proc.stderr.read().decode()
     assert err == f"{word}; nothing was written\n", err
+    _no_leftovers(tmp_path, "big.txt")
+
+
+def test_a_closed_terminal_unwinds_a_run_with_129(builds, tmp_path):
+    """A reviewer: a terminal really closed (not kill -HUP: the progress bar's terminal then fails every write with
+    EIO) ended bertc run with exit 1, the write error of the progress bar's last line replacing the hang-up."""
+    import fcntl
+    import pty
+    import select
+    import signal
+    import subprocess
+    import termios
+    import time
+
+    txt = tmp_path / "big.txt"
+    txt.write_text("the cat sat on the mat and a dog\n" * 1000000)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    master, slave = pty.openpty()
+
+    def controlling_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+    proc = subprocess.Popen([sys.executable, "-m", "bertc", "run", str(builds["st_bert_mean_norm"]), str(txt), "-o",
+                             str(tmp_path / "big.npy"), "--window", "64"], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, preexec_fn=controlling_terminal, close_fds=True)
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + 120
+    while b"texts/s" not in seen:   # its progress bar is on the terminal
+        assert proc.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")[-2000:]
+        if select.select([master], [], [], 0.1)[0]:
+            seen += os.read(master, 65536)
+    os.close(master)   # the terminal goes away: SIGHUP, and every later write to it fails
+    assert proc.wait(timeout=60) == 128 + signal.SIGHUP
     _no_leftovers(tmp_path, "big.txt")
 
 

@@ -172,6 +172,74 @@ def test_an_input_that_pauses_has_what_came_so_far_run(builds):
     assert [len(w) for w in windows((Record(str(i), None, "") for i in range(5)), 2, stall=30)] == [2, 2, 1]
 
 
+def test_a_trickling_input_has_each_record_run_within_the_stall(builds):
+    """A reviewer: the stall was a gap between two records, so a log growing by a line every 0.1 s gave nothing for
+    2,048 lines: a window is given once its first record has waited the stall."""
+    from bertc.engine import windows
+    from bertc.run_io import Record
+
+    def trickle():
+        for i in range(40):
+            time.sleep(0.05)
+            yield Record(str(i), None, f"line {i + 1}")
+
+    start, firsts = time.monotonic(), []
+    for window in windows(trickle(), 2048, stall=0.2):
+        firsts.append(time.monotonic() - start)
+    assert len(firsts) > 3 and firsts[0] < 1.0   # not one window at the input's end (2 s)
+
+
+def test_a_run_that_stops_early_closes_its_input_and_leaves_no_reader(builds):
+    """A reviewer: the reading thread of a stopped run (an error, Ctrl-C) stayed for the process's life, holding
+    the input open (a pipe's writer never saw it closed) and reading records no one would run."""
+    from bertc.engine import windows
+    from bertc.run_io import Record
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                i += 1
+                yield Record(str(i), None, f"line {i}")
+        finally:
+            closed.set()
+
+    read = windows(endless(), 4, stall=5)
+    assert len(next(read)) == 4
+    read.close()   # the run stops
+    assert closed.wait(10)
+    deadline = time.monotonic() + 10
+    while any(t.name == "bertc-input" and t.is_alive() for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_file_result_from_a_pipe_is_read_in_whole_windows(builds, tmp_path):
+    """A reviewer: the stall applied to any input that is no regular file, a file result too (renamed into place at
+    the end: nothing to gain): a Parquet result's kept columns were typed from whatever came before the first pause,
+    and an int then a float in them failed the run."""
+    import pyarrow.parquet as pq
+
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+
+    def produce():
+        with open(fifo, "w") as f:
+            f.write('{"text": "a cat", "n": 1}\n')
+            f.flush()
+            time.sleep(1.0)
+            f.write('{"text": "a dog", "n": 2.5}\n')
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    runtime = bertc.Runtime(builds["bert_seq_cls"], artifact="onnx")
+    assert runtime.run_file(fifo, tmp_path / "r.parquet", keep_fields="n") == 2
+    producer.join()
+    assert pq.read_table(tmp_path / "r.parquet").column("n").to_pylist() == [1.0, 2.5]
+
+
 def test_bertc_run_on_a_pipe_writes_each_line_s_result_while_the_input_is_open(builds):
     import subprocess
 
@@ -225,6 +293,29 @@ def test_a_runtime_keeps_no_copy_of_the_model_in_memory_and_runs_the_build_it_re
     os.replace(other, out / "model.onnx")
     assert held.run(texts) == want and held.engine.parts.model != b""   # the bytes of the file it checked
     assert pickle.loads(pickle.dumps(first)).run(texts) == want
+
+
+def test_a_touched_model_file_or_one_the_process_can_no_longer_open_still_runs(builds, tmp_path, monkeypatch):
+    """A reviewer: a model file only touched (its bytes the same) was refused as changed, and a process that could no
+    longer open the path (privileges dropped after the Runtime was made) failed at its first run: the file is held
+    open, and its bytes, checked again, serve."""
+    import bertc.runtime as runtime_code
+
+    out = _copy(builds["bert_seq_cls"], tmp_path)
+    want = bertc.Runtime(out, artifact="onnx").run(["a cat sat"])
+    touched = bertc.Runtime(out, artifact="onnx")
+    os.utime(out / "model.onnx", (1, 1))
+    assert touched.run(["a cat sat"]) == want
+    barred = bertc.Runtime(out, artifact="onnx")
+    real = runtime_code.Engine
+
+    def no_path(parts, *args):
+        if not parts.model:
+            raise BackendLoadError("model.onnx: cannot be loaded by ONNX Runtime: Permission denied")
+        return real(parts, *args)
+
+    monkeypatch.setattr(runtime_code, "Engine", no_path)
+    assert barred.run(["a cat sat"]) == want and barred.engine.parts.model != b""
 
 
 def test_a_model_file_changed_in_place_after_the_runtime_checked_it_is_refused(builds, tmp_path):

@@ -175,8 +175,6 @@ def _head_param(name: str, head: Optional[str], tied: bool = True) -> Optional[T
                             ("cls.predictions.decoder.bias", "predictions.decoder.bias"), tied)
     if decoder is not None:
         return decoder
-    if stem == "cls.seq_relationship" and head == "classifier":   # BertForNextSentencePrediction's one head
-        return _param("linear", leaf, "classifier")
     if stem in ("cls.seq_relationship", "sop_classifier.classifier"):
         return _param("linear", leaf, "next_sentence")
     return None
@@ -193,10 +191,17 @@ def translator(names, spec, location=None):
         st_root = sentence_transformers_root(where)   # the weights' folder, or (before v2) the one above it
         dense = {folder: i for i, folder in enumerate(dense_module_paths(st_root))} if st_root else {}
 
+    # BertForNextSentencePrediction: its one head, cls.seq_relationship, is a classifier's (a classifier checkpoint
+    # holding a next-sentence head beside its own has that head named as one the model lacks)
+    nsp_classifier = getattr(spec.head, "type", None) == "classifier" and isinstance(family, Bert) and not any(
+        n.startswith("classifier.") for n in names)
+
     def translate(name: str):
         folder, _, leaf = name.rpartition("/")
         if folder in dense:     # a sentence-transformers Dense module (bertc.checkpoints.ModulesCheckpoint)
             return _param("linear", leaf.removeprefix("linear."), f"sentence_dense_{dense[folder]}_transform")
+        if nsp_classifier and name.startswith("cls.seq_relationship."):
+            return _param("linear", name.rpartition(".")[2], "classifier")
         return family.translate(name, spec)
 
     return translate
