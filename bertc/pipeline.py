@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import bertc
-from bertc.errors import BuildFailed, CheckFailed, ExportError, OutputError, ParityError
+from bertc.errors import BuildFailed, CheckFailed, ExportError, MissingLibrary, OutputError, ParityError
 from bertc.manifest import build_manifest
 from bertc.memory import imports_set_aside, release as release_memory, tune_allocator
 from bertc.report import fusion_summary, new_report, parity_failure_message, write_report
@@ -362,6 +362,27 @@ def unwritable_build(exc: BaseException, staged, stage: str) -> "Optional[Output
                        + (f", {staged.given} is as it was" if staged.existed else ""))
 
 
+def _text_library_present(out: Path) -> None:
+    """The tokenizers library asked for (exit 7) before any export, where the build bundles a tokenizer bertc reads
+    and will check parity or tune int8 on its text: without it such a build exited 0, checked on random ids alone
+    (one line of its summary said so). Not where bertc cannot read that tokenizer: the library would not help."""
+    from bertc.calibration import has_tokenizer
+    from bertc.errors import BertcError
+    from bertc.text import _model_type, _read_json, require_tokenizers, vocabulary_kind
+
+    if not has_tokenizer(out):
+        return
+    try:
+        vocabulary_kind(out, _read_json(out / "tokenizer_config.json"), _model_type(out))
+    except BertcError:   # a tokenizer bertc does not build, or cannot read (the report says so)
+        return
+    try:
+        require_tokenizers()
+    except MissingLibrary as exc:
+        raise MissingLibrary(f"this build checks parity and tunes int8 on its bundled tokenizer's text: {exc} (or "
+                             f"build with --no-parity and --variants none)") from None
+
+
 def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report: dict,
                weights: Optional[Path] = None, requested: tuple = ()) -> None:
     """Run the stages after the preflight into the staging directory ``out``, adding each stage's section to
@@ -399,12 +420,8 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             report.update(_carried_from_build(Path(opts.init_from), out))
     if opts.calibration is not None:   # the user's text is checked (readable, a tokenizer to read it) before any export
         calibration.get()
-    else:   # the bundled tokenizer's text checks int8 and parity: the library that reads it is asked for before any
-        from bertc.calibration import has_tokenizer   # export (exit 7), not minutes later
-        from bertc.text import require_tokenizers
-
-        if opts.export and has_tokenizer(out):
-            require_tokenizers()
+    elif opts.export and ((opts.parity and spec.parity.enabled) or any("int8" in v for v in spec.export.variants)):
+        _text_library_present(out)
     with stages.stage("validate") as note:
         checks = run_checks(model, spec, sig)
         report["checks"] = [c.to_json() for c in checks]

@@ -1,6 +1,7 @@
 """What the command line says: one ``error: ...`` line per error (usage errors too), the exit codes of the README's
 table, and the README's lists of options and names kept equal to the code's. Fast: no model is built."""
 import json
+import shutil
 import os
 import sys
 from pathlib import Path
@@ -451,5 +452,15 @@ def test_a_build_with_a_tokenizer_needs_the_tokenizers_library_before_any_export
     capsys.readouterr()
     assert main(["build", str(tmp_path / "s.json"), "-o", str(tmp_path / "out"), "-q"]) == EXIT_MISSING_LIBRARY
     err = capsys.readouterr().err
-    assert "real-text inputs need the tokenizers library: pip install" in err and "export" not in err.split("\n")[0]
+    assert "this build checks parity and tunes int8 on its bundled tokenizer's text: real-text inputs need the " \
+           "tokenizers library: pip install" in err
     assert not (tmp_path / "out").exists()
+    # a reviewer: not where the build reads no text (no parity, no int8), nor where bertc cannot read the tokenizer
+    assert main(["build", str(tmp_path / "s.json"), "-o", str(tmp_path / "plain"), "-q", "--no-parity",
+                 "--variants", "none", "--no-tflite"]) == 0
+    japanese = tmp_path / "jp"
+    shutil.copytree(fixture, japanese)
+    (japanese / "tokenizer.json").unlink()
+    (japanese / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertJapaneseTokenizer"}))
+    assert main(["import", str(japanese), "-o", str(tmp_path / "jp.json")]) == 0
+    assert main(["build", str(tmp_path / "jp.json"), "-o", str(tmp_path / "jp_out"), "-q", "--no-tflite"]) == 0
