@@ -27,8 +27,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 def _err(text: str = "", **kw) -> None:
     """``text`` on stderr; nothing where stderr can no longer take it (a closed terminal after SIGHUP: EIO), so that
     the command still ends with its own status."""
-    with contextlib.suppress(OSError):
+    try:
         click.echo(text, err=True, **kw)
+    except OSError as exc:
+        if exc.errno != errno.EIO:   # (a reader of stderr gone, `2>&1 | head`, still stops the command: exit 141)
+            raise
 
 
 def _green(text: str) -> str:
@@ -100,7 +103,9 @@ class _StatusLine:
         try:
             sys.stderr.write(text)
             sys.stderr.flush()
-        except OSError:   # the terminal is gone (SIGHUP: EIO): no more status lines; the command goes on, or unwinds
+        except OSError as exc:   # the terminal is gone (SIGHUP: EIO): no more status lines; the command goes on, or
+            if exc.errno != errno.EIO:   # unwinds
+                raise
             self.enabled = False
 
 

@@ -362,6 +362,15 @@ def unwritable_build(exc: BaseException, staged, stage: str) -> "Optional[Output
                        + (f", {staged.given} is as it was" if staged.existed else ""))
 
 
+def _reads_text(spec, opts: BuildOptions) -> bool:
+    """Whether the build checks parity or tunes an int8 variant, on its bundled tokenizer's text where it has one."""
+    variants = spec.export.variants
+    onnx_int8 = spec.export.optimized and opts.optimize and opts.onnx and \
+        any(v in ("onnx_int8", "onnx_packed_int8") for v in variants)
+    tflite_int8 = spec.export.tflite and opts.tflite and "tflite_int8" in variants
+    return opts.export and ((opts.parity and spec.parity.enabled) or onnx_int8 or tflite_int8)
+
+
 def _text_library_present(out: Path) -> None:
     """The tokenizers library asked for (exit 7) before any export, where the build bundles a tokenizer bertc reads
     and will check parity or tune int8 on its text: without it such a build exited 0, checked on random ids alone
@@ -420,7 +429,7 @@ def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report:
             report.update(_carried_from_build(Path(opts.init_from), out))
     if opts.calibration is not None:   # the user's text is checked (readable, a tokenizer to read it) before any export
         calibration.get()
-    elif opts.export and ((opts.parity and spec.parity.enabled) or any("int8" in v for v in spec.export.variants)):
+    elif _reads_text(spec, opts):
         _text_library_present(out)
     with stages.stage("validate") as note:
         checks = run_checks(model, spec, sig)

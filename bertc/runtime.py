@@ -9,6 +9,7 @@ engine without seeing OUT; in this process the model stays in its file, held ope
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -1348,6 +1349,8 @@ class Progress:
         try:
             self.stream.write(text)
             self.stream.flush()
-        except OSError:   # the terminal is gone (SIGHUP: EIO): no more progress; the run goes on, or unwinds
+        except OSError as exc:   # the terminal is gone (SIGHUP: EIO): no more progress; the run goes on, or unwinds
+            if exc.errno != errno.EIO:   # (a reader of stderr gone, `2>&1 | head`, still stops the run)
+                raise
             self.enabled = False
 

@@ -458,6 +458,8 @@ def test_a_build_with_a_tokenizer_needs_the_tokenizers_library_before_any_export
     # a reviewer: not where the build reads no text (no parity, no int8), nor where bertc cannot read the tokenizer
     assert main(["build", str(tmp_path / "s.json"), "-o", str(tmp_path / "plain"), "-q", "--no-parity",
                  "--variants", "none", "--no-tflite"]) == 0
+    assert main(["build", str(tmp_path / "s.json"), "-o", str(tmp_path / "plain2"), "-q", "--no-parity",
+                 "--no-optimize", "--no-tflite"]) == 0   # (the default onnx_int8 is not made without --optimize)
     japanese = tmp_path / "jp"
     shutil.copytree(fixture, japanese)
     (japanese / "tokenizer.json").unlink()
