@@ -36,6 +36,7 @@ STANDARD_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 FILL_MASK_LOGITS = 1 << 25
 MASK_TOKENS = ("[MASK]", "<mask>", "[mask]")   # the mask token when the tokenizer's config does not name one
 DEFAULT_WINDOW = 2048   # texts tokenized, sorted and batched together (bounded memory)
+CLOSED = "this Runtime was closed (Runtime.close()): create it again"
 STALL_SECONDS = 0.2     # a streamed result from a pipe: a text waits this long at most for others to batch with
 
 
@@ -124,7 +125,7 @@ class _ModelFile:
         import hashlib
 
         if not self._closer.alive:
-            raise InputError("this Runtime was closed (Runtime.close()): create it again")
+            raise InputError(CLOSED)
         stamp = _file_stamp(os.fstat(self.fd))
         chunks, at = [], 0
         while chunk := os.pread(self.fd, 1 << 30, at):
@@ -265,25 +266,20 @@ def _batch_note(precision: str, fp32: list) -> str:
             f"with it{other}")
 
 
-def _checked_against_manifest(choice: Choice, model: Optional[bytes], report: dict,
-                              data: Optional[Path] = None, digest: Optional[str] = None) -> Choice:
+def _checked_against_manifest(choice: Choice, report: dict, digest: Optional[str] = None,
+                              data: Optional[Path] = None) -> Choice:
     """``choice``, its ``why`` saying so when the file's bytes are not those the build wrote (its sha256 in the
     report's manifest): "passed parity" was said of a file whose weights had since been changed (found by a
-    tester). The bytes are those the session is made from, hashed in memory (0.5 s a GB); or, for ``data`` (the
+    tester). ``digest``: the sha256 of the bytes the Runtime read (:class:`_ModelFile`); or, for ``data`` (the
     model's external data file, which ONNX Runtime reads itself), that file, read in blocks."""
     import dataclasses
-    import hashlib
 
     name = choice.path if data is None else data.name
     entry = (((report.get("manifest") or {}).get("files") or {}).get(name)
              if isinstance(report.get("manifest"), dict) else None)
     if not isinstance(entry, dict) or not entry.get("sha256"):
         return choice
-    if digest is not None:   # the model's bytes' (_ModelFile.read's)
-        pass
-    elif data is None:
-        digest = hashlib.sha256(model).hexdigest()
-    else:
+    if data is not None:
         from bertc.manifest import sha256_file
 
         digest = sha256_file(data)
@@ -916,12 +912,11 @@ class Runtime:
         path = self.out / self.choice.path
         try:
             model_file = _ModelFile(path)
-            model = model_file.read()
+            model_file.read()   # its sha256, checked against the manifest; the session is opened from the file
         except OSError as exc:
             raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}"
                                    f"{self._other_artifact(device)}") from None
-        self.choice = _checked_against_manifest(self.choice, None, self.report, digest=model_file.digest)
-        del model   # the session is opened from the file (see _ModelFile), which stays open
+        self.choice = _checked_against_manifest(self.choice, self.report, model_file.digest)
         # a model over protobuf's 2 GB keeps its weights in OUT/<file>.data: ONNX Runtime reads them from OUT's
         # folder (the graph alone is in memory), checked against the manifest as the graph is
         external = self.report["artifacts"][self.choice.artifact].get("external_data")
@@ -932,7 +927,7 @@ class Runtime:
                 raise BackendLoadError(f"{data.name}: the weights of {path.name} (its external data) are not there"
                                        f"{self._other_artifact(device)}")
             stat = data.stat()   # ONNX Runtime reads the file when a session is made: it must be the one hashed
-            self.choice = _checked_against_manifest(self.choice, None, self.report, data)
+            self.choice = _checked_against_manifest(self.choice, self.report, data=data)
             external_folder = str(data.resolve().parent)
             external_stamp = (data.name, stat.st_size, stat.st_mtime_ns)   # (taken first: a change while hashed shows)
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
@@ -1007,7 +1002,7 @@ class Runtime:
         """The engine's parts with the model's bytes (read again from the file this Runtime checked), for a process
         that does not see OUT (a Ray actor, a pickled copy)."""
         if self._closed:
-            raise InputError("this Runtime was closed (Runtime.close()): create it again")
+            raise InputError(CLOSED)
         if self.parts.model or self._model_file is None:
             return self.parts
         import dataclasses
@@ -1103,7 +1098,7 @@ class Runtime:
         if engine is None:
             with self._lock:   # threads that come first at once build one engine, not one each
                 if self._closed:
-                    raise InputError("this Runtime was closed (Runtime.close()): create it again")
+                    raise InputError(CLOSED)
                 if self._engine is None:
                     check_threads(self.threads)
                     self._engine = self._new_engine()
@@ -1118,10 +1113,9 @@ class Runtime:
         held = self._model_file
         if self.parts.model or held is None:
             return Engine(self.parts, self.threads, self.spinning)
-        # a file touched since (same inode, other times) is read and checked again: its bytes unchanged, it serves
-        data = None if held.at_path() else held.read()
+        if not held.at_path():   # a file touched since (same inode, other times) is checked again by its bytes:
+            held.read()           # unchanged, it serves from its path; changed in place, it is refused
         if held.at_path():
-            data = None
             try:
                 engine = Engine(dataclasses.replace(self.parts, model_path=str(held.path)), self.threads,
                                 self.spinning)
@@ -1129,8 +1123,7 @@ class Runtime:
                 engine = None
             if engine is not None and held.at_path():   # the file opened was the one checked (no rebuild meanwhile)
                 return engine
-        return Engine(dataclasses.replace(self.parts, model=data if data is not None else held.read()), self.threads,
-                      self.spinning)
+        return Engine(dataclasses.replace(self.parts, model=held.read()), self.threads, self.spinning)
 
     def _count_cut(self, n: int) -> None:
         if n:
