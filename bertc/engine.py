@@ -235,8 +235,8 @@ class EngineParts:
     lowercase: bool = False          # str.lower() of each input first (sentence_bert_config.json's do_lower_case)
     external_data_folder: str = ""   # where a model over 2 GB keeps its weights (its .data file): read from there
     external_data_stamp: tuple = ()  # (its name, size, mtime_ns) when the Runtime checked it against the manifest
-    model_path: str = ""             # where the session reads the model when ``model`` is empty (never pickled
-                                     # so: a Runtime sends its parts with the bytes, Runtime.portable_parts)
+    model_path: str = ""             # where the session reads the model when ``model`` is empty (this process
+                                     # only: parts sent elsewhere carry the bytes, Runtime.portable_parts)
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
