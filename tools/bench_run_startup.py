@@ -7,7 +7,8 @@ Each case runs ``--repeat`` times, alternating between the code trees (``--code`
 current tree when none is given), each run in a fresh Python process:
 
 - ``cli``: ``bertc run OUT two-lines.txt -o result.npy --force -q`` (python -m bertc.cli; ``--input FILE``
-  runs FILE instead), wall time and the process's peak RSS (``wait4``'s ru_maxrss);
+  runs FILE instead; ``result.jsonl`` where OUT's model gives no embeddings), wall time and the process's
+  peak RSS (``wait4``'s ru_maxrss);
 - ``python``: ``import bertc; bertc.Runtime(OUT).run([...])``, the same, plus whether TensorFlow / Keras were
   imported (a built model needs ONNX Runtime and the tokenizer only);
 - ``ray`` (with ``--ray``): ``bertc run ... --ray --actors 2`` (a local Ray), wall time and the peak RSS of each
@@ -103,7 +104,19 @@ def main() -> int:
     args = parser.parse_args()
     codes = [c.resolve() for c in (args.code or [ROOT])]
     out = args.out.resolve()
-    work = Path(tempfile.mkdtemp(prefix="bertc-startup-"))
+    with tempfile.TemporaryDirectory(prefix="bertc-startup-") as work:
+        return bench(args, codes, out, Path(work))
+
+
+def result_name(out: Path, code: Path) -> str:
+    """``result.npy`` for a model that gives embeddings, else ``result.jsonl`` (a .npy holds only embeddings)."""
+    kind = subprocess.run([sys.executable, "-c", "import sys, bertc; print(bertc.Runtime(sys.argv[1]).kind)", str(out)],
+                          env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True, check=True)
+    return "result.npy" if kind.stdout.strip().splitlines()[-1] == "embedding" else "result.jsonl"
+
+
+def bench(args, codes: list, out: Path, work: Path) -> int:
+    result = str(work / result_name(out, codes[-1]))
     inputs = work / "in.txt"
     inputs.write_text("the first text.\nand a second one\n")
     if args.input is not None:
@@ -115,7 +128,7 @@ def main() -> int:
         for code in codes:
             env = {**os.environ, "PYTHONPATH": str(code)}
             seconds, mb, _ = timed([sys.executable, "-m", "bertc.cli", "run", str(out), str(inputs), "-o",
-                                    str(work / "result.npy"), "--force", "-q"], env, work)
+                                    result, "--force", "-q"], env, work)
             runs[str(code)]["cli"].append((seconds, mb))
             seconds, mb, text = timed([sys.executable, "-c", PYTHON_CASE, str(out)], env, work)
             runs[str(code)]["python"].append((seconds, mb))
@@ -123,7 +136,7 @@ def main() -> int:
             if args.ray:
                 sampler = ActorRss()
                 seconds, mb, _ = timed([sys.executable, "-m", "bertc.cli", "run", str(out), str(inputs), "-o",
-                                        str(work / "result.npy"), "--force", "-q", "--ray", "--actors", "2"], env, work)
+                                        result, "--force", "-q", "--ray", "--actors", "2"], env, work)
                 peaks = sampler.stop()
                 runs[str(code)]["ray"].append((seconds, max(peaks, default=0.0)))
                 actors[str(code)].append(peaks)
