@@ -40,6 +40,7 @@ import re
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -979,6 +980,11 @@ class _Sink(io.RawIOBase):
     def __init__(self, f, where: str, what: str, after: str = ""):
         self.f, self.where, self.what, self.after = f, where, what, after
         self.failed = False
+        try:
+            self.fd = f.fileno()
+            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):   # a test's capture: no file
+            self.fd, self.regular = None, True
 
     def do(self, call, *args):
         """``call(*args)`` on the file, its ``OSError`` an :class:`OutputError` naming where and why."""
@@ -1023,6 +1029,29 @@ class _Sink(io.RawIOBase):
         return done
 
 
+    def write_some(self, view, timeout: float) -> int:
+        """Write some of ``view`` and say how much, waiting at most about ``timeout`` seconds for a pipe, a terminal
+        or a socket to take some (0 if it took none): a write that cannot block for long, so that its caller can
+        stop between writes. A regular file (or a file without a descriptor) takes all of it."""
+        if self.failed:
+            return len(view)
+        if self.regular:
+            return self.write(view)
+        import select
+
+        try:
+            if not select.select([], [self.fd], [], timeout)[1]:
+                return 0
+        except (OSError, ValueError):   # select refused the descriptor: a write of a pipe's atomic size still ends
+            pass
+        n = self.do(self.f.write, view[:_STREAM_CHUNK])
+        if n is None:   # non-blocking and full after all
+            return 0
+        if n <= 0:
+            self.do(_raise, OSError(errno.EIO, "the system wrote none of the bytes given it"))
+        return n
+
+
 def _raise(exc: BaseException):
     raise exc
 
@@ -1052,16 +1081,101 @@ def _stdout_sink() -> _Sink:
     return sink
 
 
-class _Flushing:
-    """A text writer on standard output that hands each batch on at once (a pipeline's next stage sees it)."""
+STOP_GRACE = 2.0   # seconds a stop signal waits for the record half written to standard output to be finished
+_STREAM_CHUNK = 4096   # bytes written to a pipe once it can take more (PIPE_BUF: such a write never blocks)
 
-    def __init__(self, writer, out):
-        self.writer, self.out = writer, out
+
+@contextlib.contextmanager
+def _stops_deferred():
+    """Within the block, a stop signal (Ctrl-C, SIGTERM, SIGHUP) whose handler is Python code (Python's own
+    KeyboardInterrupt, the CLI's) is noted in the list yielded instead of handled; on leaving, the handlers are put
+    back and the first noted signal is handled then (its handler raises where the block ends). Only in the main
+    thread, where signal handlers run and are set: elsewhere the list stays empty."""
+    import signal
+
+    noted: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous: dict = {}
+    active = [True]
+
+    def note(signum, frame):
+        if active[0]:
+            noted.append((signum, frame))
+        else:   # left in place by a signal that came as the handlers were being put back: the handler it replaced
+            previous[signum](signum, frame)
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        handler = None if signum is None else signal.getsignal(signum)
+        if callable(handler):
+            previous[signum] = handler
+            signal.signal(signum, note)
+    try:
+        yield noted
+    finally:
+        active[0] = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if noted:
+            signum, frame = noted[0]
+            previous[signum](signum, frame)
+
+
+class _Streamed:
+    """The writer of a result streamed to standard output (JSONL or CSV): each batch's records are made in memory,
+    then written out and flushed at once (a pipeline's next stage sees them), every record whole. A stop signal that
+    comes while a record is half written lets it be finished first (for up to :data:`STOP_GRACE` seconds, should
+    the reader of standard output not read): the stream then ends on a whole line, which a reader appending to a
+    file (``-o - >> results.jsonl``) or parsing line by line can use. (It was cut where the signal came: a
+    half JSON line, a CSV record without its end.)"""
+
+    def __init__(self, writer, buffer: io.BytesIO, out: "_Sink"):
+        self.writer, self.buffer, self.out = writer, buffer, out
+        self.ends: list = []
+        self._mark()   # a CSV result's header: a record of its own
+
+    def _mark(self) -> None:
+        self.writer.f.flush()   # the text layer into the buffer
+        if self.buffer.tell() and (not self.ends or self.ends[-1] != self.buffer.tell()):
+            self.ends.append(self.buffer.tell())
+
+    def _send(self) -> None:
+        data, ends = self.buffer.getvalue(), self.ends
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        self.ends = []
+        if data:
+            _write_records(self.out, memoryview(data), ends)
+        self.out.flush()
 
     def write(self, rows, kept=None) -> None:
-        self.writer.write(rows, kept)
-        self.writer.f.flush()
-        self.out.flush()
+        for i in range(len(rows)):   # one at a time: where each record ends
+            self.writer.write(rows[i:i + 1], None if kept is None else kept[i:i + 1])
+            self._mark()
+        self._send()
+
+    def close(self) -> None:
+        self._mark()
+        self.writer.close()
+        self._send()
+
+
+def _write_records(out: "_Sink", data: memoryview, ends: list) -> None:
+    """``data`` (records ending at the offsets ``ends``) written to ``out``, a stop signal handled at the next record
+    end (:class:`_Streamed`)."""
+    done, deadline = 0, None
+    with _stops_deferred() as noted:
+        while done < len(data):
+            end = len(data)
+            if noted:
+                if deadline is None:
+                    deadline = time.monotonic() + STOP_GRACE
+                end = next((e for e in ends if e >= done), len(data))
+                if end == done or time.monotonic() > deadline:
+                    return   # leaving the block handles the signal
+            done += out.write_some(data[done:end], timeout=0.1)
 
 
 def _lock(f) -> bool:
@@ -1244,13 +1358,14 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     path = Path(path)
     if str(path) == STDIO:   # a stream: each batch is written and flushed as it comes
         out = _stdout_sink()
-        writer = _writer(out, fmt, kind, keep, dtype)
+        buffer = io.BytesIO()
+        writer = _writer(buffer, fmt, kind, keep, dtype)
+        streamed = _Streamed(writer, buffer, out)
         try:
-            yield _Flushing(writer, out)
-            writer.close()
-            out.flush()
+            yield streamed
+            streamed.close()
         except BaseException:
-            with contextlib.suppress(Exception):   # its text layer lets go of standard output, which stays open
+            with contextlib.suppress(Exception):   # its text layer lets go of the batch's buffer unflushed
                 writer.f.detach()
             raise
         return

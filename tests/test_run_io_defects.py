@@ -533,3 +533,141 @@ def test_a_leftover_with_this_process_id_is_removed_and_a_live_thread_s_kept(tmp
             writer.write([np.ones(2, np.float32)])
         assert not old.exists() and live.exists()
     assert result.read_text().count("\n") == 1
+
+
+# --- a stop signal ends a stream on a whole record --------------------------------------------------------------
+
+def test_sigterm_ends_a_stream_to_a_slow_reader_on_a_whole_line(builds, tmp_path):
+    """`bertc run OUT big.txt -o - | slow-reader` stopped by SIGTERM ended its output on half a JSON line every time
+    (the write the signal interrupted was cut where it stood): a reader appending to a file (`-o - >> r.jsonl`) or
+    parsing line by line was left a broken line. The record half written is finished first now."""
+    import signal
+    import subprocess
+    import time
+
+    txt = tmp_path / "big.txt"
+    txt.write_text("the cat sat on the mat and a dog\n" * 100000)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bertc", "run", str(builds["bert_seq_cls"]), str(txt), "-o", "-",
+                             "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    data, deadline = b"", time.monotonic() + 120
+    while len(data) < 150000:   # read slowly, so that bertc waits in a write
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+        data += proc.stdout.read1(1000)
+        time.sleep(0.001)
+    time.sleep(0.3)   # the pipe fills: bertc is inside a write
+    proc.send_signal(signal.SIGTERM)
+    data += proc.stdout.read()
+    assert proc.wait(timeout=60) == 143
+    assert proc.stderr.read().decode() == "terminated\n"
+    assert data.endswith(b"\n") and len(data) < len(txt.read_text()) * 3
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    assert rows and all(set(r) == {"label", "label_id", "score", "scores"} for r in rows)
+
+
+class _Stop(BaseException):
+    pass
+
+
+def _stop_on(signum):
+    def handler(s, frame):
+        raise _Stop(s)
+    return handler
+
+
+def test_a_stop_signal_waits_for_the_record_half_written_then_is_handled(monkeypatch):
+    """Unit: a CSV record with a line break inside a quoted field is one record (the stream does not stop at its
+    inner line end); the signal's own handler runs once the record is whole; every handler is put back."""
+    import signal
+    import time
+
+    from bertc import run_io
+
+    r, w = os.pipe()
+    records = [b'"a\nb,' + b"x" * 200000 + b'",1\n', b"second,2\n" * 100000]   # each more than a pipe holds
+    data = b"".join(records)
+    ends = [len(records[0]), len(data)]
+    got, sent = bytearray(), []
+
+    def slow_reader():
+        while True:
+            chunk = os.read(r, 512)
+            if not chunk:
+                return
+            got.extend(chunk)
+            if len(got) >= 1024 and not sent:   # the writer is inside the first record
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.0005)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    old = signal.signal(signal.SIGTERM, _stop_on(signal.SIGTERM))
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    try:
+        sink = run_io._Sink(os.fdopen(w, "wb", buffering=0, closefd=False), "standard output", "the results")
+        with pytest.raises(_Stop):
+            run_io._write_records(sink, memoryview(data), ends)
+        assert signal.getsignal(signal.SIGTERM).__name__ == "handler"
+        assert {s: signal.getsignal(s) for s in before} == before
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        os.close(w)
+        reader.join(timeout=30)
+        os.close(r)
+    assert bytes(got) == records[0]   # the first record whole, nothing of the second
+
+
+def test_a_stop_signal_gives_a_reader_that_reads_nothing_a_bounded_wait(monkeypatch):
+    """A reader of standard output that stopped reading: the stop is handled after STOP_GRACE seconds, the record
+    cut (there is no other way to end), not never."""
+    import signal
+    import time
+
+    from bertc import run_io
+
+    monkeypatch.setattr(run_io, "STOP_GRACE", 0.5)
+    r, w = os.pipe()
+    data = b"y" * (1 << 20) + b"\n"
+    old = signal.signal(signal.SIGTERM, _stop_on(signal.SIGTERM))
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        sink = run_io._Sink(os.fdopen(w, "wb", buffering=0, closefd=False), "standard output", "the results")
+        began = time.monotonic()
+        timer.start()
+        with pytest.raises(_Stop):
+            run_io._write_records(sink, memoryview(data), [len(data)])
+        assert 0.7 < time.monotonic() - began < 5
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, old)
+        os.close(w)
+        os.close(r)
+
+
+def test_a_stream_written_from_another_thread_defers_no_signal():
+    """Signal handlers are the main thread's: a stream written from a worker thread (a service's Runtime.run_file to
+    standard output) leaves them as they are and writes all."""
+    import signal
+
+    from bertc import run_io
+
+    r, w = os.pipe()
+    seen, done = {}, []
+
+    def worker():
+        with run_io._stops_deferred() as noted:
+            seen["handler"] = signal.getsignal(signal.SIGTERM)
+            seen["noted"] = noted
+        sink = run_io._Sink(os.fdopen(w, "wb", buffering=0, closefd=False), "standard output", "the results")
+        run_io._write_records(sink, memoryview(b"a\nb\n"), [2, 4])
+        done.append(True)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(timeout=30)
+    os.close(w)
+    assert done and seen["handler"] is handler and seen["noted"] == []
+    assert os.read(r, 100) == b"a\nb\n"
+    os.close(r)
