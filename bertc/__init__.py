@@ -13,6 +13,17 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:   # for type checkers (the package has py.typed): nothing of these is imported at run time
+    import keras
+
+    from bertc.build import Built
+    from bertc.signature import Signature
+    from bertc.spec import Spec
+    from bertc.weights import LoadResult
+
+SpecLike = Union["Spec", dict, str, os.PathLike]   # what the functions below take as a spec
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -50,6 +61,23 @@ __all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model",
 
 from bertc import registry as _registry  # noqa: E402
 from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python: ONNX Runtime, no TensorFlow)
+
+
+_SUBMODULES = ("errors", "losses", "transfer", "spec", "signature", "parity", "pipeline", "runtime", "registry")
+
+
+def __getattr__(name: str):
+    """``bertc.losses``, ``bertc.transfer``, ``bertc.errors``, ...: the modules the README names, imported when first
+    used (``import bertc`` stays light: no TensorFlow)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"bertc.{name}")
+    raise AttributeError(f"module 'bertc' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(__all__) | set(_SUBMODULES))
 
 
 def _register_with_keras() -> None:
@@ -118,7 +146,7 @@ def _import_components() -> None:
 _registry.on_first_read(_import_components)   # what reads a registry gets the shipped components
 
 
-def _spec_of(spec, function: str):
+def _spec_of(spec: SpecLike, function: str) -> Spec:
     """``spec`` as a loaded :class:`bertc.spec.Spec`: one already (as it is), a dict, or a path to a spec's JSON
     file (loaded and validated: :class:`bertc.errors.SpecError`); anything else a TypeError saying what is taken."""
     from bertc.spec import Spec, load_spec as _load
@@ -131,27 +159,27 @@ def _spec_of(spec, function: str):
                     f"JSON file, not {type(spec).__name__}")
 
 
-def load_spec(source):
+def load_spec(source: SpecLike) -> Spec:
     """Load and validate a spec (path to a JSON file, or a dict; a loaded spec is returned as it is). Raises
     :class:`bertc.errors.SpecError`."""
     return _spec_of(source, "load_spec")
 
 
-def dump_spec(spec):
+def dump_spec(spec: SpecLike) -> dict:
     """The spec (loaded, a dict or a path) as a JSON-ready dict (defaults filled in)."""
     from bertc.spec import dump_spec as _dump
 
     return _dump(_spec_of(spec, "dump_spec"))
 
 
-def signature_of(spec):
+def signature_of(spec: SpecLike) -> Signature:
     """The model's interface (inputs and outputs) computed from a spec (loaded, a dict or a path)."""
     from bertc.signature import signature_of as _sig
 
     return _sig(_spec_of(spec, "signature_of"))
 
 
-def build_model(spec):
+def build_model(spec: SpecLike) -> Built:
     """Build a spec (a :class:`bertc.spec.Spec`, a path or a dict): a :class:`bertc.build.Built` holding the
     Keras functional model (``.model``) and handles to its parts (``.encoder``, ``.head``, ``.embedding``,
     ``.position``, ``.blocks``, ``.signature``)."""
@@ -160,7 +188,7 @@ def build_model(spec):
     return _build(_spec_of(spec, "build_model"))
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a Keras model written by ``bertc build``: an OUT directory or a ``.keras`` file.
 
     Raises :class:`bertc.errors.ModelFileError` naming the file when it is missing or damaged.
@@ -170,7 +198,7 @@ def load_model(path):
     return load_keras_model(path)
 
 
-def load_weights(model, spec, source):
+def load_weights(model: keras.Model, spec: SpecLike, source: str | os.PathLike) -> LoadResult:
     """Load trained weights (a HF directory / .safetensors, a TF checkpoint, a bertc build) into ``model``
     built from ``spec``; all or nothing. Returns what was loaded; raises :class:`bertc.errors.WeightsError`
     listing every missing, misshapen or unused tensor."""
@@ -179,14 +207,33 @@ def load_weights(model, spec, source):
     return _load(model, _spec_of(spec, "load_weights"), source)
 
 
-def import_spec(source, spec_path, name=None):
-    """Write a spec for the trained checkpoint at ``source`` to ``spec_path`` (``bertc import``); returns it."""
-    from bertc.importers import import_spec as _import
+def import_spec(source: str | os.PathLike, spec_path: str | os.PathLike, name: str | None = None, *,
+                encoder_only: bool = False, force: bool = False) -> dict:
+    """Write a spec for the trained checkpoint at ``source`` to ``spec_path`` (``bertc import``; ``"-"``: standard
+    output); returns it. ``name``: the spec's name (default: the checkpoint folder's); ``encoder_only``: the encoder
+    without the checkpoint's task head; ``force``: replace a spec already at ``spec_path`` (without it, as ``bertc
+    import`` without ``--force``, an existing file is an :class:`bertc.errors.OutputError`). A checkpoint without a
+    tokenizer imports with a ``UserWarning`` (``bertc import``'s note): its build could not run on text."""
+    import warnings
+    from pathlib import Path
 
-    return _import(source, spec_path, name)
+    from bertc.importers import import_spec as _import, no_tokenizer_note
+
+    if not isinstance(source, (str, os.PathLike)) or not isinstance(spec_path, (str, os.PathLike)):
+        wrong = source if not isinstance(source, (str, os.PathLike)) else spec_path
+        raise TypeError(f"bertc.import_spec: the checkpoint and the spec are paths (str or os.PathLike), not "
+                        f"{type(wrong).__name__}")
+    for flag, value in (("encoder_only", encoder_only), ("force", force)):
+        if not isinstance(value, bool):   # force="no" is true
+            raise TypeError(f"bertc.import_spec: {flag} is True or False, not {type(value).__name__}")
+    spec = _import(source, spec_path, name, encoder_only, force)
+    note = no_tokenizer_note(source, spec, None if str(spec_path) == "-" else Path(spec_path))
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return spec
 
 
-def serializable(cls):
+def serializable(cls: type) -> type:
     """Register a plug-in's layer class with Keras' serialization (as bertc's own layers are), so that a model.keras
     holding it loads wherever the plug-in is loaded: ``@bertc.serializable`` on the class, beside its registration
     (``@ATTENTION.register(...)``). A plug-in layer class without it is refused (``PluginError``) before a build
@@ -196,7 +243,7 @@ def serializable(cls):
     return _serializable(cls)
 
 
-def load_plugin(plugin):
+def load_plugin(plugin: str | os.PathLike) -> dict:
     """Load a plug-in, as ``bertc --plugin PLUGIN`` does: a ``.py`` file (a path) or a module name on the Python
     path, imported once, after bertc's own components; its components are then known to specs, builds and
     :func:`load_model` (a model.keras built with it loads only once it is loaded). Returns its record

@@ -514,16 +514,16 @@ def _size(text):
 def import_checkpoint(source, output, name, encoder_only, force, quiet):
     """Write a spec for a trained checkpoint (Hugging Face, sentence-transformers, original BERT, Model Garden)."""
     from bertc.errors import OutputError
+    from bertc.importers import SPEC_NAME, import_spec, is_spec
 
-    if name is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
+    if name is not None and not re.fullmatch(SPEC_NAME, name):
         raise click.BadParameter(f"{name!r}: a spec name starts with a letter, then up to 63 letters, digits, _ . or -",
                                  param_hint="--name")
-    from bertc.importers import import_spec, is_spec
 
     if str(output) == "-":
         _needs_stdout("import -o -'s spec")
         _import_quietly()
-        spec = import_spec(source, output, name, encoder_only)
+        spec = import_spec(source, output, name, encoder_only, force)
         if not quiet:
             _err(f"wrote the spec to standard output: {spec['name']} ({spec['encoder']['type']} encoder, "
                  f"{spec.get('head', {}).get('type', 'no')} head); weights: {spec['weights']}")
@@ -536,7 +536,7 @@ def import_checkpoint(source, output, name, encoder_only, force, quiet):
                           f"replaces only a spec; choose another -o")
     _import_quietly()
 
-    spec = import_spec(source, output, name, encoder_only)
+    spec = import_spec(source, output, name, encoder_only, force)
     if quiet:
         return
     head = spec.get("head", {}).get("type", "no")
@@ -548,24 +548,12 @@ def import_checkpoint(source, output, name, encoder_only, force, quiet):
 
 
 def _no_tokenizer_note(source: Path, spec: dict, spec_path: Optional[Path]) -> None:
-    """One line on stderr when the checkpoint has no tokenizer beside its weights: the build will bundle none (the
-    same test as the build's, :func:`bertc.text.check_tokenizer` of the spec's weights), so ``bertc run``,
-    ``bertc parity --text`` and ``--calibration`` refuse it; said now rather than at the first run."""
-    from bertc.errors import BertcError
-    from bertc.text import check_tokenizer
-    from bertc.weights import resolve_weights_path
+    """One line on stderr when the checkpoint has no tokenizer beside its weights (:func:`no_tokenizer_note`)."""
+    from bertc.importers import no_tokenizer_note
 
-    weights = spec.get("weights")
-    if not isinstance(weights, str) or not weights:
-        return
-    try:
-        if check_tokenizer(resolve_weights_path(weights, spec_path)) is not None:
-            return
-    except (BertcError, OSError):   # a damaged tokenizer file: the import has said so already, or the build will
-        return
-    _err(f"note: {source} has no tokenizer (tokenizer.json, vocab.txt, vocab.json + merges.txt or a SentencePiece "
-         f"model): `bertc run`, `bertc parity --text` and `--calibration` will need one; put the checkpoint's "
-         f"tokenizer files beside its weights and import again")
+    note = no_tokenizer_note(source, spec, spec_path)
+    if note is not None:
+        _err(f"note: {note}")
 
 
 @cli.command()
@@ -1240,8 +1228,10 @@ def _quiet_libraries(plugins=()) -> None:
 
 def main(argv=None) -> int:
     """Run the CLI; the exit codes are those of :mod:`bertc.errors` (its docstring has the table)."""
+    from bertc.errors import command_line
+
     before = len(_SIGINTS)
-    with _sigint_noted():
+    with _sigint_noted(), command_line():   # messages name the flags, not the Python API's parameters
         return _main(argv, lambda: len(_SIGINTS) > before)
 
 

@@ -116,6 +116,33 @@ def _tensorflow_filesystem_error(message: str) -> "OSError | None":
     return None
 
 
+_COMMAND_LINE = [0]   # how many `bertc` commands (bertc.cli.main) are running in this process
+
+
+def said(flag: str, parameter: str) -> str:
+    """How a message names an option of ``bertc run`` / ``bertc.Runtime``: the flag (``--force``) while a ``bertc``
+    command runs, the Python parameter (``force=True``) otherwise, so that a notebook is not told to pass a flag."""
+    return flag if _COMMAND_LINE[0] else parameter
+
+
+def command_line_running() -> bool:
+    """Whether a ``bertc`` command (the CLI) is running in this process: it says, on its own summary lines, what the
+    Python API says in warnings."""
+    return bool(_COMMAND_LINE[0])
+
+
+class command_line:
+    """The block runs a ``bertc`` command: :func:`said` gives the flags."""
+
+    def __enter__(self):
+        _COMMAND_LINE[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        _COMMAND_LINE[0] -= 1
+        return False
+
+
 class BertcError(Exception):
     exit_code = EXIT_CHECK_FAILED
 

@@ -241,7 +241,7 @@ def _load(plugin: str) -> dict:
             raise PluginError(f"plugin {plugin}: no module named {exc.name!r} (a module on the Python path, "
                               f"or a path to a .py file)") from None
         raise PluginError(f"plugin {plugin} failed to import: {_where(exc)}") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:   # a plug-in's sys.exit() ended a notebook's cell or a host's process
         raise PluginError(f"plugin {plugin} failed to import: {_where(exc)}") from None
     added = sorted(_registered() - before)
     _refuse_unloadable(plugin, module, added)

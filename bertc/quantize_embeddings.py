@@ -25,7 +25,7 @@ from typing import Union
 
 import numpy as np
 
-from bertc.errors import InputError
+from bertc.errors import InputError, said
 
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 SCALAR = ("int8", "uint8")
@@ -40,10 +40,11 @@ class EmbeddingPrecision:
         if precision not in PRECISIONS:
             raise InputError(f"embedding precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         if precision in SCALAR and calibration is None:
-            raise InputError(f"embedding precision {precision}: needs calibration embeddings (--calibration-"
-                             f"embeddings FILE.npy: float32 embeddings of a sample of the texts by the same model, "
-                             f"e.g. bertc run OUT sample.txt -o sample.npy), whose per-dimension min and max set "
-                             f"the ranges")
+            sample = said("--calibration-embeddings FILE.npy", "calibration_embeddings=FILE.npy or an array")
+            made = said("bertc run OUT sample.txt -o sample.npy", "bertc.Runtime(OUT).run(sample_texts)")
+            raise InputError(f"embedding precision {precision}: needs calibration embeddings ({sample}: float32 "
+                             f"embeddings of a sample of the texts by the same model, e.g. {made}), whose "
+                             f"per-dimension min and max set the ranges")
         if precision not in SCALAR and calibration is not None:
             raise InputError(f"calibration embeddings: only int8 and uint8 embeddings have ranges to calibrate "
                              f"(this run's precision is {precision})")

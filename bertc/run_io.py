@@ -47,7 +47,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from bertc.errors import InputError, MissingLibrary, OutputError
+from bertc.errors import InputError, MissingLibrary, OutputError, said
 from bertc.requirements import pip_install
 
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
@@ -147,8 +147,8 @@ def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_f
         fmt = "txt" if stdin else INPUT_FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise InputError(f"{path}: unknown input format {path.suffix or '(no suffix)'!r}; known: "
-                             f"{_known(INPUT_FORMATS)} (or name one with --input-format "
-                             f"{'|'.join(sorted(set(INPUT_FORMATS.values())))})")
+                             f"{_known(INPUT_FORMATS)} (or name one with "
+                             f"{said('--input-format ', 'input_format=')}{'|'.join(sorted(set(INPUT_FORMATS.values())))})")
     elif fmt not in set(INPUT_FORMATS.values()):
         raise InputError(f"unknown input format {fmt!r}; known: {', '.join(sorted(set(INPUT_FORMATS.values())))}")
     if stdin:
@@ -159,21 +159,24 @@ def input_spec(path, fmt: Optional[str] = None, text_field: str = "text", pair_f
         raise InputError(f"{path}: no such input file")
     elif path.is_dir():
         raise InputError(f"{path}: is a directory, not an input file")
-    option = "--documents-field" if ranking else "--choices-field"
+    option = said("--documents-field", "documents_field") if ranking else said("--choices-field", "choices_field")
     if choices_field is not None and not choices:
-        raise InputError("--choices-field: only a multiple-choice model reads choices")
+        raise InputError(f"{said('--choices-field', 'choices_field')}: only a multiple-choice model reads choices")
     names = field_list(choices_field or ("documents" if ranking else DEFAULT_CHOICES_FIELD), option)
-    kept = field_list(keep, "--keep-fields") if keep else ()
+    # "" is refused as --keep-fields '' is (a list, empty or not, is the fields)
+    kept = field_list(keep, said("--keep-fields", "keep_fields")) if keep is not None and (
+        isinstance(keep, str) or len(keep)) else ()
     spec = InputSpec(path, fmt, text_field, pair_field, choices, names, kept, ranking)
     if fmt == "txt" and kept:
-        raise InputError(f"{spec.name}: a .txt input has no fields to keep; --keep-fields is for JSONL, CSV and "
-                         f"Parquet (--input-format)")
+        raise InputError(f"{spec.name}: a .txt input has no fields to keep; {said('--keep-fields', 'keep_fields')} "
+                         f"is for JSONL, CSV and Parquet ({said('--input-format', 'input_format')})")
     if fmt == "txt" and (text_field != "text" or pair_field or choices_field):
         what = "a query: a tab before each document" if ranking else "a multiple-choice question: a tab before each choice"
         raise InputError(f"{spec.name}: a .txt input has no fields (one text per line, a tab before its pair"
                          f"{'; ' + what if choices else ''}); "
-                         f"--text-field / --pair-field{' / ' + option if choices else ''} are for JSONL, CSV "
-                         f"and Parquet (--input-format)")
+                         f"{said('--text-field / --pair-field', 'text_field / pair_field')}"
+                         f"{' / ' + option if choices else ''} are for JSONL, CSV and Parquet "
+                         f"({said('--input-format', 'input_format')})")
     return spec
 
 
@@ -242,7 +245,8 @@ def _check_choices(values, where: str, field: str = "", ranking: bool = False) -
 def _choices(row: dict, spec: InputSpec, loc: str) -> tuple:
     """The choices (a ranking's documents) of a row: one field's list (CSV: a JSON array), or one from each of
     several fields."""
-    items, option = ("documents", "--documents-field") if spec.ranking else ("choices", "--choices-field")
+    items, option = ("documents", said("--documents-field", "documents_field")) if spec.ranking else \
+        ("choices", said("--choices-field", "choices_field"))
     if len(spec.choices_field) > 1:
         values = []
         for f in spec.choices_field:
@@ -330,9 +334,10 @@ def _read_txt(spec: InputSpec) -> Iterator[Record]:
 def _choose_with(spec: InputSpec) -> str:
     if spec.choose:
         return spec.choose
-    lists = " / --documents-field" if spec.ranking else " / --choices-field"
-    return ("choose with --text-field / --pair-field" + (lists if spec.choices else "")
-            + (" / --keep-fields" if spec.keep else ""))
+    lists = " / " + (said("--documents-field", "documents_field") if spec.ranking else
+                     said("--choices-field", "choices_field"))
+    return ("choose with " + said("--text-field / --pair-field", "text_field / pair_field")
+            + (lists if spec.choices else "") + (" / " + said("--keep-fields", "keep_fields") if spec.keep else ""))
 
 
 def _fields(row: dict, spec: InputSpec, where: str) -> Record:
@@ -555,14 +560,15 @@ def _jsonl_kept_types(spec: InputSpec) -> list:
             try:
                 found = pa.array([record.kept[i]]).type
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                raise OutputError(f"--keep-fields {name}: {record.where}: its value cannot be a Parquet column "
+                raise OutputError(f"{said('--keep-fields', 'keep_fields')} {name}: {record.where}: its value cannot be a Parquet column "
                                   f"({' '.join(str(exc).split())[:200]}); use a .jsonl result") from None
             both = unify_kept(known, found)
             if both is None:
-                raise OutputError(f"--keep-fields {name}: {record.where}: a value of type {found} after values of "
+                raise OutputError(f"{said('--keep-fields', 'keep_fields')} {name}: {record.where}: a value of type {found} after values of "
                                   f"type {known}: they cannot be one Parquet column; use a .jsonl result")
             known = both
-        raise OutputError(f"--keep-fields {name}: its values cannot be one Parquet column; use a .jsonl result")
+        raise OutputError(f"{said('--keep-fields', 'keep_fields')} {name}: its values cannot be one Parquet column; "
+                          f"use a .jsonl result")
 
     def merge():
         for i, name in enumerate(spec.keep):
@@ -697,23 +703,24 @@ def result_format(path, kind: str, fmt: Optional[str] = None, keep: tuple = ()) 
     fmt = fmt or ("jsonl" if stdout else RESULT_FORMATS.get(path.suffix.lower()))
     if fmt is None:
         raise InputError(f"{path}: unknown result format {path.suffix or '(no suffix)'!r}; known: "
-                         f"{_known(RESULT_FORMATS)} (or name one with --result-format)")
+                         f"{_known(RESULT_FORMATS)} (or name one with {said('--result-format', 'result_format')})")
     if fmt not in KINDS_BY_RESULT_FORMAT:
         raise InputError(f"unknown result format {fmt!r}; known: {', '.join(sorted(KINDS_BY_RESULT_FORMAT))}")
     where = "standard output" if stdout else str(path)
     if stdout and fmt not in STDOUT_FORMATS:
-        raise InputError(f"-o -: a .{fmt} result cannot be streamed to standard output; use "
-                         f"--result-format {' or '.join(STDOUT_FORMATS)}, or -o FILE.{fmt}")
+        raise InputError(f"{said('-o -', 'result_path -')}: a .{fmt} result cannot be streamed to standard output; "
+                         f"use {said('--result-format ', 'result_format=')}{' or '.join(STDOUT_FORMATS)}, or "
+                         f"{said('-o ', 'result_path ')}FILE.{fmt}")
     if kind not in KINDS_BY_RESULT_FORMAT[fmt]:
         fits = [f".{f}" for f, kinds in KINDS_BY_RESULT_FORMAT.items() if kind in kinds
                 and (not stdout or f in STDOUT_FORMATS)]
         raise InputError(f"{where}: a .{fmt} result cannot hold {kind} results; use {' or '.join(fits)}")
     if keep and (fmt == "npy" or (fmt == "csv" and kind == "embedding")):
-        raise InputError(f"--keep-fields: a .{fmt} result of embeddings has no columns to put "
+        raise InputError(f"{said('--keep-fields', 'keep_fields')}: a .{fmt} result of embeddings has no columns to put "
                          f"{', '.join(keep)} in; use .parquet or .jsonl")
     clash = [f for f in keep if f in RESULT_FIELDS.get(kind, ())]
     if clash:
-        raise InputError(f"--keep-fields {clash[0]}: the {kind} results have a field of that name "
+        raise InputError(f"{said('--keep-fields', 'keep_fields')} {clash[0]}: the {kind} results have a field of that name "
                          f"({', '.join(RESULT_FIELDS[kind])})")
     if fmt == "parquet":
         _pyarrow()
@@ -852,7 +859,7 @@ class _ParquetWriter:
                 try:
                     array = pa.array(values)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                    raise OutputError(f"--keep-fields {name}: its values cannot be one Parquet column "
+                    raise OutputError(f"{said('--keep-fields', 'keep_fields')} {name}: its values cannot be one Parquet column "
                                       f"({' '.join(str(exc).split())[:200]}); use a .jsonl result") from None
                 if self.kept_types is None or array.type == self.kept_types[i]:
                     columns[name] = array
@@ -860,14 +867,14 @@ class _ParquetWriter:
                 known = self.kept_types[i]
                 if unify_kept(known, array.type) != known:
                     was = "no value (null)" if pa.types.is_null(known) else f"values of type {known}"
-                    raise OutputError(f"--keep-fields {name}: a value of type {array.type} after the first rows' {was}"
+                    raise OutputError(f"{said('--keep-fields', 'keep_fields')} {name}: a value of type {array.type} after the first rows' {was}"
                                       f": a Parquet result's columns are typed by the first rows when the input is "
                                       f"standard input (a file's are read from all its rows); use a .jsonl result, or "
                                       f"a file as input")
             try:
                 array = pa.array(values, type=self.kept_types[i])
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                raise OutputError(f"--keep-fields {name}: a value that is not of {self.typed_by} type "
+                raise OutputError(f"{said('--keep-fields', 'keep_fields')} {name}: a value that is not of {self.typed_by} type "
                                   f"({self.kept_types[i]}): {' '.join(str(exc).split())[:200]}; use a .jsonl "
                                   f"result") from None
             columns[name] = array
@@ -1327,8 +1334,8 @@ def _publish(tmp: Path, path: Path, force: bool, where: str, after: str) -> None
             tmp.unlink()
     except FileExistsError:
         raise OutputError(f"{where} was written by another process while this run ran (it was not there when the run "
-                          f"started); without --force a run replaces nothing, so this run's result was not kept "
-                          f"(pass --force to replace it)") from None
+                          f"started); without {said('--force', 'force=True')} a run replaces nothing, so this run's "
+                          f"result was not kept (pass {said('--force', 'force=True')} to replace it)") from None
     except OSError as exc:
         raise OutputError(f"{where}: cannot put the result in place: {exc.strerror or exc}{after}") from None
 
@@ -1373,12 +1380,13 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
     where = str(given) if path == given else f"{given} (a link to {path})"   # RESULT in messages
     if path.exists() and not path.is_dir() and not path.is_file():   # /dev/null, a named pipe, a socket
         raise OutputError(f"{where} is not a regular file (a device, a pipe or a socket): a result is written beside "
-                          f"RESULT and renamed over it, which would replace it (--force does not change that); to "
-                          f"stream the result, write it to standard output: -o - (jsonl or csv) and redirect it")
+                          f"RESULT and renamed over it, which would replace it ({said('--force', 'force=True')} does "
+                          f"not change that); to stream the result, write it to standard output: "
+                          f"{said('-o -', 'result_path -')} (jsonl or csv) and redirect it")
     if path.is_dir():   # before --force's advice: it would not help
         raise OutputError(f"{where} is a directory; the result is a file")
     if path.exists() and not force:
-        raise OutputError(f"{where} already exists; pass --force to replace it")
+        raise OutputError(f"{where} already exists; pass {said('--force', 'force=True')} to replace it")
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: " + ("not a directory (a file of that name is there)"
                                                 if path.parent.exists() else "no such directory")

@@ -26,7 +26,8 @@ from bertc.backends import (CPU, CUDA, PROVIDER_SUFFIX, artifact_info, backend_n
                             provider_missing)
 from bertc.engine import (DEFAULT_BATCH, DEFAULT_BATCH_TOKENS, DEFAULT_DOC_STRIDE, DEFAULT_HYPOTHESIS, DEFAULT_TOP_K,
                           POSITIONS, SIMILARITIES, Engine, EngineParts, windows)
-from bertc.errors import BackendLoadError, BertcError, DamagedBuild, InputError, MissingLibrary, NoOnnxRuntime
+from bertc.errors import (BackendLoadError, BertcError, DamagedBuild, InputError, MissingLibrary, NoOnnxRuntime,
+                          command_line_running, said)
 from bertc.run_io import Record
 from bertc.text import lowercases_input
 
@@ -261,7 +262,7 @@ def _batch_note(precision: str, fp32: list) -> str:
     batch tensor; ``fp32``: the optimized fp32 artifacts that do not."""
     if precision != "int8":
         return ""
-    other = f" (--artifact {min(fp32)} does not)" if fp32 else ""
+    other = f" ({said(f'--artifact {min(fp32)}', f'artifact={min(fp32)!r}')} does not)" if fp32 else ""
     return (f"; its activation ranges are each batch's, so a text's result shifts a little with the texts batched "
             f"with it{other}")
 
@@ -311,11 +312,12 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
     if not available:
         raise NoOnnxRuntime(no_onnxruntime())
     if device == "cuda" and CUDA not in available:
-        raise InputError(f"--device cuda: {provider_missing(CUDA)}")
+        raise InputError(f"{said('--device cuda', 'device=' + repr(device))}: {provider_missing(CUDA)}")
     providers = [CUDA, CPU] if device == "cuda" or (device == "auto" and CUDA in available) else [CPU]
     infos = {k: artifact_info(k, v) for k, v in report["artifacts"].items()}
     onnx = {k: v for k, v in infos.items() if v["format"] == "onnx"}
     if artifact is not None:
+        asked = said(f"--artifact {artifact}", f"artifact={artifact!r}")
         matches = [k for k, v in onnx.items() if artifact in (k, v["path"])]
         if not matches:
             have = ", ".join(f"{k} ({v['path']})" for k, v in onnx.items()) or "none"
@@ -323,9 +325,9 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
             gone = next((d for k, d in dropped.items() if isinstance(d, dict) and artifact in (k, d.get("file"))), None)
             if gone is not None:   # not a typo: the build made it and dropped it
                 best = f" (best: {gone['best']})" if gone.get("best") else ""
-                raise InputError(f"--artifact {artifact}: the build dropped this variant: {gone.get('reason')}{best}; "
+                raise InputError(f"{asked}: the build dropped this variant: {gone.get('reason')}{best}; "
                                  f"it has: {have}")
-            raise InputError(f"--artifact {artifact}: not an ONNX artifact of this build (it has: {have})")
+            raise InputError(f"{asked}: not an ONNX artifact of this build (it has: {have})")
         k = matches[0]
         for provider in providers:
             if provider in onnx[k]["providers"] and provider in available:
@@ -333,8 +335,9 @@ def choose_artifact(report: dict, artifact: Optional[str] = None, device: str = 
                 why = {True: "passed parity", False: "FAILED parity in this build", None: "parity not run"}[verdict]
                 fp32 = [f for f, v in onnx.items() if v["precision"] == "fp32" and _rank(f, v, provider) == 1]
                 return Choice(k, onnx[k]["path"], provider, onnx[k]["precision"],
-                              f"as asked (--artifact); {why}{_batch_note(onnx[k]['precision'], fp32)}")
-        raise InputError(f"--artifact {artifact}: meant for {', '.join(onnx[k]['providers'])}, none available here")
+                              f"as asked ({said('--artifact', 'artifact')}); {why}"
+                              f"{_batch_note(onnx[k]['precision'], fp32)}")
+        raise InputError(f"{asked}: meant for {', '.join(onnx[k]['providers'])}, none available here")
     for provider in providers:
         candidates = []
         for order, (k, info) in enumerate(onnx.items()):
@@ -693,6 +696,8 @@ def _records(texts: Iterable, choices: bool = False, ranking: bool = False) -> I
 def _kind_of(value) -> str:
     if value is None:
         return "None"
+    if isinstance(value, (float, np.floating)) and value != value:   # pandas' missing value (None in a Series)
+        return "a missing value (NaN)"
     if isinstance(value, (bytes, bytearray)):
         return "bytes (decode them to a string first)"
     return type(value).__name__
@@ -883,8 +888,9 @@ class Runtime:
             (scores, "asked for") if scores else score_function(self.out, self.report, classes)
         self.prompt, self.prompt_why = sentence_prompt(self.out, self.report, self.kind, prompt, prompt_name)
         if rank and similarity:
-            raise InputError("rank and similarity: a sentence embedder either scores each row's pair (--similarity) "
-                             "or orders each row's documents (--rank), not both")
+            raise InputError(f"rank and similarity: a sentence embedder either scores each row's pair "
+                             f"({said('--similarity', 'similarity=True')}) or orders each row's documents "
+                             f"({said('--rank', 'rank=True')}), not both")
         if rank and self.kind != "embedding":   # a reranker: each query's documents ordered by the pairs' scores
             if self.kind != "classification" or classes != 1:
                 raise InputError("rank: orders documents by a one-score model's pair scores (a cross-encoder "
@@ -897,8 +903,9 @@ class Runtime:
         self.similarity, self.similarity_why = "", ""
         self.pair_prompt, self.pair_prompt_why = self.prompt, self.prompt_why
         if (pair_prompt is not None or pair_prompt_name is not None) and not (similarity or self.kind == "embedding" and rank):
-            raise InputError("a pair prompt is for the second text of each pair that --similarity compares, or for "
-                             "the documents a sentence embedder ranks (Runtime(..., similarity=True) or rank=True)")
+            raise InputError(f"a pair prompt is for the second text of each pair that "
+                             f"{said('--similarity', 'similarity=True')} compares, or for the documents a sentence "
+                             f"embedder ranks ({said('--rank', 'rank=True')})")
         if similarity or (rank and self.kind == "embedding"):
             # each pair's two texts, or a query and each of its documents, embedded alone and compared
             if self.kind != "embedding":
@@ -916,6 +923,7 @@ class Runtime:
         except OSError as exc:
             raise BackendLoadError(f"{path.name}: listed in report.json but cannot be read: {exc}"
                                    f"{self._other_artifact(device)}") from None
+        chosen = self.choice.why
         self.choice = _checked_against_manifest(self.choice, self.report, model_file.digest)
         # a model over protobuf's 2 GB keeps its weights in OUT/<file>.data: ONNX Runtime reads them from OUT's
         # folder (the graph alone is in memory), checked against the manifest as the graph is
@@ -930,6 +938,11 @@ class Runtime:
             self.choice = _checked_against_manifest(self.choice, self.report, data=data)
             external_folder = str(data.resolve().parent)
             external_stamp = (data.name, stat.st_size, stat.st_mtime_ns)   # (taken first: a change while hashed shows)
+        if self.choice.why != chosen and not command_line_running():   # (bertc run says so on its summary line)
+            import warnings
+
+            changed = self.choice.why[len(chosen):].lstrip("; ").removeprefix("but ")
+            warnings.warn(f"{self.out}: {changed}", UserWarning, stacklevel=2)
         backend = Backend(self.choice.artifact, self.choice.artifact, path, "onnx", self.choice.precision,
                           self.choice.provider)
         tokenizer_json = self._tokenizer_json()
@@ -1033,15 +1046,15 @@ class Runtime:
             other = choose_artifact({**self.report, "artifacts": there}, None, device)
         except InputError:
             return "; no other ONNX artifact of this build that can run here is there: rebuild it"
-        return (f"; the build is damaged: rebuild it, or run another of its artifacts that is there: --artifact "
-                f"{other.artifact} ({other.path}; Runtime(..., artifact={other.artifact!r}))")
+        return (f"; the build is damaged: rebuild it, or run another of its artifacts that is there: "
+                f"{said(f'--artifact {other.artifact}', f'artifact={other.artifact!r}')} ({other.path})")
 
     def _zero_shot_parts(self, candidates, template, multi_label: bool, scores, labels) -> dict:
         """EngineParts' zero-shot fields (and ``self.kind`` "zero_shot") when candidate labels are given."""
         if candidates is None:
             if template is not None or multi_label:
                 raise InputError("a hypothesis template and multi-label scoring are for zero-shot classification: "
-                                 "give the candidate labels too (--labels)")
+                                 f"give the candidate labels too ({said('--labels', 'candidate_labels')})")
             return {}
         if isinstance(candidates, str):
             candidates = [c.strip() for c in candidates.split(",")]
@@ -1058,7 +1071,7 @@ class Runtime:
         if len(set(candidates)) < len(candidates):
             raise InputError(f"candidate labels {', '.join(map(repr, candidates))}: each label once")
         if scores is not None:
-            raise InputError("--scores: a zero-shot result's scores are the labels' entailment probabilities")
+            raise InputError("scores: a zero-shot result's scores are the labels' entailment probabilities")
         template = DEFAULT_HYPOTHESIS if template is None else template
         try:
             formatted = template.format(candidates[0])
@@ -1131,10 +1144,12 @@ class Runtime:
                 self.truncated += n
 
     def __repr__(self) -> str:
-        return f"Runtime({str(self.out)!r}: {self.kind} results from {self.choice.describe()})"
+        return f"Runtime({str(self.out)!r}: " + ("closed)" if self._closed else
+                                                 f"{self.kind} results from {self.choice.describe()})")
 
     # running ----------------------------------------------------------------------------------------
-    def iter_results(self, texts: Iterable, progress: Optional[Callable[[int], None]] = None) -> Iterator:
+    def iter_results(self, texts: Iterable, progress: Optional[Callable[[int], None]] = None
+                     ) -> "Iterator[np.ndarray | list[dict]]":
         """The results of ``texts`` (what :meth:`run` takes, checked the same way, at once) window by window, in
         their order, as :meth:`run` gives them for that window (an embedder's a (k, dim) array, else a list): a
         generator of millions of texts is read as the windows are, and its results are never all held at once.
@@ -1163,10 +1178,16 @@ class Runtime:
             return results
         return list(self.precision(np.stack(results)))
 
-    def run(self, texts: Iterable):
+    def run(self, texts: Iterable) -> "np.ndarray | list[dict]":
         """Results of ``texts`` (strings, or (text, pair) tuples; for a multiple-choice model (text, [choice, ...])
         or (text, stem, [choice, ...]) tuples) in their order: an (n, dim) float32 array for an embedder (int8 or
-        uint8 at another ``embedding_precision``), else a list with one result per text (see the module docstring)."""
+        uint8 at another ``embedding_precision``), else a list with one result per text, a dict of plain Python
+        values: a classifier's ``{"label", "label_id", "score", "scores"}``, a span labeler's ``{"start", "end",
+        "text", "score"}`` (``{"answers": [...]}`` with ``top_k``), a token classifier's ``{"tags", "entities"}``, a
+        fill-mask model's ``{"sequence", "masks"}``, zero-shot's ``{"labels", "scores"}``, a pair's
+        ``{"similarity"}``, a multiple-choice model's ``{"choice", "answer", "score", "scores"}``, a ranking's
+        ``{"ranking"}`` (:mod:`bertc.run_io`'s docstring and the README's "Running a build on text" spell out
+        each field)."""
         self._check_texts(texts, "Runtime.run")
         results = [r for window, _ in self._iter_kept(_records(texts, self.kind in ("choice", "rank"),
                                                                self.kind == "rank")) for r in window]
@@ -1189,7 +1210,7 @@ class Runtime:
             raise InputError(f"{method} takes a list (or any iterable) of texts, not {_kind_of(texts)}"
                              + (" of no dimension (one value): pass [str(value)]" if getattr(texts, "ndim", 1) == 0
                                 else ""))
-        from collections.abc import Mapping, Set
+        from collections.abc import ItemsView, KeysView, Mapping, Set
 
         if type(texts).__module__.startswith("pyarrow") and hasattr(texts, "to_pylist"):   # its items are Scalars
             raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
@@ -1208,7 +1229,8 @@ class Runtime:
                 how += f", or for pairs df[[{columns[0]!r}, {columns[1]!r}]].itertuples(index=False)"
             raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}, "
                              f"whose column names it would read as the texts: pass {how}")
-        if isinstance(texts, Set):   # a set, frozenset, dict keys / items view
+        if isinstance(texts, Set) and not isinstance(texts, (KeysView, ItemsView)):   # a set, a frozenset (a dict's
+            # keys and items keep their order: (question, context) items are pairs)
             raise InputError(f"{method} takes a list (or any ordered iterable) of texts, not {_kind_of(texts)}: "
                              f"results come in the texts' order, which a set has not; pass a list")
 
@@ -1243,25 +1265,28 @@ class Runtime:
         from bertc.output import parents_made
         from bertc.run_ray import run_ray
 
+        force = _flag("force", force)   # force="no" replaced the result: a string is true
         if ray_address is None:   # over Ray the threads are each actor's: checked against the nodes (run_ray)
             check_threads(self.threads)
         if choices_field is not None and self.kind != "choice":
-            raise InputError(f"--choices-field: only a multiple-choice model reads choices (this model gives "
-                             f"{self.kind} results)")
+            raise InputError(f"{said('--choices-field', 'choices_field')}: only a multiple-choice model reads "
+                             f"choices (this model gives {self.kind} results)")
         if documents_field is not None and self.kind != "rank":
-            raise InputError(f"--documents-field: only a ranking (--rank) reads documents (this model gives "
-                             f"{self.kind} results)")
+            raise InputError(f"{said('--documents-field', 'documents_field')}: only a ranking "
+                             f"({said('--rank', 'rank=True')}) reads documents (this model gives {self.kind} results)")
         spec = run_io.input_spec(input_path, input_format, text_field, pair_field, self.kind in ("choice", "rank"),
                                  choices_field or documents_field, keep_fields, ranking=self.kind == "rank")
         fmt = run_io.result_format(result_path, self.kind, result_format, spec.keep)
         if not spec.stdin and str(result_path) != run_io.STDIO and Path(result_path).exists() \
                 and os.path.samefile(spec.path, result_path):   # a link or another spelling of the same file too
-            raise OutputError(f"-o {result_path}: is the input {spec.path} itself; the result would replace the "
-                              f"input (--force does not change that): write the result to another file")
+            raise OutputError(f"{said('-o ', 'result_path ')}{result_path}: is the input {spec.path} itself; the "
+                              f"result would replace the input ({said('--force', 'force=True')} does not change "
+                              f"that): write the result to another file")
         own = self._own_file(result_path) if str(result_path) != run_io.STDIO else None
         if own is not None:
-            raise OutputError(f"-o {result_path}: is the build's own {own}; the result would replace it (--force "
-                              f"does not change that): write the result outside {self.out}")
+            raise OutputError(f"{said('-o ', 'result_path ')}{result_path}: is the build's own {own}; the result "
+                              f"would replace it ({said('--force', 'force=True')} does not change that): write the "
+                              f"result outside {self.out}")
         if total_hint:
             total_hint(run_io.count_rows(spec))
         rows = 0

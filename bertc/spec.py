@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, ValidationError
 
 from bertc import registry, specjson
-from bertc.errors import SpecError
+from bertc.errors import SpecError, said
 from bertc.names import EXPORT_VARIANTS  # the command line reads it without pydantic
 from bertc.specbase import (PositiveInt, StrictModel, component_field, json_path, rebuild_component_models,
                             vocab_size_problem, walk_problems)
@@ -319,8 +319,8 @@ def _message(err: dict, known_fields: set[str], data: Any = None) -> str:
 
         known = [t.strip().strip("'\"") for t in str(ctx.get("expected_tags") or "").split(",")]
         return (f"unknown type {ctx.get('tag')!r}{close_matches(ctx.get('tag'), [k for k in known if k])}; known "
-                f"types: {ctx.get('expected_tags')} (a plug-in's component? load its module first: bertc --plugin "
-                f"MODULE|FILE.py ...)")
+                f"types: {ctx.get('expected_tags')} (a plug-in's component? load its module first: "
+                f"{said('bertc --plugin MODULE|FILE.py ...', 'bertc.load_plugin(MODULE or FILE.py)')})")
     if kind == "union_tag_not_found":
         return "missing 'type' (says which component this is)"
     msg = err["msg"]

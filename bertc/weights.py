@@ -75,6 +75,11 @@ class LoadResult:
     tied: dict[str, str] = field(default_factory=dict)  # checkpoint name -> bertc path it is a copy of
     ignored: dict[str, str] = field(default_factory=dict)  # checkpoint name -> reason
 
+    def __repr__(self) -> str:   # the mapping's every tensor flooded a notebook cell: counts (to_json() has it all)
+        return (f"LoadResult(source={self.source!r}, format={self.format!r}, importer={self.importer!r}, "
+                f"tensors={self.tensors}, loaded={len(self.loaded)}, tied={len(self.tied)}, "
+                f"ignored={len(self.ignored)}, layout_changes={len(self.notes)})")
+
     def to_json(self) -> dict:
         return {"source": self.source, "format": self.format, "importer": self.importer,
                 "checkpoint_tensors": self.tensors, "weights_loaded": len(self.loaded),

@@ -151,8 +151,8 @@ def test_import_notes_a_checkpoint_without_a_tokenizer(tmp_path, capsys):   # U1
     assert main(["import", str(HF / "bert_seq_cls"), "-o", str(tmp_path / "seq.json")]) == 0
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"note: {HF / 'bert_seq_cls'} has no tokenizer (tokenizer.json, vocab.txt, vocab.json + merges.txt or a "
-        "SentencePiece model): `bertc run`, `bertc parity --text` and `--calibration` will need one; put the "
-        "checkpoint's tokenizer files beside its weights and import again")
+        "SentencePiece model): `bertc run` (bertc.Runtime), `bertc parity --text` and `--calibration` will need "
+        "one; put the checkpoint's tokenizer files beside its weights and import again")
     assert main(["import", str(HF / "bert_seq_cls"), "-o", "-"]) == 0
     assert "has no tokenizer" in capsys.readouterr().err
     assert main(["import", str(HF / "bert_cross_encoder"), "-o", str(tmp_path / "ce.json")]) == 0

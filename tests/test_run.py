@@ -209,7 +209,7 @@ def test_runtime_picks_int8_where_it_passed_parity_and_says_so(builds):
     assert (rt.choice.artifact, rt.choice.provider) == ("onnx_int8", "CPUExecutionProvider")
     assert "passed parity" in rt.choice.describe() and "model.optimized.int8.onnx" in repr(rt)
     assert rt.choice.why.endswith("its activation ranges are each batch's, so a text's result shifts a little with "
-                                  "the texts batched with it (--artifact onnx_optimized does not)")
+                                  "the texts batched with it (artifact='onnx_optimized' does not)")
     # int8 that failed parity is never picked: optimized fp32 next, then model.onnx
     report = json.loads((out / "report.json").read_text())
     from bertc.runtime import choose_artifact
@@ -522,7 +522,7 @@ def test_a_cross_encoder_ranks_each_querys_documents_as_its_rank_does(tmp_path_f
         bertc.Runtime(builds["bert_seq_cls"], rank=True)
     with pytest.raises(InputError, match="this model gives span results"):
         bertc.Runtime(builds["bert_qa"], rank=True)
-    with pytest.raises(InputError, match="a pair prompt is for the second text of each pair that --similarity"):
+    with pytest.raises(InputError, match="a pair prompt is for the second text of each pair that similarity=True"):
         bertc.Runtime(out, rank=True, pair_prompt="passage: ")   # a cross-encoder reads no prompt
     with pytest.raises(InputError, match="the softmax of one score is always 1"):
         bertc.Runtime(out, rank=True, scores="softmax")
@@ -1512,7 +1512,7 @@ def test_a_sentence_embedder_scores_pairs_by_its_similarity_function(builds, tmp
     assert (rt.prompt, rt.pair_prompt) == (PROMPTS["query"], PROMPTS["passage"])
     same = bertc.Runtime(copy, artifact="onnx", similarity=True)   # by default both texts get the first's prompt
     assert same.pair_prompt == PROMPTS["query"]
-    with pytest.raises(InputError, match="a pair prompt is for the second text of each pair that --similarity"):
+    with pytest.raises(InputError, match="a pair prompt is for the second text of each pair that similarity=True"):
         bertc.Runtime(copy, pair_prompt="x")
     config.write_text(json.dumps({"similarity_fn_name": "maxsim"}))
     with pytest.raises(InputError, match="similarity_fn_name 'maxsim': bertc run compares with cosine, dot"):

@@ -305,7 +305,7 @@ def test_a_linked_result_is_written_through_to_its_target(tmp_path):
     (shared / "r.jsonl").write_text("old\n")
     link = here / "latest.jsonl"
     link.symlink_to("../shared/r.jsonl")
-    refused = f"{link} (a link to {shared / 'r.jsonl'}) already exists; pass --force"
+    refused = f"{link} (a link to {shared / 'r.jsonl'}) already exists; pass force=True"
     with pytest.raises(OutputError, match=re.escape(refused)):
         _write(link)
     _write(link, force=True)
@@ -378,8 +378,8 @@ def test_a_result_written_meanwhile_is_refused_without_force(tmp_path, monkeypat
             writer.write(ROWS[:5])
             result.write_bytes(b"the other run's result")   # it finished first
     assert str(caught.value) == (f"{result} was written by another process while this run ran (it was not there when "
-                                 f"the run started); without --force a run replaces nothing, so this run's result was "
-                                 f"not kept (pass --force to replace it)")
+                                 f"the run started); without force=True a run replaces nothing, so this run's result "
+                                 f"was not kept (pass force=True to replace it)")
     assert result.read_bytes() == b"the other run's result"
     assert [p.name for p in tmp_path.iterdir()] == ["r.npy"]   # the temporary file is gone
     result.unlink()
@@ -518,7 +518,7 @@ def test_a_result_that_is_a_named_pipe_or_device_is_refused_and_left_as_it_is(tm
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     for force in (False, True):
-        with pytest.raises(OutputError, match="is not a regular file .*-o -"):
+        with pytest.raises(OutputError, match="is not a regular file .*result_path -"):
             _write(pipe, "jsonl", force=force)
     assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 

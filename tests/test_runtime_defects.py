@@ -502,8 +502,7 @@ def test_texts_in_a_mapping_or_a_set_are_refused_naming_its_type(builds):
     texts = {"a": "the cat", "b": "a dog"}
     for given, message in ((texts, "not dict, whose keys it would read as the texts"),
                            ({"the cat"}, "not set: results come in the texts' order, which a set has not"),
-                           (frozenset({"the cat"}), "not frozenset"), (texts.keys(), "not dict_keys"),
-                           (texts.items(), "not dict_items")):
+                           (frozenset({"the cat"}), "not frozenset")):
         with pytest.raises(InputError, match=re.escape(message)):
             rt.run(given)
     ref = rt.run(["the cat", "a dog"])
@@ -592,7 +591,7 @@ def test_a_missing_artifact_file_names_one_that_is_there(builds, tmp_path, capsy
     with pytest.raises(BackendLoadError, match=re.escape(f"{picked.path}: listed in report.json but cannot be read")) \
             as caught:
         bertc.Runtime(out)
-    other = re.search(r"run another of its artifacts that is there: --artifact (\w+) \(([\w.]+);", str(caught.value))
+    other = re.search(r"run another of its artifacts that is there: artifact='(\w+)' \(([\w.]+)\)", str(caught.value))
     assert other and other[1] != picked.artifact and (out / other[2]).is_file(), str(caught.value)
     assert bertc.Runtime(out, artifact=other[1]).run(["the cat"]).shape[0] == 1
     (tmp_path / "in.txt").write_text("the cat\n")
@@ -1130,15 +1129,16 @@ def test_run_says_when_the_chosen_file_changed_since_the_build(builds, tmp_path)
     shutil.copytree(builds["st_bert_mean_norm"], out)
     assert "CHANGED" not in bertc.Runtime(out, artifact="onnx_optimized").choice.why
     int8 = bertc.Runtime(out, artifact="onnx_int8").choice.why
-    assert int8.startswith("as asked (--artifact); passed parity; its activation ranges are each batch's")
+    assert int8.startswith("as asked (artifact); passed parity; its activation ranges are each batch's")
     path = out / "model.optimized.onnx"
     model = onnx.load(str(path))
     first = next(i for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32
                  and numpy_helper.to_array(i).size > 100)
     first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * 3, first.name))
     onnx.save(model, str(path))
-    why = bertc.Runtime(out, artifact="onnx_optimized").choice.why
-    assert why.startswith("as asked (--artifact); passed parity; but model.optimized.onnx has CHANGED since the "
+    with pytest.warns(UserWarning, match="model.optimized.onnx has CHANGED since the build"):   # (Python's say)
+        why = bertc.Runtime(out, artifact="onnx_optimized").choice.why
+    assert why.startswith("as asked (artifact); passed parity; but model.optimized.onnx has CHANGED since the "
                           "build (its sha256 is not the manifest's)")
 
 

@@ -157,21 +157,63 @@ def spec_for(source: Path, encoder_only: bool = False, unnamed_head_ok: bool = F
                        f"config.json beside the weights")
 
 
-def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_only: bool = False) -> dict:
+def no_tokenizer_note(source, spec: dict, spec_path: Optional[Path]) -> Optional[str]:
+    """What to say when the checkpoint has no tokenizer beside its weights, else None: the build will bundle none
+    (the same test as the build's, :func:`bertc.text.check_tokenizer` of the spec's weights), so ``bertc run``,
+    ``bertc parity --text`` and ``--calibration`` refuse it; said at the import rather than at the first run."""
+    from bertc.errors import BertcError
+    from bertc.text import check_tokenizer
+    from bertc.weights import resolve_weights_path
+
+    weights = spec.get("weights")
+    if not isinstance(weights, str) or not weights:
+        return None
+    try:
+        if check_tokenizer(resolve_weights_path(weights, spec_path)) is not None:
+            return None
+    except (BertcError, OSError):   # a damaged tokenizer file: the import has said so already, or the build will
+        return None
+    return (f"{source} has no tokenizer (tokenizer.json, vocab.txt, vocab.json + merges.txt or a SentencePiece "
+            f"model): `bertc run` (bertc.Runtime), `bertc parity --text` and `--calibration` will need one; put the "
+            f"checkpoint's tokenizer files beside its weights and import again")
+
+
+SPEC_NAME = r"[A-Za-z][A-Za-z0-9_.-]{0,63}"   # the spec's "name" (spec.py's pattern)
+
+
+def check_spec_name(name, given_as: str = "name") -> None:
+    """Refuse a spec name the spec would refuse, naming the argument (``--name`` / ``name``) rather than the
+    imported spec (which the importer would otherwise blame, as "a bertc bug or an unusual config")."""
+    import re
+
+    from bertc.errors import InputError
+
+    if name is not None and not (isinstance(name, str) and re.fullmatch(SPEC_NAME, name)):
+        raise InputError(f"{given_as} {name!r}: a spec name starts with a letter, then up to 63 letters, digits, "
+                         f"_ . or -")
+
+
+def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_only: bool = False,
+                force: bool = True) -> dict:
     """Write a spec for the checkpoint at ``source`` to ``spec_path`` (weights relative to it; ``"-"``: to standard
-    output, weights absolute); returns it.
+    output, weights absolute); returns it. An existing spec at ``spec_path`` is replaced only with ``force`` (never
+    another file: the checkpoint's config.json); ``bertc import`` and :func:`bertc.import_spec` pass it as their
+    user said (``--force``, ``force=True``; neither replaces a spec by default).
     The spec is validated before anything is written."""
     import json
 
-    from bertc.errors import OutputError, SpecError
+    from bertc.errors import OutputError, SpecError, said
     from bertc.weights import relative_entry
     from bertc.spec import load_spec
 
+    check_spec_name(name)
     source, stdout = Path(source), str(spec_path) == "-"
     spec_path = Path(spec_path)
     if not stdout and os.path.lexists(spec_path) and not is_spec(spec_path):   # the checkpoint's config.json, ...
         raise OutputError(f"{spec_path} exists and is not a bertc spec (a JSON object with an encoder): an import "
                           f"replaces only a spec; choose another path")
+    if not stdout and os.path.lexists(spec_path) and not force:   # a spec edited by hand was replaced from Python
+        raise OutputError(f"{spec_path} already exists; pass {said('--force', 'force=True')} to replace it")
     spec, weights = spec_for(source, encoder_only)
     # spec_path "-": the spec goes to standard output, its weights absolute (it lies nowhere they are relative to)
     data = {"name": name or _spec_name(source), **spec,
