@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
 if TYPE_CHECKING:   # for type checkers (the package has py.typed): nothing of these is imported at run time
     import keras
@@ -57,7 +57,7 @@ _homeless_config()
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_spec", "dump_spec", "build_model", "load_model", "signature_of", "load_weights",
-           "import_spec", "Runtime", "serializable", "load_plugin"]
+           "import_spec", "build_spec", "Runtime", "serializable", "load_plugin"]
 
 from bertc import registry as _registry  # noqa: E402
 from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python: ONNX Runtime, no TensorFlow)
@@ -231,6 +231,64 @@ def import_spec(source: str | os.PathLike, spec_path: str | os.PathLike, name: s
     if note is not None:
         warnings.warn(note, UserWarning, stacklevel=2)
     return spec
+
+
+def build_spec(spec: str | os.PathLike, out: str | os.PathLike, *, force: bool = False, parity: bool = True,
+               optimize: bool = True, onnx: bool = True, tflite: bool = True, variants: Sequence[str] | None = None,
+               calibration: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
+               init_from: str | os.PathLike | None = None,
+               progress: Callable[[str, float, str], None] | None = None) -> dict:
+    """``bertc build SPEC -o OUT`` from Python: build the spec's JSON file ``spec`` into the folder ``out`` and return
+    its report (``report.json``'s contents). The keywords are ``bertc build``'s flags: ``force`` (replace an
+    existing build), ``parity=False`` (``--no-parity``), ``optimize=False``, ``onnx=False``, ``tflite=False``,
+    ``variants`` (a list of names replacing the spec's ``export.variants``: ``[]`` for none), ``calibration`` (a text
+    file for int8 tuning and parity), ``weights`` (trained weights overriding the spec's), ``init_from`` (a build to
+    start from). ``progress(stage, seconds, detail)`` hears of each stage as it ends (as ``bertc build`` prints them).
+
+    What the libraries print is kept off the console (as ``bertc build`` keeps it), and the logging set-up is left
+    as it was. A build that fails raises its :class:`bertc.errors.BertcError` (a ``ParityError``, a ``CheckFailed``,
+    an ``OutputError``, ...; where the failed build's report was kept, in ``OUT.failed``, the message's first line
+    names it) and leaves ``out`` as it was."""
+    from pathlib import Path
+
+    from bertc.names import EXPORT_VARIANTS
+    from bertc.pipeline import BuildOptions, build as _build
+    from bertc.quiet import libraries_quiet
+
+    for name, value in (("spec", spec), ("out", out)):
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"bertc.build_spec: {name} is a path (str or os.PathLike), not {type(value).__name__}"
+                            + (" (the spec's JSON file: its weights are found beside it)" if name == "spec" else ""))
+    flags = {"force": force, "parity": parity, "optimize": optimize, "onnx": onnx, "tflite": tflite}
+    for name, value in flags.items():
+        if not isinstance(value, bool):   # parity="no" is true
+            raise TypeError(f"bertc.build_spec: {name} is True or False, not {type(value).__name__}")
+    if variants is not None:
+        if isinstance(variants, str) or not all(isinstance(v, str) for v in variants):
+            raise TypeError("bertc.build_spec: variants is a list of names (e.g. ['onnx_int8']; [] for none)")
+        unknown = [v for v in variants if v not in EXPORT_VARIANTS]
+        if unknown:
+            raise ValueError(f"bertc.build_spec: unknown variant(s) {', '.join(map(repr, unknown))}; known: "
+                             f"{', '.join(EXPORT_VARIANTS)}")
+        variants = tuple(dict.fromkeys(variants))
+    paths = {"calibration": calibration, "weights": weights, "init_from": init_from}
+    opts = BuildOptions(out=Path(out), force=force, parity=parity, optimize=optimize, onnx=onnx, tflite=tflite,
+                        variants=variants, **{k: None if v is None else Path(v) for k, v in paths.items()})
+    from bertc.errors import BertcError
+
+    try:
+        with libraries_quiet():
+            import bertc.components  # noqa: F401  (TensorFlow's start-up chatter into the log too)
+
+            return _build(spec, opts, progress)
+    except BertcError as exc:   # its first line names the folder the failed build's report went to, as bertc build's
+        failed = getattr(exc, "kept_in", None)
+        if failed is not None and exc.args and isinstance(exc.args[0], str):
+            first, newline, rest = exc.args[0].partition("\n")
+            colon = ":" if first.endswith(":") else ""
+            exc.args = (f"{first[:len(first) - len(colon)]}; report kept in {failed}/{colon}{newline}{rest}",
+                        *exc.args[1:])
+        raise
 
 
 def serializable(cls: type) -> type:

@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from bertc.errors import OutputError, filesystem_error
+from bertc.errors import OutputError, filesystem_error, said
 from bertc.report import signals_ignored
 
 
@@ -392,11 +392,12 @@ class StagedOutput:
         if self.out.exists() and not self.out.is_dir():
             raise OutputError(f"{self.given} exists and is not a directory; -o names the build's output directory")
         if self.out.exists() and not force:
-            raise OutputError(f"{self.given} already exists; pass --force to replace it")
+            raise OutputError(f"{self.given} already exists; pass {said('--force', 'force=True')} to replace it")
         why = not_a_build(self.out) if self.out.exists() else None
         if why is not None:   # a checkpoint, a data folder: never ours to remove
-            raise OutputError(f"{self.given} exists and {why}: --force replaces only a build's output; choose "
-                              f"another -o, or remove it yourself")
+            raise OutputError(f"{self.given} exists and {why}: {said('--force', 'force=True')} replaces only a "
+                              f"build's output; choose "
+                              f"another {said('-o', 'out')}, or remove it yourself")
         self.force = force
         self.existed = os.path.lexists(self.out)   # what the swap may replace was there at the start
         self.failed_dir = _sibling(self.out, "", ".failed")
@@ -423,7 +424,8 @@ class StagedOutput:
             if self.recovered is not None:
                 self.existed = True
                 if not self.force:   # OUT is there again: a build without --force replaces nothing
-                    raise OutputError(f"{self.given} already exists ({self.recovered}); pass --force to replace it")
+                    raise OutputError(f"{self.given} already exists ({self.recovered}); pass "
+                                      f"{said('--force', 'force=True')} to replace it")
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{sibling_stem(self.out.name)}.tmp-", dir=self.out.parent))
             umask = os.umask(0)
             os.umask(umask)
@@ -471,13 +473,14 @@ class StagedOutput:
             return None
         if not self.force:
             return (f"{self.given} appeared while the build ran (it did not exist when the build started); "
-                    f"without --force a build replaces nothing")
+                    f"without {said('--force', 'force=True')} a build replaces nothing")
         meanwhile = "appeared while the build ran" if appeared else "changed while the build ran"
         if self.out.is_symlink() or not self.out.is_dir():
-            return f"{self.given} {meanwhile} and is not a directory; --force replaces only a build's output"
+            return (f"{self.given} {meanwhile} and is not a directory; {said('--force', 'force=True')} replaces only "
+                    f"a build's output")
         why = not_a_build(self.out)
         if why is not None:
-            return f"{self.given} {meanwhile} and {why}; --force replaces only a build's output"
+            return f"{self.given} {meanwhile} and {why}; {said('--force', 'force=True')} replaces only a build's output"
         return None
 
     def _beside_given(self, path: Path) -> Path:

@@ -205,3 +205,42 @@ def test_load_result_repr_is_short(tmp_path):
     built = bertc.build_model(spec)
     result = bertc.load_weights(built.model, tmp_path / "m.json", FIXTURES / "bert_model")
     assert len(repr(result)) < 300 and f"loaded={len(result.loaded)}" in repr(result)
+
+
+# --- bertc.build_spec -------------------------------------------------------------------------------------------
+
+def test_build_spec_builds_from_python_quietly(tmp_path, capfd):
+    """No Python way to build was documented; bertc.pipeline.build printed TensorFlow's INFO lines in a notebook and
+    left absl's handler on the root logger (the user's own logging then printed in absl's format)."""
+    import logging
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "classifier.json"
+    handlers = list(logging.root.handlers)
+    stages = []
+    report = bertc.build_spec(spec, tmp_path / "out", variants=[],   # (TFLite's SavedModel writer called absl)
+                              progress=lambda name, seconds, detail: stages.append(name))
+    assert logging.root.handlers == handlers
+    assert capfd.readouterr() == ("", "")
+    assert report["status"] == "passed" and (tmp_path / "out" / "model.optimized.onnx").is_file()
+    assert stages[0] == "load spec" and "parity" in stages and "export tflite" in stages
+    with pytest.raises(OutputError, match=r"out already exists; pass force=True to replace it$"):
+        bertc.build_spec(spec, tmp_path / "out", parity=False)
+    with pytest.raises(TypeError, match="parity is True or False, not str"):
+        bertc.build_spec(spec, tmp_path / "o2", parity="no")
+    with pytest.raises(ValueError, match="unknown variant\\(s\\) 'int8'"):
+        bertc.build_spec(spec, tmp_path / "o2", variants=["int8"])
+    with pytest.raises(TypeError, match="spec is a path"):
+        bertc.build_spec(bertc.load_spec(spec), tmp_path / "o2")
+    assert not (tmp_path / "o2").exists()
+
+
+def test_build_spec_names_the_failed_build_s_folder(tmp_path):
+    from bertc.errors import ParityError
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "specs" / "classifier.json").read_text())
+    data["parity"] = {"default": {"atol": 1e-12, "rtol": 0.0}}
+    (tmp_path / "strict.json").write_text(json.dumps(data))
+    with pytest.raises(ParityError, match=rf"^parity failed \(\d+ problem\(s\)\); report kept in "
+                                          rf"{tmp_path}/out\.failed/:\n- onnx_cpu"):
+        bertc.build_spec(tmp_path / "strict.json", tmp_path / "out", tflite=False, variants=[])
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.failed" / "report.json").is_file()
