@@ -723,6 +723,30 @@ def _with_modules(root: Path, base: Checkpoint) -> Checkpoint:
     return ModulesCheckpoint(base, modules)
 
 
+def hub_snapshot(path: Path) -> Path:
+    """``path``, or where a Hugging Face cache's repository folder (``models--org--name``, holding ``snapshots/``,
+    ``refs/`` and ``blobs/``) keeps its checkpoint: the snapshot ``refs/main`` names, else its only snapshot. Where it
+    has several and no ``refs/main``, a :class:`WeightsError` lists them (it was "no weights found in this directory
+    ...; it holds: blobs, refs, snapshots")."""
+    path = Path(path)
+    snapshots = path / "snapshots"
+    if not (path.is_dir() and snapshots.is_dir() and ((path / "refs").is_dir() or (path / "blobs").is_dir())):
+        return path
+    try:
+        main = (path / "refs" / "main").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        main = ""
+    if main and (snapshots / main).is_dir():
+        return snapshots / main
+    found = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+    if len(found) == 1:
+        return snapshots / found[0]
+    raise WeightsError(f"{path}: a Hugging Face cache's repository folder "
+                       + (f"with {len(found)} snapshots and no refs/main: name one, "
+                          f"{', '.join(str(snapshots / n) for n in found[:4])}{' ...' if len(found) > 4 else ''}"
+                          if found else "without a snapshot (its download did not start?)"))
+
+
 def open_checkpoint(path: Path) -> Checkpoint:
     """The reader for ``path``: a Hugging Face / sentence-transformers directory, a ``.safetensors``
     file, ``pytorch_model.bin``, a sharded checkpoint's index (safetensors or ``.bin`` shards), a TF checkpoint (prefix, ``.index``, or a directory holding one), a
@@ -823,6 +847,42 @@ def refuse_git_lfs_pointers(root: Path) -> None:
                            f"{'itself' if one else 'themselves'})")
 
 
+def _read_folders(root: Path) -> list:
+    """``root`` and its sentence-transformers module folders (0_Transformer, 1_Pooling, 2_Dense): where bertc reads a
+    checkpoint's files; a FIFO or a broken link in the user's data/ beside the checkpoint is none of its business."""
+    modules = [p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit() and "_" in p.name
+               and p.name.split("_", 1)[0].isdigit()]
+    return [root, *modules]
+
+
+def refuse_broken_links(root: Path) -> None:
+    """:class:`WeightsError` naming every file of a checkpoint directory ``root`` (and of its module folders) that
+    bertc would read and that is a link to nothing: a Hugging Face cache's snapshot whose download did not finish
+    links ``model.safetensors`` to a blob that is not there. It was called missing ("expected model.safetensors ...;
+    it holds: ..., model.safetensors, ...") and a dangling tokenizer.json made a build without a tokenizer."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    broken = []
+    for folder in _read_folders(root):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if p.suffix in READ_SUFFIXES and p.is_symlink() and not p.exists():
+                try:
+                    target = os.readlink(p)
+                except OSError:
+                    target = "?"
+                broken.append(f"{p.relative_to(root)} (a link to {target})")
+    if broken:
+        raise WeightsError(f"{root}: {', '.join(broken[:6])}{f' and {len(broken) - 6} more' if len(broken) > 6 else ''}"
+                           f" {'leads' if len(broken) == 1 else 'lead'} to no file: a download that did not finish "
+                           f"(in a Hugging Face cache, the blob it links to is missing)? Download the checkpoint "
+                           f"again")
+
+
 def refuse_special_files(root: Path) -> None:
     """:class:`WeightsError` naming every file of a checkpoint directory ``root`` (and of its sentence-transformers
     module folders, ``N_Name``) that bertc would read (weights, configs, tokenizers) and that is
@@ -832,11 +892,7 @@ def refuse_special_files(root: Path) -> None:
     if not root.is_dir():
         return
     found = []
-    # subfolders: a sentence-transformers directory's modules (0_Transformer, 1_Pooling, 2_Dense): what bertc reads
-    # below the root; a FIFO in the user's data/ beside the checkpoint is none of its business
-    modules = [p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit() and "_" in p.name
-               and p.name.split("_", 1)[0].isdigit()]
-    for folder in [root, *modules]:
+    for folder in _read_folders(root):
         try:
             entries = sorted(folder.iterdir())
         except OSError:

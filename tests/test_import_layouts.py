@@ -235,3 +235,54 @@ def test_an_albert_spec_at_equal_widths_projects_only_when_it_says_always(rule, 
     paths = {w.path for w in built.model.weights}
     assert ("embeddings/embedding_projection/kernel" in paths) is projected
     assert int(built.model.count_params()) == expected_param_count(spec)
+
+
+# --- a Hugging Face cache (tester L) ----------------------------------------------------------------------------
+
+def _hub_cache(tmp_path, fixture: str = "bert_cross_encoder", snapshots=("abc123",), main_ref="abc123") -> Path:
+    """tmp_path/hub/models--org--bert-cls as huggingface_hub lays it out: the files in blobs/ named by a hash, each
+    snapshot a folder of relative links into ../../blobs, refs/main naming the snapshot."""
+    import hashlib
+
+    repo = tmp_path / "hub" / "models--org--bert-cls"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    for snapshot in snapshots:
+        (repo / "snapshots" / snapshot).mkdir(parents=True)
+        for f in sorted((HF / fixture).iterdir()):
+            blob = hashlib.sha1(f.read_bytes()).hexdigest()
+            shutil.copyfile(f, repo / "blobs" / blob)
+            (repo / "snapshots" / snapshot / f.name).symlink_to(f"../../blobs/{blob}")
+    if main_ref:
+        (repo / "refs" / "main").write_text(main_ref)
+    return repo
+
+
+def test_a_hub_cache_repository_folder_imports_its_main_snapshot_named_after_the_model(tmp_path, capsys):
+    """The spec was named `m_<commit hash>`, and the repository folder (models--org--name) was 'no weights found in
+    this directory ...; it holds: blobs, refs, snapshots'."""
+    repo = _hub_cache(tmp_path, snapshots=("abc123", "def456"))
+    for source in (repo, repo / "snapshots" / "abc123"):
+        spec = import_spec(source, tmp_path / "s.json")
+        assert spec["name"] == "bert-cls"
+        assert resolve_weights_path(spec["weights"], tmp_path / "s.json") == repo / "snapshots" / "abc123"
+    built = bertc.build_model(tmp_path / "s.json")
+    assert load_weights(built.model, load_spec(tmp_path / "s.json"), repo).tensors > 0
+    (repo / "refs" / "main").unlink()
+    assert main(["import", str(repo), "-o", str(tmp_path / "t.json")]) == EXIT_BAD_SPEC
+    assert capsys.readouterr().err == (f"error: {repo}: a Hugging Face cache's repository folder with 2 snapshots and "
+                                       f"no refs/main: name one, {repo}/snapshots/abc123, {repo}/snapshots/def456\n")
+
+
+def test_a_link_to_a_blob_that_is_not_there_is_named(tmp_path, capsys):
+    """An interrupted download leaves model.safetensors linking to a missing blob: it was 'expected
+    model.safetensors ...; it holds: ..., model.safetensors'; a dangling tokenizer.json imported and built without a
+    tokenizer."""
+    for name in ("model.safetensors", "tokenizer.json"):
+        repo = _hub_cache(tmp_path / name)
+        link = repo / "snapshots" / "abc123" / name
+        (link.parent / link.readlink()).unlink()
+        with pytest.raises(WeightsError, match=rf"abc123: {name} \(a link to \.\./\.\./blobs/\w+\) leads to no file: "
+                                               rf"a download that did not finish"):
+            import_spec(repo, tmp_path / "s.json")
+        assert not (tmp_path / "s.json").exists()

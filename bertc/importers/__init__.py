@@ -44,6 +44,9 @@ def _spec_name(source: Path) -> str:
 
     source = Path(os.path.abspath(source))   # `bertc import .` names its folder, not "imported"
     base = source.name if source.is_dir() else (source.parent.name or source.stem)
+    folder = source if source.is_dir() else source.parent
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        base = folder.parent.parent.name.split("--")[-1]   # a Hugging Face cache's models--org--name/snapshots/HASH
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "imported"
     return (name if name[0].isalpha() else f"m_{name}")[:64]
 
@@ -106,11 +109,13 @@ def spec_for(source: Path, encoder_only: bool = False, unnamed_head_ok: bool = F
     """The spec (a dict, without name and weights) of the model at ``source``, and the weights path.
     ``encoder_only``: the encoder alone (a Hugging Face checkpoint's head is then not loaded); ``unnamed_head_ok``:
     see :func:`bertc.importers.hf.spec_from`."""
-    from bertc.checkpoints import index_kind, open_checkpoint, refuse_git_lfs_pointers, refuse_special_files
+    from bertc.checkpoints import (hub_snapshot, index_kind, open_checkpoint, refuse_broken_links,
+                                   refuse_git_lfs_pointers, refuse_special_files)
     from bertc.importers import bert_tf1, hf, model_garden
 
-    source = Path(source)
+    source = hub_snapshot(Path(source))
     root = source if source.is_dir() else source.parent
+    refuse_broken_links(root)
     _refuse_an_adapter(source, root)
     _refuse_a_shard(source, root)
     _refuse_training_state(source)
@@ -207,7 +212,9 @@ def import_spec(source: Path, spec_path: Path, name: str | None = None, encoder_
     from bertc.spec import load_spec
 
     check_spec_name(name)
-    source, stdout = Path(source), str(spec_path) == "-"
+    from bertc.checkpoints import hub_snapshot
+
+    source, stdout = hub_snapshot(Path(source)), str(spec_path) == "-"
     spec_path = Path(spec_path)
     if not stdout and os.path.lexists(spec_path) and not is_spec(spec_path):   # the checkpoint's config.json, ...
         raise OutputError(f"{spec_path} exists and is not a bertc spec (a JSON object with an encoder): an import "
@@ -259,10 +266,12 @@ def is_spec(path: Path) -> bool:
 def load_weights(model, spec, source):
     """Load the trained weights at ``source`` into ``model`` (built from ``spec``): open the checkpoint,
     pick its importer, apply :func:`bertc.weights.load_into`. Returns the :class:`bertc.weights.LoadResult`."""
-    from bertc.checkpoints import open_checkpoint
+    from bertc.checkpoints import hub_snapshot, open_checkpoint, refuse_broken_links
     from bertc.weights import load_into
 
-    checkpoint = open_checkpoint(Path(source))
+    source = hub_snapshot(Path(source))
+    refuse_broken_links(source if source.is_dir() else source.parent)
+    checkpoint = open_checkpoint(source)
     importer = importer_for(checkpoint)
     translate = importer.translator(checkpoint.names(), spec, location=checkpoint.location)
     result = load_into(model, checkpoint, translate, importer.NAME)
