@@ -251,18 +251,39 @@ def require_tokenizers():
     return tokenizers
 
 
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def tokenizer_settings(directory: Path) -> dict:
+    """tokenizer_config.json, the special tokens it does not name taken from special_tokens_map.json, as
+    transformers' ``from_pretrained`` gathers them (the transformers 4 layout: the special tokens in
+    special_tokens_map.json alone, tokenizer_config.json holding ``do_lower_case`` and ``model_max_length``: a
+    vocab.txt whose ``[CLS]`` is ``<cls>`` was read with ``[CLS]``, and the build could not run)."""
+    config = _read_json(Path(directory) / "tokenizer_config.json")
+    named = _read_json(Path(directory) / "special_tokens_map.json")
+    missing = {k: named[k] for k in SPECIAL_TOKEN_KEYS if k in named and not config.get(k)
+               and isinstance(named[k], (str, dict))}
+    return {**config, **missing} if missing else config
+
+
 def load_tokenizer(out_dir: Path, max_len: int):
     """A ``tokenizers.Tokenizer`` for the files in ``out_dir``, truncating to ``max_len``."""
     out_dir = Path(out_dir)
-    config = _read_json(out_dir / "tokenizer_config.json")
+    config = tokenizer_settings(out_dir)
     model_type = _model_type(out_dir)
     # a build without a tokenizer says so before asking for the library (installing it would not help)
     kind, family = vocabulary_kind(out_dir, config, model_type)
     tokenizers = require_tokenizers()
     if kind == "tokenizer.json":
         tok = _load_tokenizer_json(tokenizers, out_dir / "tokenizer.json")
-        if tokenizer_class(config, model_type) in BERT_NORMALIZED:
+        named = tokenizer_class(config, model_type)
+        if named in BERT_NORMALIZED:
             _config_normalizer(tokenizers, tok, config, out_dir)
+        elif named in BYTE_LEVEL_OFFSETS:
+            _config_offsets(tokenizers, tok, config)
+        # the tokens transformers adds on top of tokenizer.json: tokenizer_config.json's added_tokens_decoder, or an
+        # added_tokens.json beside it (a fine-tune's, beside the base model's tokenizer.json: "<ent>" was split)
+        add_config_tokens(tokenizers, tok, out_dir, config)
     elif kind == "bpe":
         tok = _byte_level_bpe(tokenizers, out_dir, config)
         add_config_tokens(tokenizers, tok, out_dir, config)
@@ -405,6 +426,37 @@ def vocabulary_kind(directory: Path, config: dict, model_type: Optional[str]) ->
         head = (f"{directory}: only {files} is bundled, and neither tokenizer_config.json's tokenizer_class nor the "
                 f"checkpoint's model_type names a family bertc reads it for")
     raise InputError(f"{head}; {SUPPORTED}")
+
+
+# the classes whose fast tokenizer (transformers 4's RobertaTokenizerFast; transformers 5's class) puts
+# tokenizer_config.json's add_prefix_space and trim_offsets into tokenizer.json's ByteLevel pre-tokenizer and
+# post-processor
+BYTE_LEVEL_OFFSETS = ("RobertaTokenizer",)
+
+
+def _config_offsets(tokenizers, tok, config: dict) -> None:
+    """As RobertaTokenizerFast loads a tokenizer.json: tokenizer_config.json's ``add_prefix_space`` and
+    ``trim_offsets``, where it names them, replace those of its pre-tokenizer and post-processor (a config's
+    ``add_prefix_space: true`` was ignored: every text's first word tokenized without the space transformers puts
+    before it)."""
+    given = {k: config[k] for k in ("add_prefix_space", "trim_offsets") if isinstance(config.get(k), bool)}
+    if not given:
+        return
+    if tok.pre_tokenizer is not None and "add_prefix_space" in given:
+        state = json.loads(tok.pre_tokenizer.__getstate__())
+        if state.get("add_prefix_space", given["add_prefix_space"]) != given["add_prefix_space"]:
+            kind = state.pop("type")
+            state["add_prefix_space"] = given["add_prefix_space"]
+            tok.pre_tokenizer = getattr(tokenizers.pre_tokenizers, kind)(**state)
+    if tok.post_processor is not None:
+        state = json.loads(tok.post_processor.__getstate__())
+        changed = {k: v for k, v in given.items() if k in state and state[k] != v}
+        if changed:
+            kind = state.pop("type")
+            state.update(changed)
+            ends = [tuple(state.pop(key)) for key in ("sep", "cls") if key in state]   # (RobertaProcessing's,
+            # positional)
+            tok.post_processor = getattr(tokenizers.processors, kind)(*ends, **state)
 
 
 def _config_normalizer(tokenizers, tok, config: dict, where: Path) -> None:

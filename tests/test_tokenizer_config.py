@@ -339,3 +339,49 @@ def test_no_tokenizer_bertc_reads_today_is_refused(tmp_path):
         usable(d)
     # an original TF1 BERT checkpoint's vocab.txt: no tokenizer_config.json, no model type
     usable(Path(__file__).parent / "fixtures" / "bert_tf1")
+
+
+# -- the files transformers reads beside tokenizer_config.json (tester L) ---------------------------------------------
+# expected: transformers 5.25's AutoTokenizer.from_pretrained(dir)(text)["input_ids"] on the directories
+# _beside_layout writes (a side-environment script; bertc's before: "stm" refused at run time, "added" split <ent>,
+# "aps" tokenized every first word without its space)
+
+BESIDE_TEXTS = ["the cat sat", "an <ent> here<ent>x", "Hello world, the cat.", "the <mask> sat"]
+BESIDE = {
+    "stm": [[2, 5, 29, 31, 3], [2, 7, 1, 1, 1, 1, 1, 1, 1, 1, 3], [2, 1, 1, 53, 5, 29, 52, 3], [2, 5, 1, 1, 1, 31, 3]],
+    "added": [[2, 5, 29, 31, 3], [2, 7, 56, 1, 56, 1, 3], [2, 1, 1, 53, 5, 29, 52, 3], [2, 5, 1, 1, 1, 31, 3]],
+    "aps": [[0, 271, 73, 273, 263, 270, 263, 2], [0, 276, 225, 32, 73, 82, 88, 34, 268, 73, 266, 32, 73, 82, 88, 34, 92, 2],
+            [0, 225, 44, 73, 80, 287, 275, 292, 80, 72, 16, 271, 73, 273, 263, 18, 2], [0, 271, 73, 225, 4, 270, 263, 2]],
+}
+
+
+def _beside_layout(d: Path, case: str) -> Path:
+    import shutil
+
+    d.mkdir()
+    vocab = [t for t in (HF / "bert_model" / "vocab.txt").read_text().split("\n") if t]
+    if case == "stm":   # transformers 4's layout: the special tokens named in special_tokens_map.json alone
+        vocab = ["<cls>" if t == "[CLS]" else "<sep>" if t == "[SEP]" else t for t in vocab]
+        (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 64}))
+        (d / "special_tokens_map.json").write_text(json.dumps(
+            {"cls_token": "<cls>", "sep_token": "<sep>", "unk_token": "[UNK]", "pad_token": "[PAD]",
+             "mask_token": "[MASK]"}))
+        (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(vocab)}))
+    elif case == "added":   # a fine-tune's added_tokens.json beside its base model's tokenizer.json
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(HF / "bert_model" / f, d)
+        (d / "added_tokens.json").write_text(json.dumps({"<ent>": len(vocab)}))
+        (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(vocab) + 1}))
+    else:   # RoBERTa's tokenizer.json (add_prefix_space false) under a config that says true
+        for f in ("tokenizer.json", "vocab.json", "merges.txt", "config.json"):
+            shutil.copy(HF / "roberta_model" / f, d)
+        config = json.loads((HF / "roberta_model" / "tokenizer_config.json").read_text())
+        (d / "tokenizer_config.json").write_text(json.dumps({**config, "add_prefix_space": True}))
+    return d
+
+
+@pytest.mark.parametrize("case", sorted(BESIDE))
+def test_special_tokens_map_added_tokens_json_and_add_prefix_space_count_as_in_transformers(tmp_path, case):
+    tok = load_tokenizer(_beside_layout(tmp_path / case, case), 64)
+    assert [tok.encode(t).ids for t in BESIDE_TEXTS] == BESIDE[case]
