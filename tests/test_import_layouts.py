@@ -286,3 +286,20 @@ def test_a_link_to_a_blob_that_is_not_there_is_named(tmp_path, capsys):
                                                rf"a download that did not finish"):
             import_spec(repo, tmp_path / "s.json")
         assert not (tmp_path / "s.json").exists()
+
+
+def test_a_sentence_transformers_folder_without_its_modules_json_is_refused(tmp_path, capsys):
+    """A copy that left modules.json out was imported as a BertModel: its pooler output, 1.5 off the embeddings
+    (tester L)."""
+    source = tmp_path / "st"
+    shutil.copytree(HF / "st_bert_mean_norm", source)
+    (source / "modules.json").unlink()
+    assert main(["import", str(source), "-o", str(tmp_path / "s.json")]) == EXIT_BAD_SPEC
+    assert capsys.readouterr().err == (
+        f"error: {source}: a sentence-transformers model (it has config_sentence_transformers.json, 1_Pooling/, "
+        f"2_Normalize/) without its modules.json, which says how its embeddings are made (pooling, Dense, "
+        f"Normalize): imported without it, it would give its transformer's outputs, not its embeddings. Put the "
+        f"model's modules.json back (a copy or a download that left it out), or import the transformer alone with "
+        f"--encoder-only\n")
+    assert not (tmp_path / "s.json").exists()
+    assert import_spec(source, tmp_path / "e.json", encoder_only=True)["encoder"]["type"] == "bert"

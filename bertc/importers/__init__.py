@@ -51,6 +51,25 @@ def _spec_name(source: Path) -> str:
     return (name if name[0].isalpha() else f"m_{name}")[:64]
 
 
+def _refuse_a_sentence_transformer_without_modules(root: Path) -> None:
+    """A sentence-transformers folder whose modules.json is missing (a copy or download that left it out) was imported
+    as its transformer alone, silently: a BertModel's pooler output, not the embeddings its pooling (Dense,
+    Normalize) makes."""
+    from bertc.errors import UnsupportedModel, said
+
+    if (root / "modules.json").exists() or not root.is_dir():
+        return
+    found = [n for n in ("config_sentence_transformers.json",) if (root / n).is_file()]
+    found += sorted(f"{p.name}/" for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit() and "_" in p.name
+                    and p.name.split("_", 1)[1] in ("Pooling", "Dense", "Normalize"))
+    if found:
+        raise UnsupportedModel(f"{root}: a sentence-transformers model (it has {', '.join(found)}) without its "
+                               f"modules.json, which says how its embeddings are made (pooling, Dense, Normalize): "
+                               f"imported without it, it would give its transformer's outputs, not its embeddings. "
+                               f"Put the model's modules.json back (a copy or a download that left it out), or "
+                               f"import the transformer alone with {said('--encoder-only', 'encoder_only=True')}")
+
+
 def _refuse_training_state(source: Path) -> None:
     """A Trainer's training state beside a checkpoint-N/'s config.json (optimizer.pt, rng_state.pth, ...) is no
     model: rng_state.pth imported, exit 0, and its build failed on every weight missing."""
@@ -119,6 +138,8 @@ def spec_for(source: Path, encoder_only: bool = False, unnamed_head_ok: bool = F
     _refuse_an_adapter(source, root)
     _refuse_a_shard(source, root)
     _refuse_training_state(source)
+    if not encoder_only:
+        _refuse_a_sentence_transformer_without_modules(root)
     weights_file = source.suffix in (".safetensors", ".bin", ".pt", ".pth") or index_kind(source.name) is not None
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (weights_file and (root / "config.json").exists()):
