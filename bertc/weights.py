@@ -62,6 +62,7 @@ _UNUSED_OK = {
 HEAD_PREFIXES = ("classifier/", "token_classifier/", "span_labeler/", "masked_lm/", "next_sentence/",
                  "classifier_transform", "token_classifier_transform")
 _HEADLESS = "task head of the checkpoint: this spec builds the encoder alone, or with a head without weights"
+_OTHER_HEAD = "another task head of the checkpoint ({}), which this model does not have: transformers ignores it too"
 
 
 @dataclass
@@ -128,6 +129,7 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
     ignored: dict[str, str] = {}
     problems: list[str] = []
     headless = not any(p.startswith(HEAD_PREFIXES) for p in model_weights)
+    heads = {p.split("/")[0] for p in model_weights if p.startswith(HEAD_PREFIXES)}   # the model's own
     for name in names:
         t = translate(name)
         if isinstance(t, Ignored):
@@ -139,6 +141,10 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
             why = next((r for prefix, r in _UNUSED_OK.items() if t.path.startswith(prefix)), None)
             if why is None and headless and t.path.startswith(HEAD_PREFIXES):
                 why = _HEADLESS
+            elif why is None and t.path.startswith(HEAD_PREFIXES) and t.path.split("/")[0] not in heads:
+                # a multi-task save: the model's head is all there, and another head beside it (a classifier saved
+                # with its pre-training head), which transformers' class ignores too (it was refused, no way through)
+                why = _OTHER_HEAD.format(t.path.split("/")[0])
             if why:
                 ignored[name] = why
             else:
