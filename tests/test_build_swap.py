@@ -1,5 +1,6 @@
 """The end of a build, where the staged build is put at OUT: what appeared at OUT meanwhile, a kill between the
 swap's two renames, SIGTERM."""
+import errno
 import json
 import os
 from pathlib import Path
@@ -340,3 +341,42 @@ def test_python_m_bertc_under_a_host_lets_the_host_finish(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "embedding:" in proc.stdout, proc.stderr
     assert profile.stat().st_size > 0
+
+
+# --- a tester's mutants that no test killed (M: S04, S03) ---------------------------------------------------------
+
+def test_a_build_that_appeared_at_out_meanwhile_is_left_alone_without_force(tmp_path):
+    """Only a user's folder was tried: a later check refuses any folder that is no build, so with the no-force check
+    gone, a bertc build copied to OUT (or another machine's, on a file system flock does not span) was replaced."""
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="appeared while the build ran"):
+        with StagedOutput(out, force=False) as staging:
+            _stage(staging, "new")
+            out.mkdir()
+            _stage(out, "someone else's build")
+    assert _marker(out) == "someone else's build"
+    assert _marker(tmp_path / "out.failed") == "new"
+
+
+def test_a_forced_rebuild_whose_last_rename_fails_puts_the_earlier_build_back(tmp_path, monkeypatch):
+    """"OUT is the old build or the new one, never a mix, never none": with the put-back gone, a failing rename of
+    the new build (EACCES, EBUSY, EIO) left no OUT, the earlier build hidden in .OUT.old-PID."""
+    import bertc.output as output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _stage(out, "old")
+    real = os.replace
+
+    def failing(src, dst):
+        if ".tmp-" in str(src) and str(dst) == str(out):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(output.os, "replace", failing)
+    with pytest.raises(OutputError):
+        with StagedOutput(out, force=True) as staging:
+            _stage(staging, "new")
+    monkeypatch.setattr(output.os, "replace", real)
+    assert _marker(out) == "old"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]

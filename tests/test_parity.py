@@ -516,3 +516,54 @@ def test_a_build_that_ran_no_parity_says_so_until_parity_runs(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert "parity_not_run" not in report and report["parity"]["passed"]
     assert "parity: not run" not in (out / "summary.txt").read_text()
+
+
+# --- a tester's mutants that no test killed (M: P02, P10) ----------------------------------------------------------
+
+@pytest.mark.parametrize("need, flips, passes", [(0.96, 1, False), (0.95, 1, True), (0.951, 1, False),
+                                                 (1.0, 0, True)])
+def test_argmax_agreement_is_judged_at_its_exact_threshold(need, flips, passes):
+    """The only failing example was 95% against 99%: 1 point of slack in the comparison passed every test."""
+    spec, sig, cases, reference = _toy({"parity": {"task": {"min_argmax_agreement": need}}})
+    calls = {"n": 0}
+
+    def int8(inputs):
+        out = reference(inputs)
+        calls["n"] += 1
+        if calls["n"] <= flips:
+            out["logits"][0] = [2.0, 0.0, 0.0]   # 1 of 20 predictions flips: 95%
+        return out
+
+    r = next(r for r in compare(spec, sig, reference, [Backend("onnx_int8_cpu", "onnx_int8", None, "onnx", "int8",
+                                                               CPU)], {"onnx_int8_cpu": int8}, cases)
+             if r.output == "logits")
+    assert r.argmax_agreement == (0.95 if flips else 1.0)
+    assert r.passed is passes, r.problems
+
+
+def test_an_unrequested_variant_dropped_at_the_parity_stage_lets_the_build_pass(tmp_path):
+    """drop_failed_variants was only run where nothing was dropped: with its re-judging of the section gone, a default
+    int8 that failed the final parity (a replayed tuning plan whose figures differ) was deleted and reported dropped,
+    and the build still failed with exit 3."""
+    from bertc.pipeline import drop_failed_variants
+
+    def fresh():
+        (tmp_path / "model.optimized.int8.onnx").write_bytes(b"x")
+        artifacts = {"onnx": {"path": "model.onnx"}, "onnx_int8": {"path": "model.optimized.int8.onnx"}}
+        section = {"results": [{"backend": "onnx_cpu", "output": "logits", "passed": True, "problems": []},
+                               {"backend": "onnx_int8_cpu", "output": "logits", "passed": False,
+                                "problems": ["argmax agreement 90% (18/20) < 99%"]}],
+                   "backend_info": {"onnx_cpu": {"artifact": "onnx"}, "onnx_int8_cpu": {"artifact": "onnx_int8"}},
+                   "backends": ["onnx_cpu", "onnx_int8_cpu"],
+                   "max_abs_by_backend": {"onnx_cpu": 0.0, "onnx_int8_cpu": 1.0}, "load_errors": {}, "passed": False}
+        return artifacts, section
+
+    artifacts, section = fresh()
+    dropped = drop_failed_variants(section, artifacts, (), tmp_path)
+    assert list(dropped) == ["onnx_int8"] and list(artifacts) == ["onnx"]
+    assert section["passed"] is True and [r["backend"] for r in section["results"]] == ["onnx_cpu"]
+    assert not (tmp_path / "model.optimized.int8.onnx").exists()
+    artifacts, section = fresh()   # asked for (in the spec or on the command line): never dropped, the build fails
+    assert not drop_failed_variants(section, artifacts, ("onnx_int8",), tmp_path)
+    assert section["passed"] is False and "onnx_int8" in artifacts
+    assert (tmp_path / "model.optimized.int8.onnx").exists()

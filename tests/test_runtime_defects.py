@@ -1153,3 +1153,51 @@ def test_run_file_makes_the_result_s_missing_folders_as_bertc_run_does(builds, t
     with pytest.raises(InputError, match="line 2"):
         runtime.run_file(tmp_path / "bad.jsonl", tmp_path / "other" / "deeper" / "r.jsonl")
     assert not (tmp_path / "other").exists()
+
+
+# --- a tester's mutants that no test killed (M: R01, O01, E10) -----------------------------------------------------
+
+def test_a_build_without_parity_runs_its_fp32_artifact_not_an_unjudged_int8():
+    """With the rule "an artifact whose parity was not run is used only if it is fp32" gone, a --no-parity build ran
+    its int8 file, which nothing had checked."""
+    from bertc.runtime import choose_artifact
+
+    cpu = ["CPUExecutionProvider"]
+    report = {"artifacts": {
+        "onnx": {"path": "model.onnx", "format": "onnx", "precision": "fp32", "providers": cpu},
+        "onnx_optimized": {"path": "model.optimized.onnx", "format": "onnx", "precision": "fp32", "providers": cpu},
+        "onnx_int8": {"path": "model.optimized.int8.onnx", "format": "onnx", "precision": "int8", "providers": cpu}}}
+    choice = choose_artifact(report, device="cpu")
+    assert choice.artifact == "onnx_optimized" and "parity was not run" in choice.why
+
+
+def test_a_windows_txt_input_gives_texts_without_their_carriage_return(tmp_path):
+    """The CRLF tests read JSONL, CSV and parity's texts: a .txt for bertc run kept '\\r' at each text's end (its pair's,
+    its last choice's), a token of its own to a byte-level BPE or SentencePiece tokenizer."""
+    from bertc.run_io import input_spec, read_records
+
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"the cat sat\r\nq one\tctx two\r\nlast\r\n")
+    assert [(r.text, r.pair) for r in read_records(input_spec(path))] == [
+        ("the cat sat", None), ("q one", "ctx two"), ("last", None)]
+
+
+def test_fill_mask_orders_equal_scores_by_token_id():
+    """"likeliest first; equal scores by token id": untested, argpartition's arbitrary order passed."""
+    import types
+
+    from bertc import engine as engine_code
+    from bertc.run_io import Record
+
+    engine = engine_code.Engine.__new__(engine_code.Engine)
+    engine.parts = types.SimpleNamespace(top_k=5, positions=0)
+    engine.tokenizer = types.SimpleNamespace(decode=lambda ids, skip_special_tokens=False: " ".join(map(str, ids)))
+    engine._mask_positions = lambda e: [1]
+    logits = np.zeros((3, 15), np.float32)
+    logits[1, 10:] = np.log(2.0)   # tokens 10-14 twice as likely as 0-9, each tie exact
+    e = types.SimpleNamespace(ids=[0, 1, 2], offsets=[(0, 0), (0, 1), (1, 1)], sequence_ids=[0, 0, 0])
+    got = engine._fill(logits, e, Record("x", None, "line 1"))["masks"][0]["predictions"]
+    assert [p["token_id"] for p in got] == [10, 11, 12, 13, 14]
+    logits[1, :] = 0.0   # every score equal: the lowest ids
+    assert [p["token_id"] for p in engine._fill(logits, e, Record("x", None, "line 1"))["masks"][0]["predictions"]] \
+        == [0, 1, 2, 3, 4]
