@@ -63,7 +63,7 @@ from bertc import registry as _registry  # noqa: E402
 from bertc.runtime import Runtime  # noqa: E402  (bertc run from Python: ONNX Runtime, no TensorFlow)
 
 
-_SUBMODULES = ("errors", "losses", "transfer", "spec", "signature", "parity", "pipeline", "runtime", "registry")
+_SUBMODULES = ("errors", "losses", "transfer", "parity")   # (losses and transfer import TensorFlow when used)
 
 
 def __getattr__(name: str):
@@ -76,8 +76,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'bertc' has no attribute {name!r}")
 
 
-def __dir__() -> list:
-    return sorted(set(__all__) | set(_SUBMODULES))
+def __dir__() -> list:   # the public API alone: inspect.getmembers(bertc) imported TensorFlow through the modules
+    return sorted(__all__)
 
 
 def _register_with_keras() -> None:
@@ -236,17 +236,20 @@ def import_spec(source: str | os.PathLike, spec_path: str | os.PathLike, name: s
 def build_spec(spec: str | os.PathLike, out: str | os.PathLike, *, force: bool = False, parity: bool = True,
                optimize: bool = True, onnx: bool = True, tflite: bool = True, variants: Sequence[str] | None = None,
                calibration: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
-               init_from: str | os.PathLike | None = None,
-               progress: Callable[[str, float, str], None] | None = None) -> dict:
+               init_from: str | os.PathLike | None = None, export: bool = True, preflight: bool = True,
+               memory_limit: int | None = None, progress: Callable[[str, float, str], None] | None = None) -> dict:
     """``bertc build SPEC -o OUT`` from Python: build the spec's JSON file ``spec`` into the folder ``out`` and return
     its report (``report.json``'s contents). The keywords are ``bertc build``'s flags: ``force`` (replace an
     existing build), ``parity=False`` (``--no-parity``), ``optimize=False``, ``onnx=False``, ``tflite=False``,
     ``variants`` (a list of names replacing the spec's ``export.variants``: ``[]`` for none), ``calibration`` (a text
     file for int8 tuning and parity), ``weights`` (trained weights overriding the spec's), ``init_from`` (a build to
-    start from). ``progress(stage, seconds, detail)`` hears of each stage as it ends (as ``bertc build`` prints them).
+    start from), ``export=False`` (``--no-export``), ``preflight=False`` (``--skip-preflight``), ``memory_limit`` (bytes
+    the memory preflight takes as available, ``--memory-limit``). ``progress(stage, seconds, detail)`` hears of each
+    stage as it ends (as ``bertc build`` prints them).
 
-    What the libraries print is kept off the console (as ``bertc build`` keeps it), and the logging set-up is left
-    as it was. A build that fails raises its :class:`bertc.errors.BertcError` (a ``ParityError``, a ``CheckFailed``,
+    TensorFlow's and tf2onnx's Python log lines are kept quiet, and the logging set-up is left as it was. Unlike
+    ``bertc build``, it leaves the signal handlers as they are: SIGTERM ends the process where it stands (the next
+    build of the same ``out`` removes what it left). A build that fails raises its :class:`bertc.errors.BertcError` (a ``ParityError``, a ``CheckFailed``,
     an ``OutputError``, ...; where the failed build's report was kept, in ``OUT.failed``, the message's first line
     names it) and leaves ``out`` as it was."""
     from pathlib import Path
@@ -259,7 +262,8 @@ def build_spec(spec: str | os.PathLike, out: str | os.PathLike, *, force: bool =
         if not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"bertc.build_spec: {name} is a path (str or os.PathLike), not {type(value).__name__}"
                             + (" (the spec's JSON file: its weights are found beside it)" if name == "spec" else ""))
-    flags = {"force": force, "parity": parity, "optimize": optimize, "onnx": onnx, "tflite": tflite}
+    flags = {"force": force, "parity": parity, "optimize": optimize, "onnx": onnx, "tflite": tflite,
+             "export": export, "preflight": preflight}
     for name, value in flags.items():
         if not isinstance(value, bool):   # parity="no" is true
             raise TypeError(f"bertc.build_spec: {name} is True or False, not {type(value).__name__}")
@@ -271,9 +275,14 @@ def build_spec(spec: str | os.PathLike, out: str | os.PathLike, *, force: bool =
             raise ValueError(f"bertc.build_spec: unknown variant(s) {', '.join(map(repr, unknown))}; known: "
                              f"{', '.join(EXPORT_VARIANTS)}")
         variants = tuple(dict.fromkeys(variants))
+    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
+                                     or memory_limit <= 0):
+        raise TypeError(f"bertc.build_spec: memory_limit is a number of bytes (e.g. 12 * 2**30), not "
+                        f"{memory_limit!r}")
     paths = {"calibration": calibration, "weights": weights, "init_from": init_from}
     opts = BuildOptions(out=Path(out), force=force, parity=parity, optimize=optimize, onnx=onnx, tflite=tflite,
-                        variants=variants, **{k: None if v is None else Path(v) for k, v in paths.items()})
+                        export=export, preflight=preflight, memory_limit=memory_limit, variants=variants,
+                        **{k: None if v is None else Path(v) for k, v in paths.items()})
     from bertc.errors import BertcError
 
     try:

@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from bertc.errors import BertcError, CalibrationError, MissingLibrary
+from bertc.errors import BertcError, CalibrationError, MissingLibrary, said
 
 BUILTIN_NAME = "calibration_sentences.txt"
 
@@ -161,10 +161,10 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
     if calibration is not None:
         calibration = Path(calibration)
         if calibration.exists() and not calibration.is_file():   # /dev/zero, a pipe: it cannot be read again
-            raise CalibrationError(f"--calibration {calibration}: not a regular file; the build records the file's "
+            raise CalibrationError(f"{said('--calibration', 'calibration')} {calibration}: not a regular file; the build records the file's "
                                    f"path and sha256 so that bertc parity reads the same text again: give a file")
         if not has_tokenizer(out_dir):
-            raise CalibrationError(f"--calibration {calibration}: this build has no tokenizer to read text with "
+            raise CalibrationError(f"{said('--calibration', 'calibration')} {calibration}: this build has no tokenizer to read text with "
                                    f"(it is bundled from the trained weights' directory: tokenizer.json, vocab.txt, "
                                    f"vocab.json + merges.txt, or a SentencePiece model)")
         try:
@@ -177,7 +177,7 @@ def real_text_cases(spec, out_dir: Path, calibration: Optional[Path] = None) -> 
         except (CalibrationError, MissingLibrary):   # tokenizers not installed: exit 7, as every missing library
             raise
         except BertcError as exc:
-            raise CalibrationError(f"--calibration {calibration}: {exc}") from None
+            raise CalibrationError(f"{said('--calibration', 'calibration')} {calibration}: {exc}") from None
         # where it is and what it held: `bertc parity OUT` re-runs on the same text, from any directory
         return cases + prompted, {"kind": "file", "path": os.path.abspath(calibration),
                                   "sha256": sha256_file(calibration), "examples": len(texts),

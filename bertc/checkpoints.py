@@ -730,7 +730,9 @@ def hub_snapshot(path: Path) -> Path:
     ...; it holds: blobs, refs, snapshots")."""
     path = Path(path)
     snapshots = path / "snapshots"
-    if not (path.is_dir() and snapshots.is_dir() and ((path / "refs").is_dir() or (path / "blobs").is_dir())):
+    # only huggingface_hub's own folder, and never one holding a checkpoint itself (a training run's snapshots/)
+    if not (path.name.startswith("models--") and path.is_dir() and snapshots.is_dir()
+            and not any((path / n).exists() for n in ("config.json", "modules.json", *HF_WEIGHT_FILES))):
         return path
     try:
         main = (path / "refs" / "main").read_text(encoding="utf-8").strip()
@@ -860,9 +862,13 @@ def refuse_broken_links(root: Path) -> None:
     bertc would read and that is a link to nothing: a Hugging Face cache's snapshot whose download did not finish
     links ``model.safetensors`` to a blob that is not there. It was called missing ("expected model.safetensors ...;
     it holds: ..., model.safetensors, ...") and a dangling tokenizer.json made a build without a tokenizer."""
+    from bertc.tokenizer_files import TOKENIZER_FILES
+
     root = Path(root)
     if not root.is_dir():
         return
+    # what a reader opens (an eval_results.txt, a stale pytorch_model.bin.old that links nowhere is none of its business)
+    read = {"config.json", "modules.json", "config_sentence_transformers.json", *HF_WEIGHT_FILES, *TOKENIZER_FILES}
     broken = []
     for folder in _read_folders(root):
         try:
@@ -870,7 +876,7 @@ def refuse_broken_links(root: Path) -> None:
         except OSError:
             continue
         for p in entries:
-            if p.suffix in READ_SUFFIXES and p.is_symlink() and not p.exists():
+            if p.name in read and p.is_symlink() and not p.exists():
                 try:
                     target = os.readlink(p)
                 except OSError:

@@ -100,19 +100,20 @@ def _export_options(spec, opts: BuildOptions) -> dict:
 def _variants_made(opts: BuildOptions, spec, off: dict) -> None:
     """Refuse ``--variants`` naming one that this build leaves unbuilt (``--variants tflite_int8 --no-tflite``, or a
     spec's ``export.tflite`` false: no TFLite at all, exit 0, OUT/spec.json listing the variant)."""
-    from bertc.errors import InputError
+    from bertc.errors import InputError, said
 
     for name in opts.variants or ():   # (the spec's export.onnx false leaves out model.onnx alone, not these)
         kind = "tflite" if name.startswith("tflite") else "optimized"
         if not (off[kind] or not getattr(spec.export, kind)):
             continue
-        why = ("--no-export" if not opts.export else
-               "--no-tflite" if kind == "tflite" and not opts.tflite else
-               "--no-onnx" if kind == "optimized" and not opts.onnx else
-               "--no-optimize" if kind == "optimized" and not opts.optimize else
+        why = (said("--no-export", "export=False") if not opts.export else
+               said("--no-tflite", "tflite=False") if kind == "tflite" and not opts.tflite else
+               said("--no-onnx", "onnx=False") if kind == "optimized" and not opts.onnx else
+               said("--no-optimize", "optimize=False") if kind == "optimized" and not opts.optimize else
                f"the spec's export.{kind} false")
         made = "TFLite" if kind == "tflite" else "optimized ONNX"
-        raise InputError(f"--variants {name}: {why} leaves no {made} artifact to make it from; drop one of them")
+        raise InputError(f"{said('--variants', 'variants')} {name}: {why} leaves no {made} artifact to make it "
+                         f"from; drop one of them")
 
 
 def _carried_from_build(source: Path, out: Path) -> dict:
@@ -376,7 +377,7 @@ def _text_library_present(out: Path) -> None:
     and will check parity or tune int8 on its text: without it such a build exited 0, checked on random ids alone
     (one line of its summary said so). Not where bertc cannot read that tokenizer: the library would not help."""
     from bertc.calibration import has_tokenizer
-    from bertc.errors import BertcError
+    from bertc.errors import BertcError, said
     from bertc.text import _model_type, _read_json, require_tokenizers, vocabulary_kind
 
     if not has_tokenizer(out):
@@ -389,7 +390,8 @@ def _text_library_present(out: Path) -> None:
         require_tokenizers()
     except MissingLibrary as exc:
         raise MissingLibrary(f"this build checks parity and tunes int8 on its bundled tokenizer's text: {exc} (or "
-                             f"build with --no-parity and --variants none)") from None
+                             f"build with {said('--no-parity and --variants none', 'parity=False and variants=[]')})"
+                             ) from None
 
 
 def build_into(spec, sig, out: Path, opts: BuildOptions, stages: Stages, report: dict,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from bertc.errors import MemoryPreflightError
+from bertc.errors import MemoryPreflightError, said
 
 GB = 1024**3
 OVERHEAD = int(0.53 * GB)  # Python + TensorFlow + ONNX Runtime + LiteRT, measured after import
@@ -275,7 +275,7 @@ def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tfl
     ``trained``: see :func:`estimate`."""
     est = estimate(spec, export, parity, onnx, tflite, optimize, trained)
     if memory_limit is not None:
-        available, source = memory_limit, "--memory-limit"
+        available, source = memory_limit, said("--memory-limit", "memory_limit")
     else:
         available, source = available_memory()
     needed = int(est.peak_bytes * MARGIN)
@@ -284,9 +284,11 @@ def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tfl
     if needed <= available:
         return section
     fitting, lightest = [], est.peak_bytes
-    for flag, kwargs in (("--no-optimize", {"optimize": False}), ("--no-tflite", {"tflite": False}),
-                         ("--no-onnx", {"onnx": False}), ("--no-parity", {"parity": False}),
-                         ("--no-export", {"export": False})):
+    for flag, kwargs in ((said("--no-optimize", "optimize=False"), {"optimize": False}),
+                         (said("--no-tflite", "tflite=False"), {"tflite": False}),
+                         (said("--no-onnx", "onnx=False"), {"onnx": False}),
+                         (said("--no-parity", "parity=False"), {"parity": False}),
+                         (said("--no-export", "export=False"), {"export": False})):
         args = {"export": export, "parity": parity, "onnx": onnx, "tflite": tflite, "optimize": optimize,
                 "trained": trained, **kwargs}
         other = estimate(spec, **args).peak_bytes
@@ -298,13 +300,13 @@ def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tfl
         other = estimate(bare, export, parity, onnx, tflite, optimize, trained).peak_bytes
         lightest = min(lightest, other)
         if other * MARGIN <= available:
-            fitting.append(("--variants none", other * MARGIN))
+            fitting.append((said("--variants none", "variants=[]"), other * MARGIN))
     heaviest = max(est.stages, key=est.stages.get)
     hints = []
     if heaviest == "parity" and (len(spec.parity.batch_sizes) > 1 or max(spec.parity.batch_sizes) > 1):
         hints.append("smaller $.parity.batch_sizes / $.parity.sequence_lengths")
     if heaviest in ("optimize onnx", "export tflite") and spec.export.variants:
-        hints.append("fewer variants (--variants NAME,... or $.export.variants)")
+        hints.append(f"fewer variants ({said('--variants NAME,...', 'variants=[...]')} or $.export.variants)")
     # every figure compared with what is available in one unit: MiB where two of them would read alike in GiB
     figures = [needed, lightest * MARGIN, *(n for _, n in fitting)]
     size = gb if all(gb(n) != gb(available) for n in figures) else (lambda n: f"{n / 2**20:,.0f} MiB")
@@ -317,7 +319,8 @@ def check(spec, export: bool = True, parity: bool = True, onnx: bool = True, tfl
         f"this build needs about {size(needed)} of memory at its peak, in its {heaviest} stage "
         f"({est.parameters:,} parameters = {gb(est.weight_bytes)} of float32 weights), but {size(available)} is "
         f"available ({source}). Nothing was written. {options} "
-        f"To build anyway: --memory-limit SIZE (use SIZE as the available memory) or --skip-preflight.")
+        f"To build anyway: {said('--memory-limit SIZE', 'memory_limit=BYTES')} (use it as the available memory) "
+        f"or {said('--skip-preflight', 'preflight=False')}.")
 
 
 def _mb(n: int) -> str:

@@ -5,6 +5,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -21,11 +22,6 @@ def native_stderr_to(path: Path | None):
         yield
         return
     python_stderr = sys.stderr
-    try:   # Python's stderr is fd 2 itself (a terminal, a file): it keeps the console through a copy of fd 2; a
-        # notebook's (ipykernel's stream) is not, and reaches the notebook as it is
-        replace = python_stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation is an OSError and a ValueError
-        replace = False
     try:
         # appended to by every command: started afresh once past LOG_LIMIT (it only grew, for good)
         log = open(path, "wb" if _size(path) > LOG_LIMIT else "ab")
@@ -38,9 +34,8 @@ def native_stderr_to(path: Path | None):
         # without an encoding left it on the log: the command ended with exit 70 and no message on the console)
         try:
             os.dup2(log.fileno(), 2)
-            if replace:
-                sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
-                                       errors=python_stderr.errors)
+            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
+                                   errors=python_stderr.errors)
             yield
         finally:
             if sys.stderr is not python_stderr:
@@ -71,29 +66,37 @@ def import_log() -> Path:
     return Path(tempfile.gettempdir()) / f"bertc-import-{user}.log"
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET: dict = {"depth": 0, "saved": None}
+_QUIET_LOGGERS = ("tensorflow", "absl", "h5py", "tf2onnx")
+
+
 @contextlib.contextmanager
 def libraries_quiet():
-    """A build run from Python (:func:`bertc.build_spec`) as quiet as ``bertc build``: the native libraries' stderr into a
-    log of this process (deleted afterwards), TensorFlow's and absl's Python loggers at WARNING, and the root
-    logger's handlers as they were (absl's ``basicConfig``, run by TensorFlow's SavedModel writer, left one behind:
-    the user's own ``logging`` calls then printed in absl's format)."""
+    """A build run from Python (:func:`bertc.build_spec`) as quiet as ``bertc build`` where it matters to a program:
+    TensorFlow's, absl's and tf2onnx's Python loggers at WARNING, and the root logger's handlers as they were (absl's
+    ``basicConfig``, run by TensorFlow's SavedModel writer, left one behind: the user's own ``logging`` calls then
+    printed in absl's format). Overlapping calls (builds in two threads) share it: the first saves, the last puts
+    back. The native libraries' stderr (fd 2) is left alone, unlike the CLI's: redirected, it took the program's own
+    stderr logging with it, and two threads' builds left fd 2 on a deleted file (a reviewer); with
+    TF_CPP_MIN_LOG_LEVEL=3 (``import bertc`` sets it) TFLite's one "XNNPACK delegate" line is all it prints."""
     import logging
 
-    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl", "h5py", "tf2onnx")]
-    levels = [logger.level for logger in loggers]
-    handlers = list(logging.root.handlers)
-    log = Path(tempfile.gettempdir()) / f"bertc-native-{os.getpid()}.log"
-    existed = log.exists()
-    for logger in loggers:
-        if logger.getEffectiveLevel() < logging.WARNING:
-            logger.setLevel(logging.WARNING)
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
+            loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+            _QUIET["saved"] = ([(logger, logger.level) for logger in loggers], list(logging.root.handlers))
+            for logger in loggers:
+                if logger.getEffectiveLevel() < logging.WARNING:
+                    logger.setLevel(logging.WARNING)
+        _QUIET["depth"] += 1
     try:
-        with native_stderr_to(log):
-            yield
+        yield
     finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-        logging.root.handlers[:] = handlers
-        if not existed:
-            with contextlib.suppress(OSError):
-                log.unlink()
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                levels, handlers = _QUIET["saved"]
+                for logger, level in levels:
+                    logger.setLevel(level)
+                logging.root.handlers[:] = handlers

@@ -708,7 +708,7 @@ def result_format(path, kind: str, fmt: Optional[str] = None, keep: tuple = ()) 
         raise InputError(f"unknown result format {fmt!r}; known: {', '.join(sorted(KINDS_BY_RESULT_FORMAT))}")
     where = "standard output" if stdout else str(path)
     if stdout and fmt not in STDOUT_FORMATS:
-        raise InputError(f"{said('-o -', 'result_path -')}: a .{fmt} result cannot be streamed to standard output; "
+        raise InputError(f"{said('-o -', 'result_path=' + repr(STDIO))}: a .{fmt} result cannot be streamed to standard output; "
                          f"use {said('--result-format ', 'result_format=')}{' or '.join(STDOUT_FORMATS)}, or "
                          f"{said('-o ', 'result_path ')}FILE.{fmt}")
     if kind not in KINDS_BY_RESULT_FORMAT[fmt]:
@@ -1113,13 +1113,13 @@ def _stops_deferred():
         else:   # left in place by a signal that came as the handlers were being put back: the handler it replaced
             previous[signum](signum, frame)
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        signum = getattr(signal, name, None)
-        handler = None if signum is None else signal.getsignal(signum)
-        if callable(handler):
-            previous[signum] = handler
-            signal.signal(signum, note)
-    try:
+    try:   # (a signal that comes while the handlers are swapped: those swapped already are put back)
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            handler = None if signum is None else signal.getsignal(signum)
+            if callable(handler):
+                previous[signum] = handler
+                signal.signal(signum, note)
         yield noted
     finally:
         active[0] = False
@@ -1171,18 +1171,23 @@ class _Streamed:
 
 def _write_records(out: "_Sink", data: memoryview, ends: list) -> None:
     """``data`` (records ending at the offsets ``ends``) written to ``out``, a stop signal handled at the next record
-    end (:class:`_Streamed`)."""
-    done, deadline = 0, None
-    with _stops_deferred() as noted:
-        while done < len(data):
-            end = len(data)
-            if noted:
-                if deadline is None:
-                    deadline = time.monotonic() + STOP_GRACE
-                end = next((e for e in ends if e >= done), len(data))
-                if end == done or time.monotonic() > deadline:
-                    return   # leaving the block handles the signal
-            done += out.write_some(data[done:end], timeout=0.1)
+    end (:class:`_Streamed`): its handler raises (the CLI's, Python's KeyboardInterrupt) and the stream ends there, or
+    it returns and the rest is written."""
+    done = 0
+    while done < len(data):
+        deadline = None
+        with _stops_deferred() as noted:
+            while done < len(data):
+                end = len(data)
+                if noted:
+                    if deadline is None:
+                        deadline = time.monotonic() + STOP_GRACE
+                    end = next((e for e in ends if e >= done), len(data))
+                    if end == done or time.monotonic() > deadline:
+                        break   # leaving the block handles the signal
+                done += out.write_some(data[done:end], timeout=0.1)
+        # a handler that did not raise (a program's SIGHUP that reopens its logs, one that sets a flag): the rest
+        # is written (a reviewer: it was dropped, the run saying it wrote every row)
 
 
 def _lock(f) -> bool:
@@ -1382,7 +1387,7 @@ def atomic_result(path, fmt: str, kind: str, force: bool = False, keep: tuple = 
         raise OutputError(f"{where} is not a regular file (a device, a pipe or a socket): a result is written beside "
                           f"RESULT and renamed over it, which would replace it ({said('--force', 'force=True')} does "
                           f"not change that); to stream the result, write it to standard output: "
-                          f"{said('-o -', 'result_path -')} (jsonl or csv) and redirect it")
+                          f"{said('-o -', 'result_path=' + repr(STDIO))} (jsonl or csv) and redirect it")
     if path.is_dir():   # before --force's advice: it would not help
         raise OutputError(f"{where} is a directory; the result is a file")
     if path.exists() and not force:

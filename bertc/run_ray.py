@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from bertc.engine import Engine, windows
-from bertc.errors import BackendLoadError, BertcError, InputError, MissingLibrary
+from bertc.errors import BackendLoadError, BertcError, InputError, MissingLibrary, said
 from bertc.run_io import Record
 
 
@@ -160,11 +160,11 @@ def ray_init(address: Optional[str]):
     if not ray.is_initialized():
         import os
 
+        asked = said(f"--ray {address or '(local)'}", f"ray_address={address!r}")
         if address and address != "auto":
-            _check_reachable(address, f"--ray {address}")
+            _check_reachable(address, asked)
         elif os.environ.get("RAY_ADDRESS") and os.environ["RAY_ADDRESS"] != "auto":   # what ray.init connects to
-            _check_reachable(os.environ["RAY_ADDRESS"], f"--ray {address or '(local)'}: RAY_ADDRESS="
-                                                        f"{os.environ['RAY_ADDRESS']}")
+            _check_reachable(os.environ["RAY_ADDRESS"], f"{asked}: RAY_ADDRESS={os.environ['RAY_ADDRESS']}")
         kwargs = {"address": address} if address else {}
         import signal
 
@@ -177,7 +177,7 @@ def ray_init(address: Optional[str]):
             ray.init(**kwargs, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                      ignore_reinit_error=True)
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise InputError(f"--ray {address or '(local)'}: cannot connect to a Ray cluster: "
+            raise InputError(f"{asked}: cannot connect to a Ray cluster: "
                              f"{' '.join(str(exc).split())[:300]}") from None
         finally:
             if callable(sigterm):
@@ -254,8 +254,9 @@ def _run_ray(ray, runtime, records, actors, progress, predictor, kept) -> Iterat
     nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     if nodes and threads > max(nodes):   # an actor asks for num_cpus=threads: one that fits no node is never placed,
         # and Ray Data waits for good ("The job may hang forever")
-        raise InputError(f"--threads {threads}: each Ray actor takes that many CPUs, and no node of this cluster has "
-                         f"more than {max(nodes):g}; pass --threads {int(max(nodes))} or fewer")
+        raise InputError(f"{said('--threads', 'threads')} {threads}: each Ray actor takes that many CPUs, and no "
+                         f"node of this cluster has more than {max(nodes):g}; pass "
+                         f"{said('--threads ', 'threads=')}{int(max(nodes))} or fewer")
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
     # one block per window, one window per map_batches call: the same windows, sorted and batched as in one

@@ -17,12 +17,8 @@ import numpy as np
 from bertc.errors import DamagedBuild, InputError, MissingLibrary, OutputError
 from bertc.tokenizer_files import add_config_tokens, read_json as _read_json
 
-# sentencepiece models: spiece.model (ALBERT, T5), spm.model (DeBERTa-v2/v3), sentencepiece.bpe.model (XLM-R,
-# CamemBERT)
-SENTENCEPIECE_FILES = ("spiece.model", "spm.model", "sentencepiece.bpe.model")
-SENTENCE_BERT_CONFIG = "sentence_bert_config.json"   # sentence-transformers' own settings: do_lower_case
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json", "merges.txt",
-                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", SENTENCE_BERT_CONFIG)
+from bertc.tokenizer_files import SENTENCE_BERT_CONFIG, SENTENCEPIECE_FILES, TOKENIZER_FILES  # noqa: F401
+
 # the files that are a tokenizer by themselves (the others configure one); RoBERTa's BPE is the vocab.json +
 # merges.txt pair
 VOCABULARIES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json")
@@ -436,12 +432,14 @@ BYTE_LEVEL_OFFSETS = ("RobertaTokenizer",)
 
 def _config_offsets(tokenizers, tok, config: dict) -> None:
     """As RobertaTokenizerFast loads a tokenizer.json: tokenizer_config.json's ``add_prefix_space`` and
-    ``trim_offsets``, where it names them, replace those of its pre-tokenizer and post-processor (a config's
+    ``trim_offsets`` (the class's defaults, false and true, where it names none) replace those of its pre-tokenizer
+    and post-processor (a config's
     ``add_prefix_space: true`` was ignored: every text's first word tokenized without the space transformers puts
     before it)."""
-    given = {k: config[k] for k in ("add_prefix_space", "trim_offsets") if isinstance(config.get(k), bool)}
-    if not given:
-        return
+    # the class's defaults where the config names none (a reviewer: transformers 4's RobertaTokenizerFast and 5's
+    # RobertaTokenizer both take them over tokenizer.json's)
+    given = {k: config[k] if isinstance(config.get(k), bool) else default
+             for k, default in (("add_prefix_space", False), ("trim_offsets", True))}
     if tok.pre_tokenizer is not None and "add_prefix_space" in given:
         state = json.loads(tok.pre_tokenizer.__getstate__())
         if state.get("add_prefix_space", given["add_prefix_space"]) != given["add_prefix_space"]:

@@ -7,6 +7,13 @@ from pathlib import Path
 
 from bertc.errors import InputError
 
+# sentencepiece models: spiece.model (ALBERT, T5), spm.model (DeBERTa-v2/v3), sentencepiece.bpe.model (XLM-R,
+# CamemBERT)
+SENTENCEPIECE_FILES = ("spiece.model", "spm.model", "sentencepiece.bpe.model")
+SENTENCE_BERT_CONFIG = "sentence_bert_config.json"   # sentence-transformers' own settings: do_lower_case
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", *SENTENCEPIECE_FILES, "vocab.json", "merges.txt",
+                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", SENTENCE_BERT_CONFIG)
+
 
 def read_json(path: Path) -> dict:
     """A tokenizer's JSON file as a dict ({} when it is missing, unreadable or not an object)."""

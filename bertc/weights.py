@@ -130,6 +130,7 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
     problems: list[str] = []
     headless = not any(p.startswith(HEAD_PREFIXES) for p in model_weights)
     heads = {p.split("/")[0] for p in model_weights if p.startswith(HEAD_PREFIXES)}   # the model's own
+    other_heads: dict[str, tuple[str, str]] = {}   # checkpoint name -> (why ignored, why a problem)
     for name in names:
         t = translate(name)
         if isinstance(t, Ignored):
@@ -141,21 +142,29 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
             why = next((r for prefix, r in _UNUSED_OK.items() if t.path.startswith(prefix)), None)
             if why is None and headless and t.path.startswith(HEAD_PREFIXES):
                 why = _HEADLESS
-            elif why is None and t.path.startswith(HEAD_PREFIXES) and t.path.split("/")[0] not in heads:
-                # a multi-task save: the model's head is all there, and another head beside it (a classifier saved
-                # with its pre-training head), which transformers' class ignores too (it was refused, no way through)
-                why = _OTHER_HEAD.format(t.path.split("/")[0])
+            unused = (f"unused: checkpoint tensor '{name}' {_fmt(shape_of(name))} belongs at bertc weight "
+                      f"'{t.path}', which this model does not have")
             if why:
                 ignored[name] = why
+            elif t.path.startswith(HEAD_PREFIXES) and t.path.split("/")[0] not in heads:
+                # a multi-task save: another head beside the model's own (a classifier saved with its pre-training
+                # head), which transformers' class ignores too (it was refused, no way through); while the model's
+                # own head is all there (else it is named: the checkpoint may be another task's model)
+                other_heads[name] = (_OTHER_HEAD.format(t.path.split("/")[0]), unused)
             else:
-                problems.append(f"unused: checkpoint tensor '{name}' {_fmt(shape_of(name))} belongs at bertc weight "
-                                f"'{t.path}', which this model does not have")
+                problems.append(unused)
         else:
             sources.setdefault(t.path, []).append((name, t))
     for path, items in sources.items():
         if any(not t.fallback for _, t in items):
             ignored.update({name: t.fallback for name, t in items if t.fallback})
             sources[path] = [(name, t) for name, t in items if not t.fallback]
+    own_head_found = all(path in sources for path in model_weights if path.split("/")[0] in heads)
+    for name, (why, unused) in other_heads.items():
+        if own_head_found:
+            ignored[name] = why
+        else:
+            problems.append(unused)
     for path, shape in model_weights.items():
         if path not in sources:
             problems.append(f"missing: bertc weight '{path}' {_fmt(shape)} has no tensor in the checkpoint")

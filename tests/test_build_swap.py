@@ -174,7 +174,7 @@ def test_without_a_complete_new_build_the_earlier_one_is_put_back(tmp_path, monk
     (tmp_path / ".out.failed.old-99").mkdir()   # an earlier failed report that a dead build was swapping out
     _stage(tmp_path / ".out.failed.old-99", "failed", status="failed")
     # without --force: OUT is back, so this build refuses to replace it
-    with pytest.raises(OutputError, match="out already exists .*the earlier build again.*pass --force"):
+    with pytest.raises(OutputError, match="out already exists .*the earlier build again.*pass force=True"):
         with StagedOutput(out):
             pass
     assert _marker(out) == "old" and _names(tmp_path) == ["out"]

@@ -303,3 +303,31 @@ def test_a_sentence_transformers_folder_without_its_modules_json_is_refused(tmp_
         f"--encoder-only\n")
     assert not (tmp_path / "s.json").exists()
     assert import_spec(source, tmp_path / "e.json", encoder_only=True)["encoder"]["type"] == "bert"
+
+
+def test_only_a_hub_cache_folder_is_taken_for_one_and_only_files_bertc_reads_must_not_dangle(tmp_path):
+    """A reviewer: a checkpoint folder of its own that held snapshots/ and refs/ (a training run's) was taken for a
+    Hugging Face cache; a dangling eval_results.txt (a file bertc never reads) refused the import."""
+    look = tmp_path / "run"
+    shutil.copytree(HF / "bert_model", look)
+    (look / "snapshots" / "epoch1").mkdir(parents=True)
+    (look / "snapshots" / "epoch2").mkdir()
+    (look / "refs").mkdir()
+    (look / "eval_results.txt").symlink_to("/nonexistent/blob")
+    spec = import_spec(look, tmp_path / "s.json")
+    assert resolve_weights_path(spec["weights"], tmp_path / "s.json") == look
+    (look / "tokenizer.json").unlink()
+    (look / "tokenizer.json").symlink_to("/nonexistent/blob")   # one it reads
+    with pytest.raises(WeightsError, match=r"tokenizer\.json \(a link to /nonexistent/blob\) leads to no file"):
+        import_spec(look, tmp_path / "s.json")
+
+
+def test_a_cross_encoder_folder_without_modules_json_imports_as_its_classifier(tmp_path):
+    """A reviewer: the refusal of a sentence-transformers folder without modules.json caught a CrossEncoder, whose
+    modules.json lists its transformer alone (the model is the classifier), and its advice dropped the head."""
+    source = tmp_path / "ce"
+    shutil.copytree(HF / "st_cross_encoder", source)
+    with_modules = import_spec(source, tmp_path / "a.json")
+    (source / "modules.json").unlink()
+    without = import_spec(source, tmp_path / "b.json")
+    assert without["head"] == with_modules["head"] and without["head"]["type"] == "classifier"

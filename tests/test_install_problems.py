@@ -66,7 +66,7 @@ def test_run_says_where_it_runs_when_cuda_cannot(copy, listed_cuda, capsys):
     """`--device cuda` is refused with the reason; the default picks the CPU and says so (it said 'cuda' and ran on
     the CPU). `--device cpu` never tries CUDA (a reviewer: a CPU run made a CUDA session it was told to avoid)."""
     assert bertc.Runtime(copy, device="cpu").choice.provider == backends.CPU and backends._problems == {}
-    with pytest.raises(InputError, match="^--device cuda: onnxruntime lists CUDAExecutionProvider but cannot use"):
+    with pytest.raises(InputError, match="^device='cuda': onnxruntime lists CUDAExecutionProvider but cannot use"):
         bertc.Runtime(copy, device="cuda")
     runtime = bertc.Runtime(copy)
     assert runtime.choice.provider == backends.CPU

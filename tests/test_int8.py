@@ -928,7 +928,7 @@ def test_unrequested_variant_that_misses_is_dropped_and_a_requested_one_fails(tm
     assert "variants" not in json.loads((out / "spec.json").read_text()).get("export", {})
     assert requested_variants(load_spec(out / "spec.json"), BuildOptions(out=out)) == ()
     for name in ("onnx_int8", "model.optimized.int8.onnx"):
-        with pytest.raises(InputError, match=f"--artifact {name}: the build dropped this variant: default variant not "
+        with pytest.raises(InputError, match=f"artifact='{name}': the build dropped this variant: default variant not "
                                              f"requested, .*best: .*min cosine"):
             choose_artifact(report, name)
     capfd.readouterr()

@@ -87,7 +87,7 @@ def test_runtime_messages_name_parameters_not_flags(builds, tmp_path):
         rt.run_file(tmp_path / "in.jsonl", tmp_path / "x.jsonl", text_field="nope")   # (it has: text; choose ...)
     with pytest.raises(InputError, match=r"^choices_field: only a multiple-choice model reads choices"):
         rt.run_file(tmp_path / "in.jsonl", tmp_path / "y.jsonl", choices_field="x")
-    with pytest.raises(InputError, match=r"^result_path -: a \.parquet result cannot be streamed .* use "
+    with pytest.raises(InputError, match=r"^result_path='-': a \.parquet result cannot be streamed .* use "
                                          r"result_format=jsonl or csv, or result_path FILE\.parquet$"):
         rt.run_file(tmp_path / "in.jsonl", "-", result_format="parquet")
     with pytest.raises(InputError, match=r"give the candidate labels too \(candidate_labels\)"):
@@ -215,12 +215,27 @@ def test_build_spec_builds_from_python_quietly(tmp_path, capfd):
     import logging
 
     spec = Path(__file__).resolve().parents[1] / "specs" / "classifier.json"
+    mine = logging.StreamHandler(sys.stderr)   # the program's own logging reaches its stderr during the build (a
+    mine.setFormatter(logging.Formatter("USERLOG %(message)s"))   # reviewer: it went to the native log, lost)
+    logging.root.addHandler(mine)
     handlers = list(logging.root.handlers)
     stages = []
-    report = bertc.build_spec(spec, tmp_path / "out", variants=[],   # (TFLite's SavedModel writer called absl)
-                              progress=lambda name, seconds, detail: stages.append(name))
-    assert logging.root.handlers == handlers
-    assert capfd.readouterr() == ("", "")
+
+    def progress(name, seconds, detail):
+        stages.append(name)
+        logging.getLogger("user").warning("stage %s", name)
+
+    try:
+        report = bertc.build_spec(spec, tmp_path / "out", variants=[], progress=progress)   # (TFLite's SavedModel
+        assert logging.root.handlers == handlers                                          # writer called absl)
+    finally:
+        logging.root.removeHandler(mine)
+    out, err = capfd.readouterr()
+    assert out == "" and "USERLOG stage parity" in err
+    # nothing else but TFLite's one native line (TF_CPP_MIN_LOG_LEVEL=3 keeps TensorFlow's; its Python INFO lines
+    # are kept at WARNING)
+    assert [line for line in err.splitlines() if not line.startswith("USERLOG")] in (
+        [], ["INFO: Created TensorFlow Lite XNNPACK delegate for CPU."])
     assert report["status"] == "passed" and (tmp_path / "out" / "model.optimized.onnx").is_file()
     assert stages[0] == "load spec" and "parity" in stages and "export tflite" in stages
     with pytest.raises(OutputError, match=r"out already exists; pass force=True to replace it$"):
@@ -244,3 +259,43 @@ def test_build_spec_names_the_failed_build_s_folder(tmp_path):
                                           rf"{tmp_path}/out\.failed/:\n- onnx_cpu"):
         bertc.build_spec(tmp_path / "strict.json", tmp_path / "out", tflite=False, variants=[])
     assert not (tmp_path / "out").exists() and (tmp_path / "out.failed" / "report.json").is_file()
+
+
+def test_build_spec_takes_the_preflight_s_ways_through(tmp_path):
+    """A reviewer: a build the memory preflight refused told a Python caller to pass --memory-limit or
+    --skip-preflight, which build_spec had no parameter for."""
+    from bertc.errors import MemoryPreflightError
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "classifier.json"
+    with pytest.raises(MemoryPreflightError, match=r"To build anyway: memory_limit=BYTES \(use it as the available "
+                                                   r"memory\) or preflight=False\.$") as caught:
+        bertc.build_spec(spec, tmp_path / "out", memory_limit=1 << 20)
+    assert "--" not in str(caught.value)
+    report = bertc.build_spec(spec, tmp_path / "out", memory_limit=1 << 20, preflight=False, parity=False,
+                              tflite=False, variants=[])
+    assert report["status"] == "passed"
+    with pytest.raises(TypeError, match="memory_limit is a number of bytes"):
+        bertc.build_spec(spec, tmp_path / "o2", memory_limit="12G")
+
+
+def test_overlapping_quiet_builds_put_the_logging_set_up_back_once():
+    """Two threads' builds: the first to enter saves the loggers' state, the last to leave puts it back (one leaving
+    early put it back under the other, and the other then restored what the first had set)."""
+    import logging
+
+    from bertc.quiet import libraries_quiet
+
+    tf = logging.getLogger("tensorflow")
+    before = tf.level
+    tf.setLevel(logging.INFO)
+    try:
+        first, second = libraries_quiet(), libraries_quiet()
+        first.__enter__()
+        second.__enter__()
+        assert tf.level == logging.WARNING
+        first.__exit__(None, None, None)
+        assert tf.level == logging.WARNING   # the second build still runs
+        second.__exit__(None, None, None)
+        assert tf.level == logging.INFO
+    finally:
+        tf.setLevel(before)

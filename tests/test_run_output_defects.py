@@ -518,7 +518,7 @@ def test_a_result_that_is_a_named_pipe_or_device_is_refused_and_left_as_it_is(tm
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     for force in (False, True):
-        with pytest.raises(OutputError, match="is not a regular file .*result_path -"):
+        with pytest.raises(OutputError, match="is not a regular file .*result_path='-'"):
             _write(pipe, "jsonl", force=force)
     assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 

@@ -59,7 +59,12 @@ def _refuse_a_sentence_transformer_without_modules(root: Path) -> None:
 
     if (root / "modules.json").exists() or not root.is_dir():
         return
-    found = [n for n in ("config_sentence_transformers.json",) if (root / n).is_file()]
+    from bertc.tokenizer_files import read_json
+
+    st_config = root / "config_sentence_transformers.json"
+    # a CrossEncoder's modules.json lists its transformer alone: without it, it imports as it is (a classifier)
+    found = [st_config.name] if st_config.is_file() and read_json(st_config).get("model_type") != "CrossEncoder" \
+        else []
     found += sorted(f"{p.name}/" for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit() and "_" in p.name
                     and p.name.split("_", 1)[1] in ("Pooling", "Dense", "Normalize"))
     if found:
@@ -138,8 +143,6 @@ def spec_for(source: Path, encoder_only: bool = False, unnamed_head_ok: bool = F
     _refuse_an_adapter(source, root)
     _refuse_a_shard(source, root)
     _refuse_training_state(source)
-    if not encoder_only:
-        _refuse_a_sentence_transformer_without_modules(root)
     weights_file = source.suffix in (".safetensors", ".bin", ".pt", ".pth") or index_kind(source.name) is not None
     if (root / "modules.json").exists() or (source.is_dir() and (root / "config.json").exists()) \
             or (weights_file and (root / "config.json").exists()):
@@ -153,6 +156,8 @@ def spec_for(source: Path, encoder_only: bool = False, unnamed_head_ok: bool = F
 
         check_tokenizer(source)   # a damaged tokenizer file is said now, not when the build copies it
         checkpoint_configs(source)   # as is a config the build copies that cannot be copied
+        if not encoder_only:
+            _refuse_a_sentence_transformer_without_modules(root)
         return hf.spec_from(source, checkpoint.names(), encoder_only, unnamed_head_ok), source
     if encoder_only:
         raise WeightsError(f"{source}: --encoder-only applies to Hugging Face checkpoints")
