@@ -275,10 +275,15 @@ def build_spec(spec: str | os.PathLike, out: str | os.PathLike, *, force: bool =
             raise ValueError(f"bertc.build_spec: unknown variant(s) {', '.join(map(repr, unknown))}; known: "
                              f"{', '.join(EXPORT_VARIANTS)}")
         variants = tuple(dict.fromkeys(variants))
-    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
-                                     or memory_limit <= 0):
-        raise TypeError(f"bertc.build_spec: memory_limit is a number of bytes (e.g. 12 * 2**30), not "
-                        f"{memory_limit!r}")
+    if memory_limit is not None:
+        import numbers
+
+        if isinstance(memory_limit, bool) or not isinstance(memory_limit, numbers.Integral):
+            raise TypeError(f"bertc.build_spec: memory_limit is a whole number of bytes (e.g. 12 * 2**30), not "
+                            f"{type(memory_limit).__name__}")
+        if memory_limit <= 0:
+            raise ValueError(f"bertc.build_spec: memory_limit {memory_limit}: a number of bytes above 0")
+        memory_limit = int(memory_limit)
     paths = {"calibration": calibration, "weights": weights, "init_from": init_from}
     opts = BuildOptions(out=Path(out), force=force, parity=parity, optimize=optimize, onnx=onnx, tflite=tflite,
                         export=export, preflight=preflight, memory_limit=memory_limit, variants=variants,

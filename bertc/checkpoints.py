@@ -731,7 +731,7 @@ def hub_snapshot(path: Path) -> Path:
     path = Path(path)
     snapshots = path / "snapshots"
     # only huggingface_hub's own folder, and never one holding a checkpoint itself (a training run's snapshots/)
-    if not (path.name.startswith("models--") and path.is_dir() and snapshots.is_dir()
+    if not (path.resolve().name.startswith("models--") and path.is_dir() and snapshots.is_dir()
             and not any((path / n).exists() for n in ("config.json", "modules.json", *HF_WEIGHT_FILES))):
         return path
     try:

@@ -22,6 +22,11 @@ def native_stderr_to(path: Path | None):
         yield
         return
     python_stderr = sys.stderr
+    try:   # Python's stderr is fd 2 itself (a terminal, a file): it keeps the console through a copy of fd 2; one
+        # that is not (a notebook's stream, contextlib.redirect_stderr) keeps going where it went
+        replace = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation is an OSError and a ValueError
+        replace = False
     try:
         # appended to by every command: started afresh once past LOG_LIMIT (it only grew, for good)
         log = open(path, "wb" if _size(path) > LOG_LIMIT else "ab")
@@ -34,8 +39,9 @@ def native_stderr_to(path: Path | None):
         # without an encoding left it on the log: the command ended with exit 70 and no message on the console)
         try:
             os.dup2(log.fileno(), 2)
-            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
-                                   errors=python_stderr.errors)
+            if replace:
+                sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
+                                       errors=python_stderr.errors)
             yield
         finally:
             if sys.stderr is not python_stderr:

@@ -1125,8 +1125,10 @@ def _stops_deferred():
         active[0] = False
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if noted:
-            signum, frame = noted[0]
+        first = {}
+        for signum, frame in noted:   # each signal once, in the order they came (a SIGHUP whose handler returns,
+            first.setdefault(signum, frame)   # then a Ctrl-C: both heard; the first that raises ends the stream)
+        for signum, frame in first.items():
             previous[signum](signum, frame)
 
 

@@ -122,6 +122,12 @@ def _arrange(array: np.ndarray, target: Target, want: tuple) -> tuple[Optional[n
     return (array if array.shape == want else None), note
 
 
+def _head(path: str) -> str:
+    """The task head a weight path belongs to: ``classifier`` for ``classifier/kernel`` and for its dense transform
+    ``classifier_transform/kernel`` (one head of the checkpoint's, not two)."""
+    return path.split("/")[0].removesuffix("_transform")
+
+
 def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[str], tuple],
          translate: Translator) -> tuple[dict[str, list[tuple[str, Target]]], dict[str, str], list[str]]:
     """Match checkpoint names to model weights: (path -> [(name, target)], ignored name -> reason, problems)."""
@@ -129,7 +135,7 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
     ignored: dict[str, str] = {}
     problems: list[str] = []
     headless = not any(p.startswith(HEAD_PREFIXES) for p in model_weights)
-    heads = {p.split("/")[0] for p in model_weights if p.startswith(HEAD_PREFIXES)}   # the model's own
+    heads = {_head(p) for p in model_weights if p.startswith(HEAD_PREFIXES)}   # the model's own
     other_heads: dict[str, tuple[str, str]] = {}   # checkpoint name -> (why ignored, why a problem)
     for name in names:
         t = translate(name)
@@ -146,11 +152,11 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
                       f"'{t.path}', which this model does not have")
             if why:
                 ignored[name] = why
-            elif t.path.startswith(HEAD_PREFIXES) and t.path.split("/")[0] not in heads:
+            elif t.path.startswith(HEAD_PREFIXES) and _head(t.path) not in heads:
                 # a multi-task save: another head beside the model's own (a classifier saved with its pre-training
                 # head), which transformers' class ignores too (it was refused, no way through); while the model's
                 # own head is all there (else it is named: the checkpoint may be another task's model)
-                other_heads[name] = (_OTHER_HEAD.format(t.path.split("/")[0]), unused)
+                other_heads[name] = (_OTHER_HEAD.format(_head(t.path)), unused)
             else:
                 problems.append(unused)
         else:
@@ -159,7 +165,7 @@ def plan(model_weights: dict[str, tuple], names: list[str], shape_of: Callable[[
         if any(not t.fallback for _, t in items):
             ignored.update({name: t.fallback for name, t in items if t.fallback})
             sources[path] = [(name, t) for name, t in items if not t.fallback]
-    own_head_found = all(path in sources for path in model_weights if path.split("/")[0] in heads)
+    own_head_found = all(path in sources for path in model_weights if _head(path) in heads)
     for name, (why, unused) in other_heads.items():
         if own_head_found:
             ignored[name] = why

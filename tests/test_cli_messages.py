@@ -347,6 +347,7 @@ def test_a_failure_while_stderr_is_redirected_puts_fd_2_back(tmp_path, monkeypat
         raise EncodingWarning("'encoding' argument not specified")
 
     monkeypatch.setattr(quiet.os, "fdopen", failing_fdopen)
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)   # a stderr that is fd 2 (the CLI's): it is opened anew
     with pytest.raises(EncodingWarning):
         with quiet.native_stderr_to(tmp_path / "import.log"):
             pass

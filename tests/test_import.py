@@ -1251,3 +1251,14 @@ def test_a_classifier_checkpoint_holding_a_next_sentence_head_too_ignores_that_h
                                  "have: transformers ignores it too"
                               for n in ("cls.seq_relationship.weight", "cls.seq_relationship.bias")}
     assert result.loaded["classifier/kernel"] == "classifier.weight"
+
+
+def test_a_pre_training_checkpoint_is_no_next_sentence_classifier(tmp_path):
+    """A reviewer: once another head beside the model's own was ignored, a 2-class classifier spec loaded
+    BertForPreTraining's weights, its next-sentence head as the classifier and its masked-LM head ignored. It is
+    refused as before: the classifier has no tensor, the masked-LM head is named unused."""
+    spec = seq_cls_spec(tmp_path, num_classes=2)
+    with pytest.raises(WeightsError) as caught:
+        load_into_fresh(spec, FIXTURES / "hf" / "bert_pretraining" / "model.safetensors")
+    assert "missing: bertc weight 'classifier/kernel'" in str(caught.value)
+    assert "unused: checkpoint tensor 'cls.predictions.bias'" in str(caught.value)

@@ -331,3 +331,11 @@ def test_a_cross_encoder_folder_without_modules_json_imports_as_its_classifier(t
     (source / "modules.json").unlink()
     without = import_spec(source, tmp_path / "b.json")
     assert without["head"] == with_modules["head"] and without["head"]["type"] == "classifier"
+
+
+def test_a_link_to_a_hub_cache_repository_folder_imports(tmp_path):
+    """A reviewer: a link named otherwise (`ln -s .../models--org--bert-cls tiny`) was no longer taken for the
+    cache's folder: 'no weights found ...; it holds: blobs, refs, snapshots'."""
+    repo = _hub_cache(tmp_path)
+    (tmp_path / "tiny").symlink_to(repo)
+    assert import_spec(tmp_path / "tiny", tmp_path / "s.json")["name"] == "bert-cls"

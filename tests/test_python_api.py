@@ -274,8 +274,10 @@ def test_build_spec_takes_the_preflight_s_ways_through(tmp_path):
     report = bertc.build_spec(spec, tmp_path / "out", memory_limit=1 << 20, preflight=False, parity=False,
                               tflite=False, variants=[])
     assert report["status"] == "passed"
-    with pytest.raises(TypeError, match="memory_limit is a number of bytes"):
+    with pytest.raises(TypeError, match="memory_limit is a whole number of bytes"):
         bertc.build_spec(spec, tmp_path / "o2", memory_limit="12G")
+    with pytest.raises(ValueError, match="memory_limit 0: a number of bytes above 0"):
+        bertc.build_spec(spec, tmp_path / "o2", memory_limit=0)
 
 
 def test_overlapping_quiet_builds_put_the_logging_set_up_back_once():
@@ -299,3 +301,18 @@ def test_overlapping_quiet_builds_put_the_logging_set_up_back_once():
         assert tf.level == logging.INFO
     finally:
         tf.setLevel(before)
+
+
+def test_a_redirected_stderr_keeps_what_is_written_to_it_while_native_output_is_logged(tmp_path, monkeypatch):
+    """A reviewer: native_stderr_to gave Python a new sys.stderr on fd 2 whatever it was: a notebook's stream (or
+    contextlib.redirect_stderr) lost what was written to it inside the window (the first build_model's import of
+    the components) to the kernel's terminal."""
+    import io
+
+    from bertc.quiet import native_stderr_to
+
+    mine = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", mine)
+    with native_stderr_to(tmp_path / "native.log"):
+        print("written inside the window", file=sys.stderr)
+    assert sys.stderr is mine and mine.getvalue() == "written inside the window\n"

@@ -736,3 +736,28 @@ def test_a_stop_signal_whose_handler_returns_loses_no_record(monkeypatch):
         reader.join(timeout=30)
         os.close(r)
     assert heard and bytes(got) == data
+
+
+def test_two_stop_signals_in_one_deferred_batch_are_both_handled():
+    """A reviewer: a SIGHUP whose handler returns and then Ctrl-C in one deferred batch: only the first was handled,
+    the Ctrl-C lost."""
+    import signal
+
+    from bertc import run_io
+
+    heard = []
+    old_hup = signal.signal(signal.SIGHUP, lambda s, f: heard.append("hup"))
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with run_io._stops_deferred() as noted:
+                os.kill(os.getpid(), signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGHUP)
+                for _ in range(1000):   # the handlers run between bytecodes
+                    if len(noted) == 3:
+                        break
+        assert heard == ["hup"]
+    finally:
+        signal.signal(signal.SIGHUP, old_hup)
+        signal.signal(signal.SIGINT, old_int)

@@ -44,7 +44,7 @@ def _spec_name(source: Path) -> str:
 
     source = Path(os.path.abspath(source))   # `bertc import .` names its folder, not "imported"
     base = source.name if source.is_dir() else (source.parent.name or source.stem)
-    folder = source if source.is_dir() else source.parent
+    folder = (source if source.is_dir() else source.parent).resolve()   # (a link to the cache's folder too)
     if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
         base = folder.parent.parent.name.split("--")[-1]   # a Hugging Face cache's models--org--name/snapshots/HASH
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "imported"

@@ -192,9 +192,11 @@ def translator(names, spec, location=None):
         dense = {folder: i for i, folder in enumerate(dense_module_paths(st_root))} if st_root else {}
 
     # BertForNextSentencePrediction: its one head, cls.seq_relationship, is a classifier's (a classifier checkpoint
-    # holding a next-sentence head beside its own has that head named as one the model lacks)
+    # holding a next-sentence head beside its own has that head named as one the model lacks; a pre-training
+    # checkpoint, its masked-LM head beside it, is no next-sentence classifier: a reviewer, its NSP head loaded as a
+    # 2-class spec's classifier once the masked-LM head was ignored as another head)
     nsp_classifier = getattr(spec.head, "type", None) == "classifier" and isinstance(family, Bert) and not any(
-        n.startswith("classifier.") for n in names)
+        n.startswith(("classifier.", "cls.predictions.")) for n in names)
 
     def translate(name: str):
         folder, _, leaf = name.rpartition("/")
