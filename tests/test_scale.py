@@ -375,9 +375,14 @@ def test_preflight_offers_the_options_that_make_a_build_fit():
 
     spec = load_spec("specs/bert_base_classifier.json")
     full, lighter = estimate(spec).peak_bytes, estimate(spec, tflite=False).peak_bytes
-    with pytest.raises(MemoryPreflightError) as err:
+    from bertc.errors import command_line
+
+    with pytest.raises(MemoryPreflightError) as err, command_line():   # (as bertc build says it; Python's below)
         check(spec, memory_limit=(full + lighter) // 2)
     text = str(err.value)
+    with pytest.raises(MemoryPreflightError, match=r"Options that make it fit: tflite=False \(needs .*To build "
+                                                   r"anyway: memory_limit=BYTES .* or preflight=False\.$"):
+        check(spec, memory_limit=(full + lighter) // 2)
     assert "in its export onnx stage" in text and "Options that make it fit: --no-tflite (needs" in text
     assert "--no-optimize" not in text and "--no-parity" not in text   # they do not lower this peak
 
@@ -399,7 +404,9 @@ def test_a_large_vocabularys_int8_size_and_the_variants_option_are_in_the_prefli
     bare = estimate(spec.model_copy(update={"export": spec.export.model_copy(update={"variants": []})}),
                     trained=True).peak_bytes
     assert bare < est.peak_bytes
-    with pytest.raises(MemoryPreflightError) as err:
+    from bertc.errors import command_line
+
+    with pytest.raises(MemoryPreflightError) as err, command_line():
         check(spec, memory_limit=int((bare + est.peak_bytes) / 2 * 1.1), trained=True)
     text = str(err.value)
     assert "--variants none (needs " in text and " GiB" in text and " GB" not in text
