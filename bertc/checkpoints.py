@@ -849,12 +849,21 @@ def refuse_git_lfs_pointers(root: Path) -> None:
                            f"{'itself' if one else 'themselves'})")
 
 
-def _read_folders(root: Path) -> list:
-    """``root`` and its sentence-transformers module folders (0_Transformer, 1_Pooling, 2_Dense): where bertc reads a
-    checkpoint's files; a FIFO or a broken link in the user's data/ beside the checkpoint is none of its business."""
+def _read_entries(root: Path):
+    """The entries of ``root`` and of its sentence-transformers module folders (0_Transformer, 1_Pooling, 2_Dense),
+    in name order: where bertc reads a checkpoint's files (a FIFO or a broken link in the user's data/ beside the
+    checkpoint is none of its business)."""
     modules = [p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit() and "_" in p.name
                and p.name.split("_", 1)[0].isdigit()]
-    return [root, *modules]
+    for folder in [root, *modules]:
+        try:
+            yield from sorted(folder.iterdir())
+        except OSError:
+            continue
+
+
+def _first_six(found: list) -> str:
+    return f"{', '.join(found[:6])}{f' and {len(found) - 6} more' if len(found) > 6 else ''}"
 
 
 def refuse_broken_links(root: Path) -> None:
@@ -870,21 +879,16 @@ def refuse_broken_links(root: Path) -> None:
     # what a reader opens (an eval_results.txt, a stale pytorch_model.bin.old that links nowhere is none of its business)
     read = {"config.json", "modules.json", "config_sentence_transformers.json", *HF_WEIGHT_FILES, *TOKENIZER_FILES}
     broken = []
-    for folder in _read_folders(root):
-        try:
-            entries = sorted(folder.iterdir())
-        except OSError:
-            continue
-        for p in entries:
-            if p.name in read and p.is_symlink() and not p.exists():
-                try:
-                    target = os.readlink(p)
-                except OSError:
-                    target = "?"
-                broken.append(f"{p.relative_to(root)} (a link to {target})")
+    for p in _read_entries(root):
+        if p.name in read and p.is_symlink() and not p.exists():
+            try:
+                target = os.readlink(p)
+            except OSError:
+                target = "?"
+            broken.append(f"{p.relative_to(root)} (a link to {target})")
     if broken:
-        raise WeightsError(f"{root}: {', '.join(broken[:6])}{f' and {len(broken) - 6} more' if len(broken) > 6 else ''}"
-                           f" {'leads' if len(broken) == 1 else 'lead'} to no file: a download that did not finish "
+        raise WeightsError(f"{root}: {_first_six(broken)} {'leads' if len(broken) == 1 else 'lead'} to no file: a "
+                           f"download that did not finish "
                            f"(in a Hugging Face cache, the blob it links to is missing)? Download the checkpoint "
                            f"again")
 
@@ -898,17 +902,12 @@ def refuse_special_files(root: Path) -> None:
     if not root.is_dir():
         return
     found = []
-    for folder in _read_folders(root):
-        try:
-            entries = sorted(folder.iterdir())
-        except OSError:
-            continue
-        for p in entries:
-            if p.suffix in READ_SUFFIXES:
-                kind = not_regular(p)
-                if kind and kind != "a directory":
-                    found.append(f"{p.relative_to(root)} is {kind}")
+    for p in _read_entries(root):
+        if p.suffix in READ_SUFFIXES:
+            kind = not_regular(p)
+            if kind and kind != "a directory":
+                found.append(f"{p.relative_to(root)} is {kind}")
     if found:
-        raise WeightsError(f"{root}: {', '.join(found[:6])}{f' and {len(found) - 6} more' if len(found) > 6 else ''}"
+        raise WeightsError(f"{root}: {_first_six(found)}"
                            f"; bertc reads a checkpoint's weights, configs and tokenizer files only from regular "
                            f"files (or links to them)")
