@@ -207,6 +207,19 @@ def load_weights(model: keras.Model, spec: SpecLike, source: str | os.PathLike) 
     return _load(model, _spec_of(spec, "load_weights"), source)
 
 
+def _checked(function: str, paths: dict, flags: dict) -> None:
+    """A TypeError naming the argument of ``bertc.<function>`` that is not a path (``paths``) or not True or False
+    (``flags``: parity="no" is true)."""
+    for name, value in paths.items():
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"bertc.{function}: {name} is a path (str or os.PathLike), not {type(value).__name__}"
+                            + (" (the spec's JSON file: its weights are found beside it)"
+                               if function == "build_spec" and name == "spec" else ""))
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"bertc.{function}: {name} is True or False, not {type(value).__name__}")
+
+
 def import_spec(source: str | os.PathLike, spec_path: str | os.PathLike, name: str | None = None, *,
                 encoder_only: bool = False, force: bool = False) -> dict:
     """Write a spec for the trained checkpoint at ``source`` to ``spec_path`` (``bertc import``; ``"-"``: standard
@@ -219,13 +232,7 @@ def import_spec(source: str | os.PathLike, spec_path: str | os.PathLike, name: s
 
     from bertc.importers import import_spec as _import, no_tokenizer_note
 
-    if not isinstance(source, (str, os.PathLike)) or not isinstance(spec_path, (str, os.PathLike)):
-        wrong = source if not isinstance(source, (str, os.PathLike)) else spec_path
-        raise TypeError(f"bertc.import_spec: the checkpoint and the spec are paths (str or os.PathLike), not "
-                        f"{type(wrong).__name__}")
-    for flag, value in (("encoder_only", encoder_only), ("force", force)):
-        if not isinstance(value, bool):   # force="no" is true
-            raise TypeError(f"bertc.import_spec: {flag} is True or False, not {type(value).__name__}")
+    _checked("import_spec", {"source": source, "spec_path": spec_path}, {"encoder_only": encoder_only, "force": force})
     spec = _import(source, spec_path, name, encoder_only, force)
     note = no_tokenizer_note(source, spec, None if str(spec_path) == "-" else Path(spec_path))
     if note is not None:
@@ -258,15 +265,9 @@ def build_spec(spec: str | os.PathLike, out: str | os.PathLike, *, force: bool =
     from bertc.pipeline import BuildOptions, build as _build
     from bertc.quiet import libraries_quiet
 
-    for name, value in (("spec", spec), ("out", out)):
-        if not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"bertc.build_spec: {name} is a path (str or os.PathLike), not {type(value).__name__}"
-                            + (" (the spec's JSON file: its weights are found beside it)" if name == "spec" else ""))
-    flags = {"force": force, "parity": parity, "optimize": optimize, "onnx": onnx, "tflite": tflite,
-             "export": export, "preflight": preflight}
-    for name, value in flags.items():
-        if not isinstance(value, bool):   # parity="no" is true
-            raise TypeError(f"bertc.build_spec: {name} is True or False, not {type(value).__name__}")
+    _checked("build_spec", {"spec": spec, "out": out},
+             {"force": force, "parity": parity, "optimize": optimize, "onnx": onnx, "tflite": tflite, "export": export,
+              "preflight": preflight})
     if variants is not None:
         if isinstance(variants, str) or not all(isinstance(v, str) for v in variants):
             raise TypeError("bertc.build_spec: variants is a list of names (e.g. ['onnx_int8']; [] for none)")

@@ -1096,8 +1096,8 @@ _STREAM_CHUNK = 4096   # bytes written to a pipe once it can take more (PIPE_BUF
 def _stops_deferred():
     """Within the block, a stop signal (Ctrl-C, SIGTERM, SIGHUP) whose handler is Python code (Python's own
     KeyboardInterrupt, the CLI's) is noted in the list yielded instead of handled; on leaving, the handlers are put
-    back and the first noted signal is handled then (its handler raises where the block ends). Only in the main
-    thread, where signal handlers run and are set: elsewhere the list stays empty."""
+    back and each noted signal is handled then, in the order they came (a handler that raises does so where the
+    block ends). Only in the main thread, where signal handlers run and are set: elsewhere the list stays empty."""
     import signal
 
     noted: list = []
