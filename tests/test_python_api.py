@@ -271,8 +271,7 @@ def test_build_spec_takes_the_preflight_s_ways_through(tmp_path):
                                                    r"memory\) or preflight=False\.$") as caught:
         bertc.build_spec(spec, tmp_path / "out", memory_limit=1 << 20)
     assert "--" not in str(caught.value)
-    report = bertc.build_spec(spec, tmp_path / "out", memory_limit=1 << 20, preflight=False, parity=False,
-                              tflite=False, variants=[])
+    report = bertc.build_spec(spec, tmp_path / "out", memory_limit=1 << 20, preflight=False, export=False)
     assert report["status"] == "passed"
     with pytest.raises(TypeError, match="memory_limit is a whole number of bytes"):
         bertc.build_spec(spec, tmp_path / "o2", memory_limit="12G")
