@@ -432,15 +432,12 @@ BYTE_LEVEL_OFFSETS = ("RobertaTokenizer",)
 
 def _config_offsets(tokenizers, tok, config: dict) -> None:
     """As RobertaTokenizerFast loads a tokenizer.json: tokenizer_config.json's ``add_prefix_space`` and
-    ``trim_offsets`` (the class's defaults, false and true, where it names none) replace those of its pre-tokenizer
-    and post-processor (a config's
-    ``add_prefix_space: true`` was ignored: every text's first word tokenized without the space transformers puts
-    before it)."""
-    # the class's defaults where the config names none (a reviewer: transformers 4's RobertaTokenizerFast and 5's
-    # RobertaTokenizer both take them over tokenizer.json's)
+    ``trim_offsets``, or the class's defaults (false, true) where it names none (transformers 4's fast class and 5's
+    class both do), replace those of its pre-tokenizer and post-processor (a config's ``add_prefix_space: true``
+    was ignored: every text's first word tokenized without the space transformers puts before it)."""
     given = {k: config[k] if isinstance(config.get(k), bool) else default
              for k, default in (("add_prefix_space", False), ("trim_offsets", True))}
-    if tok.pre_tokenizer is not None and "add_prefix_space" in given:
+    if tok.pre_tokenizer is not None:
         state = json.loads(tok.pre_tokenizer.__getstate__())
         if state.get("add_prefix_space", given["add_prefix_space"]) != given["add_prefix_space"]:
             kind = state.pop("type")
